@@ -1,0 +1,305 @@
+//! The hypervisor driver contract: the Driver trait, VM spec, states, errors and the
+//! CommandRunner seam.
+//!
+//! A driver turns a [`VmSpec`] into a running VM and reports its state and endpoints. It knows
+//! nothing of certificates, SSH or the engine: `rmachine-host` prepares every file the VM needs
+//! (guest kernel and initrd, configuration drive) and hands the driver their paths.
+#![warn(missing_docs)]
+
+pub mod runner;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The directory of one machine in the store (`machines/NAME`); drivers keep their files here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineDir {
+    /// The machine's name.
+    pub name: String,
+    /// Absolute path of `machines/NAME`.
+    pub path: PathBuf,
+}
+
+impl MachineDir {
+    /// A machine directory for `name` at `path`.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+        }
+    }
+
+    /// Path of a file inside the machine directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The machine directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The guest image a VM boots: a kernel and an initramfs with the kernel command line the guest
+/// build recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootImage {
+    /// Kernel image (bzImage / vmlinuz, or an uncompressed ELF vmlinux).
+    pub kernel: PathBuf,
+    /// Initramfs holding rmachine-init, the engine and busybox.
+    pub initrd: PathBuf,
+    /// Kernel command line from the guest manifest; drivers may append to it.
+    pub cmdline: String,
+}
+
+/// What the host asks a driver to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSpec {
+    /// Number of virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Size of the data disk in MB (docker-machine's `--*-disk-size` unit).
+    pub disk_size_mb: u64,
+    /// The guest to boot.
+    pub boot: BootImage,
+    /// The configuration drive image (`rmachine-guest-config`), attached read-only. The host
+    /// rewrites it before every start.
+    pub config_drive: PathBuf,
+    /// Guest TCP ports the host must reach (SSH 22, engine 2376).
+    pub guest_ports: GuestPorts,
+}
+
+/// Guest TCP ports that must be reachable from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestPorts {
+    /// The guest's SSH server.
+    pub ssh: u16,
+    /// The engine's TLS port.
+    pub engine: u16,
+}
+
+impl Default for GuestPorts {
+    fn default() -> Self {
+        Self {
+            ssh: 22,
+            engine: 2376,
+        }
+    }
+}
+
+/// Machine states, as docker-machine names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// The VM exists and runs.
+    Running,
+    /// Paused by the hypervisor.
+    Paused,
+    /// Saved to disk by the hypervisor.
+    Saved,
+    /// Not running.
+    Stopped,
+    /// Shutting down.
+    Stopping,
+    /// Booting.
+    Starting,
+    /// The hypervisor reports a failure.
+    Error,
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            VmState::Running => "Running",
+            VmState::Paused => "Paused",
+            VmState::Saved => "Saved",
+            VmState::Stopped => "Stopped",
+            VmState::Stopping => "Stopping",
+            VmState::Starting => "Starting",
+            VmState::Error => "Error",
+        };
+        f.write_str(name)
+    }
+}
+
+/// How to stop a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Ask the guest to power off (ACPI power button); wait up to the timeout, then fail.
+    Graceful {
+        /// How long to wait for the guest to power off.
+        timeout: std::time::Duration,
+    },
+    /// Pull the plug.
+    Kill,
+}
+
+/// Host-reachable addresses of the guest's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// Where the host reaches guest TCP 22.
+    pub ssh: SocketAddr,
+    /// Where the host reaches the engine's TLS port.
+    pub engine: SocketAddr,
+}
+
+/// Optional abilities; the host adapts to these, never to driver names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// `stop(Graceful)` works (the hypervisor can press the ACPI power button).
+    pub graceful_stop: bool,
+    /// The VM can be paused and resumed.
+    pub pause: bool,
+    /// The guest console is captured to `console.log` in the machine directory.
+    pub console_log: bool,
+}
+
+/// Name and capabilities of a driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DriverInfo {
+    /// The name users pass to `create -d`.
+    pub name: String,
+    /// Optional abilities.
+    pub capabilities: Capabilities,
+}
+
+/// What can go wrong in a driver. Every variant names the machine or the thing that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The hypervisor program is not installed or not runnable.
+    #[error("{program} not found: {hint}")]
+    MissingProgram {
+        /// The program that was looked for.
+        program: String,
+        /// What to install.
+        hint: String,
+    },
+    /// An external command failed.
+    #[error("{program} failed (exit status {status}): {stderr}")]
+    CommandFailed {
+        /// The program that ran.
+        program: String,
+        /// Its exit status, or -1 if it was killed.
+        status: i32,
+        /// What it printed on stderr (trimmed).
+        stderr: String,
+    },
+    /// A file in the machine directory could not be read or written.
+    #[error("machine {machine:?}: cannot access {path}")]
+    Io {
+        /// The machine.
+        machine: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation needs the VM in another state.
+    #[error("machine {machine:?} is {state}, {op} needs it {wanted}")]
+    WrongState {
+        /// The machine.
+        machine: String,
+        /// Its current state.
+        state: VmState,
+        /// What was asked.
+        op: &'static str,
+        /// The state `op` needs.
+        wanted: &'static str,
+    },
+    /// A wait ran out of time.
+    #[error("machine {machine:?}: timed out after {seconds}s waiting for {what}")]
+    Timeout {
+        /// The machine.
+        machine: String,
+        /// What was waited for.
+        what: String,
+        /// How long.
+        seconds: u64,
+    },
+    /// The hypervisor's control channel (QMP, VBoxManage output…) said something unexpected.
+    #[error("machine {machine:?}: {channel}: {message}")]
+    Protocol {
+        /// The machine.
+        machine: String,
+        /// Which channel.
+        channel: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// This driver cannot do this, on this host or at all.
+    #[error("driver {driver} does not support {op}")]
+    Unsupported {
+        /// The driver's name.
+        driver: String,
+        /// The operation.
+        op: String,
+    },
+    /// The driver options are invalid; every problem is listed.
+    #[error("invalid {driver} options: {}", problems.join("; "))]
+    InvalidOptions {
+        /// The driver's name.
+        driver: String,
+        /// Each problem found.
+        problems: Vec<String>,
+    },
+}
+
+/// A hypervisor backend: turns a [`VmSpec`] into a running VM and reports on it.
+///
+/// Methods are idempotent where stated; the host serialises calls per machine (it holds the
+/// machine's lock), so a driver need not guard against concurrent calls on one machine.
+pub trait Driver: Send + Sync {
+    /// Name and capabilities; the host adapts to `Capabilities`, never to driver names.
+    fn info(&self) -> DriverInfo;
+
+    /// Checks that this host can run the driver (binary present, accelerator usable).
+    /// Runs before anything is written to the store, and writes nothing.
+    fn precheck(&self, spec: &VmSpec) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Creates disks and the VM definition under `dir`. Does not start the VM.
+    /// MUST succeed on a VM that already exists (and then change nothing).
+    fn create(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Boots the VM. MUST succeed if it is already running. Returns once the hypervisor runs
+    /// the VM; the host then waits for the engine itself.
+    fn start(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Stops the VM and returns when it no longer runs. MUST succeed if it is already stopped.
+    fn stop(
+        &self,
+        dir: &MachineDir,
+        mode: StopMode,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Deletes everything `create` made. MUST succeed if the VM is already gone. Never touches
+    /// files it did not create (certs, keys and config belong to the host).
+    fn remove(&self, dir: &MachineDir) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// The VM's current state.
+    fn state(&self, dir: &MachineDir) -> impl Future<Output = Result<VmState, DriverError>> + Send;
+
+    /// Host-reachable addresses of guest TCP 22 and 2376 (forwarded or bridged). Legal once
+    /// `create` succeeded; the addresses may change on `start`.
+    fn endpoints(
+        &self,
+        dir: &MachineDir,
+    ) -> impl Future<Output = Result<Endpoints, DriverError>> + Send;
+}

@@ -1,0 +1,195 @@
+//! The host-to-guest configuration drive: written by rmachine-host, read by rmachine-init.
+//!
+//! The host renders a [`GuestConfig`] into a small raw disk image (`config.img` in the machine
+//! directory) and attaches it to the VM as a read-only disk on every start. The image is a plain
+//! ustar archive whose first entry is [`CONFIG_ENTRY`], a JSON document. A tar was chosen because
+//! every hypervisor can attach a raw file as a disk (QEMU directly, VirtualBox after
+//! `convertfromraw`, Hyper-V after appending a fixed-VHD footer) and the guest can recognise it
+//! by content, whatever the disk order. Because the host rewrites it before each start, new
+//! certificates (`regenerate-certs`) reach the guest with a restart and no SSH round-trip.
+#![warn(missing_docs)]
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the JSON entry that opens every configuration drive.
+pub const CONFIG_ENTRY: &str = "rmachine-guest-config.json";
+
+/// Version of the format; the guest refuses a newer one than it knows.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything the guest needs at boot, rendered by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestConfig {
+    /// Format version, [`FORMAT_VERSION`] when written by this crate.
+    pub format_version: u32,
+    /// The machine name; the guest's hostname.
+    pub hostname: String,
+    /// PEM of the CA that signed the client certificates the engine must accept.
+    pub ca_pem: String,
+    /// PEM of the engine's server certificate.
+    pub server_cert_pem: String,
+    /// PEM of the engine's server key.
+    pub server_key_pem: String,
+    /// OpenSSH `authorized_keys` lines accepted by the guest's SSH server.
+    pub authorized_keys: Vec<String>,
+    /// Options for the engine inside the guest.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// Engine options the host passes through (`--engine-*` flags of `create`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineConfig {
+    /// TCP port the engine serves TLS on inside the guest.
+    #[serde(default = "default_engine_port")]
+    pub port: u16,
+    /// Engine labels (`--engine-label`), e.g. `provider=qemu`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Registries reached over plain HTTP (`--engine-insecure-registry`).
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    /// Registry mirrors (`--engine-registry-mirror`).
+    #[serde(default)]
+    pub registry_mirrors: Vec<String>,
+    /// Extra environment for the engine (`--engine-env K=V`).
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+fn default_engine_port() -> u16 {
+    2376
+}
+
+/// What can go wrong reading or writing a configuration drive.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestConfigError {
+    /// The drive could not be read or written.
+    #[error("configuration drive i/o failed")]
+    Io(#[source] io::Error),
+    /// The drive is a tar, but its first entry is not the configuration document.
+    #[error("not an rmachine configuration drive (first entry is {found:?})")]
+    NotConfigDrive {
+        /// The first entry's name, if any.
+        found: Option<String>,
+    },
+    /// The JSON document does not parse.
+    #[error("configuration document is invalid")]
+    Json(#[source] serde_json::Error),
+    /// The document was written by a newer rmachine.
+    #[error("configuration format {found} is newer than this guest supports ({supported})")]
+    TooNew {
+        /// The version on the drive.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+}
+
+impl GuestConfig {
+    /// Writes the configuration drive image: a ustar archive padded to whole 512-byte sectors.
+    pub fn write_drive(&self, out: impl Write) -> Result<(), GuestConfigError> {
+        let json = serde_json::to_vec_pretty(self).map_err(GuestConfigError::Json)?;
+        let mut builder = tar::Builder::new(out);
+        let mut header = tar::Header::new_ustar();
+        header.set_size(json.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, CONFIG_ENTRY, json.as_slice())
+            .map_err(GuestConfigError::Io)?;
+        // A tar archive is already a multiple of 512 bytes; disks want nothing more.
+        builder.into_inner().map_err(GuestConfigError::Io)?;
+        Ok(())
+    }
+
+    /// Reads a configuration drive (the raw device or the image file).
+    ///
+    /// Reading stops after the first entry, so trailing device bytes are never parsed.
+    pub fn read_drive(input: impl Read) -> Result<Self, GuestConfigError> {
+        let mut archive = tar::Archive::new(input);
+        let mut entries = archive.entries().map_err(GuestConfigError::Io)?;
+        let mut entry = match entries.next() {
+            Some(entry) => entry.map_err(GuestConfigError::Io)?,
+            None => return Err(GuestConfigError::NotConfigDrive { found: None }),
+        };
+        let name = entry
+            .path()
+            .map_err(GuestConfigError::Io)?
+            .to_string_lossy()
+            .into_owned();
+        if name != CONFIG_ENTRY {
+            return Err(GuestConfigError::NotConfigDrive { found: Some(name) });
+        }
+        let mut json = Vec::new();
+        entry.read_to_end(&mut json).map_err(GuestConfigError::Io)?;
+        let config: GuestConfig = serde_json::from_slice(&json).map_err(GuestConfigError::Json)?;
+        if config.format_version > FORMAT_VERSION {
+            return Err(GuestConfigError::TooNew {
+                found: config.format_version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Cheap check of a device's first sector: is this a configuration drive?
+    pub fn is_config_drive(first_sector: &[u8]) -> bool {
+        first_sector.len() >= CONFIG_ENTRY.len() && first_sector.starts_with(CONFIG_ENTRY.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GuestConfig {
+        GuestConfig {
+            format_version: FORMAT_VERSION,
+            hostname: "intro".into(),
+            ca_pem: "CA".into(),
+            server_cert_pem: "CERT".into(),
+            server_key_pem: "KEY".into(),
+            authorized_keys: vec!["ssh-ed25519 AAAA test".into()],
+            engine: EngineConfig {
+                port: 2376,
+                labels: vec!["provider=qemu".into()],
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn drive_round_trips_and_is_sector_aligned() {
+        let mut image = Vec::new();
+        sample().write_drive(&mut image).unwrap();
+        assert_eq!(image.len() % 512, 0);
+        assert!(GuestConfig::is_config_drive(&image[..512]));
+        // A device is larger than the image: trailing zeroes must not matter.
+        image.extend(std::iter::repeat_n(0u8, 4096));
+        assert_eq!(GuestConfig::read_drive(image.as_slice()).unwrap(), sample());
+    }
+
+    #[test]
+    fn other_disks_are_not_config_drives() {
+        let zeroes = vec![0u8; 512];
+        assert!(!GuestConfig::is_config_drive(&zeroes));
+        let err = GuestConfig::read_drive(zeroes.as_slice()).unwrap_err();
+        assert!(matches!(err, GuestConfigError::NotConfigDrive { found: None }));
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let mut config = sample();
+        config.format_version = FORMAT_VERSION + 1;
+        let mut image = Vec::new();
+        config.write_drive(&mut image).unwrap();
+        let err = GuestConfig::read_drive(image.as_slice()).unwrap_err();
+        assert!(matches!(err, GuestConfigError::TooNew { .. }));
+    }
+}

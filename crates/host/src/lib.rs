@@ -1,0 +1,1 @@
+//! rmachine host library.
