@@ -1,1 +1,195 @@
-//! e2e harness.
+//! Harness for the end-to-end tier: real QEMU boots of the guest this repository builds, driven
+//! only through the `rmachine` and `docker` command lines, as a user would.
+//!
+//! Every test gets its own store (a temp dir passed as `RMACHINE_STORAGE_PATH`) and its own
+//! docker client config, so nothing leaks between tests or into the user's setup. A [`Machine`]
+//! removes its VM on drop, even when the test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (this crate lives in `tests/e2e`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Directory of the workspace's built binaries (`target/<profile>`), found from the test
+/// executable (`target/<profile>/deps/<test>`), which also honours `CARGO_TARGET_DIR`.
+pub fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable is not under target/<profile>/deps")?;
+    Ok(dir.to_path_buf())
+}
+
+/// The guest image built by `guest/build.sh`.
+pub fn guest_image() -> Result<PathBuf> {
+    let dir = workspace_root().join("guest/out");
+    if !dir.join("manifest.json").is_file() {
+        bail!(
+            "no guest image at {}: run guest/build.sh first",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Output of a finished command, with helpers that make assertion failures readable.
+#[derive(Debug)]
+pub struct Run {
+    /// What was run, for messages.
+    pub what: String,
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    fn from_output(what: String, output: Output, elapsed: Duration) -> Self {
+        Run {
+            what,
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed,
+        }
+    }
+
+    /// Fails unless the command exited 0; returns self for chaining.
+    pub fn success(self) -> Result<Self> {
+        if self.code != 0 {
+            bail!(
+                "`{}` exited {}\n--- stdout\n{}\n--- stderr\n{}",
+                self.what,
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// A machine created in a private store; removed (VM killed, files deleted) on drop.
+pub struct Machine {
+    /// The machine's name.
+    pub name: String,
+    store: tempfile::TempDir,
+    docker_config: tempfile::TempDir,
+    bins: PathBuf,
+}
+
+impl Machine {
+    /// A handle for a machine named `name` in a fresh store; nothing is created yet.
+    pub fn new(name: &str) -> Result<Self> {
+        Ok(Machine {
+            name: name.to_string(),
+            store: tempfile::Builder::new().prefix("rmachine-e2e-").tempdir()?,
+            docker_config: tempfile::tempdir()?,
+            bins: bin_dir()?,
+        })
+    }
+
+    /// The private store.
+    pub fn store(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Runs `rmachine ARGS` against this machine's store.
+    pub fn rmachine(&self, args: &[&str]) -> Result<Run> {
+        let mut cmd = Command::new(self.bins.join("rmachine"));
+        cmd.args(args)
+            .env("RMACHINE_STORAGE_PATH", self.store.path())
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null());
+        run(cmd, format!("rmachine {}", args.join(" ")))
+    }
+
+    /// `rmachine create -d qemu` with the workspace's guest image and extra `args`.
+    pub fn create(&self, args: &[&str]) -> Result<Run> {
+        let image = guest_image()?;
+        let image = image.to_string_lossy();
+        let mut all = vec!["create", "-d", "qemu", "--no-progress", "--guest-image", &image];
+        all.extend_from_slice(args);
+        all.push(&self.name);
+        self.rmachine(&all)
+    }
+
+    /// The environment `rmachine env NAME` prints, parsed from its bash form, exactly what
+    /// `eval $(rmachine env NAME)` would set.
+    pub fn docker_env(&self) -> Result<Vec<(String, String)>> {
+        let out = self
+            .rmachine(&["env", "--shell", "bash", &self.name])?
+            .success()?;
+        let mut vars = Vec::new();
+        for line in out.stdout.lines() {
+            let Some(rest) = line.strip_prefix("export ") else {
+                continue;
+            };
+            let (key, value) = rest
+                .split_once('=')
+                .with_context(|| format!("malformed env line {line:?}"))?;
+            vars.push((key.to_string(), value.trim_matches('"').to_string()));
+        }
+        if !vars.iter().any(|(k, _)| k == "DOCKER_HOST") {
+            bail!("rmachine env printed no DOCKER_HOST:\n{}", out.stdout);
+        }
+        Ok(vars)
+    }
+
+    /// Runs the real `docker` CLI against this machine (env from `rmachine env`).
+    pub fn docker(&self, args: &[&str]) -> Result<Run> {
+        self.docker_with_stdin(args, None)
+    }
+
+    /// Like [`Machine::docker`], feeding `stdin_file` to the command's stdin.
+    pub fn docker_with_stdin(&self, args: &[&str], stdin_file: Option<&Path>) -> Result<Run> {
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
+            .env("DOCKER_CONFIG", self.docker_config.path())
+            .envs(self.docker_env()?);
+        match stdin_file {
+            Some(path) => cmd.stdin(std::fs::File::open(path)?),
+            None => cmd.stdin(Stdio::null()),
+        };
+        run(cmd, format!("docker {}", args.join(" ")))
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // Best effort: a failed test must not leave a QEMU process behind.
+        let _ = self.rmachine(&["rm", "-f", "-y", &self.name]);
+    }
+}
+
+fn run(mut cmd: Command, what: String) -> Result<Run> {
+    eprintln!("+ {what}");
+    let started = Instant::now();
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run `{what}`"))?;
+    let run = Run::from_output(what, output, started.elapsed());
+    eprintln!(
+        "  -> exit {} in {:.1}s\n{}{}",
+        run.code,
+        run.elapsed.as_secs_f64(),
+        indent(&run.stdout),
+        indent(&run.stderr)
+    );
+    Ok(run)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  | {l}\n")).collect()
+}

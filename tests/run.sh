@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, every test tier. Needs what .ci/setup installs, and root
+# (the engine and runtime tests create namespaces and mounts; the e2e tier boots QEMU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build host binaries (the engine tests run them)"
+cargo build --workspace --bins
+
+step "build the guest image"
+guest/build.sh
+
+step "unit, CLI, runtime and engine-on-host tests"
+cargo test --workspace --exclude rmachine-e2e
+
+step "end-to-end tests: real QEMU boots"
+RMACHINE_E2E=1 cargo test -p rmachine-e2e -- --test-threads=1 --nocapture
+
+step "all tests passed"
