@@ -1,0 +1,681 @@
+//! Safe extraction of one layer tar into a directory usable as an overlayfs lower dir.
+//!
+//! The tar comes from whoever built the image, so every entry is treated as hostile:
+//! - paths are split into components; absolute paths and `..` are refused outright;
+//! - every parent directory is checked with `symlink_metadata` from the layer root down, so a
+//!   symlink planted by an earlier entry (`link -> /etc`) is never followed when a later entry
+//!   (`link/passwd`) is written: such an entry is refused;
+//! - hard links must name an existing non-directory inside the layer, found the same way;
+//! - files are created with `O_CREAT | O_EXCL | O_NOFOLLOW`.
+//!
+//! The layer root is a private temporary directory that only this process writes, so checking
+//! then creating is not racy. While extracting, the whole uncompressed stream is hashed (trailing
+//! padding included) so the caller can compare it with the diff id the image config promises.
+//!
+//! AUFS-style whiteouts become overlayfs ones: `.wh.NAME` is a 0:0 character device `NAME`, and
+//! `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
+
+use std::ffi::{CString, OsStr};
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::time::TimeVal;
+use sha2::{Digest, Sha256};
+use tar::EntryType;
+
+use super::ImageError;
+
+/// Prefix of AUFS whiteout file names.
+const WHITEOUT_PREFIX: &str = ".wh.";
+/// Name of the AUFS marker that makes its directory opaque.
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The xattr overlayfs reads to treat a lower directory as opaque.
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// What extracting a layer produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// `sha256:<hex>` of the uncompressed tar stream: the layer's diff id.
+    pub diff_id: String,
+    /// Bytes of content (regular files, symlink targets), Docker's layer "size".
+    pub size: u64,
+}
+
+/// Wraps a layer blob in the decompressor its first bytes call for (gzip or none).
+pub fn decompress<'a>(
+    reader: impl Read + 'a,
+    layer: &str,
+) -> Result<Box<dyn Read + 'a>, ImageError> {
+    let mut reader = BufReader::new(reader);
+    let head = reader.fill_buf().map_err(|source| ImageError::Io {
+        path: PathBuf::from(layer),
+        source,
+    })?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Err(ImageError::InvalidLayer {
+            layer: layer.to_string(),
+            reason: "zstd-compressed layers are not supported".to_string(),
+        })
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+/// Counts and hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Metadata applied to a directory once all its children exist: a read-only mode or a
+/// restored mtime would otherwise get in the way of (or be clobbered by) later entries.
+struct DirFixup {
+    path: PathBuf,
+    mode: u32,
+    mtime: i64,
+}
+
+/// Extracts the uncompressed layer tar `reader` into the existing, empty directory `root`.
+///
+/// `layer` names the layer in errors. Nothing is ever written outside `root`; a hostile entry
+/// fails the whole extraction (the caller discards `root`).
+pub fn extract(reader: impl Read, root: &Path, layer: &str) -> Result<Extracted, ImageError> {
+    let invalid = |reason: String| ImageError::InvalidLayer {
+        layer: layer.to_string(),
+        reason,
+    };
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    let mut archive = tar::Archive::new(HashingReader {
+        inner: reader,
+        hasher: Sha256::new(),
+    });
+    let mut size = 0u64;
+    let mut dirs: Vec<DirFixup> = Vec::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| invalid(format!("reading tar: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| invalid(format!("reading tar: {e}")))?;
+        let raw_path = entry.path_bytes().into_owned();
+        let entry_name = String::from_utf8_lossy(&raw_path).into_owned();
+        let components =
+            split_path(&raw_path).map_err(|reason| invalid(format!("{entry_name}: {reason}")))?;
+        let Some((name, parents)) = components.split_last() else {
+            // "./" itself: the layer root's own metadata is not ours to change.
+            continue;
+        };
+        let meta =
+            EntryMeta::read(&mut entry).map_err(|e| invalid(format!("{entry_name}: {e}")))?;
+        let parent =
+            ensure_parents(root, parents).map_err(|e| e.into_image_error(layer, &entry_name))?;
+
+        let name_str = name.to_string_lossy();
+        if name_str == OPAQUE_MARKER {
+            set_xattr(&parent, OVERLAY_OPAQUE_XATTR, b"y").map_err(io_err(&parent))?;
+            continue;
+        }
+        if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(invalid(format!("{entry_name}: invalid whiteout")));
+            }
+            let target = parent.join(hidden);
+            remove_existing(&target, true).map_err(io_err(&target))?;
+            mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+                .map_err(|e| io_err(&target)(io::Error::from(e)))?;
+            lchown(&target, meta.uid, meta.gid).map_err(io_err(&target))?;
+            continue;
+        }
+
+        let target = parent.join(name);
+        let kind = entry.header().entry_type();
+        match kind {
+            EntryType::Directory => {
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {}
+                    _ => {
+                        remove_existing(&target, false).map_err(io_err(&target))?;
+                        fs::create_dir(&target).map_err(io_err(&target))?;
+                    }
+                }
+                lchown(&target, meta.uid, meta.gid).map_err(io_err(&target))?;
+                apply_xattrs(&target, &meta.xattrs);
+                dirs.push(DirFixup {
+                    path: target,
+                    mode: meta.mode,
+                    mtime: meta.mtime,
+                });
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                remove_existing(&target, true).map_err(io_err(&target))?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+                    .map_err(io_err(&target))?;
+                size += io::copy(&mut entry, &mut file).map_err(io_err(&target))?;
+                drop(file);
+                finish(&target, &meta, true).map_err(io_err(&target))?;
+            }
+            EntryType::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(format!("{entry_name}: symlink without a target")))?;
+                remove_existing(&target, true).map_err(io_err(&target))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
+                    .map_err(io_err(&target))?;
+                size += link.len() as u64;
+                finish(&target, &meta, false).map_err(io_err(&target))?;
+            }
+            EntryType::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(format!("{entry_name}: hard link without a target")))?;
+                let link_display = String::from_utf8_lossy(&link).into_owned();
+                let source = resolve_existing(root, &link).map_err(|reason| {
+                    invalid(format!(
+                        "{entry_name}: hard link to {link_display}: {reason}"
+                    ))
+                })?;
+                if source == target {
+                    continue;
+                }
+                remove_existing(&target, true).map_err(io_err(&target))?;
+                // link(2) does not follow a symlink source, so this links the entry itself.
+                fs::hard_link(&source, &target).map_err(io_err(&target))?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                remove_existing(&target, true).map_err(io_err(&target))?;
+                let (flag, dev) = match kind {
+                    EntryType::Char => (SFlag::S_IFCHR, meta.device),
+                    EntryType::Block => (SFlag::S_IFBLK, meta.device),
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                let mode = Mode::from_bits_truncate((meta.mode & 0o7777) as libc::mode_t);
+                match mknod(&target, flag, mode, dev) {
+                    Ok(()) => finish(&target, &meta, true).map_err(io_err(&target))?,
+                    // Without CAP_MKNOD (a rootless engine) Docker skips device nodes too.
+                    Err(nix::errno::Errno::EPERM) if kind != EntryType::Fifo => {
+                        tracing::warn!(layer, path = %entry_name, "no permission to create device node, skipped");
+                    }
+                    Err(e) => return Err(io_err(&target)(io::Error::from(e))),
+                }
+            }
+            EntryType::XGlobalHeader | EntryType::XHeader => {}
+            other => {
+                return Err(invalid(format!(
+                    "{entry_name}: unsupported tar entry type {other:?}"
+                )));
+            }
+        }
+    }
+
+    // Deepest first, so setting a parent's mtime is not undone by touching a child.
+    dirs.sort_by(|a, b| {
+        b.path
+            .components()
+            .count()
+            .cmp(&a.path.components().count())
+    });
+    for dir in &dirs {
+        fs::set_permissions(&dir.path, fs::Permissions::from_mode(dir.mode & 0o7777))
+            .map_err(io_err(&dir.path))?;
+        set_mtime(&dir.path, dir.mtime).map_err(io_err(&dir.path))?;
+    }
+
+    let mut hashing = archive.into_inner();
+    // The diff id covers the whole stream, including the end-of-archive blocks and padding.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| invalid(format!("reading tar: {e}")))?;
+    let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    Ok(Extracted { diff_id, size })
+}
+
+/// The metadata of one entry, with PAX overrides applied.
+struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    device: libc::dev_t,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
+        let header = entry.header();
+        let mode = header.mode()?;
+        let mut uid = header.uid()?;
+        let mut gid = header.gid()?;
+        let mut mtime = i64::try_from(header.mtime()?).unwrap_or(i64::MAX);
+        let major = header.device_major().ok().flatten().unwrap_or(0);
+        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry.pax_extensions()? {
+            for ext in pax {
+                let ext = ext?;
+                let Ok(key) = ext.key() else { continue };
+                let value = ext.value_bytes();
+                let number = || std::str::from_utf8(value).ok();
+                match key {
+                    "uid" => uid = number().and_then(|v| v.parse().ok()).unwrap_or(uid),
+                    "gid" => gid = number().and_then(|v| v.parse().ok()).unwrap_or(gid),
+                    "mtime" => {
+                        mtime = number()
+                            .and_then(|v| v.split('.').next())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(mtime)
+                    }
+                    _ => {
+                        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                            xattrs.push((name.to_string(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        let id = |v: u64| {
+            u32::try_from(v)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "uid/gid out of range"))
+        };
+        Ok(EntryMeta {
+            mode,
+            uid: id(uid)?,
+            gid: id(gid)?,
+            mtime,
+            device: makedev(u64::from(major), u64::from(minor)),
+            xattrs,
+        })
+    }
+}
+
+/// Splits a tar path into normal components; refuses absolute paths and `..`.
+fn split_path(raw: &[u8]) -> Result<Vec<&OsStr>, String> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path".to_string());
+    }
+    let mut out = Vec::new();
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("path escapes the layer (..)".to_string()),
+            _ => {
+                if part.contains(&0) {
+                    return Err("path contains a NUL byte".to_string());
+                }
+                out.push(OsStr::from_bytes(part));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Why a parent path could not be made.
+enum ParentError {
+    NotADirectory(PathBuf),
+    Io(PathBuf, io::Error),
+}
+
+impl ParentError {
+    fn into_image_error(self, layer: &str, entry: &str) -> ImageError {
+        match self {
+            ParentError::NotADirectory(path) => ImageError::InvalidLayer {
+                layer: layer.to_string(),
+                reason: format!(
+                    "{entry}: parent {} is not a directory (symlinks are not followed)",
+                    path.display()
+                ),
+            },
+            ParentError::Io(path, source) => ImageError::Io { path, source },
+        }
+    }
+}
+
+/// Walks `parents` below `root`, creating missing directories and refusing anything that is
+/// not a real directory (notably symlinks). Returns the innermost directory.
+fn ensure_parents(root: &Path, parents: &[&OsStr]) -> Result<PathBuf, ParentError> {
+    let mut current = root.to_path_buf();
+    for part in parents {
+        current.push(part);
+        match fs::symlink_metadata(&current) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ParentError::NotADirectory(current)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&current).map_err(|e| ParentError::Io(current.clone(), e))?;
+                fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| ParentError::Io(current.clone(), e))?;
+            }
+            Err(e) => return Err(ParentError::Io(current, e)),
+        }
+    }
+    Ok(current)
+}
+
+/// Finds the existing non-directory a hard link names, without following any symlink on the way.
+fn resolve_existing(root: &Path, raw: &[u8]) -> Result<PathBuf, String> {
+    let components = split_path(raw)?;
+    let Some((name, parents)) = components.split_last() else {
+        return Err("empty target".to_string());
+    };
+    let mut current = root.to_path_buf();
+    for part in parents {
+        current.push(part);
+        match fs::symlink_metadata(&current) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err("target goes through a non-directory".to_string()),
+            Err(_) => return Err("target does not exist in the layer".to_string()),
+        }
+    }
+    current.push(name);
+    match fs::symlink_metadata(&current) {
+        Ok(m) if m.is_dir() => Err("target is a directory".to_string()),
+        Ok(_) => Ok(current),
+        Err(_) => Err("target does not exist in the layer".to_string()),
+    }
+}
+
+/// Removes what is at `path` (never following a symlink); directories only when `dirs_too`.
+fn remove_existing(path: &Path, dirs_too: bool) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            if dirs_too {
+                fs::remove_dir_all(path)
+            } else {
+                Ok(())
+            }
+        }
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Owner, mode (not for symlinks), xattrs and mtime of a freshly created non-directory.
+fn finish(path: &Path, meta: &EntryMeta, chmod: bool) -> io::Result<()> {
+    lchown(path, meta.uid, meta.gid)?;
+    // After chown: changing the owner clears set-id bits.
+    if chmod {
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))?;
+    }
+    apply_xattrs(path, &meta.xattrs);
+    set_mtime(path, meta.mtime)
+}
+
+fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
+        // A rootless engine cannot give files away; keep going as Docker does in a user namespace.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            tracing::debug!(path = %path.display(), uid, gid, "lchown not permitted");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn set_mtime(path: &Path, mtime: i64) -> io::Result<()> {
+    let tv = TimeVal::new(mtime, 0);
+    nix::sys::stat::lutimes(path, &tv, &tv).map_err(io::Error::from)
+}
+
+/// Sets the xattrs a PAX header carried; overlayfs' own attributes are not the layer's to set.
+fn apply_xattrs(path: &Path, xattrs: &[(String, Vec<u8>)]) {
+    for (name, value) in xattrs {
+        if name.starts_with("trusted.overlay.") {
+            continue;
+        }
+        if let Err(e) = set_xattr(path, name, value) {
+            tracing::warn!(path = %path.display(), xattr = %name, error = %e, "cannot set xattr, skipped");
+        }
+    }
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let c_name = CString::new(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "xattr name contains a NUL byte",
+        )
+    })?;
+    // SAFETY: both strings are valid NUL-terminated C strings that outlive the call, and
+    // `value` is a live slice whose pointer and length are passed together.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads an xattr without following symlinks; `None` when it is absent.
+#[cfg(test)]
+pub(crate) fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let c_name = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            c_name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::testutil::{TarBuilder, TempDir};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    /// A sandbox with the layer root inside it and a sibling "outside" the attack aims at.
+    fn sandbox() -> (TempDir, PathBuf, PathBuf) {
+        let tmp = TempDir::new();
+        let root = tmp.path().join("layer");
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("passwd"), b"secret\n").unwrap();
+        (tmp, root, outside)
+    }
+
+    fn assert_outside_untouched(outside: &Path) {
+        let mut names: Vec<_> = fs::read_dir(outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![OsStr::new("passwd").to_os_string()]);
+        assert_eq!(fs::read(outside.join("passwd")).unwrap(), b"secret\n");
+    }
+
+    #[test]
+    fn regular_layer_keeps_modes_owners_times_links_and_devices() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.dir("bin", 0o755);
+        t.file_with(
+            "bin/tool",
+            b"#!/bin/sh\n",
+            0o4755,
+            1000,
+            1001,
+            1_600_000_000,
+        );
+        t.symlink("bin/sh", "tool");
+        t.hardlink("bin/tool2", "bin/tool");
+        t.char_device("dev/null", 1, 3);
+        t.fifo("run/pipe");
+        t.dir("tmp", 0o1777);
+        let bytes = t.finish();
+        let out = extract(&bytes[..], &root, "test").unwrap();
+
+        assert_eq!(
+            out.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+        );
+        assert_eq!(out.size, 10 + 4);
+        let tool = fs::symlink_metadata(root.join("bin/tool")).unwrap();
+        assert_eq!(tool.mode() & 0o7777, 0o4755);
+        assert_eq!((tool.uid(), tool.gid()), (1000, 1001));
+        assert_eq!(tool.mtime(), 1_600_000_000);
+        assert_eq!(
+            fs::read_link(root.join("bin/sh")).unwrap(),
+            Path::new("tool")
+        );
+        let tool2 = fs::symlink_metadata(root.join("bin/tool2")).unwrap();
+        assert_eq!(tool2.ino(), tool.ino());
+        let null = fs::symlink_metadata(root.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), makedev(1, 3));
+        assert!(fs::symlink_metadata(root.join("run/pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        assert_eq!(
+            fs::symlink_metadata(root.join("tmp")).unwrap().mode() & 0o7777,
+            0o1777
+        );
+        assert_eq!(
+            fs::symlink_metadata(root.join("bin")).unwrap().mtime(),
+            1_700_000_000
+        );
+    }
+
+    #[test]
+    fn whiteouts_become_overlayfs_whiteouts() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.dir("etc", 0o755);
+        t.file("etc/.wh.motd", b"");
+        t.dir("var/cache", 0o755);
+        t.file("var/cache/.wh..wh..opq", b"");
+        let bytes = t.finish();
+        extract(&bytes[..], &root, "test").unwrap();
+        let motd = fs::symlink_metadata(root.join("etc/motd")).unwrap();
+        assert!(motd.file_type().is_char_device());
+        assert_eq!(motd.rdev(), 0);
+        assert!(!root.join("etc/.wh.motd").exists());
+        assert_eq!(
+            get_xattr(&root.join("var/cache"), OVERLAY_OPAQUE_XATTR).as_deref(),
+            Some(&b"y"[..])
+        );
+        assert!(fs::read_dir(root.join("var/cache"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[test]
+    fn dot_dot_paths_are_refused() {
+        let (_tmp, root, outside) = sandbox();
+        let mut t = TarBuilder::new();
+        t.raw_file("../outside/evil", b"pwned");
+        let err = extract(&t.finish()[..], &root, "test").unwrap_err();
+        assert!(err.to_string().contains("escapes the layer"), "{err}");
+        assert_outside_untouched(&outside);
+    }
+
+    #[test]
+    fn absolute_paths_are_refused() {
+        let (_tmp, root, outside) = sandbox();
+        let evil = outside.join("evil");
+        let mut t = TarBuilder::new();
+        t.raw_file(evil.to_str().unwrap(), b"pwned");
+        let err = extract(&t.finish()[..], &root, "test").unwrap_err();
+        assert!(err.to_string().contains("absolute path"), "{err}");
+        assert_outside_untouched(&outside);
+    }
+
+    #[test]
+    fn writing_through_a_symlink_is_refused() {
+        let (_tmp, root, outside) = sandbox();
+        let mut t = TarBuilder::new();
+        t.symlink("link", outside.to_str().unwrap());
+        t.file("link/evil", b"pwned");
+        let err = extract(&t.finish()[..], &root, "test").unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert_outside_untouched(&outside);
+
+        // A relative symlink climbing out is no better.
+        let (_tmp2, root2, outside2) = sandbox();
+        let mut t = TarBuilder::new();
+        t.symlink("up", "../outside");
+        t.file("up/passwd", b"pwned");
+        assert!(extract(&t.finish()[..], &root2, "test").is_err());
+        assert_outside_untouched(&outside2);
+    }
+
+    #[test]
+    fn replacing_a_symlink_does_not_write_through_it() {
+        let (_tmp, root, outside) = sandbox();
+        let mut t = TarBuilder::new();
+        t.symlink("passwd", outside.join("passwd").to_str().unwrap());
+        t.file("passwd", b"pwned");
+        extract(&t.finish()[..], &root, "test").unwrap();
+        assert_eq!(fs::read(root.join("passwd")).unwrap(), b"pwned");
+        assert_outside_untouched(&outside);
+    }
+
+    #[test]
+    fn hard_links_outside_the_layer_are_refused() {
+        let (_tmp, root, outside) = sandbox();
+        let mut t = TarBuilder::new();
+        t.hardlink("passwd", "/etc/passwd");
+        assert!(extract(&t.finish()[..], &root, "test").is_err());
+
+        let mut t = TarBuilder::new();
+        t.hardlink("passwd", "../outside/passwd");
+        assert!(extract(&t.finish()[..], &root, "test").is_err());
+
+        // Through a symlink planted earlier, then a write into the "linked" file.
+        let mut t = TarBuilder::new();
+        t.symlink("out", outside.to_str().unwrap());
+        t.hardlink("passwd", "out/passwd");
+        t.file("passwd", b"pwned");
+        let err = extract(&t.finish()[..], &root, "test").unwrap_err();
+        assert!(err.to_string().contains("hard link"), "{err}");
+        assert_outside_untouched(&outside);
+        assert!(!root.join("passwd").exists());
+    }
+
+    #[test]
+    fn parent_components_are_created_and_dot_prefixes_ignored() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.raw_file("./a/b/c.txt", b"x");
+        extract(&t.finish()[..], &root, "test").unwrap();
+        assert_eq!(fs::read(root.join("a/b/c.txt")).unwrap(), b"x");
+    }
+}
