@@ -12,11 +12,31 @@
 //! * The runtime stays alive as the container's monitor and exits with the container's status:
 //!   the process's exit code, or 128+N if it was killed by signal N (Docker's convention). When
 //!   it reports `Failed` it exits with [`Failed::exit_code`].
+//! * Without fd [`SYNC_FD`] (a person running the runtime by hand) a failure is printed on stderr
+//!   instead, as `rmachine-runtime: container ID: MESSAGE`. With it, stderr is left alone: it is
+//!   the container's log, and the engine reports the failure itself.
+//! * Every container gets what Docker gives by default and the spec does not (yet) let the
+//!   engine change: Docker's default capability set (`CapEff 00000000a80425fb` for root, none for
+//!   other users), Docker's masked paths (`/proc/keys`, `/sys/firmware`…) and read-only paths
+//!   (`/proc/sys`…), and a private `/dev` with `/dev/pts` of its own. With
+//!   [`Process::terminal`], the engine's PTY slave is also bound on `/dev/console` (its only name
+//!   inside, so `tty` prints `/dev/console`, where Docker's runc-made PTY prints `/dev/pts/0`).
 //! * The engine stops a container by signalling [`SyncMessage::Started`]'s `pid` (a host PID)
 //!   directly. The monitor sets `PR_SET_PDEATHSIG` so a dying engine takes its containers along;
-//!   on restart the engine finds them exited, as Docker does without live-restore.
+//!   on restart the engine finds them exited, as Docker does without live-restore. The signal
+//!   fires when the *thread* that spawned the runtime ends, so spawn it from a long-lived thread.
+//!   The container's process is PID 1 of its namespace: the kernel drops signals it has no
+//!   handler for (SIGTERM included) except SIGKILL, which is why `docker stop` escalates.
 //!
-//! `rmachine-runtime exec DIR EXEC_JSON` (later) joins the namespaces of a running container.
+//! `rmachine-runtime exec DIR EXEC_JSON` runs one more process in a running container (`docker
+//! exec`). `DIR` is the container's state directory (its `runtime.json` names the container in
+//! messages); `EXEC_JSON` is the path of a file holding an [`ExecSpec`]. The runtime joins the
+//! pid, ipc, uts, net and mount namespaces of [`ExecSpec::pid`] (so the process sees the
+//! container's root, as `setns` into a mount namespace enters its topmost root mount), enters
+//! [`Process::cwd`] (not created: a missing one is an error, as with runc) and execs. Stdio, the
+//! sync pipe, the single [`SyncMessage`] (whose `pid` is the exec'd process's host PID) and the
+//! exit status follow the same contract as `run`; nothing is mounted, and the process is not
+//! PID 1. It gets the same capabilities as the container's first process.
 
 use std::path::PathBuf;
 
@@ -145,6 +165,18 @@ pub enum NetworkNamespace {
     },
     /// Share the host's network namespace (`--network host`).
     Host,
+}
+
+/// One more process to run in a running container (`rmachine-runtime exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecSpec {
+    /// Host PID of the container's PID 1 ([`SyncMessage::Started`]'s `pid`): the process whose
+    /// namespaces are joined.
+    pub pid: i32,
+    /// The process to run. The engine merges the container's environment with the exec's, as
+    /// Docker does; the runtime uses `env` as given.
+    pub process: Process,
 }
 
 /// The one message the runtime sends on [`SYNC_FD`].

@@ -1,0 +1,762 @@
+//! What the container's first process does between `fork` and `execve`.
+//!
+//! [`setup`] runs in the child the monitor forked (already PID 1 of the new PID namespace):
+//! it enters the remaining namespaces, builds the rootfs ([`crate::rootfs`]), takes the
+//! container's hostname, working directory, session, terminal, capabilities and identity, and
+//! resolves the command. [`setup_exec`] is its counterpart for `docker exec`: it joins the
+//! namespaces of a running container instead of making them, then does the same last steps.
+//! [`exec`] then replaces the process. Everything goes through [`Syscall`], so the whole
+//! sequence is checked by unit tests with a [`crate::syscall::RecordingSyscall`].
+
+use std::error::Error as _;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use crate::lookup::{self, LookupError};
+use crate::rootfs::{self, RootfsError};
+use crate::spec::{Failed, NetworkNamespace, Process, RuntimeSpec};
+use crate::syscall::{CloneFlags, Errno, FileKind, SysError, Syscall};
+
+/// The umask containers start with, as under Docker.
+const CONTAINER_UMASK: u32 = 0o022;
+
+/// Docker's default capabilities, by number: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID,
+/// SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
+pub const DEFAULT_CAPABILITIES: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+
+/// Capability numbers are below 64 (two 32-bit halves in `capset(2)`).
+const MAX_CAPABILITIES: u32 = 64;
+
+/// [`DEFAULT_CAPABILITIES`] as a mask (`0xa80425fb`, the `CapEff` Docker users know).
+pub fn default_capability_mask() -> u64 {
+    DEFAULT_CAPABILITIES
+        .iter()
+        .fold(0, |mask, cap| mask | (1u64 << cap))
+}
+
+/// A failure before the container's process is running.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// Creating or joining a namespace failed.
+    #[error("{what}")]
+    Namespace {
+        /// What was done (`new mount, uts, ipc, net namespace`, `join net namespace /path`…).
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// Bringing `lo` up in the new network namespace failed.
+    #[error("bring up loopback interface")]
+    Loopback {
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The root filesystem could not be assembled.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// `sethostname` failed.
+    #[error("set hostname {hostname:?}")]
+    Hostname {
+        /// The hostname from the spec.
+        hostname: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The working directory could not be created or entered.
+    #[error("chdir to cwd ({cwd:?}) set in config.json")]
+    Cwd {
+        /// The working directory from the spec.
+        cwd: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// Changing user, group or supplementary groups failed.
+    #[error("set {what} {id}")]
+    Identity {
+        /// `uid`, `gid` or `groups`.
+        what: &'static str,
+        /// The id (or ids) asked for.
+        id: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// Dropping capabilities failed.
+    #[error("drop capabilities")]
+    Capabilities {
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The PTY on stdin could not become the controlling terminal.
+    #[error("set controlling terminal")]
+    Terminal {
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// Signals or descriptors could not be reset for the new program.
+    #[error("prepare process: {what}")]
+    Process {
+        /// The step that failed.
+        what: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The spec has no command.
+    #[error("no command specified")]
+    NoCommand,
+    /// An argument or environment entry contains a NUL byte.
+    #[error("argument or environment entry with a nul byte: {value:?}")]
+    NulByte {
+        /// The offending string.
+        value: String,
+    },
+    /// The command was not found or is not executable.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// `execve` itself failed.
+    #[error("exec: {name:?}")]
+    Exec {
+        /// The command as given.
+        name: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+}
+
+impl ContainerError {
+    /// The [`Failed`] message for the engine: the whole cause chain, Docker's way
+    /// (`exec: "/etc/passwd": permission denied`).
+    pub fn to_failed(&self) -> Failed {
+        let mut message = self.to_string();
+        // `transparent` variants forward `source` to their inner error's cause, so the chain
+        // never repeats a message.
+        let mut cause = self.source();
+        while let Some(err) = cause {
+            message.push_str(": ");
+            message.push_str(&err.to_string());
+            cause = err.source();
+        }
+        Failed {
+            message,
+            exit_code: self.exit_code(),
+        }
+    }
+
+    /// Docker's exit code: 127 not found, 126 not executable, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Lookup(err) => err.exit_code(),
+            Self::Exec { source, .. } => match source.0 {
+                Errno::ENOENT | Errno::ENOTDIR => 127,
+                Errno::EACCES | Errno::EISDIR => 126,
+                _ => 1,
+            },
+            _ => 1,
+        }
+    }
+}
+
+/// A resolved command, ready for `execve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    /// The command as the spec gave it (for messages).
+    pub name: String,
+    /// The file to execute.
+    pub path: PathBuf,
+    /// argv.
+    pub argv: Vec<CString>,
+    /// envp.
+    pub envp: Vec<CString>,
+}
+
+/// Prepares the container around the calling process (see the module docs).
+///
+/// MUST run in a single-threaded child that is already in the container's new PID namespace;
+/// it changes the namespaces, root and credentials of the calling process for good.
+pub fn setup(spec: &RuntimeSpec, sys: &dyn Syscall) -> Result<Exec, ContainerError> {
+    // Mountpoints and the working directory are created 0755 whatever the engine's umask is.
+    sys.umask(CONTAINER_UMASK);
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if spec.network == NetworkNamespace::Loopback {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    sys.unshare(flags)
+        .map_err(|errno| ContainerError::Namespace {
+            what: format!("new {} namespace", namespace_names(flags)),
+            source: errno.into(),
+        })?;
+    match &spec.network {
+        NetworkNamespace::Loopback => {
+            sys.loopback_up()
+                .map_err(|errno| ContainerError::Loopback {
+                    source: errno.into(),
+                })?
+        }
+        NetworkNamespace::Path { path } => {
+            sys.setns(path, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                ContainerError::Namespace {
+                    what: format!("join net namespace {}", path.display()),
+                    source: errno.into(),
+                }
+            })?
+        }
+        NetworkNamespace::Host => {}
+    }
+    if !spec.hostname.is_empty() {
+        sys.sethostname(&spec.hostname)
+            .map_err(|errno| ContainerError::Hostname {
+                hostname: spec.hostname.clone(),
+                source: errno.into(),
+            })?;
+    }
+    rootfs::prepare(spec, sys, spec.process.terminal)?;
+    enter_cwd(sys, &spec.process.cwd, true)?;
+    become_process(sys, &spec.process)
+}
+
+/// The namespaces `exec` joins, in order. Mount comes last: until then the `/proc/PID/ns`
+/// paths resolve in the engine's mount namespace, where PID is the host PID.
+const EXEC_NAMESPACES: [(&str, CloneFlags); 4] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// Prepares a process to join the running container whose PID 1 has host PID `pid`.
+///
+/// MUST run in a single-threaded child forked after the parent joined the container's PID
+/// namespace (see [`join_pid_namespace`]). Joining the mount namespace also makes its root
+/// (the container's, after `pivot_root`) the process's root and working directory.
+pub fn setup_exec(pid: i32, process: &Process, sys: &dyn Syscall) -> Result<Exec, ContainerError> {
+    for (name, flag) in EXEC_NAMESPACES {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        sys.setns(&path, flag)
+            .map_err(|errno| ContainerError::Namespace {
+                what: format!("join {name} namespace {}", path.display()),
+                source: errno.into(),
+            })?;
+    }
+    sys.chdir(Path::new("/"))
+        .map_err(|errno| ContainerError::Cwd {
+            cwd: "/".into(),
+            source: errno.into(),
+        })?;
+    enter_cwd(sys, &process.cwd, false)?;
+    become_process(sys, process)
+}
+
+/// Joins the PID namespace of host PID `pid`, for the children forked afterwards.
+pub fn join_pid_namespace(pid: i32, sys: &dyn Syscall) -> Result<(), ContainerError> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+    sys.setns(&path, CloneFlags::CLONE_NEWPID)
+        .map_err(|errno| ContainerError::Namespace {
+            what: format!("join pid namespace {}", path.display()),
+            source: errno.into(),
+        })
+}
+
+/// Session, terminal, identity and command: the steps `run` and `exec` share once the process
+/// is in the container's namespaces and root.
+fn become_process(sys: &dyn Syscall, process: &Process) -> Result<Exec, ContainerError> {
+    // A new session always (as runc), so the container never shares the engine's; with a PTY
+    // the slave on stdin becomes its controlling terminal. Done as root: TIOCSCTTY may need it.
+    sys.setsid().map_err(|errno| ContainerError::Process {
+        what: "new session",
+        source: errno.into(),
+    })?;
+    if process.terminal {
+        sys.set_controlling_terminal(0)
+            .map_err(|errno| ContainerError::Terminal {
+                source: errno.into(),
+            })?;
+    }
+    // The bounding set is cut while still root with CAP_SETPCAP; the permitted set after the
+    // identity change, which already empties it for a non-root uid.
+    drop_bounding_capabilities(sys)?;
+    set_identity(sys, process)?;
+    sys.limit_capabilities(default_capability_mask())
+        .map_err(|errno| ContainerError::Capabilities {
+            source: errno.into(),
+        })?;
+    // Changing the uid or gid cleared the parent-death signal: without it again, a non-root
+    // container would outlive its monitor and the engine.
+    sys.set_parent_death_signal()
+        .map_err(|errno| ContainerError::Process {
+            what: "set parent death signal",
+            source: errno.into(),
+        })?;
+
+    let name = process
+        .args
+        .first()
+        .ok_or(ContainerError::NoCommand)?
+        .clone();
+    let path = lookup::look_path(sys, &name, lookup::path_from_env(&process.env))?;
+    Ok(Exec {
+        name,
+        path,
+        argv: to_cstrings(&process.args)?,
+        envp: to_cstrings(&process.env)?,
+    })
+}
+
+/// Resets what the new program must not inherit and `execve`s; returns only on failure.
+pub fn exec(exec: &Exec, sys: &dyn Syscall) -> ContainerError {
+    if let Err(errno) = sys.reset_signals() {
+        return ContainerError::Process {
+            what: "reset signals",
+            source: errno.into(),
+        };
+    }
+    sys.umask(CONTAINER_UMASK);
+    // The sync pipe, the spec file and anything the engine leaked stay out of the container;
+    // the error pipe to the monitor is already close-on-exec.
+    if let Err(errno) = sys.cloexec_from(3) {
+        return ContainerError::Process {
+            what: "close descriptors",
+            source: errno.into(),
+        };
+    }
+    let errno = sys.execve(&exec.path, &exec.argv, &exec.envp);
+    ContainerError::Exec {
+        name: exec.name.clone(),
+        source: errno.into(),
+    }
+}
+
+/// Enters the working directory, creating it first if missing and `create` is set (as Docker
+/// does for a container's first process).
+fn enter_cwd(sys: &dyn Syscall, cwd: &str, create: bool) -> Result<(), ContainerError> {
+    let cwd_error = |errno: Errno| ContainerError::Cwd {
+        cwd: cwd.to_string(),
+        source: errno.into(),
+    };
+    let path = if cwd.is_empty() { "/" } else { cwd };
+    // After the root switch "/" is the container's, so a plain path cannot escape it.
+    let path = Path::new(path);
+    match sys.stat(path) {
+        Ok(info) if info.kind == FileKind::Dir => {}
+        Ok(_) => return Err(cwd_error(Errno::ENOTDIR)),
+        Err(Errno::ENOENT) if create => sys.mkdir_all(path, 0o755).map_err(cwd_error)?,
+        Err(errno) => return Err(cwd_error(errno)),
+    }
+    sys.chdir(path).map_err(cwd_error)
+}
+
+/// Removes every capability outside [`DEFAULT_CAPABILITIES`] from the bounding set, up to the
+/// last one the kernel knows (it answers `EINVAL` past it).
+fn drop_bounding_capabilities(sys: &dyn Syscall) -> Result<(), ContainerError> {
+    let keep = default_capability_mask();
+    for cap in (0..MAX_CAPABILITIES).filter(|cap| keep & (1 << cap) == 0) {
+        match sys.drop_bounding_capability(cap) {
+            Ok(()) => {}
+            Err(Errno::EINVAL) => break,
+            Err(errno) => {
+                return Err(ContainerError::Capabilities {
+                    source: errno.into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Supplementary groups, then gid, then uid: each later step needs the privilege the previous
+/// one keeps.
+fn set_identity(sys: &dyn Syscall, process: &Process) -> Result<(), ContainerError> {
+    sys.setgroups(&process.additional_gids)
+        .map_err(|errno| ContainerError::Identity {
+            what: "groups",
+            id: format!("{:?}", process.additional_gids),
+            source: errno.into(),
+        })?;
+    sys.setgid(process.gid)
+        .map_err(|errno| ContainerError::Identity {
+            what: "gid",
+            id: process.gid.to_string(),
+            source: errno.into(),
+        })?;
+    sys.setuid(process.uid)
+        .map_err(|errno| ContainerError::Identity {
+            what: "uid",
+            id: process.uid.to_string(),
+            source: errno.into(),
+        })
+}
+
+fn namespace_names(flags: CloneFlags) -> String {
+    let names = [
+        (CloneFlags::CLONE_NEWNS, "mount"),
+        (CloneFlags::CLONE_NEWUTS, "uts"),
+        (CloneFlags::CLONE_NEWIPC, "ipc"),
+        (CloneFlags::CLONE_NEWNET, "net"),
+        (CloneFlags::CLONE_NEWPID, "pid"),
+    ];
+    names
+        .iter()
+        .filter(|(flag, _)| flags.contains(*flag))
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_cstrings(items: &[String]) -> Result<Vec<CString>, ContainerError> {
+    items
+        .iter()
+        .map(|item| {
+            CString::new(item.as_bytes()).map_err(|_| ContainerError::NulByte {
+                value: item.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Rootfs;
+    use crate::syscall::{Call, RecordingSyscall};
+
+    fn spec() -> RuntimeSpec {
+        RuntimeSpec {
+            id: "c".repeat(64),
+            rootfs: Rootfs {
+                lower_dirs: vec!["/l".into()],
+                upper_dir: "/c/upper".into(),
+                work_dir: "/c/work".into(),
+                merged_dir: "/c/merged".into(),
+            },
+            process: Process {
+                args: vec!["sh".into(), "-c".into(), "true".into()],
+                env: vec!["PATH=/bin".into(), "HOME=/root".into()],
+                cwd: "/work".into(),
+                uid: 1000,
+                gid: 100,
+                additional_gids: vec![10],
+                terminal: false,
+            },
+            hostname: "cccccccccccc".into(),
+            mounts: vec![],
+            etc_files: vec![],
+            readonly_rootfs: false,
+            network: NetworkNamespace::Loopback,
+        }
+    }
+
+    /// After the pivot, the fake sees container paths; the image has /bin/sh and /work.
+    fn image() -> RecordingSyscall {
+        RecordingSyscall::new()
+            .with_file("/bin/sh", FileKind::File, 0o755)
+            .with_file("/work", FileKind::Dir, 0o755)
+            .with_file("/etc/passwd", FileKind::File, 0o644)
+    }
+
+    /// The calls that are not mounts or file creation: the process's own changes.
+    fn process_calls(calls: &[Call]) -> Vec<Call> {
+        calls
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Call::Mount { .. }
+                        | Call::Mknod { .. }
+                        | Call::MkdirAll { .. }
+                        | Call::CreateFile(_)
+                        | Call::Symlink { .. }
+                        | Call::PivotRoot { .. }
+                        | Call::Umount2 { .. }
+                        | Call::DropBoundingCapability(_)
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn setup_enters_namespaces_then_drops_privileges_last() {
+        let sys = image();
+        let exec = setup(&spec(), &sys).expect("setup");
+        assert_eq!(exec.path, PathBuf::from("/bin/sh"));
+        assert_eq!(exec.argv.len(), 3);
+        assert_eq!(exec.envp[1].to_str(), Ok("HOME=/root"));
+        assert_eq!(
+            process_calls(&sys.calls()),
+            vec![
+                Call::Umask(0o022),
+                Call::Unshare(
+                    CloneFlags::CLONE_NEWNS
+                        | CloneFlags::CLONE_NEWUTS
+                        | CloneFlags::CLONE_NEWIPC
+                        | CloneFlags::CLONE_NEWNET
+                ),
+                Call::LoopbackUp,
+                Call::Sethostname("cccccccccccc".into()),
+                Call::Chdir("/c/merged".into()),
+                Call::Chdir("/".into()),
+                Call::Chdir("/work".into()),
+                Call::Setsid,
+                Call::Setgroups(vec![10]),
+                Call::Setgid(100),
+                Call::Setuid(1000),
+                Call::LimitCapabilities(0xa804_25fb),
+                Call::SetParentDeathSignal,
+            ]
+        );
+    }
+
+    #[test]
+    fn capabilities_outside_dockers_default_leave_the_bounding_set() {
+        // This kernel knows capabilities 0..=40: it answers EINVAL from 41 on.
+        let sys = image().fail_when(
+            |c| matches!(c, Call::DropBoundingCapability(cap) if *cap > 40),
+            Errno::EINVAL,
+        );
+        setup(&spec(), &sys).expect("setup");
+        let dropped: Vec<u32> = sys
+            .calls()
+            .iter()
+            .filter_map(|c| match c {
+                Call::DropBoundingCapability(cap) => Some(*cap),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<u32> = (0..=41)
+            .filter(|cap| !DEFAULT_CAPABILITIES.contains(cap))
+            .collect();
+        assert_eq!(dropped, expected);
+        assert!(dropped.contains(&21), "CAP_SYS_ADMIN is dropped");
+        assert_eq!(default_capability_mask(), 0xa804_25fb);
+    }
+
+    #[test]
+    fn exec_resets_the_process_then_execs() {
+        let sys = image();
+        let exec = setup(&spec(), &sys).expect("setup");
+        let before = sys.calls().len();
+        let err = super::exec(&exec, &sys);
+        assert_eq!(
+            sys.calls()[before..],
+            [
+                Call::ResetSignals,
+                Call::Umask(0o022),
+                Call::CloexecFrom(3),
+                Call::Execve {
+                    path: "/bin/sh".into(),
+                    argv: vec!["sh".into(), "-c".into(), "true".into()],
+                    envp: vec!["PATH=/bin".into(), "HOME=/root".into()],
+                },
+            ]
+        );
+        // The fake's execve "fails" with ENOSYS: a generic failure, exit 1.
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_joined_network_namespace_is_entered_and_host_network_is_kept() {
+        let mut spec = spec();
+        spec.network = NetworkNamespace::Path {
+            path: "/run/netns/c".into(),
+        };
+        let sys = image();
+        setup(&spec, &sys).expect("setup");
+        let calls = sys.calls();
+        assert_eq!(
+            calls[1..3],
+            [
+                Call::Unshare(
+                    CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
+                ),
+                Call::Setns {
+                    path: "/run/netns/c".into(),
+                    nstype: CloneFlags::CLONE_NEWNET
+                },
+            ]
+        );
+        assert!(!calls.contains(&Call::LoopbackUp));
+
+        spec.network = NetworkNamespace::Host;
+        let sys = image();
+        setup(&spec, &sys).expect("setup");
+        let calls = sys.calls();
+        assert!(!calls.contains(&Call::LoopbackUp));
+        assert!(!calls.iter().any(|c| matches!(c, Call::Setns { .. })));
+    }
+
+    #[test]
+    fn a_terminal_becomes_the_controlling_one_before_the_uid_changes() {
+        let mut spec = spec();
+        spec.process.terminal = true;
+        let sys = image().with_symlink("/proc/self/fd/0", "/dev/pts/3");
+        setup(&spec, &sys).expect("setup");
+        let calls = process_calls(&sys.calls());
+        let setsid = calls.iter().position(|c| *c == Call::Setsid);
+        let ctty = calls
+            .iter()
+            .position(|c| *c == Call::SetControllingTerminal(0));
+        let setuid = calls.iter().position(|c| *c == Call::Setuid(1000));
+        assert!(setsid < ctty && ctty < setuid, "{calls:?}");
+    }
+
+    #[test]
+    fn a_missing_cwd_is_created_before_entering_it() {
+        let mut spec = spec();
+        spec.process.cwd = "/does/not/exist".into();
+        let sys = image();
+        setup(&spec, &sys).expect("setup");
+        let calls = sys.calls();
+        let mkdir = calls.iter().position(|c| {
+            *c == Call::MkdirAll {
+                path: "/does/not/exist".into(),
+                mode: 0o755,
+            }
+        });
+        let chdir = calls
+            .iter()
+            .position(|c| *c == Call::Chdir("/does/not/exist".into()));
+        assert!(mkdir.is_some() && mkdir < chdir, "{calls:?}");
+    }
+
+    #[test]
+    fn failures_carry_dockers_messages_and_exit_codes() {
+        let mut spec = spec();
+        spec.process.args = vec!["nope".into()];
+        let failed = setup(&spec, &image()).expect_err("not found").to_failed();
+        assert_eq!(
+            failed,
+            Failed {
+                message: "exec: \"nope\": executable file not found in $PATH".into(),
+                exit_code: 127,
+            }
+        );
+
+        spec.process.args = vec!["/etc/passwd".into()];
+        let failed = setup(&spec, &image())
+            .expect_err("not executable")
+            .to_failed();
+        assert_eq!(
+            failed,
+            Failed {
+                message: "exec: \"/etc/passwd\": permission denied".into(),
+                exit_code: 126,
+            }
+        );
+
+        let sys = image().fail_when(
+            |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay"),
+            Errno::ENODEV,
+        );
+        let failed = setup(&self::spec(), &sys)
+            .expect_err("no overlay")
+            .to_failed();
+        assert_eq!(
+            failed,
+            Failed {
+                message: "mount overlay on /c/merged: no such device".into(),
+                exit_code: 1,
+            }
+        );
+
+        let sys = image().fail_when(|c| *c == Call::Setuid(1000), Errno::EPERM);
+        let failed = setup(&self::spec(), &sys).expect_err("setuid").to_failed();
+        assert_eq!(failed.message, "set uid 1000: operation not permitted");
+        assert_eq!(failed.exit_code, 1);
+
+        let sys = image().fail_when(|c| matches!(c, Call::Unshare(_)), Errno::EPERM);
+        let failed = setup(&self::spec(), &sys).expect_err("unshare").to_failed();
+        assert_eq!(
+            failed.message,
+            "new mount, uts, ipc, net namespace: operation not permitted"
+        );
+    }
+
+    #[test]
+    fn execve_errors_map_to_dockers_exit_codes() {
+        for (errno, code, message) in [
+            (Errno::EACCES, 126, "exec: \"sh\": permission denied"),
+            (
+                Errno::ENOENT,
+                127,
+                "exec: \"sh\": no such file or directory",
+            ),
+            (Errno::ENOEXEC, 1, "exec: \"sh\": exec format error"),
+        ] {
+            let sys = image().fail_when(|c| matches!(c, Call::Execve { .. }), errno);
+            let exec = setup(&spec(), &sys).expect("setup");
+            let failed = super::exec(&exec, &sys).to_failed();
+            assert_eq!(
+                failed,
+                Failed {
+                    message: message.into(),
+                    exit_code: code
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_command_is_refused() {
+        let mut spec = spec();
+        spec.process.args.clear();
+        let failed = setup(&spec, &image()).expect_err("no command").to_failed();
+        assert_eq!(failed.message, "no command specified");
+        assert_eq!(failed.exit_code, 1);
+    }
+
+    #[test]
+    fn exec_joins_namespaces_mount_last_and_mounts_nothing() {
+        let sys = image();
+        join_pid_namespace(4242, &sys).expect("join pid");
+        let exec = setup_exec(4242, &spec().process, &sys).expect("setup exec");
+        assert_eq!(exec.path, PathBuf::from("/bin/sh"));
+        let setns = |ns: &str, nstype| Call::Setns {
+            path: format!("/proc/4242/ns/{ns}").into(),
+            nstype,
+        };
+        assert_eq!(
+            process_calls(&sys.calls()),
+            vec![
+                setns("pid", CloneFlags::CLONE_NEWPID),
+                setns("ipc", CloneFlags::CLONE_NEWIPC),
+                setns("uts", CloneFlags::CLONE_NEWUTS),
+                setns("net", CloneFlags::CLONE_NEWNET),
+                setns("mnt", CloneFlags::CLONE_NEWNS),
+                Call::Chdir("/".into()),
+                Call::Chdir("/work".into()),
+                Call::Setsid,
+                Call::Setgroups(vec![10]),
+                Call::Setgid(100),
+                Call::Setuid(1000),
+                Call::LimitCapabilities(0xa804_25fb),
+                Call::SetParentDeathSignal,
+            ]
+        );
+        assert!(!sys.calls().iter().any(|c| matches!(c, Call::Mount { .. })));
+    }
+
+    #[test]
+    fn exec_does_not_create_a_missing_cwd() {
+        let mut process = spec().process;
+        process.cwd = "/gone".into();
+        let sys = image();
+        let failed = setup_exec(4242, &process, &sys)
+            .expect_err("missing cwd")
+            .to_failed();
+        assert_eq!(
+            failed.message,
+            "chdir to cwd (\"/gone\") set in config.json: no such file or directory"
+        );
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::MkdirAll { .. })));
+    }
+}

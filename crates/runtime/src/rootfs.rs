@@ -1,0 +1,991 @@
+//! Assembling the container's root filesystem inside its own mount namespace.
+//!
+//! Data flow, all through [`Syscall`] and all before the container's process runs:
+//! 1. the whole mount tree becomes a recursive slave, so nothing mounted here propagates back
+//!    to the engine's namespace (and the host's unmounts still reach us);
+//! 2. overlayfs is mounted on `merged_dir` from the spec's layers;
+//! 3. the standard kernel filesystems (`/proc`, `/sys`, a tmpfs `/dev` with its device nodes,
+//!    `/dev/pts`, `/dev/shm`, `/dev/mqueue`) are mounted under it, as runc's default spec does;
+//! 4. the engine's `/etc` files, then the spec's mounts, are bound or mounted on top;
+//! 5. `pivot_root` makes `merged_dir` the root and the old root is detached; when the old root
+//!    is the initramfs (which `pivot_root` refuses), the overlay is moved onto `/` and
+//!    `chroot`ed into instead, as runc's `--no-pivot` does;
+//! 6. Docker's masked paths are hidden and its read-only paths remounted read-only;
+//! 7. the root is remounted read-only if asked.
+//!
+//! Destinations are resolved inside the rootfs with [`secure_join`], so an image's symlink
+//! cannot redirect a mount onto the host.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::spec::{MountKind, RuntimeSpec};
+use crate::syscall::{Errno, FileKind, MntFlags, Mode, MsFlags, SFlag, SysError, Syscall};
+
+/// Mount options for `/dev`: the same as runc's default spec.
+const DEV_OPTIONS: &str = "mode=755,size=65536k";
+/// Mount options for `/dev/pts`: a private instance, so the container sees only its own ptys.
+const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+/// Mount options for `/dev/shm`: Docker's default `--shm-size` of 64 MiB.
+const SHM_OPTIONS: &str = "mode=1777,size=65536k";
+
+/// Character devices every container gets: name, major, minor (all mode 0666).
+const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Symlinks in `/dev`: link name, target.
+const DEV_LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// Paths hidden from containers, as in Docker's default spec: kernel internals a container has
+/// no business reading. Files get `/dev/null` bound over them, directories an empty read-only
+/// tmpfs; paths this kernel lacks are skipped.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths made read-only, as in Docker's default spec: host-wide kernel settings.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// A failure while assembling the root filesystem; each names the path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A mount failed.
+    #[error("mount {what} on {}", target.display())]
+    Mount {
+        /// What was mounted: a filesystem type or a bind source.
+        what: String,
+        /// Where (a host path before `pivot_root`, a container path after).
+        target: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// A mountpoint, device node or symlink could not be created.
+    #[error("create {}", path.display())]
+    Create {
+        /// The path.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// A mount destination could not be resolved inside the rootfs.
+    #[error("resolve {path} in the container")]
+    Resolve {
+        /// The destination as the spec gave it.
+        path: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The source of a bind mount does not exist or cannot be read.
+    #[error("bind source {}", path.display())]
+    BindSource {
+        /// The host path.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// Switching to the new root failed.
+    #[error("pivot_root to {}", path.display())]
+    PivotRoot {
+        /// The new root.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+}
+
+/// The overlayfs option string for the spec's layers: `lowerdir=TOP:…:BOTTOM,upperdir=…,workdir=…`.
+///
+/// The kernel limits mount data to one page (4096 bytes); images with very many layers in long
+/// paths would need the shorter relative-path form Docker uses, which is not done yet.
+pub fn overlay_options(spec: &RuntimeSpec) -> String {
+    let lower: Vec<String> = spec
+        .rootfs
+        .lower_dirs
+        .iter()
+        .map(|dir| dir.display().to_string())
+        .collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.rootfs.upper_dir.display(),
+        spec.rootfs.work_dir.display()
+    )
+}
+
+/// Splits `mount -o`-style options into the flags `mount(2)` takes and the data string the
+/// filesystem parses (`noexec,size=64m` → `MS_NOEXEC`, `size=64m`).
+pub fn parse_mount_options(options: &str) -> (MsFlags, MsFlags, String) {
+    let mut set = MsFlags::empty();
+    let mut clear = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" => set |= MsFlags::MS_RDONLY,
+            "rw" => clear |= MsFlags::MS_RDONLY,
+            "nosuid" => set |= MsFlags::MS_NOSUID,
+            "suid" => clear |= MsFlags::MS_NOSUID,
+            "nodev" => set |= MsFlags::MS_NODEV,
+            "dev" => clear |= MsFlags::MS_NODEV,
+            "noexec" => set |= MsFlags::MS_NOEXEC,
+            "exec" => clear |= MsFlags::MS_NOEXEC,
+            "sync" => set |= MsFlags::MS_SYNCHRONOUS,
+            "async" => clear |= MsFlags::MS_SYNCHRONOUS,
+            "noatime" => set |= MsFlags::MS_NOATIME,
+            "nodiratime" => set |= MsFlags::MS_NODIRATIME,
+            "relatime" => set |= MsFlags::MS_RELATIME,
+            "strictatime" => set |= MsFlags::MS_STRICTATIME,
+            other => data.push(other),
+        }
+    }
+    (set, clear, data.join(","))
+}
+
+/// Resolves `unsafe_path` (an absolute container path) inside `root`, following symlinks as if
+/// `root` were `/`: `..` and absolute link targets never leave `root`.
+///
+/// Components that do not exist yet are appended as they are, so the result can be created.
+pub fn secure_join(sys: &dyn Syscall, root: &Path, unsafe_path: &str) -> Result<PathBuf, Errno> {
+    let mut resolved: Vec<PathBuf> = Vec::new();
+    let mut pending: Vec<PathBuf> = components_rev(Path::new(unsafe_path));
+    let mut links = 0;
+    while let Some(component) = pending.pop() {
+        if component.as_os_str() == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved
+            .iter()
+            .fold(root.to_path_buf(), |acc, part| acc.join(part))
+            .join(&component);
+        match sys.lstat(&candidate) {
+            Ok(info) if info.kind == FileKind::Symlink => {
+                links += 1;
+                if links > 255 {
+                    return Err(Errno::ELOOP);
+                }
+                let target = sys.read_link(&candidate)?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                pending.extend(components_rev(&target));
+            }
+            Ok(_) | Err(Errno::ENOENT) => resolved.push(component),
+            Err(errno) => return Err(errno),
+        }
+    }
+    Ok(resolved
+        .iter()
+        .fold(root.to_path_buf(), |acc, part| acc.join(part)))
+}
+
+/// The normal and `..` components of `path`, last first (a stack to pop from).
+fn components_rev(path: &Path) -> Vec<PathBuf> {
+    path.components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(PathBuf::from(name)),
+            Component::ParentDir => Some(PathBuf::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+/// Builds the rootfs under `merged_dir` and switches to it; on success the process's root is the
+/// container's and its working directory is `/`.
+///
+/// MUST be called in a fresh mount namespace (after `unshare(CLONE_NEWNS)`), and in the new PID
+/// and network namespaces, since `/proc` and `/sys` show the namespaces of the mounter.
+pub fn prepare(spec: &RuntimeSpec, sys: &dyn Syscall, terminal: bool) -> Result<(), RootfsError> {
+    let root = spec.rootfs.merged_dir.as_path();
+    mount(
+        sys,
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None,
+    )?;
+    let options = overlay_options(spec);
+    mount(
+        sys,
+        Some(Path::new("overlay")),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&options),
+    )?;
+    mount_standard(sys, root, terminal)?;
+    for file in &spec.etc_files {
+        let target = resolve_and_create(sys, root, &file.destination, FileKind::File)?;
+        // Docker makes them read-only along with the rootfs (`--read-only`).
+        bind(sys, &file.source, &target, spec.readonly_rootfs)?;
+    }
+    for m in &spec.mounts {
+        match &m.kind {
+            MountKind::Bind { source } => {
+                let kind = sys
+                    .stat(source)
+                    .map_err(|errno| RootfsError::BindSource {
+                        path: source.clone(),
+                        source: errno.into(),
+                    })?
+                    .kind;
+                let kind = if kind == FileKind::Dir {
+                    FileKind::Dir
+                } else {
+                    FileKind::File
+                };
+                let target = resolve_and_create(sys, root, &m.destination, kind)?;
+                bind(sys, source, &target, m.readonly)?;
+            }
+            MountKind::Tmpfs { options } => {
+                let target = resolve_and_create(sys, root, &m.destination, FileKind::Dir)?;
+                let (set, clear, data) = parse_mount_options(options);
+                let mut flags = (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | set) - clear;
+                if m.readonly {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                mount(
+                    sys,
+                    Some(Path::new("tmpfs")),
+                    &target,
+                    Some("tmpfs"),
+                    flags,
+                    Some(&data),
+                )?;
+            }
+        }
+    }
+    switch_root(sys, root)?;
+    protect_kernel_paths(sys)?;
+    if spec.readonly_rootfs {
+        mount(
+            sys,
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// `/proc`, `/sys`, `/dev` and what lives in `/dev`, under `root`.
+fn mount_standard(sys: &dyn Syscall, root: &Path, terminal: bool) -> Result<(), RootfsError> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc = resolve_and_create(sys, root, "/proc", FileKind::Dir)?;
+    mount(
+        sys,
+        Some(Path::new("proc")),
+        &proc,
+        Some("proc"),
+        hardened,
+        None,
+    )?;
+    let sysfs = resolve_and_create(sys, root, "/sys", FileKind::Dir)?;
+    mount(
+        sys,
+        Some(Path::new("sysfs")),
+        &sysfs,
+        Some("sysfs"),
+        hardened | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    let dev = resolve_and_create(sys, root, "/dev", FileKind::Dir)?;
+    mount(
+        sys,
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some(DEV_OPTIONS),
+    )?;
+    // /dev is a fresh tmpfs now, so plain joins cannot meet an image's symlinks.
+    for (name, major, minor) in DEVICES {
+        let path = dev.join(name);
+        sys.mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(|errno| RootfsError::Create {
+            path,
+            source: errno.into(),
+        })?;
+    }
+    let pts = dev.join("pts");
+    mkdir(sys, &pts)?;
+    mount(
+        sys,
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(DEVPTS_OPTIONS),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(sys, &shm)?;
+    mount(
+        sys,
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        hardened,
+        Some(SHM_OPTIONS),
+    )?;
+    let mqueue = dev.join("mqueue");
+    mkdir(sys, &mqueue)?;
+    mount(
+        sys,
+        Some(Path::new("mqueue")),
+        &mqueue,
+        Some("mqueue"),
+        hardened,
+        None,
+    )?;
+    for (name, target) in DEV_LINKS {
+        let link = dev.join(name);
+        sys.symlink(Path::new(target), &link)
+            .map_err(|errno| RootfsError::Create {
+                path: link,
+                source: errno.into(),
+            })?;
+    }
+    if terminal {
+        // The engine opened the PTY in its own devpts, which the container cannot see; binding
+        // the slave on /dev/console gives it a name inside, as runc does for its console.
+        // The bind source is the slave's path, not the /proc/self/fd/0 magic link: that one
+        // leads to the mount in the engine's namespace, which mount(2) refuses as a source.
+        let stdin = Path::new("/proc/self/fd/0");
+        let slave = sys
+            .read_link(stdin)
+            .map_err(|errno| RootfsError::BindSource {
+                path: stdin.to_path_buf(),
+                source: errno.into(),
+            })?;
+        let console = dev.join("console");
+        create(sys, &console, FileKind::File)?;
+        bind(sys, &slave, &console, false)?;
+    }
+    Ok(())
+}
+
+/// Applies [`MASKED_PATHS`] and [`READONLY_PATHS`]; runs after the root switch, so the paths
+/// (and the `/dev/null` bound over masked files) are the container's own.
+fn protect_kernel_paths(sys: &dyn Syscall) -> Result<(), RootfsError> {
+    for path in MASKED_PATHS.map(Path::new) {
+        match sys.stat(path) {
+            Ok(info) if info.kind == FileKind::Dir => mount(
+                sys,
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+            )?,
+            Ok(_) => bind(sys, Path::new("/dev/null"), path, false)?,
+            Err(_) => {}
+        }
+    }
+    for path in READONLY_PATHS.map(Path::new) {
+        if sys.stat(path).is_ok() {
+            bind(sys, path, path, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `root` the process's root and detaches the old one.
+fn switch_root(sys: &dyn Syscall, root: &Path) -> Result<(), RootfsError> {
+    let pivot_error = |errno: Errno| RootfsError::PivotRoot {
+        path: root.to_path_buf(),
+        source: errno.into(),
+    };
+    sys.chdir(root).map_err(pivot_error)?;
+    match sys.pivot_root(Path::new("."), Path::new(".")) {
+        Ok(()) => {
+            // The old root is now stacked under the new one at "."; detach it so the
+            // container cannot reach the host's tree.
+            sys.umount2(Path::new("."), MntFlags::MNT_DETACH)
+                .map_err(pivot_error)?;
+        }
+        Err(Errno::EINVAL) => {
+            // The current root is the initramfs, which cannot be pivoted away from: move the
+            // overlay over it and chroot, the way switch_root(8) does.
+            sys.mount(
+                Some(Path::new(".")),
+                Path::new("/"),
+                None,
+                MsFlags::MS_MOVE,
+                None,
+            )
+            .map_err(pivot_error)?;
+            sys.chroot(Path::new(".")).map_err(pivot_error)?;
+        }
+        Err(errno) => return Err(pivot_error(errno)),
+    }
+    sys.chdir(Path::new("/")).map_err(pivot_error)
+}
+
+/// Resolves a container path under `root` and creates it (with its parents) if missing.
+fn resolve_and_create(
+    sys: &dyn Syscall,
+    root: &Path,
+    destination: &str,
+    kind: FileKind,
+) -> Result<PathBuf, RootfsError> {
+    let path = secure_join(sys, root, destination).map_err(|errno| RootfsError::Resolve {
+        path: destination.to_string(),
+        source: errno.into(),
+    })?;
+    create(sys, &path, kind)?;
+    Ok(path)
+}
+
+/// Creates a directory or an empty file at `path` unless something is already there.
+fn create(sys: &dyn Syscall, path: &Path, kind: FileKind) -> Result<(), RootfsError> {
+    if sys.stat(path).is_ok() {
+        return Ok(());
+    }
+    let created = match kind {
+        FileKind::Dir => sys.mkdir_all(path, 0o755),
+        _ => match path.parent() {
+            Some(parent) => sys
+                .mkdir_all(parent, 0o755)
+                .and_then(|()| sys.create_file(path)),
+            None => sys.create_file(path),
+        },
+    };
+    created.map_err(|errno| RootfsError::Create {
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })
+}
+
+fn mkdir(sys: &dyn Syscall, path: &Path) -> Result<(), RootfsError> {
+    sys.mkdir_all(path, 0o755)
+        .map_err(|errno| RootfsError::Create {
+            path: path.to_path_buf(),
+            source: errno.into(),
+        })
+}
+
+/// A recursive bind mount, remounted read-only when asked (a bind cannot be made read-only in
+/// the same call).
+fn bind(
+    sys: &dyn Syscall,
+    source: &Path,
+    target: &Path,
+    readonly: bool,
+) -> Result<(), RootfsError> {
+    let what = source.display().to_string();
+    mount(
+        sys,
+        Some(source),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(|e| with_what(e, &what))?;
+    if readonly {
+        mount(
+            sys,
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| with_what(e, &what))?;
+    }
+    Ok(())
+}
+
+fn with_what(err: RootfsError, what: &str) -> RootfsError {
+    match err {
+        RootfsError::Mount { target, source, .. } => RootfsError::Mount {
+            what: what.to_string(),
+            target,
+            source,
+        },
+        other => other,
+    }
+}
+
+/// `mount(2)` with an error naming the filesystem type (or `bind`/`remount`) and the target.
+fn mount(
+    sys: &dyn Syscall,
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), RootfsError> {
+    sys.mount(source, target, fstype, flags, data)
+        .map_err(|errno| RootfsError::Mount {
+            what: fstype.map_or_else(
+                || {
+                    if flags.contains(MsFlags::MS_REMOUNT) {
+                        "remount".to_string()
+                    } else {
+                        "propagation".to_string()
+                    }
+                },
+                str::to_string,
+            ),
+            target: target.to_path_buf(),
+            source: errno.into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{EtcFile, Mount, NetworkNamespace, Process, Rootfs};
+    use crate::syscall::{Call, RecordingSyscall};
+
+    fn spec() -> RuntimeSpec {
+        RuntimeSpec {
+            id: "c".repeat(64),
+            rootfs: Rootfs {
+                lower_dirs: vec!["/layers/top".into(), "/layers/base".into()],
+                upper_dir: "/c/upper".into(),
+                work_dir: "/c/work".into(),
+                merged_dir: "/c/merged".into(),
+            },
+            process: Process {
+                args: vec!["sh".into()],
+                env: vec![],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                terminal: false,
+            },
+            hostname: "cccccccccccc".into(),
+            mounts: vec![],
+            etc_files: vec![],
+            readonly_rootfs: false,
+            network: NetworkNamespace::Loopback,
+        }
+    }
+
+    /// The image has the usual top-level directories.
+    fn image() -> RecordingSyscall {
+        [
+            "/c/merged",
+            "/c/merged/proc",
+            "/c/merged/sys",
+            "/c/merged/dev",
+            "/c/merged/etc",
+        ]
+        .into_iter()
+        .fold(RecordingSyscall::new(), |sys, dir| {
+            sys.with_file(dir, FileKind::Dir, 0o755)
+        })
+    }
+
+    /// (fstype or bind source, target, flags, data) of every mount, in order.
+    fn mounts(calls: &[Call]) -> Vec<(String, String, MsFlags, Option<String>)> {
+        calls
+            .iter()
+            .filter_map(|call| match call {
+                Call::Mount {
+                    source,
+                    target,
+                    fstype,
+                    flags,
+                    data,
+                } => Some((
+                    fstype.clone().unwrap_or_else(|| {
+                        source
+                            .as_ref()
+                            .map_or("-".into(), |s| s.display().to_string())
+                    }),
+                    target.display().to_string(),
+                    *flags,
+                    data.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn m(
+        what: &str,
+        target: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> (String, String, MsFlags, Option<String>) {
+        (what.into(), target.into(), flags, data.map(Into::into))
+    }
+
+    #[test]
+    fn overlay_options_list_layers_topmost_first() {
+        assert_eq!(
+            overlay_options(&spec()),
+            "lowerdir=/layers/top:/layers/base,upperdir=/c/upper,workdir=/c/work"
+        );
+    }
+
+    #[test]
+    fn the_standard_mounts_come_in_runcs_order_then_pivot() {
+        let sys = image();
+        prepare(&spec(), &sys, false).expect("prepare");
+        let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        assert_eq!(
+            mounts(&sys.calls()),
+            vec![
+                m("-", "/", MsFlags::MS_REC | MsFlags::MS_SLAVE, None),
+                m(
+                    "overlay",
+                    "/c/merged",
+                    MsFlags::empty(),
+                    Some("lowerdir=/layers/top:/layers/base,upperdir=/c/upper,workdir=/c/work")
+                ),
+                m("proc", "/c/merged/proc", hardened, None),
+                m(
+                    "sysfs",
+                    "/c/merged/sys",
+                    hardened | MsFlags::MS_RDONLY,
+                    None
+                ),
+                m(
+                    "tmpfs",
+                    "/c/merged/dev",
+                    MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+                    Some("mode=755,size=65536k")
+                ),
+                m(
+                    "devpts",
+                    "/c/merged/dev/pts",
+                    MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    Some("newinstance,ptmxmode=0666,mode=0620,gid=5")
+                ),
+                m(
+                    "tmpfs",
+                    "/c/merged/dev/shm",
+                    hardened,
+                    Some("mode=1777,size=65536k")
+                ),
+                m("mqueue", "/c/merged/dev/mqueue", hardened, None),
+            ]
+        );
+        let calls = sys.calls();
+        let tail = &calls[calls.len() - 4..];
+        assert_eq!(
+            tail,
+            [
+                Call::Chdir("/c/merged".into()),
+                Call::PivotRoot {
+                    new_root: ".".into(),
+                    put_old: ".".into()
+                },
+                Call::Umount2 {
+                    target: ".".into(),
+                    flags: MntFlags::MNT_DETACH
+                },
+                Call::Chdir("/".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn dev_gets_its_nodes_and_links() {
+        let sys = image();
+        prepare(&spec(), &sys, false).expect("prepare");
+        let calls = sys.calls();
+        let nodes: Vec<(String, u32, u64)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mknod {
+                    path,
+                    kind,
+                    perm,
+                    dev,
+                } => {
+                    assert_eq!(*kind, SFlag::S_IFCHR);
+                    Some((path.display().to_string(), *perm, *dev))
+                }
+                _ => None,
+            })
+            .collect();
+        let dev = nix::sys::stat::makedev;
+        assert_eq!(
+            nodes,
+            vec![
+                ("/c/merged/dev/null".into(), 0o666, dev(1, 3)),
+                ("/c/merged/dev/zero".into(), 0o666, dev(1, 5)),
+                ("/c/merged/dev/full".into(), 0o666, dev(1, 7)),
+                ("/c/merged/dev/random".into(), 0o666, dev(1, 8)),
+                ("/c/merged/dev/urandom".into(), 0o666, dev(1, 9)),
+                ("/c/merged/dev/tty".into(), 0o666, dev(5, 0)),
+            ]
+        );
+        assert!(calls.contains(&Call::Symlink {
+            target: "pts/ptmx".into(),
+            link: "/c/merged/dev/ptmx".into()
+        }));
+        assert!(calls.contains(&Call::Symlink {
+            target: "/proc/self/fd/2".into(),
+            link: "/c/merged/dev/stderr".into()
+        }));
+        // No console without a terminal.
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::CreateFile(p) if p.ends_with("console"))));
+    }
+
+    #[test]
+    fn a_terminal_is_bound_on_dev_console() {
+        let sys = image().with_symlink("/proc/self/fd/0", "/dev/pts/7");
+        prepare(&spec(), &sys, true).expect("prepare");
+        let calls = sys.calls();
+        assert!(calls.contains(&Call::CreateFile("/c/merged/dev/console".into())));
+        assert!(mounts(&calls).contains(&m(
+            "/dev/pts/7",
+            "/c/merged/dev/console",
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None
+        )));
+    }
+
+    #[test]
+    fn user_mounts_follow_etc_files_and_readonly_binds_are_remounted() {
+        let mut spec = spec();
+        spec.etc_files = vec![EtcFile {
+            source: "/state/hosts".into(),
+            destination: "/etc/hosts".into(),
+        }];
+        spec.mounts = vec![
+            Mount {
+                destination: "/data".into(),
+                kind: MountKind::Bind {
+                    source: "/vol/data".into(),
+                },
+                readonly: true,
+            },
+            Mount {
+                destination: "/run/secret".into(),
+                kind: MountKind::Bind {
+                    source: "/vol/secret".into(),
+                },
+                readonly: false,
+            },
+            Mount {
+                destination: "/tmp".into(),
+                kind: MountKind::Tmpfs {
+                    options: "size=64m,mode=1777,noexec".into(),
+                },
+                readonly: true,
+            },
+        ];
+        let sys = image()
+            .with_file("/state/hosts", FileKind::File, 0o644)
+            .with_file("/vol/data", FileKind::Dir, 0o755)
+            .with_file("/vol/secret", FileKind::File, 0o600);
+        prepare(&spec, &sys, false).expect("prepare");
+        let calls = sys.calls();
+        let all = mounts(&calls);
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        let remount_ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        assert_eq!(
+            all[all.len() - 5..],
+            [
+                m("/state/hosts", "/c/merged/etc/hosts", bind, None),
+                m("/vol/data", "/c/merged/data", bind, None),
+                m("-", "/c/merged/data", remount_ro, None),
+                m("/vol/secret", "/c/merged/run/secret", bind, None),
+                m(
+                    "tmpfs",
+                    "/c/merged/tmp",
+                    MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC
+                        | MsFlags::MS_RDONLY,
+                    Some("size=64m,mode=1777")
+                ),
+            ]
+        );
+        // Mountpoints are created as the source's kind: a directory for a directory, an empty
+        // file (and its parents) for a file.
+        assert!(calls.contains(&Call::MkdirAll {
+            path: "/c/merged/data".into(),
+            mode: 0o755
+        }));
+        assert!(calls.contains(&Call::MkdirAll {
+            path: "/c/merged/run".into(),
+            mode: 0o755
+        }));
+        assert!(calls.contains(&Call::CreateFile("/c/merged/run/secret".into())));
+        assert!(calls.contains(&Call::CreateFile("/c/merged/etc/hosts".into())));
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_named() {
+        let mut spec = spec();
+        spec.mounts = vec![Mount {
+            destination: "/data".into(),
+            kind: MountKind::Bind {
+                source: "/vol/gone".into(),
+            },
+            readonly: false,
+        }];
+        let err = prepare(&spec, &image(), false).expect_err("missing source");
+        assert_eq!(err.to_string(), "bind source /vol/gone");
+        assert_eq!(
+            std::error::Error::source(&err).map(ToString::to_string),
+            Some("no such file or directory".into())
+        );
+    }
+
+    #[test]
+    fn readonly_rootfs_is_remounted_after_the_pivot() {
+        let mut spec = spec();
+        spec.readonly_rootfs = true;
+        let sys = image();
+        prepare(&spec, &sys, false).expect("prepare");
+        let calls = sys.calls();
+        assert_eq!(
+            calls.last(),
+            Some(&Call::Mount {
+                source: None,
+                target: "/".into(),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                data: None,
+            })
+        );
+    }
+
+    #[test]
+    fn kernel_paths_are_masked_and_made_read_only_after_the_pivot() {
+        let sys = image()
+            .with_file("/proc/keys", FileKind::File, 0o444)
+            .with_file("/sys/firmware", FileKind::Dir, 0o755)
+            .with_file("/proc/sys", FileKind::Dir, 0o555);
+        prepare(&spec(), &sys, false).expect("prepare");
+        let calls = sys.calls();
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot { .. }))
+            .expect("pivot_root");
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        assert_eq!(
+            mounts(&calls[pivot..]),
+            vec![
+                m("/dev/null", "/proc/keys", bind, None),
+                m("tmpfs", "/sys/firmware", MsFlags::MS_RDONLY, None),
+                m("/proc/sys", "/proc/sys", bind, None),
+                m(
+                    "-",
+                    "/proc/sys",
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_initramfs_root_is_left_by_move_and_chroot() {
+        let sys = image().fail_when(|c| matches!(c, Call::PivotRoot { .. }), Errno::EINVAL);
+        prepare(&spec(), &sys, false).expect("prepare");
+        let calls = sys.calls();
+        assert_eq!(
+            calls[calls.len() - 4..],
+            [
+                Call::PivotRoot {
+                    new_root: ".".into(),
+                    put_old: ".".into()
+                },
+                Call::Mount {
+                    source: Some(".".into()),
+                    target: "/".into(),
+                    fstype: None,
+                    flags: MsFlags::MS_MOVE,
+                    data: None,
+                },
+                Call::Chroot(".".into()),
+                Call::Chdir("/".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_overlay_mount_names_the_target() {
+        let sys = image().fail_when(
+            |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay"),
+            Errno::EINVAL,
+        );
+        let err = prepare(&spec(), &sys, false).expect_err("overlay fails");
+        assert_eq!(err.to_string(), "mount overlay on /c/merged");
+        assert_eq!(
+            std::error::Error::source(&err).map(ToString::to_string),
+            Some("invalid argument".into())
+        );
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let (set, clear, data) = parse_mount_options("ro,size=64m,noexec,,mode=1777,exec,nosuid");
+        assert_eq!(
+            set,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID
+        );
+        assert_eq!(clear, MsFlags::MS_NOEXEC);
+        assert_eq!(data, "size=64m,mode=1777");
+    }
+
+    #[test]
+    fn secure_join_keeps_symlinks_and_dotdot_inside_the_root() {
+        let sys = RecordingSyscall::new()
+            .with_file("/r/etc", FileKind::Dir, 0o755)
+            .with_symlink("/r/abs", "/etc")
+            .with_symlink("/r/rel", "../../etc")
+            .with_symlink("/r/etc/loop", "/etc/loop");
+        let join = |p: &str| secure_join(&sys, Path::new("/r"), p);
+        assert_eq!(join("/etc/hosts"), Ok("/r/etc/hosts".into()));
+        assert_eq!(join("/abs/hosts"), Ok("/r/etc/hosts".into()));
+        assert_eq!(join("/rel/hosts"), Ok("/r/etc/hosts".into()));
+        assert_eq!(join("/../../x/./y"), Ok("/r/x/y".into()));
+        assert_eq!(join("/"), Ok("/r".into()));
+        assert_eq!(join("/etc/loop/x"), Err(Errno::ELOOP));
+    }
+}

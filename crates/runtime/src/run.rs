@@ -1,0 +1,320 @@
+//! `rmachine-runtime run DIR` and `exec DIR EXEC_JSON`: the monitor process.
+//!
+//! The process the engine spawns stays in the engine's namespaces and becomes the container's
+//! monitor:
+//! 1. it reads `DIR/runtime.json`, takes the sync pipe on [`SYNC_FD`] if the engine passed one,
+//!    and arranges to die with the engine (`PR_SET_PDEATHSIG`);
+//! 2. `unshare(CLONE_NEWPID)` and `fork`: the child is PID 1 of the new PID namespace;
+//! 3. the child runs [`container::setup`] and [`container::exec`]; if either fails it writes a
+//!    [`Failed`] as JSON on a close-on-exec pipe, so EOF with nothing read means `execve`
+//!    succeeded;
+//! 4. the monitor writes the one [`SyncMessage`] to the engine and closes the sync pipe, then
+//!    waits for the child and exits with its status (code, or 128+signal).
+//!
+//! `exec` differs only in step 2: the monitor joins the running container's PID namespace
+//! instead of creating one, and the child joins its other namespaces instead of building them.
+//!
+//! The monitor holds the same stdio as the container: it exits as soon as the container's PID 1
+//! does, so the engine still sees EOF on the container's output then.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+
+use crate::container::{self, ContainerError};
+use crate::spec::{ExecSpec, Failed, RuntimeSpec, SyncMessage, SPEC_FILE, SYNC_FD};
+use crate::status::exit_code;
+use crate::syscall::{CloneFlags, Errno, SysError, Syscall};
+
+/// A failure of the monitor itself, before or after the container's process.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The spec file could not be read.
+    #[error("read spec {}", path.display())]
+    ReadSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: SysError,
+    },
+    /// The spec file is not a valid [`RuntimeSpec`] (or [`ExecSpec`]).
+    #[error("parse spec {}", path.display())]
+    ParseSpec {
+        /// The spec file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The runtime was started in a process that already runs threads.
+    #[error("the runtime must run single-threaded, found {threads} threads")]
+    Threaded {
+        /// How many threads `/proc/self/status` lists.
+        threads: u64,
+    },
+    /// The container to exec into is not running (or its namespaces cannot be joined).
+    #[error("container process {pid} is not running")]
+    Join {
+        /// The host PID from the exec spec.
+        pid: i32,
+        /// The cause.
+        #[source]
+        source: ContainerError,
+    },
+    /// A step of the monitor's own setup failed.
+    #[error("{what}")]
+    Monitor {
+        /// The step.
+        what: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+}
+
+impl RunError {
+    fn monitor(what: &'static str) -> impl FnOnce(Errno) -> Self {
+        move |errno| Self::Monitor {
+            what,
+            source: errno.into(),
+        }
+    }
+
+    fn to_failed(&self) -> Failed {
+        let mut message = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            message.push_str(": ");
+            message.push_str(&err.to_string());
+            cause = err.source();
+        }
+        Failed {
+            message,
+            exit_code: 1,
+        }
+    }
+}
+
+/// The write end of the engine's sync pipe, if the engine passed one.
+struct SyncPipe(Option<File>);
+
+impl SyncPipe {
+    /// Takes [`SYNC_FD`] if it is open; manual runs have none.
+    fn take() -> Self {
+        // SAFETY: F_GETFD only queries the descriptor's flags.
+        let open = unsafe { libc::fcntl(SYNC_FD, libc::F_GETFD) } >= 0;
+        if !open {
+            return Self(None);
+        }
+        // SAFETY: the descriptor is open and, by the invocation contract, given to the runtime
+        // to own; nothing else in this process uses it.
+        let fd = unsafe { OwnedFd::from_raw_fd(SYNC_FD) };
+        // The container must never inherit it, even if setup fails half-way.
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        Self(Some(File::from(fd)))
+    }
+
+    /// Sends the one message and closes the pipe, so the engine sees EOF right after it.
+    fn send(&mut self, message: &SyncMessage) {
+        if let Some(mut pipe) = self.0.take() {
+            // An engine that went away cannot be told anything; the container goes on (or
+            // dies with it through PR_SET_PDEATHSIG).
+            if let Ok(mut line) = serde_json::to_vec(message) {
+                line.push(b'\n');
+                let _ = pipe.write_all(&line);
+            }
+        }
+    }
+}
+
+/// Runs the container described by `dir/runtime.json` and returns the monitor's exit code (see
+/// the module docs). Failures are sent on the sync pipe; without one (a manual run) they are
+/// printed on stderr with the container id, since stderr then belongs to a person rather than to
+/// the container's log.
+///
+/// MUST be called from a single-threaded process: it forks and the child changes namespaces.
+pub fn run(dir: &Path, sys: &dyn Syscall) -> i32 {
+    let mut sync = SyncPipe::take();
+    let spec = match load_spec(dir) {
+        Ok(spec) => spec,
+        Err(err) => return report_failure(&mut sync, &dir.display().to_string(), &err.to_failed()),
+    };
+    match monitor(&spec, sys, &mut sync) {
+        Ok(code) => code,
+        Err(err) => report_failure(&mut sync, &spec.id, &err.to_failed()),
+    }
+}
+
+/// Runs the process described by the [`ExecSpec`] in `exec_file` inside the running container
+/// whose state directory is `dir`, and returns its exit code; the same contract as [`run`].
+///
+/// MUST be called from a single-threaded process.
+pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
+    let mut sync = SyncPipe::take();
+    // The container's spec only names it in messages.
+    let id = load_spec(dir).map_or_else(|_| dir.display().to_string(), |spec| spec.id);
+    let spec: ExecSpec = match load_json(exec_file) {
+        Ok(spec) => spec,
+        Err(err) => return report_failure(&mut sync, &id, &err.to_failed()),
+    };
+    let before_fork = || {
+        container::join_pid_namespace(spec.pid, sys).map_err(|err| RunError::Join {
+            pid: spec.pid,
+            source: err,
+        })
+    };
+    let child = || match container::setup_exec(spec.pid, &spec.process, sys) {
+        Ok(exec) => container::exec(&exec, sys),
+        Err(err) => err,
+    };
+    match supervise(&id, &mut sync, before_fork, child) {
+        Ok(code) => code,
+        Err(err) => report_failure(&mut sync, &id, &err.to_failed()),
+    }
+}
+
+fn load_spec(dir: &Path) -> Result<RuntimeSpec, RunError> {
+    load_json(&dir.join(SPEC_FILE))
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RunError> {
+    let bytes = std::fs::read(path).map_err(|err| RunError::ReadSpec {
+        path: path.to_path_buf(),
+        source: SysError(crate::syscall::io_errno(&err)),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| RunError::ParseSpec {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn report_failure(sync: &mut SyncPipe, id: &str, failed: &Failed) -> i32 {
+    if sync.0.is_some() {
+        sync.send(&SyncMessage::Failed(failed.clone()));
+    } else {
+        eprintln!("rmachine-runtime: container {id}: {}", failed.message);
+    }
+    failed.exit_code
+}
+
+fn monitor(spec: &RuntimeSpec, sys: &dyn Syscall, sync: &mut SyncPipe) -> Result<i32, RunError> {
+    let before_fork = || {
+        sys.unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(RunError::monitor("new pid namespace"))
+    };
+    let child = || match container::setup(spec, sys) {
+        Ok(exec) => container::exec(&exec, sys),
+        Err(err) => err,
+    };
+    supervise(&spec.id, sync, before_fork, child)
+}
+
+/// The monitor's life, shared by `run` and `exec`: `before_fork` prepares the monitor (it
+/// decides the PID namespace the child lands in), `child` runs in the forked child and returns
+/// only with the error that kept it from exec'ing.
+fn supervise(
+    id: &str,
+    sync: &mut SyncPipe,
+    before_fork: impl FnOnce() -> Result<(), RunError>,
+    child: impl FnOnce() -> ContainerError,
+) -> Result<i32, RunError> {
+    ensure_single_threaded()?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(RunError::monitor("set parent death signal"))?;
+    before_fork()?;
+    let (report_read, report_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create report pipe"))?;
+    // SAFETY: the process is single-threaded (checked above), so the child can run arbitrary
+    // code after fork without meeting a lock held by a thread that does not exist there.
+    let fork = unsafe { nix::unistd::fork() }.map_err(RunError::monitor("fork"))?;
+    let child_pid = match fork {
+        ForkResult::Child => {
+            drop(report_read);
+            // The container must not hold the engine's sync pipe open.
+            drop(sync.0.take());
+            child_main(child, report_write)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(report_write);
+    let mut report = Vec::new();
+    let read = File::from(report_read).read_to_end(&mut report);
+    if read.is_ok() && report.is_empty() {
+        sync.send(&SyncMessage::Started {
+            pid: child_pid.as_raw(),
+        });
+        return wait_for(child_pid);
+    }
+    let failed = serde_json::from_slice::<Failed>(&report).unwrap_or_else(|_| Failed {
+        message: format!(
+            "container init failed without a report: {}",
+            String::from_utf8_lossy(&report)
+        ),
+        exit_code: 1,
+    });
+    // Reap the child; its own status is always the failure's exit code.
+    let _ = wait_for(child_pid);
+    Ok(report_failure(sync, id, &failed))
+}
+
+/// The child's life: set up, exec, or report why not and exit.
+fn child_main(child: impl FnOnce() -> ContainerError, report: OwnedFd) -> ! {
+    // Armed at once so a monitor killed mid-setup takes the child along; the setup arms it
+    // again after changing the uid, which clears it.
+    let error = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        Err(errno) => ContainerError::Process {
+            what: "set parent death signal",
+            source: errno.into(),
+        },
+        Ok(()) => child(),
+    };
+    let failed = error.to_failed();
+    if let Ok(bytes) = serde_json::to_vec(&failed) {
+        let _ = File::from(report).write_all(&bytes);
+    }
+    // SAFETY: _exit ends the forked child without running the parent's atexit handlers or
+    // flushing buffers copied from it.
+    unsafe { libc::_exit(failed.exit_code) }
+}
+
+fn wait_for(child: Pid) -> Result<i32, RunError> {
+    loop {
+        match waitpid(child, None) {
+            Ok(status) => {
+                if let Some(code) = exit_code(status) {
+                    return Ok(code);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(RunError::monitor("wait for the container")(errno)),
+        }
+    }
+}
+
+/// `fork` in a multi-threaded process leaves the child with locks nobody will release, and
+/// `unshare(CLONE_NEWNS)`/`setns` refuse to run there: check rather than hang.
+fn ensure_single_threaded() -> Result<(), RunError> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        // Without /proc we cannot tell; the kernel calls will fail loudly if it matters.
+        return Ok(());
+    };
+    let threads = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    if threads > 1 {
+        return Err(RunError::Threaded { threads });
+    }
+    Ok(())
+}

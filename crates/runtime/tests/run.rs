@@ -1,0 +1,965 @@
+//! Root integration tests: the built `rmachine-runtime` runs busybox containers, driven the way
+//! the engine drives it (spec file, sync pipe on fd 3, stdio pipes or a PTY), and the tests
+//! assert what a user of the container would see.
+//!
+//! They need root (CI runs as root); without it each test says so and returns. Every mount
+//! happens in the container's own mount namespace: `no_mount_leaks_onto_the_host` checks that.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use rmachine_runtime::spec::{
+    EtcFile, ExecSpec, Failed, Mount, MountKind, NetworkNamespace, Process, Rootfs, RuntimeSpec,
+    SyncMessage, SPEC_FILE, SYNC_FD,
+};
+use tempfile::TempDir;
+
+/// Returns early (passing) when not root: these tests mount and create namespaces.
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: this test needs root");
+            return;
+        }
+    };
+}
+
+/// A one-layer busybox image, shared read-only by every test. It is built once into cargo's
+/// per-target scratch directory (built aside, then renamed into place, so concurrent test
+/// binaries never see half of it) and kept for later runs.
+fn busybox_layer() -> &'static Path {
+    static LAYER: OnceLock<PathBuf> = OnceLock::new();
+    LAYER.get_or_init(|| {
+        let layer = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runtime-busybox-layer");
+        if !layer.join("bin/busybox").exists() {
+            let building = tempfile::Builder::new()
+                .prefix("runtime-busybox-layer-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .expect("temp dir for the busybox layer");
+            build_busybox_rootfs(building.path());
+            // Losing the race to another test binary is fine: its layer is the same.
+            let built = building.keep();
+            if fs::rename(&built, &layer).is_err() {
+                let _ = fs::remove_dir_all(&built);
+            }
+        }
+        layer
+    })
+}
+
+fn build_busybox_rootfs(root: &Path) {
+    fs::create_dir_all(root.join("bin")).expect("mkdir bin");
+    fs::copy("/usr/bin/busybox", root.join("bin/busybox")).expect("copy /usr/bin/busybox");
+    let list = Command::new("/usr/bin/busybox")
+        .arg("--list-full")
+        .output()
+        .expect("busybox --list-full");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join(applet);
+        if link.exists() {
+            continue;
+        }
+        fs::create_dir_all(link.parent().expect("applet paths have a directory"))
+            .expect("mkdir for applet");
+        symlink("/bin/busybox", &link).expect("applet symlink");
+    }
+    fs::create_dir_all(root.join("etc")).expect("mkdir etc");
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )
+    .expect("write passwd");
+    fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("write group");
+}
+
+/// One container: its state directory and the spec the test adjusts before running it.
+struct Container {
+    dir: TempDir,
+    spec: RuntimeSpec,
+}
+
+/// What the runtime did, as the engine sees it.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    sync: Option<SyncMessage>,
+}
+
+impl Container {
+    fn new(args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rmachine-runtime-test-")
+            .tempdir()
+            .expect("temp dir for the container");
+        for sub in ["upper", "work", "merged"] {
+            fs::create_dir(dir.path().join(sub)).expect("mkdir container dir");
+        }
+        let spec = RuntimeSpec {
+            id: "0123456789abcdef".repeat(4),
+            rootfs: Rootfs {
+                lower_dirs: vec![busybox_layer().to_path_buf()],
+                upper_dir: dir.path().join("upper"),
+                work_dir: dir.path().join("work"),
+                merged_dir: dir.path().join("merged"),
+            },
+            process: Process {
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env: vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                terminal: false,
+            },
+            hostname: "0123456789ab".into(),
+            mounts: vec![],
+            etc_files: vec![],
+            readonly_rootfs: false,
+            network: NetworkNamespace::Loopback,
+        };
+        Self { dir, spec }
+    }
+
+    fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    fn run(&self) -> Outcome {
+        self.run_with_stdin(None)
+    }
+
+    fn run_with_stdin(&self, input: Option<&str>) -> Outcome {
+        let stdin = if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
+        let (mut child, sync) = self.spawn([stdin, Stdio::piped(), Stdio::piped()]);
+        if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).expect("write stdin");
+        }
+        finish(child, sync)
+    }
+
+    /// Starts the runtime with `stdio` (stdin, stdout, stderr) and the sync pipe on fd 3.
+    fn spawn(&self, stdio: [Stdio; 3]) -> (Child, fs::File) {
+        fs::write(
+            self.dir.path().join(SPEC_FILE),
+            serde_json::to_vec_pretty(&self.spec).expect("spec serializes"),
+        )
+        .expect("write spec");
+        spawn_runtime(&["run".as_ref(), self.dir.path().as_os_str()], stdio)
+    }
+
+    /// Starts the container in the background; returns the runtime and the
+    /// host PID of the container's PID 1.
+    fn start_detached(&self) -> (Child, i32) {
+        let (child, sync) = self.spawn([Stdio::null(), Stdio::null(), Stdio::null()]);
+        match read_sync(sync) {
+            Some(SyncMessage::Started { pid }) => (child, pid),
+            other => panic!("the container did not start: {other:?}"),
+        }
+    }
+
+    /// `rmachine-runtime exec` of `process` in this (running) container.
+    fn exec(&self, pid: i32, process: Process) -> Outcome {
+        let file = self.dir.path().join("exec.json");
+        fs::write(
+            &file,
+            serde_json::to_vec(&ExecSpec { pid, process }).expect("exec spec serializes"),
+        )
+        .expect("write exec spec");
+        let (child, sync) = spawn_runtime(
+            &[
+                "exec".as_ref(),
+                self.dir.path().as_os_str(),
+                file.as_os_str(),
+            ],
+            [Stdio::null(), Stdio::piped(), Stdio::piped()],
+        );
+        finish(child, sync)
+    }
+}
+
+fn spawn_runtime(args: &[&std::ffi::OsStr], stdio: [Stdio; 3]) -> (Child, fs::File) {
+    let (sync_read, sync_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("sync pipe");
+    let raw = sync_write.as_raw_fd();
+    let [stdin, stdout, stderr] = stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmachine-runtime"));
+    cmd.args(args).stdin(stdin).stdout(stdout).stderr(stderr);
+    // SAFETY: runs in the forked child before exec and only calls dup2 and fcntl, which
+    // are async-signal-safe, on a descriptor open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == SYNC_FD {
+                // dup2 onto itself would keep close-on-exec set.
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn rmachine-runtime");
+    drop(cmd);
+    drop(sync_write);
+    (child, fs::File::from(sync_read))
+}
+
+fn finish(child: Child, sync: fs::File) -> Outcome {
+    let output = child.wait_with_output().expect("wait for the runtime");
+    Outcome {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        sync: read_sync(sync),
+    }
+}
+
+fn read_sync(mut sync: fs::File) -> Option<SyncMessage> {
+    let mut text = String::new();
+    sync.read_to_string(&mut text).expect("read sync pipe");
+    assert!(
+        text.is_empty() || text.ends_with('\n') && text.lines().count() == 1,
+        "the sync pipe carries at most one line: {text:?}"
+    );
+    (!text.is_empty()).then(|| serde_json::from_str(text.trim_end()).expect("sync message"))
+}
+
+fn assert_started(outcome: &Outcome) {
+    match outcome.sync {
+        Some(SyncMessage::Started { pid }) => assert!(pid > 1, "host pid, got {pid}"),
+        ref other => panic!("expected Started, got {other:?} ({outcome:?})"),
+    }
+}
+
+#[test]
+fn echo_prints_hello_and_exits_zero() {
+    require_root!();
+    let outcome = Container::new(&["echo", "hello"]).run();
+    assert_started(&outcome);
+    assert_eq!(outcome.stdout, "hello\n");
+    assert_eq!(outcome.stderr, "");
+    assert_eq!(outcome.code, Some(0));
+}
+
+#[test]
+fn the_exit_code_of_the_process_is_the_runtimes() {
+    require_root!();
+    let outcome = Container::new(&["sh", "-c", "exit 3"]).run();
+    assert_started(&outcome);
+    assert_eq!(outcome.code, Some(3));
+}
+
+#[test]
+fn a_container_killed_by_a_signal_exits_128_plus_the_signal() {
+    require_root!();
+    let container = Container::new(&["sleep", "100"]);
+    let (mut child, sync) = container.spawn([Stdio::null(), Stdio::null(), Stdio::null()]);
+    let Some(SyncMessage::Started { pid }) = read_sync(sync) else {
+        panic!("the container did not start");
+    };
+    // What `docker kill` does: SIGKILL to the host pid the runtime reported.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the container");
+    let status = child.wait().expect("wait for the runtime");
+    assert_eq!(status.code(), Some(137));
+}
+
+#[test]
+fn a_grandchild_killed_by_a_signal_is_seen_by_its_shell() {
+    require_root!();
+    // PID 1 of a namespace cannot be killed from inside by a signal it does not handle, so
+    // `kill -9 $$` is tried on a child shell, as a user sees it in Docker too.
+    let outcome = Container::new(&["sh", "-c", "sh -c 'kill -9 $$'; echo $?"]).run();
+    assert_eq!(outcome.stdout, "137\n");
+    assert_eq!(outcome.code, Some(0));
+}
+
+#[test]
+fn the_process_is_pid_1_of_its_own_namespace() {
+    require_root!();
+    let outcome = Container::new(&["sh", "-c", "echo $$; ps -o pid,comm; true"]).run();
+    let mut lines = outcome.stdout.lines();
+    assert_eq!(lines.next(), Some("1"));
+    // Only the container's processes are visible: the shell and ps.
+    let processes: Vec<&str> = lines.skip(1).collect();
+    assert_eq!(processes.len(), 2, "{processes:?}");
+}
+
+#[test]
+fn hostname_is_the_specs() {
+    require_root!();
+    let mut container = Container::new(&["hostname"]);
+    container.spec.hostname = "c0ffee123456".into();
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "c0ffee123456\n");
+}
+
+#[test]
+fn the_default_network_has_only_loopback_and_it_is_up() {
+    require_root!();
+    let outcome = Container::new(&[
+        "sh",
+        "-c",
+        "cat /proc/net/dev; ip link; ping -c1 -W2 127.0.0.1 >/dev/null && echo ping-ok",
+    ])
+    .run();
+    let interfaces: Vec<&str> = outcome
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim())
+        .filter(|name| {
+            !name.is_empty() && !name.contains('|') && !name.chars().all(|c| c.is_ascii_digit())
+        })
+        .filter(|name| !name.starts_with("link/"))
+        .collect();
+    assert!(
+        interfaces.iter().all(|name| *name == "lo"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("1: lo: <LOOPBACK,UP"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(!outcome.stdout.contains("2: "), "{}", outcome.stdout);
+    assert!(outcome.stdout.ends_with("ping-ok\n"), "{}", outcome.stdout);
+}
+
+fn net_namespace_of(pid: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/net"))
+        .expect("read net namespace link")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn host_network_shares_the_runtimes_namespace() {
+    require_root!();
+    let mut container = Container::new(&["readlink", "/proc/self/ns/net"]);
+    container.spec.network = NetworkNamespace::Host;
+    let outcome = container.run();
+    assert_eq!(outcome.stdout.trim(), net_namespace_of("self"));
+}
+
+#[test]
+fn a_namespace_path_is_joined() {
+    require_root!();
+    let mut holder = Command::new("unshare")
+        .args(["--net", "sleep", "30"])
+        .spawn()
+        .expect("start a process in a new network namespace");
+    // unshare execs sleep once the namespace exists; wait until it has.
+    let holder_pid = holder.id().to_string();
+    let mut expected = net_namespace_of(&holder_pid);
+    for _ in 0..100 {
+        if expected != net_namespace_of("self") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        expected = net_namespace_of(&holder_pid);
+    }
+    let mut container = Container::new(&["readlink", "/proc/self/ns/net"]);
+    container.spec.network = NetworkNamespace::Path {
+        path: PathBuf::from(format!("/proc/{holder_pid}/ns/net")),
+    };
+    let outcome = container.run();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_ne!(expected, net_namespace_of("self"));
+    assert_eq!(outcome.stdout.trim(), expected);
+}
+
+#[test]
+fn writes_land_in_the_upper_dir_not_the_image() {
+    require_root!();
+    let container = Container::new(&["sh", "-c", "echo data > /created && rm /bin/vi"]);
+    let outcome = container.run();
+    assert_eq!(outcome.code, Some(0), "{outcome:?}");
+    assert_eq!(
+        fs::read_to_string(container.path("upper/created")).expect("file in upper"),
+        "data\n"
+    );
+    assert!(!busybox_layer().join("created").exists());
+    // The deletion is a whiteout in the upper dir; the image keeps its file.
+    assert!(busybox_layer().join("bin/vi").exists());
+    assert!(fs::symlink_metadata(container.path("upper/bin/vi")).is_ok());
+}
+
+#[test]
+fn layers_are_stacked_topmost_first() {
+    require_root!();
+    let top = TempDir::new().expect("temp dir");
+    fs::create_dir(top.path().join("etc")).expect("mkdir");
+    fs::write(top.path().join("etc/motd"), "from the top layer\n").expect("write");
+    let mut container = Container::new(&["cat", "/etc/motd"]);
+    container
+        .spec
+        .rootfs
+        .lower_dirs
+        .insert(0, top.path().to_path_buf());
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "from the top layer\n");
+}
+
+#[test]
+fn command_not_found_fails_like_docker() {
+    require_root!();
+    let outcome = Container::new(&["nope"]).run();
+    assert_eq!(
+        outcome.sync,
+        Some(SyncMessage::Failed(Failed {
+            message: "exec: \"nope\": executable file not found in $PATH".into(),
+            exit_code: 127,
+        }))
+    );
+    assert_eq!(outcome.code, Some(127));
+    // The engine reports the failure; the container's stderr stays clean.
+    assert_eq!(outcome.stderr, "");
+}
+
+#[test]
+fn a_file_that_is_not_executable_fails_with_126() {
+    require_root!();
+    let outcome = Container::new(&["/etc/passwd"]).run();
+    assert_eq!(
+        outcome.sync,
+        Some(SyncMessage::Failed(Failed {
+            message: "exec: \"/etc/passwd\": permission denied".into(),
+            exit_code: 126,
+        }))
+    );
+    assert_eq!(outcome.code, Some(126));
+}
+
+#[test]
+fn the_command_is_looked_up_in_the_containers_path() {
+    require_root!();
+    let mut container = Container::new(&["mytool", "arg"]);
+    let tools = container.path("upper/opt/tools");
+    fs::create_dir_all(&tools).expect("mkdir");
+    fs::write(tools.join("mytool"), "#!/bin/sh\necho \"mytool $1\"\n").expect("write");
+    fs::set_permissions(tools.join("mytool"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    container.spec.process.env = vec!["PATH=/opt/tools:/bin".into()];
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "mytool arg\n");
+}
+
+#[test]
+fn without_path_in_env_the_default_path_is_used() {
+    require_root!();
+    let mut container = Container::new(&["sh", "-c", "echo ok"]);
+    container.spec.process.env = vec![];
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "ok\n");
+}
+
+#[test]
+fn the_environment_is_exactly_the_specs() {
+    require_root!();
+    let mut container = Container::new(&["env"]);
+    container.spec.process.env = vec!["PATH=/usr/bin".into(), "FOO=bar baz".into()];
+    let outcome = container.run();
+    let mut lines: Vec<&str> = outcome.stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["FOO=bar baz", "PATH=/usr/bin"]);
+}
+
+#[test]
+fn a_missing_cwd_is_created() {
+    require_root!();
+    let mut container = Container::new(&["pwd"]);
+    container.spec.process.cwd = "/does/not/exist".into();
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "/does/not/exist\n");
+    assert!(container.path("upper/does/not/exist").is_dir());
+}
+
+#[test]
+fn uid_gid_and_groups_are_applied() {
+    require_root!();
+    let mut container = Container::new(&["sh", "-c", "id -u; id -g; id -G; touch /denied"]);
+    container.spec.process.uid = 1000;
+    container.spec.process.gid = 1000;
+    container.spec.process.additional_gids = vec![10, 20];
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "1000\n1000\n1000 10 20\n");
+    assert!(
+        outcome.stderr.contains("Permission denied"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(outcome.code, Some(1));
+}
+
+#[test]
+fn only_stdio_is_inherited() {
+    require_root!();
+    let outcome = Container::new(&["sh", "-c", "ls /proc/1/fd; true"]).run();
+    assert_eq!(outcome.stdout, "0\n1\n2\n");
+}
+
+#[test]
+fn stdin_reaches_the_container() {
+    require_root!();
+    let outcome = Container::new(&["cat"]).run_with_stdin(Some("piped input\n"));
+    assert_eq!(outcome.stdout, "piped input\n");
+}
+
+#[test]
+fn standard_filesystems_and_devices_are_there() {
+    require_root!();
+    let outcome = Container::new(&[
+        "sh",
+        "-c",
+        "echo x > /dev/null && head -c 4 /dev/zero | wc -c && ls /dev/pts && readlink /dev/ptmx && readlink /dev/fd && \
+         touch /sys/x 2>/dev/null || echo sys-read-only; grep -E ' /dev/(shm|mqueue) ' /proc/mounts | cut -d' ' -f1-3",
+    ])
+    .run();
+    assert_eq!(
+        outcome.stdout,
+        "4\nptmx\npts/ptmx\n/proc/self/fd\nsys-read-only\nshm /dev/shm tmpfs\nmqueue /dev/mqueue mqueue\n",
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn readonly_rootfs_refuses_writes() {
+    require_root!();
+    let host = TempDir::new().expect("temp dir");
+    fs::write(host.path().join("hosts"), "127.0.0.1 localhost\n").expect("write");
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "touch /x; echo tmp > /dev/shm/ok && cat /dev/shm/ok; \
+         echo more >> /etc/hosts 2>/dev/null || echo hosts-read-only",
+    ]);
+    container.spec.readonly_rootfs = true;
+    container.spec.etc_files = vec![EtcFile {
+        source: host.path().join("hosts"),
+        destination: "/etc/hosts".into(),
+    }];
+    let outcome = container.run();
+    assert!(
+        outcome.stderr.contains("Read-only file system"),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(outcome.stdout, "tmp\nhosts-read-only\n");
+}
+
+#[test]
+fn root_in_the_container_has_dockers_default_capabilities() {
+    require_root!();
+    let outcome = Container::new(&[
+        "sh",
+        "-c",
+        "grep -E '^Cap(Inh|Eff|Bnd)' /proc/self/status; \
+         mount -t tmpfs none /mnt 2>/dev/null || echo mount-denied",
+    ])
+    .run();
+    assert_eq!(
+        outcome.stdout,
+        "CapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nmount-denied\n"
+    );
+
+    let mut user = Container::new(&["grep", "-E", "^Cap(Eff|Bnd)", "/proc/self/status"]);
+    user.spec.process.uid = 1000;
+    let outcome = user.run();
+    assert_eq!(
+        outcome.stdout,
+        "CapEff:\t0000000000000000\nCapBnd:\t00000000a80425fb\n"
+    );
+}
+
+#[test]
+fn kernel_paths_are_masked_or_read_only() {
+    require_root!();
+    let outcome = Container::new(&[
+        "sh",
+        "-c",
+        "cat /proc/keys /proc/timer_list | wc -c; ls /sys/firmware | wc -l; \
+         echo x > /proc/sys/kernel/domainname 2>/dev/null || echo proc-sys-read-only",
+    ])
+    .run();
+    // Both files exist and are non-empty on the host (and on Debian's kernel).
+    assert!(!fs::read_to_string("/proc/timer_list")
+        .expect("host /proc/timer_list")
+        .is_empty());
+    assert_eq!(outcome.stdout, "0\n0\nproc-sys-read-only\n", "{outcome:?}");
+}
+
+#[test]
+fn binds_tmpfs_and_etc_files_are_mounted() {
+    require_root!();
+    let host = TempDir::new().expect("temp dir");
+    fs::write(host.path().join("f"), "host file\n").expect("write");
+    fs::write(host.path().join("hostname"), "etc-hostname\n").expect("write");
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "cat /data/f; touch /data/new 2>/dev/null || echo data-read-only; \
+         echo rw > /rw/new && echo rw-ok; grep ' /scratch ' /proc/mounts | cut -d' ' -f3,4; \
+         cat /etc/hostname",
+    ]);
+    container.spec.mounts = vec![
+        Mount {
+            destination: "/data".into(),
+            kind: MountKind::Bind {
+                source: host.path().to_path_buf(),
+            },
+            readonly: true,
+        },
+        Mount {
+            destination: "/rw".into(),
+            kind: MountKind::Bind {
+                source: host.path().to_path_buf(),
+            },
+            readonly: false,
+        },
+        Mount {
+            destination: "/scratch".into(),
+            kind: MountKind::Tmpfs {
+                options: "size=1m,mode=1777,noexec".into(),
+            },
+            readonly: false,
+        },
+    ];
+    container.spec.etc_files = vec![EtcFile {
+        source: host.path().join("hostname"),
+        destination: "/etc/hostname".into(),
+    }];
+    let outcome = container.run();
+    assert_eq!(
+        outcome.stdout,
+        "host file\ndata-read-only\nrw-ok\ntmpfs rw,nosuid,nodev,noexec,relatime,size=1024k\netc-hostname\n",
+        "{outcome:?}"
+    );
+    assert!(host.path().join("new").exists());
+}
+
+#[test]
+fn a_symlink_in_the_image_cannot_send_a_mount_outside_the_rootfs() {
+    require_root!();
+    let outside = TempDir::new().expect("temp dir");
+    let mut container = Container::new(&["sh", "-c", "grep -c ' /escape ' /proc/mounts"]);
+    // An image whose /escape points at a host directory by absolute path.
+    symlink(outside.path(), container.path("upper/escape")).expect("symlink");
+    container.spec.mounts = vec![Mount {
+        destination: "/escape/inner".into(),
+        kind: MountKind::Tmpfs {
+            options: String::new(),
+        },
+        readonly: false,
+    }];
+    let outcome = container.run();
+    assert_eq!(
+        outcome.code,
+        Some(1),
+        "the tmpfs went to {}/inner inside the rootfs",
+        outside.path().display()
+    );
+    assert!(!outside.path().join("inner").exists());
+    let inside = container
+        .path("upper")
+        .join(outside.path().strip_prefix("/").expect("absolute"))
+        .join("inner");
+    assert!(inside.is_dir(), "{}", inside.display());
+}
+
+#[test]
+fn a_failed_mount_names_what_failed() {
+    require_root!();
+    let mut container = Container::new(&["true"]);
+    container.spec.rootfs.lower_dirs = vec![PathBuf::from("/nonexistent-layer")];
+    let outcome = container.run();
+    let merged = container.path("merged");
+    match outcome.sync {
+        Some(SyncMessage::Failed(Failed { message, exit_code })) => {
+            assert_eq!(exit_code, 1);
+            assert!(
+                message.starts_with(&format!("mount overlay on {}: ", merged.display())),
+                "{message}"
+            );
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(outcome.code, Some(1));
+}
+
+/// Everything written to a PTY until its last slave descriptor closes, without the `\r`s.
+fn read_master(master: OwnedFd) -> String {
+    let mut output = Vec::new();
+    let mut master = fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    // EIO once the last slave descriptor is closed: the process has exited.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        output.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&output).replace('\r', "")
+}
+
+#[test]
+fn a_terminal_becomes_the_controlling_tty() {
+    require_root!();
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "tty; [ -t 0 ] && echo stdin-is-a-tty; : < /dev/tty && echo has-controlling-tty",
+    ]);
+    container.spec.process.terminal = true;
+    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty slave"));
+    let (mut child, sync) =
+        container.spawn([slave(&pty.slave), slave(&pty.slave), slave(&pty.slave)]);
+    drop(pty.slave);
+    let message = read_sync(sync);
+    assert!(
+        matches!(message, Some(SyncMessage::Started { .. })),
+        "{message:?}"
+    );
+    let output = read_master(pty.master);
+    let status = child.wait().expect("wait for the runtime");
+    assert_eq!(status.code(), Some(0), "{output}");
+    let mut lines = output.lines();
+    assert_eq!(lines.next(), Some("/dev/console"), "{output}");
+    assert_eq!(lines.next(), Some("stdin-is-a-tty"), "{output}");
+    assert_eq!(lines.next(), Some("has-controlling-tty"), "{output}");
+}
+
+#[test]
+fn manual_runs_print_failures_on_stderr_with_the_container_id() {
+    require_root!();
+    let container = Container::new(&["nope"]);
+    fs::write(
+        container.dir.path().join(SPEC_FILE),
+        serde_json::to_vec(&container.spec).expect("spec serializes"),
+    )
+    .expect("write spec");
+    let output = Command::new(env!("CARGO_BIN_EXE_rmachine-runtime"))
+        .arg("run")
+        .arg(container.dir.path())
+        .output()
+        .expect("run the runtime");
+    assert_eq!(output.status.code(), Some(127));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "rmachine-runtime: container {}: exec: \"nope\": executable file not found in $PATH\n",
+            container.spec.id
+        )
+    );
+}
+
+#[test]
+fn no_mount_leaks_onto_the_host() {
+    require_root!();
+    let container = Container::new(&["true"]);
+    let outcome = container.run();
+    assert_eq!(outcome.code, Some(0));
+    let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dir = container.dir.path().display().to_string();
+    assert!(!mounts.contains(&dir), "{mounts}");
+}
+
+fn exec_process(args: &[&str]) -> Process {
+    Process {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: vec!["PATH=/bin:/usr/bin".into()],
+        cwd: "/".into(),
+        uid: 0,
+        gid: 0,
+        additional_gids: vec![],
+        terminal: false,
+    }
+}
+
+#[test]
+fn exec_runs_in_the_containers_namespaces_and_root() {
+    require_root!();
+    let mut container =
+        Container::new(&["sh", "-c", "echo made-by-pid-1 > /marker; exec sleep 100"]);
+    container.spec.hostname = "execbox".into();
+    let (mut runtime, pid) = container.start_detached();
+    // Wait for the container's shell to write its marker.
+    for _ in 0..200 {
+        if container.path("upper/marker").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut process = exec_process(&[
+        "sh",
+        "-c",
+        "hostname; cat /marker; tr '\\0' ' ' < /proc/1/cmdline; echo; [ $$ != 1 ] && echo not-pid-1; pwd; id -u; cat /proc/net/dev | grep -c :",
+    ]);
+    process.cwd = "/etc".into();
+    process.uid = 1000;
+    let outcome = container.exec(pid, process);
+    assert!(
+        matches!(outcome.sync, Some(SyncMessage::Started { pid: exec_pid }) if exec_pid != pid),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.stdout, "execbox\nmade-by-pid-1\nsleep 100 \nnot-pid-1\n/etc\n1000\n1\n",
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.code, Some(0));
+
+    let code = container.exec(pid, exec_process(&["sh", "-c", "exit 5"]));
+    assert_eq!(code.code, Some(5));
+
+    let missing = container.exec(pid, exec_process(&["nope"]));
+    assert_eq!(missing.code, Some(127));
+    assert_eq!(
+        missing.sync,
+        Some(SyncMessage::Failed(Failed {
+            message: "exec: \"nope\": executable file not found in $PATH".into(),
+            exit_code: 127,
+        }))
+    );
+
+    let mut bad_cwd = exec_process(&["true"]);
+    bad_cwd.cwd = "/not/here".into();
+    let bad_cwd = container.exec(pid, bad_cwd);
+    assert_eq!(bad_cwd.code, Some(1));
+    assert!(
+        matches!(&bad_cwd.sync, Some(SyncMessage::Failed(f)) if f.message == "chdir to cwd (\"/not/here\") set in config.json: no such file or directory"),
+        "{bad_cwd:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the container");
+    assert_eq!(runtime.wait().expect("wait").code(), Some(137));
+
+    let gone = container.exec(pid, exec_process(&["true"]));
+    assert_eq!(gone.code, Some(1));
+    match gone.sync {
+        Some(SyncMessage::Failed(Failed { message, .. })) => assert!(
+            message.starts_with(&format!("container process {pid} is not running: ")),
+            "{message}"
+        ),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_spec_is_reported_on_the_sync_pipe() {
+    let dir = TempDir::new().expect("temp dir");
+    let (child, sync) = spawn_runtime(
+        &["run".as_ref(), dir.path().as_os_str()],
+        [Stdio::null(), Stdio::piped(), Stdio::piped()],
+    );
+    let outcome = finish(child, sync);
+    assert_eq!(outcome.code, Some(1));
+    assert_eq!(
+        outcome.sync,
+        Some(SyncMessage::Failed(Failed {
+            message: format!(
+                "read spec {}: no such file or directory",
+                dir.path().join(SPEC_FILE).display()
+            ),
+            exit_code: 1,
+        }))
+    );
+}
+
+/// Whether host PID `pid` is gone (or a zombie waiting for its new parent to reap it).
+fn is_dead(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name in parentheses: `PID (COMM) S ...`.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[test]
+fn killing_the_monitor_kills_the_container_whatever_its_user() {
+    require_root!();
+    for uid in [0, 1000] {
+        let mut container = Container::new(&["sleep", "100"]);
+        container.spec.process.uid = uid;
+        container.spec.process.gid = uid;
+        let (mut runtime, pid) = container.start_detached();
+        assert!(!is_dead(pid));
+        runtime.kill().expect("kill the monitor");
+        runtime.wait().expect("reap the monitor");
+        let died = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            is_dead(pid)
+        });
+        assert!(died, "container of uid {uid} outlived its monitor");
+    }
+}
+
+#[test]
+fn exec_with_a_terminal_gets_it_as_controlling_tty() {
+    require_root!();
+    let container = Container::new(&["sleep", "100"]);
+    let (mut runtime, pid) = container.start_detached();
+    let mut process = exec_process(&[
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo stdin-is-a-tty; : < /dev/tty && echo has-controlling-tty",
+    ]);
+    process.terminal = true;
+    let file = container.path("exec.json");
+    fs::write(
+        &file,
+        serde_json::to_vec(&ExecSpec { pid, process }).expect("exec spec serializes"),
+    )
+    .expect("write exec spec");
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty slave"));
+    let (mut exec, sync) = spawn_runtime(
+        &[
+            "exec".as_ref(),
+            container.dir.path().as_os_str(),
+            file.as_os_str(),
+        ],
+        [slave(&pty.slave), slave(&pty.slave), slave(&pty.slave)],
+    );
+    drop(pty.slave);
+    let message = read_sync(sync);
+    assert!(
+        matches!(message, Some(SyncMessage::Started { .. })),
+        "{message:?}"
+    );
+    let output = read_master(pty.master);
+    assert_eq!(
+        exec.wait().expect("wait for exec").code(),
+        Some(0),
+        "{output}"
+    );
+    // /dev/tty opens only for a process with a controlling terminal.
+    assert_eq!(output, "stdin-is-a-tty\nhas-controlling-tty\n");
+    let _ = runtime.kill();
+    let _ = runtime.wait();
+}
