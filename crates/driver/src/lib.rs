@@ -244,6 +244,14 @@ pub enum DriverError {
         /// The operation.
         op: String,
     },
+    /// A file the VM needs (guest kernel, initrd, configuration drive) is missing.
+    #[error("{what} {path} does not exist")]
+    MissingFile {
+        /// What the file is for.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// The driver options are invalid; every problem is listed.
     #[error("invalid {driver} options: {}", problems.join("; "))]
     InvalidOptions {

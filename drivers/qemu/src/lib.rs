@@ -1,1 +1,1710 @@
-//! QEMU driver.
+//! The QEMU driver: accelerator choice, command line, qcow2 disks, QMP control.
+//!
+//! Data flow: `create` chooses two loopback ports and the accelerator (probing it, see
+//! [`accel`]) and saves them in `qemu.json` ([`saved`]), then makes `disk.qcow2` ([`disk`]).
+//! `start` builds the command line from the spec and those decisions ([`args`]), runs QEMU
+//! through the [`CommandRunner`] (it daemonizes once the VM runs; on Windows it is spawned
+//! detached) and waits for its QMP socket ([`qmp`]). `state` and `stop` go through the pidfile
+//! ([`process`]) and QMP. Files in the machine directory: `qemu.json`, `disk.qcow2`,
+//! `qemu.pid`, `qmp.sock`, `console.log` (serial console), `qemu.log` (QEMU's own output at
+//! start).
+#![warn(missing_docs)]
+
+pub mod accel;
+pub mod args;
+pub mod disk;
+pub mod platform;
+pub mod process;
+pub mod qmp;
+pub mod saved;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
+use rmachine_driver::{
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
+};
+use serde::{Deserialize, Serialize};
+
+pub use accel::{Accel, AccelChoice, AccelOption};
+pub use platform::{HostArch, HostOs, HostPlatform};
+pub use saved::QemuState;
+
+use crate::accel::QemuProbe;
+use crate::qmp::{QmpClient, QmpEndpoint};
+
+const DRIVER: &str = "qemu";
+const PIDFILE: &str = "qemu.pid";
+const QMP_SOCKET: &str = "qmp.sock";
+const CONSOLE_LOG: &str = "console.log";
+const QEMU_LOG: &str = "qemu.log";
+const DISK: &str = "disk.qcow2";
+/// Everything the driver may create in a machine directory; `remove` deletes these and
+/// nothing else.
+const OWN_FILES: &[&str] = &[
+    DISK,
+    "disk.qcow2.tmp",
+    saved::FILE,
+    "qemu.json.tmp",
+    PIDFILE,
+    QMP_SOCKET,
+    CONSOLE_LOG,
+    QEMU_LOG,
+];
+
+/// How long one QMP exchange may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long QEMU may take, once started, to answer on QMP.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long QEMU gets to exit after QMP `quit` before it is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+const POLL: Duration = Duration::from_millis(100);
+/// How often `stop` presses the power button again while the guest does not react.
+const REPRESS: Duration = Duration::from_secs(5);
+
+/// The `--qemu-*` options of `rmachine create -d qemu` (environment `QEMU_*`), stored with the
+/// machine.
+#[derive(clap::Args, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(default)]
+pub struct QemuOptions {
+    /// QEMU system emulator to run [default: qemu-system-x86_64, or qemu-system-aarch64 on
+    /// ARM hosts]
+    #[arg(
+        id = "qemu_program",
+        long = "qemu-program",
+        env = "QEMU_PROGRAM",
+        value_name = "PROGRAM"
+    )]
+    #[serde(rename = "qemuProgram", skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+
+    /// Accelerator: auto picks the best one that boots the guest (kvm, hvf, whpx), else tcg
+    #[arg(
+        id = "qemu_accel",
+        long = "qemu-accel",
+        env = "QEMU_ACCEL",
+        value_enum,
+        default_value = "auto"
+    )]
+    #[serde(rename = "qemuAccel")]
+    pub accel: AccelOption,
+
+    /// QEMU machine type [default: q35 on x86-64 (microvm boots faster), virt on ARM]
+    #[arg(
+        id = "qemu_machine",
+        long = "qemu-machine",
+        env = "QEMU_MACHINE",
+        value_name = "TYPE"
+    )]
+    #[serde(rename = "qemuMachine", skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+
+    /// qemu-img program, for the data disk [default: qemu-img]
+    #[arg(
+        id = "qemu_img",
+        long = "qemu-img",
+        env = "QEMU_IMG",
+        value_name = "PROGRAM"
+    )]
+    #[serde(rename = "qemuImg", skip_serializing_if = "Option::is_none")]
+    pub img: Option<String>,
+}
+
+/// The QEMU driver.
+pub struct QemuDriver {
+    options: QemuOptions,
+    runner: Arc<dyn CommandRunner>,
+    host: HostPlatform,
+    probe_timeout: Duration,
+}
+
+impl std::fmt::Debug for QemuDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuDriver")
+            .field("options", &self.options)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QemuDriver {
+    /// A driver running real programs.
+    pub fn new(options: QemuOptions) -> Self {
+        Self::with_runner(options, Arc::new(TokioRunner))
+    }
+
+    /// A driver running its programs through `runner`.
+    pub fn with_runner(options: QemuOptions, runner: Arc<dyn CommandRunner>) -> Self {
+        Self {
+            options,
+            runner,
+            host: HostPlatform::current(),
+            probe_timeout: accel::PROBE_TIMEOUT,
+        }
+    }
+
+    /// The same driver, acting as if on `host` (tests of other platforms' behaviour).
+    pub fn for_host(mut self, host: HostPlatform) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &QemuOptions {
+        &self.options
+    }
+
+    /// The QEMU system emulator it runs.
+    pub fn program(&self) -> String {
+        self.options
+            .program
+            .clone()
+            .unwrap_or_else(|| self.host.default_program().to_owned())
+    }
+
+    /// The `qemu-img` it runs.
+    pub fn qemu_img(&self) -> String {
+        self.options
+            .img
+            .clone()
+            .unwrap_or_else(|| "qemu-img".to_owned())
+    }
+
+    /// The machine type a new machine gets.
+    pub fn machine_type(&self) -> String {
+        self.options
+            .machine
+            .clone()
+            .unwrap_or_else(|| self.host.default_machine().to_owned())
+    }
+
+    /// The accelerator a created machine runs with, and why (for the CLI to print).
+    pub fn accel_choice(&self, dir: &MachineDir) -> Result<AccelChoice, DriverError> {
+        Ok(QemuState::load_required(dir)?.accel)
+    }
+
+    fn qmp_endpoint(&self, dir: &MachineDir, saved: Option<&QemuState>) -> Option<QmpEndpoint> {
+        match self.host.os {
+            HostOs::Windows => saved
+                .and_then(|s| s.qmp_port)
+                .map(|port| QmpEndpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))),
+            HostOs::Linux | HostOs::MacOs => Some(QmpEndpoint::Unix(dir.file(QMP_SOCKET))),
+        }
+    }
+
+    fn io_error(dir: &MachineDir, path: &Path, source: std::io::Error) -> DriverError {
+        DriverError::Io {
+            machine: dir.name.clone(),
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    fn qmp_error(dir: &MachineDir, err: qmp::QmpError) -> DriverError {
+        DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "qmp",
+            message: error_chain(&err),
+        }
+    }
+
+    /// The running QEMU's pid, or `None` (after removing stale runtime files) if it is gone.
+    async fn live_pid(&self, dir: &MachineDir) -> Result<Option<u32>, DriverError> {
+        let pidfile = dir.file(PIDFILE);
+        let pid = process::read_pidfile(&pidfile).map_err(|e| Self::io_error(dir, &pidfile, e))?;
+        if let Some(pid) = pid {
+            if process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                return Ok(Some(pid));
+            }
+            tracing::debug!(machine = %dir.name, pid, "stale pidfile: QEMU is gone");
+        }
+        self.clean_runtime_files(dir)?;
+        Ok(None)
+    }
+
+    fn clean_runtime_files(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        for name in [PIDFILE, QMP_SOCKET] {
+            remove_if_present(dir, name)?;
+        }
+        Ok(())
+    }
+
+    async fn qmp(&self, dir: &MachineDir) -> Result<QmpClient, DriverError> {
+        let saved = QemuState::load(dir)?;
+        let endpoint =
+            self.qmp_endpoint(dir, saved.as_ref())
+                .ok_or_else(|| DriverError::Protocol {
+                    machine: dir.name.clone(),
+                    channel: "qmp",
+                    message: "no QMP port saved in qemu.json".to_owned(),
+                })?;
+        QmpClient::connect(&endpoint, QMP_TIMEOUT)
+            .await
+            .map_err(|e| Self::qmp_error(dir, e))
+    }
+
+    /// Waits until `pid` is gone; false if it still runs after `timeout`.
+    async fn wait_gone(&self, dir: &MachineDir, pid: u32, timeout: Duration) -> bool {
+        let pidfile = dir.file(PIDFILE);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The host's TSC frequency in kHz, for `tsc_early_khz=` under TCG.
+    async fn host_tsc_khz(&self) -> Option<u64> {
+        if self.host.arch != HostArch::X86_64 {
+            return None;
+        }
+        match self.host.os {
+            // In /proc/cpuinfo "cpu MHz" is the TSC rate on hosts with an invariant TSC (all
+            // that run VMs nowadays). The kernel refines its calibration later anyway; this
+            // value only has to be close enough to get through early boot.
+            HostOs::Linux => {
+                let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+                cpuinfo_mhz(&cpuinfo).map(|mhz| (mhz * 1000.0).round() as u64)
+            }
+            HostOs::MacOs => {
+                let cmd = CommandSpec::new("sysctl").args(["-n", "machdep.tsc.frequency"]);
+                let out = self.runner.run(&cmd).await.ok()?;
+                let hz: u64 = out.stdout_text().trim().parse().ok()?;
+                Some(hz / 1000)
+            }
+            HostOs::Windows => None,
+        }
+    }
+
+    async fn create_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        std::fs::create_dir_all(dir.path()).map_err(|e| Self::io_error(dir, dir.path(), e))?;
+        if QemuState::load(dir)?.is_none() {
+            let machine = self.machine_type();
+            let program = self.program();
+            let probe = QemuProbe {
+                runner: self.runner.as_ref(),
+                host: self.host,
+                program: &program,
+                machine: &machine,
+                kernel: &spec.boot.kernel,
+                timeout: self.probe_timeout,
+            };
+            let accel = accel::choose(self.options.accel, self.host, &probe).await;
+            let windows = self.host.os == HostOs::Windows;
+            let ports = saved::free_ports(if windows { 3 } else { 2 })
+                .map_err(|e| Self::io_error(dir, dir.path(), e))?;
+            let state = QemuState {
+                ssh_port: ports[0],
+                engine_port: ports[1],
+                qmp_port: ports.get(2).copied(),
+                accel,
+                machine,
+            };
+            state.save(dir)?;
+            tracing::info!(
+                machine = %dir.name,
+                accel = %state.accel.accel,
+                ssh_port = state.ssh_port,
+                engine_port = state.engine_port,
+                "created QEMU machine definition"
+            );
+        }
+        disk::ensure_disk(
+            self.runner.as_ref(),
+            &self.qemu_img(),
+            self.host.qemu_img_hint(),
+            &dir.name,
+            &dir.file(DISK),
+            spec.disk_size_mb,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Re-picks saved ports another program took since; true if any changed.
+    fn refresh_ports(state: &mut QemuState) -> std::io::Result<bool> {
+        let mut changed = false;
+        let mut slots: Vec<&mut u16> = vec![&mut state.ssh_port, &mut state.engine_port];
+        if let Some(port) = state.qmp_port.as_mut() {
+            slots.push(port);
+        }
+        for slot in slots {
+            if !saved::port_is_free(*slot) {
+                let new = saved::free_ports(1)?[0];
+                tracing::info!(old = *slot, new, "port taken, forwarding from another one");
+                *slot = new;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn start_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        match self.state_inner(dir).await? {
+            VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
+                tracing::debug!(machine = %dir.name, "already running");
+                return Ok(());
+            }
+            VmState::Stopped => {}
+            // QEMU still runs (a failed or saved guest): a second one would fight it for the
+            // disk and the ports.
+            state @ (VmState::Saved | VmState::Error) => {
+                return Err(DriverError::WrongState {
+                    machine: dir.name.clone(),
+                    state,
+                    op: "start",
+                    wanted: "stopped (`rmachine kill` stops it)",
+                })
+            }
+        }
+        for (what, path) in [
+            ("guest kernel", &spec.boot.kernel),
+            ("guest initrd", &spec.boot.initrd),
+            ("configuration drive", &spec.config_drive),
+        ] {
+            if !path.exists() {
+                return Err(DriverError::MissingFile {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        let mut state = QemuState::load_required(dir)?;
+        let mut changed =
+            Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))?;
+        let tsc_khz = self.host_tsc_khz().await;
+        let chosen = state.accel.clone();
+        loop {
+            match self.launch(dir, spec, &state, tsc_khz).await {
+                Ok(()) => break,
+                Err(err) => {
+                    let failed = state.accel.accel;
+                    let next = failed.fallback(self.host);
+                    // Only failures of QEMU itself may be the accelerator's fault; a missing
+                    // program or file fails the same way under every accelerator.
+                    let accel_may_be_at_fault = matches!(
+                        err,
+                        DriverError::CommandFailed { .. } | DriverError::Timeout { .. }
+                    );
+                    match next {
+                        Some(next)
+                            if self.options.accel == AccelOption::Auto && accel_may_be_at_fault =>
+                        {
+                            tracing::warn!(
+                                machine = %dir.name,
+                                "QEMU failed to start with {failed}, falling back to {next}: {}",
+                                error_chain(&err)
+                            );
+                            state.accel = AccelChoice {
+                                accel: next,
+                                reason: format!(
+                                    "software emulation, because QEMU failed to start with \
+                                     {failed}: {}",
+                                    error_chain(&err)
+                                ),
+                            };
+                            changed = true;
+                        }
+                        _ => {
+                            // The fallback did not help either: keep the original choice, the
+                            // problem lies elsewhere.
+                            state.accel = chosen;
+                            if changed {
+                                state.save(dir)?;
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+        if changed {
+            state.save(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Runs QEMU once with the saved accelerator and waits for QMP.
+    async fn launch(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+        state: &QemuState,
+        tsc_khz: Option<u64>,
+    ) -> Result<(), DriverError> {
+        self.clean_runtime_files(dir)?;
+        let program = self.program();
+        let disk = dir.file(DISK);
+        let console = dir.file(CONSOLE_LOG);
+        let pidfile = dir.file(PIDFILE);
+        let qmp = self
+            .qmp_endpoint(dir, Some(state))
+            .ok_or_else(|| DriverError::Protocol {
+                machine: dir.name.clone(),
+                channel: "qmp",
+                message: "no QMP port saved in qemu.json".to_owned(),
+            })?;
+        if let QmpEndpoint::Unix(socket) = &qmp {
+            // sun_path holds 108 bytes on Linux and 104 on macOS, terminating NUL included;
+            // QEMU's own error for a longer path does not say what to do about it.
+            let limit = if self.host.os == HostOs::MacOs {
+                103
+            } else {
+                107
+            };
+            if socket.as_os_str().len() > limit {
+                return Err(Self::io_error(
+                    dir,
+                    socket,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "path longer than the {limit} bytes a unix socket allows: use a \
+                             shorter --storage-path"
+                        ),
+                    ),
+                ));
+            }
+        }
+        let argv = args::vm_args(&args::VmLaunch {
+            host: self.host,
+            name: &dir.name,
+            accel: state.accel.accel,
+            machine: &state.machine,
+            cpus: spec.cpus,
+            memory_mb: spec.memory_mb,
+            boot: &spec.boot,
+            tsc_khz,
+            disk: &disk,
+            config_drive: &spec.config_drive,
+            ssh_port: state.ssh_port,
+            engine_port: state.engine_port,
+            guest_ports: spec.guest_ports,
+            console_log: &console,
+            pidfile: &pidfile,
+            qmp: &qmp,
+        });
+        let cmd = CommandSpec::new(&program)
+            .args(argv)
+            .install_hint(self.host.install_hint());
+        let log = dir.file(QEMU_LOG);
+        let started = Instant::now();
+        tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
+        let mut spawned = None;
+        if self.host.os == HostOs::Windows {
+            let _ = std::fs::remove_file(&log);
+            // QEMU writes the pidfile itself, a little later; until then the spawned pid
+            // tells whether it is still alive.
+            spawned = Some(self.runner.spawn_detached(&cmd, &log).await?);
+        } else {
+            let out = self.runner.run(&cmd).await?;
+            let mut text = out.stdout.clone();
+            text.extend_from_slice(&out.stderr);
+            std::fs::write(&log, &text).map_err(|e| Self::io_error(dir, &log, e))?;
+            out.check(&program)?;
+        }
+        let ready = self.wait_ready(dir, &qmp, &program, started, spawned).await;
+        if ready.is_err() {
+            // A half-started QEMU must not linger and hold the ports for the retry.
+            let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
+            if let Some(pid) = pid {
+                if process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                    let _ = process::kill(self.runner.as_ref(), pid).await;
+                }
+            }
+        }
+        ready
+    }
+
+    /// Waits until QEMU answers on QMP; fails early, with QEMU's output, if it exits.
+    async fn wait_ready(
+        &self,
+        dir: &MachineDir,
+        qmp: &QmpEndpoint,
+        program: &str,
+        started: Instant,
+        spawned: Option<u32>,
+    ) -> Result<(), DriverError> {
+        let pidfile = dir.file(PIDFILE);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
+            if let Some(pid) = pid {
+                if !process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                    let log = std::fs::read_to_string(dir.file(QEMU_LOG)).unwrap_or_default();
+                    return Err(DriverError::CommandFailed {
+                        program: program.to_owned(),
+                        status: -1,
+                        stderr: if log.trim().is_empty() {
+                            "QEMU exited right after starting".to_owned()
+                        } else {
+                            log.trim().to_owned()
+                        },
+                    });
+                }
+            }
+            if let Ok(mut client) = QmpClient::connect(qmp, QMP_TIMEOUT).await {
+                let status = client
+                    .query_status()
+                    .await
+                    .map_err(|e| Self::qmp_error(dir, e))?;
+                tracing::info!(
+                    machine = %dir.name,
+                    status = %status,
+                    ready_ms = started.elapsed().as_millis() as u64,
+                    "QEMU is up and answering QMP"
+                );
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(DriverError::Timeout {
+                    machine: dir.name.clone(),
+                    what: format!("QEMU to answer on its {qmp}"),
+                    seconds: READY_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn stop_inner(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
+        let Some(pid) = self.live_pid(dir).await? else {
+            return Ok(());
+        };
+        match mode {
+            StopMode::Graceful { timeout } => {
+                let deadline = Instant::now() + timeout;
+                let mut first = true;
+                loop {
+                    // A press is an edge, not a state: one that arrives before the guest's
+                    // PID 1 watches the button (a stop during boot) is lost, so it is pressed
+                    // again every few seconds until the guest goes or time runs out.
+                    match self.qmp(dir).await {
+                        Ok(mut client) => {
+                            let pressed = client.system_powerdown().await;
+                            match pressed {
+                                Ok(()) => tracing::info!(
+                                    machine = %dir.name,
+                                    "pressed the ACPI power button"
+                                ),
+                                Err(err) if first => return Err(Self::qmp_error(dir, err)),
+                                Err(err) => tracing::debug!(
+                                    machine = %dir.name,
+                                    "pressing the power button again failed: {}",
+                                    error_chain(&err)
+                                ),
+                            }
+                        }
+                        Err(err) if first => return Err(err),
+                        // QEMU is exiting and has closed its socket.
+                        Err(_) => {}
+                    }
+                    first = false;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if self.wait_gone(dir, pid, left.min(REPRESS)).await {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(DriverError::Timeout {
+                            machine: dir.name.clone(),
+                            what: "the guest to power off".to_owned(),
+                            seconds: timeout.as_secs(),
+                        });
+                    }
+                }
+            }
+            StopMode::Kill => {
+                // QMP `quit` lets QEMU flush the qcow2 metadata; SIGKILL is the fallback
+                // when QMP does not answer.
+                let quit = match self.qmp(dir).await {
+                    Ok(mut client) => client.quit().await.map_err(|e| Self::qmp_error(dir, e)),
+                    Err(err) => Err(err),
+                };
+                let gone = match quit {
+                    Ok(()) => self.wait_gone(dir, pid, QUIT_GRACE).await,
+                    Err(err) => {
+                        tracing::debug!(machine = %dir.name, "QMP quit failed: {}", error_chain(&err));
+                        false
+                    }
+                };
+                if !gone {
+                    process::kill(self.runner.as_ref(), pid)
+                        .await
+                        .map_err(|e| Self::io_error(dir, &dir.file(PIDFILE), e))?;
+                    if !self.wait_gone(dir, pid, QUIT_GRACE).await {
+                        return Err(DriverError::Timeout {
+                            machine: dir.name.clone(),
+                            what: format!("QEMU (pid {pid}) to die"),
+                            seconds: QUIT_GRACE.as_secs(),
+                        });
+                    }
+                }
+            }
+        }
+        tracing::info!(machine = %dir.name, "VM stopped");
+        self.clean_runtime_files(dir)
+    }
+
+    async fn state_inner(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
+        if self.live_pid(dir).await?.is_none() {
+            return Ok(VmState::Stopped);
+        }
+        let mut client = match self.qmp(dir).await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::debug!(machine = %dir.name, "QMP not answering yet: {}", error_chain(&err));
+                return Ok(VmState::Starting);
+            }
+        };
+        let status = client
+            .query_status()
+            .await
+            .map_err(|e| Self::qmp_error(dir, e))?;
+        Ok(state_from_qmp(&status))
+    }
+
+    async fn remove_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        if dir.path().exists() {
+            self.stop_inner(dir, StopMode::Kill).await?;
+        }
+        for name in OWN_FILES {
+            remove_if_present(dir, name)?;
+        }
+        Ok(())
+    }
+
+    async fn precheck_inner(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        if let Some(problem) = self.options.accel.problem_on(self.host) {
+            return Err(DriverError::InvalidOptions {
+                driver: DRIVER.to_owned(),
+                problems: vec![problem],
+            });
+        }
+        let program = self.program();
+        let version = CommandSpec::new(&program)
+            .arg("--version")
+            .install_hint(self.host.install_hint());
+        let out = self.runner.run(&version).await?.check(&program)?;
+        tracing::debug!(version = %out.stdout_text().lines().next().unwrap_or(""), "found QEMU");
+        let img = self.qemu_img();
+        let version = CommandSpec::new(&img)
+            .arg("--version")
+            .install_hint(self.host.qemu_img_hint());
+        self.runner.run(&version).await?.check(&img)?;
+        for (what, path) in [
+            ("guest kernel", &spec.boot.kernel),
+            ("guest initrd", &spec.boot.initrd),
+        ] {
+            if !path.is_file() {
+                return Err(DriverError::MissingFile {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps QMP's run state to the machine state users see.
+pub fn state_from_qmp(status: &str) -> VmState {
+    match status {
+        "running" | "colo" => VmState::Running,
+        "paused" | "suspended" | "debug" => VmState::Paused,
+        "prelaunch" | "inmigrate" | "restore-vm" => VmState::Starting,
+        "postmigrate" | "finish-migrate" | "save-vm" => VmState::Saved,
+        "shutdown" => VmState::Stopped,
+        // guest-panicked, internal-error, io-error, watchdog, and states newer QEMUs add.
+        _ => VmState::Error,
+    }
+}
+
+fn endpoints_of(dir: &MachineDir) -> Result<Endpoints, DriverError> {
+    let state = QemuState::load_required(dir)?;
+    Ok(Endpoints {
+        ssh: SocketAddr::from((Ipv4Addr::LOCALHOST, state.ssh_port)),
+        engine: SocketAddr::from((Ipv4Addr::LOCALHOST, state.engine_port)),
+    })
+}
+
+fn cpuinfo_mhz(cpuinfo: &str) -> Option<f64> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn remove_if_present(dir: &MachineDir, name: &str) -> Result<(), DriverError> {
+    let path = dir.file(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DriverError::Io {
+            machine: dir.name.clone(),
+            path,
+            source,
+        }),
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Driver for QemuDriver {
+    fn info(&self) -> DriverInfo {
+        DriverInfo {
+            name: DRIVER.to_owned(),
+            capabilities: Capabilities {
+                graceful_stop: true,
+                pause: true,
+                console_log: true,
+            },
+        }
+    }
+
+    fn precheck(
+        &self,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.precheck_inner(spec)
+    }
+
+    fn create(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.create_inner(dir, spec)
+    }
+
+    fn start(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.start_inner(dir, spec)
+    }
+
+    fn stop(
+        &self,
+        dir: &MachineDir,
+        mode: StopMode,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.stop_inner(dir, mode)
+    }
+
+    fn remove(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.remove_inner(dir)
+    }
+
+    fn state(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = Result<VmState, DriverError>> + Send {
+        self.state_inner(dir)
+    }
+
+    fn endpoints(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = Result<Endpoints, DriverError>> + Send {
+        std::future::ready(endpoints_of(dir))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use rmachine_driver::runner::{CommandOutput, RecordingRunner, RunFuture};
+    use rmachine_driver::{BootImage, GuestPorts};
+
+    use super::*;
+    use crate::qmp::fake;
+
+    const LINUX: HostPlatform = HostPlatform {
+        os: HostOs::Linux,
+        arch: HostArch::X86_64,
+    };
+
+    fn spec(dir: &Path) -> VmSpec {
+        VmSpec {
+            cpus: 2,
+            memory_mb: 1024,
+            disk_size_mb: 20000,
+            boot: BootImage {
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initrd.img"),
+                cmdline: "console=ttyS0".into(),
+            },
+            config_drive: dir.join("config.img"),
+            guest_ports: GuestPorts::default(),
+        }
+    }
+
+    fn tcg_options() -> QemuOptions {
+        QemuOptions {
+            accel: AccelOption::Tcg,
+            ..QemuOptions::default()
+        }
+    }
+
+    /// A live process whose command line names the machine's pidfile, standing in for QEMU.
+    struct FakeVm(std::process::Child);
+
+    impl FakeVm {
+        fn start(dir: &MachineDir) -> Self {
+            let pidfile = dir.file(PIDFILE);
+            let child = std::process::Command::new("sh")
+                .args(["-c", "sleep 60", &pidfile.to_string_lossy()])
+                .spawn()
+                .expect("spawn stand-in");
+            // Until the child has exec'd, its command line is the test binary's.
+            let cmdline = PathBuf::from(format!("/proc/{}/cmdline", child.id()));
+            let marker = pidfile.to_string_lossy().into_owned();
+            for _ in 0..500 {
+                let text = std::fs::read(&cmdline).unwrap_or_default();
+                if String::from_utf8_lossy(&text).contains(&marker) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::fs::write(&pidfile, format!("{}\n", child.id())).expect("pidfile");
+            Self(child)
+        }
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for FakeVm {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn kill_and_reap(pid: u32) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+
+    fn qmp_status(status: &'static str) -> impl Fn(&str) -> Vec<String> + Send + Sync {
+        move |command| match command {
+            "query-status" => vec![format!(
+                "{{\"return\": {{\"status\": \"{status}\", \"running\": false}}}}"
+            )],
+            _ => vec!["{\"return\": {}}".to_owned()],
+        }
+    }
+
+    #[test]
+    fn qmp_states_map_to_machine_states() {
+        assert_eq!(state_from_qmp("running"), VmState::Running);
+        assert_eq!(state_from_qmp("paused"), VmState::Paused);
+        assert_eq!(state_from_qmp("suspended"), VmState::Paused);
+        assert_eq!(state_from_qmp("shutdown"), VmState::Stopped);
+        assert_eq!(state_from_qmp("prelaunch"), VmState::Starting);
+        assert_eq!(state_from_qmp("save-vm"), VmState::Saved);
+        assert_eq!(state_from_qmp("guest-panicked"), VmState::Error);
+        assert_eq!(state_from_qmp("something-new"), VmState::Error);
+    }
+
+    #[tokio::test]
+    async fn state_reads_qmp_when_the_process_lives() {
+        for (status, expected) in [
+            ("running", VmState::Running),
+            ("paused", VmState::Paused),
+            ("shutdown", VmState::Stopped),
+            ("internal-error", VmState::Error),
+        ] {
+            let tmp = tempfile::tempdir().expect("temp dir");
+            let dir = MachineDir::new("dev", tmp.path());
+            let _vm = FakeVm::start(&dir);
+            fake::serve(&dir.file(QMP_SOCKET), qmp_status(status));
+            let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+            assert_eq!(
+                driver.state(&dir).await.expect("state"),
+                expected,
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn state_is_starting_while_qmp_is_not_up() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let _vm = FakeVm::start(&dir);
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Starting);
+    }
+
+    #[tokio::test]
+    async fn a_stale_pidfile_means_stopped_and_is_removed() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let vm = FakeVm::start(&dir);
+        let pid = vm.pid();
+        drop(vm);
+        std::fs::write(dir.file(PIDFILE), format!("{pid}\n")).expect("stale pidfile");
+        std::fs::write(dir.file(QMP_SOCKET), "").expect("stale socket");
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+        assert!(!dir.file(PIDFILE).exists());
+        assert!(!dir.file(QMP_SOCKET).exists());
+        // A pid now owned by an unrelated process is stale too: never report (or kill) it.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn");
+        std::fs::write(dir.file(PIDFILE), format!("{}\n", stranger.id())).expect("pidfile");
+        driver.stop(&dir, StopMode::Kill).await.expect("stop");
+        assert!(
+            stranger.try_wait().expect("try_wait").is_none(),
+            "stranger survived"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+
+    #[tokio::test]
+    async fn graceful_stop_presses_the_power_button_and_waits() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let vm = FakeVm::start(&dir);
+        let pid = vm.pid();
+        // The "guest" powers off when the button is pressed.
+        let log = fake::serve(&dir.file(QMP_SOCKET), move |command| {
+            if command == "system_powerdown" {
+                kill_and_reap(pid);
+            }
+            vec!["{\"return\": {}}".to_owned()]
+        });
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        let stop = driver.stop(
+            &dir,
+            StopMode::Graceful {
+                timeout: Duration::from_secs(5),
+            },
+        );
+        // `vm` still owns the child: reap it concurrently so it does not linger as a zombie.
+        let reaper = tokio::task::spawn_blocking(move || drop(vm));
+        stop.await.expect("graceful stop");
+        reaper.await.expect("reaper");
+        assert_eq!(log.lock().expect("log").clone(), vec!["system_powerdown"]);
+        assert!(!dir.file(PIDFILE).exists());
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+        // Stopping a stopped machine is fine.
+        driver
+            .stop(&dir, StopMode::Kill)
+            .await
+            .expect("idempotent stop");
+    }
+
+    #[tokio::test]
+    async fn graceful_stop_times_out_when_the_guest_ignores_the_button() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let _vm = FakeVm::start(&dir);
+        fake::serve(&dir.file(QMP_SOCKET), qmp_status("running"));
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        let err = driver
+            .stop(
+                &dir,
+                StopMode::Graceful {
+                    timeout: Duration::from_millis(300),
+                },
+            )
+            .await
+            .expect_err("guest ignores ACPI");
+        assert_eq!(
+            err.to_string(),
+            "machine \"dev\": timed out after 0s waiting for the guest to power off"
+        );
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Running);
+    }
+
+    #[tokio::test]
+    async fn kill_falls_back_to_sigkill_when_qmp_is_dead() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let vm = FakeVm::start(&dir);
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        let reaper = tokio::task::spawn_blocking(move || {
+            let mut vm = vm;
+            let _ = vm.0.wait();
+        });
+        driver.stop(&dir, StopMode::Kill).await.expect("kill");
+        reaper.await.expect("reaper");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+    }
+
+    fn create_argv(dir: &Path, size: &str) -> Vec<String> {
+        vec![
+            "qemu-img".into(),
+            "create".into(),
+            "-f".into(),
+            "qcow2".into(),
+            dir.join("disk.qcow2.tmp").to_string_lossy().into_owned(),
+            size.into(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn create_saves_ports_and_accel_then_is_idempotent() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path().join("dev"));
+        let runner = Arc::new(RecordingRunner::new([(
+            create_argv(dir.path(), "20000M"),
+            CommandOutput::success(""),
+        )]));
+        let driver = QemuDriver::with_runner(tcg_options(), runner.clone()).for_host(LINUX);
+        let spec = spec(tmp.path());
+        // qemu-img is canned; the rename needs the file it would have written.
+        std::fs::create_dir_all(dir.path()).expect("dir");
+        std::fs::write(dir.file("disk.qcow2.tmp"), "qcow2").expect("disk");
+        driver.create(&dir, &spec).await.expect("create");
+        runner.assert_done();
+        let state = QemuState::load_required(&dir).expect("qemu.json");
+        assert_eq!(state.accel.accel, Accel::Tcg);
+        assert_eq!(state.machine, "q35");
+        assert_ne!(state.ssh_port, state.engine_port);
+        let endpoints = driver.endpoints(&dir).await.expect("endpoints");
+        assert_eq!(
+            endpoints.ssh.to_string(),
+            format!("127.0.0.1:{}", state.ssh_port)
+        );
+        assert_eq!(
+            endpoints.engine.to_string(),
+            format!("127.0.0.1:{}", state.engine_port)
+        );
+        // Again: nothing runs, nothing changes.
+        driver.create(&dir, &spec).await.expect("create again");
+        runner.assert_done();
+        assert_eq!(QemuState::load_required(&dir).expect("qemu.json"), state);
+        assert_eq!(std::fs::read(dir.file(DISK)).expect("disk"), b"qcow2");
+    }
+
+    #[tokio::test]
+    async fn auto_create_probes_kvm_and_records_why_it_fell_back() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let spec = spec(tmp.path());
+        let runner = Arc::new(RecordingRunner::default());
+        let kvm_usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if kvm_usable {
+            let mut probe = vec!["qemu-system-x86_64".to_owned()];
+            probe.extend(args::probe_args(
+                LINUX,
+                Accel::Kvm,
+                "q35",
+                &spec.boot.kernel,
+            ));
+            runner.expect(
+                probe,
+                rmachine_driver::runner::CannedReply::Output(CommandOutput::timeout("")),
+            );
+        }
+        runner.expect(
+            create_argv(dir.path(), "20000M"),
+            rmachine_driver::runner::CannedReply::Output(CommandOutput::success("")),
+        );
+        std::fs::write(dir.file("disk.qcow2.tmp"), "qcow2").expect("disk");
+        let driver =
+            QemuDriver::with_runner(QemuOptions::default(), runner.clone()).for_host(LINUX);
+        driver.create(&dir, &spec).await.expect("create");
+        runner.assert_done();
+        let choice = driver.accel_choice(&dir).expect("choice");
+        assert_eq!(choice.accel, Accel::Tcg);
+        assert!(
+            choice
+                .reason
+                .starts_with("software emulation, because kvm: "),
+            "{choice}"
+        );
+    }
+
+    /// Runs canned commands, and when a canned `qemu-system-*` run succeeds, does what QEMU
+    /// would: writes the pidfile (of a stand-in process) and serves QMP.
+    struct FakeQemuRunner {
+        recording: RecordingRunner,
+        dir: MachineDir,
+        vms: Mutex<Vec<FakeVm>>,
+    }
+
+    impl CommandRunner for FakeQemuRunner {
+        fn run<'a>(&'a self, cmd: &'a CommandSpec) -> RunFuture<'a, CommandOutput> {
+            Box::pin(async move {
+                let out = self.recording.run(cmd).await?;
+                if cmd.program.starts_with("qemu-system") && out.is_success() {
+                    let vm = FakeVm::start(&self.dir);
+                    fake::serve(&self.dir.file(QMP_SOCKET), qmp_status("running"));
+                    self.vms.lock().expect("vms").push(vm);
+                }
+                Ok(out)
+            })
+        }
+
+        fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, log: &'a Path) -> RunFuture<'a, u32> {
+            self.recording.spawn_detached(cmd, log)
+        }
+    }
+
+    fn vm_argv(dir: &MachineDir, spec: &VmSpec, state: &QemuState, accel: Accel) -> Vec<String> {
+        let mut argv = vec!["qemu-system-x86_64".to_owned()];
+        let tsc = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| cpuinfo_mhz(&c))
+            .map(|mhz| (mhz * 1000.0).round() as u64);
+        argv.extend(args::vm_args(&args::VmLaunch {
+            host: LINUX,
+            name: "dev",
+            accel,
+            machine: "q35",
+            cpus: 2,
+            memory_mb: 1024,
+            boot: &spec.boot,
+            tsc_khz: tsc,
+            disk: &dir.file(DISK),
+            config_drive: &spec.config_drive,
+            ssh_port: state.ssh_port,
+            engine_port: state.engine_port,
+            guest_ports: GuestPorts::default(),
+            console_log: &dir.file(CONSOLE_LOG),
+            pidfile: &dir.file(PIDFILE),
+            qmp: &QmpEndpoint::Unix(dir.file(QMP_SOCKET)),
+        }));
+        argv
+    }
+
+    fn created_machine(tmp: &Path, accel: Accel) -> (MachineDir, VmSpec, QemuState) {
+        let dir = MachineDir::new("dev", tmp.join("dev"));
+        std::fs::create_dir_all(dir.path()).expect("dir");
+        let spec = spec(tmp);
+        for file in [&spec.boot.kernel, &spec.boot.initrd, &spec.config_drive] {
+            std::fs::write(file, "x").expect("boot file");
+        }
+        let ports = saved::free_ports(2).expect("ports");
+        let state = QemuState {
+            ssh_port: ports[0],
+            engine_port: ports[1],
+            qmp_port: None,
+            accel: AccelChoice {
+                accel,
+                reason: "test".into(),
+            },
+            machine: "q35".into(),
+        };
+        state.save(&dir).expect("save");
+        (dir, spec, state)
+    }
+
+    #[tokio::test]
+    async fn start_falls_back_to_tcg_when_kvm_makes_qemu_fail() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Kvm);
+        let abort = "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n";
+        let runner = Arc::new(FakeQemuRunner {
+            recording: RecordingRunner::new([
+                (
+                    vm_argv(&dir, &spec, &state, Accel::Kvm),
+                    CommandOutput::failure(1, abort),
+                ),
+                (
+                    vm_argv(&dir, &spec, &state, Accel::Tcg),
+                    CommandOutput::success(""),
+                ),
+            ]),
+            dir: dir.clone(),
+            vms: Mutex::default(),
+        });
+        let driver =
+            QemuDriver::with_runner(QemuOptions::default(), runner.clone()).for_host(LINUX);
+        driver.start(&dir, &spec).await.expect("start");
+        runner.recording.assert_done();
+        let choice = driver.accel_choice(&dir).expect("choice");
+        assert_eq!(choice.accel, Accel::Tcg);
+        assert_eq!(
+            choice.reason,
+            "software emulation, because QEMU failed to start with kvm: qemu-system-x86_64 \
+             failed (exit status 1): qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69"
+        );
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Running);
+        // Already running: start does nothing.
+        driver.start(&dir, &spec).await.expect("start again");
+        runner.recording.assert_done();
+    }
+
+    #[tokio::test]
+    async fn a_fixed_accelerator_does_not_fall_back() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Kvm);
+        let runner = Arc::new(FakeQemuRunner {
+            recording: RecordingRunner::new([(
+                vm_argv(&dir, &spec, &state, Accel::Kvm),
+                CommandOutput::failure(1, "kvm broken\n"),
+            )]),
+            dir: dir.clone(),
+            vms: Mutex::default(),
+        });
+        let options = QemuOptions {
+            accel: AccelOption::Kvm,
+            ..QemuOptions::default()
+        };
+        let driver = QemuDriver::with_runner(options, runner.clone()).for_host(LINUX);
+        let err = driver.start(&dir, &spec).await.expect_err("kvm fails");
+        assert_eq!(
+            err.to_string(),
+            "qemu-system-x86_64 failed (exit status 1): kvm broken"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.file(QEMU_LOG)).expect("qemu.log"),
+            "kvm broken\n"
+        );
+        runner.recording.assert_done();
+        assert_eq!(driver.accel_choice(&dir).expect("choice").accel, Accel::Kvm);
+    }
+
+    #[tokio::test]
+    async fn start_refuses_a_failed_vm_that_still_runs() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        let _vm = FakeVm::start(&dir);
+        fake::serve(&dir.file(QMP_SOCKET), qmp_status("guest-panicked"));
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let err = driver.start(&dir, &spec).await.expect_err("still running");
+        assert_eq!(
+            err.to_string(),
+            "machine \"dev\" is Error, start needs it stopped (`rmachine kill` stops it)"
+        );
+        assert!(dir.file(PIDFILE).exists());
+    }
+
+    #[tokio::test]
+    async fn start_moves_a_forward_whose_port_was_taken() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+        let _squatter =
+            std::net::TcpListener::bind(("127.0.0.1", state.ssh_port)).expect("take port");
+        // The new port is unknown in advance: check the saved state after the run instead.
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let err = driver.start(&dir, &spec).await.expect_err("nothing canned");
+        assert!(err.to_string().contains("recording runner"), "{err}");
+        let saved = QemuState::load_required(&dir).expect("qemu.json");
+        assert_ne!(saved.ssh_port, state.ssh_port);
+        assert_eq!(saved.engine_port, state.engine_port);
+    }
+
+    #[tokio::test]
+    async fn start_needs_the_boot_files() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::remove_file(&spec.config_drive).expect("rm");
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let err = driver.start(&dir, &spec).await.expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "configuration drive {} does not exist",
+                spec.config_drive.display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_path_too_long_is_refused_with_advice() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let deep = tmp.path().join("d".repeat(100));
+        std::fs::create_dir_all(&deep).expect("deep dir");
+        let (dir, spec, _) = created_machine(&deep, Accel::Tcg);
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let err = driver.start(&dir, &spec).await.expect_err("too long");
+        assert_eq!(
+            error_chain(&err),
+            format!(
+                "machine \"dev\": cannot access {}: path longer than the 107 bytes a unix \
+                 socket allows: use a shorter --storage-path",
+                dir.file(QMP_SOCKET).display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn precheck_names_what_to_install() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let spec = spec(tmp.path());
+        let runner = Arc::new(RecordingRunner::default());
+        runner.expect(
+            ["qemu-system-x86_64", "--version"],
+            rmachine_driver::runner::CannedReply::Missing,
+        );
+        let driver =
+            QemuDriver::with_runner(QemuOptions::default(), runner.clone()).for_host(LINUX);
+        let err = driver.precheck(&spec).await.expect_err("missing qemu");
+        assert_eq!(
+            err.to_string(),
+            "qemu-system-x86_64 not found: install qemu-system-x86 (Debian/Ubuntu: `apt-get \
+             install qemu-system-x86`), `brew install qemu` (macOS), or pass --qemu-program"
+        );
+        let runner = Arc::new(RecordingRunner::new([
+            (
+                vec!["qemu-system-x86_64", "--version"],
+                CommandOutput::success("QEMU emulator version 7.2.22\n"),
+            ),
+            (
+                vec!["qemu-img", "--version"],
+                CommandOutput::success("qemu-img version 7.2.22\n"),
+            ),
+        ]));
+        let driver =
+            QemuDriver::with_runner(QemuOptions::default(), runner.clone()).for_host(LINUX);
+        let err = driver.precheck(&spec).await.expect_err("no kernel");
+        assert_eq!(
+            err.to_string(),
+            format!("guest kernel {} does not exist", spec.boot.kernel.display())
+        );
+        runner.assert_done();
+        let options = QemuOptions {
+            accel: AccelOption::Whpx,
+            ..QemuOptions::default()
+        };
+        let err = QemuDriver::with_runner(options, Arc::new(RecordingRunner::default()))
+            .for_host(LINUX)
+            .precheck(&spec)
+            .await
+            .expect_err("whpx on linux");
+        assert_eq!(
+            err.to_string(),
+            "invalid qemu options: --qemu-accel whpx is not available on this host (choose \
+             auto, kvm or tcg)"
+        );
+    }
+
+    #[tokio::test]
+    async fn remove_deletes_only_driver_files_and_is_idempotent() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        for name in OWN_FILES {
+            std::fs::write(dir.file(name), "x").expect("file");
+        }
+        for name in ["config.json", "config.img", "key.pem", "id_ed25519"] {
+            std::fs::write(dir.file(name), "keep").expect("host file");
+        }
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        driver.remove(&dir).await.expect("remove");
+        driver.remove(&dir).await.expect("remove again");
+        let mut left: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["config.img", "config.json", "id_ed25519", "key.pem"]
+        );
+        // A directory that never existed is already removed.
+        let gone = MachineDir::new("gone", tmp.path().join("gone"));
+        driver.remove(&gone).await.expect("remove missing");
+    }
+
+    #[test]
+    fn options_parse_from_flags_and_serialize_with_prefixed_keys() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            qemu: QemuOptions,
+        }
+        let cli = Cli::parse_from(["x", "--qemu-accel", "tcg", "--qemu-machine", "microvm"]);
+        assert_eq!(cli.qemu.accel, AccelOption::Tcg);
+        assert_eq!(cli.qemu.machine.as_deref(), Some("microvm"));
+        let json = serde_json::to_value(&cli.qemu).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"qemuAccel": "tcg", "qemuMachine": "microvm"})
+        );
+        let back: QemuOptions = serde_json::from_value(json).expect("back");
+        assert_eq!(back, cli.qemu);
+        let empty: QemuOptions = serde_json::from_str("{}").expect("defaults");
+        assert_eq!(empty, QemuOptions::default());
+    }
+
+    #[test]
+    fn cpuinfo_mhz_is_read() {
+        assert_eq!(
+            cpuinfo_mhz("processor\t: 0\ncpu MHz\t\t: 2445.432\n"),
+            Some(2445.432)
+        );
+        assert_eq!(cpuinfo_mhz("nothing"), None);
+    }
+
+    /// Whether `program` runs here; VM tests skip (saying so) when it does not.
+    fn have(program: &str) -> bool {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn real_qemu_state_and_kill() {
+        if !have("qemu-system-x86_64") {
+            eprintln!("skipping: qemu-system-x86_64 is not installed");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("real", tmp.path());
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        // No kernel: the VM sits in its firmware, which is enough for pidfile, QMP and stop.
+        let qmp = QmpEndpoint::Unix(dir.file(QMP_SOCKET));
+        let started = Instant::now();
+        let out = std::process::Command::new("qemu-system-x86_64")
+            .args([
+                "-name",
+                "real",
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-nodefaults",
+            ])
+            .args([
+                "-no-user-config",
+                "-display",
+                "none",
+                "-qmp",
+                &qmp.qemu_arg(),
+            ])
+            .arg("-pidfile")
+            .arg(dir.file(PIDFILE))
+            .arg("-daemonize")
+            .output()
+            .expect("run qemu");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut state = driver.state(&dir).await.expect("state");
+        while state == VmState::Starting && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(POLL).await;
+            state = driver.state(&dir).await.expect("state");
+        }
+        eprintln!(
+            "QEMU daemonized and answered QMP in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(state, VmState::Running);
+        let pid = process::read_pidfile(&dir.file(PIDFILE))
+            .expect("pidfile")
+            .expect("pid");
+        driver.stop(&dir, StopMode::Kill).await.expect("kill");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+        assert!(!process::is_alive(&TokioRunner, pid, &dir.file(PIDFILE)).await);
+        driver.remove(&dir).await.expect("remove");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("dir").collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// The whole driver against real QEMU and a real kernel (about 4 s). Unit tests boot no
+    /// VM unless asked: set `RMACHINE_TEST_KERNEL` to any bootable x86-64 kernel, e.g.
+    /// `guest/out/vmlinuz`.
+    #[tokio::test]
+    async fn real_qemu_full_lifecycle() {
+        let Some(kernel) = std::env::var_os("RMACHINE_TEST_KERNEL").map(PathBuf::from) else {
+            eprintln!("skipping: set RMACHINE_TEST_KERNEL to a kernel to boot a VM");
+            return;
+        };
+        if !have("qemu-system-x86_64") || !have("qemu-img") {
+            eprintln!("skipping: qemu-system-x86_64 or qemu-img is not installed");
+            return;
+        }
+        for machine in ["q35", "microvm"] {
+            lifecycle(&kernel, machine).await;
+        }
+    }
+
+    async fn lifecycle(kernel: &Path, machine: &str) {
+        eprintln!("machine type {machine}:");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("life", tmp.path().join("life"));
+        let initrd = tmp.path().join("initrd.img");
+        let config = tmp.path().join("config.img");
+        std::fs::write(&initrd, b"").expect("initrd");
+        std::fs::write(&config, vec![0u8; 1 << 20]).expect("config drive");
+        let spec = VmSpec {
+            cpus: 1,
+            memory_mb: 256,
+            disk_size_mb: 64,
+            boot: BootImage {
+                kernel: kernel.to_owned(),
+                initrd,
+                cmdline: "console=ttyS0".into(),
+            },
+            config_drive: config,
+            guest_ports: GuestPorts::default(),
+        };
+        let driver = QemuDriver::new(QemuOptions {
+            machine: Some(machine.to_owned()),
+            ..QemuOptions::default()
+        });
+        driver.precheck(&spec).await.expect("precheck");
+        let created = Instant::now();
+        driver.create(&dir, &spec).await.expect("create");
+        let choice = driver.accel_choice(&dir).expect("choice");
+        eprintln!("create took {:?}; accelerator: {choice}", created.elapsed());
+        let started = Instant::now();
+        driver.start(&dir, &spec).await.expect("start");
+        eprintln!(
+            "start (QEMU up, QMP answering) took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Running);
+        let endpoints = driver.endpoints(&dir).await.expect("endpoints");
+        assert!(endpoints.ssh.ip().is_loopback());
+        // QEMU listens on the forwarded ports, on loopback only.
+        assert!(std::net::TcpStream::connect(endpoints.engine).is_ok());
+        // Wait for the kernel to write to the serial console.
+        let console = dir.file(CONSOLE_LOG);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .contains("Linux version")
+        {
+            assert!(Instant::now() < deadline, "no kernel output on console.log");
+            tokio::time::sleep(POLL).await;
+        }
+        eprintln!(
+            "kernel banner on console.log {:?} after start",
+            started.elapsed()
+        );
+        driver.stop(&dir, StopMode::Kill).await.expect("kill");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+        driver.start(&dir, &spec).await.expect("restart");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Running);
+        driver.remove(&dir).await.expect("remove");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+/// Experiments against the real guest image (`guest/out/`), run by hand:
+/// `cargo test -p rmachine-driver-qemu guest_image -- --ignored --nocapture`. Ignored by default
+/// because their outcome depends on the guest's PID 1, not on this driver.
+#[cfg(all(test, target_os = "linux"))]
+mod guest_image_tests {
+    use std::path::PathBuf;
+
+    use rmachine_driver::{BootImage, GuestPorts};
+
+    use super::*;
+
+    async fn graceful_stop_of_the_real_guest(machine: &str) {
+        let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guest/out");
+        let manifest: serde_json::Value = match std::fs::read(out.join("manifest.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).expect("manifest json"),
+            Err(_) => {
+                eprintln!("skipping: no guest/out/manifest.json");
+                return;
+            }
+        };
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("guest", tmp.path().join("guest"));
+        let config = tmp.path().join("config.img");
+        std::fs::write(&config, vec![0u8; 1 << 20]).expect("config drive");
+        let spec = VmSpec {
+            cpus: 2,
+            memory_mb: 1024,
+            disk_size_mb: 1024,
+            boot: BootImage {
+                kernel: out.join(manifest["kernel"].as_str().expect("kernel")),
+                initrd: out.join(manifest["initrd"].as_str().expect("initrd")),
+                cmdline: manifest["cmdline"].as_str().expect("cmdline").to_owned(),
+            },
+            config_drive: config,
+            guest_ports: GuestPorts::default(),
+        };
+        let driver = QemuDriver::new(QemuOptions {
+            machine: Some(machine.to_owned()),
+            ..QemuOptions::default()
+        });
+        driver.create(&dir, &spec).await.expect("create");
+        let started = Instant::now();
+        driver.start(&dir, &spec).await.expect("start");
+        eprintln!("{machine}: start returned after {:?}", started.elapsed());
+        // Let the guest's PID 1 come up before pressing the button.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let pressed = Instant::now();
+        let result = driver
+            .stop(
+                &dir,
+                StopMode::Graceful {
+                    timeout: Duration::from_secs(30),
+                },
+            )
+            .await;
+        eprintln!(
+            "{machine}: graceful stop: {result:?} after {:?}",
+            pressed.elapsed()
+        );
+        let console = std::fs::read_to_string(dir.file(CONSOLE_LOG)).unwrap_or_default();
+        eprintln!("--- console.log (last 40 lines) ---");
+        for line in console
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            eprintln!("{line}");
+        }
+        driver.remove(&dir).await.expect("remove");
+        result.expect("graceful stop");
+    }
+
+    #[tokio::test]
+    #[ignore = "depends on the guest image's PID 1; run by hand"]
+    async fn guest_image_graceful_stop_q35() {
+        graceful_stop_of_the_real_guest("q35").await;
+    }
+
+    #[tokio::test]
+    #[ignore = "depends on the guest image's PID 1; run by hand"]
+    async fn guest_image_graceful_stop_microvm() {
+        graceful_stop_of_the_real_guest("microvm").await;
+    }
+}

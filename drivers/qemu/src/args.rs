@@ -1,0 +1,502 @@
+//! The QEMU command line, built by pure functions: everything it depends on (host, accelerator,
+//! machine type, ports, paths) comes in as parameters, so the tests pin the exact argv for
+//! every host and machine family without running anything.
+
+use std::path::Path;
+
+use rmachine_driver::{BootImage, GuestPorts};
+
+use crate::accel::Accel;
+use crate::platform::{HostArch, HostOs, HostPlatform};
+use crate::qmp::QmpEndpoint;
+
+/// Escapes a value for QEMU's `key=value,key=value` option syntax (a comma is doubled).
+pub fn escape_opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// Machine types differ in how virtio devices attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineFamily {
+    /// `pc`/`q35` (and other PCI machines): `virtio-*-pci` devices, firmware (SeaBIOS)
+    /// loads the kernel.
+    Pci,
+    /// `microvm`: no PCI, `virtio-*-device` on virtio-mmio, no firmware to speak of.
+    Microvm,
+    /// ARM `virt`: PCIe, `virtio-*-pci`.
+    Virt,
+}
+
+impl MachineFamily {
+    /// The family of a `--qemu-machine` value (its first comma-separated word).
+    pub fn of(machine: &str) -> Self {
+        match machine.split(',').next().unwrap_or(machine) {
+            "microvm" => MachineFamily::Microvm,
+            name if name == "virt" || name.starts_with("virt-") => MachineFamily::Virt,
+            _ => MachineFamily::Pci,
+        }
+    }
+
+    /// The name of a virtio device of `kind` (`blk`, `net`, `rng`) on this machine.
+    pub fn virtio(self, kind: &str) -> String {
+        match self {
+            MachineFamily::Microvm => format!("virtio-{kind}-device"),
+            MachineFamily::Pci | MachineFamily::Virt => format!("virtio-{kind}-pci"),
+        }
+    }
+}
+
+/// The `-machine` argument for a `--qemu-machine` value. A bare `microvm` gets ACPI switched
+/// on, since the ACPI power button is how `stop` asks the guest to power off; a value with
+/// options is the user's and is passed as is.
+pub fn machine_arg(machine: &str) -> String {
+    match machine {
+        "microvm" => "microvm,acpi=on".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The `-cpu` model: the host's own CPU under a hypervisor, everything TCG can emulate under
+/// TCG. WHPX gets QEMU's default model, the one its documentation supports.
+pub fn cpu_model(accel: Accel) -> Option<&'static str> {
+    match accel {
+        Accel::Kvm | Accel::Hvf => Some("host"),
+        Accel::Tcg => Some("max"),
+        Accel::Whpx => None,
+    }
+}
+
+/// The kernel command line: the guest manifest's, plus `tsc_early_khz=` for an x86 guest under
+/// TCG. Without a hypervisor the kernel cannot ask for the TSC frequency and calibrates it
+/// against timers that TCG emulates slowly (on `microvm`, without a PIT, boot stalls); the
+/// emulated TSC runs at the host's rate, so the host's figure is the right one.
+pub fn kernel_cmdline(
+    base: &str,
+    host: HostPlatform,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+) -> String {
+    let mut cmdline = base.trim().to_owned();
+    if let (Accel::Tcg, HostArch::X86_64, Some(khz)) = (accel, host.arch, tsc_khz) {
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&format!("tsc_early_khz={khz}"));
+    }
+    cmdline
+}
+
+/// Everything one VM's command line depends on.
+#[derive(Debug, Clone)]
+pub struct VmLaunch<'a> {
+    /// The host.
+    pub host: HostPlatform,
+    /// The machine's name (`-name`).
+    pub name: &'a str,
+    /// The accelerator.
+    pub accel: Accel,
+    /// The `--qemu-machine` value.
+    pub machine: &'a str,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Kernel, initrd and command line.
+    pub boot: &'a BootImage,
+    /// The host's TSC frequency, for `tsc_early_khz=` under TCG.
+    pub tsc_khz: Option<u64>,
+    /// The data disk (qcow2).
+    pub disk: &'a Path,
+    /// The configuration drive (raw, read-only).
+    pub config_drive: &'a Path,
+    /// Host port forwarded to the guest's SSH port.
+    pub ssh_port: u16,
+    /// Host port forwarded to the guest's engine port.
+    pub engine_port: u16,
+    /// The guest's ports.
+    pub guest_ports: GuestPorts,
+    /// Where the serial console goes.
+    pub console_log: &'a Path,
+    /// Where QEMU writes its process id.
+    pub pidfile: &'a Path,
+    /// Where QEMU listens for QMP.
+    pub qmp: &'a QmpEndpoint,
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The arguments (without the program) that start the VM. On Linux and macOS QEMU daemonizes
+/// once the VM runs; Windows QEMU has no `-daemonize`, so the driver spawns it detached.
+pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
+    let family = MachineFamily::of(l.machine);
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+
+    push(&["-name", &escape_opt(l.name)]);
+    push(&["-accel", l.accel.as_str()]);
+    push(&["-machine", &machine_arg(l.machine)]);
+    if let Some(cpu) = cpu_model(l.accel) {
+        push(&["-cpu", cpu]);
+    }
+    push(&["-smp", &l.cpus.to_string(), "-m", &l.memory_mb.to_string()]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&[
+        "-kernel",
+        &path(&l.boot.kernel),
+        "-initrd",
+        &path(&l.boot.initrd),
+    ]);
+    push(&[
+        "-append",
+        &kernel_cmdline(&l.boot.cmdline, l.host, l.accel, l.tsc_khz),
+    ]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=none,id=data,format=qcow2,discard=unmap",
+            escape_opt(&path(l.disk))
+        ),
+        "-device",
+        &format!("{},drive=data", family.virtio("blk")),
+    ]);
+    push(&[
+        "-drive",
+        &format!(
+            "file={},if=none,id=config,format=raw,readonly=on",
+            escape_opt(&path(l.config_drive))
+        ),
+        "-device",
+        &format!("{},drive=config", family.virtio("blk")),
+    ]);
+    // Forwards bind 127.0.0.1 only: docker-machine's QEMU driver bound every interface, which
+    // put the guest's SSH server on the network.
+    push(&[
+        "-netdev",
+        &format!(
+            "user,id=net0,hostfwd=tcp:127.0.0.1:{}-:{},hostfwd=tcp:127.0.0.1:{}-:{}",
+            l.ssh_port, l.guest_ports.ssh, l.engine_port, l.guest_ports.engine
+        ),
+    ]);
+    let net = match family {
+        // `romfile=` drops the iPXE option ROM: direct kernel boot never network-boots, and
+        // SeaBIOS spends time initialising it. virtio-mmio devices have no ROM.
+        MachineFamily::Pci | MachineFamily::Virt => {
+            format!("{},netdev=net0,romfile=", family.virtio("net"))
+        }
+        MachineFamily::Microvm => format!("{},netdev=net0", family.virtio("net")),
+    };
+    push(&["-device", &net]);
+    // Without an entropy source the guest's getrandom() blocks for seconds at boot.
+    push(&["-device", &family.virtio("rng")]);
+    push(&["-serial", &format!("file:{}", path(l.console_log))]);
+    push(&["-qmp", &l.qmp.qemu_arg()]);
+    push(&["-pidfile", &path(l.pidfile)]);
+    if l.host.os != HostOs::Windows {
+        push(&["-daemonize"]);
+    }
+    args
+}
+
+/// The arguments of the accelerator probe (see [`crate::accel`]): boot `kernel` without an
+/// initrd so that it prints its banner on the serial console and panics, and exit instead of
+/// rebooting.
+pub fn probe_args(host: HostPlatform, accel: Accel, machine: &str, kernel: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-accel".into(),
+        accel.as_str().into(),
+        "-machine".into(),
+        machine_arg(machine),
+    ];
+    if let Some(cpu) = cpu_model(accel) {
+        args.extend(["-cpu".into(), cpu.into()]);
+    }
+    args.extend(
+        [
+            "-smp",
+            "1",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-kernel",
+        ]
+        .map(String::from),
+    );
+    args.push(path(kernel));
+    args.push("-append".into());
+    args.push(format!(
+        "console={} panic=-1 root=/dev/rmachine-accel-probe",
+        host.serial_console()
+    ));
+    args.extend(["-serial", "stdio", "-no-reboot"].map(String::from));
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn boot(dir: &str) -> BootImage {
+        BootImage {
+            kernel: PathBuf::from(format!("{dir}/vmlinuz")),
+            initrd: PathBuf::from(format!("{dir}/initrd.img")),
+            cmdline: "console=ttyS0 quiet".to_owned(),
+        }
+    }
+
+    struct Paths {
+        disk: PathBuf,
+        config: PathBuf,
+        console: PathBuf,
+        pid: PathBuf,
+        qmp: QmpEndpoint,
+    }
+
+    fn unix_paths(dir: &str) -> Paths {
+        Paths {
+            disk: format!("{dir}/disk.qcow2").into(),
+            config: format!("{dir}/config.img").into(),
+            console: format!("{dir}/console.log").into(),
+            pid: format!("{dir}/qemu.pid").into(),
+            qmp: QmpEndpoint::Unix(format!("{dir}/qmp.sock").into()),
+        }
+    }
+
+    fn launch<'a>(
+        host: HostPlatform,
+        accel: Accel,
+        machine: &'a str,
+        boot: &'a BootImage,
+        p: &'a Paths,
+    ) -> VmLaunch<'a> {
+        VmLaunch {
+            host,
+            name: "dev",
+            accel,
+            machine,
+            cpus: 2,
+            memory_mb: 2048,
+            boot,
+            tsc_khz: Some(2_445_432),
+            disk: &p.disk,
+            config_drive: &p.config,
+            ssh_port: 40022,
+            engine_port: 42376,
+            guest_ports: GuestPorts::default(),
+            console_log: &p.console,
+            pidfile: &p.pid,
+            qmp: &p.qmp,
+        }
+    }
+
+    fn split(expected: &str) -> Vec<String> {
+        // One argument per line; the -append value contains spaces.
+        expected
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    const LINUX: HostPlatform = HostPlatform {
+        os: HostOs::Linux,
+        arch: HostArch::X86_64,
+    };
+
+    #[test]
+    fn linux_tcg_q35() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let args = vm_args(&launch(LINUX, Accel::Tcg, "q35", &boot, &p));
+        let expected = split(
+            "-name\ndev\n-accel\ntcg\n-machine\nq35\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
+             -nodefaults\n-no-user-config\n-display\nnone\n\
+             -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
+             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
+             -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
+             -device\nvirtio-blk-pci,drive=data\n\
+             -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
+             -device\nvirtio-blk-pci,drive=config\n\
+             -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
+             -device\nvirtio-net-pci,netdev=net0,romfile=\n\
+             -device\nvirtio-rng-pci\n\
+             -serial\nfile:/m/dev/console.log\n\
+             -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
+             -pidfile\n/m/dev/qemu.pid\n-daemonize",
+        );
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn linux_kvm_uses_host_cpu_and_no_tsc_hint() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let args = vm_args(&launch(LINUX, Accel::Kvm, "q35", &boot, &p));
+        assert_eq!(
+            args[..8],
+            split("-name\ndev\n-accel\nkvm\n-machine\nq35\n-cpu\nhost")[..]
+        );
+        let append = args.iter().position(|a| a == "-append").expect("-append");
+        assert_eq!(args[append + 1], "console=ttyS0 quiet");
+        assert_eq!(args.last().map(String::as_str), Some("-daemonize"));
+    }
+
+    #[test]
+    fn linux_microvm_uses_mmio_devices_and_acpi() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let args = vm_args(&launch(LINUX, Accel::Tcg, "microvm", &boot, &p));
+        let expected = split(
+            "-name\ndev\n-accel\ntcg\n-machine\nmicrovm,acpi=on\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
+             -nodefaults\n-no-user-config\n-display\nnone\n\
+             -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
+             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
+             -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
+             -device\nvirtio-blk-device,drive=data\n\
+             -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
+             -device\nvirtio-blk-device,drive=config\n\
+             -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
+             -device\nvirtio-net-device,netdev=net0\n\
+             -device\nvirtio-rng-device\n\
+             -serial\nfile:/m/dev/console.log\n\
+             -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
+             -pidfile\n/m/dev/qemu.pid\n-daemonize",
+        );
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn user_machine_options_are_kept() {
+        assert_eq!(machine_arg("microvm,pit=off"), "microvm,pit=off");
+        assert_eq!(MachineFamily::of("microvm,pit=off"), MachineFamily::Microvm);
+        assert_eq!(MachineFamily::of("pc-q35-7.2"), MachineFamily::Pci);
+        assert_eq!(MachineFamily::of("virt-7.2"), MachineFamily::Virt);
+    }
+
+    #[test]
+    fn macos_hvf_aarch64_virt() {
+        let host = HostPlatform {
+            os: HostOs::MacOs,
+            arch: HostArch::Aarch64,
+        };
+        let boot = BootImage {
+            kernel: "/Users/me/img/Image".into(),
+            initrd: "/Users/me/img/initrd.img".into(),
+            cmdline: "console=ttyAMA0".into(),
+        };
+        let p = unix_paths("/Users/me/m/dev");
+        let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
+        let expected = split(
+            "-name\ndev\n-accel\nhvf\n-machine\nvirt\n-cpu\nhost\n-smp\n2\n-m\n2048\n\
+             -nodefaults\n-no-user-config\n-display\nnone\n\
+             -kernel\n/Users/me/img/Image\n-initrd\n/Users/me/img/initrd.img\n\
+             -append\nconsole=ttyAMA0\n\
+             -drive\nfile=/Users/me/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
+             -device\nvirtio-blk-pci,drive=data\n\
+             -drive\nfile=/Users/me/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
+             -device\nvirtio-blk-pci,drive=config\n\
+             -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
+             -device\nvirtio-net-pci,netdev=net0,romfile=\n\
+             -device\nvirtio-rng-pci\n\
+             -serial\nfile:/Users/me/m/dev/console.log\n\
+             -qmp\nunix:/Users/me/m/dev/qmp.sock,server=on,wait=off\n\
+             -pidfile\n/Users/me/m/dev/qemu.pid\n-daemonize",
+        );
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn aarch64_tcg_gets_no_tsc_hint() {
+        let host = HostPlatform {
+            os: HostOs::MacOs,
+            arch: HostArch::Aarch64,
+        };
+        assert_eq!(
+            kernel_cmdline("console=ttyAMA0", host, Accel::Tcg, Some(1000)),
+            "console=ttyAMA0"
+        );
+        assert_eq!(
+            kernel_cmdline("", LINUX, Accel::Tcg, Some(1000)),
+            "tsc_early_khz=1000"
+        );
+        assert_eq!(kernel_cmdline("a", LINUX, Accel::Tcg, None), "a");
+    }
+
+    #[test]
+    fn windows_whpx_tcp_qmp_no_daemonize() {
+        let host = HostPlatform {
+            os: HostOs::Windows,
+            arch: HostArch::X86_64,
+        };
+        let dir = r"C:\Users\me\rmachine\machines\dev";
+        let boot = BootImage {
+            kernel: r"C:\Users\me\rmachine\cache\vmlinuz".into(),
+            initrd: r"C:\Users\me\rmachine\cache\initrd.img".into(),
+            cmdline: "console=ttyS0".into(),
+        };
+        let p = Paths {
+            disk: format!(r"{dir}\disk.qcow2").into(),
+            config: format!(r"{dir}\config.img").into(),
+            console: format!(r"{dir}\console.log").into(),
+            pid: format!(r"{dir}\qemu.pid").into(),
+            qmp: QmpEndpoint::Tcp("127.0.0.1:44444".parse().expect("addr")),
+        };
+        let args = vm_args(&launch(host, Accel::Whpx, "q35", &boot, &p));
+        let expected = split(&format!(
+            "-name\ndev\n-accel\nwhpx\n-machine\nq35\n-smp\n2\n-m\n2048\n\
+             -nodefaults\n-no-user-config\n-display\nnone\n\
+             -kernel\nC:\\Users\\me\\rmachine\\cache\\vmlinuz\n\
+             -initrd\nC:\\Users\\me\\rmachine\\cache\\initrd.img\n\
+             -append\nconsole=ttyS0\n\
+             -drive\nfile={dir}\\disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
+             -device\nvirtio-blk-pci,drive=data\n\
+             -drive\nfile={dir}\\config.img,if=none,id=config,format=raw,readonly=on\n\
+             -device\nvirtio-blk-pci,drive=config\n\
+             -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
+             -device\nvirtio-net-pci,netdev=net0,romfile=\n\
+             -device\nvirtio-rng-pci\n\
+             -serial\nfile:{dir}\\console.log\n\
+             -qmp\ntcp:127.0.0.1:44444,server=on,wait=off\n\
+             -pidfile\n{dir}\\qemu.pid"
+        ));
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped_in_option_values() {
+        let boot = boot("/img,x");
+        let p = unix_paths("/m/a,b");
+        let args = vm_args(&launch(LINUX, Accel::Tcg, "q35", &boot, &p));
+        assert!(args.contains(
+            &"file=/m/a,,b/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap".to_owned()
+        ));
+        // -kernel takes a plain path, not an option list.
+        assert!(args.contains(&"/img,x/vmlinuz".to_owned()));
+        assert!(args.contains(&"unix:/m/a,,b/qmp.sock,server=on,wait=off".to_owned()));
+    }
+
+    #[test]
+    fn probe_boots_the_kernel_and_exits() {
+        let args = probe_args(LINUX, Accel::Kvm, "q35", Path::new("/img/vmlinuz"));
+        let expected = split(
+            "-accel\nkvm\n-machine\nq35\n-cpu\nhost\n-smp\n1\n-m\n256\n\
+             -nodefaults\n-no-user-config\n-display\nnone\n-kernel\n/img/vmlinuz\n\
+             -append\nconsole=ttyS0 panic=-1 root=/dev/rmachine-accel-probe\n\
+             -serial\nstdio\n-no-reboot",
+        );
+        assert_eq!(args, expected);
+        let mac = HostPlatform {
+            os: HostOs::MacOs,
+            arch: HostArch::Aarch64,
+        };
+        let args = probe_args(mac, Accel::Hvf, "virt", Path::new("/img/Image"));
+        assert!(args.contains(&"console=ttyAMA0 panic=-1 root=/dev/rmachine-accel-probe".into()));
+    }
+}
