@@ -1,0 +1,189 @@
+//! THE place drivers register: one closed enum of driver kinds, one enum of driver values.
+//!
+//! Adding a driver means a crate in `drivers/`, a variant in [`DriverKind`] and [`AnyDriver`],
+//! and its options flattened into [`DriverOptions`]; the compiler then points at every `match`
+//! that needs an arm. There is no runtime registry.
+
+use rmachine_driver::{
+    Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
+};
+use rmachine_driver_qemu::{QemuDriver, QemuOptions};
+use serde::{Deserialize, Serialize};
+
+/// What can go wrong choosing a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DriversError {
+    /// No driver of this name.
+    #[error("Driver \"{name}\" not found.")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A machine record's driver options do not parse.
+    #[error("the {driver} driver options of machine {machine:?} are invalid")]
+    BadOptions {
+        /// The driver.
+        driver: String,
+        /// The machine.
+        machine: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The drivers built into rmachine.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// QEMU (KVM, HVF, WHPX or TCG).
+    #[default]
+    Qemu,
+}
+
+impl DriverKind {
+    /// The name users pass to `create -d`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Qemu => "qemu",
+        }
+    }
+
+    /// The driver called `name`.
+    pub fn from_name(name: &str) -> Result<Self, DriversError> {
+        <Self as clap::ValueEnum>::value_variants()
+            .iter()
+            .copied()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| DriversError::NotFound {
+                name: name.to_string(),
+            })
+    }
+}
+
+/// Every driver's `create` flags, flattened; stored opaquely under `"Driver"` in
+/// `config.json`.
+#[derive(clap::Args, Serialize, Deserialize, Debug, Clone, Default)]
+pub struct DriverOptions {
+    /// `--qemu-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub qemu: QemuOptions,
+}
+
+impl DriverOptions {
+    /// The options as a JSON object, for the machine record.
+    pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// Options read back from a machine record (unknown keys, such as the base fields
+    /// stored beside them, are ignored).
+    pub fn from_map(
+        kind: DriverKind,
+        machine: &str,
+        map: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, DriversError> {
+        serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|source| {
+            DriversError::BadOptions {
+                driver: kind.name().to_string(),
+                machine: machine.to_string(),
+                source,
+            }
+        })
+    }
+}
+
+/// One driver, whichever it is.
+pub enum AnyDriver {
+    /// QEMU.
+    Qemu(QemuDriver),
+}
+
+impl AnyDriver {
+    /// The driver of `kind` configured with `options`.
+    pub fn new(kind: DriverKind, options: &DriverOptions) -> Self {
+        match kind {
+            DriverKind::Qemu => AnyDriver::Qemu(QemuDriver::new(options.qemu.clone())),
+        }
+    }
+}
+
+impl Driver for AnyDriver {
+    fn info(&self) -> DriverInfo {
+        match self {
+            AnyDriver::Qemu(d) => d.info(),
+        }
+    }
+
+    async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.precheck(spec).await,
+        }
+    }
+
+    async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.create(dir, spec).await,
+        }
+    }
+
+    async fn start(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.start(dir, spec).await,
+        }
+    }
+
+    async fn stop(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.stop(dir, mode).await,
+        }
+    }
+
+    async fn remove(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.remove(dir).await,
+        }
+    }
+
+    async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.state(dir).await,
+        }
+    }
+
+    async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.endpoints(dir).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_and_unknown_names_say_so() {
+        assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
+        assert_eq!(
+            DriverKind::from_name("bogus").unwrap_err().to_string(),
+            "Driver \"bogus\" not found."
+        );
+    }
+
+    #[test]
+    fn options_round_trip_through_a_record_map() {
+        let options = DriverOptions::default();
+        let mut map = options.to_map();
+        map.insert("IPAddress".into(), serde_json::json!("127.0.0.1"));
+        let back = DriverOptions::from_map(DriverKind::Qemu, "m", &map).unwrap();
+        assert_eq!(
+            serde_json::to_value(back).unwrap(),
+            serde_json::to_value(options).unwrap()
+        );
+    }
+}

@@ -1,0 +1,1399 @@
+//! The machine API: what `rmachine`'s commands do, for any front end.
+//!
+//! `create` validates every option first, runs the driver's precheck before writing anything,
+//! then makes certificates, the SSH key and the configuration drive, has the driver build and
+//! boot the VM, and waits until the engine answers over mutual TLS. If anything fails once the
+//! machine directory exists, the half-made machine is removed (driver `remove`, then the
+//! directory), so the store never keeps a machine that cannot work. Every command that changes
+//! a machine holds its lock.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
+use rmachine_guest_config::{EngineConfig, GuestConfig, GuestConfigError, FORMAT_VERSION};
+use serde_json::Value;
+
+use crate::certs::{self, CertError, CertEvent};
+use crate::drivers::{AnyDriver, DriverKind, DriverOptions, DriversError};
+use crate::engine_check::{EngineCheckError, EngineClient};
+use crate::env::{self, Shell};
+use crate::image::{self, ImageError};
+use crate::ssh::{self, SshError, SshSession};
+use crate::store::{
+    self, AuthOptions, DriverRecord, EngineOptions, HostOptions, MachineConfig, Store, StoreError,
+    CONFIG_VERSION,
+};
+use crate::template::{self, TemplateError};
+
+/// How long `create`, `start` and `restart` wait for the engine (TCG boots are slow).
+pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `stop` waits for the guest to power off.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The engine's port inside the guest.
+pub const ENGINE_PORT: u16 = 2376;
+
+/// What can go wrong in a machine command. Messages users see follow docker-machine's.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The store failed or the machine does not exist.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Unknown driver, or unreadable driver options.
+    #[error(transparent)]
+    Drivers(#[from] DriversError),
+    /// `create` options are invalid; every problem is listed.
+    #[error("{}", problems.join("\n"))]
+    InvalidOptions {
+        /// Each problem.
+        problems: Vec<String>,
+    },
+    /// The driver's precheck failed; nothing was written (exit code 3).
+    #[error("Error with pre-create check: \"{reason}\"")]
+    Precheck {
+        /// The driver's reason (quoted in the message, as docker-machine does).
+        reason: DriverError,
+    },
+    /// A driver operation failed.
+    #[error("machine {machine:?}: driver failed to {op}")]
+    Driver {
+        /// The machine.
+        machine: String,
+        /// What was asked.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: DriverError,
+    },
+    /// Certificates could not be made or read.
+    #[error("machine {machine:?}: certificates")]
+    Certs {
+        /// The machine.
+        machine: String,
+        /// The cause.
+        #[source]
+        source: CertError,
+    },
+    /// The store's CA or client certificate could not be made.
+    #[error("cannot create the store's certificates")]
+    Bootstrap(#[source] CertError),
+    /// The SSH key or session failed.
+    #[error("machine {machine:?}: ssh")]
+    Ssh {
+        /// The machine.
+        machine: String,
+        /// The cause.
+        #[source]
+        source: Box<SshError>,
+    },
+    /// No usable guest image.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The configuration drive could not be written.
+    #[error("machine {machine:?}: cannot write the configuration drive {path}")]
+    ConfigDrive {
+        /// The machine.
+        machine: String,
+        /// The drive image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: GuestConfigError,
+    },
+    /// The machine must be running for this.
+    #[error("Host is not running")]
+    NotRunning {
+        /// The machine.
+        machine: String,
+    },
+    /// `ssh` on a machine that is not running.
+    #[error("Cannot run SSH command: Host \"{machine}\" is not running")]
+    SshNotRunning {
+        /// The machine.
+        machine: String,
+    },
+    /// `start` on a running machine, `stop` on a stopped one.
+    #[error("Machine \"{machine}\" is already {state}.")]
+    AlreadyInState {
+        /// The machine.
+        machine: String,
+        /// Its state, lowercased.
+        state: String,
+    },
+    /// The guest did not power off in time.
+    #[error("machine \"{machine}\" did not stop within {seconds}s; run \"rmachine kill {machine}\" to force it off")]
+    StopTimeout {
+        /// The machine.
+        machine: String,
+        /// How long we waited.
+        seconds: u64,
+    },
+    /// The engine did not answer after boot.
+    #[error("the engine of machine \"{machine}\" did not answer: {}{}", error_chain(.cause.as_ref()), console_tail(.console))]
+    EngineNotReady {
+        /// The machine.
+        machine: String,
+        /// The last lines of the guest console, when the driver captures it.
+        console: Option<String>,
+        /// The cause (in the message, before the console lines).
+        cause: Box<EngineCheckError>,
+    },
+    /// The TLS check before `env`/`config` failed.
+    #[error("Error checking TLS connection: {cause}")]
+    TlsCheck {
+        /// The machine.
+        machine: String,
+        /// The cause (in the message, as docker-machine prints it).
+        cause: Box<MachineError>,
+    },
+    /// The engine answered the TLS check with a failure.
+    #[error("There was an error validating certificates for host \"{addr}\": {cause}\nYou can attempt to regenerate them using 'rmachine regenerate-certs [name]'.\nBe advised that this will trigger a Docker daemon restart which might stop running containers.")]
+    CertValidation {
+        /// The engine address.
+        addr: SocketAddr,
+        /// The cause (in the message, as docker-machine prints it).
+        cause: Box<EngineCheckError>,
+    },
+    /// A `--format` template failed.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The shell could not be determined.
+    #[error(transparent)]
+    Env(#[from] env::EnvError),
+    /// No running machine matches `$DOCKER_HOST`.
+    #[error("No active host found")]
+    NoActiveHost,
+    /// Interrupted by the user (Ctrl-C) during `create`.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// `error: cause: cause…`, for errors whose message must end with something else.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn console_tail(console: &Option<String>) -> String {
+    match console {
+        Some(tail) if !tail.is_empty() => format!("; last lines of the guest console:\n{tail}"),
+        _ => String::new(),
+    }
+}
+
+impl MachineError {
+    /// The process exit code docker-machine uses for this error (3 for a precheck failure).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MachineError::Precheck { .. } => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// One step of a long command, for the front end to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Making the store's CA.
+    CreatingCa(PathBuf),
+    /// Making the store's client certificate.
+    CreatingClientCert(PathBuf),
+    /// Running the driver's precheck.
+    PreCreateChecks,
+    /// Copying the guest image into the cache.
+    ImportingImage {
+        /// Image version.
+        version: String,
+        /// Where it comes from.
+        from: PathBuf,
+    },
+    /// Making the machine directory and its files.
+    CreatingMachine,
+    /// Writing the machine's certificates.
+    CopyingCerts,
+    /// Making the SSH key.
+    CreatingSshKey,
+    /// Writing the configuration drive.
+    WritingConfigDrive,
+    /// The driver builds the VM (disk, definition).
+    CreatingVm,
+    /// The driver boots the VM.
+    StartingVm,
+    /// Waiting for the engine to answer over TLS.
+    WaitingForEngine,
+    /// The engine answered.
+    EngineReady,
+    /// A half-made machine is being removed after a failure.
+    CleaningUp,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Progress::CreatingCa(path) => write!(f, "Creating CA: {}", path.display()),
+            Progress::CreatingClientCert(path) => {
+                write!(f, "Creating client certificate: {}", path.display())
+            }
+            Progress::PreCreateChecks => f.write_str("Running pre-create checks..."),
+            Progress::ImportingImage { version, from } => write!(
+                f,
+                "Copying guest image {version} from {} to the cache...",
+                from.display()
+            ),
+            Progress::CreatingMachine => f.write_str("Creating machine..."),
+            Progress::CopyingCerts => {
+                f.write_str("Copying certs to the local machine directory...")
+            }
+            Progress::CreatingSshKey => f.write_str("Creating SSH key..."),
+            Progress::WritingConfigDrive => f.write_str("Writing the configuration drive..."),
+            Progress::CreatingVm => f.write_str("Creating the VM..."),
+            Progress::StartingVm => f.write_str("Starting the VM..."),
+            Progress::WaitingForEngine => f.write_str("Waiting for the engine..."),
+            Progress::EngineReady => f.write_str("Docker is up and running!"),
+            Progress::CleaningUp => f.write_str("Removing the half-created machine..."),
+        }
+    }
+}
+
+/// Options of `create`.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Which driver.
+    pub driver: DriverKind,
+    /// Its options.
+    pub driver_options: DriverOptions,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Data disk in MB.
+    pub disk_size_mb: u64,
+    /// `--guest-image DIR`.
+    pub guest_image: Option<PathBuf>,
+    /// `--engine-label K=V`.
+    pub engine_labels: Vec<String>,
+    /// `--engine-insecure-registry`.
+    pub engine_insecure_registries: Vec<String>,
+    /// `--engine-registry-mirror`.
+    pub engine_registry_mirrors: Vec<String>,
+    /// `--engine-env K=V`.
+    pub engine_env: Vec<String>,
+    /// `--tls-san`.
+    pub tls_san: Vec<String>,
+    /// How long to wait for the engine after boot.
+    pub engine_timeout: Duration,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            driver: DriverKind::Qemu,
+            driver_options: DriverOptions::default(),
+            cpus: 1,
+            memory_mb: 1024,
+            disk_size_mb: 20000,
+            guest_image: None,
+            engine_labels: Vec::new(),
+            engine_insecure_registries: Vec::new(),
+            engine_registry_mirrors: Vec::new(),
+            engine_env: Vec::new(),
+            tls_san: Vec::new(),
+            engine_timeout: DEFAULT_ENGINE_TIMEOUT,
+        }
+    }
+}
+
+impl CreateOptions {
+    /// Every problem with these options and `name`.
+    fn problems(&self, name: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if store::validate_name(name).is_err() {
+            problems.push(store::INVALID_NAME_MESSAGE.to_string());
+        }
+        if self.cpus == 0 {
+            problems.push("--cpus must be at least 1".to_string());
+        }
+        if self.memory_mb < 128 {
+            problems.push(format!(
+                "--memory {} is too small: at least 128 MB",
+                self.memory_mb
+            ));
+        }
+        if self.disk_size_mb < 100 {
+            problems.push(format!(
+                "--disk-size {} is too small: at least 100 MB",
+                self.disk_size_mb
+            ));
+        }
+        for (flag, values) in [
+            ("--engine-label", &self.engine_labels),
+            ("--engine-env", &self.engine_env),
+        ] {
+            for value in values {
+                if value.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+                    problems.push(format!("{flag} {value:?} is not KEY=VALUE"));
+                }
+            }
+        }
+        for san in &self.tls_san {
+            if san.is_empty() || san.contains(char::is_whitespace) {
+                problems.push(format!(
+                    "--tls-san {san:?} is not a host name or IP address"
+                ));
+            }
+        }
+        for registry in self
+            .engine_insecure_registries
+            .iter()
+            .chain(&self.engine_registry_mirrors)
+        {
+            if registry.is_empty() || registry.contains(char::is_whitespace) {
+                problems.push(format!("registry {registry:?} is not a valid address"));
+            }
+        }
+        problems
+    }
+}
+
+/// One row of `ls`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListEntry {
+    /// Machine name.
+    pub name: String,
+    /// `*` when running and its URL is `$DOCKER_HOST`, else `-`.
+    pub active: String,
+    /// Driver name (`not found` when the record is unreadable).
+    pub driver_name: String,
+    /// State (`Running`, `Stopped`, `Error`, `Timeout`…).
+    pub state: String,
+    /// `tcp://127.0.0.1:PORT` when running.
+    #[serde(rename = "URL")]
+    pub url: String,
+    /// Always empty: rmachine has no swarm mode.
+    pub swarm: String,
+    /// `vX` from the engine, or `Unknown`.
+    pub docker_version: String,
+    /// Why the row is incomplete.
+    pub error: String,
+    /// How long the query took.
+    pub response_time: String,
+}
+
+fn driver_err<'a>(
+    machine: &'a str,
+    op: &'static str,
+) -> impl FnOnce(DriverError) -> MachineError + 'a {
+    move |source| MachineError::Driver {
+        machine: machine.to_string(),
+        op,
+        source,
+    }
+}
+
+/// The driver a machine record names, configured from its stored options.
+pub fn driver_for(config: &MachineConfig) -> Result<AnyDriver, MachineError> {
+    let kind = DriverKind::from_name(&config.driver_name)?;
+    let options = DriverOptions::from_map(kind, &config.name, &config.driver.options)?;
+    Ok(AnyDriver::new(kind, &options))
+}
+
+/// `create` with the driver `options` selects.
+pub async fn create(
+    store: &Store,
+    name: &str,
+    options: &CreateOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<MachineConfig, MachineError> {
+    let driver = AnyDriver::new(options.driver, &options.driver_options);
+    create_with(store, &driver, name, options, progress).await
+}
+
+/// `create` with a given driver (tests pass a fake).
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn create_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    options: &CreateOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<MachineConfig, MachineError> {
+    let problems = options.problems(name);
+    if !problems.is_empty() {
+        return Err(MachineError::InvalidOptions { problems });
+    }
+    if store.machine_path(name).exists() {
+        return Err(StoreError::AlreadyExists {
+            name: name.to_string(),
+        }
+        .into());
+    }
+
+    let dev_out = image::workspace_guest_out();
+    let found = image::locate(
+        options.guest_image.as_deref(),
+        &store.cache_dir(),
+        dev_out.as_deref(),
+    )?;
+    let dir = store.machine_dir(name);
+    let mut spec = VmSpec {
+        cpus: options.cpus,
+        memory_mb: options.memory_mb,
+        disk_size_mb: options.disk_size_mb,
+        boot: found.boot_image(),
+        config_drive: dir.file("config.img"),
+        guest_ports: GuestPorts::default(),
+    };
+
+    progress(Progress::PreCreateChecks);
+    driver
+        .precheck(&spec)
+        .await
+        .map_err(|reason| MachineError::Precheck { reason })?;
+
+    let cached_dir = store
+        .cache_dir()
+        .join("guest")
+        .join(&found.manifest.version);
+    if found.dir != cached_dir {
+        progress(Progress::ImportingImage {
+            version: found.manifest.version.clone(),
+            from: found.dir.clone(),
+        });
+    }
+    let cached = image::import(&found, &store.cache_dir())?;
+    spec.boot = cached.boot_image();
+
+    let certs_dir = store.certs_dir();
+    let paths = certs::CertPaths::in_dir(&certs_dir);
+    certs::bootstrap(&certs_dir, &mut |event| match event {
+        CertEvent::CreatingCa => progress(Progress::CreatingCa(paths.ca.clone())),
+        CertEvent::CreatingClient => progress(Progress::CreatingClientCert(paths.cert.clone())),
+    })
+    .map_err(MachineError::Bootstrap)?;
+
+    progress(Progress::CreatingMachine);
+    let dir = store.create_machine_dir(name)?;
+    let lock = store.lock(name)?;
+    let provisioned = tokio::select! {
+        result = provision(store, driver, &dir, &spec, options, progress) => result,
+        _ = tokio::signal::ctrl_c() => Err(MachineError::Interrupted),
+    };
+    match provisioned {
+        Ok(config) => Ok(config),
+        Err(error) => {
+            tracing::info!(%error, "create failed; removing the half-created machine");
+            progress(Progress::CleaningUp);
+            if let Err(e) = driver.remove(&dir).await {
+                tracing::warn!(error = %e, "driver could not remove the half-created VM");
+            }
+            drop(lock);
+            if let Err(e) = store.remove_machine_dir(name) {
+                tracing::warn!(error = %e, "could not delete the half-created machine directory");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn provision<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    spec: &VmSpec,
+    options: &CreateOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<MachineConfig, MachineError> {
+    let name = dir.name.as_str();
+    let certs_err = |source| MachineError::Certs {
+        machine: name.to_string(),
+        source,
+    };
+    progress(Progress::CopyingCerts);
+    let server =
+        certs::server_cert(&store.certs_dir(), name, &options.tls_san).map_err(certs_err)?;
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+
+    progress(Progress::CreatingSshKey);
+    let key_path = dir.file("id_ed25519");
+    ssh::generate_key(&key_path, &format!("rmachine-{name}")).map_err(|source| {
+        MachineError::Ssh {
+            machine: name.to_string(),
+            source: Box::new(source),
+        }
+    })?;
+
+    let mut labels = options.engine_labels.clone();
+    let provider = format!("provider={}", driver.info().name);
+    if !labels.contains(&provider) {
+        labels.push(provider);
+    }
+    let mut config = MachineConfig {
+        config_version: CONFIG_VERSION,
+        driver: DriverRecord {
+            ip_address: String::new(),
+            machine_name: name.to_string(),
+            ssh_user: ssh::SSH_USER.to_string(),
+            ssh_port: 0,
+            engine_port: 0,
+            ssh_key_path: key_path,
+            store_path: store.root().to_path_buf(),
+            options: options.driver_options.to_map(),
+        },
+        driver_name: driver.info().name,
+        host_options: HostOptions {
+            engine_options: EngineOptions {
+                env: options.engine_env.clone(),
+                insecure_registry: options.engine_insecure_registries.clone(),
+                labels,
+                registry_mirror: options.engine_registry_mirrors.clone(),
+                tls_verify: true,
+            },
+            auth_options: auth_options(store, name, &options.tls_san),
+        },
+        name: name.to_string(),
+        vm: spec.clone(),
+        created: chrono::Utc::now(),
+    };
+
+    progress(Progress::WritingConfigDrive);
+    write_config_drive(&config, dir)?;
+
+    progress(Progress::CreatingVm);
+    driver
+        .create(dir, spec)
+        .await
+        .map_err(driver_err(name, "create the VM"))?;
+    store.save(&config)?;
+
+    boot(
+        store,
+        driver,
+        dir,
+        &mut config,
+        options.engine_timeout,
+        progress,
+    )
+    .await?;
+    Ok(config)
+}
+
+fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {
+    let certs_dir = store.certs_dir();
+    let machine = store.machine_path(name);
+    AuthOptions {
+        ca_cert_path: certs_dir.join("ca.pem"),
+        ca_private_key_path: certs_dir.join("ca-key.pem"),
+        client_cert_path: certs_dir.join("cert.pem"),
+        client_key_path: certs_dir.join("key.pem"),
+        cert_dir: certs_dir,
+        server_cert_path: machine.join("server.pem"),
+        server_key_path: machine.join("server-key.pem"),
+        server_cert_sans: sans.to_vec(),
+        store_path: machine,
+    }
+}
+
+/// Renders `config.img` from the machine's current certificate and key files.
+fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), MachineError> {
+    let name = config.name.as_str();
+    let certs_err = |source| MachineError::Certs {
+        machine: name.to_string(),
+        source,
+    };
+    let authorized =
+        ssh::public_key_line(&dir.file("id_ed25519")).map_err(|source| MachineError::Ssh {
+            machine: name.to_string(),
+            source: Box::new(source),
+        })?;
+    let engine = &config.host_options.engine_options;
+    let guest = GuestConfig {
+        format_version: FORMAT_VERSION,
+        hostname: name.to_string(),
+        ca_pem: certs::read_pem(&dir.file("ca.pem")).map_err(certs_err)?,
+        server_cert_pem: certs::read_pem(&dir.file("server.pem")).map_err(certs_err)?,
+        server_key_pem: certs::read_pem(&dir.file("server-key.pem")).map_err(certs_err)?,
+        authorized_keys: vec![authorized],
+        engine: EngineConfig {
+            port: ENGINE_PORT,
+            labels: engine.labels.clone(),
+            insecure_registries: engine.insecure_registry.clone(),
+            registry_mirrors: engine.registry_mirror.clone(),
+            env: engine.env.clone(),
+        },
+    };
+    let path = config.vm.config_drive.clone();
+    let drive_err = |source| MachineError::ConfigDrive {
+        machine: name.to_string(),
+        path: path.clone(),
+        source,
+    };
+    let mut image = Vec::new();
+    guest.write_drive(&mut image).map_err(drive_err)?;
+    // The drive holds the engine's private key.
+    store::write_atomic(&path, &image, true)?;
+    Ok(())
+}
+
+fn read_console_tail(dir: &MachineDir, lines: usize) -> Option<String> {
+    let text = std::fs::read(dir.file("console.log")).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    Some(all[start..].join("\n"))
+}
+
+/// Boots the VM, records its endpoints and waits for the engine.
+async fn boot<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    let name = dir.name.clone();
+    progress(Progress::StartingVm);
+    driver
+        .start(dir, &config.vm)
+        .await
+        .map_err(driver_err(&name, "start the VM"))?;
+    let endpoints = driver
+        .endpoints(dir)
+        .await
+        .map_err(driver_err(&name, "report the VM's endpoints"))?;
+    config.driver.ip_address = endpoints.engine.ip().to_string();
+    config.driver.ssh_port = endpoints.ssh.port();
+    config.driver.engine_port = endpoints.engine.port();
+    store.save(config)?;
+
+    progress(Progress::WaitingForEngine);
+    let client = engine_client(store, &name)?;
+    if let Err(source) = client.wait_ready(endpoints.engine, timeout).await {
+        let console = if driver.info().capabilities.console_log {
+            read_console_tail(dir, 15)
+        } else {
+            None
+        };
+        return Err(MachineError::EngineNotReady {
+            machine: name,
+            console,
+            cause: Box::new(source),
+        });
+    }
+    progress(Progress::EngineReady);
+    Ok(())
+}
+
+fn engine_client(store: &Store, name: &str) -> Result<EngineClient, MachineError> {
+    EngineClient::from_cert_dir(&store.machine_path(name)).map_err(|source| {
+        MachineError::EngineNotReady {
+            machine: name.to_string(),
+            console: None,
+            cause: Box::new(source),
+        }
+    })
+}
+
+async fn load_with_driver(
+    store: &Store,
+    name: &str,
+) -> Result<(MachineConfig, AnyDriver), MachineError> {
+    let config = store.load(name)?;
+    let driver = driver_for(&config)?;
+    Ok((config, driver))
+}
+
+/// The machine's state as the driver reports it.
+pub async fn state(store: &Store, name: &str) -> Result<VmState, MachineError> {
+    let (_, driver) = load_with_driver(store, name).await?;
+    driver
+        .state(&store.machine_dir(name))
+        .await
+        .map_err(driver_err(name, "report the state"))
+}
+
+/// `start`: rewrite the configuration drive from the current certificates, boot, wait for the
+/// engine.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn start(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    store.require(name)?;
+    let _lock = store.lock(name)?;
+    let (mut config, driver) = load_with_driver(store, name).await?;
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current == VmState::Running {
+        return Err(MachineError::AlreadyInState {
+            machine: name.to_string(),
+            state: "running".to_string(),
+        });
+    }
+    progress(Progress::WritingConfigDrive);
+    write_config_drive(&config, &dir)?;
+    boot(store, &driver, &dir, &mut config, timeout, progress).await
+}
+
+/// `stop`: ask the guest to power off; fails after [`STOP_TIMEOUT`] suggesting `kill`.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn stop(store: &Store, name: &str) -> Result<(), MachineError> {
+    store.require(name)?;
+    let _lock = store.lock(name)?;
+    let (_, driver) = load_with_driver(store, name).await?;
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current == VmState::Stopped {
+        return Err(MachineError::AlreadyInState {
+            machine: name.to_string(),
+            state: "stopped".to_string(),
+        });
+    }
+    match driver
+        .stop(
+            &dir,
+            StopMode::Graceful {
+                timeout: STOP_TIMEOUT,
+            },
+        )
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(DriverError::Timeout { .. }) => Err(MachineError::StopTimeout {
+            machine: name.to_string(),
+            seconds: STOP_TIMEOUT.as_secs(),
+        }),
+        Err(e) => Err(driver_err(name, "stop the VM")(e)),
+    }
+}
+
+/// `kill`: pull the plug.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn kill(store: &Store, name: &str) -> Result<(), MachineError> {
+    store.require(name)?;
+    let _lock = store.lock(name)?;
+    let (_, driver) = load_with_driver(store, name).await?;
+    driver
+        .stop(&store.machine_dir(name), StopMode::Kill)
+        .await
+        .map_err(driver_err(name, "kill the VM"))
+}
+
+/// `restart`: stop if running, then start.
+pub async fn restart(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    if state(store, name).await? != VmState::Stopped {
+        stop(store, name).await?;
+    }
+    start(store, name, timeout, progress).await
+}
+
+/// `rm`: the driver removes the VM, then the machine directory goes (only that directory).
+/// With `force`, the directory goes even if the driver fails.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn remove(store: &Store, name: &str, force: bool) -> Result<(), MachineError> {
+    store.require(name)?;
+    let lock = store.lock(name)?;
+    let dir = store.machine_dir(name);
+    let removed = match store
+        .load(name)
+        .map_err(MachineError::from)
+        .and_then(|c| driver_for(&c))
+    {
+        Ok(driver) => driver
+            .remove(&dir)
+            .await
+            .map_err(driver_err(name, "remove the VM")),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        if !force {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "removing the machine directory anyway (--force)");
+    }
+    drop(lock);
+    store.remove_machine_dir(name)?;
+    Ok(())
+}
+
+/// The engine's address when the machine runs.
+async fn running_endpoints(
+    store: &Store,
+    name: &str,
+) -> Result<rmachine_driver::Endpoints, MachineError> {
+    let (_, driver) = load_with_driver(store, name).await?;
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current != VmState::Running {
+        return Err(MachineError::NotRunning {
+            machine: name.to_string(),
+        });
+    }
+    driver
+        .endpoints(&dir)
+        .await
+        .map_err(driver_err(name, "report the VM's endpoints"))
+}
+
+/// `url`: `tcp://HOST:PORT` of the engine.
+pub async fn url(store: &Store, name: &str) -> Result<String, MachineError> {
+    let endpoints = running_endpoints(store, name).await?;
+    Ok(format!("tcp://{}", endpoints.engine))
+}
+
+/// `ip`: the address the host reaches the guest at.
+pub async fn ip(store: &Store, name: &str) -> Result<String, MachineError> {
+    let endpoints = running_endpoints(store, name).await?;
+    Ok(endpoints.engine.ip().to_string())
+}
+
+/// docker-machine's TLS check: the engine must answer over mutual TLS with the machine's
+/// certificates. Returns the engine URL.
+async fn tls_check(store: &Store, name: &str) -> Result<(String, SocketAddr), MachineError> {
+    let wrap = |e: MachineError| MachineError::TlsCheck {
+        machine: name.to_string(),
+        cause: Box::new(e),
+    };
+    let endpoints = running_endpoints(store, name).await.map_err(|e| match e {
+        MachineError::Store(_) => e,
+        other => wrap(other),
+    })?;
+    let addr = endpoints.engine;
+    let client = engine_client(store, name).map_err(wrap)?;
+    client.ping(addr).await.map_err(|cause| {
+        wrap(MachineError::CertValidation {
+            addr,
+            cause: Box::new(cause),
+        })
+    })?;
+    Ok((format!("tcp://{addr}"), addr))
+}
+
+/// Options of `env`.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// The shell dialect.
+    pub shell: Shell,
+    /// `--no-proxy`.
+    pub no_proxy: bool,
+    /// The command line, for the usage hint.
+    pub argv: Vec<String>,
+}
+
+/// `env NAME`: the lines to paste into a shell (after the TLS check).
+pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<String, MachineError> {
+    let (url, addr) = tls_check(store, name).await?;
+    let mut vars = vec![
+        ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
+        ("DOCKER_HOST".to_string(), url),
+        (
+            "DOCKER_CERT_PATH".to_string(),
+            store.machine_path(name).display().to_string(),
+        ),
+        ("DOCKER_MACHINE_NAME".to_string(), name.to_string()),
+    ];
+    if cfg!(windows) {
+        vars.push(("COMPOSE_CONVERT_WINDOWS_PATHS".into(), "true".into()));
+    }
+    if options.no_proxy {
+        vars.push(env::no_proxy(&addr.ip().to_string(), |k| {
+            std::env::var(k).ok()
+        }));
+    }
+    Ok(options.shell.render_set(&vars, &options.argv))
+}
+
+/// `config NAME`: docker CLI flags for the machine (after the TLS check).
+pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineError> {
+    let (url, _) = tls_check(store, name).await?;
+    let dir = store.machine_path(name);
+    let file = |f: &str| dir.join(f).display().to_string();
+    Ok(format!(
+        "--tlsverify\n--tlscacert=\"{}\"\n--tlscert=\"{}\"\n--tlskey=\"{}\"\n-H={url}\n",
+        file("ca.pem"),
+        file("cert.pem"),
+        file("key.pem")
+    ))
+}
+
+/// `inspect NAME [-f FORMAT]`: the record as 4-space-indented JSON, or rendered by `format`.
+pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String, MachineError> {
+    let config = store.load(name)?;
+    let value = serde_json::to_value(&config).unwrap_or(Value::Null);
+    match format {
+        Some(format) => Ok(format!("{}\n", template::render(format, &value)?)),
+        None => Ok(format!("{}\n", template::pretty(&value))),
+    }
+}
+
+/// `version NAME`: the engine's version string.
+pub async fn engine_version(store: &Store, name: &str) -> Result<String, MachineError> {
+    let endpoints = running_endpoints(store, name).await?;
+    let client = engine_client(store, name)?;
+    client
+        .version(endpoints.engine)
+        .await
+        .map_err(|cause| MachineError::CertValidation {
+            addr: endpoints.engine,
+            cause: Box::new(cause),
+        })
+}
+
+async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> ListEntry {
+    let started = Instant::now();
+    let mut entry = ListEntry {
+        name: name.to_string(),
+        active: "-".to_string(),
+        driver_name: String::new(),
+        state: String::new(),
+        url: String::new(),
+        swarm: String::new(),
+        docker_version: "Unknown".to_string(),
+        error: String::new(),
+        response_time: String::new(),
+    };
+    let (config, driver) = match load_with_driver(store, name).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            entry.driver_name = "not found".to_string();
+            entry.state = "Error".to_string();
+            entry.error = e.to_string();
+            return entry;
+        }
+    };
+    entry.driver_name = config.driver_name.clone();
+    let dir = store.machine_dir(name);
+    let current = match driver.state(&dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            entry.state = "Error".to_string();
+            entry.error = e.to_string();
+            return entry;
+        }
+    };
+    entry.state = current.to_string();
+    if current == VmState::Running {
+        match driver.endpoints(&dir).await {
+            Ok(endpoints) => {
+                entry.url = format!("tcp://{}", endpoints.engine);
+                if docker_host == Some(entry.url.as_str()) {
+                    entry.active = "*".to_string();
+                }
+                match engine_client(store, name) {
+                    Ok(client) => match client.version(endpoints.engine).await {
+                        Ok(v) => entry.docker_version = format!("v{v}"),
+                        Err(e) => entry.error = e.to_string(),
+                    },
+                    Err(e) => entry.error = e.to_string(),
+                }
+            }
+            Err(e) => entry.error = e.to_string(),
+        }
+    }
+    entry.response_time = format!("{}ms", started.elapsed().as_millis());
+    entry
+}
+
+/// `ls`: every machine, queried concurrently, each within `timeout`. `docker_host` is
+/// `$DOCKER_HOST`, to mark the active machine.
+pub async fn list(
+    store: &Store,
+    timeout: Duration,
+    docker_host: Option<&str>,
+) -> Result<Vec<ListEntry>, MachineError> {
+    let names = store.list()?;
+    let queries = names.iter().map(|name| async move {
+        match tokio::time::timeout(timeout, list_entry(store, name, docker_host)).await {
+            Ok(entry) => entry,
+            Err(_) => ListEntry {
+                name: name.clone(),
+                active: String::new(),
+                driver_name: store.load(name).map(|c| c.driver_name).unwrap_or_default(),
+                state: "Timeout".to_string(),
+                url: String::new(),
+                swarm: String::new(),
+                docker_version: String::new(),
+                error: String::new(),
+                response_time: String::new(),
+            },
+        }
+    });
+    Ok(join_all(queries).await)
+}
+
+/// Runs futures concurrently on this task and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, out) in set.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// `active`: the running machine whose URL is `$DOCKER_HOST`.
+pub async fn active(
+    store: &Store,
+    timeout: Duration,
+    docker_host: Option<&str>,
+) -> Result<String, MachineError> {
+    list(store, timeout, docker_host)
+        .await?
+        .into_iter()
+        .find(|e| e.active == "*")
+        .map(|e| e.name)
+        .ok_or(MachineError::NoActiveHost)
+}
+
+/// `ssh NAME [CMD]`: runs `command` (or an interactive shell) and returns its exit status.
+pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32, MachineError> {
+    let (config, driver) = load_with_driver(store, name).await?;
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current != VmState::Running {
+        return Err(MachineError::SshNotRunning {
+            machine: name.to_string(),
+        });
+    }
+    let endpoints = driver
+        .endpoints(&dir)
+        .await
+        .map_err(driver_err(name, "report the VM's endpoints"))?;
+    let ssh_err = |source| MachineError::Ssh {
+        machine: name.to_string(),
+        source: Box::new(source),
+    };
+    let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
+        .await
+        .map_err(ssh_err)?;
+    let status = match command {
+        Some(cmd) => {
+            let forward_stdin = !std::io::IsTerminal::is_terminal(&std::io::stdin());
+            session.run(cmd, forward_stdin).await
+        }
+        None => session.shell().await,
+    }
+    .map_err(ssh_err)?;
+    session.close().await;
+    Ok(status)
+}
+
+/// The default machine name when a command gets none: `default`, if it exists.
+pub fn default_name(store: &Store) -> Option<&'static str> {
+    store.exists("default").then_some("default")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmachine_driver::{Capabilities, DriverInfo, Endpoints};
+    use std::sync::Mutex;
+
+    /// A driver whose steps can be made to fail; `start` serves a TLS engine from the
+    /// machine directory's certificates, as the guest would.
+    #[derive(Default)]
+    struct FakeDriver {
+        fail: Option<&'static str>,
+        calls: Mutex<Vec<String>>,
+        engine: Mutex<Option<SocketAddr>>,
+        serve_engine: bool,
+    }
+
+    impl FakeDriver {
+        fn failing(op: &'static str) -> Self {
+            Self {
+                fail: Some(op),
+                ..Default::default()
+            }
+        }
+
+        fn step(&self, op: &'static str) -> Result<(), DriverError> {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(op.to_string());
+            }
+            if self.fail == Some(op) {
+                return Err(DriverError::CommandFailed {
+                    program: "fake".into(),
+                    status: 1,
+                    stderr: format!("{op} failed on purpose"),
+                });
+            }
+            Ok(())
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    impl Driver for FakeDriver {
+        fn info(&self) -> DriverInfo {
+            DriverInfo {
+                name: "fake".into(),
+                capabilities: Capabilities::default(),
+            }
+        }
+        async fn precheck(&self, _spec: &VmSpec) -> Result<(), DriverError> {
+            self.step("precheck")
+        }
+        async fn create(&self, dir: &MachineDir, _spec: &VmSpec) -> Result<(), DriverError> {
+            self.step("create")?;
+            std::fs::write(dir.file("disk.qcow2"), b"disk").map_err(|source| DriverError::Io {
+                machine: dir.name.clone(),
+                path: dir.file("disk.qcow2"),
+                source,
+            })
+        }
+        async fn start(&self, dir: &MachineDir, _spec: &VmSpec) -> Result<(), DriverError> {
+            self.step("start")?;
+            let addr = if self.serve_engine {
+                crate::engine_check::tests::serve(dir.path()).await
+            } else {
+                // A port nobody answers on: the wait must time out.
+                "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())
+            };
+            *self.engine.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+            Ok(())
+        }
+        async fn stop(&self, _dir: &MachineDir, _mode: StopMode) -> Result<(), DriverError> {
+            self.step("stop")
+        }
+        async fn remove(&self, _dir: &MachineDir) -> Result<(), DriverError> {
+            self.step("remove")
+        }
+        async fn state(&self, _dir: &MachineDir) -> Result<VmState, DriverError> {
+            self.step("state")?;
+            Ok(VmState::Running)
+        }
+        async fn endpoints(&self, _dir: &MachineDir) -> Result<Endpoints, DriverError> {
+            let engine = self
+                .engine
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()));
+            Ok(Endpoints {
+                ssh: "127.0.0.1:22".parse().unwrap_or_else(|_| unreachable!()),
+                engine,
+            })
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, CreateOptions) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(tmp.path().join("store"))).unwrap();
+        let image_dir = tmp.path().join("image");
+        crate::image::tests::fake_image(&image_dir, "0.1.0");
+        let options = CreateOptions {
+            guest_image: Some(image_dir),
+            engine_timeout: Duration::from_secs(3),
+            engine_labels: vec!["team=a".into()],
+            ..Default::default()
+        };
+        (tmp, store, options)
+    }
+
+    fn recorder() -> (std::sync::Arc<Mutex<Vec<String>>>, impl Fn(Progress) + Sync) {
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        (lines, move |p: Progress| {
+            sink.lock().unwrap().push(p.to_string())
+        })
+    }
+
+    #[tokio::test]
+    async fn create_boots_and_records_the_machine() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (lines, progress) = recorder();
+        let config = create_with(&store, &driver, "intro", &options, &progress)
+            .await
+            .unwrap();
+        assert_eq!(config.driver_name, "fake");
+        assert_eq!(
+            config.host_options.engine_options.labels,
+            vec!["team=a".to_string(), "provider=fake".to_string()]
+        );
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines[0], "Running pre-create checks...");
+        assert!(lines[2].starts_with("Creating CA: "), "{lines:?}");
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("Docker is up and running!")
+        );
+        assert_eq!(driver.calls(), vec!["precheck", "create", "start"]);
+
+        let saved = store.load("intro").unwrap();
+        assert_eq!(
+            saved.driver.engine_port,
+            driver.engine.lock().unwrap().unwrap().port()
+        );
+        assert!(saved
+            .vm
+            .boot
+            .kernel
+            .starts_with(store.cache_dir().join("guest/0.1.0")));
+        let drive = std::fs::File::open(store.machine_path("intro").join("config.img")).unwrap();
+        let guest = GuestConfig::read_drive(drive).unwrap();
+        assert_eq!(guest.hostname, "intro");
+        assert!(guest.authorized_keys[0].starts_with("ssh-ed25519 "));
+        assert_eq!(guest.engine.labels, vec!["team=a", "provider=fake"]);
+
+        let err = create_with(&store, &driver, "intro", &options, &progress)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "Docker machine \"intro\" already exists");
+        // The failed second create must not have touched the first machine.
+        assert!(store.load("intro").is_ok());
+    }
+
+    #[tokio::test]
+    async fn failures_after_the_directory_exists_leave_nothing_behind() {
+        for op in ["create", "start"] {
+            let (_tmp, store, options) = setup();
+            let driver = FakeDriver::failing(op);
+            let (lines, progress) = recorder();
+            let err = create_with(&store, &driver, "half", &options, &progress)
+                .await
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("driver failed to"), "{err}");
+            assert!(
+                !store.machine_path("half").exists(),
+                "{op}: directory left behind"
+            );
+            assert_eq!(
+                driver.calls().last().map(String::as_str),
+                Some("remove"),
+                "{op}"
+            );
+            assert!(lines
+                .lock()
+                .unwrap()
+                .contains(&"Removing the half-created machine...".to_string()));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_never_answers_is_cleaned_up() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver::default();
+        let (_, progress) = recorder();
+        let err = create_with(&store, &driver, "slow", &options, &progress)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MachineError::EngineNotReady { .. }), "{err}");
+        assert!(!store.machine_path("slow").exists());
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn precheck_failure_writes_nothing_and_exits_3() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver::failing("precheck");
+        let (_, progress) = recorder();
+        let err = create_with(&store, &driver, "p", &options, &progress)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert_eq!(
+            err.to_string(),
+            "Error with pre-create check: \"fake failed (exit status 1): precheck failed on purpose\""
+        );
+        assert!(
+            !store.root().exists(),
+            "the store was written before the precheck passed"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_invalid_option_is_reported_at_once() {
+        let (_tmp, store, mut options) = setup();
+        options.cpus = 0;
+        options.engine_env = vec!["NOEQUALS".into()];
+        let driver = FakeDriver::default();
+        let (_, progress) = recorder();
+        let err = create_with(&store, &driver, "bad name!", &options, &progress)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid hostname specified. Allowed hostname chars are: 0-9a-zA-Z . -\n\
+             --cpus must be at least 1\n\
+             --engine-env \"NOEQUALS\" is not KEY=VALUE"
+        );
+        assert!(driver.calls().is_empty());
+        assert!(!store.root().exists());
+    }
+
+    #[tokio::test]
+    async fn list_env_and_inspect_of_a_running_machine() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "intro", &options, &progress)
+            .await
+            .unwrap();
+        let text = inspect(
+            &store,
+            "intro",
+            Some("{{.Driver.IPAddress}} {{.DriverName}}"),
+        )
+        .unwrap();
+        assert_eq!(text, "127.0.0.1 fake\n");
+        let full = inspect(&store, "intro", None).unwrap();
+        assert!(full.starts_with("{\n    \"ConfigVersion\": 1,\n"), "{full}");
+        // The record names the fake driver, which the registry does not know.
+        let rows = list(&store, Duration::from_secs(5), None).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].driver_name, "not found");
+        assert_eq!(rows[0].state, "Error");
+        assert_eq!(rows[0].error, "Driver \"fake\" not found.");
+    }
+}

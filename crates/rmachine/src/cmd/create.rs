@@ -1,0 +1,108 @@
+//! `rmachine create`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rmachine_host::drivers::{DriverKind, DriverOptions};
+use rmachine_host::machine::{self, CreateOptions, MachineError};
+use rmachine_host::store::{Store, StoreError};
+
+use crate::output::outln;
+use crate::progress::Renderer;
+
+/// Create a machine.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Driver to create the machine with
+    #[arg(short = 'd', long, env = "RMACHINE_DRIVER", default_value = "qemu")]
+    driver: String,
+
+    /// Number of virtual CPUs
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+
+    /// Memory in MB
+    #[arg(long, default_value_t = 1024)]
+    memory: u64,
+
+    /// Data disk size in MB
+    #[arg(long = "disk-size", default_value_t = 20000)]
+    disk_size: u64,
+
+    /// Guest image directory (manifest.json, kernel, initrd)
+    #[arg(long = "guest-image", env = "RMACHINE_GUEST_IMAGE")]
+    guest_image: Option<PathBuf>,
+
+    /// Label for the engine, KEY=VALUE (repeatable)
+    #[arg(long = "engine-label")]
+    engine_label: Vec<String>,
+
+    /// Registry the engine may reach over plain HTTP (repeatable)
+    #[arg(long = "engine-insecure-registry")]
+    engine_insecure_registry: Vec<String>,
+
+    /// Registry mirror for the engine (repeatable)
+    #[arg(long = "engine-registry-mirror")]
+    engine_registry_mirror: Vec<String>,
+
+    /// Environment variable for the engine, KEY=VALUE (repeatable)
+    #[arg(long = "engine-env")]
+    engine_env: Vec<String>,
+
+    /// Extra subject alternative name for the engine's certificate (repeatable)
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+
+    /// Seconds to wait for the engine after the VM boots
+    #[arg(long = "engine-timeout", default_value_t = machine::DEFAULT_ENGINE_TIMEOUT.as_secs())]
+    engine_timeout: u64,
+
+    /// Print plain step lines instead of a spinner
+    #[arg(long = "no-progress")]
+    no_progress: bool,
+
+    #[command(flatten)]
+    driver_options: DriverOptions,
+
+    /// Machine name
+    name: String,
+}
+
+pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
+    let driver = DriverKind::from_name(&args.driver)?;
+    let options = CreateOptions {
+        driver,
+        driver_options: args.driver_options,
+        cpus: args.cpus,
+        memory_mb: args.memory,
+        disk_size_mb: args.disk_size,
+        guest_image: args.guest_image,
+        engine_labels: args.engine_label,
+        engine_insecure_registries: args.engine_insecure_registry,
+        engine_registry_mirrors: args.engine_registry_mirror,
+        engine_env: args.engine_env,
+        tls_san: args.tls_san,
+        engine_timeout: Duration::from_secs(args.engine_timeout),
+    };
+    let renderer = Renderer::new(args.no_progress);
+    let started = Instant::now();
+    let result = machine::create(store, &args.name, &options, &|p| renderer.step(p)).await;
+    renderer.finish();
+    match result {
+        Ok(_) => {
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "machine created");
+            outln(&format!(
+                "To see how to connect your Docker Client to the Docker Engine running on this virtual machine, run: rmachine env {}",
+                args.name
+            ))?;
+            Ok(0)
+        }
+        // docker-machine prints these two without the "Error creating machine" prefix.
+        Err(
+            e @ (MachineError::Precheck { .. }
+            | MachineError::Store(StoreError::AlreadyExists { .. })),
+        ) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e)).context("Error creating machine"),
+    }
+}

@@ -1,0 +1,135 @@
+//! The subcommands, one module each, and what they share.
+
+mod active;
+mod config;
+mod create;
+mod env;
+mod inspect;
+mod ip;
+mod kill;
+mod ls;
+mod restart;
+mod rm;
+mod ssh;
+mod start;
+mod status;
+mod stop;
+mod url;
+mod version;
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use rmachine_host::machine::MachineError;
+use rmachine_host::store::Store;
+
+/// docker-machine's commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Print which machine is active
+    Active(active::Args),
+    /// Print the connection config for machine
+    Config(config::Args),
+    /// Create a machine
+    Create(Box<create::Args>),
+    /// Display the commands to set up the environment for the Docker client
+    Env(env::Args),
+    /// Inspect information about a machine
+    Inspect(inspect::Args),
+    /// Get the IP address of a machine
+    Ip(ip::Args),
+    /// Kill a machine
+    Kill(kill::Args),
+    /// List machines
+    Ls(ls::Args),
+    /// Restart a machine
+    Restart(restart::Args),
+    /// Remove a machine
+    Rm(rm::Args),
+    /// Log into or run a command on a machine with SSH.
+    Ssh(ssh::Args),
+    /// Start a machine
+    Start(start::Args),
+    /// Get the status of a machine
+    Status(status::Args),
+    /// Stop a machine
+    Stop(stop::Args),
+    /// Get the URL of a machine
+    Url(url::Args),
+    /// Show the rmachine version or a machine's engine version
+    Version(version::Args),
+}
+
+/// Runs `command` against the store at `storage_path`; returns the exit code.
+pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Result<u8> {
+    let store = Store::open(storage_path)?;
+    match command {
+        Command::Active(args) => active::run(&store, args).await,
+        Command::Config(args) => config::run(&store, args).await,
+        Command::Create(args) => create::run(&store, *args).await,
+        Command::Env(args) => env::run(&store, args).await,
+        Command::Inspect(args) => inspect::run(&store, args),
+        Command::Ip(args) => ip::run(&store, args).await,
+        Command::Kill(args) => kill::run(&store, args).await,
+        Command::Ls(args) => ls::run(&store, args).await,
+        Command::Restart(args) => restart::run(&store, args).await,
+        Command::Rm(args) => rm::run(&store, args).await,
+        Command::Ssh(args) => ssh::run(&store, args).await,
+        Command::Start(args) => start::run(&store, args).await,
+        Command::Status(args) => status::run(&store, args).await,
+        Command::Stop(args) => stop::run(&store, args).await,
+        Command::Url(args) => url::run(&store, args).await,
+        Command::Version(args) => version::run(&store, args).await,
+    }
+}
+
+/// The exit code for an error: 3 for a driver precheck failure (as docker-machine), else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<MachineError>())
+        .map(|e| u8::try_from(e.exit_code()).unwrap_or(1))
+        .unwrap_or(1)
+}
+
+/// The one machine a command acts on: the argument, else `default` if it exists.
+pub fn one_name(store: &Store, name: Option<String>) -> anyhow::Result<String> {
+    match name {
+        Some(name) => Ok(name),
+        None => default_or_fail(store),
+    }
+}
+
+/// The machines a command acts on: the arguments, else `default` if it exists.
+pub fn names(store: &Store, names: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if names.is_empty() {
+        Ok(vec![default_or_fail(store)?])
+    } else {
+        Ok(names)
+    }
+}
+
+fn default_or_fail(store: &Store) -> anyhow::Result<String> {
+    match rmachine_host::machine::default_name(store) {
+        Some(name) => Ok(name.to_string()),
+        None => bail!("Error: No machine name(s) specified and no \"default\" machine exists"),
+    }
+}
+
+/// Runs `action` on each machine in turn, printing each failure; fails if any failed.
+pub async fn for_each<F, Fut>(names: &[String], mut action: F) -> anyhow::Result<u8>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut failures = Vec::new();
+    for name in names {
+        if let Err(e) = action(name.clone()).await {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(0)
+    } else {
+        bail!("{}", failures.join("\n"))
+    }
+}
