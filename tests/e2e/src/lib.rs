@@ -119,7 +119,14 @@ impl Machine {
     pub fn create(&self, args: &[&str]) -> Result<Run> {
         let image = guest_image()?;
         let image = image.to_string_lossy();
-        let mut all = vec!["create", "-d", "qemu", "--no-progress", "--guest-image", &image];
+        let mut all = vec![
+            "create",
+            "-d",
+            "qemu",
+            "--no-progress",
+            "--guest-image",
+            &image,
+        ];
         all.extend_from_slice(args);
         all.push(&self.name);
         self.rmachine(&all)

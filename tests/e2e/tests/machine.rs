@@ -7,7 +7,9 @@ use rmachine_fixtures::{busybox_image, ArchiveFormat};
 #[test]
 fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
     let machine = Machine::new("e2e")?;
-    let created = machine.create(&["--cpus", "2", "--memory", "1024"])?.success()?;
+    let created = machine
+        .create(&["--cpus", "2", "--memory", "1024"])?
+        .success()?;
     eprintln!("create took {:.1}s", created.elapsed.as_secs_f64());
     assert!(
         created.stdout.contains("rmachine env e2e"),
@@ -22,20 +24,35 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
         .find(|l| l.starts_with("e2e "))
         .unwrap_or_default()
         .to_string();
-    assert!(row.contains("qemu") && row.contains("Running") && row.contains("tcp://127.0.0.1:"), "ls row: {row:?}");
+    assert!(
+        row.contains("qemu") && row.contains("Running") && row.contains("tcp://127.0.0.1:"),
+        "ls row: {row:?}"
+    );
 
-    let version = machine.docker(&["version", "--format", "{{.Server.Version}}"])?.success()?;
+    let version = machine
+        .docker(&["version", "--format", "{{.Server.Version}}"])?
+        .success()?;
     assert!(!version.stdout.trim().is_empty());
 
     let tar = machine.store().join("busybox.tar");
     busybox_image(&tar, "busybox:latest", ArchiveFormat::DockerSave)?;
-    let load = machine.docker(&["load", "-i", &tar.to_string_lossy()])?.success()?;
-    assert!(load.stdout.contains("Loaded image: busybox:latest"), "{}", load.stdout);
+    let load = machine
+        .docker(&["load", "-i", &tar.to_string_lossy()])?
+        .success()?;
+    assert!(
+        load.stdout.contains("Loaded image: busybox:latest"),
+        "{}",
+        load.stdout
+    );
 
-    let hello = machine.docker(&["run", "--rm", "busybox", "echo", "hello"])?.success()?;
+    let hello = machine
+        .docker(&["run", "--rm", "busybox", "echo", "hello"])?
+        .success()?;
     assert_eq!(hello.stdout, "hello\n");
 
-    let uname = machine.rmachine(&["ssh", "e2e", "uname", "-s"])?.success()?;
+    let uname = machine
+        .rmachine(&["ssh", "e2e", "uname", "-s"])?
+        .success()?;
     assert_eq!(uname.stdout.trim(), "Linux");
     let failing = machine.rmachine(&["ssh", "e2e", "exit 7"])?;
     assert_eq!(failing.code, 7, "ssh passes the remote exit code through");
@@ -45,11 +62,20 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
     assert_eq!(status.stdout.trim(), "Stopped");
 
     machine.rmachine(&["start", "e2e"])?.success()?;
-    let images = machine.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?.success()?;
-    assert!(images.stdout.lines().any(|l| l == "busybox:latest"), "busybox survives stop/start:\n{}", images.stdout);
+    let images = machine
+        .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
+        .success()?;
+    assert!(
+        images.stdout.lines().any(|l| l == "busybox:latest"),
+        "busybox survives stop/start:\n{}",
+        images.stdout
+    );
 
     machine.rmachine(&["rm", "-y", "e2e"])?.success()?;
-    assert!(!machine.store().join("machines/e2e").exists(), "rm deletes the machine directory");
+    assert!(
+        !machine.store().join("machines/e2e").exists(),
+        "rm deletes the machine directory"
+    );
     let gone = machine.rmachine(&["status", "e2e"])?;
     assert_ne!(gone.code, 0);
     assert!(gone.stderr.contains("does not exist"), "{}", gone.stderr);
