@@ -1,1 +1,412 @@
-//! Engine test harness.
+//! Engine test harness: runs `rmachine-engine` on this host (as root, no VM) and drives it with
+//! the real `docker` CLI, over its unix socket and over TCP with mutual TLS.
+//!
+//! The binaries come from the workspace's target directory (`cargo build --workspace` first):
+//! the test executable lives in `target/<profile>/deps/`, so the engine and runtime are found
+//! two levels up.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// True when the tests can run (root); otherwise prints why they are skipped.
+pub fn require_root() -> bool {
+    let uid = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_default();
+    if uid == "0" {
+        true
+    } else {
+        eprintln!("SKIPPED: engine tests need root (namespaces, overlayfs); run them as root");
+        false
+    }
+}
+
+/// `target/<profile>`, found from the test executable's path.
+pub fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the test executable")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    Ok(dir.to_path_buf())
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    let path = target_dir()?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the workspace first (cargo build --workspace)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// What a docker command printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Fails with the command's output unless it exited 0.
+    pub fn ok(self) -> Result<Run> {
+        if self.code != 0 {
+            bail!(
+                "command failed with {}\nstdout: {}\nstderr: {}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Paths of the generated TLS material.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    /// CA certificate (signs server and client).
+    pub ca: PathBuf,
+    /// Server certificate (127.0.0.1, localhost).
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// A directory usable as DOCKER_CERT_PATH: ca.pem, cert.pem, key.pem.
+    pub client_dir: PathBuf,
+}
+
+/// Generates a CA, a server certificate and a client certificate under `dir`.
+pub fn make_certs(dir: &Path) -> Result<Certs> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "rmachine test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let mut server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "rmachine-engine");
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate()?;
+    let server = server_params.signed_by(&server_key, &ca)?;
+
+    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "client");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate()?;
+    let client = client_params.signed_by(&client_key, &ca)?;
+
+    let client_dir = dir.join("client");
+    fs::create_dir_all(&client_dir)?;
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server-key.pem"),
+        client_dir: client_dir.clone(),
+    };
+    fs::write(&certs.ca, ca.pem())?;
+    fs::write(&certs.server_cert, server.pem())?;
+    fs::write(&certs.server_key, server_key.serialize_pem())?;
+    fs::write(client_dir.join("ca.pem"), ca.pem())?;
+    fs::write(client_dir.join("cert.pem"), client.pem())?;
+    fs::write(client_dir.join("key.pem"), client_key.serialize_pem())?;
+    Ok(certs)
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A running engine with its own data root, socket, TLS port and docker config.
+#[derive(Debug)]
+pub struct Engine {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// The unix socket.
+    pub socket: PathBuf,
+    /// The TLS port on 127.0.0.1.
+    pub port: u16,
+    /// TLS material.
+    pub certs: Certs,
+}
+
+impl Engine {
+    /// Starts an engine in a fresh temp dir and waits until it answers `/_ping`.
+    pub fn start() -> Result<Engine> {
+        let dir = tempfile::Builder::new()
+            .prefix("rmachine-engine-test")
+            .tempdir()?;
+        let certs = make_certs(&dir.path().join("certs"))?;
+        fs::create_dir_all(dir.path().join("docker-config"))?;
+        let mut engine = Engine {
+            child: None,
+            socket: dir.path().join("docker.sock"),
+            port: free_port()?,
+            dir,
+            certs,
+        };
+        engine.spawn()?;
+        Ok(engine)
+    }
+
+    /// The temp dir holding everything of this engine.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The engine's data root.
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The engine's log so far (stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("engine.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("engine.log"))?;
+        let child = Command::new(binary("rmachine-engine")?)
+            .arg("--data-root")
+            .arg(self.data_root())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("-H")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--tlsverify")
+            .arg("--tlscacert")
+            .arg(&self.certs.ca)
+            .arg("--tlscert")
+            .arg(&self.certs.server_cert)
+            .arg("--tlskey")
+            .arg(&self.certs.server_key)
+            .arg("--runtime")
+            .arg(binary("rmachine-runtime")?)
+            .arg("--label")
+            .arg("purpose=test")
+            .env("RUST_LOG", "rmachine_engine=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start rmachine-engine")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ping().is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("engine exited with {status} at start:\n{}", self.log());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("engine did not answer /_ping within 20s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One raw `GET /_ping` over the unix socket.
+    pub fn ping(&self) -> Result<String> {
+        let mut stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        if !response.ends_with("OK") {
+            bail!("unexpected /_ping answer: {response}");
+        }
+        Ok(response)
+    }
+
+    /// Kills the engine with SIGKILL (no cleanup), as a crash would.
+    pub fn crash(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the engine again on the same data root.
+    pub fn restart(&mut self) -> Result<()> {
+        self.crash()?;
+        self.spawn()
+    }
+
+    /// Stops the engine with SIGTERM and returns its exit code.
+    pub fn terminate(&mut self) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("engine did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn base_command(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_TLS")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// A `docker` command against the unix socket.
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.base_command();
+        cmd.env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .args(args);
+        cmd
+    }
+
+    /// Runs `docker ARGS` against the unix socket.
+    pub fn docker(&self, args: &[&str]) -> Result<Run> {
+        Ok(self.docker_command(args).output()?.into())
+    }
+
+    /// Runs `docker ARGS` with `input` on its stdin.
+    pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Result<Run> {
+        feed(self.docker_command(args), input)
+    }
+
+    /// A `docker` command over TCP with mutual TLS, using `cert_path` as DOCKER_CERT_PATH.
+    pub fn docker_tls_command(&self, cert_path: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.base_command();
+        cmd.env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", self.port))
+            .env("DOCKER_TLS_VERIFY", "1")
+            .env("DOCKER_CERT_PATH", cert_path)
+            .args(args);
+        cmd
+    }
+
+    /// Runs `docker ARGS` over TCP with mutual TLS, using `cert_path` as DOCKER_CERT_PATH.
+    pub fn docker_tls(&self, cert_path: &Path, args: &[&str]) -> Result<Run> {
+        Ok(self.docker_tls_command(cert_path, args).output()?.into())
+    }
+
+    /// Loads the busybox test image as `busybox:latest`.
+    pub fn load_busybox(&self) -> Result<()> {
+        let tar = self.dir.path().join("busybox.tar");
+        if !tar.exists() {
+            busybox_tar(&tar)?;
+        }
+        let tar = tar.to_string_lossy().into_owned();
+        let run = self.docker(&["load", "-i", &tar])?.ok()?;
+        if !run.stdout.contains("Loaded image: busybox:latest") {
+            bail!("unexpected docker load output: {}", run.stdout);
+        }
+        Ok(())
+    }
+
+    /// Waits until `check` holds for `docker ARGS`' output, or fails after `timeout`.
+    pub fn wait_for(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        check: impl Fn(&Run) -> bool,
+    ) -> Result<Run> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run = self.docker(args)?;
+            if check(&run) {
+                return Ok(run);
+            }
+            if Instant::now() > deadline {
+                bail!("condition not met for docker {args:?}: {run:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.terminate().is_err() {
+            let _ = self.crash();
+        }
+    }
+}
+
+/// Runs `cmd` with `input` on its stdin (closed afterwards) and collects its output.
+pub fn feed(mut cmd: Command, input: &[u8]) -> Result<Run> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("no stdin pipe")?;
+    stdin.write_all(input)?;
+    drop(stdin);
+    Ok(child.wait_with_output()?.into())
+}
+
+/// Writes a `docker save` archive of busybox (from Debian's busybox-static) to `out`.
+pub fn busybox_tar(out: &Path) -> Result<()> {
+    rmachine_fixtures::busybox_image(
+        out,
+        "busybox:latest",
+        rmachine_fixtures::ArchiveFormat::DockerSave,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Errors as HTTP responses: the one place that chooses status codes.
+
+use hyper::StatusCode;
+
+use crate::core::EngineError;
+use crate::image::ImageError;
+
+/// Errors of the API layer itself: a malformed request, or a failed engine operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request could not be understood (bad JSON, bad parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No route matches.
+    #[error("page not found")]
+    NotFound,
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<ImageError> for ApiError {
+    fn from(err: ImageError) -> Self {
+        ApiError::Engine(EngineError::Image(err))
+    }
+}
+
+/// The status code of an error, as dockerd chooses it.
+pub fn status_of(err: &ApiError) -> StatusCode {
+    match err {
+        ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ApiError::NotFound => StatusCode::NOT_FOUND,
+        ApiError::Engine(err) => match err {
+            EngineError::NoSuchContainer { .. } => StatusCode::NOT_FOUND,
+            EngineError::AmbiguousReference { .. } | EngineError::InvalidParameter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            EngineError::NameConflict { .. }
+            | EngineError::NotRunning { .. }
+            | EngineError::RemoveRunning { .. } => StatusCode::CONFLICT,
+            EngineError::NotModified { .. } => StatusCode::NOT_MODIFIED,
+            // dockerd: "not found" and "not executable" are the client's mistake.
+            EngineError::StartFailed { exit_code, .. }
+                if *exit_code == 126 || *exit_code == 127 =>
+            {
+                StatusCode::BAD_REQUEST
+            }
+            EngineError::ImageUsedByRunning { .. } => StatusCode::CONFLICT,
+            EngineError::Image(image) => StatusCode::from_u16(image.status_code())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+    }
+}
+
+/// The message clients see: the error and its causes, as Go's wrapped errors print.
+pub fn message_of(err: &ApiError) -> String {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_dockerd() {
+        let not_found = ApiError::from(EngineError::NoSuchContainer {
+            reference: "x".into(),
+        });
+        assert_eq!(status_of(&not_found), StatusCode::NOT_FOUND);
+        assert_eq!(message_of(&not_found), "No such container: x");
+        let missing_image = ApiError::from(ImageError::NotFound {
+            reference: "busybox:latest".into(),
+        });
+        assert_eq!(status_of(&missing_image), StatusCode::NOT_FOUND);
+        assert_eq!(message_of(&missing_image), "No such image: busybox:latest");
+        let not_executable = ApiError::from(EngineError::StartFailed {
+            message: "exec: \"nope\": executable file not found in $PATH".into(),
+            exit_code: 127,
+        });
+        assert_eq!(status_of(&not_executable), StatusCode::BAD_REQUEST);
+        let running = ApiError::from(EngineError::RemoveRunning { name: "/x".into() });
+        assert_eq!(status_of(&running), StatusCode::CONFLICT);
+    }
+}

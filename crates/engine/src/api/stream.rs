@@ -1,0 +1,295 @@
+//! Streaming responses: channel-fed bodies, the multiplexed stdout/stderr framing, hijacked
+//! attach connections, log streams and JSON progress.
+//!
+//! Multiplexed framing (non-TTY containers) is moby's `stdcopy`: every frame is an 8-byte header
+//! `[stream, 0, 0, 0, len as big-endian u32]` followed by `len` bytes, stream 1 = stdout,
+//! 2 = stderr. TTY containers stream raw bytes.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use hyper::body::{Body, Frame};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::container::logs::{self, LogEntry};
+use crate::container::{StdinEvent, StreamKind};
+use crate::core::{AttachSession, LogSource};
+
+/// A response body fed by a channel; the response ends when every sender is dropped, and a
+/// client that goes away drops the receiver, which stops the producer's next send.
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// A body and the sender that feeds it.
+    pub fn new() -> (mpsc::Sender<Bytes>, ChannelBody) {
+        let (tx, rx) = mpsc::channel(64);
+        (tx, ChannelBody { rx })
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// One multiplexed frame.
+pub fn frame(stream: StreamKind, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(8 + payload.len());
+    buf.put_u8(stream as u8);
+    buf.put_bytes(0, 3);
+    // Chunks come from 32 KiB reads or 16 KiB log lines, far below u32::MAX.
+    buf.put_u32(u32::try_from(payload.len()).unwrap_or(u32::MAX));
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// Serves an upgraded attach connection: container output to the client, client input to the
+/// container. Returns when the container's run ends (after all of its output was written) or
+/// the client goes away.
+pub async fn serve_attach(upgraded: Upgraded, session: AttachSession) {
+    let io = TokioIo::new(upgraded);
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let AttachSession {
+        tty,
+        output,
+        stdin,
+        stdin_once,
+    } = session;
+    let input = async move {
+        let Some(stdin) = stdin else {
+            // Drain so that the client's half-close is noticed and the socket stays healthy.
+            let mut sink = [0u8; 4096];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        };
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stdin
+                        .send(StdinEvent::Data(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        if stdin_once {
+            let _ = stdin.send(StdinEvent::Close);
+        }
+    };
+    let output = async move {
+        let mut output = output;
+        while let Some(chunk) = output.recv().await {
+            let bytes = if tty {
+                chunk.data
+            } else {
+                frame(chunk.stream, &chunk.data)
+            };
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+    };
+    // The input side may end first (client closed its stdin); output decides the end.
+    let input = tokio::spawn(input);
+    output.await;
+    input.abort();
+}
+
+/// Options of `GET /containers/{id}/logs`.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Include stdout.
+    pub stdout: bool,
+    /// Include stderr.
+    pub stderr: bool,
+    /// Keep streaming until the container stops.
+    pub follow: bool,
+    /// Prefix each line with its time.
+    pub timestamps: bool,
+    /// Only the last N lines.
+    pub tail: Option<usize>,
+    /// Only lines at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only lines before this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Parses Docker's `since`/`until`: Unix seconds with an optional fraction; 0 means unset.
+pub fn parse_time(value: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let (secs, frac) = value.split_once('.').unwrap_or((value, "0"));
+    let secs: i64 = secs
+        .parse()
+        .map_err(|_| format!("invalid timestamp: {value}"))?;
+    let frac = format!("{frac:0<9}");
+    let nanos: u32 = frac[..9]
+        .parse()
+        .map_err(|_| format!("invalid timestamp: {value}"))?;
+    if secs == 0 && nanos == 0 {
+        return Ok(None);
+    }
+    Ok(DateTime::from_timestamp(secs, nanos))
+}
+
+fn encode_entry(entry: &LogEntry, options: &LogOptions, tty: bool) -> Option<Bytes> {
+    let kind = entry.kind();
+    let wanted = match kind {
+        StreamKind::Stdout => options.stdout,
+        StreamKind::Stderr => options.stderr,
+    };
+    if !wanted
+        || options.since.is_some_and(|s| entry.time < s)
+        || options.until.is_some_and(|u| entry.time >= u)
+    {
+        return None;
+    }
+    let mut payload = Vec::new();
+    if options.timestamps {
+        payload.extend_from_slice(logs::timestamp(&entry.time).as_bytes());
+        payload.push(b' ');
+    }
+    payload.extend_from_slice(entry.log.as_bytes());
+    Some(if tty {
+        Bytes::from(payload)
+    } else {
+        frame(kind, &payload)
+    })
+}
+
+/// Streams a container's log into `tx`: the existing lines (or their tail), then, when
+/// following, new lines until the container stops.
+pub async fn stream_logs(source: LogSource, options: LogOptions, tx: mpsc::Sender<Bytes>) {
+    let LogSource {
+        path,
+        tty,
+        mut lifecycle,
+    } = source;
+    let mut file = tokio::fs::File::open(&path).await.ok();
+    let mut partial = Vec::new();
+    let mut data = Vec::new();
+    if let Some(file) = file.as_mut() {
+        let _ = file.read_to_end(&mut data).await;
+    }
+    let mut entries = logs::parse_lines(&mut partial, &data);
+    if let Some(tail) = options.tail {
+        let skip = entries.len().saturating_sub(tail);
+        entries.drain(..skip);
+    }
+    for entry in &entries {
+        if let Some(bytes) = encode_entry(entry, &options, tty) {
+            if tx.send(bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !options.follow {
+        return;
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // Decide whether this is the last round *before* reading, so lines written just
+        // before the exit are still picked up.
+        let running = {
+            let l = *lifecycle.borrow_and_update();
+            l.running && !l.removed
+        };
+        if file.is_none() {
+            file = tokio::fs::File::open(&path).await.ok();
+        }
+        if let Some(f) = file.as_mut() {
+            loop {
+                match f.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        for entry in logs::parse_lines(&mut partial, &buf[..n]) {
+                            if let Some(bytes) = encode_entry(&entry, &options, tty) {
+                                if tx.send(bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !running {
+            return;
+        }
+        tokio::select! {
+            _ = lifecycle.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// A JSON progress line `{"stream": "..."}`.
+pub fn progress_stream(line: &str) -> Bytes {
+    let mut text = line.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    json_line(&serde_json::json!({ "stream": text }))
+}
+
+/// A JSON progress error line.
+pub fn progress_error(message: &str) -> Bytes {
+    json_line(&serde_json::json!({
+        "errorDetail": {"message": message},
+        "error": message,
+    }))
+}
+
+fn json_line(value: &serde_json::Value) -> Bytes {
+    let mut out = value.to_string().into_bytes();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_stream_type_and_big_endian_length() {
+        let f = frame(StreamKind::Stderr, b"hello");
+        assert_eq!(&f[..8], &[2, 0, 0, 0, 0, 0, 0, 5]);
+        assert_eq!(&f[8..], b"hello");
+    }
+
+    #[test]
+    fn timestamps_parse_with_fractions() {
+        assert_eq!(parse_time(Some("0")).unwrap(), None);
+        let t = parse_time(Some("1700000000.5")).unwrap().unwrap();
+        assert_eq!(t.timestamp(), 1_700_000_000);
+        assert_eq!(t.timestamp_subsec_nanos(), 500_000_000);
+        assert!(parse_time(Some("x")).is_err());
+    }
+}

@@ -1,0 +1,361 @@
+//! Docker API JSON shapes: requests the engine decodes and the documents it answers with.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::core::{Counts, EngineConfig};
+use crate::state::{ContainerConfig, ContainerRecord, HostConfig, Status};
+use crate::sysinfo;
+
+/// The API version the engine advertises.
+pub const API_VERSION: &str = "1.45";
+/// The oldest API version accepted.
+pub const MIN_API_VERSION: &str = "1.24";
+/// The engine version (`Server: Docker/<version>`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Body of `POST /containers/create`: `Config` fields at the top level, plus `HostConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateBody {
+    /// The container config.
+    #[serde(flatten)]
+    pub config: ContainerConfig,
+    /// The host config.
+    #[serde(default, deserialize_with = "null_host_config")]
+    pub host_config: HostConfig,
+}
+
+fn null_host_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HostConfig, D::Error> {
+    Ok(Option::<HostConfig>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Answer of `POST /containers/create`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateResponse {
+    /// The new container's id.
+    pub id: String,
+    /// Warnings (none yet).
+    pub warnings: Vec<String>,
+}
+
+/// Answer of `POST /containers/{id}/wait`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitResponse {
+    /// The exit code.
+    pub status_code: i64,
+    /// Always null: errors are HTTP errors.
+    pub error: Option<Value>,
+}
+
+/// Go's zero time, which Docker shows for "never".
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+fn time(t: Option<&DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || ZERO_TIME.to_string(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Nanos, true),
+    )
+}
+
+/// go-units' `HumanDuration`, which `docker ps` statuses use.
+pub fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let hours = s / 3600;
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        _ if s / 60 < 60 => format!("{} minutes", s / 60),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", hours / 24 / 365),
+    }
+}
+
+/// The `Status` column of `docker ps`.
+pub fn status_text(record: &ContainerRecord, now: DateTime<Utc>) -> String {
+    let since = |t: Option<DateTime<Utc>>| t.map_or(0, |t| (now - t).num_seconds());
+    match record.state.status {
+        Status::Running => format!("Up {}", human_duration(since(record.state.started_at))),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            record.state.exit_code,
+            human_duration(since(record.state.finished_at))
+        ),
+        Status::Created => "Created".into(),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn network_settings() -> Value {
+    json!({
+        "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
+        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "Ports": {},
+        "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
+        "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
+        "Networks": {}
+    })
+}
+
+/// One entry of `GET /containers/json`.
+pub fn container_summary(record: &ContainerRecord, now: DateTime<Utc>) -> Value {
+    let network_mode = if record.host_config.network_mode == "default" {
+        "none"
+    } else {
+        record.host_config.network_mode.as_str()
+    };
+    json!({
+        "Id": record.id,
+        "Names": [record.name],
+        "Image": record.config.image,
+        "ImageID": record.image_id,
+        "Command": record.command_line(),
+        "Created": record.created.timestamp(),
+        "Ports": [],
+        "Labels": record.config.labels,
+        "State": record.state.status.as_str(),
+        "Status": status_text(record, now),
+        "HostConfig": {"NetworkMode": network_mode},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    })
+}
+
+/// `GET /containers/{id}/json`.
+pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Value {
+    let state = &record.state;
+    let running = state.status == Status::Running;
+    let mut host_config = serde_json::to_value(&record.host_config).unwrap_or(Value::Null);
+    if let Some(obj) = host_config.as_object_mut() {
+        obj.entry("LogConfig")
+            .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
+    }
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    json!({
+        "Id": record.id,
+        "Created": time(Some(&record.created)),
+        "Path": record.path,
+        "Args": record.args,
+        "State": {
+            "Status": state.status.as_str(),
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": state.status == Status::Dead,
+            "Pid": state.pid,
+            "ExitCode": state.exit_code,
+            "Error": state.error,
+            "StartedAt": time(state.started_at.as_ref()),
+            "FinishedAt": time(state.finished_at.as_ref()),
+        },
+        "Image": record.image_id,
+        "ResolvConfPath": path("resolv.conf"),
+        "HostnamePath": path("hostname"),
+        "HostsPath": path("hosts"),
+        "LogPath": path(&format!("{}-json.log", record.id)),
+        "Name": record.name,
+        "RestartCount": record.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": null,
+        "HostConfig": host_config,
+        "GraphDriver": {
+            "Name": "overlay2",
+            "Data": {
+                "MergedDir": path("merged"),
+                "UpperDir": path("upper"),
+                "WorkDir": path("work"),
+            }
+        },
+        "Mounts": [],
+        "Config": record.config,
+        "NetworkSettings": network_settings(),
+    })
+}
+
+/// `GET /version`.
+pub fn version() -> Value {
+    let build_time = option_env!("RMACHINE_BUILD_TIME").unwrap_or("n/a");
+    let git_commit = option_env!("RMACHINE_GIT_COMMIT").unwrap_or("unknown");
+    json!({
+        "Platform": {"Name": "rmachine-engine"},
+        "Components": [{
+            "Name": "Engine",
+            "Version": VERSION,
+            "Details": {
+                "ApiVersion": API_VERSION,
+                "MinAPIVersion": MIN_API_VERSION,
+                "GitCommit": git_commit,
+                "GoVersion": "n/a",
+                "Os": "linux",
+                "Arch": sysinfo::go_arch(),
+                "KernelVersion": sysinfo::kernel_version(),
+                "BuildTime": build_time,
+                "Experimental": "false",
+            }
+        }],
+        "Version": VERSION,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": git_commit,
+        "GoVersion": "n/a",
+        "Os": "linux",
+        "Arch": sysinfo::go_arch(),
+        "KernelVersion": sysinfo::kernel_version(),
+        "BuildTime": build_time,
+    })
+}
+
+/// `GET /info`.
+pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usize) -> Value {
+    let registries: BTreeMap<&str, Value> = config
+        .insecure_registries
+        .iter()
+        .filter(|r| !r.contains('/'))
+        .map(|r| {
+            (
+                r.as_str(),
+                json!({"Name": r, "Mirrors": [], "Secure": false, "Official": false}),
+            )
+        })
+        .chain(std::iter::once((
+            "docker.io",
+            json!({"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}),
+        )))
+        .collect();
+    let insecure_cidrs: Vec<&String> = config
+        .insecure_registries
+        .iter()
+        .filter(|r| r.contains('/'))
+        .collect();
+    let mut cidrs: Vec<Value> = vec![json!("::1/128"), json!("127.0.0.0/8")];
+    cidrs.extend(insecure_cidrs.iter().map(|c| json!(c)));
+    let cgroup_version = sysinfo::cgroup_version();
+    json!({
+        "ID": engine_id,
+        "Containers": counts.total,
+        "ContainersRunning": counts.running,
+        "ContainersPaused": counts.paused,
+        "ContainersStopped": counts.stopped,
+        "Images": images,
+        "Driver": "overlay2",
+        "DriverStatus": [
+            ["Backing Filesystem", "extfs"],
+            ["Supports d_type", "true"],
+            ["Using metacopy", "false"],
+            ["Native Overlay Diff", "true"],
+            ["userxattr", "false"]
+        ],
+        "Plugins": {
+            "Volume": ["local"],
+            "Network": ["host", "null"],
+            "Authorization": null,
+            "Log": ["json-file"]
+        },
+        "MemoryLimit": false,
+        "SwapLimit": false,
+        "KernelMemoryTCP": false,
+        "CpuCfsPeriod": false,
+        "CpuCfsQuota": false,
+        "CPUShares": false,
+        "CPUSet": false,
+        "PidsLimit": false,
+        "IPv4Forwarding": true,
+        "BridgeNfIptables": false,
+        "BridgeNfIp6tables": false,
+        "Debug": config.debug,
+        "NFd": count_fds(),
+        "OomKillDisable": false,
+        "NGoroutines": 0,
+        "SystemTime": Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": cgroup_version,
+        "NEventsListener": 0,
+        "KernelVersion": sysinfo::kernel_version(),
+        "OperatingSystem": sysinfo::operating_system(),
+        "OSVersion": sysinfo::os_version(),
+        "OSType": "linux",
+        "Architecture": sysinfo::architecture(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {
+            "AllowNondistributableArtifactsCIDRs": null,
+            "AllowNondistributableArtifactsHostnames": null,
+            "InsecureRegistryCIDRs": cidrs,
+            "IndexConfigs": registries,
+            "Mirrors": null
+        },
+        "NCPU": sysinfo::ncpu(),
+        "MemTotal": sysinfo::mem_total(),
+        "GenericResources": null,
+        "DockerRootDir": config.data_root,
+        "HttpProxy": "",
+        "HttpsProxy": "",
+        "NoProxy": "",
+        "Name": sysinfo::hostname(),
+        "Labels": config.labels,
+        "ExperimentalBuild": false,
+        "ServerVersion": VERSION,
+        "Runtimes": {"rmachine": {"path": config.runtime}},
+        "DefaultRuntime": "rmachine",
+        "Swarm": {
+            "NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+            "ControlAvailable": false, "Error": "", "RemoteManagers": null
+        },
+        "LiveRestoreEnabled": false,
+        "Isolation": "",
+        "InitBinary": "",
+        "ContainerdCommit": {"ID": ""},
+        "RuncCommit": {"ID": ""},
+        "InitCommit": {"ID": ""},
+        "SecurityOptions": [],
+        "CDISpecDirs": [],
+        "Warnings": null
+    })
+}
+
+fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_docker_ps() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(3), "3 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(600), "10 minutes");
+        assert_eq!(human_duration(3700), "About an hour");
+        assert_eq!(human_duration(5 * 3600), "5 hours");
+        assert_eq!(human_duration(3 * 86400), "3 days");
+    }
+
+    #[test]
+    fn create_body_splits_config_and_host_config() {
+        let body = r#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"AutoRemove":true,
+            "NetworkMode":"default","Binds":null},"NetworkingConfig":{}}"#;
+        let parsed: CreateBody = serde_json::from_str(body).unwrap();
+        assert!(parsed.host_config.auto_remove);
+        assert_eq!(parsed.config.image, "busybox");
+        assert!(!parsed.config.extra.contains_key("HostConfig"));
+    }
+}

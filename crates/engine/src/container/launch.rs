@@ -1,0 +1,343 @@
+//! Starting a container: preparing its directory and spawning `rmachine-runtime run DIR`.
+//!
+//! The runtime is a separate process (see `rmachine_runtime::spec`). Its stdin, stdout and stderr
+//! become the container's: pipes, or the slave side of a PTY when the container has a TTY. File
+//! descriptor 3 is the write end of the sync pipe; the runtime writes one `SyncMessage` line to
+//! it and then stays alive as the container's monitor, exiting with the container's status.
+//!
+//! The runtime is spawned from an async task, i.e. from one of tokio's worker threads, which
+//! live as long as the engine. That matters: the runtime sets `PR_SET_PDEATHSIG`, which fires
+//! when the *thread* that forked it exits, so spawning from a short-lived blocking-pool thread
+//! would kill containers after tokio reaps that thread.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use rmachine_runtime::spec::{Failed, RuntimeSpec, SyncMessage, SPEC_FILE, SYNC_FD};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+
+/// How long the runtime may take to report that the container started.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors while starting a container process.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Preparing the container directory or a pipe failed.
+    #[error("cannot prepare {path}")]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime binary could not be started.
+    #[error("cannot run the container runtime {runtime}")]
+    Spawn {
+        /// The runtime binary.
+        runtime: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime reported that the container could not start.
+    #[error("{}", .0.message)]
+    Failed(Failed),
+    /// The runtime ended or stalled without reporting.
+    #[error("container runtime for {id} did not report a start: {reason}")]
+    NoReport {
+        /// The container id.
+        id: String,
+        /// What happened instead.
+        reason: String,
+    },
+}
+
+/// How the container's stdio is wired.
+#[derive(Debug)]
+pub enum LaunchIo {
+    /// Separate pipes; `stdin` only when the container keeps stdin open.
+    Pipes {
+        /// Write end of the container's stdin.
+        stdin: Option<ChildStdin>,
+        /// Read end of its stdout.
+        stdout: ChildStdout,
+        /// Read end of its stderr.
+        stderr: ChildStderr,
+    },
+    /// The master side of the container's PTY (output and input).
+    Pty {
+        /// The PTY master.
+        master: OwnedFd,
+    },
+}
+
+/// A container whose process runs.
+#[derive(Debug)]
+pub struct Launched {
+    /// The runtime (the container's monitor); its exit status is the container's.
+    pub child: Child,
+    /// Host PID of the container's PID 1.
+    pub pid: i32,
+    /// Its stdio.
+    pub io: LaunchIo,
+}
+
+/// How the container's stdio is set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdioOptions {
+    /// Give the container a stdin pipe (otherwise /dev/null); ignored with a TTY.
+    pub open_stdin: bool,
+    /// Initial TTY size, rows and columns.
+    pub console_size: Option<(u16, u16)>,
+}
+
+/// Writes `content` to `path` through a temp file and rename.
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), LaunchError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, content)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|source| LaunchError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Builds `/etc/resolv.conf` for a container from the host's: loopback name servers cannot be
+/// reached from the container's network namespace, so they are dropped, and with none left
+/// Docker's defaults (Google's public DNS) are used.
+pub fn resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let addr = words.next().unwrap_or("");
+            if addr.starts_with("127.") || addr == "::1" {
+                continue;
+            }
+            servers += 1;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if servers == 0 {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    out
+}
+
+/// `/etc/hosts` for a container on the loopback-only network.
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
+    move |source| LaunchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the spec and spawns the runtime, then waits for its sync message.
+pub async fn launch(
+    runtime: &Path,
+    dir: &Path,
+    spec: &RuntimeSpec,
+    stdio: StdioOptions,
+) -> Result<Launched, LaunchError> {
+    let spec_path = dir.join(SPEC_FILE);
+    let json = serde_json::to_vec_pretty(spec).map_err(|e| LaunchError::Io {
+        path: spec_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(&spec_path, &json)?;
+
+    let (sync_read, sync_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Io {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })?;
+
+    let mut cmd = Command::new(runtime);
+    cmd.arg("run").arg(dir).kill_on_drop(false);
+    let mut pty_master = None;
+    if spec.process.terminal {
+        let size = stdio.console_size.map(|(rows, cols)| nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        let pty = nix::pty::openpty(size.as_ref(), None).map_err(|e| LaunchError::Io {
+            path: PathBuf::from("/dev/ptmx"),
+            source: e.into(),
+        })?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err(Path::new("/dev/ptmx")));
+        cmd.stdin(Stdio::from(dup(&pty.slave)?))
+            .stdout(Stdio::from(dup(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
+        pty_master = Some(pty.master);
+    } else {
+        cmd.stdin(if stdio.open_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    }
+    let raw = sync_write.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe functions dup2 and fcntl on a descriptor that is open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == SYNC_FD {
+                // dup2 onto itself would keep FD_CLOEXEC set.
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
+    // The command holds copies of the PTY slave and the sync pipe's write end: both must be
+    // closed here, or the engine would never see end-of-file on them.
+    drop(cmd);
+    drop(sync_write);
+    let mut child = spawned.map_err(|source| LaunchError::Spawn {
+        runtime: runtime.to_path_buf(),
+        source,
+    })?;
+
+    let message = match tokio::time::timeout(SYNC_TIMEOUT, read_sync(sync_read)).await {
+        Ok(Ok(Some(message))) => message,
+        Ok(Ok(None)) => {
+            let status = child.wait().await.ok();
+            return Err(LaunchError::NoReport {
+                id: spec.id.clone(),
+                reason: format!(
+                    "it exited with {}",
+                    status.map_or_else(|| "unknown status".into(), |s| s.to_string())
+                ),
+            });
+        }
+        Ok(Err(reason)) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(LaunchError::NoReport {
+                id: spec.id.clone(),
+                reason,
+            });
+        }
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(LaunchError::NoReport {
+                id: spec.id.clone(),
+                reason: format!("no answer within {}s", SYNC_TIMEOUT.as_secs()),
+            });
+        }
+    };
+    match message {
+        SyncMessage::Started { pid } => {
+            let io = match pty_master {
+                Some(master) => LaunchIo::Pty { master },
+                None => {
+                    let stdout = child.stdout.take();
+                    let stderr = child.stderr.take();
+                    match (stdout, stderr) {
+                        (Some(stdout), Some(stderr)) => LaunchIo::Pipes {
+                            stdin: child.stdin.take(),
+                            stdout,
+                            stderr,
+                        },
+                        _ => {
+                            return Err(LaunchError::NoReport {
+                                id: spec.id.clone(),
+                                reason: "its output pipes are missing".into(),
+                            })
+                        }
+                    }
+                }
+            };
+            Ok(Launched { child, pid, io })
+        }
+        SyncMessage::Failed(failed) => {
+            // The runtime exits right after reporting; reap it so no zombie is left.
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            Err(LaunchError::Failed(failed))
+        }
+    }
+}
+
+/// Reads one JSON line from the sync pipe; `Ok(None)` when it closed without one.
+async fn read_sync(fd: OwnedFd) -> Result<Option<SyncMessage>, String> {
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+        .map_err(|e| format!("sync pipe: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = pipe
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("sync pipe: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.contains(&b'\n') || buf.len() > 64 * 1024 {
+            break;
+        }
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(line)
+        .map(Some)
+        .map_err(|e| format!("bad sync message {:?}: {e}", String::from_utf8_lossy(line)))
+}
+
+/// Docker's exit code for a finished process: its code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> i64 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => i64::from(code),
+        (None, Some(signal)) => 128 + i64::from(signal),
+        (None, None) => 255,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_drops_loopback_servers_and_falls_back_to_public_dns() {
+        let host = "search lan\nnameserver 127.0.0.53\noptions edns0\n";
+        assert_eq!(
+            resolv_conf(host),
+            "search lan\noptions edns0\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
+        let host = "nameserver 10.0.2.3\nnameserver ::1\n";
+        assert_eq!(resolv_conf(host), "nameserver 10.0.2.3\n");
+    }
+
+    #[test]
+    fn signals_map_to_128_plus_n() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
+}

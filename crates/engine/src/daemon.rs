@@ -1,0 +1,105 @@
+//! The daemon: opens the engine, binds every listener, serves until SIGTERM or SIGINT, then
+//! stops running containers (as `docker stop` does) and returns.
+
+use std::path::PathBuf;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::server::{self, ServerError, TlsOptions};
+use crate::api::Api;
+use crate::core::{Engine, EngineConfig, EngineError};
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// No `-H` was given.
+    #[error("no listen address: pass -H unix:///path or -H tcp://host:port")]
+    NoListener,
+    /// A listener could not be set up.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The engine could not open its data root.
+    #[error("cannot open the engine data root")]
+    Engine(#[source] EngineError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Everything the daemon needs to run.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// `-H` addresses.
+    pub hosts: Vec<String>,
+    /// TLS settings for TCP listeners.
+    pub tls: TlsOptions,
+}
+
+/// Finds `rmachine-runtime`: beside this executable, else on `PATH`.
+pub fn default_runtime() -> PathBuf {
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("rmachine-runtime")))
+        .filter(|p| p.exists())
+    {
+        return beside;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("rmachine-runtime"))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from("rmachine-runtime"))
+}
+
+/// Runs the daemon until a termination signal, then shuts down gracefully.
+pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    if options.hosts.is_empty() {
+        return Err(DaemonError::NoListener);
+    }
+    // Bind first: a bad address or missing TLS file fails before anything else happens.
+    let mut listeners = Vec::new();
+    for host in &options.hosts {
+        listeners.push(server::bind(host, &options.tls).await?);
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    if !options.engine.runtime.exists() {
+        warn!(
+            runtime = %options.engine.runtime.display(),
+            "container runtime not found: containers will not start (pass --runtime PATH)"
+        );
+    }
+    let engine = Engine::open(options.engine.clone()).map_err(DaemonError::Engine)?;
+    let api = Api::new(engine.clone());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    for listener in listeners {
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            api.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    info!(
+        data_root = %options.engine.data_root.display(),
+        runtime = %options.engine.runtime.display(),
+        "engine ready"
+    );
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    let _ = shutdown_tx.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    engine.shutdown().await;
+    info!("engine stopped");
+    Ok(())
+}

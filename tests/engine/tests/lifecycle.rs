@@ -1,0 +1,306 @@
+//! Detached containers: ps, logs, stop, rm, and the engine's own restart and shutdown.
+
+use std::time::Duration;
+
+use rmachine_tests_engine::{require_root, Engine};
+
+#[test]
+fn detached_container_runs_logs_stops_and_is_removed() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let engine = Engine::start()?;
+    engine.load_busybox()?;
+    let id = engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "sleeper",
+            "busybox",
+            "sh",
+            "-c",
+            "echo ready; echo warn >&2; exec sleep 1000",
+        ])?
+        .ok()?
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    engine.wait_for(
+        &["ps", "--format", "{{.Names}} {{.Status}}"],
+        Duration::from_secs(5),
+        |r| r.stdout.starts_with("sleeper Up "),
+    )?;
+    let logs = engine.wait_for(&["logs", "sleeper"], Duration::from_secs(5), |r| {
+        r.stdout == "ready\n" && r.stderr == "warn\n"
+    })?;
+    assert_eq!(logs.code, 0);
+
+    let rm = engine.docker(&["rm", "sleeper"])?;
+    assert_ne!(rm.code, 0);
+    assert!(
+        rm.stderr.contains("cannot remove container \"/sleeper\": container is running: stop the container before removing or force remove"),
+        "{}",
+        rm.stderr
+    );
+
+    // sleep as PID 1 ignores SIGTERM, so stop escalates to SIGKILL after the timeout: 137.
+    engine.docker(&["stop", "-t", "1", "sleeper"])?.ok()?;
+    let ps = engine
+        .docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?
+        .ok()?;
+    assert!(
+        ps.stdout.starts_with("sleeper Exited (137) "),
+        "{}",
+        ps.stdout
+    );
+    let kill = engine.docker(&["kill", "sleeper"])?;
+    assert!(
+        kill.stderr
+            .contains(&format!("Container {id} is not running")),
+        "{}",
+        kill.stderr
+    );
+
+    engine.docker(&["rm", &id[..12]])?.ok()?;
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout, "");
+    assert!(!engine.data_root().join("containers").join(&id).exists());
+    Ok(())
+}
+
+#[test]
+fn stop_with_a_handled_signal_records_its_exit_code() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let engine = Engine::start()?;
+    engine.load_busybox()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "trap",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; echo up; while true; do sleep 0.1; done",
+        ])?
+        .ok()?;
+    engine.wait_for(&["logs", "trap"], Duration::from_secs(5), |r| {
+        r.stdout == "up\n"
+    })?;
+    engine.docker(&["stop", "trap"])?.ok()?;
+    let state = engine
+        .docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "trap",
+        ])?
+        .ok()?;
+    assert_eq!(state.stdout.trim(), "exited 143");
+    Ok(())
+}
+
+#[test]
+fn logs_follow_until_the_container_exits() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let engine = Engine::start()?;
+    engine.load_busybox()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "counter",
+            "busybox",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo $i; sleep 0.2; done",
+        ])?
+        .ok()?;
+    let logs = engine.docker(&["logs", "-f", "counter"])?.ok()?;
+    assert_eq!(logs.stdout, "1\n2\n3\n");
+    let tail = engine.docker(&["logs", "--tail", "1", "counter"])?.ok()?;
+    assert_eq!(tail.stdout, "3\n");
+    Ok(())
+}
+
+#[test]
+fn a_crashed_engine_restarts_with_exited_containers_and_their_logs() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut engine = Engine::start()?;
+    engine.load_busybox()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "survivor",
+            "busybox",
+            "sh",
+            "-c",
+            "echo before crash; exec sleep 1000",
+        ])?
+        .ok()?;
+    engine.wait_for(&["logs", "survivor"], Duration::from_secs(5), |r| {
+        r.stdout == "before crash\n"
+    })?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            "ephemeral",
+            "busybox",
+            "sleep",
+            "1000",
+        ])?
+        .ok()?;
+    engine.restart()?;
+    let ps = engine
+        .docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?
+        .ok()?;
+    assert!(
+        ps.stdout.starts_with("survivor Exited (255) "),
+        "{}",
+        ps.stdout
+    );
+    let logs = engine.docker(&["logs", "survivor"])?.ok()?;
+    assert_eq!(logs.stdout, "before crash\n");
+    // And it can run again.
+    engine.docker(&["start", "survivor"])?.ok()?;
+    engine.wait_for(
+        &["ps", "--format", "{{.Names}}"],
+        Duration::from_secs(5),
+        |r| r.stdout.trim() == "survivor",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn sigterm_stops_running_containers_and_exits_zero() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut engine = Engine::start()?;
+    engine.load_busybox()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "graceful",
+            "--stop-timeout",
+            "1",
+            "busybox",
+            "sleep",
+            "1000",
+        ])?
+        .ok()?;
+    assert_eq!(engine.terminate()?, Some(0));
+    let record = std::fs::read_dir(engine.data_root().join("containers"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("config.v2.json"))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("no container record"))?;
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record)?)?;
+    assert_eq!(record["State"]["Status"], "exited");
+    assert_eq!(record["State"]["ExitCode"], 137);
+    Ok(())
+}
+
+#[test]
+fn prune_removes_stopped_containers_only() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let engine = Engine::start()?;
+    engine.load_busybox()?;
+    let done = engine
+        .docker(&["run", "--name", "done", "busybox", "true"])?
+        .ok()?;
+    assert_eq!(done.stdout, "");
+    engine
+        .docker(&["run", "-d", "--name", "busy", "busybox", "sleep", "1000"])?
+        .ok()?;
+    let prune = engine.docker(&["container", "prune", "-f"])?.ok()?;
+    assert!(
+        prune.stdout.contains("Deleted Containers:"),
+        "{}",
+        prune.stdout
+    );
+    let names = engine
+        .docker(&["ps", "-a", "--format", "{{.Names}}"])?
+        .ok()?;
+    assert_eq!(names.stdout.trim(), "busy");
+    Ok(())
+}
+
+#[test]
+fn events_report_the_container_lifecycle() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let engine = Engine::start()?;
+    engine.load_busybox()?;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_sub(1)
+        .to_string();
+    engine.docker(&[
+        "run", "--rm", "--name", "evented", "busybox", "sh", "-c", "exit 4",
+    ])?;
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 1)
+    .to_string();
+    let events = engine
+        .docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        ])?
+        .ok()?;
+    let lines: Vec<&str> = events.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "create evented",
+            "start evented",
+            "die evented",
+            "destroy evented"
+        ]
+    );
+    let die = engine
+        .docker(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.Actor.Attributes.exitCode}}",
+        ])?
+        .ok()?;
+    assert_eq!(die.stdout, "4\n");
+    Ok(())
+}
