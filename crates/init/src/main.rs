@@ -1,1 +1,80 @@
-fn main() {}
+//! `rmachine-init`: the guest's PID 1, and a multi-call binary (see the library docs).
+//!
+//! - as PID 1 (`/init`): boots the guest;
+//! - `rmachine-init shutdown [-r]`: asks PID 1 to power off (or reboot);
+//! - `rmachine-init udhcpc-script`: prints the DHCP event script the image installs;
+//! - as `rmachine-runtime` (argv0): the container runtime.
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use rmachine_init::{mounts, net, pid1, Action};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_owned())
+        .unwrap_or_default();
+    if argv0 == "rmachine-runtime" {
+        // Before anything else: the runtime must start single-threaded (it forks and
+        // changes namespaces).
+        let code = rmachine_runtime::main_entry(std::env::args_os().collect());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    if nix::unistd::getpid().as_raw() == 1 {
+        boot(&args);
+    }
+    match run_command(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("rmachine-init: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// PID 1: leave rootfs if needed, then run PID 1 proper. Never returns.
+fn boot(args: &[String]) -> ! {
+    match mounts::on_rootfs() {
+        Ok(true) => {
+            // Only returns on failure: go on from rootfs (containers will not start).
+            let err = mounts::switch_to_tmpfs(args);
+            eprintln!("rmachine-init: {}", rmachine_init::error_chain(&err));
+        }
+        Ok(false) => {}
+        Err(err) => eprintln!("rmachine-init: {}", rmachine_init::error_chain(&err)),
+    }
+    pid1::run()
+}
+
+fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
+    match args.get(1).map(String::as_str) {
+        Some("shutdown") | Some("poweroff") => {
+            let action = if args.iter().skip(2).any(|a| a == "-r" || a == "--reboot") {
+                Action::Reboot
+            } else {
+                Action::PowerOff
+            };
+            kill(Pid::from_raw(1), action.supervisor_signal())
+                .with_context(|| format!("cannot ask PID 1 to {}", action.verb()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("udhcpc-script") => {
+            print!("{}", net::udhcpc_script());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("--version") => {
+            println!("rmachine-init {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!(
+                "usage: rmachine-init shutdown [-r] | udhcpc-script | --version\n\
+                 (as PID 1 it boots the guest; as rmachine-runtime it runs containers)"
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Filesystems: leaving the initramfs rootfs for a tmpfs, the early API mounts, and the
+//! unmounting done at shutdown.
+//!
+//! The kernel unpacks the initramfs into *rootfs*, the root of the initial mount namespace,
+//! which can never be unmounted or moved, so `pivot_root(2)` fails on it with EINVAL — and
+//! the container runtime needs pivot_root (container rootfs mounts must have a parent that
+//! can be pivoted). So, like busybox `switch_root`, PID 1 first moves every file into a fresh
+//! tmpfs (each file is deleted from rootfs right after it is copied, so memory use does not
+//! double), moves that tmpfs over `/`, chroots into it and re-executes `/init`.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+/// What can go wrong with mounts.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// A mount(2) call failed.
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        /// The source or filesystem type.
+        what: String,
+        /// The mount point.
+        target: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// Copying the initramfs into the new root failed.
+    #[error("cannot copy {path} into the new root")]
+    Copy {
+        /// The file being copied.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// chroot/chdir/exec while switching root failed.
+    #[error("switching root failed at {step}")]
+    Switch {
+        /// The step.
+        step: &'static str,
+        /// The errno.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+/// One line of `/proc/self/mountinfo`, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// Mount point (octal escapes decoded).
+    pub mount_point: String,
+    /// Filesystem type.
+    pub fstype: String,
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if let Some(value) = field
+                .get(i + 1..i + 4)
+                .and_then(|oct| u8::from_str_radix(oct, 8).ok())
+            {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `/proc/self/mountinfo`.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            let fstype = right.split_whitespace().next()?;
+            Some(MountInfo {
+                mount_point: unescape(mount_point),
+                fstype: fstype.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Filesystem type of the topmost mount on `/`.
+pub fn root_fstype(mounts: &[MountInfo]) -> Option<&str> {
+    mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == "/")
+        .map(|m| m.fstype.as_str())
+}
+
+/// Mount points at or below any of `prefixes`, in the order to unmount them (last mounted,
+/// i.e. deepest, first).
+pub fn unmount_order(mounts: &[MountInfo], prefixes: &[&str]) -> Vec<String> {
+    mounts
+        .iter()
+        .rev()
+        .filter(|m| {
+            prefixes.iter().any(|p| {
+                m.mount_point == *p
+                    || m.mount_point
+                        .strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .map(|m| m.mount_point.clone())
+        .collect()
+}
+
+fn mount_err(what: &str, target: &Path) -> impl FnOnce(nix::errno::Errno) -> MountError {
+    let what = what.to_owned();
+    let target = target.to_owned();
+    move |source| MountError::Mount {
+        what,
+        target,
+        source,
+    }
+}
+
+/// Mounts a pseudo filesystem, creating the mount point.
+fn mount_fs(
+    fstype: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), MountError> {
+    let target = Path::new(target);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(target)
+        .ok();
+    mount(Some(fstype), target, Some(fstype), flags, data).map_err(mount_err(fstype, target))
+}
+
+/// Whether `/` is still the initramfs rootfs (mounts /proc temporarily to find out).
+pub fn on_rootfs() -> Result<bool, MountError> {
+    mount_fs("proc", "/proc", MsFlags::empty(), None)?;
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let result = root_fstype(&parse_mountinfo(&info)) == Some("rootfs");
+    umount2("/proc", MntFlags::MNT_DETACH).map_err(mount_err("umount", Path::new("/proc")))?;
+    Ok(result)
+}
+
+/// Moves everything from rootfs into a tmpfs, makes it `/` and re-executes `/init` there.
+///
+/// Only returns on failure, with the error.
+pub fn switch_to_tmpfs(args: &[String]) -> MountError {
+    match try_switch_to_tmpfs(args) {
+        Ok(never) => match never {},
+        Err(err) => err,
+    }
+}
+
+fn try_switch_to_tmpfs(args: &[String]) -> Result<std::convert::Infallible, MountError> {
+    let new_root = Path::new("/.newroot");
+    fs::DirBuilder::new().mode(0o755).create(new_root).ok();
+    mount(
+        Some("root"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(mount_err("tmpfs", new_root))?;
+    let root_dev = fs::symlink_metadata("/")
+        .map_err(|source| MountError::Copy {
+            path: "/".into(),
+            source,
+        })?
+        .dev();
+    move_tree(Path::new("/"), new_root, root_dev, new_root)?;
+
+    let switch = |step| move |source| MountError::Switch { step, source };
+    nix::unistd::chdir(new_root).map_err(switch("chdir"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(switch("move"))?;
+    nix::unistd::chroot(".").map_err(switch("chroot"))?;
+    nix::unistd::chdir("/").map_err(switch("chdir /"))?;
+    let c_args: Vec<CString> = args
+        .iter()
+        .filter_map(|a| CString::new(a.as_str()).ok())
+        .collect();
+    nix::unistd::execv(c"/init", &c_args).map_err(switch("exec /init"))
+}
+
+/// Moves the tree under `src` into `dst`, skipping other filesystems and `skip`.
+fn move_tree(src: &Path, dst: &Path, root_dev: u64, skip: &Path) -> Result<(), MountError> {
+    let entries = fs::read_dir(src).map_err(|source| MountError::Copy {
+        path: src.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| MountError::Copy {
+            path: src.to_owned(),
+            source,
+        })?;
+        let from = entry.path();
+        if from == skip {
+            continue;
+        }
+        let to = dst.join(entry.file_name());
+        let copy_err = |source| MountError::Copy {
+            path: from.clone(),
+            source,
+        };
+        let meta = fs::symlink_metadata(&from).map_err(copy_err)?;
+        if meta.dev() != root_dev {
+            continue;
+        }
+        let kind = meta.file_type();
+        let mode = meta.permissions().mode() & 0o7777;
+        if kind.is_dir() {
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(&to)
+                .or_else(|e| if to.is_dir() { Ok(()) } else { Err(e) })
+                .map_err(copy_err)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(copy_err)?;
+            move_tree(&from, &to, root_dev, skip)?;
+            let _ = fs::remove_dir(&from);
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&from).map_err(copy_err)?;
+            std::os::unix::fs::symlink(&target, &to).map_err(copy_err)?;
+            let _ = fs::remove_file(&from);
+        } else if kind.is_file() {
+            fs::copy(&from, &to).map_err(copy_err)?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(copy_err)?;
+            let _ = fs::remove_file(&from);
+        } else if kind.is_char_device() || kind.is_block_device() || kind.is_fifo() {
+            let sflag = if kind.is_char_device() {
+                SFlag::S_IFCHR
+            } else if kind.is_block_device() {
+                SFlag::S_IFBLK
+            } else {
+                SFlag::S_IFIFO
+            };
+            let rdev = meta.rdev();
+            let dev = makedev(nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+            mknod(&to, sflag, Mode::from_bits_truncate(mode), dev)
+                .map_err(|e| copy_err(io::Error::from(e)))?;
+            let _ = fs::remove_file(&from);
+        }
+    }
+    Ok(())
+}
+
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroup2, and makes `/` shared.
+pub fn early_mounts() -> Result<(), MountError> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // Shared propagation, so container bind mounts with rshared/rslave work (as on systemd).
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(mount_err("make-rshared", Path::new("/")))?;
+    mount_fs("proc", "/proc", nosuid_nodev_noexec, None)?;
+    mount_fs("sysfs", "/sys", nosuid_nodev_noexec, None)?;
+    mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=0620,ptmxmode=0666"),
+    )?;
+    let shm = Path::new("/dev/shm");
+    fs::DirBuilder::new().mode(0o1777).create(shm).ok();
+    mount(
+        Some("shm"),
+        shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(mount_err("tmpfs", shm))?;
+    let run = Path::new("/run");
+    fs::DirBuilder::new().mode(0o755).create(run).ok();
+    mount(
+        Some("run"),
+        run,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(mount_err("tmpfs", run))?;
+    let tmp = Path::new("/tmp");
+    fs::DirBuilder::new().mode(0o1777).create(tmp).ok();
+    mount(
+        Some("tmp"),
+        tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(mount_err("tmpfs", tmp))?;
+    let cgroup = Path::new("/sys/fs/cgroup");
+    mount(
+        Some("cgroup2"),
+        cgroup,
+        Some("cgroup2"),
+        nosuid_nodev_noexec,
+        Some("nsdelegate"),
+    )
+    .map_err(mount_err("cgroup2", cgroup))?;
+    // /var/run is /run on every modern distribution; programs use both names.
+    if !Path::new("/var/run").exists() {
+        let _ = std::os::unix::fs::symlink("/run", "/var/run");
+    } else if fs::read_link("/var/run").is_err() {
+        let _ = fs::remove_dir("/var/run");
+        let _ = std::os::unix::fs::symlink("/run", "/var/run");
+    }
+    // Standard /dev links devtmpfs does not create.
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        if fs::symlink_metadata(link).is_err() {
+            let _ = std::os::unix::fs::symlink(target, link);
+        }
+    }
+    Ok(())
+}
+
+/// Points stdin, stdout and stderr at `/dev/console`.
+pub fn open_console() {
+    use std::os::fd::AsRawFd;
+    if let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `console` stays open for the call.
+            unsafe {
+                libc::dup2(console.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// Unmounts everything at or below `prefixes`, deepest first; a mount that stays busy is
+/// remounted read-only so that its data is consistent on power-off.
+pub fn unmount_all(prefixes: &[&str]) {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for target in unmount_order(&parse_mountinfo(&info), prefixes) {
+        match umount2(target.as_str(), MntFlags::empty()) {
+            Ok(()) => tracing::info!("shutdown: unmounted {target}"),
+            Err(err) => {
+                let ro = mount(
+                    None::<&str>,
+                    target.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+                tracing::warn!(
+                    "shutdown: cannot unmount {target} ({err}); remount read-only: {}",
+                    if ro.is_ok() { "ok" } else { "failed" }
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+1 1 0:2 / / rw - rootfs rootfs rw
+22 1 0:21 / /proc rw,nosuid - proc proc rw
+30 1 254:0 / /mnt/data rw,noatime shared:5 - ext4 /dev/vda rw
+31 1 254:0 /engine /var/lib/rmachine-engine rw shared:5 - ext4 /dev/vda rw
+40 31 0:40 / /var/lib/rmachine-engine/containers/abc/merged rw - overlay overlay rw
+41 1 0:41 / /mnt/data2 rw - tmpfs tmpfs rw
+42 1 0:42 / /mnt/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn rootfs_is_detected() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        assert_eq!(root_fstype(&mounts), Some("rootfs"));
+        let tmpfs_root = parse_mountinfo("5 1 0:5 / / rw shared:1 - tmpfs rootfs rw\n");
+        assert_eq!(root_fstype(&tmpfs_root), Some("tmpfs"));
+    }
+
+    #[test]
+    fn escapes_are_decoded() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        assert_eq!(mounts[6].mount_point, "/mnt/with space");
+    }
+
+    #[test]
+    fn data_mounts_unmount_deepest_first() {
+        let order = unmount_order(
+            &parse_mountinfo(MOUNTINFO),
+            &["/var/lib/rmachine-engine", "/mnt/data"],
+        );
+        assert_eq!(
+            order,
+            [
+                "/var/lib/rmachine-engine/containers/abc/merged",
+                "/var/lib/rmachine-engine",
+                "/mnt/data",
+            ]
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Network: loopback, the first NIC by DHCP (busybox `udhcpc`), static fallback for QEMU user
+//! networking.
+//!
+//! `udhcpc` calls a script for each event; we render it here (`rmachine-init udhcpc-script`,
+//! which `guest/build.sh` writes to `/etc/udhcpc.script`) so that the program and the image
+//! always agree. The fallback is the address QEMU's user network hands out anyway
+//! (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3), so a DHCP hiccup does not cost the machine.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+/// Where `guest/build.sh` installs [`udhcpc_script`].
+pub const UDHCPC_SCRIPT: &str = "/etc/udhcpc.script";
+
+/// Static configuration used when DHCP fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// Address with prefix length.
+    pub address: &'static str,
+    /// Default gateway.
+    pub gateway: &'static str,
+    /// DNS server.
+    pub dns: &'static str,
+}
+
+/// QEMU user networking's defaults.
+pub const QEMU_USER_NET: StaticConfig = StaticConfig {
+    address: "10.0.2.15/24",
+    gateway: "10.0.2.2",
+    dns: "10.0.2.3",
+};
+
+/// The udhcpc event script: applies a lease with busybox `ip` and writes `/etc/resolv.conf`.
+pub fn udhcpc_script() -> &'static str {
+    r#"#!/bin/sh
+# Rendered by rmachine-init (crates/init/src/net.rs); udhcpc runs it on each DHCP event.
+[ -n "$1" ] || exit 1
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ip link set dev "$interface" up
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+    ip link set dev "$interface" up ${mtu:+mtu "$mtu"}
+    if [ -n "$router" ]; then
+      while ip route del default dev "$interface" 2>/dev/null; do :; done
+      for gw in $router; do
+        ip route add default via "$gw" dev "$interface"
+        break
+      done
+    fi
+    : > /etc/resolv.conf.tmp
+    [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf.tmp
+    for ns in $dns; do echo "nameserver $ns" >> /etc/resolv.conf.tmp; done
+    mv /etc/resolv.conf.tmp /etc/resolv.conf
+    ;;
+esac
+exit 0
+"#
+}
+
+/// `resolv.conf` for a single DNS server.
+pub fn resolv_conf(dns: &str) -> String {
+    format!("nameserver {dns}\n")
+}
+
+/// The `ip` commands that apply a static configuration to `ifname`.
+pub fn static_commands(ifname: &str, config: &StaticConfig) -> Vec<Vec<String>> {
+    let cmd = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        cmd(&["addr", "flush", "dev", ifname]),
+        cmd(&["addr", "add", config.address, "dev", ifname]),
+        cmd(&["link", "set", "dev", ifname, "up"]),
+        cmd(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            config.gateway,
+            "dev",
+            ifname,
+        ]),
+    ]
+}
+
+/// The udhcpc command line for an interface: quit once bound, give up after 5 tries.
+pub fn udhcpc_args(ifname: &str) -> Vec<String> {
+    [
+        "-i",
+        ifname,
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-s",
+        UDHCPC_SCRIPT,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Picks the first physical NIC from `/sys/class/net` names (those with a `device` link).
+pub fn first_nic(names: &[(String, bool)]) -> Option<String> {
+    let mut nics: Vec<&String> = names
+        .iter()
+        .filter(|(name, physical)| *physical && name != "lo")
+        .map(|(name, _)| name)
+        .collect();
+    nics.sort_by_key(|n| (n.len(), n.to_string()));
+    nics.first().map(|n| n.to_string())
+}
+
+fn list_interfaces(class_net: &Path) -> Vec<(String, bool)> {
+    std::fs::read_dir(class_net)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let physical = e.path().join("device").exists();
+                    (name, physical)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn ip(args: &[String]) -> Result<(), String> {
+    let output = Command::new("/sbin/ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|err| format!("ip {}: {err}", args.join(" ")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+async fn ipv4_summary(ifname: &str) -> String {
+    let out = Command::new("/sbin/ip")
+        .args(["-4", "-o", "addr", "show", "dev", ifname])
+        .output()
+        .await;
+    let addr = out
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "no address".into());
+    let route = Command::new("/sbin/ip")
+        .args(["route", "show", "default"])
+        .output()
+        .await
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| l.starts_with("default"))
+                .unwrap_or("no default route")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let dns = std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver "))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("{addr}, {route}, dns {dns}")
+}
+
+/// Brings up `lo` and the first NIC (DHCP, else static); logs what was configured.
+pub async fn setup() {
+    if let Err(err) = ip(&["link".into(), "set".into(), "lo".into(), "up".into()]).await {
+        tracing::warn!("loopback: {err}");
+    }
+    let Some(ifname) = first_nic(&list_interfaces(Path::new("/sys/class/net"))) else {
+        tracing::warn!("network: no network interface found");
+        return;
+    };
+    if let Err(err) = ip(&["link".into(), "set".into(), ifname.clone(), "up".into()]).await {
+        tracing::warn!("network: {err}");
+    }
+    let dhcp = Command::new("/sbin/udhcpc")
+        .args(udhcpc_args(&ifname))
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match dhcp {
+        Ok(out) if out.status.success() => {
+            tracing::info!("network: {ifname} by dhcp: {}", ipv4_summary(&ifname).await);
+            return;
+        }
+        Ok(out) => tracing::warn!(
+            "network: dhcp on {ifname} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(err) => tracing::warn!("network: cannot run udhcpc: {err}"),
+    }
+    for args in static_commands(&ifname, &QEMU_USER_NET) {
+        if let Err(err) = ip(&args).await {
+            tracing::warn!("network: {err}");
+        }
+    }
+    if let Err(err) = crate::config::write_file(
+        Path::new("/etc/resolv.conf"),
+        resolv_conf(QEMU_USER_NET.dns).as_bytes(),
+        0o644,
+    ) {
+        tracing::warn!("network: {err}");
+    }
+    tracing::info!(
+        "network: {ifname} static fallback: {}",
+        ipv4_summary(&ifname).await
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_handles_bound_and_writes_resolv_conf() {
+        let script = udhcpc_script();
+        assert!(script.starts_with("#!/bin/sh\n"));
+        assert!(script.contains("bound|renew)"));
+        assert!(script.contains("ip route add default via \"$gw\""));
+        assert!(script.contains("mv /etc/resolv.conf.tmp /etc/resolv.conf"));
+    }
+
+    #[test]
+    fn static_fallback_is_qemu_user_net() {
+        let cmds = static_commands("eth0", &QEMU_USER_NET);
+        assert!(cmds.contains(&vec![
+            "addr".to_string(),
+            "add".into(),
+            "10.0.2.15/24".into(),
+            "dev".into(),
+            "eth0".into()
+        ]));
+        assert_eq!(
+            cmds.last().map(|c| c.join(" ")),
+            Some("route add default via 10.0.2.2 dev eth0".into())
+        );
+        assert_eq!(resolv_conf("10.0.2.3"), "nameserver 10.0.2.3\n");
+    }
+
+    #[test]
+    fn udhcpc_quits_after_lease_and_uses_our_script() {
+        let args = udhcpc_args("eth0").join(" ");
+        assert!(args.contains("-i eth0"));
+        assert!(args.contains("-q -n -t 5"));
+        assert!(args.ends_with("-s /etc/udhcpc.script"));
+    }
+
+    #[test]
+    fn first_physical_nic_wins() {
+        let names = vec![
+            ("lo".to_string(), false),
+            ("eth1".to_string(), true),
+            ("docker0".to_string(), false),
+            ("eth0".to_string(), true),
+        ];
+        assert_eq!(first_nic(&names), Some("eth0".into()));
+        assert_eq!(first_nic(&[("lo".to_string(), false)]), None);
+    }
+}

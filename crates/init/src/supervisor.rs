@@ -1,0 +1,353 @@
+//! The supervisor: everything PID 1 delegates, on a tokio runtime in a child process.
+//!
+//! Boot: modules → (disks + configuration ∥ network) → SSH server → engine. Then it waits for
+//! a shutdown request (signal forwarded by PID 1, or the ACPI power button), stops the engine,
+//! ends every other process, unmounts the data disk and exits with the [`Action`] PID 1 must
+//! carry out.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rmachine_guest_config::GuestConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{self, TLS_DIR};
+use crate::disk::{self, DiskContent};
+use crate::{engine, error_chain, modules, mounts, net, power, sshd, Action};
+
+/// Where the data disk is mounted.
+pub const DATA_MOUNT: &str = "/mnt/data";
+/// Mounts to take down at shutdown, bind mounts of the data disk first.
+pub const DATA_MOUNTS: [&str; 2] = [engine::DATA_ROOT, DATA_MOUNT];
+
+/// What the boot found, for the shutdown and the log.
+struct Boot {
+    config: Option<GuestConfig>,
+    /// Directory for persistent SSH state (the data disk, else a tmpfs).
+    ssh_dir: PathBuf,
+}
+
+/// Runs the supervisor; returns what PID 1 must do once it has exited.
+pub async fn run() -> Action {
+    let t0 = Instant::now();
+    // Signal streams first: a request that arrives during boot must not be lost.
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigusr2 = signal(SignalKind::user_defined2()).ok();
+
+    let dir = modules::running_kernel_dir();
+    let (early, late) = match modules::phases(&dir) {
+        Ok(phases) => phases,
+        Err(err) => {
+            tracing::warn!("modules: {}", error_chain(&err));
+            Default::default()
+        }
+    };
+    load_modules("device modules", dir.clone(), early).await;
+    // Container modules (netfilter, bridge, overlay) load while disks and network come up;
+    // only the engine waits for them.
+    let late_modules = tokio::spawn(load_modules("container modules", dir, late));
+
+    let (press_tx, mut press_rx) = mpsc::channel(4);
+    power::watch(press_tx);
+
+    let (boot, ()) = tokio::join!(
+        async { tokio::task::spawn_blocking(setup_storage_and_config).await },
+        net::setup(),
+    );
+    let boot = match boot {
+        Ok(boot) => boot,
+        Err(err) => {
+            tracing::error!("storage setup panicked: {err}");
+            Boot {
+                config: None,
+                ssh_dir: PathBuf::from("/run/rmachine/ssh"),
+            }
+        }
+    };
+
+    start_sshd(&boot).await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine_task = match &boot.config {
+        Some(config) => {
+            let _ = late_modules.await;
+            let engine_config = config.engine.clone();
+            Some(tokio::spawn(engine::supervise(engine_config, stop_rx)))
+        }
+        None => {
+            tracing::warn!("engine: not started (no configuration, so no TLS certificates)");
+            None
+        }
+    };
+    tracing::info!("boot complete in {} ms", t0.elapsed().as_millis());
+
+    let action = tokio::select! {
+        Some(()) = recv(&mut sigusr2) => { tracing::info!("shutdown: power-off requested"); Action::PowerOff }
+        Some(()) = recv(&mut sigterm) => { tracing::info!("shutdown: reboot requested"); Action::Reboot }
+        Some(device) = press_rx.recv() => {
+            tracing::info!("shutdown: power button pressed ({})", device.display());
+            Action::PowerOff
+        }
+    };
+    let _ = stop_tx.send(true);
+    if let Some(task) = engine_task {
+        let _ = task.await;
+    }
+    end_other_processes().await;
+    nix::unistd::sync();
+    mounts::unmount_all(&DATA_MOUNTS);
+    nix::unistd::sync();
+    action
+}
+
+async fn load_modules(what: &'static str, dir: PathBuf, paths: Vec<String>) {
+    let started = Instant::now();
+    let report = match tokio::task::spawn_blocking(move || modules::load_all(&dir, &paths)).await {
+        Ok(report) => report,
+        Err(err) => {
+            tracing::warn!("modules: loader panicked: {err}");
+            return;
+        }
+    };
+    for failure in &report.failed {
+        tracing::warn!("modules: {}", error_chain(failure));
+    }
+    tracing::info!(
+        "{what}: {} loaded, {} already present, {} failed in {} ms",
+        report.loaded,
+        report.already,
+        report.failed.len(),
+        started.elapsed().as_millis()
+    );
+}
+
+async fn recv(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match stream {
+        Some(stream) => stream.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM to every process but PID 1 and us, up to a second's grace, then SIGKILL.
+async fn end_other_processes() {
+    use nix::sys::signal::{kill, Signal};
+    let everyone = nix::unistd::Pid::from_raw(-1);
+    let me = std::process::id();
+    if crate::pid1::user_processes(&[me]).is_empty() {
+        return;
+    }
+    tracing::info!("shutdown: sending SIGTERM to all processes");
+    let _ = kill(everyone, Signal::SIGTERM);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if crate::pid1::user_processes(&[me]).is_empty() {
+            return;
+        }
+    }
+    tracing::info!("shutdown: sending SIGKILL to remaining processes");
+    let _ = kill(everyone, Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Disks, data disk mount, configuration (blocking: runs on a blocking thread).
+fn setup_storage_and_config() -> Boot {
+    let started = Instant::now();
+    let mut disks = disk::scan(Path::new("/sys/block"));
+    if disks.is_empty() {
+        // virtio probing is synchronous with module loading, but give slow buses a moment.
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(50));
+            disks = disk::scan(Path::new("/sys/block"));
+            if !disks.is_empty() {
+                break;
+            }
+        }
+    }
+    for d in &disks {
+        tracing::info!(
+            "disk: {} {:?}{}",
+            d.name,
+            d.content,
+            if d.read_only { " (read-only)" } else { "" }
+        );
+    }
+    let choice = disk::choose(&disks);
+
+    let data_mounted = match &choice.data {
+        Some(data) => mount_data_disk(data),
+        None => {
+            tracing::warn!("disk: no data disk; nothing will persist across restarts");
+            false
+        }
+    };
+    let persist = Path::new(DATA_MOUNT);
+    if data_mounted {
+        for sub in ["engine", "ssh", "config"] {
+            let _ = std::fs::create_dir_all(persist.join(sub));
+        }
+        let _ = std::fs::set_permissions(
+            persist.join("ssh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        );
+        bind(&persist.join("engine"), Path::new(engine::DATA_ROOT));
+    } else {
+        let _ = std::fs::create_dir_all(engine::DATA_ROOT);
+    }
+
+    let config = match &choice.config {
+        Some(drive) => match disk::read_config(&drive.device()) {
+            Ok(config) => {
+                tracing::info!("config: read from {}", drive.device().display());
+                if data_mounted {
+                    if let Err(err) = config::save_copy(&config, &persist.join("config")) {
+                        tracing::warn!("config: {}", error_chain(&err));
+                    }
+                }
+                Some(config)
+            }
+            Err(err) => {
+                tracing::error!(
+                    "config: {}: {}",
+                    drive.device().display(),
+                    error_chain(&err)
+                );
+                None
+            }
+        },
+        None => {
+            let copy = data_mounted
+                .then(|| config::load_copy(&persist.join("config")))
+                .flatten();
+            match &copy {
+                Some(_) => tracing::warn!("config: no configuration drive; using the saved copy"),
+                None => tracing::warn!("config: no configuration drive and no saved copy"),
+            }
+            copy
+        }
+    };
+    if let Some(config) = &config {
+        apply_config(config);
+    }
+    tracing::info!("storage ready in {} ms", started.elapsed().as_millis());
+    Boot {
+        config,
+        ssh_dir: if data_mounted {
+            persist.join("ssh")
+        } else {
+            PathBuf::from("/run/rmachine/ssh")
+        },
+    }
+}
+
+fn mount_data_disk(data: &disk::Disk) -> bool {
+    let device = data.device();
+    match data.content {
+        DiskContent::Ext => {}
+        DiskContent::Blank => {
+            tracing::info!(
+                "disk: {} is blank; formatting (ext2, label {})",
+                data.name,
+                disk::DATA_LABEL
+            );
+            let started = Instant::now();
+            if let Err(err) = disk::format_blank(&device) {
+                tracing::error!("disk: {}", error_chain(&err));
+                return false;
+            }
+            tracing::info!(
+                "disk: formatted {} in {} ms",
+                data.name,
+                started.elapsed().as_millis()
+            );
+        }
+        DiskContent::ConfigDrive | DiskContent::Other(_) => {
+            tracing::error!(
+                "disk: {} holds {:?}; not formatting it, not using it",
+                data.name,
+                data.content
+            );
+            return false;
+        }
+    }
+    match disk::mount_ext(&device, Path::new(DATA_MOUNT)) {
+        Ok(()) => {
+            tracing::info!("disk: {} mounted on {DATA_MOUNT}", device.display());
+            true
+        }
+        Err(err) => {
+            tracing::error!("disk: {}", error_chain(&err));
+            false
+        }
+    }
+}
+
+fn bind(source: &Path, target: &Path) {
+    let _ = std::fs::create_dir_all(target);
+    match nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        Ok(()) => tracing::info!("disk: {} bound on {}", source.display(), target.display()),
+        Err(err) => tracing::error!(
+            "disk: cannot bind {} on {}: {err}",
+            source.display(),
+            target.display()
+        ),
+    }
+}
+
+fn apply_config(config: &GuestConfig) {
+    if config::valid_hostname(&config.hostname) {
+        match config::apply_hostname(&config.hostname, Path::new("/etc")) {
+            Ok(()) => tracing::info!("config: hostname {}", config.hostname),
+            Err(err) => tracing::warn!("config: {}", error_chain(&err)),
+        }
+    } else {
+        tracing::warn!(
+            "config: invalid hostname {:?}; keeping the default",
+            config.hostname
+        );
+    }
+    match config::write_tls(config, Path::new(TLS_DIR)) {
+        Ok(()) => tracing::info!("config: engine TLS files in {TLS_DIR}"),
+        Err(err) => tracing::error!("config: {}", error_chain(&err)),
+    }
+}
+
+async fn start_sshd(boot: &Boot) {
+    let authorized = match &boot.config {
+        Some(config) => {
+            let (keys, bad) = config::parse_authorized_keys(&config.authorized_keys);
+            for b in bad {
+                tracing::warn!("sshd: authorized key #{} ignored: {}", b.line, b.reason);
+            }
+            keys
+        }
+        None => Vec::new(),
+    };
+    if authorized.is_empty() {
+        tracing::warn!("sshd: no authorized keys; nobody can log in");
+    }
+    let dir = boot.ssh_dir.clone();
+    let host_key =
+        match tokio::task::spawn_blocking(move || sshd::load_or_create_host_key(&dir)).await {
+            Ok(Ok(key)) => key,
+            Ok(Err(err)) => {
+                tracing::error!("sshd: not started: {err}");
+                return;
+            }
+            Err(err) => {
+                tracing::error!("sshd: not started: {err}");
+                return;
+            }
+        };
+    let count = authorized.len();
+    match sshd::start(host_key, authorized, 22).await {
+        Ok(()) => tracing::info!("sshd: listening on :22 ({count} authorized keys)"),
+        Err(err) => tracing::error!("sshd: cannot listen on :22: {err}"),
+    }
+}
