@@ -12,27 +12,27 @@ use std::error::Error as _;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+use crate::caps::{self, CapabilityError};
 use crate::lookup::{self, LookupError};
-use crate::rootfs::{self, RootfsError};
-use crate::spec::{Failed, NetworkNamespace, Process, RuntimeSpec};
+use crate::rootfs::{self, RootfsError, RootfsOptions};
+use crate::spec::{Failed, Features, NetworkNamespace, Process, RuntimeSpec};
 use crate::syscall::{CloneFlags, Errno, FileKind, SysError, Syscall};
 
 /// The umask containers start with, as under Docker.
 const CONTAINER_UMASK: u32 = 0o022;
 
-/// Docker's default capabilities, by number: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID,
-/// SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
-pub const DEFAULT_CAPABILITIES: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+pub use crate::caps::DEFAULT_CAPABILITIES;
 
 /// Capability numbers are below 64 (two 32-bit halves in `capset(2)`).
 const MAX_CAPABILITIES: u32 = 64;
 
 /// [`DEFAULT_CAPABILITIES`] as a mask (`0xa80425fb`, the `CapEff` Docker users know).
 pub fn default_capability_mask() -> u64 {
-    DEFAULT_CAPABILITIES
-        .iter()
-        .fold(0, |mask, cap| mask | (1u64 << cap))
+    caps::default_mask()
 }
+
+/// Where `docker-init` appears to live: the title an `--init` container's PID 1 shows in `ps`.
+pub const INIT_PATH: &str = "/sbin/docker-init";
 
 /// A failure before the container's process is running.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,18 @@ pub enum ContainerError {
         what: &'static str,
         /// The id (or ids) asked for.
         id: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// A `--cap-add` or `--cap-drop` name is unknown.
+    #[error(transparent)]
+    Capability(#[from] CapabilityError),
+    /// The engine's console socket could not be reached.
+    #[error("connect to console socket {}", path.display())]
+    ConsoleSocket {
+        /// The socket's path.
+        path: PathBuf,
         /// The kernel's answer.
         #[source]
         source: SysError,
@@ -182,11 +194,48 @@ pub struct Exec {
 /// MUST run in a single-threaded child that is already in the container's new PID namespace;
 /// it changes the namespaces, root and credentials of the calling process for good.
 pub fn setup(spec: &RuntimeSpec, sys: &dyn Syscall) -> Result<Exec, ContainerError> {
+    setup_with(spec, &Features::default(), sys)
+}
+
+/// How a container sees cgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CgroupView {
+    /// No cgroup filesystem inside (v1 hosts, hosts without cgroups).
+    #[default]
+    Hidden,
+    /// Docker's default on v2 hosts: a private cgroup namespace rooted at the container's
+    /// cgroup (the process MUST already be in it) and `cgroup2` on `/sys/fs/cgroup`, read-only
+    /// unless privileged, so `cat /sys/fs/cgroup/memory.max` shows the container's limit.
+    Private,
+}
+
+/// [`setup`] with the optional [`Features`]: capabilities, privilege, the console socket and
+/// the `--init` title.
+pub fn setup_with(
+    spec: &RuntimeSpec,
+    features: &Features,
+    sys: &dyn Syscall,
+) -> Result<Exec, ContainerError> {
+    setup_in(spec, features, CgroupView::Hidden, sys)
+}
+
+/// [`setup_with`] with the container's view of cgroups.
+pub fn setup_in(
+    spec: &RuntimeSpec,
+    features: &Features,
+    cgroups: CgroupView,
+    sys: &dyn Syscall,
+) -> Result<Exec, ContainerError> {
+    // Checked first: a bad name must fail before anything is built.
+    let capabilities = caps::capability_mask(features.capabilities.as_ref(), features.privileged)?;
     // Mountpoints and the working directory are created 0755 whatever the engine's umask is.
     sys.umask(CONTAINER_UMASK);
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.network == NetworkNamespace::Loopback {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if cgroups == CgroupView::Private {
+        flags |= CloneFlags::CLONE_NEWCGROUP;
     }
     sys.unshare(flags)
         .map_err(|errno| ContainerError::Namespace {
@@ -217,17 +266,57 @@ pub fn setup(spec: &RuntimeSpec, sys: &dyn Syscall) -> Result<Exec, ContainerErr
                 source: errno.into(),
             })?;
     }
-    rootfs::prepare(spec, sys, spec.process.terminal)?;
+    // The socket is a host path: connect while the host's tree is still reachable.
+    let console_socket = connect_console(sys, features.console_socket.as_deref(), &spec.process)?;
+    rootfs::prepare_with(
+        spec,
+        sys,
+        &RootfsOptions {
+            terminal: spec.process.terminal,
+            privileged: features.privileged,
+            console_socket,
+            cgroup2: cgroups == CgroupView::Private,
+        },
+    )?;
     enter_cwd(sys, &spec.process.cwd, true)?;
-    become_process(sys, &spec.process)
+    if features.init {
+        // Cosmetic (what `ps` shows), and it needs CAP_SYS_RESOURCE, which only root has now:
+        // a failure changes nothing for the container.
+        let mut title = vec![INIT_PATH.to_string(), "--".to_string()];
+        title.extend(spec.process.args.iter().cloned());
+        let _ = sys.set_title(&title);
+    }
+    become_process(sys, &spec.process, capabilities)
+}
+
+/// Connects to the engine's console socket when the process has a terminal and one was given.
+fn connect_console(
+    sys: &dyn Syscall,
+    socket: Option<&Path>,
+    process: &Process,
+) -> Result<Option<std::os::fd::RawFd>, ContainerError> {
+    match socket {
+        Some(path) if process.terminal => {
+            sys.connect_unix(path)
+                .map(Some)
+                .map_err(|errno| ContainerError::ConsoleSocket {
+                    path: path.to_path_buf(),
+                    source: errno.into(),
+                })
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The namespaces `exec` joins, in order. Mount comes last: until then the `/proc/PID/ns`
-/// paths resolve in the engine's mount namespace, where PID is the host PID.
-const EXEC_NAMESPACES: [(&str, CloneFlags); 4] = [
+/// paths resolve in the engine's mount namespace, where PID is the host PID. The cgroup
+/// namespace is the host's unless the container has a private one ([`CgroupView::Private`]);
+/// joining one's own is a no-op.
+const EXEC_NAMESPACES: [(&str, CloneFlags); 5] = [
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ("mnt", CloneFlags::CLONE_NEWNS),
 ];
 
@@ -237,6 +326,20 @@ const EXEC_NAMESPACES: [(&str, CloneFlags); 4] = [
 /// namespace (see [`join_pid_namespace`]). Joining the mount namespace also makes its root
 /// (the container's, after `pivot_root`) the process's root and working directory.
 pub fn setup_exec(pid: i32, process: &Process, sys: &dyn Syscall) -> Result<Exec, ContainerError> {
+    setup_exec_with(pid, process, &Features::default(), None, sys)
+}
+
+/// [`setup_exec`] with the container's [`Features`] (its capabilities) and the exec's own
+/// console socket.
+pub fn setup_exec_with(
+    pid: i32,
+    process: &Process,
+    features: &Features,
+    console_socket: Option<&Path>,
+    sys: &dyn Syscall,
+) -> Result<Exec, ContainerError> {
+    let capabilities = caps::capability_mask(features.capabilities.as_ref(), features.privileged)?;
+    let console = connect_console(sys, console_socket, process)?;
     for (name, flag) in EXEC_NAMESPACES {
         let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
         sys.setns(&path, flag)
@@ -250,8 +353,15 @@ pub fn setup_exec(pid: i32, process: &Process, sys: &dyn Syscall) -> Result<Exec
             cwd: "/".into(),
             source: errno.into(),
         })?;
+    if let Some(socket) = console {
+        // Now in the container's mount namespace: the PTY comes from its devpts.
+        sys.send_console(socket, Path::new("/dev/pts"), Path::new("/dev/pts"))
+            .map_err(|errno| ContainerError::Terminal {
+                source: errno.into(),
+            })?;
+    }
     enter_cwd(sys, &process.cwd, false)?;
-    become_process(sys, process)
+    become_process(sys, process, capabilities)
 }
 
 /// Joins the PID namespace of host PID `pid`, for the children forked afterwards.
@@ -266,7 +376,11 @@ pub fn join_pid_namespace(pid: i32, sys: &dyn Syscall) -> Result<(), ContainerEr
 
 /// Session, terminal, identity and command: the steps `run` and `exec` share once the process
 /// is in the container's namespaces and root.
-fn become_process(sys: &dyn Syscall, process: &Process) -> Result<Exec, ContainerError> {
+fn become_process(
+    sys: &dyn Syscall,
+    process: &Process,
+    capabilities: u64,
+) -> Result<Exec, ContainerError> {
     // A new session always (as runc), so the container never shares the engine's; with a PTY
     // the slave on stdin becomes its controlling terminal. Done as root: TIOCSCTTY may need it.
     sys.setsid().map_err(|errno| ContainerError::Process {
@@ -281,9 +395,9 @@ fn become_process(sys: &dyn Syscall, process: &Process) -> Result<Exec, Containe
     }
     // The bounding set is cut while still root with CAP_SETPCAP; the permitted set after the
     // identity change, which already empties it for a non-root uid.
-    drop_bounding_capabilities(sys)?;
+    drop_bounding_capabilities(sys, capabilities)?;
     set_identity(sys, process)?;
-    sys.limit_capabilities(default_capability_mask())
+    sys.limit_capabilities(capabilities)
         .map_err(|errno| ContainerError::Capabilities {
             source: errno.into(),
         })?;
@@ -352,10 +466,9 @@ fn enter_cwd(sys: &dyn Syscall, cwd: &str, create: bool) -> Result<(), Container
     sys.chdir(path).map_err(cwd_error)
 }
 
-/// Removes every capability outside [`DEFAULT_CAPABILITIES`] from the bounding set, up to the
-/// last one the kernel knows (it answers `EINVAL` past it).
-fn drop_bounding_capabilities(sys: &dyn Syscall) -> Result<(), ContainerError> {
-    let keep = default_capability_mask();
+/// Removes every capability outside `keep` from the bounding set, up to the last one the
+/// kernel knows (it answers `EINVAL` past it).
+fn drop_bounding_capabilities(sys: &dyn Syscall, keep: u64) -> Result<(), ContainerError> {
     for cap in (0..MAX_CAPABILITIES).filter(|cap| keep & (1 << cap) == 0) {
         match sys.drop_bounding_capability(cap) {
             Ok(()) => {}
@@ -400,6 +513,7 @@ fn namespace_names(flags: CloneFlags) -> String {
         (CloneFlags::CLONE_NEWIPC, "ipc"),
         (CloneFlags::CLONE_NEWNET, "net"),
         (CloneFlags::CLONE_NEWPID, "pid"),
+        (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
     ];
     names
         .iter()
@@ -424,7 +538,7 @@ fn to_cstrings(items: &[String]) -> Result<Vec<CString>, ContainerError> {
 mod tests {
     use super::*;
     use crate::spec::Rootfs;
-    use crate::syscall::{Call, RecordingSyscall};
+    use crate::syscall::{Call, MsFlags, RecordingSyscall};
 
     fn spec() -> RuntimeSpec {
         RuntimeSpec {
@@ -728,6 +842,7 @@ mod tests {
                 setns("ipc", CloneFlags::CLONE_NEWIPC),
                 setns("uts", CloneFlags::CLONE_NEWUTS),
                 setns("net", CloneFlags::CLONE_NEWNET),
+                setns("cgroup", CloneFlags::CLONE_NEWCGROUP),
                 setns("mnt", CloneFlags::CLONE_NEWNS),
                 Call::Chdir("/".into()),
                 Call::Chdir("/work".into()),
@@ -740,6 +855,185 @@ mod tests {
             ]
         );
         assert!(!sys.calls().iter().any(|c| matches!(c, Call::Mount { .. })));
+    }
+
+    #[test]
+    fn cap_add_and_drop_reach_the_bounding_set_and_capset() {
+        let features = Features {
+            capabilities: Some(crate::spec::CapabilitySpec {
+                add: vec!["NET_ADMIN".into()],
+                drop: vec!["CHOWN".into()],
+            }),
+            ..Features::default()
+        };
+        let sys = image();
+        setup_with(&spec(), &features, &sys).expect("setup");
+        let calls = sys.calls();
+        assert!(calls.contains(&Call::LimitCapabilities(0xa804_35fa)));
+        assert!(calls.contains(&Call::DropBoundingCapability(0)), "CHOWN");
+        assert!(
+            !calls.contains(&Call::DropBoundingCapability(12)),
+            "NET_ADMIN"
+        );
+    }
+
+    #[test]
+    fn privileged_keeps_every_capability() {
+        let features = Features {
+            privileged: true,
+            ..Features::default()
+        };
+        let sys = image();
+        setup_with(&spec(), &features, &sys).expect("setup");
+        let calls = sys.calls();
+        assert!(calls.contains(&Call::LimitCapabilities(0x1ff_ffff_ffff)));
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::DropBoundingCapability(cap) if *cap <= 40)));
+    }
+
+    #[test]
+    fn an_unknown_capability_fails_before_anything_is_touched() {
+        let features = Features {
+            capabilities: Some(crate::spec::CapabilitySpec {
+                add: vec![],
+                drop: vec!["NOPE".into()],
+            }),
+            ..Features::default()
+        };
+        let sys = image();
+        let failed = setup_with(&spec(), &features, &sys)
+            .expect_err("unknown")
+            .to_failed();
+        assert_eq!(
+            failed,
+            Failed {
+                message: "invalid CapDrop: unknown capability: \"CAP_NOPE\"".into(),
+                exit_code: 1,
+            }
+        );
+        assert_eq!(sys.calls(), vec![]);
+    }
+
+    #[test]
+    fn the_console_socket_is_reached_before_the_pivot() {
+        let mut spec = spec();
+        spec.process.terminal = true;
+        let features = Features {
+            console_socket: Some("/run/engine/console.sock".into()),
+            ..Features::default()
+        };
+        let sys = image();
+        setup_with(&spec, &features, &sys).expect("setup");
+        let calls = sys.calls();
+        let connect = calls
+            .iter()
+            .position(|c| *c == Call::ConnectUnix("/run/engine/console.sock".into()));
+        let send = calls
+            .iter()
+            .position(|c| matches!(c, Call::SendConsole { socket, .. } if *socket == crate::syscall::FAKE_SOCKET_FD));
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot { .. }));
+        let ctty = calls
+            .iter()
+            .position(|c| *c == Call::SetControllingTerminal(0));
+        assert!(
+            connect.is_some() && connect < send && send < pivot && pivot < ctty,
+            "{calls:?}"
+        );
+
+        // Without a terminal the socket is not used.
+        spec.process.terminal = false;
+        let sys = image();
+        setup_with(&spec, &features, &sys).expect("setup");
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::ConnectUnix(_) | Call::SendConsole { .. })));
+    }
+
+    #[test]
+    fn init_takes_the_docker_init_title_while_still_privileged() {
+        let features = Features {
+            init: true,
+            ..Features::default()
+        };
+        let sys = image();
+        setup_with(&spec(), &features, &sys).expect("setup");
+        let calls = process_calls(&sys.calls());
+        let title = calls.iter().position(|c| {
+            *c == Call::SetTitle(vec![
+                "/sbin/docker-init".into(),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                "true".into(),
+            ])
+        });
+        let setuid = calls.iter().position(|c| *c == Call::Setuid(1000));
+        assert!(title.is_some() && title < setuid, "{calls:?}");
+    }
+
+    #[test]
+    fn exec_connects_to_its_console_socket_before_joining_and_sends_the_pty_after() {
+        let mut process = spec().process;
+        process.terminal = true;
+        let sys = image();
+        setup_exec_with(
+            4242,
+            &process,
+            &Features::default(),
+            Some(Path::new("/run/exec.sock")),
+            &sys,
+        )
+        .expect("setup exec");
+        let calls = sys.calls();
+        let connect = calls
+            .iter()
+            .position(|c| *c == Call::ConnectUnix("/run/exec.sock".into()));
+        let join_mnt = calls.iter().position(
+            |c| matches!(c, Call::Setns { nstype, .. } if *nstype == CloneFlags::CLONE_NEWNS),
+        );
+        let send = calls.iter().position(|c| {
+            *c == Call::SendConsole {
+                socket: crate::syscall::FAKE_SOCKET_FD,
+                pts: "/dev/pts".into(),
+                name_prefix: "/dev/pts".into(),
+            }
+        });
+        assert!(
+            connect.is_some() && connect < join_mnt && join_mnt < send,
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn a_private_cgroup_view_adds_a_cgroup_namespace_and_mount() {
+        let sys = image();
+        setup_in(&spec(), &Features::default(), CgroupView::Private, &sys).expect("setup");
+        let calls = sys.calls();
+        assert!(calls.contains(&Call::Unshare(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWCGROUP
+        )));
+        let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        assert!(calls.contains(&Call::Mount {
+            source: Some("cgroup".into()),
+            target: "/c/merged/sys/fs/cgroup".into(),
+            fstype: Some("cgroup2".into()),
+            flags: hardened | MsFlags::MS_RDONLY,
+            data: None,
+        }));
+        let sys = image();
+        setup_with(&spec(), &Features::default(), &sys).expect("setup");
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "cgroup2")));
     }
 
     #[test]

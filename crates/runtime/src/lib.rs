@@ -14,7 +14,10 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+pub mod caps;
+pub mod cgroup;
 pub mod container;
+pub mod init;
 pub mod lookup;
 pub mod rootfs;
 pub mod run;

@@ -16,6 +16,7 @@
 //! Destinations are resolved inside the rootfs with [`secure_join`], so an image's symlink
 //! cannot redirect a mount onto the host.
 
+use std::os::fd::RawFd;
 use std::path::{Component, Path, PathBuf};
 
 use crate::spec::{MountKind, RuntimeSpec};
@@ -111,6 +112,13 @@ pub enum RootfsError {
     BindSource {
         /// The host path.
         path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The container's PTY could not be made or sent to the engine.
+    #[error("send the console to the engine")]
+    Console {
         /// The kernel's answer.
         #[source]
         source: SysError,
@@ -223,12 +231,42 @@ fn components_rev(path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How the standard mounts differ between containers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootfsOptions {
+    /// The container has a terminal: it gets a `/dev/console`.
+    pub terminal: bool,
+    /// `--privileged`: `/sys` read-write, every host device, no masked or read-only paths.
+    pub privileged: bool,
+    /// With `terminal`, the PTY is made in the container's devpts and its master sent on this
+    /// connected socket (see [`crate::spec::Features`]).
+    pub console_socket: Option<RawFd>,
+    /// Mount `cgroup2` on `/sys/fs/cgroup` (in the container's own cgroup namespace).
+    pub cgroup2: bool,
+}
+
+/// [`prepare_with`] for a container with default options but `terminal`.
+pub fn prepare(spec: &RuntimeSpec, sys: &dyn Syscall, terminal: bool) -> Result<(), RootfsError> {
+    prepare_with(
+        spec,
+        sys,
+        &RootfsOptions {
+            terminal,
+            ..RootfsOptions::default()
+        },
+    )
+}
+
 /// Builds the rootfs under `merged_dir` and switches to it; on success the process's root is the
 /// container's and its working directory is `/`.
 ///
 /// MUST be called in a fresh mount namespace (after `unshare(CLONE_NEWNS)`), and in the new PID
 /// and network namespaces, since `/proc` and `/sys` show the namespaces of the mounter.
-pub fn prepare(spec: &RuntimeSpec, sys: &dyn Syscall, terminal: bool) -> Result<(), RootfsError> {
+pub fn prepare_with(
+    spec: &RuntimeSpec,
+    sys: &dyn Syscall,
+    opts: &RootfsOptions,
+) -> Result<(), RootfsError> {
     let root = spec.rootfs.merged_dir.as_path();
     mount(
         sys,
@@ -247,7 +285,7 @@ pub fn prepare(spec: &RuntimeSpec, sys: &dyn Syscall, terminal: bool) -> Result<
         MsFlags::empty(),
         Some(&options),
     )?;
-    mount_standard(sys, root, terminal)?;
+    mount_standard(sys, root, opts)?;
     for file in &spec.etc_files {
         let target = resolve_and_create(sys, root, &file.destination, FileKind::File)?;
         // Docker makes them read-only along with the rootfs (`--read-only`).
@@ -290,7 +328,9 @@ pub fn prepare(spec: &RuntimeSpec, sys: &dyn Syscall, terminal: bool) -> Result<
         }
     }
     switch_root(sys, root)?;
-    protect_kernel_paths(sys)?;
+    if !opts.privileged {
+        protect_kernel_paths(sys)?;
+    }
     if spec.readonly_rootfs {
         mount(
             sys,
@@ -305,7 +345,11 @@ pub fn prepare(spec: &RuntimeSpec, sys: &dyn Syscall, terminal: bool) -> Result<
 }
 
 /// `/proc`, `/sys`, `/dev` and what lives in `/dev`, under `root`.
-fn mount_standard(sys: &dyn Syscall, root: &Path, terminal: bool) -> Result<(), RootfsError> {
+fn mount_standard(
+    sys: &dyn Syscall,
+    root: &Path,
+    options: &RootfsOptions,
+) -> Result<(), RootfsError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc = resolve_and_create(sys, root, "/proc", FileKind::Dir)?;
     mount(
@@ -322,9 +366,28 @@ fn mount_standard(sys: &dyn Syscall, root: &Path, terminal: bool) -> Result<(), 
         Some(Path::new("sysfs")),
         &sysfs,
         Some("sysfs"),
-        hardened | MsFlags::MS_RDONLY,
+        if options.privileged {
+            hardened
+        } else {
+            hardened | MsFlags::MS_RDONLY
+        },
         None,
     )?;
+    if options.cgroup2 {
+        let cgroup = resolve_and_create(sys, root, "/sys/fs/cgroup", FileKind::Dir)?;
+        mount(
+            sys,
+            Some(Path::new("cgroup")),
+            &cgroup,
+            Some("cgroup2"),
+            if options.privileged {
+                hardened
+            } else {
+                hardened | MsFlags::MS_RDONLY
+            },
+            None,
+        )?;
+    }
     let dev = resolve_and_create(sys, root, "/dev", FileKind::Dir)?;
     mount(
         sys,
@@ -386,7 +449,20 @@ fn mount_standard(sys: &dyn Syscall, root: &Path, terminal: bool) -> Result<(), 
                 source: errno.into(),
             })?;
     }
-    if terminal {
+    if options.privileged {
+        copy_host_devices(sys, &dev)?;
+    }
+    if let (true, Some(socket)) = (options.terminal, options.console_socket) {
+        // The PTY is made in the container's own devpts, so its slave has a name there.
+        let slave = sys
+            .send_console(socket, &pts, Path::new("/dev/pts"))
+            .map_err(|errno| RootfsError::Console {
+                source: errno.into(),
+            })?;
+        let console = dev.join("console");
+        create(sys, &console, FileKind::File)?;
+        bind(sys, &slave, &console, false)?;
+    } else if options.terminal {
         // The engine opened the PTY in its own devpts, which the container cannot see; binding
         // the slave on /dev/console gives it a name inside, as runc does for its console.
         // The bind source is the slave's path, not the /proc/self/fd/0 magic link: that one
@@ -401,6 +477,35 @@ fn mount_standard(sys: &dyn Syscall, root: &Path, terminal: bool) -> Result<(), 
         let console = dev.join("console");
         create(sys, &console, FileKind::File)?;
         bind(sys, &slave, &console, false)?;
+    }
+    Ok(())
+}
+
+/// Recreates the host's device nodes in the container's `/dev` (the ones it has already are
+/// kept), as Docker does for `--privileged`.
+fn copy_host_devices(sys: &dyn Syscall, dev: &Path) -> Result<(), RootfsError> {
+    let devices = sys.host_devices().map_err(|errno| RootfsError::Create {
+        path: PathBuf::from("/dev"),
+        source: errno.into(),
+    })?;
+    for device in devices {
+        let path = dev.join(&device.path);
+        if sys.lstat(&path).is_ok() {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            mkdir(sys, parent)?;
+        }
+        sys.mknod(
+            &path,
+            device.kind,
+            Mode::from_bits_truncate(device.mode),
+            device.rdev,
+        )
+        .map_err(|errno| RootfsError::Create {
+            path,
+            source: errno.into(),
+        })?;
     }
     Ok(())
 }
@@ -921,6 +1026,94 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn privileged_containers_get_host_devices_a_writable_sys_and_no_masks() {
+        let sys = image()
+            .with_file("/proc/keys", FileKind::File, 0o444)
+            .with_file("/proc/sys", FileKind::Dir, 0o555)
+            .with_host_device(crate::syscall::HostDevice {
+                path: "kvm".into(),
+                kind: SFlag::S_IFCHR,
+                mode: 0o660,
+                rdev: nix::sys::stat::makedev(10, 232),
+            })
+            .with_host_device(crate::syscall::HostDevice {
+                path: "net/tun".into(),
+                kind: SFlag::S_IFCHR,
+                mode: 0o666,
+                rdev: nix::sys::stat::makedev(10, 200),
+            })
+            .with_host_device(crate::syscall::HostDevice {
+                path: "null".into(),
+                kind: SFlag::S_IFCHR,
+                mode: 0o666,
+                rdev: nix::sys::stat::makedev(1, 3),
+            });
+        let options = RootfsOptions {
+            privileged: true,
+            ..RootfsOptions::default()
+        };
+        prepare_with(&spec(), &sys, &options).expect("prepare");
+        let calls = sys.calls();
+        let sysfs = mounts(&calls)
+            .into_iter()
+            .find(|(what, ..)| what == "sysfs")
+            .expect("sysfs is mounted");
+        assert!(!sysfs.2.contains(MsFlags::MS_RDONLY));
+        let nodes: Vec<(PathBuf, u32)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mknod { path, perm, .. } => Some((path.clone(), *perm)),
+                _ => None,
+            })
+            .collect();
+        assert!(nodes.contains(&("/c/merged/dev/kvm".into(), 0o660)));
+        assert!(nodes.contains(&("/c/merged/dev/net/tun".into(), 0o666)));
+        // /dev/null was already made: one mknod only.
+        let nulls = nodes
+            .iter()
+            .filter(|(p, _)| p == Path::new("/c/merged/dev/null"))
+            .count();
+        assert_eq!(nulls, 1);
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot { .. }))
+            .expect("pivot_root");
+        assert_eq!(mounts(&calls[pivot..]), vec![], "nothing masked");
+    }
+
+    #[test]
+    fn a_console_socket_gets_a_pty_of_the_containers_devpts_bound_on_console() {
+        let sys = image();
+        let options = RootfsOptions {
+            terminal: true,
+            console_socket: Some(7),
+            ..RootfsOptions::default()
+        };
+        prepare_with(&spec(), &sys, &options).expect("prepare");
+        let calls = sys.calls();
+        let devpts = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "devpts"))
+            .expect("devpts mounted");
+        let send = calls
+            .iter()
+            .position(|c| {
+                *c == Call::SendConsole {
+                    socket: 7,
+                    pts: "/c/merged/dev/pts".into(),
+                    name_prefix: "/dev/pts".into(),
+                }
+            })
+            .expect("console sent");
+        assert!(devpts < send);
+        let console = mounts(&calls)
+            .into_iter()
+            .find(|(_, target, ..)| target == "/c/merged/dev/console")
+            .expect("console bound");
+        assert_eq!(console.0, "/c/merged/dev/pts/0");
     }
 
     #[test]

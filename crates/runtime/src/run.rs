@@ -4,22 +4,28 @@
 //! monitor:
 //! 1. it reads `DIR/runtime.json`, takes the sync pipe on [`SYNC_FD`] if the engine passed one,
 //!    and arranges to die with the engine (`PR_SET_PDEATHSIG`);
-//! 2. `unshare(CLONE_NEWPID)` and `fork`: the child is PID 1 of the new PID namespace;
-//! 3. the child runs [`container::setup`] and [`container::exec`]; if either fails it writes a
+//! 2. it creates the container's cgroup and writes its limits ([`crate::cgroup`]);
+//! 3. `unshare(CLONE_NEWPID)` and `fork`: the child is PID 1 of the new PID namespace; it
+//!    waits on a pipe until the monitor has moved it into the cgroup, so nothing of the
+//!    container ever runs outside it;
+//! 4. the child runs [`container::setup_with`] and [`container::exec`] (or, with `--init`,
+//!    [`crate::init::run`]); if either fails it writes a
 //!    [`Failed`] as JSON on a close-on-exec pipe, so EOF with nothing read means `execve`
 //!    succeeded;
-//! 4. the monitor writes the one [`SyncMessage`] to the engine and closes the sync pipe, then
-//!    waits for the child and exits with its status (code, or 128+signal).
+//! 5. the monitor writes the one [`SyncMessage`] to the engine and closes the sync pipe, then
+//!    waits for the child, notes whether the OOM killer struck ([`OOM_KILLED_FILE`]), removes
+//!    the cgroup and exits with the child's status (code, or 128+signal).
 //!
-//! `exec` differs only in step 2: the monitor joins the running container's PID namespace
-//! instead of creating one, and the child joins its other namespaces instead of building them.
+//! `exec` differs in steps 2 and 3: the monitor joins the running container's PID namespace
+//! instead of creating one and moves the child into the container's cgroup, and the child joins
+//! its other namespaces instead of building them.
 //!
 //! The monitor holds the same stdio as the container: it exits as soon as the container's PID 1
 //! does, so the engine still sees EOF on the container's output then.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -27,8 +33,11 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
-use crate::container::{self, ContainerError};
-use crate::spec::{ExecSpec, Failed, RuntimeSpec, SyncMessage, SPEC_FILE, SYNC_FD};
+use crate::cgroup::{Cgroup, CgroupError, CgroupMode};
+use crate::container::{self, CgroupView, ContainerError};
+use crate::spec::{
+    ExecFile, Failed, Features, SpecFile, SyncMessage, OOM_KILLED_FILE, SPEC_FILE, SYNC_FD,
+};
 use crate::status::exit_code;
 use crate::syscall::{CloneFlags, Errno, SysError, Syscall};
 
@@ -44,7 +53,7 @@ pub enum RunError {
         #[source]
         source: SysError,
     },
-    /// The spec file is not a valid [`RuntimeSpec`] (or [`ExecSpec`]).
+    /// The spec file is not a valid [`SpecFile`] (or [`ExecFile`]).
     #[error("parse spec {}", path.display())]
     ParseSpec {
         /// The spec file.
@@ -68,6 +77,9 @@ pub enum RunError {
         #[source]
         source: ContainerError,
     },
+    /// The container's cgroup could not be set up.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     /// A step of the monitor's own setup failed.
     #[error("{what}")]
     Monitor {
@@ -145,45 +157,68 @@ impl SyncPipe {
 /// MUST be called from a single-threaded process: it forks and the child changes namespaces.
 pub fn run(dir: &Path, sys: &dyn Syscall) -> i32 {
     let mut sync = SyncPipe::take();
-    let spec = match load_spec(dir) {
-        Ok(spec) => spec,
+    let file = match load_spec(dir) {
+        Ok(file) => file,
         Err(err) => return report_failure(&mut sync, &dir.display().to_string(), &err.to_failed()),
     };
-    match monitor(&spec, sys, &mut sync) {
+    match monitor(dir, &file, sys, &mut sync) {
         Ok(code) => code,
-        Err(err) => report_failure(&mut sync, &spec.id, &err.to_failed()),
+        Err(err) => report_failure(&mut sync, &file.spec.id, &err.to_failed()),
     }
 }
 
-/// Runs the process described by the [`ExecSpec`] in `exec_file` inside the running container
+/// Runs the process described by the [`ExecFile`] in `exec_file` inside the running container
 /// whose state directory is `dir`, and returns its exit code; the same contract as [`run`].
 ///
 /// MUST be called from a single-threaded process.
 pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
     let mut sync = SyncPipe::take();
-    // The container's spec only names it in messages.
-    let id = load_spec(dir).map_or_else(|_| dir.display().to_string(), |spec| spec.id);
-    let spec: ExecSpec = match load_json(exec_file) {
-        Ok(spec) => spec,
+    // The container's spec names it in messages and gives its capabilities and cgroup.
+    let (id, features) = match load_spec(dir) {
+        Ok(file) => (file.spec.id, file.features),
+        Err(_) => (dir.display().to_string(), Features::default()),
+    };
+    let file: ExecFile = match load_json(exec_file) {
+        Ok(file) => file,
         Err(err) => return report_failure(&mut sync, &id, &err.to_failed()),
     };
+    let spec = &file.exec;
     let before_fork = || {
         container::join_pid_namespace(spec.pid, sys).map_err(|err| RunError::Join {
             pid: spec.pid,
             source: err,
         })
     };
-    let child = || match container::setup_exec(spec.pid, &spec.process, sys) {
+    let after_fork = |pid: Pid| {
+        // A container started without a cgroup (no cgroupfs) has none to join.
+        if let Ok(cgroup) = Cgroup::for_container(&id, features.cgroup_parent.as_deref()) {
+            if cgroup
+                .path("pids")
+                .or_else(|| cgroup.path("memory"))
+                .is_some_and(|p| p.is_dir())
+            {
+                cgroup.add_process(pid.as_raw())?;
+            }
+        }
+        Ok(())
+    };
+    let child = |_report: RawFd| match container::setup_exec_with(
+        spec.pid,
+        &spec.process,
+        &features,
+        file.console_socket.as_deref(),
+        sys,
+    ) {
         Ok(exec) => container::exec(&exec, sys),
         Err(err) => err,
     };
-    match supervise(&id, &mut sync, before_fork, child) {
+    match supervise(&id, &mut sync, before_fork, after_fork, child) {
         Ok(code) => code,
         Err(err) => report_failure(&mut sync, &id, &err.to_failed()),
     }
 }
 
-fn load_spec(dir: &Path) -> Result<RuntimeSpec, RunError> {
+fn load_spec(dir: &Path) -> Result<SpecFile, RunError> {
     load_json(&dir.join(SPEC_FILE))
 }
 
@@ -207,26 +242,70 @@ fn report_failure(sync: &mut SyncPipe, id: &str, failed: &Failed) -> i32 {
     failed.exit_code
 }
 
-fn monitor(spec: &RuntimeSpec, sys: &dyn Syscall, sync: &mut SyncPipe) -> Result<i32, RunError> {
+fn monitor(
+    dir: &Path,
+    file: &SpecFile,
+    sys: &dyn Syscall,
+    sync: &mut SyncPipe,
+) -> Result<i32, RunError> {
+    let (spec, features) = (&file.spec, &file.features);
+    let cgroup = create_cgroup(&spec.id, features)?;
     let before_fork = || {
         sys.unshare(CloneFlags::CLONE_NEWPID)
             .map_err(RunError::monitor("new pid namespace"))
     };
-    let child = || match container::setup(spec, sys) {
+    let after_fork = |pid: Pid| match &cgroup {
+        Some(cgroup) => Ok(cgroup.add_process(pid.as_raw())?),
+        None => Ok(()),
+    };
+    let view = match &cgroup {
+        Some(cgroup) if cgroup.mode() == CgroupMode::V2 => CgroupView::Private,
+        _ => CgroupView::Hidden,
+    };
+    let child = |report: RawFd| match container::setup_in(spec, features, view, sys) {
+        Ok(exec) if features.init => crate::init::run(&exec, sys, report, spec.process.terminal),
         Ok(exec) => container::exec(&exec, sys),
         Err(err) => err,
     };
-    supervise(&spec.id, sync, before_fork, child)
+    let result = supervise(&spec.id, sync, before_fork, after_fork, child);
+    if let Some(cgroup) = cgroup {
+        if cgroup.oom_killed().unwrap_or(false) {
+            let _ = std::fs::write(dir.join(OOM_KILLED_FILE), b"");
+        }
+        // The container is gone; a cgroup that cannot be removed only leaks a directory.
+        let _ = cgroup.remove();
+    }
+    result
+}
+
+/// Creates the container's cgroup with its limits. A host without cgroupfs still runs
+/// containers that ask for no limits, without a cgroup.
+fn create_cgroup(id: &str, features: &Features) -> Result<Option<Cgroup>, RunError> {
+    let cgroup = match Cgroup::for_container(id, features.cgroup_parent.as_deref()) {
+        Ok(cgroup) => cgroup,
+        Err(CgroupError::NotMounted { .. }) if features.resources.is_none() => return Ok(None),
+        Err(err) => return Err(err.into()),
+    };
+    cgroup.create()?;
+    if let Some(resources) = &features.resources {
+        if let Err(err) = cgroup.update(resources) {
+            let _ = cgroup.remove();
+            return Err(err.into());
+        }
+    }
+    Ok(Some(cgroup))
 }
 
 /// The monitor's life, shared by `run` and `exec`: `before_fork` prepares the monitor (it
-/// decides the PID namespace the child lands in), `child` runs in the forked child and returns
-/// only with the error that kept it from exec'ing.
+/// decides the PID namespace the child lands in), `after_fork` acts on the child (its host PID)
+/// before the child may go on, `child` runs in the forked child and returns only with the error
+/// that kept it from exec'ing; it gets the report pipe's descriptor.
 fn supervise(
     id: &str,
     sync: &mut SyncPipe,
     before_fork: impl FnOnce() -> Result<(), RunError>,
-    child: impl FnOnce() -> ContainerError,
+    after_fork: impl FnOnce(Pid) -> Result<(), RunError>,
+    child: impl FnOnce(RawFd) -> ContainerError,
 ) -> Result<i32, RunError> {
     ensure_single_threaded()?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
@@ -234,19 +313,31 @@ fn supervise(
     before_fork()?;
     let (report_read, report_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create report pipe"))?;
+    let (go_read, go_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create start pipe"))?;
     // SAFETY: the process is single-threaded (checked above), so the child can run arbitrary
     // code after fork without meeting a lock held by a thread that does not exist there.
     let fork = unsafe { nix::unistd::fork() }.map_err(RunError::monitor("fork"))?;
     let child_pid = match fork {
         ForkResult::Child => {
             drop(report_read);
+            drop(go_write);
             // The container must not hold the engine's sync pipe open.
             drop(sync.0.take());
-            child_main(child, report_write)
+            child_main(child, report_write, go_read)
         }
         ForkResult::Parent { child } => child,
     };
     drop(report_write);
+    drop(go_read);
+    if let Err(err) = after_fork(child_pid) {
+        // The child is still waiting for the go: it never ran anything of the container.
+        let _ = nix::sys::signal::kill(child_pid, Signal::SIGKILL);
+        let _ = wait_for(child_pid);
+        return Err(err);
+    }
+    // A child that died meanwhile is found by the report below.
+    let _ = File::from(go_write).write_all(b"g");
     let mut report = Vec::new();
     let read = File::from(report_read).read_to_end(&mut report);
     if read.is_ok() && report.is_empty() {
@@ -267,8 +358,8 @@ fn supervise(
     Ok(report_failure(sync, id, &failed))
 }
 
-/// The child's life: set up, exec, or report why not and exit.
-fn child_main(child: impl FnOnce() -> ContainerError, report: OwnedFd) -> ! {
+/// The child's life: wait for the monitor's go, set up, exec, or report why not and exit.
+fn child_main(child: impl FnOnce(RawFd) -> ContainerError, report: OwnedFd, go: OwnedFd) -> ! {
     // Armed at once so a monitor killed mid-setup takes the child along; the setup arms it
     // again after changing the uid, which clears it.
     let error = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
@@ -276,7 +367,15 @@ fn child_main(child: impl FnOnce() -> ContainerError, report: OwnedFd) -> ! {
             what: "set parent death signal",
             source: errno.into(),
         },
-        Ok(()) => child(),
+        Ok(()) => {
+            let mut byte = [0u8; 1];
+            if !matches!(File::from(go).read(&mut byte), Ok(1)) {
+                // The monitor gave up (and reports why itself).
+                // SAFETY: _exit ends the forked child without running the parent's handlers.
+                unsafe { libc::_exit(1) }
+            }
+            child(report.as_raw_fd())
+        }
     };
     let failed = error.to_failed();
     if let Ok(bytes) = serde_json::to_vec(&failed) {

@@ -15,12 +15,17 @@
 //! * Without fd [`SYNC_FD`] (a person running the runtime by hand) a failure is printed on stderr
 //!   instead, as `rmachine-runtime: container ID: MESSAGE`. With it, stderr is left alone: it is
 //!   the container's log, and the engine reports the failure itself.
-//! * Every container gets what Docker gives by default and the spec does not (yet) let the
-//!   engine change: Docker's default capability set (`CapEff 00000000a80425fb` for root, none for
-//!   other users), Docker's masked paths (`/proc/keys`, `/sys/firmware`…) and read-only paths
-//!   (`/proc/sys`…), and a private `/dev` with `/dev/pts` of its own. With
-//!   [`Process::terminal`], the engine's PTY slave is also bound on `/dev/console` (its only name
-//!   inside, so `tty` prints `/dev/console`, where Docker's runc-made PTY prints `/dev/pts/0`).
+//! * `runtime.json` is read as a [`SpecFile`]: the [`RuntimeSpec`] keys plus the optional
+//!   [`Features`] keys (limits and cgroup, capabilities, `--privileged`, `--init`, console socket)
+//!   in the same object; a file without them gets Docker's defaults.
+//! * Every container gets what Docker gives by default: Docker's default capability set
+//!   (`CapEff 00000000a80425fb` for root, none for other users) changed by
+//!   [`Features::capabilities`], Docker's masked paths (`/proc/keys`, `/sys/firmware`…) and
+//!   read-only paths (`/proc/sys`…) unless [`Features::privileged`], a private `/dev` with
+//!   `/dev/pts` of its own, and a cgroup (see [`Features`]). With [`Process::terminal`] and no
+//!   [`Features::console_socket`], the engine's PTY slave is bound on `/dev/console` (its only
+//!   name inside, so `tty` prints `/dev/console`); with a console socket the PTY is the
+//!   container's own `/dev/pts/0`, as with runc.
 //! * The engine stops a container by signalling [`SyncMessage::Started`]'s `pid` (a host PID)
 //!   directly. The monitor sets `PR_SET_PDEATHSIG` so a dying engine takes its containers along;
 //!   on restart the engine finds them exited, as Docker does without live-restore. The signal
@@ -36,7 +41,9 @@
 //! [`Process::cwd`] (not created: a missing one is an error, as with runc) and execs. Stdio, the
 //! sync pipe, the single [`SyncMessage`] (whose `pid` is the exec'd process's host PID) and the
 //! exit status follow the same contract as `run`; nothing is mounted, and the process is not
-//! PID 1. It gets the same capabilities as the container's first process.
+//! PID 1. It gets the same capabilities as the container's first process (from `DIR`'s spec)
+//! and joins the container's cgroup. `EXEC_JSON` is read as an [`ExecFile`], which may add a
+//! `consoleSocket` for `docker exec -t`.
 
 use std::path::PathBuf;
 
@@ -47,6 +54,11 @@ pub const SYNC_FD: i32 = 3;
 
 /// File name of the spec inside the container state directory.
 pub const SPEC_FILE: &str = "runtime.json";
+
+/// File the monitor creates (empty) in the container state directory, after the container
+/// exited and before the monitor exits, when the kernel's OOM killer killed a process of the
+/// container (Docker's `State.OOMKilled`). The engine should remove it before each start.
+pub const OOM_KILLED_FILE: &str = "oom-killed";
 
 /// Everything the runtime needs to start one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +179,152 @@ pub enum NetworkNamespace {
     Host,
 }
 
+/// What `runtime.json` holds: a [`RuntimeSpec`] and, beside its keys in the same JSON object,
+/// the optional [`Features`].
+///
+/// The features are a separate struct (flattened into the same object) so that code building a
+/// [`RuntimeSpec`] literal keeps compiling; a spec without any feature key is read as
+/// [`Features::default`], so older `runtime.json` files keep working. Example:
+///
+/// ```json
+/// { "id": "…", "rootfs": {…}, "process": {…}, "hostname": "0123456789ab",
+///   "resources": { "memoryBytes": 67108864, "cpuQuota": 50000, "cpuPeriod": 100000,
+///                  "pidsLimit": 100 },
+///   "cgroupParent": "rmachine",
+///   "capabilities": { "add": ["NET_ADMIN"], "drop": ["CHOWN"] },
+///   "privileged": false, "init": true, "consoleSocket": "/run/rmachine/c/console.sock" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecFile {
+    /// The base spec.
+    #[serde(flatten)]
+    pub spec: RuntimeSpec,
+    /// The optional features.
+    #[serde(flatten)]
+    pub features: Features,
+}
+
+/// The default [`Features::cgroup_parent`], as Docker's `docker` parent.
+pub const DEFAULT_CGROUP_PARENT: &str = "rmachine";
+
+/// Optional container features (Docker's `HostConfig` knobs); every one defaults to Docker's
+/// default behaviour.
+///
+/// # Cgroups
+///
+/// Every container gets a cgroup, created by the monitor before the container's first process
+/// runs (the process is moved in before it execs) and removed after it exits: on a cgroup v2
+/// host `/sys/fs/cgroup/PARENT/ID` (the controllers are enabled in each ancestor's
+/// `cgroup.subtree_control`), on a v1 or hybrid host `/sys/fs/cgroup/CONTROLLER/PARENT/ID` for
+/// each of `memory`, `cpu`, `cpuacct`, `pids` and `freezer` the host has. The engine acts on a
+/// running container's cgroup in-process with [`crate::cgroup::Cgroup::for_container`] (pause,
+/// update, stats, top). `docker exec` processes join the same cgroup.
+///
+/// # Console socket
+///
+/// With [`Process::terminal`] and [`Features::console_socket`] set, the runtime makes the PTY
+/// itself, inside the container's own `/dev/pts` (so `tty` prints `/dev/pts/0`, as with runc),
+/// and the runtime's own stdio is not given to the container. Protocol:
+/// 1. before spawning the runtime, the engine binds and listens on a unix stream socket at the
+///    path (a host path);
+/// 2. the runtime, after mounting the container's devpts and before the container's process
+///    runs, connects once and sends one message: the data is the slave's path inside the
+///    container (e.g. `/dev/pts/0`, UTF-8, no newline) and one `SCM_RIGHTS` control message
+///    carrying exactly one descriptor, the PTY master; then it closes the connection;
+/// 3. the engine accepts, receives the master (use `recvmsg` with room for one descriptor) and
+///    uses it as the container's terminal: writes are the container's input, reads its output
+///    (`EIO` once every slave descriptor is closed), `TIOCSWINSZ` on it resizes. The engine
+///    should accept before reading the sync pipe: the runtime blocks in `connect`/`sendmsg`
+///    until the engine has accepted (a listen backlog of 1 suffices), and a failure to connect
+///    ends in [`SyncMessage::Failed`].
+///
+/// The same field in [`ExecFile`] gives `docker exec -t` its own `/dev/pts/N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    /// Resource limits (`--memory`, `--cpus`, `--pids-limit`…); `None` means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// The cgroup parent (`--cgroup-parent`), a relative path under the cgroup root; `None`
+    /// means [`DEFAULT_CGROUP_PARENT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
+    /// `--cap-add`/`--cap-drop`, on top of Docker's default set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<CapabilitySpec>,
+    /// `--privileged`: every capability, no masked or read-only kernel paths, every host device
+    /// in `/dev`, `/sys` read-write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// `--init`: a tiny init is PID 1 (shown as `/sbin/docker-init -- CMD…`), runs the command
+    /// as its child, forwards signals to it, reaps zombies and exits with its status.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    /// Where to send the PTY master (see the type's docs); only with [`Process::terminal`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<PathBuf>,
+}
+
+/// Resource limits, Docker's `HostConfig` units. Each `None` leaves the limit alone (unlimited
+/// on a new container).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// `--memory` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    /// `--memory-swap` in bytes: memory plus swap, `-1` for unlimited swap (Docker's meaning).
+    /// Docker's daemon sets it to twice `--memory` when only `--memory` is given; the engine
+    /// does that, the runtime writes what it gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_swap_bytes: Option<i64>,
+    /// CFS quota in microseconds per [`Resources::cpu_period`] (`--cpus 1.5` → 150000 with a
+    /// period of 100000); `-1` or `0` removes the quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    /// CFS period in microseconds (`--cpus` uses 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<u64>,
+    /// `--cpu-shares` (relative weight, 1024 is the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    /// `--pids-limit`; `0` or negative means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+}
+
+/// `--cap-add` and `--cap-drop`, with Docker's names: `NET_ADMIN` or `CAP_NET_ADMIN` in any
+/// case, or `ALL`. Applied to Docker's default set: adds first, then drops (so
+/// `--cap-add ALL --cap-drop CHOWN` is everything but CHOWN). An unknown name fails the start
+/// with Docker's message (`invalid CapAdd: unknown capability: "CAP_FOO"`); the engine can check
+/// at create time with [`crate::caps::capability_mask`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilitySpec {
+    /// Capabilities to add.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Capabilities to drop.
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// What the exec spec file holds: an [`ExecSpec`] and, in the same JSON object, the optional
+/// `consoleSocket` (see [`Features`]; only with [`Process::terminal`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecFile {
+    /// The base exec spec.
+    #[serde(flatten)]
+    pub exec: ExecSpec,
+    /// Where to send the exec's PTY master.
+    #[serde(
+        default,
+        rename = "consoleSocket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub console_socket: Option<PathBuf>,
+}
+
 /// One more process to run in a running container (`rmachine-runtime exec`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -205,6 +363,76 @@ pub struct Failed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_without_features_reads_as_defaults_and_features_are_camel_case() {
+        let spec = RuntimeSpec {
+            id: "c".repeat(64),
+            rootfs: Rootfs {
+                lower_dirs: vec!["/l".into()],
+                upper_dir: "/u".into(),
+                work_dir: "/w".into(),
+                merged_dir: "/m".into(),
+            },
+            process: Process {
+                args: vec!["sh".into()],
+                env: vec![],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                terminal: true,
+            },
+            hostname: "cccccccccccc".into(),
+            mounts: vec![],
+            etc_files: vec![],
+            readonly_rootfs: false,
+            network: NetworkNamespace::Host,
+        };
+        // What an engine that knows nothing of the features writes.
+        let old = serde_json::to_string(&spec).unwrap();
+        let file: SpecFile = serde_json::from_str(&old).unwrap();
+        assert_eq!(file.spec, spec);
+        assert_eq!(file.features, Features::default());
+        // Default features add no keys.
+        assert_eq!(serde_json::to_string(&file).unwrap().len(), old.len());
+
+        let with: SpecFile = serde_json::from_str(&old.replacen(
+            '{',
+            r#"{"resources":{"memoryBytes":67108864,"cpuQuota":150000,"cpuPeriod":100000,"pidsLimit":100},"cgroupParent":"docker","capabilities":{"add":["NET_ADMIN"]},"privileged":true,"init":true,"consoleSocket":"/run/c.sock","#,
+            1,
+        ))
+        .unwrap();
+        assert_eq!(with.spec, spec);
+        assert_eq!(
+            with.features,
+            Features {
+                resources: Some(Resources {
+                    memory_bytes: Some(64 << 20),
+                    cpu_quota: Some(150_000),
+                    cpu_period: Some(100_000),
+                    pids_limit: Some(100),
+                    ..Resources::default()
+                }),
+                cgroup_parent: Some("docker".into()),
+                capabilities: Some(CapabilitySpec {
+                    add: vec!["NET_ADMIN".into()],
+                    drop: vec![],
+                }),
+                privileged: true,
+                init: true,
+                console_socket: Some("/run/c.sock".into()),
+            }
+        );
+
+        let exec: ExecFile = serde_json::from_str(&format!(
+            r#"{{"pid":7,"process":{},"consoleSocket":"/s"}}"#,
+            serde_json::to_string(&spec.process).unwrap()
+        ))
+        .unwrap();
+        assert_eq!(exec.exec.pid, 7);
+        assert_eq!(exec.console_socket, Some("/s".into()));
+    }
 
     #[test]
     fn sync_messages_are_one_tagged_json_line() {

@@ -23,7 +23,7 @@ pub use nix::sched::CloneFlags;
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal};
 pub use nix::sys::stat::{Mode, SFlag};
 
-pub use recording::{Call, RecordingSyscall};
+pub use recording::{Call, RecordingSyscall, FAKE_SOCKET_FD};
 
 /// An errno displayed the way Go (and so Docker) spells it: `no such file or directory`.
 ///
@@ -146,6 +146,34 @@ pub trait Syscall {
     fn cloexec_from(&self, first: RawFd) -> Result<(), Errno>;
     /// `execve(2)`; returns only on failure.
     fn execve(&self, path: &Path, argv: &[CString], envp: &[CString]) -> Errno;
+    /// Connects a unix stream socket to `path`; returns the connected (close-on-exec)
+    /// descriptor, which the caller owns.
+    fn connect_unix(&self, path: &Path) -> Result<RawFd, Errno>;
+    /// Opens a new PTY in the devpts instance mounted at `pts`, makes its slave the process's
+    /// stdin, stdout and stderr, sends the master with `SCM_RIGHTS` on the connected `socket`
+    /// (the data is the slave's name under `name_prefix`, e.g. `/dev/pts/0`), then closes the
+    /// master and the socket. Returns the slave's path under `pts`.
+    fn send_console(&self, socket: RawFd, pts: &Path, name_prefix: &Path)
+        -> Result<PathBuf, Errno>;
+    /// The host's device nodes under `/dev` (for `--privileged`), without the pseudo-terminal,
+    /// shared-memory and message-queue directories nor `/dev/console`.
+    fn host_devices(&self) -> Result<Vec<HostDevice>, Errno>;
+    /// Replaces the process's command line (`/proc/self/cmdline`, what `ps` shows) with `argv`
+    /// and its name (`comm`) with the basename of `argv[0]`. Needs `CAP_SYS_RESOURCE`.
+    fn set_title(&self, argv: &[String]) -> Result<(), Errno>;
+}
+
+/// A device node of the host, for `--privileged` containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    /// Path relative to `/dev` (`kvm`, `net/tun`).
+    pub path: PathBuf,
+    /// `S_IFCHR` or `S_IFBLK`.
+    pub kind: SFlag,
+    /// Permission bits.
+    pub mode: u32,
+    /// Device number.
+    pub rdev: u64,
 }
 
 // The ioctl request type is `c_ulong` with glibc and `c_int` with musl (the guest's libc); the
@@ -154,6 +182,121 @@ pub trait Syscall {
 const SIOCGIFFLAGS: libc::Ioctl = libc::SIOCGIFFLAGS as libc::Ioctl;
 #[allow(clippy::unnecessary_cast)]
 const SIOCSIFFLAGS: libc::Ioctl = libc::SIOCSIFFLAGS as libc::Ioctl;
+#[allow(clippy::unnecessary_cast)]
+const TIOCSPTLCK: libc::Ioctl = libc::TIOCSPTLCK as libc::Ioctl;
+#[allow(clippy::unnecessary_cast)]
+const TIOCGPTN: libc::Ioctl = libc::TIOCGPTN as libc::Ioctl;
+
+/// Directories of `/dev` whose nodes a privileged container does not copy: it has its own.
+const PRIVATE_DEV_DIRS: [&str; 4] = ["pts", "shm", "mqueue", "fd"];
+
+fn open_raw(path: &Path, flags: libc::c_int) -> Result<std::os::fd::OwnedFd, Errno> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: open(2) just returned this descriptor and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Points the kernel's record of the command line at a new, leaked buffer (`PR_SET_MM`).
+fn point_cmdline_at(argv: &[String]) -> Result<(), Errno> {
+    let mut buffer = Vec::new();
+    for arg in argv {
+        buffer.extend_from_slice(arg.as_bytes());
+        buffer.push(0);
+    }
+    // The kernel reads /proc/PID/cmdline from this memory for as long as the process lives,
+    // so it must never be freed.
+    let buffer: &'static mut [u8] = buffer.leak();
+    let start = buffer.as_ptr() as libc::c_ulong;
+    let end = start + buffer.len() as libc::c_ulong;
+    for (field, value) in [
+        (libc::PR_SET_MM_ARG_START, start),
+        (libc::PR_SET_MM_ARG_END, end),
+    ] {
+        let field = libc::c_ulong::try_from(field).map_err(|_| Errno::EINVAL)?;
+        // SAFETY: PR_SET_MM with an argument address only records the address; the memory it
+        // points to is leaked above and stays valid.
+        let rc = unsafe { libc::prctl(libc::PR_SET_MM, field, value, 0 as libc::c_ulong, 0) };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `title` over the process's original argument strings, setproctitle-style (cut to
+/// their length): the kernel shows the area up to its first NUL.
+fn overwrite_cmdline(title: &str) -> Result<(), Errno> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| io_errno(&e))?;
+    // Fields after the command name in parentheses; arg_start and arg_end are the 48th and
+    // 49th of the line, the 46th and 47th after `state` (the 3rd).
+    let rest = stat.rsplit_once(") ").ok_or(Errno::EINVAL)?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<usize, Errno> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or(Errno::EINVAL)
+    };
+    let (start, end) = (field(48)?, field(49)?);
+    let len = end
+        .checked_sub(start)
+        .filter(|l| *l > 1)
+        .ok_or(Errno::EINVAL)?;
+    let bytes = title.as_bytes();
+    let copied = bytes.len().min(len - 1);
+    // SAFETY: [start, end) is this process's own argument area, which the kernel mapped
+    // writable on the stack and which nothing reads any more once the runtime parsed its
+    // arguments; every write stays inside it.
+    unsafe {
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
+        area[..copied].copy_from_slice(&bytes[..copied]);
+        area[copied..].fill(0);
+    }
+    Ok(())
+}
+
+fn walk_devices(dir: &Path, base: &Path, out: &mut Vec<HostDevice>) -> Result<(), Errno> {
+    use std::os::unix::fs::FileTypeExt;
+    for entry in std::fs::read_dir(dir).map_err(|e| io_errno(&e))? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        let relative = path.strip_prefix(base).unwrap_or(&path).to_path_buf();
+        if ft.is_dir() {
+            let private =
+                dir == base && PRIVATE_DEV_DIRS.iter().any(|p| relative.as_os_str() == *p);
+            if !private {
+                walk_devices(&path, base, out)?;
+            }
+            continue;
+        }
+        let kind = if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            SFlag::S_IFBLK
+        } else {
+            continue;
+        };
+        if relative.as_os_str() == "console" {
+            continue;
+        }
+        out.push(HostDevice {
+            path: relative,
+            kind,
+            mode: meta.mode() & 0o7777,
+            rdev: meta.rdev(),
+        });
+    }
+    Ok(())
+}
 
 /// The real kernel, through `nix` and `libc`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -436,6 +579,84 @@ impl Syscall for LinuxSyscall {
         match nix::unistd::execve(&path, argv, envp) {
             Err(errno) => errno,
             Ok(never) => match never {},
+        }
+    }
+
+    fn connect_unix(&self, path: &Path) -> Result<RawFd, Errno> {
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        use std::os::fd::IntoRawFd;
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
+        Ok(sock.into_raw_fd())
+    }
+
+    fn send_console(
+        &self,
+        socket: RawFd,
+        pts: &Path,
+        name_prefix: &Path,
+    ) -> Result<PathBuf, Errno> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        // SAFETY: the caller hands over the connected socket; it is closed here whatever
+        // happens.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(socket) };
+        let master = open_raw(&pts.join("ptmx"), libc::O_RDWR | libc::O_NOCTTY)?;
+        let unlock: libc::c_int = 0;
+        // SAFETY: TIOCSPTLCK reads one int, which lives for the call.
+        if unsafe { libc::ioctl(master.as_raw_fd(), TIOCSPTLCK, &unlock) } < 0 {
+            return Err(Errno::last());
+        }
+        let mut number: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int into `number`, valid for the call.
+        if unsafe { libc::ioctl(master.as_raw_fd(), TIOCGPTN, &mut number) } < 0 {
+            return Err(Errno::last());
+        }
+        let slave_path = pts.join(number.to_string());
+        let slave = open_raw(&slave_path, libc::O_RDWR | libc::O_NOCTTY)?;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns by
+            // convention; it touches no memory.
+            if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+                return Err(Errno::last());
+            }
+        }
+        let name = name_prefix.join(number.to_string());
+        let data = [std::io::IoSlice::new(name.as_os_str().as_encoded_bytes())];
+        let fds = [master.as_raw_fd()];
+        sendmsg::<UnixAddr>(
+            socket.as_raw_fd(),
+            &data,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )?;
+        Ok(slave_path)
+    }
+
+    fn host_devices(&self) -> Result<Vec<HostDevice>, Errno> {
+        let mut devices = Vec::new();
+        walk_devices(Path::new("/dev"), Path::new("/dev"), &mut devices)?;
+        devices.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(devices)
+    }
+
+    fn set_title(&self, argv: &[String]) -> Result<(), Errno> {
+        if let Some(name) = argv
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .and_then(|n| CString::new(n.as_encoded_bytes()).ok())
+        {
+            nix::sys::prctl::set_name(&name)?;
+        }
+        match point_cmdline_at(argv) {
+            // Without CAP_SYS_RESOURCE, overwrite the original argv in place instead.
+            Err(Errno::EPERM) => overwrite_cmdline(&argv.join(" ")),
+            other => other,
         }
     }
 }

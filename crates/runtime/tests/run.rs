@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
+use rmachine_runtime::cgroup::{Cgroup, CgroupMode};
 use rmachine_runtime::spec::{
-    EtcFile, ExecSpec, Failed, Mount, MountKind, NetworkNamespace, Process, Rootfs, RuntimeSpec,
-    SyncMessage, SPEC_FILE, SYNC_FD,
+    CapabilitySpec, EtcFile, ExecFile, ExecSpec, Failed, Features, Mount, MountKind,
+    NetworkNamespace, Process, Resources, Rootfs, RuntimeSpec, SpecFile, SyncMessage,
+    OOM_KILLED_FILE, SPEC_FILE, SYNC_FD,
 };
 use tempfile::TempDir;
 
@@ -78,10 +80,18 @@ fn build_busybox_rootfs(root: &Path) {
     fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("write group");
 }
 
+/// A fresh 64-hex-digit container id.
+fn unique_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:032x}{:032x}", std::process::id(), n)
+}
+
 /// One container: its state directory and the spec the test adjusts before running it.
 struct Container {
     dir: TempDir,
     spec: RuntimeSpec,
+    features: Features,
 }
 
 /// What the runtime did, as the engine sees it.
@@ -103,7 +113,8 @@ impl Container {
             fs::create_dir(dir.path().join(sub)).expect("mkdir container dir");
         }
         let spec = RuntimeSpec {
-            id: "0123456789abcdef".repeat(4),
+            // Unique, since each container gets (and at exit removes) a cgroup named by it.
+            id: unique_id(),
             rootfs: Rootfs {
                 lower_dirs: vec![busybox_layer().to_path_buf()],
                 upper_dir: dir.path().join("upper"),
@@ -127,7 +138,11 @@ impl Container {
             readonly_rootfs: false,
             network: NetworkNamespace::Loopback,
         };
-        Self { dir, spec }
+        Self {
+            dir,
+            spec,
+            features: Features::default(),
+        }
     }
 
     fn path(&self, sub: &str) -> PathBuf {
@@ -153,9 +168,13 @@ impl Container {
 
     /// Starts the runtime with `stdio` (stdin, stdout, stderr) and the sync pipe on fd 3.
     fn spawn(&self, stdio: [Stdio; 3]) -> (Child, fs::File) {
+        let file = SpecFile {
+            spec: self.spec.clone(),
+            features: self.features.clone(),
+        };
         fs::write(
             self.dir.path().join(SPEC_FILE),
-            serde_json::to_vec_pretty(&self.spec).expect("spec serializes"),
+            serde_json::to_vec_pretty(&file).expect("spec serializes"),
         )
         .expect("write spec");
         spawn_runtime(&["run".as_ref(), self.dir.path().as_os_str()], stdio)
@@ -191,7 +210,26 @@ impl Container {
     }
 }
 
+impl Drop for Container {
+    fn drop(&mut self) {
+        // A test that killed the monitor left its cgroup behind (the monitor removes it).
+        if let Ok(cgroup) = Cgroup::for_container(&self.spec.id, None) {
+            let _ = cgroup.remove();
+        }
+    }
+}
+
 fn spawn_runtime(args: &[&std::ffi::OsStr], stdio: [Stdio; 3]) -> (Child, fs::File) {
+    spawn_runtime_in(args, stdio, false)
+}
+
+/// [`spawn_runtime`]; with `pure_v2`, the runtime runs in a mount namespace of its own where
+/// `/sys/fs/cgroup` is the host's cgroup v2 tree, so it sees a pure v2 host like the guest.
+fn spawn_runtime_in(
+    args: &[&std::ffi::OsStr],
+    stdio: [Stdio; 3],
+    pure_v2: bool,
+) -> (Child, fs::File) {
     let (sync_read, sync_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("sync pipe");
     let raw = sync_write.as_raw_fd();
@@ -209,6 +247,23 @@ fn spawn_runtime(args: &[&std::ffi::OsStr], stdio: [Stdio; 3]) -> (Child, fs::Fi
                 }
             } else if libc::dup2(raw, SYNC_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if pure_v2 {
+                let fail = || std::io::Error::last_os_error();
+                if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                    return Err(fail());
+                }
+                let root = c"/".as_ptr();
+                let null = std::ptr::null();
+                let no_data = std::ptr::null();
+                if libc::mount(null, root, null, libc::MS_REC | libc::MS_SLAVE, no_data) < 0 {
+                    return Err(fail());
+                }
+                let target = c"/sys/fs/cgroup".as_ptr();
+                let cgroup2 = c"cgroup2".as_ptr();
+                if libc::mount(cgroup2, target, cgroup2, 0, no_data) < 0 {
+                    return Err(fail());
+                }
             }
             Ok(())
         });
@@ -961,5 +1016,585 @@ fn exec_with_a_terminal_gets_it_as_controlling_tty() {
     // /dev/tty opens only for a process with a controlling terminal.
     assert_eq!(output, "stdin-is-a-tty\nhas-controlling-tty\n");
     let _ = runtime.kill();
+    let _ = runtime.wait();
+}
+
+// ---- Features: cgroups, capabilities, --privileged, --init, console socket ----
+
+/// This host's cgroup v2 tree, when it is not mounted on /sys/fs/cgroup (a hybrid host).
+fn hybrid_v2_tree() -> Option<&'static Path> {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    (rmachine_runtime::cgroup::detect(Path::new("/sys/fs/cgroup")).ok() == Some(CgroupMode::V1)
+        && rmachine_runtime::cgroup::detect(unified).ok() == Some(CgroupMode::V2))
+    .then_some(unified)
+}
+
+#[test]
+fn on_a_v2_host_the_container_has_its_own_cgroup_namespace_and_tree() {
+    require_root!();
+    let Some(tree) = hybrid_v2_tree() else {
+        eprintln!("skipped: needs a hybrid host to pose as a pure v2 one");
+        return;
+    };
+    let container = Container::new(&[
+        "sh",
+        "-c",
+        "grep ^0:: /proc/self/cgroup; grep ' /sys/fs/cgroup ' /proc/mounts | cut -d' ' -f3,4 | cut -d, -f1; \
+         [ -f /sys/fs/cgroup/cgroup.procs ] && echo has-procs; \
+         echo x > /sys/fs/cgroup/cgroup.freeze 2>/dev/null || echo read-only; sleep 100",
+    ]);
+    let file = SpecFile {
+        spec: container.spec.clone(),
+        features: container.features.clone(),
+    };
+    fs::write(
+        container.path(SPEC_FILE),
+        serde_json::to_vec(&file).expect("spec serializes"),
+    )
+    .expect("write spec");
+    let (mut runtime, sync) = spawn_runtime_in(
+        &["run".as_ref(), container.dir.path().as_os_str()],
+        [Stdio::null(), Stdio::piped(), Stdio::piped()],
+        true,
+    );
+    let pid = match read_sync(sync) {
+        Some(SyncMessage::Started { pid }) => pid,
+        other => panic!("the container did not start: {other:?}"),
+    };
+    let mut stdout = std::io::BufReader::new(runtime.stdout.take().expect("piped stdout"));
+    let mut seen = String::new();
+    for _ in 0..4 {
+        std::io::BufRead::read_line(&mut stdout, &mut seen).expect("read the container's output");
+    }
+    assert_eq!(seen, "0::/\ncgroup2 ro\nhas-procs\nread-only\n");
+    // What the engine does in-process, here on the same tree.
+    let cgroup = Cgroup::under(tree, CgroupMode::V2, &container.spec.id, None).expect("cgroup");
+    let dir = cgroup.path("any").expect("v2 has one directory");
+    assert!(wait_until(10, || cgroup
+        .pids()
+        .is_ok_and(|p| p.contains(&pid))));
+    // docker exec lands in the same cgroup and sees the same namespace.
+    let exec_file = container.path("exec.json");
+    let process = exec_process(&["grep", "^0::", "/proc/self/cgroup"]);
+    fs::write(
+        &exec_file,
+        serde_json::to_vec(&ExecSpec { pid, process }).expect("exec spec serializes"),
+    )
+    .expect("write exec spec");
+    let (exec, exec_sync) = spawn_runtime_in(
+        &[
+            "exec".as_ref(),
+            container.dir.path().as_os_str(),
+            exec_file.as_os_str(),
+        ],
+        [Stdio::null(), Stdio::piped(), Stdio::piped()],
+        true,
+    );
+    let exec = finish(exec, exec_sync);
+    assert_eq!(exec.stdout, "0::/\n", "{exec:?}");
+    if dir.join("cgroup.freeze").exists() {
+        cgroup.freeze().expect("freeze");
+        assert!(cgroup.is_frozen().expect("state"));
+        cgroup.thaw().expect("thaw");
+    }
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(runtime.wait().expect("wait").code(), Some(137));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let _ = fs::remove_dir(tree.join("rmachine"));
+}
+
+/// Polls `check` every 10 ms for up to `seconds`.
+fn wait_until(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    check()
+}
+
+fn kill(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal the container");
+}
+
+fn cgroup_of(container: &Container) -> Cgroup {
+    Cgroup::for_container(&container.spec.id, None).expect("this host has cgroups")
+}
+
+/// The first line of a cgroup interface file, or `None` (with a message) when the host lacks
+/// the controller.
+fn cgroup_file(cgroup: &Cgroup, controller: &str, file: &str) -> Option<String> {
+    let Some(dir) = cgroup.path(controller) else {
+        eprintln!("skipped: no {controller} controller on this host");
+        return None;
+    };
+    match fs::read_to_string(dir.join(file)) {
+        Ok(content) => Some(content.trim().to_string()),
+        Err(err) => {
+            eprintln!("skipped: {file}: {err}");
+            None
+        }
+    }
+}
+
+#[test]
+fn limits_land_in_the_containers_cgroup_which_is_removed_at_exit() {
+    require_root!();
+    let mut container = Container::new(&["sleep", "100"]);
+    container.features.resources = Some(Resources {
+        memory_bytes: Some(64 << 20),
+        memory_swap_bytes: Some(128 << 20),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        cpu_shares: Some(512),
+        pids_limit: Some(50),
+    });
+    let (mut runtime, pid) = container.start_detached();
+    let cgroup = cgroup_of(&container);
+    let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup");
+    assert!(
+        own.contains(&format!("/rmachine/{}", container.spec.id)),
+        "{own}"
+    );
+    assert!(cgroup.pids().expect("pids").contains(&pid));
+    let expected = match cgroup.mode() {
+        CgroupMode::V2 => [
+            ("memory", "memory.max", "67108864"),
+            ("cpu", "cpu.max", "50000 100000"),
+            ("pids", "pids.max", "50"),
+        ],
+        CgroupMode::V1 => [
+            ("memory", "memory.limit_in_bytes", "67108864"),
+            ("cpu", "cpu.cfs_quota_us", "50000"),
+            ("pids", "pids.max", "50"),
+        ],
+    };
+    for (controller, file, value) in expected {
+        if let Some(content) = cgroup_file(&cgroup, controller, file) {
+            assert_eq!(content, value, "{file}");
+        }
+    }
+    if cgroup.path("memory").is_some() {
+        assert_eq!(cgroup.stats().expect("stats").memory_limit, Some(64 << 20));
+    }
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(runtime.wait().expect("wait").code(), Some(137));
+    for controller in ["memory", "cpu", "pids", "freezer"] {
+        if let Some(dir) = cgroup.path(controller) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    }
+}
+
+#[test]
+fn the_pids_limit_caps_a_fork_bomb() {
+    require_root!();
+    // The subshell forks 40 sleepers; it dies at the first refused fork (ash gives up), and
+    // PID 1 then execs without forking.
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "(for i in $(seq 1 40); do sleep 30 & done) 2>/dev/null; exec sleep 30",
+    ]);
+    container.features.resources = Some(Resources {
+        pids_limit: Some(10),
+        ..Resources::default()
+    });
+    let (mut runtime, pid) = container.start_detached();
+    let cgroup = cgroup_of(&container);
+    if cgroup.path("pids").is_none() {
+        eprintln!("skipped: no pids controller on this host");
+    } else {
+        // Settled: the subshell is gone and PID 1 is `sleep`.
+        let settled = wait_until(10, || {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        assert!(settled, "PID 1 never became sleep");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let current = cgroup.stats().expect("stats").pids_current;
+        assert!((8..=10).contains(&current), "{current} tasks, limit 10");
+        assert_eq!(cgroup.pids().expect("pids").len() as u64, current);
+        let events = cgroup_file(&cgroup, "pids", "pids.events").unwrap_or_default();
+        assert!(!events.is_empty() && !events.contains("max 0"), "{events}");
+    }
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = runtime.wait();
+}
+
+fn read_count(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn freeze_stops_the_container_and_thaw_resumes_it_and_stats_count() {
+    require_root!();
+    let container = Container::new(&[
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /count; done",
+    ]);
+    let (mut runtime, pid) = container.start_detached();
+    let cgroup = cgroup_of(&container);
+    let count = container.path("upper").join("count");
+    assert!(wait_until(10, || read_count(&count).is_some_and(|n| n > 10)));
+    if cgroup.mode() == CgroupMode::V1 && cgroup.path("freezer").is_none() {
+        eprintln!("skipped: no freezer controller on this host");
+    } else {
+        cgroup.freeze().expect("freeze");
+        assert!(cgroup.is_frozen().expect("state"));
+        let frozen_at = read_count(&count);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(read_count(&count), frozen_at, "the loop ran while frozen");
+        cgroup.thaw().expect("thaw");
+        assert!(!cgroup.is_frozen().expect("state"));
+        let before = frozen_at.unwrap_or(0);
+        assert!(
+            wait_until(5, || read_count(&count).is_some_and(|n| n > before + 10)),
+            "the loop did not resume"
+        );
+    }
+    let stats = cgroup.stats().expect("stats");
+    if cgroup.path("cpuacct").is_some() || cgroup.mode() == CgroupMode::V2 {
+        assert!(stats.cpu_usage_ns > 0, "{stats:?}");
+    }
+    if cgroup.path("memory").is_some() {
+        assert!(stats.memory_usage > 0, "{stats:?}");
+        assert_eq!(stats.memory_limit, None, "no --memory given");
+    }
+    if cgroup.path("pids").is_some() {
+        assert!(stats.pids_current >= 1, "{stats:?}");
+    }
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(runtime.wait().expect("wait").code(), Some(137));
+}
+
+#[test]
+fn running_out_of_memory_is_recorded() {
+    require_root!();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    container.features.resources = Some(Resources {
+        memory_bytes: Some(32 << 20),
+        memory_swap_bytes: Some(32 << 20),
+        ..Resources::default()
+    });
+    let cgroup = cgroup_of(&container);
+    if cgroup.path("memory").is_none() {
+        eprintln!("skipped: no memory controller on this host");
+        return;
+    }
+    let outcome = container.run();
+    assert_started(&outcome);
+    assert_eq!(outcome.code, Some(137), "{outcome:?}");
+    assert!(!outcome.stdout.contains("survived"));
+    assert!(container.path(OOM_KILLED_FILE).exists());
+}
+
+fn cap_eff(container: &Container) -> String {
+    let outcome = container.run();
+    assert_started(&outcome);
+    outcome.stdout
+}
+
+#[test]
+fn cap_add_and_cap_drop_change_the_capabilities() {
+    require_root!();
+    let mut container = Container::new(&["grep", "CapEff", "/proc/self/status"]);
+    container.features.capabilities = Some(CapabilitySpec {
+        add: vec!["NET_ADMIN".into()],
+        drop: vec!["cap_chown".into()],
+    });
+    assert_eq!(cap_eff(&container), "CapEff:\t00000000a80435fa\n");
+
+    container.features.capabilities = Some(CapabilitySpec {
+        add: vec!["SYS_ADMIN".into()],
+        drop: vec!["ALL".into()],
+    });
+    assert_eq!(cap_eff(&container), "CapEff:\t0000000000200000\n");
+
+    // SYS_ADMIN lets the container mount: the capability really is there.
+    let mut mounter = Container::new(&[
+        "sh",
+        "-c",
+        "mkdir -p /m && mount -t tmpfs none /m && echo mounted",
+    ]);
+    mounter.features.capabilities = Some(CapabilitySpec {
+        add: vec!["CAP_SYS_ADMIN".into()],
+        drop: vec![],
+    });
+    assert_eq!(cap_eff(&mounter), "mounted\n");
+}
+
+#[test]
+fn an_unknown_capability_fails_like_docker() {
+    require_root!();
+    let mut container = Container::new(&["true"]);
+    container.features.capabilities = Some(CapabilitySpec {
+        add: vec!["FOO".into()],
+        drop: vec![],
+    });
+    let outcome = container.run();
+    assert_eq!(
+        outcome.sync,
+        Some(SyncMessage::Failed(Failed {
+            message: "invalid CapAdd: unknown capability: \"CAP_FOO\"".into(),
+            exit_code: 1,
+        }))
+    );
+    assert_eq!(outcome.code, Some(1));
+}
+
+/// A host character device a default container does not get.
+fn host_only_device() -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut names: Vec<String> = fs::read_dir("/dev")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_char_device()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            ![
+                "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx",
+            ]
+            .contains(&n.as_str())
+        })
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+/// A capability set of the test process itself, from /proc/self/status.
+fn own_capabilities(set: &str) -> u64 {
+    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{set}:\t")))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("the set is listed")
+}
+
+#[test]
+fn privileged_containers_get_everything() {
+    require_root!();
+    let device = host_only_device();
+    let script = format!(
+        "grep CapEff /proc/self/status; grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1; \
+         grep -c ' /proc/sys ' /proc/mounts; {}",
+        device.as_ref().map_or(String::new(), |d| format!(
+            "[ -c /dev/{d} ] && echo has-{d}"
+        ))
+    );
+    let mut container = Container::new(&["sh", "-c", &script]);
+    container.features.privileged = true;
+    // Every capability the runtime itself has (this sandbox may lack some).
+    let all = own_capabilities("CapBnd") & ((1 << 41) - 1);
+    let mut expected = format!("CapEff:\t{all:016x}\nrw\n0\n");
+    if let Some(d) = &device {
+        expected.push_str(&format!("has-{d}\n"));
+    }
+    assert_eq!(cap_eff(&container), expected);
+}
+
+#[test]
+fn init_is_pid_1_and_runs_the_command_as_its_child() {
+    require_root!();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "cat /proc/1/comm; echo $$; tr '\\0' ' ' </proc/1/cmdline; echo; exit 3",
+    ]);
+    container.features.init = true;
+    let outcome = container.run();
+    assert_started(&outcome);
+    assert_eq!(outcome.code, Some(3), "the child's status: {outcome:?}");
+    let mut lines = outcome.stdout.lines();
+    assert_eq!(lines.next(), Some("docker-init"));
+    assert_eq!(lines.next(), Some("2"), "the command is PID 1's child");
+    // The full title needs CAP_SYS_RESOURCE; without it the runtime's own argv is rewritten,
+    // which may cut the title short.
+    let cmdline = lines.next().unwrap_or_default();
+    assert!(
+        cmdline.starts_with("/sbin/docker-init -- sh -c cat"),
+        "{cmdline}"
+    );
+}
+
+#[test]
+fn init_forwards_sigterm_to_its_child() {
+    require_root!();
+    let mut container = Container::new(&["sleep", "1000"]);
+    container.features.init = true;
+    let (mut runtime, pid) = container.start_detached();
+    // Give the child time to exec (the signal would otherwise kill the runtime's copy).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let exited = wait_until(10, || runtime.try_wait().ok().flatten().is_some());
+    assert!(exited, "SIGTERM was not forwarded");
+    assert_eq!(runtime.wait().expect("wait").code(), Some(143));
+}
+
+/// The states of the host processes whose parent is host PID `pid`.
+fn child_states(pid: i32) -> Vec<char> {
+    let mut states = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next());
+        let ppid: Option<i32> = fields.next().and_then(|p| p.parse().ok());
+        if let (Some(state), Some(ppid)) = (state, ppid) {
+            if ppid == pid {
+                states.push(state);
+            }
+        }
+    }
+    states
+}
+
+#[test]
+fn init_reaps_orphans_that_pid_1_would_leave_as_zombies() {
+    require_root!();
+    for init in [false, true] {
+        let mut container = Container::new(&["sh", "-c", "(sleep 0.1 &); exec sleep 100"]);
+        container.features.init = init;
+        let (mut runtime, pid) = container.start_detached();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        let zombies = child_states(pid).iter().filter(|s| **s == 'Z').count();
+        // Without an init, PID 1 is `sleep`, which never reaps the orphan it inherits.
+        assert_eq!(zombies, usize::from(!init), "init: {init}");
+        kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = runtime.wait();
+    }
+}
+
+/// Accepts the runtime's connection on `listener` and receives the slave's name and the master.
+fn receive_console(listener: &std::os::unix::net::UnixListener) -> (String, OwnedFd) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    listener.set_nonblocking(true).expect("nonblocking");
+    let mut stream = None;
+    assert!(
+        wait_until(10, || {
+            stream = listener.accept().ok().map(|(s, _)| s);
+            stream.is_some()
+        }),
+        "the runtime never connected"
+    );
+    let stream = stream.expect("checked above");
+    stream.set_nonblocking(false).expect("blocking");
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .expect("recvmsg");
+    let mut master = None;
+    for cmsg in msg.cmsgs().expect("control messages") {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            assert_eq!(fds.len(), 1);
+            // SAFETY: the kernel just installed this descriptor for us.
+            master = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        }
+    }
+    let len = msg.bytes;
+    let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+    (name, master.expect("a descriptor was sent"))
+}
+
+#[test]
+fn a_console_socket_gets_a_pty_of_the_containers_own_devpts() {
+    require_root!();
+    for init in [false, true] {
+        let mut container = Container::new(&["sh"]);
+        let socket = container.path("console.sock");
+        let listener =
+            std::os::unix::net::UnixListener::bind(&socket).expect("bind console socket");
+        container.spec.process.terminal = true;
+        container.features.console_socket = Some(socket);
+        container.features.init = init;
+        let (mut runtime, sync) = container.spawn([Stdio::null(), Stdio::null(), Stdio::null()]);
+        let (name, master) = receive_console(&listener);
+        assert_eq!(name, "/dev/pts/0");
+        let message = read_sync(sync);
+        assert!(
+            matches!(message, Some(SyncMessage::Started { .. })),
+            "{message:?}"
+        );
+        let mut input = fs::File::from(master.try_clone().expect("dup master"));
+        // The shell is in the terminal's foreground process group, with or without an init.
+        input
+            .write_all(
+                b"tty; : < /dev/tty && echo has-controlling-tty; \
+                  [ $(cut -d' ' -f5 /proc/$$/stat) = $(cut -d' ' -f8 /proc/$$/stat) ] \
+                  && echo foreground; exit 7\n",
+            )
+            .expect("type into the terminal");
+        let output = read_master(master);
+        assert_eq!(
+            runtime.wait().expect("wait").code(),
+            Some(7),
+            "init {init}: {output}"
+        );
+        let lines: Vec<&str> = output.lines().collect();
+        assert!(lines.contains(&"/dev/pts/0"), "init {init}: {output}");
+        assert!(
+            lines.contains(&"has-controlling-tty"),
+            "init {init}: {output}"
+        );
+        assert!(lines.contains(&"foreground"), "init {init}: {output}");
+    }
+}
+
+#[test]
+fn exec_with_a_console_socket_gets_its_own_pty() {
+    require_root!();
+    let container = Container::new(&["sleep", "100"]);
+    let (mut runtime, pid) = container.start_detached();
+    let socket = container.path("exec-console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind console socket");
+    let mut process = exec_process(&["tty"]);
+    process.terminal = true;
+    let file = container.path("exec.json");
+    fs::write(
+        &file,
+        serde_json::to_vec(&ExecFile {
+            exec: ExecSpec { pid, process },
+            console_socket: Some(socket),
+        })
+        .expect("exec spec serializes"),
+    )
+    .expect("write exec spec");
+    let (mut exec, sync) = spawn_runtime(
+        &[
+            "exec".as_ref(),
+            container.dir.path().as_os_str(),
+            file.as_os_str(),
+        ],
+        [Stdio::null(), Stdio::null(), Stdio::null()],
+    );
+    let (name, master) = receive_console(&listener);
+    let message = read_sync(sync);
+    assert!(
+        matches!(message, Some(SyncMessage::Started { .. })),
+        "{message:?}"
+    );
+    let output = read_master(master);
+    assert_eq!(exec.wait().expect("wait for exec").code(), Some(0));
+    assert_eq!(output, format!("{name}\n"));
+    assert!(name.starts_with("/dev/pts/"), "{name}");
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = runtime.wait();
 }

@@ -6,7 +6,9 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use super::{CloneFlags, Errno, FileInfo, FileKind, MntFlags, Mode, MsFlags, SFlag, Syscall};
+use super::{
+    CloneFlags, Errno, FileInfo, FileKind, HostDevice, MntFlags, Mode, MsFlags, SFlag, Syscall,
+};
 
 /// One recorded kernel call, with owned copies of its arguments.
 ///
@@ -70,7 +72,17 @@ pub enum Call {
         argv: Vec<String>,
         envp: Vec<String>,
     },
+    ConnectUnix(PathBuf),
+    SendConsole {
+        socket: RawFd,
+        pts: PathBuf,
+        name_prefix: PathBuf,
+    },
+    SetTitle(Vec<String>),
 }
+
+/// The descriptor [`RecordingSyscall::connect_unix`] pretends to return.
+pub const FAKE_SOCKET_FD: RawFd = 100;
 
 type FailureRule = (Box<dyn Fn(&Call) -> bool>, Errno);
 
@@ -86,6 +98,7 @@ pub struct RecordingSyscall {
     files: RefCell<HashMap<PathBuf, FileInfo>>,
     links: RefCell<HashMap<PathBuf, PathBuf>>,
     failures: RefCell<Vec<FailureRule>>,
+    devices: RefCell<Vec<HostDevice>>,
 }
 
 impl std::fmt::Debug for RecordingSyscall {
@@ -122,6 +135,12 @@ impl RecordingSyscall {
             },
         );
         self.links.borrow_mut().insert(link, target.into());
+        self
+    }
+
+    /// Adds a device node to the fake host `/dev` ([`Syscall::host_devices`]).
+    pub fn with_host_device(self, device: HostDevice) -> Self {
+        self.devices.borrow_mut().push(device);
         self
     }
 
@@ -344,5 +363,34 @@ impl Syscall for RecordingSyscall {
             Err(errno) => errno,
             Ok(()) => Errno::ENOSYS,
         }
+    }
+
+    fn connect_unix(&self, path: &Path) -> Result<RawFd, Errno> {
+        self.record(Call::ConnectUnix(path.into()))
+            .map(|()| FAKE_SOCKET_FD)
+    }
+
+    fn send_console(
+        &self,
+        socket: RawFd,
+        pts: &Path,
+        name_prefix: &Path,
+    ) -> Result<PathBuf, Errno> {
+        self.record(Call::SendConsole {
+            socket,
+            pts: pts.into(),
+            name_prefix: name_prefix.into(),
+        })?;
+        let slave = pts.join("0");
+        self.add(&slave, FileKind::Other, 0o620);
+        Ok(slave)
+    }
+
+    fn host_devices(&self) -> Result<Vec<HostDevice>, Errno> {
+        Ok(self.devices.borrow().clone())
+    }
+
+    fn set_title(&self, argv: &[String]) -> Result<(), Errno> {
+        self.record(Call::SetTitle(argv.to_vec()))
     }
 }
