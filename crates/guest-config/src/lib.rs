@@ -140,7 +140,8 @@ impl GuestConfig {
 
     /// Cheap check of a device's first sector: is this a configuration drive?
     pub fn is_config_drive(first_sector: &[u8]) -> bool {
-        first_sector.len() >= CONFIG_ENTRY.len() && first_sector.starts_with(CONFIG_ENTRY.as_bytes())
+        first_sector.len() >= CONFIG_ENTRY.len()
+            && first_sector.starts_with(CONFIG_ENTRY.as_bytes())
     }
 }
 
@@ -180,7 +181,10 @@ mod tests {
         let zeroes = vec![0u8; 512];
         assert!(!GuestConfig::is_config_drive(&zeroes));
         let err = GuestConfig::read_drive(zeroes.as_slice()).unwrap_err();
-        assert!(matches!(err, GuestConfigError::NotConfigDrive { found: None }));
+        assert!(matches!(
+            err,
+            GuestConfigError::NotConfigDrive { found: None }
+        ));
     }
 
     #[test]
