@@ -15,6 +15,15 @@
 //!
 //! Destinations are resolved inside the rootfs with [`secure_join`], so an image's symlink
 //! cannot redirect a mount onto the host.
+//!
+//! Device nodes: a default container's root keeps `CAP_MKNOD` (Docker's default set), so every
+//! filesystem it can write and create nodes on is mounted `nodev` unless `--privileged`: the
+//! overlay root, the `/dev` tmpfs, `/dev/shm`, `--tmpfs` mounts (unless they ask for `dev`).
+//! The standard nodes in `/dev` are therefore bind mounts of the host's own nodes, which keep
+//! the flags of the host's `/dev` rather than the `nodev` of the tmpfs under them (a bind mount
+//! clones its source's mount flags). The device cgroup ([`crate::cgroup`]) is the other half:
+//! it refuses opening any device outside Docker's allow list, wherever the node lives (bind
+//! mounts of host directories, which are not made `nodev`, included).
 
 use std::os::fd::RawFd;
 use std::path::{Component, Path, PathBuf};
@@ -29,7 +38,8 @@ const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620,gid=5";
 /// Mount options for `/dev/shm`: Docker's default `--shm-size` of 64 MiB.
 const SHM_OPTIONS: &str = "mode=1777,size=65536k";
 
-/// Character devices every container gets: name, major, minor (all mode 0666).
+/// Character devices every container gets: name, major, minor. A default container gets the
+/// host's node of that name bound; a privileged one a node of its own (mode 0666).
 const DEVICES: [(&str, u64, u64); 6] = [
     ("null", 1, 3),
     ("zero", 1, 5),
@@ -282,7 +292,7 @@ pub fn prepare_with(
         Some(Path::new("overlay")),
         root,
         Some("overlay"),
-        MsFlags::empty(),
+        rootfs_flags(opts),
         Some(&options),
     )?;
     mount_standard(sys, root, opts)?;
@@ -332,16 +342,27 @@ pub fn prepare_with(
         protect_kernel_paths(sys)?;
     }
     if spec.readonly_rootfs {
+        // A bind remount replaces the mount's flags with the ones given: keep `nodev`.
         mount(
             sys,
             None,
             Path::new("/"),
             None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | rootfs_flags(opts),
             None,
         )?;
     }
     Ok(())
+}
+
+/// The overlay root's mount flags: `nodev` unless privileged, so a node the container's root
+/// makes with `CAP_MKNOD` in its image cannot be opened.
+fn rootfs_flags(opts: &RootfsOptions) -> MsFlags {
+    if opts.privileged {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_NODEV
+    }
 }
 
 /// `/proc`, `/sys`, `/dev` and what lives in `/dev`, under `root`.
@@ -394,22 +415,29 @@ fn mount_standard(
         Some(Path::new("tmpfs")),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | rootfs_flags(options),
         Some(DEV_OPTIONS),
     )?;
     // /dev is a fresh tmpfs now, so plain joins cannot meet an image's symlinks.
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
-        sys.mknod(
-            &path,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(major, minor),
-        )
-        .map_err(|errno| RootfsError::Create {
-            path,
-            source: errno.into(),
-        })?;
+        if options.privileged {
+            sys.mknod(
+                &path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                nix::sys::stat::makedev(major, minor),
+            )
+            .map_err(|errno| RootfsError::Create {
+                path,
+                source: errno.into(),
+            })?;
+        } else {
+            // A node made here could not be opened (the tmpfs is nodev); the host's node,
+            // bound, carries the host /dev's flags.
+            create(sys, &path, FileKind::File)?;
+            bind(sys, &Path::new("/dev").join(name), &path, false)?;
+        }
     }
     let pts = dev.join("pts");
     mkdir(sys, &pts)?;
@@ -774,6 +802,7 @@ mod tests {
         let sys = image();
         prepare(&spec(), &sys, false).expect("prepare");
         let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
         assert_eq!(
             mounts(&sys.calls()),
             vec![
@@ -781,7 +810,7 @@ mod tests {
                 m(
                     "overlay",
                     "/c/merged",
-                    MsFlags::empty(),
+                    MsFlags::MS_NODEV,
                     Some("lowerdir=/layers/top:/layers/base,upperdir=/c/upper,workdir=/c/work")
                 ),
                 m("proc", "/c/merged/proc", hardened, None),
@@ -794,9 +823,15 @@ mod tests {
                 m(
                     "tmpfs",
                     "/c/merged/dev",
-                    MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+                    MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | MsFlags::MS_NODEV,
                     Some("mode=755,size=65536k")
                 ),
+                m("/dev/null", "/c/merged/dev/null", bind, None),
+                m("/dev/zero", "/c/merged/dev/zero", bind, None),
+                m("/dev/full", "/c/merged/dev/full", bind, None),
+                m("/dev/random", "/c/merged/dev/random", bind, None),
+                m("/dev/urandom", "/c/merged/dev/urandom", bind, None),
+                m("/dev/tty", "/c/merged/dev/tty", bind, None),
                 m(
                     "devpts",
                     "/c/merged/dev/pts",
@@ -832,9 +867,54 @@ mod tests {
     }
 
     #[test]
-    fn dev_gets_its_nodes_and_links() {
+    fn dev_gets_the_hosts_nodes_bound_and_its_links() {
         let sys = image();
         prepare(&spec(), &sys, false).expect("prepare");
+        let calls = sys.calls();
+        // Nodes made on the nodev /dev could not be opened: the host's are bound instead.
+        assert!(!calls.iter().any(|c| matches!(c, Call::Mknod { .. })));
+        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let target = PathBuf::from(format!("/c/merged/dev/{name}"));
+            let created = calls
+                .iter()
+                .position(|c| *c == Call::CreateFile(target.clone()))
+                .expect("mountpoint created");
+            let bound = calls
+                .iter()
+                .position(|c| {
+                    *c == Call::Mount {
+                        source: Some(PathBuf::from(format!("/dev/{name}"))),
+                        target: target.clone(),
+                        fstype: None,
+                        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                        data: None,
+                    }
+                })
+                .expect("host node bound");
+            assert!(created < bound);
+        }
+        assert!(calls.contains(&Call::Symlink {
+            target: "pts/ptmx".into(),
+            link: "/c/merged/dev/ptmx".into()
+        }));
+        assert!(calls.contains(&Call::Symlink {
+            target: "/proc/self/fd/2".into(),
+            link: "/c/merged/dev/stderr".into()
+        }));
+        // No console without a terminal.
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::CreateFile(p) if p.ends_with("console"))));
+    }
+
+    #[test]
+    fn privileged_dev_gets_nodes_of_its_own_and_no_nodev() {
+        let sys = image();
+        let options = RootfsOptions {
+            privileged: true,
+            ..RootfsOptions::default()
+        };
+        prepare_with(&spec(), &sys, &options).expect("prepare");
         let calls = sys.calls();
         let nodes: Vec<(String, u32, u64)> = calls
             .iter()
@@ -863,18 +943,16 @@ mod tests {
                 ("/c/merged/dev/tty".into(), 0o666, dev(5, 0)),
             ]
         );
-        assert!(calls.contains(&Call::Symlink {
-            target: "pts/ptmx".into(),
-            link: "/c/merged/dev/ptmx".into()
-        }));
-        assert!(calls.contains(&Call::Symlink {
-            target: "/proc/self/fd/2".into(),
-            link: "/c/merged/dev/stderr".into()
-        }));
-        // No console without a terminal.
-        assert!(!calls
-            .iter()
-            .any(|c| matches!(c, Call::CreateFile(p) if p.ends_with("console"))));
+        // Docker's --privileged keeps device access on the root and /dev.
+        let all = mounts(&calls);
+        let flags_of = |target: &str| {
+            all.iter()
+                .find(|(_, t, ..)| t == target)
+                .map(|(_, _, flags, _)| *flags)
+                .expect("mounted")
+        };
+        assert!(!flags_of("/c/merged").contains(MsFlags::MS_NODEV));
+        assert!(!flags_of("/c/merged/dev").contains(MsFlags::MS_NODEV));
     }
 
     #[test]
@@ -993,7 +1071,10 @@ mod tests {
                 source: None,
                 target: "/".into(),
                 fstype: None,
-                flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                flags: MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NODEV,
                 data: None,
             })
         );

@@ -278,8 +278,9 @@ fn monitor(
     result
 }
 
-/// Creates the container's cgroup with its limits. A host without cgroupfs still runs
-/// containers that ask for no limits, without a cgroup.
+/// Creates the container's cgroup with its device list and limits. A host without cgroupfs
+/// still runs containers that ask for no limits, without a cgroup (and without a device list:
+/// the `nodev` mounts of [`crate::rootfs`] are then its only protection).
 fn create_cgroup(id: &str, features: &Features) -> Result<Option<Cgroup>, RunError> {
     let cgroup = match Cgroup::for_container(id, features.cgroup_parent.as_deref()) {
         Ok(cgroup) => cgroup,
@@ -287,11 +288,16 @@ fn create_cgroup(id: &str, features: &Features) -> Result<Option<Cgroup>, RunErr
         Err(err) => return Err(err.into()),
     };
     cgroup.create()?;
-    if let Some(resources) = &features.resources {
-        if let Err(err) = cgroup.update(resources) {
-            let _ = cgroup.remove();
-            return Err(err.into());
-        }
+    let limited =
+        cgroup
+            .limit_devices(features.privileged)
+            .and_then(|()| match &features.resources {
+                Some(resources) => cgroup.update(resources),
+                None => Ok(()),
+            });
+    if let Err(err) = limited {
+        let _ = cgroup.remove();
+        return Err(err.into());
     }
     Ok(Some(cgroup))
 }

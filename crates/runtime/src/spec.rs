@@ -22,7 +22,9 @@
 //!   (`CapEff 00000000a80425fb` for root, none for other users) changed by
 //!   [`Features::capabilities`], Docker's masked paths (`/proc/keys`, `/sys/firmware`…) and
 //!   read-only paths (`/proc/sys`…) unless [`Features::privileged`], a private `/dev` with
-//!   `/dev/pts` of its own, and a cgroup (see [`Features`]). With [`Process::terminal`] and no
+//!   `/dev/pts` of its own, and a cgroup (see [`Features`]). Unless privileged, device nodes it
+//!   makes cannot be opened: its root, `/dev` and tmpfs mounts are `nodev` and its cgroup allows
+//!   only Docker's default devices ([`crate::cgroup::devices`], an eBPF program on v2). With [`Process::terminal`] and no
 //!   [`Features::console_socket`], the engine's PTY slave is bound on `/dev/console` (its only
 //!   name inside, so `tty` prints `/dev/console`); with a console socket the PTY is the
 //!   container's own `/dev/pts/0`, as with runc.

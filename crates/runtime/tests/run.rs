@@ -1598,3 +1598,198 @@ fn exec_with_a_console_socket_gets_its_own_pty() {
     kill(pid, nix::sys::signal::Signal::SIGKILL);
     let _ = runtime.wait();
 }
+
+// ---- Device nodes: nodev mounts and the device cgroup ----
+
+/// The major and minor of one of the host's block devices (its disk, usually), or 8:0.
+fn host_block_device() -> (u32, u32) {
+    let mut names: Vec<String> = fs::read_dir("/sys/dev/block")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .find_map(|n| {
+            let (major, minor) = n.split_once(':')?;
+            Some((major.parse().ok()?, minor.parse().ok()?))
+        })
+        .unwrap_or((8, 0))
+}
+
+/// How many lines of `stderr` are a refusal to open a device.
+fn refusals(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("Permission denied") || l.contains("Operation not permitted"))
+        .count()
+}
+
+#[test]
+fn a_default_container_cannot_open_nodes_it_makes_but_its_dev_works() {
+    require_root!();
+    let (major, minor) = host_block_device();
+    let script = format!(
+        "mkdir /tmp; for d in /tmp /dev /dev/shm; do mknod $d/disk b {major} {minor} && head -c1 $d/disk; done; \
+         mknod /tmp/null c 1 3 && echo x > /tmp/null; \
+         echo x > /dev/null && echo null-ok; \
+         for d in zero full random urandom; do head -c 4 /dev/$d | wc -c; done; \
+         : < /dev/ptmx && echo ptmx-ok; grep -E ' / ' /proc/mounts | grep -c nodev; \
+         grep -E ' /dev ' /proc/mounts | grep -c nodev"
+    );
+    let outcome = Container::new(&["sh", "-c", &script]).run();
+    assert_started(&outcome);
+    // CAP_MKNOD is kept (Docker's default set): the nodes are made, then refused on open.
+    assert!(!outcome.stderr.contains("mknod:"), "{outcome:?}");
+    assert_eq!(refusals(&outcome.stderr), 4, "{outcome:?}");
+    assert_eq!(
+        outcome.stdout, "null-ok\n4\n4\n4\n4\nptmx-ok\n1\n1\n",
+        "{outcome:?}"
+    );
+}
+
+/// The device cgroup alone: a bind mount of a host directory is not nodev, so only the cgroup
+/// (v1 `devices`, or the v2 eBPF program with `pure_v2`) stands between a node made there and
+/// the host's disk.
+fn device_cgroup_refuses_the_disk(pure_v2: bool) {
+    let host = TempDir::new().expect("temp dir");
+    let (major, minor) = host_block_device();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        &format!(
+            "mknod /data/disk b {major} {minor} && head -c1 /data/disk; \
+             mknod /data/null c 1 3 && echo x > /data/null && echo allowed-null-ok"
+        ),
+    ]);
+    container.spec.mounts = vec![Mount {
+        destination: "/data".into(),
+        kind: MountKind::Bind {
+            source: host.path().to_path_buf(),
+        },
+        readonly: false,
+    }];
+    let file = SpecFile {
+        spec: container.spec.clone(),
+        features: container.features.clone(),
+    };
+    fs::write(
+        container.path(SPEC_FILE),
+        serde_json::to_vec(&file).expect("spec serializes"),
+    )
+    .expect("write spec");
+    let (child, sync) = spawn_runtime_in(
+        &["run".as_ref(), container.dir.path().as_os_str()],
+        [Stdio::null(), Stdio::piped(), Stdio::piped()],
+        pure_v2,
+    );
+    let outcome = finish(child, sync);
+    assert_started(&outcome);
+    assert!(
+        outcome
+            .stderr
+            .contains("head: /data/disk: Operation not permitted"),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.stdout, "allowed-null-ok\n", "{outcome:?}");
+    if pure_v2 {
+        let _ = fs::remove_dir(Path::new("/sys/fs/cgroup/unified/rmachine"));
+    }
+}
+
+#[test]
+fn the_v1_device_cgroup_refuses_devices_outside_dockers_list() {
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/devices/devices.list").exists() {
+        eprintln!("skipped: needs the v1 devices controller");
+        return;
+    }
+    device_cgroup_refuses_the_disk(false);
+}
+
+#[test]
+fn the_v2_device_program_refuses_devices_outside_dockers_list() {
+    require_root!();
+    if hybrid_v2_tree().is_none() {
+        eprintln!("skipped: needs a hybrid host to pose as a pure v2 one");
+        return;
+    }
+    device_cgroup_refuses_the_disk(true);
+}
+
+#[test]
+fn tmpfs_mounts_are_nodev_unless_they_ask_for_dev() {
+    require_root!();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "mknod /scratch/null c 1 3; echo x > /scratch/null || echo scratch-nodev; \
+         mknod /devs/null c 1 3; echo x > /devs/null && echo devs-dev",
+    ]);
+    let tmpfs = |destination: &str, options: &str| Mount {
+        destination: destination.into(),
+        kind: MountKind::Tmpfs {
+            options: options.into(),
+        },
+        readonly: false,
+    };
+    container.spec.mounts = vec![tmpfs("/scratch", "size=1m"), tmpfs("/devs", "size=1m,dev")];
+    let outcome = container.run();
+    assert_eq!(outcome.stdout, "scratch-nodev\ndevs-dev\n", "{outcome:?}");
+    assert_eq!(refusals(&outcome.stderr), 1, "{outcome:?}");
+}
+
+#[test]
+fn privileged_containers_can_open_nodes_they_make() {
+    require_root!();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "mkdir /tmp; mknod /tmp/null c 1 3 && echo x > /tmp/null && echo rootfs-node-ok; \
+         mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo dev-node-ok",
+    ]);
+    container.features.privileged = true;
+    let outcome = container.run();
+    assert_eq!(
+        outcome.stdout, "rootfs-node-ok\ndev-node-ok\n",
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn exec_processes_get_the_device_cgroup_too() {
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/devices/devices.list").exists() {
+        eprintln!("skipped: needs the v1 devices controller");
+        return;
+    }
+    let host = TempDir::new().expect("temp dir");
+    let mut container = Container::new(&["sleep", "100"]);
+    container.spec.mounts = vec![Mount {
+        destination: "/data".into(),
+        kind: MountKind::Bind {
+            source: host.path().to_path_buf(),
+        },
+        readonly: false,
+    }];
+    let (mut runtime, pid) = container.start_detached();
+    let (major, minor) = host_block_device();
+    let outcome = container.exec(
+        pid,
+        exec_process(&[
+            "sh",
+            "-c",
+            &format!("mknod /data/disk b {major} {minor} && head -c1 /data/disk"),
+        ]),
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains("head: /data/disk: Operation not permitted"),
+        "{outcome:?}"
+    );
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(runtime.wait().expect("wait").code(), Some(137));
+}

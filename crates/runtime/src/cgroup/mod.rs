@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 use crate::spec::{Resources, DEFAULT_CGROUP_PARENT};
 use crate::syscall::{io_errno, SysError};
 
+pub mod devices;
+
 /// Where cgroupfs is mounted on Linux hosts and in the guest.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The v1 controllers a container's cgroup lives in (those the host lacks are skipped).
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
 
 /// The v2 controllers enabled for containers (those the kernel lacks are skipped).
 const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -116,6 +118,9 @@ pub enum CgroupError {
         /// The cgroup directory.
         path: PathBuf,
     },
+    /// The v2 device program could not be installed.
+    #[error(transparent)]
+    DeviceProgram(#[from] devices::DeviceProgramError),
     /// Removing the cgroup failed (processes still in it).
     #[error("remove cgroup {}", path.display())]
     Remove {
@@ -260,6 +265,29 @@ impl Cgroup {
             mkdir(&dir)?;
         }
         Ok(())
+    }
+
+    /// Restricts the devices the container may open to Docker's default list, or allows all
+    /// for `--privileged` (see [`devices`]). On v1 a host without the `devices` controller is
+    /// left alone; on v2 the list is an eBPF program attached to the cgroup.
+    pub fn limit_devices(&self, privileged: bool) -> Result<(), CgroupError> {
+        match self.mode {
+            CgroupMode::V1 => {
+                let Some(dir) = self.path("devices") else {
+                    return Ok(());
+                };
+                for (file, value) in devices::v1_writes(privileged) {
+                    write(&dir.join(file), &value)?;
+                }
+                Ok(())
+            }
+            // No program means no restriction beyond the ancestors'.
+            CgroupMode::V2 if privileged => Ok(()),
+            CgroupMode::V2 => Ok(devices::attach_program(
+                &self.root.join(&self.relative),
+                &devices::DEFAULT_RULES,
+            )?),
+        }
     }
 
     /// Writes the limits `resources` sets (`docker update`); `None` fields are left alone.

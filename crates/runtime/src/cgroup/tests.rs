@@ -276,3 +276,44 @@ fn cpu_shares_map_to_weights_like_runc() {
     assert_eq!(shares_to_weight(1024), 39);
     assert_eq!(shares_to_weight(262_144), 10_000);
 }
+
+#[test]
+fn v1_device_list_denies_all_then_allows_dockers_defaults() {
+    let root = tempfile::tempdir().expect("temp dir");
+    for c in ["memory", "devices"] {
+        fs::create_dir(root.path().join(c)).expect("mkdir controller");
+    }
+    let cg = Cgroup::under(root.path(), CgroupMode::V1, "abc", None).expect("cgroup");
+    cg.create().expect("create");
+    let dir = root.path().join("devices/rmachine/abc");
+    put(&dir.join("devices.deny"), "");
+    put(&dir.join("devices.allow"), "");
+    cg.limit_devices(false).expect("limit devices");
+    // Plain files keep the last write of each (the kernel takes one rule per write; the whole
+    // sequence is devices::v1_writes, checked there and on a real host in tests/run.rs).
+    assert_eq!(get(&dir.join("devices.deny")), "a");
+    assert_eq!(get(&dir.join("devices.allow")), "c 10:200 rwm");
+}
+
+#[test]
+fn v1_privileged_allows_every_device() {
+    let root = tempfile::tempdir().expect("temp dir");
+    fs::create_dir(root.path().join("devices")).expect("mkdir controller");
+    let cg = Cgroup::under(root.path(), CgroupMode::V1, "abc", None).expect("cgroup");
+    cg.create().expect("create");
+    let dir = root.path().join("devices/rmachine/abc");
+    put(&dir.join("devices.allow"), "");
+    cg.limit_devices(true).expect("limit devices");
+    assert_eq!(get(&dir.join("devices.allow")), "a");
+    assert!(!dir.join("devices.deny").exists(), "nothing denied");
+}
+
+#[test]
+fn v1_without_the_devices_controller_writes_nothing() {
+    let root = tempfile::tempdir().expect("temp dir");
+    fs::create_dir(root.path().join("memory")).expect("mkdir controller");
+    let cg = Cgroup::under(root.path(), CgroupMode::V1, "abc", None).expect("cgroup");
+    cg.create().expect("create");
+    cg.limit_devices(false).expect("nothing to do");
+    assert_eq!(cg.path("devices"), None);
+}
