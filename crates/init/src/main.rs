@@ -57,6 +57,11 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
             } else {
                 Action::PowerOff
             };
+            // Signalling PID 1 of some other system (a developer's host) would be rude.
+            let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+            if !os_release.lines().any(|l| l.trim() == "ID=rmachine") {
+                anyhow::bail!("not an rmachine guest (/etc/os-release has no ID=rmachine)");
+            }
             kill(Pid::from_raw(1), action.supervisor_signal())
                 .with_context(|| format!("cannot ask PID 1 to {}", action.verb()))?;
             Ok(ExitCode::SUCCESS)

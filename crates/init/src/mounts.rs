@@ -261,70 +261,98 @@ fn move_tree(src: &Path, dst: &Path, root_dev: u64, skip: &Path) -> Result<(), M
     Ok(())
 }
 
+/// One early mount: source, fstype, target, flags, data, mode of the mount point.
+type EarlyMount = (
+    &'static str,
+    &'static str,
+    &'static str,
+    MsFlags,
+    Option<&'static str>,
+    u32,
+);
+
 /// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroup2, and makes `/` shared.
-pub fn early_mounts() -> Result<(), MountError> {
+///
+/// Each mount is attempted even if an earlier one failed; the failures are returned.
+pub fn early_mounts() -> Vec<MountError> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut errors = Vec::new();
     // Shared propagation, so container bind mounts with rshared/rslave work (as on systemd).
-    mount(
+    if let Err(err) = mount(
         None::<&str>,
         "/",
         None::<&str>,
         MsFlags::MS_SHARED | MsFlags::MS_REC,
         None::<&str>,
-    )
-    .map_err(mount_err("make-rshared", Path::new("/")))?;
-    mount_fs("proc", "/proc", nosuid_nodev_noexec, None)?;
-    mount_fs("sysfs", "/sys", nosuid_nodev_noexec, None)?;
-    mount_fs("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_fs(
-        "devpts",
-        "/dev/pts",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("gid=5,mode=0620,ptmxmode=0666"),
-    )?;
-    let shm = Path::new("/dev/shm");
-    fs::DirBuilder::new().mode(0o1777).create(shm).ok();
-    mount(
-        Some("shm"),
-        shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .map_err(mount_err("tmpfs", shm))?;
-    let run = Path::new("/run");
-    fs::DirBuilder::new().mode(0o755).create(run).ok();
-    mount(
-        Some("run"),
-        run,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .map_err(mount_err("tmpfs", run))?;
-    let tmp = Path::new("/tmp");
-    fs::DirBuilder::new().mode(0o1777).create(tmp).ok();
-    mount(
-        Some("tmp"),
-        tmp,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .map_err(mount_err("tmpfs", tmp))?;
-    let cgroup = Path::new("/sys/fs/cgroup");
-    mount(
-        Some("cgroup2"),
-        cgroup,
-        Some("cgroup2"),
-        nosuid_nodev_noexec,
-        Some("nsdelegate"),
-    )
-    .map_err(mount_err("cgroup2", cgroup))?;
+    ) {
+        errors.push(mount_err("make-rshared", Path::new("/"))(err));
+    }
+    let steps: [EarlyMount; 8] = [
+        ("proc", "proc", "/proc", nosuid_nodev_noexec, None, 0o555),
+        ("sysfs", "sysfs", "/sys", nosuid_nodev_noexec, None, 0o555),
+        (
+            "devtmpfs",
+            "devtmpfs",
+            "/dev",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+            0o755,
+        ),
+        (
+            "devpts",
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+            0o755,
+        ),
+        (
+            "shm",
+            "tmpfs",
+            "/dev/shm",
+            tmpfs_flags,
+            Some("mode=1777"),
+            0o1777,
+        ),
+        (
+            "run",
+            "tmpfs",
+            "/run",
+            tmpfs_flags,
+            Some("mode=0755"),
+            0o755,
+        ),
+        (
+            "tmp",
+            "tmpfs",
+            "/tmp",
+            tmpfs_flags,
+            Some("mode=1777"),
+            0o1777,
+        ),
+        (
+            "cgroup2",
+            "cgroup2",
+            "/sys/fs/cgroup",
+            nosuid_nodev_noexec,
+            Some("nsdelegate"),
+            0o755,
+        ),
+    ];
+    for (source, fstype, target, flags, data, mode) in steps {
+        let target = Path::new(target);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(target)
+            .ok();
+        if let Err(err) = mount(Some(source), target, Some(fstype), flags, data) {
+            errors.push(mount_err(fstype, target)(err));
+        }
+    }
     // /var/run is /run on every modern distribution; programs use both names.
-    if !Path::new("/var/run").exists() {
-        let _ = std::os::unix::fs::symlink("/run", "/var/run");
-    } else if fs::read_link("/var/run").is_err() {
+    if fs::read_link("/var/run").is_err() {
         let _ = fs::remove_dir("/var/run");
         let _ = std::os::unix::fs::symlink("/run", "/var/run");
     }
@@ -340,7 +368,7 @@ pub fn early_mounts() -> Result<(), MountError> {
             let _ = std::os::unix::fs::symlink(target, link);
         }
     }
-    Ok(())
+    errors
 }
 
 /// Points stdin, stdout and stderr at `/dev/console`.

@@ -103,11 +103,12 @@ pub fn user_processes(except: &[u32]) -> Vec<u32> {
 
 /// Runs PID 1 after the root switch; never returns.
 pub fn run() -> ! {
-    if let Err(err) = mounts::early_mounts() {
-        eprintln!("rmachine-init: {}", crate::error_chain(&err));
-    }
+    let mount_errors = mounts::early_mounts();
     mounts::open_console();
     logging::init();
+    for err in &mount_errors {
+        tracing::error!("{}", crate::error_chain(err));
+    }
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
