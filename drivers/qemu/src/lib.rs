@@ -1090,7 +1090,7 @@ mod tests {
         runner.assert_done();
         let state = QemuState::load_required(&dir).expect("qemu.json");
         assert_eq!(state.accel.accel, Accel::Tcg);
-        assert_eq!(state.machine, "q35");
+        assert_eq!(state.machine, "microvm");
         assert_ne!(state.ssh_port, state.engine_port);
         let endpoints = driver.endpoints(&dir).await.expect("endpoints");
         assert_eq!(
@@ -1124,7 +1124,7 @@ mod tests {
             probe.extend(args::probe_args(
                 LINUX,
                 Accel::Kvm,
-                "q35",
+                "microvm",
                 &spec.boot.kernel,
             ));
             runner.expect(
