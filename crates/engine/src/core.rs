@@ -34,6 +34,11 @@ use crate::state::{
 /// Docker's default `PATH` for containers whose image sets none.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+mod archive;
+mod ext;
+mod lookup;
+mod restart;
+
 /// How long output pumps may run on after the container's process ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -126,12 +131,36 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The container's state forbids the operation (Docker's text, HTTP 409).
+    #[error("{reason}")]
+    Conflict {
+        /// Docker's message.
+        reason: String,
+    },
+    /// No exec instance has this id.
+    #[error("No such exec instance: {id}")]
+    NoSuchExec {
+        /// The exec id.
+        id: String,
+    },
+    /// The container's cgroup could not be read or changed.
+    #[error("cannot use the cgroup of container {id}")]
+    Cgroup {
+        /// The container id.
+        id: String,
+        /// The cause.
+        #[source]
+        source: rmachine_runtime::cgroup::CgroupError,
+    },
     /// A background task failed to run.
     #[error("internal task failed: {reason}")]
     Task {
         /// What happened.
         reason: String,
     },
+    /// Copying files to or from a container failed.
+    #[error(transparent)]
+    Archive(#[from] crate::container::archive::ArchiveError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
@@ -228,6 +257,7 @@ struct Inner {
     state: StateStore,
     events: EventBus,
     table: Mutex<Table>,
+    ext: ext::Extras,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -286,6 +316,7 @@ impl Engine {
                 state,
                 events: EventBus::default(),
                 table: Mutex::new(table),
+                ext: ext::Extras::default(),
             }),
         })
     }
@@ -343,7 +374,9 @@ impl Engine {
         let mut counts = Counts::default();
         for record in self.list() {
             counts.total += 1;
-            if record.state.status == Status::Running {
+            if self.is_paused(&record.id) {
+                counts.paused += 1;
+            } else if record.state.status == Status::Running {
                 counts.running += 1;
             } else {
                 counts.stopped += 1;
@@ -362,8 +395,9 @@ impl Engine {
         let CreateRequest {
             name,
             mut config,
-            host_config,
+            mut host_config,
         } = request;
+        ext::normalize_host_config(&mut host_config)?;
         if let Some(name) = &name {
             config::validate_name(name)?;
         }
@@ -372,6 +406,7 @@ impl Engine {
                 reason: "config cannot be empty in order to create a container".into(),
             });
         }
+        restart::validate_create(&config, &host_config)?;
         let image = self.resolve_image(&config.image).await?;
         config::merge_image_config(&mut config, &image);
         let mut argv = config.entrypoint.clone().unwrap_or_default();
@@ -467,7 +502,9 @@ impl Engine {
             open_stdin: record.config.open_stdin,
             console_size: config::console_size(&record.host_config),
         };
-        match launch::launch(&self.inner.config.runtime, &c.dir, &spec, stdio).await {
+        let features = ext::features_of(&record.host_config);
+        match launch::launch_with(&self.inner.config.runtime, &c.dir, &spec, features, stdio).await
+        {
             Ok(launched) => {
                 let pid = launched.pid;
                 c.update(|r| {
@@ -611,9 +648,9 @@ impl Engine {
                 terminal: config.tty,
             },
             hostname,
-            mounts: Vec::new(),
+            mounts: restart::tmpfs_mounts(&record.host_config),
             etc_files,
-            readonly_rootfs: false,
+            readonly_rootfs: restart::readonly_rootfs(&record.host_config),
             network: spec::NetworkNamespace::Loopback,
         })
     }
@@ -702,6 +739,7 @@ impl Engine {
                 warn!(container = %c.id, error = %err, "cannot persist container state");
             }
         }
+        self.clear_paused(&c.id);
         c.set_pty(None);
         c.close_subscribers();
         c.reset_stdin();
@@ -715,6 +753,8 @@ impl Engine {
             if let Err(err) = self.remove_locked(c) {
                 warn!(container = %c.id, error = %err, "cannot auto-remove container");
             }
+        } else {
+            self.after_exit(c, code);
         }
     }
 
@@ -741,6 +781,7 @@ impl Engine {
                 .unwrap_or("SIGTERM"),
         )?;
         let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10);
+        self.thaw_for_signal(&c);
         stop_process(&c, record.state.pid, signal, timeout).await;
         self.emit(&record, "stop", &[]);
         Ok(())
@@ -767,6 +808,7 @@ impl Engine {
         let mut lifecycle = c.lifecycle();
         let exits = lifecycle.borrow().exits;
         send_signal(record.state.pid, signal);
+        self.thaw_for_signal(&c);
         self.emit(&record, "kill", &[("signal", (signal as i32).to_string())]);
         if signal == Signal::SIGKILL {
             // As dockerd: a kill with SIGKILL returns once the container is gone.
@@ -788,6 +830,7 @@ impl Engine {
             if !force {
                 return Err(EngineError::RemoveRunning { name: record.name });
             }
+            self.thaw_for_signal(&c);
             stop_process(&c, record.state.pid, Signal::SIGKILL, 0).await;
         }
         self.remove_locked(&c)
@@ -1077,6 +1120,7 @@ impl Engine {
 
     /// Stops every running container (as `docker stop` each), for a graceful engine exit.
     pub async fn shutdown(&self) {
+        self.begin_shutdown();
         let running: Vec<ContainerRecord> = self
             .list()
             .into_iter()
@@ -1135,7 +1179,7 @@ fn send_signal(pid: i32, signal: Signal) {
 /// Parses `SIGTERM`, `TERM`, `term` or `15`.
 pub fn parse_signal(s: &str) -> Result<Signal, EngineError> {
     let invalid = || EngineError::InvalidParameter {
-        reason: format!("Invalid signal: {s}"),
+        reason: format!("invalid signal: {s}"),
     };
     if let Ok(n) = s.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| invalid());

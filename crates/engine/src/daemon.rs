@@ -77,6 +77,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     }
     let engine = Engine::open(options.engine.clone()).map_err(DaemonError::Engine)?;
     let api = Api::new(engine.clone());
+    tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.restart_on_boot().await }
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut servers = Vec::new();
     for listener in listeners {

@@ -46,6 +46,10 @@ pub fn status_of(err: &ApiError) -> StatusCode {
                 StatusCode::BAD_REQUEST
             }
             EngineError::ImageUsedByRunning { .. } => StatusCode::CONFLICT,
+            EngineError::Conflict { .. } => StatusCode::CONFLICT,
+            EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
+            EngineError::Archive(archive) => StatusCode::from_u16(archive.status_code())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             EngineError::Image(image) => StatusCode::from_u16(image.status_code())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             _ => StatusCode::INTERNAL_SERVER_ERROR,

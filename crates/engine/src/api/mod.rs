@@ -5,7 +5,10 @@
 //! query and body into typed arguments and calls [`Engine`] → the result becomes JSON, a
 //! stream ([`stream`]) or an error whose status code comes from [`error::status_of`].
 
+mod archive;
+mod detach;
 pub mod error;
+mod exec;
 pub mod query;
 pub mod server;
 pub mod stream;
@@ -198,27 +201,45 @@ impl Api {
             }
             (&Method::GET, ["containers", id, "json"]) => {
                 let c = self.engine.container(id)?;
-                json(
-                    StatusCode::OK,
-                    &types::container_inspect(&c.record(), &c.dir),
-                )
+                let mut inspect = types::container_inspect(&c.record(), &c.dir);
+                self.engine.decorate(&c.id, &mut inspect);
+                self.engine.decorate_restarting(&c.id, &mut inspect);
+                if query.bool("size") {
+                    self.engine.add_sizes(&c.record(), &mut inspect);
+                }
+                json(StatusCode::OK, &inspect)
             }
             (&Method::POST, ["containers", id, "start"]) => {
-                self.engine.start(id).await?;
+                self.engine.start_by_user(id).await?;
                 empty(StatusCode::NO_CONTENT)
             }
             (&Method::POST, ["containers", id, "stop"]) => {
                 let timeout = query.int("t").map_err(ApiError::BadRequest)?;
+                if let Some(signal) = query.get("signal").filter(|s| !s.is_empty()) {
+                    crate::core::parse_signal(signal)?;
+                }
+                self.engine.mark_stopped_by_user(id)?;
                 self.engine.stop(id, timeout, query.get("signal")).await?;
                 empty(StatusCode::NO_CONTENT)
             }
             (&Method::POST, ["containers", id, "restart"]) => {
                 let timeout = query.int("t").map_err(ApiError::BadRequest)?;
-                self.engine.restart(id, timeout).await?;
+                self.engine.restart_by_user(id, timeout).await?;
                 empty(StatusCode::NO_CONTENT)
             }
             (&Method::POST, ["containers", id, "kill"]) => {
                 let signal = query.get("signal").filter(|s| !s.is_empty());
+                if let Some(signal) = signal {
+                    crate::core::parse_signal(signal)?;
+                }
+                let c = self.engine.container(id)?;
+                if c.record().state.status == crate::state::Status::Running {
+                    self.engine.mark_stopped_by_user(id)?;
+                } else if self.engine.is_restarting(&c.id) {
+                    // As dockerd: killing a restarting container only cancels the restart.
+                    self.engine.mark_stopped_by_user(id)?;
+                    return empty(StatusCode::NO_CONTENT);
+                }
                 self.engine.kill(id, signal).await?;
                 empty(StatusCode::NO_CONTENT)
             }
@@ -246,7 +267,15 @@ impl Api {
                 self.engine.remove(id, query.bool("force")).await?;
                 empty(StatusCode::NO_CONTENT)
             }
-            _ => Err(ApiError::NotFound),
+            (&Method::HEAD, ["containers", id, "archive"]) => self.archive_head(id, &query).await,
+            (&Method::GET, ["containers", id, "archive"]) => self.archive_get(id, &query).await,
+            (&Method::PUT, ["containers", id, "archive"]) => {
+                let id = id.to_string();
+                self.archive_put(req, &id, &query).await
+            }
+            (&Method::GET, ["containers", id, "export"]) => self.export(id).await,
+            (&Method::GET, ["containers", id, "changes"]) => self.changes(id).await,
+            _ => self.route_ext(req, &method, &segments, &query).await,
         }
     }
 
@@ -292,8 +321,16 @@ impl Api {
         let now = chrono::Utc::now();
         let mut out = Vec::new();
         for record in self.engine.list() {
-            let status = record.state.status.as_str();
-            if !all && status != "running" && !filters.contains_key("status") {
+            let status = if self.engine.is_restarting(&record.id) {
+                "restarting"
+            } else {
+                record.state.status.as_str()
+            };
+            if !all
+                && status != "running"
+                && status != "restarting"
+                && !filters.contains_key("status")
+            {
                 continue;
             }
             let matches = filters.iter().all(|(key, values)| {
@@ -309,12 +346,18 @@ impl Api {
                         None => record.config.labels.contains_key(v),
                     },
                     "exited" => status == "exited" && record.state.exit_code.to_string() == *v,
-                    "ancestor" => record.config.image == *v || record.image_id.contains(v.as_str()),
+                    "ancestor" => self.engine.ancestor_matches(&record, v),
                     _ => true,
                 })
             });
             if matches {
-                out.push(types::container_summary(&record, now));
+                let mut summary = types::container_summary(&record, now);
+                self.engine.decorate(&record.id, &mut summary);
+                self.engine.decorate_restarting(&record.id, &mut summary);
+                if query.bool("size") {
+                    self.engine.add_sizes(&record, &mut summary);
+                }
+                out.push(summary);
             }
         }
         if let Some(limit) = limit {
@@ -355,6 +398,7 @@ impl Api {
 
     fn attach(&self, mut req: Request<Incoming>, id: &str, query: &Query) -> ApiResult {
         let stream = query.bool("stream");
+        let detach_keys = detach::keys(query.get("detachKeys")).map_err(ApiError::BadRequest)?;
         let session = self.engine.attach(
             id,
             query.bool("stdin"),
@@ -373,7 +417,7 @@ impl Api {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             match upgrade.await {
-                Ok(upgraded) => stream::serve_attach(upgraded, session).await,
+                Ok(upgraded) => stream::serve_attach_with(upgraded, session, detach_keys).await,
                 Err(err) => debug!(error = %err, "attach upgrade failed"),
             }
         });

@@ -66,6 +66,16 @@ pub fn frame(stream: StreamKind, payload: &[u8]) -> Bytes {
 /// container. Returns when the container's run ends (after all of its output was written) or
 /// the client goes away.
 pub async fn serve_attach(upgraded: Upgraded, session: AttachSession) {
+    serve_attach_with(upgraded, session, None).await;
+}
+
+/// [`serve_attach`], ending the session (the container keeps running) when the client types
+/// the `detach` sequence.
+pub async fn serve_attach_with(
+    upgraded: Upgraded,
+    session: AttachSession,
+    detach: Option<Vec<u8>>,
+) {
     let io = TokioIo::new(upgraded);
     let (mut reader, mut writer) = tokio::io::split(io);
     let AttachSession {
@@ -74,6 +84,9 @@ pub async fn serve_attach(upgraded: Upgraded, session: AttachSession) {
         stdin,
         stdin_once,
     } = session;
+    let detached = std::sync::Arc::new(tokio::sync::Notify::new());
+    let detached_tx = detached.clone();
+    let mut filter = detach.map(super::detach::Filter::new);
     let input = async move {
         let Some(stdin) = stdin else {
             // Drain so that the client's half-close is noticed and the socket stays healthy.
@@ -86,10 +99,16 @@ pub async fn serve_attach(upgraded: Upgraded, session: AttachSession) {
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if stdin
-                        .send(StdinEvent::Data(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
+                    let (data, detached) = match filter.as_mut() {
+                        Some(filter) => filter.feed(&buf[..n]),
+                        None => (buf[..n].to_vec(), false),
+                    };
+                    if !data.is_empty() && stdin.send(StdinEvent::Data(Bytes::from(data))).is_err()
                     {
+                        return;
+                    }
+                    if detached {
+                        detached_tx.notify_one();
                         return;
                     }
                 }
@@ -101,7 +120,14 @@ pub async fn serve_attach(upgraded: Upgraded, session: AttachSession) {
     };
     let output = async move {
         let mut output = output;
-        while let Some(chunk) = output.recv().await {
+        loop {
+            let chunk = tokio::select! {
+                chunk = output.recv() => chunk,
+                () = detached.notified() => None,
+            };
+            let Some(chunk) = chunk else {
+                break;
+            };
             let bytes = if tty {
                 chunk.data
             } else {

@@ -17,7 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use rmachine_runtime::spec::{Failed, RuntimeSpec, SyncMessage, SPEC_FILE, SYNC_FD};
+use std::ffi::OsString;
+
+use rmachine_runtime::spec::{
+    Failed, Features, RuntimeSpec, SpecFile, SyncMessage, SPEC_FILE, SYNC_FD,
+};
+
+use super::console::{ConsoleError, ConsoleSocket};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
@@ -155,23 +161,81 @@ pub async fn launch(
     spec: &RuntimeSpec,
     stdio: StdioOptions,
 ) -> Result<Launched, LaunchError> {
+    launch_with(runtime, dir, spec, Features::default(), stdio).await
+}
+
+/// [`launch`] with the optional runtime features (limits, capabilities…). A TTY container
+/// gets its terminal through a console socket, so it is the container's own `/dev/pts/0`.
+pub async fn launch_with(
+    runtime: &Path,
+    dir: &Path,
+    spec: &RuntimeSpec,
+    mut features: Features,
+    stdio: StdioOptions,
+) -> Result<Launched, LaunchError> {
+    let console = if spec.process.terminal {
+        let socket = ConsoleSocket::bind().map_err(console_err)?;
+        features.console_socket = Some(socket.path().to_path_buf());
+        Some(socket)
+    } else {
+        features.console_socket = None;
+        None
+    };
+    let file = SpecFile {
+        spec: spec.clone(),
+        features,
+    };
     let spec_path = dir.join(SPEC_FILE);
-    let json = serde_json::to_vec_pretty(spec).map_err(|e| LaunchError::Io {
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| LaunchError::Io {
         path: spec_path.clone(),
         source: std::io::Error::other(e),
     })?;
     write_atomic(&spec_path, &json)?;
+    let args = [OsString::from("run"), dir.as_os_str().to_os_string()];
+    spawn_runtime(
+        runtime,
+        &args,
+        &spec.id,
+        spec.process.terminal,
+        console,
+        stdio,
+    )
+    .await
+}
 
+fn console_err(err: ConsoleError) -> LaunchError {
+    LaunchError::Io {
+        path: PathBuf::from("/dev/ptmx"),
+        source: std::io::Error::other(err.to_string()),
+    }
+}
+
+/// Spawns `runtime ARGS…` with the sync pipe and the stdio of a container process (`run` or
+/// `exec`), then waits for its sync message. With `console`, the terminal comes back over the
+/// console socket and the runtime's own stdio is /dev/null; with `terminal` and no `console`,
+/// the engine opens the PTY itself.
+pub async fn spawn_runtime(
+    runtime: &Path,
+    args: &[OsString],
+    id: &str,
+    terminal: bool,
+    console: Option<ConsoleSocket>,
+    stdio: StdioOptions,
+) -> Result<Launched, LaunchError> {
     let (sync_read, sync_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LaunchError::Io {
-            path: dir.to_path_buf(),
+            path: runtime.to_path_buf(),
             source: e.into(),
         })?;
 
     let mut cmd = Command::new(runtime);
-    cmd.arg("run").arg(dir).kill_on_drop(false);
+    cmd.args(args).kill_on_drop(false);
     let mut pty_master = None;
-    if spec.process.terminal {
+    if console.is_some() {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    } else if terminal {
         let size = stdio.console_size.map(|(rows, cols)| nix::pty::Winsize {
             ws_row: rows,
             ws_col: cols,
@@ -221,13 +285,24 @@ pub async fn launch(
         runtime: runtime.to_path_buf(),
         source,
     })?;
+    // Accepted while the sync pipe is read: the runtime blocks until the master is taken.
+    let console_size = stdio.console_size;
+    let mut console = console.map(|socket| {
+        AbortOnDrop(tokio::spawn(async move {
+            let master = socket.receive().await?;
+            if let Some((rows, cols)) = console_size {
+                let _ = super::console::set_size(&master, rows, cols);
+            }
+            Ok::<_, ConsoleError>(master)
+        }))
+    });
 
     let message = match tokio::time::timeout(SYNC_TIMEOUT, read_sync(sync_read)).await {
         Ok(Ok(Some(message))) => message,
         Ok(Ok(None)) => {
             let status = child.wait().await.ok();
             return Err(LaunchError::NoReport {
-                id: spec.id.clone(),
+                id: id.to_string(),
                 reason: format!(
                     "it exited with {}",
                     status.map_or_else(|| "unknown status".into(), |s| s.to_string())
@@ -238,7 +313,7 @@ pub async fn launch(
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(LaunchError::NoReport {
-                id: spec.id.clone(),
+                id: id.to_string(),
                 reason,
             });
         }
@@ -246,13 +321,30 @@ pub async fn launch(
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(LaunchError::NoReport {
-                id: spec.id.clone(),
+                id: id.to_string(),
                 reason: format!("no answer within {}s", SYNC_TIMEOUT.as_secs()),
             });
         }
     };
     match message {
         SyncMessage::Started { pid } => {
+            if let Some(task) = console.as_mut() {
+                let master = match tokio::time::timeout(SYNC_TIMEOUT, &mut task.0).await {
+                    Ok(Ok(Ok(master))) => master,
+                    Ok(Ok(Err(err))) => {
+                        let _ = child.start_kill();
+                        return Err(console_err(err));
+                    }
+                    _ => {
+                        let _ = child.start_kill();
+                        return Err(LaunchError::NoReport {
+                            id: id.to_string(),
+                            reason: "no terminal on the console socket".into(),
+                        });
+                    }
+                };
+                pty_master = Some(master);
+            }
             let io = match pty_master {
                 Some(master) => LaunchIo::Pty { master },
                 None => {
@@ -266,7 +358,7 @@ pub async fn launch(
                         },
                         _ => {
                             return Err(LaunchError::NoReport {
-                                id: spec.id.clone(),
+                                id: id.to_string(),
                                 reason: "its output pipes are missing".into(),
                             })
                         }
@@ -280,6 +372,15 @@ pub async fn launch(
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
             Err(LaunchError::Failed(failed))
         }
+    }
+}
+
+/// Aborts the console-socket task when the start fails before the terminal arrived.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -7,11 +7,16 @@
 //! which ends their attach streams. Stdin from attached clients goes through one channel per
 //! container that the run's stdin writer drains; input sent before start waits in it.
 
+pub mod archive;
 pub mod config;
+pub mod console;
+pub mod exec;
 pub mod io;
 pub mod launch;
 pub mod logs;
 pub mod names;
+pub mod stats;
+pub mod top;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

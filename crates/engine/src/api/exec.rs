@@ -1,0 +1,222 @@
+//! Routes for exec, pause/unpause, update, top and stats.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use tracing::debug;
+
+use super::error::ApiError;
+use super::query::Query;
+use super::stream::{self, ChannelBody};
+use super::{empty, json, streaming, Api, ApiResult};
+use crate::container::exec::ExecConfig;
+use crate::container::stats;
+use crate::core::AttachSession;
+
+/// `POST /containers/{id}/exec`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ExecCreateBody {
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    tty: bool,
+    attach_stdin: bool,
+    attach_stdout: bool,
+    attach_stderr: bool,
+    privileged: bool,
+    detach_keys: Option<String>,
+    console_size: Option<Vec<u16>>,
+}
+
+/// `POST /exec/{id}/start`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ExecStartBody {
+    detach: bool,
+    console_size: Option<Vec<u16>>,
+}
+
+fn size(v: Option<&Vec<u16>>) -> Option<(u16, u16)> {
+    let v = v?;
+    Some((*v.first()?, *v.get(1)?)).filter(|(h, w)| *h > 0 && *w > 0)
+}
+
+async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
+        .to_bytes())
+}
+
+fn parse<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+fn dims(query: &Query) -> Result<(u16, u16), ApiError> {
+    let h = query.int("h").map_err(ApiError::BadRequest)?.unwrap_or(0);
+    let w = query.int("w").map_err(ApiError::BadRequest)?.unwrap_or(0);
+    let dim =
+        |v: i64| u16::try_from(v).map_err(|_| ApiError::BadRequest(format!("invalid size: {v}")));
+    Ok((dim(h)?, dim(w)?))
+}
+
+impl Api {
+    /// The routes of this module; `NotFound` for any other request.
+    pub(super) async fn route_ext(
+        &self,
+        req: Request<Incoming>,
+        method: &Method,
+        segments: &[&str],
+        query: &Query,
+    ) -> ApiResult {
+        match (method, segments) {
+            (&Method::POST, ["containers", id, "exec"]) => {
+                let body: ExecCreateBody = parse(&body_bytes(req).await?)?;
+                let config = ExecConfig {
+                    cmd: body.cmd.unwrap_or_default(),
+                    env: body.env.unwrap_or_default(),
+                    working_dir: body.working_dir.unwrap_or_default(),
+                    user: body.user.unwrap_or_default(),
+                    tty: body.tty,
+                    attach_stdin: body.attach_stdin,
+                    attach_stdout: body.attach_stdout,
+                    attach_stderr: body.attach_stderr,
+                    privileged: body.privileged,
+                    detach_keys: body.detach_keys.unwrap_or_default(),
+                    console_size: size(body.console_size.as_ref()),
+                };
+                let exec_id = self.engine.exec_create(id, config)?;
+                json(StatusCode::CREATED, &serde_json::json!({ "Id": exec_id }))
+            }
+            (&Method::POST, ["exec", id, "start"]) => {
+                let id = id.to_string();
+                let (parts, body) = req.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
+                    .to_bytes();
+                let start: ExecStartBody = parse(&bytes)?;
+                let req = Request::from_parts(parts, Empty::<Bytes>::new());
+                let keys = self.engine.exec(&id)?.config.detach_keys.clone();
+                let detach = super::detach::keys(Some(&keys)).map_err(ApiError::BadRequest)?;
+                let session = self
+                    .engine
+                    .exec_start(&id, start.detach, size(start.console_size.as_ref()))
+                    .await?;
+                match session {
+                    None => empty(StatusCode::OK),
+                    Some(session) => hijack(req, session, detach),
+                }
+            }
+            (&Method::GET, ["exec", id, "json"]) => {
+                json(StatusCode::OK, &self.engine.exec(id)?.inspect())
+            }
+            (&Method::POST, ["exec", id, "resize"]) => {
+                let (h, w) = dims(query)?;
+                self.engine.exec_resize(id, h, w)?;
+                empty(StatusCode::OK)
+            }
+            (&Method::POST, ["containers", id, "pause"]) => {
+                self.engine.pause(id).await?;
+                empty(StatusCode::NO_CONTENT)
+            }
+            (&Method::POST, ["containers", id, "unpause"]) => {
+                self.engine.unpause(id).await?;
+                empty(StatusCode::NO_CONTENT)
+            }
+            (&Method::POST, ["containers", id, "update"]) => {
+                let id = id.to_string();
+                let body: serde_json::Map<String, serde_json::Value> =
+                    parse(&body_bytes(req).await?)?;
+                let warnings = self.engine.update_resources(&id, body).await?;
+                json(StatusCode::OK, &serde_json::json!({ "Warnings": warnings }))
+            }
+            (&Method::GET, ["containers", id, "top"]) => {
+                let ps_args = query.get("ps_args").unwrap_or("");
+                json(StatusCode::OK, &self.engine.top(id, ps_args)?)
+            }
+            (&Method::GET, ["containers", id, "stats"]) => self.stats(id, query),
+            _ => {
+                drop(req);
+                Err(ApiError::NotFound)
+            }
+        }
+    }
+
+    fn stats(&self, id: &str, query: &Query) -> ApiResult {
+        let stream = query.bool_or("stream", true);
+        let one_shot = query.bool("one-shot");
+        let first = self.engine.stats_sample(id)?;
+        let engine = self.engine.clone();
+        let id = id.to_string();
+        let (tx, body) = ChannelBody::new();
+        tokio::spawn(async move {
+            let encode = |v: &serde_json::Value| {
+                let mut line = v.to_string().into_bytes();
+                line.push(b'\n');
+                Bytes::from(line)
+            };
+            let mut previous = first;
+            if !stream && one_shot {
+                let _ = tx.send(encode(&previous)).await;
+                return;
+            }
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    () = tx.closed() => return,
+                }
+                let Ok(mut current) = engine.stats_sample(&id) else {
+                    return;
+                };
+                stats::chain(&mut current, &previous);
+                if tx.send(encode(&current)).await.is_err() || !stream {
+                    return;
+                }
+                previous = current;
+            }
+        });
+        Ok(streaming("application/json", body))
+    }
+}
+
+/// A 101 response whose connection then carries `session` (the body was already read).
+fn hijack(
+    req: Request<Empty<Bytes>>,
+    session: AttachSession,
+    detach: Option<Vec<u8>>,
+) -> ApiResult {
+    let content_type = if session.tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    let mut req = req;
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => stream::serve_attach_with(upgraded, session, detach).await,
+            Err(err) => debug!(error = %err, "exec upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Empty::new().boxed_unsync());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(b"UPGRADED"));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("tcp"));
+    Ok(resp)
+}

@@ -1,0 +1,260 @@
+//! `docker cp`, `export`, `diff` and container sizes: the engine side of
+//! [`crate::container::archive`].
+//!
+//! Every file system operation runs on a dedicated thread: for a stopped container that thread
+//! mounts the container's overlay in a mount namespace of its own, which vanishes with it.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Engine, EngineError};
+use crate::container::archive::{self, ArchiveError, Change, ExtractOptions, PathStat, RootSource};
+use crate::container::Container;
+use crate::state::{ContainerRecord, Status};
+
+/// Chunk size of archive streams.
+const CHUNK: usize = 64 * 1024;
+
+/// A `Write` that sends its bytes as chunks into a response body channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+fn task_failed(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Task {
+        reason: e.to_string(),
+    }
+}
+
+/// Runs `f` on a new thread (its mount namespace may change) and returns its result.
+async fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("container-fs".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(task_failed)?;
+    Ok(rx.await.map_err(task_failed)??)
+}
+
+impl Engine {
+    /// How to reach a container's root: its live root while it runs, else its layers.
+    async fn root_source(
+        &self,
+        c: &Container,
+        record: &ContainerRecord,
+        writable: bool,
+        live: bool,
+    ) -> Result<RootSource, EngineError> {
+        if live && record.state.status == Status::Running && record.state.pid > 0 {
+            return Ok(RootSource::Running {
+                pid: record.state.pid,
+            });
+        }
+        let images = self.inner.images.clone();
+        let image_id = record.image_id.clone();
+        let lower = tokio::task::spawn_blocking(move || images.rootfs_layers(&image_id))
+            .await
+            .map_err(task_failed)??;
+        for sub in ["upper", "work", "merged"] {
+            let path = c.dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(super::io_err(&path))?;
+        }
+        Ok(RootSource::Layers {
+            id: c.id.clone(),
+            lower,
+            upper: c.dir.join("upper"),
+            work: c.dir.join("work"),
+            mountpoint: c.dir.join("merged"),
+            writable,
+        })
+    }
+
+    /// `HEAD /containers/{id}/archive`.
+    pub async fn archive_stat(&self, reference: &str, path: &str) -> Result<PathStat, EngineError> {
+        let c = self.container(reference)?;
+        let source = self.root_source(&c, &c.record(), false, true).await?;
+        let (path, reference) = (path.to_string(), reference.to_string());
+        on_thread(move || {
+            archive::with_root(&source, |root| archive::stat_path(root, &path, &reference))
+        })
+        .await
+    }
+
+    /// `GET /containers/{id}/archive`: the path's stat and a stream of its tar.
+    pub async fn archive_get(
+        &self,
+        reference: &str,
+        path: &str,
+    ) -> Result<(PathStat, mpsc::Receiver<Bytes>), EngineError> {
+        let c = self.container(reference)?;
+        let source = self.root_source(&c, &c.record(), false, true).await?;
+        let (path, reference) = (path.to_string(), reference.to_string());
+        let (stat_tx, stat_rx) = oneshot::channel::<Result<PathStat, ArchiveError>>();
+        let (tx, rx) = mpsc::channel(8);
+        std::thread::Builder::new()
+            .name("container-cp".into())
+            .spawn(move || {
+                let mut stat_tx = Some(stat_tx);
+                let result = archive::with_root(&source, |root| {
+                    let stat = archive::stat_path(root, &path, &reference)?;
+                    if let Some(stat_tx) = stat_tx.take() {
+                        let _ = stat_tx.send(Ok(stat));
+                    }
+                    let mut out = ChannelWriter {
+                        tx,
+                        buf: Vec::new(),
+                    };
+                    archive::write_archive(root, &path, &reference, &mut out)?;
+                    out.flush().map_err(|source| ArchiveError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                });
+                match (result, stat_tx) {
+                    // Before the stat the client gets the error; after it, the stream ends short.
+                    (Err(err), Some(stat_tx)) => {
+                        let _ = stat_tx.send(Err(err));
+                    }
+                    (Err(err), None) => tracing::debug!(error = %err, "archive stream ended"),
+                    (Ok(()), _) => {}
+                }
+            })
+            .map_err(task_failed)?;
+        let stat = stat_rx.await.map_err(task_failed)??;
+        Ok((stat, rx))
+    }
+
+    /// `PUT /containers/{id}/archive`: extracts the tar at `tar_path` into the directory `path`.
+    pub async fn archive_put(
+        &self,
+        reference: &str,
+        path: &str,
+        tar_path: std::path::PathBuf,
+        options: ExtractOptions,
+    ) -> Result<(), EngineError> {
+        let c = self.container(reference)?;
+        // A stopped container's overlay is mounted writable here: it must not start meanwhile.
+        let _op = c.op.lock().await;
+        let source = self.root_source(&c, &c.record(), true, true).await?;
+        let (path, reference) = (path.to_string(), reference.to_string());
+        on_thread(move || {
+            let file = std::fs::File::open(&tar_path).map_err(|source| ArchiveError::Io {
+                path: tar_path.display().to_string(),
+                source,
+            })?;
+            archive::with_root(&source, |root| {
+                archive::extract(
+                    root,
+                    &path,
+                    &reference,
+                    std::io::BufReader::new(file),
+                    options,
+                )
+            })
+        })
+        .await
+    }
+
+    /// `GET /containers/{id}/export`: a tar of the container's file system (without the
+    /// mounts of a running container).
+    pub async fn export(&self, reference: &str) -> Result<mpsc::Receiver<Bytes>, EngineError> {
+        let c = self.container(reference)?;
+        let source = self.root_source(&c, &c.record(), false, false).await?;
+        let (tx, rx) = mpsc::channel(8);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("container-export".into())
+            .spawn(move || {
+                let result = archive::with_root(&source, |root| {
+                    let _ = ready_tx.send(Ok(()));
+                    let mut out = ChannelWriter {
+                        tx,
+                        buf: Vec::new(),
+                    };
+                    archive::export(root, &mut out)?;
+                    out.flush().map_err(|source| ArchiveError::Io {
+                        path: "/".into(),
+                        source,
+                    })
+                });
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "export failed");
+                }
+            })
+            .map_err(task_failed)?;
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(rx),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(EngineError::Task {
+                reason: format!("cannot mount the file system of container {}", c.id),
+            }),
+        }
+    }
+
+    /// `GET /containers/{id}/changes`.
+    pub async fn changes(&self, reference: &str) -> Result<Vec<Change>, EngineError> {
+        let c = self.container(reference)?;
+        let images = self.inner.images.clone();
+        let image_id = c.record().image_id;
+        let upper = c.dir.join("upper");
+        tokio::task::spawn_blocking(move || {
+            let lower = images.rootfs_layers(&image_id)?;
+            if !upper.exists() {
+                return Ok(Vec::new());
+            }
+            Ok(archive::changes(&upper, &lower)?)
+        })
+        .await
+        .map_err(task_failed)?
+    }
+
+    /// Adds `SizeRw` (bytes in the upper dir) and `SizeRootFs` (that plus the image) to a
+    /// container's JSON (`ps -s`, `inspect -s`).
+    pub fn add_sizes(&self, record: &ContainerRecord, value: &mut serde_json::Value) {
+        let upper = self.inner.state.dir(&record.id).join("upper");
+        let rw = i64::try_from(archive::dir_size(&upper)).unwrap_or(i64::MAX);
+        let image = self
+            .inner
+            .images
+            .resolve(&record.image_id)
+            .map(|i| i64::try_from(i.size).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        if let Some(object) = value.as_object_mut() {
+            object.insert("SizeRw".into(), rw.into());
+            object.insert("SizeRootFs".into(), rw.saturating_add(image).into());
+        }
+    }
+}

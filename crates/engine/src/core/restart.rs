@@ -1,0 +1,423 @@
+//! Restart policies (`--restart`), the create-time checks that go with them (`--stop-signal`),
+//! and the host options that become runtime mounts (`--tmpfs`, `--read-only`).
+//!
+//! As dockerd's restart manager: after an exit the policy decides; restarts wait 100 ms, doubling
+//! up to a minute, and the delay starts over once a run lasted 10 s. A user's `stop`/`kill`
+//! cancels restarting for that run; it is remembered in `<container-dir>/stopped-by-user` so that
+//! `unless-stopped` also survives an engine restart. At engine start, `always` containers,
+//! `unless-stopped` ones not stopped by their user, and `on-failure` ones whose last exit failed
+//! are started again.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmachine_runtime::spec;
+use tracing::{info, warn};
+
+use super::{parse_signal, Engine, EngineError};
+use crate::container::Container;
+use crate::state::{ContainerConfig, HostConfig, Status};
+
+/// Marker file: the user stopped this container.
+const STOPPED_BY_USER: &str = "stopped-by-user";
+/// First restart delay.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+/// A run this long resets the delay.
+const RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// Set once the engine shuts down: exits then are not restarts.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// The next delay of each container that is being restarted.
+static DELAYS: Mutex<Option<HashMap<String, Duration>>> = Mutex::new(None);
+/// Containers waiting for a restart by policy (Docker's `restarting` state).
+static RESTARTING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn set_restarting(id: &str, on: bool) {
+    let mut list = RESTARTING.lock().unwrap_or_else(|p| p.into_inner());
+    list.retain(|i| i != id);
+    if on {
+        list.push(id.to_string());
+    }
+}
+
+fn is_restarting(id: &str) -> bool {
+    RESTARTING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|i| i == id)
+}
+
+/// `HostConfig.RestartPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// `""`, `no`, `always`, `unless-stopped` or `on-failure`.
+    pub name: String,
+    /// For `on-failure`: at most this many restarts (0: no limit).
+    pub maximum_retry_count: i64,
+}
+
+/// Reads the policy from a host config.
+pub fn policy_of(host: &HostConfig) -> RestartPolicy {
+    let Some(value) = host.extra.get("RestartPolicy") else {
+        return RestartPolicy::default();
+    };
+    RestartPolicy {
+        name: value
+            .get("Name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string(),
+        maximum_retry_count: value
+            .get("MaximumRetryCount")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0),
+    }
+}
+
+/// Docker's checks of a create request's restart policy and stop signal, with its texts.
+pub fn validate_create(config: &ContainerConfig, host: &HostConfig) -> Result<(), EngineError> {
+    let invalid = |reason: String| EngineError::InvalidParameter { reason };
+    let policy = policy_of(host);
+    match policy.name.as_str() {
+        "" | "no" | "always" | "unless-stopped" => {
+            if policy.maximum_retry_count != 0 {
+                return Err(invalid(
+                    "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+                        .into(),
+                ));
+            }
+        }
+        "on-failure" => {
+            if policy.maximum_retry_count < 0 {
+                return Err(invalid(
+                    "invalid restart policy: maximum retry count cannot be negative".into(),
+                ));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
+            )))
+        }
+    }
+    if !policy.name.is_empty() && policy.name != "no" && host.auto_remove {
+        return Err(invalid(
+            "can't create 'AutoRemove' container with restart policy".into(),
+        ));
+    }
+    if let Some(signal) = config.stop_signal.as_deref().filter(|s| !s.is_empty()) {
+        parse_signal(signal)?;
+    }
+    Ok(())
+}
+
+/// `HostConfig.Tmpfs` (`{"/run": "size=64m"}`) as runtime mounts.
+pub fn tmpfs_mounts(host: &HostConfig) -> Vec<spec::Mount> {
+    let Some(map) = host.extra.get("Tmpfs").and_then(|v| v.as_object()) else {
+        return Vec::new();
+    };
+    let mut mounts: Vec<spec::Mount> = map
+        .iter()
+        .map(|(destination, options)| {
+            let options = options.as_str().unwrap_or("");
+            let readonly = options.split(',').any(|o| o == "ro");
+            // Docker's tmpfs defaults: no suid, no devices, no exec unless asked,
+            // world-writable sticky root.
+            let mut opts = vec!["nosuid".to_string(), "nodev".to_string()];
+            if !options.split(',').any(|o| o == "exec") {
+                opts.push("noexec".into());
+            }
+            if !options.split(',').any(|o| o.starts_with("mode=")) {
+                opts.push("mode=1777".into());
+            }
+            opts.extend(
+                options
+                    .split(',')
+                    .filter(|o| !o.is_empty() && !matches!(*o, "ro" | "rw" | "exec"))
+                    .map(str::to_string),
+            );
+            spec::Mount {
+                destination: destination.clone(),
+                kind: spec::MountKind::Tmpfs {
+                    options: opts.join(","),
+                },
+                readonly,
+            }
+        })
+        .collect();
+    mounts.sort_by(|a, b| a.destination.cmp(&b.destination));
+    mounts
+}
+
+/// `HostConfig.ReadonlyRootfs`.
+pub fn readonly_rootfs(host: &HostConfig) -> bool {
+    host.extra
+        .get("ReadonlyRootfs")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn marker(dir: &Path) -> std::path::PathBuf {
+    dir.join(STOPPED_BY_USER)
+}
+
+fn next_delay(id: &str, ran: Duration) -> Duration {
+    let mut delays = DELAYS.lock().unwrap_or_else(|p| p.into_inner());
+    let map = delays.get_or_insert_with(HashMap::new);
+    let delay = match map.get(id) {
+        Some(previous) if ran < RESET_AFTER => (*previous * 2).min(MAX_DELAY),
+        _ => FIRST_DELAY,
+    };
+    map.insert(id.to_string(), delay);
+    delay
+}
+
+fn forget_delay(id: &str) {
+    let mut delays = DELAYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(map) = delays.as_mut() {
+        map.remove(id);
+    }
+}
+
+impl Engine {
+    /// Records that the user stopped (or killed) the container: no restart for this run.
+    pub fn mark_stopped_by_user(&self, reference: &str) -> Result<(), EngineError> {
+        let c = self.container(reference)?;
+        let path = marker(&c.dir);
+        std::fs::write(&path, b"").map_err(super::io_err(&path))?;
+        forget_delay(&c.id);
+        Ok(())
+    }
+
+    /// A start by the user: restarting is on again and the restart count starts over.
+    pub async fn start_by_user(&self, reference: &str) -> Result<(), EngineError> {
+        let c = self.container(reference)?;
+        self.clear_user_stop(&c);
+        self.start(reference).await
+    }
+
+    /// `docker restart`: stop (no policy restart meanwhile), then start as the user.
+    pub async fn restart_by_user(
+        &self,
+        reference: &str,
+        timeout: Option<i64>,
+    ) -> Result<(), EngineError> {
+        self.mark_stopped_by_user(reference)?;
+        match self.stop(reference, timeout, None).await {
+            Ok(()) | Err(EngineError::NotModified { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        self.start_by_user(reference).await
+    }
+
+    fn clear_user_stop(&self, c: &Container) {
+        let _ = std::fs::remove_file(marker(&c.dir));
+        forget_delay(&c.id);
+        if c.record().restart_count != 0 {
+            c.update(|r| r.restart_count = 0);
+            if let Err(err) = self.inner.state.save(&c.record()) {
+                warn!(container = %c.id, error = %err, "cannot persist container state");
+            }
+        }
+    }
+
+    /// The container is waiting for a restart by its policy.
+    pub fn is_restarting(&self, id: &str) -> bool {
+        is_restarting(id)
+    }
+
+    /// Shows a container waiting for its restart as Docker does: `State.Restarting` and status
+    /// `restarting` in inspect, `Restarting (code) … ago` in `ps`.
+    pub fn decorate_restarting(&self, id: &str, value: &mut serde_json::Value) {
+        if !is_restarting(id) {
+            return;
+        }
+        match value.get_mut("State") {
+            Some(serde_json::Value::Object(state)) => {
+                // dockerd counts a restarting container as running (State.Running true).
+                state.insert("Restarting".into(), true.into());
+                state.insert("Running".into(), true.into());
+                state.insert("Status".into(), "restarting".into());
+            }
+            Some(state) => {
+                *state = "restarting".into();
+                if let Some(status) = value.get_mut("Status") {
+                    if let Some(rest) = status.as_str().and_then(|s| s.strip_prefix("Exited")) {
+                        *status = format!("Restarting{rest}").into();
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Marks the engine as shutting down: exits from now on are not restarted.
+    pub fn begin_shutdown(&self) {
+        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    }
+
+    /// Applies the restart policy after a run ended with `code`.
+    pub(super) fn after_exit(&self, c: &Arc<Container>, code: i64) {
+        let record = c.record();
+        if record.host_config.auto_remove
+            || c.lifecycle().borrow().removed
+            || SHUTTING_DOWN.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        if marker(&c.dir).exists() {
+            forget_delay(&c.id);
+            return;
+        }
+        let policy = policy_of(&record.host_config);
+        let restart = match policy.name.as_str() {
+            "always" | "unless-stopped" => true,
+            "on-failure" => {
+                code != 0
+                    && (policy.maximum_retry_count == 0
+                        || i64::try_from(record.restart_count).unwrap_or(i64::MAX)
+                            < policy.maximum_retry_count)
+            }
+            _ => false,
+        };
+        if !restart {
+            forget_delay(&c.id);
+            return;
+        }
+        let ran = match (record.state.started_at, record.state.finished_at) {
+            (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let delay = next_delay(&c.id, ran);
+        let engine = self.clone();
+        let id = c.id.clone();
+        info!(container = %id, ?delay, "restarting by policy");
+        set_restarting(&id, true);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            set_restarting(&id, false);
+            let Ok(c) = engine.container(&id) else {
+                return;
+            };
+            if marker(&c.dir).exists()
+                || SHUTTING_DOWN.load(Ordering::SeqCst)
+                || c.record().state.status == Status::Running
+            {
+                return;
+            }
+            c.update(|r| r.restart_count += 1);
+            engine.emit(&c.record(), "restart", &[]);
+            if let Err(err) = engine.start(&id).await {
+                warn!(container = %id, error = %err, "restart by policy failed");
+            }
+        });
+    }
+
+    /// At engine start: starts the containers whose policy asks for it.
+    pub async fn restart_on_boot(&self) {
+        for record in self.list() {
+            if record.state.status == Status::Running {
+                continue;
+            }
+            let Ok(c) = self.container(&record.id) else {
+                continue;
+            };
+            let policy = policy_of(&record.host_config);
+            let start = match policy.name.as_str() {
+                "always" => true,
+                "unless-stopped" => !marker(&c.dir).exists(),
+                "on-failure" => {
+                    record.state.exit_code != 0
+                        && record.state.started_at.is_some()
+                        && !marker(&c.dir).exists()
+                        && (policy.maximum_retry_count == 0
+                            || i64::try_from(record.restart_count).unwrap_or(i64::MAX)
+                                < policy.maximum_retry_count)
+                }
+                _ => false,
+            };
+            if !start {
+                continue;
+            }
+            info!(container = %record.id, policy = %policy.name, "starting by restart policy");
+            if let Err(err) = self.start(&record.id).await {
+                warn!(container = %record.id, error = %err, "cannot start container at engine start");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(policy: serde_json::Value) -> HostConfig {
+        let mut host = HostConfig::default();
+        host.extra.insert("RestartPolicy".into(), policy);
+        host
+    }
+
+    #[test]
+    fn restart_policies_are_checked_with_dockers_texts() {
+        let config = ContainerConfig::default();
+        let check = |p: serde_json::Value| {
+            validate_create(&config, &host(p))
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(check(serde_json::json!({"Name": "always"})), None);
+        assert_eq!(
+            check(serde_json::json!({"Name": "on-failure", "MaximumRetryCount": 3})),
+            None
+        );
+        assert_eq!(
+            check(serde_json::json!({"Name": "sometimes"})).unwrap(),
+            "invalid restart policy: unknown policy 'sometimes'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
+        );
+        assert_eq!(
+            check(serde_json::json!({"Name": "always", "MaximumRetryCount": 2})).unwrap(),
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'"
+        );
+        let bad_signal = ContainerConfig {
+            stop_signal: Some("FOO".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            validate_create(&bad_signal, &HostConfig::default())
+                .unwrap_err()
+                .to_string(),
+            "invalid signal: FOO"
+        );
+    }
+
+    #[test]
+    fn tmpfs_options_get_dockers_defaults() {
+        let mut host = HostConfig::default();
+        host.extra
+            .insert("Tmpfs".into(), serde_json::json!({"/run": "size=64m"}));
+        let mounts = tmpfs_mounts(&host);
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].destination, "/run");
+        assert_eq!(
+            mounts[0].kind,
+            spec::MountKind::Tmpfs {
+                options: "nosuid,nodev,noexec,mode=1777,size=64m".into()
+            }
+        );
+    }
+
+    #[test]
+    fn delays_double_and_reset_after_a_long_run() {
+        let id = "delay-test";
+        assert_eq!(next_delay(id, Duration::ZERO), FIRST_DELAY);
+        assert_eq!(next_delay(id, Duration::ZERO), FIRST_DELAY * 2);
+        assert_eq!(next_delay(id, Duration::ZERO), FIRST_DELAY * 4);
+        assert_eq!(next_delay(id, Duration::from_secs(11)), FIRST_DELAY);
+    }
+}
