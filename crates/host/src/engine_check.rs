@@ -21,6 +21,9 @@ use tokio_rustls::TlsConnector;
 /// How long one attempt (connect, handshake, request) may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long one readiness probe may take before [`EngineClient::wait_ready`] starts another.
+const READY_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What can go wrong talking to an engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineCheckError {
@@ -248,24 +251,30 @@ impl EngineClient {
     ) -> Result<(), EngineCheckError> {
         let start = Instant::now();
         loop {
-            let remaining = timeout.saturating_sub(start.elapsed());
+            // Each attempt gets a short deadline of its own: QEMU user networking accepts the
+            // host-side connection at once but relays it into a guest whose network may not be
+            // up yet, and that relay can sit in TCP SYN back-off for many seconds. A fresh
+            // attempt reaches the engine as soon as it listens; a stale one would not.
+            let remaining = timeout
+                .saturating_sub(start.elapsed())
+                .min(READY_ATTEMPT_TIMEOUT);
             let last = match tokio::time::timeout(remaining, self.ping(addr)).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => e,
                 Err(_) => EngineCheckError::AttemptTimeout {
                     addr,
-                    seconds: timeout.as_secs(),
+                    seconds: remaining.as_secs().max(1),
                 },
             };
             tracing::debug!(%addr, error = %last, "engine not ready yet");
-            if start.elapsed() + Duration::from_millis(500) >= timeout {
+            if start.elapsed() + Duration::from_millis(200) >= timeout {
                 return Err(EngineCheckError::WaitTimeout {
                     addr,
                     seconds: timeout.as_secs(),
                     last: Box::new(last),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

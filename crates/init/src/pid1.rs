@@ -57,8 +57,10 @@ fn handled_signals() -> SigSet {
 /// Waits for one of `set`, at most `timeout`.
 fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        // `as _` rather than naming `libc::time_t`, which the libc crate deprecates on musl
+        // (its width changes with musl 1.2); the timeouts used here are a few seconds.
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
     };
     // SAFETY: `set` is a valid sigset_t for the call, `ts` a valid timespec, and a null
     // siginfo pointer is allowed.

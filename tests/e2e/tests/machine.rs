@@ -50,6 +50,45 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
         .success()?;
     assert_eq!(hello.stdout, "hello\n");
 
+    let detached = machine
+        .docker(&[
+            "run",
+            "-d",
+            "busybox",
+            "sh",
+            "-c",
+            "echo started; sleep 1000",
+        ])?
+        .success()?;
+    let id = detached.stdout.trim().to_string();
+    let ps = machine
+        .docker(&["ps", "--no-trunc", "--format", "{{.ID}} {{.Status}}"])?
+        .success()?;
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("Up")),
+        "ps shows the detached container running:\n{}",
+        ps.stdout
+    );
+    let logs = machine.docker(&["logs", &id])?.success()?;
+    assert_eq!(logs.stdout, "started\n");
+    machine.docker(&["stop", "-t", "1", &id])?.success()?;
+    let exited = machine
+        .docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            &id,
+        ])?
+        .success()?;
+    assert_eq!(
+        exited.stdout.trim(),
+        "exited 137",
+        "sh ignores SIGTERM as PID 1, so stop kills it"
+    );
+    machine.docker(&["rm", &id])?.success()?;
+
     let uname = machine
         .rmachine(&["ssh", "e2e", "uname", "-s"])?
         .success()?;

@@ -172,6 +172,10 @@ pub fn with_root<T>(
                 all.extend(lower.iter().cloned());
                 (format!("lowerdir={}", join(&all)), MsFlags::MS_RDONLY)
             };
+            // A container's root may create device nodes in its upper dir (CAP_MKNOD is in the
+            // default set); `nodev` makes sure that copying from a stopped container can never
+            // open one of them as the host's device.
+            let flags = flags | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
             mount(
                 Some("overlay"),
                 mountpoint.as_path(),
