@@ -91,6 +91,12 @@ pub enum EngineError {
         /// The container's name with its slash.
         name: String,
     },
+    /// Removal without force of a container waiting for its restart by policy.
+    #[error("cannot remove container \"{name}\": container is restarting: stop the container before removing or force remove")]
+    RemoveRestarting {
+        /// The container's name with its slash.
+        name: String,
+    },
     /// The runtime could not start the container's process.
     #[error("failed to create task for container: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: {message}: unknown")]
     StartFailed {
@@ -151,6 +157,14 @@ pub enum EngineError {
         /// The cause.
         #[source]
         source: rmachine_runtime::cgroup::CgroupError,
+    },
+    /// `docker top` could not render the processes (`ps`'s own words, as dockerd passes them).
+    #[error("{reason}")]
+    Top {
+        /// The container id.
+        id: String,
+        /// Why.
+        reason: String,
     },
     /// A background task failed to run.
     #[error("internal task failed: {reason}")]
@@ -732,10 +746,10 @@ impl Engine {
             r.state.finished_at = Some(Utc::now());
         });
         let auto_remove = c.record().host_config.auto_remove;
-        // An auto-remove container is deleted next; persisting its exit first only costs an
-        // fsync (after a crash, a record still saying "running" is removed at engine start).
+        // An auto-remove container is deleted next; persisting its exit first only costs a
+        // write (after a crash, a record still saying "running" is removed at engine start).
         if !auto_remove && !c.lifecycle().borrow().removed {
-            if let Err(err) = self.inner.state.save(&c.record()) {
+            if let Err(err) = self.inner.state.save_unsynced(&c.record()) {
                 warn!(container = %c.id, error = %err, "cannot persist container state");
             }
         }
@@ -832,6 +846,11 @@ impl Engine {
             }
             self.thaw_for_signal(&c);
             stop_process(&c, record.state.pid, Signal::SIGKILL, 0).await;
+        } else if self.is_restarting(&c.id) {
+            if !force {
+                return Err(EngineError::RemoveRestarting { name: record.name });
+            }
+            self.cancel_restart(&c.id);
         }
         self.remove_locked(&c)
     }

@@ -18,7 +18,9 @@
 //!
 //! `exec` differs in steps 2 and 3: the monitor joins the running container's PID namespace
 //! instead of creating one and moves the child into the container's cgroup, and the child joins
-//! its other namespaces instead of building them.
+//! its other namespaces instead of building them. Joining runs while the monitor writes the
+//! cgroup (a first write to `cgroup.procs` waits for an RCU grace period, milliseconds): the
+//! child only runs the runtime's own code before the go, and waits for it before `execve`.
 //!
 //! The monitor holds the same stdio as the container: it exits as soon as the container's PID 1
 //! does, so the engine still sees EOF on the container's output then.
@@ -174,7 +176,7 @@ pub fn run(dir: &Path, sys: &dyn Syscall) -> i32 {
 pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
     let mut sync = SyncPipe::take();
     // The container's spec names it in messages and gives its capabilities and cgroup.
-    let (id, features) = match load_spec(dir) {
+    let (id, mut features) = match load_spec(dir) {
         Ok(file) => (file.spec.id, file.features),
         Err(_) => (dir.display().to_string(), Features::default()),
     };
@@ -182,6 +184,8 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
         Ok(file) => file,
         Err(err) => return report_failure(&mut sync, &id, &err.to_failed()),
     };
+    // The exec's features only decide its capabilities: `--privileged` means all of them.
+    features.privileged |= file.privileged;
     let spec = &file.exec;
     let before_fork = || {
         container::join_pid_namespace(spec.pid, sys).map_err(|err| RunError::Join {
@@ -202,15 +206,23 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
         }
         Ok(())
     };
-    let child = |_report: RawFd| match container::setup_exec_with(
-        spec.pid,
-        &spec.process,
-        &features,
-        file.console_socket.as_deref(),
-        sys,
-    ) {
-        Ok(exec) => container::exec(&exec, sys),
-        Err(err) => err,
+    // Joining the namespaces does not depend on the cgroup (the cgroup namespace joined is the
+    // container's, whatever cgroup the child is in), so it overlaps the monitor's cgroup write.
+    let child = |_report: RawFd, go: Go| {
+        let setup = container::setup_exec_with(
+            spec.pid,
+            &spec.process,
+            &features,
+            file.console_socket.as_deref(),
+            sys,
+        );
+        // A failure is reported after the go too: the monitor's cgroup write must not meet a
+        // child that already exited.
+        go.wait();
+        match setup {
+            Ok(exec) => container::exec(&exec, sys),
+            Err(err) => err,
+        }
     };
     match supervise(&id, &mut sync, before_fork, after_fork, child) {
         Ok(code) => code,
@@ -262,10 +274,17 @@ fn monitor(
         Some(cgroup) if cgroup.mode() == CgroupMode::V2 => CgroupView::Private,
         _ => CgroupView::Hidden,
     };
-    let child = |report: RawFd| match container::setup_in(spec, features, view, sys) {
-        Ok(exec) if features.init => crate::init::run(&exec, sys, report, spec.process.terminal),
-        Ok(exec) => container::exec(&exec, sys),
-        Err(err) => err,
+    // The setup waits for the go: a private cgroup namespace is rooted at the cgroup the child
+    // is in when it unshares it.
+    let child = |report: RawFd, go: Go| {
+        go.wait();
+        match container::setup_in(spec, features, view, sys) {
+            Ok(exec) if features.init => {
+                crate::init::run(&exec, sys, report, spec.process.terminal)
+            }
+            Ok(exec) => container::exec(&exec, sys),
+            Err(err) => err,
+        }
     };
     let result = supervise(&spec.id, sync, before_fork, after_fork, child);
     if let Some(cgroup) = cgroup {
@@ -305,13 +324,14 @@ fn create_cgroup(id: &str, features: &Features) -> Result<Option<Cgroup>, RunErr
 /// The monitor's life, shared by `run` and `exec`: `before_fork` prepares the monitor (it
 /// decides the PID namespace the child lands in), `after_fork` acts on the child (its host PID)
 /// before the child may go on, `child` runs in the forked child and returns only with the error
-/// that kept it from exec'ing; it gets the report pipe's descriptor.
+/// that kept it from exec'ing; it gets the report pipe's descriptor and the [`Go`] it must wait
+/// for before running anything of the container.
 fn supervise(
     id: &str,
     sync: &mut SyncPipe,
     before_fork: impl FnOnce() -> Result<(), RunError>,
     after_fork: impl FnOnce(Pid) -> Result<(), RunError>,
-    child: impl FnOnce(RawFd) -> ContainerError,
+    child: impl FnOnce(RawFd, Go) -> ContainerError,
 ) -> Result<i32, RunError> {
     ensure_single_threaded()?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
@@ -364,8 +384,23 @@ fn supervise(
     Ok(report_failure(sync, id, &failed))
 }
 
-/// The child's life: wait for the monitor's go, set up, exec, or report why not and exit.
-fn child_main(child: impl FnOnce(RawFd) -> ContainerError, report: OwnedFd, go: OwnedFd) -> ! {
+/// The monitor's go: the child is in the container's cgroup.
+struct Go(OwnedFd);
+
+impl Go {
+    /// Blocks until the monitor gives the go; a monitor that gave up (and reports why itself)
+    /// ends the child here.
+    fn wait(self) {
+        let mut byte = [0u8; 1];
+        if !matches!(File::from(self.0).read(&mut byte), Ok(1)) {
+            // SAFETY: _exit ends the forked child without running the parent's handlers.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+/// The child's life: set up, wait for the monitor's go, exec, or report why not and exit.
+fn child_main(child: impl FnOnce(RawFd, Go) -> ContainerError, report: OwnedFd, go: OwnedFd) -> ! {
     // Armed at once so a monitor killed mid-setup takes the child along; the setup arms it
     // again after changing the uid, which clears it.
     let error = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
@@ -373,15 +408,7 @@ fn child_main(child: impl FnOnce(RawFd) -> ContainerError, report: OwnedFd, go: 
             what: "set parent death signal",
             source: errno.into(),
         },
-        Ok(()) => {
-            let mut byte = [0u8; 1];
-            if !matches!(File::from(go).read(&mut byte), Ok(1)) {
-                // The monitor gave up (and reports why itself).
-                // SAFETY: _exit ends the forked child without running the parent's handlers.
-                unsafe { libc::_exit(1) }
-            }
-            child(report.as_raw_fd())
-        }
+        Ok(()) => child(report.as_raw_fd(), Go(go)),
     };
     let failed = error.to_failed();
     if let Ok(bytes) = serde_json::to_vec(&failed) {

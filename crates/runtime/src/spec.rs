@@ -312,7 +312,7 @@ pub struct CapabilitySpec {
 }
 
 /// What the exec spec file holds: an [`ExecSpec`] and, in the same JSON object, the optional
-/// `consoleSocket` (see [`Features`]; only with [`Process::terminal`]).
+/// `consoleSocket` (see [`Features`]; only with [`Process::terminal`]) and `privileged`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecFile {
     /// The base exec spec.
@@ -325,6 +325,10 @@ pub struct ExecFile {
         skip_serializing_if = "Option::is_none"
     )]
     pub console_socket: Option<PathBuf>,
+    /// `docker exec --privileged`: the process gets every capability, whatever the
+    /// container's; absent (older engines) means the container's capabilities.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 /// One more process to run in a running container (`rmachine-runtime exec`).
@@ -434,6 +438,21 @@ mod tests {
         .unwrap();
         assert_eq!(exec.exec.pid, 7);
         assert_eq!(exec.console_socket, Some("/s".into()));
+    }
+
+    #[test]
+    fn exec_files_without_privileged_read_as_unprivileged() {
+        let old = r#"{"pid":7,"process":{"args":["id"],"env":[],"cwd":"/","uid":0,"gid":0}}"#;
+        let file: ExecFile = serde_json::from_str(old).unwrap();
+        assert!(!file.privileged);
+        assert!(!serde_json::to_string(&file).unwrap().contains("privileged"));
+        let privileged = ExecFile {
+            privileged: true,
+            ..file
+        };
+        let json = serde_json::to_string(&privileged).unwrap();
+        assert!(json.contains(r#""privileged":true"#), "{json}");
+        assert_eq!(serde_json::from_str::<ExecFile>(&json).unwrap(), privileged);
     }
 
     #[test]

@@ -1573,6 +1573,7 @@ fn exec_with_a_console_socket_gets_its_own_pty() {
         serde_json::to_vec(&ExecFile {
             exec: ExecSpec { pid, process },
             console_socket: Some(socket),
+            privileged: false,
         })
         .expect("exec spec serializes"),
     )

@@ -37,7 +37,8 @@ pub fn status_of(err: &ApiError) -> StatusCode {
             }
             EngineError::NameConflict { .. }
             | EngineError::NotRunning { .. }
-            | EngineError::RemoveRunning { .. } => StatusCode::CONFLICT,
+            | EngineError::RemoveRunning { .. }
+            | EngineError::RemoveRestarting { .. } => StatusCode::CONFLICT,
             EngineError::NotModified { .. } => StatusCode::NOT_MODIFIED,
             // dockerd: "not found" and "not executable" are the client's mistake.
             EngineError::StartFailed { exit_code, .. }

@@ -337,10 +337,9 @@ impl Api {
                 values.iter().any(|v| match key.as_str() {
                     "status" => status == v,
                     "id" => record.id.starts_with(v.as_str()),
-                    "name" => record
-                        .name
-                        .trim_start_matches('/')
-                        .contains(v.trim_start_matches('/')),
+                    // Docker matches a regular expression against the name with its `/`;
+                    // an invalid expression matches nothing.
+                    "name" => regex::Regex::new(v).is_ok_and(|re| re.is_match(&record.name)),
                     "label" => match v.split_once('=') {
                         Some((k, val)) => record.config.labels.get(k).is_some_and(|x| x == val),
                         None => record.config.labels.contains_key(v),
@@ -398,15 +397,13 @@ impl Api {
 
     fn attach(&self, mut req: Request<Incoming>, id: &str, query: &Query) -> ApiResult {
         let stream = query.bool("stream");
+        let logs = query.bool("logs");
         let detach_keys = detach::keys(query.get("detachKeys")).map_err(ApiError::BadRequest)?;
-        let session = self.engine.attach(
-            id,
-            query.bool("stdin"),
-            query.bool("stdout"),
-            query.bool("stderr"),
-        )?;
-        if !stream {
-            // Only `logs=1` without streaming: nothing live to send.
+        let (stdout, stderr) = (query.bool("stdout"), query.bool("stderr"));
+        let session = self
+            .engine
+            .attach(id, query.bool("stdin"), stdout, stderr)?;
+        if !stream && !logs {
             return empty(StatusCode::OK);
         }
         let content_type = if session.tty {
@@ -414,10 +411,19 @@ impl Api {
         } else {
             "application/vnd.docker.multiplexed-stream"
         };
+        // As dockerd: subscribed before the log is read, so nothing falls between the two.
+        let source = logs.then(|| self.engine.log_source(id)).transpose()?;
+        let session = stream.then_some(session);
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
+            let replay = match source {
+                Some(source) => stream::log_replay(source, stdout, stderr).await,
+                None => Vec::new(),
+            };
             match upgrade.await {
-                Ok(upgraded) => stream::serve_attach_with(upgraded, session, detach_keys).await,
+                Ok(upgraded) => {
+                    stream::serve_attach_after_replay(upgraded, session, detach_keys, replay).await
+                }
                 Err(err) => debug!(error = %err, "attach upgrade failed"),
             }
         });

@@ -69,6 +69,46 @@ pub async fn serve_attach(upgraded: Upgraded, session: AttachSession) {
     serve_attach_with(upgraded, session, None).await;
 }
 
+/// [`serve_attach_with`] after first sending `replay` (attach's `logs=1`: the container's log
+/// so far); with no `session` the connection ends after the replay (`logs=1&stream=0`).
+pub async fn serve_attach_after_replay(
+    upgraded: Upgraded,
+    session: Option<AttachSession>,
+    detach: Option<Vec<u8>>,
+    replay: Vec<Bytes>,
+) {
+    let mut io = TokioIo::new(upgraded);
+    for chunk in &replay {
+        if io.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = io.flush().await;
+    match session {
+        Some(session) => serve_attach_with(io.into_inner(), session, detach).await,
+        None => {
+            let _ = io.shutdown().await;
+        }
+    }
+}
+
+/// A container's log so far, framed as [`stream_logs`] sends it.
+pub async fn log_replay(source: LogSource, stdout: bool, stderr: bool) -> Vec<Bytes> {
+    let options = LogOptions {
+        stdout,
+        stderr,
+        ..LogOptions::default()
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let producer = tokio::spawn(stream_logs(source, options, tx));
+    let mut out = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        out.push(chunk);
+    }
+    let _ = producer.await;
+    out
+}
+
 /// [`serve_attach`], ending the session (the container keeps running) when the client types
 /// the `detach` sequence.
 pub async fn serve_attach_with(
@@ -192,7 +232,7 @@ fn encode_entry(entry: &LogEntry, options: &LogOptions, tty: bool) -> Option<Byt
     };
     if !wanted
         || options.since.is_some_and(|s| entry.time < s)
-        || options.until.is_some_and(|u| entry.time >= u)
+        || options.until.is_some_and(|u| entry.time > u)
     {
         return None;
     }

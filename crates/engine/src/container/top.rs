@@ -1,6 +1,6 @@
-//! `docker top`: a container's processes rendered like `ps -ef` from `/proc` (the guest has no
-//! `ps`), or, for other `ps_args`, the host's `ps` filtered by the container's PIDs as dockerd
-//! does.
+//! `docker top`: a container's processes rendered from `/proc` the way procps `ps` prints them
+//! for the common argument forms (`-ef`, `aux`, `-o FIELDS`): the guest has only busybox, whose
+//! `ps` knows none of them.
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,9 +29,18 @@ struct Proc {
     uid: u32,
     pid: i32,
     ppid: i32,
+    pgid: i32,
+    sid: i32,
+    tpgid: i32,
+    state: char,
+    nice: i64,
+    threads: u64,
     start_ticks: u64,
     cpu_ticks: u64,
+    vsize_kib: u64,
+    rss_kib: u64,
     tty: String,
+    comm: String,
     cmd: String,
 }
 
@@ -44,6 +53,8 @@ fn read_proc(pid: i32) -> Option<Proc> {
     let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
     // Field numbers of proc(5) minus 3 (pid and comm come first, state is index 0).
     let ppid = fields.get(1)?.parse().ok()?;
+    let int = |i: usize| fields.get(i).and_then(|v| v.parse::<i64>().ok());
+    let state = fields.first()?.chars().next()?;
     let tty_nr = num(4)?;
     let cpu_ticks = num(11)? + num(12)?;
     let start_ticks = num(19)?;
@@ -64,13 +75,23 @@ fn read_proc(pid: i32) -> Option<Proc> {
     } else {
         args.join(" ")
     };
+    let as_pid = |v: Option<i64>| v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0);
     Some(Proc {
         uid,
         pid,
         ppid,
+        pgid: as_pid(int(2)),
+        sid: as_pid(int(3)),
+        tpgid: as_pid(int(5)),
+        state,
+        nice: int(16).unwrap_or(0),
+        threads: num(17).unwrap_or(1),
         start_ticks,
         cpu_ticks,
+        vsize_kib: num(20).unwrap_or(0) / 1024,
+        rss_kib: num(21).unwrap_or(0) * page_kib(),
         tty: tty_name(tty_nr),
+        comm: comm.to_string(),
         cmd,
     })
 }
@@ -120,15 +141,187 @@ fn uptime_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+fn page_kib() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096) / 1024
+}
+
+fn mem_total_kib() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What `ps` is asked to print: the columns, by procps format specifier.
+fn parse_args(ps_args: &str) -> Result<Vec<(String, String)>, String> {
+    let mut custom: Vec<String> = Vec::new();
+    let mut full = false;
+    let mut bsd_user = false;
+    let mut tokens = ps_args.split_whitespace();
+    while let Some(token) = tokens.next() {
+        if token.starts_with("--") {
+            return Err("error: unknown gnu long option".into());
+        }
+        if let Some(flags) = token.strip_prefix('-') {
+            for (i, flag) in flags.char_indices() {
+                match flag {
+                    'e' | 'A' | 'a' | 'x' | 'w' => {}
+                    'f' => full = true,
+                    'o' => {
+                        let rest = &flags[i + 1..];
+                        let spec = if rest.is_empty() {
+                            tokens
+                                .next()
+                                .ok_or("error: format specification must follow -o")?
+                        } else {
+                            rest
+                        };
+                        custom.push(spec.to_string());
+                        break;
+                    }
+                    _ => return Err("error: unsupported SysV option".into()),
+                }
+            }
+            continue;
+        }
+        for flag in token.chars() {
+            match flag {
+                'a' | 'x' | 'w' | 'e' => {}
+                'u' => bsd_user = true,
+                _ => return Err("error: unsupported option (BSD syntax)".into()),
+            }
+        }
+    }
+    let preset = |columns: &[(&str, &str)]| {
+        columns
+            .iter()
+            .map(|(name, header)| (name.to_string(), header.to_string()))
+            .collect()
+    };
+    if custom.is_empty() {
+        return Ok(if bsd_user {
+            preset(&[
+                ("user", "USER"),
+                ("pid", "PID"),
+                ("%cpu", "%CPU"),
+                ("%mem", "%MEM"),
+                ("vsz", "VSZ"),
+                ("rss", "RSS"),
+                ("tty", "TTY"),
+                ("stat", "STAT"),
+                ("start", "START"),
+                ("bsdtime", "TIME"),
+                ("args", "COMMAND"),
+            ])
+        } else if full || ps_args.trim().is_empty() {
+            // `-f` shows the user's name in its `UID` column.
+            preset(&[
+                ("user", "UID"),
+                ("pid", "PID"),
+                ("ppid", "PPID"),
+                ("c", "C"),
+                ("stime", "STIME"),
+                ("tty", "TTY"),
+                ("time", "TIME"),
+                ("args", "CMD"),
+            ])
+        } else {
+            preset(&[
+                ("pid", "PID"),
+                ("tty", "TTY"),
+                ("time", "TIME"),
+                ("comm", "CMD"),
+            ])
+        });
+    }
+    custom
+        .iter()
+        .flat_map(|c| c.split([',', ' ']))
+        .filter(|f| !f.is_empty())
+        .map(|spec| {
+            let (name, header) = match spec.split_once('=') {
+                Some((name, header)) => (name, Some(header)),
+                None => (spec, None),
+            };
+            let default = default_header(name).ok_or_else(|| {
+                format!("error: unknown user-defined format specifier \"{name}\"")
+            })?;
+            Ok((name.to_string(), header.unwrap_or(default).to_string()))
+        })
+        .collect()
+}
+
+/// procps' column title of a format specifier.
+fn default_header(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "pid" => "PID",
+        "ppid" => "PPID",
+        "pgid" | "pgrp" => "PGID",
+        "sid" | "sess" => "SID",
+        "uid" | "euid" => "UID",
+        "user" | "euser" | "uname" => "USER",
+        "c" => "C",
+        "stime" => "STIME",
+        "start" => "START",
+        "tty" | "tname" | "tt" => "TT",
+        "time" | "cputime" => "TIME",
+        "bsdtime" => "TIME",
+        "etime" => "ELAPSED",
+        "stat" => "STAT",
+        "s" | "state" => "S",
+        "vsz" | "vsize" => "VSZ",
+        "rss" | "rssize" => "RSS",
+        "%cpu" | "pcpu" => "%CPU",
+        "%mem" | "pmem" => "%MEM",
+        "ni" | "nice" => "NI",
+        "nlwp" | "thcount" => "NLWP",
+        "comm" | "ucmd" | "ucomm" => "COMMAND",
+        "args" | "command" => "COMMAND",
+        "cmd" => "CMD",
+        _ => return None,
+    })
+}
+
+fn clock(secs: u64) -> String {
+    let days = secs / 86_400;
+    let hms = format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    if days > 0 {
+        format!("{days}-{hms}")
+    } else {
+        hms
+    }
+}
+
 /// `Titles` and `Processes` for `pids` (host PIDs), as `ps ps_args` would print them.
 pub fn render(pids: &[i32], ps_args: &str) -> Result<Value, String> {
-    if !ps_args.trim().is_empty() && ps_args.trim() != "-ef" {
-        return host_ps(pids, ps_args);
+    // dockerd refuses renaming another column to PID: rows are matched by that column.
+    let padded = format!(" {ps_args}");
+    for spec in padded.split_whitespace().flat_map(|t| t.split(',')) {
+        if let Some((name, header)) = spec.split_once('=') {
+            if header.starts_with("PID") && name != "pid" {
+                return Err(format!("specifying \"{name}={header}\" is not allowed"));
+            }
+        }
+    }
+    let columns = parse_args(ps_args)?;
+    // As dockerd's parsePSOutput: rows are matched to the container by their PID column.
+    if !columns.iter().any(|(_, header)| header == "PID") {
+        return Err("Couldn't find PID field in ps output".into());
     }
     let hz = ticks_per_second();
     let names = user_names();
     let boot = boot_time();
     let uptime = uptime_seconds();
+    let mem_total = mem_total_kib();
     let now = chrono::Local::now();
     let mut procs: Vec<Proc> = pids.iter().filter_map(|p| read_proc(*p)).collect();
     procs.sort_by_key(|p| p.pid);
@@ -138,82 +331,89 @@ pub fn render(pids: &[i32], ps_args: &str) -> Result<Value, String> {
             let started_secs = p.start_ticks / hz;
             let elapsed = (uptime - started_secs as f64).max(1.0);
             let cpu_secs = p.cpu_ticks / hz;
-            let c = ((p.cpu_ticks as f64 / hz as f64) * 100.0 / elapsed) as u64;
+            let cpu_share = (p.cpu_ticks as f64 / hz as f64) * 100.0 / elapsed;
             let start = chrono::DateTime::from_timestamp(
                 boot + i64::try_from(started_secs).unwrap_or(0),
                 0,
             )
             .map(|t| t.with_timezone(&chrono::Local));
-            let stime = match start {
-                Some(t) if t.date_naive() == now.date_naive() => t.format("%H:%M").to_string(),
-                Some(t) => t.format("%b%d").to_string(),
-                None => "?".into(),
-            };
-            let time = format!(
-                "{:02}:{:02}:{:02}",
-                cpu_secs / 3600,
-                (cpu_secs / 60) % 60,
-                cpu_secs % 60
-            );
-            vec![
-                names
-                    .get(&p.uid)
-                    .cloned()
-                    .unwrap_or_else(|| p.uid.to_string()),
-                p.pid.to_string(),
-                p.ppid.to_string(),
-                c.to_string(),
-                stime,
-                p.tty.clone(),
-                time,
-                p.cmd.clone(),
-            ]
+            let same_day = |t: &chrono::DateTime<chrono::Local>| t.date_naive() == now.date_naive();
+            let user = names
+                .get(&p.uid)
+                .cloned()
+                .unwrap_or_else(|| p.uid.to_string());
+            columns
+                .iter()
+                .map(|(name, _)| match name.as_str() {
+                    "pid" => p.pid.to_string(),
+                    "ppid" => p.ppid.to_string(),
+                    "pgid" | "pgrp" => p.pgid.to_string(),
+                    "sid" | "sess" => p.sid.to_string(),
+                    "uid" | "euid" => p.uid.to_string(),
+                    "user" | "euser" | "uname" => user.clone(),
+                    "c" => (cpu_share as u64).to_string(),
+                    "stime" | "start" => match &start {
+                        Some(t) if same_day(t) => t.format("%H:%M").to_string(),
+                        Some(t) if name == "start" => t.format("%b %d").to_string(),
+                        Some(t) => t.format("%b%d").to_string(),
+                        None => "?".into(),
+                    },
+                    "tty" | "tname" | "tt" => p.tty.clone(),
+                    "time" | "cputime" => clock(cpu_secs),
+                    "bsdtime" => format!("{}:{:02}", cpu_secs / 60, cpu_secs % 60),
+                    "etime" => {
+                        let secs = elapsed as u64;
+                        let (d, h, m, s) = (
+                            secs / 86_400,
+                            (secs / 3600) % 24,
+                            (secs / 60) % 60,
+                            secs % 60,
+                        );
+                        match (d, h) {
+                            (0, 0) => format!("{m:02}:{s:02}"),
+                            (0, h) => format!("{h:02}:{m:02}:{s:02}"),
+                            (d, h) => format!("{d}-{h:02}:{m:02}:{s:02}"),
+                        }
+                    }
+                    "stat" => {
+                        let mut stat = p.state.to_string();
+                        if p.nice < 0 {
+                            stat.push('<');
+                        } else if p.nice > 0 {
+                            stat.push('N');
+                        }
+                        if p.sid == p.pid {
+                            stat.push('s');
+                        }
+                        if p.threads > 1 {
+                            stat.push('l');
+                        }
+                        if p.tpgid == p.pgid && p.tpgid > 0 {
+                            stat.push('+');
+                        }
+                        stat
+                    }
+                    "s" | "state" => p.state.to_string(),
+                    "vsz" | "vsize" => p.vsize_kib.to_string(),
+                    "rss" | "rssize" => p.rss_kib.to_string(),
+                    "%cpu" | "pcpu" => format!("{cpu_share:.1}"),
+                    "%mem" | "pmem" => {
+                        let share = if mem_total == 0 {
+                            0.0
+                        } else {
+                            p.rss_kib as f64 * 100.0 / mem_total as f64
+                        };
+                        format!("{share:.1}")
+                    }
+                    "ni" | "nice" => p.nice.to_string(),
+                    "nlwp" | "thcount" => p.threads.to_string(),
+                    "comm" | "ucmd" | "ucomm" => p.comm.clone(),
+                    _ => p.cmd.clone(),
+                })
+                .collect()
         })
         .collect();
-    Ok(json!({
-        "Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
-        "Processes": rows,
-    }))
-}
-
-/// dockerd's way: run the host's `ps`, find its PID column, keep the container's rows.
-fn host_ps(pids: &[i32], ps_args: &str) -> Result<Value, String> {
-    let out = std::process::Command::new("ps")
-        .args(ps_args.split_whitespace())
-        .output()
-        .map_err(|e| format!("exec: \"ps\": {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or("");
-    let titles: Vec<&str> = header.split_whitespace().collect();
-    let Some(pid_col) = titles.iter().position(|t| *t == "PID") else {
-        return Err("Couldn't find PID field in ps output".into());
-    };
-    let mut rows = Vec::new();
-    for line in lines {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(pid) = fields.get(pid_col).and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if !pids.contains(&pid) {
-            continue;
-        }
-        // The last column (the command) may hold spaces.
-        let mut row: Vec<String> = fields
-            .iter()
-            .take(titles.len() - 1)
-            .map(|s| s.to_string())
-            .collect();
-        row.push(fields[titles.len().min(fields.len()) - 1..].join(" "));
-        rows.push(row);
-    }
+    let titles: Vec<&str> = columns.iter().map(|(_, header)| header.as_str()).collect();
     Ok(json!({ "Titles": titles, "Processes": rows }))
 }
 
@@ -234,5 +434,33 @@ mod tests {
         );
         assert_eq!(tty_name(0), "?");
         assert_eq!(tty_name(136 << 8), "pts/0");
+    }
+
+    #[test]
+    fn aux_and_custom_formats_render_without_a_ps_binary() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let aux = render(&[me], "aux").unwrap();
+        assert_eq!(aux["Titles"][0], "USER");
+        assert_eq!(aux["Titles"][10], "COMMAND");
+        assert_eq!(aux["Processes"][0][1], me.to_string());
+        let custom = render(&[me], "-o pid,comm").unwrap();
+        assert_eq!(custom["Titles"], json!(["PID", "COMMAND"]));
+        assert_eq!(custom["Processes"][0][0], me.to_string());
+        assert!(custom["Processes"][0][1]
+            .as_str()
+            .unwrap()
+            .starts_with("rmachine_engine"));
+        assert_eq!(
+            render(&[me], "-o comm").unwrap_err(),
+            "Couldn't find PID field in ps output"
+        );
+        assert_eq!(
+            render(&[me], "-Z").unwrap_err(),
+            "error: unsupported SysV option"
+        );
+        assert_eq!(
+            render(&[me], "-o pid,bogus").unwrap_err(),
+            "error: unknown user-defined format specifier \"bogus\""
+        );
     }
 }

@@ -316,8 +316,9 @@ impl Engine {
             Ok(pids) if !pids.is_empty() => pids,
             _ => crate::container::top::namespace_pids(record.state.pid),
         };
-        crate::container::top::render(&pids, ps_args).map_err(|reason| EngineError::Task {
-            reason: format!("Error running top: {reason}"),
+        crate::container::top::render(&pids, ps_args).map_err(|reason| EngineError::Top {
+            id: c.id.clone(),
+            reason,
         })
     }
 
@@ -639,6 +640,7 @@ impl Engine {
                 },
             },
             console_socket: None,
+            privileged: config.privileged,
         })
     }
 }

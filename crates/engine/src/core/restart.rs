@@ -232,6 +232,12 @@ impl Engine {
         is_restarting(id)
     }
 
+    /// Gives up the pending restart by policy (a forced removal).
+    pub fn cancel_restart(&self, id: &str) {
+        set_restarting(id, false);
+        forget_delay(id);
+    }
+
     /// Shows a container waiting for its restart as Docker does: `State.Restarting` and status
     /// `restarting` in inspect, `Restarting (code) … ago` in `ps`.
     pub fn decorate_restarting(&self, id: &str, value: &mut serde_json::Value) {
@@ -306,6 +312,7 @@ impl Engine {
                 return;
             };
             if marker(&c.dir).exists()
+                || c.lifecycle().borrow().removed
                 || SHUTTING_DOWN.load(Ordering::SeqCst)
                 || c.record().state.status == Status::Running
             {

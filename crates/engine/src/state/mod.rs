@@ -279,6 +279,18 @@ impl StateStore {
 
     /// Writes a record atomically.
     pub fn save(&self, record: &ContainerRecord) -> Result<(), StateError> {
+        self.write_record(record, true)
+    }
+
+    /// Writes a record atomically without waiting for the disk: for a container's exit, which
+    /// a crash cannot lose in effect (a record still saying "running" is marked exited when
+    /// the engine starts) and which `docker stop` and `docker wait` are waiting on. The
+    /// rename still replaces the old record whole (ext4 flushes a file renamed over another).
+    pub fn save_unsynced(&self, record: &ContainerRecord) -> Result<(), StateError> {
+        self.write_record(record, false)
+    }
+
+    fn write_record(&self, record: &ContainerRecord, sync: bool) -> Result<(), StateError> {
         let dir = self.dir(&record.id);
         let path = dir.join(RECORD_FILE);
         let tmp = dir.join(format!(".{RECORD_FILE}.tmp"));
@@ -292,7 +304,9 @@ impl StateStore {
         })?;
         let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
         file.write_all(&json).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
+        if sync {
+            file.sync_all().map_err(io(&tmp))?;
+        }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         Ok(())
     }
