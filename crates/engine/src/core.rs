@@ -303,6 +303,9 @@ impl Engine {
         let mut table = Table::default();
         for mut record in state.load_all()? {
             let was_running = matches!(record.state.status, Status::Running | Status::Removing);
+            if was_running {
+                ext::remove_leftover_cgroup(&record);
+            }
             if was_running && record.host_config.auto_remove {
                 info!(container = %record.id, "removing auto-remove container left by the previous engine");
                 state.remove(&record.id)?;

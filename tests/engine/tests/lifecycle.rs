@@ -165,7 +165,23 @@ fn a_crashed_engine_restarts_with_exited_containers_and_their_logs() -> anyhow::
             "1000",
         ])?
         .ok()?;
+    let survivor_id = engine
+        .docker(&["inspect", "--format", "{{.Id}}", "survivor"])?
+        .ok()?
+        .stdout
+        .trim()
+        .to_string();
     engine.restart()?;
+    // The monitor died with the engine and could not remove the container's cgroup; the new
+    // engine must, or every crash leaks one per running container.
+    let leftovers: Vec<_> = ["", "pids/", "memory/", "cpu/", "freezer/", "devices/"]
+        .iter()
+        .map(|ctrl| {
+            std::path::PathBuf::from(format!("/sys/fs/cgroup/{ctrl}rmachine/{survivor_id}"))
+        })
+        .filter(|dir| dir.exists())
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
     let ps = engine
         .docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?
         .ok()?;
