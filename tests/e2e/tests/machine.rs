@@ -50,6 +50,26 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
         .success()?;
     assert_eq!(hello.stdout, "hello\n");
 
+    // The guest is pure cgroup v2 (this host is v1): limits must reach the container's cgroup.
+    let limits = machine
+        .docker(&[
+            "run",
+            "--rm",
+            "--memory",
+            "64m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "20",
+            "busybox",
+            "cat",
+            "/sys/fs/cgroup/memory.max",
+            "/sys/fs/cgroup/cpu.max",
+            "/sys/fs/cgroup/pids.max",
+        ])?
+        .success()?;
+    assert_eq!(limits.stdout, "67108864\n50000 100000\n20\n");
+
     let detached = machine
         .docker(&[
             "run",
