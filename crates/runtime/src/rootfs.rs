@@ -381,17 +381,19 @@ fn mount_standard(
         hardened,
         None,
     )?;
+    // /sys and the cgroup tree are read-only unless the container is privileged (Docker).
+    let kernel_view = if options.privileged {
+        hardened
+    } else {
+        hardened | MsFlags::MS_RDONLY
+    };
     let sysfs = resolve_and_create(sys, root, "/sys", FileKind::Dir)?;
     mount(
         sys,
         Some(Path::new("sysfs")),
         &sysfs,
         Some("sysfs"),
-        if options.privileged {
-            hardened
-        } else {
-            hardened | MsFlags::MS_RDONLY
-        },
+        kernel_view,
         None,
     )?;
     if options.cgroup2 {
@@ -401,11 +403,7 @@ fn mount_standard(
             Some(Path::new("cgroup")),
             &cgroup,
             Some("cgroup2"),
-            if options.privileged {
-                hardened
-            } else {
-                hardened | MsFlags::MS_RDONLY
-            },
+            kernel_view,
             None,
         )?;
     }

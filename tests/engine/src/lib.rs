@@ -345,6 +345,17 @@ impl Engine {
         Ok(self.docker_tls_command(cert_path, args).output()?.into())
     }
 
+    /// The common start of a test: an engine with `busybox:latest` loaded, or `None` (after
+    /// saying why) when the tests cannot run here because they need root.
+    pub fn with_busybox() -> Result<Option<Engine>> {
+        if !require_root() {
+            return Ok(None);
+        }
+        let engine = Engine::start()?;
+        engine.load_busybox()?;
+        Ok(Some(engine))
+    }
+
     /// Loads the busybox test image as `busybox:latest`.
     pub fn load_busybox(&self) -> Result<()> {
         let tar = self.dir.path().join("busybox.tar");

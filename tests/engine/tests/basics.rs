@@ -50,11 +50,9 @@ fn version_and_info_describe_the_engine() -> anyhow::Result<()> {
 
 #[test]
 fn load_then_images_lists_busybox() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let images = engine
         .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
         .ok()?;
@@ -64,11 +62,9 @@ fn load_then_images_lists_busybox() -> anyhow::Result<()> {
 
 #[test]
 fn run_prints_output_and_passes_exit_codes_through() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine
         .docker(&["run", "--rm", "busybox", "echo", "hello"])?
         .ok()?;
@@ -91,11 +87,9 @@ fn run_prints_output_and_passes_exit_codes_through() -> anyhow::Result<()> {
 
 #[test]
 fn run_of_a_missing_command_fails_like_docker() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine.docker(&["run", "--name", "bad", "busybox", "nope"])?;
     assert_eq!(run.code, 127, "{run:?}");
     assert!(
@@ -142,11 +136,9 @@ fn missing_image_and_container_are_404s_with_docker_messages() -> anyhow::Result
 
 #[test]
 fn stdin_is_forwarded_to_the_container() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine
         .docker_with_input(
             &["run", "-i", "--rm", "busybox", "cat"],
@@ -159,11 +151,9 @@ fn stdin_is_forwarded_to_the_container() -> anyhow::Result<()> {
 
 #[test]
 fn tty_containers_stream_raw_output() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine
         .docker(&[
             "run",
@@ -182,11 +172,9 @@ fn tty_containers_stream_raw_output() -> anyhow::Result<()> {
 
 #[test]
 fn names_conflict_like_docker() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = engine
         .docker(&["create", "--name", "web", "busybox", "true"])?
         .ok()?
@@ -220,11 +208,9 @@ fn names_conflict_like_docker() -> anyhow::Result<()> {
 
 #[test]
 fn large_output_arrives_complete_and_in_order() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine
         .docker(&["run", "--rm", "busybox", "seq", "1", "100000"])?
         .ok()?;
@@ -239,11 +225,9 @@ fn large_output_arrives_complete_and_in_order() -> anyhow::Result<()> {
 
 #[test]
 fn run_rm_of_a_missing_command_removes_the_container() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine.docker(&["run", "--rm", "busybox", "nope"])?;
     assert_eq!(run.code, 127, "{run:?}");
     let ps = engine.docker(&["ps", "-aq"])?.ok()?;
@@ -253,11 +237,9 @@ fn run_rm_of_a_missing_command_removes_the_container() -> anyhow::Result<()> {
 
 #[test]
 fn images_in_use_are_protected_and_rm_force_kills() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = engine
         .docker(&["run", "-d", "busybox", "sleep", "1000"])?
         .ok()?
@@ -305,11 +287,9 @@ fn loading_a_broken_archive_fails_with_the_reason() -> anyhow::Result<()> {
 
 #[test]
 fn user_workdir_env_and_hostname_reach_the_process() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine
         .docker(&[
             "run",

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 fn sleeper(engine: &Engine, name: &str) -> anyhow::Result<String> {
     let id = engine
@@ -16,11 +16,9 @@ fn sleeper(engine: &Engine, name: &str) -> anyhow::Result<String> {
 
 #[test]
 fn exec_runs_commands_with_their_exit_codes_env_workdir_and_user() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = sleeper(&engine, "box")?;
 
     let out = engine.docker(&["exec", "box", "sh", "-c", "echo out; echo err >&2"])?;
@@ -99,11 +97,9 @@ fn exec_runs_commands_with_their_exit_codes_env_workdir_and_user() -> anyhow::Re
 
 #[test]
 fn pause_freezes_and_unpause_resumes_and_paused_containers_can_be_stopped() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = sleeper(&engine, "frozen")?;
     engine.docker(&["pause", "frozen"])?.ok()?;
     let state = engine
@@ -188,11 +184,9 @@ fn pause_freezes_and_unpause_resumes_and_paused_containers_can_be_stopped() -> a
 
 #[test]
 fn top_lists_the_processes_and_stats_prints_a_row() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     sleeper(&engine, "watched")?;
     let top = engine.docker(&["top", "watched"])?.ok()?;
     let mut lines = top.stdout.lines();

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use anyhow::Context;
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 /// Sends one raw HTTP request over the engine's socket; returns the status line and body.
 fn raw_request(engine: &Engine, head: &str, body: &[u8]) -> anyhow::Result<(String, String)> {
@@ -58,11 +58,9 @@ fn tar_names(data: &[u8]) -> anyhow::Result<Vec<String>> {
 
 #[test]
 fn cp_copies_both_ways_on_running_and_stopped_containers() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = engine
         .docker(&[
             "run",
@@ -154,11 +152,9 @@ fn cp_copies_both_ways_on_running_and_stopped_containers() -> anyhow::Result<()>
 
 #[test]
 fn hostile_uploads_write_nothing_outside_the_container() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let outside = tempfile::tempdir()?;
     let outside_path = outside.path().to_string_lossy().into_owned();
     let id = engine
@@ -250,11 +246,9 @@ fn hostile_uploads_write_nothing_outside_the_container() -> anyhow::Result<()> {
 
 #[test]
 fn export_and_diff_show_the_container_file_system() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 /// `POST /containers/{name}/attach?QUERY` over the socket, read to the end; returns the raw
 /// stream after the `101` response head.
@@ -43,11 +43,9 @@ fn frames(mut data: &[u8]) -> Vec<(u8, String)> {
 
 #[test]
 fn attach_with_logs_replays_the_log_before_streaming() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -106,11 +104,9 @@ fn attach_with_logs_replays_the_log_before_streaming() -> anyhow::Result<()> {
 
 #[test]
 fn name_filters_are_regular_expressions_on_the_slashed_name() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     for name in ["web", "web2", "myweb"] {
         engine
             .docker(&["create", "--name", name, "busybox", "true"])?
@@ -135,11 +131,9 @@ fn name_filters_are_regular_expressions_on_the_slashed_name() -> anyhow::Result<
 
 #[test]
 fn logs_until_includes_a_line_stamped_exactly_then() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -164,11 +158,9 @@ fn logs_until_includes_a_line_stamped_exactly_then() -> anyhow::Result<()> {
 
 #[test]
 fn a_restarting_container_is_removed_only_with_force() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -227,11 +219,9 @@ fn cap_eff(status: &str) -> String {
 
 #[test]
 fn exec_privileged_gets_every_capability() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&["run", "-d", "--name", "capped", "busybox", "sleep", "1000"])?
         .ok()?;
@@ -268,11 +258,9 @@ fn exec_privileged_gets_every_capability() -> anyhow::Result<()> {
 
 #[test]
 fn top_renders_ps_argument_forms_without_a_ps_binary() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&["run", "-d", "--name", "busy", "busybox", "sleep", "1000"])?
         .ok()?;
@@ -325,11 +313,9 @@ fn top_renders_ps_argument_forms_without_a_ps_binary() -> anyhow::Result<()> {
 
 #[test]
 fn generated_names_are_adjective_underscore_surname() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let mut seen = std::collections::HashSet::new();
     for _ in 0..8 {
         engine.docker(&["create", "busybox", "true"])?.ok()?;

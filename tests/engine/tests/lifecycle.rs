@@ -2,15 +2,13 @@
 
 use std::time::Duration;
 
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 #[test]
 fn detached_container_runs_logs_stops_and_is_removed() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = engine
         .docker(&[
             "run",
@@ -72,11 +70,9 @@ fn detached_container_runs_logs_stops_and_is_removed() -> anyhow::Result<()> {
 
 #[test]
 fn stop_with_a_handled_signal_records_its_exit_code() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -107,11 +103,9 @@ fn stop_with_a_handled_signal_records_its_exit_code() -> anyhow::Result<()> {
 
 #[test]
 fn logs_follow_until_the_container_exits() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -133,11 +127,9 @@ fn logs_follow_until_the_container_exits() -> anyhow::Result<()> {
 
 #[test]
 fn a_crashed_engine_restarts_with_exited_containers_and_their_logs() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(mut engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let mut engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -204,11 +196,9 @@ fn a_crashed_engine_restarts_with_exited_containers_and_their_logs() -> anyhow::
 
 #[test]
 fn sigterm_stops_running_containers_and_exits_zero() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(mut engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let mut engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -236,11 +226,9 @@ fn sigterm_stops_running_containers_and_exits_zero() -> anyhow::Result<()> {
 
 #[test]
 fn prune_removes_stopped_containers_only() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let done = engine
         .docker(&["run", "--name", "done", "busybox", "true"])?
         .ok()?;
@@ -263,11 +251,9 @@ fn prune_removes_stopped_containers_only() -> anyhow::Result<()> {
 
 #[test]
 fn events_report_the_container_lifecycle() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()

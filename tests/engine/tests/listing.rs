@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 fn names(engine: &Engine, args: &[&str]) -> anyhow::Result<Vec<String>> {
     let mut full = vec!["ps"];
@@ -19,11 +19,9 @@ fn names(engine: &Engine, args: &[&str]) -> anyhow::Result<Vec<String>> {
 
 #[test]
 fn ps_filters_limits_and_sizes() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine.docker(&[
         "run", "--name", "failed", "-l", "tier=db", "busybox", "sh", "-c", "exit 3",
     ])?;
@@ -125,11 +123,9 @@ fn ps_filters_limits_and_sizes() -> anyhow::Result<()> {
 
 #[test]
 fn logs_select_by_time_tail_and_show_timestamps() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 fn inspect(engine: &Engine, name: &str, format: &str) -> anyhow::Result<String> {
     Ok(engine
@@ -15,11 +15,9 @@ fn inspect(engine: &Engine, name: &str, format: &str) -> anyhow::Result<String> 
 
 #[test]
 fn on_failure_restarts_up_to_its_limit() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -81,11 +79,9 @@ fn on_failure_restarts_up_to_its_limit() -> anyhow::Result<()> {
 
 #[test]
 fn always_restarts_after_exit_and_after_an_engine_crash_but_not_after_stop() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(mut engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let mut engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -151,11 +147,9 @@ fn always_restarts_after_exit_and_after_an_engine_crash_but_not_after_stop() -> 
 
 #[test]
 fn invalid_policies_signals_and_references_get_dockers_messages() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let policy = engine.docker(&["create", "--restart", "sometimes", "busybox"])?;
     assert_ne!(policy.code, 0);
     assert!(
@@ -229,11 +223,9 @@ fn invalid_policies_signals_and_references_get_dockers_messages() -> anyhow::Res
 
 #[test]
 fn read_only_roots_refuse_writes_and_tmpfs_mounts_are_writable() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let ro = engine.docker(&["run", "--rm", "--read-only", "busybox", "touch", "/x"])?;
     assert_ne!(ro.code, 0);
     assert!(ro.stderr.contains("Read-only file system"), "{}", ro.stderr);
@@ -263,11 +255,9 @@ fn read_only_roots_refuse_writes_and_tmpfs_mounts_are_writable() -> anyhow::Resu
 
 #[test]
 fn stop_timeout_rename_and_restart_behave_like_docker() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",
@@ -306,11 +296,9 @@ fn stop_timeout_rename_and_restart_behave_like_docker() -> anyhow::Result<()> {
 
 #[test]
 fn a_container_waiting_to_restart_shows_as_restarting_until_stopped() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&[
             "run",

@@ -1,6 +1,6 @@
 //! Limits and privileges on create, and `docker update`.
 
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::Engine;
 
 fn cap_eff(status: &str) -> String {
     status
@@ -13,11 +13,9 @@ fn cap_eff(status: &str) -> String {
 
 #[test]
 fn memory_cpu_and_pids_limits_reach_the_cgroup_and_update_changes_them() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let id = engine
         .docker(&[
             "run",
@@ -118,11 +116,9 @@ fn memory_cpu_and_pids_limits_reach_the_cgroup_and_update_changes_them() -> anyh
 
 #[test]
 fn capabilities_privileged_and_init_change_what_the_process_gets() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let default = engine
         .docker(&["run", "--rm", "busybox", "cat", "/proc/self/status"])?
         .ok()?;

@@ -4,11 +4,9 @@ use rmachine_tests_engine::{require_root, Engine};
 
 #[test]
 fn docker_with_a_client_certificate_works_over_tls() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let run = engine
         .docker_tls(
             &engine.certs.client_dir,

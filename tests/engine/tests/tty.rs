@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rmachine_tests_engine::{feed, require_root, Engine, Run};
+use rmachine_tests_engine::{feed, Engine, Run};
 
 /// Runs `docker ARGS` inside a PTY made by `script`, typing `input` into it.
 fn in_pty(engine: &Engine, args: &[&str], input: &[u8]) -> anyhow::Result<Run> {
@@ -30,11 +30,9 @@ fn pty_command(engine: &Engine, args: &[&str]) -> Command {
 
 #[test]
 fn run_t_gets_its_own_pts_and_exec_it_runs_an_interactive_shell() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let tty = engine
         .docker(&["run", "--rm", "-t", "busybox", "tty"])?
         .ok()?;
@@ -66,11 +64,9 @@ fn run_t_gets_its_own_pts_and_exec_it_runs_an_interactive_shell() -> anyhow::Res
 
 #[test]
 fn ctrl_p_ctrl_q_detaches_and_the_container_keeps_running() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     let mut cmd = pty_command(
         &engine,
         &["run", "-it", "--name", "keeper", "busybox", "sh"],
@@ -117,11 +113,9 @@ fn ctrl_p_ctrl_q_detaches_and_the_container_keeps_running() -> anyhow::Result<()
 
 #[test]
 fn the_engine_ends_an_attach_on_the_requested_detach_keys() -> anyhow::Result<()> {
-    if !require_root() {
+    let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
-    }
-    let engine = Engine::start()?;
-    engine.load_busybox()?;
+    };
     engine
         .docker(&["run", "-d", "-it", "--name", "held", "busybox", "sh"])?
         .ok()?;
