@@ -92,7 +92,7 @@ pub struct QemuOptions {
     #[serde(rename = "qemuAccel")]
     pub accel: AccelOption,
 
-    /// QEMU machine type [default: q35 on x86-64 (microvm boots faster), virt on ARM]
+    /// QEMU machine type [default: microvm on Linux x86-64, q35 on Windows, virt on ARM]
     #[arg(
         id = "qemu_machine",
         long = "qemu-machine",
