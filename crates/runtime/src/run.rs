@@ -5,9 +5,10 @@
 //! 1. it reads `DIR/runtime.json`, takes the sync pipe on [`SYNC_FD`] if the engine passed one,
 //!    and arranges to die with the engine (`PR_SET_PDEATHSIG`);
 //! 2. it creates the container's cgroup and writes its limits ([`crate::cgroup`]);
-//! 3. `unshare(CLONE_NEWPID)` and `fork`: the child is PID 1 of the new PID namespace; it
-//!    waits on a pipe until the monitor has moved it into the cgroup, so nothing of the
-//!    container ever runs outside it;
+//! 3. `unshare(CLONE_NEWPID)` and `fork`: the child is PID 1 of the new PID namespace. On
+//!    cgroup v2 it is born in the container's cgroup (`clone3(CLONE_INTO_CGROUP)`); otherwise it
+//!    waits on a pipe until the monitor has moved it in, so nothing of the container ever runs
+//!    outside it;
 //! 4. the child runs [`container::setup_with`] and [`container::exec`] (or, with `--init`,
 //!    [`crate::init::run`]); if either fails it writes a
 //!    [`Failed`] as JSON on a close-on-exec pipe, so EOF with nothing read means `execve`
@@ -18,9 +19,10 @@
 //!
 //! `exec` differs in steps 2 and 3: the monitor joins the running container's PID namespace
 //! instead of creating one and moves the child into the container's cgroup, and the child joins
-//! its other namespaces instead of building them. Joining runs while the monitor writes the
-//! cgroup (a first write to `cgroup.procs` waits for an RCU grace period, milliseconds): the
-//! child only runs the runtime's own code before the go, and waits for it before `execve`.
+//! its other namespaces instead of building them. On v1, joining runs while the monitor writes
+//! the cgroup (a first write to `cgroup.procs` waits for an RCU grace period, 8–16 ms): the
+//! child only runs the runtime's own code before the go, and waits for it before `execve`. On
+//! v2 the child is born in the cgroup and there is no such wait.
 //!
 //! The monitor holds the same stdio as the container: it exits as soon as the container's PID 1
 //! does, so the engine still sees EOF on the container's output then.
@@ -193,18 +195,19 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
             source: err,
         })
     };
-    let after_fork = |pid: Pid| {
-        // A container started without a cgroup (no cgroupfs) has none to join.
-        if let Ok(cgroup) = Cgroup::for_container(&id, features.cgroup_parent.as_deref()) {
-            if cgroup
+    // A container started without a cgroup (no cgroupfs) has none to join.
+    let cgroup = Cgroup::for_container(&id, features.cgroup_parent.as_deref())
+        .ok()
+        .filter(|cgroup| {
+            cgroup
                 .path("pids")
                 .or_else(|| cgroup.path("memory"))
                 .is_some_and(|p| p.is_dir())
-            {
-                cgroup.add_process(pid.as_raw())?;
-            }
-        }
-        Ok(())
+        });
+    let born_into = cgroup.as_ref().and_then(Cgroup::open_for_clone);
+    let after_fork = |pid: Pid, born_in_cgroup: bool| match &cgroup {
+        Some(cgroup) if !born_in_cgroup => Ok(cgroup.add_process(pid.as_raw())?),
+        _ => Ok(()),
     };
     // Joining the namespaces does not depend on the cgroup (the cgroup namespace joined is the
     // container's, whatever cgroup the child is in), so it overlaps the monitor's cgroup write.
@@ -224,7 +227,7 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
             Err(err) => err,
         }
     };
-    match supervise(&id, &mut sync, before_fork, after_fork, child) {
+    match supervise(&id, &mut sync, before_fork, born_into, after_fork, child) {
         Ok(code) => code,
         Err(err) => report_failure(&mut sync, &id, &err.to_failed()),
     }
@@ -266,9 +269,10 @@ fn monitor(
         sys.unshare(CloneFlags::CLONE_NEWPID)
             .map_err(RunError::monitor("new pid namespace"))
     };
-    let after_fork = |pid: Pid| match &cgroup {
-        Some(cgroup) => Ok(cgroup.add_process(pid.as_raw())?),
-        None => Ok(()),
+    let born_into = cgroup.as_ref().and_then(Cgroup::open_for_clone);
+    let after_fork = |pid: Pid, born_in_cgroup: bool| match &cgroup {
+        Some(cgroup) if !born_in_cgroup => Ok(cgroup.add_process(pid.as_raw())?),
+        _ => Ok(()),
     };
     let view = match &cgroup {
         Some(cgroup) if cgroup.mode() == CgroupMode::V2 => CgroupView::Private,
@@ -286,7 +290,7 @@ fn monitor(
             Err(err) => err,
         }
     };
-    let result = supervise(&spec.id, sync, before_fork, after_fork, child);
+    let result = supervise(&spec.id, sync, before_fork, born_into, after_fork, child);
     if let Some(cgroup) = cgroup {
         if cgroup.oom_killed().unwrap_or(false) {
             let _ = std::fs::write(dir.join(OOM_KILLED_FILE), b"");
@@ -322,15 +326,17 @@ fn create_cgroup(id: &str, features: &Features) -> Result<Option<Cgroup>, RunErr
 }
 
 /// The monitor's life, shared by `run` and `exec`: `before_fork` prepares the monitor (it
-/// decides the PID namespace the child lands in), `after_fork` acts on the child (its host PID)
-/// before the child may go on, `child` runs in the forked child and returns only with the error
+/// decides the PID namespace the child lands in), `born_into` is the v2 cgroup to create the
+/// child in, `after_fork` acts on the child (its host PID, and whether it was born in the
+/// cgroup) before the child may go on, `child` runs in the forked child and returns only with the error
 /// that kept it from exec'ing; it gets the report pipe's descriptor and the [`Go`] it must wait
 /// for before running anything of the container.
 fn supervise(
     id: &str,
     sync: &mut SyncPipe,
     before_fork: impl FnOnce() -> Result<(), RunError>,
-    after_fork: impl FnOnce(Pid) -> Result<(), RunError>,
+    born_into: Option<OwnedFd>,
+    after_fork: impl FnOnce(Pid, bool) -> Result<(), RunError>,
     child: impl FnOnce(RawFd, Go) -> ContainerError,
 ) -> Result<i32, RunError> {
     ensure_single_threaded()?;
@@ -341,9 +347,7 @@ fn supervise(
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create report pipe"))?;
     let (go_read, go_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create start pipe"))?;
-    // SAFETY: the process is single-threaded (checked above), so the child can run arbitrary
-    // code after fork without meeting a lock held by a thread that does not exist there.
-    let fork = unsafe { nix::unistd::fork() }.map_err(RunError::monitor("fork"))?;
+    let (fork, born_in_cgroup) = fork_child(born_into)?;
     let child_pid = match fork {
         ForkResult::Child => {
             drop(report_read);
@@ -356,7 +360,7 @@ fn supervise(
     };
     drop(report_write);
     drop(go_read);
-    if let Err(err) = after_fork(child_pid) {
+    if let Err(err) = after_fork(child_pid, born_in_cgroup) {
         // The child is still waiting for the go: it never ran anything of the container.
         let _ = nix::sys::signal::kill(child_pid, Signal::SIGKILL);
         let _ = wait_for(child_pid);
@@ -382,6 +386,75 @@ fn supervise(
     // Reap the child; its own status is always the failure's exit code.
     let _ = wait_for(child_pid);
     Ok(report_failure(sync, id, &failed))
+}
+
+/// Forks the container's process, into the cgroup `born_into` when there is one and the
+/// kernel supports it (5.7+); returns whether the child was born in that cgroup. Any failure
+/// of `clone3` falls back to `fork`: the caller then writes `cgroup.procs`, which names what is
+/// wrong if the cgroup cannot take the process at all.
+///
+/// MUST be called from a single-threaded process (as `fork`).
+fn fork_child(born_into: Option<OwnedFd>) -> Result<(ForkResult, bool), RunError> {
+    if let Some(dir) = born_into {
+        if let Ok(fork) = clone_into_cgroup(&dir) {
+            return Ok((fork, true));
+        }
+    }
+    // SAFETY: the process is single-threaded (the caller's contract), so the child can run
+    // arbitrary code after fork without meeting a lock held by a thread that does not exist
+    // there.
+    let fork = unsafe { nix::unistd::fork() }.map_err(RunError::monitor("fork"))?;
+    Ok((fork, false))
+}
+
+/// The kernel's `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`); the libc crate
+/// does not define it for every target.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` from linux/sched.h.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3` with `CLONE_INTO_CGROUP` and no new stack: a `fork` whose child starts in the
+/// cgroup `dir`.
+fn clone_into_cgroup(dir: &OwnedFd) -> Result<ForkResult, Errno> {
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; without CLONE_VM or a stack the
+    // child gets a copy of this address space and returns here like a `fork` child. The
+    // process is single-threaded (the caller's contract), so no lock is held by a thread
+    // missing from the child; the child only runs the runtime's setup and then execs.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
+    }
 }
 
 /// The monitor's go: the child is in the container's cgroup.
