@@ -93,6 +93,12 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
     );
     let logs = machine.docker(&["logs", &id])?.success()?;
     assert_eq!(logs.stdout, "started\n");
+    // An exec is born in the container's cgroup (clone3 on the guest's v2): its cgroup
+    // namespace then shows that cgroup as the root.
+    let exec_cgroup = machine
+        .docker(&["exec", &id, "cat", "/proc/self/cgroup"])?
+        .success()?;
+    assert_eq!(exec_cgroup.stdout, "0::/\n");
     machine.docker(&["stop", "-t", "1", &id])?.success()?;
     let exited = machine
         .docker(&[
