@@ -10,6 +10,7 @@
 # ENGINE=dockerd measures Debian's dockerd 20.10 the same way (dockerd-env.sh).
 # CGROUP=v2 runs engine and CLI in a mount namespace whose /sys/fs/cgroup is this hybrid host's
 # cgroup v2 tree, as on the guest (pure v2; this tree has no controllers, so no limits apply).
+# The exec floor is measured too: the CLI against instant-api.py, which answers at once.
 # RUNS=N changes the number of runs (20). Needs: docker CLI, hyperfine, jq, busybox-static.
 set -euo pipefail
 if [ "${CGROUP:-}" = v2 ] && [ -z "${RMACHINE_BENCH_IN_NS:-}" ]; then
@@ -50,7 +51,15 @@ chmod +x "$work/fresh-stop-target"
 measure stop --prepare "$work/fresh-stop-target" 'docker stop stop-target'
 docker rm -f stop-target >/dev/null 2>&1 || true
 
+# The floor: the same exec against a server that answers at once and runs nothing.
+python3 "$(dirname "$0")/instant-api.py" "$work/instant.sock" &
+instant_pid=$!
+for _ in $(seq 50); do [ -S "$work/instant.sock" ] && break; sleep 0.1; done
+DOCKER_HOST="unix://$work/instant.sock" measure floor --warmup 3 'docker exec target true'
+kill "$instant_pid"
+
 echo "engine: ${ENGINE:-rmachine}, cgroups: ${CGROUP:-host}, runs: $runs (medians)"
 echo "docker run --rm busybox true: $(median_ms "$work/run.json") ms"
 echo "docker exec ID true:          $(median_ms "$work/exec.json") ms"
 echo "docker stop (TERM handled):   $(median_ms "$work/stop.json") ms"
+echo "docker exec, instant server:  $(median_ms "$work/floor.json") ms (the CLI's floor)"
