@@ -440,7 +440,9 @@ fn clone_into_cgroup(dir: &OwnedFd) -> Result<ForkResult, Errno> {
     // SAFETY: `args` is a valid clone_args of the size passed; without CLONE_VM or a stack the
     // child gets a copy of this address space and returns here like a `fork` child. The
     // process is single-threaded (the caller's contract), so no lock is held by a thread
-    // missing from the child; the child only runs the runtime's setup and then execs.
+    // missing from the child; the child only runs the runtime's setup and then execs. libc did
+    // not see this clone, so its cached thread id is the parent's: the child must not call what
+    // uses it (musl's `raise`, `pthread_kill`), and it does not.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
