@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use rmachine_runtime::spec::{self, RuntimeSpec};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -38,6 +36,9 @@ mod archive;
 mod ext;
 mod lookup;
 mod restart;
+mod signal;
+
+pub use signal::{parse_kill_signal, parse_signal};
 
 /// How long output pumps may run on after the container's process ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,8 +72,8 @@ pub enum EngineError {
         /// Docker's message.
         reason: String,
     },
-    /// The container must run for this operation.
-    #[error("Container {id} is not running")]
+    /// The container must run for this operation (moby's text since v25).
+    #[error("container {id} is not running")]
     NotRunning {
         /// The container id.
         id: String,
@@ -85,16 +86,23 @@ pub enum EngineError {
         /// `started` or `stopped`.
         state: &'static str,
     },
-    /// Removal of a running container without force.
+    /// Removal of a running container without force (moby v28.2's text, naming the container
+    /// as the client did).
     #[error("cannot remove container \"{name}\": container is running: stop the container before removing or force remove")]
     RemoveRunning {
-        /// The container's name with its slash.
+        /// The reference the client used.
         name: String,
     },
     /// Removal without force of a container waiting for its restart by policy.
     #[error("cannot remove container \"{name}\": container is restarting: stop the container before removing or force remove")]
     RemoveRestarting {
-        /// The container's name with its slash.
+        /// The reference the client used.
+        name: String,
+    },
+    /// Removal without force of a paused container.
+    #[error("cannot remove container \"{name}\": container is paused and must be unpaused first")]
+    RemovePaused {
+        /// The reference the client used.
         name: String,
     },
     /// The runtime could not start the container's process.
@@ -171,6 +179,12 @@ pub enum EngineError {
     Task {
         /// What happened.
         reason: String,
+    },
+    /// `docker logs` of a container whose log driver keeps nothing (`--log-driver none`).
+    #[error("configured logging driver does not support reading")]
+    LogsNotSupported {
+        /// The container id.
+        id: String,
     },
     /// Copying files to or from a container failed.
     #[error(transparent)]
@@ -312,8 +326,13 @@ impl Engine {
                 continue;
             }
             if was_running {
-                info!(container = %record.id, "container was running when the engine stopped; marking it exited");
+                // As dockerd without live-restore (daemon.go restore): a container whose
+                // monitor died is stopped, a paused one too. Its processes died with the
+                // monitor (PR_SET_PDEATHSIG); a frozen one could not act on that SIGKILL until
+                // `remove_leftover_cgroup` above thawed its cgroup.
+                info!(container = %record.id, paused = record.state.paused, "container was running when the engine stopped; marking it exited");
                 record.state.status = Status::Exited;
+                record.state.paused = false;
                 record.state.pid = 0;
                 record.state.exit_code = 255;
                 record.state.finished_at = Some(Utc::now());
@@ -415,6 +434,7 @@ impl Engine {
             mut host_config,
         } = request;
         ext::normalize_host_config(&mut host_config)?;
+        validate_log_config(&mut host_config)?;
         if let Some(name) = &name {
             config::validate_name(name)?;
         }
@@ -423,6 +443,7 @@ impl Engine {
                 reason: "config cannot be empty in order to create a container".into(),
             });
         }
+        config::validate_config(&mut config)?;
         restart::validate_create(&config, &host_config)?;
         let image = self.resolve_image(&config.image).await?;
         config::merge_image_config(&mut config, &image);
@@ -461,6 +482,7 @@ impl Engine {
                 host_config,
                 state: ContainerState {
                     status: Status::Created,
+                    paused: false,
                     pid: 0,
                     exit_code: 0,
                     error: String::new(),
@@ -526,6 +548,7 @@ impl Engine {
                 let pid = launched.pid;
                 c.update(|r| {
                     r.state.status = Status::Running;
+                    r.state.paused = false;
                     r.state.pid = pid;
                     r.state.error.clear();
                     r.state.exit_code = 0;
@@ -676,11 +699,33 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let Launched { mut child, io, .. } = launched;
-            let log = match LogWriter::open(&c.log_path()) {
-                Ok(log) => Some(log),
-                Err(err) => {
-                    warn!(container = %c.id, error = %err, "cannot open the container log");
-                    None
+            let record = c.record();
+            let tag = crate::container::logs::TagInfo {
+                id: record.id.clone(),
+                name: record.name.trim_start_matches('/').to_string(),
+                image_id: record.image_id.clone(),
+                image_name: record.config.image.clone(),
+            };
+            let attrs = crate::container::logs::extra_attributes(
+                &log_options(&record.host_config),
+                &record.config.labels,
+                &record.config.env,
+                &tag,
+            )
+            .unwrap_or_else(|err| {
+                warn!(container = %c.id, error = %err, "cannot compute log attributes");
+                BTreeMap::new()
+            });
+            // `--log-driver none`: the output goes to attached clients only.
+            let log = if log_type(&record.host_config) == "none" {
+                None
+            } else {
+                match LogWriter::open(&c.log_path()) {
+                    Ok(log) => Some(log.with_attrs(attrs)),
+                    Err(err) => {
+                        warn!(container = %c.id, error = %err, "cannot open the container log");
+                        None
+                    }
                 }
             };
             let log = Arc::new(std::sync::Mutex::new(log));
@@ -744,6 +789,7 @@ impl Engine {
         self.emit(&c.record(), "die", &[("exitCode", code.to_string())]);
         c.update(|r| {
             r.state.status = Status::Exited;
+            r.state.paused = false;
             r.state.pid = 0;
             r.state.exit_code = code;
             r.state.finished_at = Some(Utc::now());
@@ -756,7 +802,6 @@ impl Engine {
                 warn!(container = %c.id, error = %err, "cannot persist container state");
             }
         }
-        self.clear_paused(&c.id);
         c.set_pty(None);
         c.close_subscribers();
         c.reset_stdin();
@@ -821,13 +866,17 @@ impl Engine {
         if record.state.status != Status::Running {
             return Err(EngineError::NotRunning { id: c.id.clone() });
         }
-        let signal = parse_signal(signal.unwrap_or("SIGKILL"))?;
+        let signal = parse_kill_signal(signal.unwrap_or("SIGKILL"))?;
         let mut lifecycle = c.lifecycle();
         let exits = lifecycle.borrow().exits;
         send_signal(record.state.pid, signal);
-        self.thaw_for_signal(&c);
-        self.emit(&record, "kill", &[("signal", (signal as i32).to_string())]);
-        if signal == Signal::SIGKILL {
+        // dockerd resumes a paused container only for a signal that also cancels its restart
+        // policy (daemon/kill.go `killWithSignal`); another one waits for `unpause`.
+        if restart::signal_cancels_restart(signal, record.config.stop_signal.as_deref()) {
+            self.thaw_for_signal(&c);
+        }
+        self.emit(&record, "kill", &[("signal", signal.to_string())]);
+        if signal == signal::SIGKILL {
             // As dockerd: a kill with SIGKILL returns once the container is gone.
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -844,14 +893,23 @@ impl Engine {
         let _op = c.op.lock().await;
         let record = c.record();
         if record.state.status == Status::Running {
+            if !force && record.state.paused {
+                return Err(EngineError::RemovePaused {
+                    name: reference.to_string(),
+                });
+            }
             if !force {
-                return Err(EngineError::RemoveRunning { name: record.name });
+                return Err(EngineError::RemoveRunning {
+                    name: reference.to_string(),
+                });
             }
             self.thaw_for_signal(&c);
-            stop_process(&c, record.state.pid, Signal::SIGKILL, 0).await;
+            stop_process(&c, record.state.pid, signal::SIGKILL, 0).await;
         } else if self.is_restarting(&c.id) {
             if !force {
-                return Err(EngineError::RemoveRestarting { name: record.name });
+                return Err(EngineError::RemoveRestarting {
+                    name: reference.to_string(),
+                });
             }
             self.cancel_restart(&c.id);
         }
@@ -969,6 +1027,9 @@ impl Engine {
     /// Where a container's logs are.
     pub fn log_source(&self, reference: &str) -> Result<LogSource, EngineError> {
         let c = self.container(reference)?;
+        if log_type(&c.record().host_config) == "none" {
+            return Err(EngineError::LogsNotSupported { id: c.id.clone() });
+        }
         Ok(LogSource {
             path: c.log_path(),
             tty: c.record().config.tty,
@@ -1159,20 +1220,25 @@ impl Engine {
 
 /// Signals the container and waits for its exit, escalating to SIGKILL after `timeout`
 /// seconds (negative: no escalation).
-async fn stop_process(c: &Container, pid: i32, signal: Signal, timeout: i64) {
+async fn stop_process(c: &Container, pid: i32, signal: i32, timeout: i64) {
     let mut lifecycle = c.lifecycle();
     let exits = lifecycle.borrow().exits;
     if lifecycle.borrow().exits > exits || !lifecycle.borrow().running {
         return;
     }
-    send_signal(pid, signal);
+    let delivered = send_signal(pid, signal);
     let exited = |l: &Lifecycle| l.exits > exits;
-    if timeout < 0 {
+    if timeout < 0 && delivered {
         let _ = lifecycle.wait_for(exited).await;
         return;
     }
-    let grace = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
-    if signal != Signal::SIGKILL
+    // As dockerd's containerStop: a stop signal that could not be sent leaves 2 s.
+    let grace = if delivered {
+        Duration::from_secs(u64::try_from(timeout).unwrap_or(0))
+    } else {
+        Duration::from_secs(2)
+    };
+    if signal != signal::SIGKILL
         && tokio::time::timeout(grace, lifecycle.wait_for(exited))
             .await
             .is_ok()
@@ -1180,7 +1246,7 @@ async fn stop_process(c: &Container, pid: i32, signal: Signal, timeout: i64) {
         return;
     }
     info!(container = %c.id, "did not stop in time; killing it");
-    send_signal(pid, Signal::SIGKILL);
+    send_signal(pid, signal::SIGKILL);
     if tokio::time::timeout(Duration::from_secs(30), lifecycle.wait_for(exited))
         .await
         .is_err()
@@ -1189,30 +1255,60 @@ async fn stop_process(c: &Container, pid: i32, signal: Signal, timeout: i64) {
     }
 }
 
-fn send_signal(pid: i32, signal: Signal) {
+/// Sends `signal` to `pid`; false if the kernel refused it.
+fn send_signal(pid: i32, signal: i32) -> bool {
     if pid <= 0 {
-        return;
+        return false;
     }
-    if let Err(err) = nix::sys::signal::kill(Pid::from_raw(pid), signal) {
-        debug!(pid, error = %err, "signal not delivered");
+    // SAFETY: kill(2) only takes two integers; nix's Signal cannot name real-time signals.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        let err = std::io::Error::last_os_error();
+        debug!(pid, signal, error = %err, "signal not delivered");
+        return false;
     }
+    true
 }
 
-/// Parses `SIGTERM`, `TERM`, `term` or `15`.
-pub fn parse_signal(s: &str) -> Result<Signal, EngineError> {
-    let invalid = || EngineError::InvalidParameter {
-        reason: format!("invalid signal: {s}"),
-    };
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| invalid());
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<Signal>().map_err(|_| invalid())
+/// `HostConfig.LogConfig.Config`: the `--log-opt` pairs.
+fn log_options(host: &HostConfig) -> BTreeMap<String, String> {
+    host.extra
+        .get("LogConfig")
+        .and_then(|c| c.get("Config"))
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `HostConfig.LogConfig.Type`; `json-file` when unset, as dockerd stores it.
+fn log_type(host: &HostConfig) -> &str {
+    host.extra
+        .get("LogConfig")
+        .and_then(|c| c.get("Type"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| !t.is_empty())
+        .unwrap_or("json-file")
+}
+
+/// dockerd's create-time handling of `LogConfig` (daemon/logs.go `mergeAndVerifyLogConfig`,
+/// daemon/logger/factory.go `ValidateLogOpts`): the default driver filled in, then the options
+/// checked. The drivers here are `json-file` and `none`; any other is one this engine was not
+/// built with, as dockerd says of a driver it lacks.
+fn validate_log_config(host: &mut HostConfig) -> Result<(), EngineError> {
+    let kind = log_type(host).to_string();
+    let options = log_options(host);
+    host.extra.insert(
+        "LogConfig".into(),
+        serde_json::json!({"Type": kind, "Config": options}),
+    );
+    crate::container::logs::validate_driver(&kind, &options).map_err(|err| {
+        EngineError::InvalidParameter {
+            reason: err.to_string(),
+        }
+    })
 }
 
 fn new_id() -> String {
@@ -1244,14 +1340,6 @@ fn engine_id(data_root: &Path) -> Result<String, EngineError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn signals_parse_in_every_docker_spelling() {
-        assert_eq!(parse_signal("SIGTERM").unwrap(), Signal::SIGTERM);
-        assert_eq!(parse_signal("kill").unwrap(), Signal::SIGKILL);
-        assert_eq!(parse_signal("15").unwrap(), Signal::SIGTERM);
-        assert!(parse_signal("NOPE").is_err());
-    }
-
     fn record(id: &str, name: &str, status: Status, auto_remove: bool) -> ContainerRecord {
         ContainerRecord {
             id: id.to_string(),
@@ -1267,6 +1355,7 @@ mod tests {
             },
             state: ContainerState {
                 status,
+                paused: false,
                 pid: if status == Status::Running { 4242 } else { 0 },
                 exit_code: 0,
                 error: String::new(),

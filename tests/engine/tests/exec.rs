@@ -88,7 +88,7 @@ fn exec_runs_commands_with_their_exit_codes_env_workdir_and_user() -> anyhow::Re
     assert!(
         stopped
             .stderr
-            .contains(&format!("Container {id} is not running")),
+            .contains(&format!("container {id} is not running")),
         "{}",
         stopped.stderr
     );

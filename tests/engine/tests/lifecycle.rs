@@ -38,7 +38,7 @@ fn detached_container_runs_logs_stops_and_is_removed() -> anyhow::Result<()> {
     let rm = engine.docker(&["rm", "sleeper"])?;
     assert_ne!(rm.code, 0);
     assert!(
-        rm.stderr.contains("cannot remove container \"/sleeper\": container is running: stop the container before removing or force remove"),
+        rm.stderr.contains("cannot remove container \"sleeper\": container is running: stop the container before removing or force remove"),
         "{}",
         rm.stderr
     );
@@ -56,7 +56,7 @@ fn detached_container_runs_logs_stops_and_is_removed() -> anyhow::Result<()> {
     let kill = engine.docker(&["kill", "sleeper"])?;
     assert!(
         kill.stderr
-            .contains(&format!("Container {id} is not running")),
+            .contains(&format!("container {id} is not running")),
         "{}",
         kill.stderr
     );

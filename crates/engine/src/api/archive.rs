@@ -87,6 +87,7 @@ impl Api {
         let options = ExtractOptions {
             no_overwrite_dir_non_dir: query.bool("noOverwriteDirNonDir"),
             copy_uid_gid: query.bool("copyUIDGID"),
+            read_only_root: false,
         };
         let result = self
             .engine

@@ -38,7 +38,8 @@ pub fn status_of(err: &ApiError) -> StatusCode {
             EngineError::NameConflict { .. }
             | EngineError::NotRunning { .. }
             | EngineError::RemoveRunning { .. }
-            | EngineError::RemoveRestarting { .. } => StatusCode::CONFLICT,
+            | EngineError::RemoveRestarting { .. }
+            | EngineError::RemovePaused { .. } => StatusCode::CONFLICT,
             EngineError::NotModified { .. } => StatusCode::NOT_MODIFIED,
             // dockerd: "not found" and "not executable" are the client's mistake.
             EngineError::StartFailed { exit_code, .. }
@@ -49,6 +50,7 @@ pub fn status_of(err: &ApiError) -> StatusCode {
             EngineError::ImageUsedByRunning { .. } => StatusCode::CONFLICT,
             EngineError::Conflict { .. } => StatusCode::CONFLICT,
             EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
+            EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
             EngineError::Archive(archive) => StatusCode::from_u16(archive.status_code())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             EngineError::Image(image) => StatusCode::from_u16(image.status_code())

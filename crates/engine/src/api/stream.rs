@@ -197,6 +197,8 @@ pub struct LogOptions {
     pub follow: bool,
     /// Prefix each line with its time.
     pub timestamps: bool,
+    /// Prefix each line with its log attributes (`--details`).
+    pub details: bool,
     /// Only the last N lines.
     pub tail: Option<usize>,
     /// Only lines at or after this time.
@@ -239,6 +241,11 @@ fn encode_entry(entry: &LogEntry, options: &LogOptions, tty: bool) -> Option<Byt
     let mut payload = Vec::new();
     if options.timestamps {
         payload.extend_from_slice(logs::timestamp(&entry.time).as_bytes());
+        payload.push(b' ');
+    }
+    // As dockerd: the attributes and a space, even when there are none.
+    if options.details {
+        payload.extend_from_slice(logs::details_prefix(&entry.attrs).as_bytes());
         payload.push(b' ');
     }
     payload.extend_from_slice(entry.log.as_bytes());

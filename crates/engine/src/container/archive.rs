@@ -342,6 +342,12 @@ fn resolve_for_read(
     let follow = path.ends_with('/') || path.ends_with("/.");
     if follow {
         let parts = components(path);
+        // Inside a kernel view (not the mount point itself): absent from dockerd's view.
+        if let Some((_, parents)) = parts.split_last() {
+            if open_in_root(root, parents, OFlag::O_PATH).is_ok_and(|p| is_kernel_view(p.as_fd())) {
+                return Err(not_found());
+            }
+        }
         let fd = open_in_root(root, &parts, OFlag::O_PATH).map_err(|e| match e {
             Errno::ENOENT | Errno::ENOTDIR => not_found(),
             e => io_at(path)(e),
@@ -350,6 +356,9 @@ fn resolve_for_read(
         return Ok((fd, None, st));
     }
     let (parent, name) = parent_and_name(root, path, reference)?;
+    if name.is_some() && is_kernel_view(parent.as_fd()) {
+        return Err(not_found());
+    }
     let st = stat_at(parent.as_fd(), name.as_deref()).map_err(|e| match e {
         Errno::ENOENT | Errno::ENOTDIR => not_found(),
         e => io_at(path)(e),
@@ -532,6 +541,9 @@ fn append_children<W: Write>(
 ) -> Result<(), ArchiveError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(dir, name.unwrap_or("."), flags, Mode::empty()).map_err(io_at(tar_name))?;
+    if is_kernel_view(fd.as_fd()) {
+        return Ok(());
+    }
     let listing = fd.try_clone().map_err(tar_io(tar_name))?;
     let mut entries: Vec<OsString> = nix::dir::Dir::from_fd(listing)
         .map_err(io_at(tar_name))?
@@ -557,6 +569,41 @@ fn append_children<W: Write>(
     Ok(())
 }
 
+/// `mqueue`'s magic number (nix names no constant for it).
+const MQUEUE_MAGIC: i64 = 0x1980_0202;
+
+/// Whether a directory is the root of a kernel file system or a tmpfs: the mounts the runtime
+/// makes inside a running container (`/proc`, `/sys`, `/dev`, `--tmpfs`…). dockerd archives a
+/// container from a view of its root file system and volumes only (daemon/containerfs_linux.go
+/// `openContainerFS`), where these are empty mount-point directories; walking them here would
+/// read the whole of `/proc` and `/sys` (files like `/proc/kcore` included).
+fn is_kernel_view(dir: BorrowedFd<'_>) -> bool {
+    use nix::sys::statfs::{
+        fstatfs, FsType, BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC, DEBUGFS_MAGIC,
+        DEVPTS_SUPER_MAGIC, HUGETLBFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC,
+        TMPFS_MAGIC, TRACEFS_MAGIC,
+    };
+    let Ok(fs) = fstatfs(dir) else {
+        return false;
+    };
+    let kind = fs.filesystem_type();
+    [
+        PROC_SUPER_MAGIC,
+        SYSFS_MAGIC,
+        TMPFS_MAGIC,
+        DEVPTS_SUPER_MAGIC,
+        CGROUP_SUPER_MAGIC,
+        CGROUP2_SUPER_MAGIC,
+        SECURITYFS_MAGIC,
+        DEBUGFS_MAGIC,
+        TRACEFS_MAGIC,
+        BPF_FS_MAGIC,
+        HUGETLBFS_MAGIC,
+        FsType(MQUEUE_MAGIC as _),
+    ]
+    .contains(&kind)
+}
+
 /// Options of `PUT /containers/{id}/archive`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExtractOptions {
@@ -564,6 +611,9 @@ pub struct ExtractOptions {
     pub no_overwrite_dir_non_dir: bool,
     /// Keep the archive's owners (`docker cp -a`); otherwise everything belongs to root.
     pub copy_uid_gid: bool,
+    /// The container was created with `--read-only`: refuse, once the destination is known
+    /// to be a directory (dockerd's `checkWritablePath`; there are no volumes to write to).
+    pub read_only_root: bool,
 }
 
 /// Extracts a tar into the directory `dest` of the container.
@@ -589,6 +639,11 @@ pub fn extract(
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(ArchiveError::NotADirectory {
             path: dest.to_string(),
+        });
+    }
+    if options.read_only_root {
+        return Err(ArchiveError::Invalid {
+            reason: "container rootfs is marked read-only".into(),
         });
     }
     let mut archive = tar::Archive::new(input);

@@ -77,6 +77,44 @@ pub fn replace_or_append(env: &mut Vec<String>, var: &str) {
     }
 }
 
+/// dockerd's checks of a create request's `Config` (daemon/container.go
+/// `validateContainerConfig`): an absolute working directory (kept cleaned, as
+/// `filepath.Clean` does) and environment entries with a name.
+pub fn validate_config(config: &mut ContainerConfig) -> Result<(), EngineError> {
+    if !config.working_dir.is_empty() {
+        if !config.working_dir.starts_with('/') {
+            return Err(EngineError::InvalidParameter {
+                reason: format!(
+                    "the working directory '{}' is invalid, it needs to be an absolute path",
+                    config.working_dir
+                ),
+            });
+        }
+        config.working_dir = clean_path(&config.working_dir);
+    }
+    if let Some(bad) = config.env.iter().find(|e| e.split('=').next() == Some("")) {
+        return Err(EngineError::InvalidParameter {
+            reason: format!("invalid environment variable: {bad}"),
+        });
+    }
+    Ok(())
+}
+
+/// Go's `filepath.Clean` for an absolute path.
+fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 /// Checks a container name against Docker's rule `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
 pub fn validate_name(name: &str) -> Result<(), EngineError> {
     let bare = name.strip_prefix('/').unwrap_or(name);
@@ -191,6 +229,28 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn working_dirs_must_be_absolute_and_are_cleaned() {
+        let mut config = ContainerConfig {
+            working_dir: "/srv//app/../data/".into(),
+            env: vec!["A=1".into(), "B".into()],
+            ..ContainerConfig::default()
+        };
+        validate_config(&mut config).unwrap();
+        assert_eq!(config.working_dir, "/srv/data");
+        config.working_dir = "relative".into();
+        assert_eq!(
+            validate_config(&mut config).unwrap_err().to_string(),
+            "the working directory 'relative' is invalid, it needs to be an absolute path"
+        );
+        config.working_dir = "/".into();
+        config.env.push("=x".into());
+        assert_eq!(
+            validate_config(&mut config).unwrap_err().to_string(),
+            "invalid environment variable: =x"
+        );
+    }
     use crate::image::ImageConfig;
 
     fn image(cmd: Option<&[&str]>, entrypoint: Option<&[&str]>) -> ImageRecord {

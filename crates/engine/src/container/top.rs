@@ -39,6 +39,8 @@ struct Proc {
     cpu_ticks: u64,
     vsize_kib: u64,
     rss_kib: u64,
+    /// Locked memory (`VmLck` of /proc/PID/status).
+    locked_kib: u64,
     tty: String,
     comm: String,
     cmd: String,
@@ -46,10 +48,34 @@ struct Proc {
 
 fn read_proc(pid: i32) -> Option<Proc> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut proc = parse_stat(pid, &stat)?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    proc.uid = field("Uid:")
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())?;
+    proc.locked_kib = field("VmLck:")
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if !args.is_empty() {
+        proc.cmd = args.join(" ");
+    }
+    Some(proc)
+}
+
+/// The fields of a `/proc/PID/stat` line (uid and locked memory come from `status`).
+fn parse_stat(pid: i32, stat: &str) -> Option<Proc> {
     // The command name is in parentheses and may hold spaces: split after the last ')'.
     let close = stat.rfind(')')?;
     let comm = &stat[stat.find('(')? + 1..close];
-    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
     let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
     // Field numbers of proc(5) minus 3 (pid and comm come first, state is index 0).
     let ppid = fields.get(1)?.parse().ok()?;
@@ -58,26 +84,10 @@ fn read_proc(pid: i32) -> Option<Proc> {
     let tty_nr = num(4)?;
     let cpu_ticks = num(11)? + num(12)?;
     let start_ticks = num(19)?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let cmd = if args.is_empty() {
-        format!("[{comm}]")
-    } else {
-        args.join(" ")
-    };
+    // tpgid is -1 without a controlling terminal: keep the sign.
     let as_pid = |v: Option<i64>| v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0);
     Some(Proc {
-        uid,
+        uid: 0,
         pid,
         ppid,
         pgid: as_pid(int(2)),
@@ -90,10 +100,37 @@ fn read_proc(pid: i32) -> Option<Proc> {
         cpu_ticks,
         vsize_kib: num(20).unwrap_or(0) / 1024,
         rss_kib: num(21).unwrap_or(0) * page_kib(),
+        locked_kib: 0,
         tty: tty_name(tty_nr),
         comm: comm.to_string(),
-        cmd,
+        cmd: format!("[{comm}]"),
     })
+}
+
+/// procps' `STAT` column (ps/output.c `pr_stat`): the state letter, then `<` (negative nice)
+/// or `N` (positive), `L` (locked pages), `s` (session leader), `l` (multi-threaded), `+` (in
+/// its terminal's foreground process group).
+fn stat_column(p: &Proc) -> String {
+    let mut stat = p.state.to_string();
+    if p.nice < 0 {
+        stat.push('<');
+    }
+    if p.nice > 0 {
+        stat.push('N');
+    }
+    if p.locked_kib > 0 {
+        stat.push('L');
+    }
+    if p.sid == p.pid {
+        stat.push('s');
+    }
+    if p.threads > 1 {
+        stat.push('l');
+    }
+    if p.pgid == p.tpgid {
+        stat.push('+');
+    }
+    stat
 }
 
 /// `pts/0`, `tty1` or `?` from a `tty_nr` (major in bits 8-15, minor in 0-7 and 20-31).
@@ -375,24 +412,7 @@ pub fn render(pids: &[i32], ps_args: &str) -> Result<Value, String> {
                             (d, h) => format!("{d}-{h:02}:{m:02}:{s:02}"),
                         }
                     }
-                    "stat" => {
-                        let mut stat = p.state.to_string();
-                        if p.nice < 0 {
-                            stat.push('<');
-                        } else if p.nice > 0 {
-                            stat.push('N');
-                        }
-                        if p.sid == p.pid {
-                            stat.push('s');
-                        }
-                        if p.threads > 1 {
-                            stat.push('l');
-                        }
-                        if p.tpgid == p.pgid && p.tpgid > 0 {
-                            stat.push('+');
-                        }
-                        stat
-                    }
+                    "stat" => stat_column(p),
                     "s" | "state" => p.state.to_string(),
                     "vsz" | "vsize" => p.vsize_kib.to_string(),
                     "rss" | "rssize" => p.rss_kib.to_string(),
@@ -434,6 +454,34 @@ mod tests {
         );
         assert_eq!(tty_name(0), "?");
         assert_eq!(tty_name(136 << 8), "pts/0");
+    }
+
+    #[test]
+    fn stat_flags_follow_procps() {
+        // `sh` in a container with a TTY: session leader, its group in the foreground.
+        let line = "4242 (sh) S 4200 4242 4242 34816 4242 4194560 1029 0 0 0 1 2 0 0 20 0 1 0 \
+                    863211 4575232 241 18446744073709551615 1 1 0 0 0 0 0 0 65538 0 0 0 17 1 0 \
+                    0 0 0 0 0 0 0 0 0 0 0 0";
+        let sh = parse_stat(4242, line).unwrap();
+        assert_eq!(
+            (sh.ppid, sh.pgid, sh.sid, sh.tpgid, sh.state),
+            (4200, 4242, 4242, 4242, 'S')
+        );
+        assert_eq!(sh.tty, "pts/0");
+        assert_eq!(stat_column(&sh), "Ss+");
+        // A background child of it, niced, multi-threaded, with locked memory.
+        let line = "4250 (my (odd) app) R 4242 4250 4242 34816 4242 0 0 0 0 0 0 0 0 0 30 10 3 0 \
+                    863300 0 0 0";
+        let mut app = parse_stat(4250, line).unwrap();
+        app.locked_kib = 8;
+        assert_eq!(app.comm, "my (odd) app");
+        assert_eq!((app.nice, app.threads), (10, 3));
+        assert_eq!(stat_column(&app), "RNLl");
+        // No controlling terminal: tpgid is -1, never a process group.
+        let line = "7 (sleep) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 0 -5 1 0 100 0 0 0";
+        let daemon = parse_stat(7, line).unwrap();
+        assert_eq!(daemon.tty, "?");
+        assert_eq!(stat_column(&daemon), "S<s");
     }
 
     #[test]

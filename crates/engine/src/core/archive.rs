@@ -163,9 +163,10 @@ impl Engine {
         reference: &str,
         path: &str,
         tar_path: std::path::PathBuf,
-        options: ExtractOptions,
+        mut options: ExtractOptions,
     ) -> Result<(), EngineError> {
         let c = self.container(reference)?;
+        options.read_only_root = super::restart::readonly_rootfs(&c.record().host_config);
         // A stopped container's overlay is mounted writable here: it must not start meanwhile.
         let _op = c.op.lock().await;
         let source = self.root_source(&c, &c.record(), true, true).await?;

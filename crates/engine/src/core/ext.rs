@@ -27,7 +27,6 @@ const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub(super) struct Extras {
     execs: Mutex<HashMap<String, Arc<ExecInstance>>>,
-    paused: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,40 +87,137 @@ fn resources_of(host: &HostConfig) -> Option<Resources> {
     (r != Resources::default()).then_some(r)
 }
 
-/// Checks and completes a create request's limits as dockerd does.
-pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineError> {
-    let invalid = |reason: &str| EngineError::InvalidParameter {
-        reason: reason.to_string(),
-    };
+/// dockerd's checks of the limits in a create or update request (daemon/daemon_unix.go
+/// `verifyPlatformContainerResources`), with its texts.
+fn verify_resources(host: &HostConfig) -> Result<(), EngineError> {
+    let invalid = |reason: String| EngineError::InvalidParameter { reason };
     let memory = int(host, "Memory").unwrap_or(0);
     if memory > 0 && memory < MIN_MEMORY {
-        return Err(invalid("Minimum memory limit allowed is 6MB"));
+        return Err(invalid("Minimum memory limit allowed is 6MB".into()));
     }
     let swap = int(host, "MemorySwap").unwrap_or(0);
     if memory > 0 && swap > 0 && swap < memory {
         return Err(invalid(
-            "Minimum memoryswap limit should be larger than memory limit, see usage",
+            "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
         ));
     }
-    if memory > 0 && swap == 0 {
+    let nano = int(host, "NanoCpus").unwrap_or(0);
+    if nano > 0 && int(host, "CpuPeriod").unwrap_or(0) > 0 {
+        return Err(invalid(
+            "Conflicting options: Nano CPUs and CPU Period cannot both be set".into(),
+        ));
+    }
+    if nano > 0 && int(host, "CpuQuota").unwrap_or(0) > 0 {
+        return Err(invalid(
+            "Conflicting options: Nano CPUs and CPU Quota cannot both be set".into(),
+        ));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let cpus = i64::try_from(cpus).unwrap_or(i64::MAX);
+    if nano < 0 || nano > cpus.saturating_mul(1_000_000_000) {
+        return Err(invalid(format!(
+            "range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks and completes a create request's limits as dockerd does.
+pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineError> {
+    verify_resources(host)?;
+    if let Some(tmpfs) = host.extra.get("Tmpfs").and_then(Value::as_object) {
+        // volume/mounts/linux_parser.go `ValidateTmpfsMountDestination`.
+        for dest in tmpfs.keys() {
+            let reason =
+                if dest.split('/').all(|p| p.is_empty() || p == ".") && dest.starts_with('/') {
+                    "invalid specification: destination can't be '/'".to_string()
+                } else if !dest.starts_with('/') {
+                    format!("invalid mount path: '{dest}' mount path must be absolute")
+                } else {
+                    continue;
+                };
+            return Err(EngineError::InvalidParameter { reason });
+        }
+    }
+    let memory = int(host, "Memory").unwrap_or(0);
+    if memory > 0 && int(host, "MemorySwap").unwrap_or(0) == 0 {
         // dockerd's default: as much swap as memory.
         host.extra
             .insert("MemorySwap".into(), Value::from(memory.saturating_mul(2)));
-    }
-    if int(host, "NanoCpus").unwrap_or(0) > 0
-        && (int(host, "CpuQuota").unwrap_or(0) > 0 || int(host, "CpuPeriod").unwrap_or(0) > 0)
-    {
-        return Err(invalid(
-            "Conflicting options: Nano CPUs and CPU Period cannot both be set",
-        ));
     }
     let caps = capabilities_of(host);
     if let Err(err) =
         rmachine_runtime::caps::capability_mask(caps.as_ref(), flag(host, "Privileged"))
     {
-        return Err(invalid(&err.to_string()));
+        return Err(EngineError::InvalidParameter {
+            reason: err.to_string(),
+        });
     }
     Ok(())
+}
+
+/// Merges an update request into a container's host config as dockerd's
+/// `Container.UpdateContainer` does: non-zero limits replace the old ones, some combinations
+/// are refused (their texts), a restart policy with a name replaces the old one.
+fn merge_update(current: &HostConfig, update: &HostConfig) -> Result<HostConfig, String> {
+    let new = |key: &str| int(update, key).unwrap_or(0);
+    let old = |key: &str| int(current, key).unwrap_or(0);
+    if new("NanoCpus") > 0 && old("CpuPeriod") > 0 {
+        return Err(
+            "Conflicting options: Nano CPUs cannot be updated as CPU Period has already been set"
+                .into(),
+        );
+    }
+    if new("NanoCpus") > 0 && old("CpuQuota") > 0 {
+        return Err(
+            "Conflicting options: Nano CPUs cannot be updated as CPU Quota has already been set"
+                .into(),
+        );
+    }
+    if new("CpuPeriod") > 0 && old("NanoCpus") > 0 {
+        return Err(
+            "Conflicting options: CPU Period cannot be updated as NanoCPUs has already been set"
+                .into(),
+        );
+    }
+    if new("CpuQuota") > 0 && old("NanoCpus") > 0 {
+        return Err(
+            "Conflicting options: CPU Quota cannot be updated as NanoCPUs has already been set"
+                .into(),
+        );
+    }
+    if new("Memory") != 0 && new("Memory") > old("MemorySwap") && new("MemorySwap") == 0 {
+        return Err("Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time".into());
+    }
+    let mut host = current.clone();
+    for key in [
+        "CpuShares",
+        "NanoCpus",
+        "CpuPeriod",
+        "CpuQuota",
+        "Memory",
+        "MemorySwap",
+    ] {
+        if new(key) != 0 {
+            host.extra.insert(key.to_string(), Value::from(new(key)));
+        }
+    }
+    if let Some(pids) = update.extra.get("PidsLimit").filter(|v| !v.is_null()) {
+        host.extra.insert("PidsLimit".into(), pids.clone());
+    }
+    let policy = super::restart::policy_of(update);
+    if !policy.name.is_empty() {
+        if current.auto_remove && policy.name != "no" {
+            return Err(
+                "Restart policy cannot be updated because AutoRemove is enabled for the container"
+                    .into(),
+            );
+        }
+        if let Some(value) = update.extra.get("RestartPolicy") {
+            host.extra.insert("RestartPolicy".into(), value.clone());
+        }
+    }
+    Ok(host)
 }
 
 fn capabilities_of(host: &HostConfig) -> Option<CapabilitySpec> {
@@ -172,9 +268,21 @@ fn read_spec(c: &Container) -> Result<SpecFile, EngineError> {
 }
 
 impl Engine {
-    /// Whether a container is paused.
+    /// Whether a container is paused (its record says so while it runs).
     pub fn is_paused(&self, id: &str) -> bool {
-        lock(&self.inner.ext.paused).contains(id)
+        self.container(id).is_ok_and(|c| {
+            let record = c.record();
+            record.state.paused && record.state.status == Status::Running
+        })
+    }
+
+    /// Records the paused state, on disk too: a record must not call a frozen container
+    /// running.
+    fn set_paused(&self, c: &Container, paused: bool) {
+        c.update(|r| r.state.paused = paused);
+        if let Err(err) = self.inner.state.save(&c.record()) {
+            warn!(container = %c.id, error = %err, "cannot persist container state");
+        }
     }
 
     /// Marks an inspect or list JSON of a paused container as Docker shows it.
@@ -200,18 +308,16 @@ impl Engine {
     /// Thaws a paused container about to be signalled, so the signal is acted on (the
     /// caller holds its operation lock).
     pub(super) fn thaw_for_signal(&self, c: &Container) {
-        if !lock(&self.inner.ext.paused).remove(&c.id) {
+        if !c.record().state.paused {
             return;
         }
         match cgroup_of(&c.record()).and_then(|g| g.thaw().map_err(cgroup_err(&c.id))) {
-            Ok(()) => self.emit(&c.record(), "unpause", &[]),
+            Ok(()) => {
+                self.set_paused(c, false);
+                self.emit(&c.record(), "unpause", &[]);
+            }
             Err(err) => warn!(container = %c.id, error = %err, "cannot thaw container"),
         }
-    }
-
-    /// Forgets the paused mark of a container whose run ended.
-    pub(super) fn clear_paused(&self, id: &str) {
-        lock(&self.inner.ext.paused).remove(id);
     }
 
     /// `docker pause`.
@@ -226,7 +332,7 @@ impl Engine {
             return Err(conflict(format!("Container {} is already paused", c.id)));
         }
         cgroup_of(&record)?.freeze().map_err(cgroup_err(&c.id))?;
-        lock(&self.inner.ext.paused).insert(c.id.clone());
+        self.set_paused(&c, true);
         info!(container = %c.id, "paused");
         self.emit(&record, "pause", &[]);
         Ok(())
@@ -241,7 +347,7 @@ impl Engine {
             return Err(conflict(format!("Container {} is not paused", c.id)));
         }
         cgroup_of(&record)?.thaw().map_err(cgroup_err(&c.id))?;
-        lock(&self.inner.ext.paused).remove(&c.id);
+        self.set_paused(&c, false);
         info!(container = %c.id, "unpaused");
         self.emit(&record, "unpause", &[]);
         Ok(())
@@ -253,53 +359,21 @@ impl Engine {
         reference: &str,
         body: serde_json::Map<String, Value>,
     ) -> Result<Vec<String>, EngineError> {
-        let c = self.container(reference)?;
-        let _op = c.op.lock().await;
-        let changes = HostConfig {
+        let update = HostConfig {
             extra: body
                 .into_iter()
                 .filter(|(_, v)| !v.is_null())
                 .collect::<std::collections::BTreeMap<_, _>>(),
             ..HostConfig::default()
         };
-        let mut host = c.record().host_config;
-        let memory_changed = int(&changes, "Memory").is_some_and(|m| m != 0);
-        for key in [
-            "Memory",
-            "MemorySwap",
-            "NanoCpus",
-            "CpuQuota",
-            "CpuPeriod",
-            "CpuShares",
-            "PidsLimit",
-            "RestartPolicy",
-        ] {
-            let Some(value) = changes.extra.get(key) else {
-                continue;
-            };
-            // The CLI sends zeros for the limits it does not change.
-            if value.as_i64() == Some(0) && key != "PidsLimit" {
-                continue;
-            }
-            if key == "RestartPolicy"
-                && value
-                    .get("Name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .is_empty()
-            {
-                continue;
-            }
-            host.extra.insert(key.to_string(), value.clone());
-        }
-        if int(&changes, "NanoCpus").unwrap_or(0) > 0 {
-            host.extra.remove("CpuQuota");
-            host.extra.remove("CpuPeriod");
-        }
-        if memory_changed && int(&changes, "MemorySwap").unwrap_or(0) == 0 {
-            host.extra.remove("MemorySwap");
-        }
-        normalize_host_config(&mut host)?;
+        // As dockerd: the request is checked on its own first (verifyContainerSettings), then
+        // against the container.
+        verify_resources(&update)?;
+        super::restart::validate_policy(&super::restart::policy_of(&update))?;
+        let c = self.container(reference)?;
+        let _op = c.op.lock().await;
+        let host = merge_update(&c.record().host_config, &update)
+            .map_err(|reason| conflict(format!("Cannot update container {}: {reason}", c.id)))?;
         let record = c.record();
         if record.state.status == Status::Running {
             if let Some(resources) = resources_of(&host) {
@@ -413,18 +487,81 @@ impl Engine {
         console_size: Option<(u16, u16)>,
     ) -> Result<Option<AttachSession>, EngineError> {
         let exec = self.exec(id)?;
-        let c = self.container(&exec.container_id)?;
-        let already = exec.update(|s| std::mem::replace(&mut s.started, true));
-        if already {
-            return Err(conflict(format!(
-                "Error: Exec command {id} is already running"
-            )));
+        match self.exec_launch(&exec, detach, console_size).await {
+            // As dockerd's route, which hijacks the connection before starting the exec: the
+            // error is the attached client's output.
+            Err(err) if !detach => {
+                warn!(exec = %id, error = %err, "exec failed to start");
+                let (tx, rx) = mpsc::channel::<Output>(1);
+                let _ = tx.try_send(Output {
+                    stream: StreamKind::Stdout,
+                    data: bytes::Bytes::from(format!("{err}\r\n")),
+                });
+                Ok(Some(AttachSession {
+                    tty: exec.config.tty,
+                    output: rx,
+                    stdin: None,
+                    stdin_once: true,
+                }))
+            }
+            other => other,
         }
+    }
+
+    /// Checks and starts an exec instance (daemon/exec.go `ContainerExecStart`).
+    async fn exec_launch(
+        &self,
+        exec: &Arc<ExecInstance>,
+        detach: bool,
+        console_size: Option<(u16, u16)>,
+    ) -> Result<Option<AttachSession>, EngineError> {
+        let id = exec.id.as_str();
+        let c = self.container(&exec.container_id)?;
         let record = c.record();
         if record.state.status != Status::Running {
             return Err(EngineError::NotRunning { id: c.id.clone() });
         }
-        let file = self.exec_file(&c, &record, &exec)?;
+        if record.state.paused {
+            return Err(conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                c.id
+            )));
+        }
+        let (already, finished) = exec.update(|s| {
+            (
+                std::mem::replace(&mut s.started, true),
+                s.exit_code.is_some(),
+            )
+        });
+        if already {
+            return Err(conflict(if finished {
+                format!("exec command {id} has already run")
+            } else {
+                format!("exec command {id} is already running")
+            }));
+        }
+        let started = self
+            .exec_spawn(exec, &c, &record, detach, console_size)
+            .await;
+        if started.is_err() {
+            // dockerd's default exit code for an exec that could not start (EACCES).
+            exec.update(|s| {
+                s.exit_code.get_or_insert(126);
+            });
+        }
+        started
+    }
+
+    async fn exec_spawn(
+        &self,
+        exec: &Arc<ExecInstance>,
+        c: &Arc<Container>,
+        record: &ContainerRecord,
+        detach: bool,
+        console_size: Option<(u16, u16)>,
+    ) -> Result<Option<AttachSession>, EngineError> {
+        let id = exec.id.as_str();
+        let file = self.exec_file(c, record, exec)?;
         let path = c.dir.join(format!("exec-{id}.json"));
         let config = &exec.config;
         let console = if config.tty {
@@ -506,7 +643,7 @@ impl Engine {
         });
         info!(container = %c.id, exec = %id, pid = launched.pid, "exec started");
         self.emit(
-            &record,
+            record,
             &format!("exec_start: {}", config.cmd.join(" ")),
             &[("execID", id.to_string())],
         );
@@ -679,6 +816,62 @@ mod tests {
         assert_eq!(f.capabilities.unwrap().drop, vec!["ALL".to_string()]);
         assert!(f.init);
         assert!(!f.privileged);
+    }
+
+    #[test]
+    fn updates_merge_and_refuse_as_dockerd_does() {
+        let current =
+            host(json!({"Memory": 67108864, "MemorySwap": 134217728, "NanoCpus": 1000000000i64}));
+        let update = host(json!({"Memory": 100000000, "MemorySwap": 0, "CpuShares": 0,
+            "RestartPolicy": {"Name": "always"}}));
+        let merged = merge_update(&current, &update).unwrap();
+        assert_eq!(int(&merged, "Memory"), Some(100000000));
+        // The swap limit stays; no default is applied on update.
+        assert_eq!(int(&merged, "MemorySwap"), Some(134217728));
+        assert_eq!(super::super::restart::policy_of(&merged).name, "always");
+        let too_big = host(json!({"Memory": 200000000}));
+        assert_eq!(
+            merge_update(&current, &too_big).unwrap_err(),
+            "Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time"
+        );
+        let period = host(json!({"CpuPeriod": 50000}));
+        assert_eq!(
+            merge_update(&current, &period).unwrap_err(),
+            "Conflicting options: CPU Period cannot be updated as NanoCPUs has already been set"
+        );
+        let auto_remove = HostConfig {
+            auto_remove: true,
+            ..HostConfig::default()
+        };
+        assert_eq!(
+            merge_update(
+                &auto_remove,
+                &host(json!({"RestartPolicy": {"Name": "always"}}))
+            )
+            .unwrap_err(),
+            "Restart policy cannot be updated because AutoRemove is enabled for the container"
+        );
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(
+            verify_resources(&host(json!({"NanoCpus": 1000i64 * 1000000000})))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available"
+            )
+        );
+        let mut relative = host(json!({"Tmpfs": {"run": ""}}));
+        assert_eq!(
+            normalize_host_config(&mut relative)
+                .unwrap_err()
+                .to_string(),
+            "invalid mount path: 'run' mount path must be absolute"
+        );
+        let mut root = host(json!({"Tmpfs": {"/": ""}}));
+        assert_eq!(
+            normalize_host_config(&mut root).unwrap_err().to_string(),
+            "invalid specification: destination can't be '/'"
+        );
     }
 
     #[test]

@@ -2,11 +2,21 @@
 //! and the host options that become runtime mounts (`--tmpfs`, `--read-only`).
 //!
 //! As dockerd's restart manager: after an exit the policy decides; restarts wait 100 ms, doubling
-//! up to a minute, and the delay starts over once a run lasted 10 s. A user's `stop`/`kill`
-//! cancels restarting for that run; it is remembered in `<container-dir>/stopped-by-user` so that
-//! `unless-stopped` also survives an engine restart. At engine start, `always` containers,
-//! `unless-stopped` ones not stopped by their user, and `on-failure` ones whose last exit failed
-//! are started again.
+//! up to a minute, and the delay starts over once a run lasted 10 s.
+//!
+//! dockerd keeps two separate facts about a user's signal (daemon/kill.go `killWithSignal`):
+//! - every `stop` and `kill` (any signal) sets `HasBeenManuallyStopped`, persisted: here the
+//!   file `<container-dir>/stopped-by-user`. Only `unless-stopped` reads it, at the next exit
+//!   and at engine start.
+//! - `ExitOnNext` cancels the restart manager, in memory, until the user starts the container
+//!   again: for `stop`, for SIGKILL, and for any other signal only when it is the container's
+//!   `StopSignal` or the container has none. A canceled container is not restarted whatever
+//!   its policy.
+//!
+//! At engine start (a fresh restart manager), containers that ran before are started again:
+//! `always` ones, `unless-stopped` ones not stopped by their user, `on-failure` ones whose last
+//! exit failed and that are under their retry limit (daemon/daemon.go `restore`,
+//! `Container.ShouldRestart`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +27,8 @@ use std::time::Duration;
 use rmachine_runtime::spec;
 use tracing::{info, warn};
 
-use super::{parse_signal, Engine, EngineError};
+use super::signal::{parse_signal, SIGKILL};
+use super::{Engine, EngineError};
 use crate::container::Container;
 use crate::state::{ContainerConfig, HostConfig, Status};
 
@@ -36,6 +47,33 @@ static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 static DELAYS: Mutex<Option<HashMap<String, Duration>>> = Mutex::new(None);
 /// Containers waiting for a restart by policy (Docker's `restarting` state).
 static RESTARTING: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Containers whose restart manager a user's signal canceled (dockerd's `ExitOnNext`).
+static CANCELED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn set_canceled(id: &str, on: bool) {
+    let mut list = CANCELED.lock().unwrap_or_else(|p| p.into_inner());
+    list.retain(|i| i != id);
+    if on {
+        list.push(id.to_string());
+    }
+}
+
+fn is_canceled(id: &str) -> bool {
+    CANCELED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|i| i == id)
+}
+
+/// Whether a user's `signal` cancels the restart manager (dockerd's `ExitOnNext`): SIGKILL
+/// always; another signal when the container has no `StopSignal` or it is that signal.
+pub(super) fn signal_cancels_restart(signal: i32, stop_signal: Option<&str>) -> bool {
+    match stop_signal.filter(|s| !s.is_empty()) {
+        Some(stop) if signal != SIGKILL => parse_signal(stop).is_ok_and(|s| s == signal),
+        _ => true,
+    }
+}
 
 fn set_restarting(id: &str, on: bool) {
     let mut list = RESTARTING.lock().unwrap_or_else(|p| p.into_inner());
@@ -80,10 +118,9 @@ pub fn policy_of(host: &HostConfig) -> RestartPolicy {
     }
 }
 
-/// Docker's checks of a create request's restart policy and stop signal, with its texts.
-pub fn validate_create(config: &ContainerConfig, host: &HostConfig) -> Result<(), EngineError> {
+/// dockerd's check of a restart policy (`ValidateRestartPolicy`), with its texts.
+pub fn validate_policy(policy: &RestartPolicy) -> Result<(), EngineError> {
     let invalid = |reason: String| EngineError::InvalidParameter { reason };
-    let policy = policy_of(host);
     match policy.name.as_str() {
         "" | "no" | "always" | "unless-stopped" => {
             if policy.maximum_retry_count != 0 {
@@ -106,6 +143,14 @@ pub fn validate_create(config: &ContainerConfig, host: &HostConfig) -> Result<()
             )))
         }
     }
+    Ok(())
+}
+
+/// Docker's checks of a create request's restart policy and stop signal, with its texts.
+pub fn validate_create(config: &ContainerConfig, host: &HostConfig) -> Result<(), EngineError> {
+    let invalid = |reason: String| EngineError::InvalidParameter { reason };
+    let policy = policy_of(host);
+    validate_policy(&policy)?;
     if !policy.name.is_empty() && policy.name != "no" && host.auto_remove {
         return Err(invalid(
             "can't create 'AutoRemove' container with restart policy".into(),
@@ -186,13 +231,37 @@ fn forget_delay(id: &str) {
 }
 
 impl Engine {
-    /// Records that the user stopped (or killed) the container: no restart for this run.
+    /// Records that the user stopped the container (`docker stop`, `restart`, or a kill of a
+    /// container waiting to restart): manually stopped, and no restart until the user starts it.
     pub fn mark_stopped_by_user(&self, reference: &str) -> Result<(), EngineError> {
         let c = self.container(reference)?;
-        let path = marker(&c.dir);
-        std::fs::write(&path, b"").map_err(super::io_err(&path))?;
+        self.mark_manually_stopped(&c)?;
+        set_canceled(&c.id, true);
         forget_delay(&c.id);
         Ok(())
+    }
+
+    /// Records a user's `docker kill -s SIGNAL` of a running container as dockerd's
+    /// `killWithSignal` does: manually stopped always, restart canceled only for SIGKILL or the
+    /// container's stop signal. `signal` must have been checked with [`parse_signal`].
+    pub fn mark_killed_by_user(
+        &self,
+        reference: &str,
+        signal: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let c = self.container(reference)?;
+        let signal = parse_signal(signal.unwrap_or("SIGKILL"))?;
+        self.mark_manually_stopped(&c)?;
+        if signal_cancels_restart(signal, c.record().config.stop_signal.as_deref()) {
+            set_canceled(&c.id, true);
+            forget_delay(&c.id);
+        }
+        Ok(())
+    }
+
+    fn mark_manually_stopped(&self, c: &Container) -> Result<(), EngineError> {
+        let path = marker(&c.dir);
+        std::fs::write(&path, b"").map_err(super::io_err(&path))
     }
 
     /// A start by the user: restarting is on again and the restart count starts over.
@@ -218,6 +287,7 @@ impl Engine {
 
     fn clear_user_stop(&self, c: &Container) {
         let _ = std::fs::remove_file(marker(&c.dir));
+        set_canceled(&c.id, false);
         forget_delay(&c.id);
         if c.record().restart_count != 0 {
             c.update(|r| r.restart_count = 0);
@@ -236,6 +306,7 @@ impl Engine {
     pub fn cancel_restart(&self, id: &str) {
         set_restarting(id, false);
         forget_delay(id);
+        set_canceled(id, false);
     }
 
     /// Shows a container waiting for its restart as Docker does: `State.Restarting` and status
@@ -277,13 +348,14 @@ impl Engine {
         {
             return;
         }
-        if marker(&c.dir).exists() {
+        if is_canceled(&c.id) {
             forget_delay(&c.id);
             return;
         }
         let policy = policy_of(&record.host_config);
         let restart = match policy.name.as_str() {
-            "always" | "unless-stopped" => true,
+            "always" => true,
+            "unless-stopped" => !marker(&c.dir).exists(),
             "on-failure" => {
                 code != 0
                     && (policy.maximum_retry_count == 0
@@ -311,7 +383,7 @@ impl Engine {
             let Ok(c) = engine.container(&id) else {
                 return;
             };
-            if marker(&c.dir).exists()
+            if is_canceled(&id)
                 || c.lifecycle().borrow().removed
                 || SHUTTING_DOWN.load(Ordering::SeqCst)
                 || c.record().state.status == Status::Running
@@ -329,7 +401,8 @@ impl Engine {
     /// At engine start: starts the containers whose policy asks for it.
     pub async fn restart_on_boot(&self) {
         for record in self.list() {
-            if record.state.status == Status::Running {
+            // dockerd restarts only containers that were started before (`HasBeenStartedBefore`).
+            if record.state.status == Status::Running || record.state.started_at.is_none() {
                 continue;
             }
             let Ok(c) = self.container(&record.id) else {
@@ -339,10 +412,9 @@ impl Engine {
             let start = match policy.name.as_str() {
                 "always" => true,
                 "unless-stopped" => !marker(&c.dir).exists(),
+                // As dockerd, whether the user stopped it does not matter to on-failure.
                 "on-failure" => {
                     record.state.exit_code != 0
-                        && record.state.started_at.is_some()
-                        && !marker(&c.dir).exists()
                         && (policy.maximum_retry_count == 0
                             || i64::try_from(record.restart_count).unwrap_or(i64::MAX)
                                 < policy.maximum_retry_count)
@@ -417,6 +489,18 @@ mod tests {
                 options: "nosuid,nodev,noexec,mode=1777,size=64m".into()
             }
         );
+    }
+
+    #[test]
+    fn only_kill_stop_signal_or_any_signal_without_one_cancels_restarting() {
+        // No StopSignal configured (the CLI sends none by default): every signal cancels.
+        assert!(signal_cancels_restart(libc::SIGHUP, None));
+        assert!(signal_cancels_restart(libc::SIGUSR1, Some("")));
+        assert!(signal_cancels_restart(libc::SIGKILL, Some("SIGUSR1")));
+        assert!(signal_cancels_restart(libc::SIGUSR1, Some("usr1")));
+        assert!(signal_cancels_restart(libc::SIGUSR1, Some("10")));
+        assert!(!signal_cancels_restart(libc::SIGHUP, Some("SIGUSR1")));
+        assert!(!signal_cancels_restart(libc::SIGTERM, Some("SIGQUIT")));
     }
 
     #[test]

@@ -180,6 +180,10 @@ impl Status {
 pub struct ContainerState {
     /// Lifecycle status.
     pub status: Status,
+    /// Its processes are frozen (`docker pause`); only while `status` is running. Kept on
+    /// disk so the record never says "running" of a frozen container.
+    #[serde(default)]
+    pub paused: bool,
     /// Host PID of the container's PID 1 while running, else 0.
     pub pid: i32,
     /// Last exit code (127/126 after a failed start).
@@ -349,6 +353,15 @@ mod tests {
     }
 
     #[test]
+    fn records_written_before_the_paused_flag_still_load() {
+        let json = r#"{"Status":"running","Pid":7,"ExitCode":0,"Error":"",
+            "StartedAt":null,"FinishedAt":null}"#;
+        let state: ContainerState = serde_json::from_str(json).unwrap();
+        assert!(!state.paused);
+        assert_eq!(state.status, Status::Running);
+    }
+
+    #[test]
     fn records_round_trip_through_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
@@ -365,6 +378,7 @@ mod tests {
             host_config: HostConfig::default(),
             state: ContainerState {
                 status: Status::Created,
+                paused: false,
                 pid: 0,
                 exit_code: 0,
                 error: String::new(),
