@@ -22,28 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A one-layer busybox image in `docker save` format.
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/img"
-cp /usr/bin/busybox "$work/rootfs/bin/busybox"
-for applet in $(/usr/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$work/rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$work/rootfs/etc/passwd"
-printf 'root:x:0:\n' >"$work/rootfs/etc/group"
-tar -C "$work/rootfs" -cf "$work/layer.tar" .
-diff_id=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-mkdir -p "$work/img/$diff_id"
-mv "$work/layer.tar" "$work/img/$diff_id/layer.tar"
-cat >"$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z",
- "config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},
- "rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]}}
-JSON
-config_id=$(sha256sum "$work/config.json" | cut -d' ' -f1)
-mv "$work/config.json" "$work/img/$config_id.json"
-printf '[{"Config":"%s.json","RepoTags":["busybox:latest"],"Layers":["%s/layer.tar"]}]' \
-    "$config_id" "$diff_id" >"$work/img/manifest.json"
-tar -C "$work/img" -cf "$work/busybox.tar" .
+# shellcheck source=busybox-image.sh
+source "$(dirname "${BASH_SOURCE[0]}")/busybox-image.sh"
 
 "$engine" --data-root "$work/data" -H "unix://$work/docker.sock" --runtime "$runtime" \
     --log-level warn 2>"$work/engine.log" &

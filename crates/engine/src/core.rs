@@ -536,14 +536,32 @@ impl Engine {
                 state: "started",
             });
         }
-        let spec = self.prepare(&c, &record).await?;
-        let stdio = launch::StdioOptions {
-            open_stdin: record.config.open_stdin,
-            console_size: config::console_size(&record.host_config),
+        // A start that fails before the runtime runs (e.g. an unknown `-u` user) ends like one
+        // the runtime refused: the error is recorded, waiters are told, `--rm` removes it.
+        let launched = match self.prepare(&c, &record).await {
+            Ok(spec) => {
+                let stdio = launch::StdioOptions {
+                    open_stdin: record.config.open_stdin,
+                    console_size: config::console_size(&record.host_config),
+                };
+                let features = ext::features_of(&record.host_config);
+                let runtime = &self.inner.config.runtime;
+                launch::launch_with(runtime, &c.dir, &spec, features, stdio)
+                    .await
+                    .map_err(|err| match err {
+                        LaunchError::Failed(failed) => EngineError::StartFailed {
+                            message: failed.message.clone(),
+                            exit_code: i64::from(failed.exit_code),
+                        },
+                        err => EngineError::Launch {
+                            id: c.id.clone(),
+                            source: err,
+                        },
+                    })
+            }
+            Err(err) => Err(err),
         };
-        let features = ext::features_of(&record.host_config);
-        match launch::launch_with(&self.inner.config.runtime, &c.dir, &spec, features, stdio).await
-        {
+        match launched {
             Ok(launched) => {
                 let pid = launched.pid;
                 c.update(|r| {
@@ -568,22 +586,10 @@ impl Engine {
                 self.spawn_monitor(c.clone(), launched);
                 Ok(())
             }
-            Err(err) => {
-                let (exit_code, error) = match &err {
-                    LaunchError::Failed(failed) => (
-                        i64::from(failed.exit_code),
-                        EngineError::StartFailed {
-                            message: failed.message.clone(),
-                            exit_code: i64::from(failed.exit_code),
-                        },
-                    ),
-                    _ => (
-                        128,
-                        EngineError::Launch {
-                            id: c.id.clone(),
-                            source: err,
-                        },
-                    ),
+            Err(error) => {
+                let exit_code = match &error {
+                    EngineError::StartFailed { exit_code, .. } => *exit_code,
+                    _ => 128,
                 };
                 warn!(container = %c.id, error = %error, "start failed");
                 let message = error.to_string();

@@ -325,6 +325,26 @@ impl Engine {
         Ok(self.docker_command(args).output()?.into())
     }
 
+    /// Runs `docker ARGS`, failing (and killing the CLI) if it has not ended within `limit`:
+    /// for commands a bug could leave hanging.
+    pub fn docker_within(&self, limit: Duration, args: &[&str]) -> Result<Run> {
+        let mut child = self
+            .docker_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("docker {} did not end within {limit:?}", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child.wait_with_output()?.into())
+    }
+
     /// Runs `docker ARGS` with `input` on its stdin.
     pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Result<Run> {
         feed(self.docker_command(args), input)

@@ -736,3 +736,37 @@ fn ps_filters_are_checked_and_a_paused_container_is_resumed_only_as_dockerd_does
     );
     Ok(())
 }
+
+/// moby daemon/start.go: a start that fails before the process runs still removes a `--rm`
+/// container, so `docker run --rm` (which waits for the removal) ends with the error.
+#[test]
+fn a_rm_container_whose_start_fails_early_is_removed_and_run_ends() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let run = engine.docker_within(
+        Duration::from_secs(30),
+        &[
+            "run",
+            "--rm",
+            "--name",
+            "nouser",
+            "-u",
+            "nosuchuser",
+            "busybox",
+            "id",
+        ],
+    )?;
+    assert_eq!(run.code, 125, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("unable to find user nosuchuser: no matching entries in passwd file"),
+        "{}",
+        run.stderr
+    );
+    let left = engine
+        .docker(&["ps", "-a", "-q", "--filter", "name=nouser"])?
+        .ok()?;
+    assert_eq!(left.stdout, "", "the --rm container is gone");
+    Ok(())
+}
