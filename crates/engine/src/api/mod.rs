@@ -486,7 +486,15 @@ impl Api {
     }
 
     fn events(&self, query: &Query) -> ApiResult {
-        let since = stream::parse_time(query.get("since")).map_err(ApiError::BadRequest)?;
+        // `--since 0` replays everything kept: unlike for logs, a given 0 is not "no since".
+        let since = match query.get("since").filter(|v| !v.is_empty()) {
+            Some(value) => Some(
+                stream::parse_time(Some(value))
+                    .map_err(ApiError::BadRequest)?
+                    .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+            ),
+            None => None,
+        };
         let until = stream::parse_time(query.get("until")).map_err(ApiError::BadRequest)?;
         let filters = parse_filters(query.get("filters"))?;
         let (past, mut live) = self.engine.events().subscribe(since);
