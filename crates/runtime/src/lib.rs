@@ -21,6 +21,7 @@ pub mod init;
 pub mod lookup;
 pub mod rootfs;
 pub mod run;
+pub mod seccomp;
 pub mod spec;
 pub mod status;
 pub mod syscall;
