@@ -66,7 +66,7 @@ pub enum ContainerError {
         source: SysError,
     },
     /// The working directory could not be created or entered.
-    #[error("chdir to cwd ({cwd:?}) set in config.json")]
+    #[error("chdir to cwd ({cwd:?}) set in config.json failed")]
     Cwd {
         /// The working directory from the spec.
         cwd: String,
@@ -198,11 +198,16 @@ pub fn setup(spec: &RuntimeSpec, sys: &dyn Syscall) -> Result<Exec, ContainerErr
 }
 
 /// How a container sees cgroups.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum CgroupView {
-    /// No cgroup filesystem inside (v1 hosts, hosts without cgroups).
+    /// No cgroup filesystem inside (hosts without cgroups).
     #[default]
     Hidden,
+    /// Docker's default on v1 hosts (the host's cgroup namespace): a tmpfs on
+    /// `/sys/fs/cgroup` with each hierarchy's container directory bind-mounted at
+    /// `/sys/fs/cgroup/NAME`, all read-only unless privileged, as runc mounts them. Pairs of
+    /// NAME and host directory ([`crate::cgroup::Cgroup::v1_dirs`]).
+    HostV1(Vec<(String, PathBuf)>),
     /// Docker's default on v2 hosts: a private cgroup namespace rooted at the container's
     /// cgroup (the process MUST already be in it) and `cgroup2` on `/sys/fs/cgroup`, read-only
     /// unless privileged, so `cat /sys/fs/cgroup/memory.max` shows the container's limit.
@@ -276,6 +281,10 @@ pub fn setup_in(
             privileged: features.privileged,
             console_socket,
             cgroup2: cgroups == CgroupView::Private,
+            cgroup_v1: match cgroups {
+                CgroupView::HostV1(dirs) => dirs,
+                _ => Vec::new(),
+            },
         },
     )?;
     enter_cwd(sys, &spec.process.cwd, true)?;
@@ -286,7 +295,7 @@ pub fn setup_in(
         title.extend(spec.process.args.iter().cloned());
         let _ = sys.set_title(&title);
     }
-    become_process(sys, &spec.process, capabilities)
+    become_process(sys, &spec.process, capabilities, features)
 }
 
 /// Connects to the engine's console socket when the process has a terminal and one was given.
@@ -361,7 +370,7 @@ pub fn setup_exec_with(
             })?;
     }
     enter_cwd(sys, &process.cwd, false)?;
-    become_process(sys, process, capabilities)
+    become_process(sys, process, capabilities, features)
 }
 
 /// Joins the PID namespace of host PID `pid`, for the children forked afterwards.
@@ -380,6 +389,7 @@ fn become_process(
     sys: &dyn Syscall,
     process: &Process,
     capabilities: u64,
+    features: &Features,
 ) -> Result<Exec, ContainerError> {
     // A new session always (as runc), so the container never shares the engine's; with a PTY
     // the slave on stdin becomes its controlling terminal. Done as root: TIOCSCTTY may need it.
@@ -390,6 +400,15 @@ fn become_process(
     if process.terminal {
         sys.set_controlling_terminal(0)
             .map_err(|errno| ContainerError::Terminal {
+                source: errno.into(),
+            })?;
+    }
+    // Installed while the process still holds CAP_SYS_ADMIN (no no_new_privs needed, as with
+    // runc) and after every mount: the filter refuses mount and friends without that cap.
+    if features.seccomp_filtered() {
+        sys.install_seccomp(&crate::seccomp::Filter::docker_default(capabilities))
+            .map_err(|errno| ContainerError::Process {
+                what: "install the seccomp filter",
                 source: errno.into(),
             })?;
     }
@@ -408,6 +427,13 @@ fn become_process(
             what: "set parent death signal",
             source: errno.into(),
         })?;
+    if features.no_new_privileges {
+        sys.set_no_new_privileges()
+            .map_err(|errno| ContainerError::Process {
+                what: "set no_new_privs",
+                source: errno.into(),
+            })?;
+    }
 
     let name = process
         .args
@@ -618,6 +644,7 @@ mod tests {
                 Call::Chdir("/".into()),
                 Call::Chdir("/work".into()),
                 Call::Setsid,
+                Call::InstallSeccomp(crate::seccomp::Filter::docker_default(0xa804_25fb).len()),
                 Call::Setgroups(vec![10]),
                 Call::Setgid(100),
                 Call::Setuid(1000),
@@ -847,6 +874,7 @@ mod tests {
                 Call::Chdir("/".into()),
                 Call::Chdir("/work".into()),
                 Call::Setsid,
+                Call::InstallSeccomp(crate::seccomp::Filter::docker_default(0xa804_25fb).len()),
                 Call::Setgroups(vec![10]),
                 Call::Setgid(100),
                 Call::Setuid(1000),
@@ -875,6 +903,36 @@ mod tests {
             !calls.contains(&Call::DropBoundingCapability(12)),
             "NET_ADMIN"
         );
+    }
+
+    #[test]
+    fn seccomp_is_skipped_when_unconfined_and_nnp_comes_last() {
+        let installs = |features: &Features| {
+            let sys = image();
+            setup_with(&spec(), features, &sys).expect("setup");
+            sys.calls()
+        };
+        let has_filter =
+            |calls: &[Call]| calls.iter().any(|c| matches!(c, Call::InstallSeccomp(_)));
+        assert!(has_filter(&installs(&Features::default())));
+        for features in [
+            Features {
+                seccomp_unconfined: true,
+                ..Features::default()
+            },
+            Features {
+                privileged: true,
+                seccomp_unconfined: true,
+                ..Features::default()
+            },
+        ] {
+            assert!(!has_filter(&installs(&features)), "{features:?}");
+        }
+        let calls = installs(&Features {
+            no_new_privileges: true,
+            ..Features::default()
+        });
+        assert_eq!(calls.last(), Some(&Call::SetNoNewPrivileges), "{calls:?}");
     }
 
     #[test]
@@ -1037,6 +1095,54 @@ mod tests {
     }
 
     #[test]
+    fn a_v1_view_binds_each_hierarchy_read_only_on_a_tmpfs() {
+        let sys = image();
+        let memory = PathBuf::from("/sys/fs/cgroup/memory/rmachine/c");
+        let view = CgroupView::HostV1(vec![("memory".into(), memory.clone())]);
+        setup_in(&spec(), &Features::default(), view, &sys).expect("setup");
+        let calls = sys.calls();
+        assert!(!calls.iter().any(|c| matches!(c,
+            Call::Unshare(flags) if flags.contains(CloneFlags::CLONE_NEWCGROUP))));
+        let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let base = PathBuf::from("/c/merged/sys/fs/cgroup");
+        let expected = [
+            Call::Mount {
+                source: Some("tmpfs".into()),
+                target: base.clone(),
+                fstype: Some("tmpfs".into()),
+                flags: hardened,
+                data: Some("mode=755".into()),
+            },
+            Call::Mount {
+                source: Some(memory),
+                target: base.join("memory"),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+            },
+            Call::Mount {
+                source: None,
+                target: base.join("memory"),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | hardened | MsFlags::MS_RDONLY,
+                data: None,
+            },
+            Call::Mount {
+                source: None,
+                target: base.clone(),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | hardened | MsFlags::MS_RDONLY,
+                data: None,
+            },
+        ];
+        let mounts: Vec<&Call> = calls
+            .iter()
+            .filter(|c| matches!(c, Call::Mount { target, .. } if target.starts_with(&base)))
+            .collect();
+        assert_eq!(mounts, expected.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
     fn exec_does_not_create_a_missing_cwd() {
         let mut process = spec().process;
         process.cwd = "/gone".into();
@@ -1046,7 +1152,7 @@ mod tests {
             .to_failed();
         assert_eq!(
             failed.message,
-            "chdir to cwd (\"/gone\") set in config.json: no such file or directory"
+            "chdir to cwd (\"/gone\") set in config.json failed: no such file or directory"
         );
         assert!(!sys
             .calls()

@@ -242,7 +242,7 @@ fn components_rev(path: &Path) -> Vec<PathBuf> {
 }
 
 /// How the standard mounts differ between containers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RootfsOptions {
     /// The container has a terminal: it gets a `/dev/console`.
     pub terminal: bool,
@@ -253,6 +253,9 @@ pub struct RootfsOptions {
     pub console_socket: Option<RawFd>,
     /// Mount `cgroup2` on `/sys/fs/cgroup` (in the container's own cgroup namespace).
     pub cgroup2: bool,
+    /// v1: a tmpfs on `/sys/fs/cgroup` and, for each pair, the host directory (the
+    /// container's cgroup in one hierarchy) bind-mounted on `/sys/fs/cgroup/NAME`.
+    pub cgroup_v1: Vec<(String, PathBuf)>,
 }
 
 /// [`prepare_with`] for a container with default options but `terminal`.
@@ -406,6 +409,9 @@ fn mount_standard(
             kernel_view,
             None,
         )?;
+    }
+    if !options.cgroup_v1.is_empty() {
+        mount_cgroup_v1(sys, root, &options.cgroup_v1, kernel_view)?;
     }
     let dev = resolve_and_create(sys, root, "/dev", FileKind::Dir)?;
     mount(
@@ -591,6 +597,62 @@ fn switch_root(sys: &dyn Syscall, root: &Path) -> Result<(), RootfsError> {
         Err(errno) => return Err(pivot_error(errno)),
     }
     sys.chdir(Path::new("/")).map_err(pivot_error)
+}
+
+/// runc's v1 cgroup mount for a container in the host's cgroup namespace: a tmpfs on
+/// `/sys/fs/cgroup`, the container's directory of each hierarchy bound on it, then the tmpfs
+/// made read-only when `flags` say so.
+fn mount_cgroup_v1(
+    sys: &dyn Syscall,
+    root: &Path,
+    dirs: &[(String, PathBuf)],
+    flags: MsFlags,
+) -> Result<(), RootfsError> {
+    let base = resolve_and_create(sys, root, "/sys/fs/cgroup", FileKind::Dir)?;
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        sys,
+        Some(Path::new("tmpfs")),
+        &base,
+        Some("tmpfs"),
+        hardened,
+        Some("mode=755"),
+    )?;
+    for (name, source) in dirs {
+        // A fresh tmpfs: a plain join cannot meet a symlink.
+        let target = base.join(name);
+        mkdir(sys, &target)?;
+        let what = source.display().to_string();
+        mount(
+            sys,
+            Some(source),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| with_what(e, &what))?;
+        mount(
+            sys,
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None,
+        )
+        .map_err(|e| with_what(e, &what))?;
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        mount(
+            sys,
+            None,
+            &base,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// Resolves a container path under `root` and creates it (with its parents) if missing.

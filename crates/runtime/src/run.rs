@@ -186,7 +186,8 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
         Ok(file) => file,
         Err(err) => return report_failure(&mut sync, &id, &err.to_failed()),
     };
-    // The exec's features only decide its capabilities: `--privileged` means all of them.
+    // The exec's features only decide its capabilities: `--privileged` means all of them. Its
+    // seccomp filter stays the container's, as with runc.
     features.privileged |= file.privileged;
     let spec = &file.exec;
     let before_fork = || {
@@ -276,7 +277,8 @@ fn monitor(
     };
     let view = match &cgroup {
         Some(cgroup) if cgroup.mode() == CgroupMode::V2 => CgroupView::Private,
-        _ => CgroupView::Hidden,
+        Some(cgroup) => CgroupView::HostV1(cgroup.v1_dirs()),
+        None => CgroupView::Hidden,
     };
     // The setup waits for the go: a private cgroup namespace is rooted at the cgroup the child
     // is in when it unshares it.

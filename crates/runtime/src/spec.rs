@@ -218,9 +218,17 @@ pub const DEFAULT_CGROUP_PARENT: &str = "rmachine";
 /// runs (the process is moved in before it execs) and removed after it exits: on a cgroup v2
 /// host `/sys/fs/cgroup/PARENT/ID` (the controllers are enabled in each ancestor's
 /// `cgroup.subtree_control`), on a v1 or hybrid host `/sys/fs/cgroup/CONTROLLER/PARENT/ID` for
-/// each of `memory`, `cpu`, `cpuacct`, `pids` and `freezer` the host has. The engine acts on a
-/// running container's cgroup in-process with [`crate::cgroup::Cgroup::for_container`] (pause,
-/// update, stats, top). `docker exec` processes join the same cgroup.
+/// each hierarchy of [`crate::cgroup::V1_CONTROLLERS`] the host has (runc's set: `memory`,
+/// `cpu`, `cpuacct`, `pids`, `freezer`, `devices`, `cpuset` — its CPUs and memory nodes copied
+/// from the parent —, `blkio` and the named `systemd`). The engine acts on a running
+/// container's cgroup in-process with [`crate::cgroup::Cgroup::for_container`] (pause, update,
+/// stats, top). `docker exec` processes join the same cgroup.
+///
+/// What the container sees: on v2 a private cgroup namespace and `cgroup2` on
+/// `/sys/fs/cgroup`; on v1 (host cgroup namespace, as Docker there) a tmpfs on
+/// `/sys/fs/cgroup` with its own directory of each hierarchy bound on
+/// `/sys/fs/cgroup/CONTROLLER` (so `memory/memory.limit_in_bytes` is its limit). Both are
+/// read-only unless [`Features::privileged`].
 ///
 /// # Console socket
 ///
@@ -265,6 +273,23 @@ pub struct Features {
     /// Where to send the PTY master (see the type's docs); only with [`Process::terminal`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_socket: Option<PathBuf>,
+    /// No seccomp filter: `--security-opt seccomp=unconfined`, and `--privileged` (the engine
+    /// sets it for both). Without it the runtime installs
+    /// [`crate::seccomp::Filter::docker_default`] for the process's capabilities, also for a
+    /// `docker exec --privileged` in a filtered container, as runc does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seccomp_unconfined: bool,
+    /// `--security-opt no-new-privileges`: `execve` of a setuid or file-capability binary
+    /// gains nothing (`PR_SET_NO_NEW_PRIVS`); inherited by `exec` processes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
+}
+
+impl Features {
+    /// Whether the container's processes run under the default seccomp filter.
+    pub fn seccomp_filtered(&self) -> bool {
+        !self.seccomp_unconfined
+    }
 }
 
 /// Resource limits, Docker's `HostConfig` units. Each `None` leaves the limit alone (unlimited
@@ -293,6 +318,13 @@ pub struct Resources {
     /// `--pids-limit`; `0` or negative means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
+    /// `--cpuset-cpus` (`0-1`, `0,2`); written on v1 hosts, where every container has a
+    /// cpuset cgroup (the v2 guest does not enable the cpuset controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_cpus: Option<String>,
+    /// `--cpuset-mems`, as [`Resources::cpuset_cpus`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_mems: Option<String>,
 }
 
 /// `--cap-add` and `--cap-drop`, with Docker's names: `NET_ADMIN` or `CAP_NET_ADMIN` in any
@@ -405,7 +437,7 @@ mod tests {
 
         let with: SpecFile = serde_json::from_str(&old.replacen(
             '{',
-            r#"{"resources":{"memoryBytes":67108864,"cpuQuota":150000,"cpuPeriod":100000,"pidsLimit":100},"cgroupParent":"docker","capabilities":{"add":["NET_ADMIN"]},"privileged":true,"init":true,"consoleSocket":"/run/c.sock","#,
+            r#"{"resources":{"memoryBytes":67108864,"cpuQuota":150000,"cpuPeriod":100000,"pidsLimit":100},"cgroupParent":"docker","capabilities":{"add":["NET_ADMIN"]},"privileged":true,"init":true,"consoleSocket":"/run/c.sock","seccompUnconfined":true,"noNewPrivileges":true,"#,
             1,
         ))
         .unwrap();
@@ -428,6 +460,8 @@ mod tests {
                 privileged: true,
                 init: true,
                 console_socket: Some("/run/c.sock".into()),
+                seccomp_unconfined: true,
+                no_new_privileges: true,
             }
         );
 

@@ -137,6 +137,10 @@ pub trait Syscall {
     /// Asks for SIGKILL when the parent (the monitor) dies (`PR_SET_PDEATHSIG`). The kernel
     /// forgets it whenever the uid or gid changes, so it is set again after those.
     fn set_parent_death_signal(&self) -> Result<(), Errno>;
+    /// `PR_SET_NO_NEW_PRIVS`: no `execve` may raise privileges again.
+    fn set_no_new_privileges(&self) -> Result<(), Errno>;
+    /// Installs a seccomp filter on the process (inherited across `execve` and `fork`).
+    fn install_seccomp(&self, filter: &crate::seccomp::Filter) -> Result<(), Errno>;
     /// `umask(2)`.
     fn umask(&self, mask: u32);
     /// Unblocks every signal and restores every disposition to its default, so the container
@@ -524,6 +528,14 @@ impl Syscall for LinuxSyscall {
 
     fn set_parent_death_signal(&self) -> Result<(), Errno> {
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+    }
+
+    fn install_seccomp(&self, filter: &crate::seccomp::Filter) -> Result<(), Errno> {
+        filter.install()
+    }
+
+    fn set_no_new_privileges(&self) -> Result<(), Errno> {
+        nix::sys::prctl::set_no_new_privs()
     }
 
     fn umask(&self, mask: u32) {

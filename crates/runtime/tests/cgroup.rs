@@ -135,6 +135,7 @@ fn v1_controllers_limit_freeze_count_and_are_removed() {
             cpu_period: Some(100_000),
             cpu_shares: Some(512),
             pids_limit: Some(5),
+            ..Resources::default()
         })
         .expect("update");
     if let Some(memory) = cgroup.path("memory") {

@@ -901,7 +901,7 @@ fn exec_runs_in_the_containers_namespaces_and_root() {
     let bad_cwd = container.exec(pid, bad_cwd);
     assert_eq!(bad_cwd.code, Some(1));
     assert!(
-        matches!(&bad_cwd.sync, Some(SyncMessage::Failed(f)) if f.message == "chdir to cwd (\"/not/here\") set in config.json: no such file or directory"),
+        matches!(&bad_cwd.sync, Some(SyncMessage::Failed(f)) if f.message == "chdir to cwd (\"/not/here\") set in config.json failed: no such file or directory"),
         "{bad_cwd:?}"
     );
 
@@ -1150,6 +1150,7 @@ fn limits_land_in_the_containers_cgroup_which_is_removed_at_exit() {
         cpu_period: Some(100_000),
         cpu_shares: Some(512),
         pids_limit: Some(50),
+        ..Resources::default()
     });
     let (mut runtime, pid) = container.start_detached();
     let cgroup = cgroup_of(&container);

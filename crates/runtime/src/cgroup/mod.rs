@@ -29,8 +29,11 @@ pub mod devices;
 /// Where cgroupfs is mounted on Linux hosts and in the guest.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// The v1 controllers a container's cgroup lives in (those the host lacks are skipped).
-pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
+/// The v1 hierarchies a container's cgroup lives in, by directory under the root (those the
+/// host lacks are skipped): runc's set, `systemd` being the named `name=systemd` hierarchy.
+pub const V1_CONTROLLERS: [&str; 9] = [
+    "memory", "cpu", "cpuacct", "pids", "freezer", "devices", "cpuset", "blkio", "systemd",
+];
 
 /// The v2 controllers enabled for containers (those the kernel lacks are skipped).
 const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -262,10 +265,49 @@ impl Cgroup {
             }
             enable_controllers(&dir)?;
         }
+        if self.path("cpuset").is_some() {
+            self.create_cpuset(&self.root.join("cpuset"))?;
+        }
         for dir in self.dirs() {
             mkdir(&dir)?;
         }
         Ok(())
+    }
+
+    /// A v1 cpuset cgroup starts with no CPUs and no memory nodes, and takes no process until
+    /// it has some: each new level inherits its parent's (as runc does).
+    fn create_cpuset(&self, base: &Path) -> Result<(), CgroupError> {
+        let mut dir = base.to_path_buf();
+        for component in self.relative.components() {
+            let parent = dir.clone();
+            dir.push(component);
+            mkdir(&dir)?;
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let own = read_optional(&dir.join(file))?.unwrap_or_default();
+                if !own.trim().is_empty() {
+                    continue;
+                }
+                let inherited = read_optional(&parent.join(file))?.unwrap_or_default();
+                if !inherited.trim().is_empty() {
+                    write(&dir.join(file), inherited.trim())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// v1: each hierarchy's name under the root and this cgroup's directory in it, which a
+    /// container with the host's cgroup namespace sees at `/sys/fs/cgroup/NAME` (runc's
+    /// bind mounts). Empty on v2.
+    pub fn v1_dirs(&self) -> Vec<(String, PathBuf)> {
+        match self.mode {
+            CgroupMode::V2 => Vec::new(),
+            CgroupMode::V1 => self
+                .controllers
+                .iter()
+                .map(|c| (c.to_string(), self.root.join(c).join(&self.relative)))
+                .collect(),
+        }
     }
 
     /// Restricts the devices the container may open to Docker's default list, or allows all
@@ -370,6 +412,14 @@ impl Cgroup {
         if let Some(dir) = self.path("pids") {
             if let Some(pids) = r.pids_limit {
                 write(&dir.join("pids.max"), &limit_or_max(pids))?;
+            }
+        }
+        if let Some(dir) = self.path("cpuset") {
+            if let Some(cpus) = r.cpuset_cpus.as_deref().filter(|c| !c.is_empty()) {
+                write(&dir.join("cpuset.cpus"), cpus)?;
+            }
+            if let Some(mems) = r.cpuset_mems.as_deref().filter(|m| !m.is_empty()) {
+                write(&dir.join("cpuset.mems"), mems)?;
             }
         }
         Ok(())

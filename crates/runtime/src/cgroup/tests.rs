@@ -93,6 +93,7 @@ fn v2_limits_use_the_unified_files() {
         cpu_period: Some(100_000),
         cpu_shares: Some(512),
         pids_limit: Some(100),
+        ..Resources::default()
     })
     .expect("update");
     assert_eq!(get(&dir.join("memory.max")), "67108864");
@@ -140,6 +141,7 @@ fn v1_limits_use_each_controllers_hierarchy() {
         cpu_period: Some(100_000),
         cpu_shares: Some(512),
         pids_limit: Some(-1),
+        ..Resources::default()
     })
     .expect("update");
     assert_eq!(get(&memory.join("memory.limit_in_bytes")), "67108864");
@@ -148,6 +150,35 @@ fn v1_limits_use_each_controllers_hierarchy() {
     assert_eq!(get(&cpu.join("cpu.cfs_period_us")), "100000");
     assert_eq!(get(&cpu.join("cpu.shares")), "512");
     assert_eq!(get(&pids.join("pids.max")), "max");
+}
+
+#[test]
+fn v1_cpusets_inherit_their_parents_cpus_and_take_limits() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let base = root.path().join("cpuset");
+    put(&base.join("cpuset.cpus"), "0-1\n");
+    put(&base.join("cpuset.mems"), "0\n");
+    // The kernel gives each new cpuset cgroup empty files; a parent set up before keeps its.
+    for dir in ["rmachine", "rmachine/abc"] {
+        put(&base.join(dir).join("cpuset.cpus"), "");
+        put(&base.join(dir).join("cpuset.mems"), "");
+    }
+    put(&base.join("rmachine/cpuset.cpus"), "1\n");
+    let cg = Cgroup::under(root.path(), CgroupMode::V1, "abc", None).expect("cgroup");
+    cg.create().expect("create");
+    let dir = base.join("rmachine/abc");
+    assert_eq!(get(&base.join("rmachine/cpuset.cpus")), "1\n");
+    assert_eq!(get(&base.join("rmachine/cpuset.mems")), "0");
+    assert_eq!(get(&dir.join("cpuset.cpus")), "1");
+    assert_eq!(get(&dir.join("cpuset.mems")), "0");
+    assert_eq!(cg.v1_dirs(), vec![("cpuset".to_string(), dir.clone())]);
+    cg.update(&Resources {
+        cpuset_cpus: Some("0".into()),
+        cpuset_mems: Some("0".into()),
+        ..Resources::default()
+    })
+    .expect("update");
+    assert_eq!(get(&dir.join("cpuset.cpus")), "0");
 }
 
 #[test]

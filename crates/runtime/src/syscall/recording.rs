@@ -64,6 +64,9 @@ pub enum Call {
     DropBoundingCapability(u32),
     LimitCapabilities(u64),
     SetParentDeathSignal,
+    /// A seccomp filter of this many instructions.
+    InstallSeccomp(usize),
+    SetNoNewPrivileges,
     Umask(u32),
     ResetSignals,
     CloexecFrom(RawFd),
@@ -339,6 +342,14 @@ impl Syscall for RecordingSyscall {
 
     fn set_parent_death_signal(&self) -> Result<(), Errno> {
         self.record(Call::SetParentDeathSignal)
+    }
+
+    fn install_seccomp(&self, filter: &crate::seccomp::Filter) -> Result<(), Errno> {
+        self.record(Call::InstallSeccomp(filter.len()))
+    }
+
+    fn set_no_new_privileges(&self) -> Result<(), Errno> {
+        self.record(Call::SetNoNewPrivileges)
     }
 
     fn umask(&self, mask: u32) {
