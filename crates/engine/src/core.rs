@@ -29,15 +29,13 @@ use crate::state::{
     ContainerConfig, ContainerRecord, ContainerState, HostConfig, StateError, StateStore, Status,
 };
 
-/// Docker's default `PATH` for containers whose image sets none.
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 mod archive;
 mod ext;
-mod lookup;
+pub(crate) mod lookup;
 mod restart;
 mod signal;
 
+pub use ext::{create_warnings, PruneFilters, DEFAULT_RUNTIME};
 pub use signal::{parse_kill_signal, parse_signal};
 
 /// How long output pumps may run on after the container's process ended.
@@ -65,6 +63,13 @@ pub enum EngineError {
         name: String,
         /// The container holding it.
         id: String,
+    },
+    /// `rename` could not take the new name (moby's wrapper text, daemon/rename.go).
+    #[error("Error when allocating new name")]
+    NameAllocation {
+        /// Why: an invalid name or a conflict.
+        #[source]
+        source: Box<EngineError>,
     },
     /// A request parameter is invalid.
     #[error("{reason}")]
@@ -112,6 +117,13 @@ pub enum EngineError {
         message: String,
         /// The exit code recorded (127 not found, 126 not executable, else 1).
         exit_code: i64,
+    },
+    /// The working directory exists in the container as a file (dockerd's
+    /// `SetupWorkingDirectory`).
+    #[error("Cannot mkdir: {path} is not a directory")]
+    WorkingDirNotDir {
+        /// The working directory as configured.
+        path: String,
     },
     /// Starting the runtime itself failed.
     #[error("cannot start container {id}")]
@@ -447,6 +459,10 @@ impl Engine {
         restart::validate_create(&config, &host_config)?;
         let image = self.resolve_image(&config.image).await?;
         config::merge_image_config(&mut config, &image);
+        config::check_working_dir(
+            &config.working_dir,
+            &self.inner.images.rootfs_layers(&image.id)?,
+        )?;
         let mut argv = config.entrypoint.clone().unwrap_or_default();
         argv.extend(config.cmd.clone().unwrap_or_default());
         let Some((path, args)) = argv.split_first() else {
@@ -530,12 +546,20 @@ impl Engine {
             });
         }
         let record = c.record();
+        // Paused first: a paused container also runs (daemon/start.go `validateState`).
+        if record.state.paused && record.state.status == Status::Running {
+            return Err(EngineError::Conflict {
+                reason: "cannot start a paused container, try unpause instead".into(),
+            });
+        }
         if record.state.status == Status::Running {
             return Err(EngineError::NotModified {
                 id: c.id.clone(),
                 state: "started",
             });
         }
+        // `State.OOMKilled` describes the last run only.
+        let _ = std::fs::remove_file(c.dir.join(spec::OOM_KILLED_FILE));
         // A start that fails before the runtime runs (e.g. an unknown `-u` user) ends like one
         // the runtime refused: the error is recorded, waiters are told, `--rm` removes it.
         let launched = match self.prepare(&c, &record).await {
@@ -549,10 +573,12 @@ impl Engine {
                 launch::launch_with(runtime, &c.dir, &spec, features, stdio)
                     .await
                     .map_err(|err| match err {
-                        LaunchError::Failed(failed) => EngineError::StartFailed {
-                            message: failed.message.clone(),
-                            exit_code: i64::from(failed.exit_code),
-                        },
+                        LaunchError::Failed(failed) => {
+                            // dockerd's setExitCodeFromError: the code follows the message.
+                            let (exit_code, message) =
+                                launch::exit_code_from_error(&failed.message);
+                            EngineError::StartFailed { message, exit_code }
+                        }
                         err => EngineError::Launch {
                             id: c.id.clone(),
                             source: err,
@@ -629,6 +655,11 @@ impl Engine {
             let path = c.dir.join(sub);
             std::fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
+        let lower_dirs =
+            launch::with_init_layer(&c.dir, lower_dirs).map_err(|e| EngineError::Launch {
+                id: c.id.clone(),
+                source: e,
+            })?;
         let config = &record.config;
         let hostname = if config.hostname.is_empty() {
             record.short_id().to_string()
@@ -638,7 +669,7 @@ impl Engine {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let files = [
             ("hostname", "/etc/hostname", format!("{hostname}\n")),
-            ("hosts", "/etc/hosts", launch::hosts_file(&hostname)),
+            ("hosts", "/etc/hosts", launch::hosts_file()),
             (
                 "resolv.conf",
                 "/etc/resolv.conf",
@@ -659,17 +690,10 @@ impl Engine {
         }
         let mut search = vec![c.dir.join("upper")];
         search.extend(lower_dirs.iter().cloned());
-        let user = config::resolve_user(&config.user, &search)?;
-        let mut env = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
-        if config.tty {
-            env.push("TERM=xterm".into());
-        }
-        for var in &config.env {
-            config::replace_or_append(&mut env, var);
-        }
-        if !env.iter().any(|v| v.starts_with("HOME=")) {
-            env.push(format!("HOME={}", user.home));
-        }
+        config::check_working_dir(&config.working_dir, &search)?;
+        let group_add = config::group_add(&record.host_config);
+        let user = config::resolve_user_with(&config.user, &search, &group_add)?;
+        let env = config::container_env(config, &hostname, &user.home);
         let mut args = vec![record.path.clone()];
         args.extend(record.args.iter().cloned());
         Ok(RuntimeSpec {
@@ -850,7 +874,7 @@ impl Engine {
         )?;
         let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10);
         self.thaw_for_signal(&c);
-        stop_process(&c, record.state.pid, signal, timeout).await;
+        stop_process(self, &c, &record, signal, timeout).await;
         self.emit(&record, "stop", &[]);
         Ok(())
     }
@@ -897,6 +921,13 @@ impl Engine {
     pub async fn remove(&self, reference: &str, force: bool) -> Result<(), EngineError> {
         let c = self.container(reference)?;
         let _op = c.op.lock().await;
+        if c.lifecycle().borrow().removed {
+            // Another request removed it while this one waited: dockerd reports the race
+            // (daemon/delete.go `SetRemovalInProgress`), so `rm a a` does not succeed twice.
+            return Err(EngineError::Conflict {
+                reason: format!("removal of container {reference} is already in progress"),
+            });
+        }
         let record = c.record();
         if record.state.status == Status::Running {
             if !force && record.state.paused {
@@ -910,7 +941,7 @@ impl Engine {
                 });
             }
             self.thaw_for_signal(&c);
-            stop_process(&c, record.state.pid, signal::SIGKILL, 0).await;
+            stop_process(self, &c, &record, signal::SIGKILL, 0).await;
         } else if self.is_restarting(&c.id) {
             if !force {
                 return Err(EngineError::RemoveRestarting {
@@ -923,18 +954,35 @@ impl Engine {
     }
 
     /// Renames a container.
+    /// Checks in moby's order and with its texts (daemon/rename.go): empty names, the
+    /// container, the same name, then the new name's validity and availability.
     pub async fn rename(&self, reference: &str, new_name: &str) -> Result<(), EngineError> {
-        config::validate_name(new_name)?;
+        let (reference, new_name) = (reference.trim(), new_name.trim());
+        let bare = |n: &str| n.strip_prefix('/').unwrap_or(n).to_string();
+        if bare(reference).is_empty() || bare(new_name).is_empty() {
+            return Err(EngineError::InvalidParameter {
+                reason: "Neither old nor new names may be empty".into(),
+            });
+        }
         let c = self.container(reference)?;
         let _op = c.op.lock().await;
-        let new_name = new_name.trim_start_matches('/').to_string();
+        let new_name = bare(new_name);
+        if c.record().name == format!("/{new_name}") {
+            return Err(EngineError::InvalidParameter {
+                reason: "Renaming a container with the same name as its current name".into(),
+            });
+        }
+        let allocation = |source| EngineError::NameAllocation {
+            source: Box::new(source),
+        };
+        config::validate_name(&format!("/{new_name}")).map_err(allocation)?;
         {
             let mut table = lock(&self.inner.table);
             if let Some(holder) = table.names.get(&new_name) {
-                return Err(EngineError::NameConflict {
+                return Err(allocation(EngineError::NameConflict {
                     name: new_name,
                     id: holder.clone(),
-                });
+                }));
             }
             table.names.retain(|_, id| *id != c.id);
             table.names.insert(new_name.clone(), c.id.clone());
@@ -946,15 +994,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes every container that is not running; returns their ids.
-    pub async fn prune(&self) -> Result<Vec<String>, EngineError> {
+    /// Removes every container that is not running and that `filters` select; returns their
+    /// ids.
+    pub async fn prune(&self, filters: &PruneFilters) -> Result<Vec<String>, EngineError> {
         let mut removed = Vec::new();
         for record in self.list() {
             let Ok(c) = self.container(&record.id) else {
                 continue;
             };
             let _op = c.op.lock().await;
-            if c.record().state.status == Status::Running {
+            if c.record().state.status == Status::Running || !filters.matches(&c.record()) {
                 continue;
             }
             self.remove_locked(&c)?;
@@ -1022,6 +1071,8 @@ impl Engine {
         // Subscribed even without stdout/stderr: the channel's end tells the client the run ended.
         let output = c.subscribe(stdout, stderr || (stdout && tty));
         let stdin = (stdin && record.config.open_stdin).then(|| c.stdin());
+        // moby's containerAttach logs every attach, streaming or not (daemon/attach.go).
+        self.emit(&record, "attach", &[]);
         Ok(AttachSession {
             tty,
             output,
@@ -1094,10 +1145,18 @@ impl Engine {
         .map_err(|e| EngineError::Task {
             reason: e.to_string(),
         })??;
+        // As moby's tarexport load: one `load` event per image, named by its id.
+        let mut announced = std::collections::HashSet::new();
         for line in &lines {
-            if let Some(name) = line.strip_prefix("Loaded image: ") {
-                let attrs = BTreeMap::from([("name".to_string(), name.to_string())]);
-                self.inner.events.emit("image", "load", name, attrs);
+            let reference = line
+                .strip_prefix("Loaded image: ")
+                .or_else(|| line.strip_prefix("Loaded image ID: "));
+            let Some(id) = reference.and_then(|r| self.inner.images.resolve(r).ok()) else {
+                continue;
+            };
+            if announced.insert(id.id.clone()) {
+                let attrs = BTreeMap::from([("name".to_string(), id.id.clone())]);
+                self.inner.events.emit("image", "load", &id.id, attrs);
             }
         }
         Ok(lines)
@@ -1226,13 +1285,29 @@ impl Engine {
 
 /// Signals the container and waits for its exit, escalating to SIGKILL after `timeout`
 /// seconds (negative: no escalation).
-async fn stop_process(c: &Container, pid: i32, signal: i32, timeout: i64) {
+///
+/// Each signal delivered is a `kill` event, as moby's killWithSignal logs one for the stop
+/// signal and again for the SIGKILL that follows a timeout (daemon/stop.go, kill.go).
+async fn stop_process(
+    engine: &Engine,
+    c: &Container,
+    record: &ContainerRecord,
+    signal: i32,
+    timeout: i64,
+) {
+    let pid = record.state.pid;
     let mut lifecycle = c.lifecycle();
     let exits = lifecycle.borrow().exits;
     if lifecycle.borrow().exits > exits || !lifecycle.borrow().running {
         return;
     }
+    let signal_event = |signal: i32| {
+        engine.emit(record, "kill", &[("signal", signal.to_string())]);
+    };
     let delivered = send_signal(pid, signal);
+    if delivered {
+        signal_event(signal);
+    }
     let exited = |l: &Lifecycle| l.exits > exits;
     if timeout < 0 && delivered {
         let _ = lifecycle.wait_for(exited).await;
@@ -1251,8 +1326,13 @@ async fn stop_process(c: &Container, pid: i32, signal: i32, timeout: i64) {
     {
         return;
     }
-    info!(container = %c.id, "did not stop in time; killing it");
-    send_signal(pid, signal::SIGKILL);
+    // A SIGKILL already delivered needs no second one (nor a second event).
+    if !(signal == signal::SIGKILL && delivered) {
+        info!(container = %c.id, "did not stop in time; killing it");
+        if send_signal(pid, signal::SIGKILL) {
+            signal_event(signal::SIGKILL);
+        }
+    }
     if tokio::time::timeout(Duration::from_secs(30), lifecycle.wait_for(exited))
         .await
         .is_err()

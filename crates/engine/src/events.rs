@@ -50,6 +50,51 @@ impl Event {
     }
 }
 
+/// An event with the fields dockerd still adds for API versions before 1.52 (`status`, `id`
+/// and, for containers, `from`: moby system_routes.go `backFillLegacy`). This engine speaks
+/// 1.45, so every client gets them.
+#[derive(Debug, Serialize)]
+struct LegacyEvent<'a> {
+    status: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The JSON line `GET /events` sends for `event`.
+pub fn to_json_line(event: &Event) -> Result<Vec<u8>, serde_json::Error> {
+    let line = match event.kind.as_str() {
+        "container" | "image" => serde_json::to_vec(&LegacyEvent {
+            status: &event.action,
+            id: &event.actor.id,
+            from: (event.kind == "container").then(|| {
+                event
+                    .actor
+                    .attributes
+                    .get("image")
+                    .map_or("", String::as_str)
+            }),
+            event,
+        }),
+        _ => serde_json::to_vec(event),
+    };
+    line.map(|mut line| {
+        line.push(b'\n');
+        line
+    })
+}
+
+/// The command part of `exec_create: ...` and `exec_start: ...`: moby joins the entrypoint
+/// and the arguments with a space even when there are no arguments (`exec_create: true `).
+pub fn exec_command(cmd: &[String]) -> String {
+    match cmd.split_first() {
+        Some((entrypoint, args)) => format!("{entrypoint} {}", args.join(" ")),
+        None => " ".into(),
+    }
+}
+
 /// Publishes events to live subscribers and keeps a backlog.
 #[derive(Debug)]
 pub struct EventBus {
@@ -116,10 +161,14 @@ pub fn matches(event: &Event, filters: &BTreeMap<String, Vec<String>>) -> bool {
             || values.iter().any(|v| match key.as_str() {
                 "type" => event.kind == *v,
                 "event" => event.action == *v || event.action.starts_with(&format!("{v}:")),
+                // moby's fuzzyMatchName: a prefix of the id or of the name.
                 "container" => {
-                    event.kind == "container"
-                        && (event.actor.id.starts_with(v.as_str())
-                            || event.actor.attributes.get("name") == Some(v))
+                    event.actor.id.starts_with(v.as_str())
+                        || event
+                            .actor
+                            .attributes
+                            .get("name")
+                            .is_some_and(|name| name.starts_with(v.as_str()))
                 }
                 "image" => event.actor.attributes.get("image") == Some(v) || event.actor.id == *v,
                 "label" => match v.split_once('=') {
@@ -152,5 +201,61 @@ mod tests {
         assert!(matches(&past[1], &only_start));
         let by_name = BTreeMap::from([("container".to_string(), vec!["web".to_string()])]);
         assert!(matches(&past[0], &by_name));
+    }
+
+    #[test]
+    fn container_filters_match_prefixes_of_names_and_ids() {
+        let bus = EventBus::default();
+        let before = Utc::now();
+        for (id, name) in [("aaa1", "ev"), ("bbb2", "ev2"), ("ccc3", "other")] {
+            let attrs = BTreeMap::from([("name".to_string(), name.to_string())]);
+            bus.emit("container", "create", id, attrs);
+        }
+        let (past, _rx) = bus.subscribe(Some(before));
+        let pick = |value: &str| -> Vec<String> {
+            let filters = BTreeMap::from([("container".to_string(), vec![value.to_string()])]);
+            past.iter()
+                .filter(|e| matches(e, &filters))
+                .map(|e| e.actor.id.clone())
+                .collect()
+        };
+        assert_eq!(pick("ev"), ["aaa1", "bbb2"]);
+        assert_eq!(pick("ev2"), ["bbb2"]);
+        assert_eq!(pick("ccc"), ["ccc3"]);
+        assert!(pick("zz").is_empty());
+    }
+
+    #[test]
+    fn json_lines_carry_the_legacy_fields() {
+        let bus = EventBus::default();
+        let before = Utc::now();
+        let attrs = BTreeMap::from([
+            ("name".to_string(), "web".to_string()),
+            ("image".to_string(), "busybox".to_string()),
+        ]);
+        bus.emit("container", "create", "abc", attrs);
+        bus.emit("image", "load", "sha256:1", BTreeMap::new());
+        let (past, _rx) = bus.subscribe(Some(before));
+        let line = to_json_line(&past[0]).unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(json["status"], "create");
+        assert_eq!(json["id"], "abc");
+        assert_eq!(json["from"], "busybox");
+        assert_eq!(json["Action"], "create");
+        assert_eq!(json["Actor"]["Attributes"]["name"], "web");
+        let image: serde_json::Value =
+            serde_json::from_slice(&to_json_line(&past[1]).unwrap()).unwrap();
+        assert_eq!(image["status"], "load");
+        assert_eq!(image["id"], "sha256:1");
+        assert!(image.get("from").is_none());
+    }
+
+    #[test]
+    fn exec_commands_keep_mobys_trailing_space() {
+        let cmd =
+            |args: &[&str]| exec_command(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(cmd(&["true"]), "true ");
+        assert_eq!(cmd(&["sh", "-c", "echo hi"]), "sh -c echo hi");
     }
 }

@@ -305,7 +305,7 @@ fn top_renders_ps_argument_forms_without_a_ps_binary() -> anyhow::Result<()> {
     assert_ne!(bad.code, 0);
     assert!(
         bad.stderr
-            .contains("Error response from daemon: error: unsupported SysV option"),
+            .contains("Error response from daemon: ps: error: unsupported SysV option"),
         "{}",
         bad.stderr
     );

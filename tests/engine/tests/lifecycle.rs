@@ -285,6 +285,7 @@ fn events_report_the_container_lifecycle() -> anyhow::Result<()> {
         lines,
         vec![
             "create evented",
+            "attach evented",
             "start evented",
             "die evented",
             "destroy evented"

@@ -36,6 +36,22 @@ fn body_from(mut rx: mpsc::Receiver<Bytes>) -> ChannelBody {
     body
 }
 
+/// How much of a refused upload is read before the connection is dropped instead.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads and discards a request body, up to `limit` bytes.
+async fn drain(mut body: Incoming, limit: usize) {
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            read = read.saturating_add(data.len());
+            if read > limit {
+                return;
+            }
+        }
+    }
+}
+
 fn path_param(query: &Query) -> Result<String, ApiError> {
     match query.get("path") {
         Some(p) if !p.is_empty() => Ok(p.to_string()),
@@ -68,8 +84,14 @@ impl Api {
         query: &Query,
     ) -> ApiResult {
         let path = path_param(query)?;
-        // Resolve first: an unknown container answers 404 before the upload is read.
-        self.engine.container(id)?;
+        // Resolve first: an unknown container answers 404 without spooling the upload. The
+        // upload is still read (up to a bound), as Go's server does after a handler: the CLI
+        // only reads the answer once it has sent its archive, and would otherwise report
+        // a broken pipe instead of "No such container".
+        if let Err(err) = self.engine.container(id) {
+            drain(req.into_body(), DRAIN_LIMIT).await;
+            return Err(err.into());
+        }
         let tmp_dir = self.engine.config().data_root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir)
             .await
@@ -87,6 +109,7 @@ impl Api {
         let options = ExtractOptions {
             no_overwrite_dir_non_dir: query.bool("noOverwriteDirNonDir"),
             copy_uid_gid: query.bool("copyUIDGID"),
+            owner: None,
             read_only_root: false,
         };
         let result = self

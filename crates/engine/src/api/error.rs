@@ -17,6 +17,26 @@ pub enum ApiError {
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// An error with the words dockerd's route puts in front (`cannot kill container: x`),
+    /// keeping the status of the cause, as Go's `errors.Wrapf` does.
+    #[error("{context}")]
+    Context {
+        /// The words in front, without the `: `.
+        context: String,
+        /// The error the route wraps.
+        #[source]
+        source: Box<ApiError>,
+    },
+}
+
+impl ApiError {
+    /// Puts `context` in front of the error's message.
+    pub fn context(self, context: impl Into<String>) -> ApiError {
+        ApiError::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
 }
 
 impl From<ImageError> for ApiError {
@@ -30,33 +50,39 @@ pub fn status_of(err: &ApiError) -> StatusCode {
     match err {
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound => StatusCode::NOT_FOUND,
-        ApiError::Engine(err) => match err {
-            EngineError::NoSuchContainer { .. } => StatusCode::NOT_FOUND,
-            EngineError::AmbiguousReference { .. } | EngineError::InvalidParameter { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            EngineError::NameConflict { .. }
-            | EngineError::NotRunning { .. }
-            | EngineError::RemoveRunning { .. }
-            | EngineError::RemoveRestarting { .. }
-            | EngineError::RemovePaused { .. } => StatusCode::CONFLICT,
-            EngineError::NotModified { .. } => StatusCode::NOT_MODIFIED,
-            // dockerd: "not found" and "not executable" are the client's mistake.
-            EngineError::StartFailed { exit_code, .. }
-                if *exit_code == 126 || *exit_code == 127 =>
-            {
-                StatusCode::BAD_REQUEST
-            }
-            EngineError::ImageUsedByRunning { .. } => StatusCode::CONFLICT,
-            EngineError::Conflict { .. } => StatusCode::CONFLICT,
-            EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
-            EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
-            EngineError::Archive(archive) => StatusCode::from_u16(archive.status_code())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            EngineError::Image(image) => StatusCode::from_u16(image.status_code())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        },
+        ApiError::Context { source, .. } => status_of(source),
+        ApiError::Engine(err) => engine_status(err),
+    }
+}
+
+fn engine_status(err: &EngineError) -> StatusCode {
+    match err {
+        EngineError::NameAllocation { source } => engine_status(source),
+        EngineError::NoSuchContainer { .. } => StatusCode::NOT_FOUND,
+        EngineError::AmbiguousReference { .. } | EngineError::InvalidParameter { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        EngineError::NameConflict { .. }
+        | EngineError::NotRunning { .. }
+        | EngineError::RemoveRunning { .. }
+        | EngineError::RemoveRestarting { .. }
+        | EngineError::RemovePaused { .. } => StatusCode::CONFLICT,
+        EngineError::NotModified { .. } => StatusCode::NOT_MODIFIED,
+        // dockerd: "not found" and "not executable" are the client's mistake.
+        EngineError::StartFailed { exit_code, .. } if *exit_code == 126 || *exit_code == 127 => {
+            StatusCode::BAD_REQUEST
+        }
+        EngineError::ImageUsedByRunning { .. } => StatusCode::CONFLICT,
+        EngineError::Conflict { .. } => StatusCode::CONFLICT,
+        EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
+        EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
+        EngineError::Archive(archive) => {
+            StatusCode::from_u16(archive.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        EngineError::Image(image) => {
+            StatusCode::from_u16(image.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -98,5 +124,23 @@ mod tests {
         assert_eq!(status_of(&not_executable), StatusCode::BAD_REQUEST);
         let running = ApiError::from(EngineError::RemoveRunning { name: "/x".into() });
         assert_eq!(status_of(&running), StatusCode::CONFLICT);
+        let wrapped = ApiError::from(EngineError::NoSuchContainer {
+            reference: "x".into(),
+        })
+        .context("cannot kill container: x");
+        assert_eq!(status_of(&wrapped), StatusCode::NOT_FOUND);
+        assert_eq!(
+            message_of(&wrapped),
+            "cannot kill container: x: No such container: x"
+        );
+        let taken = ApiError::from(EngineError::NameAllocation {
+            source: Box::new(EngineError::NameConflict {
+                name: "web".into(),
+                id: "abc".into(),
+            }),
+        });
+        assert_eq!(status_of(&taken), StatusCode::CONFLICT);
+        assert!(message_of(&taken)
+            .starts_with("Error when allocating new name: Conflict. The container name \"/web\""));
     }
 }

@@ -193,7 +193,9 @@ impl Api {
             (&Method::POST, ["containers", "create"]) => self.create(req, &query).await,
             (&Method::GET, ["containers", "json"]) => self.list_containers(&query),
             (&Method::POST, ["containers", "prune"]) => {
-                let deleted = self.engine.prune().await?;
+                let filters = parse_filters(query.get("filters"))?;
+                let filters = crate::core::PruneFilters::parse(&filters)?;
+                let deleted = self.engine.prune(&filters).await?;
                 json(
                     StatusCode::OK,
                     &serde_json::json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0}),
@@ -204,6 +206,7 @@ impl Api {
                 let mut inspect = types::container_inspect(&c.record(), &c.dir);
                 self.engine.decorate(&c.id, &mut inspect);
                 self.engine.decorate_restarting(&c.id, &mut inspect);
+                self.engine.add_lower_dir(&c.record(), &mut inspect);
                 if query.bool("size") {
                     self.engine.add_sizes(&c.record(), &mut inspect);
                 }
@@ -227,22 +230,11 @@ impl Api {
                 self.engine.restart_by_user(id, timeout).await?;
                 empty(StatusCode::NO_CONTENT)
             }
-            (&Method::POST, ["containers", id, "kill"]) => {
-                let signal = query.get("signal").filter(|s| !s.is_empty());
-                if let Some(signal) = signal {
-                    crate::core::parse_kill_signal(signal)?;
-                }
-                let c = self.engine.container(id)?;
-                if c.record().state.status == crate::state::Status::Running {
-                    self.engine.mark_killed_by_user(id, signal)?;
-                } else if self.engine.is_restarting(&c.id) {
-                    // As dockerd: killing a restarting container only cancels the restart.
-                    self.engine.mark_stopped_by_user(id)?;
-                    return empty(StatusCode::NO_CONTENT);
-                }
-                self.engine.kill(id, signal).await?;
-                empty(StatusCode::NO_CONTENT)
-            }
+            (&Method::POST, ["containers", id, "kill"]) => self
+                .kill(id, &query)
+                .await
+                // As moby's postContainersKill (container_routes.go) wraps every failure.
+                .map_err(|err| err.context(format!("cannot kill container: {id}"))),
             (&Method::POST, ["containers", id, "wait"]) => self.wait(id, &query),
             (&Method::POST, ["containers", id, "attach"]) => {
                 let id = id.to_string();
@@ -294,6 +286,7 @@ impl Api {
             .get("name")
             .filter(|n| !n.is_empty())
             .map(str::to_string);
+        let warnings = crate::core::create_warnings(&parsed.host_config);
         let id = self
             .engine
             .create(CreateRequest {
@@ -302,13 +295,7 @@ impl Api {
                 host_config: parsed.host_config,
             })
             .await?;
-        json(
-            StatusCode::CREATED,
-            &types::CreateResponse {
-                id,
-                warnings: Vec::new(),
-            },
-        )
+        json(StatusCode::CREATED, &types::CreateResponse { id, warnings })
     }
 
     fn list_containers(&self, query: &Query) -> ApiResult {
@@ -323,7 +310,27 @@ impl Api {
         let mut out = Vec::new();
         let records = self.engine.list();
         let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        // As moby's foldFilter, the last `before`/`since` value counts.
+        let boundary = |key: &str| {
+            filters
+                .get(key)
+                .and_then(|values| values.last())
+                .map(|value| crate::core::lookup::id_or_name(&records, value))
+                .transpose()
+        };
+        let mut before = boundary("before")?;
+        let since = boundary("since")?;
         for record in &records {
+            // The list is newest first: skip down to the `before` container, stop at `since`.
+            if let Some(id) = before {
+                if record.id == id {
+                    before = None;
+                }
+                continue;
+            }
+            if since == Some(record.id.as_str()) {
+                break;
+            }
             let status = if self.engine.is_restarting(&record.id) {
                 "restarting"
             } else if self.engine.is_paused(&record.id) {
@@ -343,6 +350,10 @@ impl Api {
                 }
             }
             let matches = filters.iter().all(|(key, values)| {
+                // Every label filter must hold (moby's MatchKVList); other keys need one value.
+                if key == "label" {
+                    return crate::core::lookup::labels_match(&record.config.labels, values);
+                }
                 values.iter().any(|v| match key.as_str() {
                     "status" => status == v,
                     "id" => true,
@@ -352,10 +363,6 @@ impl Api {
                         re.is_match(&record.name)
                             || re.is_match(record.name.trim_start_matches('/'))
                     }),
-                    "label" => match v.split_once('=') {
-                        Some((k, val)) => record.config.labels.get(k).is_some_and(|x| x == val),
-                        None => record.config.labels.contains_key(v),
-                    },
                     "exited" => status == "exited" && record.state.exit_code.to_string() == *v,
                     "ancestor" => self.engine.ancestor_matches(record, v),
                     _ => true,
@@ -365,6 +372,10 @@ impl Api {
                 let mut summary = types::container_summary(record, now);
                 self.engine.decorate(&record.id, &mut summary);
                 self.engine.decorate_restarting(&record.id, &mut summary);
+                // Judged on what the listing reports, so the filters agree with the output.
+                if !crate::core::lookup::summary_matches(&summary, &filters) {
+                    continue;
+                }
                 if query.bool("size") {
                     self.engine.add_sizes(record, &mut summary);
                 }
@@ -375,6 +386,23 @@ impl Api {
             out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         }
         json(StatusCode::OK, &out)
+    }
+
+    async fn kill(&self, id: &str, query: &Query) -> ApiResult {
+        let signal = query.get("signal").filter(|s| !s.is_empty());
+        if let Some(signal) = signal {
+            crate::core::parse_kill_signal(signal)?;
+        }
+        let c = self.engine.container(id)?;
+        if c.record().state.status == crate::state::Status::Running {
+            self.engine.mark_killed_by_user(id, signal)?;
+        } else if self.engine.is_restarting(&c.id) {
+            // As dockerd: killing a restarting container only cancels the restart.
+            self.engine.mark_stopped_by_user(id)?;
+            return empty(StatusCode::NO_CONTENT);
+        }
+        self.engine.kill(id, signal).await?;
+        empty(StatusCode::NO_CONTENT)
     }
 
     fn wait(&self, id: &str, query: &Query) -> ApiResult {
@@ -451,21 +479,14 @@ impl Api {
     }
 
     fn logs(&self, id: &str, query: &Query) -> ApiResult {
-        let tail = match query.get("tail").unwrap_or("all") {
-            "all" | "" => None,
-            n => Some(
-                n.parse::<i64>()
-                    .map_err(|_| ApiError::BadRequest(format!("invalid tail: {n}")))?
-                    .max(0),
-            ),
-        };
+        let tail = stream::parse_tail(query.get("tail"));
         let options = stream::LogOptions {
             stdout: query.bool("stdout"),
             stderr: query.bool("stderr"),
             follow: query.bool("follow"),
             timestamps: query.bool("timestamps"),
             details: query.bool("details"),
-            tail: tail.map(|t| usize::try_from(t).unwrap_or(0)),
+            tail,
             since: stream::parse_time(query.get("since")).map_err(ApiError::BadRequest)?,
             until: stream::parse_time(query.get("until")).map_err(ApiError::BadRequest)?,
         };
@@ -497,14 +518,13 @@ impl Api {
         };
         let until = stream::parse_time(query.get("until")).map_err(ApiError::BadRequest)?;
         let filters = parse_filters(query.get("filters"))?;
-        let (past, mut live) = self.engine.events().subscribe(since);
+        // moby's loadBufferedEvents: an `until` alone also replays what is kept before it.
+        let replay_from = since.or(until.map(|_| chrono::DateTime::UNIX_EPOCH));
+        let (past, mut live) = self.engine.events().subscribe(replay_from);
         let (tx, body) = ChannelBody::new();
         tokio::spawn(async move {
             let encode = |event: &crate::events::Event| {
-                serde_json::to_vec(event).ok().map(|mut line| {
-                    line.push(b'\n');
-                    Bytes::from(line)
-                })
+                crate::events::to_json_line(event).ok().map(Bytes::from)
             };
             let before_until = |event: &crate::events::Event| until.is_none_or(|u| event.at() <= u);
             for event in past.iter().filter(|e| before_until(e)) {

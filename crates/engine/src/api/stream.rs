@@ -207,6 +207,15 @@ pub struct LogOptions {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// Docker's `tail`: a count of lines; anything else (`all`, a negative number, a word) means
+/// every line, without an error (moby daemon/logs.go reads it with `strconv.Atoi` and falls
+/// back to -1, which the log reader takes as "all").
+pub fn parse_tail(value: Option<&str>) -> Option<usize> {
+    value
+        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(|n| usize::try_from(n).ok())
+}
+
 /// Parses Docker's `since`/`until`: Unix seconds with an optional fraction; 0 means unset.
 pub fn parse_time(value: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
@@ -349,6 +358,17 @@ fn json_line(value: &serde_json::Value) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_takes_a_count_and_reads_anything_else_as_all() {
+        assert_eq!(parse_tail(Some("3")), Some(3));
+        assert_eq!(parse_tail(Some("0")), Some(0));
+        assert_eq!(parse_tail(Some("all")), None);
+        assert_eq!(parse_tail(Some("abc")), None);
+        assert_eq!(parse_tail(Some("-2")), None);
+        assert_eq!(parse_tail(Some("")), None);
+        assert_eq!(parse_tail(None), None);
+    }
 
     #[test]
     fn frames_carry_stream_type_and_big_endian_length() {

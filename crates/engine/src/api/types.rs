@@ -39,7 +39,7 @@ fn null_host_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HostConfig
 pub struct CreateResponse {
     /// The new container's id.
     pub id: String,
-    /// Warnings (none yet).
+    /// Warnings the CLI prints (`WARNING: ...`).
     pub warnings: Vec<String>,
 }
 
@@ -142,6 +142,25 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
         obj.entry("LogConfig")
             .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
     }
+    if let Some(obj) = host_config.as_object_mut() {
+        // Records made before create cleared the CLI's "not set" -1 (`fixMemorySwappiness`).
+        if obj.get("MemorySwappiness").and_then(Value::as_i64) == Some(-1) {
+            obj.insert("MemorySwappiness".into(), Value::Null);
+        }
+    }
+    let mut config = serde_json::to_value(&record.config).unwrap_or(Value::Null);
+    if let Some(obj) = config.as_object_mut() {
+        // Docker's `Config.Volumes` is a map that stays null when no volume is declared.
+        if obj
+            .get("Volumes")
+            .is_none_or(|v| v.as_object().is_some_and(|m| m.is_empty()))
+        {
+            obj.insert("Volumes".into(), Value::Null);
+        }
+    }
+    // The runtime's monitor leaves this file when the kernel's OOM killer struck during the
+    // last run; `start` removes it.
+    let oom_killed = dir.join(rmachine_runtime::spec::OOM_KILLED_FILE).exists();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     json!({
         "Id": record.id,
@@ -153,7 +172,7 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
             "Running": running,
             "Paused": false,
             "Restarting": false,
-            "OOMKilled": false,
+            "OOMKilled": oom_killed,
             "Dead": state.status == Status::Dead,
             "Pid": state.pid,
             "ExitCode": state.exit_code,
@@ -184,7 +203,7 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
             }
         },
         "Mounts": [],
-        "Config": record.config,
+        "Config": config,
         "NetworkSettings": network_settings(),
     })
 }
@@ -312,8 +331,8 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "Labels": config.labels,
         "ExperimentalBuild": false,
         "ServerVersion": VERSION,
-        "Runtimes": {"rmachine": {"path": config.runtime}},
-        "DefaultRuntime": "rmachine",
+        "Runtimes": {crate::core::DEFAULT_RUNTIME: {"path": config.runtime}},
+        "DefaultRuntime": crate::core::DEFAULT_RUNTIME,
         "Swarm": {
             "NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
             "ControlAvailable": false, "Error": "", "RemoteManagers": null
@@ -324,7 +343,7 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "ContainerdCommit": {"ID": ""},
         "RuncCommit": {"ID": ""},
         "InitCommit": {"ID": ""},
-        "SecurityOptions": [],
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
         "CDISpecDirs": [],
         "Warnings": null
     })

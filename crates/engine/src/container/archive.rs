@@ -609,8 +609,11 @@ fn is_kernel_view(dir: BorrowedFd<'_>) -> bool {
 pub struct ExtractOptions {
     /// Refuse to replace a directory with a non-directory or the reverse.
     pub no_overwrite_dir_non_dir: bool,
-    /// Keep the archive's owners (`docker cp -a`); otherwise everything belongs to root.
+    /// `docker cp -a`: everything belongs to the container's user (when it has one).
     pub copy_uid_gid: bool,
+    /// The owner every extracted object gets (the container's user, with `-a`); `None`
+    /// keeps the archive's uid and gid, as dockerd's default tar options do.
+    pub owner: Option<(u32, u32)>,
     /// The container was created with `--read-only`: refuse, once the destination is known
     /// to be a directory (dockerd's `checkWritablePath`; there are no volumes to write to).
     pub read_only_root: bool,
@@ -686,14 +689,12 @@ pub fn extract(
         }
         let mode = Mode::from_bits_truncate(header.mode().unwrap_or(0o644) & 0o7777);
         let mtime = i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0);
-        let (uid, gid) = if options.copy_uid_gid {
+        let (uid, gid) = options.owner.unwrap_or_else(|| {
             (
                 u32::try_from(header.uid().unwrap_or(0)).unwrap_or(0),
                 u32::try_from(header.gid().unwrap_or(0)).unwrap_or(0),
             )
-        } else {
-            (0, 0)
-        };
+        });
         let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         match kind {
             tar::EntryType::Directory => {

@@ -1,7 +1,7 @@
 //! Turning a create request and an image into what the container runs: Docker's config merge,
 //! user resolution from the image's `/etc/passwd`, names and console size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::core::EngineError;
 use crate::image::ImageRecord;
@@ -44,6 +44,15 @@ pub fn merge_image_config(config: &mut ContainerConfig, image: &ImageRecord) {
             config.entrypoint = ic.entrypoint.clone();
         }
     }
+    // `--entrypoint ""` arrives as `[""]`: it resets the entrypoint, and, not being empty,
+    // kept the image's Cmd out above (dockerd's mergeAndVerifyConfig).
+    if config
+        .entrypoint
+        .as_deref()
+        .is_some_and(|e| matches!(e, [only] if only.is_empty()))
+    {
+        config.entrypoint = None;
+    }
     if config.working_dir.is_empty() {
         config.working_dir = ic.working_dir.clone();
     }
@@ -63,18 +72,6 @@ pub fn console_size(host_config: &HostConfig) -> Option<(u16, u16)> {
     let size = host_config.extra.get("ConsoleSize")?.as_array()?;
     let dim = |i: usize| size.get(i)?.as_u64().and_then(|v| u16::try_from(v).ok());
     Some((dim(0)?, dim(1)?)).filter(|(h, w)| *h > 0 && *w > 0)
-}
-
-/// Sets `KEY=value` in `env`, replacing an existing `KEY`.
-pub fn replace_or_append(env: &mut Vec<String>, var: &str) {
-    let key = var.split('=').next().unwrap_or("");
-    match env
-        .iter_mut()
-        .find(|v| v.split('=').next().unwrap_or("") == key)
-    {
-        Some(existing) => *existing = var.to_string(),
-        None => env.push(var.to_string()),
-    }
 }
 
 /// dockerd's checks of a create request's `Config` (daemon/container.go
@@ -140,88 +137,336 @@ pub struct ResolvedUser {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary groups from `/etc/group`.
+    /// Supplementary groups, as dockerd's `getUser` gives them: the primary group first, then
+    /// the user's `/etc/group` memberships (only when no group was named), then `--group-add`.
     pub additional_gids: Vec<u32>,
     /// Home directory, for `HOME` when the config does not set it.
     pub home: String,
 }
 
+/// The largest uid or gid dockerd accepts (moby/sys/user's `maxID`).
+const MAX_ID: i64 = (1 << 31) - 1;
+
+fn id_range_error() -> EngineError {
+    EngineError::InvalidParameter {
+        reason: format!("uids and gids must be in range 0-{MAX_ID}"),
+    }
+}
+
+/// Go's `strconv.Atoi` as moby/sys/user's `parseNumeric` uses it: `None` for a name, an error
+/// for a number outside `0..=MAX_ID`.
+fn parse_numeric(value: &str) -> Result<Option<u32>, EngineError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<i64>() {
+        Ok(id) => u32::try_from(id)
+            .ok()
+            .filter(|id| i64::from(*id) <= MAX_ID)
+            .map(Some)
+            .ok_or_else(id_range_error),
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+            ) =>
+        {
+            Err(id_range_error())
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// A numeric passwd/group field as Go's `parseLine` reads it: anything unparsable is 0.
+fn field_id(field: Option<&str>) -> i64 {
+    field.and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: i64,
+    gid: i64,
+    home: String,
+}
+
+struct GroupEntry {
+    name: String,
+    gid: i64,
+    members: Vec<String>,
+}
+
+fn parse_passwd(content: &str) -> Vec<PasswdEntry> {
+    content
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            PasswdEntry {
+                name: fields[0].to_string(),
+                uid: field_id(fields.get(2).copied()),
+                gid: field_id(fields.get(3).copied()),
+                home: fields.get(5).copied().unwrap_or("").to_string(),
+            }
+        })
+        .collect()
+}
+
+fn parse_group(content: &str) -> Vec<GroupEntry> {
+    content
+        .lines()
+        .map(str::trim)
+        // As glibc (and moby/sys/user): comments are allowed in /etc/group.
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            GroupEntry {
+                name: fields[0].to_string(),
+                gid: field_id(fields.get(2).copied()),
+                members: fields
+                    .get(3)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.split(',').map(str::to_string).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn checked_id(id: i64) -> Result<u32, EngineError> {
+    u32::try_from(id)
+        .ok()
+        .filter(|id| i64::from(*id) <= MAX_ID)
+        .ok_or_else(id_range_error)
+}
+
+/// The groups of `HostConfig.GroupAdd` (`--group-add`), names or numbers.
+pub fn group_add(host_config: &HostConfig) -> Vec<String> {
+    host_config
+        .extra
+        .get("GroupAdd")
+        .and_then(|v| v.as_array())
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(|g| g.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Resolves `user[:group]` (names or numbers) against `/etc/passwd` and `/etc/group` of the
-/// container's layers, searched top down.
+/// container's layers, searched top down, without `--group-add`.
 pub fn resolve_user(user: &str, layers: &[PathBuf]) -> Result<ResolvedUser, EngineError> {
-    let user = if user.is_empty() { "0" } else { user };
+    resolve_user_with(user, layers, &[])
+}
+
+/// Resolves `user[:group]` as dockerd's `getUser` (moby/sys/user `GetExecUser`): an empty user
+/// is uid 0; a number is a uid even without a passwd entry (gid 0 then, no memberships); a
+/// user found in passwd brings its gid and home, and its `/etc/group` memberships unless a
+/// group is given; `group_add` (`--group-add`) is appended to the supplementary groups.
+pub fn resolve_user_with(
+    user: &str,
+    layers: &[PathBuf],
+    group_add: &[String],
+) -> Result<ResolvedUser, EngineError> {
     let read = |file: &str| {
         layers
             .iter()
             .find_map(|layer| std::fs::read_to_string(layer.join(file)).ok())
-            .unwrap_or_default()
     };
-    let (user_part, group_part) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd = read("etc/passwd");
-    let entry = passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() >= 4 && (fields[0] == user_part || fields[2] == user_part)).then(|| {
-            (
-                fields[0].to_string(),
-                fields[2].parse::<u32>().ok(),
-                fields[3].parse::<u32>().ok(),
-                fields.get(5).map(|h| h.to_string()),
-            )
-        })
+    let mut parts = user.split(':');
+    let user_arg = parts.next().unwrap_or("");
+    let group_arg = parts.next().unwrap_or("");
+    let uid_arg = parse_numeric(user_arg)?;
+    let gid_arg = parse_numeric(group_arg)?;
+
+    let passwd = read("etc/passwd")
+        .map(|p| parse_passwd(&p))
+        .unwrap_or_default();
+    let matched = passwd.into_iter().find(|u| {
+        if user_arg.is_empty() {
+            u.uid == 0
+        } else if let Some(uid) = uid_arg {
+            u.uid == i64::from(uid)
+        } else {
+            u.name == user_arg
+        }
     });
-    let (name, uid, mut gid, home) = match (entry, user_part.parse::<u32>()) {
-        (Some((name, Some(uid), Some(gid), home)), _) => (Some(name), uid, gid, home),
-        (None, Ok(uid)) | (Some(_), Ok(uid)) => (None, uid, 0, None),
-        _ => {
-            return Err(EngineError::InvalidParameter {
-                reason: format!(
-                    "unable to find user {user_part}: no matching entries in passwd file"
-                ),
-            })
-        }
-    };
-    let groups = read("etc/group");
-    if let Some(group) = group_part {
-        gid = match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => groups
-                .lines()
-                .find_map(|line| {
-                    let fields: Vec<&str> = line.split(':').collect();
-                    (fields.len() >= 3 && fields[0] == group)
-                        .then(|| fields[2].parse::<u32>().ok())
-                        .flatten()
-                })
-                .ok_or_else(|| EngineError::InvalidParameter {
+    let (uid, mut gid, home, name) = match matched {
+        Some(entry) => (
+            checked_id(entry.uid)?,
+            checked_id(entry.gid)?,
+            entry.home,
+            Some(entry.name),
+        ),
+        None if user_arg.is_empty() => (0, 0, String::new(), None),
+        // Only a number may name a user passwd does not know.
+        None => match uid_arg {
+            Some(uid) => (uid, 0, String::new(), None),
+            None => {
+                return Err(EngineError::InvalidParameter {
                     reason: format!(
-                        "unable to find group {group}: no matching entries in group file"
+                        "unable to find user {user_arg}: no matching entries in passwd file"
                     ),
-                })?,
-        };
-    }
-    let mut additional = Vec::new();
-    if let Some(name) = name {
-        for line in groups.lines() {
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() >= 4 && fields[3].split(',').any(|m| m == name) {
-                if let Ok(g) = fields[2].parse::<u32>() {
-                    if g != gid {
-                        additional.push(g);
-                    }
-                }
+                })
             }
+        },
+    };
+
+    let groups = read("etc/group")
+        .map(|g| parse_group(&g))
+        .unwrap_or_default();
+    let mut sgids = Vec::new();
+    if !group_arg.is_empty() {
+        let found = groups.iter().find(|g| match gid_arg {
+            Some(gid) => g.gid == i64::from(gid),
+            None => g.name == group_arg,
+        });
+        gid = match (found, gid_arg) {
+            (Some(group), _) => checked_id(group.gid)?,
+            (None, Some(gid)) => gid,
+            (None, None) => {
+                return Err(EngineError::InvalidParameter {
+                    reason: format!(
+                        "unable to find group {group_arg}: no matching entries in group file"
+                    ),
+                })
+            }
+        };
+    } else if let Some(name) = &name {
+        for group in groups
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == name))
+        {
+            sgids.push(checked_id(group.gid)?);
         }
     }
+
+    let mut additional_gids = vec![gid];
+    additional_gids.extend(sgids);
+    let mut added: Vec<u32> = Vec::new();
+    for wanted in group_add {
+        let numeric = parse_numeric(wanted)?;
+        let found = groups.iter().find(|g| match numeric {
+            Some(gid) => g.gid == i64::from(gid),
+            None => g.name == *wanted,
+        });
+        let gid = match (found, numeric) {
+            (Some(group), _) => checked_id(group.gid)?,
+            (None, Some(gid)) => gid,
+            (None, None) => {
+                return Err(EngineError::InvalidParameter {
+                    reason: format!(
+                        "unable to find group {wanted}: no matching entries in group file"
+                    ),
+                })
+            }
+        };
+        if !added.contains(&gid) {
+            added.push(gid);
+        }
+    }
+    additional_gids.extend(added);
     Ok(ResolvedUser {
         uid,
         gid,
-        additional_gids: additional,
+        additional_gids,
         // As runc: the passwd entry's home, else `/`.
-        home: home.filter(|h| !h.is_empty()).unwrap_or_else(|| "/".into()),
+        home: if home.is_empty() { "/".into() } else { home },
     })
+}
+
+/// dockerd's `CreateDaemonEnvironment`: `PATH`, `HOSTNAME`, `TERM` with a TTY, then the
+/// container's `Env` on top (a bare `KEY` removing one).
+pub fn daemon_environment(env: &[String], tty: bool, hostname: &str) -> Vec<String> {
+    let mut defaults = vec![
+        format!("PATH={}", rmachine_runtime::lookup::DEFAULT_PATH),
+        format!("HOSTNAME={hostname}"),
+    ];
+    if tty {
+        defaults.push("TERM=xterm".into());
+    }
+    replace_or_append_env(defaults, env)
+}
+
+/// Adds `HOME` when `env` has none, as runc does from the user's passwd entry.
+pub fn with_home(mut env: Vec<String>, home: &str) -> Vec<String> {
+    if !env.iter().any(|v| v.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+/// The environment of a container's first process: [`daemon_environment`] and `HOME`.
+pub fn container_env(config: &ContainerConfig, hostname: &str, home: &str) -> Vec<String> {
+    with_home(daemon_environment(&config.env, config.tty, hostname), home)
+}
+
+/// dockerd's `SetupWorkingDirectory` refusal: the working directory exists in the container's
+/// layers (searched top down) as something other than a directory. A path the layers reach
+/// through a symlink is left to the runtime, which resolves it inside the container.
+pub fn check_working_dir(working_dir: &str, layers: &[PathBuf]) -> Result<(), EngineError> {
+    let rel = working_dir.trim_start_matches('/');
+    if rel.is_empty() {
+        return Ok(());
+    }
+    let mut prefix = PathBuf::new();
+    for part in Path::new(rel).components() {
+        prefix.push(part);
+        let Some(meta) = layers
+            .iter()
+            .find_map(|layer| std::fs::symlink_metadata(layer.join(&prefix)).ok())
+        else {
+            // Missing: the runtime creates it.
+            return Ok(());
+        };
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            return Ok(());
+        }
+        if !file_type.is_dir() {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            // An overlay whiteout (char device 0:0) hides the lower entries: missing.
+            if file_type.is_char_device() && meta.rdev() == 0 {
+                return Ok(());
+            }
+            if prefix.as_os_str().len() == rel.trim_end_matches('/').len() {
+                return Err(EngineError::WorkingDirNotDir {
+                    path: working_dir.to_string(),
+                });
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Docker's `ReplaceOrAppendEnvValues`: each `KEY=value` of `overrides` replaces the entry of
+/// `defaults` with that key or is appended; a bare `KEY` (the CLI sends `-e KEY` as is when
+/// `KEY` is unset on the client) removes `KEY` from `defaults` and is otherwise dropped.
+pub fn replace_or_append_env(mut defaults: Vec<String>, overrides: &[String]) -> Vec<String> {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, e) in defaults.iter().enumerate() {
+        index.insert(key(e), i);
+    }
+    for value in overrides {
+        match value.split_once('=') {
+            None => {
+                if let Some(&i) = index.get(value.as_str()) {
+                    // Emptied here, removed below, so that indexes stay valid.
+                    defaults[i].clear();
+                }
+            }
+            Some((k, _)) => match index.get(k) {
+                Some(&i) => defaults[i] = value.clone(),
+                None => defaults.push(value.clone()),
+            },
+        }
+    }
+    defaults.retain(|e| !e.is_empty());
+    defaults
 }
 
 #[cfg(test)]
@@ -310,10 +555,96 @@ mod tests {
             let r = resolve_user(u, &layers).unwrap();
             (r.uid, r.gid, r.additional_gids, r.home)
         };
-        assert_eq!(ids("www"), (33, 33, vec![50], "/var/www".to_string()));
-        assert_eq!(ids(""), (0, 0, vec![], "/root".to_string()));
-        assert_eq!(ids("1000:7"), (1000, 7, vec![], "/".to_string()));
-        assert!(resolve_user("nobody2", &layers).is_err());
+        // The primary group first, then memberships.
+        assert_eq!(ids("www"), (33, 33, vec![33, 50], "/var/www".to_string()));
+        assert_eq!(ids(""), (0, 0, vec![0], "/root".to_string()));
+        assert_eq!(ids("1000:7"), (1000, 7, vec![7], "/".to_string()));
+        // A uid found in passwd is that user; a named group drops the memberships.
+        assert_eq!(ids("33:www"), (33, 33, vec![33], "/var/www".to_string()));
+        assert_eq!(
+            resolve_user("nobody2", &layers).unwrap_err().to_string(),
+            "unable to find user nobody2: no matching entries in passwd file"
+        );
+        assert_eq!(
+            resolve_user("www:nogroup", &layers)
+                .unwrap_err()
+                .to_string(),
+            "unable to find group nogroup: no matching entries in group file"
+        );
+        assert_eq!(
+            resolve_user("4294967296", &layers).unwrap_err().to_string(),
+            "uids and gids must be in range 0-2147483647"
+        );
+        let added = resolve_user_with(
+            "1000:7",
+            &layers,
+            &["extra".into(), "9".into(), "50".into()],
+        )
+        .unwrap();
+        assert_eq!(added.additional_gids, vec![7, 50, 9]);
+        assert!(resolve_user_with("www", &layers, &["nosuch".into()]).is_err());
+    }
+
+    #[test]
+    fn env_overrides_replace_append_and_bare_names_unset() {
+        let env = replace_or_append_env(
+            vec!["PATH=/bin".into(), "HOSTNAME=h".into(), "TERM=xterm".into()],
+            &[
+                "HOSTNAME".into(),
+                "UNSET".into(),
+                "PATH=/usr/bin".into(),
+                "A=1".into(),
+            ],
+        );
+        assert_eq!(
+            env,
+            vec![
+                "PATH=/usr/bin".to_string(),
+                "TERM=xterm".into(),
+                "A=1".into()
+            ]
+        );
+        let config = ContainerConfig {
+            env: vec!["HOME".into(), "X=y".into()],
+            ..ContainerConfig::default()
+        };
+        assert_eq!(
+            container_env(&config, "abc", "/root"),
+            vec![
+                format!("PATH={}", rmachine_runtime::lookup::DEFAULT_PATH),
+                "HOSTNAME=abc".into(),
+                "X=y".into(),
+                "HOME=/root".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_entrypoint_resets_without_taking_the_images_cmd() {
+        let mut config = ContainerConfig {
+            entrypoint: Some(vec![String::new()]),
+            ..Default::default()
+        };
+        merge_image_config(&mut config, &image(Some(&["sh"]), Some(&["/init"])));
+        assert_eq!((config.entrypoint, config.cmd), (None, None));
+    }
+
+    #[test]
+    fn a_working_dir_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "").unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).unwrap();
+        let layers = [dir.path().to_path_buf()];
+        assert_eq!(
+            check_working_dir("/etc/passwd", &layers)
+                .unwrap_err()
+                .to_string(),
+            "Cannot mkdir: /etc/passwd is not a directory"
+        );
+        for fine in ["/etc", "/new/dir", "/", "/link/passwd", "/etc/passwd/x"] {
+            assert!(check_working_dir(fine, &layers).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -138,13 +138,140 @@ pub fn resolv_conf(host: &str) -> String {
     out
 }
 
-/// `/etc/hosts` for a container on the loopback-only network.
-pub fn hosts_file(hostname: &str) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-    )
+/// `/etc/hosts` for a container on the loopback-only network: moby's default content
+/// (libnetwork/etchosts, IPv6 assumed enabled). Without a network interface dockerd adds no
+/// line for the container's own hostname.
+pub fn hosts_file() -> String {
+    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+     fe00::\tip6-localnet\nff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+     ff02::2\tip6-allrouters\n"
+        .to_string()
+}
+
+/// Name of the container's init layer directory inside its state directory.
+pub const INIT_LAYER: &str = "init";
+
+/// What dockerd's init layer holds (daemon/initlayer): mount points and `/.dockerenv` as empty
+/// `0755` entries, `/etc/mtab` a symlink to `/proc/mounts`. `None` is a directory.
+const INIT_ENTRIES: &[(&str, Option<InitEntry>)] = &[
+    ("dev/pts", None),
+    ("dev/shm", None),
+    ("proc", None),
+    ("sys", None),
+    (".dockerenv", Some(InitEntry::File)),
+    ("etc/resolv.conf", Some(InitEntry::File)),
+    ("etc/hosts", Some(InitEntry::File)),
+    ("etc/hostname", Some(InitEntry::File)),
+    ("dev/console", Some(InitEntry::File)),
+    ("etc/mtab", Some(InitEntry::Symlink("/proc/mounts"))),
+];
+
+#[derive(Clone, Copy)]
+enum InitEntry {
+    File,
+    Symlink(&'static str),
+}
+
+/// Makes (once) the container's init layer, `DIR/init`, and returns the container's lower
+/// directories: the init layer on top of the image's `layers`. As with dockerd, the files
+/// every container has (`/.dockerenv`, `/etc/mtab`, the mount points) are thus part of its
+/// root file system (export, cp) without being changes of its own (diff).
+pub fn with_init_layer(dir: &Path, layers: Vec<PathBuf>) -> Result<Vec<PathBuf>, LaunchError> {
+    let init = dir.join(INIT_LAYER);
+    if !init.is_dir() {
+        // Built aside and renamed, so a half-made layer is never used.
+        let tmp = dir.join(format!(".{INIT_LAYER}.tmp{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        build_init_layer(&tmp)?;
+        fs::rename(&tmp, &init).map_err(io_err(&init))?;
+    }
+    let mut lower = vec![init];
+    lower.extend(layers);
+    Ok(lower)
+}
+
+fn build_init_layer(root: &Path) -> Result<(), LaunchError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mkdir = |path: &Path| {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path)
+            .map_err(io_err(path))
+    };
+    mkdir(root)?;
+    for (rel, kind) in INIT_ENTRIES {
+        let path = root.join(rel);
+        match kind {
+            None => mkdir(&path)?,
+            Some(kind) => {
+                if let Some(parent) = path.parent() {
+                    mkdir(parent)?;
+                }
+                match kind {
+                    InitEntry::File => {
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .mode(0o755)
+                            .open(&path)
+                            .map_err(io_err(&path))?;
+                    }
+                    InitEntry::Symlink(target) => {
+                        std::os::unix::fs::symlink(target, &path).map_err(io_err(&path))?
+                    }
+                }
+            }
+        }
+    }
+    // The umask may have cut the modes above; dockerd's entries are 0755.
+    for (rel, kind) in INIT_ENTRIES {
+        if !matches!(kind, Some(InitEntry::Symlink(_))) {
+            let path = root.join(rel);
+            set_mode(&path, 0o755)?;
+        }
+    }
+    for dir in ["dev", "etc"] {
+        set_mode(&root.join(dir), 0o755)?;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), LaunchError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// dockerd's `setExitCodeFromError` for a process that could not start: the exit code it
+/// records (126 permission denied or a directory, 127 not found or not a directory, else 128)
+/// and the message it returns (with its hints for `EISDIR` and `ENOTDIR`).
+pub fn exit_code_from_error(message: &str) -> (i64, String) {
+    let lower = message.to_lowercase();
+    if lower.contains("permission denied") {
+        return (126, message.to_string());
+    }
+    if lower.contains("is a directory") {
+        return (126, format!("{message}: permission denied"));
+    }
+    if lower.contains("not a directory") {
+        return (
+            127,
+            format!(
+                "{message}: Are you trying to mount a directory onto a file (or vice-versa)? \
+                 Check if the specified host path exists and is the expected type"
+            ),
+        );
+    }
+    let invalid_command = [
+        "executable file not found",
+        "no such file or directory",
+        "system cannot find the file specified",
+    ];
+    if invalid_command.iter().any(|m| lower.contains(m)) {
+        return (127, message.to_string());
+    }
+    (128, message.to_string())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
@@ -424,6 +551,66 @@ pub fn exit_code(status: ExitStatus) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_layer_holds_dockers_files_and_goes_on_top() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let lower = with_init_layer(dir.path(), vec!["/image".into()]).unwrap();
+        let init = dir.path().join(INIT_LAYER);
+        assert_eq!(lower, vec![init.clone(), PathBuf::from("/image")]);
+        let meta = fs::metadata(init.join(".dockerenv")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!((meta.len(), meta.permissions().mode() & 0o7777), (0, 0o755));
+        assert_eq!(
+            fs::read_link(init.join("etc/mtab")).unwrap(),
+            PathBuf::from("/proc/mounts")
+        );
+        for d in ["dev/pts", "dev/shm", "proc", "sys"] {
+            assert!(init.join(d).is_dir(), "{d}");
+        }
+        // Made once: a second start keeps it.
+        fs::write(init.join("marker"), "").unwrap();
+        with_init_layer(dir.path(), vec![]).unwrap();
+        assert!(init.join("marker").exists());
+    }
+
+    #[test]
+    fn hosts_is_mobys_default_without_a_hostname_line() {
+        assert_eq!(
+            hosts_file(),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::\tip6-localnet\nff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+             ff02::2\tip6-allrouters\n"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_message_as_in_dockerd() {
+        let code = |m: &str| exit_code_from_error(m).0;
+        assert_eq!(code("exec: \"/etc\": permission denied"), 126);
+        assert_eq!(
+            exit_code_from_error("exec: \"/etc\": is a directory"),
+            (
+                126,
+                "exec: \"/etc\": is a directory: permission denied".into()
+            )
+        );
+        assert_eq!(
+            code("chdir to cwd (\"/x\") set in config.json failed: no such file or directory"),
+            127
+        );
+        assert_eq!(code("exec: \"x\": executable file not found in $PATH"), 127);
+        let (code, message) = exit_code_from_error("chdir: not a directory: unknown");
+        assert_eq!(code, 127);
+        assert!(
+            message.ends_with("Check if the specified host path exists and is the expected type")
+        );
+        assert_eq!(
+            exit_code_from_error("set hostname: invalid argument").0,
+            128
+        );
+    }
 
     #[test]
     fn resolv_conf_drops_loopback_servers_and_falls_back_to_public_dns() {

@@ -349,7 +349,8 @@ pub fn render(pids: &[i32], ps_args: &str) -> Result<Value, String> {
             }
         }
     }
-    let columns = parse_args(ps_args)?;
+    // dockerd wraps what its `ps` wrote on stderr with `ps: ` (daemon/top_unix.go).
+    let columns = parse_args(ps_args).map_err(|e| format!("ps: {e}"))?;
     // As dockerd's parsePSOutput: rows are matched to the container by their PID column.
     if !columns.iter().any(|(_, header)| header == "PID") {
         return Err("Couldn't find PID field in ps output".into());
@@ -504,11 +505,15 @@ mod tests {
         );
         assert_eq!(
             render(&[me], "-Z").unwrap_err(),
-            "error: unsupported SysV option"
+            "ps: error: unsupported SysV option"
         );
         assert_eq!(
             render(&[me], "-o pid,bogus").unwrap_err(),
-            "error: unknown user-defined format specifier \"bogus\""
+            "ps: error: unknown user-defined format specifier \"bogus\""
+        );
+        assert_eq!(
+            render(&[me], "--bogus-option").unwrap_err(),
+            "ps: error: unknown gnu long option"
         );
     }
 }

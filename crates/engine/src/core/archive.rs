@@ -92,6 +92,13 @@ impl Engine {
             let path = c.dir.join(sub);
             std::fs::create_dir_all(&path).map_err(super::io_err(&path))?;
         }
+        // The init layer (`/.dockerenv`, `/etc/mtab`, mount points) is part of the root.
+        let lower = crate::container::launch::with_init_layer(&c.dir, lower).map_err(|e| {
+            EngineError::Launch {
+                id: c.id.clone(),
+                source: e,
+            }
+        })?;
         Ok(RootSource::Layers {
             id: c.id.clone(),
             lower,
@@ -167,6 +174,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let c = self.container(reference)?;
         options.read_only_root = super::restart::readonly_rootfs(&c.record().host_config);
+        options.owner = self.copy_owner(&c.record(), options.copy_uid_gid).await?;
         // A stopped container's overlay is mounted writable here: it must not start meanwhile.
         let _op = c.op.lock().await;
         let source = self.root_source(&c, &c.record(), true, true).await?;
@@ -231,11 +239,14 @@ impl Engine {
         let images = self.inner.images.clone();
         let image_id = c.record().image_id;
         let upper = c.dir.join("upper");
+        let dir = c.dir.clone();
         tokio::task::spawn_blocking(move || {
-            let lower = images.rootfs_layers(&image_id)?;
+            let mut lower = images.rootfs_layers(&image_id)?;
             if !upper.exists() {
                 return Ok(Vec::new());
             }
+            // Entries of the init layer are not changes (`/etc` of an image without one).
+            lower.insert(0, dir.join(crate::container::launch::INIT_LAYER));
             Ok(archive::changes(&upper, &lower)?)
         })
         .await
@@ -256,6 +267,51 @@ impl Engine {
         if let Some(object) = value.as_object_mut() {
             object.insert("SizeRw".into(), rw.into());
             object.insert("SizeRootFs".into(), rw.saturating_add(image).into());
+        }
+    }
+
+    /// The owner `docker cp -a` gives what it copies in: the container's `Config.User`,
+    /// looked up in the container's `/etc/passwd` and `/etc/group` (daemon/
+    /// archive_tarcopyoptions_unix.go). Without `-a`, or for a container without a user, the
+    /// archive's own ids are kept.
+    async fn copy_owner(
+        &self,
+        record: &ContainerRecord,
+        copy_uid_gid: bool,
+    ) -> Result<Option<(u32, u32)>, EngineError> {
+        let user = record.config.user.clone();
+        if !copy_uid_gid || user.is_empty() {
+            return Ok(None);
+        }
+        let images = self.inner.images.clone();
+        let image_id = record.image_id.clone();
+        let mut layers = vec![self.inner.state.dir(&record.id).join("upper")];
+        layers.extend(
+            tokio::task::spawn_blocking(move || images.rootfs_layers(&image_id))
+                .await
+                .map_err(task_failed)??,
+        );
+        let resolved = crate::container::config::resolve_user(&user, &layers)?;
+        Ok(Some((resolved.uid, resolved.gid)))
+    }
+
+    /// Adds `GraphDriver.Data.LowerDir` to a container's inspect JSON: its image's layer
+    /// directories, topmost first and `:`-separated as in the overlay mount.
+    pub fn add_lower_dir(&self, record: &ContainerRecord, value: &mut serde_json::Value) {
+        let Ok(layers) = self.inner.images.rootfs_layers(&record.image_id) else {
+            return;
+        };
+        let lower = layers
+            .iter()
+            .map(|p| p.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(":");
+        if let Some(data) = value
+            .get_mut("GraphDriver")
+            .and_then(|g| g.get_mut("Data"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            data.insert("LowerDir".into(), lower.into());
         }
     }
 }

@@ -2,10 +2,11 @@
 //! top and stats, plus the runtime features (limits, capabilities, `--privileged`, `--init`)
 //! taken from a container's `HostConfig`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use chrono::{DateTime, Utc};
 use rmachine_runtime::cgroup::{Cgroup, CgroupError};
 use rmachine_runtime::spec::{
     self, CapabilitySpec, ExecFile, ExecSpec, Features, Resources, SpecFile,
@@ -22,6 +23,10 @@ use crate::state::{ContainerRecord, HostConfig, Status};
 
 /// Docker's smallest `--memory`.
 const MIN_MEMORY: i64 = 6 * 1024 * 1024;
+/// dockerd's default `/dev/shm` size (64 MiB), shown as `HostConfig.ShmSize`.
+const DEFAULT_SHM_SIZE: i64 = 64 * 1024 * 1024;
+/// The runtime name `HostConfig.Runtime` gets, the default runtime `/info` reports.
+pub const DEFAULT_RUNTIME: &str = "rmachine";
 
 /// State of the features this module adds, kept beside the container table.
 #[derive(Debug, Default)]
@@ -68,6 +73,15 @@ fn strings(host: &HostConfig, key: &str) -> Vec<String> {
 }
 
 /// The cgroup limits in a `HostConfig` (or an update body of the same keys).
+/// A non-empty string of the host config.
+fn text(host: &HostConfig, key: &str) -> Option<String> {
+    host.extra
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 fn resources_of(host: &HostConfig) -> Option<Resources> {
     let positive = |key: &str| int(host, key).filter(|v| *v > 0);
     let mut r = Resources {
@@ -75,6 +89,8 @@ fn resources_of(host: &HostConfig) -> Option<Resources> {
         memory_swap_bytes: int(host, "MemorySwap").filter(|v| *v != 0),
         cpu_shares: positive("CpuShares").and_then(|v| u64::try_from(v).ok()),
         pids_limit: int(host, "PidsLimit").filter(|v| *v != 0),
+        cpuset_cpus: text(host, "CpusetCpus"),
+        cpuset_mems: text(host, "CpusetMems"),
         ..Resources::default()
     };
     if let Some(nano) = positive("NanoCpus") {
@@ -119,12 +135,162 @@ fn verify_resources(host: &HostConfig) -> Result<(), EngineError> {
             "range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available"
         )));
     }
+    let swappiness = int(host, "MemorySwappiness").filter(|v| *v != -1);
+    if let Some(v) = swappiness.filter(|v| !(0..=100).contains(v)) {
+        return Err(invalid(format!(
+            "Invalid value: {v}, valid memory swappiness range is 0-100"
+        )));
+    }
+    verify_cpuset(host, "CpusetCpus", "cpus", "CPUs", "cpuset.cpus")?;
+    verify_cpuset(host, "CpusetMems", "mems", "memory nodes", "cpuset.mems")?;
     Ok(())
+}
+
+/// moby's `parsers.ParseUintList`: `0-2,5` style lists; `None` when malformed.
+fn parse_cpuset(list: &str) -> Option<std::collections::BTreeSet<u32>> {
+    let mut set = std::collections::BTreeSet::new();
+    if list.is_empty() {
+        return Some(set);
+    }
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (lo.parse::<u32>().ok()?, hi.parse::<u32>().ok()?);
+                if hi < lo {
+                    return None;
+                }
+                set.extend(lo..=hi);
+            }
+            None => {
+                set.insert(part.parse::<u32>().ok()?);
+            }
+        }
+    }
+    Some(set)
+}
+
+/// What the host's cpuset offers (`cpuset.cpus` / `cpuset.mems` of the root cpuset cgroup),
+/// as dockerd's sysinfo reads it; `None` when there is no cpuset controller to ask.
+fn available_cpuset(file: &str) -> Option<String> {
+    let candidates = [
+        format!("/sys/fs/cgroup/cpuset/{file}"),
+        format!("/sys/fs/cgroup/{file}.effective"),
+    ];
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| {
+            (file == "cpuset.cpus")
+                .then(|| std::fs::read_to_string("/sys/devices/system/cpu/online").ok())
+                .flatten()
+        })
+        .map(|s| s.trim().to_string())
+}
+
+/// dockerd's cpuset checks (sysinfo `IsCpusetCpusAvailable` / `IsCpusetMemsAvailable`), with
+/// its texts.
+fn verify_cpuset(
+    host: &HostConfig,
+    key: &str,
+    short: &str,
+    long: &str,
+    file: &str,
+) -> Result<(), EngineError> {
+    let Some(requested) = host
+        .extra
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(wanted) = parse_cpuset(requested) else {
+        return Err(EngineError::InvalidParameter {
+            reason: format!(
+                "Invalid value {requested} for cpuset {short}: invalid format: {requested}"
+            ),
+        });
+    };
+    let Some(available) = available_cpuset(file) else {
+        return Ok(());
+    };
+    let have = parse_cpuset(&available).unwrap_or_default();
+    if !wanted.is_subset(&have) {
+        return Err(EngineError::InvalidParameter {
+            reason: format!(
+                "Requested {long} are not available - requested {requested}, available: {available}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The warnings dockerd returns with a created container (daemon/daemon_unix.go
+/// `verifyPlatformContainerResources`); the CLI prints each as `WARNING: ...`.
+pub fn create_warnings(host: &HostConfig) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if flag(host, "OomKillDisable") && int(host, "Memory").unwrap_or(0) == 0 {
+        warnings.push("OOM killer is disabled for the container, but no memory limit is set, this can result in the system running out of resources.".to_string());
+    }
+    warnings
+}
+
+/// Fills the `HostConfig` fields dockerd sets at create when the client leaves them empty
+/// (daemon/create.go, daemon_unix.go `adaptContainerSettings`), so that `inspect` shows what
+/// the container gets.
+fn fill_defaults(host: &mut HostConfig) {
+    let privileged = flag(host, "Privileged");
+    let empty = |host: &HostConfig, key: &str| match host.extra.get(key) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Number(n)) => n.as_i64() == Some(0),
+        Some(_) => false,
+    };
+    let cgroupns = if crate::sysinfo::cgroup_version() == "2" {
+        "private"
+    } else {
+        "host"
+    };
+    let defaults = [
+        ("IpcMode", json!("private")),
+        ("ShmSize", json!(DEFAULT_SHM_SIZE)),
+        ("Runtime", json!(DEFAULT_RUNTIME)),
+        ("CgroupnsMode", json!(cgroupns)),
+    ];
+    for (key, value) in defaults {
+        if empty(host, key) {
+            host.extra.insert(key.to_string(), value);
+        }
+    }
+    // A privileged container gets no masks, and dockerd leaves the lists null for it.
+    if !privileged {
+        if empty(host, "MaskedPaths") {
+            host.extra.insert(
+                "MaskedPaths".into(),
+                json!(rmachine_runtime::rootfs::MASKED_PATHS),
+            );
+        }
+        if empty(host, "ReadonlyPaths") {
+            host.extra.insert(
+                "ReadonlyPaths".into(),
+                json!(rmachine_runtime::rootfs::READONLY_PATHS),
+            );
+        }
+    }
+    // The CLI sends -1 for "not set" (daemon.go `fixMemorySwappiness`).
+    if int(host, "MemorySwappiness") == Some(-1) {
+        host.extra.insert("MemorySwappiness".into(), Value::Null);
+    }
+    // 0 and negative limits mean "unlimited", stored as no limit (container_routes.go).
+    if int(host, "PidsLimit").is_some_and(|v| v <= 0) {
+        host.extra.insert("PidsLimit".into(), Value::Null);
+    }
 }
 
 /// Checks and completes a create request's limits as dockerd does.
 pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineError> {
     verify_resources(host)?;
+    security_options(host)?;
     if let Some(tmpfs) = host.extra.get("Tmpfs").and_then(Value::as_object) {
         // volume/mounts/linux_parser.go `ValidateTmpfsMountDestination`.
         for dest in tmpfs.keys() {
@@ -140,6 +306,13 @@ pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineE
         }
     }
     let memory = int(host, "Memory").unwrap_or(0);
+    if memory == 0 && int(host, "MemorySwap").unwrap_or(0) > 0 {
+        return Err(EngineError::InvalidParameter {
+            reason: "You should always set the Memory limit when using Memoryswap limit, see usage"
+                .into(),
+        });
+    }
+    fill_defaults(host);
     if memory > 0 && int(host, "MemorySwap").unwrap_or(0) == 0 {
         // dockerd's default: as much swap as memory.
         host.extra
@@ -202,8 +375,11 @@ fn merge_update(current: &HostConfig, update: &HostConfig) -> Result<HostConfig,
             host.extra.insert(key.to_string(), Value::from(new(key)));
         }
     }
-    if let Some(pids) = update.extra.get("PidsLimit").filter(|v| !v.is_null()) {
-        host.extra.insert("PidsLimit".into(), pids.clone());
+    if let Some(pids) = update.extra.get("PidsLimit").and_then(Value::as_i64) {
+        // Any value up to 0 means "unlimited" and is stored as 0 (container_routes.go
+        // `postContainerUpdate`).
+        host.extra
+            .insert("PidsLimit".into(), Value::from(pids.max(0)));
     }
     let policy = super::restart::policy_of(update);
     if !policy.name.is_empty() {
@@ -220,14 +396,201 @@ fn merge_update(current: &HostConfig, update: &HostConfig) -> Result<HostConfig,
     Ok(host)
 }
 
+/// The filters of `POST /containers/prune` (daemon/prune.go `ContainerPrune`): `until`,
+/// `label` (every one must match) and `label!` (none may match).
+#[derive(Debug, Clone, Default)]
+pub struct PruneFilters {
+    until: Option<DateTime<Utc>>,
+    labels: Vec<String>,
+    not_labels: Vec<String>,
+}
+
+impl PruneFilters {
+    /// Checks the decoded `filters` query; Docker's texts for unknown filters and bad times.
+    pub fn parse(filters: &BTreeMap<String, Vec<String>>) -> Result<PruneFilters, EngineError> {
+        let invalid = |reason: String| EngineError::InvalidParameter { reason };
+        if let Some(key) = filters
+            .keys()
+            .find(|k| !matches!(k.as_str(), "label" | "label!" | "until"))
+        {
+            return Err(invalid(format!("invalid filter '{key}'")));
+        }
+        let until = match filters.get("until").map(Vec::as_slice) {
+            None | Some([]) => None,
+            Some([value]) => Some(parse_until(value, Utc::now()).map_err(invalid)?),
+            Some(_) => return Err(invalid("more than one until filter specified".into())),
+        };
+        let get = |key: &str| filters.get(key).cloned().unwrap_or_default();
+        Ok(PruneFilters {
+            until,
+            labels: get("label"),
+            not_labels: get("label!"),
+        })
+    }
+
+    /// Whether a stopped container is to be pruned.
+    pub fn matches(&self, record: &ContainerRecord) -> bool {
+        if self.until.is_some_and(|until| record.created > until) {
+            return false;
+        }
+        let labels = &record.config.labels;
+        // filters.Args.MatchKVList: every `k` / `k=v` must be among the labels.
+        let all = |list: &[String]| {
+            !labels.is_empty()
+                && list.iter().all(|f| match f.split_once('=') {
+                    Some((k, v)) => labels.get(k).is_some_and(|l| l == v),
+                    None => labels.contains_key(f),
+                })
+        };
+        if !self.labels.is_empty() && !all(&self.labels) {
+            return false;
+        }
+        self.not_labels.is_empty() || !all(&self.not_labels)
+    }
+}
+
+/// Go's `time.ParseDuration` (`1h30m`, `1.5h`, `300ms`); `None` when it is not one.
+fn go_duration(value: &str) -> Option<chrono::Duration> {
+    let (negative, mut rest) = match value.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, value.strip_prefix('+').unwrap_or(value)),
+    };
+    if rest == "0" {
+        return Some(chrono::Duration::zero());
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        nanos += number * scale;
+    }
+    // Durations beyond i64 nanoseconds are not valid Go durations either.
+    if !nanos.is_finite() || nanos > 9.2e18 {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let d = chrono::Duration::nanoseconds(nanos as i64);
+    Some(if negative { -d } else { d })
+}
+
+/// moby's `timestamp.Parse` for `until=`: a Go duration before `now`, an RFC 3339 time or
+/// date (UTC when no zone is given: the engine's local zone), or Unix seconds.
+fn parse_until(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if value.trim().is_empty() {
+        return Err("failed to parse value as time or duration: value is empty".into());
+    }
+    if value != "0" {
+        if let Some(d) = go_duration(value) {
+            return Ok(now - d);
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(value, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(t.and_utc());
+        }
+    }
+    if value.contains('-') {
+        return Err(format!("parsing time {value:?}: cannot parse as a time"));
+    }
+    crate::api::stream::parse_time(Some(value))
+        .ok()
+        .map(|t| t.unwrap_or(DateTime::UNIX_EPOCH))
+        .ok_or_else(|| {
+            format!("failed to parse value as time or duration: invalid seconds {value:?}")
+        })
+}
+
 fn capabilities_of(host: &HostConfig) -> Option<CapabilitySpec> {
     let add = strings(host, "CapAdd");
     let drop = strings(host, "CapDrop");
     (!add.is_empty() || !drop.is_empty()).then_some(CapabilitySpec { add, drop })
 }
 
+/// What `--security-opt` asks for; the texts are moby's `parseSecurityOpt`
+/// (daemon/daemon_unix.go). AppArmor and SELinux labels are accepted and have no effect: the
+/// guest kernel has neither.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct SecurityOptions {
+    /// `seccomp=unconfined`.
+    pub seccomp_unconfined: bool,
+    /// `no-new-privileges`.
+    pub no_new_privileges: bool,
+}
+
+pub(super) fn security_options(host: &HostConfig) -> Result<SecurityOptions, EngineError> {
+    let invalid = |reason: String| EngineError::InvalidParameter { reason };
+    let mut options = SecurityOptions::default();
+    for opt in strings(host, "SecurityOpt") {
+        if opt == "no-new-privileges" {
+            options.no_new_privileges = true;
+            continue;
+        }
+        if opt == "disable" {
+            continue;
+        }
+        let Some((key, value)) = opt.split_once('=').or_else(|| opt.split_once(':')) else {
+            return Err(invalid(format!("invalid --security-opt 1: {opt:?}")));
+        };
+        match key {
+            "label" | "apparmor" => {}
+            "seccomp" => match value {
+                "unconfined" => options.seccomp_unconfined = true,
+                "" | "builtin" => options.seccomp_unconfined = false,
+                // The CLI sends a profile file's content here.
+                _ => {
+                    return Err(invalid(
+                        "custom seccomp profiles are not supported: use the built-in default \
+                         or --security-opt seccomp=unconfined"
+                            .into(),
+                    ))
+                }
+            },
+            "no-new-privileges" => {
+                options.no_new_privileges = value
+                    .parse()
+                    .map_err(|_| invalid(format!("invalid --security-opt 2: {opt:?}")))?;
+            }
+            _ => return Err(invalid(format!("invalid --security-opt 2: {opt:?}"))),
+        }
+    }
+    Ok(options)
+}
+
 /// The runtime features a container's `HostConfig` asks for.
 pub(super) fn features_of(host: &HostConfig) -> Features {
+    // Checked at create; a record from before the check counts as the default.
+    let security = security_options(host).unwrap_or_default();
     Features {
         resources: resources_of(host),
         cgroup_parent: host
@@ -240,6 +603,9 @@ pub(super) fn features_of(host: &HostConfig) -> Features {
         privileged: flag(host, "Privileged"),
         init: flag(host, "Init"),
         console_socket: None,
+        // As dockerd: a privileged container runs without a seccomp filter.
+        seccomp_unconfined: security.seccomp_unconfined || flag(host, "Privileged"),
+        no_new_privileges: security.no_new_privileges,
     }
 }
 
@@ -376,7 +742,12 @@ impl Engine {
             .map_err(|reason| conflict(format!("Cannot update container {}: {reason}", c.id)))?;
         let record = c.record();
         if record.state.status == Status::Running {
-            if let Some(resources) = resources_of(&host) {
+            let mut resources = resources_of(&host);
+            if let Some(pids) = int(&update, "PidsLimit") {
+                // `resources_of` leaves out an unlimited (0) count, which must lift the limit.
+                resources.get_or_insert_with(Resources::default).pids_limit = Some(pids.max(0));
+            }
+            if let Some(resources) = resources {
                 cgroup_of(&record)?
                     .update(&resources)
                     .map_err(cgroup_err(&c.id))?;
@@ -428,9 +799,9 @@ impl Engine {
             return Err(EngineError::NotRunning { id: c.id.clone() });
         }
         if self.is_paused(&c.id) {
+            // moby's getActiveContainer names the container as the client did.
             return Err(conflict(format!(
-                "Container {} is paused, unpause the container before exec",
-                c.id
+                "Container {reference} is paused, unpause the container before exec"
             )));
         }
         if config.cmd.is_empty() {
@@ -438,9 +809,17 @@ impl Engine {
                 reason: "No exec command specified".into(),
             });
         }
+        if !config.user.is_empty() {
+            // As dockerd since v25: an unknown `-u` fails the create, not the start.
+            let spec = read_spec(&c)?;
+            let mut layers = vec![spec.spec.rootfs.upper_dir.clone()];
+            layers.extend(spec.spec.rootfs.lower_dirs.iter().cloned());
+            let group_add = config::group_add(&c.record().host_config);
+            config::resolve_user_with(&config.user, &layers, &group_add)?;
+        }
         let id = new_id();
         let instance = ExecInstance::new(id.clone(), c.id.clone(), config);
-        let command = instance.config.cmd.join(" ");
+        let command = crate::events::exec_command(&instance.config.cmd);
         let known: HashSet<String> = self.list().into_iter().map(|r| r.id).collect();
         let mut execs = lock(&self.inner.ext.execs);
         // Instances live as long as their container, as with dockerd.
@@ -608,11 +987,11 @@ impl Engine {
         let launched = match launched {
             Ok(launched) => launched,
             Err(LaunchError::Failed(failed)) => {
-                let code = i64::from(failed.exit_code);
-                let message = format!(
+                // dockerd (setExitCodeFromError) reads the code off the runtime's message.
+                let (code, message) = launch::exit_code_from_error(&format!(
                     "OCI runtime exec failed: exec failed: unable to start container process: {}: unknown",
                     failed.message
-                );
+                ));
                 exec.update(|s| s.exit_code = Some(code));
                 if detach {
                     return Err(EngineError::Task { reason: message });
@@ -644,7 +1023,7 @@ impl Engine {
         info!(container = %c.id, exec = %id, pid = launched.pid, "exec started");
         self.emit(
             record,
-            &format!("exec_start: {}", config.cmd.join(" ")),
+            &format!("exec_start: {}", crate::events::exec_command(&config.cmd)),
             &[("execID", id.to_string())],
         );
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel::<StdinEvent>();
@@ -741,20 +1120,6 @@ impl Engine {
     ) -> Result<ExecFile, EngineError> {
         let spec = read_spec(c)?;
         let config = &exec.config;
-        let mut env: Vec<String> = spec
-            .spec
-            .process
-            .env
-            .iter()
-            .filter(|v| !v.starts_with("TERM="))
-            .cloned()
-            .collect();
-        if config.tty {
-            env.push("TERM=xterm".into());
-        }
-        for var in &config.env {
-            config::replace_or_append(&mut env, var);
-        }
         let user = if config.user.is_empty() {
             record.config.user.clone()
         } else {
@@ -762,11 +1127,17 @@ impl Engine {
         };
         let mut layers = vec![spec.spec.rootfs.upper_dir.clone()];
         layers.extend(spec.spec.rootfs.lower_dirs.iter().cloned());
-        let resolved = config::resolve_user(&user, &layers)?;
-        if !config.user.is_empty() {
-            let home = format!("HOME={}", resolved.home);
-            config::replace_or_append(&mut env, &home);
-        }
+        let group_add = config::group_add(&record.host_config);
+        let resolved = config::resolve_user_with(&user, &layers, &group_add)?;
+        // dockerd: the container's environment rebuilt for the exec's TTY, the exec's on top;
+        // runc then adds the exec user's HOME if still unset.
+        let env = config::with_home(
+            config::replace_or_append_env(
+                config::daemon_environment(&record.config.env, config.tty, &spec.spec.hostname),
+                &config.env,
+            ),
+            &resolved.home,
+        );
         let cwd = if config.working_dir.is_empty() {
             spec.spec.process.cwd.clone()
         } else {
@@ -872,6 +1243,114 @@ mod tests {
             normalize_host_config(&mut root).unwrap_err().to_string(),
             "invalid specification: destination can't be '/'"
         );
+    }
+
+    #[test]
+    fn prune_filters_follow_moby() {
+        let filters = |pairs: &[(&str, &str)]| {
+            let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (k, v) in pairs {
+                map.entry(k.to_string()).or_default().push(v.to_string());
+            }
+            PruneFilters::parse(&map)
+        };
+        assert_eq!(
+            filters(&[("bogus", "1")]).unwrap_err().to_string(),
+            "invalid filter 'bogus'"
+        );
+        assert_eq!(
+            filters(&[("until", "1h"), ("until", "2h")])
+                .unwrap_err()
+                .to_string(),
+            "more than one until filter specified"
+        );
+        let mut record: ContainerRecord = serde_json::from_value(json!({
+            "Id": "a", "Name": "/a", "Created": "2020-01-01T00:00:00Z", "Path": "true",
+            "Args": [], "ImageId": "sha256:00", "Config": {"Labels": {"keep": "1", "x": "y"}},
+            "HostConfig": {},
+            "State": {"Status": "exited", "Pid": 0, "ExitCode": 0, "Error": "",
+                      "StartedAt": null, "FinishedAt": null},
+            "RestartCount": 0
+        }))
+        .unwrap();
+        assert!(filters(&[]).unwrap().matches(&record));
+        assert!(filters(&[("label", "keep"), ("label", "x=y")])
+            .unwrap()
+            .matches(&record));
+        // Every `label` must match.
+        assert!(!filters(&[("label", "keep"), ("label", "x=z")])
+            .unwrap()
+            .matches(&record));
+        assert!(!filters(&[("label!", "keep")]).unwrap().matches(&record));
+        assert!(filters(&[("label!", "keep=2")]).unwrap().matches(&record));
+        assert!(filters(&[("until", "1h")]).unwrap().matches(&record));
+        assert!(!filters(&[("until", "2019-12-31")])
+            .unwrap()
+            .matches(&record));
+        assert!(filters(&[("until", "2020-01-01T00:00:01Z")])
+            .unwrap()
+            .matches(&record));
+        assert!(!filters(&[("until", "1577836799")])
+            .unwrap()
+            .matches(&record));
+        record.config.labels.clear();
+        assert!(filters(&[("label!", "keep")]).unwrap().matches(&record));
+        assert!(!filters(&[("label", "keep")]).unwrap().matches(&record));
+    }
+
+    #[test]
+    fn go_durations_and_cpusets_parse_like_go() {
+        assert_eq!(go_duration("1h30m"), Some(chrono::Duration::minutes(90)));
+        assert_eq!(go_duration("1.5h"), Some(chrono::Duration::minutes(90)));
+        assert_eq!(
+            go_duration("300ms"),
+            Some(chrono::Duration::milliseconds(300))
+        );
+        assert_eq!(go_duration("-2s"), Some(chrono::Duration::seconds(-2)));
+        assert_eq!(go_duration("10"), None);
+        assert_eq!(go_duration("soon"), None);
+        assert_eq!(
+            parse_cpuset("0-2,5"),
+            Some([0, 1, 2, 5].into_iter().collect())
+        );
+        assert_eq!(parse_cpuset("2-1"), None);
+        assert_eq!(parse_cpuset("a"), None);
+        let mut h = host(json!({"CpusetCpus": "0-x"}));
+        assert_eq!(
+            normalize_host_config(&mut h).unwrap_err().to_string(),
+            "Invalid value 0-x for cpuset cpus: invalid format: 0-x"
+        );
+    }
+
+    #[test]
+    fn create_fills_dockerds_defaults_and_normalises_limits() {
+        let mut h = host(json!({"MemorySwappiness": -1, "PidsLimit": -5}));
+        normalize_host_config(&mut h).unwrap();
+        assert_eq!(h.extra.get("IpcMode"), Some(&json!("private")));
+        assert_eq!(h.extra.get("ShmSize"), Some(&json!(67108864)));
+        assert_eq!(h.extra.get("Runtime"), Some(&json!(DEFAULT_RUNTIME)));
+        assert_eq!(h.extra.get("MemorySwappiness"), Some(&Value::Null));
+        assert_eq!(h.extra.get("PidsLimit"), Some(&Value::Null));
+        assert!(!strings(&h, "MaskedPaths").is_empty());
+        let mut h = host(json!({"Privileged": true, "IpcMode": "host"}));
+        normalize_host_config(&mut h).unwrap();
+        assert_eq!(h.extra.get("IpcMode"), Some(&json!("host")));
+        assert!(!h.extra.contains_key("MaskedPaths"));
+        let mut h = host(json!({"MemorySwap": 10485760}));
+        assert_eq!(
+            normalize_host_config(&mut h).unwrap_err().to_string(),
+            "You should always set the Memory limit when using Memoryswap limit, see usage"
+        );
+        assert_eq!(
+            create_warnings(&host(json!({"OomKillDisable": true}))).len(),
+            1
+        );
+        assert!(
+            create_warnings(&host(json!({"OomKillDisable": true, "Memory": 67108864}))).is_empty()
+        );
+        let current = host(json!({"PidsLimit": 7}));
+        let merged = merge_update(&current, &host(json!({"PidsLimit": -1}))).unwrap();
+        assert_eq!(int(&merged, "PidsLimit"), Some(0));
     }
 
     #[test]

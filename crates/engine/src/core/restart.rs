@@ -282,7 +282,11 @@ impl Engine {
             Ok(()) | Err(EngineError::NotModified { .. }) => {}
             Err(err) => return Err(err),
         }
-        self.start_by_user(reference).await
+        self.start_by_user(reference).await?;
+        // After the start, as moby's containerRestart (daemon/restart.go).
+        let c = self.container(reference)?;
+        self.emit(&c.record(), "restart", &[]);
+        Ok(())
     }
 
     fn clear_user_stop(&self, c: &Container) {

@@ -228,10 +228,17 @@ impl ContainerRecord {
         &self.id[..self.id.len().min(12)]
     }
 
-    /// The command line `docker ps` shows.
+    /// The command line `docker ps` shows: an argument holding a space is single-quoted, the
+    /// path never is (moby daemon/container/view.go `transform`).
     pub fn command_line(&self) -> String {
-        std::iter::once(self.path.as_str())
-            .chain(self.args.iter().map(String::as_str))
+        std::iter::once(self.path.clone())
+            .chain(self.args.iter().map(|arg| {
+                if arg.contains(' ') {
+                    format!("'{arg}'")
+                } else {
+                    arg.clone()
+                }
+            }))
             .collect::<Vec<_>>()
             .join(" ")
     }
