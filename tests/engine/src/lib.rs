@@ -325,6 +325,16 @@ impl Engine {
         Ok(self.docker_command(args).output()?.into())
     }
 
+    /// `docker inspect -f FORMAT NAME`, trimmed; fails if the CLI does.
+    pub fn inspect(&self, name: &str, format: &str) -> Result<String> {
+        Ok(self
+            .docker(&["inspect", "-f", format, name])?
+            .ok()?
+            .stdout
+            .trim()
+            .to_string())
+    }
+
     /// Runs `docker ARGS`, failing (and killing the CLI) if it has not ended within `limit`:
     /// for commands a bug could leave hanging.
     pub fn docker_within(&self, limit: Duration, args: &[&str]) -> Result<Run> {

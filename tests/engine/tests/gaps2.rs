@@ -9,15 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rmachine_tests_engine::Engine;
 
-fn inspect(engine: &Engine, name: &str, format: &str) -> anyhow::Result<String> {
-    Ok(engine
-        .docker(&["inspect", "--format", format, name])?
-        .ok()?
-        .stdout
-        .trim()
-        .to_string())
-}
-
 fn alive(pid: &str) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -33,7 +24,7 @@ fn a_paused_container_is_recorded_and_not_left_frozen_by_an_engine_crash() -> an
         .stdout
         .trim()
         .to_string();
-    let pid = inspect(&engine, "frozen", "{{.State.Pid}}")?;
+    let pid = engine.inspect("frozen", "{{.State.Pid}}")?;
     engine.docker(&["pause", "frozen"])?.ok()?;
 
     // The record on disk says paused, and so do ps and its status filter.
@@ -73,8 +64,7 @@ fn a_paused_container_is_recorded_and_not_left_frozen_by_an_engine_crash() -> an
     // As dockerd without live-restore: stopped at restart, thawed and gone, and shown so.
     engine.restart()?;
     assert_eq!(
-        inspect(
-            &engine,
+        engine.inspect(
             "frozen",
             "{{.State.Status}} {{.State.Paused}} {{.State.ExitCode}}"
         )?,
@@ -96,7 +86,7 @@ fn a_paused_container_is_recorded_and_not_left_frozen_by_an_engine_crash() -> an
     );
     // It starts again normally.
     engine.docker(&["start", "frozen"])?.ok()?;
-    assert_eq!(inspect(&engine, "frozen", "{{.State.Status}}")?, "running");
+    assert_eq!(engine.inspect("frozen", "{{.State.Status}}")?, "running");
     Ok(())
 }
 
@@ -173,14 +163,14 @@ fn kill_with_a_signal_cancels_restarting_only_as_dockerd_does() -> anyhow::Resul
     std::thread::sleep(Duration::from_millis(800));
     for name in ["no-stop-signal", "hup-stop-signal", "unless"] {
         assert_eq!(
-            inspect(&engine, name, "{{.RestartCount}} {{.State.Status}}")?,
+            engine.inspect(name, "{{.RestartCount}} {{.State.Status}}")?,
             "0 exited",
             "{name}"
         );
     }
     // A start by the user arms the policy again: a crash of the process is restarted.
     engine.docker(&["start", "no-stop-signal"])?.ok()?;
-    let pid = inspect(&engine, "no-stop-signal", "{{.State.Pid}}")?;
+    let pid = engine.inspect("no-stop-signal", "{{.State.Pid}}")?;
     std::process::Command::new("kill")
         .args(["-9", &pid])
         .status()?;
@@ -482,7 +472,7 @@ fn logs_details_prints_the_chosen_attributes_before_each_line() -> anyhow::Resul
         "Error response from daemon: logger: no log driver named 'syslog' is registered"
     );
     assert_eq!(
-        inspect(&engine, "bare", "{{json .HostConfig.LogConfig}}")?,
+        engine.inspect("bare", "{{json .HostConfig.LogConfig}}")?,
         r#"{"Type":"json-file","Config":{}}"#
     );
     Ok(())
@@ -538,7 +528,7 @@ fn bad_signals_and_removals_get_the_texts_of_dockerd_28() -> anyhow::Result<()> 
     engine
         .docker(&["kill", "-s", "SIGRTMIN+3", "target"])?
         .ok()?;
-    assert_eq!(inspect(&engine, "target", "{{.State.Running}}")?, "true");
+    assert_eq!(engine.inspect("target", "{{.State.Running}}")?, "true");
 
     // A paused container is not removed without force, with dockerd 28.2's text naming it as
     // the user did.
@@ -558,7 +548,7 @@ fn bad_signals_and_removals_get_the_texts_of_dockerd_28() -> anyhow::Result<()> 
     engine
         .docker(&["create", "--name", "idle", "busybox", "true"])?
         .ok()?;
-    let idle = inspect(&engine, "idle", "{{.Id}}")?;
+    let idle = engine.inspect("idle", "{{.Id}}")?;
     // kill wraps it as moby's postContainersKill does.
     for (args, prefix) in [
         (&["kill", "idle"][..], "cannot kill container: idle: "),
@@ -618,10 +608,7 @@ fn bad_create_update_exec_and_stop_input_behaves_as_dockerd_28() -> anyhow::Resu
             "busybox",
         ])?
         .ok()?;
-    assert_eq!(
-        inspect(&engine, "cleaned", "{{.Config.WorkingDir}}")?,
-        "/tmp"
-    );
+    assert_eq!(engine.inspect("cleaned", "{{.Config.WorkingDir}}")?, "/tmp");
 
     // Updates: checked alone, then against the container (container/container_unix.go).
     let id = engine
@@ -647,8 +634,7 @@ fn bad_create_update_exec_and_stop_input_behaves_as_dockerd_28() -> anyhow::Resu
     )?;
     engine.docker(&["update", "-m", "100m", "limited"])?.ok()?;
     assert_eq!(
-        inspect(
-            &engine,
+        engine.inspect(
             "limited",
             "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}"
         )?,
@@ -680,7 +666,7 @@ fn bad_create_update_exec_and_stop_input_behaves_as_dockerd_28() -> anyhow::Resu
         took >= Duration::from_secs(2) && took < Duration::from_secs(8),
         "took {took:?}"
     );
-    assert_eq!(inspect(&engine, "limited", "{{.State.ExitCode}}")?, "137");
+    assert_eq!(engine.inspect("limited", "{{.State.ExitCode}}")?, "137");
     Ok(())
 }
 
@@ -719,7 +705,7 @@ fn ps_filters_are_checked_and_a_paused_container_is_resumed_only_as_dockerd_does
     // Not its stop signal: delivered, but the container stays frozen until unpaused.
     engine.docker(&["kill", "-s", "HUP", "held"])?.ok()?;
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(inspect(&engine, "held", "{{.State.Status}}")?, "paused");
+    assert_eq!(engine.inspect("held", "{{.State.Status}}")?, "paused");
     engine.docker(&["unpause", "held"])?.ok()?;
     engine.wait_for(
         &[
@@ -738,7 +724,7 @@ fn ps_filters_are_checked_and_a_paused_container_is_resumed_only_as_dockerd_does
     engine.docker(&["pause", "frozen"])?.ok()?;
     engine.docker(&["kill", "frozen"])?.ok()?;
     assert_eq!(
-        inspect(&engine, "frozen", "{{.State.Status}} {{.State.ExitCode}}")?,
+        engine.inspect("frozen", "{{.State.Status}} {{.State.ExitCode}}")?,
         "exited 137"
     );
     Ok(())

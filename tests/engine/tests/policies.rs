@@ -4,15 +4,6 @@ use std::time::Duration;
 
 use rmachine_tests_engine::Engine;
 
-fn inspect(engine: &Engine, name: &str, format: &str) -> anyhow::Result<String> {
-    Ok(engine
-        .docker(&["inspect", "-f", format, name])?
-        .ok()?
-        .stdout
-        .trim()
-        .to_string())
-}
-
 #[test]
 fn on_failure_restarts_up_to_its_limit() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
@@ -45,13 +36,13 @@ fn on_failure_restarts_up_to_its_limit() -> anyhow::Result<()> {
     // No third restart: the count stays and the log holds three runs.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        inspect(&engine, "flaky", "{{.RestartCount}} {{.State.ExitCode}}")?,
+        engine.inspect("flaky", "{{.RestartCount}} {{.State.ExitCode}}")?,
         "2 3"
     );
     let logs = engine.docker(&["logs", "flaky"])?.ok()?;
     assert_eq!(logs.stdout, "run\nrun\nrun\n");
     assert_eq!(
-        inspect(&engine, "flaky", "{{.HostConfig.RestartPolicy.Name}}")?,
+        engine.inspect("flaky", "{{.HostConfig.RestartPolicy.Name}}")?,
         "on-failure"
     );
 
@@ -71,7 +62,7 @@ fn on_failure_restarts_up_to_its_limit() -> anyhow::Result<()> {
     engine.docker(&["wait", "fine"])?.ok()?;
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        inspect(&engine, "fine", "{{.RestartCount}} {{.State.Status}}")?,
+        engine.inspect("fine", "{{.RestartCount}} {{.State.Status}}")?,
         "0 exited"
     );
     Ok(())
@@ -111,7 +102,7 @@ fn always_restarts_after_exit_and_after_an_engine_crash_but_not_after_stop() -> 
     engine.docker(&["stop", "-t", "0", "stopped"])?.ok()?;
 
     // The process dies on its own: restarted.
-    let pid = inspect(&engine, "forever", "{{.State.Pid}}")?;
+    let pid = engine.inspect("forever", "{{.State.Pid}}")?;
     std::process::Command::new("kill")
         .args(["-9", &pid])
         .status()?;
@@ -129,9 +120,9 @@ fn always_restarts_after_exit_and_after_an_engine_crash_but_not_after_stop() -> 
     // docker stop turns restarting off for that run.
     engine.docker(&["stop", "-t", "0", "forever"])?.ok()?;
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(inspect(&engine, "forever", "{{.State.Status}}")?, "exited");
+    assert_eq!(engine.inspect("forever", "{{.State.Status}}")?, "exited");
     engine.docker(&["start", "forever"])?.ok()?;
-    assert_eq!(inspect(&engine, "forever", "{{.RestartCount}}")?, "0");
+    assert_eq!(engine.inspect("forever", "{{.RestartCount}}")?, "0");
 
     // The engine dies: `always` comes back, a user-stopped `unless-stopped` does not.
     engine.crash()?;
@@ -141,7 +132,7 @@ fn always_restarts_after_exit_and_after_an_engine_crash_but_not_after_stop() -> 
         Duration::from_secs(10),
         |r| r.stdout == "forever\n",
     )?;
-    assert_eq!(inspect(&engine, "stopped", "{{.State.Status}}")?, "exited");
+    assert_eq!(engine.inspect("stopped", "{{.State.Status}}")?, "exited");
     Ok(())
 }
 
@@ -185,7 +176,7 @@ fn invalid_policies_signals_and_references_get_dockers_messages() -> anyhow::Res
         kill.stderr
     );
     // A rejected signal leaves the container running.
-    assert_eq!(inspect(&engine, "target", "{{.State.Running}}")?, "true");
+    assert_eq!(engine.inspect("target", "{{.State.Running}}")?, "true");
     engine.docker(&["kill", "-s", "USR1", "target"])?.ok()?;
 
     let missing = engine.docker(&["inspect", "nosuch"])?;
@@ -197,7 +188,7 @@ fn invalid_policies_signals_and_references_get_dockers_messages() -> anyhow::Res
     );
 
     // Find two ids sharing a first hex digit and use it as an ambiguous prefix.
-    let mut ids = vec![inspect(&engine, "target", "{{.Id}}")?];
+    let mut ids = vec![engine.inspect("target", "{{.Id}}")?];
     let prefix = loop {
         let id = engine
             .docker(&["create", "busybox"])?
@@ -274,18 +265,14 @@ fn stop_timeout_rename_and_restart_behave_like_docker() -> anyhow::Result<()> {
         ])?
         .ok()?;
     assert_eq!(
-        inspect(
-            &engine,
-            "old",
-            "{{.Config.StopSignal}} {{.Config.StopTimeout}}"
-        )?,
+        engine.inspect("old", "{{.Config.StopSignal}} {{.Config.StopTimeout}}")?,
         "USR1 1"
     );
     engine.docker(&["rename", "old", "new"])?.ok()?;
-    let first = inspect(&engine, "new", "{{.State.StartedAt}}")?;
+    let first = engine.inspect("new", "{{.State.StartedAt}}")?;
     // sleep ignores nothing but has no USR1 handler as PID 1: the 1 s timeout ends in SIGKILL.
     engine.docker(&["restart", "-t", "1", "new"])?.ok()?;
-    let second = inspect(&engine, "new", "{{.State.StartedAt}} {{.State.Running}}")?;
+    let second = engine.inspect("new", "{{.State.StartedAt}} {{.State.Running}}")?;
     assert_ne!(first, second);
     assert!(second.ends_with(" true"), "{second}");
     engine.docker(&["stop", "new"])?.ok()?;
@@ -341,11 +328,10 @@ fn a_container_waiting_to_restart_shows_as_restarting_until_stopped() -> anyhow:
         .ok()?;
     assert_eq!(filtered.stdout.lines().count(), 1, "{}", filtered.stdout);
     engine.docker(&["stop", "crashy"])?.ok()?;
-    let count = inspect(&engine, "crashy", "{{.RestartCount}}")?;
+    let count = engine.inspect("crashy", "{{.RestartCount}}")?;
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        inspect(
-            &engine,
+        engine.inspect(
             "crashy",
             "{{.State.Status}} {{.State.Restarting}} {{.RestartCount}}"
         )?,

@@ -6,15 +6,6 @@ use std::time::Duration;
 
 use rmachine_tests_engine::Engine;
 
-fn inspect(engine: &Engine, format: &str, name: &str) -> anyhow::Result<String> {
-    Ok(engine
-        .docker(&["inspect", "-f", format, name])?
-        .ok()?
-        .stdout
-        .trim()
-        .to_string())
-}
-
 #[test]
 fn a_container_killed_for_memory_is_marked_oom_killed() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
@@ -36,14 +27,14 @@ fn a_container_killed_for_memory_is_marked_oom_killed() -> anyhow::Result<()> {
     )?;
     assert_eq!(run.code, 137, "{run:?}");
     assert_eq!(
-        inspect(&engine, "{{.State.OOMKilled}} {{.State.ExitCode}}", "oom")?,
+        engine.inspect("oom", "{{.State.OOMKilled}} {{.State.ExitCode}}")?,
         "true 137"
     );
     // A container that merely exits is not.
     engine
         .docker(&["run", "--name", "fine", "--memory", "8m", "busybox", "true"])?
         .ok()?;
-    assert_eq!(inspect(&engine, "{{.State.OOMKilled}}", "fine")?, "false");
+    assert_eq!(engine.inspect("fine", "{{.State.OOMKilled}}")?, "false");
     Ok(())
 }
 
@@ -97,7 +88,7 @@ fn resource_requests_dockerd_refuses_are_refused() -> anyhow::Result<()> {
         ])?
         .ok()?;
     assert_eq!(
-        inspect(&engine, "{{.HostConfig.MemorySwappiness}}", "swappy")?,
+        engine.inspect("swappy", "{{.HostConfig.MemorySwappiness}}")?,
         "60"
     );
     Ok(())
@@ -112,10 +103,7 @@ fn pids_limits_up_to_zero_mean_unlimited() -> anyhow::Result<()> {
         engine
             .docker(&["create", "--name", name, "--pids-limit", value, "busybox"])?
             .ok()?;
-        assert_eq!(
-            inspect(&engine, "{{.HostConfig.PidsLimit}}", name)?,
-            "<nil>"
-        );
+        assert_eq!(engine.inspect(name, "{{.HostConfig.PidsLimit}}")?, "<nil>");
     }
     let id = engine
         .docker(&["run", "-d", "--name", "upr", "busybox", "sleep", "1000"])?
@@ -126,7 +114,7 @@ fn pids_limits_up_to_zero_mean_unlimited() -> anyhow::Result<()> {
     engine
         .docker(&["update", "--pids-limit", "7", "upr"])?
         .ok()?;
-    assert_eq!(inspect(&engine, "{{.HostConfig.PidsLimit}}", "upr")?, "7");
+    assert_eq!(engine.inspect("upr", "{{.HostConfig.PidsLimit}}")?, "7");
     let v1 = format!("/sys/fs/cgroup/pids/rmachine/{id}/pids.max");
     let v2 = format!("/sys/fs/cgroup/rmachine/{id}/pids.max");
     let pids_max = || {
@@ -138,7 +126,7 @@ fn pids_limits_up_to_zero_mean_unlimited() -> anyhow::Result<()> {
     engine
         .docker(&["update", "--pids-limit", "-1", "upr"])?
         .ok()?;
-    assert_eq!(inspect(&engine, "{{.HostConfig.PidsLimit}}", "upr")?, "0");
+    assert_eq!(engine.inspect("upr", "{{.HostConfig.PidsLimit}}")?, "0");
     assert_eq!(pids_max()?, "max");
     engine.docker(&["rm", "-f", "upr"])?.ok()?;
     Ok(())
@@ -162,9 +150,9 @@ fn a_paused_container_cannot_be_started() -> anyhow::Result<()> {
         "{}",
         start.stderr
     );
-    assert_eq!(inspect(&engine, "{{.State.Status}}", "rp")?, "paused");
+    assert_eq!(engine.inspect("rp", "{{.State.Status}}")?, "paused");
     engine.docker(&["unpause", "rp"])?.ok()?;
-    assert_eq!(inspect(&engine, "{{.State.Status}}", "rp")?, "running");
+    assert_eq!(engine.inspect("rp", "{{.State.Status}}")?, "running");
     engine.docker(&["rm", "-f", "rp"])?.ok()?;
     Ok(())
 }
@@ -239,26 +227,22 @@ fn inspect_shows_the_defaults_dockerd_fills_in() -> anyhow::Result<()> {
         "host"
     };
     assert_eq!(
-        inspect(
-            &engine,
+        engine.inspect(
+            "c1",
             "{{.HostConfig.IpcMode}} {{.HostConfig.ShmSize}} {{.HostConfig.Runtime}} \
              {{.HostConfig.CgroupnsMode}} {{.HostConfig.MemorySwappiness}} \
-             {{json .Config.Volumes}}",
-            "c1"
+             {{json .Config.Volumes}}"
         )?,
         format!("private 67108864 rmachine {cgroupns} <nil> null")
     );
     let masked: Vec<String> =
-        serde_json::from_str(&inspect(&engine, "{{json .HostConfig.MaskedPaths}}", "c1")?)?;
+        serde_json::from_str(&engine.inspect("c1", "{{json .HostConfig.MaskedPaths}}")?)?;
     assert!(masked.contains(&"/proc/kcore".to_string()), "{masked:?}");
-    let readonly: Vec<String> = serde_json::from_str(&inspect(
-        &engine,
-        "{{json .HostConfig.ReadonlyPaths}}",
-        "c1",
-    )?)?;
+    let readonly: Vec<String> =
+        serde_json::from_str(&engine.inspect("c1", "{{json .HostConfig.ReadonlyPaths}}")?)?;
     assert!(readonly.contains(&"/proc/sys".to_string()), "{readonly:?}");
     // The image's layers, as overlay lower dirs that exist.
-    let lower = inspect(&engine, "{{.GraphDriver.Data.LowerDir}}", "c1")?;
+    let lower = engine.inspect("c1", "{{.GraphDriver.Data.LowerDir}}")?;
     assert!(!lower.is_empty());
     for dir in lower.split(':') {
         assert!(std::path::Path::new(dir).join("bin").exists(), "{dir}");
@@ -268,10 +252,9 @@ fn inspect_shows_the_defaults_dockerd_fills_in() -> anyhow::Result<()> {
         .docker(&["create", "--name", "priv", "--privileged", "busybox"])?
         .ok()?;
     assert_eq!(
-        inspect(
-            &engine,
-            "{{json .HostConfig.MaskedPaths}} {{json .HostConfig.ReadonlyPaths}}",
-            "priv"
+        engine.inspect(
+            "priv",
+            "{{json .HostConfig.MaskedPaths}} {{json .HostConfig.ReadonlyPaths}}"
         )?,
         "null null"
     );
