@@ -212,6 +212,41 @@ fn a_bare_env_name_unset_on_the_client_is_dropped_or_unsets() -> anyhow::Result<
 }
 
 #[test]
+fn a_variable_given_twice_is_set_once_with_the_last_value() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let env_file = engine.dir().join("env.list");
+    std::fs::write(&env_file, "TWICE=from-file\nFROMHOST\n")?;
+    let env = engine
+        .docker_command(&[
+            "run",
+            "--rm",
+            "--env-file",
+            &env_file.to_string_lossy(),
+            "-e",
+            "FROMHOST",
+            "-e",
+            "TWICE=from-flag",
+            "busybox",
+            "env",
+        ])
+        .env("FROMHOST", "hostval")
+        .output()?;
+    let env = String::from_utf8_lossy(&env.stdout).into_owned();
+    let lines: Vec<&str> = env.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("FROMHOST=")).count(),
+        1,
+        "{env}"
+    );
+    assert!(lines.contains(&"FROMHOST=hostval"), "{env}");
+    assert!(lines.contains(&"TWICE=from-flag"), "{env}");
+    assert!(!lines.contains(&"TWICE=from-file"), "{env}");
+    Ok(())
+}
+
+#[test]
 fn working_directory_errors_read_as_dockers() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());

@@ -461,7 +461,12 @@ pub fn replace_or_append_env(mut defaults: Vec<String>, overrides: &[String]) ->
             }
             Some((k, _)) => match index.get(k) {
                 Some(&i) => defaults[i] = value.clone(),
-                None => defaults.push(value.clone()),
+                None => {
+                    // Indexed too: a key given twice (`-e K` and `K` in an --env-file) ends up
+                    // once, the last value winning, as runc's prepareEnv leaves it.
+                    index.insert(k.to_string(), defaults.len());
+                    defaults.push(value.clone());
+                }
             },
         }
     }
@@ -583,6 +588,15 @@ mod tests {
         .unwrap();
         assert_eq!(added.additional_gids, vec![7, 50, 9]);
         assert!(resolve_user_with("www", &layers, &["nosuch".into()]).is_err());
+    }
+
+    #[test]
+    fn a_key_given_twice_is_kept_once_with_the_last_value() {
+        let env = replace_or_append_env(
+            vec!["PATH=/bin".into()],
+            &["A=1".into(), "B=2".into(), "A=3".into()],
+        );
+        assert_eq!(env, vec!["PATH=/bin", "A=3", "B=2"]);
     }
 
     #[test]
