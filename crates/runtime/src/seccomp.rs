@@ -46,7 +46,11 @@ const ALWAYS_REFUSED: &[libc::c_long] = &[
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
     libc::SYS_io_uring_setup,
+    #[cfg(target_arch = "x86_64")]
     libc::SYS_kexec_file_load,
+    // The libc crate lacks it for aarch64 musl; asm-generic/unistd.h numbers it 294.
+    #[cfg(target_arch = "aarch64")]
+    294,
     libc::SYS_kexec_load,
     libc::SYS_keyctl,
     libc::SYS_migrate_pages,
