@@ -295,7 +295,7 @@ pub fn setup_in(
         title.extend(spec.process.args.iter().cloned());
         let _ = sys.set_title(&title);
     }
-    become_process(sys, &spec.process, capabilities, features)
+    become_process(sys, &spec.process, capabilities, capabilities, features)
 }
 
 /// Connects to the engine's console socket when the process has a terminal and one was given.
@@ -335,19 +335,27 @@ const EXEC_NAMESPACES: [(&str, CloneFlags); 5] = [
 /// namespace (see [`join_pid_namespace`]). Joining the mount namespace also makes its root
 /// (the container's, after `pivot_root`) the process's root and working directory.
 pub fn setup_exec(pid: i32, process: &Process, sys: &dyn Syscall) -> Result<Exec, ContainerError> {
-    setup_exec_with(pid, process, &Features::default(), None, sys)
+    setup_exec_with(pid, process, &Features::default(), false, None, sys)
 }
 
-/// [`setup_exec`] with the container's [`Features`] (its capabilities) and the exec's own
-/// console socket.
+/// [`setup_exec`] with the container's [`Features`], whether the exec itself is privileged
+/// (`docker exec --privileged`: every capability) and its own console socket. The seccomp
+/// filter stays the container's, built for the container's capabilities, as runc does: a
+/// privileged exec does not lift it.
 pub fn setup_exec_with(
     pid: i32,
     process: &Process,
     features: &Features,
+    privileged: bool,
     console_socket: Option<&Path>,
     sys: &dyn Syscall,
 ) -> Result<Exec, ContainerError> {
-    let capabilities = caps::capability_mask(features.capabilities.as_ref(), features.privileged)?;
+    let container_capabilities =
+        caps::capability_mask(features.capabilities.as_ref(), features.privileged)?;
+    let capabilities = caps::capability_mask(
+        features.capabilities.as_ref(),
+        features.privileged || privileged,
+    )?;
     let console = connect_console(sys, console_socket, process)?;
     for (name, flag) in EXEC_NAMESPACES {
         let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
@@ -370,7 +378,7 @@ pub fn setup_exec_with(
             })?;
     }
     enter_cwd(sys, &process.cwd, false)?;
-    become_process(sys, process, capabilities, features)
+    become_process(sys, process, capabilities, container_capabilities, features)
 }
 
 /// Joins the PID namespace of host PID `pid`, for the children forked afterwards.
@@ -389,6 +397,7 @@ fn become_process(
     sys: &dyn Syscall,
     process: &Process,
     capabilities: u64,
+    seccomp_capabilities: u64,
     features: &Features,
 ) -> Result<Exec, ContainerError> {
     // A new session always (as runc), so the container never shares the engine's; with a PTY
@@ -406,11 +415,13 @@ fn become_process(
     // Installed while the process still holds CAP_SYS_ADMIN (no no_new_privs needed, as with
     // runc) and after every mount: the filter refuses mount and friends without that cap.
     if features.seccomp_filtered() {
-        sys.install_seccomp(&crate::seccomp::Filter::docker_default(capabilities))
-            .map_err(|errno| ContainerError::Process {
-                what: "install the seccomp filter",
-                source: errno.into(),
-            })?;
+        sys.install_seccomp(&crate::seccomp::Filter::docker_default(
+            seccomp_capabilities,
+        ))
+        .map_err(|errno| ContainerError::Process {
+            what: "install the seccomp filter",
+            source: errno.into(),
+        })?;
     }
     // The bounding set is cut while still root with CAP_SETPCAP; the permitted set after the
     // identity change, which already empties it for a non-root uid.
@@ -1042,6 +1053,7 @@ mod tests {
             4242,
             &process,
             &Features::default(),
+            false,
             Some(Path::new("/run/exec.sock")),
             &sys,
         )

@@ -178,7 +178,7 @@ pub fn run(dir: &Path, sys: &dyn Syscall) -> i32 {
 pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
     let mut sync = SyncPipe::take();
     // The container's spec names it in messages and gives its capabilities and cgroup.
-    let (id, mut features) = match load_spec(dir) {
+    let (id, features) = match load_spec(dir) {
         Ok(file) => (file.spec.id, file.features),
         Err(_) => (dir.display().to_string(), Features::default()),
     };
@@ -186,9 +186,6 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
         Ok(file) => file,
         Err(err) => return report_failure(&mut sync, &id, &err.to_failed()),
     };
-    // The exec's features only decide its capabilities: `--privileged` means all of them. Its
-    // seccomp filter stays the container's, as with runc.
-    features.privileged |= file.privileged;
     let spec = &file.exec;
     let before_fork = || {
         container::join_pid_namespace(spec.pid, sys).map_err(|err| RunError::Join {
@@ -217,6 +214,7 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
             spec.pid,
             &spec.process,
             &features,
+            file.privileged,
             file.console_socket.as_deref(),
             sys,
         );

@@ -3,8 +3,9 @@
 //! flags a filter can read).
 //!
 //! Docker's profile is an allow-list by name; this filter is the complement written as a
-//! deny-list, which gives the same answers for every system call the kernel headers name while
-//! staying short enough to read: what is refused, and which capability lifts the refusal. The
+//! deny-list, which gives the same answers for every system call up to the newest the profile
+//! names while staying short enough to read: what is refused, and which capability lifts the
+//! refusal. Calls newer than that get `ENOSYS`, as runc answers them. The
 //! groups follow Docker's: a container given `CAP_SYS_ADMIN` may mount and make namespaces, one
 //! given `CAP_SYS_TIME` may set the clock, and so on. `--privileged` and `--security-opt
 //! seccomp=unconfined` install no filter at all.
@@ -164,6 +165,11 @@ const NATIVE_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
 #[cfg(target_arch = "aarch64")]
 const NATIVE_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
 
+/// The newest system call the policy knows (`removexattrat`, 466, the same number on x86-64
+/// and aarch64). Newer ones get `ENOSYS`, as runc answers calls its profile predates: libc then
+/// falls back to an older call the filter does judge.
+const LAST_KNOWN_SYSCALL: u32 = 466;
+
 /// x32 system calls are the x86-64 numbers with this bit set.
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -191,6 +197,7 @@ impl Filter {
         b.load(NR_OFFSET);
         #[cfg(target_arch = "x86_64")]
         b.if_set(X32_SYSCALL_BIT, RET_ERRNO | libc::EPERM as u32);
+        b.if_greater(LAST_KNOWN_SYSCALL, RET_ERRNO | libc::ENOSYS as u32);
         let mut refused: Vec<libc::c_long> = ALWAYS_REFUSED.to_vec();
         for (caps, calls) in REFUSED_WITHOUT {
             if capabilities & caps == 0 {
@@ -297,6 +304,12 @@ impl Builder {
         self.ret(verdict);
     }
 
+    /// Returns `verdict` if the accumulator is above `value`.
+    fn if_greater(&mut self, value: u32, verdict: u32) {
+        self.push(libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K, 0, 1, value);
+        self.ret(verdict);
+    }
+
     /// Returns `verdict` if the accumulator has any bit of `mask`.
     fn if_set(&mut self, mask: u32, verdict: u32) {
         self.push(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 1, mask);
@@ -309,8 +322,10 @@ impl Builder {
         let mut inner = Builder::default();
         inner.load(ARG0_LOW_OFFSET);
         body(&mut inner);
-        // A body longer than a jump can skip would be a bug in this file's tables.
-        let skip = u8::try_from(inner.program.len()).unwrap_or(u8::MAX);
+        // The bodies are a dozen instructions at most (the tables above); a longer one would
+        // make the jump land inside it, so it must stop the build's tests rather than pass.
+        let skip = u8::try_from(inner.program.len())
+            .expect("an argument check longer than a BPF jump can skip");
         self.push(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, skip, nr);
         self.program.extend(inner.program);
     }
@@ -334,6 +349,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn argument_checks_skip_exactly_their_block() {
+        let program = Filter::docker_default(0).program;
+        for (i, insn) in program.iter().enumerate() {
+            // An argument check: JEQ nr, 0, skip; then a load of arg 0 starts its block.
+            if insn.code as u32 == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K && insn.jf > 1 {
+                let block = &program[i + 1..=i + insn.jf as usize];
+                assert_eq!(block[0].k, ARG0_LOW_OFFSET);
+                let last = block.last().expect("a non-empty block");
+                assert_eq!(
+                    last.code as u32,
+                    libc::BPF_RET | libc::BPF_K,
+                    "ends in a verdict"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn calls_newer_than_the_policy_get_enosys() {
+        let program = Filter::docker_default(0).program;
+        let at = program
+            .iter()
+            .position(|insn| {
+                insn.code as u32 == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K
+                    && insn.k == LAST_KNOWN_SYSCALL
+            })
+            .expect("the newest-call check");
+        assert_eq!(program[at + 1].k, RET_ERRNO | libc::ENOSYS as u32);
     }
 
     #[test]

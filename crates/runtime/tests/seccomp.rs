@@ -71,13 +71,31 @@ fn docker_default_probe() -> i32 {
         if libc::getpid() <= 0 {
             return 8;
         }
+        // open_tree_attr (467), newer than the policy: ENOSYS whatever the kernel has.
+        if libc::syscall(
+            467,
+            -1,
+            std::ptr::null::<u8>(),
+            0,
+            std::ptr::null::<u8>(),
+            0,
+        ) != -1
+            || errno() != libc::ENOSYS
+        {
+            return 11;
+        }
         // A plain fork (clone without namespace flags) still works.
         match libc::fork() {
             -1 => return 9,
             0 => libc::_exit(0),
             pid => {
                 let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
+                if libc::waitpid(pid, &mut status, 0) != pid
+                    || !libc::WIFEXITED(status)
+                    || libc::WEXITSTATUS(status) != 0
+                {
+                    return 10;
+                }
             }
         }
     }

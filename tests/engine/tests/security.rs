@@ -69,6 +69,24 @@ fn containers_run_under_dockers_default_seccomp_filter_unless_told_otherwise() -
             "{exec:?}"
         );
     }
+    // The privileged exec holds every capability, the filter still is the container's.
+    let caps = engine
+        .docker(&[
+            "exec",
+            "--privileged",
+            "filtered",
+            "grep",
+            "CapEff",
+            "/proc/self/status",
+        ])?
+        .ok()?;
+    assert_ne!(
+        caps.stdout, "CapEff:\t00000000a80425fb\n",
+        "{}",
+        caps.stdout
+    );
+    let unshare = engine.docker(&["exec", "--privileged", "filtered", "unshare", "-U", "true"])?;
+    assert_eq!(unshare.code, 1, "{unshare:?}");
     engine.docker(&["rm", "-f", "filtered"])?.ok()?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Turning a create request and an image into what the container runs: Docker's config merge,
 //! user resolution from the image's `/etc/passwd`, names and console size.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::core::EngineError;
 use crate::image::ImageRecord;
@@ -261,6 +261,77 @@ pub fn resolve_user(user: &str, layers: &[PathBuf]) -> Result<ResolvedUser, Engi
     resolve_user_with(user, layers, &[])
 }
 
+/// The most passwd or group text the engine reads from a container.
+const ACCOUNT_FILE_LIMIT: u64 = 1 << 20;
+
+/// What a layer holds at a path.
+enum LayerEntry {
+    /// Nothing: a lower layer may have it.
+    Absent,
+    /// The overlay whiteout (a 0:0 character device): deleted for every lower layer too.
+    Deleted,
+    /// Something the engine will not read (a FIFO, a device, a directory…).
+    Unreadable,
+    /// A regular file's text, up to [`ACCOUNT_FILE_LIMIT`].
+    Text(String),
+}
+
+/// Reads `rel` (e.g. `etc/passwd`) as the container sees it through its overlay `layers`
+/// (topmost first). The files are the container's to change while it runs, so each lookup is
+/// confined to its layer (`RESOLVE_IN_ROOT`: no symlink or `..` reaches the host) and only a
+/// regular file is opened for reading (`O_PATH` first, then reopened): a FIFO, a device node or
+/// a huge file a container planted cannot hang the engine, read the host's devices or fill its
+/// memory.
+pub fn read_layered(layers: &[PathBuf], rel: &str) -> Option<String> {
+    for layer in layers {
+        match read_in_layer(layer, rel) {
+            LayerEntry::Absent => continue,
+            LayerEntry::Text(text) => return Some(text),
+            LayerEntry::Deleted | LayerEntry::Unreadable => return None,
+        }
+    }
+    None
+}
+
+fn read_in_layer(layer: &Path, rel: &str) -> LayerEntry {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+    let Ok(dir) = std::fs::File::open(layer) else {
+        return LayerEntry::Absent;
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let found = match openat2(&dir, rel, how) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(nix::errno::Errno::ENOENT) => return LayerEntry::Absent,
+        Err(_) => return LayerEntry::Unreadable,
+    };
+    let Ok(meta) = found.metadata() else {
+        return LayerEntry::Unreadable;
+    };
+    let kind = meta.file_type();
+    if kind.is_char_device() && meta.rdev() == 0 {
+        return LayerEntry::Deleted;
+    }
+    if !kind.is_file() {
+        return LayerEntry::Unreadable;
+    }
+    // Reopening the O_PATH descriptor reads exactly the inode checked above.
+    let reopened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", found.as_raw_fd()));
+    let mut text = String::new();
+    match reopened.map(|f| f.take(ACCOUNT_FILE_LIMIT).read_to_string(&mut text)) {
+        Ok(Ok(_)) => LayerEntry::Text(text),
+        _ => LayerEntry::Unreadable,
+    }
+}
+
 /// Resolves `user[:group]` as dockerd's `getUser` (moby/sys/user `GetExecUser`): an empty user
 /// is uid 0; a number is a uid even without a passwd entry (gid 0 then, no memberships); a
 /// user found in passwd brings its gid and home, and its `/etc/group` memberships unless a
@@ -270,11 +341,7 @@ pub fn resolve_user_with(
     layers: &[PathBuf],
     group_add: &[String],
 ) -> Result<ResolvedUser, EngineError> {
-    let read = |file: &str| {
-        layers
-            .iter()
-            .find_map(|layer| std::fs::read_to_string(layer.join(file)).ok())
-    };
+    let read = |file: &str| read_layered(layers, file);
     let mut parts = user.split(':');
     let user_arg = parts.next().unwrap_or("");
     let group_arg = parts.next().unwrap_or("");
@@ -411,8 +478,14 @@ pub fn check_working_dir(working_dir: &str, layers: &[PathBuf]) -> Result<(), En
     if rel.is_empty() {
         return Ok(());
     }
+    let parts: Vec<_> = Path::new(rel).components().collect();
+    // `..` or `.` (an image's WorkingDir is not cleaned) is left to the runtime, which resolves
+    // it inside the container; joined here it could reach the host's paths.
+    if !parts.iter().all(|p| matches!(p, Component::Normal(_))) {
+        return Ok(());
+    }
     let mut prefix = PathBuf::new();
-    for part in Path::new(rel).components() {
+    for (index, part) in parts.iter().enumerate() {
         prefix.push(part);
         let Some(meta) = layers
             .iter()
@@ -431,7 +504,7 @@ pub fn check_working_dir(working_dir: &str, layers: &[PathBuf]) -> Result<(), En
             if file_type.is_char_device() && meta.rdev() == 0 {
                 return Ok(());
             }
-            if prefix.as_os_str().len() == rel.trim_end_matches('/').len() {
+            if index + 1 == parts.len() {
                 return Err(EngineError::WorkingDirNotDir {
                     path: working_dir.to_string(),
                 });
@@ -588,6 +661,37 @@ mod tests {
         .unwrap();
         assert_eq!(added.additional_gids, vec![7, 50, 9]);
         assert!(resolve_user_with("www", &layers, &["nosuch".into()]).is_err());
+    }
+
+    #[test]
+    fn account_files_are_read_only_as_regular_files_inside_their_layer() {
+        let upper = tempfile::tempdir().unwrap();
+        let lower = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(upper.path().join("etc")).unwrap();
+        std::fs::create_dir_all(lower.path().join("etc")).unwrap();
+        std::fs::write(
+            lower.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\n",
+        )
+        .unwrap();
+        let layers = vec![upper.path().to_path_buf(), lower.path().to_path_buf()];
+
+        // A symlink to a host file resolves inside the upper layer, where nothing is: the lower
+        // layer's file is read, never the host's.
+        std::os::unix::fs::symlink("/etc/os-release", upper.path().join("etc/passwd")).unwrap();
+        assert_eq!(
+            read_layered(&layers, "etc/passwd").as_deref(),
+            Some("root:x:0:0::/root:/bin/sh\n")
+        );
+        // A FIFO is refused at once instead of blocking the engine.
+        std::fs::remove_file(upper.path().join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(
+            &upper.path().join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        assert_eq!(read_layered(&layers, "etc/passwd"), None);
+        assert_eq!(read_layered(&layers, "etc/group"), None);
     }
 
     #[test]

@@ -179,11 +179,20 @@ enum InitEntry {
 pub fn with_init_layer(dir: &Path, layers: Vec<PathBuf>) -> Result<Vec<PathBuf>, LaunchError> {
     let init = dir.join(INIT_LAYER);
     if !init.is_dir() {
-        // Built aside and renamed, so a half-made layer is never used.
-        let tmp = dir.join(format!(".{INIT_LAYER}.tmp{}", std::process::id()));
+        // Built aside and renamed, so a half-made layer is never used. A start and a `docker
+        // cp` may build it at once: each gets its own scratch directory, and the one whose
+        // rename loses uses the winner's layer.
+        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{INIT_LAYER}.tmp{}-{build}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         build_init_layer(&tmp)?;
-        fs::rename(&tmp, &init).map_err(io_err(&init))?;
+        if let Err(err) = fs::rename(&tmp, &init) {
+            let _ = fs::remove_dir_all(&tmp);
+            if !init.is_dir() {
+                return Err(io_err(&init)(err));
+            }
+        }
     }
     let mut lower = vec![init];
     lower.extend(layers);

@@ -147,6 +147,11 @@ fn verify_resources(host: &HostConfig) -> Result<(), EngineError> {
 }
 
 /// moby's `parsers.ParseUintList`: `0-2,5` style lists; `None` when malformed.
+/// The largest CPU or memory-node number a cpuset list may name: the kernel's NR_CPUS limit.
+/// Checked before expanding a range, so `0-4294967295` is refused instead of filling memory
+/// (moby's `ParseUintListMaximum` exists for the same reason).
+const MAX_CPUSET_INDEX: u32 = 8191;
+
 fn parse_cpuset(list: &str) -> Option<std::collections::BTreeSet<u32>> {
     let mut set = std::collections::BTreeSet::new();
     if list.is_empty() {
@@ -156,13 +161,17 @@ fn parse_cpuset(list: &str) -> Option<std::collections::BTreeSet<u32>> {
         match part.split_once('-') {
             Some((lo, hi)) => {
                 let (lo, hi) = (lo.parse::<u32>().ok()?, hi.parse::<u32>().ok()?);
-                if hi < lo {
+                if hi < lo || hi > MAX_CPUSET_INDEX {
                     return None;
                 }
                 set.extend(lo..=hi);
             }
             None => {
-                set.insert(part.parse::<u32>().ok()?);
+                set.insert(
+                    part.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= MAX_CPUSET_INDEX)?,
+                );
             }
         }
     }
@@ -373,6 +382,16 @@ fn merge_update(current: &HostConfig, update: &HostConfig) -> Result<HostConfig,
     ] {
         if new(key) != 0 {
             host.extra.insert(key.to_string(), Value::from(new(key)));
+        }
+    }
+    // As dockerd's UpdateContainer: a non-empty cpuset replaces the container's.
+    for key in ["CpusetCpus", "CpusetMems"] {
+        if let Some(value) = update
+            .extra
+            .get(key)
+            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        {
+            host.extra.insert(key.to_string(), value.clone());
         }
     }
     if let Some(pids) = update.extra.get("PidsLimit").and_then(Value::as_i64) {
@@ -1314,6 +1333,12 @@ mod tests {
             Some([0, 1, 2, 5].into_iter().collect())
         );
         assert_eq!(parse_cpuset("2-1"), None);
+        assert_eq!(
+            parse_cpuset("0-4294967295"),
+            None,
+            "refused before expanding"
+        );
+        assert_eq!(parse_cpuset("9000"), None);
         assert_eq!(parse_cpuset("a"), None);
         let mut h = host(json!({"CpusetCpus": "0-x"}));
         assert_eq!(
@@ -1351,6 +1376,12 @@ mod tests {
         let current = host(json!({"PidsLimit": 7}));
         let merged = merge_update(&current, &host(json!({"PidsLimit": -1}))).unwrap();
         assert_eq!(int(&merged, "PidsLimit"), Some(0));
+        // An update's cpuset replaces the container's; an empty one leaves it.
+        let current = host(json!({"CpusetCpus": "0"}));
+        let merged = merge_update(&current, &host(json!({"CpusetCpus": "1"}))).unwrap();
+        assert_eq!(merged.extra.get("CpusetCpus"), Some(&json!("1")));
+        let merged = merge_update(&current, &host(json!({"CpusetCpus": ""}))).unwrap();
+        assert_eq!(merged.extra.get("CpusetCpus"), Some(&json!("0")));
     }
 
     #[test]

@@ -265,7 +265,8 @@ impl Cgroup {
             }
             enable_controllers(&dir)?;
         }
-        if self.path("cpuset").is_some() {
+        // On v2 `path` names the one directory whatever the controller: cpuset levels are v1's.
+        if self.mode == CgroupMode::V1 && self.path("cpuset").is_some() {
             self.create_cpuset(&self.root.join("cpuset"))?;
         }
         for dir in self.dirs() {

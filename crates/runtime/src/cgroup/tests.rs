@@ -58,6 +58,8 @@ fn v2_creates_the_cgroup_and_delegates_controllers_to_it() {
         "+cpu +memory +pids"
     );
     assert_eq!(cg.path("memory"), Some(root.path().join("rmachine/abc")));
+    // v1's cpuset levels have no place in a v2 tree.
+    assert!(!root.path().join("cpuset").exists());
 }
 
 #[test]
