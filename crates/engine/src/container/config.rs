@@ -212,6 +212,23 @@ fn parse_passwd(content: &str) -> Vec<PasswdEntry> {
         .collect()
 }
 
+/// A group named by number or name, as moby/sys/user does for `-u user:group` and
+/// `--group-add`: a number found in the group file, a number it lacks, or a name it has.
+fn find_gid(groups: &[GroupEntry], wanted: &str) -> Result<u32, EngineError> {
+    let numeric = parse_numeric(wanted)?;
+    let found = groups.iter().find(|g| match numeric {
+        Some(gid) => g.gid == i64::from(gid),
+        None => g.name == wanted,
+    });
+    match (found, numeric) {
+        (Some(group), _) => checked_id(group.gid),
+        (None, Some(gid)) => Ok(gid),
+        (None, None) => Err(EngineError::InvalidParameter {
+            reason: format!("unable to find group {wanted}: no matching entries in group file"),
+        }),
+    }
+}
+
 fn parse_group(content: &str) -> Vec<GroupEntry> {
     content
         .lines()
@@ -346,7 +363,8 @@ pub fn resolve_user_with(
     let user_arg = parts.next().unwrap_or("");
     let group_arg = parts.next().unwrap_or("");
     let uid_arg = parse_numeric(user_arg)?;
-    let gid_arg = parse_numeric(group_arg)?;
+    // Checked before any lookup, so an out-of-range gid is the error even for an unknown user.
+    parse_numeric(group_arg)?;
 
     let passwd = read("etc/passwd")
         .map(|p| parse_passwd(&p))
@@ -386,21 +404,7 @@ pub fn resolve_user_with(
         .unwrap_or_default();
     let mut sgids = Vec::new();
     if !group_arg.is_empty() {
-        let found = groups.iter().find(|g| match gid_arg {
-            Some(gid) => g.gid == i64::from(gid),
-            None => g.name == group_arg,
-        });
-        gid = match (found, gid_arg) {
-            (Some(group), _) => checked_id(group.gid)?,
-            (None, Some(gid)) => gid,
-            (None, None) => {
-                return Err(EngineError::InvalidParameter {
-                    reason: format!(
-                        "unable to find group {group_arg}: no matching entries in group file"
-                    ),
-                })
-            }
-        };
+        gid = find_gid(&groups, group_arg)?;
     } else if let Some(name) = &name {
         for group in groups
             .iter()
@@ -414,22 +418,7 @@ pub fn resolve_user_with(
     additional_gids.extend(sgids);
     let mut added: Vec<u32> = Vec::new();
     for wanted in group_add {
-        let numeric = parse_numeric(wanted)?;
-        let found = groups.iter().find(|g| match numeric {
-            Some(gid) => g.gid == i64::from(gid),
-            None => g.name == *wanted,
-        });
-        let gid = match (found, numeric) {
-            (Some(group), _) => checked_id(group.gid)?,
-            (None, Some(gid)) => gid,
-            (None, None) => {
-                return Err(EngineError::InvalidParameter {
-                    reason: format!(
-                        "unable to find group {wanted}: no matching entries in group file"
-                    ),
-                })
-            }
-        };
+        let gid = find_gid(&groups, wanted)?;
         if !added.contains(&gid) {
             added.push(gid);
         }

@@ -452,15 +452,7 @@ impl PruneFilters {
         if self.until.is_some_and(|until| record.created > until) {
             return false;
         }
-        let labels = &record.config.labels;
-        // filters.Args.MatchKVList: every `k` / `k=v` must be among the labels.
-        let all = |list: &[String]| {
-            !labels.is_empty()
-                && list.iter().all(|f| match f.split_once('=') {
-                    Some((k, v)) => labels.get(k).is_some_and(|l| l == v),
-                    None => labels.contains_key(f),
-                })
-        };
+        let all = |list: &[String]| super::lookup::labels_match(&record.config.labels, list);
         if !self.labels.is_empty() && !all(&self.labels) {
             return false;
         }
