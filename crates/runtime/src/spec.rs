@@ -318,8 +318,8 @@ pub struct Resources {
     /// `--pids-limit`; `0` or negative means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
-    /// `--cpuset-cpus` (`0-1`, `0,2`); written on v1 hosts, where every container has a
-    /// cpuset cgroup (the v2 guest does not enable the cpuset controller).
+    /// `--cpuset-cpus` (`0-1`, `0,2`): `cpuset.cpus` of the container's cgroup (v2: the cpuset
+    /// controller is enabled for containers; v1: every container has a cpuset cgroup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpuset_cpus: Option<String>,
     /// `--cpuset-mems`, as [`Resources::cpuset_cpus`].

@@ -61,14 +61,17 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
             "0.5",
             "--pids-limit",
             "20",
+            "--cpuset-cpus",
+            "0",
             "busybox",
             "cat",
             "/sys/fs/cgroup/memory.max",
             "/sys/fs/cgroup/cpu.max",
             "/sys/fs/cgroup/pids.max",
+            "/sys/fs/cgroup/cpuset.cpus",
         ])?
         .success()?;
-    assert_eq!(limits.stdout, "67108864\n50000 100000\n20\n");
+    assert_eq!(limits.stdout, "67108864\n50000 100000\n20\n0\n");
 
     let detached = machine
         .docker(&[

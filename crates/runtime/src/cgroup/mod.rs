@@ -36,7 +36,7 @@ pub const V1_CONTROLLERS: [&str; 9] = [
 ];
 
 /// The v2 controllers enabled for containers (those the kernel lacks are skipped).
-const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
 
 /// How long [`Cgroup::freeze`] and [`Cgroup::thaw`] wait for the kernel to reach the state.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -376,6 +376,13 @@ impl Cgroup {
         }
         if let Some(pids) = r.pids_limit {
             write(&dir.join("pids.max"), &limit_or_max(pids))?;
+        }
+        // Empty on v2 means "the parent's": nothing to write unless asked.
+        if let Some(cpus) = r.cpuset_cpus.as_deref().filter(|c| !c.is_empty()) {
+            write(&dir.join("cpuset.cpus"), cpus)?;
+        }
+        if let Some(mems) = r.cpuset_mems.as_deref().filter(|m| !m.is_empty()) {
+            write(&dir.join("cpuset.mems"), mems)?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ fn fake_v2() -> tempfile::TempDir {
 
 /// Interface files the kernel would create in a new v2 cgroup.
 fn populate_v2(dir: &Path) {
-    put(&dir.join("cgroup.controllers"), "cpu memory pids\n");
+    put(&dir.join("cgroup.controllers"), "cpu cpuset memory pids\n");
     put(&dir.join("cgroup.subtree_control"), "");
     for file in [
         "memory.max",
@@ -34,6 +34,8 @@ fn populate_v2(dir: &Path) {
         "cpu.max",
         "cpu.weight",
         "pids.max",
+        "cpuset.cpus",
+        "cpuset.mems",
         "cgroup.procs",
         "cgroup.freeze",
     ] {
@@ -51,11 +53,11 @@ fn v2_creates_the_cgroup_and_delegates_controllers_to_it() {
     assert!(root.path().join("rmachine/abc").is_dir());
     assert_eq!(
         get(&root.path().join("cgroup.subtree_control")),
-        "+cpu +memory +pids"
+        "+cpu +cpuset +memory +pids"
     );
     assert_eq!(
         get(&root.path().join("rmachine/cgroup.subtree_control")),
-        "+cpu +memory +pids"
+        "+cpu +cpuset +memory +pids"
     );
     assert_eq!(cg.path("memory"), Some(root.path().join("rmachine/abc")));
     // v1's cpuset levels have no place in a v2 tree.
@@ -67,18 +69,18 @@ fn v2_controllers_already_delegated_are_not_written_again() {
     let root = fake_v2();
     put(
         &root.path().join("cgroup.subtree_control"),
-        "cpu memory pids\n",
+        "cpu cpuset memory pids\n",
     );
     populate_v2(&root.path().join("rmachine"));
     put(
         &root.path().join("rmachine/cgroup.subtree_control"),
-        "cpu memory pids\n",
+        "cpu cpuset memory pids\n",
     );
     let cg = Cgroup::under(root.path(), CgroupMode::V2, "abc", None).expect("cgroup");
     cg.create().expect("create");
     assert_eq!(
         get(&root.path().join("cgroup.subtree_control")),
-        "cpu memory pids\n"
+        "cpu cpuset memory pids\n"
     );
 }
 
@@ -95,9 +97,12 @@ fn v2_limits_use_the_unified_files() {
         cpu_period: Some(100_000),
         cpu_shares: Some(512),
         pids_limit: Some(100),
-        ..Resources::default()
+        cpuset_cpus: Some("0-1".into()),
+        cpuset_mems: Some("0".into()),
     })
     .expect("update");
+    assert_eq!(get(&dir.join("cpuset.cpus")), "0-1");
+    assert_eq!(get(&dir.join("cpuset.mems")), "0");
     assert_eq!(get(&dir.join("memory.max")), "67108864");
     assert_eq!(get(&dir.join("memory.swap.max")), "67108864");
     assert_eq!(get(&dir.join("cpu.max")), "150000 100000");
@@ -177,7 +182,6 @@ fn v1_cpusets_inherit_their_parents_cpus_and_take_limits() {
     cg.update(&Resources {
         cpuset_cpus: Some("0".into()),
         cpuset_mems: Some("0".into()),
-        ..Resources::default()
     })
     .expect("update");
     assert_eq!(get(&dir.join("cpuset.cpus")), "0");
