@@ -182,6 +182,7 @@ fn v1_cpusets_inherit_their_parents_cpus_and_take_limits() {
     cg.update(&Resources {
         cpuset_cpus: Some("0".into()),
         cpuset_mems: Some("0".into()),
+        ..Resources::default()
     })
     .expect("update");
     assert_eq!(get(&dir.join("cpuset.cpus")), "0");
