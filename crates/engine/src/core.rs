@@ -669,7 +669,11 @@ impl Engine {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let files = [
             ("hostname", "/etc/hostname", format!("{hostname}\n")),
-            ("hosts", "/etc/hosts", launch::hosts_file()),
+            (
+                "hosts",
+                "/etc/hosts",
+                launch::hosts_file(&ext::extra_hosts(&record.host_config)),
+            ),
             (
                 "resolv.conf",
                 "/etc/resolv.conf",

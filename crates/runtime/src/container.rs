@@ -285,6 +285,7 @@ pub fn setup_in(
                 CgroupView::HostV1(dirs) => dirs,
                 _ => Vec::new(),
             },
+            shm_size: features.shm_size,
         },
     )?;
     enter_cwd(sys, &spec.process.cwd, true)?;

@@ -35,8 +35,17 @@ use crate::syscall::{Errno, FileKind, MntFlags, Mode, MsFlags, SFlag, SysError, 
 const DEV_OPTIONS: &str = "mode=755,size=65536k";
 /// Mount options for `/dev/pts`: a private instance, so the container sees only its own ptys.
 const DEVPTS_OPTIONS: &str = "newinstance,ptmxmode=0666,mode=0620,gid=5";
-/// Mount options for `/dev/shm`: Docker's default `--shm-size` of 64 MiB.
-const SHM_OPTIONS: &str = "mode=1777,size=65536k";
+/// Docker's default `--shm-size`: 64 MiB.
+const DEFAULT_SHM_SIZE: u64 = 64 << 20;
+
+/// Mount options for a `/dev/shm` of `size` bytes, in kibibytes when whole (runc's form).
+fn shm_options(size: u64) -> String {
+    if size.is_multiple_of(1024) {
+        format!("mode=1777,size={}k", size / 1024)
+    } else {
+        format!("mode=1777,size={size}")
+    }
+}
 
 /// Character devices every container gets: name, major, minor. A default container gets the
 /// host's node of that name bound; a privileged one a node of its own (mode 0666).
@@ -256,6 +265,8 @@ pub struct RootfsOptions {
     /// v1: a tmpfs on `/sys/fs/cgroup` and, for each pair, the host directory (the
     /// container's cgroup in one hierarchy) bind-mounted on `/sys/fs/cgroup/NAME`.
     pub cgroup_v1: Vec<(String, PathBuf)>,
+    /// `--shm-size` in bytes; `None`: Docker's default, 64 MiB.
+    pub shm_size: Option<u64>,
 }
 
 /// [`prepare_with`] for a container with default options but `terminal`.
@@ -461,7 +472,7 @@ fn mount_standard(
         &shm,
         Some("tmpfs"),
         hardened,
-        Some(SHM_OPTIONS),
+        Some(&shm_options(options.shm_size.unwrap_or(DEFAULT_SHM_SIZE))),
     )?;
     let mqueue = dev.join("mqueue");
     mkdir(sys, &mqueue)?;

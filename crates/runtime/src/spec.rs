@@ -283,6 +283,9 @@ pub struct Features {
     /// gains nothing (`PR_SET_NO_NEW_PRIVS`); inherited by `exec` processes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// `--shm-size` in bytes, the size of `/dev/shm`; `None`: Docker's default, 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
 }
 
 impl Features {
@@ -437,7 +440,7 @@ mod tests {
 
         let with: SpecFile = serde_json::from_str(&old.replacen(
             '{',
-            r#"{"resources":{"memoryBytes":67108864,"cpuQuota":150000,"cpuPeriod":100000,"pidsLimit":100},"cgroupParent":"docker","capabilities":{"add":["NET_ADMIN"]},"privileged":true,"init":true,"consoleSocket":"/run/c.sock","seccompUnconfined":true,"noNewPrivileges":true,"#,
+            r#"{"resources":{"memoryBytes":67108864,"cpuQuota":150000,"cpuPeriod":100000,"pidsLimit":100},"cgroupParent":"docker","capabilities":{"add":["NET_ADMIN"]},"privileged":true,"init":true,"consoleSocket":"/run/c.sock","seccompUnconfined":true,"noNewPrivileges":true,"shmSize":134217728,"#,
             1,
         ))
         .unwrap();
@@ -462,6 +465,7 @@ mod tests {
                 console_socket: Some("/run/c.sock".into()),
                 seccomp_unconfined: true,
                 no_new_privileges: true,
+                shm_size: Some(128 << 20),
             }
         );
 

@@ -436,3 +436,61 @@ fn v1_hosts_show_the_containers_own_cgroups() -> anyhow::Result<()> {
     assert!(lines.contains(&"refused"), "{out}");
     Ok(())
 }
+
+#[test]
+fn add_host_entries_land_in_etc_hosts() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let hosts = stdout_of(
+        &engine,
+        &[
+            "run",
+            "--rm",
+            "--add-host",
+            "db:10.0.0.5",
+            "busybox",
+            "tail",
+            "-n",
+            "1",
+            "/etc/hosts",
+        ],
+    )?;
+    assert_eq!(hosts, "10.0.0.5\tdb\n");
+    let gateway = engine.docker(&[
+        "run",
+        "--rm",
+        "--add-host",
+        "host.docker.internal:host-gateway",
+        "busybox",
+        "true",
+    ])?;
+    assert_eq!(gateway.code, 125, "{gateway:?}");
+    assert!(
+        gateway.stderr.contains("host-gateway"),
+        "{}",
+        gateway.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn shm_size_sets_dev_shm() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let size = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec!["run", "--rm"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["busybox", "sh", "-c", "df -k /dev/shm | tail -n 1"]);
+        let line = stdout_of(&engine, &all)?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string())
+    };
+    assert_eq!(size(&[])?, "65536", "Docker's default 64 MiB");
+    assert_eq!(size(&["--shm-size", "128m"])?, "131072");
+    Ok(())
+}

@@ -141,11 +141,18 @@ pub fn resolv_conf(host: &str) -> String {
 /// `/etc/hosts` for a container on the loopback-only network: moby's default content
 /// (libnetwork/etchosts, IPv6 assumed enabled). Without a network interface dockerd adds no
 /// line for the container's own hostname.
-pub fn hosts_file() -> String {
-    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+pub fn hosts_file(extra_hosts: &[String]) -> String {
+    let mut hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
      fe00::\tip6-localnet\nff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
      ff02::2\tip6-allrouters\n"
-        .to_string()
+        .to_string();
+    // `--add-host NAME:IP` (the CLI has checked the form; the engine refused host-gateway).
+    for entry in extra_hosts {
+        if let Some((name, ip)) = entry.split_once(':') {
+            hosts.push_str(&format!("{ip}\t{name}\n"));
+        }
+    }
+    hosts
 }
 
 /// Name of the container's init layer directory inside its state directory.
@@ -587,10 +594,19 @@ mod tests {
     #[test]
     fn hosts_is_mobys_default_without_a_hostname_line() {
         assert_eq!(
-            hosts_file(),
+            hosts_file(&[]),
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
              fe00::\tip6-localnet\nff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
              ff02::2\tip6-allrouters\n"
+        );
+    }
+
+    #[test]
+    fn added_hosts_follow_the_defaults() {
+        let hosts = hosts_file(&["db:10.0.0.5".into(), "v6:fd00::1".into()]);
+        assert!(
+            hosts.ends_with("ff02::2\tip6-allrouters\n10.0.0.5\tdb\nfd00::1\tv6\n"),
+            "{hosts}"
         );
     }
 

@@ -297,8 +297,36 @@ fn fill_defaults(host: &mut HostConfig) {
 }
 
 /// Checks and completes a create request's limits as dockerd does.
+/// `--add-host` entries (`NAME:IP`).
+pub(super) fn extra_hosts(host: &HostConfig) -> Vec<String> {
+    strings(host, "ExtraHosts")
+}
+
 pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineError> {
     verify_resources(host)?;
+    // daemon/daemon_unix.go verifyPlatformContainerSettings.
+    if host
+        .extra
+        .get("ShmSize")
+        .and_then(Value::as_i64)
+        .is_some_and(|s| s < 0)
+    {
+        return Err(EngineError::InvalidParameter {
+            reason: "SHM size can not be less than 0".into(),
+        });
+    }
+    // dockerd maps `host-gateway` to its bridge's address; this engine has no bridge network.
+    if let Some(entry) = extra_hosts(host)
+        .into_iter()
+        .find(|e| e.ends_with(":host-gateway"))
+    {
+        return Err(EngineError::InvalidParameter {
+            reason: format!(
+                "invalid --add-host {entry:?}: host-gateway needs a bridge network, which this \
+                 engine does not have yet"
+            ),
+        });
+    }
     security_options(host)?;
     if let Some(tmpfs) = host.extra.get("Tmpfs").and_then(Value::as_object) {
         // volume/mounts/linux_parser.go `ValidateTmpfsMountDestination`.
@@ -617,6 +645,12 @@ pub(super) fn features_of(host: &HostConfig) -> Features {
         // As dockerd: a privileged container runs without a seccomp filter.
         seccomp_unconfined: security.seccomp_unconfined || flag(host, "Privileged"),
         no_new_privileges: security.no_new_privileges,
+        // 0 (an old record, or none asked) is the runtime's default of 64 MiB.
+        shm_size: host
+            .extra
+            .get("ShmSize")
+            .and_then(Value::as_u64)
+            .filter(|size| *size > 0),
     }
 }
 
