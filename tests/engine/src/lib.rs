@@ -451,3 +451,13 @@ pub fn busybox_tar(out: &Path) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The `CapEff:` value of a `/proc/PID/status` text (empty when absent).
+pub fn cap_eff(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}

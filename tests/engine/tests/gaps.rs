@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use rmachine_tests_engine::Engine;
+use rmachine_tests_engine::{cap_eff, Engine};
 
 /// `POST /containers/{name}/attach?QUERY` over the socket, read to the end; returns the raw
 /// stream after the `101` response head.
@@ -207,15 +207,6 @@ fn a_restarting_container_is_removed_only_with_force() -> anyhow::Result<()> {
     assert_eq!(engine.docker(&["ps", "-aq"])?.ok()?.stdout, "");
     assert!(!engine.log().contains("restart by policy failed"));
     Ok(())
-}
-
-fn cap_eff(status: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap_or("")
-        .trim()
-        .to_string()
 }
 
 #[test]

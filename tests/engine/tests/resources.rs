@@ -1,15 +1,6 @@
 //! Limits and privileges on create, and `docker update`.
 
-use rmachine_tests_engine::Engine;
-
-fn cap_eff(status: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
+use rmachine_tests_engine::{cap_eff, Engine};
 
 #[test]
 fn memory_cpu_and_pids_limits_reach_the_cgroup_and_update_changes_them() -> anyhow::Result<()> {

@@ -696,6 +696,17 @@ pub fn extract(
             )
         });
         let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        // For entries that cannot be opened to chown (symlinks, nodes): by name, never following.
+        let chown_by_name = || {
+            fchownat(
+                parent.as_fd(),
+                name.as_str(),
+                owner.0,
+                owner.1,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(io_at(&display))
+        };
         match kind {
             tar::EntryType::Directory => {
                 match mkdirat(parent.as_fd(), name.as_str(), mode) {
@@ -740,14 +751,7 @@ pub fn extract(
                     .unwrap_or_default();
                 symlinkat(target.as_os_str(), parent.as_fd(), name.as_str())
                     .map_err(io_at(&display))?;
-                fchownat(
-                    parent.as_fd(),
-                    name.as_str(),
-                    owner.0,
-                    owner.1,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_at(&display))?;
+                chown_by_name()?;
             }
             tar::EntryType::Link => {
                 let target = header
@@ -787,14 +791,7 @@ pub fn extract(
                 );
                 mknodat(parent.as_fd(), name.as_str(), kind_flag, mode, dev)
                     .map_err(io_at(&display))?;
-                fchownat(
-                    parent.as_fd(),
-                    name.as_str(),
-                    owner.0,
-                    owner.1,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_at(&display))?;
+                chown_by_name()?;
             }
             // Global pax headers and other metadata entries carry nothing to create.
             _ => {}
