@@ -527,6 +527,20 @@ mod tests {
     }
 
     #[test]
+    fn docker_string_or_list_fields_decode_both_ways() {
+        let config: crate::state::ContainerConfig = from_slice(
+            br#"{"cmd":"echo hi","Entrypoint":["sh","-c"],"env":null,"Labels":{"A":"1"}}"#,
+            "CreateRequest",
+        )
+        .unwrap();
+        assert_eq!(config.cmd, Some(vec!["echo hi".to_string()]));
+        assert_eq!(config.entrypoint, Some(vec!["sh".into(), "-c".into()]));
+        assert!(config.env.is_empty());
+        // Label names are data: kept as sent.
+        assert_eq!(config.labels["A"], "1");
+    }
+
+    #[test]
     fn null_leaves_the_zero_value() {
         let host: HostConfig = from_slice(
             br#"{"Memory":null,"RestartPolicy":null,"Privileged":null}"#,
