@@ -86,7 +86,14 @@ pub fn human_duration(seconds: i64) -> String {
 pub fn status_text(record: &ContainerRecord, now: DateTime<Utc>) -> String {
     let since = |t: Option<DateTime<Utc>>| t.map_or(0, |t| (now - t).num_seconds());
     match record.state.status {
-        Status::Running => format!("Up {}", human_duration(since(record.state.started_at))),
+        Status::Running => {
+            let up = format!("Up {}", human_duration(since(record.state.started_at)));
+            // A paused container shows `(Paused)` instead (moby's `State.String`).
+            match &record.state.health {
+                Some(health) if !record.state.paused => format!("{up} ({})", health.describe()),
+                _ => up,
+            }
+        }
         Status::Exited => format!(
             "Exited ({}) {} ago",
             record.state.exit_code,
@@ -162,24 +169,28 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
     // last run; `start` removes it.
     let oom_killed = dir.join(rmachine_runtime::spec::OOM_KILLED_FILE).exists();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut state_json = json!({
+        "Status": state.status.as_str(),
+        "Running": running,
+        "Paused": false,
+        "Restarting": false,
+        "OOMKilled": oom_killed,
+        "Dead": state.status == Status::Dead,
+        "Pid": state.pid,
+        "ExitCode": state.exit_code,
+        "Error": state.error,
+        "StartedAt": time(state.started_at.as_ref()),
+        "FinishedAt": time(state.finished_at.as_ref()),
+    });
+    if let Some(health) = &state.health {
+        state_json["Health"] = serde_json::to_value(health).unwrap_or(Value::Null);
+    }
     json!({
         "Id": record.id,
         "Created": time(Some(&record.created)),
         "Path": record.path,
         "Args": record.args,
-        "State": {
-            "Status": state.status.as_str(),
-            "Running": running,
-            "Paused": false,
-            "Restarting": false,
-            "OOMKilled": oom_killed,
-            "Dead": state.status == Status::Dead,
-            "Pid": state.pid,
-            "ExitCode": state.exit_code,
-            "Error": state.error,
-            "StartedAt": time(state.started_at.as_ref()),
-            "FinishedAt": time(state.finished_at.as_ref()),
-        },
+        "State": state_json,
         "Image": record.image_id,
         "ResolvConfPath": path("resolv.conf"),
         "HostnamePath": path("hostname"),

@@ -194,6 +194,9 @@ pub struct ContainerState {
     pub started_at: Option<DateTime<Utc>>,
     /// When the container last stopped.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Health-check state, once a container with a healthcheck has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::container::health::Health>,
 }
 
 /// Everything the engine keeps about one container.
@@ -391,6 +394,7 @@ mod tests {
                 error: String::new(),
                 started_at: None,
                 finished_at: None,
+                health: None,
             },
             restart_count: 0,
         };
