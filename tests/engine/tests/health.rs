@@ -253,6 +253,45 @@ fn the_images_healthcheck_is_merged_under_the_flags_and_can_be_disabled() -> Res
     );
     assert_eq!(ps_names(&engine, "health=none")?, ["flags", "off"]);
 
+    // A CMD probe whose program is missing fails with the runtime's message, as dockerd
+    // records a probe that could not start (ExitCode -1).
+    let missing = rmachine_fixtures::busybox_with_healthcheck(json!({
+        "Test": ["CMD", "no-such-probe"],
+        "Interval": 100_000_000,
+        "Retries": 1,
+    }))?;
+    let tar = engine.dir().join("hc-missing.tar");
+    rmachine_fixtures::write_archive(
+        &tar,
+        &missing,
+        Some("hc-missing:latest"),
+        rmachine_fixtures::ArchiveFormat::DockerSave,
+    )?;
+    engine
+        .docker(&["load", "-i", &tar.to_string_lossy()])?
+        .ok()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "nocmd",
+            "hc-missing",
+            "sleep",
+            "1000",
+        ])?
+        .ok()?;
+    wait_health(&engine, "nocmd", "unhealthy")?;
+    let h = health(&engine, "nocmd")?;
+    assert_eq!(h["Log"][0]["ExitCode"], -1, "{h}");
+    let output = h["Log"][0]["Output"].as_str().unwrap_or_default();
+    assert!(
+        output.starts_with("OCI runtime exec failed: ")
+            && output.contains("\"no-such-probe\": executable file not found in $PATH")
+            && !output.ends_with('\n'),
+        "{h}"
+    );
+
     let refused = engine.docker(&["run", "-d", "--health-interval", "500us", "busybox", "true"])?;
     assert_ne!(refused.code, 0);
     assert!(
