@@ -169,28 +169,24 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
     // last run; `start` removes it.
     let oom_killed = dir.join(rmachine_runtime::spec::OOM_KILLED_FILE).exists();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let mut state_json = json!({
-        "Status": state.status.as_str(),
-        "Running": running,
-        "Paused": false,
-        "Restarting": false,
-        "OOMKilled": oom_killed,
-        "Dead": state.status == Status::Dead,
-        "Pid": state.pid,
-        "ExitCode": state.exit_code,
-        "Error": state.error,
-        "StartedAt": time(state.started_at.as_ref()),
-        "FinishedAt": time(state.finished_at.as_ref()),
-    });
-    if let Some(health) = &state.health {
-        state_json["Health"] = serde_json::to_value(health).unwrap_or(Value::Null);
-    }
-    json!({
+    let mut inspect = json!({
         "Id": record.id,
         "Created": time(Some(&record.created)),
         "Path": record.path,
         "Args": record.args,
-        "State": state_json,
+        "State": {
+            "Status": state.status.as_str(),
+            "Running": running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": oom_killed,
+            "Dead": state.status == Status::Dead,
+            "Pid": state.pid,
+            "ExitCode": state.exit_code,
+            "Error": state.error,
+            "StartedAt": time(state.started_at.as_ref()),
+            "FinishedAt": time(state.finished_at.as_ref()),
+        },
         "Image": record.image_id,
         "ResolvConfPath": path("resolv.conf"),
         "HostnamePath": path("hostname"),
@@ -216,7 +212,11 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
         "Mounts": [],
         "Config": config,
         "NetworkSettings": network_settings(),
-    })
+    });
+    if let Some(health) = &state.health {
+        inspect["State"]["Health"] = serde_json::to_value(health).unwrap_or(Value::Null);
+    }
+    inspect
 }
 
 /// `GET /version`.
