@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::watch;
 
 use crate::state::ContainerConfig;
+pub use crate::state::HealthConfig;
 
 /// Longest probe output kept; longer output is cut and ends with `...`.
 pub const MAX_OUTPUT_LEN: usize = 4096;
@@ -41,38 +42,6 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-fn is_zero(n: &i64) -> bool {
-    *n == 0
-}
-
-/// Docker's `HealthConfig` (`Config.Healthcheck`, and `config.Healthcheck` of an image).
-/// Durations are nanoseconds; zero means "inherit" (from the image) or "the default".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct HealthConfig {
-    /// `[]` inherit, `["NONE"]` disabled, `["CMD", argv...]` or `["CMD-SHELL", command]`.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub test: Vec<String>,
-    /// Time between probes.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub interval: i64,
-    /// Time a probe may run before it counts as failed.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub timeout: i64,
-    /// Time after the start during which failures do not count.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub start_period: i64,
-    /// Time between probes during the start period while the status is `starting`.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub start_interval: i64,
-    /// Consecutive failures that make the container unhealthy.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub retries: i64,
-}
-
 fn ns(value: i64, default: Duration) -> Duration {
     if value == 0 {
         default
@@ -82,6 +51,11 @@ fn ns(value: i64, default: Duration) -> Duration {
 }
 
 impl HealthConfig {
+    /// The `Test` words (`[]` when unset).
+    pub fn test_words(&self) -> &[String] {
+        self.test.as_deref().unwrap_or_default()
+    }
+
     /// dockerd's `validateHealthCheck`, with its texts.
     pub fn validate(&self) -> Result<(), String> {
         let min = go_duration(ns(MIN_DURATION_NS, Duration::ZERO));
@@ -107,9 +81,10 @@ impl HealthConfig {
         }
         // dockerd accepts any other test type and then never probes (a warning in its log);
         // refused here, since an accepted healthcheck that never runs would be dropped.
-        match self.test.first().map(String::as_str) {
+        let test = self.test_words();
+        match test.first().map(String::as_str) {
             None | Some("NONE") => Ok(()),
-            Some("CMD" | "CMD-SHELL") if self.test.len() > 1 => Ok(()),
+            Some("CMD" | "CMD-SHELL") if test.len() > 1 => Ok(()),
             Some(kind @ ("CMD" | "CMD-SHELL")) => {
                 Err(format!("healthcheck type '{kind}' needs a command"))
             }
@@ -129,7 +104,7 @@ impl HealthConfig {
         let Some(mut user) = user else {
             return Some(image.clone());
         };
-        if user.test.is_empty() {
+        if user.test_words().is_empty() {
             user.test = image.test.clone();
         }
         for (mine, theirs) in [
@@ -149,7 +124,7 @@ impl HealthConfig {
     /// The probe's argv (`CMD-SHELL` through `shell`, else `/bin/sh -c`), or `None` when
     /// nothing is to be probed (no test, `NONE`, an unknown type), as dockerd's `getProbe`.
     pub fn probe_command(&self, shell: &[String]) -> Option<Vec<String>> {
-        let (kind, rest) = self.test.split_first()?;
+        let (kind, rest) = self.test_words().split_first()?;
         let mut argv = match kind.as_str() {
             "CMD" => Vec::new(),
             "CMD-SHELL" if shell.is_empty() => vec!["/bin/sh".to_string(), "-c".to_string()],
@@ -316,41 +291,23 @@ impl Health {
     }
 }
 
-/// The `Healthcheck` of a container's `Config` (kept with the fields this engine does not
-/// type); a malformed one is an error naming the field.
-pub fn config_of(config: &ContainerConfig) -> Result<Option<HealthConfig>, String> {
-    match config.extra.get("Healthcheck") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(value) => serde_json::from_value(value.clone())
-            .map(Some)
-            .map_err(|e| format!("invalid Healthcheck: {e}")),
-    }
-}
-
 /// Checks the client's `Config.Healthcheck` (dockerd's `validateHealthCheck`).
 pub fn validate_config(config: &ContainerConfig) -> Result<(), String> {
-    config_of(config)?.map_or(Ok(()), |h| h.validate())
+    config
+        .healthcheck
+        .as_ref()
+        .map_or(Ok(()), HealthConfig::validate)
 }
 
 /// Merges the image's healthcheck under the container's (see [`HealthConfig::merge`]).
 pub fn merge_image(config: &mut ContainerConfig, image: Option<&HealthConfig>) {
-    let user = config_of(config).ok().flatten();
-    if let Some(merged) = HealthConfig::merge(user, image) {
-        if let Ok(value) = serde_json::to_value(merged) {
-            config.extra.insert("Healthcheck".into(), value);
-        }
-    }
+    config.healthcheck = HealthConfig::merge(config.healthcheck.take(), image);
 }
 
-/// The container's probe argv, when it has a healthcheck to run.
+/// The container's healthcheck and probe argv, when it has a probe to run.
 pub fn probe_of(config: &ContainerConfig) -> Option<(HealthConfig, Vec<String>)> {
-    let health = config_of(config).ok().flatten()?;
-    let shell: Vec<String> = config
-        .extra
-        .get("Shell")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .unwrap_or_default();
-    let argv = health.probe_command(&shell)?;
+    let health = config.healthcheck.clone()?;
+    let argv = health.probe_command(config.shell.as_deref().unwrap_or_default())?;
     Some((health, argv))
 }
 
@@ -474,7 +431,7 @@ mod tests {
     #[test]
     fn validation_uses_dockers_texts() {
         let ok = HealthConfig {
-            test: vec!["CMD-SHELL".into(), "true".into()],
+            test: Some(vec!["CMD-SHELL".into(), "true".into()]),
             interval: MIN_DURATION_NS,
             ..Default::default()
         };
@@ -516,7 +473,7 @@ mod tests {
             "StartInterval in Healthcheck cannot be less than 1ms"
         );
         assert!(bad(HealthConfig {
-            test: vec!["HTTP".into(), "x".into()],
+            test: Some(vec!["HTTP".into(), "x".into()]),
             ..Default::default()
         })
         .contains("'HTTP'"));
@@ -525,7 +482,7 @@ mod tests {
     #[test]
     fn container_fields_override_the_images_non_zero_ones() {
         let image = HealthConfig {
-            test: vec!["CMD".into(), "true".into()],
+            test: Some(vec!["CMD".into(), "true".into()]),
             interval: secs(5),
             retries: 7,
             ..Default::default()
@@ -539,7 +496,7 @@ mod tests {
         assert_eq!(merged.test, image.test);
         assert_eq!((merged.interval, merged.retries), (secs(1), 7));
         let none = HealthConfig {
-            test: vec!["NONE".into()],
+            test: Some(vec!["NONE".into()]),
             ..Default::default()
         };
         let merged = HealthConfig::merge(Some(none), Some(&image)).unwrap();
@@ -549,7 +506,7 @@ mod tests {
     #[test]
     fn probe_commands_follow_the_test_type() {
         let test = |t: &[&str]| HealthConfig {
-            test: t.iter().map(|s| s.to_string()).collect(),
+            test: Some(t.iter().map(|s| s.to_string()).collect()),
             ..Default::default()
         };
         assert_eq!(
