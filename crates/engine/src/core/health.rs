@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{send_signal, signal, Engine};
 use crate::container::exec::ExecConfig;
@@ -44,7 +44,17 @@ impl Engine {
     /// state to `starting`, keeping the log, and starts the monitor (dockerd's
     /// `initHealthMonitor`). The caller persists the record.
     pub(super) fn health_on_start(&self, c: &Arc<Container>) {
-        if health::probe_of(&c.record().config).is_none() {
+        let record = c.record();
+        if health::probe_of(&record.config).is_none() {
+            if let Some(kind) = record.config.healthcheck.as_ref().and_then(|h| {
+                h.test_words()
+                    .first()
+                    .filter(|k| !matches!(k.as_str(), "CMD" | "CMD-SHELL" | "NONE"))
+                    .cloned()
+            }) {
+                // Only an image can bring one: create refuses it from a client.
+                warn!(container = %c.id, kind, "unknown healthcheck type; no health checks");
+            }
             return;
         }
         c.health.close();
