@@ -47,6 +47,18 @@ fn ps_status(engine: &Engine, name: &str) -> Result<String> {
         .to_string())
 }
 
+/// Removes every container, so that the engine's shutdown does not wait out their stop
+/// timeouts (`sleep` ignores SIGTERM as PID 1).
+fn remove_all(engine: &Engine) -> Result<()> {
+    let ids = engine.docker(&["ps", "-aq"])?.ok()?.stdout;
+    let mut args = vec!["rm", "-f"];
+    args.extend(ids.lines());
+    if args.len() > 2 {
+        engine.docker(&args)?.ok()?;
+    }
+    Ok(())
+}
+
 fn ps_names(engine: &Engine, filter: &str) -> Result<Vec<String>> {
     let out = engine
         .docker(&["ps", "-a", "--filter", filter, "--format", "{{.Names}}"])?
@@ -160,7 +172,7 @@ fn status_moves_starting_healthy_unhealthy_with_events_ps_and_filters() -> Resul
         "{}",
         bad.stderr
     );
-    Ok(())
+    remove_all(&engine)
 }
 
 fn unix_now() -> String {
@@ -301,7 +313,7 @@ fn the_images_healthcheck_is_merged_under_the_flags_and_can_be_disabled() -> Res
         "{}",
         refused.stderr
     );
-    Ok(())
+    remove_all(&engine)
 }
 
 #[test]
@@ -398,5 +410,5 @@ fn timeouts_exit_codes_and_the_checker_following_the_container() -> Result<()> {
     // Started again, the checks restart from `starting`, keeping the log.
     engine.docker(&["start", "up"])?.ok()?;
     wait_health(&engine, "up", "healthy")?;
-    Ok(())
+    remove_all(&engine)
 }
