@@ -42,11 +42,13 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A configured duration: zero means `default`. Create refuses a client's negative or
+/// sub-millisecond values; an image's are not checked, so they are made harmless here
+/// (negative: the default; below 1 ms: 1 ms) rather than probing in a tight loop.
 fn ns(value: i64, default: Duration) -> Duration {
-    if value == 0 {
-        default
-    } else {
-        Duration::from_nanos(u64::try_from(value).unwrap_or(0))
+    match u64::try_from(value) {
+        Ok(0) | Err(_) => default,
+        Ok(n) => Duration::from_nanos(n.max(MIN_DURATION_NS.unsigned_abs())),
     }
 }
 
@@ -58,7 +60,7 @@ impl HealthConfig {
 
     /// dockerd's `validateHealthCheck`, with its texts.
     pub fn validate(&self) -> Result<(), String> {
-        let min = go_duration(ns(MIN_DURATION_NS, Duration::ZERO));
+        let min = go_duration(Duration::from_nanos(MIN_DURATION_NS.unsigned_abs()));
         let short = |v: i64| v != 0 && v < MIN_DURATION_NS;
         if short(self.interval) {
             return Err(format!("Interval in Healthcheck cannot be less than {min}"));
@@ -579,6 +581,17 @@ mod tests {
             HealthConfig::default().next_wait(s(0), HealthStatus::Starting),
             s(30)
         );
+    }
+
+    #[test]
+    fn an_images_bad_durations_cannot_make_probes_spin() {
+        let config = HealthConfig {
+            interval: -5,
+            timeout: 1,
+            ..Default::default()
+        };
+        assert_eq!(config.interval(), Duration::from_secs(30));
+        assert_eq!(config.timeout(), Duration::from_millis(1));
     }
 
     #[test]
