@@ -32,6 +32,7 @@ use crate::state::{
 
 mod archive;
 mod ext;
+mod health;
 pub(crate) mod lookup;
 mod restart;
 mod signal;
@@ -514,6 +515,7 @@ impl Engine {
                     error: String::new(),
                     started_at: None,
                     finished_at: None,
+                    health: None,
                 },
                 restart_count: 0,
             };
@@ -609,6 +611,7 @@ impl Engine {
                     r.state.started_at = Some(Utc::now());
                     r.state.finished_at = None;
                 });
+                self.health_on_start(&c);
                 c.notify(|l| l.running = true);
                 if let Err(err) = self.inner.state.save(&c.record()) {
                     warn!(container = %c.id, error = %err, "cannot persist container state");
@@ -831,6 +834,7 @@ impl Engine {
     async fn finish_run(&self, c: &Arc<Container>, code: i64) {
         info!(container = %c.id, exit_code = code, "exited");
         self.emit(&c.record(), "die", &[("exitCode", code.to_string())]);
+        self.health_stop(c);
         c.update(|r| {
             r.state.status = Status::Exited;
             r.state.paused = false;
@@ -1447,6 +1451,7 @@ mod tests {
                 error: String::new(),
                 started_at: Some(Utc::now()),
                 finished_at: None,
+                health: None,
             },
             restart_count: 0,
         }

@@ -365,6 +365,14 @@ impl Api {
                     }),
                     "exited" => status == "exited" && record.state.exit_code.to_string() == *v,
                     "ancestor" => self.engine.ancestor_matches(record, v),
+                    "health" => {
+                        record
+                            .state
+                            .health
+                            .as_ref()
+                            .map_or("none", |h| h.status.as_str())
+                            == v
+                    }
                     _ => true,
                 })
             });
@@ -701,6 +709,14 @@ fn validate_ps_filters(
                 "invalid filter 'exited={value}': strconv.Atoi: parsing {value:?}: invalid syntax"
             ));
         }
+    }
+    if let Some(value) = filters
+        .get("health")
+        .into_iter()
+        .flatten()
+        .find(|v| !crate::container::health::is_filter_value(v))
+    {
+        return Err(format!("Unrecognised filter value for health: {value}"));
     }
     for value in filters.get("status").into_iter().flatten() {
         if !STATES.contains(&value.as_str()) {

@@ -105,7 +105,14 @@ pub fn human_duration(seconds: i64) -> String {
 pub fn status_text(record: &ContainerRecord, now: DateTime<Utc>) -> String {
     let since = |t: Option<DateTime<Utc>>| t.map_or(0, |t| (now - t).num_seconds());
     match record.state.status {
-        Status::Running => format!("Up {}", human_duration(since(record.state.started_at))),
+        Status::Running => {
+            let up = format!("Up {}", human_duration(since(record.state.started_at)));
+            // A paused container shows `(Paused)` instead (moby's `State.String`).
+            match &record.state.health {
+                Some(health) if !record.state.paused => format!("{up} ({})", health.describe()),
+                _ => up,
+            }
+        }
         Status::Exited => format!(
             "Exited ({}) {} ago",
             record.state.exit_code,
@@ -184,7 +191,7 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
     // last run; `start` removes it.
     let oom_killed = dir.join(rmachine_runtime::spec::OOM_KILLED_FILE).exists();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    json!({
+    let mut inspect = json!({
         "Id": record.id,
         "Created": time(Some(&record.created)),
         "Path": record.path,
@@ -227,7 +234,11 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
         "Mounts": [],
         "Config": config,
         "NetworkSettings": network_settings(),
-    })
+    });
+    if let Some(health) = &state.health {
+        inspect["State"]["Health"] = serde_json::to_value(health).unwrap_or(Value::Null);
+    }
+    inspect
 }
 
 /// `GET /version`.

@@ -64,6 +64,7 @@ pub fn merge_image_config(config: &mut ContainerConfig, image: &ImageRecord) {
     if config.stop_signal.as_deref().is_none_or(str::is_empty) {
         config.stop_signal = ic.stop_signal.clone();
     }
+    super::health::merge_image(config, ic.healthcheck.as_ref());
 }
 
 /// `HostConfig.ConsoleSize` (`[height, width]`), which the CLI sends for `-t` so the PTY has
@@ -94,6 +95,8 @@ pub fn validate_config(config: &mut ContainerConfig) -> Result<(), EngineError> 
             reason: format!("invalid environment variable: {bad}"),
         });
     }
+    super::health::validate_config(config)
+        .map_err(|reason| EngineError::InvalidParameter { reason })?;
     Ok(())
 }
 
@@ -570,6 +573,7 @@ mod tests {
                 exposed_ports: vec![],
                 stop_signal: None,
                 volumes: vec![],
+                healthcheck: None,
             },
             created: String::new(),
             size: 0,

@@ -48,6 +48,8 @@ pub struct ExecState {
     pub running: bool,
     /// Host PID while running, else 0.
     pub pid: i32,
+    /// Its process was started (stays false when the start failed).
+    pub launched: bool,
     /// Exit code once it ended.
     pub exit_code: Option<i64>,
 }

@@ -11,6 +11,7 @@ pub mod archive;
 pub mod config;
 pub mod console;
 pub mod exec;
+pub mod health;
 pub mod io;
 pub mod launch;
 pub mod logs;
@@ -104,6 +105,8 @@ pub struct Container {
     io: Mutex<IoHub>,
     /// Serialises start, stop, kill and remove of this container.
     pub(crate) op: tokio::sync::Mutex<()>,
+    /// Its health-check monitor, while one runs.
+    pub(crate) health: health::MonitorSlot,
 }
 
 impl std::fmt::Debug for Container {
@@ -139,6 +142,7 @@ impl Container {
                 pty_master: None,
             }),
             op: tokio::sync::Mutex::new(()),
+            health: health::MonitorSlot::default(),
         })
     }
 

@@ -643,6 +643,7 @@ impl Engine {
     /// running.
     fn set_paused(&self, c: &Container, paused: bool) {
         c.update(|r| r.state.paused = paused);
+        self.health_follow_pause(c);
         if let Err(err) = self.inner.state.save(&c.record()) {
             warn!(container = %c.id, error = %err, "cannot persist container state");
         }
@@ -833,6 +834,11 @@ impl Engine {
             .ok_or_else(|| EngineError::NoSuchExec { id: id.to_string() })
     }
 
+    /// Drops a finished exec instance (a health probe's).
+    pub(super) fn forget_exec(&self, id: &str) {
+        lock(&self.inner.ext.execs).remove(id);
+    }
+
     /// Resizes an exec's terminal.
     pub fn exec_resize(&self, id: &str, height: u16, width: u16) -> Result<(), EngineError> {
         let exec = self.exec(id)?;
@@ -1009,6 +1015,7 @@ impl Engine {
         };
         exec.update(|s| {
             s.running = true;
+            s.launched = true;
             s.pid = launched.pid;
         });
         info!(container = %c.id, exec = %id, pid = launched.pid, "exec started");

@@ -99,8 +99,6 @@ const REFUSED: &[Refused] = &[
     Refused { what: "real-time CPU runtimes", flags: "--cpu-rt-runtime", set: |r| r.host.cpu_realtime_runtime != 0, update: true },
     Refused { what: "CPU counts (Windows only)", flags: "--cpu-count", set: |r| r.host.cpu_count != 0, update: true },
     Refused { what: "CPU percentages (Windows only)", flags: "--cpu-percent", set: |r| r.host.cpu_percent != 0, update: true },
-    // Health.
-    Refused { what: "health checks", flags: "--health-cmd/--health-*", set: |r| r.config.healthcheck.as_ref().is_some_and(|h| h.test.as_deref() != Some(&["NONE".to_string()][..]) && *h != Default::default()), update: false },
     // Process.
     Refused { what: "pre-escaped command lines (Windows only)", flags: "Config.ArgsEscaped", set: |r| r.config.args_escaped, update: false },
 ];
@@ -294,10 +292,6 @@ mod tests {
               (--security-opt systempaths=unconfined) yet",
             ),
             (
-                r#"{"Healthcheck":{"Test":["CMD","true"]}}"#,
-                "rmachine-engine does not support health checks (--health-cmd/--health-*) yet",
-            ),
-            (
                 r#"{"HostConfig":{"Runtime":"crun"}}"#,
                 "unknown or invalid runtime name: crun",
             ),
@@ -318,7 +312,8 @@ mod tests {
             check(r#"{"HostConfig":{"KernelMemory":0},"Future":{}}"#),
             Ok(())
         );
-        // `--no-healthcheck` asks for no check, which is what runs.
+        // Health checks run (core/health.rs).
+        assert_eq!(check(r#"{"Healthcheck":{"Test":["CMD","true"]}}"#), Ok(()));
         assert_eq!(check(r#"{"Healthcheck":{"Test":["NONE"]}}"#), Ok(()));
         // A privileged container has no masked paths whatever the lists say.
         assert_eq!(

@@ -226,6 +226,8 @@ pub struct ImageConfig {
     pub stop_signal: Option<String>,
     /// Anonymous volume paths.
     pub volumes: Vec<String>,
+    /// The image's `HEALTHCHECK`.
+    pub healthcheck: Option<crate::container::health::HealthConfig>,
 }
 
 impl ImageConfig {
@@ -267,6 +269,9 @@ impl ImageConfig {
             exposed_ports: keys("ExposedPorts"),
             stop_signal: string("StopSignal").filter(|s| !s.is_empty()),
             volumes: keys("Volumes"),
+            healthcheck: c
+                .get("Healthcheck")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
         }
     }
 }

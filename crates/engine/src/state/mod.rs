@@ -197,7 +197,7 @@ fn vec_none_or_empty<T>(list: &Option<Vec<T>>) -> bool {
 }
 
 /// Docker's `HealthConfig` (`Config.Healthcheck`); durations in nanoseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct HealthConfig {
     /// `[]` inherit, `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command]`.
@@ -793,6 +793,9 @@ pub struct ContainerState {
     pub started_at: Option<DateTime<Utc>>,
     /// When the container last stopped.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Health-check state, once a container with a healthcheck has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::container::health::Health>,
 }
 
 /// Everything the engine keeps about one container.
@@ -1090,6 +1093,7 @@ mod tests {
                 error: String::new(),
                 started_at: None,
                 finished_at: None,
+                health: None,
             },
             restart_count: 0,
         };
