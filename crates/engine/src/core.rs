@@ -32,6 +32,7 @@ use crate::state::{
 mod archive;
 mod ext;
 pub(crate) mod lookup;
+mod options;
 mod restart;
 mod signal;
 
@@ -457,6 +458,9 @@ impl Engine {
         }
         config::validate_config(&mut config)?;
         restart::validate_create(&config, &host_config)?;
+        options::validate(&mut host_config, &config, &|r| {
+            self.container(r).ok().map(|c| c.record())
+        })?;
         let image = self.resolve_image(&config.image).await?;
         config::merge_image_config(&mut config, &image);
         config::check_working_dir(
@@ -562,13 +566,19 @@ impl Engine {
         let _ = std::fs::remove_file(c.dir.join(spec::OOM_KILLED_FILE));
         // A start that fails before the runtime runs (e.g. an unknown `-u` user) ends like one
         // the runtime refused: the error is recorded, waiters are told, `--rm` removes it.
-        let launched = match self.prepare(&c, &record).await {
-            Ok(spec) => {
+        let prepared = self.prepare(&c, &record).await.and_then(|spec| {
+            let mut features = ext::features_of(&record.host_config);
+            options::apply(&record, &mut features, &|r| {
+                self.container(r).ok().map(|c| c.record())
+            })?;
+            Ok((spec, features))
+        });
+        let launched = match prepared {
+            Ok((spec, features)) => {
                 let stdio = launch::StdioOptions {
                     open_stdin: record.config.open_stdin,
                     console_size: config::console_size(&record.host_config),
                 };
-                let features = ext::features_of(&record.host_config);
                 let runtime = &self.inner.config.runtime;
                 launch::launch_with(runtime, &c.dir, &spec, features, stdio)
                     .await
@@ -661,7 +671,9 @@ impl Engine {
                 source: e,
             })?;
         let config = &record.config;
-        let hostname = if config.hostname.is_empty() {
+        let hostname = if let Some(host) = options::host_uts(&record.host_config) {
+            host
+        } else if config.hostname.is_empty() {
             record.short_id().to_string()
         } else {
             config.hostname.clone()
@@ -677,7 +689,7 @@ impl Engine {
             (
                 "resolv.conf",
                 "/etc/resolv.conf",
-                launch::resolv_conf(&host_resolv),
+                options::resolv_conf(&record.host_config, &host_resolv),
             ),
         ];
         let mut etc_files = Vec::new();

@@ -651,6 +651,8 @@ pub(super) fn features_of(host: &HostConfig) -> Features {
             .get("ShmSize")
             .and_then(Value::as_u64)
             .filter(|size| *size > 0),
+        // Namespaces, limits and devices: `options::apply`, which needs the container table.
+        ..Features::default()
     }
 }
 
