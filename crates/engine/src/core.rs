@@ -459,7 +459,7 @@ impl Engine {
         config::validate_config(&mut config)?;
         restart::validate_create(&config, &host_config)?;
         options::validate(&mut host_config, &config, &|r| {
-            self.container(r).ok().map(|c| c.record())
+            self.container(r).ok().map(|c| (c.record(), c.dir.clone()))
         })?;
         let image = self.resolve_image(&config.image).await?;
         config::merge_image_config(&mut config, &image);
@@ -568,8 +568,8 @@ impl Engine {
         // the runtime refused: the error is recorded, waiters are told, `--rm` removes it.
         let prepared = self.prepare(&c, &record).await.and_then(|spec| {
             let mut features = ext::features_of(&record.host_config);
-            options::apply(&record, &mut features, &|r| {
-                self.container(r).ok().map(|c| c.record())
+            options::apply(&record, &c.dir, &mut features, &|r| {
+                self.container(r).ok().map(|c| (c.record(), c.dir.clone()))
             })?;
             Ok((spec, features))
         });
@@ -832,6 +832,7 @@ impl Engine {
 
     async fn finish_run(&self, c: &Arc<Container>, code: i64) {
         info!(container = %c.id, exit_code = code, "exited");
+        options::unmount_shm(&c.dir);
         self.emit(&c.record(), "die", &[("exitCode", code.to_string())]);
         c.update(|r| {
             r.state.status = Status::Exited;
@@ -1033,6 +1034,8 @@ impl Engine {
         if c.lifecycle().borrow().removed {
             return Ok(());
         }
+        // Left mounted by an engine that died before seeing the exit.
+        options::unmount_shm(&c.dir);
         self.inner.state.remove(&c.id)?;
         self.forget(c);
         // Clients attached to a container that never ran would otherwise wait forever.

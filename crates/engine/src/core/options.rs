@@ -74,8 +74,15 @@ impl Shared {
     }
 }
 
-/// Looks a container up by id, id prefix or name.
-pub(super) type Find<'a> = &'a dyn Fn(&str) -> Option<ContainerRecord>;
+/// Looks a container up by id, id prefix or name: its record and its state directory.
+pub(super) type Find<'a> = &'a dyn Fn(&str) -> Option<(ContainerRecord, PathBuf)>;
+
+/// The name of the directory, in a `shareable` container's state directory, where the engine
+/// mounts its `/dev/shm` tmpfs (dockerd's `mounts/shm`).
+const SHM_DIR: &str = "shm";
+
+/// dockerd's default `/dev/shm` size.
+const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
 
 /// Checks the options of a create request and completes them as dockerd does (see the module
 /// docs). `find` looks up the targets of `container:` modes.
@@ -114,7 +121,7 @@ pub(super) fn validate(
         let Some(target) = container_target(text(host, shared.key())).map(str::to_string) else {
             continue;
         };
-        let record = find(&target).ok_or_else(|| {
+        let (record, _) = find(&target).ok_or_else(|| {
             shared.join_error(EngineError::NoSuchContainer {
                 reference: target.clone(),
             })
@@ -429,8 +436,8 @@ fn target_namespace(
     shared: Shared,
     target: &str,
     find: Find<'_>,
-) -> Result<ContainerRecord, EngineError> {
-    let record = find(target).ok_or_else(|| {
+) -> Result<(ContainerRecord, PathBuf), EngineError> {
+    let (record, dir) = find(target).ok_or_else(|| {
         shared.join_error(EngineError::NoSuchContainer {
             reference: target.to_string(),
         })
@@ -438,13 +445,64 @@ fn target_namespace(
     if record.state.status != Status::Running || record.state.pid <= 0 {
         return Err(shared.join_error(format!("container {target} is not running")));
     }
-    Ok(record)
+    Ok((record, dir))
+}
+
+/// The host directory holding the `/dev/shm` others join: a `shareable` container's tmpfs
+/// the engine mounted, the host's for `host`, the donor's donor's for `container:`.
+fn shared_shm(record: &ContainerRecord, dir: &Path, find: Find<'_>) -> Option<PathBuf> {
+    match text(&record.host_config, "IpcMode") {
+        "shareable" => Some(dir.join(SHM_DIR)),
+        "host" => Some(PathBuf::from("/dev/shm")),
+        mode => {
+            let (donor, donor_dir) = find(container_target(mode)?)?;
+            (text(&donor.host_config, "IpcMode") != mode)
+                .then(|| shared_shm(&donor, &donor_dir, find))
+                .flatten()
+        }
+    }
+}
+
+/// Mounts a `shareable` container's `/dev/shm` tmpfs in the engine's mount namespace, under
+/// its state directory: a joiner's runtime can only bind a mount of its own (copied) mount
+/// namespace, never one reached through another container's `/proc/PID/root`.
+fn mount_shareable_shm(host: &HostConfig, dir: &Path) -> Result<PathBuf, EngineError> {
+    let shm = dir.join(SHM_DIR);
+    std::fs::create_dir_all(&shm).map_err(super::io_err(&shm))?;
+    // Still mounted from a previous run (an engine killed before the exit was seen).
+    unmount_shm(dir);
+    let size = host
+        .extra
+        .get("ShmSize")
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_SHM_SIZE);
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,size={size}").as_str()),
+    )
+    .map_err(|errno| EngineError::Io {
+        path: shm.clone(),
+        source: std::io::Error::from(errno),
+    })?;
+    Ok(shm)
+}
+
+/// Unmounts a `shareable` container's `/dev/shm` once it exited (joiners keep their binds).
+pub(super) fn unmount_shm(dir: &Path) {
+    // Nothing mounted (the usual case) answers EINVAL: nothing to do.
+    let _ = nix::mount::umount2(&dir.join(SHM_DIR), nix::mount::MntFlags::MNT_DETACH);
 }
 
 /// Adds the options to the runtime features of a container about to start (see the module
 /// docs).
 pub(super) fn apply(
     record: &ContainerRecord,
+    dir: &Path,
     features: &mut Features,
     find: Find<'_>,
 ) -> Result<(), EngineError> {
@@ -454,7 +512,7 @@ pub(super) fn apply(
         "host" => namespaces.pid = Namespace::Host,
         mode => {
             if let Some(target) = container_target(mode) {
-                let donor = target_namespace(Shared::Pid, target, find)?;
+                let (donor, _) = target_namespace(Shared::Pid, target, find)?;
                 namespaces.pid = Namespace::Path {
                     path: format!("/proc/{}/ns/pid", donor.state.pid).into(),
                 };
@@ -475,19 +533,22 @@ pub(super) fn apply(
             };
         }
         "none" => features.dev_shm = DevShm::None,
+        "shareable" => {
+            features.dev_shm = DevShm::Bind {
+                source: mount_shareable_shm(host, dir)?,
+            };
+        }
         mode => {
             if let Some(target) = container_target(mode) {
-                let donor = target_namespace(Shared::Ipc, target, find)?;
+                let (donor, donor_dir) = target_namespace(Shared::Ipc, target, find)?;
                 check_shareable(&donor, target)?;
-                let pid = donor.state.pid;
                 namespaces.ipc = Namespace::Path {
-                    path: format!("/proc/{pid}/ns/ipc").into(),
+                    path: format!("/proc/{}/ns/ipc", donor.state.pid).into(),
                 };
-                // The donor's /dev/shm, through its root: the same tmpfs, as with dockerd's
-                // shared shm mount.
-                features.dev_shm = DevShm::Bind {
-                    source: format!("/proc/{pid}/root/dev/shm").into(),
-                };
+                let source = shared_shm(&donor, &donor_dir, find).ok_or_else(|| {
+                    Shared::Ipc.join_error(format!("container {target}: no shared /dev/shm"))
+                })?;
+                features.dev_shm = DevShm::Bind { source };
             }
         }
     }
