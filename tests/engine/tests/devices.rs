@@ -86,16 +86,44 @@ fn a_device_is_usable_at_its_container_path_with_its_permissions() -> anyhow::Re
 }
 
 #[test]
-fn a_missing_device_or_bad_rule_is_refused_and_leaves_nothing() -> anyhow::Result<()> {
+fn a_missing_device_is_refused_and_leaves_nothing() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
     };
     let run = engine.docker(&["run", "--device", "/dev/nope", "busybox", "true"])?;
-    assert_eq!(run.code, 125, "{run:?}");
+    // The CLI, not the engine, picks the code from the text: "no such file or directory" in a
+    // daemon error is 127 (cli/command/container/run.go `toStatusError`), as with dockerd.
+    assert_eq!(run.code, 127, "{run:?}");
     assert!(
         run.stderr.contains(
             "error gathering device information while adding custom device \"/dev/nope\": no such file or directory"
         ),
+        "{run:?}"
+    );
+    let all = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(all.stdout, "", "a container was left behind");
+    Ok(())
+}
+
+#[test]
+fn a_bad_cgroup_rule_is_refused_with_125_and_leaves_nothing() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // Through the API, as the CLI checks the rule's format itself.
+    let run = engine.docker(&[
+        "run",
+        "--device-cgroup-rule",
+        "c 1:3 rwm",
+        "--device-cgroup-rule",
+        "c 4294967296:1 r",
+        "busybox",
+        "true",
+    ])?;
+    assert_eq!(run.code, 125, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("invalid major value in device cgroup rule format: 'c 4294967296:1 r'"),
         "{run:?}"
     );
     let all = engine.docker(&["ps", "-aq"])?.ok()?;

@@ -44,7 +44,7 @@ fn ulimits_show_in_proc_self_limits() -> anyhow::Result<()> {
         limits_row(&run.stdout, "Max processes"),
         Some(("300".into(), "300".into()))
     );
-    // `docker exec` processes start from the same limits.
+    // inspect shows them as given.
     engine
         .docker(&[
             "run",
