@@ -1376,26 +1376,15 @@ fn send_signal(pid: i32, signal: i32) -> bool {
 
 /// `HostConfig.LogConfig.Config`: the `--log-opt` pairs.
 fn log_options(host: &HostConfig) -> BTreeMap<String, String> {
-    host.extra
-        .get("LogConfig")
-        .and_then(|c| c.get("Config"))
-        .and_then(serde_json::Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
+    host.log_config.config.clone()
 }
 
 /// `HostConfig.LogConfig.Type`; `json-file` when unset, as dockerd stores it.
 fn log_type(host: &HostConfig) -> &str {
-    host.extra
-        .get("LogConfig")
-        .and_then(|c| c.get("Type"))
-        .and_then(serde_json::Value::as_str)
-        .filter(|t| !t.is_empty())
-        .unwrap_or("json-file")
+    match host.log_config.kind.as_str() {
+        "" => "json-file",
+        kind => kind,
+    }
 }
 
 /// dockerd's create-time handling of `LogConfig` (daemon/logs.go `mergeAndVerifyLogConfig`,
@@ -1405,10 +1394,7 @@ fn log_type(host: &HostConfig) -> &str {
 fn validate_log_config(host: &mut HostConfig) -> Result<(), EngineError> {
     let kind = log_type(host).to_string();
     let options = log_options(host);
-    host.extra.insert(
-        "LogConfig".into(),
-        serde_json::json!({"Type": kind, "Config": options}),
-    );
+    host.log_config.kind.clone_from(&kind);
     crate::container::logs::validate_driver(&kind, &options).map_err(|err| {
         EngineError::InvalidParameter {
             reason: err.to_string(),

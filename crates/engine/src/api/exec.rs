@@ -137,8 +137,7 @@ impl Api {
             }
             (&Method::POST, ["containers", id, "update"]) => {
                 let id = id.to_string();
-                let body: serde_json::Map<String, serde_json::Value> =
-                    parse(&body_bytes(req).await?)?;
+                let body: crate::state::HostConfig = parse(&body_bytes(req).await?)?;
                 let warnings = self.engine.update_resources(&id, body).await?;
                 json(StatusCode::OK, &serde_json::json!({ "Warnings": warnings }))
             }

@@ -137,17 +137,16 @@ pub fn container_summary(record: &ContainerRecord, now: DateTime<Utc>) -> Value 
 pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Value {
     let state = &record.state;
     let running = state.status == Status::Running;
-    let mut host_config = serde_json::to_value(&record.host_config).unwrap_or(Value::Null);
-    if let Some(obj) = host_config.as_object_mut() {
-        obj.entry("LogConfig")
-            .or_insert_with(|| json!({"Type": "json-file", "Config": {}}));
+    let mut host = record.host_config.clone();
+    // Records made before create filled in the log driver.
+    if host.log_config.kind.is_empty() {
+        host.log_config.kind = "json-file".into();
     }
-    if let Some(obj) = host_config.as_object_mut() {
-        // Records made before create cleared the CLI's "not set" -1 (`fixMemorySwappiness`).
-        if obj.get("MemorySwappiness").and_then(Value::as_i64) == Some(-1) {
-            obj.insert("MemorySwappiness".into(), Value::Null);
-        }
+    // Records made before create cleared the CLI's "not set" -1 (`fixMemorySwappiness`).
+    if host.memory_swappiness == Some(-1) {
+        host.memory_swappiness = None;
     }
+    let host_config = serde_json::to_value(&host).unwrap_or(Value::Null);
     let mut config = serde_json::to_value(&record.config).unwrap_or(Value::Null);
     if let Some(obj) = config.as_object_mut() {
         // Docker's `Config.Volumes` is a map that stays null when no volume is declared.

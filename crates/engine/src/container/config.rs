@@ -69,8 +69,8 @@ pub fn merge_image_config(config: &mut ContainerConfig, image: &ImageRecord) {
 /// `HostConfig.ConsoleSize` (`[height, width]`), which the CLI sends for `-t` so the PTY has
 /// its size before the process starts.
 pub fn console_size(host_config: &HostConfig) -> Option<(u16, u16)> {
-    let size = host_config.extra.get("ConsoleSize")?.as_array()?;
-    let dim = |i: usize| size.get(i)?.as_u64().and_then(|v| u16::try_from(v).ok());
+    let size = host_config.console_size;
+    let dim = |i: usize| u16::try_from(size[i]).ok();
     Some((dim(0)?, dim(1)?)).filter(|(h, w)| *h > 0 && *w > 0)
 }
 
@@ -259,17 +259,7 @@ fn checked_id(id: i64) -> Result<u32, EngineError> {
 
 /// The groups of `HostConfig.GroupAdd` (`--group-add`), names or numbers.
 pub fn group_add(host_config: &HostConfig) -> Vec<String> {
-    host_config
-        .extra
-        .get("GroupAdd")
-        .and_then(|v| v.as_array())
-        .map(|groups| {
-            groups
-                .iter()
-                .filter_map(|g| g.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    host_config.group_add.clone().unwrap_or_default()
 }
 
 /// Resolves `user[:group]` (names or numbers) against `/etc/passwd` and `/etc/group` of the

@@ -49,56 +49,28 @@ fn cgroup_err(id: &str) -> impl FnOnce(CgroupError) -> EngineError + '_ {
     }
 }
 
-fn int(host: &HostConfig, key: &str) -> Option<i64> {
-    host.extra.get(key).and_then(Value::as_i64)
+fn non_empty(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_string())
 }
 
-fn flag(host: &HostConfig, key: &str) -> bool {
-    host.extra
-        .get(key)
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
-
-fn strings(host: &HostConfig, key: &str) -> Vec<String> {
-    host.extra
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The cgroup limits in a `HostConfig` (or an update body of the same keys).
-/// A non-empty string of the host config.
-fn text(host: &HostConfig, key: &str) -> Option<String> {
-    host.extra
-        .get(key)
-        .and_then(Value::as_str)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-}
-
+/// The cgroup limits in a `HostConfig`.
 fn resources_of(host: &HostConfig) -> Option<Resources> {
-    let positive = |key: &str| int(host, key).filter(|v| *v > 0);
+    let positive = |v: i64| (v > 0).then_some(v);
     let mut r = Resources {
-        memory_bytes: positive("Memory"),
-        memory_swap_bytes: int(host, "MemorySwap").filter(|v| *v != 0),
-        cpu_shares: positive("CpuShares").and_then(|v| u64::try_from(v).ok()),
-        pids_limit: int(host, "PidsLimit").filter(|v| *v != 0),
-        cpuset_cpus: text(host, "CpusetCpus"),
-        cpuset_mems: text(host, "CpusetMems"),
+        memory_bytes: positive(host.memory),
+        memory_swap_bytes: (host.memory_swap != 0).then_some(host.memory_swap),
+        cpu_shares: positive(host.cpu_shares).and_then(|v| u64::try_from(v).ok()),
+        pids_limit: host.pids_limit.filter(|v| *v != 0),
+        cpuset_cpus: non_empty(&host.cpuset_cpus),
+        cpuset_mems: non_empty(&host.cpuset_mems),
         ..Resources::default()
     };
-    if let Some(nano) = positive("NanoCpus") {
+    if let Some(nano) = positive(host.nano_cpus) {
         r.cpu_period = Some(100_000);
         r.cpu_quota = Some(nano / 10_000);
     } else {
-        r.cpu_quota = positive("CpuQuota");
-        r.cpu_period = positive("CpuPeriod").and_then(|v| u64::try_from(v).ok());
+        r.cpu_quota = positive(host.cpu_quota);
+        r.cpu_period = positive(host.cpu_period).and_then(|v| u64::try_from(v).ok());
     }
     (r != Resources::default()).then_some(r)
 }
@@ -107,42 +79,54 @@ fn resources_of(host: &HostConfig) -> Option<Resources> {
 /// `verifyPlatformContainerResources`), with its texts.
 fn verify_resources(host: &HostConfig) -> Result<(), EngineError> {
     let invalid = |reason: String| EngineError::InvalidParameter { reason };
-    let memory = int(host, "Memory").unwrap_or(0);
-    if memory > 0 && memory < MIN_MEMORY {
+    let memory = host.memory;
+    if memory != 0 && memory < MIN_MEMORY {
         return Err(invalid("Minimum memory limit allowed is 6MB".into()));
     }
-    let swap = int(host, "MemorySwap").unwrap_or(0);
+    let swap = host.memory_swap;
     if memory > 0 && swap > 0 && swap < memory {
         return Err(invalid(
             "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
         ));
     }
-    let nano = int(host, "NanoCpus").unwrap_or(0);
-    if nano > 0 && int(host, "CpuPeriod").unwrap_or(0) > 0 {
+    let nano = host.nano_cpus;
+    if nano > 0 && host.cpu_period > 0 {
         return Err(invalid(
             "Conflicting options: Nano CPUs and CPU Period cannot both be set".into(),
         ));
     }
-    if nano > 0 && int(host, "CpuQuota").unwrap_or(0) > 0 {
+    if nano > 0 && host.cpu_quota > 0 {
         return Err(invalid(
             "Conflicting options: Nano CPUs and CPU Quota cannot both be set".into(),
         ));
     }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let cpus = i64::try_from(cpus).unwrap_or(i64::MAX);
-    if nano < 0 || nano > cpus.saturating_mul(1_000_000_000) {
+    if nano != 0 && (nano < 0 || nano > cpus.saturating_mul(1_000_000_000)) {
         return Err(invalid(format!(
             "range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available"
         )));
     }
-    let swappiness = int(host, "MemorySwappiness").filter(|v| *v != -1);
+    // The CLI sends -1 for "not set" (daemon.go `fixMemorySwappiness`).
+    let swappiness = host.memory_swappiness.filter(|v| *v != -1);
     if let Some(v) = swappiness.filter(|v| !(0..=100).contains(v)) {
         return Err(invalid(format!(
             "Invalid value: {v}, valid memory swappiness range is 0-100"
         )));
     }
-    verify_cpuset(host, "CpusetCpus", "cpus", "CPUs", "cpuset.cpus")?;
-    verify_cpuset(host, "CpusetMems", "mems", "memory nodes", "cpuset.mems")?;
+    if host.cpu_period != 0 && !(1000..=1_000_000).contains(&host.cpu_period) {
+        return Err(invalid(
+            "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)"
+                .into(),
+        ));
+    }
+    if host.cpu_quota > 0 && host.cpu_quota < 1000 {
+        return Err(invalid(
+            "CPU cfs quota can not be less than 1ms (i.e. 1000)".into(),
+        ));
+    }
+    verify_cpuset(&host.cpuset_cpus, "cpus", "CPUs", "cpuset.cpus")?;
+    verify_cpuset(&host.cpuset_mems, "mems", "memory nodes", "cpuset.mems")?;
     Ok(())
 }
 
@@ -198,21 +182,10 @@ fn available_cpuset(file: &str) -> Option<String> {
 
 /// dockerd's cpuset checks (sysinfo `IsCpusetCpusAvailable` / `IsCpusetMemsAvailable`), with
 /// its texts.
-fn verify_cpuset(
-    host: &HostConfig,
-    key: &str,
-    short: &str,
-    long: &str,
-    file: &str,
-) -> Result<(), EngineError> {
-    let Some(requested) = host
-        .extra
-        .get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    else {
+fn verify_cpuset(requested: &str, short: &str, long: &str, file: &str) -> Result<(), EngineError> {
+    if requested.is_empty() {
         return Ok(());
-    };
+    }
     let Some(wanted) = parse_cpuset(requested) else {
         return Err(EngineError::InvalidParameter {
             reason: format!(
@@ -238,7 +211,7 @@ fn verify_cpuset(
 /// `verifyPlatformContainerResources`); the CLI prints each as `WARNING: ...`.
 pub fn create_warnings(host: &HostConfig) -> Vec<String> {
     let mut warnings = Vec::new();
-    if flag(host, "OomKillDisable") && int(host, "Memory").unwrap_or(0) == 0 {
+    if host.oom_kill_disable == Some(true) && host.memory == 0 {
         warnings.push("OOM killer is disabled for the container, but no memory limit is set, this can result in the system running out of resources.".to_string());
     }
     warnings
@@ -248,69 +221,62 @@ pub fn create_warnings(host: &HostConfig) -> Vec<String> {
 /// (daemon/create.go, daemon_unix.go `adaptContainerSettings`), so that `inspect` shows what
 /// the container gets.
 fn fill_defaults(host: &mut HostConfig) {
-    let privileged = flag(host, "Privileged");
-    let empty = |host: &HostConfig, key: &str| match host.extra.get(key) {
-        None | Some(Value::Null) => true,
-        Some(Value::String(s)) => s.is_empty(),
-        Some(Value::Number(n)) => n.as_i64() == Some(0),
-        Some(_) => false,
-    };
-    let cgroupns = if crate::sysinfo::cgroup_version() == "2" {
-        "private"
-    } else {
-        "host"
-    };
-    let defaults = [
-        ("IpcMode", json!("private")),
-        ("ShmSize", json!(DEFAULT_SHM_SIZE)),
-        ("Runtime", json!(DEFAULT_RUNTIME)),
-        ("CgroupnsMode", json!(cgroupns)),
-    ];
-    for (key, value) in defaults {
-        if empty(host, key) {
-            host.extra.insert(key.to_string(), value);
+    if host.ipc_mode.is_empty() {
+        host.ipc_mode = "private".into();
+    }
+    if host.shm_size == 0 {
+        host.shm_size = DEFAULT_SHM_SIZE;
+    }
+    if host.runtime.is_empty() {
+        host.runtime = DEFAULT_RUNTIME.into();
+    }
+    if host.cgroupns_mode.is_empty() {
+        host.cgroupns_mode = if crate::sysinfo::cgroup_version() == "2" {
+            "private"
+        } else {
+            "host"
         }
+        .into();
     }
     // A privileged container gets no masks, and dockerd leaves the lists null for it.
-    if !privileged {
-        if empty(host, "MaskedPaths") {
-            host.extra.insert(
-                "MaskedPaths".into(),
-                json!(rmachine_runtime::rootfs::MASKED_PATHS),
+    if !host.privileged {
+        if host.masked_paths.as_ref().is_none_or(Vec::is_empty) {
+            host.masked_paths = Some(
+                rmachine_runtime::rootfs::MASKED_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
             );
         }
-        if empty(host, "ReadonlyPaths") {
-            host.extra.insert(
-                "ReadonlyPaths".into(),
-                json!(rmachine_runtime::rootfs::READONLY_PATHS),
+        if host.readonly_paths.as_ref().is_none_or(Vec::is_empty) {
+            host.readonly_paths = Some(
+                rmachine_runtime::rootfs::READONLY_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
             );
         }
     }
     // The CLI sends -1 for "not set" (daemon.go `fixMemorySwappiness`).
-    if int(host, "MemorySwappiness") == Some(-1) {
-        host.extra.insert("MemorySwappiness".into(), Value::Null);
+    if host.memory_swappiness == Some(-1) {
+        host.memory_swappiness = None;
     }
     // 0 and negative limits mean "unlimited", stored as no limit (container_routes.go).
-    if int(host, "PidsLimit").is_some_and(|v| v <= 0) {
-        host.extra.insert("PidsLimit".into(), Value::Null);
+    if host.pids_limit.is_some_and(|v| v <= 0) {
+        host.pids_limit = None;
     }
 }
 
 /// Checks and completes a create request's limits as dockerd does.
 /// `--add-host` entries (`NAME:IP`).
 pub(super) fn extra_hosts(host: &HostConfig) -> Vec<String> {
-    strings(host, "ExtraHosts")
+    host.extra_hosts.clone().unwrap_or_default()
 }
 
 pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineError> {
     verify_resources(host)?;
     // daemon/daemon_unix.go verifyPlatformContainerSettings.
-    if host
-        .extra
-        .get("ShmSize")
-        .and_then(Value::as_i64)
-        .is_some_and(|s| s < 0)
-    {
+    if host.shm_size < 0 {
         return Err(EngineError::InvalidParameter {
             reason: "SHM size can not be less than 0".into(),
         });
@@ -328,7 +294,7 @@ pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineE
         });
     }
     security_options(host)?;
-    if let Some(tmpfs) = host.extra.get("Tmpfs").and_then(Value::as_object) {
+    if let Some(tmpfs) = &host.tmpfs {
         // volume/mounts/linux_parser.go `ValidateTmpfsMountDestination`.
         for dest in tmpfs.keys() {
             let reason =
@@ -342,23 +308,20 @@ pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineE
             return Err(EngineError::InvalidParameter { reason });
         }
     }
-    let memory = int(host, "Memory").unwrap_or(0);
-    if memory == 0 && int(host, "MemorySwap").unwrap_or(0) > 0 {
+    let memory = host.memory;
+    if memory == 0 && host.memory_swap > 0 {
         return Err(EngineError::InvalidParameter {
             reason: "You should always set the Memory limit when using Memoryswap limit, see usage"
                 .into(),
         });
     }
     fill_defaults(host);
-    if memory > 0 && int(host, "MemorySwap").unwrap_or(0) == 0 {
+    if memory > 0 && host.memory_swap == 0 {
         // dockerd's default: as much swap as memory.
-        host.extra
-            .insert("MemorySwap".into(), Value::from(memory.saturating_mul(2)));
+        host.memory_swap = memory.saturating_mul(2);
     }
     let caps = capabilities_of(host);
-    if let Err(err) =
-        rmachine_runtime::caps::capability_mask(caps.as_ref(), flag(host, "Privileged"))
-    {
+    if let Err(err) = rmachine_runtime::caps::capability_mask(caps.as_ref(), host.privileged) {
         return Err(EngineError::InvalidParameter {
             reason: err.to_string(),
         });
@@ -370,65 +333,59 @@ pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineE
 /// `Container.UpdateContainer` does: non-zero limits replace the old ones, some combinations
 /// are refused (their texts), a restart policy with a name replaces the old one.
 fn merge_update(current: &HostConfig, update: &HostConfig) -> Result<HostConfig, String> {
-    let new = |key: &str| int(update, key).unwrap_or(0);
-    let old = |key: &str| int(current, key).unwrap_or(0);
-    if new("NanoCpus") > 0 && old("CpuPeriod") > 0 {
+    let (new, old) = (update, current);
+    if new.nano_cpus > 0 && old.cpu_period > 0 {
         return Err(
             "Conflicting options: Nano CPUs cannot be updated as CPU Period has already been set"
                 .into(),
         );
     }
-    if new("NanoCpus") > 0 && old("CpuQuota") > 0 {
+    if new.nano_cpus > 0 && old.cpu_quota > 0 {
         return Err(
             "Conflicting options: Nano CPUs cannot be updated as CPU Quota has already been set"
                 .into(),
         );
     }
-    if new("CpuPeriod") > 0 && old("NanoCpus") > 0 {
+    if new.cpu_period > 0 && old.nano_cpus > 0 {
         return Err(
             "Conflicting options: CPU Period cannot be updated as NanoCPUs has already been set"
                 .into(),
         );
     }
-    if new("CpuQuota") > 0 && old("NanoCpus") > 0 {
+    if new.cpu_quota > 0 && old.nano_cpus > 0 {
         return Err(
             "Conflicting options: CPU Quota cannot be updated as NanoCPUs has already been set"
                 .into(),
         );
     }
-    if new("Memory") != 0 && new("Memory") > old("MemorySwap") && new("MemorySwap") == 0 {
+    if new.memory != 0 && new.memory > old.memory_swap && new.memory_swap == 0 {
         return Err("Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time".into());
     }
     let mut host = current.clone();
-    for key in [
-        "CpuShares",
-        "NanoCpus",
-        "CpuPeriod",
-        "CpuQuota",
-        "Memory",
-        "MemorySwap",
-    ] {
-        if new(key) != 0 {
-            host.extra.insert(key.to_string(), Value::from(new(key)));
+    let replace = |target: &mut i64, value: i64| {
+        if value != 0 {
+            *target = value;
         }
-    }
+    };
+    replace(&mut host.cpu_shares, new.cpu_shares);
+    replace(&mut host.nano_cpus, new.nano_cpus);
+    replace(&mut host.cpu_period, new.cpu_period);
+    replace(&mut host.cpu_quota, new.cpu_quota);
+    replace(&mut host.memory, new.memory);
+    replace(&mut host.memory_swap, new.memory_swap);
     // As dockerd's UpdateContainer: a non-empty cpuset replaces the container's.
-    for key in ["CpusetCpus", "CpusetMems"] {
-        if let Some(value) = update
-            .extra
-            .get(key)
-            .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-        {
-            host.extra.insert(key.to_string(), value.clone());
-        }
+    if !new.cpuset_cpus.is_empty() {
+        host.cpuset_cpus = new.cpuset_cpus.clone();
     }
-    if let Some(pids) = update.extra.get("PidsLimit").and_then(Value::as_i64) {
+    if !new.cpuset_mems.is_empty() {
+        host.cpuset_mems = new.cpuset_mems.clone();
+    }
+    if let Some(pids) = new.pids_limit {
         // Any value up to 0 means "unlimited" and is stored as 0 (container_routes.go
         // `postContainerUpdate`).
-        host.extra
-            .insert("PidsLimit".into(), Value::from(pids.max(0)));
+        host.pids_limit = Some(pids.max(0));
     }
-    let policy = super::restart::policy_of(update);
+    let policy = &new.restart_policy;
     if !policy.name.is_empty() {
         if current.auto_remove && policy.name != "no" {
             return Err(
@@ -436,9 +393,7 @@ fn merge_update(current: &HostConfig, update: &HostConfig) -> Result<HostConfig,
                     .into(),
             );
         }
-        if let Some(value) = update.extra.get("RestartPolicy") {
-            host.extra.insert("RestartPolicy".into(), value.clone());
-        }
+        host.restart_policy = policy.clone();
     }
     Ok(host)
 }
@@ -571,8 +526,8 @@ fn parse_until(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String>
 }
 
 fn capabilities_of(host: &HostConfig) -> Option<CapabilitySpec> {
-    let add = strings(host, "CapAdd");
-    let drop = strings(host, "CapDrop");
+    let add = host.cap_add.clone().unwrap_or_default();
+    let drop = host.cap_drop.clone().unwrap_or_default();
     (!add.is_empty() || !drop.is_empty()).then_some(CapabilitySpec { add, drop })
 }
 
@@ -590,7 +545,7 @@ pub(super) struct SecurityOptions {
 pub(super) fn security_options(host: &HostConfig) -> Result<SecurityOptions, EngineError> {
     let invalid = |reason: String| EngineError::InvalidParameter { reason };
     let mut options = SecurityOptions::default();
-    for opt in strings(host, "SecurityOpt") {
+    for opt in host.security_opt.iter().flatten().cloned() {
         if opt == "no-new-privileges" {
             options.no_new_privileges = true;
             continue;
@@ -632,25 +587,16 @@ pub(super) fn features_of(host: &HostConfig) -> Features {
     let security = security_options(host).unwrap_or_default();
     Features {
         resources: resources_of(host),
-        cgroup_parent: host
-            .extra
-            .get("CgroupParent")
-            .and_then(Value::as_str)
-            .filter(|p| !p.is_empty())
-            .map(str::to_string),
+        cgroup_parent: non_empty(&host.cgroup_parent),
         capabilities: capabilities_of(host),
-        privileged: flag(host, "Privileged"),
-        init: flag(host, "Init"),
+        privileged: host.privileged,
+        init: host.init == Some(true),
         console_socket: None,
         // As dockerd: a privileged container runs without a seccomp filter.
-        seccomp_unconfined: security.seccomp_unconfined || flag(host, "Privileged"),
+        seccomp_unconfined: security.seccomp_unconfined || host.privileged,
         no_new_privileges: security.no_new_privileges,
         // 0 (an old record, or none asked) is the runtime's default of 64 MiB.
-        shm_size: host
-            .extra
-            .get("ShmSize")
-            .and_then(Value::as_u64)
-            .filter(|size| *size > 0),
+        shm_size: u64::try_from(host.shm_size).ok().filter(|size| *size > 0),
         // Namespaces, limits and devices: `options::apply`, which needs the container table.
         ..Features::default()
     }
@@ -770,19 +716,12 @@ impl Engine {
     pub async fn update_resources(
         &self,
         reference: &str,
-        body: serde_json::Map<String, Value>,
+        update: HostConfig,
     ) -> Result<Vec<String>, EngineError> {
-        let update = HostConfig {
-            extra: body
-                .into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .collect::<std::collections::BTreeMap<_, _>>(),
-            ..HostConfig::default()
-        };
         // As dockerd: the request is checked on its own first (verifyContainerSettings), then
         // against the container.
         verify_resources(&update)?;
-        super::restart::validate_policy(&super::restart::policy_of(&update))?;
+        super::restart::validate_policy(&update.restart_policy)?;
         let c = self.container(reference)?;
         let _op = c.op.lock().await;
         let host = merge_update(&c.record().host_config, &update)
@@ -790,7 +729,7 @@ impl Engine {
         let record = c.record();
         if record.state.status == Status::Running {
             let mut resources = resources_of(&host);
-            if let Some(pids) = int(&update, "PidsLimit") {
+            if let Some(pids) = update.pids_limit {
                 // `resources_of` leaves out an unlimited (0) count, which must lift the limit.
                 resources.get_or_insert_with(Resources::default).pids_limit = Some(pids.max(0));
             }
@@ -833,7 +772,7 @@ impl Engine {
         } else {
             Default::default()
         };
-        let pids_limit = int(&record.host_config, "PidsLimit").filter(|v| *v > 0);
+        let pids_limit = record.host_config.pids_limit.filter(|v| *v > 0);
         Ok(crate::container::stats::sample(
             &record, running, &stats, pids_limit,
         ))
@@ -1224,7 +1163,7 @@ mod tests {
             "CapDrop": ["ALL"], "Init": true}),
         );
         normalize_host_config(&mut h).unwrap();
-        assert_eq!(int(&h, "MemorySwap"), Some(134217728));
+        assert_eq!(h.memory_swap, 134217728);
         let f = features_of(&h);
         let r = f.resources.unwrap();
         assert_eq!(r.memory_bytes, Some(67108864));
@@ -1243,9 +1182,9 @@ mod tests {
         let update = host(json!({"Memory": 100000000, "MemorySwap": 0, "CpuShares": 0,
             "RestartPolicy": {"Name": "always"}}));
         let merged = merge_update(&current, &update).unwrap();
-        assert_eq!(int(&merged, "Memory"), Some(100000000));
+        assert_eq!(merged.memory, 100000000);
         // The swap limit stays; no default is applied on update.
-        assert_eq!(int(&merged, "MemorySwap"), Some(134217728));
+        assert_eq!(merged.memory_swap, 134217728);
         assert_eq!(super::super::restart::policy_of(&merged).name, "always");
         let too_big = host(json!({"Memory": 200000000}));
         assert_eq!(
@@ -1379,16 +1318,16 @@ mod tests {
     fn create_fills_dockerds_defaults_and_normalises_limits() {
         let mut h = host(json!({"MemorySwappiness": -1, "PidsLimit": -5}));
         normalize_host_config(&mut h).unwrap();
-        assert_eq!(h.extra.get("IpcMode"), Some(&json!("private")));
-        assert_eq!(h.extra.get("ShmSize"), Some(&json!(67108864)));
-        assert_eq!(h.extra.get("Runtime"), Some(&json!(DEFAULT_RUNTIME)));
-        assert_eq!(h.extra.get("MemorySwappiness"), Some(&Value::Null));
-        assert_eq!(h.extra.get("PidsLimit"), Some(&Value::Null));
-        assert!(!strings(&h, "MaskedPaths").is_empty());
+        assert_eq!(h.ipc_mode, "private");
+        assert_eq!(h.shm_size, 67108864);
+        assert_eq!(h.runtime, DEFAULT_RUNTIME);
+        assert_eq!(h.memory_swappiness, None);
+        assert_eq!(h.pids_limit, None);
+        assert!(h.masked_paths.is_some_and(|p| !p.is_empty()));
         let mut h = host(json!({"Privileged": true, "IpcMode": "host"}));
         normalize_host_config(&mut h).unwrap();
-        assert_eq!(h.extra.get("IpcMode"), Some(&json!("host")));
-        assert!(!h.extra.contains_key("MaskedPaths"));
+        assert_eq!(h.ipc_mode, "host");
+        assert_eq!(h.masked_paths, None);
         let mut h = host(json!({"MemorySwap": 10485760}));
         assert_eq!(
             normalize_host_config(&mut h).unwrap_err().to_string(),
@@ -1403,13 +1342,13 @@ mod tests {
         );
         let current = host(json!({"PidsLimit": 7}));
         let merged = merge_update(&current, &host(json!({"PidsLimit": -1}))).unwrap();
-        assert_eq!(int(&merged, "PidsLimit"), Some(0));
+        assert_eq!(merged.pids_limit, Some(0));
         // An update's cpuset replaces the container's; an empty one leaves it.
         let current = host(json!({"CpusetCpus": "0"}));
         let merged = merge_update(&current, &host(json!({"CpusetCpus": "1"}))).unwrap();
-        assert_eq!(merged.extra.get("CpusetCpus"), Some(&json!("1")));
+        assert_eq!(merged.cpuset_cpus, "1");
         let merged = merge_update(&current, &host(json!({"CpusetCpus": ""}))).unwrap();
-        assert_eq!(merged.extra.get("CpusetCpus"), Some(&json!("0")));
+        assert_eq!(merged.cpuset_cpus, "0");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use rmachine_runtime::spec::{
     self, DevShm, Device, DeviceAllow, Features, Namespace, Namespaces, Rlimit,
 };
-use serde_json::Value;
 
 use super::EngineError;
 use crate::state::{ContainerConfig, ContainerRecord, HostConfig, Status};
@@ -26,22 +25,6 @@ fn invalid(reason: impl Into<String>) -> EngineError {
     EngineError::InvalidParameter {
         reason: reason.into(),
     }
-}
-
-fn text<'a>(host: &'a HostConfig, key: &str) -> &'a str {
-    host.extra.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn strings(host: &HostConfig, key: &str) -> Vec<String> {
-    host.extra
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// moby's `container:NAME` form: the name, when the mode has one.
@@ -58,10 +41,10 @@ enum Shared {
 }
 
 impl Shared {
-    fn key(self) -> &'static str {
+    fn mode(self, host: &mut HostConfig) -> &mut String {
         match self {
-            Self::Pid => "PidMode",
-            Self::Ipc => "IpcMode",
+            Self::Pid => &mut host.pid_mode,
+            Self::Ipc => &mut host.ipc_mode,
         }
     }
 
@@ -91,24 +74,24 @@ pub(super) fn validate(
     config: &ContainerConfig,
     find: Find<'_>,
 ) -> Result<(), EngineError> {
-    let pid = text(host, "PidMode");
+    let pid = host.pid_mode.as_str();
     if !(pid.is_empty() || pid == "host" || container_target(pid).is_some()) {
         return Err(invalid(format!("invalid PID mode: {pid}")));
     }
-    let ipc = text(host, "IpcMode");
+    let ipc = host.ipc_mode.as_str();
     let ipc_valid = matches!(ipc, "" | "none" | "private" | "shareable" | "host")
         || container_target(ipc).is_some();
     if !ipc_valid {
         return Err(invalid(format!("invalid IPC mode: {ipc}")));
     }
-    let uts = text(host, "UTSMode");
+    let uts = host.uts_mode.as_str();
     if !matches!(uts, "" | "host") {
         return Err(invalid(format!("invalid UTS mode: {uts}")));
     }
     if uts == "host" && !config.hostname.is_empty() {
         return Err(invalid("conflicting options: hostname and the UTS mode"));
     }
-    let cgroupns = text(host, "CgroupnsMode");
+    let cgroupns = host.cgroupns_mode.as_str();
     if !matches!(cgroupns, "" | "host" | "private") {
         return Err(invalid(format!(
             "invalid cgroup namespace mode: {cgroupns}"
@@ -118,7 +101,7 @@ pub(super) fn validate(
     // The name becomes the id (daemon_unix.go `adaptSharedNamespaceContainer`), so a rename of
     // the target keeps the link.
     for shared in [Shared::Pid, Shared::Ipc] {
-        let Some(target) = container_target(text(host, shared.key())).map(str::to_string) else {
+        let Some(target) = container_target(shared.mode(host)).map(str::to_string) else {
             continue;
         };
         let (record, _) = find(&target).ok_or_else(|| {
@@ -129,16 +112,9 @@ pub(super) fn validate(
         if let Shared::Ipc = shared {
             check_shareable(&record, &target)?;
         }
-        host.extra.insert(
-            shared.key().to_string(),
-            Value::from(format!("container:{}", record.id)),
-        );
+        *shared.mode(host) = format!("container:{}", record.id);
     }
-    let oom = host
-        .extra
-        .get("OomScoreAdj")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let oom = host.oom_score_adj;
     if !(-1000..=1000).contains(&oom) {
         return Err(invalid(format!(
             "Invalid value {oom}, range for oom score adj is [-1000, 1000]"
@@ -163,7 +139,7 @@ pub(super) fn validate(
 /// dockerd's test of a donor container's IPC: only `shareable` (and `host`, or a container
 /// that itself joined one) leaves something to join.
 fn check_shareable(donor: &ContainerRecord, target: &str) -> Result<(), EngineError> {
-    let mode = text(&donor.host_config, "IpcMode");
+    let mode = donor.host_config.ipc_mode.as_str();
     if mode == "shareable" || mode == "host" || container_target(mode).is_some() {
         return Ok(());
     }
@@ -182,9 +158,9 @@ fn static_namespaces(host: &HostConfig) -> Namespaces {
         }
     };
     Namespaces {
-        pid: mode(text(host, "PidMode")),
-        ipc: mode(text(host, "IpcMode")),
-        uts: mode(text(host, "UTSMode")),
+        pid: mode(&host.pid_mode),
+        ipc: mode(&host.ipc_mode),
+        uts: mode(&host.uts_mode),
         cgroup: None,
     }
 }
@@ -196,37 +172,28 @@ fn sysctls(host: &HostConfig, config: &ContainerConfig) -> BTreeMap<String, Stri
     if !config.domainname.is_empty() {
         out.insert("kernel.domainname".to_string(), config.domainname.clone());
     }
-    if let Some(map) = host.extra.get("Sysctls").and_then(Value::as_object) {
-        for (key, value) in map {
-            if let Some(value) = value.as_str() {
-                out.insert(key.clone(), value.to_string());
-            }
-        }
-    }
+    out.extend(
+        host.sysctls
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     out
 }
 
 /// `--ulimit` entries (`{"Name":"nofile","Soft":1024,"Hard":2048}`); -1 is unlimited.
 fn rlimits(host: &HostConfig) -> Result<Vec<Rlimit>, EngineError> {
-    let Some(list) = host.extra.get("Ulimits").and_then(Value::as_array) else {
-        return Ok(Vec::new());
-    };
-    let limit = |v: Option<&Value>| match v.and_then(Value::as_i64) {
-        Some(n) if n >= 0 => n as u64,
-        // The kernel's RLIM_INFINITY.
-        _ => u64::MAX,
-    };
-    list.iter()
+    // -1 (or any negative) is unlimited: the kernel's RLIM_INFINITY.
+    let limit = |n: i64| u64::try_from(n).unwrap_or(u64::MAX);
+    host.ulimits
+        .iter()
+        .flatten()
         .map(|entry| {
-            let name = entry
-                .get("Name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let name = entry.name.clone();
             if spec::rlimit_resource(&name).is_none() {
                 return Err(invalid(format!("invalid ulimit type: {name}")));
             }
-            let (soft, hard) = (limit(entry.get("Soft")), limit(entry.get("Hard")));
+            let (soft, hard) = (limit(entry.soft), limit(entry.hard));
             if soft > hard {
                 return Err(invalid(format!(
                     "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
@@ -311,24 +278,14 @@ fn current_hard_limit(table: &str, name: &str) -> Option<u64> {
 /// `--device` entries resolved on the host as moby's `DevicesFromPath` does: a node (through
 /// a symlink), or every node under a directory.
 fn devices(host: &HostConfig) -> Result<Vec<Device>, EngineError> {
-    let Some(list) = host.extra.get("Devices").and_then(Value::as_array) else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
-    for entry in list {
-        let field = |key: &str| {
-            entry
-                .get(key)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let on_host = field("PathOnHost");
-        let mut in_container = field("PathInContainer");
+    for entry in host.devices.iter().flatten() {
+        let on_host = entry.path_on_host.clone();
+        let mut in_container = entry.path_in_container.clone();
         if in_container.is_empty() {
             in_container.clone_from(&on_host);
         }
-        let mut access = field("CgroupPermissions");
+        let mut access = entry.cgroup_permissions.clone();
         if access.is_empty() {
             access = "rwm".into();
         }
@@ -422,8 +379,9 @@ fn walk_devices(base: &Path, dir: &Path, destination: &str, access: &str, out: &
 }
 
 fn device_rules(host: &HostConfig) -> Result<Vec<DeviceAllow>, EngineError> {
-    strings(host, "DeviceCgroupRules")
+    host.device_cgroup_rules
         .iter()
+        .flatten()
         .map(|rule| {
             rule.parse()
                 .map_err(|e: spec::DeviceRuleError| invalid(e.to_string()))
@@ -451,12 +409,12 @@ fn target_namespace(
 /// The host directory holding the `/dev/shm` others join: a `shareable` container's tmpfs
 /// the engine mounted, the host's for `host`, the donor's donor's for `container:`.
 fn shared_shm(record: &ContainerRecord, dir: &Path, find: Find<'_>) -> Option<PathBuf> {
-    match text(&record.host_config, "IpcMode") {
+    match record.host_config.ipc_mode.as_str() {
         "shareable" => Some(dir.join(SHM_DIR)),
         "host" => Some(PathBuf::from("/dev/shm")),
         mode => {
             let (donor, donor_dir) = find(container_target(mode)?)?;
-            (text(&donor.host_config, "IpcMode") != mode)
+            (donor.host_config.ipc_mode != mode)
                 .then(|| shared_shm(&donor, &donor_dir, find))
                 .flatten()
         }
@@ -471,10 +429,8 @@ fn mount_shareable_shm(host: &HostConfig, dir: &Path) -> Result<PathBuf, EngineE
     std::fs::create_dir_all(&shm).map_err(super::io_err(&shm))?;
     // Still mounted from a previous run (an engine killed before the exit was seen).
     unmount_shm(dir);
-    let size = host
-        .extra
-        .get("ShmSize")
-        .and_then(Value::as_u64)
+    let size = u64::try_from(host.shm_size)
+        .ok()
         .filter(|s| *s > 0)
         .unwrap_or(DEFAULT_SHM_SIZE);
     use nix::mount::MsFlags;
@@ -508,7 +464,7 @@ pub(super) fn apply(
 ) -> Result<(), EngineError> {
     let host = &record.host_config;
     let mut namespaces = Namespaces::default();
-    match text(host, "PidMode") {
+    match host.pid_mode.as_str() {
         "host" => namespaces.pid = Namespace::Host,
         mode => {
             if let Some(target) = container_target(mode) {
@@ -519,7 +475,7 @@ pub(super) fn apply(
             }
         }
     }
-    match text(host, "IpcMode") {
+    match host.ipc_mode.as_str() {
         "host" => {
             let shm = Path::new("/dev/shm");
             if !shm.is_dir() {
@@ -552,10 +508,10 @@ pub(super) fn apply(
             }
         }
     }
-    if text(host, "UTSMode") == "host" {
+    if host.uts_mode == "host" {
         namespaces.uts = Namespace::Host;
     }
-    namespaces.cgroup = match text(host, "CgroupnsMode") {
+    namespaces.cgroup = match host.cgroupns_mode.as_str() {
         "host" => Some(Namespace::Host),
         "private" => Some(Namespace::Private),
         _ => None,
@@ -569,10 +525,7 @@ pub(super) fn apply(
     features.sysctls = sysctls(host, &record.config);
     features.devices = devices(host)?;
     features.device_rules = device_rules(host)?;
-    features.oom_score_adj = host
-        .extra
-        .get("OomScoreAdj")
-        .and_then(Value::as_i64)
+    features.oom_score_adj = Some(host.oom_score_adj)
         .filter(|v| *v != 0)
         .and_then(|v| i32::try_from(v).ok());
     Ok(())
@@ -583,9 +536,9 @@ pub(super) fn apply(
 /// and options, as dockerd's sandbox does (`--dns-search .` means none).
 pub(super) fn resolv_conf(host_config: &HostConfig, host_resolv: &str) -> String {
     let base = crate::container::launch::resolv_conf(host_resolv);
-    let dns = strings(host_config, "Dns");
-    let search = strings(host_config, "DnsSearch");
-    let options = strings(host_config, "DnsOptions");
+    let dns = host_config.dns.clone().unwrap_or_default();
+    let search = host_config.dns_search.clone().unwrap_or_default();
+    let options = host_config.dns_options.clone().unwrap_or_default();
     if dns.is_empty() && search.is_empty() && options.is_empty() {
         return base;
     }
@@ -628,7 +581,7 @@ pub(super) fn resolv_conf(host_config: &HostConfig, host_resolv: &str) -> String
 
 /// The hostname a container with `--uts host` shows: the host's.
 pub(super) fn host_uts(host_config: &HostConfig) -> Option<String> {
-    (text(host_config, "UTSMode") == "host")
+    (host_config.uts_mode == "host")
         .then(|| nix::unistd::gethostname().ok())
         .flatten()
         .map(|name| name.to_string_lossy().into_owned())
@@ -639,15 +592,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn host(extra: Value) -> HostConfig {
-        let mut host = HostConfig::default();
-        if let Value::Object(map) = extra {
-            host.extra = map.into_iter().collect();
-        }
-        host
+    fn host(fields: serde_json::Value) -> HostConfig {
+        serde_json::from_value(fields).expect("a host config")
     }
 
-    fn check(extra: Value) -> Result<HostConfig, String> {
+    fn check(extra: serde_json::Value) -> Result<HostConfig, String> {
         let mut h = host(extra);
         validate(&mut h, &ContainerConfig::default(), &|_| None)
             .map(|()| h)

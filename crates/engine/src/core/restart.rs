@@ -91,31 +91,11 @@ fn is_restarting(id: &str) -> bool {
         .any(|i| i == id)
 }
 
-/// `HostConfig.RestartPolicy`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// `""`, `no`, `always`, `unless-stopped` or `on-failure`.
-    pub name: String,
-    /// For `on-failure`: at most this many restarts (0: no limit).
-    pub maximum_retry_count: i64,
-}
+pub use crate::state::RestartPolicy;
 
 /// Reads the policy from a host config.
 pub fn policy_of(host: &HostConfig) -> RestartPolicy {
-    let Some(value) = host.extra.get("RestartPolicy") else {
-        return RestartPolicy::default();
-    };
-    RestartPolicy {
-        name: value
-            .get("Name")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string(),
-        maximum_retry_count: value
-            .get("MaximumRetryCount")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(0),
-    }
+    host.restart_policy.clone()
 }
 
 /// dockerd's check of a restart policy (`ValidateRestartPolicy`), with its texts.
@@ -164,13 +144,13 @@ pub fn validate_create(config: &ContainerConfig, host: &HostConfig) -> Result<()
 
 /// `HostConfig.Tmpfs` (`{"/run": "size=64m"}`) as runtime mounts.
 pub fn tmpfs_mounts(host: &HostConfig) -> Vec<spec::Mount> {
-    let Some(map) = host.extra.get("Tmpfs").and_then(|v| v.as_object()) else {
+    let Some(map) = &host.tmpfs else {
         return Vec::new();
     };
     let mut mounts: Vec<spec::Mount> = map
         .iter()
         .map(|(destination, options)| {
-            let options = options.as_str().unwrap_or("");
+            let options = options.as_str();
             let readonly = options.split(',').any(|o| o == "ro");
             // Docker's tmpfs defaults: no suid, no devices, no exec unless asked,
             // world-writable sticky root.
@@ -202,10 +182,7 @@ pub fn tmpfs_mounts(host: &HostConfig) -> Vec<spec::Mount> {
 
 /// `HostConfig.ReadonlyRootfs`.
 pub fn readonly_rootfs(host: &HostConfig) -> bool {
-    host.extra
-        .get("ReadonlyRootfs")
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false)
+    host.readonly_rootfs
 }
 
 fn marker(dir: &Path) -> std::path::PathBuf {
@@ -441,9 +418,10 @@ mod tests {
     use super::*;
 
     fn host(policy: serde_json::Value) -> HostConfig {
-        let mut host = HostConfig::default();
-        host.extra.insert("RestartPolicy".into(), policy);
-        host
+        HostConfig {
+            restart_policy: serde_json::from_value(policy).unwrap(),
+            ..HostConfig::default()
+        }
     }
 
     #[test]
@@ -481,9 +459,10 @@ mod tests {
 
     #[test]
     fn tmpfs_options_get_dockers_defaults() {
-        let mut host = HostConfig::default();
-        host.extra
-            .insert("Tmpfs".into(), serde_json::json!({"/run": "size=64m"}));
+        let host = HostConfig {
+            tmpfs: Some([("/run".to_string(), "size=64m".to_string())].into()),
+            ..HostConfig::default()
+        };
         let mounts = tmpfs_mounts(&host);
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].destination, "/run");

@@ -64,7 +64,9 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Docker's container `Config` (the part of a create request describing the process).
+/// Docker's container `Config` (the part of a create request describing the process), typed
+/// after moby's api/types/container/config.go with its JSON names. `omitempty` fields of the Go
+/// struct are left out of the JSON when empty, as dockerd's inspect does.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerConfig {
@@ -80,6 +82,12 @@ pub struct ContainerConfig {
     pub attach_stdout: bool,
     /// Whether the client attaches stderr.
     pub attach_stderr: bool,
+    /// Exposed ports, `{"80/tcp": {}}`.
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
     /// Allocate a PTY.
     pub tty: bool,
     /// Keep stdin open.
@@ -92,13 +100,34 @@ pub struct ContainerConfig {
     /// Command (arguments to the entrypoint).
     #[serde(deserialize_with = "str_slice")]
     pub cmd: Option<Vec<String>>,
+    /// How to check that the container is healthy (`--health-*`, the image's HEALTHCHECK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+    /// Windows only: the command line is already escaped.
+    #[serde(skip_serializing_if = "is_false")]
+    pub args_escaped: bool,
+    /// The image reference the client gave.
+    pub image: String,
+    /// Volumes, `{"/data": {}}`.
+    #[serde(deserialize_with = "null_default")]
+    pub volumes: BTreeMap<String, serde_json::Value>,
+    /// Working directory.
+    pub working_dir: String,
     /// Entrypoint; `Some([])` resets the image's.
     #[serde(deserialize_with = "str_slice")]
     pub entrypoint: Option<Vec<String>>,
-    /// The image reference the client gave.
-    pub image: String,
-    /// Working directory.
-    pub working_dir: String,
+    /// No network at all (`--network none` from old clients).
+    #[serde(skip_serializing_if = "is_false")]
+    pub network_disabled: bool,
+    /// Deprecated place of `--mac-address` (API < 1.44).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
+    /// The image's ONBUILD triggers.
+    #[serde(
+        deserialize_with = "str_slice",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_build: Option<Vec<String>>,
     /// Labels.
     #[serde(deserialize_with = "null_default")]
     pub labels: BTreeMap<String, String>,
@@ -108,38 +137,538 @@ pub struct ContainerConfig {
     /// Seconds between the stop signal and SIGKILL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<i64>,
-    /// Exposed ports, `{"80/tcp": {}}`.
+    /// The image's SHELL, for shell-form commands.
     #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
+        deserialize_with = "str_slice",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub exposed_ports: BTreeMap<String, serde_json::Value>,
-    /// Volumes, `{"/data": {}}`.
-    #[serde(deserialize_with = "null_default")]
-    pub volumes: BTreeMap<String, serde_json::Value>,
-    /// Fields this engine does not interpret, kept for `inspect`.
+    pub shell: Option<Vec<String>>,
+    /// Fields this engine does not know (newer API versions), kept for `inspect`.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// Docker's `HostConfig` (the part of a create request describing the host side).
+impl ContainerConfig {
+    /// The JSON names of the typed fields, for decoders that match names case-insensitively
+    /// (the struct flattens `extra`, so serde does not list them).
+    pub const FIELDS: &'static [&'static str] = &[
+        "Hostname",
+        "Domainname",
+        "User",
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "ExposedPorts",
+        "Tty",
+        "OpenStdin",
+        "StdinOnce",
+        "Env",
+        "Cmd",
+        "Healthcheck",
+        "ArgsEscaped",
+        "Image",
+        "Volumes",
+        "WorkingDir",
+        "Entrypoint",
+        "NetworkDisabled",
+        "MacAddress",
+        "OnBuild",
+        "Labels",
+        "StopSignal",
+        "StopTimeout",
+        "Shell",
+    ];
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn none_or_empty<K, V>(map: &Option<BTreeMap<K, V>>) -> bool {
+    map.as_ref().is_none_or(BTreeMap::is_empty)
+}
+
+fn vec_none_or_empty<T>(list: &Option<Vec<T>>) -> bool {
+    list.as_ref().is_none_or(Vec::is_empty)
+}
+
+/// Docker's `HealthConfig` (`Config.Healthcheck`); durations in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HealthConfig {
+    /// `[]` inherit, `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command]`.
+    #[serde(
+        deserialize_with = "str_slice",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub test: Option<Vec<String>>,
+    /// Time between checks.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub interval: i64,
+    /// Time a check may take.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout: i64,
+    /// Failures in a row that make the container unhealthy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: i64,
+    /// Grace period after start.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_period: i64,
+    /// Time between checks during the start period.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_interval: i64,
+}
+
+/// `HostConfig.LogConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LogConfig {
+    /// The logging driver; empty means the daemon's default.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// `--log-opt` pairs.
+    #[serde(deserialize_with = "null_default")]
+    pub config: BTreeMap<String, String>,
+}
+
+/// `HostConfig.RestartPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RestartPolicy {
+    /// `""`, `no`, `always`, `unless-stopped` or `on-failure`.
+    pub name: String,
+    /// For `on-failure`: at most this many restarts (0: no limit).
+    pub maximum_retry_count: i64,
+}
+
+/// One host address of a published port (`HostConfig.PortBindings`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBinding {
+    /// Host IP; empty means all.
+    pub host_ip: String,
+    /// Host port or range; empty means any.
+    pub host_port: String,
+}
+
+/// `--blkio-weight-device`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct WeightDevice {
+    /// Device path.
+    pub path: String,
+    /// Relative weight.
+    pub weight: u16,
+}
+
+/// `--device-read-bps` and the other throttles.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ThrottleDevice {
+    /// Device path.
+    pub path: String,
+    /// Bytes or operations per second.
+    pub rate: u64,
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceMapping {
+    /// Device on the host.
+    pub path_on_host: String,
+    /// Path inside the container.
+    pub path_in_container: String,
+    /// `rwm` subset.
+    pub cgroup_permissions: String,
+}
+
+/// `--gpus` and other device-driver requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeviceRequest {
+    /// Device driver.
+    pub driver: String,
+    /// Number of devices (-1: all).
+    pub count: i64,
+    /// Device ids.
+    #[serde(rename = "DeviceIDs")]
+    pub device_ids: Option<Vec<String>>,
+    /// OR list of AND lists of capabilities.
+    pub capabilities: Option<Vec<Vec<String>>>,
+    /// Driver options.
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+/// `--ulimit`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ulimit {
+    /// Resource name (`nofile`).
+    pub name: String,
+    /// Hard limit.
+    pub hard: i64,
+    /// Soft limit.
+    pub soft: i64,
+}
+
+/// `--mount` (`HostConfig.Mounts`); the per-type options are kept as sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Mount {
+    /// `bind`, `volume`, `tmpfs`, `npipe`, `cluster` or `image`.
+    #[serde(rename = "Type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Host path or volume name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// Path in the container.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// macOS consistency hint.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub consistency: String,
+    /// Options of a bind mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_options: Option<serde_json::Value>,
+    /// Options of a volume mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_options: Option<serde_json::Value>,
+    /// Options of a tmpfs mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs_options: Option<serde_json::Value>,
+    /// Options of an image mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_options: Option<serde_json::Value>,
+}
+
+/// Docker's `HostConfig` (the part of a create request describing the host side), typed after
+/// moby's api/types/container/hostconfig.go (its `Resources` inlined) with its JSON names.
+/// Slices and maps are `Option` because Go shows a nil one as `null` and an empty one as `[]`;
+/// `Option` scalars are Go's pointers (unset differs from zero).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct HostConfig {
-    /// Remove the container when it exits (`--rm`).
-    pub auto_remove: bool,
-    /// Network mode; `default` when the client sent none.
+    /// `-v SRC:DST[:OPTS]`.
+    pub binds: Option<Vec<String>>,
+    /// `--cidfile` (written by the CLI; the daemon only stores it).
+    #[serde(rename = "ContainerIDFile")]
+    pub container_id_file: String,
+    /// `--log-driver`, `--log-opt`.
+    #[serde(deserialize_with = "null_default")]
+    pub log_config: LogConfig,
+    /// `--network`; `default` when the client sent none.
     pub network_mode: String,
-    /// Fields this engine does not interpret, kept for `inspect`.
+    /// `-p`: `{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`; dockerd shows `{}` for none.
+    #[serde(deserialize_with = "null_default")]
+    pub port_bindings: BTreeMap<String, Option<Vec<PortBinding>>>,
+    /// `--restart`.
+    #[serde(deserialize_with = "null_default")]
+    pub restart_policy: RestartPolicy,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// `--volume-driver`.
+    pub volume_driver: String,
+    /// `--volumes-from`.
+    pub volumes_from: Option<Vec<String>>,
+    /// `[height, width]` of the PTY at start.
+    #[serde(deserialize_with = "null_default")]
+    pub console_size: [u64; 2],
+    /// `--annotation`.
+    #[serde(skip_serializing_if = "none_or_empty")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// `--cap-add`.
+    pub cap_add: Option<Vec<String>>,
+    /// `--cap-drop`.
+    pub cap_drop: Option<Vec<String>>,
+    /// `--cgroupns`.
+    pub cgroupns_mode: String,
+    /// `--dns`.
+    pub dns: Option<Vec<String>>,
+    /// `--dns-option`.
+    pub dns_options: Option<Vec<String>>,
+    /// `--dns-search`.
+    pub dns_search: Option<Vec<String>>,
+    /// `--add-host NAME:IP`.
+    pub extra_hosts: Option<Vec<String>>,
+    /// `--group-add`.
+    pub group_add: Option<Vec<String>>,
+    /// `--ipc`.
+    pub ipc_mode: String,
+    /// `--cgroup` (`container:<id>` / `host`).
+    pub cgroup: String,
+    /// `--link`.
+    pub links: Option<Vec<String>>,
+    /// `--oom-score-adj`.
+    pub oom_score_adj: i64,
+    /// `--pid`.
+    pub pid_mode: String,
+    /// `--privileged`.
+    pub privileged: bool,
+    /// `-P`.
+    pub publish_all_ports: bool,
+    /// `--read-only`.
+    pub readonly_rootfs: bool,
+    /// `--security-opt`.
+    pub security_opt: Option<Vec<String>>,
+    /// `--storage-opt`.
+    #[serde(skip_serializing_if = "none_or_empty")]
+    pub storage_opt: Option<BTreeMap<String, String>>,
+    /// `--tmpfs DST[:OPTS]`.
+    #[serde(skip_serializing_if = "none_or_empty")]
+    pub tmpfs: Option<BTreeMap<String, String>>,
+    /// `--uts`.
+    #[serde(rename = "UTSMode")]
+    pub uts_mode: String,
+    /// `--userns`.
+    pub userns_mode: String,
+    /// `--shm-size` in bytes.
+    pub shm_size: i64,
+    /// `--sysctl`.
+    #[serde(skip_serializing_if = "none_or_empty")]
+    pub sysctls: Option<BTreeMap<String, String>>,
+    /// `--runtime`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
+    /// Windows only: `--isolation`.
+    pub isolation: String,
+    /// `--cpu-shares`.
+    pub cpu_shares: i64,
+    /// `--memory` in bytes.
+    pub memory: i64,
+    /// `--cpus` in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// `--cgroup-parent`.
+    pub cgroup_parent: String,
+    /// `--blkio-weight`.
+    pub blkio_weight: u16,
+    /// `--blkio-weight-device`.
+    pub blkio_weight_device: Option<Vec<WeightDevice>>,
+    /// `--device-read-bps`.
+    pub blkio_device_read_bps: Option<Vec<ThrottleDevice>>,
+    /// `--device-write-bps`.
+    pub blkio_device_write_bps: Option<Vec<ThrottleDevice>>,
+    /// `--device-read-iops`.
+    #[serde(rename = "BlkioDeviceReadIOps")]
+    pub blkio_device_read_iops: Option<Vec<ThrottleDevice>>,
+    /// `--device-write-iops`.
+    #[serde(rename = "BlkioDeviceWriteIOps")]
+    pub blkio_device_write_iops: Option<Vec<ThrottleDevice>>,
+    /// `--cpu-period`.
+    pub cpu_period: i64,
+    /// `--cpu-quota`.
+    pub cpu_quota: i64,
+    /// `--cpu-rt-period`.
+    pub cpu_realtime_period: i64,
+    /// `--cpu-rt-runtime`.
+    pub cpu_realtime_runtime: i64,
+    /// `--cpuset-cpus`.
+    pub cpuset_cpus: String,
+    /// `--cpuset-mems`.
+    pub cpuset_mems: String,
+    /// `--device`.
+    pub devices: Option<Vec<DeviceMapping>>,
+    /// `--device-cgroup-rule`.
+    pub device_cgroup_rules: Option<Vec<String>>,
+    /// `--gpus`.
+    pub device_requests: Option<Vec<DeviceRequest>>,
+    /// `--kernel-memory-tcp` (removed from the CLI).
+    #[serde(rename = "KernelMemoryTCP", skip_serializing_if = "is_zero")]
+    pub kernel_memory_tcp: i64,
+    /// `--memory-reservation`.
+    pub memory_reservation: i64,
+    /// `--memory-swap` in bytes (memory + swap; -1 unlimited).
+    pub memory_swap: i64,
+    /// `--memory-swappiness`; the CLI sends -1 for "not set".
+    pub memory_swappiness: Option<i64>,
+    /// `--oom-kill-disable`.
+    pub oom_kill_disable: Option<bool>,
+    /// `--pids-limit`; `None` unset, 0 unlimited.
+    pub pids_limit: Option<i64>,
+    /// `--ulimit`.
+    pub ulimits: Option<Vec<Ulimit>>,
+    /// Windows only: `--cpu-count`.
+    pub cpu_count: i64,
+    /// Windows only: `--cpu-percent`.
+    pub cpu_percent: i64,
+    /// Windows only: `--io-maxiops`.
+    #[serde(rename = "IOMaximumIOps")]
+    pub io_maximum_iops: u64,
+    /// Windows only: `--io-maxbandwidth`.
+    #[serde(rename = "IOMaximumBandwidth")]
+    pub io_maximum_bandwidth: u64,
+    /// `--mount`.
+    #[serde(skip_serializing_if = "vec_none_or_empty")]
+    pub mounts: Option<Vec<Mount>>,
+    /// Paths masked in the container; `None` means the defaults (filled at create).
+    pub masked_paths: Option<Vec<String>>,
+    /// Paths made read-only in the container; `None` means the defaults.
+    pub readonly_paths: Option<Vec<String>>,
+    /// `--init`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Fields this engine does not know (newer API versions), kept for `inspect`.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl HostConfig {
+    /// The JSON names of the typed fields, for decoders that match names case-insensitively
+    /// (the struct flattens `extra`, so serde does not list them).
+    pub const FIELDS: &'static [&'static str] = &[
+        "Binds",
+        "ContainerIDFile",
+        "LogConfig",
+        "NetworkMode",
+        "PortBindings",
+        "RestartPolicy",
+        "AutoRemove",
+        "VolumeDriver",
+        "VolumesFrom",
+        "ConsoleSize",
+        "Annotations",
+        "CapAdd",
+        "CapDrop",
+        "CgroupnsMode",
+        "Dns",
+        "DnsOptions",
+        "DnsSearch",
+        "ExtraHosts",
+        "GroupAdd",
+        "IpcMode",
+        "Cgroup",
+        "Links",
+        "OomScoreAdj",
+        "PidMode",
+        "Privileged",
+        "PublishAllPorts",
+        "ReadonlyRootfs",
+        "SecurityOpt",
+        "StorageOpt",
+        "Tmpfs",
+        "UTSMode",
+        "UsernsMode",
+        "ShmSize",
+        "Sysctls",
+        "Runtime",
+        "Isolation",
+        "CpuShares",
+        "Memory",
+        "NanoCpus",
+        "CgroupParent",
+        "BlkioWeight",
+        "BlkioWeightDevice",
+        "BlkioDeviceReadBps",
+        "BlkioDeviceWriteBps",
+        "BlkioDeviceReadIOps",
+        "BlkioDeviceWriteIOps",
+        "CpuPeriod",
+        "CpuQuota",
+        "CpuRealtimePeriod",
+        "CpuRealtimeRuntime",
+        "CpusetCpus",
+        "CpusetMems",
+        "Devices",
+        "DeviceCgroupRules",
+        "DeviceRequests",
+        "KernelMemoryTCP",
+        "MemoryReservation",
+        "MemorySwap",
+        "MemorySwappiness",
+        "OomKillDisable",
+        "PidsLimit",
+        "Ulimits",
+        "CpuCount",
+        "CpuPercent",
+        "IOMaximumIOps",
+        "IOMaximumBandwidth",
+        "Mounts",
+        "MaskedPaths",
+        "ReadonlyPaths",
+        "Init",
+    ];
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
-            auto_remove: false,
+            binds: None,
+            container_id_file: String::new(),
+            log_config: LogConfig::default(),
             network_mode: "default".into(),
+            port_bindings: BTreeMap::new(),
+            restart_policy: RestartPolicy::default(),
+            auto_remove: false,
+            volume_driver: String::new(),
+            volumes_from: None,
+            console_size: [0, 0],
+            annotations: None,
+            cap_add: None,
+            cap_drop: None,
+            cgroupns_mode: String::new(),
+            dns: None,
+            dns_options: None,
+            dns_search: None,
+            extra_hosts: None,
+            group_add: None,
+            ipc_mode: String::new(),
+            cgroup: String::new(),
+            links: None,
+            oom_score_adj: 0,
+            pid_mode: String::new(),
+            privileged: false,
+            publish_all_ports: false,
+            readonly_rootfs: false,
+            security_opt: None,
+            storage_opt: None,
+            tmpfs: None,
+            uts_mode: String::new(),
+            userns_mode: String::new(),
+            shm_size: 0,
+            sysctls: None,
+            runtime: String::new(),
+            isolation: String::new(),
+            cpu_shares: 0,
+            memory: 0,
+            nano_cpus: 0,
+            cgroup_parent: String::new(),
+            blkio_weight: 0,
+            blkio_weight_device: None,
+            blkio_device_read_bps: None,
+            blkio_device_write_bps: None,
+            blkio_device_read_iops: None,
+            blkio_device_write_iops: None,
+            cpu_period: 0,
+            cpu_quota: 0,
+            cpu_realtime_period: 0,
+            cpu_realtime_runtime: 0,
+            cpuset_cpus: String::new(),
+            cpuset_mems: String::new(),
+            devices: None,
+            device_cgroup_rules: None,
+            device_requests: None,
+            kernel_memory_tcp: 0,
+            memory_reservation: 0,
+            memory_swap: 0,
+            memory_swappiness: None,
+            oom_kill_disable: None,
+            pids_limit: None,
+            ulimits: None,
+            cpu_count: 0,
+            cpu_percent: 0,
+            io_maximum_iops: 0,
+            io_maximum_bandwidth: 0,
+            mounts: None,
+            masked_paths: None,
+            readonly_paths: None,
+            init: None,
             extra: BTreeMap::new(),
         }
     }
@@ -338,10 +867,47 @@ fn read_record(path: &Path) -> Result<ContainerRecord, StateError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+    let corrupt = |source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let strict = serde_json::from_slice(&bytes);
+    let Err(err) = strict else {
+        return strict.map_err(corrupt);
+    };
+    // Engines before the typed HostConfig stored whatever a client sent, including values of
+    // the wrong type (`"Memory": "lots"`); such a field is dropped rather than the container.
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let mut dropped = Vec::new();
+    if let Some(obj) = value.get_mut("HostConfig").and_then(|v| v.as_object_mut()) {
+        dropped.extend(drop_mistyped::<HostConfig>(obj));
+    }
+    if let Some(obj) = value.get_mut("Config").and_then(|v| v.as_object_mut()) {
+        dropped.extend(drop_mistyped::<ContainerConfig>(obj));
+    }
+    if dropped.is_empty() {
+        return Err(corrupt(err));
+    }
+    tracing::warn!(path = %path.display(), fields = ?dropped, "dropped mistyped fields of an old record");
+    serde_json::from_value(value).map_err(corrupt)
+}
+
+/// Removes the fields of `obj` that `T` cannot decode on their own; returns their names.
+fn drop_mistyped<T: serde::de::DeserializeOwned>(
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+) -> Vec<String> {
+    let bad: Vec<String> = obj
+        .iter()
+        .filter(|(key, value)| {
+            let single = serde_json::Map::from_iter([((*key).clone(), (*value).clone())]);
+            serde_json::from_value::<T>(serde_json::Value::Object(single)).is_err()
+        })
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &bad {
+        obj.remove(key);
+    }
+    bad
 }
 
 #[cfg(test)]
@@ -356,7 +922,8 @@ mod tests {
         assert_eq!(config.cmd, Some(vec!["echo hi".to_string()]));
         assert_eq!(config.entrypoint, None);
         assert!(config.env.is_empty());
-        assert!(config.extra.contains_key("OnBuild"));
+        assert_eq!(config.on_build, None);
+        assert!(config.extra.is_empty());
     }
 
     #[test]
@@ -366,6 +933,68 @@ mod tests {
         let state: ContainerState = serde_json::from_str(json).unwrap();
         assert!(!state.paused);
         assert_eq!(state.status, Status::Running);
+    }
+
+    #[test]
+    fn records_of_the_untyped_engine_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let id = "b".repeat(64);
+        fs::create_dir_all(store.dir(&id)).unwrap();
+        // As the engine before the typed HostConfig wrote it: the client's fields as sent.
+        let old = serde_json::json!({
+            "Id": id, "Name": "/old", "Created": "2026-01-01T00:00:00Z", "Path": "sleep",
+            "Args": ["1"], "ImageId": "sha256:00",
+            "Config": {"Image": "busybox", "Env": null, "OnBuild": null, "Volumes": {},
+                       "Labels": {"a": "b"}, "Cmd": ["sleep", "1"]},
+            "HostConfig": {"AutoRemove": false, "NetworkMode": "default", "Memory": "lots",
+                "RestartPolicy": {"Name": "always", "MaximumRetryCount": 0},
+                "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m"}},
+                "MemorySwappiness": null, "PidsLimit": 5, "Runtime": "rmachine",
+                "ConsoleSize": [0, 0], "CapAdd": null, "Tmpfs": {"/run": ""},
+                "KernelMemory": 0},
+            "State": {"Status": "exited", "Pid": 0, "ExitCode": 0, "Error": "",
+                      "StartedAt": null, "FinishedAt": null},
+            "RestartCount": 2
+        });
+        fs::write(
+            store.dir(&id).join(RECORD_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let records = store.load_all().unwrap();
+        let host = &records[0].host_config;
+        assert_eq!(host.restart_policy.name, "always");
+        assert_eq!(host.log_config.config["max-size"], "1m");
+        assert_eq!(host.pids_limit, Some(5));
+        assert_eq!(host.memory, 0, "the mistyped field is dropped");
+        assert_eq!(host.extra["KernelMemory"], 0);
+        assert_eq!(records[0].config.labels["a"], "b");
+    }
+
+    #[test]
+    fn field_lists_name_every_typed_field() {
+        let mut host = serde_json::to_value(HostConfig::default()).unwrap();
+        let mut config = serde_json::to_value(ContainerConfig::default()).unwrap();
+        for (value, fields) in [
+            (&mut host, HostConfig::FIELDS),
+            (&mut config, ContainerConfig::FIELDS),
+        ] {
+            let keys = value.as_object().unwrap();
+            for key in keys.keys() {
+                assert!(fields.contains(&key.as_str()), "{key} is not listed");
+            }
+        }
+        for field in HostConfig::FIELDS {
+            let single = serde_json::json!({ *field: null });
+            let parsed: HostConfig = serde_json::from_value(single).unwrap_or_default();
+            assert!(parsed.extra.is_empty(), "{field} is not a typed field");
+        }
+        for field in ContainerConfig::FIELDS {
+            let single = serde_json::json!({ *field: null });
+            let parsed: ContainerConfig = serde_json::from_value(single).unwrap_or_default();
+            assert!(parsed.extra.is_empty(), "{field} is not a typed field");
+        }
     }
 
     #[test]
