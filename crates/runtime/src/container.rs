@@ -280,17 +280,7 @@ pub fn setup_in(
     {
         return Err(refused.into());
     }
-    let rlimits = features
-        .rlimits
-        .iter()
-        .map(|limit| {
-            spec::rlimit_resource(&limit.name)
-                .map(|resource| (resource, limit.soft, limit.hard))
-                .ok_or_else(|| ContainerError::RlimitName {
-                    name: limit.name.clone(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let rlimits = rlimits_of(features)?;
     // Mountpoints and the working directory are created 0755 whatever the engine's umask is.
     sys.umask(CONTAINER_UMASK);
     // Docker's default cgroup namespace follows the host's cgroup version.
@@ -394,13 +384,7 @@ pub fn setup_in(
     )?;
     enter_cwd(sys, &spec.process.cwd, true)?;
     // Last, so a low limit (nofile, nproc) cannot starve the runtime's own setup.
-    for (resource, soft, hard) in rlimits {
-        sys.setrlimit(resource, soft, hard)
-            .map_err(|errno| ContainerError::Rlimit {
-                resource,
-                source: errno.into(),
-            })?;
-    }
+    set_rlimits(sys, &rlimits)?;
     if features.init {
         // Cosmetic (what `ps` shows), and it needs CAP_SYS_RESOURCE, which only root has now:
         // a failure changes nothing for the container.
@@ -409,6 +393,32 @@ pub fn setup_in(
         let _ = sys.set_title(&title);
     }
     become_process(sys, &spec.process, capabilities, capabilities, features)
+}
+
+/// The `RLIMIT_*` numbers and limits of [`Features::rlimits`].
+fn rlimits_of(features: &Features) -> Result<Vec<(i32, u64, u64)>, ContainerError> {
+    features
+        .rlimits
+        .iter()
+        .map(|limit| {
+            spec::rlimit_resource(&limit.name)
+                .map(|resource| (resource, limit.soft, limit.hard))
+                .ok_or_else(|| ContainerError::RlimitName {
+                    name: limit.name.clone(),
+                })
+        })
+        .collect()
+}
+
+fn set_rlimits(sys: &dyn Syscall, rlimits: &[(i32, u64, u64)]) -> Result<(), ContainerError> {
+    for &(resource, soft, hard) in rlimits {
+        sys.setrlimit(resource, soft, hard)
+            .map_err(|errno| ContainerError::Rlimit {
+                resource,
+                source: errno.into(),
+            })?;
+    }
+    Ok(())
 }
 
 /// Connects to the engine's console socket when the process has a terminal and one was given.
@@ -491,6 +501,8 @@ pub fn setup_exec_with(
             })?;
     }
     enter_cwd(sys, &process.cwd, false)?;
+    // As with runc, `exec` processes get the container's `--ulimit`s.
+    set_rlimits(sys, &rlimits_of(features)?)?;
     become_process(sys, process, capabilities, container_capabilities, features)
 }
 
@@ -1462,5 +1474,29 @@ mod tests {
             }
         });
         assert!(create.is_some() && create < bind, "{calls:?}");
+    }
+
+    #[test]
+    fn exec_processes_get_the_containers_rlimits() {
+        let features = Features {
+            rlimits: vec![crate::spec::Rlimit {
+                name: "nofile".into(),
+                soft: 10,
+                hard: 20,
+            }],
+            ..Features::default()
+        };
+        let sys = image();
+        setup_exec_with(4242, &spec().process, &features, false, None, &sys).expect("exec");
+        let calls = sys.calls();
+        let rlimit = calls.iter().position(|c| {
+            *c == Call::Setrlimit {
+                resource: 7,
+                soft: 10,
+                hard: 20,
+            }
+        });
+        let setuid = calls.iter().position(|c| *c == Call::Setuid(1000));
+        assert!(rlimit.is_some() && rlimit < setuid, "{calls:?}");
     }
 }

@@ -44,7 +44,6 @@ fn ulimits_show_in_proc_self_limits() -> anyhow::Result<()> {
         limits_row(&run.stdout, "Max processes"),
         Some(("300".into(), "300".into()))
     );
-    // inspect shows them as given.
     engine
         .docker(&[
             "run",
@@ -63,6 +62,14 @@ fn ulimits_show_in_proc_self_limits() -> anyhow::Result<()> {
         "{{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}:{{.Hard}}{{end}}",
     )?;
     assert_eq!(inspect, "nofile=500:600");
+    // `docker exec` processes get them too (runc's behaviour).
+    let exec = engine
+        .docker(&["exec", "limited", "cat", "/proc/self/limits"])?
+        .ok()?;
+    assert_eq!(
+        limits_row(&exec.stdout, "Max open files"),
+        Some(("500".into(), "600".into()))
+    );
     Ok(())
 }
 
