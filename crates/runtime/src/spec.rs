@@ -16,8 +16,9 @@
 //!   instead, as `rmachine-runtime: container ID: MESSAGE`. With it, stderr is left alone: it is
 //!   the container's log, and the engine reports the failure itself.
 //! * `runtime.json` is read as a [`SpecFile`]: the [`RuntimeSpec`] keys plus the optional
-//!   [`Features`] keys (limits and cgroup, capabilities, `--privileged`, `--init`, console socket)
-//!   in the same object; a file without them gets Docker's defaults.
+//!   [`Features`] keys (limits and cgroup, capabilities, `--privileged`, `--init`, console
+//!   socket, namespaces, `/dev/shm`, rlimits, sysctls, devices, OOM score) in the same object;
+//!   a file without them gets Docker's defaults.
 //! * Every container gets what Docker gives by default: Docker's default capability set
 //!   (`CapEff 00000000a80425fb` for root, none for other users) changed by
 //!   [`Features::capabilities`], Docker's masked paths (`/proc/keys`, `/sys/firmware`…) and
