@@ -26,7 +26,8 @@ use crate::container::{config, io, names, Container, Lifecycle, Output, StdinEve
 use crate::events::EventBus;
 use crate::image::{DeleteItem, ImageError, ImageRecord, ImageStore, ImageSummary};
 use crate::state::{
-    ContainerConfig, ContainerRecord, ContainerState, HostConfig, StateError, StateStore, Status,
+    ContainerConfig, ContainerRecord, ContainerState, HostConfig, NetworkingConfig, StateError,
+    StateStore, Status,
 };
 
 mod archive;
@@ -35,6 +36,7 @@ pub(crate) mod lookup;
 mod options;
 mod restart;
 mod signal;
+mod unsupported;
 
 pub use ext::{create_warnings, PruneFilters, DEFAULT_RUNTIME};
 pub use signal::{parse_kill_signal, parse_signal};
@@ -235,6 +237,8 @@ pub struct CreateRequest {
     pub config: ContainerConfig,
     /// `HostConfig`.
     pub host_config: HostConfig,
+    /// `NetworkingConfig`.
+    pub networking_config: NetworkingConfig,
 }
 
 /// What `wait` waits for.
@@ -445,7 +449,13 @@ impl Engine {
             name,
             mut config,
             mut host_config,
+            networking_config,
         } = request;
+        unsupported::check_create(&unsupported::Request {
+            config: &config,
+            host: &host_config,
+            networking: &networking_config,
+        })?;
         ext::normalize_host_config(&mut host_config)?;
         validate_log_config(&mut host_config)?;
         if let Some(name) = &name {

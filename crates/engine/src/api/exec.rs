@@ -55,11 +55,10 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         .to_bytes())
 }
 
-fn parse<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+/// Decodes a body as dockerd does (case-insensitive names, Go's type errors); an empty body
+/// is the default.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], go_struct: &str) -> Result<T, ApiError> {
+    super::gojson::from_slice(bytes, go_struct).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 fn dims(query: &Query) -> Result<(u16, u16), ApiError> {
@@ -81,7 +80,7 @@ impl Api {
     ) -> ApiResult {
         match (method, segments) {
             (&Method::POST, ["containers", id, "exec"]) => {
-                let body: ExecCreateBody = parse(&body_bytes(req).await?)?;
+                let body: ExecCreateBody = parse(&body_bytes(req).await?, "ExecOptions")?;
                 let config = ExecConfig {
                     cmd: body.cmd.unwrap_or_default(),
                     env: body.env.unwrap_or_default(),
@@ -106,7 +105,7 @@ impl Api {
                     .await
                     .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
                     .to_bytes();
-                let start: ExecStartBody = parse(&bytes)?;
+                let start: ExecStartBody = parse(&bytes, "ExecStartOptions")?;
                 let req = Request::from_parts(parts, Empty::<Bytes>::new());
                 let keys = self.engine.exec(&id)?.config.detach_keys.clone();
                 let detach = super::detach::keys(Some(&keys)).map_err(ApiError::BadRequest)?;
@@ -137,7 +136,8 @@ impl Api {
             }
             (&Method::POST, ["containers", id, "update"]) => {
                 let id = id.to_string();
-                let body: crate::state::HostConfig = parse(&body_bytes(req).await?)?;
+                let body: crate::state::HostConfig =
+                    parse(&body_bytes(req).await?, "UpdateConfig")?;
                 let warnings = self.engine.update_resources(&id, body).await?;
                 json(StatusCode::OK, &serde_json::json!({ "Warnings": warnings }))
             }

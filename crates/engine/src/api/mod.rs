@@ -9,6 +9,7 @@ mod archive;
 mod detach;
 pub mod error;
 mod exec;
+pub mod gojson;
 pub mod query;
 pub mod server;
 pub mod stream;
@@ -278,10 +279,8 @@ impl Api {
             .await
             .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
             .to_bytes();
-        let mut parsed: types::CreateBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-        // The networking part is not a container config field; keep inspect's Config clean.
-        parsed.config.extra.remove("NetworkingConfig");
+        let parsed =
+            types::CreateBody::decode(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let name = query
             .get("name")
             .filter(|n| !n.is_empty())
@@ -293,6 +292,7 @@ impl Api {
                 name,
                 config: parsed.config,
                 host_config: parsed.host_config,
+                networking_config: parsed.networking_config,
             })
             .await?;
         json(StatusCode::CREATED, &types::CreateResponse { id, warnings })

@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::gojson::{self, GoJsonError};
 use crate::core::{Counts, EngineConfig};
-use crate::state::{ContainerConfig, ContainerRecord, HostConfig, Status};
+use crate::state::{ContainerConfig, ContainerRecord, HostConfig, NetworkingConfig, Status};
 use crate::sysinfo;
 
 /// The API version the engine advertises.
@@ -17,20 +18,38 @@ pub const MIN_API_VERSION: &str = "1.24";
 /// The engine version (`Server: Docker/<version>`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Body of `POST /containers/create`: `Config` fields at the top level, plus `HostConfig`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+/// Body of `POST /containers/create`: `Config` fields at the top level, plus `HostConfig` and
+/// `NetworkingConfig` (moby's `container.CreateRequest`).
+#[derive(Debug, Default)]
 pub struct CreateBody {
     /// The container config.
-    #[serde(flatten)]
     pub config: ContainerConfig,
     /// The host config.
-    #[serde(default, deserialize_with = "null_host_config")]
     pub host_config: HostConfig,
+    /// The networks to join.
+    pub networking_config: NetworkingConfig,
 }
 
-fn null_host_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HostConfig, D::Error> {
-    Ok(Option::<HostConfig>::deserialize(d)?.unwrap_or_default())
+impl CreateBody {
+    /// Decodes a body as dockerd does (see [`gojson`]). The parts are decoded apart rather
+    /// than through `#[serde(flatten)]`, which would buffer the `Config` fields and lose the
+    /// decoder's field matching inside them.
+    pub fn decode(bytes: &[u8]) -> Result<CreateBody, GoJsonError> {
+        let mut object = gojson::parse_object(bytes)?;
+        let host = gojson::take_field(&mut object, "HostConfig");
+        let networking = gojson::take_field(&mut object, "NetworkingConfig");
+        Ok(CreateBody {
+            config: gojson::from_object(&object, "CreateRequest", &[])?,
+            host_config: gojson::from_field(host, "HostConfig", "container.HostConfig")?
+                .unwrap_or_default(),
+            networking_config: gojson::from_field(
+                networking,
+                "NetworkingConfig",
+                "network.NetworkingConfig",
+            )?
+            .unwrap_or_default(),
+        })
+    }
 }
 
 /// Answer of `POST /containers/create`.
@@ -369,11 +388,38 @@ mod tests {
 
     #[test]
     fn create_body_splits_config_and_host_config() {
-        let body = r#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"AutoRemove":true,
+        let body = br#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"AutoRemove":true,
             "NetworkMode":"default","Binds":null},"NetworkingConfig":{}}"#;
-        let parsed: CreateBody = serde_json::from_str(body).unwrap();
+        let parsed = CreateBody::decode(body).unwrap();
         assert!(parsed.host_config.auto_remove);
         assert_eq!(parsed.config.image, "busybox");
-        assert!(!parsed.config.extra.contains_key("HostConfig"));
+        assert!(parsed.config.extra.is_empty());
+        // docker-py's lowercase spellings, down to nested structs.
+        let body = br#"{"image":"busybox","hostConfig":{"restartPolicy":{"name":"always"}},
+            "healthcheck":{"test":["NONE"]},
+            "networkingConfig":{"endpointsConfig":{"default":{"aliases":["a"]}}}}"#;
+        let parsed = CreateBody::decode(body).unwrap();
+        assert_eq!(parsed.config.image, "busybox");
+        assert_eq!(parsed.host_config.restart_policy.name, "always");
+        assert_eq!(
+            parsed.config.healthcheck.unwrap().test,
+            Some(vec!["NONE".to_string()])
+        );
+        let endpoint = parsed.networking_config.endpoints_config["default"].clone();
+        assert_eq!(endpoint.unwrap().aliases, Some(vec!["a".to_string()]));
+        assert_eq!(
+            CreateBody::decode(br#"{"Image":"busybox","HostConfig":{"Memory":"lots"}}"#)
+                .unwrap_err()
+                .to_string(),
+            "invalid JSON: json: cannot unmarshal string into Go struct field \
+             HostConfig.HostConfig.Memory of type int64"
+        );
+        assert_eq!(
+            CreateBody::decode(br#"{"Image":"busybox","HostConfig":"x"}"#)
+                .unwrap_err()
+                .to_string(),
+            "invalid JSON: json: cannot unmarshal string into Go struct field \
+             CreateRequest.HostConfig of type container.HostConfig"
+        );
     }
 }

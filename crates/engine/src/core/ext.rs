@@ -25,8 +25,9 @@ use crate::state::{ContainerRecord, HostConfig, Status};
 const MIN_MEMORY: i64 = 6 * 1024 * 1024;
 /// dockerd's default `/dev/shm` size (64 MiB), shown as `HostConfig.ShmSize`.
 const DEFAULT_SHM_SIZE: i64 = 64 * 1024 * 1024;
-/// The runtime name `HostConfig.Runtime` gets, the default runtime `/info` reports.
-pub const DEFAULT_RUNTIME: &str = "rmachine";
+/// The runtime name `HostConfig.Runtime` gets, the default runtime `/info` reports: clients
+/// (docker-py, compose) expect dockerd's `runc`, and rmachine-runtime stands in for it.
+pub const DEFAULT_RUNTIME: &str = "runc";
 
 /// State of the features this module adds, kept beside the container table.
 #[derive(Debug, Default)]
@@ -220,6 +221,16 @@ pub fn create_warnings(host: &HostConfig) -> Vec<String> {
 /// Fills the `HostConfig` fields dockerd sets at create when the client leaves them empty
 /// (daemon/create.go, daemon_unix.go `adaptContainerSettings`), so that `inspect` shows what
 /// the container gets.
+/// The cgroup namespace a container gets: its own on cgroup v2, the host's on v1 (dockerd's
+/// defaults, which the runtime follows).
+pub(super) fn default_cgroupns_mode() -> &'static str {
+    if crate::sysinfo::cgroup_version() == "2" {
+        "private"
+    } else {
+        "host"
+    }
+}
+
 fn fill_defaults(host: &mut HostConfig) {
     if host.ipc_mode.is_empty() {
         host.ipc_mode = "private".into();
@@ -231,12 +242,7 @@ fn fill_defaults(host: &mut HostConfig) {
         host.runtime = DEFAULT_RUNTIME.into();
     }
     if host.cgroupns_mode.is_empty() {
-        host.cgroupns_mode = if crate::sysinfo::cgroup_version() == "2" {
-            "private"
-        } else {
-            "host"
-        }
-        .into();
+        host.cgroupns_mode = default_cgroupns_mode().into();
     }
     // A privileged container gets no masks, and dockerd leaves the lists null for it.
     if !host.privileged {
@@ -720,6 +726,7 @@ impl Engine {
     ) -> Result<Vec<String>, EngineError> {
         // As dockerd: the request is checked on its own first (verifyContainerSettings), then
         // against the container.
+        super::unsupported::check_update(&update)?;
         verify_resources(&update)?;
         super::restart::validate_policy(&update.restart_policy)?;
         let c = self.container(reference)?;

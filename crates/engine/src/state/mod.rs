@@ -674,6 +674,76 @@ impl Default for HostConfig {
     }
 }
 
+/// `NetworkingConfig` of a create request (not stored: the engine has no networks to join).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfig {
+    /// The networks to join, by name, with the endpoint settings asked for.
+    #[serde(deserialize_with = "null_default")]
+    pub endpoints_config: BTreeMap<String, Option<EndpointSettings>>,
+}
+
+/// One network's `EndpointSettings` in a create request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointSettings {
+    /// `--ip`, `--ip6`, `--link-local-ip`.
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<serde_json::Value>,
+    /// `--link` on a user network.
+    pub links: Option<Vec<String>>,
+    /// `--network-alias`.
+    pub aliases: Option<Vec<String>>,
+    /// `--mac-address`.
+    pub mac_address: String,
+    /// `--network name=...,driver-opt=...`.
+    pub driver_opts: Option<BTreeMap<String, String>>,
+    /// `--network name=...,gw-priority=...`.
+    pub gw_priority: i64,
+    /// Operational data a client may echo back.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// Operational data a client may echo back.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Operational data a client may echo back.
+    pub gateway: String,
+    /// Operational data a client may echo back.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Operational data a client may echo back.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: i64,
+    /// Operational data a client may echo back.
+    #[serde(rename = "IPv6Gateway")]
+    pub ipv6_gateway: String,
+    /// Operational data a client may echo back.
+    #[serde(rename = "GlobalIPv6Address")]
+    pub global_ipv6_address: String,
+    /// Operational data a client may echo back.
+    #[serde(rename = "GlobalIPv6PrefixLen")]
+    pub global_ipv6_prefix_len: i64,
+    /// Operational data a client may echo back.
+    #[serde(rename = "DNSNames")]
+    pub dns_names: Option<Vec<String>>,
+}
+
+impl EndpointSettings {
+    /// Whether nothing is asked of the endpoint (the CLI sends all zero values by default).
+    pub fn is_empty(&self) -> bool {
+        let empty = |list: &Option<Vec<String>>| list.as_ref().is_none_or(Vec::is_empty);
+        self.ipam_config
+            .as_ref()
+            .is_none_or(|v| v.is_null() || v.as_object().is_some_and(|m| m.is_empty()))
+            && empty(&self.links)
+            && empty(&self.aliases)
+            && empty(&self.dns_names)
+            && self.mac_address.is_empty()
+            && self.driver_opts.as_ref().is_none_or(BTreeMap::is_empty)
+            && self.gw_priority == 0
+    }
+}
+
 /// Lifecycle status as Docker names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
