@@ -727,6 +727,7 @@ impl Engine {
         // As dockerd: the request is checked on its own first (verifyContainerSettings), then
         // against the container.
         super::unsupported::check_update(&update)?;
+        super::options::check_update(&update)?;
         verify_resources(&update)?;
         super::restart::validate_policy(&update.restart_policy)?;
         let c = self.container(reference)?;

@@ -136,6 +136,34 @@ pub(super) fn validate(
     Ok(())
 }
 
+/// `docker update` bodies carry Docker's whole `Resources`, which holds `Ulimits`, `Devices`
+/// and `DeviceCgroupRules`; dockerd ignores them there, this engine refuses rather than drop
+/// them.
+pub(super) fn check_update(update: &HostConfig) -> Result<(), EngineError> {
+    let set = |list: Option<usize>| list.is_some_and(|n| n > 0);
+    for (asked, what) in [
+        (
+            set(update.ulimits.as_ref().map(Vec::len)),
+            "ulimits (--ulimit)",
+        ),
+        (
+            set(update.devices.as_ref().map(Vec::len)),
+            "devices (--device)",
+        ),
+        (
+            set(update.device_cgroup_rules.as_ref().map(Vec::len)),
+            "device cgroup rules (--device-cgroup-rule)",
+        ),
+    ] {
+        if asked {
+            return Err(invalid(format!(
+                "rmachine-engine does not change {what} of a created container: recreate it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// dockerd's test of a donor container's IPC: only `shareable` (and `host`, or a container
 /// that itself joined one) leaves something to join.
 fn check_shareable(donor: &ContainerRecord, target: &str) -> Result<(), EngineError> {
@@ -674,6 +702,17 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "conflicting options: hostname and the UTS mode"
+        );
+    }
+
+    #[test]
+    fn updates_with_ulimits_or_devices_are_refused() {
+        assert!(check_update(&host(json!({"Memory": 1}))).is_ok());
+        assert_eq!(
+            check_update(&host(json!({"Ulimits": [{"Name": "nofile", "Soft": 1, "Hard": 1}]})))
+                .unwrap_err()
+                .to_string(),
+            "rmachine-engine does not change ulimits (--ulimit) of a created container: recreate it"
         );
     }
 
