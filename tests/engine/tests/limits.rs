@@ -214,6 +214,33 @@ fn oom_score_adj_is_the_processs_and_out_of_range_is_refused() -> anyhow::Result
         ])?
         .ok()?;
     assert_eq!(run.stdout, "500\n");
+    // Lowering it below 0 needs CAP_SYS_RESOURCE (the guest's engine has it, this host's not).
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16))
+        .transpose()?
+        .unwrap_or(0);
+    let run = engine.docker(&[
+        "run",
+        "--rm",
+        "--oom-score-adj",
+        "-500",
+        "busybox",
+        "cat",
+        "/proc/self/oom_score_adj",
+    ])?;
+    if cap_eff & (1 << 24) != 0 {
+        assert_eq!(run.ok()?.stdout, "-500\n");
+    } else {
+        assert_eq!(run.code, 125, "{run:?}");
+        assert!(
+            run.stderr
+                .contains("--oom-score-adj -500: a negative value needs CAP_SYS_RESOURCE"),
+            "{run:?}"
+        );
+    }
     let run = engine.docker(&["run", "--oom-score-adj", "1001", "busybox", "true"])?;
     assert_eq!(run.code, 125, "{run:?}");
     assert!(

@@ -120,6 +120,15 @@ pub(super) fn validate(
             "Invalid value {oom}, range for oom score adj is [-1000, 1000]"
         )));
     }
+    // The kernel refuses a value below 0 (the inherited minimum) without CAP_SYS_RESOURCE:
+    // the start would fail, so say it now.
+    if oom < 0 && !has_sys_resource() {
+        // Worded without "permission denied", which the CLI turns into exit code 126.
+        return Err(invalid(format!(
+            "--oom-score-adj {oom}: a negative value needs CAP_SYS_RESOURCE, which this \
+             engine does not have"
+        )));
+    }
     let limits = rlimits(host)?;
     check_rlimits_reachable(&limits)?;
     let namespaces = static_namespaces(host);
