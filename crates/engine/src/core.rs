@@ -681,9 +681,7 @@ impl Engine {
                 source: e,
             })?;
         let config = &record.config;
-        let hostname = if let Some(host) = options::host_uts(&record.host_config) {
-            host
-        } else if config.hostname.is_empty() {
+        let hostname = if config.hostname.is_empty() {
             record.short_id().to_string()
         } else {
             config.hostname.clone()

@@ -616,14 +616,6 @@ pub(super) fn resolv_conf(host_config: &HostConfig, host_resolv: &str) -> String
     out
 }
 
-/// The hostname a container with `--uts host` shows: the host's.
-pub(super) fn host_uts(host_config: &HostConfig) -> Option<String> {
-    (host_config.uts_mode == "host")
-        .then(|| nix::unistd::gethostname().ok())
-        .flatten()
-        .map(|name| name.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
