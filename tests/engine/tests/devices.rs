@@ -130,3 +130,28 @@ fn a_bad_cgroup_rule_is_refused_with_125_and_leaves_nothing() -> anyhow::Result<
     assert_eq!(all.stdout, "", "a container was left behind");
     Ok(())
 }
+
+#[test]
+fn a_directory_of_devices_brings_every_node_under_it() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    assert!(
+        std::path::Path::new("/dev/net/tun").exists(),
+        "this host has /dev/net/tun"
+    );
+    let run = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--device",
+            "/dev/net:/dev/mynet",
+            "busybox",
+            "sh",
+            "-c",
+            "stat -c '%F %t:%T' /dev/mynet/tun && exec 3<>/dev/mynet/tun && echo opened",
+        ])?
+        .ok()?;
+    assert_eq!(run.stdout, "character special file a:c8\nopened\n");
+    Ok(())
+}
