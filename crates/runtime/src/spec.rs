@@ -527,6 +527,13 @@ pub enum SysctlError {
         /// The key.
         key: String,
     },
+    /// A key with an empty or `..` component, which could name a path outside its namespace's
+    /// directory (`net/../kernel/core_pattern`).
+    #[error("sysctl {key:?} is not a valid sysctl name")]
+    Invalid {
+        /// The key.
+        key: String,
+    },
     /// Anything else: it would change the host.
     #[error("sysctl {key:?} is not in a separate kernel namespace")]
     NotNamespaced {
@@ -560,6 +567,10 @@ pub fn check_sysctls<'a>(
         .filter_map(|key| {
             let name = key.replace('/', ".");
             let key = key.clone();
+            // `.` and `/` both separate components, so `..` cannot appear in a valid key.
+            if name.split('.').any(str::is_empty) {
+                return Some(SysctlError::Invalid { key });
+            }
             if IPC_SYSCTLS.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
                 return (!own(&namespaces.ipc)).then_some(SysctlError::HostIpc { key });
             }
@@ -861,6 +872,24 @@ mod tests {
             vec![
                 "sysctl \"vm.max_map_count\" is not in a separate kernel namespace",
                 "sysctl \"kernel.hostname\" is not allowed as it conflicts with the OCI \"hostname\" field",
+            ]
+        );
+        assert_eq!(
+            errors(
+                &[
+                    "net/../kernel/core_pattern",
+                    "net.ipv4..x",
+                    "net.",
+                    "kernel.sem/"
+                ],
+                &private,
+                true
+            ),
+            vec![
+                "sysctl \"net/../kernel/core_pattern\" is not a valid sysctl name",
+                "sysctl \"net.ipv4..x\" is not a valid sysctl name",
+                "sysctl \"net.\" is not a valid sysctl name",
+                "sysctl \"kernel.sem/\" is not a valid sysctl name",
             ]
         );
         let host = Namespaces {

@@ -193,6 +193,25 @@ fn sysctls_of_a_shared_namespace_are_refused_with_runcs_text() -> anyhow::Result
             .contains("sysctl \"kernel.domainname\" is not in a separate kernel namespace"),
         "{run:?}"
     );
+    // A key that climbs out of its namespace's directory would reach a host-wide knob.
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern")?;
+    let run = engine.docker(&[
+        "run",
+        "--sysctl",
+        "net.ipv4/../../kernel/core_pattern=|/bin/false",
+        "busybox",
+        "true",
+    ])?;
+    assert_eq!(run.code, 125, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("sysctl \"net.ipv4/../../kernel/core_pattern\" is not a valid sysctl name"),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern")?,
+        core_pattern
+    );
     assert_none_left(&engine)?;
     Ok(())
 }
