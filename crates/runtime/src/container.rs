@@ -352,13 +352,7 @@ pub fn setup_in(
                 source: errno.into(),
             })?;
     }
-    if let Some(value) = features.oom_score_adj {
-        sys.write_file(Path::new("/proc/self/oom_score_adj"), &value.to_string())
-            .map_err(|errno| ContainerError::OomScoreAdj {
-                value,
-                source: errno.into(),
-            })?;
-    }
+    set_oom_score_adj(sys, features)?;
     // The socket is a host path: connect while the host's tree is still reachable.
     let console_socket = connect_console(sys, features.console_socket.as_deref(), &spec.process)?;
     rootfs::prepare_with(
@@ -393,6 +387,18 @@ pub fn setup_in(
         let _ = sys.set_title(&title);
     }
     become_process(sys, &spec.process, capabilities, capabilities, features)
+}
+
+/// Writes [`Features::oom_score_adj`] through the runtime's (the host's) `/proc`.
+fn set_oom_score_adj(sys: &dyn Syscall, features: &Features) -> Result<(), ContainerError> {
+    let Some(value) = features.oom_score_adj else {
+        return Ok(());
+    };
+    sys.write_file(Path::new("/proc/self/oom_score_adj"), &value.to_string())
+        .map_err(|errno| ContainerError::OomScoreAdj {
+            value,
+            source: errno.into(),
+        })
 }
 
 /// The `RLIMIT_*` numbers and limits of [`Features::rlimits`].
@@ -480,6 +486,8 @@ pub fn setup_exec_with(
         features.privileged || privileged,
     )?;
     let console = connect_console(sys, console_socket, process)?;
+    // Exec processes share the container's OOM score, as runc gives them.
+    set_oom_score_adj(sys, features)?;
     for (name, flag) in EXEC_NAMESPACES {
         let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
         sys.setns(&path, flag)
@@ -1477,8 +1485,9 @@ mod tests {
     }
 
     #[test]
-    fn exec_processes_get_the_containers_rlimits() {
+    fn exec_processes_get_the_containers_rlimits_and_oom_score() {
         let features = Features {
+            oom_score_adj: Some(-7),
             rlimits: vec![crate::spec::Rlimit {
                 name: "nofile".into(),
                 soft: 10,
@@ -1498,5 +1507,9 @@ mod tests {
         });
         let setuid = calls.iter().position(|c| *c == Call::Setuid(1000));
         assert!(rlimit.is_some() && rlimit < setuid, "{calls:?}");
+        assert!(calls.contains(&Call::WriteFile {
+            path: "/proc/self/oom_score_adj".into(),
+            value: "-7".into(),
+        }));
     }
 }

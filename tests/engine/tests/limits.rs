@@ -233,6 +233,25 @@ fn oom_score_adj_is_the_processs_and_out_of_range_is_refused() -> anyhow::Result
         ])?
         .ok()?;
     assert_eq!(run.stdout, "500\n");
+    // docker exec processes share it.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "scored",
+            "--oom-score-adj",
+            "400",
+            "busybox",
+            "sleep",
+            "1000",
+        ])?
+        .ok()?;
+    let exec = engine
+        .docker(&["exec", "scored", "cat", "/proc/self/oom_score_adj"])?
+        .ok()?;
+    assert_eq!(exec.stdout, "400\n");
+    engine.docker(&["rm", "-f", "scored"])?.ok()?;
     // Lowering it below 0 needs CAP_SYS_RESOURCE (the guest's engine has it, this host's not).
     let status = std::fs::read_to_string("/proc/self/status")?;
     let cap_eff = status
