@@ -328,12 +328,18 @@ impl<'de> Deserializer<'de> for GoValue<'de> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         let expecting = Expecting(&visitor).to_string();
         let fields = flattened_fields(&expecting);
+        // At the root, the caller names the Go struct (`CreateRequest` embeds `Config`).
         let go_struct = match expecting.strip_prefix("struct ") {
-            Some(name) if fields.is_some() => go_struct_name(name),
+            Some(name) if fields.is_some() && !self.path.is_empty() => go_struct_name(name),
             _ => self.go_struct,
         };
         // A map's keys are data, not field names: only a flattened struct's are matched.
-        self.map(visitor, fields, static_name(go_struct))
+        let go_struct = if go_struct == self.go_struct {
+            self.go_struct
+        } else {
+            static_name(go_struct)
+        };
+        self.map(visitor, fields, go_struct)
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -518,6 +524,20 @@ mod tests {
         // Unknown fields are kept as sent; a map's keys are data, left alone.
         assert_eq!(host.extra["Future"], 1);
         assert!(host.tmpfs.unwrap().contains_key("/Run"));
+    }
+
+    #[test]
+    fn docker_string_or_list_fields_decode_both_ways() {
+        let config: crate::state::ContainerConfig = from_slice(
+            br#"{"cmd":"echo hi","Entrypoint":["sh","-c"],"env":null,"Labels":{"A":"1"}}"#,
+            "CreateRequest",
+        )
+        .unwrap();
+        assert_eq!(config.cmd, Some(vec!["echo hi".to_string()]));
+        assert_eq!(config.entrypoint, Some(vec!["sh".into(), "-c".into()]));
+        assert!(config.env.is_empty());
+        // Label names are data: kept as sent.
+        assert_eq!(config.labels["A"], "1");
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
     if host.log_config.kind.is_empty() {
         host.log_config.kind = "json-file".into();
     }
+    // Records made before the runtime took runc's name call it by its own.
+    if host.runtime == "rmachine" {
+        host.runtime = crate::core::DEFAULT_RUNTIME.into();
+    }
     // Records made before create cleared the CLI's "not set" -1 (`fixMemorySwappiness`).
     if host.memory_swappiness == Some(-1) {
         host.memory_swappiness = None;

@@ -7,6 +7,9 @@
 //! every option not given, is not asking), and which `docker` flags set it. The capability
 //! that implements an option deletes its line.
 //!
+//! Fields the typed structs do not know (a newer API's, or one since removed) are kept for
+//! `inspect` while zero and refused, by their API name, when set.
+//!
 //! Options Docker itself refuses on Linux (`Isolation`, the Windows QoS limits, unknown
 //! runtimes) are checked here too, with dockerd's texts.
 
@@ -104,7 +107,38 @@ pub(super) fn check_create(request: &Request<'_>) -> Result<(), EngineError> {
     if let Some(entry) = REFUSED.iter().find(|e| (e.set)(request)) {
         return Err(refuse(entry));
     }
+    // A field of a newer API (or an old one since removed, like KernelMemory) is kept for
+    // inspect when it asks for nothing, refused when it asks for something.
+    let unknown = [
+        ("HostConfig", &request.host.extra),
+        ("Config", &request.config.extra),
+    ]
+    .into_iter()
+    .find_map(|(part, extra)| {
+        extra
+            .iter()
+            .find(|(_, value)| !is_zero(value))
+            .map(|(field, _)| format!("{part}.{field}"))
+    });
+    if let Some(field) = unknown {
+        return Err(EngineError::InvalidParameter {
+            reason: format!("rmachine-engine does not support {field} yet"),
+        });
+    }
     check_host(request.host)
+}
+
+/// Go's zero values (and empty collections), which ask for nothing.
+fn is_zero(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
 }
 
 /// Refuses an update that asks for a limit this engine does not implement, or one dockerd
@@ -262,6 +296,15 @@ mod tests {
         for (body, message) in cases {
             assert_eq!(check(body), Err(message.to_string()), "{body}");
         }
+        // Fields this engine does not know: kept when zero, refused when set.
+        assert_eq!(
+            check(r#"{"HostConfig":{"KernelMemory":10485760}}"#),
+            Err("rmachine-engine does not support HostConfig.KernelMemory yet".into())
+        );
+        assert_eq!(
+            check(r#"{"HostConfig":{"KernelMemory":0},"Future":{}}"#),
+            Ok(())
+        );
         // `--no-healthcheck` asks for no check, which is what runs.
         assert_eq!(check(r#"{"Healthcheck":{"Test":["NONE"]}}"#), Ok(()));
         // A privileged container has no masked paths whatever the lists say.
