@@ -88,7 +88,7 @@ pub enum ContainerError {
     /// A `--cap-add` or `--cap-drop` name is unknown.
     #[error(transparent)]
     Capability(#[from] CapabilityError),
-    /// A `--sysctl` is not namespaced, or could not be written.
+    /// A `--sysctl` could not be written.
     #[error("write sysctl key {key}")]
     Sysctl {
         /// The key.
@@ -1317,7 +1317,7 @@ mod tests {
                 ..Default::default()
             },
             dev_shm: crate::spec::DevShm::Bind {
-                source: "/proc/77/root/dev/shm".into(),
+                source: "/data/containers/d/shm".into(),
             },
             ..Features::default()
         };
@@ -1336,7 +1336,7 @@ mod tests {
         );
         assert!(!calls.iter().any(|c| matches!(c, Call::Sethostname(_))));
         assert!(calls.contains(&Call::Mount {
-            source: Some("/proc/77/root/dev/shm".into()),
+            source: Some("/data/containers/d/shm".into()),
             target: "/c/merged/dev/shm".into(),
             fstype: None,
             flags: MsFlags::MS_BIND | MsFlags::MS_REC,

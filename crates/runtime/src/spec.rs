@@ -366,8 +366,10 @@ pub enum DevShm {
     Tmpfs,
     /// No `/dev/shm` at all (`--ipc none`).
     None,
-    /// A bind of another one: the host's `/dev/shm` (`--ipc host`), or the donor container's
-    /// (`/proc/PID/root/dev/shm` for `--ipc container:ID`).
+    /// A bind of a host directory: the host's `/dev/shm` (`--ipc host`), or the tmpfs the
+    /// engine mounted for a `shareable` container (its own and its `container:ID` joiners'). It
+    /// MUST be a mount of the runtime's mount namespace: the kernel refuses to bind one of
+    /// another namespace (such as a path through `/proc/PID/root`).
     Bind {
         /// Host path of the directory bound.
         source: PathBuf,
@@ -781,7 +783,7 @@ mod tests {
     fn container_options_are_camel_case_and_tagged() {
         let features: Features = serde_json::from_str(
             r#"{"namespaces":{"pid":{"mode":"host"},"ipc":{"mode":"path","path":"/proc/7/ns/ipc"},"cgroup":{"mode":"private"}},
-                "devShm":{"mode":"bind","source":"/proc/7/root/dev/shm"},
+                "devShm":{"mode":"bind","source":"/data/containers/d/shm"},
                 "rlimits":[{"name":"nofile","soft":100,"hard":200}],
                 "sysctls":{"kernel.shmmax":"1000"},
                 "devices":[{"source":"/dev/null","destination":"/dev/mynull","allow":{"kind":"c","major":1,"minor":3,"access":"rw"}}],
@@ -801,7 +803,7 @@ mod tests {
         assert_eq!(
             features.dev_shm,
             DevShm::Bind {
-                source: "/proc/7/root/dev/shm".into()
+                source: "/data/containers/d/shm".into()
             }
         );
         assert_eq!(features.rlimits[0].hard, 200);
