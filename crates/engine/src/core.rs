@@ -34,6 +34,7 @@ mod archive;
 mod ext;
 mod health;
 pub(crate) mod lookup;
+mod options;
 mod restart;
 mod signal;
 mod unsupported;
@@ -468,6 +469,9 @@ impl Engine {
         }
         config::validate_config(&mut config)?;
         restart::validate_create(&config, &host_config)?;
+        options::validate(&mut host_config, &config, &|r| {
+            self.container(r).ok().map(|c| (c.record(), c.dir.clone()))
+        })?;
         let image = self.resolve_image(&config.image).await?;
         config::merge_image_config(&mut config, &image);
         config::check_working_dir(
@@ -574,13 +578,19 @@ impl Engine {
         let _ = std::fs::remove_file(c.dir.join(spec::OOM_KILLED_FILE));
         // A start that fails before the runtime runs (e.g. an unknown `-u` user) ends like one
         // the runtime refused: the error is recorded, waiters are told, `--rm` removes it.
-        let launched = match self.prepare(&c, &record).await {
-            Ok(spec) => {
+        let prepared = self.prepare(&c, &record).await.and_then(|spec| {
+            let mut features = ext::features_of(&record.host_config);
+            options::apply(&record, &c.dir, &mut features, &|r| {
+                self.container(r).ok().map(|c| (c.record(), c.dir.clone()))
+            })?;
+            Ok((spec, features))
+        });
+        let launched = match prepared {
+            Ok((spec, features)) => {
                 let stdio = launch::StdioOptions {
                     open_stdin: record.config.open_stdin,
                     console_size: config::console_size(&record.host_config),
                 };
-                let features = ext::features_of(&record.host_config);
                 let runtime = &self.inner.config.runtime;
                 launch::launch_with(runtime, &c.dir, &spec, features, stdio)
                     .await
@@ -690,7 +700,7 @@ impl Engine {
             (
                 "resolv.conf",
                 "/etc/resolv.conf",
-                launch::resolv_conf(&host_resolv),
+                options::resolv_conf(&record.host_config, &host_resolv),
             ),
         ];
         let mut etc_files = Vec::new();
@@ -833,6 +843,7 @@ impl Engine {
 
     async fn finish_run(&self, c: &Arc<Container>, code: i64) {
         info!(container = %c.id, exit_code = code, "exited");
+        options::unmount_shm(&c.dir);
         self.emit(&c.record(), "die", &[("exitCode", code.to_string())]);
         self.health_stop(c);
         c.update(|r| {
@@ -1035,6 +1046,8 @@ impl Engine {
         if c.lifecycle().borrow().removed {
             return Ok(());
         }
+        // Left mounted by an engine that died before seeing the exit.
+        options::unmount_shm(&c.dir);
         self.inner.state.remove(&c.id)?;
         self.forget(c);
         // Clients attached to a container that never ran would otherwise wait forever.

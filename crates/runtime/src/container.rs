@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::caps::{self, CapabilityError};
 use crate::lookup::{self, LookupError};
 use crate::rootfs::{self, RootfsError, RootfsOptions};
-use crate::spec::{Failed, Features, NetworkNamespace, Process, RuntimeSpec};
+use crate::spec::{self, Failed, Features, Namespace, NetworkNamespace, Process, RuntimeSpec};
 use crate::syscall::{CloneFlags, Errno, FileKind, SysError, Syscall};
 
 /// The umask containers start with, as under Docker.
@@ -88,6 +88,42 @@ pub enum ContainerError {
     /// A `--cap-add` or `--cap-drop` name is unknown.
     #[error(transparent)]
     Capability(#[from] CapabilityError),
+    /// A `--sysctl` could not be written.
+    #[error("write sysctl key {key}")]
+    Sysctl {
+        /// The key.
+        key: String,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// A `--sysctl` would change the host.
+    #[error(transparent)]
+    SysctlRefused(#[from] spec::SysctlError),
+    /// A `--ulimit` name is unknown.
+    #[error("invalid ulimit type: {name}")]
+    RlimitName {
+        /// The name.
+        name: String,
+    },
+    /// `setrlimit` failed (a hard limit above the runtime's own without `CAP_SYS_RESOURCE`).
+    #[error("error setting rlimit type {resource}")]
+    Rlimit {
+        /// The `RLIMIT_*` number, as runc names it.
+        resource: i32,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// `/proc/self/oom_score_adj` could not be written.
+    #[error("set oom_score_adj to {value}")]
+    OomScoreAdj {
+        /// The value asked for.
+        value: i32,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
     /// The engine's console socket could not be reached.
     #[error("connect to console socket {}", path.display())]
     ConsoleSocket {
@@ -233,20 +269,53 @@ pub fn setup_in(
 ) -> Result<Exec, ContainerError> {
     // Checked first: a bad name must fail before anything is built.
     let capabilities = caps::capability_mask(features.capabilities.as_ref(), features.privileged)?;
+    let namespaces = &features.namespaces;
+    if let Some(refused) = spec::check_sysctls(
+        features.sysctls.keys(),
+        namespaces,
+        spec.network != NetworkNamespace::Host,
+    )
+    .into_iter()
+    .next()
+    {
+        return Err(refused.into());
+    }
+    let rlimits = rlimits_of(features)?;
     // Mountpoints and the working directory are created 0755 whatever the engine's umask is.
     sys.umask(CONTAINER_UMASK);
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    // Docker's default cgroup namespace follows the host's cgroup version.
+    let cgroup_ns = namespaces.cgroup.clone().unwrap_or(match cgroups {
+        CgroupView::Private => Namespace::Private,
+        _ => Namespace::Host,
+    });
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    let mut joins = Vec::new();
+    for (ns, flag, name) in [
+        (&namespaces.uts, CloneFlags::CLONE_NEWUTS, "uts"),
+        (&namespaces.ipc, CloneFlags::CLONE_NEWIPC, "ipc"),
+        (&cgroup_ns, CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+    ] {
+        match ns {
+            Namespace::Private => flags |= flag,
+            Namespace::Host => {}
+            Namespace::Path { path } => joins.push((path, flag, name)),
+        }
+    }
     if spec.network == NetworkNamespace::Loopback {
         flags |= CloneFlags::CLONE_NEWNET;
-    }
-    if cgroups == CgroupView::Private {
-        flags |= CloneFlags::CLONE_NEWCGROUP;
     }
     sys.unshare(flags)
         .map_err(|errno| ContainerError::Namespace {
             what: format!("new {} namespace", namespace_names(flags)),
             source: errno.into(),
         })?;
+    for (path, flag, name) in joins {
+        sys.setns(path, flag)
+            .map_err(|errno| ContainerError::Namespace {
+                what: format!("join {name} namespace {}", path.display()),
+                source: errno.into(),
+            })?;
+    }
     match &spec.network {
         NetworkNamespace::Loopback => {
             sys.loopback_up()
@@ -264,13 +333,26 @@ pub fn setup_in(
         }
         NetworkNamespace::Host => {}
     }
-    if !spec.hostname.is_empty() {
+    // In the host's UTS namespace the name is the host's (Docker clears it).
+    if !spec.hostname.is_empty() && namespaces.uts == Namespace::Private {
         sys.sethostname(&spec.hostname)
             .map_err(|errno| ContainerError::Hostname {
                 hostname: spec.hostname.clone(),
                 source: errno.into(),
             })?;
     }
+    // Written through the runtime's /proc while the tree is still the host's: the ipc, uts
+    // and net knobs act on the writer's namespaces, which are now the container's, and the
+    // container's own /proc/sys is read-only once mounted.
+    for (key, value) in &features.sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        sys.write_file(&path, value)
+            .map_err(|errno| ContainerError::Sysctl {
+                key: key.clone(),
+                source: errno.into(),
+            })?;
+    }
+    set_oom_score_adj(sys, features)?;
     // The socket is a host path: connect while the host's tree is still reachable.
     let console_socket = connect_console(sys, features.console_socket.as_deref(), &spec.process)?;
     rootfs::prepare_with(
@@ -286,9 +368,17 @@ pub fn setup_in(
                 _ => Vec::new(),
             },
             shm_size: features.shm_size,
+            dev_shm: features.dev_shm.clone(),
+            devices: features
+                .devices
+                .iter()
+                .map(|d| (d.source.clone(), d.destination.clone()))
+                .collect(),
         },
     )?;
     enter_cwd(sys, &spec.process.cwd, true)?;
+    // Last, so a low limit (nofile, nproc) cannot starve the runtime's own setup.
+    set_rlimits(sys, &rlimits)?;
     if features.init {
         // Cosmetic (what `ps` shows), and it needs CAP_SYS_RESOURCE, which only root has now:
         // a failure changes nothing for the container.
@@ -297,6 +387,44 @@ pub fn setup_in(
         let _ = sys.set_title(&title);
     }
     become_process(sys, &spec.process, capabilities, capabilities, features)
+}
+
+/// Writes [`Features::oom_score_adj`] through the runtime's (the host's) `/proc`.
+fn set_oom_score_adj(sys: &dyn Syscall, features: &Features) -> Result<(), ContainerError> {
+    let Some(value) = features.oom_score_adj else {
+        return Ok(());
+    };
+    sys.write_file(Path::new("/proc/self/oom_score_adj"), &value.to_string())
+        .map_err(|errno| ContainerError::OomScoreAdj {
+            value,
+            source: errno.into(),
+        })
+}
+
+/// The `RLIMIT_*` numbers and limits of [`Features::rlimits`].
+fn rlimits_of(features: &Features) -> Result<Vec<(i32, u64, u64)>, ContainerError> {
+    features
+        .rlimits
+        .iter()
+        .map(|limit| {
+            spec::rlimit_resource(&limit.name)
+                .map(|resource| (resource, limit.soft, limit.hard))
+                .ok_or_else(|| ContainerError::RlimitName {
+                    name: limit.name.clone(),
+                })
+        })
+        .collect()
+}
+
+fn set_rlimits(sys: &dyn Syscall, rlimits: &[(i32, u64, u64)]) -> Result<(), ContainerError> {
+    for &(resource, soft, hard) in rlimits {
+        sys.setrlimit(resource, soft, hard)
+            .map_err(|errno| ContainerError::Rlimit {
+                resource,
+                source: errno.into(),
+            })?;
+    }
+    Ok(())
 }
 
 /// Connects to the engine's console socket when the process has a terminal and one was given.
@@ -358,6 +486,8 @@ pub fn setup_exec_with(
         features.privileged || privileged,
     )?;
     let console = connect_console(sys, console_socket, process)?;
+    // Exec processes share the container's OOM score, as runc gives them.
+    set_oom_score_adj(sys, features)?;
     for (name, flag) in EXEC_NAMESPACES {
         let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
         sys.setns(&path, flag)
@@ -379,6 +509,8 @@ pub fn setup_exec_with(
             })?;
     }
     enter_cwd(sys, &process.cwd, false)?;
+    // As with runc, `exec` processes get the container's `--ulimit`s.
+    set_rlimits(sys, &rlimits_of(features)?)?;
     become_process(sys, process, capabilities, container_capabilities, features)
 }
 
@@ -1171,5 +1303,213 @@ mod tests {
             .calls()
             .iter()
             .any(|c| matches!(c, Call::MkdirAll { .. })));
+    }
+
+    #[test]
+    fn shared_namespaces_are_joined_or_kept_and_the_host_uts_keeps_its_name() {
+        let features = Features {
+            namespaces: crate::spec::Namespaces {
+                ipc: Namespace::Path {
+                    path: "/proc/77/ns/ipc".into(),
+                },
+                uts: Namespace::Host,
+                cgroup: Some(Namespace::Host),
+                ..Default::default()
+            },
+            dev_shm: crate::spec::DevShm::Bind {
+                source: "/data/containers/d/shm".into(),
+            },
+            ..Features::default()
+        };
+        let sys = image();
+        setup_in(&spec(), &features, CgroupView::Private, &sys).expect("setup");
+        let calls = sys.calls();
+        assert_eq!(
+            process_calls(&calls)[1..3],
+            [
+                Call::Unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET),
+                Call::Setns {
+                    path: "/proc/77/ns/ipc".into(),
+                    nstype: CloneFlags::CLONE_NEWIPC,
+                },
+            ]
+        );
+        assert!(!calls.iter().any(|c| matches!(c, Call::Sethostname(_))));
+        assert!(calls.contains(&Call::Mount {
+            source: Some("/data/containers/d/shm".into()),
+            target: "/c/merged/dev/shm".into(),
+            fstype: None,
+            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+            data: None,
+        }));
+        assert!(!calls.iter().any(
+            |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "tmpfs")
+                && matches!(c, Call::Mount { target, .. } if target.ends_with("shm"))
+        ));
+    }
+
+    #[test]
+    fn ipc_none_has_no_dev_shm_and_cgroupns_private_on_v1_unshares_it() {
+        let features = Features {
+            dev_shm: crate::spec::DevShm::None,
+            namespaces: crate::spec::Namespaces {
+                cgroup: Some(Namespace::Private),
+                ..Default::default()
+            },
+            ..Features::default()
+        };
+        let sys = image();
+        setup_in(&spec(), &features, CgroupView::HostV1(vec![]), &sys).expect("setup");
+        let calls = sys.calls();
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::Mount { target, .. } if target.ends_with("dev/shm"))));
+        assert!(matches!(&calls[1], Call::Unshare(f) if f.contains(CloneFlags::CLONE_NEWCGROUP)));
+    }
+
+    #[test]
+    fn sysctls_and_oom_score_are_written_before_the_pivot_and_rlimits_after_it() {
+        let features = Features {
+            sysctls: [("kernel.shmmax".to_string(), "4096".to_string())].into(),
+            oom_score_adj: Some(500),
+            rlimits: vec![crate::spec::Rlimit {
+                name: "nofile".into(),
+                soft: 100,
+                hard: 200,
+            }],
+            ..Features::default()
+        };
+        let sys = image();
+        setup_with(&spec(), &features, &sys).expect("setup");
+        let calls = sys.calls();
+        let at = |call: &Call| calls.iter().position(|c| c == call);
+        let sysctl = at(&Call::WriteFile {
+            path: "/proc/sys/kernel/shmmax".into(),
+            value: "4096".into(),
+        });
+        let oom = at(&Call::WriteFile {
+            path: "/proc/self/oom_score_adj".into(),
+            value: "500".into(),
+        });
+        let unshare = calls.iter().position(|c| matches!(c, Call::Unshare(_)));
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot { .. }));
+        let rlimit = at(&Call::Setrlimit {
+            resource: 7,
+            soft: 100,
+            hard: 200,
+        });
+        let setuid = at(&Call::Setuid(1000));
+        assert!(unshare < sysctl && sysctl.is_some(), "{calls:?}");
+        assert!(oom.is_some() && oom < pivot, "{calls:?}");
+        assert!(pivot < rlimit && rlimit < setuid, "{calls:?}");
+    }
+
+    #[test]
+    fn bad_sysctls_and_ulimits_fail_before_anything_is_touched() {
+        let features = Features {
+            sysctls: [("vm.swappiness".to_string(), "1".to_string())].into(),
+            ..Features::default()
+        };
+        let sys = image();
+        let failed = setup_with(&spec(), &features, &sys)
+            .expect_err("not namespaced")
+            .to_failed();
+        assert_eq!(
+            failed.message,
+            "sysctl \"vm.swappiness\" is not in a separate kernel namespace"
+        );
+        assert_eq!(sys.calls(), vec![]);
+        let features = Features {
+            rlimits: vec![crate::spec::Rlimit {
+                name: "bogus".into(),
+                soft: 1,
+                hard: 1,
+            }],
+            ..Features::default()
+        };
+        let failed = setup_with(&spec(), &features, &sys)
+            .expect_err("unknown")
+            .to_failed();
+        assert_eq!(failed.message, "invalid ulimit type: bogus");
+        let sys = image().fail_when(|c| matches!(c, Call::Setrlimit { .. }), Errno::EPERM);
+        let features = Features {
+            rlimits: vec![crate::spec::Rlimit {
+                name: "nofile".into(),
+                soft: 1,
+                hard: 1 << 40,
+            }],
+            ..Features::default()
+        };
+        let failed = setup_with(&spec(), &features, &sys)
+            .expect_err("eperm")
+            .to_failed();
+        assert_eq!(
+            failed.message,
+            "error setting rlimit type 7: operation not permitted"
+        );
+    }
+
+    #[test]
+    fn devices_are_bound_from_the_host_at_their_container_path() {
+        let features = Features {
+            devices: vec![crate::spec::Device {
+                source: "/dev/null".into(),
+                destination: "/dev/mynull".into(),
+                allow: crate::spec::DeviceAllow {
+                    kind: 'c',
+                    major: Some(1),
+                    minor: Some(3),
+                    access: "rwm".into(),
+                },
+            }],
+            ..Features::default()
+        };
+        let sys = image();
+        setup_with(&spec(), &features, &sys).expect("setup");
+        let calls = sys.calls();
+        let create = calls
+            .iter()
+            .position(|c| *c == Call::CreateFile("/c/merged/dev/mynull".into()));
+        let bind = calls.iter().position(|c| {
+            *c == Call::Mount {
+                source: Some("/dev/null".into()),
+                target: "/c/merged/dev/mynull".into(),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+            }
+        });
+        assert!(create.is_some() && create < bind, "{calls:?}");
+    }
+
+    #[test]
+    fn exec_processes_get_the_containers_rlimits_and_oom_score() {
+        let features = Features {
+            oom_score_adj: Some(-7),
+            rlimits: vec![crate::spec::Rlimit {
+                name: "nofile".into(),
+                soft: 10,
+                hard: 20,
+            }],
+            ..Features::default()
+        };
+        let sys = image();
+        setup_exec_with(4242, &spec().process, &features, false, None, &sys).expect("exec");
+        let calls = sys.calls();
+        let rlimit = calls.iter().position(|c| {
+            *c == Call::Setrlimit {
+                resource: 7,
+                soft: 10,
+                hard: 20,
+            }
+        });
+        let setuid = calls.iter().position(|c| *c == Call::Setuid(1000));
+        assert!(rlimit.is_some() && rlimit < setuid, "{calls:?}");
+        assert!(calls.contains(&Call::WriteFile {
+            path: "/proc/self/oom_score_adj".into(),
+            value: "-7".into(),
+        }));
     }
 }

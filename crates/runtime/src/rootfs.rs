@@ -28,7 +28,7 @@
 use std::os::fd::RawFd;
 use std::path::{Component, Path, PathBuf};
 
-use crate::spec::{MountKind, RuntimeSpec};
+use crate::spec::{DevShm, MountKind, RuntimeSpec};
 use crate::syscall::{Errno, FileKind, MntFlags, Mode, MsFlags, SFlag, SysError, Syscall};
 
 /// Mount options for `/dev`: the same as runc's default spec.
@@ -267,6 +267,10 @@ pub struct RootfsOptions {
     pub cgroup_v1: Vec<(String, PathBuf)>,
     /// `--shm-size` in bytes; `None`: Docker's default, 64 MiB.
     pub shm_size: Option<u64>,
+    /// What `/dev/shm` is (`--ipc`).
+    pub dev_shm: DevShm,
+    /// `--device`: host device nodes bound at absolute container paths.
+    pub devices: Vec<(PathBuf, String)>,
 }
 
 /// [`prepare_with`] for a container with default options but `terminal`.
@@ -465,15 +469,24 @@ fn mount_standard(
         Some(DEVPTS_OPTIONS),
     )?;
     let shm = dev.join("shm");
-    mkdir(sys, &shm)?;
-    mount(
-        sys,
-        Some(Path::new("shm")),
-        &shm,
-        Some("tmpfs"),
-        hardened,
-        Some(&shm_options(options.shm_size.unwrap_or(DEFAULT_SHM_SIZE))),
-    )?;
+    match &options.dev_shm {
+        DevShm::Tmpfs => {
+            mkdir(sys, &shm)?;
+            mount(
+                sys,
+                Some(Path::new("shm")),
+                &shm,
+                Some("tmpfs"),
+                hardened,
+                Some(&shm_options(options.shm_size.unwrap_or(DEFAULT_SHM_SIZE))),
+            )?;
+        }
+        DevShm::None => {}
+        DevShm::Bind { source } => {
+            mkdir(sys, &shm)?;
+            bind(sys, source, &shm, false)?;
+        }
+    }
     let mqueue = dev.join("mqueue");
     mkdir(sys, &mqueue)?;
     mount(
@@ -494,6 +507,12 @@ fn mount_standard(
     }
     if options.privileged {
         copy_host_devices(sys, &dev)?;
+    }
+    // Bound rather than made with mknod: /dev is `nodev`, and the bind keeps the host node's
+    // mount flags (as the standard nodes above). The device cgroup decides what may open it.
+    for (source, destination) in &options.devices {
+        let target = resolve_and_create(sys, root, destination, FileKind::File)?;
+        bind(sys, source, &target, false)?;
     }
     if let (true, Some(socket)) = (options.terminal, options.console_socket) {
         // The PTY is made in the container's own devpts, so its slave has a name there.

@@ -40,7 +40,8 @@ use nix::unistd::{ForkResult, Pid};
 use crate::cgroup::{Cgroup, CgroupError, CgroupMode};
 use crate::container::{self, CgroupView, ContainerError};
 use crate::spec::{
-    ExecFile, Failed, Features, SpecFile, SyncMessage, OOM_KILLED_FILE, SPEC_FILE, SYNC_FD,
+    ExecFile, Failed, Features, Namespace, SpecFile, SyncMessage, OOM_KILLED_FILE, SPEC_FILE,
+    SYNC_FD,
 };
 use crate::status::exit_code;
 use crate::syscall::{CloneFlags, Errno, SysError, Syscall};
@@ -264,9 +265,16 @@ fn monitor(
 ) -> Result<i32, RunError> {
     let (spec, features) = (&file.spec, &file.features);
     let cgroup = create_cgroup(&spec.id, features)?;
-    let before_fork = || {
-        sys.unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(RunError::monitor("new pid namespace"))
+    // The namespace the forked child lands in: a new one (the child is its PID 1), the
+    // host's, or another container's (`--pid container:ID`).
+    let before_fork = || match &features.namespaces.pid {
+        Namespace::Private => sys
+            .unshare(CloneFlags::CLONE_NEWPID)
+            .map_err(RunError::monitor("new pid namespace")),
+        Namespace::Host => Ok(()),
+        Namespace::Path { path } => sys
+            .setns(path, CloneFlags::CLONE_NEWPID)
+            .map_err(RunError::monitor("join pid namespace")),
     };
     let born_into = cgroup.as_ref().and_then(Cgroup::open_for_clone);
     let after_fork = |pid: Pid, born_in_cgroup: bool| match &cgroup {
@@ -311,13 +319,19 @@ fn create_cgroup(id: &str, features: &Features) -> Result<Option<Cgroup>, RunErr
         Err(err) => return Err(err.into()),
     };
     cgroup.create()?;
-    let limited =
-        cgroup
-            .limit_devices(features.privileged)
-            .and_then(|()| match &features.resources {
-                Some(resources) => cgroup.update(resources),
-                None => Ok(()),
-            });
+    let extra: Vec<_> = features
+        .devices
+        .iter()
+        .map(|d| &d.allow)
+        .chain(&features.device_rules)
+        .flat_map(crate::cgroup::devices::rules_of)
+        .collect();
+    let limited = cgroup
+        .limit_devices_with(features.privileged, &extra)
+        .and_then(|()| match &features.resources {
+            Some(resources) => cgroup.update(resources),
+            None => Ok(()),
+        });
     if let Err(err) = limited {
         let _ = cgroup.remove();
         return Err(err.into());

@@ -16,8 +16,9 @@
 //!   instead, as `rmachine-runtime: container ID: MESSAGE`. With it, stderr is left alone: it is
 //!   the container's log, and the engine reports the failure itself.
 //! * `runtime.json` is read as a [`SpecFile`]: the [`RuntimeSpec`] keys plus the optional
-//!   [`Features`] keys (limits and cgroup, capabilities, `--privileged`, `--init`, console socket)
-//!   in the same object; a file without them gets Docker's defaults.
+//!   [`Features`] keys (limits and cgroup, capabilities, `--privileged`, `--init`, console
+//!   socket, namespaces, `/dev/shm`, rlimits, sysctls, devices, OOM score) in the same object;
+//!   a file without them gets Docker's defaults.
 //! * Every container gets what Docker gives by default: Docker's default capability set
 //!   (`CapEff 00000000a80425fb` for root, none for other users) changed by
 //!   [`Features::capabilities`], Docker's masked paths (`/proc/keys`, `/sys/firmware`…) and
@@ -47,6 +48,7 @@
 //! and joins the container's cgroup. `EXEC_JSON` is read as an [`ExecFile`], which may add a
 //! `consoleSocket` for `docker exec -t`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -286,6 +288,304 @@ pub struct Features {
     /// `--shm-size` in bytes, the size of `/dev/shm`; `None`: Docker's default, 64 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_size: Option<u64>,
+    /// The pid, ipc, uts and cgroup namespaces (`--pid`, `--ipc`, `--uts`, `--cgroupns`).
+    #[serde(default, skip_serializing_if = "Namespaces::is_default")]
+    pub namespaces: Namespaces,
+    /// What the container's `/dev/shm` is (`--ipc`).
+    #[serde(default, skip_serializing_if = "DevShm::is_default")]
+    pub dev_shm: DevShm,
+    /// `--ulimit`: set with `setrlimit` in the container's first process before it execs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// `--sysctl` (and `--domainname` as `kernel.domainname`, as Docker does): written under
+    /// `/proc/sys` once the container's namespaces exist. Only keys of a namespace the container
+    /// has of its own are accepted (runc's rule, see [`check_sysctls`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// `--device`: host device nodes made available at a path in the container, each with its
+    /// device cgroup allow rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// `--device-cgroup-rule`: more device cgroup allow rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_rules: Vec<DeviceAllow>,
+    /// `--oom-score-adj`, written to `/proc/self/oom_score_adj` before the process execs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// How the container gets one namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "mode")]
+pub enum Namespace {
+    /// A new one of its own (Docker's `private`, `shareable`, `none`).
+    #[default]
+    Private,
+    /// The host's (the runtime's own): nothing is created.
+    Host,
+    /// Join an existing one: the engine gives `/proc/PID/ns/KIND` of another container's
+    /// PID 1 (`container:ID`).
+    Path {
+        /// Path of the namespace file.
+        path: PathBuf,
+    },
+}
+
+/// The namespaces besides mount and network (see [`NetworkNamespace`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespaces {
+    /// `--pid`: the monitor creates (or joins) it before forking the container's process,
+    /// which is PID 1 only in a private one.
+    #[serde(default)]
+    pub pid: Namespace,
+    /// `--ipc`.
+    #[serde(default)]
+    pub ipc: Namespace,
+    /// `--uts`: with [`Namespace::Host`] the hostname is not set.
+    #[serde(default)]
+    pub uts: Namespace,
+    /// `--cgroupns`; `None` is Docker's default: private on cgroup v2, the host's on v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Namespace>,
+}
+
+impl Namespaces {
+    /// Whether every namespace is Docker's default.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The container's `/dev/shm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "mode")]
+pub enum DevShm {
+    /// A tmpfs of its own, [`Features::shm_size`] big.
+    #[default]
+    Tmpfs,
+    /// No `/dev/shm` at all (`--ipc none`).
+    None,
+    /// A bind of a host directory: the host's `/dev/shm` (`--ipc host`), or the tmpfs the
+    /// engine mounted for a `shareable` container (its own and its `container:ID` joiners'). It
+    /// MUST be a mount of the runtime's mount namespace: the kernel refuses to bind one of
+    /// another namespace (such as a path through `/proc/PID/root`).
+    Bind {
+        /// Host path of the directory bound.
+        source: PathBuf,
+    },
+}
+
+impl DevShm {
+    /// Whether this is the default tmpfs.
+    pub fn is_default(&self) -> bool {
+        *self == Self::Tmpfs
+    }
+}
+
+/// One `--ulimit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rlimit {
+    /// Docker's name (`nofile`, `nproc`, `core`…), see [`rlimit_resource`].
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// The `RLIMIT_*` number of a Docker ulimit name (go-units' table); `None` when unknown.
+pub fn rlimit_resource(name: &str) -> Option<i32> {
+    let resource = match name {
+        "as" => libc::RLIMIT_AS,
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        _ => return None,
+    };
+    // The constants are small and typed c_uint with glibc, c_int with musl.
+    #[allow(clippy::unnecessary_cast)]
+    i32::try_from(resource as u32).ok()
+}
+
+/// One `--device`: the host's node `source` appears at `destination` in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Host path of the device node (symlinks already resolved).
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// The node's type, major and minor, and the access granted (`--device`'s permissions).
+    pub allow: DeviceAllow,
+}
+
+/// A device cgroup allow rule, as `--device-cgroup-rule` writes it (`c 1:3 rwm`, `a *:* m`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceAllow {
+    /// `c`, `b` or `a` (both).
+    pub kind: char,
+    /// The major number; `None` is `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<u32>,
+    /// The minor number; `None` is `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
+    /// Some of `r`, `w`, `m`.
+    pub access: String,
+}
+
+/// Why a [`DeviceAllow`] rule text is invalid: moby's texts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceRuleError {
+    /// Not `TYPE MAJOR:MINOR ACCESS`.
+    #[error("invalid device cgroup rule format: '{rule}'")]
+    Format {
+        /// The rule as given.
+        rule: String,
+    },
+    /// The major number is not a number.
+    #[error("invalid major value in device cgroup rule format: '{rule}'")]
+    Major {
+        /// The rule as given.
+        rule: String,
+    },
+    /// The minor number is not a number.
+    #[error("invalid minor value in device cgroup rule format: '{rule}'")]
+    Minor {
+        /// The rule as given.
+        rule: String,
+    },
+}
+
+impl std::str::FromStr for DeviceAllow {
+    type Err = DeviceRuleError;
+
+    /// Parses moby's `^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$`.
+    fn from_str(rule: &str) -> Result<Self, Self::Err> {
+        let format = || DeviceRuleError::Format { rule: rule.into() };
+        let parts: Vec<&str> = rule.split(' ').collect();
+        let [kind, numbers, access] = parts[..] else {
+            return Err(format());
+        };
+        let kind = match kind {
+            "a" | "b" | "c" => kind.chars().next().ok_or_else(format)?,
+            _ => return Err(format()),
+        };
+        let (major, minor) = numbers.split_once(':').ok_or_else(format)?;
+        let number = |text: &str, err: DeviceRuleError| match text {
+            "*" => Ok(None),
+            t if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                t.parse::<u32>().map(Some).map_err(|_| err)
+            }
+            _ => Err(format()),
+        };
+        let major = number(major, DeviceRuleError::Major { rule: rule.into() })?;
+        let minor = number(minor, DeviceRuleError::Minor { rule: rule.into() })?;
+        if access.is_empty() || access.len() > 3 || !access.chars().all(|c| "rwm".contains(c)) {
+            return Err(format());
+        }
+        Ok(Self {
+            kind,
+            major,
+            minor,
+            access: access.into(),
+        })
+    }
+}
+
+/// Why a `--sysctl` cannot be applied: runc's texts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SysctlError {
+    /// An IPC sysctl without a private IPC namespace.
+    #[error("sysctl {key:?} is not allowed in the hosts ipc namespace")]
+    HostIpc {
+        /// The key.
+        key: String,
+    },
+    /// A `net.` sysctl in the host's network namespace.
+    #[error("sysctl {key:?} is not allowed in the hosts network namespace")]
+    HostNetwork {
+        /// The key.
+        key: String,
+    },
+    /// `kernel.hostname`, which has its own field.
+    #[error("sysctl {key:?} is not allowed as it conflicts with the OCI \"hostname\" field")]
+    Hostname {
+        /// The key.
+        key: String,
+    },
+    /// A key with an empty or `..` component, which could name a path outside its namespace's
+    /// directory (`net/../kernel/core_pattern`).
+    #[error("sysctl {key:?} is not a valid sysctl name")]
+    Invalid {
+        /// The key.
+        key: String,
+    },
+    /// Anything else: it would change the host.
+    #[error("sysctl {key:?} is not in a separate kernel namespace")]
+    NotNamespaced {
+        /// The key.
+        key: String,
+    },
+}
+
+/// The IPC sysctls outside `fs.mqueue.` (runc's list).
+const IPC_SYSCTLS: [&str; 8] = [
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+/// runc's check of `sysctls`: each key must belong to a namespace the container has of its
+/// own (`/` separators count as dots). `private_net` is whether the network namespace is not
+/// the host's. Every problem is reported.
+pub fn check_sysctls<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+    namespaces: &Namespaces,
+    private_net: bool,
+) -> Vec<SysctlError> {
+    let own = |ns: &Namespace| *ns != Namespace::Host;
+    keys.into_iter()
+        .filter_map(|key| {
+            let name = key.replace('/', ".");
+            let key = key.clone();
+            // `.` and `/` both separate components, so `..` cannot appear in a valid key.
+            if name.split('.').any(str::is_empty) {
+                return Some(SysctlError::Invalid { key });
+            }
+            if IPC_SYSCTLS.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+                return (!own(&namespaces.ipc)).then_some(SysctlError::HostIpc { key });
+            }
+            if name.starts_with("net.") {
+                return (!private_net).then_some(SysctlError::HostNetwork { key });
+            }
+            match name.as_str() {
+                "kernel.domainname" if own(&namespaces.uts) => None,
+                "kernel.hostname" if own(&namespaces.uts) => Some(SysctlError::Hostname { key }),
+                _ => Some(SysctlError::NotNamespaced { key }),
+            }
+        })
+        .collect()
 }
 
 impl Features {
@@ -466,6 +766,7 @@ mod tests {
                 seccomp_unconfined: true,
                 no_new_privileges: true,
                 shm_size: Some(128 << 20),
+                ..Features::default()
             }
         );
 
@@ -476,6 +777,147 @@ mod tests {
         .unwrap();
         assert_eq!(exec.exec.pid, 7);
         assert_eq!(exec.console_socket, Some("/s".into()));
+    }
+
+    #[test]
+    fn container_options_are_camel_case_and_tagged() {
+        let features: Features = serde_json::from_str(
+            r#"{"namespaces":{"pid":{"mode":"host"},"ipc":{"mode":"path","path":"/proc/7/ns/ipc"},"cgroup":{"mode":"private"}},
+                "devShm":{"mode":"bind","source":"/data/containers/d/shm"},
+                "rlimits":[{"name":"nofile","soft":100,"hard":200}],
+                "sysctls":{"kernel.shmmax":"1000"},
+                "devices":[{"source":"/dev/null","destination":"/dev/mynull","allow":{"kind":"c","major":1,"minor":3,"access":"rw"}}],
+                "deviceRules":[{"kind":"a","access":"m"}],
+                "oomScoreAdj":500}"#,
+        )
+        .unwrap();
+        assert_eq!(features.namespaces.pid, Namespace::Host);
+        assert_eq!(
+            features.namespaces.ipc,
+            Namespace::Path {
+                path: "/proc/7/ns/ipc".into()
+            }
+        );
+        assert_eq!(features.namespaces.uts, Namespace::Private);
+        assert_eq!(features.namespaces.cgroup, Some(Namespace::Private));
+        assert_eq!(
+            features.dev_shm,
+            DevShm::Bind {
+                source: "/data/containers/d/shm".into()
+            }
+        );
+        assert_eq!(features.rlimits[0].hard, 200);
+        assert_eq!(features.devices[0].allow.minor, Some(3));
+        assert_eq!(features.device_rules[0].major, None);
+        assert_eq!(features.oom_score_adj, Some(500));
+        let back: Features =
+            serde_json::from_str(&serde_json::to_string(&features).unwrap()).unwrap();
+        assert_eq!(back, features);
+    }
+
+    #[test]
+    fn device_cgroup_rules_parse_as_moby_does() {
+        let rule: DeviceAllow = "c 1:3 rwm".parse().unwrap();
+        assert_eq!(
+            rule,
+            DeviceAllow {
+                kind: 'c',
+                major: Some(1),
+                minor: Some(3),
+                access: "rwm".into()
+            }
+        );
+        let any: DeviceAllow = "a *:* m".parse().unwrap();
+        assert_eq!((any.major, any.minor), (None, None));
+        for bad in [
+            "x 1:3 rwm",
+            "c 1:3",
+            "c 1-3 rwm",
+            "c 1:3 rwx",
+            "c a:3 r",
+            "c 1:3 rwmr",
+        ] {
+            assert_eq!(
+                bad.parse::<DeviceAllow>().unwrap_err().to_string(),
+                format!("invalid device cgroup rule format: '{bad}'")
+            );
+        }
+        assert_eq!(
+            "c 99999999999:3 r"
+                .parse::<DeviceAllow>()
+                .unwrap_err()
+                .to_string(),
+            "invalid major value in device cgroup rule format: 'c 99999999999:3 r'"
+        );
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_pass_with_runcs_texts() {
+        let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let private = Namespaces::default();
+        let ok = keys(&[
+            "kernel.shmmax",
+            "fs.mqueue.msg_max",
+            "net.ipv4.ip_forward",
+            "kernel.domainname",
+            "net/ipv4/ping_group_range",
+        ]);
+        assert_eq!(check_sysctls(&ok, &private, true), vec![]);
+        let errors = |list: &[&str], ns: &Namespaces, net: bool| {
+            check_sysctls(&keys(list), ns, net)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            errors(&["vm.max_map_count", "kernel.hostname"], &private, true),
+            vec![
+                "sysctl \"vm.max_map_count\" is not in a separate kernel namespace",
+                "sysctl \"kernel.hostname\" is not allowed as it conflicts with the OCI \"hostname\" field",
+            ]
+        );
+        assert_eq!(
+            errors(
+                &[
+                    "net/../kernel/core_pattern",
+                    "net.ipv4..x",
+                    "net.",
+                    "kernel.sem/"
+                ],
+                &private,
+                true
+            ),
+            vec![
+                "sysctl \"net/../kernel/core_pattern\" is not a valid sysctl name",
+                "sysctl \"net.ipv4..x\" is not a valid sysctl name",
+                "sysctl \"net.\" is not a valid sysctl name",
+                "sysctl \"kernel.sem/\" is not a valid sysctl name",
+            ]
+        );
+        let host = Namespaces {
+            ipc: Namespace::Host,
+            uts: Namespace::Host,
+            ..Namespaces::default()
+        };
+        assert_eq!(
+            errors(
+                &["kernel.sem", "net.ipv4.ip_forward", "kernel.domainname"],
+                &host,
+                false
+            ),
+            vec![
+                "sysctl \"kernel.sem\" is not allowed in the hosts ipc namespace",
+                "sysctl \"net.ipv4.ip_forward\" is not allowed in the hosts network namespace",
+                "sysctl \"kernel.domainname\" is not in a separate kernel namespace",
+            ]
+        );
+    }
+
+    #[test]
+    fn ulimit_names_map_to_rlimit_numbers() {
+        assert_eq!(rlimit_resource("nofile"), Some(7));
+        assert_eq!(rlimit_resource("nproc"), Some(6));
+        assert_eq!(rlimit_resource("bogus"), None);
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub trait Syscall {
     /// Replaces the process's command line (`/proc/self/cmdline`, what `ps` shows) with `argv`
     /// and its name (`comm`) with the basename of `argv[0]`. Needs `CAP_SYS_RESOURCE`.
     fn set_title(&self, argv: &[String]) -> Result<(), Errno>;
+    /// `setrlimit(2)` of `resource` (an `RLIMIT_*` number).
+    fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> Result<(), Errno>;
+    /// Writes `value` to the existing file `path` (a `/proc` knob: a sysctl, `oom_score_adj`).
+    fn write_file(&self, path: &Path, value: &str) -> Result<(), Errno>;
 }
 
 /// A device node of the host, for `--privileged` containers.
@@ -670,5 +674,30 @@ impl Syscall for LinuxSyscall {
             Err(Errno::EPERM) => overwrite_cmdline(&argv.join(" ")),
             other => other,
         }
+    }
+
+    fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> Result<(), Errno> {
+        let limit = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: `limit` is a valid rlimit for the duration of the call; the resource type is
+        // c_uint with glibc and c_int with musl, and the numbers are small.
+        let ret = unsafe { libc::setrlimit(resource as _, &limit) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(Errno::last())
+        }
+    }
+
+    fn write_file(&self, path: &Path, value: &str) -> Result<(), Errno> {
+        use std::io::Write;
+        // A /proc knob takes the value in one write; it must exist (never created here).
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io_errno(&e))?;
+        file.write_all(value.as_bytes()).map_err(|e| io_errno(&e))
     }
 }

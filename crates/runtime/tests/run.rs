@@ -1795,3 +1795,91 @@ fn exec_processes_get_the_device_cgroup_too() {
     kill(pid, nix::sys::signal::Signal::SIGKILL);
     assert_eq!(runtime.wait().expect("wait").code(), Some(137));
 }
+
+fn namespace_of(pid: &str, kind: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .expect("read namespace link")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn host_pid_ipc_and_uts_modes_keep_the_runtimes_namespaces() {
+    require_root!();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "for ns in pid ipc uts; do readlink /proc/self/ns/$ns; done; hostname",
+    ]);
+    container.features.namespaces = rmachine_runtime::spec::Namespaces {
+        pid: rmachine_runtime::spec::Namespace::Host,
+        ipc: rmachine_runtime::spec::Namespace::Host,
+        uts: rmachine_runtime::spec::Namespace::Host,
+        cgroup: None,
+    };
+    let outcome = container.run();
+    let host_name = fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(
+        outcome.stdout,
+        format!(
+            "{}\n{}\n{}\n{}",
+            namespace_of("self", "pid"),
+            namespace_of("self", "ipc"),
+            namespace_of("self", "uts"),
+            host_name
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn rlimits_sysctls_oom_score_and_devices_are_applied() {
+    require_root!();
+    let mut container = Container::new(&[
+        "sh",
+        "-c",
+        "grep 'Max open files' /proc/self/limits; cat /proc/sys/kernel/msgmax \
+         /proc/self/oom_score_adj; echo x > /dev/mynull && echo wrote",
+    ]);
+    container.features.rlimits = vec![rmachine_runtime::spec::Rlimit {
+        name: "nofile".into(),
+        soft: 321,
+        hard: 654,
+    }];
+    container.features.sysctls = [("kernel.msgmax".to_string(), "4242".to_string())].into();
+    container.features.oom_score_adj = Some(300);
+    container.features.devices = vec![rmachine_runtime::spec::Device {
+        source: "/dev/null".into(),
+        destination: "/dev/mynull".into(),
+        allow: "c 1:3 rw".parse().expect("rule"),
+    }];
+    let outcome = container.run();
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{outcome:?}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["Max", "open", "files", "321", "654", "files"]
+    );
+    assert_eq!(lines[1..], ["4242", "300", "wrote"]);
+    // The host's knob is untouched.
+    assert_ne!(
+        fs::read_to_string("/proc/sys/kernel/msgmax").expect("msgmax"),
+        "4242\n"
+    );
+}
+
+#[test]
+fn a_sysctl_outside_the_containers_namespaces_fails_the_start() {
+    require_root!();
+    let mut container = Container::new(&["true"]);
+    container.features.sysctls = [("vm.swappiness".to_string(), "1".to_string())].into();
+    let outcome = container.run();
+    assert_eq!(
+        outcome.sync,
+        Some(SyncMessage::Failed(rmachine_runtime::spec::Failed {
+            message: "sysctl \"vm.swappiness\" is not in a separate kernel namespace".into(),
+            exit_code: 1,
+        })),
+        "{outcome:?}"
+    );
+}

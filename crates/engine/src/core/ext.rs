@@ -603,6 +603,8 @@ pub(super) fn features_of(host: &HostConfig) -> Features {
         no_new_privileges: security.no_new_privileges,
         // 0 (an old record, or none asked) is the runtime's default of 64 MiB.
         shm_size: u64::try_from(host.shm_size).ok().filter(|size| *size > 0),
+        // Namespaces, limits and devices: `options::apply`, which needs the container table.
+        ..Features::default()
     }
 }
 
@@ -726,6 +728,7 @@ impl Engine {
         // As dockerd: the request is checked on its own first (verifyContainerSettings), then
         // against the container.
         super::unsupported::check_update(&update)?;
+        super::options::check_update(&update)?;
         verify_resources(&update)?;
         super::restart::validate_policy(&update.restart_policy)?;
         let c = self.container(reference)?;

@@ -101,11 +101,58 @@ impl DeviceRule {
 
 /// The v1 writes for a container, in order: (file, value).
 pub fn v1_writes(privileged: bool) -> Vec<(&'static str, String)> {
+    v1_writes_with(privileged, &[])
+}
+
+/// [`v1_writes`] with `extra` rules allowed after Docker's defaults (`--device`,
+/// `--device-cgroup-rule`).
+pub fn v1_writes_with(privileged: bool, extra: &[DeviceRule]) -> Vec<(&'static str, String)> {
     if privileged {
         return vec![("devices.allow", "a".to_string())];
     }
     std::iter::once(("devices.deny", "a".to_string()))
-        .chain(DEFAULT_RULES.iter().map(|r| ("devices.allow", r.to_v1())))
+        .chain(
+            DEFAULT_RULES
+                .iter()
+                .chain(extra)
+                .map(|r| ("devices.allow", r.to_v1())),
+        )
+        .collect()
+}
+
+/// The access letters in the order the kernel prints them, as a static string; `None` when
+/// `access` has another letter or none.
+fn canonical_access(access: &str) -> Option<&'static str> {
+    let has = |c| access.contains(c);
+    if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+        return None;
+    }
+    Some(match (has('r'), has('w'), has('m')) {
+        (true, true, true) => "rwm",
+        (true, true, false) => "rw",
+        (true, false, true) => "rm",
+        (false, true, true) => "wm",
+        (true, false, false) => "r",
+        (false, true, false) => "w",
+        _ => "m",
+    })
+}
+
+/// The cgroup rules of a spec's allow rule (`a` is one rule per type); none when its access
+/// letters are invalid.
+pub fn rules_of(allow: &crate::spec::DeviceAllow) -> Vec<DeviceRule> {
+    let Some(access) = canonical_access(&allow.access) else {
+        return Vec::new();
+    };
+    let kinds: &[DeviceType] = match allow.kind {
+        'c' => &[DeviceType::Char],
+        'b' => &[DeviceType::Block],
+        'a' => &[DeviceType::Char, DeviceType::Block],
+        _ => &[],
+    };
+    kinds
+        .iter()
+        .map(|&kind| rule(kind, allow.major, allow.minor, access))
         .collect()
 }
 
@@ -409,5 +456,26 @@ mod tests {
         assert_eq!(std::mem::size_of::<Insn>(), 8);
         let ins = insn(LDX_W_MEM, R_MAJOR, R1, CTX_MAJOR, 0);
         assert_eq!((ins.code, ins.regs, ins.off), (0x61, 0x14, 4));
+    }
+
+    #[test]
+    fn extra_rules_follow_the_defaults_and_a_means_both_types() {
+        let allow: crate::spec::DeviceAllow = "a 10:229 wr".parse().expect("rule");
+        let rules = rules_of(&allow);
+        assert_eq!(
+            rules.iter().map(DeviceRule::to_v1).collect::<Vec<_>>(),
+            vec!["c 10:229 rw", "b 10:229 rw"]
+        );
+        let writes = v1_writes_with(false, &rules);
+        assert_eq!(writes.len(), 1 + DEFAULT_RULES.len() + 2);
+        assert_eq!(
+            writes.last(),
+            Some(&("devices.allow", "b 10:229 rw".to_string()))
+        );
+        assert_eq!(v1_writes_with(true, &rules), v1_writes(true));
+        // The program lets the new device through and still refuses others.
+        let prog = program(&rules);
+        assert_eq!(interpret(&prog, DEV_CHAR, ACC_READ, 10, 229), 1);
+        assert_eq!(interpret(&prog, DEV_CHAR, ACC_READ, 10, 230), 0);
     }
 }

@@ -315,22 +315,39 @@ impl Cgroup {
     /// for `--privileged` (see [`devices`]). On v1 a host without the `devices` controller is
     /// left alone; on v2 the list is an eBPF program attached to the cgroup.
     pub fn limit_devices(&self, privileged: bool) -> Result<(), CgroupError> {
+        self.limit_devices_with(privileged, &[])
+    }
+
+    /// [`Cgroup::limit_devices`] with `extra` rules allowed besides Docker's default list
+    /// (`--device`, `--device-cgroup-rule`).
+    pub fn limit_devices_with(
+        &self,
+        privileged: bool,
+        extra: &[devices::DeviceRule],
+    ) -> Result<(), CgroupError> {
         match self.mode {
             CgroupMode::V1 => {
                 let Some(dir) = self.path("devices") else {
                     return Ok(());
                 };
-                for (file, value) in devices::v1_writes(privileged) {
+                for (file, value) in devices::v1_writes_with(privileged, extra) {
                     write(&dir.join(file), &value)?;
                 }
                 Ok(())
             }
             // No program means no restriction beyond the ancestors'.
             CgroupMode::V2 if privileged => Ok(()),
-            CgroupMode::V2 => Ok(devices::attach_program(
-                &self.root.join(&self.relative),
-                &devices::DEFAULT_RULES,
-            )?),
+            CgroupMode::V2 => {
+                let rules: Vec<devices::DeviceRule> = devices::DEFAULT_RULES
+                    .iter()
+                    .chain(extra)
+                    .copied()
+                    .collect();
+                Ok(devices::attach_program(
+                    &self.root.join(&self.relative),
+                    &rules,
+                )?)
+            }
         }
     }
 

@@ -82,6 +82,15 @@ pub enum Call {
         name_prefix: PathBuf,
     },
     SetTitle(Vec<String>),
+    Setrlimit {
+        resource: i32,
+        soft: u64,
+        hard: u64,
+    },
+    WriteFile {
+        path: PathBuf,
+        value: String,
+    },
 }
 
 /// The descriptor [`RecordingSyscall::connect_unix`] pretends to return.
@@ -403,5 +412,20 @@ impl Syscall for RecordingSyscall {
 
     fn set_title(&self, argv: &[String]) -> Result<(), Errno> {
         self.record(Call::SetTitle(argv.to_vec()))
+    }
+
+    fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> Result<(), Errno> {
+        self.record(Call::Setrlimit {
+            resource,
+            soft,
+            hard,
+        })
+    }
+
+    fn write_file(&self, path: &Path, value: &str) -> Result<(), Errno> {
+        self.record(Call::WriteFile {
+            path: path.into(),
+            value: value.into(),
+        })
     }
 }
