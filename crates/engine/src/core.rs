@@ -260,6 +260,15 @@ pub struct AttachSession {
     pub stdin_once: bool,
 }
 
+/// What `POST /containers/prune` removed.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    /// Ids of the removed containers.
+    pub deleted: Vec<String>,
+    /// Bytes their writable layers held.
+    pub space_reclaimed: u64,
+}
+
 /// Where `logs` reads from.
 #[derive(Debug)]
 pub struct LogSource {
@@ -998,10 +1007,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes every container that is not running and that `filters` select; returns their
-    /// ids.
-    pub async fn prune(&self, filters: &PruneFilters) -> Result<Vec<String>, EngineError> {
-        let mut removed = Vec::new();
+    /// Removes every container that is not running and that `filters` select; reports their
+    /// ids and the size of their writable layers (moby's containerPrune `SpaceReclaimed`).
+    pub async fn prune(&self, filters: &PruneFilters) -> Result<PruneReport, EngineError> {
+        let mut report = PruneReport::default();
         for record in self.list() {
             let Ok(c) = self.container(&record.id) else {
                 continue;
@@ -1010,10 +1019,13 @@ impl Engine {
             if c.record().state.status == Status::Running || !filters.matches(&c.record()) {
                 continue;
             }
+            let upper = self.inner.state.dir(&c.id).join("upper");
+            let size = crate::container::archive::dir_size(&upper);
             self.remove_locked(&c)?;
-            removed.push(c.id.clone());
+            report.deleted.push(c.id.clone());
+            report.space_reclaimed = report.space_reclaimed.saturating_add(size);
         }
-        Ok(removed)
+        Ok(report)
     }
 
     /// Removes a stopped container; the caller holds its operation lock.

@@ -263,6 +263,30 @@ impl Engine {
         Ok(response)
     }
 
+    /// One raw HTTP/1.0 request over the unix socket (JSON body when not empty); returns the
+    /// status code and the response body.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let mut stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no end of headers in {response:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))?;
+        Ok((status, body.to_string()))
+    }
+
     /// Kills the engine with SIGKILL (no cleanup), as a crash would.
     pub fn crash(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
