@@ -219,8 +219,8 @@ pub struct EngineConfig {
     pub runtime: PathBuf,
     /// `--label K=V`.
     pub labels: Vec<String>,
-    /// `--insecure-registry`.
-    pub insecure_registries: Vec<String>,
+    /// `--registry-mirror` and `--insecure-registry`, checked.
+    pub registry: crate::registry_config::RegistryConfig,
     /// `--debug`.
     pub debug: bool,
 }
@@ -1479,7 +1479,7 @@ mod tests {
             data_root: dir.path().to_path_buf(),
             runtime: PathBuf::from("/nonexistent/rmachine-runtime"),
             labels: vec![],
-            insecure_registries: vec![],
+            registry: Default::default(),
             debug: false,
         })
         .unwrap();

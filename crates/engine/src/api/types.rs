@@ -1,7 +1,5 @@
 //! Docker API JSON shapes: requests the engine decodes and the documents it answers with.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -243,28 +241,6 @@ pub fn version() -> Value {
 
 /// `GET /info`.
 pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usize) -> Value {
-    let registries: BTreeMap<&str, Value> = config
-        .insecure_registries
-        .iter()
-        .filter(|r| !r.contains('/'))
-        .map(|r| {
-            (
-                r.as_str(),
-                json!({"Name": r, "Mirrors": [], "Secure": false, "Official": false}),
-            )
-        })
-        .chain(std::iter::once((
-            "docker.io",
-            json!({"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}),
-        )))
-        .collect();
-    let insecure_cidrs: Vec<&String> = config
-        .insecure_registries
-        .iter()
-        .filter(|r| r.contains('/'))
-        .collect();
-    let mut cidrs: Vec<Value> = vec![json!("::1/128"), json!("127.0.0.0/8")];
-    cidrs.extend(insecure_cidrs.iter().map(|c| json!(c)));
     let cgroup_version = sysinfo::cgroup_version();
     json!({
         "ID": engine_id,
@@ -313,13 +289,7 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "OSType": "linux",
         "Architecture": sysinfo::architecture(),
         "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {
-            "AllowNondistributableArtifactsCIDRs": null,
-            "AllowNondistributableArtifactsHostnames": null,
-            "InsecureRegistryCIDRs": cidrs,
-            "IndexConfigs": registries,
-            "Mirrors": null
-        },
+        "RegistryConfig": config.registry.info(),
         "NCPU": sysinfo::ncpu(),
         "MemTotal": sysinfo::mem_total(),
         "GenericResources": null,
