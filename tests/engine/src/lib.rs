@@ -167,11 +167,18 @@ pub struct Engine {
     pub port: u16,
     /// TLS material.
     pub certs: Certs,
+    /// More engine flags, after the harness's own.
+    extra_args: Vec<String>,
 }
 
 impl Engine {
     /// Starts an engine in a fresh temp dir and waits until it answers `/_ping`.
     pub fn start() -> Result<Engine> {
+        Engine::start_with_args(&[])
+    }
+
+    /// [`Engine::start`] with more engine flags (`--registry-mirror URL`).
+    pub fn start_with_args(extra_args: &[&str]) -> Result<Engine> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-engine-test")
             .tempdir()?;
@@ -183,6 +190,7 @@ impl Engine {
             port: free_port()?,
             dir,
             certs,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         engine.spawn()?;
         Ok(engine)
@@ -226,6 +234,7 @@ impl Engine {
             .arg(binary("rmachine-runtime")?)
             .arg("--label")
             .arg("purpose=test")
+            .args(&self.extra_args)
             .env("RUST_LOG", "rmachine_engine=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

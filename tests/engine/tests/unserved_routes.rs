@@ -24,7 +24,7 @@ fn missing_capabilities_are_501s_that_name_the_docker_command() -> anyhow::Resul
         (&["network", "ls"][..], "docker network ls"),
         (&["system", "df"][..], "docker system df"),
     ] {
-        let run = engine.docker(&args)?;
+        let run = engine.docker(args)?;
         assert_eq!(run.code, 1, "docker {args:?}: {run:?}");
         assert!(
             run.stderr
@@ -51,7 +51,7 @@ fn swarm_routes_answer_as_dockerd_without_a_swarm() -> anyhow::Result<()> {
         &["service", "ls"][..],
         &["secret", "ls"][..],
     ] {
-        let run = engine.docker(&args)?;
+        let run = engine.docker(args)?;
         assert_eq!(
             (run.code, run.stderr.trim()),
             (

@@ -242,6 +242,9 @@ pub fn version() -> Value {
 /// `GET /info`.
 pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usize) -> Value {
     let cgroup_version = sysinfo::cgroup_version();
+    let limits = sysinfo::cgroup_features();
+    let forwarding = sysinfo::ipv4_forwarding();
+    let warnings = sysinfo::info_warnings(limits, cgroup_version, forwarding);
     json!({
         "ID": engine_id,
         "Containers": counts.total,
@@ -258,20 +261,22 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
             ["userxattr", "false"]
         ],
         "Plugins": {
-            "Volume": ["local"],
+            // Named volumes are not served yet (501): no volume driver works.
+            "Volume": [],
             "Network": ["host", "null"],
             "Authorization": null,
             "Log": ["json-file"]
         },
-        "MemoryLimit": false,
-        "SwapLimit": false,
+        "MemoryLimit": limits.memory,
+        "SwapLimit": limits.swap,
+        // The runtime sets no kernel TCP memory limit and never disables the OOM killer.
         "KernelMemoryTCP": false,
-        "CpuCfsPeriod": false,
-        "CpuCfsQuota": false,
-        "CPUShares": false,
-        "CPUSet": false,
-        "PidsLimit": false,
-        "IPv4Forwarding": true,
+        "CpuCfsPeriod": limits.cfs_period,
+        "CpuCfsQuota": limits.cfs_quota,
+        "CPUShares": limits.cpu_shares,
+        "CPUSet": limits.cpuset,
+        "PidsLimit": limits.pids,
+        "IPv4Forwarding": forwarding,
         "BridgeNfIptables": false,
         "BridgeNfIp6tables": false,
         "Debug": config.debug,
@@ -315,7 +320,7 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "InitCommit": {"ID": ""},
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "CDISpecDirs": [],
-        "Warnings": null
+        "Warnings": warnings
     })
 }
 
