@@ -15,7 +15,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// True when the tests can run (root); otherwise prints why they are skipped.
+/// The variable tests/run.sh (and so CI) sets to `1`: a test that cannot run here then fails
+/// with the reason instead of passing as skipped.
+pub const TESTS_REQUIRED: &str = "RMACHINE_TESTS_REQUIRED";
+
+/// Says that the current test cannot run here and why: a failure under
+/// [`TESTS_REQUIRED`]`=1`; otherwise a skip, reported on stderr past the test harness's output
+/// capture (which hides what passing tests print) so that the runner shows it. The caller
+/// returns after it.
+pub fn cannot_run(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if std::env::var(TESTS_REQUIRED).is_ok_and(|v| v == "1") {
+        panic!("{test} cannot run here: {reason} ({TESTS_REQUIRED}=1 makes this a failure)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// True when the tests can run (root); otherwise [`cannot_run`] says why.
 pub fn require_root() -> bool {
     let uid = fs::read_to_string("/proc/self/status")
         .ok()
@@ -28,7 +47,7 @@ pub fn require_root() -> bool {
     if uid == "0" {
         true
     } else {
-        eprintln!("SKIPPED: engine tests need root (namespaces, overlayfs); run them as root");
+        cannot_run("engine tests need root (namespaces, overlayfs); run them as root");
         false
     }
 }
