@@ -21,6 +21,9 @@ pub enum ApiError {
         /// The docker command or API that is missing (`docker network create`).
         what: String,
     },
+    /// A missing object, with dockerd's text for it (`network web not found`).
+    #[error("{0}")]
+    NoSuchObject(String),
     /// Refused as dockerd refuses it while the service is off (swarm routes without a swarm);
     /// the text is dockerd's.
     #[error("{0}")]
@@ -62,6 +65,7 @@ pub fn status_of(err: &ApiError) -> StatusCode {
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound => StatusCode::NOT_FOUND,
         ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+        ApiError::NoSuchObject(_) => StatusCode::NOT_FOUND,
         ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Context { source, .. } => status_of(source),
         ApiError::Engine(err) => engine_status(err),

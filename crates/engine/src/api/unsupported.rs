@@ -25,6 +25,30 @@ enum Answer {
     NotYet(&'static str),
     /// 503 with dockerd's text, as dockerd answers without a swarm.
     NoSwarm(&'static str),
+    /// 404 with dockerd's text for a missing object of an area that has no objects here:
+    /// true, and what `docker inspect NAME` needs to go on to the next kind of object (the CLI
+    /// skips "not found", not a 501).
+    NoSuch(Area),
+}
+
+/// An area whose objects the engine does not have yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Area {
+    Network,
+    Volume,
+    Plugin,
+}
+
+impl Area {
+    /// dockerd's not-found text (libnetwork `ErrNoSuchNetwork`, volume `errNoSuchVolume` in an
+    /// `OpErr`, plugin `errNotFound`).
+    fn not_found(self, name: &str) -> String {
+        match self {
+            Area::Network => format!("network {name} not found"),
+            Area::Volume => format!("get {name}: no such volume"),
+            Area::Plugin => format!("plugin {name:?} not found"),
+        }
+    }
 }
 
 /// Which methods a line applies to.
@@ -112,11 +136,7 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "volumes/prune",
         Answer::NotYet("docker volume prune"),
     ),
-    (
-        On::Get,
-        "volumes/*",
-        Answer::NotYet("docker volume inspect"),
-    ),
+    (On::Get, "volumes/*", Answer::NoSuch(Area::Volume)),
     (On::Put, "volumes/*", Answer::NotYet("docker volume update")),
     (On::Delete, "volumes/*", Answer::NotYet("docker volume rm")),
     // Networks.
@@ -131,11 +151,7 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "networks/prune",
         Answer::NotYet("docker network prune"),
     ),
-    (
-        On::Get,
-        "networks/*",
-        Answer::NotYet("docker network inspect"),
-    ),
+    (On::Get, "networks/*", Answer::NoSuch(Area::Network)),
     (
         On::Delete,
         "networks/*",
@@ -168,11 +184,7 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "plugins/create",
         Answer::NotYet("docker plugin create"),
     ),
-    (
-        On::Get,
-        "plugins/**/json",
-        Answer::NotYet("docker plugin inspect"),
-    ),
+    (On::Get, "plugins/**/json", Answer::NoSuch(Area::Plugin)),
     (
         On::Post,
         "plugins/**/enable",
@@ -253,6 +265,15 @@ pub fn answer(method: &Method, segments: &[&str], query: &Query) -> ApiError {
             what: (*what).into(),
         },
         Some((_, _, Answer::NoSwarm(text))) => ApiError::Unavailable((*text).into()),
+        Some((_, _, Answer::NoSuch(area))) => {
+            // `networks/NAME`, `volumes/NAME`, `plugins/NAME.../json`.
+            let end = if *area == Area::Plugin {
+                segments.len() - 1
+            } else {
+                segments.len()
+            };
+            ApiError::NoSuchObject(area.not_found(&segments[1..end].join("/")))
+        }
         None => ApiError::NotFound,
     }
 }
@@ -315,6 +336,22 @@ mod tests {
         assert_eq!(
             ask(Method::POST, "/swarm/leave"),
             (StatusCode::SERVICE_UNAVAILABLE, NOT_IN_SWARM.into())
+        );
+    }
+
+    #[test]
+    fn single_objects_of_empty_areas_are_not_found_as_dockerd_says() {
+        assert_eq!(
+            ask(Method::GET, "/networks/web"),
+            (StatusCode::NOT_FOUND, "network web not found".into())
+        );
+        assert_eq!(
+            ask(Method::GET, "/volumes/data").1,
+            "get data: no such volume"
+        );
+        assert_eq!(
+            ask(Method::GET, "/plugins/vieux/sshfs:latest/json").1,
+            "plugin \"vieux/sshfs:latest\" not found"
         );
     }
 
@@ -399,10 +436,9 @@ mod tests {
             let concrete = path.replace("{id}", "abc").replace("{name}", name);
             let segments: Vec<&str> = concrete.split('/').collect();
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let status = status_of(&answer(&method, &segments, &Query::parse(None)));
-            assert_ne!(
-                status,
-                StatusCode::NOT_FOUND,
+            let answer = answer(&method, &segments, &Query::parse(None));
+            assert!(
+                !matches!(answer, ApiError::NotFound),
                 "{method} /{path} is neither served nor listed"
             );
         }
