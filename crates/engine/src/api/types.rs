@@ -277,6 +277,8 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "CPUSet": limits.cpuset,
         "PidsLimit": limits.pids,
         "IPv4Forwarding": forwarding,
+        // As dockerd 28 (API 1.48): obsolete, always false, no warning (netfilter modules
+        // load on demand).
         "BridgeNfIptables": false,
         "BridgeNfIp6tables": false,
         "Debug": config.debug,
