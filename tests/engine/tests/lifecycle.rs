@@ -278,6 +278,12 @@ fn prune_reports_the_space_the_removed_containers_held() -> anyhow::Result<()> {
         (100_000..110_000).contains(&reclaimed),
         "SpaceReclaimed {reclaimed}"
     );
+    // Nothing left to remove: dockerd's nil list and zero.
+    let (_, body) = engine.request("POST", "/v1.45/containers/prune", "")?;
+    assert_eq!(
+        body.trim(),
+        r#"{"ContainersDeleted":null,"SpaceReclaimed":0}"#
+    );
     Ok(())
 }
 

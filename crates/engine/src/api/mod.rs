@@ -200,7 +200,8 @@ impl Api {
                 json(
                     StatusCode::OK,
                     &serde_json::json!({
-                        "ContainersDeleted": report.deleted,
+                        // dockerd appends to a nil slice: null when nothing was removed.
+                        "ContainersDeleted": (!report.deleted.is_empty()).then_some(report.deleted),
                         "SpaceReclaimed": report.space_reclaimed,
                     }),
                 )
