@@ -67,15 +67,30 @@ fn start_exec(engine: &Engine, id: &str, tty: bool) -> anyhow::Result<(String, V
     Ok((hijacked.head, rest))
 }
 
-/// Makes this thread a real-time one, so that it reads as soon as data arrives: on a busy
-/// machine an ordinary thread can be scheduled so late that the headers and the output are
-/// both waiting, which says nothing about the order the engine sent them in.
-fn read_promptly() -> anyhow::Result<()> {
-    let param = libc::sched_param { sched_priority: 10 };
+/// Makes this thread a real-time one while the guard lives, so that it reads as soon as data
+/// arrives: on a busy machine an ordinary thread can be scheduled so late that the headers and
+/// the output are both waiting, which says nothing about the order the engine sent them in.
+struct Prompt;
+
+fn set_policy(policy: libc::c_int, priority: libc::c_int) -> libc::c_int {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: pthread_self() is the calling thread, and `param` outlives the call.
-    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &param) }
+}
+
+fn read_promptly() -> anyhow::Result<Prompt> {
+    let rc = set_policy(libc::SCHED_FIFO, 10);
     anyhow::ensure!(rc == 0, "cannot make the test thread real-time: error {rc}");
-    Ok(())
+    Ok(Prompt)
+}
+
+impl Drop for Prompt {
+    fn drop(&mut self) {
+        // Back to normal before the engine is stopped (its helpers would inherit the policy).
+        set_policy(libc::SCHED_OTHER, 0);
+    }
 }
 
 #[test]
@@ -83,11 +98,11 @@ fn exec_output_never_shares_a_read_with_the_upgrade_response() -> anyhow::Result
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
     };
-    read_promptly()?;
     engine
         .docker(&["run", "-d", "--name", "box", "busybox", "sleep", "1000"])?
         .ok()?;
     let create = r#"{"Cmd":["echo","hi"],"AttachStdout":true,"AttachStderr":true}"#;
+    let prompt = read_promptly()?;
     for run in 0..500 {
         let id = exec_create(&engine, "box", create)?;
         let (head, rest) =
@@ -95,6 +110,7 @@ fn exec_output_never_shares_a_read_with_the_upgrade_response() -> anyhow::Result
         assert!(head.starts_with("HTTP/1.1 101"), "run {run}: {head}");
         assert_eq!(rest, b"\x01\0\0\0\0\0\0\x03hi\n", "run {run}");
     }
+    drop(prompt);
     Ok(())
 }
 
