@@ -223,8 +223,8 @@ pub struct EngineConfig {
     pub runtime: PathBuf,
     /// `--label K=V`.
     pub labels: Vec<String>,
-    /// `--insecure-registry`.
-    pub insecure_registries: Vec<String>,
+    /// `--registry-mirror` and `--insecure-registry`, checked.
+    pub registry: crate::registry_config::RegistryConfig,
     /// `--debug`.
     pub debug: bool,
 }
@@ -264,6 +264,15 @@ pub struct AttachSession {
     pub stdin: Option<mpsc::UnboundedSender<StdinEvent>>,
     /// Close the container's stdin when this client's input ends.
     pub stdin_once: bool,
+}
+
+/// What `POST /containers/prune` removed.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    /// Ids of the removed containers.
+    pub deleted: Vec<String>,
+    /// Bytes their writable layers held.
+    pub space_reclaimed: u64,
 }
 
 /// Where `logs` reads from.
@@ -1023,10 +1032,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes every container that is not running and that `filters` select; returns their
-    /// ids.
-    pub async fn prune(&self, filters: &PruneFilters) -> Result<Vec<String>, EngineError> {
-        let mut removed = Vec::new();
+    /// Removes every container that is not running and that `filters` select; reports their
+    /// ids and the size of their writable layers (moby's containerPrune `SpaceReclaimed`).
+    pub async fn prune(&self, filters: &PruneFilters) -> Result<PruneReport, EngineError> {
+        let mut report = PruneReport::default();
         for record in self.list() {
             let Ok(c) = self.container(&record.id) else {
                 continue;
@@ -1035,10 +1044,13 @@ impl Engine {
             if c.record().state.status == Status::Running || !filters.matches(&c.record()) {
                 continue;
             }
+            let upper = self.inner.state.dir(&c.id).join("upper");
+            let size = crate::container::archive::dir_size(&upper);
             self.remove_locked(&c)?;
-            removed.push(c.id.clone());
+            report.deleted.push(c.id.clone());
+            report.space_reclaimed = report.space_reclaimed.saturating_add(size);
         }
-        Ok(removed)
+        Ok(report)
     }
 
     /// Removes a stopped container; the caller holds its operation lock.
@@ -1481,7 +1493,7 @@ mod tests {
             data_root: dir.path().to_path_buf(),
             runtime: PathBuf::from("/nonexistent/rmachine-runtime"),
             labels: vec![],
-            insecure_registries: vec![],
+            registry: Default::default(),
             debug: false,
         })
         .unwrap();

@@ -256,6 +256,35 @@ mod tests {
         );
     }
 
+    /// The engine's own parser takes every flag init passes, with the values init meant: the
+    /// two cannot drift apart again (a `--registry-mirror` the engine did not know once kept
+    /// it from starting in the guest).
+    #[test]
+    fn the_engine_accepts_the_command_line_init_builds() {
+        let config = EngineConfig {
+            port: 2376,
+            labels: vec!["provider=qemu".into(), "team=x".into()],
+            insecure_registries: vec!["10.0.2.2:5000".into(), "10.1.0.0/16".into()],
+            registry_mirrors: vec!["https://mirror.example".into()],
+            ..Default::default()
+        };
+        let parsed = rmachine_engine::cli::EngineArgs::try_parse_args(engine_args(&config))
+            .unwrap_or_else(|e| panic!("rmachine-engine refuses init's command line: {e}"));
+        assert_eq!(parsed.data_root, std::path::Path::new(DATA_ROOT));
+        assert_eq!(
+            parsed.hosts,
+            [format!("unix://{SOCKET}"), "tcp://0.0.0.0:2376".to_string()]
+        );
+        assert!(parsed.tlsverify);
+        assert_eq!(parsed.labels, config.labels);
+        assert_eq!(parsed.insecure_registries, config.insecure_registries);
+        assert_eq!(parsed.registry_mirrors, config.registry_mirrors);
+        let options = parsed
+            .into_options()
+            .unwrap_or_else(|e| panic!("rmachine-engine refuses init's registry settings: {e}"));
+        assert_eq!(options.engine.registry.mirrors, ["https://mirror.example/"]);
+    }
+
     #[test]
     fn env_entries_without_equals_are_skipped() {
         let config = EngineConfig {

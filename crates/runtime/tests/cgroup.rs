@@ -2,7 +2,8 @@
 //! the v2 tree (`/sys/fs/cgroup/unified`) has no controllers but does freeze, so both the v1
 //! controllers and the v2 freezer are exercised; on a pure v2 host the v2 tree is the root.
 //!
-//! They need root; without it (or without the hierarchy) each test says so and returns.
+//! They need root; without it (or without the hierarchy) each test says so and returns, or
+//! fails under `RMACHINE_TESTS_REQUIRED=1` (tests/run.sh).
 
 use std::fs;
 use std::path::Path;
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use rmachine_runtime::cgroup::{detect, Cgroup, CgroupMode, CGROUP_ROOT};
 use rmachine_runtime::spec::Resources;
+
+mod common;
+use common::cannot_run;
 
 fn unique_id(tag: &str) -> String {
     format!("test-{tag}-{}", std::process::id())
@@ -81,11 +85,11 @@ fn assert_freezes(cgroup: &Cgroup) {
 #[test]
 fn the_v2_freezer_stops_and_resumes_a_busy_process() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: this test needs root");
+        cannot_run("this test needs root");
         return;
     }
     let Some(root) = v2_root() else {
-        eprintln!("skipped: no cgroup v2 tree on this host");
+        cannot_run("no cgroup v2 tree on this host");
         return;
     };
     let cgroup = Cgroup::under(
@@ -99,7 +103,7 @@ fn the_v2_freezer_stops_and_resumes_a_busy_process() {
     cgroup.create().expect("create");
     assert!(dir.is_dir());
     if !dir.join("cgroup.freeze").exists() {
-        eprintln!("skipped: this kernel has no cgroup v2 freezer");
+        cannot_run("this kernel has no cgroup v2 freezer");
         cgroup.remove().expect("remove");
         return;
     }
@@ -111,12 +115,12 @@ fn the_v2_freezer_stops_and_resumes_a_busy_process() {
 #[test]
 fn v1_controllers_limit_freeze_count_and_are_removed() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: this test needs root");
+        cannot_run("this test needs root");
         return;
     }
     let root = Path::new(CGROUP_ROOT);
     if detect(root).ok() != Some(CgroupMode::V1) {
-        eprintln!("skipped: this host is not cgroup v1");
+        cannot_run("this host is not cgroup v1");
         return;
     }
     let cgroup = Cgroup::under(
@@ -173,7 +177,7 @@ fn v1_controllers_limit_freeze_count_and_are_removed() {
         drop(spinner);
         assert_freezes(&cgroup);
     } else {
-        eprintln!("skipped: no freezer controller on this host");
+        cannot_run("no freezer controller on this host");
         cgroup.remove().expect("remove");
     }
     for controller in ["memory", "cpu", "pids", "freezer"] {

@@ -2,7 +2,8 @@
 //! the engine drives it (spec file, sync pipe on fd 3, stdio pipes or a PTY), and the tests
 //! assert what a user of the container would see.
 //!
-//! They need root (CI runs as root); without it each test says so and returns. Every mount
+//! They need root (CI runs as root); without it each test says so and returns, or fails under
+//! `RMACHINE_TESTS_REQUIRED=1` (tests/run.sh). Every mount
 //! happens in the container's own mount namespace: `no_mount_leaks_onto_the_host` checks that.
 
 use std::fs;
@@ -22,11 +23,15 @@ use rmachine_runtime::spec::{
 };
 use tempfile::TempDir;
 
-/// Returns early (passing) when not root: these tests mount and create namespaces.
+mod common;
+use common::cannot_run;
+
+/// Returns early when not root (failing under `RMACHINE_TESTS_REQUIRED=1`, see
+/// [`common::cannot_run`]): these tests mount and create namespaces.
 macro_rules! require_root {
     () => {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: this test needs root");
+            cannot_run("this test needs root");
             return;
         }
     };
@@ -1033,7 +1038,7 @@ fn hybrid_v2_tree() -> Option<&'static Path> {
 fn on_a_v2_host_the_container_has_its_own_cgroup_namespace_and_tree() {
     require_root!();
     let Some(tree) = hybrid_v2_tree() else {
-        eprintln!("skipped: needs a hybrid host to pose as a pure v2 one");
+        cannot_run("needs a hybrid host to pose as a pure v2 one");
         return;
     };
     let container = Container::new(&[
@@ -1127,13 +1132,13 @@ fn cgroup_of(container: &Container) -> Cgroup {
 /// the controller.
 fn cgroup_file(cgroup: &Cgroup, controller: &str, file: &str) -> Option<String> {
     let Some(dir) = cgroup.path(controller) else {
-        eprintln!("skipped: no {controller} controller on this host");
+        cannot_run(&format!("no {controller} controller on this host"));
         return None;
     };
     match fs::read_to_string(dir.join(file)) {
         Ok(content) => Some(content.trim().to_string()),
         Err(err) => {
-            eprintln!("skipped: {file}: {err}");
+            cannot_run(&format!("{file}: {err}"));
             None
         }
     }
@@ -1206,7 +1211,7 @@ fn the_pids_limit_caps_a_fork_bomb() {
     let (mut runtime, pid) = container.start_detached();
     let cgroup = cgroup_of(&container);
     if cgroup.path("pids").is_none() {
-        eprintln!("skipped: no pids controller on this host");
+        cannot_run("no pids controller on this host");
     } else {
         // Settled: the subshell is gone and PID 1 is `sleep`.
         let settled = wait_until(10, || {
@@ -1241,7 +1246,7 @@ fn freeze_stops_the_container_and_thaw_resumes_it_and_stats_count() {
     let count = container.path("upper").join("count");
     assert!(wait_until(10, || read_count(&count).is_some_and(|n| n > 10)));
     if cgroup.mode() == CgroupMode::V1 && cgroup.path("freezer").is_none() {
-        eprintln!("skipped: no freezer controller on this host");
+        cannot_run("no freezer controller on this host");
     } else {
         cgroup.freeze().expect("freeze");
         assert!(cgroup.is_frozen().expect("state"));
@@ -1286,7 +1291,7 @@ fn running_out_of_memory_is_recorded() {
     });
     let cgroup = cgroup_of(&container);
     if cgroup.path("memory").is_none() {
-        eprintln!("skipped: no memory controller on this host");
+        cannot_run("no memory controller on this host");
         return;
     }
     let outcome = container.run();
@@ -1705,7 +1710,7 @@ fn device_cgroup_refuses_the_disk(pure_v2: bool) {
 fn the_v1_device_cgroup_refuses_devices_outside_dockers_list() {
     require_root!();
     if !Path::new("/sys/fs/cgroup/devices/devices.list").exists() {
-        eprintln!("skipped: needs the v1 devices controller");
+        cannot_run("needs the v1 devices controller");
         return;
     }
     device_cgroup_refuses_the_disk(false);
@@ -1715,7 +1720,7 @@ fn the_v1_device_cgroup_refuses_devices_outside_dockers_list() {
 fn the_v2_device_program_refuses_devices_outside_dockers_list() {
     require_root!();
     if hybrid_v2_tree().is_none() {
-        eprintln!("skipped: needs a hybrid host to pose as a pure v2 one");
+        cannot_run("needs a hybrid host to pose as a pure v2 one");
         return;
     }
     device_cgroup_refuses_the_disk(true);
@@ -1764,7 +1769,7 @@ fn privileged_containers_can_open_nodes_they_make() {
 fn exec_processes_get_the_device_cgroup_too() {
     require_root!();
     if !Path::new("/sys/fs/cgroup/devices/devices.list").exists() {
-        eprintln!("skipped: needs the v1 devices controller");
+        cannot_run("needs the v1 devices controller");
         return;
     }
     let host = TempDir::new().expect("temp dir");

@@ -5,6 +5,9 @@
 use rmachine_runtime::caps::DEFAULT_CAPABILITIES;
 use rmachine_runtime::seccomp::Filter;
 
+mod common;
+use common::cannot_run;
+
 fn default_caps() -> u64 {
     DEFAULT_CAPABILITIES
         .iter()
@@ -120,7 +123,7 @@ fn sys_admin_probe() -> i32 {
 #[test]
 fn the_default_filter_refuses_what_dockers_profile_refuses() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+        cannot_run("needs root");
         return;
     }
     let filter = Filter::docker_default(default_caps());
@@ -130,7 +133,7 @@ fn the_default_filter_refuses_what_dockers_profile_refuses() {
 #[test]
 fn cap_sys_admin_lifts_the_namespace_group() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+        cannot_run("needs root");
         return;
     }
     let filter = Filter::docker_default(default_caps() | 1 << 21);

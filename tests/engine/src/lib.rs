@@ -15,7 +15,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// True when the tests can run (root); otherwise prints why they are skipped.
+/// The variable tests/run.sh (and so CI) sets to `1`: a test that cannot run here then fails
+/// with the reason instead of passing as skipped.
+pub const TESTS_REQUIRED: &str = "RMACHINE_TESTS_REQUIRED";
+
+/// Says that the current test cannot run here and why: a failure under
+/// [`TESTS_REQUIRED`]`=1`; otherwise a skip, reported on stderr past the test harness's output
+/// capture (which hides what passing tests print) so that the runner shows it. The caller
+/// returns after it.
+pub fn cannot_run(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if std::env::var(TESTS_REQUIRED).is_ok_and(|v| v == "1") {
+        panic!("{test} cannot run here: {reason} ({TESTS_REQUIRED}=1 makes this a failure)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// True when the tests can run (root); otherwise [`cannot_run`] says why.
 pub fn require_root() -> bool {
     let uid = fs::read_to_string("/proc/self/status")
         .ok()
@@ -28,7 +47,7 @@ pub fn require_root() -> bool {
     if uid == "0" {
         true
     } else {
-        eprintln!("SKIPPED: engine tests need root (namespaces, overlayfs); run them as root");
+        cannot_run("engine tests need root (namespaces, overlayfs); run them as root");
         false
     }
 }
@@ -167,11 +186,18 @@ pub struct Engine {
     pub port: u16,
     /// TLS material.
     pub certs: Certs,
+    /// More engine flags, after the harness's own.
+    extra_args: Vec<String>,
 }
 
 impl Engine {
     /// Starts an engine in a fresh temp dir and waits until it answers `/_ping`.
     pub fn start() -> Result<Engine> {
+        Engine::start_with_args(&[])
+    }
+
+    /// [`Engine::start`] with more engine flags (`--registry-mirror URL`).
+    pub fn start_with_args(extra_args: &[&str]) -> Result<Engine> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-engine-test")
             .tempdir()?;
@@ -183,6 +209,7 @@ impl Engine {
             port: free_port()?,
             dir,
             certs,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         engine.spawn()?;
         Ok(engine)
@@ -226,6 +253,7 @@ impl Engine {
             .arg(binary("rmachine-runtime")?)
             .arg("--label")
             .arg("purpose=test")
+            .args(&self.extra_args)
             .env("RUST_LOG", "rmachine_engine=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -261,6 +289,30 @@ impl Engine {
             bail!("unexpected /_ping answer: {response}");
         }
         Ok(response)
+    }
+
+    /// One raw HTTP/1.0 request over the unix socket (JSON body when not empty); returns the
+    /// status code and the response body.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        let mut stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no end of headers in {response:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))?;
+        Ok((status, body.to_string()))
     }
 
     /// Kills the engine with SIGKILL (no cleanup), as a crash would.

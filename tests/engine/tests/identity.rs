@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rmachine_tests_engine::{Engine, Run};
+use rmachine_tests_engine::{cannot_run, Engine, Run};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -392,7 +392,7 @@ fn v1_hosts_show_the_containers_own_cgroups() -> anyhow::Result<()> {
         return Ok(());
     };
     if !std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
-        eprintln!("skipped: not a cgroup v1 host");
+        cannot_run("not a cgroup v1 host");
         return Ok(());
     }
     let out = stdout_of(

@@ -250,6 +250,44 @@ fn prune_removes_stopped_containers_only() -> anyhow::Result<()> {
 }
 
 #[test]
+fn prune_reports_the_space_the_removed_containers_held() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&[
+            "run",
+            "--name",
+            "filler",
+            "busybox",
+            "sh",
+            "-c",
+            "head -c 100000 /dev/zero > /filler",
+        ])?
+        .ok()?;
+    let (status, body) = engine.request("POST", "/v1.45/containers/prune", "")?;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        report["ContainersDeleted"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // The writable layer: the file written, plus the few the engine puts there.
+    let reclaimed = report["SpaceReclaimed"].as_u64().unwrap_or(0);
+    assert!(
+        (100_000..110_000).contains(&reclaimed),
+        "SpaceReclaimed {reclaimed}"
+    );
+    // Nothing left to remove: dockerd's nil list and zero.
+    let (_, body) = engine.request("POST", "/v1.45/containers/prune", "")?;
+    assert_eq!(
+        body.trim(),
+        r#"{"ContainersDeleted":null,"SpaceReclaimed":0}"#
+    );
+    Ok(())
+}
+
+#[test]
 fn events_report_the_container_lifecycle() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());

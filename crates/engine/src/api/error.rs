@@ -14,6 +14,20 @@ pub enum ApiError {
     /// No route matches.
     #[error("page not found")]
     NotFound,
+    /// A route of the Docker API the engine does not serve yet; `what` names the docker
+    /// command that needs it.
+    #[error("rmachine-engine does not support {what} yet")]
+    NotImplemented {
+        /// The docker command or API that is missing (`docker network create`).
+        what: String,
+    },
+    /// A missing object, with dockerd's text for it (`network web not found`).
+    #[error("{0}")]
+    NoSuchObject(String),
+    /// Refused as dockerd refuses it while the service is off (swarm routes without a swarm);
+    /// the text is dockerd's.
+    #[error("{0}")]
+    Unavailable(String),
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -50,6 +64,9 @@ pub fn status_of(err: &ApiError) -> StatusCode {
     match err {
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::NotFound => StatusCode::NOT_FOUND,
+        ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+        ApiError::NoSuchObject(_) => StatusCode::NOT_FOUND,
+        ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Context { source, .. } => status_of(source),
         ApiError::Engine(err) => engine_status(err),
     }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use tracing::debug;
@@ -11,10 +12,9 @@ use tracing::debug;
 use super::error::ApiError;
 use super::query::Query;
 use super::stream::{self, ChannelBody};
-use super::{empty, json, streaming, Api, ApiResult};
+use super::{empty, json, streaming, Api, ApiResult, ResponseBody};
 use crate::container::exec::ExecConfig;
 use crate::container::stats;
-use crate::core::AttachSession;
 
 /// `POST /containers/{id}/exec`.
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +38,7 @@ struct ExecCreateBody {
 #[serde(rename_all = "PascalCase", default)]
 struct ExecStartBody {
     detach: bool,
+    tty: bool,
     console_size: Option<Vec<u16>>,
 }
 
@@ -70,7 +71,7 @@ fn dims(query: &Query) -> Result<(u16, u16), ApiError> {
 }
 
 impl Api {
-    /// The routes of this module; `NotFound` for any other request.
+    /// The routes of this module; for any other request, [`super::unsupported::answer`].
     pub(super) async fn route_ext(
         &self,
         req: Request<Incoming>,
@@ -106,17 +107,34 @@ impl Api {
                     .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
                     .to_bytes();
                 let start: ExecStartBody = parse(&bytes, "ExecStartOptions")?;
-                let req = Request::from_parts(parts, Empty::<Bytes>::new());
+                // As dockerd: no console size without a TTY in the start request.
+                let console_size = size(start.console_size.as_ref()).filter(|_| start.tty);
+                // As dockerd's ExecExists: an unknown exec is a 404, before any hijack.
                 let keys = self.engine.exec(&id)?.config.detach_keys.clone();
-                let detach = super::detach::keys(Some(&keys)).map_err(ApiError::BadRequest)?;
-                let session = self
-                    .engine
-                    .exec_start(&id, start.detach, size(start.console_size.as_ref()))
-                    .await?;
-                match session {
-                    None => empty(StatusCode::OK),
-                    Some(session) => hijack(req, session, detach),
+                if start.detach {
+                    self.engine.exec_start(&id, true, console_size).await?;
+                    return empty(StatusCode::OK);
                 }
+                let detach = super::detach::keys(Some(&keys)).map_err(ApiError::BadRequest)?;
+                let req = Request::from_parts(parts, Empty::<Bytes>::new());
+                let engine = self.engine.clone();
+                // dockerd writes the 101 first and starts the process after: output must not
+                // share a read with the response headers, or a client that hands the raw
+                // socket on after the headers (docker-py) loses it.
+                Ok(hijack(req, start.tty, move |upgraded| async move {
+                    match engine.exec_start(&id, false, console_size).await {
+                        Ok(Some(mut session)) => {
+                            // Framing follows the start request's Tty, as dockerd's route.
+                            session.tty = start.tty;
+                            stream::serve_attach_with(upgraded, session, detach).await;
+                        }
+                        Ok(None) => {}
+                        Err(err) => {
+                            debug!(exec = %id, error = %err, "exec start failed after hijack");
+                            stream::write_error(upgraded, &format!("{err}\r\n")).await;
+                        }
+                    }
+                }))
             }
             (&Method::GET, ["exec", id, "json"]) => {
                 json(StatusCode::OK, &self.engine.exec(id)?.inspect())
@@ -148,7 +166,7 @@ impl Api {
             (&Method::GET, ["containers", id, "stats"]) => self.stats(id, query),
             _ => {
                 drop(req);
-                Err(ApiError::NotFound)
+                Err(super::unsupported::answer(method, segments, query))
             }
         }
     }
@@ -190,13 +208,14 @@ impl Api {
     }
 }
 
-/// A 101 response whose connection then carries `session` (the body was already read).
-fn hijack(
-    req: Request<Empty<Bytes>>,
-    session: AttachSession,
-    detach: Option<Vec<u8>>,
-) -> ApiResult {
-    let content_type = if session.tty {
+/// A 101 response; once it is written, `serve` gets the connection (the body was already
+/// read). `tty` picks the content type: raw, or multiplexed stdout/stderr.
+fn hijack<F, Fut>(req: Request<Empty<Bytes>>, tty: bool, serve: F) -> Response<ResponseBody>
+where
+    F: FnOnce(Upgraded) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let content_type = if tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
@@ -205,7 +224,7 @@ fn hijack(
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => stream::serve_attach_with(upgraded, session, detach).await,
+            Ok(upgraded) => serve(upgraded).await,
             Err(err) => debug!(error = %err, "exec upgrade failed"),
         }
     });
@@ -217,5 +236,5 @@ fn hijack(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("tcp"));
-    Ok(resp)
+    resp
 }

@@ -14,6 +14,7 @@ pub mod query;
 pub mod server;
 pub mod stream;
 pub mod types;
+mod unsupported;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -196,10 +197,14 @@ impl Api {
             (&Method::POST, ["containers", "prune"]) => {
                 let filters = parse_filters(query.get("filters"))?;
                 let filters = crate::core::PruneFilters::parse(&filters)?;
-                let deleted = self.engine.prune(&filters).await?;
+                let report = self.engine.prune(&filters).await?;
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({"ContainersDeleted": deleted, "SpaceReclaimed": 0}),
+                    &serde_json::json!({
+                        // dockerd appends to a nil slice: null when nothing was removed.
+                        "ContainersDeleted": (!report.deleted.is_empty()).then_some(report.deleted),
+                        "SpaceReclaimed": report.space_reclaimed,
+                    }),
                 )
             }
             (&Method::GET, ["containers", id, "json"]) => {
@@ -464,16 +469,20 @@ impl Api {
         let session = stream.then_some(session);
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
+            // The log is read once the 101 is written, as dockerd does: nothing of it may
+            // share a read with the response headers.
+            let upgraded = match upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    debug!(error = %err, "attach upgrade failed");
+                    return;
+                }
+            };
             let replay = match source {
                 Some(source) => stream::log_replay(source, stdout, stderr).await,
                 None => Vec::new(),
             };
-            match upgrade.await {
-                Ok(upgraded) => {
-                    stream::serve_attach_after_replay(upgraded, session, detach_keys, replay).await
-                }
-                Err(err) => debug!(error = %err, "attach upgrade failed"),
-            }
+            stream::serve_attach_after_replay(upgraded, session, detach_keys, replay).await
         });
         let mut resp = Response::new(Empty::new().boxed_unsync());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

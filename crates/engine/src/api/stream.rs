@@ -92,6 +92,14 @@ pub async fn serve_attach_after_replay(
     }
 }
 
+/// Writes `text` on a hijacked connection and closes it: how dockerd reports an exec that
+/// failed after the 101 was sent.
+pub async fn write_error(upgraded: Upgraded, text: &str) {
+    let mut io = TokioIo::new(upgraded);
+    let _ = io.write_all(text.as_bytes()).await;
+    let _ = io.shutdown().await;
+}
+
 /// A container's log so far, framed as [`stream_logs`] sends it.
 pub async fn log_replay(source: LogSource, stdout: bool, stderr: bool) -> Vec<Bytes> {
     let options = LogOptions {

@@ -1,7 +1,5 @@
 //! Docker API JSON shapes: requests the engine decodes and the documents it answers with.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -276,29 +274,10 @@ pub fn version() -> Value {
 
 /// `GET /info`.
 pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usize) -> Value {
-    let registries: BTreeMap<&str, Value> = config
-        .insecure_registries
-        .iter()
-        .filter(|r| !r.contains('/'))
-        .map(|r| {
-            (
-                r.as_str(),
-                json!({"Name": r, "Mirrors": [], "Secure": false, "Official": false}),
-            )
-        })
-        .chain(std::iter::once((
-            "docker.io",
-            json!({"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}),
-        )))
-        .collect();
-    let insecure_cidrs: Vec<&String> = config
-        .insecure_registries
-        .iter()
-        .filter(|r| r.contains('/'))
-        .collect();
-    let mut cidrs: Vec<Value> = vec![json!("::1/128"), json!("127.0.0.0/8")];
-    cidrs.extend(insecure_cidrs.iter().map(|c| json!(c)));
     let cgroup_version = sysinfo::cgroup_version();
+    let limits = sysinfo::cgroup_features();
+    let forwarding = sysinfo::ipv4_forwarding();
+    let warnings = sysinfo::info_warnings(limits, cgroup_version, forwarding);
     json!({
         "ID": engine_id,
         "Containers": counts.total,
@@ -315,20 +294,24 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
             ["userxattr", "false"]
         ],
         "Plugins": {
-            "Volume": ["local"],
+            // Named volumes are not served yet (501): no volume driver works.
+            "Volume": [],
             "Network": ["host", "null"],
             "Authorization": null,
             "Log": ["json-file"]
         },
-        "MemoryLimit": false,
-        "SwapLimit": false,
+        "MemoryLimit": limits.memory,
+        "SwapLimit": limits.swap,
+        // The runtime sets no kernel TCP memory limit and never disables the OOM killer.
         "KernelMemoryTCP": false,
-        "CpuCfsPeriod": false,
-        "CpuCfsQuota": false,
-        "CPUShares": false,
-        "CPUSet": false,
-        "PidsLimit": false,
-        "IPv4Forwarding": true,
+        "CpuCfsPeriod": limits.cfs_period,
+        "CpuCfsQuota": limits.cfs_quota,
+        "CPUShares": limits.cpu_shares,
+        "CPUSet": limits.cpuset,
+        "PidsLimit": limits.pids,
+        "IPv4Forwarding": forwarding,
+        // As dockerd 28 (API 1.48): obsolete, always false, no warning (netfilter modules
+        // load on demand).
         "BridgeNfIptables": false,
         "BridgeNfIp6tables": false,
         "Debug": config.debug,
@@ -346,13 +329,7 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "OSType": "linux",
         "Architecture": sysinfo::architecture(),
         "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {
-            "AllowNondistributableArtifactsCIDRs": null,
-            "AllowNondistributableArtifactsHostnames": null,
-            "InsecureRegistryCIDRs": cidrs,
-            "IndexConfigs": registries,
-            "Mirrors": null
-        },
+        "RegistryConfig": config.registry.info(),
         "NCPU": sysinfo::ncpu(),
         "MemTotal": sysinfo::mem_total(),
         "GenericResources": null,
@@ -378,7 +355,7 @@ pub fn info(config: &EngineConfig, engine_id: &str, counts: Counts, images: usiz
         "InitCommit": {"ID": ""},
         "SecurityOptions": ["name=seccomp,profile=builtin"],
         "CDISpecDirs": [],
-        "Warnings": null
+        "Warnings": warnings
     })
 }
 
