@@ -303,9 +303,8 @@ fn run_tool(program: &str, args: &[&str], device: &Path) -> ToolOutput {
 pub fn summary_line(output: &str) -> String {
     let lines = || output.lines().map(str::trim).filter(|l| !l.is_empty());
     lines()
-        .filter(|l| l.contains(" files") && l.contains(" blocks"))
-        .last()
-        .or_else(|| lines().last())
+        .rfind(|l| l.contains(" files") && l.contains(" blocks"))
+        .or_else(|| lines().next_back())
         .unwrap_or_default()
         .to_owned()
 }
