@@ -67,14 +67,6 @@ pub enum DiskError {
         /// Exit status or spawn error, with mke2fs's stderr.
         detail: String,
     },
-    /// e2fsck could not run, or left errors it could not correct.
-    #[error("checking {device} failed: {detail}")]
-    Check {
-        /// The device path.
-        device: PathBuf,
-        /// Exit codes and e2fsck's output.
-        detail: String,
-    },
     /// `tune2fs -j` could not add a journal.
     #[error("adding a journal to {device} failed: {detail}")]
     AddJournal {

@@ -332,8 +332,13 @@ fn prepare_and_mount(data: &disk::Disk, report: &mut DataDiskReport) -> bool {
     report.journal = superblock.has_journal();
     if !report.journal {
         tracing::info!("disk: {} is ext2 without a journal; adding one", data.name);
+        let started = Instant::now();
         match disk::add_journal(&device) {
             Ok(()) => {
+                tracing::info!(
+                    "disk: journal added in {} ms",
+                    started.elapsed().as_millis()
+                );
                 report.journal = true;
                 report.boot_action = if checked {
                     BootAction::CheckedAndJournalAdded
