@@ -7,6 +7,9 @@
 # Inputs, all from Debian's package mirror (cached in guest/work/, re-runs reuse them):
 #   - the Debian 12 cloud kernel (linux-image-cloud-<debarch> → linux-image-6.1.0-*-cloud-<debarch>)
 #   - busybox-static (one static /bin/busybox plus applet links)
+#   - e2fsprogs (mke2fs, e2fsck, tune2fs for the ext4 data disk) with exactly the shared
+#     libraries they link (libext2fs2, libcom-err2, libblkid1, libuuid1, libc6) and the loader:
+#     Debian builds e2fsprogs only dynamically
 # and our static musl binaries (rmachine-init as /init, rmachine-engine).
 # Contract of the output: docs/internals.md, "Guest image".
 set -euo pipefail
@@ -21,6 +24,7 @@ CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WORKSPACE/target}"
 case "$ARCH" in
   x86_64)
     DEB_ARCH=amd64
+    MULTIARCH=x86_64-linux-gnu
     RUST_TARGET=x86_64-unknown-linux-musl
     # ring's C parts need a musl C compiler (Debian's musl-tools).
     export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
@@ -30,6 +34,7 @@ case "$ARCH" in
     # `apt-get download pkg:arm64` works, the rust target `aarch64-unknown-linux-musl`
     # (linked with rust-lld) and a C cross compiler for ring (e.g. clang --target=aarch64-linux-musl).
     DEB_ARCH=arm64
+    MULTIARCH=aarch64-linux-gnu
     RUST_TARGET=aarch64-unknown-linux-musl
     ;;
   *)
@@ -58,11 +63,11 @@ need() {
   local missing=()
   for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   if ((${#missing[@]})); then
-    log "missing tools: ${missing[*]} (apt-get install cpio zstd kmod jq musl-tools)"
+    log "missing tools: ${missing[*]} (apt-get install cpio zstd kmod jq musl-tools binutils)"
     exit 1
   fi
 }
-need apt-get apt-cache dpkg-deb cpio zstd depmod sha256sum cargo jq
+need apt-get apt-cache dpkg-deb cpio zstd depmod sha256sum cargo jq readelf
 
 mkdir -p "$WORK/debs" "$OUT"
 
@@ -97,6 +102,11 @@ fi
 KVER="${KPKG#linux-image-}"
 KDEB="$(fetch_deb "$KPKG")"
 BBDEB="$(fetch_deb busybox-static)"
+# e2fsprogs and the packages holding the libraries its programs link; which files of them are
+# shipped is decided below from the ELF headers (DT_NEEDED, PT_INTERP), not from this list.
+E2FS_PACKAGES=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libc6)
+E2FS_DEBS=()
+for pkg in "${E2FS_PACKAGES[@]}"; do E2FS_DEBS+=("$(fetch_deb "$pkg")"); done
 
 if [[ ! -d "$WORK/kernel/lib/modules/$KVER" ]]; then
   log "unpacking $KPKG"
@@ -108,6 +118,11 @@ fi
 if [[ ! -x "$WORK/busybox/bin/busybox" ]]; then
   rm -rf "$WORK/busybox"
   dpkg-deb -x "$BBDEB" "$WORK/busybox"
+fi
+E2FS="$WORK/e2fsprogs"
+if [[ ! -x "$E2FS/sbin/e2fsck" ]]; then
+  rm -rf "$E2FS"
+  for deb in "${E2FS_DEBS[@]}"; do dpkg-deb -x "$deb" "$E2FS"; done
 fi
 if ! grep -q '^CONFIG_RD_ZSTD=y' "$WORK/kernel/boot/config-$KVER"; then
   log "kernel $KVER cannot unpack a zstd initramfs"
@@ -142,6 +157,58 @@ fi
 # rmachine-init is a multi-call binary: argv0 rmachine-runtime runs the container runtime.
 ln -s /init "$ROOT/usr/bin/rmachine-runtime"
 ln -s /init "$ROOT/usr/bin/rmachine-init"
+
+# e2fsprogs, before the busybox links: busybox's own mke2fs/tune2fs (ext2 only) must not win.
+# The data disk is ext4 with a journal (crates/init/src/disk.rs); /etc/mtab lets e2fsck see
+# whether the disk is mounted.
+E2FS_PROGS=(mke2fs e2fsck tune2fs)
+for prog in "${E2FS_PROGS[@]}"; do install -m 0755 "$E2FS/sbin/$prog" "$ROOT/sbin/$prog"; done
+ln -s mke2fs "$ROOT/sbin/mkfs.ext4"
+ln -s e2fsck "$ROOT/sbin/fsck.ext4"
+install -m 0644 "$E2FS/etc/mke2fs.conf" "$ROOT/etc/mke2fs.conf"
+ln -s /proc/self/mounts "$ROOT/etc/mtab"
+# The libraries they need, transitively, found in the unpacked packages: a library missing
+# from E2FS_PACKAGES fails the build here rather than the guest at boot.
+e2fs_lib() {
+  local name="$1" dir
+  for dir in "lib/$MULTIARCH" "usr/lib/$MULTIARCH"; do
+    if [[ -e "$E2FS/$dir/$name" ]]; then
+      printf '%s\n' "$E2FS/$dir/$name"
+      return
+    fi
+  done
+  log "e2fsprogs: no $name in ${E2FS_PACKAGES[*]}"
+  exit 1
+}
+declare -A e2fs_done=()
+e2fs_queue=("${E2FS_PROGS[@]/#/$ROOT/sbin/}")
+while ((${#e2fs_queue[@]})); do
+  elf="${e2fs_queue[0]}"
+  e2fs_queue=("${e2fs_queue[@]:1}")
+  while read -r needed; do
+    [[ -n "${e2fs_done[$needed]:-}" ]] && continue
+    e2fs_done[$needed]=1
+    lib="$(e2fs_lib "$needed")"
+    install -D -m 0755 "$(readlink -f "$lib")" "$ROOT/lib/$MULTIARCH/$needed"
+    e2fs_queue+=("$ROOT/lib/$MULTIARCH/$needed")
+  done < <(readelf -d "$elf" | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p')
+done
+# The dynamic loader: with the libraries (libc names it), and at the path the programs name
+# (PT_INTERP) as a link to it, as Debian lays it out.
+INTERP="$(readelf -l "$ROOT/sbin/e2fsck" | sed -n 's/.*Requesting program interpreter: \(.*\)\]$/\1/p')"
+if [[ -z "$INTERP" ]]; then
+  log "e2fsprogs: e2fsck names no program interpreter"
+  exit 1
+fi
+LOADER="/lib/$MULTIARCH/$(basename "$INTERP")"
+if [[ -z "${e2fs_done[$(basename "$INTERP")]:-}" ]]; then
+  install -D -m 0755 "$(readlink -f "$(e2fs_lib "$(basename "$INTERP")")")" "$ROOT$LOADER"
+fi
+if [[ "$INTERP" != "$LOADER" ]]; then
+  mkdir -p "$ROOT/$(dirname "$INTERP")"
+  ln -s "$LOADER" "$ROOT$INTERP"
+fi
+log "e2fsprogs: ${E2FS_PROGS[*]} + ${!e2fs_done[*]}, $(du -ck "$ROOT"/sbin/{mke2fs,e2fsck,tune2fs} "$ROOT/lib/$MULTIARCH" | tail -1 | cut -f1) KiB"
 
 install -m 0755 "$WORK/busybox/bin/busybox" "$ROOT/bin/busybox"
 # Applet links; never shadow our own binaries (busybox has an `init` applet of its own).

@@ -7,7 +7,11 @@
 //! `convertfromraw`, Hyper-V after appending a fixed-VHD footer) and the guest can recognise it
 //! by content, whatever the disk order. Because the host rewrites it before each start, new
 //! certificates (`regenerate-certs`) reach the guest with a restart and no SSH round-trip.
+//!
+//! The guest's answer travels the other way, on the serial console: see [`report`].
 #![warn(missing_docs)]
+
+pub mod report;
 
 use std::io::{self, Read, Write};
 

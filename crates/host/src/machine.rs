@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
+use rmachine_guest_config::report;
 use rmachine_guest_config::{EngineConfig, GuestConfig, GuestConfigError, FORMAT_VERSION};
 use serde_json::Value;
 
@@ -562,6 +563,7 @@ async fn provision<D: Driver>(
         name: name.to_string(),
         vm: spec.clone(),
         created: chrono::Utc::now(),
+        data_disk: None,
     };
 
     progress(Progress::WritingConfigDrive);
@@ -689,7 +691,35 @@ async fn boot<D: Driver>(
             cause: Box::new(source),
         });
     }
+    if driver.info().capabilities.console_log {
+        record_data_disk(store, dir, config)?;
+    }
     progress(Progress::EngineReady);
+    Ok(())
+}
+
+/// Stores the data-disk report of this boot (the guest prints it on the console before the
+/// engine starts, so it is there once the engine answers). A boot that printed none (an older
+/// guest image, no data disk) leaves no report: a stale one would claim a check that this boot
+/// did not see.
+fn record_data_disk(
+    store: &Store,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+) -> Result<(), MachineError> {
+    let console = std::fs::read(dir.file("console.log")).unwrap_or_default();
+    let report = report::last_report(&String::from_utf8_lossy(&console));
+    match &report {
+        Some(r) if !r.mounted => tracing::warn!(
+            machine = %dir.name,
+            "the guest could not mount its data disk {}; nothing will persist (see console.log)",
+            r.device
+        ),
+        Some(r) => tracing::debug!(machine = %dir.name, action = ?r.boot_action, "data disk"),
+        None => tracing::debug!(machine = %dir.name, "no data-disk report on the console"),
+    }
+    config.data_disk = report;
+    store.save(config)?;
     Ok(())
 }
 
@@ -1139,6 +1169,8 @@ mod tests {
         calls: Mutex<Vec<String>>,
         engine: Mutex<Option<SocketAddr>>,
         serve_engine: bool,
+        /// When set, the driver captures the console and `start` writes this as `console.log`.
+        console: Option<String>,
     }
 
     impl FakeDriver {
@@ -1172,7 +1204,10 @@ mod tests {
         fn info(&self) -> DriverInfo {
             DriverInfo {
                 name: "fake".into(),
-                capabilities: Capabilities::default(),
+                capabilities: Capabilities {
+                    console_log: self.console.is_some(),
+                    ..Default::default()
+                },
             }
         }
         async fn precheck(&self, _spec: &VmSpec) -> Result<(), DriverError> {
@@ -1188,6 +1223,9 @@ mod tests {
         }
         async fn start(&self, dir: &MachineDir, _spec: &VmSpec) -> Result<(), DriverError> {
             self.step("start")?;
+            if let Some(console) = &self.console {
+                std::fs::write(dir.file("console.log"), console).unwrap();
+            }
             let addr = if self.serve_engine {
                 crate::engine_check::tests::serve(dir.path()).await
             } else {
@@ -1367,6 +1405,54 @@ mod tests {
         );
         assert!(driver.calls().is_empty());
         assert!(!store.root().exists());
+    }
+
+    #[tokio::test]
+    async fn the_data_disk_report_on_the_console_reaches_the_record_and_inspect() {
+        use rmachine_guest_config::report::{
+            BootAction, CheckResult, CheckRun, DataDiskReport, DiskCheck,
+        };
+        let (_tmp, store, options) = setup();
+        let report = DataDiskReport {
+            device: "/dev/vda".into(),
+            filesystem: "ext4".into(),
+            journal: true,
+            boot_action: BootAction::Checked,
+            mounted: true,
+            last_check: Some(DiskCheck {
+                time: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                reason: "journal needs recovery".into(),
+                runs: vec![CheckRun {
+                    command: "/sbin/e2fsck -p /dev/vda".into(),
+                    exit_code: 0,
+                    duration_ms: 80,
+                }],
+                result: CheckResult::Clean,
+                summary: "rmachine-data: clean, 11/1310720 files, 126322/5242880 blocks".into(),
+            }),
+        };
+        let driver = FakeDriver {
+            serve_engine: true,
+            console: Some(format!(
+                "[    0.500] rmachine-init: {}\n[    0.900] rmachine-init: boot complete\n",
+                report.console_line()
+            )),
+            ..Default::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "intro", &options, &progress)
+            .await
+            .unwrap();
+        assert_eq!(store.load("intro").unwrap().data_disk, Some(report));
+        let shown = inspect(
+            &store,
+            "intro",
+            Some("{{.DataDisk.BootAction}} {{.DataDisk.LastCheck.Result}} {{.DataDisk.LastCheck.Time}}"),
+        )
+        .unwrap();
+        assert_eq!(shown, "Checked Clean 2027-01-15T08:00:00Z\n");
+        let full = inspect(&store, "intro", None).unwrap();
+        assert!(full.contains("\"DataDisk\": {"), "{full}");
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use rmachine_driver::{MachineDir, VmSpec};
+use rmachine_guest_config::report::DataDiskReport;
 use serde::{Deserialize, Serialize};
 
 /// Version of the machine record format this build writes.
@@ -118,6 +119,10 @@ pub struct MachineConfig {
     pub vm: VmSpec,
     /// When `create` made the machine.
     pub created: DateTime<Utc>,
+    /// The data disk as the guest reported it at the last boot (format, check, mount);
+    /// absent until a guest that reports it has booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk: Option<DataDiskReport>,
 }
 
 /// docker-machine's `BaseDriver` fields plus the driver options, flattened.
@@ -498,6 +503,7 @@ pub(crate) mod tests {
                 guest_ports: GuestPorts::default(),
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+            data_disk: None,
         }
     }
 

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rmachine_guest_config::report::{BootAction, CheckResult, DataDiskReport};
 use rmachine_guest_config::GuestConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -240,13 +241,42 @@ fn setup_storage_and_config() -> Boot {
     }
 }
 
+/// Formats (blank), checks (when the superblock asks for it), converts (ext2 → journal) and
+/// mounts the data disk; prints the [`DataDiskReport`] line on the console whatever happened.
 fn mount_data_disk(data: &disk::Disk) -> bool {
+    let device = data.device();
+    let mut report = DataDiskReport {
+        device: device.display().to_string(),
+        filesystem: "ext4".into(),
+        journal: false,
+        boot_action: BootAction::None,
+        mounted: false,
+        last_check: None,
+    };
+    let mounted = prepare_and_mount(data, &mut report);
+    report.mounted = mounted;
+    if mounted {
+        report.last_check = match report.last_check.take() {
+            Some(check) => {
+                if let Err(err) = disk::save_last_check(Path::new(DATA_MOUNT), &check) {
+                    tracing::warn!("disk: {}", error_chain(&err));
+                }
+                Some(check)
+            }
+            None => disk::load_last_check(Path::new(DATA_MOUNT)),
+        };
+    }
+    tracing::info!("{}", report.console_line());
+    mounted
+}
+
+fn prepare_and_mount(data: &disk::Disk, report: &mut DataDiskReport) -> bool {
     let device = data.device();
     match data.content {
         DiskContent::Ext => {}
         DiskContent::Blank => {
             tracing::info!(
-                "disk: {} is blank; formatting (ext2, label {})",
+                "disk: {} is blank; formatting (ext4, label {})",
                 data.name,
                 disk::DATA_LABEL
             );
@@ -255,6 +285,7 @@ fn mount_data_disk(data: &disk::Disk) -> bool {
                 tracing::error!("disk: {}", error_chain(&err));
                 return false;
             }
+            report.boot_action = BootAction::Formatted;
             tracing::info!(
                 "disk: formatted {} in {} ms",
                 data.name,
@@ -270,9 +301,64 @@ fn mount_data_disk(data: &disk::Disk) -> bool {
             return false;
         }
     }
+    let superblock = match disk::read_superblock(&device) {
+        Ok(superblock) => superblock,
+        Err(err) => {
+            tracing::error!("disk: {}", error_chain(&err));
+            return false;
+        }
+    };
+    let reasons = superblock.check_reasons();
+    let mut checked = false;
+    if !reasons.is_empty() {
+        let why: Vec<&str> = reasons.iter().map(|r| r.describe()).collect();
+        tracing::info!("disk: {} needs a check ({})", data.name, why.join(", "));
+        let check = disk::check(&device, &reasons);
+        let result = check.result;
+        tracing::info!("disk: check {result:?}: {}", check.summary);
+        report.last_check = Some(check);
+        checked = true;
+        if result == CheckResult::Failed {
+            tracing::error!(
+                "disk: {} has errors e2fsck could not correct; not mounting it \
+                 (nothing will persist until it is repaired)",
+                data.name
+            );
+            return false;
+        }
+    } else {
+        tracing::info!("disk: {} clean; no check needed", data.name);
+    }
+    report.journal = superblock.has_journal();
+    if !report.journal {
+        tracing::info!("disk: {} is ext2 without a journal; adding one", data.name);
+        let started = Instant::now();
+        match disk::add_journal(&device) {
+            Ok(()) => {
+                tracing::info!(
+                    "disk: journal added in {} ms",
+                    started.elapsed().as_millis()
+                );
+                report.journal = true;
+                report.boot_action = if checked {
+                    BootAction::CheckedAndJournalAdded
+                } else {
+                    BootAction::JournalAdded
+                };
+            }
+            // An ext2 disk still mounts; it only stays as fragile as it was.
+            Err(err) => tracing::warn!("disk: {}", error_chain(&err)),
+        }
+    } else if checked {
+        report.boot_action = BootAction::Checked;
+    }
     match disk::mount_ext(&device, Path::new(DATA_MOUNT)) {
         Ok(()) => {
-            tracing::info!("disk: {} mounted on {DATA_MOUNT}", device.display());
+            tracing::info!(
+                "disk: {} mounted on {DATA_MOUNT} ({})",
+                device.display(),
+                disk::MOUNT_OPTIONS
+            );
             true
         }
         Err(err) => {

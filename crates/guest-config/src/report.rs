@@ -1,0 +1,173 @@
+//! What the guest reports back about its data disk, on the serial console.
+//!
+//! At every boot rmachine-init prints one line holding [`DATA_DISK_MARKER`] followed by a
+//! [`DataDiskReport`] as JSON, after it has formatted, checked and mounted the data disk and
+//! before the engine starts. The host keeps the console as `machines/NAME/console.log`; once
+//! the engine answers, `create`/`start` read the last such line ([`last_report`]) and store it
+//! in the machine's record, where `rmachine inspect` shows it. Field names are PascalCase
+//! because the host shows this structure as is, among docker-machine's fields.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Opens the JSON on the console line that carries a [`DataDiskReport`].
+pub const DATA_DISK_MARKER: &str = "rmachine-data-disk: ";
+
+/// The data disk as one boot found and left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DataDiskReport {
+    /// Device node in the guest, e.g. `/dev/vda`.
+    pub device: String,
+    /// Filesystem type as mounted (`ext4`).
+    pub filesystem: String,
+    /// Whether the filesystem has a journal (after this boot's conversion, if any).
+    pub journal: bool,
+    /// What this boot did before mounting.
+    pub boot_action: BootAction,
+    /// Whether the disk is mounted (false: nothing the engine writes persists).
+    pub mounted: bool,
+    /// The last check ever run on this disk (kept on the disk), if any.
+    pub last_check: Option<DiskCheck>,
+}
+
+/// What a boot did to the data disk before mounting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootAction {
+    /// The disk was blank and was formatted.
+    Formatted,
+    /// The filesystem was cleanly unmounted: mounted without a check.
+    None,
+    /// The filesystem needed a check, which ran (see [`DataDiskReport::last_check`]).
+    Checked,
+    /// An ext2 disk from an older guest got a journal.
+    JournalAdded,
+    /// A check ran and an ext2 disk from an older guest got a journal.
+    CheckedAndJournalAdded,
+}
+
+/// One check of the data disk by e2fsck.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskCheck {
+    /// When it started (guest clock, UTC).
+    pub time: DateTime<Utc>,
+    /// Why it ran, e.g. `journal needs recovery`.
+    pub reason: String,
+    /// Each e2fsck run, in order (a preen that gives up is followed by `e2fsck -fy`).
+    pub runs: Vec<CheckRun>,
+    /// The outcome, from the last run's exit code.
+    pub result: CheckResult,
+    /// e2fsck's summary line (`LABEL: N/M files (…), N/M blocks`) of the last run.
+    pub summary: String,
+}
+
+/// One e2fsck invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckRun {
+    /// The command line.
+    pub command: String,
+    /// Its exit code (e2fsck's bit mask; -1 if it could not run or was killed).
+    pub exit_code: i32,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// What e2fsck's exit code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckResult {
+    /// Exit 0: no errors.
+    Clean,
+    /// Exit 1–3: errors found and corrected.
+    Repaired,
+    /// Exit 4 or more: errors left, or e2fsck failed; the disk was not mounted.
+    Failed,
+}
+
+impl CheckResult {
+    /// Classifies an e2fsck exit code (see e2fsck(8), "EXIT CODE").
+    pub fn from_exit_code(code: i32) -> CheckResult {
+        match code {
+            0 => CheckResult::Clean,
+            1..=3 => CheckResult::Repaired,
+            _ => CheckResult::Failed,
+        }
+    }
+}
+
+impl DataDiskReport {
+    /// The console line for this report (without the newline).
+    pub fn console_line(&self) -> String {
+        // Serializing plain structs of strings and numbers cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{DATA_DISK_MARKER}{json}")
+    }
+}
+
+/// The report on the last console line that carries one and parses; `None` if there is none.
+pub fn last_report(console: &str) -> Option<DataDiskReport> {
+    console.lines().rev().find_map(|line| {
+        let (_, json) = line.split_once(DATA_DISK_MARKER)?;
+        serde_json::from_str(json.trim_end()).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(device: &str) -> DataDiskReport {
+        DataDiskReport {
+            device: device.into(),
+            filesystem: "ext4".into(),
+            journal: true,
+            boot_action: BootAction::Checked,
+            mounted: true,
+            last_check: Some(DiskCheck {
+                time: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+                reason: "journal needs recovery".into(),
+                runs: vec![CheckRun {
+                    command: "e2fsck -p /dev/vda".into(),
+                    exit_code: 1,
+                    duration_ms: 120,
+                }],
+                result: CheckResult::Repaired,
+                summary: "rmachine-data: 11/65536 files (0.0% non-contiguous)".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_last_report_on_the_console_wins() {
+        let console = format!(
+            "[   0.100] rmachine-init: {}\n\
+             [   0.200] some kernel line\n\
+             [   5.000] rmachine-init: {}\n\
+             [   6.000] rmachine-init: engine ready\n",
+            report("/dev/vdb").console_line(),
+            report("/dev/vda").console_line(),
+        );
+        assert_eq!(last_report(&console), Some(report("/dev/vda")));
+    }
+
+    #[test]
+    fn a_garbled_line_falls_back_to_an_earlier_report_and_none_without_any() {
+        let console = format!(
+            "[   0.100] rmachine-init: {}\n[   1.000] rmachine-init: {DATA_DISK_MARKER}{{\"Dev\n",
+            report("/dev/vdb").console_line(),
+        );
+        assert_eq!(last_report(&console), Some(report("/dev/vdb")));
+        assert_eq!(last_report("[   0.1] rmachine-init: boot complete\n"), None);
+    }
+
+    #[test]
+    fn exit_codes_map_to_results() {
+        assert_eq!(CheckResult::from_exit_code(0), CheckResult::Clean);
+        assert_eq!(CheckResult::from_exit_code(1), CheckResult::Repaired);
+        assert_eq!(CheckResult::from_exit_code(2), CheckResult::Repaired);
+        assert_eq!(CheckResult::from_exit_code(4), CheckResult::Failed);
+        assert_eq!(CheckResult::from_exit_code(8), CheckResult::Failed);
+        assert_eq!(CheckResult::from_exit_code(-1), CheckResult::Failed);
+    }
+}
