@@ -14,5 +14,6 @@ pub mod core;
 pub mod daemon;
 pub mod events;
 pub mod image;
+pub mod recovery;
 pub mod state;
 pub mod sysinfo;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use std::ffi::OsString;
 
 use rmachine_runtime::spec::{
-    Failed, Features, RuntimeSpec, SpecFile, SyncMessage, SPEC_FILE, SYNC_FD,
+    Failed, Features, RuntimeSpec, SpecFile, SyncMessage, PARENT_PID_ENV, SPEC_FILE, SYNC_FD,
 };
 
 use super::console::{ConsoleError, ConsoleSocket};
@@ -372,7 +372,9 @@ pub async fn spawn_runtime(
         })?;
 
     let mut cmd = Command::new(runtime);
-    cmd.args(args).kill_on_drop(false);
+    cmd.args(args)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
+        .kill_on_drop(false);
     let mut pty_master = None;
     if console.is_some() {
         cmd.stdin(Stdio::null())
