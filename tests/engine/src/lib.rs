@@ -172,20 +172,31 @@ pub struct Engine {
 impl Engine {
     /// Starts an engine in a fresh temp dir and waits until it answers `/_ping`.
     pub fn start() -> Result<Engine> {
+        let mut engine = Engine::prepare()?;
+        engine.spawn()?;
+        Ok(engine)
+    }
+
+    /// An engine's temp dir, certificates and socket path, not started yet ([`Engine::spawn`]
+    /// starts it): for tests that prepare its data root first (e.g. mount a filesystem there).
+    pub fn prepare() -> Result<Engine> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-engine-test")
             .tempdir()?;
         let certs = make_certs(&dir.path().join("certs"))?;
         fs::create_dir_all(dir.path().join("docker-config"))?;
-        let mut engine = Engine {
+        Ok(Engine {
             child: None,
             socket: dir.path().join("docker.sock"),
             port: free_port()?,
             dir,
             certs,
-        };
-        engine.spawn()?;
-        Ok(engine)
+        })
+    }
+
+    /// The engine's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The temp dir holding everything of this engine.
@@ -203,7 +214,8 @@ impl Engine {
         fs::read_to_string(self.dir.path().join("engine.log")).unwrap_or_default()
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// Starts the engine process and waits until it answers `/_ping`.
+    pub fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -427,6 +439,20 @@ impl Drop for Engine {
             let _ = self.crash();
         }
     }
+}
+
+/// A bare `rmachine-engine` command on `data_root` serving `socket` only (no TLS port): for a
+/// second engine next to a test's [`Engine`].
+pub fn engine_command(data_root: &Path, socket: &Path) -> Result<Command> {
+    let mut cmd = Command::new(binary("rmachine-engine")?);
+    cmd.arg("--data-root")
+        .arg(data_root)
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--runtime")
+        .arg(binary("rmachine-runtime")?)
+        .stdin(Stdio::null());
+    Ok(cmd)
 }
 
 /// Runs `cmd` with `input` on its stdin (closed afterwards) and collects its output.
