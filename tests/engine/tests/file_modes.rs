@@ -29,7 +29,11 @@ fn check_modes(engine: &Engine, id: &str) -> Result<()> {
     assert_eq!(mode(&data.join("containers"))?, 0o710, "containers/");
     assert_eq!(mode(&dir)?, 0o710, "containers/<id>");
     assert_eq!(mode(&dir.join("config.v2.json"))?, 0o600, "config.v2.json");
-    assert_eq!(mode(&dir.join(format!("{id}-json.log")))?, 0o640, "json log");
+    assert_eq!(
+        mode(&dir.join(format!("{id}-json.log")))?,
+        0o640,
+        "json log"
+    );
     assert_eq!(mode(&data.join("image"))?, 0o700, "image/");
     Ok(())
 }
@@ -66,7 +70,10 @@ fn another_user_can_neither_read_a_config_nor_run_from_an_upper_dir() -> Result<
     assert!(!read.status.success(), "nobody read the config");
     assert!(!String::from_utf8_lossy(&read.stdout).contains("hunter2"));
     let planted = dir.join("upper/suid");
-    assert!(planted.exists(), "the container's file is not in its upper dir");
+    assert!(
+        planted.exists(),
+        "the container's file is not in its upper dir"
+    );
     let run = as_nobody(&[&planted.to_string_lossy(), "id", "-u"])?;
     assert!(
         !run.status.success(),

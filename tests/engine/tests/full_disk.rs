@@ -65,7 +65,9 @@ fn an_engine_on_a_full_disk_starts_and_frees_space_through_the_api() -> Result<(
     std::fs::remove_file(engine.data_root().join("engine-id"))?;
     engine.spawn()?;
 
-    let listed = engine.docker(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])?.ok()?;
+    let listed = engine
+        .docker(&["ps", "-a", "--format", "{{.Names}} {{.State}}"])?
+        .ok()?;
     assert!(listed.stdout.contains("running exited"), "{listed:?}");
     assert!(listed.stdout.contains("filler exited"), "{listed:?}");
     engine.docker(&["info"])?.ok()?;

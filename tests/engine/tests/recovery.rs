@@ -102,7 +102,10 @@ fn kill_9_during_20_runs_leaves_no_survivor_no_second_copy_and_nothing_behind() 
     // whose record was never written.
     let data = engine.data_root();
     fs::create_dir_all(data.join("tmp"))?;
-    fs::write(data.join("tmp/load-0123456789abcdef.tar"), vec![0u8; 1 << 20])?;
+    fs::write(
+        data.join("tmp/load-0123456789abcdef.tar"),
+        vec![0u8; 1 << 20],
+    )?;
     fs::write(data.join("tmp/cp-0123456789abcdef.tar"), vec![0u8; 1 << 20])?;
     let orphan = data.join("containers").join("e".repeat(64));
     fs::create_dir_all(orphan.join("upper"))?;
@@ -117,11 +120,17 @@ fn kill_9_during_20_runs_leaves_no_survivor_no_second_copy_and_nothing_behind() 
     let ids = all_ids(&engine)?;
     assert!(!ids.is_empty(), "no container was created before the kill");
     let running = engine.docker(&["ps", "-q"])?.ok()?.stdout;
-    assert!(running.trim().is_empty(), "running after restart: {running}");
+    assert!(
+        running.trim().is_empty(),
+        "running after restart: {running}"
+    );
     for id in &ids {
         assert_eq!(cgroups_of(id), Vec::<PathBuf>::new(), "cgroup of {id} left");
     }
-    assert!(!orphan.exists(), "container directory without a record left");
+    assert!(
+        !orphan.exists(),
+        "container directory without a record left"
+    );
     let spools: Vec<_> = fs::read_dir(data.join("tmp"))?.flatten().collect();
     assert!(spools.is_empty(), "spools left: {spools:?}");
     for entry in fs::read_dir(data.join("containers"))?.flatten() {
@@ -137,13 +146,21 @@ fn kill_9_during_20_runs_leaves_no_survivor_no_second_copy_and_nothing_behind() 
         engine.docker(&["start", id])?.ok()?;
     }
     let copies = processes_with_arg(&marker);
-    assert_eq!(copies.len(), ids.len(), "one process per container: {copies:?}");
+    assert_eq!(
+        copies.len(),
+        ids.len(),
+        "one process per container: {copies:?}"
+    );
     let mut rm = vec!["rm", "-f"];
     rm.extend(ids.iter().map(String::as_str));
     engine.docker(&rm)?.ok()?;
     assert_eq!(processes_with_arg(&marker), Vec::<i32>::new());
     for id in &ids {
-        assert_eq!(cgroups_of(id), Vec::<PathBuf>::new(), "cgroup of {id} kept by rm");
+        assert_eq!(
+            cgroups_of(id),
+            Vec::<PathBuf>::new(),
+            "cgroup of {id} kept by rm"
+        );
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ mod testutil;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -388,19 +388,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half,
+/// and durably (the directory is flushed too): what `load`, `tag` and `rmi` acknowledge
+/// survives a power cut.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
+    crate::state::durable::write_atomic(path, bytes, 0o644).map_err(io_err(path))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageError> {
@@ -676,7 +668,12 @@ impl ImageStore {
             })();
             match result {
                 Ok(size) => {
+                    // The layer's files reach the disk before the rename publishes them: one
+                    // syncfs for the whole tree, cheaper than an fsync per file (see
+                    // state::durable).
+                    crate::state::durable::sync_filesystem(&tmp).map_err(io_err(&tmp))?;
                     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+                    crate::state::durable::sync_parent(&dir).map_err(io_err(&dir))?;
                     tracing::debug!(diff_id = %layer.diff_id, size, "layer extracted");
                     total += size;
                 }
@@ -960,6 +957,8 @@ impl ImageStore {
         let hex = hex.to_string();
         let meta_path = self.image_meta_path(&hex);
         fs::remove_file(&meta_path).map_err(io_err(&meta_path))?;
+        // The image is gone once its record is: make that removal durable.
+        crate::state::durable::sync_parent(&meta_path).map_err(io_err(&meta_path))?;
         let blob = self.blob_path(&hex);
         if let Err(e) = fs::remove_file(&blob) {
             tracing::warn!(path = %blob.display(), error = %e, "cannot remove image config blob");
