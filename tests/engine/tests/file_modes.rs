@@ -29,6 +29,7 @@ fn check_modes(engine: &Engine, id: &str) -> Result<()> {
     assert_eq!(mode(&data.join("containers"))?, 0o710, "containers/");
     assert_eq!(mode(&dir)?, 0o710, "containers/<id>");
     assert_eq!(mode(&dir.join("config.v2.json"))?, 0o600, "config.v2.json");
+    assert_eq!(mode(&dir.join("runtime.json"))?, 0o600, "runtime.json");
     assert_eq!(
         mode(&dir.join(format!("{id}-json.log")))?,
         0o640,

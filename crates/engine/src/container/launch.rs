@@ -334,6 +334,15 @@ pub async fn launch_with(
         source: std::io::Error::other(e),
     })?;
     write_atomic(&spec_path, &json)?;
+    // It holds the container's environment: as private as its record.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(
+            &spec_path,
+            fs::Permissions::from_mode(crate::state::modes::CONFIG_FILE),
+        )
+        .map_err(io_err(&spec_path))?;
+    }
     let args = [OsString::from("run"), dir.as_os_str().to_os_string()];
     spawn_runtime(
         runtime,
