@@ -270,3 +270,84 @@ fn a_socket_another_engine_serves_is_not_taken_over() -> Result<()> {
     assert!(served, "a stale socket was not replaced");
     Ok(())
 }
+
+/// CPU time (user + system, clock ticks) process `pid` has used.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_waits_instead_of_spinning() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("docker.sock");
+    let engine = engine_command(&dir.path().join("data"), &socket)?;
+    let mut limited = Command::new("prlimit");
+    limited
+        .arg("--nofile=96:96")
+        .arg("--")
+        .arg(engine.get_program())
+        .args(engine.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = limited.spawn()?;
+    let pid = child.id();
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if Instant::now() > deadline {
+                bail!("engine did not listen");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Idle connections: each accepted one holds a descriptor of the engine; the rest wait
+        // in the backlog, so the listener stays ready while accept fails with EMFILE.
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            held.push(std::os::unix::net::UnixStream::connect(&socket)?);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let before = cpu_ticks(pid)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cpu_ticks(pid)? - before;
+        // A spinning accept loop burns a core (up to 200 ticks in 2 s; 59 measured on this
+        // busy machine before the fix, 0 after).
+        assert!(
+            used < 20,
+            "the engine used {used} ticks in 2 s while out of descriptors"
+        );
+        drop(held);
+        // Descriptors freed: the engine serves again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket)?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            use std::io::{Read, Write};
+            stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.ends_with("OK") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("engine does not answer after descriptors were freed: {answer:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = output_within(child, Duration::from_secs(20));
+    result
+}
