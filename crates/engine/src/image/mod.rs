@@ -663,7 +663,10 @@ impl ImageStore {
                     path: tmp.join("layer.json"),
                     source,
                 })?;
-                write_atomic(&tmp.join("layer.json"), &bytes)?;
+                // Inside the layer's scratch directory: the syncfs before the rename that
+                // publishes the whole directory flushes it too.
+                let meta_path = tmp.join("layer.json");
+                fs::write(&meta_path, &bytes).map_err(io_err(&meta_path))?;
                 Ok(extracted.size)
             })();
             match result {
