@@ -901,6 +901,9 @@ impl ImageStore {
         let by_id = is_id_reference(reference, &id);
         let tags = state.tags_of(&id);
         let mut items = Vec::new();
+        // Tags whose removal could not be written yet (a full disk): written once the image's
+        // files are gone (see `write_repositories_unless_full`).
+        let tags_pending;
 
         if !by_id {
             let named = Reference::parse_normalized(reference)
@@ -919,9 +922,10 @@ impl ImageStore {
                 }
             }
             state.tags.remove(&named);
-            self.write_repositories(&state)?;
+            let deleting = state.tags_of(&id).is_empty() && in_use(&id).is_none();
+            tags_pending = self.write_repositories_unless_full(&state, deleting)?;
             items.push(DeleteItem::Untagged(named.familiar()));
-            if !state.tags_of(&id).is_empty() || in_use(&id).is_some() {
+            if !deleting {
                 return Ok(items);
             }
         } else {
@@ -947,7 +951,7 @@ impl ImageStore {
                 state.tags.remove(&tag);
                 items.push(DeleteItem::Untagged(tag.familiar()));
             }
-            self.write_repositories(&state)?;
+            tags_pending = self.write_repositories_unless_full(&state, used.is_none())?;
             if used.is_some() {
                 return Ok(items);
             }
@@ -955,6 +959,9 @@ impl ImageStore {
 
         // Delete the image, then every layer no other image needs.
         let Some(img) = state.images.remove(&id) else {
+            if tags_pending {
+                self.write_repositories(&state)?;
+            }
             return Ok(items);
         };
         let hex = hex.to_string();
@@ -992,8 +999,32 @@ impl ImageStore {
             }
             items.push(DeleteItem::Deleted(chain));
         }
+        if tags_pending {
+            self.write_repositories(&state)?;
+        }
         tracing::info!(image = %id, "image deleted");
         Ok(items)
+    }
+
+    /// Writes the tags, except when the disk is full and the image losing them is about to be
+    /// deleted (`deleting`): then returns true and the caller writes them after deleting the
+    /// image's files, so that `rmi` works on a full disk. A crash in between is harmless:
+    /// tags of an image without a record are dropped when the store opens.
+    fn write_repositories_unless_full(
+        &self,
+        state: &State,
+        deleting: bool,
+    ) -> Result<bool, ImageError> {
+        match self.write_repositories(state) {
+            Ok(()) => Ok(false),
+            Err(ImageError::Io { source, .. })
+                if deleting && source.raw_os_error() == Some(libc::ENOSPC) =>
+            {
+                tracing::warn!("disk full: the tags are written after the image is deleted");
+                Ok(true)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// The overlayfs lower dirs of an image's root filesystem, topmost layer first. Empty for
