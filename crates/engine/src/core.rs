@@ -321,6 +321,10 @@ fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
 impl Engine {
     /// Opens the data root: image store, container records (containers recorded as running
     /// are marked exited, since their processes died with the previous engine).
+    ///
+    /// The caller MUST hold the data root's lock ([`crate::daemon::lock`]): the startup
+    /// reconcile ([`crate::recovery`]) kills every container process of this data root it
+    /// finds, which would be another engine's if two shared it.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(&config.data_root).map_err(io_err(&config.data_root))?;
         let images = Arc::new(ImageStore::open(&config.data_root.join("image"))?);
