@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rmachine_tests_engine::{engine_command, require_root, Engine};
 
-/// PIDs of the processes whose command line holds `arg` as one argument.
+/// PIDs of the containers' `sleep ARG` processes (not the `docker run … sleep ARG` clients).
 fn processes_with_arg(arg: &str) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -19,9 +19,8 @@ fn processes_with_arg(arg: &str) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                cmdline
-                    .split(|b| *b == 0)
-                    .any(|word| word == arg.as_bytes())
+                let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                words.first() == Some(&&b"sleep"[..]) && words.get(1) == Some(&arg.as_bytes())
             })
         })
         .collect()
