@@ -336,34 +336,51 @@ fn lock(m: &Mutex<Table>) -> MutexGuard<'_, Table> {
 impl Engine {
     /// Opens the data root: image store, container records (containers recorded as running
     /// are marked exited, since their processes died with the previous engine).
+    ///
+    /// The caller MUST hold the data root's lock ([`crate::daemon::lock`]): the startup
+    /// reconcile ([`crate::recovery`]) kills every container process of this data root it
+    /// finds, which would be another engine's if two shared it.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(&config.data_root).map_err(io_err(&config.data_root))?;
         let images = Arc::new(ImageStore::open(&config.data_root.join("image"))?);
         let state = StateStore::open(&config.data_root)?;
-        let engine_id = engine_id(&config.data_root)?;
+        crate::state::modes::ensure_dir(
+            &config.data_root.join("tmp"),
+            crate::state::modes::PRIVATE_DIR,
+        );
+        crate::state::modes::secure(&config.data_root);
+        let engine_id = engine_id(&config.data_root);
+        // Monitors, cgroups, directories and spools of a previous engine (crate::recovery).
+        let reconciled = crate::recovery::reconcile(&config.data_root);
         let mut table = Table::default();
         for mut record in state.load_all()? {
-            let was_running = matches!(record.state.status, Status::Running | Status::Removing);
-            if was_running {
-                ext::remove_leftover_cgroup(&record);
-            }
+            // A container recorded as created may have run: the engine died between spawning
+            // its runtime and recording the start.
+            let was_running = matches!(record.state.status, Status::Running | Status::Removing)
+                || reconciled.stopped.contains(&record.id);
             if was_running && record.host_config.auto_remove {
                 info!(container = %record.id, "removing auto-remove container left by the previous engine");
-                state.remove(&record.id)?;
-                continue;
+                if let Err(err) = state.remove(&record.id) {
+                    warn!(container = %record.id, error = %err, "cannot remove container");
+                } else {
+                    continue;
+                }
             }
             if was_running {
                 // As dockerd without live-restore (daemon.go restore): a container whose
-                // monitor died is stopped, a paused one too. Its processes died with the
-                // monitor (PR_SET_PDEATHSIG); a frozen one could not act on that SIGKILL until
-                // `remove_leftover_cgroup` above thawed its cgroup.
+                // monitor died is stopped, a paused one too; the reconcile above killed
+                // whatever of it still ran.
                 info!(container = %record.id, paused = record.state.paused, "container was running when the engine stopped; marking it exited");
                 record.state.status = Status::Exited;
                 record.state.paused = false;
                 record.state.pid = 0;
                 record.state.exit_code = 255;
                 record.state.finished_at = Some(Utc::now());
-                state.save(&record)?;
+                // On a full disk the record cannot be rewritten: the engine must start anyway
+                // (to let users free space), and the next start marks it again.
+                if let Err(err) = state.save(&record) {
+                    warn!(container = %record.id, error = %err, "cannot persist container state");
+                }
             }
             let name = record.name.trim_start_matches('/').to_string();
             let id = record.id.clone();
@@ -537,9 +554,12 @@ impl Engine {
             table.by_id.insert(id.clone(), container.clone());
             container
         };
-        let saved = std::fs::create_dir_all(&dir)
-            .map_err(io_err(&dir))
-            .and_then(|()| Ok(self.inner.state.save(&container.record())?));
+        let saved = self
+            .inner
+            .state
+            .create_dir(&id)
+            .and_then(|()| self.inner.state.save(&container.record()))
+            .map_err(EngineError::from);
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);
@@ -1060,6 +1080,8 @@ impl Engine {
         }
         // Left mounted by an engine that died before seeing the exit.
         options::unmount_shm(&c.dir);
+        // A cgroup the monitor could not remove (it was killed) goes with the container.
+        crate::recovery::remove_cgroup(&c.dir, &c.id);
         self.inner.state.remove(&c.id)?;
         self.forget(c);
         // Clients attached to a container that never ran would otherwise wait forever.
@@ -1430,12 +1452,13 @@ fn new_id() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// A random id kept in `<data-root>/engine-id`, shown as `ID` by `/info`.
-fn engine_id(data_root: &Path) -> Result<String, EngineError> {
+/// A random id kept in `<data-root>/engine-id`, shown as `ID` by `/info`. One that cannot be
+/// saved (a full disk) is used for this run only: the engine must start anyway.
+fn engine_id(data_root: &Path) -> String {
     let path = data_root.join("engine-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         if !id.trim().is_empty() {
-            return Ok(id.trim().to_string());
+            return id.trim().to_string();
         }
     }
     let b = rand::random::<[u8; 16]>();
@@ -1447,8 +1470,10 @@ fn engine_id(data_root: &Path) -> Result<String, EngineError> {
         hex::encode(&b[8..10]),
         hex::encode(&b[10..16])
     );
-    std::fs::write(&path, &id).map_err(io_err(&path))?;
-    Ok(id)
+    if let Err(err) = crate::state::durable::write_atomic(&path, id.as_bytes(), 0o600) {
+        warn!(path = %path.display(), error = %err, "cannot save the engine id");
+    }
+    id
 }
 
 #[cfg(test)]

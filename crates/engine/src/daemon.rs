@@ -11,6 +11,8 @@ use crate::api::server::{self, ServerError, TlsOptions};
 use crate::api::Api;
 use crate::core::{Engine, EngineConfig, EngineError};
 
+pub mod lock;
+
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -23,6 +25,18 @@ pub enum DaemonError {
     /// The engine could not open its data root.
     #[error("cannot open the engine data root")]
     Engine(#[source] EngineError),
+    /// Another engine holds the data root, or its lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The data root could not be created.
+    #[error("cannot create the data root {path}")]
+    DataRoot {
+        /// The data root.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
@@ -62,7 +76,21 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if options.hosts.is_empty() {
         return Err(DaemonError::NoListener);
     }
-    // Bind first: a bad address or missing TLS file fails before anything else happens.
+    // The data root first: a second engine on it must not even touch the first one's socket.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        let root = &options.engine.data_root;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::state::modes::DATA_ROOT)
+            .create(root)
+            .map_err(|source| DaemonError::DataRoot {
+                path: root.clone(),
+                source,
+            })?;
+    }
+    let _lock = lock::lock(&options.engine.data_root)?;
+    // Then bind: a bad address or missing TLS file fails before anything else happens.
     let mut listeners = Vec::new();
     for host in &options.hosts {
         listeners.push(server::bind(host, &options.tls).await?);

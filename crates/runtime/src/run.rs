@@ -40,7 +40,8 @@ use nix::unistd::{ForkResult, Pid};
 use crate::cgroup::{Cgroup, CgroupError, CgroupMode};
 use crate::container::{self, CgroupView, ContainerError};
 use crate::spec::{
-    ExecFile, Failed, Features, Namespace, SpecFile, SyncMessage, OOM_KILLED_FILE, SPEC_FILE,
+    ExecFile, Failed, Features, Namespace, SpecFile, SyncMessage, OOM_KILLED_FILE, PARENT_PID_ENV,
+    SPEC_FILE,
     SYNC_FD,
 };
 use crate::status::exit_code;
@@ -85,6 +86,13 @@ pub enum RunError {
     /// The container's cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The engine that spawned the monitor died before the monitor armed its parent-death
+    /// signal, so nothing would stop the container if it ran.
+    #[error("the engine (pid {engine}) that started the runtime is gone")]
+    EngineGone {
+        /// The engine's PID from [`PARENT_PID_ENV`].
+        engine: i32,
+    },
     /// A step of the monitor's own setup failed.
     #[error("{what}")]
     Monitor {
@@ -356,6 +364,10 @@ fn supervise(
     ensure_single_threaded()?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(RunError::monitor("set parent death signal"))?;
+    check_parent_alive(
+        std::env::var(PARENT_PID_ENV).ok().as_deref(),
+        nix::unistd::getppid().as_raw(),
+    )?;
     before_fork()?;
     let (report_read, report_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create report pipe"))?;
@@ -473,6 +485,19 @@ fn clone_into_cgroup(dir: &OwnedFd) -> Result<ForkResult, Errno> {
     }
 }
 
+/// Checks, after `PR_SET_PDEATHSIG` is armed, that the engine which spawned the monitor is
+/// still its parent. The signal only fires for a parent that dies *after* it is armed: an
+/// engine killed between spawning the runtime and this point has already reparented the
+/// monitor (to PID 1 or a subreaper), and a container started now would run unmanaged
+/// (prctl(2) advises this very check). `expected` is the [`PARENT_PID_ENV`] value; a manual
+/// run without it is not checked.
+fn check_parent_alive(expected: Option<&str>, parent: i32) -> Result<(), RunError> {
+    match expected.and_then(|pid| pid.trim().parse::<i32>().ok()) {
+        Some(engine) if engine != parent => Err(RunError::EngineGone { engine }),
+        _ => Ok(()),
+    }
+}
+
 /// The monitor's go: the child is in the container's cgroup.
 struct Go(OwnedFd);
 
@@ -538,4 +563,22 @@ fn ensure_single_threaded() -> Result<(), RunError> {
         return Err(RunError::Threaded { threads });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_monitor_whose_engine_died_before_pdeathsig_gives_up() {
+        // Reparented to PID 1: the engine that passed 4242 is gone.
+        let err = check_parent_alive(Some("4242"), 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the engine (pid 4242) that started the runtime is gone"
+        );
+        assert!(check_parent_alive(Some("4242"), 4242).is_ok());
+        // A manual run (no engine PID) is not checked.
+        assert!(check_parent_alive(None, 1).is_ok());
+    }
 }

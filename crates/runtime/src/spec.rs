@@ -31,7 +31,10 @@
 //!   container's own `/dev/pts/0`, as with runc.
 //! * The engine stops a container by signalling [`SyncMessage::Started`]'s `pid` (a host PID)
 //!   directly. The monitor sets `PR_SET_PDEATHSIG` so a dying engine takes its containers along;
-//!   on restart the engine finds them exited, as Docker does without live-restore. The signal
+//!   on restart the engine finds them exited, as Docker does without live-restore. The engine
+//!   passes its PID in [`PARENT_PID_ENV`]; a monitor that finds, once the signal is armed, that
+//!   its parent is no longer that PID (the engine died before) exits without running anything
+//!   of the container. The signal
 //!   fires when the *thread* that spawned the runtime ends, so spawn it from a long-lived thread.
 //!   The container's process is PID 1 of its namespace: the kernel drops signals it has no
 //!   handler for (SIGTERM included) except SIGKILL, which is why `docker stop` escalates.
@@ -55,6 +58,11 @@ use serde::{Deserialize, Serialize};
 
 /// The file descriptor number the engine passes as the sync pipe.
 pub const SYNC_FD: i32 = 3;
+
+/// Environment variable in which the engine passes its own PID to the runtime: once the
+/// monitor has armed `PR_SET_PDEATHSIG` it checks that this process is still its parent, and
+/// gives up if the engine died before (see the module docs).
+pub const PARENT_PID_ENV: &str = "RMACHINE_PARENT_PID";
 
 /// File name of the spec inside the container state directory.
 pub const SPEC_FILE: &str = "runtime.json";

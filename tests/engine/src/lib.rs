@@ -198,21 +198,36 @@ impl Engine {
 
     /// [`Engine::start`] with more engine flags (`--registry-mirror URL`).
     pub fn start_with_args(extra_args: &[&str]) -> Result<Engine> {
+        let mut engine = Engine::prepare_with_args(extra_args)?;
+        engine.spawn()?;
+        Ok(engine)
+    }
+
+    /// An engine's temp dir, certificates and socket path, not started yet ([`Engine::spawn`]
+    /// starts it): for tests that prepare its data root first (e.g. mount a filesystem there).
+    pub fn prepare() -> Result<Engine> {
+        Engine::prepare_with_args(&[])
+    }
+
+    fn prepare_with_args(extra_args: &[&str]) -> Result<Engine> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-engine-test")
             .tempdir()?;
         let certs = make_certs(&dir.path().join("certs"))?;
         fs::create_dir_all(dir.path().join("docker-config"))?;
-        let mut engine = Engine {
+        Ok(Engine {
             child: None,
             socket: dir.path().join("docker.sock"),
             port: free_port()?,
             dir,
             certs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        engine.spawn()?;
-        Ok(engine)
+        })
+    }
+
+    /// The engine's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The temp dir holding everything of this engine.
@@ -230,7 +245,8 @@ impl Engine {
         fs::read_to_string(self.dir.path().join("engine.log")).unwrap_or_default()
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    /// Starts the engine process and waits until it answers `/_ping`.
+    pub fn spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -479,6 +495,20 @@ impl Drop for Engine {
             let _ = self.crash();
         }
     }
+}
+
+/// A bare `rmachine-engine` command on `data_root` serving `socket` only (no TLS port): for a
+/// second engine next to a test's [`Engine`].
+pub fn engine_command(data_root: &Path, socket: &Path) -> Result<Command> {
+    let mut cmd = Command::new(binary("rmachine-engine")?);
+    cmd.arg("--data-root")
+        .arg(data_root)
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--runtime")
+        .arg(binary("rmachine-runtime")?)
+        .stdin(Stdio::null());
+    Ok(cmd)
 }
 
 /// Runs `cmd` with `input` on its stdin (closed afterwards) and collects its output.

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Api;
 
@@ -50,6 +50,12 @@ pub enum ServerError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// Another process serves the unix socket already.
+    #[error("socket {path} is in use by another engine")]
+    InUse {
+        /// The socket.
+        path: PathBuf,
     },
     /// Binding failed.
     #[error("cannot listen on {address}")]
@@ -175,7 +181,11 @@ pub async fn bind(address: &str, tls: &TlsOptions) -> Result<Listener, ServerErr
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(bind_err)?;
         }
-        // A socket left by an engine that died would make bind fail.
+        // A socket someone answers on belongs to a live engine: taking it over would cut
+        // that engine's clients off. One left by an engine that died is replaced.
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(ServerError::InUse { path });
+        }
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -210,20 +220,65 @@ pub async fn bind(address: &str, tls: &TlsOptions) -> Result<Listener, ServerErr
     }
 }
 
+/// Pacing of the accept loop when the engine is out of file descriptors.
+///
+/// An `accept` that fails with EMFILE/ENFILE leaves the connection queued, so the listener is
+/// ready again at once: without a pause the loop would spin a core until a descriptor is
+/// freed. It sleeps 100 ms, doubling up to 1 s, and logs once per episode.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    delay: Option<std::time::Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// An accept succeeded: the episode is over.
+    fn reset(&mut self) {
+        if self.delay.take().is_some() {
+            info!("accepting connections again");
+        }
+    }
+
+    /// How long to pause after `err`, if it is descriptor exhaustion.
+    fn after(&mut self, err: &std::io::Error) -> Option<std::time::Duration> {
+        if !matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            debug!(error = %err, "accept failed");
+            return None;
+        }
+        let delay = match self.delay {
+            None => {
+                warn!(error = %err, "out of file descriptors: pausing accepts");
+                Self::FIRST
+            }
+            Some(delay) => (delay * 2).min(Self::MAX),
+        };
+        self.delay = Some(delay);
+        Some(delay)
+    }
+}
+
 /// Serves a listener until `shutdown` turns true.
 pub async fn serve(listener: Listener, api: Api, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = AcceptBackoff::default();
     loop {
+        let mut pause = None;
         match &listener {
             Listener::Unix { listener, .. } => tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => spawn_connection(stream, api.clone()),
-                    Err(err) => debug!(error = %err, "accept failed"),
+                    Ok((stream, _)) => {
+                        backoff.reset();
+                        spawn_connection(stream, api.clone());
+                    }
+                    Err(err) => pause = backoff.after(&err),
                 },
                 _ = shutdown.wait_for(|s| *s) => break,
             },
             Listener::Tls { listener, acceptor } => tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        backoff.reset();
                         let acceptor = acceptor.clone();
                         let api = api.clone();
                         tokio::spawn(async move {
@@ -239,10 +294,16 @@ pub async fn serve(listener: Listener, api: Api, mut shutdown: watch::Receiver<b
                             }
                         });
                     }
-                    Err(err) => debug!(error = %err, "accept failed"),
+                    Err(err) => pause = backoff.after(&err),
                 },
                 _ = shutdown.wait_for(|s| *s) => break,
             },
+        }
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
         }
     }
     if let Listener::Unix { path, .. } = &listener {
@@ -272,6 +333,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_exhaustion_backs_off_up_to_a_second_and_resets() {
+        let mut backoff = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let delays: Vec<_> = (0..6).filter_map(|_| backoff.after(&emfile)).collect();
+        let ms: Vec<u128> = delays.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.after(&emfile).map(|d| d.as_millis()), Some(100));
+        let reset = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(backoff.after(&reset), None);
+    }
 
     #[tokio::test]
     async fn tcp_without_tls_is_refused_naming_the_flag() {

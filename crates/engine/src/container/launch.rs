@@ -20,7 +20,7 @@ use std::time::Duration;
 use std::ffi::OsString;
 
 use rmachine_runtime::spec::{
-    Failed, Features, RuntimeSpec, SpecFile, SyncMessage, SPEC_FILE, SYNC_FD,
+    Failed, Features, RuntimeSpec, SpecFile, SyncMessage, PARENT_PID_ENV, SPEC_FILE, SYNC_FD,
 };
 
 use super::console::{ConsoleError, ConsoleSocket};
@@ -334,6 +334,15 @@ pub async fn launch_with(
         source: std::io::Error::other(e),
     })?;
     write_atomic(&spec_path, &json)?;
+    // It holds the container's environment: as private as its record.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(
+            &spec_path,
+            fs::Permissions::from_mode(crate::state::modes::CONFIG_FILE),
+        )
+        .map_err(io_err(&spec_path))?;
+    }
     let args = [OsString::from("run"), dir.as_os_str().to_os_string()];
     spawn_runtime(
         runtime,
@@ -372,7 +381,9 @@ pub async fn spawn_runtime(
         })?;
 
     let mut cmd = Command::new(runtime);
-    cmd.args(args).kill_on_drop(false);
+    cmd.args(args)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
+        .kill_on_drop(false);
     let mut pty_master = None;
     if console.is_some() {
         cmd.stdin(Stdio::null())

@@ -610,13 +610,6 @@ pub(super) fn features_of(host: &HostConfig) -> Features {
 
 /// Removes the cgroup a container's monitor left behind when it was killed together with the
 /// previous engine (a SIGKILLed monitor cannot clean up), killing any straggler in it.
-pub(super) fn remove_leftover_cgroup(record: &ContainerRecord) {
-    match cgroup_of(record).and_then(|cgroup| cgroup.remove().map_err(cgroup_err(&record.id))) {
-        Ok(()) => {}
-        Err(err) => tracing::warn!(container = %record.id, "leftover cgroup not removed: {err}"),
-    }
-}
-
 fn cgroup_of(record: &ContainerRecord) -> Result<Cgroup, EngineError> {
     let features = features_of(&record.host_config);
     Cgroup::for_container(&record.id, features.cgroup_parent.as_deref())

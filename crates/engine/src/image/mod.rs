@@ -40,7 +40,7 @@ mod testutil;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -393,19 +393,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half.
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half,
+/// and durably (the directory is flushed too): what `load`, `tag` and `rmi` acknowledge
+/// survives a power cut.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err(path))
+    crate::state::durable::write_atomic(path, bytes, 0o644).map_err(io_err(path))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ImageError> {
@@ -676,12 +668,20 @@ impl ImageStore {
                     path: tmp.join("layer.json"),
                     source,
                 })?;
-                write_atomic(&tmp.join("layer.json"), &bytes)?;
+                // Inside the layer's scratch directory: the syncfs before the rename that
+                // publishes the whole directory flushes it too.
+                let meta_path = tmp.join("layer.json");
+                fs::write(&meta_path, &bytes).map_err(io_err(&meta_path))?;
                 Ok(extracted.size)
             })();
             match result {
                 Ok(size) => {
+                    // The layer's files reach the disk before the rename publishes them: one
+                    // syncfs for the whole tree, cheaper than an fsync per file (see
+                    // state::durable).
+                    crate::state::durable::sync_filesystem(&tmp).map_err(io_err(&tmp))?;
                     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+                    crate::state::durable::sync_parent(&dir).map_err(io_err(&dir))?;
                     tracing::debug!(diff_id = %layer.diff_id, size, "layer extracted");
                     total += size;
                 }
@@ -906,6 +906,9 @@ impl ImageStore {
         let by_id = is_id_reference(reference, &id);
         let tags = state.tags_of(&id);
         let mut items = Vec::new();
+        // Tags whose removal could not be written yet (a full disk): written once the image's
+        // files are gone (see `write_repositories_unless_full`).
+        let tags_pending;
 
         if !by_id {
             let named = Reference::parse_normalized(reference)
@@ -924,9 +927,10 @@ impl ImageStore {
                 }
             }
             state.tags.remove(&named);
-            self.write_repositories(&state)?;
+            let deleting = state.tags_of(&id).is_empty() && in_use(&id).is_none();
+            tags_pending = self.write_repositories_unless_full(&state, deleting)?;
             items.push(DeleteItem::Untagged(named.familiar()));
-            if !state.tags_of(&id).is_empty() || in_use(&id).is_some() {
+            if !deleting {
                 return Ok(items);
             }
         } else {
@@ -952,7 +956,7 @@ impl ImageStore {
                 state.tags.remove(&tag);
                 items.push(DeleteItem::Untagged(tag.familiar()));
             }
-            self.write_repositories(&state)?;
+            tags_pending = self.write_repositories_unless_full(&state, used.is_none())?;
             if used.is_some() {
                 return Ok(items);
             }
@@ -960,11 +964,16 @@ impl ImageStore {
 
         // Delete the image, then every layer no other image needs.
         let Some(img) = state.images.remove(&id) else {
+            if tags_pending {
+                self.write_repositories(&state)?;
+            }
             return Ok(items);
         };
         let hex = hex.to_string();
         let meta_path = self.image_meta_path(&hex);
         fs::remove_file(&meta_path).map_err(io_err(&meta_path))?;
+        // The image is gone once its record is: make that removal durable.
+        crate::state::durable::sync_parent(&meta_path).map_err(io_err(&meta_path))?;
         let blob = self.blob_path(&hex);
         if let Err(e) = fs::remove_file(&blob) {
             tracing::warn!(path = %blob.display(), error = %e, "cannot remove image config blob");
@@ -995,8 +1004,32 @@ impl ImageStore {
             }
             items.push(DeleteItem::Deleted(chain));
         }
+        if tags_pending {
+            self.write_repositories(&state)?;
+        }
         tracing::info!(image = %id, "image deleted");
         Ok(items)
+    }
+
+    /// Writes the tags, except when the disk is full and the image losing them is about to be
+    /// deleted (`deleting`): then returns true and the caller writes them after deleting the
+    /// image's files, so that `rmi` works on a full disk. A crash in between is harmless:
+    /// tags of an image without a record are dropped when the store opens.
+    fn write_repositories_unless_full(
+        &self,
+        state: &State,
+        deleting: bool,
+    ) -> Result<bool, ImageError> {
+        match self.write_repositories(state) {
+            Ok(()) => Ok(false),
+            Err(ImageError::Io { source, .. })
+                if deleting && source.raw_os_error() == Some(libc::ENOSPC) =>
+            {
+                tracing::warn!("disk full: the tags are written after the image is deleted");
+                Ok(true)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// The overlayfs lower dirs of an image's root filesystem, topmost layer first. Empty for

@@ -9,10 +9,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub mod durable;
+pub mod modes;
 
 /// File name of the record inside a container's directory.
 pub const RECORD_FILE: &str = "config.v2.json";
@@ -856,11 +860,32 @@ impl StateStore {
     /// Opens (creating) `<data-root>/containers`.
     pub fn open(data_root: &Path) -> Result<StateStore, StateError> {
         let root = data_root.join("containers");
-        fs::create_dir_all(&root).map_err(|source| StateError::Io {
-            path: root.clone(),
-            source,
-        })?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(modes::CONTAINERS_DIR)
+            .create(&root)
+            .map_err(|source| StateError::Io {
+                path: root.clone(),
+                source,
+            })?;
         Ok(StateStore { root })
+    }
+
+    /// Creates a new container's directory (dockerd's mode), durably: the record written
+    /// next is then found at the next start.
+    pub fn create_dir(&self, id: &str) -> Result<(), StateError> {
+        let dir = self.dir(id);
+        let io = |source| StateError::Io {
+            path: dir.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .mode(modes::CONTAINER_DIR)
+            .create(&dir)
+            .map_err(io)?;
+        // The umask may have taken bits off; the mode is the engine's decision.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(modes::CONTAINER_DIR)).map_err(io)?;
+        durable::sync_dir(&self.root).map_err(io)
     }
 
     /// The directory of one container.
@@ -915,23 +940,35 @@ impl StateStore {
             path: path.clone(),
             source,
         })?;
-        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(&json).map_err(io(&tmp))?;
         if sync {
-            file.sync_all().map_err(io(&tmp))?;
+            return durable::write_atomic(&path, &json, modes::CONFIG_FILE).map_err(io(&path));
         }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(modes::CONFIG_FILE)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        file.write_all(&json).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
         Ok(())
     }
 
-    /// Deletes a container's directory (record, log, writable layer).
+    /// Deletes a container's directory (record, log, writable layer), durably: a removed
+    /// container does not come back after a power cut.
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.dir(id);
         match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io { path: dir, source }),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(StateError::Io { path: dir, source }),
         }
+        // The removal happened; a directory that cannot be flushed is only logged.
+        if let Err(err) = durable::sync_dir(&self.root) {
+            tracing::warn!(path = %self.root.display(), error = %err, "cannot flush the containers directory");
+        }
+        Ok(())
     }
 }
 
