@@ -43,7 +43,8 @@ pub fn target_dir() -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn binary(name: &str) -> Result<PathBuf> {
+/// The workspace's build of the binary `name`.
+pub fn binary(name: &str) -> Result<PathBuf> {
     let path = target_dir()?.join(name);
     if !path.exists() {
         bail!(
@@ -167,11 +168,19 @@ pub struct Engine {
     pub port: u16,
     /// TLS material.
     pub certs: Certs,
+    /// The runtime binary, when not the workspace's.
+    runtime: Option<PathBuf>,
 }
 
 impl Engine {
     /// Starts an engine in a fresh temp dir and waits until it answers `/_ping`.
     pub fn start() -> Result<Engine> {
+        Self::start_with_runtime(None)
+    }
+
+    /// [`Engine::start`] with `runtime` as the engine's `--runtime` instead of the workspace's
+    /// `rmachine-runtime` (tests that attack the runtime binary run a copy of it).
+    pub fn start_with_runtime(runtime: Option<PathBuf>) -> Result<Engine> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-engine-test")
             .tempdir()?;
@@ -183,6 +192,7 @@ impl Engine {
             port: free_port()?,
             dir,
             certs,
+            runtime,
         };
         engine.spawn()?;
         Ok(engine)
@@ -223,7 +233,10 @@ impl Engine {
             .arg("--tlskey")
             .arg(&self.certs.server_key)
             .arg("--runtime")
-            .arg(binary("rmachine-runtime")?)
+            .arg(match &self.runtime {
+                Some(runtime) => runtime.clone(),
+                None => binary("rmachine-runtime")?,
+            })
             .arg("--label")
             .arg("purpose=test")
             .env("RUST_LOG", "rmachine_engine=debug")
