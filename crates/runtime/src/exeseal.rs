@@ -119,7 +119,7 @@ fn is_sealed_file(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     }
     match nix::sys::statfs::fstatfs(fd) {
         Ok(fs) => {
-            fs.filesystem_type().0 as i64 == OVERLAYFS_SUPER_MAGIC
+            fs.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC
                 && nix::sys::statvfs::fstatvfs(fd)
                     .is_ok_and(|vfs| vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
         }
@@ -135,7 +135,6 @@ pub fn sealed_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
     overlay_exe(scratch).or_else(|_| memfd_exe())
 }
 
-const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
 const MEMFD_SEALS: libc::c_int =
     libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 // From linux/mount.h and linux/fcntl.h / linux/memfd.h; libc lacks them on some targets.
@@ -194,11 +193,13 @@ fn escape_layer(path: &Path) -> Vec<u8> {
     out
 }
 
-/// The executable through a detached overlayfs with only lower layers (read-only by
-/// construction, and mounted read-only, nosuid, nodev): the binary's directory on top, so
-/// nothing in `scratch` can stand in for it. Overlayfs refuses a lower layer alone and layers
-/// nested in one another; the caller then falls back to a copy.
-fn overlay_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
+/// An `O_PATH` descriptor of the executable through a detached overlayfs with only lower
+/// layers (read-only by construction, and mounted read-only, nosuid, nodev): the binary's
+/// directory on top, so nothing in `scratch` can stand in for it. Overlayfs refuses a lower
+/// layer alone and layers nested in one another (`scratch` inside the binary's directory, on
+/// the same filesystem): [`sealed_exe`] then falls back to [`memfd_exe`]. Needs
+/// `CAP_SYS_ADMIN`.
+pub fn overlay_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
     let path = std::fs::read_link(SELF_EXE).map_err(|source| ExeSealError::OpenSelf {
         path: SELF_EXE.into(),
         source,
@@ -242,8 +243,9 @@ fn overlay_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
     .map_err(seal_error("open the executable in the overlay"))
 }
 
-/// A copy of the executable in a memfd sealed against writes, growth and shrinking.
-fn memfd_exe() -> Result<OwnedFd, ExeSealError> {
+/// A copy of the executable in a memfd sealed against writes, growth and shrinking (mode
+/// 0511; its metadata is this copy's alone).
+pub fn memfd_exe() -> Result<OwnedFd, ExeSealError> {
     let create = |flags: libc::c_uint| {
         // SAFETY: the name is a NUL-terminated string; memfd_create returns a new descriptor.
         let fd = unsafe { libc::memfd_create(c"rmachine-runtime".as_ptr(), flags) };

@@ -115,11 +115,25 @@ fn init_process_cannot_touch_the_runtime_binary() -> Result<()> {
         );
         assert_unchanged(&runtime, &before, &format!("an --init container {extra:?}"))?;
     }
-    // The runtime still runs containers.
+    // The runtime still runs containers, and execs join a non-dumpable init's namespaces.
     let after = engine
         .docker(&["run", "--rm", "--init", "busybox", "echo", "still-works"])?
         .ok()?;
     assert_eq!(after.stdout, "still-works\n");
+    engine
+        .docker(&[
+            "run", "-d", "--init", "--name", "inited", "busybox", "sleep", "1000",
+        ])?
+        .ok()?;
+    let exec = engine
+        .docker(&["exec", "inited", "cat", "/proc/1/cmdline"])?
+        .ok()?;
+    let title = exec.stdout.replace('\0', " ");
+    assert!(
+        title.starts_with("/sbin/docker-init -- sleep 1000"),
+        "{title:?}"
+    );
+    engine.docker(&["rm", "-f", "inited"])?.ok()?;
     Ok(())
 }
 
