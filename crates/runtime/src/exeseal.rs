@@ -102,7 +102,8 @@ pub fn ensure_sealed(args: &[OsString], scratch: &Path) -> Result<(), ExeSealErr
 }
 
 /// Whether this process's executable is one [`sealed_exe`] makes: a memfd carrying the
-/// content seals, or a file on a read-only overlayfs mount.
+/// content seals, or a file on a read-only overlayfs mount (a binary installed on some other
+/// read-only overlay counts too: through that mount nothing can change it either).
 pub fn is_sealed() -> Result<bool, ExeSealError> {
     let exe = File::open(SELF_EXE).map_err(|source| ExeSealError::OpenSelf {
         path: SELF_EXE.into(),
@@ -127,8 +128,9 @@ fn is_sealed_file(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     }
 }
 
-/// An `O_PATH` (overlay) or read-only (memfd) descriptor of an immutable view of the runtime's
-/// executable: the overlay when the kernel and the layout allow it, the memfd copy otherwise.
+/// A descriptor of an immutable view of the runtime's executable, to `execveat`: the overlay
+/// when the kernel and the layout allow it ([`overlay_exe`]), the sealed memfd copy otherwise
+/// ([`memfd_exe`]).
 pub fn sealed_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
     // The runtime has no log of its own (its stderr is the container's): a failed overlay
     // only shows as the cost of the copy.
