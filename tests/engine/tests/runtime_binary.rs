@@ -83,7 +83,8 @@ fn init_process_cannot_touch_the_runtime_binary() -> Result<()> {
         return Ok(());
     };
     let before = Snapshot::of(&runtime)?;
-    let attack = "chmod 6777 /proc/1/exe; echo chmod=$?; \
+    let attack = "readlink /proc/1/exe; echo readlink=$?; \
+                  chmod 6777 /proc/1/exe; echo chmod=$?; \
                   chown 1:1 /proc/1/exe; echo chown=$?; \
                   truncate -s 0 /proc/1/exe; echo truncate=$?; \
                   echo x >> /proc/1/exe; echo append=$?; \
@@ -104,9 +105,16 @@ fn init_process_cannot_touch_the_runtime_binary() -> Result<()> {
         }
         if extra.is_empty() {
             // Without CAP_SYS_PTRACE the runtime is not even reachable (non-dumpable).
-            for op in ["chmod", "chown"] {
+            for op in ["readlink", "chmod", "chown"] {
                 assert!(!out.contains(&format!("{op}=0\n")), "{op}: {run:?}");
             }
+        } else {
+            // With it, the link leads to the sealed view, not to the host's path.
+            assert!(out.contains("readlink=0\n"), "{run:?}");
+            assert!(
+                !out.contains(&runtime.display().to_string()),
+                "/proc/1/exe is the host's file: {run:?}"
+            );
         }
         // `ps` still shows Docker's title for the init.
         assert!(
