@@ -26,6 +26,7 @@ use std::ffi::{CStr, CString, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::syscall::{Errno, SysError};
@@ -209,6 +210,11 @@ pub fn overlay_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(seal_error("executable path")(Errno::EINVAL));
     };
+    if nested(dir, scratch) {
+        return Err(seal_error("overlay layers nested in one another")(
+            Errno::ELOOP,
+        ));
+    }
     let mut lower = escape_layer(dir);
     lower.push(b':');
     lower.extend(escape_layer(scratch));
@@ -243,6 +249,16 @@ pub fn overlay_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(seal_error("open the executable in the overlay"))
+}
+
+/// Whether overlayfs would refuse `a` and `b` as layers for being nested in one another on one
+/// filesystem: it would also say so in the kernel log (the guest's console) on every run.
+fn nested(a: &Path, b: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (std::fs::canonicalize(a), std::fs::canonicalize(b)) else {
+        return false;
+    };
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    (a.starts_with(&b) || b.starts_with(&a)) && dev(&a).is_some() && dev(&a) == dev(&b)
 }
 
 /// A copy of the executable in a memfd sealed against writes, growth and shrinking (mode
@@ -326,6 +342,19 @@ fn reexec(exe: &OwnedFd, args: &[OsString]) -> ExeSealError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nested_layers_are_seen_before_overlayfs_logs_them() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(a.join("inner")).expect("mkdir");
+        std::fs::create_dir(&b).expect("mkdir");
+        assert!(nested(&a, &a.join("inner")));
+        assert!(nested(&a.join("inner"), &a));
+        assert!(!nested(&a, &b));
+        // Nesting across filesystems is fine for overlayfs.
+        assert!(!nested(Path::new("/proc/self"), Path::new("/")));
+    }
 
     #[test]
     fn layer_paths_escape_separators() {
