@@ -207,6 +207,21 @@ pub fn overlay_exe(scratch: &Path) -> Result<OwnedFd, ExeSealError> {
         path: SELF_EXE.into(),
         source,
     })?;
+    overlay_of(&path, scratch)
+}
+
+/// [`overlay_exe`] for the executable `binary` (symlinks followed): how the engine makes one
+/// view of the runtime for every runtime it starts, which then finds itself sealed and skips
+/// its own mount and re-exec.
+pub fn overlay_view(binary: &Path, scratch: &Path) -> Result<OwnedFd, ExeSealError> {
+    let path = std::fs::canonicalize(binary).map_err(|source| ExeSealError::OpenSelf {
+        path: binary.to_path_buf(),
+        source,
+    })?;
+    overlay_of(&path, scratch)
+}
+
+fn overlay_of(path: &Path, scratch: &Path) -> Result<OwnedFd, ExeSealError> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(seal_error("executable path")(Errno::EINVAL));
     };

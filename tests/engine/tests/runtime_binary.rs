@@ -214,3 +214,30 @@ fn exec_race_cannot_touch_the_runtime_binary() -> Result<()> {
     engine.docker(&["rm", "-f", "attacker"])?.ok()?;
     Ok(())
 }
+
+/// The engine starts the runtime from its one sealed view: the runtime does not have to mount
+/// its own and re-execute itself on every run (it would carry the re-exec's environment
+/// marker), and what runs in the container is not the host's file.
+#[test]
+fn the_engine_starts_the_runtime_sealed() -> Result<()> {
+    let Some((engine, _dir, runtime)) = engine_with_runtime_copy()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&[
+            "run", "-d", "--init", "--name", "sealed", "busybox", "sleep", "1000",
+        ])?
+        .ok()?;
+    let pid = engine.inspect("sealed", "{{.State.Pid}}")?;
+    let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let exe = fs::read_link(proc.join("exe"))?;
+    assert_ne!(exe, runtime, "the init runs the host's file");
+    assert_eq!(exe.file_name(), runtime.file_name(), "{}", exe.display());
+    let environ = fs::read(proc.join("environ"))?;
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("_RMACHINE_RUNTIME_SEALED"),
+        "the runtime had to seal itself"
+    );
+    engine.docker(&["rm", "-f", "sealed"])?.ok()?;
+    Ok(())
+}
