@@ -357,7 +357,9 @@ fn console_err(err: ConsoleError) -> LaunchError {
 /// The runtime through one read-only overlay view per engine
 /// (`rmachine_runtime::exeseal::overlay_view`): a runtime started from it is sealed already,
 /// which spares every run and exec the runtime's own overlay mount and re-exec (2–4 ms each
-/// here). `None` when no view can be made: the runtime then seals itself.
+/// here). `None` when no view can be made: the runtime then seals itself. The view holds the
+/// binary the engine first started: a runtime replaced on disk takes effect at the engine's
+/// restart.
 fn sealed_runtime(runtime: &Path, scratch: &Path) -> Option<Arc<OwnedFd>> {
     static VIEWS: Mutex<Vec<(PathBuf, Option<Arc<OwnedFd>>)>> = Mutex::new(Vec::new());
     let mut views = VIEWS.lock().ok()?;
