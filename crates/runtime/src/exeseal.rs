@@ -21,6 +21,9 @@
 //!   mount and one `execve`), or, when overlayfs cannot be mounted, a copy of the binary in a
 //!   memfd sealed against any change of its contents (`F_SEAL_SEAL|SHRINK|GROW|WRITE`; its
 //!   metadata belongs to that one process).
+//!
+//! The engine usually starts the runtime from such a view already ([`overlay_view`], one per
+//! engine), so the runtime finds itself sealed and the re-exec costs nothing.
 
 use std::ffi::{CStr, CString, OsString};
 use std::fs::File;
