@@ -400,7 +400,9 @@ pub async fn spawn_runtime(
     let view = args
         .get(1)
         .and_then(|dir| Path::new(dir).parent())
-        .and_then(|containers| sealed_runtime(runtime, containers));
+        .and_then(|containers| sealed_runtime(runtime, containers))
+        // The child's stdio and sync pipe are dup'ed onto 0–3 before the exec resolves the path.
+        .filter(|view| view.as_raw_fd() > SYNC_FD);
     let mut cmd = match &view {
         Some(view) => {
             // The kernel resolves the path before it closes the close-on-exec descriptor.
