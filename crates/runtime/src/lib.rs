@@ -7,7 +7,8 @@
 //! guest's multi-call `rmachine-init` can run [`main_entry`] when invoked as `rmachine-runtime`.
 //!
 //! Modules, in the order a container meets them: [`run`] (the monitor process), [`container`]
-//! (the child between fork and exec), [`rootfs`] (mounts), [`lookup`] (finding the command),
+//! (the child between fork and exec), [`exeseal`] (the sealed executable the runtime re-runs from
+//! before anything else), [`rootfs`] (mounts), [`lookup`] (finding the command),
 //! [`status`] (exit codes). Kernel calls go through [`syscall::Syscall`].
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ use std::path::Path;
 pub mod caps;
 pub mod cgroup;
 pub mod container;
+pub mod exeseal;
 pub mod init;
 pub mod lookup;
 pub mod rootfs;
@@ -34,14 +36,14 @@ const USAGE: &str = "usage: rmachine-runtime run DIR\n       rmachine-runtime ex
 /// MUST be called before the process starts any thread (the runtime forks and changes
 /// namespaces); a multi-threaded caller gets an error instead of a container.
 pub fn main_entry(args: Vec<OsString>) -> i32 {
-    let mut args = args.into_iter().skip(1);
-    let command = args.next();
-    let rest: Vec<OsString> = args.collect();
-    match (command.as_ref().and_then(|c| c.to_str()), rest.as_slice()) {
-        (Some("run"), [dir]) => run::run(Path::new(dir), &syscall::LinuxSyscall),
-        (Some("exec"), [dir, exec]) => {
-            run::exec(Path::new(dir), Path::new(exec), &syscall::LinuxSyscall)
+    let command = args.get(1).and_then(|c| c.to_str());
+    let rest = args.get(2..).unwrap_or_default();
+    match (command, rest) {
+        (Some("run"), [dir]) => {
+            sealed(&args, dir).unwrap_or_else(|| run::run(Path::new(dir), &syscall::LinuxSyscall))
         }
+        (Some("exec"), [dir, exec]) => sealed(&args, dir)
+            .unwrap_or_else(|| run::exec(Path::new(dir), Path::new(exec), &syscall::LinuxSyscall)),
         (Some("-h" | "--help" | "help"), []) => {
             println!("{USAGE}");
             0
@@ -50,6 +52,16 @@ pub fn main_entry(args: Vec<OsString>) -> i32 {
             eprintln!("rmachine-runtime: bad arguments\n{USAGE}");
             2
         }
+    }
+}
+
+/// Re-executes the runtime from a sealed executable unless it already runs from one (see
+/// [`exeseal`]); returns the exit code of a failure to do so, reported as the container's.
+fn sealed(args: &[OsString], dir: &OsString) -> Option<i32> {
+    let dir = Path::new(dir);
+    match exeseal::ensure_sealed(args, dir) {
+        Ok(()) => None,
+        Err(err) => Some(run::refuse(dir, &run::RunError::Seal(err))),
     }
 }
 

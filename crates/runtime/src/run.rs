@@ -83,6 +83,9 @@ pub enum RunError {
         #[source]
         source: ContainerError,
     },
+    /// The runtime could not run from a sealed copy of its executable.
+    #[error(transparent)]
+    Seal(#[from] crate::exeseal::ExeSealError),
     /// The container's cgroup could not be set up.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -241,6 +244,13 @@ pub fn exec(dir: &Path, exec_file: &Path, sys: &dyn Syscall) -> i32 {
     }
 }
 
+/// Reports `err`, a failure before the container's spec was even read, as [`run`] reports its
+/// own (on the sync pipe, else on stderr) and returns the exit code.
+pub fn refuse(dir: &Path, err: &RunError) -> i32 {
+    let mut sync = SyncPipe::take();
+    report_failure(&mut sync, &dir.display().to_string(), &err.to_failed())
+}
+
 fn load_spec(dir: &Path) -> Result<SpecFile, RunError> {
     load_json(&dir.join(SPEC_FILE))
 }
@@ -368,6 +378,11 @@ fn supervise(
         std::env::var(PARENT_PID_ENV).ok().as_deref(),
         nix::unistd::getppid().as_raw(),
     )?;
+    // Before any namespace is joined or made: the child inherits it, so from inside the
+    // container the runtime's /proc/PID/exe, fd/, mem need CAP_SYS_PTRACE (see
+    // crate::exeseal). The user's program is dumpable again after its execve.
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(RunError::monitor("make the runtime non-dumpable"))?;
     before_fork()?;
     let (report_read, report_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::monitor("create report pipe"))?;

@@ -62,7 +62,8 @@ pub fn target_dir() -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn binary(name: &str) -> Result<PathBuf> {
+/// The workspace's build of the binary `name`.
+pub fn binary(name: &str) -> Result<PathBuf> {
     let path = target_dir()?.join(name);
     if !path.exists() {
         bail!(
@@ -188,6 +189,8 @@ pub struct Engine {
     pub certs: Certs,
     /// More engine flags, after the harness's own.
     extra_args: Vec<String>,
+    /// The runtime binary, when not the workspace's.
+    runtime: Option<PathBuf>,
 }
 
 impl Engine {
@@ -209,6 +212,15 @@ impl Engine {
         Engine::prepare_with_args(&[])
     }
 
+    /// [`Engine::start`] with `runtime` as the engine's `--runtime` instead of the workspace's
+    /// `rmachine-runtime` (tests that attack the runtime binary run a copy of it).
+    pub fn start_with_runtime(runtime: Option<PathBuf>) -> Result<Engine> {
+        let mut engine = Engine::prepare_with_args(&[])?;
+        engine.runtime = runtime;
+        engine.spawn()?;
+        Ok(engine)
+    }
+
     fn prepare_with_args(extra_args: &[&str]) -> Result<Engine> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-engine-test")
@@ -222,6 +234,7 @@ impl Engine {
             dir,
             certs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            runtime: None,
         })
     }
 
@@ -266,7 +279,10 @@ impl Engine {
             .arg("--tlskey")
             .arg(&self.certs.server_key)
             .arg("--runtime")
-            .arg(binary("rmachine-runtime")?)
+            .arg(match &self.runtime {
+                Some(runtime) => runtime.clone(),
+                None => binary("rmachine-runtime")?,
+            })
             .arg("--label")
             .arg("purpose=test")
             .args(&self.extra_args)

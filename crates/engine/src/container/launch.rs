@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::ffi::OsString;
@@ -362,6 +363,29 @@ fn console_err(err: ConsoleError) -> LaunchError {
     }
 }
 
+/// The runtime through one read-only overlay view per engine
+/// (`rmachine_runtime::exeseal::overlay_view`): a runtime started from it is sealed already,
+/// which spares every run and exec the runtime's own overlay mount and re-exec (2–4 ms each
+/// here). `None` when no view can be made: the runtime then seals itself. The view holds the
+/// binary the engine first started: a runtime replaced on disk takes effect at the engine's
+/// restart.
+fn sealed_runtime(runtime: &Path, scratch: &Path) -> Option<Arc<OwnedFd>> {
+    static VIEWS: Mutex<Vec<(PathBuf, Option<Arc<OwnedFd>>)>> = Mutex::new(Vec::new());
+    let mut views = VIEWS.lock().ok()?;
+    if let Some((_, view)) = views.iter().find(|(path, _)| path == runtime) {
+        return view.clone();
+    }
+    let view = match rmachine_runtime::exeseal::overlay_view(runtime, scratch) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(err) => {
+            tracing::debug!(runtime = %runtime.display(), error = %err, "no sealed view of the runtime; it will seal itself");
+            None
+        }
+    };
+    views.push((runtime.to_path_buf(), view.clone()));
+    view
+}
+
 /// Spawns `runtime ARGS…` with the sync pipe and the stdio of a container process (`run` or
 /// `exec`), then waits for its sync message. With `console`, the terminal comes back over the
 /// console socket and the runtime's own stdio is /dev/null; with `terminal` and no `console`,
@@ -380,7 +404,23 @@ pub async fn spawn_runtime(
             source: e.into(),
         })?;
 
-    let mut cmd = Command::new(runtime);
+    // `args` are `run DIR` or `exec DIR FILE`: DIR's parent, the engine's containers directory,
+    // lasts as long as the engine, as the view's second layer must.
+    let view = args
+        .get(1)
+        .and_then(|dir| Path::new(dir).parent())
+        .and_then(|containers| sealed_runtime(runtime, containers))
+        // The child's stdio and sync pipe are dup'ed onto 0–3 before the exec resolves the path.
+        .filter(|view| view.as_raw_fd() > SYNC_FD);
+    let mut cmd = match &view {
+        Some(view) => {
+            // The kernel resolves the path before it closes the close-on-exec descriptor.
+            let mut cmd = Command::new(format!("/proc/self/fd/{}", view.as_raw_fd()));
+            cmd.arg0(runtime);
+            cmd
+        }
+        None => Command::new(runtime),
+    };
     cmd.args(args)
         .env(PARENT_PID_ENV, std::process::id().to_string())
         .kill_on_drop(false);
