@@ -41,8 +41,7 @@ use crate::cgroup::{Cgroup, CgroupError, CgroupMode};
 use crate::container::{self, CgroupView, ContainerError};
 use crate::spec::{
     ExecFile, Failed, Features, Namespace, SpecFile, SyncMessage, OOM_KILLED_FILE, PARENT_PID_ENV,
-    SPEC_FILE,
-    SYNC_FD,
+    SPEC_FILE, SYNC_FD,
 };
 use crate::status::exit_code;
 use crate::syscall::{CloneFlags, Errno, SysError, Syscall};
