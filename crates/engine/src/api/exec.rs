@@ -82,6 +82,14 @@ impl Api {
         match (method, segments) {
             (&Method::POST, ["containers", id, "exec"]) => {
                 let body: ExecCreateBody = parse(&body_bytes(req).await?, "ExecOptions")?;
+                // As dockerd's ContainerExecCreate: the container first, then the keys, so a
+                // bad sequence is refused before an exec exists rather than at its start.
+                self.engine.container(id)?;
+                if let Some(keys) = body.detach_keys.as_deref() {
+                    super::detach::keys(Some(keys)).map_err(|_| {
+                        ApiError::BadRequest(format!("Invalid escape keys ({keys}) provided"))
+                    })?;
+                }
                 let config = ExecConfig {
                     cmd: body.cmd.unwrap_or_default(),
                     env: body.env.unwrap_or_default(),
