@@ -30,7 +30,6 @@ const REFUSED: &[(&[&str], &str)] = &[
     (&["--device-read-bps", "/dev/null:1mb"], "rmachine-engine does not support device read rate limits (--device-read-bps) yet"),
     (&["--device-write-iops", "/dev/null:100"], "rmachine-engine does not support device write IO limits (--device-write-iops) yet"),
     (&["--cpu-rt-runtime", "1000"], "rmachine-engine does not support real-time CPU runtimes (--cpu-rt-runtime) yet"),
-    (&["--health-cmd", "true"], "rmachine-engine does not support health checks (--health-cmd/--health-*) yet"),
     (&["--runtime", "crun"], "unknown or invalid runtime name: crun"),
     (&["--isolation", "hyperv"], "invalid isolation (hyperv): linux only supports 'default'"),
     (&["--log-driver", "syslog"], "logger: no log driver named 'syslog' is registered"),
