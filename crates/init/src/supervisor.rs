@@ -308,6 +308,16 @@ fn prepare_and_mount(data: &disk::Disk, report: &mut DataDiskReport) -> bool {
             return false;
         }
     };
+    if !superblock.is_rmachine_data() {
+        tracing::error!(
+            "disk: {} holds an ext filesystem labelled {:?}, not {:?}: not a data disk of this \
+             machine; not checking, converting or mounting it",
+            data.name,
+            superblock.label,
+            disk::DATA_LABEL
+        );
+        return false;
+    }
     let reasons = superblock.check_reasons();
     let mut checked = false;
     if !reasons.is_empty() {
