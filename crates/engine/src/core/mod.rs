@@ -113,6 +113,7 @@ struct Inner {
     events: EventBus,
     table: Mutex<Table>,
     ext: exec::Extras,
+    restarts: restart::RestartManager,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -229,6 +230,7 @@ impl Engine {
                 events: EventBus::default(),
                 table: Mutex::new(table),
                 ext: exec::Extras::default(),
+                restarts: restart::RestartManager::default(),
             }),
         })
     }
