@@ -224,11 +224,9 @@ impl Api {
             }
             (&Method::POST, ["containers", id, "stop"]) => {
                 let timeout = query.int("t").map_err(ApiError::BadRequest)?;
-                if let Some(signal) = query.get("signal").filter(|s| !s.is_empty()) {
-                    crate::core::parse_signal(signal)?;
-                }
-                self.engine.mark_stopped_by_user(id)?;
-                self.engine.stop(id, timeout, query.get("signal")).await?;
+                self.engine
+                    .stop_by_user(id, timeout, query.get("signal"))
+                    .await?;
                 empty(StatusCode::NO_CONTENT)
             }
             (&Method::POST, ["containers", id, "restart"]) => {
@@ -402,19 +400,7 @@ impl Api {
     }
 
     async fn kill(&self, id: &str, query: &Query) -> ApiResult {
-        let signal = query.get("signal").filter(|s| !s.is_empty());
-        if let Some(signal) = signal {
-            crate::core::parse_kill_signal(signal)?;
-        }
-        let c = self.engine.container(id)?;
-        if c.record().state.status == crate::state::Status::Running {
-            self.engine.mark_killed_by_user(id, signal)?;
-        } else if self.engine.is_restarting(&c.id) {
-            // As dockerd: killing a restarting container only cancels the restart.
-            self.engine.mark_stopped_by_user(id)?;
-            return empty(StatusCode::NO_CONTENT);
-        }
-        self.engine.kill(id, signal).await?;
+        self.engine.kill_by_user(id, query.get("signal")).await?;
         empty(StatusCode::NO_CONTENT)
     }
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 use rmachine_runtime::spec;
 use tracing::{info, warn};
 
-use super::signal::{parse_signal, SIGKILL};
+use super::signal::{parse_kill_signal, parse_signal, SIGKILL};
 use super::{Engine, EngineError};
 use crate::container::Container;
 use crate::state::{ContainerConfig, HostConfig, Status};
@@ -258,6 +258,44 @@ impl Engine {
         let c = self.container(reference)?;
         self.clear_user_stop(&c);
         self.start(reference).await
+    }
+
+    /// `docker stop`: the signal (if given) checked first, then the container marked stopped by
+    /// its user (no restart by policy) and stopped.
+    pub async fn stop_by_user(
+        &self,
+        reference: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let signal = signal.filter(|s| !s.is_empty());
+        if let Some(signal) = signal {
+            parse_signal(signal)?;
+        }
+        self.mark_stopped_by_user(reference)?;
+        self.stop(reference, timeout, signal).await
+    }
+
+    /// `docker kill`, with dockerd's restart semantics (daemon/kill.go `killWithSignal`): a
+    /// running container is marked killed by its user; killing a container waiting for its
+    /// restart only cancels that restart.
+    pub async fn kill_by_user(
+        &self,
+        reference: &str,
+        signal: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let signal = signal.filter(|s| !s.is_empty());
+        if let Some(signal) = signal {
+            parse_kill_signal(signal)?;
+        }
+        let c = self.container(reference)?;
+        if c.record().state.status == Status::Running {
+            self.mark_killed_by_user(reference, signal)?;
+        } else if self.is_restarting(&c.id) {
+            self.mark_stopped_by_user(reference)?;
+            return Ok(());
+        }
+        self.kill(reference, signal).await
     }
 
     /// `docker restart`: stop (no policy restart meanwhile), then start as the user.
