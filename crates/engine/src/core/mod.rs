@@ -22,7 +22,7 @@
 //! - `remove`: `rm` and `container prune`; `exec`: exec instances; `attach`: attach, logs and
 //!   resize; `resources`: update, top, stats and the limit checks; `archive`: `docker cp`,
 //!   export, diff and sizes; `images`: image load, list, inspect and remove; `lookup`: the
-//!   lookups of `ps` filters.
+//!   lookups of `ps` filters; `list`: `docker ps`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -48,6 +48,7 @@ mod health;
 mod host_config;
 mod images;
 mod lifecycle;
+mod list;
 pub(crate) mod lookup;
 mod options;
 mod remove;
@@ -62,6 +63,7 @@ pub use create::CreateRequest;
 pub use error::EngineError;
 pub use host_config::{create_warnings, DEFAULT_RUNTIME};
 pub use lifecycle::WaitCondition;
+pub use list::{ListOptions, ListedContainer};
 pub use remove::{PruneFilters, PruneReport};
 pub use signal::{parse_kill_signal, parse_signal};
 
@@ -394,7 +396,12 @@ mod tests {
     use super::*;
     use crate::state::{ContainerConfig, ContainerState, HostConfig};
 
-    fn record(id: &str, name: &str, status: Status, auto_remove: bool) -> ContainerRecord {
+    pub(super) fn record(
+        id: &str,
+        name: &str,
+        status: Status,
+        auto_remove: bool,
+    ) -> ContainerRecord {
         ContainerRecord {
             id: id.to_string(),
             name: format!("/{name}"),
@@ -421,7 +428,7 @@ mod tests {
         }
     }
 
-    fn engine_with(records: &[ContainerRecord]) -> (tempfile::TempDir, Engine) {
+    pub(super) fn engine_with(records: &[ContainerRecord]) -> (tempfile::TempDir, Engine) {
         let dir = tempfile::tempdir().unwrap();
         let state = StateStore::open(dir.path()).unwrap();
         for r in records {
