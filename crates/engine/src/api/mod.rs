@@ -288,8 +288,7 @@ impl Api {
             .get("name")
             .filter(|n| !n.is_empty())
             .map(str::to_string);
-        let warnings = crate::core::create_warnings(&parsed.host_config);
-        let id = self
+        let created = self
             .engine
             .create(CreateRequest {
                 name,
@@ -298,7 +297,11 @@ impl Api {
                 networking_config: parsed.networking_config,
             })
             .await?;
-        json(StatusCode::CREATED, &types::CreateResponse { id, warnings })
+        let response = types::CreateResponse {
+            id: created.id,
+            warnings: created.warnings,
+        };
+        json(StatusCode::CREATED, &response)
     }
 
     fn list_containers(&self, query: &Query) -> ApiResult {

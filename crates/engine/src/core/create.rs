@@ -7,6 +7,7 @@ use chrono::Utc;
 use tracing::info;
 
 use super::error::EngineError;
+use super::host_config::create_warnings;
 use super::{host_config, lock, new_id, options, restart, unsupported, Engine};
 use crate::container::{config, names, Container};
 use crate::image::ImageRecord;
@@ -55,15 +56,26 @@ fn validate_log_config(host: &mut HostConfig) -> Result<(), EngineError> {
     })
 }
 
+/// A container `create` made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// Its id.
+    pub id: String,
+    /// Docker's warnings about its options.
+    pub warnings: Vec<String>,
+}
+
 impl Engine {
     /// Creates a container from an image.
-    pub async fn create(&self, request: CreateRequest) -> Result<String, EngineError> {
+    pub async fn create(&self, request: CreateRequest) -> Result<Created, EngineError> {
         let CreateRequest {
             name,
             mut config,
             mut host_config,
             networking_config,
         } = request;
+        // Judged on the request as sent, before create fills in dockerd's defaults.
+        let warnings = create_warnings(&host_config);
         unsupported::check_create(&unsupported::Request {
             config: &config,
             host: &host_config,
@@ -153,7 +165,7 @@ impl Engine {
         }
         info!(container = %id, "created");
         self.emit(&container.record(), "create", &[]);
-        Ok(id)
+        Ok(Created { id, warnings })
     }
 
     pub(super) async fn resolve_image(&self, reference: &str) -> Result<ImageRecord, EngineError> {

@@ -59,9 +59,9 @@ mod start;
 mod unsupported;
 
 pub use attach::{AttachSession, LogSource};
-pub use create::CreateRequest;
+pub use create::{CreateRequest, Created};
 pub use error::EngineError;
-pub use host_config::{create_warnings, DEFAULT_RUNTIME};
+pub use host_config::DEFAULT_RUNTIME;
 pub use lifecycle::WaitCondition;
 pub use list::{ListOptions, ListedContainer};
 pub use remove::{PruneFilters, PruneReport};
