@@ -95,10 +95,22 @@ fn engine_status(err: &EngineError) -> StatusCode {
         EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
         EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
         EngineError::Archive(archive) => archive_status(archive),
-        EngineError::Image(image) => {
-            StatusCode::from_u16(image.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-        }
+        EngineError::Image(image) => image_status(image),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// dockerd's statuses for image store failures.
+fn image_status(err: &ImageError) -> StatusCode {
+    match err {
+        ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::InUse { .. } | ImageError::Conflict { .. } => StatusCode::CONFLICT,
+        ImageError::InvalidReference { .. }
+        | ImageError::InvalidArchive { .. }
+        | ImageError::InvalidLayer { .. }
+        | ImageError::DiffIdMismatch { .. }
+        | ImageError::DigestMismatch { .. } => StatusCode::BAD_REQUEST,
+        ImageError::Io { .. } | ImageError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -192,5 +204,25 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::EIO),
         }));
         assert_eq!(status_of(&other), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn image_failures_get_dockerds_statuses() {
+        let bad = ApiError::from(ImageError::InvalidReference {
+            reference: "BusyBox".into(),
+            reason: "invalid reference format".into(),
+        });
+        assert_eq!(status_of(&bad), StatusCode::BAD_REQUEST);
+        let tagged = ApiError::from(ImageError::Conflict {
+            image: "sha256:0123456789ab".into(),
+            reason: "image is referenced in multiple repositories".into(),
+        });
+        assert_eq!(status_of(&tagged), StatusCode::CONFLICT);
+        let used = ApiError::from(ImageError::InUse {
+            image: "sha256:0123456789ab".into(),
+            container: "abc".into(),
+            reference: None,
+        });
+        assert_eq!(status_of(&used), StatusCode::CONFLICT);
     }
 }
