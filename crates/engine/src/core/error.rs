@@ -48,7 +48,7 @@ pub enum EngineError {
         /// The container id.
         id: String,
     },
-    /// Start of a running container or stop of a stopped one: nothing to do (HTTP 304).
+    /// Start of a running container or stop of a stopped one: nothing to do.
     #[error("container {id} is already {state}")]
     NotModified {
         /// The container id.
@@ -122,7 +122,7 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
-    /// The container's state forbids the operation (Docker's text, HTTP 409).
+    /// The container's state forbids the operation (Docker's text).
     #[error("{reason}")]
     Conflict {
         /// Docker's message.
