@@ -16,10 +16,10 @@ use crate::container::launch::{self, LaunchError, LaunchIo, StdioOptions};
 use crate::container::{config, io, Container, Output, StdinEvent, StreamKind};
 use crate::state::{ContainerRecord, Status};
 
-/// State of the features this module adds, kept beside the container table.
+/// The exec instances by id, kept beside the container table.
 #[derive(Debug, Default)]
-pub(super) struct Extras {
-    execs: Mutex<HashMap<String, Arc<ExecInstance>>>,
+pub(super) struct ExecTable {
+    by_id: Mutex<HashMap<String, Arc<ExecInstance>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,7 +56,7 @@ impl Engine {
         let instance = ExecInstance::new(id.clone(), c.id.clone(), config);
         let command = crate::events::exec_command(&instance.config.cmd);
         let known: HashSet<String> = self.list().into_iter().map(|r| r.id).collect();
-        let mut execs = lock(&self.inner.ext.execs);
+        let mut execs = lock(&self.inner.execs.by_id);
         // Instances live as long as their container, as with dockerd.
         execs.retain(|_, e| known.contains(&e.container_id));
         execs.insert(id.clone(), instance);
@@ -71,7 +71,7 @@ impl Engine {
 
     /// An exec instance by id.
     pub fn exec(&self, id: &str) -> Result<Arc<ExecInstance>, EngineError> {
-        lock(&self.inner.ext.execs)
+        lock(&self.inner.execs.by_id)
             .get(id)
             .cloned()
             .ok_or_else(|| EngineError::NoSuchExec { id: id.to_string() })
@@ -79,7 +79,7 @@ impl Engine {
 
     /// Drops a finished exec instance (a health probe's).
     pub(super) fn forget_exec(&self, id: &str) {
-        lock(&self.inner.ext.execs).remove(id);
+        lock(&self.inner.execs.by_id).remove(id);
     }
 
     /// Resizes an exec's terminal.

@@ -114,7 +114,7 @@ struct Inner {
     state: StateStore,
     events: EventBus,
     table: Mutex<Table>,
-    ext: exec::Extras,
+    execs: exec::ExecTable,
     restarts: restart::RestartManager,
 }
 
@@ -231,7 +231,7 @@ impl Engine {
                 state,
                 events: EventBus::default(),
                 table: Mutex::new(table),
-                ext: exec::Extras::default(),
+                execs: exec::ExecTable::default(),
                 restarts: restart::RestartManager::default(),
             }),
         })
