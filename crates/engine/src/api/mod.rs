@@ -210,8 +210,12 @@ impl Api {
             (&Method::GET, ["containers", id, "json"]) => {
                 let c = self.engine.container(id)?;
                 let mut inspect = types::container_inspect(&c.record(), &c.dir);
-                self.engine.decorate(&c.id, &mut inspect);
-                self.engine.decorate_restarting(&c.id, &mut inspect);
+                if self.engine.is_paused(&c.id) {
+                    types::show_paused(&mut inspect);
+                }
+                if self.engine.is_restarting(&c.id) {
+                    types::show_restarting(&mut inspect);
+                }
                 self.engine.add_lower_dir(&c.record(), &mut inspect);
                 if query.bool("size") {
                     self.engine.add_sizes(&c.record(), &mut inspect);
@@ -313,8 +317,12 @@ impl Api {
         for listed in self.engine.list_containers(&options)? {
             let record = &listed.record;
             let mut summary = types::container_summary(record, now);
-            self.engine.decorate(&record.id, &mut summary);
-            self.engine.decorate_restarting(&record.id, &mut summary);
+            if self.engine.is_paused(&record.id) {
+                types::show_paused(&mut summary);
+            }
+            if self.engine.is_restarting(&record.id) {
+                types::show_restarting(&mut summary);
+            }
             // Judged on what the listing reports, so the filters agree with the output.
             if !crate::core::lookup::summary_matches(&summary, options.filters()) {
                 continue;

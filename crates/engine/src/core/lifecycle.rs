@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use super::error::EngineError;
@@ -231,26 +230,6 @@ impl Engine {
         self.health_follow_pause(c);
         if let Err(err) = self.inner.state.save(&c.record()) {
             warn!(container = %c.id, error = %err, "cannot persist container state");
-        }
-    }
-
-    /// Marks an inspect or list JSON of a paused container as Docker shows it.
-    pub fn decorate(&self, id: &str, value: &mut Value) {
-        if !self.is_paused(id) {
-            return;
-        }
-        if let Some(state) = value.get_mut("State") {
-            if state.is_object() {
-                state["Status"] = json!("paused");
-                state["Paused"] = json!(true);
-            } else {
-                *state = json!("paused");
-            }
-        }
-        if let Some(Value::String(status)) = value.get_mut("Status") {
-            if !status.ends_with("(Paused)") {
-                status.push_str(" (Paused)");
-            }
         }
     }
 

@@ -340,31 +340,6 @@ impl Engine {
         self.inner.restarts.set_canceled(id, false);
     }
 
-    /// Shows a container waiting for its restart as Docker does: `State.Restarting` and status
-    /// `restarting` in inspect, `Restarting (code) … ago` in `ps`.
-    pub fn decorate_restarting(&self, id: &str, value: &mut serde_json::Value) {
-        if !self.inner.restarts.is_restarting(id) {
-            return;
-        }
-        match value.get_mut("State") {
-            Some(serde_json::Value::Object(state)) => {
-                // dockerd counts a restarting container as running (State.Running true).
-                state.insert("Restarting".into(), true.into());
-                state.insert("Running".into(), true.into());
-                state.insert("Status".into(), "restarting".into());
-            }
-            Some(state) => {
-                *state = "restarting".into();
-                if let Some(status) = value.get_mut("Status") {
-                    if let Some(rest) = status.as_str().and_then(|s| s.strip_prefix("Exited")) {
-                        *status = format!("Restarting{rest}").into();
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-
     /// Marks the engine as shutting down: exits from now on are not restarted.
     pub fn begin_shutdown(&self) {
         self.inner
