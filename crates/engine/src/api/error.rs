@@ -2,6 +2,7 @@
 
 use hyper::StatusCode;
 
+use crate::container::archive::ArchiveError;
 use crate::core::EngineError;
 use crate::image::ImageError;
 
@@ -93,11 +94,36 @@ fn engine_status(err: &EngineError) -> StatusCode {
         EngineError::Conflict { .. } => StatusCode::CONFLICT,
         EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
         EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
-        EngineError::Archive(archive) => {
-            StatusCode::from_u16(archive.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        EngineError::Archive(archive) => archive_status(archive),
+        EngineError::Image(image) => image_status(image),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// dockerd's statuses for image store failures.
+fn image_status(err: &ImageError) -> StatusCode {
+    match err {
+        ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::InUse { .. } | ImageError::Conflict { .. } => StatusCode::CONFLICT,
+        ImageError::InvalidReference { .. }
+        | ImageError::InvalidArchive { .. }
+        | ImageError::InvalidLayer { .. }
+        | ImageError::DiffIdMismatch { .. }
+        | ImageError::DigestMismatch { .. } => StatusCode::BAD_REQUEST,
+        ImageError::Io { .. } | ImageError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// dockerd's statuses for `docker cp` failures: a missing path is 404, a bad request 400, a
+/// write to a read-only root file system 403.
+fn archive_status(err: &ArchiveError) -> StatusCode {
+    match err {
+        ArchiveError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ArchiveError::NotADirectory { .. } | ArchiveError::Invalid { .. } => {
+            StatusCode::BAD_REQUEST
         }
-        EngineError::Image(image) => {
-            StatusCode::from_u16(image.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        ArchiveError::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS) => {
+            StatusCode::FORBIDDEN
         }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -159,5 +185,44 @@ mod tests {
         assert_eq!(status_of(&taken), StatusCode::CONFLICT);
         assert!(message_of(&taken)
             .starts_with("Error when allocating new name: Conflict. The container name \"/web\""));
+    }
+
+    #[test]
+    fn copy_failures_get_dockerds_statuses() {
+        let missing = ApiError::from(EngineError::Archive(ArchiveError::NotFound {
+            path: "/nope".into(),
+            container: "web".into(),
+        }));
+        assert_eq!(status_of(&missing), StatusCode::NOT_FOUND);
+        let read_only = ApiError::from(EngineError::Archive(ArchiveError::Io {
+            path: "/etc".into(),
+            source: std::io::Error::from_raw_os_error(libc::EROFS),
+        }));
+        assert_eq!(status_of(&read_only), StatusCode::FORBIDDEN);
+        let other = ApiError::from(EngineError::Archive(ArchiveError::Io {
+            path: "/etc".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }));
+        assert_eq!(status_of(&other), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn image_failures_get_dockerds_statuses() {
+        let bad = ApiError::from(ImageError::InvalidReference {
+            reference: "BusyBox".into(),
+            reason: "invalid reference format".into(),
+        });
+        assert_eq!(status_of(&bad), StatusCode::BAD_REQUEST);
+        let tagged = ApiError::from(ImageError::Conflict {
+            image: "sha256:0123456789ab".into(),
+            reason: "image is referenced in multiple repositories".into(),
+        });
+        assert_eq!(status_of(&tagged), StatusCode::CONFLICT);
+        let used = ApiError::from(ImageError::InUse {
+            image: "sha256:0123456789ab".into(),
+            container: "abc".into(),
+            reference: None,
+        });
+        assert_eq!(status_of(&used), StatusCode::CONFLICT);
     }
 }

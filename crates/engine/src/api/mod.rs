@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-use crate::core::{CreateRequest, Engine, WaitCondition};
+use crate::core::{CreateRequest, Engine, ListOptions, WaitCondition};
 use error::{message_of, status_of, ApiError};
 use query::Query;
 use stream::ChannelBody;
@@ -210,8 +210,12 @@ impl Api {
             (&Method::GET, ["containers", id, "json"]) => {
                 let c = self.engine.container(id)?;
                 let mut inspect = types::container_inspect(&c.record(), &c.dir);
-                self.engine.decorate(&c.id, &mut inspect);
-                self.engine.decorate_restarting(&c.id, &mut inspect);
+                if self.engine.is_paused(&c.id) {
+                    types::show_paused(&mut inspect);
+                }
+                if self.engine.is_restarting(&c.id) {
+                    types::show_restarting(&mut inspect);
+                }
                 self.engine.add_lower_dir(&c.record(), &mut inspect);
                 if query.bool("size") {
                     self.engine.add_sizes(&c.record(), &mut inspect);
@@ -224,11 +228,9 @@ impl Api {
             }
             (&Method::POST, ["containers", id, "stop"]) => {
                 let timeout = query.int("t").map_err(ApiError::BadRequest)?;
-                if let Some(signal) = query.get("signal").filter(|s| !s.is_empty()) {
-                    crate::core::parse_signal(signal)?;
-                }
-                self.engine.mark_stopped_by_user(id)?;
-                self.engine.stop(id, timeout, query.get("signal")).await?;
+                self.engine
+                    .stop_by_user(id, timeout, query.get("signal"))
+                    .await?;
                 empty(StatusCode::NO_CONTENT)
             }
             (&Method::POST, ["containers", id, "restart"]) => {
@@ -290,8 +292,7 @@ impl Api {
             .get("name")
             .filter(|n| !n.is_empty())
             .map(str::to_string);
-        let warnings = crate::core::create_warnings(&parsed.host_config);
-        let id = self
+        let created = self
             .engine
             .create(CreateRequest {
                 name,
@@ -300,121 +301,42 @@ impl Api {
                 networking_config: parsed.networking_config,
             })
             .await?;
-        json(StatusCode::CREATED, &types::CreateResponse { id, warnings })
+        let response = types::CreateResponse {
+            id: created.id,
+            warnings: created.warnings,
+        };
+        json(StatusCode::CREATED, &response)
     }
 
     fn list_containers(&self, query: &Query) -> ApiResult {
         let filters = parse_filters(query.get("filters"))?;
-        validate_ps_filters(&filters).map_err(ApiError::BadRequest)?;
-        let limit = query
-            .int("limit")
-            .map_err(ApiError::BadRequest)?
-            .filter(|l| *l > 0);
-        let all = query.bool("all") || limit.is_some();
+        let limit = query.int("limit").map_err(ApiError::BadRequest)?;
+        let options = ListOptions::new(query.bool("all"), limit, filters)?;
         let now = chrono::Utc::now();
         let mut out = Vec::new();
-        let records = self.engine.list();
-        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        // As moby's foldFilter, the last `before`/`since` value counts.
-        let boundary = |key: &str| {
-            filters
-                .get(key)
-                .and_then(|values| values.last())
-                .map(|value| crate::core::lookup::id_or_name(&records, value))
-                .transpose()
-        };
-        let mut before = boundary("before")?;
-        let since = boundary("since")?;
-        for record in &records {
-            // The list is newest first: skip down to the `before` container, stop at `since`.
-            if let Some(id) = before {
-                if record.id == id {
-                    before = None;
-                }
+        for listed in self.engine.list_containers(&options)? {
+            let record = &listed.record;
+            let mut summary = types::container_summary(record, now);
+            if self.engine.is_paused(&record.id) {
+                types::show_paused(&mut summary);
+            }
+            if self.engine.is_restarting(&record.id) {
+                types::show_restarting(&mut summary);
+            }
+            // Judged on what the listing reports, so the filters agree with the output.
+            if !crate::core::lookup::summary_matches(&summary, options.filters()) {
                 continue;
             }
-            if since == Some(record.id.as_str()) {
-                break;
+            if query.bool("size") {
+                self.engine.add_sizes(record, &mut summary);
             }
-            let status = if self.engine.is_restarting(&record.id) {
-                "restarting"
-            } else if self.engine.is_paused(&record.id) {
-                "paused"
-            } else {
-                record.state.status.as_str()
-            };
-            if !all
-                && !matches!(status, "running" | "restarting" | "paused")
-                && !filters.contains_key("status")
-            {
-                continue;
-            }
-            if let Some(values) = filters.get("id") {
-                if !id_filter_matches(values, &ids, &record.id) {
-                    continue;
-                }
-            }
-            let matches = filters.iter().all(|(key, values)| {
-                // Every label filter must hold (moby's MatchKVList); other keys need one value.
-                if key == "label" {
-                    return crate::core::lookup::labels_match(&record.config.labels, values);
-                }
-                values.iter().any(|v| match key.as_str() {
-                    "status" => status == v,
-                    "id" => true,
-                    // dockerd matches a regular expression against the name with and without
-                    // its `/` (daemon/list.go); an invalid expression matches nothing.
-                    "name" => regex::Regex::new(v).is_ok_and(|re| {
-                        re.is_match(&record.name)
-                            || re.is_match(record.name.trim_start_matches('/'))
-                    }),
-                    "exited" => status == "exited" && record.state.exit_code.to_string() == *v,
-                    "ancestor" => self.engine.ancestor_matches(record, v),
-                    "health" => {
-                        record
-                            .state
-                            .health
-                            .as_ref()
-                            .map_or("none", |h| h.status.as_str())
-                            == v
-                    }
-                    _ => true,
-                })
-            });
-            if matches {
-                let mut summary = types::container_summary(record, now);
-                self.engine.decorate(&record.id, &mut summary);
-                self.engine.decorate_restarting(&record.id, &mut summary);
-                // Judged on what the listing reports, so the filters agree with the output.
-                if !crate::core::lookup::summary_matches(&summary, &filters) {
-                    continue;
-                }
-                if query.bool("size") {
-                    self.engine.add_sizes(record, &mut summary);
-                }
-                out.push(summary);
-            }
-        }
-        if let Some(limit) = limit {
-            out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            out.push(summary);
         }
         json(StatusCode::OK, &out)
     }
 
     async fn kill(&self, id: &str, query: &Query) -> ApiResult {
-        let signal = query.get("signal").filter(|s| !s.is_empty());
-        if let Some(signal) = signal {
-            crate::core::parse_kill_signal(signal)?;
-        }
-        let c = self.engine.container(id)?;
-        if c.record().state.status == crate::state::Status::Running {
-            self.engine.mark_killed_by_user(id, signal)?;
-        } else if self.engine.is_restarting(&c.id) {
-            // As dockerd: killing a restarting container only cancels the restart.
-            self.engine.mark_stopped_by_user(id)?;
-            return empty(StatusCode::NO_CONTENT);
-        }
-        self.engine.kill(id, signal).await?;
+        self.engine.kill_by_user(id, query.get("signal")).await?;
         empty(StatusCode::NO_CONTENT)
     }
 
@@ -674,87 +596,6 @@ fn ping(head: bool) -> Response<ResponseBody> {
 }
 
 /// Docker's `filters` JSON: `{"status":["exited"]}`, or the older `{"status":{"exited":true}}`.
-/// The filter keys `docker ps` accepts (daemon/list.go `acceptedPsFilterTags`).
-const PS_FILTERS: [&str; 15] = [
-    "ancestor",
-    "before",
-    "exited",
-    "id",
-    "isolation",
-    "label",
-    "name",
-    "status",
-    "health",
-    "since",
-    "volume",
-    "network",
-    "is-task",
-    "publish",
-    "expose",
-];
-
-/// The container states a `status` filter may name.
-const STATES: [&str; 7] = [
-    "created",
-    "running",
-    "paused",
-    "restarting",
-    "removing",
-    "exited",
-    "dead",
-];
-
-/// dockerd's checks of `docker ps` filters (daemon/list.go `Containers`, `foldFilter`), with
-/// its texts.
-fn validate_ps_filters(
-    filters: &std::collections::BTreeMap<String, Vec<String>>,
-) -> Result<(), String> {
-    if let Some(key) = filters.keys().find(|k| !PS_FILTERS.contains(&k.as_str())) {
-        return Err(format!("invalid filter '{key}'"));
-    }
-    for value in filters.get("exited").into_iter().flatten() {
-        if value.parse::<i64>().is_err() {
-            return Err(format!(
-                "invalid filter 'exited={value}': strconv.Atoi: parsing {value:?}: invalid syntax"
-            ));
-        }
-    }
-    if let Some(value) = filters
-        .get("health")
-        .into_iter()
-        .flatten()
-        .find(|v| !crate::container::health::is_filter_value(v))
-    {
-        return Err(format!("Unrecognised filter value for health: {value}"));
-    }
-    for value in filters.get("status").into_iter().flatten() {
-        if !STATES.contains(&value.as_str()) {
-            return Err(format!(
-                "invalid filter 'status={value}': invalid value for state ({value}): must be one of {}",
-                STATES.join(", ")
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// dockerd's `id` filter (daemon/list.go): each value picks the container it is a unique id
-/// prefix of (`GetByPrefix`; an ambiguous or unknown prefix picks none), and the id must then
-/// match one value exactly or as an unanchored regular expression (`filters.Args.Match`).
-fn id_filter_matches(values: &[String], ids: &[&str], id: &str) -> bool {
-    let picked = values.iter().any(|v| {
-        if v.is_empty() {
-            return false;
-        }
-        let mut hits = ids.iter().filter(|i| i.starts_with(v.as_str()));
-        matches!((hits.next(), hits.next()), (Some(hit), None) if *hit == id)
-    });
-    picked
-        && values
-            .iter()
-            .any(|v| v == id || regex::Regex::new(v).is_ok_and(|re| re.is_match(id)))
-}
-
 fn parse_filters(
     raw: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ApiError> {
@@ -803,45 +644,6 @@ mod tests {
         assert!(strip_version("/v1.99/info").is_err());
         assert!(strip_version("/v1.12/info").is_err());
         assert_eq!(strip_version("/volumes").unwrap(), "/volumes");
-    }
-
-    #[test]
-    fn id_filters_pick_unique_prefixes_then_match_like_dockerd() {
-        let ids = ["abc123", "abd456", "ff0abc"];
-        let pick = |values: &[&str]| -> Vec<&str> {
-            let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-            ids.iter()
-                .copied()
-                .filter(|id| id_filter_matches(&values, &ids, id))
-                .collect()
-        };
-        assert_eq!(pick(&["abc"]), ["abc123"]);
-        assert_eq!(pick(&["abc123"]), ["abc123"]);
-        // Ambiguous: `ab` starts two ids, so dockerd's GetByPrefix picks none.
-        assert!(pick(&["ab"]).is_empty());
-        // Not a prefix: the regular expression alone does not pick a container.
-        assert!(pick(&["0abc"]).is_empty());
-        assert!(pick(&["^ff"]).is_empty());
-        assert_eq!(pick(&["abc", "ff0"]), ["abc123", "ff0abc"]);
-        assert!(pick(&[""]).is_empty());
-    }
-
-    #[test]
-    fn ps_filters_are_checked_with_dockerds_texts() {
-        let filters = |json: &str| parse_filters(Some(json)).unwrap();
-        assert!(validate_ps_filters(&filters(r#"{"status":["paused"],"exited":["3"]}"#)).is_ok());
-        assert_eq!(
-            validate_ps_filters(&filters(r#"{"colour":["red"]}"#)).unwrap_err(),
-            "invalid filter 'colour'"
-        );
-        assert_eq!(
-            validate_ps_filters(&filters(r#"{"exited":["x"]}"#)).unwrap_err(),
-            r#"invalid filter 'exited=x': strconv.Atoi: parsing "x": invalid syntax"#
-        );
-        assert_eq!(
-            validate_ps_filters(&filters(r#"{"status":["up"]}"#)).unwrap_err(),
-            "invalid filter 'status=up': invalid value for state (up): must be one of created, running, paused, restarting, removing, exited, dead"
-        );
     }
 
     #[test]

@@ -363,6 +363,45 @@ fn count_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// Shows a paused container (the core's `is_paused`) in an inspect or list JSON as Docker does.
+pub fn show_paused(value: &mut Value) {
+    if let Some(state) = value.get_mut("State") {
+        if state.is_object() {
+            state["Status"] = json!("paused");
+            state["Paused"] = json!(true);
+        } else {
+            *state = json!("paused");
+        }
+    }
+    if let Some(Value::String(status)) = value.get_mut("Status") {
+        if !status.ends_with("(Paused)") {
+            status.push_str(" (Paused)");
+        }
+    }
+}
+
+/// Shows a container waiting for its restart (the core's `is_restarting`) as Docker does:
+/// `State.Restarting` and status `restarting` in inspect, `Restarting (code) … ago` in `ps`.
+pub fn show_restarting(value: &mut Value) {
+    match value.get_mut("State") {
+        Some(Value::Object(state)) => {
+            // dockerd counts a restarting container as running (State.Running true).
+            state.insert("Restarting".into(), true.into());
+            state.insert("Running".into(), true.into());
+            state.insert("Status".into(), "restarting".into());
+        }
+        Some(state) => {
+            *state = "restarting".into();
+            if let Some(status) = value.get_mut("Status") {
+                if let Some(rest) = status.as_str().and_then(|s| s.strip_prefix("Exited")) {
+                    *status = format!("Restarting{rest}").into();
+                }
+            }
+        }
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +452,26 @@ mod tests {
             "invalid JSON: json: cannot unmarshal string into Go struct field \
              CreateRequest.HostConfig of type container.HostConfig"
         );
+    }
+
+    #[test]
+    fn paused_and_restarting_containers_show_as_docker_shows_them() {
+        let mut summary = json!({"State": "running", "Status": "Up 5 seconds"});
+        show_paused(&mut summary);
+        assert_eq!(summary["State"], "paused");
+        assert_eq!(summary["Status"], "Up 5 seconds (Paused)");
+        let mut inspect = json!({"State": {"Status": "running", "Paused": false}});
+        show_paused(&mut inspect);
+        assert_eq!(inspect["State"]["Status"], "paused");
+        assert_eq!(inspect["State"]["Paused"], true);
+        let mut summary = json!({"State": "exited", "Status": "Exited (1) 2 seconds ago"});
+        show_restarting(&mut summary);
+        assert_eq!(summary["State"], "restarting");
+        assert_eq!(summary["Status"], "Restarting (1) 2 seconds ago");
+        let mut inspect = json!({"State": {"Status": "exited", "Running": false}});
+        show_restarting(&mut inspect);
+        assert_eq!(inspect["State"]["Status"], "restarting");
+        assert_eq!(inspect["State"]["Running"], true);
+        assert_eq!(inspect["State"]["Restarting"], true);
     }
 }

@@ -69,18 +69,6 @@ pub enum ArchiveError {
     },
 }
 
-impl ArchiveError {
-    /// The HTTP status dockerd answers with.
-    pub fn status_code(&self) -> u16 {
-        match self {
-            ArchiveError::NotFound { .. } => 404,
-            ArchiveError::NotADirectory { .. } | ArchiveError::Invalid { .. } => 400,
-            ArchiveError::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS) => 403,
-            _ => 500,
-        }
-    }
-}
-
 fn io_at(path: &str) -> impl FnOnce(Errno) -> ArchiveError + '_ {
     move |errno| ArchiveError::Io {
         path: path.to_string(),

@@ -18,16 +18,16 @@
 //! exit failed and that are under their retry limit (daemon/daemon.go `restore`,
 //! `Container.ShouldRestart`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rmachine_runtime::spec;
 use tracing::{info, warn};
 
-use super::signal::{parse_signal, SIGKILL};
+use super::signal::{parse_kill_signal, parse_signal, SIGKILL};
 use super::{Engine, EngineError};
 use crate::container::Container;
 use crate::state::{ContainerConfig, HostConfig, Status};
@@ -41,29 +41,75 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// A run this long resets the delay.
 const RESET_AFTER: Duration = Duration::from_secs(10);
 
-/// Set once the engine shuts down: exits then are not restarts.
-static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
-/// The next delay of each container that is being restarted.
-static DELAYS: Mutex<Option<HashMap<String, Duration>>> = Mutex::new(None);
-/// Containers waiting for a restart by policy (Docker's `restarting` state).
-static RESTARTING: Mutex<Vec<String>> = Mutex::new(Vec::new());
-/// Containers whose restart manager a user's signal canceled (dockerd's `ExitOnNext`).
-static CANCELED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn set_canceled(id: &str, on: bool) {
-    let mut list = CANCELED.lock().unwrap_or_else(|p| p.into_inner());
-    list.retain(|i| i != id);
-    if on {
-        list.push(id.to_string());
-    }
+/// The restart manager's state (dockerd keeps one per daemon): owned by the engine's shared
+/// state, so two engines in one process (unit tests) keep theirs apart.
+#[derive(Debug, Default)]
+pub(super) struct RestartManager {
+    /// Set once the engine shuts down: exits then are not restarts.
+    shutting_down: AtomicBool,
+    /// The containers' restart bookkeeping, under one lock.
+    pending: Mutex<Pending>,
 }
 
-fn is_canceled(id: &str) -> bool {
-    CANCELED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|i| i == id)
+#[derive(Debug, Default)]
+struct Pending {
+    /// The next delay of each container that is being restarted.
+    delays: HashMap<String, Duration>,
+    /// Containers waiting for a restart by policy (Docker's `restarting` state).
+    restarting: HashSet<String>,
+    /// Containers whose restart manager a user's signal canceled (dockerd's `ExitOnNext`).
+    canceled: HashSet<String>,
+}
+
+impl RestartManager {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_canceled(&self, id: &str, on: bool) {
+        let mut pending = self.pending();
+        if on {
+            pending.canceled.insert(id.to_string());
+        } else {
+            pending.canceled.remove(id);
+        }
+    }
+
+    fn is_canceled(&self, id: &str) -> bool {
+        self.pending().canceled.contains(id)
+    }
+
+    fn set_restarting(&self, id: &str, on: bool) {
+        let mut pending = self.pending();
+        if on {
+            pending.restarting.insert(id.to_string());
+        } else {
+            pending.restarting.remove(id);
+        }
+    }
+
+    fn is_restarting(&self, id: &str) -> bool {
+        self.pending().restarting.contains(id)
+    }
+
+    /// The delay before the next restart: doubled while runs stay short, reset by a long one.
+    fn next_delay(&self, id: &str, ran: Duration) -> Duration {
+        let mut pending = self.pending();
+        let delay = match pending.delays.get(id) {
+            Some(previous) if ran < RESET_AFTER => (*previous * 2).min(MAX_DELAY),
+            _ => FIRST_DELAY,
+        };
+        pending.delays.insert(id.to_string(), delay);
+        delay
+    }
+
+    fn forget_delay(&self, id: &str) {
+        self.pending().delays.remove(id);
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
 }
 
 /// Whether a user's `signal` cancels the restart manager (dockerd's `ExitOnNext`): SIGKILL
@@ -73,22 +119,6 @@ pub(super) fn signal_cancels_restart(signal: i32, stop_signal: Option<&str>) -> 
         Some(stop) if signal != SIGKILL => parse_signal(stop).is_ok_and(|s| s == signal),
         _ => true,
     }
-}
-
-fn set_restarting(id: &str, on: bool) {
-    let mut list = RESTARTING.lock().unwrap_or_else(|p| p.into_inner());
-    list.retain(|i| i != id);
-    if on {
-        list.push(id.to_string());
-    }
-}
-
-fn is_restarting(id: &str) -> bool {
-    RESTARTING
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|i| i == id)
 }
 
 pub use crate::state::RestartPolicy;
@@ -189,32 +219,14 @@ fn marker(dir: &Path) -> std::path::PathBuf {
     dir.join(STOPPED_BY_USER)
 }
 
-fn next_delay(id: &str, ran: Duration) -> Duration {
-    let mut delays = DELAYS.lock().unwrap_or_else(|p| p.into_inner());
-    let map = delays.get_or_insert_with(HashMap::new);
-    let delay = match map.get(id) {
-        Some(previous) if ran < RESET_AFTER => (*previous * 2).min(MAX_DELAY),
-        _ => FIRST_DELAY,
-    };
-    map.insert(id.to_string(), delay);
-    delay
-}
-
-fn forget_delay(id: &str) {
-    let mut delays = DELAYS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(map) = delays.as_mut() {
-        map.remove(id);
-    }
-}
-
 impl Engine {
     /// Records that the user stopped the container (`docker stop`, `restart`, or a kill of a
     /// container waiting to restart): manually stopped, and no restart until the user starts it.
     pub fn mark_stopped_by_user(&self, reference: &str) -> Result<(), EngineError> {
         let c = self.container(reference)?;
         self.mark_manually_stopped(&c)?;
-        set_canceled(&c.id, true);
-        forget_delay(&c.id);
+        self.inner.restarts.set_canceled(&c.id, true);
+        self.inner.restarts.forget_delay(&c.id);
         Ok(())
     }
 
@@ -230,8 +242,8 @@ impl Engine {
         let signal = parse_signal(signal.unwrap_or("SIGKILL"))?;
         self.mark_manually_stopped(&c)?;
         if signal_cancels_restart(signal, c.record().config.stop_signal.as_deref()) {
-            set_canceled(&c.id, true);
-            forget_delay(&c.id);
+            self.inner.restarts.set_canceled(&c.id, true);
+            self.inner.restarts.forget_delay(&c.id);
         }
         Ok(())
     }
@@ -246,6 +258,44 @@ impl Engine {
         let c = self.container(reference)?;
         self.clear_user_stop(&c);
         self.start(reference).await
+    }
+
+    /// `docker stop`: the signal (if given) checked first, then the container marked stopped by
+    /// its user (no restart by policy) and stopped.
+    pub async fn stop_by_user(
+        &self,
+        reference: &str,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let signal = signal.filter(|s| !s.is_empty());
+        if let Some(signal) = signal {
+            parse_signal(signal)?;
+        }
+        self.mark_stopped_by_user(reference)?;
+        self.stop(reference, timeout, signal).await
+    }
+
+    /// `docker kill`, with dockerd's restart semantics (daemon/kill.go `killWithSignal`): a
+    /// running container is marked killed by its user; killing a container waiting for its
+    /// restart only cancels that restart.
+    pub async fn kill_by_user(
+        &self,
+        reference: &str,
+        signal: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let signal = signal.filter(|s| !s.is_empty());
+        if let Some(signal) = signal {
+            parse_kill_signal(signal)?;
+        }
+        let c = self.container(reference)?;
+        if c.record().state.status == Status::Running {
+            self.mark_killed_by_user(reference, signal)?;
+        } else if self.is_restarting(&c.id) {
+            self.mark_stopped_by_user(reference)?;
+            return Ok(());
+        }
+        self.kill(reference, signal).await
     }
 
     /// `docker restart`: stop (no policy restart meanwhile), then start as the user.
@@ -268,8 +318,8 @@ impl Engine {
 
     fn clear_user_stop(&self, c: &Container) {
         let _ = std::fs::remove_file(marker(&c.dir));
-        set_canceled(&c.id, false);
-        forget_delay(&c.id);
+        self.inner.restarts.set_canceled(&c.id, false);
+        self.inner.restarts.forget_delay(&c.id);
         if c.record().restart_count != 0 {
             c.update(|r| r.restart_count = 0);
             if let Err(err) = self.inner.state.save(&c.record()) {
@@ -280,44 +330,22 @@ impl Engine {
 
     /// The container is waiting for a restart by its policy.
     pub fn is_restarting(&self, id: &str) -> bool {
-        is_restarting(id)
+        self.inner.restarts.is_restarting(id)
     }
 
     /// Gives up the pending restart by policy (a forced removal).
     pub fn cancel_restart(&self, id: &str) {
-        set_restarting(id, false);
-        forget_delay(id);
-        set_canceled(id, false);
-    }
-
-    /// Shows a container waiting for its restart as Docker does: `State.Restarting` and status
-    /// `restarting` in inspect, `Restarting (code) … ago` in `ps`.
-    pub fn decorate_restarting(&self, id: &str, value: &mut serde_json::Value) {
-        if !is_restarting(id) {
-            return;
-        }
-        match value.get_mut("State") {
-            Some(serde_json::Value::Object(state)) => {
-                // dockerd counts a restarting container as running (State.Running true).
-                state.insert("Restarting".into(), true.into());
-                state.insert("Running".into(), true.into());
-                state.insert("Status".into(), "restarting".into());
-            }
-            Some(state) => {
-                *state = "restarting".into();
-                if let Some(status) = value.get_mut("Status") {
-                    if let Some(rest) = status.as_str().and_then(|s| s.strip_prefix("Exited")) {
-                        *status = format!("Restarting{rest}").into();
-                    }
-                }
-            }
-            None => {}
-        }
+        self.inner.restarts.set_restarting(id, false);
+        self.inner.restarts.forget_delay(id);
+        self.inner.restarts.set_canceled(id, false);
     }
 
     /// Marks the engine as shutting down: exits from now on are not restarted.
     pub fn begin_shutdown(&self) {
-        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        self.inner
+            .restarts
+            .shutting_down
+            .store(true, Ordering::SeqCst);
     }
 
     /// Applies the restart policy after a run ended with `code`.
@@ -325,12 +353,12 @@ impl Engine {
         let record = c.record();
         if record.host_config.auto_remove
             || c.lifecycle().borrow().removed
-            || SHUTTING_DOWN.load(Ordering::SeqCst)
+            || self.inner.restarts.is_shutting_down()
         {
             return;
         }
-        if is_canceled(&c.id) {
-            forget_delay(&c.id);
+        if self.inner.restarts.is_canceled(&c.id) {
+            self.inner.restarts.forget_delay(&c.id);
             return;
         }
         let policy = policy_of(&record.host_config);
@@ -346,27 +374,27 @@ impl Engine {
             _ => false,
         };
         if !restart {
-            forget_delay(&c.id);
+            self.inner.restarts.forget_delay(&c.id);
             return;
         }
         let ran = match (record.state.started_at, record.state.finished_at) {
             (Some(start), Some(end)) => (end - start).to_std().unwrap_or_default(),
             _ => Duration::ZERO,
         };
-        let delay = next_delay(&c.id, ran);
+        let delay = self.inner.restarts.next_delay(&c.id, ran);
         let engine = self.clone();
         let id = c.id.clone();
         info!(container = %id, ?delay, "restarting by policy");
-        set_restarting(&id, true);
+        self.inner.restarts.set_restarting(&id, true);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            set_restarting(&id, false);
+            engine.inner.restarts.set_restarting(&id, false);
             let Ok(c) = engine.container(&id) else {
                 return;
             };
-            if is_canceled(&id)
+            if engine.inner.restarts.is_canceled(&id)
                 || c.lifecycle().borrow().removed
-                || SHUTTING_DOWN.load(Ordering::SeqCst)
+                || engine.inner.restarts.is_shutting_down()
                 || c.record().state.status == Status::Running
             {
                 return;
@@ -488,10 +516,40 @@ mod tests {
 
     #[test]
     fn delays_double_and_reset_after_a_long_run() {
+        let manager = RestartManager::default();
         let id = "delay-test";
-        assert_eq!(next_delay(id, Duration::ZERO), FIRST_DELAY);
-        assert_eq!(next_delay(id, Duration::ZERO), FIRST_DELAY * 2);
-        assert_eq!(next_delay(id, Duration::ZERO), FIRST_DELAY * 4);
-        assert_eq!(next_delay(id, Duration::from_secs(11)), FIRST_DELAY);
+        assert_eq!(manager.next_delay(id, Duration::ZERO), FIRST_DELAY);
+        assert_eq!(manager.next_delay(id, Duration::ZERO), FIRST_DELAY * 2);
+        assert_eq!(manager.next_delay(id, Duration::ZERO), FIRST_DELAY * 4);
+        assert_eq!(manager.next_delay(id, Duration::from_secs(11)), FIRST_DELAY);
+    }
+
+    fn engine(dir: &Path) -> Engine {
+        Engine::open(super::super::EngineConfig {
+            data_root: dir.to_path_buf(),
+            runtime: "/nonexistent/rmachine-runtime".into(),
+            labels: vec![],
+            registry: Default::default(),
+            debug: false,
+        })
+        .unwrap()
+    }
+
+    /// The restart manager belongs to its engine: one engine's shutdown, pending restarts,
+    /// cancellations and delays are not another's (they were process-global statics).
+    #[test]
+    fn two_engines_keep_their_restart_state_apart() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (engine(dir_a.path()), engine(dir_b.path()));
+        let id = "shared-id";
+        a.begin_shutdown();
+        a.inner.restarts.set_restarting(id, true);
+        a.inner.restarts.set_canceled(id, true);
+        a.inner.restarts.next_delay(id, Duration::ZERO);
+        assert!(a.inner.restarts.is_shutting_down() && a.is_restarting(id));
+        assert!(!b.inner.restarts.is_shutting_down());
+        assert!(!b.is_restarting(id));
+        assert!(!b.inner.restarts.is_canceled(id));
+        assert_eq!(b.inner.restarts.next_delay(id, Duration::ZERO), FIRST_DELAY);
     }
 }

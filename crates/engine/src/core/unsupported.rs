@@ -165,7 +165,7 @@ fn check_host(host: &HostConfig) -> Result<(), EngineError> {
     }
     check_qos(host)?;
     // The runtime is rmachine-runtime, which clients know under runc's name.
-    if !matches!(host.runtime.as_str(), "" | super::ext::DEFAULT_RUNTIME) {
+    if !matches!(host.runtime.as_str(), "" | super::DEFAULT_RUNTIME) {
         return invalid(format!("unknown or invalid runtime name: {}", host.runtime));
     }
     Ok(())

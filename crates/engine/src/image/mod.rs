@@ -53,10 +53,7 @@ use reference::{is_lower_hex, AnyReference, Reference};
 
 /// Errors of the image store. Messages the docker CLI shows are Docker's own wording, which is
 /// why `No such image` is capitalised.
-///
-/// HTTP mapping (see [`ImageError::status_code`]): `NotFound` → 404; `InUse`, `Conflict` → 409;
-/// `InvalidReference`, `InvalidArchive`, `InvalidLayer`, `DiffIdMismatch`, `DigestMismatch` → 400;
-/// `Io`, `Corrupt` → 500.
+/// The API's error mapping (`api::error`) turns each into dockerd's HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// No image matches the reference; `reference` is Docker's familiar form (`busybox:latest`).
@@ -142,22 +139,6 @@ pub enum ImageError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-impl ImageError {
-    /// The HTTP status Docker answers with for this error.
-    pub fn status_code(&self) -> u16 {
-        match self {
-            ImageError::NotFound { .. } => 404,
-            ImageError::InUse { .. } | ImageError::Conflict { .. } => 409,
-            ImageError::InvalidReference { .. }
-            | ImageError::InvalidArchive { .. }
-            | ImageError::InvalidLayer { .. }
-            | ImageError::DiffIdMismatch { .. }
-            | ImageError::DigestMismatch { .. } => 400,
-            ImageError::Io { .. } | ImageError::Corrupt { .. } => 500,
-        }
-    }
 }
 
 fn in_use_message(image: &str, container: &str, reference: Option<&str>) -> String {
