@@ -149,8 +149,9 @@ fn capabilities_of(host: &HostConfig) -> Option<CapabilitySpec> {
 }
 
 /// What `--security-opt` asks for; the texts are moby's `parseSecurityOpt`
-/// (daemon/daemon_unix.go). AppArmor and SELinux labels are accepted and have no effect: the
-/// guest kernel has neither.
+/// (daemon/daemon_unix.go). The engine's kernel has neither AppArmor nor SELinux: only what
+/// that already is (`apparmor=unconfined`, `label=disable`) is accepted; a profile or a label
+/// would be dropped, so it is refused.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct SecurityOptions {
     /// `seccomp=unconfined`.
@@ -174,7 +175,20 @@ pub(super) fn security_options(host: &HostConfig) -> Result<SecurityOptions, Eng
             return Err(invalid(format!("invalid --security-opt 1: {opt:?}")));
         };
         match key {
-            "label" | "apparmor" => {}
+            "apparmor" if value == "unconfined" => {}
+            "apparmor" => {
+                return Err(invalid(format!(
+                    "rmachine-engine does not support AppArmor profiles \
+                     (--security-opt apparmor={value}): its kernel has no AppArmor"
+                )))
+            }
+            "label" if value == "disable" => {}
+            "label" => {
+                return Err(invalid(format!(
+                    "rmachine-engine does not support SELinux labels \
+                     (--security-opt label={value}): its kernel has no SELinux"
+                )))
+            }
             "seccomp" => match value {
                 "unconfined" => options.seccomp_unconfined = true,
                 "" | "builtin" => options.seccomp_unconfined = false,
