@@ -40,10 +40,17 @@ pub struct Reconciled {
 
 /// Cleans up after a previous engine on `data_root` (see the module docs). Best effort: each
 /// failure is logged, since an engine that cannot clean up must still start and serve.
+/// Monitors are recognised without their `argv[0]`: see [`reconcile_with`].
 pub fn reconcile(data_root: &Path) -> Reconciled {
+    reconcile_with(data_root, None)
+}
+
+/// [`reconcile`], also requiring of a monitor that its `argv[0]` be `runtime` (the engine's
+/// `--runtime`, which the engine passes as `argv[0]` even through its sealed view).
+pub fn reconcile_with(data_root: &Path, runtime: Option<&Path>) -> Reconciled {
     let containers = data_root.join("containers");
     let mut reconciled = Reconciled::default();
-    for id in kill_monitors(&containers) {
+    for id in kill_monitors(&containers, runtime) {
         reconciled.stopped.insert(id);
     }
     let entries = match fs::read_dir(&containers) {
@@ -107,9 +114,13 @@ pub fn remove_cgroup(dir: &Path, id: &str) -> bool {
 
 /// Kills every runtime monitor (`run` or `exec`) of a container under `containers`; returns
 /// the containers concerned.
-fn kill_monitors(containers: &Path) -> HashSet<String> {
+fn kill_monitors(containers: &Path, runtime: Option<&Path>) -> HashSet<String> {
     let mut killed = HashSet::new();
     let Ok(containers) = containers.canonicalize() else {
+        return killed;
+    };
+    let Some(engine) = EngineNamespaces::own() else {
+        warn!("cannot read the engine's own namespaces; no runtime monitor is killed");
         return killed;
     };
     let Ok(procs) = fs::read_dir("/proc") else {
@@ -127,7 +138,7 @@ fn kill_monitors(containers: &Path) -> HashSet<String> {
         if pid == std::process::id() as i32 {
             continue;
         }
-        if let Some(id) = monitored_container(pid, &containers) {
+        if let Some(id) = monitored_container(pid, &containers, &engine, runtime) {
             info!(pid, container = %id, "killing a runtime monitor left by the previous engine");
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -149,12 +160,55 @@ fn kill_monitors(containers: &Path) -> HashSet<String> {
     killed
 }
 
+/// The PID and mount namespaces of the engine, which its runtime monitors share.
+struct EngineNamespaces {
+    pid: (u64, u64),
+    mnt: (u64, u64),
+}
+
+impl EngineNamespaces {
+    fn own() -> Option<Self> {
+        Self::of("self")
+    }
+
+    /// `process`'s namespaces (`self` or a PID), `None` when unreadable (gone, or not ours).
+    fn of(process: &str) -> Option<Self> {
+        let id = |name: &str| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(format!("/proc/{process}/ns/{name}"))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        Some(Self {
+            pid: id("pid")?,
+            mnt: id("mnt")?,
+        })
+    }
+}
+
 /// The container id if process `pid` is `rmachine-runtime run|exec DIR …` with `DIR` a
-/// container directory under `containers`.
-fn monitored_container(pid: i32, containers: &Path) -> Option<String> {
+/// container directory under `containers`, and is a monitor the engine started: a command
+/// line is anyone's to write, so the process must also be in the engine's PID namespace (a
+/// container's processes are not, unless `--pid host`) and mount namespace (a container's
+/// never are; monitors stay in the engine's), and start with `runtime` when it is known.
+fn monitored_container(
+    pid: i32,
+    containers: &Path,
+    engine: &EngineNamespaces,
+    runtime: Option<&Path>,
+) -> Option<String> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let (verb, dir) = (args.get(1)?, args.get(2)?);
+    if let Some(runtime) = runtime {
+        if *args.first()? != runtime.as_os_str().as_encoded_bytes() {
+            return None;
+        }
+    }
+    let theirs = EngineNamespaces::of(&pid.to_string())?;
+    if theirs.pid != engine.pid || theirs.mnt != engine.mnt {
+        return None;
+    }
     if *verb != b"run" && *verb != b"exec" {
         return None;
     }
