@@ -83,8 +83,19 @@ pub fn reconcile_with(data_root: &Path, runtime: Option<&Path>) -> Reconciled {
 }
 
 /// Removes the cgroup of the container in `dir`, killing whatever still runs in it; true if
-/// processes were found there. Nothing to do for a container that never started.
+/// processes were found there. Nothing to do for a container that never started. The removal
+/// waits (up to seconds) for killed processes to go: on a worker of the engine's
+/// multi-threaded runtime it runs in `block_in_place`, so other tasks go on meanwhile.
 pub fn remove_cgroup(dir: &Path, id: &str) -> bool {
+    remove_cgroup_with(dir, id, |parent| Cgroup::for_container(id, parent))
+}
+
+/// [`remove_cgroup`] with the cgroup found by `locate` from the recorded parent.
+fn remove_cgroup_with(
+    dir: &Path,
+    id: &str,
+    locate: impl FnOnce(Option<&str>) -> Result<Cgroup, rmachine_runtime::cgroup::CgroupError>,
+) -> bool {
     let Ok(bytes) = fs::read(dir.join(SPEC_FILE)) else {
         return false;
     };
@@ -95,21 +106,36 @@ pub fn remove_cgroup(dir: &Path, id: &str) -> bool {
             None
         }
     };
-    let cgroup = match Cgroup::for_container(id, parent.as_deref()) {
+    let cgroup = match locate(parent.as_deref()) {
         Ok(cgroup) => cgroup,
         Err(err) => {
             warn!(container = %id, error = %err, "cannot find the container's cgroup");
             return false;
         }
     };
-    let alive = cgroup.pids().is_ok_and(|pids| !pids.is_empty());
-    if alive {
-        info!(container = %id, "container processes outlived the engine; killing them");
+    off_the_async_workers(|| {
+        let alive = cgroup.pids().is_ok_and(|pids| !pids.is_empty());
+        if alive {
+            info!(container = %id, "container processes outlived the engine; killing them");
+        }
+        if let Err(err) = cgroup.remove() {
+            warn!(container = %id, error = %err, "cannot remove the container's cgroup");
+        }
+        alive
+    })
+}
+
+/// Runs blocking `work` without stalling the async tasks of the worker it is called on:
+/// through `block_in_place` on a multi-threaded runtime (other threads take the worker's
+/// tasks meanwhile); as is elsewhere (outside a runtime, or on a current-thread one, where
+/// `block_in_place` is not allowed).
+fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
-    if let Err(err) = cgroup.remove() {
-        warn!(container = %id, error = %err, "cannot remove the container's cgroup");
-    }
-    alive
 }
 
 /// Kills every runtime monitor (`run` or `exec`) of a container under `containers`; returns
@@ -267,5 +293,45 @@ mod tests {
         assert!(!orphan.exists());
         assert!(foreign.exists(), "only container ids are touched");
         assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_slow_cgroup_removal_leaves_the_workers_other_tasks_running() {
+        let root = tempfile::tempdir().unwrap();
+        let id = "e".repeat(64);
+        let dir = root.path().join("containers").join(&id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(SPEC_FILE), b"{}").unwrap();
+        // A directory that cannot be removed (not empty) keeps the removal retrying for its
+        // whole timeout, as a cgroup whose processes do not die would.
+        let cgroups = root.path().join("cgroup");
+        fs::create_dir_all(cgroups.join("rmachine").join(&id).join("busy")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let removal = runtime.spawn({
+            let (dir, id, cgroups) = (dir.clone(), id.clone(), cgroups.clone());
+            async move {
+                remove_cgroup_with(&dir, &id, |parent| {
+                    Cgroup::under(
+                        &cgroups,
+                        rmachine_runtime::cgroup::CgroupMode::V2,
+                        &id,
+                        parent,
+                    )
+                })
+            }
+        });
+        // Let the only worker pick the removal up.
+        std::thread::sleep(Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(());
+        });
+        let other = rx.recv_timeout(Duration::from_secs(2));
+        let removed = runtime.block_on(removal).unwrap();
+        assert!(other.is_ok(), "a task waited for the cgroup removal");
+        assert!(!removed, "nothing ran in the cgroup");
     }
 }
