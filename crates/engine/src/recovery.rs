@@ -40,10 +40,17 @@ pub struct Reconciled {
 
 /// Cleans up after a previous engine on `data_root` (see the module docs). Best effort: each
 /// failure is logged, since an engine that cannot clean up must still start and serve.
+/// Monitors are recognised without their `argv[0]`: see [`reconcile_with`].
 pub fn reconcile(data_root: &Path) -> Reconciled {
+    reconcile_with(data_root, None)
+}
+
+/// [`reconcile`], also requiring of a monitor that its `argv[0]` be `runtime` (the engine's
+/// `--runtime`, which the engine passes as `argv[0]` even through its sealed view).
+pub fn reconcile_with(data_root: &Path, runtime: Option<&Path>) -> Reconciled {
     let containers = data_root.join("containers");
     let mut reconciled = Reconciled::default();
-    for id in kill_monitors(&containers) {
+    for id in kill_monitors(&containers, runtime) {
         reconciled.stopped.insert(id);
     }
     let entries = match fs::read_dir(&containers) {
@@ -76,8 +83,19 @@ pub fn reconcile(data_root: &Path) -> Reconciled {
 }
 
 /// Removes the cgroup of the container in `dir`, killing whatever still runs in it; true if
-/// processes were found there. Nothing to do for a container that never started.
+/// processes were found there. Nothing to do for a container that never started. The removal
+/// waits (up to seconds) for killed processes to go: on a worker of the engine's
+/// multi-threaded runtime it runs in `block_in_place`, so other tasks go on meanwhile.
 pub fn remove_cgroup(dir: &Path, id: &str) -> bool {
+    remove_cgroup_with(dir, id, |parent| Cgroup::for_container(id, parent))
+}
+
+/// [`remove_cgroup`] with the cgroup found by `locate` from the recorded parent.
+fn remove_cgroup_with(
+    dir: &Path,
+    id: &str,
+    locate: impl FnOnce(Option<&str>) -> Result<Cgroup, rmachine_runtime::cgroup::CgroupError>,
+) -> bool {
     let Ok(bytes) = fs::read(dir.join(SPEC_FILE)) else {
         return false;
     };
@@ -88,28 +106,47 @@ pub fn remove_cgroup(dir: &Path, id: &str) -> bool {
             None
         }
     };
-    let cgroup = match Cgroup::for_container(id, parent.as_deref()) {
+    let cgroup = match locate(parent.as_deref()) {
         Ok(cgroup) => cgroup,
         Err(err) => {
             warn!(container = %id, error = %err, "cannot find the container's cgroup");
             return false;
         }
     };
-    let alive = cgroup.pids().is_ok_and(|pids| !pids.is_empty());
-    if alive {
-        info!(container = %id, "container processes outlived the engine; killing them");
+    off_the_async_workers(|| {
+        let alive = cgroup.pids().is_ok_and(|pids| !pids.is_empty());
+        if alive {
+            info!(container = %id, "container processes outlived the engine; killing them");
+        }
+        if let Err(err) = cgroup.remove() {
+            warn!(container = %id, error = %err, "cannot remove the container's cgroup");
+        }
+        alive
+    })
+}
+
+/// Runs blocking `work` without stalling the async tasks of the worker it is called on:
+/// through `block_in_place` on a multi-threaded runtime (other threads take the worker's
+/// tasks meanwhile); as is elsewhere (outside a runtime, or on a current-thread one, where
+/// `block_in_place` is not allowed).
+fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
-    if let Err(err) = cgroup.remove() {
-        warn!(container = %id, error = %err, "cannot remove the container's cgroup");
-    }
-    alive
 }
 
 /// Kills every runtime monitor (`run` or `exec`) of a container under `containers`; returns
 /// the containers concerned.
-fn kill_monitors(containers: &Path) -> HashSet<String> {
+fn kill_monitors(containers: &Path, runtime: Option<&Path>) -> HashSet<String> {
     let mut killed = HashSet::new();
     let Ok(containers) = containers.canonicalize() else {
+        return killed;
+    };
+    let Some(engine) = EngineNamespaces::own() else {
+        warn!("cannot read the engine's own namespaces; no runtime monitor is killed");
         return killed;
     };
     let Ok(procs) = fs::read_dir("/proc") else {
@@ -127,7 +164,7 @@ fn kill_monitors(containers: &Path) -> HashSet<String> {
         if pid == std::process::id() as i32 {
             continue;
         }
-        if let Some(id) = monitored_container(pid, &containers) {
+        if let Some(id) = monitored_container(pid, &containers, &engine, runtime) {
             info!(pid, container = %id, "killing a runtime monitor left by the previous engine");
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -149,12 +186,55 @@ fn kill_monitors(containers: &Path) -> HashSet<String> {
     killed
 }
 
+/// The PID and mount namespaces of the engine, which its runtime monitors share.
+struct EngineNamespaces {
+    pid: (u64, u64),
+    mnt: (u64, u64),
+}
+
+impl EngineNamespaces {
+    fn own() -> Option<Self> {
+        Self::of("self")
+    }
+
+    /// `process`'s namespaces (`self` or a PID), `None` when unreadable (gone, or not ours).
+    fn of(process: &str) -> Option<Self> {
+        let id = |name: &str| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(format!("/proc/{process}/ns/{name}"))
+                .ok()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        Some(Self {
+            pid: id("pid")?,
+            mnt: id("mnt")?,
+        })
+    }
+}
+
 /// The container id if process `pid` is `rmachine-runtime run|exec DIR …` with `DIR` a
-/// container directory under `containers`.
-fn monitored_container(pid: i32, containers: &Path) -> Option<String> {
+/// container directory under `containers`, and is a monitor the engine started: a command
+/// line is anyone's to write, so the process must also be in the engine's PID namespace (a
+/// container's processes are not, unless `--pid host`) and mount namespace (a container's
+/// never are; monitors stay in the engine's), and start with `runtime` when it is known.
+fn monitored_container(
+    pid: i32,
+    containers: &Path,
+    engine: &EngineNamespaces,
+    runtime: Option<&Path>,
+) -> Option<String> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let (verb, dir) = (args.get(1)?, args.get(2)?);
+    if let Some(runtime) = runtime {
+        if *args.first()? != runtime.as_os_str().as_encoded_bytes() {
+            return None;
+        }
+    }
+    let theirs = EngineNamespaces::of(&pid.to_string())?;
+    if theirs.pid != engine.pid || theirs.mnt != engine.mnt {
+        return None;
+    }
     if *verb != b"run" && *verb != b"exec" {
         return None;
     }
@@ -213,5 +293,45 @@ mod tests {
         assert!(!orphan.exists());
         assert!(foreign.exists(), "only container ids are touched");
         assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_slow_cgroup_removal_leaves_the_workers_other_tasks_running() {
+        let root = tempfile::tempdir().unwrap();
+        let id = "e".repeat(64);
+        let dir = root.path().join("containers").join(&id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(SPEC_FILE), b"{}").unwrap();
+        // A directory that cannot be removed (not empty) keeps the removal retrying for its
+        // whole timeout, as a cgroup whose processes do not die would.
+        let cgroups = root.path().join("cgroup");
+        fs::create_dir_all(cgroups.join("rmachine").join(&id).join("busy")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let removal = runtime.spawn({
+            let (dir, id, cgroups) = (dir.clone(), id.clone(), cgroups.clone());
+            async move {
+                remove_cgroup_with(&dir, &id, |parent| {
+                    Cgroup::under(
+                        &cgroups,
+                        rmachine_runtime::cgroup::CgroupMode::V2,
+                        &id,
+                        parent,
+                    )
+                })
+            }
+        });
+        // Let the only worker pick the removal up.
+        std::thread::sleep(Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(());
+        });
+        let other = rx.recv_timeout(Duration::from_secs(2));
+        let removed = runtime.block_on(removal).unwrap();
+        assert!(other.is_ok(), "a task waited for the cgroup removal");
+        assert!(!removed, "nothing ran in the cgroup");
     }
 }

@@ -281,6 +281,7 @@ pub fn setup_in(
         return Err(refused.into());
     }
     let rlimits = rlimits_of(features)?;
+    let host_namespaces = host_namespaces(sys, &features.sysctls)?;
     // Mountpoints and the working directory are created 0755 whatever the engine's umask is.
     sys.umask(CONTAINER_UMASK);
     // Docker's default cgroup namespace follows the host's cgroup version.
@@ -344,6 +345,23 @@ pub fn setup_in(
     // Written through the runtime's /proc while the tree is still the host's: the ipc, uts
     // and net knobs act on the writer's namespaces, which are now the container's, and the
     // container's own /proc/sys is read-only once mounted.
+    // A joined namespace (`--ipc container:X`, `--network container:X`) may be the host's
+    // own: the check above cannot know, the namespace files can.
+    for key in features.sysctls.keys() {
+        let Some(name) = spec::sysctl_namespace(key) else {
+            continue;
+        };
+        let path = PathBuf::from(format!("/proc/self/ns/{name}"));
+        let current = sys
+            .file_id(&path)
+            .map_err(|errno| ContainerError::Namespace {
+                what: format!("identify the container's {name} namespace"),
+                source: errno.into(),
+            })?;
+        if host_namespaces.contains(&(name, current)) {
+            return Err(spec::host_namespace_refusal(key, name).into());
+        }
+    }
     for (key, value) in &features.sysctls {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
         sys.write_file(&path, value)
@@ -390,6 +408,40 @@ pub fn setup_in(
 }
 
 /// Writes [`Features::oom_score_adj`] through the runtime's (the host's) `/proc`.
+/// A namespace's name under `/proc/self/ns/` and its `(st_dev, st_ino)`.
+type NamespaceId = (&'static str, (u64, u64));
+
+/// The host's namespaces that the sysctls act in: the runtime's own (the engine's, not yet
+/// left) and PID 1's (the machine's, when the engine runs in namespaces of its own), as pairs
+/// of name and `(st_dev, st_ino)`. Read before any namespace is entered.
+fn host_namespaces(
+    sys: &dyn Syscall,
+    sysctls: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<NamespaceId>, ContainerError> {
+    let mut names: Vec<&'static str> = sysctls
+        .keys()
+        .filter_map(|key| spec::sysctl_namespace(key))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut ids = Vec::new();
+    for name in names {
+        let own = PathBuf::from(format!("/proc/self/ns/{name}"));
+        let id = sys
+            .file_id(&own)
+            .map_err(|errno| ContainerError::Namespace {
+                what: format!("identify the host's {name} namespace"),
+                source: errno.into(),
+            })?;
+        ids.push((name, id));
+        // Unreadable without ptrace rights over PID 1: the runtime's own is then the host's.
+        if let Ok(id) = sys.file_id(Path::new(&format!("/proc/1/ns/{name}"))) {
+            ids.push((name, id));
+        }
+    }
+    Ok(ids)
+}
+
 fn set_oom_score_adj(sys: &dyn Syscall, features: &Features) -> Result<(), ContainerError> {
     let Some(value) = features.oom_score_adj else {
         return Ok(());
@@ -1404,6 +1456,80 @@ mod tests {
         assert!(unshare < sysctl && sysctl.is_some(), "{calls:?}");
         assert!(oom.is_some() && oom < pivot, "{calls:?}");
         assert!(pivot < rlimit && rlimit < setuid, "{calls:?}");
+    }
+
+    #[test]
+    fn sysctls_in_a_joined_namespace_that_is_the_hosts_are_refused() {
+        // PID 1's namespaces, which the donors (77: `--ipc host`, 78: `--network host`) share.
+        let host_ipc = (1, 10);
+        let host_net = (1, 11);
+        let joined = |key: &str, ipc: &str, net: &str| {
+            let features = Features {
+                sysctls: [(key.to_string(), "1".to_string())].into(),
+                namespaces: crate::spec::Namespaces {
+                    ipc: Namespace::Path { path: ipc.into() },
+                    ..Default::default()
+                },
+                ..Features::default()
+            };
+            let spec = RuntimeSpec {
+                network: NetworkNamespace::Path { path: net.into() },
+                ..spec()
+            };
+            let sys = image()
+                .with_file_id("/proc/1/ns/ipc", host_ipc)
+                .with_file_id("/proc/1/ns/net", host_net)
+                .with_file_id("/proc/77/ns/ipc", host_ipc)
+                .with_file_id("/proc/78/ns/net", host_net);
+            let result = setup_with(&spec, &features, &sys).map(|_| ());
+            let wrote = sys.calls().iter().any(
+                |c| matches!(c, Call::WriteFile { path, .. } if path.starts_with("/proc/sys")),
+            );
+            (result.map_err(|e| e.to_string()), wrote)
+        };
+        assert_eq!(
+            joined("kernel.shmmax", "/proc/77/ns/ipc", "/proc/9/ns/net"),
+            (
+                Err("sysctl \"kernel.shmmax\" is not allowed in the hosts ipc namespace".into()),
+                false
+            )
+        );
+        assert_eq!(
+            joined("net.ipv4.ip_forward", "/proc/9/ns/ipc", "/proc/78/ns/net"),
+            (
+                Err(
+                    "sysctl \"net.ipv4.ip_forward\" is not allowed in the hosts network namespace"
+                        .into()
+                ),
+                false
+            )
+        );
+        // A donor with namespaces of its own is fine.
+        assert_eq!(
+            joined("kernel.shmmax", "/proc/9/ns/ipc", "/proc/9/ns/net"),
+            (Ok(()), true)
+        );
+        // The engine's own namespace counts as the host's even when it is not PID 1's.
+        let features = Features {
+            sysctls: [("kernel.shmmax".to_string(), "1".to_string())].into(),
+            namespaces: crate::spec::Namespaces {
+                ipc: Namespace::Path {
+                    path: "/proc/77/ns/ipc".into(),
+                },
+                ..Default::default()
+            },
+            ..Features::default()
+        };
+        let sys = image()
+            .with_file_id("/proc/self/ns/ipc", (2, 5))
+            .with_file_id("/proc/77/ns/ipc", (2, 5));
+        let err = setup_with(&spec(), &features, &sys)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ContainerError::SysctlRefused(crate::spec::SysctlError::HostIpc { .. })
+        ));
     }
 
     #[test]

@@ -564,6 +564,31 @@ const IPC_SYSCTLS: [&str; 8] = [
     "kernel.shm_rmid_forced",
 ];
 
+/// The namespace (its name under `/proc/self/ns/`) whose copy of sysctl `key` a write
+/// changes, `None` for a key that is not namespaced.
+pub fn sysctl_namespace(key: &str) -> Option<&'static str> {
+    let name = key.replace('/', ".");
+    if IPC_SYSCTLS.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+        Some("ipc")
+    } else if name.starts_with("net.") {
+        Some("net")
+    } else if matches!(name.as_str(), "kernel.domainname" | "kernel.hostname") {
+        Some("uts")
+    } else {
+        None
+    }
+}
+
+/// The refusal of sysctl `key`, which would be written in the host's `namespace`.
+pub fn host_namespace_refusal(key: &str, namespace: &str) -> SysctlError {
+    let key = key.to_string();
+    match namespace {
+        "ipc" => SysctlError::HostIpc { key },
+        "net" => SysctlError::HostNetwork { key },
+        _ => SysctlError::NotNamespaced { key },
+    }
+}
+
 /// runc's check of `sysctls`: each key must belong to a namespace the container has of its
 /// own (`/` separators count as dots). `private_net` is whether the network namespace is not
 /// the host's. Every problem is reported.

@@ -169,6 +169,9 @@ pub trait Syscall {
     fn setrlimit(&self, resource: i32, soft: u64, hard: u64) -> Result<(), Errno>;
     /// Writes `value` to the existing file `path` (a `/proc` knob: a sysctl, `oom_score_adj`).
     fn write_file(&self, path: &Path, value: &str) -> Result<(), Errno>;
+    /// `(st_dev, st_ino)` of `path`, links followed: what identifies a namespace through its
+    /// `/proc/PID/ns/NAME` file.
+    fn file_id(&self, path: &Path) -> Result<(u64, u64), Errno>;
 }
 
 /// A device node of the host, for `--privileged` containers.
@@ -689,6 +692,13 @@ impl Syscall for LinuxSyscall {
         } else {
             Err(Errno::last())
         }
+    }
+
+    fn file_id(&self, path: &Path) -> Result<(u64, u64), Errno> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| io_errno(&e))
     }
 
     fn write_file(&self, path: &Path, value: &str) -> Result<(), Errno> {

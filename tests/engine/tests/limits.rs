@@ -217,6 +217,47 @@ fn sysctls_of_a_shared_namespace_are_refused_with_runcs_text() -> anyhow::Result
 }
 
 #[test]
+fn ipc_sysctls_through_a_donor_in_the_hosts_ipc_namespace_are_refused() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    for (name, ipc) in [("hostipc", "host"), ("hostipc2", "container:hostipc")] {
+        engine
+            .docker(&[
+                "run", "-d", "--name", name, "--ipc", ipc, "busybox", "sleep", "1000",
+            ])?
+            .ok()?;
+    }
+    let before = std::fs::read_to_string("/proc/sys/kernel/shmmax")?;
+    let wanted = before.trim().parse::<u64>()?.saturating_sub(1).to_string();
+    let sysctl = format!("kernel.shmmax={wanted}");
+    // Directly, and through a donor that itself joined the host's namespace.
+    for donor in ["container:hostipc", "container:hostipc2"] {
+        let run = engine.docker(&[
+            "run", "--ipc", donor, "--sysctl", &sysctl, "busybox", "true",
+        ])?;
+        let after = std::fs::read_to_string("/proc/sys/kernel/shmmax")?;
+        if after != before {
+            // Put the host back before failing.
+            std::fs::write("/proc/sys/kernel/shmmax", before.trim())?;
+        }
+        assert_eq!(
+            after, before,
+            "the host's kernel.shmmax changed via {donor}"
+        );
+        assert_eq!(run.code, 125, "{run:?}");
+        assert!(
+            run.stderr
+                .contains("sysctl \"kernel.shmmax\" is not allowed in the hosts ipc namespace"),
+            "{run:?}"
+        );
+    }
+    let all = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(all.stdout.lines().count(), 2, "a container was left behind");
+    Ok(())
+}
+
+#[test]
 fn oom_score_adj_is_the_processs_and_out_of_range_is_refused() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());

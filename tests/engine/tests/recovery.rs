@@ -194,6 +194,49 @@ fn rm_removes_the_cgroup_a_killed_monitor_left() -> Result<()> {
 }
 
 #[test]
+fn a_container_process_posing_as_a_monitor_gets_no_other_container_stopped() -> Result<()> {
+    let Some(mut engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let victim = engine
+        .docker(&["create", "--name", "victim", "busybox", "true"])?
+        .ok()?
+        .stdout
+        .trim()
+        .to_string();
+    let dir = engine
+        .data_root()
+        .canonicalize()?
+        .join("containers")
+        .join(&victim);
+    let marker = unique_marker();
+    // `sh run DIR` reads like a monitor's `RUNTIME run DIR`; in the host's PID namespace and
+    // detached from the container's PID 1, it outlives the engine as a monitor would.
+    let script = format!(
+        "cd / && echo 'sleep {marker}' > run && (setsid sh run {} &) && exec sleep 1000",
+        dir.display()
+    );
+    engine
+        .docker(&["run", "-d", "--pid", "host", "busybox", "sh", "-c", &script])?
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with_arg(&marker).is_empty() {
+        if Instant::now() > deadline {
+            bail!("the posing process did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    engine.crash()?;
+    engine.spawn()?;
+    assert_eq!(engine.inspect("victim", "{{.State.Status}}")?, "created");
+    assert_eq!(
+        engine.inspect("victim", "{{.State.FinishedAt}}")?,
+        "0001-01-01T00:00:00Z"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_second_engine_on_the_same_data_root_refuses_naming_the_first() -> Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());

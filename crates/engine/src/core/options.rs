@@ -100,6 +100,7 @@ pub(super) fn validate(
     // dockerd leaves an unknown target to the start; refusing it here leaves nothing behind.
     // The name becomes the id (daemon_unix.go `adaptSharedNamespaceContainer`), so a rename of
     // the target keeps the link.
+    let mut donor_ipc_is_host = false;
     for shared in [Shared::Pid, Shared::Ipc] {
         let Some(target) = container_target(shared.mode(host)).map(str::to_string) else {
             continue;
@@ -111,6 +112,7 @@ pub(super) fn validate(
         })?;
         if let Shared::Ipc = shared {
             check_shareable(&record, &target)?;
+            donor_ipc_is_host = shares_host_ipc(&record, find);
         }
         *shared.mode(host) = format!("container:{}", record.id);
     }
@@ -131,7 +133,11 @@ pub(super) fn validate(
     }
     let limits = rlimits(host)?;
     check_rlimits_reachable(&limits)?;
-    let namespaces = static_namespaces(host);
+    let mut namespaces = static_namespaces(host);
+    // The IPC namespace joined is the host's when the donor runs with `--ipc host`.
+    if donor_ipc_is_host {
+        namespaces.ipc = Namespace::Host;
+    }
     let sysctls = sysctls(host, config);
     let private_net = host.network_mode != "host";
     if let Some(refused) = spec::check_sysctls(sysctls.keys(), &namespaces, private_net)
@@ -183,6 +189,22 @@ fn check_shareable(donor: &ContainerRecord, target: &str) -> Result<(), EngineEr
     Err(Shared::Ipc.join_error(format!(
         "container {target}: non-shareable IPC (hint: use IpcMode:shareable for the donor container)"
     )))
+}
+
+/// Whether `donor`'s IPC namespace is the host's: `--ipc host`, directly or through a chain
+/// of `container:` donors (bounded, as a record may name one that is gone or a loop).
+fn shares_host_ipc(donor: &ContainerRecord, find: Find<'_>) -> bool {
+    let mut mode = donor.host_config.ipc_mode.clone();
+    for _ in 0..16 {
+        match container_target(&mode) {
+            Some(next) => match find(next) {
+                Some((record, _)) => mode = record.host_config.ipc_mode,
+                None => return false,
+            },
+            None => return mode == "host",
+        }
+    }
+    false
 }
 
 /// The namespaces as far as create can know them (targets not resolved).

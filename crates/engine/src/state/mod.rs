@@ -851,10 +851,31 @@ impl ContainerRecord {
 }
 
 /// The directory holding every container's directory.
+///
+/// Record writes are serialised per record: each write takes a ticket when `save` is called
+/// and holds its record's lock from serialising to the rename; a write whose ticket is older
+/// than the one last written for that record is dropped. Callers hand over snapshots already
+/// taken, so the state module cannot order snapshots, only calls: the later call wins (a slow
+/// `save` of "running" can no longer rename over the `save_unsynced` of the exit that came
+/// after it). Clones share the locks.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     root: PathBuf,
+    writes: std::sync::Arc<RecordLocks>,
 }
+
+/// The per-record write locks and the ticket counter of a [`StateStore`].
+#[derive(Debug, Default)]
+struct RecordLocks {
+    next_ticket: std::sync::atomic::AtomicU64,
+    /// Per record path: the ticket of the write last renamed into place.
+    written:
+        std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<u64>>>>,
+}
+
+/// A write's place in the order of calls, taken before anything else is done.
+#[derive(Debug, Clone, Copy)]
+struct Ticket(u64);
 
 impl StateStore {
     /// Opens (creating) `<data-root>/containers`.
@@ -868,7 +889,10 @@ impl StateStore {
                 path: root.clone(),
                 source,
             })?;
-        Ok(StateStore { root })
+        Ok(StateStore {
+            root,
+            writes: Default::default(),
+        })
     }
 
     /// Creates a new container's directory (dockerd's mode), durably: the record written
@@ -917,7 +941,7 @@ impl StateStore {
 
     /// Writes a record atomically.
     pub fn save(&self, record: &ContainerRecord) -> Result<(), StateError> {
-        self.write_record(record, true)
+        self.write_record(self.ticket(), record, true)
     }
 
     /// Writes a record atomically without waiting for the disk: for a container's exit, which
@@ -925,13 +949,47 @@ impl StateStore {
     /// the engine starts) and which `docker stop` and `docker wait` are waiting on. The
     /// rename still replaces the old record whole (ext4 flushes a file renamed over another).
     pub fn save_unsynced(&self, record: &ContainerRecord) -> Result<(), StateError> {
-        self.write_record(record, false)
+        self.write_record(self.ticket(), record, false)
     }
 
-    fn write_record(&self, record: &ContainerRecord, sync: bool) -> Result<(), StateError> {
+    fn ticket(&self) -> Ticket {
+        // Tickets start at 1: 0 is "nothing written yet".
+        Ticket(
+            self.writes
+                .next_ticket
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1,
+        )
+    }
+
+    /// The lock of the record at `path`, holding the ticket last written there.
+    fn record_lock(&self, path: &Path) -> std::sync::Arc<std::sync::Mutex<u64>> {
+        let mut locks = self
+            .writes
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(path.to_path_buf()).or_default().clone()
+    }
+
+    fn write_record(
+        &self,
+        ticket: Ticket,
+        record: &ContainerRecord,
+        sync: bool,
+    ) -> Result<(), StateError> {
         let dir = self.dir(&record.id);
         let path = dir.join(RECORD_FILE);
-        let tmp = dir.join(format!(".{RECORD_FILE}.tmp"));
+        let lock = self.record_lock(&path);
+        // A panicking writer left either the old record or its own, whole: go on.
+        let mut last = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last > ticket.0 {
+            tracing::debug!(container = %record.id, "a later write of the record won; dropping this one");
+            return Ok(());
+        }
+        let tmp = dir.join(format!(".{RECORD_FILE}.tmp{:016x}", ticket.0));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
@@ -941,17 +999,24 @@ impl StateStore {
             source,
         })?;
         if sync {
-            return durable::write_atomic(&path, &json, modes::CONFIG_FILE).map_err(io(&path));
+            durable::write_atomic(&path, &json, modes::CONFIG_FILE).map_err(io(&path))?;
+        } else {
+            let written = (|| {
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(modes::CONFIG_FILE)
+                    .open(&tmp)
+                    .map_err(io(&tmp))?;
+                file.write_all(&json).map_err(io(&tmp))?;
+                fs::rename(&tmp, &path).map_err(io(&path))
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            written?;
         }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(modes::CONFIG_FILE)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        file.write_all(&json).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        *last = ticket.0;
         Ok(())
     }
 
@@ -959,6 +1024,11 @@ impl StateStore {
     /// container does not come back after a power cut.
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let dir = self.dir(id);
+        self.writes
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&dir.join(RECORD_FILE));
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1138,5 +1208,83 @@ mod tests {
         assert_eq!(store.load_all().unwrap(), vec![record]);
         store.remove(&id).unwrap();
         assert!(store.load_all().unwrap().is_empty());
+    }
+
+    fn record_of(id: &str, status: Status, pid: i32) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            name: "/x".into(),
+            created: Utc::now(),
+            path: "true".into(),
+            args: Vec::new(),
+            image_id: "sha256:00".into(),
+            config: ContainerConfig::default(),
+            host_config: HostConfig::default(),
+            state: ContainerState {
+                status,
+                paused: false,
+                pid,
+                exit_code: 0,
+                error: String::new(),
+                started_at: None,
+                finished_at: None,
+                health: None,
+            },
+            restart_count: 0,
+        }
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_record_all_succeed_and_leave_one_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let id = "c".repeat(64);
+        fs::create_dir_all(store.dir(&id)).unwrap();
+        let threads: Vec<_> = (0..6)
+            .map(|n| {
+                let store = store.clone();
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    for i in 0..60 {
+                        let record = record_of(&id, Status::Running, n * 1000 + i);
+                        if i % 10 == 0 {
+                            store.save(&record)?;
+                        } else {
+                            store.save_unsynced(&record)?;
+                        }
+                    }
+                    Ok::<_, StateError>(())
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap().unwrap();
+        }
+        assert_eq!(store.load_all().unwrap().len(), 1);
+        let names: Vec<_> = fs::read_dir(store.dir(&id))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [RECORD_FILE], "temp files left");
+    }
+
+    #[test]
+    fn a_write_called_before_the_last_one_does_not_overwrite_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let id = "d".repeat(64);
+        fs::create_dir_all(store.dir(&id)).unwrap();
+        // A slow `save` of "running" reaches the disk after the exit saved by a later call.
+        let running = store.ticket();
+        let exited = record_of(&id, Status::Exited, 0);
+        store.save_unsynced(&exited).unwrap();
+        store
+            .write_record(running, &record_of(&id, Status::Running, 42), true)
+            .unwrap();
+        assert_eq!(store.load_all().unwrap(), vec![exited.clone()]);
+        // Calls after it still win.
+        let again = record_of(&id, Status::Running, 43);
+        store.save(&again).unwrap();
+        assert_eq!(store.load_all().unwrap(), vec![again]);
     }
 }

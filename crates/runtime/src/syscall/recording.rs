@@ -111,6 +111,9 @@ pub struct RecordingSyscall {
     links: RefCell<HashMap<PathBuf, PathBuf>>,
     failures: RefCell<Vec<FailureRule>>,
     devices: RefCell<Vec<HostDevice>>,
+    /// `(st_dev, st_ino)` per path; `/proc/self/ns/*` follow `unshare` and `setns`.
+    ids: RefCell<HashMap<PathBuf, (u64, u64)>>,
+    next_id: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for RecordingSyscall {
@@ -162,6 +165,45 @@ impl RecordingSyscall {
         self
     }
 
+    /// Gives `path` the identity `id` (a namespace file shared with another path).
+    pub fn with_file_id(self, path: impl Into<PathBuf>, id: (u64, u64)) -> Self {
+        self.ids.borrow_mut().insert(path.into(), id);
+        self
+    }
+
+    /// The identity of `path`, a new one the first time it is asked.
+    fn id_of(&self, path: &Path) -> (u64, u64) {
+        let fresh = self.fresh_id();
+        *self
+            .ids
+            .borrow_mut()
+            .entry(path.to_path_buf())
+            .or_insert(fresh)
+    }
+
+    /// An identity no other path has (device 0; tests give theirs another device).
+    fn fresh_id(&self) -> (u64, u64) {
+        let next = self.next_id.get() + 1;
+        self.next_id.set(next);
+        (0, next)
+    }
+
+    /// Moves the process into namespace `id` for each namespace kind in `flags`.
+    fn enter(&self, flags: CloneFlags, id: Option<(u64, u64)>) {
+        for (flag, name) in [
+            (CloneFlags::CLONE_NEWIPC, "ipc"),
+            (CloneFlags::CLONE_NEWUTS, "uts"),
+            (CloneFlags::CLONE_NEWNET, "net"),
+        ] {
+            if flags.contains(flag) {
+                let fresh = id.unwrap_or_else(|| self.fresh_id());
+                self.ids
+                    .borrow_mut()
+                    .insert(PathBuf::from(format!("/proc/self/ns/{name}")), fresh);
+            }
+        }
+    }
+
     /// The calls made so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.calls.borrow().clone()
@@ -199,14 +241,19 @@ fn lossy(items: &[CString]) -> Vec<String> {
 
 impl Syscall for RecordingSyscall {
     fn unshare(&self, flags: CloneFlags) -> Result<(), Errno> {
-        self.record(Call::Unshare(flags))
+        self.record(Call::Unshare(flags))?;
+        self.enter(flags, None);
+        Ok(())
     }
 
     fn setns(&self, path: &Path, nstype: CloneFlags) -> Result<(), Errno> {
         self.record(Call::Setns {
             path: path.into(),
             nstype,
-        })
+        })?;
+        let id = self.id_of(path);
+        self.enter(nstype, Some(id));
+        Ok(())
     }
 
     fn mount(
@@ -427,5 +474,9 @@ impl Syscall for RecordingSyscall {
             path: path.into(),
             value: value.into(),
         })
+    }
+
+    fn file_id(&self, path: &Path) -> Result<(u64, u64), Errno> {
+        Ok(self.id_of(path))
     }
 }
