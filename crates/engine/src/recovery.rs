@@ -113,7 +113,7 @@ fn remove_cgroup_with(
             return false;
         }
     };
-    off_the_async_workers(|| {
+    crate::state::durable::off_the_async_workers(|| {
         let alive = cgroup.pids().is_ok_and(|pids| !pids.is_empty());
         if alive {
             info!(container = %id, "container processes outlived the engine; killing them");
@@ -123,19 +123,6 @@ fn remove_cgroup_with(
         }
         alive
     })
-}
-
-/// Runs blocking `work` without stalling the async tasks of the worker it is called on:
-/// through `block_in_place` on a multi-threaded runtime (other threads take the worker's
-/// tasks meanwhile); as is elsewhere (outside a runtime, or on a current-thread one, where
-/// `block_in_place` is not allowed).
-fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
 }
 
 /// Kills every runtime monitor (`run` or `exec`) of a container under `containers`; returns

@@ -6,6 +6,11 @@
 //! tree published by a rename (an extracted layer) is flushed with one [`sync_filesystem`]
 //! (`syncfs(2)`) before its rename rather than one `fsync` per file, which costs a disk flush
 //! per file on a layer of thousands.
+//!
+//! A flush can take seconds (ext4 in ordered mode writes other files' dirty data with the
+//! journal commit an `fsync` forces), and the guest's engine may have one async worker: every
+//! flush runs through [`off_the_async_workers`], so `ps`, log streams and health probes go on
+//! meanwhile.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -16,6 +21,10 @@ use std::path::Path;
 /// Writes `bytes` to `path` (mode `mode`) durably: a temp file beside it, flushed, renamed over
 /// `path`, then the directory flushed. Readers see the old content or the new, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    off_the_async_workers(|| write_atomic_blocking(path, bytes, mode))
+}
+
+fn write_atomic_blocking(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent(path);
     let name = path
         .file_name()
@@ -38,12 +47,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written?;
-    sync_dir(dir)
+    File::open(dir)?.sync_all()
 }
 
 /// Flushes a directory's entries (names created, renamed or removed in it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    off_the_async_workers(|| File::open(dir)?.sync_all())
 }
 
 /// Flushes a path's parent directory: after creating, renaming or removing `path`.
@@ -54,12 +63,27 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
 /// Flushes the whole filesystem holding `path` (`syncfs(2)`): for a tree of many files
 /// published by one rename afterwards.
 pub fn sync_filesystem(path: &Path) -> io::Result<()> {
-    let dir = File::open(path)?;
-    // SAFETY: syncfs only takes a descriptor, open for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
+    off_the_async_workers(|| {
+        let dir = File::open(path)?;
+        // SAFETY: syncfs only takes a descriptor, open for the duration of the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+/// Runs blocking `work` without stalling the async tasks of the worker it is called on:
+/// through `block_in_place` on a multi-threaded runtime (other threads take the worker's
+/// tasks meanwhile); as is elsewhere (outside a runtime, or on a current-thread one, where
+/// `block_in_place` is not allowed).
+pub fn off_the_async_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
-    Ok(())
 }
 
 fn parent(path: &Path) -> &Path {
