@@ -91,3 +91,23 @@ fn unknown_paths_and_missing_objects_stay_404() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A client still writing its request body gets the 501, not a broken pipe: the engine reads
+/// the body of a request it does not serve before it answers and closes.
+#[test]
+fn a_large_body_to_an_unserved_route_still_gets_its_answer() -> anyhow::Result<()> {
+    let Some(engine) = engine()? else {
+        return Ok(());
+    };
+    let body = format!(
+        "{{\"Name\":\"data\",\"Labels\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(8 << 20)
+    );
+    let (status, answer) = engine.request("POST", "/v1.45/volumes/create", &body)?;
+    assert_eq!(status, 501, "{answer}");
+    assert!(
+        answer.contains("rmachine-engine does not support docker volume create yet"),
+        "{answer}"
+    );
+    Ok(())
+}

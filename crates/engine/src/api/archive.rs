@@ -37,10 +37,11 @@ fn body_from(mut rx: mpsc::Receiver<Bytes>) -> ChannelBody {
 }
 
 /// How much of a refused upload is read before the connection is dropped instead.
-const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+pub(super) const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Reads and discards a request body, up to `limit` bytes.
-async fn drain(mut body: Incoming, limit: usize) {
+/// Reads and discards a request body, up to `limit` bytes: a client still writing its body
+/// when the answer comes and the connection closes gets a broken pipe instead of the answer.
+pub(super) async fn drain(mut body: Incoming, limit: usize) {
     let mut read = 0usize;
     while let Some(Ok(frame)) = body.frame().await {
         if let Ok(data) = frame.into_data() {

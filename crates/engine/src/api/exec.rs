@@ -173,7 +173,9 @@ impl Api {
             }
             (&Method::GET, ["containers", id, "stats"]) => self.stats(id, query),
             _ => {
-                drop(req);
+                // `docker volume create`, `network create`, `build`… send a body: read it, or
+                // the CLI may see a broken pipe instead of the 501.
+                super::archive::drain(req.into_body(), super::archive::DRAIN_LIMIT).await;
                 Err(super::unsupported::answer(method, segments, query))
             }
         }
