@@ -9,6 +9,8 @@ use rmachine_e2e::Machine;
 use rmachine_fixtures::{busybox_image, ArchiveFormat};
 
 const ROUNDS: usize = 5;
+/// The image the writing containers run; each round loads one more under its own tag.
+const BASE: &str = "busybox:base";
 
 #[test]
 fn data_disk_survives_five_kills_under_write_load() -> anyhow::Result<()> {
@@ -31,11 +33,51 @@ fn data_disk_survives_five_kills_under_write_load() -> anyhow::Result<()> {
     );
 
     let tar = machine.store().join("busybox.tar");
+    busybox_image(&tar, BASE, ArchiveFormat::DockerSave)?;
+    machine
+        .docker(&["load", "-i", &tar.to_string_lossy()])?
+        .success()?;
     let mut images: Vec<String> = Vec::new();
     let mut kept: Vec<String> = Vec::new();
     for round in 1..=ROUNDS {
-        // Acknowledged work: an image load that printed "Loaded image", a created container,
-        // a container that ran to completion writing a file.
+        // A container that ran to completion writing a file. It syncs: what it wrote is
+        // acknowledged once it exits, as for any program that wants its data to survive a
+        // crash (and its `sync` flushes everything written before, so the engine's own
+        // acknowledged work comes after it).
+        let done = format!("done{round}");
+        machine
+            .docker(&[
+                "run",
+                "--name",
+                &done,
+                BASE,
+                "sh",
+                "-c",
+                &format!(
+                    "cat /written 2>/dev/null; echo round{round} > /written; \
+                     dd if=/dev/zero of=/blob bs=64k count=64 2>/dev/null; sync"
+                ),
+            ])?
+            .success()?;
+        kept.push(done.clone());
+        // Unacknowledged load while the plug is pulled: a container writing as fast as it can.
+        let writer = format!("writer{round}");
+        machine
+            .docker(&[
+                "run",
+                "-d",
+                "--name",
+                &writer,
+                BASE,
+                "sh",
+                "-c",
+                "i=0; while true; do echo $i >> /log; i=$((i+1)); done",
+            ])?
+            .success()?;
+        kept.push(writer.clone());
+        // The engine's acknowledged work, last, with the plug pulled right after: an image load
+        // that printed "Loaded image" and a created container must be on disk when the CLI
+        // returns (ext4 would only commit them within 5 s on its own).
         let tag = format!("busybox:r{round}");
         busybox_image(&tar, &tag, ArchiveFormat::DockerSave)?;
         let load = machine
@@ -52,39 +94,6 @@ fn data_disk_survives_five_kills_under_write_load() -> anyhow::Result<()> {
             .docker(&["create", "--name", &keep, &tag, "echo", &keep])?
             .success()?;
         kept.push(keep.clone());
-        let done = format!("done{round}");
-        machine
-            .docker(&[
-                "run",
-                "--name",
-                &done,
-                &tag,
-                "sh",
-                "-c",
-                // It syncs: what it wrote is acknowledged once it exits, as for any program
-                // that wants its data to survive a crash.
-                &format!(
-                    "cat /written 2>/dev/null; echo round{round} > /written; \
-                     dd if=/dev/zero of=/blob bs=64k count=64 2>/dev/null; sync"
-                ),
-            ])?
-            .success()?;
-        kept.push(done.clone());
-        // Unacknowledged load while the plug is pulled: a container writing as fast as it can.
-        let writer = format!("writer{round}");
-        machine
-            .docker(&[
-                "run",
-                "-d",
-                "--name",
-                &writer,
-                &tag,
-                "sh",
-                "-c",
-                "i=0; while true; do echo $i >> /log; i=$((i+1)); done",
-            ])?
-            .success()?;
-        kept.push(writer.clone());
 
         machine.rmachine(&["kill", "disk"])?.success()?;
         let started = machine.rmachine(&["start", "disk"])?.success()?;
@@ -153,7 +162,7 @@ fn data_disk_survives_five_kills_under_write_load() -> anyhow::Result<()> {
     for name in &kept {
         machine.docker(&["rm", "-f", name])?.success()?;
     }
-    for image in &images {
+    for image in images.iter().map(String::as_str).chain([BASE]) {
         machine.docker(&["rmi", image])?.success()?;
     }
 
