@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 /// Host PIDs of the processes in the PID namespace of `pid1` (when the container has no
 /// cgroup to ask).
@@ -338,8 +338,18 @@ fn clock(secs: u64) -> String {
     }
 }
 
+/// The `docker top` answer (`ContainerTopOKBody`): `ps` column headers and one row per process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Top {
+    /// The column headers.
+    pub titles: Vec<String>,
+    /// One row of column values per process, in `titles` order.
+    pub processes: Vec<Vec<String>>,
+}
+
 /// `Titles` and `Processes` for `pids` (host PIDs), as `ps ps_args` would print them.
-pub fn render(pids: &[i32], ps_args: &str) -> Result<Value, String> {
+pub fn render(pids: &[i32], ps_args: &str) -> Result<Top, String> {
     // dockerd refuses renaming another column to PID: rows are matched by that column.
     let padded = format!(" {ps_args}");
     for spec in padded.split_whitespace().flat_map(|t| t.split(',')) {
@@ -434,8 +444,11 @@ pub fn render(pids: &[i32], ps_args: &str) -> Result<Value, String> {
                 .collect()
         })
         .collect();
-    let titles: Vec<&str> = columns.iter().map(|(_, header)| header.as_str()).collect();
-    Ok(json!({ "Titles": titles, "Processes": rows }))
+    let titles = columns.into_iter().map(|(_, header)| header).collect();
+    Ok(Top {
+        titles,
+        processes: rows,
+    })
 }
 
 #[cfg(test)]
@@ -446,13 +459,10 @@ mod tests {
     fn our_own_process_renders_like_ps_ef() {
         let me = i32::try_from(std::process::id()).unwrap();
         let top = render(&[me], "").unwrap();
-        assert_eq!(top["Titles"][1], "PID");
-        let row = &top["Processes"][0];
+        assert_eq!(top.titles[1], "PID");
+        let row = &top.processes[0];
         assert_eq!(row[1], me.to_string());
-        assert!(
-            row[7].as_str().unwrap().contains("rmachine_engine"),
-            "{row}"
-        );
+        assert!(row[7].contains("rmachine_engine"), "{row:?}");
         assert_eq!(tty_name(0), "?");
         assert_eq!(tty_name(136 << 8), "pts/0");
     }
@@ -489,16 +499,15 @@ mod tests {
     fn aux_and_custom_formats_render_without_a_ps_binary() {
         let me = i32::try_from(std::process::id()).unwrap();
         let aux = render(&[me], "aux").unwrap();
-        assert_eq!(aux["Titles"][0], "USER");
-        assert_eq!(aux["Titles"][10], "COMMAND");
-        assert_eq!(aux["Processes"][0][1], me.to_string());
+        assert_eq!(aux.titles[0], "USER");
+        assert_eq!(aux.titles[10], "COMMAND");
+        assert_eq!(aux.processes[0][1], me.to_string());
         let custom = render(&[me], "-o pid,comm").unwrap();
-        assert_eq!(custom["Titles"], json!(["PID", "COMMAND"]));
-        assert_eq!(custom["Processes"][0][0], me.to_string());
-        assert!(custom["Processes"][0][1]
-            .as_str()
-            .unwrap()
-            .starts_with("rmachine_engine"));
+        // The wire shape docker's CLI decodes (`ContainerTopOKBody`).
+        let wire = serde_json::to_value(&custom).unwrap();
+        assert_eq!(wire["Titles"], serde_json::json!(["PID", "COMMAND"]));
+        assert_eq!(wire["Processes"][0][0], me.to_string());
+        assert!(custom.processes[0][1].starts_with("rmachine_engine"));
         assert_eq!(
             render(&[me], "-o comm").unwrap_err(),
             "Couldn't find PID field in ps output"

@@ -274,7 +274,11 @@ impl Engine {
     }
 
     /// `docker top`: the container's processes as `ps` shows them.
-    pub fn top(&self, reference: &str, ps_args: &str) -> Result<Value, EngineError> {
+    pub fn top(
+        &self,
+        reference: &str,
+        ps_args: &str,
+    ) -> Result<crate::container::top::Top, EngineError> {
         let c = self.container(reference)?;
         let record = c.record();
         if record.state.status != Status::Running {
