@@ -58,7 +58,10 @@ impl Engine {
     }
 
     /// `docker image inspect`.
-    pub async fn inspect_image(&self, reference: &str) -> Result<serde_json::Value, EngineError> {
+    pub async fn inspect_image(
+        &self,
+        reference: &str,
+    ) -> Result<crate::image::ImageInspect, EngineError> {
         let images = self.inner.images.clone();
         let reference = reference.to_string();
         tokio::task::spawn_blocking(move || images.inspect(&reference))

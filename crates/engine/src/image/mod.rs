@@ -814,14 +814,19 @@ impl ImageStore {
     }
 
     /// Docker's `GET /images/{name}/json` body.
-    pub fn inspect(&self, reference: &str) -> Result<Value, ImageError> {
+    pub fn inspect(&self, reference: &str) -> Result<ImageInspect, ImageError> {
         let state = self.lock();
         let id = self.resolve_id(&state, reference)?;
         let img = state.images.get(&id).ok_or_else(|| ImageError::NotFound {
             reference: id.clone(),
         })?;
         let c = &img.config;
-        let str_field = |key: &str| c.get(key).and_then(Value::as_str).unwrap_or_default();
+        let str_field = |key: &str| {
+            c.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let mut layers_top_first: Vec<String> = img
             .diff_ids
             .iter()
@@ -830,39 +835,44 @@ impl ImageStore {
             .map(|h| self.layer_dir(h).join("diff").display().to_string())
             .collect();
         let graph_data = if layers_top_first.is_empty() {
-            json!({})
+            GraphDriverData::default()
         } else {
             let upper = layers_top_first.remove(0);
-            let mut data = json!({ "UpperDir": upper });
-            if !layers_top_first.is_empty() {
-                data["LowerDir"] = Value::String(layers_top_first.join(":"));
+            GraphDriverData {
+                lower_dir: (!layers_top_first.is_empty()).then(|| layers_top_first.join(":")),
+                upper_dir: Some(upper),
             }
-            data
         };
-        let mut body = json!({
-            "Id": id,
-            "RepoTags": state.familiar_tags_of(&id),
-            "RepoDigests": [],
-            "Parent": "",
-            "Comment": str_field("comment"),
-            "Created": str_field("created"),
-            "DockerVersion": str_field("docker_version"),
-            "Author": str_field("author"),
-            "Config": inspect_config(c.get("config")),
-            "Architecture": str_field("architecture"),
-            "Os": str_field("os"),
-            "Size": img.meta.size,
-            "GraphDriver": { "Name": "overlay2", "Data": graph_data },
-            "RootFS": { "Type": "layers", "Layers": img.diff_ids },
-            "Metadata": {
-                "LastTagTime": img.meta.last_tag_time.clone()
-                    .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string())
+        Ok(ImageInspect {
+            repo_tags: state.familiar_tags_of(&id),
+            id,
+            repo_digests: Vec::new(),
+            parent: String::new(),
+            comment: str_field("comment"),
+            created: str_field("created"),
+            docker_version: str_field("docker_version"),
+            author: str_field("author"),
+            config: inspect_config(c.get("config")),
+            architecture: str_field("architecture"),
+            variant: c.get("variant").and_then(Value::as_str).map(str::to_string),
+            os: str_field("os"),
+            size: img.meta.size,
+            graph_driver: ImageGraphDriver {
+                name: "overlay2",
+                data: graph_data,
             },
-        });
-        if let Some(variant) = c.get("variant").and_then(Value::as_str) {
-            body["Variant"] = Value::String(variant.to_string());
-        }
-        Ok(body)
+            root_fs: ImageRootFs {
+                kind: "layers",
+                layers: img.diff_ids.clone(),
+            },
+            metadata: ImageMetadata {
+                last_tag_time: img
+                    .meta
+                    .last_tag_time
+                    .clone()
+                    .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string()),
+            },
+        })
     }
 
     /// `DELETE /images/{name}`: untags, and deletes the image once no tag is left (or when
@@ -1069,6 +1079,88 @@ impl ImageStore {
 
 /// The `Config` object of an inspect body: Docker's container-config shape with the image's
 /// values, so clients that read `Config.Hostname` and friends find them.
+/// Docker's `GET /images/{name}/json` body (`image.InspectResponse`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    /// `sha256:<hex>`.
+    pub id: String,
+    /// Familiar `name:tag` references.
+    pub repo_tags: Vec<String>,
+    /// Always empty: images are loaded, never pulled.
+    pub repo_digests: Vec<String>,
+    /// Always empty: loaded images have no local parent.
+    pub parent: String,
+    /// The image config's `comment`.
+    pub comment: String,
+    /// The image config's `created`, as written there.
+    pub created: String,
+    /// The image config's `docker_version`.
+    pub docker_version: String,
+    /// The image config's `author`.
+    pub author: String,
+    /// The image's container config over Docker's defaults; it stays JSON because an image
+    /// may carry any key of the config (`ExposedPorts`, `Healthcheck`...) and all are shown.
+    pub config: Value,
+    /// The image config's `architecture`.
+    pub architecture: String,
+    /// The image config's `variant`, left out when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// The image config's `os`.
+    pub os: String,
+    /// Unpacked size in bytes.
+    pub size: u64,
+    /// Where the layers are unpacked.
+    pub graph_driver: ImageGraphDriver,
+    /// The layers' diff ids, bottom first.
+    #[serde(rename = "RootFS")]
+    pub root_fs: ImageRootFs,
+    /// Local metadata.
+    pub metadata: ImageMetadata,
+}
+
+/// `GraphDriver` of an image inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageGraphDriver {
+    /// Always `overlay2`.
+    pub name: &'static str,
+    /// The layer directories.
+    pub data: GraphDriverData,
+}
+
+/// `GraphDriver.Data`: empty for an image without layers.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GraphDriverData {
+    /// The layers below the top one, top first, `:`-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lower_dir: Option<String>,
+    /// The top layer's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper_dir: Option<String>,
+}
+
+/// `RootFS` of an image inspect.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRootFs {
+    /// Always `layers`.
+    #[serde(rename = "Type")]
+    pub kind: &'static str,
+    /// Diff ids, bottom first.
+    #[serde(rename = "Layers")]
+    pub layers: Vec<String>,
+}
+
+/// `Metadata` of an image inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageMetadata {
+    /// When a tag was last set, or Go's zero time.
+    pub last_tag_time: String,
+}
+
 fn inspect_config(config: Option<&Value>) -> Value {
     let mut out = json!({
         "Hostname": "",

@@ -227,7 +227,7 @@ fn docker_save_load_list_resolve_inspect() {
         "invalid reference format: repository name (library/BusyBox) must be lowercase"
     );
 
-    let body = store.inspect("busybox").unwrap();
+    let body = serde_json::to_value(store.inspect("busybox").unwrap()).unwrap();
     assert_eq!(body["Id"], json!(id));
     assert_eq!(body["RepoTags"], json!(["busybox:latest"]));
     assert_eq!(body["RepoDigests"], json!([]));
