@@ -189,8 +189,9 @@ impl Api {
         let id = id.to_string();
         let (tx, body) = ChannelBody::new();
         tokio::spawn(async move {
-            let encode = |v: &serde_json::Value| {
-                let mut line = v.to_string().into_bytes();
+            let encode = |v: &stats::StatsSample| {
+                // Plain structs of numbers and strings: serializing them cannot fail.
+                let mut line = serde_json::to_vec(v).unwrap_or_default();
                 line.push(b'\n');
                 Bytes::from(line)
             };

@@ -2,7 +2,6 @@
 //! checks of cgroup limits and cpusets shared with create.
 
 use rmachine_runtime::spec::Resources;
-use serde_json::Value;
 
 use super::error::EngineError;
 use super::{cgroup_err, cgroup_of, conflict, non_empty, Engine};
@@ -295,7 +294,10 @@ impl Engine {
     }
 
     /// One `docker stats` sample (without `precpu_stats`).
-    pub fn stats_sample(&self, reference: &str) -> Result<Value, EngineError> {
+    pub fn stats_sample(
+        &self,
+        reference: &str,
+    ) -> Result<crate::container::stats::StatsSample, EngineError> {
         let c = self.container(reference)?;
         let record = c.record();
         let running = record.state.status == Status::Running;
@@ -316,7 +318,7 @@ mod tests {
     use super::super::host_config::{features_of, normalize_host_config};
     use super::super::remove::go_duration;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn host(json: Value) -> HostConfig {
         serde_json::from_value(json).unwrap()
