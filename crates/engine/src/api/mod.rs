@@ -216,9 +216,11 @@ impl Api {
                 if self.engine.is_restarting(&c.id) {
                     types::show_restarting(&mut inspect);
                 }
-                self.engine.add_lower_dir(&c.record(), &mut inspect);
+                if let Some(lower) = self.engine.lower_dir(&c.record()) {
+                    types::show_lower_dir(&mut inspect, lower);
+                }
                 if query.bool("size") {
-                    self.engine.add_sizes(&c.record(), &mut inspect);
+                    types::show_sizes(&mut inspect, self.engine.container_sizes(&c.record()));
                 }
                 json(StatusCode::OK, &inspect)
             }
@@ -328,7 +330,7 @@ impl Api {
                 continue;
             }
             if query.bool("size") {
-                self.engine.add_sizes(record, &mut summary);
+                types::show_sizes(&mut summary, self.engine.container_sizes(record));
             }
             out.push(summary);
         }

@@ -363,6 +363,25 @@ fn count_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// Adds `SizeRw` and `SizeRootFs` (the core's `container_sizes`) to an inspect or list JSON.
+pub fn show_sizes(value: &mut Value, sizes: crate::core::ContainerSizes) {
+    if let Some(object) = value.as_object_mut() {
+        object.insert("SizeRw".into(), sizes.size_rw.into());
+        object.insert("SizeRootFs".into(), sizes.size_root_fs.into());
+    }
+}
+
+/// Adds `GraphDriver.Data.LowerDir` (the core's `lower_dir`) to a container's inspect JSON.
+pub fn show_lower_dir(value: &mut Value, lower: String) {
+    if let Some(data) = value
+        .get_mut("GraphDriver")
+        .and_then(|g| g.get_mut("Data"))
+        .and_then(Value::as_object_mut)
+    {
+        data.insert("LowerDir".into(), lower.into());
+    }
+}
+
 /// Shows a paused container (the core's `is_paused`) in an inspect or list JSON as Docker does.
 pub fn show_paused(value: &mut Value) {
     if let Some(state) = value.get_mut("State") {

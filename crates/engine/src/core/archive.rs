@@ -253,9 +253,9 @@ impl Engine {
         .map_err(task_failed)?
     }
 
-    /// Adds `SizeRw` (bytes in the upper dir) and `SizeRootFs` (that plus the image) to a
-    /// container's JSON (`ps -s`, `inspect -s`).
-    pub fn add_sizes(&self, record: &ContainerRecord, value: &mut serde_json::Value) {
+    /// A container's sizes for `ps -s` and `inspect -s`: `SizeRw` (bytes in the upper dir)
+    /// and `SizeRootFs` (that plus the image).
+    pub fn container_sizes(&self, record: &ContainerRecord) -> ContainerSizes {
         let upper = self.inner.state.dir(&record.id).join("upper");
         let rw = i64::try_from(archive::dir_size(&upper)).unwrap_or(i64::MAX);
         let image = self
@@ -264,9 +264,9 @@ impl Engine {
             .resolve(&record.image_id)
             .map(|i| i64::try_from(i.size).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        if let Some(object) = value.as_object_mut() {
-            object.insert("SizeRw".into(), rw.into());
-            object.insert("SizeRootFs".into(), rw.saturating_add(image).into());
+        ContainerSizes {
+            size_rw: rw,
+            size_root_fs: rw.saturating_add(image),
         }
     }
 
@@ -295,23 +295,27 @@ impl Engine {
         Ok(Some((resolved.uid, resolved.gid)))
     }
 
-    /// Adds `GraphDriver.Data.LowerDir` to a container's inspect JSON: its image's layer
-    /// directories, topmost first and `:`-separated as in the overlay mount.
-    pub fn add_lower_dir(&self, record: &ContainerRecord, value: &mut serde_json::Value) {
-        let Ok(layers) = self.inner.images.rootfs_layers(&record.image_id) else {
-            return;
-        };
-        let lower = layers
-            .iter()
-            .map(|p| p.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(":");
-        if let Some(data) = value
-            .get_mut("GraphDriver")
-            .and_then(|g| g.get_mut("Data"))
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            data.insert("LowerDir".into(), lower.into());
-        }
+    /// A container's `GraphDriver.Data.LowerDir`: its image's layer directories, topmost
+    /// first and `:`-separated as in the overlay mount; `None` when they cannot be listed.
+    pub fn lower_dir(&self, record: &ContainerRecord) -> Option<String> {
+        let layers = self.inner.images.rootfs_layers(&record.image_id).ok()?;
+        Some(
+            layers
+                .iter()
+                .map(|p| p.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(":"),
+        )
     }
+}
+
+/// A container's disk use (`SizeRw`, `SizeRootFs` of `ps -s` and `inspect -s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerSizes {
+    /// Bytes written in the container's upper dir.
+    #[serde(rename = "SizeRw")]
+    pub size_rw: i64,
+    /// `size_rw` plus the image's size.
+    #[serde(rename = "SizeRootFs")]
+    pub size_root_fs: i64,
 }

@@ -58,6 +58,7 @@ mod signal;
 mod start;
 mod unsupported;
 
+pub use archive::ContainerSizes;
 pub use attach::{AttachSession, LogSource};
 pub use create::{CreateRequest, Created};
 pub use error::EngineError;
