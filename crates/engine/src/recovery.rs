@@ -40,17 +40,12 @@ pub struct Reconciled {
 
 /// Cleans up after a previous engine on `data_root` (see the module docs). Best effort: each
 /// failure is logged, since an engine that cannot clean up must still start and serve.
-/// Monitors are recognised without their `argv[0]`: see [`reconcile_with`].
+/// Monitors are recognised by their command line and the engine's namespaces, not by their
+/// `argv[0]`: an engine restarted with another `--runtime` must still find its predecessor's.
 pub fn reconcile(data_root: &Path) -> Reconciled {
-    reconcile_with(data_root, None)
-}
-
-/// [`reconcile`], also requiring of a monitor that its `argv[0]` be `runtime` (the engine's
-/// `--runtime`, which the engine passes as `argv[0]` even through its sealed view).
-pub fn reconcile_with(data_root: &Path, runtime: Option<&Path>) -> Reconciled {
     let containers = data_root.join("containers");
     let mut reconciled = Reconciled::default();
-    for id in kill_monitors(&containers, runtime) {
+    for id in kill_monitors(&containers) {
         reconciled.stopped.insert(id);
     }
     let entries = match fs::read_dir(&containers) {
@@ -127,7 +122,7 @@ fn remove_cgroup_with(
 
 /// Kills every runtime monitor (`run` or `exec`) of a container under `containers`; returns
 /// the containers concerned.
-fn kill_monitors(containers: &Path, runtime: Option<&Path>) -> HashSet<String> {
+fn kill_monitors(containers: &Path) -> HashSet<String> {
     let mut killed = HashSet::new();
     let Ok(containers) = containers.canonicalize() else {
         return killed;
@@ -151,7 +146,7 @@ fn kill_monitors(containers: &Path, runtime: Option<&Path>) -> HashSet<String> {
         if pid == std::process::id() as i32 {
             continue;
         }
-        if let Some(id) = monitored_container(pid, &containers, &engine, runtime) {
+        if let Some(id) = monitored_container(pid, &containers, &engine) {
             info!(pid, container = %id, "killing a runtime monitor left by the previous engine");
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -203,21 +198,11 @@ impl EngineNamespaces {
 /// container directory under `containers`, and is a monitor the engine started: a command
 /// line is anyone's to write, so the process must also be in the engine's PID namespace (a
 /// container's processes are not, unless `--pid host`) and mount namespace (a container's
-/// never are; monitors stay in the engine's), and start with `runtime` when it is known.
-fn monitored_container(
-    pid: i32,
-    containers: &Path,
-    engine: &EngineNamespaces,
-    runtime: Option<&Path>,
-) -> Option<String> {
+/// never are; monitors stay in the engine's).
+fn monitored_container(pid: i32, containers: &Path, engine: &EngineNamespaces) -> Option<String> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let (verb, dir) = (args.get(1)?, args.get(2)?);
-    if let Some(runtime) = runtime {
-        if *args.first()? != runtime.as_os_str().as_encoded_bytes() {
-            return None;
-        }
-    }
     let theirs = EngineNamespaces::of(&pid.to_string())?;
     if theirs.pid != engine.pid || theirs.mnt != engine.mnt {
         return None;

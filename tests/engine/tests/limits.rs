@@ -1,7 +1,7 @@
 //! `--ulimit`, `--sysctl`, `--domainname` and `--oom-score-adj`, read back from `/proc` inside
 //! the container.
 
-use rmachine_tests_engine::Engine;
+use rmachine_tests_engine::{cap_eff, Engine};
 
 fn assert_none_left(engine: &Engine) -> anyhow::Result<()> {
     let all = engine.docker(&["ps", "-aq"])?.ok()?;
@@ -79,13 +79,7 @@ fn a_hard_limit_above_the_engines_is_refused_at_create() -> anyhow::Result<()> {
         return Ok(());
     };
     let own = std::fs::read_to_string("/proc/self/limits")?;
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|hex| u64::from_str_radix(hex.trim(), 16))
-        .transpose()?
-        .unwrap_or(0);
+    let cap_eff = own_cap_eff()?;
     let (_, hard) = limits_row(&own, "Max open files").expect("nofile row");
     let above = hard.parse::<u64>()? + 1;
     let flag = format!("nofile=100:{above}");
@@ -294,13 +288,7 @@ fn oom_score_adj_is_the_processs_and_out_of_range_is_refused() -> anyhow::Result
     assert_eq!(exec.stdout, "400\n");
     engine.docker(&["rm", "-f", "scored"])?.ok()?;
     // Lowering it below 0 needs CAP_SYS_RESOURCE (the guest's engine has it, this host's not).
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|hex| u64::from_str_radix(hex.trim(), 16))
-        .transpose()?
-        .unwrap_or(0);
+    let cap_eff = own_cap_eff()?;
     let run = engine.docker(&[
         "run",
         "--rm",
@@ -329,4 +317,10 @@ fn oom_score_adj_is_the_processs_and_out_of_range_is_refused() -> anyhow::Result
     );
     assert_none_left(&engine)?;
     Ok(())
+}
+
+/// The test process's effective capabilities (the engine it starts has the same).
+fn own_cap_eff() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    Ok(u64::from_str_radix(&cap_eff(&status), 16).unwrap_or(0))
 }
