@@ -345,3 +345,31 @@ fn events_report_the_container_lifecycle() -> anyhow::Result<()> {
     assert_eq!(die.stdout, "4\n");
     Ok(())
 }
+
+/// The runtime dies with the thread that forked it (`PR_SET_PDEATHSIG`); tokio reaps idle
+/// blocking-pool threads after 10 s, and a task's thread can become one after
+/// `block_in_place`. Containers started first after the engine started used to be killed
+/// (137) 10 s later.
+#[test]
+fn containers_outlive_the_engine_threads_that_started_them() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    for name in ["first", "second"] {
+        engine
+            .docker(&["run", "-d", "--name", name, "busybox", "sleep", "1000"])?
+            .ok()?;
+    }
+    // Past tokio's 10 s keep-alive of idle blocking threads, with nothing else going on.
+    std::thread::sleep(Duration::from_secs(13));
+    let ps = engine
+        .docker(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"])?
+        .ok()?;
+    let mut lines: Vec<&str> = ps.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 2, "{}", ps.stdout);
+    assert!(lines[0].starts_with("first Up "), "{}", ps.stdout);
+    assert!(lines[1].starts_with("second Up "), "{}", ps.stdout);
+    engine.docker(&["rm", "-f", "first", "second"])?.ok()?;
+    Ok(())
+}

@@ -5,10 +5,11 @@
 //! descriptor 3 is the write end of the sync pipe; the runtime writes one `SyncMessage` line to
 //! it and then stays alive as the container's monitor, exiting with the container's status.
 //!
-//! The runtime is spawned from an async task, i.e. from one of tokio's worker threads, which
-//! live as long as the engine. That matters: the runtime sets `PR_SET_PDEATHSIG`, which fires
-//! when the *thread* that forked it exits, so spawning from a short-lived blocking-pool thread
-//! would kill containers after tokio reaps that thread.
+//! The runtime is forked by one thread that lives as long as the engine ([`spawn_on_engine_thread`]).
+//! That matters: the runtime sets `PR_SET_PDEATHSIG`, which fires when the *thread* that forked
+//! it exits. A task's own thread is not safe: `block_in_place` (the durable writes) hands the
+//! worker's core to a new thread, and the old one can end up in tokio's blocking pool, which
+//! reaps threads after 10 s idle — killing the container forked there with SIGKILL (137).
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -470,10 +471,9 @@ pub async fn spawn_runtime(
             Ok(())
         });
     }
-    let spawned = cmd.spawn();
-    // The command holds copies of the PTY slave and the sync pipe's write end: both must be
-    // closed here, or the engine would never see end-of-file on them.
-    drop(cmd);
+    // The command holds copies of the PTY slave and the sync pipe's write end: both are closed
+    // with it on the spawner thread, or the engine would never see end-of-file on them.
+    let spawned = spawn_on_engine_thread(cmd).await;
     drop(sync_write);
     let mut child = spawned.map_err(|source| LaunchError::Spawn {
         runtime: runtime.to_path_buf(),
@@ -567,6 +567,50 @@ pub async fn spawn_runtime(
             Err(LaunchError::Failed(failed))
         }
     }
+}
+
+/// A job for the spawner thread.
+type SpawnJob = Box<dyn FnOnce() + Send>;
+
+/// Spawns `cmd` on a thread that never exits (see the module doc: the runtime's parent-death
+/// signal follows the forking thread), within the caller's tokio runtime so the child is reaped
+/// by it, and drops `cmd` there.
+async fn spawn_on_engine_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<SpawnJob>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<SpawnJob>();
+        let started = std::thread::Builder::new()
+            .name("runtime-spawner".into())
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            });
+        if let Err(err) = started {
+            tracing::error!(error = %err, "cannot start the runtime spawner thread");
+        }
+        Mutex::new(jobs)
+    });
+    let handle = tokio::runtime::Handle::current();
+    let (done, spawned) = tokio::sync::oneshot::channel();
+    let job: SpawnJob = Box::new(move || {
+        let _runtime = handle.enter();
+        let mut cmd = cmd;
+        let child = cmd.spawn();
+        drop(cmd);
+        let _ = done.send(child);
+    });
+    let sent = spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("the runtime spawner's queue is poisoned"))?
+        .send(job);
+    if sent.is_err() {
+        return Err(std::io::Error::other("the runtime spawner thread is gone"));
+    }
+    spawned
+        .await
+        .map_err(|_| std::io::Error::other("the runtime spawner thread dropped a spawn"))?
 }
 
 /// Aborts the console-socket task when the start fails before the terminal arrived.
