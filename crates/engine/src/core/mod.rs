@@ -46,6 +46,7 @@ mod error;
 mod exec;
 mod health;
 mod host_config;
+mod image_ops;
 mod images;
 mod lifecycle;
 mod list;
@@ -63,6 +64,9 @@ pub use attach::{AttachSession, LogSource};
 pub use create::{CreateRequest, Created};
 pub use error::EngineError;
 pub use host_config::DEFAULT_RUNTIME;
+pub use image_ops::{
+    repo_tag, CommitOptions, ImagePruneFilters, ImagePruneReport, ImportOptions, ARCHITECTURE,
+};
 pub use lifecycle::WaitCondition;
 pub use list::{ListOptions, ListedContainer};
 pub use remove::{PruneFilters, PruneReport};

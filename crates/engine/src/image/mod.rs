@@ -33,6 +33,7 @@
 //! is reusing is never collected under it.
 
 mod archive;
+pub mod changes;
 mod layer;
 pub mod layer_export;
 mod local;
