@@ -87,3 +87,83 @@ fn a_truncated_archive_fails_and_stores_nothing() -> anyhow::Result<()> {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     Ok(())
 }
+
+/// Serves `body` over plain HTTP at `/fs.tar`, redirecting `/old` there, for `connections`
+/// requests.
+fn serve(body: Vec<u8>, connections: usize) -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone a socket"));
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            if request_line.starts_with("GET /old ") {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 302 Found\r\nLocation: /fs.tar\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            } else {
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = stream.write_all(&body);
+            }
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+#[test]
+fn an_archive_imports_from_an_http_url() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&[
+            "run",
+            "--name",
+            "c1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo web > /marker",
+        ])?
+        .ok()?;
+    let fs_tar = engine.dir().join("fs.tar");
+    let fs_tar_s = fs_tar.to_string_lossy().into_owned();
+    engine.docker(&["export", "-o", &fs_tar_s, "c1"])?.ok()?;
+    let base = serve(std::fs::read(&fs_tar)?, 2)?;
+    let url = format!("{base}/old");
+    engine.docker(&["import", &url, "web:1"])?.ok()?;
+    let run = engine
+        .docker(&["run", "--rm", "web:1", "cat", "/marker"])?
+        .ok()?;
+    assert_eq!(run.stdout, "web\n");
+    let history = engine
+        .docker(&["history", "--format", "{{.Comment}}", "web:1"])?
+        .ok()?;
+    assert_eq!(history.stdout.trim(), format!("Imported from {url}"));
+
+    let https = engine.docker(&["import", "https://127.0.0.1:1/x.tar", "web:2"])?;
+    assert_eq!(https.code, 1);
+    assert!(
+        https
+            .stderr
+            .contains("does not support importing over https"),
+        "{}",
+        https.stderr
+    );
+    Ok(())
+}

@@ -85,13 +85,6 @@ impl Api {
     /// `POST /images/create?fromSrc=-&repo=&tag=&message=&changes=&platform=`: `docker import`.
     pub(super) async fn import_image(&self, req: Request<Incoming>, query: &Query) -> ApiResult {
         let source = query.get("fromSrc").unwrap_or("").to_string();
-        if source != "-" {
-            return Err(ApiError::Engine(EngineError::InvalidParameter {
-                reason: format!(
-                    "rmachine-engine does not support importing from a URL ({source}) yet: pipe the archive in with `docker import - NAME < FILE`"
-                ),
-            }));
-        }
         if let Some(platform) = query.get("platform").filter(|p| !p.is_empty()) {
             let here = format!("linux/{}", crate::core::ARCHITECTURE);
             if platform != here && platform != "linux" {
@@ -119,7 +112,11 @@ impl Api {
             "import-{}.tar",
             hex::encode(rand::random::<[u8; 8]>())
         ));
-        let spooled = spool(req.into_body(), &path).await;
+        let spooled = if source == "-" {
+            spool(req.into_body(), &path).await
+        } else {
+            download(&source, &path).await
+        };
         let result = match spooled {
             Ok(()) => {
                 let options = ImportOptions {
@@ -180,4 +177,94 @@ impl Api {
             }),
         )
     }
+}
+
+/// Fetches an `http://` URL into `path` (`docker import URL`), following redirects as Go's
+/// HTTP client does (at most 10).
+async fn download(url: &str, path: &std::path::Path) -> Result<(), ApiError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+
+    let refuse = |reason: String| ApiError::Engine(EngineError::InvalidParameter { reason });
+    let mut current = url.to_string();
+    for _ in 0..10 {
+        let uri: hyper::Uri = current
+            .parse()
+            .map_err(|e| refuse(format!("invalid import source {current}: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(refuse(format!(
+                    "rmachine-engine does not support importing over https ({current}) yet: download the archive and run `docker import FILE`"
+                )))
+            }
+            _ => return Err(refuse(format!("invalid import source {current}: not an http URL"))),
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| refuse(format!("invalid import source {current}: no host")))?
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let fetch_err =
+            |e: &dyn std::fmt::Display| refuse(format!("error downloading {current}: {e}"));
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| fetch_err(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| fetch_err(&e))?;
+        tokio::spawn(conn);
+        let host_header = match uri.port_u16() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let request = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(hyper::header::HOST, host_header)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| fetch_err(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| fetch_err(&e))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| fetch_err(&"redirect without a location"))?;
+            current = if location.starts_with('/') {
+                format!(
+                    "http://{}{location}",
+                    uri.authority().map_or("", |a| a.as_str())
+                )
+            } else {
+                location.to_string()
+            };
+            continue;
+        }
+        if !status.is_success() {
+            return Err(fetch_err(&format!("server answered {status}")));
+        }
+        let io = |source| {
+            ApiError::Engine(EngineError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| fetch_err(&e))?;
+            if let Ok(data) = frame.into_data() {
+                file.write_all(&data).await.map_err(io)?;
+            }
+        }
+        file.flush().await.map_err(io)?;
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "error downloading {url}: stopped after 10 redirects"
+    )))
 }
