@@ -26,6 +26,12 @@ impl Api {
                 reason: "repository name must have at least one component".into(),
             })
         })?;
+        let familiar = target.split_once(':').map_or(target.as_str(), |(n, _)| n);
+        if familiar == "sha256" {
+            return Err(ApiError::Engine(EngineError::InvalidParameter {
+                reason: "refusing to create an ambiguous tag using digest algorithm as name".into(),
+            }));
+        }
         self.engine.tag_image(name, &target).await?;
         empty(StatusCode::CREATED)
     }
@@ -114,8 +120,11 @@ impl Api {
         ));
         let spooled = if source == "-" {
             spool(req.into_body(), &path).await
-        } else {
+        } else if source.contains("://") {
             download(&source, &path).await
+        } else {
+            // dockerd reads a bare host/path as http.
+            download(&format!("http://{source}"), &path).await
         };
         let result = match spooled {
             Ok(()) => {

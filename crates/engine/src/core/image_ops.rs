@@ -39,7 +39,7 @@ pub fn repo_tag(repo: &str, tag: &str) -> Result<Option<String>, EngineError> {
     }
     let named = Reference::parse_normalized(repo).map_err(|e| invalid(e.reason))?;
     if named.digest.is_some() {
-        return Err(invalid("refusing to create a tag with a digest reference"));
+        return Err(invalid("cannot import digest reference"));
     }
     if tag.is_empty() {
         return Ok(Some(repo.to_string()));
@@ -230,17 +230,19 @@ impl Engine {
         let c = self.container(&options.container)?;
         let _op = c.op.lock().await;
         let record = c.record();
+        let container_config = match serde_json::to_value(&record.config) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => Map::new(),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        // As dockerd: without a body config the changes apply to the container's own.
         let mut user = match options.config.clone() {
-            None | Some(Value::Null) => Map::new(),
+            None | Some(Value::Null) => container_config.clone(),
             Some(Value::Object(m)) => m,
             Some(_) => return Err(invalid("invalid container config")),
         };
         apply_changes(&mut user, &options.changes).map_err(|e| invalid(e.to_string()))?;
-        let container_config =
-            serde_json::to_value(&record.config).map_err(|e| invalid(e.to_string()))?;
-        if let Value::Object(theirs) = &container_config {
-            merge_commit_config(&mut user, theirs);
-        }
+        merge_commit_config(&mut user, &container_config);
         let (parent_id, parent_config) = {
             let images = self.inner.images.clone();
             let id = record.image_id.clone();
@@ -319,14 +321,21 @@ impl Engine {
         })
         .await
         .map_err(task_failed)??;
-        let mut extra = vec![("imageID", id.clone())];
-        if let Some(r) = &options.reference {
-            extra.push(("imageRef", r.clone()));
-        }
-        if !options.comment.is_empty() {
-            extra.push(("comment", options.comment.clone()));
-        }
-        self.emit(&record, "commit", &extra);
+        let image_ref = options
+            .reference
+            .as_deref()
+            .and_then(|r| Reference::parse_normalized(r).ok())
+            .map(|r| r.with_default_tag().familiar())
+            .unwrap_or_default();
+        self.emit(
+            &record,
+            "commit",
+            &[
+                ("comment", options.comment.clone()),
+                ("imageID", id.clone()),
+                ("imageRef", image_ref),
+            ],
+        );
         Ok(id)
     }
 
