@@ -6,12 +6,14 @@
 //! image/
 //!   blobs/sha256/<hex>        image configs, byte for byte as loaded; the image id is the
 //!                             sha256 of these bytes (as in Docker), so ids survive save/load
-//!   images/<hex>.json         one record per image ({"Id", "Size", "LastTagTime"}); an image
+//!   images/<hex>.json         one record per image ({"Id", "Size", "LastTagTime", "Parent"}); an image
 //!                             exists exactly when its record does (written last, removed first)
 //!   layers/<diffid-hex>/diff  a layer's extracted root, used as an overlayfs lower dir; AUFS
 //!                             whiteouts are already overlayfs ones (0:0 char devices, the
 //!                             `trusted.overlay.opaque=y` xattr)
 //!   layers/<diffid-hex>/layer.json   {"DiffID", "Size"}
+//!   layers/<diffid-hex>/tar-split.gz what rebuilds the original layer tar from diff/
+//!                             ([`layer::reassemble`])
 //!   repositories.json         {"Repositories": {"busybox": {"busybox:latest": "sha256:…"}}}
 //!   tmp/                      staging for loads and half-made layers; emptied on open
 //! ```
