@@ -88,6 +88,24 @@ fn save_several_images_rmi_and_load_them_back() -> anyhow::Result<()> {
     let load = engine.docker(&["load", "-i", &by_id_s])?.ok()?;
     assert_eq!(load.stdout.trim(), format!("Loaded image ID: {second_id}"));
 
+    // A bare repository name saves every tag of it.
+    engine.docker(&["tag", "first:v1", "first:v1b"])?.ok()?;
+    let repo = engine.dir().join("repo.tar");
+    let repo_s = repo.to_string_lossy().into_owned();
+    engine.docker(&["save", "-o", &repo_s, "first"])?.ok()?;
+    engine.docker(&["rmi", "first:v1", "first:v1b"])?.ok()?;
+    let load = engine.docker(&["load", "-i", &repo_s])?.ok()?;
+    assert!(
+        load.stdout.contains("Loaded image: first:v1\n"),
+        "{}",
+        load.stdout
+    );
+    assert!(
+        load.stdout.contains("Loaded image: first:v1b"),
+        "{}",
+        load.stdout
+    );
+
     let missing = engine.docker(&["save", "-o", &by_id_s, "nosuch"])?;
     assert_eq!(missing.code, 1);
     assert!(

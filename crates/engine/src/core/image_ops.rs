@@ -188,10 +188,14 @@ impl Engine {
         if names.is_empty() {
             return Err(invalid("no images specified"));
         }
-        for name in &names {
-            self.resolve_image(name).await?;
-        }
         let images = self.inner.images.clone();
+        let selection = {
+            let images = images.clone();
+            let names = names.clone();
+            tokio::task::spawn_blocking(move || images.save_selection(&names))
+                .await
+                .map_err(task_failed)??
+        };
         let (tx, rx) = mpsc::channel(8);
         let (ready_tx, ready_rx) = oneshot::channel::<()>();
         let ids: Vec<String> = names.clone();
@@ -211,15 +215,13 @@ impl Engine {
             })
             .map_err(task_failed)?;
         let _ = ready_rx.await;
-        for name in names {
-            if let Ok(image) = self.resolve_image(&name).await {
-                self.inner.events.emit(
-                    "image",
-                    "save",
-                    &image.id,
-                    BTreeMap::from([("name".to_string(), image.id.clone())]),
-                );
-            }
+        for (id, _) in selection {
+            self.inner.events.emit(
+                "image",
+                "save",
+                &id,
+                BTreeMap::from([("name".to_string(), id.clone())]),
+            );
         }
         Ok(rx)
     }

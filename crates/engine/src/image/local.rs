@@ -295,48 +295,12 @@ impl ImageStore {
     /// and one OCI manifest per image) that also carries the classic `manifest.json` and
     /// `repositories`. A name that is a tag saves that tag; an id saves the image untagged.
     pub fn save(&self, names: &[String], out: impl Write) -> Result<(), ImageError> {
-        // What to save: image id → tags asked for, in the order first named.
-        let mut order: Vec<String> = Vec::new();
-        let mut wanted: BTreeMap<String, Vec<Reference>> = BTreeMap::new();
-        {
-            let state = self.lock();
-            for name in names {
-                let id = self.resolve_id(&state, name)?;
-                let tags = wanted.entry(id.clone()).or_insert_with(|| {
-                    order.push(id.clone());
-                    Vec::new()
-                });
-                if super::is_id_reference(name, &id) {
-                    continue;
-                }
-                let named = Reference::parse_normalized(name)
-                    .map_err(|e| ImageError::InvalidReference {
-                        reference: name.clone(),
-                        reason: e.reason,
-                    })?
-                    .with_default_tag();
-                if named.tag.is_some() && state.tags.get(&named) == Some(&id) {
-                    if !tags.contains(&named) {
-                        tags.push(named);
-                    }
-                } else {
-                    // A repository without a tag: every tag of it that names this image.
-                    for (r, i) in &state.tags {
-                        if i == &id
-                            && r.familiar_name() == named.familiar_name()
-                            && !tags.contains(r)
-                        {
-                            tags.push(r.clone());
-                        }
-                    }
-                }
-            }
-        }
+        let selection = self.save_selection(names)?;
         let images: Vec<(String, StoredImage)> = {
             let state = self.lock();
-            order
+            selection
                 .iter()
-                .filter_map(|id| state.images.get(id).map(|i| (id.clone(), i.clone())))
+                .filter_map(|(id, _)| state.images.get(id).map(|i| (id.clone(), i.clone())))
                 .collect()
         };
 
@@ -422,7 +386,11 @@ impl ImageStore {
             if written.insert(manifest_hex.clone()) {
                 append_bytes(&mut tar, &blob(&manifest_hex), &oci_manifest)?;
             }
-            let tags = wanted.get(id).cloned().unwrap_or_default();
+            let tags = selection
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
             let descriptor = |annotations: Option<Value>| {
                 let mut d = json!({
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -484,6 +452,62 @@ impl ImageStore {
         let mut out = tar.into_inner().map_err(out_err)?;
         out.flush().map_err(out_err)?;
         Ok(())
+    }
+
+    /// What `docker save NAMES` writes, as moby's tarexport `parseNames`: image ids in the
+    /// order first named, each with the tags to record. An id saves the image untagged, a
+    /// `name:tag` that tag, a bare repository name every tag of that repository (or, when it
+    /// has none, the image it is an id prefix of). Fails on the first name that is not found.
+    pub fn save_selection(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, Vec<Reference>)>, ImageError> {
+        let state = self.lock();
+        let mut out: Vec<(String, Vec<Reference>)> = Vec::new();
+        let mut add = |id: String, tag: Option<Reference>| {
+            let pos = match out.iter().position(|(i, _)| *i == id) {
+                Some(pos) => pos,
+                None => {
+                    out.push((id, Vec::new()));
+                    out.len() - 1
+                }
+            };
+            if let Some(tag) = tag {
+                if !out[pos].1.contains(&tag) {
+                    out[pos].1.push(tag);
+                }
+            }
+        };
+        for name in names {
+            let named = match super::reference::AnyReference::parse(name) {
+                Ok(super::reference::AnyReference::Named(named)) => named,
+                _ => {
+                    add(self.resolve_id(&state, name)?, None);
+                    continue;
+                }
+            };
+            if named.tag.is_none() && named.digest.is_none() {
+                let full = named.full_name();
+                let repo_tags: Vec<(Reference, String)> = state
+                    .tags
+                    .iter()
+                    .filter(|(r, _)| r.full_name() == full)
+                    .map(|(r, id)| (r.clone(), id.clone()))
+                    .collect();
+                if repo_tags.is_empty() {
+                    add(self.resolve_id(&state, name)?, None);
+                }
+                for (r, id) in repo_tags {
+                    add(id, Some(r));
+                }
+                continue;
+            }
+            let id = self.resolve_id(&state, name)?;
+            let tag = named.with_default_tag();
+            let tagged = state.tags.get(&tag) == Some(&id);
+            add(id, tagged.then_some(tag));
+        }
+        Ok(out)
     }
 
     /// Every image with its sizes, for `system df` and `image prune`: `shared_size` counts the
