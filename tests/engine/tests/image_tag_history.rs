@@ -54,6 +54,23 @@ fn tag_then_rmi_untags_and_deletes_as_dockerd() -> anyhow::Result<()> {
         "{}",
         running.stderr
     );
+    // By tag: one of several tags goes; the last one needs -f while a container uses it.
+    let other = engine.docker(&["rmi", "example.com/team/box"])?.ok()?;
+    assert_eq!(other.stdout.trim(), "Untagged: example.com/team/box:latest");
+    let runner = engine.inspect("runner", "{{.Id}}")?;
+    let last = engine.docker(&["rmi", "busybox"])?;
+    assert_eq!(last.code, 1);
+    assert_eq!(
+        last.stderr.trim(),
+        format!(
+            "Error response from daemon: conflict: unable to remove repository reference \"busybox\" (must force) - container {} is using its referenced image {}",
+            &runner[..12],
+            &id[7..19]
+        )
+    );
+    engine
+        .docker(&["tag", "busybox", "example.com/team/box"])?
+        .ok()?;
     engine.docker(&["rm", "-f", "runner"])?.ok()?;
 
     let all = engine.docker(&["rmi", "-f", &id[7..]])?.ok()?;
