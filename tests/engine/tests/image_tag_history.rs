@@ -13,6 +13,24 @@ fn tag_then_rmi_untags_and_deletes_as_dockerd() -> anyhow::Result<()> {
         .docker(&["tag", "busybox:latest", "example.com/team/box"])?
         .ok()?;
     assert_eq!(engine.inspect("mybox:1", "{{.Id}}")?, id);
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?
+        + std::time::Duration::from_secs(1))
+    .as_secs()
+    .to_string();
+    let events = engine
+        .docker(&[
+            "events",
+            "--since",
+            "0",
+            "--until",
+            &until,
+            "--filter",
+            "type=image",
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        ])?
+        .ok()?;
+    assert!(events.stdout.contains("tag mybox:1\n"), "{}", events.stdout);
     assert_eq!(
         engine.inspect("busybox", "{{json .RepoTags}}")?,
         r#"["busybox:latest","example.com/team/box:latest","mybox:1"]"#

@@ -155,13 +155,17 @@ impl Engine {
     pub async fn tag_image(&self, source: &str, target: &str) -> Result<(), EngineError> {
         let images = self.inner.images.clone();
         let (source, target) = (source.to_string(), target.to_string());
+        let wanted = target.clone();
         let image = tokio::task::spawn_blocking(move || {
-            images.tag(&source, &target)?;
-            images.resolve(&target)
+            images.tag(&source, &wanted)?;
+            images.resolve(&wanted)
         })
         .await
         .map_err(task_failed)??;
-        let name = image.repo_tags.first().cloned().unwrap_or_default();
+        // dockerd's tag event names the new tag.
+        let name = Reference::parse_normalized(&target)
+            .map(|r| r.with_default_tag().familiar())
+            .unwrap_or_default();
         self.inner.events.emit(
             "image",
             "tag",
@@ -384,12 +388,11 @@ impl Engine {
         })
         .await
         .map_err(task_failed)??;
-        let name = options.reference.unwrap_or_else(|| id.clone());
         self.inner.events.emit(
             "image",
             "import",
             &id,
-            BTreeMap::from([("name".to_string(), name)]),
+            BTreeMap::from([("name".to_string(), id.clone())]),
         );
         Ok(id)
     }
