@@ -66,6 +66,12 @@ fn a_truncated_archive_fails_and_stores_nothing() -> anyhow::Result<()> {
         return Ok(());
     };
     let before = engine.docker(&["images", "-q"])?.ok()?.stdout;
+    let other = engine.docker_with_input(
+        &["import", "--platform", "linux/s390x", "-", "elsewhere:1"],
+        &[0u8; 1024],
+    )?;
+    assert_eq!(other.code, 1, "{other:?}");
+    assert!(other.stderr.contains("not linux/s390x"), "{}", other.stderr);
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(100_000);

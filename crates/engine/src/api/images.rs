@@ -59,14 +59,14 @@ impl Api {
     /// `POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes=`.
     pub(super) async fn commit(&self, req: Request<Incoming>, query: &Query) -> ApiResult {
         let container = query.get("container").unwrap_or("").to_string();
-        let reference = repo_tag(
-            query.get("repo").unwrap_or(""),
-            query.get("tag").unwrap_or(""),
-        )?;
         let body = http_body_util::BodyExt::collect(req.into_body())
             .await
             .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?
             .to_bytes();
+        let reference = repo_tag(
+            query.get("repo").unwrap_or(""),
+            query.get("tag").unwrap_or(""),
+        )?;
         let config = if body.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
@@ -91,20 +91,17 @@ impl Api {
     /// `POST /images/create?fromSrc=-&repo=&tag=&message=&changes=&platform=`: `docker import`.
     pub(super) async fn import_image(&self, req: Request<Incoming>, query: &Query) -> ApiResult {
         let source = query.get("fromSrc").unwrap_or("").to_string();
-        if let Some(platform) = query.get("platform").filter(|p| !p.is_empty()) {
-            let here = format!("linux/{}", crate::core::ARCHITECTURE);
-            if platform != here && platform != "linux" {
-                return Err(ApiError::Engine(EngineError::InvalidParameter {
-                    reason: format!(
-                        "rmachine-engine imports images for {here} only, not {platform}"
-                    ),
-                }));
+        let reference = match check_import(query) {
+            Ok(reference) => reference,
+            Err(err) => {
+                // Read the body anyway: a client still sending it would see a broken pipe
+                // instead of the answer.
+                if source == "-" {
+                    drain(req.into_body()).await;
+                }
+                return Err(err);
             }
-        }
-        let reference = repo_tag(
-            query.get("repo").unwrap_or(""),
-            query.get("tag").unwrap_or(""),
-        )?;
+        };
         let tmp_dir = self.engine.config().data_root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir)
             .await
@@ -186,6 +183,28 @@ impl Api {
             }),
         )
     }
+}
+
+/// The `platform`, `repo` and `tag` parameters of an import: the reference to tag with.
+fn check_import(query: &Query) -> Result<Option<String>, ApiError> {
+    if let Some(platform) = query.get("platform").filter(|p| !p.is_empty()) {
+        let here = format!("linux/{}", crate::core::ARCHITECTURE);
+        if platform != here && platform != "linux" {
+            return Err(ApiError::Engine(EngineError::InvalidParameter {
+                reason: format!("rmachine-engine imports images for {here} only, not {platform}"),
+            }));
+        }
+    }
+    Ok(repo_tag(
+        query.get("repo").unwrap_or(""),
+        query.get("tag").unwrap_or(""),
+    )?)
+}
+
+/// Reads a request body to its end, dropping it.
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// Fetches an `http://` URL into `path` (`docker import URL`), following redirects as Go's

@@ -47,6 +47,23 @@ pub fn apply_changes(
             .map(|(w, r)| (w, r.trim()))
             .unwrap_or((line, ""));
         let instruction = word.to_ascii_lowercase();
+        // Dockerfile word expansion ($VAR, ${VAR}, ${VAR:-x}, ${VAR:+x}) against the
+        // environment as it is before this instruction.
+        let env: Vec<(String, String)> = config
+            .get("Env")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|e| {
+                        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let words = |text: &str| split_words(text, &env);
+        let one = |text: &str| split_words(text, &env).join(" ");
         let args_err = |what| ChangeError::Arguments {
             instruction: word.to_ascii_uppercase(),
             what,
@@ -63,7 +80,7 @@ pub fn apply_changes(
                 }
             }
             "env" => {
-                let pairs = key_values(rest, true);
+                let pairs = key_values(rest, true, &env);
                 if pairs.is_empty() {
                     return Err(args_err("at least one argument"));
                 }
@@ -81,7 +98,7 @@ pub fn apply_changes(
                 }
             }
             "label" => {
-                let pairs = key_values(rest, false);
+                let pairs = key_values(rest, false, &env);
                 if pairs.is_empty() {
                     return Err(args_err("at least one argument"));
                 }
@@ -91,14 +108,14 @@ pub fn apply_changes(
                 }
             }
             "expose" => {
-                let ports: Vec<&str> = rest.split_whitespace().collect();
+                let ports = words(rest);
                 if ports.is_empty() {
                     return Err(args_err("at least one argument"));
                 }
                 let exposed = object_mut(config, "ExposedPorts");
                 for port in ports {
                     let port = if port.contains('/') {
-                        port.to_string()
+                        port
                     } else {
                         format!("{port}/tcp")
                     };
@@ -109,13 +126,13 @@ pub fn apply_changes(
                 if rest.is_empty() {
                     return Err(args_err("exactly one argument"));
                 }
-                config.insert("User".into(), json!(unquote(rest)));
+                config.insert("User".into(), json!(one(rest)));
             }
             "workdir" => {
                 if rest.is_empty() {
                     return Err(args_err("exactly one argument"));
                 }
-                let dir = unquote(rest);
+                let dir = one(rest);
                 let current = config
                     .get("WorkingDir")
                     .and_then(Value::as_str)
@@ -131,7 +148,7 @@ pub fn apply_changes(
             "volume" => {
                 let paths = match serde_json::from_str::<Vec<String>>(rest) {
                     Ok(list) => list,
-                    Err(_) => rest.split_whitespace().map(unquote).collect(),
+                    Err(_) => words(rest),
                 };
                 if paths.is_empty() {
                     return Err(args_err("at least one argument"));
@@ -145,7 +162,7 @@ pub fn apply_changes(
                 if rest.is_empty() {
                     return Err(args_err("exactly one argument"));
                 }
-                config.insert("StopSignal".into(), json!(unquote(rest)));
+                config.insert("StopSignal".into(), json!(one(rest)));
             }
             "onbuild" => {
                 let (inner, inner_rest) =
@@ -181,22 +198,12 @@ fn command(rest: &str) -> Vec<String> {
     }
 }
 
-fn unquote(s: &str) -> String {
-    let s = s.trim();
-    for q in ['"', '\''] {
-        if s.len() >= 2 && s.starts_with(q) && s.ends_with(q) {
-            return s[1..s.len() - 1].to_string();
-        }
-    }
-    s.to_string()
-}
-
 /// `K=V K2="V 2"` pairs; with `legacy`, the old `ENV K some value` form too.
-fn key_values(rest: &str, legacy: bool) -> Vec<(String, String)> {
-    let words = split_words(rest);
+fn key_values(rest: &str, legacy: bool, env: &[(String, String)]) -> Vec<(String, String)> {
+    let words = split_words(rest, env);
     if legacy && !words.first().is_some_and(|w| w.contains('=')) {
         return match rest.split_once(char::is_whitespace) {
-            Some((k, v)) => vec![(k.to_string(), v.trim().to_string())],
+            Some((k, v)) => vec![(k.to_string(), split_words(v, env).join(" "))],
             None => Vec::new(),
         };
     }
@@ -209,12 +216,68 @@ fn key_values(rest: &str, legacy: bool) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Splits on unquoted whitespace, dropping the quotes (and a backslash's escaping).
-fn split_words(s: &str) -> Vec<String> {
+/// The value of `name` in `env` (the last definition wins), empty when unset.
+fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Expands one `$…` reference whose `$` was just consumed; appends the result to `out`.
+fn expand_var(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    env: &[(String, String)],
+    out: &mut String,
+) {
+    if chars.peek() == Some(&'{') {
+        chars.next();
+        let mut body = String::new();
+        for c in chars.by_ref() {
+            if c == '}' {
+                break;
+            }
+            body.push(c);
+        }
+        let (name, modifier) = match body.find(':') {
+            Some(i) => (&body[..i], Some(&body[i + 1..])),
+            None => (body.as_str(), None),
+        };
+        let value = lookup(env, name).filter(|v| !v.is_empty());
+        match modifier {
+            Some(m) if m.starts_with('-') => out.push_str(value.unwrap_or(&m[1..])),
+            Some(m) if m.starts_with('+') => {
+                if value.is_some() {
+                    out.push_str(&m[1..]);
+                }
+            }
+            _ => out.push_str(lookup(env, name).unwrap_or("")),
+        }
+        return;
+    }
+    let mut name = String::new();
+    while let Some(&c) = chars.peek() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            name.push(c);
+            chars.next();
+        } else {
+            break;
+        }
+    }
+    if name.is_empty() {
+        out.push('$');
+    } else {
+        out.push_str(lookup(env, &name).unwrap_or(""));
+    }
+}
+
+/// Splits on unquoted whitespace as the Dockerfile word processor does: quotes dropped, a
+/// backslash escapes, `$VAR` expanded from `env` except inside single quotes.
+fn split_words(s: &str, env: &[(String, String)]) -> Vec<String> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut quote: Option<char> = None;
-    let mut chars = s.chars();
+    let mut chars = s.chars().peekable();
     let mut in_word = false;
     while let Some(c) = chars.next() {
         match (c, quote) {
@@ -222,6 +285,10 @@ fn split_words(s: &str) -> Vec<String> {
                 if let Some(n) = chars.next() {
                     cur.push(n);
                 }
+                in_word = true;
+            }
+            ('$', q) if q != Some('\'') => {
+                expand_var(&mut chars, env, &mut cur);
                 in_word = true;
             }
             ('"' | '\'', None) => {
@@ -396,6 +463,27 @@ mod tests {
         let shell = applied(&["ENTRYPOINT top -b"]);
         assert_eq!(shell["Entrypoint"], json!(["/bin/sh", "-c", "top -b"]));
         assert_eq!(shell["Cmd"], Value::Null);
+    }
+
+    #[test]
+    fn variables_expand_from_the_environment_before_the_instruction() {
+        let c = applied(&[
+            "ENV BASE=/opt HOME=/root",
+            "ENV PATH=$BASE/bin:${MISSING:-/bin} QUOTED='$BASE'",
+            "WORKDIR ${BASE}/app",
+            "LABEL where=\"in $HOME\"",
+        ]);
+        assert_eq!(
+            c["Env"],
+            json!([
+                "BASE=/opt",
+                "HOME=/root",
+                "PATH=/opt/bin:/bin",
+                "QUOTED=$BASE"
+            ])
+        );
+        assert_eq!(c["WorkingDir"], "/opt/app");
+        assert_eq!(c["Labels"], json!({"where": "in /root"}));
     }
 
     #[test]
