@@ -18,6 +18,17 @@ fn prune_removes_dangling_images_and_all_unused_with_a() -> anyhow::Result<()> {
     // The tag moves: the first commit is left dangling.
     engine.docker(&["commit", "c2", "app:1"])?.ok()?;
 
+    // Made just now: not older than a day, kept by `until`.
+    let recent = engine
+        .docker(&["image", "prune", "-f", "--filter", "until=24h"])?
+        .ok()?;
+    assert!(
+        recent.stdout.contains("Total reclaimed space: 0B"),
+        "{}",
+        recent.stdout
+    );
+    assert_eq!(engine.inspect(&old, "{{.Id}}")?, old);
+
     let prune = engine.docker(&["image", "prune", "-f"])?.ok()?;
     assert!(
         prune.stdout.contains(&format!("deleted: {old}")),

@@ -310,6 +310,8 @@ impl ImageStore {
             source,
         };
         let mut written: BTreeSet<String> = BTreeSet::new();
+        // Layers already in the archive (shared between the saved images), with their size.
+        let mut layer_sizes: BTreeMap<String, u64> = BTreeMap::new();
         let mut manifest = Vec::new();
         let mut index = Vec::new();
         let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -347,24 +349,31 @@ impl ImageStore {
             let mut layer_paths = Vec::new();
             for diff_id in &img.diff_ids {
                 let diff_hex = digest_hex(diff_id).unwrap_or_default().to_string();
-                // Staged in a file first: the tar header needs the size, and a layer that does
-                // not rebuild to its diff id must fail before anything of it is sent.
-                let mut staged = tempfile_in(&self.root.join("tmp"))?;
-                let exported = self.write_layer(diff_id, &mut staged)?;
-                if written.insert(diff_hex.clone()) {
-                    staged.rewind().map_err(out_err)?;
-                    let mut h = tar::Header::new_gnu();
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_mode(0o644);
-                    h.set_mtime(mtime);
-                    h.set_size(exported.size);
-                    tar.append_data(&mut h, blob(&diff_hex), &mut staged)
-                        .map_err(out_err)?;
-                }
+                let size = match layer_sizes.get(diff_id) {
+                    Some(size) => *size,
+                    None => {
+                        // Staged in a file first: the tar header needs the size, and a layer
+                        // that does not rebuild to its diff id must fail before any of it is
+                        // sent.
+                        let mut staged = tempfile_in(&self.root.join("tmp"))?;
+                        let exported = self.write_layer(diff_id, &mut staged)?;
+                        staged.rewind().map_err(out_err)?;
+                        let mut h = tar::Header::new_gnu();
+                        h.set_entry_type(tar::EntryType::Regular);
+                        h.set_mode(0o644);
+                        h.set_mtime(mtime);
+                        h.set_size(exported.size);
+                        tar.append_data(&mut h, blob(&diff_hex), &mut staged)
+                            .map_err(out_err)?;
+                        written.insert(diff_hex.clone());
+                        layer_sizes.insert(diff_id.clone(), exported.size);
+                        exported.size
+                    }
+                };
                 layer_descs.push(json!({
                     "mediaType": "application/vnd.oci.image.layer.v1.tar",
                     "digest": diff_id,
-                    "size": exported.size,
+                    "size": size,
                 }));
                 layer_paths.push(blob(&diff_hex));
             }
