@@ -188,7 +188,7 @@ impl Api {
 /// The `platform`, `repo` and `tag` parameters of an import: the reference to tag with.
 fn check_import(query: &Query) -> Result<Option<String>, ApiError> {
     if let Some(platform) = query.get("platform").filter(|p| !p.is_empty()) {
-        let here = format!("linux/{}", crate::core::ARCHITECTURE);
+        let here = format!("linux/{}", crate::image::host_architecture());
         if platform != here && platform != "linux" {
             return Err(ApiError::Engine(EngineError::InvalidParameter {
                 reason: format!("rmachine-engine imports images for {here} only, not {platform}"),

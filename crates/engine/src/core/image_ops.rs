@@ -14,6 +14,7 @@ use super::archive::ChannelWriter;
 use super::error::{io_err, EngineError};
 use super::{cgroup_err, cgroup_of, lock, Engine};
 use crate::image::changes::{apply_changes, merge_commit_config};
+use crate::image::host_architecture;
 use crate::image::layer_export::write_layer_tar;
 use crate::image::reference::Reference;
 use crate::image::{DeleteItem, HistoryEntry, HistoryItem, ImageSummary, NewImage, NewStep};
@@ -47,17 +48,6 @@ pub fn repo_tag(repo: &str, tag: &str) -> Result<Option<String>, EngineError> {
     let with_tag = format!("{}:{tag}", named.familiar_name());
     Reference::parse_normalized(&with_tag).map_err(|e| invalid(e.reason))?;
     Ok(Some(with_tag))
-}
-
-/// The architecture images made here are for, in Go's names.
-pub const ARCHITECTURE: &str = match std::env::consts::ARCH.as_bytes() {
-    b"x86_64" => "amd64",
-    b"aarch64" => "arm64",
-    _ => std::env::consts::ARCH,
-};
-
-fn architecture() -> &'static str {
-    ARCHITECTURE
 }
 
 /// What `POST /commit` asks for.
@@ -271,7 +261,7 @@ impl Engine {
         let exported =
             tokio::task::spawn_blocking(move || -> Result<std::fs::File, EngineError> {
                 std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-                let mut file = tempfile_in(&tmp_dir)?;
+                let mut file = crate::image::tempfile_in(&tmp_dir)?;
                 if upper.exists() {
                     write_layer_tar(&upper, &mut file)?;
                 } else {
@@ -290,7 +280,7 @@ impl Engine {
 
         let now = crate::image::now();
         let mut config = json!({
-            "architecture": parent_config.get("architecture").and_then(Value::as_str).unwrap_or(architecture()),
+            "architecture": parent_config.get("architecture").and_then(Value::as_str).unwrap_or(host_architecture()),
             "os": "linux",
             "created": now,
             "docker_version": env!("CARGO_PKG_VERSION"),
@@ -360,7 +350,7 @@ impl Engine {
         };
         let now = crate::image::now();
         let config = json!({
-            "architecture": architecture(),
+            "architecture": host_architecture(),
             "os": "linux",
             "created": now,
             "docker_version": env!("CARGO_PKG_VERSION"),
@@ -505,16 +495,4 @@ impl Engine {
         }
         Ok((list, layers))
     }
-}
-
-/// An anonymous temporary file in `dir` (unlinked at once, gone when dropped).
-fn tempfile_in(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(dir)
-        .map_err(io_err(dir))
 }

@@ -64,9 +64,7 @@ pub use attach::{AttachSession, LogSource};
 pub use create::{CreateRequest, Created};
 pub use error::EngineError;
 pub use host_config::DEFAULT_RUNTIME;
-pub use image_ops::{
-    repo_tag, CommitOptions, ImagePruneFilters, ImagePruneReport, ImportOptions, ARCHITECTURE,
-};
+pub use image_ops::{repo_tag, CommitOptions, ImagePruneFilters, ImagePruneReport, ImportOptions};
 pub use lifecycle::WaitCondition;
 pub use list::{ListOptions, ListedContainer};
 pub use remove::{PruneFilters, PruneReport};

@@ -589,7 +589,7 @@ impl ImageStore {
 }
 
 /// An anonymous temporary file in `dir` (unlinked at once, gone when dropped).
-fn tempfile_in(dir: &Path) -> Result<fs::File, ImageError> {
+pub fn tempfile_in(dir: &Path) -> Result<fs::File, ImageError> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
         .read(true)

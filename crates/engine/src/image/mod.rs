@@ -53,8 +53,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub use archive::host_architecture;
 use archive::{digest_hex, PendingImage, Staging};
-pub use local::{now, HistoryEntry, HistoryItem, ImageUsage, NewImage, NewStep};
+pub use local::{now, tempfile_in, HistoryEntry, HistoryItem, ImageUsage, NewImage, NewStep};
 use reference::{is_lower_hex, AnyReference, Reference};
 
 /// Errors of the image store. Messages the docker CLI shows are Docker's own wording, which is
