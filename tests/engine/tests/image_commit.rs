@@ -54,6 +54,19 @@ fn committed_files_and_deletions_show_in_new_containers() -> anyhow::Result<()> 
         ])?
         .ok()?;
     engine.docker(&["commit", "c2", "stage:2"])?.ok()?;
+    // stage:1 is stage:2's parent: by id it cannot go, by tag only the tag goes.
+    let parent = engine.docker(&["rmi", "-f", &id[7..]])?;
+    assert_eq!(
+        parent.stderr.trim(),
+        format!(
+            "Error response from daemon: conflict: unable to delete {} (cannot be forced) - image has dependent child images",
+            &id[7..19]
+        )
+    );
+    engine.docker(&["rm", "c1", "c2"])?.ok()?;
+    let untag = engine.docker(&["rmi", "stage:1"])?.ok()?;
+    assert_eq!(untag.stdout.trim(), "Untagged: stage:1");
+    assert_eq!(engine.inspect(&id, "{{.Id}}")?, id);
     let run = engine
         .docker(&[
             "run",
