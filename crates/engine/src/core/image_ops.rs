@@ -437,9 +437,22 @@ impl Engine {
                 if !filters.not_labels.is_empty() && all(&filters.not_labels) {
                     continue;
                 }
-                match images.remove(&image.id, true, &|_| None) {
-                    Ok(items) => deleted.extend(items),
-                    Err(err) => tracing::warn!(image = %image.id, error = %err, "prune: cannot remove image"),
+                // As dockerd: a tagged image loses its tags one by one (the last one deletes
+                // it unless another image was committed from it), an untagged one goes by id.
+                let in_use = |id: &str| used.get(id).cloned();
+                let names = if dangling {
+                    vec![image.id.clone()]
+                } else {
+                    image.repo_tags.clone()
+                };
+                for name in names {
+                    match images.remove(&name, false, &in_use) {
+                        Ok(items) => deleted.extend(items),
+                        Err(err) => {
+                            tracing::warn!(image = %image.id, error = %err, "prune: cannot remove image");
+                            break;
+                        }
+                    }
                 }
             }
             let after = images.layers_size();
@@ -480,7 +493,13 @@ impl Engine {
         }
         let images = self.inner.images.clone();
         let (mut list, usage, layers) = tokio::task::spawn_blocking(move || {
-            Ok::<_, EngineError>((images.list()?, images.usage(), images.layers_size()))
+            let intermediate = images.intermediate_ids();
+            let list: Vec<ImageSummary> = images
+                .list()?
+                .into_iter()
+                .filter(|i| !intermediate.contains(&i.id))
+                .collect();
+            Ok::<_, EngineError>((list, images.usage(), images.layers_size()))
         })
         .await
         .map_err(task_failed)??;

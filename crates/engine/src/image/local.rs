@@ -561,6 +561,18 @@ impl ImageStore {
             .collect()
     }
 
+    /// Ids of untagged images another image was committed from (dockerd's intermediate
+    /// images, hidden by `docker images` without `-a`).
+    pub fn intermediate_ids(&self) -> BTreeSet<String> {
+        let state = self.lock();
+        state
+            .images
+            .keys()
+            .filter(|id| state.tags_of(id).is_empty() && state.has_children(id))
+            .cloned()
+            .collect()
+    }
+
     /// Bytes of all stored layers, each counted once (`system df`'s `LayersSize`).
     pub fn layers_size(&self) -> u64 {
         let state = self.lock();
