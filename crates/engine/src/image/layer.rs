@@ -64,6 +64,13 @@ pub fn decompress<'a>(
             layer: layer.to_string(),
             reason: "zstd-compressed layers are not supported".to_string(),
         })
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) || head.starts_with(b"BZh") {
+        // Said plainly rather than failing later as a corrupt tar.
+        Err(ImageError::InvalidLayer {
+            layer: layer.to_string(),
+            reason: "xz- and bzip2-compressed archives are not supported (use gzip or none)"
+                .to_string(),
+        })
     } else {
         Ok(Box::new(reader))
     }
