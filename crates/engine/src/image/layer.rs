@@ -813,6 +813,18 @@ mod tests {
     }
 
     #[test]
+    fn xz_and_bzip2_are_refused_by_name() {
+        for head in [&b"\xfd7zXZ\x00rest"[..], &b"BZh91AY&SY"[..]] {
+            let err = decompress(head, "blob").err().expect("refused");
+            assert!(
+                err.to_string().contains("xz- and bzip2-compressed"),
+                "{err}"
+            );
+        }
+        assert!(decompress(&b"plain tar bytes"[..], "blob").is_ok());
+    }
+
+    #[test]
     fn parent_components_are_created_and_dot_prefixes_ignored() {
         let (_tmp, root, _) = sandbox();
         let mut t = TarBuilder::new();
