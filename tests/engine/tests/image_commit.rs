@@ -111,6 +111,8 @@ fn changes_set_the_config_and_the_rest_comes_from_the_container() -> anyhow::Res
             "EXPOSE 8080",
             "--change",
             "WORKDIR /srv",
+            "--change",
+            "HEALTHCHECK --interval=5s --retries=2 CMD true",
             "c1",
             "changed",
         ])?
@@ -133,6 +135,10 @@ fn changes_set_the_config_and_the_rest_comes_from_the_container() -> anyhow::Res
         r#"{"8080/tcp":{}}"#
     );
     assert_eq!(engine.inspect("changed", "{{.Config.WorkingDir}}")?, "/srv");
+    assert_eq!(
+        engine.inspect("changed", "{{json .Config.Healthcheck}}")?,
+        r#"{"Test":["CMD-SHELL","true"],"Interval":5000000000,"Retries":2}"#
+    );
     let run = engine.docker(&["run", "--rm", "changed"])?.ok()?;
     assert_eq!(run.stdout, "from-cmd\n");
 
