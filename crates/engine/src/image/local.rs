@@ -516,7 +516,33 @@ impl ImageStore {
             let tagged = state.tags.get(&tag) == Some(&id);
             add(id, tagged.then_some(tag));
         }
+        let diff_ids: BTreeSet<String> = out
+            .iter()
+            .filter_map(|(id, _)| state.images.get(id))
+            .flat_map(|img| img.diff_ids.iter().cloned())
+            .collect();
+        drop(state);
+        for diff_id in diff_ids {
+            self.check_rebuildable(&diff_id)?;
+        }
         Ok(out)
+    }
+
+    /// Fails, before anything is sent, for a layer that cannot be written out as its diff id:
+    /// one stored by an engine that kept no tar-split, whose tree does not rebuild to it.
+    fn check_rebuildable(&self, diff_id: &str) -> Result<(), ImageError> {
+        let dir = self.layer_dir(digest_hex(diff_id).unwrap_or_default());
+        if dir.join(TAR_SPLIT).exists() {
+            return Ok(());
+        }
+        let rebuilt = layer_export::write_layer_tar(&dir.join("diff"), io::sink())?;
+        if rebuilt.diff_id == diff_id {
+            return Ok(());
+        }
+        Err(ImageError::InvalidLayer {
+            layer: diff_id.to_string(),
+            reason: "stored by an older engine without its tar-split, it cannot be rebuilt byte for byte: remove the image and load or pull it again".to_string(),
+        })
     }
 
     /// Every image with its sizes, for `system df` and `image prune`: `shared_size` counts the

@@ -901,3 +901,18 @@ fn create_image_stacks_a_layer_on_its_parent_with_history() {
     assert_eq!(store.list().unwrap().len(), before);
     assert!(tmp_is_empty(tmp.path()));
 }
+
+#[test]
+fn a_layer_without_tar_split_that_does_not_rebuild_fails_save_up_front() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    let (image, id) = two_layer_image(vec!["example:v1"]);
+    let top = sha(&image.layers[1]);
+    load(&store, &docker_save(&[image])).unwrap();
+    // As a store written before tar-splits were kept.
+    fs::remove_file(tmp.path().join("layers").join(&top[7..]).join(TAR_SPLIT)).unwrap();
+    let err = store.save_selection(std::slice::from_ref(&id)).unwrap_err();
+    assert!(err.to_string().contains("without its tar-split"), "{err}");
+    let mut out = Vec::new();
+    assert!(store.save(&[id], &mut out).is_err());
+}
