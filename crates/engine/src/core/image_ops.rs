@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::archive::ChannelWriter;
 use super::error::{io_err, EngineError};
@@ -191,14 +191,12 @@ impl Engine {
                 .map_err(task_failed)??
         };
         let (tx, rx) = mpsc::channel(8);
-        let (ready_tx, ready_rx) = oneshot::channel::<()>();
-        let ids: Vec<String> = names.clone();
+        let selected = selection.clone();
         std::thread::Builder::new()
             .name("image-save".into())
             .spawn(move || {
-                let _ = ready_tx.send(());
                 let mut out = ChannelWriter::new(tx);
-                if let Err(err) = images.save(&ids, &mut out).and_then(|()| {
+                if let Err(err) = images.save_selected(&selected, &mut out).and_then(|()| {
                     out.flush().map_err(|source| crate::image::ImageError::Io {
                         path: "docker save output".into(),
                         source,
@@ -208,7 +206,6 @@ impl Engine {
                 }
             })
             .map_err(task_failed)?;
-        let _ = ready_rx.await;
         for (id, _) in selection {
             self.inner.events.emit(
                 "image",

@@ -295,7 +295,15 @@ impl ImageStore {
     /// and one OCI manifest per image) that also carries the classic `manifest.json` and
     /// `repositories`. A name that is a tag saves that tag; an id saves the image untagged.
     pub fn save(&self, names: &[String], out: impl Write) -> Result<(), ImageError> {
-        let selection = self.save_selection(names)?;
+        self.save_selected(&self.save_selection(names)?, out)
+    }
+
+    /// [`ImageStore::save`] of what [`ImageStore::save_selection`] chose.
+    pub fn save_selected(
+        &self,
+        selection: &[(String, Vec<Reference>)],
+        out: impl Write,
+    ) -> Result<(), ImageError> {
         let images: Vec<(String, StoredImage)> = {
             let state = self.lock();
             selection
