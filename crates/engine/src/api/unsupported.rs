@@ -79,27 +79,13 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
     (On::Post, "images/create", Answer::NotYet("docker pull")),
     (On::Get, "images/search", Answer::NotYet("docker search")),
-    (
-        On::Post,
-        "images/prune",
-        Answer::NotYet("docker image prune"),
-    ),
-    (On::Get, "images/get", Answer::NotYet("docker save")),
-    (On::Get, "images/**/get", Answer::NotYet("docker save")),
-    (
-        On::Get,
-        "images/**/history",
-        Answer::NotYet("docker history"),
-    ),
     (On::Post, "images/**/push", Answer::NotYet("docker push")),
-    (On::Post, "images/**/tag", Answer::NotYet("docker tag")),
     (On::Post, "auth", Answer::NotYet("docker login")),
     (
         On::Get,
         "distribution/**/json",
         Answer::NotYet("registry lookups (GET /distribution)"),
     ),
-    (On::Post, "commit", Answer::NotYet("docker commit")),
     // Builds: the classic builder, and BuildKit's session and gRPC APIs that buildx dials.
     (On::Post, "build", Answer::NotYet("docker build")),
     (
@@ -123,7 +109,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "containers/*/attach/ws",
         Answer::NotYet("attaching over a websocket"),
     ),
-    (On::Get, "system/df", Answer::NotYet("docker system df")),
     // Volumes.
     (On::Get, "volumes", Answer::NotYet("docker volume ls")),
     (
@@ -404,6 +389,13 @@ mod tests {
             "head /_ping",
             "get /events",
             "post /images/load",
+            "post /images/{name}/tag",
+            "get /images/{name}/history",
+            "get /images/get",
+            "get /images/{name}/get",
+            "post /images/prune",
+            "post /commit",
+            "get /system/df",
             "post /containers/{id}/exec",
             "post /exec/{id}/start",
             "post /exec/{id}/resize",

@@ -46,6 +46,7 @@ mod error;
 mod exec;
 mod health;
 mod host_config;
+mod image_ops;
 mod images;
 mod lifecycle;
 mod list;
@@ -63,6 +64,7 @@ pub use attach::{AttachSession, LogSource};
 pub use create::{CreateRequest, Created};
 pub use error::EngineError;
 pub use host_config::DEFAULT_RUNTIME;
+pub use image_ops::{repo_tag, CommitOptions, ImagePruneFilters, ImagePruneReport, ImportOptions};
 pub use lifecycle::WaitCondition;
 pub use list::{ListOptions, ListedContainer};
 pub use remove::{PruneFilters, PruneReport};
@@ -330,7 +332,7 @@ impl Engine {
 
     /// Number of images, for `/info`.
     pub async fn image_count(&self) -> usize {
-        self.list_images().await.map(|l| l.len()).unwrap_or(0)
+        self.list_images(true).await.map(|l| l.len()).unwrap_or(0)
     }
 
     /// Stops every running container (as `docker stop` each), for a graceful engine exit.
