@@ -336,6 +336,9 @@ pub fn prepare_with(
                 };
                 let target = resolve_and_create(sys, root, &m.destination, kind)?;
                 bind(sys, source, &target, m.readonly)?;
+                if let Some(flags) = propagation_flags(&m.propagation) {
+                    mount(sys, None, &target, None, flags, None)?;
+                }
             }
             MountKind::Tmpfs { options } => {
                 let target = resolve_and_create(sys, root, &m.destination, FileKind::Dir)?;
@@ -371,6 +374,22 @@ pub fn prepare_with(
         )?;
     }
     Ok(())
+}
+
+/// The `mount(2)` flags of a bind propagation (`rshared` → `MS_SHARED|MS_REC`); `None` for
+/// none or one the kernel does not know (the engine checked the names).
+pub fn propagation_flags(propagation: &str) -> Option<MsFlags> {
+    let (recursive, kind) = match propagation.strip_prefix('r') {
+        Some(kind) => (MsFlags::MS_REC, kind),
+        None => (MsFlags::empty(), propagation),
+    };
+    let flag = match kind {
+        "private" => MsFlags::MS_PRIVATE,
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        _ => return None,
+    };
+    Some(flag | recursive)
 }
 
 /// The overlay root's mount flags: `nodev` unless privileged, so a node the container's root
@@ -1073,6 +1092,7 @@ mod tests {
                     source: "/vol/data".into(),
                 },
                 readonly: true,
+                propagation: String::new(),
             },
             Mount {
                 destination: "/run/secret".into(),
@@ -1080,6 +1100,7 @@ mod tests {
                     source: "/vol/secret".into(),
                 },
                 readonly: false,
+                propagation: String::new(),
             },
             Mount {
                 destination: "/tmp".into(),
@@ -1087,6 +1108,7 @@ mod tests {
                     options: "size=64m,mode=1777,noexec".into(),
                 },
                 readonly: true,
+                propagation: String::new(),
             },
         ];
         let sys = image()
@@ -1139,6 +1161,7 @@ mod tests {
                 source: "/vol/gone".into(),
             },
             readonly: false,
+            propagation: String::new(),
         }];
         let err = prepare(&spec, &image(), false).expect_err("missing source");
         assert_eq!(err.to_string(), "bind source /vol/gone");

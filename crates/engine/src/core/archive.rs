@@ -56,7 +56,7 @@ fn task_failed(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Runs `f` on a new thread (its mount namespace may change) and returns its result.
-async fn on_thread<T: Send + 'static>(
+pub(super) async fn on_thread<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
 ) -> Result<T, EngineError> {
     let (tx, rx) = oneshot::channel();
@@ -71,7 +71,7 @@ async fn on_thread<T: Send + 'static>(
 
 impl Engine {
     /// How to reach a container's root: its live root while it runs, else its layers.
-    async fn root_source(
+    pub(super) async fn root_source(
         &self,
         c: &Container,
         record: &ContainerRecord,

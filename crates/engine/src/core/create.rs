@@ -102,6 +102,7 @@ impl Engine {
             &config.working_dir,
             &self.inner.images.rootfs_layers(&image.id)?,
         )?;
+        let mount_points = self.mount_points_for(&config, &host_config)?;
         let mut argv = config.entrypoint.clone().unwrap_or_default();
         argv.extend(config.cmd.clone().unwrap_or_default());
         let Some((path, args)) = argv.split_first() else {
@@ -146,6 +147,7 @@ impl Engine {
                     health: None,
                 },
                 restart_count: 0,
+                mount_points,
             };
             let container = Container::new(record, dir.clone());
             table.names.insert(name, id.clone());
