@@ -112,7 +112,8 @@ impl Engine {
         };
         let id = new_id();
         let dir = self.inner.state.dir(&id);
-        let container = {
+        let points = mount_points.clone();
+        let container = (|| {
             let mut table = lock(&self.inner.table);
             let name = match name {
                 Some(name) => {
@@ -152,7 +153,14 @@ impl Engine {
             let container = Container::new(record, dir.clone());
             table.names.insert(name, id.clone());
             table.by_id.insert(id.clone(), container.clone());
-            container
+            Ok(container)
+        })();
+        let container = match container {
+            Ok(container) => container,
+            Err(err) => {
+                self.remove_anonymous_volumes(&points);
+                return Err(err);
+            }
         };
         let saved = self
             .inner
@@ -163,6 +171,7 @@ impl Engine {
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);
+            self.remove_anonymous_volumes(&points);
             return Err(err);
         }
         info!(container = %id, "created");

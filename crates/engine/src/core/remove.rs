@@ -194,7 +194,7 @@ impl Engine {
         }
         self.remove_locked(&c)?;
         if volumes {
-            self.remove_anonymous_volumes(&record);
+            self.remove_anonymous_volumes(&record.mount_points);
         }
         Ok(())
     }

@@ -120,7 +120,7 @@ impl Engine {
                 });
                 if record.host_config.auto_remove {
                     self.remove_locked(&c)?;
-                    self.remove_anonymous_volumes(&record);
+                    self.remove_anonymous_volumes(&record.mount_points);
                 }
                 Err(error)
             }
@@ -343,7 +343,7 @@ impl Engine {
             let _op = c.op.lock().await;
             match self.remove_locked(c) {
                 // `--rm` takes the container's anonymous volumes along, as dockerd's does.
-                Ok(()) => self.remove_anonymous_volumes(&c.record()),
+                Ok(()) => self.remove_anonymous_volumes(&c.record().mount_points),
                 Err(err) => warn!(container = %c.id, error = %err, "cannot auto-remove container"),
             }
         } else {

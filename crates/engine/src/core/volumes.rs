@@ -174,8 +174,8 @@ impl Engine {
 
     /// `docker rm -v` and `--rm`: removes the container's anonymous volumes that no other
     /// container uses (named volumes stay, as with dockerd).
-    pub(super) fn remove_anonymous_volumes(&self, record: &ContainerRecord) {
-        for mp in record.mount_points.values() {
+    pub(super) fn remove_anonymous_volumes(&self, points: &BTreeMap<String, MountPoint>) {
+        for mp in points.values() {
             if mp.kind != "volume" || mp.name.is_empty() {
                 continue;
             }
@@ -198,7 +198,9 @@ impl Engine {
         config: &ContainerConfig,
         host: &HostConfig,
     ) -> Result<BTreeMap<String, MountPoint>, EngineError> {
+        // Every spec is checked before any volume is created, so a refused request leaves none.
         let mut points: BTreeMap<String, MountPoint> = BTreeMap::new();
+        let mut to_create: BTreeMap<String, CreateOptions> = BTreeMap::new();
         for from in host.volumes_from.iter().flatten() {
             let (reference, mode) = mounts::parse_volumes_from(from)?;
             let donor = self.container(&reference)?.record();
@@ -209,8 +211,25 @@ impl Engine {
             }
         }
         let mut explicit = std::collections::BTreeSet::new();
-        for raw in host.binds.iter().flatten() {
+        let binds = host.binds.iter().flatten().map(|raw| {
             let mut mp = mounts::parse_bind(raw)?;
+            if mp.kind == "volume" && mp.mode.is_empty() {
+                // moby's setBindModeIfNull for the local driver.
+                mp.mode = "z".into();
+            }
+            Ok::<_, SpecError>((mp, CreateOptions::default()))
+        });
+        let mounts = host.mounts.iter().flatten().map(|mount| {
+            let (mp, create) = mounts::parse_mount(mount)?;
+            let options = CreateOptions {
+                labels: Some(create.labels),
+                options: Some(create.options),
+                ..CreateOptions::default()
+            };
+            Ok::<_, SpecError>((mp, options))
+        });
+        for parsed in binds.chain(mounts) {
+            let (mp, options): (MountPoint, CreateOptions) = parsed?;
             if !explicit.insert(mp.destination.clone()) {
                 return Err(SpecError::Duplicate {
                     destination: mp.destination,
@@ -218,37 +237,7 @@ impl Engine {
                 .into());
             }
             if mp.kind == "volume" {
-                let anonymous = mp.name.is_empty();
-                let volume = self.use_volume(&mp.name, anonymous, CreateOptions::default())?;
-                mp.name = volume.name;
-                mp.driver = volume.driver;
-                mp.source = volume.mountpoint.to_string_lossy().into_owned();
-                if mp.mode.is_empty() {
-                    // moby's setBindModeIfNull for the local driver.
-                    mp.mode = "z".into();
-                }
-            }
-            points.insert(mp.destination.clone(), mp);
-        }
-        for mount in host.mounts.iter().flatten() {
-            let (mut mp, create) = mounts::parse_mount(mount)?;
-            if !explicit.insert(mp.destination.clone()) {
-                return Err(SpecError::Duplicate {
-                    destination: mp.destination,
-                }
-                .into());
-            }
-            if mp.kind == "volume" {
-                let anonymous = mp.name.is_empty();
-                let options = CreateOptions {
-                    labels: Some(create.labels),
-                    options: Some(create.options),
-                    ..CreateOptions::default()
-                };
-                let volume = self.use_volume(&mp.name, anonymous, options)?;
-                mp.name = volume.name;
-                mp.driver = volume.driver;
-                mp.source = volume.mountpoint.to_string_lossy().into_owned();
+                to_create.insert(mp.destination.clone(), options);
             }
             points.insert(mp.destination.clone(), mp);
         }
@@ -257,16 +246,24 @@ impl Engine {
             if points.contains_key(&mp.destination) {
                 continue;
             }
-            let volume = self.use_volume("", true, CreateOptions::default())?;
-            points.insert(
-                mp.destination.clone(),
-                MountPoint {
-                    name: volume.name,
-                    driver: volume.driver,
-                    source: volume.mountpoint.to_string_lossy().into_owned(),
-                    ..mp
-                },
-            );
+            to_create.insert(mp.destination.clone(), CreateOptions::default());
+            points.insert(mp.destination.clone(), mp);
+        }
+        for (destination, options) in to_create {
+            let Some(mp) = points.get_mut(&destination) else {
+                continue;
+            };
+            let anonymous = mp.name.is_empty();
+            let volume = match self.use_volume(&mp.name, anonymous, options) {
+                Ok(volume) => volume,
+                Err(err) => {
+                    self.remove_anonymous_volumes(&points);
+                    return Err(err);
+                }
+            };
+            mp.name = volume.name;
+            mp.driver = volume.driver;
+            mp.source = volume.mountpoint.to_string_lossy().into_owned();
         }
         Ok(points)
     }
