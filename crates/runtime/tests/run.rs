@@ -688,21 +688,24 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
                 source: host.path().to_path_buf(),
             },
             readonly: true,
-        },
+            propagation: String::new(),
+ },
         Mount {
             destination: "/rw".into(),
             kind: MountKind::Bind {
                 source: host.path().to_path_buf(),
             },
             readonly: false,
-        },
+            propagation: String::new(),
+ },
         Mount {
             destination: "/scratch".into(),
             kind: MountKind::Tmpfs {
                 options: "size=1m,mode=1777,noexec".into(),
             },
             readonly: false,
-        },
+            propagation: String::new(),
+ },
     ];
     container.spec.etc_files = vec![EtcFile {
         source: host.path().join("hostname"),
@@ -730,7 +733,8 @@ fn a_symlink_in_the_image_cannot_send_a_mount_outside_the_rootfs() {
             options: String::new(),
         },
         readonly: false,
-    }];
+        propagation: String::new(),
+ }];
     let outcome = container.run();
     assert_eq!(
         outcome.code,
@@ -1677,7 +1681,8 @@ fn device_cgroup_refuses_the_disk(pure_v2: bool) {
             source: host.path().to_path_buf(),
         },
         readonly: false,
-    }];
+        propagation: String::new(),
+ }];
     let file = SpecFile {
         spec: container.spec.clone(),
         features: container.features.clone(),
@@ -1741,7 +1746,8 @@ fn tmpfs_mounts_are_nodev_unless_they_ask_for_dev() {
             options: options.into(),
         },
         readonly: false,
-    };
+        propagation: String::new(),
+ };
     container.spec.mounts = vec![tmpfs("/scratch", "size=1m"), tmpfs("/devs", "size=1m,dev")];
     let outcome = container.run();
     assert_eq!(outcome.stdout, "scratch-nodev\ndevs-dev\n", "{outcome:?}");
@@ -1780,7 +1786,8 @@ fn exec_processes_get_the_device_cgroup_too() {
             source: host.path().to_path_buf(),
         },
         readonly: false,
-    }];
+        propagation: String::new(),
+ }];
     let (mut runtime, pid) = container.start_detached();
     let (major, minor) = host_block_device();
     let outcome = container.exec(

@@ -333,9 +333,11 @@ impl Engine {
                 destination: mp.destination.clone(),
                 kind,
                 readonly: !mp.rw,
-                propagation: (mp.kind == "bind")
-                    .then(|| mp.propagation.clone())
-                    .unwrap_or_default(),
+                propagation: if mp.kind == "bind" {
+                    mp.propagation.clone()
+                } else {
+                    String::new()
+                },
             });
         }
         Ok(out)
@@ -450,7 +452,7 @@ fn prepare_bind(mp: &MountPoint) -> Result<(), EngineError> {
         };
         let shared = optional.iter().any(|o| o.starts_with("shared:"));
         let slave = optional.iter().any(|o| o.starts_with("master:"));
-        if !shared && !(slave_ok && slave) {
+        if !(shared || slave_ok && slave) {
             let what = if slave_ok {
                 "a shared or slave mount"
             } else {
