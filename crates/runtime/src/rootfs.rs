@@ -775,6 +775,19 @@ fn bind(
             None,
         )
         .map_err(|e| with_what(e, &what))?;
+        // The mounts under the source came along (MS_REC) and are still writable: Docker 25+
+        // makes them read-only too where the kernel can (5.12+), and is content with the top
+        // otherwise, as here.
+        match sys.make_readonly_recursive(target) {
+            Ok(()) | Err(Errno::ENOSYS) => {}
+            Err(errno) => {
+                return Err(RootfsError::Mount {
+                    what: what.clone(),
+                    target: target.to_path_buf(),
+                    source: errno.into(),
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -1100,7 +1113,7 @@ mod tests {
                     source: "/vol/secret".into(),
                 },
                 readonly: false,
-                propagation: String::new(),
+                propagation: "rslave".into(),
             },
             Mount {
                 destination: "/tmp".into(),
@@ -1121,12 +1134,18 @@ mod tests {
         let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
         let remount_ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         assert_eq!(
-            all[all.len() - 5..],
+            all[all.len() - 6..],
             [
                 m("/state/hosts", "/c/merged/etc/hosts", bind, None),
                 m("/vol/data", "/c/merged/data", bind, None),
                 m("-", "/c/merged/data", remount_ro, None),
                 m("/vol/secret", "/c/merged/run/secret", bind, None),
+                m(
+                    "-",
+                    "/c/merged/run/secret",
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None
+                ),
                 m(
                     "tmpfs",
                     "/c/merged/tmp",
@@ -1138,6 +1157,9 @@ mod tests {
                 ),
             ]
         );
+        // Submounts of a read-only bind are made read-only too (Docker 25's `rro`).
+        assert!(calls.contains(&Call::ReadonlyRecursive("/c/merged/data".into())));
+        assert!(!calls.contains(&Call::ReadonlyRecursive("/c/merged/run/secret".into())));
         // Mountpoints are created as the source's kind: a directory for a directory, an empty
         // file (and its parents) for a file.
         assert!(calls.contains(&Call::MkdirAll {

@@ -689,7 +689,7 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
             },
             readonly: true,
             propagation: String::new(),
- },
+        },
         Mount {
             destination: "/rw".into(),
             kind: MountKind::Bind {
@@ -697,7 +697,7 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
             },
             readonly: false,
             propagation: String::new(),
- },
+        },
         Mount {
             destination: "/scratch".into(),
             kind: MountKind::Tmpfs {
@@ -705,7 +705,7 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
             },
             readonly: false,
             propagation: String::new(),
- },
+        },
     ];
     container.spec.etc_files = vec![EtcFile {
         source: host.path().join("hostname"),
@@ -734,7 +734,7 @@ fn a_symlink_in_the_image_cannot_send_a_mount_outside_the_rootfs() {
         },
         readonly: false,
         propagation: String::new(),
- }];
+    }];
     let outcome = container.run();
     assert_eq!(
         outcome.code,
@@ -1682,7 +1682,7 @@ fn device_cgroup_refuses_the_disk(pure_v2: bool) {
         },
         readonly: false,
         propagation: String::new(),
- }];
+    }];
     let file = SpecFile {
         spec: container.spec.clone(),
         features: container.features.clone(),
@@ -1747,7 +1747,7 @@ fn tmpfs_mounts_are_nodev_unless_they_ask_for_dev() {
         },
         readonly: false,
         propagation: String::new(),
- };
+    };
     container.spec.mounts = vec![tmpfs("/scratch", "size=1m"), tmpfs("/devs", "size=1m,dev")];
     let outcome = container.run();
     assert_eq!(outcome.stdout, "scratch-nodev\ndevs-dev\n", "{outcome:?}");
@@ -1787,7 +1787,7 @@ fn exec_processes_get_the_device_cgroup_too() {
         },
         readonly: false,
         propagation: String::new(),
- }];
+    }];
     let (mut runtime, pid) = container.start_detached();
     let (major, minor) = host_block_device();
     let outcome = container.exec(

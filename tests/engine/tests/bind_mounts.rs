@@ -198,3 +198,52 @@ fn propagation_follows_the_mode_and_shared_needs_a_shared_source() -> anyhow::Re
     engine.docker(&["rm", "-f", "slave", "private"])?.ok()?;
     Ok(())
 }
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(String);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_read_only_bind_is_read_only_all_the_way_down() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let dir = host_dir(&engine, "deep")?;
+    let sub = format!("{dir}/sub");
+    std::fs::create_dir_all(&sub)?;
+    anyhow::ensure!(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", &sub])
+        .status()?
+        .success());
+    let _tmpfs = Tmpfs(sub.clone());
+    let ro = format!("{dir}:/d:ro");
+    let run = engine.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "busybox",
+        "sh",
+        "-c",
+        "touch /d/sub/f; grep ' /d/sub ' /proc/mounts",
+    ])?;
+    assert!(run.stderr.contains("Read-only file system"), "{run:?}");
+    assert!(
+        run.stdout.starts_with("tmpfs /d/sub tmpfs ro,"),
+        "{}",
+        run.stdout
+    );
+    assert!(!std::path::Path::new(&format!("{sub}/f")).exists());
+    // Read-write, the submount stays writable.
+    let rw = format!("{dir}:/d");
+    engine
+        .docker(&["run", "--rm", "-v", &rw, "busybox", "touch", "/d/sub/f"])?
+        .ok()?;
+    assert!(std::path::Path::new(&format!("{sub}/f")).exists());
+    Ok(())
+}

@@ -33,6 +33,7 @@ pub enum Call {
         target: PathBuf,
         flags: MntFlags,
     },
+    ReadonlyRecursive(PathBuf),
     PivotRoot {
         new_root: PathBuf,
         put_old: PathBuf,
@@ -478,5 +479,9 @@ impl Syscall for RecordingSyscall {
 
     fn file_id(&self, path: &Path) -> Result<(u64, u64), Errno> {
         Ok(self.id_of(path))
+    }
+
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
+        self.record(Call::ReadonlyRecursive(target.into()))
     }
 }
