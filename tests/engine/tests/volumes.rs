@@ -302,3 +302,59 @@ fn prune_removes_unused_anonymous_volumes_unless_all_is_asked() -> Result<()> {
     assert_eq!(left, expected);
     Ok(())
 }
+
+#[test]
+fn docker_cp_goes_through_volumes_and_a_read_only_root_takes_uploads_there() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let file = engine.dir().join("upload.txt");
+    std::fs::write(&file, "uploaded\n")?;
+    let file = file.to_string_lossy().into_owned();
+    engine
+        .docker(&[
+            "create",
+            "--name",
+            "ro",
+            "--read-only",
+            "-v",
+            "box:/box",
+            "busybox",
+            "sleep",
+            "1000",
+        ])?
+        .ok()?;
+    // Its first start makes the mount point; stopped, an upload there lands in the volume,
+    // not in the container's layer.
+    engine.docker(&["start", "ro"])?.ok()?;
+    engine.docker(&["kill", "ro"])?.ok()?;
+    engine.docker(&["wait", "ro"])?.ok()?;
+    engine.docker(&["cp", &file, "ro:/box/"])?.ok()?;
+    let in_volume = engine.data_root().join("volumes/box/_data/upload.txt");
+    assert_eq!(std::fs::read_to_string(&in_volume)?, "uploaded\n");
+    // Elsewhere the read-only root still refuses.
+    let refused = engine.docker(&["cp", &file, "ro:/tmp"])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("container rootfs is marked read-only"),
+        "{}",
+        refused.stderr
+    );
+    // Reading a stopped container's volume path reads the volume.
+    let out = engine
+        .docker_command(&["cp", "ro:/box/upload.txt", "-"])
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uploaded\n"));
+    // Running: the same rule.
+    engine.docker(&["start", "ro"])?.ok()?;
+    std::fs::write(engine.dir().join("upload.txt"), "second\n")?;
+    engine.docker(&["cp", &file, "ro:/box/again.txt"])?.ok()?;
+    let run = engine
+        .docker(&["exec", "ro", "cat", "/box/again.txt"])?
+        .ok()?;
+    assert_eq!(run.stdout, "second\n");
+    Ok(())
+}

@@ -99,6 +99,13 @@ impl Engine {
                 source: e,
             }
         })?;
+        // `docker cp` sees the binds and volumes (`live`); export and a volume's prefill
+        // read the image and the container's layer alone.
+        let mounts = if live {
+            self.archive_mounts(record)
+        } else {
+            Vec::new()
+        };
         Ok(RootSource::Layers {
             id: c.id.clone(),
             lower,
@@ -106,6 +113,7 @@ impl Engine {
             work: c.dir.join("work"),
             mountpoint: c.dir.join("merged"),
             writable,
+            mounts,
         })
     }
 
@@ -173,7 +181,10 @@ impl Engine {
         mut options: ExtractOptions,
     ) -> Result<(), EngineError> {
         let c = self.container(reference)?;
-        options.read_only_root = super::restart::readonly_rootfs(&c.record().host_config);
+        // dockerd's `checkIfPathIsInAVolume`: a `--read-only` root takes uploads into a
+        // writable volume or bind only.
+        options.read_only_root = super::restart::readonly_rootfs(&c.record().host_config)
+            && !super::volumes::in_writable_mount(&c.record(), path);
         options.owner = self.copy_owner(&c.record(), options.copy_uid_gid).await?;
         // A stopped container's overlay is mounted writable here: it must not start meanwhile.
         let _op = c.op.lock().await;

@@ -93,6 +93,16 @@ impl VolumeFilters {
     }
 }
 
+/// Whether the container path `path` lies in one of the container's writable binds or
+/// volumes (a `--read-only` container takes `docker cp` uploads there).
+pub(super) fn in_writable_mount(record: &ContainerRecord, path: &str) -> bool {
+    let path = Path::new(path);
+    record
+        .mount_points
+        .values()
+        .any(|m| m.rw && m.kind != "tmpfs" && path.starts_with(&m.destination))
+}
+
 /// The container path `dest` made relative for the archive code (`/data` → `/data/.`).
 fn contents_of(dest: &str) -> String {
     format!("{}/.", dest.trim_end_matches('/'))
@@ -110,6 +120,24 @@ impl Engine {
             .into_iter()
             .filter(|r| r.mount_points.values().any(|m| m.uses_volume(name)))
             .map(|r| r.id)
+            .collect()
+    }
+
+    /// A stopped container's binds and volumes as `docker cp` mounts them, parents first.
+    pub(super) fn archive_mounts(&self, record: &ContainerRecord) -> Vec<archive::ContainerMount> {
+        let mut points: Vec<&MountPoint> = record
+            .mount_points
+            .values()
+            .filter(|m| m.kind != "tmpfs")
+            .collect();
+        points.sort_by_key(|m| Path::new(&m.destination).components().count());
+        points
+            .into_iter()
+            .map(|m| archive::ContainerMount {
+                source: m.source.clone().into(),
+                destination: m.destination.clone(),
+                writable: m.rw,
+            })
             .collect()
     }
 
