@@ -136,6 +136,17 @@ fn a_named_volume_is_filled_from_the_image_and_outlives_containers_and_a_crash()
             engine.data_root().join("volumes/keep/_data").display()
         )
     );
+    let ps = engine
+        .docker(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            "volume=keep",
+        ])?
+        .ok()?;
+    assert_eq!(ps.stdout, "writer\n");
     // In use: refused, with dockerd's text, even with -f.
     let id = engine.inspect("writer", "{{.Id}}")?;
     for args in [
@@ -356,5 +367,23 @@ fn docker_cp_goes_through_volumes_and_a_read_only_root_takes_uploads_there() -> 
         .docker(&["exec", "ro", "cat", "/box/again.txt"])?
         .ok()?;
     assert_eq!(run.stdout, "second\n");
+    Ok(())
+}
+
+#[test]
+fn an_auto_remove_container_left_by_a_killed_engine_takes_its_anonymous_volume_along() -> Result<()>
+{
+    let Some(mut engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&[
+            "run", "-d", "--rm", "-v", "/scratch", "-v", "kept:/k", "busybox", "sleep", "1000",
+        ])?
+        .ok()?;
+    assert_eq!(volume_names(&engine)?.len(), 2);
+    engine.restart()?;
+    assert_eq!(engine.docker(&["ps", "-aq"])?.ok()?.stdout, "");
+    assert_eq!(volume_names(&engine)?, ["kept"]);
     Ok(())
 }

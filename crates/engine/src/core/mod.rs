@@ -194,6 +194,9 @@ impl Engine {
         // Monitors, cgroups, directories and spools of a previous engine (crate::recovery).
         let reconciled = crate::recovery::reconcile(&config.data_root);
         let mut table = Table::default();
+        // The anonymous volumes of auto-remove containers removed here go once the engine
+        // exists to judge who else uses them.
+        let mut dropped_mounts = Vec::new();
         for mut record in state.load_all()? {
             // A container recorded as created may have run: the engine died between spawning
             // its runtime and recording the start.
@@ -204,6 +207,7 @@ impl Engine {
                 if let Err(err) = state.remove(&record.id) {
                     warn!(container = %record.id, error = %err, "cannot remove container");
                 } else {
+                    dropped_mounts.push(record.mount_points);
                     continue;
                 }
             }
@@ -229,7 +233,7 @@ impl Engine {
             table.names.insert(name, id.clone());
             table.by_id.insert(id, container);
         }
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 config,
                 engine_id,
@@ -241,7 +245,11 @@ impl Engine {
                 execs: exec::ExecTable::default(),
                 restarts: restart::RestartManager::default(),
             }),
-        })
+        };
+        for points in &dropped_mounts {
+            engine.remove_anonymous_volumes(points);
+        }
+        Ok(engine)
     }
 
     /// The engine's settings.

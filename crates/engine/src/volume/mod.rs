@@ -123,7 +123,7 @@ impl Volume {
             "Labels": self.labels,
             "Mountpoint": self.mountpoint,
             "Name": self.name,
-            "Options": self.options.as_ref().filter(|o| !o.is_empty()),
+            "Options": self.options,
             "Scope": "local",
         })
     }
