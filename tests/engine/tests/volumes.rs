@@ -105,6 +105,28 @@ fn volume_commands_create_list_inspect_and_remove() -> Result<()> {
         engine.inspect("data", "{{.Name}} {{.Driver}}")?,
         "data local"
     );
+    // dockerd's volume events.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 1;
+    let events = engine
+        .docker(&[
+            "events",
+            "--since",
+            "0",
+            "--until",
+            &until.to_string(),
+            "--filter",
+            "type=volume",
+            "--format",
+            "{{.Action}} {{.Actor.ID}} {{.Actor.Attributes.driver}}",
+        ])?
+        .ok()?;
+    assert_eq!(
+        events.stdout,
+        "create data local\ncreate other local\ndestroy other local\n"
+    );
     Ok(())
 }
 

@@ -141,9 +141,34 @@ impl Engine {
             .collect()
     }
 
+    /// Creates a volume (or finds it), emitting dockerd's `volume create` event for a new one.
+    fn create_volume(&self, options: CreateOptions) -> Result<Volume, EngineError> {
+        let existed = !options.name.is_empty() && self.inner.volumes.get(&options.name).is_ok();
+        let volume = self.inner.volumes.create(options)?;
+        if !existed {
+            self.volume_event(&volume, "create");
+        }
+        Ok(volume)
+    }
+
+    /// Removes a volume no container uses, emitting `volume destroy`.
+    fn destroy_volume(&self, name: &str) -> Result<(), EngineError> {
+        let volume = self.inner.volumes.get(name)?;
+        self.inner.volumes.remove(name)?;
+        self.volume_event(&volume, "destroy");
+        Ok(())
+    }
+
+    fn volume_event(&self, volume: &Volume, action: &str) {
+        let attributes = [("driver".to_string(), volume.driver.clone())].into();
+        self.inner
+            .events
+            .emit("volume", action, &volume.name, attributes);
+    }
+
     /// `POST /volumes/create`.
     pub fn volume_create(&self, options: CreateOptions) -> Result<Volume, EngineError> {
-        Ok(self.inner.volumes.create(options)?)
+        self.create_volume(options)
     }
 
     /// `GET /volumes/{name}`.
@@ -177,7 +202,7 @@ impl Engine {
             }
             .into());
         }
-        Ok(self.inner.volumes.remove(name)?)
+        self.destroy_volume(name)
     }
 
     /// `POST /volumes/prune`: unused volumes, anonymous ones only unless `all=true`; their
@@ -193,7 +218,7 @@ impl Engine {
                 continue;
             }
             let size = archive::dir_size(&volume.mountpoint);
-            self.inner.volumes.remove(&volume.name)?;
+            self.destroy_volume(&volume.name)?;
             space = space.saturating_add(size);
             removed.push(volume.name);
         }
@@ -213,7 +238,7 @@ impl Engine {
             if !volume.is_anonymous() || !self.volume_users(&mp.name).is_empty() {
                 continue;
             }
-            if let Err(err) = self.inner.volumes.remove(&mp.name) {
+            if let Err(err) = self.destroy_volume(&mp.name) {
                 warn!(volume = %mp.name, error = %err, "cannot remove anonymous volume");
             }
         }
@@ -320,7 +345,7 @@ impl Engine {
         if options.options.as_ref().is_some_and(BTreeMap::is_empty) {
             options.options = None;
         }
-        Ok(self.inner.volumes.create(options)?)
+        self.create_volume(options)
     }
 
     /// Makes a container's mounts ready for a start and returns them for the runtime spec,
