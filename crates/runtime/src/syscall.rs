@@ -175,6 +175,11 @@ pub trait Syscall {
     /// `mount_setattr(2)` with `AT_RECURSIVE` and `MOUNT_ATTR_RDONLY`: `target` and every
     /// mount below it read-only (kernel 5.12+; `ENOSYS` before).
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno>;
+    /// The mount point of the mount holding `path` (from `/proc/self/mountinfo`).
+    fn mount_point_of(&self, path: &Path) -> Result<PathBuf, Errno>;
+    /// Opens a directory (`O_RDONLY|O_DIRECTORY|O_CLOEXEC`) and leaves the descriptor open (it
+    /// closes at `execve`).
+    fn open_dir(&self, path: &Path) -> Result<RawFd, Errno>;
 }
 
 /// A device node of the host, for `--privileged` containers.
@@ -317,6 +322,26 @@ fn walk_devices(dir: &Path, base: &Path, out: &mut Vec<HostDevice>) -> Result<()
 pub struct LinuxSyscall;
 
 /// The errno inside an I/O error (`EIO` for errors that carry none).
+/// A mount table field with its octal escapes (`\040` for a space) decoded.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(digits, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub(crate) fn io_errno(err: &std::io::Error) -> Errno {
     err.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
@@ -702,6 +727,23 @@ impl Syscall for LinuxSyscall {
         std::fs::metadata(path)
             .map(|m| (m.dev(), m.ino()))
             .map_err(|e| io_errno(&e))
+    }
+
+    fn open_dir(&self, path: &Path) -> Result<RawFd, Errno> {
+        use std::os::fd::IntoRawFd;
+        Ok(open_raw(path, libc::O_RDONLY | libc::O_DIRECTORY)?.into_raw_fd())
+    }
+
+    fn mount_point_of(&self, path: &Path) -> Result<PathBuf, Errno> {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| io_errno(&e))?;
+        table
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .map(|field| PathBuf::from(unescape_mountinfo(field)))
+            .filter(|mount_point| path.starts_with(mount_point))
+            // The deepest mount point holds it.
+            .max_by_key(|mount_point| mount_point.components().count())
+            .ok_or(Errno::ENOENT)
     }
 
     fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {

@@ -1,6 +1,7 @@
 //! Bind mounts (`-v /host:/ctr[:opts]`, `--mount type=bind`) as dockerd makes them: files
 //! cross both ways, `:ro` is read-only, a missing `-v` source is created and a missing
-//! `--mount` source refused with moby's text, propagation follows the mode, and `inspect`
+//! `--mount` source refused with moby's text, propagation follows the mode (`rshared` reaches
+//! the host), and `inspect`
 //! shows the mounts as dockerd does (issue 17).
 
 use std::process::Command;
@@ -196,6 +197,29 @@ fn propagation_follows_the_mode_and_shared_needs_a_shared_source() -> anyhow::Re
         "rslave"
     );
     engine.docker(&["rm", "-f", "slave", "private"])?.ok()?;
+    // rshared: what the container mounts there reaches the host, and nothing else does (the
+    // container's root, /proc, /dev... stay in its namespace).
+    let shared = format!("{dir}:/p:rshared");
+    engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--privileged",
+            "-v",
+            &shared,
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /p/fromctr && mount -t tmpfs tmpfs /p/fromctr && touch /p/fromctr/made",
+        ])?
+        .ok()?;
+    assert!(std::path::Path::new(&format!("{dir}/fromctr/made")).exists());
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let containers = engine.data_root().join("containers");
+    assert!(
+        !table.contains(&*containers.to_string_lossy()),
+        "a container mount reached the host: {table}"
+    );
     Ok(())
 }
 

@@ -386,10 +386,11 @@ impl Engine {
                 destination: mp.destination.clone(),
                 kind,
                 readonly: !mp.rw,
-                propagation: if mp.kind == "bind" {
-                    mp.propagation.clone()
-                } else {
-                    String::new()
+                // A volume is rprivate, as runc makes a mount without propagation.
+                propagation: match mp.kind.as_str() {
+                    "bind" => mp.propagation.clone(),
+                    "volume" => crate::volume::spec::DEFAULT_PROPAGATION.into(),
+                    _ => String::new(),
                 },
             });
         }
