@@ -153,6 +153,8 @@ pub struct CreateOptions {
 pub struct VolumeStore {
     root: PathBuf,
     volumes: Mutex<BTreeMap<String, Volume>>,
+    /// Held while a volume is created, so two requests for one new name make one volume.
+    creating: Mutex<()>,
 }
 
 fn valid_name(name: &str) -> Result<(), String> {
@@ -241,6 +243,7 @@ impl VolumeStore {
         Ok(VolumeStore {
             root,
             volumes: Mutex::new(volumes),
+            creating: Mutex::new(()),
         })
     }
 
@@ -276,6 +279,10 @@ impl VolumeStore {
             reason,
         };
         valid_name(&name).map_err(invalid)?;
+        let _creating = self
+            .creating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(existing) = lock(&self.volumes).get(&name) {
             return Ok(existing.clone());
         }
@@ -368,8 +375,8 @@ impl VolumeStore {
     }
 }
 
-/// Whether `path` is the root of a mount (its device differs from its parent's, or it is
-/// listed in the mount table for same-device binds).
+/// Whether `path` is a mount point in the engine's mount table (a bind of the same device
+/// included).
 fn is_mount_point(path: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
