@@ -13,7 +13,7 @@ fn load_volume_image(engine: &Engine) -> Result<()> {
     let mut image = rmachine_fixtures::busybox()?;
     image.layers.push(
         LayerBuilder::new()
-            .dir("data", 0o755)
+            .dir("data", 0o750)
             .file("data/seed", b"from the image\n", 0o644)
             .build()?,
     );
@@ -147,10 +147,11 @@ fn a_named_volume_is_filled_from_the_image_and_outlives_containers_and_a_crash()
             "vol-image",
             "sh",
             "-c",
-            "cat /data/seed; echo mine > /data/mine",
+            "cat /data/seed; stat -c %a /data; echo mine > /data/mine",
         ])?
         .ok()?;
-    assert_eq!(run.stdout, "from the image\n");
+    // Its content and the directory's mode come from the image.
+    assert_eq!(run.stdout, "from the image\n750\n");
     assert_eq!(
         engine.inspect("writer", "{{json .Mounts}}")?,
         format!(

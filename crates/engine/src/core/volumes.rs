@@ -465,7 +465,23 @@ impl Engine {
                 "",
                 std::io::BufReader::new(file),
                 ExtractOptions::default(),
-            )
+            )?;
+            // The volume takes the image directory's owner and mode too (moby's
+            // `copyOwnership`): the tar's first entry is that directory, `./`.
+            let file = std::fs::File::open(&spool_file).map_err(io.clone())?;
+            let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+            let mut entries = tar.entries().map_err(io.clone())?;
+            if let Some(entry) = entries.next() {
+                let header = entry.map_err(io.clone())?.header().clone();
+                let mode = header.mode().map_err(io.clone())? & 0o7777;
+                let uid = u32::try_from(header.uid().map_err(io.clone())?).unwrap_or(0);
+                let gid = u32::try_from(header.gid().map_err(io.clone())?).unwrap_or(0);
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(&target, Some(uid), Some(gid)).map_err(io.clone())?;
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                    .map_err(io.clone())?;
+            }
+            Ok(())
         })
         .await;
         let _ = std::fs::remove_file(&spool);
