@@ -77,6 +77,31 @@ fn files_cross_a_bind_both_ways_and_ro_refuses_writes() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_bind_on_an_etc_file_replaces_the_engines() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let hosts = engine.dir().join("my-hosts");
+    std::fs::write(&hosts, "10.1.2.3 mine\n")?;
+    let spec = format!("{}:/etc/hosts:ro", hosts.display());
+    let run = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "-v",
+            &spec,
+            "busybox",
+            "sh",
+            "-c",
+            "cat /etc/hosts; grep -c ' /etc/hosts ' /proc/mounts",
+        ])?
+        .ok()?;
+    // The user's file, mounted once: the engine's is not mounted under it.
+    assert_eq!(run.stdout, "10.1.2.3 mine\n1\n");
+    Ok(())
+}
+
+#[test]
 fn a_missing_source_is_created_for_v_and_refused_for_mount() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());

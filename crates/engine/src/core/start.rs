@@ -176,6 +176,11 @@ impl Engine {
                 id: c.id.clone(),
                 source: e,
             })?;
+            // A mount of the user's on the path replaces the engine's file (dockerd's
+            // `HasMountFor`).
+            if record.mount_points.contains_key(destination) {
+                continue;
+            }
             etc_files.push(spec::EtcFile {
                 source,
                 destination: destination.to_string(),
