@@ -366,16 +366,24 @@ fn docker_cp_goes_through_volumes_and_a_read_only_root_takes_uploads_there() -> 
     engine.docker(&["cp", &file, "ro:/box/"])?.ok()?;
     let in_volume = engine.data_root().join("volumes/box/_data/upload.txt");
     assert_eq!(std::fs::read_to_string(&in_volume)?, "uploaded\n");
-    // Elsewhere the read-only root still refuses.
-    let refused = engine.docker(&["cp", &file, "ro:/tmp"])?;
+    // Elsewhere the read-only root still refuses, `..` out of the volume included.
+    for target in ["ro:/tmp", "ro:/box/../tmp"] {
+        let refused = engine.docker(&["cp", &file, target])?;
+        assert_eq!(refused.code, 1, "{refused:?}");
+        assert!(
+            refused
+                .stderr
+                .contains("container rootfs is marked read-only"),
+            "{target}: {}",
+            refused.stderr
+        );
+    }
+    // A symlink in the volume leading out of it meets the read-only root.
+    std::os::unix::fs::symlink("/tmp", engine.data_root().join("volumes/box/_data/out"))?;
+    let refused = engine.docker(&["cp", &file, "ro:/box/out/"])?;
     assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(
-        refused
-            .stderr
-            .contains("container rootfs is marked read-only"),
-        "{}",
-        refused.stderr
-    );
+    let ls = engine.docker_command(&["cp", "ro:/tmp", "-"]).output()?;
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains("upload.txt"));
     // Reading a stopped container's volume path reads the volume.
     let out = engine
         .docker_command(&["cp", "ro:/box/upload.txt", "-"])

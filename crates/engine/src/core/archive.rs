@@ -188,7 +188,10 @@ impl Engine {
         options.owner = self.copy_owner(&c.record(), options.copy_uid_gid).await?;
         // A stopped container's overlay is mounted writable here: it must not start meanwhile.
         let _op = c.op.lock().await;
-        let source = self.root_source(&c, &c.record(), true, true).await?;
+        // A `--read-only` root that takes the upload (into a volume) stays read-only
+        // underneath: a symlink in the volume leading out of it meets a read-only layer.
+        let writable = !super::restart::readonly_rootfs(&c.record().host_config);
+        let source = self.root_source(&c, &c.record(), writable, true).await?;
         let (path, reference) = (path.to_string(), reference.to_string());
         on_thread(move || {
             let file = std::fs::File::open(&tar_path).map_err(|source| ArchiveError::Io {

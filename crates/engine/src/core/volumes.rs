@@ -96,7 +96,8 @@ impl VolumeFilters {
 /// Whether the container path `path` lies in one of the container's writable binds or
 /// volumes (a `--read-only` container takes `docker cp` uploads there).
 pub(super) fn in_writable_mount(record: &ContainerRecord, path: &str) -> bool {
-    let path = Path::new(path);
+    let path = mounts::clean(&format!("/{path}"));
+    let path = Path::new(&path);
     record
         .mount_points
         .values()

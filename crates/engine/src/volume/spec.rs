@@ -162,7 +162,7 @@ fn propagation_of(mode: &str) -> Option<&str> {
 }
 
 /// Go's `path.Clean` for an absolute path.
-fn clean(path: &str) -> String {
+pub fn clean(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for c in Path::new(path).components() {
         match c {
