@@ -105,5 +105,44 @@ fn system_df_counts_images_and_containers() -> anyhow::Result<()> {
     assert_eq!(lines[2], "Local Volumes|0|0", "{lines:?}");
     let verbose = engine.docker(&["system", "df", "-v"])?.ok()?;
     assert!(verbose.stdout.contains("derived"), "{}", verbose.stdout);
+
+    // A volume with 5000 bytes in it, mounted by one container: counted, sized, active.
+    engine
+        .docker(&[
+            "run",
+            "--name",
+            "writer",
+            "-v",
+            "dfdata:/data",
+            "busybox",
+            "sh",
+            "-c",
+            "head -c 5000 /dev/zero > /data/blob",
+        ])?
+        .ok()?;
+    let df = engine
+        .docker(&[
+            "system",
+            "df",
+            "--format",
+            "{{.Type}}|{{.TotalCount}}|{{.Active}}|{{.Size}}",
+        ])?
+        .ok()?;
+    let volumes = df
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Local Volumes|"))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(volumes, "Local Volumes|1|1|5kB", "{}", df.stdout);
+    let verbose = engine.docker(&["system", "df", "-v"])?.ok()?;
+    let line = verbose
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("dfdata "))
+        .unwrap_or_default()
+        .to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields, ["dfdata", "1", "5kB"], "{}", verbose.stdout);
     Ok(())
 }

@@ -156,8 +156,9 @@ impl Api {
         json(StatusCode::OK, &report)
     }
 
-    /// `GET /system/df`: images, containers with their sizes; volumes and the build cache
-    /// are empty lists, as the engine has neither yet.
+    /// `GET /system/df`: images, containers with their sizes, volumes with their usage.
+    /// `BuildCache` lists BuildKit's cache records, which this engine has none of (the classic
+    /// builder's cache is made of images).
     pub(super) async fn system_df(&self) -> ApiResult {
         let (images, layers_size) = self.engine.disk_usage_images().await?;
         let options = ListOptions::new(true, None, Default::default())?;
@@ -178,7 +179,7 @@ impl Api {
                 "LayersSize": layers_size,
                 "Images": images,
                 "Containers": containers,
-                "Volumes": [],
+                "Volumes": self.engine.volume_disk_usage(),
                 "BuildCache": [],
             }),
         )

@@ -115,6 +115,26 @@ impl Engine {
         self.inner.volumes.list()
     }
 
+    /// `system df`'s volumes: each as `volume inspect` shows it, with `UsageData` (the bytes
+    /// under its mountpoint and how many containers mount it), as dockerd's disk-usage walk.
+    pub fn volume_disk_usage(&self) -> Vec<serde_json::Value> {
+        self.volumes()
+            .into_iter()
+            .map(|volume| {
+                let mut api = volume.to_api();
+                let size = archive::dir_size(&volume.mountpoint);
+                let refs = self.volume_users(&volume.name).len();
+                if let Some(object) = api.as_object_mut() {
+                    object.insert(
+                        "UsageData".into(),
+                        serde_json::json!({ "Size": size, "RefCount": refs }),
+                    );
+                }
+                api
+            })
+            .collect()
+    }
+
     /// The ids of the containers whose mounts use the volume.
     fn volume_users(&self, name: &str) -> Vec<String> {
         self.list()
