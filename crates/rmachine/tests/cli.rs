@@ -338,11 +338,9 @@ fn the_default_machine_is_used_when_no_name_is_given() {
     assert_eq!(run.stdout, "Stopped\n", "{}", run.stderr);
 }
 
-#[test]
-fn precheck_failure_exits_3_and_writes_nothing() {
-    let env = Env::new();
-    let image = env.dir.path().join("image");
-    std::fs::create_dir_all(&image).expect("image dir");
+/// A guest image whose manifest matches its (dummy) files.
+fn valid_image(image: &Path) {
+    std::fs::create_dir_all(image).expect("image dir");
     std::fs::write(image.join("vmlinuz"), b"kernel").expect("kernel");
     std::fs::write(image.join("initrd.img"), b"initrd").expect("initrd");
     let sum = |name: &str| {
@@ -361,6 +359,13 @@ fn precheck_failure_exits_3_and_writes_nothing() {
         "cmdline": "", "sha256": {"vmlinuz": sum("vmlinuz"), "initrd.img": sum("initrd.img")}
     });
     std::fs::write(image.join("manifest.json"), manifest.to_string()).expect("manifest");
+}
+
+#[test]
+fn precheck_failure_exits_3_and_writes_nothing() {
+    let env = Env::new();
+    let image = env.dir.path().join("image");
+    valid_image(&image);
     let run = env.run(&[
         "create",
         "--no-progress",
@@ -380,5 +385,53 @@ fn precheck_failure_exits_3_and_writes_nothing() {
     assert!(
         !env.store().exists(),
         "nothing may be written before the precheck passes"
+    );
+}
+
+#[test]
+fn qemu_does_not_inherit_the_callers_descriptors() {
+    let env = Env::new();
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    // A stand-in QEMU that reports whether descriptor 7, which the caller opened without
+    // close-on-exec, reached it.
+    let report = env.dir.path().join("report");
+    let qemu = env.dir.path().join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\nif [ -e /proc/$$/fd/7 ]; then echo leaked; else echo clean; fi >> {}\nexit 1\n",
+            report.display()
+        ),
+    )
+    .expect("stand-in qemu");
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&qemu)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success());
+    let run = env.run_with(&[], |cmd| {
+        // `sh` opens descriptor 7 without close-on-exec and execs rmachine with it, as a test
+        // runner or `3>&1`-style redirection would.
+        let rmachine = cmd.get_program().to_owned();
+        let image = image.to_str().unwrap_or("").to_owned();
+        let qemu = qemu.to_str().unwrap_or("").to_owned();
+        *cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("exec \"$@\" 7>/dev/null")
+            .arg("sh")
+            .arg(rmachine)
+            .args(["create", "--no-progress", "--guest-image", &image])
+            .args(["--qemu-program", &qemu, "x"])
+            .env("RMACHINE_STORAGE_PATH", env.store())
+            .env_remove("RMACHINE_GUEST_IMAGE")
+            .env_remove("RMACHINE_DRIVER")
+            .stdin(Stdio::null());
+    });
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&report).expect("the stand-in ran"),
+        "clean\n"
     );
 }
