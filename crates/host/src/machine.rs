@@ -110,7 +110,7 @@ pub enum MachineError {
         machine: String,
     },
     /// `ssh` on a machine that is not running.
-    #[error("Cannot run SSH command: Host \"{machine}\" is not running")]
+    #[error("Error: Cannot run SSH command: Host \"{machine}\" is not running")]
     SshNotRunning {
         /// The machine.
         machine: String,

@@ -79,14 +79,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let message = format!("{err:#}");
-            // docker-machine's own messages sometimes start with "Error" already
-            // ("Error creating machine: ...", "Error with pre-create check: ...").
-            if message.starts_with("Error") {
-                eprintln!("{message}");
-            } else {
-                eprintln!("Error: {message}");
-            }
+            // docker-machine prints the message alone (scripts match on it); the messages
+            // that start with "Error" carry it in their own text, as docker-machine's do.
+            eprintln!("{err:#}");
             ExitCode::from(cmd::exit_code(&err))
         }
     }

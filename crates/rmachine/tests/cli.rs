@@ -130,7 +130,7 @@ fn unknown_machines_get_docker_machines_message() {
     ] {
         let run = env.run(args);
         assert_eq!(run.code, 1, "{args:?}");
-        assert_eq!(run.stderr, format!("Error: {NOPE}"), "{args:?}");
+        assert_eq!(run.stderr, NOPE, "{args:?}");
         assert_eq!(run.stdout, "", "{args:?}");
     }
     let run = env.run(&["rm", "-y", "nope"]);
@@ -155,7 +155,7 @@ fn create_with_an_unknown_driver() {
     let env = Env::new();
     let run = env.run(&["create", "-d", "bogus", "x"]);
     assert_eq!(run.code, 1);
-    assert_eq!(run.stderr, "Error: Driver \"bogus\" not found.\n");
+    assert_eq!(run.stderr, "Driver \"bogus\" not found.\n");
     assert!(!env.store().join("machines").exists());
 }
 
@@ -293,7 +293,7 @@ fn a_stopped_machine_is_listed_inspected_and_removed() {
     let run = env.run(&["url", "m1"]);
     assert_eq!(
         (run.code, run.stderr.as_str()),
-        (1, "Error: Host is not running\n")
+        (1, "Host is not running\n")
     );
     let run = env.run(&["ssh", "m1", "true"]);
     assert_eq!(
@@ -433,5 +433,16 @@ fn qemu_does_not_inherit_the_callers_descriptors() {
     assert_eq!(
         std::fs::read_to_string(&report).expect("the stand-in ran"),
         "clean\n"
+    );
+}
+
+#[test]
+fn errors_are_printed_alone_as_docker_machine_does() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let run = env.run(&["create", "--no-progress", "m1"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Docker machine \"m1\" already exists\n")
     );
 }
