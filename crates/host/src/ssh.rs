@@ -67,6 +67,21 @@ pub enum SshError {
         /// The server.
         addr: SocketAddr,
     },
+    /// The guest's SSH server has no `sftp` subsystem (a guest image older than it).
+    #[error("ssh to {addr}: the guest has no sftp subsystem")]
+    NoSftp {
+        /// The server.
+        addr: SocketAddr,
+    },
+    /// The SFTP handshake failed.
+    #[error("ssh to {addr}: the sftp handshake failed")]
+    SftpHandshake {
+        /// The server.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: russh_sftp::client::error::Error,
+    },
     /// Local terminal or stdio failure.
     #[error("ssh to {addr}: local terminal i/o failed")]
     Terminal {
@@ -320,6 +335,31 @@ impl SshSession {
             }
         }
         status.ok_or(SshError::NoExitStatus { addr })
+    }
+
+    /// Opens an SFTP session on a new channel (the guest's `sftp` subsystem).
+    pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
+        let addr = self.addr;
+        let proto = |source| SshError::Protocol { addr, source };
+        let mut channel = self.handle.channel_open_session().await.map_err(proto)?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(proto)?;
+        // Wait for the answer: a guest image older than the subsystem refuses it, and SFTP's
+        // handshake would otherwise fail with a less useful message.
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => {
+                    return Err(SshError::NoSftp { addr })
+                }
+                Some(_) => {}
+            }
+        }
+        russh_sftp::client::SftpSession::new(channel.into_stream())
+            .await
+            .map_err(|source| SshError::SftpHandshake { addr, source })
     }
 
     /// Closes the session politely.
