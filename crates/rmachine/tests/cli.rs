@@ -446,3 +446,43 @@ fn errors_are_printed_alone_as_docker_machine_does() {
         (1, "Docker machine \"m1\" already exists\n")
     );
 }
+
+#[test]
+fn scp_names_unknown_and_stopped_machines() {
+    let env = Env::new();
+    let run = env.run(&["scp", "/etc/hostname", "nope:/tmp/"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+    env.write_machine("m1");
+    let run = env.run(&["scp", "-r", "m1:/etc", "/tmp/x"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "Error: Cannot run SCP command: Host \"m1\" is not running\n"
+        )
+    );
+    let run = env.run(&["scp", "docker@m1:/etc/hostname", "."]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "scp: user \"docker\": the guest has only the user \"root\"\n"
+        )
+    );
+    // Both sides local: a plain copy, and a missing source is named.
+    let src = env.dir.path().join("src.txt");
+    std::fs::write(&src, "hi").expect("src");
+    let dst = env.dir.path().join("dst.txt");
+    let run = env.run(&[
+        "scp",
+        src.to_str().unwrap_or(""),
+        dst.to_str().unwrap_or(""),
+    ]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&dst).expect("copied"), "hi");
+    let run = env.run(&["scp", "/nonexistent/x", dst.to_str().unwrap_or("")]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "scp: /nonexistent/x: No such file or directory\n")
+    );
+}

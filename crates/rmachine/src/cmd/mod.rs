@@ -10,6 +10,7 @@ mod kill;
 mod ls;
 mod restart;
 mod rm;
+mod scp;
 mod ssh;
 mod start;
 mod status;
@@ -46,6 +47,8 @@ pub enum Command {
     Restart(restart::Args),
     /// Remove a machine
     Rm(rm::Args),
+    /// Copy files between machines
+    Scp(scp::Args),
     /// Log into or run a command on a machine with SSH.
     Ssh(ssh::Args),
     /// Start a machine
@@ -74,6 +77,7 @@ pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Res
         Command::Ls(args) => ls::run(&store, args).await,
         Command::Restart(args) => restart::run(&store, args).await,
         Command::Rm(args) => rm::run(&store, args).await,
+        Command::Scp(args) => scp::run(&store, args).await,
         Command::Ssh(args) => ssh::run(&store, args).await,
         Command::Start(args) => start::run(&store, args).await,
         Command::Status(args) => status::run(&store, args).await,
