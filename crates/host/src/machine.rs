@@ -839,6 +839,54 @@ pub async fn restart(
     start(store, name, timeout, progress).await
 }
 
+/// `regenerate-certs`: a new engine certificate for the machine (its SANs as at create), signed
+/// by the store's CA. With `client_certs`, a missing CA or client certificate is made first
+/// (docker-machine's `BootstrapCertificates`). The guest reads its certificate from the
+/// configuration drive, which `start` rewrites, so a running machine is restarted to use it.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn regenerate_certs(
+    store: &Store,
+    name: &str,
+    client_certs: bool,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    store.require(name)?;
+    let certs_err = |source| MachineError::Certs {
+        machine: name.to_string(),
+        source,
+    };
+    let running = {
+        let _lock = store.lock(name)?;
+        let (config, driver) = load_with_driver(store, name).await?;
+        if client_certs {
+            let paths = certs::CertPaths::in_dir(&store.certs_dir());
+            certs::bootstrap(&store.certs_dir(), &mut |event| match event {
+                CertEvent::CreatingCa => progress(Progress::CreatingCa(paths.ca.clone())),
+                CertEvent::CreatingClient => {
+                    progress(Progress::CreatingClientCert(paths.cert.clone()))
+                }
+            })
+            .map_err(MachineError::Bootstrap)?;
+        }
+        progress(Progress::CopyingCerts);
+        let dir = store.machine_dir(name);
+        let sans = &config.host_options.auth_options.server_cert_sans;
+        let server = certs::server_cert(&store.certs_dir(), name, sans).map_err(certs_err)?;
+        certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+        driver
+            .state(&dir)
+            .await
+            .map_err(driver_err(name, "report the state"))?
+            != VmState::Stopped
+    };
+    // The lock is released: restart takes it for itself.
+    if running {
+        restart(store, name, timeout, progress).await?;
+    }
+    Ok(())
+}
+
 /// `rm`: the driver removes the VM, then the machine directory goes (only that directory).
 /// With `force`, the directory goes even if the driver fails.
 #[tracing::instrument(skip_all, fields(machine = name))]

@@ -486,3 +486,43 @@ fn scp_names_unknown_and_stopped_machines() {
         (1, "scp: /nonexistent/x: No such file or directory\n")
     );
 }
+
+#[test]
+fn regenerate_certs_asks_then_makes_a_new_engine_certificate() {
+    let env = Env::new();
+    let dir = env.write_machine("m1");
+
+    // Without a terminal and without -f it refuses instead of waiting for an answer.
+    let run = env.run(&["regenerate-certs", "m1"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stdout,
+        "Regenerate TLS machine certs?  Warning: this is irreversible. (y/n): \n"
+    );
+    assert!(run.stderr.contains("pass -f"), "{}", run.stderr);
+    assert!(!dir.join("server.pem").exists());
+
+    let run = env.run(&[
+        "regenerate-certs",
+        "-f",
+        "--client-certs",
+        "--no-progress",
+        "m1",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("Regenerating TLS certificates\n"),
+        "{}",
+        run.stdout
+    );
+    let first = std::fs::read_to_string(dir.join("server.pem")).expect("server.pem");
+    assert!(env.store().join("certs/ca.pem").exists());
+
+    let run = env.run(&["regenerate-certs", "-f", "--no-progress", "m1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let second = std::fs::read_to_string(dir.join("server.pem")).expect("server.pem");
+    assert_ne!(first, second, "a new certificate each time");
+
+    let run = env.run(&["regenerate-certs", "-f", "nope"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+}

@@ -52,7 +52,9 @@ fn create_through_a_pipe(machine: &Machine) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let text = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     eprintln!("{text}");
     if !status.success() {
         bail!("rmachine create failed: {status}\n{text}");
@@ -66,17 +68,17 @@ fn create_through_a_pipe(machine: &Machine) -> Result<()> {
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let target = std::fs::read_link(entry?.path()).unwrap_or_default();
         if target == pipe {
-            bail!("QEMU (pid {pid}) holds the caller's pipe {}", pipe.display());
+            bail!(
+                "QEMU (pid {pid}) holds the caller's pipe {}",
+                pipe.display()
+            );
         }
     }
     Ok(())
 }
 
 fn ssh_out(machine: &Machine, name: &str, command: &str) -> Result<String> {
-    Ok(machine
-        .rmachine(&["ssh", name, command])?
-        .success()?
-        .stdout)
+    Ok(machine.rmachine(&["ssh", name, command])?.success()?.stdout)
 }
 
 #[test]
@@ -96,7 +98,10 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     machine
         .rmachine(&["scp", "-r", &tree_arg, "scp-a:"])?
         .success()?;
-    assert_eq!(ssh_out(&machine, "scp-a", "cat /root/tree/a.txt")?, "alpha\n");
+    assert_eq!(
+        ssh_out(&machine, "scp-a", "cat /root/tree/a.txt")?,
+        "alpha\n"
+    );
     assert_eq!(
         ssh_out(&machine, "scp-a", "wc -c < /root/tree/sub/big.bin")?.trim(),
         big.len().to_string()
@@ -140,7 +145,10 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     machine
         .rmachine(&["scp", "-r", "scp-a:/root/tree", "scp-b:/root/copy"])?
         .success()?;
-    assert_eq!(ssh_out(&machine, "scp-b", "cat /root/copy/a.txt")?, "alpha\n");
+    assert_eq!(
+        ssh_out(&machine, "scp-b", "cat /root/copy/a.txt")?,
+        "alpha\n"
+    );
     assert_eq!(
         ssh_out(&machine, "scp-b", "wc -c < /root/copy/sub/big.bin")?.trim(),
         big.len().to_string()

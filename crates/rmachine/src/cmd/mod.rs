@@ -8,6 +8,7 @@ mod inspect;
 mod ip;
 mod kill;
 mod ls;
+mod regenerate_certs;
 mod restart;
 mod rm;
 mod scp;
@@ -43,6 +44,8 @@ pub enum Command {
     Kill(kill::Args),
     /// List machines
     Ls(ls::Args),
+    /// Regenerate TLS Certificates for a machine
+    RegenerateCerts(regenerate_certs::Args),
     /// Restart a machine
     Restart(restart::Args),
     /// Remove a machine
@@ -75,6 +78,7 @@ pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Res
         Command::Ip(args) => ip::run(&store, args).await,
         Command::Kill(args) => kill::run(&store, args).await,
         Command::Ls(args) => ls::run(&store, args).await,
+        Command::RegenerateCerts(args) => regenerate_certs::run(&store, args).await,
         Command::Restart(args) => restart::run(&store, args).await,
         Command::Rm(args) => rm::run(&store, args).await,
         Command::Scp(args) => scp::run(&store, args).await,
