@@ -585,7 +585,26 @@ async fn provision<D: Driver>(
         progress,
     )
     .await?;
+    pin_host_key(driver, dir, &config).await;
     Ok(config)
+}
+
+/// Pins the guest's SSH host key on the first connection, made now, while the VM is surely
+/// the one just created; `ssh` and `scp` then refuse any other key. The guest starts its SSH
+/// server before the engine, so it listens by now. A failure is not fatal: the machine works,
+/// and the first `ssh` pins the key instead.
+async fn pin_host_key<D: Driver>(driver: &D, dir: &MachineDir, config: &MachineConfig) {
+    let pinned = async {
+        let endpoints = driver.endpoints(dir).await.map_err(|e| e.to_string())?;
+        let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        session.close().await;
+        Ok::<(), String>(())
+    };
+    if let Err(error) = pinned.await {
+        tracing::warn!(%error, "could not pin the guest's ssh host key at create");
+    }
 }
 
 fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {

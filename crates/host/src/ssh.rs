@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -44,6 +44,27 @@ pub enum SshError {
     /// Writing a key failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The guest showed a host key other than the pinned one.
+    #[error("ssh to {addr}: the guest's host key changed: it shows {shown}, but {path} pins {pinned}. If the machine's data disk was replaced on purpose, delete {path} to trust the new key; otherwise something else answers on this address")]
+    HostKeyChanged {
+        /// The server.
+        addr: SocketAddr,
+        /// The pin file.
+        path: PathBuf,
+        /// Fingerprint of the pinned key.
+        pinned: String,
+        /// Fingerprint of the key the server showed.
+        shown: String,
+    },
+    /// The pin file is not an OpenSSH public key.
+    #[error("pinned ssh host key {path} is invalid; delete it to pin the guest's current key")]
+    PinnedKey {
+        /// The pin file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: russh::keys::ssh_key::Error,
+    },
     /// The SSH connection or protocol failed.
     #[error("ssh to {addr} failed")]
     Protocol {
@@ -140,42 +161,111 @@ fn load_key(path: &Path) -> Result<PrivateKey, SshError> {
     })
 }
 
-struct AcceptAnyHostKey;
+/// The file beside a machine's SSH key that pins its guest's host key (an OpenSSH public-key
+/// line), written on first contact (at `create`) and checked on every connection after.
+pub const PINNED_HOST_KEY_FILE: &str = "guest_host_key.pub";
 
-impl russh::client::Handler for AcceptAnyHostKey {
+/// Where the host key of the guest reached with `key_path` is pinned.
+pub fn pinned_host_key_path(key_path: &Path) -> PathBuf {
+    key_path.with_file_name(PINNED_HOST_KEY_FILE)
+}
+
+/// Accepts the pinned host key only (any key when none is pinned yet), and remembers the key
+/// the server showed so that the caller can pin it or name it in an error.
+struct PinnedHostKey {
+    pinned: Option<PublicKey>,
+    seen: Arc<std::sync::Mutex<Option<PublicKey>>>,
+}
+
+impl russh::client::Handler for PinnedHostKey {
     type Error = russh::Error;
 
-    // The guest makes its host key on first boot and nothing carries it to the host yet, so
-    // there is nothing to check against. The forward is bound to 127.0.0.1 and the session is
-    // authenticated by our key. TODO: pin the key on first contact (or have the host write it
-    // to the configuration drive) and check it here.
     async fn check_server_key(
         &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
+        offered: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        Ok(true)
+        // The guest presents a plain ed25519 key, never a certificate.
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = offered else {
+            return Ok(false);
+        };
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(key.clone());
+        }
+        Ok(match &self.pinned {
+            Some(pinned) => pinned.key_data() == key.key_data(),
+            None => true,
+        })
+    }
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+}
+
+fn read_pinned(path: &Path) -> Result<Option<PublicKey>, SshError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => PublicKey::from_openssh(text.trim())
+            .map(Some)
+            .map_err(|source| SshError::PinnedKey {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SshError::Store(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })),
     }
 }
 
 /// An authenticated SSH session to one machine.
 pub struct SshSession {
     addr: SocketAddr,
-    handle: russh::client::Handle<AcceptAnyHostKey>,
+    handle: russh::client::Handle<PinnedHostKey>,
 }
 
 impl SshSession {
-    /// Connects to `addr` and logs in as [`SSH_USER`] with the key at `key_path`.
+    /// Connects to `addr` and logs in as [`SSH_USER`] with the key at `key_path`. The guest's
+    /// host key must be the one pinned beside that key ([`pinned_host_key_path`]); the first
+    /// connection pins it.
     pub async fn connect(addr: SocketAddr, key_path: &Path) -> Result<Self, SshError> {
         let key = load_key(key_path)?;
+        let pin_path = pinned_host_key_path(key_path);
+        let pinned = read_pinned(&pin_path)?;
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let checker = PinnedHostKey {
+            pinned: pinned.clone(),
+            seen: seen.clone(),
+        };
         let config = Arc::new(russh::client::Config {
             keepalive_interval: Some(Duration::from_secs(30)),
             nodelay: true,
             ..Default::default()
         });
         let proto = |source| SshError::Protocol { addr, source };
-        let mut handle = russh::client::connect(config, addr, AcceptAnyHostKey)
-            .await
-            .map_err(proto)?;
+        let shown = || seen.lock().ok().and_then(|mut s| s.take());
+        let mut handle = match russh::client::connect(config, addr, checker).await {
+            Ok(handle) => handle,
+            Err(russh::Error::UnknownKey) => {
+                return Err(SshError::HostKeyChanged {
+                    addr,
+                    path: pin_path,
+                    pinned: pinned.as_ref().map(fingerprint).unwrap_or_default(),
+                    shown: shown().as_ref().map(fingerprint).unwrap_or_default(),
+                })
+            }
+            Err(source) => return Err(proto(source)),
+        };
+        if pinned.is_none() {
+            if let Some(key) = shown() {
+                let line = key.to_openssh().map_err(|source| SshError::Encode {
+                    path: pin_path.clone(),
+                    source,
+                })?;
+                write_atomic(&pin_path, format!("{line}\n").as_bytes(), false)?;
+                tracing::info!(path = %pin_path.display(), fingerprint = %fingerprint(&key), "pinned the guest's ssh host key");
+            }
+        }
         let auth = handle
             .authenticate_publickey(SSH_USER, PrivateKeyWithHashAlg::new(Arc::new(key), None))
             .await
@@ -476,9 +566,14 @@ mod tests {
     }
 
     async fn serve(authorized: &Path) -> SocketAddr {
+        serve_as(authorized, 7).await
+    }
+
+    /// A server whose host key is made from `seed`.
+    async fn serve_as(authorized: &Path, seed: u8) -> SocketAddr {
         let line = std::fs::read_to_string(authorized).unwrap();
         let key = russh::keys::PublicKey::from_openssh(line.trim()).unwrap();
-        let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[7u8; 32]));
+        let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]));
         let config = Arc::new(russh::server::Config {
             keys: vec![host_key],
             auth_rejection_time: Duration::from_millis(10),
@@ -534,6 +629,52 @@ mod tests {
         generate_key(&other, "o").unwrap();
         let err = SshSession::connect(addr, &other).await.err().unwrap();
         assert!(matches!(err, SshError::AuthRejected { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_first_host_key_is_pinned_and_a_changed_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("id_ed25519");
+        generate_key(&key, "t").unwrap();
+        let authorized = tmp.path().join("id_ed25519.pub");
+        let pin = tmp.path().join(PINNED_HOST_KEY_FILE);
+
+        let first = serve_as(&authorized, 7).await;
+        SshSession::connect(first, &key)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let pinned = std::fs::read_to_string(&pin).expect("pinned at first contact");
+        assert!(pinned.starts_with("ssh-ed25519 "), "{pinned}");
+        SshSession::connect(first, &key)
+            .await
+            .unwrap()
+            .close()
+            .await;
+
+        let impostor = serve_as(&authorized, 8).await;
+        let err = SshSession::connect(impostor, &key).await.err().unwrap();
+        let text = err.to_string();
+        assert!(matches!(err, SshError::HostKeyChanged { .. }), "{text}");
+        assert!(
+            text.contains("the guest's host key changed: it shows SHA256:")
+                && text.contains(&format!("delete {}", pin.display())),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&pin).unwrap(),
+            pinned,
+            "the pin stays"
+        );
+
+        std::fs::remove_file(&pin).unwrap();
+        SshSession::connect(impostor, &key)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        assert_ne!(std::fs::read_to_string(&pin).unwrap(), pinned);
     }
 
     #[test]
