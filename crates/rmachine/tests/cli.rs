@@ -526,3 +526,43 @@ fn regenerate_certs_asks_then_makes_a_new_engine_certificate() {
     let run = env.run(&["regenerate-certs", "-f", "nope"]);
     assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
 }
+
+#[test]
+fn ls_filters_as_docker_machine_does() {
+    let env = Env::new();
+    env.write_machine("web1");
+    env.write_machine("db1");
+    let names = |filters: &[&str]| {
+        let mut args = vec!["ls", "-q"];
+        for filter in filters {
+            args.extend(["--filter", filter]);
+        }
+        let run = env.run(&args);
+        assert_eq!(run.code, 0, "{filters:?}: {}", run.stderr);
+        run.stdout
+    };
+    assert_eq!(names(&["name=^w.b"]), "web1\n");
+    assert_eq!(names(&["name=web1", "name=db1"]), "db1\nweb1\n");
+    assert_eq!(names(&["label=provider=QEMU"]), "db1\nweb1\n");
+    assert_eq!(names(&["label=provider=virtualbox"]), "");
+    assert_eq!(names(&["driver=qemu", "state=stopped", "name=db"]), "db1\n");
+    assert_eq!(names(&["swarm=anything"]), "");
+
+    let run = env.run(&["ls", "--filter", "nokey"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Unsupported filter syntax\n")
+    );
+    let run = env.run(&["ls", "--filter", "color=red"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Unsupported filter key 'color'\n")
+    );
+    let run = env.run(&["ls", "--filter", "name=["]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.starts_with("regex parse error"),
+        "{}",
+        run.stderr
+    );
+}
