@@ -59,8 +59,26 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Writes the completion script for `shell` to stdout.
+fn print_completion(shell: cmd::CompletionShell) -> ExitCode {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        cmd::CompletionShell::Bash => Shell::Bash,
+        cmd::CompletionShell::Zsh => Shell::Zsh,
+        cmd::CompletionShell::Fish => Shell::Fish,
+        cmd::CompletionShell::Powershell => Shell::PowerShell,
+    };
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "rmachine", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let cmd::Command::Completion(args) = &cli.command {
+        return print_completion(args.shell);
+    }
     init_tracing(cli.debug, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

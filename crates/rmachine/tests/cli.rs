@@ -155,7 +155,10 @@ fn create_with_an_unknown_driver() {
     let env = Env::new();
     let run = env.run(&["create", "-d", "bogus", "x"]);
     assert_eq!(run.code, 1);
-    assert_eq!(run.stderr, "Driver \"bogus\" not found.\n");
+    assert_eq!(
+        run.stderr,
+        "Driver \"bogus\" not found. Available drivers: qemu\n"
+    );
     assert!(!env.store().join("machines").exists());
 }
 
@@ -562,6 +565,29 @@ fn ls_filters_as_docker_machine_does() {
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.starts_with("regex parse error"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn completion_scripts_for_each_shell() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _rmachine"),
+        ("zsh", "#compdef rmachine"),
+        ("fish", "complete -c rmachine"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let run = env.run(&["completion", shell]);
+        assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        assert!(run.stdout.contains("regenerate-certs"), "{shell}");
+    }
+    let run = env.run(&["completion", "tcsh"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("invalid value 'tcsh'"),
         "{}",
         run.stderr
     );

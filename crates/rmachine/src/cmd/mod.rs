@@ -32,6 +32,8 @@ pub enum Command {
     Active(active::Args),
     /// Print the connection config for machine
     Config(config::Args),
+    /// Print a shell completion script (bash, zsh, fish, powershell)
+    Completion(CompletionArgs),
     /// Create a machine
     Create(Box<create::Args>),
     /// Display the commands to set up the environment for the Docker client
@@ -66,12 +68,34 @@ pub enum Command {
     Version(version::Args),
 }
 
+/// `rmachine completion SHELL`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell
+    pub shell: CompletionShell,
+}
+
+/// The shells completion scripts are made for.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum CompletionShell {
+    /// GNU bash
+    Bash,
+    /// Z shell
+    Zsh,
+    /// fish
+    Fish,
+    /// PowerShell
+    Powershell,
+}
+
 /// Runs `command` against the store at `storage_path`; returns the exit code.
 pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Result<u8> {
     let store = Store::open(storage_path)?;
     match command {
         Command::Active(args) => active::run(&store, args).await,
         Command::Config(args) => config::run(&store, args).await,
+        // main prints completion scripts before a store is opened.
+        Command::Completion(_) => Ok(0),
         Command::Create(args) => create::run(&store, *args).await,
         Command::Env(args) => env::run(&store, args).await,
         Command::Inspect(args) => inspect::run(&store, args),
