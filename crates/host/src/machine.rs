@@ -1217,6 +1217,52 @@ pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32
     Ok(status)
 }
 
+/// `ssh` through the system's OpenSSH client (docker-machine's default "external" client):
+/// checks that the machine runs, pins the guest's host key if that has not happened yet,
+/// writes `machines/NAME/known_hosts` from the pin, and returns the argv to run with the
+/// caller's stdio. `extra` (ssh options, then the command) goes after the destination.
+pub async fn system_ssh_argv(
+    store: &Store,
+    name: &str,
+    extra: &[String],
+) -> Result<Vec<String>, MachineError> {
+    let (config, driver) = load_with_driver(store, name).await?;
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current != VmState::Running {
+        return Err(MachineError::SshNotRunning {
+            machine: name.to_string(),
+        });
+    }
+    let endpoints = driver
+        .endpoints(&dir)
+        .await
+        .map_err(driver_err(name, "report the VM's endpoints"))?;
+    let ssh_err = |source| MachineError::Ssh {
+        machine: name.to_string(),
+        source: Box::new(source),
+    };
+    let key_path = &config.driver.ssh_key_path;
+    if !ssh::pinned_host_key_path(key_path).exists() {
+        SshSession::connect(endpoints.ssh, key_path)
+            .await
+            .map_err(ssh_err)?
+            .close()
+            .await;
+    }
+    let known_hosts = ssh::write_known_hosts(key_path, name).map_err(ssh_err)?;
+    Ok(ssh::system_ssh_argv(
+        endpoints.ssh,
+        key_path,
+        &known_hosts,
+        name,
+        extra,
+    ))
+}
+
 /// The default machine name when a command gets none: `default`, if it exists.
 pub fn default_name(store: &Store) -> Option<&'static str> {
     store.exists("default").then_some("default")

@@ -170,6 +170,74 @@ pub fn pinned_host_key_path(key_path: &Path) -> PathBuf {
     key_path.with_file_name(PINNED_HOST_KEY_FILE)
 }
 
+/// The file, beside a machine's SSH key, that the system `ssh` checks the guest's host key
+/// against (one `known_hosts` line for [`host_key_alias`], made from the pin).
+pub const KNOWN_HOSTS_FILE: &str = "known_hosts";
+
+/// The name the system `ssh` files the guest's host key under (ports change between starts).
+pub fn host_key_alias(machine: &str) -> String {
+    format!("rmachine-{machine}")
+}
+
+/// Writes the `known_hosts` file for the system `ssh` from the pinned host key beside
+/// `key_path`; fails if nothing is pinned yet.
+pub fn write_known_hosts(key_path: &Path, machine: &str) -> Result<PathBuf, SshError> {
+    let pin = pinned_host_key_path(key_path);
+    let line = std::fs::read_to_string(&pin).map_err(|source| StoreError::Io {
+        path: pin.clone(),
+        source,
+    })?;
+    let path = key_path.with_file_name(KNOWN_HOSTS_FILE);
+    write_atomic(
+        &path,
+        format!("{} {}\n", host_key_alias(machine), line.trim()).as_bytes(),
+        false,
+    )?;
+    Ok(path)
+}
+
+/// The argv of the system `ssh` logging into a machine, as docker-machine's external client
+/// built it (`libmachine/ssh/client.go`): its base options, the destination, the key and the
+/// port, then `extra` — further ssh options, then the command — which OpenSSH still parses
+/// after the destination. Unlike docker-machine, the host key is checked, against the pin.
+pub fn system_ssh_argv(
+    addr: SocketAddr,
+    key_path: &Path,
+    known_hosts: &Path,
+    machine: &str,
+    extra: &[String],
+) -> Vec<String> {
+    let no_config = if cfg!(windows) { "NUL" } else { "/dev/null" };
+    let mut argv: Vec<String> = vec!["ssh".into(), "-F".into(), no_config.into()];
+    for option in [
+        "ConnectionAttempts=3".to_owned(),
+        "ConnectTimeout=10".to_owned(),
+        "ControlMaster=no".to_owned(),
+        "ControlPath=none".to_owned(),
+        // docker-machine used "quiet", which would also hide a changed host key.
+        "LogLevel=error".to_owned(),
+        "PasswordAuthentication=no".to_owned(),
+        "ServerAliveInterval=60".to_owned(),
+        "StrictHostKeyChecking=yes".to_owned(),
+        format!("UserKnownHostsFile=\"{}\"", known_hosts.display()),
+        format!("HostKeyAlias={}", host_key_alias(machine)),
+    ] {
+        argv.push("-o".into());
+        argv.push(option);
+    }
+    argv.push(format!("{SSH_USER}@{}", addr.ip()));
+    argv.extend([
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-i".into(),
+        key_path.display().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+    ]);
+    argv.extend(extra.iter().cloned());
+    argv
+}
+
 /// Accepts the pinned host key only (any key when none is pinned yet), and remembers the key
 /// the server showed so that the caller can pin it or name it in an error.
 struct PinnedHostKey {
@@ -675,6 +743,60 @@ mod tests {
             .close()
             .await;
         assert_ne!(std::fs::read_to_string(&pin).unwrap(), pinned);
+    }
+
+    /// The system `ssh`, with the argv rmachine builds, logs in, checks the pinned key, and
+    /// takes ssh options after the destination as docker-machine's external client did.
+    #[tokio::test]
+    async fn system_ssh_argv_works_with_openssh() {
+        if std::process::Command::new("ssh")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            panic!("this test needs OpenSSH's ssh on PATH");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("id_ed25519");
+        generate_key(&key, "t").unwrap();
+        let addr = serve(&tmp.path().join("id_ed25519.pub")).await;
+        SshSession::connect(addr, &key).await.unwrap().close().await;
+        let known_hosts = write_known_hosts(&key, "m1").unwrap();
+        // The server runs on this runtime: the blocking ssh goes to another thread.
+        let run = |extra: &[&str]| {
+            let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            let argv = system_ssh_argv(addr, &key, &known_hosts, "m1", &extra);
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap()
+            })
+        };
+        let out = run(&["-C", "exit", "3"]).await.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran exit 3\n");
+
+        // A different pinned key: OpenSSH refuses.
+        let other = PrivateKey::from(Ed25519Keypair::from_seed(&[9u8; 32]));
+        std::fs::write(
+            &known_hosts,
+            format!("rmachine-m1 {}\n", other.public_key().to_openssh().unwrap()),
+        )
+        .unwrap();
+        let out = run(&["exit", "0"]).await.unwrap();
+        assert_eq!(out.status.code(), Some(255));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

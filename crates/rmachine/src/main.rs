@@ -28,6 +28,10 @@ struct Cli {
     #[arg(short = 'D', long, env = "RMACHINE_DEBUG", global = true)]
     debug: bool,
 
+    /// Use rmachine's own SSH client (russh) instead of the system's `ssh` for `rmachine ssh`.
+    #[arg(long = "native-ssh", env = "MACHINE_NATIVE_SSH", global = true)]
+    native_ssh: bool,
+
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(cmd::run(cli.storage_path, cli.command));
+    let result = runtime.block_on(cmd::run(cli.storage_path, cli.native_ssh, cli.command));
     // Do not wait for blocked stdin readers (ssh) to notice the end.
     runtime.shutdown_background();
     match result {

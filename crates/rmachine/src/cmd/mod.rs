@@ -89,7 +89,11 @@ pub enum CompletionShell {
 }
 
 /// Runs `command` against the store at `storage_path`; returns the exit code.
-pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Result<u8> {
+pub async fn run(
+    storage_path: Option<PathBuf>,
+    native_ssh: bool,
+    command: Command,
+) -> anyhow::Result<u8> {
     let store = Store::open(storage_path)?;
     match command {
         Command::Active(args) => active::run(&store, args).await,
@@ -106,7 +110,7 @@ pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Res
         Command::Restart(args) => restart::run(&store, args).await,
         Command::Rm(args) => rm::run(&store, args).await,
         Command::Scp(args) => scp::run(&store, args).await,
-        Command::Ssh(args) => ssh::run(&store, args).await,
+        Command::Ssh(args) => ssh::run(&store, args, native_ssh).await,
         Command::Start(args) => start::run(&store, args).await,
         Command::Status(args) => status::run(&store, args).await,
         Command::Stop(args) => stop::run(&store, args).await,
