@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod certs;
+pub mod context;
 pub mod drivers;
 pub mod engine_check;
 pub mod env;

@@ -18,6 +18,7 @@ use rmachine_guest_config::{EngineConfig, GuestConfig, GuestConfigError, FORMAT_
 use serde_json::Value;
 
 use crate::certs::{self, CertError, CertEvent};
+use crate::context;
 use crate::drivers::{AnyDriver, DriverKind, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
@@ -695,6 +696,7 @@ async fn boot<D: Driver>(
     config.driver.ssh_port = endpoints.ssh.port();
     config.driver.engine_port = endpoints.engine.port();
     store.save(config)?;
+    update_docker_context(store, &name, &endpoints.engine);
 
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
@@ -715,6 +717,18 @@ async fn boot<D: Driver>(
     }
     progress(Progress::EngineReady);
     Ok(())
+}
+
+/// Points the machine's docker context at the engine's address of this boot. A failure only
+/// warns: `env` still works.
+fn update_docker_context(store: &Store, name: &str, engine: &SocketAddr) {
+    let Some(config_dir) = store.docker_config() else {
+        return;
+    };
+    let host = format!("tcp://{engine}");
+    if let Err(error) = context::write(config_dir, name, &host, &store.machine_path(name)) {
+        tracing::warn!(error = %error_chain(&error), "docker context not written");
+    }
 }
 
 /// Stores the data-disk report of this boot (the guest prints it on the console before the
@@ -932,6 +946,11 @@ pub async fn remove(store: &Store, name: &str, force: bool) -> Result<(), Machin
     }
     drop(lock);
     store.remove_machine_dir(name)?;
+    if let Some(config_dir) = store.docker_config() {
+        if let Err(error) = context::remove(config_dir, name) {
+            tracing::warn!(error = %error_chain(&error), "docker context not removed");
+        }
+    }
     Ok(())
 }
 
@@ -1394,6 +1413,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn create_writes_a_docker_context_and_rm_removes_it() {
+        let (tmp, store, options) = setup();
+        let docker_config = tmp.path().join("docker");
+        let store = store.with_docker_contexts(docker_config.clone());
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        create_with(&store, &driver, "ctx", &options, &progress)
+            .await
+            .unwrap();
+        let engine = driver.engine.lock().unwrap().unwrap();
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"ctx"));
+        let meta = docker_config
+            .join("contexts/meta")
+            .join(&id)
+            .join("meta.json");
+        let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        assert_eq!(
+            meta["Endpoints"]["docker"]["Host"],
+            format!("tcp://{engine}")
+        );
+        let key = docker_config
+            .join("contexts/tls")
+            .join(&id)
+            .join("docker/key.pem");
+        assert_eq!(
+            std::fs::read(key).unwrap(),
+            std::fs::read(store.certs_dir().join("key.pem")).unwrap()
+        );
+        remove(&store, "ctx", true).await.unwrap();
+        assert!(!docker_config.join("contexts/meta").join(&id).exists());
+    }
+
+    #[tokio::test]
     async fn create_boots_and_records_the_machine() {
         let (_tmp, store, options) = setup();
         let driver = FakeDriver {
@@ -1593,6 +1648,9 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].driver_name, "not found");
         assert_eq!(rows[0].state, "Error");
-        assert_eq!(rows[0].error, "Driver \"fake\" not found.");
+        assert_eq!(
+            rows[0].error,
+            "Driver \"fake\" not found. Available drivers: qemu"
+        );
     }
 }

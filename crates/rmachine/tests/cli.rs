@@ -36,6 +36,7 @@ impl Env {
             .env_remove("RMACHINE_GUEST_IMAGE")
             .env_remove("RMACHINE_DRIVER")
             .env_remove("DOCKER_HOST")
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
             .env("SHELL", "/bin/bash")
             .stdin(Stdio::null());
         tweak(&mut cmd);
@@ -591,4 +592,37 @@ fn completion_scripts_for_each_shell() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn rm_removes_the_machines_docker_context_only() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+            .output()
+            .expect("docker runs")
+    };
+    for (name, description) in [("m1", "rmachine machine m1"), ("mine", "my own")] {
+        let out = docker(&[
+            "context",
+            "create",
+            name,
+            "--description",
+            description,
+            "--docker",
+            "host=tcp://127.0.0.1:1",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let run = env.run(&["rm", "-y", "m1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = docker(&["context", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "default\nmine\n");
 }

@@ -110,6 +110,7 @@ impl Machine {
         let mut cmd = Command::new(self.bins.join("rmachine"));
         cmd.args(args)
             .env("RMACHINE_STORAGE_PATH", self.store.path())
+            .env("DOCKER_CONFIG", self.docker_config.path())
             .env_remove("DOCKER_HOST")
             .stdin(Stdio::null());
         run(cmd, format!("rmachine {}", args.join(" ")))

@@ -94,7 +94,11 @@ pub async fn run(
     native_ssh: bool,
     command: Command,
 ) -> anyhow::Result<u8> {
-    let store = Store::open(storage_path)?;
+    let mut store = Store::open(storage_path)?;
+    match rmachine_host::context::docker_config_dir() {
+        Ok(dir) => store = store.with_docker_contexts(dir),
+        Err(error) => tracing::warn!(%error, "no docker contexts for machines"),
+    }
     match command {
         Command::Active(args) => active::run(&store, args).await,
         Command::Config(args) => config::run(&store, args).await,
