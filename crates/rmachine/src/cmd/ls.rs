@@ -231,10 +231,12 @@ mod tests {
     fn filters() {
         let running = entry("intro", "Running", "tcp://127.0.0.1:1", "v0.1.0");
         let stopped = entry("b", "Stopped", "", "Unknown");
+        let tmp = std::env::temp_dir().join(format!("rmachine-ls-test-{}", std::process::id()));
+        let store = Store::open(Some(tmp)).unwrap();
         let f = parse_filters(&["state=running".into(), "state=Stopped".into()]).unwrap();
-        assert!(matches(&running, &f) && matches(&stopped, &f));
+        assert!(matches(&store, &running, &f) && matches(&store, &stopped, &f));
         let f = parse_filters(&["state=running".into(), "name=b".into()]).unwrap();
-        assert!(!matches(&running, &f) && !matches(&stopped, &f));
+        assert!(!matches(&store, &running, &f) && !matches(&store, &stopped, &f));
         assert_eq!(
             parse_filters(&["color=red".into()])
                 .unwrap_err()
