@@ -626,3 +626,22 @@ fn rm_removes_the_machines_docker_context_only() {
     let out = docker(&["context", "ls", "--format", "{{.Name}}"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "default\nmine\n");
 }
+
+#[test]
+fn inspect_templates_range_index_and_print_lists_as_go_does() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let inspect = |format: &str| env.run(&["inspect", "-f", format, "m1"]);
+    let run = inspect("{{.HostOptions.EngineOptions.Labels}}");
+    assert_eq!(run.stdout, "[provider=qemu]\n", "{}", run.stderr);
+    let run = inspect("{{range .HostOptions.EngineOptions.Labels}}label {{.}};{{end}}");
+    assert_eq!(run.stdout, "label provider=qemu;\n", "{}", run.stderr);
+    let run =
+        inspect("{{index .Driver \"SSHPort\"}} {{index .HostOptions.EngineOptions.Labels 0}}");
+    assert_eq!(run.stdout, "40022 provider=qemu\n", "{}", run.stderr);
+    let run = inspect("{{range .X}}");
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "template: unbalanced range in \"{{range .X}}\"\n")
+    );
+}
