@@ -235,6 +235,17 @@ pub enum Progress {
     EngineReady,
     /// A half-made machine is being removed after a failure.
     CleaningUp,
+    /// `upgrade` stops the running machine.
+    StoppingForUpgrade,
+    /// `upgrade` swaps the guest image.
+    Upgrading {
+        /// The machine.
+        machine: String,
+        /// The guest image version it will boot.
+        version: String,
+    },
+    /// `upgrade` boots the machine on the new image.
+    StartingAfterUpgrade,
 }
 
 impl fmt::Display for Progress {
@@ -261,6 +272,14 @@ impl fmt::Display for Progress {
             Progress::WaitingForEngine => f.write_str("Waiting for the engine..."),
             Progress::EngineReady => f.write_str("Docker is up and running!"),
             Progress::CleaningUp => f.write_str("Removing the half-created machine..."),
+            Progress::StoppingForUpgrade => f.write_str("Stopping machine to do the upgrade..."),
+            Progress::Upgrading { machine, version } => {
+                write!(
+                    f,
+                    "Upgrading machine \"{machine}\" to guest image {version}..."
+                )
+            }
+            Progress::StartingAfterUpgrade => f.write_str("Starting machine back up..."),
         }
     }
 }
@@ -920,6 +939,82 @@ pub async fn regenerate_certs(
     Ok(())
 }
 
+/// `upgrade`: boots the machine on the current guest image (`guest_image`, else the
+/// development build's `guest/out`, else the newest cached one), keeping its data disk, SSH
+/// host key and certificates. A running machine is stopped first; the machine ends running,
+/// as docker-machine's boot2docker upgrade leaves it. Returns the image version.
+pub async fn upgrade(
+    store: &Store,
+    name: &str,
+    guest_image: Option<&std::path::Path>,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<String, MachineError> {
+    let (_, driver) = load_with_driver(store, name).await?;
+    upgrade_with(store, &driver, name, guest_image, timeout, progress).await
+}
+
+/// [`upgrade`] with a given driver.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn upgrade_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    guest_image: Option<&std::path::Path>,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<String, MachineError> {
+    store.require(name)?;
+    let _lock = store.lock(name)?;
+    let mut config = store.load(name)?;
+    let dir = store.machine_dir(name);
+    let dev_out = image::workspace_guest_out();
+    let found = image::locate(guest_image, &store.cache_dir(), dev_out.as_deref())?;
+    let version = found.manifest.version.clone();
+    if found.dir != store.cache_dir().join("guest").join(&version) {
+        progress(Progress::ImportingImage {
+            version: version.clone(),
+            from: found.dir.clone(),
+        });
+    }
+    let cached = image::import(&found, &store.cache_dir())?;
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current != VmState::Stopped {
+        progress(Progress::StoppingForUpgrade);
+        match driver
+            .stop(
+                &dir,
+                StopMode::Graceful {
+                    timeout: STOP_TIMEOUT,
+                },
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(DriverError::Timeout { .. }) => {
+                return Err(MachineError::StopTimeout {
+                    machine: name.to_string(),
+                    seconds: STOP_TIMEOUT.as_secs(),
+                })
+            }
+            Err(e) => return Err(driver_err(name, "stop the VM")(e)),
+        }
+    }
+    progress(Progress::Upgrading {
+        machine: name.to_string(),
+        version: version.clone(),
+    });
+    config.vm.boot = cached.boot_image();
+    store.save(&config)?;
+    progress(Progress::StartingAfterUpgrade);
+    write_config_drive(&config, &dir)?;
+    boot(store, driver, &dir, &mut config, timeout, progress).await?;
+    Ok(version)
+}
+
 /// `rm`: the driver removes the VM, then the machine directory goes (only that directory).
 /// With `force`, the directory goes even if the driver fails.
 #[tracing::instrument(skip_all, fields(machine = name))]
@@ -1446,6 +1541,58 @@ mod tests {
         );
         remove(&store, "ctx", true).await.unwrap();
         assert!(!docker_config.join("contexts/meta").join(&id).exists());
+    }
+
+    #[tokio::test]
+    async fn upgrade_boots_the_new_image_and_keeps_the_disk() {
+        let (tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        create_with(&store, &driver, "up", &options, &progress)
+            .await
+            .unwrap();
+        let disk = store.machine_path("up").join("disk.qcow2");
+        std::fs::write(&disk, b"data that must survive").unwrap();
+
+        let newer = tmp.path().join("image2");
+        crate::image::tests::fake_image(&newer, "0.2.0");
+        let (lines, progress) = recorder();
+        let version = upgrade_with(
+            &store,
+            &driver,
+            "up",
+            Some(&newer),
+            Duration::from_secs(3),
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(version, "0.2.0");
+        let saved = store.load("up").unwrap();
+        assert!(saved
+            .vm
+            .boot
+            .kernel
+            .starts_with(store.cache_dir().join("guest/0.2.0")));
+        assert_eq!(std::fs::read(&disk).unwrap(), b"data that must survive");
+        let calls = driver.calls();
+        assert_eq!(&calls[calls.len() - 3..], ["state", "stop", "start"]);
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines.contains(&"Stopping machine to do the upgrade...".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"Upgrading machine \"up\" to guest image 0.2.0...".to_string()),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("Docker is up and running!")
+        );
     }
 
     #[tokio::test]

@@ -645,3 +645,19 @@ fn inspect_templates_range_index_and_print_lists_as_go_does() {
         (1, "template: unbalanced range in \"{{range .X}}\"\n")
     );
 }
+
+#[test]
+fn upgrade_names_a_missing_image_and_unknown_machines() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let run = env.run(&["upgrade", "--guest-image", "/nonexistent", "m1"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "guest image /nonexistent: no manifest.json there; run guest/build.sh or pass --guest-image DIR\n"
+        )
+    );
+    let run = env.run(&["upgrade", "nope"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+}

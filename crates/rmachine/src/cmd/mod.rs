@@ -16,6 +16,7 @@ mod ssh;
 mod start;
 mod status;
 mod stop;
+mod upgrade;
 mod url;
 mod version;
 
@@ -62,6 +63,8 @@ pub enum Command {
     Status(status::Args),
     /// Stop a machine
     Stop(stop::Args),
+    /// Upgrade a machine to the current guest image (its data disk is kept)
+    Upgrade(upgrade::Args),
     /// Get the URL of a machine
     Url(url::Args),
     /// Show the rmachine version or a machine's engine version
@@ -118,6 +121,7 @@ pub async fn run(
         Command::Start(args) => start::run(&store, args).await,
         Command::Status(args) => status::run(&store, args).await,
         Command::Stop(args) => stop::run(&store, args).await,
+        Command::Upgrade(args) => upgrade::run(&store, args).await,
         Command::Url(args) => url::run(&store, args).await,
         Command::Version(args) => version::run(&store, args).await,
     }
