@@ -939,6 +939,24 @@ pub async fn regenerate_certs(
     Ok(())
 }
 
+/// `provision`: re-applies the machine's record to its guest: a new engine certificate, the
+/// configuration drive rewritten from the record (engine options, labels, keys), and a restart
+/// so the guest reads them, as docker-machine re-runs its provisioner over SSH. The machine
+/// must be running (docker-machine's provisioner needs SSH).
+pub async fn provision_again(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    if state(store, name).await? != VmState::Running {
+        return Err(MachineError::NotRunning {
+            machine: name.to_string(),
+        });
+    }
+    regenerate_certs(store, name, false, timeout, progress).await
+}
+
 /// `upgrade`: boots the machine on the current guest image (`guest_image`, else the
 /// development build's `guest/out`, else the newest cached one), keeping its data disk, SSH
 /// host key and certificates. A running machine is stopped first; the machine ends running,

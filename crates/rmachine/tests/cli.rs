@@ -660,4 +660,9 @@ fn upgrade_names_a_missing_image_and_unknown_machines() {
     );
     let run = env.run(&["upgrade", "nope"]);
     assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+    let run = env.run(&["provision", "m1"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Host is not running\n")
+    );
 }

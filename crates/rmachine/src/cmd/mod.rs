@@ -8,6 +8,7 @@ mod inspect;
 mod ip;
 mod kill;
 mod ls;
+mod provision;
 mod regenerate_certs;
 mod restart;
 mod rm;
@@ -47,6 +48,8 @@ pub enum Command {
     Kill(kill::Args),
     /// List machines
     Ls(ls::Args),
+    /// Re-provision existing machines
+    Provision(provision::Args),
     /// Regenerate TLS Certificates for a machine
     RegenerateCerts(regenerate_certs::Args),
     /// Restart a machine
@@ -113,6 +116,7 @@ pub async fn run(
         Command::Ip(args) => ip::run(&store, args).await,
         Command::Kill(args) => kill::run(&store, args).await,
         Command::Ls(args) => ls::run(&store, args).await,
+        Command::Provision(args) => provision::run(&store, args).await,
         Command::RegenerateCerts(args) => regenerate_certs::run(&store, args).await,
         Command::Restart(args) => restart::run(&store, args).await,
         Command::Rm(args) => rm::run(&store, args).await,
