@@ -1358,6 +1358,22 @@ pub async fn system_ssh_argv(
     name: &str,
     extra: &[String],
 ) -> Result<Vec<String>, MachineError> {
+    let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
+    Ok(ssh::system_ssh_argv(
+        ssh_addr,
+        &config.driver.ssh_key_path,
+        &known_hosts,
+        name,
+        extra,
+    ))
+}
+
+/// What the system `ssh` and `sshfs` need: the record, the SSH address and the `known_hosts`
+/// file (written from the pin, which is made first if missing). The machine must run.
+async fn prepare_system_ssh(
+    store: &Store,
+    name: &str,
+) -> Result<(MachineConfig, SocketAddr, PathBuf), MachineError> {
     let (config, driver) = load_with_driver(store, name).await?;
     let dir = store.machine_dir(name);
     let current = driver
@@ -1386,12 +1402,25 @@ pub async fn system_ssh_argv(
             .await;
     }
     let known_hosts = ssh::write_known_hosts(key_path, name).map_err(ssh_err)?;
-    Ok(ssh::system_ssh_argv(
-        endpoints.ssh,
-        key_path,
+    Ok((config, endpoints.ssh, known_hosts))
+}
+
+/// `mount MACHINE:PATH [MOUNTPOINT]`: the `sshfs` argv to run (the mount point defaults to
+/// PATH, as in docker-machine), after the checks `ssh` makes (running, host key pinned).
+pub async fn sshfs_argv(
+    store: &Store,
+    name: &str,
+    path: &str,
+    mountpoint: Option<&str>,
+) -> Result<Vec<String>, MachineError> {
+    let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
+    Ok(ssh::sshfs_argv(
+        ssh_addr,
+        &config.driver.ssh_key_path,
         &known_hosts,
         name,
-        extra,
+        path,
+        mountpoint.unwrap_or(path),
     ))
 }
 

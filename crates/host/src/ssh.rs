@@ -238,6 +238,35 @@ pub fn system_ssh_argv(
     argv
 }
 
+/// The argv of `sshfs` mounting `path` of a machine on `mountpoint`, as docker-machine's
+/// `mount` built it (`commands/mount.go`), with the host key checked against the pin as for
+/// [`system_ssh_argv`]. sshfs speaks SFTP to the guest's `sftp` subsystem.
+pub fn sshfs_argv(
+    addr: SocketAddr,
+    key_path: &Path,
+    known_hosts: &Path,
+    machine: &str,
+    path: &str,
+    mountpoint: &str,
+) -> Vec<String> {
+    let mut argv = vec!["sshfs".to_owned()];
+    for option in [
+        "StrictHostKeyChecking=yes".to_owned(),
+        format!("UserKnownHostsFile=\"{}\"", known_hosts.display()),
+        format!("HostKeyAlias={}", host_key_alias(machine)),
+        "LogLevel=error".to_owned(),
+        "IdentitiesOnly=yes".to_owned(),
+        format!("Port={}", addr.port()),
+        format!("IdentityFile=\"{}\"", key_path.display()),
+    ] {
+        argv.push("-o".into());
+        argv.push(option);
+    }
+    argv.push(format!("{SSH_USER}@{}:{path}", addr.ip()));
+    argv.push(mountpoint.to_owned());
+    argv
+}
+
 /// Accepts the pinned host key only (any key when none is pinned yet), and remembers the key
 /// the server showed so that the caller can pin it or name it in an error.
 struct PinnedHostKey {
@@ -797,6 +826,66 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// sshfs, with the argv rmachine builds, mounts a directory through the guest's real SSH
+    /// server and its sftp subsystem.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sshfs_mounts_through_the_guests_sftp_server() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("id_ed25519");
+        let line = generate_key(&key, "t").unwrap();
+        let authorized = PublicKey::from_openssh(&line).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[5u8; 32]));
+        rmachine_init::sshd::start(host_key, vec![authorized], port)
+            .await
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        SshSession::connect(addr, &key).await.unwrap().close().await;
+        let known_hosts = write_known_hosts(&key, "m1").unwrap();
+
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("hello.txt"), "hi from the guest\n").unwrap();
+        let mountpoint = tmp.path().join("mnt");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let argv = sshfs_argv(
+            addr,
+            &key,
+            &known_hosts,
+            "m1",
+            &shared.to_string_lossy(),
+            &mountpoint.to_string_lossy(),
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .output()
+                .expect("sshfs runs (apt-get install sshfs)")
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = std::fs::read_to_string(mountpoint.join("hello.txt"));
+        let mnt = mountpoint.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("fusermount")
+                .arg("-u")
+                .arg(&mnt)
+                .status()
+        })
+        .await;
+        assert_eq!(read.unwrap(), "hi from the guest\n");
     }
 
     #[test]

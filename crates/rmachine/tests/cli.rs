@@ -666,3 +666,24 @@ fn upgrade_names_a_missing_image_and_unknown_machines() {
         (1, "Host is not running\n")
     );
 }
+
+#[test]
+fn mount_needs_a_machine_path_and_a_running_machine() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let run = env.run(&["mount", "/local/only"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "/local/only: expected machine:path\n")
+    );
+    let run = env.run(&["mount", "m1:/root", "/mnt/x"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "Error: Cannot run SSH command: Host \"m1\" is not running\n"
+        )
+    );
+    let run = env.run(&["mount", "nope:/root"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+}

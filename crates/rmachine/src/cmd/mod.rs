@@ -8,6 +8,7 @@ mod inspect;
 mod ip;
 mod kill;
 mod ls;
+mod mount;
 mod provision;
 mod regenerate_certs;
 mod restart;
@@ -48,6 +49,8 @@ pub enum Command {
     Kill(kill::Args),
     /// List machines
     Ls(ls::Args),
+    /// Mount or unmount a directory from a machine with SSHFS.
+    Mount(mount::Args),
     /// Re-provision existing machines
     Provision(provision::Args),
     /// Regenerate TLS Certificates for a machine
@@ -116,6 +119,7 @@ pub async fn run(
         Command::Ip(args) => ip::run(&store, args).await,
         Command::Kill(args) => kill::run(&store, args).await,
         Command::Ls(args) => ls::run(&store, args).await,
+        Command::Mount(args) => mount::run(&store, args).await,
         Command::Provision(args) => provision::run(&store, args).await,
         Command::RegenerateCerts(args) => regenerate_certs::run(&store, args).await,
         Command::Restart(args) => restart::run(&store, args).await,
