@@ -1,5 +1,5 @@
-//! `rmachine scp` against real guests (both ways, and machine to machine), and `create` leaving
-//! its caller's pipes alone once QEMU has daemonized.
+//! `rmachine scp` against real guests (both ways, and machine to machine), `regenerate-certs`,
+//! and `create` leaving its caller's pipes alone once QEMU has daemonized.
 #![cfg(rmachine_e2e)]
 
 use std::io::Read;
@@ -125,6 +125,22 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     assert_eq!(
         ssh_out(&machine, "scp-a", "stat -c %Y /root/delta/a.txt")?.trim(),
         mtime.to_string()
+    );
+
+    // regenerate-certs: a new engine certificate, the machine restarted with it, docker works,
+    // and the files copied before are still there (data disk kept).
+    let server_pem = machine.store().join("machines/scp-a/server.pem");
+    let before = std::fs::read_to_string(&server_pem)?;
+    machine
+        .rmachine(&["regenerate-certs", "-f", "--no-progress", "scp-a"])?
+        .success()?;
+    assert_ne!(std::fs::read_to_string(&server_pem)?, before);
+    machine
+        .docker(&["version", "--format", "{{.Server.Version}}"])?
+        .success()?;
+    assert_eq!(
+        ssh_out(&machine, "scp-a", "cat /root/tree/a.txt")?,
+        "alpha\n"
     );
 
     // Machine to machine, through the host.
