@@ -1591,6 +1591,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_creates_of_one_name_at_once_one_wins() {
+        let (_tmp, store, options) = setup();
+        let (a, b) = (
+            FakeDriver {
+                serve_engine: true,
+                ..Default::default()
+            },
+            FakeDriver {
+                serve_engine: true,
+                ..Default::default()
+            },
+        );
+        let (_lines, progress) = recorder();
+        let (first, second) = tokio::join!(
+            create_with(&store, &a, "twin", &options, &progress),
+            create_with(&store, &b, "twin", &options, &progress),
+        );
+        let errors: Vec<String> = [first, second]
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(errors, ["Docker machine \"twin\" already exists"]);
+        assert!(store.load("twin").is_ok(), "the winner's machine is intact");
+    }
+
+    #[tokio::test]
     async fn upgrade_boots_the_new_image_and_keeps_the_disk() {
         let (tmp, store, options) = setup();
         let driver = FakeDriver {
