@@ -711,6 +711,17 @@ async fn boot<D: Driver>(
         .endpoints(dir)
         .await
         .map_err(driver_err(&name, "report the VM's endpoints"))?;
+    let endpoints =
+        if certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(|source| {
+            MachineError::Certs {
+                machine: name.clone(),
+                source,
+            }
+        })? {
+            endpoints
+        } else {
+            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?
+        };
     config.driver.ip_address = endpoints.engine.ip().to_string();
     config.driver.ssh_port = endpoints.ssh.port();
     config.driver.engine_port = endpoints.engine.port();
@@ -736,6 +747,50 @@ async fn boot<D: Driver>(
     }
     progress(Progress::EngineReady);
     Ok(())
+}
+
+/// The guest came up at an address its engine certificate does not name (a bridged driver's
+/// new DHCP lease: docker-machine's most common complaint, fixed there by hand with
+/// `regenerate-certs`). Adds the address to the machine's SANs, issues a certificate that
+/// names it, and reboots the guest with it; returns the endpoints after that boot.
+async fn reissue_for_new_address<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    ip: std::net::IpAddr,
+) -> Result<rmachine_driver::Endpoints, MachineError> {
+    let name = dir.name.clone();
+    tracing::info!(%ip, "the engine certificate does not name the machine's address; reissuing it");
+    let certs_err = |source| MachineError::Certs {
+        machine: name.clone(),
+        source,
+    };
+    let sans = &mut config.host_options.auth_options.server_cert_sans;
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let server = certs::server_cert(&store.certs_dir(), &name, sans).map_err(certs_err)?;
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+    store.save(config)?;
+    write_config_drive(config, dir)?;
+    driver
+        .stop(
+            dir,
+            StopMode::Graceful {
+                timeout: STOP_TIMEOUT,
+            },
+        )
+        .await
+        .map_err(driver_err(&name, "stop the VM"))?;
+    driver
+        .start(dir, &config.vm)
+        .await
+        .map_err(driver_err(&name, "start the VM"))?;
+    driver
+        .endpoints(dir)
+        .await
+        .map_err(driver_err(&name, "report the VM's endpoints"))
 }
 
 /// Points the machine's docker context at the engine's address of this boot. A failure only
@@ -1445,6 +1500,8 @@ mod tests {
         serve_engine: bool,
         /// When set, the driver captures the console and `start` writes this as `console.log`.
         console: Option<String>,
+        /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
+        engine_ip: Option<std::net::IpAddr>,
     }
 
     impl FakeDriver {
@@ -1501,7 +1558,10 @@ mod tests {
                 std::fs::write(dir.file("console.log"), console).unwrap();
             }
             let addr = if self.serve_engine {
-                crate::engine_check::tests::serve(dir.path()).await
+                let ip = self
+                    .engine_ip
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                crate::engine_check::tests::serve_on(dir.path(), ip).await
             } else {
                 // A port nobody answers on: the wait must time out.
                 "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())
@@ -1588,6 +1648,35 @@ mod tests {
         );
         remove(&store, "ctx", true).await.unwrap();
         assert!(!docker_config.join("contexts/meta").join(&id).exists());
+    }
+
+    #[tokio::test]
+    async fn a_new_address_gets_a_certificate_that_names_it() {
+        let (_tmp, store, options) = setup();
+        let ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let driver = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip),
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        create_with(&store, &driver, "moved", &options, &progress)
+            .await
+            .unwrap();
+        let server = store.machine_path("moved").join("server.pem");
+        assert!(certs::covers(&server, ip).unwrap());
+        let saved = store.load("moved").unwrap();
+        assert_eq!(saved.driver.ip_address, "127.0.0.2");
+        assert!(saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&"127.0.0.2".to_string()));
+        // The guest was rebooted once to take the new certificate.
+        assert_eq!(
+            driver.calls(),
+            ["precheck", "create", "start", "stop", "start"]
+        );
     }
 
     #[tokio::test]
