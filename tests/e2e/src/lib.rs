@@ -105,6 +105,11 @@ impl Machine {
         self.store.path()
     }
 
+    /// The private docker client configuration (where `rmachine` writes machines' contexts).
+    pub fn docker_config(&self) -> &Path {
+        self.docker_config.path()
+    }
+
     /// Runs `rmachine ARGS` against this machine's store.
     pub fn rmachine(&self, args: &[&str]) -> Result<Run> {
         let mut cmd = Command::new(self.bins.join("rmachine"));

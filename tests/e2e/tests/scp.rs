@@ -33,6 +33,7 @@ fn create_through_a_pipe(machine: &Machine) -> Result<()> {
         .arg(&image)
         .arg(&machine.name)
         .env("RMACHINE_STORAGE_PATH", machine.store())
+        .env("DOCKER_CONFIG", machine.docker_config())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -85,6 +86,27 @@ fn ssh_out(machine: &Machine, name: &str, command: &str) -> Result<String> {
 fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     let machine = Machine::new("scp-a")?;
     create_through_a_pipe(&machine)?;
+
+    // The docker context named after the machine reaches its engine.
+    let out = Command::new("docker")
+        .args([
+            "--context",
+            "scp-a",
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ])
+        .env("DOCKER_CONFIG", machine.docker_config())
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "docker --context scp-a failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let local = tempfile::tempdir()?;
     let tree = local.path().join("tree");
