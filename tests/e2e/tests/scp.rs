@@ -1,4 +1,5 @@
-//! `rmachine scp` against real guests (both ways, and machine to machine), `regenerate-certs`,
+//! `rmachine scp` against real guests (both ways, and machine to machine), `mount`,
+//! `regenerate-certs`, the machine's docker context,
 //! and `create` leaving its caller's pipes alone once QEMU has daemonized.
 #![cfg(rmachine_e2e)]
 
@@ -128,6 +129,20 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         ssh_out(&machine, "scp-a", "wc -c < /root/tree/sub/big.bin")?.trim(),
         big.len().to_string()
     );
+
+    // mount: the guest's directory through sshfs, then unmounted.
+    let mnt = local.path().join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let mnt_arg = mnt.to_string_lossy().into_owned();
+    machine
+        .rmachine(&["mount", "scp-a:/root/tree", &mnt_arg])?
+        .success()?;
+    let through_mount = std::fs::read_to_string(mnt.join("a.txt"));
+    machine
+        .rmachine(&["mount", "-u", "scp-a:/root/tree", &mnt_arg])?
+        .success()?;
+    assert_eq!(through_mount?, "alpha\n");
+    assert!(!mnt.join("a.txt").exists(), "unmounted");
 
     // Machine to host.
     let back = local.path().join("back.bin");
