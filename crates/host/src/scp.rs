@@ -8,7 +8,9 @@
 //! Arguments are `[[user@]machine:]path` as in docker-machine: no colon is a local path, and
 //! `localhost:path` is local too. `--delta` copies only files whose size or modification time
 //! differ, and stamps each copied file with its source's modification time so that the next
-//! delta copy can skip it (rsync's quick check; the guest has no rsync).
+//! delta copy can skip it (rsync's quick check; the guest has no rsync). With `--delta` a
+//! directory lands as rsync puts it: `dir` inside the destination (made if missing), `dir/`'s
+//! contents into it.
 
 use std::path::Path;
 
@@ -509,6 +511,13 @@ pub async fn copy_between(
     }
     let target = match dst.stat(dst_path).await? {
         Some(existing) if existing.dir => dst.join(dst_path, basename(src_path)),
+        // `--delta` follows rsync (what docker-machine ran for it): a directory without a
+        // trailing slash always lands inside the destination, made if missing, so that
+        // running the same command again finds what the first run copied.
+        None if options.delta && meta.dir && !src_path.ends_with('/') => {
+            dst.mkdir(dst_path, meta.mode).await?;
+            dst.join(dst_path, basename(src_path))
+        }
         _ => dst_path.to_owned(),
     };
     let mut copied = Vec::new();
@@ -726,6 +735,20 @@ mod tests {
             .await
             .expect("first");
         assert!(first.iter().all(|c| !c.skipped), "{first:?}");
+
+        // Into a destination that does not exist yet, twice: rsync's layout, so the second run
+        // finds the first run's files.
+        copy_between(&Side::Local, &local, &m1, "fresh", delta)
+            .await
+            .expect("into a new directory");
+        assert_eq!(
+            std::fs::read(g1.join("fresh/d/same")).expect("same"),
+            b"same"
+        );
+        let again = copy_between(&Side::Local, &local, &m1, "fresh", delta)
+            .await
+            .expect("again");
+        assert!(again.iter().all(|c| c.skipped), "{again:?}");
 
         std::fs::write(host.join("d/changes"), "two!").expect("change");
         let second = copy_between(&Side::Local, &local, &m1, "", delta)

@@ -160,7 +160,7 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     assert_eq!(
-        ssh_out(&machine, "scp-a", "stat -c %Y /root/delta/a.txt")?.trim(),
+        ssh_out(&machine, "scp-a", "stat -c %Y /root/delta/tree/a.txt")?.trim(),
         mtime.to_string()
     );
 
