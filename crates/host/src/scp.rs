@@ -412,6 +412,9 @@ impl Side {
                 options.write(true).create(true).truncate(true);
                 #[cfg(unix)]
                 options.mode(mode);
+                // Windows files have no mode bits to set.
+                #[cfg(not(unix))]
+                let _ = mode;
                 Ok(Box::new(
                     options.open(path).await.map_err(Self::local_err(path))?,
                 ))
@@ -437,6 +440,8 @@ impl Side {
                 let mut builder = std::fs::DirBuilder::new();
                 #[cfg(unix)]
                 std::os::unix::fs::DirBuilderExt::mode(&mut builder, mode);
+                #[cfg(not(unix))]
+                let _ = mode;
                 builder.create(path).map_err(Self::local_err(path))
             }
             Side::Remote { sftp, .. } => {
