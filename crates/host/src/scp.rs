@@ -466,8 +466,11 @@ impl Side {
                 let times = std::fs::FileTimes::new()
                     .set_modified(when)
                     .set_accessed(when);
+                // Unix lets the owner set times through a read-only descriptor (the copy may be
+                // read-only); Windows needs write access for them.
                 std::fs::File::options()
-                    .write(true)
+                    .read(true)
+                    .write(cfg!(windows))
                     .open(path)
                     .and_then(|file| file.set_times(times))
                     .map_err(Self::local_err(path))
