@@ -239,6 +239,7 @@ impl TokioRunner {
         if let Some(dir) = &cmd.current_dir {
             command.current_dir(dir);
         }
+        only_standard_descriptors(command.as_std_mut());
         command
     }
 
@@ -322,12 +323,78 @@ impl TokioRunner {
             command.current_dir(dir);
         }
         command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        only_standard_descriptors(&mut command);
         detach(&mut command);
         // std, not tokio: the child must outlive this process and nobody waits for it here.
         let child = command.spawn().map_err(|source| spawn_error(cmd, source))?;
         let pid = child.id();
         tracing::debug!(?argv, pid, "spawned");
         Ok(pid)
+    }
+}
+
+/// Makes the program start with stdin, stdout and stderr only.
+///
+/// Rust opens its own descriptors close-on-exec, but a caller can hand `rmachine` descriptors
+/// that are not (a test runner's pipe, cargo's jobserver, a shell's `3>&1`). QEMU daemonizes and
+/// runs for as long as the machine does, so a descriptor it inherits keeps the caller's pipe
+/// open and `$(rmachine create x)` waits until the machine stops.
+#[cfg(unix)]
+fn only_standard_descriptors(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe `close_range`/`sysconf`/`fcntl`; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(|| {
+            cloexec_from(3);
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(unix))]
+fn only_standard_descriptors(_command: &mut std::process::Command) {
+    // Windows handles are inherited only when marked inheritable, and Rust marks none but the
+    // standard ones it passes.
+}
+
+/// Marks every descriptor from `first` up close-on-exec. Marking, not closing: the pipe through
+/// which std reports a failed exec must stay open until the exec.
+#[cfg(unix)]
+fn cloexec_from(first: libc::c_int) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(first) = libc::c_uint::try_from(first) else {
+            return;
+        };
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if done == 0 {
+            return;
+        }
+        // Older than Linux 5.11: fall through to marking them one by one.
+    }
+    // SAFETY: sysconf has no preconditions.
+    let limit = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    // An unlimited or absurd limit would make this loop run for minutes; descriptors that high
+    // are not handed down by any caller we know of.
+    let last = if (0..=1 << 20).contains(&limit) {
+        libc::c_int::try_from(limit).unwrap_or(1 << 20)
+    } else {
+        1 << 20
+    };
+    for fd in first..last {
+        // SAFETY: F_SETFD on a descriptor that may not be open just fails with EBADF.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 
@@ -545,6 +612,58 @@ mod tests {
             format!("piped hello {}\n", canonical.display())
         );
         assert!(out.is_success());
+    }
+
+    /// A descriptor this process holds without close-on-exec, as a caller could hand one down.
+    #[cfg(target_os = "linux")]
+    fn inheritable_descriptor() -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+        // SAFETY: dup of a descriptor we own; the copy (without FD_CLOEXEC) is owned by the
+        // returned OwnedFd.
+        let raw = unsafe { libc::dup(file.as_raw_fd()) };
+        assert!(raw >= 0, "dup failed");
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn programs_run_get_only_the_standard_descriptors() {
+        use std::os::fd::AsRawFd;
+        let fd = inheritable_descriptor();
+        let script = format!(
+            "if [ -e /proc/$$/fd/{} ]; then echo leaked; else echo clean; fi",
+            fd.as_raw_fd()
+        );
+        let out = TokioRunner
+            .run(&CommandSpec::new("sh").args(["-c", &script]))
+            .await
+            .expect("sh runs");
+        assert_eq!(out.stdout_text(), "clean\n");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn detached_programs_get_only_the_standard_descriptors() {
+        let _fd = inheritable_descriptor();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("log");
+        let pid = TokioRunner
+            .spawn_detached(&CommandSpec::new("sleep").arg("30"), &log)
+            .await
+            .expect("sleep starts");
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("read its descriptors")
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        fds.sort();
+        // SAFETY: kill(2) on the pid we just spawned.
+        unsafe {
+            libc::kill(i32::try_from(pid).expect("pid fits"), libc::SIGKILL);
+        }
+        assert_eq!(fds, ["0", "1", "2"]);
     }
 
     #[tokio::test]

@@ -54,6 +54,14 @@ pub enum CertError {
         #[source]
         source: rcgen::Error,
     },
+    /// A certificate file does not parse as X.509 in PEM.
+    #[error("{path} is not a valid PEM certificate: {detail}")]
+    X509 {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
     /// The CA key exists without its certificate: refuse to make a new CA over it.
     #[error("{key} exists but {cert} does not; move the key away or restore the certificate")]
     OrphanCaKey {
@@ -282,6 +290,33 @@ pub fn install_machine_certs(
     Ok(())
 }
 
+/// Whether the certificate at `path` names `ip` among its IP subject alternative names, so
+/// that a client reaching the engine at that address accepts it.
+pub fn covers(path: &Path, ip: std::net::IpAddr) -> Result<bool, CertError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let text = read(path)?;
+    let bad = |detail: String| CertError::X509 {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(text.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).map_err(|e| bad(e.to_string()))?;
+    let want: Vec<u8> = match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(san.is_some_and(|san| {
+        san.value
+            .general_names
+            .iter()
+            .any(|name| matches!(name, GeneralName::IPAddress(bytes) if *bytes == want.as_slice()))
+    }))
+}
+
 /// Reads a PEM file for a front end that needs its text (the configuration drive).
 pub fn read_pem(path: &Path) -> Result<String, CertError> {
     read(path)
@@ -295,6 +330,21 @@ mod tests {
     fn der_of(pem: &str) -> Vec<u8> {
         let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
         pem.contents
+    }
+
+    #[test]
+    fn covers_reads_the_ip_sans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = tmp.path().join("certs");
+        bootstrap(&certs, &mut |_| {}).unwrap();
+        let server = server_cert(&certs, "m", &["192.168.64.7".into()]).unwrap();
+        let path = tmp.path().join("server.pem");
+        std::fs::write(&path, &server.cert_pem).unwrap();
+        assert!(covers(&path, "192.168.64.7".parse().unwrap()).unwrap());
+        assert!(covers(&path, "127.0.0.1".parse().unwrap()).unwrap());
+        assert!(!covers(&path, "192.168.64.8".parse().unwrap()).unwrap());
+        std::fs::write(&path, "junk").unwrap();
+        assert!(covers(&path, "127.0.0.1".parse().unwrap()).is_err());
     }
 
     #[test]

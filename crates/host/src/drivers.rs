@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum DriversError {
     /// No driver of this name.
-    #[error("Driver \"{name}\" not found.")]
+    #[error("Driver \"{name}\" not found. Available drivers: {}", available.join(", "))]
     NotFound {
         /// The name asked for.
         name: String,
+        /// The drivers built in.
+        available: Vec<&'static str>,
     },
     /// A machine record's driver options do not parse.
     #[error("the {driver} driver options of machine {machine:?} are invalid")]
@@ -57,6 +59,10 @@ impl DriverKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| DriversError::NotFound {
                 name: name.to_string(),
+                available: <Self as clap::ValueEnum>::value_variants()
+                    .iter()
+                    .map(|k| k.name())
+                    .collect(),
             })
     }
 }
@@ -171,7 +177,7 @@ mod tests {
         assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
         assert_eq!(
             DriverKind::from_name("bogus").unwrap_err().to_string(),
-            "Driver \"bogus\" not found."
+            "Driver \"bogus\" not found. Available drivers: qemu"
         );
     }
 

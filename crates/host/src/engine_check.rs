@@ -288,6 +288,11 @@ pub(crate) mod tests {
 
     /// Serves `/_ping` and `/version` over mutual TLS with the machine's server cert.
     pub(crate) async fn serve(machine_dir: &Path) -> SocketAddr {
+        serve_on(machine_dir, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// [`serve`] on a given (loopback) address.
+    pub(crate) async fn serve_on(machine_dir: &Path, ip: std::net::IpAddr) -> SocketAddr {
         let chain = load_certs(&machine_dir.join("server.pem")).unwrap();
         let key = PrivateKeyDer::from_pem_file(machine_dir.join("server-key.pem")).unwrap();
         let mut roots = rustls::RootCertStore::empty();
@@ -308,7 +313,7 @@ pub(crate) mod tests {
             .with_single_cert(chain, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {

@@ -16,7 +16,7 @@ pub const ENV_NAMES: [&str; 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
     /// `$SHELL` is empty and no `--shell` was given.
-    #[error("Unknown shell")]
+    #[error("Error: Unknown shell")]
     UnknownShell,
 }
 
@@ -328,7 +328,7 @@ mod tests {
         if !cfg!(windows) {
             assert_eq!(
                 Shell::detect(Some("")).unwrap_err().to_string(),
-                "Unknown shell"
+                "Error: Unknown shell"
             );
         }
         assert_eq!(Shell::detect(Some("/usr/bin/fish")).unwrap(), Shell::Fish);

@@ -8,11 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod certs;
+pub mod context;
 pub mod drivers;
 pub mod engine_check;
 pub mod env;
 pub mod image;
 pub mod machine;
+pub mod scp;
 pub mod ssh;
 pub mod store;
 pub mod template;

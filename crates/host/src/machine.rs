@@ -18,6 +18,7 @@ use rmachine_guest_config::{EngineConfig, GuestConfig, GuestConfigError, FORMAT_
 use serde_json::Value;
 
 use crate::certs::{self, CertError, CertEvent};
+use crate::context;
 use crate::drivers::{AnyDriver, DriverKind, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
@@ -110,7 +111,7 @@ pub enum MachineError {
         machine: String,
     },
     /// `ssh` on a machine that is not running.
-    #[error("Cannot run SSH command: Host \"{machine}\" is not running")]
+    #[error("Error: Cannot run SSH command: Host \"{machine}\" is not running")]
     SshNotRunning {
         /// The machine.
         machine: String,
@@ -234,6 +235,17 @@ pub enum Progress {
     EngineReady,
     /// A half-made machine is being removed after a failure.
     CleaningUp,
+    /// `upgrade` stops the running machine.
+    StoppingForUpgrade,
+    /// `upgrade` swaps the guest image.
+    Upgrading {
+        /// The machine.
+        machine: String,
+        /// The guest image version it will boot.
+        version: String,
+    },
+    /// `upgrade` boots the machine on the new image.
+    StartingAfterUpgrade,
 }
 
 impl fmt::Display for Progress {
@@ -260,6 +272,14 @@ impl fmt::Display for Progress {
             Progress::WaitingForEngine => f.write_str("Waiting for the engine..."),
             Progress::EngineReady => f.write_str("Docker is up and running!"),
             Progress::CleaningUp => f.write_str("Removing the half-created machine..."),
+            Progress::StoppingForUpgrade => f.write_str("Stopping machine to do the upgrade..."),
+            Progress::Upgrading { machine, version } => {
+                write!(
+                    f,
+                    "Upgrading machine \"{machine}\" to guest image {version}..."
+                )
+            }
+            Progress::StartingAfterUpgrade => f.write_str("Starting machine back up..."),
         }
     }
 }
@@ -585,7 +605,26 @@ async fn provision<D: Driver>(
         progress,
     )
     .await?;
+    pin_host_key(driver, dir, &config).await;
     Ok(config)
+}
+
+/// Pins the guest's SSH host key on the first connection, made now, while the VM is surely
+/// the one just created; `ssh` and `scp` then refuse any other key. The guest starts its SSH
+/// server before the engine, so it listens by now. A failure is not fatal: the machine works,
+/// and the first `ssh` pins the key instead.
+async fn pin_host_key<D: Driver>(driver: &D, dir: &MachineDir, config: &MachineConfig) {
+    let pinned = async {
+        let endpoints = driver.endpoints(dir).await.map_err(|e| e.to_string())?;
+        let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        session.close().await;
+        Ok::<(), String>(())
+    };
+    if let Err(error) = pinned.await {
+        tracing::warn!(%error, "could not pin the guest's ssh host key at create");
+    }
 }
 
 fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {
@@ -672,10 +711,22 @@ async fn boot<D: Driver>(
         .endpoints(dir)
         .await
         .map_err(driver_err(&name, "report the VM's endpoints"))?;
+    let endpoints =
+        if certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(|source| {
+            MachineError::Certs {
+                machine: name.clone(),
+                source,
+            }
+        })? {
+            endpoints
+        } else {
+            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?
+        };
     config.driver.ip_address = endpoints.engine.ip().to_string();
     config.driver.ssh_port = endpoints.ssh.port();
     config.driver.engine_port = endpoints.engine.port();
     store.save(config)?;
+    update_docker_context(store, &name, &endpoints.engine);
 
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
@@ -696,6 +747,62 @@ async fn boot<D: Driver>(
     }
     progress(Progress::EngineReady);
     Ok(())
+}
+
+/// The guest came up at an address its engine certificate does not name (a bridged driver's
+/// new DHCP lease: docker-machine's most common complaint, fixed there by hand with
+/// `regenerate-certs`). Adds the address to the machine's SANs, issues a certificate that
+/// names it, and reboots the guest with it; returns the endpoints after that boot.
+async fn reissue_for_new_address<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    ip: std::net::IpAddr,
+) -> Result<rmachine_driver::Endpoints, MachineError> {
+    let name = dir.name.clone();
+    tracing::info!(%ip, "the engine certificate does not name the machine's address; reissuing it");
+    let certs_err = |source| MachineError::Certs {
+        machine: name.clone(),
+        source,
+    };
+    let sans = &mut config.host_options.auth_options.server_cert_sans;
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let server = certs::server_cert(&store.certs_dir(), &name, sans).map_err(certs_err)?;
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+    store.save(config)?;
+    write_config_drive(config, dir)?;
+    driver
+        .stop(
+            dir,
+            StopMode::Graceful {
+                timeout: STOP_TIMEOUT,
+            },
+        )
+        .await
+        .map_err(driver_err(&name, "stop the VM"))?;
+    driver
+        .start(dir, &config.vm)
+        .await
+        .map_err(driver_err(&name, "start the VM"))?;
+    driver
+        .endpoints(dir)
+        .await
+        .map_err(driver_err(&name, "report the VM's endpoints"))
+}
+
+/// Points the machine's docker context at the engine's address of this boot. A failure only
+/// warns: `env` still works.
+fn update_docker_context(store: &Store, name: &str, engine: &SocketAddr) {
+    let Some(config_dir) = store.docker_config() else {
+        return;
+    };
+    let host = format!("tcp://{engine}");
+    if let Err(error) = context::write(config_dir, name, &host, &store.machine_path(name)) {
+        tracing::warn!(error = %error_chain(&error), "docker context not written");
+    }
 }
 
 /// Stores the data-disk report of this boot (the guest prints it on the console before the
@@ -839,6 +946,148 @@ pub async fn restart(
     start(store, name, timeout, progress).await
 }
 
+/// `regenerate-certs`: a new engine certificate for the machine (its SANs as at create), signed
+/// by the store's CA. With `client_certs`, a missing CA or client certificate is made first
+/// (docker-machine's `BootstrapCertificates`). The guest reads its certificate from the
+/// configuration drive, which `start` rewrites, so a running machine is restarted to use it.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn regenerate_certs(
+    store: &Store,
+    name: &str,
+    client_certs: bool,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    store.require(name)?;
+    let certs_err = |source| MachineError::Certs {
+        machine: name.to_string(),
+        source,
+    };
+    let running = {
+        let _lock = store.lock(name)?;
+        let (config, driver) = load_with_driver(store, name).await?;
+        if client_certs {
+            let paths = certs::CertPaths::in_dir(&store.certs_dir());
+            certs::bootstrap(&store.certs_dir(), &mut |event| match event {
+                CertEvent::CreatingCa => progress(Progress::CreatingCa(paths.ca.clone())),
+                CertEvent::CreatingClient => {
+                    progress(Progress::CreatingClientCert(paths.cert.clone()))
+                }
+            })
+            .map_err(MachineError::Bootstrap)?;
+        }
+        progress(Progress::CopyingCerts);
+        let dir = store.machine_dir(name);
+        let sans = &config.host_options.auth_options.server_cert_sans;
+        let server = certs::server_cert(&store.certs_dir(), name, sans).map_err(certs_err)?;
+        certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+        driver
+            .state(&dir)
+            .await
+            .map_err(driver_err(name, "report the state"))?
+            != VmState::Stopped
+    };
+    // The lock is released: restart takes it for itself.
+    if running {
+        restart(store, name, timeout, progress).await?;
+    }
+    Ok(())
+}
+
+/// `provision`: re-applies the machine's record to its guest: a new engine certificate, the
+/// configuration drive rewritten from the record (engine options, labels, keys), and a restart
+/// so the guest reads them, as docker-machine re-runs its provisioner over SSH. The machine
+/// must be running (docker-machine's provisioner needs SSH).
+pub async fn provision_again(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    if state(store, name).await? != VmState::Running {
+        return Err(MachineError::NotRunning {
+            machine: name.to_string(),
+        });
+    }
+    regenerate_certs(store, name, false, timeout, progress).await
+}
+
+/// `upgrade`: boots the machine on the current guest image (`guest_image`, else the
+/// development build's `guest/out`, else the newest cached one), keeping its data disk, SSH
+/// host key and certificates. A running machine is stopped first; the machine ends running,
+/// as docker-machine's boot2docker upgrade leaves it. Returns the image version.
+pub async fn upgrade(
+    store: &Store,
+    name: &str,
+    guest_image: Option<&std::path::Path>,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<String, MachineError> {
+    let (_, driver) = load_with_driver(store, name).await?;
+    upgrade_with(store, &driver, name, guest_image, timeout, progress).await
+}
+
+/// [`upgrade`] with a given driver.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn upgrade_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    guest_image: Option<&std::path::Path>,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<String, MachineError> {
+    store.require(name)?;
+    let _lock = store.lock(name)?;
+    let mut config = store.load(name)?;
+    let dir = store.machine_dir(name);
+    let dev_out = image::workspace_guest_out();
+    let found = image::locate(guest_image, &store.cache_dir(), dev_out.as_deref())?;
+    let version = found.manifest.version.clone();
+    if found.dir != store.cache_dir().join("guest").join(&version) {
+        progress(Progress::ImportingImage {
+            version: version.clone(),
+            from: found.dir.clone(),
+        });
+    }
+    let cached = image::import(&found, &store.cache_dir())?;
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current != VmState::Stopped {
+        progress(Progress::StoppingForUpgrade);
+        match driver
+            .stop(
+                &dir,
+                StopMode::Graceful {
+                    timeout: STOP_TIMEOUT,
+                },
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(DriverError::Timeout { .. }) => {
+                return Err(MachineError::StopTimeout {
+                    machine: name.to_string(),
+                    seconds: STOP_TIMEOUT.as_secs(),
+                })
+            }
+            Err(e) => return Err(driver_err(name, "stop the VM")(e)),
+        }
+    }
+    progress(Progress::Upgrading {
+        machine: name.to_string(),
+        version: version.clone(),
+    });
+    config.vm.boot = cached.boot_image();
+    store.save(&config)?;
+    progress(Progress::StartingAfterUpgrade);
+    write_config_drive(&config, &dir)?;
+    boot(store, driver, &dir, &mut config, timeout, progress).await?;
+    Ok(version)
+}
+
 /// `rm`: the driver removes the VM, then the machine directory goes (only that directory).
 /// With `force`, the directory goes even if the driver fails.
 #[tracing::instrument(skip_all, fields(machine = name))]
@@ -865,6 +1114,11 @@ pub async fn remove(store: &Store, name: &str, force: bool) -> Result<(), Machin
     }
     drop(lock);
     store.remove_machine_dir(name)?;
+    if let Some(config_dir) = store.docker_config() {
+        if let Err(error) = context::remove(config_dir, name) {
+            tracing::warn!(error = %error_chain(&error), "docker context not removed");
+        }
+    }
     Ok(())
 }
 
@@ -1150,6 +1404,81 @@ pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32
     Ok(status)
 }
 
+/// `ssh` through the system's OpenSSH client (docker-machine's default "external" client):
+/// checks that the machine runs, pins the guest's host key if that has not happened yet,
+/// writes `machines/NAME/known_hosts` from the pin, and returns the argv to run with the
+/// caller's stdio. `extra` (ssh options, then the command) goes after the destination.
+pub async fn system_ssh_argv(
+    store: &Store,
+    name: &str,
+    extra: &[String],
+) -> Result<Vec<String>, MachineError> {
+    let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
+    Ok(ssh::system_ssh_argv(
+        ssh_addr,
+        &config.driver.ssh_key_path,
+        &known_hosts,
+        name,
+        extra,
+    ))
+}
+
+/// What the system `ssh` and `sshfs` need: the record, the SSH address and the `known_hosts`
+/// file (written from the pin, which is made first if missing). The machine must run.
+async fn prepare_system_ssh(
+    store: &Store,
+    name: &str,
+) -> Result<(MachineConfig, SocketAddr, PathBuf), MachineError> {
+    let (config, driver) = load_with_driver(store, name).await?;
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    if current != VmState::Running {
+        return Err(MachineError::SshNotRunning {
+            machine: name.to_string(),
+        });
+    }
+    let endpoints = driver
+        .endpoints(&dir)
+        .await
+        .map_err(driver_err(name, "report the VM's endpoints"))?;
+    let ssh_err = |source| MachineError::Ssh {
+        machine: name.to_string(),
+        source: Box::new(source),
+    };
+    let key_path = &config.driver.ssh_key_path;
+    if !ssh::pinned_host_key_path(key_path).exists() {
+        SshSession::connect(endpoints.ssh, key_path)
+            .await
+            .map_err(ssh_err)?
+            .close()
+            .await;
+    }
+    let known_hosts = ssh::write_known_hosts(key_path, name).map_err(ssh_err)?;
+    Ok((config, endpoints.ssh, known_hosts))
+}
+
+/// `mount MACHINE:PATH [MOUNTPOINT]`: the `sshfs` argv to run (the mount point defaults to
+/// PATH, as in docker-machine), after the checks `ssh` makes (running, host key pinned).
+pub async fn sshfs_argv(
+    store: &Store,
+    name: &str,
+    path: &str,
+    mountpoint: Option<&str>,
+) -> Result<Vec<String>, MachineError> {
+    let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
+    Ok(ssh::sshfs_argv(
+        ssh_addr,
+        &config.driver.ssh_key_path,
+        &known_hosts,
+        name,
+        path,
+        mountpoint.unwrap_or(path),
+    ))
+}
+
 /// The default machine name when a command gets none: `default`, if it exists.
 pub fn default_name(store: &Store) -> Option<&'static str> {
     store.exists("default").then_some("default")
@@ -1171,6 +1500,8 @@ mod tests {
         serve_engine: bool,
         /// When set, the driver captures the console and `start` writes this as `console.log`.
         console: Option<String>,
+        /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
+        engine_ip: Option<std::net::IpAddr>,
     }
 
     impl FakeDriver {
@@ -1227,7 +1558,10 @@ mod tests {
                 std::fs::write(dir.file("console.log"), console).unwrap();
             }
             let addr = if self.serve_engine {
-                crate::engine_check::tests::serve(dir.path()).await
+                let ip = self
+                    .engine_ip
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                crate::engine_check::tests::serve_on(dir.path(), ip).await
             } else {
                 // A port nobody answers on: the wait must time out.
                 "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())
@@ -1278,6 +1612,149 @@ mod tests {
         (lines, move |p: Progress| {
             sink.lock().unwrap().push(p.to_string())
         })
+    }
+
+    #[tokio::test]
+    async fn create_writes_a_docker_context_and_rm_removes_it() {
+        let (tmp, store, options) = setup();
+        let docker_config = tmp.path().join("docker");
+        let store = store.with_docker_contexts(docker_config.clone());
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        create_with(&store, &driver, "ctx", &options, &progress)
+            .await
+            .unwrap();
+        let engine = driver.engine.lock().unwrap().unwrap();
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"ctx"));
+        let meta = docker_config
+            .join("contexts/meta")
+            .join(&id)
+            .join("meta.json");
+        let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        assert_eq!(
+            meta["Endpoints"]["docker"]["Host"],
+            format!("tcp://{engine}")
+        );
+        let key = docker_config
+            .join("contexts/tls")
+            .join(&id)
+            .join("docker/key.pem");
+        assert_eq!(
+            std::fs::read(key).unwrap(),
+            std::fs::read(store.certs_dir().join("key.pem")).unwrap()
+        );
+        remove(&store, "ctx", true).await.unwrap();
+        assert!(!docker_config.join("contexts/meta").join(&id).exists());
+    }
+
+    #[tokio::test]
+    async fn a_new_address_gets_a_certificate_that_names_it() {
+        let (_tmp, store, options) = setup();
+        let ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let driver = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip),
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        create_with(&store, &driver, "moved", &options, &progress)
+            .await
+            .unwrap();
+        let server = store.machine_path("moved").join("server.pem");
+        assert!(certs::covers(&server, ip).unwrap());
+        let saved = store.load("moved").unwrap();
+        assert_eq!(saved.driver.ip_address, "127.0.0.2");
+        assert!(saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&"127.0.0.2".to_string()));
+        // The guest was rebooted once to take the new certificate.
+        assert_eq!(
+            driver.calls(),
+            ["precheck", "create", "start", "stop", "start"]
+        );
+    }
+
+    #[tokio::test]
+    async fn two_creates_of_one_name_at_once_one_wins() {
+        let (_tmp, store, options) = setup();
+        let (a, b) = (
+            FakeDriver {
+                serve_engine: true,
+                ..Default::default()
+            },
+            FakeDriver {
+                serve_engine: true,
+                ..Default::default()
+            },
+        );
+        let (_lines, progress) = recorder();
+        let (first, second) = tokio::join!(
+            create_with(&store, &a, "twin", &options, &progress),
+            create_with(&store, &b, "twin", &options, &progress),
+        );
+        let errors: Vec<String> = [first, second]
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(errors, ["Docker machine \"twin\" already exists"]);
+        assert!(store.load("twin").is_ok(), "the winner's machine is intact");
+    }
+
+    #[tokio::test]
+    async fn upgrade_boots_the_new_image_and_keeps_the_disk() {
+        let (tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        create_with(&store, &driver, "up", &options, &progress)
+            .await
+            .unwrap();
+        let disk = store.machine_path("up").join("disk.qcow2");
+        std::fs::write(&disk, b"data that must survive").unwrap();
+
+        let newer = tmp.path().join("image2");
+        crate::image::tests::fake_image(&newer, "0.2.0");
+        let (lines, progress) = recorder();
+        let version = upgrade_with(
+            &store,
+            &driver,
+            "up",
+            Some(&newer),
+            Duration::from_secs(3),
+            &progress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(version, "0.2.0");
+        let saved = store.load("up").unwrap();
+        assert!(saved
+            .vm
+            .boot
+            .kernel
+            .starts_with(store.cache_dir().join("guest/0.2.0")));
+        assert_eq!(std::fs::read(&disk).unwrap(), b"data that must survive");
+        let calls = driver.calls();
+        assert_eq!(&calls[calls.len() - 3..], ["state", "stop", "start"]);
+        let lines = lines.lock().unwrap().clone();
+        assert!(
+            lines.contains(&"Stopping machine to do the upgrade...".to_string()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"Upgrading machine \"up\" to guest image 0.2.0...".to_string()),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("Docker is up and running!")
+        );
     }
 
     #[tokio::test]
@@ -1480,6 +1957,9 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].driver_name, "not found");
         assert_eq!(rows[0].state, "Error");
-        assert_eq!(rows[0].error, "Driver \"fake\" not found.");
+        assert_eq!(
+            rows[0].error,
+            "Driver \"fake\" not found. Available drivers: qemu"
+        );
     }
 }

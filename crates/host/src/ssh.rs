@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh::ChannelMsg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -44,6 +44,27 @@ pub enum SshError {
     /// Writing a key failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The guest showed a host key other than the pinned one.
+    #[error("ssh to {addr}: the guest's host key changed: it shows {shown}, but {path} pins {pinned}. If the machine's data disk was replaced on purpose, delete {path} to trust the new key; otherwise something else answers on this address")]
+    HostKeyChanged {
+        /// The server.
+        addr: SocketAddr,
+        /// The pin file.
+        path: PathBuf,
+        /// Fingerprint of the pinned key.
+        pinned: String,
+        /// Fingerprint of the key the server showed.
+        shown: String,
+    },
+    /// The pin file is not an OpenSSH public key.
+    #[error("pinned ssh host key {path} is invalid; delete it to pin the guest's current key")]
+    PinnedKey {
+        /// The pin file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: russh::keys::ssh_key::Error,
+    },
     /// The SSH connection or protocol failed.
     #[error("ssh to {addr} failed")]
     Protocol {
@@ -66,6 +87,21 @@ pub enum SshError {
     NoExitStatus {
         /// The server.
         addr: SocketAddr,
+    },
+    /// The guest's SSH server has no `sftp` subsystem (a guest image older than it).
+    #[error("ssh to {addr}: the guest has no sftp subsystem")]
+    NoSftp {
+        /// The server.
+        addr: SocketAddr,
+    },
+    /// The SFTP handshake failed.
+    #[error("ssh to {addr}: the sftp handshake failed")]
+    SftpHandshake {
+        /// The server.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: russh_sftp::client::error::Error,
     },
     /// Local terminal or stdio failure.
     #[error("ssh to {addr}: local terminal i/o failed")]
@@ -125,42 +161,208 @@ fn load_key(path: &Path) -> Result<PrivateKey, SshError> {
     })
 }
 
-struct AcceptAnyHostKey;
+/// The file beside a machine's SSH key that pins its guest's host key (an OpenSSH public-key
+/// line), written on first contact (at `create`) and checked on every connection after.
+pub const PINNED_HOST_KEY_FILE: &str = "guest_host_key.pub";
 
-impl russh::client::Handler for AcceptAnyHostKey {
+/// Where the host key of the guest reached with `key_path` is pinned.
+pub fn pinned_host_key_path(key_path: &Path) -> PathBuf {
+    key_path.with_file_name(PINNED_HOST_KEY_FILE)
+}
+
+/// The file, beside a machine's SSH key, that the system `ssh` checks the guest's host key
+/// against (one `known_hosts` line for [`host_key_alias`], made from the pin).
+pub const KNOWN_HOSTS_FILE: &str = "known_hosts";
+
+/// The name the system `ssh` files the guest's host key under (ports change between starts).
+pub fn host_key_alias(machine: &str) -> String {
+    format!("rmachine-{machine}")
+}
+
+/// Writes the `known_hosts` file for the system `ssh` from the pinned host key beside
+/// `key_path`; fails if nothing is pinned yet.
+pub fn write_known_hosts(key_path: &Path, machine: &str) -> Result<PathBuf, SshError> {
+    let pin = pinned_host_key_path(key_path);
+    let line = std::fs::read_to_string(&pin).map_err(|source| StoreError::Io {
+        path: pin.clone(),
+        source,
+    })?;
+    let path = key_path.with_file_name(KNOWN_HOSTS_FILE);
+    write_atomic(
+        &path,
+        format!("{} {}\n", host_key_alias(machine), line.trim()).as_bytes(),
+        false,
+    )?;
+    Ok(path)
+}
+
+/// The argv of the system `ssh` logging into a machine, as docker-machine's external client
+/// built it (`libmachine/ssh/client.go`): its base options, the destination, the key and the
+/// port, then `extra` — further ssh options, then the command — which OpenSSH still parses
+/// after the destination. Unlike docker-machine, the host key is checked, against the pin.
+pub fn system_ssh_argv(
+    addr: SocketAddr,
+    key_path: &Path,
+    known_hosts: &Path,
+    machine: &str,
+    extra: &[String],
+) -> Vec<String> {
+    let no_config = if cfg!(windows) { "NUL" } else { "/dev/null" };
+    let mut argv: Vec<String> = vec!["ssh".into(), "-F".into(), no_config.into()];
+    for option in [
+        "ConnectionAttempts=3".to_owned(),
+        "ConnectTimeout=10".to_owned(),
+        "ControlMaster=no".to_owned(),
+        "ControlPath=none".to_owned(),
+        // docker-machine used "quiet", which would also hide a changed host key.
+        "LogLevel=error".to_owned(),
+        "PasswordAuthentication=no".to_owned(),
+        "ServerAliveInterval=60".to_owned(),
+        "StrictHostKeyChecking=yes".to_owned(),
+        format!("UserKnownHostsFile=\"{}\"", known_hosts.display()),
+        format!("HostKeyAlias={}", host_key_alias(machine)),
+    ] {
+        argv.push("-o".into());
+        argv.push(option);
+    }
+    argv.push(format!("{SSH_USER}@{}", addr.ip()));
+    argv.extend([
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        "-i".into(),
+        key_path.display().to_string(),
+        "-p".into(),
+        addr.port().to_string(),
+    ]);
+    argv.extend(extra.iter().cloned());
+    argv
+}
+
+/// The argv of `sshfs` mounting `path` of a machine on `mountpoint`, as docker-machine's
+/// `mount` built it (`commands/mount.go`), with the host key checked against the pin as for
+/// [`system_ssh_argv`]. sshfs speaks SFTP to the guest's `sftp` subsystem.
+pub fn sshfs_argv(
+    addr: SocketAddr,
+    key_path: &Path,
+    known_hosts: &Path,
+    machine: &str,
+    path: &str,
+    mountpoint: &str,
+) -> Vec<String> {
+    let mut argv = vec!["sshfs".to_owned()];
+    for option in [
+        "StrictHostKeyChecking=yes".to_owned(),
+        format!("UserKnownHostsFile=\"{}\"", known_hosts.display()),
+        format!("HostKeyAlias={}", host_key_alias(machine)),
+        "LogLevel=error".to_owned(),
+        "IdentitiesOnly=yes".to_owned(),
+        format!("Port={}", addr.port()),
+        format!("IdentityFile=\"{}\"", key_path.display()),
+    ] {
+        argv.push("-o".into());
+        argv.push(option);
+    }
+    argv.push(format!("{SSH_USER}@{}:{path}", addr.ip()));
+    argv.push(mountpoint.to_owned());
+    argv
+}
+
+/// Accepts the pinned host key only (any key when none is pinned yet), and remembers the key
+/// the server showed so that the caller can pin it or name it in an error.
+struct PinnedHostKey {
+    pinned: Option<PublicKey>,
+    seen: Arc<std::sync::Mutex<Option<PublicKey>>>,
+}
+
+impl russh::client::Handler for PinnedHostKey {
     type Error = russh::Error;
 
-    // The guest makes its host key on first boot and nothing carries it to the host yet, so
-    // there is nothing to check against. The forward is bound to 127.0.0.1 and the session is
-    // authenticated by our key. TODO: pin the key on first contact (or have the host write it
-    // to the configuration drive) and check it here.
     async fn check_server_key(
         &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
+        offered: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        Ok(true)
+        // The guest presents a plain ed25519 key, never a certificate.
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = offered else {
+            return Ok(false);
+        };
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(key.clone());
+        }
+        Ok(match &self.pinned {
+            Some(pinned) => pinned.key_data() == key.key_data(),
+            None => true,
+        })
+    }
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(russh::keys::HashAlg::Sha256).to_string()
+}
+
+fn read_pinned(path: &Path) -> Result<Option<PublicKey>, SshError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => PublicKey::from_openssh(text.trim())
+            .map(Some)
+            .map_err(|source| SshError::PinnedKey {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SshError::Store(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })),
     }
 }
 
 /// An authenticated SSH session to one machine.
 pub struct SshSession {
     addr: SocketAddr,
-    handle: russh::client::Handle<AcceptAnyHostKey>,
+    handle: russh::client::Handle<PinnedHostKey>,
 }
 
 impl SshSession {
-    /// Connects to `addr` and logs in as [`SSH_USER`] with the key at `key_path`.
+    /// Connects to `addr` and logs in as [`SSH_USER`] with the key at `key_path`. The guest's
+    /// host key must be the one pinned beside that key ([`pinned_host_key_path`]); the first
+    /// connection pins it.
     pub async fn connect(addr: SocketAddr, key_path: &Path) -> Result<Self, SshError> {
         let key = load_key(key_path)?;
+        let pin_path = pinned_host_key_path(key_path);
+        let pinned = read_pinned(&pin_path)?;
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let checker = PinnedHostKey {
+            pinned: pinned.clone(),
+            seen: seen.clone(),
+        };
         let config = Arc::new(russh::client::Config {
             keepalive_interval: Some(Duration::from_secs(30)),
             nodelay: true,
             ..Default::default()
         });
         let proto = |source| SshError::Protocol { addr, source };
-        let mut handle = russh::client::connect(config, addr, AcceptAnyHostKey)
-            .await
-            .map_err(proto)?;
+        let shown = || seen.lock().ok().and_then(|mut s| s.take());
+        let mut handle = match russh::client::connect(config, addr, checker).await {
+            Ok(handle) => handle,
+            Err(russh::Error::UnknownKey) => {
+                return Err(SshError::HostKeyChanged {
+                    addr,
+                    path: pin_path,
+                    pinned: pinned.as_ref().map(fingerprint).unwrap_or_default(),
+                    shown: shown().as_ref().map(fingerprint).unwrap_or_default(),
+                })
+            }
+            Err(source) => return Err(proto(source)),
+        };
+        if pinned.is_none() {
+            if let Some(key) = shown() {
+                let line = key.to_openssh().map_err(|source| SshError::Encode {
+                    path: pin_path.clone(),
+                    source,
+                })?;
+                write_atomic(&pin_path, format!("{line}\n").as_bytes(), false)?;
+                tracing::info!(path = %pin_path.display(), fingerprint = %fingerprint(&key), "pinned the guest's ssh host key");
+            }
+        }
         let auth = handle
             .authenticate_publickey(SSH_USER, PrivateKeyWithHashAlg::new(Arc::new(key), None))
             .await
@@ -322,6 +524,31 @@ impl SshSession {
         status.ok_or(SshError::NoExitStatus { addr })
     }
 
+    /// Opens an SFTP session on a new channel (the guest's `sftp` subsystem).
+    pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
+        let addr = self.addr;
+        let proto = |source| SshError::Protocol { addr, source };
+        let mut channel = self.handle.channel_open_session().await.map_err(proto)?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(proto)?;
+        // Wait for the answer: a guest image older than the subsystem refuses it, and SFTP's
+        // handshake would otherwise fail with a less useful message.
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => {
+                    return Err(SshError::NoSftp { addr })
+                }
+                Some(_) => {}
+            }
+        }
+        russh_sftp::client::SftpSession::new(channel.into_stream())
+            .await
+            .map_err(|source| SshError::SftpHandshake { addr, source })
+    }
+
     /// Closes the session politely.
     pub async fn close(self) {
         let _ = self
@@ -436,9 +663,14 @@ mod tests {
     }
 
     async fn serve(authorized: &Path) -> SocketAddr {
+        serve_as(authorized, 7).await
+    }
+
+    /// A server whose host key is made from `seed`.
+    async fn serve_as(authorized: &Path, seed: u8) -> SocketAddr {
         let line = std::fs::read_to_string(authorized).unwrap();
         let key = russh::keys::PublicKey::from_openssh(line.trim()).unwrap();
-        let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[7u8; 32]));
+        let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]));
         let config = Arc::new(russh::server::Config {
             keys: vec![host_key],
             auth_rejection_time: Duration::from_millis(10),
@@ -494,6 +726,166 @@ mod tests {
         generate_key(&other, "o").unwrap();
         let err = SshSession::connect(addr, &other).await.err().unwrap();
         assert!(matches!(err, SshError::AuthRejected { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_first_host_key_is_pinned_and_a_changed_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("id_ed25519");
+        generate_key(&key, "t").unwrap();
+        let authorized = tmp.path().join("id_ed25519.pub");
+        let pin = tmp.path().join(PINNED_HOST_KEY_FILE);
+
+        let first = serve_as(&authorized, 7).await;
+        SshSession::connect(first, &key)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let pinned = std::fs::read_to_string(&pin).expect("pinned at first contact");
+        assert!(pinned.starts_with("ssh-ed25519 "), "{pinned}");
+        SshSession::connect(first, &key)
+            .await
+            .unwrap()
+            .close()
+            .await;
+
+        let impostor = serve_as(&authorized, 8).await;
+        let err = SshSession::connect(impostor, &key).await.err().unwrap();
+        let text = err.to_string();
+        assert!(matches!(err, SshError::HostKeyChanged { .. }), "{text}");
+        assert!(
+            text.contains("the guest's host key changed: it shows SHA256:")
+                && text.contains(&format!("delete {}", pin.display())),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&pin).unwrap(),
+            pinned,
+            "the pin stays"
+        );
+
+        std::fs::remove_file(&pin).unwrap();
+        SshSession::connect(impostor, &key)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        assert_ne!(std::fs::read_to_string(&pin).unwrap(), pinned);
+    }
+
+    /// The system `ssh`, with the argv rmachine builds, logs in, checks the pinned key, and
+    /// takes ssh options after the destination as docker-machine's external client did.
+    #[tokio::test]
+    async fn system_ssh_argv_works_with_openssh() {
+        if std::process::Command::new("ssh")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            panic!("this test needs OpenSSH's ssh on PATH");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("id_ed25519");
+        generate_key(&key, "t").unwrap();
+        let addr = serve(&tmp.path().join("id_ed25519.pub")).await;
+        SshSession::connect(addr, &key).await.unwrap().close().await;
+        let known_hosts = write_known_hosts(&key, "m1").unwrap();
+        // The server runs on this runtime: the blocking ssh goes to another thread.
+        let run = |extra: &[&str]| {
+            let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            let argv = system_ssh_argv(addr, &key, &known_hosts, "m1", &extra);
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap()
+            })
+        };
+        let out = run(&["-C", "exit", "3"]).await.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran exit 3\n");
+
+        // A different pinned key: OpenSSH refuses.
+        let other = PrivateKey::from(Ed25519Keypair::from_seed(&[9u8; 32]));
+        std::fs::write(
+            &known_hosts,
+            format!("rmachine-m1 {}\n", other.public_key().to_openssh().unwrap()),
+        )
+        .unwrap();
+        let out = run(&["exit", "0"]).await.unwrap();
+        assert_eq!(out.status.code(), Some(255));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// sshfs, with the argv rmachine builds, mounts a directory through the guest's real SSH
+    /// server and its sftp subsystem.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sshfs_mounts_through_the_guests_sftp_server() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("id_ed25519");
+        let line = generate_key(&key, "t").unwrap();
+        let authorized = PublicKey::from_openssh(&line).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host_key = PrivateKey::from(Ed25519Keypair::from_seed(&[5u8; 32]));
+        rmachine_init::sshd::start(host_key, vec![authorized], port)
+            .await
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        SshSession::connect(addr, &key).await.unwrap().close().await;
+        let known_hosts = write_known_hosts(&key, "m1").unwrap();
+
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("hello.txt"), "hi from the guest\n").unwrap();
+        let mountpoint = tmp.path().join("mnt");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let argv = sshfs_argv(
+            addr,
+            &key,
+            &known_hosts,
+            "m1",
+            &shared.to_string_lossy(),
+            &mountpoint.to_string_lossy(),
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .output()
+                .expect("sshfs runs (apt-get install sshfs)")
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = std::fs::read_to_string(mountpoint.join("hello.txt"));
+        let mnt = mountpoint.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("fusermount")
+                .arg("-u")
+                .arg(&mnt)
+                .status()
+        })
+        .await;
+        assert_eq!(read.unwrap(), "hi from the guest\n");
     }
 
     #[test]

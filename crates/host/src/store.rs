@@ -207,6 +207,7 @@ pub struct AuthOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    docker_config: Option<PathBuf>,
 }
 
 /// A held machine lock; released on drop.
@@ -231,7 +232,22 @@ impl Store {
         } else {
             root
         };
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            docker_config: None,
+        })
+    }
+
+    /// Keeps a `docker context` per machine in the Docker CLI configuration directory
+    /// `docker_config` (see [`crate::context`]); without it, none is written.
+    pub fn with_docker_contexts(mut self, docker_config: PathBuf) -> Self {
+        self.docker_config = Some(docker_config);
+        self
+    }
+
+    /// Where machines' docker contexts are kept, if they are.
+    pub fn docker_config(&self) -> Option<&Path> {
+        self.docker_config.as_deref()
     }
 
     /// The store's root directory.

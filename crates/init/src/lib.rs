@@ -24,6 +24,7 @@ pub mod mounts;
 pub mod net;
 pub mod pid1;
 pub mod power;
+pub mod sftp;
 pub mod sshd;
 pub mod supervisor;
 

@@ -1,5 +1,6 @@
 //! The guest's SSH server (russh): public-key authentication against the host's authorized
-//! keys, `exec` and interactive shells as root, with a real PTY when asked for one.
+//! keys, `exec` and interactive shells as root, with a real PTY when asked for one, and the
+//! `sftp` subsystem (see [`crate::sftp`]).
 //!
 //! Each session channel is driven by one task that owns the russh [`Channel`]: russh delivers
 //! every request and data packet to the channel (the [`Handler`] callbacks only answer
@@ -281,6 +282,10 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // The channel's task serves the subsystem (see `run_channel`); this only answers.
+        if name == "sftp" {
+            return session.channel_success(channel);
+        }
         tracing::info!("sshd: subsystem {name:?} is not supported");
         session.channel_failure(channel)?;
         session.close(channel)
@@ -303,12 +308,11 @@ fn winsize(cols: u32, rows: u32) -> nix::pty::Winsize {
 }
 
 /// Drives one session channel from its first request to its close.
-async fn run_channel(channel: Channel<Msg>, user: String) {
-    let (mut rx, tx) = channel.split();
+async fn run_channel(mut channel: Channel<Msg>, user: String) {
     let mut env = base_env(&user);
     let mut pty: Option<PtyRequest> = None;
     let command = loop {
-        match rx.wait().await {
+        match channel.wait().await {
             None | Some(ChannelMsg::Close) => return,
             Some(ChannelMsg::SetEnv {
                 variable_name,
@@ -332,9 +336,14 @@ async fn run_channel(channel: Channel<Msg>, user: String) {
                 break Some(String::from_utf8_lossy(&command).into_owned())
             }
             Some(ChannelMsg::RequestShell { .. }) => break None,
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
+                crate::sftp::serve(channel.into_stream(), "/root".into()).await;
+                return;
+            }
             Some(_) => {}
         }
     };
+    let (mut rx, tx) = channel.split();
     let status = match pty {
         Some(pty) => run_pty(command.as_deref(), env, pty, &mut rx, &tx).await,
         None => run_piped(command.as_deref(), env, &mut rx, &tx).await,

@@ -28,6 +28,10 @@ struct Cli {
     #[arg(short = 'D', long, env = "RMACHINE_DEBUG", global = true)]
     debug: bool,
 
+    /// Use rmachine's own SSH client (russh) instead of the system's `ssh` for `rmachine ssh`.
+    #[arg(long = "native-ssh", env = "MACHINE_NATIVE_SSH", global = true)]
+    native_ssh: bool,
+
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -59,8 +63,26 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Writes the completion script for `shell` to stdout.
+fn print_completion(shell: cmd::CompletionShell) -> ExitCode {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        cmd::CompletionShell::Bash => Shell::Bash,
+        cmd::CompletionShell::Zsh => Shell::Zsh,
+        cmd::CompletionShell::Fish => Shell::Fish,
+        cmd::CompletionShell::Powershell => Shell::PowerShell,
+    };
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "rmachine", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let cmd::Command::Completion(args) = &cli.command {
+        return print_completion(args.shell);
+    }
     init_tracing(cli.debug, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -72,21 +94,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(cmd::run(cli.storage_path, cli.command));
+    let result = runtime.block_on(cmd::run(cli.storage_path, cli.native_ssh, cli.command));
     // Do not wait for blocked stdin readers (ssh) to notice the end.
     runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            let message = format!("{err:#}");
-            // docker-machine's own messages sometimes start with "Error" already
-            // ("Error creating machine: ...", "Error with pre-create check: ...").
-            if message.starts_with("Error") {
-                eprintln!("{message}");
-            } else {
-                eprintln!("Error: {message}");
-            }
+            // docker-machine prints the message alone (scripts match on it); the messages
+            // that start with "Error" carry it in their own text, as docker-machine's do.
+            eprintln!("{err:#}");
             ExitCode::from(cmd::exit_code(&err))
         }
     }

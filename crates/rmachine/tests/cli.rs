@@ -36,6 +36,7 @@ impl Env {
             .env_remove("RMACHINE_GUEST_IMAGE")
             .env_remove("RMACHINE_DRIVER")
             .env_remove("DOCKER_HOST")
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
             .env("SHELL", "/bin/bash")
             .stdin(Stdio::null());
         tweak(&mut cmd);
@@ -130,7 +131,7 @@ fn unknown_machines_get_docker_machines_message() {
     ] {
         let run = env.run(args);
         assert_eq!(run.code, 1, "{args:?}");
-        assert_eq!(run.stderr, format!("Error: {NOPE}"), "{args:?}");
+        assert_eq!(run.stderr, NOPE, "{args:?}");
         assert_eq!(run.stdout, "", "{args:?}");
     }
     let run = env.run(&["rm", "-y", "nope"]);
@@ -155,7 +156,10 @@ fn create_with_an_unknown_driver() {
     let env = Env::new();
     let run = env.run(&["create", "-d", "bogus", "x"]);
     assert_eq!(run.code, 1);
-    assert_eq!(run.stderr, "Error: Driver \"bogus\" not found.\n");
+    assert_eq!(
+        run.stderr,
+        "Driver \"bogus\" not found. Available drivers: qemu\n"
+    );
     assert!(!env.store().join("machines").exists());
 }
 
@@ -293,7 +297,7 @@ fn a_stopped_machine_is_listed_inspected_and_removed() {
     let run = env.run(&["url", "m1"]);
     assert_eq!(
         (run.code, run.stderr.as_str()),
-        (1, "Error: Host is not running\n")
+        (1, "Host is not running\n")
     );
     let run = env.run(&["ssh", "m1", "true"]);
     assert_eq!(
@@ -338,11 +342,9 @@ fn the_default_machine_is_used_when_no_name_is_given() {
     assert_eq!(run.stdout, "Stopped\n", "{}", run.stderr);
 }
 
-#[test]
-fn precheck_failure_exits_3_and_writes_nothing() {
-    let env = Env::new();
-    let image = env.dir.path().join("image");
-    std::fs::create_dir_all(&image).expect("image dir");
+/// A guest image whose manifest matches its (dummy) files.
+fn valid_image(image: &Path) {
+    std::fs::create_dir_all(image).expect("image dir");
     std::fs::write(image.join("vmlinuz"), b"kernel").expect("kernel");
     std::fs::write(image.join("initrd.img"), b"initrd").expect("initrd");
     let sum = |name: &str| {
@@ -361,6 +363,13 @@ fn precheck_failure_exits_3_and_writes_nothing() {
         "cmdline": "", "sha256": {"vmlinuz": sum("vmlinuz"), "initrd.img": sum("initrd.img")}
     });
     std::fs::write(image.join("manifest.json"), manifest.to_string()).expect("manifest");
+}
+
+#[test]
+fn precheck_failure_exits_3_and_writes_nothing() {
+    let env = Env::new();
+    let image = env.dir.path().join("image");
+    valid_image(&image);
     let run = env.run(&[
         "create",
         "--no-progress",
@@ -381,4 +390,300 @@ fn precheck_failure_exits_3_and_writes_nothing() {
         !env.store().exists(),
         "nothing may be written before the precheck passes"
     );
+}
+
+#[test]
+fn qemu_does_not_inherit_the_callers_descriptors() {
+    let env = Env::new();
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    // A stand-in QEMU that reports whether descriptor 7, which the caller opened without
+    // close-on-exec, reached it.
+    let report = env.dir.path().join("report");
+    let qemu = env.dir.path().join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\nif [ -e /proc/$$/fd/7 ]; then echo leaked; else echo clean; fi >> {}\nexit 1\n",
+            report.display()
+        ),
+    )
+    .expect("stand-in qemu");
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&qemu)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success());
+    let run = env.run_with(&[], |cmd| {
+        // `sh` opens descriptor 7 without close-on-exec and execs rmachine with it, as a test
+        // runner or `3>&1`-style redirection would.
+        let rmachine = cmd.get_program().to_owned();
+        let image = image.to_str().unwrap_or("").to_owned();
+        let qemu = qemu.to_str().unwrap_or("").to_owned();
+        *cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("exec \"$@\" 7>/dev/null")
+            .arg("sh")
+            .arg(rmachine)
+            .args(["create", "--no-progress", "--guest-image", &image])
+            .args(["--qemu-program", &qemu, "x"])
+            .env("RMACHINE_STORAGE_PATH", env.store())
+            .env_remove("RMACHINE_GUEST_IMAGE")
+            .env_remove("RMACHINE_DRIVER")
+            .stdin(Stdio::null());
+    });
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&report).expect("the stand-in ran"),
+        "clean\n"
+    );
+}
+
+#[test]
+fn errors_are_printed_alone_as_docker_machine_does() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let run = env.run(&["create", "--no-progress", "m1"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Docker machine \"m1\" already exists\n")
+    );
+}
+
+#[test]
+fn scp_names_unknown_and_stopped_machines() {
+    let env = Env::new();
+    let run = env.run(&["scp", "/etc/hostname", "nope:/tmp/"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+    env.write_machine("m1");
+    let run = env.run(&["scp", "-r", "m1:/etc", "/tmp/x"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "Error: Cannot run SCP command: Host \"m1\" is not running\n"
+        )
+    );
+    let run = env.run(&["scp", "docker@m1:/etc/hostname", "."]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "scp: user \"docker\": the guest has only the user \"root\"\n"
+        )
+    );
+    // Both sides local: a plain copy, and a missing source is named.
+    let src = env.dir.path().join("src.txt");
+    std::fs::write(&src, "hi").expect("src");
+    let dst = env.dir.path().join("dst.txt");
+    let run = env.run(&[
+        "scp",
+        src.to_str().unwrap_or(""),
+        dst.to_str().unwrap_or(""),
+    ]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&dst).expect("copied"), "hi");
+    let run = env.run(&["scp", "/nonexistent/x", dst.to_str().unwrap_or("")]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "scp: /nonexistent/x: No such file or directory\n")
+    );
+}
+
+#[test]
+fn regenerate_certs_asks_then_makes_a_new_engine_certificate() {
+    let env = Env::new();
+    let dir = env.write_machine("m1");
+
+    // Without a terminal and without -f it refuses instead of waiting for an answer.
+    let run = env.run(&["regenerate-certs", "m1"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stdout,
+        "Regenerate TLS machine certs?  Warning: this is irreversible. (y/n): \n"
+    );
+    assert!(run.stderr.contains("pass -f"), "{}", run.stderr);
+    assert!(!dir.join("server.pem").exists());
+
+    let run = env.run(&[
+        "regenerate-certs",
+        "-f",
+        "--client-certs",
+        "--no-progress",
+        "m1",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("Regenerating TLS certificates\n"),
+        "{}",
+        run.stdout
+    );
+    let first = std::fs::read_to_string(dir.join("server.pem")).expect("server.pem");
+    assert!(env.store().join("certs/ca.pem").exists());
+
+    let run = env.run(&["regenerate-certs", "-f", "--no-progress", "m1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let second = std::fs::read_to_string(dir.join("server.pem")).expect("server.pem");
+    assert_ne!(first, second, "a new certificate each time");
+
+    let run = env.run(&["regenerate-certs", "-f", "nope"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+}
+
+#[test]
+fn ls_filters_as_docker_machine_does() {
+    let env = Env::new();
+    env.write_machine("web1");
+    env.write_machine("db1");
+    let names = |filters: &[&str]| {
+        let mut args = vec!["ls", "-q"];
+        for filter in filters {
+            args.extend(["--filter", filter]);
+        }
+        let run = env.run(&args);
+        assert_eq!(run.code, 0, "{filters:?}: {}", run.stderr);
+        run.stdout
+    };
+    assert_eq!(names(&["name=^w.b"]), "web1\n");
+    assert_eq!(names(&["name=web1", "name=db1"]), "db1\nweb1\n");
+    assert_eq!(names(&["label=provider=QEMU"]), "db1\nweb1\n");
+    assert_eq!(names(&["label=provider=virtualbox"]), "");
+    assert_eq!(names(&["driver=qemu", "state=stopped", "name=db"]), "db1\n");
+    assert_eq!(names(&["swarm=anything"]), "");
+
+    let run = env.run(&["ls", "--filter", "nokey"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Unsupported filter syntax\n")
+    );
+    let run = env.run(&["ls", "--filter", "color=red"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Unsupported filter key 'color'\n")
+    );
+    let run = env.run(&["ls", "--filter", "name=["]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.starts_with("regex parse error"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn completion_scripts_for_each_shell() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _rmachine"),
+        ("zsh", "#compdef rmachine"),
+        ("fish", "complete -c rmachine"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let run = env.run(&["completion", shell]);
+        assert_eq!(run.code, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        assert!(run.stdout.contains("regenerate-certs"), "{shell}");
+    }
+    let run = env.run(&["completion", "tcsh"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("invalid value 'tcsh'"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn rm_removes_the_machines_docker_context_only() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+            .output()
+            .expect("docker runs")
+    };
+    for (name, description) in [("m1", "rmachine machine m1"), ("mine", "my own")] {
+        let out = docker(&[
+            "context",
+            "create",
+            name,
+            "--description",
+            description,
+            "--docker",
+            "host=tcp://127.0.0.1:1",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let run = env.run(&["rm", "-y", "m1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = docker(&["context", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "default\nmine\n");
+}
+
+#[test]
+fn inspect_templates_range_index_and_print_lists_as_go_does() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let inspect = |format: &str| env.run(&["inspect", "-f", format, "m1"]);
+    let run = inspect("{{.HostOptions.EngineOptions.Labels}}");
+    assert_eq!(run.stdout, "[provider=qemu]\n", "{}", run.stderr);
+    let run = inspect("{{range .HostOptions.EngineOptions.Labels}}label {{.}};{{end}}");
+    assert_eq!(run.stdout, "label provider=qemu;\n", "{}", run.stderr);
+    let run =
+        inspect("{{index .Driver \"SSHPort\"}} {{index .HostOptions.EngineOptions.Labels 0}}");
+    assert_eq!(run.stdout, "40022 provider=qemu\n", "{}", run.stderr);
+    let run = inspect("{{range .X}}");
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "template: unbalanced range in \"{{range .X}}\"\n")
+    );
+}
+
+#[test]
+fn upgrade_names_a_missing_image_and_unknown_machines() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let run = env.run(&["upgrade", "--guest-image", "/nonexistent", "m1"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "guest image /nonexistent: no manifest.json there; run guest/build.sh or pass --guest-image DIR\n"
+        )
+    );
+    let run = env.run(&["upgrade", "nope"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
+    let run = env.run(&["provision", "m1"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "Host is not running\n")
+    );
+}
+
+#[test]
+fn mount_needs_a_machine_path_and_a_running_machine() {
+    let env = Env::new();
+    env.write_machine("m1");
+    let run = env.run(&["mount", "/local/only"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (1, "/local/only: expected machine:path\n")
+    );
+    let run = env.run(&["mount", "m1:/root", "/mnt/x"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "Error: Cannot run SSH command: Host \"m1\" is not running\n"
+        )
+    );
+    let run = env.run(&["mount", "nope:/root"]);
+    assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
 }

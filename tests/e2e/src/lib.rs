@@ -105,11 +105,17 @@ impl Machine {
         self.store.path()
     }
 
+    /// The private docker client configuration (where `rmachine` writes machines' contexts).
+    pub fn docker_config(&self) -> &Path {
+        self.docker_config.path()
+    }
+
     /// Runs `rmachine ARGS` against this machine's store.
     pub fn rmachine(&self, args: &[&str]) -> Result<Run> {
         let mut cmd = Command::new(self.bins.join("rmachine"));
         cmd.args(args)
             .env("RMACHINE_STORAGE_PATH", self.store.path())
+            .env("DOCKER_CONFIG", self.docker_config.path())
             .env_remove("DOCKER_HOST")
             .stdin(Stdio::null());
         run(cmd, format!("rmachine {}", args.join(" ")))

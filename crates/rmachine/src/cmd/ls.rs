@@ -18,7 +18,9 @@ pub struct Args {
     #[arg(short, long)]
     quiet: bool,
 
-    /// Filter output: driver=, state=, name= (repeatable; same key ORs, different keys AND)
+    /// Filter output: driver=, state=, name= (a regular expression), label=KEY=VALUE, swarm=
+    /// (repeatable; the same key ORs, different keys AND; rmachine has no swarm, so swarm=
+    /// matches no machine)
     #[arg(long)]
     filter: Vec<String>,
 
@@ -47,28 +49,60 @@ fn parse_filters(filters: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)
     let mut parsed: Vec<(String, Vec<String>)> = Vec::new();
     for filter in filters {
         let Some((key, value)) = filter.split_once('=') else {
-            bail!("Unsupported filter syntax.");
+            bail!("Unsupported filter syntax");
         };
         let key = key.to_lowercase();
-        if !matches!(key.as_str(), "driver" | "state" | "name") {
+        if !matches!(
+            key.as_str(),
+            "driver" | "state" | "name" | "label" | "swarm"
+        ) {
             bail!("Unsupported filter key '{key}'");
         }
+        if key == "name" {
+            // docker-machine compiles name filters as regular expressions and fails on a bad one.
+            regex::Regex::new(value)?;
+        }
         match parsed.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, values)) => values.push(value.to_lowercase()),
-            None => parsed.push((key, vec![value.to_lowercase()])),
+            Some((_, values)) => values.push(value.to_owned()),
+            None => parsed.push((key, vec![value.to_owned()])),
         }
     }
     Ok(parsed)
 }
 
-fn matches(entry: &ListEntry, filters: &[(String, Vec<String>)]) -> bool {
+/// The engine labels of machine `name` as `key → value` (none if its record is unreadable).
+fn labels(store: &Store, name: &str) -> Vec<(String, String)> {
+    let Ok(config) = store.load(name) else {
+        return Vec::new();
+    };
+    config
+        .host_options
+        .engine_options
+        .labels
+        .iter()
+        .map(|label| match label.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (label.clone(), String::new()),
+        })
+        .collect()
+}
+
+/// docker-machine's `filterHost`: driver and state compare without case, name is a regular
+/// expression, label is `KEY=VALUE` (value without case), swarm never matches (no swarm here).
+fn matches(store: &Store, entry: &ListEntry, filters: &[(String, Vec<String>)]) -> bool {
     filters.iter().all(|(key, values)| {
-        let field = match key.as_str() {
-            "driver" => &entry.driver_name,
-            "state" => &entry.state,
-            _ => &entry.name,
-        };
-        values.iter().any(|v| *v == field.to_lowercase())
+        values.iter().any(|value| match key.as_str() {
+            "driver" => value.eq_ignore_ascii_case(&entry.driver_name),
+            "state" => value.eq_ignore_ascii_case(&entry.state),
+            "name" => regex::Regex::new(value).is_ok_and(|re| re.is_match(&entry.name)),
+            "label" => {
+                let (k, v) = value.split_once('=').unwrap_or((value, ""));
+                labels(store, &entry.name)
+                    .iter()
+                    .any(|(lk, lv)| lk == k && lv.eq_ignore_ascii_case(v))
+            }
+            _ => false,
+        })
     })
 }
 
@@ -126,7 +160,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         )
         .await?
         .into_iter()
-        .filter(|e| matches(e, &filters))
+        .filter(|e| matches(store, e, &filters))
         .collect()
     };
     if args.quiet {
@@ -197,10 +231,12 @@ mod tests {
     fn filters() {
         let running = entry("intro", "Running", "tcp://127.0.0.1:1", "v0.1.0");
         let stopped = entry("b", "Stopped", "", "Unknown");
+        let tmp = std::env::temp_dir().join(format!("rmachine-ls-test-{}", std::process::id()));
+        let store = Store::open(Some(tmp)).unwrap();
         let f = parse_filters(&["state=running".into(), "state=Stopped".into()]).unwrap();
-        assert!(matches(&running, &f) && matches(&stopped, &f));
+        assert!(matches(&store, &running, &f) && matches(&store, &stopped, &f));
         let f = parse_filters(&["state=running".into(), "name=b".into()]).unwrap();
-        assert!(!matches(&running, &f) && !matches(&stopped, &f));
+        assert!(!matches(&store, &running, &f) && !matches(&store, &stopped, &f));
         assert_eq!(
             parse_filters(&["color=red".into()])
                 .unwrap_err()

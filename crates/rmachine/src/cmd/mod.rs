@@ -8,12 +8,17 @@ mod inspect;
 mod ip;
 mod kill;
 mod ls;
+mod mount;
+mod provision;
+mod regenerate_certs;
 mod restart;
 mod rm;
+mod scp;
 mod ssh;
 mod start;
 mod status;
 mod stop;
+mod upgrade;
 mod url;
 mod version;
 
@@ -30,6 +35,8 @@ pub enum Command {
     Active(active::Args),
     /// Print the connection config for machine
     Config(config::Args),
+    /// Print a shell completion script (bash, zsh, fish, powershell)
+    Completion(CompletionArgs),
     /// Create a machine
     Create(Box<create::Args>),
     /// Display the commands to set up the environment for the Docker client
@@ -42,10 +49,18 @@ pub enum Command {
     Kill(kill::Args),
     /// List machines
     Ls(ls::Args),
+    /// Mount or unmount a directory from a machine with SSHFS.
+    Mount(mount::Args),
+    /// Re-provision existing machines
+    Provision(provision::Args),
+    /// Regenerate TLS Certificates for a machine
+    RegenerateCerts(regenerate_certs::Args),
     /// Restart a machine
     Restart(restart::Args),
     /// Remove a machine
     Rm(rm::Args),
+    /// Copy files between machines
+    Scp(scp::Args),
     /// Log into or run a command on a machine with SSH.
     Ssh(ssh::Args),
     /// Start a machine
@@ -54,30 +69,67 @@ pub enum Command {
     Status(status::Args),
     /// Stop a machine
     Stop(stop::Args),
+    /// Upgrade a machine to the current guest image (its data disk is kept)
+    Upgrade(upgrade::Args),
     /// Get the URL of a machine
     Url(url::Args),
     /// Show the rmachine version or a machine's engine version
     Version(version::Args),
 }
 
+/// `rmachine completion SHELL`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell
+    pub shell: CompletionShell,
+}
+
+/// The shells completion scripts are made for.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum CompletionShell {
+    /// GNU bash
+    Bash,
+    /// Z shell
+    Zsh,
+    /// fish
+    Fish,
+    /// PowerShell
+    Powershell,
+}
+
 /// Runs `command` against the store at `storage_path`; returns the exit code.
-pub async fn run(storage_path: Option<PathBuf>, command: Command) -> anyhow::Result<u8> {
-    let store = Store::open(storage_path)?;
+pub async fn run(
+    storage_path: Option<PathBuf>,
+    native_ssh: bool,
+    command: Command,
+) -> anyhow::Result<u8> {
+    let mut store = Store::open(storage_path)?;
+    match rmachine_host::context::docker_config_dir() {
+        Ok(dir) => store = store.with_docker_contexts(dir),
+        Err(error) => tracing::warn!(%error, "no docker contexts for machines"),
+    }
     match command {
         Command::Active(args) => active::run(&store, args).await,
         Command::Config(args) => config::run(&store, args).await,
+        // main prints completion scripts before a store is opened.
+        Command::Completion(_) => Ok(0),
         Command::Create(args) => create::run(&store, *args).await,
         Command::Env(args) => env::run(&store, args).await,
         Command::Inspect(args) => inspect::run(&store, args),
         Command::Ip(args) => ip::run(&store, args).await,
         Command::Kill(args) => kill::run(&store, args).await,
         Command::Ls(args) => ls::run(&store, args).await,
+        Command::Mount(args) => mount::run(&store, args).await,
+        Command::Provision(args) => provision::run(&store, args).await,
+        Command::RegenerateCerts(args) => regenerate_certs::run(&store, args).await,
         Command::Restart(args) => restart::run(&store, args).await,
         Command::Rm(args) => rm::run(&store, args).await,
-        Command::Ssh(args) => ssh::run(&store, args).await,
+        Command::Scp(args) => scp::run(&store, args).await,
+        Command::Ssh(args) => ssh::run(&store, args, native_ssh).await,
         Command::Start(args) => start::run(&store, args).await,
         Command::Status(args) => status::run(&store, args).await,
         Command::Stop(args) => stop::run(&store, args).await,
+        Command::Upgrade(args) => upgrade::run(&store, args).await,
         Command::Url(args) => url::run(&store, args).await,
         Command::Version(args) => version::run(&store, args).await,
     }

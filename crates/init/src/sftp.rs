@@ -1,0 +1,476 @@
+//! The `sftp` subsystem of the guest's SSH server (SFTP version 3, through `russh-sftp`).
+//!
+//! `rmachine scp` and OpenSSH's `scp` (which speaks SFTP since OpenSSH 9) copy files with it.
+//! The session runs as root; relative paths are taken from root's home. Each open file or
+//! directory gets a numbered handle; file reads and writes are positional (`pread`/`pwrite` on
+//! a blocking thread), so requests the client pipelines need no seek state.
+
+use std::collections::HashMap;
+use std::fs::{File as StdFile, FileTimes, Metadata};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use russh_sftp::protocol::{
+    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
+};
+use russh_sftp::server::StatusReply;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Directory entries sent per `READDIR` answer, to stay well under the packet size limit.
+const ENTRIES_PER_READDIR: usize = 128;
+
+/// The largest read answered at once (OpenSSH asks for 32 KiB at most).
+const MAX_READ: u32 = 256 * 1024;
+
+/// Serves SFTP on `stream` (an SSH channel) until the client closes it; paths that are not
+/// absolute are relative to `home`.
+pub async fn serve<S>(stream: S, home: PathBuf)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    russh_sftp::server::run(stream, Sftp::new(home)).await;
+}
+
+enum Open {
+    File(Arc<StdFile>),
+    Dir(Vec<File>),
+}
+
+/// One SFTP session's state: its open handles.
+struct Sftp {
+    home: PathBuf,
+    handles: HashMap<String, Open>,
+    next_handle: u64,
+}
+
+fn ok(id: u32) -> Status {
+    Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".to_owned(),
+        language_tag: "en-US".to_owned(),
+    }
+}
+
+/// The SFTP status for a failed file operation, with the system's message.
+fn io_status(err: &std::io::Error) -> StatusReply {
+    let code = match err.kind() {
+        std::io::ErrorKind::NotFound => StatusCode::NoSuchFile,
+        std::io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
+        _ => StatusCode::Failure,
+    };
+    code.with_message(err.to_string())
+}
+
+fn attributes(meta: &Metadata) -> FileAttributes {
+    use std::os::unix::fs::MetadataExt;
+    let mut attrs = FileAttributes::from(meta);
+    // `From<&Metadata>` marks everything that is not a directory as a regular file; the mode's
+    // type bits tell symlinks and devices apart, which is what clients read.
+    attrs.permissions = Some(meta.mode());
+    attrs
+}
+
+fn times(attrs: &FileAttributes) -> Option<FileTimes> {
+    let at = |secs: u32| UNIX_EPOCH + Duration::from_secs(secs.into());
+    match (attrs.atime, attrs.mtime) {
+        (None, None) => None,
+        (atime, mtime) => {
+            let mut times = FileTimes::new();
+            if let Some(atime) = atime {
+                times = times.set_accessed(at(atime));
+            }
+            if let Some(mtime) = mtime {
+                times = times.set_modified(at(mtime));
+            }
+            Some(times)
+        }
+    }
+}
+
+/// Applies what SETSTAT/FSETSTAT may change (size, mode, times) to an open file. Owners are
+/// left alone: the session is root and clients send the ids of the host's user.
+fn apply(file: &StdFile, attrs: &FileAttributes) -> std::io::Result<()> {
+    if let Some(size) = attrs.size {
+        file.set_len(size)?;
+    }
+    if let Some(mode) = attrs.permissions {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    if let Some(times) = times(attrs) {
+        file.set_times(times)?;
+    }
+    Ok(())
+}
+
+impl Sftp {
+    fn new(home: PathBuf) -> Self {
+        Self {
+            home,
+            handles: HashMap::new(),
+            next_handle: 0,
+        }
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        if path.is_empty() {
+            self.home.clone()
+        } else {
+            self.home.join(path)
+        }
+    }
+
+    fn add(&mut self, open: Open) -> String {
+        self.next_handle += 1;
+        let handle = self.next_handle.to_string();
+        self.handles.insert(handle.clone(), open);
+        handle
+    }
+
+    fn file(&self, handle: &str) -> Result<Arc<StdFile>, StatusReply> {
+        match self.handles.get(handle) {
+            Some(Open::File(file)) => Ok(file.clone()),
+            Some(Open::Dir(_)) => Err(StatusCode::Failure.with_message("handle is a directory")),
+            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
+        }
+    }
+}
+
+/// `path` with `.` and `..` resolved without touching the file system (for paths that do not
+/// exist yet, which `realpath` must still answer).
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+async fn blocking<T, F>(work: F) -> Result<T, StatusReply>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| io_status(&e)),
+        Err(join) => Err(StatusCode::Failure.with_message(join.to_string())),
+    }
+}
+
+impl russh_sftp::server::Handler for Sftp {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusCode::OpUnsupported.into()
+    }
+
+    async fn init(
+        &mut self,
+        _version: u32,
+        _extensions: HashMap<String, String>,
+    ) -> Result<Version, Self::Error> {
+        Ok(Version::new())
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
+        let path = self.path(&filename);
+        let mut options = std::fs::OpenOptions::from(pflags);
+        options.mode(attrs.permissions.map_or(0o644, |mode| mode & 0o7777));
+        let file = blocking(move || options.open(path)).await?;
+        let handle = self.add(Open::File(Arc::new(file)));
+        Ok(Handle { id, handle })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.handles.remove(&handle) {
+            Some(_) => Ok(ok(id)),
+            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
+        }
+    }
+
+    async fn read(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        len: u32,
+    ) -> Result<Data, Self::Error> {
+        let file = self.file(&handle)?;
+        let data = blocking(move || {
+            let mut buf = vec![0u8; len.min(MAX_READ) as usize];
+            let n = file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await?;
+        if data.is_empty() {
+            return Err(StatusCode::Eof.into());
+        }
+        Ok(Data { id, data })
+    }
+
+    async fn write(
+        &mut self,
+        id: u32,
+        handle: String,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<Status, Self::Error> {
+        let file = self.file(&handle)?;
+        blocking(move || file.write_all_at(&data, offset)).await?;
+        Ok(ok(id))
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let path = self.path(&path);
+        let meta = blocking(move || std::fs::symlink_metadata(path)).await?;
+        Ok(Attrs {
+            id,
+            attrs: attributes(&meta),
+        })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        let path = self.path(&path);
+        let meta = blocking(move || std::fs::metadata(path)).await?;
+        Ok(Attrs {
+            id,
+            attrs: attributes(&meta),
+        })
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        let file = self.file(&handle)?;
+        let meta = blocking(move || file.metadata()).await?;
+        Ok(Attrs {
+            id,
+            attrs: attributes(&meta),
+        })
+    }
+
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let path = self.path(&path);
+        blocking(move || {
+            // Read-only is enough for futimens/fchmod as root, and opens directories too.
+            let file = if attrs.size.is_some() {
+                std::fs::OpenOptions::new().write(true).open(&path)?
+            } else {
+                StdFile::open(&path)?
+            };
+            apply(&file, &attrs)
+        })
+        .await?;
+        Ok(ok(id))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let file = self.file(&handle)?;
+        blocking(move || apply(&file, &attrs)).await?;
+        Ok(ok(id))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let path = self.path(&path);
+        let entries = blocking(move || {
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                // An entry removed while listing is simply not listed.
+                let Ok(meta) = entry.path().symlink_metadata() else {
+                    continue;
+                };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                entries.push(File::new(name, attributes(&meta)));
+            }
+            Ok(entries)
+        })
+        .await?;
+        let handle = self.add(Open::Dir(entries));
+        Ok(Handle { id, handle })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        match self.handles.get_mut(&handle) {
+            Some(Open::Dir(entries)) if entries.is_empty() => Err(StatusCode::Eof.into()),
+            Some(Open::Dir(entries)) => {
+                let take = entries.len().min(ENTRIES_PER_READDIR);
+                let files = entries.drain(..take).collect();
+                Ok(Name { id, files })
+            }
+            Some(Open::File(_)) => Err(StatusCode::Failure.with_message("handle is a file")),
+            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
+        }
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        let path = self.path(&filename);
+        blocking(move || std::fs::remove_file(path)).await?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let path = self.path(&path);
+        let mode = attrs.permissions.map_or(0o755, |mode| mode & 0o7777);
+        blocking(move || std::fs::DirBuilder::new().mode(mode).create(path)).await?;
+        Ok(ok(id))
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        let path = self.path(&path);
+        blocking(move || std::fs::remove_dir(path)).await?;
+        Ok(ok(id))
+    }
+
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let path = self.path(&path);
+        let real =
+            blocking(move || Ok(std::fs::canonicalize(&path).unwrap_or_else(|_| lexical(&path))))
+                .await?;
+        let name = real.to_string_lossy().into_owned();
+        Ok(Name {
+            id,
+            files: vec![File::dummy(name)],
+        })
+    }
+
+    async fn rename(
+        &mut self,
+        id: u32,
+        oldpath: String,
+        newpath: String,
+    ) -> Result<Status, Self::Error> {
+        let (from, to) = (self.path(&oldpath), self.path(&newpath));
+        blocking(move || std::fs::rename(from, to)).await?;
+        Ok(ok(id))
+    }
+
+    async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let path = self.path(&path);
+        let target = blocking(move || std::fs::read_link(path)).await?;
+        Ok(Name {
+            id,
+            files: vec![File::dummy(target.to_string_lossy().into_owned())],
+        })
+    }
+
+    async fn symlink(
+        &mut self,
+        id: u32,
+        linkpath: String,
+        targetpath: String,
+    ) -> Result<Status, Self::Error> {
+        let link = self.path(&linkpath);
+        blocking(move || std::os::unix::fs::symlink(targetpath, link)).await?;
+        Ok(ok(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use russh_sftp::client::SftpSession;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn session(home: &Path) -> SftpSession {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        serve(theirs, home.to_path_buf()).await;
+        SftpSession::new(ours).await.expect("sftp handshake")
+    }
+
+    #[tokio::test]
+    async fn files_round_trip_with_their_mode_and_mtime() {
+        let home = tempfile::tempdir().expect("temp dir");
+        let sftp = session(home.path()).await;
+        assert_eq!(
+            sftp.canonicalize(".").await.expect("realpath"),
+            home.path()
+                .canonicalize()
+                .expect("canonical")
+                .to_string_lossy()
+        );
+        sftp.create_dir("sub").await.expect("mkdir");
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = sftp.create("sub/data.bin").await.expect("create");
+        file.write_all(&payload).await.expect("write");
+        file.shutdown().await.expect("close");
+        let attrs = FileAttributes {
+            permissions: Some(0o600),
+            mtime: Some(1_000_000),
+            atime: Some(1_000_000),
+            ..FileAttributes::empty()
+        };
+        sftp.set_metadata("sub/data.bin", attrs)
+            .await
+            .expect("setstat");
+
+        let on_disk = std::fs::read(home.path().join("sub/data.bin")).expect("written");
+        assert_eq!(on_disk, payload);
+        let meta = sftp.metadata("sub/data.bin").await.expect("stat");
+        assert_eq!(meta.permissions.map(|m| m & 0o777), Some(0o600));
+        assert_eq!(meta.mtime, Some(1_000_000));
+        assert_eq!(meta.size, Some(payload.len() as u64));
+
+        let mut back = Vec::new();
+        sftp.open("sub/data.bin")
+            .await
+            .expect("open")
+            .read_to_end(&mut back)
+            .await
+            .expect("read");
+        assert_eq!(back, payload);
+
+        let names: Vec<String> = sftp
+            .read_dir("sub")
+            .await
+            .expect("readdir")
+            .map(|entry| entry.file_name())
+            .collect();
+        assert_eq!(names, ["data.bin"]);
+        assert!(sftp.metadata("sub").await.expect("stat dir").is_dir());
+    }
+
+    #[tokio::test]
+    async fn missing_files_are_reported_as_such() {
+        let home = tempfile::tempdir().expect("temp dir");
+        let sftp = session(home.path()).await;
+        let err = sftp.metadata("nope").await.expect_err("no such file");
+        assert!(err.to_string().contains("No such file"), "{err}");
+        assert_eq!(
+            sftp.canonicalize("a/../b").await.expect("realpath"),
+            format!(
+                "{}/b",
+                home.path().canonicalize().expect("canonical").display()
+            )
+        );
+    }
+}

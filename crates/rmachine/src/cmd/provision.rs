@@ -1,0 +1,36 @@
+//! `rmachine provision`.
+
+use std::time::Duration;
+
+use rmachine_host::machine;
+use rmachine_host::store::Store;
+
+use crate::progress::Renderer;
+
+/// Re-provision existing machines
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Seconds to wait for the engine after the VM restarts
+    #[arg(long = "engine-timeout", default_value_t = machine::DEFAULT_ENGINE_TIMEOUT.as_secs())]
+    engine_timeout: u64,
+
+    /// Print plain step lines instead of a spinner
+    #[arg(long = "no-progress")]
+    no_progress: bool,
+
+    /// Machine names (default: "default")
+    names: Vec<String>,
+}
+
+pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
+    let names = super::names(store, args.names)?;
+    let timeout = Duration::from_secs(args.engine_timeout);
+    let plain = args.no_progress;
+    super::for_each(&names, |name| async move {
+        let renderer = Renderer::new(plain);
+        machine::provision_again(store, &name, timeout, &|p| renderer.step(p)).await?;
+        renderer.finish();
+        Ok(())
+    })
+    .await
+}

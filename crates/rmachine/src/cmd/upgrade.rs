@@ -1,0 +1,44 @@
+//! `rmachine upgrade`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rmachine_host::machine;
+use rmachine_host::store::Store;
+
+use crate::output::outln;
+use crate::progress::Renderer;
+
+/// Upgrade a machine to the current guest image (its data disk is kept)
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Guest image directory (default: the development build's guest/out, else the newest
+    /// cached image)
+    #[arg(long = "guest-image", env = "RMACHINE_GUEST_IMAGE")]
+    guest_image: Option<PathBuf>,
+
+    /// Seconds to wait for the engine after the VM boots
+    #[arg(long = "engine-timeout", default_value_t = machine::DEFAULT_ENGINE_TIMEOUT.as_secs())]
+    engine_timeout: u64,
+
+    /// Print plain step lines instead of a spinner
+    #[arg(long = "no-progress")]
+    no_progress: bool,
+
+    /// Machine names (default: "default")
+    names: Vec<String>,
+}
+
+pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
+    let names = super::names(store, args.names)?;
+    let timeout = Duration::from_secs(args.engine_timeout);
+    let plain = args.no_progress;
+    let image = args.guest_image.as_deref();
+    super::for_each(&names, |name| async move {
+        let renderer = Renderer::new(plain);
+        let version = machine::upgrade(store, &name, image, timeout, &|p| renderer.step(p)).await?;
+        renderer.finish();
+        outln(&format!("Machine \"{name}\" runs guest image {version}."))
+    })
+    .await
+}

@@ -1,0 +1,218 @@
+//! `rmachine scp` against real guests (both ways, and machine to machine), `mount`,
+//! `regenerate-certs`, the machine's docker context,
+//! and `create` leaving its caller's pipes alone once QEMU has daemonized.
+#![cfg(rmachine_e2e)]
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rmachine_e2e::{bin_dir, guest_image, Machine};
+
+/// Removes a second machine of the same store on drop (the harness removes only its own).
+struct Also<'a>(&'a Machine, &'a str);
+
+impl Drop for Also<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.rmachine(&["rm", "-f", "-y", self.1]);
+    }
+}
+
+/// `rmachine create` as `$(rmachine create …)` or a test runner runs it: stdout is a pipe, and
+/// the pipe is also open as descriptor 7 without close-on-exec. Fails if reading that pipe to
+/// its end does not finish when rmachine exits, or if QEMU holds the pipe.
+fn create_through_a_pipe(machine: &Machine) -> Result<()> {
+    let image = guest_image()?;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$@\" 7>&1")
+        .arg("sh")
+        .arg(bin_dir()?.join("rmachine"))
+        .args(["create", "-d", "qemu", "--no-progress", "--guest-image"])
+        .arg(&image)
+        .arg(&machine.name)
+        .env("RMACHINE_STORAGE_PATH", machine.store())
+        .env("DOCKER_CONFIG", machine.docker_config())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn rmachine create")?;
+    let mut stdout = child.stdout.take().context("stdout pipe")?;
+    let pipe = std::fs::read_link(format!("/proc/self/fd/{}", stdout.as_raw_fd()))?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let status = child.wait()?;
+    let exited = Instant::now();
+    while !reader.is_finished() {
+        if exited.elapsed() > Duration::from_secs(20) {
+            bail!("rmachine create exited ({status}) but its stdout pipe stays open: a child holds it");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    eprintln!("{text}");
+    if !status.success() {
+        bail!("rmachine create failed: {status}\n{text}");
+    }
+    let pidfile = machine
+        .store()
+        .join("machines")
+        .join(&machine.name)
+        .join("qemu.pid");
+    let pid = std::fs::read_to_string(&pidfile)?.trim().to_owned();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let target = std::fs::read_link(entry?.path()).unwrap_or_default();
+        if target == pipe {
+            bail!(
+                "QEMU (pid {pid}) holds the caller's pipe {}",
+                pipe.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn ssh_out(machine: &Machine, name: &str, command: &str) -> Result<String> {
+    Ok(machine.rmachine(&["ssh", name, command])?.success()?.stdout)
+}
+
+#[test]
+fn scp_copies_both_ways_and_between_machines() -> Result<()> {
+    let machine = Machine::new("scp-a")?;
+    create_through_a_pipe(&machine)?;
+
+    // The docker context named after the machine reaches its engine.
+    let out = Command::new("docker")
+        .args([
+            "--context",
+            "scp-a",
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ])
+        .env("DOCKER_CONFIG", machine.docker_config())
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "docker --context scp-a failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let local = tempfile::tempdir()?;
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub"))?;
+    std::fs::write(tree.join("a.txt"), "alpha\n")?;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(tree.join("sub/big.bin"), &big)?;
+    let tree_arg = tree.to_string_lossy().into_owned();
+
+    // Host to machine, recursive, into root's home.
+    machine
+        .rmachine(&["scp", "-r", &tree_arg, "scp-a:"])?
+        .success()?;
+    assert_eq!(
+        ssh_out(&machine, "scp-a", "cat /root/tree/a.txt")?,
+        "alpha\n"
+    );
+    assert_eq!(
+        ssh_out(&machine, "scp-a", "wc -c < /root/tree/sub/big.bin")?.trim(),
+        big.len().to_string()
+    );
+
+    // mount: the guest's directory through sshfs, then unmounted.
+    let mnt = local.path().join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let mnt_arg = mnt.to_string_lossy().into_owned();
+    machine
+        .rmachine(&["mount", "scp-a:/root/tree", &mnt_arg])?
+        .success()?;
+    let through_mount = std::fs::read_to_string(mnt.join("a.txt"));
+    machine
+        .rmachine(&["mount", "-u", "scp-a:/root/tree", &mnt_arg])?
+        .success()?;
+    assert_eq!(through_mount?, "alpha\n");
+    assert!(!mnt.join("a.txt").exists(), "unmounted");
+
+    // Machine to host.
+    let back = local.path().join("back.bin");
+    machine
+        .rmachine(&["scp", "scp-a:tree/sub/big.bin", &back.to_string_lossy()])?
+        .success()?;
+    assert!(std::fs::read(&back)? == big, "downloaded bytes differ");
+
+    // Delta: an unchanged tree is left alone, modification times come across.
+    machine
+        .rmachine(&["scp", "-r", "-d", "-q", &tree_arg, "scp-a:/root/delta"])?
+        .success()?;
+    let mtime = std::fs::metadata(tree.join("a.txt"))?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    assert_eq!(
+        ssh_out(&machine, "scp-a", "stat -c %Y /root/delta/tree/a.txt")?.trim(),
+        mtime.to_string()
+    );
+
+    // regenerate-certs: a new engine certificate, the machine restarted with it, docker works,
+    // and ssh still accepts the guest (its host key lives on the data disk; /root does not, as
+    // on boot2docker).
+    let server_pem = machine.store().join("machines/scp-a/server.pem");
+    let before = std::fs::read_to_string(&server_pem)?;
+    machine
+        .rmachine(&["regenerate-certs", "-f", "--no-progress", "scp-a"])?
+        .success()?;
+    assert_ne!(std::fs::read_to_string(&server_pem)?, before);
+    machine
+        .docker(&["version", "--format", "{{.Server.Version}}"])?
+        .success()?;
+    assert_eq!(ssh_out(&machine, "scp-a", "echo still")?, "still\n");
+    machine
+        .rmachine(&["scp", "-r", &tree_arg, "scp-a:/root/"])?
+        .success()?;
+
+    // Machine to machine, through the host.
+    let image = guest_image()?;
+    let image = image.to_string_lossy().into_owned();
+    let _b = Also(&machine, "scp-b");
+    machine
+        .rmachine(&[
+            "create",
+            "-d",
+            "qemu",
+            "--no-progress",
+            "--guest-image",
+            &image,
+            "scp-b",
+        ])?
+        .success()?;
+    machine
+        .rmachine(&["scp", "-r", "scp-a:/root/tree", "scp-b:/root/copy"])?
+        .success()?;
+    assert_eq!(
+        ssh_out(&machine, "scp-b", "cat /root/copy/a.txt")?,
+        "alpha\n"
+    );
+    assert_eq!(
+        ssh_out(&machine, "scp-b", "wc -c < /root/copy/sub/big.bin")?.trim(),
+        big.len().to_string()
+    );
+
+    // A missing remote file is named.
+    let missing = machine.rmachine(&["scp", "scp-a:/nope", &back.to_string_lossy()])?;
+    assert_eq!(
+        (missing.code, missing.stderr.as_str()),
+        (1, "scp: scp-a:/nope: No such file or directory\n")
+    );
+    Ok(())
+}
