@@ -472,9 +472,16 @@ enum FollowError {
 }
 
 /// The listeners of one published port; dropping it closes them.
-struct ActiveForward {
+pub struct ActiveForward {
     forward: Forward,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl ActiveForward {
+    /// What is forwarded.
+    pub fn forward(&self) -> &Forward {
+        &self.forward
+    }
 }
 
 impl Drop for ActiveForward {
@@ -645,7 +652,8 @@ impl Agent {
         self.container_stopped(id);
         let mut forwards = Vec::new();
         for port in published_ports(&inspect) {
-            let (active, failures) = forward_port(&ssh, &self.bind, &short, port).await;
+            let (active, failures) =
+                forward_port(&ssh, &self.bind, &short, port, UDP_RELAY_COMMAND).await;
             for failure in &failures {
                 tracing::error!("{failure}");
             }
@@ -677,13 +685,18 @@ fn address_missing(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::AddrNotAvailable
 }
 
-/// Binds `port` on every address of `bind` and starts carrying it; returns the forward (if any
-/// address could be bound) and the failures.
-async fn forward_port(
+/// The guest command that relays one UDP port (the port number follows).
+pub const UDP_RELAY_COMMAND: &str = "rmachine-init udp-relay";
+
+/// Binds `port` on every address of `bind` and starts carrying it to the guest's loopback
+/// through `ssh` (UDP through `relay_command PORT`); returns the forward (if any address could
+/// be bound) and the failures.
+pub async fn forward_port(
     ssh: &Arc<SshSession>,
     bind: &[IpAddr],
     container: &str,
     port: PublishedPort,
+    relay_command: &str,
 ) -> (Option<ActiveForward>, Vec<BindFailure>) {
     let mut failures = Vec::new();
     let mut addresses = Vec::new();
@@ -719,10 +732,12 @@ async fn forward_port(
         }
     }
     if !udp_sockets.is_empty() {
+        let command = format!("{relay_command} {}", port.host_port);
         tasks.push(tokio::spawn(serve_udp(
             udp_sockets,
             ssh.clone(),
             port.host_port,
+            command,
         )));
     }
     let active = (!addresses.is_empty()).then(|| ActiveForward {
@@ -765,11 +780,8 @@ async fn serve_tcp(listener: TcpListener, ssh: Arc<SshSession>, port: u16) {
 
 /// Relays datagrams of every host socket of one port through one `udp-relay` channel; each
 /// client address is one flow, so replies go back to the client and socket they belong to.
-async fn serve_udp(sockets: Vec<Arc<UdpSocket>>, ssh: Arc<SshSession>, port: u16) {
-    let channel = match ssh
-        .exec_channel(&format!("rmachine-init udp-relay {port}"))
-        .await
-    {
+async fn serve_udp(sockets: Vec<Arc<UdpSocket>>, ssh: Arc<SshSession>, port: u16, command: String) {
+    let channel = match ssh.exec_channel(&command).await {
         Ok(channel) => channel,
         Err(e) => {
             tracing::error!(port, error = %crate::machine::error_chain(&e), "cannot start the guest's udp relay");

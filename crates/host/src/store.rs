@@ -508,6 +508,7 @@ pub(crate) mod tests {
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,
+            published_bind_address: None,
         }
     }
 
