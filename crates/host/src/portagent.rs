@@ -903,6 +903,58 @@ mod tests {
     }
 
     #[test]
+    fn bind_failures_reach_ls_and_inspect_while_the_agent_runs() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path();
+        assert_eq!(ls_errors(dir), None, "no agent ever ran: nothing to say");
+        let status = AgentStatus {
+            pid: 4242,
+            connected: true,
+            last_error: None,
+            forwarded: vec![Forward {
+                container: "0123456789ab".into(),
+                proto: Proto::Udp,
+                host_port: 5353,
+                addresses: bind_addresses(None),
+            }],
+            failures: vec![BindFailure {
+                container: "0123456789ab".into(),
+                proto: Proto::Tcp,
+                address: Ipv4Addr::LOCALHOST.into(),
+                host_port: 8080,
+                error: "Address already in use (os error 98)".into(),
+            }],
+        };
+        let json = serde_json::to_vec(&status).expect("serializable");
+        std::fs::write(dir.join(STATUS_FILE), json).expect("write status");
+        // The agent holds its lock while it runs.
+        let lock = File::create(dir.join(LOCK_FILE)).expect("lock file");
+        lock.lock().expect("lock");
+        assert_eq!(
+            ls_errors(dir).as_deref(),
+            Some("cannot publish 127.0.0.1:8080/tcp of container 0123456789ab: Address already in use (os error 98)")
+        );
+        let shown = serde_json::to_value(report(dir)).expect("serializable");
+        assert_eq!(shown["Running"], true);
+        assert_eq!(shown["Pid"], 4242);
+        assert_eq!(shown["Forwarded"][0]["HostPort"], 5353);
+        assert_eq!(shown["Forwarded"][0]["Addresses"][1], "::1");
+        assert_eq!(shown["Failures"][0]["Address"], "127.0.0.1");
+        drop(lock);
+        assert_eq!(
+            ls_errors(dir),
+            Some(format!(
+                "port agent is not running (see {})",
+                dir.join(LOG_FILE).display()
+            ))
+        );
+        assert_eq!(
+            serde_json::to_value(report(dir)).expect("serializable")["Running"],
+            false
+        );
+    }
+
+    #[test]
     fn only_loopback_is_bound_unless_asked() {
         assert_eq!(
             bind_addresses(None),
