@@ -239,6 +239,12 @@ impl NetNs {
         Path::new("/run/netns").join(&self.name)
     }
 
+    /// Runs `f` on a thread that has joined the namespace (the network namespace is a
+    /// per-thread attribute): sockets `f` opens are the namespace's.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        enter_and_run(self.path(), f)
+    }
+
     /// `program` run inside the namespace (through `nsenter`, which execs it: same PID).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
@@ -247,6 +253,28 @@ impl NetNs {
             .arg(program);
         cmd
     }
+}
+
+/// Runs `f` on a thread that joined the network namespace at `path`.
+pub fn enter_and_run<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    std::thread::spawn(move || -> Result<T> {
+        // SAFETY: setns on a valid, open namespace descriptor affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
 }
 
 impl Drop for NetNs {

@@ -18,10 +18,11 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError 
 
 /// A netlink connection in the engine's own network namespace.
 pub fn connect() -> Result<Handle, NetworkError> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| NetworkError::Io {
-        path: "netlink".into(),
-        source,
-    })?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|source| NetworkError::Io {
+            path: "netlink".into(),
+            source,
+        })?;
     tokio::spawn(connection);
     Ok(handle)
 }

@@ -320,11 +320,7 @@ pub fn bind_all(
                     req.proto.as_str(),
                     io_text(&err)
                 ),
-                None => format!(
-                    "no free host port for {}/{}",
-                    req.port,
-                    req.proto.as_str()
-                ),
+                None => format!("no free host port for {}/{}", req.port, req.proto.as_str()),
             };
             return Err(NetworkError::Publish {
                 endpoint: endpoint.to_string(),
@@ -350,12 +346,11 @@ impl Bound {
         for (socket, target) in self.sockets {
             let handle = match socket {
                 BoundSocket::Tcp(listener) => {
-                    let listener = TcpListener::from_std(listener).map_err(|source| {
-                        NetworkError::Io {
+                    let listener =
+                        TcpListener::from_std(listener).map_err(|source| NetworkError::Io {
                             path: "tcp listener".into(),
                             source,
-                        }
-                    })?;
+                        })?;
                     tokio::spawn(tcp_proxy(listener, target)).abort_handle()
                 }
                 BoundSocket::Udp(socket) => {
@@ -419,11 +414,8 @@ async fn udp_proxy(socket: Arc<UdpSocket>, target: SocketAddr) {
         let flow = match existing {
             Some(flow) => flow,
             None => {
-                let Ok(flow) = UdpSocket::bind(SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    0,
-                ))
-                .await
+                let Ok(flow) =
+                    UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)).await
                 else {
                     continue;
                 };
@@ -437,7 +429,8 @@ async fn udp_proxy(socket: Arc<UdpSocket>, target: SocketAddr) {
                 let (back, reply, map) = (socket.clone(), flow.clone(), flows.clone());
                 replies.spawn(async move {
                     let mut buf = vec![0u8; 65536];
-                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, reply.recv(&mut buf)).await {
+                    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, reply.recv(&mut buf)).await
+                    {
                         let _ = back.send_to(&buf[..n], client).await;
                     }
                     if let Ok(mut map) = map.lock() {
@@ -474,7 +467,10 @@ mod tests {
     #[test]
     fn publish_all_adds_exposed_ports_without_a_binding() {
         let mut bindings = BTreeMap::new();
-        bindings.insert("80/tcp".to_string(), Some(vec![binding("127.0.0.1", "8080")]));
+        bindings.insert(
+            "80/tcp".to_string(),
+            Some(vec![binding("127.0.0.1", "8080")]),
+        );
         let mut exposed = BTreeMap::new();
         exposed.insert("80/tcp".to_string(), serde_json::json!({}));
         exposed.insert("53/udp".to_string(), serde_json::json!({}));
