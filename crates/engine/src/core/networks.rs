@@ -123,13 +123,23 @@ pub(super) fn check_create(
     config: &crate::state::ContainerConfig,
     host: &HostConfig,
 ) -> Result<(), EngineError> {
-    let mode = Mode::of(host)?;
+    // An unknown network is dockerd's 404 at start: at create the CLI would read a 404 as a
+    // missing image and try to pull it.
+    let Ok(mode) = Mode::of(host) else {
+        return Ok(());
+    };
     let requests = ports::requests(
         &host.port_bindings,
         host.publish_all_ports,
         &config.exposed_ports,
     )
     .map_err(publish_err)?;
+    if !requests.is_empty() && matches!(mode, Mode::Container(_)) {
+        return Err(EngineError::InvalidParameter {
+            reason: "conflicting options: port publishing and the container type network mode"
+                .into(),
+        });
+    }
     if !requests.is_empty() && mode != Mode::Bridge {
         // dockerd drops the bindings of a container without its own network stack with a
         // warning; refusing says it instead of accepting and dropping them.
