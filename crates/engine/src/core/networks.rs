@@ -169,6 +169,12 @@ impl Engine {
         self.inner.network.net.bridge_id()
     }
 
+    /// Removes the bridge, NAT table and namespaces a killed engine left (its containers were
+    /// stopped by the reconcile of [`Engine::open`]); the first bridged start remakes them.
+    pub async fn reconcile_network(&self) {
+        self.inner.network.net.reconcile().await;
+    }
+
     /// Sets up the network of `record`'s container before its process starts.
     pub(super) async fn network_up(&self, record: &ContainerRecord) -> Result<Setup, EngineError> {
         match Mode::of(&record.host_config)? {
