@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rmachine_tests_engine::{Engine, NetNs};
 
 fn out(cmd: &mut Command) -> Result<String> {
