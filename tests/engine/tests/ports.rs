@@ -204,7 +204,7 @@ int main(void) {
 "#,
     )?;
     let out = dir.join("udp-echo");
-    let status = std::process::Command::new("gcc")
+    let status = std::process::Command::new("musl-gcc")
         .args(["-static", "-O2", "-o"])
         .arg(&out)
         .arg(&src)
