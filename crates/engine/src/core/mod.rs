@@ -50,6 +50,7 @@ mod images;
 mod lifecycle;
 mod list;
 pub(crate) mod lookup;
+pub mod networks;
 mod options;
 mod remove;
 mod resources;
@@ -117,6 +118,7 @@ struct Inner {
     table: Mutex<Table>,
     execs: exec::ExecTable,
     restarts: restart::RestartManager,
+    network: networks::NetworkState,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -224,8 +226,10 @@ impl Engine {
             table.names.insert(name, id.clone());
             table.by_id.insert(id, container);
         }
+        let network = networks::NetworkState::new(&config.data_root);
         Ok(Engine {
             inner: Arc::new(Inner {
+                network,
                 config,
                 engine_id,
                 images,
