@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks a machine's published port from the host: requests per second (ApacheBench, 10 s,
-# keep-alive asked for, 4 concurrent clients) and connect latency through the port agent
+# Benchmarks a machine's published port from the host: requests per second (ApacheBench,
+# REQUESTS requests, CONCURRENCY clients; defaults 200 and 1) and connect latency through the port agent
 # (127.0.0.1:PORT → SSH direct-tcpip → the engine's proxy → the container), side by side with
 # the same server reached the old way, OpenSSH's `ssh -L` to the same guest port.
 #
@@ -32,7 +32,7 @@ eval "$("$rmachine" env --shell bash bench)"
 docker load -i "$store/busybox.tar" >/dev/null
 port=18090
 local_port=18091
-docker run -d --name web -p "$port:80" busybox sh -c \
+docker run -d --name web --restart always -p "$port:80" busybox sh -c \
     'mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www' >/dev/null
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
 
@@ -48,11 +48,19 @@ connect_ms() { # median of 20 connect+first-byte times
         curl -s -o /dev/null -w '%{time_starttransfer}\n' "http://127.0.0.1:$1/"
     done | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]*1000}'
 }
+# busybox httpd closes every connection (no keep-alive), so each request is a new connection:
+# through the agent, a new SSH channel.
+requests=${REQUESTS:-200}
+concurrency=${CONCURRENCY:-1}
 for run in 1 2; do
-    for what in "agent:$port" "ssh -L:$local_port"; do
+    for what in "ssh -L:$local_port" "agent:$port"; do
         name=${what%%:*} p=${what##*:}
-        rps=$(ab -q -k -c 4 -t 10 -n 1000000 "http://127.0.0.1:$p/" 2>/dev/null \
-            | awk '/Requests per second/ {print $4}')
-        echo "run $run  $name  requests/s: $rps  first byte (median of 20): $(connect_ms "$p") ms"
+        # A fresh container for each measurement: it must run for the whole of it.
+        docker restart -t 0 web >/dev/null
+        for _ in $(seq 100); do curl -fs "http://127.0.0.1:$p/" >/dev/null && break; sleep 0.05; done
+        first=$(connect_ms "$p")
+        rps=$(ab -q -r -c "$concurrency" -n "$requests" "http://127.0.0.1:$p/" 2>/dev/null \
+            | awk '/Requests per second/ {rps=$4} /Failed requests/ {failed=$3} END {print rps " (failed: " failed ")"}' || true)
+        echo "run $run  $name  requests/s: $rps  first byte (median of 20): $first ms"
     done
 done
