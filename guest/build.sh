@@ -104,7 +104,10 @@ KDEB="$(fetch_deb "$KPKG")"
 BBDEB="$(fetch_deb busybox-static)"
 # e2fsprogs and the packages holding the libraries its programs link; which files of them are
 # shipped is decided below from the ELF headers (DT_NEEDED, PT_INTERP), not from this list.
-E2FS_PACKAGES=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libc6)
+# nftables (nft, the engine's NAT: crates/engine/src/network/nat.rs) is shipped the same way.
+E2FS_PACKAGES=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libc6
+               nftables libnftables1 libedit2 libmnl0 libnftnl11 libxtables12 libjansson4
+               libgmp10 libtinfo6 libbsd0 libmd0)
 E2FS_DEBS=()
 for pkg in "${E2FS_PACKAGES[@]}"; do E2FS_DEBS+=("$(fetch_deb "$pkg")"); done
 
@@ -120,7 +123,7 @@ if [[ ! -x "$WORK/busybox/bin/busybox" ]]; then
   dpkg-deb -x "$BBDEB" "$WORK/busybox"
 fi
 E2FS="$WORK/e2fsprogs"
-if [[ ! -x "$E2FS/sbin/e2fsck" ]]; then
+if [[ ! -x "$E2FS/sbin/e2fsck" || ! -x "$E2FS/usr/sbin/nft" ]]; then
   rm -rf "$E2FS"
   for deb in "${E2FS_DEBS[@]}"; do dpkg-deb -x "$deb" "$E2FS"; done
 fi
@@ -181,7 +184,8 @@ e2fs_lib() {
   exit 1
 }
 declare -A e2fs_done=()
-e2fs_queue=("${E2FS_PROGS[@]/#/$ROOT/sbin/}")
+install -m 0755 "$E2FS/usr/sbin/nft" "$ROOT/usr/sbin/nft"
+e2fs_queue=("${E2FS_PROGS[@]/#/$ROOT/sbin/}" "$ROOT/usr/sbin/nft")
 while ((${#e2fs_queue[@]})); do
   elf="${e2fs_queue[0]}"
   e2fs_queue=("${e2fs_queue[@]:1}")

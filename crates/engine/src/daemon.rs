@@ -104,6 +104,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         );
     }
     let engine = Engine::open(options.engine.clone()).map_err(DaemonError::Engine)?;
+    engine.reconcile_network().await;
     let api = Api::new(engine.clone());
     tokio::spawn({
         let engine = engine.clone();

@@ -15,6 +15,7 @@ pub mod core;
 pub mod daemon;
 pub mod events;
 pub mod image;
+pub mod network;
 pub mod recovery;
 pub mod registry_config;
 pub mod state;

@@ -69,7 +69,7 @@ pub enum EngineCheckError {
         /// The engine address.
         addr: SocketAddr,
         /// The request path.
-        path: &'static str,
+        path: String,
         /// The cause.
         #[source]
         source: hyper::Error,
@@ -80,7 +80,7 @@ pub enum EngineCheckError {
         /// The engine address.
         addr: SocketAddr,
         /// The request path.
-        path: &'static str,
+        path: String,
         /// What was wrong.
         detail: String,
     },
@@ -158,51 +158,106 @@ impl EngineClient {
         })
     }
 
-    async fn get(&self, addr: SocketAddr, path: &'static str) -> Result<Bytes, EngineCheckError> {
-        let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(addr)
+    /// Opens a mutual-TLS HTTP/1 connection and sends `GET path`; returns the response head
+    /// with its body still streaming (the connection lives as long as the body is read).
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, EngineCheckError> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| EngineCheckError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        // Verify the certificate against the address we dial, as docker does for
+        // tcp://127.0.0.1:PORT.
+        let name = ServerName::IpAddress(addr.ip().into());
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|source| EngineCheckError::Handshake { addr, source })?;
+        let http = |source| EngineCheckError::Http {
+            addr,
+            path: path.to_string(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| EngineCheckError::BadAnswer {
+                addr,
+                path: path.to_string(),
+                detail: e.to_string(),
+            })?;
+        let response = sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .into_body()
+                .collect()
                 .await
-                .map_err(|source| EngineCheckError::Connect { addr, source })?;
-            let _ = tcp.set_nodelay(true);
-            // Verify the certificate against the address we dial, as docker does for
-            // tcp://127.0.0.1:PORT.
-            let name = ServerName::IpAddress(addr.ip().into());
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|source| EngineCheckError::Handshake { addr, source })?;
-            let http = |source| EngineCheckError::Http { addr, path, source };
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(http)?;
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(EngineCheckError::BadAnswer {
+                addr,
+                path: path.to_string(),
+                detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
             });
-            let request = hyper::Request::get(path)
-                .header(hyper::header::HOST, addr.to_string())
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| EngineCheckError::BadAnswer {
-                    addr,
-                    path,
-                    detail: e.to_string(),
-                })?;
-            let response = sender.send_request(request).await.map_err(http)?;
-            let status = response.status();
+        }
+        Ok(response)
+    }
+
+    /// `GET path` whose body streams for as long as the engine keeps it open (`/events`);
+    /// only the response head is bounded by the attempt timeout.
+    pub async fn stream(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<hyper::body::Incoming, EngineCheckError> {
+        tokio::time::timeout(ATTEMPT_TIMEOUT, self.send(addr, path))
+            .await
+            .map_err(|_| EngineCheckError::AttemptTimeout {
+                addr,
+                seconds: ATTEMPT_TIMEOUT.as_secs(),
+            })?
+            .map(hyper::Response::into_body)
+    }
+
+    /// `GET path`, its body parsed as JSON.
+    pub async fn get_json(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<serde_json::Value, EngineCheckError> {
+        let body = self.get(addr, path).await?;
+        serde_json::from_slice(&body).map_err(|e| EngineCheckError::BadAnswer {
+            addr,
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    async fn get(&self, addr: SocketAddr, path: &str) -> Result<Bytes, EngineCheckError> {
+        let attempt = async {
+            let response = self.send(addr, path).await?;
+            let http = |source| EngineCheckError::Http {
+                addr,
+                path: path.to_string(),
+                source,
+            };
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .map_err(http)?
                 .to_bytes();
-            driver.abort();
-            if !status.is_success() {
-                return Err(EngineCheckError::BadAnswer {
-                    addr,
-                    path,
-                    detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()),
-                });
-            }
             Ok(body)
         };
         tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
@@ -219,7 +274,7 @@ impl EngineClient {
         if body.as_ref() != b"OK" {
             return Err(EngineCheckError::BadAnswer {
                 addr,
-                path: "/_ping",
+                path: "/_ping".to_string(),
                 detail: format!("{:?}", String::from_utf8_lossy(&body)),
             });
         }
@@ -231,7 +286,7 @@ impl EngineClient {
         let body = self.get(addr, "/version").await?;
         let bad = |detail: String| EngineCheckError::BadAnswer {
             addr,
-            path: "/version",
+            path: "/version".to_string(),
             detail,
         };
         let value: serde_json::Value =

@@ -15,6 +15,7 @@ pub mod env;
 pub mod image;
 pub mod machine;
 pub mod scp;
+pub mod portagent;
 pub mod ssh;
 pub mod store;
 pub mod template;

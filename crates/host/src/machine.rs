@@ -23,6 +23,7 @@ use crate::drivers::{AnyDriver, DriverKind, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
 use crate::image::{self, ImageError};
+use crate::portagent;
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::{
     self, AuthOptions, DriverRecord, EngineOptions, HostOptions, MachineConfig, Store, StoreError,
@@ -170,10 +171,13 @@ pub enum MachineError {
     /// Interrupted by the user (Ctrl-C) during `create`.
     #[error("interrupted")]
     Interrupted,
+    /// The port agent could not be started or stopped.
+    #[error(transparent)]
+    PortAgent(#[from] crate::portagent::PortAgentError),
 }
 
 /// `error: cause: cause…`, for errors whose message must end with something else.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -311,6 +315,9 @@ pub struct CreateOptions {
     pub tls_san: Vec<String>,
     /// How long to wait for the engine after boot.
     pub engine_timeout: Duration,
+    /// `--published-bind-address`: where published ports appear on the host (default:
+    /// 127.0.0.1 and ::1).
+    pub published_bind_address: Option<std::net::IpAddr>,
 }
 
 impl Default for CreateOptions {
@@ -328,6 +335,7 @@ impl Default for CreateOptions {
             engine_env: Vec::new(),
             tls_san: Vec::new(),
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
+            published_bind_address: None,
         }
     }
 }
@@ -584,6 +592,7 @@ async fn provision<D: Driver>(
         vm: spec.clone(),
         created: chrono::Utc::now(),
         data_disk: None,
+        published_bind_address: options.published_bind_address,
     };
 
     progress(Progress::WritingConfigDrive);
@@ -886,6 +895,17 @@ pub async fn start(
     boot(store, &driver, &dir, &mut config, timeout, progress).await
 }
 
+/// Starts the port agent of a running machine (replacing an older one): `program` is the
+/// `rmachine` executable, which runs it as `rmachine port-agent NAME`.
+pub fn start_port_agent(
+    store: &Store,
+    name: &str,
+    program: &std::path::Path,
+) -> Result<u32, MachineError> {
+    store.require(name)?;
+    Ok(portagent::restart(store, name, program)?)
+}
+
 /// `stop`: ask the guest to power off; fails after [`STOP_TIMEOUT`] suggesting `kill`.
 #[tracing::instrument(skip_all, fields(machine = name))]
 pub async fn stop(store: &Store, name: &str) -> Result<(), MachineError> {
@@ -903,6 +923,7 @@ pub async fn stop(store: &Store, name: &str) -> Result<(), MachineError> {
             state: "stopped".to_string(),
         });
     }
+    portagent::stop(store, name)?;
     match driver
         .stop(
             &dir,
@@ -927,6 +948,7 @@ pub async fn kill(store: &Store, name: &str) -> Result<(), MachineError> {
     store.require(name)?;
     let _lock = store.lock(name)?;
     let (_, driver) = load_with_driver(store, name).await?;
+    portagent::stop(store, name)?;
     driver
         .stop(&store.machine_dir(name), StopMode::Kill)
         .await
@@ -1095,6 +1117,12 @@ pub async fn remove(store: &Store, name: &str, force: bool) -> Result<(), Machin
     store.require(name)?;
     let lock = store.lock(name)?;
     let dir = store.machine_dir(name);
+    if let Err(e) = portagent::stop(store, name) {
+        if !force {
+            return Err(e.into());
+        }
+        tracing::warn!(error = %e, "removing the machine anyway (--force)");
+    }
     let removed = match store
         .load(name)
         .map_err(MachineError::from)
@@ -1228,7 +1256,14 @@ pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineEr
 /// `inspect NAME [-f FORMAT]`: the record as 4-space-indented JSON, or rendered by `format`.
 pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String, MachineError> {
     let config = store.load(name)?;
-    let value = serde_json::to_value(&config).unwrap_or(Value::Null);
+    let mut value = serde_json::to_value(&config).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        let agent = portagent::report(&store.machine_path(name));
+        map.insert(
+            "PortAgent".to_string(),
+            serde_json::to_value(agent).unwrap_or(Value::Null),
+        );
+    }
     match format {
         Some(format) => Ok(format!("{}\n", template::render(format, &value)?)),
         None => Ok(format!("{}\n", template::pretty(&value))),
@@ -1294,6 +1329,11 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
                         Err(e) => entry.error = e.to_string(),
                     },
                     Err(e) => entry.error = e.to_string(),
+                }
+                if entry.error.is_empty() {
+                    if let Some(errors) = portagent::ls_errors(dir.path()) {
+                        entry.error = errors;
+                    }
                 }
             }
             Err(e) => entry.error = e.to_string(),

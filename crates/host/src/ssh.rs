@@ -549,6 +549,45 @@ impl SshSession {
             .map_err(|source| SshError::SftpHandshake { addr, source })
     }
 
+    /// Opens a `direct-tcpip` channel to the guest's `127.0.0.1:port` (RFC 4254 §7.2), as a
+    /// byte stream; `originator` is the client the connection comes from, for the guest's logs.
+    pub async fn direct_tcpip(
+        &self,
+        port: u16,
+        originator: SocketAddr,
+    ) -> Result<russh::ChannelStream<russh::client::Msg>, SshError> {
+        let addr = self.addr;
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(
+                "127.0.0.1",
+                u32::from(port),
+                originator.ip().to_string(),
+                u32::from(originator.port()),
+            )
+            .await
+            .map_err(|source| SshError::Protocol { addr, source })?;
+        Ok(channel.into_stream())
+    }
+
+    /// Starts `command` on a session channel and hands the channel over (its data is the
+    /// command's stdin and stdout), for long-lived protocol streams such as the UDP relay.
+    pub async fn exec_channel(
+        &self,
+        command: &str,
+    ) -> Result<russh::Channel<russh::client::Msg>, SshError> {
+        let addr = self.addr;
+        let proto = |source| SshError::Protocol { addr, source };
+        let channel = self.handle.channel_open_session().await.map_err(proto)?;
+        channel.exec(true, command).await.map_err(proto)?;
+        Ok(channel)
+    }
+
+    /// Whether the connection has ended (the guest went away or the transport failed).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     /// Closes the session politely.
     pub async fn close(self) {
         let _ = self

@@ -123,6 +123,10 @@ pub struct MachineConfig {
     /// absent until a guest that reports it has booted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_disk: Option<DataDiskReport>,
+    /// `create --published-bind-address`: the one host address the port agent binds published
+    /// ports on; absent means 127.0.0.1 and ::1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_bind_address: Option<std::net::IpAddr>,
 }
 
 /// docker-machine's `BaseDriver` fields plus the driver options, flattened.
@@ -520,6 +524,7 @@ pub(crate) mod tests {
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,
+            published_bind_address: None,
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod disk;
 pub mod engine;
+pub mod forward;
 pub mod logging;
 pub mod modules;
 pub mod mounts;

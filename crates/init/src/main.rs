@@ -3,6 +3,7 @@
 //! - as PID 1 (`/init`): boots the guest;
 //! - `rmachine-init shutdown [-r]`: asks PID 1 to power off (or reboot);
 //! - `rmachine-init udhcpc-script`: prints the DHCP event script the image installs;
+//! - `rmachine-init udp-relay PORT`: the host port agent's UDP relay (see `forward`);
 //! - as `rmachine-runtime` (argv0): the container runtime.
 use std::process::ExitCode;
 
@@ -70,13 +71,27 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
             print!("{}", net::udhcpc_script());
             Ok(ExitCode::SUCCESS)
         }
+        Some("udp-relay") => {
+            let port: u16 = args
+                .get(2)
+                .and_then(|p| p.parse().ok())
+                .context("usage: rmachine-init udp-relay PORT")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the relay's runtime")?;
+            runtime
+                .block_on(rmachine_init::forward::udp_relay(port))
+                .context("udp relay failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some("--version") => {
             println!("rmachine-init {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             eprintln!(
-                "usage: rmachine-init shutdown [-r] | udhcpc-script | --version\n\
+                "usage: rmachine-init shutdown [-r] | udhcpc-script | udp-relay PORT | --version\n\
                  (as PID 1 it boots the guest; as rmachine-runtime it runs containers)"
             );
             Ok(ExitCode::from(2))

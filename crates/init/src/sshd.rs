@@ -234,6 +234,28 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
+    // Separate from the session handlers: the host's port agent opens one channel per
+    // forwarded connection (see `forward`).
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tokio::spawn(crate::forward::direct_tcpip(
+            channel,
+            host_to_connect.to_owned(),
+            port_to_connect,
+            reply,
+        ));
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn pty_request(
         &mut self,

@@ -40,11 +40,13 @@ struct Cli {
     command: cmd::Command,
 }
 
-fn init_tracing(debug: bool, verbose: u8) {
+fn init_tracing(debug: bool, verbose: u8, agent: bool) {
     let level = match (debug, verbose) {
         (_, 3..) => "trace",
         (true, _) | (_, 2) => "debug",
         (_, 1) => "info",
+        // The port agent's log (its stderr) records every port it opens and closes.
+        _ if agent => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RMACHINE_LOG")
@@ -52,6 +54,7 @@ fn init_tracing(debug: bool, verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -83,7 +86,8 @@ fn main() -> ExitCode {
     if let cmd::Command::Completion(args) = &cli.command {
         return print_completion(args.shell);
     }
-    init_tracing(cli.debug, cli.verbose);
+    let agent = matches!(cli.command, cmd::Command::PortAgent(_));
+    init_tracing(cli.debug, cli.verbose, agent);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

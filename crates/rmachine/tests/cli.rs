@@ -687,3 +687,65 @@ fn mount_needs_a_machine_path_and_a_running_machine() {
     let run = env.run(&["mount", "nope:/root"]);
     assert_eq!((run.code, run.stderr.as_str()), (1, NOPE));
 }
+
+#[test]
+fn the_port_agent_shows_in_inspect_and_goes_with_rm() {
+    let env = Env::new();
+    let dir = env.write_machine("m1");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+        .args(["port-agent", "m1"])
+        .env("RMACHINE_STORAGE_PATH", env.store())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let format = "{{.PortAgent.Running}} {{.PortAgent.Pid}} {{.PortAgent.Connected}}";
+    let expected = format!("true {} false\n", agent.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut shown = String::new();
+    while std::time::Instant::now() < deadline {
+        shown = env.run(&["inspect", "-f", format, "m1"]).stdout;
+        if shown == expected {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(shown, expected);
+    // The machine is stopped: the agent says why it cannot follow the engine.
+    let error = env
+        .run(&["inspect", "-f", "{{.PortAgent.LastError}}", "m1"])
+        .stdout;
+    assert!(!error.trim().is_empty(), "{error:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("port-agent.pid"))
+            .expect("pid file")
+            .trim(),
+        agent.id().to_string()
+    );
+
+    let run = env.run(&["rm", "-y", "m1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // rm waited for the agent, which has exited.
+    let status = agent.try_wait().expect("wait for the agent");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent still running or failed"
+    );
+    assert!(!dir.exists());
+}
+
+#[test]
+fn published_bind_address_must_be_an_ip_address() {
+    let env = Env::new();
+    let run = env.run(&["create", "--published-bind-address", "localhost", "m1"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains(
+            "invalid value 'localhost' for '--published-bind-address <ADDR>': invalid IP address syntax"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.store().exists());
+}

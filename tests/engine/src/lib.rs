@@ -191,6 +191,98 @@ pub struct Engine {
     extra_args: Vec<String>,
     /// The runtime binary, when not the workspace's.
     runtime: Option<PathBuf>,
+    /// The network namespace the engine runs in (see [`NetNs`]).
+    pub netns: NetNs,
+}
+
+/// A named network namespace (`ip netns add`) with `lo` up, deleted on drop.
+///
+/// Every engine under test runs in one of its own: the bridge, veths, NAT rules and
+/// `ip_forward` of an engine then live and die there, never on this shared host's own network
+/// namespace. It outlives engine restarts, so a restarted engine finds what the killed one
+/// left, as on a real host.
+#[derive(Debug)]
+pub struct NetNs {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Makes a new namespace with `lo` up.
+    pub fn new() -> Result<NetNs> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "rmt-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let run = |args: &[&str]| -> Result<()> {
+            let out = Command::new("ip").args(args).output()?;
+            if !out.status.success() {
+                bail!(
+                    "ip {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        run(&["netns", "add", &name])?;
+        let netns = NetNs { name };
+        run(&["-n", &netns.name, "link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// The namespace file.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread that has joined the namespace (the network namespace is a
+    /// per-thread attribute): sockets `f` opens are the namespace's.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        enter_and_run(self.path(), f)
+    }
+
+    /// `program` run inside the namespace (through `nsenter`, which execs it: same PID).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+}
+
+/// Runs `f` on a thread that joined the network namespace at `path`.
+pub fn enter_and_run<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    std::thread::spawn(move || -> Result<T> {
+        // SAFETY: setns on a valid, open namespace descriptor affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("namespace thread panicked"))?
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
 }
 
 impl Engine {
@@ -235,6 +327,7 @@ impl Engine {
             certs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             runtime: None,
+            netns: NetNs::new()?,
         })
     }
 
@@ -264,7 +357,9 @@ impl Engine {
             .create(true)
             .append(true)
             .open(self.dir.path().join("engine.log"))?;
-        let child = Command::new(binary("rmachine-engine")?)
+        let child = self
+            .netns
+            .command(binary("rmachine-engine")?)
             .arg("--data-root")
             .arg(self.data_root())
             .arg("-H")
@@ -386,7 +481,10 @@ impl Engine {
     }
 
     fn base_command(&self) -> Command {
-        let mut cmd = Command::new("docker");
+        self.base_command_in(Command::new("docker"))
+    }
+
+    fn base_command_in(&self, mut cmd: Command) -> Command {
         cmd.env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
             .env_remove("DOCKER_TLS_VERIFY")
             .env_remove("DOCKER_TLS")
@@ -444,9 +542,10 @@ impl Engine {
         feed(self.docker_command(args), input)
     }
 
-    /// A `docker` command over TCP with mutual TLS, using `cert_path` as DOCKER_CERT_PATH.
+    /// A `docker` command over TCP with mutual TLS, using `cert_path` as DOCKER_CERT_PATH. It
+    /// runs in the engine's network namespace, where the engine's 127.0.0.1 is.
     pub fn docker_tls_command(&self, cert_path: &Path, args: &[&str]) -> Command {
-        let mut cmd = self.base_command();
+        let mut cmd = self.base_command_in(self.netns.command("docker"));
         cmd.env("DOCKER_HOST", format!("tcp://127.0.0.1:{}", self.port))
             .env("DOCKER_TLS_VERIFY", "1")
             .env("DOCKER_CERT_PATH", cert_path)
@@ -514,10 +613,14 @@ impl Drop for Engine {
 }
 
 /// A bare `rmachine-engine` command on `data_root` serving `socket` only (no TLS port): for a
-/// second engine next to a test's [`Engine`].
+/// second engine next to a test's [`Engine`]. It runs in a network namespace of its own
+/// (`unshare --net`, which execs it: same PID), so nothing it sets up reaches this host's.
 pub fn engine_command(data_root: &Path, socket: &Path) -> Result<Command> {
-    let mut cmd = Command::new(binary("rmachine-engine")?);
-    cmd.arg("--data-root")
+    let mut cmd = Command::new("unshare");
+    cmd.arg("--net")
+        .arg("--")
+        .arg(binary("rmachine-engine")?)
+        .arg("--data-root")
         .arg(data_root)
         .arg("-H")
         .arg(format!("unix://{}", socket.display()))

@@ -364,21 +364,32 @@ fn every_container_has_dockerenv_and_etc_mtab_and_dockers_hosts() -> anyhow::Res
     );
 
     // moby's default /etc/hosts; no line for the hostname without a network interface.
-    assert_eq!(
+    let defaults = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                    fe00::\tip6-localnet\nff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+                    ff02::2\tip6-allrouters\n";
+    let hosts = |network: &str| {
         stdout_of(
             &engine,
             &[
                 "run",
                 "--rm",
+                "--network",
+                network,
                 "-h",
                 "myhost",
                 "busybox",
                 "cat",
-                "/etc/hosts"
-            ]
-        )?,
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::\tip6-localnet\n\
-         ff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+                "/etc/hosts",
+            ],
+        )
+    };
+    assert_eq!(hosts("none")?, defaults);
+    // On the bridge, the container's address and hostname follow.
+    let bridged = hosts("bridge")?;
+    let own = bridged.strip_prefix(defaults).unwrap_or_default();
+    assert!(
+        own.starts_with("172.17.0.") && own.ends_with("\tmyhost\n") && own.lines().count() == 1,
+        "{bridged}"
     );
     run(&engine, &["rm", "-f", "fresh", "live"])?.ok()?;
     Ok(())
@@ -447,6 +458,8 @@ fn add_host_entries_land_in_etc_hosts() -> anyhow::Result<()> {
         &[
             "run",
             "--rm",
+            "--network",
+            "none",
             "--add-host",
             "db:10.0.0.5",
             "busybox",

@@ -35,7 +35,9 @@ fn a_client_without_certificate_is_refused() -> anyhow::Result<()> {
     let client = engine.certs.client_dir.clone();
     let (cert, key) = (client.join("cert.pem"), client.join("key.pem"));
     // With the client certificate the same request succeeds: the refusal below is about it.
-    let with_cert = std::process::Command::new("curl")
+    let with_cert = engine
+        .netns
+        .command("curl")
         .args(["-sS", "--max-time", "10", "--cacert", &ca, "--cert"])
         .arg(&cert)
         .arg("--key")
@@ -43,7 +45,9 @@ fn a_client_without_certificate_is_refused() -> anyhow::Result<()> {
         .arg(&url)
         .output()?;
     assert_eq!(String::from_utf8_lossy(&with_cert.stdout), "OK");
-    let without = std::process::Command::new("curl")
+    let without = engine
+        .netns
+        .command("curl")
         .args(["-sS", "--max-time", "10", "--cacert", &ca, &url])
         .output()?;
     assert!(!without.status.success(), "{without:?}");

@@ -77,7 +77,9 @@ pub fn status_of(err: &ApiError) -> StatusCode {
 fn engine_status(err: &EngineError) -> StatusCode {
     match err {
         EngineError::NameAllocation { source } => engine_status(source),
-        EngineError::NoSuchContainer { .. } => StatusCode::NOT_FOUND,
+        EngineError::NoSuchContainer { .. } | EngineError::NoSuchNetwork { .. } => {
+            StatusCode::NOT_FOUND
+        }
         EngineError::AmbiguousReference { .. } | EngineError::InvalidParameter { .. } => {
             StatusCode::BAD_REQUEST
         }

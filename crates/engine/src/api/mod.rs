@@ -11,6 +11,7 @@ pub mod error;
 mod exec;
 pub mod gojson;
 mod images;
+pub mod networks;
 pub mod query;
 pub mod server;
 pub mod stream;
@@ -232,6 +233,12 @@ impl Api {
             (&Method::GET, ["containers", id, "json"]) => {
                 let c = self.engine.container(id)?;
                 let mut inspect = types::container_inspect(&c.record(), &c.dir);
+                networks::show_network(
+                    &mut inspect,
+                    &c.record(),
+                    self.engine.endpoint(&c.id).as_ref(),
+                    self.engine.bridge_network_id(),
+                );
                 if self.engine.is_paused(&c.id) {
                     types::show_paused(&mut inspect);
                 }
@@ -343,6 +350,12 @@ impl Api {
         for listed in self.engine.list_containers(&options)? {
             let record = &listed.record;
             let mut summary = types::container_summary(record, now);
+            networks::show_network_summary(
+                &mut summary,
+                record,
+                self.engine.endpoint(&record.id).as_ref(),
+                self.engine.bridge_network_id(),
+            );
             if self.engine.is_paused(&record.id) {
                 types::show_paused(&mut summary);
             }

@@ -81,6 +81,7 @@ impl Engine {
             host: &host_config,
             networking: &networking_config,
         })?;
+        super::networks::check_create(&config, &host_config)?;
         host_config::normalize_host_config(&mut host_config)?;
         validate_log_config(&mut host_config)?;
         if let Some(name) = &name {

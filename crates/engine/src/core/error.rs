@@ -39,6 +39,18 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// `--network NAME` of a network that does not exist (dockerd's text).
+    #[error("network {name} not found")]
+    NoSuchNetwork {
+        /// The name asked for.
+        name: String,
+    },
+    /// Publishing a port failed (dockerd's text, with the endpoint and the cause).
+    #[error("failed to set up container networking: {reason}")]
+    NetworkSetup {
+        /// What went wrong.
+        reason: String,
+    },
     /// A request parameter is invalid.
     #[error("{reason}")]
     InvalidParameter {

@@ -52,6 +52,7 @@ mod images;
 mod lifecycle;
 mod list;
 pub(crate) mod lookup;
+pub mod networks;
 mod options;
 mod remove;
 mod resources;
@@ -123,6 +124,7 @@ struct Inner {
     table: Mutex<Table>,
     execs: exec::ExecTable,
     restarts: restart::RestartManager,
+    network: networks::NetworkState,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -235,8 +237,10 @@ impl Engine {
             table.names.insert(name, id.clone());
             table.by_id.insert(id, container);
         }
+        let network = networks::NetworkState::new(&config.data_root);
         let engine = Engine {
             inner: Arc::new(Inner {
+                network,
                 config,
                 engine_id,
                 images,

@@ -43,7 +43,11 @@ impl Engine {
         let _ = std::fs::remove_file(c.dir.join(spec::OOM_KILLED_FILE));
         // A start that fails before the runtime runs (e.g. an unknown `-u` user) ends like one
         // the runtime refused: the error is recorded, waiters are told, `--rm` removes it.
-        let prepared = self.prepare(&c, &record).await.and_then(|spec| {
+        let prepared = match self.network_up(&record).await {
+            Ok(net) => self.prepare(&c, &record, &net).await,
+            Err(err) => Err(err),
+        }
+        .and_then(|spec| {
             let mut features = host_config::features_of(&record.host_config);
             options::apply(&record, &c.dir, &mut features, &|r| {
                 self.container(r).ok().map(|c| (c.record(), c.dir.clone()))
@@ -101,6 +105,7 @@ impl Engine {
                 Ok(())
             }
             Err(error) => {
+                self.network_down(&c.id).await;
                 let exit_code = match &error {
                     EngineError::StartFailed { exit_code, .. } => *exit_code,
                     _ => 128,
@@ -132,6 +137,7 @@ impl Engine {
         &self,
         c: &Container,
         record: &ContainerRecord,
+        net: &super::networks::Setup,
     ) -> Result<RuntimeSpec, EngineError> {
         let images = self.inner.images.clone();
         let image_id = record.image_id.clone();
@@ -161,7 +167,7 @@ impl Engine {
             (
                 "hosts",
                 "/etc/hosts",
-                launch::hosts_file(&host_config::extra_hosts(&record.host_config)),
+                net.hosts(&host_config::extra_hosts(&record.host_config), &hostname),
             ),
             (
                 "resolv.conf",
@@ -223,7 +229,7 @@ impl Engine {
             mounts,
             etc_files,
             readonly_rootfs: restart::readonly_rootfs(&record.host_config),
-            network: spec::NetworkNamespace::Loopback,
+            network: net.namespace(),
         })
     }
 
@@ -318,6 +324,7 @@ impl Engine {
 
     async fn finish_run(&self, c: &Arc<Container>, code: i64) {
         info!(container = %c.id, exit_code = code, "exited");
+        self.network_down(&c.id).await;
         options::unmount_shm(&c.dir);
         self.emit(&c.record(), "die", &[("exitCode", code.to_string())]);
         self.health_stop(c);

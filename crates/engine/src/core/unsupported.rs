@@ -52,11 +52,7 @@ const REFUSED: &[Refused] = &[
     // Storage.
     Refused { what: "volume drivers", flags: "--volume-driver", set: |r| !matches!(r.host.volume_driver.as_str(), "" | crate::volume::LOCAL_DRIVER), update: false },
     Refused { what: "storage driver options", flags: "--storage-opt", set: |r| map(&r.host.storage_opt), update: false },
-    // Networking: a container gets its own network namespace with only a loopback interface,
-    // which is what `default` means here (and `none` asks for).
-    Refused { what: "published ports", flags: "-p/--publish", set: |r| r.host.port_bindings.values().any(list), update: false },
-    Refused { what: "publishing all exposed ports", flags: "-P/--publish-all", set: |r| r.host.publish_all_ports, update: false },
-    Refused { what: "networks other than none", flags: "--network", set: |r| !matches!(r.host.network_mode.as_str(), "" | "default" | "none"), update: false },
+    // Networking: the modes and ports are served (core::networks); these not yet.
     Refused { what: "network endpoint settings", flags: "--network-alias/--ip/--ip6/--link-local-ip/--mac-address/--network NAME,OPTS", set: |r| r.networking.endpoints_config.len() > 1 || r.networking.endpoints_config.values().flatten().any(|e| !e.is_empty()), update: false },
     Refused { what: "links", flags: "--link", set: |r| list(&r.host.links), update: false },
     Refused { what: "MAC addresses", flags: "--mac-address", set: |r| !r.config.mac_address.is_empty(), update: false },

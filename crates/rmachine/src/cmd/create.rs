@@ -62,6 +62,10 @@ pub struct Args {
     #[arg(long = "no-progress")]
     no_progress: bool,
 
+    /// Host address on which containers' published ports appear (default: 127.0.0.1 and ::1)
+    #[arg(long = "published-bind-address", value_name = "ADDR")]
+    published_bind_address: Option<std::net::IpAddr>,
+
     #[command(flatten)]
     driver_options: DriverOptions,
 
@@ -84,6 +88,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         engine_env: args.engine_env,
         tls_san: args.tls_san,
         engine_timeout: Duration::from_secs(args.engine_timeout),
+        published_bind_address: args.published_bind_address,
     };
     let renderer = Renderer::new(args.no_progress);
     let started = Instant::now();
@@ -92,6 +97,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     match result {
         Ok(_) => {
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "machine created");
+            super::start_port_agent(store, &args.name)?;
             outln(&format!(
                 "To see how to connect your Docker Client to the Docker Engine running on this virtual machine, run: rmachine env {}",
                 args.name

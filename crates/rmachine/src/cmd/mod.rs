@@ -11,6 +11,7 @@ mod ls;
 mod mount;
 mod provision;
 mod regenerate_certs;
+mod port_agent;
 mod restart;
 mod rm;
 mod scp;
@@ -24,7 +25,7 @@ mod version;
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use rmachine_host::machine::MachineError;
 use rmachine_host::store::Store;
 
@@ -75,6 +76,9 @@ pub enum Command {
     Url(url::Args),
     /// Show the rmachine version or a machine's engine version
     Version(version::Args),
+    /// Run a machine's port agent (started by create/start; not for users)
+    #[command(hide = true)]
+    PortAgent(port_agent::Args),
 }
 
 /// `rmachine completion SHELL`.
@@ -132,7 +136,15 @@ pub async fn run(
         Command::Upgrade(args) => upgrade::run(&store, args).await,
         Command::Url(args) => url::run(&store, args).await,
         Command::Version(args) => version::run(&store, args).await,
+        Command::PortAgent(args) => port_agent::run(&store, args).await,
     }
+}
+
+/// Starts the machine's port agent: this very executable, as `rmachine port-agent NAME`.
+pub fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
+    let program = std::env::current_exe().context("cannot locate the rmachine executable")?;
+    rmachine_host::machine::start_port_agent(store, name, &program)?;
+    Ok(())
 }
 
 /// The exit code for an error: 3 for a driver precheck failure (as docker-machine), else 1.

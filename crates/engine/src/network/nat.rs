@@ -1,0 +1,79 @@
+//! NAT for egress: the engine's own nftables table (`ip rmachine-engine`), so that its rules
+//! never touch anyone else's; the `nft` program (Debian's `nftables`) loads it atomically.
+
+use std::net::Ipv4Addr;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::NetworkError;
+
+/// The engine's nftables table (family `ip`).
+pub const TABLE: &str = "rmachine-engine";
+
+async fn nft(script: &str) -> Result<(), NetworkError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| NetworkError::Nft {
+            reason: format!("cannot run nft: {source}"),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|source| NetworkError::Nft {
+                reason: format!("cannot write to nft: {source}"),
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| NetworkError::Nft {
+            reason: format!("nft did not finish: {source}"),
+        })?;
+    if !out.status.success() {
+        return Err(NetworkError::Nft {
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The table's text: masquerade what leaves `subnet` through any interface but `bridge`.
+pub fn ruleset(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> String {
+    // "table …; delete table …" first: the load replaces any table left by an earlier engine
+    // in the same transaction.
+    format!(
+        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {subnet}/{prefix} oifname != \"{bridge}\" masquerade\n\
+         \t}}\n}}\n"
+    )
+}
+
+/// Loads the engine's table for the bridge's subnet.
+pub async fn install(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> Result<(), NetworkError> {
+    nft(&ruleset(bridge, subnet, prefix)).await
+}
+
+/// Removes the engine's table if it exists.
+pub async fn remove() -> Result<(), NetworkError> {
+    nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_masquerades_the_subnet_leaving_by_another_interface() {
+        let text = ruleset("docker0", Ipv4Addr::new(172, 17, 0, 0), 16);
+        assert!(text.starts_with("table ip rmachine-engine\ndelete table ip rmachine-engine\n"));
+        assert!(text.contains("ip saddr 172.17.0.0/16 oifname != \"docker0\" masquerade"));
+    }
+}
