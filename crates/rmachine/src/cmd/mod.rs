@@ -9,9 +9,9 @@ mod ip;
 mod kill;
 mod ls;
 mod mount;
+mod port_agent;
 mod provision;
 mod regenerate_certs;
-mod port_agent;
 mod restart;
 mod rm;
 mod scp;
@@ -144,6 +144,15 @@ pub async fn run(
 pub fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("cannot locate the rmachine executable")?;
     rmachine_host::machine::start_port_agent(store, name, &program)?;
+    Ok(())
+}
+
+/// Starts the port agent again after a command that restarted the machine (its stop ended the
+/// agent); nothing when the machine is left stopped.
+pub async fn start_port_agent_if_running(store: &Store, name: &str) -> anyhow::Result<()> {
+    if rmachine_host::machine::state(store, name).await? == rmachine_driver::VmState::Running {
+        start_port_agent(store, name)?;
+    }
     Ok(())
 }
 

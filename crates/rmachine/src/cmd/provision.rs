@@ -30,6 +30,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         let renderer = Renderer::new(plain);
         machine::provision_again(store, &name, timeout, &|p| renderer.step(p)).await?;
         renderer.finish();
+        super::start_port_agent_if_running(store, &name).await?;
         Ok(())
     })
     .await

@@ -59,6 +59,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         machine::regenerate_certs(store, &name, client_certs, timeout, &|p| renderer.step(p))
             .await?;
         renderer.finish();
+        super::start_port_agent_if_running(store, &name).await?;
         Ok(())
     })
     .await

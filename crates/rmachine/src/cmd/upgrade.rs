@@ -38,6 +38,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         let renderer = Renderer::new(plain);
         let version = machine::upgrade(store, &name, image, timeout, &|p| renderer.step(p)).await?;
         renderer.finish();
+        super::start_port_agent_if_running(store, &name).await?;
         outln(&format!("Machine \"{name}\" runs guest image {version}."))
     })
     .await
