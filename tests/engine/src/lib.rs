@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod registry;
+
 /// The variable tests/run.sh (and so CI) sets to `1`: a test that cannot run here then fails
 /// with the reason instead of passing as skipped.
 pub const TESTS_REQUIRED: &str = "RMACHINE_TESTS_REQUIRED";
@@ -171,7 +173,8 @@ pub fn make_certs(dir: &Path) -> Result<Certs> {
     Ok(certs)
 }
 
-fn free_port() -> Result<u16> {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

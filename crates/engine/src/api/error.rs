@@ -96,6 +96,7 @@ fn engine_status(err: &EngineError) -> StatusCode {
         EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
         EngineError::Archive(archive) => archive_status(archive),
         EngineError::Image(image) => image_status(image),
+        EngineError::Registry(registry) => super::registry::registry_status(registry),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

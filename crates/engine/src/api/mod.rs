@@ -11,6 +11,7 @@ pub mod error;
 mod exec;
 pub mod gojson;
 pub mod query;
+mod registry;
 pub mod server;
 pub mod stream;
 pub mod types;
@@ -180,6 +181,10 @@ impl Api {
             }
             (&Method::GET, ["events"]) => self.events(&query),
             (&Method::POST, ["images", "load"]) => self.load_images(req).await,
+            (&Method::POST, ["images", "create"]) if query.get("fromSrc").is_none() => {
+                self.pull_image(&req, &query).await
+            }
+            (&Method::POST, ["auth"]) => self.login(req).await,
             (&Method::GET, ["images", "json"]) => {
                 json(StatusCode::OK, &self.engine.list_images().await?)
             }

@@ -77,7 +77,8 @@ impl On {
 /// (image and plugin names may contain `/`). The first matching line wins.
 const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
-    (On::Post, "images/create", Answer::NotYet("docker pull")),
+    // Pulls are served; `docker import` shares the route (with `fromSrc`) and lands here.
+    (On::Post, "images/create", Answer::NotYet("docker import")),
     (On::Get, "images/search", Answer::NotYet("docker search")),
     (
         On::Post,
@@ -93,7 +94,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     ),
     (On::Post, "images/**/push", Answer::NotYet("docker push")),
     (On::Post, "images/**/tag", Answer::NotYet("docker tag")),
-    (On::Post, "auth", Answer::NotYet("docker login")),
     (
         On::Get,
         "distribution/**/json",
@@ -250,17 +250,11 @@ fn fits_from(pattern: &[&str], segments: &[&str]) -> bool {
 
 /// The answer to a request no route served: 501 or 503 for a route of the API the engine
 /// lacks, else `NotFound`.
-pub fn answer(method: &Method, segments: &[&str], query: &Query) -> ApiError {
+pub fn answer(method: &Method, segments: &[&str], _query: &Query) -> ApiError {
     let found = UNSERVED
         .iter()
         .find(|(on, pattern, _)| on.matches(method) && fits(pattern, segments));
     match found {
-        // `docker import` shares the pull route: `fromSrc` tells them apart.
-        Some((_, "images/create", _)) if query.get("fromSrc").is_some() => {
-            ApiError::NotImplemented {
-                what: "docker import".into(),
-            }
-        }
         Some((_, _, Answer::NotYet(what))) => ApiError::NotImplemented {
             what: (*what).into(),
         },
@@ -301,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             ask(Method::POST, "/images/create").1,
-            "rmachine-engine does not support docker pull yet"
+            "rmachine-engine does not support docker import yet"
         );
         assert_eq!(
             ask(Method::POST, "/images/registry:5000/team/app/push").1,

@@ -51,6 +51,7 @@ mod lifecycle;
 mod list;
 pub(crate) mod lookup;
 mod options;
+mod pull;
 mod remove;
 mod resources;
 mod restart;

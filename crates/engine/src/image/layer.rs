@@ -45,7 +45,7 @@ pub struct Extracted {
     pub size: u64,
 }
 
-/// Wraps a layer blob in the decompressor its first bytes call for (gzip or none).
+/// Wraps a layer blob in the decompressor its first bytes call for (gzip, zstd or none).
 pub fn decompress<'a>(
     reader: impl Read + 'a,
     layer: &str,
@@ -58,10 +58,13 @@ pub fn decompress<'a>(
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(ImageError::InvalidLayer {
-            layer: layer.to_string(),
-            reason: "zstd-compressed layers are not supported".to_string(),
-        })
+        let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
+            ImageError::InvalidLayer {
+                layer: layer.to_string(),
+                reason: format!("zstd: {e}"),
+            }
+        })?;
+        Ok(Box::new(decoder))
     } else {
         Ok(Box::new(reader))
     }

@@ -34,7 +34,9 @@
 
 mod archive;
 mod layer;
+mod pulled;
 pub mod reference;
+pub mod registry;
 #[cfg(test)]
 mod testutil;
 
@@ -267,7 +269,7 @@ pub struct ImageSummary {
     pub parent_id: String,
     /// Familiar tags; empty for a dangling image.
     pub repo_tags: Vec<String>,
-    /// Always empty until pull/push exist.
+    /// `name@sha256:…` of the manifests the image was pulled by.
     pub repo_digests: Vec<String>,
     /// Creation time, unix seconds.
     pub created: i64,
@@ -298,6 +300,9 @@ struct ImageMeta {
     size: u64,
     #[serde(default)]
     last_tag_time: Option<String>,
+    /// `name@sha256:…` of the manifests the image was pulled by (familiar names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    repo_digests: Vec<String>,
 }
 
 /// The per-layer record file.
@@ -699,6 +704,7 @@ impl ImageStore {
                     id: id.clone(),
                     size,
                     last_tag_time: None,
+                    repo_digests: Vec::new(),
                 },
                 config,
                 diff_ids,
@@ -748,7 +754,7 @@ impl ImageStore {
                     id: img.meta.id.clone(),
                     parent_id: String::new(),
                     repo_tags: state.familiar_tags_of(&img.meta.id),
-                    repo_digests: Vec::new(),
+                    repo_digests: img.meta.repo_digests.clone(),
                     created,
                     size: i64::try_from(img.meta.size).unwrap_or(i64::MAX),
                     shared_size: -1,
@@ -780,6 +786,16 @@ impl ImageStore {
         };
         if let Some(id) = state.tags.get(&named) {
             return Ok(id.clone());
+        }
+        if let Some(digest) = &named.digest {
+            let wanted = format!("{}@{digest}", named.familiar_name());
+            if let Some(img) = state
+                .images
+                .values()
+                .find(|i| i.meta.repo_digests.contains(&wanted))
+            {
+                return Ok(img.meta.id.clone());
+            }
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if is_lower_hex(prefix) {
@@ -846,7 +862,7 @@ impl ImageStore {
         Ok(ImageInspect {
             repo_tags: state.familiar_tags_of(&id),
             id,
-            repo_digests: Vec::new(),
+            repo_digests: img.meta.repo_digests.clone(),
             parent: String::new(),
             comment: str_field("comment"),
             created: str_field("created"),
@@ -1087,7 +1103,7 @@ pub struct ImageInspect {
     pub id: String,
     /// Familiar `name:tag` references.
     pub repo_tags: Vec<String>,
-    /// Always empty: images are loaded, never pulled.
+    /// `name@sha256:…` of the manifests the image was pulled by.
     pub repo_digests: Vec<String>,
     /// Always empty: loaded images have no local parent.
     pub parent: String,

@@ -1,0 +1,39 @@
+//! Registry operations: `docker pull` and `docker login`.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc;
+
+use super::error::EngineError;
+use super::Engine;
+use crate::image::registry::auth::{self, AuthConfig};
+use crate::image::registry::pull::{self, PullOptions};
+use crate::image::registry::Progress;
+
+impl Engine {
+    /// `POST /images/create?fromImage=`: pulls into the store, reporting on `progress`; one
+    /// `pull` event per reference pulled, as dockerd.
+    pub async fn pull_image(
+        &self,
+        options: PullOptions,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> Result<(), EngineError> {
+        let pulled = pull::pull(
+            self.inner.images.clone(),
+            &self.config().registry,
+            options,
+            &progress,
+        )
+        .await?;
+        for reference in pulled.references {
+            let attrs = BTreeMap::from([("name".to_string(), reference.clone())]);
+            self.inner.events.emit("image", "pull", &reference, attrs);
+        }
+        Ok(())
+    }
+
+    /// `POST /auth`: checks credentials against the registry.
+    pub async fn login(&self, auth: &AuthConfig) -> Result<String, EngineError> {
+        Ok(auth::login(&self.config().registry, auth).await?)
+    }
+}
