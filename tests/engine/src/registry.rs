@@ -359,8 +359,8 @@ fn answer_token(
         .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
         .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
     let token = format!("{signing_input}.{}", b64url(signature.as_ref()));
-    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 600})
-        .to_string();
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 600}).to_string();
     write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -428,7 +428,8 @@ impl SlowProxy {
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
                 };
-                let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone())
+                let (Ok(mut client_in), Ok(mut server_out)) =
+                    (client.try_clone(), server.try_clone())
                 else {
                     continue;
                 };

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rmachine_fixtures::registry::{push_image, push_index, Pushed};
 use rmachine_fixtures::{busybox, multi_layer, Image, LayerBuilder};
-use rmachine_tests_engine::registry::{require_registry, Auth, Registry, SlowProxy, PASSWORD, USER};
+use rmachine_tests_engine::registry::{
+    require_registry, Auth, Registry, SlowProxy, PASSWORD, USER,
+};
 use rmachine_tests_engine::{require_root, Engine};
 
 fn setup(auth: Auth) -> Result<Option<(Engine, Registry)>> {
@@ -68,7 +70,12 @@ fn pull_by_tag_runs_records_the_digest_and_is_up_to_date_the_second_time() -> Re
         format!("[\"{digest_ref}\"]")
     );
     let images = engine
-        .docker(&["images", "--digests", "--format", "{{.Repository}} {{.Tag}} {{.Digest}}"])?
+        .docker(&[
+            "images",
+            "--digests",
+            "--format",
+            "{{.Repository}} {{.Tag}} {{.Digest}}",
+        ])?
         .ok()?;
     assert!(
         images
@@ -83,7 +90,10 @@ fn pull_by_tag_runs_records_the_digest_and_is_up_to_date_the_second_time() -> Re
             .contains(&format!("Status: Image is up to date for {name}:latest")),
         "{again:?}"
     );
-    assert!(again.stdout.contains(&format!("{layer}: Already exists")), "{again:?}");
+    assert!(
+        again.stdout.contains(&format!("{layer}: Already exists")),
+        "{again:?}"
+    );
     // By digest too, once the image is there.
     engine.docker(&["run", "--rm", &digest_ref, "true"])?.ok()?;
     assert!(staging_entries(&engine).is_empty());
@@ -100,7 +110,10 @@ fn multi_layer_images_are_stacked_with_their_whiteouts() -> Result<()> {
     let run = engine.docker(&["pull", &name])?.ok()?;
     for digest in &pushed.layer_digests {
         let short = &digest["sha256:".len()..][..12];
-        assert!(run.stdout.contains(&format!("{short}: Pull complete")), "{run:?}");
+        assert!(
+            run.stdout.contains(&format!("{short}: Pull complete")),
+            "{run:?}"
+        );
     }
     let out = engine.docker(&["run", "--rm", &name])?.ok()?;
     assert_eq!(out.stdout, "b.txt\nkeep.txt\n");
@@ -110,7 +123,10 @@ fn multi_layer_images_are_stacked_with_their_whiteouts() -> Result<()> {
         .docker(&["pull", &format!("{}/base", registry.host)])?
         .ok()?;
     let short = &base.layer_digests[0]["sha256:".len()..][..12];
-    assert!(run.stdout.contains(&format!("{short}: Already exists")), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("{short}: Already exists")),
+        "{run:?}"
+    );
     Ok(())
 }
 
@@ -174,7 +190,12 @@ fn unknown_images_and_platforms_are_refused_with_dockerds_words() -> Result<()> 
     let (arm_pushed, index) = registry.seed(|host| {
         let a = push_image(host, "multi-arch", None, &arm)?;
         let s = push_image(host, "multi-arch", None, &s390)?;
-        let index = push_index(host, "multi-arch", "foreign", &[(&a, "linux", "arm64"), (&s, "linux", "s390x")])?;
+        let index = push_index(
+            host,
+            "multi-arch",
+            "foreign",
+            &[(&a, "linux", "arm64"), (&s, "linux", "s390x")],
+        )?;
         Ok((a, index))
     })?;
     let foreign = format!("{}/multi-arch:foreign", registry.host);
@@ -212,7 +233,10 @@ fn a_two_platform_index_gives_the_engines_platform() -> Result<()> {
             host,
             "both",
             "latest",
-            &[(&o, "linux", "riscv64"), (&n, "linux", rmachine_fixtures::host_architecture())],
+            &[
+                (&o, "linux", "riscv64"),
+                (&n, "linux", rmachine_fixtures::host_architecture()),
+            ],
         )?;
         Ok((n, index))
     })?;
@@ -252,7 +276,11 @@ fn a_corrupted_blob_is_rejected_and_nothing_is_stored() -> Result<()> {
     assert_eq!(images.stdout, "");
     let layers = fs::read_dir(engine.data_root().join("image/layers"))?.count();
     assert_eq!(layers, 0);
-    assert!(staging_entries(&engine).is_empty(), "{:?}", staging_entries(&engine));
+    assert!(
+        staging_entries(&engine).is_empty(),
+        "{:?}",
+        staging_entries(&engine)
+    );
     Ok(())
 }
 
@@ -267,7 +295,8 @@ fn an_unreachable_registry_is_named_in_the_error() -> Result<()> {
     let run = engine.docker(&["pull", &name])?;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr.contains(&format!("cannot reach registry {}", registry.host)),
+        run.stderr
+            .contains(&format!("cannot reach registry {}", registry.host)),
         "{run:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(60));
@@ -292,7 +321,9 @@ fn login_flow(auth: Auth) -> Result<()> {
     assert!(wrong.stderr.contains("401"), "{wrong:?}");
 
     let mut cmd = engine.docker_command(&["login", "-u", USER, "--password-stdin", &registry.host]);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     std::io::Write::write_all(
         child.stdin.as_mut().context("stdin")?,
@@ -300,7 +331,11 @@ fn login_flow(auth: Auth) -> Result<()> {
     )?;
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Login Succeeded"), "{stdout}");
 
     engine.docker(&["pull", &name])?.ok()?;
@@ -355,7 +390,10 @@ fn an_engine_killed_mid_pull_restarts_consistent_and_pulls_again() -> Result<()>
         .spawn()?;
     // Wait until a layer is being extracted into the staging area.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !staging_entries(&engine).iter().any(|e| e.starts_with("layer-")) {
+    while !staging_entries(&engine)
+        .iter()
+        .any(|e| e.starts_with("layer-"))
+    {
         assert!(Instant::now() < deadline, "the pull never started staging");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -363,10 +401,18 @@ fn an_engine_killed_mid_pull_restarts_consistent_and_pulls_again() -> Result<()>
     engine.crash()?;
     let _ = pull.wait();
     engine.spawn()?;
-    assert!(staging_entries(&engine).is_empty(), "{:?}", staging_entries(&engine));
+    assert!(
+        staging_entries(&engine).is_empty(),
+        "{:?}",
+        staging_entries(&engine)
+    );
     assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
     let run = engine.docker(&["pull", &name])?.ok()?;
-    assert!(run.stdout.contains(&format!("Digest: {}", pushed.manifest_digest)), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("Digest: {}", pushed.manifest_digest)),
+        "{run:?}"
+    );
     engine
         .docker(&["run", "--rm", &name, "test", "-s", "/big.bin"])?
         .ok()?;

@@ -17,17 +17,17 @@ use crate::image::registry::{Progress, RegistryError};
 /// moby's `postImagesCreate` reading of `fromImage` and `tag`: `tag` may be a tag or a digest;
 /// a name with neither (and no `tag`) means every tag (`pull -a`).
 fn pull_reference(from_image: &str, tag: Option<&str>) -> Result<(Reference, bool), ApiError> {
-    let mut reference = Reference::parse_normalized(from_image)
-        .map_err(|e| ApiError::BadRequest(e.reason))?;
+    let mut reference =
+        Reference::parse_normalized(from_image).map_err(|e| ApiError::BadRequest(e.reason))?;
     if let Some(tag) = tag.filter(|t| !t.is_empty()) {
         if tag.starts_with("sha256:") {
             let full = format!("{}@{tag}", reference.full_name());
-            reference = Reference::parse_normalized(&full)
-                .map_err(|e| ApiError::BadRequest(e.reason))?;
+            reference =
+                Reference::parse_normalized(&full).map_err(|e| ApiError::BadRequest(e.reason))?;
         } else {
             let full = format!("{}:{tag}", reference.full_name());
-            reference = Reference::parse_normalized(&full)
-                .map_err(|e| ApiError::BadRequest(e.reason))?;
+            reference =
+                Reference::parse_normalized(&full).map_err(|e| ApiError::BadRequest(e.reason))?;
         }
     }
     let all_tags = reference.tag.is_none() && reference.digest.is_none();
@@ -39,7 +39,10 @@ impl Api {
     /// "Error response from daemon: …"); later ones end the JSON stream, as dockerd does.
     pub(super) async fn pull_image(&self, req: &Request<Incoming>, query: &Query) -> ApiResult {
         for unsupported in ["repo", "message", "changes"] {
-            if query.get(unsupported).is_some_and(|v| !v.is_empty() && v != "[]") {
+            if query
+                .get(unsupported)
+                .is_some_and(|v| !v.is_empty() && v != "[]")
+            {
                 return Err(ApiError::BadRequest(format!(
                     "rmachine-engine does not support the {unsupported:?} parameter of a pull"
                 )));
@@ -73,14 +76,22 @@ impl Api {
             biased;
             line = progress_rx.recv() => line,
             result = &mut task => {
-                match result {
-                    Err(e) => return Err(ApiError::Unavailable(format!("pull task failed: {e}"))),
-                    Ok(Err(e)) => return Err(e.into()),
-                    Ok(Ok(())) => finished = Some(Ok(Ok(()))),
-                }
+                finished = Some(result);
                 None
             }
         };
+        if first.is_none() {
+            // The channel closes when the pull ends: its result decides the answer.
+            let result = match finished.take() {
+                Some(result) => result,
+                None => (&mut task).await,
+            };
+            match result {
+                Err(e) => return Err(ApiError::Unavailable(format!("pull task failed: {e}"))),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(())) => finished = Some(Ok(Ok(()))),
+            }
+        }
         let (tx, body) = ChannelBody::new();
         tokio::spawn(async move {
             if let Some(line) = first {

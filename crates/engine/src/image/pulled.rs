@@ -179,4 +179,3 @@ impl ImageStore {
         Ok(PullCommit { id, updated })
     }
 }
-

@@ -90,9 +90,7 @@ impl AuthConfig {
 /// The registry host of a `serveraddress` (`https://host:port/v1/` → `host:port`), Docker Hub
 /// when empty.
 pub fn server_host(address: &str) -> String {
-    let rest = address
-        .split_once("://")
-        .map_or(address, |(_, rest)| rest);
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
     let host = rest.split('/').next().unwrap_or_default();
     match host {
         "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => DOCKER_HUB.to_string(),
@@ -117,7 +115,11 @@ impl Challenge {
             let Some((key, after)) = rest.split_once('=') else {
                 break;
             };
-            let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+            let key = key
+                .trim()
+                .trim_start_matches(',')
+                .trim()
+                .to_ascii_lowercase();
             let after = after.trim_start();
             let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
                 match quoted.find('"') {

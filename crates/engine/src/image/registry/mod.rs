@@ -274,9 +274,12 @@ pub fn is_insecure(config: &RegistryConfig, registry: &str) -> bool {
         Err(_) if host == "localhost" => vec![IpAddr::from([127, 0, 0, 1])],
         Err(_) => return false,
     };
-    addrs
-        .iter()
-        .any(|ip| config.insecure_cidrs.iter().any(|cidr| cidr_contains(cidr, *ip)))
+    addrs.iter().any(|ip| {
+        config
+            .insecure_cidrs
+            .iter()
+            .any(|cidr| cidr_contains(cidr, *ip))
+    })
 }
 
 fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {

@@ -231,8 +231,10 @@ impl Remote {
         }
         match &err {
             OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => RegistryError::Unauthorized {
-                registry: self.endpoint.host.clone(),
+            // Not `Unauthorized`: dockerd answers a refused pull as not found (404), and a 401
+            // would make the CLI prompt for credentials.
+            | OciDistributionError::AuthenticationFailure(_) => RegistryError::NotFound {
+                reference,
                 message: format!(
                     "pull access denied for {name}, repository does not exist or may require 'docker login': {}",
                     match &err {
@@ -275,8 +277,7 @@ impl Remote {
         ];
         let (bytes, _) = self
             .retry(what, || {
-                self.client
-                    .pull_manifest_raw(&oref, &self.auth, &accepted)
+                self.client.pull_manifest_raw(&oref, &self.auth, &accepted)
             })
             .await?;
         if bytes.len() > JSON_LIMIT {
@@ -729,6 +730,9 @@ mod tests {
             variant: None,
         }));
         assert!(Platform::parse("linux").is_err());
-        assert_eq!(Platform::parse("linux/x86_64").unwrap().architecture, "amd64");
+        assert_eq!(
+            Platform::parse("linux/x86_64").unwrap().architecture,
+            "amd64"
+        );
     }
 }
