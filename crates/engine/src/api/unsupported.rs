@@ -77,29 +77,13 @@ impl On {
 /// (image and plugin names may contain `/`). The first matching line wins.
 const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
-    // Pulls are served; `docker import` shares the route (with `fromSrc`) and lands here.
-    (On::Post, "images/create", Answer::NotYet("docker import")),
     (On::Get, "images/search", Answer::NotYet("docker search")),
-    (
-        On::Post,
-        "images/prune",
-        Answer::NotYet("docker image prune"),
-    ),
-    (On::Get, "images/get", Answer::NotYet("docker save")),
-    (On::Get, "images/**/get", Answer::NotYet("docker save")),
-    (
-        On::Get,
-        "images/**/history",
-        Answer::NotYet("docker history"),
-    ),
     (On::Post, "images/**/push", Answer::NotYet("docker push")),
-    (On::Post, "images/**/tag", Answer::NotYet("docker tag")),
     (
         On::Get,
         "distribution/**/json",
         Answer::NotYet("registry lookups (GET /distribution)"),
     ),
-    (On::Post, "commit", Answer::NotYet("docker commit")),
     // Builds: the classic builder, and BuildKit's session and gRPC APIs that buildx dials.
     (On::Post, "build", Answer::NotYet("docker build")),
     (
@@ -123,7 +107,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "containers/*/attach/ws",
         Answer::NotYet("attaching over a websocket"),
     ),
-    (On::Get, "system/df", Answer::NotYet("docker system df")),
     // Volumes.
     (On::Get, "volumes", Answer::NotYet("docker volume ls")),
     (
@@ -292,10 +275,6 @@ mod tests {
                 StatusCode::NOT_IMPLEMENTED,
                 "rmachine-engine does not support docker network create yet".into()
             )
-        );
-        assert_eq!(
-            ask(Method::POST, "/images/create").1,
-            "rmachine-engine does not support docker import yet"
         );
         assert_eq!(
             ask(Method::POST, "/images/registry:5000/team/app/push").1,

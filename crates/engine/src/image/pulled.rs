@@ -14,7 +14,7 @@ use super::archive::{config_diff_ids, digest_hex};
 use super::layer;
 use super::reference::Reference;
 use super::{io_err, read_json, write_atomic, ImageError, ImageMeta, ImageStore, LayerMeta};
-use super::{now_rfc3339, StoredImage};
+use super::{now_rfc3339, StoredImage, TAR_SPLIT};
 
 /// A layer extracted into the store's staging area, not yet part of the store. Dropping it
 /// removes the directory.
@@ -65,7 +65,12 @@ impl ImageStore {
         let diff = tmp.join("diff");
         fs::create_dir(&diff).map_err(io_err(&diff))?;
         let reader = layer::decompress(reader, name)?;
-        let extracted = layer::extract(reader, &diff, name)?;
+        // The tar-split lets `write_layer` rebuild the exact tar (push, save).
+        let split_path = tmp.join(TAR_SPLIT);
+        let split_file = fs::File::create(&split_path).map_err(io_err(&split_path))?;
+        let mut split = flate2::write::GzEncoder::new(split_file, flate2::Compression::fast());
+        let extracted = layer::extract_with_split(reader, &diff, name, Some(&mut split))?;
+        split.finish().map_err(io_err(&split_path))?;
         staged.diff_id = extracted.diff_id;
         staged.size = extracted.size;
         Ok(staged)
@@ -146,6 +151,7 @@ impl ImageStore {
                     id: id.clone(),
                     size,
                     last_tag_time: None,
+                    parent: None,
                     repo_digests: Vec::new(),
                 },
                 config: config_json,
