@@ -418,3 +418,77 @@ fn an_engine_killed_mid_pull_restarts_consistent_and_pulls_again() -> Result<()>
         .ok()?;
     Ok(())
 }
+
+#[test]
+fn push_then_rmi_then_pull_back_and_run() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    engine.load_busybox()?;
+    let name = format!("{}/fresh/bb:1", registry.host);
+    engine.docker(&["tag", "busybox:latest", &name])?.ok()?;
+    let id = engine.inspect(&name, "{{.Id}}")?;
+    let run = engine.docker(&["push", &name])?.ok()?;
+    assert!(
+        run.stdout.contains(&format!(
+            "The push refers to repository [{}/fresh/bb]",
+            registry.host
+        )),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains(": Pushed"), "{run:?}");
+    let digest_line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("1: digest: sha256:"))
+        .with_context(|| format!("no digest line in {run:?}"))?
+        .to_string();
+    let again = engine.docker(&["push", &name])?.ok()?;
+    assert!(again.stdout.contains(": Layer already exists"), "{again:?}");
+    assert!(again.stdout.contains(&digest_line), "{again:?}");
+    // Another repository of the same registry gets the layer mounted, not uploaded.
+    let other = format!("{}/other/bb:2", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    let mounted = engine.docker(&["push", &other])?.ok()?;
+    assert!(
+        mounted.stdout.contains(": Mounted from fresh/bb"),
+        "{mounted:?}"
+    );
+
+    engine
+        .docker(&["rmi", &name, &other, "busybox:latest"])?
+        .ok()?;
+    assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, id);
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", &name, "echo", "round trip"])?
+            .ok()?
+            .stdout,
+        "round trip\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn pushing_a_missing_image_or_without_credentials_fails() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Htpasswd)? else {
+        return Ok(());
+    };
+    let missing = engine.docker(&["push", &format!("{}/none:1", registry.host)])?;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("An image does not exist locally with the tag"),
+        "{missing:?}"
+    );
+    engine.load_busybox()?;
+    let name = format!("{}/locked/bb:1", registry.host);
+    engine.docker(&["tag", "busybox:latest", &name])?.ok()?;
+    let refused = engine.docker(&["push", &name])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("unauthorized"), "{refused:?}");
+    Ok(())
+}

@@ -186,6 +186,10 @@ impl Api {
                 self.pull_image(&req, &query).await
             }
             (&Method::POST, ["auth"]) => self.login(req).await,
+            (&Method::POST, ["images", .., "push"]) if segments.len() > 2 => {
+                let name = segments[1..segments.len() - 1].join("/");
+                self.push_image(&req, &name, &query).await
+            }
             (&Method::GET, ["images", "json"]) => {
                 json(StatusCode::OK, &self.engine.list_images().await?)
             }

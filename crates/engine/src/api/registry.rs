@@ -12,6 +12,7 @@ use super::{json, streaming, Api, ApiResult};
 use crate::image::reference::Reference;
 use crate::image::registry::auth::AuthConfig;
 use crate::image::registry::pull::{Platform, PullOptions};
+use crate::image::registry::push::PushOptions;
 use crate::image::registry::{Progress, RegistryError};
 
 /// moby's `postImagesCreate` reading of `fromImage` and `tag`: `tag` may be a tag or a digest;
@@ -67,61 +68,42 @@ impl Api {
             auth,
             platform,
         };
-        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+        let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
         let engine = self.engine.clone();
-        let mut task = tokio::spawn(async move { engine.pull_image(options, progress_tx).await });
-        // Wait for the first line or the end, to choose between an HTTP error and a stream.
-        let mut finished = None;
-        let first = tokio::select! {
-            biased;
-            line = progress_rx.recv() => line,
-            result = &mut task => {
-                finished = Some(result);
-                None
-            }
-        };
-        if first.is_none() {
-            // The channel closes when the pull ends: its result decides the answer.
-            let result = match finished.take() {
-                Some(result) => result,
-                None => (&mut task).await,
-            };
-            match result {
-                Err(e) => return Err(ApiError::Unavailable(format!("pull task failed: {e}"))),
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(())) => finished = Some(Ok(Ok(()))),
-            }
+        let task = tokio::spawn(async move { engine.pull_image(options, progress_tx).await });
+        progress_response(task, progress_rx, "image pull").await
+    }
+
+    /// `docker push`: `tag` empty pushes every tag of the repository.
+    pub(super) async fn push_image(
+        &self,
+        req: &Request<Incoming>,
+        name: &str,
+        query: &Query,
+    ) -> ApiResult {
+        let mut reference =
+            Reference::parse_normalized(name).map_err(|e| ApiError::BadRequest(e.reason))?;
+        if let Some(tag) = query.get("tag").filter(|t| !t.is_empty()) {
+            reference = Reference::parse_normalized(&format!("{}:{tag}", reference.full_name()))
+                .map_err(|e| ApiError::BadRequest(e.reason))?;
         }
-        let (tx, body) = ChannelBody::new();
-        tokio::spawn(async move {
-            if let Some(line) = first {
-                let _ = tx.send(progress_line(&line)).await;
-            }
-            let result = match finished {
-                Some(result) => result,
-                None => loop {
-                    tokio::select! {
-                        Some(line) = progress_rx.recv() => {
-                            let _ = tx.send(progress_line(&line)).await;
-                        }
-                        result = &mut task => break result,
-                    }
-                },
-            };
-            while let Ok(line) = progress_rx.try_recv() {
-                let _ = tx.send(progress_line(&line)).await;
-            }
-            let error = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(err)) => Some(message_of(&ApiError::Engine(err))),
-                Err(err) => Some(format!("pull task failed: {err}")),
-            };
-            if let Some(message) = error {
-                warn!(error = %message, "image pull failed");
-                let _ = tx.send(stream::progress_error(&message)).await;
-            }
-        });
-        Ok(streaming("application/json", body))
+        if reference.digest.is_some() {
+            return Err(ApiError::BadRequest(
+                "cannot push a digest reference".to_string(),
+            ));
+        }
+        let header = req
+            .headers()
+            .get("X-Registry-Auth")
+            .and_then(|v| v.to_str().ok());
+        let auth = AuthConfig::from_header(header)
+            .and_then(|a| a.registry_auth())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let options = PushOptions { reference, auth };
+        let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+        let engine = self.engine.clone();
+        let task = tokio::spawn(async move { engine.push_image(options, progress_tx).await });
+        progress_response(task, progress_rx, "image push").await
     }
 
     /// `docker login`: `{"Status": "Login Succeeded"}` once the registry took the credentials.
@@ -140,6 +122,68 @@ impl Api {
             &serde_json::json!({"Status": "Login Succeeded", "IdentityToken": ""}),
         )
     }
+}
+
+/// Streams a registry task's progress as Docker's JSON lines. An error before the first line
+/// is an HTTP error (the CLI prints "Error response from daemon: …"); a later one ends the
+/// stream, as dockerd does.
+async fn progress_response(
+    mut task: tokio::task::JoinHandle<Result<(), crate::core::EngineError>>,
+    mut progress_rx: tokio::sync::mpsc::UnboundedReceiver<Progress>,
+    what: &'static str,
+) -> ApiResult {
+    // Wait for the first line or the end, to choose between an HTTP error and a stream.
+    let mut finished = None;
+    let first = tokio::select! {
+        biased;
+        line = progress_rx.recv() => line,
+        result = &mut task => {
+            finished = Some(result);
+            None
+        }
+    };
+    if first.is_none() {
+        // The channel closes when the pull ends: its result decides the answer.
+        let result = match finished.take() {
+            Some(result) => result,
+            None => (&mut task).await,
+        };
+        match result {
+            Err(e) => return Err(ApiError::Unavailable(format!("{what} task failed: {e}"))),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(())) => finished = Some(Ok(Ok(()))),
+        }
+    }
+    let (tx, body) = ChannelBody::new();
+    tokio::spawn(async move {
+        if let Some(line) = first {
+            let _ = tx.send(progress_line(&line)).await;
+        }
+        let result = match finished {
+            Some(result) => result,
+            None => loop {
+                tokio::select! {
+                    Some(line) = progress_rx.recv() => {
+                        let _ = tx.send(progress_line(&line)).await;
+                    }
+                    result = &mut task => break result,
+                }
+            },
+        };
+        while let Ok(line) = progress_rx.try_recv() {
+            let _ = tx.send(progress_line(&line)).await;
+        }
+        let error = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(message_of(&ApiError::Engine(err))),
+            Err(err) => Some(format!("{what} task failed: {err}")),
+        };
+        if let Some(message) = error {
+            warn!(error = %message, what, "registry operation failed");
+            let _ = tx.send(stream::progress_error(&message)).await;
+        }
+    });
+    Ok(streaming("application/json", body))
 }
 
 fn progress_line(progress: &Progress) -> bytes::Bytes {

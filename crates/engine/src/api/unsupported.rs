@@ -78,7 +78,6 @@ impl On {
 const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
     (On::Get, "images/search", Answer::NotYet("docker search")),
-    (On::Post, "images/**/push", Answer::NotYet("docker push")),
     (
         On::Get,
         "distribution/**/json",
@@ -275,10 +274,6 @@ mod tests {
                 StatusCode::NOT_IMPLEMENTED,
                 "rmachine-engine does not support docker network create yet".into()
             )
-        );
-        assert_eq!(
-            ask(Method::POST, "/images/registry:5000/team/app/push").1,
-            "rmachine-engine does not support docker push yet"
         );
         assert_eq!(
             ask(Method::DELETE, "/plugins/vieux/sshfs:latest").1,

@@ -1,4 +1,4 @@
-//! Registry operations: `docker pull` and `docker login`.
+//! Registry operations: `docker pull`, `docker push` and `docker login`.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ use super::error::EngineError;
 use super::Engine;
 use crate::image::registry::auth::{self, AuthConfig};
 use crate::image::registry::pull::{self, PullOptions};
+use crate::image::registry::push::{self, PushOptions};
 use crate::image::registry::Progress;
 
 impl Engine {
@@ -28,6 +29,27 @@ impl Engine {
         for reference in pulled.references {
             let attrs = BTreeMap::from([("name".to_string(), reference.clone())]);
             self.inner.events.emit("image", "pull", &reference, attrs);
+        }
+        Ok(())
+    }
+
+    /// `POST /images/{name}/push`: uploads the tag (or every tag of the repository); one
+    /// `push` event per tag, as dockerd.
+    pub async fn push_image(
+        &self,
+        options: PushOptions,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> Result<(), EngineError> {
+        let pushed = push::push(
+            self.inner.images.clone(),
+            &self.config().registry,
+            options,
+            &progress,
+        )
+        .await?;
+        for reference in pushed {
+            let attrs = BTreeMap::from([("name".to_string(), reference.clone())]);
+            self.inner.events.emit("image", "push", &reference, attrs);
         }
         Ok(())
     }

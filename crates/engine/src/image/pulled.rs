@@ -184,4 +184,83 @@ impl ImageStore {
         tracing::info!(image = %id, digest = repo_digest, "image pulled");
         Ok(PullCommit { id, updated })
     }
+
+    /// What a push sends for one tag: the image id, its config bytes as stored (so the id
+    /// stays the same in the registry) and its diff ids, bottom first.
+    pub fn push_source(&self, tag: &Reference) -> Result<PushSource, ImageError> {
+        let state = self.lock();
+        let id = state
+            .tags
+            .get(tag)
+            .cloned()
+            .ok_or_else(|| ImageError::NotFound {
+                reference: tag.familiar(),
+            })?;
+        let img = state.images.get(&id).ok_or_else(|| ImageError::NotFound {
+            reference: tag.familiar(),
+        })?;
+        let hex = digest_hex(&id).unwrap_or_default();
+        let path = self.blob_path(hex);
+        let config = fs::read(&path).map_err(io_err(&path))?;
+        Ok(PushSource {
+            id: id.clone(),
+            config,
+            diff_ids: img.diff_ids.clone(),
+        })
+    }
+
+    /// The tags (with the repository) of every image named `repository` (`pull -a`'s push
+    /// counterpart), sorted.
+    pub fn repository_tags(&self, repository: &Reference) -> Vec<Reference> {
+        let state = self.lock();
+        state
+            .tags
+            .keys()
+            .filter(|r| r.domain == repository.domain && r.path == repository.path)
+            .cloned()
+            .collect()
+    }
+
+    /// Adds `repo_digest` to the image's RepoDigests (a push does, as dockerd).
+    pub fn add_repo_digest(&self, id: &str, repo_digest: &str) -> Result<(), ImageError> {
+        let mut state = self.lock();
+        let Some(img) = state.images.get_mut(id) else {
+            return Ok(());
+        };
+        if img.meta.repo_digests.iter().any(|d| d == repo_digest) {
+            return Ok(());
+        }
+        img.meta.repo_digests.push(repo_digest.to_string());
+        img.meta.repo_digests.sort();
+        let hex = digest_hex(id).unwrap_or_default().to_string();
+        let bytes = serde_json::to_vec(&img.meta).map_err(|source| ImageError::Corrupt {
+            path: self.image_meta_path(&hex),
+            source,
+        })?;
+        write_atomic(&self.image_meta_path(&hex), &bytes)
+    }
+
+    /// Where the registry client remembers which compressed blob each layer was pulled from
+    /// or pushed as (`distribution.json`).
+    pub fn distribution_cache_path(&self) -> PathBuf {
+        self.root.join("distribution.json")
+    }
+
+    /// A scratch file path under `tmp/` (emptied when the store opens).
+    pub fn scratch_path(&self, kind: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{kind}-{:016x}", rand::random::<u64>()))
+    }
+}
+
+/// What a push needs of a stored image.
+#[derive(Debug, Clone)]
+pub struct PushSource {
+    /// `sha256:…`.
+    pub id: String,
+    /// The config, byte for byte.
+    pub config: Vec<u8>,
+    /// Diff ids, bottom first.
+    pub diff_ids: Vec<String>,
 }

@@ -18,7 +18,9 @@
 //! Progress is reported as Docker's JSON progress messages ([`Progress`]).
 
 pub mod auth;
+pub mod cache;
 pub mod pull;
+pub mod push;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -586,6 +586,16 @@ async fn fetch_layer(
                     ));
                 }
                 let _ = progress.send(Progress::layer(&id, "Pull complete"));
+                super::cache::remember(
+                    &store.distribution_cache_path(),
+                    diff_id,
+                    super::cache::BlobSource {
+                        digest: desc.digest.clone(),
+                        size: u64::try_from(desc.size).unwrap_or(0),
+                        registry: remote.endpoint.host.clone(),
+                        repository: remote.reference.path.clone(),
+                    },
+                );
                 return Ok(staged);
             }
             Err(Fetch::Network(e)) if attempt < ATTEMPTS => {
