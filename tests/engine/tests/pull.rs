@@ -492,3 +492,58 @@ fn pushing_a_missing_image_or_without_credentials_fails() -> Result<()> {
     assert!(refused.stderr.contains("unauthorized"), "{refused:?}");
     Ok(())
 }
+
+#[test]
+fn search_lists_matching_repositories_of_a_private_registry() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    registry.seed(|host| {
+        let image = busybox()?;
+        for repo in ["team/web", "team/db", "tools/webhook"] {
+            push_image(host, repo, Some("latest"), &image)?;
+        }
+        Ok(())
+    })?;
+    let term = format!("{}/web", registry.host);
+    // `IsOfficial` prints `[OK]` for official images, nothing otherwise.
+    let run = engine
+        .docker(&[
+            "search",
+            "--format",
+            "{{.Name}} {{.StarCount}} {{.IsOfficial}}",
+            &term,
+        ])?
+        .ok()?;
+    assert_eq!(
+        run.stdout,
+        format!("{h}/team/web 0 \n{h}/tools/webhook 0 \n", h = registry.host)
+    );
+    let limited = engine
+        .docker(&["search", "--limit", "1", "--format", "{{.Name}}", &term])?
+        .ok()?;
+    assert_eq!(limited.stdout.lines().count(), 1, "{limited:?}");
+    let official = engine
+        .docker(&[
+            "search",
+            "--filter",
+            "is-official=true",
+            "--format",
+            "{{.Name}}",
+            &term,
+        ])?
+        .ok()?;
+    assert_eq!(official.stdout, "");
+    let starred = engine
+        .docker(&[
+            "search",
+            "--filter",
+            "stars=1",
+            "--format",
+            "{{.Name}}",
+            &term,
+        ])?
+        .ok()?;
+    assert_eq!(starred.stdout, "");
+    Ok(())
+}

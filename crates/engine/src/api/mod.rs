@@ -186,6 +186,7 @@ impl Api {
                 self.pull_image(&req, &query).await
             }
             (&Method::POST, ["auth"]) => self.login(req).await,
+            (&Method::GET, ["images", "search"]) => self.search_images(&req, &query).await,
             (&Method::POST, ["images", .., "push"]) if segments.len() > 2 => {
                 let name = segments[1..segments.len() - 1].join("/");
                 self.push_image(&req, &name, &query).await

@@ -13,6 +13,7 @@ use crate::image::reference::Reference;
 use crate::image::registry::auth::AuthConfig;
 use crate::image::registry::pull::{Platform, PullOptions};
 use crate::image::registry::push::PushOptions;
+use crate::image::registry::search::SearchFilters;
 use crate::image::registry::{Progress, RegistryError};
 
 /// moby's `postImagesCreate` reading of `fromImage` and `tag`: `tag` may be a tag or a digest;
@@ -104,6 +105,34 @@ impl Api {
         let engine = self.engine.clone();
         let task = tokio::spawn(async move { engine.push_image(options, progress_tx).await });
         progress_response(task, progress_rx, "image push").await
+    }
+
+    /// `docker search`.
+    pub(super) async fn search_images(&self, req: &Request<Incoming>, query: &Query) -> ApiResult {
+        let term = query.get("term").unwrap_or_default();
+        let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+            Some(l) => Some(
+                l.parse::<usize>()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid limit: {l}")))?,
+            ),
+            None => None,
+        };
+        let filters: Vec<(String, Vec<String>)> = super::parse_filters(query.get("filters"))?
+            .into_iter()
+            .collect();
+        let filters =
+            SearchFilters::parse(&filters).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let header = req
+            .headers()
+            .get("X-Registry-Auth")
+            .and_then(|v| v.to_str().ok());
+        let auth =
+            AuthConfig::from_header(header).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let results = self
+            .engine
+            .search_images(term, limit, &filters, &auth)
+            .await?;
+        json(StatusCode::OK, &results)
     }
 
     /// `docker login`: `{"Status": "Login Succeeded"}` once the registry took the credentials.

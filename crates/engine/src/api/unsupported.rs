@@ -77,7 +77,6 @@ impl On {
 /// (image and plugin names may contain `/`). The first matching line wins.
 const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
-    (On::Get, "images/search", Answer::NotYet("docker search")),
     (
         On::Get,
         "distribution/**/json",
@@ -372,6 +371,10 @@ mod tests {
             "head /_ping",
             "get /events",
             "post /images/load",
+            "post /images/create",
+            "post /images/{name}/push",
+            "get /images/search",
+            "post /auth",
             "post /containers/{id}/exec",
             "post /exec/{id}/start",
             "post /exec/{id}/resize",

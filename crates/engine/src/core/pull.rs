@@ -1,4 +1,4 @@
-//! Registry operations: `docker pull`, `docker push` and `docker login`.
+//! Registry operations: `docker pull`, `docker push`, `docker search` and `docker login`.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,7 @@ use super::Engine;
 use crate::image::registry::auth::{self, AuthConfig};
 use crate::image::registry::pull::{self, PullOptions};
 use crate::image::registry::push::{self, PushOptions};
+use crate::image::registry::search::{self, SearchFilters, SearchResult};
 use crate::image::registry::Progress;
 
 impl Engine {
@@ -52,6 +53,17 @@ impl Engine {
             self.inner.events.emit("image", "push", &reference, attrs);
         }
         Ok(())
+    }
+
+    /// `GET /images/search`.
+    pub async fn search_images(
+        &self,
+        term: &str,
+        limit: Option<usize>,
+        filters: &SearchFilters,
+        auth: &AuthConfig,
+    ) -> Result<Vec<SearchResult>, EngineError> {
+        Ok(search::search(&self.config().registry, term, limit, filters, auth).await?)
     }
 
     /// `POST /auth`: checks credentials against the registry.

@@ -230,7 +230,7 @@ pub async fn login(config: &RegistryConfig, auth: &AuthConfig) -> Result<String,
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters kept).
-fn percent_encode(value: &str) -> String {
+pub(super) fn percent_encode(value: &str) -> String {
     let mut out = String::new();
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cache;
 pub mod pull;
 pub mod push;
+pub mod search;
 
 use std::net::IpAddr;
 use std::time::Duration;
