@@ -264,3 +264,72 @@ pub struct PushSource {
     /// Diff ids, bottom first.
     pub diff_ids: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::testutil::{TarBuilder, TempDir};
+
+    fn layer_tar() -> Vec<u8> {
+        let mut tar = TarBuilder::new();
+        tar.dir("etc", 0o755);
+        tar.file("etc/hello", b"hi\n");
+        tar.finish()
+    }
+
+    #[test]
+    fn zstd_and_gzip_layers_stage_to_the_same_diff_id_and_commit_once_verified() {
+        let dir = TempDir::new();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let tar = layer_tar();
+        let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar)));
+        let zstd = ruzstd::encoding::compress_to_vec(
+            &tar[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let staged = store.stage_layer(&zstd[..], "zstd layer").unwrap();
+        assert_eq!(staged.diff_id, diff_id);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let again = store.stage_layer(&gz[..], "gzip layer").unwrap();
+        assert_eq!(again.diff_id, diff_id);
+        // Nothing is in the store before the commit.
+        assert!(!store.has_layer(&diff_id));
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }))
+        .unwrap();
+        let tag = Reference::parse_normalized("127.0.0.1:5000/x:1").unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let commit = store
+            .commit_pull(
+                &config,
+                vec![staged, again],
+                Some(&tag),
+                &format!("127.0.0.1:5000/x@{digest}"),
+            )
+            .unwrap();
+        assert!(commit.updated);
+        assert!(store.has_layer(&diff_id));
+        let image = store.inspect("127.0.0.1:5000/x:1").unwrap();
+        assert_eq!(
+            image.repo_digests,
+            vec![format!("127.0.0.1:5000/x@{digest}")]
+        );
+        // The unused staged copy was removed with it: tmp/ is empty.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // The same pull again changes nothing.
+        let staged = store.stage_layer(&gz[..], "gzip layer").unwrap();
+        let commit = store
+            .commit_pull(
+                &config,
+                vec![staged],
+                Some(&tag),
+                &format!("127.0.0.1:5000/x@{digest}"),
+            )
+            .unwrap();
+        assert!(!commit.updated);
+    }
+}
