@@ -547,3 +547,30 @@ fn search_lists_matching_repositories_of_a_private_registry() -> Result<()> {
     assert_eq!(starred.stdout, "");
     Ok(())
 }
+
+#[test]
+fn docker_hub_names_are_pulled_through_the_registry_mirror() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    let mirror = Registry::start(Auth::Open)?;
+    let pushed = seed(&mirror, "library/busybox", Some("latest"), &busybox()?)?;
+    let engine =
+        Engine::start_with_args(&["--registry-mirror", &format!("http://{}", mirror.host)])?;
+    let run = engine.docker(&["pull", "busybox"])?.ok()?;
+    assert!(
+        run.stdout.contains("latest: Pulling from library/busybox"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("Status: Downloaded newer image for busybox:latest"),
+        "{run:?}"
+    );
+    assert_eq!(engine.inspect("busybox", "{{.Id}}")?, pushed.id);
+    assert_eq!(
+        engine.inspect("busybox", "{{json .RepoDigests}}")?,
+        format!("[\"busybox@{}\"]", pushed.manifest_digest)
+    );
+    Ok(())
+}
