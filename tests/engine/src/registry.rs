@@ -61,11 +61,23 @@ pub struct Registry {
     /// How it authenticates.
     pub auth: Auth,
     token: Option<TokenServer>,
+    /// Serves HTTPS with a self-signed certificate for 127.0.0.1.
+    tls: bool,
 }
 
 impl Registry {
     /// Starts a registry of the given kind and waits until it answers.
     pub fn start(auth: Auth) -> Result<Registry> {
+        Registry::start_with(auth, false)
+    }
+
+    /// An open registry serving HTTPS with a self-signed certificate (what dockerd reaches as
+    /// an insecure registry without checking the certificate).
+    pub fn start_tls() -> Result<Registry> {
+        Registry::start_with(Auth::Open, true)
+    }
+
+    fn start_with(auth: Auth, tls: bool) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("rmachine-registry-test")
             .tempdir()?;
@@ -80,12 +92,20 @@ impl Registry {
             dir,
             auth,
             token,
+            tls,
         };
+        if tls {
+            let key = rcgen::KeyPair::generate()?;
+            let cert =
+                rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?.self_signed(&key)?;
+            fs::write(registry.dir.path().join("tls.pem"), cert.pem())?;
+            fs::write(registry.dir.path().join("tls-key.pem"), key.serialize_pem())?;
+        }
         registry.spawn()?;
         Ok(registry)
     }
 
-    fn config(&self, auth: Auth, host: &str) -> Result<String> {
+    fn config(&self, auth: Auth, host: &str, tls: bool) -> Result<String> {
         let storage = self.dir.path().join("storage");
         let auth_section = match auth {
             Auth::Open => String::new(),
@@ -113,8 +133,17 @@ impl Registry {
                 )
             }
         };
+        let tls_section = if tls {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                self.dir.path().join("tls.pem").display(),
+                self.dir.path().join("tls-key.pem").display()
+            )
+        } else {
+            String::new()
+        };
         Ok(format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {host}\n{auth_section}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {host}\n{tls_section}{auth_section}",
             storage.display()
         ))
     }
@@ -123,7 +152,7 @@ impl Registry {
         self.child = Some(start_process(
             self.dir.path(),
             "registry",
-            &self.config(self.auth, &self.host)?,
+            &self.config(self.auth, &self.host, self.tls)?,
             &self.host,
         )?);
         Ok(())
@@ -132,14 +161,14 @@ impl Registry {
     /// Runs `seed(host)` against an open registry on the same storage (so that authenticated
     /// registries can be filled before `docker push` exists).
     pub fn seed<T>(&self, seed: impl FnOnce(&str) -> Result<T>) -> Result<T> {
-        if self.auth == Auth::Open {
+        if self.auth == Auth::Open && !self.tls {
             return seed(&self.host);
         }
         let host = format!("127.0.0.1:{}", free_port()?);
         let mut child = start_process(
             self.dir.path(),
             "seeder",
-            &self.config(Auth::Open, &host)?,
+            &self.config(Auth::Open, &host, false)?,
             &host,
         )?;
         let result = seed(&host);

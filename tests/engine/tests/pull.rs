@@ -574,3 +574,22 @@ fn docker_hub_names_are_pulled_through_the_registry_mirror() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn an_insecure_registry_speaking_tls_is_reached_over_https_without_checks() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    let registry = Registry::start_tls()?;
+    let pushed = seed(&registry, "secure/bb", Some("latest"), &busybox()?)?;
+    // Loopback is insecure by default: the self-signed certificate is not checked, but TLS
+    // is used since the registry speaks it (plain HTTP would get a 400 from it).
+    let engine = Engine::start()?;
+    let name = format!("{}/secure/bb", registry.host);
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    let other = format!("{}/secure/copy:1", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    engine.docker(&["push", &other])?.ok()?;
+    Ok(())
+}

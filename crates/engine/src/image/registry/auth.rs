@@ -164,9 +164,10 @@ pub async fn login(config: &RegistryConfig, auth: &AuthConfig) -> Result<String,
         .ok_or_else(|| RegistryError::InvalidParameter {
             message: format!("no endpoint for registry {host}"),
         })?;
+    let endpoint = super::settle(endpoint).await;
     let scheme = if endpoint.plain_http { "http" } else { "https" };
     let url = format!("{scheme}://{}/v2/", endpoint.host);
-    let client = http_client()?;
+    let client = http_client(endpoint.insecure)?;
     let unreachable = |e: reqwest::Error| RegistryError::Unreachable {
         reference: host.clone(),
         registry: endpoint.host.clone(),

@@ -218,6 +218,9 @@ pub struct Endpoint {
     pub host: String,
     /// Plain HTTP rather than HTTPS.
     pub plain_http: bool,
+    /// An insecure registry: HTTPS without certificate checks if it speaks TLS (see
+    /// [`settle`]), else plain HTTP.
+    pub insecure: bool,
     /// A mirror (errors fall through to the next endpoint).
     pub mirror: bool,
 }
@@ -238,22 +241,46 @@ pub fn endpoints(config: &RegistryConfig, domain: &str) -> Vec<Endpoint> {
             out.push(Endpoint {
                 host: host.to_string(),
                 plain_http: scheme == "http",
+                insecure: false,
                 mirror: true,
             });
         }
         out.push(Endpoint {
             host: "registry-1.docker.io".to_string(),
             plain_http: false,
+            insecure: false,
             mirror: false,
         });
     } else {
+        let insecure = is_insecure(config, domain);
         out.push(Endpoint {
             host: domain.to_string(),
-            plain_http: is_insecure(config, domain),
+            plain_http: insecure,
+            insecure,
             mirror: false,
         });
     }
     out
+}
+
+/// Chooses the scheme of an insecure endpoint as dockerd does: HTTPS (certificates not
+/// checked) when the registry speaks TLS, plain HTTP otherwise.
+pub async fn settle(mut endpoint: Endpoint) -> Endpoint {
+    if !endpoint.insecure {
+        return endpoint;
+    }
+    let probe = match http_client(true) {
+        Ok(client) => client
+            .get(format!("https://{}/v2/", endpoint.host))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    endpoint.plain_http = !probe;
+    tracing::debug!(registry = %endpoint.host, https = probe, "insecure registry scheme chosen");
+    endpoint
 }
 
 /// Whether `host[:port]` is an insecure registry: listed by name, or an address in one of the
@@ -322,6 +349,7 @@ pub fn client_for(endpoint: &Endpoint) -> oci_client::Client {
             ClientProtocol::Https
         },
         // Manifest lists are resolved here, to give dockerd's error when nothing matches.
+        accept_invalid_certificates: endpoint.insecure && !endpoint.plain_http,
         platform_resolver: None,
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
@@ -330,10 +358,12 @@ pub fn client_for(endpoint: &Endpoint) -> oci_client::Client {
     })
 }
 
-/// A plain HTTP client (login, search), with the same TLS and proxy settings.
-pub fn http_client() -> Result<reqwest::Client, RegistryError> {
+/// A plain HTTP client (login, search), with the same TLS and proxy settings; `insecure`
+/// skips certificate checks (insecure registries).
+pub fn http_client(insecure: bool) -> Result<reqwest::Client, RegistryError> {
     install_crypto_provider();
     reqwest::Client::builder()
+        .danger_accept_invalid_certs(insecure)
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("rmachine-engine/", env!("CARGO_PKG_VERSION")))

@@ -356,6 +356,7 @@ pub async fn pull(
     let endpoints = endpoints(config, &options.reference.domain);
     let mut last_err = None;
     for endpoint in endpoints {
+        let endpoint = super::settle(endpoint).await;
         let remote = Remote {
             client: client_for(&endpoint),
             endpoint: endpoint.clone(),

@@ -145,6 +145,7 @@ pub async fn push(
         .ok_or_else(|| RegistryError::InvalidParameter {
             message: format!("no endpoint for registry {}", repository.domain),
         })?;
+    let endpoint = super::settle(endpoint).await;
     let target = Target {
         client: client_for(&endpoint),
         endpoint,

@@ -124,6 +124,7 @@ pub async fn search(
         super::Endpoint {
             host: "index.docker.io".to_string(),
             plain_http: false,
+            insecure: false,
             mirror: false,
         }
     } else {
@@ -134,8 +135,9 @@ pub async fn search(
                 message: format!("no endpoint for registry {host}"),
             })?
     };
+    let endpoint = super::settle(endpoint).await;
     let scheme = if endpoint.plain_http { "http" } else { "https" };
-    let client = http_client()?;
+    let client = http_client(endpoint.insecure)?;
     let credentials = match auth.registry_auth()? {
         oci_client::secrets::RegistryAuth::Basic(u, p) => Some((u, p)),
         _ => None,
