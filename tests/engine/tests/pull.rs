@@ -593,3 +593,41 @@ fn an_insecure_registry_speaking_tls_is_reached_over_https_without_checks() -> R
     engine.docker(&["push", &other])?.ok()?;
     Ok(())
 }
+
+#[test]
+fn an_interrupted_docker_pull_is_cancelled_and_leaves_nothing() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    seed(&registry, "slow", Some("latest"), &big_image(6 << 20)?)?;
+    let proxy = SlowProxy::start(&registry.host, 1 << 20)?;
+    let name = format!("{}/slow", proxy.host);
+    let mut pull = engine
+        .docker_command(&["pull", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !staging_entries(&engine)
+        .iter()
+        .any(|e| e.starts_with("layer-"))
+    {
+        assert!(Instant::now() < deadline, "the pull never started staging");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Ctrl-C of the CLI: the connection closes.
+    pull.kill()?;
+    let _ = pull.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !staging_entries(&engine).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "staging not cleaned: {:?}",
+            staging_entries(&engine)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(engine.log().contains("client disconnected, cancelling"));
+    assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
+    Ok(())
+}

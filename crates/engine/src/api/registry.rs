@@ -193,7 +193,14 @@ async fn progress_response(
             None => loop {
                 tokio::select! {
                     Some(line) = progress_rx.recv() => {
-                        let _ = tx.send(progress_line(&line)).await;
+                        if tx.send(progress_line(&line)).await.is_err() {
+                            // The client went away (docker pull interrupted): as dockerd,
+                            // the operation is cancelled; staged layers are cleaned up as
+                            // their downloads stop.
+                            tracing::info!(what, "client disconnected, cancelling");
+                            task.abort();
+                            return;
+                        }
                     }
                     result = &mut task => break result,
                 }
