@@ -192,6 +192,8 @@ pub struct Engine {
     pub certs: Certs,
     /// More engine flags, after the harness's own.
     extra_args: Vec<String>,
+    /// More environment variables for the engine.
+    extra_env: Vec<(String, String)>,
     /// The runtime binary, when not the workspace's.
     runtime: Option<PathBuf>,
 }
@@ -205,6 +207,17 @@ impl Engine {
     /// [`Engine::start`] with more engine flags (`--registry-mirror URL`).
     pub fn start_with_args(extra_args: &[&str]) -> Result<Engine> {
         let mut engine = Engine::prepare_with_args(extra_args)?;
+        engine.spawn()?;
+        Ok(engine)
+    }
+
+    /// [`Engine::start_with_args`] with environment variables for the engine (`HTTP_PROXY`).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Engine> {
+        let mut engine = Engine::prepare_with_args(extra_args)?;
+        engine.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         engine.spawn()?;
         Ok(engine)
     }
@@ -237,6 +250,7 @@ impl Engine {
             dir,
             certs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_env: Vec::new(),
             runtime: None,
         })
     }
@@ -289,6 +303,7 @@ impl Engine {
             .arg("--label")
             .arg("purpose=test")
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "rmachine_engine=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

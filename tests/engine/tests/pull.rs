@@ -631,3 +631,26 @@ fn an_interrupted_docker_pull_is_cancelled_and_leaves_nothing() -> Result<()> {
     assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
     Ok(())
 }
+
+#[test]
+fn pulls_go_through_the_http_proxy_of_the_engines_environment() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    let registry = Registry::start(Auth::Open)?;
+    let pushed = seed(&registry, "proxied", Some("latest"), &busybox()?)?;
+    // A relay to the registry: only through it can the engine reach a name that does not
+    // resolve.
+    let proxy = SlowProxy::start(&registry.host, 64 << 20)?;
+    let engine = Engine::start_with_env(
+        &["--insecure-registry", "registry.invalid:5000"],
+        &[
+            ("HTTP_PROXY", &format!("http://{}", proxy.host)),
+            ("NO_PROXY", ""),
+        ],
+    )?;
+    let name = "registry.invalid:5000/proxied";
+    engine.docker(&["pull", name])?.ok()?;
+    assert_eq!(engine.inspect(name, "{{.Id}}")?, pushed.id);
+    Ok(())
+}
