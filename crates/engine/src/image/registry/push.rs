@@ -187,6 +187,9 @@ pub async fn push(
         for d in &unique {
             let _ = progress.send(Progress::layer(short_id(d), "Preparing"));
         }
+        for d in unique.iter().skip(CONCURRENT_UPLOADS) {
+            let _ = progress.send(Progress::layer(short_id(d), "Waiting"));
+        }
         let slots = Arc::new(Semaphore::new(CONCURRENT_UPLOADS));
         let uploads = unique.iter().map(|diff_id| {
             let slots = slots.clone();
