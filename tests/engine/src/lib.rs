@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod registry;
+
 /// The variable tests/run.sh (and so CI) sets to `1`: a test that cannot run here then fails
 /// with the reason instead of passing as skipped.
 pub const TESTS_REQUIRED: &str = "RMACHINE_TESTS_REQUIRED";
@@ -171,7 +173,8 @@ pub fn make_certs(dir: &Path) -> Result<Certs> {
     Ok(certs)
 }
 
-fn free_port() -> Result<u16> {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -189,6 +192,8 @@ pub struct Engine {
     pub certs: Certs,
     /// More engine flags, after the harness's own.
     extra_args: Vec<String>,
+    /// More environment variables for the engine.
+    extra_env: Vec<(String, String)>,
     /// The runtime binary, when not the workspace's.
     runtime: Option<PathBuf>,
     /// The network namespace the engine runs in (see [`NetNs`]).
@@ -298,6 +303,17 @@ impl Engine {
         Ok(engine)
     }
 
+    /// [`Engine::start_with_args`] with environment variables for the engine (`HTTP_PROXY`).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Engine> {
+        let mut engine = Engine::prepare_with_args(extra_args)?;
+        engine.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        engine.spawn()?;
+        Ok(engine)
+    }
+
     /// An engine's temp dir, certificates and socket path, not started yet ([`Engine::spawn`]
     /// starts it): for tests that prepare its data root first (e.g. mount a filesystem there).
     pub fn prepare() -> Result<Engine> {
@@ -326,6 +342,7 @@ impl Engine {
             dir,
             certs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_env: Vec::new(),
             runtime: None,
             netns: NetNs::new()?,
         })
@@ -381,6 +398,7 @@ impl Engine {
             .arg("--label")
             .arg("purpose=test")
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "rmachine_engine=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

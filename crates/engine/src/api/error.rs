@@ -100,6 +100,7 @@ fn engine_status(err: &EngineError) -> StatusCode {
         EngineError::Archive(archive) => archive_status(archive),
         EngineError::Volume(volume) => volume_status(volume),
         EngineError::Image(image) => image_status(image),
+        EngineError::Registry(registry) => super::registry::registry_status(registry),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -13,6 +13,7 @@ pub mod gojson;
 mod images;
 pub mod networks;
 pub mod query;
+mod registry;
 pub mod server;
 pub mod stream;
 pub mod types;
@@ -183,6 +184,15 @@ impl Api {
             }
             (&Method::GET, ["events"]) => self.events(&query),
             (&Method::POST, ["images", "load"]) => self.load_images(req).await,
+            (&Method::POST, ["images", "create"]) if query.get("fromSrc").is_none() => {
+                self.pull_image(&req, &query).await
+            }
+            (&Method::POST, ["auth"]) => self.login(req).await,
+            (&Method::GET, ["images", "search"]) => self.search_images(&req, &query).await,
+            (&Method::POST, ["images", .., "push"]) if segments.len() > 2 => {
+                let name = segments[1..segments.len() - 1].join("/");
+                self.push_image(&req, &name, &query).await
+            }
             (&Method::GET, ["images", "json"]) => json(
                 StatusCode::OK,
                 &self.engine.list_images(query.bool("all")).await?,

@@ -75,10 +75,6 @@ impl On {
 /// (image and plugin names may contain `/`). The first matching line wins.
 const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
-    (On::Post, "images/create", Answer::NotYet("docker pull")),
-    (On::Get, "images/search", Answer::NotYet("docker search")),
-    (On::Post, "images/**/push", Answer::NotYet("docker push")),
-    (On::Post, "auth", Answer::NotYet("docker login")),
     (
         On::Get,
         "distribution/**/json",
@@ -220,17 +216,11 @@ fn fits_from(pattern: &[&str], segments: &[&str]) -> bool {
 
 /// The answer to a request no route served: 501 or 503 for a route of the API the engine
 /// lacks, else `NotFound`.
-pub fn answer(method: &Method, segments: &[&str], query: &Query) -> ApiError {
+pub fn answer(method: &Method, segments: &[&str], _query: &Query) -> ApiError {
     let found = UNSERVED
         .iter()
         .find(|(on, pattern, _)| on.matches(method) && fits(pattern, segments));
     match found {
-        // `docker import` shares the pull route: `fromSrc` tells them apart.
-        Some((_, "images/create", _)) if query.get("fromSrc").is_some() => {
-            ApiError::NotImplemented {
-                what: "docker import".into(),
-            }
-        }
         Some((_, _, Answer::NotYet(what))) => ApiError::NotImplemented {
             what: (*what).into(),
         },
@@ -268,14 +258,6 @@ mod tests {
                 StatusCode::NOT_IMPLEMENTED,
                 "rmachine-engine does not support docker network create yet".into()
             )
-        );
-        assert_eq!(
-            ask(Method::POST, "/images/create").1,
-            "rmachine-engine does not support docker pull yet"
-        );
-        assert_eq!(
-            ask(Method::POST, "/images/registry:5000/team/app/push").1,
-            "rmachine-engine does not support docker push yet"
         );
         assert_eq!(
             ask(Method::DELETE, "/plugins/vieux/sshfs:latest").1,
@@ -377,6 +359,10 @@ mod tests {
             "post /images/prune",
             "post /commit",
             "get /system/df",
+            "post /images/create",
+            "post /images/{name}/push",
+            "get /images/search",
+            "post /auth",
             "post /containers/{id}/exec",
             "post /exec/{id}/start",
             "post /exec/{id}/resize",

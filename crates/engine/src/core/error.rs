@@ -125,6 +125,9 @@ pub enum EngineError {
     /// The image store failed.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A registry operation (pull, login) failed.
+    #[error(transparent)]
+    Registry(#[from] crate::image::registry::RegistryError),
     /// Container records could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),

@@ -54,6 +54,7 @@ mod list;
 pub(crate) mod lookup;
 pub mod networks;
 mod options;
+mod pull;
 mod remove;
 mod resources;
 mod restart;

@@ -47,7 +47,7 @@ pub struct Extracted {
     pub size: u64,
 }
 
-/// Wraps a layer blob in the decompressor its first bytes call for (gzip or none).
+/// Wraps a layer blob in the decompressor its first bytes call for (gzip, zstd or none).
 pub fn decompress<'a>(
     reader: impl Read + 'a,
     layer: &str,
@@ -60,10 +60,13 @@ pub fn decompress<'a>(
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(ImageError::InvalidLayer {
-            layer: layer.to_string(),
-            reason: "zstd-compressed layers are not supported".to_string(),
-        })
+        let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
+            ImageError::InvalidLayer {
+                layer: layer.to_string(),
+                reason: format!("zstd: {e}"),
+            }
+        })?;
+        Ok(Box::new(decoder))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) || head.starts_with(b"BZh") {
         // Said plainly rather than failing later as a corrupt tar.
         Err(ImageError::InvalidLayer {

@@ -177,6 +177,7 @@ impl ImageStore {
                     size,
                     last_tag_time: None,
                     parent: new.parent.clone(),
+                    repo_digests: Vec::new(),
                 },
                 config,
                 diff_ids,

@@ -39,7 +39,9 @@ pub mod changes;
 mod layer;
 pub mod layer_export;
 mod local;
+mod pulled;
 pub mod reference;
+pub mod registry;
 #[cfg(test)]
 mod testutil;
 
@@ -283,7 +285,7 @@ pub struct ImageSummary {
     pub parent_id: String,
     /// Familiar tags; empty for a dangling image.
     pub repo_tags: Vec<String>,
-    /// Always empty until pull/push exist.
+    /// `name@sha256:…` of the manifests the image was pulled by.
     pub repo_digests: Vec<String>,
     /// Creation time, unix seconds.
     pub created: i64,
@@ -317,6 +319,9 @@ struct ImageMeta {
     /// The image this one was made from locally (commit), for `history` and `Parent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parent: Option<String>,
+    /// `name@sha256:…` of the manifests the image was pulled by (familiar names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    repo_digests: Vec<String>,
 }
 
 /// The per-layer record file.
@@ -758,6 +763,7 @@ impl ImageStore {
                     size,
                     last_tag_time: None,
                     parent: None,
+                    repo_digests: Vec::new(),
                 },
                 config,
                 diff_ids,
@@ -807,7 +813,7 @@ impl ImageStore {
                     id: img.meta.id.clone(),
                     parent_id: img.meta.parent.clone().unwrap_or_default(),
                     repo_tags: state.familiar_tags_of(&img.meta.id),
-                    repo_digests: Vec::new(),
+                    repo_digests: img.meta.repo_digests.clone(),
                     created,
                     size: i64::try_from(img.meta.size).unwrap_or(i64::MAX),
                     shared_size: -1,
@@ -839,6 +845,16 @@ impl ImageStore {
         };
         if let Some(id) = state.tags.get(&named) {
             return Ok(id.clone());
+        }
+        if let Some(digest) = &named.digest {
+            let wanted = format!("{}@{digest}", named.familiar_name());
+            if let Some(img) = state
+                .images
+                .values()
+                .find(|i| i.meta.repo_digests.contains(&wanted))
+            {
+                return Ok(img.meta.id.clone());
+            }
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if is_lower_hex(prefix) {
@@ -905,7 +921,7 @@ impl ImageStore {
         Ok(ImageInspect {
             repo_tags: state.familiar_tags_of(&id),
             id,
-            repo_digests: Vec::new(),
+            repo_digests: img.meta.repo_digests.clone(),
             parent: img.meta.parent.clone().unwrap_or_default(),
             comment: str_field("comment"),
             created: str_field("created"),
@@ -1150,7 +1166,7 @@ pub struct ImageInspect {
     pub id: String,
     /// Familiar `name:tag` references.
     pub repo_tags: Vec<String>,
-    /// Always empty: images are loaded, never pulled.
+    /// `name@sha256:…` of the manifests the image was pulled by.
     pub repo_digests: Vec<String>,
     /// The local parent (a committed image's), else empty.
     pub parent: String,

@@ -1,0 +1,302 @@
+//! Credentials: the `X-Registry-Auth` header of pull/push, and `POST /auth` (`docker login`),
+//! which checks them against the registry the way dockerd's `loginV2` does: a `GET /v2/`,
+//! then, when the registry challenges, either basic auth on `/v2/` or a token request to the
+//! bearer realm with the credentials.
+
+use base64::Engine as _;
+use oci_client::secrets::RegistryAuth;
+use serde::Deserialize;
+
+use super::{endpoints, http_client, RegistryError, DOCKER_HUB};
+use crate::registry_config::RegistryConfig;
+
+/// Docker's `registry.AuthConfig`, as the CLI sends it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuthConfig {
+    /// User name.
+    #[serde(default, alias = "Username")]
+    pub username: String,
+    /// Password or access token.
+    #[serde(default, alias = "Password")]
+    pub password: String,
+    /// Legacy `user:password` in base64, as old config files hold it.
+    #[serde(default, alias = "Auth")]
+    pub auth: String,
+    /// The registry (`https://index.docker.io/v1/` for Docker Hub).
+    #[serde(default, alias = "ServerAddress")]
+    pub serveraddress: String,
+    /// An OAuth refresh token from an earlier login.
+    #[serde(default, alias = "IdentityToken")]
+    pub identitytoken: String,
+    /// A bearer token for the registry.
+    #[serde(default, alias = "RegistryToken")]
+    pub registrytoken: String,
+}
+
+impl AuthConfig {
+    /// Decodes an `X-Registry-Auth` header: base64url (padded or not) JSON. An absent or
+    /// empty header means anonymous.
+    pub fn from_header(header: Option<&str>) -> Result<AuthConfig, RegistryError> {
+        let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+            return Ok(AuthConfig::default());
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header.trim_end_matches('='))
+            .or_else(|_| base64::engine::general_purpose::STANDARD.decode(header))
+            .map_err(|_| RegistryError::InvalidParameter {
+                message: "invalid X-Registry-Auth header: not base64".to_string(),
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) || bytes == b"{}" {
+            return Ok(AuthConfig::default());
+        }
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::InvalidParameter {
+            message: format!("invalid X-Registry-Auth header: {e}"),
+        })
+    }
+
+    /// The credentials as the registry client takes them.
+    pub fn registry_auth(&self) -> Result<RegistryAuth, RegistryError> {
+        if !self.registrytoken.is_empty() {
+            return Ok(RegistryAuth::Bearer(self.registrytoken.clone()));
+        }
+        if !self.identitytoken.is_empty() {
+            return Err(RegistryError::InvalidParameter {
+                message: "identity tokens (IdentityToken) are not supported by rmachine-engine: log in with a user name and password".to_string(),
+            });
+        }
+        let (user, password) = if self.username.is_empty() && !self.auth.is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(&self.auth)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| RegistryError::InvalidParameter {
+                    message: "invalid auth configuration: bad base64 in auth".to_string(),
+                })?;
+            match decoded.split_once(':') {
+                Some((u, p)) => (u.to_string(), p.to_string()),
+                None => (decoded, String::new()),
+            }
+        } else {
+            (self.username.clone(), self.password.clone())
+        };
+        if user.is_empty() {
+            Ok(RegistryAuth::Anonymous)
+        } else {
+            Ok(RegistryAuth::Basic(user, password))
+        }
+    }
+}
+
+/// The registry host of a `serveraddress` (`https://host:port/v1/` → `host:port`), Docker Hub
+/// when empty.
+pub fn server_host(address: &str) -> String {
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let host = rest.split('/').next().unwrap_or_default();
+    match host {
+        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => DOCKER_HUB.to_string(),
+        h => h.to_string(),
+    }
+}
+
+/// A `WWW-Authenticate` challenge: its scheme and parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn parse(header: &str) -> Challenge {
+        let header = header.trim();
+        let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+        let mut params = Vec::new();
+        let mut rest = rest.trim();
+        while !rest.is_empty() {
+            let Some((key, after)) = rest.split_once('=') else {
+                break;
+            };
+            let key = key
+                .trim()
+                .trim_start_matches(',')
+                .trim()
+                .to_ascii_lowercase();
+            let after = after.trim_start();
+            let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+                match quoted.find('"') {
+                    Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                    None => (quoted, ""),
+                }
+            } else {
+                match after.find(',') {
+                    Some(end) => (&after[..end], &after[end..]),
+                    None => (after, ""),
+                }
+            };
+            params.push((key, value.to_string()));
+            rest = remaining.trim_start().trim_start_matches(',').trim_start();
+        }
+        Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params,
+        }
+    }
+
+    fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `POST /auth`: checks the credentials against the registry. Returns the registry host.
+pub async fn login(config: &RegistryConfig, auth: &AuthConfig) -> Result<String, RegistryError> {
+    let host = server_host(&auth.serveraddress);
+    let RegistryAuth::Basic(user, password) = auth.registry_auth()? else {
+        return Err(RegistryError::InvalidParameter {
+            message: "login needs a user name and a password".to_string(),
+        });
+    };
+    // Mirrors are for pulls only: a Docker Hub login goes to Docker Hub.
+    let endpoint = endpoints(config, &host)
+        .into_iter()
+        .find(|e| !e.mirror)
+        .ok_or_else(|| RegistryError::InvalidParameter {
+            message: format!("no endpoint for registry {host}"),
+        })?;
+    let endpoint = super::settle(endpoint).await;
+    let scheme = if endpoint.plain_http { "http" } else { "https" };
+    let url = format!("{scheme}://{}/v2/", endpoint.host);
+    let client = http_client(endpoint.insecure)?;
+    let unreachable = |e: reqwest::Error| RegistryError::Unreachable {
+        reference: host.clone(),
+        registry: endpoint.host.clone(),
+        message: super::chain(&e),
+    };
+    let failed = |status: reqwest::StatusCode| RegistryError::Unauthorized {
+        registry: host.clone(),
+        message: format!("login attempt to {url} failed with status: {status}"),
+    };
+    let ping = client.get(&url).send().await.map_err(unreachable)?;
+    if ping.status().is_success() {
+        // An open registry takes any credentials.
+        return Ok(host);
+    }
+    if ping.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(failed(ping.status()));
+    }
+    let challenge = ping
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(Challenge::parse)
+        .unwrap_or_default();
+    let answer = match challenge.scheme.as_str() {
+        "bearer" => {
+            let realm = challenge
+                .param("realm")
+                .ok_or_else(|| RegistryError::Registry {
+                    reference: host.clone(),
+                    message: format!("registry {host} sent a bearer challenge without a realm"),
+                })?;
+            let mut query = vec![("account", user.as_str())];
+            if let Some(service) = challenge.param("service") {
+                query.push(("service", service));
+            }
+            let query = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            let sep = if realm.contains('?') { '&' } else { '?' };
+            client
+                .get(format!("{realm}{sep}{query}"))
+                .basic_auth(&user, Some(&password))
+                .send()
+                .await
+                .map_err(unreachable)?
+        }
+        _ => client
+            .get(&url)
+            .basic_auth(&user, Some(&password))
+            .send()
+            .await
+            .map_err(unreachable)?,
+    };
+    if answer.status().is_success() {
+        Ok(host)
+    } else {
+        Err(failed(answer.status()))
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters kept).
+pub(super) fn percent_encode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auth_header_decodes_with_or_without_padding() {
+        let json = r#"{"username":"u","password":"p","serveraddress":"127.0.0.1:5000"}"#;
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(json);
+        let bare = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        for header in [padded, bare] {
+            let auth = AuthConfig::from_header(Some(&header)).unwrap();
+            assert_eq!(
+                format!("{:?}", auth.registry_auth().unwrap()),
+                format!("{:?}", RegistryAuth::Basic("u".into(), "p".into()))
+            );
+        }
+        let empty = AuthConfig::from_header(Some("e30=")).unwrap();
+        assert!(matches!(
+            empty.registry_auth().unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        assert!(AuthConfig::from_header(Some("!!")).is_err());
+    }
+
+    #[test]
+    fn identity_tokens_are_refused_by_name() {
+        let auth = AuthConfig {
+            identitytoken: "t".into(),
+            ..AuthConfig::default()
+        };
+        let err = auth.registry_auth().unwrap_err().to_string();
+        assert!(err.contains("IdentityToken"), "{err}");
+    }
+
+    #[test]
+    fn server_addresses_name_their_registry() {
+        assert_eq!(server_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(server_host(""), "docker.io");
+        assert_eq!(server_host("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(server_host("http://reg.local:5000/v2/"), "reg.local:5000");
+    }
+
+    #[test]
+    fn challenges_parse() {
+        let c = Challenge::parse(
+            r#"Bearer realm="http://127.0.0.1:1/token",service="registry",scope="a:b:pull,push""#,
+        );
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.param("realm"), Some("http://127.0.0.1:1/token"));
+        assert_eq!(c.param("service"), Some("registry"));
+        assert_eq!(c.param("scope"), Some("a:b:pull,push"));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#).scheme,
+            "basic"
+        );
+    }
+}

@@ -1,0 +1,656 @@
+//! `docker pull` and `docker login` through the real docker CLI against the engine and a real
+//! registry (Debian's docker-registry on 127.0.0.1), seeded with the fixtures' images.
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rmachine_fixtures::registry::{push_image, push_index, Pushed};
+use rmachine_fixtures::{busybox, multi_layer, Image, LayerBuilder};
+use rmachine_tests_engine::registry::{
+    require_registry, Auth, Registry, SlowProxy, PASSWORD, USER,
+};
+use rmachine_tests_engine::{require_root, Engine};
+
+fn setup(auth: Auth) -> Result<Option<(Engine, Registry)>> {
+    if !require_root() || !require_registry() {
+        return Ok(None);
+    }
+    Ok(Some((Engine::start()?, Registry::start(auth)?)))
+}
+
+fn seed(registry: &Registry, repo: &str, tag: Option<&str>, image: &Image) -> Result<Pushed> {
+    registry.seed(|host| push_image(host, repo, tag, image))
+}
+
+/// Entries of the image store's staging area (must be empty when no pull runs).
+fn staging_entries(engine: &Engine) -> Vec<String> {
+    fs::read_dir(engine.data_root().join("image/tmp"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pull_by_tag_runs_records_the_digest_and_is_up_to_date_the_second_time() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "team/busybox", Some("latest"), &busybox()?)?;
+    let name = format!("{}/team/busybox", registry.host);
+    let run = engine.docker(&["pull", &name])?.ok()?;
+    let layer = &pushed.layer_digests[0]["sha256:".len()..][..12];
+    for line in [
+        "Using default tag: latest".to_string(),
+        "latest: Pulling from team/busybox".to_string(),
+        format!("{layer}: Pull complete"),
+        format!("Digest: {}", pushed.manifest_digest),
+        format!("Status: Downloaded newer image for {name}:latest"),
+    ] {
+        assert!(
+            run.stdout.contains(&line) || run.stderr.contains(&line),
+            "missing {line:?} in {run:?}"
+        );
+    }
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", &name, "echo", "pulled"])?
+            .ok()?
+            .stdout,
+        "pulled\n"
+    );
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    let digest_ref = format!("{name}@{}", pushed.manifest_digest);
+    assert_eq!(
+        engine.inspect(&name, "{{json .RepoDigests}}")?,
+        format!("[\"{digest_ref}\"]")
+    );
+    let images = engine
+        .docker(&[
+            "images",
+            "--digests",
+            "--format",
+            "{{.Repository}} {{.Tag}} {{.Digest}}",
+        ])?
+        .ok()?;
+    assert!(
+        images
+            .stdout
+            .contains(&format!("{name} latest {}", pushed.manifest_digest)),
+        "{images:?}"
+    );
+    let again = engine.docker(&["pull", &format!("{name}:latest")])?.ok()?;
+    assert!(
+        again
+            .stdout
+            .contains(&format!("Status: Image is up to date for {name}:latest")),
+        "{again:?}"
+    );
+    assert!(
+        again.stdout.contains(&format!("{layer}: Already exists")),
+        "{again:?}"
+    );
+    // By digest too, once the image is there.
+    engine.docker(&["run", "--rm", &digest_ref, "true"])?.ok()?;
+    assert!(staging_entries(&engine).is_empty());
+    Ok(())
+}
+
+#[test]
+fn multi_layer_images_are_stacked_with_their_whiteouts() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "multi", Some("v1"), &multi_layer()?)?;
+    let name = format!("{}/multi:v1", registry.host);
+    let run = engine.docker(&["pull", &name])?.ok()?;
+    for digest in &pushed.layer_digests {
+        let short = &digest["sha256:".len()..][..12];
+        assert!(
+            run.stdout.contains(&format!("{short}: Pull complete")),
+            "{run:?}"
+        );
+    }
+    let out = engine.docker(&["run", "--rm", &name])?.ok()?;
+    assert_eq!(out.stdout, "b.txt\nkeep.txt\n");
+    // A second image sharing the busybox layer finds it in the store.
+    let base = seed(&registry, "base", Some("latest"), &busybox()?)?;
+    let run = engine
+        .docker(&["pull", &format!("{}/base", registry.host)])?
+        .ok()?;
+    let short = &base.layer_digests[0]["sha256:".len()..][..12];
+    assert!(
+        run.stdout.contains(&format!("{short}: Already exists")),
+        "{run:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn pull_by_digest_and_all_tags() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let one = seed(&registry, "app", Some("v1"), &busybox()?)?;
+    let two = seed(&registry, "app", Some("v2"), &multi_layer()?)?;
+    let repo = format!("{}/app", registry.host);
+    let by_digest = format!("{repo}@{}", two.manifest_digest);
+    let run = engine.docker(&["pull", &by_digest])?.ok()?;
+    assert!(
+        run.stdout
+            .contains(&format!("Status: Downloaded newer image for {by_digest}")),
+        "{run:?}"
+    );
+    // Pulled by digest: no tag, but the digest names it.
+    let images = engine
+        .docker(&["images", "--digests", "--format", "{{.Tag}} {{.Digest}}"])?
+        .ok()?;
+    assert_eq!(images.stdout, format!("<none> {}\n", two.manifest_digest));
+    assert_eq!(engine.inspect(&by_digest, "{{.Id}}")?, two.id);
+
+    let all = engine.docker(&["pull", "-a", &repo])?.ok()?;
+    assert!(
+        all.stdout
+            .contains(&format!("Status: Downloaded newer image for {repo}")),
+        "{all:?}"
+    );
+    assert_eq!(engine.inspect(&format!("{repo}:v1"), "{{.Id}}")?, one.id);
+    assert_eq!(engine.inspect(&format!("{repo}:v2"), "{{.Id}}")?, two.id);
+    Ok(())
+}
+
+#[test]
+fn unknown_images_and_platforms_are_refused_with_dockerds_words() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    seed(&registry, "known", Some("v1"), &busybox()?)?;
+    let name = format!("{}/known:nope", registry.host);
+    let run = engine.docker(&["pull", &name])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "Error response from daemon: manifest for {name} not found: manifest unknown: manifest unknown"
+        )),
+        "{run:?}"
+    );
+    let run = engine.docker(&["pull", &format!("{}/nobody/here", registry.host)])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("not found"), "{run:?}");
+
+    // An index with other platforms only.
+    let mut arm = busybox()?;
+    arm.config["architecture"] = "arm64".into();
+    let mut s390 = busybox()?;
+    s390.config["architecture"] = "s390x".into();
+    let (arm_pushed, index) = registry.seed(|host| {
+        let a = push_image(host, "multi-arch", None, &arm)?;
+        let s = push_image(host, "multi-arch", None, &s390)?;
+        let index = push_index(
+            host,
+            "multi-arch",
+            "foreign",
+            &[(&a, "linux", "arm64"), (&s, "linux", "s390x")],
+        )?;
+        Ok((a, index))
+    })?;
+    let foreign = format!("{}/multi-arch:foreign", registry.host);
+    let run = engine.docker(&["pull", &foreign])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    let host_platform = format!("linux/{}", rmachine_fixtures::host_architecture());
+    assert!(
+        run.stderr.contains(&format!(
+            "no matching manifest for {host_platform} in the manifest list entries"
+        )),
+        "{run:?}"
+    );
+    // --platform chooses among the entries; the index digest is the one recorded.
+    let run = engine
+        .docker(&["pull", "--platform", "linux/arm64", &foreign])?
+        .ok()?;
+    assert!(run.stdout.contains(&format!("Digest: {index}")), "{run:?}");
+    assert_eq!(engine.inspect(&foreign, "{{.Id}}")?, arm_pushed.id);
+    assert_eq!(engine.inspect(&foreign, "{{.Architecture}}")?, "arm64");
+    Ok(())
+}
+
+#[test]
+fn a_two_platform_index_gives_the_engines_platform() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let native = busybox()?;
+    let mut other = busybox()?;
+    other.config["architecture"] = "riscv64".into();
+    let (native_pushed, index) = registry.seed(|host| {
+        let n = push_image(host, "both", None, &native)?;
+        let o = push_image(host, "both", None, &other)?;
+        let index = push_index(
+            host,
+            "both",
+            "latest",
+            &[
+                (&o, "linux", "riscv64"),
+                (&n, "linux", rmachine_fixtures::host_architecture()),
+            ],
+        )?;
+        Ok((n, index))
+    })?;
+    let name = format!("{}/both", registry.host);
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, native_pushed.id);
+    assert_eq!(
+        engine.inspect(&name, "{{json .RepoDigests}}")?,
+        format!("[\"{name}@{index}\"]")
+    );
+    engine.docker(&["run", "--rm", &name, "true"])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn a_corrupted_blob_is_rejected_and_nothing_is_stored() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "broken", Some("latest"), &busybox()?)?;
+    let blob = registry.blob_file(&pushed.layer_digests[0]);
+    let mut bytes = fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&blob, &bytes)?;
+    let name = format!("{}/broken", registry.host);
+    let run = engine.docker(&["pull", &name])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "filesystem layer verification failed for digest {}",
+            pushed.layer_digests[0]
+        )) || run.stdout.contains("filesystem layer verification failed"),
+        "{run:?}"
+    );
+    let images = engine.docker(&["images", "-q"])?.ok()?;
+    assert_eq!(images.stdout, "");
+    let layers = fs::read_dir(engine.data_root().join("image/layers"))?.count();
+    assert_eq!(layers, 0);
+    assert!(
+        staging_entries(&engine).is_empty(),
+        "{:?}",
+        staging_entries(&engine)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_registry_is_named_in_the_error() -> Result<()> {
+    let Some((engine, mut registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    registry.stop();
+    let name = format!("{}/gone:latest", registry.host);
+    let started = Instant::now();
+    let run = engine.docker(&["pull", &name])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("cannot reach registry {}", registry.host)),
+        "{run:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    Ok(())
+}
+
+fn login_flow(auth: Auth) -> Result<()> {
+    let Some((engine, registry)) = setup(auth)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "private/app", Some("latest"), &busybox()?)?;
+    let name = format!("{}/private/app", registry.host);
+    let anonymous = engine.docker(&["pull", &name])?;
+    assert_eq!(anonymous.code, 1, "{anonymous:?}");
+    assert!(
+        anonymous.stderr.contains("pull access denied for"),
+        "{anonymous:?}"
+    );
+
+    let wrong = engine.docker(&["login", "-u", USER, "-p", "wrong", &registry.host])?;
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert!(wrong.stderr.contains("401"), "{wrong:?}");
+
+    let mut cmd = engine.docker_command(&["login", "-u", USER, "--password-stdin", &registry.host]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("stdin")?,
+        format!("{PASSWORD}\n").as_bytes(),
+    )?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Login Succeeded"), "{stdout}");
+
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    engine.docker(&["rmi", &name])?.ok()?;
+
+    engine.docker(&["logout", &registry.host])?.ok()?;
+    let after = engine.docker(&["pull", &name])?;
+    assert_eq!(after.code, 1, "{after:?}");
+    Ok(())
+}
+
+#[test]
+fn basic_auth_registries_need_a_login() -> Result<()> {
+    login_flow(Auth::Htpasswd)
+}
+
+#[test]
+fn token_auth_registries_need_a_login() -> Result<()> {
+    login_flow(Auth::Token)
+}
+
+/// An incompressible layer of `size` bytes (xorshift), so a throttled pull takes a while.
+fn big_image(size: usize) -> Result<Image> {
+    let mut data = Vec::with_capacity(size);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut layer = LayerBuilder::new();
+    layer.file("big.bin", &data, 0o644);
+    let mut image = busybox()?;
+    image.layers.push(layer.build()?);
+    Ok(image)
+}
+
+#[test]
+fn an_engine_killed_mid_pull_restarts_consistent_and_pulls_again() -> Result<()> {
+    let Some((mut engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "big", Some("latest"), &big_image(6 << 20)?)?;
+    let proxy = SlowProxy::start(&registry.host, 1 << 20)?;
+    let name = format!("{}/big", proxy.host);
+    let mut pull = engine
+        .docker_command(&["pull", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Wait until a layer is being extracted into the staging area.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !staging_entries(&engine)
+        .iter()
+        .any(|e| e.starts_with("layer-"))
+    {
+        assert!(Instant::now() < deadline, "the pull never started staging");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    engine.crash()?;
+    let _ = pull.wait();
+    engine.spawn()?;
+    assert!(
+        staging_entries(&engine).is_empty(),
+        "{:?}",
+        staging_entries(&engine)
+    );
+    assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
+    let run = engine.docker(&["pull", &name])?.ok()?;
+    assert!(
+        run.stdout
+            .contains(&format!("Digest: {}", pushed.manifest_digest)),
+        "{run:?}"
+    );
+    engine
+        .docker(&["run", "--rm", &name, "test", "-s", "/big.bin"])?
+        .ok()?;
+    Ok(())
+}
+
+#[test]
+fn push_then_rmi_then_pull_back_and_run() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    engine.load_busybox()?;
+    let name = format!("{}/fresh/bb:1", registry.host);
+    engine.docker(&["tag", "busybox:latest", &name])?.ok()?;
+    let id = engine.inspect(&name, "{{.Id}}")?;
+    let run = engine.docker(&["push", &name])?.ok()?;
+    assert!(
+        run.stdout.contains(&format!(
+            "The push refers to repository [{}/fresh/bb]",
+            registry.host
+        )),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains(": Pushed"), "{run:?}");
+    let digest_line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("1: digest: sha256:"))
+        .with_context(|| format!("no digest line in {run:?}"))?
+        .to_string();
+    let again = engine.docker(&["push", &name])?.ok()?;
+    assert!(again.stdout.contains(": Layer already exists"), "{again:?}");
+    assert!(again.stdout.contains(&digest_line), "{again:?}");
+    // Another repository of the same registry gets the layer mounted, not uploaded.
+    let other = format!("{}/other/bb:2", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    let mounted = engine.docker(&["push", &other])?.ok()?;
+    assert!(
+        mounted.stdout.contains(": Mounted from fresh/bb"),
+        "{mounted:?}"
+    );
+
+    engine
+        .docker(&["rmi", &name, &other, "busybox:latest"])?
+        .ok()?;
+    assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, id);
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", &name, "echo", "round trip"])?
+            .ok()?
+            .stdout,
+        "round trip\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn pushing_a_missing_image_or_without_credentials_fails() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Htpasswd)? else {
+        return Ok(());
+    };
+    let missing = engine.docker(&["push", &format!("{}/none:1", registry.host)])?;
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("An image does not exist locally with the tag"),
+        "{missing:?}"
+    );
+    engine.load_busybox()?;
+    let name = format!("{}/locked/bb:1", registry.host);
+    engine.docker(&["tag", "busybox:latest", &name])?.ok()?;
+    let refused = engine.docker(&["push", &name])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("unauthorized"), "{refused:?}");
+    Ok(())
+}
+
+#[test]
+fn search_lists_matching_repositories_of_a_private_registry() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    registry.seed(|host| {
+        let image = busybox()?;
+        for repo in ["team/web", "team/db", "tools/webhook"] {
+            push_image(host, repo, Some("latest"), &image)?;
+        }
+        Ok(())
+    })?;
+    let term = format!("{}/web", registry.host);
+    // `IsOfficial` prints `[OK]` for official images, nothing otherwise.
+    let run = engine
+        .docker(&[
+            "search",
+            "--format",
+            "{{.Name}} {{.StarCount}} {{.IsOfficial}}",
+            &term,
+        ])?
+        .ok()?;
+    assert_eq!(
+        run.stdout,
+        format!("{h}/team/web 0 \n{h}/tools/webhook 0 \n", h = registry.host)
+    );
+    let limited = engine
+        .docker(&["search", "--limit", "1", "--format", "{{.Name}}", &term])?
+        .ok()?;
+    assert_eq!(limited.stdout.lines().count(), 1, "{limited:?}");
+    let official = engine
+        .docker(&[
+            "search",
+            "--filter",
+            "is-official=true",
+            "--format",
+            "{{.Name}}",
+            &term,
+        ])?
+        .ok()?;
+    assert_eq!(official.stdout, "");
+    let starred = engine
+        .docker(&[
+            "search",
+            "--filter",
+            "stars=1",
+            "--format",
+            "{{.Name}}",
+            &term,
+        ])?
+        .ok()?;
+    assert_eq!(starred.stdout, "");
+    Ok(())
+}
+
+#[test]
+fn docker_hub_names_are_pulled_through_the_registry_mirror() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    let mirror = Registry::start(Auth::Open)?;
+    let pushed = seed(&mirror, "library/busybox", Some("latest"), &busybox()?)?;
+    let engine =
+        Engine::start_with_args(&["--registry-mirror", &format!("http://{}", mirror.host)])?;
+    let run = engine.docker(&["pull", "busybox"])?.ok()?;
+    assert!(
+        run.stdout.contains("latest: Pulling from library/busybox"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("Status: Downloaded newer image for busybox:latest"),
+        "{run:?}"
+    );
+    assert_eq!(engine.inspect("busybox", "{{.Id}}")?, pushed.id);
+    assert_eq!(
+        engine.inspect("busybox", "{{json .RepoDigests}}")?,
+        format!("[\"busybox@{}\"]", pushed.manifest_digest)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_insecure_registry_speaking_tls_is_reached_over_https_without_checks() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    let registry = Registry::start_tls()?;
+    let pushed = seed(&registry, "secure/bb", Some("latest"), &busybox()?)?;
+    // Loopback is insecure by default: the self-signed certificate is not checked, but TLS
+    // is used since the registry speaks it (plain HTTP would get a 400 from it).
+    let engine = Engine::start()?;
+    let name = format!("{}/secure/bb", registry.host);
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    let other = format!("{}/secure/copy:1", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    engine.docker(&["push", &other])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn an_interrupted_docker_pull_is_cancelled_and_leaves_nothing() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    seed(&registry, "slow", Some("latest"), &big_image(6 << 20)?)?;
+    let proxy = SlowProxy::start(&registry.host, 1 << 20)?;
+    let name = format!("{}/slow", proxy.host);
+    let mut pull = engine
+        .docker_command(&["pull", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !staging_entries(&engine)
+        .iter()
+        .any(|e| e.starts_with("layer-"))
+    {
+        assert!(Instant::now() < deadline, "the pull never started staging");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Ctrl-C of the CLI: the connection closes.
+    pull.kill()?;
+    let _ = pull.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !staging_entries(&engine).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "staging not cleaned: {:?}",
+            staging_entries(&engine)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(engine.log().contains("client disconnected, cancelling"));
+    assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
+    Ok(())
+}
+
+#[test]
+fn pulls_go_through_the_http_proxy_of_the_engines_environment() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    let registry = Registry::start(Auth::Open)?;
+    let pushed = seed(&registry, "proxied", Some("latest"), &busybox()?)?;
+    // A relay to the registry: only through it can the engine reach a name that does not
+    // resolve.
+    let proxy = SlowProxy::start(&registry.host, 64 << 20)?;
+    let engine = Engine::start_with_env(
+        &["--insecure-registry", "registry.invalid:5000"],
+        &[
+            ("HTTP_PROXY", &format!("http://{}", proxy.host)),
+            ("NO_PROXY", ""),
+        ],
+    )?;
+    let name = "registry.invalid:5000/proxied";
+    engine.docker(&["pull", name])?.ok()?;
+    assert_eq!(engine.inspect(name, "{{.Id}}")?, pushed.id);
+    Ok(())
+}
