@@ -245,20 +245,12 @@ mod tests {
     fn each_refused_option_names_its_flag() {
         let cases = [
             (
-                r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"8080"}]}}}"#,
-                "rmachine-engine does not support published ports (-p/--publish) yet",
-            ),
-            (
                 r#"{"HostConfig":{"Binds":["/tmp:/h"]}}"#,
                 "rmachine-engine does not support bind mounts and volumes (-v/--volume) yet",
             ),
             (
                 r#"{"Volumes":{"/data":{}}}"#,
                 "rmachine-engine does not support anonymous volumes (-v/--volume PATH) yet",
-            ),
-            (
-                r#"{"HostConfig":{"NetworkMode":"bridge"}}"#,
-                "rmachine-engine does not support networks other than none (--network) yet",
             ),
             (
                 r#"{"NetworkingConfig":{"EndpointsConfig":{"default":{"Aliases":["a"]}}}}"#,
@@ -293,6 +285,13 @@ mod tests {
         );
         assert_eq!(
             check(r#"{"HostConfig":{"KernelMemory":0},"Future":{}}"#),
+            Ok(())
+        );
+        // Networks and published ports are served (core/networks.rs).
+        assert_eq!(
+            check(
+                r#"{"HostConfig":{"NetworkMode":"bridge","PortBindings":{"80/tcp":[{"HostPort":"8080"}]},"PublishAllPorts":true}}"#
+            ),
             Ok(())
         );
         // Health checks run (core/health.rs).
