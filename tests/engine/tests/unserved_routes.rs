@@ -17,11 +17,13 @@ fn missing_capabilities_are_501s_that_name_the_docker_command() -> anyhow::Resul
         return Ok(());
     };
     for (args, command) in [
-        (&["network", "create", "x"][..], "docker network create"),
+        (
+            &["network", "connect", "x", "y"][..],
+            "docker network connect",
+        ),
         (&["volume", "create", "data"][..], "docker volume create"),
         (&["pull", "busybox"][..], "docker pull"),
         (&["tag", "a", "b"][..], "docker tag"),
-        (&["network", "ls"][..], "docker network ls"),
         (&["system", "df"][..], "docker system df"),
     ] {
         let run = engine.docker(args)?;

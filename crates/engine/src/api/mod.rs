@@ -166,6 +166,12 @@ impl Api {
         let query = Query::parse(req.uri().query());
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if segments.first() == Some(&"networks") {
+            if let Some(result) = self.network_route(&method, &segments, &query, req).await {
+                return result;
+            }
+            return Err(unsupported::answer(&method, &segments, &query));
+        }
         match (&method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(ping(method == Method::HEAD)),
             (&Method::GET, ["version"]) => json(StatusCode::OK, &types::version()),
@@ -215,7 +221,7 @@ impl Api {
                     &mut inspect,
                     &c.record(),
                     self.engine.endpoint(&c.id).as_ref(),
-                    self.engine.bridge_network_id(),
+                    &self.engine.network_id_of(&c.record()),
                 );
                 if self.engine.is_paused(&c.id) {
                     types::show_paused(&mut inspect);
@@ -330,7 +336,7 @@ impl Api {
                 &mut summary,
                 record,
                 self.engine.endpoint(&record.id).as_ref(),
-                self.engine.bridge_network_id(),
+                &self.engine.network_id_of(record),
             );
             if self.engine.is_paused(&record.id) {
                 types::show_paused(&mut summary);

@@ -34,17 +34,15 @@ enum Answer {
 /// An area whose objects the engine does not have yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Area {
-    Network,
     Volume,
     Plugin,
 }
 
 impl Area {
-    /// dockerd's not-found text (libnetwork `ErrNoSuchNetwork`, volume `errNoSuchVolume` in an
-    /// `OpErr`, plugin `errNotFound`).
+    /// dockerd's not-found text (volume `errNoSuchVolume` in an `OpErr`, plugin
+    /// `errNotFound`).
     fn not_found(self, name: &str) -> String {
         match self {
-            Area::Network => format!("network {name} not found"),
             Area::Volume => format!("get {name}: no such volume"),
             Area::Plugin => format!("plugin {name:?} not found"),
         }
@@ -140,23 +138,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     (On::Put, "volumes/*", Answer::NotYet("docker volume update")),
     (On::Delete, "volumes/*", Answer::NotYet("docker volume rm")),
     // Networks.
-    (On::Get, "networks", Answer::NotYet("docker network ls")),
-    (
-        On::Post,
-        "networks/create",
-        Answer::NotYet("docker network create"),
-    ),
-    (
-        On::Post,
-        "networks/prune",
-        Answer::NotYet("docker network prune"),
-    ),
-    (On::Get, "networks/*", Answer::NoSuch(Area::Network)),
-    (
-        On::Delete,
-        "networks/*",
-        Answer::NotYet("docker network rm"),
-    ),
     (
         On::Post,
         "networks/*/connect",
@@ -293,10 +274,10 @@ mod tests {
     #[test]
     fn missing_capabilities_name_the_docker_command() {
         assert_eq!(
-            ask(Method::POST, "/networks/create"),
+            ask(Method::POST, "/networks/web/connect"),
             (
                 StatusCode::NOT_IMPLEMENTED,
-                "rmachine-engine does not support docker network create yet".into()
+                "rmachine-engine does not support docker network connect yet".into()
             )
         );
         assert_eq!(
@@ -341,10 +322,6 @@ mod tests {
 
     #[test]
     fn single_objects_of_empty_areas_are_not_found_as_dockerd_says() {
-        assert_eq!(
-            ask(Method::GET, "/networks/web"),
-            (StatusCode::NOT_FOUND, "network web not found".into())
-        );
         assert_eq!(
             ask(Method::GET, "/volumes/data").1,
             "get data: no such volume"

@@ -1,11 +1,10 @@
 //! NAT for egress: the engine's own nftables table (`ip rmachine-engine`), so that its rules
 //! never touch anyone else's; the `nft` program (Debian's `nftables`) loads it atomically.
 
-use std::net::Ipv4Addr;
-
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::ipam::Pool;
 use super::NetworkError;
 
 /// The engine's nftables table (family `ip`).
@@ -43,22 +42,27 @@ async fn nft(script: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// The table's text: masquerade what leaves `subnet` through any interface but `bridge`.
-pub fn ruleset(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> String {
+/// The table's text: masquerade what leaves each `(bridge, subnet)` through another interface.
+pub fn ruleset(rules: &[(String, Pool)]) -> String {
     // "table …; delete table …" first: the load replaces any table left by an earlier engine
     // in the same transaction.
+    let mut lines = String::new();
+    for (bridge, pool) in rules {
+        lines.push_str(&format!(
+            "\t\tip saddr {pool} oifname != \"{bridge}\" masquerade\n"
+        ));
+    }
     format!(
         "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {subnet}/{prefix} oifname != \"{bridge}\" masquerade\n\
-         \t}}\n}}\n"
+         {lines}\t}}\n}}\n"
     )
 }
 
-/// Loads the engine's table for the bridge's subnet.
-pub async fn install(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> Result<(), NetworkError> {
-    nft(&ruleset(bridge, subnet, prefix)).await
+/// Loads the engine's table for the live networks.
+pub async fn install(rules: &[(String, Pool)]) -> Result<(), NetworkError> {
+    nft(&ruleset(rules)).await
 }
 
 /// Removes the engine's table if it exists.
@@ -72,8 +76,13 @@ mod tests {
 
     #[test]
     fn the_ruleset_masquerades_the_subnet_leaving_by_another_interface() {
-        let text = ruleset("docker0", Ipv4Addr::new(172, 17, 0, 0), 16);
+        let pool = |b| Pool {
+            network: std::net::Ipv4Addr::new(172, b, 0, 0),
+            prefix: 16,
+        };
+        let text = ruleset(&[("docker0".into(), pool(17)), ("br-0123".into(), pool(18))]);
         assert!(text.starts_with("table ip rmachine-engine\ndelete table ip rmachine-engine\n"));
         assert!(text.contains("ip saddr 172.17.0.0/16 oifname != \"docker0\" masquerade"));
+        assert!(text.contains("ip saddr 172.18.0.0/16 oifname != \"br-0123\" masquerade"));
     }
 }
