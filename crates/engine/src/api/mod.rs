@@ -167,10 +167,7 @@ impl Api {
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         if segments.first() == Some(&"networks") {
-            if let Some(result) = self.network_route(&method, &segments, &query, req).await {
-                return result;
-            }
-            return Err(unsupported::answer(&method, &segments, &query));
+            return self.network_route(&method, &segments, &query, req).await;
         }
         match (&method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(ping(method == Method::HEAD)),

@@ -257,27 +257,24 @@ struct IpamConfigBody {
 }
 
 impl super::Api {
-    /// Routes of `/networks…`; `None` when the path is not one served here.
+    /// Routes of `/networks…`; any other network route gets [`super::unsupported::answer`].
     pub(super) async fn network_route(
         &self,
         method: &hyper::Method,
         segments: &[&str],
         query: &super::query::Query,
         req: hyper::Request<hyper::body::Incoming>,
-    ) -> Option<super::ApiResult> {
+    ) -> super::ApiResult {
         use hyper::{Method, StatusCode};
-        Some(match (method, segments) {
+        match (method, segments) {
             (&Method::GET, ["networks"]) => self.list_networks(query).await,
             (&Method::POST, ["networks", "create"]) => self.create_network(req).await,
             (&Method::POST, ["networks", "prune"]) => {
-                let filters = match super::parse_filters(query.get("filters")) {
-                    Ok(f) => f,
-                    Err(e) => return Some(Err(e)),
-                };
+                let filters = super::parse_filters(query.get("filters"))?;
                 if let Some(key) = filters.keys().next() {
-                    return Some(Err(super::ApiError::BadRequest(format!(
+                    return Err(super::ApiError::BadRequest(format!(
                         "rmachine-engine does not support network prune filter {key} yet"
-                    ))));
+                    )));
                 }
                 let removed = self.engine.prune_networks().await;
                 super::json(
@@ -290,8 +287,13 @@ impl super::Api {
                 Ok(()) => super::empty(StatusCode::NO_CONTENT),
                 Err(e) => Err(e.into()),
             },
-            _ => return None,
-        })
+            _ => {
+                // connect/disconnect send a body: read it, or the CLI may see a broken pipe
+                // instead of the 501.
+                super::archive::drain(req.into_body(), super::archive::DRAIN_LIMIT).await;
+                Err(super::unsupported::answer(method, segments, query))
+            }
+        }
     }
 
     async fn list_networks(&self, query: &super::query::Query) -> super::ApiResult {

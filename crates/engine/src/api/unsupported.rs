@@ -385,6 +385,11 @@ mod tests {
             "post /exec/{id}/start",
             "post /exec/{id}/resize",
             "get /exec/{id}/json",
+            "get /networks",
+            "get /networks/{id}",
+            "delete /networks/{id}",
+            "post /networks/create",
+            "post /networks/prune",
         ];
         let swagger = include_str!("swagger/v1.45.yaml");
         let mut path = "";
