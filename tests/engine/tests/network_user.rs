@@ -177,11 +177,19 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
             "client",
             "--network",
             "app",
+            "--network-alias",
+            "front",
+            "--network-alias",
+            "ui",
             "busybox",
             "sleep",
             "100",
         ])?
         .ok()?;
+    assert_eq!(
+        engine.inspect("client", "{{json .NetworkSettings.Networks.app.Aliases}}")?,
+        r#"["front","ui"]"#
+    );
     let web_ip = engine.inspect("web", "{{.NetworkSettings.Networks.app.IPAddress}}")?;
     // Each container's /etc/hosts names the other, whichever started first.
     let hosts = engine
@@ -205,7 +213,10 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
         .docker(&["exec", "web", "cat", "/etc/hosts"])?
         .ok()?
         .stdout;
-    assert!(web_hosts.contains("\tclient\n"), "{web_hosts}");
+    assert!(web_hosts.contains("\tclient front ui\n"), "{web_hosts}");
+    engine
+        .docker(&["exec", "web", "ping", "-c", "1", "-W", "5", "front"])?
+        .ok()?;
     // A container on the default bridge does not see them.
     let outsider = engine
         .docker(&["run", "--rm", "busybox", "cat", "/etc/hosts"])?

@@ -219,6 +219,7 @@ impl Api {
                     &c.record(),
                     self.engine.endpoint(&c.id).as_ref(),
                     &self.engine.network_id_of(&c.record()),
+                    &self.engine.aliases(&c.id),
                 );
                 if self.engine.is_paused(&c.id) {
                     types::show_paused(&mut inspect);
@@ -334,6 +335,7 @@ impl Api {
                 record,
                 self.engine.endpoint(&record.id).as_ref(),
                 &self.engine.network_id_of(record),
+                &self.engine.aliases(&record.id),
             );
             if self.engine.is_paused(&record.id) {
                 types::show_paused(&mut summary);

@@ -8,10 +8,11 @@ use crate::network::{ports_map, Endpoint};
 use crate::state::ContainerRecord;
 
 /// One entry of `NetworkSettings.Networks`.
-fn endpoint_settings(network_id: &str, endpoint: Option<&Endpoint>) -> Value {
+fn endpoint_settings(network_id: &str, endpoint: Option<&Endpoint>, aliases: &[String]) -> Value {
     let e = endpoint;
     json!({
-        "IPAMConfig": null, "Links": null, "Aliases": null,
+        "IPAMConfig": null, "Links": null,
+        "Aliases": (!aliases.is_empty()).then_some(aliases),
         "MacAddress": e.map_or(String::new(), |e| e.mac.clone()),
         "DriverOpts": null, "GwPriority": 0,
         "NetworkID": network_id,
@@ -24,16 +25,19 @@ fn endpoint_settings(network_id: &str, endpoint: Option<&Endpoint>) -> Value {
     })
 }
 
-fn networks(record: &ContainerRecord, endpoint: Option<&Endpoint>, bridge_id: &str) -> Value {
+fn networks(
+    record: &ContainerRecord,
+    endpoint: Option<&Endpoint>,
+    network_id: &str,
+    aliases: &[String],
+) -> Value {
     let mut map = serde_json::Map::new();
     if let Ok(mode) = Mode::of(&record.host_config) {
         if let Some(name) = mode.network_name() {
-            let id = if mode == Mode::Bridge {
-                bridge_id
-            } else {
-                name
-            };
-            map.insert(name.to_string(), endpoint_settings(id, endpoint));
+            map.insert(
+                name.to_string(),
+                endpoint_settings(network_id, endpoint, aliases),
+            );
         }
     }
     Value::Object(map)
@@ -46,6 +50,7 @@ pub fn show_network(
     record: &ContainerRecord,
     endpoint: Option<&Endpoint>,
     network_id: &str,
+    aliases: &[String],
 ) {
     let published = endpoint.map_or(&[][..], |e| e.ports.as_slice());
     let running = endpoint.is_some();
@@ -60,7 +65,7 @@ pub fn show_network(
     };
     let settings = &mut inspect["NetworkSettings"];
     settings["Ports"] = ports;
-    settings["Networks"] = networks(record, endpoint, network_id);
+    settings["Networks"] = networks(record, endpoint, network_id, aliases);
     if let Some(e) = endpoint {
         settings["SandboxID"] = json!(e.endpoint_id);
         settings["SandboxKey"] = json!(e.netns.to_string_lossy());
@@ -78,6 +83,7 @@ pub fn show_network_summary(
     record: &ContainerRecord,
     endpoint: Option<&Endpoint>,
     network_id: &str,
+    aliases: &[String],
 ) {
     let mut ports = Vec::new();
     if let Some(e) = endpoint {
@@ -113,7 +119,7 @@ pub fn show_network_summary(
             summary["HostConfig"]["NetworkMode"] = json!(name);
         }
     }
-    summary["NetworkSettings"]["Networks"] = networks(record, endpoint, network_id);
+    summary["NetworkSettings"]["Networks"] = networks(record, endpoint, network_id, aliases);
 }
 
 /// The JSON of a network, as dockerd's `GET /networks/{id}` (`members` only in inspect).

@@ -143,11 +143,79 @@ pub(super) fn publish_err(err: NetworkError) -> EngineError {
     }
 }
 
-/// Checks at create what start would refuse: the mode and the port specs.
+/// The file beside a container's record holding its `--network-alias`es (the record does not
+/// keep the create request's `NetworkingConfig`).
+const ALIASES_FILE: &str = "network-aliases.json";
+
+/// `settings` without its aliases: what is left must be empty (not implemented yet).
+pub(super) fn without_aliases(
+    settings: &crate::state::EndpointSettings,
+) -> crate::state::EndpointSettings {
+    crate::state::EndpointSettings {
+        aliases: None,
+        ..settings.clone()
+    }
+}
+
+fn aliases_of(networking: &crate::state::NetworkingConfig) -> Vec<String> {
+    networking
+        .endpoints_config
+        .values()
+        .flatten()
+        .flat_map(|e| e.aliases.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Keeps the aliases of a create request beside the container's record.
+pub(super) fn save_aliases(
+    dir: &std::path::Path,
+    networking: &crate::state::NetworkingConfig,
+) -> Result<(), EngineError> {
+    let aliases = aliases_of(networking);
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join(ALIASES_FILE);
+    let json = serde_json::to_vec(&aliases).unwrap_or_default();
+    launch::write_atomic(&path, &json).map_err(|source| EngineError::Launch {
+        id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source,
+    })
+}
+
+/// The `--network-alias`es of the container in `dir`.
+pub(super) fn load_aliases(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read(dir.join(ALIASES_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Checks at create what start would refuse: the mode, the port specs, aliases off user
+/// networks.
 pub(super) fn check_create(
     config: &crate::state::ContainerConfig,
     host: &HostConfig,
+    networking: &crate::state::NetworkingConfig,
 ) -> Result<(), EngineError> {
+    let user_network = matches!(Mode::of(host), Ok(Mode::Named(_)));
+    let links = host.links.as_ref().is_some_and(|l| !l.is_empty());
+    if links && !matches!(Mode::of(host), Ok(Mode::Bridge)) {
+        return Err(EngineError::InvalidParameter {
+            reason: "rmachine-engine does not support --link off the default bridge network yet"
+                .into(),
+        });
+    }
+    if !aliases_of(networking).is_empty() && !user_network {
+        return Err(EngineError::InvalidParameter {
+            reason:
+                "network-scoped alias is supported only for containers in user defined networks"
+                    .into(),
+        });
+    }
     // An unknown network is dockerd's 404 at start: at create the CLI would read a 404 as a
     // missing image and try to pull it.
     let Ok(mode) = Mode::of(host) else {
@@ -265,8 +333,16 @@ impl Engine {
                     &def.name,
                     &[("container", record.id.clone())],
                 );
-                let mut peers = String::new();
-                if def.name != "bridge" {
+                let peers;
+                if def.name == "bridge" {
+                    match self.link_lines(record) {
+                        Ok(lines) => peers = lines,
+                        Err(err) => {
+                            self.network_down(&record.id).await;
+                            return Err(err);
+                        }
+                    }
+                } else {
                     let hostname = if record.config.hostname.is_empty() {
                         record.short_id().to_string()
                     } else {
@@ -279,7 +355,10 @@ impl Engine {
                             HostsEntry {
                                 path: self.inner.state.dir(&record.id).join("hosts"),
                                 base: own_hosts(&extra, &hostname, &endpoint),
-                                name: name.to_string(),
+                                name: std::iter::once(name.to_string())
+                                    .chain(load_aliases(&self.inner.state.dir(&record.id)))
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
                             },
                         );
                     }
@@ -289,6 +368,40 @@ impl Engine {
                 Ok(Setup::Bridge(endpoint, peers))
             }
         }
+    }
+
+    /// `--link NAME:ALIAS` lines of `/etc/hosts` on the default bridge: `IP\tALIAS NAME`.
+    fn link_lines(&self, record: &ContainerRecord) -> Result<String, EngineError> {
+        let mut lines = String::new();
+        let me = record.name.trim_start_matches('/');
+        for link in record.host_config.links.clone().unwrap_or_default() {
+            let (target, alias) = link.split_once(':').unwrap_or((&link, &link));
+            let target = target.trim_start_matches('/');
+            let alias = alias.rsplit('/').next().unwrap_or(alias);
+            let other = self
+                .container(target)
+                .map_err(|_| EngineError::InvalidParameter {
+                    reason: format!("could not get container for {target}"),
+                })?;
+            let endpoint = self
+                .endpoint(&other.id)
+                .ok_or_else(|| EngineError::Conflict {
+                    reason: format!(
+                        "Cannot link to a non running container: /{target} AS /{me}/{alias}"
+                    ),
+                })?;
+            if alias == target {
+                lines.push_str(&format!("{}\t{target}\n", endpoint.ip));
+            } else {
+                lines.push_str(&format!("{}\t{alias} {target}\n", endpoint.ip));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// The `--network-alias`es of container `id`.
+    pub fn aliases(&self, id: &str) -> Vec<String> {
+        load_aliases(&self.inner.state.dir(id))
     }
 
     /// The `/etc/hosts` lines naming the other containers on network `network_id`.
