@@ -17,10 +17,6 @@ fn missing_capabilities_are_501s_that_name_the_docker_command() -> anyhow::Resul
         return Ok(());
     };
     for (args, command) in [
-        (
-            &["network", "connect", "x", "y"][..],
-            "docker network connect",
-        ),
         (&["volume", "create", "data"][..], "docker volume create"),
         (&["pull", "busybox"][..], "docker pull"),
         (&["tag", "a", "b"][..], "docker tag"),

@@ -164,7 +164,7 @@ pub fn network_json(
         "Created": def.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         "Scope": "local", "Driver": "bridge", "EnableIPv4": true, "EnableIPv6": false,
         "IPAM": {"Driver": "default", "Options": null, "Config": config},
-        "Internal": def.internal, "Attachable": false, "Ingress": false,
+        "Internal": def.internal, "Attachable": def.attachable, "Ingress": false,
         "ConfigFrom": {"Network": ""}, "ConfigOnly": false,
         "Containers": containers, "Options": options, "Labels": def.labels,
     })
@@ -221,6 +221,15 @@ pub fn network_matches(
         }
     }
     Ok(true)
+}
+
+/// `POST /networks/{id}/connect` and `disconnect` bodies.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ConnectBody {
+    container: String,
+    endpoint_config: Option<crate::state::EndpointSettings>,
+    force: bool,
 }
 
 /// `POST /networks/create` body.
@@ -289,6 +298,36 @@ impl super::Api {
                 )
             }
             (&Method::GET, ["networks", id]) => self.inspect_network(id),
+            (&Method::POST, ["networks", id, action @ ("connect" | "disconnect")]) => {
+                use http_body_util::BodyExt;
+                let bad = super::ApiError::BadRequest;
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| bad(format!("cannot read request body: {e}")))?
+                    .to_bytes();
+                let body: ConnectBody =
+                    serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+                if *action == "connect" {
+                    self.engine
+                        .connect_network(
+                            id,
+                            &body.container,
+                            &body.endpoint_config.unwrap_or_default(),
+                        )
+                        .await?;
+                } else {
+                    if body.force {
+                        return Err(bad(
+                            "rmachine-engine does not support --force on network disconnect yet"
+                                .into(),
+                        ));
+                    }
+                    self.engine.disconnect_network(id, &body.container).await?;
+                }
+                super::empty(StatusCode::OK)
+            }
             (&Method::DELETE, ["networks", id]) => match self.engine.remove_network(id).await {
                 Ok(()) => super::empty(StatusCode::NO_CONTENT),
                 Err(e) => Err(e.into()),
@@ -359,8 +398,15 @@ impl super::Api {
                 "rmachine-engine does not support {what} for networks yet"
             )))
         };
-        if body.attachable || body.ingress || body.config_only || body.config_from.is_some() {
-            return refuse("--attachable, --ingress and --config-only/--config-from");
+        let config_from = body
+            .config_from
+            .as_ref()
+            .and_then(|c| c["Network"].as_str())
+            .is_some_and(|n| !n.is_empty());
+        // `Attachable` only matters to swarm services; dockerd keeps and shows it for a local
+        // network (docker-compose 1.x asks for it).
+        if body.ingress || body.config_only || config_from {
+            return refuse("--ingress and --config-only/--config-from");
         }
         if body.enable_ipv6 == Some(true) {
             return refuse("IPv6 (--ipv6)");
@@ -394,6 +440,7 @@ impl super::Api {
                 subnet: (!config.subnet.is_empty()).then_some(config.subnet),
                 gateway: (!config.gateway.is_empty()).then_some(config.gateway),
                 internal: body.internal,
+                attachable: body.attachable,
                 labels: body.labels.unwrap_or_default(),
                 options: body.options.unwrap_or_default(),
             })

@@ -138,16 +138,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     (On::Put, "volumes/*", Answer::NotYet("docker volume update")),
     (On::Delete, "volumes/*", Answer::NotYet("docker volume rm")),
     // Networks.
-    (
-        On::Post,
-        "networks/*/connect",
-        Answer::NotYet("docker network connect"),
-    ),
-    (
-        On::Post,
-        "networks/*/disconnect",
-        Answer::NotYet("docker network disconnect"),
-    ),
     // Plugins.
     (On::Get, "plugins", Answer::NotYet("docker plugin ls")),
     (
@@ -274,10 +264,10 @@ mod tests {
     #[test]
     fn missing_capabilities_name_the_docker_command() {
         assert_eq!(
-            ask(Method::POST, "/networks/web/connect"),
+            ask(Method::POST, "/volumes/create"),
             (
                 StatusCode::NOT_IMPLEMENTED,
-                "rmachine-engine does not support docker network connect yet".into()
+                "rmachine-engine does not support docker volume create yet".into()
             )
         );
         assert_eq!(
@@ -390,6 +380,8 @@ mod tests {
             "delete /networks/{id}",
             "post /networks/create",
             "post /networks/prune",
+            "post /networks/{id}/connect",
+            "post /networks/{id}/disconnect",
         ];
         let swagger = include_str!("swagger/v1.45.yaml");
         let mut path = "";

@@ -147,6 +147,10 @@ pub(super) fn publish_err(err: NetworkError) -> EngineError {
 /// keep the create request's `NetworkingConfig`).
 const ALIASES_FILE: &str = "network-aliases.json";
 
+/// Present while a stopped container is disconnected from its network (`docker network
+/// disconnect`): it then starts with loopback only, until `docker network connect`.
+const DISCONNECTED_FILE: &str = "network-disconnected";
+
 /// `settings` without its aliases: what is left must be empty (not implemented yet).
 pub(super) fn without_aliases(
     settings: &crate::state::EndpointSettings,
@@ -301,6 +305,16 @@ impl Engine {
                     hosts: other.dir.join("hosts"),
                 })
             }
+            Mode::Bridge | Mode::Named(_)
+                if self
+                    .inner
+                    .state
+                    .dir(&record.id)
+                    .join(DISCONNECTED_FILE)
+                    .exists() =>
+            {
+                Ok(Setup::Loopback)
+            }
             Mode::Bridge | Mode::Named(_) => {
                 let mode = Mode::of(&record.host_config)?;
                 let wanted = mode.network_name().unwrap_or("bridge");
@@ -397,6 +411,90 @@ impl Engine {
             }
         }
         Ok(lines)
+    }
+
+    /// `docker network connect NETWORK CONTAINER` for a container that does not run and whose
+    /// network this is (one network per container here): sets its aliases.
+    pub async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        settings: &crate::state::EndpointSettings,
+    ) -> Result<(), EngineError> {
+        let (def, c) = self.network_and_container(network, container)?;
+        if !without_aliases(settings).is_empty() {
+            return Err(EngineError::InvalidParameter {
+                reason: "rmachine-engine does not support endpoint settings other than aliases (--alias) on network connect yet".into(),
+            });
+        }
+        let aliases = settings.aliases.clone().unwrap_or_default();
+        if !aliases.is_empty() && def.name == "bridge" {
+            return Err(EngineError::InvalidParameter {
+                reason:
+                    "network-scoped alias is supported only for containers in user defined networks"
+                        .into(),
+            });
+        }
+        let mut config = crate::state::NetworkingConfig::default();
+        config
+            .endpoints_config
+            .insert(def.name.clone(), Some(settings.clone()));
+        let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
+        save_aliases(&c.dir, &config)?;
+        let _ = std::fs::remove_file(c.dir.join(DISCONNECTED_FILE));
+        Ok(())
+    }
+
+    /// `docker network disconnect NETWORK CONTAINER` for a container that does not run.
+    pub async fn disconnect_network(
+        &self,
+        network: &str,
+        container: &str,
+    ) -> Result<(), EngineError> {
+        let (_, c) = self.network_and_container(network, container)?;
+        let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
+        let marker = c.dir.join(DISCONNECTED_FILE);
+        std::fs::write(&marker, b"").map_err(super::error::io_err(&marker))?;
+        Ok(())
+    }
+
+    fn network_and_container(
+        &self,
+        network: &str,
+        container: &str,
+    ) -> Result<
+        (
+            crate::network::NetworkDef,
+            std::sync::Arc<crate::container::Container>,
+        ),
+        EngineError,
+    > {
+        let def = self
+            .find_network(network)
+            .ok_or_else(|| EngineError::NoSuchNetwork {
+                name: network.to_string(),
+            })?;
+        let c = self.container(container)?;
+        let record = c.record();
+        let own = Mode::of(&record.host_config)
+            .ok()
+            .and_then(|m| m.network_name().map(str::to_string))
+            .is_some_and(|n| n == def.name || n == def.id);
+        if !own {
+            return Err(EngineError::InvalidParameter {
+                reason: format!(
+                    "rmachine-engine does not support connecting a container to a second network yet ({} is on {})",
+                    record.name.trim_start_matches('/'),
+                    record.host_config.network_mode
+                ),
+            });
+        }
+        if record.state.status == Status::Running {
+            return Err(EngineError::InvalidParameter {
+                reason: "rmachine-engine does not support connecting or disconnecting a running container yet".into(),
+            });
+        }
+        Ok((def, c))
     }
 
     /// The `--network-alias`es of container `id`.
@@ -546,6 +644,8 @@ pub struct NetworkCreate {
     pub gateway: Option<String>,
     /// `--internal`.
     pub internal: bool,
+    /// `--attachable`.
+    pub attachable: bool,
     /// `--label`.
     pub labels: std::collections::BTreeMap<String, String>,
     /// `--opt`.
@@ -617,14 +717,17 @@ impl Engine {
             .inner
             .network
             .net
-            .create(
-                &request.name,
+            .create(crate::network::NetworkDef {
+                id: String::new(),
+                name: request.name,
+                created: chrono::Utc::now(),
                 subnet,
                 gateway,
-                request.internal,
-                request.labels,
-                request.options,
-            )
+                internal: request.internal,
+                attachable: request.attachable,
+                labels: request.labels,
+                options: request.options,
+            })
             .await
             .map_err(publish_err)?;
         self.emit_network("create", &def.id, &def.name, &[]);

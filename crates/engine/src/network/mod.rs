@@ -143,6 +143,9 @@ pub struct NetworkDef {
     pub gateway: Option<Ipv4Addr>,
     /// `--internal`: no route out, no NAT.
     pub internal: bool,
+    /// `--attachable` (kept and shown; it only matters to swarm).
+    #[serde(default)]
+    pub attachable: bool,
     /// `--label`.
     pub labels: BTreeMap<String, String>,
     /// `--opt`.
@@ -226,6 +229,7 @@ impl Networking {
             subnet: None,
             gateway: None,
             internal: false,
+            attachable: false,
             labels: BTreeMap::new(),
             options: BTreeMap::new(),
         }];
@@ -288,17 +292,20 @@ impl Networking {
         }
     }
 
-    /// Makes a user-defined network (`docker network create`); the bridge device is made at
-    /// its first container. `subnet` must not overlap another network's.
-    pub async fn create(
-        &self,
-        name: &str,
-        subnet: Option<ipam::Pool>,
-        gateway: Option<Ipv4Addr>,
-        internal: bool,
-        labels: BTreeMap<String, String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<NetworkDef, NetworkError> {
+    /// Makes a user-defined network (`docker network create`) from `request` (its id and
+    /// creation time are ignored; no subnet means the first free default pool); the bridge
+    /// device is made at its first container. A subnet must not overlap another network's.
+    pub async fn create(&self, request: NetworkDef) -> Result<NetworkDef, NetworkError> {
+        let NetworkDef {
+            name,
+            subnet,
+            gateway,
+            internal,
+            attachable,
+            labels,
+            options,
+            ..
+        } = request;
         let taken: Vec<ipam::Pool> = {
             let mut taken: Vec<ipam::Pool> =
                 self.list().await.iter().filter_map(|d| d.subnet).collect();
@@ -335,6 +342,7 @@ impl Networking {
                 });
             }
         }
+        let name = name.as_str();
         let id = hex::encode(sha2::Sha256::digest(format!(
             "{name}:{}:{}",
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
@@ -347,6 +355,7 @@ impl Networking {
             subnet: Some(pool),
             gateway,
             internal,
+            attachable,
             labels,
             options,
         };
