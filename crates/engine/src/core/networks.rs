@@ -99,10 +99,22 @@ impl Setup {
                 std::fs::read_to_string(hosts).unwrap_or_else(|_| launch::hosts_file(extra_hosts))
             }
             Setup::Bridge(endpoint, peers) => {
-                format!("{}{peers}", own_hosts(extra_hosts, hostname, endpoint))
+                let extra = with_host_gateway(extra_hosts, endpoint);
+                format!("{}{peers}", own_hosts(&extra, hostname, endpoint))
             }
         }
     }
+}
+
+/// `--add-host NAME:host-gateway` entries with the container's gateway as the address.
+fn with_host_gateway(extra_hosts: &[String], endpoint: &Endpoint) -> Vec<String> {
+    extra_hosts
+        .iter()
+        .map(|e| match e.strip_suffix(":host-gateway") {
+            Some(name) => format!("{name}:{}", endpoint.gateway),
+            None => e.clone(),
+        })
+        .collect()
 }
 
 /// A bridged container's own `/etc/hosts`, before the lines of its peers.
@@ -362,7 +374,10 @@ impl Engine {
                     } else {
                         record.config.hostname.clone()
                     };
-                    let extra = super::host_config::extra_hosts(&record.host_config);
+                    let extra = with_host_gateway(
+                        &super::host_config::extra_hosts(&record.host_config),
+                        &endpoint,
+                    );
                     if let Ok(mut hosts) = self.inner.network.hosts.lock() {
                         hosts.insert(
                             record.id.clone(),
