@@ -286,3 +286,40 @@ fn chrono_now() -> String {
         .unwrap_or_default();
     format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
+
+#[test]
+fn containers_on_different_networks_are_isolated_as_dockerd() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine.docker(&["network", "create", "left"])?.ok()?;
+    engine.docker(&["network", "create", "right"])?.ok()?;
+    for (name, net) in [("l1", "left"), ("l2", "left"), ("r1", "right")] {
+        engine
+            .docker(&[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                net,
+                "busybox",
+                "sleep",
+                "100",
+            ])?
+            .ok()?;
+    }
+    let l2 = engine.inspect("l2", "{{.NetworkSettings.Networks.left.IPAddress}}")?;
+    let r1 = engine.inspect("r1", "{{.NetworkSettings.Networks.right.IPAddress}}")?;
+    engine
+        .docker(&["exec", "l1", "ping", "-c", "1", "-W", "3", &l2])?
+        .ok()?;
+    let across = engine.docker(&["exec", "l1", "ping", "-c", "1", "-W", "2", &r1])?;
+    assert_ne!(across.code, 0, "{across:?}");
+    // The bridge's own address stays reachable (published ports, host services).
+    let gateway = engine.inspect("r1", "{{.NetworkSettings.Networks.right.Gateway}}")?;
+    engine
+        .docker(&["exec", "l1", "ping", "-c", "1", "-W", "3", &gateway])?
+        .ok()?;
+    Ok(())
+}

@@ -395,13 +395,18 @@ impl Networking {
         Ok(())
     }
 
-    /// Loads the NAT table for every live network that is not internal.
+    /// Loads the engine's table for every live network.
     async fn program_nat(&self, state: &State) -> Result<(), NetworkError> {
         let defs = self.defs.lock().map(|d| d.clone()).unwrap_or_default();
-        let rules: Vec<(String, ipam::Pool)> = defs
+        let rules: Vec<nat::Rule> = defs
             .iter()
-            .filter(|d| !d.internal)
-            .filter_map(|d| state.live.get(&d.id).map(|l| (d.device(), l.pool)))
+            .filter_map(|d| {
+                state.live.get(&d.id).map(|l| nat::Rule {
+                    bridge: d.device(),
+                    pool: l.pool,
+                    internal: d.internal,
+                })
+            })
             .collect();
         nat::install(&rules).await
     }
