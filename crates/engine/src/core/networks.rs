@@ -784,7 +784,8 @@ impl Engine {
         out
     }
 
-    /// `docker network rm`: refused for the predefined networks and while containers use it.
+    /// `docker network rm`: refused for the predefined networks and while running containers
+    /// are on it.
     pub async fn remove_network(&self, reference: &str) -> Result<(), EngineError> {
         if PREDEFINED.contains(&reference) || reference == "bridge" {
             return Err(EngineError::Forbidden {
@@ -801,19 +802,9 @@ impl Engine {
                 reason: "bridge is a pre-defined network and cannot be removed".into(),
             });
         }
-        let users: Vec<String> = self
-            .list()
-            .into_iter()
-            .filter(|r| {
-                Mode::of(&r.host_config)
-                    .ok()
-                    .and_then(|m| m.network_name().map(str::to_string))
-                    .is_some_and(|n| n == def.name || n == def.id)
-            })
-            .map(|r| r.id)
-            .collect();
-        let running = self.network_members(&def.id);
-        if !running.is_empty() || !users.is_empty() {
+        // As dockerd: only running containers hold endpoints; a stopped one naming the network
+        // gets `network NAME not found` at its next start.
+        if !self.network_members(&def.id).is_empty() {
             return Err(EngineError::Forbidden {
                 reason: format!(
                     "error while removing network: network {} id {} has active endpoints",
