@@ -25,7 +25,10 @@ trap cleanup EXIT
 # shellcheck source=busybox-image.sh
 source "$(dirname "${BASH_SOURCE[0]}")/busybox-image.sh"
 
-"$engine" --data-root "$work/data" -H "unix://$work/docker.sock" --runtime "$runtime" \
+# In a network namespace of its own (lo up): the bridge, veths and NAT table of the engine's
+# containers must not land on this host's. unshare and sh exec: $! is the engine's PID.
+unshare --net sh -c 'ip link set lo up && exec "$@"' sh \
+    "$engine" --data-root "$work/data" -H "unix://$work/docker.sock" --runtime "$runtime" \
     --log-level warn 2>"$work/engine.log" &
 engine_pid=$!
 export DOCKER_HOST="unix://$work/docker.sock" DOCKER_CONFIG="$work/docker-config"

@@ -473,6 +473,8 @@ fn add_host_entries_land_in_etc_hosts() -> anyhow::Result<()> {
     let gateway = engine.docker(&[
         "run",
         "--rm",
+        "--network",
+        "none",
         "--add-host",
         "host.docker.internal:host-gateway",
         "busybox",
@@ -484,6 +486,21 @@ fn add_host_entries_land_in_etc_hosts() -> anyhow::Result<()> {
         "{}",
         gateway.stderr
     );
+    // On the bridge, host-gateway is the bridge's address.
+    let hosts = stdout_of(
+        &engine,
+        &[
+            "run",
+            "--rm",
+            "--add-host",
+            "host.docker.internal:host-gateway",
+            "busybox",
+            "grep",
+            "host.docker.internal",
+            "/etc/hosts",
+        ],
+    )?;
+    assert_eq!(hosts, "172.17.0.1\thost.docker.internal\n");
     Ok(())
 }
 

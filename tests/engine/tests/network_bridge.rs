@@ -67,10 +67,27 @@ fn a_bridged_container_has_eth0_an_address_and_dockers_network_settings() -> Res
         "{}",
         route.stdout
     );
-    // Containers reach each other on the bridge.
+    // Containers reach each other on the bridge, by name through --link.
     engine
         .docker(&["exec", "cb", "ping", "-c", "1", "-W", "5", &ip])?
         .ok()?;
+    let linked = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--link",
+            "ca:db",
+            "busybox",
+            "sh",
+            "-c",
+            "tail -n 2 /etc/hosts; ping -c 1 -W 5 db >/dev/null && echo reached",
+        ])?
+        .ok()?
+        .stdout;
+    assert!(linked.contains(&format!("{ip}\tdb ca\n")), "{linked}");
+    assert!(linked.ends_with("reached\n"), "{linked}");
+    let dead = engine.docker(&["run", "--rm", "--link", "gone:db", "busybox", "true"])?;
+    assert_ne!(dead.code, 0);
     assert_eq!(
         engine
             .docker(&["ps", "--filter", "name=ca", "--format", "{{.Networks}}"])?

@@ -255,3 +255,50 @@ fn udp_datagrams_go_through_a_published_port_and_back() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_restart_policy_restart_publishes_the_ports_again() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--restart",
+            "always",
+            "-p",
+            "8086:80",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello from $(hostname) > /www/index.html && httpd -f -p 80 -h /www; exit 3",
+        ])?
+        .ok()?;
+    let first = http_get(&engine, 8086)?;
+    // The server (not PID 1, so a signal reaches it) exits, and with it the container; the
+    // policy restarts it, and it gets its port back.
+    engine.docker(&["exec", "web", "killall", "httpd"])?;
+    engine.wait_for(
+        &[
+            "inspect",
+            "-f",
+            "{{.RestartCount}} {{.State.Running}}",
+            "web",
+        ],
+        Duration::from_secs(20),
+        |r| r.stdout.trim() == "1 true",
+    )?;
+    let second = http_get(&engine, 8086)?;
+    assert!(
+        first.contains("hello from") && second.contains("hello from"),
+        "{second}"
+    );
+    assert_eq!(
+        engine.docker(&["port", "web", "80/tcp"])?.ok()?.stdout,
+        "0.0.0.0:8086\n[::]:8086\n"
+    );
+    Ok(())
+}

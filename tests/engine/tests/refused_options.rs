@@ -12,7 +12,6 @@ const REFUSED: &[(&[&str], &str)] = &[
     (&["--network", "none", "-p", "80"], "published ports are not supported with --network none"),
     (&["--ip", "10.0.0.9"], "rmachine-engine does not support network endpoint settings"),
     (&["--mac-address", "02:42:ac:11:00:02"], "rmachine-engine does not support network endpoint settings"),
-    (&["--link", "other:alias"], "rmachine-engine does not support links (--link) yet"),
     (&["--gpus", "all"], "rmachine-engine does not support device requests (--gpus) yet"),
     (&["--oom-kill-disable"], "rmachine-engine does not support disabling the OOM killer (--oom-kill-disable) yet"),
     (&["--annotation", "a=b"], "rmachine-engine does not support annotations (--annotation) yet"),

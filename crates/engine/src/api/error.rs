@@ -95,6 +95,7 @@ fn engine_status(err: &EngineError) -> StatusCode {
         }
         EngineError::ImageUsedByRunning { .. } => StatusCode::CONFLICT,
         EngineError::Conflict { .. } => StatusCode::CONFLICT,
+        EngineError::Forbidden { .. } => StatusCode::FORBIDDEN,
         EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
         EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
         EngineError::Archive(archive) => archive_status(archive),

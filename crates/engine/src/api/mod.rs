@@ -169,6 +169,9 @@ impl Api {
         let query = Query::parse(req.uri().query());
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if segments.first() == Some(&"networks") {
+            return self.network_route(&method, &segments, &query, req).await;
+        }
         match (&method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(ping(method == Method::HEAD)),
             (&Method::GET, ["version"]) => json(StatusCode::OK, &types::version()),
@@ -247,7 +250,8 @@ impl Api {
                     &mut inspect,
                     &c.record(),
                     self.engine.endpoint(&c.id).as_ref(),
-                    self.engine.bridge_network_id(),
+                    &self.engine.network_id_of(&c.record()),
+                    &self.engine.aliases(&c.id),
                 );
                 if self.engine.is_paused(&c.id) {
                     types::show_paused(&mut inspect);
@@ -364,7 +368,8 @@ impl Api {
                 &mut summary,
                 record,
                 self.engine.endpoint(&record.id).as_ref(),
-                self.engine.bridge_network_id(),
+                &self.engine.network_id_of(record),
+                &self.engine.aliases(&record.id),
             );
             if self.engine.is_paused(&record.id) {
                 types::show_paused(&mut summary);

@@ -34,16 +34,13 @@ enum Answer {
 /// An area whose objects the engine does not have yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Area {
-    Network,
     Plugin,
 }
 
 impl Area {
-    /// dockerd's not-found text (libnetwork `ErrNoSuchNetwork`, plugin
-    /// `errNotFound`).
+    /// dockerd's not-found text (plugin `errNotFound`).
     fn not_found(self, name: &str) -> String {
         match self {
-            Area::Network => format!("network {name} not found"),
             Area::Plugin => format!("plugin {name:?} not found"),
         }
     }
@@ -106,33 +103,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     // Volumes.
     (On::Put, "volumes/*", Answer::NotYet("docker volume update")),
     // Networks.
-    (On::Get, "networks", Answer::NotYet("docker network ls")),
-    (
-        On::Post,
-        "networks/create",
-        Answer::NotYet("docker network create"),
-    ),
-    (
-        On::Post,
-        "networks/prune",
-        Answer::NotYet("docker network prune"),
-    ),
-    (On::Get, "networks/*", Answer::NoSuch(Area::Network)),
-    (
-        On::Delete,
-        "networks/*",
-        Answer::NotYet("docker network rm"),
-    ),
-    (
-        On::Post,
-        "networks/*/connect",
-        Answer::NotYet("docker network connect"),
-    ),
-    (
-        On::Post,
-        "networks/*/disconnect",
-        Answer::NotYet("docker network disconnect"),
-    ),
     // Plugins.
     (On::Get, "plugins", Answer::NotYet("docker plugin ls")),
     (
@@ -226,12 +196,8 @@ pub fn answer(method: &Method, segments: &[&str], _query: &Query) -> ApiError {
         },
         Some((_, _, Answer::NoSwarm(text))) => ApiError::Unavailable((*text).into()),
         Some((_, _, Answer::NoSuch(area))) => {
-            // `networks/NAME`, `plugins/NAME.../json`.
-            let end = if *area == Area::Plugin {
-                segments.len() - 1
-            } else {
-                segments.len()
-            };
+            // `plugins/NAME.../json`.
+            let end = segments.len().saturating_sub(1).max(1);
             ApiError::NoSuchObject(area.not_found(&segments[1..end].join("/")))
         }
         None => ApiError::NotFound,
@@ -253,10 +219,10 @@ mod tests {
     #[test]
     fn missing_capabilities_name_the_docker_command() {
         assert_eq!(
-            ask(Method::POST, "/networks/create"),
+            ask(Method::POST, "/volumes/create"),
             (
                 StatusCode::NOT_IMPLEMENTED,
-                "rmachine-engine does not support docker network create yet".into()
+                "rmachine-engine does not support docker volume create yet".into()
             )
         );
         assert_eq!(
@@ -293,10 +259,6 @@ mod tests {
 
     #[test]
     fn single_objects_of_empty_areas_are_not_found_as_dockerd_says() {
-        assert_eq!(
-            ask(Method::GET, "/networks/web"),
-            (StatusCode::NOT_FOUND, "network web not found".into())
-        );
         assert_eq!(
             ask(Method::GET, "/plugins/vieux/sshfs:latest/json").1,
             "plugin \"vieux/sshfs:latest\" not found"
@@ -372,6 +334,13 @@ mod tests {
             "post /volumes/prune",
             "get /volumes/{name}",
             "delete /volumes/{name}",
+            "get /networks",
+            "get /networks/{id}",
+            "delete /networks/{id}",
+            "post /networks/create",
+            "post /networks/prune",
+            "post /networks/{id}/connect",
+            "post /networks/{id}/disconnect",
         ];
         let swagger = include_str!("swagger/v1.45.yaml");
         let mut path = "";

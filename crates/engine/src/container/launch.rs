@@ -148,7 +148,7 @@ pub fn hosts_file(extra_hosts: &[String]) -> String {
      fe00::\tip6-localnet\nff00::\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
      ff02::2\tip6-allrouters\n"
         .to_string();
-    // `--add-host NAME:IP` (the CLI has checked the form; the engine refused host-gateway).
+    // `--add-host NAME:IP` (the CLI has checked the form; host-gateway was mapped or refused).
     for entry in extra_hosts {
         if let Some((name, ip)) = entry.split_once(':') {
             hosts.push_str(&format!("{ip}\t{name}\n"));

@@ -81,7 +81,7 @@ impl Engine {
             host: &host_config,
             networking: &networking_config,
         })?;
-        super::networks::check_create(&config, &host_config)?;
+        super::networks::check_create(&config, &host_config, &networking_config)?;
         host_config::normalize_host_config(&mut host_config)?;
         validate_log_config(&mut host_config)?;
         if let Some(name) = &name {
@@ -168,7 +168,8 @@ impl Engine {
             .state
             .create_dir(&id)
             .and_then(|()| self.inner.state.save(&container.record()))
-            .map_err(EngineError::from);
+            .map_err(EngineError::from)
+            .and_then(|()| super::networks::save_aliases(&dir, &networking_config));
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);

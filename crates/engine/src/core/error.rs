@@ -45,6 +45,12 @@ pub enum EngineError {
         /// The name asked for.
         name: String,
     },
+    /// A request dockerd forbids (an overlapping subnet, removing a network in use).
+    #[error("{reason}")]
+    Forbidden {
+        /// Docker's message.
+        reason: String,
+    },
     /// Publishing a port failed (dockerd's text, with the endpoint and the cause).
     #[error("failed to set up container networking: {reason}")]
     NetworkSetup {

@@ -94,15 +94,20 @@ pub(super) fn normalize_host_config(host: &mut HostConfig) -> Result<(), EngineE
             reason: "SHM size can not be less than 0".into(),
         });
     }
-    // dockerd maps `host-gateway` to its bridge's address; this engine has no bridge network.
+    // dockerd maps `host-gateway` to its default bridge's address; here a bridged container's
+    // gateway stands for it (core::networks), and other modes have none to give.
+    let bridged = matches!(
+        super::networks::Mode::of(host),
+        Ok(super::networks::Mode::Bridge | super::networks::Mode::Named(_))
+    );
     if let Some(entry) = extra_hosts(host)
         .into_iter()
-        .find(|e| e.ends_with(":host-gateway"))
+        .find(|e| e.ends_with(":host-gateway") && !bridged)
     {
         return Err(EngineError::InvalidParameter {
             reason: format!(
-                "invalid --add-host {entry:?}: host-gateway needs a bridge network, which this \
-                 engine does not have yet"
+                "invalid --add-host {entry:?}: rmachine-engine maps host-gateway only for a \
+                 container on a bridge network"
             ),
         });
     }

@@ -21,6 +21,8 @@ pub enum Mode {
     Host,
     /// `container:REF`: another running container's namespace.
     Container(String),
+    /// A user-defined network, by name or id.
+    Named(String),
 }
 
 impl Mode {
@@ -34,20 +36,22 @@ impl Mode {
                 Some(reference) if !reference.is_empty() => {
                     Ok(Mode::Container(reference.to_string()))
                 }
-                _ => Err(EngineError::NoSuchNetwork {
+                Some(_) => Err(EngineError::NoSuchNetwork {
                     name: other.to_string(),
                 }),
+                None => Ok(Mode::Named(other.to_string())),
             },
         }
     }
 
     /// The key of `NetworkSettings.Networks` (none for `container:`).
-    pub fn network_name(&self) -> Option<&'static str> {
+    pub fn network_name(&self) -> Option<&str> {
         match self {
             Mode::Bridge => Some("bridge"),
             Mode::None => Some("none"),
             Mode::Host => Some("host"),
             Mode::Container(_) => None,
+            Mode::Named(name) => Some(name),
         }
     }
 }
@@ -66,8 +70,9 @@ pub(super) enum Setup {
         /// Its hosts file.
         hosts: PathBuf,
     },
-    /// An endpoint on the default bridge.
-    Bridge(Endpoint),
+    /// An endpoint on a bridge network, and the `/etc/hosts` lines of the other containers
+    /// on it (user-defined networks only, as dockerd's embedded DNS serves only those).
+    Bridge(Endpoint, String),
 }
 
 impl Setup {
@@ -77,7 +82,7 @@ impl Setup {
             Setup::Loopback => NetworkNamespace::Loopback,
             Setup::Host => NetworkNamespace::Host,
             Setup::Joined { path, .. } => NetworkNamespace::Path { path: path.clone() },
-            Setup::Bridge(endpoint) => NetworkNamespace::Path {
+            Setup::Bridge(endpoint, _) => NetworkNamespace::Path {
                 path: endpoint.netns.clone(),
             },
         }
@@ -93,18 +98,50 @@ impl Setup {
             Setup::Joined { hosts, .. } => {
                 std::fs::read_to_string(hosts).unwrap_or_else(|_| launch::hosts_file(extra_hosts))
             }
-            Setup::Bridge(endpoint) => format!(
-                "{}{}\t{hostname}\n",
-                launch::hosts_file(extra_hosts),
-                endpoint.ip
-            ),
+            Setup::Bridge(endpoint, peers) => {
+                let extra = with_host_gateway(extra_hosts, endpoint);
+                format!("{}{peers}", own_hosts(&extra, hostname, endpoint))
+            }
         }
     }
 }
 
-fn publish_err(err: NetworkError) -> EngineError {
+/// `--add-host NAME:host-gateway` entries with the container's gateway as the address.
+fn with_host_gateway(extra_hosts: &[String], endpoint: &Endpoint) -> Vec<String> {
+    extra_hosts
+        .iter()
+        .map(|e| match e.strip_suffix(":host-gateway") {
+            Some(name) => format!("{name}:{}", endpoint.gateway),
+            None => e.clone(),
+        })
+        .collect()
+}
+
+/// A bridged container's own `/etc/hosts`, before the lines of its peers.
+fn own_hosts(extra_hosts: &[String], hostname: &str, endpoint: &Endpoint) -> String {
+    format!(
+        "{}{}\t{hostname}\n",
+        launch::hosts_file(extra_hosts),
+        endpoint.ip
+    )
+}
+
+/// Rewrites a bind-mounted file in place: a rename would leave the container on the old inode.
+fn rewrite_in_place(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(content.as_bytes())
+}
+
+pub(super) fn publish_err(err: NetworkError) -> EngineError {
     match err {
         NetworkError::InvalidPort { reason } => EngineError::InvalidParameter { reason },
+        NetworkError::Overlap => EngineError::Forbidden {
+            reason: err.to_string(),
+        },
         other => {
             // The whole chain: the API shows this message only.
             let mut reason = other.to_string();
@@ -118,11 +155,83 @@ fn publish_err(err: NetworkError) -> EngineError {
     }
 }
 
-/// Checks at create what start would refuse: the mode and the port specs.
+/// The file beside a container's record holding its `--network-alias`es (the record does not
+/// keep the create request's `NetworkingConfig`).
+const ALIASES_FILE: &str = "network-aliases.json";
+
+/// Present while a stopped container is disconnected from its network (`docker network
+/// disconnect`): it then starts with loopback only, until `docker network connect`.
+const DISCONNECTED_FILE: &str = "network-disconnected";
+
+/// `settings` without its aliases: what is left must be empty (not implemented yet).
+pub(super) fn without_aliases(
+    settings: &crate::state::EndpointSettings,
+) -> crate::state::EndpointSettings {
+    crate::state::EndpointSettings {
+        aliases: None,
+        ..settings.clone()
+    }
+}
+
+fn aliases_of(networking: &crate::state::NetworkingConfig) -> Vec<String> {
+    networking
+        .endpoints_config
+        .values()
+        .flatten()
+        .flat_map(|e| e.aliases.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Keeps the aliases of a create request beside the container's record.
+pub(super) fn save_aliases(
+    dir: &std::path::Path,
+    networking: &crate::state::NetworkingConfig,
+) -> Result<(), EngineError> {
+    let aliases = aliases_of(networking);
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    let path = dir.join(ALIASES_FILE);
+    let json = serde_json::to_vec(&aliases).unwrap_or_default();
+    launch::write_atomic(&path, &json).map_err(|source| EngineError::Launch {
+        id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source,
+    })
+}
+
+/// The `--network-alias`es of the container in `dir`.
+pub(super) fn load_aliases(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read(dir.join(ALIASES_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Checks at create what start would refuse: the mode, the port specs, aliases off user
+/// networks.
 pub(super) fn check_create(
     config: &crate::state::ContainerConfig,
     host: &HostConfig,
+    networking: &crate::state::NetworkingConfig,
 ) -> Result<(), EngineError> {
+    let user_network = matches!(Mode::of(host), Ok(Mode::Named(_)));
+    let links = host.links.as_ref().is_some_and(|l| !l.is_empty());
+    if links && !matches!(Mode::of(host), Ok(Mode::Bridge)) {
+        return Err(EngineError::InvalidParameter {
+            reason: "rmachine-engine does not support --link off the default bridge network yet"
+                .into(),
+        });
+    }
+    if !aliases_of(networking).is_empty() && !user_network {
+        return Err(EngineError::InvalidParameter {
+            reason:
+                "network-scoped alias is supported only for containers in user defined networks"
+                    .into(),
+        });
+    }
     // An unknown network is dockerd's 404 at start: at create the CLI would read a 404 as a
     // missing image and try to pull it.
     let Ok(mode) = Mode::of(host) else {
@@ -140,7 +249,7 @@ pub(super) fn check_create(
                 .into(),
         });
     }
-    if !requests.is_empty() && mode != Mode::Bridge {
+    if !requests.is_empty() && matches!(mode, Mode::None | Mode::Host) {
         // dockerd drops the bindings of a container without its own network stack with a
         // warning; refusing says it instead of accepting and dropping them.
         return Err(EngineError::InvalidParameter {
@@ -167,6 +276,18 @@ impl Engine {
     /// The default bridge network's id.
     pub fn bridge_network_id(&self) -> &str {
         self.inner.network.net.bridge_id()
+    }
+
+    /// The id of the network `record`'s container is on (its name for `host`/`none`, empty
+    /// for `container:` or a network since removed).
+    pub fn network_id_of(&self, record: &ContainerRecord) -> String {
+        match Mode::of(&record.host_config) {
+            Ok(Mode::Bridge) => self.bridge_network_id().to_string(),
+            Ok(Mode::Named(name)) => self.find_network(&name).map(|d| d.id).unwrap_or_default(),
+            Ok(Mode::None) => "none".into(),
+            Ok(Mode::Host) => "host".into(),
+            _ => String::new(),
+        }
     }
 
     /// Removes the bridge, NAT table and namespaces a killed engine left (its containers were
@@ -196,7 +317,24 @@ impl Engine {
                     hosts: other.dir.join("hosts"),
                 })
             }
-            Mode::Bridge => {
+            Mode::Bridge | Mode::Named(_)
+                if self
+                    .inner
+                    .state
+                    .dir(&record.id)
+                    .join(DISCONNECTED_FILE)
+                    .exists() =>
+            {
+                Ok(Setup::Loopback)
+            }
+            Mode::Bridge | Mode::Named(_) => {
+                let mode = Mode::of(&record.host_config)?;
+                let wanted = mode.network_name().unwrap_or("bridge");
+                let def = self.inner.network.net.find(wanted).ok_or_else(|| {
+                    EngineError::NoSuchNetwork {
+                        name: wanted.to_string(),
+                    }
+                })?;
                 let host = &record.host_config;
                 let requests = ports::requests(
                     &host.port_bindings,
@@ -209,13 +347,241 @@ impl Engine {
                     .inner
                     .network
                     .net
-                    .connect(&record.id, name, &requests)
+                    .connect(&def, &record.id, name, &requests)
                     .await
                     .map_err(publish_err)?;
                 if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
                     endpoints.insert(record.id.clone(), endpoint.clone());
                 }
-                Ok(Setup::Bridge(endpoint))
+                self.emit_network(
+                    "connect",
+                    &def.id,
+                    &def.name,
+                    &[("container", record.id.clone())],
+                );
+                let peers;
+                if def.name == "bridge" {
+                    match self.link_lines(record) {
+                        Ok(lines) => peers = lines,
+                        Err(err) => {
+                            self.network_down(&record.id).await;
+                            return Err(err);
+                        }
+                    }
+                } else {
+                    let hostname = if record.config.hostname.is_empty() {
+                        record.short_id().to_string()
+                    } else {
+                        record.config.hostname.clone()
+                    };
+                    let extra = with_host_gateway(
+                        &super::host_config::extra_hosts(&record.host_config),
+                        &endpoint,
+                    );
+                    if let Ok(mut hosts) = self.inner.network.hosts.lock() {
+                        hosts.insert(
+                            record.id.clone(),
+                            HostsEntry {
+                                path: self.inner.state.dir(&record.id).join("hosts"),
+                                base: own_hosts(&extra, &hostname, &endpoint),
+                                name: std::iter::once(name.to_string())
+                                    .chain(load_aliases(&self.inner.state.dir(&record.id)))
+                                    .collect::<Vec<_>>()
+                                    .join(" "),
+                            },
+                        );
+                    }
+                    peers = self.peers_of(&record.id, &def.id);
+                    self.refresh_hosts(&def.id, &record.id);
+                }
+                Ok(Setup::Bridge(endpoint, peers))
+            }
+        }
+    }
+
+    /// `--link NAME:ALIAS` lines of `/etc/hosts` on the default bridge: `IP\tALIAS NAME`.
+    fn link_lines(&self, record: &ContainerRecord) -> Result<String, EngineError> {
+        let mut lines = String::new();
+        let me = record.name.trim_start_matches('/');
+        for link in record.host_config.links.clone().unwrap_or_default() {
+            let (target, alias) = link.split_once(':').unwrap_or((&link, &link));
+            let target = target.trim_start_matches('/');
+            let alias = alias.rsplit('/').next().unwrap_or(alias);
+            let other = self
+                .container(target)
+                .map_err(|_| EngineError::InvalidParameter {
+                    reason: format!("could not get container for {target}"),
+                })?;
+            let endpoint = self
+                .endpoint(&other.id)
+                .ok_or_else(|| EngineError::Conflict {
+                    reason: format!(
+                        "Cannot link to a non running container: /{target} AS /{me}/{alias}"
+                    ),
+                })?;
+            if alias == target {
+                lines.push_str(&format!("{}\t{target}\n", endpoint.ip));
+            } else {
+                lines.push_str(&format!("{}\t{alias} {target}\n", endpoint.ip));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// `docker network connect NETWORK CONTAINER` for a container that does not run and whose
+    /// network this is (one network per container here): sets its aliases.
+    pub async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        settings: &crate::state::EndpointSettings,
+    ) -> Result<(), EngineError> {
+        let (def, c) = self.network_and_container(network, container)?;
+        if !without_aliases(settings).is_empty() {
+            return Err(EngineError::InvalidParameter {
+                reason: "rmachine-engine does not support endpoint settings other than aliases (--alias) on network connect yet".into(),
+            });
+        }
+        let aliases = settings.aliases.clone().unwrap_or_default();
+        if !aliases.is_empty() && def.name == "bridge" {
+            return Err(EngineError::InvalidParameter {
+                reason:
+                    "network-scoped alias is supported only for containers in user defined networks"
+                        .into(),
+            });
+        }
+        let mut config = crate::state::NetworkingConfig::default();
+        config
+            .endpoints_config
+            .insert(def.name.clone(), Some(settings.clone()));
+        let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
+        save_aliases(&c.dir, &config)?;
+        let _ = std::fs::remove_file(c.dir.join(DISCONNECTED_FILE));
+        Ok(())
+    }
+
+    /// `docker network disconnect NETWORK CONTAINER` for a container that does not run.
+    pub async fn disconnect_network(
+        &self,
+        network: &str,
+        container: &str,
+    ) -> Result<(), EngineError> {
+        let (_, c) = self.network_and_container(network, container)?;
+        let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
+        let marker = c.dir.join(DISCONNECTED_FILE);
+        std::fs::write(&marker, b"").map_err(super::error::io_err(&marker))?;
+        Ok(())
+    }
+
+    fn network_and_container(
+        &self,
+        network: &str,
+        container: &str,
+    ) -> Result<
+        (
+            crate::network::NetworkDef,
+            std::sync::Arc<crate::container::Container>,
+        ),
+        EngineError,
+    > {
+        let def = self
+            .find_network(network)
+            .ok_or_else(|| EngineError::NoSuchNetwork {
+                name: network.to_string(),
+            })?;
+        let c = self.container(container)?;
+        let record = c.record();
+        let own = Mode::of(&record.host_config)
+            .ok()
+            .and_then(|m| m.network_name().map(str::to_string))
+            .is_some_and(|n| n == def.name || n == def.id);
+        if !own {
+            return Err(EngineError::InvalidParameter {
+                reason: format!(
+                    "rmachine-engine does not support connecting a container to a second network yet ({} is on {})",
+                    record.name.trim_start_matches('/'),
+                    record.host_config.network_mode
+                ),
+            });
+        }
+        if record.state.status == Status::Running {
+            return Err(EngineError::InvalidParameter {
+                reason: "rmachine-engine does not support connecting or disconnecting a running container yet".into(),
+            });
+        }
+        Ok((def, c))
+    }
+
+    /// The `--network-alias`es of container `id`.
+    pub fn aliases(&self, id: &str) -> Vec<String> {
+        load_aliases(&self.inner.state.dir(id))
+    }
+
+    /// The `/etc/hosts` lines naming the other containers on network `network_id`.
+    fn peers_of(&self, id: &str, network_id: &str) -> String {
+        let endpoints = self
+            .inner
+            .network
+            .endpoints
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        let hosts = self
+            .inner
+            .network
+            .hosts
+            .lock()
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let mut lines: Vec<(std::net::Ipv4Addr, String)> = endpoints
+            .iter()
+            .filter(|(other, e)| other.as_str() != id && e.network_id == network_id)
+            .filter_map(|(other, e)| {
+                hosts
+                    .iter()
+                    .find(|(h, _)| h == other)
+                    .map(|(_, name)| (e.ip, name.clone()))
+            })
+            .collect();
+        lines.sort();
+        lines
+            .into_iter()
+            .map(|(ip, name)| format!("{ip}\t{name}\n"))
+            .collect()
+    }
+
+    /// Rewrites the `/etc/hosts` of every running container on `network_id` but `except`, so
+    /// that names follow starts and stops.
+    fn refresh_hosts(&self, network_id: &str, except: &str) {
+        let members: Vec<String> = self
+            .inner
+            .network
+            .endpoints
+            .lock()
+            .map(|e| {
+                e.iter()
+                    .filter(|(id, e)| id.as_str() != except && e.network_id == network_id)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in members {
+            let entry = self
+                .inner
+                .network
+                .hosts
+                .lock()
+                .ok()
+                .and_then(|h| h.get(&id).map(|e| (e.path.clone(), e.base.clone())));
+            if let Some((path, base)) = entry {
+                let content = format!("{base}{}", self.peers_of(&id, network_id));
+                if let Err(err) = rewrite_in_place(&path, &content) {
+                    tracing::warn!(container = %id, error = %err, "cannot update /etc/hosts");
+                }
             }
         }
     }
@@ -230,7 +596,24 @@ impl Engine {
             .ok()
             .and_then(|mut e| e.remove(id));
         if let Some(endpoint) = endpoint {
+            let named = self
+                .inner
+                .network
+                .hosts
+                .lock()
+                .ok()
+                .and_then(|mut h| h.remove(id))
+                .is_some();
+            if named {
+                self.refresh_hosts(&endpoint.network_id, id);
+            }
             self.inner.network.net.disconnect(id, &endpoint).await;
+            self.emit_network(
+                "disconnect",
+                &endpoint.network_id,
+                &endpoint.network,
+                &[("container", id.to_string())],
+            );
         }
     }
 }
@@ -240,6 +623,16 @@ impl Engine {
 pub(super) struct NetworkState {
     pub(super) net: crate::network::Networking,
     pub(super) endpoints: std::sync::Mutex<std::collections::HashMap<String, Endpoint>>,
+    /// The `/etc/hosts` of running containers on user-defined networks.
+    pub(super) hosts: std::sync::Mutex<std::collections::HashMap<String, HostsEntry>>,
+}
+
+/// What the engine rewrites a container's `/etc/hosts` from.
+#[derive(Debug)]
+pub(super) struct HostsEntry {
+    path: PathBuf,
+    base: String,
+    name: String,
 }
 
 impl NetworkState {
@@ -248,6 +641,209 @@ impl NetworkState {
         NetworkState {
             net: crate::network::Networking::new(data_root),
             endpoints: std::sync::Mutex::default(),
+            hosts: std::sync::Mutex::default(),
         }
+    }
+}
+
+/// What `docker network create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkCreate {
+    /// Its name.
+    pub name: String,
+    /// `--driver`: only `bridge` (or empty).
+    pub driver: String,
+    /// `--subnet`.
+    pub subnet: Option<String>,
+    /// `--gateway`.
+    pub gateway: Option<String>,
+    /// `--internal`.
+    pub internal: bool,
+    /// `--attachable`.
+    pub attachable: bool,
+    /// `--label`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--opt`.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// The predefined networks besides `bridge`, as dockerd lists them.
+pub const PREDEFINED: &[&str] = &["host", "none"];
+
+impl Engine {
+    /// `docker network create`.
+    pub async fn create_network(
+        &self,
+        request: NetworkCreate,
+    ) -> Result<crate::network::NetworkDef, EngineError> {
+        let invalid = |reason: String| EngineError::InvalidParameter { reason };
+        if !matches!(request.driver.as_str(), "" | "bridge") {
+            return Err(EngineError::InvalidParameter {
+                reason: format!(
+                    "rmachine-engine does not support network driver {} yet",
+                    request.driver
+                ),
+            });
+        }
+        if let Some(key) = request.options.keys().next() {
+            return Err(invalid(format!(
+                "rmachine-engine does not support network option {key} (--opt) yet"
+            )));
+        }
+        if PREDEFINED.contains(&request.name.as_str()) || request.name == "bridge" {
+            return Err(EngineError::Forbidden {
+                reason: format!(
+                    "{} is a pre-defined network and cannot be created",
+                    request.name
+                ),
+            });
+        }
+        if self
+            .inner
+            .network
+            .net
+            .find(&request.name)
+            .is_some_and(|d| d.name == request.name)
+        {
+            return Err(EngineError::Conflict {
+                reason: format!("network with name {} already exists", request.name),
+            });
+        }
+        let subnet = request
+            .subnet
+            .as_deref()
+            .map(str::parse::<crate::network::ipam::Pool>)
+            .transpose()
+            .map_err(invalid)?;
+        let gateway = request
+            .gateway
+            .as_deref()
+            .map(|g| {
+                g.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| invalid(format!("invalid gateway address {g}")))
+            })
+            .transpose()?;
+        if gateway.is_some() && subnet.is_none() {
+            return Err(invalid(
+                "rmachine-engine needs --subnet with --gateway".to_string(),
+            ));
+        }
+        let def = self
+            .inner
+            .network
+            .net
+            .create(crate::network::NetworkDef {
+                id: String::new(),
+                name: request.name,
+                created: chrono::Utc::now(),
+                subnet,
+                gateway,
+                internal: request.internal,
+                attachable: request.attachable,
+                labels: request.labels,
+                options: request.options,
+            })
+            .await
+            .map_err(publish_err)?;
+        self.emit_network("create", &def.id, &def.name, &[]);
+        Ok(def)
+    }
+
+    /// Every network: `bridge`, `host`, `none`, then the user-defined ones.
+    pub async fn list_networks(&self) -> Vec<crate::network::NetworkDef> {
+        self.inner.network.net.list().await
+    }
+
+    /// A network by name, id or id prefix; the predefined `host` and `none` are `None` here
+    /// (the API describes them).
+    pub fn find_network(&self, reference: &str) -> Option<crate::network::NetworkDef> {
+        self.inner.network.net.find(reference)
+    }
+
+    /// The running containers on network `id`, with their endpoints.
+    pub fn network_members(&self, id: &str) -> Vec<(String, String, Endpoint)> {
+        let endpoints = self
+            .inner
+            .network
+            .endpoints
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        let mut out: Vec<(String, String, Endpoint)> = endpoints
+            .into_iter()
+            .filter(|(_, e)| e.network_id == id)
+            .map(|(cid, e)| {
+                let name = self
+                    .container(&cid)
+                    .map(|c| c.record().name.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                (cid, name, e)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// `docker network rm`: refused for the predefined networks and while running containers
+    /// are on it.
+    pub async fn remove_network(&self, reference: &str) -> Result<(), EngineError> {
+        if PREDEFINED.contains(&reference) || reference == "bridge" {
+            return Err(EngineError::Forbidden {
+                reason: format!("{reference} is a pre-defined network and cannot be removed"),
+            });
+        }
+        let def = self
+            .find_network(reference)
+            .ok_or_else(|| EngineError::NoSuchNetwork {
+                name: reference.to_string(),
+            })?;
+        if def.name == "bridge" {
+            return Err(EngineError::Forbidden {
+                reason: "bridge is a pre-defined network and cannot be removed".into(),
+            });
+        }
+        // As dockerd: only running containers hold endpoints; a stopped one naming the network
+        // gets `network NAME not found` at its next start.
+        if !self.network_members(&def.id).is_empty() {
+            return Err(EngineError::Forbidden {
+                reason: format!(
+                    "error while removing network: network {} id {} has active endpoints",
+                    def.name, def.id
+                ),
+            });
+        }
+        self.inner
+            .network
+            .net
+            .remove(&def)
+            .await
+            .map_err(publish_err)?;
+        self.emit_network("destroy", &def.id, &def.name, &[]);
+        Ok(())
+    }
+
+    /// `docker network prune`: removes the user-defined networks no container uses; returns
+    /// their names.
+    pub async fn prune_networks(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        for def in self.list_networks().await {
+            if def.name == "bridge" {
+                continue;
+            }
+            if self.remove_network(&def.id).await.is_ok() {
+                removed.push(def.name);
+            }
+        }
+        removed
+    }
+
+    fn emit_network(&self, action: &str, id: &str, name: &str, extra: &[(&str, String)]) {
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("name".to_string(), name.to_string());
+        attributes.insert("type".to_string(), "bridge".to_string());
+        for (k, v) in extra {
+            attributes.insert((*k).to_string(), v.clone());
+        }
+        self.inner.events.emit("network", action, id, attributes);
     }
 }

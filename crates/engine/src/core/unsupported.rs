@@ -53,8 +53,7 @@ const REFUSED: &[Refused] = &[
     Refused { what: "volume drivers", flags: "--volume-driver", set: |r| !matches!(r.host.volume_driver.as_str(), "" | crate::volume::LOCAL_DRIVER), update: false },
     Refused { what: "storage driver options", flags: "--storage-opt", set: |r| map(&r.host.storage_opt), update: false },
     // Networking: the modes and ports are served (core::networks); these not yet.
-    Refused { what: "network endpoint settings", flags: "--network-alias/--ip/--ip6/--link-local-ip/--mac-address/--network NAME,OPTS", set: |r| r.networking.endpoints_config.len() > 1 || r.networking.endpoints_config.values().flatten().any(|e| !e.is_empty()), update: false },
-    Refused { what: "links", flags: "--link", set: |r| list(&r.host.links), update: false },
+    Refused { what: "network endpoint settings", flags: "--ip/--ip6/--link-local-ip/--mac-address/--network NAME,OPTS", set: |r| r.networking.endpoints_config.len() > 1 || r.networking.endpoints_config.values().flatten().any(|e| !super::networks::without_aliases(e).is_empty()), update: false },
     Refused { what: "MAC addresses", flags: "--mac-address", set: |r| !r.config.mac_address.is_empty(), update: false },
     // Namespaces.
     Refused { what: "user namespaces", flags: "--userns", set: |r| !matches!(r.host.userns_mode.as_str(), "" | "host"), update: false },
@@ -241,21 +240,13 @@ mod tests {
     fn each_refused_option_names_its_flag() {
         let cases = [
             (
-                r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"8080"}]}}}"#,
-                "rmachine-engine does not support published ports (-p/--publish) yet",
-            ),
-            (
                 r#"{"HostConfig":{"VolumeDriver":"nfs"}}"#,
                 "rmachine-engine does not support volume drivers (--volume-driver) yet",
             ),
             (
-                r#"{"HostConfig":{"NetworkMode":"bridge"}}"#,
-                "rmachine-engine does not support networks other than none (--network) yet",
-            ),
-            (
-                r#"{"NetworkingConfig":{"EndpointsConfig":{"default":{"Aliases":["a"]}}}}"#,
+                r#"{"NetworkingConfig":{"EndpointsConfig":{"default":{"MacAddress":"02:42:ac:11:00:09"}}}}"#,
                 "rmachine-engine does not support network endpoint settings \
-              (--network-alias/--ip/--ip6/--link-local-ip/--mac-address/--network NAME,OPTS) yet",
+              (--ip/--ip6/--link-local-ip/--mac-address/--network NAME,OPTS) yet",
             ),
             (
                 r#"{"HostConfig":{"MemorySwappiness":60}}"#,
@@ -285,6 +276,13 @@ mod tests {
         );
         assert_eq!(
             check(r#"{"HostConfig":{"KernelMemory":0},"Future":{}}"#),
+            Ok(())
+        );
+        // Networks and published ports are served (core/networks.rs).
+        assert_eq!(
+            check(
+                r#"{"HostConfig":{"NetworkMode":"bridge","PortBindings":{"80/tcp":[{"HostPort":"8080"}]},"PublishAllPorts":true}}"#
+            ),
             Ok(())
         );
         // Health checks run (core/health.rs).

@@ -128,8 +128,8 @@ pub struct VethConfig {
     pub ip: Ipv4Addr,
     /// Prefix length of the subnet.
     pub prefix: u8,
-    /// Default gateway.
-    pub gateway: Ipv4Addr,
+    /// Default gateway; none on an internal network.
+    pub gateway: Option<Ipv4Addr>,
     /// MAC address of `eth0`.
     pub mac: [u8; 6],
 }
@@ -218,15 +218,17 @@ pub async fn plug(handle: &Handle, ns: &Path, cfg: &VethConfig) -> Result<(), Ne
         .execute()
         .await
         .map_err(nl("bring eth0 up"))?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(cfg.gateway)
-        .output_interface(eth)
-        .build();
-    inner
-        .route()
-        .add(route)
-        .execute()
-        .await
-        .map_err(nl(format!("default route via {}", cfg.gateway)))?;
+    if let Some(gateway) = cfg.gateway {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(eth)
+            .build();
+        inner
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(nl(format!("default route via {gateway}")))?;
+    }
     Ok(())
 }

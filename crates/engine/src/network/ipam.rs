@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-/// An IPv4 subnet.
+/// An IPv4 subnet, `A.B.C.D/N` in JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
     /// Network address.
@@ -17,6 +17,38 @@ pub struct Pool {
 impl std::fmt::Display for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+
+    /// `A.B.C.D/N` with the host bits zero, as dockerd requires of `--subnet`.
+    fn from_str(text: &str) -> Result<Pool, String> {
+        let bad = || format!("invalid subnet {text}");
+        let (ip, prefix) = text.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30).ok_or_else(bad)?;
+        let network = Ipv4Addr::from(u32::from(ip) & mask(prefix));
+        if network != ip {
+            return Err(format!(
+                "invalid subnet {text}: it should be {network}/{prefix}"
+            ));
+        }
+        Ok(Pool { network, prefix })
+    }
+}
+
+impl serde::Serialize for Pool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pool {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Pool, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -95,6 +127,17 @@ mod tests {
         // A host on 172.16.0.0/12 takes every 172 pool.
         let pool = choose(&[(Ipv4Addr::new(172, 20, 0, 9), 12)]).unwrap();
         assert_eq!(pool.to_string(), "192.168.0.0/20");
+    }
+
+    #[test]
+    fn subnets_parse_with_zero_host_bits() {
+        let pool: Pool = "10.5.0.0/16".parse().unwrap();
+        assert_eq!(pool.to_string(), "10.5.0.0/16");
+        assert!("10.5.0.1/16".parse::<Pool>().is_err());
+        assert!("10.5.0.0".parse::<Pool>().is_err());
+        let json = serde_json::to_string(&pool).unwrap();
+        assert_eq!(json, "\"10.5.0.0/16\"");
+        assert_eq!(serde_json::from_str::<Pool>(&json).unwrap(), pool);
     }
 
     #[test]

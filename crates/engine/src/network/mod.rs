@@ -73,9 +73,15 @@ pub enum NetworkError {
     /// No private range is free for the bridge.
     #[error("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")]
     NoPool,
-    /// Every address of the bridge's subnet is taken.
-    #[error("no available IPv4 addresses on this network's address pools: bridge")]
-    NoAddress,
+    /// Every address of the network's subnet is taken.
+    #[error("no available IPv4 addresses on this network's address pools: {network}")]
+    NoAddress {
+        /// The network's name.
+        network: String,
+    },
+    /// `--subnet` overlaps another network's (dockerd's text).
+    #[error("invalid pool request: Pool overlaps with other one on this address space")]
+    Overlap,
     /// A port spec is invalid (dockerd's texts).
     #[error("{reason}")]
     InvalidPort {
@@ -97,6 +103,8 @@ pub enum NetworkError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Endpoint {
+    /// The network's name.
+    pub network: String,
     /// The network's id.
     pub network_id: String,
     /// This endpoint's id (64 hex).
@@ -105,7 +113,7 @@ pub struct Endpoint {
     pub ip: Ipv4Addr,
     /// Subnet prefix length.
     pub prefix: u8,
-    /// Gateway (the bridge's address).
+    /// Gateway (the bridge's address; 0.0.0.0 on an internal network: no default route).
     pub gateway: Ipv4Addr,
     /// MAC address of `eth0`, `02:42:…`.
     pub mac: String,
@@ -118,23 +126,66 @@ pub struct Endpoint {
     pub ports: Vec<Published>,
 }
 
-struct BridgeInfo {
+/// A network's definition: the default bridge's is made at startup, user-defined ones are
+/// kept in `DATA_ROOT/networks/ID.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkDef {
+    /// 64 hex.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// When it was made.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Its subnet; `None` for the default bridge until its first use picks one.
+    pub subnet: Option<ipam::Pool>,
+    /// Its gateway (the bridge's address); the subnet's first address if not given.
+    pub gateway: Option<Ipv4Addr>,
+    /// `--internal`: no route out, no NAT.
+    pub internal: bool,
+    /// `--attachable` (kept and shown; it only matters to swarm).
+    #[serde(default)]
+    pub attachable: bool,
+    /// `--label`.
+    pub labels: BTreeMap<String, String>,
+    /// `--opt`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl NetworkDef {
+    /// The bridge device: `docker0`, or `br-` and 12 characters of the id, as dockerd.
+    pub fn device(&self) -> String {
+        if self.name == "bridge" {
+            BRIDGE.to_string()
+        } else {
+            format!("br-{}", &self.id[..self.id.len().min(12)])
+        }
+    }
+}
+
+struct Live {
     index: u32,
     pool: ipam::Pool,
+    gateway: Ipv4Addr,
+    used: BTreeSet<Ipv4Addr>,
 }
 
 #[derive(Default)]
 struct State {
-    bridge: Option<BridgeInfo>,
-    used: BTreeSet<Ipv4Addr>,
+    /// Live bridges by network id.
+    live: HashMap<String, Live>,
     published: Vec<Published>,
     next_port: u16,
 }
 
-/// The engine's networking: the bridge, its addresses, the published ports and their proxies.
+/// The engine's networking: the bridges, their addresses, the published ports and their
+/// proxies.
 pub struct Networking {
     netns_dir: PathBuf,
+    defs_dir: PathBuf,
     network_id: String,
+    defs: Mutex<Vec<NetworkDef>>,
     state: tokio::sync::Mutex<State>,
     proxies: Mutex<HashMap<String, Vec<AbortHandle>>>,
 }
@@ -158,13 +209,47 @@ pub fn reconcile_files(data_root: &Path) {
     }
 }
 
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NetworkError + '_ {
+    move |source| NetworkError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 impl Networking {
-    /// Networking for the engine on `data_root`.
+    /// Networking for the engine on `data_root`, with the user-defined networks it keeps.
     pub fn new(data_root: &Path) -> Networking {
         let digest = sha2::Sha256::digest(format!("bridge:{}", data_root.display()));
+        let network_id = hex::encode(digest);
+        let defs_dir = data_root.join("networks");
+        let mut defs = vec![NetworkDef {
+            id: network_id.clone(),
+            name: "bridge".into(),
+            created: chrono::Utc::now(),
+            subnet: None,
+            gateway: None,
+            internal: false,
+            attachable: false,
+            labels: BTreeMap::new(),
+            options: BTreeMap::new(),
+        }];
+        if let Ok(entries) = std::fs::read_dir(&defs_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                match std::fs::read(&path).map(|b| serde_json::from_slice::<NetworkDef>(&b)) {
+                    Ok(Ok(def)) => defs.push(def),
+                    _ => tracing::warn!(path = %path.display(), "unreadable network definition"),
+                }
+            }
+        }
         Networking {
             netns_dir: data_root.join("netns"),
-            network_id: hex::encode(digest),
+            defs_dir,
+            network_id,
+            defs: Mutex::new(defs),
             state: tokio::sync::Mutex::new(State {
                 next_port: ports::EPHEMERAL.0,
                 ..State::default()
@@ -178,7 +263,155 @@ impl Networking {
         &self.network_id
     }
 
-    /// Removes what a previous engine left: its bridge and NAT table (remade at the first
+    /// Every bridge network (the default one first), with the subnet in use if it is live.
+    pub async fn list(&self) -> Vec<NetworkDef> {
+        let state = self.state.lock().await;
+        let mut defs = self.defs.lock().map(|d| d.clone()).unwrap_or_default();
+        for def in &mut defs {
+            if let Some(live) = state.live.get(&def.id) {
+                def.subnet = Some(live.pool);
+                def.gateway = Some(live.gateway);
+            }
+        }
+        defs
+    }
+
+    /// Finds a network by full id, name or unique id prefix.
+    pub fn find(&self, reference: &str) -> Option<NetworkDef> {
+        let defs = self.defs.lock().ok()?;
+        if let Some(def) = defs
+            .iter()
+            .find(|d| d.id == reference || d.name == reference)
+        {
+            return Some(def.clone());
+        }
+        let mut matches = defs.iter().filter(|d| d.id.starts_with(reference));
+        match (matches.next(), matches.next()) {
+            (Some(def), None) if !reference.is_empty() => Some(def.clone()),
+            _ => None,
+        }
+    }
+
+    /// Makes a user-defined network (`docker network create`) from `request` (its id and
+    /// creation time are ignored; no subnet means the first free default pool); the bridge
+    /// device is made at its first container. A subnet must not overlap another network's.
+    pub async fn create(&self, request: NetworkDef) -> Result<NetworkDef, NetworkError> {
+        let NetworkDef {
+            name,
+            subnet,
+            gateway,
+            internal,
+            attachable,
+            labels,
+            options,
+            ..
+        } = request;
+        let taken: Vec<ipam::Pool> = {
+            let mut taken: Vec<ipam::Pool> =
+                self.list().await.iter().filter_map(|d| d.subnet).collect();
+            // The default bridge takes its pool at first use: keep it free for it.
+            if !taken
+                .iter()
+                .any(|p| p.network == Ipv4Addr::new(172, 17, 0, 0))
+            {
+                taken.push(ipam::Pool {
+                    network: Ipv4Addr::new(172, 17, 0, 0),
+                    prefix: 16,
+                });
+            }
+            taken
+        };
+        let pool = match subnet {
+            Some(pool) => {
+                if taken.iter().any(|t| t.overlaps(&pool)) {
+                    return Err(NetworkError::Overlap);
+                }
+                pool
+            }
+            None => {
+                let handle = bridge::connect()?;
+                let mut host = bridge::ipv4_networks(&handle).await?;
+                host.extend(taken.iter().map(|p| (p.network, p.prefix)));
+                ipam::choose(&host).ok_or(NetworkError::NoPool)?
+            }
+        };
+        if let Some(gw) = gateway {
+            if !pool.contains(gw) {
+                return Err(NetworkError::InvalidPort {
+                    reason: format!("Invalid gateway {gw}: it is not in subnet {pool}"),
+                });
+            }
+        }
+        let name = name.as_str();
+        let id = hex::encode(sha2::Sha256::digest(format!(
+            "{name}:{}:{}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            rand::random::<u64>()
+        )));
+        let def = NetworkDef {
+            id: id.clone(),
+            name: name.to_string(),
+            created: chrono::Utc::now(),
+            subnet: Some(pool),
+            gateway,
+            internal,
+            attachable,
+            labels,
+            options,
+        };
+        std::fs::create_dir_all(&self.defs_dir).map_err(io(&self.defs_dir))?;
+        let path = self.defs_dir.join(format!("{id}.json"));
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec_pretty(&def).map_err(|e| NetworkError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(io(&path))?;
+        if let Ok(mut defs) = self.defs.lock() {
+            defs.push(def.clone());
+        }
+        Ok(def)
+    }
+
+    /// Removes a user-defined network without endpoints: its definition, bridge and NAT rule.
+    pub async fn remove(&self, def: &NetworkDef) -> Result<(), NetworkError> {
+        let mut state = self.state.lock().await;
+        let path = self.defs_dir.join(format!("{}.json", def.id));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        if let Ok(mut defs) = self.defs.lock() {
+            defs.retain(|d| d.id != def.id);
+        }
+        if state.live.remove(&def.id).is_some() {
+            let handle = bridge::connect()?;
+            bridge::delete(&handle, &def.device()).await?;
+            self.program_nat(&state).await?;
+        }
+        Ok(())
+    }
+
+    /// Loads the engine's table for every live network.
+    async fn program_nat(&self, state: &State) -> Result<(), NetworkError> {
+        let defs = self.defs.lock().map(|d| d.clone()).unwrap_or_default();
+        let rules: Vec<nat::Rule> = defs
+            .iter()
+            .filter_map(|d| {
+                state.live.get(&d.id).map(|l| nat::Rule {
+                    bridge: d.device(),
+                    pool: l.pool,
+                    internal: d.internal,
+                })
+            })
+            .collect();
+        nat::install(&rules).await
+    }
+
+    /// Removes what a previous engine left: its bridges and NAT table (remade at the first
     /// container start), and namespace files.
     pub async fn reconcile(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.netns_dir) {
@@ -186,16 +419,23 @@ impl Networking {
                 netns::remove(&entry.path());
             }
         }
+        let devices: Vec<String> = self
+            .defs
+            .lock()
+            .map(|d| d.iter().map(NetworkDef::device).collect())
+            .unwrap_or_default();
         match bridge::connect() {
             Ok(handle) => {
-                if let Ok(Some(_)) = bridge::index_of(&handle, BRIDGE).await {
-                    tracing::info!("removing the bridge left by the previous engine");
-                    if let Err(err) = bridge::delete(&handle, BRIDGE).await {
-                        tracing::warn!(error = %err, "cannot remove the stale bridge");
+                for device in devices {
+                    if let Ok(Some(_)) = bridge::index_of(&handle, &device).await {
+                        tracing::info!(%device, "removing a bridge left by the previous engine");
+                        if let Err(err) = bridge::delete(&handle, &device).await {
+                            tracing::warn!(%device, error = %err, "cannot remove the stale bridge");
+                        }
                     }
-                    if let Err(err) = nat::remove().await {
-                        tracing::warn!(error = %err, "cannot remove the stale NAT table");
-                    }
+                }
+                if let Err(err) = nat::remove().await {
+                    tracing::debug!(error = %err, "no stale NAT table removed");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "no netlink"),
@@ -206,45 +446,74 @@ impl Networking {
         &self,
         state: &mut State,
         handle: &rtnetlink::Handle,
-    ) -> Result<(u32, ipam::Pool), NetworkError> {
-        if let Some(b) = &state.bridge {
-            return Ok((b.index, b.pool));
+        def: &NetworkDef,
+    ) -> Result<(u32, ipam::Pool, Ipv4Addr), NetworkError> {
+        if let Some(b) = state.live.get(&def.id) {
+            return Ok((b.index, b.pool, b.gateway));
         }
+        let device = def.device();
         // A bridge of a killed engine: its containers are gone, remake it.
-        bridge::delete(handle, BRIDGE).await?;
-        let taken = bridge::ipv4_networks(handle).await?;
-        let pool = ipam::choose(&taken).ok_or(NetworkError::NoPool)?;
-        let index = bridge::create_bridge(handle, BRIDGE, pool.gateway(), pool.prefix).await?;
+        bridge::delete(handle, &device).await?;
+        let pool = match def.subnet {
+            Some(pool) => pool,
+            None => {
+                let mut taken = bridge::ipv4_networks(handle).await?;
+                let defs = self.defs.lock().map(|d| d.clone()).unwrap_or_default();
+                taken.extend(
+                    defs.iter()
+                        .filter_map(|d| d.subnet)
+                        .map(|p| (p.network, p.prefix)),
+                );
+                ipam::choose(&taken).ok_or(NetworkError::NoPool)?
+            }
+        };
+        let gateway = def.gateway.unwrap_or_else(|| pool.gateway());
+        let index = bridge::create_bridge(handle, &device, gateway, pool.prefix).await?;
+        state.live.insert(
+            def.id.clone(),
+            Live {
+                index,
+                pool,
+                gateway,
+                used: BTreeSet::from([gateway]),
+            },
+        );
         let setup = async {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
-                NetworkError::Io {
-                    path: "/proc/sys/net/ipv4/ip_forward".into(),
-                    source,
-                }
-            })?;
-            nat::install(BRIDGE, pool.network, pool.prefix).await
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(io(Path::new("/proc/sys/net/ipv4/ip_forward")))?;
+            self.program_nat(state).await
         };
         if let Err(err) = setup.await {
-            let _ = bridge::delete(handle, BRIDGE).await;
+            state.live.remove(&def.id);
+            let _ = bridge::delete(handle, &device).await;
             return Err(err);
         }
-        tracing::info!(bridge = BRIDGE, subnet = %pool, "default bridge ready");
-        state.bridge = Some(BridgeInfo { index, pool });
-        Ok((index, pool))
+        tracing::info!(bridge = %device, subnet = %pool, "bridge ready");
+        Ok((index, pool, gateway))
     }
 
-    /// Connects container `id` (named `name`) to the default bridge and publishes `requests`;
-    /// on any failure nothing is left.
+    /// Connects container `id` (named `name`) to network `def` and publishes `requests`; on
+    /// any failure nothing is left.
     pub async fn connect(
         &self,
+        def: &NetworkDef,
         id: &str,
         name: &str,
         requests: &[ports::Request],
     ) -> Result<Endpoint, NetworkError> {
         let handle = bridge::connect()?;
         let mut state = self.state.lock().await;
-        let (index, pool) = self.ensure_bridge(&mut state, &handle).await?;
-        let ip = pool.allocate(&state.used).ok_or(NetworkError::NoAddress)?;
+        let (index, pool, gateway) = self.ensure_bridge(&mut state, &handle, def).await?;
+        let used = state
+            .live
+            .get(&def.id)
+            .map(|l| l.used.clone())
+            .unwrap_or_default();
+        let ip = pool
+            .allocate(&used)
+            .ok_or_else(|| NetworkError::NoAddress {
+                network: def.name.clone(),
+            })?;
         let endpoint_id = hex::encode(sha2::Sha256::digest(format!(
             "{id}:{ip}:{}",
             rand::random::<u64>()
@@ -253,11 +522,16 @@ impl Networking {
         let o = ip.octets();
         let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
         let endpoint = Endpoint {
-            network_id: self.network_id.clone(),
+            network: def.name.clone(),
+            network_id: def.id.clone(),
             endpoint_id: endpoint_id.clone(),
             ip,
             prefix: pool.prefix,
-            gateway: pool.gateway(),
+            gateway: if def.internal {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                gateway
+            },
             mac: mac
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -277,7 +551,7 @@ impl Networking {
             bridge: index,
             ip,
             prefix: pool.prefix,
-            gateway: pool.gateway(),
+            gateway: (!def.internal).then_some(gateway),
             mac,
         };
         let _ = bridge::delete(&handle, &cfg.host).await;
@@ -299,7 +573,9 @@ impl Networking {
             }
         };
         state.next_port = next;
-        state.used.insert(ip);
+        if let Some(live) = state.live.get_mut(&def.id) {
+            live.used.insert(ip);
+        }
         state.published.extend(published.iter().cloned());
         if let Ok(mut proxies) = self.proxies.lock() {
             proxies.insert(id.to_string(), handles);
@@ -328,7 +604,9 @@ impl Networking {
             Err(err) => tracing::warn!(container = %id, error = %err, "no netlink"),
         }
         netns::remove(&endpoint.netns);
-        state.used.remove(&endpoint.ip);
+        if let Some(live) = state.live.get_mut(&endpoint.network_id) {
+            live.used.remove(&endpoint.ip);
+        }
         state
             .published
             .retain(|p| !endpoint.ports.iter().any(|q| q == p));

@@ -1,11 +1,10 @@
 //! NAT for egress: the engine's own nftables table (`ip rmachine-engine`), so that its rules
 //! never touch anyone else's; the `nft` program (Debian's `nftables`) loads it atomically.
 
-use std::net::Ipv4Addr;
-
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
+use super::ipam::Pool;
 use super::NetworkError;
 
 /// The engine's nftables table (family `ip`).
@@ -43,22 +42,58 @@ async fn nft(script: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// The table's text: masquerade what leaves `subnet` through any interface but `bridge`.
-pub fn ruleset(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> String {
+/// One live bridge network as the rules see it.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The bridge device.
+    pub bridge: String,
+    /// Its subnet.
+    pub pool: Pool,
+    /// `--internal`: nothing forwarded in or out, no masquerade.
+    pub internal: bool,
+}
+
+/// The table's text: masquerade what leaves each non-internal subnet through another
+/// interface, and (as dockerd's isolation chains) drop what is forwarded between two of the
+/// engine's bridges, or into or out of an internal one.
+pub fn ruleset(rules: &[Rule]) -> String {
     // "table …; delete table …" first: the load replaces any table left by an earlier engine
     // in the same transaction.
+    let mut nat = String::new();
+    let mut forward = String::new();
+    for rule in rules {
+        let (bridge, pool) = (&rule.bridge, rule.pool);
+        if rule.internal {
+            forward.push_str(&format!(
+                "\t\tiifname \"{bridge}\" oifname != \"{bridge}\" drop\n\
+                 \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n"
+            ));
+        } else {
+            nat.push_str(&format!(
+                "\t\tip saddr {pool} oifname != \"{bridge}\" masquerade\n"
+            ));
+        }
+        for other in rules.iter().filter(|o| o.bridge != *bridge) {
+            forward.push_str(&format!(
+                "\t\tiifname \"{bridge}\" oifname \"{}\" drop\n",
+                other.bridge
+            ));
+        }
+    }
     format!(
         "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {subnet}/{prefix} oifname != \"{bridge}\" masquerade\n\
-         \t}}\n}}\n"
+         {nat}\t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         {forward}\t}}\n}}\n"
     )
 }
 
-/// Loads the engine's table for the bridge's subnet.
-pub async fn install(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> Result<(), NetworkError> {
-    nft(&ruleset(bridge, subnet, prefix)).await
+/// Loads the engine's table for the live networks.
+pub async fn install(rules: &[Rule]) -> Result<(), NetworkError> {
+    nft(&ruleset(rules)).await
 }
 
 /// Removes the engine's table if it exists.
@@ -72,8 +107,26 @@ mod tests {
 
     #[test]
     fn the_ruleset_masquerades_the_subnet_leaving_by_another_interface() {
-        let text = ruleset("docker0", Ipv4Addr::new(172, 17, 0, 0), 16);
+        let pool = |b| Pool {
+            network: std::net::Ipv4Addr::new(172, b, 0, 0),
+            prefix: 16,
+        };
+        let rule = |bridge: &str, b, internal| Rule {
+            bridge: bridge.into(),
+            pool: pool(b),
+            internal,
+        };
+        let text = ruleset(&[
+            rule("docker0", 17, false),
+            rule("br-0123", 18, false),
+            rule("br-4567", 19, true),
+        ]);
         assert!(text.starts_with("table ip rmachine-engine\ndelete table ip rmachine-engine\n"));
         assert!(text.contains("ip saddr 172.17.0.0/16 oifname != \"docker0\" masquerade"));
+        assert!(text.contains("ip saddr 172.18.0.0/16 oifname != \"br-0123\" masquerade"));
+        assert!(!text.contains("172.19.0.0/16"), "{text}");
+        assert!(text.contains("iifname \"docker0\" oifname \"br-0123\" drop"));
+        assert!(text.contains("iifname \"br-0123\" oifname \"docker0\" drop"));
+        assert!(text.contains("iifname \"br-4567\" oifname != \"br-4567\" drop"));
     }
 }
