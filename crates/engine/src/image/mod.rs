@@ -34,6 +34,7 @@
 
 mod archive;
 mod layer;
+pub mod layer_export;
 pub mod reference;
 #[cfg(test)]
 mod testutil;
