@@ -6,6 +6,7 @@
 //! stream ([`stream`]) or an error whose status code comes from [`error::status_of`].
 
 mod archive;
+mod build;
 mod detach;
 pub mod error;
 mod exec;
@@ -180,6 +181,8 @@ impl Api {
             }
             (&Method::GET, ["events"]) => self.events(&query),
             (&Method::POST, ["images", "load"]) => self.load_images(req).await,
+            (&Method::POST, ["build"]) => self.build(req).await,
+            (&Method::POST, ["build", "prune"]) => self.build_prune().await,
             (&Method::GET, ["images", "json"]) => {
                 json(StatusCode::OK, &self.engine.list_images().await?)
             }

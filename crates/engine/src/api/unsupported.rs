@@ -100,13 +100,7 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         Answer::NotYet("registry lookups (GET /distribution)"),
     ),
     (On::Post, "commit", Answer::NotYet("docker commit")),
-    // Builds: the classic builder, and BuildKit's session and gRPC APIs that buildx dials.
-    (On::Post, "build", Answer::NotYet("docker build")),
-    (
-        On::Post,
-        "build/prune",
-        Answer::NotYet("docker builder prune"),
-    ),
+    // BuildKit's session and gRPC APIs that buildx dials (the classic builder is served).
     (
         On::Any,
         "session",

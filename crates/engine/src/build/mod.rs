@@ -6,7 +6,11 @@
 //! containers, reusing earlier results from the build cache ([`cache`]), and reports Docker's
 //! progress lines as it goes. Words are expanded as moby does ([`substitution`]).
 
+pub mod cache;
+pub mod context;
 pub mod dockerfile;
+pub mod dockerignore;
+pub mod executor;
 pub mod instructions;
 pub mod substitution;
 
@@ -59,14 +63,13 @@ pub enum BuildError {
         source: std::io::Error,
     },
     /// The image store failed.
-    #[error("image store")]
-    Image(#[source] crate::image::ImageError),
+    #[error(transparent)]
+    Image(crate::image::ImageError),
     /// The engine failed (creating or running a build container).
-    #[error("build container")]
-    Engine(#[source] Box<crate::core::EngineError>),
+    #[error(transparent)]
+    Engine(Box<crate::core::EngineError>),
 }
 
-#[allow(dead_code)]
 /// `map_err` helper for I/O on `path`.
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io {

@@ -41,6 +41,7 @@ use crate::state::{ContainerRecord, StateStore, Status};
 
 mod archive;
 mod attach;
+mod build;
 mod create;
 mod error;
 mod exec;
@@ -60,6 +61,7 @@ mod unsupported;
 
 pub use archive::ContainerSizes;
 pub use attach::{AttachSession, LogSource};
+pub use build::{BuildRequest, PreparedBuild};
 pub use create::{CreateRequest, Created};
 pub use error::EngineError;
 pub use host_config::DEFAULT_RUNTIME;

@@ -33,7 +33,7 @@
 //! is reusing is never collected under it.
 
 mod archive;
-mod layer;
+pub(crate) mod layer;
 pub mod layer_export;
 pub mod reference;
 #[cfg(test)]
