@@ -19,6 +19,22 @@ fn context(files: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// The `created_by` lines of an image's history, oldest first. Read from the image config in
+/// the data root, since the engine does not serve `docker history` yet.
+fn history(engine: &Engine, image: &str) -> anyhow::Result<String> {
+    let id = engine.inspect(image, "{{.Id}}")?;
+    let hex = id.trim_start_matches("sha256:");
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(
+        engine.data_root().join("image/blobs/sha256").join(hex),
+    )?)?;
+    let mut out = String::new();
+    for h in config["history"].as_array().into_iter().flatten() {
+        out.push_str(h["created_by"].as_str().unwrap_or_default());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 fn build(engine: &Engine, dir: &Path, args: &[&str]) -> anyhow::Result<Run> {
     let mut all = vec!["build"];
     all.extend_from_slice(args);
@@ -100,17 +116,20 @@ fn a_three_step_build_runs_tags_and_is_cached() -> anyhow::Result<()> {
     // Build containers are gone.
     let ps = engine.docker(&["ps", "-aq"])?.ok()?;
     assert_eq!(ps.stdout.trim(), "");
-    let history = engine
-        .docker(&[
-            "history",
-            "--no-trunc",
-            "--format",
-            "{{.CreatedBy}}",
-            "user/image:tag",
-        ])
-        .map(|r| r.stdout)
-        .unwrap_or_default();
-    let _ = history;
+    let steps = history(&engine, "user/image:tag")?;
+    let ours: Vec<&str> = steps.lines().rev().take(3).collect();
+    assert_eq!(
+        ours[2], "/bin/sh -c echo hello from run > /greeting && echo done",
+        "{steps}"
+    );
+    assert!(
+        ours[1].starts_with("/bin/sh -c #(nop) COPY file:") && ours[1].ends_with(" in /app/ "),
+        "{steps}"
+    );
+    assert_eq!(
+        ours[0], "/bin/sh -c #(nop)  CMD [\"cat\" \"/greeting\" \"/app/app.txt\"]",
+        "{steps}"
+    );
 
     // The same build again: every step from the cache, the same image.
     let first_id = engine.inspect("user/image:tag", "{{.Id}}")?;
@@ -148,5 +167,368 @@ fn a_three_step_build_runs_tags_and_is_cached() -> anyhow::Result<()> {
     );
     let ran = engine.docker(&["run", "--rm", "user/image:tag"])?.ok()?;
     assert_eq!(ran.stdout, "hello from run\nchanged\n");
+    Ok(())
+}
+
+#[test]
+fn a_failing_run_shows_its_output_and_dockers_error_and_tags_nothing() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo before the failure && exit 3\nCMD [\"true\"]\n",
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "broken"])?;
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains("before the failure\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(
+            "The command '/bin/sh -c echo before the failure && exit 3' returned a non-zero code: 3"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("Step 3/3"), "{}", run.stdout);
+    assert!(engine.docker(&["image", "inspect", "broken"])?.code != 0);
+    // As dockerd without --force-rm, the failed step's container stays for inspection.
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
+    let forced = build(&engine, ctx.path(), &["--force-rm", "-t", "broken"])?;
+    assert_eq!(forced.code, 3);
+    assert!(
+        forced
+            .stdout
+            .contains(" ---> Removed intermediate container "),
+        "{}",
+        forced.stdout
+    );
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
+    Ok(())
+}
+
+#[test]
+fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let cases: &[(&str, &str)] = &[
+        ("FROM busybox\nFOO bar\n", "dockerfile parse error on line 2: unknown instruction: FOO"),
+        ("FROM busybox\nCOPY missing.txt /x\n", "COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist"),
+        ("FROM busybox\nCOPY ../outside /x\n", "forbidden path outside the build context: ../outside ()"),
+        ("FROM nosuchimage\n", "No such image: nosuchimage:latest"),
+        ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
+        ("FROM busybox\nRUN --mount=type=cache,target=/x true\n", "the --mount option requires BuildKit"),
+    ];
+    for (dockerfile, message) in cases {
+        let ctx = context(&[("Dockerfile", dockerfile)])?;
+        let run = build(&engine, ctx.path(), &[])?;
+        assert_eq!(run.code, 1, "{dockerfile}: {run:?}");
+        assert!(run.stderr.contains(message), "{dockerfile}: {}", run.stderr);
+    }
+    // A context without a Dockerfile, as a raw tar (the CLI checks directories itself).
+    let ctx = context(&[("other", "FROM busybox\n")])?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .output()?;
+    let mut cmd = engine.docker_command(&["build", "-"]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    let run = rmachine_tests_engine::feed(cmd, &tar.stdout)?;
+    assert!(
+        run.stderr
+            .contains("Cannot locate specified Dockerfile: Dockerfile"),
+        "{}",
+        run.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn multi_stage_copy_from_and_target() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG BASE=busybox\nFROM ${BASE} AS builder\nRUN mkdir /out && echo built > /out/artifact && echo gone > /scratch\n\
+         FROM busybox\nCOPY --from=builder /out/artifact /artifact\nCOPY --from=0 /out /out2\nCMD cat /artifact /out2/artifact\n",
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "multi"])?.ok()?;
+    assert!(
+        run.stdout.contains("Step 1/7 : ARG BASE=busybox\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("Step 2/7 : FROM ${BASE} AS builder\n"),
+        "{}",
+        run.stdout
+    );
+    let ran = engine.docker(&["run", "--rm", "multi"])?.ok()?;
+    assert_eq!(ran.stdout, "built\nbuilt\n");
+    let scratch = engine.docker(&["run", "--rm", "multi", "ls", "/scratch"])?;
+    assert_ne!(scratch.code, 0, "the first stage's other files stay out");
+
+    let target = build(&engine, ctx.path(), &["--target", "builder", "-t", "first"])?.ok()?;
+    assert!(
+        target.stdout.contains("Step 3/3 : RUN"),
+        "{}",
+        target.stdout
+    );
+    let ran = engine
+        .docker(&["run", "--rm", "first", "cat", "/scratch"])?
+        .ok()?;
+    assert_eq!(ran.stdout, "gone\n");
+    Ok(())
+}
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_context() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY . /ctx/\nCMD find /ctx -type f\n",
+        ),
+        (
+            ".dockerignore",
+            "*.secret\nlogs\n!logs/keep.log\n**/*.tmp\n",
+        ),
+        ("a.secret", "x"),
+        ("app/main.txt", "x"),
+        ("app/deep/x.tmp", "x"),
+        ("logs/drop.log", "x"),
+        ("logs/keep.log", "x"),
+    ])?;
+    // Through the CLI (which filters too) and as a raw tar on stdin (filtered here only).
+    build(&engine, ctx.path(), &["-t", "ignored"])?.ok()?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .output()?;
+    let mut cmd = engine.docker_command(&["build", "-t", "ignored-raw", "-"]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    rmachine_tests_engine::feed(cmd, &tar.stdout)?.ok()?;
+    for image in ["ignored", "ignored-raw"] {
+        let ran = engine.docker(&["run", "--rm", image])?.ok()?;
+        let mut files: Vec<&str> = ran.stdout.lines().collect();
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                "/ctx/.dockerignore",
+                "/ctx/Dockerfile",
+                "/ctx/app/main.txt",
+                "/ctx/logs/keep.log"
+            ],
+            "{image}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn config_instructions_make_the_image_config_and_history() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nMAINTAINER Jane Doe <jane@example.com>\nARG VERSION=1.2\n\
+         ENV APP_HOME=/srv/app GREETING=\"hello world\"\nLABEL version=$VERSION \"com.example.vendor\"=\"ACME\"\n\
+         WORKDIR ${APP_HOME}\nWORKDIR sub\nEXPOSE 80 53/udp\nUSER nobody\nVOLUME /data\nSTOPSIGNAL SIGUSR1\n\
+         HEALTHCHECK --interval=5s --retries=2 CMD true\nSHELL [\"/bin/sh\", \"-ec\"]\nONBUILD RUN echo triggered\n\
+         ENTRYPOINT [\"/bin/echo\"]\nCMD [\"$GREETING\"]\n",
+    )])?;
+    build(
+        &engine,
+        ctx.path(),
+        &["-t", "configured", "--label", "extra=yes"],
+    )?
+    .ok()?;
+    let f = |format: &str| engine.inspect("configured", format);
+    assert_eq!(f("{{.Author}}")?, "Jane Doe <jane@example.com>");
+    assert!(f("{{json .Config.Env}}")?.contains("\"GREETING=hello world\""));
+    assert_eq!(
+        f("{{json .Config.Labels}}")?,
+        r#"{"com.example.vendor":"ACME","extra":"yes","version":"1.2"}"#
+    );
+    assert_eq!(f("{{.Config.WorkingDir}}")?, "/srv/app/sub");
+    assert_eq!(
+        f("{{json .Config.ExposedPorts}}")?,
+        r#"{"53/udp":{},"80/tcp":{}}"#
+    );
+    assert_eq!(f("{{.Config.User}}")?, "nobody");
+    assert_eq!(f("{{json .Config.Volumes}}")?, r#"{"/data":{}}"#);
+    assert_eq!(f("{{.Config.StopSignal}}")?, "SIGUSR1");
+    assert_eq!(
+        f("{{json .Config.Healthcheck.Test}}")?,
+        r#"["CMD-SHELL","true"]"#
+    );
+    assert_eq!(f("{{json .Config.Shell}}")?, r#"["/bin/sh","-ec"]"#);
+    assert_eq!(f("{{json .Config.OnBuild}}")?, r#"["RUN echo triggered"]"#);
+    assert_eq!(f("{{json .Config.Entrypoint}}")?, r#"["/bin/echo"]"#);
+    assert_eq!(f("{{json .Config.Cmd}}")?, r#"["$GREETING"]"#);
+    let ran = engine.docker(&["run", "--rm", "configured"])?.ok()?;
+    assert_eq!(ran.stdout, "$GREETING\n");
+    let history = history(&engine, "configured")?;
+    assert!(
+        history.contains("/bin/sh -ec #(nop)  CMD [\"$GREETING\"]"),
+        "{}",
+        history
+    );
+    assert!(
+        history.contains("/bin/sh -c #(nop)  MAINTAINER Jane Doe <jane@example.com>"),
+        "{history}"
+    );
+    // The WORKDIR directory exists in the image, created by the build.
+    let ls = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "ls",
+            "configured",
+            "-d",
+            "/srv/app/sub",
+        ])?
+        .ok()?;
+    assert_eq!(ls.stdout, "/srv/app/sub\n");
+
+    // A child image runs the ONBUILD trigger after its FROM (a parent without VOLUME: the
+    // engine has no anonymous volumes for the trigger's RUN container yet).
+    let parent = context(&[("Dockerfile", "FROM busybox\nONBUILD RUN echo triggered\n")])?;
+    build(&engine, parent.path(), &["-t", "parent"])?.ok()?;
+    let child = context(&[("Dockerfile", "FROM parent\n")])?;
+    let run = build(&engine, child.path(), &["-t", "child"])?.ok()?;
+    assert!(
+        run.stdout.contains("# Executing 1 build trigger\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("\ntriggered\n"), "{}", run.stdout);
+    assert_eq!(engine.inspect("child", "{{json .Config.OnBuild}}")?, "null");
+    Ok(())
+}
+
+#[test]
+fn build_args_quiet_iidfile_and_stdin_dockerfile() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG WHO=nobody\nRUN echo \"hi $WHO\" > /who\nCMD cat /who\n",
+    )])?;
+    let run = build(
+        &engine,
+        ctx.path(),
+        &[
+            "--build-arg",
+            "WHO=you",
+            "--build-arg",
+            "UNUSED=1",
+            "-t",
+            "args",
+        ],
+    )?
+    .ok()?;
+    assert!(
+        run.stdout
+            .contains("[Warning] One or more build-args [UNUSED] were not consumed\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        engine.docker(&["run", "--rm", "args"])?.ok()?.stdout,
+        "hi you\n"
+    );
+    let history = history(&engine, "args")?;
+    assert!(
+        history.contains("|1 WHO=you /bin/sh -c echo \"hi $WHO\" > /who"),
+        "{history}"
+    );
+
+    let iid = ctx.path().join("iid");
+    let quiet = build(
+        &engine,
+        ctx.path(),
+        &["-q", "--iidfile", &iid.to_string_lossy()],
+    )?
+    .ok()?;
+    let id = fs::read_to_string(&iid)?;
+    assert!(id.starts_with("sha256:") && id.trim().len() == 71, "{id}");
+    assert_eq!(quiet.stdout.trim(), id.trim());
+
+    // `-f -`: the Dockerfile from stdin, the context from the directory.
+    let mut cmd = engine.docker_command(&[
+        "build",
+        "-f",
+        "-",
+        "-t",
+        "stdin-df",
+        &ctx.path().to_string_lossy(),
+    ]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    rmachine_tests_engine::feed(cmd, b"FROM busybox\nCMD [\"echo\", \"from stdin\"]\n")?.ok()?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", "stdin-df"])?.ok()?.stdout,
+        "from stdin\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Result<()> {
+    let Some(mut engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nENV A=1\nRUN echo ran\nCOPY f /f\n",
+        ),
+        ("f", "content"),
+    ])?;
+    build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
+    engine.restart()?;
+    let again = build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
+    assert_eq!(
+        again.stdout.matches(" ---> Using cache").count(),
+        3,
+        "{}",
+        again.stdout
+    );
+    let fresh = build(&engine, ctx.path(), &["--no-cache", "-t", "cached"])?.ok()?;
+    assert_eq!(
+        fresh.stdout.matches(" ---> Using cache").count(),
+        0,
+        "{}",
+        fresh.stdout
+    );
+    assert!(fresh.stdout.contains("\nran\n"), "{}", fresh.stdout);
+    let prune = engine.docker(&["builder", "prune", "-f"])?.ok()?;
+    assert!(
+        prune.stdout.contains("Total reclaimed space"),
+        "{}",
+        prune.stdout
+    );
+    let after = build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
+    assert_eq!(
+        after.stdout.matches(" ---> Using cache").count(),
+        0,
+        "{}",
+        after.stdout
+    );
     Ok(())
 }

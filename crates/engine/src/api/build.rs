@@ -185,6 +185,15 @@ impl Api {
                     let _ = tx.send(b).await;
                 }
             }
+            let result = match result {
+                // dockerd's quiet build answers the image id as the output (the CLI prints
+                // and writes to --iidfile what it reads there).
+                Ok(id) if quiet => {
+                    let _ = tx.send(line(json!({ "stream": format!("{id}\n") }))).await;
+                    Ok(id)
+                }
+                other => other,
+            };
             if let Err(err) = result {
                 if quiet && !held.is_empty() {
                     let _ = tx.send(line(json!({ "stream": held }))).await;

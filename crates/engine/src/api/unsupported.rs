@@ -398,6 +398,8 @@ mod tests {
             "head /_ping",
             "get /events",
             "post /images/load",
+            "post /build",
+            "post /build/prune",
             "post /containers/{id}/exec",
             "post /exec/{id}/start",
             "post /exec/{id}/resize",

@@ -52,6 +52,11 @@ impl Context {
             Box::new(reader)
         };
         if !head.is_empty() {
+            let stream = ZeroTail {
+                inner: stream,
+                read: 0,
+                tail: None,
+            };
             crate::image::layer::extract(stream, dir, "build context")
                 .map_err(|e| invalid(format!("invalid build context: {}", chain(&e))))?;
         }
@@ -145,6 +150,35 @@ impl Context {
     }
 }
 
+/// Ends a tar stream that stops right after an entry's data with the padding and the two
+/// zero blocks it lacks. The docker CLI sends such a stream with `-f -` (its tar rewriter
+/// closes the pipe before the tar writer), and Go's tar reader, which dockerd uses, takes an
+/// end of stream at an entry's padding as the end of the archive.
+struct ZeroTail<R> {
+    inner: R,
+    read: u64,
+    /// Zero bytes still to give once `inner` ended.
+    tail: Option<u64>,
+}
+
+impl<R: Read> Read for ZeroTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.tail.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            self.tail = Some((512 - self.read % 512) % 512 + 1024);
+        }
+        let left = self.tail.unwrap_or(0);
+        let n = (buf.len() as u64).min(left) as usize;
+        buf[..n].fill(0);
+        self.tail = Some(left - n as u64);
+        Ok(n)
+    }
+}
+
 fn unsupported(what: &str) -> BuildError {
     BuildError::Unsupported {
         what: what.to_string(),
@@ -222,6 +256,9 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             h.set_cksum();
             b.append_data(&mut h, name, *data).expect("append");
         }
@@ -257,12 +294,28 @@ mod tests {
     }
 
     #[test]
+    fn a_tar_cut_after_its_last_entrys_data_is_complete() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut data = tar_of(&[("Dockerfile", b"FROM x\n"), (".dockerignore", b"abc")]);
+        // What the CLI sends with `-f -`: no padding after the last data, no end blocks.
+        data.truncate(512 * 3 + 3);
+        let ctx = Context::unpack(&data[..], &tmp.path().join("ctx")).expect("unpacks");
+        assert_eq!(
+            fs::read(ctx.root().join(".dockerignore")).expect("read"),
+            b"abc"
+        );
+    }
+
+    #[test]
     fn refuses_escapes() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(1);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         // Written raw: the tar crate's own setters refuse `..`.
         h.as_old_mut().name[..7].copy_from_slice(b"../evil");
         h.set_cksum();

@@ -752,6 +752,9 @@ impl<'a> Builder<'a> {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(data.len() as u64);
                 h.set_mode(0o644);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
                 h.set_cksum();
                 tar.append_data(&mut h, name, data)
             };
