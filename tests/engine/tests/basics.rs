@@ -245,11 +245,13 @@ fn images_in_use_are_protected_and_rm_force_kills() -> anyhow::Result<()> {
         .ok()?
         .stdout;
     let id = id.trim();
+    // Named by its only tag: dockerd's "must force" (by id it is the hard "running
+    // container" conflict, see image_tag_history.rs).
     let rmi = engine.docker(&["rmi", "busybox"])?;
     assert_ne!(rmi.code, 0);
     assert!(
         rmi.stderr.contains(&format!(
-            "image is being used by running container {}",
+            "conflict: unable to remove repository reference \"busybox\" (must force) - container {} is using its referenced image",
             &id[..12]
         )),
         "{}",

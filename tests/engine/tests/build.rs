@@ -19,20 +19,14 @@ fn context(files: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
     Ok(dir)
 }
 
-/// The `created_by` lines of an image's history, oldest first. Read from the image config in
-/// the data root, since the engine does not serve `docker history` yet.
+/// The `created_by` lines of an image's `docker history`, oldest first.
 fn history(engine: &Engine, image: &str) -> anyhow::Result<String> {
-    let id = engine.inspect(image, "{{.Id}}")?;
-    let hex = id.trim_start_matches("sha256:");
-    let config: serde_json::Value = serde_json::from_slice(&fs::read(
-        engine.data_root().join("image/blobs/sha256").join(hex),
-    )?)?;
-    let mut out = String::new();
-    for h in config["history"].as_array().into_iter().flatten() {
-        out.push_str(h["created_by"].as_str().unwrap_or_default());
-        out.push('\n');
-    }
-    Ok(out)
+    let run = engine
+        .docker(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", image])?
+        .ok()?;
+    let mut lines: Vec<&str> = run.stdout.lines().collect();
+    lines.reverse();
+    Ok(lines.iter().map(|l| format!("{l}\n")).collect())
 }
 
 fn build(engine: &Engine, dir: &Path, args: &[&str]) -> anyhow::Result<Run> {

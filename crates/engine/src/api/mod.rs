@@ -11,6 +11,7 @@ mod detach;
 pub mod error;
 mod exec;
 pub mod gojson;
+mod images;
 pub mod query;
 pub mod server;
 pub mod stream;
@@ -190,6 +191,25 @@ impl Api {
                 let name = segments[1..segments.len() - 1].join("/");
                 json(StatusCode::OK, &self.engine.inspect_image(&name).await?)
             }
+            (&Method::POST, ["images", "create"]) if query.get("fromSrc").is_some() => {
+                self.import_image(req, &query).await
+            }
+            (&Method::POST, ["images", "prune"]) => self.prune_images(&query).await,
+            (&Method::GET, ["images", "get"]) => self.save_images(query.all("names")).await,
+            (&Method::GET, ["images", .., "get"]) if segments.len() > 2 => {
+                let name = segments[1..segments.len() - 1].join("/");
+                self.save_images(vec![name]).await
+            }
+            (&Method::GET, ["images", .., "history"]) if segments.len() > 2 => {
+                let name = segments[1..segments.len() - 1].join("/");
+                self.image_history(&name).await
+            }
+            (&Method::POST, ["images", .., "tag"]) if segments.len() > 2 => {
+                let name = segments[1..segments.len() - 1].join("/");
+                self.tag_image(&name, &query).await
+            }
+            (&Method::POST, ["commit"]) => self.commit(req, &query).await,
+            (&Method::GET, ["system", "df"]) => self.system_df().await,
             (&Method::DELETE, ["images", ..]) if segments.len() > 1 => {
                 let name = segments[1..].join("/");
                 let items = self.engine.remove_image(&name, query.bool("force")).await?;

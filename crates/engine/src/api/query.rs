@@ -7,22 +7,35 @@ use std::collections::HashMap;
 #[derive(Debug, Default, Clone)]
 pub struct Query {
     values: HashMap<String, String>,
+    /// Every pair in order, for parameters given several times (`names`, `changes`).
+    pairs: Vec<(String, String)>,
 }
 
 impl Query {
     /// Parses `a=1&b=x%20y`.
     pub fn parse(query: Option<&str>) -> Query {
         let mut values = HashMap::new();
+        let mut pairs = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             values.insert(decode(k), decode(v));
+            pairs.push((decode(k), decode(v)));
         }
-        Query { values }
+        Query { values, pairs }
     }
 
     /// The raw value.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str)
+    }
+
+    /// Every value of a parameter given several times, in order.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// Docker's `BoolValue`: absent, empty, `0`, `no`, `false` and `none` are false.

@@ -79,27 +79,13 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     // Images and registries.
     (On::Post, "images/create", Answer::NotYet("docker pull")),
     (On::Get, "images/search", Answer::NotYet("docker search")),
-    (
-        On::Post,
-        "images/prune",
-        Answer::NotYet("docker image prune"),
-    ),
-    (On::Get, "images/get", Answer::NotYet("docker save")),
-    (On::Get, "images/**/get", Answer::NotYet("docker save")),
-    (
-        On::Get,
-        "images/**/history",
-        Answer::NotYet("docker history"),
-    ),
     (On::Post, "images/**/push", Answer::NotYet("docker push")),
-    (On::Post, "images/**/tag", Answer::NotYet("docker tag")),
     (On::Post, "auth", Answer::NotYet("docker login")),
     (
         On::Get,
         "distribution/**/json",
         Answer::NotYet("registry lookups (GET /distribution)"),
     ),
-    (On::Post, "commit", Answer::NotYet("docker commit")),
     // BuildKit's session and gRPC APIs that buildx dials (the classic builder is served).
     (
         On::Any,
@@ -117,7 +103,6 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "containers/*/attach/ws",
         Answer::NotYet("attaching over a websocket"),
     ),
-    (On::Get, "system/df", Answer::NotYet("docker system df")),
     // Volumes.
     (On::Get, "volumes", Answer::NotYet("docker volume ls")),
     (

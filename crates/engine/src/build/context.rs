@@ -57,7 +57,7 @@ impl Context {
                 read: 0,
                 tail: None,
             };
-            crate::image::layer::extract(stream, dir, "build context")
+            crate::image::layer::extract_with_split(stream, dir, "build context", None)
                 .map_err(|e| invalid(format!("invalid build context: {}", chain(&e))))?;
         }
         Ok(context)

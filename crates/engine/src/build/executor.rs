@@ -4,14 +4,12 @@
 //! layer built out of the context. Progress goes out as the lines dockerd prints (`Step 2/5 :
 //! RUN …`, ` ---> Running in …`, ` ---> Using cache`, ` ---> 3f2a…`).
 //!
-//! An image is stored by handing the image store a `docker save` archive of one image (its
-//! config, and the new layer's tar; the parent's layers are in the store already), so the
-//! store's own checks and durability apply. Steps are looked up in and recorded to the
+//! Images are made by the store's `create_image` (parent, the step's layer tar, config), so
+//! the store's extractor, checks and durability apply. Steps are looked up in and recorded to the
 //! [`BuildCache`] with dockerd's key: parent image and `container_config`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +27,7 @@ use super::substitution::{process_word, Env};
 use super::{io_err, BuildError};
 use crate::core::{CreateRequest, Engine, WaitCondition};
 use crate::image::layer_export::{write_layer_tar, EMPTY_LAYER_DIFF_ID};
-use crate::image::{short_id, ImageStore};
+use crate::image::{short_id, HistoryEntry, ImageStore, NewImage, NewStep};
 
 /// What a build reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -675,7 +673,8 @@ impl<'a> Builder<'a> {
     }
 
     /// Stores a new image: the stage's config with `container_config` `cc`, one history line,
-    /// and the layer of the tree `layer` (none: an empty layer).
+    /// and the layer of the tree `layer` (none: an empty layer), through the store's
+    /// `create_image` (which adds `rootfs` and `history`).
     async fn commit(
         &mut self,
         st: &mut StageState,
@@ -683,14 +682,14 @@ impl<'a> Builder<'a> {
         layer: Option<&Path>,
     ) -> Result<(), BuildError> {
         let staging = self.staging("commit")?;
-        let mut diff_id = None;
+        let mut layer_file = None;
         if let Some(tree) = layer {
             let tar_path = staging.path.join("layer.tar");
             let file = fs::File::create(&tar_path).map_err(io_err(&tar_path))?;
             let exported = blocking(|| write_layer_tar(tree, std::io::BufWriter::new(file)))
                 .map_err(BuildError::Image)?;
             if exported.diff_id != EMPTY_LAYER_DIFF_ID {
-                diff_id = Some(exported.diff_id);
+                layer_file = Some(fs::File::open(&tar_path).map_err(io_err(&tar_path))?);
             }
         }
         let created_by = strings(cc.get("Cmd")).join(" ");
@@ -701,88 +700,28 @@ impl<'a> Builder<'a> {
         config.insert("created".into(), json!(now));
         config.insert("docker_version".into(), json!(crate::api::types::VERSION));
         config.remove("container");
-        let mut history = config
-            .get("history")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let mut entry = json!({"created": now, "created_by": created_by});
-        if diff_id.is_none() {
-            entry["empty_layer"] = json!(true);
-        }
-        if let Some(author) = config
+        let author = config
             .get("author")
-            .filter(|a| a.as_str().is_some_and(|a| !a.is_empty()))
-        {
-            entry["author"] = author.clone();
-        }
-        history.push(entry);
-        config.insert("history".into(), json!(history));
-        let mut diff_ids = config
-            .get("rootfs")
-            .and_then(|r| r.get("diff_ids"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(d) = &diff_id {
-            diff_ids.push(json!(d));
-        }
-        config.insert(
-            "rootfs".into(),
-            json!({"type": "layers", "diff_ids": diff_ids}),
-        );
-        let config_bytes = serde_json::to_vec(&Value::Object(config.clone()))
-            .map_err(|e| invalid(format!("image config: {e}")))?;
-        let id = format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes)));
-
-        // A `docker save` archive of the new image for the store's loader; the parent's
-        // layers are named but not included: the store has them.
-        let archive_path = staging.path.join("image.tar");
-        let layer_names: Vec<String> = diff_ids
-            .iter()
-            .filter_map(Value::as_str)
-            .map(|d| format!("{}/layer.tar", d.trim_start_matches("sha256:")))
-            .collect();
-        {
-            let file = fs::File::create(&archive_path).map_err(io_err(&archive_path))?;
-            let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-            let manifest =
-                json!([{"Config": "config.json", "RepoTags": [], "Layers": layer_names}]);
-            let add = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(data.len() as u64);
-                h.set_mode(0o644);
-                h.set_uid(0);
-                h.set_gid(0);
-                h.set_mtime(0);
-                h.set_cksum();
-                tar.append_data(&mut h, name, data)
-            };
-            let manifest_bytes = manifest.to_string().into_bytes();
-            add(&mut tar, "manifest.json", &manifest_bytes).map_err(io_err(&archive_path))?;
-            add(&mut tar, "config.json", &config_bytes).map_err(io_err(&archive_path))?;
-            if let Some(d) = &diff_id {
-                let tar_path = staging.path.join("layer.tar");
-                let name = format!("{}/layer.tar", d.trim_start_matches("sha256:"));
-                tar.append_path_with_name(&tar_path, &name)
-                    .map_err(io_err(&tar_path))?;
-            }
-            tar.into_inner()
-                .and_then(|mut w| w.flush())
-                .map_err(io_err(&archive_path))?;
-        }
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let new = NewImage {
+            parent: (!st.image_id.is_empty()).then(|| st.image_id.clone()),
+            config: Value::Object(config),
+            steps: vec![NewStep {
+                layer: layer_file
+                    .map(|f| Box::new(std::io::BufReader::new(f)) as Box<dyn std::io::Read>),
+                history: HistoryEntry {
+                    created: now,
+                    created_by,
+                    author,
+                    ..Default::default()
+                },
+            }],
+            tag: None,
+        };
         let images = self.images.clone();
-        let path = archive_path.clone();
-        blocking(move || -> Result<(), crate::image::ImageError> {
-            let mut file =
-                fs::File::open(&path).map_err(|source| crate::image::ImageError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-            images.load(&mut file, &mut |_| {})?;
-            Ok(())
-        })
-        .map_err(BuildError::Image)?;
+        let id = blocking(move || images.create_image(new)).map_err(BuildError::Image)?;
         drop(staging);
         self.cache.put(&st.image_id, &cc, &id)?;
         let args = std::mem::take(&mut st.args);
@@ -1050,8 +989,13 @@ impl<'a> Builder<'a> {
                 hash_file(&src, &mut hasher)?;
                 let reader = crate::image::layer::decompress(file, &rel.to_string_lossy())
                     .map_err(BuildError::Image)?;
-                crate::image::layer::extract(reader, &target, &rel.to_string_lossy())
-                    .map_err(BuildError::Image)?;
+                crate::image::layer::extract_with_split(
+                    reader,
+                    &target,
+                    &rel.to_string_lossy(),
+                    None,
+                )
+                .map_err(BuildError::Image)?;
             } else {
                 kinds.push("file");
                 let target = if dest_is_dir {

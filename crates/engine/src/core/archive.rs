@@ -18,12 +18,20 @@ use crate::state::{ContainerRecord, Status};
 const CHUNK: usize = 64 * 1024;
 
 /// A `Write` that sends its bytes as chunks into a response body channel.
-struct ChannelWriter {
+pub(super) struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
 }
 
 impl ChannelWriter {
+    /// A writer feeding `tx`.
+    pub(super) fn new(tx: mpsc::Sender<Bytes>) -> ChannelWriter {
+        ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        }
+    }
+
     fn send(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());

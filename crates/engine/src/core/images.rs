@@ -88,9 +88,12 @@ impl Engine {
             })
             .collect();
         let image = self.resolve_image(reference).await?;
+        // Only an image named by id meets dockerd's hard "running container" conflict; a tag
+        // is untagged (or refused with "must force" by the store) whatever runs.
+        let by_id = crate::image::is_id_reference(reference, &image.id);
         if let Some((_, container, _)) = users
             .iter()
-            .find(|(image_id, _, running)| *running && *image_id == image.id)
+            .find(|(image_id, _, running)| by_id && *running && *image_id == image.id)
         {
             return Err(EngineError::ImageUsedByRunning {
                 image: image.id,

@@ -111,7 +111,7 @@ pub(super) fn go_duration(value: &str) -> Option<chrono::Duration> {
 
 /// moby's `timestamp.Parse` for `until=`: a Go duration before `now`, an RFC 3339 time or
 /// date (UTC when no zone is given: the engine's local zone), or Unix seconds.
-fn parse_until(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+pub(super) fn parse_until(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if value.trim().is_empty() {
         return Err("failed to parse value as time or duration: value is empty".into());
     }

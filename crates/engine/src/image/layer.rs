@@ -15,12 +15,14 @@
 //! AUFS-style whiteouts become overlayfs ones: `.wh.NAME` is a 0:0 character device `NAME`, and
 //! `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
 
+use std::cell::RefCell;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::time::TimeVal;
@@ -67,17 +69,105 @@ pub fn decompress<'a>(
     }
 }
 
-/// Counts and hashes everything read through it.
+/// Hashes everything read through it and, while `split` is set and no file content is being
+/// read, keeps the bytes (headers, padding) for the layer's tar-split.
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    raw: Rc<RefCell<RawBytes>>,
+}
+
+/// The tar bytes read since the last file content, shared with the extraction loop.
+#[derive(Default)]
+struct RawBytes {
+    recording: bool,
+    in_content: bool,
+    bytes: Vec<u8>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        let mut raw = self.raw.borrow_mut();
+        if raw.recording && !raw.in_content {
+            raw.bytes.extend_from_slice(&buf[..n]);
+        }
         Ok(n)
+    }
+}
+
+/// Record tags of the tar-split format (see [`reassemble`]).
+const SPLIT_RAW: u8 = b'R';
+const SPLIT_FILE: u8 = b'F';
+
+fn write_raw_record(split: &mut dyn Write, raw: &mut RawBytes) -> io::Result<()> {
+    if raw.bytes.is_empty() {
+        return Ok(());
+    }
+    let len = u32::try_from(raw.bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "tar header run over 4 GiB"))?;
+    split.write_all(&[SPLIT_RAW])?;
+    split.write_all(&len.to_le_bytes())?;
+    split.write_all(&raw.bytes)?;
+    raw.bytes.clear();
+    Ok(())
+}
+
+/// Rebuilds, byte for byte, the tar a layer was extracted from: the recorded non-content bytes
+/// of `split` in order, with each file's content read back from the extracted tree at `root`.
+/// The caller checks the result against the diff id (a tree changed since would not match).
+pub fn reassemble(split: impl Read, root: &Path, mut out: impl Write) -> Result<(), ImageError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    let split_err = |reason: &str| ImageError::InvalidLayer {
+        layer: root.display().to_string(),
+        reason: format!("tar-split: {reason}"),
+    };
+    let mut split = BufReader::new(split);
+    loop {
+        let mut tag = [0u8; 1];
+        match split.read_exact(&mut tag) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io_err(root)(e)),
+        }
+        let mut len = [0u8; 4];
+        split.read_exact(&mut len).map_err(io_err(root))?;
+        let len = u32::from_le_bytes(len) as u64;
+        match tag[0] {
+            SPLIT_RAW => {
+                let copied =
+                    io::copy(&mut (&mut split).take(len), &mut out).map_err(io_err(root))?;
+                if copied != len {
+                    return Err(split_err("truncated"));
+                }
+            }
+            SPLIT_FILE => {
+                let mut name = Vec::new();
+                (&mut split)
+                    .take(len)
+                    .read_to_end(&mut name)
+                    .map_err(io_err(root))?;
+                let mut size = [0u8; 8];
+                split.read_exact(&mut size).map_err(io_err(root))?;
+                let size = u64::from_le_bytes(size);
+                let parts = split_path(&name).map_err(|r| split_err(&r))?;
+                let path: PathBuf = std::iter::once(root.as_os_str()).chain(parts).collect();
+                let file = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                let copied = io::copy(&mut file.take(size), &mut out).map_err(io_err(&path))?;
+                if copied != size {
+                    return Err(split_err("a file shrank since extraction"));
+                }
+            }
+            _ => return Err(split_err("unknown record")),
+        }
     }
 }
 
@@ -93,7 +183,20 @@ struct DirFixup {
 ///
 /// `layer` names the layer in errors. Nothing is ever written outside `root`; a hostile entry
 /// fails the whole extraction (the caller discards `root`).
+#[cfg(test)]
 pub fn extract(reader: impl Read, root: &Path, layer: &str) -> Result<Extracted, ImageError> {
+    extract_with_split(reader, root, layer, None)
+}
+
+/// [`extract`], also writing to `split` what [`reassemble`] needs to rebuild the exact tar
+/// from the extracted tree: every byte that is not file content, and for each file its name
+/// and length (Docker keeps the same "tar-split" beside its layers).
+pub fn extract_with_split(
+    reader: impl Read,
+    root: &Path,
+    layer: &str,
+    mut split: Option<&mut dyn Write>,
+) -> Result<Extracted, ImageError> {
     let invalid = |reason: String| ImageError::InvalidLayer {
         layer: layer.to_string(),
         reason,
@@ -102,9 +205,18 @@ pub fn extract(reader: impl Read, root: &Path, layer: &str) -> Result<Extracted,
         let path = path.to_path_buf();
         move |source| ImageError::Io { path, source }
     };
+    let raw = Rc::new(RefCell::new(RawBytes {
+        recording: split.is_some(),
+        ..RawBytes::default()
+    }));
+    let split_err = |source| ImageError::Io {
+        path: PathBuf::from(format!("{layer} tar-split")),
+        source,
+    };
     let mut archive = tar::Archive::new(HashingReader {
         inner: reader,
         hasher: Sha256::new(),
+        raw: Rc::clone(&raw),
     });
     let mut size = 0u64;
     let mut dirs: Vec<DirFixup> = Vec::new();
@@ -171,7 +283,26 @@ pub fn extract(reader: impl Read, root: &Path, layer: &str) -> Result<Extracted,
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(io_err(&target))?;
-                size += io::copy(&mut entry, &mut file).map_err(io_err(&target))?;
+                if let Some(split) = split.as_deref_mut() {
+                    let content_len = entry.size();
+                    if content_len > 0 {
+                        write_raw_record(split, &mut raw.borrow_mut()).map_err(split_err)?;
+                        let name_len = u32::try_from(raw_path.len())
+                            .map_err(|_| invalid(format!("{entry_name}: name too long")))?;
+                        split.write_all(&[SPLIT_FILE]).map_err(split_err)?;
+                        split
+                            .write_all(&name_len.to_le_bytes())
+                            .map_err(split_err)?;
+                        split.write_all(&raw_path).map_err(split_err)?;
+                        split
+                            .write_all(&content_len.to_le_bytes())
+                            .map_err(split_err)?;
+                        raw.borrow_mut().in_content = true;
+                    }
+                }
+                let copied = io::copy(&mut entry, &mut file);
+                raw.borrow_mut().in_content = false;
+                size += copied.map_err(io_err(&target))?;
                 drop(file);
                 finish(&target, &meta, true).map_err(io_err(&target))?;
             }
@@ -244,6 +375,10 @@ pub fn extract(reader: impl Read, root: &Path, layer: &str) -> Result<Extracted,
     let mut hashing = archive.into_inner();
     // The diff id covers the whole stream, including the end-of-archive blocks and padding.
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| invalid(format!("reading tar: {e}")))?;
+    if let Some(split) = split {
+        write_raw_record(split, &mut raw.borrow_mut()).map_err(split_err)?;
+        split.flush().map_err(split_err)?;
+    }
     let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
     Ok(Extracted { diff_id, size })
 }

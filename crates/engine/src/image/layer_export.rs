@@ -33,6 +33,10 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 /// The xattr overlayfs sets on an opaque directory.
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The xattr of a directory renamed from a lower layer (overlayfs `redirect_dir=on`).
+const OVERLAY_REDIRECT_XATTR: &str = "trusted.overlay.redirect";
+/// The xattr of a file whose data is still in a lower layer (overlayfs `metacopy=on`).
+const OVERLAY_METACOPY_XATTR: &str = "trusted.overlay.metacopy";
 
 /// `sha256:` + hex of the tar of an empty layer (two zero blocks): Docker's
 /// `layer.DigestSHA256EmptyTar`, the diff id of a commit that changed nothing.
@@ -148,6 +152,21 @@ impl Exporter<'_> {
                 continue;
             }
             let xattrs = list_xattrs(&path).map_err(io_err(&path))?;
+            // A renamed lower dir (redirect_dir) or a metadata-only copy-up (metacopy) keeps
+            // its content below the upper dir: writing the upper dir alone would lose it.
+            if let Some((name, _)) = xattrs.iter().find(|(k, _)| {
+                k.as_bytes() == OVERLAY_REDIRECT_XATTR.as_bytes()
+                    || k.as_bytes() == OVERLAY_METACOPY_XATTR.as_bytes()
+            }) {
+                return Err(ImageError::InvalidLayer {
+                    layer: self.root.display().to_string(),
+                    reason: format!(
+                        "{}: carries {} (overlayfs redirect_dir/metacopy), which a layer tar cannot express",
+                        rel_path.display(),
+                        name.to_string_lossy()
+                    ),
+                });
+            }
             if kind.is_dir() {
                 let mut h = header(&meta, EntryType::Directory);
                 let opaque = xattrs
@@ -461,6 +480,22 @@ mod tests {
             found,
             vec![("SCHILY.xattr.user.color".to_string(), b"blue".to_vec())]
         );
+    }
+
+    #[test]
+    fn a_redirected_directory_is_refused_rather_than_written_empty() {
+        let tmp = TempDir::new();
+        let dir = tmp.path().join("upper");
+        fs::create_dir_all(dir.join("moved")).unwrap();
+        let path = CString::new(dir.join("moved").as_os_str().as_bytes()).unwrap();
+        let name = CString::new(OVERLAY_REDIRECT_XATTR).unwrap();
+        // SAFETY: valid C strings and a live slice.
+        let rc = unsafe {
+            libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"/orig".as_ptr().cast(), 5, 0)
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        let err = write_layer_tar(&dir, io::sink()).unwrap_err();
+        assert!(err.to_string().contains("invalid layer"), "{err}");
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! image/
 //!   blobs/sha256/<hex>        image configs, byte for byte as loaded; the image id is the
 //!                             sha256 of these bytes (as in Docker), so ids survive save/load
-//!   images/<hex>.json         one record per image ({"Id", "Size", "LastTagTime"}); an image
+//!   images/<hex>.json         one record per image ({"Id", "Size", "LastTagTime", "Parent"}); an image
 //!                             exists exactly when its record does (written last, removed first)
 //!   layers/<diffid-hex>/diff  a layer's extracted root, used as an overlayfs lower dir; AUFS
 //!                             whiteouts are already overlayfs ones (0:0 char devices, the
 //!                             `trusted.overlay.opaque=y` xattr)
 //!   layers/<diffid-hex>/layer.json   {"DiffID", "Size"}
+//!   layers/<diffid-hex>/tar-split.gz what rebuilds the original layer tar from diff/
+//!                             ([`layer::reassemble`])
 //!   repositories.json         {"Repositories": {"busybox": {"busybox:latest": "sha256:…"}}}
 //!   tmp/                      staging for loads and half-made layers; emptied on open
 //! ```
@@ -33,8 +35,10 @@
 //! is reusing is never collected under it.
 
 mod archive;
+pub mod changes;
 pub(crate) mod layer;
 pub mod layer_export;
+mod local;
 pub mod reference;
 #[cfg(test)]
 mod testutil;
@@ -49,7 +53,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub use archive::host_architecture;
 use archive::{digest_hex, PendingImage, Staging};
+pub use local::{now, tempfile_in, HistoryEntry, HistoryItem, ImageUsage, NewImage, NewStep};
 use reference::{is_lower_hex, AnyReference, Reference};
 
 /// Errors of the image store. Messages the docker CLI shows are Docker's own wording, which is
@@ -264,7 +270,7 @@ impl ImageConfig {
 pub struct ImageSummary {
     /// `sha256:<hex>`.
     pub id: String,
-    /// Always empty: loaded images have no local parent.
+    /// The local parent (a committed image's), else empty.
     pub parent_id: String,
     /// Familiar tags; empty for a dangling image.
     pub repo_tags: Vec<String>,
@@ -299,6 +305,9 @@ struct ImageMeta {
     size: u64,
     #[serde(default)]
     last_tag_time: Option<String>,
+    /// The image this one was made from locally (commit), for `history` and `Parent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parent: Option<String>,
 }
 
 /// The per-layer record file.
@@ -401,6 +410,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// The file beside a layer's `diff/` that rebuilds its original tar (see `layer::reassemble`).
+const TAR_SPLIT: &str = "tar-split.gz";
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -629,51 +641,80 @@ impl ImageStore {
             if let Some(digest) = &layer.digest {
                 archive::verify_blob_file(&blob_path, digest)?;
             }
-            let tmp = self.temp_dir("layer")?;
-            let result = (|| {
-                let diff = tmp.join("diff");
-                fs::create_dir(&diff).map_err(io_err(&diff))?;
-                let file = staging.open(&layer.blob)?;
-                let reader = layer::decompress(file, &layer.blob)?;
-                let extracted = layer::extract(reader, &diff, &layer.blob)?;
-                if extracted.diff_id != layer.diff_id {
+            let file = staging.open(&layer.blob)?;
+            let reader = layer::decompress(file, &layer.blob)?;
+            let (_, size) = self.install_layer(reader, &layer.blob, Some(&layer.diff_id))?;
+            total += size;
+        }
+        Ok(total)
+    }
+
+    /// Extracts one uncompressed layer stream into the store (with its tar-split), unless a
+    /// layer of the same diff id is there already; returns the diff id and content size.
+    /// `expected` is the diff id the image config promises: a mismatch stores nothing.
+    fn install_layer(
+        &self,
+        reader: impl io::Read,
+        name: &str,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), ImageError> {
+        let tmp = self.temp_dir("layer")?;
+        let result = (|| {
+            let diff = tmp.join("diff");
+            fs::create_dir(&diff).map_err(io_err(&diff))?;
+            let split_path = tmp.join(TAR_SPLIT);
+            let split_file = fs::File::create(&split_path).map_err(io_err(&split_path))?;
+            let mut split = flate2::write::GzEncoder::new(split_file, flate2::Compression::fast());
+            let extracted = layer::extract_with_split(reader, &diff, name, Some(&mut split))?;
+            split.finish().map_err(io_err(&split_path))?;
+            if let Some(expected) = expected {
+                if extracted.diff_id != expected {
                     return Err(ImageError::DiffIdMismatch {
-                        expected: layer.diff_id.clone(),
+                        expected: expected.to_string(),
                         actual: extracted.diff_id,
                     });
                 }
-                let meta = LayerMeta {
-                    diff_id: layer.diff_id.clone(),
-                    size: extracted.size,
-                };
-                let bytes = serde_json::to_vec(&meta).map_err(|source| ImageError::Corrupt {
-                    path: tmp.join("layer.json"),
-                    source,
-                })?;
-                // Inside the layer's scratch directory: the syncfs before the rename that
-                // publishes the whole directory flushes it too.
-                let meta_path = tmp.join("layer.json");
-                fs::write(&meta_path, &bytes).map_err(io_err(&meta_path))?;
-                Ok(extracted.size)
-            })();
-            match result {
-                Ok(size) => {
-                    // The layer's files reach the disk before the rename publishes them: one
-                    // syncfs for the whole tree, cheaper than an fsync per file (see
-                    // state::durable).
-                    crate::state::durable::sync_filesystem(&tmp).map_err(io_err(&tmp))?;
-                    fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
-                    crate::state::durable::sync_parent(&dir).map_err(io_err(&dir))?;
-                    tracing::debug!(diff_id = %layer.diff_id, size, "layer extracted");
-                    total += size;
-                }
-                Err(e) => {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(e);
-                }
             }
+            let meta = LayerMeta {
+                diff_id: extracted.diff_id.clone(),
+                size: extracted.size,
+            };
+            let bytes = serde_json::to_vec(&meta).map_err(|source| ImageError::Corrupt {
+                path: tmp.join("layer.json"),
+                source,
+            })?;
+            // Inside the layer's scratch directory: the syncfs before the rename that
+            // publishes the whole directory flushes it too.
+            let meta_path = tmp.join("layer.json");
+            fs::write(&meta_path, &bytes).map_err(io_err(&meta_path))?;
+            Ok(extracted)
+        })();
+        let extracted = match result {
+            Ok(extracted) => extracted,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let diff_hex = digest_hex(&extracted.diff_id)
+            .unwrap_or_default()
+            .to_string();
+        let dir = self.layer_dir(&diff_hex);
+        if dir.join("layer.json").exists() {
+            // Same content already stored (a commit that produced a known layer).
+            let _ = fs::remove_dir_all(&tmp);
+            return Ok((extracted.diff_id, extracted.size));
         }
-        Ok(total)
+        // The layer's files reach the disk before the rename publishes them: one syncfs for
+        // the whole tree, cheaper than an fsync per file (see state::durable).
+        crate::state::durable::sync_filesystem(&tmp).map_err(io_err(&tmp))?;
+        if let Err(e) = fs::rename(&tmp, &dir) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(io_err(&dir)(e));
+        }
+        crate::state::durable::sync_parent(&dir).map_err(io_err(&dir))?;
+        tracing::debug!(diff_id = %extracted.diff_id, size = extracted.size, "layer extracted");
+        Ok((extracted.diff_id, extracted.size))
     }
 
     /// Records a loaded image and moves its tags; returns the lines Docker prints.
@@ -700,6 +741,7 @@ impl ImageStore {
                     id: id.clone(),
                     size,
                     last_tag_time: None,
+                    parent: None,
                 },
                 config,
                 diff_ids,
@@ -747,7 +789,7 @@ impl ImageStore {
                     .unwrap_or(0);
                 ImageSummary {
                     id: img.meta.id.clone(),
-                    parent_id: String::new(),
+                    parent_id: img.meta.parent.clone().unwrap_or_default(),
                     repo_tags: state.familiar_tags_of(&img.meta.id),
                     repo_digests: Vec::new(),
                     created,
@@ -848,7 +890,7 @@ impl ImageStore {
             repo_tags: state.familiar_tags_of(&id),
             id,
             repo_digests: Vec::new(),
-            parent: String::new(),
+            parent: img.meta.parent.clone().unwrap_or_default(),
             comment: str_field("comment"),
             created: str_field("created"),
             docker_version: str_field("docker_version"),
@@ -1090,7 +1132,7 @@ pub struct ImageInspect {
     pub repo_tags: Vec<String>,
     /// Always empty: images are loaded, never pulled.
     pub repo_digests: Vec<String>,
-    /// Always empty: loaded images have no local parent.
+    /// The local parent (a committed image's), else empty.
     pub parent: String,
     /// The image config's `comment`.
     pub comment: String,

@@ -762,3 +762,142 @@ fn a_damaged_image_is_skipped_when_the_store_opens() {
         "No such image: busybox:latest"
     );
 }
+
+#[test]
+fn save_writes_the_exact_layer_tars_and_loads_back_with_the_same_ids() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(&tmp.path().join("a")).unwrap();
+    let (image, id) = two_layer_image(vec!["example:v1"]);
+    let layers = image.layers.clone();
+    load(&store, &docker_save(&[image])).unwrap();
+    store.tag(&id, "example:v2").unwrap();
+
+    // A layer rebuilds byte for byte from its tar-split and extracted tree.
+    let mut rebuilt = Vec::new();
+    let out = store.write_layer(&sha(&layers[1]), &mut rebuilt).unwrap();
+    assert_eq!(rebuilt, layers[1]);
+    assert_eq!(out.diff_id, sha(&layers[1]));
+
+    let mut saved = Vec::new();
+    store
+        .save(
+            &["example:v1".to_string(), "example:v2".to_string()],
+            &mut saved,
+        )
+        .unwrap();
+    let mut names = Vec::new();
+    let mut manifest = Value::Null;
+    let mut index = Value::Null;
+    for e in tar::Archive::new(&saved[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut content = Vec::new();
+        io::Read::read_to_end(&mut e, &mut content).unwrap();
+        if name == "manifest.json" {
+            manifest = serde_json::from_slice(&content).unwrap();
+        }
+        if name == "index.json" {
+            index = serde_json::from_slice(&content).unwrap();
+        }
+        names.push(name);
+    }
+    assert!(names.contains(&"oci-layout".to_string()), "{names:?}");
+    assert!(names.contains(&format!("blobs/sha256/{}", &id[7..])));
+    assert_eq!(manifest[0]["RepoTags"], json!(["example:v1", "example:v2"]));
+    assert_eq!(
+        manifest[0]["Layers"],
+        json!([
+            format!("blobs/sha256/{}", &sha(&layers[0])[7..]),
+            format!("blobs/sha256/{}", &sha(&layers[1])[7..])
+        ])
+    );
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "docker.io/library/example:v1"
+    );
+
+    // Into another store: same id, same tags.
+    let other = ImageStore::open(&tmp.path().join("b")).unwrap();
+    let lines = load(&other, &saved).unwrap();
+    assert_eq!(
+        lines,
+        vec!["Loaded image: example:v1", "Loaded image: example:v2"]
+    );
+    assert_eq!(other.resolve("example:v2").unwrap().id, id);
+
+    // An id-only save carries no tags.
+    let mut by_id = Vec::new();
+    store.save(&[id[7..19].to_string()], &mut by_id).unwrap();
+    let third = ImageStore::open(&tmp.path().join("c")).unwrap();
+    assert_eq!(
+        load(&third, &by_id).unwrap(),
+        vec![format!("Loaded image ID: {id}")]
+    );
+}
+
+#[test]
+fn create_image_stacks_a_layer_on_its_parent_with_history() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    let (image, parent) = two_layer_image(vec!["example:v1"]);
+    load(&store, &docker_save(&[image])).unwrap();
+    let mut t = TarBuilder::new();
+    t.file("added", b"hello");
+    let layer = t.finish();
+    let id = store
+        .create_image(NewImage {
+            parent: Some(parent.clone()),
+            config: json!({"architecture": "amd64", "os": "linux", "created": "2025-01-01T00:00:00Z", "config": {"Cmd": ["x"]}}),
+            steps: vec![
+                NewStep {
+                    layer: Some(Box::new(io::Cursor::new(layer.clone()))),
+                    history: HistoryEntry {
+                        created: "2025-01-01T00:00:00Z".to_string(),
+                        created_by: "sh -c touch added".to_string(),
+                        comment: "a comment".to_string(),
+                        ..HistoryEntry::default()
+                    },
+                },
+                NewStep {
+                    layer: Some(Box::new(io::Cursor::new(vec![0u8; 1024]))),
+                    history: HistoryEntry::default(),
+                },
+            ],
+            tag: Some("example:child".to_string()),
+        })
+        .unwrap();
+    let inspect = store.inspect("example:child").unwrap();
+    assert_eq!(inspect.id, id);
+    assert_eq!(inspect.parent, parent);
+    assert_eq!(inspect.root_fs.layers.len(), 3);
+    assert_eq!(inspect.root_fs.layers[2], sha(&layer));
+    let history = store.history("example:child").unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[0].id, id);
+    assert_eq!(history[0].size, 0, "the empty layer adds nothing");
+    // dockerd names one entry per image down the local parent chain, whatever the steps.
+    assert_eq!(history[1].id, parent);
+    assert_eq!(history[1].tags, vec!["example:v1"]);
+    assert_eq!(history[1].comment, "a comment");
+    assert_eq!(history[2].id, "<missing>");
+    assert_eq!(history[2].created_by, "test");
+    let layers = store.rootfs_layers(&id).unwrap();
+    assert_eq!(fs::read(layers[0].join("added")).unwrap(), b"hello");
+
+    // A corrupt layer stores nothing.
+    let before = store.list().unwrap().len();
+    let err = store
+        .create_image(NewImage {
+            parent: None,
+            config: json!({}),
+            steps: vec![NewStep {
+                layer: Some(Box::new(io::Cursor::new(layer[..700].to_vec()))),
+                history: HistoryEntry::default(),
+            }],
+            tag: None,
+        })
+        .unwrap_err();
+    assert!(matches!(err, ImageError::InvalidLayer { .. }), "{err}");
+    assert_eq!(store.list().unwrap().len(), before);
+    assert!(tmp_is_empty(tmp.path()));
+}
