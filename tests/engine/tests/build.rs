@@ -526,3 +526,44 @@ fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[test]
+fn an_interrupted_build_removes_its_container() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo started && sleep 60\n")])?;
+    let mut cmd =
+        engine.docker_command(&["build", "-t", "interrupted", &ctx.path().to_string_lossy()]);
+    cmd.env("DOCKER_BUILDKIT", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Wait until the RUN step's container runs, then interrupt the client as Ctrl-C does.
+    for line in lines.by_ref() {
+        if line? == "started" {
+            break;
+        }
+    }
+    assert_eq!(
+        engine.docker(&["ps", "-q"])?.ok()?.stdout.lines().count(),
+        1
+    );
+    nix_kill(child.id())?;
+    let _ = child.wait();
+    engine.wait_for(&["ps", "-aq"], std::time::Duration::from_secs(15), |r| {
+        r.code == 0 && r.stdout.trim().is_empty()
+    })?;
+    assert!(engine.docker(&["image", "inspect", "interrupted"])?.code != 0);
+    Ok(())
+}
+
+fn nix_kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill failed");
+    Ok(())
+}

@@ -157,7 +157,8 @@ impl Api {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-            let build = engine.build(prepared, progress_tx);
+            let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+            let build = engine.build(prepared, progress_tx, cancel_rx);
             tokio::pin!(build);
             let mut held = String::new();
             let send = |p: Progress, held: &mut String| -> Option<Bytes> {
@@ -178,6 +179,11 @@ impl Api {
                         }
                     }
                     result = &mut build => break result,
+                    // The client went away (Ctrl-C): the build stops and cleans up.
+                    () = tx.closed(), if !*cancel_tx.borrow() => {
+                        warn!("build client went away; cancelling the build");
+                        let _ = cancel_tx.send(true);
+                    }
                 }
             };
             while let Ok(p) = progress_rx.try_recv() {

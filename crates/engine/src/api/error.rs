@@ -86,6 +86,7 @@ fn build_status(err: &crate::build::BuildError) -> StatusCode {
         | BuildError::Invalid { .. }
         | BuildError::CommandFailed { .. } => StatusCode::BAD_REQUEST,
         BuildError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+        BuildError::Cancelled => StatusCode::INTERNAL_SERVER_ERROR,
         BuildError::Image(err) => image_status(err),
         BuildError::Engine(err) => engine_status(err),
         BuildError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::cache::BuildCache;
 use super::context::{relative, Context};
@@ -163,6 +163,8 @@ pub struct Builder<'a> {
     stages: HashMap<String, String>,
     step: usize,
     total: usize,
+    /// Becomes true when the client went away.
+    cancel: watch::Receiver<bool>,
 }
 
 impl<'a> Builder<'a> {
@@ -173,6 +175,7 @@ impl<'a> Builder<'a> {
         context: &'a Context,
         options: BuildOptions,
         out: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
     ) -> Builder<'a> {
         let data_root = engine.config().data_root.clone();
         Builder {
@@ -188,6 +191,7 @@ impl<'a> Builder<'a> {
             stages: HashMap::new(),
             step: 0,
             total: 0,
+            cancel,
         }
     }
 
@@ -195,9 +199,14 @@ impl<'a> Builder<'a> {
         let _ = self.out.send(Progress::Stream(text.into()));
     }
 
-    fn print_step(&mut self, original: &str) {
+    fn print_step(&mut self, original: &str) -> Result<(), BuildError> {
+        if *self.cancel.borrow() {
+            self.say("Build cancelled\n");
+            return Err(BuildError::Cancelled);
+        }
         self.step += 1;
         self.say(format!("Step {}/{} : {original}\n", self.step, self.total));
+        Ok(())
     }
 
     /// Runs the Dockerfile; returns the final image id.
@@ -228,7 +237,7 @@ impl<'a> Builder<'a> {
         // ARGs before the first FROM: usable in FROM lines only.
         let mut meta = Env::new();
         for cmd in &program.meta_args {
-            self.print_step(&cmd.original);
+            self.print_step(&cmd.original)?;
             if let Instruction::Arg(args) = &cmd.instruction {
                 for (name, default) in args {
                     let value = match self.options.build_args.get(name) {
@@ -250,11 +259,11 @@ impl<'a> Builder<'a> {
 
         let mut image_id = String::new();
         for (index, stage) in stages.iter().enumerate() {
-            self.print_step(&stage.original);
+            self.print_step(&stage.original)?;
             let mut st = self.init_stage(stage, &meta, program.escape).await?;
             self.say(format!(" ---> {}\n", short_id(&st.image_id)));
             for cmd in &stage.commands {
-                self.print_step(&cmd.original);
+                self.print_step(&cmd.original)?;
                 self.dispatch(&mut st, &cmd.instruction, program.escape)
                     .await?;
                 self.say(format!(" ---> {}\n", short_id(&st.image_id)));
@@ -809,7 +818,8 @@ impl<'a> Builder<'a> {
         outcome
     }
 
-    /// Starts a build container, streams its output, and returns its exit code.
+    /// Starts a build container, streams its output, and returns its exit code. When the
+    /// client goes away meanwhile, the container is killed and removed.
     async fn run_container(&self, id: &str) -> Result<i64, BuildError> {
         let mut session = self
             .engine
@@ -820,10 +830,27 @@ impl<'a> Builder<'a> {
             .wait(id, WaitCondition::NextExit)
             .map_err(engine_err)?;
         self.engine.start(id).await.map_err(engine_err)?;
-        while let Some(output) = session.output.recv().await {
-            self.say(String::from_utf8_lossy(&output.data).into_owned());
+        let mut cancel = self.cancel.clone();
+        let pump = async {
+            while let Some(output) = session.output.recv().await {
+                self.say(String::from_utf8_lossy(&output.data).into_owned());
+            }
+            wait.await
+        };
+        tokio::select! {
+            code = pump => Ok(code),
+            () = async {
+                // A dropped sender is no cancellation: wait on forever then.
+                if cancel.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                if let Err(e) = self.engine.remove(id, true).await {
+                    tracing::warn!(container = %id, error = %e, "cannot remove a cancelled build's container");
+                }
+                Err(BuildError::Cancelled)
+            }
         }
-        Ok(wait.await)
     }
 
     async fn copy(

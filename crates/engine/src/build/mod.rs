@@ -53,6 +53,9 @@ pub enum BuildError {
         /// Its exit code.
         code: i64,
     },
+    /// The client went away (Ctrl-C): the build stopped, its container removed.
+    #[error("Build cancelled")]
+    Cancelled,
     /// A file operation failed.
     #[error("{}", path.display())]
     Io {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::Engine;
 use crate::build::context::Context;
@@ -75,12 +75,14 @@ impl Engine {
         })?
     }
 
-    /// Runs a prepared build, sending its progress to `out`; returns the image id and the
-    /// `Successfully …` lines have been sent when it returns `Ok`.
+    /// Runs a prepared build, sending its progress to `out` (the `Successfully …` lines
+    /// included); returns the image id. Setting `cancel` stops it at the next step or kills
+    /// the running step's container.
     pub async fn build(
         &self,
         prepared: PreparedBuild,
         out: mpsc::UnboundedSender<Progress>,
+        cancel: watch::Receiver<bool>,
     ) -> Result<String, BuildError> {
         let PreparedBuild {
             context,
@@ -93,6 +95,7 @@ impl Engine {
             &context,
             request.options.clone(),
             out.clone(),
+            cancel,
         );
         let id = builder.build(&program).await?;
         drop(builder);
