@@ -567,3 +567,102 @@ fn nix_kill(pid: u32) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill failed");
     Ok(())
 }
+
+#[test]
+fn copy_and_add_follow_dockers_rules() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nWORKDIR /app\nCOPY *.txt ./\nCOPY dir /copied\nCOPY --chown=1:2 --chmod=600 a.txt /owned\n\
+             ADD archive.tar.gz /unpacked/\nADD plain.tar /plain/\nCOPY archive.tar.gz /kept/\n\
+             CMD find /app /copied /owned /unpacked /plain /kept | sort && stat -c '%u:%g %a' /owned\n",
+        ),
+        ("a.txt", "a"),
+        ("b.txt", "b"),
+        ("c.md", "c"),
+        ("dir/sub/file", "f"),
+    ])?;
+    // A gzip and a plain tar, each with one file.
+    let src = tempfile::tempdir()?;
+    fs::write(src.path().join("inside"), "inside")?;
+    for (name, flags) in [("archive.tar.gz", "-czf"), ("plain.tar", "-cf")] {
+        let status = std::process::Command::new("tar")
+            .arg(flags)
+            .arg(ctx.path().join(name))
+            .arg("-C")
+            .arg(src.path())
+            .arg("inside")
+            .status()?;
+        anyhow::ensure!(status.success());
+    }
+    build(&engine, ctx.path(), &["-t", "copies"])?.ok()?;
+    let ran = engine.docker(&["run", "--rm", "copies"])?.ok()?;
+    assert_eq!(
+        ran.stdout,
+        "/app\n/app/a.txt\n/app/b.txt\n/copied\n/copied/sub\n/copied/sub/file\n/kept\n\
+         /kept/archive.tar.gz\n/owned\n/plain\n/plain/inside\n/unpacked\n/unpacked/inside\n1:2 600\n"
+    );
+    // Two sources need a directory destination.
+    let bad = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY a b /notadir\n"),
+        ("a", ""),
+        ("b", ""),
+    ])?;
+    let run = build(&engine, bad.path(), &[])?;
+    assert!(
+        run.stderr.contains("When using COPY with more than one source file, the destination must be a directory and end with a /"),
+        "{}",
+        run.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn the_tutorials_static_site_image_builds_and_serves_its_files() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // Docker's "static website" tutorial, on the local busybox (httpd applet) base.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nMAINTAINER Docker Education Team <education@docker.com>\n\
+             RUN mkdir -p /www && echo 'apt-get stand-in' > /www/setup.log\n\
+             COPY site/ /www/\nEXPOSE 80\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+        ),
+        ("site/index.html", "<h1>Hello from the static site</h1>\n"),
+    ])?;
+    let run = build(&engine, ctx.path(), &["-t", "static-site"])?.ok()?;
+    assert!(
+        run.stdout.contains("Step 3/6 : RUN mkdir -p /www"),
+        "{}",
+        run.stdout
+    );
+    let id = engine
+        .docker(&["run", "-d", "static-site"])?
+        .ok()?
+        .stdout
+        .trim()
+        .to_string();
+    let fetched = engine
+        .wait_for(
+            &[
+                "exec",
+                &id,
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1/index.html",
+            ],
+            std::time::Duration::from_secs(10),
+            |r| r.code == 0,
+        )?
+        .stdout;
+    assert_eq!(fetched, "<h1>Hello from the static site</h1>\n");
+    engine.docker(&["rm", "-f", &id])?.ok()?;
+    Ok(())
+}
