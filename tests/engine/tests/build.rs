@@ -339,7 +339,7 @@ fn config_instructions_make_the_image_config_and_history() -> anyhow::Result<()>
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\nMAINTAINER Jane Doe <jane@example.com>\nARG VERSION=1.2\n\
-         ENV APP_HOME=/srv/app GREETING=\"hello world\"\nLABEL version=$VERSION \"com.example.vendor\"=\"ACME\"\n\
+         ENV APP_HOME=/srv/app GREETING=\"hello world\"\nENV FIRST=1 SECOND=${FIRST:-unset}\nLABEL version=$VERSION \"com.example.vendor\"=\"ACME\"\n\
          WORKDIR ${APP_HOME}\nWORKDIR sub\nEXPOSE 80 53/udp\nUSER nobody\nVOLUME /data\nSTOPSIGNAL SIGUSR1\n\
          HEALTHCHECK --interval=5s --retries=2 CMD true\nSHELL [\"/bin/sh\", \"-ec\"]\nONBUILD RUN echo triggered\n\
          ENTRYPOINT [\"/bin/echo\"]\nCMD [\"$GREETING\"]\n",
@@ -353,6 +353,8 @@ fn config_instructions_make_the_image_config_and_history() -> anyhow::Result<()>
     let f = |format: &str| engine.inspect("configured", format);
     assert_eq!(f("{{.Author}}")?, "Jane Doe <jane@example.com>");
     assert!(f("{{json .Config.Env}}")?.contains("\"GREETING=hello world\""));
+    // Words of one ENV see the environment from before it, as in moby.
+    assert!(f("{{json .Config.Env}}")?.contains("\"SECOND=unset\""));
     assert_eq!(
         f("{{json .Config.Labels}}")?,
         r#"{"com.example.vendor":"ACME","extra":"yes","version":"1.2"}"#
@@ -664,5 +666,58 @@ fn the_tutorials_static_site_image_builds_and_serves_its_files() -> anyhow::Resu
         .stdout;
     assert_eq!(fetched, "<h1>Hello from the static site</h1>\n");
     engine.docker(&["rm", "-f", &id])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn docker_py_images_build() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import docker"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        rmachine_tests_engine::cannot_run("python3 with the docker package (docker-py) is missing");
+        return Ok(());
+    }
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo from docker-py > /made\nCMD [\"cat\", \"/made\"]\n",
+    )])?;
+    let script = r#"
+import sys, docker
+client = docker.DockerClient(base_url="unix://" + sys.argv[1])
+image, logs = client.images.build(path=sys.argv[2], tag="pybuilt:1", rm=True)
+print(",".join(image.tags))
+print("".join(chunk.get("stream", "") for chunk in logs))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&engine.socket)
+        .arg(ctx.path())
+        // This machine's CA bundle variables make docker-py ignore its own TLS settings.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("pybuilt:1\n"), "{stdout}");
+    assert!(
+        stdout.contains("Step 2/3 : RUN echo from docker-py > /made\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Successfully tagged pybuilt:1\n"),
+        "{stdout}"
+    );
+    assert_eq!(
+        engine.docker(&["run", "--rm", "pybuilt:1"])?.ok()?.stdout,
+        "from docker-py\n"
+    );
     Ok(())
 }

@@ -422,11 +422,14 @@ impl<'a> Builder<'a> {
         let word = |st: &StageState, w: &str| process_word(w, &st.expansion_env(), escape);
         match instruction {
             Instruction::Env(pairs) => {
+                // Every word is expanded with the environment from before the instruction,
+                // as moby expands a whole command before running it.
+                let vars = st.expansion_env();
                 let mut env = st.env();
                 let mut msg = String::from("ENV");
                 for (k, v) in pairs {
-                    let k = word(st, k)?;
-                    let v = word(st, v)?;
+                    let k = process_word(k, &vars, escape)?;
+                    let v = process_word(v, &vars, escape)?;
                     msg.push_str(&format!(" {k}={v}"));
                     env.retain(|e| e.split('=').next() != Some(k.as_str()));
                     env.push(format!("{k}={v}"));
