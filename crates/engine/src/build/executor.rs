@@ -300,17 +300,15 @@ impl<'a> Builder<'a> {
 
     /// `--label`s of the build: one more config step on the last stage, as dockerd does.
     async fn apply_build_labels(&mut self, st: &mut StageState) -> Result<(), BuildError> {
-        let labels = st
-            .run
-            .entry("Labels")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .map(|m| {
-                for (k, v) in &self.options.labels {
-                    m.insert(k.clone(), json!(v));
-                }
-            });
-        let _ = labels;
+        let labels = st.run.entry("Labels").or_insert_with(|| json!({}));
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        if let Some(m) = labels.as_object_mut() {
+            for (k, v) in &self.options.labels {
+                m.insert(k.clone(), json!(v));
+            }
+        }
         let pairs: Vec<String> = self
             .options
             .labels
@@ -592,8 +590,8 @@ impl<'a> Builder<'a> {
                 if let Some(old) = st.run.get("Healthcheck").filter(|v| !v.is_null()) {
                     let test = strings(old.get("Test"));
                     self.say(format!(
-                        "Note: overriding previous HEALTHCHECK: {}\n",
-                        go_quote_list(&test)
+                        "Note: overriding previous HEALTHCHECK: [{}]\n",
+                        test.join(" ")
                     ));
                 }
                 st.run.insert("Healthcheck".into(), health_json(spec));
@@ -601,10 +599,8 @@ impl<'a> Builder<'a> {
                     .await
             }
             Instruction::Onbuild(trigger) => {
-                let mut parts = trigger.splitn(2, char::is_whitespace);
-                let kw = parts.next().unwrap_or_default().to_ascii_uppercase();
-                let rest = parts.next().unwrap_or_default();
-                let trigger = format!("{kw} {rest}").trim().to_string();
+                // Kept as written after ONBUILD (moby's `Expression`).
+                let trigger = trigger.trim().to_string();
                 let mut list = strings(st.run.get("OnBuild"));
                 list.push(trigger.clone());
                 st.run.insert("OnBuild".into(), json!(list));

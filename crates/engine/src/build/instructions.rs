@@ -312,9 +312,9 @@ fn valid_stage_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
-fn require_args(node: &Node, at_least: usize, what: &str) -> Result<(), BuildError> {
-    let count = if node.rest.is_empty() { 0 } else { at_least };
-    if count < at_least {
+/// moby's "`KEYWORD` requires …" for an instruction written without arguments.
+fn require_args(node: &Node, what: &str) -> Result<(), BuildError> {
+    if node.rest.is_empty() {
         return Err(parse_error(
             node.line,
             format!("{} requires {what}", node.keyword),
@@ -379,13 +379,13 @@ fn parse_instruction(node: &Node, escape: char) -> Result<Instruction, BuildErro
     };
     let flags = flags(node, allowed)?;
     let one = |what: &str| -> Result<String, BuildError> {
-        require_args(node, 1, what)?;
+        require_args(node, what)?;
         Ok(node.rest.clone())
     };
     Ok(match kw {
         "RUN" => {
             if node.heredocs.is_empty() {
-                require_args(node, 1, "at least one argument")?;
+                require_args(node, "at least one argument")?;
             }
             Instruction::Run {
                 command: command_line(node),
@@ -425,14 +425,14 @@ fn parse_instruction(node: &Node, escape: char) -> Result<Instruction, BuildErro
         }
         "MAINTAINER" => Instruction::Maintainer(one("exactly one argument")?),
         "EXPOSE" => {
-            require_args(node, 1, "at least one argument")?;
+            require_args(node, "at least one argument")?;
             Instruction::Expose(node.rest.split_whitespace().map(str::to_string).collect())
         }
         "WORKDIR" => Instruction::Workdir(one("exactly one argument")?),
         "USER" => Instruction::User(one("exactly one argument")?),
         "STOPSIGNAL" => Instruction::StopSignal(one("exactly one argument")?),
         "VOLUME" => {
-            require_args(node, 1, "at least one argument")?;
+            require_args(node, "at least one argument")?;
             let paths = node
                 .json_args()
                 .unwrap_or_else(|| node.rest.split_whitespace().map(str::to_string).collect());
@@ -445,7 +445,7 @@ fn parse_instruction(node: &Node, escape: char) -> Result<Instruction, BuildErro
             Instruction::Volume(paths)
         }
         "ONBUILD" => {
-            require_args(node, 1, "at least one argument")?;
+            require_args(node, "at least one argument")?;
             let trigger = node
                 .rest
                 .split_whitespace()
