@@ -54,6 +54,19 @@ fn committed_files_and_deletions_show_in_new_containers() -> anyhow::Result<()> 
         ])?
         .ok()?;
     engine.docker(&["commit", "c2", "stage:2"])?.ok()?;
+    // stage:1 is stage:2's parent: by id it cannot go, by tag only the tag goes.
+    let parent = engine.docker(&["rmi", "-f", &id[7..]])?;
+    assert_eq!(
+        parent.stderr.trim(),
+        format!(
+            "Error response from daemon: conflict: unable to delete {} (cannot be forced) - image has dependent child images",
+            &id[7..19]
+        )
+    );
+    engine.docker(&["rm", "c1", "c2"])?.ok()?;
+    let untag = engine.docker(&["rmi", "stage:1"])?.ok()?;
+    assert_eq!(untag.stdout.trim(), "Untagged: stage:1");
+    assert_eq!(engine.inspect(&id, "{{.Id}}")?, id);
     let run = engine
         .docker(&[
             "run",
@@ -98,6 +111,8 @@ fn changes_set_the_config_and_the_rest_comes_from_the_container() -> anyhow::Res
             "EXPOSE 8080",
             "--change",
             "WORKDIR /srv",
+            "--change",
+            "HEALTHCHECK --interval=5s --retries=2 CMD true",
             "c1",
             "changed",
         ])?
@@ -120,6 +135,10 @@ fn changes_set_the_config_and_the_rest_comes_from_the_container() -> anyhow::Res
         r#"{"8080/tcp":{}}"#
     );
     assert_eq!(engine.inspect("changed", "{{.Config.WorkingDir}}")?, "/srv");
+    assert_eq!(
+        engine.inspect("changed", "{{json .Config.Healthcheck}}")?,
+        r#"{"Test":["CMD-SHELL","true"],"Interval":5000000000,"Retries":2}"#
+    );
     let run = engine.docker(&["run", "--rm", "changed"])?.ok()?;
     assert_eq!(run.stdout, "from-cmd\n");
 

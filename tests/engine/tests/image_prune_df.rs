@@ -59,6 +59,10 @@ fn prune_removes_dangling_images_and_all_unused_with_a() -> anyhow::Result<()> {
         .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
         .ok()?;
     assert_eq!(left.stdout.trim(), "app:1");
+    // busybox lost its tags but app:1 was committed from it: an intermediate image now,
+    // listed only with -a.
+    let with_all = engine.docker(&["images", "-a", "-q"])?.ok()?;
+    assert_eq!(with_all.stdout.lines().count(), 2, "{}", with_all.stdout);
 
     let bad = engine.docker(&["image", "prune", "-f", "--filter", "color=red"])?;
     assert_eq!(bad.code, 1);

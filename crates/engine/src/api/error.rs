@@ -124,7 +124,9 @@ fn engine_status(err: &EngineError) -> StatusCode {
 fn image_status(err: &ImageError) -> StatusCode {
     match err {
         ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
-        ImageError::InUse { .. } | ImageError::Conflict { .. } => StatusCode::CONFLICT,
+        ImageError::InUse { .. } | ImageError::Conflict { .. } | ImageError::HasChildren { .. } => {
+            StatusCode::CONFLICT
+        }
         ImageError::InvalidReference { .. }
         | ImageError::InvalidArchive { .. }
         | ImageError::InvalidLayer { .. }

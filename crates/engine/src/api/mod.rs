@@ -184,9 +184,10 @@ impl Api {
             (&Method::POST, ["images", "load"]) => self.load_images(req).await,
             (&Method::POST, ["build"]) => self.build(req).await,
             (&Method::POST, ["build", "prune"]) => self.build_prune().await,
-            (&Method::GET, ["images", "json"]) => {
-                json(StatusCode::OK, &self.engine.list_images().await?)
-            }
+            (&Method::GET, ["images", "json"]) => json(
+                StatusCode::OK,
+                &self.engine.list_images(query.bool("all")).await?,
+            ),
             (&Method::GET, ["images", .., "json"]) if segments.len() > 2 => {
                 let name = segments[1..segments.len() - 1].join("/");
                 json(StatusCode::OK, &self.engine.inspect_image(&name).await?)

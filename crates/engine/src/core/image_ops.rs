@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::archive::ChannelWriter;
 use super::error::{io_err, EngineError};
@@ -191,14 +191,12 @@ impl Engine {
                 .map_err(task_failed)??
         };
         let (tx, rx) = mpsc::channel(8);
-        let (ready_tx, ready_rx) = oneshot::channel::<()>();
-        let ids: Vec<String> = names.clone();
+        let selected = selection.clone();
         std::thread::Builder::new()
             .name("image-save".into())
             .spawn(move || {
-                let _ = ready_tx.send(());
                 let mut out = ChannelWriter::new(tx);
-                if let Err(err) = images.save(&ids, &mut out).and_then(|()| {
+                if let Err(err) = images.save_selected(&selected, &mut out).and_then(|()| {
                     out.flush().map_err(|source| crate::image::ImageError::Io {
                         path: "docker save output".into(),
                         source,
@@ -208,7 +206,6 @@ impl Engine {
                 }
             })
             .map_err(task_failed)?;
-        let _ = ready_rx.await;
         for (id, _) in selection {
             self.inner.events.emit(
                 "image",
@@ -437,9 +434,22 @@ impl Engine {
                 if !filters.not_labels.is_empty() && all(&filters.not_labels) {
                     continue;
                 }
-                match images.remove(&image.id, true, &|_| None) {
-                    Ok(items) => deleted.extend(items),
-                    Err(err) => tracing::warn!(image = %image.id, error = %err, "prune: cannot remove image"),
+                // As dockerd: a tagged image loses its tags one by one (the last one deletes
+                // it unless another image was committed from it), an untagged one goes by id.
+                let in_use = |id: &str| used.get(id).cloned();
+                let names = if dangling {
+                    vec![image.id.clone()]
+                } else {
+                    image.repo_tags.clone()
+                };
+                for name in names {
+                    match images.remove(&name, false, &in_use) {
+                        Ok(items) => deleted.extend(items),
+                        Err(err) => {
+                            tracing::warn!(image = %image.id, error = %err, "prune: cannot remove image");
+                            break;
+                        }
+                    }
                 }
             }
             let after = images.layers_size();
@@ -480,7 +490,13 @@ impl Engine {
         }
         let images = self.inner.images.clone();
         let (mut list, usage, layers) = tokio::task::spawn_blocking(move || {
-            Ok::<_, EngineError>((images.list()?, images.usage(), images.layers_size()))
+            let intermediate = images.intermediate_ids();
+            let list: Vec<ImageSummary> = images
+                .list()?
+                .into_iter()
+                .filter(|i| !intermediate.contains(&i.id))
+                .collect();
+            Ok::<_, EngineError>((list, images.usage(), images.layers_size()))
         })
         .await
         .map_err(task_failed)??;

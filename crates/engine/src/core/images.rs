@@ -46,15 +46,26 @@ impl Engine {
         Ok(lines)
     }
 
-    /// `docker images`.
-    pub async fn list_images(&self) -> Result<Vec<ImageSummary>, EngineError> {
+    /// `docker images`: without `all`, untagged images other images were committed from
+    /// (dockerd's intermediate images) are left out.
+    pub async fn list_images(&self, all: bool) -> Result<Vec<ImageSummary>, EngineError> {
         let images = self.inner.images.clone();
-        tokio::task::spawn_blocking(move || images.list())
-            .await
-            .map_err(|e| EngineError::Task {
-                reason: e.to_string(),
-            })?
-            .map_err(EngineError::from)
+        tokio::task::spawn_blocking(move || {
+            let list = images.list()?;
+            if all {
+                return Ok::<_, crate::image::ImageError>(list);
+            }
+            let intermediate = images.intermediate_ids();
+            Ok(list
+                .into_iter()
+                .filter(|i| !intermediate.contains(&i.id))
+                .collect())
+        })
+        .await
+        .map_err(|e| EngineError::Task {
+            reason: e.to_string(),
+        })?
+        .map_err(EngineError::from)
     }
 
     /// `docker image inspect`.

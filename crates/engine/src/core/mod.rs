@@ -334,7 +334,7 @@ impl Engine {
 
     /// Number of images, for `/info`.
     pub async fn image_count(&self) -> usize {
-        self.list_images().await.map(|l| l.len()).unwrap_or(0)
+        self.list_images(true).await.map(|l| l.len()).unwrap_or(0)
     }
 
     /// Stops every running container (as `docker stop` each), for a graceful engine exit.

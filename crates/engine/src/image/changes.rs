@@ -13,11 +13,13 @@ pub enum ChangeError {
         /// The instruction, lowercased as dockerd prints it.
         instruction: String,
     },
-    /// A valid instruction this engine does not apply.
-    #[error("rmachine-engine does not support the {instruction} change yet")]
-    Unsupported {
-        /// The instruction.
+    /// An instruction whose arguments do not parse.
+    #[error("{instruction}: {reason}")]
+    Invalid {
+        /// The instruction, upper case.
         instruction: String,
+        /// What is wrong.
+        reason: String,
     },
     /// An instruction without the arguments it needs.
     #[error("{instruction} requires {what}")]
@@ -180,14 +182,98 @@ pub fn apply_changes(
                 array_mut(config, "OnBuild").push(Value::String(trigger.trim_end().to_string()));
             }
             "healthcheck" => {
-                return Err(ChangeError::Unsupported {
-                    instruction: "HEALTHCHECK".into(),
-                })
+                let health = healthcheck(rest)?;
+                config.insert("Healthcheck".into(), health);
             }
             _ => return Err(ChangeError::NotAllowed { instruction }),
         }
     }
     Ok(())
+}
+
+/// `HEALTHCHECK NONE` or `HEALTHCHECK [--interval=D] [--timeout=D] [--start-period=D]
+/// [--start-interval=D] [--retries=N] CMD command` as a config `Healthcheck` (durations in
+/// nanoseconds, as dockerd stores them).
+fn healthcheck(rest: &str) -> Result<Value, ChangeError> {
+    let bad = |what: String| ChangeError::Invalid {
+        instruction: "HEALTHCHECK".into(),
+        reason: what,
+    };
+    let mut rest = rest.trim();
+    let mut health = Map::new();
+    while let Some(flag) = rest.strip_prefix("--") {
+        let (word, tail) = flag.split_once(char::is_whitespace).unwrap_or((flag, ""));
+        let (name, value) = word
+            .split_once('=')
+            .ok_or_else(|| bad(format!("flag --{word} needs a value")))?;
+        let key = match name {
+            "interval" => "Interval",
+            "timeout" => "Timeout",
+            "start-period" => "StartPeriod",
+            "start-interval" => "StartInterval",
+            "retries" => "Retries",
+            _ => return Err(bad(format!("Unknown flag: {name}"))),
+        };
+        let number = if key == "Retries" {
+            value
+                .parse::<i64>()
+                .map_err(|_| bad(format!("invalid --retries value {value}")))?
+        } else {
+            go_duration_nanos(value).ok_or_else(|| bad(format!("invalid --{name} {value}")))?
+        };
+        health.insert(key.into(), json!(number));
+        rest = tail.trim_start();
+    }
+    let (kind, command_text) = rest
+        .split_once(char::is_whitespace)
+        .map(|(k, c)| (k, c.trim()))
+        .unwrap_or((rest, ""));
+    let test = match kind.to_ascii_uppercase().as_str() {
+        "NONE" if command_text.is_empty() && health.is_empty() => json!(["NONE"]),
+        "NONE" => return Err(bad("NONE takes no arguments".into())),
+        "CMD" if !command_text.is_empty() => {
+            match serde_json::from_str::<Vec<String>>(command_text) {
+                Ok(list) => {
+                    let mut test = vec!["CMD".to_string()];
+                    test.extend(list);
+                    json!(test)
+                }
+                Err(_) => json!(["CMD-SHELL", command_text]),
+            }
+        }
+        _ => return Err(bad("expects NONE or CMD followed by a command".into())),
+    };
+    health.insert("Test".into(), test);
+    Ok(Value::Object(health))
+}
+
+/// Go's `time.ParseDuration` (`30s`, `1m30s`, `1.5h`, `500ms`) in nanoseconds.
+fn go_duration_nanos(text: &str) -> Option<i64> {
+    if text == "0" {
+        return Some(0);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(total as i64)
 }
 
 /// The exec form (a JSON array of strings) as is, else the shell form under `/bin/sh -c`.
@@ -484,6 +570,27 @@ mod tests {
         );
         assert_eq!(c["WorkingDir"], "/opt/app");
         assert_eq!(c["Labels"], json!({"where": "in /root"}));
+    }
+
+    #[test]
+    fn healthcheck_sets_test_and_durations() {
+        let c = applied(&["HEALTHCHECK --interval=1m30s --retries=3 CMD curl -f http://x/"]);
+        assert_eq!(
+            c["Healthcheck"],
+            json!({"Interval": 90_000_000_000i64, "Retries": 3, "Test": ["CMD-SHELL", "curl -f http://x/"]})
+        );
+        let exec = applied(&[r#"HEALTHCHECK --timeout=500ms CMD ["true"]"#]);
+        assert_eq!(
+            exec["Healthcheck"],
+            json!({"Timeout": 500_000_000, "Test": ["CMD", "true"]})
+        );
+        assert_eq!(
+            applied(&["HEALTHCHECK NONE"])["Healthcheck"],
+            json!({"Test": ["NONE"]})
+        );
+        let mut c = Map::new();
+        let err = apply_changes(&mut c, &["HEALTHCHECK --bogus=1 CMD x".to_string()]).unwrap_err();
+        assert_eq!(err.to_string(), "HEALTHCHECK: Unknown flag: bogus");
     }
 
     #[test]

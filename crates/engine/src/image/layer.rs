@@ -64,6 +64,13 @@ pub fn decompress<'a>(
             layer: layer.to_string(),
             reason: "zstd-compressed layers are not supported".to_string(),
         })
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) || head.starts_with(b"BZh") {
+        // Said plainly rather than failing later as a corrupt tar.
+        Err(ImageError::InvalidLayer {
+            layer: layer.to_string(),
+            reason: "xz- and bzip2-compressed archives are not supported (use gzip or none)"
+                .to_string(),
+        })
     } else {
         Ok(Box::new(reader))
     }
@@ -803,6 +810,18 @@ mod tests {
         assert!(err.to_string().contains("hard link"), "{err}");
         assert_outside_untouched(&outside);
         assert!(!root.join("passwd").exists());
+    }
+
+    #[test]
+    fn xz_and_bzip2_are_refused_by_name() {
+        for head in [&b"\xfd7zXZ\x00rest"[..], &b"BZh91AY&SY"[..]] {
+            let err = decompress(head, "blob").err().expect("refused");
+            assert!(
+                err.to_string().contains("xz- and bzip2-compressed"),
+                "{err}"
+            );
+        }
+        assert!(decompress(&b"plain tar bytes"[..], "blob").is_ok());
     }
 
     #[test]

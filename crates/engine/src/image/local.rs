@@ -295,7 +295,15 @@ impl ImageStore {
     /// and one OCI manifest per image) that also carries the classic `manifest.json` and
     /// `repositories`. A name that is a tag saves that tag; an id saves the image untagged.
     pub fn save(&self, names: &[String], out: impl Write) -> Result<(), ImageError> {
-        let selection = self.save_selection(names)?;
+        self.save_selected(&self.save_selection(names)?, out)
+    }
+
+    /// [`ImageStore::save`] of what [`ImageStore::save_selection`] chose.
+    pub fn save_selected(
+        &self,
+        selection: &[(String, Vec<Reference>)],
+        out: impl Write,
+    ) -> Result<(), ImageError> {
         let images: Vec<(String, StoredImage)> = {
             let state = self.lock();
             selection
@@ -516,7 +524,33 @@ impl ImageStore {
             let tagged = state.tags.get(&tag) == Some(&id);
             add(id, tagged.then_some(tag));
         }
+        let diff_ids: BTreeSet<String> = out
+            .iter()
+            .filter_map(|(id, _)| state.images.get(id))
+            .flat_map(|img| img.diff_ids.iter().cloned())
+            .collect();
+        drop(state);
+        for diff_id in diff_ids {
+            self.check_rebuildable(&diff_id)?;
+        }
         Ok(out)
+    }
+
+    /// Fails, before anything is sent, for a layer that cannot be written out as its diff id:
+    /// one stored by an engine that kept no tar-split, whose tree does not rebuild to it.
+    fn check_rebuildable(&self, diff_id: &str) -> Result<(), ImageError> {
+        let dir = self.layer_dir(digest_hex(diff_id).unwrap_or_default());
+        if dir.join(TAR_SPLIT).exists() {
+            return Ok(());
+        }
+        let rebuilt = layer_export::write_layer_tar(&dir.join("diff"), io::sink())?;
+        if rebuilt.diff_id == diff_id {
+            return Ok(());
+        }
+        Err(ImageError::InvalidLayer {
+            layer: diff_id.to_string(),
+            reason: "stored by an older engine without its tar-split, it cannot be rebuilt byte for byte: remove the image and load or pull it again".to_string(),
+        })
     }
 
     /// Every image with its sizes, for `system df` and `image prune`: `shared_size` counts the
@@ -558,6 +592,18 @@ impl ImageStore {
                     labels: super::ImageConfig::from_config_json(&img.config).labels,
                 }
             })
+            .collect()
+    }
+
+    /// Ids of untagged images another image was committed from (dockerd's intermediate
+    /// images, hidden by `docker images` without `-a`).
+    pub fn intermediate_ids(&self) -> BTreeSet<String> {
+        let state = self.lock();
+        state
+            .images
+            .keys()
+            .filter(|id| state.tags_of(id).is_empty() && state.has_children(id))
+            .cloned()
             .collect()
     }
 

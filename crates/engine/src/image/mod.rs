@@ -90,6 +90,15 @@ pub enum ImageError {
         /// Docker's wording of the conflict.
         reason: String,
     },
+    /// The image is the parent of another (made by `docker commit` from it): never deleted.
+    #[error(
+        "conflict: unable to delete {} (cannot be forced) - image has dependent child images",
+        short_id(image)
+    )]
+    HasChildren {
+        /// Full image id.
+        image: String,
+    },
     /// The reference does not parse; `reason` is Docker's message.
     #[error("{reason}")]
     InvalidReference {
@@ -359,6 +368,13 @@ impl State {
             .filter(|(_, v)| v.as_str() == id)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Whether another image was committed from `id`.
+    fn has_children(&self, id: &str) -> bool {
+        self.images
+            .values()
+            .any(|i| i.meta.parent.as_deref() == Some(id))
     }
 
     fn familiar_tags_of(&self, id: &str) -> Vec<String> {
@@ -961,13 +977,17 @@ impl ImageStore {
                 }
             }
             state.tags.remove(&named);
-            let deleting = state.tags_of(&id).is_empty() && in_use(&id).is_none();
+            let deleting =
+                state.tags_of(&id).is_empty() && in_use(&id).is_none() && !state.has_children(&id);
             tags_pending = self.write_repositories_unless_full(&state, deleting)?;
             items.push(DeleteItem::Untagged(named.familiar()));
             if !deleting {
                 return Ok(items);
             }
         } else {
+            if state.has_children(&id) {
+                return Err(ImageError::HasChildren { image: id });
+            }
             let used = in_use(&id);
             if !force {
                 if tags.len() > 1 {

@@ -901,3 +901,47 @@ fn create_image_stacks_a_layer_on_its_parent_with_history() {
     assert_eq!(store.list().unwrap().len(), before);
     assert!(tmp_is_empty(tmp.path()));
 }
+
+#[test]
+fn a_layer_without_tar_split_that_does_not_rebuild_fails_save_up_front() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    let (image, id) = two_layer_image(vec!["example:v1"]);
+    let top = sha(&image.layers[1]);
+    load(&store, &docker_save(&[image])).unwrap();
+    // As a store written before tar-splits were kept.
+    fs::remove_file(tmp.path().join("layers").join(&top[7..]).join(TAR_SPLIT)).unwrap();
+    let err = store.save_selection(std::slice::from_ref(&id)).unwrap_err();
+    assert!(err.to_string().contains("without its tar-split"), "{err}");
+    let mut out = Vec::new();
+    assert!(store.save(&[id], &mut out).is_err());
+}
+
+#[test]
+fn a_saved_archive_loads_through_its_oci_index_alone() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(&tmp.path().join("a")).unwrap();
+    let (image, id) = two_layer_image(vec!["example:v1"]);
+    load(&store, &docker_save(&[image])).unwrap();
+    let mut saved = Vec::new();
+    store.save(&["example:v1".to_string()], &mut saved).unwrap();
+    // The same archive without the classic files: what an OCI-only reader sees.
+    let mut oci_only = tar::Builder::new(Vec::new());
+    for e in tar::Archive::new(&saved[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        if name == "manifest.json" || name == "repositories" {
+            continue;
+        }
+        let mut header = e.header().clone();
+        let mut content = Vec::new();
+        io::Read::read_to_end(&mut e, &mut content).unwrap();
+        oci_only
+            .append_data(&mut header, &name, &content[..])
+            .unwrap();
+    }
+    let other = ImageStore::open(&tmp.path().join("b")).unwrap();
+    let lines = load(&other, &oci_only.into_inner().unwrap()).unwrap();
+    assert_eq!(lines, vec!["Loaded image: example:v1"]);
+    assert_eq!(other.resolve("example:v1").unwrap().id, id);
+}
