@@ -721,3 +721,41 @@ print("".join(chunk.get("stream", "") for chunk in logs))
     );
     Ok(())
 }
+
+#[test]
+fn run_steps_get_the_builds_network_hosts_and_limits() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN ls /sys/class/net > /nets && grep -c myhost /etc/hosts > /hosts\n\
+         CMD cat /nets /hosts\n",
+    )])?;
+    build(
+        &engine,
+        ctx.path(),
+        &[
+            "--network",
+            "none",
+            "--add-host",
+            "myhost:10.1.2.3",
+            "--memory",
+            "64m",
+            "-t",
+            "limited",
+        ],
+    )?
+    .ok()?;
+    let ran = engine.docker(&["run", "--rm", "limited"])?.ok()?;
+    assert_eq!(ran.stdout, "lo\n1\n");
+    // What the engine refuses for `docker run`, it refuses for a build step, naming it.
+    let refused = build(
+        &engine,
+        ctx.path(),
+        &["--no-cache", "--network", "nosuchnet"],
+    )?;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("--network"), "{}", refused.stderr);
+    Ok(())
+}

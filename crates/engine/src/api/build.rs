@@ -65,15 +65,6 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
     };
     for (key, option) in [
         ("squash", "--squash"),
-        ("extrahosts", "--add-host"),
-        ("memory", "--memory"),
-        ("memswap", "--memory-swap"),
-        ("cpushares", "--cpu-shares"),
-        ("cpusetcpus", "--cpuset-cpus"),
-        ("cpusetmems", "--cpuset-mems"),
-        ("cpuperiod", "--cpu-period"),
-        ("cpuquota", "--cpu-quota"),
-        ("shmsize", "--shm-size"),
         ("cachefrom", "--cache-from"),
         ("ulimits", "--ulimit"),
         ("securityopt", "--security-opt"),
@@ -88,10 +79,40 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
     if query.bool("pull") {
         return Err(refused("--pull"));
     }
-    if let Some(n) = query.get("networkmode") {
-        if !n.is_empty() && n != "default" && n != "bridge" {
-            return Err(refused(&format!("--network {n}")));
+    // Options that become the RUN containers' HostConfig, checked there as for `docker run`.
+    let mut host_config = serde_json::Map::new();
+    for (key, field) in [
+        ("memory", "Memory"),
+        ("memswap", "MemorySwap"),
+        ("cpushares", "CpuShares"),
+        ("cpuperiod", "CpuPeriod"),
+        ("cpuquota", "CpuQuota"),
+        ("shmsize", "ShmSize"),
+    ] {
+        if let Some(v) = query
+            .int(key)
+            .map_err(ApiError::BadRequest)?
+            .filter(|v| *v != 0)
+        {
+            host_config.insert(field.into(), json!(v));
         }
+    }
+    for (key, field) in [("cpusetcpus", "CpusetCpus"), ("cpusetmems", "CpusetMems")] {
+        if let Some(v) = query.get(key).filter(|v| !v.is_empty()) {
+            host_config.insert(field.into(), json!(v));
+        }
+    }
+    if let Some(n) = query.get("networkmode").filter(|n| !n.is_empty()) {
+        host_config.insert("NetworkMode".into(), json!(n));
+    }
+    if let Some(h) = query
+        .get("extrahosts")
+        .filter(|h| !h.is_empty() && *h != "[]")
+    {
+        // The CLI sends a JSON list; older clients a comma-separated one.
+        let hosts: Vec<String> =
+            serde_json::from_str(h).unwrap_or_else(|_| h.split(',').map(str::to_string).collect());
+        host_config.insert("ExtraHosts".into(), json!(hosts));
     }
     if let Some(p) = query.get("platform").filter(|p| !p.is_empty()) {
         let host = match std::env::consts::ARCH {
@@ -116,6 +137,7 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
                 .get("target")
                 .filter(|t| !t.is_empty())
                 .map(str::to_string),
+            host_config,
         },
     })
 }
@@ -245,18 +267,20 @@ mod tests {
         assert_eq!(r.options.build_args.get("B"), Some(&None));
         assert!(!r.options.remove);
         for (raw, option) in [
-            ("memory=1000", "--memory"),
-            ("extrahosts=%5B%22a%3A1.2.3.4%22%5D", "--add-host"),
+            ("squash=1", "--squash"),
             ("cachefrom=%5B%22x%22%5D", "--cache-from"),
             ("remote=https%3A%2F%2Fx", "remote build contexts"),
             ("pull=1", "--pull"),
-            ("networkmode=host", "--network host"),
         ] {
             let q = Query::parse(Some(raw));
             let err = parse_request(Some(raw), &q).unwrap_err().to_string();
             assert!(err.contains(option), "{raw}: {err}");
         }
-        let q = Query::parse(Some("memory=0&cachefrom=%5B%5D&networkmode=default"));
-        assert!(parse_request(None, &q).is_ok());
+        let raw = "memory=1000&cachefrom=%5B%5D&networkmode=none&extrahosts=%5B%22a%3A1.2.3.4%22%5D&cpusetcpus=0";
+        let r = parse_request(Some(raw), &Query::parse(Some(raw))).expect("parses");
+        assert_eq!(
+            serde_json::Value::Object(r.options.host_config),
+            json!({"Memory": 1000, "NetworkMode": "none", "ExtraHosts": ["a:1.2.3.4"], "CpusetCpus": "0"})
+        );
     }
 }

@@ -53,6 +53,9 @@ pub struct BuildOptions {
     pub force_remove: bool,
     /// `target`: the stage to stop at.
     pub target: Option<String>,
+    /// `HostConfig` fields for the RUN containers (`--network`, `--add-host`, `--memory`,
+    /// `--cpuset-cpus`…), checked by the engine's create as for `docker run`.
+    pub host_config: Map<String, Value>,
 }
 
 /// Args Docker passes to `RUN` without an `ARG` line (moby's `builtinAllowedBuildArgs`).
@@ -783,7 +786,7 @@ impl<'a> Builder<'a> {
             name: None,
             config: serde_json::from_value(Value::Object(config))
                 .map_err(|e| invalid(format!("build container config: {e}")))?,
-            host_config: serde_json::from_value(json!({}))
+            host_config: serde_json::from_value(Value::Object(self.options.host_config.clone()))
                 .map_err(|e| invalid(format!("build container host config: {e}")))?,
             networking_config: Default::default(),
         };
