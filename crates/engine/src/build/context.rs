@@ -68,8 +68,8 @@ impl Context {
         &self.root
     }
 
-    /// Removes what the context's `.dockerignore` excludes, except the Dockerfile (which
-    /// moby keeps for reading, then drops if excluded, as the `.dockerignore` itself).
+    /// Removes what the context's `.dockerignore` excludes; call it after reading the
+    /// Dockerfile, which goes too when excluded (as the `.dockerignore` itself).
     pub fn apply_dockerignore(&self, dockerfile: &str) -> Result<Option<Matcher>, BuildError> {
         let path = self.root.join(".dockerignore");
         let text = match fs::read_to_string(&path) {
@@ -79,6 +79,17 @@ impl Context {
         };
         let matcher = Matcher::parse(&text)?;
         prune(&self.root, "", &matcher, dockerfile)?;
+        // Read by now; like moby's removeDockerfile, they leave the context when excluded.
+        for name in [dockerfile, ".dockerignore"] {
+            if matcher.excludes(name) {
+                if let Some(rel) = relative(name) {
+                    let path = self.root.join(rel);
+                    if path.is_file() {
+                        fs::remove_file(&path).map_err(io_err(&path))?;
+                    }
+                }
+            }
+        }
         Ok(Some(matcher))
     }
 
@@ -291,6 +302,22 @@ mod tests {
         assert_eq!(err, "Cannot locate specified Dockerfile: nope");
         drop(ctx);
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn an_excluded_dockerfile_and_dockerignore_leave_the_context_after_reading() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let raw = tar_of(&[
+            ("build.df", b"FROM x\n"),
+            (".dockerignore", b"*.df\n.dockerignore\n"),
+            ("kept", b"x"),
+        ]);
+        let ctx = Context::unpack(&raw[..], &tmp.path().join("ctx")).expect("unpacks");
+        assert_eq!(ctx.read_dockerfile("build.df").expect("read"), "FROM x\n");
+        ctx.apply_dockerignore("build.df").expect("filters");
+        assert!(!ctx.root().join("build.df").exists());
+        assert!(!ctx.root().join(".dockerignore").exists());
+        assert!(ctx.root().join("kept").exists());
     }
 
     #[test]
