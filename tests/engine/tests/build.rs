@@ -424,7 +424,7 @@ fn build_args_quiet_iidfile_and_stdin_dockerfile() -> anyhow::Result<()> {
     };
     let ctx = context(&[(
         "Dockerfile",
-        "FROM busybox\nARG WHO=nobody\nRUN echo \"hi $WHO\" > /who\nCMD cat /who\n",
+        "FROM busybox\nARG WHO=nobody\nRUN echo \"hi $WHO\" > /who && echo \"proxy $HTTP_PROXY\"\nCMD cat /who\n",
     )])?;
     let run = build(
         &engine,

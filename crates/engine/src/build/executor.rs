@@ -773,6 +773,17 @@ impl<'a> Builder<'a> {
         }
         let mut env = st.env();
         env.extend(arg_env);
+        // Proxy args reach RUN without an ARG line, and stay out of the cache key and the
+        // image (moby's builtinAllowedBuildArgs).
+        for name in BUILTIN_ARGS {
+            let set = |e: &String| e.split('=').next() == Some(*name);
+            if st.args.contains_key(*name) || env.iter().any(set) {
+                continue;
+            }
+            if let Some(Some(v)) = self.options.build_args.get(*name) {
+                env.push(format!("{name}={v}"));
+            }
+        }
         let mut config = st.run.clone();
         config.insert("Image".into(), json!(st.image_id));
         config.insert("Cmd".into(), json!(cmd));
