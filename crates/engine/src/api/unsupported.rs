@@ -90,12 +90,16 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     (
         On::Any,
         "session",
-        Answer::NotYet("the BuildKit session API (docker buildx build)"),
+        Answer::NotYet(
+            "the BuildKit session API (docker buildx build; docker build works with DOCKER_BUILDKIT=0)",
+        ),
     ),
     (
         On::Any,
         "grpc",
-        Answer::NotYet("the BuildKit gRPC API (docker buildx build)"),
+        Answer::NotYet(
+            "the BuildKit gRPC API (docker buildx build; docker build works with DOCKER_BUILDKIT=0)",
+        ),
     ),
     // Containers.
     (
