@@ -218,6 +218,7 @@ fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
         ("FROM nosuchimage\n", "No such image: nosuchimage:latest"),
         ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
         ("FROM busybox\nRUN --mount=type=cache,target=/x true\n", "the --mount option requires BuildKit"),
+        ("FROM busybox\nRUN cat <<EOF\nx\nEOF\n", "a heredoc in RUN other than `RUN <<EOF` alone"),
     ];
     for (dockerfile, message) in cases {
         let ctx = context(&[("Dockerfile", dockerfile)])?;
@@ -757,5 +758,27 @@ fn run_steps_get_the_builds_network_hosts_and_limits() -> anyhow::Result<()> {
     )?;
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.stderr.contains("--network"), "{}", refused.stderr);
+    Ok(())
+}
+
+#[test]
+fn a_run_heredoc_is_the_steps_script() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN <<EOF\necho one > /lines\necho two >> /lines\nEOF\nCMD [\"cat\", \"/lines\"]\n",
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "heredoc"])?.ok()?;
+    assert!(
+        run.stdout.contains("Step 2/3 : RUN <<EOF\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        engine.docker(&["run", "--rm", "heredoc"])?.ok()?.stdout,
+        "one\ntwo\n"
+    );
     Ok(())
 }

@@ -609,14 +609,16 @@ impl<'a> Builder<'a> {
                 st.run.insert("OnBuild".into(), json!(list));
                 self.commit_nop(st, &format!("ONBUILD {trigger}")).await
             }
-            Instruction::Run { command, heredocs } => {
-                if !heredocs.is_empty() {
-                    return Err(BuildError::Unsupported {
-                        what: "a heredoc in RUN".into(),
-                    });
+            Instruction::Run { command, heredocs } => match heredocs.as_slice() {
+                [] => self.run(st, command).await,
+                // `RUN <<EOF` alone: the body is the shell script, as BuildKit runs it.
+                [doc] if matches!(command, CommandLine::Shell(line) if is_lone_heredoc(line)) => {
+                    self.run(st, &CommandLine::Shell(doc.content.clone())).await
                 }
-                self.run(st, command).await
-            }
+                _ => Err(BuildError::Unsupported {
+                    what: "a heredoc in RUN other than `RUN <<EOF` alone".into(),
+                }),
+            },
             Instruction::Copy(spec) => self.copy(st, spec, false, escape).await,
             Instruction::Add(spec) => self.copy(st, spec, true, escape).await,
         }
@@ -1064,6 +1066,12 @@ impl<'a> Builder<'a> {
         }
         self.commit(st, cc, Some(&staging.path)).await
     }
+}
+
+/// Whether a RUN line is one heredoc marker and nothing else (`<<EOF`, `<<-"EOF"`).
+fn is_lone_heredoc(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    matches!(words.as_slice(), [w] if w.starts_with("<<"))
 }
 
 /// A scratch directory of a build step, deleted on drop.
