@@ -52,7 +52,15 @@ impl BuildCache {
         container_config: &serde_json::Value,
         image: &str,
     ) -> Result<(), BuildError> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        if !self.dir.is_dir() {
+            fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+            // Like image/ and tmp/: no other user may look (dockerd's 0700).
+            if let Some(builder) = self.dir.parent() {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(builder, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err(builder))?;
+            }
+        }
         let path = self.dir.join(Self::key(parent, container_config));
         crate::state::durable::write_atomic(&path, image.as_bytes(), 0o600).map_err(io_err(&path))
     }
@@ -85,6 +93,12 @@ mod tests {
         let cfg = serde_json::json!({"Cmd": ["/bin/sh", "-c", "echo hi"]});
         assert_eq!(cache.get("sha256:a", &cfg), None);
         cache.put("sha256:a", &cfg, "sha256:b").expect("put");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(tmp.path().join("builder"))
+                .expect("stat")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700);
         assert_eq!(
             BuildCache::new(tmp.path()).get("sha256:a", &cfg).as_deref(),
             Some("sha256:b")
