@@ -281,6 +281,15 @@ fn multi_stage_copy_from_and_target() -> anyhow::Result<()> {
         .docker(&["run", "--rm", "first", "cat", "/scratch"])?
         .ok()?;
     assert_eq!(ran.stdout, "gone\n");
+    let unknown = build(&engine, ctx.path(), &["--target", "nostage"])?;
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown
+            .stderr
+            .contains("failed to reach build target nostage in Dockerfile"),
+        "{}",
+        unknown.stderr
+    );
     Ok(())
 }
 
