@@ -771,23 +771,25 @@ fn run_steps_get_the_builds_network_hosts_and_limits() -> anyhow::Result<()> {
 }
 
 #[test]
-fn a_run_heredoc_is_the_steps_script() -> anyhow::Result<()> {
+fn heredocs_in_run_and_copy() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
     };
     let ctx = context(&[(
         "Dockerfile",
-        "FROM busybox\nRUN <<EOF\necho one > /lines\necho two >> /lines\nEOF\nCMD [\"cat\", \"/lines\"]\n",
+        "FROM busybox\nARG WHO=heredoc\nRUN <<EOF\necho one > /lines\necho two >> /lines\nEOF\n\
+         COPY <<conf <<'raw' /etc/app/\nname=\"$WHO\"\nconf\nkept $WHO\nraw\n\
+         CMD cat /lines /etc/app/conf /etc/app/raw\n",
     )])?;
     let run = build(&engine, ctx.path(), &["-t", "heredoc"])?.ok()?;
     assert!(
-        run.stdout.contains("Step 2/3 : RUN <<EOF\n"),
+        run.stdout.contains("Step 3/5 : RUN <<EOF\n"),
         "{}",
         run.stdout
     );
     assert_eq!(
         engine.docker(&["run", "--rm", "heredoc"])?.ok()?.stdout,
-        "one\ntwo\n"
+        "one\ntwo\nname=\"heredoc\"\nkept $WHO\n"
     );
     Ok(())
 }

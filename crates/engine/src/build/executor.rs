@@ -876,11 +876,6 @@ impl<'a> Builder<'a> {
         escape: char,
     ) -> Result<(), BuildError> {
         let name = if is_add { "ADD" } else { "COPY" };
-        if !spec.heredocs.is_empty() {
-            return Err(BuildError::Unsupported {
-                what: format!("a heredoc in {name}"),
-            });
-        }
         let env = st.expansion_env();
         let mut sources = Vec::new();
         for s in &spec.sources {
@@ -990,7 +985,7 @@ impl<'a> Builder<'a> {
             || dest == "."
             || dest_rel.as_os_str().is_empty()
             || matches!(lookup(&st.layers, &dest_rel), Some(Kind::Dir));
-        if matched.len() > 1 && !dest_is_dir {
+        if matched.len() + spec.heredocs.len() > 1 && !dest_is_dir {
             return Err(invalid(format!(
                 "When using {name} with more than one source file, the destination must be a directory and end with a /"
             )));
@@ -1050,6 +1045,30 @@ impl<'a> Builder<'a> {
                 }
                 copy_entry(&src, &target, owner, chmod, &mut hasher, &base)?;
             }
+        }
+        // Heredocs are files named after their delimiter, 0644 unless --chmod (BuildKit's).
+        for doc in &spec.heredocs {
+            kinds.push("file");
+            let content = if doc.expand {
+                super::substitution::process_heredoc(&doc.content, &env, escape)?
+            } else {
+                doc.content.clone()
+            };
+            let target = if dest_is_dir {
+                staging.path.join(&dest_rel).join(&doc.name)
+            } else {
+                staging.path.join(&dest_rel)
+            };
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            fs::write(&target, &content).map_err(io_err(&target))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(chmod.unwrap_or(0o644)))
+                .map_err(io_err(&target))?;
+            let (uid, gid) = owner.unwrap_or((0, 0));
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
+            hasher.update(doc.name.as_bytes());
+            hasher.update(content.as_bytes());
         }
         hasher.update(format!("{chown:?}{chmod:?}").as_bytes());
         let prefix = match kinds.as_slice() {

@@ -20,6 +20,20 @@ pub fn process_word(word: &str, env: &Env, escape: char) -> Result<String, Build
         pos: 0,
         env,
         escape,
+        keep_quotes: false,
+    };
+    lexer.process_stop_on(None)
+}
+
+/// Expands a heredoc body: variables and escapes as [`process_word`], quotes kept as
+/// written (BuildKit's `SkipProcessQuotes` for heredocs).
+pub fn process_heredoc(body: &str, env: &Env, escape: char) -> Result<String, BuildError> {
+    let mut lexer = Lexer {
+        chars: body.chars().collect(),
+        pos: 0,
+        env,
+        escape,
+        keep_quotes: true,
     };
     lexer.process_stop_on(None)
 }
@@ -29,6 +43,8 @@ struct Lexer<'a> {
     pos: usize,
     env: &'a Env,
     escape: char,
+    /// Quotes are ordinary characters (heredoc bodies).
+    keep_quotes: bool,
 }
 
 fn bad(reason: impl Into<String>) -> BuildError {
@@ -59,6 +75,10 @@ impl Lexer<'_> {
                 return Ok(out);
             }
             match ch {
+                '\'' | '"' if self.keep_quotes => {
+                    self.next();
+                    out.push(ch);
+                }
                 '\'' => out.push_str(&self.single_quote()?),
                 '"' => out.push_str(&self.double_quote()?),
                 '$' => out.push_str(&self.dollar()?),
@@ -289,6 +309,12 @@ mod tests {
             let got = process_word(input, &env(), '\\').ok();
             assert_eq!(got.as_deref(), *expected, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn heredoc_bodies_keep_their_quotes() {
+        let got = process_heredoc("echo \"$PWD\" '$SHELL'\n", &env(), '\\').ok();
+        assert_eq!(got.as_deref(), Some("echo \"/home\" 'bash'\n"));
     }
 
     #[test]
