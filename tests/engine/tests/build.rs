@@ -465,6 +465,18 @@ fn build_args_quiet_iidfile_and_stdin_dockerfile() -> anyhow::Result<()> {
         "{history}"
     );
 
+    // --iidfile takes the id from the stream's aux message.
+    let aux_iid = ctx.path().join("aux-iid");
+    build(
+        &engine,
+        ctx.path(),
+        &["-t", "args", "--iidfile", &aux_iid.to_string_lossy()],
+    )?
+    .ok()?;
+    assert_eq!(
+        fs::read_to_string(&aux_iid)?,
+        engine.inspect("args", "{{.Id}}")?
+    );
     let iid = ctx.path().join("iid");
     let quiet = build(
         &engine,
