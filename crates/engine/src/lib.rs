@@ -9,6 +9,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod build;
 pub mod cli;
 pub mod container;
 pub mod core;

@@ -12,6 +12,17 @@ pub const ENV_NAMES: [&str; 4] = [
     "DOCKER_MACHINE_NAME",
 ];
 
+/// The variable `env` sets after docker-machine's lines: the engine serves the classic
+/// builder (`POST /build`) and not BuildKit's API, which the docker CLI uses by default when
+/// the buildx plugin is installed. It comes after docker-machine's variables because scripts
+/// read those by position.
+pub const BUILDER_VAR: (&str, &str) = ("DOCKER_BUILDKIT", "0");
+
+/// The comment `env` prints with [`BUILDER_VAR`]. It goes after the variables, just before the
+/// usage hint: `eval $(…)` joins the lines, so a comment earlier would swallow the rest.
+const BUILDER_REASON: &str =
+    "DOCKER_BUILDKIT=0: docker build uses the classic builder, the engine has no BuildKit API";
+
 /// What can go wrong choosing a shell.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
@@ -86,6 +97,16 @@ impl Shell {
         }
     }
 
+    /// The line-comment marker docker-machine uses for the shell.
+    fn comment(self) -> &'static str {
+        match self {
+            Shell::Posix | Shell::Fish | Shell::PowerShell => "#",
+            Shell::Cmd => "REM",
+            Shell::Tcsh => ":",
+            Shell::Emacs => ";;",
+        }
+    }
+
     /// The closing comment telling how to apply the output; `argv` is the command line that
     /// produced it.
     pub fn usage_hint(self, argv: &[String]) -> String {
@@ -96,18 +117,15 @@ impl Shell {
             }
         }
         let command = args.join(" ");
-        let (comment, usage) = match self {
-            Shell::Posix => ("#", format!("eval $({command})")),
-            Shell::Fish => ("#", format!("eval ({command})")),
-            Shell::PowerShell => ("#", format!("& {command} | Invoke-Expression")),
-            Shell::Cmd => (
-                "REM",
-                format!("\t@FOR /f \"tokens=*\" %i IN ('{command}') DO @%i"),
-            ),
-            Shell::Tcsh => (":", format!("eval `{command}`")),
-            Shell::Emacs => (
-                ";;",
-                format!("(with-temp-buffer (shell-command \"{command}\" (current-buffer)) (eval-buffer))"),
+        let comment = self.comment();
+        let usage = match self {
+            Shell::Posix => format!("eval $({command})"),
+            Shell::Fish => format!("eval ({command})"),
+            Shell::PowerShell => format!("& {command} | Invoke-Expression"),
+            Shell::Cmd => format!("\t@FOR /f \"tokens=*\" %i IN ('{command}') DO @%i"),
+            Shell::Tcsh => format!("eval `{command}`"),
+            Shell::Emacs => format!(
+                "(with-temp-buffer (shell-command \"{command}\" (current-buffer)) (eval-buffer))"
             ),
         };
         format!("{comment} Run this command to configure your shell: \n{comment} {usage}\n")
@@ -116,6 +134,15 @@ impl Shell {
     /// Lines setting each variable, then the usage hint.
     pub fn render_set(self, vars: &[(String, String)], argv: &[String]) -> String {
         let mut out: String = vars.iter().map(|(k, v)| self.set_line(k, v)).collect();
+        out.push_str(&self.usage_hint(argv));
+        out
+    }
+
+    /// `env`'s output: docker-machine's lines, then [`BUILDER_VAR`] and why, then the hint.
+    pub fn render_env(self, vars: &[(String, String)], argv: &[String]) -> String {
+        let mut out: String = vars.iter().map(|(k, v)| self.set_line(k, v)).collect();
+        out.push_str(&self.set_line(BUILDER_VAR.0, BUILDER_VAR.1));
+        out.push_str(&format!("{} {BUILDER_REASON}\n", self.comment()));
         out.push_str(&self.usage_hint(argv));
         out
     }
@@ -163,6 +190,7 @@ pub fn unset_names(no_proxy_flag: bool, lookup: impl Fn(&str) -> Option<String>)
         };
         names.push(name.into());
     }
+    names.push(BUILDER_VAR.0.into());
     names
 }
 
@@ -292,8 +320,40 @@ mod tests {
         assert_eq!(
             Shell::Posix.render_unset(&names, &["rmachine".into(), "env".into(), "-u".into()]),
             "unset DOCKER_TLS_VERIFY\nunset DOCKER_HOST\nunset DOCKER_CERT_PATH\n\
-             unset DOCKER_MACHINE_NAME\nunset NO_PROXY\n# Run this command to configure your shell: \n\
+             unset DOCKER_MACHINE_NAME\nunset NO_PROXY\nunset DOCKER_BUILDKIT\n# Run this command to configure your shell: \n\
              # eval $(rmachine env -u)\n"
+        );
+    }
+
+    #[test]
+    fn env_sets_the_classic_builder_after_docker_machines_lines() {
+        let posix = Shell::Posix.render_env(&vars(), &argv());
+        let lines: Vec<&str> = posix.lines().collect();
+        assert_eq!(lines[3], "export DOCKER_MACHINE_NAME=\"intro\"");
+        assert_eq!(lines[4], "export DOCKER_BUILDKIT=\"0\"");
+        assert!(lines[5].starts_with("# DOCKER_BUILDKIT=0: docker build uses the classic builder"));
+        assert_eq!(lines[6], "# Run this command to configure your shell: ");
+        // Each shell: its set line, its comment marker, no character its eval would take.
+        for (shell, set, comment) in [
+            (Shell::Fish, "set -gx DOCKER_BUILDKIT \"0\";", "# "),
+            (Shell::PowerShell, "$Env:DOCKER_BUILDKIT = \"0\"", "# "),
+            (Shell::Cmd, "SET DOCKER_BUILDKIT=0", "REM "),
+            (Shell::Tcsh, "setenv DOCKER_BUILDKIT \"0\";", ": "),
+            (Shell::Emacs, "(setenv \"DOCKER_BUILDKIT\" \"0\")", ";; "),
+        ] {
+            let out = shell.render_env(&vars(), &argv());
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines[4], set, "{shell:?}");
+            assert!(lines[5].starts_with(comment), "{shell:?}: {}", lines[5]);
+            assert!(
+                !lines[5].contains(['!', '"', '\'', '`', '(', '$']),
+                "{shell:?}"
+            );
+        }
+        let unset = Shell::Fish.render_unset(&unset_names(false, |_| None), &argv());
+        assert!(
+            unset.contains("set -e DOCKER_MACHINE_NAME;\nset -e DOCKER_BUILDKIT;\n"),
+            "{unset}"
         );
     }
 

@@ -1237,7 +1237,7 @@ pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<Stri
             std::env::var(k).ok()
         }));
     }
-    Ok(options.shell.render_set(&vars, &options.argv))
+    Ok(options.shell.render_env(&vars, &options.argv))
 }
 
 /// `config NAME`: docker CLI flags for the machine (after the TLS check).

@@ -216,7 +216,8 @@ fn env_unset_renders_for_the_shell() {
         run.stdout,
         format!(
             "set -e DOCKER_TLS_VERIFY;\nset -e DOCKER_HOST;\nset -e DOCKER_CERT_PATH;\n\
-             set -e DOCKER_MACHINE_NAME;\n# Run this command to configure your shell: \n\
+             set -e DOCKER_MACHINE_NAME;\nset -e DOCKER_BUILDKIT;\n\
+             # Run this command to configure your shell: \n\
              # eval ({program} env -u --shell fish)\n"
         )
     );

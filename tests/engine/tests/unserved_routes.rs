@@ -34,6 +34,7 @@ fn missing_capabilities_are_501s_that_name_the_docker_command() -> anyhow::Resul
     let (status, body) = engine.request("POST", "/v1.45/session", "")?;
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("BuildKit session API"), "{body}");
+    assert!(body.contains("DOCKER_BUILDKIT=0"), "{body}");
     Ok(())
 }
 

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The engine refused or failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A build failed before its output started.
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// An error with the words dockerd's route puts in front (`cannot kill container: x`),
     /// keeping the status of the cause, as Go's `errors.Wrapf` does.
     #[error("{context}")]
@@ -71,6 +74,23 @@ pub fn status_of(err: &ApiError) -> StatusCode {
         ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::Context { source, .. } => status_of(source),
         ApiError::Engine(err) => engine_status(err),
+        ApiError::Build(err) => build_status(err),
+    }
+}
+
+/// dockerd's statuses for build failures: the request's or the Dockerfile's fault is 400.
+fn build_status(err: &crate::build::BuildError) -> StatusCode {
+    use crate::build::BuildError;
+    match err {
+        BuildError::Parse { .. }
+        | BuildError::Substitution { .. }
+        | BuildError::Invalid { .. }
+        | BuildError::CommandFailed { .. } => StatusCode::BAD_REQUEST,
+        BuildError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+        BuildError::Cancelled => StatusCode::INTERNAL_SERVER_ERROR,
+        BuildError::Image(err) => image_status(err),
+        BuildError::Engine(err) => engine_status(err),
+        BuildError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

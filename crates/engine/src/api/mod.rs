@@ -6,6 +6,7 @@
 //! stream ([`stream`]) or an error whose status code comes from [`error::status_of`].
 
 mod archive;
+mod build;
 mod detach;
 pub mod error;
 mod exec;
@@ -196,6 +197,8 @@ impl Api {
                 let name = segments[1..segments.len() - 1].join("/");
                 self.push_image(&req, &name, &query).await
             }
+            (&Method::POST, ["build"]) => self.build(req).await,
+            (&Method::POST, ["build", "prune"]) => self.build_prune().await,
             (&Method::GET, ["images", "json"]) => json(
                 StatusCode::OK,
                 &self.engine.list_images(query.bool("all")).await?,

@@ -77,22 +77,20 @@ const UNSERVED: &[(On, &str, Answer)] = &[
         "distribution/**/json",
         Answer::NotYet("registry lookups (GET /distribution)"),
     ),
-    // Builds: the classic builder, and BuildKit's session and gRPC APIs that buildx dials.
-    (On::Post, "build", Answer::NotYet("docker build")),
-    (
-        On::Post,
-        "build/prune",
-        Answer::NotYet("docker builder prune"),
-    ),
+    // BuildKit's session and gRPC APIs that buildx dials (the classic builder is served).
     (
         On::Any,
         "session",
-        Answer::NotYet("the BuildKit session API (docker buildx build)"),
+        Answer::NotYet(
+            "the BuildKit session API (docker buildx build; docker build works with DOCKER_BUILDKIT=0)",
+        ),
     ),
     (
         On::Any,
         "grpc",
-        Answer::NotYet("the BuildKit gRPC API (docker buildx build)"),
+        Answer::NotYet(
+            "the BuildKit gRPC API (docker buildx build; docker build works with DOCKER_BUILDKIT=0)",
+        ),
     ),
     // Containers.
     (
@@ -325,6 +323,8 @@ mod tests {
             "post /images/{name}/push",
             "get /images/search",
             "post /auth",
+            "post /build",
+            "post /build/prune",
             "post /containers/{id}/exec",
             "post /exec/{id}/start",
             "post /exec/{id}/resize",

@@ -42,6 +42,7 @@ use crate::state::{ContainerRecord, StateStore, Status};
 
 mod archive;
 mod attach;
+mod build;
 mod create;
 mod error;
 mod exec;
@@ -65,6 +66,7 @@ mod volumes;
 
 pub use archive::ContainerSizes;
 pub use attach::{AttachSession, LogSource};
+pub use build::{BuildRequest, PreparedBuild};
 pub use create::{CreateRequest, Created};
 pub use error::EngineError;
 pub use host_config::DEFAULT_RUNTIME;

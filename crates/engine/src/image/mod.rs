@@ -36,7 +36,7 @@
 
 mod archive;
 pub mod changes;
-mod layer;
+pub(crate) mod layer;
 pub mod layer_export;
 mod local;
 mod pulled;

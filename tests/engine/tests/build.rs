@@ -1,0 +1,807 @@
+//! `docker build` through the classic builder (`DOCKER_BUILDKIT=0`): the real CLI against the
+//! engine, with busybox as the base image.
+
+use std::fs;
+use std::path::Path;
+
+use rmachine_tests_engine::{Engine, Run};
+
+/// Writes `files` (path, content) into a fresh context directory.
+fn context(files: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(p, content)?;
+    }
+    Ok(dir)
+}
+
+/// The `created_by` lines of an image's `docker history`, oldest first.
+fn history(engine: &Engine, image: &str) -> anyhow::Result<String> {
+    let run = engine
+        .docker(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", image])?
+        .ok()?;
+    let mut lines: Vec<&str> = run.stdout.lines().collect();
+    lines.reverse();
+    Ok(lines.iter().map(|l| format!("{l}\n")).collect())
+}
+
+fn build(engine: &Engine, dir: &Path, args: &[&str]) -> anyhow::Result<Run> {
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    let d = dir.to_string_lossy().into_owned();
+    all.push(&d);
+    Ok(engine
+        .docker_command(&all)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()?
+        .into())
+}
+
+/// The lines of the build output that tell which steps were cached.
+fn step_kinds(stdout: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in stdout.lines() {
+        if let Some(step) = line.strip_prefix("Step ") {
+            out.push(step.to_string());
+        } else if line == " ---> Using cache" {
+            out.push("cache".into());
+        } else if line.starts_with(" ---> Running in ") {
+            out.push("run".into());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_three_step_build_runs_tags_and_is_cached() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN echo hello from run > /greeting && echo done\nCOPY app.txt /app/\nCMD [\"cat\", \"/greeting\", \"/app/app.txt\"]\n",
+        ),
+        ("app.txt", "the app\n"),
+    ])?;
+    let run = build(
+        &engine,
+        ctx.path(),
+        &["-t", "user/image:tag", "-t", "second"],
+    )?
+    .ok()?;
+    let out = &run.stdout;
+    assert!(out.contains("Step 1/4 : FROM busybox\n"), "{out}");
+    assert!(
+        out.contains("Step 2/4 : RUN echo hello from run > /greeting && echo done\n"),
+        "{out}"
+    );
+    assert!(out.contains("\ndone\n"), "{out}");
+    assert!(
+        out.contains(" ---> Removed intermediate container "),
+        "{out}"
+    );
+    assert!(
+        out.contains("Step 4/4 : CMD [\"cat\", \"/greeting\", \"/app/app.txt\"]\n"),
+        "{out}"
+    );
+    assert!(out.contains("Successfully built "), "{out}");
+    assert!(
+        out.contains("Successfully tagged user/image:tag\n"),
+        "{out}"
+    );
+    assert!(out.contains("Successfully tagged second:latest\n"), "{out}");
+    assert_eq!(
+        step_kinds(out),
+        vec![
+            "1/4 : FROM busybox",
+            "2/4 : RUN echo hello from run > /greeting && echo done",
+            "run",
+            "3/4 : COPY app.txt /app/",
+            "4/4 : CMD [\"cat\", \"/greeting\", \"/app/app.txt\"]"
+        ]
+    );
+    let ran = engine.docker(&["run", "--rm", "user/image:tag"])?.ok()?;
+    assert_eq!(ran.stdout, "hello from run\nthe app\n");
+    // Build containers are gone.
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout.trim(), "");
+    let steps = history(&engine, "user/image:tag")?;
+    let ours: Vec<&str> = steps.lines().rev().take(3).collect();
+    assert_eq!(
+        ours[2], "/bin/sh -c echo hello from run > /greeting && echo done",
+        "{steps}"
+    );
+    assert!(
+        ours[1].starts_with("/bin/sh -c #(nop) COPY file:") && ours[1].ends_with(" in /app/ "),
+        "{steps}"
+    );
+    assert_eq!(
+        ours[0], "/bin/sh -c #(nop)  CMD [\"cat\" \"/greeting\" \"/app/app.txt\"]",
+        "{steps}"
+    );
+
+    // The same build again: every step from the cache, the same image.
+    let first_id = engine.inspect("user/image:tag", "{{.Id}}")?;
+    let again = build(&engine, ctx.path(), &["-t", "user/image:tag"])?.ok()?;
+    assert_eq!(
+        step_kinds(&again.stdout),
+        vec![
+            "1/4 : FROM busybox",
+            "2/4 : RUN echo hello from run > /greeting && echo done",
+            "cache",
+            "3/4 : COPY app.txt /app/",
+            "cache",
+            "4/4 : CMD [\"cat\", \"/greeting\", \"/app/app.txt\"]",
+            "cache"
+        ],
+        "{}",
+        again.stdout
+    );
+    assert_eq!(engine.inspect("user/image:tag", "{{.Id}}")?, first_id);
+
+    // A changed COPY source: the RUN stays cached, the COPY and what follows run again.
+    fs::write(ctx.path().join("app.txt"), "changed\n")?;
+    let changed = build(&engine, ctx.path(), &["-t", "user/image:tag"])?.ok()?;
+    assert_eq!(
+        step_kinds(&changed.stdout),
+        vec![
+            "1/4 : FROM busybox",
+            "2/4 : RUN echo hello from run > /greeting && echo done",
+            "cache",
+            "3/4 : COPY app.txt /app/",
+            "4/4 : CMD [\"cat\", \"/greeting\", \"/app/app.txt\"]"
+        ],
+        "{}",
+        changed.stdout
+    );
+    let ran = engine.docker(&["run", "--rm", "user/image:tag"])?.ok()?;
+    assert_eq!(ran.stdout, "hello from run\nchanged\n");
+    Ok(())
+}
+
+#[test]
+fn a_failing_run_shows_its_output_and_dockers_error_and_tags_nothing() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo before the failure && exit 3\nCMD [\"true\"]\n",
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "broken"])?;
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stdout.contains("before the failure\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(
+            "The command '/bin/sh -c echo before the failure && exit 3' returned a non-zero code: 3"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("Step 3/3"), "{}", run.stdout);
+    assert!(engine.docker(&["image", "inspect", "broken"])?.code != 0);
+    // As dockerd without --force-rm, the failed step's container stays for inspection.
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
+    let forced = build(&engine, ctx.path(), &["--force-rm", "-t", "broken"])?;
+    assert_eq!(forced.code, 3);
+    assert!(
+        forced
+            .stdout
+            .contains(" ---> Removed intermediate container "),
+        "{}",
+        forced.stdout
+    );
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
+    Ok(())
+}
+
+#[test]
+fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let cases: &[(&str, &str)] = &[
+        ("FROM busybox\nFOO bar\n", "dockerfile parse error on line 2: unknown instruction: FOO"),
+        ("FROM busybox\nCOPY missing.txt /x\n", "COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist"),
+        ("FROM busybox\nCOPY ../outside /x\n", "forbidden path outside the build context: ../outside ()"),
+        ("FROM nosuchimage\n", "No such image: nosuchimage:latest"),
+        ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
+        ("FROM busybox\nRUN --mount=type=cache,target=/x true\n", "the --mount option requires BuildKit"),
+        ("FROM busybox\nRUN cat <<EOF\nx\nEOF\n", "a heredoc in RUN other than `RUN <<EOF` alone"),
+    ];
+    for (dockerfile, message) in cases {
+        let ctx = context(&[("Dockerfile", dockerfile)])?;
+        let run = build(&engine, ctx.path(), &[])?;
+        assert_eq!(run.code, 1, "{dockerfile}: {run:?}");
+        assert!(run.stderr.contains(message), "{dockerfile}: {}", run.stderr);
+    }
+    // A context without a Dockerfile, as a raw tar (the CLI checks directories itself).
+    let ctx = context(&[("other", "FROM busybox\n")])?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .output()?;
+    let mut cmd = engine.docker_command(&["build", "-"]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    let run = rmachine_tests_engine::feed(cmd, &tar.stdout)?;
+    assert!(
+        run.stderr
+            .contains("Cannot locate specified Dockerfile: Dockerfile"),
+        "{}",
+        run.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn multi_stage_copy_from_and_target() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG BASE=busybox\nFROM ${BASE} AS builder\nRUN mkdir /out && echo built > /out/artifact && echo gone > /scratch\n\
+         FROM busybox\nCOPY --from=builder /out/artifact /artifact\nCOPY --from=0 /out /out2\nCMD cat /artifact /out2/artifact\n",
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "multi"])?.ok()?;
+    assert!(
+        run.stdout.contains("Step 1/7 : ARG BASE=busybox\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("Step 2/7 : FROM ${BASE} AS builder\n"),
+        "{}",
+        run.stdout
+    );
+    let ran = engine.docker(&["run", "--rm", "multi"])?.ok()?;
+    assert_eq!(ran.stdout, "built\nbuilt\n");
+    let scratch = engine.docker(&["run", "--rm", "multi", "ls", "/scratch"])?;
+    assert_ne!(scratch.code, 0, "the first stage's other files stay out");
+
+    let target = build(&engine, ctx.path(), &["--target", "builder", "-t", "first"])?.ok()?;
+    assert!(
+        target.stdout.contains("Step 3/3 : RUN"),
+        "{}",
+        target.stdout
+    );
+    let ran = engine
+        .docker(&["run", "--rm", "first", "cat", "/scratch"])?
+        .ok()?;
+    assert_eq!(ran.stdout, "gone\n");
+    let unknown = build(&engine, ctx.path(), &["--target", "nostage"])?;
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown
+            .stderr
+            .contains("failed to reach build target nostage in Dockerfile"),
+        "{}",
+        unknown.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_context() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY . /ctx/\nCMD find /ctx -type f\n",
+        ),
+        (
+            ".dockerignore",
+            "*.secret\nlogs\n!logs/keep.log\n**/*.tmp\n",
+        ),
+        ("a.secret", "x"),
+        ("app/main.txt", "x"),
+        ("app/deep/x.tmp", "x"),
+        ("logs/drop.log", "x"),
+        ("logs/keep.log", "x"),
+    ])?;
+    // Through the CLI (which filters too) and as a raw tar on stdin (filtered here only).
+    build(&engine, ctx.path(), &["-t", "ignored"])?.ok()?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .output()?;
+    let mut cmd = engine.docker_command(&["build", "-t", "ignored-raw", "-"]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    rmachine_tests_engine::feed(cmd, &tar.stdout)?.ok()?;
+    for image in ["ignored", "ignored-raw"] {
+        let ran = engine.docker(&["run", "--rm", image])?.ok()?;
+        let mut files: Vec<&str> = ran.stdout.lines().collect();
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                "/ctx/.dockerignore",
+                "/ctx/Dockerfile",
+                "/ctx/app/main.txt",
+                "/ctx/logs/keep.log"
+            ],
+            "{image}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn config_instructions_make_the_image_config_and_history() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nMAINTAINER Jane Doe <jane@example.com>\nARG VERSION=1.2\n\
+         ENV APP_HOME=/srv/app GREETING=\"hello world\"\nENV FIRST=1 SECOND=${FIRST:-unset}\nLABEL version=$VERSION \"com.example.vendor\"=\"ACME\"\n\
+         WORKDIR ${APP_HOME}\nWORKDIR sub\nEXPOSE 80 53/udp\nUSER nobody\nVOLUME /data\nSTOPSIGNAL SIGUSR1\n\
+         HEALTHCHECK --interval=5s --retries=2 CMD true\nSHELL [\"/bin/sh\", \"-ec\"]\nONBUILD RUN echo triggered\n\
+         ENTRYPOINT [\"/bin/echo\"]\nCMD [\"$GREETING\"]\n",
+    )])?;
+    build(
+        &engine,
+        ctx.path(),
+        &["-t", "configured", "--label", "extra=yes"],
+    )?
+    .ok()?;
+    let f = |format: &str| engine.inspect("configured", format);
+    assert_eq!(f("{{.Author}}")?, "Jane Doe <jane@example.com>");
+    assert!(f("{{json .Config.Env}}")?.contains("\"GREETING=hello world\""));
+    // Words of one ENV see the environment from before it, as in moby.
+    assert!(f("{{json .Config.Env}}")?.contains("\"SECOND=unset\""));
+    assert_eq!(
+        f("{{json .Config.Labels}}")?,
+        r#"{"com.example.vendor":"ACME","extra":"yes","version":"1.2"}"#
+    );
+    assert_eq!(f("{{.Config.WorkingDir}}")?, "/srv/app/sub");
+    assert_eq!(
+        f("{{json .Config.ExposedPorts}}")?,
+        r#"{"53/udp":{},"80/tcp":{}}"#
+    );
+    assert_eq!(f("{{.Config.User}}")?, "nobody");
+    assert_eq!(f("{{json .Config.Volumes}}")?, r#"{"/data":{}}"#);
+    assert_eq!(f("{{.Config.StopSignal}}")?, "SIGUSR1");
+    assert_eq!(
+        f("{{json .Config.Healthcheck.Test}}")?,
+        r#"["CMD-SHELL","true"]"#
+    );
+    assert_eq!(f("{{json .Config.Shell}}")?, r#"["/bin/sh","-ec"]"#);
+    assert_eq!(f("{{json .Config.OnBuild}}")?, r#"["RUN echo triggered"]"#);
+    assert_eq!(f("{{json .Config.Entrypoint}}")?, r#"["/bin/echo"]"#);
+    assert_eq!(f("{{json .Config.Cmd}}")?, r#"["$GREETING"]"#);
+    let ran = engine.docker(&["run", "--rm", "configured"])?.ok()?;
+    assert_eq!(ran.stdout, "$GREETING\n");
+    let history = history(&engine, "configured")?;
+    assert!(
+        history.contains("/bin/sh -ec #(nop)  CMD [\"$GREETING\"]"),
+        "{}",
+        history
+    );
+    assert!(
+        history.contains("/bin/sh -c #(nop)  MAINTAINER Jane Doe <jane@example.com>"),
+        "{history}"
+    );
+    // The WORKDIR directory exists in the image, created by the build.
+    let ls = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "ls",
+            "configured",
+            "-d",
+            "/srv/app/sub",
+        ])?
+        .ok()?;
+    assert_eq!(ls.stdout, "/srv/app/sub\n");
+
+    // A child image runs the ONBUILD trigger after its FROM (a parent without VOLUME: the
+    // engine has no anonymous volumes for the trigger's RUN container yet).
+    let parent = context(&[("Dockerfile", "FROM busybox\nONBUILD RUN echo triggered\n")])?;
+    build(&engine, parent.path(), &["-t", "parent"])?.ok()?;
+    let child = context(&[("Dockerfile", "FROM parent\n")])?;
+    let run = build(&engine, child.path(), &["-t", "child"])?.ok()?;
+    assert!(
+        run.stdout.contains("# Executing 1 build trigger\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("\ntriggered\n"), "{}", run.stdout);
+    assert_eq!(engine.inspect("child", "{{json .Config.OnBuild}}")?, "null");
+    Ok(())
+}
+
+#[test]
+fn build_args_quiet_iidfile_and_stdin_dockerfile() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG WHO=nobody\nRUN echo \"hi $WHO\" > /who && echo \"proxy $HTTP_PROXY\"\nCMD cat /who\n",
+    )])?;
+    let run = build(
+        &engine,
+        ctx.path(),
+        &[
+            "--build-arg",
+            "WHO=you",
+            "--build-arg",
+            "UNUSED=1",
+            "-t",
+            "args",
+        ],
+    )?
+    .ok()?;
+    assert!(
+        run.stdout
+            .contains("[Warning] One or more build-args [UNUSED] were not consumed\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        engine.docker(&["run", "--rm", "args"])?.ok()?.stdout,
+        "hi you\n"
+    );
+    let history = history(&engine, "args")?;
+    assert!(
+        history.contains("|1 WHO=you /bin/sh -c echo \"hi $WHO\" > /who"),
+        "{history}"
+    );
+
+    // --iidfile takes the id from the stream's aux message.
+    let aux_iid = ctx.path().join("aux-iid");
+    build(
+        &engine,
+        ctx.path(),
+        &["-t", "args", "--iidfile", &aux_iid.to_string_lossy()],
+    )?
+    .ok()?;
+    assert_eq!(
+        fs::read_to_string(&aux_iid)?,
+        engine.inspect("args", "{{.Id}}")?
+    );
+    let iid = ctx.path().join("iid");
+    let quiet = build(
+        &engine,
+        ctx.path(),
+        &["-q", "--iidfile", &iid.to_string_lossy()],
+    )?
+    .ok()?;
+    let id = fs::read_to_string(&iid)?;
+    assert!(id.starts_with("sha256:") && id.trim().len() == 71, "{id}");
+    assert_eq!(quiet.stdout.trim(), id.trim());
+
+    // `-f -`: the Dockerfile from stdin, the context from the directory.
+    let mut cmd = engine.docker_command(&[
+        "build",
+        "-f",
+        "-",
+        "-t",
+        "stdin-df",
+        &ctx.path().to_string_lossy(),
+    ]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    rmachine_tests_engine::feed(cmd, b"FROM busybox\nCMD [\"echo\", \"from stdin\"]\n")?.ok()?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", "stdin-df"])?.ok()?.stdout,
+        "from stdin\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Result<()> {
+    let Some(mut engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nENV A=1\nRUN echo ran\nCOPY f /f\n",
+        ),
+        ("f", "content"),
+    ])?;
+    build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
+    engine.restart()?;
+    let again = build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
+    assert_eq!(
+        again.stdout.matches(" ---> Using cache").count(),
+        3,
+        "{}",
+        again.stdout
+    );
+    let fresh = build(&engine, ctx.path(), &["--no-cache", "-t", "cached"])?.ok()?;
+    assert_eq!(
+        fresh.stdout.matches(" ---> Using cache").count(),
+        0,
+        "{}",
+        fresh.stdout
+    );
+    assert!(fresh.stdout.contains("\nran\n"), "{}", fresh.stdout);
+    let prune = engine.docker(&["builder", "prune", "-f"])?.ok()?;
+    assert!(
+        prune.stdout.contains("Total reclaimed space"),
+        "{}",
+        prune.stdout
+    );
+    let after = build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
+    assert_eq!(
+        after.stdout.matches(" ---> Using cache").count(),
+        0,
+        "{}",
+        after.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn an_interrupted_build_removes_its_container() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo started && sleep 60\n")])?;
+    let mut cmd =
+        engine.docker_command(&["build", "-t", "interrupted", &ctx.path().to_string_lossy()]);
+    cmd.env("DOCKER_BUILDKIT", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Wait until the RUN step's container runs, then interrupt the client as Ctrl-C does.
+    for line in lines.by_ref() {
+        if line? == "started" {
+            break;
+        }
+    }
+    assert_eq!(
+        engine.docker(&["ps", "-q"])?.ok()?.stdout.lines().count(),
+        1
+    );
+    nix_kill(child.id())?;
+    let _ = child.wait();
+    engine.wait_for(&["ps", "-aq"], std::time::Duration::from_secs(15), |r| {
+        r.code == 0 && r.stdout.trim().is_empty()
+    })?;
+    assert!(engine.docker(&["image", "inspect", "interrupted"])?.code != 0);
+    Ok(())
+}
+
+fn nix_kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill failed");
+    Ok(())
+}
+
+#[test]
+fn copy_and_add_follow_dockers_rules() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nWORKDIR /app\nCOPY *.txt ./\nCOPY dir /copied\nCOPY --chown=1:2 --chmod=600 a.txt /owned\n\
+             ADD archive.tar.gz /unpacked/\nADD plain.tar /plain/\nCOPY archive.tar.gz /kept/\n\
+             CMD find /app /copied /owned /unpacked /plain /kept | sort && stat -c '%u:%g %a' /owned\n",
+        ),
+        ("a.txt", "a"),
+        ("b.txt", "b"),
+        ("c.md", "c"),
+        ("dir/sub/file", "f"),
+    ])?;
+    // A gzip and a plain tar, each with one file.
+    let src = tempfile::tempdir()?;
+    fs::write(src.path().join("inside"), "inside")?;
+    for (name, flags) in [("archive.tar.gz", "-czf"), ("plain.tar", "-cf")] {
+        let status = std::process::Command::new("tar")
+            .arg(flags)
+            .arg(ctx.path().join(name))
+            .arg("-C")
+            .arg(src.path())
+            .arg("inside")
+            .status()?;
+        anyhow::ensure!(status.success());
+    }
+    build(&engine, ctx.path(), &["-t", "copies"])?.ok()?;
+    let ran = engine.docker(&["run", "--rm", "copies"])?.ok()?;
+    assert_eq!(
+        ran.stdout,
+        "/app\n/app/a.txt\n/app/b.txt\n/copied\n/copied/sub\n/copied/sub/file\n/kept\n\
+         /kept/archive.tar.gz\n/owned\n/plain\n/plain/inside\n/unpacked\n/unpacked/inside\n1:2 600\n"
+    );
+    // Two sources need a directory destination.
+    let bad = context(&[
+        ("Dockerfile", "FROM busybox\nCOPY a b /notadir\n"),
+        ("a", ""),
+        ("b", ""),
+    ])?;
+    let run = build(&engine, bad.path(), &[])?;
+    assert!(
+        run.stderr.contains("When using COPY with more than one source file, the destination must be a directory and end with a /"),
+        "{}",
+        run.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn the_tutorials_static_site_image_builds_and_serves_its_files() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // Docker's "static website" tutorial, on the local busybox (httpd applet) base.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nMAINTAINER Docker Education Team <education@docker.com>\n\
+             RUN mkdir -p /www && echo 'apt-get stand-in' > /www/setup.log\n\
+             COPY site/ /www/\nEXPOSE 80\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+        ),
+        ("site/index.html", "<h1>Hello from the static site</h1>\n"),
+    ])?;
+    let run = build(&engine, ctx.path(), &["-t", "static-site"])?.ok()?;
+    assert!(
+        run.stdout.contains("Step 3/6 : RUN mkdir -p /www"),
+        "{}",
+        run.stdout
+    );
+    let id = engine
+        .docker(&["run", "-d", "static-site"])?
+        .ok()?
+        .stdout
+        .trim()
+        .to_string();
+    let fetched = engine
+        .wait_for(
+            &[
+                "exec",
+                &id,
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1/index.html",
+            ],
+            std::time::Duration::from_secs(10),
+            |r| r.code == 0,
+        )?
+        .stdout;
+    assert_eq!(fetched, "<h1>Hello from the static site</h1>\n");
+    engine.docker(&["rm", "-f", &id])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn docker_py_images_build() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import docker"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        rmachine_tests_engine::cannot_run("python3 with the docker package (docker-py) is missing");
+        return Ok(());
+    }
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN echo from docker-py > /made\nCMD [\"cat\", \"/made\"]\n",
+    )])?;
+    let script = r#"
+import sys, docker
+client = docker.DockerClient(base_url="unix://" + sys.argv[1])
+image, logs = client.images.build(path=sys.argv[2], tag="pybuilt:1", rm=True)
+print(",".join(image.tags))
+print("".join(chunk.get("stream", "") for chunk in logs))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&engine.socket)
+        .arg(ctx.path())
+        // This machine's CA bundle variables make docker-py ignore its own TLS settings.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("pybuilt:1\n"), "{stdout}");
+    assert!(
+        stdout.contains("Step 2/3 : RUN echo from docker-py > /made\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Successfully tagged pybuilt:1\n"),
+        "{stdout}"
+    );
+    assert_eq!(
+        engine.docker(&["run", "--rm", "pybuilt:1"])?.ok()?.stdout,
+        "from docker-py\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn run_steps_get_the_builds_network_hosts_and_limits() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN ls /sys/class/net > /nets && grep -c myhost /etc/hosts > /hosts\n\
+         CMD cat /nets /hosts\n",
+    )])?;
+    build(
+        &engine,
+        ctx.path(),
+        &[
+            "--network",
+            "none",
+            "--add-host",
+            "myhost:10.1.2.3",
+            "--memory",
+            "64m",
+            "-t",
+            "limited",
+        ],
+    )?
+    .ok()?;
+    let ran = engine.docker(&["run", "--rm", "limited"])?.ok()?;
+    assert_eq!(ran.stdout, "lo\n1\n");
+    // What the engine refuses for `docker run`, it refuses for a build step, naming it.
+    let refused = build(
+        &engine,
+        ctx.path(),
+        &["--no-cache", "--network", "nosuchnet"],
+    )?;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("--network"), "{}", refused.stderr);
+    Ok(())
+}
+
+#[test]
+fn heredocs_in_run_and_copy() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG WHO=heredoc\nRUN <<EOF\necho one > /lines\necho two >> /lines\nEOF\n\
+         COPY <<conf <<'raw' /etc/app/\nname=\"$WHO\"\nconf\nkept $WHO\nraw\n\
+         CMD cat /lines /etc/app/conf /etc/app/raw\n",
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "heredoc"])?.ok()?;
+    assert!(
+        run.stdout.contains("Step 3/5 : RUN <<EOF\n"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        engine.docker(&["run", "--rm", "heredoc"])?.ok()?.stdout,
+        "one\ntwo\nname=\"heredoc\"\nkept $WHO\n"
+    );
+    Ok(())
+}
