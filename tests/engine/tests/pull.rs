@@ -654,3 +654,82 @@ fn pulls_go_through_the_http_proxy_of_the_engines_environment() -> Result<()> {
     assert_eq!(engine.inspect(name, "{{.Id}}")?, pushed.id);
     Ok(())
 }
+
+/// Runs `docker build` (classic builder) of `dockerfile` with `args`, as the CLI user would.
+fn build_from(
+    engine: &Engine,
+    dockerfile: &str,
+    args: &[&str],
+) -> Result<rmachine_tests_engine::Run> {
+    let dir = tempfile::tempdir()?;
+    fs::write(dir.path().join("Dockerfile"), dockerfile)?;
+    let d = dir.path().to_string_lossy().into_owned();
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    all.push(&d);
+    Ok(engine
+        .docker_command(&all)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()?
+        .into())
+}
+
+#[test]
+fn build_pulls_a_missing_from_image_with_the_clis_logins() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Htpasswd)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "private/base", Some("latest"), &busybox()?)?;
+    let dockerfile = format!(
+        "FROM {}/private/base\nRUN echo built > /built\n",
+        registry.host
+    );
+    let anonymous = build_from(&engine, &dockerfile, &["-t", "app"])?;
+    assert_ne!(anonymous.code, 0, "{anonymous:?}");
+    assert!(
+        anonymous.stderr.contains("pull access denied for"),
+        "{anonymous:?}"
+    );
+    assert_eq!(engine.docker(&["images", "-q"])?.ok()?.stdout, "");
+
+    let mut cmd = engine.docker_command(&["login", "-u", USER, "--password-stdin", &registry.host]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("stdin")?,
+        format!("{PASSWORD}\n").as_bytes(),
+    )?;
+    assert!(child.wait_with_output()?.status.success());
+
+    // The CLI sends its logins in X-Registry-Config; the builder pulls with them.
+    let built = build_from(&engine, &dockerfile, &["-t", "app"])?.ok()?;
+    assert!(
+        built.stdout.contains(&format!(
+            "Status: Downloaded newer image for {}/private/base:latest",
+            registry.host
+        )),
+        "{built:?}"
+    );
+    assert!(
+        built.stdout.contains("Successfully tagged app:latest"),
+        "{built:?}"
+    );
+    let base = format!("{}/private/base", registry.host);
+    assert_eq!(engine.inspect(&base, "{{.Id}}")?, pushed.id);
+    let run = engine
+        .docker(&["run", "--rm", "app", "cat", "/built"])?
+        .ok()?;
+    assert_eq!(run.stdout, "built\n");
+
+    // --pull asks the registry again even though the image is here.
+    let again = build_from(&engine, &dockerfile, &["--pull", "-t", "app"])?.ok()?;
+    assert!(
+        again
+            .stdout
+            .contains(&format!("Status: Image is up to date for {base}:latest")),
+        "{again:?}"
+    );
+    Ok(())
+}

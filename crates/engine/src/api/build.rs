@@ -76,9 +76,6 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
             return Err(refused(option));
         }
     }
-    if query.bool("pull") {
-        return Err(refused("--pull"));
-    }
     // Options that become the RUN containers' HostConfig, checked there as for `docker run`.
     let mut host_config = serde_json::Map::new();
     for (key, field) in [
@@ -138,8 +135,30 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
                 .filter(|t| !t.is_empty())
                 .map(str::to_string),
             host_config,
+            pull: query.bool("pull"),
+            registry_auth: BTreeMap::new(),
         },
     })
+}
+
+/// `X-Registry-Config`: base64url JSON of credentials by registry (the CLI sends every login
+/// it has, for the builder's pulls); absent or empty means anonymous pulls.
+fn registry_config(
+    header: Option<&str>,
+) -> Result<BTreeMap<String, crate::image::registry::auth::AuthConfig>, ApiError> {
+    use base64::Engine as _;
+    let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(BTreeMap::new());
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(header))
+        .map_err(|_| ApiError::BadRequest("invalid X-Registry-Config header: not base64".into()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) || bytes == b"null" {
+        return Ok(BTreeMap::new());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid X-Registry-Config header: {e}")))
 }
 
 fn line(value: serde_json::Value) -> Bytes {
@@ -152,7 +171,12 @@ impl Api {
     pub(super) async fn build(&self, req: Request<Incoming>) -> ApiResult {
         let raw = req.uri().query().map(str::to_string);
         let query = Query::parse(raw.as_deref());
-        let request = parse_request(raw.as_deref(), &query)?;
+        let mut request = parse_request(raw.as_deref(), &query)?;
+        request.options.registry_auth = registry_config(
+            req.headers()
+                .get("X-Registry-Config")
+                .and_then(|v| v.to_str().ok()),
+        )?;
         let quiet = query.bool("q");
         let tmp_dir = self.engine.config().data_root.join("tmp");
         tokio::fs::create_dir_all(&tmp_dir)
@@ -270,7 +294,6 @@ mod tests {
             ("squash=1", "--squash"),
             ("cachefrom=%5B%22x%22%5D", "--cache-from"),
             ("remote=https%3A%2F%2Fx", "remote build contexts"),
-            ("pull=1", "--pull"),
         ] {
             let q = Query::parse(Some(raw));
             let err = parse_request(Some(raw), &q).unwrap_err().to_string();

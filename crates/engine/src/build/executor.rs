@@ -27,7 +27,10 @@ use super::substitution::{process_word, Env};
 use super::{io_err, BuildError};
 use crate::core::{CreateRequest, Engine, WaitCondition};
 use crate::image::layer_export::{write_layer_tar, EMPTY_LAYER_DIFF_ID};
-use crate::image::{short_id, HistoryEntry, ImageStore, NewImage, NewStep};
+use crate::image::reference::Reference;
+use crate::image::registry::pull::PullOptions;
+use crate::image::registry::Progress as PullProgress;
+use crate::image::{short_id, HistoryEntry, ImageError, ImageStore, NewImage, NewStep};
 
 /// What a build reports while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,10 @@ pub struct BuildOptions {
     /// `HostConfig` fields for the RUN containers (`--network`, `--add-host`, `--memory`,
     /// `--cpuset-cpus`…), checked by the engine's create as for `docker run`.
     pub host_config: Map<String, Value>,
+    /// `pull`: pull every `FROM` image even when it is present (`--pull`).
+    pub pull: bool,
+    /// `X-Registry-Config`: credentials by registry, for the `FROM` images pulled.
+    pub registry_auth: BTreeMap<String, crate::image::registry::auth::AuthConfig>,
 }
 
 /// Args Docker passes to `RUN` without an `ARG` line (moby's `builtinAllowedBuildArgs`).
@@ -366,11 +373,29 @@ impl<'a> Builder<'a> {
         let id = match self.stages.get(&base.to_ascii_lowercase()) {
             Some(id) => id.clone(),
             None => {
+                let pullable = pullable_reference(&base);
+                if let (true, Some(reference)) = (self.options.pull, &pullable) {
+                    self.pull_base(reference).await?;
+                }
                 let images = self.images.clone();
                 let b = base.clone();
-                blocking(move || images.resolve(&b))
-                    .map_err(BuildError::Image)?
-                    .id
+                match blocking(move || images.resolve(&b)) {
+                    Ok(found) => found.id,
+                    // dockerd's classic builder pulls a FROM image it does not have.
+                    Err(ImageError::NotFound { .. })
+                        if pullable.is_some() && !self.options.pull =>
+                    {
+                        if let Some(reference) = &pullable {
+                            self.pull_base(reference).await?;
+                        }
+                        let images = self.images.clone();
+                        let b = base.clone();
+                        blocking(move || images.resolve(&b))
+                            .map_err(BuildError::Image)?
+                            .id
+                    }
+                    Err(err) => return Err(BuildError::Image(err)),
+                }
             }
         };
         self.load_image(&mut st, &id)?;
@@ -392,6 +417,38 @@ impl<'a> Builder<'a> {
             }
         }
         Ok(st)
+    }
+
+    /// Pulls a `FROM` image with the request's credentials for its registry, showing the
+    /// pull's whole-image lines and each layer's state changes in the build output.
+    async fn pull_base(&mut self, reference: &Reference) -> Result<(), BuildError> {
+        let auth = registry_auth_for(&self.options.registry_auth, &reference.domain)
+            .registry_auth()
+            .map_err(|e| invalid(e.to_string()))?;
+        let options = PullOptions {
+            reference: reference.clone(),
+            all_tags: false,
+            auth,
+            platform: None,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<PullProgress>();
+        let out = self.out.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                // Byte counts would flood a log; the state changes tell the story.
+                if matches!(line.status.as_str(), "Downloading" | "Extracting") {
+                    continue;
+                }
+                let text = match line.id {
+                    Some(id) => format!("{id}: {}\n", line.status),
+                    None => format!("{}\n", line.status),
+                };
+                let _ = out.send(Progress::Stream(text));
+            }
+        });
+        let pulled = self.engine.pull_image(options, tx).await;
+        let _ = forward.await;
+        pulled.map_err(|e| BuildError::Engine(Box::new(e)))
     }
 
     /// Makes `id` the stage's current image.
@@ -1472,6 +1529,46 @@ fn glob(root: &Path, pattern: &Path) -> Result<Vec<PathBuf>, BuildError> {
     }
     found.sort();
     Ok(found)
+}
+
+/// The reference a `FROM` names, when it is one a registry could have: not an image id.
+fn pullable_reference(base: &str) -> Option<Reference> {
+    let lowered = base.trim_start_matches("sha256:");
+    if crate::image::reference::is_full_hex(lowered) {
+        return None;
+    }
+    Reference::parse_normalized(base)
+        .ok()
+        .map(Reference::with_default_tag)
+}
+
+/// The credentials `X-Registry-Config` holds for `domain` (keys are registry hosts, with or
+/// without a scheme and path; Docker Hub's is `https://index.docker.io/v1/`); anonymous when
+/// none matches.
+fn registry_auth_for(
+    configs: &BTreeMap<String, crate::image::registry::auth::AuthConfig>,
+    domain: &str,
+) -> crate::image::registry::auth::AuthConfig {
+    let host_of = |key: &str| {
+        let key = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        key.split('/').next().unwrap_or(key).to_string()
+    };
+    let hub = |host: &str| {
+        matches!(
+            host,
+            "docker.io" | "index.docker.io" | "registry-1.docker.io"
+        )
+    };
+    configs
+        .iter()
+        .find(|(key, _)| {
+            let host = host_of(key);
+            host == domain || (hub(&host) && hub(domain))
+        })
+        .map(|(_, config)| config.clone())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
