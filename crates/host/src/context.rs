@@ -6,7 +6,9 @@
 //! with the engine's `tcp://` URL, and the machine's client certificate, key and CA in
 //! `contexts/tls/<sha256(name)>/docker/`. It is rewritten after every boot (the forwarded port
 //! can change) and removed with the machine. A context of the same name that rmachine did not
-//! write is left alone.
+//! write is left alone. A machine named `default` (docker-machine's conventional name) gets
+//! none: the CLI reserves that context name for its local engine, so `docker context use
+//! default` could never reach the machine; `rmachine env default` is the way there.
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +60,9 @@ fn tls_dir(config_dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Whether the context `name` does not exist or was written by rmachine for that machine.
+/// The context name the docker CLI keeps for its local engine.
+const RESERVED: &str = "default";
+
 fn ours_or_absent(config_dir: &Path, name: &str) -> bool {
     let Ok(text) = std::fs::read(meta_dir(config_dir, name).join("meta.json")) else {
         return true;
@@ -85,6 +90,9 @@ pub fn write(
     host: &str,
     cert_dir: &Path,
 ) -> Result<(), ContextError> {
+    if name == RESERVED {
+        return Ok(());
+    }
     if !ours_or_absent(config_dir, name) {
         return Err(ContextError::NotOurs {
             name: name.to_owned(),
@@ -137,6 +145,21 @@ mod tests {
             .env_remove("DOCKER_CONTEXT")
             .output()
             .expect("the docker CLI runs")
+    }
+
+    #[test]
+    fn a_machine_named_default_gets_no_context() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let config = tmp.path().join("docker");
+        let certs = tmp.path().join("default");
+        std::fs::create_dir_all(&certs).expect("certs");
+        for file in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(certs.join(file), format!("{file}\n")).expect("pem");
+        }
+        write(&config, "default", "tcp://127.0.0.1:42376", &certs).expect("write");
+        let out = docker(&config, &["context", "ls", "--format", "{{.Name}}"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "default\n");
+        assert!(!meta_dir(&config, "default").exists());
     }
 
     #[test]

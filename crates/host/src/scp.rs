@@ -64,6 +64,15 @@ pub enum ScpError {
         /// Whether it is a directory.
         dir: bool,
     },
+    /// A directory listing named an entry that is not a plain name (`/`, `..`, NUL): a
+    /// misbehaving server trying to write outside the destination (the scp CVE-2019-6111 class).
+    #[error("scp: {path}: refusing the entry {name:?} listed by the server: not a file name")]
+    BadEntryName {
+        /// The directory listed.
+        path: String,
+        /// The entry's name as sent.
+        name: String,
+    },
     /// A directory would replace a file.
     #[error("scp: {path}: Not a directory")]
     NotADirectory {
@@ -301,6 +310,17 @@ impl Meta {
     }
 }
 
+/// Whether a listed entry is one name in its directory: joined to a destination, it stays there.
+fn is_plain_name(name: &str) -> bool {
+    // On Windows `\` and `:` (drive or stream) also leave the directory a name is joined to.
+    let separators: &[char] = if cfg!(windows) {
+        &['/', '\0', '\\', ':']
+    } else {
+        &['/', '\0']
+    };
+    !name.is_empty() && name != "." && name != ".." && !name.contains(separators)
+}
+
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
@@ -386,6 +406,12 @@ impl Side {
                 .filter(|name| name != "." && name != "..")
                 .collect(),
         };
+        if let Some(bad) = names.iter().find(|name| !is_plain_name(name)) {
+            return Err(ScpError::BadEntryName {
+                path: self.name(path),
+                name: bad.clone(),
+            });
+        }
         names.sort();
         Ok(names)
     }
@@ -611,6 +637,16 @@ async fn copy_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_names_that_leave_the_destination_are_refused() {
+        for bad in ["", ".", "..", "../x", "/etc/passwd", "a/b", "a\0b"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+        for good in ["x", ".bashrc", "..x", "a b", "ü"] {
+            assert!(is_plain_name(good), "{good:?}");
+        }
+    }
 
     #[test]
     fn locations_parse_as_docker_machine_does() {

@@ -93,6 +93,16 @@ impl Api {
                 "cannot push a digest reference".to_string(),
             ));
         }
+        // API 1.46's `docker push --platform` pushes one platform's manifest of an index;
+        // images here are single-platform, so only the engine's own platform is honoured.
+        if let Some(platform) = query
+            .get("platform")
+            .filter(|p| !p.is_empty() && *p != "{}")
+        {
+            return Err(ApiError::BadRequest(format!(
+                "rmachine-engine does not support pushing one platform of an image (--platform {platform}) yet"
+            )));
+        }
         let header = req
             .headers()
             .get("X-Registry-Auth")

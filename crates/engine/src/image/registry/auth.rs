@@ -10,8 +10,9 @@ use serde::Deserialize;
 use super::{endpoints, http_client, RegistryError, DOCKER_HUB};
 use crate::registry_config::RegistryConfig;
 
-/// Docker's `registry.AuthConfig`, as the CLI sends it.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Docker's `registry.AuthConfig`, as the CLI sends it. Its `Debug` hides the secrets, so a
+/// log line with it never carries a password or token.
+#[derive(Clone, Default, Deserialize)]
 pub struct AuthConfig {
     /// User name.
     #[serde(default, alias = "Username")]
@@ -31,6 +32,20 @@ pub struct AuthConfig {
     /// A bearer token for the registry.
     #[serde(default, alias = "RegistryToken")]
     pub registrytoken: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &str| if secret.is_empty() { "" } else { "<hidden>" };
+        f.debug_struct("AuthConfig")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("auth", &hidden(&self.auth))
+            .field("serveraddress", &self.serveraddress)
+            .field("identitytoken", &hidden(&self.identitytoken))
+            .field("registrytoken", &hidden(&self.registrytoken))
+            .finish()
+    }
 }
 
 impl AuthConfig {
