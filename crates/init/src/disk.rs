@@ -594,6 +594,7 @@ mod tests {
             server_key_pem: String::new(),
             authorized_keys: vec![],
             engine: Default::default(),
+            shares: Vec::new(),
         };
         let mut image = Vec::new();
         config
