@@ -13,6 +13,7 @@ pub mod engine_check;
 pub mod env;
 pub mod image;
 pub mod machine;
+pub mod shares;
 pub mod ssh;
 pub mod store;
 pub mod template;
