@@ -11,8 +11,12 @@ use rmachine_e2e::Machine;
 
 #[test]
 fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
-    let rw = tempfile::Builder::new().prefix("rmachine-share-").tempdir()?;
-    let ro = tempfile::Builder::new().prefix("rmachine-share-ro-").tempdir()?;
+    let rw = tempfile::Builder::new()
+        .prefix("rmachine-share-")
+        .tempdir()?;
+    let ro = tempfile::Builder::new()
+        .prefix("rmachine-share-ro-")
+        .tempdir()?;
     let rw_path = rw.path().to_string_lossy().into_owned();
     let ro_path = ro.path().to_string_lossy().into_owned();
     std::fs::write(rw.path().join("from-host.txt"), "written on the host\n")?;
@@ -32,7 +36,9 @@ fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
         .rmachine(&["inspect", "--format", "{{json .Vm.shares}}", "shares"])?
         .success()?;
     ensure!(
-        shares.stdout.contains(&format!("\"guestPath\":\"{rw_path}\""))
+        shares
+            .stdout
+            .contains(&format!("\"guestPath\":\"{rw_path}\""))
             && shares.stdout.contains("\"guestPath\":\"/srv/ro\"")
             && shares.stdout.contains("\"readOnly\":true"),
         "inspect does not list the shares: {}",
@@ -83,10 +89,8 @@ fn a_missing_host_folder_is_refused_at_create() -> anyhow::Result<()> {
     let run = machine.create(&["--share", &missing.to_string_lossy()])?;
     assert_eq!(run.code, 1, "{run:?}");
     ensure!(
-        run.stderr.contains(&format!(
-            "host folder {} does not exist",
-            missing.display()
-        )),
+        run.stderr
+            .contains(&format!("host folder {} does not exist", missing.display())),
         "unexpected error: {}",
         run.stderr
     );
