@@ -49,6 +49,9 @@ esac
 MODULES=(
   # devices: virtio over PCI (pc/q35) and MMIO (microvm), disks, NIC, entropy, console, scsi
   virtio_pci virtio_mmio virtio_blk virtio_net virtio_rng virtio_console virtio_scsi
+  # the data disk's filesystem (built in in the cloud kernel, a module in the generic one);
+  # crc32c is looked up by name (metadata checksums, libcrc32c), not a symbol dependency
+  ext4 crc32c_generic
   # ACPI power button → input event device (clean shutdown on QMP system_powerdown)
   button evdev
   # containers: overlay rootfs, veth pairs, bridge, NAT and filtering for published ports

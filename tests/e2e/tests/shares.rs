@@ -32,6 +32,12 @@ fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
         ])?
         .success()?;
 
+    // The generic kernel has ext4 as a module: the data disk must still mount.
+    let disk = machine
+        .rmachine(&["inspect", "--format", "{{.DataDisk.Mounted}}", "shares"])?
+        .success()?;
+    assert_eq!(disk.stdout, "true\n", "data disk not mounted");
+
     let shares = machine
         .rmachine(&["inspect", "--format", "{{json .Vm.shares}}", "shares"])?
         .success()?;
