@@ -12,9 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::MsFlags;
 use rmachine_guest_config::ShareMount;
 
-/// The 9p payload size: the largest the kernel's virtio transport accepts (512 KiB) — the
+/// The 9p payload size: the largest the kernel's virtio transport accepts (500 KB) — the
 /// default of 8 KiB makes large reads and writes many times slower.
-pub const MSIZE: u32 = 512 * 1024;
+pub const MSIZE: u32 = 512_000;
 
 /// What can go wrong mounting a share.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,7 @@ mod tests {
         let (flags, options) = mount_options(&share("/home/me", false));
         assert_eq!(
             options,
-            "trans=virtio,version=9p2000.L,msize=524288,cache=mmap"
+            "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
         );
         assert!(!flags.contains(MsFlags::MS_RDONLY));
         let (flags, _) = mount_options(&share("/home/me", true));
