@@ -19,3 +19,4 @@ pub mod recovery;
 pub mod registry_config;
 pub mod state;
 pub mod sysinfo;
+pub mod volume;

@@ -296,14 +296,36 @@ pub fn prepare_with(
     opts: &RootfsOptions,
 ) -> Result<(), RootfsError> {
     let root = spec.rootfs.merged_dir.as_path();
+    // As runc's `rootfsPropagation`: the container's mounts are slaves of the host's, unless a
+    // bind asks for `shared`, which needs them peers of the host's (so that what the container
+    // mounts there reaches the host). Then the mount holding the root is made private, so
+    // neither the overlay nor what goes under it propagates back.
+    let shared = spec
+        .mounts
+        .iter()
+        .any(|m| matches!(m.propagation.as_str(), "shared" | "rshared"));
+    let propagation = if shared {
+        MsFlags::MS_SHARED
+    } else {
+        MsFlags::MS_SLAVE
+    };
     mount(
         sys,
         None,
         Path::new("/"),
         None,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        MsFlags::MS_REC | propagation,
         None,
     )?;
+    if shared {
+        let parent = sys
+            .mount_point_of(root)
+            .map_err(|errno| RootfsError::Resolve {
+                path: root.display().to_string(),
+                source: errno.into(),
+            })?;
+        mount(sys, None, &parent, None, MsFlags::MS_PRIVATE, None)?;
+    }
     let options = overlay_options(spec);
     mount(
         sys,
@@ -336,6 +358,9 @@ pub fn prepare_with(
                 };
                 let target = resolve_and_create(sys, root, &m.destination, kind)?;
                 bind(sys, source, &target, m.readonly)?;
+                if let Some(flags) = propagation_flags(&m.propagation) {
+                    mount(sys, None, &target, None, flags, None)?;
+                }
             }
             MountKind::Tmpfs { options } => {
                 let target = resolve_and_create(sys, root, &m.destination, FileKind::Dir)?;
@@ -355,7 +380,7 @@ pub fn prepare_with(
             }
         }
     }
-    switch_root(sys, root)?;
+    switch_root(sys, root, shared)?;
     if !opts.privileged {
         protect_kernel_paths(sys)?;
     }
@@ -371,6 +396,22 @@ pub fn prepare_with(
         )?;
     }
     Ok(())
+}
+
+/// The `mount(2)` flags of a bind propagation (`rshared` → `MS_SHARED|MS_REC`); `None` for
+/// none or one the kernel does not know (the engine checked the names).
+pub fn propagation_flags(propagation: &str) -> Option<MsFlags> {
+    let (recursive, kind) = match propagation.strip_prefix('r') {
+        Some(kind) => (MsFlags::MS_REC, kind),
+        None => (MsFlags::empty(), propagation),
+    };
+    let flag = match kind {
+        "private" => MsFlags::MS_PRIVATE,
+        "shared" => MsFlags::MS_SHARED,
+        "slave" => MsFlags::MS_SLAVE,
+        _ => return None,
+    };
+    Some(flag | recursive)
 }
 
 /// The overlay root's mount flags: `nodev` unless privileged, so a node the container's root
@@ -598,22 +639,48 @@ fn protect_kernel_paths(sys: &dyn Syscall) -> Result<(), RootfsError> {
 }
 
 /// Makes `root` the process's root and detaches the old one.
-fn switch_root(sys: &dyn Syscall, root: &Path) -> Result<(), RootfsError> {
+/// `shared`: the mounts are peers of the host's (see [`prepare_with`]), so the old root is made a
+/// slave before it is detached (its unmount would otherwise reach the host's mounts) and the
+/// initramfs root made private before the overlay moves over it.
+fn switch_root(sys: &dyn Syscall, root: &Path, shared: bool) -> Result<(), RootfsError> {
     let pivot_error = |errno: Errno| RootfsError::PivotRoot {
         path: root.to_path_buf(),
         source: errno.into(),
+    };
+    // The old root, to make it a slave after the pivot: `.` then names the new root for
+    // mount(2) (only umount(2) follows the stack up to the old root), as runc found.
+    let old_root = if shared {
+        Some(sys.open_dir(Path::new("/")).map_err(pivot_error)?)
+    } else {
+        None
     };
     sys.chdir(root).map_err(pivot_error)?;
     match sys.pivot_root(Path::new("."), Path::new(".")) {
         Ok(()) => {
             // The old root is now stacked under the new one at "."; detach it so the
             // container cannot reach the host's tree.
+            if let Some(fd) = old_root {
+                sys.chdir(Path::new(&format!("/proc/self/fd/{fd}")))
+                    .map_err(pivot_error)?;
+                sys.mount(
+                    None,
+                    Path::new("."),
+                    None,
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None,
+                )
+                .map_err(pivot_error)?;
+            }
             sys.umount2(Path::new("."), MntFlags::MNT_DETACH)
                 .map_err(pivot_error)?;
         }
         Err(Errno::EINVAL) => {
             // The current root is the initramfs, which cannot be pivoted away from: move the
             // overlay over it and chroot, the way switch_root(8) does.
+            if shared {
+                sys.mount(None, Path::new("/"), None, MsFlags::MS_PRIVATE, None)
+                    .map_err(pivot_error)?;
+            }
             sys.mount(
                 Some(Path::new(".")),
                 Path::new("/"),
@@ -756,6 +823,19 @@ fn bind(
             None,
         )
         .map_err(|e| with_what(e, &what))?;
+        // The mounts under the source came along (MS_REC) and are still writable: Docker 25+
+        // makes them read-only too where the kernel can (5.12+), and is content with the top
+        // otherwise, as here.
+        match sys.make_readonly_recursive(target) {
+            Ok(()) | Err(Errno::ENOSYS) => {}
+            Err(errno) => {
+                return Err(RootfsError::Mount {
+                    what: what.clone(),
+                    target: target.to_path_buf(),
+                    source: errno.into(),
+                })
+            }
+        }
     }
     Ok(())
 }
@@ -1073,6 +1153,7 @@ mod tests {
                     source: "/vol/data".into(),
                 },
                 readonly: true,
+                propagation: String::new(),
             },
             Mount {
                 destination: "/run/secret".into(),
@@ -1080,6 +1161,7 @@ mod tests {
                     source: "/vol/secret".into(),
                 },
                 readonly: false,
+                propagation: "rslave".into(),
             },
             Mount {
                 destination: "/tmp".into(),
@@ -1087,6 +1169,7 @@ mod tests {
                     options: "size=64m,mode=1777,noexec".into(),
                 },
                 readonly: true,
+                propagation: String::new(),
             },
         ];
         let sys = image()
@@ -1099,12 +1182,18 @@ mod tests {
         let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
         let remount_ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         assert_eq!(
-            all[all.len() - 5..],
+            all[all.len() - 6..],
             [
                 m("/state/hosts", "/c/merged/etc/hosts", bind, None),
                 m("/vol/data", "/c/merged/data", bind, None),
                 m("-", "/c/merged/data", remount_ro, None),
                 m("/vol/secret", "/c/merged/run/secret", bind, None),
+                m(
+                    "-",
+                    "/c/merged/run/secret",
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None
+                ),
                 m(
                     "tmpfs",
                     "/c/merged/tmp",
@@ -1116,6 +1205,9 @@ mod tests {
                 ),
             ]
         );
+        // Submounts of a read-only bind are made read-only too (Docker 25's `rro`).
+        assert!(calls.contains(&Call::ReadonlyRecursive("/c/merged/data".into())));
+        assert!(!calls.contains(&Call::ReadonlyRecursive("/c/merged/run/secret".into())));
         // Mountpoints are created as the source's kind: a directory for a directory, an empty
         // file (and its parents) for a file.
         assert!(calls.contains(&Call::MkdirAll {
@@ -1131,6 +1223,68 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_bind_keeps_the_mounts_peers_and_the_old_root_goes_as_a_slave() {
+        let mut spec = spec();
+        spec.mounts = vec![Mount {
+            destination: "/p".into(),
+            kind: MountKind::Bind {
+                source: "/vol/p".into(),
+            },
+            readonly: false,
+            propagation: "rshared".into(),
+        }];
+        let sys = image().with_file("/vol/p", FileKind::Dir, 0o755);
+        prepare(&spec, &sys, false).expect("prepare");
+        let calls = sys.calls();
+        let all = mounts(&calls);
+        // Peers of the host's mounts, but the one holding the root private (the fake says
+        // `/`), so the overlay does not propagate.
+        assert_eq!(
+            all[..3],
+            [
+                m("-", "/", MsFlags::MS_REC | MsFlags::MS_SHARED, None),
+                m("-", "/", MsFlags::MS_PRIVATE, None),
+                m(
+                    "overlay",
+                    "/c/merged",
+                    MsFlags::MS_NODEV,
+                    Some(&overlay_options(&spec))
+                ),
+            ]
+        );
+        assert!(all.contains(&m(
+            "-",
+            "/c/merged/p",
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None
+        )));
+        // After the pivot: into the old root by its descriptor, made a slave, then detached.
+        let tail: Vec<&Call> = calls
+            .iter()
+            .skip_while(|c| !matches!(c, Call::PivotRoot { .. }))
+            .take(4)
+            .collect();
+        assert_eq!(
+            tail[1..],
+            [
+                &Call::Chdir("/proc/self/fd/100".into()),
+                &Call::Mount {
+                    source: None,
+                    target: ".".into(),
+                    fstype: None,
+                    flags: MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    data: None,
+                },
+                &Call::Umount2 {
+                    target: ".".into(),
+                    flags: MntFlags::MNT_DETACH,
+                },
+            ]
+        );
+        assert!(calls.contains(&Call::OpenDir("/".into())));
+    }
+
+    #[test]
     fn a_missing_bind_source_is_named() {
         let mut spec = spec();
         spec.mounts = vec![Mount {
@@ -1139,6 +1293,7 @@ mod tests {
                 source: "/vol/gone".into(),
             },
             readonly: false,
+            propagation: String::new(),
         }];
         let err = prepare(&spec, &image(), false).expect_err("missing source");
         assert_eq!(err.to_string(), "bind source /vol/gone");

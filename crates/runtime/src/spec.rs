@@ -147,6 +147,10 @@ pub struct Mount {
     /// Read-only.
     #[serde(default)]
     pub readonly: bool,
+    /// Bind propagation (`rprivate`, `shared`, `rslave`...), applied to the mount once made;
+    /// empty: what the container's root gives it (slave of the host's mounts).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub propagation: String,
 }
 
 /// The kinds of mount the runtime knows.

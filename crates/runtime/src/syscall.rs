@@ -172,6 +172,14 @@ pub trait Syscall {
     /// `(st_dev, st_ino)` of `path`, links followed: what identifies a namespace through its
     /// `/proc/PID/ns/NAME` file.
     fn file_id(&self, path: &Path) -> Result<(u64, u64), Errno>;
+    /// `mount_setattr(2)` with `AT_RECURSIVE` and `MOUNT_ATTR_RDONLY`: `target` and every
+    /// mount below it read-only (kernel 5.12+; `ENOSYS` before).
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno>;
+    /// The mount point of the mount holding `path` (from `/proc/self/mountinfo`).
+    fn mount_point_of(&self, path: &Path) -> Result<PathBuf, Errno>;
+    /// Opens a directory (`O_RDONLY|O_DIRECTORY|O_CLOEXEC`) and leaves the descriptor open (it
+    /// closes at `execve`).
+    fn open_dir(&self, path: &Path) -> Result<RawFd, Errno>;
 }
 
 /// A device node of the host, for `--privileged` containers.
@@ -314,6 +322,26 @@ fn walk_devices(dir: &Path, base: &Path, out: &mut Vec<HostDevice>) -> Result<()
 pub struct LinuxSyscall;
 
 /// The errno inside an I/O error (`EIO` for errors that carry none).
+/// A mount table field with its octal escapes (`\040` for a space) decoded.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(digits, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub(crate) fn io_errno(err: &std::io::Error) -> Errno {
     err.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
 }
@@ -699,6 +727,60 @@ impl Syscall for LinuxSyscall {
         std::fs::metadata(path)
             .map(|m| (m.dev(), m.ino()))
             .map_err(|e| io_errno(&e))
+    }
+
+    fn open_dir(&self, path: &Path) -> Result<RawFd, Errno> {
+        use std::os::fd::IntoRawFd;
+        Ok(open_raw(path, libc::O_RDONLY | libc::O_DIRECTORY)?.into_raw_fd())
+    }
+
+    fn mount_point_of(&self, path: &Path) -> Result<PathBuf, Errno> {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| io_errno(&e))?;
+        table
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .map(|field| PathBuf::from(unescape_mountinfo(field)))
+            .filter(|mount_point| path.starts_with(mount_point))
+            // The deepest mount point holds it.
+            .max_by_key(|mount_point| mount_point.components().count())
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
+        /// The kernel's `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 0x1;
+        let path =
+            CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: `path` is a NUL-terminated string and `attr` a live struct of the size
+        // passed; the kernel only reads both during the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Errno::last())
+        }
     }
 
     fn write_file(&self, path: &Path, value: &str) -> Result<(), Errno> {

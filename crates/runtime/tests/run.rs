@@ -688,6 +688,7 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
                 source: host.path().to_path_buf(),
             },
             readonly: true,
+            propagation: String::new(),
         },
         Mount {
             destination: "/rw".into(),
@@ -695,6 +696,7 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
                 source: host.path().to_path_buf(),
             },
             readonly: false,
+            propagation: String::new(),
         },
         Mount {
             destination: "/scratch".into(),
@@ -702,6 +704,7 @@ fn binds_tmpfs_and_etc_files_are_mounted() {
                 options: "size=1m,mode=1777,noexec".into(),
             },
             readonly: false,
+            propagation: String::new(),
         },
     ];
     container.spec.etc_files = vec![EtcFile {
@@ -730,6 +733,7 @@ fn a_symlink_in_the_image_cannot_send_a_mount_outside_the_rootfs() {
             options: String::new(),
         },
         readonly: false,
+        propagation: String::new(),
     }];
     let outcome = container.run();
     assert_eq!(
@@ -1677,6 +1681,7 @@ fn device_cgroup_refuses_the_disk(pure_v2: bool) {
             source: host.path().to_path_buf(),
         },
         readonly: false,
+        propagation: String::new(),
     }];
     let file = SpecFile {
         spec: container.spec.clone(),
@@ -1741,6 +1746,7 @@ fn tmpfs_mounts_are_nodev_unless_they_ask_for_dev() {
             options: options.into(),
         },
         readonly: false,
+        propagation: String::new(),
     };
     container.spec.mounts = vec![tmpfs("/scratch", "size=1m"), tmpfs("/devs", "size=1m,dev")];
     let outcome = container.run();
@@ -1780,6 +1786,7 @@ fn exec_processes_get_the_device_cgroup_too() {
             source: host.path().to_path_buf(),
         },
         readonly: false,
+        propagation: String::new(),
     }];
     let (mut runtime, pid) = container.start_detached();
     let (major, minor) = host_block_device();

@@ -18,7 +18,6 @@ fn missing_capabilities_are_501s_that_name_the_docker_command() -> anyhow::Resul
     };
     for (args, command) in [
         (&["network", "create", "x"][..], "docker network create"),
-        (&["volume", "create", "data"][..], "docker volume create"),
         (&["pull", "busybox"][..], "docker pull"),
         (&["tag", "a", "b"][..], "docker tag"),
         (&["network", "ls"][..], "docker network ls"),
@@ -103,10 +102,10 @@ fn a_large_body_to_an_unserved_route_still_gets_its_answer() -> anyhow::Result<(
         "{{\"Name\":\"data\",\"Labels\":{{\"pad\":\"{}\"}}}}",
         "x".repeat(8 << 20)
     );
-    let (status, answer) = engine.request("POST", "/v1.45/volumes/create", &body)?;
+    let (status, answer) = engine.request("POST", "/v1.45/networks/create", &body)?;
     assert_eq!(status, 501, "{answer}");
     assert!(
-        answer.contains("rmachine-engine does not support docker volume create yet"),
+        answer.contains("rmachine-engine does not support docker network create yet"),
         "{answer}"
     );
     Ok(())

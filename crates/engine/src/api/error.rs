@@ -5,6 +5,7 @@ use hyper::StatusCode;
 use crate::container::archive::ArchiveError;
 use crate::core::EngineError;
 use crate::image::ImageError;
+use crate::volume::VolumeError;
 
 /// Errors of the API layer itself: a malformed request, or a failed engine operation.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +96,19 @@ fn engine_status(err: &EngineError) -> StatusCode {
         EngineError::NoSuchExec { .. } => StatusCode::NOT_FOUND,
         EngineError::LogsNotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
         EngineError::Archive(archive) => archive_status(archive),
+        EngineError::Volume(volume) => volume_status(volume),
         EngineError::Image(image) => image_status(image),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// dockerd's statuses for volume failures.
+fn volume_status(err: &VolumeError) -> StatusCode {
+    match err {
+        VolumeError::NotFound { .. } | VolumeError::NoSuchDriver { .. } => StatusCode::NOT_FOUND,
+        VolumeError::InUse { .. } => StatusCode::CONFLICT,
+        VolumeError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        VolumeError::Mount { .. } | VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -47,7 +47,7 @@ fn size(v: Option<&Vec<u16>>) -> Option<(u16, u16)> {
     Some((*v.first()?, *v.get(1)?)).filter(|(h, w)| *h > 0 && *w > 0)
 }
 
-async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub(super) async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     Ok(req
         .into_body()
         .collect()
@@ -58,7 +58,10 @@ async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 
 /// Decodes a body as dockerd does (case-insensitive names, Go's type errors); an empty body
 /// is the default.
-fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], go_struct: &str) -> Result<T, ApiError> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    go_struct: &str,
+) -> Result<T, ApiError> {
     super::gojson::from_slice(bytes, go_struct).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
@@ -172,6 +175,7 @@ impl Api {
                 json(StatusCode::OK, &self.engine.top(id, ps_args)?)
             }
             (&Method::GET, ["containers", id, "stats"]) => self.stats(id, query),
+            (_, ["volumes", ..]) => self.route_volumes(req, method, segments, query).await,
             _ => {
                 // `docker volume create`, `network create`, `build`… send a body: read it, or
                 // the CLI may see a broken pipe instead of the 501.

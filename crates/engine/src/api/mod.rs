@@ -15,6 +15,7 @@ pub mod server;
 pub mod stream;
 pub mod types;
 mod unsupported;
+mod volumes;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -266,7 +267,9 @@ impl Api {
             }
             (&Method::GET, ["containers", id, "logs"]) => self.logs(id, &query),
             (&Method::DELETE, ["containers", id]) => {
-                self.engine.remove(id, query.bool("force")).await?;
+                self.engine
+                    .remove_with_volumes(id, query.bool("force"), query.bool("v"))
+                    .await?;
                 empty(StatusCode::NO_CONTENT)
             }
             (&Method::HEAD, ["containers", id, "archive"]) => self.archive_head(id, &query).await,

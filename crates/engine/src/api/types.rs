@@ -133,6 +133,11 @@ fn network_settings() -> Value {
     })
 }
 
+/// A container's `Mounts` (inspect and list): its mount points, by destination.
+fn mounts(record: &ContainerRecord) -> Value {
+    Value::Array(record.mount_points.values().map(|m| m.to_api()).collect())
+}
+
 /// One entry of `GET /containers/json`.
 pub fn container_summary(record: &ContainerRecord, now: DateTime<Utc>) -> Value {
     let network_mode = if record.host_config.network_mode == "default" {
@@ -153,7 +158,7 @@ pub fn container_summary(record: &ContainerRecord, now: DateTime<Utc>) -> Value 
         "Status": status_text(record, now),
         "HostConfig": {"NetworkMode": network_mode},
         "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
+        "Mounts": mounts(record),
     })
 }
 
@@ -229,7 +234,7 @@ pub fn container_inspect(record: &ContainerRecord, dir: &std::path::Path) -> Val
                 "WorkDir": path("work"),
             }
         },
-        "Mounts": [],
+        "Mounts": mounts(record),
         "Config": config,
         "NetworkSettings": network_settings(),
     });

@@ -35,17 +35,15 @@ enum Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Area {
     Network,
-    Volume,
     Plugin,
 }
 
 impl Area {
-    /// dockerd's not-found text (libnetwork `ErrNoSuchNetwork`, volume `errNoSuchVolume` in an
-    /// `OpErr`, plugin `errNotFound`).
+    /// dockerd's not-found text (libnetwork `ErrNoSuchNetwork`, plugin
+    /// `errNotFound`).
     fn not_found(self, name: &str) -> String {
         match self {
             Area::Network => format!("network {name} not found"),
-            Area::Volume => format!("get {name}: no such volume"),
             Area::Plugin => format!("plugin {name:?} not found"),
         }
     }
@@ -125,20 +123,7 @@ const UNSERVED: &[(On, &str, Answer)] = &[
     ),
     (On::Get, "system/df", Answer::NotYet("docker system df")),
     // Volumes.
-    (On::Get, "volumes", Answer::NotYet("docker volume ls")),
-    (
-        On::Post,
-        "volumes/create",
-        Answer::NotYet("docker volume create"),
-    ),
-    (
-        On::Post,
-        "volumes/prune",
-        Answer::NotYet("docker volume prune"),
-    ),
-    (On::Get, "volumes/*", Answer::NoSuch(Area::Volume)),
     (On::Put, "volumes/*", Answer::NotYet("docker volume update")),
-    (On::Delete, "volumes/*", Answer::NotYet("docker volume rm")),
     // Networks.
     (On::Get, "networks", Answer::NotYet("docker network ls")),
     (
@@ -266,7 +251,7 @@ pub fn answer(method: &Method, segments: &[&str], query: &Query) -> ApiError {
         },
         Some((_, _, Answer::NoSwarm(text))) => ApiError::Unavailable((*text).into()),
         Some((_, _, Answer::NoSuch(area))) => {
-            // `networks/NAME`, `volumes/NAME`, `plugins/NAME.../json`.
+            // `networks/NAME`, `plugins/NAME.../json`.
             let end = if *area == Area::Plugin {
                 segments.len() - 1
             } else {
@@ -346,10 +331,6 @@ mod tests {
             (StatusCode::NOT_FOUND, "network web not found".into())
         );
         assert_eq!(
-            ask(Method::GET, "/volumes/data").1,
-            "get data: no such volume"
-        );
-        assert_eq!(
             ask(Method::GET, "/plugins/vieux/sshfs:latest/json").1,
             "plugin \"vieux/sshfs:latest\" not found"
         );
@@ -408,6 +389,11 @@ mod tests {
             "post /exec/{id}/start",
             "post /exec/{id}/resize",
             "get /exec/{id}/json",
+            "get /volumes",
+            "post /volumes/create",
+            "post /volumes/prune",
+            "get /volumes/{name}",
+            "delete /volumes/{name}",
         ];
         let swagger = include_str!("swagger/v1.45.yaml");
         let mut path = "";

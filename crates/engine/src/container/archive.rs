@@ -98,7 +98,21 @@ pub enum RootSource {
         mountpoint: PathBuf,
         /// Mount read-write (upper + work); otherwise the upper dir is one more read-only layer.
         writable: bool,
+        /// The container's binds and volumes, mounted over the root as a start would (what
+        /// dockerd's `docker cp` sees in a stopped container); parents first.
+        mounts: Vec<ContainerMount>,
     },
+}
+
+/// A bind or volume of a stopped container, for [`RootSource::Layers`].
+#[derive(Debug, Clone)]
+pub struct ContainerMount {
+    /// Host path (the bind's source, the volume's directory).
+    pub source: PathBuf,
+    /// Path in the container.
+    pub destination: String,
+    /// Writable.
+    pub writable: bool,
 }
 
 /// Runs `f` with a descriptor of the container's root. For [`RootSource::Layers`] the calling
@@ -125,6 +139,7 @@ pub fn with_root<T>(
             work,
             mountpoint,
             writable,
+            mounts,
         } => {
             let mount_err = |source| ArchiveError::Mount {
                 id: id.clone(),
@@ -178,9 +193,72 @@ pub fn with_root<T>(
                 Mode::empty(),
             )
             .map_err(io_at("/"))?;
+            for m in mounts {
+                mount_inside(root.as_fd(), m, *writable).map_err(mount_err)?;
+            }
             f(root.as_fd())
         }
     }
+}
+
+/// Binds `m` over its destination in the root (resolved with `RESOLVE_IN_ROOT`, the mount made
+/// through the descriptor's `/proc/self/fd` path, so no symlink of the container is followed);
+/// a destination the image lacks is made in a writable root (as dockerd's `mountVolumes`), left
+/// out of a read-only one (the runtime makes it at the first start).
+fn mount_inside(root: BorrowedFd<'_>, m: &ContainerMount, create: bool) -> Result<(), Errno> {
+    let parts = components(&m.destination);
+    let target = match open_in_root(root, &parts, OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) if create && m.source.is_dir() => {
+            for depth in 1..=parts.len() {
+                match open_in_root(root, &parts[..depth], OFlag::O_PATH) {
+                    Ok(_) => continue,
+                    Err(Errno::ENOENT) => {}
+                    Err(errno) => return Err(errno),
+                }
+                let parent = open_in_root(
+                    root,
+                    &parts[..depth - 1],
+                    OFlag::O_PATH | OFlag::O_DIRECTORY,
+                )?;
+                match mkdirat(
+                    parent.as_fd(),
+                    parts[depth - 1].as_str(),
+                    Mode::from_bits_truncate(0o755),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(errno) => return Err(errno),
+                }
+            }
+            open_in_root(root, &parts, OFlag::O_PATH)?
+        }
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(errno) => return Err(errno),
+    };
+    let fd_path = |fd: &OwnedFd| {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", fd.as_raw_fd())
+    };
+    mount(
+        Some(m.source.as_path()),
+        fd_path(&target).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    if !m.writable {
+        // The descriptor names the directory under the new mount; the mount's root is found
+        // by resolving the path again.
+        let top = open_in_root(root, &parts, OFlag::O_PATH)?;
+        mount(
+            None::<&str>,
+            fd_path(&top).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
 }
 
 /// `X-Docker-Container-Path-Stat`: what the CLI learns about a path before copying.

@@ -56,10 +56,12 @@ pub fn merge_image_config(config: &mut ContainerConfig, image: &ImageRecord) {
     if config.working_dir.is_empty() {
         config.working_dir = ic.working_dir.clone();
     }
-    if config.volumes.is_empty() {
-        for volume in &ic.volumes {
-            config.volumes.insert(volume.clone(), serde_json::json!({}));
-        }
+    // The image's volumes join the request's (moby's `merge`), they do not give way to them.
+    for volume in &ic.volumes {
+        config
+            .volumes
+            .entry(volume.clone())
+            .or_insert_with(|| serde_json::json!({}));
     }
     if config.stop_signal.as_deref().is_none_or(str::is_empty) {
         config.stop_signal = ic.stop_signal.clone();

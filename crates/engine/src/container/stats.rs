@@ -267,6 +267,7 @@ mod tests {
                 health: None,
             },
             restart_count: 0,
+            mount_points: Default::default(),
         };
         let stats = CgroupStats {
             memory_usage: 10,

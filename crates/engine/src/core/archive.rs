@@ -56,7 +56,7 @@ fn task_failed(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Runs `f` on a new thread (its mount namespace may change) and returns its result.
-async fn on_thread<T: Send + 'static>(
+pub(super) async fn on_thread<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
 ) -> Result<T, EngineError> {
     let (tx, rx) = oneshot::channel();
@@ -71,7 +71,7 @@ async fn on_thread<T: Send + 'static>(
 
 impl Engine {
     /// How to reach a container's root: its live root while it runs, else its layers.
-    async fn root_source(
+    pub(super) async fn root_source(
         &self,
         c: &Container,
         record: &ContainerRecord,
@@ -99,6 +99,13 @@ impl Engine {
                 source: e,
             }
         })?;
+        // `docker cp` sees the binds and volumes (`live`); export and a volume's prefill
+        // read the image and the container's layer alone.
+        let mounts = if live {
+            self.archive_mounts(record)
+        } else {
+            Vec::new()
+        };
         Ok(RootSource::Layers {
             id: c.id.clone(),
             lower,
@@ -106,6 +113,7 @@ impl Engine {
             work: c.dir.join("work"),
             mountpoint: c.dir.join("merged"),
             writable,
+            mounts,
         })
     }
 
@@ -173,11 +181,17 @@ impl Engine {
         mut options: ExtractOptions,
     ) -> Result<(), EngineError> {
         let c = self.container(reference)?;
-        options.read_only_root = super::restart::readonly_rootfs(&c.record().host_config);
+        // dockerd's `checkIfPathIsInAVolume`: a `--read-only` root takes uploads into a
+        // writable volume or bind only.
+        options.read_only_root = super::restart::readonly_rootfs(&c.record().host_config)
+            && !super::volumes::in_writable_mount(&c.record(), path);
         options.owner = self.copy_owner(&c.record(), options.copy_uid_gid).await?;
         // A stopped container's overlay is mounted writable here: it must not start meanwhile.
         let _op = c.op.lock().await;
-        let source = self.root_source(&c, &c.record(), true, true).await?;
+        // A `--read-only` root that takes the upload (into a volume) stays read-only
+        // underneath: a symlink in the volume leading out of it meets a read-only layer.
+        let writable = !super::restart::readonly_rootfs(&c.record().host_config);
+        let source = self.root_source(&c, &c.record(), writable, true).await?;
         let (path, reference) = (path.to_string(), reference.to_string());
         on_thread(move || {
             let file = std::fs::File::open(&tar_path).map_err(|source| ArchiveError::Io {

@@ -102,6 +102,7 @@ impl Engine {
             &config.working_dir,
             &self.inner.images.rootfs_layers(&image.id)?,
         )?;
+        let mount_points = self.mount_points_for(&config, &host_config)?;
         let mut argv = config.entrypoint.clone().unwrap_or_default();
         argv.extend(config.cmd.clone().unwrap_or_default());
         let Some((path, args)) = argv.split_first() else {
@@ -111,7 +112,8 @@ impl Engine {
         };
         let id = new_id();
         let dir = self.inner.state.dir(&id);
-        let container = {
+        let points = mount_points.clone();
+        let container = (|| {
             let mut table = lock(&self.inner.table);
             let name = match name {
                 Some(name) => {
@@ -146,11 +148,19 @@ impl Engine {
                     health: None,
                 },
                 restart_count: 0,
+                mount_points,
             };
             let container = Container::new(record, dir.clone());
             table.names.insert(name, id.clone());
             table.by_id.insert(id.clone(), container.clone());
-            container
+            Ok(container)
+        })();
+        let container = match container {
+            Ok(container) => container,
+            Err(err) => {
+                self.remove_anonymous_volumes(&points);
+                return Err(err);
+            }
         };
         let saved = self
             .inner
@@ -161,6 +171,7 @@ impl Engine {
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);
+            self.remove_anonymous_volumes(&points);
             return Err(err);
         }
         info!(container = %id, "created");

@@ -9,6 +9,9 @@ use crate::state::StateError;
 /// Errors of engine operations. Each maps to one HTTP status in `api::error`.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// A volume operation failed.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     /// No container has this id, id prefix or name.
     #[error("No such container: {reference}")]
     NoSuchContainer {

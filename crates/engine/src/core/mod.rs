@@ -22,7 +22,8 @@
 //! - `remove`: `rm` and `container prune`; `exec`: exec instances; `attach`: attach, logs and
 //!   resize; `resources`: update, top, stats and the limit checks; `archive`: `docker cp`,
 //!   export, diff and sizes; `images`: image load, list, inspect and remove; `lookup`: the
-//!   lookups of `ps` filters; `list`: `docker ps`.
+//!   lookups of `ps` filters; `list`: `docker ps`; `volumes`: the volume API and the mounts
+//!   of a container (decided at create, made at start).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ mod restart;
 mod signal;
 mod start;
 mod unsupported;
+mod volumes;
 
 pub use archive::ContainerSizes;
 pub use attach::{AttachSession, LogSource};
@@ -67,6 +69,7 @@ pub use lifecycle::WaitCondition;
 pub use list::{ListOptions, ListedContainer};
 pub use remove::{PruneFilters, PruneReport};
 pub use signal::{parse_kill_signal, parse_signal};
+pub use volumes::VolumeFilters;
 
 use error::io_err;
 use host_config::features_of;
@@ -113,6 +116,7 @@ struct Inner {
     engine_id: String,
     images: Arc<ImageStore>,
     state: StateStore,
+    volumes: Arc<crate::volume::VolumeStore>,
     events: EventBus,
     table: Mutex<Table>,
     execs: exec::ExecTable,
@@ -180,6 +184,7 @@ impl Engine {
         std::fs::create_dir_all(&config.data_root).map_err(io_err(&config.data_root))?;
         let images = Arc::new(ImageStore::open(&config.data_root.join("image"))?);
         let state = StateStore::open(&config.data_root)?;
+        let volumes = Arc::new(crate::volume::VolumeStore::open(&config.data_root)?);
         crate::state::modes::ensure_dir(
             &config.data_root.join("tmp"),
             crate::state::modes::PRIVATE_DIR,
@@ -189,6 +194,9 @@ impl Engine {
         // Monitors, cgroups, directories and spools of a previous engine (crate::recovery).
         let reconciled = crate::recovery::reconcile(&config.data_root);
         let mut table = Table::default();
+        // The anonymous volumes of auto-remove containers removed here go once the engine
+        // exists to judge who else uses them.
+        let mut dropped_mounts = Vec::new();
         for mut record in state.load_all()? {
             // A container recorded as created may have run: the engine died between spawning
             // its runtime and recording the start.
@@ -199,6 +207,7 @@ impl Engine {
                 if let Err(err) = state.remove(&record.id) {
                     warn!(container = %record.id, error = %err, "cannot remove container");
                 } else {
+                    dropped_mounts.push(record.mount_points);
                     continue;
                 }
             }
@@ -224,18 +233,23 @@ impl Engine {
             table.names.insert(name, id.clone());
             table.by_id.insert(id, container);
         }
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 config,
                 engine_id,
                 images,
                 state,
+                volumes,
                 events: EventBus::default(),
                 table: Mutex::new(table),
                 execs: exec::ExecTable::default(),
                 restarts: restart::RestartManager::default(),
             }),
-        })
+        };
+        for points in &dropped_mounts {
+            engine.remove_anonymous_volumes(points);
+        }
+        Ok(engine)
     }
 
     /// The engine's settings.
@@ -426,6 +440,7 @@ mod tests {
                 health: None,
             },
             restart_count: 0,
+            mount_points: Default::default(),
         }
     }
 

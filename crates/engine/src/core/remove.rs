@@ -151,6 +151,16 @@ fn parse_until(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String>
 impl Engine {
     /// Removes a container; a running one only with `force` (it is killed first).
     pub async fn remove(&self, reference: &str, force: bool) -> Result<(), EngineError> {
+        self.remove_with_volumes(reference, force, false).await
+    }
+
+    /// `docker rm [-f] [-v]`: with `volumes`, the container's anonymous volumes go too.
+    pub async fn remove_with_volumes(
+        &self,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), EngineError> {
         let c = self.container(reference)?;
         let _op = c.op.lock().await;
         if c.lifecycle().borrow().removed {
@@ -182,7 +192,11 @@ impl Engine {
             }
             self.cancel_restart(&c.id);
         }
-        self.remove_locked(&c)
+        self.remove_locked(&c)?;
+        if volumes {
+            self.remove_anonymous_volumes(&record.mount_points);
+        }
+        Ok(())
     }
 
     /// Removes every container that is not running and that `filters` select; reports their

@@ -203,6 +203,7 @@ pub fn tmpfs_mounts(host: &HostConfig) -> Vec<spec::Mount> {
                     options: opts.join(","),
                 },
                 readonly,
+                propagation: String::new(),
             }
         })
         .collect();

@@ -120,6 +120,7 @@ impl Engine {
                 });
                 if record.host_config.auto_remove {
                     self.remove_locked(&c)?;
+                    self.remove_anonymous_volumes(&record.mount_points);
                 }
                 Err(error)
             }
@@ -175,6 +176,11 @@ impl Engine {
                 id: c.id.clone(),
                 source: e,
             })?;
+            // A mount of the user's on the path replaces the engine's file (dockerd's
+            // `HasMountFor`).
+            if record.mount_points.contains_key(destination) {
+                continue;
+            }
             etc_files.push(spec::EtcFile {
                 source,
                 destination: destination.to_string(),
@@ -188,6 +194,10 @@ impl Engine {
         let env = config::container_env(config, &hostname, &user.home);
         let mut args = vec![record.path.clone()];
         args.extend(record.args.iter().cloned());
+        let mut mounts = restart::tmpfs_mounts(&record.host_config);
+        mounts.extend(self.prepare_mounts(c, record).await?);
+        // Parents before children, whatever made them (moby's `sortMounts`).
+        mounts.sort_by_key(|m| std::path::Path::new(&m.destination).components().count());
         Ok(RuntimeSpec {
             id: c.id.clone(),
             rootfs: spec::Rootfs {
@@ -210,7 +220,7 @@ impl Engine {
                 terminal: config.tty,
             },
             hostname,
-            mounts: restart::tmpfs_mounts(&record.host_config),
+            mounts,
             etc_files,
             readonly_rootfs: restart::readonly_rootfs(&record.host_config),
             network: spec::NetworkNamespace::Loopback,
@@ -336,8 +346,10 @@ impl Engine {
         });
         if auto_remove {
             let _op = c.op.lock().await;
-            if let Err(err) = self.remove_locked(c) {
-                warn!(container = %c.id, error = %err, "cannot auto-remove container");
+            match self.remove_locked(c) {
+                // `--rm` takes the container's anonymous volumes along, as dockerd's does.
+                Ok(()) => self.remove_anonymous_volumes(&c.record().mount_points),
+                Err(err) => warn!(container = %c.id, error = %err, "cannot auto-remove container"),
             }
         } else {
             self.after_exit(c, code);

@@ -50,11 +50,7 @@ fn map<K, V>(map: &Option<std::collections::BTreeMap<K, V>>) -> bool {
 #[rustfmt::skip]
 const REFUSED: &[Refused] = &[
     // Storage.
-    Refused { what: "bind mounts and volumes", flags: "-v/--volume", set: |r| list(&r.host.binds), update: false },
-    Refused { what: "anonymous volumes", flags: "-v/--volume PATH", set: |r| !r.config.volumes.is_empty(), update: false },
-    Refused { what: "mounts", flags: "--mount", set: |r| list(&r.host.mounts), update: false },
-    Refused { what: "volumes from other containers", flags: "--volumes-from", set: |r| list(&r.host.volumes_from), update: false },
-    Refused { what: "volume drivers", flags: "--volume-driver", set: |r| !r.host.volume_driver.is_empty(), update: false },
+    Refused { what: "volume drivers", flags: "--volume-driver", set: |r| !matches!(r.host.volume_driver.as_str(), "" | crate::volume::LOCAL_DRIVER), update: false },
     Refused { what: "storage driver options", flags: "--storage-opt", set: |r| map(&r.host.storage_opt), update: false },
     // Networking: a container gets its own network namespace with only a loopback interface,
     // which is what `default` means here (and `none` asks for).
@@ -253,12 +249,8 @@ mod tests {
                 "rmachine-engine does not support published ports (-p/--publish) yet",
             ),
             (
-                r#"{"HostConfig":{"Binds":["/tmp:/h"]}}"#,
-                "rmachine-engine does not support bind mounts and volumes (-v/--volume) yet",
-            ),
-            (
-                r#"{"Volumes":{"/data":{}}}"#,
-                "rmachine-engine does not support anonymous volumes (-v/--volume PATH) yet",
+                r#"{"HostConfig":{"VolumeDriver":"nfs"}}"#,
+                "rmachine-engine does not support volume drivers (--volume-driver) yet",
             ),
             (
                 r#"{"HostConfig":{"NetworkMode":"bridge"}}"#,

@@ -826,6 +826,10 @@ pub struct ContainerRecord {
     pub state: ContainerState,
     /// How often it was restarted by a restart policy.
     pub restart_count: u64,
+    /// Its binds, volumes and `--mount`s by destination (dockerd's `MountPoints`), decided
+    /// at create.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mount_points: BTreeMap<String, crate::volume::spec::MountPoint>,
 }
 
 impl ContainerRecord {
@@ -1203,6 +1207,7 @@ mod tests {
                 health: None,
             },
             restart_count: 0,
+            mount_points: BTreeMap::new(),
         };
         store.save(&record).unwrap();
         assert_eq!(store.load_all().unwrap(), vec![record]);
@@ -1231,6 +1236,7 @@ mod tests {
                 health: None,
             },
             restart_count: 0,
+            mount_points: BTreeMap::new(),
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Call {
         target: PathBuf,
         flags: MntFlags,
     },
+    ReadonlyRecursive(PathBuf),
+    OpenDir(PathBuf),
     PivotRoot {
         new_root: PathBuf,
         put_old: PathBuf,
@@ -478,5 +480,18 @@ impl Syscall for RecordingSyscall {
 
     fn file_id(&self, path: &Path) -> Result<(u64, u64), Errno> {
         Ok(self.id_of(path))
+    }
+
+    fn open_dir(&self, path: &Path) -> Result<RawFd, Errno> {
+        self.record(Call::OpenDir(path.into()))?;
+        Ok(100)
+    }
+
+    fn mount_point_of(&self, _path: &Path) -> Result<PathBuf, Errno> {
+        Ok(PathBuf::from("/"))
+    }
+
+    fn make_readonly_recursive(&self, target: &Path) -> Result<(), Errno> {
+        self.record(Call::ReadonlyRecursive(target.into()))
     }
 }
