@@ -1,6 +1,7 @@
 //! Host folders shared into the machine at the same path (virtio-9p): a file written on the
 //! host is read in the guest, a file written in the guest appears on the host owned by the
-//! user running QEMU, a `:ro` share refuses writes, and `inspect` lists the shares.
+//! user running QEMU, a `:ro` share refuses writes, `inspect` lists the shares, and
+//! `docker run -v HOSTPATH:/src` in the machine binds the host's folder.
 #![cfg(rmachine_e2e)]
 
 use std::os::unix::fs::MetadataExt;
@@ -8,6 +9,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Context};
 use rmachine_e2e::Machine;
+use rmachine_fixtures::{busybox_image, ArchiveFormat};
 
 #[test]
 fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
@@ -73,6 +75,46 @@ fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
     let uid = Command::new("id").arg("-u").output()?;
     let uid: u32 = String::from_utf8_lossy(&uid.stdout).trim().parse()?;
     assert_eq!(std::fs::metadata(&written)?.uid(), uid);
+
+    // What a user types: `docker run -v "$PWD":/src`, with a host path under a share.
+    let tar = machine.store().join("busybox.tar");
+    busybox_image(&tar, "busybox:latest", ArchiveFormat::DockerSave)?;
+    machine
+        .docker(&["load", "-i", &tar.to_string_lossy()])?
+        .success()?;
+    let bind = format!("{rw_path}:/src");
+    let read = machine
+        .docker(&[
+            "run",
+            "--rm",
+            "-v",
+            &bind,
+            "busybox",
+            "cat",
+            "/src/from-host.txt",
+        ])?
+        .success()?;
+    assert_eq!(read.stdout, "written on the host\n");
+    machine
+        .docker(&[
+            "run",
+            "--rm",
+            "-u",
+            "1234:1234",
+            "-v",
+            &bind,
+            "busybox",
+            "sh",
+            "-c",
+            "echo from a container > /src/from-container.txt",
+        ])?
+        .success()?;
+    let written = rw.path().join("from-container.txt");
+    assert_eq!(std::fs::read_to_string(&written)?, "from a container\n");
+    // security_model=none: QEMU as a user creates the file as that user (the guest's chown is
+    // refused and ignored); QEMU as root, as here, can honour the container's uid.
+    let expected = if uid == 0 { 1234 } else { uid };
+    assert_eq!(std::fs::metadata(&written)?.uid(), expected);
 
     // Read-only share: readable under its own guest path, writes refused.
     let read = machine
