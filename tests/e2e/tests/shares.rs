@@ -4,7 +4,7 @@
 //! `docker run -v HOSTPATH:/src` in the machine binds the host's folder.
 #![cfg(rmachine_e2e)]
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
 use anyhow::{ensure, Context};
@@ -83,6 +83,9 @@ fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
         .docker(&["load", "-i", &tar.to_string_lossy()])?
         .success()?;
     let bind = format!("{rw_path}:/src");
+    // A folder anyone may write to, so that the container's uid 1234 may create a file: the
+    // question here is who owns it on the host, not the folder's permissions.
+    std::fs::set_permissions(rw.path(), std::fs::Permissions::from_mode(0o777))?;
     let read = machine
         .docker(&[
             "run",
