@@ -5,7 +5,9 @@
 #   ARCH=x86_64 guest/build.sh
 #
 # Inputs, all from Debian's package mirror (cached in guest/work/, re-runs reuse them):
-#   - the Debian 12 cloud kernel (linux-image-cloud-<debarch> → linux-image-6.1.0-*-cloud-<debarch>)
+#   - the Debian 12 generic kernel (linux-image-<debarch> → linux-image-6.1.0-*-<debarch>): the
+#     cloud flavour has no 9p, which host folder shares need; only the modules in MODULES (and
+#     their dependencies) are copied, so the larger module tree does not reach the image
 #   - busybox-static (one static /bin/busybox plus applet links)
 #   - e2fsprogs (mke2fs, e2fsck, tune2fs for the ext4 data disk) with exactly the shared
 #     libraries they link (libext2fs2, libcom-err2, libblkid1, libuuid1, libc6) and the loader:
@@ -47,6 +49,9 @@ esac
 MODULES=(
   # devices: virtio over PCI (pc/q35) and MMIO (microvm), disks, NIC, entropy, console, scsi
   virtio_pci virtio_mmio virtio_blk virtio_net virtio_rng virtio_console virtio_scsi
+  # the data disk's filesystem (built in in the cloud kernel, a module in the generic one);
+  # crc32c is looked up by name (metadata checksums, libcrc32c), not a symbol dependency
+  ext4 crc32c_generic
   # ACPI power button → input event device (clean shutdown on QMP system_powerdown)
   button evdev
   # containers: overlay rootfs, veth pairs, bridge, NAT and filtering for published ports
@@ -55,6 +60,8 @@ MODULES=(
   ip_tables iptable_nat iptable_filter iptable_mangle iptable_raw
   nf_nat nf_conntrack xt_MASQUERADE xt_conntrack xt_addrtype xt_nat xt_tcpudp
   xt_comment xt_mark xt_multiport
+  # host folder shares (QEMU virtio-9p): docs/internals.md, "Shares"
+  9p 9pnet 9pnet_virtio netfs
 )
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -88,13 +95,13 @@ fetch_deb() {
 
 # The metapackage names the real versioned kernel package; resolve it once and remember it,
 # so that a re-run does not depend on the mirror (offline rebuilds reuse the cache).
-if [[ -s "$WORK/kernel-package" ]]; then
+if [[ -s "$WORK/kernel-package" && "$(cat "$WORK/kernel-package")" != *-cloud-* ]]; then
   KPKG="$(cat "$WORK/kernel-package")"
 else
-  KPKG="$(apt-cache depends "linux-image-cloud-$DEB_ARCH" \
-    | sed -n "s/^ *Depends: \(linux-image-[0-9.]*-[0-9]*-cloud-$DEB_ARCH\)$/\1/p" | head -n1)"
+  KPKG="$(apt-cache depends "linux-image-$DEB_ARCH" \
+    | sed -n "s/^ *Depends: \(linux-image-[0-9.]*-[0-9]*-$DEB_ARCH\)$/\1/p" | head -n1)"
   if [[ -z "$KPKG" ]]; then
-    log "cannot resolve linux-image-cloud-$DEB_ARCH (run apt-get update)"
+    log "cannot resolve linux-image-$DEB_ARCH (run apt-get update)"
     exit 1
   fi
   echo "$KPKG" >"$WORK/kernel-package"

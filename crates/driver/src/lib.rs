@@ -73,6 +73,32 @@ pub struct VmSpec {
     pub config_drive: PathBuf,
     /// Guest TCP ports the host must reach (SSH 22, engine 2376).
     pub guest_ports: GuestPorts,
+    /// Host folders to export to the guest (absent in records made before shares existed).
+    #[serde(default)]
+    pub shares: Vec<Share>,
+}
+
+/// A host folder the VM exports to the guest, which mounts it (the configuration drive lists
+/// the same tags with their guest paths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Share {
+    /// The export's name on the hypervisor (virtio-9p `mount_tag`, at most 31 bytes).
+    pub tag: String,
+    /// The folder on the host, absolute.
+    pub host_path: PathBuf,
+    /// Where the guest mounts it, absolute.
+    pub guest_path: String,
+    /// Exported read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl Share {
+    /// The tag of the share at `index` in [`VmSpec::shares`].
+    pub fn tag_for(index: usize) -> String {
+        format!("rmshare{index}")
+    }
 }
 
 /// Guest TCP ports that must be reachable from the host.
@@ -160,6 +186,10 @@ pub struct Capabilities {
     pub pause: bool,
     /// The guest console is captured to `console.log` in the machine directory.
     pub console_log: bool,
+    /// Host folders can be exported to the guest ([`VmSpec::shares`]); a driver without this
+    /// MUST refuse a spec with shares.
+    #[serde(default)]
+    pub shares: bool,
 }
 
 /// Name and capabilities of a driver.

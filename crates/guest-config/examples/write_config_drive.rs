@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             labels: labels.to_vec(),
             ..Default::default()
         },
+        shares: Vec::new(),
     };
     let file = fs::File::create(out).map_err(|e| format!("creating {out}: {e}"))?;
     config.write_drive(file)?;

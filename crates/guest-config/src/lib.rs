@@ -43,6 +43,23 @@ pub struct GuestConfig {
     /// Options for the engine inside the guest.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Host folders the hypervisor exports, to mount in the guest (absent before shares existed).
+    #[serde(default)]
+    pub shares: Vec<ShareMount>,
+}
+
+/// One host folder shared into the guest: the hypervisor exports it under `tag` (virtio-9p's
+/// `mount_tag`) and rmachine-init mounts it on `guest_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareMount {
+    /// The export's tag, as the driver named it on the hypervisor's command line.
+    pub tag: String,
+    /// Absolute path in the guest, created if missing.
+    pub guest_path: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Engine options the host passes through (`--engine-*` flags of `create`).
@@ -167,7 +184,20 @@ mod tests {
                 labels: vec!["provider=qemu".into()],
                 ..Default::default()
             },
+            shares: vec![ShareMount {
+                tag: "rmshare0".into(),
+                guest_path: "/home/me".into(),
+                read_only: false,
+            }],
         }
+    }
+
+    #[test]
+    fn config_without_shares_still_reads() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value.as_object_mut().unwrap().remove("shares");
+        let config: GuestConfig = serde_json::from_value(value).unwrap();
+        assert!(config.shares.is_empty());
     }
 
     #[test]

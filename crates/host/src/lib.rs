@@ -16,6 +16,7 @@ pub mod image;
 pub mod machine;
 pub mod portagent;
 pub mod scp;
+pub mod shares;
 pub mod ssh;
 pub mod store;
 pub mod template;

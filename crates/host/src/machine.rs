@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
 use rmachine_guest_config::report;
-use rmachine_guest_config::{EngineConfig, GuestConfig, GuestConfigError, FORMAT_VERSION};
+use rmachine_guest_config::{
+    EngineConfig, GuestConfig, GuestConfigError, ShareMount, FORMAT_VERSION,
+};
 use serde_json::Value;
 
 use crate::certs::{self, CertError, CertEvent};
@@ -24,6 +26,7 @@ use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
 use crate::image::{self, ImageError};
 use crate::portagent;
+use crate::shares;
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::{
     self, AuthOptions, DriverRecord, EngineOptions, HostOptions, MachineConfig, Store, StoreError,
@@ -318,6 +321,10 @@ pub struct CreateOptions {
     /// `--published-bind-address`: where published ports appear on the host (default:
     /// 127.0.0.1 and ::1).
     pub published_bind_address: Option<std::net::IpAddr>,
+    /// `--share HOST[:GUEST][:ro]` values; none means the user's home folder.
+    pub shares: Vec<String>,
+    /// `--no-share`: no folder is shared, not even the home folder.
+    pub no_share: bool,
 }
 
 impl Default for CreateOptions {
@@ -336,6 +343,8 @@ impl Default for CreateOptions {
             tls_san: Vec::new(),
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
             published_bind_address: None,
+            shares: Vec::new(),
+            no_share: false,
         }
     }
 }
@@ -455,7 +464,25 @@ pub async fn create_with<D: Driver>(
     options: &CreateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
-    let problems = options.problems(name);
+    let mut problems = options.problems(name);
+    let can_share = driver.info().capabilities.shares;
+    if !options.shares.is_empty() && !can_share {
+        problems.push(format!(
+            "--share: driver {} cannot share host folders",
+            driver.info().name
+        ));
+    }
+    // The home folder is shared by default only where the driver can share.
+    let home = can_share.then(shares::home_dir).flatten();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
+    {
+        Ok(list) => list,
+        Err(more) => {
+            problems.extend(more);
+            Vec::new()
+        }
+    };
     if !problems.is_empty() {
         return Err(MachineError::InvalidOptions { problems });
     }
@@ -480,6 +507,7 @@ pub async fn create_with<D: Driver>(
         boot: found.boot_image(),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),
+        shares: vm_shares,
     };
 
     progress(Progress::PreCreateChecks);
@@ -679,6 +707,16 @@ fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), Ma
             registry_mirrors: engine.registry_mirror.clone(),
             env: engine.env.clone(),
         },
+        shares: config
+            .vm
+            .shares
+            .iter()
+            .map(|share| ShareMount {
+                tag: share.tag.clone(),
+                guest_path: share.guest_path.clone(),
+                read_only: share.read_only,
+            })
+            .collect(),
     };
     let path = config.vm.config_drive.clone();
     let drive_err = |source| MachineError::ConfigDrive {

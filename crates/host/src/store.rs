@@ -521,6 +521,7 @@ pub(crate) mod tests {
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),
+                shares: Vec::new(),
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,

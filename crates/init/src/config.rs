@@ -204,6 +204,7 @@ mod tests {
             server_key_pem: "KEY".into(),
             authorized_keys: vec![],
             engine: Default::default(),
+            shares: Vec::new(),
         };
         write_tls(&config, &dir).expect("temp dir is writable");
         let mode = |name: &str| {

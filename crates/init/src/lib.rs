@@ -9,7 +9,7 @@
 //!    signals into shutdown requests (see its docs for why the two are separate processes).
 //! 3. [`supervisor`] (tokio): [`modules`] → [`disk`] + [`config`] (data disk formatted when
 //!    blank, configuration drive read by content) in parallel with [`net`] → [`sshd`] →
-//!    [`engine`]; then waits for a shutdown request or the [`power`] button.
+//!    [`shares`] → [`engine`]; then waits for a shutdown request or the [`power`] button.
 //!
 //! The same binary is a multi-call program: as `rmachine-runtime` it is the container runtime,
 //! and `rmachine-init shutdown` asks a running PID 1 to power off.
@@ -26,6 +26,7 @@ pub mod net;
 pub mod pid1;
 pub mod power;
 pub mod sftp;
+pub mod shares;
 pub mod sshd;
 pub mod supervisor;
 

@@ -134,9 +134,14 @@ pub fn split_phases(
         .partition(|path| wanted.contains(path.as_str()))
 }
 
-/// Whether a module path is a device driver that boot needs before disks and network.
+/// Whether a module path is one that boot needs before disks and network: a device driver, or
+/// the data disk's filesystem. Debian's generic kernel builds ext4 as a module, and ext4's
+/// metadata checksums need the `crc32c` algorithm, which nothing names as a symbol dependency
+/// (it is looked up by name at mount time), so its generic implementation is listed here.
 pub fn is_device_driver(path: &str) -> bool {
     path.starts_with("kernel/drivers/")
+        || path.starts_with("kernel/fs/ext4/")
+        || path.starts_with("kernel/crypto/crc32c_generic.")
 }
 
 /// Outcome of [`load_all`].
@@ -269,6 +274,23 @@ kernel/fs/overlayfs/overlay.ko:
             ]
         );
         assert_eq!(early.len() + late.len(), order.len());
+    }
+
+    #[test]
+    fn the_data_disk_filesystem_loads_with_the_device_drivers() {
+        let text = "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko kernel/lib/crc16.ko\n\
+             kernel/fs/jbd2/jbd2.ko:\nkernel/fs/mbcache.ko:\nkernel/lib/crc16.ko:\n\
+             kernel/crypto/crc32c_generic.ko:\nkernel/fs/9p/9p.ko:\n";
+        let entries = parse_modules_dep(text);
+        let order = load_order(&entries);
+        let (early, late) = split_phases(&entries, &order, is_device_driver);
+        for module in ["ext4", "jbd2", "mbcache", "crc16", "crc32c_generic"] {
+            assert!(
+                early.iter().any(|p| p.ends_with(&format!("/{module}.ko"))),
+                "{module} is not early: {early:?}"
+            );
+        }
+        assert_eq!(late, ["kernel/fs/9p/9p.ko"]);
     }
 
     #[test]

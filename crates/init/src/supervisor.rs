@@ -1,6 +1,6 @@
 //! The supervisor: everything PID 1 delegates, on a tokio runtime in a child process.
 //!
-//! Boot: modules → (disks + configuration ∥ network) → SSH server → engine. Then it waits for
+//! Boot: modules → (disks + configuration ∥ network) → SSH server → shares → engine. Then it waits for
 //! a shutdown request (signal forwarded by PID 1, or the ACPI power button), stops the engine,
 //! ends every other process, unmounts the data disk and exits with the [`Action`] PID 1 must
 //! carry out.
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
-use crate::{engine, error_chain, modules, mounts, net, power, sshd, Action};
+use crate::{engine, error_chain, modules, mounts, net, power, shares, sshd, Action};
 
 /// Where the data disk is mounted.
 pub const DATA_MOUNT: &str = "/mnt/data";
@@ -70,9 +70,19 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // 9p is among the late modules; shares mount before the engine starts so that a container
+    // started at once can bind a shared folder.
+    let _ = late_modules.await;
+    if let Some(config) = &boot.config {
+        if !config.shares.is_empty() {
+            let list = config.shares.clone();
+            if let Err(err) = tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
+                tracing::error!("share: mounting panicked: {err}");
+            }
+        }
+    }
     let engine_task = match &boot.config {
         Some(config) => {
-            let _ = late_modules.await;
             let engine_config = config.engine.clone();
             Some(tokio::spawn(engine::supervise(engine_config, stop_rx)))
         }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rmachine_driver::{BootImage, GuestPorts};
+use rmachine_driver::{BootImage, GuestPorts, Share};
 
 use crate::accel::Accel;
 use crate::platform::{HostArch, HostOs, HostPlatform};
@@ -115,6 +115,8 @@ pub struct VmLaunch<'a> {
     pub engine_port: u16,
     /// The guest's ports.
     pub guest_ports: GuestPorts,
+    /// Host folders exported over virtio-9p.
+    pub shares: &'a [Share],
     /// Where the serial console goes.
     pub console_log: &'a Path,
     /// Where QEMU writes its process id.
@@ -125,6 +127,23 @@ pub struct VmLaunch<'a> {
 
 fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// The `-fsdev` of a share. `security_model=none`: files keep their host owner and mode, and
+/// QEMU, running as the user, creates files the guest writes as that user; what the guest
+/// asks for (chown to root, a container's uid) is tried and dropped silently when the host
+/// refuses it. `mapped-xattr` would instead show the guest owners stored in xattrs, which
+/// the user's own tools on the host never see.
+pub fn fsdev_arg(share: &Share) -> String {
+    let mut arg = format!(
+        "local,id={},path={},security_model=none",
+        escape_opt(&share.tag),
+        escape_opt(&path(&share.host_path))
+    );
+    if share.read_only {
+        arg.push_str(",readonly=on");
+    }
+    arg
 }
 
 /// The arguments (without the program) that start the VM. On Linux and macOS QEMU daemonizes
@@ -190,6 +209,18 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     push(&["-device", &net]);
     // Without an entropy source the guest's getrandom() blocks for seconds at boot.
     push(&["-device", &family.virtio("rng")]);
+    for share in l.shares {
+        push(&["-fsdev", &fsdev_arg(share)]);
+        push(&[
+            "-device",
+            &format!(
+                "{},fsdev={},mount_tag={}",
+                family.virtio("9p"),
+                escape_opt(&share.tag),
+                escape_opt(&share.tag)
+            ),
+        ]);
+    }
     push(&["-serial", &format!("file:{}", path(l.console_log))]);
     push(&["-qmp", &l.qmp.qemu_arg()]);
     push(&["-pidfile", &path(l.pidfile)]);
@@ -289,6 +320,7 @@ mod tests {
             ssh_port: 40022,
             engine_port: 42376,
             guest_ports: GuestPorts::default(),
+            shares: &[],
             console_log: &p.console,
             pidfile: &p.pid,
             qmp: &p.qmp,
@@ -370,6 +402,62 @@ mod tests {
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
         );
         assert_eq!(args, expected);
+    }
+
+    fn shares() -> Vec<Share> {
+        vec![
+            Share {
+                tag: Share::tag_for(0),
+                host_path: "/home/me".into(),
+                guest_path: "/home/me".into(),
+                read_only: false,
+            },
+            Share {
+                tag: Share::tag_for(1),
+                host_path: "/srv/a,b".into(),
+                guest_path: "/data".into(),
+                read_only: true,
+            },
+        ]
+    }
+
+    fn tail_after_rng(args: &[String]) -> Vec<String> {
+        let rng = args
+            .iter()
+            .position(|a| a.starts_with("virtio-rng"))
+            .expect("rng device");
+        let serial = args.iter().position(|a| a == "-serial").expect("-serial");
+        args[rng + 1..serial].to_vec()
+    }
+
+    #[test]
+    fn shares_are_9p_exports_on_pci_machines() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let shares = shares();
+        let mut l = launch(LINUX, Accel::Tcg, "q35", &boot, &p);
+        l.shares = &shares;
+        let expected = split(
+            "-fsdev\nlocal,id=rmshare0,path=/home/me,security_model=none\n\
+             -device\nvirtio-9p-pci,fsdev=rmshare0,mount_tag=rmshare0\n\
+             -fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
+             -device\nvirtio-9p-pci,fsdev=rmshare1,mount_tag=rmshare1",
+        );
+        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
+    }
+
+    #[test]
+    fn shares_are_mmio_9p_devices_on_microvm() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let shares = shares();
+        let mut l = launch(LINUX, Accel::Tcg, "microvm", &boot, &p);
+        l.shares = &shares[..1];
+        let expected = split(
+            "-fsdev\nlocal,id=rmshare0,path=/home/me,security_model=none\n\
+             -device\nvirtio-9p-device,fsdev=rmshare0,mount_tag=rmshare0",
+        );
+        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
     }
 
     #[test]

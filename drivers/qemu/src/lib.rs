@@ -488,6 +488,7 @@ impl QemuDriver {
             ssh_port: state.ssh_port,
             engine_port: state.engine_port,
             guest_ports: spec.guest_ports,
+            shares: &spec.shares,
             console_log: &console,
             pidfile: &pidfile,
             qmp: &qmp,
@@ -699,6 +700,14 @@ impl QemuDriver {
             .arg("--version")
             .install_hint(self.host.qemu_img_hint());
         self.runner.run(&version).await?.check(&img)?;
+        if !spec.shares.is_empty() && self.host.os == HostOs::Windows {
+            return Err(DriverError::Unsupported {
+                driver: DRIVER.to_owned(),
+                op: "folder shares on Windows (QEMU for Windows has no virtio-9p); \
+                     create the machine with --no-share"
+                    .to_owned(),
+            });
+        }
         for (what, path) in [
             ("guest kernel", &spec.boot.kernel),
             ("guest initrd", &spec.boot.initrd),
@@ -775,6 +784,8 @@ impl Driver for QemuDriver {
                 graceful_stop: true,
                 pause: true,
                 console_log: true,
+                // QEMU for Windows has no virtio-9p.
+                shares: self.host.os != HostOs::Windows,
             },
         }
     }
@@ -860,6 +871,7 @@ mod tests {
             },
             config_drive: dir.join("config.img"),
             guest_ports: GuestPorts::default(),
+            shares: Vec::new(),
         }
     }
 
@@ -1197,6 +1209,7 @@ mod tests {
             ssh_port: state.ssh_port,
             engine_port: state.engine_port,
             guest_ports: GuestPorts::default(),
+            shares: &spec.shares,
             console_log: &dir.file(CONSOLE_LOG),
             pidfile: &dir.file(PIDFILE),
             qmp: &QmpEndpoint::Unix(dir.file(QMP_SOCKET)),
@@ -1576,6 +1589,7 @@ mod tests {
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),
+            shares: Vec::new(),
         };
         let driver = QemuDriver::new(QemuOptions {
             machine: Some(machine.to_owned()),
@@ -1656,6 +1670,7 @@ mod guest_image_tests {
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),
+            shares: Vec::new(),
         };
         let driver = QemuDriver::new(QemuOptions {
             machine: Some(machine.to_owned()),

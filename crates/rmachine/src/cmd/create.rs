@@ -54,6 +54,15 @@ pub struct Args {
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
 
+    /// Host folder to share into the machine, HOST[:GUEST][:ro] (repeatable; default: your
+    /// home folder at the same path)
+    #[arg(long = "share", value_name = "HOST[:GUEST][:ro]")]
+    share: Vec<String>,
+
+    /// Share no host folder, not even your home folder
+    #[arg(long = "no-share", conflicts_with = "share")]
+    no_share: bool,
+
     /// Seconds to wait for the engine after the VM boots
     #[arg(long = "engine-timeout", default_value_t = machine::DEFAULT_ENGINE_TIMEOUT.as_secs())]
     engine_timeout: u64,
@@ -89,6 +98,8 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         tls_san: args.tls_san,
         engine_timeout: Duration::from_secs(args.engine_timeout),
         published_bind_address: args.published_bind_address,
+        shares: args.share,
+        no_share: args.no_share,
     };
     let renderer = Renderer::new(args.no_progress);
     let started = Instant::now();

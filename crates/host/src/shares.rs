@@ -1,0 +1,327 @@
+//! Host folders shared into the machine at the same path (`create --share`, `--no-share`).
+//!
+//! By default the user's home folder is shared, so that `docker run -v "$PWD":/src` typed in a
+//! shell on the host names a folder the guest has at that very path, as docker-machine did
+//! with VirtualBox's `/Users` share. A Windows path `C:\Users\me` is mounted at `/c/Users/me`,
+//! docker-machine's (and Docker Toolbox's) convention. The list ends up in the machine's
+//! [`VmSpec::shares`](rmachine_driver::VmSpec) and, from there, on the configuration drive at
+//! every start.
+
+use std::path::{Path, PathBuf};
+
+use rmachine_driver::Share;
+
+/// Guest folders a share may neither be nor lie under: the guest's own files, the kernel's
+/// filesystems, the data disk and the engine's state.
+const GUEST_SYSTEM_TREES: [&str; 12] = [
+    "/bin",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/init",
+    "/mnt/data",
+    "/var/lib/rmachine-engine",
+];
+/// Guest folders a share may lie under but not be (mounting over them hides what they hold).
+const GUEST_SYSTEM_DIRS: [&str; 5] = ["/", "/mnt", "/tmp", "/var", "/var/lib"];
+
+/// One `--share` value, parsed but not yet checked against the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// The host folder as given.
+    pub host: String,
+    /// The guest path given, if any.
+    pub guest: Option<String>,
+    /// `:ro` was given.
+    pub read_only: bool,
+}
+
+/// Parses `HOST[:GUEST][:ro|rw]`; a Windows drive letter (`C:\…`) belongs to HOST.
+pub fn parse_spec(value: &str) -> Result<ShareSpec, String> {
+    let bytes = value.as_bytes();
+    let drive = bytes.len() >= 2
+        && bytes[0].is_ascii_alphabetic()
+        && bytes[1] == b':'
+        && (bytes.len() == 2 || bytes[2] == b'\\' || bytes[2] == b'/');
+    let (prefix, rest) = value.split_at(if drive { 2 } else { 0 });
+    let mut parts: Vec<&str> = rest.split(':').collect();
+    let mut read_only = false;
+    if parts.len() > 1 {
+        match parts.last().copied() {
+            Some("ro") => {
+                read_only = true;
+                parts.pop();
+            }
+            Some("rw") => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    let host = format!("{prefix}{}", parts[0]);
+    let guest = match parts.len() {
+        1 => None,
+        2 => Some(parts[1].to_owned()),
+        _ => {
+            return Err(format!(
+                "--share {value:?} is not HOST[:GUEST][:ro] (too many ':')"
+            ))
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("--share {value:?} names no host folder"));
+    }
+    if let Some(guest) = &guest {
+        if !guest.starts_with('/') {
+            return Err(format!(
+                "--share {value:?}: the guest path {guest:?} must be absolute"
+            ));
+        }
+    }
+    Ok(ShareSpec {
+        host,
+        guest,
+        read_only,
+    })
+}
+
+/// The guest path a host folder gets by default: the same path, with a Windows drive letter
+/// turned into a first folder (`C:\Users\me` → `/c/Users/me`).
+pub fn default_guest_path(host: &Path) -> String {
+    let text = host.to_string_lossy();
+    let bytes = text.as_bytes();
+    if bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' {
+        let rest = text[2..].replace('\\', "/");
+        let rest = rest.trim_end_matches('/');
+        let drive = (bytes[0] as char).to_ascii_lowercase();
+        return if rest.is_empty() {
+            format!("/{drive}")
+        } else if rest.starts_with('/') {
+            format!("/{drive}{rest}")
+        } else {
+            format!("/{drive}/{rest}")
+        };
+    }
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// Whether a guest path would hide part of the guest's own system (or the data disk).
+fn hides_guest_system(guest: &str) -> bool {
+    let trimmed = guest.trim_end_matches('/');
+    let normal = if trimmed.is_empty() { "/" } else { trimmed };
+    if normal.split('/').any(|c| c == ".." || c == ".") {
+        return true;
+    }
+    GUEST_SYSTEM_DIRS.contains(&normal)
+        || GUEST_SYSTEM_TREES
+            .iter()
+            .any(|tree| normal == *tree || normal.starts_with(&format!("{tree}/")))
+}
+
+/// Turns the `create` share options into the machine's share list, or every problem found.
+///
+/// `home` is the default share when no `--share` is given (and `--no-share` is not); `None`
+/// (no home folder, or a driver that cannot share) means no default share.
+pub fn resolve(
+    specs: &[String],
+    no_share: bool,
+    home: Option<&Path>,
+    cwd: &Path,
+) -> Result<Vec<Share>, Vec<String>> {
+    let mut problems = Vec::new();
+    if no_share {
+        if !specs.is_empty() {
+            problems.push("--no-share and --share cannot be used together".to_owned());
+            return Err(problems);
+        }
+        return Ok(Vec::new());
+    }
+    let parsed: Vec<ShareSpec> = if specs.is_empty() {
+        match home {
+            Some(home) if home.is_dir() => vec![ShareSpec {
+                host: home.to_string_lossy().into_owned(),
+                guest: None,
+                read_only: false,
+            }],
+            _ => Vec::new(),
+        }
+    } else {
+        specs
+            .iter()
+            .filter_map(|value| parse_spec(value).map_err(|p| problems.push(p)).ok())
+            .collect()
+    };
+    let mut shares: Vec<Share> = Vec::new();
+    for spec in parsed {
+        let host = PathBuf::from(&spec.host);
+        let host = if host.is_absolute() {
+            host
+        } else {
+            cwd.join(host)
+        };
+        if !host.is_dir() {
+            problems.push(format!(
+                "--share: host folder {} does not exist or is not a folder",
+                host.display()
+            ));
+            continue;
+        }
+        let guest = spec.guest.unwrap_or_else(|| default_guest_path(&host));
+        if hides_guest_system(&guest) {
+            problems.push(format!(
+                "--share {}: guest path {guest} would hide the machine's own files; give \
+                 another one with HOST:GUEST",
+                spec.host
+            ));
+            continue;
+        }
+        if let Some(other) = shares.iter().find(|s| s.guest_path == guest) {
+            problems.push(format!(
+                "--share: {} and {} would both be mounted at {guest}",
+                other.host_path.display(),
+                host.display()
+            ));
+            continue;
+        }
+        shares.push(Share {
+            tag: Share::tag_for(shares.len()),
+            host_path: host,
+            guest_path: guest,
+            read_only: spec.read_only,
+        });
+    }
+    if problems.is_empty() {
+        Ok(shares)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The user's home folder, the default share.
+pub fn home_dir() -> Option<PathBuf> {
+    directories::BaseDirs::new().map(|dirs| dirs.home_dir().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_with_guest_path_and_mode() {
+        assert_eq!(
+            parse_spec("/home/me").unwrap(),
+            ShareSpec {
+                host: "/home/me".into(),
+                guest: None,
+                read_only: false
+            }
+        );
+        assert_eq!(
+            parse_spec("/srv/code:/code:ro").unwrap(),
+            ShareSpec {
+                host: "/srv/code".into(),
+                guest: Some("/code".into()),
+                read_only: true
+            }
+        );
+        assert_eq!(parse_spec("/srv:ro").unwrap().guest, None);
+        assert!(parse_spec("/srv:ro").unwrap().read_only);
+        assert_eq!(
+            parse_spec(r"C:\Users\me:/work:rw").unwrap(),
+            ShareSpec {
+                host: r"C:\Users\me".into(),
+                guest: Some("/work".into()),
+                read_only: false
+            }
+        );
+        assert!(parse_spec("/a:b").unwrap_err().contains("must be absolute"));
+        assert!(parse_spec("/a:/b:/c").unwrap_err().contains("too many"));
+        assert!(parse_spec(":/b").is_err());
+    }
+
+    #[test]
+    fn default_guest_path_is_the_same_path_or_the_drive_folder() {
+        assert_eq!(default_guest_path(Path::new("/Users/me")), "/Users/me");
+        assert_eq!(default_guest_path(Path::new("/home/me/")), "/home/me");
+        assert_eq!(default_guest_path(Path::new(r"C:\Users\me")), "/c/Users/me");
+        assert_eq!(default_guest_path(Path::new(r"D:\")), "/d");
+    }
+
+    #[test]
+    fn system_folders_cannot_be_hidden() {
+        for bad in [
+            "/",
+            "/etc",
+            "/usr/local",
+            "/mnt/data/x",
+            "/tmp",
+            "/var/lib/rmachine-engine",
+        ] {
+            assert!(hides_guest_system(bad), "{bad}");
+        }
+        for good in [
+            "/home/me",
+            "/Users/me",
+            "/c/Users/me",
+            "/tmp/x",
+            "/var/folders/x",
+            "/root",
+        ] {
+            assert!(!hides_guest_system(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn resolve_defaults_to_home_and_checks_every_share() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let shares = resolve(&[], false, Some(&home), tmp.path()).unwrap();
+        assert_eq!(
+            shares,
+            vec![Share {
+                tag: "rmshare0".into(),
+                host_path: home.clone(),
+                guest_path: home.to_string_lossy().into_owned(),
+                read_only: false,
+            }]
+        );
+        assert!(resolve(&[], true, Some(&home), tmp.path())
+            .unwrap()
+            .is_empty());
+
+        let specs = vec![
+            "home:/src:ro".to_owned(),
+            "missing".to_owned(),
+            format!("{}:/etc", home.display()),
+            format!("{}:/src", home.display()),
+        ];
+        let problems = resolve(&specs, false, None, tmp.path()).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].contains("missing does not exist"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("hide"), "{problems:?}");
+        assert!(
+            problems[2].contains("both be mounted at /src"),
+            "{problems:?}"
+        );
+
+        let problems = resolve(&["x".into()], true, None, tmp.path()).unwrap_err();
+        assert_eq!(
+            problems,
+            vec!["--no-share and --share cannot be used together"]
+        );
+    }
+}

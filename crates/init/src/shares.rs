@@ -1,0 +1,171 @@
+//! Host folders shared into the guest (virtio-9p), mounted at the paths the host asked for.
+//!
+//! The configuration drive lists each share as a `mount_tag` the hypervisor exports and a guest
+//! path, usually the host path itself so that `docker run -v "$PWD":/src` typed on the host
+//! names the same folder inside the guest. A share that cannot be mounted is logged on the
+//! console and skipped: the machine stays usable without it.
+
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::MsFlags;
+use rmachine_guest_config::ShareMount;
+
+/// The 9p payload size: the largest the kernel's virtio transport accepts (500 KB) — the
+/// default of 8 KiB makes large reads and writes many times slower.
+pub const MSIZE: u32 = 512_000;
+
+/// What can go wrong mounting a share.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// The guest path is not absolute or climbs with `..`.
+    #[error("share {tag}: guest path {path:?} is not a plain absolute path")]
+    BadPath {
+        /// The share's tag.
+        tag: String,
+        /// The guest path given.
+        path: String,
+    },
+    /// The mount point could not be created.
+    #[error("share {tag}: cannot create {path}")]
+    MountPoint {
+        /// The share's tag.
+        tag: String,
+        /// The mount point.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the mount.
+    #[error("share {tag}: cannot mount on {path}")]
+    Mount {
+        /// The share's tag.
+        tag: String,
+        /// The mount point.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+/// The mount flags and 9p options of a share.
+///
+/// `cache=mmap` keeps the guest coherent with the host (no page cache of file contents, which
+/// the host may change behind the guest's back) while still allowing shared writable mmap,
+/// which programs run from a bind mount (databases, compilers) use.
+pub fn mount_options(share: &ShareMount) -> (MsFlags, String) {
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if share.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let options = format!("trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap");
+    (flags, options)
+}
+
+/// The guest path of a share, if it is absolute and has no `..` (the host validated it; a
+/// drive from elsewhere must not mount over `/` or climb out of a directory).
+pub fn guest_path(share: &ShareMount) -> Result<PathBuf, ShareError> {
+    let path = Path::new(&share.guest_path);
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && path.components().count() > 1;
+    if plain {
+        Ok(path.to_owned())
+    } else {
+        Err(ShareError::BadPath {
+            tag: share.tag.clone(),
+            path: share.guest_path.clone(),
+        })
+    }
+}
+
+/// Creates the mount point and mounts one share.
+pub fn mount(share: &ShareMount) -> Result<PathBuf, ShareError> {
+    let path = guest_path(share)?;
+    fs::create_dir_all(&path).map_err(|source| ShareError::MountPoint {
+        tag: share.tag.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    let (flags, options) = mount_options(share);
+    nix::mount::mount(
+        Some(share.tag.as_str()),
+        &path,
+        Some("9p"),
+        flags,
+        Some(options.as_str()),
+    )
+    .map_err(|source| ShareError::Mount {
+        tag: share.tag.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Mounts every share, logging each outcome; returns how many are mounted.
+pub fn mount_all(shares: &[ShareMount]) -> usize {
+    let mut mounted = 0;
+    for share in shares {
+        match mount(share) {
+            Ok(path) => {
+                mounted += 1;
+                tracing::info!(
+                    "share: {} mounted on {}{}",
+                    share.tag,
+                    path.display(),
+                    if share.read_only { " (read-only)" } else { "" }
+                );
+            }
+            Err(err) => tracing::error!("share: {}", crate::error_chain(&err)),
+        }
+    }
+    mounted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(path: &str, read_only: bool) -> ShareMount {
+        ShareMount {
+            tag: "rmshare0".into(),
+            guest_path: path.into(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn options_are_9p2000l_over_virtio_with_a_large_msize() {
+        let (flags, options) = mount_options(&share("/home/me", false));
+        assert_eq!(
+            options,
+            "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
+        );
+        assert!(!flags.contains(MsFlags::MS_RDONLY));
+        let (flags, _) = mount_options(&share("/home/me", true));
+        assert!(flags.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn guest_paths_must_be_plain_and_absolute() {
+        assert_eq!(
+            guest_path(&share("/c/Users/me", false)).unwrap(),
+            PathBuf::from("/c/Users/me")
+        );
+        for bad in ["", "/", "home/me", "/home/../etc"] {
+            assert!(
+                matches!(
+                    guest_path(&share(bad, false)),
+                    Err(ShareError::BadPath { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+    }
+}
