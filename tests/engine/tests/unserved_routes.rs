@@ -101,10 +101,10 @@ fn a_large_body_to_an_unserved_route_still_gets_its_answer() -> anyhow::Result<(
         "{{\"Name\":\"data\",\"Labels\":{{\"pad\":\"{}\"}}}}",
         "x".repeat(8 << 20)
     );
-    let (status, answer) = engine.request("POST", "/v1.45/networks/create", &body)?;
+    let (status, answer) = engine.request("POST", "/v1.45/swarm/init", &body)?;
     assert_eq!(status, 501, "{answer}");
     assert!(
-        answer.contains("rmachine-engine does not support docker network create yet"),
+        answer.contains("rmachine-engine does not support docker swarm init yet"),
         "{answer}"
     );
     Ok(())

@@ -217,10 +217,10 @@ mod tests {
     #[test]
     fn missing_capabilities_name_the_docker_command() {
         assert_eq!(
-            ask(Method::POST, "/volumes/create"),
+            ask(Method::GET, "/plugins"),
             (
                 StatusCode::NOT_IMPLEMENTED,
-                "rmachine-engine does not support docker volume create yet".into()
+                "rmachine-engine does not support docker plugin ls yet".into()
             )
         );
         assert_eq!(
