@@ -806,3 +806,82 @@ fn heredocs_in_run_and_copy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A directory outside every context holding `passwd`, and a check that it is untouched.
+fn victim() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    fs::write(dir.path().join("passwd"), "original\n")?;
+    Ok(dir)
+}
+
+fn assert_untouched(victim: &Path) -> anyhow::Result<()> {
+    let mut names: Vec<_> = fs::read_dir(victim)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["passwd"], "files appeared in {}", victim.display());
+    assert_eq!(fs::read_to_string(victim.join("passwd"))?, "original\n");
+    Ok(())
+}
+
+#[test]
+fn copy_never_writes_through_a_symlink_it_copied() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let victim = victim()?;
+    // One source brings a link to the host's directory, the next writes below the same name.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY a b /dst/\nCMD cat /dst/x/passwd\n",
+        ),
+        ("b/x/passwd", "evil\n"),
+    ])?;
+    fs::create_dir(ctx.path().join("a"))?;
+    std::os::unix::fs::symlink(victim.path(), ctx.path().join("a/x"))?;
+    build(&engine, ctx.path(), &["-t", "safe-two-sources"])?.ok()?;
+    assert_untouched(victim.path())?;
+    // As Docker's copy, the link in the destination is replaced by the directory.
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", "safe-two-sources"])?
+            .ok()?
+            .stdout,
+        "evil\n"
+    );
+
+    // A heredoc named as a link an earlier source copied.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nCOPY src <<EOF /d/\nevil\nEOF\nCMD cat /d/EOF\n",
+    )])?;
+    fs::create_dir(ctx.path().join("src"))?;
+    std::os::unix::fs::symlink(victim.path().join("passwd"), ctx.path().join("src/EOF"))?;
+    build(&engine, ctx.path(), &["-t", "safe-heredoc"])?.ok()?;
+    assert_untouched(victim.path())?;
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", "safe-heredoc"])?
+            .ok()?
+            .stdout,
+        "evil\n"
+    );
+
+    // A stage whose lower layer has a link where its upper layer has a directory.
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox AS a\nRUN ln -s {v} /x\nRUN rm /x && mkdir /x && echo evil > /x/passwd\n\
+             FROM busybox\nCOPY --from=a /x /y\nCMD cat /y/passwd\n",
+            v = victim.path().display()
+        ),
+    )])?;
+    build(&engine, ctx.path(), &["-t", "safe-layers"])?.ok()?;
+    assert_untouched(victim.path())?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", "safe-layers"])?.ok()?.stdout,
+        "evil\n"
+    );
+    Ok(())
+}
