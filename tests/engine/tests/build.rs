@@ -885,3 +885,61 @@ fn copy_never_writes_through_a_symlink_it_copied() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn context_symlinks_loop_or_lead_out_without_harm() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // A link to itself below the context: an error naming it, and the engine still serves.
+    let ctx = context(&[("Dockerfile", "FROM busybox\nCOPY a /a\n")])?;
+    std::os::unix::fs::symlink("a/x", ctx.path().join("a"))?;
+    let run = build(&engine, ctx.path(), &[])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("too many levels of symbolic links: a"),
+        "{}",
+        run.stderr
+    );
+    engine.docker(&["version"])?.ok()?;
+
+    // A Dockerfile that is a link to itself, sent as a raw tar (the CLI would stat it).
+    let ctx = context(&[])?;
+    std::os::unix::fs::symlink("Dockerfile", ctx.path().join("Dockerfile"))?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .output()?;
+    let mut cmd = engine.docker_command(&["build", "-"]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    let run = rmachine_tests_engine::feed(cmd, &tar.stdout)?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("too many levels of symbolic links: Dockerfile"),
+        "{}",
+        run.stderr
+    );
+    engine.docker(&["version"])?.ok()?;
+
+    // Absolute and `..` targets are taken inside the context, as moby's FollowSymlinkInScope.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY abs up /got/\nCMD cat /got/abs /got/up\n",
+        ),
+        ("etc/passwd", "context passwd\n"),
+    ])?;
+    std::os::unix::fs::symlink("/etc/passwd", ctx.path().join("abs"))?;
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", ctx.path().join("up"))?;
+    build(&engine, ctx.path(), &["-t", "scoped-links"])?.ok()?;
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", "scoped-links"])?
+            .ok()?
+            .stdout,
+        "context passwd\ncontext passwd\n"
+    );
+    Ok(())
+}
