@@ -215,6 +215,7 @@ fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
         ("FROM busybox\nFOO bar\n", "dockerfile parse error on line 2: unknown instruction: FOO"),
         ("FROM busybox\nCOPY missing.txt /x\n", "COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist"),
         ("FROM busybox\nCOPY ../outside /x\n", "forbidden path outside the build context: ../outside ()"),
+        ("FROM busybox\nCOPY --from=busybox ../outside /x\n", "forbidden path outside the build context: ../outside ()"),
         // A FROM image the engine lacks is pulled, as dockerd's builder does.
         ("FROM 127.0.0.1:9/nosuchimage\n", "cannot reach registry 127.0.0.1:9"),
         ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
