@@ -215,6 +215,7 @@ fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
         ("FROM busybox\nFOO bar\n", "dockerfile parse error on line 2: unknown instruction: FOO"),
         ("FROM busybox\nCOPY missing.txt /x\n", "COPY failed: file not found in build context or excluded by .dockerignore: stat missing.txt: file does not exist"),
         ("FROM busybox\nCOPY ../outside /x\n", "forbidden path outside the build context: ../outside ()"),
+        ("FROM busybox\nCOPY --from=busybox ../outside /x\n", "forbidden path outside the build context: ../outside ()"),
         // A FROM image the engine lacks is pulled, as dockerd's builder does.
         ("FROM 127.0.0.1:9/nosuchimage\n", "cannot reach registry 127.0.0.1:9"),
         ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
@@ -808,6 +809,143 @@ fn heredocs_in_run_and_copy() -> anyhow::Result<()> {
     assert_eq!(
         engine.docker(&["run", "--rm", "heredoc"])?.ok()?.stdout,
         "one\ntwo\nname=\"heredoc\"\nkept $WHO\n"
+    );
+    Ok(())
+}
+
+/// A directory outside every context holding `passwd`, and a check that it is untouched.
+fn victim() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    fs::write(dir.path().join("passwd"), "original\n")?;
+    Ok(dir)
+}
+
+fn assert_untouched(victim: &Path) -> anyhow::Result<()> {
+    let mut names: Vec<_> = fs::read_dir(victim)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    assert_eq!(names, ["passwd"], "files appeared in {}", victim.display());
+    assert_eq!(fs::read_to_string(victim.join("passwd"))?, "original\n");
+    Ok(())
+}
+
+#[test]
+fn copy_never_writes_through_a_symlink_it_copied() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let victim = victim()?;
+    // One source brings a link to the host's directory, the next writes below the same name.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY a b /dst/\nCMD cat /dst/x/passwd\n",
+        ),
+        ("b/x/passwd", "evil\n"),
+    ])?;
+    fs::create_dir(ctx.path().join("a"))?;
+    std::os::unix::fs::symlink(victim.path(), ctx.path().join("a/x"))?;
+    build(&engine, ctx.path(), &["-t", "safe-two-sources"])?.ok()?;
+    assert_untouched(victim.path())?;
+    // As Docker's copy, the link in the destination is replaced by the directory.
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", "safe-two-sources"])?
+            .ok()?
+            .stdout,
+        "evil\n"
+    );
+
+    // A heredoc named as a link an earlier source copied.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nCOPY src <<EOF /d/\nevil\nEOF\nCMD cat /d/EOF\n",
+    )])?;
+    fs::create_dir(ctx.path().join("src"))?;
+    std::os::unix::fs::symlink(victim.path().join("passwd"), ctx.path().join("src/EOF"))?;
+    build(&engine, ctx.path(), &["-t", "safe-heredoc"])?.ok()?;
+    assert_untouched(victim.path())?;
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", "safe-heredoc"])?
+            .ok()?
+            .stdout,
+        "evil\n"
+    );
+
+    // A stage whose lower layer has a link where its upper layer has a directory.
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox AS a\nRUN ln -s {v} /x\nRUN rm /x && mkdir /x && echo evil > /x/passwd\n\
+             FROM busybox\nCOPY --from=a /x /y\nCMD cat /y/passwd\n",
+            v = victim.path().display()
+        ),
+    )])?;
+    build(&engine, ctx.path(), &["-t", "safe-layers"])?.ok()?;
+    assert_untouched(victim.path())?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", "safe-layers"])?.ok()?.stdout,
+        "evil\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn context_symlinks_loop_or_lead_out_without_harm() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // A link to itself below the context: an error naming it, and the engine still serves.
+    let ctx = context(&[("Dockerfile", "FROM busybox\nCOPY a /a\n")])?;
+    std::os::unix::fs::symlink("a/x", ctx.path().join("a"))?;
+    let run = build(&engine, ctx.path(), &[])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("too many levels of symbolic links: a"),
+        "{}",
+        run.stderr
+    );
+    engine.docker(&["version"])?.ok()?;
+
+    // A Dockerfile that is a link to itself, sent as a raw tar (the CLI would stat it).
+    let ctx = context(&[])?;
+    std::os::unix::fs::symlink("Dockerfile", ctx.path().join("Dockerfile"))?;
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(ctx.path())
+        .args(["-cf", "-", "."])
+        .output()?;
+    let mut cmd = engine.docker_command(&["build", "-"]);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    let run = rmachine_tests_engine::feed(cmd, &tar.stdout)?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("too many levels of symbolic links: Dockerfile"),
+        "{}",
+        run.stderr
+    );
+    engine.docker(&["version"])?.ok()?;
+
+    // Absolute and `..` targets are taken inside the context, as moby's FollowSymlinkInScope.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY abs up /got/\nCMD cat /got/abs /got/up\n",
+        ),
+        ("etc/passwd", "context passwd\n"),
+    ])?;
+    std::os::unix::fs::symlink("/etc/passwd", ctx.path().join("abs"))?;
+    std::os::unix::fs::symlink("../../../../../../etc/passwd", ctx.path().join("up"))?;
+    build(&engine, ctx.path(), &["-t", "scoped-links"])?.ok()?;
+    assert_eq!(
+        engine
+            .docker(&["run", "--rm", "scoped-links"])?
+            .ok()?
+            .stdout,
+        "context passwd\ncontext passwd\n"
     );
     Ok(())
 }

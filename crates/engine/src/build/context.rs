@@ -4,6 +4,7 @@
 //! `.dockerignore` (the docker CLI filters already; other clients may not), and the
 //! Dockerfile found in it.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -122,43 +123,61 @@ impl Context {
         )))
     }
 
-    /// A context path, refused when a symlink on the way leads out of the context.
+    /// A context path with its symlinks followed inside the context, as moby's
+    /// FollowSymlinkInScope: an absolute target starts again at the context's root and `..`
+    /// stops there, so no link leads out; a loop ends with an error after 40 links.
     pub fn resolve(&self, rel: &Path) -> Result<PathBuf, BuildError> {
-        let mut current = self.root.clone();
-        for (depth, comp) in rel.components().enumerate() {
-            if depth > 255 {
-                return Err(invalid("too many levels of symbolic links"));
-            }
-            let Component::Normal(part) = comp else {
+        let mut pending: Vec<OsString> = Vec::new();
+        push_components(&mut pending, rel);
+        let mut resolved: Vec<OsString> = Vec::new();
+        let mut links = 0;
+        while let Some(part) = pending.pop() {
+            if part == ".." {
+                resolved.pop();
                 continue;
-            };
-            let next = current.join(part);
+            }
+            let next: PathBuf = std::iter::once(self.root.as_os_str())
+                .chain(resolved.iter().map(OsString::as_os_str))
+                .chain(std::iter::once(part.as_os_str()))
+                .collect();
             match fs::symlink_metadata(&next) {
                 Ok(m) if m.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(invalid(format!(
+                            "too many levels of symbolic links: {}",
+                            rel.display()
+                        )));
+                    }
                     let target = fs::read_link(&next).map_err(io_err(&next))?;
-                    let base = if target.is_absolute() {
-                        self.root.clone()
-                    } else {
-                        current.clone()
-                    };
-                    let joined = base.join(&target);
-                    let inside = joined
-                        .strip_prefix(&self.root)
-                        .ok()
-                        .and_then(|p| relative(&p.to_string_lossy()))
-                        .ok_or_else(|| {
-                            invalid(format!(
-                                "forbidden path outside the build context: {} ()",
-                                rel.display()
-                            ))
-                        })?;
-                    current = self.resolve(&inside)?;
+                    if target.is_absolute() {
+                        resolved.clear();
+                    }
+                    push_components(&mut pending, &target);
                 }
-                _ => current = next,
+                _ => resolved.push(part),
             }
         }
-        Ok(current)
+        Ok(std::iter::once(self.root.as_os_str())
+            .chain(resolved.iter().map(OsString::as_os_str))
+            .collect())
     }
+}
+
+/// The most symlinks one context path may go through (Linux's own limit, ELOOP beyond).
+const MAX_LINKS: usize = 40;
+
+/// Pushes `path`'s names and `..`s onto a stack whose top is the first one to visit.
+fn push_components(stack: &mut Vec<OsString>, path: &Path) {
+    let parts: Vec<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    stack.extend(parts.into_iter().rev());
 }
 
 /// Ends a tar stream that stops right after an entry's data with the padding and the two

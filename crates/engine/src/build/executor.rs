@@ -10,7 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -980,18 +981,24 @@ impl<'a> Builder<'a> {
                             .id
                     }
                 };
-                let images = self.images.clone();
-                let layers =
-                    blocking(move || images.rootfs_layers(&id)).map_err(BuildError::Image)?;
-                let staging = self.staging("from")?;
+                // Every source is checked before any of the image is copied.
+                let mut rels = Vec::new();
                 for s in &sources {
                     if s.contains(['*', '?', '[']) {
                         return Err(BuildError::Unsupported {
                             what: format!("a wildcard in COPY --from ({s})"),
                         });
                     }
-                    let rel = relative(s).unwrap_or_default();
-                    materialize(&layers, &rel, &staging.path)?;
+                    rels.push(relative(s).ok_or_else(|| {
+                        invalid(format!("forbidden path outside the build context: {s} ()"))
+                    })?);
+                }
+                let images = self.images.clone();
+                let layers =
+                    blocking(move || images.rootfs_layers(&id)).map_err(BuildError::Image)?;
+                let staging = self.staging("from")?;
+                for rel in &rels {
+                    materialize(&layers, rel, &staging.path)?;
                 }
                 from_root = staging;
                 from_root.path.as_path()
@@ -1073,12 +1080,14 @@ impl<'a> Builder<'a> {
             let base = rel.file_name().map(PathBuf::from).unwrap_or_default();
             if meta.is_dir() {
                 kinds.push("dir");
+                if let Some(parent) = dest_rel.parent() {
+                    make_dirs(&staging.path, parent)?;
+                }
                 let target = staging.path.join(&dest_rel);
                 copy_tree(&src, &target, owner, chmod, &mut hasher, Path::new(""))?;
             } else if is_add && is_archive(&src) {
                 kinds.push("file");
-                let target = staging.path.join(&dest_rel);
-                fs::create_dir_all(&target).map_err(io_err(&target))?;
+                let target = make_dirs(&staging.path, &dest_rel)?;
                 let file = fs::File::open(&src).map_err(io_err(&src))?;
                 hash_file(&src, &mut hasher)?;
                 let reader = crate::image::layer::decompress(file, &rel.to_string_lossy())
@@ -1092,14 +1101,15 @@ impl<'a> Builder<'a> {
                 .map_err(BuildError::Image)?;
             } else {
                 kinds.push("file");
-                let target = if dest_is_dir {
-                    staging.path.join(&dest_rel).join(&base)
+                let target_rel = if dest_is_dir {
+                    dest_rel.join(&base)
                 } else {
-                    staging.path.join(&dest_rel)
+                    dest_rel.clone()
                 };
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent).map_err(io_err(parent))?;
+                if let Some(parent) = target_rel.parent() {
+                    make_dirs(&staging.path, parent)?;
                 }
+                let target = staging.path.join(&target_rel);
                 copy_entry(&src, &target, owner, chmod, &mut hasher, &base)?;
             }
         }
@@ -1111,16 +1121,19 @@ impl<'a> Builder<'a> {
             } else {
                 doc.content.clone()
             };
-            let target = if dest_is_dir {
-                staging.path.join(&dest_rel).join(&doc.name)
+            let target_rel = if dest_is_dir {
+                dest_rel.join(&doc.name)
             } else {
-                staging.path.join(&dest_rel)
+                dest_rel.clone()
             };
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(io_err(parent))?;
+            if let Some(parent) = target_rel.parent() {
+                make_dirs(&staging.path, parent)?;
             }
-            fs::write(&target, &content).map_err(io_err(&target))?;
-            fs::set_permissions(&target, fs::Permissions::from_mode(chmod.unwrap_or(0o644)))
+            let target = staging.path.join(&target_rel);
+            let mut file = create_file(&target)?;
+            file.write_all(content.as_bytes())
+                .map_err(io_err(&target))?;
+            file.set_permissions(fs::Permissions::from_mode(chmod.unwrap_or(0o644)))
                 .map_err(io_err(&target))?;
             let (uid, gid) = owner.unwrap_or((0, 0));
             std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(io_err(&target))?;
@@ -1330,15 +1343,26 @@ fn lookup(layers: &[PathBuf], rel: &Path) -> Option<Kind> {
 }
 
 /// Writes the merged view of `rel` (layers topmost first) under `out/rel`.
+/// A symlink in a layer is copied as one, never followed: a path through a layer's symlink
+/// is not in that layer.
 fn materialize(layers: &[PathBuf], rel: &Path, out: &Path) -> Result<(), BuildError> {
+    // Real directories above the target, so nothing below writes through a link copied by an
+    // earlier source.
+    if let Some(parent) = rel.parent() {
+        make_dirs(out, parent)?;
+    }
     let target = out.join(rel);
-    for layer in layers.iter().rev() {
+    'layers: for layer in layers.iter().rev() {
         let mut prefix = PathBuf::new();
         let comps: Vec<_> = rel.components().collect();
         for comp in &comps[..comps.len().saturating_sub(1)] {
             prefix.push(comp);
             if let Ok(m) = fs::symlink_metadata(layer.join(&prefix)) {
-                if is_whiteout(&m) || !m.is_dir() || is_opaque(&layer.join(&prefix)) {
+                if is_whiteout(&m) || !m.is_dir() {
+                    remove_any(&target)?;
+                    continue 'layers;
+                }
+                if is_opaque(&layer.join(&prefix)) {
                     remove_any(&target)?;
                 }
             }
@@ -1350,19 +1374,65 @@ fn materialize(layers: &[PathBuf], rel: &Path, out: &Path) -> Result<(), BuildEr
         if is_whiteout(&meta) {
             remove_any(&target)?;
         } else if meta.is_dir() {
-            if is_opaque(&src) || !target.is_dir() {
+            if is_opaque(&src) || !is_real_dir(&target) {
                 remove_any(&target)?;
             }
             merge_dir(&src, &target)?;
         } else {
             remove_any(&target)?;
-            if let Some(p) = target.parent() {
-                fs::create_dir_all(p).map_err(io_err(p))?;
-            }
             copy_entry(&src, &target, None, None, &mut Sha256::new(), Path::new(""))?;
         }
     }
     Ok(())
+}
+
+/// Whether `path` is a directory itself, not a symlink to one.
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+// The staging trees below are private to the build and written by this thread only, so an
+// lstat then an operation on the same path cannot be raced; what they must never do is follow
+// a symlink that an earlier source, layer or heredoc put there.
+
+/// Makes `root/rel` a directory, one name at a time, replacing whatever non-directory is in
+/// the way (a symlink is replaced, never followed, as Docker's copy does).
+fn make_dirs(root: &Path, rel: &Path) -> Result<PathBuf, BuildError> {
+    let mut current = root.to_path_buf();
+    for comp in rel.components() {
+        if let std::path::Component::Normal(part) = comp {
+            current.push(part);
+            make_dir(&current)?;
+        }
+    }
+    Ok(current)
+}
+
+/// Makes `path` a directory (its parent being one); true when it already was.
+fn make_dir(path: &Path) -> Result<bool, BuildError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(true),
+        Ok(_) => fs::remove_file(path).map_err(io_err(path))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    fs::create_dir(path).map_err(io_err(path))?;
+    Ok(false)
+}
+
+/// Creates the file `path`, replacing a non-directory there and never opening through a
+/// symlink.
+fn create_file(path: &Path) -> Result<fs::File, BuildError> {
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(path).map_err(io_err(path))?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))
 }
 
 fn remove_any(path: &Path) -> Result<(), BuildError> {
@@ -1374,7 +1444,7 @@ fn remove_any(path: &Path) -> Result<(), BuildError> {
 }
 
 fn merge_dir(src: &Path, dst: &Path) -> Result<(), BuildError> {
-    fs::create_dir_all(dst).map_err(io_err(dst))?;
+    make_dir(dst)?;
     let meta = fs::symlink_metadata(src).map_err(io_err(src))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(io_err(dst))?;
@@ -1386,7 +1456,7 @@ fn merge_dir(src: &Path, dst: &Path) -> Result<(), BuildError> {
         if is_whiteout(&m) {
             remove_any(&d)?;
         } else if m.is_dir() {
-            if is_opaque(&s) || !d.is_dir() {
+            if is_opaque(&s) || !is_real_dir(&d) {
                 remove_any(&d)?;
             }
             merge_dir(&s, &d)?;
@@ -1425,10 +1495,19 @@ fn copy_entry(
         std::os::unix::fs::symlink(&target, dst).map_err(io_err(dst))?;
     } else if meta.is_file() {
         hash_file(src, hasher)?;
-        fs::copy(src, dst).map_err(io_err(dst))?;
+        let mut from = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(src)
+            .map_err(io_err(src))?;
+        let mut to = create_file(dst)?;
+        std::io::copy(&mut from, &mut to).map_err(io_err(dst))?;
         let mode = chmod.unwrap_or(meta.mode() & 0o7777);
-        fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err(dst))?;
-        set_mtime(dst, &meta)?;
+        to.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err(dst))?;
+        let mtime = meta.modified().map_err(io_err(src))?;
+        to.set_times(fs::FileTimes::new().set_modified(mtime))
+            .map_err(io_err(dst))?;
     } else {
         // Devices, fifos and sockets are not copied, as with dockerd's COPY.
         return Ok(());
@@ -1440,7 +1519,11 @@ fn copy_entry(
 
 fn set_mtime(path: &Path, meta: &fs::Metadata) -> Result<(), BuildError> {
     let mtime = meta.modified().map_err(io_err(path))?;
-    let file = fs::File::open(path).map_err(io_err(path))?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))?;
     file.set_times(fs::FileTimes::new().set_modified(mtime))
         .map_err(io_err(path))
 }
@@ -1454,8 +1537,7 @@ fn copy_tree(
     hasher: &mut Sha256,
     name: &Path,
 ) -> Result<(), BuildError> {
-    let existed = dst.is_dir();
-    fs::create_dir_all(dst).map_err(io_err(dst))?;
+    let existed = make_dir(dst)?;
     let meta = fs::symlink_metadata(src).map_err(io_err(src))?;
     if !existed || !name.as_os_str().is_empty() {
         let mode = chmod.unwrap_or(meta.mode() & 0o7777);
