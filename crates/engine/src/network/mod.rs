@@ -361,14 +361,13 @@ impl Networking {
         };
         std::fs::create_dir_all(&self.defs_dir).map_err(io(&self.defs_dir))?;
         let path = self.defs_dir.join(format!("{id}.json"));
-        let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(&def).map_err(|e| NetworkError::Io {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(io(&path))?;
+        // Durable before the network is reported created: a crash must not lose it while
+        // containers already name it.
+        crate::state::durable::write_atomic(&path, &json, 0o644).map_err(io(&path))?;
         if let Ok(mut defs) = self.defs.lock() {
             defs.push(def.clone());
         }
