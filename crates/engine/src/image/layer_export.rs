@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -108,7 +109,7 @@ pub fn write_layer_tar(diff_dir: &Path, out: impl Write) -> Result<ExportedLayer
         source,
     };
     let root_meta = fs::symlink_metadata(diff_dir).map_err(out_err)?;
-    exporter.walk(&mut builder, Path::new(""), &root_meta)?;
+    exporter.walk(&mut builder, Path::new(""), diff_dir, &root_meta)?;
     builder.finish().map_err(out_err)?;
     let writer = builder.into_inner().map_err(out_err)?;
     let (diff_id, size, mut inner) = writer.finish();
@@ -127,6 +128,7 @@ impl Exporter<'_> {
         &mut self,
         tar: &mut tar::Builder<W>,
         rel: &Path,
+        open_path: &Path,
         dir_meta: &fs::Metadata,
     ) -> Result<(), ImageError> {
         let dir = self.root.join(rel);
@@ -136,9 +138,14 @@ impl Exporter<'_> {
         };
         // Listed through a descriptor of the very directory checked: a running container
         // may have swapped it for a symlink to elsewhere.
-        let dir_file = open_checked(&dir, dir_meta, libc::O_DIRECTORY).map_err(io_err(&dir))?;
-        let mut listing = nix::dir::Dir::from_fd(dir_file.into())
-            .map_err(|e| io_err(&dir)(io::Error::from(e)))?;
+        let dir_file =
+            open_checked(open_path, dir_meta, libc::O_DIRECTORY).map_err(io_err(&dir))?;
+        // Its entries are reached through this descriptor (`/proc/self/fd/N/NAME`), never by
+        // their path again, so no directory above them can be swapped for a symlink either.
+        let at_dir = PathBuf::from(format!("/proc/self/fd/{}", dir_file.as_raw_fd()));
+        let listed = dir_file.try_clone().map_err(io_err(&dir))?;
+        let mut listing =
+            nix::dir::Dir::from_fd(listed.into()).map_err(|e| io_err(&dir)(io::Error::from(e)))?;
         let mut names: Vec<OsString> = Vec::new();
         for entry in listing.iter() {
             let entry = entry.map_err(|e| io_err(&dir)(io::Error::from(e)))?;
@@ -152,7 +159,8 @@ impl Exporter<'_> {
         for name in names {
             let rel_path = rel.join(&name);
             let path = self.root.join(&rel_path);
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let at = at_dir.join(&name);
+            let meta = fs::symlink_metadata(&at).map_err(io_err(&path))?;
             let kind = meta.file_type();
             if kind.is_socket() {
                 continue;
@@ -165,7 +173,7 @@ impl Exporter<'_> {
                 append(tar, &mut h, &rel.join(wh_name), &[], io::empty()).map_err(io_err(&path))?;
                 continue;
             }
-            let xattrs = list_xattrs(&path).map_err(io_err(&path))?;
+            let xattrs = list_xattrs(&at).map_err(io_err(&path))?;
             // A renamed lower dir (redirect_dir) or a metadata-only copy-up (metacopy) keeps
             // its content below the upper dir: writing the upper dir alone would lose it.
             if let Some((name, _)) = xattrs.iter().find(|(k, _)| {
@@ -193,7 +201,7 @@ impl Exporter<'_> {
                     append(tar, &mut h, &rel_path.join(OPAQUE_MARKER), &[], io::empty())
                         .map_err(io_err(&path))?;
                 }
-                self.walk(tar, &rel_path, &meta)?;
+                self.walk(tar, &rel_path, &at, &meta)?;
                 continue;
             }
             if meta.nlink() > 1 {
@@ -206,11 +214,11 @@ impl Exporter<'_> {
                 self.links.insert(key, rel_path.clone());
             }
             if kind.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_err(&path))?;
+                let target = fs::read_link(&at).map_err(io_err(&path))?;
                 let mut h = header(&meta, EntryType::Symlink);
                 append_link(tar, &mut h, &rel_path, &xattrs, &target).map_err(io_err(&path))?;
             } else if kind.is_file() {
-                let file = open_checked(&path, &meta, 0).map_err(io_err(&path))?;
+                let file = open_checked(&at, &meta, 0).map_err(io_err(&path))?;
                 let mut h = header(&meta, EntryType::Regular);
                 h.set_size(meta.len());
                 // A file that changes size under us would make a corrupt tar: take exactly
