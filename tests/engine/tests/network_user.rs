@@ -323,3 +323,28 @@ fn containers_on_different_networks_are_isolated_as_dockerd() -> Result<()> {
         .ok()?;
     Ok(())
 }
+
+#[test]
+fn a_network_without_ipv4_is_refused_by_name() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let refused = engine.docker(&["network", "create", "--ipv4=false", "v6only"])?;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "rmachine-engine does not support a network without IPv4 (--ipv4=false) for networks yet"
+        ),
+        "{}",
+        refused.stderr
+    );
+    let names = engine
+        .docker(&["network", "ls", "--format", "{{.Name}}"])?
+        .ok()?;
+    assert!(
+        !names.stdout.lines().any(|n| n == "v6only"),
+        "{}",
+        names.stdout
+    );
+    Ok(())
+}

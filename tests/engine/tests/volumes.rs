@@ -418,3 +418,103 @@ fn an_auto_remove_container_left_by_a_killed_engine_takes_its_anonymous_volume_a
     assert_eq!(volume_names(&engine)?, ["kept"]);
     Ok(())
 }
+
+#[test]
+fn removing_a_device_volume_still_mounted_keeps_the_device_files() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let device = engine.dir().join("device");
+    std::fs::create_dir(&device)?;
+    std::fs::write(device.join("precious"), "keep me\n")?;
+    let device_opt = format!("device={}", device.display());
+    engine
+        .docker(&[
+            "volume",
+            "create",
+            "-o",
+            "type=none",
+            "-o",
+            "o=bind",
+            "-o",
+            &device_opt,
+            "dev",
+        ])?
+        .ok()?;
+    let seen = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "-v",
+            "dev:/x",
+            "busybox",
+            "cat",
+            "/x/precious",
+        ])?
+        .ok()?;
+    assert_eq!(seen.stdout, "keep me\n");
+    // Something else keeps the device mounted on the volume (a second mount over the
+    // engine's): unmounting once does not free it.
+    let data = engine.data_root().join("volumes/dev/_data");
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&device)
+        .arg(&data)
+        .status()?;
+    assert!(status.success());
+    let refused = engine.docker(&["volume", "rm", "dev"])?;
+    let still_there = std::fs::read_to_string(device.join("precious"));
+    // Whatever happened, leave no mount behind.
+    while std::process::Command::new("umount")
+        .arg(&data)
+        .stderr(std::process::Stdio::null())
+        .status()?
+        .success()
+    {}
+    assert_eq!(still_there?, "keep me\n");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("dev") && refused.stderr.contains("still mounted"),
+        "{}",
+        refused.stderr
+    );
+    assert!(volume_names(&engine)?.contains(&"dev".to_string()));
+    // Once nothing is mounted there, it goes, and the device's files stay.
+    engine.docker(&["volume", "rm", "dev"])?.ok()?;
+    assert!(!volume_names(&engine)?.contains(&"dev".to_string()));
+    assert!(!engine.data_root().join("volumes/dev").exists());
+    assert_eq!(
+        std::fs::read_to_string(device.join("precious"))?,
+        "keep me\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failed_create_keeps_an_anonymous_volume_the_request_named() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // An anonymous volume left by a container removed without -v.
+    engine
+        .docker(&["create", "--name", "first", "-v", "/data", "busybox"])?
+        .ok()?;
+    let anonymous = engine.inspect("first", "{{(index .Mounts 0).Name}}")?;
+    assert_eq!(anonymous.len(), 64, "{anonymous}");
+    engine.docker(&["rm", "first"])?.ok()?;
+    engine
+        .docker(&["create", "--name", "taken", "busybox"])?
+        .ok()?;
+    // Named explicitly by a create that fails (the name is taken): it stays.
+    let bind = format!("{anonymous}:/x");
+    let failed = engine.docker(&[
+        "create", "--name", "taken", "-v", &bind, "-v", "/fresh", "busybox",
+    ])?;
+    assert_ne!(failed.code, 0, "{failed:?}");
+    assert!(failed.stderr.contains("Conflict"), "{}", failed.stderr);
+    let names = volume_names(&engine)?;
+    assert!(names.contains(&anonymous), "{names:?}");
+    // The one that create made for `/fresh` went with it.
+    assert_eq!(names.len(), 1, "{names:?}");
+    Ok(())
+}

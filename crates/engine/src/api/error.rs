@@ -132,7 +132,9 @@ fn volume_status(err: &VolumeError) -> StatusCode {
         VolumeError::NotFound { .. } | VolumeError::NoSuchDriver { .. } => StatusCode::NOT_FOUND,
         VolumeError::InUse { .. } => StatusCode::CONFLICT,
         VolumeError::Invalid { .. } => StatusCode::BAD_REQUEST,
-        VolumeError::Mount { .. } | VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        VolumeError::Mount { .. } | VolumeError::StillMounted { .. } | VolumeError::Io { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
     }
 }
 

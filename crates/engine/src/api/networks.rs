@@ -243,6 +243,8 @@ struct CreateNetworkBody {
     ingress: bool,
     #[serde(rename = "EnableIPv6")]
     enable_ipv6: Option<bool>,
+    #[serde(rename = "EnableIPv4")]
+    enable_ipv4: Option<bool>,
     #[serde(rename = "IPAM")]
     ipam: Option<IpamBody>,
     options: Option<std::collections::BTreeMap<String, String>>,
@@ -410,6 +412,10 @@ impl super::Api {
         }
         if body.enable_ipv6 == Some(true) {
             return refuse("IPv6 (--ipv6)");
+        }
+        // Every network here has IPv4: one without (IPv6-only) cannot be made.
+        if body.enable_ipv4 == Some(false) {
+            return refuse("a network without IPv4 (--ipv4=false)");
         }
         if !matches!(body.scope.as_str(), "" | "local") {
             return refuse("--scope");

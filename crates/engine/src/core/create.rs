@@ -103,17 +103,20 @@ impl Engine {
             &config.working_dir,
             &self.inner.images.rootfs_layers(&image.id)?,
         )?;
-        let mount_points = self.mount_points_for(&config, &host_config)?;
+        // From choosing the volumes until the container is in the table, so that no
+        // `volume rm`/`prune` deletes one under it.
+        let uses = self.volume_uses_lock();
+        let (mount_points, created) = self.mount_points_for(&config, &host_config)?;
         let mut argv = config.entrypoint.clone().unwrap_or_default();
         argv.extend(config.cmd.clone().unwrap_or_default());
         let Some((path, args)) = argv.split_first() else {
+            self.remove_unused_anonymous_locked(created);
             return Err(EngineError::InvalidParameter {
                 reason: "no command specified".into(),
             });
         };
         let id = new_id();
         let dir = self.inner.state.dir(&id);
-        let points = mount_points.clone();
         let container = (|| {
             let mut table = lock(&self.inner.table);
             let name = match name {
@@ -159,10 +162,11 @@ impl Engine {
         let container = match container {
             Ok(container) => container,
             Err(err) => {
-                self.remove_anonymous_volumes(&points);
+                self.remove_unused_anonymous_locked(created);
                 return Err(err);
             }
         };
+        drop(uses);
         let saved = self
             .inner
             .state
@@ -173,7 +177,8 @@ impl Engine {
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);
-            self.remove_anonymous_volumes(&points);
+            let _uses = self.volume_uses_lock();
+            self.remove_unused_anonymous_locked(created);
             return Err(err);
         }
         info!(container = %id, "created");

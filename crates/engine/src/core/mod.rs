@@ -128,6 +128,10 @@ struct Inner {
     execs: exec::ExecTable,
     restarts: restart::RestartManager,
     network: networks::NetworkState,
+    /// Held from checking who uses a volume to deleting it, and from choosing a new
+    /// container's volumes until it is in the table: a volume is never deleted under a
+    /// container being created.
+    volume_uses: Mutex<()>,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -253,6 +257,7 @@ impl Engine {
                 table: Mutex::new(table),
                 execs: exec::ExecTable::default(),
                 restarts: restart::RestartManager::default(),
+                volume_uses: Mutex::new(()),
             }),
         };
         for points in &dropped_mounts {

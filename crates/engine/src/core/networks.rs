@@ -142,6 +142,9 @@ pub(super) fn publish_err(err: NetworkError) -> EngineError {
         NetworkError::Overlap => EngineError::Forbidden {
             reason: err.to_string(),
         },
+        NetworkError::NameTaken { .. } => EngineError::Conflict {
+            reason: err.to_string(),
+        },
         other => {
             // The whole chain: the API shows this message only.
             let mut reason = other.to_string();

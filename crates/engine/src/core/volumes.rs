@@ -172,6 +172,14 @@ impl Engine {
         Ok(volume)
     }
 
+    /// The lock between deciding a volume is unused and deleting it (see `Inner`).
+    pub(super) fn volume_uses_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .volume_uses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Removes a volume no container uses, emitting `volume destroy`.
     fn destroy_volume(&self, name: &str) -> Result<(), EngineError> {
         let volume = self.inner.volumes.get(name)?;
@@ -215,6 +223,7 @@ impl Engine {
             Err(err) => return Err(err.into()),
             Ok(_) => {}
         }
+        let _uses = self.volume_uses_lock();
         let users = self.volume_users(name);
         if !users.is_empty() {
             return Err(VolumeError::InUse {
@@ -231,6 +240,7 @@ impl Engine {
     pub fn volume_prune(&self, filters: &VolumeFilters) -> Result<(Vec<String>, u64), EngineError> {
         let mut removed = Vec::new();
         let mut space = 0u64;
+        let _uses = self.volume_uses_lock();
         for volume in self.inner.volumes.list() {
             if !filters.all && !volume.is_anonymous() {
                 continue;
@@ -249,29 +259,40 @@ impl Engine {
     /// `docker rm -v` and `--rm`: removes the container's anonymous volumes that no other
     /// container uses (named volumes stay, as with dockerd).
     pub(super) fn remove_anonymous_volumes(&self, points: &BTreeMap<String, MountPoint>) {
-        for mp in points.values() {
-            if mp.kind != "volume" || mp.name.is_empty() {
-                continue;
-            }
-            let Ok(volume) = self.inner.volumes.get(&mp.name) else {
+        let _uses = self.volume_uses_lock();
+        let names = points
+            .values()
+            .filter(|mp| mp.kind == "volume" && !mp.name.is_empty())
+            .map(|mp| mp.name.clone());
+        self.remove_unused_anonymous_locked(names);
+    }
+
+    /// Removes those of `names` that are anonymous volumes no container uses; the caller holds
+    /// [`Self::volume_uses_lock`].
+    pub(super) fn remove_unused_anonymous_locked(&self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            let Ok(volume) = self.inner.volumes.get(&name) else {
                 continue;
             };
-            if !volume.is_anonymous() || !self.volume_users(&mp.name).is_empty() {
+            if !volume.is_anonymous() || !self.volume_users(&name).is_empty() {
                 continue;
             }
-            if let Err(err) = self.destroy_volume(&mp.name) {
-                warn!(volume = %mp.name, error = %err, "cannot remove anonymous volume");
+            if let Err(err) = self.destroy_volume(&name) {
+                warn!(volume = %name, error = %err, "cannot remove anonymous volume");
             }
         }
     }
 
     /// Decides a new container's mounts (moby `registerMountPoints`, then the anonymous
-    /// volumes of `Config.Volumes`), creating the volumes they name.
+    /// volumes of `Config.Volumes`), creating the volumes they name; also the names of the
+    /// anonymous volumes it created, which a failed create removes (not a pre-existing one
+    /// the request named). The caller holds [`Self::volume_uses_lock`] until the container
+    /// is in the table.
     pub(super) fn mount_points_for(
         &self,
         config: &ContainerConfig,
         host: &HostConfig,
-    ) -> Result<BTreeMap<String, MountPoint>, EngineError> {
+    ) -> Result<(BTreeMap<String, MountPoint>, Vec<String>), EngineError> {
         // Every spec is checked before any volume is created, so a refused request leaves none.
         let mut points: BTreeMap<String, MountPoint> = BTreeMap::new();
         let mut to_create: BTreeMap<String, CreateOptions> = BTreeMap::new();
@@ -323,15 +344,21 @@ impl Engine {
             to_create.insert(mp.destination.clone(), CreateOptions::default());
             points.insert(mp.destination.clone(), mp);
         }
+        let mut created = Vec::new();
         for (destination, options) in to_create {
             let Some(mp) = points.get_mut(&destination) else {
                 continue;
             };
             let anonymous = mp.name.is_empty();
             let volume = match self.use_volume(&mp.name, anonymous, options) {
-                Ok(volume) => volume,
+                Ok((volume, new)) => {
+                    if new {
+                        created.push(volume.name.clone());
+                    }
+                    volume
+                }
                 Err(err) => {
-                    self.remove_anonymous_volumes(&points);
+                    self.remove_unused_anonymous_locked(created);
                     return Err(err);
                 }
             };
@@ -339,19 +366,19 @@ impl Engine {
             mp.driver = volume.driver;
             mp.source = volume.mountpoint.to_string_lossy().into_owned();
         }
-        Ok(points)
+        Ok((points, created))
     }
 
     /// The volume a mount names, created when missing (an anonymous one gets a random name and
-    /// dockerd's anonymous label).
+    /// dockerd's anonymous label), and whether it was created.
     fn use_volume(
         &self,
         name: &str,
         anonymous: bool,
         mut options: CreateOptions,
-    ) -> Result<Volume, EngineError> {
+    ) -> Result<(Volume, bool), EngineError> {
         if let Ok(volume) = self.inner.volumes.get(name) {
-            return Ok(volume);
+            return Ok((volume, false));
         }
         options.name = name.to_string();
         if anonymous {
@@ -366,7 +393,7 @@ impl Engine {
         if options.options.as_ref().is_some_and(BTreeMap::is_empty) {
             options.options = None;
         }
-        self.create_volume(options)
+        self.create_volume(options).map(|volume| (volume, true))
     }
 
     /// Makes a container's mounts ready for a start and returns them for the runtime spec,

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsString};
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -107,7 +108,8 @@ pub fn write_layer_tar(diff_dir: &Path, out: impl Write) -> Result<ExportedLayer
         path: diff_dir.to_path_buf(),
         source,
     };
-    exporter.walk(&mut builder, Path::new(""))?;
+    let root_meta = fs::symlink_metadata(diff_dir).map_err(out_err)?;
+    exporter.walk(&mut builder, Path::new(""), diff_dir, &root_meta)?;
     builder.finish().map_err(out_err)?;
     let writer = builder.into_inner().map_err(out_err)?;
     let (diff_id, size, mut inner) = writer.finish();
@@ -122,23 +124,43 @@ struct Exporter<'a> {
 }
 
 impl Exporter<'_> {
-    fn walk<W: Write>(&mut self, tar: &mut tar::Builder<W>, rel: &Path) -> Result<(), ImageError> {
+    fn walk<W: Write>(
+        &mut self,
+        tar: &mut tar::Builder<W>,
+        rel: &Path,
+        open_path: &Path,
+        dir_meta: &fs::Metadata,
+    ) -> Result<(), ImageError> {
         let dir = self.root.join(rel);
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ImageError::Io { path, source }
         };
-        let mut names: Vec<OsString> = fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(io_err(&dir))?;
+        // Listed through a descriptor of the very directory checked: a running container
+        // may have swapped it for a symlink to elsewhere.
+        let dir_file =
+            open_checked(open_path, dir_meta, libc::O_DIRECTORY).map_err(io_err(&dir))?;
+        // Its entries are reached through this descriptor (`/proc/self/fd/N/NAME`), never by
+        // their path again, so no directory above them can be swapped for a symlink either.
+        let at_dir = PathBuf::from(format!("/proc/self/fd/{}", dir_file.as_raw_fd()));
+        let listed = dir_file.try_clone().map_err(io_err(&dir))?;
+        let mut listing =
+            nix::dir::Dir::from_fd(listed.into()).map_err(|e| io_err(&dir)(io::Error::from(e)))?;
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in listing.iter() {
+            let entry = entry.map_err(|e| io_err(&dir)(io::Error::from(e)))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
+        }
         // Byte order, as Go's filepath.Walk visits them: the same tree gives the same tar.
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in names {
             let rel_path = rel.join(&name);
             let path = self.root.join(&rel_path);
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let at = at_dir.join(&name);
+            let meta = fs::symlink_metadata(&at).map_err(io_err(&path))?;
             let kind = meta.file_type();
             if kind.is_socket() {
                 continue;
@@ -151,7 +173,7 @@ impl Exporter<'_> {
                 append(tar, &mut h, &rel.join(wh_name), &[], io::empty()).map_err(io_err(&path))?;
                 continue;
             }
-            let xattrs = list_xattrs(&path).map_err(io_err(&path))?;
+            let xattrs = list_xattrs(&at).map_err(io_err(&path))?;
             // A renamed lower dir (redirect_dir) or a metadata-only copy-up (metacopy) keeps
             // its content below the upper dir: writing the upper dir alone would lose it.
             if let Some((name, _)) = xattrs.iter().find(|(k, _)| {
@@ -179,7 +201,7 @@ impl Exporter<'_> {
                     append(tar, &mut h, &rel_path.join(OPAQUE_MARKER), &[], io::empty())
                         .map_err(io_err(&path))?;
                 }
-                self.walk(tar, &rel_path)?;
+                self.walk(tar, &rel_path, &at, &meta)?;
                 continue;
             }
             if meta.nlink() > 1 {
@@ -192,11 +214,11 @@ impl Exporter<'_> {
                 self.links.insert(key, rel_path.clone());
             }
             if kind.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_err(&path))?;
+                let target = fs::read_link(&at).map_err(io_err(&path))?;
                 let mut h = header(&meta, EntryType::Symlink);
                 append_link(tar, &mut h, &rel_path, &xattrs, &target).map_err(io_err(&path))?;
             } else if kind.is_file() {
-                let file = File::open(&path).map_err(io_err(&path))?;
+                let file = open_checked(&at, &meta, 0).map_err(io_err(&path))?;
                 let mut h = header(&meta, EntryType::Regular);
                 h.set_size(meta.len());
                 // A file that changes size under us would make a corrupt tar: take exactly
@@ -292,6 +314,25 @@ fn append_link<W: Write>(
 ) -> io::Result<()> {
     append_pax(tar, xattrs)?;
     tar.append_link(h, path, target)
+}
+
+/// Opens `path` for reading without following a symlink (nor blocking on a fifo), and only if
+/// it is still the file `expected` described: a running container may swap an entry for a
+/// symlink to a host file between the `lstat` and the open.
+fn open_checked(path: &Path, expected: &fs::Metadata, flags: libc::c_int) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | flags)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.dev() != expected.dev() || meta.ino() != expected.ino() {
+        return Err(io::Error::other(format!(
+            "{} changed while it was being read",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// The xattrs of `path` (not following symlinks), sorted by name.
@@ -496,6 +537,40 @@ mod tests {
         assert_eq!(rc, 0, "{}", io::Error::last_os_error());
         let err = write_layer_tar(&dir, io::sink()).unwrap_err();
         assert!(err.to_string().contains("invalid layer"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_swapped_for_a_symlink_is_not_followed() {
+        let tmp = TempDir::new();
+        let secret = tmp.path().join("host-secret");
+        fs::write(&secret, b"engine host file").unwrap();
+        let entry = tmp.path().join("entry");
+        fs::write(&entry, b"container file").unwrap();
+        let meta = fs::symlink_metadata(&entry).unwrap();
+        // The container replaces the file it showed by a symlink to a host file.
+        fs::remove_file(&entry).unwrap();
+        std::os::unix::fs::symlink(&secret, &entry).unwrap();
+        let err = open_checked(&entry, &meta, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        // Or by another file of the same name (the first kept alive elsewhere, so that its
+        // inode number is not reused): the open is refused too.
+        let other = tmp.path().join("other");
+        fs::write(&other, b"container file").unwrap();
+        let other_meta = fs::symlink_metadata(&other).unwrap();
+        let kept = tmp.path().join("kept");
+        fs::hard_link(&other, &kept).unwrap();
+        fs::remove_file(&entry).unwrap();
+        fs::write(&entry, b"other").unwrap();
+        assert!(open_checked(&kept, &other_meta, 0).is_ok());
+        let meta = other_meta;
+        assert!(open_checked(&entry, &meta, 0).is_err());
+        // A directory swapped for a symlink to a host directory is not listed.
+        let dir = tmp.path().join("dir");
+        fs::create_dir(&dir).unwrap();
+        let dir_meta = fs::symlink_metadata(&dir).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), &dir).unwrap();
+        assert!(open_checked(&dir, &dir_meta, libc::O_DIRECTORY).is_err());
     }
 
     #[test]

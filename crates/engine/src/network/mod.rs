@@ -82,6 +82,12 @@ pub enum NetworkError {
     /// `--subnet` overlaps another network's (dockerd's text).
     #[error("invalid pool request: Pool overlaps with other one on this address space")]
     Overlap,
+    /// A network of that name exists (dockerd's text).
+    #[error("network with name {name} already exists")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
     /// A port spec is invalid (dockerd's texts).
     #[error("{reason}")]
     InvalidPort {
@@ -188,6 +194,9 @@ pub struct Networking {
     defs: Mutex<Vec<NetworkDef>>,
     state: tokio::sync::Mutex<State>,
     proxies: Mutex<HashMap<String, Vec<AbortHandle>>>,
+    /// Held through a create, from the name and subnet checks to the definition's save: two
+    /// concurrent creates of one name make one network, and never overlapping subnets.
+    creating: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Networking {
@@ -255,6 +264,7 @@ impl Networking {
                 ..State::default()
             }),
             proxies: Mutex::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -306,6 +316,15 @@ impl Networking {
             options,
             ..
         } = request;
+        let _creating = self.creating.lock().await;
+        let name_taken = self
+            .defs
+            .lock()
+            .map(|defs| defs.iter().any(|d| d.name == name))
+            .unwrap_or(false);
+        if name_taken {
+            return Err(NetworkError::NameTaken { name });
+        }
         let taken: Vec<ipam::Pool> = {
             let mut taken: Vec<ipam::Pool> =
                 self.list().await.iter().filter_map(|d| d.subnet).collect();
@@ -361,14 +380,13 @@ impl Networking {
         };
         std::fs::create_dir_all(&self.defs_dir).map_err(io(&self.defs_dir))?;
         let path = self.defs_dir.join(format!("{id}.json"));
-        let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(&def).map_err(|e| NetworkError::Io {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(io(&path))?;
+        // Durable before the network is reported created: a crash must not lose it while
+        // containers already name it.
+        crate::state::durable::write_atomic(&path, &json, 0o644).map_err(io(&path))?;
         if let Ok(mut defs) = self.defs.lock() {
             defs.push(def.clone());
         }
@@ -645,4 +663,48 @@ pub fn ports_map(
         map.insert(key, value);
     }
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, subnet: &str) -> NetworkDef {
+        NetworkDef {
+            id: String::new(),
+            name: name.into(),
+            created: chrono::Utc::now(),
+            subnet: Some(subnet.parse().unwrap()),
+            gateway: None,
+            internal: false,
+            attachable: false,
+            labels: BTreeMap::new(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_of_one_name_make_one_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Networking::new(dir.path());
+        let (a, b) = tokio::join!(
+            net.create(request("dup", "10.231.1.0/24")),
+            net.create(request("dup", "10.231.2.0/24")),
+        );
+        let errors: Vec<String> = [&a, &b]
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        assert_eq!(errors, ["network with name dup already exists"]);
+        let named: Vec<_> = net
+            .list()
+            .await
+            .into_iter()
+            .filter(|d| d.name == "dup")
+            .collect();
+        assert_eq!(named.len(), 1);
+        // The one kept is on disk, durably: a new engine finds it.
+        let again = Networking::new(dir.path());
+        assert_eq!(again.find("dup").map(|d| d.id), Some(named[0].id.clone()));
+    }
 }

@@ -70,6 +70,18 @@ pub enum VolumeError {
         #[source]
         source: nix::Error,
     },
+    /// The volume's device could not be unmounted, or something is still mounted on its
+    /// content: it is kept, since removing it would walk into the mounted filesystem.
+    #[error("error while removing volume {name}: {path} is still mounted")]
+    StillMounted {
+        /// The volume.
+        name: String,
+        /// The mount point.
+        path: PathBuf,
+        /// The unmount's error, when it failed.
+        #[source]
+        source: Option<nix::Error>,
+    },
     /// A file of the volume store could not be read or written.
     #[error("cannot access {path}")]
     Io {
@@ -233,8 +245,7 @@ impl VolumeStore {
                 },
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     if dir.is_dir() {
-                        warn!(path = %dir.display(), "removing a volume left half-created");
-                        let _ = std::fs::remove_dir_all(&dir);
+                        remove_half_created(&dir);
                     }
                 }
                 Err(err) => return Err(io_err(&record)(err)),
@@ -309,14 +320,36 @@ impl VolumeStore {
         Ok(volume)
     }
 
-    /// Removes a volume the caller checked no container uses: its record first (so a crash
-    /// half-way leaves a directory [`Self::open`] deletes), then its content.
+    /// Removes a volume the caller checked no container uses: unmounts its device (a failure,
+    /// or anything still mounted on its content, keeps the volume: removing it would delete
+    /// the mounted filesystem's files), then its record (so a crash half-way leaves a
+    /// directory [`Self::open`] deletes), then its content: a device volume's `_data` is only
+    /// the empty mount point, removed without recursing.
     pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
         let volume = self.get(name)?;
         if volume.has_device() {
-            self.unmount(&volume);
+            self.unmount(&volume)?;
+        }
+        let still_mounted = |source| VolumeError::StillMounted {
+            name: name.to_string(),
+            path: volume.mountpoint.clone(),
+            source,
+        };
+        match is_mount_point(&volume.mountpoint) {
+            Ok(false) => {}
+            Ok(true) => return Err(still_mounted(None)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err(&volume.mountpoint)(err)),
         }
         let dir = self.root.join(name);
+        if volume.has_device() {
+            match std::fs::remove_dir(&volume.mountpoint) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err(&volume.mountpoint)(err));
+                }
+                _ => {}
+            }
+        }
         let record = dir.join(RECORD);
         std::fs::remove_file(&record).map_err(io_err(&record))?;
         durable::sync_dir(&dir).map_err(io_err(&dir))?;
@@ -332,7 +365,8 @@ impl VolumeStore {
         let Some(options) = volume.options.as_ref().filter(|_| volume.has_device()) else {
             return Ok(());
         };
-        if is_mount_point(&volume.mountpoint) {
+        std::fs::create_dir_all(&volume.mountpoint).map_err(io_err(&volume.mountpoint))?;
+        if is_mount_point(&volume.mountpoint).map_err(io_err(&volume.mountpoint))? {
             return Ok(());
         }
         let device = options
@@ -364,28 +398,83 @@ impl VolumeStore {
         })
     }
 
-    fn unmount(&self, volume: &Volume) {
-        if is_mount_point(&volume.mountpoint) {
-            if let Err(err) =
-                nix::mount::umount2(&volume.mountpoint, nix::mount::MntFlags::MNT_DETACH)
-            {
-                warn!(volume = %volume.name, error = %err, "cannot unmount the volume");
-            }
+    /// Unmounts the volume's device; an error (moby returns the unmount's) when that fails.
+    fn unmount(&self, volume: &Volume) -> Result<(), VolumeError> {
+        match is_mount_point(&volume.mountpoint) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(io_err(&volume.mountpoint)(err)),
         }
+        nix::mount::umount2(&volume.mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(
+            |source| {
+                warn!(volume = %volume.name, error = %source, "cannot unmount the volume");
+                VolumeError::StillMounted {
+                    name: volume.name.clone(),
+                    path: volume.mountpoint.clone(),
+                    source: Some(source),
+                }
+            },
+        )
     }
 }
 
-/// Whether `path` is a mount point in the engine's mount table (a bind of the same device
-/// included).
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+/// Deletes what a crash left of a volume without a record, unless something is mounted on
+/// its content (or that cannot be told): a device's files are never deleted.
+fn remove_half_created(dir: &Path) {
+    let data = dir.join(DATA);
+    match is_mount_point(&data) {
+        Ok(false) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Ok(true) => {
+            warn!(path = %data.display(), "a volume left half-created is still mounted: kept");
+            return;
+        }
+        Err(err) => {
+            warn!(path = %data.display(), error = %err, "a volume left half-created is kept");
+            return;
+        }
+    }
+    warn!(path = %dir.display(), "removing a volume left half-created");
+    if let Err(err) = std::fs::remove_dir_all(dir) {
+        warn!(path = %dir.display(), error = %err, "cannot remove a volume left half-created");
+    }
+}
+
+/// Whether `path` (not followed if a symlink) is the root of a mount: the kernel says so
+/// (`STATX_ATTR_MOUNT_ROOT`, which sees a bind of a directory of the same filesystem too),
+/// or it is on another device than its parent. Not read from the mount table, whose paths
+/// differ from ours through symlinks or another root.
+fn is_mount_point(path: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statx is a valid value of this plain C struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a NUL-terminated string and stx a writable statx, both live for the
+    // call.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
     };
-    let wanted = path.to_string_lossy();
-    table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount_point| unescape(mount_point) == wanted)
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & mount_root != 0 {
+        return Ok(stx.stx_attributes & mount_root != 0);
+    }
+    // An older kernel: a mount of another filesystem changes the device.
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let own = std::fs::symlink_metadata(path)?;
+    let up = std::fs::symlink_metadata(parent)?;
+    Ok(own.dev() != up.dev() || own.ino() == up.ino())
 }
 
 /// The mount table's octal escapes (`\040` for a space).
@@ -483,6 +572,34 @@ mod tests {
             store.get("data"),
             Err(VolumeError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_mounted_volume_left_half_created_keeps_its_device_files() {
+        if !nix::unistd::geteuid().is_root() {
+            // Mounting needs root; the engine tests (run as root) cover removal end to end.
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("device");
+        std::fs::create_dir(&device).unwrap();
+        std::fs::write(device.join("precious"), b"keep").unwrap();
+        let data = dir.path().join("root/volumes/half/_data");
+        std::fs::create_dir_all(&data).unwrap();
+        nix::mount::mount(
+            Some(&device),
+            &data,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        assert!(is_mount_point(&data).unwrap());
+        assert!(!is_mount_point(&device).unwrap());
+        let opened = VolumeStore::open(&dir.path().join("root"));
+        nix::mount::umount2(&data, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        opened.unwrap();
+        assert_eq!(std::fs::read(device.join("precious")).unwrap(), b"keep");
     }
 
     #[test]
