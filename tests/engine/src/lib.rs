@@ -197,7 +197,7 @@ pub struct Engine {
     /// The runtime binary, when not the workspace's.
     runtime: Option<PathBuf>,
     /// The network namespace the engine runs in (see [`NetNs`]).
-    pub netns: NetNs,
+    pub netns: std::sync::Arc<NetNs>,
 }
 
 /// A named network namespace (`ip netns add`) with `lo` up, deleted on drop.
@@ -258,6 +258,34 @@ impl NetNs {
             .arg(program);
         cmd
     }
+}
+
+thread_local! {
+    /// The namespace this test's thread moved into with [`share_network_with_engines`]; the
+    /// engines it starts afterwards run there too.
+    static THREAD_NETNS: std::cell::RefCell<Option<std::sync::Arc<NetNs>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Moves the calling test's thread, and the threads and processes it starts from then on, into
+/// a fresh network namespace that every engine it starts afterwards shares: servers the test
+/// runs on 127.0.0.1 (registries, token issuers, HTTP servers) are the engine's 127.0.0.1 too,
+/// and nothing of the test touches the host's own network.
+pub fn share_network_with_engines() -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let netns = NetNs::new()?;
+    let path = netns.path();
+    let file = fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: setns on a valid, open namespace descriptor affects only the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    THREAD_NETNS.with(|shared| *shared.borrow_mut() = Some(std::sync::Arc::new(netns)));
+    Ok(())
 }
 
 /// Runs `f` on a thread that joined the network namespace at `path`.
@@ -344,7 +372,10 @@ impl Engine {
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             extra_env: Vec::new(),
             runtime: None,
-            netns: NetNs::new()?,
+            netns: match THREAD_NETNS.with(|shared| shared.borrow().clone()) {
+                Some(shared) => shared,
+                None => std::sync::Arc::new(NetNs::new()?),
+            },
         })
     }
 

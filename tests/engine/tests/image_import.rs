@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use rmachine_tests_engine::Engine;
+use rmachine_tests_engine::{require_root, share_network_with_engines, Engine};
 
 #[test]
 fn an_exported_filesystem_imports_and_runs() -> anyhow::Result<()> {
@@ -133,6 +133,11 @@ fn serve(body: Vec<u8>, connections: usize) -> anyhow::Result<String> {
 
 #[test]
 fn an_archive_imports_from_an_http_url() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    // The test's HTTP server and the engine share one network namespace.
+    share_network_with_engines()?;
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
     };

@@ -11,12 +11,13 @@ use rmachine_fixtures::{busybox, multi_layer, Image, LayerBuilder};
 use rmachine_tests_engine::registry::{
     require_registry, Auth, Registry, SlowProxy, PASSWORD, USER,
 };
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_tests_engine::{require_root, share_network_with_engines, Engine};
 
 fn setup(auth: Auth) -> Result<Option<(Engine, Registry)>> {
     if !require_root() || !require_registry() {
         return Ok(None);
     }
+    share_network_with_engines()?;
     Ok(Some((Engine::start()?, Registry::start(auth)?)))
 }
 
@@ -553,6 +554,7 @@ fn docker_hub_names_are_pulled_through_the_registry_mirror() -> Result<()> {
     if !require_root() || !require_registry() {
         return Ok(());
     }
+    share_network_with_engines()?;
     let mirror = Registry::start(Auth::Open)?;
     let pushed = seed(&mirror, "library/busybox", Some("latest"), &busybox()?)?;
     let engine =
@@ -580,6 +582,7 @@ fn an_insecure_registry_speaking_tls_is_reached_over_https_without_checks() -> R
     if !require_root() || !require_registry() {
         return Ok(());
     }
+    share_network_with_engines()?;
     let registry = Registry::start_tls()?;
     let pushed = seed(&registry, "secure/bb", Some("latest"), &busybox()?)?;
     // Loopback is insecure by default: the self-signed certificate is not checked, but TLS
@@ -637,6 +640,7 @@ fn pulls_go_through_the_http_proxy_of_the_engines_environment() -> Result<()> {
     if !require_root() || !require_registry() {
         return Ok(());
     }
+    share_network_with_engines()?;
     let registry = Registry::start(Auth::Open)?;
     let pushed = seed(&registry, "proxied", Some("latest"), &busybox()?)?;
     // A relay to the registry: only through it can the engine reach a name that does not
