@@ -333,14 +333,15 @@ impl TokioRunner {
     }
 }
 
-/// Makes the program start with stdin, stdout and stderr only.
+/// Makes the program start with stdin, stdout and stderr only (for every program that outlives
+/// the `rmachine` command that starts it: QEMU, the port agent, sshfs).
 ///
 /// Rust opens its own descriptors close-on-exec, but a caller can hand `rmachine` descriptors
 /// that are not (a test runner's pipe, cargo's jobserver, a shell's `3>&1`). QEMU daemonizes and
 /// runs for as long as the machine does, so a descriptor it inherits keeps the caller's pipe
 /// open and `$(rmachine create x)` waits until the machine stops.
 #[cfg(unix)]
-fn only_standard_descriptors(command: &mut std::process::Command) {
+pub fn only_standard_descriptors(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child before exec and only calls the
     // async-signal-safe `close_range`/`sysconf`/`fcntl`; it allocates nothing and takes no lock.
@@ -353,7 +354,7 @@ fn only_standard_descriptors(command: &mut std::process::Command) {
 }
 
 #[cfg(not(unix))]
-fn only_standard_descriptors(_command: &mut std::process::Command) {
+pub fn only_standard_descriptors(_command: &mut std::process::Command) {
     // Windows handles are inherited only when marked inheritable, and Rust marks none but the
     // standard ones it passes.
 }

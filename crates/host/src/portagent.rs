@@ -339,6 +339,9 @@ pub fn launch(store: &Store, name: &str, program: &Path) -> Result<u32, PortAgen
         const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
         command.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
     }
+    // The agent lives as long as the machine: a descriptor of our caller it inherited (a test
+    // runner's pipe, `$(rmachine start x)`) would keep that caller waiting.
+    rmachine_driver::runner::only_standard_descriptors(&mut command);
     let child = command.spawn().map_err(io_err(name, program))?;
     tracing::info!(machine = name, pid = child.id(), "port agent started");
     Ok(child.id())

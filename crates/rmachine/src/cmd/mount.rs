@@ -40,10 +40,11 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         )
     };
     tracing::debug!(?argv, "running");
-    match std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .status()
-    {
+    let mut command = std::process::Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    // sshfs daemonizes and serves the mount after this command returns.
+    rmachine_driver::runner::only_standard_descriptors(&mut command);
+    match command.status() {
         Ok(status) => Ok(status
             .code()
             .and_then(|c| u8::try_from(c).ok())
