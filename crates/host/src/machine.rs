@@ -1446,8 +1446,12 @@ pub async fn active(
         .ok_or(MachineError::NoActiveHost)
 }
 
-/// `ssh NAME [CMD]`: runs `command` (or an interactive shell) and returns its exit status.
-pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32, MachineError> {
+/// The record and endpoints of a machine that must run for an SSH connection (`ssh`, the
+/// system `ssh`, `sshfs`): docker-machine's "not running" error otherwise.
+async fn running_for_ssh(
+    store: &Store,
+    name: &str,
+) -> Result<(MachineConfig, rmachine_driver::Endpoints), MachineError> {
     let (config, driver) = load_with_driver(store, name).await?;
     let dir = store.machine_dir(name);
     let current = driver
@@ -1463,6 +1467,12 @@ pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32
         .endpoints(&dir)
         .await
         .map_err(driver_err(name, "report the VM's endpoints"))?;
+    Ok((config, endpoints))
+}
+
+/// `ssh NAME [CMD]`: runs `command` (or an interactive shell) and returns its exit status.
+pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32, MachineError> {
+    let (config, endpoints) = running_for_ssh(store, name).await?;
     let ssh_err = |source| MachineError::Ssh {
         machine: name.to_string(),
         source: Box::new(source),
@@ -1507,21 +1517,7 @@ async fn prepare_system_ssh(
     store: &Store,
     name: &str,
 ) -> Result<(MachineConfig, SocketAddr, PathBuf), MachineError> {
-    let (config, driver) = load_with_driver(store, name).await?;
-    let dir = store.machine_dir(name);
-    let current = driver
-        .state(&dir)
-        .await
-        .map_err(driver_err(name, "report the state"))?;
-    if current != VmState::Running {
-        return Err(MachineError::SshNotRunning {
-            machine: name.to_string(),
-        });
-    }
-    let endpoints = driver
-        .endpoints(&dir)
-        .await
-        .map_err(driver_err(name, "report the VM's endpoints"))?;
+    let (config, endpoints) = running_for_ssh(store, name).await?;
     let ssh_err = |source| MachineError::Ssh {
         machine: name.to_string(),
         source: Box::new(source),
