@@ -3,12 +3,31 @@
 
 use rmachine_e2e::Machine;
 use rmachine_fixtures::{busybox_image, ArchiveFormat};
+use rmachine_tests_engine::registry::{require_registry, Auth, Registry};
 
 #[test]
 fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
+    if !require_registry() {
+        anyhow::bail!("the registry this test pushes to and pulls from cannot run here");
+    }
+    // A registry on the host's loopback, which QEMU's user network shows the guest as 10.0.2.2.
+    let registry = Registry::start(Auth::Open)?;
+    let port = registry
+        .host
+        .rsplit_once(':')
+        .map(|(_, port)| port.to_string())
+        .unwrap_or_default();
+    let from_guest = format!("10.0.2.2:{port}");
     let machine = Machine::new("e2e")?;
     let created = machine
-        .create(&["--cpus", "2", "--memory", "1024"])?
+        .create(&[
+            "--cpus",
+            "2",
+            "--memory",
+            "1024",
+            "--engine-insecure-registry",
+            &from_guest,
+        ])?
         .success()?;
     eprintln!("create took {:.1}s", created.elapsed.as_secs_f64());
     assert!(
@@ -117,6 +136,23 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
         "sh ignores SIGTERM as PID 1, so stop kills it"
     );
     machine.docker(&["rm", &id])?.success()?;
+
+    // Images travel between the machine and a registry on the user's computer.
+    let remote = format!("{from_guest}/e2e/busybox:pushed");
+    machine.docker(&["tag", "busybox", &remote])?.success()?;
+    let push = machine.docker(&["push", &remote])?.success()?;
+    assert!(push.stdout.contains("digest: sha256:"), "{}", push.stdout);
+    machine.docker(&["rmi", &remote])?.success()?;
+    let pull = machine.docker(&["pull", &remote])?.success()?;
+    assert!(
+        pull.stdout.contains(&format!("Status: Downloaded newer image for {remote}")),
+        "{}",
+        pull.stdout
+    );
+    let pulled = machine
+        .docker(&["run", "--rm", &remote, "echo", "pulled"])?
+        .success()?;
+    assert_eq!(pulled.stdout, "pulled\n");
 
     let uname = machine
         .rmachine(&["ssh", "e2e", "uname", "-s"])?

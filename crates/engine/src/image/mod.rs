@@ -174,6 +174,35 @@ fn in_use_message(image: &str, container: &str, reference: Option<&str>) -> Stri
     }
 }
 
+/// The repository of a RepoDigest (`name@sha256:…` → `name`).
+fn repository_of_digest(repo_digest: &str) -> &str {
+    repo_digest
+        .split_once('@')
+        .map_or(repo_digest, |(name, _)| name)
+}
+
+/// moby's `isSingleReference`: at most one tag, and every digest reference in that tag's
+/// repository (or, without a tag, all in one repository). False when there is none.
+fn is_single_reference(tags: &[Reference], digests: &[String]) -> bool {
+    match tags.len() + digests.len() {
+        0 => return false,
+        1 => return true,
+        _ => {}
+    }
+    if tags.len() > 1 {
+        return false;
+    }
+    let repositories: BTreeSet<&str> = digests.iter().map(|d| repository_of_digest(d)).collect();
+    let single = match tags.first() {
+        Some(tag) => tag.familiar_name(),
+        None => digests
+            .first()
+            .map(|d| repository_of_digest(d).to_string())
+            .unwrap_or_default(),
+    };
+    repositories.len() == 1 && repositories.contains(single.as_str())
+}
+
 /// Docker's `isImageIDPrefix`: whether the user named the image `image_id` by (a prefix of) its
 /// id rather than by a tag. Only then does Docker refuse to delete an image a running container
 /// uses ("cannot be forced"); a tag is untagged regardless.
@@ -367,6 +396,14 @@ struct State {
 }
 
 impl State {
+    /// The image's RepoDigests (`name@sha256:…`, familiar names).
+    fn repo_digests_of(&self, id: &str) -> Vec<String> {
+        self.images
+            .get(id)
+            .map(|img| img.meta.repo_digests.clone())
+            .unwrap_or_default()
+    }
+
     fn tags_of(&self, id: &str) -> Vec<Reference> {
         self.tags
             .iter()
@@ -950,12 +987,14 @@ impl ImageStore {
         })
     }
 
-    /// `DELETE /images/{name}`: untags, and deletes the image once no tag is left (or when
-    /// named by id). `in_use(image_id)` returns a container using the image, if any.
+    /// `DELETE /images/{name}`: untags, and deletes the image once no reference is left (or
+    /// when named by id). References are tags and RepoDigests, as in moby's reference store.
+    /// `in_use(image_id)` returns a container using the image, if any.
     ///
-    /// Rules (Docker's, simplified): a tag given by name is removed unless it is the image's only
-    /// tag and a container uses the image (then `InUse`, unless `force`). An id given with
-    /// several tags needs `force` (`Conflict`). An image a container uses is never deleted:
+    /// Rules (moby's `ImageDelete`): a tag or digest given by name is removed unless it is the
+    /// image's single reference and a container uses the image (then `InUse`, unless `force`);
+    /// removing a repository's last tag also removes that repository's digests. An id whose
+    /// references span several repositories or tags needs `force` (`Conflict`). An image a container uses is never deleted:
     /// `force` only removes its tags. The engine reports running containers itself, before
     /// calling this, with Docker's "cannot be forced" message, when [`is_id_reference`] holds.
     /// `in_use` is called with the store locked: it must not call back into the store.
@@ -971,6 +1010,8 @@ impl ImageStore {
         let hex = id.strip_prefix("sha256:").unwrap_or(&id);
         let by_id = is_id_reference(reference, &id);
         let tags = state.tags_of(&id);
+        let digests = state.repo_digests_of(&id);
+        let single = is_single_reference(&tags, &digests);
         let mut items = Vec::new();
         // Tags whose removal could not be written yet (a full disk): written once the image's
         // files are gone (see `write_repositories_unless_full`).
@@ -983,7 +1024,7 @@ impl ImageStore {
                     reason: e.reason,
                 })?
                 .with_default_tag();
-            if !force && tags.len() == 1 {
+            if !force && single {
                 if let Some(container) = in_use(&id) {
                     return Err(ImageError::InUse {
                         image: id,
@@ -992,11 +1033,43 @@ impl ImageStore {
                     });
                 }
             }
-            state.tags.remove(&named);
-            let deleting =
-                state.tags_of(&id).is_empty() && in_use(&id).is_none() && !state.has_children(&id);
+            let repository = named.familiar_name();
+            let mut dropped_digests = Vec::new();
+            if let Some(digest) = &named.digest {
+                // A digest reference names one of the image's RepoDigests (moby keeps them
+                // in its reference store beside the tags).
+                dropped_digests.push(format!("{repository}@{digest}"));
+                items.push(DeleteItem::Untagged(named.familiar()));
+            } else {
+                state.tags.remove(&named);
+                items.push(DeleteItem::Untagged(named.familiar()));
+                // The repository's last tag gone: its digest references go with it, as moby's.
+                let tag_left = state
+                    .tags_of(&id)
+                    .iter()
+                    .any(|t| t.familiar_name() == repository);
+                if !tag_left {
+                    for digest in &digests {
+                        if repository_of_digest(digest) == repository {
+                            dropped_digests.push(digest.clone());
+                            items.push(DeleteItem::Untagged(digest.clone()));
+                        }
+                    }
+                }
+            }
+            let digests_left = digests.len()
+                - digests
+                    .iter()
+                    .filter(|d| dropped_digests.contains(d))
+                    .count();
+            let deleting = state.tags_of(&id).is_empty()
+                && digests_left == 0
+                && in_use(&id).is_none()
+                && !state.has_children(&id);
+            if !deleting && !dropped_digests.is_empty() {
+                self.drop_repo_digests(&mut state, &id, &dropped_digests)?;
+            }
             tags_pending = self.write_repositories_unless_full(&state, deleting)?;
-            items.push(DeleteItem::Untagged(named.familiar()));
             if !deleting {
                 return Ok(items);
             }
@@ -1006,7 +1079,7 @@ impl ImageStore {
             }
             let used = in_use(&id);
             if !force {
-                if tags.len() > 1 {
+                if !single && !(tags.is_empty() && digests.is_empty()) {
                     return Err(ImageError::Conflict {
                         image: id,
                         reason: "image is referenced in multiple repositories".to_string(),
@@ -1020,11 +1093,18 @@ impl ImageStore {
                     });
                 }
             }
-            let mut sorted = tags;
-            sorted.sort_by_key(Reference::familiar);
-            for tag in sorted {
-                state.tags.remove(&tag);
-                items.push(DeleteItem::Untagged(tag.familiar()));
+            let mut references: Vec<String> = tags
+                .iter()
+                .map(Reference::familiar)
+                .chain(digests.iter().cloned())
+                .collect();
+            references.sort();
+            for tag in &tags {
+                state.tags.remove(tag);
+            }
+            items.extend(references.into_iter().map(DeleteItem::Untagged));
+            if used.is_some() && !digests.is_empty() {
+                self.drop_repo_digests(&mut state, &id, &digests)?;
             }
             tags_pending = self.write_repositories_unless_full(&state, used.is_none())?;
             if used.is_some() {
@@ -1079,6 +1159,26 @@ impl ImageStore {
         }
         tracing::info!(image = %id, "image deleted");
         Ok(items)
+    }
+
+    /// Removes `dropped` from the image's RepoDigests and writes its record.
+    fn drop_repo_digests(
+        &self,
+        state: &mut State,
+        id: &str,
+        dropped: &[String],
+    ) -> Result<(), ImageError> {
+        let Some(img) = state.images.get_mut(id) else {
+            return Ok(());
+        };
+        img.meta.repo_digests.retain(|d| !dropped.contains(d));
+        let hex = digest_hex(id).unwrap_or_default().to_string();
+        let path = self.image_meta_path(&hex);
+        let bytes = serde_json::to_vec(&img.meta).map_err(|source| ImageError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &bytes)
     }
 
     /// Writes the tags, except when the disk is full and the image losing them is about to be

@@ -556,6 +556,75 @@ fn remove_refuses_images_in_use_and_force_only_untags() {
 }
 
 #[test]
+fn digest_references_are_removed_like_tags() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    let (image, id) = two_layer_image(vec!["busybox:latest"]);
+    load(&store, &docker_save(&[image])).unwrap();
+    let pulled = format!("busybox@sha256:{}", "a".repeat(64));
+    let mirrored = format!("mirror/busybox@sha256:{}", "b".repeat(64));
+    store.add_repo_digest(&id, &pulled).unwrap();
+    store.add_repo_digest(&id, &mirrored).unwrap();
+
+    // Its references span two repositories: by id it needs force, as moby's.
+    let err = store.remove(&id, false, &never_used).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("image is referenced in multiple repositories"),
+        "{err}"
+    );
+
+    // `rmi name@digest` drops that RepoDigest only; the image keeps its tag.
+    assert_eq!(
+        store.remove(&pulled, false, &never_used).unwrap(),
+        vec![DeleteItem::Untagged(pulled.clone())]
+    );
+    let reopened = ImageStore::open(tmp.path()).unwrap();
+    let summary = reopened.list().unwrap().remove(0);
+    assert_eq!(summary.repo_tags, vec!["busybox:latest"]);
+    assert_eq!(summary.repo_digests, vec![mirrored.clone()]);
+
+    // The repository's last tag takes its digests along; another repository's digest keeps
+    // the image.
+    store.add_repo_digest(&id, &pulled).unwrap();
+    assert_eq!(
+        store.remove("busybox", false, &never_used).unwrap(),
+        vec![
+            DeleteItem::Untagged("busybox:latest".into()),
+            DeleteItem::Untagged(pulled.clone()),
+        ]
+    );
+    let summary = store.list().unwrap().remove(0);
+    assert!(summary.repo_tags.is_empty());
+    assert_eq!(summary.repo_digests, vec![mirrored.clone()]);
+
+    // The last reference gone, the image goes.
+    let items = store.remove(&mirrored, false, &never_used).unwrap();
+    assert_eq!(items[0], DeleteItem::Untagged(mirrored.clone()));
+    assert_eq!(items[1], DeleteItem::Deleted(id.clone()));
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn an_id_with_one_tag_and_its_digest_is_one_reference() {
+    let tmp = TempDir::new();
+    let store = ImageStore::open(tmp.path()).unwrap();
+    let (image, id) = two_layer_image(vec!["busybox:latest"]);
+    load(&store, &docker_save(&[image])).unwrap();
+    let pulled = format!("busybox@sha256:{}", "c".repeat(64));
+    store.add_repo_digest(&id, &pulled).unwrap();
+    let items = store.remove(&id[7..19], false, &never_used).unwrap();
+    assert_eq!(
+        items[..3],
+        [
+            DeleteItem::Untagged("busybox:latest".into()),
+            DeleteItem::Untagged(pulled),
+            DeleteItem::Deleted(id.clone()),
+        ]
+    );
+}
+
+#[test]
 fn a_wrong_diff_id_fails_the_load_and_leaves_nothing() {
     let tmp = TempDir::new();
     let store = ImageStore::open(tmp.path()).unwrap();
