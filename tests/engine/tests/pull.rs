@@ -161,6 +161,20 @@ fn pull_by_digest_and_all_tags() -> Result<()> {
     );
     assert_eq!(engine.inspect(&format!("{repo}:v1"), "{{.Id}}")?, one.id);
     assert_eq!(engine.inspect(&format!("{repo}:v2"), "{{.Id}}")?, two.id);
+
+    // `rmi name@digest` removes that digest reference only; the tag keeps the image.
+    let untag = engine.docker(&["rmi", &by_digest])?.ok()?;
+    assert_eq!(untag.stdout, format!("Untagged: {by_digest}\n"));
+    assert_eq!(
+        engine.inspect(&format!("{repo}:v2"), "{{json .RepoDigests}}")?,
+        "[]"
+    );
+    let gone = engine.docker(&["rmi", &format!("{repo}:v2")])?.ok()?;
+    assert!(
+        gone.stdout
+            .starts_with(&format!("Untagged: {repo}:v2\nDeleted: {}\n", two.id)),
+        "{gone:?}"
+    );
     Ok(())
 }
 
