@@ -145,7 +145,8 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
     machine.docker(&["rmi", &remote])?.success()?;
     let pull = machine.docker(&["pull", &remote])?.success()?;
     assert!(
-        pull.stdout.contains(&format!("Status: Downloaded newer image for {remote}")),
+        pull.stdout
+            .contains(&format!("Status: Downloaded newer image for {remote}")),
         "{}",
         pull.stdout
     );

@@ -4,11 +4,12 @@
 //! test process that issues ES256 JWTs signed by a key whose certificate the registry trusts.
 
 use std::fs;
+use std::io::Read;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,8 @@ pub const PASSWORD: &str = "s3cret-pass";
 const SERVICE: &str = "rmachine-test-registry";
 /// The token issuer.
 const ISSUER: &str = "rmachine-test-issuer";
+/// The refresh token (Docker's identity token) the issuer hands out for offline use.
+pub const REFRESH_TOKEN: &str = "rmachine-test-refresh-token";
 
 /// How a registry authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,14 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// How many access tokens the token server issued for a refresh token (OAuth2
+    /// `grant_type=refresh_token`): 0 for registries without one.
+    pub fn token_refreshes(&self) -> usize {
+        self.token
+            .as_ref()
+            .map_or(0, |t| t.refreshes.load(Ordering::SeqCst))
+    }
+
     /// Starts a registry of the given kind and waits until it answers.
     pub fn start(auth: Auth) -> Result<Registry> {
         Registry::start_with(auth, false)
@@ -243,14 +254,18 @@ fn start_process(dir: &Path, name: &str, config: &str, host: &str) -> Result<Chi
 }
 
 /// The token issuer of the token-auth registry: answers `GET /token?scope=…&service=…` with
-/// a JWT granting the requested actions to [`USER`] when the basic credentials are right,
-/// nothing to anonymous callers, and 401 to wrong credentials.
+/// a JWT granting the requested actions to [`USER`] when the basic credentials are right
+/// (and [`REFRESH_TOKEN`] when `offline_token=true` was asked), nothing to anonymous callers,
+/// and 401 to wrong credentials; `POST /token` with `grant_type=refresh_token` and
+/// [`REFRESH_TOKEN`] issues a token as [`USER`].
 pub struct TokenServer {
     /// `127.0.0.1:PORT`.
     pub host: String,
     /// The certificate (PEM) the registry trusts.
     pub cert: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Tokens issued for the refresh token.
+    refreshes: Arc<AtomicUsize>,
 }
 
 impl TokenServer {
@@ -275,12 +290,14 @@ impl TokenServer {
         let host = listener.local_addr()?.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let refreshes = Arc::new(AtomicUsize::new(0));
+        let refreshes2 = refreshes.clone();
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
-                        let _ = answer_token(stream, &signer, &x5c);
+                        let _ = answer_token(stream, &signer, &x5c, &refreshes2);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -290,6 +307,7 @@ impl TokenServer {
             host,
             cert: cert_path,
             stop,
+            refreshes,
         })
     }
 }
@@ -308,11 +326,13 @@ fn answer_token(
     mut stream: TcpStream,
     signer: &ring::signature::EcdsaKeyPair,
     x5c: &str,
+    refreshes: &AtomicUsize,
 ) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorization = None;
+    let mut content_length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
@@ -322,35 +342,65 @@ fn answer_token(
             if k.trim().eq_ignore_ascii_case("authorization") {
                 authorization = Some(v.trim().to_string());
             }
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
         }
     }
-    let target = request_line.split_whitespace().nth(1).unwrap_or_default();
-    let query = target.split_once('?').map_or("", |(_, q)| q);
-    let scopes: Vec<String> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| *k == "scope")
-        .map(|(_, v)| percent_decode(v))
-        .collect();
-    let user = match authorization.as_deref() {
-        None => None,
-        Some(value) => {
-            let decoded = value
-                .strip_prefix("Basic ")
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .and_then(|b| String::from_utf8(b).ok())
-                .unwrap_or_default();
-            if decoded != format!("{USER}:{PASSWORD}") {
-                let body = r#"{"details":"incorrect username or password"}"#;
-                write!(
-                    stream,
-                    "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )?;
-                return Ok(());
-            }
-            Some(USER)
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or_default().to_string();
+    let target = words.next().unwrap_or_default();
+    let query = target.split_once('?').map_or("", |(_, q)| q).to_string();
+    let mut body = vec![0u8; content_length.min(64 * 1024)];
+    reader.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let fields = |text: &str, key: &str| -> Vec<String> {
+        text.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| percent_decode(v))
+            .collect()
+    };
+    let refused = |stream: &mut TcpStream| -> Result<()> {
+        let body = r#"{"details":"incorrect username or password"}"#;
+        write!(
+            stream,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        Ok(())
+    };
+    let (user, scopes, offline) = if method == "POST" {
+        // OAuth2 (docker/distribution's `fetchTokenWithOAuth`): only the refresh grant here.
+        let grant = fields(&body, "grant_type");
+        let refresh = fields(&body, "refresh_token");
+        if grant != ["refresh_token"] || refresh != [REFRESH_TOKEN] {
+            return refused(&mut stream);
         }
+        refreshes.fetch_add(1, Ordering::SeqCst);
+        let scopes = fields(&body, "scope")
+            .iter()
+            .flat_map(|s| s.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty())
+            .collect();
+        (Some(USER), scopes, false)
+    } else {
+        let user = match authorization.as_deref() {
+            None => None,
+            Some(value) => {
+                let decoded = value
+                    .strip_prefix("Basic ")
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                if decoded != format!("{USER}:{PASSWORD}") {
+                    return refused(&mut stream);
+                }
+                Some(USER)
+            }
+        };
+        let offline = user.is_some() && fields(&query, "offline_token") == ["true"];
+        (user, fields(&query, "scope"), offline)
     };
     let access: Vec<serde_json::Value> = match user {
         Some(_) => scopes
@@ -388,8 +438,11 @@ fn answer_token(
         .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
         .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
     let token = format!("{signing_input}.{}", b64url(signature.as_ref()));
-    let body =
-        serde_json::json!({"token": token, "access_token": token, "expires_in": 600}).to_string();
+    let mut answer = serde_json::json!({"token": token, "access_token": token, "expires_in": 600});
+    if offline {
+        answer["refresh_token"] = serde_json::json!(REFRESH_TOKEN);
+    }
+    let body = answer.to_string();
     write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

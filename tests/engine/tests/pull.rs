@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use rmachine_fixtures::registry::{push_image, push_index, Pushed};
 use rmachine_fixtures::{busybox, multi_layer, Image, LayerBuilder};
 use rmachine_tests_engine::registry::{
-    require_registry, Auth, Registry, SlowProxy, PASSWORD, USER,
+    require_registry, Auth, Registry, SlowProxy, PASSWORD, REFRESH_TOKEN, USER,
 };
 use rmachine_tests_engine::{require_root, share_network_with_engines, Engine};
 
@@ -374,6 +374,47 @@ fn token_auth_registries_need_a_login() -> Result<()> {
 }
 
 /// An incompressible layer of `size` bytes (xorshift), so a throttled pull takes a while.
+#[test]
+fn a_token_login_keeps_an_identity_token_that_pulls_and_pushes() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Token)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "private/app", Some("latest"), &busybox()?)?;
+    let name = format!("{}/private/app", registry.host);
+    let mut cmd = engine.docker_command(&["login", "-u", USER, "--password-stdin", &registry.host]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("stdin")?,
+        format!("{PASSWORD}\n").as_bytes(),
+    )?;
+    let out = child.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CLI keeps the identity token the engine returned, and drops the password.
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(engine.dir().join("docker-config/config.json"))?)?;
+    let stored = &config["auths"][registry.host.as_str()];
+    assert_eq!(stored["identitytoken"], REFRESH_TOKEN, "{config}");
+
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    assert!(
+        registry.token_refreshes() >= 1,
+        "the pull traded the identity token for an access token"
+    );
+    let copy = format!("{}/private/copy:v1", registry.host);
+    engine.docker(&["tag", &name, &copy])?.ok()?;
+    let push = engine.docker(&["push", &copy])?.ok()?;
+    assert!(push.stdout.contains("v1: digest: sha256:"), "{push:?}");
+    Ok(())
+}
+
 fn big_image(size: usize) -> Result<Image> {
     let mut data = Vec::with_capacity(size);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -56,9 +56,12 @@ impl Api {
             .headers()
             .get("X-Registry-Auth")
             .and_then(|v| v.to_str().ok());
-        let auth = AuthConfig::from_header(header)
-            .and_then(|a| a.registry_auth())
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let auth =
+            AuthConfig::from_header(header).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let auth = self
+            .engine
+            .registry_credentials(&auth, &reference, false)
+            .await?;
         let platform = match query.get("platform").filter(|p| !p.is_empty()) {
             Some(p) => Some(Platform::parse(p).map_err(|e| ApiError::BadRequest(e.to_string()))?),
             None => None,
@@ -107,9 +110,12 @@ impl Api {
             .headers()
             .get("X-Registry-Auth")
             .and_then(|v| v.to_str().ok());
-        let auth = AuthConfig::from_header(header)
-            .and_then(|a| a.registry_auth())
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let auth =
+            AuthConfig::from_header(header).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let auth = self
+            .engine
+            .registry_credentials(&auth, &reference, true)
+            .await?;
         let options = PushOptions { reference, auth };
         let (progress_tx, progress_rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
         let engine = self.engine.clone();
@@ -155,10 +161,13 @@ impl Api {
             .to_bytes();
         let auth: AuthConfig = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid auth configuration: {e}")))?;
-        self.engine.login(&auth).await?;
+        let outcome = self.engine.login(&auth).await?;
         json(
             StatusCode::OK,
-            &serde_json::json!({"Status": "Login Succeeded", "IdentityToken": ""}),
+            &serde_json::json!({
+                "Status": "Login Succeeded",
+                "IdentityToken": outcome.identity_token.unwrap_or_default(),
+            }),
         )
     }
 }

@@ -423,8 +423,11 @@ impl<'a> Builder<'a> {
     /// Pulls a `FROM` image with the request's credentials for its registry, showing the
     /// pull's whole-image lines and each layer's state changes in the build output.
     async fn pull_base(&mut self, reference: &Reference) -> Result<(), BuildError> {
-        let auth = registry_auth_for(&self.options.registry_auth, &reference.domain)
-            .registry_auth()
+        let auth = registry_auth_for(&self.options.registry_auth, &reference.domain);
+        let auth = self
+            .engine
+            .registry_credentials(&auth, reference, false)
+            .await
             .map_err(|e| invalid(e.to_string()))?;
         let options = PullOptions {
             reference: reference.clone(),

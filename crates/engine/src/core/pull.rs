@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 
 use super::error::EngineError;
 use super::Engine;
+use crate::image::reference::Reference;
 use crate::image::registry::auth::{self, AuthConfig};
 use crate::image::registry::pull::{self, PullOptions};
 use crate::image::registry::push::{self, PushOptions};
@@ -67,7 +68,25 @@ impl Engine {
     }
 
     /// `POST /auth`: checks credentials against the registry.
-    pub async fn login(&self, auth: &AuthConfig) -> Result<String, EngineError> {
+    pub async fn login(&self, auth: &AuthConfig) -> Result<auth::LoginOutcome, EngineError> {
         Ok(auth::login(&self.config().registry, auth).await?)
+    }
+
+    /// The credentials a pull (or a push, `push`) of `reference` hands the registry client:
+    /// an identity token is traded for an access token first.
+    pub async fn registry_credentials(
+        &self,
+        auth: &AuthConfig,
+        reference: &Reference,
+        push: bool,
+    ) -> Result<oci_client::secrets::RegistryAuth, EngineError> {
+        Ok(auth::credentials(
+            &self.config().registry,
+            auth,
+            &reference.domain,
+            &reference.path,
+            push,
+        )
+        .await?)
     }
 }

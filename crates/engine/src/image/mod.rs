@@ -1079,7 +1079,8 @@ impl ImageStore {
             }
             let used = in_use(&id);
             if !force {
-                if !single && !(tags.is_empty() && digests.is_empty()) {
+                let referenced = !tags.is_empty() || !digests.is_empty();
+                if referenced && !single {
                     return Err(ImageError::Conflict {
                         image: id,
                         reason: "image is referenced in multiple repositories".to_string(),

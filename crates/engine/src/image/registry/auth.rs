@@ -75,8 +75,9 @@ impl AuthConfig {
             return Ok(RegistryAuth::Bearer(self.registrytoken.clone()));
         }
         if !self.identitytoken.is_empty() {
+            // Pulls and pushes trade it for an access token first ([`credentials`]).
             return Err(RegistryError::InvalidParameter {
-                message: "identity tokens (IdentityToken) are not supported by rmachine-engine: log in with a user name and password".to_string(),
+                message: "an identity token (IdentityToken) can only be used for pull, push and login with rmachine-engine".to_string(),
             });
         }
         let (user, password) = if self.username.is_empty() && !self.auth.is_empty() {
@@ -164,16 +165,30 @@ impl Challenge {
     }
 }
 
-/// `POST /auth`: checks the credentials against the registry. Returns the registry host.
-pub async fn login(config: &RegistryConfig, auth: &AuthConfig) -> Result<String, RegistryError> {
-    let host = server_host(&auth.serveraddress);
-    let RegistryAuth::Basic(user, password) = auth.registry_auth()? else {
-        return Err(RegistryError::InvalidParameter {
-            message: "login needs a user name and a password".to_string(),
-        });
-    };
-    // Mirrors are for pulls only: a Docker Hub login goes to Docker Hub.
-    let endpoint = endpoints(config, &host)
+/// What `POST /auth` learned from the registry.
+#[derive(Debug, Default)]
+pub struct LoginOutcome {
+    /// The registry host the credentials were checked against.
+    pub registry: String,
+    /// A refresh token the registry issued for offline use (Docker's `IdentityToken`), which
+    /// the CLI then stores instead of the password.
+    pub identity_token: Option<String>,
+}
+
+/// The client id dockerd gives token servers (`registry.AuthClientID`).
+const CLIENT_ID: &str = "docker";
+
+/// The registry's answer to an anonymous `GET /v2/`, with a client set up to talk to it.
+struct Probe {
+    client: reqwest::Client,
+    url: String,
+    status: reqwest::StatusCode,
+    challenge: Challenge,
+}
+
+async fn probe(config: &RegistryConfig, host: &str) -> Result<Probe, RegistryError> {
+    // Mirrors are for pulls only: credentials are checked against the registry itself.
+    let endpoint = endpoints(config, host)
         .into_iter()
         .find(|e| !e.mirror)
         .ok_or_else(|| RegistryError::InvalidParameter {
@@ -183,66 +198,229 @@ pub async fn login(config: &RegistryConfig, auth: &AuthConfig) -> Result<String,
     let scheme = if endpoint.plain_http { "http" } else { "https" };
     let url = format!("{scheme}://{}/v2/", endpoint.host);
     let client = http_client(endpoint.insecure)?;
-    let unreachable = |e: reqwest::Error| RegistryError::Unreachable {
-        reference: host.clone(),
-        registry: endpoint.host.clone(),
-        message: super::chain(&e),
-    };
-    let failed = |status: reqwest::StatusCode| RegistryError::Unauthorized {
-        registry: host.clone(),
-        message: format!("login attempt to {url} failed with status: {status}"),
-    };
-    let ping = client.get(&url).send().await.map_err(unreachable)?;
-    if ping.status().is_success() {
-        // An open registry takes any credentials.
-        return Ok(host);
-    }
-    if ping.status() != reqwest::StatusCode::UNAUTHORIZED {
-        return Err(failed(ping.status()));
-    }
+    let ping = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| unreachable(host, &endpoint.host, &e))?;
     let challenge = ping
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)
         .and_then(|v| v.to_str().ok())
         .map(Challenge::parse)
         .unwrap_or_default();
-    let answer = match challenge.scheme.as_str() {
+    Ok(Probe {
+        client,
+        url,
+        status: ping.status(),
+        challenge,
+    })
+}
+
+fn unreachable(host: &str, endpoint: &str, e: &reqwest::Error) -> RegistryError {
+    RegistryError::Unreachable {
+        reference: host.to_string(),
+        registry: endpoint.to_string(),
+        message: super::chain(e),
+    }
+}
+
+/// The token endpoint's answer (docker/distribution's `postTokenResponse`/`getTokenResponse`).
+#[derive(Deserialize, Default)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    access_token: String,
+    #[serde(default)]
+    refresh_token: String,
+}
+
+/// `POST /auth`: checks the credentials against the registry the way dockerd's `loginV2`
+/// does, asking a token server for an offline (refresh) token as dockerd does.
+pub async fn login(
+    config: &RegistryConfig,
+    auth: &AuthConfig,
+) -> Result<LoginOutcome, RegistryError> {
+    let host = server_host(&auth.serveraddress);
+    let probe = probe(config, &host).await?;
+    let failed = |status: reqwest::StatusCode| RegistryError::Unauthorized {
+        registry: host.clone(),
+        message: format!(
+            "login attempt to {} failed with status: {status}",
+            probe.url
+        ),
+    };
+    if probe.status.is_success() {
+        // An open registry takes any credentials.
+        return Ok(LoginOutcome {
+            registry: host,
+            identity_token: None,
+        });
+    }
+    if probe.status != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(failed(probe.status));
+    }
+    if !auth.identitytoken.is_empty() {
+        // A login with a stored identity token: the token server must still take it.
+        exchange_identity_token(&probe, &host, &auth.identitytoken, &[]).await?;
+        return Ok(LoginOutcome {
+            registry: host,
+            identity_token: Some(auth.identitytoken.clone()),
+        });
+    }
+    let RegistryAuth::Basic(user, password) = auth.registry_auth()? else {
+        return Err(RegistryError::InvalidParameter {
+            message: "login needs a user name and a password".to_string(),
+        });
+    };
+    let answer = match probe.challenge.scheme.as_str() {
         "bearer" => {
-            let realm = challenge
-                .param("realm")
-                .ok_or_else(|| RegistryError::Registry {
-                    reference: host.clone(),
-                    message: format!("registry {host} sent a bearer challenge without a realm"),
-                })?;
-            let mut query = vec![("account", user.as_str())];
-            if let Some(service) = challenge.param("service") {
+            let realm = realm(&probe.challenge, &host)?;
+            let mut query = vec![
+                ("account", user.as_str()),
+                ("client_id", CLIENT_ID),
+                ("offline_token", "true"),
+            ];
+            if let Some(service) = probe.challenge.param("service") {
                 query.push(("service", service));
             }
-            let query = query
-                .iter()
-                .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-                .collect::<Vec<_>>()
-                .join("&");
             let sep = if realm.contains('?') { '&' } else { '?' };
-            client
-                .get(format!("{realm}{sep}{query}"))
+            probe
+                .client
+                .get(format!("{realm}{sep}{}", form(&query)))
                 .basic_auth(&user, Some(&password))
                 .send()
                 .await
-                .map_err(unreachable)?
+                .map_err(|e| unreachable(&host, realm, &e))?
         }
-        _ => client
-            .get(&url)
+        _ => probe
+            .client
+            .get(&probe.url)
             .basic_auth(&user, Some(&password))
             .send()
             .await
-            .map_err(unreachable)?,
+            .map_err(|e| unreachable(&host, &probe.url, &e))?,
     };
-    if answer.status().is_success() {
-        Ok(host)
-    } else {
-        Err(failed(answer.status()))
+    if !answer.status().is_success() {
+        return Err(failed(answer.status()));
     }
+    let identity_token = if probe.challenge.scheme == "bearer" {
+        let body = answer.bytes().await.unwrap_or_default();
+        serde_json::from_slice::<TokenAnswer>(&body)
+            .ok()
+            .map(|t| t.refresh_token)
+            .filter(|t| !t.is_empty())
+    } else {
+        None
+    };
+    Ok(LoginOutcome {
+        registry: host,
+        identity_token,
+    })
+}
+
+/// The credentials for pulling from (or pushing to, `push`) `repository` on `host`: an
+/// identity token is traded for an access token at the registry's token server (OAuth2
+/// `grant_type=refresh_token`, as docker/distribution's token handler does); anything else is
+/// handed to the registry client as it is.
+pub async fn credentials(
+    config: &RegistryConfig,
+    auth: &AuthConfig,
+    host: &str,
+    repository: &str,
+    push: bool,
+) -> Result<RegistryAuth, RegistryError> {
+    if auth.identitytoken.is_empty() || !auth.registrytoken.is_empty() {
+        return auth.registry_auth();
+    }
+    let probe = probe(config, host).await?;
+    let actions = if push { "pull,push" } else { "pull" };
+    let scope = format!("repository:{repository}:{actions}");
+    let token = exchange_identity_token(&probe, host, &auth.identitytoken, &[&scope]).await?;
+    Ok(RegistryAuth::Bearer(token))
+}
+
+fn realm<'a>(challenge: &'a Challenge, host: &str) -> Result<&'a str, RegistryError> {
+    challenge
+        .param("realm")
+        .ok_or_else(|| RegistryError::Registry {
+            reference: host.to_string(),
+            message: format!("registry {host} sent a bearer challenge without a realm"),
+        })
+}
+
+/// Trades a refresh token for an access token with the given scopes.
+async fn exchange_identity_token(
+    probe: &Probe,
+    host: &str,
+    identity_token: &str,
+    scopes: &[&str],
+) -> Result<String, RegistryError> {
+    if probe.challenge.scheme != "bearer" {
+        return Err(RegistryError::Unauthorized {
+            registry: host.to_string(),
+            message: format!(
+                "registry {host} does not use token authentication, so it cannot take an identity token"
+            ),
+        });
+    }
+    let realm = realm(&probe.challenge, host)?;
+    let mut fields = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", identity_token),
+        ("client_id", CLIENT_ID),
+    ];
+    if let Some(service) = probe.challenge.param("service") {
+        fields.push(("service", service));
+    }
+    let joined = scopes.join(" ");
+    if !joined.is_empty() {
+        fields.push(("scope", &joined));
+    }
+    let answer = probe
+        .client
+        .post(realm)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+        .body(form(&fields))
+        .send()
+        .await
+        .map_err(|e| unreachable(host, realm, &e))?;
+    let status = answer.status();
+    if !status.is_success() {
+        return Err(RegistryError::Unauthorized {
+            registry: host.to_string(),
+            message: format!("the token server {realm} refused the identity token: {status}"),
+        });
+    }
+    let body = answer
+        .bytes()
+        .await
+        .map_err(|e| unreachable(host, realm, &e))?;
+    let token: TokenAnswer =
+        serde_json::from_slice(&body).map_err(|e| RegistryError::Registry {
+            reference: host.to_string(),
+            message: format!("the token server {realm} sent an unreadable answer: {e}"),
+        })?;
+    [token.access_token, token.token]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .ok_or_else(|| RegistryError::Registry {
+            reference: host.to_string(),
+            message: format!("the token server {realm} sent no access token"),
+        })
+}
+
+/// `key=value&…` with the values percent-encoded.
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters kept).
@@ -283,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn identity_tokens_are_refused_by_name() {
+    fn identity_tokens_outside_pull_and_push_are_refused_by_name() {
         let auth = AuthConfig {
             identitytoken: "t".into(),
             ..AuthConfig::default()
