@@ -184,6 +184,25 @@ fn none_host_and_container_modes_are_dockers() -> Result<()> {
         .ok()?;
     assert_eq!(links.stdout, "lo\n");
 
+    // host with -p: dockerd's warning, and the container runs with the host's network.
+    let run = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "-p",
+            "8089:80",
+            "busybox",
+            "true",
+        ])?
+        .ok()?;
+    assert!(
+        run.stderr
+            .contains("WARNING: Published ports are discarded when using host network mode"),
+        "{run:?}"
+    );
+
     // host: the engine's own namespace; a server there is reached on its 127.0.0.1.
     engine
         .docker(&[

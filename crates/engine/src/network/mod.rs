@@ -9,6 +9,7 @@
 //! record as an [`Endpoint`], which inspect and `docker ps` show.
 
 pub mod bridge;
+pub mod dns;
 pub mod ipam;
 pub mod nat;
 pub mod netns;
@@ -602,6 +603,13 @@ impl Networking {
             ports: published,
             ..endpoint
         })
+    }
+
+    /// Keeps `tasks` serving container `id` (its embedded DNS server) until its disconnect.
+    pub fn track(&self, id: &str, tasks: Vec<AbortHandle>) {
+        if let Ok(mut proxies) = self.proxies.lock() {
+            proxies.entry(id.to_string()).or_default().extend(tasks);
+        }
     }
 
     /// Undoes [`Networking::connect`]: proxies stopped, veth and namespace removed, address
