@@ -329,6 +329,59 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
     engine
         .docker(&["exec", "web", "ping", "-c", "1", "-W", "5", "front"])?
         .ok()?;
+    // --ip: on a network with a subnet of the user's, inside it, an address nobody has.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "pinned",
+            "--network",
+            "app",
+            "--ip",
+            "10.231.77.50",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    assert_eq!(
+        engine.inspect("pinned", "{{.NetworkSettings.Networks.app.IPAddress}}")?,
+        "10.231.77.50"
+    );
+    let addr = engine
+        .docker(&["exec", "pinned", "ip", "-4", "-o", "addr", "show", "eth0"])?
+        .ok()?
+        .stdout;
+    assert!(addr.contains("inet 10.231.77.50/24"), "{addr}");
+    assert!(lookup("client", "pinned")?.contains("Address: 10.231.77.50\n"));
+    let refused = |args: &[&str], text: &str| -> Result<()> {
+        let mut full = vec!["run", "--rm"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["busybox", "true"]);
+        let run = engine.docker(&full)?;
+        assert!(
+            run.code != 0 && run.stderr.contains(text),
+            "{args:?}: {run:?}"
+        );
+        Ok(())
+    };
+    refused(
+        &["--network", "app", "--ip", "10.231.77.50"],
+        "Address already in use",
+    )?;
+    refused(
+        &["--network", "app", "--ip", "10.9.9.9"],
+        "invalid config for network app: invalid endpoint settings:\nno configured subnet or ip-range contain the IP address 10.9.9.9",
+    )?;
+    refused(
+        &["--network", "other", "--ip", "10.9.9.9"],
+        "user specified IP address is supported only when connecting to networks with user configured subnets",
+    )?;
+    refused(
+        &["--ip", "172.17.0.50"],
+        "user specified IP address is supported on user defined networks only",
+    )?;
     // The default bridge keeps the host's name servers.
     let outsider = engine
         .docker(&["run", "--rm", "busybox", "cat", "/etc/resolv.conf"])?

@@ -185,10 +185,117 @@ pub(super) fn without_served(
     let served = links
         .iter()
         .all(|l| host_links.is_some_and(|h| h.contains(l)));
+    let ipam_config = match requested_ip(settings) {
+        Ok(Some(_)) => None,
+        _ => settings.ipam_config.clone(),
+    };
     crate::state::EndpointSettings {
         links: if served { None } else { settings.links.clone() },
+        ipam_config,
         ..without_aliases(settings)
     }
+}
+
+/// The `--ip` of `settings` when that is all its `IPAMConfig` asks (no `--ip6`, no
+/// `--link-local-ip`); dockerd's `invalid IPv4 address: X` for one that is not an address.
+fn requested_ip(
+    settings: &crate::state::EndpointSettings,
+) -> Result<Option<std::net::Ipv4Addr>, String> {
+    let Some(serde_json::Value::Object(map)) = &settings.ipam_config else {
+        return Ok(None);
+    };
+    let mut ip = None;
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            ("IPv4Address", serde_json::Value::String(v)) if !v.is_empty() => {
+                match v.parse::<std::net::Ipv4Addr>() {
+                    Ok(addr) if !addr.is_unspecified() => ip = Some(addr),
+                    _ => return Err(format!("invalid IPv4 address: {v}")),
+                }
+            }
+            (_, serde_json::Value::Null) => {}
+            (_, serde_json::Value::String(v)) if v.is_empty() => {}
+            (_, serde_json::Value::Array(v)) if v.is_empty() => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(ip)
+}
+
+/// The file beside a container's record holding its `--ip` (the record does not keep the
+/// create request's `NetworkingConfig`).
+const IP_FILE: &str = "network-ip";
+
+/// Checks the `--ip` of a create request as dockerd's `validateEndpointSettings` (user-defined
+/// networks with a subnet of the user's only, inside it) and keeps it beside the record.
+pub(super) fn check_requested_ip(
+    networking: &crate::state::NetworkingConfig,
+    find: impl Fn(&str) -> Option<crate::network::NetworkDef>,
+) -> Result<Option<std::net::Ipv4Addr>, EngineError> {
+    for (name, settings) in &networking.endpoints_config {
+        let Some(settings) = settings else {
+            continue;
+        };
+        let invalid = |reason: String| EngineError::InvalidParameter {
+            reason: format!(
+                "invalid config for network {name}: invalid endpoint settings:\n{reason}"
+            ),
+        };
+        let Some(ip) = requested_ip(settings).map_err(invalid)? else {
+            continue;
+        };
+        if matches!(name.as_str(), "bridge" | "default" | "host" | "none") {
+            return Err(invalid(
+                "user specified IP address is supported on user defined networks only".into(),
+            ));
+        }
+        // An unknown network is dockerd's 404 at start.
+        let Some(def) = find(name) else {
+            return Ok(Some(ip));
+        };
+        match def.subnet {
+            Some(pool) if def.user_subnet => {
+                if !pool.contains(ip) {
+                    return Err(invalid(format!(
+                        "no configured subnet or ip-range contain the IP address {ip}"
+                    )));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "user specified IP address is supported only when connecting to networks with user configured subnets".into(),
+                ));
+            }
+        }
+        return Ok(Some(ip));
+    }
+    Ok(None)
+}
+
+/// Keeps a container's `--ip` beside its record.
+pub(super) fn save_requested_ip(
+    dir: &std::path::Path,
+    ip: Option<std::net::Ipv4Addr>,
+) -> Result<(), EngineError> {
+    let Some(ip) = ip else {
+        return Ok(());
+    };
+    launch::write_atomic(&dir.join(IP_FILE), ip.to_string().as_bytes()).map_err(|source| {
+        EngineError::Launch {
+            id: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source,
+        }
+    })
+}
+
+/// The `--ip` of the container in `dir`.
+fn load_requested_ip(dir: &std::path::Path) -> Option<std::net::Ipv4Addr> {
+    std::fs::read_to_string(dir.join(IP_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 fn aliases_of(networking: &crate::state::NetworkingConfig) -> Vec<String> {
@@ -378,7 +485,13 @@ impl Engine {
                     .inner
                     .network
                     .net
-                    .connect(&def, &record.id, name, &requests)
+                    .connect(
+                        &def,
+                        &record.id,
+                        name,
+                        &requests,
+                        load_requested_ip(&self.inner.state.dir(&record.id)),
+                    )
                     .await
                     .map_err(publish_err)?;
                 if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
@@ -767,6 +880,8 @@ impl Engine {
                 name: request.name,
                 created: chrono::Utc::now(),
                 subnet,
+                // Set by the create from whether `subnet` is given.
+                user_subnet: false,
                 gateway,
                 internal: request.internal,
                 attachable: request.attachable,

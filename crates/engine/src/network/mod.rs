@@ -80,6 +80,12 @@ pub enum NetworkError {
         /// The network's name.
         network: String,
     },
+    /// The address asked for with `--ip` is another's (dockerd's text).
+    #[error("Address already in use")]
+    AddressInUse {
+        /// The address.
+        ip: Ipv4Addr,
+    },
     /// `--subnet` overlaps another network's (dockerd's text).
     #[error("invalid pool request: Pool overlaps with other one on this address space")]
     Overlap,
@@ -146,6 +152,10 @@ pub struct NetworkDef {
     pub created: chrono::DateTime<chrono::Utc>,
     /// Its subnet; `None` for the default bridge until its first use picks one.
     pub subnet: Option<ipam::Pool>,
+    /// Whether the subnet is the user's (`--subnet`), not picked from the default pools: only
+    /// then may a container ask for its address (`--ip`), as dockerd's static subnets.
+    #[serde(default)]
+    pub user_subnet: bool,
     /// Its gateway (the bridge's address); the subnet's first address if not given.
     pub gateway: Option<Ipv4Addr>,
     /// `--internal`: no route out, no NAT.
@@ -237,6 +247,7 @@ impl Networking {
             name: "bridge".into(),
             created: chrono::Utc::now(),
             subnet: None,
+            user_subnet: false,
             gateway: None,
             internal: false,
             attachable: false,
@@ -373,6 +384,7 @@ impl Networking {
             name: name.to_string(),
             created: chrono::Utc::now(),
             subnet: Some(pool),
+            user_subnet: subnet.is_some(),
             gateway,
             internal,
             attachable,
@@ -511,14 +523,15 @@ impl Networking {
         Ok((index, pool, gateway))
     }
 
-    /// Connects container `id` (named `name`) to network `def` and publishes `requests`; on
-    /// any failure nothing is left.
+    /// Connects container `id` (named `name`) to network `def`, at `requested_ip` if given
+    /// (`--ip`), and publishes `requests`; on any failure nothing is left.
     pub async fn connect(
         &self,
         def: &NetworkDef,
         id: &str,
         name: &str,
         requests: &[ports::Request],
+        requested_ip: Option<Ipv4Addr>,
     ) -> Result<Endpoint, NetworkError> {
         let handle = bridge::connect()?;
         let mut state = self.state.lock().await;
@@ -528,11 +541,18 @@ impl Networking {
             .get(&def.id)
             .map(|l| l.used.clone())
             .unwrap_or_default();
-        let ip = pool
-            .allocate(&used)
-            .ok_or_else(|| NetworkError::NoAddress {
-                network: def.name.clone(),
-            })?;
+        let ip = match requested_ip {
+            // Checked against the subnet at create; the network may have been remade since.
+            Some(ip) if used.contains(&ip) || !pool.contains(ip) || ip == pool.network => {
+                return Err(NetworkError::AddressInUse { ip });
+            }
+            Some(ip) => ip,
+            None => pool
+                .allocate(&used)
+                .ok_or_else(|| NetworkError::NoAddress {
+                    network: def.name.clone(),
+                })?,
+        };
         let endpoint_id = hex::encode(sha2::Sha256::digest(format!(
             "{id}:{ip}:{}",
             rand::random::<u64>()
@@ -683,6 +703,7 @@ mod tests {
             name: name.into(),
             created: chrono::Utc::now(),
             subnet: Some(subnet.parse().unwrap()),
+            user_subnet: true,
             gateway: None,
             internal: false,
             attachable: false,
