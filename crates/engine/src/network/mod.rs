@@ -193,6 +193,8 @@ struct State {
     /// Live bridges by network id.
     live: HashMap<String, Live>,
     published: Vec<Published>,
+    /// The kernel forwards of the published ports, by container id.
+    forwards: HashMap<String, Vec<nat::Forward>>,
     next_port: u16,
 }
 
@@ -439,7 +441,8 @@ impl Networking {
                 })
             })
             .collect();
-        nat::install(&rules).await
+        let forwards: Vec<nat::Forward> = state.forwards.values().flatten().cloned().collect();
+        nat::install(&rules, &forwards).await
     }
 
     /// Removes what a previous engine left: its bridges and NAT table (remade at the first
@@ -616,6 +619,25 @@ impl Networking {
             live.used.insert(ip);
         }
         state.published.extend(published.iter().cloned());
+        let forwards = forwards_of(&published, ip);
+        if !forwards.is_empty() {
+            state.forwards.insert(id.to_string(), forwards);
+            if let Err(err) = self.program_nat(&state).await {
+                state.forwards.remove(id);
+                state
+                    .published
+                    .retain(|p| !published.iter().any(|q| q == p));
+                if let Some(live) = state.live.get_mut(&def.id) {
+                    live.used.remove(&ip);
+                }
+                for task in handles {
+                    task.abort();
+                }
+                let _ = bridge::delete(&handle, &cfg.host).await;
+                netns::remove(&endpoint.netns);
+                return Err(err);
+            }
+        }
         if let Ok(mut proxies) = self.proxies.lock() {
             proxies.insert(id.to_string(), handles);
         }
@@ -656,7 +678,33 @@ impl Networking {
         state
             .published
             .retain(|p| !endpoint.ports.iter().any(|q| q == p));
+        if state.forwards.remove(id).is_some() {
+            if let Err(err) = self.program_nat(&state).await {
+                tracing::warn!(container = %id, error = %err, "cannot remove the port forwards");
+            }
+        }
     }
+}
+
+/// The kernel forwards of `published` ports of the container at `ip`: IPv4 host addresses
+/// other than loopback (those stay with the userland proxy).
+fn forwards_of(published: &[Published], ip: Ipv4Addr) -> Vec<nat::Forward> {
+    published
+        .iter()
+        .filter_map(|p| {
+            let host_ip: Ipv4Addr = p.host_ip.parse().ok()?;
+            if host_ip.is_loopback() {
+                return None;
+            }
+            Some(nat::Forward {
+                proto: p.proto,
+                host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
+                host_port: p.host_port,
+                container_ip: ip,
+                container_port: p.port,
+            })
+        })
+        .collect()
 }
 
 /// `NetworkSettings.Ports` as dockerd fills it: every exposed or published port, its host
