@@ -56,7 +56,7 @@ MODULES=(
   button evdev
   # containers: overlay rootfs, veth pairs, bridge, NAT and filtering for published ports
   overlay veth bridge br_netfilter tun
-  nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_compat nft_reject_inet
+  nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_compat nft_reject_inet nft_fib_ipv4
   ip_tables iptable_nat iptable_filter iptable_mangle iptable_raw
   nf_nat nf_conntrack xt_MASQUERADE xt_conntrack xt_addrtype xt_nat xt_tcpudp
   xt_comment xt_mark xt_multiport

@@ -163,6 +163,71 @@ fn egress_is_masqueraded_to_a_server_in_another_namespace() -> Result<()> {
         peer, "10.99.0.1",
         "the container's address was not masqueraded"
     );
+
+    // A published port reached from "outside" at the engine's address is forwarded by the
+    // kernel (DNAT), not the userland proxy: the server sees the client's own address (busybox
+    // httpd writes it IPv4-mapped).
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "seen",
+            "-p",
+            "18080:80",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www",
+        ])?
+        .ok()?;
+    let ask = |ns: &NetNs, addr: &'static str| -> Result<String> {
+        ns.run(move || -> Result<String> {
+            let mut last = String::new();
+            for _ in 0..50 {
+                if let Ok(mut conn) = std::net::TcpStream::connect(addr) {
+                    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    conn.write_all(b"GET /cgi-bin/ip HTTP/1.0\r\n\r\n")?;
+                    last.clear();
+                    let _ = conn.read_to_string(&mut last);
+                    if last.contains("peer=") {
+                        return Ok(last);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(last)
+        })?
+    };
+    let got = ask(&outside, "10.99.0.1:18080")?;
+    assert!(got.contains("peer=[::ffff:10.99.0.2]\n"), "{got}");
+    // From the engine's namespace on loopback: the proxy, as dockerd without route_localnet.
+    let got = ask(&engine.netns, "127.0.0.1:18080")?;
+    assert!(got.contains("peer=[::ffff:172.17.0.1]\n"), "{got}");
+    // Another container through the engine's address (hairpin): masqueraded, answered.
+    let got = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "printf 'GET /cgi-bin/ip HTTP/1.0\\r\\n\\r\\n' | nc -w 10 10.99.0.1 18080",
+        ])?
+        .ok()?;
+    assert!(got.stdout.contains("peer=[::ffff:172.17.0.1]\n"), "{got:?}");
+    engine.docker(&["rm", "-f", "seen"])?.ok()?;
+    let rules = out(Command::new("ip").args([
+        "netns",
+        "exec",
+        &engine.netns.name,
+        "nft",
+        "list",
+        "table",
+        "ip",
+        "rmachine-engine",
+    ]))?;
+    assert!(!rules.contains("dnat"), "{rules}");
     Ok(())
 }
 
@@ -183,6 +248,25 @@ fn none_host_and_container_modes_are_dockers() -> Result<()> {
         ])?
         .ok()?;
     assert_eq!(links.stdout, "lo\n");
+
+    // host with -p: dockerd's warning, and the container runs with the host's network.
+    let run = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "-p",
+            "8089:80",
+            "busybox",
+            "true",
+        ])?
+        .ok()?;
+    assert!(
+        run.stderr
+            .contains("WARNING: Published ports are discarded when using host network mode"),
+        "{run:?}"
+    );
 
     // host: the engine's own namespace; a server there is reached on its 127.0.0.1.
     engine

@@ -149,12 +149,68 @@ fn networks_are_created_listed_inspected_and_removed_as_dockerd() -> Result<()> 
     Ok(())
 }
 
+/// A name server for the test on every address of the engines' namespace, port 53: it answers
+/// `outside.test` with 192.0.2.77 and NXDOMAIN (authoritative) for anything else.
+fn upstream_dns() -> Result<()> {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::{rdata, RData, Record, RecordType};
+    let socket = std::net::UdpSocket::bind("0.0.0.0:53")?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, peer)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            let mut reply = Message::new();
+            reply
+                .set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_authoritative(true)
+                .add_queries(query.queries().iter().cloned());
+            match query.queries().first() {
+                Some(q) if q.name().to_ascii() == "outside.test." => {
+                    if q.query_type() == RecordType::A {
+                        reply.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            60,
+                            RData::A(rdata::A::new(192, 0, 2, 77)),
+                        ));
+                    }
+                }
+                _ => {
+                    reply.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            if let Ok(bytes) = reply.to_vec() {
+                let _ = socket.send_to(&bytes, peer);
+            }
+        }
+    });
+    Ok(())
+}
+
 #[test]
 fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
+    // The test's upstream name server must be in the engine's namespace.
+    rmachine_tests_engine::share_network_with_engines()?;
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
     };
-    engine.docker(&["network", "create", "app"])?.ok()?;
+    upstream_dns()?;
+    // The upstream server is reached from the containers at the network's gateway, which is
+    // the engine namespace's own address.
+    engine
+        .docker(&[
+            "network",
+            "create",
+            "--subnet",
+            "10.231.77.0/24",
+            "--gateway",
+            "10.231.77.1",
+            "app",
+        ])?
+        .ok()?;
+    engine.docker(&["network", "create", "other"])?.ok()?;
     engine
         .docker(&[
             "run",
@@ -163,10 +219,25 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
             "web",
             "--network",
             "app",
+            "--dns",
+            "10.231.77.1",
             "busybox",
             "sh",
             "-c",
             "mkdir -p /www && echo served by web > /www/index.html && exec httpd -f -p 80 -h /www",
+        ])?
+        .ok()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "far",
+            "--network",
+            "other",
+            "busybox",
+            "sleep",
+            "100",
         ])?
         .ok()?;
     engine
@@ -181,6 +252,10 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
             "front",
             "--network-alias",
             "ui",
+            "--link",
+            "web:backend",
+            "--dns",
+            "10.231.77.1",
             "busybox",
             "sleep",
             "100",
@@ -191,12 +266,54 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
         r#"["front","ui"]"#
     );
     let web_ip = engine.inspect("web", "{{.NetworkSettings.Networks.app.IPAddress}}")?;
-    // Each container's /etc/hosts names the other, whichever started first.
+    let client_ip = engine.inspect("client", "{{.NetworkSettings.Networks.app.IPAddress}}")?;
+    let resolv = engine
+        .docker(&["exec", "client", "cat", "/etc/resolv.conf"])?
+        .ok()?
+        .stdout;
+    assert!(
+        resolv.contains("\nnameserver 127.0.0.11\n")
+            && resolv.contains("\noptions ndots:0\n")
+            && resolv.contains("\n# ExtServers: [10.231.77.1]\n# Overrides: [nameservers]\n"),
+        "{resolv}"
+    );
+    // Names are the embedded server's, not /etc/hosts lines (as dockerd).
     let hosts = engine
         .docker(&["exec", "client", "cat", "/etc/hosts"])?
         .ok()?
         .stdout;
-    assert!(hosts.contains(&format!("{web_ip}\tweb\n")), "{hosts}");
+    assert!(!hosts.contains("\tweb"), "{hosts}");
+    let lookup = |from: &str, name: &str| -> Result<String> {
+        let run = engine.docker(&["exec", from, "nslookup", "-type=a", name])?;
+        Ok(format!("{}{}", run.stdout, run.stderr))
+    };
+    let web_id = engine.inspect("web", "{{.Id}}")?;
+    for name in ["web", "WEB", "web.app", "backend", &web_id[..12]] {
+        let got = lookup("client", name)?;
+        assert!(
+            got.contains("Server:\t\t127.0.0.11") && got.contains(&format!("Address: {web_ip}\n")),
+            "{name}: {got}"
+        );
+    }
+    for name in ["front", "ui", "client"] {
+        let got = lookup("web", name)?;
+        assert!(
+            got.contains(&format!("Address: {client_ip}\n")),
+            "{name}: {got}"
+        );
+    }
+    // A link alias is the linking container's alone; another network's names are not served
+    // (the upstream server says NXDOMAIN).
+    let other = lookup("web", "backend")?;
+    assert!(other.contains("NXDOMAIN"), "{other}");
+    let far = lookup("client", "far")?;
+    assert!(
+        far.contains("NXDOMAIN") && !far.contains("Address: 10."),
+        "{far}"
+    );
+    // Other names go upstream.
+    let outside = lookup("client", "outside.test")?;
+    assert!(outside.contains("Address: 192.0.2.77\n"), "{outside}");
     let got = engine.wait_for(
         &[
             "exec",
@@ -209,27 +326,72 @@ fn containers_on_a_user_network_reach_each_other_by_name() -> Result<()> {
         |r| r.stdout.contains("served by web"),
     )?;
     assert!(got.stdout.contains("served by web"));
-    let web_hosts = engine
-        .docker(&["exec", "web", "cat", "/etc/hosts"])?
-        .ok()?
-        .stdout;
-    assert!(web_hosts.contains("\tclient front ui\n"), "{web_hosts}");
     engine
         .docker(&["exec", "web", "ping", "-c", "1", "-W", "5", "front"])?
         .ok()?;
-    // A container on the default bridge does not see them.
-    let outsider = engine
-        .docker(&["run", "--rm", "busybox", "cat", "/etc/hosts"])?
+    // --ip: on a network with a subnet of the user's, inside it, an address nobody has.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "pinned",
+            "--network",
+            "app",
+            "--ip",
+            "10.231.77.50",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    assert_eq!(
+        engine.inspect("pinned", "{{.NetworkSettings.Networks.app.IPAddress}}")?,
+        "10.231.77.50"
+    );
+    let addr = engine
+        .docker(&["exec", "pinned", "ip", "-4", "-o", "addr", "show", "eth0"])?
         .ok()?
         .stdout;
-    assert!(!outsider.contains("\tweb\n"), "{outsider}");
+    assert!(addr.contains("inet 10.231.77.50/24"), "{addr}");
+    assert!(lookup("client", "pinned")?.contains("Address: 10.231.77.50\n"));
+    let refused = |args: &[&str], text: &str| -> Result<()> {
+        let mut full = vec!["run", "--rm"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["busybox", "true"]);
+        let run = engine.docker(&full)?;
+        assert!(
+            run.code != 0 && run.stderr.contains(text),
+            "{args:?}: {run:?}"
+        );
+        Ok(())
+    };
+    refused(
+        &["--network", "app", "--ip", "10.231.77.50"],
+        "Address already in use",
+    )?;
+    refused(
+        &["--network", "app", "--ip", "10.9.9.9"],
+        "invalid config for network app: invalid endpoint settings:\nno configured subnet or ip-range contain the IP address 10.9.9.9",
+    )?;
+    refused(
+        &["--network", "other", "--ip", "10.9.9.9"],
+        "user specified IP address is supported only when connecting to networks with user configured subnets",
+    )?;
+    refused(
+        &["--ip", "172.17.0.50"],
+        "user specified IP address is supported on user defined networks only",
+    )?;
+    // The default bridge keeps the host's name servers.
+    let outsider = engine
+        .docker(&["run", "--rm", "busybox", "cat", "/etc/resolv.conf"])?
+        .ok()?
+        .stdout;
+    assert!(!outsider.contains("127.0.0.11"), "{outsider}");
     // A stopped container's name goes away.
     engine.docker(&["stop", "-t", "1", "web"])?.ok()?;
-    let hosts = engine
-        .docker(&["exec", "client", "cat", "/etc/hosts"])?
-        .ok()?
-        .stdout;
-    assert!(!hosts.contains("\tweb\n"), "{hosts}");
+    let gone = lookup("client", "web")?;
+    assert!(!gone.contains(&format!("Address: {web_ip}")), "{gone}");
     Ok(())
 }
 

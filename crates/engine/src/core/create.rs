@@ -82,6 +82,8 @@ impl Engine {
             networking: &networking_config,
         })?;
         super::networks::check_create(&config, &host_config, &networking_config)?;
+        let requested_ip =
+            super::networks::check_requested_ip(&networking_config, |n| self.find_network(n))?;
         host_config::normalize_host_config(&mut host_config)?;
         validate_log_config(&mut host_config)?;
         if let Some(name) = &name {
@@ -173,7 +175,8 @@ impl Engine {
             .create_dir(&id)
             .and_then(|()| self.inner.state.save(&container.record()))
             .map_err(EngineError::from)
-            .and_then(|()| super::networks::save_aliases(&dir, &networking_config));
+            .and_then(|()| super::networks::save_aliases(&dir, &networking_config))
+            .and_then(|()| super::networks::save_requested_ip(&dir, requested_ip));
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);

@@ -22,6 +22,11 @@ pub fn create_warnings(host: &HostConfig) -> Vec<String> {
     if host.oom_kill_disable == Some(true) && host.memory == 0 {
         warnings.push("OOM killer is disabled for the container, but no memory limit is set, this can result in the system running out of resources.".to_string());
     }
+    // dockerd's `verifyContainerSettings`: the ports of a container on the host's network are
+    // the host's own, nothing is published.
+    if host.network_mode == "host" && !host.port_bindings.is_empty() {
+        warnings.push("Published ports are discarded when using host network mode".to_string());
+    }
     warnings
 }
 

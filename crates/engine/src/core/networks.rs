@@ -70,9 +70,9 @@ pub(super) enum Setup {
         /// Its hosts file.
         hosts: PathBuf,
     },
-    /// An endpoint on a bridge network, and the `/etc/hosts` lines of the other containers
-    /// on it (user-defined networks only, as dockerd's embedded DNS serves only those).
-    Bridge(Endpoint, String),
+    /// An endpoint on a bridge network, the `/etc/hosts` lines of its `--link`s (default
+    /// bridge), and the `resolv.conf` naming the embedded DNS server (user-defined networks).
+    Bridge(Endpoint, String, Option<String>),
 }
 
 impl Setup {
@@ -82,9 +82,18 @@ impl Setup {
             Setup::Loopback => NetworkNamespace::Loopback,
             Setup::Host => NetworkNamespace::Host,
             Setup::Joined { path, .. } => NetworkNamespace::Path { path: path.clone() },
-            Setup::Bridge(endpoint, _) => NetworkNamespace::Path {
+            Setup::Bridge(endpoint, ..) => NetworkNamespace::Path {
                 path: endpoint.netns.clone(),
             },
+        }
+    }
+
+    /// The container's `/etc/resolv.conf` when the engine writes one of its own (the embedded
+    /// DNS server's), `None` for the host's.
+    pub(super) fn resolv_conf(&self) -> Option<&str> {
+        match self {
+            Setup::Bridge(_, _, resolv) => resolv.as_deref(),
+            _ => None,
         }
     }
 
@@ -98,7 +107,7 @@ impl Setup {
             Setup::Joined { hosts, .. } => {
                 std::fs::read_to_string(hosts).unwrap_or_else(|_| launch::hosts_file(extra_hosts))
             }
-            Setup::Bridge(endpoint, peers) => {
+            Setup::Bridge(endpoint, peers, _) => {
                 let extra = with_host_gateway(extra_hosts, endpoint);
                 format!("{}{peers}", own_hosts(&extra, hostname, endpoint))
             }
@@ -124,16 +133,6 @@ fn own_hosts(extra_hosts: &[String], hostname: &str, endpoint: &Endpoint) -> Str
         launch::hosts_file(extra_hosts),
         endpoint.ip
     )
-}
-
-/// Rewrites a bind-mounted file in place: a rename would leave the container on the old inode.
-fn rewrite_in_place(path: &std::path::Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)?;
-    file.write_all(content.as_bytes())
 }
 
 pub(super) fn publish_err(err: NetworkError) -> EngineError {
@@ -174,6 +173,129 @@ pub(super) fn without_aliases(
         aliases: None,
         ..settings.clone()
     }
+}
+
+/// `settings` without what create serves: its aliases, and its links when `HostConfig.Links`
+/// holds them too (the CLI copies `--link` there for a user-defined network).
+pub(super) fn without_served(
+    settings: &crate::state::EndpointSettings,
+    host_links: Option<&Vec<String>>,
+) -> crate::state::EndpointSettings {
+    let links = settings.links.clone().unwrap_or_default();
+    let served = links
+        .iter()
+        .all(|l| host_links.is_some_and(|h| h.contains(l)));
+    let ipam_config = match requested_ip(settings) {
+        Ok(Some(_)) => None,
+        _ => settings.ipam_config.clone(),
+    };
+    crate::state::EndpointSettings {
+        links: if served { None } else { settings.links.clone() },
+        ipam_config,
+        ..without_aliases(settings)
+    }
+}
+
+/// The `--ip` of `settings` when that is all its `IPAMConfig` asks (no `--ip6`, no
+/// `--link-local-ip`); dockerd's `invalid IPv4 address: X` for one that is not an address.
+fn requested_ip(
+    settings: &crate::state::EndpointSettings,
+) -> Result<Option<std::net::Ipv4Addr>, String> {
+    let Some(serde_json::Value::Object(map)) = &settings.ipam_config else {
+        return Ok(None);
+    };
+    let mut ip = None;
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            ("IPv4Address", serde_json::Value::String(v)) if !v.is_empty() => {
+                match v.parse::<std::net::Ipv4Addr>() {
+                    Ok(addr) if !addr.is_unspecified() => ip = Some(addr),
+                    _ => return Err(format!("invalid IPv4 address: {v}")),
+                }
+            }
+            (_, serde_json::Value::Null) => {}
+            (_, serde_json::Value::String(v)) if v.is_empty() => {}
+            (_, serde_json::Value::Array(v)) if v.is_empty() => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(ip)
+}
+
+/// The file beside a container's record holding its `--ip` (the record does not keep the
+/// create request's `NetworkingConfig`).
+const IP_FILE: &str = "network-ip";
+
+/// Checks the `--ip` of a create request as dockerd's `validateEndpointSettings` (user-defined
+/// networks with a subnet of the user's only, inside it) and keeps it beside the record.
+pub(super) fn check_requested_ip(
+    networking: &crate::state::NetworkingConfig,
+    find: impl Fn(&str) -> Option<crate::network::NetworkDef>,
+) -> Result<Option<std::net::Ipv4Addr>, EngineError> {
+    for (name, settings) in &networking.endpoints_config {
+        let Some(settings) = settings else {
+            continue;
+        };
+        let invalid = |reason: String| EngineError::InvalidParameter {
+            reason: format!(
+                "invalid config for network {name}: invalid endpoint settings:\n{reason}"
+            ),
+        };
+        let Some(ip) = requested_ip(settings).map_err(invalid)? else {
+            continue;
+        };
+        if matches!(name.as_str(), "bridge" | "default" | "host" | "none") {
+            return Err(invalid(
+                "user specified IP address is supported on user defined networks only".into(),
+            ));
+        }
+        // An unknown network is dockerd's 404 at start.
+        let Some(def) = find(name) else {
+            return Ok(Some(ip));
+        };
+        match def.subnet {
+            Some(pool) if def.user_subnet => {
+                if !pool.contains(ip) {
+                    return Err(invalid(format!(
+                        "no configured subnet or ip-range contain the IP address {ip}"
+                    )));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "user specified IP address is supported only when connecting to networks with user configured subnets".into(),
+                ));
+            }
+        }
+        return Ok(Some(ip));
+    }
+    Ok(None)
+}
+
+/// Keeps a container's `--ip` beside its record.
+pub(super) fn save_requested_ip(
+    dir: &std::path::Path,
+    ip: Option<std::net::Ipv4Addr>,
+) -> Result<(), EngineError> {
+    let Some(ip) = ip else {
+        return Ok(());
+    };
+    launch::write_atomic(&dir.join(IP_FILE), ip.to_string().as_bytes()).map_err(|source| {
+        EngineError::Launch {
+            id: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source,
+        }
+    })
+}
+
+/// The `--ip` of the container in `dir`.
+fn load_requested_ip(dir: &std::path::Path) -> Option<std::net::Ipv4Addr> {
+    std::fs::read_to_string(dir.join(IP_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 fn aliases_of(networking: &crate::state::NetworkingConfig) -> Vec<String> {
@@ -222,11 +344,24 @@ pub(super) fn check_create(
 ) -> Result<(), EngineError> {
     let user_network = matches!(Mode::of(host), Ok(Mode::Named(_)));
     let links = host.links.as_ref().is_some_and(|l| !l.is_empty());
-    if links && !matches!(Mode::of(host), Ok(Mode::Bridge)) {
-        return Err(EngineError::InvalidParameter {
-            reason: "rmachine-engine does not support --link off the default bridge network yet"
-                .into(),
-        });
+    // dockerd's texts (`verifyNetworkingConfig` / `validateHostConfig`).
+    match Mode::of(host) {
+        Ok(Mode::Host) if links => {
+            return Err(EngineError::InvalidParameter {
+                reason: "conflicting options: host type networking can't be used with links. This would result in undefined behavior".into(),
+            });
+        }
+        Ok(Mode::Container(_)) if links => {
+            return Err(EngineError::InvalidParameter {
+                reason: "conflicting options: container type network can't be used with links. This would result in undefined behavior".into(),
+            });
+        }
+        Ok(Mode::None) if links => {
+            return Err(EngineError::InvalidParameter {
+                reason: "rmachine-engine does not support --link with --network none".into(),
+            });
+        }
+        _ => {}
     }
     if !aliases_of(networking).is_empty() && !user_network {
         return Err(EngineError::InvalidParameter {
@@ -252,9 +387,9 @@ pub(super) fn check_create(
                 .into(),
         });
     }
-    if !requests.is_empty() && matches!(mode, Mode::None | Mode::Host) {
-        // dockerd drops the bindings of a container without its own network stack with a
-        // warning; refusing says it instead of accepting and dropping them.
+    // `--network host` with `-p`: dockerd runs it and says, in the create warnings, that the
+    // ports are discarded (see `host_config::create_warnings`).
+    if !requests.is_empty() && mode == Mode::None {
         return Err(EngineError::InvalidParameter {
             reason: format!(
                 "published ports are not supported with --network {}",
@@ -350,7 +485,13 @@ impl Engine {
                     .inner
                     .network
                     .net
-                    .connect(&def, &record.id, name, &requests)
+                    .connect(
+                        &def,
+                        &record.id,
+                        name,
+                        &requests,
+                        load_requested_ip(&self.inner.state.dir(&record.id)),
+                    )
                     .await
                     .map_err(publish_err)?;
                 if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
@@ -362,44 +503,78 @@ impl Engine {
                     &def.name,
                     &[("container", record.id.clone())],
                 );
-                let peers;
                 if def.name == "bridge" {
-                    match self.link_lines(record) {
-                        Ok(lines) => peers = lines,
+                    return match self.link_lines(record) {
+                        Ok(lines) => Ok(Setup::Bridge(endpoint, lines, None)),
                         Err(err) => {
                             self.network_down(&record.id).await;
-                            return Err(err);
+                            Err(err)
                         }
-                    }
-                } else {
-                    let hostname = if record.config.hostname.is_empty() {
-                        record.short_id().to_string()
-                    } else {
-                        record.config.hostname.clone()
                     };
-                    let extra = with_host_gateway(
-                        &super::host_config::extra_hosts(&record.host_config),
-                        &endpoint,
-                    );
-                    if let Ok(mut hosts) = self.inner.network.hosts.lock() {
-                        hosts.insert(
-                            record.id.clone(),
-                            HostsEntry {
-                                path: self.inner.state.dir(&record.id).join("hosts"),
-                                base: own_hosts(&extra, &hostname, &endpoint),
-                                name: std::iter::once(name.to_string())
-                                    .chain(load_aliases(&self.inner.state.dir(&record.id)))
-                                    .collect::<Vec<_>>()
-                                    .join(" "),
-                            },
-                        );
-                    }
-                    peers = self.peers_of(&record.id, &def.id);
-                    self.refresh_hosts(&def.id, &record.id);
                 }
-                Ok(Setup::Bridge(endpoint, peers))
+                match self.embedded_dns(record, &def, &endpoint) {
+                    Ok(resolv) => Ok(Setup::Bridge(endpoint, String::new(), Some(resolv))),
+                    Err(err) => {
+                        self.network_down(&record.id).await;
+                        Err(err)
+                    }
+                }
             }
         }
+    }
+
+    /// Names container `record` (its name, short id, `--network-alias`es and `--link` aliases)
+    /// to the embedded DNS server and starts that server in its namespace; returns the
+    /// container's `resolv.conf`.
+    fn embedded_dns(
+        &self,
+        record: &ContainerRecord,
+        def: &crate::network::NetworkDef,
+        endpoint: &Endpoint,
+    ) -> Result<String, EngineError> {
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let (resolv, upstream) =
+            super::options::resolv_conf_internal(&record.host_config, &host_resolv)?;
+        let dir = self.inner.state.dir(&record.id);
+        let mut names: Vec<String> = vec![
+            record.name.trim_start_matches('/').to_string(),
+            record.short_id().to_string(),
+        ];
+        names.extend(load_aliases(&dir));
+        let links = record
+            .host_config
+            .links
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|link| {
+                let (target, alias) = link.split_once(':').unwrap_or((link, link));
+                let alias = alias.rsplit('/').next().unwrap_or(alias);
+                (
+                    alias.to_ascii_lowercase(),
+                    target.trim_start_matches('/').to_ascii_lowercase(),
+                )
+            })
+            .collect();
+        let entry = DnsNames {
+            network_id: def.id.clone(),
+            network: def.name.to_ascii_lowercase(),
+            ip: endpoint.ip,
+            names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            links,
+        };
+        let table = self.inner.network.names.clone();
+        if let Ok(mut t) = table.lock() {
+            t.insert(record.id.clone(), entry);
+        }
+        let id = record.id.clone();
+        let lookup: crate::network::dns::Lookup = std::sync::Arc::new(move |name: &str| {
+            table.lock().ok().and_then(|t| resolve(&t, &id, name))
+        });
+        let tasks = crate::network::dns::serve(&endpoint.netns, lookup, upstream, !def.internal)
+            .map_err(publish_err)?;
+        self.inner.network.net.track(&record.id, tasks);
+        Ok(resolv)
     }
 
     /// `--link NAME:ALIAS` lines of `/etc/hosts` on the default bridge: `IP\tALIAS NAME`.
@@ -520,75 +695,6 @@ impl Engine {
         load_aliases(&self.inner.state.dir(id))
     }
 
-    /// The `/etc/hosts` lines naming the other containers on network `network_id`.
-    fn peers_of(&self, id: &str, network_id: &str) -> String {
-        let endpoints = self
-            .inner
-            .network
-            .endpoints
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default();
-        let hosts = self
-            .inner
-            .network
-            .hosts
-            .lock()
-            .map(|h| {
-                h.iter()
-                    .map(|(k, v)| (k.clone(), v.name.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        let mut lines: Vec<(std::net::Ipv4Addr, String)> = endpoints
-            .iter()
-            .filter(|(other, e)| other.as_str() != id && e.network_id == network_id)
-            .filter_map(|(other, e)| {
-                hosts
-                    .iter()
-                    .find(|(h, _)| h == other)
-                    .map(|(_, name)| (e.ip, name.clone()))
-            })
-            .collect();
-        lines.sort();
-        lines
-            .into_iter()
-            .map(|(ip, name)| format!("{ip}\t{name}\n"))
-            .collect()
-    }
-
-    /// Rewrites the `/etc/hosts` of every running container on `network_id` but `except`, so
-    /// that names follow starts and stops.
-    fn refresh_hosts(&self, network_id: &str, except: &str) {
-        let members: Vec<String> = self
-            .inner
-            .network
-            .endpoints
-            .lock()
-            .map(|e| {
-                e.iter()
-                    .filter(|(id, e)| id.as_str() != except && e.network_id == network_id)
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for id in members {
-            let entry = self
-                .inner
-                .network
-                .hosts
-                .lock()
-                .ok()
-                .and_then(|h| h.get(&id).map(|e| (e.path.clone(), e.base.clone())));
-            if let Some((path, base)) = entry {
-                let content = format!("{base}{}", self.peers_of(&id, network_id));
-                if let Err(err) = rewrite_in_place(&path, &content) {
-                    tracing::warn!(container = %id, error = %err, "cannot update /etc/hosts");
-                }
-            }
-        }
-    }
-
     /// Gives back what [`Engine::network_up`] took for container `id` (nothing if none).
     pub(super) async fn network_down(&self, id: &str) {
         let endpoint = self
@@ -599,16 +705,8 @@ impl Engine {
             .ok()
             .and_then(|mut e| e.remove(id));
         if let Some(endpoint) = endpoint {
-            let named = self
-                .inner
-                .network
-                .hosts
-                .lock()
-                .ok()
-                .and_then(|mut h| h.remove(id))
-                .is_some();
-            if named {
-                self.refresh_hosts(&endpoint.network_id, id);
+            if let Ok(mut names) = self.inner.network.names.lock() {
+                names.remove(id);
             }
             self.inner.network.net.disconnect(id, &endpoint).await;
             self.emit_network(
@@ -626,16 +724,58 @@ impl Engine {
 pub(super) struct NetworkState {
     pub(super) net: crate::network::Networking,
     pub(super) endpoints: std::sync::Mutex<std::collections::HashMap<String, Endpoint>>,
-    /// The `/etc/hosts` of running containers on user-defined networks.
-    pub(super) hosts: std::sync::Mutex<std::collections::HashMap<String, HostsEntry>>,
+    /// What the embedded DNS server answers, by running container id (user-defined networks).
+    pub(super) names: std::sync::Arc<std::sync::Mutex<NameTable>>,
 }
 
-/// What the engine rewrites a container's `/etc/hosts` from.
+/// The embedded DNS server's names, by container id.
+pub(super) type NameTable = std::collections::HashMap<String, DnsNames>;
+
+/// What a running container on a user-defined network is known by (all lowercase).
 #[derive(Debug)]
-pub(super) struct HostsEntry {
-    path: PathBuf,
-    base: String,
-    name: String,
+pub(super) struct DnsNames {
+    network_id: String,
+    network: String,
+    ip: std::net::Ipv4Addr,
+    /// Its name, short id and `--network-alias`es.
+    names: Vec<String>,
+    /// Its `--link`s as `(alias, target name)`: names only this container resolves.
+    links: Vec<(String, String)>,
+}
+
+/// What container `asking` gets for `name` from the embedded DNS server: the addresses of the
+/// containers on its network that `name` names (directly, through one of its links, or as
+/// `NAME.NETWORK`), sorted; `None` if there are none.
+pub(super) fn resolve(
+    table: &NameTable,
+    asking: &str,
+    name: &str,
+) -> Option<Vec<std::net::Ipv4Addr>> {
+    let me = table.get(asking)?;
+    let find = |wanted: &str| -> Vec<std::net::Ipv4Addr> {
+        let wanted = me
+            .links
+            .iter()
+            .find(|(alias, _)| alias == wanted)
+            .map_or(wanted, |(_, target)| target.as_str());
+        let mut ips: Vec<_> = table
+            .values()
+            .filter(|e| e.network_id == me.network_id && e.names.iter().any(|n| n == wanted))
+            .map(|e| e.ip)
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    };
+    let mut ips = find(name);
+    if ips.is_empty() {
+        if let Some((prefix, network)) = name.rsplit_once('.') {
+            if network == me.network {
+                ips = find(prefix);
+            }
+        }
+    }
+    (!ips.is_empty()).then_some(ips)
 }
 
 impl NetworkState {
@@ -644,7 +784,7 @@ impl NetworkState {
         NetworkState {
             net: crate::network::Networking::new(data_root),
             endpoints: std::sync::Mutex::default(),
-            hosts: std::sync::Mutex::default(),
+            names: std::sync::Arc::default(),
         }
     }
 }
@@ -740,6 +880,8 @@ impl Engine {
                 name: request.name,
                 created: chrono::Utc::now(),
                 subnet,
+                // Set by the create from whether `subnet` is given.
+                user_subnet: false,
                 gateway,
                 internal: request.internal,
                 attachable: request.attachable,

@@ -172,7 +172,10 @@ impl Engine {
             (
                 "resolv.conf",
                 "/etc/resolv.conf",
-                options::resolv_conf(&record.host_config, &host_resolv),
+                match net.resolv_conf() {
+                    Some(own) => own.to_string(),
+                    None => options::resolv_conf(&record.host_config, &host_resolv),
+                },
             ),
         ];
         let mut etc_files = Vec::new();

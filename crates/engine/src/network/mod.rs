@@ -9,6 +9,7 @@
 //! record as an [`Endpoint`], which inspect and `docker ps` show.
 
 pub mod bridge;
+pub mod dns;
 pub mod ipam;
 pub mod nat;
 pub mod netns;
@@ -79,6 +80,12 @@ pub enum NetworkError {
         /// The network's name.
         network: String,
     },
+    /// The address asked for with `--ip` is another's (dockerd's text).
+    #[error("Address already in use")]
+    AddressInUse {
+        /// The address.
+        ip: Ipv4Addr,
+    },
     /// `--subnet` overlaps another network's (dockerd's text).
     #[error("invalid pool request: Pool overlaps with other one on this address space")]
     Overlap,
@@ -145,6 +152,10 @@ pub struct NetworkDef {
     pub created: chrono::DateTime<chrono::Utc>,
     /// Its subnet; `None` for the default bridge until its first use picks one.
     pub subnet: Option<ipam::Pool>,
+    /// Whether the subnet is the user's (`--subnet`), not picked from the default pools: only
+    /// then may a container ask for its address (`--ip`), as dockerd's static subnets.
+    #[serde(default)]
+    pub user_subnet: bool,
     /// Its gateway (the bridge's address); the subnet's first address if not given.
     pub gateway: Option<Ipv4Addr>,
     /// `--internal`: no route out, no NAT.
@@ -182,6 +193,8 @@ struct State {
     /// Live bridges by network id.
     live: HashMap<String, Live>,
     published: Vec<Published>,
+    /// The kernel forwards of the published ports, by container id.
+    forwards: HashMap<String, Vec<nat::Forward>>,
     next_port: u16,
 }
 
@@ -236,6 +249,7 @@ impl Networking {
             name: "bridge".into(),
             created: chrono::Utc::now(),
             subnet: None,
+            user_subnet: false,
             gateway: None,
             internal: false,
             attachable: false,
@@ -372,6 +386,7 @@ impl Networking {
             name: name.to_string(),
             created: chrono::Utc::now(),
             subnet: Some(pool),
+            user_subnet: subnet.is_some(),
             gateway,
             internal,
             attachable,
@@ -426,7 +441,8 @@ impl Networking {
                 })
             })
             .collect();
-        nat::install(&rules).await
+        let forwards: Vec<nat::Forward> = state.forwards.values().flatten().cloned().collect();
+        nat::install(&rules, &forwards).await
     }
 
     /// Removes what a previous engine left: its bridges and NAT table (remade at the first
@@ -510,14 +526,15 @@ impl Networking {
         Ok((index, pool, gateway))
     }
 
-    /// Connects container `id` (named `name`) to network `def` and publishes `requests`; on
-    /// any failure nothing is left.
+    /// Connects container `id` (named `name`) to network `def`, at `requested_ip` if given
+    /// (`--ip`), and publishes `requests`; on any failure nothing is left.
     pub async fn connect(
         &self,
         def: &NetworkDef,
         id: &str,
         name: &str,
         requests: &[ports::Request],
+        requested_ip: Option<Ipv4Addr>,
     ) -> Result<Endpoint, NetworkError> {
         let handle = bridge::connect()?;
         let mut state = self.state.lock().await;
@@ -527,11 +544,18 @@ impl Networking {
             .get(&def.id)
             .map(|l| l.used.clone())
             .unwrap_or_default();
-        let ip = pool
-            .allocate(&used)
-            .ok_or_else(|| NetworkError::NoAddress {
-                network: def.name.clone(),
-            })?;
+        let ip = match requested_ip {
+            // Checked against the subnet at create; the network may have been remade since.
+            Some(ip) if used.contains(&ip) || !pool.contains(ip) || ip == pool.network => {
+                return Err(NetworkError::AddressInUse { ip });
+            }
+            Some(ip) => ip,
+            None => pool
+                .allocate(&used)
+                .ok_or_else(|| NetworkError::NoAddress {
+                    network: def.name.clone(),
+                })?,
+        };
         let endpoint_id = hex::encode(sha2::Sha256::digest(format!(
             "{id}:{ip}:{}",
             rand::random::<u64>()
@@ -595,6 +619,25 @@ impl Networking {
             live.used.insert(ip);
         }
         state.published.extend(published.iter().cloned());
+        let forwards = forwards_of(&published, ip);
+        if !forwards.is_empty() {
+            state.forwards.insert(id.to_string(), forwards);
+            if let Err(err) = self.program_nat(&state).await {
+                state.forwards.remove(id);
+                state
+                    .published
+                    .retain(|p| !published.iter().any(|q| q == p));
+                if let Some(live) = state.live.get_mut(&def.id) {
+                    live.used.remove(&ip);
+                }
+                for task in handles {
+                    task.abort();
+                }
+                let _ = bridge::delete(&handle, &cfg.host).await;
+                netns::remove(&endpoint.netns);
+                return Err(err);
+            }
+        }
         if let Ok(mut proxies) = self.proxies.lock() {
             proxies.insert(id.to_string(), handles);
         }
@@ -602,6 +645,13 @@ impl Networking {
             ports: published,
             ..endpoint
         })
+    }
+
+    /// Keeps `tasks` serving container `id` (its embedded DNS server) until its disconnect.
+    pub fn track(&self, id: &str, tasks: Vec<AbortHandle>) {
+        if let Ok(mut proxies) = self.proxies.lock() {
+            proxies.entry(id.to_string()).or_default().extend(tasks);
+        }
     }
 
     /// Undoes [`Networking::connect`]: proxies stopped, veth and namespace removed, address
@@ -628,7 +678,33 @@ impl Networking {
         state
             .published
             .retain(|p| !endpoint.ports.iter().any(|q| q == p));
+        if state.forwards.remove(id).is_some() {
+            if let Err(err) = self.program_nat(&state).await {
+                tracing::warn!(container = %id, error = %err, "cannot remove the port forwards");
+            }
+        }
     }
+}
+
+/// The kernel forwards of `published` ports of the container at `ip`: IPv4 host addresses
+/// other than loopback (those stay with the userland proxy).
+fn forwards_of(published: &[Published], ip: Ipv4Addr) -> Vec<nat::Forward> {
+    published
+        .iter()
+        .filter_map(|p| {
+            let host_ip: Ipv4Addr = p.host_ip.parse().ok()?;
+            if host_ip.is_loopback() {
+                return None;
+            }
+            Some(nat::Forward {
+                proto: p.proto,
+                host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
+                host_port: p.host_port,
+                container_ip: ip,
+                container_port: p.port,
+            })
+        })
+        .collect()
 }
 
 /// `NetworkSettings.Ports` as dockerd fills it: every exposed or published port, its host
@@ -675,6 +751,7 @@ mod tests {
             name: name.into(),
             created: chrono::Utc::now(),
             subnet: Some(subnet.parse().unwrap()),
+            user_subnet: true,
             gateway: None,
             internal: false,
             attachable: false,
