@@ -797,18 +797,20 @@ fn heredocs_in_run_and_copy() -> anyhow::Result<()> {
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\nARG WHO=heredoc\nRUN <<EOF\necho one > /lines\necho two >> /lines\nEOF\n\
+         RUN cat <<A > /a && tr a-z A-Z <<'B' >> /a\nfirst $WHO\nA\nsecond $WHO\nB\n\
          COPY <<conf <<'raw' /etc/app/\nname=\"$WHO\"\nconf\nkept $WHO\nraw\n\
-         CMD cat /lines /etc/app/conf /etc/app/raw\n",
+         CMD cat /lines /a /etc/app/conf /etc/app/raw\n",
     )])?;
     let run = build(&engine, ctx.path(), &["-t", "heredoc"])?.ok()?;
     assert!(
-        run.stdout.contains("Step 3/5 : RUN <<EOF\n"),
+        run.stdout.contains("Step 3/6 : RUN <<EOF\n"),
         "{}",
         run.stdout
     );
+    // Heredocs of a command line are its stdin, read by the shell as written.
     assert_eq!(
         engine.docker(&["run", "--rm", "heredoc"])?.ok()?.stdout,
-        "one\ntwo\nname=\"heredoc\"\nkept $WHO\n"
+        "one\ntwo\nfirst heredoc\nSECOND $WHO\nname=\"heredoc\"\nkept $WHO\n"
     );
     Ok(())
 }

@@ -52,9 +52,6 @@ fn refused(option: &str) -> ApiError {
 
 /// The options of the request; options the builder lacks are refused by name.
 fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiError> {
-    if query.get("remote").is_some_and(|r| !r.is_empty()) {
-        return Err(refused("remote build contexts (a git repository or URL)"));
-    }
     if query.get("version") == Some("2") {
         return Err(refused("BuildKit (version=2); set DOCKER_BUILDKIT=0"));
     }
@@ -124,6 +121,10 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
     Ok(BuildRequest {
         tags: all_values(raw, "t"),
         dockerfile: query.get("dockerfile").unwrap_or_default().to_string(),
+        remote: query
+            .get("remote")
+            .filter(|r| !r.is_empty())
+            .map(str::to_string),
         options: BuildOptions {
             build_args: json_map(query, "buildargs")?,
             labels: json_map(query, "labels")?,
@@ -293,7 +294,6 @@ mod tests {
         for (raw, option) in [
             ("squash=1", "--squash"),
             ("cachefrom=%5B%22x%22%5D", "--cache-from"),
-            ("remote=https%3A%2F%2Fx", "remote build contexts"),
         ] {
             let q = Query::parse(Some(raw));
             let err = parse_request(Some(raw), &q).unwrap_err().to_string();

@@ -667,15 +667,33 @@ impl<'a> Builder<'a> {
                 st.run.insert("OnBuild".into(), json!(list));
                 self.commit_nop(st, &format!("ONBUILD {trigger}")).await
             }
-            Instruction::Run { command, heredocs } => match heredocs.as_slice() {
-                [] => self.run(st, command).await,
-                // `RUN <<EOF` alone: the body is the shell script, as BuildKit runs it.
-                [doc] if matches!(command, CommandLine::Shell(line) if is_lone_heredoc(line)) => {
+            // Moby's classic builder drops heredoc bodies (it runs the first line alone);
+            // they run here as BuildKit runs them instead of being lost.
+            Instruction::Run { command, heredocs } => match (command, heredocs.as_slice()) {
+                (_, []) => self.run(st, command).await,
+                // `RUN <<EOF` alone: the body is the shell script.
+                (CommandLine::Shell(line), [doc]) if is_lone_heredoc(line) => {
+                    if doc.content.starts_with("#!") {
+                        return Err(BuildError::Unsupported {
+                            what: "a RUN heredoc starting with #! (a script for another \
+                                   interpreter)"
+                                .into(),
+                        });
+                    }
                     self.run(st, &CommandLine::Shell(doc.content.clone())).await
                 }
-                _ => Err(BuildError::Unsupported {
-                    what: "a heredoc in RUN other than `RUN <<EOF` alone".into(),
-                }),
+                // `RUN cat <<EOF > /file` and the like: the line with its bodies and
+                // delimiters, for the shell to read as heredocs.
+                (CommandLine::Shell(line), docs) => {
+                    let mut script = line.clone();
+                    for doc in docs {
+                        script.push('\n');
+                        script.push_str(&doc.content);
+                        script.push_str(&doc.name);
+                    }
+                    self.run(st, &CommandLine::Shell(script)).await
+                }
+                (CommandLine::Exec(_), _) => self.run(st, command).await,
             },
             Instruction::Copy(spec) => self.copy(st, spec, false, escape).await,
             Instruction::Add(spec) => self.copy(st, spec, true, escape).await,
@@ -951,14 +969,20 @@ impl<'a> Builder<'a> {
                 invalid(format!("invalid chmod parameter: {m}. it should be octal string and between 0 and 07777"))
             })?),
         };
+        // ADD's URLs are fetched at every build (the cache compares what they hold), into
+        // files named after the URL, never extracted (moby's downloadSource).
+        let downloads = self.staging("remote")?;
+        let mut fetched: Vec<PathBuf> = Vec::new();
         if is_add {
-            if let Some(url) = sources.iter().find(|s| {
-                s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
-            }) {
-                return Err(BuildError::Unsupported {
-                    what: format!("ADD from a URL ({url})"),
-                });
+            for url in sources.iter().filter(|s| super::remote::is_url(s)) {
+                fetched.push(self.fetch_source(url, &dest, &downloads.path).await?);
             }
+            sources.retain(|s| !super::remote::is_url(s));
+        } else if let Some(url) = sources.iter().find(|s| super::remote::is_url(s)) {
+            // COPY reads the context only; moby's errOnSourceDownload.
+            return Err(invalid(format!(
+                "COPY failed: source can't be a URL for COPY: {url}"
+            )));
         }
 
         // Where the sources are read from: the context, or a stage's or image's files.
@@ -1049,7 +1073,7 @@ impl<'a> Builder<'a> {
             || dest == "."
             || dest_rel.as_os_str().is_empty()
             || matches!(lookup(&st.layers, &dest_rel), Some(Kind::Dir));
-        if matched.len() + spec.heredocs.len() > 1 && !dest_is_dir {
+        if matched.len() + fetched.len() + spec.heredocs.len() > 1 && !dest_is_dir {
             return Err(invalid(format!(
                 "When using {name} with more than one source file, the destination must be a directory and end with a /"
             )));
@@ -1113,6 +1137,26 @@ impl<'a> Builder<'a> {
                 copy_entry(&src, &target, owner, chmod, &mut hasher, &base)?;
             }
         }
+        for name in &fetched {
+            kinds.push("file");
+            let target_rel = if dest_is_dir {
+                dest_rel.join(name)
+            } else {
+                dest_rel.clone()
+            };
+            if let Some(parent) = target_rel.parent() {
+                make_dirs(&staging.path, parent)?;
+            }
+            let target = staging.path.join(&target_rel);
+            copy_entry(
+                &downloads.path.join(name),
+                &target,
+                owner,
+                chmod,
+                &mut hasher,
+                name,
+            )?;
+        }
         // Heredocs are files named after their delimiter, 0644 unless --chmod (BuildKit's).
         for doc in &spec.heredocs {
             kinds.push("file");
@@ -1154,6 +1198,43 @@ impl<'a> Builder<'a> {
             return Ok(());
         }
         self.commit(st, cc, Some(&staging.path)).await
+    }
+}
+
+impl Builder<'_> {
+    /// Downloads an ADD source into `dir` as moby does: named after the URL's last path
+    /// element, mode 0600, mtime the `Last-Modified` header or else the epoch; returns the
+    /// file's name.
+    async fn fetch_source(&self, url: &str, dest: &str, dir: &Path) -> Result<PathBuf, BuildError> {
+        let path = url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .splitn(4, '/')
+            .nth(3)
+            .unwrap_or_default();
+        let name = match path.rsplit('/').next().filter(|n| !n.is_empty()) {
+            Some(n) if n != "." && n != ".." => n.to_string(),
+            _ if dest.ends_with('/') => {
+                return Err(invalid(format!(
+                    "cannot determine filename for source {url}"
+                )))
+            }
+            _ => "__unnamed__".to_string(),
+        };
+        let name = PathBuf::from(name);
+        let file = dir.join(&name);
+        let fetched = super::remote::download(url, &file).await?;
+        self.say("\n");
+        let mtime = fetched.last_modified.unwrap_or(std::time::UNIX_EPOCH);
+        let opened = fs::File::open(&file).map_err(io_err(&file))?;
+        opened
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&file))?;
+        opened
+            .set_times(fs::FileTimes::new().set_modified(mtime))
+            .map_err(io_err(&file))?;
+        Ok(name)
     }
 }
 
