@@ -367,3 +367,80 @@ fn a_git_context_without_git_on_the_engine_host_says_so() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn cache_from_reuses_a_loaded_images_steps_and_only_those() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = tempfile::tempdir()?;
+    write_files(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nRUN echo built > /built\nCOPY file /file\nCMD [\"cat\", \"/built\"]\n",
+            ),
+            ("file", "data\n"),
+        ],
+    )?;
+    let build = |args: &[&str]| -> anyhow::Result<Run> {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        let d = ctx.path().to_string_lossy().into_owned();
+        all.push(&d);
+        let mut cmd = engine.docker_command(&all);
+        cmd.env("DOCKER_BUILDKIT", "0");
+        Ok(cmd.output()?.into())
+    };
+    build(&["-t", "made"])?.ok()?;
+    let id = engine.inspect("made", "{{.Id}}")?;
+    // The image as another machine would get it: loaded, with no build cache here.
+    let tar = ctx.path().join("made.tar");
+    let tar = tar.to_string_lossy().into_owned();
+    engine.docker(&["save", "-o", &tar, "made"])?.ok()?;
+    engine.docker(&["rmi", "made"])?.ok()?;
+    engine.docker(&["builder", "prune", "-af"])?.ok()?;
+    engine.docker(&["load", "-i", &tar])?.ok()?;
+    let plain = build(&["--no-cache", "-t", "plain"])?.ok()?;
+    assert!(
+        plain.stdout.contains(" ---> Running in "),
+        "{}",
+        plain.stdout
+    );
+
+    // Every step comes from the loaded image's history; the last one is that image.
+    let from = build(&["--cache-from", "made", "-t", "again"])?.ok()?;
+    assert_eq!(
+        from.stdout.matches(" ---> Using cache\n").count(),
+        3,
+        "{}",
+        from.stdout
+    );
+    assert!(
+        !from.stdout.contains(" ---> Running in "),
+        "{}",
+        from.stdout
+    );
+    assert_eq!(engine.inspect("again", "{{.Id}}")?, id);
+    assert_eq!(
+        engine.docker(&["run", "--rm", "again"])?.ok()?.stdout,
+        "built\n"
+    );
+
+    // With --cache-from, the local cache counts only for the listed images' ancestry.
+    build(&["-t", "local"])?.ok()?;
+    let other = build(&["--cache-from", "busybox"])?.ok()?;
+    assert!(
+        other.stdout.contains(" ---> Running in "),
+        "{}",
+        other.stdout
+    );
+    let listed = build(&["--cache-from", "local"])?.ok()?;
+    assert!(
+        !listed.stdout.contains(" ---> Running in "),
+        "{}",
+        listed.stdout
+    );
+    Ok(())
+}

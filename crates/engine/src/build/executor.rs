@@ -64,6 +64,8 @@ pub struct BuildOptions {
     pub pull: bool,
     /// `X-Registry-Config`: credentials by registry, for the `FROM` images pulled.
     pub registry_auth: BTreeMap<String, crate::image::registry::auth::AuthConfig>,
+    /// `cachefrom` (`--cache-from`): when not empty, the only images whose steps are reused.
+    pub cache_from: Vec<String>,
 }
 
 /// Args Docker passes to `RUN` without an `ARG` line (moby's `builtinAllowedBuildArgs`).
@@ -169,6 +171,9 @@ pub struct Builder<'a> {
     out: mpsc::UnboundedSender<Progress>,
     cache: BuildCache,
     cache_busted: bool,
+    /// The `--cache-from` images present here (ids), resolved at the first probe; `None`
+    /// without `--cache-from` (every cached step of the local cache is a candidate).
+    cache_sources: Option<Vec<String>>,
     used_args: BTreeSet<String>,
     /// Finished stages: name or index → image id.
     stages: HashMap<String, String>,
@@ -198,6 +203,7 @@ impl<'a> Builder<'a> {
             options,
             out,
             cache_busted: false,
+            cache_sources: None,
             used_args: BTreeSet::new(),
             stages: HashMap::new(),
             step: 0,
@@ -598,7 +604,7 @@ impl<'a> Builder<'a> {
                 st.run.insert("WorkingDir".into(), json!(path));
                 let comment = format!("WORKDIR {path}");
                 let cc = self.container_config(st, nop_cmd(st, &comment));
-                if self.probe(st, &cc)? {
+                if self.probe(st, &cc).await? {
                     return Ok(());
                 }
                 // dockerd creates the directory in the image when it is missing.
@@ -720,20 +726,24 @@ impl<'a> Builder<'a> {
     }
 
     /// A cache lookup; on a hit the stage moves to the cached image.
-    fn probe(&mut self, st: &mut StageState, cc: &Value) -> Result<bool, BuildError> {
+    async fn probe(&mut self, st: &mut StageState, cc: &Value) -> Result<bool, BuildError> {
         if self.options.no_cache || self.cache_busted {
             return Ok(false);
         }
-        let Some(id) = self.cache.get(&st.image_id, cc) else {
+        let local = self.cache.get(&st.image_id, cc).filter(|id| {
+            let images = self.images.clone();
+            let check = id.clone();
+            blocking(move || images.resolve(&check)).is_ok()
+        });
+        let found = if self.options.cache_from.is_empty() {
+            local
+        } else {
+            self.probe_cache_from(st, cc, local).await?
+        };
+        let Some(id) = found else {
             self.cache_busted = true;
             return Ok(false);
         };
-        let images = self.images.clone();
-        let check = id.clone();
-        if blocking(move || images.resolve(&check)).is_err() {
-            self.cache_busted = true;
-            return Ok(false);
-        }
         // The cached image's config carries what this step set (its `config`).
         let args = std::mem::take(&mut st.args);
         let cmd_set = st.cmd_set;
@@ -744,9 +754,172 @@ impl<'a> Builder<'a> {
         Ok(true)
     }
 
+    /// Moby's `ImageCache.GetCache` for `--cache-from`: a step of the local cache counts when
+    /// its image is one of the sources or an ancestor of one; otherwise a source whose
+    /// history extends the stage's image with this very command gives the step, the source
+    /// itself at its last step, else an image restored from the source's layer and history
+    /// entry (the build then follows that source alone).
+    async fn probe_cache_from(
+        &mut self,
+        st: &StageState,
+        cc: &Value,
+        local: Option<String>,
+    ) -> Result<Option<String>, BuildError> {
+        if self.cache_sources.is_none() {
+            let images = self.images.clone();
+            let refs = self.options.cache_from.clone();
+            let ids = blocking(move || {
+                refs.iter()
+                    .filter_map(|r| images.resolve(r).ok().map(|i| i.id))
+                    .collect::<Vec<_>>()
+            });
+            self.cache_sources = Some(ids);
+        }
+        let sources = self.cache_sources.clone().unwrap_or_default();
+        if let Some(id) = local {
+            for source in &sources {
+                if self.is_ancestor(&id, source) {
+                    return Ok(Some(id));
+                }
+            }
+        }
+        let parent = if st.image_id.is_empty() {
+            None
+        } else {
+            Some(self.read_config(&st.image_id)?)
+        };
+        let parent_history = history_of(parent.as_ref());
+        let parent_layers = diff_ids_of(parent.as_ref());
+        let created_by = strings(cc.get("Cmd")).join(" ");
+        for source in &sources {
+            let target = self.read_config(source)?;
+            let history = history_of(Some(&target));
+            let layers = diff_ids_of(Some(&target));
+            let n = parent_history.len();
+            let extends = !history.is_empty()
+                && (parent.is_none()
+                    || (parent_history.is_empty() && parent_layers.is_empty())
+                    || (n < history.len()
+                        && parent_layers.len() <= layers.len()
+                        && history[..n] == parent_history[..]
+                        && layers[..parent_layers.len()] == parent_layers[..]));
+            if !extends
+                || n >= history.len()
+                || history[n]
+                    .get("created_by")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    != created_by
+            {
+                continue;
+            }
+            if history.len() - 1 == n {
+                return Ok(Some(source.clone()));
+            }
+            let id = self.restore(st, cc, &target, n).await?;
+            self.cache_sources = Some(vec![source.clone()]);
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
+    /// A new image: the stage's image plus the history entry `step` of `target` (its layer, when the
+    /// step made one, exported from the store byte for byte, so the diff id is the same).
+    async fn restore(
+        &mut self,
+        st: &StageState,
+        cc: &Value,
+        target: &Map<String, Value>,
+        step: usize,
+    ) -> Result<String, BuildError> {
+        let entries = history_of(Some(target));
+        let entry = entries
+            .get(step)
+            .cloned()
+            .ok_or_else(|| invalid("cache source history is too short"))?;
+        let history: HistoryEntry = serde_json::from_value(entry)
+            .map_err(|e| invalid(format!("cache source history: {e}")))?;
+        // The step's layer is the one after those of the non-empty steps before it.
+        let index = entries[..step]
+            .iter()
+            .filter(|h| {
+                !h.get("empty_layer")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            })
+            .count();
+        let staging = self.staging("restore")?;
+        let mut layer = None;
+        if !history.empty_layer {
+            let diff_id = diff_ids_of(Some(target))
+                .get(index)
+                .cloned()
+                .ok_or_else(|| invalid("cache source has fewer layers than its history"))?;
+            let tar_path = staging.path.join("layer.tar");
+            let file = fs::File::create(&tar_path).map_err(io_err(&tar_path))?;
+            let images = self.images.clone();
+            blocking(move || images.write_layer(&diff_id, std::io::BufWriter::new(file)))
+                .map_err(BuildError::Image)?;
+            layer = Some(fs::File::open(&tar_path).map_err(io_err(&tar_path))?);
+        }
+        let mut config = Map::new();
+        for key in ["architecture", "os", "author", "variant"] {
+            if let Some(v) = target.get(key) {
+                config.insert(key.into(), v.clone());
+            }
+        }
+        config.insert("config".into(), Value::Object(st.run.clone()));
+        config.insert("container_config".into(), cc.clone());
+        config.insert("created".into(), json!(history.created));
+        config.insert("docker_version".into(), json!(crate::api::types::VERSION));
+        let new = NewImage {
+            parent: (!st.image_id.is_empty()).then(|| st.image_id.clone()),
+            config: Value::Object(config),
+            steps: vec![NewStep {
+                layer: layer
+                    .map(|f| Box::new(std::io::BufReader::new(f)) as Box<dyn std::io::Read>),
+                history: HistoryEntry {
+                    empty_layer: false,
+                    ..history
+                },
+            }],
+            tag: None,
+        };
+        let images = self.images.clone();
+        let id = blocking(move || images.create_image(new)).map_err(BuildError::Image)?;
+        drop(staging);
+        Ok(id)
+    }
+
+    /// Whether `id` is `image` or one of its parents.
+    fn is_ancestor(&self, id: &str, image: &str) -> bool {
+        let mut current = image.to_string();
+        // Parent chains are short; the bound only guards against a corrupt loop.
+        for _ in 0..1000 {
+            if current == id {
+                return true;
+            }
+            let images = self.images.clone();
+            let of = current.clone();
+            match blocking(move || images.inspect(&of)) {
+                Ok(i) if !i.parent.is_empty() => current = i.parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// An image's config, as stored.
+    fn read_config(&self, id: &str) -> Result<Map<String, Value>, BuildError> {
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        let path = self.data_root.join("image/blobs/sha256").join(hex);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("image config {id}: {e}")))
+    }
+
     async fn commit_nop(&mut self, st: &mut StageState, comment: &str) -> Result<(), BuildError> {
         let cc = self.container_config(st, nop_cmd(st, comment));
-        if self.probe(st, &cc)? {
+        if self.probe(st, &cc).await? {
             return Ok(());
         }
         self.commit(st, cc, None).await
@@ -846,7 +1019,7 @@ impl<'a> Builder<'a> {
             save_cmd = v;
         }
         let cc = self.container_config(st, save_cmd);
-        if self.probe(st, &cc)? {
+        if self.probe(st, &cc).await? {
             return Ok(());
         }
         let mut env = st.env();
@@ -1194,7 +1367,7 @@ impl<'a> Builder<'a> {
         let mut cmd = st.shell();
         cmd.push(format!("#(nop) {comment}"));
         let cc = self.container_config(st, cmd);
-        if self.probe(st, &cc)? {
+        if self.probe(st, &cc).await? {
             return Ok(());
         }
         self.commit(st, cc, Some(&staging.path)).await
@@ -1236,6 +1409,24 @@ impl Builder<'_> {
             .map_err(io_err(&file))?;
         Ok(name)
     }
+}
+
+/// An image config's `history`.
+fn history_of(config: Option<&Map<String, Value>>) -> Vec<Value> {
+    config
+        .and_then(|c| c.get("history"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An image config's `rootfs.diff_ids`.
+fn diff_ids_of(config: Option<&Map<String, Value>>) -> Vec<String> {
+    strings(
+        config
+            .and_then(|c| c.get("rootfs"))
+            .and_then(|r| r.get("diff_ids")),
+    )
 }
 
 /// Whether a RUN line is one heredoc marker and nothing else (`<<EOF`, `<<-"EOF"`).
