@@ -220,7 +220,8 @@ fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
         ("FROM 127.0.0.1:9/nosuchimage\n", "cannot reach registry 127.0.0.1:9"),
         ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
         ("FROM busybox\nRUN --mount=type=cache,target=/x true\n", "the --mount option requires BuildKit"),
-        ("FROM busybox\nRUN cat <<EOF\nx\nEOF\n", "a heredoc in RUN other than `RUN <<EOF` alone"),
+        ("FROM busybox\nRUN <<EOF\n#!/usr/bin/python3\nprint(1)\nEOF\n", "a RUN heredoc starting with #! (a script for another interpreter) is not supported"),
+        ("FROM busybox\nCOPY http://127.0.0.1:9/x /x\n", "COPY failed: source can't be a URL for COPY"),
     ];
     for (dockerfile, message) in cases {
         let ctx = context(&[("Dockerfile", dockerfile)])?;

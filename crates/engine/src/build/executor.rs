@@ -1151,11 +1151,9 @@ impl<'a> Builder<'a> {
                 fetched.push(self.fetch_source(url, &dest, &downloads.path).await?);
             }
             sources.retain(|s| !super::remote::is_url(s));
-        } else if let Some(url) = sources.iter().find(|s| super::remote::is_url(s)) {
+        } else if sources.iter().any(|s| super::remote::is_url(s)) {
             // COPY reads the context only; moby's errOnSourceDownload.
-            return Err(invalid(format!(
-                "COPY failed: source can't be a URL for COPY: {url}"
-            )));
+            return Err(invalid("COPY failed: source can't be a URL for COPY"));
         }
 
         // Where the sources are read from: the context, or a stage's or image's files.
