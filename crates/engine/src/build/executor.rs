@@ -1144,13 +1144,15 @@ impl<'a> Builder<'a> {
         };
         // ADD's URLs are fetched at every build (the cache compares what they hold), into
         // files named after the URL, never extracted (moby's downloadSource).
-        let downloads = self.staging("remote")?;
+        let mut downloads = None;
         let mut fetched: Vec<PathBuf> = Vec::new();
-        if is_add {
+        if is_add && sources.iter().any(|s| super::remote::is_url(s)) {
+            let dir = self.staging("remote")?;
             for url in sources.iter().filter(|s| super::remote::is_url(s)) {
-                fetched.push(self.fetch_source(url, &dest, &downloads.path).await?);
+                fetched.push(self.fetch_source(url, &dest, &dir.path).await?);
             }
             sources.retain(|s| !super::remote::is_url(s));
+            downloads = Some(dir);
         } else if sources.iter().any(|s| super::remote::is_url(s)) {
             // COPY reads the context only; moby's errOnSourceDownload.
             return Err(invalid("COPY failed: source can't be a URL for COPY"));
@@ -1309,6 +1311,7 @@ impl<'a> Builder<'a> {
             }
         }
         for name in &fetched {
+            let Some(dir) = &downloads else { break };
             kinds.push("file");
             let target_rel = if dest_is_dir {
                 dest_rel.join(name)
@@ -1320,7 +1323,7 @@ impl<'a> Builder<'a> {
             }
             let target = staging.path.join(&target_rel);
             copy_entry(
-                &downloads.path.join(name),
+                &dir.path.join(name),
                 &target,
                 owner,
                 chmod,
