@@ -220,7 +220,8 @@ fn dockerfile_errors_are_mobys() -> anyhow::Result<()> {
         ("FROM 127.0.0.1:9/nosuchimage\n", "cannot reach registry 127.0.0.1:9"),
         ("FROM busybox\nCOPY --from=nostage /a /b\n", "invalid from flag value nostage"),
         ("FROM busybox\nRUN --mount=type=cache,target=/x true\n", "the --mount option requires BuildKit"),
-        ("FROM busybox\nRUN cat <<EOF\nx\nEOF\n", "a heredoc in RUN other than `RUN <<EOF` alone"),
+        ("FROM busybox\nRUN <<EOF\n#!/usr/bin/python3\nprint(1)\nEOF\n", "a RUN heredoc starting with #! (a script for another interpreter) is not supported"),
+        ("FROM busybox\nCOPY http://127.0.0.1:9/x /x\n", "COPY failed: source can't be a URL for COPY"),
     ];
     for (dockerfile, message) in cases {
         let ctx = context(&[("Dockerfile", dockerfile)])?;
@@ -797,18 +798,20 @@ fn heredocs_in_run_and_copy() -> anyhow::Result<()> {
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\nARG WHO=heredoc\nRUN <<EOF\necho one > /lines\necho two >> /lines\nEOF\n\
+         RUN cat <<A > /a && tr a-z A-Z <<'B' >> /a\nfirst $WHO\nA\nsecond $WHO\nB\n\
          COPY <<conf <<'raw' /etc/app/\nname=\"$WHO\"\nconf\nkept $WHO\nraw\n\
-         CMD cat /lines /etc/app/conf /etc/app/raw\n",
+         CMD cat /lines /a /etc/app/conf /etc/app/raw\n",
     )])?;
     let run = build(&engine, ctx.path(), &["-t", "heredoc"])?.ok()?;
     assert!(
-        run.stdout.contains("Step 3/5 : RUN <<EOF\n"),
+        run.stdout.contains("Step 3/6 : RUN <<EOF\n"),
         "{}",
         run.stdout
     );
+    // Heredocs of a command line are its stdin, read by the shell as written.
     assert_eq!(
         engine.docker(&["run", "--rm", "heredoc"])?.ok()?.stdout,
-        "one\ntwo\nname=\"heredoc\"\nkept $WHO\n"
+        "one\ntwo\nfirst heredoc\nSECOND $WHO\nname=\"heredoc\"\nkept $WHO\n"
     );
     Ok(())
 }

@@ -52,9 +52,6 @@ fn refused(option: &str) -> ApiError {
 
 /// The options of the request; options the builder lacks are refused by name.
 fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiError> {
-    if query.get("remote").is_some_and(|r| !r.is_empty()) {
-        return Err(refused("remote build contexts (a git repository or URL)"));
-    }
     if query.get("version") == Some("2") {
         return Err(refused("BuildKit (version=2); set DOCKER_BUILDKIT=0"));
     }
@@ -65,7 +62,6 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
     };
     for (key, option) in [
         ("squash", "--squash"),
-        ("cachefrom", "--cache-from"),
         ("ulimits", "--ulimit"),
         ("securityopt", "--security-opt"),
         ("outputs", "--output"),
@@ -124,6 +120,10 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
     Ok(BuildRequest {
         tags: all_values(raw, "t"),
         dockerfile: query.get("dockerfile").unwrap_or_default().to_string(),
+        remote: query
+            .get("remote")
+            .filter(|r| !r.is_empty())
+            .map(str::to_string),
         options: BuildOptions {
             build_args: json_map(query, "buildargs")?,
             labels: json_map(query, "labels")?,
@@ -137,6 +137,14 @@ fn parse_request(raw: Option<&str>, query: &Query) -> Result<BuildRequest, ApiEr
             host_config,
             pull: query.bool("pull"),
             registry_auth: BTreeMap::new(),
+            cache_from: match query
+                .get("cachefrom")
+                .filter(|c| !c.is_empty() && *c != "null")
+            {
+                None => Vec::new(),
+                Some(list) => serde_json::from_str(list)
+                    .map_err(|e| ApiError::BadRequest(format!("invalid cachefrom value: {e}")))?,
+            },
         },
     })
 }
@@ -292,13 +300,15 @@ mod tests {
         assert!(!r.options.remove);
         for (raw, option) in [
             ("squash=1", "--squash"),
-            ("cachefrom=%5B%22x%22%5D", "--cache-from"),
-            ("remote=https%3A%2F%2Fx", "remote build contexts"),
+            ("ulimits=%5B%7B%22Name%22%3A%22nofile%22%7D%5D", "--ulimit"),
         ] {
             let q = Query::parse(Some(raw));
             let err = parse_request(Some(raw), &q).unwrap_err().to_string();
             assert!(err.contains(option), "{raw}: {err}");
         }
+        let raw = "cachefrom=%5B%22a%22%2C%22b%3A1%22%5D";
+        let r = parse_request(Some(raw), &Query::parse(Some(raw))).expect("parses");
+        assert_eq!(r.options.cache_from, vec!["a", "b:1"]);
         let raw = "memory=1000&cachefrom=%5B%5D&networkmode=none&extrahosts=%5B%22a%3A1.2.3.4%22%5D&cpusetcpus=0";
         let r = parse_request(Some(raw), &Query::parse(Some(raw))).expect("parses");
         assert_eq!(

@@ -87,7 +87,8 @@ fn build_status(err: &crate::build::BuildError) -> StatusCode {
         | BuildError::Invalid { .. }
         | BuildError::CommandFailed { .. } => StatusCode::BAD_REQUEST,
         BuildError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
-        BuildError::Cancelled => StatusCode::INTERNAL_SERVER_ERROR,
+        BuildError::Fetch { missing: true, .. } => StatusCode::NOT_FOUND,
+        BuildError::Fetch { .. } | BuildError::Cancelled => StatusCode::INTERNAL_SERVER_ERROR,
         BuildError::Image(err) => image_status(err),
         BuildError::Engine(err) => engine_status(err),
         BuildError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,8 +1,8 @@
-//! The build context: the request body (a tar, plain or gzip-compressed) unpacked into a
-//! private directory under `<data-root>/tmp/`, with the image store's safe extractor (no
-//! absolute paths, no `..`, no link leading out), then filtered by the context's
-//! `.dockerignore` (the docker CLI filters already; other clients may not), and the
-//! Dockerfile found in it.
+//! The build context: the request body or a downloaded archive (a tar, plain or compressed
+//! with gzip, bzip2, xz or zstd) unpacked into a private directory under `<data-root>/tmp/`,
+//! with the image store's safe extractor (no absolute paths, no `..`, no link leading out), or
+//! a git checkout; then filtered by the context's `.dockerignore` (the docker CLI filters
+//! already; other clients may not), and the Dockerfile found in it.
 
 use std::ffi::OsString;
 use std::fs;
@@ -12,16 +12,20 @@ use std::path::{Component, Path, PathBuf};
 use super::dockerignore::Matcher;
 use super::{io_err, BuildError};
 
-/// An unpacked context; its directory is deleted on drop.
+/// An unpacked context; the directory it owns is deleted on drop.
 #[derive(Debug)]
 pub struct Context {
     root: PathBuf,
+    /// What to delete on drop: the root, or the git checkout holding it.
+    owned: Option<PathBuf>,
 }
 
 impl Drop for Context {
     fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.root) {
-            tracing::warn!(path = %self.root.display(), error = %e, "cannot remove a build context");
+        if let Some(owned) = &self.owned {
+            if let Err(e) = fs::remove_dir_all(owned) {
+                tracing::warn!(path = %owned.display(), error = %e, "cannot remove a build context");
+            }
         }
     }
 }
@@ -36,19 +40,20 @@ impl Context {
     /// Unpacks `input` into a new directory `dir` (which must not exist yet).
     pub fn unpack(input: impl Read, dir: &Path) -> Result<Context, BuildError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let context = Context {
-            root: dir.to_path_buf(),
-        };
+        let context = Context::owning(dir.to_path_buf(), dir.to_path_buf());
         let mut reader = BufReader::new(input);
         let head = reader.fill_buf().map_err(io_err(dir))?.to_vec();
+        // Moby's DetectCompression: the format is told by its magic bytes, never by a name.
         let stream: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::bufread::MultiGzDecoder::new(reader))
         } else if head.starts_with(b"BZh") {
-            return Err(unsupported("a bzip2-compressed build context"));
+            Box::new(bzip2::bufread::MultiBzDecoder::new(reader))
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-            return Err(unsupported("an xz-compressed build context"));
+            Box::new(lzma_rust2::XzReader::new(reader, true))
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            return Err(unsupported("a zstd-compressed build context"));
+            let decoder = ruzstd::decoding::StreamingDecoder::new(reader)
+                .map_err(|e| invalid(format!("invalid build context: zstd: {e}")))?;
+            Box::new(decoder)
         } else {
             Box::new(reader)
         };
@@ -62,6 +67,29 @@ impl Context {
                 .map_err(|e| invalid(format!("invalid build context: {}", chain(&e))))?;
         }
         Ok(context)
+    }
+
+    /// A context rooted at `root` inside the directory `owned`, which goes on drop.
+    pub fn owning(owned: PathBuf, root: PathBuf) -> Context {
+        Context {
+            root,
+            owned: Some(owned),
+        }
+    }
+
+    /// The same owned directory with `root` (inside it) as the context's root.
+    pub fn rooted_at(mut self, root: PathBuf) -> Context {
+        self.root = root;
+        self
+    }
+
+    /// A view of the directory `root` as a context, to resolve paths in it; nothing is
+    /// deleted on drop.
+    pub fn scope(root: &Path) -> Context {
+        Context {
+            root: root.to_path_buf(),
+            owned: None,
+        }
     }
 
     /// The context's root directory.
@@ -206,12 +234,6 @@ impl<R: Read> Read for ZeroTail<R> {
         buf[..n].fill(0);
         self.tail = Some(left - n as u64);
         Ok(n)
-    }
-}
-
-fn unsupported(what: &str) -> BuildError {
-    BuildError::Unsupported {
-        what: what.to_string(),
     }
 }
 

@@ -64,6 +64,8 @@ pub struct BuildOptions {
     pub pull: bool,
     /// `X-Registry-Config`: credentials by registry, for the `FROM` images pulled.
     pub registry_auth: BTreeMap<String, crate::image::registry::auth::AuthConfig>,
+    /// `cachefrom` (`--cache-from`): when not empty, the only images whose steps are reused.
+    pub cache_from: Vec<String>,
 }
 
 /// Args Docker passes to `RUN` without an `ARG` line (moby's `builtinAllowedBuildArgs`).
@@ -169,6 +171,9 @@ pub struct Builder<'a> {
     out: mpsc::UnboundedSender<Progress>,
     cache: BuildCache,
     cache_busted: bool,
+    /// The `--cache-from` images present here (ids), resolved at the first probe; `None`
+    /// without `--cache-from` (every cached step of the local cache is a candidate).
+    cache_sources: Option<Vec<String>>,
     used_args: BTreeSet<String>,
     /// Finished stages: name or index → image id.
     stages: HashMap<String, String>,
@@ -198,6 +203,7 @@ impl<'a> Builder<'a> {
             options,
             out,
             cache_busted: false,
+            cache_sources: None,
             used_args: BTreeSet::new(),
             stages: HashMap::new(),
             step: 0,
@@ -601,7 +607,7 @@ impl<'a> Builder<'a> {
                 st.run.insert("WorkingDir".into(), json!(path));
                 let comment = format!("WORKDIR {path}");
                 let cc = self.container_config(st, nop_cmd(st, &comment));
-                if self.probe(st, &cc)? {
+                if self.probe(st, &cc).await? {
                     return Ok(());
                 }
                 // dockerd creates the directory in the image when it is missing.
@@ -670,15 +676,33 @@ impl<'a> Builder<'a> {
                 st.run.insert("OnBuild".into(), json!(list));
                 self.commit_nop(st, &format!("ONBUILD {trigger}")).await
             }
-            Instruction::Run { command, heredocs } => match heredocs.as_slice() {
-                [] => self.run(st, command).await,
-                // `RUN <<EOF` alone: the body is the shell script, as BuildKit runs it.
-                [doc] if matches!(command, CommandLine::Shell(line) if is_lone_heredoc(line)) => {
+            // Moby's classic builder drops heredoc bodies (it runs the first line alone);
+            // they run here as BuildKit runs them instead of being lost.
+            Instruction::Run { command, heredocs } => match (command, heredocs.as_slice()) {
+                (_, []) => self.run(st, command).await,
+                // `RUN <<EOF` alone: the body is the shell script.
+                (CommandLine::Shell(line), [doc]) if is_lone_heredoc(line) => {
+                    if doc.content.starts_with("#!") {
+                        return Err(BuildError::Unsupported {
+                            what: "a RUN heredoc starting with #! (a script for another \
+                                   interpreter)"
+                                .into(),
+                        });
+                    }
                     self.run(st, &CommandLine::Shell(doc.content.clone())).await
                 }
-                _ => Err(BuildError::Unsupported {
-                    what: "a heredoc in RUN other than `RUN <<EOF` alone".into(),
-                }),
+                // `RUN cat <<EOF > /file` and the like: the line with its bodies and
+                // delimiters, for the shell to read as heredocs.
+                (CommandLine::Shell(line), docs) => {
+                    let mut script = line.clone();
+                    for doc in docs {
+                        script.push('\n');
+                        script.push_str(&doc.content);
+                        script.push_str(&doc.name);
+                    }
+                    self.run(st, &CommandLine::Shell(script)).await
+                }
+                (CommandLine::Exec(_), _) => self.run(st, command).await,
             },
             Instruction::Copy(spec) => self.copy(st, spec, false, escape).await,
             Instruction::Add(spec) => self.copy(st, spec, true, escape).await,
@@ -705,20 +729,24 @@ impl<'a> Builder<'a> {
     }
 
     /// A cache lookup; on a hit the stage moves to the cached image.
-    fn probe(&mut self, st: &mut StageState, cc: &Value) -> Result<bool, BuildError> {
+    async fn probe(&mut self, st: &mut StageState, cc: &Value) -> Result<bool, BuildError> {
         if self.options.no_cache || self.cache_busted {
             return Ok(false);
         }
-        let Some(id) = self.cache.get(&st.image_id, cc) else {
+        let local = self.cache.get(&st.image_id, cc).filter(|id| {
+            let images = self.images.clone();
+            let check = id.clone();
+            blocking(move || images.resolve(&check)).is_ok()
+        });
+        let found = if self.options.cache_from.is_empty() {
+            local
+        } else {
+            self.probe_cache_from(st, cc, local).await?
+        };
+        let Some(id) = found else {
             self.cache_busted = true;
             return Ok(false);
         };
-        let images = self.images.clone();
-        let check = id.clone();
-        if blocking(move || images.resolve(&check)).is_err() {
-            self.cache_busted = true;
-            return Ok(false);
-        }
         // The cached image's config carries what this step set (its `config`).
         let args = std::mem::take(&mut st.args);
         let cmd_set = st.cmd_set;
@@ -729,9 +757,172 @@ impl<'a> Builder<'a> {
         Ok(true)
     }
 
+    /// Moby's `ImageCache.GetCache` for `--cache-from`: a step of the local cache counts when
+    /// its image is one of the sources or an ancestor of one; otherwise a source whose
+    /// history extends the stage's image with this very command gives the step, the source
+    /// itself at its last step, else an image restored from the source's layer and history
+    /// entry (the build then follows that source alone).
+    async fn probe_cache_from(
+        &mut self,
+        st: &StageState,
+        cc: &Value,
+        local: Option<String>,
+    ) -> Result<Option<String>, BuildError> {
+        if self.cache_sources.is_none() {
+            let images = self.images.clone();
+            let refs = self.options.cache_from.clone();
+            let ids = blocking(move || {
+                refs.iter()
+                    .filter_map(|r| images.resolve(r).ok().map(|i| i.id))
+                    .collect::<Vec<_>>()
+            });
+            self.cache_sources = Some(ids);
+        }
+        let sources = self.cache_sources.clone().unwrap_or_default();
+        if let Some(id) = local {
+            for source in &sources {
+                if self.is_ancestor(&id, source) {
+                    return Ok(Some(id));
+                }
+            }
+        }
+        let parent = if st.image_id.is_empty() {
+            None
+        } else {
+            Some(self.read_config(&st.image_id)?)
+        };
+        let parent_history = history_of(parent.as_ref());
+        let parent_layers = diff_ids_of(parent.as_ref());
+        let created_by = strings(cc.get("Cmd")).join(" ");
+        for source in &sources {
+            let target = self.read_config(source)?;
+            let history = history_of(Some(&target));
+            let layers = diff_ids_of(Some(&target));
+            let n = parent_history.len();
+            let extends = !history.is_empty()
+                && (parent.is_none()
+                    || (parent_history.is_empty() && parent_layers.is_empty())
+                    || (n < history.len()
+                        && parent_layers.len() <= layers.len()
+                        && history[..n] == parent_history[..]
+                        && layers[..parent_layers.len()] == parent_layers[..]));
+            if !extends
+                || n >= history.len()
+                || history[n]
+                    .get("created_by")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    != created_by
+            {
+                continue;
+            }
+            if history.len() - 1 == n {
+                return Ok(Some(source.clone()));
+            }
+            let id = self.restore(st, cc, &target, n).await?;
+            self.cache_sources = Some(vec![source.clone()]);
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
+    /// A new image: the stage's image plus the history entry `step` of `target` (its layer, when the
+    /// step made one, exported from the store byte for byte, so the diff id is the same).
+    async fn restore(
+        &mut self,
+        st: &StageState,
+        cc: &Value,
+        target: &Map<String, Value>,
+        step: usize,
+    ) -> Result<String, BuildError> {
+        let entries = history_of(Some(target));
+        let entry = entries
+            .get(step)
+            .cloned()
+            .ok_or_else(|| invalid("cache source history is too short"))?;
+        let history: HistoryEntry = serde_json::from_value(entry)
+            .map_err(|e| invalid(format!("cache source history: {e}")))?;
+        // The step's layer is the one after those of the non-empty steps before it.
+        let index = entries[..step]
+            .iter()
+            .filter(|h| {
+                !h.get("empty_layer")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            })
+            .count();
+        let staging = self.staging("restore")?;
+        let mut layer = None;
+        if !history.empty_layer {
+            let diff_id = diff_ids_of(Some(target))
+                .get(index)
+                .cloned()
+                .ok_or_else(|| invalid("cache source has fewer layers than its history"))?;
+            let tar_path = staging.path.join("layer.tar");
+            let file = fs::File::create(&tar_path).map_err(io_err(&tar_path))?;
+            let images = self.images.clone();
+            blocking(move || images.write_layer(&diff_id, std::io::BufWriter::new(file)))
+                .map_err(BuildError::Image)?;
+            layer = Some(fs::File::open(&tar_path).map_err(io_err(&tar_path))?);
+        }
+        let mut config = Map::new();
+        for key in ["architecture", "os", "author", "variant"] {
+            if let Some(v) = target.get(key) {
+                config.insert(key.into(), v.clone());
+            }
+        }
+        config.insert("config".into(), Value::Object(st.run.clone()));
+        config.insert("container_config".into(), cc.clone());
+        config.insert("created".into(), json!(history.created));
+        config.insert("docker_version".into(), json!(crate::api::types::VERSION));
+        let new = NewImage {
+            parent: (!st.image_id.is_empty()).then(|| st.image_id.clone()),
+            config: Value::Object(config),
+            steps: vec![NewStep {
+                layer: layer
+                    .map(|f| Box::new(std::io::BufReader::new(f)) as Box<dyn std::io::Read>),
+                history: HistoryEntry {
+                    empty_layer: false,
+                    ..history
+                },
+            }],
+            tag: None,
+        };
+        let images = self.images.clone();
+        let id = blocking(move || images.create_image(new)).map_err(BuildError::Image)?;
+        drop(staging);
+        Ok(id)
+    }
+
+    /// Whether `id` is `image` or one of its parents.
+    fn is_ancestor(&self, id: &str, image: &str) -> bool {
+        let mut current = image.to_string();
+        // Parent chains are short; the bound only guards against a corrupt loop.
+        for _ in 0..1000 {
+            if current == id {
+                return true;
+            }
+            let images = self.images.clone();
+            let of = current.clone();
+            match blocking(move || images.inspect(&of)) {
+                Ok(i) if !i.parent.is_empty() => current = i.parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// An image's config, as stored.
+    fn read_config(&self, id: &str) -> Result<Map<String, Value>, BuildError> {
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        let path = self.data_root.join("image/blobs/sha256").join(hex);
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("image config {id}: {e}")))
+    }
+
     async fn commit_nop(&mut self, st: &mut StageState, comment: &str) -> Result<(), BuildError> {
         let cc = self.container_config(st, nop_cmd(st, comment));
-        if self.probe(st, &cc)? {
+        if self.probe(st, &cc).await? {
             return Ok(());
         }
         self.commit(st, cc, None).await
@@ -831,7 +1022,7 @@ impl<'a> Builder<'a> {
             save_cmd = v;
         }
         let cc = self.container_config(st, save_cmd);
-        if self.probe(st, &cc)? {
+        if self.probe(st, &cc).await? {
             return Ok(());
         }
         let mut env = st.env();
@@ -954,14 +1145,20 @@ impl<'a> Builder<'a> {
                 invalid(format!("invalid chmod parameter: {m}. it should be octal string and between 0 and 07777"))
             })?),
         };
-        if is_add {
-            if let Some(url) = sources.iter().find(|s| {
-                s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
-            }) {
-                return Err(BuildError::Unsupported {
-                    what: format!("ADD from a URL ({url})"),
-                });
+        // ADD's URLs are fetched at every build (the cache compares what they hold), into
+        // files named after the URL, never extracted (moby's downloadSource).
+        let mut downloads = None;
+        let mut fetched: Vec<PathBuf> = Vec::new();
+        if is_add && sources.iter().any(|s| super::remote::is_url(s)) {
+            let dir = self.staging("remote")?;
+            for url in sources.iter().filter(|s| super::remote::is_url(s)) {
+                fetched.push(self.fetch_source(url, &dest, &dir.path).await?);
             }
+            sources.retain(|s| !super::remote::is_url(s));
+            downloads = Some(dir);
+        } else if sources.iter().any(|s| super::remote::is_url(s)) {
+            // COPY reads the context only; moby's errOnSourceDownload.
+            return Err(invalid("COPY failed: source can't be a URL for COPY"));
         }
 
         // Where the sources are read from: the context, or a stage's or image's files.
@@ -1052,7 +1249,7 @@ impl<'a> Builder<'a> {
             || dest == "."
             || dest_rel.as_os_str().is_empty()
             || matches!(lookup(&st.layers, &dest_rel), Some(Kind::Dir));
-        if matched.len() + spec.heredocs.len() > 1 && !dest_is_dir {
+        if matched.len() + fetched.len() + spec.heredocs.len() > 1 && !dest_is_dir {
             return Err(invalid(format!(
                 "When using {name} with more than one source file, the destination must be a directory and end with a /"
             )));
@@ -1116,6 +1313,27 @@ impl<'a> Builder<'a> {
                 copy_entry(&src, &target, owner, chmod, &mut hasher, &base)?;
             }
         }
+        for name in &fetched {
+            let Some(dir) = &downloads else { break };
+            kinds.push("file");
+            let target_rel = if dest_is_dir {
+                dest_rel.join(name)
+            } else {
+                dest_rel.clone()
+            };
+            if let Some(parent) = target_rel.parent() {
+                make_dirs(&staging.path, parent)?;
+            }
+            let target = staging.path.join(&target_rel);
+            copy_entry(
+                &dir.path.join(name),
+                &target,
+                owner,
+                chmod,
+                &mut hasher,
+                name,
+            )?;
+        }
         // Heredocs are files named after their delimiter, 0644 unless --chmod (BuildKit's).
         for doc in &spec.heredocs {
             kinds.push("file");
@@ -1153,11 +1371,66 @@ impl<'a> Builder<'a> {
         let mut cmd = st.shell();
         cmd.push(format!("#(nop) {comment}"));
         let cc = self.container_config(st, cmd);
-        if self.probe(st, &cc)? {
+        if self.probe(st, &cc).await? {
             return Ok(());
         }
         self.commit(st, cc, Some(&staging.path)).await
     }
+}
+
+impl Builder<'_> {
+    /// Downloads an ADD source into `dir` as moby does: named after the URL's last path
+    /// element, mode 0600, mtime the `Last-Modified` header or else the epoch; returns the
+    /// file's name.
+    async fn fetch_source(&self, url: &str, dest: &str, dir: &Path) -> Result<PathBuf, BuildError> {
+        let path = url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .splitn(4, '/')
+            .nth(3)
+            .unwrap_or_default();
+        let name = match path.rsplit('/').next().filter(|n| !n.is_empty()) {
+            Some(n) if n != "." && n != ".." => n.to_string(),
+            _ if dest.ends_with('/') => {
+                return Err(invalid(format!(
+                    "cannot determine filename for source {url}"
+                )))
+            }
+            _ => "__unnamed__".to_string(),
+        };
+        let name = PathBuf::from(name);
+        let file = dir.join(&name);
+        let fetched = super::remote::download(url, &file).await?;
+        self.say("\n");
+        let mtime = fetched.last_modified.unwrap_or(std::time::UNIX_EPOCH);
+        let opened = fs::File::open(&file).map_err(io_err(&file))?;
+        opened
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&file))?;
+        opened
+            .set_times(fs::FileTimes::new().set_modified(mtime))
+            .map_err(io_err(&file))?;
+        Ok(name)
+    }
+}
+
+/// An image config's `history`.
+fn history_of(config: Option<&Map<String, Value>>) -> Vec<Value> {
+    config
+        .and_then(|c| c.get("history"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An image config's `rootfs.diff_ids`.
+fn diff_ids_of(config: Option<&Map<String, Value>>) -> Vec<String> {
+    strings(
+        config
+            .and_then(|c| c.get("rootfs"))
+            .and_then(|r| r.get("diff_ids")),
+    )
 }
 
 /// Whether a RUN line is one heredoc marker and nothing else (`<<EOF`, `<<-"EOF"`).

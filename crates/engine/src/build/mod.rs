@@ -12,6 +12,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod executor;
 pub mod instructions;
+pub mod remote;
 pub mod substitution;
 
 use std::path::PathBuf;
@@ -52,6 +53,16 @@ pub enum BuildError {
         command: String,
         /// Its exit code.
         code: i64,
+    },
+    /// A remote context or an `ADD` URL could not be fetched (moby's texts).
+    #[error("{reason}")]
+    Fetch {
+        /// The URL or repository.
+        url: String,
+        /// What failed.
+        reason: String,
+        /// Whether the server answered 404 (dockerd's NotFound).
+        missing: bool,
     },
     /// The client went away (Ctrl-C): the build stopped, its container removed.
     #[error("Build cancelled")]

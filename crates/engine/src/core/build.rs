@@ -10,6 +10,7 @@ use super::Engine;
 use crate::build::context::Context;
 use crate::build::executor::{BuildOptions, Builder, Progress};
 use crate::build::instructions::{build_program, Program};
+use crate::build::remote::{self, Remote, RemoteContent};
 use crate::build::{dockerfile, BuildError};
 use crate::image::reference::Reference;
 
@@ -20,6 +21,8 @@ pub struct BuildRequest {
     pub tags: Vec<String>,
     /// `dockerfile`: its path in the context (empty: `Dockerfile`).
     pub dockerfile: String,
+    /// `remote`: a git repository or URL to build from instead of the request body.
+    pub remote: Option<String>,
     /// The builder's options.
     pub options: BuildOptions,
 }
@@ -50,17 +53,68 @@ impl Engine {
                 });
             }
         }
-        let dir = self
-            .inner
-            .config
-            .data_root
-            .join("tmp")
-            .join(format!("build-context-{:016x}", rand::random::<u64>()));
+        let tmp = self.inner.config.data_root.join("tmp");
+        let dir = tmp.join(format!("build-context-{:016x}", rand::random::<u64>()));
+        let name = request.dockerfile.trim_start_matches("./").to_string();
+        // A remote context replaces the body: a checkout, a downloaded archive, or a
+        // Dockerfile alone (an empty context).
+        let mut source = Source::Archive(archive);
+        match request.remote.as_deref().map(Remote::parse).transpose()? {
+            None => {}
+            Some(Remote::Git(url)) => {
+                std::fs::create_dir_all(&dir).map_err(crate::build::io_err(&dir))?;
+                // Owned before cloning, so a failed clone leaves nothing behind.
+                let checkout = Context::owning(dir.clone(), dir.clone());
+                let root = remote::clone(&url, &dir).await?;
+                source = Source::Checkout(checkout.rooted_at(root));
+            }
+            Some(Remote::Url(url)) => {
+                let file = tmp.join(format!("build-remote-{:016x}", rand::random::<u64>()));
+                let fetched = remote::download(&url, &file).await.map_err(|e| {
+                    let _ = std::fs::remove_file(&file);
+                    match e {
+                        BuildError::Fetch {
+                            url,
+                            reason,
+                            missing,
+                        } => BuildError::Fetch {
+                            reason: format!("error downloading remote context {url}: {reason}"),
+                            url,
+                            missing,
+                        },
+                        other => other,
+                    }
+                })?;
+                source = Source::Remote {
+                    file,
+                    url,
+                    content_type: fetched.content_type,
+                };
+            }
+        }
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&archive).map_err(crate::build::io_err(&archive))?;
-            let context = Context::unpack(std::io::BufReader::new(file), &dir)?;
-            let name = request.dockerfile.trim_start_matches("./").to_string();
-            let text = context.read_dockerfile(&name)?;
+            let (context, text) = match source {
+                Source::Archive(archive) => {
+                    let file =
+                        std::fs::File::open(&archive).map_err(crate::build::io_err(&archive))?;
+                    let context = Context::unpack(std::io::BufReader::new(file), &dir)?;
+                    let text = context.read_dockerfile(&name)?;
+                    (context, text)
+                }
+                Source::Checkout(context) => {
+                    let text = context.read_dockerfile(&name)?;
+                    (context, text)
+                }
+                Source::Remote {
+                    file,
+                    url,
+                    content_type,
+                } => {
+                    let unpacked = unpack_remote(&file, &url, &content_type, &dir, &name);
+                    let _ = std::fs::remove_file(&file);
+                    unpacked?
+                }
+            };
             context.apply_dockerignore(if name.is_empty() { "Dockerfile" } else { &name })?;
             let program = build_program(&dockerfile::parse(&text)?)?;
             Ok(PreparedBuild {
@@ -131,5 +185,56 @@ impl Engine {
             .map_err(|e| BuildError::Invalid {
                 reason: format!("prune task failed: {e}"),
             })?
+    }
+}
+
+/// Where a build's context comes from.
+enum Source {
+    /// The request body, spooled to this file.
+    Archive(PathBuf),
+    /// A git checkout.
+    Checkout(Context),
+    /// A downloaded remote context, spooled to `file`.
+    Remote {
+        file: PathBuf,
+        url: String,
+        content_type: String,
+    },
+}
+
+/// A downloaded remote context: the Dockerfile of an empty context when it is text, else an
+/// archive unpacked as a request body is (moby's `newURLRemote`).
+fn unpack_remote(
+    file: &std::path::Path,
+    url: &str,
+    content_type: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(Context, String), BuildError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(file)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .map_err(crate::build::io_err(file))?;
+    let kind = remote::inspect(content_type, &head).map_err(|e| BuildError::Invalid {
+        reason: format!("error detecting content type for remote {url}: {e}"),
+    })?;
+    let opened = std::fs::File::open(file).map_err(crate::build::io_err(file))?;
+    match kind {
+        RemoteContent::Dockerfile => {
+            let context = Context::unpack(std::io::empty(), dir)?;
+            let mut text = String::new();
+            std::io::BufReader::new(opened)
+                .read_to_string(&mut text)
+                .map_err(|_| BuildError::Invalid {
+                    reason: format!("the Dockerfile at {url} is not valid UTF-8"),
+                })?;
+            Ok((context, text))
+        }
+        RemoteContent::Archive => {
+            let context = Context::unpack(std::io::BufReader::new(opened), dir)?;
+            let text = context.read_dockerfile(name)?;
+            Ok((context, text))
+        }
     }
 }

@@ -1,0 +1,412 @@
+//! What the builder fetches from elsewhere: remote contexts (`remote=` of `POST /build`: a git
+//! repository cloned with the `git` binary, a tar archive or a plain Dockerfile over http(s))
+//! and `ADD <url>` sources, with moby's rules (`builder/remotecontext`) and texts.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{io_err, BuildError};
+
+/// What a `remote=` value names, as moby's `remotecontext.Detect` tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// A git repository: `git://…`, `git@…`, `github.com/…`, or an http(s) URL whose path
+    /// ends in `.git` (`#ref:subdir` may follow).
+    Git(String),
+    /// Any other http(s) URL: a tar archive or a Dockerfile.
+    Url(String),
+}
+
+impl Remote {
+    /// Classifies `remote`; anything else is moby's error.
+    pub fn parse(remote: &str) -> Result<Remote, BuildError> {
+        if is_git_url(remote) {
+            Ok(Remote::Git(remote.to_string()))
+        } else if is_url(remote) {
+            Ok(Remote::Url(remote.to_string()))
+        } else {
+            Err(invalid(format!(
+                "remoteURL ({remote}) could not be recognized as URL"
+            )))
+        }
+    }
+}
+
+fn invalid(reason: String) -> BuildError {
+    BuildError::Invalid { reason }
+}
+
+fn fetch(url: &str, reason: String, missing: bool) -> BuildError {
+    BuildError::Fetch {
+        url: url.to_string(),
+        reason,
+        missing,
+    }
+}
+
+/// Moby's `urlutil.IsURL`.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// Moby's `urlutil.IsGitURL`.
+fn is_git_url(s: &str) -> bool {
+    let path = s.split_once('#').map_or(s, |(p, _)| p);
+    (is_url(s) && path.ends_with(".git"))
+        || ["git://", "github.com/", "git@"]
+            .iter()
+            .any(|p| s.starts_with(p))
+}
+
+/// A file fetched over http(s).
+#[derive(Debug)]
+pub struct Download {
+    /// The response's `Content-Type`, as sent (may be empty).
+    pub content_type: String,
+    /// The response's `Last-Modified`, when it has a valid one.
+    pub last_modified: Option<SystemTime>,
+}
+
+/// GETs `url` into the new file `dest`, following redirects; a 4xx or 5xx answer is moby's
+/// `failed to GET URL with status …: BODY`.
+pub async fn download(url: &str, dest: &Path) -> Result<Download, BuildError> {
+    let client = crate::image::registry::http_client(false).map_err(|e| invalid(e.to_string()))?;
+    let fail = |e: reqwest::Error| fetch(url, format!("Get \"{url}\": {}", chain(&e)), false);
+    let mut response = client.get(url).send().await.map_err(fail)?;
+    let status = response.status();
+    if status.as_u16() >= 400 {
+        let body = response.text().await.unwrap_or_default();
+        return Err(fetch(
+            url,
+            format!("failed to GET {url} with status {status}: {}", body.trim()),
+            status == reqwest::StatusCode::NOT_FOUND,
+        ));
+    }
+    let header = |name: reqwest::header::HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+    let last_modified = header(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(&v).ok())
+        .map(SystemTime::from);
+    let mut file = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
+    while let Some(chunk) = response.chunk().await.map_err(fail)? {
+        file.write_all(&chunk).await.map_err(io_err(dest))?;
+    }
+    file.flush().await.map_err(io_err(dest))?;
+    Ok(Download {
+        content_type,
+        last_modified,
+    })
+}
+
+/// An error with its causes, as Go prints a wrapped one.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// What a downloaded remote context is, by moby's `inspectResponse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteContent {
+    /// `text/plain`: the file is the Dockerfile and the context is empty.
+    Dockerfile,
+    /// A tar archive, maybe compressed.
+    Archive,
+}
+
+/// Tells a remote context's kind from its `Content-Type`, sniffing the first bytes when it
+/// is missing or `application/octet-stream` (some servers' default for `Dockerfile`).
+pub fn inspect(content_type: &str, head: &[u8]) -> Result<RemoteContent, String> {
+    if head.is_empty() {
+        return Err("empty response".into());
+    }
+    let sniffed;
+    let ct = if content_type.is_empty() || content_type == "application/octet-stream" {
+        sniffed = sniff(head);
+        sniffed
+    } else {
+        content_type
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    // Moby's acceptableRemoteMIME.
+    match mime.as_str() {
+        "text/plain" => Ok(RemoteContent::Dockerfile),
+        "application/tar"
+        | "application/x-tar"
+        | "application/octet-stream"
+        | "application/gzip"
+        | "application/x-gzip"
+        | "application/bzip"
+        | "application/x-bzip"
+        | "application/bzip2"
+        | "application/x-bzip2"
+        | "application/xz"
+        | "application/x-xz" => Ok(RemoteContent::Archive),
+        _ => Err(format!("unsupported Content-Type {content_type:?}")),
+    }
+}
+
+/// Go's `http.DetectContentType` for what matters here: known archives' magic bytes, text,
+/// or else `application/octet-stream`.
+fn sniff(head: &[u8]) -> &'static str {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        "application/x-gzip"
+    } else if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        "application/octet-stream"
+    } else if !head
+        .iter()
+        .any(|b| matches!(b, 0..=8 | 0x0b | 0x0e..=0x1a | 0x1c..=0x1f))
+    {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// Clones a git remote into `root` (which must exist, empty) as moby's `gitutil.Clone`:
+/// `git init`, `remote add origin`, a fetch of `ref` (shallow unless the server is a dumb
+/// HTTP one), a checkout, submodules; returns the context directory (`root` or its
+/// `subdir`, kept inside `root`).
+pub async fn clone(remote: &str, root: &Path) -> Result<PathBuf, BuildError> {
+    let repo = GitRepo::parse(remote)?;
+    let shallow = supports_shallow_clone(&repo.remote).await;
+    let init = git(root, &["init"]).await;
+    if let Err(e) = init {
+        return Err(fetch(
+            remote,
+            format!(
+                "failed to init repo at {}: {e}{}",
+                root.display(),
+                if e.contains("executable file not found") {
+                    " (this engine's host has no git: build from a local checkout, \
+                 `docker build DIR`, or let the docker CLI clone it with `docker build URL`)"
+                } else {
+                    ""
+                }
+            ),
+            false,
+        ));
+    }
+    git(root, &["remote", "add", "origin", &repo.remote])
+        .await
+        .map_err(|e| {
+            fetch(
+                remote,
+                format!("failed add origin repo at {}: {e}", repo.remote),
+                false,
+            )
+        })?;
+    let mut args = vec!["fetch"];
+    if shallow {
+        args.extend(["--depth", "1"]);
+    }
+    args.extend(["origin", "--", &repo.reference]);
+    git(root, &args)
+        .await
+        .map_err(|e| fetch(remote, format!("error fetching: {e}"), false))?;
+    if let Err(e) = git(root, &["checkout", &repo.reference]).await {
+        if git(root, &["checkout", "FETCH_HEAD"]).await.is_err() {
+            return Err(fetch(
+                remote,
+                format!("error checking out {}: {e}", repo.reference),
+                false,
+            ));
+        }
+    }
+    git(
+        root,
+        &["submodule", "update", "--init", "--recursive", "--depth=1"],
+    )
+    .await
+    .map_err(|e| fetch(remote, format!("error initializing submodules: {e}"), false))?;
+    if repo.subdir.is_empty() {
+        return Ok(root.to_path_buf());
+    }
+    let scope = super::context::Context::scope(root);
+    let dir = scope.resolve(Path::new(&repo.subdir)).map_err(|_| {
+        invalid(format!(
+            "error setting git context, {:?} not within git root",
+            repo.subdir
+        ))
+    })?;
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(invalid(format!(
+            "error setting git context, not a directory: {}",
+            dir.display()
+        ))),
+        Err(e) => Err(io_err(&dir)(e)),
+    }
+}
+
+/// A git remote split as moby's `parseRemoteURL` does.
+#[derive(Debug, PartialEq, Eq)]
+struct GitRepo {
+    remote: String,
+    reference: String,
+    subdir: String,
+}
+
+impl GitRepo {
+    fn parse(url: &str) -> Result<GitRepo, BuildError> {
+        let transport = ["git://", "git@", "http://", "https://", "ssh://"]
+            .iter()
+            .any(|p| url.starts_with(p));
+        let url = if transport {
+            url.to_string()
+        } else {
+            format!("https://{url}")
+        };
+        let (remote, fragment) = url.split_once('#').unwrap_or((&url, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let reference = if reference.is_empty() {
+            "master"
+        } else {
+            reference
+        };
+        if reference.starts_with('-') {
+            return Err(invalid(format!("invalid refspec: {reference}")));
+        }
+        Ok(GitRepo {
+            remote: remote.to_string(),
+            reference: reference.to_string(),
+            subdir: subdir.to_string(),
+        })
+    }
+}
+
+/// Whether the remote takes `fetch --depth 1`: every transport but a dumb HTTP server, which
+/// a smart one tells apart by its answer to the upload-pack advertisement.
+async fn supports_shallow_clone(remote: &str) -> bool {
+    if !is_url(remote) {
+        return true;
+    }
+    let Ok(client) = crate::image::registry::http_client(false) else {
+        return false;
+    };
+    let url = format!("{remote}/info/refs?service=git-upload-pack");
+    let response = match client.head(&url).send().await {
+        Ok(r) => Ok(r),
+        Err(_) => client.get(&url).send().await,
+    };
+    response.is_ok_and(|r| {
+        r.headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/x-git-upload-pack-advertisement")
+    })
+}
+
+/// Runs `git ARGS` in `dir` as moby's `gitWithinDir`: no file-protocol submodules, no
+/// protocols a repository could ask for, no system or user configuration; the error is
+/// `OUTPUT: CAUSE` as Go's `errors.Wrapf` shows it.
+async fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let output = tokio::process::Command::new("git")
+        .arg("-c")
+        .arg("protocol.file.allow=never")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_PROTOCOL_FROM_USER", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match output {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(": exec: \"git\": executable file not found in $PATH".into())
+        }
+        Err(e) => Err(format!(": exec: \"git\": {e}")),
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            Err(format!("{text}: {}", o.status))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_are_told_apart_as_moby_does() {
+        for git in [
+            "git://h/r",
+            "git@github.com:o/r.git",
+            "github.com/o/r",
+            "https://h/o/r.git",
+            "http://h/o/r.git#v1:sub",
+        ] {
+            assert_eq!(
+                Remote::parse(git).expect("git"),
+                Remote::Git(git.into()),
+                "{git}"
+            );
+        }
+        assert_eq!(
+            Remote::parse("https://h/ctx.tar").expect("url"),
+            Remote::Url("https://h/ctx.tar".into())
+        );
+        assert_eq!(
+            Remote::parse("ftp://h/x").unwrap_err().to_string(),
+            "remoteURL (ftp://h/x) could not be recognized as URL"
+        );
+        let repo = GitRepo::parse("github.com/o/r#v1:sub/dir").expect("parses");
+        assert_eq!(
+            repo,
+            GitRepo {
+                remote: "https://github.com/o/r".into(),
+                reference: "v1".into(),
+                subdir: "sub/dir".into()
+            }
+        );
+        assert_eq!(
+            GitRepo::parse("git://h/r").expect("parses").reference,
+            "master"
+        );
+        assert!(GitRepo::parse("git://h/r#--upload-pack=x").is_err());
+    }
+
+    #[test]
+    fn remote_content_is_told_by_type_then_by_its_bytes() {
+        assert_eq!(
+            inspect("text/plain; charset=utf-8", b"FROM x"),
+            Ok(RemoteContent::Dockerfile)
+        );
+        assert_eq!(inspect("", b"FROM x\n"), Ok(RemoteContent::Dockerfile));
+        assert_eq!(
+            inspect("application/octet-stream", &[0x1f, 0x8b, 8]),
+            Ok(RemoteContent::Archive)
+        );
+        assert_eq!(inspect("", b"name\0\0\0"), Ok(RemoteContent::Archive));
+        assert_eq!(
+            inspect("application/x-tar", b"x"),
+            Ok(RemoteContent::Archive)
+        );
+        assert_eq!(
+            inspect("text/html", b"<html>"),
+            Err("unsupported Content-Type \"text/html\"".into())
+        );
+        assert_eq!(inspect("text/plain", b""), Err("empty response".into()));
+    }
+}

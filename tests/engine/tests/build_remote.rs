@@ -1,0 +1,440 @@
+//! `docker build` with what comes from elsewhere: contexts compressed with bzip2, xz and zstd,
+//! remote contexts (`remote=`: a tar URL, a Dockerfile URL, a git repository over HTTP) and
+//! `ADD <url>`, against servers of the test's own network namespace; `--cache-from` images.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rmachine_tests_engine::{require_root, share_network_with_engines, Engine, Run};
+
+/// `Last-Modified` of everything the test server serves, and the same instant in seconds.
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+const LAST_MODIFIED_EPOCH: &str = "1445412480";
+
+/// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET and HEAD, a query string
+/// ignored, 404 for what is missing), for as long as the test runs; returns its base URL.
+fn serve(root: PathBuf) -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = String::new();
+            let mut reader = BufReader::new(&mut stream);
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut header = String::new();
+                match reader.read_line(&mut header) {
+                    Ok(n) if n > 2 => {}
+                    _ => break,
+                }
+            }
+            let mut words = request.split_whitespace();
+            let method = words.next().unwrap_or_default().to_string();
+            let target = words.next().unwrap_or_default();
+            let path = target.split('?').next().unwrap_or_default();
+            let file = root.join(path.trim_start_matches('/'));
+            let (head, body) = match fs::read(&file) {
+                Ok(body) if file.is_file() => {
+                    let content_type = if path.ends_with(".tar") {
+                        "application/x-tar"
+                    } else if path.ends_with("Dockerfile") {
+                        "text/plain; charset=utf-8"
+                    } else {
+                        "application/octet-stream"
+                    };
+                    (
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: {content_type}\r\n\
+                             Last-Modified: {LAST_MODIFIED}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        ),
+                        body,
+                    )
+                }
+                _ => (
+                    "HTTP/1.0 404 Not Found\r\nContent-Length: 10\r\n\r\n".to_string(),
+                    b"not here\r\n".to_vec(),
+                ),
+            };
+            let _ = stream.write_all(head.as_bytes());
+            if method != "HEAD" {
+                let _ = stream.write_all(&body);
+            }
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+/// Writes `files` (path, content) under `dir`.
+fn write_files(dir: &Path, files: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (path, content) in files {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(p, content)?;
+    }
+    Ok(())
+}
+
+fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A tar of the directory `dir`'s contents.
+fn tar_of(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "tar failed");
+    Ok(out.stdout)
+}
+
+/// `POST /build?QUERY` with an empty body; the status and the streamed lines.
+fn build_api(engine: &Engine, query: &str) -> anyhow::Result<(u16, String)> {
+    engine.request("POST", &format!("/build?{query}"), "")
+}
+
+fn encode(url: &str) -> String {
+    url.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn contexts_compressed_with_bzip2_xz_and_zstd_build() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = tempfile::tempdir()?;
+    write_files(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY data /data\nCMD [\"cat\", \"/data\"]\n",
+            ),
+            ("data", "compressed context\n"),
+        ],
+    )?;
+    let tar = tar_of(ctx.path())?;
+    for (tool, tag) in [("bzip2", "ctx:bz2"), ("xz", "ctx:xz"), ("zstd", "ctx:zst")] {
+        let mut child = Command::new(tool)
+            .args(["-c", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
+        let input = tar.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output()?;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        anyhow::ensure!(out.status.success(), "{tool} failed");
+        // `docker build -` sends a compressed archive on its stdin as it is.
+        let mut cmd = engine.docker_command(&["build", "-t", tag, "-"]);
+        cmd.env("DOCKER_BUILDKIT", "0");
+        let run: Run = rmachine_tests_engine::feed(cmd, &out.stdout)?;
+        let run = run.ok()?;
+        assert!(
+            run.stdout.contains(&format!("Successfully tagged {tag}\n")),
+            "{tool}: {}",
+            run.stdout
+        );
+    }
+    let ran = engine.docker(&["run", "--rm", "ctx:xz"])?.ok()?;
+    assert_eq!(ran.stdout, "compressed context\n");
+    Ok(())
+}
+
+#[test]
+fn remote_contexts_tar_dockerfile_and_git_and_add_urls() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    // The test's HTTP server and the engine share one network namespace.
+    share_network_with_engines()?;
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let site = tempfile::tempdir()?;
+    let base = serve(site.path().to_path_buf())?;
+
+    // A tar archive as the context, its Dockerfile chosen with `dockerfile=`.
+    let ctx = tempfile::tempdir()?;
+    write_files(
+        ctx.path(),
+        &[
+            ("build.df", "FROM busybox\nCOPY hello /hello\n"),
+            ("hello", "from a remote tar\n"),
+        ],
+    )?;
+    fs::write(site.path().join("ctx.tar"), tar_of(ctx.path())?)?;
+    let (status, out) = build_api(
+        &engine,
+        &format!(
+            "t=remote%3Atar&dockerfile=build.df&remote={}",
+            encode(&format!("{base}/ctx.tar"))
+        ),
+    )?;
+    assert_eq!(status, 200, "{out}");
+    assert!(out.contains("Successfully tagged remote:tar"), "{out}");
+    let ran = engine
+        .docker(&["run", "--rm", "remote:tar", "cat", "/hello"])?
+        .ok()?;
+    assert_eq!(ran.stdout, "from a remote tar\n");
+
+    // A Dockerfile alone: an empty context.
+    write_files(
+        site.path(),
+        &[("df/Dockerfile", "FROM busybox\nLABEL from=url\n")],
+    )?;
+    let (status, out) = build_api(
+        &engine,
+        &format!(
+            "t=remote%3Adf&remote={}",
+            encode(&format!("{base}/df/Dockerfile"))
+        ),
+    )?;
+    assert_eq!(status, 200, "{out}");
+    assert!(out.contains("Step 2/2 : LABEL from=url"), "{out}");
+    assert_eq!(
+        engine.inspect("remote:df", "{{.Config.Labels.from}}")?,
+        "url"
+    );
+
+    // A missing file is moby's error.
+    let (status, out) = build_api(
+        &engine,
+        &format!("remote={}", encode(&format!("{base}/nothing.tar"))),
+    )?;
+    assert_ne!(status, 200, "{out}");
+    assert!(
+        out.contains(&format!(
+            "error downloading remote context {base}/nothing.tar: failed to GET {base}/nothing.tar with status 404 Not Found: not here"
+        )),
+        "{out}"
+    );
+
+    // A git repository over (dumb) HTTP, with `#ref:subdir`.
+    let work = tempfile::tempdir()?;
+    write_files(
+        work.path(),
+        &[
+            ("app/Dockerfile", "FROM busybox\nCOPY note /note\n"),
+            ("app/note", "from git\n"),
+        ],
+    )?;
+    let git = |dir: &Path, args: &[&str]| {
+        sh(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args))
+    };
+    git(work.path(), &["init", "-q", "-b", "main"])?;
+    git(work.path(), &["add", "."])?;
+    git(work.path(), &["commit", "-q", "-m", "one"])?;
+    let bare = site.path().join("repo.git");
+    sh(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(work.path())
+        .arg(&bare))?;
+    git(&bare, &["update-server-info"])?;
+    let (status, out) = build_api(
+        &engine,
+        &format!(
+            "t=remote%3Agit&remote={}",
+            encode(&format!("{base}/repo.git#main:app"))
+        ),
+    )?;
+    assert_eq!(status, 200, "{out}");
+    assert!(out.contains("Successfully tagged remote:git"), "{out}");
+    let ran = engine
+        .docker(&["run", "--rm", "remote:git", "cat", "/note"])?
+        .ok()?;
+    assert_eq!(ran.stdout, "from git\n");
+    let leftovers: Vec<_> = fs::read_dir(engine.data_root().join("tmp"))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // ADD of a URL: named after it, 0600, mtime from Last-Modified, never extracted; the
+    // cache holds while the content does.
+    let data = tempfile::tempdir()?;
+    write_files(data.path(), &[("inner", "x")])?;
+    fs::write(site.path().join("data.tar"), tar_of(data.path())?)?;
+    let add = tempfile::tempdir()?;
+    write_files(
+        add.path(),
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nADD {base}/data.tar /got/\n"),
+        )],
+    )?;
+    let build = |args: &[&str]| -> anyhow::Result<Run> {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        let d = add.path().to_string_lossy().into_owned();
+        all.push(&d);
+        let mut cmd = engine.docker_command(&all);
+        cmd.env("DOCKER_BUILDKIT", "0");
+        Ok(cmd.output()?.into())
+    };
+    build(&["-t", "added"])?.ok()?;
+    let ran = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "added",
+            "stat",
+            "-c",
+            "%a %Y %F",
+            "/got/data.tar",
+        ])?
+        .ok()?;
+    assert_eq!(
+        ran.stdout,
+        format!("600 {LAST_MODIFIED_EPOCH} regular file\n")
+    );
+    let again = build(&["-t", "added"])?.ok()?;
+    assert!(
+        again.stdout.contains(" ---> Using cache"),
+        "{}",
+        again.stdout
+    );
+    write_files(data.path(), &[("inner", "changed")])?;
+    fs::write(site.path().join("data.tar"), tar_of(data.path())?)?;
+    let changed = build(&["-t", "added"])?.ok()?;
+    assert!(
+        !changed.stdout.contains(" ---> Using cache"),
+        "{}",
+        changed.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn a_git_context_without_git_on_the_engine_host_says_so() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    // The engine's PATH holds only nsenter (which starts it in its namespace) and nft (its
+    // bridge network's NAT), not git.
+    let bin = tempfile::tempdir()?;
+    for tool in ["nsenter", "nft"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .stdout;
+        let found = String::from_utf8(found)?;
+        if !found.trim().is_empty() {
+            std::os::unix::fs::symlink(found.trim(), bin.path().join(tool))?;
+        }
+    }
+    let path = bin.path().to_string_lossy().into_owned();
+    let engine = Engine::start_with_env(&[], &[("PATH", &path)])?;
+    let (status, out) = build_api(
+        &engine,
+        &format!("remote={}", encode("http://127.0.0.1:9/repo.git")),
+    )?;
+    assert_eq!(status, 500, "{out}");
+    assert!(
+        out.contains("failed to init repo at ")
+            && out.contains(": exec: \\\"git\\\": executable file not found in $PATH")
+            && out.contains("this engine's host has no git"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cache_from_reuses_a_loaded_images_steps_and_only_those() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = tempfile::tempdir()?;
+    write_files(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nRUN echo built > /built\nCOPY file /file\nCMD [\"cat\", \"/built\"]\n",
+            ),
+            ("file", "data\n"),
+        ],
+    )?;
+    let build = |args: &[&str]| -> anyhow::Result<Run> {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        let d = ctx.path().to_string_lossy().into_owned();
+        all.push(&d);
+        let mut cmd = engine.docker_command(&all);
+        cmd.env("DOCKER_BUILDKIT", "0");
+        Ok(cmd.output()?.into())
+    };
+    build(&["-t", "made"])?.ok()?;
+    let id = engine.inspect("made", "{{.Id}}")?;
+    // The image as another machine would get it: loaded, with no build cache here.
+    let tar = ctx.path().join("made.tar");
+    let tar = tar.to_string_lossy().into_owned();
+    engine.docker(&["save", "-o", &tar, "made"])?.ok()?;
+    engine.docker(&["rmi", "made"])?.ok()?;
+    engine.docker(&["builder", "prune", "-af"])?.ok()?;
+    engine.docker(&["load", "-i", &tar])?.ok()?;
+
+    // Every step comes from the loaded image's history; the last one is that image.
+    let from = build(&["--cache-from", "made", "-t", "again"])?.ok()?;
+    assert_eq!(
+        from.stdout.matches(" ---> Using cache\n").count(),
+        3,
+        "{}",
+        from.stdout
+    );
+    assert!(
+        !from.stdout.contains(" ---> Running in "),
+        "{}",
+        from.stdout
+    );
+    assert_eq!(engine.inspect("again", "{{.Id}}")?, id);
+    assert_eq!(
+        engine.docker(&["run", "--rm", "again"])?.ok()?.stdout,
+        "built\n"
+    );
+
+    // With --cache-from, the local cache counts only for the listed images' ancestry.
+    build(&["-t", "local"])?.ok()?;
+    let other = build(&["--cache-from", "busybox"])?.ok()?;
+    assert!(
+        other.stdout.contains(" ---> Running in "),
+        "{}",
+        other.stdout
+    );
+    let listed = build(&["--cache-from", "local"])?.ok()?;
+    assert!(
+        !listed.stdout.contains(" ---> Running in "),
+        "{}",
+        listed.stdout
+    );
+    Ok(())
+}
