@@ -340,4 +340,10 @@ pub trait Driver: Send + Sync {
         &self,
         dir: &MachineDir,
     ) -> impl Future<Output = Result<Endpoints, DriverError>> + Send;
+
+    /// Resident memory of the hypervisor process running this VM, in bytes, when the driver
+    /// can tell (`rmachine inspect` shows it); `None` when the VM does not run.
+    fn resident_bytes(&self, _dir: &MachineDir) -> Option<u64> {
+        None
+    }
 }

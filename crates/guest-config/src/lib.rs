@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod report;
+pub mod timeline;
 pub mod udp_frame;
 
 use std::io::{self, Read, Write};

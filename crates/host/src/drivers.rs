@@ -161,6 +161,12 @@ impl Driver for AnyDriver {
         }
     }
 
+    fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
+        match self {
+            AnyDriver::Qemu(d) => d.resident_bytes(dir),
+        }
+    }
+
     async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
-use crate::{engine, error_chain, modules, mounts, net, power, shares, sshd, Action};
+use rmachine_guest_config::timeline::Stage;
+
+use crate::{engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action};
 
 /// Where the data disk is mounted.
 pub const DATA_MOUNT: &str = "/mnt/data";
@@ -45,6 +47,7 @@ pub async fn run() -> Action {
         }
     };
     load_modules("device modules", dir.clone(), early).await;
+    logging::stage(Stage::ModulesLoaded);
     // Container modules (netfilter, bridge, overlay) load while disks and network come up;
     // only the engine waits for them.
     let late_modules = tokio::spawn(load_modules("container modules", dir, late));
@@ -53,8 +56,15 @@ pub async fn run() -> Action {
     power::watch(press_tx);
 
     let (boot, ()) = tokio::join!(
-        async { tokio::task::spawn_blocking(setup_storage_and_config).await },
-        net::setup(),
+        async {
+            let boot = tokio::task::spawn_blocking(setup_storage_and_config).await;
+            logging::stage(Stage::DataDiskMounted);
+            boot
+        },
+        async {
+            net::setup().await;
+            logging::stage(Stage::NetworkUp);
+        },
     );
     let boot = match boot {
         Ok(boot) => boot,
@@ -453,7 +463,10 @@ async fn start_sshd(boot: &Boot) {
         };
     let count = authorized.len();
     match sshd::start(host_key, authorized, 22).await {
-        Ok(()) => tracing::info!("sshd: listening on :22 ({count} authorized keys)"),
+        Ok(()) => {
+            tracing::info!("sshd: listening on :22 ({count} authorized keys)");
+            logging::stage(Stage::SshUp);
+        }
         Err(err) => tracing::error!("sshd: cannot listen on :22: {err}"),
     }
 }

@@ -777,6 +777,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 impl Driver for QemuDriver {
+    fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
+        process::resident_bytes(&dir.file(PIDFILE))
+    }
+
     fn info(&self) -> DriverInfo {
         DriverInfo {
             name: DRIVER.to_owned(),
