@@ -16,7 +16,7 @@ use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmS
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
 use rmachine_guest_config::{
-    EngineConfig, GuestConfig, GuestConfigError, ShareMount, FORMAT_VERSION,
+    EngineConfig, GuestConfig, GuestConfigError, ShareMount, StaticNetwork, FORMAT_VERSION,
 };
 use serde_json::Value;
 
@@ -632,12 +632,12 @@ async fn provision<D: Driver>(
         vm: spec.clone(),
         created: chrono::Utc::now(),
         data_disk: None,
-        boot_timeline: None,
+        timeline: None,
         published_bind_address: options.published_bind_address,
     };
 
     progress(Progress::WritingConfigDrive);
-    write_config_drive(&config, dir)?;
+    write_config_drive(&config, dir, driver)?;
 
     progress(Progress::CreatingVm);
     driver
@@ -695,7 +695,11 @@ fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {
 }
 
 /// Renders `config.img` from the machine's current certificate and key files.
-fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), MachineError> {
+fn write_config_drive<D: Driver>(
+    config: &MachineConfig,
+    dir: &MachineDir,
+    driver: &D,
+) -> Result<(), MachineError> {
     let name = config.name.as_str();
     let certs_err = |source| MachineError::Certs {
         machine: name.to_string(),
@@ -731,6 +735,11 @@ fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), Ma
                 read_only: share.read_only,
             })
             .collect(),
+        network: driver.guest_network().map(|n| StaticNetwork {
+            address: n.address,
+            gateway: n.gateway,
+            dns: n.dns,
+        }),
     };
     let path = config.vm.config_drive.clone();
     let drive_err = |source| MachineError::ConfigDrive {
@@ -852,7 +861,7 @@ async fn boot<D: Driver>(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    config.boot_timeline = Some(BootTimeline {
+    config.timeline = Some(BootTimeline {
         guest,
         host: clock.marks,
     });
@@ -903,11 +912,13 @@ async fn wait_for_engine(
             && started.elapsed() >= LEGACY_AFTER
             && last_probe.is_none_or(|at| at.elapsed() >= LEGACY_PROBE);
         if signalled || legacy {
+            if signalled {
+                clock.mark(HostStage::GuestSignalled);
+            }
             if last_probe.is_none() {
                 clock.mark(HostStage::FirstProbe);
             }
             if signalled {
-                clock.mark(HostStage::GuestSignalled);
                 return client
                     .wait_ready(addr, timeout.saturating_sub(started.elapsed()))
                     .await;
@@ -949,7 +960,7 @@ async fn reissue_for_new_address<D: Driver>(
     let server = certs::server_cert(&store.certs_dir(), &name, sans).map_err(certs_err)?;
     certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
     store.save(config)?;
-    write_config_drive(config, dir)?;
+    write_config_drive(config, dir, driver)?;
     driver
         .stop(
             dir,
@@ -1060,7 +1071,7 @@ pub async fn start(
         });
     }
     progress(Progress::WritingConfigDrive);
-    write_config_drive(&config, &dir)?;
+    write_config_drive(&config, &dir, &driver)?;
     boot(store, &driver, &dir, &mut config, timeout, began, progress).await
 }
 
@@ -1275,7 +1286,7 @@ pub async fn upgrade_with<D: Driver>(
     config.vm.boot = cached.boot_image();
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
-    write_config_drive(&config, &dir)?;
+    write_config_drive(&config, &dir, driver)?;
     boot(store, driver, &dir, &mut config, timeout, began, progress).await?;
     Ok(version)
 }
@@ -2125,8 +2136,10 @@ mod tests {
         let driver = FakeDriver {
             serve_engine: true,
             console: Some(format!(
-                "[    0.500] rmachine-init: {}\n[    0.900] rmachine-init: boot complete\n",
-                report.console_line()
+                "{}[    0.500] rmachine-init: {}\n[    0.900] rmachine-init: boot complete\n{}",
+                stage_line(Stage::InitStarted, 300),
+                report.console_line(),
+                stage_line(Stage::EngineUp, 1200),
             )),
             ..Default::default()
         };
@@ -2144,6 +2157,56 @@ mod tests {
         assert_eq!(shown, "Checked Clean 2027-01-15T08:00:00Z\n");
         let full = inspect(&store, "intro", None).unwrap();
         assert!(full.contains("\"DataDisk\": {"), "{full}");
+        let timeline = inspect(
+            &store,
+            "intro",
+            Some("{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(timeline, "InitStarted=300 EngineUp=1200 \n");
+        let host = inspect(
+            &store,
+            "intro",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            host, "VmStarting VmRunning GuestSignalled FirstProbe Ready \n",
+            "the guest's line, not a timer, started the probes"
+        );
+    }
+
+    fn stage_line(stage: Stage, ms: u64) -> String {
+        format!(
+            "[    0.000] rmachine-init: {}\n",
+            timeline::GuestStage { stage, ms }.console_line()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_never_signals_ready_names_its_last_stage() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            console: Some(format!(
+                "{}{}",
+                stage_line(Stage::InitStarted, 300),
+                stage_line(Stage::DataDiskMounted, 900)
+            )),
+            ..Default::default()
+        };
+        let (_, progress) = recorder();
+        let err = create_with(&store, &driver, "stuck", &options, &progress)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("(the guest's last boot stage: DataDiskMounted)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rmachine-boot-stage: "),
+            "console tail: {text}"
+        );
     }
 
     #[tokio::test]

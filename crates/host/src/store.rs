@@ -127,7 +127,7 @@ pub struct MachineConfig {
     /// When each stage of the last boot was reached (guest and host side); absent until a
     /// machine has booted with a build that records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_timeline: Option<BootTimeline>,
+    pub timeline: Option<BootTimeline>,
     /// `create --published-bind-address`: the one host address the port agent binds published
     /// ports on; absent means 127.0.0.1 and ::1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -530,7 +530,7 @@ pub(crate) mod tests {
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,
-            boot_timeline: None,
+            timeline: None,
             published_bind_address: None,
         }
     }

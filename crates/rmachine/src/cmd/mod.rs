@@ -149,7 +149,7 @@ pub fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
 
 /// `--timings`: the last boot's timeline, as the machine record holds it.
 pub fn print_timings(config: &rmachine_host::store::MachineConfig) -> anyhow::Result<()> {
-    match &config.boot_timeline {
+    match &config.timeline {
         Some(timeline) => crate::output::out(&timeline.render()),
         None => crate::output::outln("no boot timeline recorded"),
     }
