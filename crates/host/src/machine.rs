@@ -930,7 +930,19 @@ async fn wait_for_engine(
         }
         if started.elapsed() >= timeout {
             // One last probe: its error is the one the user sees.
-            return client.wait_ready(addr, Duration::from_secs(1)).await;
+            let last = match tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => err,
+                Err(_) => EngineCheckError::AttemptTimeout {
+                    addr,
+                    seconds: PROBE_TIMEOUT.as_secs(),
+                },
+            };
+            return Err(EngineCheckError::WaitTimeout {
+                addr,
+                seconds: timeout.as_secs(),
+                last: Box::new(last),
+            });
         }
         tokio::time::sleep(CONSOLE_POLL).await;
     }
@@ -2201,6 +2213,13 @@ mod tests {
         let text = err.to_string();
         assert!(
             text.contains("(the guest's last boot stage: DataDiskMounted)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "timed out after {}s",
+                options.engine_timeout.as_secs()
+            )),
             "{text}"
         );
         assert!(
