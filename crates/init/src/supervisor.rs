@@ -1,9 +1,9 @@
 //! The supervisor: everything PID 1 delegates, on a tokio runtime in a child process.
 //!
-//! Boot: modules → (disks + configuration ∥ network) → SSH server → shares → engine. Then it waits for
-//! a shutdown request (signal forwarded by PID 1, or the ACPI power button), stops the engine,
-//! ends every other process, unmounts the data disk and exits with the [`Action`] PID 1 must
-//! carry out.
+//! Boot: modules → configuration drive → (data disk + configuration ∥ network) → SSH server →
+//! shares → engine. Then it waits for a shutdown request (signal forwarded by PID 1, or the
+//! ACPI power button), stops the engine, ends every other process, unmounts the data disk and
+//! exits with the [`Action`] PID 1 must carry out.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
