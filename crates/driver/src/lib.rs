@@ -192,6 +192,17 @@ pub struct Capabilities {
     pub shares: bool,
 }
 
+/// A static IPv4 configuration of the guest's NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// Address with prefix length, e.g. `10.0.2.15/24`.
+    pub address: String,
+    /// Default gateway.
+    pub gateway: String,
+    /// DNS server.
+    pub dns: String,
+}
+
 /// Name and capabilities of a driver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -340,4 +351,17 @@ pub trait Driver: Send + Sync {
         &self,
         dir: &MachineDir,
     ) -> impl Future<Output = Result<Endpoints, DriverError>> + Send;
+
+    /// The guest NIC's address when the driver fixes it (user-mode networking with a known
+    /// address plan): the host writes it into the configuration drive and the guest skips
+    /// DHCP. `None`: the guest asks DHCP.
+    fn guest_network(&self) -> Option<GuestNetwork> {
+        None
+    }
+
+    /// Resident memory of the hypervisor process running this VM, in bytes, when the driver
+    /// can tell (`rmachine inspect` shows it); `None` when the VM does not run.
+    fn resident_bytes(&self, _dir: &MachineDir) -> Option<u64> {
+        None
+    }
 }

@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             ..Default::default()
         },
         shares: Vec::new(),
+        network: None,
     };
     let file = fs::File::create(out).map_err(|e| format!("creating {out}: {e}"))?;
     config.write_drive(file)?;

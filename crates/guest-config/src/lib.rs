@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod report;
+pub mod timeline;
 pub mod udp_frame;
 
 use std::io::{self, Read, Write};
@@ -46,6 +47,22 @@ pub struct GuestConfig {
     /// Host folders the hypervisor exports, to mount in the guest (absent before shares existed).
     #[serde(default)]
     pub shares: Vec<ShareMount>,
+    /// The first NIC's address when the driver knows it (QEMU user networking): the guest
+    /// applies it at once instead of asking DHCP. Absent: DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<StaticNetwork>,
+}
+
+/// A static IPv4 configuration for the guest's first NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticNetwork {
+    /// Address with prefix length, e.g. `10.0.2.15/24`.
+    pub address: String,
+    /// Default gateway.
+    pub gateway: String,
+    /// DNS server.
+    pub dns: String,
 }
 
 /// One host folder shared into the guest: the hypervisor exports it under `tag` (virtio-9p's
@@ -189,6 +206,11 @@ mod tests {
                 guest_path: "/home/me".into(),
                 read_only: false,
             }],
+            network: Some(StaticNetwork {
+                address: "10.0.2.15/24".into(),
+                gateway: "10.0.2.2".into(),
+                dns: "10.0.2.3".into(),
+            }),
         }
     }
 

@@ -5,7 +5,7 @@
 //! that needs an arm. There is no runtime registry.
 
 use rmachine_driver::{
-    Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
+    Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode, VmSpec, VmState,
 };
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,18 @@ impl Driver for AnyDriver {
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,
+        }
+    }
+
+    fn guest_network(&self) -> Option<GuestNetwork> {
+        match self {
+            AnyDriver::Qemu(d) => d.guest_network(),
+        }
+    }
+
+    fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
+        match self {
+            AnyDriver::Qemu(d) => d.resident_bytes(dir),
         }
     }
 

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
 use rmachine_guest_config::report;
+use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
 use rmachine_guest_config::{
-    EngineConfig, GuestConfig, GuestConfigError, ShareMount, FORMAT_VERSION,
+    EngineConfig, GuestConfig, GuestConfigError, ShareMount, StaticNetwork, FORMAT_VERSION,
 };
 use serde_json::Value;
 
@@ -137,10 +138,12 @@ pub enum MachineError {
         seconds: u64,
     },
     /// The engine did not answer after boot.
-    #[error("the engine of machine \"{machine}\" did not answer: {}{}", error_chain(.cause.as_ref()), console_tail(.console))]
+    #[error("the engine of machine \"{machine}\" did not answer{}: {}{}", last_stage_note(.last_stage), error_chain(.cause.as_ref()), console_tail(.console))]
     EngineNotReady {
         /// The machine.
         machine: String,
+        /// The last boot stage the guest reported on its console, if any.
+        last_stage: Option<String>,
         /// The last lines of the guest console, when the driver captures it.
         console: Option<String>,
         /// The cause (in the message, before the console lines).
@@ -189,6 +192,13 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+fn last_stage_note(stage: &Option<String>) -> String {
+    match stage {
+        Some(stage) => format!(" (the guest's last boot stage: {stage})"),
+        None => String::new(),
+    }
 }
 
 fn console_tail(console: &Option<String>) -> String {
@@ -464,6 +474,7 @@ pub async fn create_with<D: Driver>(
     options: &CreateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
+    let began = Instant::now();
     let mut problems = options.problems(name);
     let can_share = driver.info().capabilities.shares;
     if !options.shares.is_empty() && !can_share {
@@ -541,7 +552,7 @@ pub async fn create_with<D: Driver>(
     let dir = store.create_machine_dir(name)?;
     let lock = store.lock(name)?;
     let provisioned = tokio::select! {
-        result = provision(store, driver, &dir, &spec, options, progress) => result,
+        result = provision(store, driver, &dir, &spec, options, began, progress) => result,
         _ = tokio::signal::ctrl_c() => Err(MachineError::Interrupted),
     };
     match provisioned {
@@ -567,6 +578,7 @@ async fn provision<D: Driver>(
     dir: &MachineDir,
     spec: &VmSpec,
     options: &CreateOptions,
+    began: Instant,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
     let name = dir.name.as_str();
@@ -620,11 +632,12 @@ async fn provision<D: Driver>(
         vm: spec.clone(),
         created: chrono::Utc::now(),
         data_disk: None,
+        timeline: None,
         published_bind_address: options.published_bind_address,
     };
 
     progress(Progress::WritingConfigDrive);
-    write_config_drive(&config, dir)?;
+    write_config_drive(&config, dir, driver)?;
 
     progress(Progress::CreatingVm);
     driver
@@ -639,6 +652,7 @@ async fn provision<D: Driver>(
         dir,
         &mut config,
         options.engine_timeout,
+        began,
         progress,
     )
     .await?;
@@ -681,7 +695,11 @@ fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {
 }
 
 /// Renders `config.img` from the machine's current certificate and key files.
-fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), MachineError> {
+fn write_config_drive<D: Driver>(
+    config: &MachineConfig,
+    dir: &MachineDir,
+    driver: &D,
+) -> Result<(), MachineError> {
     let name = config.name.as_str();
     let certs_err = |source| MachineError::Certs {
         machine: name.to_string(),
@@ -717,6 +735,11 @@ fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), Ma
                 read_only: share.read_only,
             })
             .collect(),
+        network: driver.guest_network().map(|n| StaticNetwork {
+            address: n.address,
+            gateway: n.gateway,
+            dns: n.dns,
+        }),
     };
     let path = config.vm.config_drive.clone();
     let drive_err = |source| MachineError::ConfigDrive {
@@ -739,6 +762,26 @@ fn read_console_tail(dir: &MachineDir, lines: usize) -> Option<String> {
     Some(all[start..].join("\n"))
 }
 
+/// Host-side stages of one boot, in milliseconds since the command began.
+struct HostClock {
+    began: Instant,
+    marks: Vec<HostMark>,
+}
+
+impl HostClock {
+    fn new(began: Instant) -> Self {
+        HostClock {
+            began,
+            marks: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, stage: HostStage) {
+        let ms = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.marks.push(HostMark { stage, ms });
+    }
+}
+
 /// Boots the VM, records its endpoints and waits for the engine.
 async fn boot<D: Driver>(
     store: &Store,
@@ -746,14 +789,18 @@ async fn boot<D: Driver>(
     dir: &MachineDir,
     config: &mut MachineConfig,
     timeout: Duration,
+    began: Instant,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
     let name = dir.name.clone();
+    let mut clock = HostClock::new(began);
     progress(Progress::StartingVm);
+    clock.mark(HostStage::VmStarting);
     driver
         .start(dir, &config.vm)
         .await
         .map_err(driver_err(&name, "start the VM"))?;
+    clock.mark(HostStage::VmRunning);
     let endpoints = driver
         .endpoints(dir)
         .await
@@ -777,23 +824,128 @@ async fn boot<D: Driver>(
 
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
-    if let Err(source) = client.wait_ready(endpoints.engine, timeout).await {
-        let console = if driver.info().capabilities.console_log {
-            read_console_tail(dir, 15)
-        } else {
-            None
+    let console = driver
+        .info()
+        .capabilities
+        .console_log
+        .then(|| dir.file("console.log"));
+    let waited = wait_for_engine(
+        &client,
+        endpoints.engine,
+        timeout,
+        console.as_deref(),
+        &mut clock,
+    )
+    .await;
+    if let Err(source) = waited {
+        let (console, last_stage) = match &console {
+            Some(path) => (
+                read_console_tail(dir, 15),
+                std::fs::read(path)
+                    .ok()
+                    .and_then(|c| timeline::last_stage_reached(&String::from_utf8_lossy(&c))),
+            ),
+            None => (None, None),
         };
         return Err(MachineError::EngineNotReady {
             machine: name,
+            last_stage: last_stage.map(|s| format!("{s:?}")),
             console,
             cause: Box::new(source),
         });
     }
-    if driver.info().capabilities.console_log {
+    clock.mark(HostStage::Ready);
+    let guest = match &console {
+        Some(path) => std::fs::read(path)
+            .map(|c| timeline::last_boot_stages(&String::from_utf8_lossy(&c)))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    config.timeline = Some(BootTimeline {
+        guest,
+        host: clock.marks,
+    });
+    if console.is_some() {
         record_data_disk(store, dir, config)?;
+    } else {
+        store.save(config)?;
     }
     progress(Progress::EngineReady);
     Ok(())
+}
+
+/// How often the console is read for the guest's readiness line.
+const CONSOLE_POLL: Duration = Duration::from_millis(20);
+/// A guest whose console carries no stage line this long after the start is an image from
+/// before the boot timeline: it never signals, so its engine is probed over TLS every
+/// [`LEGACY_PROBE`] as it always was.
+const LEGACY_AFTER: Duration = Duration::from_secs(5);
+/// See [`LEGACY_AFTER`].
+const LEGACY_PROBE: Duration = Duration::from_millis(500);
+/// How long one probe of a legacy guest may take (QEMU user networking can hold a
+/// connection into a guest that does not listen yet).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the engine answers TLS `/_ping`. With a console log, the guest's
+/// [`Stage::EngineUp`] line says when to probe: nothing is sent into a guest that is still
+/// booting. The TLS answer stays the proof (QEMU user networking accepts connections before
+/// anything in the guest listens). Without a console, or for a guest that prints no stage
+/// lines, the engine is probed periodically.
+async fn wait_for_engine(
+    client: &EngineClient,
+    addr: SocketAddr,
+    timeout: Duration,
+    console: Option<&std::path::Path>,
+    clock: &mut HostClock,
+) -> Result<(), EngineCheckError> {
+    let started = Instant::now();
+    let Some(console) = console else {
+        clock.mark(HostStage::FirstProbe);
+        return client.wait_ready(addr, timeout).await;
+    };
+    let mut last_probe: Option<Instant> = None;
+    loop {
+        let text = std::fs::read(console).unwrap_or_default();
+        let stages = timeline::last_boot_stages(&String::from_utf8_lossy(&text));
+        let signalled = stages.iter().any(|s| s.stage == Stage::EngineUp);
+        let legacy = stages.is_empty()
+            && started.elapsed() >= LEGACY_AFTER
+            && last_probe.is_none_or(|at| at.elapsed() >= LEGACY_PROBE);
+        if signalled || legacy {
+            if signalled {
+                clock.mark(HostStage::GuestSignalled);
+            }
+            if last_probe.is_none() {
+                clock.mark(HostStage::FirstProbe);
+            }
+            if signalled {
+                return client
+                    .wait_ready(addr, timeout.saturating_sub(started.elapsed()))
+                    .await;
+            }
+            last_probe = Some(Instant::now());
+            if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
+                return Ok(());
+            }
+        }
+        if started.elapsed() >= timeout {
+            // One last probe: its error is the one the user sees.
+            let last = match tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => err,
+                Err(_) => EngineCheckError::AttemptTimeout {
+                    addr,
+                    seconds: PROBE_TIMEOUT.as_secs(),
+                },
+            };
+            return Err(EngineCheckError::WaitTimeout {
+                addr,
+                seconds: timeout.as_secs(),
+                last: Box::new(last),
+            });
+        }
+        tokio::time::sleep(CONSOLE_POLL).await;
+    }
 }
 
 /// The guest came up at an address its engine certificate does not name (a bridged driver's
@@ -820,7 +972,7 @@ async fn reissue_for_new_address<D: Driver>(
     let server = certs::server_cert(&store.certs_dir(), &name, sans).map_err(certs_err)?;
     certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
     store.save(config)?;
-    write_config_drive(config, dir)?;
+    write_config_drive(config, dir, driver)?;
     driver
         .stop(
             dir,
@@ -881,6 +1033,7 @@ fn engine_client(store: &Store, name: &str) -> Result<EngineClient, MachineError
     EngineClient::from_cert_dir(&store.machine_path(name)).map_err(|source| {
         MachineError::EngineNotReady {
             machine: name.to_string(),
+            last_stage: None,
             console: None,
             cause: Box::new(source),
         }
@@ -914,6 +1067,7 @@ pub async fn start(
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
+    let began = Instant::now();
     store.require(name)?;
     let _lock = store.lock(name)?;
     let (mut config, driver) = load_with_driver(store, name).await?;
@@ -929,8 +1083,8 @@ pub async fn start(
         });
     }
     progress(Progress::WritingConfigDrive);
-    write_config_drive(&config, &dir)?;
-    boot(store, &driver, &dir, &mut config, timeout, progress).await
+    write_config_drive(&config, &dir, &driver)?;
+    boot(store, &driver, &dir, &mut config, timeout, began, progress).await
 }
 
 /// Starts the port agent of a running machine (replacing an older one): `program` is the
@@ -1097,6 +1251,7 @@ pub async fn upgrade_with<D: Driver>(
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<String, MachineError> {
+    let began = Instant::now();
     store.require(name)?;
     let _lock = store.lock(name)?;
     let mut config = store.load(name)?;
@@ -1143,8 +1298,8 @@ pub async fn upgrade_with<D: Driver>(
     config.vm.boot = cached.boot_image();
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
-    write_config_drive(&config, &dir)?;
-    boot(store, driver, &dir, &mut config, timeout, progress).await?;
+    write_config_drive(&config, &dir, driver)?;
+    boot(store, driver, &dir, &mut config, timeout, began, progress).await?;
     Ok(version)
 }
 
@@ -1300,6 +1455,14 @@ pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String
         map.insert(
             "PortAgent".to_string(),
             serde_json::to_value(agent).unwrap_or(Value::Null),
+        );
+        // Live, not part of the record: what the hypervisor process holds in memory now.
+        let rss = driver_for(&config)
+            .ok()
+            .and_then(|driver| driver.resident_bytes(&store.machine_dir(name)));
+        map.insert(
+            "HypervisorRssBytes".to_string(),
+            rss.map(Value::from).unwrap_or(Value::Null),
         );
     }
     match format {
@@ -1985,8 +2148,10 @@ mod tests {
         let driver = FakeDriver {
             serve_engine: true,
             console: Some(format!(
-                "[    0.500] rmachine-init: {}\n[    0.900] rmachine-init: boot complete\n",
-                report.console_line()
+                "{}[    0.500] rmachine-init: {}\n[    0.900] rmachine-init: boot complete\n{}",
+                stage_line(Stage::InitStarted, 300),
+                report.console_line(),
+                stage_line(Stage::EngineUp, 1200),
             )),
             ..Default::default()
         };
@@ -2004,6 +2169,63 @@ mod tests {
         assert_eq!(shown, "Checked Clean 2027-01-15T08:00:00Z\n");
         let full = inspect(&store, "intro", None).unwrap();
         assert!(full.contains("\"DataDisk\": {"), "{full}");
+        let timeline = inspect(
+            &store,
+            "intro",
+            Some("{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(timeline, "InitStarted=300 EngineUp=1200 \n");
+        let host = inspect(
+            &store,
+            "intro",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            host, "VmStarting VmRunning GuestSignalled FirstProbe Ready \n",
+            "the guest's line, not a timer, started the probes"
+        );
+    }
+
+    fn stage_line(stage: Stage, ms: u64) -> String {
+        format!(
+            "[    0.000] rmachine-init: {}\n",
+            timeline::GuestStage { stage, ms }.console_line()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_never_signals_ready_names_its_last_stage() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            console: Some(format!(
+                "{}{}",
+                stage_line(Stage::InitStarted, 300),
+                stage_line(Stage::DataDiskMounted, 900)
+            )),
+            ..Default::default()
+        };
+        let (_, progress) = recorder();
+        let err = create_with(&store, &driver, "stuck", &options, &progress)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("(the guest's last boot stage: DataDiskMounted)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "timed out after {}s",
+                options.engine_timeout.as_secs()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("rmachine-boot-stage: "),
+            "console tail: {text}"
+        );
     }
 
     #[tokio::test]

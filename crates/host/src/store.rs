@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use rmachine_driver::{MachineDir, VmSpec};
 use rmachine_guest_config::report::DataDiskReport;
+use rmachine_guest_config::timeline::BootTimeline;
 use serde::{Deserialize, Serialize};
 
 /// Version of the machine record format this build writes.
@@ -123,6 +124,10 @@ pub struct MachineConfig {
     /// absent until a guest that reports it has booted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_disk: Option<DataDiskReport>,
+    /// When each stage of the last boot was reached (guest and host side); absent until a
+    /// machine has booted with a build that records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<BootTimeline>,
     /// `create --published-bind-address`: the one host address the port agent binds published
     /// ports on; absent means 127.0.0.1 and ::1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,6 +530,7 @@ pub(crate) mod tests {
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,
+            timeline: None,
             published_bind_address: None,
         }
     }

@@ -205,6 +205,7 @@ mod tests {
             authorized_keys: vec![],
             engine: Default::default(),
             shares: Vec::new(),
+            network: None,
         };
         write_tls(&config, &dir).expect("temp dir is writable");
         let mode = |name: &str| {

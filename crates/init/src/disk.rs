@@ -597,6 +597,7 @@ mod tests {
             authorized_keys: vec![],
             engine: Default::default(),
             shares: Vec::new(),
+            network: None,
         };
         let mut image = Vec::new();
         config

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use rmachine_guest_config::timeline::Stage;
 use rmachine_guest_config::EngineConfig;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -130,7 +131,11 @@ pub fn is_ok_status(response: &[u8]) -> bool {
     response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200")
 }
 
-async fn wait_ready(started: Instant) {
+/// How often the boot asks the engine whether it answers yet: the engine comes up within a
+/// second or two, and every poll period is latency added to the machine's readiness.
+const READY_POLL: Duration = Duration::from_millis(20);
+
+async fn wait_ready(started: Instant, port: u16) {
     let deadline = started + Duration::from_secs(300);
     while Instant::now() < deadline {
         if ping(Path::new(SOCKET)).await {
@@ -138,11 +143,27 @@ async fn wait_ready(started: Instant) {
                 "engine ready ({:.2}s after start)",
                 started.elapsed().as_secs_f64()
             );
+            crate::logging::stage(Stage::EngineUp);
+            wait_tcp(port, deadline).await;
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(READY_POLL).await;
     }
     tracing::warn!("engine: no answer on {SOCKET} after 300s");
+}
+
+/// Marks [`Stage::TlsListening`] once the engine accepts connections on its TLS port (the
+/// engine opens its listeners together, so this is normally at once).
+async fn wait_tcp(port: u16, deadline: Instant) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            crate::logging::stage(Stage::TlsListening);
+            return;
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+    tracing::warn!("engine: nothing listens on {addr}");
 }
 
 /// Stops the engine: SIGTERM, up to [`STOP_TIMEOUT`], then SIGKILL.
@@ -199,7 +220,8 @@ pub async fn supervise(config: EngineConfig, mut shutdown: watch::Receiver<bool>
             "engine started (pid {})",
             child.id().map(|p| p.to_string()).unwrap_or_default()
         );
-        let ready = tokio::spawn(wait_ready(started));
+        crate::logging::stage(Stage::EngineStarted);
+        let ready = tokio::spawn(wait_ready(started, config.port));
         let status = tokio::select! {
             status = child.wait() => Some(status),
             _ = shutdown.wait_for(|stop| *stop) => None,

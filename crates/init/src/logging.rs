@@ -18,6 +18,19 @@ pub fn since_boot() -> Duration {
         .unwrap_or_default()
 }
 
+/// Prints the console line that marks a boot stage (see [`rmachine_guest_config::timeline`]):
+/// the host reads these lines for the boot timeline, and [`Stage::EngineUp`]'s as the signal
+/// that the engine is ready.
+///
+/// [`Stage::EngineUp`]: rmachine_guest_config::timeline::Stage::EngineUp
+pub fn stage(stage: rmachine_guest_config::timeline::Stage) {
+    let mark = rmachine_guest_config::timeline::GuestStage {
+        stage,
+        ms: u64::try_from(since_boot().as_millis()).unwrap_or(u64::MAX),
+    };
+    tracing::info!("{}", mark.console_line());
+}
+
 /// Renders the uptime stamp that opens every console line.
 pub fn stamp(uptime: Duration) -> String {
     format!("[{:4}.{:03}]", uptime.as_secs(), uptime.subsec_millis())

@@ -1,4 +1,5 @@
-//! Network: loopback, the first NIC by DHCP (busybox `udhcpc`), static fallback for QEMU user
+//! Network: loopback, the first NIC with the configuration drive's static address when the
+//! driver knows it, else by DHCP (busybox `udhcpc`) with a static fallback for QEMU user
 //! networking.
 //!
 //! `udhcpc` calls a script for each event; we render it here (`rmachine-init udhcpc-script`,
@@ -6,8 +7,11 @@
 //! always agree. The fallback is the address QEMU's user network hands out anyway
 //! (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3), so a DHCP hiccup does not cost the machine.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
+
+use rmachine_guest_config::StaticNetwork;
 
 use tokio::process::Command;
 
@@ -68,23 +72,37 @@ pub fn resolv_conf(dns: &str) -> String {
     format!("nameserver {dns}\n")
 }
 
-/// The `ip` commands that apply a static configuration to `ifname`.
-pub fn static_commands(ifname: &str, config: &StaticConfig) -> Vec<Vec<String>> {
+/// The `ip` commands that give `ifname` the `address` (with prefix length) and the default
+/// route via `gateway`.
+pub fn static_commands(ifname: &str, address: &str, gateway: &str) -> Vec<Vec<String>> {
     let cmd = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
         cmd(&["addr", "flush", "dev", ifname]),
-        cmd(&["addr", "add", config.address, "dev", ifname]),
+        cmd(&["addr", "add", address, "dev", ifname]),
         cmd(&["link", "set", "dev", ifname, "up"]),
-        cmd(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            config.gateway,
-            "dev",
-            ifname,
-        ]),
+        cmd(&["route", "add", "default", "via", gateway, "dev", ifname]),
     ]
+}
+
+/// Checks a configuration drive's static network: `a.b.c.d/len`, and two IPv4 addresses.
+/// Returns what is wrong, for the console.
+pub fn check_static(net: &StaticNetwork) -> Result<(), String> {
+    let (addr, len) = net
+        .address
+        .split_once('/')
+        .ok_or_else(|| format!("address {:?} has no prefix length", net.address))?;
+    addr.parse::<Ipv4Addr>()
+        .map_err(|_| format!("address {:?} is not IPv4", net.address))?;
+    match len.parse::<u8>() {
+        Ok(len) if len <= 32 => {}
+        _ => return Err(format!("prefix length in {:?} is invalid", net.address)),
+    }
+    for (what, value) in [("gateway", &net.gateway), ("dns", &net.dns)] {
+        value
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{what} {value:?} is not IPv4"))?;
+    }
+    Ok(())
 }
 
 /// The udhcpc command line for an interface: quit once bound, give up after 5 tries.
@@ -187,8 +205,9 @@ async fn ipv4_summary(ifname: &str) -> String {
     format!("{addr}, {route}, dns {dns}")
 }
 
-/// Brings up `lo` and the first NIC (DHCP, else static); logs what was configured.
-pub async fn setup() {
+/// Brings up `lo` and the first NIC: with `fixed` (the configuration drive's static address)
+/// at once, else by DHCP with QEMU user networking's plan as the fallback; logs the result.
+pub async fn setup(fixed: Option<StaticNetwork>) {
     if let Err(err) = ip(&["link".into(), "set".into(), "lo".into(), "up".into()]).await {
         tracing::warn!("loopback: {err}");
     }
@@ -196,6 +215,21 @@ pub async fn setup() {
         tracing::warn!("network: no network interface found");
         return;
     };
+    let fixed = fixed.filter(|net| match check_static(net) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!("network: configuration drive: {err}; using dhcp");
+            false
+        }
+    });
+    if let Some(net) = fixed {
+        apply_static(&ifname, &net.address, &net.gateway, &net.dns).await;
+        tracing::info!(
+            "network: {ifname} static (configuration drive): {}",
+            ipv4_summary(&ifname).await
+        );
+        return;
+    }
     if let Err(err) = ip(&["link".into(), "set".into(), ifname.clone(), "up".into()]).await {
         tracing::warn!("network: {err}");
     }
@@ -216,22 +250,32 @@ pub async fn setup() {
         ),
         Err(err) => tracing::warn!("network: cannot run udhcpc: {err}"),
     }
-    for args in static_commands(&ifname, &QEMU_USER_NET) {
+    apply_static(
+        &ifname,
+        QEMU_USER_NET.address,
+        QEMU_USER_NET.gateway,
+        QEMU_USER_NET.dns,
+    )
+    .await;
+    tracing::info!(
+        "network: {ifname} static fallback: {}",
+        ipv4_summary(&ifname).await
+    );
+}
+
+async fn apply_static(ifname: &str, address: &str, gateway: &str, dns: &str) {
+    for args in static_commands(ifname, address, gateway) {
         if let Err(err) = ip(&args).await {
             tracing::warn!("network: {err}");
         }
     }
     if let Err(err) = crate::config::write_file(
         Path::new("/etc/resolv.conf"),
-        resolv_conf(QEMU_USER_NET.dns).as_bytes(),
+        resolv_conf(dns).as_bytes(),
         0o644,
     ) {
         tracing::warn!("network: {err}");
     }
-    tracing::info!(
-        "network: {ifname} static fallback: {}",
-        ipv4_summary(&ifname).await
-    );
 }
 
 #[cfg(test)]
@@ -249,7 +293,7 @@ mod tests {
 
     #[test]
     fn static_fallback_is_qemu_user_net() {
-        let cmds = static_commands("eth0", &QEMU_USER_NET);
+        let cmds = static_commands("eth0", QEMU_USER_NET.address, QEMU_USER_NET.gateway);
         assert!(cmds.contains(&vec![
             "addr".to_string(),
             "add".into(),
@@ -262,6 +306,29 @@ mod tests {
             Some("route add default via 10.0.2.2 dev eth0".into())
         );
         assert_eq!(resolv_conf("10.0.2.3"), "nameserver 10.0.2.3\n");
+    }
+
+    #[test]
+    fn a_static_network_from_the_drive_is_checked() {
+        let good = StaticNetwork {
+            address: "10.0.2.15/24".into(),
+            gateway: "10.0.2.2".into(),
+            dns: "10.0.2.3".into(),
+        };
+        assert_eq!(check_static(&good), Ok(()));
+        for (address, gateway) in [
+            ("10.0.2.15", "10.0.2.2"),
+            ("10.0.2.15/33", "10.0.2.2"),
+            ("fe80::1/64", "10.0.2.2"),
+            ("10.0.2.15/24", "gw"),
+        ] {
+            let bad = StaticNetwork {
+                address: address.into(),
+                gateway: gateway.into(),
+                ..good.clone()
+            };
+            assert!(check_static(&bad).is_err(), "{address} {gateway}");
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use rmachine_guest_config::timeline::Stage;
+
 use crate::{logging, mounts, supervisor, Action};
 
 /// How long the supervisor gets to shut down after PID 1 forwarded a request: the engine's
@@ -108,6 +110,7 @@ pub fn run() -> ! {
     let mount_errors = mounts::early_mounts();
     mounts::open_console();
     logging::init();
+    logging::stage(Stage::InitStarted);
     for err in &mount_errors {
         tracing::error!("{}", crate::error_chain(err));
     }

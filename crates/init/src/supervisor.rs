@@ -1,9 +1,9 @@
 //! The supervisor: everything PID 1 delegates, on a tokio runtime in a child process.
 //!
-//! Boot: modules → (disks + configuration ∥ network) → SSH server → shares → engine. Then it waits for
-//! a shutdown request (signal forwarded by PID 1, or the ACPI power button), stops the engine,
-//! ends every other process, unmounts the data disk and exits with the [`Action`] PID 1 must
-//! carry out.
+//! Boot: modules → configuration drive → (data disk + configuration ∥ network) → SSH server →
+//! shares → engine. Then it waits for a shutdown request (signal forwarded by PID 1, or the
+//! ACPI power button), stops the engine, ends every other process, unmounts the data disk and
+//! exits with the [`Action`] PID 1 must carry out.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
-use crate::{engine, error_chain, modules, mounts, net, power, shares, sshd, Action};
+use rmachine_guest_config::timeline::Stage;
+
+use crate::{engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action};
 
 /// Where the data disk is mounted.
 pub const DATA_MOUNT: &str = "/mnt/data";
@@ -45,6 +47,7 @@ pub async fn run() -> Action {
         }
     };
     load_modules("device modules", dir.clone(), early).await;
+    logging::stage(Stage::ModulesLoaded);
     // Container modules (netfilter, bridge, overlay) load while disks and network come up;
     // only the engine waits for them.
     let late_modules = tokio::spawn(load_modules("container modules", dir, late));
@@ -52,9 +55,28 @@ pub async fn run() -> Action {
     let (press_tx, mut press_rx) = mpsc::channel(4);
     power::watch(press_tx);
 
+    // The configuration drive is read first (one small read): it may hold the network's
+    // static address, which then comes up while the data disk is checked and mounted.
+    let (choice, drive_config) = match tokio::task::spawn_blocking(find_disks_and_config).await {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::error!("disk scan panicked: {err}");
+            (disk::DiskChoice::default(), None)
+        }
+    };
+    let fixed_network = drive_config.as_ref().and_then(|c| c.network.clone());
     let (boot, ()) = tokio::join!(
-        async { tokio::task::spawn_blocking(setup_storage_and_config).await },
-        net::setup(),
+        async {
+            let boot =
+                tokio::task::spawn_blocking(move || setup_storage_and_config(choice, drive_config))
+                    .await;
+            logging::stage(Stage::DataDiskMounted);
+            boot
+        },
+        async {
+            net::setup(fixed_network).await;
+            logging::stage(Stage::NetworkUp);
+        },
     );
     let boot = match boot {
         Ok(boot) => boot,
@@ -161,9 +183,8 @@ async fn end_other_processes() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Disks, data disk mount, configuration (blocking: runs on a blocking thread).
-fn setup_storage_and_config() -> Boot {
-    let started = Instant::now();
+/// Finds the disks and reads the configuration drive (blocking).
+fn find_disks_and_config() -> (disk::DiskChoice, Option<GuestConfig>) {
     let mut disks = disk::scan(Path::new("/sys/block"));
     if disks.is_empty() {
         // virtio probing is synchronous with module loading, but give slow buses a moment.
@@ -184,7 +205,31 @@ fn setup_storage_and_config() -> Boot {
         );
     }
     let choice = disk::choose(&disks);
+    let config =
+        choice
+            .config
+            .as_ref()
+            .and_then(|drive| match disk::read_config(&drive.device()) {
+                Ok(config) => {
+                    tracing::info!("config: read from {}", drive.device().display());
+                    Some(config)
+                }
+                Err(err) => {
+                    tracing::error!(
+                        "config: {}: {}",
+                        drive.device().display(),
+                        error_chain(&err)
+                    );
+                    None
+                }
+            });
+    (choice, config)
+}
 
+/// Data disk mount and configuration (blocking: runs on a blocking thread). `drive_config`
+/// is what the configuration drive held; without a drive, the copy on the data disk is used.
+fn setup_storage_and_config(choice: disk::DiskChoice, drive_config: Option<GuestConfig>) -> Boot {
+    let started = Instant::now();
     let data_mounted = match &choice.data {
         Some(data) => mount_data_disk(data),
         None => {
@@ -206,27 +251,18 @@ fn setup_storage_and_config() -> Boot {
         let _ = std::fs::create_dir_all(engine::DATA_ROOT);
     }
 
-    let config = match &choice.config {
-        Some(drive) => match disk::read_config(&drive.device()) {
-            Ok(config) => {
-                tracing::info!("config: read from {}", drive.device().display());
-                if data_mounted {
-                    if let Err(err) = config::save_copy(&config, &persist.join("config")) {
-                        tracing::warn!("config: {}", error_chain(&err));
-                    }
+    let config = match (&choice.config, drive_config) {
+        (Some(_), Some(config)) => {
+            if data_mounted {
+                if let Err(err) = config::save_copy(&config, &persist.join("config")) {
+                    tracing::warn!("config: {}", error_chain(&err));
                 }
-                Some(config)
             }
-            Err(err) => {
-                tracing::error!(
-                    "config: {}: {}",
-                    drive.device().display(),
-                    error_chain(&err)
-                );
-                None
-            }
-        },
-        None => {
+            Some(config)
+        }
+        // A drive that could not be read was reported by find_disks_and_config.
+        (Some(_), None) => None,
+        (None, _) => {
             let copy = data_mounted
                 .then(|| config::load_copy(&persist.join("config")))
                 .flatten();
@@ -453,7 +489,10 @@ async fn start_sshd(boot: &Boot) {
         };
     let count = authorized.len();
     match sshd::start(host_key, authorized, 22).await {
-        Ok(()) => tracing::info!("sshd: listening on :22 ({count} authorized keys)"),
+        Ok(()) => {
+            tracing::info!("sshd: listening on :22 ({count} authorized keys)");
+            logging::stage(Stage::SshUp);
+        }
         Err(err) => tracing::error!("sshd: cannot listen on :22: {err}"),
     }
 }

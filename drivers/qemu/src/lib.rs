@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    Capabilities, Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode,
+    VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -777,6 +778,20 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 impl Driver for QemuDriver {
+    /// QEMU's user network always hands out the same plan (slirp's defaults, which the
+    /// command line does not change).
+    fn guest_network(&self) -> Option<GuestNetwork> {
+        Some(GuestNetwork {
+            address: "10.0.2.15/24".to_owned(),
+            gateway: "10.0.2.2".to_owned(),
+            dns: "10.0.2.3".to_owned(),
+        })
+    }
+
+    fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
+        process::resident_bytes(&dir.file(PIDFILE))
+    }
+
     fn info(&self) -> DriverInfo {
         DriverInfo {
             name: DRIVER.to_owned(),

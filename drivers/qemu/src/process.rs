@@ -30,6 +30,37 @@ pub async fn kill(runner: &dyn CommandRunner, pid: u32) -> std::io::Result<()> {
     platform::kill(runner, pid).await
 }
 
+/// The resident memory, in bytes, of the live QEMU process that wrote `pidfile` (Linux: from
+/// `/proc/PID/status`); `None` when it does not run or the platform does not say.
+pub fn resident_bytes(pidfile: &Path) -> Option<u64> {
+    let pid = read_pidfile(pidfile).ok().flatten()?;
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let proc = Path::new("/proc").join(pid.to_string());
+    // Same test as is_alive: the pid must still be this machine's QEMU.
+    let cmdline = std::fs::read(proc.join("cmdline")).ok()?;
+    let marker = pidfile.to_string_lossy();
+    if !cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == marker.as_bytes())
+    {
+        return None;
+    }
+    vm_rss_bytes(&std::fs::read_to_string(proc.join("status")).ok()?)
+}
+
+/// `VmRSS:` of a `/proc/PID/status` text, in bytes.
+pub fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod platform {
     use super::*;
@@ -170,5 +201,24 @@ mod tests {
         kill(&TokioRunner, ours.id()).await.expect("kill again");
         let _ = stranger.kill();
         let _ = stranger.wait();
+    }
+}
+
+#[cfg(test)]
+mod rss_tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status =
+            "Name:\tqemu-system-x86\nVmPeak:\t 3000 kB\nVmRSS:\t  183412 kB\nThreads:\t5\n";
+        assert_eq!(vm_rss_bytes(status), Some(183_412 * 1024));
+        assert_eq!(vm_rss_bytes("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn no_pidfile_means_no_rss() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(resident_bytes(&dir.path().join("qemu.pid")), None);
     }
 }

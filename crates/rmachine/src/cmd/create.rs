@@ -71,6 +71,10 @@ pub struct Args {
     #[arg(long = "no-progress")]
     no_progress: bool,
 
+    /// Print when each boot stage was reached (guest and host), once the machine is ready
+    #[arg(long = "timings")]
+    timings: bool,
+
     /// Host address on which containers' published ports appear (default: 127.0.0.1 and ::1)
     #[arg(long = "published-bind-address", value_name = "ADDR")]
     published_bind_address: Option<std::net::IpAddr>,
@@ -106,9 +110,12 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let result = machine::create(store, &args.name, &options, &|p| renderer.step(p)).await;
     renderer.finish();
     match result {
-        Ok(_) => {
+        Ok(config) => {
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "machine created");
             super::start_port_agent(store, &args.name)?;
+            if args.timings {
+                super::print_timings(&config)?;
+            }
             outln(&format!(
                 "To see how to connect your Docker Client to the Docker Engine running on this virtual machine, run: rmachine env {}",
                 args.name

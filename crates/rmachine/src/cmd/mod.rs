@@ -147,6 +147,14 @@ pub fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--timings`: the last boot's timeline, as the machine record holds it.
+pub fn print_timings(config: &rmachine_host::store::MachineConfig) -> anyhow::Result<()> {
+    match &config.timeline {
+        Some(timeline) => crate::output::out(&timeline.render()),
+        None => crate::output::outln("no boot timeline recorded"),
+    }
+}
+
 /// Starts the port agent again after a command that restarted the machine (its stop ended the
 /// agent); nothing when the machine is left stopped.
 pub async fn start_port_agent_if_running(store: &Store, name: &str) -> anyhow::Result<()> {

@@ -19,6 +19,10 @@ pub struct Args {
     #[arg(long = "no-progress")]
     pub no_progress: bool,
 
+    /// Print when each boot stage was reached (guest and host), once the machine is ready
+    #[arg(long = "timings")]
+    pub timings: bool,
+
     /// Machine names (default: "default")
     pub names: Vec<String>,
 }
@@ -27,13 +31,18 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let names = super::names(store, args.names)?;
     let timeout = Duration::from_secs(args.engine_timeout);
     let plain = args.no_progress;
+    let timings = args.timings;
     let code = super::for_each(&names, |name| async move {
         outln(&format!("Starting \"{name}\"..."))?;
         let renderer = Renderer::new(plain);
         machine::start(store, &name, timeout, &|p| renderer.step(p)).await?;
         super::start_port_agent(store, &name)?;
         renderer.finish();
-        outln(&format!("Machine \"{name}\" was started."))
+        outln(&format!("Machine \"{name}\" was started."))?;
+        if timings {
+            super::print_timings(&store.load(&name)?)?;
+        }
+        Ok(())
     })
     .await?;
     outln("Started machines may have new IP addresses. You may need to re-run the `rmachine env` command.")?;

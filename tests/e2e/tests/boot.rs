@@ -1,0 +1,128 @@
+//! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
+//! every guest stage is there in boot order, and the host's marks are in order too. One
+//! machine: create, stop, start.
+#![cfg(rmachine_e2e)]
+
+use rmachine_e2e::Machine;
+
+const GUEST_STAGES: [&str; 8] = [
+    "InitStarted",
+    "ModulesLoaded",
+    "DataDiskMounted",
+    "NetworkUp",
+    "SshUp",
+    "EngineStarted",
+    "EngineUp",
+    "TlsListening",
+];
+
+/// `(stage, ms)` pairs from `inspect --format` output `Stage=Ms Stage=Ms …`.
+fn pairs(text: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    text.split_whitespace()
+        .map(|item| {
+            let (stage, ms) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("not STAGE=MS: {item:?}"))?;
+            Ok((stage.to_owned(), ms.parse()?))
+        })
+        .collect()
+}
+
+fn check_timeline(machine: &Machine, when: &str) -> anyhow::Result<()> {
+    let guest = machine
+        .rmachine(&[
+            "inspect",
+            "--format",
+            "{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}",
+            &machine.name,
+        ])?
+        .success()?;
+    let guest = pairs(&guest.stdout)?;
+    eprintln!("{when}: guest timeline {guest:?}");
+    for stage in GUEST_STAGES {
+        assert!(
+            guest.iter().any(|(s, _)| s == stage),
+            "{when}: guest stage {stage} missing from {guest:?}"
+        );
+    }
+    assert_eq!(guest.first().map(|(s, _)| s.as_str()), Some("InitStarted"));
+    assert!(
+        guest.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{when}: guest timeline not monotonic: {guest:?}"
+    );
+
+    let host = machine
+        .rmachine(&[
+            "inspect",
+            "--format",
+            "{{range .Timeline.Host}}{{.Stage}}={{.Ms}} {{end}}",
+            &machine.name,
+        ])?
+        .success()?;
+    let host = pairs(&host.stdout)?;
+    eprintln!("{when}: host timeline {host:?}");
+    let names: Vec<&str> = host.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        names.first().copied(),
+        Some("VmStarting"),
+        "{when}: {names:?}"
+    );
+    assert_eq!(names.last().copied(), Some("Ready"), "{when}: {names:?}");
+    // FirstProbe may come before the signal: a guest that printed no stage line 5 s after
+    // the start (a slow, loaded host) is probed as an old image would be.
+    for stage in ["VmRunning", "GuestSignalled", "FirstProbe"] {
+        assert!(names.contains(&stage), "{when}: {stage} missing: {names:?}");
+    }
+    assert!(
+        host.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{when}: host timeline not monotonic: {host:?}"
+    );
+
+    let rss = machine
+        .rmachine(&[
+            "inspect",
+            "--format",
+            "{{.HypervisorRssBytes}}",
+            &machine.name,
+        ])?
+        .success()?;
+    let rss: u64 = rss.stdout.trim().parse()?;
+    eprintln!("{when}: QEMU RSS {} MiB", rss / (1024 * 1024));
+    assert!(rss > 16 * 1024 * 1024, "{when}: QEMU RSS {rss} B");
+    Ok(())
+}
+
+#[test]
+fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()> {
+    let machine = Machine::new("boot")?;
+    let created = machine
+        .create(&["--no-share", "--timings", "--memory", "1024"])?
+        .success()?;
+    eprintln!("create took {:.2}s", created.elapsed.as_secs_f64());
+    assert!(
+        created.stdout.contains("guest (ms since kernel start):")
+            && created.stdout.contains("EngineUp"),
+        "create --timings prints the timeline: {}",
+        created.stdout
+    );
+    check_timeline(&machine, "create")?;
+
+    let stopped = machine.rmachine(&["stop", &machine.name])?.success()?;
+    eprintln!("stop took {:.2}s", stopped.elapsed.as_secs_f64());
+    let started = machine
+        .rmachine(&["start", "--timings", "--no-progress", &machine.name])?
+        .success()?;
+    eprintln!("start took {:.2}s", started.elapsed.as_secs_f64());
+    assert!(
+        started
+            .stdout
+            .contains("host (ms since the command began):"),
+        "start --timings prints the timeline: {}",
+        started.stdout
+    );
+    check_timeline(&machine, "start")?;
+    machine
+        .docker(&["version", "--format", "{{.Server.Version}}"])?
+        .success()?;
+    Ok(())
+}
