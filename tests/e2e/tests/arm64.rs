@@ -10,6 +10,25 @@ use rmachine_fixtures::{busybox_for, write_archive, ArchiveFormat};
 fn arm64_guest_runs_an_arm64_busybox_under_emulation() -> anyhow::Result<()> {
     let image = arm64_guest_image()?;
     let machine = Machine::new("arm64")?;
+    // The guest's architecture defaults to the host's: on this x86_64 host an arm64 image is
+    // refused before anything is written, with the way out.
+    if cfg!(target_arch = "x86_64") {
+        let refused = machine.create_from(&image, &[])?;
+        assert_eq!(
+            refused.code, 3,
+            "a failed pre-create check:\n{}",
+            refused.stderr
+        );
+        assert!(
+            refused
+                .stderr
+                .contains("is built for aarch64 but the VM is x86_64")
+                && refused.stderr.contains("pass --qemu-arch aarch64"),
+            "{}",
+            refused.stderr
+        );
+        assert!(!machine.store().join("machines/arm64").exists());
+    }
     let created = machine
         .create_from(
             &image,
