@@ -714,33 +714,34 @@ impl QemuDriver {
         if recorded.is_empty() {
             return Ok(());
         }
-        let problem =
-            match HostArch::from_name(recorded) {
-                Some(image) if image == guest => return Ok(()),
-                Some(image) => {
-                    let vm = match self.options.arch {
-                        Some(_) => format!("--qemu-arch {guest}"),
-                        None => format!("{guest}, the host's architecture"),
-                    };
-                    format!(
-                        "the guest image {} is built for {image} but the VM is {vm}: pass \
-                     --qemu-arch {image} (software emulation on this host unless it is \
-                     {image}) or a {guest} image with --guest-image",
-                        spec.boot
-                            .kernel
-                            .parent()
-                            .unwrap_or(&spec.boot.kernel)
-                            .display()
-                    )
-                }
-                None => {
-                    format!(
-                "the guest image {} is built for {recorded:?}, which the qemu driver does not \
-                 run (x86_64 or aarch64)",
-                spec.boot.kernel.parent().unwrap_or(&spec.boot.kernel).display()
-            )
-                }
-            };
+        let dir = spec
+            .boot
+            .kernel
+            .parent()
+            .unwrap_or(&spec.boot.kernel)
+            .display();
+        let problem = match HostArch::from_name(recorded) {
+            Some(image) if image == guest => return Ok(()),
+            Some(image) => {
+                let vm = match self.options.arch {
+                    Some(_) => format!("--qemu-arch {guest}"),
+                    None => format!("{guest}, the host's architecture"),
+                };
+                let emulated = if image == self.host.arch {
+                    String::new()
+                } else {
+                    format!(" (software emulation on this {} host)", self.host.arch)
+                };
+                format!(
+                    "the guest image {dir} is built for {image} but the VM is {vm}: pass \
+                     --qemu-arch {image}{emulated} or a {guest} image with --guest-image"
+                )
+            }
+            None => format!(
+                "the guest image {dir} is built for {recorded:?}, which the qemu driver does \
+                 not run (x86_64 or aarch64)"
+            ),
+        };
         Err(DriverError::InvalidOptions {
             driver: DRIVER.to_owned(),
             problems: vec![problem],
@@ -1536,7 +1537,7 @@ mod tests {
             format!(
                 "invalid qemu options: the guest image {} is built for aarch64 but the VM is \
                  x86_64, the host's architecture: pass --qemu-arch aarch64 (software emulation \
-                 on this host unless it is aarch64) or a x86_64 image with --guest-image",
+                 on this x86_64 host) or a x86_64 image with --guest-image",
                 tmp.path().display()
             )
         );
