@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the rmachine guest image: guest/out/{manifest.json,vmlinuz,initrd.img}.
+# Builds the rmachine guest image: guest/out/{manifest.json,vmlinuz,initrd.img} for x86_64,
+# guest/out-aarch64/ for the arm64 guest (Apple Silicon hosts; QEMU `virt` machine).
 #
 #   guest/build.sh                 # ARCH=x86_64 by default
 #   ARCH=x86_64 guest/build.sh
+#   ARCH=aarch64 guest/build.sh    # or ARCH=arm64: cross-built on an x86_64 host
 #
 # Inputs, all from Debian's package mirror (cached in guest/work/, re-runs reuse them):
 #   - the Debian 12 generic kernel (linux-image-<debarch> → linux-image-6.1.0-*-<debarch>): the
@@ -17,12 +19,18 @@
 set -euo pipefail
 
 ARCH="${ARCH:-x86_64}"
+# Debian's and Docker's names are accepted too; the manifest says x86_64 or aarch64.
+case "$ARCH" in
+  amd64) ARCH=x86_64 ;;
+  arm64) ARCH=aarch64 ;;
+esac
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORKSPACE="$(cd "$HERE/.." && pwd)"
 WORK="$HERE/work/$ARCH"
-OUT="${OUT:-$HERE/out}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$WORKSPACE/target}"
 
+# Modules only one architecture needs (added to MODULES below).
+EXTRA_MODULES=()
 case "$ARCH" in
   x86_64)
     DEB_ARCH=amd64
@@ -30,14 +38,28 @@ case "$ARCH" in
     RUST_TARGET=x86_64-unknown-linux-musl
     # ring's C parts need a musl C compiler (Debian's musl-tools).
     export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
+    OUT="${OUT:-$HERE/out}"
+    # The first serial port of pc/q35/microvm.
+    CONSOLE=ttyS0
     ;;
   aarch64)
-    # TODO(aarch64): untested. Needs `dpkg --add-architecture arm64 && apt-get update` so that
-    # `apt-get download pkg:arm64` works, the rust target `aarch64-unknown-linux-musl`
-    # (linked with rust-lld) and a C cross compiler for ring (e.g. clang --target=aarch64-linux-musl).
+    # Cross build on x86_64 (.ci/setup installs all of it): `dpkg --add-architecture arm64`
+    # so that `apt-get download pkg:arm64` works; ring's C and assembly need a C compiler for
+    # the target (gcc-aarch64-linux-gnu: ring includes no libc header that differs between
+    # glibc and musl); the static binary is linked by rust-lld with Rust's self-contained musl.
     DEB_ARCH=arm64
     MULTIARCH=aarch64-linux-gnu
     RUST_TARGET=aarch64-unknown-linux-musl
+    if [[ "$(uname -m)" != aarch64 ]]; then
+      export CC_aarch64_unknown_linux_musl="${CC_aarch64_unknown_linux_musl:-aarch64-linux-gnu-gcc}"
+      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER="${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-rust-lld}"
+    fi
+    OUT="${OUT:-$HERE/out-aarch64}"
+    # The PL011 UART of QEMU's `virt` machine.
+    CONSOLE=ttyAMA0
+    # The power button of `virt` without firmware (device tree, no ACPI): a PL061 GPIO line
+    # wired to a gpio-keys device that sends KEY_POWER on QMP system_powerdown.
+    EXTRA_MODULES=(gpio_keys gpio_pl061)
     ;;
   *)
     echo "build.sh: unsupported ARCH=$ARCH (x86_64 or aarch64)" >&2
@@ -62,6 +84,7 @@ MODULES=(
   xt_comment xt_mark xt_multiport
   # host folder shares (QEMU virtio-9p): docs/internals.md, "Shares"
   9p 9pnet 9pnet_virtio netfs
+  "${EXTRA_MODULES[@]}"
 )
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -99,7 +122,8 @@ if [[ -s "$WORK/kernel-package" && "$(cat "$WORK/kernel-package")" != *-cloud-* 
   KPKG="$(cat "$WORK/kernel-package")"
 else
   KPKG="$(apt-cache depends "linux-image-$DEB_ARCH" \
-    | sed -n "s/^ *Depends: \(linux-image-[0-9.]*-[0-9]*-$DEB_ARCH\)$/\1/p" | head -n1)"
+    | sed -n "s/^ *Depends: \(linux-image-[0-9.]*-[0-9]*-$DEB_ARCH\)\(:$DEB_ARCH\)\{0,1\}$/\1/p" \
+    | head -n1)"
   if [[ -z "$KPKG" ]]; then
     log "cannot resolve linux-image-$DEB_ARCH (run apt-get update)"
     exit 1
@@ -151,6 +175,37 @@ else
   (cd "$WORKSPACE" && cargo build --release --target "$RUST_TARGET" -p rmachine-init >&2)
 fi
 BIN_DIR="$CARGO_TARGET_DIR/$RUST_TARGET/release"
+# A few files of the image are printed by its own programs (the busybox applet list, the
+# udhcpc script). When cross-building, those cannot run here: the build host's builds of the
+# same sources (same Debian busybox version, same rmachine-init) print the same text.
+if [[ "$ARCH" == "$(uname -m)" ]]; then
+  RUN_BUSYBOX="$WORK/busybox/bin/busybox"
+  RUN_INIT="$BIN_DIR/rmachine-init"
+else
+  NATIVE_DEB_ARCH="$(dpkg --print-architecture)"
+  BB_VERSION="$(dpkg-deb -f "$BBDEB" Version)"
+  NATIVE="$WORK/native"
+  mkdir -p "$NATIVE/debs"
+  # apt names the file with the version's epoch escaped (1%3a1.35.0-…).
+  NATIVE_BBDEB="$(ls "$NATIVE"/debs/busybox-static_*_"$NATIVE_DEB_ARCH".deb 2>/dev/null | head -n1 || true)"
+  if [[ -z "$NATIVE_BBDEB" || "$(dpkg-deb -f "$NATIVE_BBDEB" Version)" != "$BB_VERSION" ]]; then
+    log "downloading busybox-static $BB_VERSION ($NATIVE_DEB_ARCH) for its applet list"
+    rm -f "$NATIVE"/debs/busybox-static_*.deb
+    rm -rf "$NATIVE/busybox"
+    (cd "$NATIVE/debs" && apt-get download -q "busybox-static:$NATIVE_DEB_ARCH=$BB_VERSION" >&2)
+    NATIVE_BBDEB="$(ls "$NATIVE"/debs/busybox-static_*_"$NATIVE_DEB_ARCH".deb | head -n1)"
+  fi
+  if [[ ! -x "$NATIVE/busybox/bin/busybox" ]]; then
+    rm -rf "$NATIVE/busybox"
+    dpkg-deb -x "$NATIVE_BBDEB" "$NATIVE/busybox"
+  fi
+  RUN_BUSYBOX="$NATIVE/busybox/bin/busybox"
+  # The same command as tests/run.sh's host build, which has then already built it (another
+  # package selection could unify features differently and rebuild dependencies).
+  log "building the host's rmachine-init (it prints the udhcpc script)"
+  (cd "$WORKSPACE" && cargo build --workspace --bins >&2)
+  RUN_INIT="$CARGO_TARGET_DIR/debug/rmachine-init"
+fi
 
 # --- 3. Root filesystem ----------------------------------------------------------------------
 ROOT="$WORK/root"
@@ -230,7 +285,7 @@ while read -r applet; do
   [[ -e "$ROOT/$applet" || -L "$ROOT/$applet" ]] && continue
   mkdir -p "$ROOT/$(dirname "$applet")"
   ln -s /bin/busybox "$ROOT/$applet"
-done < <("$ROOT/bin/busybox" --list-full)
+done < <("$RUN_BUSYBOX" --list-full)
 
 # /etc skeleton
 VERSION_BASE="$(cd "$WORKSPACE" && cargo metadata --no-deps --format-version 1 \
@@ -266,7 +321,7 @@ hosts: files dns
 EOF
 # The udhcpc script is rendered by rmachine-init (crates/init/src/net.rs) so that the
 # program and the image cannot disagree about it.
-"$BIN_DIR/rmachine-init" udhcpc-script >"$ROOT/etc/udhcpc.script"
+"$RUN_INIT" udhcpc-script >"$ROOT/etc/udhcpc.script"
 chmod 0755 "$ROOT/etc/udhcpc.script"
 
 # Kernel modules: the closure of $MODULES over the full tree's modules.dep.
@@ -309,16 +364,23 @@ INITRD_TMP="$WORK/initrd.img.tmp"
   | zstd -q -19 -T0 -f -o "$INITRD_TMP"
 
 # --- 5. Output + manifest --------------------------------------------------------------------
-cp "$WORK/kernel/boot/vmlinuz-$KVER" "$OUT/vmlinuz.tmp"
+KERNEL_IN="$WORK/kernel/boot/vmlinuz-$KVER"
+if [[ "$ARCH" == aarch64 && "$(head -c2 "$KERNEL_IN" | od -An -tx1 | tr -d ' ')" != 1f8b ]]; then
+  # Debian's arm64 "vmlinuz" is the plain Image (33 MB); QEMU's -kernel unpacks a gzip one
+  # itself (on the host, no cost to the guest's boot), at a third of the image's size.
+  gzip -9 -n -c "$KERNEL_IN" >"$OUT/vmlinuz.tmp"
+else
+  cp "$KERNEL_IN" "$OUT/vmlinuz.tmp"
+fi
 mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 mv -f "$INITRD_TMP" "$OUT/initrd.img"
 SHA_KERNEL="$(sha256sum "$OUT/vmlinuz" | cut -d' ' -f1)"
 SHA_INITRD="$(sha256sum "$OUT/initrd.img" | cut -d' ' -f1)"
 HASH="$(printf '%s %s' "$SHA_KERNEL" "$SHA_INITRD" | sha256sum | cut -c1-8)"
 VERSION="$VERSION_BASE-$HASH"
-# console: serial log (ttyS0 → console.log); quiet: only our lines; panic=-1: a kernel panic
-# reboots at once instead of hanging.
-CMDLINE="console=ttyS0 quiet panic=-1"
+# console: serial log (the first serial port → console.log); quiet: only our lines; panic=-1:
+# a kernel panic reboots at once instead of hanging.
+CMDLINE="console=$CONSOLE quiet panic=-1"
 
 jq -n \
   --arg version "$VERSION" --arg arch "$ARCH" --arg cmdline "$CMDLINE" \

@@ -21,6 +21,9 @@ cargo build --workspace --bins
 step "build the guest image"
 guest/build.sh
 
+step "build the arm64 guest image (cross-built; the e2e tier boots it under emulation)"
+ARCH=aarch64 guest/build.sh
+
 step "unit, CLI, runtime and engine-on-host tests"
 cargo test --workspace --exclude rmachine-e2e
 

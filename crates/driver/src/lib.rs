@@ -54,6 +54,11 @@ pub struct BootImage {
     pub initrd: PathBuf,
     /// Kernel command line from the guest manifest; drivers may append to it.
     pub cmdline: String,
+    /// The guest's CPU architecture from its manifest (`x86_64`, `aarch64`); empty where it
+    /// is unknown (machines recorded before it was). Drivers refuse to boot it on a VM of
+    /// another architecture.
+    #[serde(default)]
+    pub arch: String,
 }
 
 /// What the host asks a driver to build.

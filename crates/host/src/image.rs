@@ -117,6 +117,7 @@ impl GuestImage {
             kernel: self.dir.join(&self.manifest.kernel),
             initrd: self.dir.join(&self.manifest.initrd),
             cmdline: self.manifest.cmdline.clone(),
+            arch: self.manifest.arch.clone(),
         }
     }
 }

@@ -523,6 +523,7 @@ pub(crate) mod tests {
                     kernel: "/k".into(),
                     initrd: "/i".into(),
                     cmdline: "console=ttyS0".into(),
+                    arch: "x86_64".into(),
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),

@@ -1,6 +1,8 @@
-//! The ACPI power button: QMP `system_powerdown` (or a hypervisor's "ACPI shutdown") makes the
-//! kernel's `button` driver emit `KEY_POWER` on an input device named "Power Button"; `evdev`
-//! exposes it as `/dev/input/eventN`, which we read.
+//! The power button: QMP `system_powerdown` (or a hypervisor's "ACPI shutdown") makes the
+//! kernel emit `KEY_POWER` on an input device; `evdev` exposes it as `/dev/input/eventN`, which
+//! we read. On PCs that device is the ACPI `button` driver's "Power Button"; on ARM's `virt`
+//! machine booted without firmware (device tree, no ACPI) it is "gpio-keys", a PL061 GPIO line
+//! QEMU raises.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,11 @@ pub fn is_power_press(event: &[u8; INPUT_EVENT_LEN]) -> bool {
     kind == EV_KEY && code == KEY_POWER && value == 1
 }
 
-/// Event devices whose name (`/sys/class/input/eventN/device/name`) is "Power Button".
+/// Names of the input devices that deliver the power button (see the module documentation).
+const POWER_BUTTON_NAMES: &[&str] = &["Power Button", "gpio-keys"];
+
+/// Event devices whose name (`/sys/class/input/eventN/device/name`) is one of
+/// [`POWER_BUTTON_NAMES`].
 pub fn power_buttons(class_input: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(class_input)
         .map(|dir| {
@@ -30,7 +36,7 @@ pub fn power_buttons(class_input: &Path) -> Vec<PathBuf> {
                 .filter(|e| e.file_name().to_string_lossy().starts_with("event"))
                 .filter(|e| {
                     std::fs::read_to_string(e.path().join("device/name"))
-                        .is_ok_and(|name| name.trim() == "Power Button")
+                        .is_ok_and(|name| POWER_BUTTON_NAMES.contains(&name.trim()))
                 })
                 .map(|e| Path::new("/dev/input").join(e.file_name()))
                 .collect()
@@ -44,7 +50,9 @@ pub fn power_buttons(class_input: &Path) -> Vec<PathBuf> {
 pub fn watch(presses: mpsc::Sender<PathBuf>) {
     let buttons = power_buttons(Path::new("/sys/class/input"));
     if buttons.is_empty() {
-        tracing::warn!("power button: none found (no ACPI?); use `poweroff` in the guest");
+        tracing::warn!(
+            "power button: none found (no ACPI or gpio-keys?); use `poweroff` in the guest"
+        );
         return;
     }
     for device in buttons {
@@ -78,6 +86,28 @@ mod tests {
         raw[18..20].copy_from_slice(&code.to_ne_bytes());
         raw[20..24].copy_from_slice(&value.to_ne_bytes());
         raw
+    }
+
+    #[test]
+    fn acpi_and_gpio_power_buttons_are_found() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        for (event, name) in [
+            ("event0", "Power Button\n"),
+            ("event1", "AT Translated Set 2 keyboard\n"),
+            ("event2", "gpio-keys\n"),
+        ] {
+            let device = tmp.path().join(event).join("device");
+            std::fs::create_dir_all(&device).expect("device dir");
+            std::fs::write(device.join("name"), name).expect("name");
+        }
+        std::fs::create_dir_all(tmp.path().join("input0")).expect("input dir");
+        assert_eq!(
+            power_buttons(tmp.path()),
+            vec![
+                PathBuf::from("/dev/input/event0"),
+                PathBuf::from("/dev/input/event2")
+            ]
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ const fn cap(number: u32) -> u64 {
 
 const CAP_DAC_READ_SEARCH: u64 = cap(2);
 const CAP_SYS_MODULE: u64 = cap(16);
+// The only syscalls it guards (ioperm, iopl) exist on x86 only.
+#[cfg(target_arch = "x86_64")]
 const CAP_SYS_RAWIO: u64 = cap(17);
 const CAP_SYS_CHROOT: u64 = cap(18);
 const CAP_SYS_PTRACE: u64 = cap(19);

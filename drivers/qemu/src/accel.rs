@@ -30,7 +30,7 @@ use rmachine_driver::runner::{CommandRunner, CommandSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::args;
-use crate::platform::{HostOs, HostPlatform};
+use crate::platform::{HostArch, HostOs, HostPlatform};
 
 /// The `--qemu-accel` choices.
 #[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,8 +74,12 @@ impl Accel {
         }
     }
 
-    /// The accelerators worth trying on `host`, best first; always ends with TCG.
-    pub fn candidates(host: HostPlatform) -> &'static [Accel] {
+    /// The accelerators worth trying for a `guest` on `host`, best first; always ends with
+    /// TCG. A hypervisor runs guests of the host's own architecture only.
+    pub fn candidates(host: HostPlatform, guest: HostArch) -> &'static [Accel] {
+        if guest != host.arch {
+            return &[Accel::Tcg];
+        }
         match host.os {
             HostOs::Linux => &[Accel::Kvm, Accel::Tcg],
             HostOs::MacOs => &[Accel::Hvf, Accel::Tcg],
@@ -83,9 +87,9 @@ impl Accel {
         }
     }
 
-    /// The accelerator to fall back to when this one fails on `host`.
-    pub fn fallback(self, host: HostPlatform) -> Option<Accel> {
-        let candidates = Self::candidates(host);
+    /// The accelerator to fall back to when this one fails for a `guest` on `host`.
+    pub fn fallback(self, host: HostPlatform, guest: HostArch) -> Option<Accel> {
+        let candidates = Self::candidates(host, guest);
         let position = candidates.iter().position(|a| *a == self)?;
         candidates.get(position + 1).copied()
     }
@@ -109,13 +113,24 @@ impl AccelOption {
         }
     }
 
-    /// A problem with this option on `host` (an accelerator of another OS), if any.
-    pub fn problem_on(self, host: HostPlatform) -> Option<String> {
+    /// A problem with this option for a `guest` on `host` (an accelerator of another OS, or a
+    /// hypervisor for a guest of another architecture), if any.
+    pub fn problem_on(self, host: HostPlatform, guest: HostArch) -> Option<String> {
         let accel = self.fixed()?;
-        if Accel::candidates(host).contains(&accel) {
+        if Accel::candidates(host, guest).contains(&accel) {
             return None;
         }
-        let available: Vec<_> = Accel::candidates(host).iter().map(|a| a.as_str()).collect();
+        if guest != host.arch && Accel::candidates(host, host.arch).contains(&accel) {
+            return Some(format!(
+                "--qemu-accel {accel} cannot run this {guest} guest: a hypervisor runs guests of \
+                 the host's architecture ({}) only; use auto or tcg",
+                host.arch
+            ));
+        }
+        let available: Vec<_> = Accel::candidates(host, guest)
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
         Some(format!(
             "--qemu-accel {accel} is not available on this host (choose auto, {})",
             available.join(" or ")
@@ -154,11 +169,13 @@ pub trait AccelProbe: Send + Sync {
     fn probe(&self, accel: Accel) -> impl Future<Output = ProbeResult> + Send;
 }
 
-/// Chooses the accelerator for `option` on `host`. A fixed option is taken as is (QEMU's own
-/// error tells the user if it fails); `auto` takes the first candidate the probe accepts.
+/// Chooses the accelerator for `option` and a `guest` on `host`. A fixed option is taken as is
+/// (QEMU's own error tells the user if it fails); `auto` takes the first candidate the probe
+/// accepts.
 pub async fn choose(
     option: AccelOption,
     host: HostPlatform,
+    guest: HostArch,
     probe: &impl AccelProbe,
 ) -> AccelChoice {
     if let Some(accel) = option.fixed() {
@@ -170,7 +187,7 @@ pub async fn choose(
         return choice;
     }
     let mut rejected = Vec::new();
-    for &accel in Accel::candidates(host) {
+    for &accel in Accel::candidates(host, guest) {
         if accel == Accel::Tcg {
             break;
         }
@@ -190,7 +207,12 @@ pub async fn choose(
             }
         }
     }
-    let reason = if rejected.is_empty() {
+    let reason = if guest != host.arch {
+        format!(
+            "software emulation: the guest is {guest}, the host {}",
+            host.arch
+        )
+    } else if rejected.is_empty() {
         "software emulation: this host has no hardware accelerator QEMU supports".to_owned()
     } else {
         format!("software emulation, because {}", rejected.join("; "))
@@ -210,6 +232,8 @@ pub struct QemuProbe<'a> {
     pub runner: &'a dyn CommandRunner,
     /// The host.
     pub host: HostPlatform,
+    /// The guest's architecture.
+    pub guest: HostArch,
     /// The QEMU system emulator.
     pub program: &'a str,
     /// The machine type the VM will use.
@@ -231,11 +255,11 @@ impl QemuProbe<'_> {
         if let Some(why) = static_check(self.host, accel) {
             return ProbeResult::Unusable(why);
         }
-        let argv = args::probe_args(self.host, accel, self.machine, self.kernel);
+        let argv = args::probe_args(self.guest, accel, self.machine, self.kernel);
         let cmd = CommandSpec::new(self.program)
             .args(argv)
             .timeout(self.timeout)
-            .install_hint(self.host.install_hint());
+            .install_hint(self.host.install_hint(self.guest));
         let out = match self.runner.run(&cmd).await {
             Ok(out) => out,
             Err(err) => return ProbeResult::Unusable(err.to_string()),
@@ -341,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn auto_takes_kvm_when_it_boots() {
         let probe = FakeProbe::new(vec![(Accel::Kvm, ProbeResult::Works)]);
-        let choice = choose(AccelOption::Auto, LINUX, &probe).await;
+        let choice = choose(AccelOption::Auto, LINUX, HostArch::X86_64, &probe).await;
         assert_eq!(choice.accel, Accel::Kvm);
         assert_eq!(probe.asked(), vec![Accel::Kvm]);
     }
@@ -352,7 +376,7 @@ mod tests {
             Accel::Kvm,
             ProbeResult::Unusable("the guest hangs".into()),
         )]);
-        let choice = choose(AccelOption::Auto, LINUX, &probe).await;
+        let choice = choose(AccelOption::Auto, LINUX, HostArch::X86_64, &probe).await;
         assert_eq!(choice.accel, Accel::Tcg);
         assert_eq!(
             choice.to_string(),
@@ -364,12 +388,16 @@ mod tests {
     async fn auto_probes_hvf_on_macos_and_whpx_on_windows() {
         let probe = FakeProbe::new(vec![(Accel::Hvf, ProbeResult::Works)]);
         assert_eq!(
-            choose(AccelOption::Auto, MAC, &probe).await.accel,
+            choose(AccelOption::Auto, MAC, HostArch::Aarch64, &probe)
+                .await
+                .accel,
             Accel::Hvf
         );
         let probe = FakeProbe::new(vec![(Accel::Whpx, ProbeResult::Works)]);
         assert_eq!(
-            choose(AccelOption::Auto, WINDOWS, &probe).await.accel,
+            choose(AccelOption::Auto, WINDOWS, HostArch::X86_64, &probe)
+                .await
+                .accel,
             Accel::Whpx
         );
         assert_eq!(probe.asked(), vec![Accel::Whpx]);
@@ -378,34 +406,71 @@ mod tests {
     #[tokio::test]
     async fn fixed_choice_is_not_probed() {
         let probe = FakeProbe::new(vec![]);
-        let choice = choose(AccelOption::Kvm, LINUX, &probe).await;
+        let choice = choose(AccelOption::Kvm, LINUX, HostArch::X86_64, &probe).await;
         assert_eq!(choice.accel, Accel::Kvm);
         assert_eq!(choice.reason, "requested with --qemu-accel");
         assert!(probe.asked().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_guest_of_another_architecture_gets_tcg_without_probing() {
+        let probe = FakeProbe::new(vec![(Accel::Kvm, ProbeResult::Works)]);
+        let choice = choose(AccelOption::Auto, LINUX, HostArch::Aarch64, &probe).await;
+        assert_eq!(
+            choice.to_string(),
+            "tcg (software emulation: the guest is aarch64, the host x86_64)"
+        );
+        assert!(probe.asked().is_empty());
+        assert_eq!(Accel::Tcg.fallback(LINUX, HostArch::Aarch64), None);
+        assert_eq!(
+            AccelOption::Kvm
+                .problem_on(LINUX, HostArch::Aarch64)
+                .as_deref(),
+            Some(
+                "--qemu-accel kvm cannot run this aarch64 guest: a hypervisor runs guests of the \
+                 host's architecture (x86_64) only; use auto or tcg"
+            )
+        );
+        assert_eq!(
+            AccelOption::Hvf
+                .problem_on(MAC, HostArch::X86_64)
+                .as_deref(),
+            Some(
+                "--qemu-accel hvf cannot run this x86_64 guest: a hypervisor runs guests of the \
+                 host's architecture (aarch64) only; use auto or tcg"
+            )
+        );
+        assert_eq!(AccelOption::Tcg.problem_on(LINUX, HostArch::Aarch64), None);
+    }
+
     #[test]
     fn fallback_order_ends_with_tcg() {
-        assert_eq!(Accel::Kvm.fallback(LINUX), Some(Accel::Tcg));
-        assert_eq!(Accel::Hvf.fallback(MAC), Some(Accel::Tcg));
-        assert_eq!(Accel::Whpx.fallback(WINDOWS), Some(Accel::Tcg));
-        assert_eq!(Accel::Tcg.fallback(LINUX), None);
+        let x86 = HostArch::X86_64;
+        assert_eq!(Accel::Kvm.fallback(LINUX, x86), Some(Accel::Tcg));
+        assert_eq!(
+            Accel::Hvf.fallback(MAC, HostArch::Aarch64),
+            Some(Accel::Tcg)
+        );
+        assert_eq!(Accel::Whpx.fallback(WINDOWS, x86), Some(Accel::Tcg));
+        assert_eq!(Accel::Tcg.fallback(LINUX, x86), None);
     }
 
     #[test]
     fn foreign_accelerators_are_rejected() {
         assert_eq!(
-            AccelOption::Hvf.problem_on(LINUX).as_deref(),
+            AccelOption::Hvf
+                .problem_on(LINUX, HostArch::X86_64)
+                .as_deref(),
             Some("--qemu-accel hvf is not available on this host (choose auto, kvm or tcg)")
         );
-        assert_eq!(AccelOption::Kvm.problem_on(LINUX), None);
-        assert_eq!(AccelOption::Auto.problem_on(MAC), None);
+        assert_eq!(AccelOption::Kvm.problem_on(LINUX, HostArch::X86_64), None);
+        assert_eq!(AccelOption::Auto.problem_on(MAC, HostArch::Aarch64), None);
     }
 
     fn kvm_probe_argv() -> Vec<String> {
         let mut argv = vec!["qemu-system-x86_64".to_owned()];
         argv.extend(args::probe_args(
-            LINUX,
+            HostArch::X86_64,
             Accel::Kvm,
             "q35",
             Path::new("/img/vmlinuz"),
@@ -418,6 +483,7 @@ mod tests {
         let probe = QemuProbe {
             runner: &runner,
             host: LINUX,
+            guest: HostArch::X86_64,
             program: "qemu-system-x86_64",
             machine: "q35",
             kernel: Path::new("/img/vmlinuz"),

@@ -70,27 +70,27 @@ pub fn accel_arg(accel: Accel) -> String {
 }
 
 /// The `-cpu` model: the host's own CPU under a hypervisor, everything TCG can emulate under
-/// TCG. WHPX gets QEMU's default model, the one its documentation supports.
-pub fn cpu_model(accel: Accel) -> Option<&'static str> {
-    match accel {
-        Accel::Kvm | Accel::Hvf => Some("host"),
-        Accel::Tcg => Some("max"),
-        Accel::Whpx => None,
+/// TCG. WHPX gets QEMU's default model, the one its documentation supports. An ARM guest under
+/// TCG gets pointer authentication with QEMU's own hash instead of the architected QARMA5,
+/// which TCG computes slowly on every signed return (`pauth-impdef`, QEMU ≥ 6.0; the guest
+/// cannot tell the difference).
+pub fn cpu_model(accel: Accel, guest: HostArch) -> Option<&'static str> {
+    match (accel, guest) {
+        (Accel::Kvm | Accel::Hvf, _) => Some("host"),
+        (Accel::Tcg, HostArch::X86_64) => Some("max"),
+        (Accel::Tcg, HostArch::Aarch64) => Some("max,pauth-impdef=on"),
+        (Accel::Whpx, _) => None,
     }
 }
 
 /// The kernel command line: the guest manifest's, plus `tsc_early_khz=` for an x86 guest under
 /// TCG. Without a hypervisor the kernel cannot ask for the TSC frequency and calibrates it
 /// against timers that TCG emulates slowly (on `microvm`, without a PIT, boot stalls); the
-/// emulated TSC runs at the host's rate, so the host's figure is the right one.
-pub fn kernel_cmdline(
-    base: &str,
-    host: HostPlatform,
-    accel: Accel,
-    tsc_khz: Option<u64>,
-) -> String {
+/// emulated TSC runs at the host's rate, so the host's figure (`tsc_khz`, known on x86 hosts
+/// only) is the right one.
+pub fn kernel_cmdline(base: &str, guest: HostArch, accel: Accel, tsc_khz: Option<u64>) -> String {
     let mut cmdline = base.trim().to_owned();
-    if let (Accel::Tcg, HostArch::X86_64, Some(khz)) = (accel, host.arch, tsc_khz) {
+    if let (Accel::Tcg, HostArch::X86_64, Some(khz)) = (accel, guest, tsc_khz) {
         if !cmdline.is_empty() {
             cmdline.push(' ');
         }
@@ -104,6 +104,8 @@ pub fn kernel_cmdline(
 pub struct VmLaunch<'a> {
     /// The host.
     pub host: HostPlatform,
+    /// The guest's architecture.
+    pub guest: HostArch,
     /// The machine's name (`-name`).
     pub name: &'a str,
     /// The accelerator.
@@ -169,7 +171,7 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     push(&["-name", &escape_opt(l.name)]);
     push(&["-accel", &accel_arg(l.accel)]);
     push(&["-machine", &machine_arg(l.machine)]);
-    if let Some(cpu) = cpu_model(l.accel) {
+    if let Some(cpu) = cpu_model(l.accel, l.guest) {
         push(&["-cpu", cpu]);
     }
     push(&["-smp", &l.cpus.to_string(), "-m", &l.memory_mb.to_string()]);
@@ -182,7 +184,7 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     ]);
     push(&[
         "-append",
-        &kernel_cmdline(&l.boot.cmdline, l.host, l.accel, l.tsc_khz),
+        &kernel_cmdline(&l.boot.cmdline, l.guest, l.accel, l.tsc_khz),
     ]);
     push(&[
         "-drive",
@@ -246,14 +248,14 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
 /// The arguments of the accelerator probe (see [`crate::accel`]): boot `kernel` without an
 /// initrd so that it prints its banner on the serial console and panics, and exit instead of
 /// rebooting.
-pub fn probe_args(host: HostPlatform, accel: Accel, machine: &str, kernel: &Path) -> Vec<String> {
+pub fn probe_args(guest: HostArch, accel: Accel, machine: &str, kernel: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "-accel".into(),
         accel.as_str().into(),
         "-machine".into(),
         machine_arg(machine),
     ];
-    if let Some(cpu) = cpu_model(accel) {
+    if let Some(cpu) = cpu_model(accel, guest) {
         args.extend(["-cpu".into(), cpu.into()]);
     }
     args.extend(
@@ -274,7 +276,7 @@ pub fn probe_args(host: HostPlatform, accel: Accel, machine: &str, kernel: &Path
     args.push("-append".into());
     args.push(format!(
         "console={} panic=-1 root=/dev/rmachine-accel-probe",
-        host.serial_console()
+        guest.serial_console()
     ));
     args.extend(["-serial", "stdio", "-no-reboot"].map(String::from));
     args
@@ -291,6 +293,7 @@ mod tests {
             kernel: PathBuf::from(format!("{dir}/vmlinuz")),
             initrd: PathBuf::from(format!("{dir}/initrd.img")),
             cmdline: "console=ttyS0 quiet".to_owned(),
+            arch: "x86_64".to_owned(),
         }
     }
 
@@ -321,6 +324,7 @@ mod tests {
     ) -> VmLaunch<'a> {
         VmLaunch {
             host,
+            guest: host.arch,
             name: "dev",
             accel,
             machine,
@@ -491,6 +495,7 @@ mod tests {
             kernel: "/Users/me/img/Image".into(),
             initrd: "/Users/me/img/initrd.img".into(),
             cmdline: "console=ttyAMA0".into(),
+            arch: "aarch64".into(),
         };
         let p = unix_paths("/Users/me/m/dev");
         let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
@@ -514,20 +519,50 @@ mod tests {
     }
 
     #[test]
+    fn linux_x86_64_host_emulates_an_aarch64_guest_on_virt() {
+        let boot = BootImage {
+            kernel: "/img/vmlinuz".into(),
+            initrd: "/img/initrd.img".into(),
+            cmdline: "console=ttyAMA0 quiet".into(),
+            arch: "aarch64".into(),
+        };
+        let p = unix_paths("/m/dev");
+        let mut l = launch(LINUX, Accel::Tcg, "virt", &boot, &p);
+        l.guest = HostArch::Aarch64;
+        let expected = split(
+            "-name\ndev\n-accel\ntcg\n-machine\nvirt\n-cpu\nmax,pauth-impdef=on\n\
+             -smp\n2\n-m\n2048\n-nodefaults\n-no-user-config\n-display\nnone\n\
+             -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
+             -append\nconsole=ttyAMA0 quiet\n\
+             -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
+             -device\nvirtio-blk-pci,drive=data\n\
+             -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
+             -device\nvirtio-blk-pci,drive=config\n\
+             -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
+             -device\nvirtio-net-pci,netdev=net0,romfile=\n\
+             -device\nvirtio-rng-pci\n\
+             -serial\nfile:/m/dev/console.log\n\
+             -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
+             -pidfile\n/m/dev/qemu.pid\n-daemonize",
+        );
+        assert_eq!(vm_args(&l), expected);
+    }
+
+    #[test]
     fn aarch64_tcg_gets_no_tsc_hint() {
         let host = HostPlatform {
             os: HostOs::MacOs,
             arch: HostArch::Aarch64,
         };
         assert_eq!(
-            kernel_cmdline("console=ttyAMA0", host, Accel::Tcg, Some(1000)),
+            kernel_cmdline("console=ttyAMA0", host.arch, Accel::Tcg, Some(1000)),
             "console=ttyAMA0"
         );
         assert_eq!(
-            kernel_cmdline("", LINUX, Accel::Tcg, Some(1000)),
+            kernel_cmdline("", HostArch::X86_64, Accel::Tcg, Some(1000)),
             "tsc_early_khz=1000"
         );
-        assert_eq!(kernel_cmdline("a", LINUX, Accel::Tcg, None), "a");
+        assert_eq!(kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None), "a");
     }
 
     #[test]
@@ -541,6 +576,7 @@ mod tests {
             kernel: r"C:\Users\me\rmachine\cache\vmlinuz".into(),
             initrd: r"C:\Users\me\rmachine\cache\initrd.img".into(),
             cmdline: "console=ttyS0".into(),
+            arch: "x86_64".into(),
         };
         let p = Paths {
             disk: format!(r"{dir}\disk.qcow2").into(),
@@ -585,7 +621,12 @@ mod tests {
 
     #[test]
     fn probe_boots_the_kernel_and_exits() {
-        let args = probe_args(LINUX, Accel::Kvm, "q35", Path::new("/img/vmlinuz"));
+        let args = probe_args(
+            HostArch::X86_64,
+            Accel::Kvm,
+            "q35",
+            Path::new("/img/vmlinuz"),
+        );
         let expected = split(
             "-accel\nkvm\n-machine\nq35\n-cpu\nhost\n-smp\n1\n-m\n256\n\
              -nodefaults\n-no-user-config\n-display\nnone\n-kernel\n/img/vmlinuz\n\
@@ -593,11 +634,12 @@ mod tests {
              -serial\nstdio\n-no-reboot",
         );
         assert_eq!(args, expected);
-        let mac = HostPlatform {
-            os: HostOs::MacOs,
-            arch: HostArch::Aarch64,
-        };
-        let args = probe_args(mac, Accel::Hvf, "virt", Path::new("/img/Image"));
+        let args = probe_args(
+            HostArch::Aarch64,
+            Accel::Hvf,
+            "virt",
+            Path::new("/img/Image"),
+        );
         assert!(args.contains(&"console=ttyAMA0 panic=-1 root=/dev/rmachine-accel-probe".into()));
     }
 }

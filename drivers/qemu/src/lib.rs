@@ -71,8 +71,8 @@ const REPRESS: Duration = Duration::from_secs(5);
 #[derive(clap::Args, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct QemuOptions {
-    /// QEMU system emulator to run [default: qemu-system-x86_64, or qemu-system-aarch64 on
-    /// ARM hosts]
+    /// QEMU system emulator to run [default: qemu-system-x86_64, or qemu-system-aarch64 for
+    /// an aarch64 guest]
     #[arg(
         id = "qemu_program",
         long = "qemu-program",
@@ -93,7 +93,20 @@ pub struct QemuOptions {
     #[serde(rename = "qemuAccel")]
     pub accel: AccelOption,
 
-    /// QEMU machine type [default: microvm on Linux x86-64, q35 on Windows, virt on ARM]
+    /// Guest CPU architecture: another than the host's runs under software emulation (tcg);
+    /// the guest image must be built for it [default: the host's]
+    #[arg(
+        id = "qemu_arch",
+        long = "qemu-arch",
+        env = "QEMU_ARCH",
+        value_enum,
+        value_name = "ARCH"
+    )]
+    #[serde(rename = "qemuArch", skip_serializing_if = "Option::is_none")]
+    pub arch: Option<HostArch>,
+
+    /// QEMU machine type [default: microvm for x86_64 guests on Linux, q35 for x86_64
+    /// elsewhere, virt for aarch64]
     #[arg(
         id = "qemu_machine",
         long = "qemu-machine",
@@ -158,12 +171,17 @@ impl QemuDriver {
         &self.options
     }
 
+    /// The guest's CPU architecture: `--qemu-arch`, else the host's.
+    pub fn guest_arch(&self) -> HostArch {
+        self.options.arch.unwrap_or(self.host.arch)
+    }
+
     /// The QEMU system emulator it runs.
     pub fn program(&self) -> String {
         self.options
             .program
             .clone()
-            .unwrap_or_else(|| self.host.default_program().to_owned())
+            .unwrap_or_else(|| self.guest_arch().qemu_program().to_owned())
     }
 
     /// The `qemu-img` it runs.
@@ -179,7 +197,7 @@ impl QemuDriver {
         self.options
             .machine
             .clone()
-            .unwrap_or_else(|| self.host.default_machine().to_owned())
+            .unwrap_or_else(|| self.host.default_machine(self.guest_arch()).to_owned())
     }
 
     /// The accelerator a created machine runs with, and why (for the CLI to print).
@@ -293,12 +311,14 @@ impl QemuDriver {
             let probe = QemuProbe {
                 runner: self.runner.as_ref(),
                 host: self.host,
+                guest: self.guest_arch(),
                 program: &program,
                 machine: &machine,
                 kernel: &spec.boot.kernel,
                 timeout: self.probe_timeout,
             };
-            let accel = accel::choose(self.options.accel, self.host, &probe).await;
+            let accel =
+                accel::choose(self.options.accel, self.host, self.guest_arch(), &probe).await;
             let windows = self.host.os == HostOs::Windows;
             let ports = saved::free_ports(if windows { 3 } else { 2 })
                 .map_err(|e| Self::io_error(dir, dir.path(), e))?;
@@ -378,6 +398,7 @@ impl QemuDriver {
                 });
             }
         }
+        self.check_image_arch(spec)?;
         let mut state = QemuState::load_required(dir)?;
         let mut changed =
             Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))?;
@@ -388,7 +409,7 @@ impl QemuDriver {
                 Ok(()) => break,
                 Err(err) => {
                     let failed = state.accel.accel;
-                    let next = failed.fallback(self.host);
+                    let next = failed.fallback(self.host, self.guest_arch());
                     // Only failures of QEMU itself may be the accelerator's fault; a missing
                     // program or file fails the same way under every accelerator.
                     let accel_may_be_at_fault = matches!(
@@ -477,6 +498,7 @@ impl QemuDriver {
         }
         let argv = args::vm_args(&args::VmLaunch {
             host: self.host,
+            guest: self.guest_arch(),
             name: &dir.name,
             accel: state.accel.accel,
             machine: &state.machine,
@@ -496,7 +518,7 @@ impl QemuDriver {
         });
         let cmd = CommandSpec::new(&program)
             .args(argv)
-            .install_hint(self.host.install_hint());
+            .install_hint(self.host.install_hint(self.guest_arch()));
         let log = dir.file(QEMU_LOG);
         let started = Instant::now();
         tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
@@ -683,17 +705,62 @@ impl QemuDriver {
         Ok(())
     }
 
+    /// Refuses a guest image built for another architecture than the VM's: QEMU would start
+    /// it and the kernel would never print a line.
+    fn check_image_arch(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        let guest = self.guest_arch();
+        let recorded = spec.boot.arch.as_str();
+        // Images from before the manifest named an architecture were all x86_64 images
+        // booted by x86_64 hosts; nothing to compare.
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        let dir = spec
+            .boot
+            .kernel
+            .parent()
+            .unwrap_or(&spec.boot.kernel)
+            .display();
+        let problem = match HostArch::from_name(recorded) {
+            Some(image) if image == guest => return Ok(()),
+            Some(image) => {
+                let vm = match self.options.arch {
+                    Some(_) => format!("--qemu-arch {guest}"),
+                    None => format!("{guest}, the host's architecture"),
+                };
+                let emulated = if image == self.host.arch {
+                    String::new()
+                } else {
+                    format!(" (software emulation on this {} host)", self.host.arch)
+                };
+                format!(
+                    "the guest image {dir} is built for {image} but the VM is {vm}: pass \
+                     --qemu-arch {image}{emulated} or a {guest} image with --guest-image"
+                )
+            }
+            None => format!(
+                "the guest image {dir} is built for {recorded:?}, which the qemu driver does \
+                 not run (x86_64 or aarch64)"
+            ),
+        };
+        Err(DriverError::InvalidOptions {
+            driver: DRIVER.to_owned(),
+            problems: vec![problem],
+        })
+    }
+
     async fn precheck_inner(&self, spec: &VmSpec) -> Result<(), DriverError> {
-        if let Some(problem) = self.options.accel.problem_on(self.host) {
+        if let Some(problem) = self.options.accel.problem_on(self.host, self.guest_arch()) {
             return Err(DriverError::InvalidOptions {
                 driver: DRIVER.to_owned(),
                 problems: vec![problem],
             });
         }
+        self.check_image_arch(spec)?;
         let program = self.program();
         let version = CommandSpec::new(&program)
             .arg("--version")
-            .install_hint(self.host.install_hint());
+            .install_hint(self.host.install_hint(self.guest_arch()));
         let out = self.runner.run(&version).await?.check(&program)?;
         tracing::debug!(version = %out.stdout_text().lines().next().unwrap_or(""), "found QEMU");
         let img = self.qemu_img();
@@ -883,6 +950,7 @@ mod tests {
                 kernel: dir.join("vmlinuz"),
                 initrd: dir.join("initrd.img"),
                 cmdline: "console=ttyS0".into(),
+                arch: "x86_64".into(),
             },
             config_drive: dir.join("config.img"),
             guest_ports: GuestPorts::default(),
@@ -1149,7 +1217,7 @@ mod tests {
         if kvm_usable {
             let mut probe = vec!["qemu-system-x86_64".to_owned()];
             probe.extend(args::probe_args(
-                LINUX,
+                HostArch::X86_64,
                 Accel::Kvm,
                 "microvm",
                 &spec.boot.kernel,
@@ -1212,6 +1280,7 @@ mod tests {
             .map(|mhz| (mhz * 1000.0).round() as u64);
         argv.extend(args::vm_args(&args::VmLaunch {
             host: LINUX,
+            guest: HostArch::X86_64,
             name: "dev",
             accel,
             machine: "q35",
@@ -1440,6 +1509,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_aarch64_guest_on_an_x86_64_host_runs_qemu_system_aarch64_under_tcg() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("arm", tmp.path().join("arm"));
+        let options = QemuOptions {
+            arch: Some(HostArch::Aarch64),
+            ..QemuOptions::default()
+        };
+        // No probe may run: kvm cannot run an aarch64 guest here.
+        let runner = Arc::new(RecordingRunner::new([(
+            create_argv(dir.path(), "20000M"),
+            CommandOutput::success(""),
+        )]));
+        let driver = QemuDriver::with_runner(options, runner.clone()).for_host(LINUX);
+        assert_eq!(driver.program(), "qemu-system-aarch64");
+        assert_eq!(driver.machine_type(), "virt");
+        let mut spec = spec(tmp.path());
+        spec.boot.arch = "aarch64".into();
+        std::fs::create_dir_all(dir.path()).expect("dir");
+        std::fs::write(dir.file("disk.qcow2.tmp"), "qcow2").expect("disk");
+        driver.create(&dir, &spec).await.expect("create");
+        runner.assert_done();
+        let state = QemuState::load_required(&dir).expect("qemu.json");
+        assert_eq!(
+            state.accel.to_string(),
+            "tcg (software emulation: the guest is aarch64, the host x86_64)"
+        );
+        assert_eq!(state.machine, "virt");
+    }
+
+    #[tokio::test]
+    async fn a_guest_image_of_another_architecture_is_refused() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut spec = spec(tmp.path());
+        spec.boot.arch = "aarch64".into();
+        let driver =
+            QemuDriver::with_runner(QemuOptions::default(), Arc::new(RecordingRunner::default()))
+                .for_host(LINUX);
+        let err = driver.precheck(&spec).await.expect_err("arm image, x86 vm");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid qemu options: the guest image {} is built for aarch64 but the VM is \
+                 x86_64, the host's architecture: pass --qemu-arch aarch64 (software emulation \
+                 on this x86_64 host) or a x86_64 image with --guest-image",
+                tmp.path().display()
+            )
+        );
+        // start checks too: `upgrade` may have switched the image of a created machine.
+        for file in ["vmlinuz", "initrd.img", "config.img"] {
+            std::fs::write(tmp.path().join(file), "x").expect("boot file");
+        }
+        let dir = MachineDir::new("dev", tmp.path().join("dev"));
+        let err = driver.start(&dir, &spec).await.expect_err("start");
+        assert!(matches!(err, DriverError::InvalidOptions { .. }), "{err}");
+
+        spec.boot.arch = "riscv64".into();
+        let options = QemuOptions {
+            arch: Some(HostArch::Aarch64),
+            accel: AccelOption::Kvm,
+            ..QemuOptions::default()
+        };
+        let driver =
+            QemuDriver::with_runner(options, Arc::new(RecordingRunner::default())).for_host(LINUX);
+        let err = driver.precheck(&spec).await.expect_err("kvm for arm");
+        assert_eq!(
+            err.to_string(),
+            "invalid qemu options: --qemu-accel kvm cannot run this aarch64 guest: a \
+             hypervisor runs guests of the host's architecture (x86_64) only; use auto or tcg"
+        );
+        let options = QemuOptions {
+            arch: Some(HostArch::Aarch64),
+            ..QemuOptions::default()
+        };
+        let driver =
+            QemuDriver::with_runner(options, Arc::new(RecordingRunner::default())).for_host(LINUX);
+        let err = driver.precheck(&spec).await.expect_err("riscv image");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid qemu options: the guest image {} is built for \"riscv64\", which the \
+                 qemu driver does not run (x86_64 or aarch64)",
+                tmp.path().display()
+            )
+        );
+    }
+
+    #[tokio::test]
     async fn remove_deletes_only_driver_files_and_is_idempotent() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = MachineDir::new("dev", tmp.path());
@@ -1475,14 +1631,26 @@ mod tests {
             #[command(flatten)]
             qemu: QemuOptions,
         }
-        let cli = Cli::parse_from(["x", "--qemu-accel", "tcg", "--qemu-machine", "microvm"]);
+        let cli = Cli::parse_from([
+            "x",
+            "--qemu-accel",
+            "tcg",
+            "--qemu-machine",
+            "microvm",
+            "--qemu-arch",
+            "arm64",
+        ]);
         assert_eq!(cli.qemu.accel, AccelOption::Tcg);
         assert_eq!(cli.qemu.machine.as_deref(), Some("microvm"));
+        assert_eq!(cli.qemu.arch, Some(HostArch::Aarch64));
         let json = serde_json::to_value(&cli.qemu).expect("json");
         assert_eq!(
             json,
-            serde_json::json!({"qemuAccel": "tcg", "qemuMachine": "microvm"})
+            serde_json::json!({"qemuAccel": "tcg", "qemuMachine": "microvm", "qemuArch": "aarch64"})
         );
+        let amd64 = Cli::parse_from(["x", "--qemu-arch", "amd64"]);
+        assert_eq!(amd64.qemu.arch, Some(HostArch::X86_64));
+        assert!(Cli::try_parse_from(["x", "--qemu-arch", "riscv64"]).is_err());
         let back: QemuOptions = serde_json::from_value(json).expect("back");
         assert_eq!(back, cli.qemu);
         let empty: QemuOptions = serde_json::from_str("{}").expect("defaults");
@@ -1601,6 +1769,7 @@ mod tests {
                 kernel: kernel.to_owned(),
                 initrd,
                 cmdline: "console=ttyS0".into(),
+                arch: "x86_64".into(),
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),
@@ -1682,6 +1851,7 @@ mod guest_image_tests {
                 kernel: out.join(manifest["kernel"].as_str().expect("kernel")),
                 initrd: out.join(manifest["initrd"].as_str().expect("initrd")),
                 cmdline: manifest["cmdline"].as_str().expect("cmdline").to_owned(),
+                arch: manifest["arch"].as_str().unwrap_or_default().to_owned(),
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),

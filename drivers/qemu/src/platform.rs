@@ -18,15 +18,61 @@ pub enum HostOs {
     Windows,
 }
 
-/// Host CPU architectures; the guest has the same one (no cross-architecture emulation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// CPU architectures: the host's, and the guest's (`--qemu-arch`). A guest of another
+/// architecture than the host's runs under software emulation (TCG) only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum HostArch {
     /// x86-64.
     #[serde(rename = "x86_64")]
+    #[value(name = "x86_64", alias = "amd64")]
     X86_64,
     /// 64-bit ARM (Apple Silicon).
+    #[value(name = "aarch64", alias = "arm64")]
     Aarch64,
+}
+
+impl HostArch {
+    /// The name guest manifests and QEMU's programs use (`x86_64`, `aarch64`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostArch::X86_64 => "x86_64",
+            HostArch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The architecture a guest manifest's `arch` names (Debian's and Docker's names, `amd64`
+    /// and `arm64`, are accepted too).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "x86_64" | "amd64" => Some(HostArch::X86_64),
+            "aarch64" | "arm64" => Some(HostArch::Aarch64),
+            _ => None,
+        }
+    }
+
+    /// The QEMU system emulator for a guest of this architecture.
+    pub fn qemu_program(self) -> &'static str {
+        match self {
+            HostArch::X86_64 => "qemu-system-x86_64",
+            HostArch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// A guest's first serial port, as its kernel names it (`console=`): the 8250 UART of the
+    /// PC machines, the PL011 of ARM `virt`.
+    pub fn serial_console(self) -> &'static str {
+        match self {
+            HostArch::X86_64 => "ttyS0",
+            HostArch::Aarch64 => "ttyAMA0",
+        }
+    }
+}
+
+impl std::fmt::Display for HostArch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Operating system and architecture of the host.
@@ -56,39 +102,23 @@ impl HostPlatform {
         Self { os, arch }
     }
 
-    /// The QEMU system emulator for this architecture.
-    pub fn default_program(self) -> &'static str {
-        match self.arch {
-            HostArch::X86_64 => "qemu-system-x86_64",
-            HostArch::Aarch64 => "qemu-system-aarch64",
-        }
-    }
-
-    /// The machine type used when `--qemu-machine` is not given.
+    /// The machine type used for a `guest` when `--qemu-machine` is not given.
     ///
-    /// Linux x86-64: `microvm` — it boots fastest (no PCI scan, no option ROMs) and, with
-    /// `acpi=on`, still delivers the ACPI power button graceful stop relies on (measured in
-    /// guest/README.md). Windows x86-64: `q35`, since microvm under WHPX is unproven.
-    /// aarch64: `virt`, the only general-purpose ARM machine.
-    pub fn default_machine(self) -> &'static str {
-        match (self.os, self.arch) {
+    /// x86-64 guests on Linux: `microvm` — it boots fastest (no PCI scan, no option ROMs) and,
+    /// with `acpi=on`, still delivers the ACPI power button graceful stop relies on (measured
+    /// in guest/README.md). Elsewhere `q35`, since microvm under WHPX or HVF is unproven.
+    /// aarch64 guests: `virt`, the only general-purpose ARM machine.
+    pub fn default_machine(self, guest: HostArch) -> &'static str {
+        match (self.os, guest) {
             (HostOs::Linux, HostArch::X86_64) => "microvm",
             (_, HostArch::X86_64) => "q35",
             (_, HostArch::Aarch64) => "virt",
         }
     }
 
-    /// The guest's first serial port, as the kernel names it (`console=`).
-    pub fn serial_console(self) -> &'static str {
-        match self.arch {
-            HostArch::X86_64 => "ttyS0",
-            HostArch::Aarch64 => "ttyAMA0",
-        }
-    }
-
-    /// What to install when QEMU is missing on this host.
-    pub fn install_hint(self) -> &'static str {
-        match (self.os, self.arch) {
+    /// What to install when the QEMU for a `guest` is missing on this host.
+    pub fn install_hint(self, guest: HostArch) -> &'static str {
+        match (self.os, guest) {
             (HostOs::MacOs, _) => "install it with `brew install qemu`, or pass --qemu-program",
             (HostOs::Windows, _) => {
                 "install QEMU from https://qemu.org/download/#windows and put it on PATH, or \

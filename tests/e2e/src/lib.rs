@@ -39,6 +39,34 @@ pub fn guest_image() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The arm64 guest image built by `ARCH=aarch64 guest/build.sh`.
+pub fn arm64_guest_image() -> Result<PathBuf> {
+    let dir = workspace_root().join("guest/out-aarch64");
+    if !dir.join("manifest.json").is_file() {
+        bail!(
+            "no arm64 guest image at {}: run ARCH=aarch64 guest/build.sh first",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Debian's arm64 static busybox, which `ARCH=aarch64 guest/build.sh` unpacks from
+/// `busybox-static:arm64` for the guest (`RMACHINE_BUSYBOX_ARM64` overrides it).
+pub fn arm64_busybox() -> Result<PathBuf> {
+    let path = std::env::var_os("RMACHINE_BUSYBOX_ARM64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("guest/work/aarch64/busybox/bin/busybox"));
+    if !path.is_file() {
+        bail!(
+            "no arm64 busybox at {}: run ARCH=aarch64 guest/build.sh first, or set \
+             RMACHINE_BUSYBOX_ARM64",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Output of a finished command, with helpers that make assertion failures readable.
 #[derive(Debug)]
 pub struct Run {
@@ -123,7 +151,11 @@ impl Machine {
 
     /// `rmachine create -d qemu` with the workspace's guest image and extra `args`.
     pub fn create(&self, args: &[&str]) -> Result<Run> {
-        let image = guest_image()?;
+        self.create_from(&guest_image()?, args)
+    }
+
+    /// `rmachine create -d qemu` with the guest image in `image` and extra `args`.
+    pub fn create_from(&self, image: &Path, args: &[&str]) -> Result<Run> {
         let image = image.to_string_lossy();
         let mut all = vec![
             "create",
