@@ -530,7 +530,7 @@ mod tests {
         let mut l = launch(LINUX, Accel::Tcg, "virt", &boot, &p);
         l.guest = HostArch::Aarch64;
         let expected = split(
-            "-name\ndev\n-accel\ntcg\n-machine\nvirt\n-cpu\nmax,pauth-impdef=on\n\
+            "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nvirt\n-cpu\nmax,pauth-impdef=on\n\
              -smp\n2\n-m\n2048\n-nodefaults\n-no-user-config\n-display\nnone\n\
              -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
              -append\nconsole=ttyAMA0 quiet\n\
