@@ -354,10 +354,6 @@ pub fn client_for(endpoint: &Endpoint) -> oci_client::Client {
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
         user_agent: concat!("rmachine-engine/", env!("CARGO_PKG_VERSION")),
-        // A blob goes up as one streamed request, as dockerd streams a layer in one PATCH: the
-        // 1 MiB PATCHes of a chunked upload cost a round trip and a hash-state save in the
-        // registry each, and made pushes three times slower than dockerd's.
-        use_monolithic_push: true,
         ..ClientConfig::default()
     })
 }
