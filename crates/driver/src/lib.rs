@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod runner;
+pub mod vhd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +55,11 @@ pub struct BootImage {
     pub initrd: PathBuf,
     /// Kernel command line from the guest manifest; drivers may append to it.
     pub cmdline: String,
+    /// Bootable ISO holding the same kernel, initramfs and command line (BIOS and UEFI), for
+    /// hypervisors that cannot boot a kernel directly (VirtualBox, Hyper-V); `None` for guest
+    /// images built before the ISO existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso: Option<PathBuf>,
 }
 
 /// What the host asks a driver to build.

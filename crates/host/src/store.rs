@@ -518,6 +518,7 @@ pub(crate) mod tests {
                     kernel: "/k".into(),
                     initrd: "/i".into(),
                     cmdline: "console=ttyS0".into(),
+                    iso: None,
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),

@@ -278,6 +278,7 @@ mod tests {
             kernel: PathBuf::from(format!("{dir}/vmlinuz")),
             initrd: PathBuf::from(format!("{dir}/initrd.img")),
             cmdline: "console=ttyS0 quiet".to_owned(),
+            iso: None,
         }
     }
 
@@ -478,6 +479,7 @@ mod tests {
             kernel: "/Users/me/img/Image".into(),
             initrd: "/Users/me/img/initrd.img".into(),
             cmdline: "console=ttyAMA0".into(),
+            iso: None,
         };
         let p = unix_paths("/Users/me/m/dev");
         let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
@@ -528,6 +530,7 @@ mod tests {
             kernel: r"C:\Users\me\rmachine\cache\vmlinuz".into(),
             initrd: r"C:\Users\me\rmachine\cache\initrd.img".into(),
             cmdline: "console=ttyS0".into(),
+            iso: None,
         };
         let p = Paths {
             disk: format!(r"{dir}\disk.qcow2").into(),
