@@ -8,6 +8,7 @@ use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
 };
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
+use rmachine_driver_virtualbox::{VirtualBoxDriver, VirtualBoxOptions};
 use serde::{Deserialize, Serialize};
 
 /// What can go wrong choosing a driver.
@@ -41,6 +42,8 @@ pub enum DriverKind {
     /// QEMU (KVM, HVF, WHPX or TCG).
     #[default]
     Qemu,
+    /// VirtualBox, through VBoxManage.
+    Virtualbox,
 }
 
 impl DriverKind {
@@ -48,6 +51,7 @@ impl DriverKind {
     pub fn name(self) -> &'static str {
         match self {
             DriverKind::Qemu => "qemu",
+            DriverKind::Virtualbox => "virtualbox",
         }
     }
 
@@ -75,6 +79,10 @@ pub struct DriverOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub qemu: QemuOptions,
+    /// `--virtualbox-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub virtualbox: VirtualBoxOptions,
 }
 
 impl DriverOptions {
@@ -84,6 +92,28 @@ impl DriverOptions {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         }
+    }
+
+    /// One problem per other driver whose options were set: they would otherwise be stored
+    /// and never used.
+    pub fn foreign(&self, kind: DriverKind) -> Vec<String> {
+        [
+            (DriverKind::Qemu, self.qemu != QemuOptions::default()),
+            (
+                DriverKind::Virtualbox,
+                self.virtualbox != VirtualBoxOptions::default(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(owner, set)| *set && *owner != kind)
+        .map(|(owner, _)| {
+            format!(
+                "--{0}-* options apply to -d {0} only, not -d {1}",
+                owner.name(),
+                kind.name()
+            )
+        })
+        .collect()
     }
 
     /// Options read back from a machine record (unknown keys, such as the base fields
@@ -107,6 +137,8 @@ impl DriverOptions {
 pub enum AnyDriver {
     /// QEMU.
     Qemu(QemuDriver),
+    /// VirtualBox.
+    Virtualbox(VirtualBoxDriver),
 }
 
 impl AnyDriver {
@@ -114,6 +146,9 @@ impl AnyDriver {
     pub fn new(kind: DriverKind, options: &DriverOptions) -> Self {
         match kind {
             DriverKind::Qemu => AnyDriver::Qemu(QemuDriver::new(options.qemu.clone())),
+            DriverKind::Virtualbox => {
+                AnyDriver::Virtualbox(VirtualBoxDriver::new(options.virtualbox.clone()))
+            }
         }
     }
 }
@@ -122,48 +157,56 @@ impl Driver for AnyDriver {
     fn info(&self) -> DriverInfo {
         match self {
             AnyDriver::Qemu(d) => d.info(),
+            AnyDriver::Virtualbox(d) => d.info(),
         }
     }
 
     async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.precheck(spec).await,
+            AnyDriver::Virtualbox(d) => d.precheck(spec).await,
         }
     }
 
     async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.create(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.create(dir, spec).await,
         }
     }
 
     async fn start(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.start(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.start(dir, spec).await,
         }
     }
 
     async fn stop(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.stop(dir, mode).await,
+            AnyDriver::Virtualbox(d) => d.stop(dir, mode).await,
         }
     }
 
     async fn remove(&self, dir: &MachineDir) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.remove(dir).await,
+            AnyDriver::Virtualbox(d) => d.remove(dir).await,
         }
     }
 
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,
+            AnyDriver::Virtualbox(d) => d.state(dir).await,
         }
     }
 
     async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,
+            AnyDriver::Virtualbox(d) => d.endpoints(dir).await,
         }
     }
 }
@@ -177,7 +220,19 @@ mod tests {
         assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
         assert_eq!(
             DriverKind::from_name("bogus").unwrap_err().to_string(),
-            "Driver \"bogus\" not found. Available drivers: qemu"
+            "Driver \"bogus\" not found. Available drivers: qemu, virtualbox"
+        );
+    }
+
+    #[test]
+    fn another_drivers_options_are_refused() {
+        let mut options = DriverOptions::default();
+        assert!(options.foreign(DriverKind::Qemu).is_empty());
+        options.virtualbox.memory = Some(2048);
+        assert!(options.foreign(DriverKind::Virtualbox).is_empty());
+        assert_eq!(
+            options.foreign(DriverKind::Qemu),
+            ["--virtualbox-* options apply to -d virtualbox only, not -d qemu"]
         );
     }
 

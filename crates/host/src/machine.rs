@@ -397,6 +397,7 @@ impl CreateOptions {
                 problems.push(format!("registry {registry:?} is not a valid address"));
             }
         }
+        problems.extend(self.driver_options.foreign(self.driver));
         problems
     }
 }
