@@ -34,9 +34,9 @@ pub fn footer(size: u64, id: [u8; 16]) -> [u8; 512] {
     f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: "reserved", always set
     f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes()); // format version 1.0
     f[16..24].copy_from_slice(&u64::MAX.to_be_bytes()); // data offset: none for fixed disks
-    // Timestamp 0 (2000-01-01) keeps the file reproducible.
-    // Creator "win " (Hyper-V's): readers such as QEMU then take the size from the size field
-    // rather than from the CHS geometry, which rounds it down.
+                                                        // Timestamp 0 (2000-01-01) keeps the file reproducible.
+                                                        // Creator "win " (Hyper-V's): readers such as QEMU then take the size from the size field
+                                                        // rather than from the CHS geometry, which rounds it down.
     f[28..32].copy_from_slice(b"win ");
     f[32..36].copy_from_slice(&0x0001_0000u32.to_be_bytes());
     f[36..40].copy_from_slice(b"Wi2k");
@@ -48,7 +48,9 @@ pub fn footer(size: u64, id: [u8; 16]) -> [u8; 512] {
     f[59] = sectors;
     f[60..64].copy_from_slice(&2u32.to_be_bytes()); // disk type: fixed
     f[68..84].copy_from_slice(&id);
-    let sum = f.iter().fold(0u32, |acc, b| acc.wrapping_add(u32::from(*b)));
+    let sum = f
+        .iter()
+        .fold(0u32, |acc, b| acc.wrapping_add(u32::from(*b)));
     f[64..68].copy_from_slice(&(!sum).to_be_bytes());
     f
 }
@@ -75,11 +77,7 @@ fn geometry(total: u64) -> (u16, u8, u8) {
         (sectors, heads, cth)
     };
     // Every value fits by construction: total is clamped above.
-    (
-        (cyl_times_heads / heads) as u16,
-        heads as u8,
-        sectors as u8,
-    )
+    ((cyl_times_heads / heads) as u16, heads as u8, sectors as u8)
 }
 
 #[cfg(test)]
@@ -103,7 +101,9 @@ mod tests {
         assert_eq!(u64::from_be_bytes(f[48..56].try_into().expect("8")), size);
         let mut zeroed = f.to_vec();
         zeroed[64..68].fill(0);
-        let sum = zeroed.iter().fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
+        let sum = zeroed
+            .iter()
+            .fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
         assert_eq!(u32::from_be_bytes(f[64..68].try_into().expect("4")), !sum);
         // 2048 sectors: the spec's algorithm gives 17 sectors, 4 heads, 30 cylinders.
         assert_eq!(geometry(2048), (30, 4, 17));

@@ -7,6 +7,7 @@
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
 };
+use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
 use rmachine_driver_virtualbox::{VirtualBoxDriver, VirtualBoxOptions};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,8 @@ pub enum DriverKind {
     Qemu,
     /// VirtualBox, through VBoxManage.
     Virtualbox,
+    /// Hyper-V, through PowerShell.
+    Hyperv,
 }
 
 impl DriverKind {
@@ -52,6 +55,7 @@ impl DriverKind {
         match self {
             DriverKind::Qemu => "qemu",
             DriverKind::Virtualbox => "virtualbox",
+            DriverKind::Hyperv => "hyperv",
         }
     }
 
@@ -83,6 +87,10 @@ pub struct DriverOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub virtualbox: VirtualBoxOptions,
+    /// `--hyperv-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub hyperv: HyperVOptions,
 }
 
 impl DriverOptions {
@@ -103,6 +111,7 @@ impl DriverOptions {
                 DriverKind::Virtualbox,
                 self.virtualbox != VirtualBoxOptions::default(),
             ),
+            (DriverKind::Hyperv, self.hyperv != HyperVOptions::default()),
         ]
         .into_iter()
         .filter(|(owner, set)| *set && *owner != kind)
@@ -139,6 +148,8 @@ pub enum AnyDriver {
     Qemu(QemuDriver),
     /// VirtualBox.
     Virtualbox(VirtualBoxDriver),
+    /// Hyper-V.
+    Hyperv(HyperVDriver),
 }
 
 impl AnyDriver {
@@ -149,6 +160,7 @@ impl AnyDriver {
             DriverKind::Virtualbox => {
                 AnyDriver::Virtualbox(VirtualBoxDriver::new(options.virtualbox.clone()))
             }
+            DriverKind::Hyperv => AnyDriver::Hyperv(HyperVDriver::new(options.hyperv.clone())),
         }
     }
 }
@@ -158,6 +170,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.info(),
             AnyDriver::Virtualbox(d) => d.info(),
+            AnyDriver::Hyperv(d) => d.info(),
         }
     }
 
@@ -165,6 +178,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.precheck(spec).await,
             AnyDriver::Virtualbox(d) => d.precheck(spec).await,
+            AnyDriver::Hyperv(d) => d.precheck(spec).await,
         }
     }
 
@@ -172,6 +186,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.create(dir, spec).await,
             AnyDriver::Virtualbox(d) => d.create(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.create(dir, spec).await,
         }
     }
 
@@ -179,6 +194,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.start(dir, spec).await,
             AnyDriver::Virtualbox(d) => d.start(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.start(dir, spec).await,
         }
     }
 
@@ -186,6 +202,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.stop(dir, mode).await,
             AnyDriver::Virtualbox(d) => d.stop(dir, mode).await,
+            AnyDriver::Hyperv(d) => d.stop(dir, mode).await,
         }
     }
 
@@ -193,6 +210,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.remove(dir).await,
             AnyDriver::Virtualbox(d) => d.remove(dir).await,
+            AnyDriver::Hyperv(d) => d.remove(dir).await,
         }
     }
 
@@ -200,6 +218,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,
             AnyDriver::Virtualbox(d) => d.state(dir).await,
+            AnyDriver::Hyperv(d) => d.state(dir).await,
         }
     }
 
@@ -207,6 +226,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,
             AnyDriver::Virtualbox(d) => d.endpoints(dir).await,
+            AnyDriver::Hyperv(d) => d.endpoints(dir).await,
         }
     }
 }
@@ -220,7 +240,7 @@ mod tests {
         assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
         assert_eq!(
             DriverKind::from_name("bogus").unwrap_err().to_string(),
-            "Driver \"bogus\" not found. Available drivers: qemu, virtualbox"
+            "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv"
         );
     }
 

@@ -101,7 +101,10 @@ pub struct VirtualBoxOptions {
         env = "VIRTUALBOX_HOSTONLY_CIDR",
         value_name = "CIDR"
     )]
-    #[serde(rename = "virtualboxHostonlyCidr", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "virtualboxHostonlyCidr",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub hostonly_cidr: Option<String>,
 
     /// Share no host folder (VirtualBox machines never share one)
@@ -120,7 +123,10 @@ pub struct VirtualBoxOptions {
         env = "VIRTUALBOX_SHARE_FOLDER",
         value_name = "DIR:NAME"
     )]
-    #[serde(rename = "virtualboxShareFolder", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "virtualboxShareFolder",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub share_folder: Option<String>,
 }
 
@@ -294,12 +300,11 @@ impl VirtualBoxDriver {
         }
         match &self.host_check {
             HostCheck::CpuInfo(path) => {
-                let cpuinfo =
-                    std::fs::read_to_string(path).map_err(|source| DriverError::Io {
-                        machine: String::new(),
-                        path: path.clone(),
-                        source,
-                    })?;
+                let cpuinfo = std::fs::read_to_string(path).map_err(|source| DriverError::Io {
+                    machine: String::new(),
+                    path: path.clone(),
+                    source,
+                })?;
                 if !has_virtualization(&cpuinfo) {
                     return Err(DriverError::Unsupported {
                         driver: DRIVER.to_owned(),
@@ -380,7 +385,14 @@ impl VirtualBoxDriver {
         let vm = state.vm_name.as_str();
         let base = path_str(dir.path());
         self.vbm
-            .run(&["createvm", "--name", vm, "--basefolder", &base, "--register"])
+            .run(&[
+                "createvm",
+                "--name",
+                vm,
+                "--basefolder",
+                &base,
+                "--register",
+            ])
             .await?;
         made.vm = true;
         let cpus = self.cpus(spec).to_string();
@@ -388,11 +400,46 @@ impl VirtualBoxDriver {
         let console = path_str(&dir.file(CONSOLE_LOG));
         self.vbm
             .run(&[
-                "modifyvm", vm, "--ostype", "Linux_64", "--firmware", "bios", "--cpus", &cpus,
-                "--memory", &memory, "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on",
-                "--pae", "on", "--hwvirtex", "on", "--nestedpaging", "on", "--boot1", "dvd",
-                "--boot2", "none", "--boot3", "none", "--boot4", "none", "--audio", "none",
-                "--usb", "off", "--uart1", "0x3F8", "4", "--uartmode1", "file", &console,
+                "modifyvm",
+                vm,
+                "--ostype",
+                "Linux_64",
+                "--firmware",
+                "bios",
+                "--cpus",
+                &cpus,
+                "--memory",
+                &memory,
+                "--acpi",
+                "on",
+                "--ioapic",
+                "on",
+                "--rtcuseutc",
+                "on",
+                "--pae",
+                "on",
+                "--hwvirtex",
+                "on",
+                "--nestedpaging",
+                "on",
+                "--boot1",
+                "dvd",
+                "--boot2",
+                "none",
+                "--boot3",
+                "none",
+                "--boot4",
+                "none",
+                "--audio",
+                "none",
+                "--usb",
+                "off",
+                "--uart1",
+                "0x3F8",
+                "4",
+                "--uartmode1",
+                "file",
+                &console,
             ])
             .await?;
         let ssh = format!(
@@ -528,7 +575,11 @@ impl VirtualBoxDriver {
     async fn undo(&self, dir: &MachineDir, state: &VBoxState, made: &Made) {
         if made.disk && !made.disk_attached {
             let disk = path_str(&dir.file(DISK));
-            if let Err(e) = self.vbm.run(&["closemedium", "disk", &disk, "--delete"]).await {
+            if let Err(e) = self
+                .vbm
+                .run(&["closemedium", "disk", &disk, "--delete"])
+                .await
+            {
                 tracing::warn!(error = %e, "could not delete the data disk");
             }
         }
@@ -552,13 +603,18 @@ impl VirtualBoxDriver {
         match vm_state(&info) {
             VmState::Running | VmState::Starting => return Ok(()),
             VmState::Paused => {
-                self.vbm.run(&["controlvm", &state.vm_name, "resume"]).await?;
+                self.vbm
+                    .run(&["controlvm", &state.vm_name, "resume"])
+                    .await?;
                 return Ok(());
             }
             _ => {}
         }
         // A forwarded port another program took since: move that rule to a free port.
-        let (ssh_free, engine_free) = (port_is_free(state.ssh_port), port_is_free(state.engine_port));
+        let (ssh_free, engine_free) = (
+            port_is_free(state.ssh_port),
+            port_is_free(state.engine_port),
+        );
         if !ssh_free || !engine_free {
             let (ssh_port, engine_port) =
                 (self.pick_ports)().map_err(|e| io(dir, dir.path(), e))?;
@@ -570,7 +626,10 @@ impl VirtualBoxDriver {
                     "delete".to_owned(),
                     SSH_RULE.to_owned(),
                     "--natpf1".to_owned(),
-                    format!("{SSH_RULE},tcp,127.0.0.1,{ssh_port},,{}", spec.guest_ports.ssh),
+                    format!(
+                        "{SSH_RULE},tcp,127.0.0.1,{ssh_port},,{}",
+                        spec.guest_ports.ssh
+                    ),
                 ]);
             }
             if !engine_free {
@@ -593,7 +652,8 @@ impl VirtualBoxDriver {
         let attached = info
             .get(&format!("{CONTROLLER}-{CONFIG_PORT}-0"))
             .is_some_and(|m| m != "none");
-        self.attach_config_drive(dir, spec, &state, attached).await?;
+        self.attach_config_drive(dir, spec, &state, attached)
+            .await?;
         self.vbm
             .run(&["startvm", &state.vm_name, "--type", "headless"])
             .await
@@ -713,10 +773,14 @@ fn gone(vm: &str) -> DriverError {
 }
 
 fn iso_of(spec: &VmSpec) -> Result<PathBuf, DriverError> {
-    let iso = spec.boot.iso.clone().ok_or_else(|| DriverError::MissingFile {
-        what: "bootable guest ISO (this guest image has none; rebuild it with guest/build.sh)",
-        path: spec.boot.initrd.with_file_name("rmachine.iso"),
-    })?;
+    let iso = spec
+        .boot
+        .iso
+        .clone()
+        .ok_or_else(|| DriverError::MissingFile {
+            what: "bootable guest ISO (this guest image has none; rebuild it with guest/build.sh)",
+            path: spec.boot.initrd.with_file_name("rmachine.iso"),
+        })?;
     if !iso.exists() {
         return Err(DriverError::MissingFile {
             what: "bootable guest ISO",
@@ -770,8 +834,8 @@ fn load_required(dir: &MachineDir) -> Result<VBoxState, DriverError> {
 fn save(dir: &MachineDir, state: &VBoxState) -> Result<(), DriverError> {
     let path = dir.file(SAVED);
     let tmp = dir.file("virtualbox.json.tmp");
-    let text = serde_json::to_vec_pretty(state)
-        .map_err(|e| io(dir, &path, std::io::Error::other(e)))?;
+    let text =
+        serde_json::to_vec_pretty(state).map_err(|e| io(dir, &path, std::io::Error::other(e)))?;
     std::fs::write(&tmp, text).map_err(|e| io(dir, &tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io(dir, &path, e))
 }

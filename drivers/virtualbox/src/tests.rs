@@ -117,16 +117,58 @@ fn create_calls(s: &Setup) -> Vec<(Vec<String>, CannedReply)> {
     let iso = path_str(s.spec.boot.iso.as_deref().expect("iso"));
     let base = path_str(s.dir.path());
     push(
-        &["createvm", "--name", "dev", "--basefolder", &base, "--register"],
+        &[
+            "createvm",
+            "--name",
+            "dev",
+            "--basefolder",
+            &base,
+            "--register",
+        ],
         "Virtual machine 'dev' is created and registered.\n",
     );
     push(
         &[
-            "modifyvm", "dev", "--ostype", "Linux_64", "--firmware", "bios", "--cpus", "2",
-            "--memory", "2048", "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--pae",
-            "on", "--hwvirtex", "on", "--nestedpaging", "on", "--boot1", "dvd", "--boot2",
-            "none", "--boot3", "none", "--boot4", "none", "--audio", "none", "--usb", "off",
-            "--uart1", "0x3F8", "4", "--uartmode1", "file", &s.p("console.log"),
+            "modifyvm",
+            "dev",
+            "--ostype",
+            "Linux_64",
+            "--firmware",
+            "bios",
+            "--cpus",
+            "2",
+            "--memory",
+            "2048",
+            "--acpi",
+            "on",
+            "--ioapic",
+            "on",
+            "--rtcuseutc",
+            "on",
+            "--pae",
+            "on",
+            "--hwvirtex",
+            "on",
+            "--nestedpaging",
+            "on",
+            "--boot1",
+            "dvd",
+            "--boot2",
+            "none",
+            "--boot3",
+            "none",
+            "--boot4",
+            "none",
+            "--audio",
+            "none",
+            "--usb",
+            "off",
+            "--uart1",
+            "0x3F8",
+            "4",
+            "--uartmode1",
+            "file",
+            &s.p("console.log"),
         ],
         "",
     );
@@ -217,7 +259,10 @@ async fn create_defines_the_vm_then_does_nothing_the_second_time() {
     assert_eq!(endpoints.ssh.to_string(), "127.0.0.1:40022");
     assert_eq!(endpoints.engine.to_string(), "127.0.0.1:40376");
 
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("poweroff", "x"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("poweroff", "x"),
+    );
     driver.create(&s.dir, &s.spec).await.expect("create again");
     s.runner.assert_done();
 }
@@ -241,18 +286,60 @@ async fn a_create_failing_midway_unregisters_the_vm_and_deletes_its_files() {
     let s = setup();
     let base = path_str(s.dir.path());
     s.ok(
-        &["createvm", "--name", "dev", "--basefolder", &base, "--register"],
+        &[
+            "createvm",
+            "--name",
+            "dev",
+            "--basefolder",
+            &base,
+            "--register",
+        ],
         "",
     );
     // VirtualBox's folder for the VM, as createvm makes it.
     std::fs::create_dir_all(s.dir.file("dev")).expect("vm folder");
     s.runner.expect(
         argv(&[
-            "modifyvm", "dev", "--ostype", "Linux_64", "--firmware", "bios", "--cpus", "2",
-            "--memory", "2048", "--acpi", "on", "--ioapic", "on", "--rtcuseutc", "on", "--pae",
-            "on", "--hwvirtex", "on", "--nestedpaging", "on", "--boot1", "dvd", "--boot2",
-            "none", "--boot3", "none", "--boot4", "none", "--audio", "none", "--usb", "off",
-            "--uart1", "0x3F8", "4", "--uartmode1", "file", &s.p("console.log"),
+            "modifyvm",
+            "dev",
+            "--ostype",
+            "Linux_64",
+            "--firmware",
+            "bios",
+            "--cpus",
+            "2",
+            "--memory",
+            "2048",
+            "--acpi",
+            "on",
+            "--ioapic",
+            "on",
+            "--rtcuseutc",
+            "on",
+            "--pae",
+            "on",
+            "--hwvirtex",
+            "on",
+            "--nestedpaging",
+            "on",
+            "--boot1",
+            "dvd",
+            "--boot2",
+            "none",
+            "--boot3",
+            "none",
+            "--boot4",
+            "none",
+            "--audio",
+            "none",
+            "--usb",
+            "off",
+            "--uart1",
+            "0x3F8",
+            "4",
+            "--uartmode1",
+            "file",
+            &s.p("console.log"),
         ]),
         CannedReply::Output(CommandOutput::failure(
             1,
@@ -325,7 +412,10 @@ fn created() -> Setup {
 async fn start_recopies_the_config_drive_and_starts_headless() {
     let s = created();
     let vhd = s.p("config.vhd");
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("poweroff", &vhd));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("poweroff", &vhd),
+    );
     s.ok(
         &[
             "storageattach",
@@ -360,7 +450,10 @@ async fn start_recopies_the_config_drive_and_starts_headless() {
 #[tokio::test]
 async fn start_of_a_running_vm_does_nothing() {
     let s = created();
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "x"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "x"),
+    );
     s.driver(options())
         .start(&s.dir, &s.spec)
         .await
@@ -383,7 +476,10 @@ async fn start_moves_a_forward_whose_port_was_taken() {
         },
     )
     .expect("save");
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("poweroff", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("poweroff", "none"),
+    );
     s.ok(
         &[
             "modifyvm",
@@ -402,7 +498,12 @@ async fn start_moves_a_forward_whose_port_was_taken() {
     driver.start(&s.dir, &s.spec).await.expect("start");
     s.runner.assert_done();
     assert_eq!(
-        driver.endpoints(&s.dir).await.expect("endpoints").ssh.port(),
+        driver
+            .endpoints(&s.dir)
+            .await
+            .expect("endpoints")
+            .ssh
+            .port(),
         40022
     );
 }
@@ -420,7 +521,10 @@ async fn state_comes_from_vmstate() {
         ("gurumeditation", VmState::Error),
     ] {
         let s = created();
-        s.ok(&["showvminfo", "dev", "--machinereadable"], &info(vmstate, "none"));
+        s.ok(
+            &["showvminfo", "dev", "--machinereadable"],
+            &info(vmstate, "none"),
+        );
         let got = s.driver(options()).state(&s.dir).await.expect("state");
         assert_eq!(got, want, "{vmstate}");
         s.runner.assert_done();
@@ -431,11 +535,7 @@ async fn state_comes_from_vmstate() {
 async fn a_vm_removed_outside_rmachine_is_named_and_rm_still_cleans_up() {
     let s = created();
     s.fail(&["showvminfo", "dev", "--machinereadable"], NOT_FOUND);
-    let err = s
-        .driver(options())
-        .state(&s.dir)
-        .await
-        .expect_err("no VM");
+    let err = s.driver(options()).state(&s.dir).await.expect_err("no VM");
     assert_eq!(
         err.to_string(),
         "machine \"dev\": VBoxManage: VirtualBox has no VM named \"dev\" (removed outside rmachine?); `rmachine rm` removes the machine"
@@ -456,7 +556,10 @@ async fn a_vm_removed_outside_rmachine_is_named_and_rm_still_cleans_up() {
 async fn rm_powers_off_a_running_vm_and_deletes_it() {
     let s = created();
     std::fs::create_dir_all(s.dir.file("dev").join("Logs")).expect("vm folder");
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
     s.ok(&["controlvm", "dev", "poweroff"], "0%...10%...100%\n");
     s.ok(&["unregistervm", "dev", "--delete"], "");
     s.driver(options()).remove(&s.dir).await.expect("rm");
@@ -467,10 +570,19 @@ async fn rm_powers_off_a_running_vm_and_deletes_it() {
 #[tokio::test]
 async fn graceful_stop_presses_the_power_button_and_waits() {
     let s = created();
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
     s.ok(&["controlvm", "dev", "acpipowerbutton"], "");
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "none"));
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("poweroff", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("poweroff", "none"),
+    );
     s.driver(options())
         .stop(
             &s.dir,
@@ -486,9 +598,15 @@ async fn graceful_stop_presses_the_power_button_and_waits() {
 #[tokio::test]
 async fn graceful_stop_times_out_when_the_guest_ignores_the_button() {
     let s = created();
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
     s.ok(&["controlvm", "dev", "acpipowerbutton"], "");
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
     let err = s
         .driver(options())
         .stop(
@@ -506,12 +624,21 @@ async fn graceful_stop_times_out_when_the_guest_ignores_the_button() {
 #[tokio::test]
 async fn kill_powers_off_and_stop_of_a_stopped_vm_does_nothing() {
     let s = created();
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("running", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
     s.ok(&["controlvm", "dev", "poweroff"], "");
-    s.ok(&["showvminfo", "dev", "--machinereadable"], &info("poweroff", "none"));
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("poweroff", "none"),
+    );
     let driver = s.driver(options());
     driver.stop(&s.dir, StopMode::Kill).await.expect("kill");
-    driver.stop(&s.dir, StopMode::Kill).await.expect("kill again");
+    driver
+        .stop(&s.dir, StopMode::Kill)
+        .await
+        .expect("kill again");
     s.runner.assert_done();
 }
 
@@ -579,18 +706,34 @@ async fn precheck_refuses_what_cannot_work() {
         .await
         .expect_err("refused");
     let text = err.to_string();
-    assert!(text.contains("--virtualbox-share-folder /home/me:home"), "{text}");
-    assert!(text.contains("--virtualbox-hostonly-cidr 192.168.99.1/24"), "{text}");
+    assert!(
+        text.contains("--virtualbox-share-folder /home/me:home"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--virtualbox-hostonly-cidr 192.168.99.1/24"),
+        "{text}"
+    );
 
     // VBoxManage missing.
-    s.runner
-        .expect(argv(&["--version"]), CannedReply::Missing);
-    let err = s.driver(options()).precheck(&s.spec).await.expect_err("missing");
-    assert_eq!(err.to_string(), format!("{VBM} not found: {}", vbm::INSTALL_HINT));
+    s.runner.expect(argv(&["--version"]), CannedReply::Missing);
+    let err = s
+        .driver(options())
+        .precheck(&s.spec)
+        .await
+        .expect_err("missing");
+    assert_eq!(
+        err.to_string(),
+        format!("{VBM} not found: {}", vbm::INSTALL_HINT)
+    );
 
     // Too old.
     s.ok(&["--version"], "5.2.44r139111\n");
-    let err = s.driver(options()).precheck(&s.spec).await.expect_err("old");
+    let err = s
+        .driver(options())
+        .precheck(&s.spec)
+        .await
+        .expect_err("old");
     assert!(err.to_string().contains("\"5.2.44r139111\""), "{err}");
 
     // VT-x/AMD-V off.
@@ -637,8 +780,15 @@ async fn precheck_refuses_what_cannot_work() {
     // A guest image without an ISO.
     let mut spec = s.spec.clone();
     spec.boot.iso = None;
-    let err = s.driver(options()).precheck(&spec).await.expect_err("no iso");
-    assert!(err.to_string().contains("rebuild it with guest/build.sh"), "{err}");
+    let err = s
+        .driver(options())
+        .precheck(&spec)
+        .await
+        .expect_err("no iso");
+    assert!(
+        err.to_string().contains("rebuild it with guest/build.sh"),
+        "{err}"
+    );
 }
 
 /// The real process path: a fake VBoxManage script on disk that records its arguments and
