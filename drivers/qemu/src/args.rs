@@ -103,6 +103,10 @@ pub struct VmLaunch<'a> {
     pub memory_mb: u64,
     /// Kernel, initrd and command line.
     pub boot: &'a BootImage,
+    /// Boot this ISO from a CD drive instead of `boot`'s kernel (`--qemu-boot-iso`).
+    pub iso: Option<&'a Path>,
+    /// Firmware image for `-bios` (`--qemu-firmware`).
+    pub firmware: Option<&'a str>,
     /// The host's TSC frequency, for `tsc_early_khz=` under TCG.
     pub tsc_khz: Option<u64>,
     /// The data disk (qcow2).
@@ -161,16 +165,33 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     }
     push(&["-smp", &l.cpus.to_string(), "-m", &l.memory_mb.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&[
-        "-kernel",
-        &path(&l.boot.kernel),
-        "-initrd",
-        &path(&l.boot.initrd),
-    ]);
-    push(&[
-        "-append",
-        &kernel_cmdline(&l.boot.cmdline, l.host, l.accel, l.tsc_khz),
-    ]);
+    if let Some(firmware) = l.firmware {
+        push(&["-bios", firmware]);
+    }
+    match l.iso {
+        // The ISO's boot loaders carry the manifest's command line (no tsc_early_khz=).
+        Some(iso) => push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=cd,media=cdrom,readonly=on",
+                escape_opt(&path(iso))
+            ),
+            "-device",
+            "ide-cd,drive=cd,bootindex=0",
+        ]),
+        None => {
+            push(&[
+                "-kernel",
+                &path(&l.boot.kernel),
+                "-initrd",
+                &path(&l.boot.initrd),
+            ]);
+            push(&[
+                "-append",
+                &kernel_cmdline(&l.boot.cmdline, l.host, l.accel, l.tsc_khz),
+            ]);
+        }
+    }
     push(&[
         "-drive",
         &format!(
@@ -315,6 +336,8 @@ mod tests {
             cpus: 2,
             memory_mb: 2048,
             boot,
+            iso: None,
+            firmware: None,
             tsc_khz: Some(2_445_432),
             disk: &p.disk,
             config_drive: &p.config,
@@ -429,6 +452,29 @@ mod tests {
             .expect("rng device");
         let serial = args.iter().position(|a| a == "-serial").expect("-serial");
         args[rng + 1..serial].to_vec()
+    }
+
+    #[test]
+    fn an_iso_boots_from_a_cd_drive_with_the_firmware_given() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let mut l = launch(LINUX, Accel::Tcg, "q35", &boot, &p);
+        let iso = PathBuf::from("/img/rmachine.iso");
+        l.iso = Some(&iso);
+        l.firmware = Some("/usr/share/ovmf/OVMF.fd");
+        let args = vm_args(&l).join("\n");
+        assert!(
+            args.contains(
+                "-display\nnone\n-bios\n/usr/share/ovmf/OVMF.fd\n\
+                 -drive\nfile=/img/rmachine.iso,if=none,id=cd,media=cdrom,readonly=on\n\
+                 -device\nide-cd,drive=cd,bootindex=0\n-drive\nfile=/m/dev/disk.qcow2"
+            ),
+            "{args}"
+        );
+        assert!(
+            !args.contains("-kernel") && !args.contains("-append"),
+            "{args}"
+        );
     }
 
     #[test]
