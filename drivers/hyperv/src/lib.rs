@@ -16,6 +16,12 @@
 //!
 //! Files in the machine directory: `hyperv.json`, `disk.vhdx`, `config.vhd` and Hyper-V's
 //! own folder `NAME/`.
+//!
+//! How it is verified: VirtualBox and Hyper-V do not run on the development host. The tests
+//! (`src/tests.rs`) drive this driver through a recording runner that checks the exact
+//! PowerShell command of every step and answers with fixtures shaped like the real tool's output
+//! (its documentation, docker-machine's parsers). No test has run it against the real
+//! hypervisor.
 #![warn(missing_docs)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

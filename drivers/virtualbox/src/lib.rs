@@ -15,6 +15,12 @@
 //! Files in the machine directory: `virtualbox.json` (port forwards and the configuration
 //! drive's disk id), `disk.vdi`, `config.vhd`, `console.log`, and VirtualBox's own folder
 //! `NAME/` (the `.vbox` file and logs).
+//!
+//! How it is verified: VirtualBox and Hyper-V do not run on the development host. The tests
+//! (`src/tests.rs`) drive this driver through a recording runner that checks the exact
+//! VBoxManage command of every step and answers with fixtures shaped like the real tool's output
+//! (its documentation, docker-machine's parsers). No test has run it against the real
+//! hypervisor.
 #![warn(missing_docs)]
 
 pub mod vbm;
