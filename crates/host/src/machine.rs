@@ -2034,7 +2034,7 @@ mod tests {
         assert_eq!(rows[0].state, "Error");
         assert_eq!(
             rows[0].error,
-            "Driver \"fake\" not found. Available drivers: qemu"
+            "Driver \"fake\" not found. Available drivers: qemu, virtualbox, hyperv"
         );
     }
 }
