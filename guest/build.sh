@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the rmachine guest image: guest/out/{manifest.json,vmlinuz,initrd.img} for x86_64,
-# guest/out-aarch64/ for the arm64 guest (Apple Silicon hosts; QEMU `virt` machine).
+# Builds the rmachine guest image: guest/out/{manifest.json,vmlinuz,initrd.img,rmachine.iso} for
+# x86_64, guest/out-aarch64/ (no ISO) for the arm64 guest (Apple Silicon hosts; QEMU `virt`).
 #
 #   guest/build.sh                 # ARCH=x86_64 by default
 #   ARCH=x86_64 guest/build.sh
@@ -15,6 +15,9 @@
 #     libraries they link (libext2fs2, libcom-err2, libblkid1, libuuid1, libc6) and the loader:
 #     Debian builds e2fsprogs only dynamically
 # and our static musl binaries (rmachine-init as /init, rmachine-engine).
+# rmachine.iso boots the same kernel, initramfs and command line on hypervisors that boot no
+# bare kernel (VirtualBox, Hyper-V): BIOS through isolinux, UEFI through a GRUB EFI image, one
+# hybrid image (host packages: xorriso isolinux syslinux-common grub-efi-amd64-bin mtools).
 # Contract of the output: docs/internals.md, "Guest image".
 set -euo pipefail
 
@@ -41,6 +44,11 @@ case "$ARCH" in
     OUT="${OUT:-$HERE/out}"
     # The first serial port of pc/q35/microvm.
     CONSOLE=ttyS0
+    # The ISO on VirtualBox (SATA/AHCI disks) and Hyper-V Generation 2 (VMBus: SCSI disks,
+    # synthetic NIC, the "shut down" integration service): the disks appear as sdX.
+    EXTRA_MODULES=(ahci sd_mod hv_vmbus hv_storvsc hv_netvsc hv_utils)
+    # The bootable ISO (BIOS + UEFI) those two hypervisors boot; x86_64 only.
+    BUILD_ISO=1
     ;;
   aarch64)
     # Cross build on x86_64 (.ci/setup installs all of it): `dpkg --add-architecture arm64`
@@ -60,6 +68,7 @@ case "$ARCH" in
     # The power button of `virt` without firmware (device tree, no ACPI): a PL061 GPIO line
     # wired to a gpio-keys device that sends KEY_POWER on QMP system_powerdown.
     EXTRA_MODULES=(gpio_keys gpio_pl061)
+    BUILD_ISO=0
     ;;
   *)
     echo "build.sh: unsupported ARCH=$ARCH (x86_64 or aarch64)" >&2
@@ -98,6 +107,19 @@ need() {
   fi
 }
 need apt-get apt-cache dpkg-deb cpio zstd depmod sha256sum cargo jq readelf
+ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
+ISOHDPFX=/usr/lib/ISOLINUX/isohdpfx.bin
+LDLINUX=/usr/lib/syslinux/modules/bios/ldlinux.c32
+GRUB_EFI_DIR=/usr/lib/grub/x86_64-efi
+if ((BUILD_ISO)); then
+  need xorriso grub-mkimage mformat mcopy mmd
+  for file in "$ISOLINUX_BIN" "$ISOHDPFX" "$LDLINUX" "$GRUB_EFI_DIR/linux.mod"; do
+    if [[ ! -e "$file" ]]; then
+      log "missing $file (apt-get install isolinux syslinux-common grub-efi-amd64-bin)"
+      exit 1
+    fi
+  done
+fi
 
 mkdir -p "$WORK/debs" "$OUT"
 
@@ -374,13 +396,71 @@ else
 fi
 mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 mv -f "$INITRD_TMP" "$OUT/initrd.img"
-SHA_KERNEL="$(sha256sum "$OUT/vmlinuz" | cut -d' ' -f1)"
-SHA_INITRD="$(sha256sum "$OUT/initrd.img" | cut -d' ' -f1)"
-HASH="$(printf '%s %s' "$SHA_KERNEL" "$SHA_INITRD" | sha256sum | cut -c1-8)"
-VERSION="$VERSION_BASE-$HASH"
 # console: serial log (the first serial port → console.log); quiet: only our lines; panic=-1:
 # a kernel panic reboots at once instead of hanging.
 CMDLINE="console=$CONSOLE quiet panic=-1"
+
+# --- 6. Bootable ISO (BIOS + UEFI, hybrid) ----------------------------------------------------
+rm -f "$OUT/rmachine.iso"
+if ((BUILD_ISO)); then
+  # Reproducible: fixed file times, FAT serial and ISO dates (SOURCE_DATE_EPOCH), so that the
+  # same kernel and initramfs give the same ISO and the same version.
+  ISO_STAGE="$WORK/iso"
+  rm -rf "$ISO_STAGE"
+  mkdir -p "$ISO_STAGE/boot" "$ISO_STAGE/isolinux"
+  cp "$OUT/vmlinuz" "$OUT/initrd.img" "$ISO_STAGE/boot/"
+  cp "$ISOLINUX_BIN" "$LDLINUX" "$ISO_STAGE/isolinux/"
+  cat >"$ISO_STAGE/isolinux/isolinux.cfg" <<EOF
+DEFAULT rmachine
+PROMPT 0
+TIMEOUT 0
+LABEL rmachine
+  KERNEL /boot/vmlinuz
+  INITRD /boot/initrd.img
+  APPEND $CMDLINE
+EOF
+  # UEFI: a GRUB EFI image with only the modules it needs and its configuration built in (no
+  # memdisk, which would make it differ at every build); it finds the ISO's file system by a
+  # file only the ISO has.
+  : >"$ISO_STAGE/boot/rmachine.id"
+  cat >"$WORK/grub.cfg" <<EOF
+set timeout=0
+search --no-floppy --set=root --file /boot/rmachine.id
+linux /boot/vmlinuz $CMDLINE
+initrd /boot/initrd.img
+boot
+EOF
+  grub-mkimage -O x86_64-efi -p /boot/grub -c "$WORK/grub.cfg" -o "$WORK/BOOTX64.EFI" \
+    linux search search_fs_file iso9660 part_gpt part_msdos fat efi_gop
+  EFI_IMG="$ISO_STAGE/boot/efiboot.img"
+  EFI_KIB=$(( $(stat -c %s "$WORK/BOOTX64.EFI") / 1024 + 256 ))
+  truncate -s "${EFI_KIB}K" "$EFI_IMG"
+  SOURCE_DATE_EPOCH=0 mformat -i "$EFI_IMG" -N 0 ::
+  SOURCE_DATE_EPOCH=0 mmd -i "$EFI_IMG" ::/EFI ::/EFI/BOOT
+  touch -d @0 "$WORK/BOOTX64.EFI"
+  SOURCE_DATE_EPOCH=0 mcopy -m -i "$EFI_IMG" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+  find "$ISO_STAGE" -exec touch -h -d @0 {} +
+  ISO_TMP="$WORK/rmachine.iso.tmp"
+  rm -f "$ISO_TMP"
+  SOURCE_DATE_EPOCH=0 xorriso -as mkisofs -quiet -o "$ISO_TMP" -iso-level 3 -V RMACHINE \
+    -isohybrid-mbr "$ISOHDPFX" \
+    -c isolinux/boot.cat -b isolinux/isolinux.bin -no-emul-boot -boot-load-size 4 \
+    -boot-info-table \
+    -eltorito-alt-boot -e boot/efiboot.img -no-emul-boot -isohybrid-gpt-basdat \
+    "$ISO_STAGE" >&2
+  mv -f "$ISO_TMP" "$OUT/rmachine.iso"
+  rm -rf "$ISO_STAGE"
+fi
+
+SHA_KERNEL="$(sha256sum "$OUT/vmlinuz" | cut -d' ' -f1)"
+SHA_INITRD="$(sha256sum "$OUT/initrd.img" | cut -d' ' -f1)"
+if ((BUILD_ISO)); then
+  SHA_ISO="$(sha256sum "$OUT/rmachine.iso" | cut -d' ' -f1)"
+  HASH="$(printf '%s %s %s' "$SHA_KERNEL" "$SHA_INITRD" "$SHA_ISO" | sha256sum | cut -c1-8)"
+else
+  HASH="$(printf '%s %s' "$SHA_KERNEL" "$SHA_INITRD" | sha256sum | cut -c1-8)"
+fi
+VERSION="$VERSION_BASE-$HASH"
 
 jq -n \
   --arg version "$VERSION" --arg arch "$ARCH" --arg cmdline "$CMDLINE" \
@@ -388,9 +468,18 @@ jq -n \
   '{version: $version, arch: $arch, kernel: "vmlinuz", initrd: "initrd.img",
     cmdline: $cmdline, kernelVersion: $kver,
     sha256: {vmlinuz: $k, "initrd.img": $i}}' >"$OUT/manifest.json.tmp"
+if ((BUILD_ISO)); then
+  # The ISO holds the same kernel and initramfs, for VirtualBox and Hyper-V.
+  jq --arg iso "$SHA_ISO" '.iso = "rmachine.iso" | .sha256["rmachine.iso"] = $iso' \
+    "$OUT/manifest.json.tmp" >"$OUT/manifest.json.tmp2"
+  mv -f "$OUT/manifest.json.tmp2" "$OUT/manifest.json.tmp"
+fi
 mv -f "$OUT/manifest.json.tmp" "$OUT/manifest.json"
 
 log "guest $VERSION ($ARCH, kernel $KVER)"
 log "  vmlinuz    $(du -h "$OUT/vmlinuz" | cut -f1)"
 log "  initrd.img $(du -h "$OUT/initrd.img" | cut -f1) (unpacked $(du -sh "$ROOT" | cut -f1))"
+if ((BUILD_ISO)); then
+  log "  rmachine.iso $(du -h "$OUT/rmachine.iso" | cut -f1) (BIOS + UEFI)"
+fi
 log "  manifest   $OUT/manifest.json"

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod runner;
+pub mod vhd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,6 +60,11 @@ pub struct BootImage {
     /// another architecture.
     #[serde(default)]
     pub arch: String,
+    /// Bootable ISO holding the same kernel, initramfs and command line (BIOS and UEFI), for
+    /// hypervisors that cannot boot a kernel directly (VirtualBox, Hyper-V); `None` for guest
+    /// images built before the ISO existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso: Option<PathBuf>,
 }
 
 /// What the host asks a driver to build.

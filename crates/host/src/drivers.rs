@@ -7,7 +7,9 @@
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode, VmSpec, VmState,
 };
+use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
+use rmachine_driver_virtualbox::{VirtualBoxDriver, VirtualBoxOptions};
 use serde::{Deserialize, Serialize};
 
 /// What can go wrong choosing a driver.
@@ -41,6 +43,10 @@ pub enum DriverKind {
     /// QEMU (KVM, HVF, WHPX or TCG).
     #[default]
     Qemu,
+    /// VirtualBox, through VBoxManage.
+    Virtualbox,
+    /// Hyper-V, through PowerShell.
+    Hyperv,
 }
 
 impl DriverKind {
@@ -48,6 +54,8 @@ impl DriverKind {
     pub fn name(self) -> &'static str {
         match self {
             DriverKind::Qemu => "qemu",
+            DriverKind::Virtualbox => "virtualbox",
+            DriverKind::Hyperv => "hyperv",
         }
     }
 
@@ -75,6 +83,14 @@ pub struct DriverOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub qemu: QemuOptions,
+    /// `--virtualbox-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub virtualbox: VirtualBoxOptions,
+    /// `--hyperv-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub hyperv: HyperVOptions,
 }
 
 impl DriverOptions {
@@ -84,6 +100,29 @@ impl DriverOptions {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         }
+    }
+
+    /// One problem per other driver whose options were set: they would otherwise be stored
+    /// and never used.
+    pub fn foreign(&self, kind: DriverKind) -> Vec<String> {
+        [
+            (DriverKind::Qemu, self.qemu != QemuOptions::default()),
+            (
+                DriverKind::Virtualbox,
+                self.virtualbox != VirtualBoxOptions::default(),
+            ),
+            (DriverKind::Hyperv, self.hyperv != HyperVOptions::default()),
+        ]
+        .into_iter()
+        .filter(|(owner, set)| *set && *owner != kind)
+        .map(|(owner, _)| {
+            format!(
+                "--{0}-* options apply to -d {0} only, not -d {1}",
+                owner.name(),
+                kind.name()
+            )
+        })
+        .collect()
     }
 
     /// Options read back from a machine record (unknown keys, such as the base fields
@@ -107,6 +146,10 @@ impl DriverOptions {
 pub enum AnyDriver {
     /// QEMU.
     Qemu(QemuDriver),
+    /// VirtualBox.
+    Virtualbox(VirtualBoxDriver),
+    /// Hyper-V.
+    Hyperv(HyperVDriver),
 }
 
 impl AnyDriver {
@@ -114,6 +157,10 @@ impl AnyDriver {
     pub fn new(kind: DriverKind, options: &DriverOptions) -> Self {
         match kind {
             DriverKind::Qemu => AnyDriver::Qemu(QemuDriver::new(options.qemu.clone())),
+            DriverKind::Virtualbox => {
+                AnyDriver::Virtualbox(VirtualBoxDriver::new(options.virtualbox.clone()))
+            }
+            DriverKind::Hyperv => AnyDriver::Hyperv(HyperVDriver::new(options.hyperv.clone())),
         }
     }
 }
@@ -122,42 +169,56 @@ impl Driver for AnyDriver {
     fn info(&self) -> DriverInfo {
         match self {
             AnyDriver::Qemu(d) => d.info(),
+            AnyDriver::Virtualbox(d) => d.info(),
+            AnyDriver::Hyperv(d) => d.info(),
         }
     }
 
     async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.precheck(spec).await,
+            AnyDriver::Virtualbox(d) => d.precheck(spec).await,
+            AnyDriver::Hyperv(d) => d.precheck(spec).await,
         }
     }
 
     async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.create(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.create(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.create(dir, spec).await,
         }
     }
 
     async fn start(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.start(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.start(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.start(dir, spec).await,
         }
     }
 
     async fn stop(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.stop(dir, mode).await,
+            AnyDriver::Virtualbox(d) => d.stop(dir, mode).await,
+            AnyDriver::Hyperv(d) => d.stop(dir, mode).await,
         }
     }
 
     async fn remove(&self, dir: &MachineDir) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.remove(dir).await,
+            AnyDriver::Virtualbox(d) => d.remove(dir).await,
+            AnyDriver::Hyperv(d) => d.remove(dir).await,
         }
     }
 
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,
+            AnyDriver::Virtualbox(d) => d.state(dir).await,
+            AnyDriver::Hyperv(d) => d.state(dir).await,
         }
     }
 
@@ -176,6 +237,8 @@ impl Driver for AnyDriver {
     async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,
+            AnyDriver::Virtualbox(d) => d.endpoints(dir).await,
+            AnyDriver::Hyperv(d) => d.endpoints(dir).await,
         }
     }
 }
@@ -189,7 +252,19 @@ mod tests {
         assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
         assert_eq!(
             DriverKind::from_name("bogus").unwrap_err().to_string(),
-            "Driver \"bogus\" not found. Available drivers: qemu"
+            "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv"
+        );
+    }
+
+    #[test]
+    fn another_drivers_options_are_refused() {
+        let mut options = DriverOptions::default();
+        assert!(options.foreign(DriverKind::Qemu).is_empty());
+        options.virtualbox.memory = Some(2048);
+        assert!(options.foreign(DriverKind::Virtualbox).is_empty());
+        assert_eq!(
+            options.foreign(DriverKind::Qemu),
+            ["--virtualbox-* options apply to -d virtualbox only, not -d qemu"]
         );
     }
 

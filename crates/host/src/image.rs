@@ -97,6 +97,10 @@ pub struct GuestManifest {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: String,
+    /// Bootable ISO file name (BIOS and UEFI), for drivers that boot no bare kernel; absent
+    /// from images built before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso: Option<String>,
     /// sha256 of each file, by name.
     pub sha256: BTreeMap<String, String>,
 }
@@ -118,6 +122,7 @@ impl GuestImage {
             initrd: self.dir.join(&self.manifest.initrd),
             cmdline: self.manifest.cmdline.clone(),
             arch: self.manifest.arch.clone(),
+            iso: self.manifest.iso.as_ref().map(|iso| self.dir.join(iso)),
         }
     }
 }
@@ -164,7 +169,10 @@ pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
     if !is_plain_name(&manifest.version) {
         return Err(incomplete(format!("bad version {:?}", manifest.version)));
     }
-    for file in [&manifest.kernel, &manifest.initrd] {
+    for file in [&manifest.kernel, &manifest.initrd]
+        .into_iter()
+        .chain(manifest.iso.as_ref())
+    {
         if !manifest.sha256.contains_key(file) {
             return Err(incomplete(format!("no sha256 for {file}")));
         }
@@ -315,9 +323,35 @@ pub(crate) mod tests {
             kernel: "vmlinuz".into(),
             initrd: "initrd.img".into(),
             cmdline: "console=ttyS0".into(),
+            iso: None,
             sha256,
         };
         fs::write(dir.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_iso_listed_in_the_manifest_is_checked_and_booted() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_image(tmp.path(), "1.0-iso");
+        let path = tmp.path().join(MANIFEST);
+        let mut manifest: GuestManifest =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest.iso = Some("rmachine.iso".into());
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let err = open(tmp.path()).unwrap_err().to_string();
+        assert!(err.ends_with("no sha256 for rmachine.iso"), "{err}");
+
+        fs::write(tmp.path().join("rmachine.iso"), b"iso").unwrap();
+        manifest.sha256.insert(
+            "rmachine.iso".into(),
+            sha256_file(&tmp.path().join("rmachine.iso")).unwrap(),
+        );
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let image = open(tmp.path()).unwrap();
+        assert_eq!(
+            image.boot_image().iso,
+            Some(tmp.path().join("rmachine.iso"))
+        );
     }
 
     #[test]

@@ -407,6 +407,7 @@ impl CreateOptions {
                 problems.push(format!("registry {registry:?} is not a valid address"));
             }
         }
+        problems.extend(self.driver_options.foreign(self.driver));
         problems
     }
 }
@@ -2255,7 +2256,7 @@ mod tests {
         assert_eq!(rows[0].state, "Error");
         assert_eq!(
             rows[0].error,
-            "Driver \"fake\" not found. Available drivers: qemu"
+            "Driver \"fake\" not found. Available drivers: qemu, virtualbox, hyperv"
         );
     }
 }

@@ -524,6 +524,7 @@ pub(crate) mod tests {
                     initrd: "/i".into(),
                     cmdline: "console=ttyS0".into(),
                     arch: "x86_64".into(),
+                    iso: None,
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),

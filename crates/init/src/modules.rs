@@ -151,6 +151,10 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Modules that were already loaded.
     pub already: usize,
+    /// Modules for hardware this machine lacks (the kernel answered ENODEV, as Hyper-V's VMBus
+    /// does outside Hyper-V) and the modules that need one of them: not failures, since one
+    /// image serves every hypervisor.
+    pub absent: usize,
     /// Modules that failed, with the reason (boot goes on without them).
     pub failed: Vec<ModuleError>,
 }
@@ -169,12 +173,47 @@ pub fn phases(dir: &Path) -> Result<(Vec<String>, Vec<String>), ModuleError> {
 
 /// Loads modules (paths relative to `dir`) in the given order.
 pub fn load_all(dir: &Path, paths: &[String]) -> LoadReport {
+    load_all_with(dir, paths, load_one)
+}
+
+/// [`load_all`] with the loader of one module file given (tests).
+fn load_all_with(
+    dir: &Path,
+    paths: &[String],
+    mut load: impl FnMut(&Path) -> Result<bool, ModuleError>,
+) -> LoadReport {
+    // Dependencies, to skip the modules that need an absent one; without modules.dep nothing
+    // is skipped and such modules fail as before.
+    let deps: HashMap<String, Vec<String>> = std::fs::read_to_string(dir.join("modules.dep"))
+        .map(|text| {
+            parse_modules_dep(&text)
+                .into_iter()
+                .map(|e| (e.path, e.deps))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut absent: HashSet<&str> = HashSet::new();
     let mut report = LoadReport::default();
     for rel in paths {
+        if deps
+            .get(rel)
+            .is_some_and(|needs| needs.iter().any(|d| absent.contains(d.as_str())))
+        {
+            absent.insert(rel);
+            report.absent += 1;
+            continue;
+        }
         let path = dir.join(rel);
-        match load_one(&path) {
+        match load(&path) {
             Ok(true) => report.loaded += 1,
             Ok(false) => report.already += 1,
+            Err(ModuleError::Load {
+                source: Errno::ENODEV,
+                ..
+            }) => {
+                absent.insert(rel);
+                report.absent += 1;
+            }
             Err(err) => report.failed.push(err),
         }
     }
@@ -226,6 +265,47 @@ kernel/fs/overlayfs/overlay.ko:
             .iter()
             .position(|p| p.ends_with(&format!("/{name}.ko")))
             .unwrap_or_else(|| panic!("{name} missing from {order:?}"))
+    }
+
+    #[test]
+    fn modules_for_absent_hardware_and_their_dependents_are_not_failures() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("modules.dep"),
+            "kernel/drivers/hv/hv_vmbus.ko:\nkernel/drivers/scsi/hv_storvsc.ko: kernel/drivers/hv/hv_vmbus.ko\nkernel/drivers/block/virtio_blk.ko:\nkernel/drivers/x/broken.ko:\n",
+        )
+        .expect("modules.dep");
+        let paths: Vec<String> = [
+            "kernel/drivers/hv/hv_vmbus.ko",
+            "kernel/drivers/scsi/hv_storvsc.ko",
+            "kernel/drivers/block/virtio_blk.ko",
+            "kernel/drivers/x/broken.ko",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut tried = Vec::new();
+        let report = load_all_with(tmp.path(), &paths, |path| {
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            tried.push(name.clone());
+            match name.as_str() {
+                "hv_vmbus.ko" => Err(ModuleError::Load {
+                    path: path.to_owned(),
+                    source: Errno::ENODEV,
+                }),
+                "broken.ko" => Err(ModuleError::Load {
+                    path: path.to_owned(),
+                    source: Errno::ENOEXEC,
+                }),
+                _ => Ok(true),
+            }
+        });
+        assert_eq!(tried, ["hv_vmbus.ko", "virtio_blk.ko", "broken.ko"]);
+        assert_eq!((report.loaded, report.absent), (1, 2));
+        assert_eq!(report.failed.len(), 1);
     }
 
     #[test]

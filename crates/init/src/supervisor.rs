@@ -147,9 +147,10 @@ async fn load_modules(what: &'static str, dir: PathBuf, paths: Vec<String>) {
         tracing::warn!("modules: {}", error_chain(failure));
     }
     tracing::info!(
-        "{what}: {} loaded, {} already present, {} failed in {} ms",
+        "{what}: {} loaded, {} already present, {} not for this hardware, {} failed in {} ms",
         report.loaded,
         report.already,
+        report.absent,
         report.failed.len(),
         started.elapsed().as_millis()
     );

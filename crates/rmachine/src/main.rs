@@ -82,7 +82,17 @@ fn print_completion(shell: cmd::CompletionShell) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::{CommandFactory, FromArgMatches};
+        let argv: Vec<String> = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let matches = cmd::create::only_named_drivers_flags(Cli::command(), &argv).get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        }
+    };
     if let cmd::Command::Completion(args) = &cli.command {
         return print_completion(args.shell);
     }

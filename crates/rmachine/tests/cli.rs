@@ -158,7 +158,7 @@ fn create_with_an_unknown_driver() {
     assert_eq!(run.code, 1);
     assert_eq!(
         run.stderr,
-        "Driver \"bogus\" not found. Available drivers: qemu\n"
+        "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv\n"
     );
     assert!(!env.store().join("machines").exists());
 }

@@ -118,6 +118,10 @@ pub struct VmLaunch<'a> {
     pub memory_mb: u64,
     /// Kernel, initrd and command line.
     pub boot: &'a BootImage,
+    /// Boot this ISO from a CD drive instead of `boot`'s kernel (`--qemu-boot-iso`).
+    pub iso: Option<&'a Path>,
+    /// Firmware image for `-bios` (`--qemu-firmware`).
+    pub firmware: Option<&'a str>,
     /// The host's TSC frequency, for `tsc_early_khz=` under TCG.
     pub tsc_khz: Option<u64>,
     /// The data disk (qcow2).
@@ -176,16 +180,33 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     }
     push(&["-smp", &l.cpus.to_string(), "-m", &l.memory_mb.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
-    push(&[
-        "-kernel",
-        &path(&l.boot.kernel),
-        "-initrd",
-        &path(&l.boot.initrd),
-    ]);
-    push(&[
-        "-append",
-        &kernel_cmdline(&l.boot.cmdline, l.guest, l.accel, l.tsc_khz),
-    ]);
+    if let Some(firmware) = l.firmware {
+        push(&["-bios", firmware]);
+    }
+    match l.iso {
+        // The ISO's boot loaders carry the manifest's command line (no tsc_early_khz=).
+        Some(iso) => push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=cd,media=cdrom,readonly=on",
+                escape_opt(&path(iso))
+            ),
+            "-device",
+            "ide-cd,drive=cd,bootindex=0",
+        ]),
+        None => {
+            push(&[
+                "-kernel",
+                &path(&l.boot.kernel),
+                "-initrd",
+                &path(&l.boot.initrd),
+            ]);
+            push(&[
+                "-append",
+                &kernel_cmdline(&l.boot.cmdline, l.guest, l.accel, l.tsc_khz),
+            ]);
+        }
+    }
     push(&[
         "-drive",
         &format!(
@@ -294,6 +315,7 @@ mod tests {
             initrd: PathBuf::from(format!("{dir}/initrd.img")),
             cmdline: "console=ttyS0 quiet".to_owned(),
             arch: "x86_64".to_owned(),
+            iso: None,
         }
     }
 
@@ -331,6 +353,8 @@ mod tests {
             cpus: 2,
             memory_mb: 2048,
             boot,
+            iso: None,
+            firmware: None,
             tsc_khz: Some(2_445_432),
             disk: &p.disk,
             config_drive: &p.config,
@@ -448,6 +472,29 @@ mod tests {
     }
 
     #[test]
+    fn an_iso_boots_from_a_cd_drive_with_the_firmware_given() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let mut l = launch(LINUX, Accel::Tcg, "q35", &boot, &p);
+        let iso = PathBuf::from("/img/rmachine.iso");
+        l.iso = Some(&iso);
+        l.firmware = Some("/usr/share/ovmf/OVMF.fd");
+        let args = vm_args(&l).join("\n");
+        assert!(
+            args.contains(
+                "-display\nnone\n-bios\n/usr/share/ovmf/OVMF.fd\n\
+                 -drive\nfile=/img/rmachine.iso,if=none,id=cd,media=cdrom,readonly=on\n\
+                 -device\nide-cd,drive=cd,bootindex=0\n-drive\nfile=/m/dev/disk.qcow2"
+            ),
+            "{args}"
+        );
+        assert!(
+            !args.contains("-kernel") && !args.contains("-append"),
+            "{args}"
+        );
+    }
+
+    #[test]
     fn shares_are_9p_exports_on_pci_machines() {
         let boot = boot("/img");
         let p = unix_paths("/m/dev");
@@ -496,6 +543,7 @@ mod tests {
             initrd: "/Users/me/img/initrd.img".into(),
             cmdline: "console=ttyAMA0".into(),
             arch: "aarch64".into(),
+            iso: None,
         };
         let p = unix_paths("/Users/me/m/dev");
         let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
@@ -577,6 +625,7 @@ mod tests {
             initrd: r"C:\Users\me\rmachine\cache\initrd.img".into(),
             cmdline: "console=ttyS0".into(),
             arch: "x86_64".into(),
+            iso: None,
         };
         let p = Paths {
             disk: format!(r"{dir}\disk.qcow2").into(),

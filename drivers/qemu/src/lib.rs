@@ -125,6 +125,23 @@ pub struct QemuOptions {
     )]
     #[serde(rename = "qemuImg", skip_serializing_if = "Option::is_none")]
     pub img: Option<String>,
+
+    /// Boot the guest ISO from a CD drive, as VirtualBox and Hyper-V do, instead of the kernel
+    /// directly (needs a pc or q35 machine; the machine type then defaults to q35)
+    #[arg(id = "qemu_boot_iso", long = "qemu-boot-iso", env = "QEMU_BOOT_ISO")]
+    #[serde(rename = "qemuBootIso", skip_serializing_if = "std::ops::Not::not")]
+    pub boot_iso: bool,
+
+    /// Firmware image for -bios, e.g. /usr/share/ovmf/OVMF.fd to boot the ISO by UEFI
+    /// [default: QEMU's own BIOS]
+    #[arg(
+        id = "qemu_firmware",
+        long = "qemu-firmware",
+        env = "QEMU_FIRMWARE",
+        value_name = "FILE"
+    )]
+    #[serde(rename = "qemuFirmware", skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
 }
 
 /// The QEMU driver.
@@ -194,10 +211,13 @@ impl QemuDriver {
 
     /// The machine type a new machine gets.
     pub fn machine_type(&self) -> String {
-        self.options
-            .machine
-            .clone()
-            .unwrap_or_else(|| self.host.default_machine(self.guest_arch()).to_owned())
+        self.options.machine.clone().unwrap_or_else(|| {
+            if self.options.boot_iso {
+                "q35".to_owned()
+            } else {
+                self.host.default_machine(self.guest_arch()).to_owned()
+            }
+        })
     }
 
     /// The accelerator a created machine runs with, and why (for the CLI to print).
@@ -386,6 +406,7 @@ impl QemuDriver {
                 })
             }
         }
+        self.iso_problem(spec)?;
         for (what, path) in [
             ("guest kernel", &spec.boot.kernel),
             ("guest initrd", &spec.boot.initrd),
@@ -496,6 +517,11 @@ impl QemuDriver {
                 ));
             }
         }
+        let iso = if self.options.boot_iso {
+            spec.boot.iso.clone()
+        } else {
+            None
+        };
         let argv = args::vm_args(&args::VmLaunch {
             host: self.host,
             guest: self.guest_arch(),
@@ -505,6 +531,8 @@ impl QemuDriver {
             cpus: spec.cpus,
             memory_mb: spec.memory_mb,
             boot: &spec.boot,
+            iso: iso.as_deref(),
+            firmware: self.options.firmware.as_deref(),
             tsc_khz,
             disk: &disk,
             config_drive: &spec.config_drive,
@@ -747,6 +775,41 @@ impl QemuDriver {
             driver: DRIVER.to_owned(),
             problems: vec![problem],
         })
+    /// With `--qemu-boot-iso`: a machine type with a CD drive and firmware (pc, q35), an ISO
+    /// in the guest image, and the `--qemu-firmware` file.
+    fn iso_problem(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        if let Some(firmware) = &self.options.firmware {
+            if !Path::new(firmware).is_file() {
+                return Err(DriverError::MissingFile {
+                    what: "firmware image (--qemu-firmware)",
+                    path: firmware.into(),
+                });
+            }
+        }
+        if !self.options.boot_iso {
+            return Ok(());
+        }
+        let machine = self.machine_type();
+        if args::MachineFamily::of(&machine) != args::MachineFamily::Pci {
+            return Err(DriverError::InvalidOptions {
+                driver: DRIVER.to_owned(),
+                problems: vec![format!(
+                    "--qemu-boot-iso needs a pc or q35 machine, not --qemu-machine {machine}"
+                )],
+            });
+        }
+        match &spec.boot.iso {
+            Some(iso) if iso.is_file() => Ok(()),
+            Some(iso) => Err(DriverError::MissingFile {
+                what: "bootable guest ISO",
+                path: iso.clone(),
+            }),
+            None => Err(DriverError::MissingFile {
+                what:
+                    "bootable guest ISO (this guest image has none; rebuild it with guest/build.sh)",
+                path: spec.boot.initrd.with_file_name("rmachine.iso"),
+            }),
+        }
     }
 
     async fn precheck_inner(&self, spec: &VmSpec) -> Result<(), DriverError> {
@@ -776,6 +839,7 @@ impl QemuDriver {
                     .to_owned(),
             });
         }
+        self.iso_problem(spec)?;
         for (what, path) in [
             ("guest kernel", &spec.boot.kernel),
             ("guest initrd", &spec.boot.initrd),
@@ -951,6 +1015,7 @@ mod tests {
                 initrd: dir.join("initrd.img"),
                 cmdline: "console=ttyS0".into(),
                 arch: "x86_64".into(),
+                iso: None,
             },
             config_drive: dir.join("config.img"),
             guest_ports: GuestPorts::default(),
@@ -1287,6 +1352,8 @@ mod tests {
             cpus: 2,
             memory_mb: 1024,
             boot: &spec.boot,
+            iso: None,
+            firmware: None,
             tsc_khz: tsc,
             disk: &dir.file(DISK),
             config_drive: &spec.config_drive,
@@ -1455,6 +1522,52 @@ mod tests {
                 dir.file(QMP_SOCKET).display()
             )
         );
+    }
+
+    #[tokio::test]
+    async fn iso_boot_needs_a_pc_machine_and_an_iso() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut spec = spec(tmp.path());
+        let versions = || {
+            Arc::new(RecordingRunner::new([
+                (
+                    vec!["qemu-system-x86_64", "--version"],
+                    CommandOutput::success("QEMU emulator version 7.2.22\n"),
+                ),
+                (
+                    vec!["qemu-img", "--version"],
+                    CommandOutput::success("qemu-img version 7.2.22\n"),
+                ),
+            ]))
+        };
+        let iso_options = |machine: Option<&str>| QemuOptions {
+            boot_iso: true,
+            machine: machine.map(str::to_owned),
+            ..QemuOptions::default()
+        };
+        let err = QemuDriver::with_runner(iso_options(Some("microvm")), versions())
+            .for_host(LINUX)
+            .precheck(&spec)
+            .await
+            .expect_err("microvm has no CD drive");
+        assert_eq!(
+            err.to_string(),
+            "invalid qemu options: --qemu-boot-iso needs a pc or q35 machine, not --qemu-machine microvm"
+        );
+        let driver = QemuDriver::with_runner(iso_options(None), versions()).for_host(LINUX);
+        assert_eq!(driver.machine_type(), "q35");
+        let err = driver.precheck(&spec).await.expect_err("no iso");
+        assert!(
+            err.to_string().contains("rebuild it with guest/build.sh"),
+            "{err}"
+        );
+        spec.boot.iso = Some(tmp.path().join("rmachine.iso"));
+        let err = QemuDriver::with_runner(iso_options(None), versions())
+            .for_host(LINUX)
+            .precheck(&spec)
+            .await
+            .expect_err("iso missing");
+        assert!(err.to_string().starts_with("bootable guest ISO"), "{err}");
     }
 
     #[tokio::test]
@@ -1770,6 +1883,7 @@ mod tests {
                 initrd,
                 cmdline: "console=ttyS0".into(),
                 arch: "x86_64".into(),
+                iso: None,
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),
@@ -1852,6 +1966,7 @@ mod guest_image_tests {
                 initrd: out.join(manifest["initrd"].as_str().expect("initrd")),
                 cmdline: manifest["cmdline"].as_str().expect("cmdline").to_owned(),
                 arch: manifest["arch"].as_str().unwrap_or_default().to_owned(),
+                iso: None,
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),

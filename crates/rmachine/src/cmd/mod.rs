@@ -2,7 +2,7 @@
 
 mod active;
 mod config;
-mod create;
+pub(crate) mod create;
 mod env;
 mod inspect;
 mod ip;
