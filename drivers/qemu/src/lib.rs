@@ -775,6 +775,8 @@ impl QemuDriver {
             driver: DRIVER.to_owned(),
             problems: vec![problem],
         })
+    }
+
     /// With `--qemu-boot-iso`: a machine type with a CD drive and firmware (pc, q35), an ISO
     /// in the guest image, and the `--qemu-firmware` file.
     fn iso_problem(&self, spec: &VmSpec) -> Result<(), DriverError> {
