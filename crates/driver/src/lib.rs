@@ -6,6 +6,7 @@
 //! (guest kernel and initrd, configuration drive) and hands the driver their paths.
 #![warn(missing_docs)]
 
+pub mod protocol;
 pub mod runner;
 
 use std::future::Future;
@@ -289,6 +290,14 @@ pub enum DriverError {
         driver: String,
         /// Each problem found.
         problems: Vec<String>,
+    },
+    /// An external driver (`rmachine-driver-NAME`) failed, crashed or broke the protocol.
+    #[error("driver {driver}: {message}")]
+    Plugin {
+        /// The driver's name.
+        driver: String,
+        /// What went wrong, in one line.
+        message: String,
     },
 }
 

@@ -2,13 +2,16 @@
 //!
 //! Adding a driver means a crate in `drivers/`, a variant in [`DriverKind`] and [`AnyDriver`],
 //! and its options flattened into [`DriverOptions`]; the compiler then points at every `match`
-//! that needs an arm. There is no runtime registry.
+//! that needs an arm. Names that are not built in are external drivers: `rmachine-driver-NAME`
+//! programs on PATH ([`crate::external`]).
 
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
 };
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
 use serde::{Deserialize, Serialize};
+
+use crate::external::{self, ExternalDriver};
 
 /// What can go wrong choosing a driver.
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +21,8 @@ pub enum DriversError {
     NotFound {
         /// The name asked for.
         name: String,
-        /// The drivers built in.
-        available: Vec<&'static str>,
+        /// The drivers built in, then those on PATH.
+        available: Vec<String>,
     },
     /// A machine record's driver options do not parse.
     #[error("the {driver} driver options of machine {machine:?} are invalid")]
@@ -59,11 +62,65 @@ impl DriverKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| DriversError::NotFound {
                 name: name.to_string(),
-                available: <Self as clap::ValueEnum>::value_variants()
-                    .iter()
-                    .map(|k| k.name())
-                    .collect(),
+                available: available(),
             })
+    }
+}
+
+/// Every driver name `create -d` accepts now: the built-in ones, then the external ones on
+/// PATH that do not shadow a built-in one.
+pub fn available() -> Vec<String> {
+    let builtin: Vec<String> = <DriverKind as clap::ValueEnum>::value_variants()
+        .iter()
+        .map(|k| k.name().to_string())
+        .collect();
+    let plugins = external::available()
+        .into_iter()
+        .filter(|name| !builtin.contains(name));
+    builtin.iter().cloned().chain(plugins).collect()
+}
+
+/// A driver chosen by name: built in, or an external program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// A driver compiled into rmachine.
+    BuiltIn(DriverKind),
+    /// `rmachine-driver-NAME` on PATH.
+    External {
+        /// The driver's name.
+        name: String,
+        /// The program.
+        program: std::path::PathBuf,
+    },
+}
+
+impl Default for DriverChoice {
+    fn default() -> Self {
+        DriverChoice::BuiltIn(DriverKind::default())
+    }
+}
+
+impl DriverChoice {
+    /// The driver called `name`: a built-in one first, else a program on PATH.
+    pub fn from_name(name: &str) -> Result<Self, DriversError> {
+        match DriverKind::from_name(name) {
+            Ok(kind) => Ok(DriverChoice::BuiltIn(kind)),
+            Err(not_found) => match external::find(name) {
+                Some(program) => Ok(DriverChoice::External {
+                    name: name.to_string(),
+                    program,
+                }),
+                None => Err(not_found),
+            },
+        }
+    }
+
+    /// The driver's name.
+    pub fn name(&self) -> &str {
+        match self {
+            DriverChoice::BuiltIn(kind) => kind.name(),
+            DriverChoice::External { name, .. } => name,
+        }
     }
 }
 
@@ -75,6 +132,14 @@ pub struct DriverOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub qemu: QemuOptions,
+    /// An external driver's flag values (its flags are discovered at run time).
+    #[arg(skip)]
+    #[serde(
+        rename = "PluginOptions",
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub plugin: rmachine_driver::protocol::Options,
 }
 
 impl DriverOptions {
@@ -89,13 +154,13 @@ impl DriverOptions {
     /// Options read back from a machine record (unknown keys, such as the base fields
     /// stored beside them, are ignored).
     pub fn from_map(
-        kind: DriverKind,
+        driver: &str,
         machine: &str,
         map: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, DriversError> {
         serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|source| {
             DriversError::BadOptions {
-                driver: kind.name().to_string(),
+                driver: driver.to_string(),
                 machine: machine.to_string(),
                 source,
             }
@@ -107,6 +172,8 @@ impl DriverOptions {
 pub enum AnyDriver {
     /// QEMU.
     Qemu(QemuDriver),
+    /// An external driver.
+    External(ExternalDriver),
 }
 
 impl AnyDriver {
@@ -116,54 +183,73 @@ impl AnyDriver {
             DriverKind::Qemu => AnyDriver::Qemu(QemuDriver::new(options.qemu.clone())),
         }
     }
+
+    /// The driver `choice` configured with `options`; an external one is started once to
+    /// check that it speaks the protocol.
+    pub fn choose(choice: &DriverChoice, options: &DriverOptions) -> Result<Self, DriverError> {
+        match choice {
+            DriverChoice::BuiltIn(kind) => Ok(Self::new(*kind, options)),
+            DriverChoice::External { name, program } => Ok(AnyDriver::External(
+                ExternalDriver::open(name, program, options.plugin.clone())?,
+            )),
+        }
+    }
 }
 
 impl Driver for AnyDriver {
     fn info(&self) -> DriverInfo {
         match self {
             AnyDriver::Qemu(d) => d.info(),
+            AnyDriver::External(d) => d.info(),
         }
     }
 
     async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.precheck(spec).await,
+            AnyDriver::External(d) => d.precheck(spec).await,
         }
     }
 
     async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.create(dir, spec).await,
+            AnyDriver::External(d) => d.create(dir, spec).await,
         }
     }
 
     async fn start(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.start(dir, spec).await,
+            AnyDriver::External(d) => d.start(dir, spec).await,
         }
     }
 
     async fn stop(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.stop(dir, mode).await,
+            AnyDriver::External(d) => d.stop(dir, mode).await,
         }
     }
 
     async fn remove(&self, dir: &MachineDir) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.remove(dir).await,
+            AnyDriver::External(d) => d.remove(dir).await,
         }
     }
 
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,
+            AnyDriver::External(d) => d.state(dir).await,
         }
     }
 
     async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,
+            AnyDriver::External(d) => d.endpoints(dir).await,
         }
     }
 }
@@ -186,7 +272,7 @@ mod tests {
         let options = DriverOptions::default();
         let mut map = options.to_map();
         map.insert("IPAddress".into(), serde_json::json!("127.0.0.1"));
-        let back = DriverOptions::from_map(DriverKind::Qemu, "m", &map).unwrap();
+        let back = DriverOptions::from_map("qemu", "m", &map).unwrap();
         assert_eq!(
             serde_json::to_value(back).unwrap(),
             serde_json::to_value(options).unwrap()

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::certs::{self, CertError, CertEvent};
 use crate::context;
-use crate::drivers::{AnyDriver, DriverKind, DriverOptions, DriversError};
+use crate::drivers::{AnyDriver, DriverChoice, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
 use crate::image::{self, ImageError};
@@ -295,7 +295,7 @@ impl fmt::Display for Progress {
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
     /// Which driver.
-    pub driver: DriverKind,
+    pub driver: DriverChoice,
     /// Its options.
     pub driver_options: DriverOptions,
     /// Virtual CPUs.
@@ -330,7 +330,7 @@ pub struct CreateOptions {
 impl Default for CreateOptions {
     fn default() -> Self {
         Self {
-            driver: DriverKind::Qemu,
+            driver: DriverChoice::default(),
             driver_options: DriverOptions::default(),
             cpus: 1,
             memory_mb: 1024,
@@ -439,9 +439,9 @@ fn driver_err<'a>(
 
 /// The driver a machine record names, configured from its stored options.
 pub fn driver_for(config: &MachineConfig) -> Result<AnyDriver, MachineError> {
-    let kind = DriverKind::from_name(&config.driver_name)?;
-    let options = DriverOptions::from_map(kind, &config.name, &config.driver.options)?;
-    Ok(AnyDriver::new(kind, &options))
+    let choice = DriverChoice::from_name(&config.driver_name)?;
+    let options = DriverOptions::from_map(choice.name(), &config.name, &config.driver.options)?;
+    AnyDriver::choose(&choice, &options).map_err(driver_err(&config.name, "start its driver"))
 }
 
 /// `create` with the driver `options` selects.
@@ -451,7 +451,8 @@ pub async fn create(
     options: &CreateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
-    let driver = AnyDriver::new(options.driver, &options.driver_options);
+    let driver = AnyDriver::choose(&options.driver, &options.driver_options)
+        .map_err(|reason| MachineError::Precheck { reason })?;
     create_with(store, &driver, name, options, progress).await
 }
 
@@ -1336,6 +1337,16 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
     };
     let (config, driver) = match load_with_driver(store, name).await {
         Ok(pair) => pair,
+        // An external driver that is found but fails to start: its name and why.
+        Err(e @ MachineError::Driver { .. }) => {
+            entry.driver_name = store
+                .load(name)
+                .map(|c| c.driver_name)
+                .unwrap_or_else(|_| "not found".to_string());
+            entry.state = "Error".to_string();
+            entry.error = error_chain(&e);
+            return entry;
+        }
         Err(e) => {
             entry.driver_name = "not found".to_string();
             entry.state = "Error".to_string();

@@ -110,10 +110,16 @@ impl Machine {
         self.docker_config.path()
     }
 
-    /// Runs `rmachine ARGS` against this machine's store.
+    /// Runs `rmachine ARGS` against this machine's store, with the workspace's binaries first
+    /// on PATH (the example external driver `rmachine-driver-extqemu` is one).
     pub fn rmachine(&self, args: &[&str]) -> Result<Run> {
         let mut cmd = Command::new(self.bins.join("rmachine"));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(self.bins.clone()).chain(std::env::split_paths(&path)),
+        )?;
         cmd.args(args)
+            .env("PATH", path)
             .env("RMACHINE_STORAGE_PATH", self.store.path())
             .env("DOCKER_CONFIG", self.docker_config.path())
             .env_remove("DOCKER_HOST")
@@ -123,12 +129,17 @@ impl Machine {
 
     /// `rmachine create -d qemu` with the workspace's guest image and extra `args`.
     pub fn create(&self, args: &[&str]) -> Result<Run> {
+        self.create_with_driver("qemu", args)
+    }
+
+    /// `rmachine create -d DRIVER` with the workspace's guest image and extra `args`.
+    pub fn create_with_driver(&self, driver: &str, args: &[&str]) -> Result<Run> {
         let image = guest_image()?;
         let image = image.to_string_lossy();
         let mut all = vec![
             "create",
             "-d",
-            "qemu",
+            driver,
             "--no-progress",
             "--guest-image",
             &image,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rmachine_host::drivers::{DriverKind, DriverOptions};
+use rmachine_host::drivers::{DriverChoice, DriverOptions};
 use rmachine_host::machine::{self, CreateOptions, MachineError};
 use rmachine_host::store::{Store, StoreError};
 
@@ -82,8 +82,16 @@ pub struct Args {
     name: String,
 }
 
+impl Args {
+    /// The values of an external driver's flags, read by `main` from the command line it
+    /// extended with them.
+    pub fn set_plugin_options(&mut self, options: rmachine_driver::protocol::Options) {
+        self.driver_options.plugin = options;
+    }
+}
+
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
-    let driver = DriverKind::from_name(&args.driver)?;
+    let driver = DriverChoice::from_name(&args.driver)?;
     let options = CreateOptions {
         driver,
         driver_options: args.driver_options,
