@@ -439,3 +439,157 @@ pub async fn serve_stdio<P: Plugin>(plugin: &P) -> std::io::Result<()> {
     let input = tokio::io::BufReader::new(tokio::io::stdin());
     serve(plugin, input, tokio::io::stdout()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Capabilities, VmState};
+
+    /// A driver that only answers `state`, enough to drive the server.
+    struct Stopped;
+
+    impl Driver for Stopped {
+        fn info(&self) -> DriverInfo {
+            DriverInfo {
+                name: "test".to_string(),
+                capabilities: Capabilities::default(),
+            }
+        }
+        async fn precheck(&self, _: &VmSpec) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn create(&self, _: &MachineDir, _: &VmSpec) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn start(&self, _: &MachineDir, _: &VmSpec) -> Result<(), DriverError> {
+            Err(DriverError::Unsupported {
+                driver: "test".to_string(),
+                op: "start".to_string(),
+            })
+        }
+        async fn stop(&self, _: &MachineDir, _: StopMode) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn remove(&self, _: &MachineDir) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn state(&self, _: &MachineDir) -> Result<VmState, DriverError> {
+            Ok(VmState::Stopped)
+        }
+        async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
+            Err(DriverError::WrongState {
+                machine: dir.name.clone(),
+                state: VmState::Stopped,
+                op: "endpoints",
+                wanted: "running",
+            })
+        }
+    }
+
+    struct TestPlugin;
+
+    impl Plugin for TestPlugin {
+        type Driver = Stopped;
+        fn flags(&self) -> Vec<Flag> {
+            vec![Flag {
+                name: "test-zone".to_string(),
+                help: "zone".to_string(),
+                kind: FlagKind::String,
+                default: None,
+            }]
+        }
+        fn driver(&self, options: &Options) -> Result<Stopped, DriverError> {
+            match options.get("test-zone") {
+                Some(serde_json::Value::String(z)) if z == "nowhere" => {
+                    Err(DriverError::InvalidOptions {
+                        driver: "test".to_string(),
+                        problems: vec!["no zone nowhere".to_string()],
+                    })
+                }
+                _ => Ok(Stopped),
+            }
+        }
+        fn info(&self) -> DriverInfo {
+            Stopped.info()
+        }
+    }
+
+    async fn session(input: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        serve(&TestPlugin, input.as_bytes(), &mut out)
+            .await
+            .expect("serve");
+        String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("reply is JSON"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_session_answers_each_request_by_id() {
+        let machine = r#""machine":{"name":"m","path":"/s/machines/m"}"#;
+        let input = format!(
+            "{}\n{}\n{}\n{}\n{}\n",
+            r#"{"id":1,"method":"handshake","params":{"version":1}}"#,
+            r#"{"id":2,"method":"flags","params":{}}"#,
+            format_args!(r#"{{"id":3,"method":"state","params":{{"options":{{}},{machine}}}}}"#),
+            format_args!(
+                r#"{{"id":4,"method":"state","params":{{"options":{{"test-zone":"nowhere"}},{machine}}}}}"#
+            ),
+            format_args!(r#"{{"id":5,"method":"remove","params":{{"options":{{}},{machine}}}}}"#),
+        );
+        let replies = session(&input).await;
+        assert_eq!(
+            replies[0],
+            serde_json::json!({"id":1,"result":{"version":1,"info":{"name":"test",
+                "capabilities":{"gracefulStop":false,"pause":false,"consoleLog":false,"shares":false}}}})
+        );
+        assert_eq!(
+            replies[1],
+            serde_json::json!({"id":2,"result":{"flags":[{"name":"test-zone","help":"zone","kind":"string"}]}})
+        );
+        assert_eq!(replies[2], serde_json::json!({"id":3,"result":"Stopped"}));
+        assert_eq!(
+            replies[3],
+            serde_json::json!({"id":4,"error":{"kind":"invalidOptions",
+                "message":"invalid test options: no zone nowhere"}})
+        );
+        assert_eq!(replies[4], serde_json::json!({"id":5,"result":null}));
+    }
+
+    #[tokio::test]
+    async fn another_version_ends_the_session() {
+        let replies = session(
+            "{\"id\":7,\"method\":\"handshake\",\"params\":{\"version\":2}}\n\
+             {\"id\":8,\"method\":\"flags\",\"params\":{}}\n",
+        )
+        .await;
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0]["id"], 7);
+        assert_eq!(replies[0]["error"]["kind"], "unsupportedVersion");
+    }
+
+    #[tokio::test]
+    async fn garbage_and_early_requests_get_bad_request() {
+        let replies = session(
+            "hello\n\
+             {\"id\":3,\"method\":\"flags\",\"params\":{}}\n\
+             {\"id\":4,\"method\":\"frobnicate\",\"params\":{}}\n",
+        )
+        .await;
+        let kinds: Vec<_> = replies
+            .iter()
+            .map(|r| (r["id"].clone(), r["error"]["kind"].clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (0.into(), "badRequest".into()),
+                (3.into(), "badRequest".into()),
+                (4.into(), "badRequest".into())
+            ]
+        );
+        assert_eq!(replies[1]["error"]["message"], "flags before the handshake");
+    }
+}

@@ -346,14 +346,12 @@ impl Session {
                     ),
                     _ => error.message,
                 };
-                let err = match error.kind {
-                    ErrorKind::Unsupported => DriverError::Unsupported {
-                        driver: self.name.clone(),
-                        op: message,
-                    },
-                    _ => plugin_error(&self.name, message),
-                };
-                self.kill();
+                let err = plugin_error(&self.name, message);
+                // The plugin answered properly: let it end on its own (it exits on EOF).
+                self.stdin = None;
+                if self.wait_bounded(Duration::from_secs(2)).is_none() {
+                    self.kill();
+                }
                 Err(err)
             }
         }
