@@ -151,6 +151,22 @@ impl DriverOptions {
         }
     }
 
+    /// The options the record of a machine made with `choice` keeps: an external driver's
+    /// flag values only, not the built-in drivers' defaults.
+    pub fn record_map(&self, choice: &DriverChoice) -> serde_json::Map<String, serde_json::Value> {
+        match choice {
+            DriverChoice::BuiltIn(_) => self.to_map(),
+            DriverChoice::External { .. } => DriverOptions {
+                plugin: self.plugin.clone(),
+                ..DriverOptions::default()
+            }
+            .to_map()
+            .into_iter()
+            .filter(|(key, _)| key == "PluginOptions")
+            .collect(),
+        }
+    }
+
     /// Options read back from a machine record (unknown keys, such as the base fields
     /// stored beside them, are ignored).
     pub fn from_map(

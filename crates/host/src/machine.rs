@@ -604,7 +604,7 @@ async fn provision<D: Driver>(
             engine_port: 0,
             ssh_key_path: key_path,
             store_path: store.root().to_path_buf(),
-            options: options.driver_options.to_map(),
+            options: options.driver_options.record_map(&options.driver),
         },
         driver_name: driver.info().name,
         host_options: HostOptions {

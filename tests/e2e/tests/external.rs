@@ -22,6 +22,16 @@ fn an_external_driver_creates_runs_stops_and_removes_a_machine() -> anyhow::Resu
         .create_with_driver("extqemu", &["--extqemu-accel", "auto", "--no-share"])?
         .success()?;
 
+    let driver = machine
+        .rmachine(&["inspect", "-f", "{{json .Driver.PluginOptions}}", "ext"])?
+        .success()?;
+    assert_eq!(driver.stdout.trim(), r#"{"extqemu-accel":"auto"}"#);
+    let record = std::fs::read_to_string(machine.store().join("machines/ext/config.json"))?;
+    assert!(
+        !record.contains("qemuAccel"),
+        "the record keeps the plugin's options, not the qemu driver's:\n{record}"
+    );
+
     let ls = machine.rmachine(&["ls"])?.success()?;
     let row = ls
         .stdout
