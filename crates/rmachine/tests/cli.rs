@@ -807,6 +807,22 @@ fn create_help_lists_only_the_chosen_drivers_flags() {
     );
     assert!(!help.stdout.contains("--qemu-"), "{}", help.stdout);
 
+    // The driver may also come from --driver=NAME or RMACHINE_DRIVER, as clap reads them.
+    let long = env.run_with(
+        &["create", "--driver=shelly", "--help"],
+        with_plugins(&plugins),
+    );
+    assert!(long.stdout.contains("--shelly-zone"), "{}", long.stdout);
+    let from_env = env.run_with(&["create", "--help"], |cmd| {
+        with_plugins(&plugins)(cmd);
+        cmd.env("RMACHINE_DRIVER", "shelly");
+    });
+    assert!(
+        from_env.stdout.contains("--shelly-zone"),
+        "{}",
+        from_env.stdout
+    );
+
     let qemu = env.run_with(&["create", "--help"], with_plugins(&plugins));
     assert!(qemu.stdout.contains("--qemu-accel"), "{}", qemu.stdout);
     assert!(!qemu.stdout.contains("--shelly-"), "{}", qemu.stdout);
