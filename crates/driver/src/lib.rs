@@ -191,6 +191,21 @@ pub struct Capabilities {
     /// MUST refuse a spec with shares.
     #[serde(default)]
     pub shares: bool,
+    /// The machine is an existing host, not a VM: no guest image is booted, the engine's
+    /// certificates are installed from the configuration drive by the driver itself,
+    /// published ports appear on that host (no port agent), and SSH logs in as
+    /// [`Driver::ssh_login`] says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing_host: bool,
+}
+
+/// Who SSH logs in as on a machine whose login the user chose (an existing host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLogin {
+    /// The user name.
+    pub user: String,
+    /// The user's private key.
+    pub key: PathBuf,
 }
 
 /// Name and capabilities of a driver.
@@ -349,4 +364,10 @@ pub trait Driver: Send + Sync {
         &self,
         dir: &MachineDir,
     ) -> impl Future<Output = Result<Endpoints, DriverError>> + Send;
+
+    /// The user and key SSH logs in with once `create` succeeded, when the driver's options
+    /// chose them; `None` means the host's own: root with the key it generated for the machine.
+    fn ssh_login(&self, _dir: &MachineDir) -> Option<SshLogin> {
+        None
+    }
 }

@@ -8,6 +8,7 @@
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
 };
+use rmachine_driver_generic::{GenericDriver, GenericOptions};
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,8 @@ pub enum DriverKind {
     /// QEMU (KVM, HVF, WHPX or TCG).
     #[default]
     Qemu,
+    /// An existing Linux host reached over SSH.
+    Generic,
 }
 
 impl DriverKind {
@@ -51,6 +54,7 @@ impl DriverKind {
     pub fn name(self) -> &'static str {
         match self {
             DriverKind::Qemu => "qemu",
+            DriverKind::Generic => "generic",
         }
     }
 
@@ -132,6 +136,10 @@ pub struct DriverOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub qemu: QemuOptions,
+    /// `--generic-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub generic: GenericOptions,
     /// An external driver's flag values (its flags are discovered at run time).
     #[arg(skip)]
     #[serde(
@@ -188,6 +196,8 @@ impl DriverOptions {
 pub enum AnyDriver {
     /// QEMU.
     Qemu(QemuDriver),
+    /// An existing host over SSH.
+    Generic(GenericDriver),
     /// An external driver.
     External(ExternalDriver),
 }
@@ -197,6 +207,7 @@ impl AnyDriver {
     pub fn new(kind: DriverKind, options: &DriverOptions) -> Self {
         match kind {
             DriverKind::Qemu => AnyDriver::Qemu(QemuDriver::new(options.qemu.clone())),
+            DriverKind::Generic => AnyDriver::Generic(GenericDriver::new(options.generic.clone())),
         }
     }
 
@@ -216,6 +227,7 @@ impl Driver for AnyDriver {
     fn info(&self) -> DriverInfo {
         match self {
             AnyDriver::Qemu(d) => d.info(),
+            AnyDriver::Generic(d) => d.info(),
             AnyDriver::External(d) => d.info(),
         }
     }
@@ -223,6 +235,7 @@ impl Driver for AnyDriver {
     async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.precheck(spec).await,
+            AnyDriver::Generic(d) => d.precheck(spec).await,
             AnyDriver::External(d) => d.precheck(spec).await,
         }
     }
@@ -230,6 +243,7 @@ impl Driver for AnyDriver {
     async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.create(dir, spec).await,
+            AnyDriver::Generic(d) => d.create(dir, spec).await,
             AnyDriver::External(d) => d.create(dir, spec).await,
         }
     }
@@ -237,6 +251,7 @@ impl Driver for AnyDriver {
     async fn start(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.start(dir, spec).await,
+            AnyDriver::Generic(d) => d.start(dir, spec).await,
             AnyDriver::External(d) => d.start(dir, spec).await,
         }
     }
@@ -244,6 +259,7 @@ impl Driver for AnyDriver {
     async fn stop(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.stop(dir, mode).await,
+            AnyDriver::Generic(d) => d.stop(dir, mode).await,
             AnyDriver::External(d) => d.stop(dir, mode).await,
         }
     }
@@ -251,6 +267,7 @@ impl Driver for AnyDriver {
     async fn remove(&self, dir: &MachineDir) -> Result<(), DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.remove(dir).await,
+            AnyDriver::Generic(d) => d.remove(dir).await,
             AnyDriver::External(d) => d.remove(dir).await,
         }
     }
@@ -258,6 +275,7 @@ impl Driver for AnyDriver {
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,
+            AnyDriver::Generic(d) => d.state(dir).await,
             AnyDriver::External(d) => d.state(dir).await,
         }
     }
@@ -265,7 +283,15 @@ impl Driver for AnyDriver {
     async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,
+            AnyDriver::Generic(d) => d.endpoints(dir).await,
             AnyDriver::External(d) => d.endpoints(dir).await,
+        }
+    }
+
+    fn ssh_login(&self, dir: &MachineDir) -> Option<rmachine_driver::SshLogin> {
+        match self {
+            AnyDriver::Generic(d) => d.ssh_login(dir),
+            AnyDriver::Qemu(_) | AnyDriver::External(_) => None,
         }
     }
 }
@@ -279,7 +305,7 @@ mod tests {
         assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
         assert_eq!(
             DriverKind::from_name("bogus").unwrap_err().to_string(),
-            "Driver \"bogus\" not found. Available drivers: qemu"
+            "Driver \"bogus\" not found. Available drivers: qemu, generic"
         );
     }
 

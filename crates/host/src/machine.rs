@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
+use rmachine_driver::{
+    BootImage, Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState,
+};
 use rmachine_guest_config::report;
 use rmachine_guest_config::{
     EngineConfig, GuestConfig, GuestConfigError, ShareMount, FORMAT_VERSION,
@@ -494,18 +496,37 @@ pub async fn create_with<D: Driver>(
         .into());
     }
 
-    let dev_out = image::workspace_guest_out();
-    let found = image::locate(
-        options.guest_image.as_deref(),
-        &store.cache_dir(),
-        dev_out.as_deref(),
-    )?;
+    // An existing host boots no guest image: it gets the engine's own binaries instead.
+    let existing_host = driver.info().capabilities.existing_host;
+    let found = if existing_host {
+        if let Some(dir) = &options.guest_image {
+            return Err(MachineError::InvalidOptions {
+                problems: vec![format!(
+                    "--guest-image {}: driver {} boots no guest image",
+                    dir.display(),
+                    driver.info().name
+                )],
+            });
+        }
+        None
+    } else {
+        let dev_out = image::workspace_guest_out();
+        Some(image::locate(
+            options.guest_image.as_deref(),
+            &store.cache_dir(),
+            dev_out.as_deref(),
+        )?)
+    };
     let dir = store.machine_dir(name);
     let mut spec = VmSpec {
         cpus: options.cpus,
         memory_mb: options.memory_mb,
         disk_size_mb: options.disk_size_mb,
-        boot: found.boot_image(),
+        boot: found.as_ref().map(|f| f.boot_image()).unwrap_or(BootImage {
+            kernel: PathBuf::new(),
+            initrd: PathBuf::new(),
+            cmdline: String::new(),
+        }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),
         shares: vm_shares,
@@ -517,18 +538,20 @@ pub async fn create_with<D: Driver>(
         .await
         .map_err(|reason| MachineError::Precheck { reason })?;
 
-    let cached_dir = store
-        .cache_dir()
-        .join("guest")
-        .join(&found.manifest.version);
-    if found.dir != cached_dir {
-        progress(Progress::ImportingImage {
-            version: found.manifest.version.clone(),
-            from: found.dir.clone(),
-        });
+    if let Some(found) = &found {
+        let cached_dir = store
+            .cache_dir()
+            .join("guest")
+            .join(&found.manifest.version);
+        if found.dir != cached_dir {
+            progress(Progress::ImportingImage {
+                version: found.manifest.version.clone(),
+                from: found.dir.clone(),
+            });
+        }
+        let cached = image::import(found, &store.cache_dir())?;
+        spec.boot = cached.boot_image();
     }
-    let cached = image::import(&found, &store.cache_dir())?;
-    spec.boot = cached.boot_image();
 
     let certs_dir = store.certs_dir();
     let paths = certs::CertPaths::in_dir(&certs_dir);
@@ -632,6 +655,10 @@ async fn provision<D: Driver>(
         .create(dir, spec)
         .await
         .map_err(driver_err(name, "create the VM"))?;
+    if let Some(login) = driver.ssh_login(dir) {
+        config.driver.ssh_user = login.user;
+        config.driver.ssh_key_path = login.key;
+    }
     store.save(&config)?;
 
     boot(
@@ -654,9 +681,13 @@ async fn provision<D: Driver>(
 async fn pin_host_key<D: Driver>(driver: &D, dir: &MachineDir, config: &MachineConfig) {
     let pinned = async {
         let endpoints = driver.endpoints(dir).await.map_err(|e| e.to_string())?;
-        let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let session = SshSession::connect_as(
+            endpoints.ssh,
+            &config.driver.ssh_user,
+            &config.driver.ssh_key_path,
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
         session.close().await;
         Ok::<(), String>(())
     };
@@ -940,9 +971,14 @@ pub fn start_port_agent(
     store: &Store,
     name: &str,
     program: &std::path::Path,
-) -> Result<u32, MachineError> {
+) -> Result<Option<u32>, MachineError> {
     store.require(name)?;
-    Ok(portagent::restart(store, name, program)?)
+    // Containers on an existing host publish their ports on that host itself.
+    let driver = driver_for(&store.load(name)?)?;
+    if driver.info().capabilities.existing_host {
+        return Ok(None);
+    }
+    Ok(Some(portagent::restart(store, name, program)?))
 }
 
 /// `stop`: ask the guest to power off; fails after [`STOP_TIMEOUT`] suggesting `kill`.
@@ -1099,6 +1135,12 @@ pub async fn upgrade_with<D: Driver>(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<String, MachineError> {
     store.require(name)?;
+    if driver.info().capabilities.existing_host {
+        return Err(driver_err(name, "upgrade")(DriverError::Unsupported {
+            driver: driver.info().name,
+            op: "upgrade (an existing host gets the engine binaries at create only)".to_string(),
+        }));
+    }
     let _lock = store.lock(name)?;
     let mut config = store.load(name)?;
     let dir = store.machine_dir(name);
@@ -1488,9 +1530,13 @@ pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32
         machine: name.to_string(),
         source: Box::new(source),
     };
-    let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-        .await
-        .map_err(ssh_err)?;
+    let session = SshSession::connect_as(
+        endpoints.ssh,
+        &config.driver.ssh_user,
+        &config.driver.ssh_key_path,
+    )
+    .await
+    .map_err(ssh_err)?;
     let status = match command {
         Some(cmd) => {
             let forward_stdin = !std::io::IsTerminal::is_terminal(&std::io::stdin());
@@ -1515,6 +1561,7 @@ pub async fn system_ssh_argv(
     let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
     Ok(ssh::system_ssh_argv(
         ssh_addr,
+        &config.driver.ssh_user,
         &config.driver.ssh_key_path,
         &known_hosts,
         name,
@@ -1535,7 +1582,7 @@ async fn prepare_system_ssh(
     };
     let key_path = &config.driver.ssh_key_path;
     if !ssh::pinned_host_key_path(key_path).exists() {
-        SshSession::connect(endpoints.ssh, key_path)
+        SshSession::connect_as(endpoints.ssh, &config.driver.ssh_user, key_path)
             .await
             .map_err(ssh_err)?
             .close()
@@ -1556,6 +1603,7 @@ pub async fn sshfs_argv(
     let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
     Ok(ssh::sshfs_argv(
         ssh_addr,
+        &config.driver.ssh_user,
         &config.driver.ssh_key_path,
         &known_hosts,
         name,
