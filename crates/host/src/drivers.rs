@@ -163,6 +163,12 @@ impl DriverOptions {
     /// flag values only, not the built-in drivers' defaults.
     pub fn record_map(&self, choice: &DriverChoice) -> serde_json::Map<String, serde_json::Value> {
         match choice {
+            // A generic machine keeps its own flags, not QEMU's defaults.
+            DriverChoice::BuiltIn(DriverKind::Generic) => self
+                .to_map()
+                .into_iter()
+                .filter(|(key, _)| key.starts_with("generic"))
+                .collect(),
             DriverChoice::BuiltIn(_) => self.to_map(),
             DriverChoice::External { .. } => DriverOptions {
                 plugin: self.plugin.clone(),

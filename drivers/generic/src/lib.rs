@@ -102,6 +102,11 @@ struct HostFacts {
     systemd: bool,
 }
 
+/// Asks the host for its system, architecture, user id, sudo and systemd, one per line.
+const PROBE_SCRIPT: &str = "uname -s; uname -m; id -u; \
+    if sudo -n true >/dev/null 2>&1; then echo sudo; else echo nosudo; fi; \
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then echo systemd; else echo nosystemd; fi";
+
 /// What the probe found on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Probe {
@@ -299,10 +304,7 @@ impl GenericDriver {
 
     /// Checks the host: reachable, Linux, a supported architecture, root rights.
     async fn probe(&self, dir: Option<&MachineDir>, pin: bool) -> Result<Probe, DriverError> {
-        const SCRIPT: &str = "uname -s; uname -m; id -u; \
-            if sudo -n true >/dev/null 2>&1; then echo sudo; else echo nosudo; fi; \
-            if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then echo systemd; else echo nosystemd; fi";
-        let out = self.remote(&self.ssh(dir, pin, SCRIPT)?).await?;
+        let out = self.remote(&self.ssh(dir, pin, PROBE_SCRIPT)?).await?;
         let text = out.stdout_text();
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         let os = lines.first().copied().unwrap_or_default().to_string();
@@ -872,6 +874,111 @@ mod tests {
         assert!(musl_triple("x86_64").is_some());
         assert!(musl_triple("aarch64").is_some());
         assert!(musl_triple("riscv64").is_none());
+    }
+
+    /// The driver for 192.0.2.1 with a key that exists, answering its probe with `reply`.
+    async fn precheck_with(user: &str, reply: CommandOutput) -> (String, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("key");
+        std::fs::write(&key, "not read by a fake ssh").unwrap();
+        let options = GenericOptions {
+            ip_address: Some("192.0.2.1".parse().unwrap()),
+            ssh_user: Some(user.to_string()),
+            ssh_key: Some(key.clone()),
+            ssh_port: None,
+        };
+        let probe = GenericDriver::new(options.clone())
+            .ssh(None, false, PROBE_SCRIPT)
+            .unwrap()
+            .argv();
+        let runner = Arc::new(rmachine_driver::runner::RecordingRunner::new([(
+            probe, reply,
+        )]));
+        let mut driver = GenericDriver::with_runner(options, runner.clone());
+        driver.binaries = Some(tmp.path().join("no-binaries"));
+        let spec = VmSpec {
+            cpus: 1,
+            memory_mb: 1024,
+            disk_size_mb: 20000,
+            boot: rmachine_driver::BootImage {
+                kernel: PathBuf::new(),
+                initrd: PathBuf::new(),
+                cmdline: String::new(),
+            },
+            config_drive: tmp.path().join("config.img"),
+            guest_ports: rmachine_driver::GuestPorts::default(),
+            shares: Vec::new(),
+        };
+        let error = driver.precheck(&spec).await.unwrap_err().to_string();
+        runner.assert_done();
+        (error, tmp)
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_is_one_line() {
+        let (error, _tmp) = precheck_with(
+            "root",
+            CommandOutput::failure(
+                255,
+                "ssh: connect to host 192.0.2.1 port 22: Connection refused\n",
+            ),
+        )
+        .await;
+        assert_eq!(
+            error,
+            "machine \"root@192.0.2.1:22\": ssh: cannot log in as root: ssh: connect to host 192.0.2.1 port 22: Connection refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_that_is_not_linux_is_refused() {
+        let (error, _tmp) = precheck_with(
+            "root",
+            CommandOutput::success("Darwin\narm64\n0\nsudo\nnosystemd\n"),
+        )
+        .await;
+        assert_eq!(
+            error,
+            "driver generic: root@192.0.2.1:22 runs Darwin, not Linux"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_architecture_is_refused() {
+        let (error, _tmp) = precheck_with(
+            "root",
+            CommandOutput::success("Linux\nriscv64\n0\nsudo\nnosystemd\n"),
+        )
+        .await;
+        assert_eq!(
+            error,
+            "driver generic: root@192.0.2.1:22 is riscv64; the generic driver supports x86_64 and aarch64"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_user_without_root_or_sudo_is_refused() {
+        let (error, _tmp) = precheck_with(
+            "bob",
+            CommandOutput::success("Linux\nx86_64\n1000\nnosudo\nsystemd\n"),
+        )
+        .await;
+        assert_eq!(
+            error,
+            "driver generic: bob is not root and cannot run sudo without a password"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_binaries_name_the_file_and_how_to_build_it() {
+        let (error, tmp) = precheck_with(
+            "bob",
+            CommandOutput::success("Linux\nx86_64\n1000\nsudo\nsystemd\n"),
+        )
+        .await;
+        let expected = tmp.path().join("no-binaries").join("rmachine-engine");
+        assert!(error.contains(&expected.display().to_string()), "{error}");
+        assert!(error.contains("guest/build.sh"), "{error}");
     }
 
     #[test]
