@@ -2092,7 +2092,7 @@ mod tests {
         assert_eq!(rows[0].state, "Error");
         assert_eq!(
             rows[0].error,
-            "Driver \"fake\" not found. Available drivers: qemu"
+            "Driver \"fake\" not found. Available drivers: qemu, generic"
         );
     }
 }

@@ -158,9 +158,46 @@ fn create_with_an_unknown_driver() {
     assert_eq!(run.code, 1);
     assert_eq!(
         run.stderr,
-        "Driver \"bogus\" not found. Available drivers: qemu\n"
+        "Driver \"bogus\" not found. Available drivers: qemu, generic\n"
     );
     assert!(!env.store().join("machines").exists());
+}
+
+#[test]
+fn create_generic_help_lists_its_flags_only() {
+    let env = Env::new();
+    let help = env.run(&["create", "-d", "generic", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    for flag in [
+        "--generic-ip-address",
+        "--generic-ssh-user",
+        "--generic-ssh-key",
+        "--generic-ssh-port",
+    ] {
+        assert!(help.stdout.contains(flag), "{flag}: {}", help.stdout);
+    }
+    assert!(!help.stdout.contains("--qemu-"), "{}", help.stdout);
+    let qemu = env.run(&["create", "--help"]);
+    assert!(!qemu.stdout.contains("--generic-"), "{}", qemu.stdout);
+}
+
+#[test]
+fn create_generic_without_an_address_says_what_is_missing_and_leaves_nothing() {
+    let env = Env::new();
+    let run = env.run(&[
+        "create",
+        "-d",
+        "generic",
+        "--generic-ssh-key",
+        "/nonexistent/key",
+        "x",
+    ]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "Error with pre-create check: \"invalid generic options: --generic-ip-address is required; ssh key /nonexistent/key does not exist\"\n"
+    );
+    assert!(!env.store().join("machines").join("x").exists());
 }
 
 #[test]
@@ -889,7 +926,7 @@ fn unknown_drivers_list_the_plugins_on_path() {
     assert_eq!(run.code, 1);
     assert_eq!(
         run.stderr,
-        "Driver \"bogus\" not found. Available drivers: qemu, shelly\n"
+        "Driver \"bogus\" not found. Available drivers: qemu, generic, shelly\n"
     );
 }
 
