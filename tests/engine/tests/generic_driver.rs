@@ -257,6 +257,31 @@ fn create_env_run_stop_start_and_rm_on_an_ssh_host() -> Result<()> {
         .ok()?;
     assert_eq!(again.stdout, "hi\n");
 
+    let ls = host
+        .rmachine(&[
+            "ls",
+            "--format",
+            "{{.Name}} {{.DriverName}} {{.State}} {{.URL}}",
+        ])?
+        .ok()?;
+    assert_eq!(ls.stdout, "gen generic Running tcp://127.0.0.1:2376\n");
+
+    // New certificates reach the host's engine (start re-installs them).
+    let old_cert = std::fs::read(host.dir.path().join("store/machines/gen/server.pem"))?;
+    host.rmachine(&["regenerate-certs", "-f", NAME])?.ok()?;
+    assert_ne!(
+        std::fs::read(host.dir.path().join("store/machines/gen/server.pem"))?,
+        old_cert
+    );
+    host.docker(&["version"])?.ok()?;
+
+    host.rmachine(&["kill", NAME])?.ok()?;
+    assert_eq!(
+        host.rmachine(&["status", NAME])?.ok()?.stdout.trim(),
+        "Stopped"
+    );
+    host.rmachine(&["start", NAME])?.ok()?;
+
     host.rmachine(&["rm", "-y", NAME])?.ok()?;
     assert!(
         host.entries("/opt")?.is_empty(),
