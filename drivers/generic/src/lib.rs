@@ -552,7 +552,8 @@ fn systemd_unit(args: &[String], env: &[String]) -> String {
     let mut unit = String::from(
         "# Installed by rmachine (generic driver); `rmachine rm` removes it.\n\
          [Unit]\nDescription=rmachine engine\nAfter=network-online.target\nWants=network-online.target\n\n\
-         [Service]\nType=simple\nRestart=always\nRestartSec=1\nKillMode=process\nTimeoutStopSec=20\n",
+         [Service]\nType=simple\nRestart=always\nRestartSec=1\nKillMode=process\nTimeoutStopSec=20\n\
+         Delegate=yes\nLimitNOFILE=1048576\nTasksMax=infinity\n",
     );
     for kv in env {
         unit.push_str(&format!(
@@ -634,6 +635,19 @@ fn stop_script(facts: HostFacts, kill: bool) -> String {
     }
 }
 
+/// Stops the service and deletes exactly what `create` installed.
+fn remove_script(facts: HostFacts) -> String {
+    let stop = if facts.systemd {
+        format!(
+            "systemctl disable --now {UNIT} >/dev/null 2>&1; rm -f {UNIT_FILE}; systemctl daemon-reload"
+        )
+    } else {
+        // In a subshell: the stop's early exits must not skip the removal.
+        format!("(\n{}\n)", stop_script(facts, false))
+    };
+    format!("{stop}\nrm -rf {INSTALL_DIR} {DATA_ROOT}\n")
+}
+
 fn start_script(facts: HostFacts) -> String {
     if facts.systemd {
         format!("systemctl start {UNIT}")
@@ -697,20 +711,22 @@ impl Driver for GenericDriver {
             systemd: probe.systemd,
         };
         let bins = self.binaries_dir(&probe.arch)?;
-        // A host that already has an install belongs to another machine (or a failed one):
-        // refuse rather than take it over.
+        // A host that already has any of these belongs to another machine or to someone
+        // else: refuse rather than take it over (and later delete what we did not install).
         let existing = self
             .run_root_ok(
                 dir,
                 facts,
                 "checking for an earlier install",
-                &format!("[ -e {INSTALL_DIR} ] && echo present || echo absent"),
+                &format!(
+                    "for p in {INSTALL_DIR} {DATA_ROOT} {UNIT_FILE}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
+                ),
                 None,
             )
             .await?;
-        if existing.trim() == "present" {
+        if let Some(path) = existing.lines().map(str::trim).find(|l| !l.is_empty()) {
             return Err(self.unsupported(format!(
-                "{INSTALL_DIR} already exists on {}: remove the machine that uses this host first",
+                "{path} already exists on {}: remove the machine that uses this host first",
                 self.target()
             )));
         }
@@ -808,16 +824,14 @@ impl Driver for GenericDriver {
         let Ok(facts) = self.facts(dir) else {
             return Ok(());
         };
-        // The stop runs in a subshell: its early exits must not skip the removal.
-        let mut script = format!("(\n{}\n)\n", stop_script(facts, false));
-        if facts.systemd {
-            script = format!(
-                "systemctl disable --now {UNIT} >/dev/null 2>&1; rm -f {UNIT_FILE}; systemctl daemon-reload"
-            );
-        }
-        script.push_str(&format!("\nrm -rf {INSTALL_DIR} {DATA_ROOT}\n"));
-        self.run_root_ok(dir, facts, "removing the install", &script, None)
-            .await?;
+        self.run_root_ok(
+            dir,
+            facts,
+            "removing the install",
+            &remove_script(facts),
+            None,
+        )
+        .await?;
         for file in [STATE_FILE, KEY_FILE, KNOWN_HOSTS] {
             let _ = std::fs::remove_file(dir.file(file));
         }
@@ -867,6 +881,59 @@ mod tests {
     #[test]
     fn quoting_survives_single_quotes() {
         assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    /// `sh -n` accepts `script` (the host runs these through `sh -c`).
+    fn assert_shell_syntax(script: &str) {
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn every_service_script_is_valid_shell() {
+        let mut config = GuestConfig {
+            format_version: rmachine_guest_config::FORMAT_VERSION,
+            hostname: "m".into(),
+            ca_pem: String::new(),
+            server_cert_pem: String::new(),
+            server_key_pem: String::new(),
+            authorized_keys: Vec::new(),
+            engine: rmachine_guest_config::EngineConfig {
+                port: ENGINE_PORT,
+                labels: vec!["owner=it's me".into()],
+                insecure_registries: Vec::new(),
+                registry_mirrors: Vec::new(),
+                env: vec!["HTTP_PROXY=http://p:3128".into()],
+            },
+            shares: Vec::new(),
+        };
+        config.engine.labels.push("provider=generic".into());
+        let args = engine_command(&config);
+        assert_shell_syntax(&supervisor_script(&args, &config.engine.env));
+        for systemd in [false, true] {
+            let facts = HostFacts {
+                sudo: false,
+                systemd,
+            };
+            assert_shell_syntax(&start_script(facts));
+            assert_shell_syntax(&stop_script(facts, false));
+            assert_shell_syntax(&stop_script(facts, true));
+            assert_shell_syntax(&state_script(facts));
+            assert_shell_syntax(&remove_script(facts));
+        }
+        let unit = systemd_unit(&args, &config.engine.env);
+        assert!(
+            unit.contains("Environment=\"HTTP_PROXY=http://p:3128\""),
+            "{unit}"
+        );
+        assert!(unit.contains("\"--label\" \"owner=it's me\""), "{unit}");
     }
 
     #[test]

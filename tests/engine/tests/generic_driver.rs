@@ -221,6 +221,34 @@ fn create_env_run_stop_start_and_rm_on_an_ssh_host() -> Result<()> {
         host.entries("/opt/rmachine/bin")?,
         ["rmachine-engine", "rmachine-runtime"]
     );
+    // A second machine on the same host is refused, and its clean-up leaves the first intact.
+    let second = host.rmachine(&[
+        "create",
+        "-d",
+        "generic",
+        "--no-progress",
+        "--generic-ip-address",
+        "127.0.0.1",
+        "--generic-ssh-port",
+        &port_arg,
+        "--generic-ssh-key",
+        &key_arg,
+        "other",
+    ])?;
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "/opt/rmachine already exists on root@127.0.0.1:{port}: remove the machine that uses this host first"
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(!host.dir.path().join("store/machines/other").exists());
+    assert_eq!(
+        host.entries("/opt/rmachine/bin")?,
+        ["rmachine-engine", "rmachine-runtime"]
+    );
+
     let uname = host.rmachine(&["ssh", NAME, "uname -s"])?.ok()?;
     assert_eq!(uname.stdout.trim(), "Linux");
 
