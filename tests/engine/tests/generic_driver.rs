@@ -251,6 +251,18 @@ fn create_env_run_stop_start_and_rm_on_an_ssh_host() -> Result<()> {
 
     let uname = host.rmachine(&["ssh", NAME, "uname -s"])?.ok()?;
     assert_eq!(uname.stdout.trim(), "Linux");
+    let local = host.dir.path().join("hello.txt");
+    std::fs::write(&local, "hello host\n")?;
+    host.rmachine(&[
+        "scp",
+        &local.display().to_string(),
+        &format!("{NAME}:/opt/rmachine/hello.txt"),
+    ])?
+    .ok()?;
+    let copied = host
+        .rmachine(&["ssh", NAME, "cat /opt/rmachine/hello.txt"])?
+        .ok()?;
+    assert_eq!(copied.stdout, "hello host\n");
 
     let tar = host.dir.path().join("busybox.tar");
     rmachine_fixtures::busybox_image(
