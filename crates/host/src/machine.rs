@@ -475,6 +475,26 @@ pub async fn create_with<D: Driver>(
             driver.info().name
         ));
     }
+    if driver.info().capabilities.existing_host {
+        // Options that size or wire a VM mean nothing on an existing host: refused, not dropped.
+        let defaults = CreateOptions::default();
+        for (flag, changed) in [
+            ("--cpus", options.cpus != defaults.cpus),
+            ("--memory", options.memory_mb != defaults.memory_mb),
+            ("--disk-size", options.disk_size_mb != defaults.disk_size_mb),
+            (
+                "--published-bind-address",
+                options.published_bind_address.is_some(),
+            ),
+        ] {
+            if changed {
+                problems.push(format!(
+                    "{flag}: driver {} uses an existing host as it is",
+                    driver.info().name
+                ));
+            }
+        }
+    }
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
     let cwd = std::env::current_dir().unwrap_or_default();

@@ -182,6 +182,29 @@ fn create_generic_help_lists_its_flags_only() {
 }
 
 #[test]
+fn create_generic_refuses_vm_sizing_options() {
+    let env = Env::new();
+    let run = env.run(&[
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        "192.0.2.1",
+        "--cpus",
+        "4",
+        "--published-bind-address",
+        "0.0.0.0",
+        "x",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "Error creating machine: --cpus: driver generic uses an existing host as it is\n--published-bind-address: driver generic uses an existing host as it is\n"
+    );
+    assert!(!env.store().join("machines").join("x").exists());
+}
+
+#[test]
 fn create_generic_without_an_address_says_what_is_missing_and_leaves_nothing() {
     let env = Env::new();
     let run = env.run(&[
