@@ -217,6 +217,14 @@ fn create_env_run_stop_start_and_rm_on_an_ssh_host() -> Result<()> {
         host.rmachine(&["status", NAME])?.ok()?.stdout.trim(),
         "Running"
     );
+    // The host key was pinned at create, for the driver's ssh and for `ssh`/`scp`.
+    let host_key = std::fs::read_to_string(host.dir.path().join("host_key.pub"))?;
+    let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+    let machine = host.dir.path().join("store/machines").join(NAME);
+    for pin in ["generic_known_hosts", "guest_host_key.pub"] {
+        let text = std::fs::read_to_string(machine.join(pin))?;
+        assert!(text.contains(&host_key.join(" ")), "{pin}: {text}");
+    }
     assert_eq!(
         host.entries("/opt/rmachine/bin")?,
         ["rmachine-engine", "rmachine-runtime"]
