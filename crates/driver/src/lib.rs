@@ -6,6 +6,7 @@
 //! (guest kernel and initrd, configuration drive) and hands the driver their paths.
 #![warn(missing_docs)]
 
+pub mod protocol;
 pub mod runner;
 pub mod vhd;
 
@@ -201,6 +202,21 @@ pub struct Capabilities {
     /// MUST refuse a spec with shares.
     #[serde(default)]
     pub shares: bool,
+    /// The machine is an existing host, not a VM: no guest image is booted, the engine's
+    /// certificates are installed from the configuration drive by the driver itself,
+    /// published ports appear on that host (no port agent), and SSH logs in as
+    /// [`Driver::ssh_login`] says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing_host: bool,
+}
+
+/// Who SSH logs in as on a machine whose login the user chose (an existing host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshLogin {
+    /// The user name.
+    pub user: String,
+    /// The user's private key.
+    pub key: PathBuf,
 }
 
 /// A static IPv4 configuration of the guest's NIC.
@@ -312,6 +328,14 @@ pub enum DriverError {
         /// Each problem found.
         problems: Vec<String>,
     },
+    /// An external driver (`rmachine-driver-NAME`) failed, crashed or broke the protocol.
+    #[error("driver {driver}: {message}")]
+    Plugin {
+        /// The driver's name.
+        driver: String,
+        /// What went wrong, in one line.
+        message: String,
+    },
 }
 
 /// A hypervisor backend: turns a [`VmSpec`] into a running VM and reports on it.
@@ -373,6 +397,12 @@ pub trait Driver: Send + Sync {
     /// Resident memory of the hypervisor process running this VM, in bytes, when the driver
     /// can tell (`rmachine inspect` shows it); `None` when the VM does not run.
     fn resident_bytes(&self, _dir: &MachineDir) -> Option<u64> {
+        None
+    }
+
+    /// The user and key SSH logs in with once `create` succeeded, when the driver's options
+    /// chose them; `None` means the host's own: root with the key it generated for the machine.
+    fn ssh_login(&self, _dir: &MachineDir) -> Option<SshLogin> {
         None
     }
 }

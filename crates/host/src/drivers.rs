@@ -2,15 +2,19 @@
 //!
 //! Adding a driver means a crate in `drivers/`, a variant in [`DriverKind`] and [`AnyDriver`],
 //! and its options flattened into [`DriverOptions`]; the compiler then points at every `match`
-//! that needs an arm. There is no runtime registry.
+//! that needs an arm. Names that are not built in are external drivers: `rmachine-driver-NAME`
+//! programs on PATH ([`crate::external`]).
 
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode, VmSpec, VmState,
 };
 use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
+use rmachine_driver_generic::{GenericDriver, GenericOptions};
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
 use rmachine_driver_virtualbox::{VirtualBoxDriver, VirtualBoxOptions};
 use serde::{Deserialize, Serialize};
+
+use crate::external::{self, ExternalDriver};
 
 /// What can go wrong choosing a driver.
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +24,8 @@ pub enum DriversError {
     NotFound {
         /// The name asked for.
         name: String,
-        /// The drivers built in.
-        available: Vec<&'static str>,
+        /// The drivers built in, then those on PATH.
+        available: Vec<String>,
     },
     /// A machine record's driver options do not parse.
     #[error("the {driver} driver options of machine {machine:?} are invalid")]
@@ -47,6 +51,8 @@ pub enum DriverKind {
     Virtualbox,
     /// Hyper-V, through PowerShell.
     Hyperv,
+    /// An existing Linux host reached over SSH.
+    Generic,
 }
 
 impl DriverKind {
@@ -56,6 +62,7 @@ impl DriverKind {
             DriverKind::Qemu => "qemu",
             DriverKind::Virtualbox => "virtualbox",
             DriverKind::Hyperv => "hyperv",
+            DriverKind::Generic => "generic",
         }
     }
 
@@ -67,11 +74,65 @@ impl DriverKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| DriversError::NotFound {
                 name: name.to_string(),
-                available: <Self as clap::ValueEnum>::value_variants()
-                    .iter()
-                    .map(|k| k.name())
-                    .collect(),
+                available: available(),
             })
+    }
+}
+
+/// Every driver name `create -d` accepts now: the built-in ones, then the external ones on
+/// PATH that do not shadow a built-in one.
+pub fn available() -> Vec<String> {
+    let builtin: Vec<String> = <DriverKind as clap::ValueEnum>::value_variants()
+        .iter()
+        .map(|k| k.name().to_string())
+        .collect();
+    let plugins = external::available()
+        .into_iter()
+        .filter(|name| !builtin.contains(name));
+    builtin.iter().cloned().chain(plugins).collect()
+}
+
+/// A driver chosen by name: built in, or an external program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// A driver compiled into rmachine.
+    BuiltIn(DriverKind),
+    /// `rmachine-driver-NAME` on PATH.
+    External {
+        /// The driver's name.
+        name: String,
+        /// The program.
+        program: std::path::PathBuf,
+    },
+}
+
+impl Default for DriverChoice {
+    fn default() -> Self {
+        DriverChoice::BuiltIn(DriverKind::default())
+    }
+}
+
+impl DriverChoice {
+    /// The driver called `name`: a built-in one first, else a program on PATH.
+    pub fn from_name(name: &str) -> Result<Self, DriversError> {
+        match DriverKind::from_name(name) {
+            Ok(kind) => Ok(DriverChoice::BuiltIn(kind)),
+            Err(not_found) => match external::find(name) {
+                Some(program) => Ok(DriverChoice::External {
+                    name: name.to_string(),
+                    program,
+                }),
+                None => Err(not_found),
+            },
+        }
+    }
+
+    /// The driver's name.
+    pub fn name(&self) -> &str {
+        match self {
+            DriverChoice::BuiltIn(kind) => kind.name(),
+            DriverChoice::External { name, .. } => name,
+        }
     }
 }
 
@@ -91,6 +152,18 @@ pub struct DriverOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub hyperv: HyperVOptions,
+    /// `--generic-*`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub generic: GenericOptions,
+    /// An external driver's flag values (its flags are discovered at run time).
+    #[arg(skip)]
+    #[serde(
+        rename = "PluginOptions",
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub plugin: rmachine_driver::protocol::Options,
 }
 
 impl DriverOptions {
@@ -112,6 +185,7 @@ impl DriverOptions {
                 self.virtualbox != VirtualBoxOptions::default(),
             ),
             (DriverKind::Hyperv, self.hyperv != HyperVOptions::default()),
+            (DriverKind::Generic, self.generic != GenericOptions::default()),
         ]
         .into_iter()
         .filter(|(owner, set)| *set && *owner != kind)
@@ -125,16 +199,38 @@ impl DriverOptions {
         .collect()
     }
 
+    /// The options the record of a machine made with `choice` keeps: an external driver's
+    /// flag values only, not the built-in drivers' defaults.
+    pub fn record_map(&self, choice: &DriverChoice) -> serde_json::Map<String, serde_json::Value> {
+        match choice {
+            // A generic machine keeps its own flags, not QEMU's defaults.
+            DriverChoice::BuiltIn(DriverKind::Generic) => self
+                .to_map()
+                .into_iter()
+                .filter(|(key, _)| key.starts_with("generic"))
+                .collect(),
+            DriverChoice::BuiltIn(_) => self.to_map(),
+            DriverChoice::External { .. } => DriverOptions {
+                plugin: self.plugin.clone(),
+                ..DriverOptions::default()
+            }
+            .to_map()
+            .into_iter()
+            .filter(|(key, _)| key == "PluginOptions")
+            .collect(),
+        }
+    }
+
     /// Options read back from a machine record (unknown keys, such as the base fields
     /// stored beside them, are ignored).
     pub fn from_map(
-        kind: DriverKind,
+        driver: &str,
         machine: &str,
         map: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, DriversError> {
         serde_json::from_value(serde_json::Value::Object(map.clone())).map_err(|source| {
             DriversError::BadOptions {
-                driver: kind.name().to_string(),
+                driver: driver.to_string(),
                 machine: machine.to_string(),
                 source,
             }
@@ -150,6 +246,10 @@ pub enum AnyDriver {
     Virtualbox(VirtualBoxDriver),
     /// Hyper-V.
     Hyperv(HyperVDriver),
+    /// An existing host over SSH.
+    Generic(GenericDriver),
+    /// An external driver.
+    External(ExternalDriver),
 }
 
 impl AnyDriver {
@@ -161,6 +261,18 @@ impl AnyDriver {
                 AnyDriver::Virtualbox(VirtualBoxDriver::new(options.virtualbox.clone()))
             }
             DriverKind::Hyperv => AnyDriver::Hyperv(HyperVDriver::new(options.hyperv.clone())),
+            DriverKind::Generic => AnyDriver::Generic(GenericDriver::new(options.generic.clone())),
+        }
+    }
+
+    /// The driver `choice` configured with `options`; an external one is started once to
+    /// check that it speaks the protocol.
+    pub fn choose(choice: &DriverChoice, options: &DriverOptions) -> Result<Self, DriverError> {
+        match choice {
+            DriverChoice::BuiltIn(kind) => Ok(Self::new(*kind, options)),
+            DriverChoice::External { name, program } => Ok(AnyDriver::External(
+                ExternalDriver::open(name, program, options.plugin.clone())?,
+            )),
         }
     }
 }
@@ -171,6 +283,8 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.info(),
             AnyDriver::Virtualbox(d) => d.info(),
             AnyDriver::Hyperv(d) => d.info(),
+            AnyDriver::Generic(d) => d.info(),
+            AnyDriver::External(d) => d.info(),
         }
     }
 
@@ -179,6 +293,8 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.precheck(spec).await,
             AnyDriver::Virtualbox(d) => d.precheck(spec).await,
             AnyDriver::Hyperv(d) => d.precheck(spec).await,
+            AnyDriver::Generic(d) => d.precheck(spec).await,
+            AnyDriver::External(d) => d.precheck(spec).await,
         }
     }
 
@@ -187,6 +303,8 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.create(dir, spec).await,
             AnyDriver::Virtualbox(d) => d.create(dir, spec).await,
             AnyDriver::Hyperv(d) => d.create(dir, spec).await,
+            AnyDriver::Generic(d) => d.create(dir, spec).await,
+            AnyDriver::External(d) => d.create(dir, spec).await,
         }
     }
 
@@ -195,6 +313,8 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.start(dir, spec).await,
             AnyDriver::Virtualbox(d) => d.start(dir, spec).await,
             AnyDriver::Hyperv(d) => d.start(dir, spec).await,
+            AnyDriver::Generic(d) => d.start(dir, spec).await,
+            AnyDriver::External(d) => d.start(dir, spec).await,
         }
     }
 
@@ -203,6 +323,8 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.stop(dir, mode).await,
             AnyDriver::Virtualbox(d) => d.stop(dir, mode).await,
             AnyDriver::Hyperv(d) => d.stop(dir, mode).await,
+            AnyDriver::Generic(d) => d.stop(dir, mode).await,
+            AnyDriver::External(d) => d.stop(dir, mode).await,
         }
     }
 
@@ -211,6 +333,8 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.remove(dir).await,
             AnyDriver::Virtualbox(d) => d.remove(dir).await,
             AnyDriver::Hyperv(d) => d.remove(dir).await,
+            AnyDriver::Generic(d) => d.remove(dir).await,
+            AnyDriver::External(d) => d.remove(dir).await,
         }
     }
 
@@ -219,18 +343,28 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.state(dir).await,
             AnyDriver::Virtualbox(d) => d.state(dir).await,
             AnyDriver::Hyperv(d) => d.state(dir).await,
+            AnyDriver::Generic(d) => d.state(dir).await,
+            AnyDriver::External(d) => d.state(dir).await,
         }
     }
 
     fn guest_network(&self) -> Option<GuestNetwork> {
         match self {
             AnyDriver::Qemu(d) => d.guest_network(),
+            AnyDriver::Virtualbox(_)
+            | AnyDriver::Hyperv(_)
+            | AnyDriver::Generic(_)
+            | AnyDriver::External(_) => None,
         }
     }
 
     fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
         match self {
             AnyDriver::Qemu(d) => d.resident_bytes(dir),
+            AnyDriver::Virtualbox(_)
+            | AnyDriver::Hyperv(_)
+            | AnyDriver::Generic(_)
+            | AnyDriver::External(_) => None,
         }
     }
 
@@ -239,6 +373,18 @@ impl Driver for AnyDriver {
             AnyDriver::Qemu(d) => d.endpoints(dir).await,
             AnyDriver::Virtualbox(d) => d.endpoints(dir).await,
             AnyDriver::Hyperv(d) => d.endpoints(dir).await,
+            AnyDriver::Generic(d) => d.endpoints(dir).await,
+            AnyDriver::External(d) => d.endpoints(dir).await,
+        }
+    }
+
+    fn ssh_login(&self, dir: &MachineDir) -> Option<rmachine_driver::SshLogin> {
+        match self {
+            AnyDriver::Generic(d) => d.ssh_login(dir),
+            AnyDriver::Qemu(_)
+            | AnyDriver::Virtualbox(_)
+            | AnyDriver::Hyperv(_)
+            | AnyDriver::External(_) => None,
         }
     }
 }
@@ -252,7 +398,7 @@ mod tests {
         assert_eq!(DriverKind::from_name("qemu").unwrap(), DriverKind::Qemu);
         assert_eq!(
             DriverKind::from_name("bogus").unwrap_err().to_string(),
-            "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv"
+            "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv, generic"
         );
     }
 
@@ -273,7 +419,7 @@ mod tests {
         let options = DriverOptions::default();
         let mut map = options.to_map();
         map.insert("IPAddress".into(), serde_json::json!("127.0.0.1"));
-        let back = DriverOptions::from_map(DriverKind::Qemu, "m", &map).unwrap();
+        let back = DriverOptions::from_map("qemu", "m", &map).unwrap();
         assert_eq!(
             serde_json::to_value(back).unwrap(),
             serde_json::to_value(options).unwrap()

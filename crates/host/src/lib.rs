@@ -12,6 +12,7 @@ pub mod context;
 pub mod drivers;
 pub mod engine_check;
 pub mod env;
+pub mod external;
 pub mod image;
 pub mod machine;
 pub mod portagent;

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
+use rmachine_driver::{
+    BootImage, Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState,
+};
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
 use rmachine_guest_config::{
@@ -22,7 +24,7 @@ use serde_json::Value;
 
 use crate::certs::{self, CertError, CertEvent};
 use crate::context;
-use crate::drivers::{AnyDriver, DriverKind, DriverOptions, DriversError};
+use crate::drivers::{AnyDriver, DriverChoice, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
 use crate::image::{self, ImageError};
@@ -305,7 +307,7 @@ impl fmt::Display for Progress {
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
     /// Which driver.
-    pub driver: DriverKind,
+    pub driver: DriverChoice,
     /// Its options.
     pub driver_options: DriverOptions,
     /// Virtual CPUs.
@@ -340,7 +342,7 @@ pub struct CreateOptions {
 impl Default for CreateOptions {
     fn default() -> Self {
         Self {
-            driver: DriverKind::Qemu,
+            driver: DriverChoice::default(),
             driver_options: DriverOptions::default(),
             cpus: 1,
             memory_mb: 1024,
@@ -450,9 +452,9 @@ fn driver_err<'a>(
 
 /// The driver a machine record names, configured from its stored options.
 pub fn driver_for(config: &MachineConfig) -> Result<AnyDriver, MachineError> {
-    let kind = DriverKind::from_name(&config.driver_name)?;
-    let options = DriverOptions::from_map(kind, &config.name, &config.driver.options)?;
-    Ok(AnyDriver::new(kind, &options))
+    let choice = DriverChoice::from_name(&config.driver_name)?;
+    let options = DriverOptions::from_map(choice.name(), &config.name, &config.driver.options)?;
+    AnyDriver::choose(&choice, &options).map_err(driver_err(&config.name, "start its driver"))
 }
 
 /// `create` with the driver `options` selects.
@@ -462,7 +464,8 @@ pub async fn create(
     options: &CreateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
-    let driver = AnyDriver::new(options.driver, &options.driver_options);
+    let driver = AnyDriver::choose(&options.driver, &options.driver_options)
+        .map_err(|reason| MachineError::Precheck { reason })?;
     create_with(store, &driver, name, options, progress).await
 }
 
@@ -483,6 +486,26 @@ pub async fn create_with<D: Driver>(
             "--share: driver {} cannot share host folders",
             driver.info().name
         ));
+    }
+    if driver.info().capabilities.existing_host {
+        // Options that size or wire a VM mean nothing on an existing host: refused, not dropped.
+        let defaults = CreateOptions::default();
+        for (flag, changed) in [
+            ("--cpus", options.cpus != defaults.cpus),
+            ("--memory", options.memory_mb != defaults.memory_mb),
+            ("--disk-size", options.disk_size_mb != defaults.disk_size_mb),
+            (
+                "--published-bind-address",
+                options.published_bind_address.is_some(),
+            ),
+        ] {
+            if changed {
+                problems.push(format!(
+                    "{flag}: driver {} uses an existing host as it is",
+                    driver.info().name
+                ));
+            }
+        }
     }
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
@@ -505,18 +528,37 @@ pub async fn create_with<D: Driver>(
         .into());
     }
 
-    let dev_out = image::workspace_guest_out();
-    let found = image::locate(
-        options.guest_image.as_deref(),
-        &store.cache_dir(),
-        dev_out.as_deref(),
-    )?;
+    // An existing host boots no guest image: it gets the engine's own binaries instead.
+    let existing_host = driver.info().capabilities.existing_host;
+    let found = if existing_host {
+        if let Some(dir) = &options.guest_image {
+            return Err(MachineError::InvalidOptions {
+                problems: vec![format!(
+                    "--guest-image {}: driver {} boots no guest image",
+                    dir.display(),
+                    driver.info().name
+                )],
+            });
+        }
+        None
+    } else {
+        let dev_out = image::workspace_guest_out();
+        Some(image::locate(
+            options.guest_image.as_deref(),
+            &store.cache_dir(),
+            dev_out.as_deref(),
+        )?)
+    };
     let dir = store.machine_dir(name);
     let mut spec = VmSpec {
         cpus: options.cpus,
         memory_mb: options.memory_mb,
         disk_size_mb: options.disk_size_mb,
-        boot: found.boot_image(),
+        boot: found.as_ref().map(|f| f.boot_image()).unwrap_or(BootImage {
+            kernel: PathBuf::new(),
+            initrd: PathBuf::new(),
+            cmdline: String::new(),
+        }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),
         shares: vm_shares,
@@ -528,18 +570,20 @@ pub async fn create_with<D: Driver>(
         .await
         .map_err(|reason| MachineError::Precheck { reason })?;
 
-    let cached_dir = store
-        .cache_dir()
-        .join("guest")
-        .join(&found.manifest.version);
-    if found.dir != cached_dir {
-        progress(Progress::ImportingImage {
-            version: found.manifest.version.clone(),
-            from: found.dir.clone(),
-        });
+    if let Some(found) = &found {
+        let cached_dir = store
+            .cache_dir()
+            .join("guest")
+            .join(&found.manifest.version);
+        if found.dir != cached_dir {
+            progress(Progress::ImportingImage {
+                version: found.manifest.version.clone(),
+                from: found.dir.clone(),
+            });
+        }
+        let cached = image::import(found, &store.cache_dir())?;
+        spec.boot = cached.boot_image();
     }
-    let cached = image::import(&found, &store.cache_dir())?;
-    spec.boot = cached.boot_image();
 
     let certs_dir = store.certs_dir();
     let paths = certs::CertPaths::in_dir(&certs_dir);
@@ -616,7 +660,7 @@ async fn provision<D: Driver>(
             engine_port: 0,
             ssh_key_path: key_path,
             store_path: store.root().to_path_buf(),
-            options: options.driver_options.to_map(),
+            options: options.driver_options.record_map(&options.driver),
         },
         driver_name: driver.info().name,
         host_options: HostOptions {
@@ -645,6 +689,10 @@ async fn provision<D: Driver>(
         .create(dir, spec)
         .await
         .map_err(driver_err(name, "create the VM"))?;
+    if let Some(login) = driver.ssh_login(dir) {
+        config.driver.ssh_user = login.user;
+        config.driver.ssh_key_path = login.key;
+    }
     store.save(&config)?;
 
     boot(
@@ -668,9 +716,13 @@ async fn provision<D: Driver>(
 async fn pin_host_key<D: Driver>(driver: &D, dir: &MachineDir, config: &MachineConfig) {
     let pinned = async {
         let endpoints = driver.endpoints(dir).await.map_err(|e| e.to_string())?;
-        let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let session = SshSession::connect_as(
+            endpoints.ssh,
+            &config.driver.ssh_user,
+            &config.driver.ssh_key_path,
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
         session.close().await;
         Ok::<(), String>(())
     };
@@ -1094,9 +1146,14 @@ pub fn start_port_agent(
     store: &Store,
     name: &str,
     program: &std::path::Path,
-) -> Result<u32, MachineError> {
+) -> Result<Option<u32>, MachineError> {
     store.require(name)?;
-    Ok(portagent::restart(store, name, program)?)
+    // Containers on an existing host publish their ports on that host itself.
+    let driver = driver_for(&store.load(name)?)?;
+    if driver.info().capabilities.existing_host {
+        return Ok(None);
+    }
+    Ok(Some(portagent::restart(store, name, program)?))
 }
 
 /// `stop`: ask the guest to power off; fails after [`STOP_TIMEOUT`] suggesting `kill`.
@@ -1254,6 +1311,12 @@ pub async fn upgrade_with<D: Driver>(
 ) -> Result<String, MachineError> {
     let began = Instant::now();
     store.require(name)?;
+    if driver.info().capabilities.existing_host {
+        return Err(driver_err(name, "upgrade")(DriverError::Unsupported {
+            driver: driver.info().name,
+            op: "upgrade (an existing host gets the engine binaries at create only)".to_string(),
+        }));
+    }
     let _lock = store.lock(name)?;
     let mut config = store.load(name)?;
     let dir = store.machine_dir(name);
@@ -1500,6 +1563,16 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
     };
     let (config, driver) = match load_with_driver(store, name).await {
         Ok(pair) => pair,
+        // An external driver that is found but fails to start: its name and why.
+        Err(e @ MachineError::Driver { .. }) => {
+            entry.driver_name = store
+                .load(name)
+                .map(|c| c.driver_name)
+                .unwrap_or_else(|_| "not found".to_string());
+            entry.state = "Error".to_string();
+            entry.error = error_chain(&e);
+            return entry;
+        }
         Err(e) => {
             entry.driver_name = "not found".to_string();
             entry.state = "Error".to_string();
@@ -1641,9 +1714,13 @@ pub async fn ssh(store: &Store, name: &str, command: Option<&str>) -> Result<u32
         machine: name.to_string(),
         source: Box::new(source),
     };
-    let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-        .await
-        .map_err(ssh_err)?;
+    let session = SshSession::connect_as(
+        endpoints.ssh,
+        &config.driver.ssh_user,
+        &config.driver.ssh_key_path,
+    )
+    .await
+    .map_err(ssh_err)?;
     let status = match command {
         Some(cmd) => {
             let forward_stdin = !std::io::IsTerminal::is_terminal(&std::io::stdin());
@@ -1668,6 +1745,7 @@ pub async fn system_ssh_argv(
     let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
     Ok(ssh::system_ssh_argv(
         ssh_addr,
+        &config.driver.ssh_user,
         &config.driver.ssh_key_path,
         &known_hosts,
         name,
@@ -1688,7 +1766,7 @@ async fn prepare_system_ssh(
     };
     let key_path = &config.driver.ssh_key_path;
     if !ssh::pinned_host_key_path(key_path).exists() {
-        SshSession::connect(endpoints.ssh, key_path)
+        SshSession::connect_as(endpoints.ssh, &config.driver.ssh_user, key_path)
             .await
             .map_err(ssh_err)?
             .close()
@@ -1709,6 +1787,7 @@ pub async fn sshfs_argv(
     let (config, ssh_addr, known_hosts) = prepare_system_ssh(store, name).await?;
     Ok(ssh::sshfs_argv(
         ssh_addr,
+        &config.driver.ssh_user,
         &config.driver.ssh_key_path,
         &known_hosts,
         name,
@@ -2256,7 +2335,7 @@ mod tests {
         assert_eq!(rows[0].state, "Error");
         assert_eq!(
             rows[0].error,
-            "Driver \"fake\" not found. Available drivers: qemu, virtualbox, hyperv"
+            "Driver \"fake\" not found. Available drivers: qemu, virtualbox, hyperv, generic"
         );
     }
 }

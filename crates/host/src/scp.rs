@@ -20,7 +20,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::machine::{self, MachineError};
-use crate::ssh::{SshError, SshSession, SSH_USER};
+use crate::ssh::{SshError, SshSession};
 use crate::store::Store;
 
 /// What can go wrong copying.
@@ -184,12 +184,12 @@ pub async fn copy(
     // Check both ends before connecting to either, so a typo fails fast.
     for location in [&src, &dst] {
         if let Location::Machine { name, user, .. } = location {
-            if let Some(user) = user.as_deref().filter(|u| *u != SSH_USER) {
+            let config = store.load(name).map_err(MachineError::from)?;
+            if let Some(user) = user.as_deref().filter(|u| *u != config.driver.ssh_user) {
                 return Err(ScpError::User {
                     user: user.to_owned(),
                 });
             }
-            store.load(name).map_err(MachineError::from)?;
         }
     }
     let (src_side, src_path) = open_side(store, &src).await?;
@@ -245,9 +245,13 @@ async fn connect(store: &Store, name: &str) -> Result<SftpSession, ScpError> {
         machine: name.to_owned(),
         source,
     };
-    let session = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-        .await
-        .map_err(ssh_err)?;
+    let session = SshSession::connect_as(
+        endpoints.ssh,
+        &config.driver.ssh_user,
+        &config.driver.ssh_key_path,
+    )
+    .await
+    .map_err(ssh_err)?;
     // The SFTP channel keeps the connection alive; the session handle may go.
     session.sftp().await.map_err(ssh_err)
 }

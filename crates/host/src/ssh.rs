@@ -202,6 +202,7 @@ pub fn write_known_hosts(key_path: &Path, machine: &str) -> Result<PathBuf, SshE
 /// after the destination. Unlike docker-machine, the host key is checked, against the pin.
 pub fn system_ssh_argv(
     addr: SocketAddr,
+    user: &str,
     key_path: &Path,
     known_hosts: &Path,
     machine: &str,
@@ -225,7 +226,7 @@ pub fn system_ssh_argv(
         argv.push("-o".into());
         argv.push(option);
     }
-    argv.push(format!("{SSH_USER}@{}", addr.ip()));
+    argv.push(format!("{user}@{}", addr.ip()));
     argv.extend([
         "-o".into(),
         "IdentitiesOnly=yes".into(),
@@ -243,6 +244,7 @@ pub fn system_ssh_argv(
 /// [`system_ssh_argv`]. sshfs speaks SFTP to the guest's `sftp` subsystem.
 pub fn sshfs_argv(
     addr: SocketAddr,
+    user: &str,
     key_path: &Path,
     known_hosts: &Path,
     machine: &str,
@@ -262,7 +264,7 @@ pub fn sshfs_argv(
         argv.push("-o".into());
         argv.push(option);
     }
-    argv.push(format!("{SSH_USER}@{}:{path}", addr.ip()));
+    argv.push(format!("{user}@{}:{path}", addr.ip()));
     argv.push(mountpoint.to_owned());
     argv
 }
@@ -326,6 +328,15 @@ impl SshSession {
     /// host key must be the one pinned beside that key ([`pinned_host_key_path`]); the first
     /// connection pins it.
     pub async fn connect(addr: SocketAddr, key_path: &Path) -> Result<Self, SshError> {
+        Self::connect_as(addr, SSH_USER, key_path).await
+    }
+
+    /// [`SshSession::connect`] logging in as `user` (a generic machine's chosen user).
+    pub async fn connect_as(
+        addr: SocketAddr,
+        user: &str,
+        key_path: &Path,
+    ) -> Result<Self, SshError> {
         let key = load_key(key_path)?;
         let pin_path = pinned_host_key_path(key_path);
         let pinned = read_pinned(&pin_path)?;
@@ -364,7 +375,7 @@ impl SshSession {
             }
         }
         let auth = handle
-            .authenticate_publickey(SSH_USER, PrivateKeyWithHashAlg::new(Arc::new(key), None))
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), None))
             .await
             .map_err(proto)?;
         if !auth.success() {
@@ -833,7 +844,7 @@ mod tests {
         // The server runs on this runtime: the blocking ssh goes to another thread.
         let run = |extra: &[&str]| {
             let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-            let argv = system_ssh_argv(addr, &key, &known_hosts, "m1", &extra);
+            let argv = system_ssh_argv(addr, SSH_USER, &key, &known_hosts, "m1", &extra);
             tokio::task::spawn_blocking(move || {
                 std::process::Command::new(&argv[0])
                     .args(&argv[1..])
@@ -896,6 +907,7 @@ mod tests {
         std::fs::create_dir_all(&mountpoint).unwrap();
         let argv = sshfs_argv(
             addr,
+            SSH_USER,
             &key,
             &known_hosts,
             "m1",

@@ -7,10 +7,15 @@ mod output;
 mod progress;
 mod table;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use rmachine_driver::protocol::{Flag, FlagKind, Options};
+use rmachine_host::drivers::{DriverChoice, DriverKind};
+use rmachine_host::external::ExternalDriver;
 
 /// Create and manage machines running Docker.
 #[derive(Parser, Debug)]
@@ -81,16 +86,153 @@ fn print_completion(shell: cmd::CompletionShell) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The driver `create` is asked for on this command line (`-d`, `--driver`, or
+/// `RMACHINE_DRIVER`), found before clap parses, since the driver decides which flags exist.
+fn create_driver(argv: &[OsString]) -> Option<String> {
+    let mut args = argv.iter().skip(1).map(|a| a.to_string_lossy());
+    // The first word that is neither a global flag nor its value is the subcommand.
+    loop {
+        let arg = args.next()?;
+        match arg.as_ref() {
+            "-s" | "--storage-path" => {
+                args.next();
+            }
+            "create" => break,
+            a if a.starts_with('-') => {}
+            _ => return None,
+        }
+    }
+    let mut driver = None;
+    while let Some(arg) = args.next() {
+        match arg.as_ref() {
+            "--" => break,
+            "-d" | "--driver" => driver = args.next().map(|v| v.into_owned()),
+            a => {
+                if let Some(v) = a.strip_prefix("--driver=") {
+                    driver = Some(v.to_string());
+                } else if let Some(v) = a.strip_prefix("-d").filter(|v| !v.is_empty()) {
+                    driver = Some(v.trim_start_matches('=').to_string());
+                }
+            }
+        }
+    }
+    driver.or_else(|| std::env::var("RMACHINE_DRIVER").ok())
+}
+
+/// `create` for `driver`: other built-in drivers' flags hidden, an external driver's flags
+/// added.
+fn create_for_driver(
+    create: clap::Command,
+    driver: &str,
+    plugin_flags: Option<&[Flag]>,
+) -> clap::Command {
+    let others = other_driver_prefixes(driver);
+    let hidden: Vec<clap::Id> = create
+        .get_arguments()
+        .filter(|a| {
+            a.get_long()
+                .is_some_and(|l| others.iter().any(|p| l.starts_with(p.as_str())))
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    let mut create = create;
+    for id in hidden {
+        create = create.mut_arg(id, |a| a.hide(true));
+    }
+    for flag in plugin_flags.unwrap_or_default() {
+        let mut help = flag.help.clone();
+        if let Some(default) = &flag.default {
+            help.push_str(&format!(" [default: {default}]"));
+        }
+        let arg = clap::Arg::new(flag.name.clone())
+            .long(flag.name.clone())
+            .help(help);
+        create = create.arg(match flag.kind {
+            FlagKind::String => arg.action(clap::ArgAction::Set).value_name("VALUE"),
+            FlagKind::Bool => arg.action(clap::ArgAction::SetTrue),
+        });
+    }
+    create
+}
+
+/// `NAME-` of every built-in driver other than `driver`.
+fn other_driver_prefixes(driver: &str) -> Vec<String> {
+    <DriverKind as clap::ValueEnum>::value_variants()
+        .iter()
+        .map(|k| k.name())
+        .filter(|name| *name != driver)
+        .map(|name| format!("{name}-"))
+        .collect()
+}
+
+/// Parses the command line, with `create`'s flags those of the driver it names.
+fn parse_cli() -> Result<Cli, String> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let driver = create_driver(&argv).unwrap_or_else(|| DriverKind::default().name().to_string());
+    let plugin_flags = match DriverChoice::from_name(&driver) {
+        Ok(DriverChoice::External { name, program }) => {
+            Some(ExternalDriver::flags(&name, &program).map_err(|e| format!("Error: {e}"))?)
+        }
+        _ => None,
+    };
+    let command = Cli::command().mut_subcommand("create", |c| {
+        create_for_driver(c, &driver, plugin_flags.as_deref())
+    });
+    let others = other_driver_prefixes(&driver);
+    // Other drivers' flags stay parseable (clap needs them for the derived struct) but are
+    // refused when given, never silently dropped.
+    let foreign: Vec<(clap::Id, String)> = command
+        .find_subcommand("create")
+        .map(|c| {
+            c.get_arguments()
+                .filter_map(|a| {
+                    let long = a.get_long()?;
+                    others
+                        .iter()
+                        .any(|p| long.starts_with(p.as_str()))
+                        .then(|| (a.get_id().clone(), long.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let matches = command.get_matches_from(&argv);
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(create) = matches.subcommand_matches("create") {
+        for (id, long) in &foreign {
+            if create.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+                let owner = long.split('-').next().unwrap_or_default();
+                return Err(format!(
+                    "Error: --{long} is a flag of the {owner} driver, not of {driver}"
+                ));
+            }
+        }
+        if let (Some(flags), cmd::Command::Create(args)) = (&plugin_flags, &mut cli.command) {
+            let mut options = Options::new();
+            for flag in flags {
+                if create.value_source(&flag.name) != Some(ValueSource::CommandLine) {
+                    continue;
+                }
+                let value = match flag.kind {
+                    FlagKind::Bool => serde_json::Value::Bool(true),
+                    FlagKind::String => match create.get_one::<String>(&flag.name) {
+                        Some(v) => serde_json::Value::String(v.clone()),
+                        None => continue,
+                    },
+                };
+                options.insert(flag.name.clone(), value);
+            }
+            args.set_plugin_options(options);
+        }
+    }
+    Ok(cli)
+}
+
 fn main() -> ExitCode {
-    let cli = {
-        use clap::{CommandFactory, FromArgMatches};
-        let argv: Vec<String> = std::env::args_os()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let matches = cmd::create::only_named_drivers_flags(Cli::command(), &argv).get_matches();
-        match Cli::from_arg_matches(&matches) {
-            Ok(cli) => cli,
-            Err(e) => e.exit(),
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(1);
         }
     };
     if let cmd::Command::Completion(args) = &cli.command {

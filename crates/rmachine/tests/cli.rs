@@ -158,9 +158,69 @@ fn create_with_an_unknown_driver() {
     assert_eq!(run.code, 1);
     assert_eq!(
         run.stderr,
-        "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv\n"
+        "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv, generic\n"
     );
     assert!(!env.store().join("machines").exists());
+}
+
+#[test]
+fn create_generic_help_lists_its_flags_only() {
+    let env = Env::new();
+    let help = env.run(&["create", "-d", "generic", "--help"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    for flag in [
+        "--generic-ip-address",
+        "--generic-ssh-user",
+        "--generic-ssh-key",
+        "--generic-ssh-port",
+    ] {
+        assert!(help.stdout.contains(flag), "{flag}: {}", help.stdout);
+    }
+    assert!(!help.stdout.contains("--qemu-"), "{}", help.stdout);
+    let qemu = env.run(&["create", "--help"]);
+    assert!(!qemu.stdout.contains("--generic-"), "{}", qemu.stdout);
+}
+
+#[test]
+fn create_generic_refuses_vm_sizing_options() {
+    let env = Env::new();
+    let run = env.run(&[
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        "192.0.2.1",
+        "--cpus",
+        "4",
+        "--published-bind-address",
+        "0.0.0.0",
+        "x",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "Error creating machine: --cpus: driver generic uses an existing host as it is\n--published-bind-address: driver generic uses an existing host as it is\n"
+    );
+    assert!(!env.store().join("machines").join("x").exists());
+}
+
+#[test]
+fn create_generic_without_an_address_says_what_is_missing_and_leaves_nothing() {
+    let env = Env::new();
+    let run = env.run(&[
+        "create",
+        "-d",
+        "generic",
+        "--generic-ssh-key",
+        "/nonexistent/key",
+        "x",
+    ]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "Error with pre-create check: \"invalid generic options: --generic-ip-address is required; ssh key /nonexistent/key does not exist\"\n"
+    );
+    assert!(!env.store().join("machines").join("x").exists());
 }
 
 #[test]
@@ -749,4 +809,240 @@ fn published_bind_address_must_be_an_ip_address() {
         run.stderr
     );
     assert!(!env.store().exists());
+}
+
+/// Writes `rmachine-driver-NAME` (a shell script with `body`) into `dir`, executable.
+fn write_plugin(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).expect("plugin dir");
+    let path = dir.join(format!("rmachine-driver-{name}"));
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("plugin");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// A plugin speaking protocol 1 in shell: it declares two flags, records the precheck request
+/// in `$PLUGIN_LOG` and fails it with a structured error.
+const SHELL_PLUGIN: &str = r#"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\).*/\1/')
+  case "$line" in
+    *'"method":"handshake"'*)
+      echo "{\"id\":$id,\"result\":{\"version\":1,\"info\":{\"name\":\"shelly\",\"capabilities\":{\"gracefulStop\":false,\"pause\":false,\"consoleLog\":false,\"shares\":false}}}}" ;;
+    *'"method":"flags"'*)
+      echo "{\"id\":$id,\"result\":{\"flags\":[{\"name\":\"shelly-zone\",\"help\":\"Zone to create the machine in\",\"kind\":\"string\",\"default\":\"eu\"},{\"name\":\"shelly-fast\",\"help\":\"Go fast\",\"kind\":\"bool\"}]}}" ;;
+    *'"method":"precheck"'*)
+      printf '%s\n' "$line" >> "$PLUGIN_LOG"
+      echo "{\"id\":$id,\"error\":{\"kind\":\"failed\",\"message\":\"zone us is full\"}}" ;;
+    *)
+      echo "{\"id\":$id,\"error\":{\"kind\":\"badRequest\",\"message\":\"unexpected\"}}" ;;
+  esac
+done
+"#;
+
+fn with_plugins(dir: &Path) -> impl FnOnce(&mut Command) + '_ {
+    move |cmd: &mut Command| {
+        cmd.env("PATH", format!("{}:/usr/bin:/bin", dir.display()));
+    }
+}
+
+#[test]
+fn create_help_lists_only_the_chosen_drivers_flags() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "shelly", SHELL_PLUGIN);
+
+    let help = env.run_with(
+        &["create", "-d", "shelly", "--help"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    assert!(
+        help.stdout.contains("--shelly-zone <VALUE>")
+            && help
+                .stdout
+                .contains("Zone to create the machine in [default: eu]")
+            && help.stdout.contains("--shelly-fast"),
+        "{}",
+        help.stdout
+    );
+    assert!(!help.stdout.contains("--qemu-"), "{}", help.stdout);
+
+    // The driver may also come from --driver=NAME or RMACHINE_DRIVER, as clap reads them.
+    let long = env.run_with(
+        &["create", "--driver=shelly", "--help"],
+        with_plugins(&plugins),
+    );
+    assert!(long.stdout.contains("--shelly-zone"), "{}", long.stdout);
+    let from_env = env.run_with(&["create", "--help"], |cmd| {
+        with_plugins(&plugins)(cmd);
+        cmd.env("RMACHINE_DRIVER", "shelly");
+    });
+    assert!(
+        from_env.stdout.contains("--shelly-zone"),
+        "{}",
+        from_env.stdout
+    );
+
+    let qemu = env.run_with(&["create", "--help"], with_plugins(&plugins));
+    assert!(qemu.stdout.contains("--qemu-accel"), "{}", qemu.stdout);
+    assert!(!qemu.stdout.contains("--shelly-"), "{}", qemu.stdout);
+    assert!(!qemu.stdout.contains("--virtualbox-"), "{}", qemu.stdout);
+
+    let vbox = env.run(&["create", "-d", "virtualbox", "--help"]);
+    assert!(vbox.stdout.contains("--virtualbox-memory"), "{}", vbox.stdout);
+    assert!(!vbox.stdout.contains("--qemu-accel"), "{}", vbox.stdout);
+    assert!(!vbox.stdout.contains("--hyperv-memory"), "{}", vbox.stdout);
+    let hyperv = env.run(&["create", "--driver=hyperv", "--help"]);
+    assert!(
+        hyperv.stdout.contains("--hyperv-virtual-switch"),
+        "{}",
+        hyperv.stdout
+    );
+    assert!(!hyperv.stdout.contains("--generic-"), "{}", hyperv.stdout);
+    // The flags every driver takes stay.
+    assert!(vbox.stdout.contains("--memory") && hyperv.stdout.contains("--disk-size"));
+}
+
+#[test]
+fn an_external_driver_gets_its_flags_and_its_errors_are_one_line() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "shelly", SHELL_PLUGIN);
+    let log = env.dir.path().join("plugin.log");
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    let image = image.to_string_lossy().into_owned();
+
+    let run = env.run_with(
+        &[
+            "create",
+            "--no-progress",
+            "--guest-image",
+            &image,
+            "-d",
+            "shelly",
+            "--shelly-zone",
+            "us",
+            "--shelly-fast",
+            "x",
+        ],
+        |cmd| {
+            with_plugins(&plugins)(cmd);
+            cmd.env("PLUGIN_LOG", &log);
+        },
+    );
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        "Error with pre-create check: \"driver shelly: zone us is full\"\n"
+    );
+    assert!(!env.store().join("machines/x").exists());
+    let request: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).expect("log").trim()).expect("json");
+    assert_eq!(
+        request["params"]["options"],
+        serde_json::json!({"shelly-zone": "us", "shelly-fast": true})
+    );
+
+    let foreign = env.run_with(
+        &["create", "-d", "shelly", "--qemu-accel", "tcg", "x"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(foreign.code, 1);
+    assert_eq!(
+        foreign.stderr,
+        "Error: --qemu-accel is a flag of the qemu driver, not of shelly\n"
+    );
+}
+
+#[test]
+fn unknown_drivers_list_the_plugins_on_path() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "shelly", SHELL_PLUGIN);
+    let run = env.run_with(&["create", "-d", "bogus", "x"], with_plugins(&plugins));
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.stderr,
+        "Driver \"bogus\" not found. Available drivers: qemu, virtualbox, hyperv, generic, shelly\n"
+    );
+}
+
+#[test]
+fn broken_plugins_get_one_clear_line_each() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(
+        &plugins,
+        "crashy",
+        "echo 'loading config' >&2\necho 'panic: no cloud credentials' >&2\nexit 3\n",
+    );
+    write_plugin(
+        &plugins,
+        "future",
+        "read -r line\necho '{\"id\":1,\"result\":{\"version\":2,\"info\":{\"name\":\"future\",\"capabilities\":{}}}}'\n",
+    );
+    write_plugin(&plugins, "noisy", "read -r line\necho 'hello, world'\n");
+    let program = |name: &str| plugins.join(format!("rmachine-driver-{name}"));
+    let cases = [
+        (
+            "crashy",
+            format!(
+                "Error: driver crashy: {} exited with status 3 before answering handshake: panic: no cloud credentials\n",
+                program("crashy").display()
+            ),
+        ),
+        (
+            "future",
+            format!(
+                "Error: driver future: {} speaks driver protocol version 2, rmachine speaks version 1\n",
+                program("future").display()
+            ),
+        ),
+        (
+            "noisy",
+            format!(
+                "Error: driver noisy: {} answered handshake with \"hello, world\", which is not driver protocol 1\n",
+                program("noisy").display()
+            ),
+        ),
+    ];
+    for (name, expected) in cases {
+        let run = env.run_with(&["create", "-d", name, "x"], with_plugins(&plugins));
+        assert_eq!(run.code, 1, "{name}: {}", run.stderr);
+        assert_eq!(run.stderr, expected, "{name}");
+        assert!(!env.store().join("machines/x").exists(), "{name}");
+    }
+}
+
+#[test]
+fn rm_cleans_the_store_when_the_plugin_is_broken() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "crashy", "echo 'panic: gone' >&2\nexit 3\n");
+    let dir = env.write_machine("m");
+    let record_path = dir.join("config.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).expect("record")).expect("json");
+    record["DriverName"] = serde_json::json!("crashy");
+    std::fs::write(&record_path, record.to_string()).expect("write record");
+
+    let ls = env.run_with(&["ls"], with_plugins(&plugins));
+    assert!(
+        ls.stdout
+            .lines()
+            .any(|l| l.starts_with("m ") && l.contains("exited with status 3")),
+        "{}",
+        ls.stdout
+    );
+
+    let rm = env.run_with(&["rm", "-y", "m"], with_plugins(&plugins));
+    assert_eq!(rm.code, 1, "{}", rm.stderr);
+    assert_eq!(rm.stderr.lines().count(), 1, "{}", rm.stderr);
+    assert!(rm.stderr.contains("panic: gone"), "{}", rm.stderr);
+    assert!(dir.exists());
+
+    let forced = env.run_with(&["rm", "-f", "-y", "m"], with_plugins(&plugins));
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(!dir.exists());
 }

@@ -934,6 +934,7 @@ impl Driver for QemuDriver {
                 console_log: true,
                 // QEMU for Windows has no virtio-9p.
                 shares: self.host.os != HostOs::Windows,
+                existing_host: false,
             },
         }
     }

@@ -138,10 +138,16 @@ impl Machine {
         self.docker_config.path()
     }
 
-    /// Runs `rmachine ARGS` against this machine's store.
+    /// Runs `rmachine ARGS` against this machine's store, with the workspace's binaries first
+    /// on PATH (the example external driver `rmachine-driver-extqemu` is one).
     pub fn rmachine(&self, args: &[&str]) -> Result<Run> {
         let mut cmd = Command::new(self.bins.join("rmachine"));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(self.bins.clone()).chain(std::env::split_paths(&path)),
+        )?;
         cmd.args(args)
+            .env("PATH", path)
             .env("RMACHINE_STORAGE_PATH", self.store.path())
             .env("DOCKER_CONFIG", self.docker_config.path())
             .env_remove("DOCKER_HOST")
@@ -156,11 +162,21 @@ impl Machine {
 
     /// `rmachine create -d qemu` with the guest image in `image` and extra `args`.
     pub fn create_from(&self, image: &Path, args: &[&str]) -> Result<Run> {
+        self.create_with_driver_from("qemu", image, args)
+    }
+
+    /// `rmachine create -d DRIVER` with the workspace's guest image and extra `args`.
+    pub fn create_with_driver(&self, driver: &str, args: &[&str]) -> Result<Run> {
+        self.create_with_driver_from(driver, &guest_image()?, args)
+    }
+
+    /// `rmachine create -d DRIVER` with the guest image in `image` and extra `args`.
+    fn create_with_driver_from(&self, driver: &str, image: &Path, args: &[&str]) -> Result<Run> {
         let image = image.to_string_lossy();
         let mut all = vec![
             "create",
             "-d",
-            "qemu",
+            driver,
             "--no-progress",
             "--guest-image",
             &image,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rmachine_host::drivers::{DriverKind, DriverOptions};
+use rmachine_host::drivers::{DriverChoice, DriverOptions};
 use rmachine_host::machine::{self, CreateOptions, MachineError};
 use rmachine_host::store::{Store, StoreError};
 
@@ -86,59 +86,16 @@ pub struct Args {
     name: String,
 }
 
-/// The driver a `create` command line names (`-d NAME`, `-dNAME`, `--driver NAME`,
-/// `--driver=NAME`, else `RMACHINE_DRIVER`, else qemu).
-fn driver_named(create_args: &[String]) -> String {
-    let mut named = None;
-    let mut iter = create_args.iter();
-    while let Some(arg) = iter.next() {
-        if arg == "-d" || arg == "--driver" {
-            named = iter.next().cloned();
-        } else if let Some(name) = arg.strip_prefix("--driver=") {
-            named = Some(name.to_owned());
-        } else if let Some(name) = arg.strip_prefix("-d").filter(|n| !n.is_empty()) {
-            if !arg.starts_with("--") {
-                named = Some(name.to_owned());
-            }
-        }
+impl Args {
+    /// The values of an external driver's flags, read by `main` from the command line it
+    /// extended with them.
+    pub fn set_plugin_options(&mut self, options: rmachine_driver::protocol::Options) {
+        self.driver_options.plugin = options;
     }
-    named
-        .or_else(|| std::env::var("RMACHINE_DRIVER").ok())
-        .unwrap_or_else(|| DriverKind::default().name().to_owned())
-}
-
-/// Hides from `create --help` the flags of every driver but the one the command line names,
-/// so that `create -d NAME --help` lists that driver's flags only. Parsing is unchanged: a
-/// flag of another driver is still read, and refused when the machine is created.
-pub fn only_named_drivers_flags(command: clap::Command, argv: &[String]) -> clap::Command {
-    let Some(at) = argv.iter().position(|a| a == "create") else {
-        return command;
-    };
-    let driver = driver_named(&argv[at + 1..]);
-    let others: Vec<String> = <DriverKind as clap::ValueEnum>::value_variants()
-        .iter()
-        .map(|k| k.name())
-        .filter(|name| *name != driver)
-        .map(|name| format!("{name}-"))
-        .collect();
-    command.mut_subcommand("create", |mut create| {
-        let ids: Vec<String> = create
-            .get_arguments()
-            .filter(|a| {
-                a.get_long()
-                    .is_some_and(|long| others.iter().any(|p| long.starts_with(p.as_str())))
-            })
-            .map(|a| a.get_id().to_string())
-            .collect();
-        for id in ids {
-            create = create.mut_arg(id, |a| a.hide(true));
-        }
-        create
-    })
 }
 
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
-    let driver = DriverKind::from_name(&args.driver)?;
+    let driver = DriverChoice::from_name(&args.driver)?;
     let options = CreateOptions {
         driver,
         driver_options: args.driver_options,
@@ -179,47 +136,5 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
             | MachineError::Store(StoreError::AlreadyExists { .. })),
         ) => Err(e.into()),
         Err(e) => Err(anyhow::Error::new(e)).context("Error creating machine"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn create_help(argv: &[&str]) -> String {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(subcommand)]
-            command: Sub,
-        }
-        #[derive(clap::Subcommand)]
-        enum Sub {
-            Create(Args),
-        }
-        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
-        let command = only_named_drivers_flags(<Cli as clap::CommandFactory>::command(), &argv);
-        let mut command = command;
-        command.build();
-        command
-            .find_subcommand_mut("create")
-            .expect("create")
-            .render_help()
-            .to_string()
-    }
-
-    #[test]
-    fn create_help_lists_the_named_drivers_flags_only() {
-        let vbox = create_help(&["rmachine", "create", "-d", "virtualbox", "--help"]);
-        assert!(vbox.contains("--virtualbox-memory"), "{vbox}");
-        assert!(!vbox.contains("--qemu-accel"), "{vbox}");
-        assert!(!vbox.contains("--hyperv-memory"), "{vbox}");
-        let hyperv = create_help(&["rmachine", "create", "--driver=hyperv", "--help"]);
-        assert!(hyperv.contains("--hyperv-virtual-switch"), "{hyperv}");
-        assert!(!hyperv.contains("--virtualbox-memory"), "{hyperv}");
-        let qemu = create_help(&["rmachine", "create", "-dqemu", "--help"]);
-        assert!(qemu.contains("--qemu-accel"), "{qemu}");
-        assert!(!qemu.contains("--virtualbox-memory"), "{qemu}");
-        // The generic flags stay for every driver.
-        assert!(vbox.contains("--memory") && qemu.contains("--disk-size"));
     }
 }

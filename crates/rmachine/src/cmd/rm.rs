@@ -44,7 +44,11 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     super::for_each(&args.names, |name| async move {
         match machine::remove(store, &name, force).await {
             Ok(()) => outln(&format!("Successfully removed {name}")),
-            Err(e) => bail!("Error removing host \"{name}\": {e:#}"),
+            // With its causes: the driver's own reason is what tells the user to pass -f.
+            Err(e) => bail!(
+                "Error removing host \"{name}\": {:#}",
+                anyhow::Error::new(e)
+            ),
         }
     })
     .await

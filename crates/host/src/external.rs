@@ -1,0 +1,537 @@
+//! External drivers: `rmachine-driver-NAME` programs on PATH, driven with the protocol of
+//! [`rmachine_driver::protocol`] (described in `docs/driver-protocol.md`).
+//!
+//! Every operation is one short session: the plugin is started, shakes hands, answers one
+//! request and sees its stdin close. A plugin thus keeps no state between operations except
+//! what it writes to the machine directory, exactly as a built-in driver does.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmachine_driver::protocol::{
+    Call, ErrorKind, Flag, FlagsResult, HandshakeResult, MachineRef, Options, Reply, Request,
+    PROGRAM_PREFIX, PROTOCOL_VERSION,
+};
+use rmachine_driver::{
+    Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
+};
+
+/// The most of a plugin's stderr kept for error messages.
+const STDERR_KEEP: usize = 4096;
+
+/// The most of a garbage reply quoted in an error.
+const QUOTE_MAX: usize = 80;
+
+/// Whether `name` can name a plugin (no path separators or oddities in a program name).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+fn path_dirs() -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default()
+}
+
+fn program_file(name: &str) -> String {
+    let file = format!("{PROGRAM_PREFIX}{name}");
+    if cfg!(windows) {
+        format!("{file}.exe")
+    } else {
+        file
+    }
+}
+
+/// The program providing driver `name`, the first `rmachine-driver-NAME` on PATH.
+pub fn find(name: &str) -> Option<PathBuf> {
+    if !valid_name(name) {
+        return None;
+    }
+    let file = program_file(name);
+    path_dirs()
+        .into_iter()
+        .map(|dir| dir.join(&file))
+        .find(|path| is_executable(path))
+}
+
+/// Names of the drivers provided by programs on PATH, sorted.
+pub fn available() -> Vec<String> {
+    let mut names: Vec<String> = path_dirs()
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let file = entry.file_name().into_string().ok()?;
+            let file = if cfg!(windows) {
+                file.strip_suffix(".exe")?.to_string()
+            } else {
+                file
+            };
+            let name = file.strip_prefix(PROGRAM_PREFIX)?;
+            (valid_name(name) && is_executable(&entry.path())).then(|| name.to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A driver served by an `rmachine-driver-NAME` program.
+#[derive(Debug, Clone)]
+pub struct ExternalDriver {
+    name: String,
+    program: PathBuf,
+    options: Options,
+    info: DriverInfo,
+}
+
+impl ExternalDriver {
+    /// Starts the plugin for driver `name` at `program` once to check that it speaks our
+    /// protocol and to learn its capabilities; `options` go with every later request.
+    pub fn open(name: &str, program: &Path, options: Options) -> Result<Self, DriverError> {
+        let (session, info) = Session::open(name, program)?;
+        session.close();
+        Ok(Self {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            options,
+            info,
+        })
+    }
+
+    /// The plugin's `create` flags, each checked to start with `NAME-`.
+    pub fn flags(name: &str, program: &Path) -> Result<Vec<Flag>, DriverError> {
+        let (mut session, _) = Session::open(name, program)?;
+        let value = session.request(Call::Flags {})?;
+        session.close();
+        let result: FlagsResult = serde_json::from_value(value).map_err(|e| {
+            plugin_error(
+                name,
+                format!(
+                    "{} sent a flags result that does not parse: {e}",
+                    program.display()
+                ),
+            )
+        })?;
+        let prefix = format!("{name}-");
+        if let Some(bad) = result
+            .flags
+            .iter()
+            .find(|f| !f.name.starts_with(&prefix) || f.name.len() == prefix.len())
+        {
+            return Err(plugin_error(
+                name,
+                format!(
+                    "{} declares the flag --{}, but its flags must start with --{prefix}",
+                    program.display(),
+                    bad.name
+                ),
+            ));
+        }
+        Ok(result.flags)
+    }
+
+    fn machine(dir: &MachineDir) -> MachineRef {
+        MachineRef::from(dir)
+    }
+
+    /// One request in a session of its own, off the async runtime's threads.
+    async fn call(&self, call: Call) -> Result<serde_json::Value, DriverError> {
+        let name = self.name.clone();
+        let program = self.program.clone();
+        let method = call.method();
+        tokio::task::spawn_blocking(move || {
+            let (mut session, _) = Session::open(&name, &program)?;
+            let value = session.request(call)?;
+            session.close();
+            Ok(value)
+        })
+        .await
+        .map_err(|e| plugin_error(&self.name, format!("the {method} request was lost: {e}")))?
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        value: serde_json::Value,
+    ) -> Result<T, DriverError> {
+        serde_json::from_value(value).map_err(|e| {
+            plugin_error(
+                &self.name,
+                format!(
+                    "{} answered {method} with a result that does not parse: {e}",
+                    self.program.display()
+                ),
+            )
+        })
+    }
+}
+
+fn plugin_error(name: &str, message: String) -> DriverError {
+    DriverError::Plugin {
+        driver: name.to_string(),
+        message,
+    }
+}
+
+fn quote(line: &str) -> String {
+    let mut quoted: String = line.chars().take(QUOTE_MAX).collect();
+    if quoted.len() < line.len() {
+        quoted.push('…');
+    }
+    format!("{quoted:?}")
+}
+
+/// One running plugin process.
+struct Session {
+    name: String,
+    program: PathBuf,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+    next_id: u64,
+}
+
+impl Session {
+    /// Starts the plugin and shakes hands.
+    fn open(name: &str, program: &Path) -> Result<(Self, DriverInfo), DriverError> {
+        let mut child = Command::new(program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| plugin_error(name, format!("cannot run {}: {e}", program.display())))?;
+        let (Some(stdin), Some(stdout), Some(mut stderr_pipe)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            // Unreachable with three piped streams; reap the child rather than leak it.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(plugin_error(
+                name,
+                format!("cannot talk to {}: no pipes", program.display()),
+            ));
+        };
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stderr);
+        // The plugin's stderr is drained all along so that a chatty plugin never blocks on a
+        // full pipe; the tail is kept for error messages.
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr_pipe.read(&mut buf) {
+                if let Ok(mut kept) = sink.lock() {
+                    kept.extend_from_slice(&buf[..n]);
+                    let excess = kept.len().saturating_sub(STDERR_KEEP);
+                    kept.drain(..excess);
+                }
+            }
+        });
+        let mut session = Session {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            next_id: 1,
+        };
+        let value = session.request(Call::Handshake {
+            version: PROTOCOL_VERSION,
+        })?;
+        // The version is checked first: another version may shape the rest differently.
+        let version = value.get("version").and_then(serde_json::Value::as_u64);
+        if let Some(version) = version.filter(|v| *v != u64::from(PROTOCOL_VERSION)) {
+            return Err(session.fail(format!(
+                "{} speaks driver protocol version {version}, rmachine speaks version {PROTOCOL_VERSION}",
+                program.display()
+            )));
+        }
+        let handshake: HandshakeResult = match serde_json::from_value(value) {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(session.fail(format!(
+                    "{} answered the handshake with something that does not parse: {e}",
+                    program.display()
+                )))
+            }
+        };
+        if handshake.info.name != name {
+            return Err(session.fail(format!(
+                "{} calls its driver {:?}, not {name:?}",
+                program.display(),
+                handshake.info.name
+            )));
+        }
+        Ok((session, handshake.info))
+    }
+
+    /// Sends `call` and returns its result, or the error the plugin replied, or what went
+    /// wrong with the plugin.
+    fn request(&mut self, call: Call) -> Result<serde_json::Value, DriverError> {
+        let method = call.method();
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = match serde_json::to_vec(&Request { id, call }) {
+            Ok(line) => line,
+            Err(e) => return Err(self.fail(format!("cannot encode the {method} request: {e}"))),
+        };
+        line.push(b'\n');
+        let written = match self.stdin.as_mut() {
+            Some(stdin) => stdin.write_all(&line).and_then(|()| stdin.flush()),
+            None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+        };
+        if written.is_err() {
+            // The plugin is gone or not reading: say how it ended.
+            return Err(self.ended(method));
+        }
+        let mut reply_line = String::new();
+        match self.stdout.read_line(&mut reply_line) {
+            Ok(0) => return Err(self.ended(method)),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(self.fail(format!(
+                    "cannot read {}'s reply to {method}: {e}",
+                    self.program.display()
+                )))
+            }
+        }
+        let reply: Reply = match serde_json::from_str(reply_line.trim_end()) {
+            Ok(reply) => reply,
+            Err(_) => {
+                return Err(self.fail(format!(
+                    "{} answered {method} with {}, which is not driver protocol {PROTOCOL_VERSION}",
+                    self.program.display(),
+                    quote(reply_line.trim_end())
+                )))
+            }
+        };
+        if reply.id != id {
+            return Err(self.fail(format!(
+                "{} answered request {} when {id} ({method}) was asked",
+                self.program.display(),
+                reply.id
+            )));
+        }
+        match reply.error {
+            None => Ok(reply.result.unwrap_or(serde_json::Value::Null)),
+            Some(error) => {
+                let message = match error.kind {
+                    ErrorKind::UnsupportedVersion => format!(
+                        "{} does not speak driver protocol version {PROTOCOL_VERSION}: {}",
+                        self.program.display(),
+                        error.message
+                    ),
+                    _ => error.message,
+                };
+                let err = plugin_error(&self.name, message);
+                // The plugin answered properly: let it end on its own (it exits on EOF).
+                self.stdin = None;
+                if self.wait_bounded(Duration::from_secs(2)).is_none() {
+                    self.kill();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The error for a plugin that stopped talking during `method`.
+    fn ended(&mut self, method: &str) -> DriverError {
+        self.stdin = None;
+        let status = self.wait_bounded(Duration::from_secs(5));
+        let how = match status {
+            Some(status) => describe(status),
+            None => {
+                self.kill();
+                "closed its output but did not exit".to_string()
+            }
+        };
+        let tail = self.stderr_tail();
+        let mut message = format!("{} {how} before answering {method}", self.program.display());
+        if !tail.is_empty() {
+            message.push_str(": ");
+            message.push_str(&tail);
+        }
+        plugin_error(&self.name, message)
+    }
+
+    /// Ends a misbehaving plugin and returns the error `message`.
+    fn fail(&mut self, message: String) -> DriverError {
+        self.kill();
+        plugin_error(&self.name, message)
+    }
+
+    fn kill(&mut self) {
+        self.stdin = None;
+        if let Err(e) = self.child.kill() {
+            tracing::debug!(error = %e, "plugin already ended");
+        }
+        if let Err(e) = self.child.wait() {
+            tracing::debug!(error = %e, "plugin not reaped");
+        }
+    }
+
+    fn wait_bounded(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The last line the plugin wrote on stderr.
+    fn stderr_tail(&mut self) -> String {
+        // The reader ends when the plugin's stderr closes; a grandchild holding it open must
+        // not hold us up.
+        if let Some(reader) = self.stderr_reader.take() {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        let kept = self.stderr.lock().map(|k| k.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&kept)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Closes the plugin's stdin (its signal to exit) and reaps it.
+    fn close(mut self) {
+        self.stdin = None;
+        match self.wait_bounded(Duration::from_secs(10)) {
+            Some(status) if !status.success() => {
+                tracing::warn!(program = %self.program.display(), "driver plugin {}", describe(status));
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(program = %self.program.display(), "driver plugin did not exit when its input closed");
+                self.kill();
+            }
+        }
+        let tail = self.stderr_tail();
+        if !tail.is_empty() {
+            tracing::debug!(program = %self.program.display(), stderr = %tail, "driver plugin said");
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    "ended".to_string()
+}
+
+impl Driver for ExternalDriver {
+    fn info(&self) -> DriverInfo {
+        self.info.clone()
+    }
+
+    async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
+        self.call(Call::Precheck {
+            options: self.options.clone(),
+            spec: spec.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        self.call(Call::Create {
+            options: self.options.clone(),
+            machine: Self::machine(dir),
+            spec: spec.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn start(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        self.call(Call::Start {
+            options: self.options.clone(),
+            machine: Self::machine(dir),
+            spec: spec.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn stop(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
+        self.call(Call::Stop {
+            options: self.options.clone(),
+            machine: Self::machine(dir),
+            mode: mode.into(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn remove(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        self.call(Call::Remove {
+            options: self.options.clone(),
+            machine: Self::machine(dir),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
+        let value = self
+            .call(Call::State {
+                options: self.options.clone(),
+                machine: Self::machine(dir),
+            })
+            .await?;
+        self.decode("state", value)
+    }
+
+    async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {
+        let value = self
+            .call(Call::Endpoints {
+                options: self.options.clone(),
+                machine: Self::machine(dir),
+            })
+            .await?;
+        self.decode("endpoints", value)
+    }
+}
