@@ -92,6 +92,31 @@ pub struct Share {
     /// Exported read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// The device that carries it, chosen at `create` (absent in records made before
+    /// virtio-fs existed: 9p).
+    #[serde(default)]
+    pub transport: ShareTransport,
+}
+
+/// How a hypervisor exports a host folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareTransport {
+    /// virtio-9p, served by the hypervisor itself.
+    #[default]
+    #[serde(rename = "9p")]
+    NineP,
+    /// virtio-fs, served by a virtiofsd daemon per share.
+    #[serde(rename = "virtiofs")]
+    VirtioFs,
+}
+
+impl std::fmt::Display for ShareTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShareTransport::NineP => "9p",
+            ShareTransport::VirtioFs => "virtiofs",
+        })
+    }
 }
 
 impl Share {
@@ -190,6 +215,10 @@ pub struct Capabilities {
     /// MUST refuse a spec with shares.
     #[serde(default)]
     pub shares: bool,
+    /// Shares that are not read-only are exported over virtio-fs
+    /// ([`ShareTransport::VirtioFs`]): the driver found a virtiofsd that can serve them.
+    #[serde(default)]
+    pub virtio_fs: bool,
 }
 
 /// Name and capabilities of a driver.
@@ -264,6 +293,18 @@ pub enum DriverError {
         /// Which channel.
         channel: &'static str,
         /// What was wrong.
+        message: String,
+    },
+    /// The daemon that serves a share to the VM (virtiofsd) did not come up.
+    #[error("machine {machine:?}: share {tag} ({host_path}): {message}")]
+    ShareDaemon {
+        /// The machine.
+        machine: String,
+        /// The share's tag.
+        tag: String,
+        /// The shared host folder.
+        host_path: PathBuf,
+        /// What went wrong, with the daemon's own words.
         message: String,
     },
     /// This driver cannot do this, on this host or at all.

@@ -12,10 +12,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rmachine_driver::{Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState};
+use rmachine_driver::{
+    Driver, DriverError, GuestPorts, MachineDir, ShareTransport, StopMode, VmSpec, VmState,
+};
 use rmachine_guest_config::report;
 use rmachine_guest_config::{
-    EngineConfig, GuestConfig, GuestConfigError, ShareMount, FORMAT_VERSION,
+    EngineConfig, GuestConfig, GuestConfigError, ShareFilesystem, ShareMount, FORMAT_VERSION,
 };
 use serde_json::Value;
 
@@ -477,7 +479,10 @@ pub async fn create_with<D: Driver>(
     let cwd = std::env::current_dir().unwrap_or_default();
     let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
     {
-        Ok(list) => list,
+        Ok(mut list) => {
+            shares::choose_transports(&mut list, driver.info().capabilities.virtio_fs);
+            list
+        }
         Err(more) => {
             problems.extend(more);
             Vec::new()
@@ -715,6 +720,10 @@ fn write_config_drive(config: &MachineConfig, dir: &MachineDir) -> Result<(), Ma
                 tag: share.tag.clone(),
                 guest_path: share.guest_path.clone(),
                 read_only: share.read_only,
+                filesystem: match share.transport {
+                    ShareTransport::NineP => ShareFilesystem::NineP,
+                    ShareTransport::VirtioFs => ShareFilesystem::Virtiofs,
+                },
             })
             .collect(),
     };

@@ -70,7 +70,7 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // 9p is among the late modules; shares mount before the engine starts so that a container
+    // 9p and virtiofs are among the late modules; shares mount before the engine starts so that a container
     // started at once can bind a shared folder.
     let _ = late_modules.await;
     if let Some(config) = &boot.config {
