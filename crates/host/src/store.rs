@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use rmachine_driver::{MachineDir, VmSpec};
-use rmachine_guest_config::report::DataDiskReport;
+use rmachine_guest_config::report::{DataDiskReport, SharesReport};
 use serde::{Deserialize, Serialize};
 
 /// Version of the machine record format this build writes.
@@ -123,6 +123,10 @@ pub struct MachineConfig {
     /// absent until a guest that reports it has booted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_disk: Option<DataDiskReport>,
+    /// How the guest mounted each share at the last boot; absent until a guest that reports
+    /// it has booted with shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_mounts: Option<SharesReport>,
     /// `create --published-bind-address`: the one host address the port agent binds published
     /// ports on; absent means 127.0.0.1 and ::1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,6 +529,7 @@ pub(crate) mod tests {
             },
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,
+            share_mounts: None,
             published_bind_address: None,
         }
     }

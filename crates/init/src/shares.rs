@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::MsFlags;
+use rmachine_guest_config::report::{ShareStatus, SharesReport};
 use rmachine_guest_config::{ShareFilesystem, ShareMount};
 
 /// The 9p payload size: the largest the kernel's virtio transport accepts (500 KB) — the
@@ -115,13 +116,13 @@ pub fn mount(share: &ShareMount) -> Result<PathBuf, ShareError> {
     Ok(path)
 }
 
-/// Mounts every share, logging each outcome; returns how many are mounted.
-pub fn mount_all(shares: &[ShareMount]) -> usize {
-    let mut mounted = 0;
+/// Mounts every share, logging each outcome; returns the report the host reads from the
+/// console (a share that failed shows in `rmachine ls` and `inspect`).
+pub fn mount_all(shares: &[ShareMount]) -> SharesReport {
+    let mut report = SharesReport::default();
     for share in shares {
-        match mount(share) {
+        let error = match mount(share) {
             Ok(path) => {
-                mounted += 1;
                 tracing::info!(
                     "share: {} ({}) mounted on {}{}",
                     share.tag,
@@ -129,11 +130,22 @@ pub fn mount_all(shares: &[ShareMount]) -> usize {
                     path.display(),
                     if share.read_only { " (read-only)" } else { "" }
                 );
+                None
             }
-            Err(err) => tracing::error!("share: {}", crate::error_chain(&err)),
-        }
+            Err(err) => {
+                let text = crate::error_chain(&err);
+                tracing::error!("share: {text}");
+                Some(text)
+            }
+        };
+        report.shares.push(ShareStatus {
+            tag: share.tag.clone(),
+            guest_path: share.guest_path.clone(),
+            mounted: error.is_none(),
+            error,
+        });
     }
-    mounted
+    report
 }
 
 #[cfg(test)]

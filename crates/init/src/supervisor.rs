@@ -76,8 +76,9 @@ pub async fn run() -> Action {
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
             let list = config.shares.clone();
-            if let Err(err) = tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
-                tracing::error!("share: mounting panicked: {err}");
+            match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
+                Ok(report) => tracing::info!("{}", report.console_line()),
+                Err(err) => tracing::error!("share: mounting panicked: {err}"),
             }
         }
     }
