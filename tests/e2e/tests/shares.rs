@@ -2,8 +2,9 @@
 //! where a virtiofsd is installed, as in CI) and over virtio-9p (`--qemu-share-transport 9p`),
 //! with the same assertions: a file written on the host is read in the guest, a file written
 //! in the guest appears on the host owned by the user running QEMU, a `:ro` share refuses
-//! writes, `inspect` lists the shares and their transport, and `docker run -v HOSTPATH:/src`
-//! in the machine binds the host's folder.
+//! writes, `inspect` lists the shares and their transport, `docker run -v HOSTPATH:/src`
+//! in the machine binds the host's folder, and a share the guest cannot mount (its mount point
+//! would lie inside the read-only share) is named by `create`, `ls` and `inspect`.
 #![cfg(rmachine_e2e)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -32,6 +33,9 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::
     let ro = tempfile::Builder::new()
         .prefix("rmachine-share-ro-")
         .tempdir()?;
+    let nested = tempfile::Builder::new()
+        .prefix("rmachine-share-nested-")
+        .tempdir()?;
     let rw_path = rw.path().to_string_lossy().into_owned();
     let ro_path = ro.path().to_string_lossy().into_owned();
     std::fs::write(rw.path().join("from-host.txt"), "written on the host\n")?;
@@ -39,9 +43,43 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::
 
     let machine = Machine::new(name)?;
     let ro_spec = format!("{ro_path}:/srv/ro:ro");
-    let mut args = vec!["--share", &rw_path, "--share", &ro_spec];
+    // Mounted after the read-only share, whose folder has no `sub`: its mount point cannot be
+    // made, a failure only the guest sees.
+    let nested_spec = format!("{}:/srv/ro/sub", nested.path().display());
+    let mut args = vec![
+        "--share",
+        &rw_path,
+        "--share",
+        &ro_spec,
+        "--share",
+        &nested_spec,
+    ];
     args.extend_from_slice(extra);
-    machine.create(&args)?.success()?;
+    let created = machine.create(&args)?.success()?;
+    let failed_share = format!("share {} on /srv/ro/sub", nested.path().display());
+    ensure!(
+        created.stderr.contains(&format!(
+            "{failed_share} could not be mounted in the machine"
+        )),
+        "create did not warn about the share it could not mount: {}",
+        created.stderr
+    );
+    let ls = machine
+        .rmachine(&["ls", "--format", "{{.Name}} {{.Error}}"])?
+        .success()?;
+    assert_eq!(ls.stdout, format!("{name} {failed_share} not mounted\n"));
+    let report = machine
+        .rmachine(&[
+            "inspect",
+            "--format",
+            "{{range .ShareMounts.Shares}}{{.GuestPath}}={{.Mounted}} {{end}}",
+            name,
+        ])?
+        .success()?;
+    assert_eq!(
+        report.stdout,
+        format!("{rw_path}=true /srv/ro=true /srv/ro/sub=false \n")
+    );
 
     // The generic kernel has ext4 as a module: the data disk must still mount.
     let disk = machine
