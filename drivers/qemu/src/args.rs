@@ -180,6 +180,12 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
             "-object",
             &format!("memory-backend-memfd,id=mem,size={}M,share=on", l.memory_mb),
         ]);
+        if family == MachineFamily::Microvm {
+            // virtio-mmio devices are legacy (virtio 0.9) by default, and vhost-user backends
+            // (libvhost-user, virtiofsd) refuse legacy devices: virtiofsd aborts at the first
+            // request and the guest's first access to the share hangs.
+            push(&["-global", "virtio-mmio.force-legacy=false"]);
+        }
     } else {
         push(&["-machine", &machine_arg(l.machine)]);
     }
@@ -532,13 +538,16 @@ mod tests {
             l.shares = &shares;
             l.virtiofs_sockets = &sockets;
             let args = vm_args(&l);
-            assert_eq!(
-                args[4..8],
-                split(&format!(
-                    "-machine\n{machine_arg}\n\
-                     -object\nmemory-backend-memfd,id=mem,size=2048M,share=on"
-                ))[..]
+            let mut head = format!(
+                "-machine\n{machine_arg}\n\
+                 -object\nmemory-backend-memfd,id=mem,size=2048M,share=on"
             );
+            if machine == "microvm" {
+                head.push_str("\n-global\nvirtio-mmio.force-legacy=false");
+            }
+            let head = split(&head);
+            assert_eq!(args[4..4 + head.len()], head[..], "{machine}");
+            assert_eq!(args[4 + head.len()], "-cpu", "{machine}");
             let nine_p = if machine == "q35" { "pci" } else { "device" };
             let expected = split(&format!(
                 "-chardev\nsocket,id=rmshare0-fs,path=/m/dev/virtiofsd-rmshare0.sock\n\
