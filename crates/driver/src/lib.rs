@@ -296,16 +296,15 @@ pub enum DriverError {
         message: String,
     },
     /// The daemon that serves a share to the VM (virtiofsd) did not come up.
-    #[error("machine {machine:?}: share {tag} ({host_path}): {message}")]
+    #[error("machine {machine:?}: {share}: {message}")]
     ShareDaemon {
         /// The machine.
         machine: String,
-        /// The share's tag.
-        tag: String,
-        /// The shared host folder.
-        host_path: PathBuf,
+        /// The share: `share TAG (HOST FOLDER)`; kept to two strings so that every error
+        /// that carries a `DriverError` stays small.
+        share: String,
         /// What went wrong, with the daemon's own words.
-        message: String,
+        message: Box<str>,
     },
     /// This driver cannot do this, on this host or at all.
     #[error("driver {driver} does not support {op}")]

@@ -317,9 +317,8 @@ impl QemuDriver {
         }
         let fail = |share: &Share, message: String| DriverError::ShareDaemon {
             machine: dir.name.clone(),
-            tag: share.tag.clone(),
-            host_path: share.host_path.clone(),
-            message,
+            share: format!("share {} ({})", share.tag, share.host_path.display()),
+            message: message.into(),
         };
         let Some(daemon) = self.virtiofsd() else {
             let share = shares[0];
