@@ -91,8 +91,8 @@ MODULES=(
   ip_tables iptable_nat iptable_filter iptable_mangle iptable_raw
   nf_nat nf_conntrack xt_MASQUERADE xt_conntrack xt_addrtype xt_nat xt_tcpudp
   xt_comment xt_mark xt_multiport
-  # host folder shares (QEMU virtio-9p): docs/internals.md, "Shares"
-  9p 9pnet 9pnet_virtio netfs
+  # host folder shares (QEMU virtio-9p, virtio-fs with virtiofsd): docs/internals.md, "Shares"
+  9p 9pnet 9pnet_virtio netfs virtiofs
   "${EXTRA_MODULES[@]}"
 )
 

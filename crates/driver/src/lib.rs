@@ -104,6 +104,31 @@ pub struct Share {
     /// Exported read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// The device that carries it, chosen at `create` (absent in records made before
+    /// virtio-fs existed: 9p).
+    #[serde(default)]
+    pub transport: ShareTransport,
+}
+
+/// How a hypervisor exports a host folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareTransport {
+    /// virtio-9p, served by the hypervisor itself.
+    #[default]
+    #[serde(rename = "9p")]
+    NineP,
+    /// virtio-fs, served by a virtiofsd daemon per share.
+    #[serde(rename = "virtiofs")]
+    VirtioFs,
+}
+
+impl std::fmt::Display for ShareTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShareTransport::NineP => "9p",
+            ShareTransport::VirtioFs => "virtiofs",
+        })
+    }
 }
 
 impl Share {
@@ -202,6 +227,10 @@ pub struct Capabilities {
     /// MUST refuse a spec with shares.
     #[serde(default)]
     pub shares: bool,
+    /// Shares that are not read-only are exported over virtio-fs
+    /// ([`ShareTransport::VirtioFs`]): the driver found a virtiofsd that can serve them.
+    #[serde(default)]
+    pub virtio_fs: bool,
     /// The machine is an existing host, not a VM: no guest image is booted, the engine's
     /// certificates are installed from the configuration drive by the driver itself,
     /// published ports appear on that host (no port agent), and SSH logs in as
@@ -303,6 +332,17 @@ pub enum DriverError {
         channel: &'static str,
         /// What was wrong.
         message: String,
+    },
+    /// The daemon that serves a share to the VM (virtiofsd) did not come up.
+    #[error("machine {machine:?}: {share}: {message}")]
+    ShareDaemon {
+        /// The machine.
+        machine: String,
+        /// The share: `share TAG (HOST FOLDER)`; kept to two strings so that every error
+        /// that carries a `DriverError` stays small.
+        share: String,
+        /// What went wrong, with the daemon's own words.
+        message: Box<str>,
     },
     /// This driver cannot do this, on this host or at all.
     #[error("driver {driver} does not support {op}")]

@@ -66,7 +66,7 @@ pub struct StaticNetwork {
 }
 
 /// One host folder shared into the guest: the hypervisor exports it under `tag` (virtio-9p's
-/// `mount_tag`) and rmachine-init mounts it on `guest_path`.
+/// `mount_tag`, virtio-fs's `tag`) and rmachine-init mounts it on `guest_path`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShareMount {
@@ -77,6 +77,31 @@ pub struct ShareMount {
     /// Mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// The device that carries it (absent before virtio-fs existed: 9p).
+    #[serde(default)]
+    pub filesystem: ShareFilesystem,
+}
+
+/// How the hypervisor exports a share, hence the filesystem type the guest mounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareFilesystem {
+    /// virtio-9p (`mount -t 9p`).
+    #[default]
+    #[serde(rename = "9p")]
+    NineP,
+    /// virtio-fs, served on the host by virtiofsd (`mount -t virtiofs`).
+    #[serde(rename = "virtiofs")]
+    Virtiofs,
+}
+
+impl ShareFilesystem {
+    /// The guest kernel's filesystem type name.
+    pub fn fstype(self) -> &'static str {
+        match self {
+            ShareFilesystem::NineP => "9p",
+            ShareFilesystem::Virtiofs => "virtiofs",
+        }
+    }
 }
 
 /// Engine options the host passes through (`--engine-*` flags of `create`).
@@ -205,6 +230,7 @@ mod tests {
                 tag: "rmshare0".into(),
                 guest_path: "/home/me".into(),
                 read_only: false,
+                filesystem: ShareFilesystem::Virtiofs,
             }],
             network: Some(StaticNetwork {
                 address: "10.0.2.15/24".into(),
@@ -212,6 +238,19 @@ mod tests {
                 dns: "10.0.2.3".into(),
             }),
         }
+    }
+
+    #[test]
+    fn a_share_without_filesystem_is_9p_and_virtiofs_is_named_so() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        assert_eq!(value["shares"][0]["filesystem"], "virtiofs");
+        value["shares"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("filesystem");
+        let config: GuestConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(config.shares[0].filesystem, ShareFilesystem::NineP);
+        assert_eq!(config.shares[0].filesystem.fstype(), "9p");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! What the guest reports back about its data disk, on the serial console.
+//! What the guest reports back about its data disk and its shares, on the serial console.
 //!
 //! At every boot rmachine-init prints one line holding [`DATA_DISK_MARKER`] followed by a
 //! [`DataDiskReport`] as JSON, after it has formatted, checked and mounted the data disk and
@@ -12,6 +12,55 @@ use serde::{Deserialize, Serialize};
 
 /// Opens the JSON on the console line that carries a [`DataDiskReport`].
 pub const DATA_DISK_MARKER: &str = "rmachine-data-disk: ";
+
+/// Opens the JSON on the console line that carries a [`SharesReport`].
+pub const SHARES_MARKER: &str = "rmachine-shares: ";
+
+/// How each share of the configuration drive fared at one boot, printed after the shares were
+/// mounted and before the engine starts, like the [`DataDiskReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SharesReport {
+    /// One entry per share, in the drive's order.
+    pub shares: Vec<ShareStatus>,
+}
+
+/// One share's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ShareStatus {
+    /// The share's tag.
+    pub tag: String,
+    /// Where the guest mounts it.
+    pub guest_path: String,
+    /// Whether it is mounted.
+    pub mounted: bool,
+    /// Why not, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SharesReport {
+    /// The console line for this report (without the newline).
+    pub fn console_line(&self) -> String {
+        // Serializing plain structs of strings and booleans cannot fail.
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{SHARES_MARKER}{json}")
+    }
+
+    /// The shares that are not mounted.
+    pub fn failures(&self) -> impl Iterator<Item = &ShareStatus> {
+        self.shares.iter().filter(|s| !s.mounted)
+    }
+}
+
+/// The shares report on the last console line that carries one and parses.
+pub fn last_shares_report(console: &str) -> Option<SharesReport> {
+    console.lines().rev().find_map(|line| {
+        let (_, json) = line.split_once(SHARES_MARKER)?;
+        serde_json::from_str(json.trim_end()).ok()
+    })
+}
 
 /// The data disk as one boot found and left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +208,35 @@ mod tests {
         );
         assert_eq!(last_report(&console), Some(report("/dev/vdb")));
         assert_eq!(last_report("[   0.1] rmachine-init: boot complete\n"), None);
+    }
+
+    #[test]
+    fn the_last_shares_report_wins_and_lists_failures() {
+        let ok = SharesReport {
+            shares: vec![ShareStatus {
+                tag: "rmshare0".into(),
+                guest_path: "/home/me".into(),
+                mounted: true,
+                error: None,
+            }],
+        };
+        let mut failed = ok.clone();
+        failed.shares.push(ShareStatus {
+            tag: "rmshare1".into(),
+            guest_path: "/srv/x".into(),
+            mounted: false,
+            error: Some("cannot mount on /srv/x: ENOENT".into()),
+        });
+        let console = format!(
+            "[ 1.0] rmachine-init: {}\n[ 2.0] rmachine-init: {}\n[ 3.0] other\n",
+            ok.console_line(),
+            failed.console_line()
+        );
+        let last = last_shares_report(&console);
+        assert_eq!(last.as_ref(), Some(&failed));
+        let tags: Vec<&str> = failed.failures().map(|s| s.tag.as_str()).collect();
+        assert_eq!(tags, ["rmshare1"]);
+        assert_eq!(last_shares_report("no report\n"), None);
     }
 
     #[test]

@@ -13,12 +13,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{
-    BootImage, Driver, DriverError, GuestPorts, MachineDir, StopMode, VmSpec, VmState,
+    BootImage, Driver, DriverError, GuestPorts, MachineDir, ShareTransport, StopMode, VmSpec,
+    VmState,
 };
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
 use rmachine_guest_config::{
-    EngineConfig, GuestConfig, GuestConfigError, ShareMount, StaticNetwork, FORMAT_VERSION,
+    EngineConfig, GuestConfig, GuestConfigError, ShareFilesystem, ShareMount, StaticNetwork,
+    FORMAT_VERSION,
 };
 use serde_json::Value;
 
@@ -512,7 +514,10 @@ pub async fn create_with<D: Driver>(
     let cwd = std::env::current_dir().unwrap_or_default();
     let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
     {
-        Ok(list) => list,
+        Ok(mut list) => {
+            shares::choose_transports(&mut list, driver.info().capabilities.virtio_fs);
+            list
+        }
         Err(more) => {
             problems.extend(more);
             Vec::new()
@@ -678,6 +683,7 @@ async fn provision<D: Driver>(
         created: chrono::Utc::now(),
         data_disk: None,
         timeline: None,
+        share_mounts: None,
         published_bind_address: options.published_bind_address,
     };
 
@@ -786,6 +792,10 @@ fn write_config_drive<D: Driver>(
                 tag: share.tag.clone(),
                 guest_path: share.guest_path.clone(),
                 read_only: share.read_only,
+                filesystem: match share.transport {
+                    ShareTransport::NineP => ShareFilesystem::NineP,
+                    ShareTransport::VirtioFs => ShareFilesystem::Virtiofs,
+                },
             })
             .collect(),
         network: driver.guest_network().map(|n| StaticNetwork {
@@ -1078,8 +1088,42 @@ fn record_data_disk(
         None => tracing::debug!(machine = %dir.name, "no data-disk report on the console"),
     }
     config.data_disk = report;
+    let shares = report::last_shares_report(&String::from_utf8_lossy(&console))
+        .filter(|_| !config.vm.shares.is_empty());
+    for failed in shares.iter().flat_map(|r| r.failures()) {
+        tracing::warn!(
+            machine = %dir.name,
+            "share {} could not be mounted in the machine: {}",
+            share_label(config, &failed.tag, &failed.guest_path),
+            failed.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    config.share_mounts = shares;
     store.save(config)?;
     Ok(())
+}
+
+/// `HOST on GUEST` for a share's tag, as a user named it at `create`.
+fn share_label(config: &MachineConfig, tag: &str, guest_path: &str) -> String {
+    match config.vm.shares.iter().find(|s| s.tag == tag) {
+        Some(share) => format!("{} on {}", share.host_path.display(), share.guest_path),
+        None => format!("{tag} on {guest_path}"),
+    }
+}
+
+/// The shares the guest failed to mount at its last boot, for `rmachine ls`'s ERRORS column.
+pub fn share_errors(config: &MachineConfig) -> Option<String> {
+    let report = config.share_mounts.as_ref()?;
+    let failed: Vec<String> = report
+        .failures()
+        .map(|s| {
+            format!(
+                "share {} not mounted",
+                share_label(config, &s.tag, &s.guest_path)
+            )
+        })
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
 }
 
 fn engine_client(store: &Store, name: &str) -> Result<EngineClient, MachineError> {
@@ -1606,9 +1650,12 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
                     Err(e) => entry.error = e.to_string(),
                 }
                 if entry.error.is_empty() {
-                    if let Some(errors) = portagent::ls_errors(dir.path()) {
-                        entry.error = errors;
-                    }
+                    let errors: Vec<String> =
+                        [portagent::ls_errors(dir.path()), share_errors(&config)]
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                    entry.error = errors.join("; ");
                 }
             }
             Err(e) => entry.error = e.to_string(),
@@ -2305,6 +2352,61 @@ mod tests {
         assert!(
             text.contains("rmachine-boot-stage: "),
             "console tail: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_share_the_guest_failed_to_mount_is_recorded_and_named_in_ls_errors() {
+        use rmachine_guest_config::report::{ShareStatus, SharesReport};
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "intro", &options, &progress)
+            .await
+            .unwrap();
+        let mut config = store.load("intro").unwrap();
+        assert_eq!(config.share_mounts, None);
+        assert_eq!(share_errors(&config), None);
+        config.vm.shares = vec![rmachine_driver::Share {
+            tag: "rmshare0".into(),
+            host_path: "/home/me/src".into(),
+            guest_path: "/src".into(),
+            read_only: false,
+            transport: ShareTransport::VirtioFs,
+        }];
+        let report = SharesReport {
+            shares: vec![ShareStatus {
+                tag: "rmshare0".into(),
+                guest_path: "/src".into(),
+                mounted: false,
+                error: Some("share rmshare0: cannot create /src: Read-only file system".into()),
+            }],
+        };
+        let dir = store.machine_dir("intro");
+        std::fs::write(
+            dir.file("console.log"),
+            format!("[ 1.0] rmachine-init: {}\n", report.console_line()),
+        )
+        .unwrap();
+        record_data_disk(&store, &dir, &mut config).unwrap();
+        let config = store.load("intro").unwrap();
+        assert_eq!(config.share_mounts, Some(report));
+        assert_eq!(
+            share_errors(&config).as_deref(),
+            Some("share /home/me/src on /src not mounted")
+        );
+        let shown = inspect(
+            &store,
+            "intro",
+            Some("{{range .ShareMounts.Shares}}{{.Tag}} {{.Mounted}} {{.Error}}{{end}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            shown,
+            "rmshare0 false share rmshare0: cannot create /src: Read-only file system\n"
         );
     }
 

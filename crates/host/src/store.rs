@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use rmachine_driver::{MachineDir, VmSpec};
-use rmachine_guest_config::report::DataDiskReport;
+use rmachine_guest_config::report::{DataDiskReport, SharesReport};
 use rmachine_guest_config::timeline::BootTimeline;
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +128,10 @@ pub struct MachineConfig {
     /// machine has booted with a build that records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<BootTimeline>,
+    /// How the guest mounted each share at the last boot; absent until a guest that reports
+    /// it has booted with shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_mounts: Option<SharesReport>,
     /// `create --published-bind-address`: the one host address the port agent binds published
     /// ports on; absent means 127.0.0.1 and ::1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -533,6 +537,7 @@ pub(crate) mod tests {
             created: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             data_disk: None,
             timeline: None,
+            share_mounts: None,
             published_bind_address: None,
         }
     }

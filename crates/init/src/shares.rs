@@ -1,4 +1,5 @@
-//! Host folders shared into the guest (virtio-9p), mounted at the paths the host asked for.
+//! Host folders shared into the guest (virtio-fs or virtio-9p), mounted at the paths the host
+//! asked for.
 //!
 //! The configuration drive lists each share as a `mount_tag` the hypervisor exports and a guest
 //! path, usually the host path itself so that `docker run -v "$PWD":/src` typed on the host
@@ -10,7 +11,8 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::MsFlags;
-use rmachine_guest_config::ShareMount;
+use rmachine_guest_config::report::{ShareStatus, SharesReport};
+use rmachine_guest_config::{ShareFilesystem, ShareMount};
 
 /// The 9p payload size: the largest the kernel's virtio transport accepts (500 KB) — the
 /// default of 8 KiB makes large reads and writes many times slower.
@@ -51,17 +53,23 @@ pub enum ShareError {
     },
 }
 
-/// The mount flags and 9p options of a share.
+/// The mount flags and filesystem options of a share.
 ///
-/// `cache=mmap` keeps the guest coherent with the host (no page cache of file contents, which
-/// the host may change behind the guest's back) while still allowing shared writable mmap,
-/// which programs run from a bind mount (databases, compilers) use.
+/// 9p: `cache=mmap` keeps the guest coherent with the host (no page cache of file contents,
+/// which the host may change behind the guest's back) while still allowing shared writable
+/// mmap, which programs run from a bind mount (databases, compilers) use. virtio-fs takes no
+/// options: coherence is virtiofsd's `cache=` setting, chosen on the host.
 pub fn mount_options(share: &ShareMount) -> (MsFlags, String) {
     let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if share.read_only {
         flags |= MsFlags::MS_RDONLY;
     }
-    let options = format!("trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap");
+    let options = match share.filesystem {
+        ShareFilesystem::NineP => {
+            format!("trans=virtio,version=9p2000.L,msize={MSIZE},cache=mmap")
+        }
+        ShareFilesystem::Virtiofs => String::new(),
+    };
     (flags, options)
 }
 
@@ -96,9 +104,9 @@ pub fn mount(share: &ShareMount) -> Result<PathBuf, ShareError> {
     nix::mount::mount(
         Some(share.tag.as_str()),
         &path,
-        Some("9p"),
+        Some(share.filesystem.fstype()),
         flags,
-        Some(options.as_str()),
+        (!options.is_empty()).then_some(options.as_str()),
     )
     .map_err(|source| ShareError::Mount {
         tag: share.tag.clone(),
@@ -108,24 +116,36 @@ pub fn mount(share: &ShareMount) -> Result<PathBuf, ShareError> {
     Ok(path)
 }
 
-/// Mounts every share, logging each outcome; returns how many are mounted.
-pub fn mount_all(shares: &[ShareMount]) -> usize {
-    let mut mounted = 0;
+/// Mounts every share, logging each outcome; returns the report the host reads from the
+/// console (a share that failed shows in `rmachine ls` and `inspect`).
+pub fn mount_all(shares: &[ShareMount]) -> SharesReport {
+    let mut report = SharesReport::default();
     for share in shares {
-        match mount(share) {
+        let error = match mount(share) {
             Ok(path) => {
-                mounted += 1;
                 tracing::info!(
-                    "share: {} mounted on {}{}",
+                    "share: {} ({}) mounted on {}{}",
                     share.tag,
+                    share.filesystem.fstype(),
                     path.display(),
                     if share.read_only { " (read-only)" } else { "" }
                 );
+                None
             }
-            Err(err) => tracing::error!("share: {}", crate::error_chain(&err)),
-        }
+            Err(err) => {
+                let text = crate::error_chain(&err);
+                tracing::error!("share: {text}");
+                Some(text)
+            }
+        };
+        report.shares.push(ShareStatus {
+            tag: share.tag.clone(),
+            guest_path: share.guest_path.clone(),
+            mounted: error.is_none(),
+            error,
+        });
     }
-    mounted
+    report
 }
 
 #[cfg(test)]
@@ -137,7 +157,17 @@ mod tests {
             tag: "rmshare0".into(),
             guest_path: path.into(),
             read_only,
+            filesystem: ShareFilesystem::NineP,
         }
+    }
+
+    #[test]
+    fn virtiofs_mounts_take_no_9p_options() {
+        let mut ro = share("/home/me", true);
+        ro.filesystem = ShareFilesystem::Virtiofs;
+        let (flags, options) = mount_options(&ro);
+        assert_eq!(options, "");
+        assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID));
     }
 
     #[test]

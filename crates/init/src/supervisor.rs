@@ -92,14 +92,15 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // 9p is among the late modules; shares mount before the engine starts so that a container
+    // 9p and virtiofs are among the late modules; shares mount before the engine starts so that a container
     // started at once can bind a shared folder.
     let _ = late_modules.await;
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
             let list = config.shares.clone();
-            if let Err(err) = tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
-                tracing::error!("share: mounting panicked: {err}");
+            match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
+                Ok(report) => tracing::info!("{}", report.console_line()),
+                Err(err) => tracing::error!("share: mounting panicked: {err}"),
             }
         }
     }

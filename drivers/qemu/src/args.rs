@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rmachine_driver::{BootImage, GuestPorts, Share};
+use rmachine_driver::{BootImage, GuestPorts, Share, ShareTransport};
 
 use crate::accel::Accel;
 use crate::platform::{HostArch, HostOs, HostPlatform};
@@ -42,6 +42,16 @@ impl MachineFamily {
         match self {
             MachineFamily::Microvm => format!("virtio-{kind}-device"),
             MachineFamily::Pci | MachineFamily::Virt => format!("virtio-{kind}-pci"),
+        }
+    }
+}
+
+impl MachineFamily {
+    /// The virtio-fs (vhost-user) device on this machine.
+    pub fn vhost_user_fs(self) -> &'static str {
+        match self {
+            MachineFamily::Microvm => "vhost-user-fs-device",
+            MachineFamily::Pci | MachineFamily::Virt => "vhost-user-fs-pci",
         }
     }
 }
@@ -134,8 +144,10 @@ pub struct VmLaunch<'a> {
     pub engine_port: u16,
     /// The guest's ports.
     pub guest_ports: GuestPorts,
-    /// Host folders exported over virtio-9p.
+    /// Host folders exported over virtio-9p or virtio-fs.
     pub shares: &'a [Share],
+    /// The vhost-user socket of each virtio-fs share's virtiofsd, by tag.
+    pub virtiofs_sockets: &'a [(String, std::path::PathBuf)],
     /// Where the serial console goes.
     pub console_log: &'a Path,
     /// Where QEMU writes its process id.
@@ -172,9 +184,30 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
 
+    let virtio_fs = l
+        .shares
+        .iter()
+        .any(|s| s.transport == ShareTransport::VirtioFs);
     push(&["-name", &escape_opt(l.name)]);
     push(&["-accel", &accel_arg(l.accel)]);
-    push(&["-machine", &machine_arg(l.machine)]);
+    if virtio_fs {
+        // vhost-user: virtiofsd reads and writes guest memory directly, so it must be a
+        // shared memory file rather than QEMU's private anonymous memory.
+        push(&[
+            "-machine",
+            &format!("{},memory-backend=mem", machine_arg(l.machine)),
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={}M,share=on", l.memory_mb),
+        ]);
+        if family == MachineFamily::Microvm {
+            // virtio-mmio devices are legacy (virtio 0.9) by default, and vhost-user backends
+            // (libvhost-user, virtiofsd) refuse legacy devices: virtiofsd aborts at the first
+            // request and the guest's first access to the share hangs.
+            push(&["-global", "virtio-mmio.force-legacy=false"]);
+        }
+    } else {
+        push(&["-machine", &machine_arg(l.machine)]);
+    }
     if let Some(cpu) = cpu_model(l.accel, l.guest) {
         push(&["-cpu", cpu]);
     }
@@ -246,6 +279,26 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     // Without an entropy source the guest's getrandom() blocks for seconds at boot.
     push(&["-device", &family.virtio("rng")]);
     for share in l.shares {
+        if share.transport == ShareTransport::VirtioFs {
+            let socket = l
+                .virtiofs_sockets
+                .iter()
+                .find(|(tag, _)| *tag == share.tag)
+                .map(|(_, socket)| path(socket))
+                .unwrap_or_default();
+            let chardev = format!("{}-fs", escape_opt(&share.tag));
+            push(&[
+                "-chardev",
+                &format!("socket,id={chardev},path={}", escape_opt(&socket)),
+                "-device",
+                &format!(
+                    "{},chardev={chardev},tag={}",
+                    family.vhost_user_fs(),
+                    escape_opt(&share.tag)
+                ),
+            ]);
+            continue;
+        }
         push(&["-fsdev", &fsdev_arg(share)]);
         push(&[
             "-device",
@@ -362,6 +415,7 @@ mod tests {
             engine_port: 42376,
             guest_ports: GuestPorts::default(),
             shares: &[],
+            virtiofs_sockets: &[],
             console_log: &p.console,
             pidfile: &p.pid,
             qmp: &p.qmp,
@@ -452,12 +506,14 @@ mod tests {
                 host_path: "/home/me".into(),
                 guest_path: "/home/me".into(),
                 read_only: false,
+                transport: ShareTransport::NineP,
             },
             Share {
                 tag: Share::tag_for(1),
                 host_path: "/srv/a,b".into(),
                 guest_path: "/data".into(),
                 read_only: true,
+                transport: ShareTransport::NineP,
             },
         ]
     }
@@ -522,6 +578,49 @@ mod tests {
              -device\nvirtio-9p-device,fsdev=rmshare0,mount_tag=rmshare0",
         );
         assert_eq!(tail_after_rng(&vm_args(&l)), expected);
+    }
+
+    #[test]
+    fn virtio_fs_shares_use_shared_memory_and_vhost_user_devices() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let mut shares = shares();
+        shares[0].transport = ShareTransport::VirtioFs;
+        let sockets = vec![(
+            "rmshare0".to_owned(),
+            PathBuf::from("/m/dev/virtiofsd-rmshare0.sock"),
+        )];
+        for (machine, machine_arg, device) in [
+            ("q35", "q35,memory-backend=mem", "vhost-user-fs-pci"),
+            (
+                "microvm",
+                "microvm,acpi=on,memory-backend=mem",
+                "vhost-user-fs-device",
+            ),
+        ] {
+            let mut l = launch(LINUX, Accel::Tcg, machine, &boot, &p);
+            l.shares = &shares;
+            l.virtiofs_sockets = &sockets;
+            let args = vm_args(&l);
+            let mut head = format!(
+                "-machine\n{machine_arg}\n\
+                 -object\nmemory-backend-memfd,id=mem,size=2048M,share=on"
+            );
+            if machine == "microvm" {
+                head.push_str("\n-global\nvirtio-mmio.force-legacy=false");
+            }
+            let head = split(&head);
+            assert_eq!(args[4..4 + head.len()], head[..], "{machine}");
+            assert_eq!(args[4 + head.len()], "-cpu", "{machine}");
+            let nine_p = if machine == "q35" { "pci" } else { "device" };
+            let expected = split(&format!(
+                "-chardev\nsocket,id=rmshare0-fs,path=/m/dev/virtiofsd-rmshare0.sock\n\
+                 -device\n{device},chardev=rmshare0-fs,tag=rmshare0\n\
+                 -fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
+                 -device\nvirtio-9p-{nine_p},fsdev=rmshare1,mount_tag=rmshare1"
+            ));
+            assert_eq!(tail_after_rng(&args), expected, "{machine}");
+        }
     }
 
     #[test]

@@ -17,16 +17,17 @@ pub mod platform;
 pub mod process;
 pub mod qmp;
 pub mod saved;
+pub mod virtiofs;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode,
-    VmSpec, VmState,
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Share,
+    ShareTransport, StopMode, VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long QEMU gets to exit after QMP `quit` before it is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(100);
+/// How long a virtiofsd may take to create its socket.
+const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often `stop` presses the power button again while the guest does not react.
 const REPRESS: Duration = Duration::from_secs(5);
 
@@ -116,6 +119,18 @@ pub struct QemuOptions {
     #[serde(rename = "qemuMachine", skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
 
+    /// How host folders are shared: auto uses virtio-fs where a virtiofsd is installed (9p for
+    /// read-only shares and elsewhere), 9p always uses virtio-9p
+    #[arg(
+        id = "qemu_share_transport",
+        long = "qemu-share-transport",
+        env = "QEMU_SHARE_TRANSPORT",
+        value_enum,
+        default_value = "auto"
+    )]
+    #[serde(rename = "qemuShareTransport")]
+    pub share_transport: ShareTransportOption,
+
     /// qemu-img program, for the data disk [default: qemu-img]
     #[arg(
         id = "qemu_img",
@@ -142,6 +157,19 @@ pub struct QemuOptions {
     )]
     #[serde(rename = "qemuFirmware", skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
+}
+
+/// The `--qemu-share-transport` choices.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShareTransportOption {
+    /// virtio-fs where a virtiofsd is installed, else virtio-9p.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// virtio-9p for every share.
+    #[value(name = "9p")]
+    #[serde(rename = "9p")]
+    NineP,
 }
 
 /// The QEMU driver.
@@ -269,6 +297,121 @@ impl QemuDriver {
             remove_if_present(dir, name)?;
         }
         Ok(())
+    }
+
+    /// The virtiofsd this driver runs, if virtio-fs is enabled and one is installed.
+    fn virtiofsd(&self) -> Option<virtiofs::Virtiofsd> {
+        if self.options.share_transport == ShareTransportOption::NineP
+            || self.host.os != HostOs::Linux
+        {
+            return None;
+        }
+        virtiofs::find(virtiofs::running_as_root(), |p| p.is_file())
+    }
+
+    /// Kills every virtiofsd of this machine that a stopped or failed QEMU left running (one
+    /// that QEMU connected to exits with it), and removes their sockets and pid files.
+    async fn stop_virtiofsd(&self, dir: &MachineDir) {
+        let Ok(entries) = std::fs::read_dir(dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name
+                .strip_suffix(".pid")
+                .filter(|_| virtiofs::is_own_file(&name))
+            else {
+                continue;
+            };
+            let pidfile = entry.path();
+            let socket = dir.file(&format!("{stem}.sock"));
+            if let Ok(Some(pid)) = process::read_pidfile(&pidfile) {
+                let marker = PathBuf::from(virtiofs::socket_arg(&socket));
+                if process::is_alive(self.runner.as_ref(), pid, &marker).await {
+                    if let Err(err) = process::kill(self.runner.as_ref(), pid).await {
+                        tracing::warn!(machine = %dir.name, pid, "cannot kill virtiofsd: {err}");
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&pidfile);
+            let _ = std::fs::remove_file(&socket);
+        }
+    }
+
+    /// Starts one virtiofsd per virtio-fs share and waits for its socket; returns the sockets
+    /// by tag for QEMU's command line.
+    async fn start_virtiofsd(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> Result<Vec<(String, PathBuf)>, DriverError> {
+        let shares: Vec<&Share> = spec
+            .shares
+            .iter()
+            .filter(|s| s.transport == ShareTransport::VirtioFs)
+            .collect();
+        if shares.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fail = |share: &Share, message: String| DriverError::ShareDaemon {
+            machine: dir.name.clone(),
+            share: format!("share {} ({})", share.tag, share.host_path.display()),
+            message: message.into(),
+        };
+        let Some(daemon) = self.virtiofsd() else {
+            let share = shares[0];
+            return Err(fail(
+                share,
+                format!(
+                    "the machine shares it over virtio-fs, and no usable virtiofsd is installed \
+                     (looked for {}; QEMU's own one runs only as root)",
+                    virtiofs::CANDIDATES.map(|(p, _)| p).join(", ")
+                ),
+            ));
+        };
+        let root = virtiofs::running_as_root();
+        let program = daemon.program.to_string_lossy().into_owned();
+        let mut sockets = Vec::new();
+        for share in shares {
+            let socket = virtiofs::socket(dir, share);
+            let _ = std::fs::remove_file(&socket);
+            let log = virtiofs::log(dir, share);
+            let _ = std::fs::remove_file(&log);
+            let cmd = CommandSpec::new(&program)
+                .args(virtiofs::daemon_args(&daemon, share, &socket, root))
+                .install_hint(
+                    "install virtiofsd, or create the machine with --qemu-share-transport 9p",
+                );
+            let pid = self.runner.spawn_detached(&cmd, &log).await?;
+            let pidfile = virtiofs::pidfile(dir, share);
+            std::fs::write(&pidfile, format!("{pid}\n"))
+                .map_err(|e| Self::io_error(dir, &pidfile, e))?;
+            let marker = PathBuf::from(virtiofs::socket_arg(&socket));
+            let deadline = Instant::now() + VIRTIOFSD_TIMEOUT;
+            loop {
+                if socket.exists() {
+                    break;
+                }
+                if !process::is_alive(self.runner.as_ref(), pid, &marker).await {
+                    let said = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Err(fail(share, format!("{program} exited: {}", said.trim())));
+                }
+                if Instant::now() >= deadline {
+                    return Err(fail(
+                        share,
+                        format!(
+                            "{program} did not create {} within {} s",
+                            socket.display(),
+                            VIRTIOFSD_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            tracing::info!(machine = %dir.name, tag = %share.tag, pid, "virtiofsd serves {}", share.host_path.display());
+            sockets.push((share.tag.clone(), socket));
+        }
+        Ok(sockets)
     }
 
     async fn qmp(&self, dir: &MachineDir) -> Result<QmpClient, DriverError> {
@@ -522,6 +665,13 @@ impl QemuDriver {
         } else {
             None
         };
+        let virtiofs_sockets = match self.start_virtiofsd(dir, spec).await {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                self.stop_virtiofsd(dir).await;
+                return Err(err);
+            }
+        };
         let argv = args::vm_args(&args::VmLaunch {
             host: self.host,
             guest: self.guest_arch(),
@@ -540,6 +690,7 @@ impl QemuDriver {
             engine_port: state.engine_port,
             guest_ports: spec.guest_ports,
             shares: &spec.shares,
+            virtiofs_sockets: &virtiofs_sockets,
             console_log: &console,
             pidfile: &pidfile,
             qmp: &qmp,
@@ -550,21 +701,17 @@ impl QemuDriver {
         let log = dir.file(QEMU_LOG);
         let started = Instant::now();
         tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
-        let mut spawned = None;
-        if self.host.os == HostOs::Windows {
-            let _ = std::fs::remove_file(&log);
-            // QEMU writes the pidfile itself, a little later; until then the spawned pid
-            // tells whether it is still alive.
-            spawned = Some(self.runner.spawn_detached(&cmd, &log).await?);
-        } else {
-            let out = self.runner.run(&cmd).await?;
-            let mut text = out.stdout.clone();
-            text.extend_from_slice(&out.stderr);
-            std::fs::write(&log, &text).map_err(|e| Self::io_error(dir, &log, e))?;
-            out.check(&program)?;
-        }
+        let spawned = match self.spawn_qemu(dir, &cmd, &program, &log).await {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                // virtiofsd waits for a QEMU that will not come.
+                self.stop_virtiofsd(dir).await;
+                return Err(err);
+            }
+        };
         let ready = self.wait_ready(dir, &qmp, &program, started, spawned).await;
         if ready.is_err() {
+            self.stop_virtiofsd(dir).await;
             // A half-started QEMU must not linger and hold the ports for the retry.
             let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
             if let Some(pid) = pid {
@@ -574,6 +721,29 @@ impl QemuDriver {
             }
         }
         ready
+    }
+
+    /// Starts QEMU: daemonized on Linux and macOS (`None`), detached on Windows (its pid).
+    async fn spawn_qemu(
+        &self,
+        dir: &MachineDir,
+        cmd: &CommandSpec,
+        program: &str,
+        log: &Path,
+    ) -> Result<Option<u32>, DriverError> {
+        if self.host.os == HostOs::Windows {
+            let _ = std::fs::remove_file(log);
+            // QEMU writes the pidfile itself, a little later; until then the spawned pid
+            // tells whether it is still alive.
+            Ok(Some(self.runner.spawn_detached(cmd, log).await?))
+        } else {
+            let out = self.runner.run(cmd).await?;
+            let mut text = out.stdout.clone();
+            text.extend_from_slice(&out.stderr);
+            std::fs::write(log, &text).map_err(|e| Self::io_error(dir, log, e))?;
+            out.check(program)?;
+            Ok(None)
+        }
     }
 
     /// Waits until QEMU answers on QMP; fails early, with QEMU's output, if it exits.
@@ -702,6 +872,7 @@ impl QemuDriver {
             }
         }
         tracing::info!(machine = %dir.name, "VM stopped");
+        self.stop_virtiofsd(dir).await;
         self.clean_runtime_files(dir)
     }
 
@@ -729,6 +900,14 @@ impl QemuDriver {
         }
         for name in OWN_FILES {
             remove_if_present(dir, name)?;
+        }
+        if let Ok(entries) = std::fs::read_dir(dir.path()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if virtiofs::is_own_file(&name) {
+                    remove_if_present(dir, &name)?;
+                }
+            }
         }
         Ok(())
     }
@@ -836,8 +1015,8 @@ impl QemuDriver {
         if !spec.shares.is_empty() && self.host.os == HostOs::Windows {
             return Err(DriverError::Unsupported {
                 driver: DRIVER.to_owned(),
-                op: "folder shares on Windows (QEMU for Windows has no virtio-9p); \
-                     create the machine with --no-share"
+                op: "folder shares on Windows (QEMU for Windows has neither virtio-9p nor \
+                     virtio-fs); create the machine with --no-share"
                     .to_owned(),
             });
         }
@@ -932,9 +1111,10 @@ impl Driver for QemuDriver {
                 graceful_stop: true,
                 pause: true,
                 console_log: true,
-                // QEMU for Windows has no virtio-9p.
+                // QEMU for Windows has neither virtio-9p nor virtio-fs.
                 shares: self.host.os != HostOs::Windows,
                 existing_host: false,
+                virtio_fs: self.virtiofsd().is_some(),
             },
         }
     }
@@ -1364,6 +1544,7 @@ mod tests {
             engine_port: state.engine_port,
             guest_ports: GuestPorts::default(),
             shares: &spec.shares,
+            virtiofs_sockets: &[],
             console_log: &dir.file(CONSOLE_LOG),
             pidfile: &dir.file(PIDFILE),
             qmp: &QmpEndpoint::Unix(dir.file(QMP_SOCKET)),
@@ -1755,18 +1936,32 @@ mod tests {
             "microvm",
             "--qemu-arch",
             "arm64",
+            "--qemu-share-transport",
+            "9p",
         ]);
         assert_eq!(cli.qemu.accel, AccelOption::Tcg);
         assert_eq!(cli.qemu.machine.as_deref(), Some("microvm"));
         assert_eq!(cli.qemu.arch, Some(HostArch::Aarch64));
+        assert_eq!(cli.qemu.share_transport, ShareTransportOption::NineP);
         let json = serde_json::to_value(&cli.qemu).expect("json");
         assert_eq!(
             json,
-            serde_json::json!({"qemuAccel": "tcg", "qemuMachine": "microvm", "qemuArch": "aarch64"})
+            serde_json::json!({
+                "qemuAccel": "tcg",
+                "qemuMachine": "microvm",
+                "qemuArch": "aarch64",
+                "qemuShareTransport": "9p"
+            })
         );
         let amd64 = Cli::parse_from(["x", "--qemu-arch", "amd64"]);
         assert_eq!(amd64.qemu.arch, Some(HostArch::X86_64));
         assert!(Cli::try_parse_from(["x", "--qemu-arch", "riscv64"]).is_err());
+        // 9p turns virtio-fs off whatever the host has installed.
+        let driver =
+            QemuDriver::with_runner(cli.qemu.clone(), Arc::new(RecordingRunner::default()))
+                .for_host(LINUX);
+        assert!(!driver.info().capabilities.virtio_fs);
+        assert!(driver.info().capabilities.shares);
         let back: QemuOptions = serde_json::from_value(json).expect("back");
         assert_eq!(back, cli.qemu);
         let empty: QemuOptions = serde_json::from_str("{}").expect("defaults");

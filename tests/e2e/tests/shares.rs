@@ -1,7 +1,10 @@
-//! Host folders shared into the machine at the same path (virtio-9p): a file written on the
-//! host is read in the guest, a file written in the guest appears on the host owned by the
-//! user running QEMU, a `:ro` share refuses writes, `inspect` lists the shares, and
-//! `docker run -v HOSTPATH:/src` in the machine binds the host's folder.
+//! Host folders shared into the machine at the same path, over virtio-fs (chosen by default
+//! where a virtiofsd is installed, as in CI) and over virtio-9p (`--qemu-share-transport 9p`),
+//! with the same assertions: a file written on the host is read in the guest, a file written
+//! in the guest appears on the host owned by the user running QEMU, a `:ro` share refuses
+//! writes, `inspect` lists the shares and their transport, `docker run -v HOSTPATH:/src`
+//! in the machine binds the host's folder, and a share the guest cannot mount (its mount point
+//! would lie inside the read-only share) is named by `create`, `ls` and `inspect`.
 #![cfg(rmachine_e2e)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,50 +15,109 @@ use rmachine_e2e::Machine;
 use rmachine_fixtures::{busybox_image, ArchiveFormat};
 
 #[test]
-fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
+fn host_folders_are_shared_at_the_same_path_over_virtio_fs() -> anyhow::Result<()> {
+    shared_at_the_same_path("vfs", &[], "virtiofs")
+}
+
+#[test]
+fn host_folders_are_shared_at_the_same_path_over_9p() -> anyhow::Result<()> {
+    shared_at_the_same_path("ninep", &["--qemu-share-transport", "9p"], "9p")
+}
+
+/// Creates machine `name` with a writable and a `:ro` share (plus `extra` create options) and
+/// checks what a user sees; the writable share must be mounted with filesystem `fstype`.
+fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::Result<()> {
     let rw = tempfile::Builder::new()
         .prefix("rmachine-share-")
         .tempdir()?;
     let ro = tempfile::Builder::new()
         .prefix("rmachine-share-ro-")
         .tempdir()?;
+    let nested = tempfile::Builder::new()
+        .prefix("rmachine-share-nested-")
+        .tempdir()?;
     let rw_path = rw.path().to_string_lossy().into_owned();
     let ro_path = ro.path().to_string_lossy().into_owned();
     std::fs::write(rw.path().join("from-host.txt"), "written on the host\n")?;
     std::fs::write(ro.path().join("ro.txt"), "read only\n")?;
 
-    let machine = Machine::new("shares")?;
-    machine
-        .create(&[
-            "--share",
-            &rw_path,
-            "--share",
-            &format!("{ro_path}:/srv/ro:ro"),
+    let machine = Machine::new(name)?;
+    let ro_spec = format!("{ro_path}:/srv/ro:ro");
+    // Mounted after the read-only share, whose folder has no `sub`: its mount point cannot be
+    // made, a failure only the guest sees.
+    let nested_spec = format!("{}:/srv/ro/sub", nested.path().display());
+    let mut args = vec![
+        "--share",
+        &rw_path,
+        "--share",
+        &ro_spec,
+        "--share",
+        &nested_spec,
+    ];
+    args.extend_from_slice(extra);
+    let created = machine.create(&args)?.success()?;
+    let failed_share = format!("share {} on /srv/ro/sub", nested.path().display());
+    ensure!(
+        created.stderr.contains(&format!(
+            "{failed_share} could not be mounted in the machine"
+        )),
+        "create did not warn about the share it could not mount: {}",
+        created.stderr
+    );
+    let ls = machine
+        .rmachine(&["ls", "--format", "{{.Name}} {{.Error}}"])?
+        .success()?;
+    assert_eq!(ls.stdout, format!("{name} {failed_share} not mounted\n"));
+    let report = machine
+        .rmachine(&[
+            "inspect",
+            "--format",
+            "{{range .ShareMounts.Shares}}{{.GuestPath}}={{.Mounted}} {{end}}",
+            name,
         ])?
         .success()?;
+    assert_eq!(
+        report.stdout,
+        format!("{rw_path}=true /srv/ro=true /srv/ro/sub=false \n")
+    );
 
     // The generic kernel has ext4 as a module: the data disk must still mount.
     let disk = machine
-        .rmachine(&["inspect", "--format", "{{.DataDisk.Mounted}}", "shares"])?
+        .rmachine(&["inspect", "--format", "{{.DataDisk.Mounted}}", name])?
         .success()?;
     assert_eq!(disk.stdout, "true\n", "data disk not mounted");
 
     let shares = machine
-        .rmachine(&["inspect", "--format", "{{json .Vm.shares}}", "shares"])?
+        .rmachine(&["inspect", "--format", "{{json .Vm.shares}}", name])?
         .success()?;
     ensure!(
         shares
             .stdout
             .contains(&format!("\"guestPath\":\"{rw_path}\""))
             && shares.stdout.contains("\"guestPath\":\"/srv/ro\"")
-            && shares.stdout.contains("\"readOnly\":true"),
-        "inspect does not list the shares: {}",
+            && shares.stdout.contains("\"readOnly\":true")
+            && shares
+                .stdout
+                .contains(&format!("\"transport\":\"{fstype}\"")),
+        "inspect does not list the shares over {fstype}: {}",
         shares.stdout
+    );
+    let mounts = machine
+        .rmachine(&["ssh", name, "cat /proc/mounts"])?
+        .success()?;
+    ensure!(
+        mounts
+            .stdout
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(rw_path.as_str())
+                && l.split(' ').nth(2) == Some(fstype)),
+        "{rw_path} is not mounted over {fstype}: {}",
+        mounts.stdout
     );
 
     // Host → guest, at the same path.
     let read = machine
-        .rmachine(&["ssh", "shares", &format!("cat {rw_path}/from-host.txt")])?
+        .rmachine(&["ssh", name, &format!("cat {rw_path}/from-host.txt")])?
         .success()?;
     assert_eq!(read.stdout, "written on the host\n");
 
@@ -63,7 +125,7 @@ fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
     machine
         .rmachine(&[
             "ssh",
-            "shares",
+            name,
             &format!("echo written in the guest > {rw_path}/from-guest.txt"),
         ])?
         .success()?;
@@ -114,17 +176,18 @@ fn host_folders_are_shared_at_the_same_path() -> anyhow::Result<()> {
         .success()?;
     let written = rw.path().join("from-container.txt");
     assert_eq!(std::fs::read_to_string(&written)?, "from a container\n");
-    // security_model=none: QEMU as a user creates the file as that user (the guest's chown is
-    // refused and ignored); QEMU as root, as here, can honour the container's uid.
+    // 9p's security_model=none and virtiofsd alike: run as a user, they create the file as that
+    // user (the guest's owner cannot be honoured); run as root, as here, they honour the
+    // container's uid.
     let expected = if uid == 0 { 1234 } else { uid };
     assert_eq!(std::fs::metadata(&written)?.uid(), expected);
 
     // Read-only share: readable under its own guest path, writes refused.
     let read = machine
-        .rmachine(&["ssh", "shares", "cat /srv/ro/ro.txt"])?
+        .rmachine(&["ssh", name, "cat /srv/ro/ro.txt"])?
         .success()?;
     assert_eq!(read.stdout, "read only\n");
-    let refused = machine.rmachine(&["ssh", "shares", "echo x > /srv/ro/new.txt"])?;
+    let refused = machine.rmachine(&["ssh", name, "echo x > /srv/ro/new.txt"])?;
     ensure!(refused.code != 0, "a write to a :ro share succeeded");
     ensure!(
         !ro.path().join("new.txt").exists(),

@@ -1,0 +1,212 @@
+//! virtio-fs shares: finding a virtiofsd on the host and its command line.
+//!
+//! QEMU does not serve virtio-fs itself: one virtiofsd per share serves the folder over a
+//! vhost-user socket in the machine directory, and QEMU's `vhost-user-fs` device connects to
+//! it. The daemon exits by itself when QEMU closes the connection (the VM stops); the driver
+//! kills one left behind by a QEMU that failed to start. Two daemons exist: the C one QEMU
+//! shipped up to 7.2 (Debian 12: `/usr/lib/qemu/virtiofsd`, in `qemu-system-common`), which
+//! sandboxes itself in namespaces and needs root, and the Rust one that replaced it (Debian
+//! 13, Fedora: `/usr/libexec/virtiofsd`), which runs as a user with `--sandbox=none`.
+//!
+//! Ownership: virtiofsd runs with the credentials of whoever runs `rmachine`. As root it
+//! switches to the guest caller's uid/gid for each request, so a file a container's root
+//! creates is owned by root on the host, exactly as QEMU's 9p (`security_model=none`) does
+//! when QEMU runs as root. As a user (Rust daemon), it cannot switch, so every file the guest
+//! creates belongs to that user, again as 9p does then.
+
+use std::path::{Path, PathBuf};
+
+use rmachine_driver::{MachineDir, Share};
+
+/// Which virtiofsd implementation a program is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// The C daemon of QEMU ≤ 7.2 (`-o source=`), root only.
+    Qemu,
+    /// The Rust daemon (`--shared-dir`), root or user.
+    Rust,
+}
+
+/// A virtiofsd the driver can run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Virtiofsd {
+    /// Its path.
+    pub program: PathBuf,
+    /// Its implementation.
+    pub flavour: Flavour,
+}
+
+/// Where distributions install virtiofsd, preferred first.
+pub const CANDIDATES: [(&str, Flavour); 3] = [
+    ("/usr/libexec/virtiofsd", Flavour::Rust),
+    ("/usr/lib/virtiofsd", Flavour::Rust),
+    ("/usr/lib/qemu/virtiofsd", Flavour::Qemu),
+];
+
+/// The first candidate that exists and can run for this user (`root`: the effective user is
+/// root), or `None`: shares then go over 9p.
+pub fn find(root: bool, exists: impl Fn(&Path) -> bool) -> Option<Virtiofsd> {
+    CANDIDATES
+        .iter()
+        .filter(|(_, flavour)| root || *flavour == Flavour::Rust)
+        .map(|(path, flavour)| (Path::new(path), *flavour))
+        .find(|(path, _)| exists(path))
+        .map(|(path, flavour)| Virtiofsd {
+            program: path.to_owned(),
+            flavour,
+        })
+}
+
+/// Whether this process runs as root (virtiofsd's C flavour needs it).
+pub fn running_as_root() -> bool {
+    #[cfg(unix)]
+    {
+        nix::unistd::geteuid().is_root()
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// The vhost-user socket of a share's daemon.
+pub fn socket(dir: &MachineDir, share: &Share) -> PathBuf {
+    dir.file(&format!("virtiofsd-{}.sock", share.tag))
+}
+
+/// The file holding a share's daemon's pid.
+pub fn pidfile(dir: &MachineDir, share: &Share) -> PathBuf {
+    dir.file(&format!("virtiofsd-{}.pid", share.tag))
+}
+
+/// Where a share's daemon writes its messages.
+pub fn log(dir: &MachineDir, share: &Share) -> PathBuf {
+    dir.file(&format!("virtiofsd-{}.log", share.tag))
+}
+
+/// Whether a machine-directory file name is one of the daemons' files.
+pub fn is_own_file(name: &str) -> bool {
+    name.starts_with("virtiofsd-")
+        && [".sock", ".pid", ".log"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+}
+
+/// The `--socket-path=` argument, which also identifies the daemon among processes.
+pub fn socket_arg(socket: &Path) -> String {
+    format!("--socket-path={}", socket.to_string_lossy())
+}
+
+/// The daemon's arguments for one share. `cache=auto` lets the guest cache for a second and
+/// revalidate, as 9p's `cache=mmap` keeps the guest close to what the host changes.
+pub fn daemon_args(daemon: &Virtiofsd, share: &Share, socket: &Path, root: bool) -> Vec<String> {
+    let mut args = vec![socket_arg(socket)];
+    match daemon.flavour {
+        Flavour::Qemu => {
+            // fuse_opt syntax: a comma in the path is escaped with a backslash.
+            let source = share
+                .host_path
+                .to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace(',', "\\,");
+            args.extend([
+                "-o".to_owned(),
+                format!("source={source}"),
+                "-o".to_owned(),
+                "cache=auto".to_owned(),
+            ]);
+        }
+        Flavour::Rust => {
+            args.push(format!(
+                "--shared-dir={}",
+                share.host_path.to_string_lossy()
+            ));
+            args.push("--cache=auto".to_owned());
+            if !root {
+                // Its namespace sandbox needs privileges a user may lack; the folder is the
+                // user's own anyway.
+                args.push("--sandbox=none".to_owned());
+            }
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(path: &str) -> Share {
+        Share {
+            tag: "rmshare0".into(),
+            host_path: path.into(),
+            guest_path: "/home/me".into(),
+            read_only: false,
+            transport: rmachine_driver::ShareTransport::VirtioFs,
+        }
+    }
+
+    #[test]
+    fn the_c_daemon_is_used_only_as_root_and_the_rust_one_is_preferred() {
+        let only_c = |p: &Path| p == Path::new("/usr/lib/qemu/virtiofsd");
+        assert_eq!(find(false, only_c), None);
+        assert_eq!(find(true, only_c).map(|d| d.flavour), Some(Flavour::Qemu));
+        let both = |p: &Path| p != Path::new("/usr/lib/virtiofsd");
+        assert_eq!(
+            find(true, both),
+            Some(Virtiofsd {
+                program: "/usr/libexec/virtiofsd".into(),
+                flavour: Flavour::Rust
+            })
+        );
+        assert_eq!(find(true, |_| false), None);
+    }
+
+    #[test]
+    fn command_lines_per_flavour() {
+        let socket = Path::new("/m/dev/virtiofsd-rmshare0.sock");
+        let c = Virtiofsd {
+            program: "/usr/lib/qemu/virtiofsd".into(),
+            flavour: Flavour::Qemu,
+        };
+        assert_eq!(
+            daemon_args(&c, &share("/home/a,b"), socket, true),
+            [
+                "--socket-path=/m/dev/virtiofsd-rmshare0.sock",
+                "-o",
+                "source=/home/a\\,b",
+                "-o",
+                "cache=auto"
+            ]
+        );
+        let rust = Virtiofsd {
+            program: "/usr/libexec/virtiofsd".into(),
+            flavour: Flavour::Rust,
+        };
+        assert_eq!(
+            daemon_args(&rust, &share("/home/me"), socket, false),
+            [
+                "--socket-path=/m/dev/virtiofsd-rmshare0.sock",
+                "--shared-dir=/home/me",
+                "--cache=auto",
+                "--sandbox=none"
+            ]
+        );
+        assert_eq!(
+            daemon_args(&rust, &share("/home/me"), socket, true).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn daemon_files_are_recognised() {
+        let dir = MachineDir::new("dev", "/m/dev");
+        let s = share("/home/me");
+        for path in [socket(&dir, &s), pidfile(&dir, &s), log(&dir, &s)] {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            assert!(is_own_file(name), "{name}");
+        }
+        assert!(!is_own_file("qemu.pid"));
+        assert!(!is_own_file("virtiofsd-notes.txt"));
+    }
+}
