@@ -81,8 +81,30 @@ fn print_completion(shell: cmd::CompletionShell) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Parses the command line. An unknown command gets docker-machine's message and exit status
+/// (`cmdNotFound` in docker/machine's cmd/docker-machine/machine.go); every other usage error
+/// keeps clap's text and exit status 2.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(err) if err.kind() == clap::error::ErrorKind::InvalidSubcommand => {
+            let invoked = std::env::args().next().unwrap_or_else(|| "rmachine".into());
+            let command = err
+                .get(clap::error::ContextKind::InvalidSubcommand)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            eprintln!("rmachine: '{command}' is not a rmachine command. See '{invoked} --help'.");
+            Err(ExitCode::from(1))
+        }
+        Err(err) => err.exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     if let cmd::Command::Completion(args) = &cli.command {
         return print_completion(args.shell);
     }

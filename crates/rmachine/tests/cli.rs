@@ -1066,3 +1066,21 @@ fn an_interrupted_create_is_listed_as_an_error_and_rm_cleans_it() {
     let run = env.run(&["ls", "-q"]);
     assert_eq!(run.stdout, "");
 }
+
+#[test]
+fn an_unknown_command_gets_docker_machines_message() {
+    let env = Env::new();
+    let run = env.run(&["bogus"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            1,
+            "",
+            format!(
+                "rmachine: 'bogus' is not a rmachine command. See '{} --help'.\n",
+                env!("CARGO_BIN_EXE_rmachine")
+            )
+            .as_str()
+        )
+    );
+}
