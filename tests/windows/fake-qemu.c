@@ -10,7 +10,7 @@
 int main(int argc, char **argv) {
     const char *log = getenv("FAKE_QEMU_LOG");
     if (log != NULL) {
-        FILE *f = fopen(log, "a");
+        FILE *f = fopen(log, "ab");
         if (f != NULL) {
             for (int i = 1; i < argc; i++) fprintf(f, "%s\n", argv[i]);
             fputs("--\n", f);

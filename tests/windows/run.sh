@@ -13,17 +13,19 @@ WINE="$(command -v wine64 || echo /usr/lib/wine/wine64)"
 
 work="$(mktemp -d)"
 trap 'wineserver -k >/dev/null 2>&1 || /usr/lib/wine/wineserver -k >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-export WINEPREFIX="$work/prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" DISPLAY=
+# bcryptprimitives=n: the DLL built below, not Wine's (Wine 8 has none).
+export WINEPREFIX="$work/prefix" WINEDEBUG=-all DISPLAY= \
+  WINEDLLOVERRIDES="mscoree,mshtml=;bcryptprimitives=n"
 unset RMACHINE_STORAGE_PATH RMACHINE_GUEST_IMAGE RMACHINE_DRIVER DOCKER_HOST SHELL
 failures=0
 
-# Runs rmachine.exe; stdout without Windows line ends into $work/out, stderr into $work/err.
+# Runs rmachine.exe; stdout without Windows line ends into $work/out, stderr into $work/err,
+# the exit status into $code.
 win() {
-  local code=0
+  code=0
   "$WINE" "$exe" "$@" >"$work/out.raw" 2>"$work/err.raw" || code=$?
   tr -d '\r' <"$work/out.raw" >"$work/out"
   tr -d '\r' <"$work/err.raw" >"$work/err"
-  return "$code"
 }
 # expect NAME EXPECTED-FILE ACTUAL-FILE
 expect() {
@@ -37,6 +39,8 @@ expect() {
 
 x86_64-w64-mingw32-gcc -O1 -o "$work/fake-qemu.exe" tests/windows/fake-qemu.c
 "$WINE" wineboot -i >/dev/null 2>&1 || true
+x86_64-w64-mingw32-gcc -O1 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
+  tests/windows/bcryptprimitives.c -ladvapi32
 
 # env -u: docker-machine's PowerShell and cmd syntax; Windows also unsets
 # COMPOSE_CONVERT_WINDOWS_PATHS.
@@ -46,8 +50,8 @@ Remove-Item Env:\\DOCKER_TLS_VERIFY
 Remove-Item Env:\\DOCKER_HOST
 Remove-Item Env:\\DOCKER_CERT_PATH
 Remove-Item Env:\\DOCKER_MACHINE_NAME
-Remove-Item Env:\\DOCKER_BUILDKIT
 Remove-Item Env:\\COMPOSE_CONVERT_WINDOWS_PATHS
+Remove-Item Env:\\DOCKER_BUILDKIT
 OUT
 grep -v '^#' "$work/out" >"$work/got"
 expect "env -u --shell powershell" "$work/want" "$work/got"
@@ -58,8 +62,8 @@ SET DOCKER_TLS_VERIFY=
 SET DOCKER_HOST=
 SET DOCKER_CERT_PATH=
 SET DOCKER_MACHINE_NAME=
-SET DOCKER_BUILDKIT=
 SET COMPOSE_CONVERT_WINDOWS_PATHS=
+SET DOCKER_BUILDKIT=
 OUT
 grep -v '^REM' "$work/out" >"$work/got"
 expect "env -u --shell cmd" "$work/want" "$work/got"
@@ -81,9 +85,8 @@ jq -n --arg k "$(sha256sum "$image/vmlinuz" | cut -d' ' -f1)" \
 fake="Z:${work//\//\\}\\fake-qemu.exe"
 wimage="Z:${image//\//\\}"
 export FAKE_QEMU_LOG="Z:${work//\//\\}\\qemu.args"
-code=0
 win create --no-progress --guest-image "$wimage" --qemu-program "$fake" --qemu-img "$fake" \
-    --qemu-accel whpx --no-share w1 || code=$?
+    --qemu-accel whpx --no-share w1
 appdata='C:\users\'"$(id -un)"'\AppData\Roaming\rmachine\data'
 if [ "$code" = 1 ] && grep -qxF "Creating CA: $appdata\\certs\\ca.pem" "$work/out"; then
   echo "ok: the store is under %APPDATA% ($appdata)"
@@ -92,7 +95,7 @@ else
   failures=$((failures + 1))
 fi
 # The last recorded command line is the VM's; one option and its value a line.
-awk 'BEGIN { RS = "--\n" } { last = $0 } END { printf "%s", last }' "$work/qemu.args" \
+tr -d '\r' <"$work/qemu.args" | awk 'BEGIN { RS = "--\n" } { last = $0 } END { printf "%s", last }' \
   | paste -sd' ' >"$work/cmdline"
 for want in "-accel whpx" "-machine q35" "-qmp tcp:127.0.0.1:" "-kernel $appdata\\cache\\guest\\w1\\vmlinuz" \
             "-nodefaults" ; do
