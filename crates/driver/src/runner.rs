@@ -353,6 +353,7 @@ pub fn only_standard_descriptors(command: &mut std::process::Command) {
     }
 }
 
+/// Makes the program start with stdin, stdout and stderr only: nothing to do on Windows.
 #[cfg(not(unix))]
 pub fn only_standard_descriptors(_command: &mut std::process::Command) {
     // Windows handles are inherited only when marked inheritable, and Rust marks none but the

@@ -1,16 +1,19 @@
 //! Guest images: finding one, checking it, and importing it into the store's cache.
 //!
 //! A guest image is a directory with `manifest.json`, a kernel and an initramfs (see
-//! `docs/internals.md`). The host looks, in order, at `--guest-image DIR` (or
-//! `RMACHINE_GUEST_IMAGE`), at the newest image in `cache/guest/`, then at `guest/out` of the
-//! workspace a development build runs from. Every file the manifest lists is checked against its
+//! `docs/internals.md`), on disk or published at a URL. The host looks, in order, at
+//! `--guest-image PATH|URL` (or `RMACHINE_GUEST_IMAGE`), at a development build's `guest/out`
+//! whose version the cache lacks, at an image in `cache/guest/` downloaded from the configured
+//! download URL, at the newest image in `cache/guest/` from a local build, at `guest/out`, and
+//! downloads from the configured URL last. Every file the manifest lists is checked against its
 //! sha256 before use; `create` copies the image into `cache/guest/<version>/` so machines keep
-//! booting when the source directory changes.
+//! booting when the source changes, and downloads go straight into that cache.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rmachine_driver::BootImage;
 use serde::{Deserialize, Serialize};
@@ -19,18 +22,87 @@ use sha2::{Digest, Sha256};
 /// The name of the manifest inside an image directory.
 pub const MANIFEST: &str = "manifest.json";
 
+/// Inside a cached image downloaded from a URL: that URL, so the next `create` with the same
+/// URL uses the cache without the network.
+pub const SOURCE_URL: &str = "source-url";
+
+/// Where release guest images are published: one GitHub release per image version and
+/// architecture, with the assets `manifest.json`, `vmlinuz` and `initrd.img`. `{version}` is
+/// this rmachine's version and `{arch}` the host's architecture (`x86_64`, `aarch64`).
+pub const DEFAULT_DOWNLOAD_URL: &str =
+    "https://github.com/rmachine/rmachine/releases/download/guest-v{version}-{arch}/";
+
+/// The largest manifest accepted from a server (a real one is a few hundred bytes).
+const MAX_MANIFEST_BYTES: usize = 1 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What can go wrong finding or checking a guest image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// No image anywhere rmachine looks.
-    #[error("no guest image found (looked in {}); run guest/build.sh or pass --guest-image DIR", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    /// No local image, and the download from the configured URL failed.
+    #[error("no guest image found (looked in {}) and the download failed; run guest/build.sh, pass --guest-image PATH|URL or set RMACHINE_GUEST_IMAGE_URL", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     NotFound {
         /// Every place searched.
         looked: Vec<PathBuf>,
+        /// Why the download failed.
+        #[source]
+        download: Box<ImageError>,
+    },
+    /// A URL could not be fetched (no connection, DNS, TLS, a broken transfer).
+    #[error("cannot download {url}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The HTTP client could not be set up (TLS roots, proxy settings).
+    #[error("cannot set up the HTTP client for guest image downloads")]
+    Client {
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("cannot download {url}: the server answered {status}")]
+    HttpStatus {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// A URL that is not a valid http(s) URL.
+    #[error("guest image URL {url:?} is invalid: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A downloaded file's sha256 does not match the manifest; the file was discarded.
+    #[error("downloaded guest image file {url} is corrupt: sha256 {actual}, manifest says {expected}; it was discarded and nothing was cached")]
+    DownloadChecksum {
+        /// Where it came from.
+        url: String,
+        /// The manifest's sum.
+        expected: String,
+        /// The downloaded file's sum.
+        actual: String,
+    },
+    /// A downloaded file could not be written into the cache (a full disk, permissions).
+    #[error("cannot write the downloaded guest image to {path}; nothing was cached")]
+    CacheWrite {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The given directory holds no manifest.
     #[error(
-        "guest image {dir}: no {MANIFEST} there; run guest/build.sh or pass --guest-image DIR"
+        "guest image {dir}: no {MANIFEST} there; run guest/build.sh or pass --guest-image PATH|URL"
     )]
     NoManifest {
         /// The directory.
@@ -145,25 +217,16 @@ fn sha256_file(path: &Path) -> Result<String, ImageError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Reads `dir/manifest.json` and checks every listed file's sha256.
-pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
-    let path = dir.join(MANIFEST);
-    let bytes = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ImageError::NoManifest {
-                dir: dir.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(io_err(&path)(e)),
-    };
+/// Parses a manifest and checks what it names: a plain version, plain file names, a sum for
+/// the kernel and the initramfs. `path` names it in errors.
+fn parse_manifest(bytes: &[u8], path: &Path) -> Result<GuestManifest, ImageError> {
     let manifest: GuestManifest =
-        serde_json::from_slice(&bytes).map_err(|source| ImageError::Manifest {
-            path: path.clone(),
+        serde_json::from_slice(bytes).map_err(|source| ImageError::Manifest {
+            path: path.to_path_buf(),
             source,
         })?;
     let incomplete = |problem: String| ImageError::Incomplete {
-        path: path.clone(),
+        path: path.to_path_buf(),
         problem,
     };
     if !is_plain_name(&manifest.version) {
@@ -177,10 +240,28 @@ pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
             return Err(incomplete(format!("no sha256 for {file}")));
         }
     }
-    for (name, expected) in &manifest.sha256 {
-        if !is_plain_name(name) {
+    for name in manifest.sha256.keys() {
+        if !is_plain_name(name) || name == MANIFEST || name == SOURCE_URL {
             return Err(incomplete(format!("bad file name {name:?}")));
         }
+    }
+    Ok(manifest)
+}
+
+/// Reads `dir/manifest.json` and checks every listed file's sha256.
+pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
+    let path = dir.join(MANIFEST);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ImageError::NoManifest {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let manifest = parse_manifest(&bytes, &path)?;
+    for (name, expected) in &manifest.sha256 {
         let file = dir.join(name);
         let actual = sha256_file(&file)?;
         if !actual.eq_ignore_ascii_case(expected) {
@@ -213,18 +294,27 @@ pub fn workspace_guest_out() -> Option<PathBuf> {
     None
 }
 
-fn newest_cached(cache_guest: &Path) -> Option<PathBuf> {
-    let entries = fs::read_dir(cache_guest).ok()?;
-    entries
+/// Cached image directories (`cache/guest/<version>/` with a manifest), newest first, with
+/// the URL each was downloaded from (`None`: imported from a local build). Staging
+/// directories (`.import-*`, `.download-*`) are never candidates.
+fn cached_images(cache_guest: &Path) -> Vec<(PathBuf, Option<String>)> {
+    let Ok(entries) = fs::read_dir(cache_guest) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
-        .filter(|p| p.join(MANIFEST).is_file())
         .filter_map(|p| {
             let modified = fs::metadata(p.join(MANIFEST)).ok()?.modified().ok()?;
-            Some((modified, p))
+            let source = fs::read_to_string(p.join(SOURCE_URL))
+                .ok()
+                .map(|s| s.trim().to_string());
+            Some((modified, p, source))
         })
-        .max()
-        .map(|(_, p)| p)
+        .collect();
+    found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    found.into_iter().map(|(_, p, s)| (p, s)).collect()
 }
 
 fn manifest_version(dir: &Path) -> Option<String> {
@@ -233,15 +323,81 @@ fn manifest_version(dir: &Path) -> Option<String> {
     is_plain_name(&manifest.version).then_some(manifest.version)
 }
 
-/// Finds and checks the guest image to use. `explicit` is `--guest-image`; `cache_dir` is the
-/// store's `cache/`; `dev_out` is the development build's `guest/out`, if any.
-pub fn locate(
-    explicit: Option<&Path>,
+/// Where `--guest-image` points: a directory on disk or an image published at a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// A directory holding `manifest.json` and its files.
+    Dir(PathBuf),
+    /// An `http://` or `https://` URL of a manifest (`…/manifest.json`, or any `….json`) or of
+    /// the directory holding it.
+    Url(String),
+}
+
+impl std::str::FromStr for ImageSource {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        Ok(
+            if lower.starts_with("http://") || lower.starts_with("https://") {
+                ImageSource::Url(s.to_string())
+            } else {
+                ImageSource::Dir(PathBuf::from(s))
+            },
+        )
+    }
+}
+
+impl std::fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSource::Dir(dir) => write!(f, "{}", dir.display()),
+            ImageSource::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// The download URL with `{version}` (this rmachine's version) and `{arch}` (the host's
+/// architecture) filled in.
+pub fn expand_download_url(template: &str) -> String {
+    template
+        .replace("{version}", env!("CARGO_PKG_VERSION"))
+        .replace("{arch}", std::env::consts::ARCH)
+}
+
+/// One step of a download, for a progress bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent {
+    /// A file's transfer starts.
+    Started {
+        /// Its URL.
+        url: String,
+        /// Its size, when the server says.
+        total: Option<u64>,
+    },
+    /// Bytes of the current file arrived.
+    Advanced {
+        /// Bytes received so far.
+        done: u64,
+    },
+    /// The current file arrived and its sha256 matched.
+    Finished,
+}
+
+/// Finds, checks and if needed downloads the guest image to use. `source` is `--guest-image`;
+/// `download_url` the configured download URL (already expanded); `cache_dir` the store's
+/// `cache/`; `dev_out` the development build's `guest/out`, if any.
+pub async fn find(
+    source: Option<&ImageSource>,
+    download_url: &str,
     cache_dir: &Path,
     dev_out: Option<&Path>,
+    progress: &(dyn Fn(DownloadEvent) + Sync),
 ) -> Result<GuestImage, ImageError> {
-    if let Some(dir) = explicit {
-        return open(dir);
+    match source {
+        Some(ImageSource::Dir(dir)) => return open(dir),
+        Some(ImageSource::Url(url)) => return download(url, cache_dir, progress).await,
+        None => {}
     }
     let cache_guest = cache_dir.join("guest");
     // A development build whose guest/out holds a version the cache lacks was just rebuilt:
@@ -253,8 +409,16 @@ pub fn locate(
             }
         }
     }
-    if let Some(dir) = newest_cached(&cache_guest) {
-        return open(&dir);
+    let cached = cached_images(&cache_guest);
+    let manifest_url = manifest_url(download_url)?;
+    if let Some((dir, _)) = cached
+        .iter()
+        .find(|(_, from)| from.as_deref() == Some(manifest_url.as_str()))
+    {
+        return open(dir);
+    }
+    if let Some((dir, _)) = cached.iter().find(|(_, from)| from.is_none()) {
+        return open(dir);
     }
     let mut looked = vec![cache_guest];
     if let Some(out) = dev_out {
@@ -263,7 +427,191 @@ pub fn locate(
         }
         looked.push(out.to_path_buf());
     }
-    Err(ImageError::NotFound { looked })
+    download(download_url, cache_dir, progress)
+        .await
+        .map_err(|e| match e {
+            // Only a failed transfer means "not found"; a bad image is reported as it is.
+            ImageError::Unreachable { .. } | ImageError::HttpStatus { .. } => {
+                ImageError::NotFound {
+                    looked,
+                    download: Box::new(e),
+                }
+            }
+            other => other,
+        })
+}
+
+/// The manifest's URL: `url` itself when it names a `.json` file, else `url/manifest.json`.
+fn manifest_url(url: &str) -> Result<String, ImageError> {
+    let bad = |reason: &str| ImageError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+        .ok_or_else(|| bad("only http:// and https:// are supported"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("no host"));
+    }
+    if url.contains(['?', '#']) || url.contains(char::is_whitespace) {
+        return Err(bad("a query, fragment or space is not supported"));
+    }
+    if lower.ends_with(".json") {
+        Ok(url.to_string())
+    } else {
+        Ok(format!("{}/{MANIFEST}", url.trim_end_matches('/')))
+    }
+}
+
+fn http_client() -> Result<reqwest::Client, ImageError> {
+    // reqwest is built without a rustls provider (no aws-lc); ring is the workspace's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("rmachine/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|source| ImageError::Client { source })
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, ImageError> {
+    let unreachable = |source| ImageError::Unreachable {
+        url: url.to_string(),
+        source,
+    };
+    let response = client.get(url).send().await.map_err(unreachable)?;
+    if !response.status().is_success() {
+        return Err(ImageError::HttpStatus {
+            url: url.to_string(),
+            status: response.status().as_u16(),
+        });
+    }
+    Ok(response)
+}
+
+/// Downloads the image at `url` into `cache/guest/<version>/`, unless an image downloaded from
+/// the same manifest URL is cached already (then the network is not used). Files go into a
+/// staging directory and are renamed into place only when every sum matched, so an
+/// interrupted, corrupt or truncated download (a full disk) never leaves a cache entry.
+async fn download(
+    url: &str,
+    cache_dir: &Path,
+    progress: &(dyn Fn(DownloadEvent) + Sync),
+) -> Result<GuestImage, ImageError> {
+    let manifest_url = manifest_url(url)?;
+    let cache_guest = cache_dir.join("guest");
+    if let Some((dir, _)) = cached_images(&cache_guest)
+        .into_iter()
+        .find(|(_, from)| from.as_deref() == Some(manifest_url.as_str()))
+    {
+        if let Ok(image) = open(&dir) {
+            return Ok(image);
+        }
+    }
+    let client = http_client()?;
+    let unreachable = |url: &str| {
+        let url = url.to_string();
+        move |source| ImageError::Unreachable { url, source }
+    };
+    let response = get(&client, &manifest_url).await?;
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+    {
+        return Err(ImageError::BadUrl {
+            url: manifest_url,
+            reason: "the manifest is larger than 1 MiB".to_string(),
+        });
+    }
+    let bytes = response.bytes().await.map_err(unreachable(&manifest_url))?;
+    let manifest = parse_manifest(&bytes, Path::new(&manifest_url))?;
+    let base = &manifest_url[..manifest_url.rfind('/').map_or(0, |i| i + 1)];
+
+    let target = cache_guest.join(&manifest.version);
+    fs::create_dir_all(&cache_guest).map_err(cache_write(&cache_guest))?;
+    let staging = cache_guest.join(format!(".download-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir(&staging).map_err(cache_write(&staging))?;
+    let result = async {
+        for (name, expected) in &manifest.sha256 {
+            let file_url = format!("{base}{name}");
+            fetch_file(&client, &file_url, &staging.join(name), expected, progress).await?;
+        }
+        let to = staging.join(MANIFEST);
+        write_synced(&to, &bytes)?;
+        let to = staging.join(SOURCE_URL);
+        write_synced(&to, manifest_url.as_bytes())?;
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(cache_write(&target))?;
+        }
+        fs::rename(&staging, &target).map_err(cache_write(&target))
+    }
+    .await;
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result?;
+    open(&target)
+}
+
+fn cache_write(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::CacheWrite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let mut file = fs::File::create(path).map_err(cache_write(path))?;
+    file.write_all(data).map_err(cache_write(path))?;
+    file.sync_all().map_err(cache_write(path))
+}
+
+/// Streams `url` into `to`, hashing as it goes; a sum that differs from `expected` deletes the
+/// file.
+async fn fetch_file(
+    client: &reqwest::Client,
+    url: &str,
+    to: &Path,
+    expected: &str,
+    progress: &(dyn Fn(DownloadEvent) + Sync),
+) -> Result<(), ImageError> {
+    let mut response = get(client, url).await?;
+    progress(DownloadEvent::Started {
+        url: url.to_string(),
+        total: response.content_length(),
+    });
+    let mut file = fs::File::create(to).map_err(cache_write(to))?;
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| ImageError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?
+    {
+        hasher.update(&chunk);
+        file.write_all(&chunk).map_err(cache_write(to))?;
+        done += chunk.len() as u64;
+        progress(DownloadEvent::Advanced { done });
+    }
+    file.sync_all().map_err(cache_write(to))?;
+    drop(file);
+    let actual = hex::encode(hasher.finalize());
+    if !actual.eq_ignore_ascii_case(expected) {
+        let _ = fs::remove_file(to);
+        return Err(ImageError::DownloadChecksum {
+            url: url.to_string(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    progress(DownloadEvent::Finished);
+    Ok(())
 }
 
 /// Copies `image` into `cache/guest/<version>/` unless it is already there with the same
@@ -329,6 +677,112 @@ pub(crate) mod tests {
         fs::write(dir.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
     }
 
+    /// A loopback HTTP server for the files of one directory (what a release page serves),
+    /// counting the requests; it stops when dropped, so later requests are refused.
+    pub(crate) struct FileServer {
+        pub(crate) url: String,
+        pub(crate) hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        addr: std::net::SocketAddr,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl FileServer {
+        pub(crate) fn serve(root: &Path) -> Self {
+            use std::io::{BufRead, BufReader};
+            use std::sync::atomic::Ordering;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (root, counted, stopping) = (root.to_path_buf(), hits.clone(), stop.clone());
+            let thread = std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut request = String::new();
+                    let _ = reader.read_line(&mut request);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let path = request.split_whitespace().nth(1).unwrap_or("/");
+                    let body = fs::read(root.join(path.trim_start_matches('/')));
+                    let _ = match body {
+                        Ok(body) => conn
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|()| conn.write_all(&body)),
+                        Err(_) => conn.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        ),
+                    };
+                }
+            });
+            Self {
+                url: format!("http://{addr}/"),
+                hits,
+                stop,
+                addr,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for FileServer {
+        fn drop(&mut self) {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::net::TcpStream::connect(self.addr);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// An address nothing listens on (a port just freed).
+    fn refused_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}/")
+    }
+
+    fn no_progress(_: DownloadEvent) {}
+
+    fn find_now(
+        source: Option<&ImageSource>,
+        url: &str,
+        cache: &Path,
+        dev: Option<&Path>,
+    ) -> Result<GuestImage, ImageError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(find(source, url, cache, dev, &no_progress))
+    }
+
+    fn cache_entries(cache: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(cache.join("guest"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     #[test]
     fn an_iso_listed_in_the_manifest_is_checked_and_booted() {
         let tmp = tempfile::tempdir().unwrap();
@@ -358,7 +812,8 @@ pub(crate) mod tests {
     fn missing_image_names_where_it_looked_and_the_fix() {
         let tmp = tempfile::tempdir().unwrap();
         let dev = tmp.path().join("ws/guest/out");
-        let err = locate(None, &tmp.path().join("cache"), Some(&dev)).unwrap_err();
+        let url = refused_url();
+        let err = find_now(None, &url, &tmp.path().join("cache"), Some(&dev)).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains(&tmp.path().join("cache/guest").display().to_string()),
@@ -366,15 +821,177 @@ pub(crate) mod tests {
         );
         assert!(msg.contains(&dev.display().to_string()), "{msg}");
         assert!(
-            msg.ends_with("run guest/build.sh or pass --guest-image DIR"),
+            msg.ends_with(
+                "run guest/build.sh, pass --guest-image PATH|URL or set RMACHINE_GUEST_IMAGE_URL"
+            ),
             "{msg}"
         );
+        let ImageError::NotFound { download, .. } = err else {
+            panic!("not NotFound");
+        };
+        assert_eq!(
+            download.to_string(),
+            format!("cannot download {url}manifest.json")
+        );
 
-        let err = locate(Some(Path::new("/nonexistent")), tmp.path(), None).unwrap_err();
+        let missing = ImageSource::Dir("/nonexistent".into());
+        let err = find_now(Some(&missing), &url, tmp.path(), None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "guest image /nonexistent: no manifest.json there; run guest/build.sh or pass --guest-image DIR"
+            "guest image /nonexistent: no manifest.json there; run guest/build.sh or pass --guest-image PATH|URL"
         );
+    }
+
+    #[test]
+    fn sources_parse_and_urls_name_their_manifest() {
+        assert_eq!(
+            "https://h/x/".parse::<ImageSource>().unwrap(),
+            ImageSource::Url("https://h/x/".into())
+        );
+        assert_eq!(
+            "./guest/out".parse::<ImageSource>().unwrap(),
+            ImageSource::Dir("./guest/out".into())
+        );
+        assert_eq!(
+            manifest_url("http://h/a").unwrap(),
+            "http://h/a/manifest.json"
+        );
+        assert_eq!(
+            manifest_url("http://h/a/").unwrap(),
+            "http://h/a/manifest.json"
+        );
+        assert_eq!(
+            manifest_url("http://h/a/x64.json").unwrap(),
+            "http://h/a/x64.json"
+        );
+        for bad in ["ftp://h/", "http://", "http:///x", "http://h/a?x=1"] {
+            assert!(
+                matches!(manifest_url(bad), Err(ImageError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+        let expanded = expand_download_url(DEFAULT_DOWNLOAD_URL);
+        assert!(
+            expanded.ends_with(&format!(
+                "/guest-v{}-{}/",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::ARCH
+            )),
+            "{expanded}"
+        );
+    }
+
+    #[test]
+    fn downloads_verify_cache_and_work_offline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let published = tmp.path().join("release");
+        fake_image(&published, "0.1.0");
+        let server = FileServer::serve(&published);
+        let cache = tmp.path().join("cache");
+        let events = std::sync::Mutex::new(Vec::new());
+        let record = |e: DownloadEvent| events.lock().unwrap().push(e);
+        let image = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(find(None, &server.url, &cache, None, &record))
+            .unwrap();
+        assert_eq!(image.dir, cache.join("guest/0.1.0"));
+        assert_eq!(
+            fs::read(image.boot_image().kernel).unwrap(),
+            fs::read(published.join("vmlinuz")).unwrap()
+        );
+        assert_eq!(
+            fs::read_to_string(image.dir.join(SOURCE_URL)).unwrap(),
+            format!("{}manifest.json", server.url)
+        );
+        let events = events.into_inner().unwrap();
+        let started: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                DownloadEvent::Started { url, total } => Some((url.clone(), *total)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            started,
+            vec![
+                (format!("{}initrd.img", server.url), Some(12)),
+                (format!("{}vmlinuz", server.url), Some(6)),
+            ]
+        );
+        assert!(events.contains(&DownloadEvent::Advanced { done: 12 }));
+        assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(cache_entries(&cache), ["0.1.0"]);
+
+        // Offline: the same URL (default or explicit) is served from the cache.
+        let url = server.url.clone();
+        drop(server);
+        assert_eq!(find_now(None, &url, &cache, None).unwrap(), image);
+        let explicit = ImageSource::Url(url.clone());
+        assert_eq!(
+            find_now(Some(&explicit), &url, &cache, None).unwrap(),
+            image
+        );
+        // A cached file that was changed is caught before use.
+        fs::write(image.dir.join("vmlinuz"), b"changed").unwrap();
+        assert!(matches!(
+            find_now(None, &url, &cache, None),
+            Err(ImageError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn a_tampered_download_is_discarded_and_nothing_is_cached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let published = tmp.path().join("release");
+        fake_image(&published, "0.1.0");
+        fs::write(published.join("vmlinuz"), b"evil kernel").unwrap();
+        let server = FileServer::serve(&published);
+        let cache = tmp.path().join("cache");
+        let source = ImageSource::Url(server.url.clone());
+        let err = find_now(Some(&source), "http://unused.invalid/", &cache, None).unwrap_err();
+        let expected = sha256_file(&published.join("vmlinuz")).unwrap();
+        assert!(matches!(err, ImageError::DownloadChecksum { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "downloaded guest image file {}vmlinuz is corrupt: sha256 {expected}, manifest says {}; it was discarded and nothing was cached",
+                server.url,
+                sha256_hex(b"kernel")
+            )
+        );
+        assert!(
+            cache_entries(&cache).is_empty(),
+            "{:?}",
+            cache_entries(&cache)
+        );
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn a_missing_file_or_server_is_one_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = tmp.path().join("empty");
+        fs::create_dir_all(&empty).unwrap();
+        let server = FileServer::serve(&empty);
+        let source = ImageSource::Url(format!("{}v1", server.url));
+        let err = find_now(Some(&source), "", tmp.path(), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot download {}v1/manifest.json: the server answered 404",
+                server.url
+            )
+        );
+        let url = refused_url();
+        let source = ImageSource::Url(url.clone());
+        let err = find_now(Some(&source), "", tmp.path(), None).unwrap_err();
+        assert!(matches!(err, ImageError::Unreachable { .. }), "{err}");
+        assert!(cache_entries(tmp.path()).is_empty());
     }
 
     #[test]
@@ -392,7 +1009,8 @@ pub(crate) mod tests {
         let src = tmp.path().join("out");
         fake_image(&src, "0.1.0");
         let cache = tmp.path().join("cache");
-        let found = locate(None, &cache, Some(&src)).unwrap();
+        let url = refused_url();
+        let found = find_now(None, &url, &cache, Some(&src)).unwrap();
         assert_eq!(found.dir, src);
         let cached = import(&found, &cache).unwrap();
         assert_eq!(cached.dir, cache.join("guest/0.1.0"));
@@ -400,18 +1018,29 @@ pub(crate) mod tests {
             cached.boot_image().kernel,
             cache.join("guest/0.1.0/vmlinuz")
         );
-        assert_eq!(locate(None, &cache, Some(&src)).unwrap().dir, cached.dir);
+        assert_eq!(
+            find_now(None, &url, &cache, Some(&src)).unwrap().dir,
+            cached.dir
+        );
         // Importing again is a no-op that returns the same image.
         assert_eq!(import(&found, &cache).unwrap(), cached);
+        // A local image in the cache is used without the network, guest/out or not.
+        assert_eq!(find_now(None, &url, &cache, None).unwrap().dir, cached.dir);
 
         // A rebuilt guest/out (a version the cache lacks) wins over the cache.
         fake_image(&src, "0.2.0");
-        assert_eq!(locate(None, &cache, Some(&src)).unwrap().dir, src);
-        let newer = import(&locate(None, &cache, Some(&src)).unwrap(), &cache).unwrap();
+        assert_eq!(find_now(None, &url, &cache, Some(&src)).unwrap().dir, src);
+        let newer = import(&find_now(None, &url, &cache, Some(&src)).unwrap(), &cache).unwrap();
         assert_eq!(newer.dir, cache.join("guest/0.2.0"));
         // An explicit --guest-image always wins.
         let other = tmp.path().join("other");
         fake_image(&other, "0.3.0");
-        assert_eq!(locate(Some(&other), &cache, Some(&src)).unwrap().dir, other);
+        let explicit = ImageSource::Dir(other.clone());
+        assert_eq!(
+            find_now(Some(&explicit), &url, &cache, Some(&src))
+                .unwrap()
+                .dir,
+            other
+        );
     }
 }

@@ -29,7 +29,7 @@ use crate::context;
 use crate::drivers::{AnyDriver, DriverChoice, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
-use crate::image::{self, ImageError};
+use crate::image::{self, DownloadEvent, ImageError, ImageSource};
 use crate::portagent;
 use crate::shares;
 use crate::ssh::{self, SshError, SshSession};
@@ -231,6 +231,8 @@ pub enum Progress {
     CreatingClientCert(PathBuf),
     /// Running the driver's precheck.
     PreCreateChecks,
+    /// Downloading the guest image into the cache.
+    Download(DownloadEvent),
     /// Copying the guest image into the cache.
     ImportingImage {
         /// Image version.
@@ -277,6 +279,13 @@ impl fmt::Display for Progress {
                 write!(f, "Creating client certificate: {}", path.display())
             }
             Progress::PreCreateChecks => f.write_str("Running pre-create checks..."),
+            Progress::Download(DownloadEvent::Started { url, .. }) => {
+                write!(f, "Downloading {url}...")
+            }
+            Progress::Download(DownloadEvent::Advanced { done }) => {
+                write!(f, "{done} bytes received")
+            }
+            Progress::Download(DownloadEvent::Finished) => f.write_str("Download checked"),
             Progress::ImportingImage { version, from } => write!(
                 f,
                 "Copying guest image {version} from {} to the cache...",
@@ -318,8 +327,11 @@ pub struct CreateOptions {
     pub memory_mb: u64,
     /// Data disk in MB.
     pub disk_size_mb: u64,
-    /// `--guest-image DIR`.
-    pub guest_image: Option<PathBuf>,
+    /// `--guest-image PATH|URL`.
+    pub guest_image: Option<ImageSource>,
+    /// Where release guest images are downloaded from when no local one is found
+    /// (`RMACHINE_GUEST_IMAGE_URL`, `{version}`/`{arch}` not yet expanded).
+    pub guest_image_url: String,
     /// `--engine-label K=V`.
     pub engine_labels: Vec<String>,
     /// `--engine-insecure-registry`.
@@ -350,6 +362,7 @@ impl Default for CreateOptions {
             memory_mb: 1024,
             disk_size_mb: 20000,
             guest_image: None,
+            guest_image_url: image::DEFAULT_DOWNLOAD_URL.to_string(),
             engine_labels: Vec::new(),
             engine_insecure_registries: Vec::new(),
             engine_registry_mirrors: Vec::new(),
@@ -536,11 +549,10 @@ pub async fn create_with<D: Driver>(
     // An existing host boots no guest image: it gets the engine's own binaries instead.
     let existing_host = driver.info().capabilities.existing_host;
     let found = if existing_host {
-        if let Some(dir) = &options.guest_image {
+        if let Some(source) = &options.guest_image {
             return Err(MachineError::InvalidOptions {
                 problems: vec![format!(
-                    "--guest-image {}: driver {} boots no guest image",
-                    dir.display(),
+                    "--guest-image {source}: driver {} boots no guest image",
                     driver.info().name
                 )],
             });
@@ -548,11 +560,16 @@ pub async fn create_with<D: Driver>(
         None
     } else {
         let dev_out = image::workspace_guest_out();
-        Some(image::locate(
-            options.guest_image.as_deref(),
-            &store.cache_dir(),
-            dev_out.as_deref(),
-        )?)
+        Some(
+            image::find(
+                options.guest_image.as_ref(),
+                &image::expand_download_url(&options.guest_image_url),
+                &store.cache_dir(),
+                dev_out.as_deref(),
+                &|event| progress(Progress::Download(event)),
+            )
+            .await?,
+        )
     };
     let dir = store.machine_dir(name);
     let mut spec = VmSpec {
@@ -605,7 +622,10 @@ pub async fn create_with<D: Driver>(
         result = provision(store, driver, &dir, &spec, options, began, progress) => result,
         _ = tokio::signal::ctrl_c() => Err(MachineError::Interrupted),
     };
-    match provisioned {
+    match provisioned.and_then(|config| {
+        store.finish_creating(name)?;
+        Ok(config)
+    }) {
         Ok(config) => Ok(config),
         Err(error) => {
             tracing::info!(%error, "create failed; removing the half-created machine");
@@ -1328,19 +1348,29 @@ pub async fn provision_again(
     regenerate_certs(store, name, false, timeout, progress).await
 }
 
-/// `upgrade`: boots the machine on the current guest image (`guest_image`, else the
-/// development build's `guest/out`, else the newest cached one), keeping its data disk, SSH
+/// `upgrade`: boots the machine on the current guest image (`guest_image`, else the one
+/// [`image::find`] picks, downloading from `guest_image_url` last), keeping its data disk, SSH
 /// host key and certificates. A running machine is stopped first; the machine ends running,
 /// as docker-machine's boot2docker upgrade leaves it. Returns the image version.
 pub async fn upgrade(
     store: &Store,
     name: &str,
-    guest_image: Option<&std::path::Path>,
+    guest_image: Option<&ImageSource>,
+    guest_image_url: &str,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<String, MachineError> {
     let (_, driver) = load_with_driver(store, name).await?;
-    upgrade_with(store, &driver, name, guest_image, timeout, progress).await
+    upgrade_with(
+        store,
+        &driver,
+        name,
+        guest_image,
+        guest_image_url,
+        timeout,
+        progress,
+    )
+    .await
 }
 
 /// [`upgrade`] with a given driver.
@@ -1349,7 +1379,8 @@ pub async fn upgrade_with<D: Driver>(
     store: &Store,
     driver: &D,
     name: &str,
-    guest_image: Option<&std::path::Path>,
+    guest_image: Option<&ImageSource>,
+    guest_image_url: &str,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<String, MachineError> {
@@ -1365,7 +1396,14 @@ pub async fn upgrade_with<D: Driver>(
     let mut config = store.load(name)?;
     let dir = store.machine_dir(name);
     let dev_out = image::workspace_guest_out();
-    let found = image::locate(guest_image, &store.cache_dir(), dev_out.as_deref())?;
+    let found = image::find(
+        guest_image,
+        &image::expand_download_url(guest_image_url),
+        &store.cache_dir(),
+        dev_out.as_deref(),
+        &|event| progress(Progress::Download(event)),
+    )
+    .await?;
     let version = found.manifest.version.clone();
     if found.dir != store.cache_dir().join("guest").join(&version) {
         progress(Progress::ImportingImage {
@@ -1415,7 +1453,11 @@ pub async fn upgrade_with<D: Driver>(
 /// With `force`, the directory goes even if the driver fails.
 #[tracing::instrument(skip_all, fields(machine = name))]
 pub async fn remove(store: &Store, name: &str, force: bool) -> Result<(), MachineError> {
-    store.require(name)?;
+    // An interrupted create may have stopped before writing the record.
+    let unfinished = store.is_unfinished(name);
+    if !unfinished {
+        store.require(name)?;
+    }
     let lock = store.lock(name)?;
     let dir = store.machine_dir(name);
     if let Err(e) = portagent::stop(store, name) {
@@ -1433,6 +1475,8 @@ pub async fn remove(store: &Store, name: &str, force: bool) -> Result<(), Machin
             .remove(&dir)
             .await
             .map_err(driver_err(name, "remove the VM")),
+        // Without a record the driver never started a VM: the directory is all there is.
+        Err(MachineError::Store(StoreError::NotFound { .. })) if unfinished => Ok(()),
         Err(e) => Err(e),
     };
     if let Err(e) = removed {
@@ -1605,6 +1649,19 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
         error: String::new(),
         response_time: String::new(),
     };
+    if store.is_unfinished(name) {
+        entry.driver_name = store.load(name).map(|c| c.driver_name).unwrap_or_default();
+        if store.is_locked(name) {
+            entry.state = "Creating".to_string();
+        } else {
+            entry.state = "Error".to_string();
+            entry.error = format!(
+                "create did not finish (interrupted); remove it with \"rmachine rm {name}\""
+            );
+        }
+        entry.response_time = format!("{}ms", started.elapsed().as_millis());
+        return entry;
+    }
     let (config, driver) = match load_with_driver(store, name).await {
         Ok(pair) => pair,
         // An external driver that is found but fails to start: its name and why.
@@ -1962,7 +2019,7 @@ mod tests {
         let image_dir = tmp.path().join("image");
         crate::image::tests::fake_image(&image_dir, "0.1.0");
         let options = CreateOptions {
-            guest_image: Some(image_dir),
+            guest_image: Some(ImageSource::Dir(image_dir)),
             engine_timeout: Duration::from_secs(3),
             engine_labels: vec!["team=a".into()],
             ..Default::default()
@@ -2090,7 +2147,8 @@ mod tests {
             &store,
             &driver,
             "up",
-            Some(&newer),
+            Some(&ImageSource::Dir(newer)),
+            image::DEFAULT_DOWNLOAD_URL,
             Duration::from_secs(3),
             &progress,
         )

@@ -467,11 +467,18 @@ impl Side {
     async fn mkdir(&self, path: &str, mode: u32) -> Result<(), ScpError> {
         match self {
             Side::Local => {
-                let mut builder = std::fs::DirBuilder::new();
                 #[cfg(unix)]
-                std::os::unix::fs::DirBuilderExt::mode(&mut builder, mode);
+                let builder = {
+                    let mut builder = std::fs::DirBuilder::new();
+                    std::os::unix::fs::DirBuilderExt::mode(&mut builder, mode);
+                    builder
+                };
                 #[cfg(not(unix))]
-                let _ = mode;
+                let builder = {
+                    // Windows has no permission bits to set.
+                    let _ = mode;
+                    std::fs::DirBuilder::new()
+                };
                 builder.create(path).map_err(Self::local_err(path))
             }
             Side::Remote { sftp, .. } => {

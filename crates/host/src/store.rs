@@ -216,6 +216,10 @@ pub struct AuthOptions {
     pub store_path: PathBuf,
 }
 
+/// `machines/NAME/creating`: present from the moment `create` makes the directory until the
+/// machine answers; one left behind marks a create that was interrupted.
+pub const CREATING_MARKER: &str = "creating";
+
 /// The store on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -372,8 +376,8 @@ impl Store {
         write_atomic(&path, &json, true)
     }
 
-    /// Makes `machines/NAME` (mode 0700); fails if it already exists, so two concurrent
-    /// `create`s of one name cannot both proceed.
+    /// Makes `machines/NAME` (mode 0700) with its [`CREATING_MARKER`]; fails if it already
+    /// exists, so two concurrent `create`s of one name cannot both proceed.
     pub fn create_machine_dir(&self, name: &str) -> Result<MachineDir, StoreError> {
         validate_name(name)?;
         let machines = self.machines_dir();
@@ -389,7 +393,34 @@ impl Store {
             Err(e) => return Err(io_err(&path)(e)),
         }
         set_mode(&path, 0o700)?;
+        let marker = path.join(CREATING_MARKER);
+        fs::write(&marker, format!("{}\n", std::process::id())).map_err(io_err(&marker))?;
         Ok(self.machine_dir(name))
+    }
+
+    /// Whether `create` of `name` has not finished: still running, or interrupted (Ctrl-C that
+    /// could not clean up, SIGKILL, a crash, a power cut).
+    pub fn is_unfinished(&self, name: &str) -> bool {
+        validate_name(name).is_ok() && self.machine_path(name).join(CREATING_MARKER).exists()
+    }
+
+    /// Whether another process holds `name`'s lock right now (a `create` still running).
+    pub fn is_locked(&self, name: &str) -> bool {
+        let path = self.machine_path(name).join(".lock");
+        let Ok(file) = File::open(&path) else {
+            return false;
+        };
+        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    }
+
+    /// Marks `create` of `name` as finished (removes [`CREATING_MARKER`]).
+    pub fn finish_creating(&self, name: &str) -> Result<(), StoreError> {
+        let marker = self.machine_path(name).join(CREATING_MARKER);
+        match fs::remove_file(&marker) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&marker)(e)),
+        }
     }
 
     /// Deletes `machines/NAME` and only that directory.

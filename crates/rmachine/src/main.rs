@@ -195,7 +195,25 @@ fn parse_cli() -> Result<Cli, String> {
                 .collect()
         })
         .unwrap_or_default();
-    let matches = command.get_matches_from(&argv);
+    let matches = match command.try_get_matches_from(&argv) {
+        Ok(matches) => matches,
+        // An unknown command gets docker-machine's message and exit status (`cmdNotFound` in
+        // docker/machine's cmd/docker-machine/machine.go); other usage errors keep clap's.
+        Err(err) if err.kind() == clap::error::ErrorKind::InvalidSubcommand => {
+            let invoked = argv
+                .first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "rmachine".into());
+            let command = err
+                .get(clap::error::ContextKind::InvalidSubcommand)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            return Err(format!(
+                "rmachine: '{command}' is not a rmachine command. See '{invoked} --help'."
+            ));
+        }
+        Err(err) => err.exit(),
+    };
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(create) = matches.subcommand_matches("create") {
         for (id, long) in &foreign {

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rmachine_host::image::DownloadEvent;
 use rmachine_host::machine::Progress;
 
 /// Renders [`Progress`] steps.
@@ -32,8 +33,43 @@ impl Renderer {
         }
     }
 
+    /// Shows a download's progress: a byte bar on a terminal, one line per file otherwise.
+    fn download(&self, event: DownloadEvent) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            DownloadEvent::Started { url, total } => {
+                let message = format!("Downloading {url}...");
+                if !self.fancy {
+                    println!("{message}");
+                    return;
+                }
+                self.finish_current(&mut current);
+                let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stdout());
+                let template = if total.is_some() {
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"
+                } else {
+                    "{spinner} {msg} {bytes} {bytes_per_sec}"
+                };
+                if let Ok(style) = ProgressStyle::with_template(template) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(message.clone());
+                *current = Some((bar, message, Instant::now()));
+            }
+            DownloadEvent::Advanced { done } => {
+                if let Some((bar, _, _)) = current.as_ref() {
+                    bar.set_position(done);
+                }
+            }
+            DownloadEvent::Finished => self.finish_current(&mut current),
+        }
+    }
+
     /// Shows one step.
     pub fn step(&self, step: Progress) {
+        if let Progress::Download(event) = step {
+            return self.download(event);
+        }
         let message = step.to_string();
         if !self.fancy {
             println!("{message}");

@@ -237,7 +237,7 @@ fn create_with_a_missing_guest_image_names_the_path() {
     assert_eq!(
         run.stderr,
         "Error creating machine: guest image /nonexistent: no manifest.json there; \
-         run guest/build.sh or pass --guest-image DIR\n"
+         run guest/build.sh or pass --guest-image PATH|URL\n"
     );
     assert!(!env.store().join("machines/x").exists());
 }
@@ -405,9 +405,14 @@ fn the_default_machine_is_used_when_no_name_is_given() {
 
 /// A guest image whose manifest matches its (dummy) files.
 fn valid_image(image: &Path) {
+    image_with_initrd(image, b"initrd");
+}
+
+/// A guest image whose initramfs is `initrd`.
+fn image_with_initrd(image: &Path, initrd: &[u8]) {
     std::fs::create_dir_all(image).expect("image dir");
     std::fs::write(image.join("vmlinuz"), b"kernel").expect("kernel");
-    std::fs::write(image.join("initrd.img"), b"initrd").expect("initrd");
+    std::fs::write(image.join("initrd.img"), initrd).expect("initrd");
     let sum = |name: &str| {
         let out = Command::new("sha256sum")
             .arg(image.join(name))
@@ -716,7 +721,7 @@ fn upgrade_names_a_missing_image_and_unknown_machines() {
         (run.code, run.stderr.as_str()),
         (
             1,
-            "guest image /nonexistent: no manifest.json there; run guest/build.sh or pass --guest-image DIR\n"
+            "guest image /nonexistent: no manifest.json there; run guest/build.sh or pass --guest-image PATH|URL\n"
         )
     );
     let run = env.run(&["upgrade", "nope"]);
@@ -914,6 +919,78 @@ fn an_external_driver_gets_its_flags_and_its_errors_are_one_line() {
     let image = image.to_string_lossy().into_owned();
 
     let run = env.run_with(
+/// A loopback HTTP server for the files of one directory, as a release page serves guest
+/// images; it stops when dropped, so later requests are refused.
+struct FileServer {
+    url: String,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileServer {
+    fn serve(root: &Path) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, stopping) = (root.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let Ok(read_half) = conn.try_clone() else {
+                    continue;
+                };
+                let mut reader = BufReader::new(read_half);
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let _ = match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                    Ok(body) => conn
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| conn.write_all(&body)),
+                    Err(_) => conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            }
+        });
+        Self {
+            url: format!("http://{addr}/"),
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs `create` of machine `x` from `image` with a QEMU that does not exist: it stops at the
+/// precheck (exit 3), after the image was found or downloaded.
+fn create_until_precheck(env: &Env, image: &str) -> Run {
+    env.run_with(
         &[
             "create",
             "--no-progress",
@@ -1045,4 +1122,256 @@ fn rm_cleans_the_store_when_the_plugin_is_broken() {
     let forced = env.run_with(&["rm", "-f", "-y", "m"], with_plugins(&plugins));
     assert_eq!(forced.code, 0, "{}", forced.stderr);
     assert!(!dir.exists());
+}
+            image,
+            "--qemu-program",
+            "/nonexistent/qemu-system-x86_64",
+            "x",
+        ],
+        |cmd| {
+            for proxy in [
+                "http_proxy",
+                "HTTP_PROXY",
+                "https_proxy",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "all_proxy",
+            ] {
+                cmd.env_remove(proxy);
+            }
+        },
+    )
+}
+
+fn cache_entries(env: &Env) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(env.store().join("cache/guest"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn create_downloads_the_guest_image_once_then_works_offline() {
+    let env = Env::new();
+    let release = env.dir.path().join("release");
+    valid_image(&release);
+    let server = FileServer::serve(&release);
+    let url = server.url.clone();
+    let run = create_until_precheck(&env, &url);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "Downloading {url}initrd.img...\nDownloading {url}vmlinuz...\nRunning pre-create checks...\n"
+        )
+    );
+    assert_eq!(cache_entries(&env), ["t1"]);
+    assert_eq!(
+        std::fs::read(env.store().join("cache/guest/t1/initrd.img")).expect("cached initrd"),
+        b"initrd"
+    );
+
+    // Offline: the second create finds the image in the cache and never asks the network.
+    drop(server);
+    let run = create_until_precheck(&env, &url);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.stdout, "Running pre-create checks...\n");
+}
+
+#[test]
+fn a_tampered_download_is_one_error_line_and_nothing_is_cached() {
+    let env = Env::new();
+    let release = env.dir.path().join("release");
+    valid_image(&release);
+    std::fs::write(release.join("vmlinuz"), b"not the kernel").expect("tamper");
+    let server = FileServer::serve(&release);
+    let run = create_until_precheck(&env, &server.url);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "Error creating machine: downloaded guest image file {}vmlinuz is corrupt: sha256 ",
+            server.url
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .ends_with("; it was discarded and nothing was cached\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(cache_entries(&env).is_empty(), "{:?}", cache_entries(&env));
+    assert!(!env.store().join("machines/x").exists());
+}
+
+#[test]
+fn an_unreachable_image_url_is_one_error_line() {
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/guest/", listener.local_addr().expect("address"));
+    drop(listener);
+    let run = create_until_precheck(&env, &url);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "Error creating machine: cannot download {url}manifest.json: "
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Connection refused"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
+#[test]
+fn a_full_disk_while_downloading_is_one_error_line_and_nothing_is_cached() {
+    let env = Env::new();
+    let release = env.dir.path().join("release");
+    image_with_initrd(&release, &vec![7u8; 2 << 20]);
+    let server = FileServer::serve(&release);
+    let store = env.store();
+    std::fs::create_dir_all(&store).expect("store dir");
+    // The store on a 1 MiB tmpfs in a mount namespace of its own: the 2 MiB initramfs cannot
+    // fit. What the cache holds afterwards is listed from inside that namespace.
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{store}' || exit 99; \
+         \"$0\" create --no-progress --guest-image {url} \
+           --qemu-program /nonexistent/qemu-system-x86_64 x; code=$?; \
+         echo \"cache: $(ls -A '{store}/cache/guest')\"; exit $code",
+        store = store.display(),
+        url = server.url,
+    );
+    let run = env.run_with(&[], |cmd| {
+        let rmachine = cmd.get_program().to_owned();
+        let mut unshare = Command::new("unshare");
+        unshare
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(rmachine)
+            .env("RMACHINE_STORAGE_PATH", &store)
+            .env_remove("RMACHINE_GUEST_IMAGE")
+            .env_remove("RMACHINE_DRIVER")
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .stdin(Stdio::null());
+        *cmd = unshare;
+    });
+    assert_eq!(run.code, 1, "needs root for the tmpfs: {}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "Error creating machine: cannot write the downloaded guest image to {}/cache/guest/.download-",
+            store.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .ends_with("/initrd.img; nothing was cached: No space left on device (os error 28)\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.ends_with("cache: \n"), "{}", run.stdout);
+}
+
+#[test]
+fn an_interrupted_create_is_listed_as_an_error_and_rm_cleans_it() {
+    let env = Env::new();
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    // A stand-in QEMU that passes the precheck and then hangs where a real one boots.
+    let booting = env.dir.path().join("booting");
+    let qemu = env.dir.path().join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) echo 'QEMU emulator version 7.2.0'; exit 0;; esac\n\
+             echo $$ > {booting}.tmp && mv {booting}.tmp {booting}\nexec sleep 120\n",
+            booting = booting.display()
+        ),
+    )
+    .expect("stand-in qemu");
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&qemu)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success());
+    let mut create = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+        .args(["create", "--no-progress", "--guest-image"])
+        .arg(&image)
+        .arg("--qemu-program")
+        .arg(&qemu)
+        .args(["--qemu-accel", "tcg", "--no-share", "x"])
+        .env("RMACHINE_STORAGE_PATH", env.store())
+        .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+        .env_remove("RMACHINE_GUEST_IMAGE")
+        .env_remove("RMACHINE_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start create");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !booting.exists() {
+        if let Ok(Some(status)) = create.try_wait() {
+            panic!("create ended before the VM booted: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in QEMU never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // While create runs, ls says so.
+    let run = env.run(&["ls", "--format", "{{.Name}} {{.State}} {{.Error}}"]);
+    assert_eq!(run.stdout, "x Creating \n", "{}", run.stderr);
+
+    create.kill().expect("SIGKILL create");
+    let _ = create.wait();
+    if let Ok(pid) = std::fs::read_to_string(&booting) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+
+    let run = env.run(&["ls", "--format", "{{.Name}} {{.State}} {{.Error}}"]);
+    assert_eq!(
+        run.stdout,
+        "x Error create did not finish (interrupted); remove it with \"rmachine rm x\"\n",
+        "{}",
+        run.stderr
+    );
+    let run = env.run(&["rm", "-y", "x"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "Successfully removed x\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.store().join("machines/x").exists());
+    let run = env.run(&["ls", "-q"]);
+    assert_eq!(run.stdout, "");
+}
+
+#[test]
+fn an_unknown_command_gets_docker_machines_message() {
+    let env = Env::new();
+    let run = env.run(&["bogus"]);
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            1,
+            "",
+            format!(
+                "rmachine: 'bogus' is not a rmachine command. See '{} --help'.\n",
+                env!("CARGO_BIN_EXE_rmachine")
+            )
+            .as_str()
+        )
+    );
 }

@@ -1,10 +1,10 @@
 //! `rmachine create`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rmachine_host::drivers::{DriverChoice, DriverOptions};
+use rmachine_host::drivers::{DriverChoice, DriverKind, DriverOptions};
+use rmachine_host::image::{self, ImageSource};
 use rmachine_host::machine::{self, CreateOptions, MachineError};
 use rmachine_host::store::{Store, StoreError};
 
@@ -30,9 +30,19 @@ pub struct Args {
     #[arg(long = "disk-size", default_value_t = 20000)]
     disk_size: u64,
 
-    /// Guest image directory (manifest.json, kernel, initrd)
-    #[arg(long = "guest-image", env = "RMACHINE_GUEST_IMAGE")]
-    guest_image: Option<PathBuf>,
+    /// Guest image: a directory (manifest.json, kernel, initrd) or the http(s) URL of one
+    #[arg(
+        long = "guest-image",
+        env = "RMACHINE_GUEST_IMAGE",
+        value_name = "PATH|URL"
+    )]
+    guest_image: Option<ImageSource>,
+
+    /// Where release guest images are downloaded from when no local one is found ({version}
+    /// and {arch} are filled in)
+    #[arg(long = "guest-image-url", env = "RMACHINE_GUEST_IMAGE_URL", value_name = "URL",
+          default_value = image::DEFAULT_DOWNLOAD_URL)]
+    guest_image_url: String,
 
     /// Label for the engine, KEY=VALUE (repeatable)
     #[arg(long = "engine-label")]
@@ -103,6 +113,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         memory_mb: args.memory,
         disk_size_mb: args.disk_size,
         guest_image: args.guest_image,
+        guest_image_url: args.guest_image_url,
         engine_labels: args.engine_label,
         engine_insecure_registries: args.engine_insecure_registry,
         engine_registry_mirrors: args.engine_registry_mirror,
