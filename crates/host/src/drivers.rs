@@ -8,8 +8,8 @@
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode, VmSpec, VmState,
 };
-use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
 use rmachine_driver_generic::{GenericDriver, GenericOptions};
+use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
 use rmachine_driver_qemu::{QemuDriver, QemuOptions};
 use rmachine_driver_virtualbox::{VirtualBoxDriver, VirtualBoxOptions};
 use serde::{Deserialize, Serialize};
@@ -177,7 +177,11 @@ impl DriverOptions {
 
     /// One problem per other driver whose options were set: they would otherwise be stored
     /// and never used.
-    pub fn foreign(&self, kind: DriverKind) -> Vec<String> {
+    pub fn foreign(&self, driver: &DriverChoice) -> Vec<String> {
+        let (own, name) = match driver {
+            DriverChoice::BuiltIn(kind) => (Some(*kind), kind.name().to_string()),
+            DriverChoice::External { name, .. } => (None, name.clone()),
+        };
         [
             (DriverKind::Qemu, self.qemu != QemuOptions::default()),
             (
@@ -185,15 +189,17 @@ impl DriverOptions {
                 self.virtualbox != VirtualBoxOptions::default(),
             ),
             (DriverKind::Hyperv, self.hyperv != HyperVOptions::default()),
-            (DriverKind::Generic, self.generic != GenericOptions::default()),
+            (
+                DriverKind::Generic,
+                self.generic != GenericOptions::default(),
+            ),
         ]
         .into_iter()
-        .filter(|(owner, set)| *set && *owner != kind)
+        .filter(|(owner, set)| *set && Some(*owner) != own)
         .map(|(owner, _)| {
             format!(
-                "--{0}-* options apply to -d {0} only, not -d {1}",
+                "--{0}-* options apply to -d {0} only, not -d {name}",
                 owner.name(),
-                kind.name()
             )
         })
         .collect()
@@ -405,11 +411,15 @@ mod tests {
     #[test]
     fn another_drivers_options_are_refused() {
         let mut options = DriverOptions::default();
-        assert!(options.foreign(DriverKind::Qemu).is_empty());
+        assert!(options
+            .foreign(&DriverChoice::BuiltIn(DriverKind::Qemu))
+            .is_empty());
         options.virtualbox.memory = Some(2048);
-        assert!(options.foreign(DriverKind::Virtualbox).is_empty());
+        assert!(options
+            .foreign(&DriverChoice::BuiltIn(DriverKind::Virtualbox))
+            .is_empty());
         assert_eq!(
-            options.foreign(DriverKind::Qemu),
+            options.foreign(&DriverChoice::BuiltIn(DriverKind::Qemu)),
             ["--virtualbox-* options apply to -d virtualbox only, not -d qemu"]
         );
     }

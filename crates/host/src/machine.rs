@@ -424,7 +424,7 @@ impl CreateOptions {
                 problems.push(format!("registry {registry:?} is not a valid address"));
             }
         }
-        problems.extend(self.driver_options.foreign(self.driver));
+        problems.extend(self.driver_options.foreign(&self.driver));
         problems
     }
 }
@@ -580,6 +580,8 @@ pub async fn create_with<D: Driver>(
             kernel: PathBuf::new(),
             initrd: PathBuf::new(),
             cmdline: String::new(),
+            arch: String::new(),
+            iso: None,
         }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),

@@ -894,7 +894,11 @@ fn create_help_lists_only_the_chosen_drivers_flags() {
     assert!(!qemu.stdout.contains("--virtualbox-"), "{}", qemu.stdout);
 
     let vbox = env.run(&["create", "-d", "virtualbox", "--help"]);
-    assert!(vbox.stdout.contains("--virtualbox-memory"), "{}", vbox.stdout);
+    assert!(
+        vbox.stdout.contains("--virtualbox-memory"),
+        "{}",
+        vbox.stdout
+    );
     assert!(!vbox.stdout.contains("--qemu-accel"), "{}", vbox.stdout);
     assert!(!vbox.stdout.contains("--hyperv-memory"), "{}", vbox.stdout);
     let hyperv = env.run(&["create", "--driver=hyperv", "--help"]);
@@ -919,78 +923,6 @@ fn an_external_driver_gets_its_flags_and_its_errors_are_one_line() {
     let image = image.to_string_lossy().into_owned();
 
     let run = env.run_with(
-/// A loopback HTTP server for the files of one directory, as a release page serves guest
-/// images; it stops when dropped, so later requests are refused.
-struct FileServer {
-    url: String,
-    addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FileServer {
-    fn serve(root: &Path) -> Self {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (root, stopping) = (root.to_path_buf(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let Ok(read_half) = conn.try_clone() else {
-                    continue;
-                };
-                let mut reader = BufReader::new(read_half);
-                let mut request = String::new();
-                let _ = reader.read_line(&mut request);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let _ = match std::fs::read(root.join(path.trim_start_matches('/'))) {
-                    Ok(body) => conn
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .and_then(|()| conn.write_all(&body)),
-                    Err(_) => conn.write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    ),
-                };
-            }
-        });
-        Self {
-            url: format!("http://{addr}/"),
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Runs `create` of machine `x` from `image` with a QEMU that does not exist: it stops at the
-/// precheck (exit 3), after the image was found or downloaded.
-fn create_until_precheck(env: &Env, image: &str) -> Run {
-    env.run_with(
         &[
             "create",
             "--no-progress",
@@ -1123,6 +1055,83 @@ fn rm_cleans_the_store_when_the_plugin_is_broken() {
     assert_eq!(forced.code, 0, "{}", forced.stderr);
     assert!(!dir.exists());
 }
+
+/// A loopback HTTP server for the files of one directory, as a release page serves guest
+/// images; it stops when dropped, so later requests are refused.
+struct FileServer {
+    url: String,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileServer {
+    fn serve(root: &Path) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, stopping) = (root.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let Ok(read_half) = conn.try_clone() else {
+                    continue;
+                };
+                let mut reader = BufReader::new(read_half);
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let _ = match std::fs::read(root.join(path.trim_start_matches('/'))) {
+                    Ok(body) => conn
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| conn.write_all(&body)),
+                    Err(_) => conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            }
+        });
+        Self {
+            url: format!("http://{addr}/"),
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs `create` of machine `x` from `image` with a QEMU that does not exist: it stops at the
+/// precheck (exit 3), after the image was found or downloaded.
+fn create_until_precheck(env: &Env, image: &str) -> Run {
+    env.run_with(
+        &[
+            "create",
+            "--no-progress",
+            "--guest-image",
             image,
             "--qemu-program",
             "/nonexistent/qemu-system-x86_64",

@@ -671,6 +671,7 @@ impl Driver for GenericDriver {
                 console_log: false,
                 shares: false,
                 existing_host: true,
+                virtio_fs: false,
             },
         }
     }
@@ -913,6 +914,7 @@ mod tests {
                 env: vec!["HTTP_PROXY=http://p:3128".into()],
             },
             shares: Vec::new(),
+            network: None,
         };
         config.engine.labels.push("provider=generic".into());
         let args = engine_command(&config);
@@ -971,6 +973,8 @@ mod tests {
                 kernel: PathBuf::new(),
                 initrd: PathBuf::new(),
                 cmdline: String::new(),
+                arch: String::new(),
+                iso: None,
             },
             config_drive: tmp.path().join("config.img"),
             guest_ports: rmachine_driver::GuestPorts::default(),

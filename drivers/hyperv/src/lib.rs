@@ -656,6 +656,8 @@ impl Driver for HyperVDriver {
                 pause: false,
                 console_log: false,
                 shares: false,
+                existing_host: false,
+                virtio_fs: false,
             },
         }
     }

@@ -32,6 +32,7 @@ fn setup() -> Setup {
                 initrd: image.join("initrd.img"),
                 cmdline: "console=ttyS0".into(),
                 iso: Some(image.join("rmachine.iso")),
+                arch: String::new(),
             },
             config_drive: machine.join("config.img"),
             guest_ports: GuestPorts::default(),

@@ -672,6 +672,7 @@ mod tests {
             initrd: "/img/initrd.img".into(),
             cmdline: "console=ttyAMA0 quiet".into(),
             arch: "aarch64".into(),
+            iso: None,
         };
         let p = unix_paths("/m/dev");
         let mut l = launch(LINUX, Accel::Tcg, "virt", &boot, &p);

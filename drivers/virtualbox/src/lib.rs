@@ -895,6 +895,8 @@ impl Driver for VirtualBoxDriver {
                 pause: false,
                 console_log: true,
                 shares: false,
+                existing_host: false,
+                virtio_fs: false,
             },
         }
     }

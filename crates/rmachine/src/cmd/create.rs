@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rmachine_host::drivers::{DriverChoice, DriverKind, DriverOptions};
+use rmachine_host::drivers::{DriverChoice, DriverOptions};
 use rmachine_host::image::{self, ImageSource};
 use rmachine_host::machine::{self, CreateOptions, MachineError};
 use rmachine_host::store::{Store, StoreError};
