@@ -229,7 +229,7 @@ pub struct Capabilities {
     pub shares: bool,
     /// Shares that are not read-only are exported over virtio-fs
     /// ([`ShareTransport::VirtioFs`]): the driver found a virtiofsd that can serve them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub virtio_fs: bool,
     /// The machine is an existing host, not a VM: no guest image is booted, the engine's
     /// certificates are installed from the configuration drive by the driver itself,
