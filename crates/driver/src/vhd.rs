@@ -20,7 +20,16 @@ pub fn write_fixed(raw: &Path, out: &Path, id: [u8; 16]) -> std::io::Result<u64>
     data.resize(size as usize, 0);
     data.extend_from_slice(&footer(size, id));
     let tmp = out.with_extension("vhd.tmp");
-    let mut file = File::create(&tmp)?;
+    // A leftover would keep its mode; the disk holds the engine's TLS key: owner only.
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
     file.write_all(&data)?;
     file.sync_all()?;
     std::fs::rename(&tmp, out)?;
@@ -108,6 +117,13 @@ mod tests {
         // 2048 sectors: the spec's algorithm gives 17 sectors, 4 heads, 30 cylinders.
         assert_eq!(geometry(2048), (30, 4, 17));
         assert!(!tmp.path().join("config.vhd.tmp").exists());
+        // It carries the engine's TLS key: owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     /// qemu-img (which the QEMU driver needs anyway) reads the file as a VHD ("vpc") of the

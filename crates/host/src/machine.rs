@@ -405,7 +405,24 @@ impl CreateOptions {
             for value in values {
                 if value.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
                     problems.push(format!("{flag} {value:?} is not KEY=VALUE"));
+                } else if value.chars().any(char::is_control) {
+                    // They end up in a config drive, a unit file or a shell script: a newline
+                    // would start a new line there.
+                    problems.push(format!("{flag} {value:?} holds a control character"));
                 }
+            }
+        }
+        for value in &self.engine_env {
+            let key = value.split_once('=').map_or("", |(k, _)| k);
+            let identifier = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !key.is_empty() && !identifier {
+                problems.push(format!(
+                    "--engine-env {value:?}: {key:?} is not an environment variable name"
+                ));
             }
         }
         for san in &self.tls_san {
@@ -2292,7 +2309,12 @@ mod tests {
     async fn every_invalid_option_is_reported_at_once() {
         let (_tmp, store, mut options) = setup();
         options.cpus = 0;
-        options.engine_env = vec!["NOEQUALS".into()];
+        options.engine_env = vec![
+            "NOEQUALS".into(),
+            "A;reboot=1".into(),
+            "OK=line\nExecStartPre=/bin/evil".into(),
+        ];
+        options.engine_labels = vec!["tier=a%b".into()];
         let driver = FakeDriver::default();
         let (_, progress) = recorder();
         let err = create_with(&store, &driver, "bad name!", &options, &progress)
@@ -2302,7 +2324,9 @@ mod tests {
             err.to_string(),
             "Invalid hostname specified. Allowed hostname chars are: 0-9a-zA-Z . -\n\
              --cpus must be at least 1\n\
-             --engine-env \"NOEQUALS\" is not KEY=VALUE"
+             --engine-env \"NOEQUALS\" is not KEY=VALUE\n\
+             --engine-env \"OK=line\\nExecStartPre=/bin/evil\" holds a control character\n\
+             --engine-env \"A;reboot=1\": \"A;reboot\" is not an environment variable name"
         );
         assert!(driver.calls().is_empty());
         assert!(!store.root().exists());

@@ -818,11 +818,14 @@ fn published_bind_address_must_be_an_ip_address() {
 
 /// Writes `rmachine-driver-NAME` (a shell script with `body`) into `dir`, executable.
 fn write_plugin(dir: &Path, name: &str, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).expect("plugin dir");
     let path = dir.join(format!("rmachine-driver-{name}"));
     std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("plugin");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
 }
 
 /// A plugin speaking protocol 1 in shell: it declares two flags, records the precheck request

@@ -556,20 +556,27 @@ fn systemd_unit(args: &[String], env: &[String]) -> String {
          Delegate=yes\nLimitNOFILE=1048576\nTasksMax=infinity\n",
     );
     for kv in env {
-        unit.push_str(&format!(
-            "Environment=\"{}\"\n",
-            kv.replace('\\', "\\\\").replace('"', "\\\"")
-        ));
+        unit.push_str(&format!("Environment=\"{}\"\n", unit_quoted(kv)));
     }
     let line: Vec<String> = args
         .iter()
-        .map(|a| format!("\"{}\"", a.replace('\\', "\\\\").replace('"', "\\\"")))
+        .map(|a| format!("\"{}\"", unit_quoted(a)))
         .collect();
     unit.push_str(&format!(
         "ExecStart={}\n\n[Install]\nWantedBy=multi-user.target\n",
         line.join(" ")
     ));
     unit
+}
+
+/// A value inside a double-quoted systemd unit word: `\\` and `"` escaped, and `%` and `$`
+/// doubled so that systemd expands neither specifiers nor variables in it.
+fn unit_quoted(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+        .replace('$', "$$")
 }
 
 /// The supervisor of hosts without systemd: restarts the engine when it exits, and on TERM
@@ -936,6 +943,9 @@ mod tests {
             "{unit}"
         );
         assert!(unit.contains("\"--label\" \"owner=it's me\""), "{unit}");
+        // systemd expands `%` specifiers and `$` variables even inside quotes.
+        let unit = systemd_unit(&["--label".into(), "cost=5%$HOME".into()], &[]);
+        assert!(unit.contains("\"--label\" \"cost=5%%$$HOME\""), "{unit}");
     }
 
     #[test]

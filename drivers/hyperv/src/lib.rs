@@ -145,9 +145,20 @@ impl std::fmt::Debug for HyperVDriver {
     }
 }
 
-/// A PowerShell single-quoted string literal (a quote inside is doubled).
+/// A PowerShell single-quoted string literal. PowerShell also takes the typographic single
+/// quotes U+2018–U+201B as quotes, so each of them is doubled like `'` (a path such as
+/// `C:\Users\O’Brien` would otherwise end the literal).
 pub fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        out.push(c);
+        if matches!(c, '\'' | '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}') {
+            out.push(c);
+        }
+    }
+    out.push('\'');
+    out
 }
 
 fn path_q(path: &Path) -> String {

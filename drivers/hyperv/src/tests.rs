@@ -119,6 +119,8 @@ fn every_call_is_a_noninteractive_powershell_command_that_stops_on_errors() {
         ]
     );
     assert_eq!(quote("it's"), "'it''s'");
+    // PowerShell ends a literal at a typographic quote too.
+    assert_eq!(quote("O\u{2019}Brien"), "'O\u{2019}\u{2019}Brien'");
 }
 
 #[tokio::test]

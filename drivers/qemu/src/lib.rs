@@ -970,6 +970,16 @@ impl QemuDriver {
         if !self.options.boot_iso {
             return Ok(());
         }
+        if self.guest_arch() != HostArch::X86_64 {
+            return Err(DriverError::InvalidOptions {
+                driver: DRIVER.to_owned(),
+                problems: vec![format!(
+                    "--qemu-boot-iso: the guest ISO exists for x86_64 guests only; a {} guest \
+                     boots its kernel directly",
+                    self.guest_arch()
+                )],
+            });
+        }
         let machine = self.machine_type();
         if args::MachineFamily::of(&machine) != args::MachineFamily::Pci {
             return Err(DriverError::InvalidOptions {

@@ -112,8 +112,13 @@ impl Context {
         for name in [dockerfile, ".dockerignore"] {
             if matcher.excludes(name) {
                 if let Some(rel) = relative(name) {
-                    let path = self.root.join(rel);
-                    if path.is_file() {
+                    // Resolved inside the context: a symlinked directory on the way (git
+                    // checkouts keep links that lead out) must not make this delete a file
+                    // outside it.
+                    let path = self.resolve(&rel)?;
+                    if path.starts_with(&self.root)
+                        && fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+                    {
                         fs::remove_file(&path).map_err(io_err(&path))?;
                     }
                 }
@@ -315,6 +320,22 @@ mod tests {
             b.append_data(&mut h, name, *data).expect("append");
         }
         b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn an_excluded_dockerfile_behind_a_link_out_is_never_deleted_outside() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("Dockerfile"), "FROM x\n").expect("write");
+        let root = tempfile::tempdir().expect("tempdir");
+        // A git checkout keeps a link that leads out of the context.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("d")).expect("symlink");
+        std::fs::write(root.path().join(".dockerignore"), "d/Dockerfile\n").expect("write");
+        let context = Context::scope(root.path());
+        context.apply_dockerignore("d/Dockerfile").expect("apply");
+        assert!(
+            outside.path().join("Dockerfile").exists(),
+            "a file outside the context was deleted"
+        );
     }
 
     #[test]

@@ -702,7 +702,10 @@ impl<'a> Builder<'a> {
                     }
                     self.run(st, &CommandLine::Shell(script)).await
                 }
-                (CommandLine::Exec(_), _) => self.run(st, command).await,
+                // No shell reads them: refused rather than dropped.
+                (CommandLine::Exec(_), _) => Err(BuildError::Unsupported {
+                    what: "heredocs in an exec-form (JSON) RUN".into(),
+                }),
             },
             Instruction::Copy(spec) => self.copy(st, spec, false, escape).await,
             Instruction::Add(spec) => self.copy(st, spec, true, escape).await,
