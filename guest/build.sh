@@ -163,6 +163,14 @@ E2FS_PACKAGES=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libc6
                libgmp10 libtinfo6 libbsd0 libmd0)
 E2FS_DEBS=()
 for pkg in "${E2FS_PACKAGES[@]}"; do E2FS_DEBS+=("$(fetch_deb "$pkg")"); done
+# Mozilla's root certificates (ca-certificates is Architecture: all): the engine reaches
+# registries over HTTPS, and its TLS client reads /etc/ssl/certs/ca-certificates.crt.
+CADEB="$(ls "$WORK"/debs/ca-certificates_*_all.deb 2>/dev/null | head -n1 || true)"
+if [[ -z "$CADEB" ]]; then
+  log "downloading ca-certificates"
+  (cd "$WORK/debs" && apt-get download -q ca-certificates >&2)
+  CADEB="$(ls "$WORK"/debs/ca-certificates_*_all.deb | head -n1)"
+fi
 
 if [[ ! -d "$WORK/kernel/lib/modules/$KVER" ]]; then
   log "unpacking $KPKG"
@@ -244,6 +252,18 @@ fi
 # rmachine-init is a multi-call binary: argv0 rmachine-runtime runs the container runtime.
 ln -s /init "$ROOT/usr/bin/rmachine-runtime"
 ln -s /init "$ROOT/usr/bin/rmachine-init"
+
+# The CA bundle as Debian's update-ca-certificates makes it: every Mozilla root, in name order.
+CA="$WORK/ca-certificates"
+rm -rf "$CA"
+dpkg-deb -x "$CADEB" "$CA"
+mkdir -p "$ROOT/etc/ssl/certs"
+find "$CA/usr/share/ca-certificates/mozilla" -name '*.crt' -print0 | sort -z \
+  | xargs -0 cat >"$ROOT/etc/ssl/certs/ca-certificates.crt"
+if ! grep -q 'BEGIN CERTIFICATE' "$ROOT/etc/ssl/certs/ca-certificates.crt"; then
+  log "no CA certificates in $CADEB"
+  exit 1
+fi
 
 # e2fsprogs, before the busybox links: busybox's own mke2fs/tune2fs (ext2 only) must not win.
 # The data disk is ext4 with a journal (crates/init/src/disk.rs); /etc/mtab lets e2fsck see
