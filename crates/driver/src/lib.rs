@@ -8,6 +8,7 @@
 
 pub mod protocol;
 pub mod runner;
+pub mod state_file;
 pub mod vhd;
 
 use std::future::Future;

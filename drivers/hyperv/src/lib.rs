@@ -599,41 +599,15 @@ fn io(dir: &MachineDir, path: &Path, source: std::io::Error) -> DriverError {
 }
 
 fn load(dir: &MachineDir) -> Result<Option<HyperVState>, DriverError> {
-    let path = dir.file(SAVED);
-    let text = match std::fs::read(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(dir, &path, e)),
-    };
-    serde_json::from_slice(&text).map(Some).map_err(|e| {
-        io(
-            dir,
-            &path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
-    })
+    rmachine_driver::state_file::load(dir, SAVED)
 }
 
 fn load_required(dir: &MachineDir) -> Result<HyperVState, DriverError> {
-    load(dir)?.ok_or_else(|| {
-        io(
-            dir,
-            &dir.file(SAVED),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the hyperv driver has not created this machine",
-            ),
-        )
-    })
+    rmachine_driver::state_file::load_required(dir, SAVED, "hyperv")
 }
 
 fn save(dir: &MachineDir, state: &HyperVState) -> Result<(), DriverError> {
-    let path = dir.file(SAVED);
-    let tmp = dir.file("hyperv.json.tmp");
-    let text =
-        serde_json::to_vec_pretty(state).map_err(|e| io(dir, &path, std::io::Error::other(e)))?;
-    std::fs::write(&tmp, text).map_err(|e| io(dir, &tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(dir, &path, e))
+    rmachine_driver::state_file::save(dir, SAVED, state)
 }
 
 /// Deletes what this driver may have made in the machine directory, and nothing else.

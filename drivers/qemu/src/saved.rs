@@ -2,7 +2,6 @@
 //! accelerator and why, the machine type), written atomically (temporary file + rename).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
 
 use rmachine_driver::{DriverError, MachineDir};
 use serde::{Deserialize, Serialize};
@@ -32,57 +31,17 @@ pub struct QemuState {
 impl QemuState {
     /// Reads `qemu.json`; `None` if the machine was never created.
     pub fn load(dir: &MachineDir) -> Result<Option<Self>, DriverError> {
-        let path = dir.file(FILE);
-        let text = match std::fs::read(&path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(io(dir, &path, source)),
-        };
-        serde_json::from_slice(&text).map(Some).map_err(|err| {
-            io(
-                dir,
-                &path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, err),
-            )
-        })
+        rmachine_driver::state_file::load(dir, FILE)
     }
 
     /// Reads `qemu.json`, which must exist (the machine was created).
     pub fn load_required(dir: &MachineDir) -> Result<Self, DriverError> {
-        Self::load(dir)?.ok_or_else(|| {
-            io(
-                dir,
-                &dir.file(FILE),
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the qemu driver has not created this machine",
-                ),
-            )
-        })
+        rmachine_driver::state_file::load_required(dir, FILE, "qemu")
     }
 
     /// Writes `qemu.json` atomically.
     pub fn save(&self, dir: &MachineDir) -> Result<(), DriverError> {
-        let path = dir.file(FILE);
-        let temp = dir.file("qemu.json.tmp");
-        let mut text = serde_json::to_vec_pretty(self).map_err(|err| {
-            io(
-                dir,
-                &path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, err),
-            )
-        })?;
-        text.push(b'\n');
-        std::fs::write(&temp, &text).map_err(|source| io(dir, &temp, source))?;
-        std::fs::rename(&temp, &path).map_err(|source| io(dir, &path, source))
-    }
-}
-
-fn io(dir: &MachineDir, path: &Path, source: std::io::Error) -> DriverError {
-    DriverError::Io {
-        machine: dir.name.clone(),
-        path: path.to_owned(),
-        source,
+        rmachine_driver::state_file::save(dir, FILE, self)
     }
 }
 
