@@ -300,6 +300,35 @@ fn a_corrupted_blob_is_rejected_and_nothing_is_stored() -> Result<()> {
 }
 
 #[test]
+fn an_engine_host_without_a_ca_bundle_gets_an_error_not_a_panic() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    share_network_with_engines()?;
+    let registry = Registry::start(Auth::Open)?;
+    let empty = tempfile::tempdir()?;
+    let bundle = empty.path().join("ca.pem");
+    fs::write(&bundle, "")?;
+    let bundle = bundle.to_string_lossy().into_owned();
+    let dir = empty.path().to_string_lossy().into_owned();
+    // As in a guest built without one: rustls finds no root certificate at all.
+    let engine =
+        Engine::start_with_env(&[], &[("SSL_CERT_FILE", &bundle), ("SSL_CERT_DIR", &dir)])?;
+    let name = format!("{}/any:latest", registry.host);
+    let run = engine.docker(&["pull", &name])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot set up a client for registry {}",
+            registry.host
+        )),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    Ok(())
+}
+
+#[test]
 fn an_unreachable_registry_is_named_in_the_error() -> Result<()> {
     let Some((engine, mut registry)) = setup(Auth::Open)? else {
         return Ok(());

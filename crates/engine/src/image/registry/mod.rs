@@ -338,11 +338,14 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A registry client for one endpoint. Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/
-/// `NO_PROXY`, as reqwest reads them.
-pub fn client_for(endpoint: &Endpoint) -> oci_client::Client {
+/// A registry client for one endpoint, or an error naming it when its TLS set-up fails (a
+/// host without a CA bundle). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, as
+/// reqwest reads them.
+pub fn client_for(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
     install_crypto_provider();
-    oci_client::Client::new(ClientConfig {
+    // `Client::new` would swallow a failure and fall back to a default client that panics
+    // the same way (a host without a CA bundle): the error names the registry instead.
+    oci_client::Client::try_from(ClientConfig {
         protocol: if endpoint.plain_http {
             ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
         } else {
@@ -355,6 +358,14 @@ pub fn client_for(endpoint: &Endpoint) -> oci_client::Client {
         read_timeout: Some(READ_TIMEOUT),
         user_agent: concat!("rmachine-engine/", env!("CARGO_PKG_VERSION")),
         ..ClientConfig::default()
+    })
+    .map_err(|e| RegistryError::Registry {
+        reference: endpoint.host.clone(),
+        message: format!(
+            "cannot set up a client for registry {}: {e} (is there a CA bundle at \
+             /etc/ssl/certs/ca-certificates.crt?)",
+            endpoint.host
+        ),
     })
 }
 

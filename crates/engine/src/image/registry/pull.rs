@@ -358,7 +358,7 @@ pub async fn pull(
     for endpoint in endpoints {
         let endpoint = super::settle(endpoint).await;
         let remote = Remote {
-            client: client_for(&endpoint),
+            client: client_for(&endpoint)?,
             endpoint: endpoint.clone(),
             auth: options.auth.clone(),
             reference: options.reference.clone(),

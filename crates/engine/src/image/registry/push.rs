@@ -147,7 +147,7 @@ pub async fn push(
         })?;
     let endpoint = super::settle(endpoint).await;
     let target = Target {
-        client: client_for(&endpoint),
+        client: client_for(&endpoint)?,
         endpoint,
         auth: options.auth.clone(),
         repository,
