@@ -12,6 +12,8 @@ use rmachine_tests_engine::{require_root, share_network_with_engines, Engine, Ru
 /// `Last-Modified` of everything the test server serves, and the same instant in seconds.
 const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 const LAST_MODIFIED_EPOCH: &str = "1445412480";
+/// The file name the test server gives a directory's `index` in `Content-Disposition`.
+const DISPOSITION: &str = "named by header.txt";
 
 /// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET and HEAD, a query string
 /// ignored, 404 for what is missing), for as long as the test runs; returns its base URL.
@@ -36,8 +38,20 @@ fn serve(root: PathBuf) -> anyhow::Result<String> {
             let mut words = request.split_whitespace();
             let method = words.next().unwrap_or_default().to_string();
             let target = words.next().unwrap_or_default();
-            let path = target.split('?').next().unwrap_or_default();
-            let file = root.join(path.trim_start_matches('/'));
+            let path = target
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .replace("%20", " ");
+            // A directory's `index` comes with a Content-Disposition naming it.
+            let (file, disposition) = if path.ends_with('/') {
+                (
+                    root.join(path.trim_start_matches('/')).join("index"),
+                    format!("Content-Disposition: attachment; filename=\"{DISPOSITION}\"\r\n"),
+                )
+            } else {
+                (root.join(path.trim_start_matches('/')), String::new())
+            };
             let (head, body) = match fs::read(&file) {
                 Ok(body) if file.is_file() => {
                     let content_type = if path.ends_with(".tar") {
@@ -50,7 +64,8 @@ fn serve(root: PathBuf) -> anyhow::Result<String> {
                     (
                         format!(
                             "HTTP/1.0 200 OK\r\nContent-Type: {content_type}\r\n\
-                             Last-Modified: {LAST_MODIFIED}\r\nContent-Length: {}\r\n\r\n",
+                             Last-Modified: {LAST_MODIFIED}\r\n{disposition}\
+                             Content-Length: {}\r\n\r\n",
                             body.len()
                         ),
                         body,
@@ -330,6 +345,94 @@ fn remote_contexts_tar_dockerfile_and_git_and_add_urls() -> anyhow::Result<()> {
         !changed.stdout.contains(" ---> Using cache"),
         "{}",
         changed.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn add_urls_are_named_as_moby_names_them_and_show_their_download() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    share_network_with_engines()?;
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let site = tempfile::tempdir()?;
+    let base = serve(site.path().to_path_buf())?;
+    let big = vec![7u8; 3_000_000];
+    fs::write(site.path().join("big file.bin"), &big)?;
+    write_files(site.path(), &[("dir/index", "from a directory\n")])?;
+    write_files(
+        site.path(),
+        &[(
+            "add/Dockerfile",
+            &format!("FROM busybox\nADD {base}/big%20file.bin /got/\nADD {base}/dir/ /got/\n"),
+        )],
+    )?;
+    let (status, out) = build_api(
+        &engine,
+        &format!(
+            "t=added%3Anames&remote={}",
+            encode(&format!("{base}/add/Dockerfile"))
+        ),
+    )?;
+    assert_eq!(status, 200, "{out}");
+    // The percent-decoded last path element, else the Content-Disposition filename.
+    let ran = engine
+        .docker(&["run", "--rm", "added:names", "ls", "/got"])?
+        .ok()?;
+    assert_eq!(ran.stdout, format!("big file.bin\n{DISPOSITION}\n"));
+    let size = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "added:names",
+            "stat",
+            "-c",
+            "%s",
+            "/got/big file.bin",
+        ])?
+        .ok()?;
+    assert_eq!(size.stdout, "3000000\n");
+
+    // moby's JSON progress: `Downloading` lines, the last one complete, then an empty status.
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last_download = lines
+        .iter()
+        .rposition(|l| l["status"] == "Downloading" && l["progressDetail"]["total"] == 3_000_000)
+        .ok_or_else(|| anyhow::anyhow!("no download progress in {out}"))?;
+    let done = &lines[last_download];
+    assert_eq!(done["progressDetail"]["current"], 3_000_000, "{out}");
+    assert_eq!(
+        done["progress"],
+        format!("[{}>]      3MB/3MB", "=".repeat(50)),
+        "{out}"
+    );
+    assert_eq!(lines[last_download + 1], serde_json::json!({}), "{out}");
+
+    // (docker CLI 28 wraps the build's output in a stream that is never a terminal, so it
+    // hides these bars as it hides dockerd's; API clients such as docker-py get them.)
+    Ok(())
+}
+
+#[test]
+fn a_remote_that_is_neither_git_nor_a_url_is_a_server_error() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // dockerd's `remotecontext.Detect` returns a plain error: 500 with its text.
+    let (status, out) = build_api(&engine, "remote=ftp%3A%2F%2Fh%2Fctx.tar")?;
+    assert_eq!(status, 500, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)?["message"],
+        "remoteURL (ftp://h/ctx.tar) could not be recognized as URL"
     );
     Ok(())
 }

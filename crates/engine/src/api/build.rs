@@ -175,6 +175,35 @@ fn line(value: serde_json::Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// moby's `formatProgress` of an `ADD` URL's download (`jsonmessage.JSONMessage` with
+/// `omitempty` fields; an unknown length is Go's -1).
+fn download_line(current: u64, total: Option<u64>) -> Vec<u8> {
+    let mut detail = serde_json::Map::new();
+    if current > 0 {
+        detail.insert("current".into(), json!(current));
+    }
+    match total {
+        Some(0) => {}
+        Some(t) => {
+            detail.insert("total".into(), json!(t));
+        }
+        None => {
+            detail.insert("total".into(), json!(-1));
+        }
+    }
+    let total = total.unwrap_or(0);
+    let mut message = serde_json::Map::new();
+    message.insert("status".into(), json!("Downloading"));
+    message.insert("progressDetail".into(), serde_json::Value::Object(detail));
+    if current > 0 || total > 0 {
+        message.insert(
+            "progress".into(),
+            json!(crate::image::registry::progress_bar(current, total)),
+        );
+    }
+    line(serde_json::Value::Object(message)).to_vec()
+}
+
 impl Api {
     pub(super) async fn build(&self, req: Request<Incoming>) -> ApiResult {
         let raw = req.uri().query().map(str::to_string);
@@ -223,6 +252,22 @@ impl Api {
                     }
                     Progress::Stream(text) => Some(line(json!({ "stream": text }))),
                     Progress::Aux(id) => Some(line(json!({ "aux": { "ID": id } }))),
+                    // dockerd's quiet build keeps progress with the held output; a bar
+                    // replayed after a failure tells nothing, so it is left out.
+                    Progress::Download { .. } if quiet => None,
+                    Progress::Download {
+                        current,
+                        total,
+                        done,
+                    } => {
+                        let mut out = download_line(current, total);
+                        // moby's JSON progress output ends a finished bar with an empty
+                        // status, which the CLI shows as a line break.
+                        if done {
+                            out.extend_from_slice(&line(json!({})));
+                        }
+                        Some(Bytes::from(out))
+                    }
                 }
             };
             let result = loop {

@@ -88,7 +88,10 @@ fn build_status(err: &crate::build::BuildError) -> StatusCode {
         | BuildError::CommandFailed { .. } => StatusCode::BAD_REQUEST,
         BuildError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
         BuildError::Fetch { missing: true, .. } => StatusCode::NOT_FOUND,
-        BuildError::Fetch { .. } | BuildError::Cancelled => StatusCode::INTERNAL_SERVER_ERROR,
+        // moby's `remotecontext.Detect` returns a plain error for an unknown remote: 500.
+        BuildError::Fetch { .. }
+        | BuildError::Cancelled
+        | BuildError::UnrecognizedRemote { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         BuildError::Image(err) => image_status(err),
         BuildError::Engine(err) => engine_status(err),
         BuildError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -40,6 +40,16 @@ pub enum Progress {
     Stream(String),
     /// The id of an image a stage produced (`{"aux": {"ID": …}}`).
     Aux(String),
+    /// An `ADD` URL's download: bytes so far and the size when known (moby's JSON
+    /// progress, `Downloading [==>  ] x/y`).
+    Download {
+        /// Bytes received.
+        current: u64,
+        /// The body's length, if the server sent one.
+        total: Option<u64>,
+        /// The download finished (moby then sends an empty status line).
+        done: bool,
+    },
 }
 
 /// The options of `POST /build` the builder uses.
@@ -1382,29 +1392,37 @@ impl<'a> Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// Downloads an ADD source into `dir` as moby does: named after the URL's last path
-    /// element, mode 0600, mtime the `Last-Modified` header or else the epoch; returns the
-    /// file's name.
+    /// Downloads an ADD source into `dir` as moby does: named after the URL's percent-decoded
+    /// last path element (else its `Content-Disposition` filename), mode 0600, mtime the
+    /// `Last-Modified` header or else the epoch, its progress shown; returns the file's name.
     async fn fetch_source(&self, url: &str, dest: &str, dir: &Path) -> Result<PathBuf, BuildError> {
-        let path = url
-            .split(['?', '#'])
-            .next()
-            .unwrap_or_default()
-            .splitn(4, '/')
-            .nth(3)
-            .unwrap_or_default();
-        let name = match path.rsplit('/').next().filter(|n| !n.is_empty()) {
-            Some(n) if n != "." && n != ".." => n.to_string(),
-            _ if dest.ends_with('/') => {
+        let fetching = super::remote::get(url).await?;
+        let name = match super::remote::download_name(url, fetching.disposition_name.as_deref()) {
+            // A name that would not be a file of `dir` is refused as moby's open fails.
+            Some(n) if n != "." && n != ".." => PathBuf::from(n),
+            Some(n) => {
+                return Err(invalid(format!(
+                    "cannot determine filename for source {url} ({})",
+                    n.to_string_lossy()
+                )))
+            }
+            None if dest.ends_with('/') => {
                 return Err(invalid(format!(
                     "cannot determine filename for source {url}"
                 )))
             }
-            _ => "__unnamed__".to_string(),
+            None => PathBuf::from("__unnamed__"),
         };
-        let name = PathBuf::from(name);
         let file = dir.join(&name);
-        let fetched = super::remote::download(url, &file).await?;
+        let out = self.out.clone();
+        let mut report = |current: u64, total: Option<u64>, done: bool| {
+            let _ = out.send(Progress::Download {
+                current,
+                total,
+                done,
+            });
+        };
+        let fetched = fetching.save(&file, &mut report).await?;
         self.say("\n");
         let mtime = fetched.last_modified.unwrap_or(std::time::UNIX_EPOCH);
         let opened = fs::File::open(&file).map_err(io_err(&file))?;

@@ -64,6 +64,13 @@ pub enum BuildError {
         /// Whether the server answered 404 (dockerd's NotFound).
         missing: bool,
     },
+    /// A `remote=` that is neither a git repository nor an http(s) URL (moby's plain
+    /// error, so dockerd answers 500).
+    #[error("remoteURL ({remote}) could not be recognized as URL")]
+    UnrecognizedRemote {
+        /// The value given.
+        remote: String,
+    },
     /// The client went away (Ctrl-C): the build stopped, its container removed.
     #[error("Build cancelled")]
     Cancelled,

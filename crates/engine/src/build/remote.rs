@@ -27,9 +27,9 @@ impl Remote {
         } else if is_url(remote) {
             Ok(Remote::Url(remote.to_string()))
         } else {
-            Err(invalid(format!(
-                "remoteURL ({remote}) could not be recognized as URL"
-            )))
+            Err(BuildError::UnrecognizedRemote {
+                remote: remote.to_string(),
+            })
         }
     }
 }
@@ -69,12 +69,29 @@ pub struct Download {
     pub last_modified: Option<SystemTime>,
 }
 
-/// GETs `url` into the new file `dest`, following redirects; a 4xx or 5xx answer is moby's
-/// `failed to GET URL with status …: BODY`.
-pub async fn download(url: &str, dest: &Path) -> Result<Download, BuildError> {
+/// An answered GET whose body is still to be read.
+#[derive(Debug)]
+pub struct Fetching {
+    url: String,
+    response: reqwest::Response,
+    /// What the headers say of the body.
+    pub download: Download,
+    /// The `filename` of a `Content-Disposition` header, as moby's `mime.ParseMediaType`
+    /// reads it.
+    pub disposition_name: Option<String>,
+    /// The body's length when the server gave one.
+    pub length: Option<u64>,
+}
+
+/// GETs `url`, following redirects; a 4xx or 5xx answer is moby's `failed to GET URL with
+/// status …: BODY`.
+pub async fn get(url: &str) -> Result<Fetching, BuildError> {
     let client = crate::image::registry::http_client(false).map_err(|e| invalid(e.to_string()))?;
-    let fail = |e: reqwest::Error| fetch(url, format!("Get \"{url}\": {}", chain(&e)), false);
-    let mut response = client.get(url).send().await.map_err(fail)?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fetch(url, format!("Get \"{url}\": {}", chain(&e)), false))?;
     let status = response.status();
     if status.as_u16() >= 400 {
         let body = response.text().await.unwrap_or_default();
@@ -95,15 +112,133 @@ pub async fn download(url: &str, dest: &Path) -> Result<Download, BuildError> {
     let last_modified = header(reqwest::header::LAST_MODIFIED)
         .and_then(|v| chrono::DateTime::parse_from_rfc2822(&v).ok())
         .map(SystemTime::from);
-    let mut file = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
-    while let Some(chunk) = response.chunk().await.map_err(fail)? {
-        file.write_all(&chunk).await.map_err(io_err(dest))?;
-    }
-    file.flush().await.map_err(io_err(dest))?;
-    Ok(Download {
-        content_type,
-        last_modified,
+    let disposition_name =
+        header(reqwest::header::CONTENT_DISPOSITION).and_then(|v| disposition_filename(&v));
+    Ok(Fetching {
+        url: url.to_string(),
+        length: response.content_length(),
+        response,
+        download: Download {
+            content_type,
+            last_modified,
+        },
+        disposition_name,
     })
+}
+
+/// How often a download reports its progress, as moby's `progress.Reader`: every 1 % of a
+/// known size or 512 KiB, whichever is less, at most every 100 ms, and always at the end.
+struct Reporter<'a> {
+    total: Option<u64>,
+    every: u64,
+    last_bytes: u64,
+    last_sent: Option<std::time::Instant>,
+    report: &'a mut (dyn FnMut(u64, Option<u64>, bool) + Send),
+}
+
+impl Reporter<'_> {
+    fn advance(&mut self, current: u64, done: bool) {
+        if current - self.last_bytes <= self.every && !done {
+            return;
+        }
+        self.last_bytes = current;
+        let due = self
+            .last_sent
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if done || Some(current) == self.total || due {
+            self.last_sent = Some(std::time::Instant::now());
+            (self.report)(current, self.total, done);
+        }
+    }
+}
+
+impl Fetching {
+    /// Writes the body into the new file `dest`, calling `report(bytes so far, total, finished)` as
+    /// moby's progress reader would report it.
+    pub async fn save(
+        mut self,
+        dest: &Path,
+        report: &mut (dyn FnMut(u64, Option<u64>, bool) + Send),
+    ) -> Result<Download, BuildError> {
+        let url = self.url;
+        let fail = |e: reqwest::Error| fetch(&url, format!("Get \"{url}\": {}", chain(&e)), false);
+        let mut reporter = Reporter {
+            total: self.length,
+            every: self
+                .length
+                .map_or(512 * 1024, |n| (n / 100).min(512 * 1024)),
+            last_bytes: 0,
+            last_sent: None,
+            report,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
+        let mut current = 0u64;
+        while let Some(chunk) = self.response.chunk().await.map_err(fail)? {
+            file.write_all(&chunk).await.map_err(io_err(dest))?;
+            current += chunk.len() as u64;
+            reporter.advance(current, false);
+        }
+        file.flush().await.map_err(io_err(dest))?;
+        reporter.advance(current, true);
+        Ok(self.download)
+    }
+}
+
+/// GETs `url` into the new file `dest` (no progress shown).
+pub async fn download(url: &str, dest: &Path) -> Result<Download, BuildError> {
+    get(url).await?.save(dest, &mut |_, _, _| {}).await
+}
+
+/// The name of an `ADD` URL's file, as moby's `getFilenameForDownload`: the last element
+/// of the URL's percent-decoded path, else a `Content-Disposition` filename; `None` when
+/// neither names one.
+pub fn download_name(url: &str, disposition_name: Option<&str>) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let path = reqwest::Url::parse(url)
+        .map(|u| percent_encoding::percent_decode_str(u.path()).collect::<Vec<u8>>())
+        .unwrap_or_default();
+    let base = |p: &[u8]| -> Option<Vec<u8>> {
+        if p.is_empty() || p.ends_with(b"/") {
+            return None;
+        }
+        p.rsplit(|b| *b == b'/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .map(<[u8]>::to_vec)
+    };
+    base(&path)
+        .or_else(|| disposition_name.and_then(|n| base(n.as_bytes())))
+        .map(std::ffi::OsString::from_vec)
+}
+
+/// The `filename` parameter of a `Content-Disposition` value (quoted or a token; RFC 2231's
+/// `filename*=UTF-8''…` decoded, as Go's `mime.ParseMediaType` does).
+fn disposition_filename(value: &str) -> Option<String> {
+    let mut plain = None;
+    for param in value.split(';').skip(1) {
+        let Some((key, val)) = param.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let val = val.trim();
+        if key == "filename*" {
+            let (charset, rest) = val.split_once('\'')?;
+            let (_, encoded) = rest.split_once('\'')?;
+            if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("us-ascii") {
+                return percent_encoding::percent_decode_str(encoded)
+                    .decode_utf8()
+                    .ok()
+                    .map(|s| s.into_owned());
+            }
+        } else if key == "filename" {
+            let unquoted = match val.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                Some(q) => q.replace("\\\"", "\"").replace("\\\\", "\\"),
+                None => val.to_string(),
+            };
+            plain = Some(unquoted);
+        }
+    }
+    plain.filter(|p| !p.is_empty())
 }
 
 /// An error with its causes, as Go prints a wrapped one.
@@ -408,5 +543,36 @@ mod tests {
             Err("unsupported Content-Type \"text/html\"".into())
         );
         assert_eq!(inspect("text/plain", b""), Err("empty response".into()));
+    }
+
+    #[test]
+    fn add_urls_are_named_by_their_decoded_path_then_their_disposition() {
+        let name = |url: &str, disposition: Option<&str>| {
+            download_name(url, disposition).map(|n| n.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            name("https://h/d/a%20b.txt?x=1#f", None).as_deref(),
+            Some("a b.txt")
+        );
+        assert_eq!(name("https://h/a%2Fb", None).as_deref(), Some("b"));
+        assert_eq!(
+            name("https://h/dir/", Some("given.txt")).as_deref(),
+            Some("given.txt")
+        );
+        assert_eq!(name("https://h/", Some("a/b/")), None);
+        assert_eq!(name("https://h", None), None);
+        assert_eq!(
+            disposition_filename(r#"attachment; filename="say \"hi\".txt""#).as_deref(),
+            Some(r#"say "hi".txt"#)
+        );
+        assert_eq!(
+            disposition_filename("attachment; FileName=plain.txt").as_deref(),
+            Some("plain.txt")
+        );
+        assert_eq!(
+            disposition_filename("attachment; filename*=UTF-8''na%C3%AFve.txt").as_deref(),
+            Some("na\u{ef}ve.txt")
+        );
+        assert_eq!(disposition_filename("inline"), None);
     }
 }

@@ -173,22 +173,18 @@ impl Progress {
     }
 }
 
-/// moby's `JSONProgress.String` for a terminal 110 columns wide: a 50-cell bar and sizes.
-fn progress_bar(current: u64, total: u64) -> String {
+/// moby's `JSONProgress.String` for a terminal over 110 columns wide: a bar of 50 cells
+/// and a `>` head, then the sizes (only the current one once it passes the total).
+pub(crate) fn progress_bar(current: u64, total: u64) -> String {
     if total == 0 {
         return format!("{:>8}", human_size(current));
     }
-    let width = 50u64;
-    let filled = (current.min(total) * width / total) as usize;
-    let mut bar = "=".repeat(filled);
-    if filled < width as usize {
-        bar.push('>');
+    let filled = ((current as f64 / total as f64 * 100.0) as u64 / 2).min(50) as usize;
+    let bar = format!("[{}>{}] ", "=".repeat(filled), " ".repeat(50 - filled));
+    if current > total {
+        return format!("{bar}{:>8}", human_size(current));
     }
-    format!(
-        "[{bar:<50}] {:>8}/{}",
-        human_size(current),
-        human_size(total)
-    )
+    format!("{bar}{:>8}/{}", human_size(current), human_size(total))
 }
 
 /// go-units' `HumanSize`: decimal units, four significant digits.
@@ -485,5 +481,22 @@ mod tests {
         assert!(p["progress"].as_str().unwrap().ends_with("1.5MB/3MB"));
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(1234567), "1.235MB");
+    }
+
+    #[test]
+    fn progress_bars_are_drawn_as_moby_draws_them() {
+        assert_eq!(
+            progress_bar(3_000_000, 3_000_000),
+            format!("[{}>] {:>8}/3MB", "=".repeat(50), "3MB")
+        );
+        assert_eq!(
+            progress_bar(1_000, 4_000),
+            format!("[{}>{}] {:>8}/4kB", "=".repeat(12), " ".repeat(38), "1kB")
+        );
+        assert_eq!(
+            progress_bar(0, 10),
+            format!("[>{}]       0B/10B", " ".repeat(50))
+        );
+        assert_eq!(progress_bar(1_500, 0), "   1.5kB");
     }
 }
