@@ -1,6 +1,7 @@
 //! `docker build` through the classic builder (`DOCKER_BUILDKIT=0`): the real CLI against the
 //! engine, with busybox as the base image.
 
+use anyhow::Context as _;
 use std::fs;
 use std::path::Path;
 
@@ -565,8 +566,18 @@ fn an_interrupted_build_removes_its_container() -> anyhow::Result<()> {
     cmd.env("DOCKER_BUILDKIT", "0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
+    let pid = engine.pid().context("engine pid")?;
+    let mounts_under_data_root = || -> anyhow::Result<Vec<String>> {
+        let root = engine.data_root().to_string_lossy().into_owned();
+        Ok(std::fs::read_to_string(format!("/proc/{pid}/mounts"))?
+            .lines()
+            .filter(|l| l.contains(&root))
+            .map(str::to_string)
+            .collect())
+    };
+    let before = mounts_under_data_root()?;
     let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take().expect("piped stdout");
+    let stdout = child.stdout.take().context("piped stdout")?;
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     // Wait until the RUN step's container runs, then interrupt the client as Ctrl-C does.
     for line in lines.by_ref() {
@@ -578,12 +589,16 @@ fn an_interrupted_build_removes_its_container() -> anyhow::Result<()> {
         engine.docker(&["ps", "-q"])?.ok()?.stdout.lines().count(),
         1
     );
+    let during = mounts_under_data_root()?;
+    assert!(during.len() > before.len(), "{during:?}");
     nix_kill(child.id())?;
     let _ = child.wait();
     engine.wait_for(&["ps", "-aq"], std::time::Duration::from_secs(15), |r| {
         r.code == 0 && r.stdout.trim().is_empty()
     })?;
     assert!(engine.docker(&["image", "inspect", "interrupted"])?.code != 0);
+    // The build container's root filesystem and mounts went with it.
+    assert_eq!(mounts_under_data_root()?, before);
     Ok(())
 }
 
@@ -754,8 +769,10 @@ fn run_steps_get_the_builds_network_hosts_and_limits() -> anyhow::Result<()> {
     };
     let ctx = context(&[(
         "Dockerfile",
-        "FROM busybox\nRUN ls /sys/class/net > /nets && grep -c myhost /etc/hosts > /hosts\n\
-         CMD cat /nets /hosts\n",
+        "FROM busybox\nRUN ls /sys/class/net > /nets && grep -c myhost /etc/hosts > /hosts && \
+         (cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max) > /mem && \
+         grep Cpus_allowed_list /proc/self/status | tr -d '\\t' > /cpus\n\
+         CMD cat /nets /hosts /mem /cpus\n",
     )])?;
     build(
         &engine,
@@ -767,13 +784,16 @@ fn run_steps_get_the_builds_network_hosts_and_limits() -> anyhow::Result<()> {
             "myhost:10.1.2.3",
             "--memory",
             "64m",
+            "--cpuset-cpus",
+            "0",
             "-t",
             "limited",
         ],
     )?
     .ok()?;
     let ran = engine.docker(&["run", "--rm", "limited"])?.ok()?;
-    assert_eq!(ran.stdout, "lo\n1\n");
+    // The RUN step's container had the build's memory limit and cpuset.
+    assert_eq!(ran.stdout, "lo\n1\n67108864\nCpus_allowed_list:0\n");
     // A build step's container is created as `docker run`'s: an unknown network is
     // dockerd's error.
     let refused = build(
