@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rmachine_tests_engine::registry::{require_registry, Auth, Registry};
 use rmachine_tests_engine::{require_root, share_network_with_engines, Engine, Run};
 
 /// `Last-Modified` of everything the test server serves, and the same instant in seconds.
@@ -307,15 +308,7 @@ fn remote_contexts_tar_dockerfile_and_git_and_add_urls() -> anyhow::Result<()> {
             &format!("FROM busybox\nADD {base}/data.tar /got/\n"),
         )],
     )?;
-    let build = |args: &[&str]| -> anyhow::Result<Run> {
-        let mut all = vec!["build"];
-        all.extend_from_slice(args);
-        let d = add.path().to_string_lossy().into_owned();
-        all.push(&d);
-        let mut cmd = engine.docker_command(&all);
-        cmd.env("DOCKER_BUILDKIT", "0");
-        Ok(cmd.output()?.into())
-    };
+    let build = |args: &[&str]| cli_build(&engine, add.path(), args);
     build(&["-t", "added"])?.ok()?;
     let ran = engine
         .docker(&[
@@ -419,6 +412,85 @@ fn add_urls_are_named_as_moby_names_them_and_show_their_download() -> anyhow::Re
     Ok(())
 }
 
+/// `docker build DIR ARGS` with the classic builder.
+fn cli_build(engine: &Engine, dir: &Path, args: &[&str]) -> anyhow::Result<Run> {
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    let d = dir.to_string_lossy().into_owned();
+    all.push(&d);
+    let mut cmd = engine.docker_command(&all);
+    cmd.env("DOCKER_BUILDKIT", "0");
+    Ok(cmd.output()?.into())
+}
+
+#[test]
+fn from_a_registry_by_digest_and_with_pull() -> anyhow::Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    share_network_with_engines()?;
+    let registry = Registry::start(Auth::Open)?;
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let base = format!("{}/base:1", registry.host);
+    engine.docker(&["tag", "busybox", &base])?.ok()?;
+    engine.docker(&["push", &base])?.ok()?;
+    let digest = engine.inspect(&base, "{{index .RepoDigests 0}}")?;
+    engine.docker(&["rmi", &base])?.ok()?;
+
+    // FROM name@digest: pulled (the engine no longer has it) and built on.
+    let by_digest = tempfile::tempdir()?;
+    write_files(
+        by_digest.path(),
+        &[("Dockerfile", &format!("FROM {digest}\nRUN echo one > /v\n"))],
+    )?;
+    let out = cli_build(&engine, by_digest.path(), &["-t", "on-digest"])?.ok()?;
+    assert!(
+        out.stdout.contains(&format!("Step 1/2 : FROM {digest}\n")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("Pulling from base"), "{}", out.stdout);
+    let ran = engine
+        .docker(&["run", "--rm", "on-digest", "cat", "/v"])?
+        .ok()?;
+    assert_eq!(ran.stdout, "one\n");
+
+    // The registry's base:1 moves on; the engine's base:1 stays the old one.
+    let newer = tempfile::tempdir()?;
+    write_files(
+        newer.path(),
+        &[("Dockerfile", "FROM busybox\nRUN echo two > /v\n")],
+    )?;
+    cli_build(&engine, newer.path(), &["-t", &base])?.ok()?;
+    engine.docker(&["push", &base])?.ok()?;
+    engine.docker(&["tag", "busybox", &base])?.ok()?;
+    let user = tempfile::tempdir()?;
+    write_files(
+        user.path(),
+        &[(
+            "Dockerfile",
+            &format!("FROM {base}\nCMD cat /v || echo none\n"),
+        )],
+    )?;
+    // Without --pull the local image is the base; with it, the registry's.
+    cli_build(&engine, user.path(), &["-t", "user:local"])?.ok()?;
+    let ran = engine.docker(&["run", "--rm", "user:local"])?.ok()?;
+    assert_eq!(ran.stdout, "none\n");
+    let pulled = cli_build(&engine, user.path(), &["--pull", "-t", "user:pulled"])?.ok()?;
+    assert!(
+        pulled
+            .stdout
+            .contains(&format!("Status: Downloaded newer image for {base}")),
+        "{}",
+        pulled.stdout
+    );
+    let ran = engine.docker(&["run", "--rm", "user:pulled"])?.ok()?;
+    assert_eq!(ran.stdout, "two\n");
+    Ok(())
+}
+
 #[test]
 fn a_remote_that_is_neither_git_nor_a_url_is_a_server_error() -> anyhow::Result<()> {
     if !require_root() {
@@ -487,15 +559,7 @@ fn cache_from_reuses_a_loaded_images_steps_and_only_those() -> anyhow::Result<()
             ("file", "data\n"),
         ],
     )?;
-    let build = |args: &[&str]| -> anyhow::Result<Run> {
-        let mut all = vec!["build"];
-        all.extend_from_slice(args);
-        let d = ctx.path().to_string_lossy().into_owned();
-        all.push(&d);
-        let mut cmd = engine.docker_command(&all);
-        cmd.env("DOCKER_BUILDKIT", "0");
-        Ok(cmd.output()?.into())
-    };
+    let build = |args: &[&str]| cli_build(&engine, ctx.path(), args);
     build(&["-t", "made"])?.ok()?;
     let id = engine.inspect("made", "{{.Id}}")?;
     // The image as another machine would get it: loaded, with no build cache here.
