@@ -539,12 +539,50 @@ fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Resul
         fresh.stdout
     );
     assert!(fresh.stdout.contains("\nran\n"), "{}", fresh.stdout);
+    // `docker system df` counts the cached steps; `builder prune` forgets them, naming each.
+    let build_cache_total = || -> anyhow::Result<String> {
+        let df = engine.docker(&["system", "df"])?.ok()?;
+        let line = df
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("Build Cache"))
+            .with_context(|| format!("no Build Cache line in {}", df.stdout))?;
+        Ok(line
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string())
+    };
+    // Three steps, and those the --no-cache build recorded over new parents.
+    let total: usize = build_cache_total()?.parse()?;
+    assert!(total >= 3, "{total}");
+    let filtered = engine.docker(&["builder", "prune", "-f", "--filter", "until=1h"])?;
+    assert_ne!(filtered.code, 0, "{filtered:?}");
+    assert!(
+        filtered
+            .stderr
+            .contains("does not support builder prune --filter"),
+        "{}",
+        filtered.stderr
+    );
     let prune = engine.docker(&["builder", "prune", "-f"])?.ok()?;
     assert!(
-        prune.stdout.contains("Total reclaimed space"),
+        prune.stdout.starts_with("Deleted build cache objects:\n"),
         "{}",
         prune.stdout
     );
+    assert_eq!(
+        prune.stdout.lines().filter(|l| l.len() == 64).count(),
+        total,
+        "{}",
+        prune.stdout
+    );
+    assert!(
+        prune.stdout.contains("Total reclaimed space: 0B"),
+        "{}",
+        prune.stdout
+    );
+    assert_eq!(build_cache_total()?, "0");
     let after = build(&engine, ctx.path(), &["-t", "cached"])?.ok()?;
     assert_eq!(
         after.stdout.matches(" ---> Using cache").count(),

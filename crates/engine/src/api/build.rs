@@ -321,11 +321,30 @@ impl Api {
         Ok(streaming("application/json", body))
     }
 
-    pub(super) async fn build_prune(&self) -> ApiResult {
-        self.engine.prune_build_cache().await?;
+    /// `POST /build/prune`: the classic builder's step cache is forgotten whole (its
+    /// layers belong to the images, so no space is reclaimed); BuildKit's selection options
+    /// are refused by name.
+    pub(super) async fn build_prune(&self, query: &Query) -> ApiResult {
+        if query
+            .get("filters")
+            .is_some_and(|f| !f.is_empty() && f != "{}" && f != "null")
+        {
+            return Err(refused("builder prune --filter"));
+        }
+        for (key, option) in [
+            ("keep-storage", "--keep-storage"),
+            ("reserved-space", "--reserved-space"),
+            ("max-used-space", "--max-used-space"),
+            ("min-free-space", "--min-free-space"),
+        ] {
+            if query.get(key).is_some_and(|v| !v.is_empty() && v != "0") {
+                return Err(refused(&format!("builder prune {option}")));
+            }
+        }
+        let deleted = self.engine.prune_build_cache().await?;
         json(
             StatusCode::OK,
-            &json!({ "CachesDeleted": [], "SpaceReclaimed": 0 }),
+            &json!({ "CachesDeleted": deleted, "SpaceReclaimed": 0 }),
         )
     }
 }

@@ -156,9 +156,9 @@ impl Api {
         json(StatusCode::OK, &report)
     }
 
-    /// `GET /system/df`: images, containers with their sizes, volumes with their usage.
-    /// `BuildCache` lists BuildKit's cache records, which this engine has none of (the classic
-    /// builder's cache is made of images).
+    /// `GET /system/df`: images, containers with their sizes, volumes with their usage, and
+    /// the classic builder's cached steps as `BuildCache` records (shared, size 0: a step's
+    /// layer belongs to its image, counted under `Images`).
     pub(super) async fn system_df(&self) -> ApiResult {
         let (images, layers_size) = self.engine.disk_usage_images().await?;
         let options = ListOptions::new(true, None, Default::default())?;
@@ -173,6 +173,28 @@ impl Api {
             types::show_sizes(&mut summary, self.engine.container_sizes(record));
             containers.push(summary);
         }
+        let build_cache: Vec<serde_json::Value> = self
+            .engine
+            .build_cache_entries()
+            .await?
+            .into_iter()
+            .map(|entry| {
+                let created = chrono::DateTime::<chrono::Utc>::from(entry.created)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                let image = entry.image.trim_start_matches("sha256:");
+                json!({
+                    "ID": entry.key,
+                    "Type": "regular",
+                    "Description": format!("classic builder step: image {}", &image[..image.len().min(12)]),
+                    "InUse": false,
+                    "Shared": true,
+                    "Size": 0,
+                    "CreatedAt": created,
+                    "LastUsedAt": null,
+                    "UsageCount": 0,
+                })
+            })
+            .collect();
         json(
             StatusCode::OK,
             &json!({
@@ -180,7 +202,7 @@ impl Api {
                 "Images": images,
                 "Containers": containers,
                 "Volumes": self.engine.volume_disk_usage(),
-                "BuildCache": [],
+                "BuildCache": build_cache,
             }),
         )
     }

@@ -198,7 +198,7 @@ impl Api {
                 self.push_image(&req, &name, &query).await
             }
             (&Method::POST, ["build"]) => self.build(req).await,
-            (&Method::POST, ["build", "prune"]) => self.build_prune().await,
+            (&Method::POST, ["build", "prune"]) => self.build_prune(&query).await,
             (&Method::GET, ["images", "json"]) => json(
                 StatusCode::OK,
                 &self.engine.list_images(query.bool("all")).await?,

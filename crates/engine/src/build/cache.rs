@@ -65,21 +65,67 @@ impl BuildCache {
         crate::state::durable::write_atomic(&path, image.as_bytes(), 0o600).map_err(io_err(&path))
     }
 
-    /// Forgets every entry (`docker builder prune`); returns how many there were.
-    pub fn clear(&self) -> Result<usize, BuildError> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+    /// Every entry whose image `exists` still (the others are misses, not cache), oldest
+    /// first.
+    pub fn entries(&self, exists: impl Fn(&str) -> bool) -> Result<Vec<CacheEntry>, BuildError> {
+        let dir = match fs::read_dir(&self.dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_err(&self.dir)(e)),
         };
-        let mut n = 0;
-        for entry in entries {
-            let path = entry.map_err(io_err(&self.dir))?.path();
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            n += 1;
+        let mut out = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let path = entry.path();
+            let Ok(image) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let image = image.trim().to_string();
+            if !image.starts_with("sha256:") || !exists(&image) {
+                continue;
+            }
+            let created = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(io_err(&path))?;
+            out.push(CacheEntry {
+                key: entry.file_name().to_string_lossy().into_owned(),
+                image,
+                created,
+            });
         }
-        Ok(n)
+        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.key.cmp(&b.key)));
+        Ok(out)
     }
+
+    /// Forgets every entry (`docker builder prune`); returns the keys removed.
+    pub fn clear(&self) -> Result<Vec<String>, BuildError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            removed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        removed.sort();
+        Ok(removed)
+    }
+}
+
+/// One cached step: its key, the image it made and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The entry's file name (hex sha256 of parent and config).
+    pub key: String,
+    /// The image the step made.
+    pub image: String,
+    /// When the step was recorded.
+    pub created: std::time::SystemTime,
 }
 
 #[cfg(test)]
@@ -106,7 +152,12 @@ mod tests {
         assert_eq!(cache.get("sha256:c", &cfg), None);
         let other = serde_json::json!({"Cmd": ["/bin/sh", "-c", "echo ho"]});
         assert_eq!(cache.get("sha256:a", &other), None);
-        assert_eq!(cache.clear().expect("clear"), 1);
+        let listed = cache.entries(|id| id == "sha256:b").expect("entries");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].image, "sha256:b");
+        // An entry whose image is gone is not cache.
+        assert!(cache.entries(|_| false).expect("entries").is_empty());
+        assert_eq!(cache.clear().expect("clear"), vec![listed[0].key.clone()]);
         assert_eq!(cache.get("sha256:a", &cfg), None);
     }
 }

@@ -177,13 +177,27 @@ impl Engine {
         Ok(id)
     }
 
-    /// Forgets the build cache (`docker builder prune`); returns how many entries went.
-    pub async fn prune_build_cache(&self) -> Result<usize, BuildError> {
+    /// Forgets the build cache (`docker builder prune`); returns the keys of the entries
+    /// that went.
+    pub async fn prune_build_cache(&self) -> Result<Vec<String>, BuildError> {
         let cache = crate::build::cache::BuildCache::new(&self.inner.config.data_root);
         tokio::task::spawn_blocking(move || cache.clear())
             .await
             .map_err(|e| BuildError::Invalid {
                 reason: format!("prune task failed: {e}"),
+            })?
+    }
+
+    /// The build cache's entries whose images still exist (`docker system df`).
+    pub async fn build_cache_entries(
+        &self,
+    ) -> Result<Vec<crate::build::cache::CacheEntry>, BuildError> {
+        let cache = crate::build::cache::BuildCache::new(&self.inner.config.data_root);
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || cache.entries(|id| images.resolve(id).is_ok()))
+            .await
+            .map_err(|e| BuildError::Invalid {
+                reason: format!("build cache task failed: {e}"),
             })?
     }
 }
