@@ -1010,3 +1010,51 @@ fn context_symlinks_loop_or_lead_out_without_harm() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn parser_directives_and_from_platform() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let host = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "# syntax=docker/dockerfile:1\n# escape=`\nFROM --platform=linux/{host} busybox\n\
+             RUN echo a `\n    && echo b > /x\nCMD cat /x\n"
+        ),
+    )])?;
+    let run = build(&engine, ctx.path(), &["-t", "directives"])?.ok()?;
+    assert!(
+        run.stdout.contains(
+            "[WARNING]: the classic builder ignores the syntax=docker/dockerfile:1 parser directive"
+        ),
+        "{}",
+        run.stdout
+    );
+    // The backtick continued the line.
+    assert!(run.stdout.contains("\na\n"), "{}", run.stdout);
+    assert_eq!(
+        engine.docker(&["run", "--rm", "directives"])?.ok()?.stdout,
+        "b\n"
+    );
+    // Another platform cannot be built here and is named.
+    let other = if host == "amd64" { "arm64" } else { "amd64" };
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM --platform=linux/{other} busybox\n"),
+    )])?;
+    let refused = build(&engine, ctx.path(), &[])?;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "FROM --platform=linux/{other} (only linux/{host} is built here)"
+        )),
+        "{}",
+        refused.stderr
+    );
+    Ok(())
+}
