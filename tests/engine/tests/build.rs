@@ -1058,3 +1058,59 @@ fn parser_directives_and_from_platform() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn dockerfiles_inside_and_outside_the_context_and_rm_false() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ctx = context(&[
+        (
+            "sub/Other.df",
+            "FROM busybox\nCOPY note /note\nCMD cat /note\n",
+        ),
+        ("note", "inside\n"),
+    ])?;
+    let inside = ctx.path().join("sub/Other.df");
+    build(
+        &engine,
+        ctx.path(),
+        &["-f", &inside.to_string_lossy(), "-t", "df:inside"],
+    )?
+    .ok()?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", "df:inside"])?.ok()?.stdout,
+        "inside\n"
+    );
+    // Outside the context: the CLI adds it to the context under another name.
+    let elsewhere = context(&[(
+        "Dockerfile",
+        "FROM busybox\nCOPY note /copied\nRUN echo kept\nCMD cat /copied\n",
+    )])?;
+    let outside = elsewhere.path().join("Dockerfile");
+    let run = build(
+        &engine,
+        ctx.path(),
+        &[
+            "-f",
+            &outside.to_string_lossy(),
+            "--rm=false",
+            "-t",
+            "df:outside",
+        ],
+    )?
+    .ok()?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", "df:outside"])?.ok()?.stdout,
+        "inside\n"
+    );
+    // --rm=false: the RUN step's container stays.
+    assert!(
+        !run.stdout.contains("Removed intermediate container"),
+        "{}",
+        run.stdout
+    );
+    let ps = engine.docker(&["ps", "-aq"])?.ok()?;
+    assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
+    Ok(())
+}
