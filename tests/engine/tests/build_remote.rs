@@ -19,8 +19,13 @@ const DISPOSITION: &str = "named by header.txt";
 /// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET and HEAD, a query string
 /// ignored, 404 for what is missing), for as long as the test runs; returns its base URL.
 fn serve(root: PathBuf) -> anyhow::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
+    serve_on("127.0.0.1:0", root).map(|port| format!("http://127.0.0.1:{port}"))
+}
+
+/// [`serve`] on `addr`; returns the port.
+fn serve_on(addr: &str, root: PathBuf) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -83,7 +88,7 @@ fn serve(root: PathBuf) -> anyhow::Result<String> {
             }
         }
     });
-    Ok(format!("http://{addr}"))
+    Ok(port)
 }
 
 /// Writes `files` (path, content) under `dir`.
@@ -409,6 +414,37 @@ fn add_urls_are_named_as_moby_names_them_and_show_their_download() -> anyhow::Re
 
     // (docker CLI 28 wraps the build's output in a stream that is never a terminal, so it
     // hides these bars as it hides dockerd's; API clients such as docker-py get them.)
+    Ok(())
+}
+
+#[test]
+fn run_steps_reach_the_network_through_the_default_bridge() -> anyhow::Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    share_network_with_engines()?;
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    // A "mirror" on every address of the engine's host: a RUN step reaches it through its
+    // gateway, as `RUN apt-get update` reaches a mirror.
+    let site = tempfile::tempdir()?;
+    write_files(site.path(), &[("pkg/index", "package list\n")])?;
+    let port = serve_on("0.0.0.0:0", site.path().to_path_buf())?;
+    let ctx = tempfile::tempdir()?;
+    write_files(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM busybox\nRUN gw=$(ip route | awk '/^default/ {{print $3}}') && \
+                 wget -q -O /index http://$gw:{port}/pkg/index\nCMD cat /index\n"
+            ),
+        )],
+    )?;
+    cli_build(&engine, ctx.path(), &["-t", "fetched"])?.ok()?;
+    let ran = engine.docker(&["run", "--rm", "fetched"])?.ok()?;
+    assert_eq!(ran.stdout, "package list\n");
     Ok(())
 }
 
