@@ -222,8 +222,12 @@ fn disposition_filename(value: &str) -> Option<String> {
         let key = key.trim().to_ascii_lowercase();
         let val = val.trim();
         if key == "filename*" {
-            let (charset, rest) = val.split_once('\'')?;
-            let (_, encoded) = rest.split_once('\'')?;
+            let Some((charset, rest)) = val.split_once('\'') else {
+                continue;
+            };
+            let Some((_, encoded)) = rest.split_once('\'') else {
+                continue;
+            };
             if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("us-ascii") {
                 return percent_encoding::percent_decode_str(encoded)
                     .decode_utf8()
@@ -574,5 +578,10 @@ mod tests {
             Some("na\u{ef}ve.txt")
         );
         assert_eq!(disposition_filename("inline"), None);
+        // A malformed extended value leaves the plain one.
+        assert_eq!(
+            disposition_filename("attachment; filename*=broken; filename=plain.txt").as_deref(),
+            Some("plain.txt")
+        );
     }
 }
