@@ -84,6 +84,8 @@ impl Engine {
         super::networks::check_create(&config, &host_config, &networking_config)?;
         let requested_ip =
             super::networks::check_requested_ip(&networking_config, |n| self.find_network(n))?;
+        let requested_mac =
+            super::networks::requested_mac(&config, &host_config, &networking_config)?;
         host_config::normalize_host_config(&mut host_config)?;
         validate_log_config(&mut host_config)?;
         if let Some(name) = &name {
@@ -176,7 +178,8 @@ impl Engine {
             .and_then(|()| self.inner.state.save(&container.record()))
             .map_err(EngineError::from)
             .and_then(|()| super::networks::save_aliases(&dir, &networking_config))
-            .and_then(|()| super::networks::save_requested_ip(&dir, requested_ip));
+            .and_then(|()| super::networks::save_requested_ip(&dir, requested_ip))
+            .and_then(|()| super::networks::save_mac(&dir, requested_mac));
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);
