@@ -680,8 +680,41 @@ fn a_running_container_joins_and_leaves_a_second_network() -> Result<()> {
     assert!(addr.contains("inet 10.232.6."), "{addr}");
     assert!(fetch("web")?.stdout.contains("served by web"));
 
+    // Created on two networks (API 1.44): the first gets eth0, the second eth1 and its alias.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "both",
+            "--network",
+            "front",
+            "--network",
+            "name=back,alias=b2",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    assert_eq!(
+        engine.inspect(
+            "both",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}:{{$v.Aliases}} {{end}}"
+        )?,
+        "back:[b2] front:[]"
+    );
+    let addr = engine
+        .docker(&["exec", "both", "ip", "-4", "-o", "addr", "show", "eth1"])?
+        .ok()?
+        .stdout;
+    assert!(addr.contains("inet 10.232.6."), "{addr}");
+    let found = engine.docker(&["exec", "client", "nslookup", "b2"])?.stdout;
+    assert!(found.contains("Address: 10.232.6."), "{found}");
+
     // Nothing is left behind.
-    engine.docker(&["rm", "-f", "web", "client"])?.ok()?;
+    engine
+        .docker(&["rm", "-f", "web", "client", "both"])?
+        .ok()?;
     let links_after = engine.netns.command("ip").args(["-o", "link"]).output()?;
     let links_after = String::from_utf8_lossy(&links_after.stdout).to_string();
     assert!(!links_after.contains("veth"), "{links_after}");

@@ -353,7 +353,8 @@ fn load_extras(dir: &std::path::Path) -> Vec<Extra> {
         .unwrap_or_default()
 }
 
-fn save_extras(dir: &std::path::Path, extras: &[Extra]) -> Result<(), EngineError> {
+/// Keeps the networks a container joins after its first beside its record.
+pub(super) fn save_extras(dir: &std::path::Path, extras: &[Extra]) -> Result<(), EngineError> {
     let path = dir.join(EXTRA_FILE);
     if extras.is_empty() {
         let _ = std::fs::remove_file(&path);
@@ -421,6 +422,100 @@ fn load_mac(dir: &std::path::Path) -> Option<[u8; 6]> {
     std::fs::read_to_string(dir.join(MAC_FILE))
         .ok()
         .and_then(|s| crate::network::parse_mac(s.trim()).ok())
+}
+
+/// A create request's networks split in two: its `--network` (the entry of that name, or of
+/// `default`, or the only one) and the others, which it joins after it (API >= 1.44 `docker run
+/// --network a --network b`).
+pub(super) fn split_networks(
+    host: &HostConfig,
+    networking: &crate::state::NetworkingConfig,
+) -> (
+    crate::state::NetworkingConfig,
+    Vec<(String, crate::state::EndpointSettings)>,
+) {
+    let mode = Mode::of(host).ok();
+    let wanted = mode.as_ref().and_then(Mode::network_name);
+    let all = &networking.endpoints_config;
+    let primary = if all.len() == 1 {
+        all.keys().next().cloned()
+    } else {
+        all.keys()
+            .find(|k| {
+                Some(k.as_str()) == wanted
+                    || (k.as_str() == "default" && mode == Some(Mode::Bridge))
+            })
+            .cloned()
+    };
+    let mut first = crate::state::NetworkingConfig::default();
+    let mut rest = Vec::new();
+    for (name, settings) in all {
+        if Some(name) == primary.as_ref() {
+            first
+                .endpoints_config
+                .insert(name.clone(), settings.clone());
+        } else {
+            rest.push((name.clone(), settings.clone().unwrap_or_default()));
+        }
+    }
+    (first, rest)
+}
+
+/// Checks the networks of a create request after its first as `docker network connect` would;
+/// [`save_extras`] keeps them beside the record (joined at each start, after the first).
+pub(super) fn check_more_networks(
+    host: &HostConfig,
+    more: &[(String, crate::state::EndpointSettings)],
+    find: impl Fn(&str) -> Option<crate::network::NetworkDef>,
+) -> Result<Vec<Extra>, EngineError> {
+    if more.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !matches!(Mode::of(host), Ok(Mode::Bridge | Mode::Named(_))) {
+        let mode = Mode::of(host).ok();
+        let mut names: Vec<&str> = more.iter().map(|(n, _)| n.as_str()).collect();
+        names.extend(mode.as_ref().and_then(Mode::network_name));
+        names.sort_unstable();
+        return Err(EngineError::InvalidParameter {
+            reason: format!(
+                "Container cannot be connected to network endpoints: {}",
+                names.join(", ")
+            ),
+        });
+    }
+    let mut extras = Vec::new();
+    for (name, settings) in more {
+        let aliases = settings.aliases.clone().unwrap_or_default();
+        if !aliases.is_empty() && matches!(name.as_str(), "bridge" | "default") {
+            return Err(EngineError::InvalidParameter {
+                reason:
+                    "network-scoped alias is supported only for containers in user defined networks"
+                        .into(),
+            });
+        }
+        let mut one = crate::state::NetworkingConfig::default();
+        one.endpoints_config
+            .insert(name.clone(), Some(settings.clone()));
+        let ip = check_requested_ip(&one, &find)?;
+        let mac = match settings.mac_address.as_str() {
+            "" => None,
+            text => Some(crate::network::parse_mac(text).map_err(|e| {
+                EngineError::InvalidParameter {
+                    reason: e.to_string(),
+                }
+            })?),
+        };
+        // An unknown network is dockerd's 404 at start (see `check_create`): kept by name.
+        let def = find(name);
+        extras.push(Extra {
+            id: def.as_ref().map(|d| d.id.clone()).unwrap_or_default(),
+            name: def.map_or_else(|| name.clone(), |d| d.name),
+            aliases,
+            ip,
+            mac: mac.map(|m| crate::network::format_mac(&m)),
+        });
+    }
+    Ok(extras)
 }
 
 fn aliases_of(networking: &crate::state::NetworkingConfig) -> Vec<String> {
@@ -648,8 +743,9 @@ impl Engine {
             });
         }
         for extra in load_extras(&dir) {
-            let def = self
-                .find_network(&extra.id)
+            let def = (!extra.id.is_empty())
+                .then(|| self.find_network(&extra.id))
+                .flatten()
                 .or_else(|| self.find_network(&extra.name))
                 .ok_or_else(|| EngineError::NoSuchNetwork {
                     name: extra.name.clone(),
