@@ -332,6 +332,15 @@ fn published_ports_are_on_host_loopback_while_their_container_runs() -> Result<(
             .rmachine(&["ls"])
             .is_ok_and(|r| r.stdout.contains(&expected))
     })?;
+    // The agent's log in the machine's directory says it too.
+    let log = std::fs::read_to_string(
+        machine
+            .store()
+            .join("machines")
+            .join("published")
+            .join("port-agent.log"),
+    )?;
+    assert!(log.contains(&expected), "{log}");
     let ps = machine
         .docker(&["ps", "--filter", "name=clash", "--format", "{{.Status}}"])?
         .success()?;
