@@ -711,9 +711,58 @@ fn a_running_container_joins_and_leaves_a_second_network() -> Result<()> {
     let found = engine.docker(&["exec", "client", "nslookup", "b2"])?.stdout;
     assert!(found.contains("Address: 10.232.6."), "{found}");
 
+    // The network with the default route and the published ports leaves: the next one takes
+    // both, as dockerd moves external connectivity to the next gateway endpoint.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "pub",
+            "--network",
+            "front",
+            "-p",
+            "18095:80",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo served by pub > /www/index.html && exec httpd -f -p 80 -h /www",
+        ])?
+        .ok()?;
+    engine
+        .docker(&["network", "connect", "back", "pub"])?
+        .ok()?;
+    engine
+        .docker(&["network", "disconnect", "front", "pub"])?
+        .ok()?;
+    let routes = engine.docker(&["exec", "pub", "ip", "route"])?.ok()?.stdout;
+    assert!(
+        routes.contains("default via 10.232.6.1 dev eth1"),
+        "{routes}"
+    );
+    let got = engine.netns.run(|| -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:18095")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    })??;
+    assert!(got.contains("served by pub"), "{got}");
+    assert_eq!(
+        engine
+            .docker(&["port", "pub", "80/tcp"])?
+            .ok()?
+            .stdout
+            .lines()
+            .next(),
+        Some("0.0.0.0:18095")
+    );
+
     // Nothing is left behind.
     engine
-        .docker(&["rm", "-f", "web", "client", "both"])?
+        .docker(&["rm", "-f", "web", "client", "both", "pub"])?
         .ok()?;
     let links_after = engine.netns.command("ip").args(["-o", "link"]).output()?;
     let links_after = String::from_utf8_lossy(&links_after.stdout).to_string();

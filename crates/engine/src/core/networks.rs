@@ -1191,7 +1191,12 @@ impl Engine {
             });
         }
         let live = self.endpoints_of(&record.id);
+        // The endpoint with the default route and the ports leaves: the next one takes them.
+        let mut promote = false;
         if let Some(endpoint) = live.iter().find(|e| e.network_id == def.id) {
+            promote = live
+                .first()
+                .is_some_and(|f| f.endpoint_id == endpoint.endpoint_id);
             if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
                 if let Some(list) = endpoints.get_mut(&record.id) {
                     list.retain(|e| e.endpoint_id != endpoint.endpoint_id);
@@ -1232,6 +1237,28 @@ impl Engine {
             let mut extras = load_extras(&c.dir);
             extras.retain(|e| e.id != def.id);
             save_extras(&c.dir, &extras)?;
+        }
+        if let Some(next) = self.endpoints_of(&record.id).first().filter(|_| promote) {
+            let host = &record.host_config;
+            let requests = ports::requests(
+                &host.port_bindings,
+                host.publish_all_ports,
+                &record.config.exposed_ports,
+            )
+            .map_err(publish_err)?;
+            let name = record.name.trim_start_matches('/');
+            let promoted = self
+                .inner
+                .network
+                .net
+                .promote(&record.id, name, next, &requests)
+                .await
+                .map_err(publish_err)?;
+            if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
+                if let Some(first) = endpoints.get_mut(&record.id).and_then(|l| l.first_mut()) {
+                    *first = promoted;
+                }
+            }
         }
         Ok(())
     }

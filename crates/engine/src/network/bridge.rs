@@ -243,3 +243,23 @@ pub async fn plug(handle: &Handle, ns: &Path, cfg: &VethConfig) -> Result<(), Ne
     }
     Ok(())
 }
+
+/// Adds the default route via `gateway` on `ifname` inside the namespace at `ns`.
+pub async fn default_route(ns: &Path, ifname: &str, gateway: Ipv4Addr) -> Result<(), NetworkError> {
+    let inner = connect_in(ns)?;
+    let index = index_of(&inner, ifname)
+        .await?
+        .ok_or_else(|| NetworkError::Missing {
+            link: ifname.to_string(),
+        })?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(index)
+        .build();
+    inner
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(nl(format!("default route via {gateway}")))
+}

@@ -716,6 +716,53 @@ impl Networking {
         })
     }
 
+    /// Makes `endpoint` of running container `id` (named `name`) the one with the default
+    /// route and the published ports `requests` after the endpoint that had them was
+    /// disconnected, as dockerd moves external connectivity to the next gateway endpoint;
+    /// returns it with its ports. On failure no port of it is left published.
+    pub async fn promote(
+        &self,
+        id: &str,
+        name: &str,
+        endpoint: &Endpoint,
+        requests: &[ports::Request],
+    ) -> Result<Endpoint, NetworkError> {
+        if !endpoint.gateway.is_unspecified() {
+            bridge::default_route(&endpoint.netns, &endpoint.ifname, endpoint.gateway).await?;
+        }
+        let mut state = self.state.lock().await;
+        let label = format!("{name} ({})", endpoint.endpoint_id);
+        let mut next = state.next_port;
+        let bound = ports::bind_all(requests, endpoint.ip, &state.published, &mut next, &label)?;
+        let published = bound.published.clone();
+        let handles = bound.start()?;
+        state.next_port = next;
+        state.published.extend(published.iter().cloned());
+        let forwards = forwards_of(&published, endpoint.ip);
+        if !forwards.is_empty() {
+            state.forwards.insert(id.to_string(), forwards);
+            if let Err(err) = self.program_nat(&state).await {
+                state.forwards.remove(id);
+                state
+                    .published
+                    .retain(|p| !published.iter().any(|q| q == p));
+                for task in handles {
+                    task.abort();
+                }
+                return Err(err);
+            }
+        }
+        if !handles.is_empty() {
+            if let Ok(mut proxies) = self.proxies.lock() {
+                proxies.insert(id.to_string(), handles);
+            }
+        }
+        Ok(Endpoint {
+            ports: published,
+            ..endpoint.clone()
+        })
+    }
+
     /// Keeps `tasks` serving container `id` (its embedded DNS server) until its disconnect.
     pub fn track(&self, id: &str, tasks: Vec<AbortHandle>) {
         if let Ok(mut dns) = self.dns.lock() {
