@@ -664,11 +664,6 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// The default bridge network's id.
-    pub fn bridge_network_id(&self) -> &str {
-        self.inner.network.net.bridge_id()
-    }
-
     /// The networks of `record`'s container as `NetworkSettings.Networks` lists them: its
     /// `--network` unless disconnected, then those connected later.
     pub fn attachments(&self, record: &ContainerRecord) -> Vec<Attachment> {
@@ -1261,11 +1256,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    /// The `--network-alias`es of container `id`.
-    pub fn aliases(&self, id: &str) -> Vec<String> {
-        load_aliases(&self.inner.state.dir(id))
     }
 
     /// Gives back what [`Engine::network_up`] took for container `id` (nothing if none).
