@@ -604,6 +604,11 @@ fn a_running_container_joins_and_leaves_a_second_network() -> Result<()> {
         engine.inspect("web", "{{json .NetworkSettings.Networks.back.Aliases}}")?,
         r#"["api"]"#
     );
+    let short = &engine.inspect("web", "{{.Id}}")?[..12];
+    assert_eq!(
+        engine.inspect("web", "{{json .NetworkSettings.Networks.back.DNSNames}}")?,
+        format!(r#"["web","api","{short}","webhost"]"#)
+    );
     let hosts = engine
         .docker(&["exec", "web", "cat", "/etc/hosts"])?
         .ok()?

@@ -27,7 +27,7 @@ fn endpoint_settings(a: &Attachment) -> Value {
         "IPAddress": e.map_or(String::new(), |e| e.ip.to_string()),
         "IPPrefixLen": e.map_or(0, |e| e.prefix),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-        "DNSNames": null,
+        "DNSNames": a.dns_names,
     })
 }
 

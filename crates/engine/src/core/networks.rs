@@ -636,6 +636,24 @@ pub struct Attachment {
     pub ip: Option<std::net::Ipv4Addr>,
     /// `--mac-address`.
     pub mac: Option<String>,
+    /// `DNSNames` (API 1.44): what the embedded DNS server answers for it on this network
+    /// (user-defined networks only).
+    pub dns_names: Option<Vec<String>>,
+}
+
+/// dockerd's `buildEndpointDNSNames`: the name, the aliases, the short id and the hostname,
+/// each once.
+fn dns_names(record: &ContainerRecord, network: &str, aliases: &[String]) -> Option<Vec<String>> {
+    if matches!(network, "bridge" | "host" | "none") {
+        return None;
+    }
+    let mut names = vec![record.name.trim_start_matches('/').to_string()];
+    names.extend(aliases.iter().cloned());
+    names.push(record.short_id().to_string());
+    names.push(record.config.hostname.clone());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| !n.is_empty() && seen.insert(n.clone()));
+    Some(names)
 }
 
 /// A network a container joins at start, with its endpoint settings.
@@ -682,17 +700,20 @@ impl Engine {
                 aliases: Vec::new(),
                 ip: None,
                 mac: None,
+                dns_names: None,
             }),
             Mode::Container(_) => {}
             Mode::Bridge | Mode::Named(_) => {
                 if !dir.join(DISCONNECTED_FILE).exists() {
                     let name = mode.network_name().unwrap_or("bridge").to_string();
                     let network_id = self.find_network(&name).map(|d| d.id).unwrap_or_default();
+                    let aliases = load_aliases(&dir);
                     out.push(Attachment {
                         endpoint: live(&network_id),
+                        dns_names: dns_names(record, &name, &aliases),
                         name,
                         network_id,
-                        aliases: load_aliases(&dir),
+                        aliases,
                         ip: load_requested_ip(&dir),
                         mac: load_mac(&dir).map(|m| crate::network::format_mac(&m)),
                     });
@@ -700,6 +721,7 @@ impl Engine {
                 for extra in load_extras(&dir) {
                     out.push(Attachment {
                         endpoint: live(&extra.id),
+                        dns_names: dns_names(record, &extra.name, &extra.aliases),
                         name: extra.name,
                         network_id: extra.id,
                         aliases: extra.aliases,
