@@ -15,10 +15,10 @@ DEFAULT_RUNS=2
 source crates/engine/benches/engine-env.sh "${1:-target/debug}" >/dev/null
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
 # One server port per path: all three reach the container from the bridge's address, and a
-# connection of one path must not meet the server's TIME_WAIT sockets of another. Their TCP
-# timestamps have different random offsets (the kernel keys them on the addresses the client
-# sees), so a SYN reusing such a 4-tuple is dropped and retried a second later: measured in
-# sequence on one port, DNAT after direct showed up to 60 % fewer requests/s.
+# connection of one path must not meet the server's TIME_WAIT sockets of another (measured in
+# sequence on one port, DNAT after direct showed up to 60 % fewer requests/s; likely because
+# their TCP timestamps have other random offsets, keyed on the addresses the client sees, so a
+# SYN reusing such a 4-tuple is dropped and retried a second later).
 docker run -d --name web -p 18080:81 -p 127.0.0.1:18081:82 busybox sh -c \
     'mkdir -p /www && head -c 1024 /dev/zero > /www/index.html &&
      httpd -p 81 -h /www && httpd -p 82 -h /www && exec httpd -f -p 80 -h /www' \
