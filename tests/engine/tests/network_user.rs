@@ -765,9 +765,45 @@ fn a_running_container_joins_and_leaves_a_second_network() -> Result<()> {
         Some("0.0.0.0:18095")
     );
 
+    // A container started with no network (disconnected while stopped) gets its first one
+    // while it runs: eth0 in its own namespace, the default route, its name.
+    engine
+        .docker(&[
+            "create",
+            "--name",
+            "lone",
+            "--network",
+            "front",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    engine
+        .docker(&["network", "disconnect", "front", "lone"])?
+        .ok()?;
+    engine.docker(&["start", "lone"])?.ok()?;
+    let none = engine.docker(&["exec", "lone", "ip", "link", "show", "eth0"])?;
+    assert_ne!(none.code, 0, "{none:?}");
+    engine
+        .docker(&["network", "connect", "back", "lone"])?
+        .ok()?;
+    let routes = engine
+        .docker(&["exec", "lone", "ip", "route"])?
+        .ok()?
+        .stdout;
+    assert!(
+        routes.contains("default via 10.232.6.1 dev eth0"),
+        "{routes}"
+    );
+    let found = engine
+        .docker(&["exec", "client", "nslookup", "lone"])?
+        .stdout;
+    assert!(found.contains("Address: 10.232.6."), "{found}");
+
     // Nothing is left behind.
     engine
-        .docker(&["rm", "-f", "web", "client", "both", "pub"])?
+        .docker(&["rm", "-f", "web", "client", "both", "pub", "lone"])?
         .ok()?;
     let links_after = engine.netns.command("ip").args(["-o", "link"]).output()?;
     let links_after = String::from_utf8_lossy(&links_after.stdout).to_string();
