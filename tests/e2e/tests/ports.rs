@@ -259,7 +259,10 @@ fn published_ports_are_on_host_loopback_while_their_container_runs() -> Result<(
             "mkdir -p /www && echo hello-from-container > /www/index.html && exec httpd -f -p 80 -h /www",
         ])?
         .success()?;
-    let v4 = format!("127.0.0.1:{web}");
+    // `rmachine ip` names an address the host can use: the published port answers there.
+    let ip = machine.rmachine(&["ip", "published"])?.success()?.stdout;
+    assert_eq!(ip.trim(), "127.0.0.1", "{ip}");
+    let v4 = format!("{}:{web}", ip.trim());
     let v6 = format!("[::1]:{web}");
     let took = within(Duration::from_secs(5), "the published port answers", || {
         http_answers(&v4, "hello-from-container\n")
@@ -329,6 +332,15 @@ fn published_ports_are_on_host_loopback_while_their_container_runs() -> Result<(
             .rmachine(&["ls"])
             .is_ok_and(|r| r.stdout.contains(&expected))
     })?;
+    // The agent's log in the machine's directory says it too.
+    let log = std::fs::read_to_string(
+        machine
+            .store()
+            .join("machines")
+            .join("published")
+            .join("port-agent.log"),
+    )?;
+    assert!(log.contains(&expected), "{log}");
     let ps = machine
         .docker(&["ps", "--filter", "name=clash", "--format", "{{.Status}}"])?
         .success()?;

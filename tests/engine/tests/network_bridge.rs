@@ -442,3 +442,116 @@ fn nothing_reaches_this_host_and_a_killed_engines_leftovers_are_removed() -> Res
     assert!(!end.0.contains("docker0"), "{end:?}");
     Ok(())
 }
+
+/// The engine namespace's links, nftables rule set and listening sockets.
+fn engine_state(engine: &Engine) -> Result<(String, String, String)> {
+    let links = ip_in(&engine.netns, &["-o", "link"])?
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rules = out(engine.netns.command("nft").args(["list", "ruleset"]))?;
+    let listening = out(engine.netns.command("ss").args(["-Htuln"]))?;
+    Ok((links, rules, listening))
+}
+
+#[test]
+fn no_failure_leaves_a_link_a_rule_or_a_listener() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&["network", "create", "--subnet", "10.233.1.0/24", "app"])?
+        .ok()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "holder",
+            "--network",
+            "app",
+            "--ip",
+            "10.233.1.10",
+            "-p",
+            "8093:80",
+            "-p",
+            "8093:80/udp",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    engine
+        .docker(&["create", "--name", "stopped", "busybox", "true"])?
+        .ok()?;
+    engine
+        .docker(&["run", "-d", "--name", "idle", "busybox", "sleep", "100"])?
+        .ok()?;
+    let before = engine_state(&engine)?;
+    assert!(before.1.contains("dport 8093"), "{}", before.1);
+    let failures: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "--subnet", "10.233.0.0/16", "overlap"],
+            "invalid pool request: Pool overlaps with other one on this address space",
+        ),
+        (
+            &["run", "--rm", "--network", "nosuch", "busybox", "true"],
+            "network nosuch not found",
+        ),
+        (
+            &["run", "--rm", "-p", "8093:80", "busybox", "true"],
+            "Bind for 0.0.0.0:8093 failed: port is already allocated",
+        ),
+        (
+            &["run", "--rm", "-p", "8093:80/udp", "busybox", "true"],
+            "Bind for 0.0.0.0:8093 failed: port is already allocated",
+        ),
+        (
+            &["run", "--rm", "-p", "8094:80/sctp", "busybox", "true"],
+            "does not support sctp ports",
+        ),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "app",
+                "--ip",
+                "10.233.1.10",
+                "busybox",
+                "true",
+            ],
+            "Address already in use",
+        ),
+        (&["network", "rm", "app"], "has active endpoints"),
+        (
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "container:stopped",
+                "busybox",
+                "true",
+            ],
+            "cannot join network of a non running container",
+        ),
+        (
+            &["network", "connect", "--ip", "10.233.1.10", "app", "idle"],
+            "Address already in use",
+        ),
+        (
+            &["network", "connect", "nosuch", "idle"],
+            "network nosuch not found",
+        ),
+    ];
+    for (args, text) in failures {
+        let got = engine.docker(args)?;
+        assert!(
+            got.code != 0 && got.stderr.contains(text),
+            "{args:?}: {got:?}"
+        );
+        assert_eq!(engine_state(&engine)?, before, "after {args:?}");
+    }
+    Ok(())
+}

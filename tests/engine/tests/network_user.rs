@@ -510,3 +510,384 @@ fn a_network_without_ipv4_is_refused_by_name() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_running_container_joins_and_leaves_a_second_network() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    for (name, subnet) in [("front", "10.232.5.0/24"), ("back", "10.232.6.0/24")] {
+        engine
+            .docker(&["network", "create", "--subnet", subnet, name])?
+            .ok()?;
+    }
+    let links_before = engine.netns.command("ip").args(["-o", "link"]).output()?;
+    let links_before = String::from_utf8_lossy(&links_before.stdout)
+        .lines()
+        .count();
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--hostname",
+            "webhost",
+            "--network",
+            "front",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo served by web > /www/index.html && exec httpd -f -p 80 -h /www",
+        ])?
+        .ok()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "client",
+            "--network",
+            "back",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    let fetch = |name: &str| -> Result<rmachine_tests_engine::Run> {
+        engine.docker(&[
+            "exec",
+            "client",
+            "sh",
+            "-c",
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {name} 80"),
+        ])
+    };
+    assert!(!fetch("api")?.stdout.contains("served by web"));
+
+    // Connected while it runs: a second interface, its --ip and --alias, its name in the
+    // other containers' DNS, a line in its /etc/hosts, and inspect shows both networks.
+    engine
+        .docker(&[
+            "network",
+            "connect",
+            "--alias",
+            "api",
+            "--ip",
+            "10.232.6.40",
+            "back",
+            "web",
+        ])?
+        .ok()?;
+    let addr = engine
+        .docker(&["exec", "web", "ip", "-4", "-o", "addr", "show", "eth1"])?
+        .ok()?
+        .stdout;
+    assert!(addr.contains("inet 10.232.6.40/24"), "{addr}");
+    let routes = engine.docker(&["exec", "web", "ip", "route"])?.ok()?.stdout;
+    assert!(
+        routes.contains("default via 10.232.5.1 dev eth0") && !routes.contains("dev eth1 metric"),
+        "{routes}"
+    );
+    assert_eq!(
+        engine.inspect(
+            "web",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}"
+        )?,
+        "back=10.232.6.40 front=10.232.5.2"
+    );
+    assert_eq!(
+        engine.inspect("web", "{{json .NetworkSettings.Networks.back.IPAMConfig}}")?,
+        r#"{"IPv4Address":"10.232.6.40"}"#
+    );
+    assert_eq!(
+        engine.inspect("web", "{{json .NetworkSettings.Networks.back.Aliases}}")?,
+        r#"["api"]"#
+    );
+    let short = &engine.inspect("web", "{{.Id}}")?[..12];
+    assert_eq!(
+        engine.inspect("web", "{{json .NetworkSettings.Networks.back.DNSNames}}")?,
+        format!(r#"["web","api","{short}","webhost"]"#)
+    );
+    let hosts = engine
+        .docker(&["exec", "web", "cat", "/etc/hosts"])?
+        .ok()?
+        .stdout;
+    assert!(
+        hosts.contains("10.232.5.2\twebhost\n") && hosts.contains("10.232.6.40\twebhost\n"),
+        "{hosts}"
+    );
+    for name in ["api", "web", "web.back"] {
+        let got = fetch(name)?;
+        assert!(got.stdout.contains("served by web"), "{name}: {got:?}");
+    }
+    let members = engine
+        .docker(&[
+            "network",
+            "inspect",
+            "back",
+            "--format",
+            "{{range .Containers}}{{.Name}}={{.IPv4Address}} {{end}}",
+        ])?
+        .ok()?
+        .stdout;
+    assert!(members.contains("web=10.232.6.40/24"), "{members}");
+    let again = engine.docker(&["network", "connect", "back", "web"])?;
+    assert!(
+        again
+            .stderr
+            .contains("endpoint with name web already exists in network back"),
+        "{again:?}"
+    );
+    let host = engine.docker(&["network", "connect", "host", "web"])?;
+    assert!(
+        host.stderr.contains(
+            "container cannot be disconnected from host network or connected to host network"
+        ),
+        "{host:?}"
+    );
+
+    // Disconnected while it runs: the interface, the name, the hosts line and the entry go.
+    engine
+        .docker(&["network", "disconnect", "back", "web"])?
+        .ok()?;
+    let gone = engine.docker(&["exec", "web", "ip", "link", "show", "eth1"])?;
+    assert_ne!(gone.code, 0, "{gone:?}");
+    let hosts = engine
+        .docker(&["exec", "web", "cat", "/etc/hosts"])?
+        .ok()?
+        .stdout;
+    assert!(!hosts.contains("10.232.6.40"), "{hosts}");
+    assert!(!fetch("api")?.stdout.contains("served by web"));
+    assert_eq!(
+        engine.inspect(
+            "web",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
+        )?,
+        "front"
+    );
+    let twice = engine.docker(&["network", "disconnect", "-f", "back", "web"])?;
+    assert!(
+        twice.stderr.contains("is not connected to network back"),
+        "{twice:?}"
+    );
+
+    // Connected while stopped: it joins at its next start, first network first.
+    engine.docker(&["stop", "-t", "1", "web"])?.ok()?;
+    engine
+        .docker(&["network", "connect", "back", "web"])?
+        .ok()?;
+    engine.docker(&["start", "web"])?.ok()?;
+    let addr = engine
+        .docker(&["exec", "web", "ip", "-4", "-o", "addr", "show", "eth1"])?
+        .ok()?
+        .stdout;
+    assert!(addr.contains("inet 10.232.6."), "{addr}");
+    assert!(fetch("web")?.stdout.contains("served by web"));
+
+    // Created on two networks (API 1.44): the first gets eth0, the second eth1 and its alias.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "both",
+            "--network",
+            "front",
+            "--network",
+            "name=back,alias=b2",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    assert_eq!(
+        engine.inspect(
+            "both",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}:{{$v.Aliases}} {{end}}"
+        )?,
+        "back:[b2] front:[]"
+    );
+    let addr = engine
+        .docker(&["exec", "both", "ip", "-4", "-o", "addr", "show", "eth1"])?
+        .ok()?
+        .stdout;
+    assert!(addr.contains("inet 10.232.6."), "{addr}");
+    let found = engine.docker(&["exec", "client", "nslookup", "b2"])?.stdout;
+    assert!(found.contains("Address: 10.232.6."), "{found}");
+
+    // The network with the default route and the published ports leaves: the next one takes
+    // both, as dockerd moves external connectivity to the next gateway endpoint.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "pub",
+            "--network",
+            "front",
+            "-p",
+            "18095:80",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo served by pub > /www/index.html && exec httpd -f -p 80 -h /www",
+        ])?
+        .ok()?;
+    engine
+        .docker(&["network", "connect", "back", "pub"])?
+        .ok()?;
+    engine
+        .docker(&["network", "disconnect", "front", "pub"])?
+        .ok()?;
+    let routes = engine.docker(&["exec", "pub", "ip", "route"])?.ok()?.stdout;
+    assert!(
+        routes.contains("default via 10.232.6.1 dev eth1"),
+        "{routes}"
+    );
+    let got = engine.netns.run(|| -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:18095")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    })??;
+    assert!(got.contains("served by pub"), "{got}");
+    assert_eq!(
+        engine
+            .docker(&["port", "pub", "80/tcp"])?
+            .ok()?
+            .stdout
+            .lines()
+            .next(),
+        Some("0.0.0.0:18095")
+    );
+
+    // A container started with no network (disconnected while stopped) gets its first one
+    // while it runs: eth0 in its own namespace, the default route, its name.
+    engine
+        .docker(&[
+            "create",
+            "--name",
+            "lone",
+            "--network",
+            "front",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    engine
+        .docker(&["network", "disconnect", "front", "lone"])?
+        .ok()?;
+    engine.docker(&["start", "lone"])?.ok()?;
+    let none = engine.docker(&["exec", "lone", "ip", "link", "show", "eth0"])?;
+    assert_ne!(none.code, 0, "{none:?}");
+    engine
+        .docker(&["network", "connect", "back", "lone"])?
+        .ok()?;
+    let routes = engine
+        .docker(&["exec", "lone", "ip", "route"])?
+        .ok()?
+        .stdout;
+    assert!(
+        routes.contains("default via 10.232.6.1 dev eth0"),
+        "{routes}"
+    );
+    let found = engine
+        .docker(&["exec", "client", "nslookup", "lone"])?
+        .stdout;
+    assert!(found.contains("Address: 10.232.6."), "{found}");
+
+    // Nothing is left behind.
+    engine
+        .docker(&["rm", "-f", "web", "client", "both", "pub", "lone"])?
+        .ok()?;
+    let links_after = engine.netns.command("ip").args(["-o", "link"]).output()?;
+    let links_after = String::from_utf8_lossy(&links_after.stdout).to_string();
+    assert!(!links_after.contains("veth"), "{links_after}");
+    // The two bridges made for the networks stay until the networks are removed.
+    assert_eq!(
+        links_after.lines().count(),
+        links_before + 2,
+        "{links_after}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mac_addresses_are_set_and_shown_as_dockerd() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&["network", "create", "--subnet", "10.232.7.0/24", "pinned"])?
+        .ok()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "macd",
+            "--network",
+            "pinned",
+            "--ip",
+            "10.232.7.9",
+            "--mac-address",
+            "02:42:aa:bb:cc:dd",
+            "busybox",
+            "sleep",
+            "100",
+        ])?
+        .ok()?;
+    let link = engine
+        .docker(&["exec", "macd", "ip", "link", "show", "eth0"])?
+        .ok()?
+        .stdout;
+    assert!(link.contains("link/ether 02:42:aa:bb:cc:dd"), "{link}");
+    let shown = "{{.NetworkSettings.Networks.pinned.MacAddress}} {{json .NetworkSettings.Networks.pinned.IPAMConfig}}";
+    assert_eq!(
+        engine.inspect("macd", shown)?,
+        r#"02:42:aa:bb:cc:dd {"IPv4Address":"10.232.7.9"}"#
+    );
+    // Stopped, inspect still shows what was asked for.
+    engine.docker(&["stop", "-t", "1", "macd"])?.ok()?;
+    assert_eq!(
+        engine.inspect("macd", shown)?,
+        r#"02:42:aa:bb:cc:dd {"IPv4Address":"10.232.7.9"}"#
+    );
+    // The default bridge too.
+    let out = engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--mac-address",
+            "02:11:22:33:44:55",
+            "busybox",
+            "ip",
+            "link",
+            "show",
+            "eth0",
+        ])?
+        .ok()?
+        .stdout;
+    assert!(out.contains("link/ether 02:11:22:33:44:55"), "{out}");
+    let host = engine.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--mac-address",
+        "02:11:22:33:44:55",
+        "busybox",
+        "true",
+    ])?;
+    assert!(
+        host.stderr
+            .contains("conflicting options: mac-address and the network mode"),
+        "{host:?}"
+    );
+    Ok(())
+}

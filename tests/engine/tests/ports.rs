@@ -112,6 +112,45 @@ fn publish_all_maps_every_exposed_port_to_an_ephemeral_one() -> Result<()> {
     assert!(http_get(&engine, port)?.contains("hello from"));
     let udp = engine.docker(&["port", "web", "81/udp"])?.ok()?.stdout;
     assert!(udp.starts_with("0.0.0.0:"), "{udp}");
+
+    // Ranges: one to one, and a host range for one port takes its first free port.
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "ranged",
+            "-p",
+            "18110-18111:80-81",
+            "busybox",
+            "sh",
+            "-c",
+            HTTPD,
+        ])?
+        .ok()?;
+    for (port, host) in [("80", "0.0.0.0:18110"), ("81", "0.0.0.0:18111")] {
+        let line = engine.docker(&["port", "ranged", port])?.ok()?.stdout;
+        assert_eq!(line.lines().next(), Some(host), "{line}");
+    }
+    assert!(http_get(&engine, 18110)?.contains("hello from"));
+    let holder = engine.netns.run(|| TcpListener::bind("0.0.0.0:18120"))??;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "first-free",
+            "-p",
+            "18120-18122:80",
+            "busybox",
+            "sh",
+            "-c",
+            HTTPD,
+        ])?
+        .ok()?;
+    let line = engine.docker(&["port", "first-free", "80"])?.ok()?.stdout;
+    assert_eq!(line.lines().next(), Some("0.0.0.0:18121"), "{line}");
+    drop(holder);
     Ok(())
 }
 

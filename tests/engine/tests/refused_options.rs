@@ -12,7 +12,7 @@ const REFUSED: &[(&[&str], &str)] = &[
     (&["--network", "none", "-p", "80"], "published ports are not supported with --network none"),
     (&["--ip6", "fd00::9"], "rmachine-engine does not support network endpoint settings"),
     (&["--ip", "10.0.0.9"], "invalid config for network default: invalid endpoint settings:\nuser specified IP address is supported on user defined networks only"),
-    (&["--mac-address", "02:42:ac:11:00:02"], "rmachine-engine does not support network endpoint settings"),
+    (&["--link-local-ip", "169.254.7.7"], "rmachine-engine does not support network endpoint settings"),
     (&["--gpus", "all"], "rmachine-engine does not support device requests (--gpus) yet"),
     (&["--oom-kill-disable"], "rmachine-engine does not support disabling the OOM killer (--oom-kill-disable) yet"),
     (&["--annotation", "a=b"], "rmachine-engine does not support annotations (--annotation) yet"),

@@ -253,8 +253,7 @@ impl Api {
                     &mut inspect,
                     &c.record(),
                     self.engine.endpoint(&c.id).as_ref(),
-                    &self.engine.network_id_of(&c.record()),
-                    &self.engine.aliases(&c.id),
+                    &self.engine.attachments(&c.record()),
                 );
                 if self.engine.is_paused(&c.id) {
                     types::show_paused(&mut inspect);
@@ -371,8 +370,7 @@ impl Api {
                 &mut summary,
                 record,
                 self.engine.endpoint(&record.id).as_ref(),
-                &self.engine.network_id_of(record),
-                &self.engine.aliases(&record.id),
+                &self.engine.attachments(record),
             );
             if self.engine.is_paused(&record.id) {
                 types::show_paused(&mut summary);

@@ -3,43 +3,39 @@
 
 use serde_json::{json, Value};
 
-use crate::core::networks::Mode;
+use crate::core::networks::{Attachment, Mode};
 use crate::network::{ports_map, Endpoint};
 use crate::state::ContainerRecord;
 
-/// One entry of `NetworkSettings.Networks`.
-fn endpoint_settings(network_id: &str, endpoint: Option<&Endpoint>, aliases: &[String]) -> Value {
-    let e = endpoint;
+/// One entry of `NetworkSettings.Networks`: the endpoint while the container runs, the
+/// settings asked for (`IPAMConfig`, aliases, MAC address) always, as dockerd.
+fn endpoint_settings(a: &Attachment) -> Value {
+    let e = a.endpoint.as_ref();
+    let ipam = a.ip.map(|ip| json!({"IPv4Address": ip.to_string()}));
+    let mac = e
+        .map(|e| e.mac.clone())
+        .or_else(|| a.mac.clone())
+        .unwrap_or_default();
     json!({
-        "IPAMConfig": null, "Links": null,
-        "Aliases": (!aliases.is_empty()).then_some(aliases),
-        "MacAddress": e.map_or(String::new(), |e| e.mac.clone()),
+        "IPAMConfig": ipam, "Links": null,
+        "Aliases": (!a.aliases.is_empty()).then_some(&a.aliases),
+        "MacAddress": mac,
         "DriverOpts": null, "GwPriority": 0,
-        "NetworkID": network_id,
+        "NetworkID": a.network_id,
         "EndpointID": e.map_or(String::new(), |e| e.endpoint_id.clone()),
         "Gateway": e.map_or(String::new(), |e| e.gateway.to_string()),
         "IPAddress": e.map_or(String::new(), |e| e.ip.to_string()),
         "IPPrefixLen": e.map_or(0, |e| e.prefix),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-        "DNSNames": null,
+        "DNSNames": a.dns_names,
     })
 }
 
-fn networks(
-    record: &ContainerRecord,
-    endpoint: Option<&Endpoint>,
-    network_id: &str,
-    aliases: &[String],
-) -> Value {
-    let mut map = serde_json::Map::new();
-    if let Ok(mode) = Mode::of(&record.host_config) {
-        if let Some(name) = mode.network_name() {
-            map.insert(
-                name.to_string(),
-                endpoint_settings(network_id, endpoint, aliases),
-            );
-        }
-    }
+fn networks(attachments: &[Attachment]) -> Value {
+    let map: serde_json::Map<String, Value> = attachments
+        .iter()
+        .map(|a| (a.name.clone(), endpoint_settings(a)))
+        .collect();
     Value::Object(map)
 }
 
@@ -49,8 +45,7 @@ pub fn show_network(
     inspect: &mut Value,
     record: &ContainerRecord,
     endpoint: Option<&Endpoint>,
-    network_id: &str,
-    aliases: &[String],
+    attachments: &[Attachment],
 ) {
     let published = endpoint.map_or(&[][..], |e| e.ports.as_slice());
     let running = endpoint.is_some();
@@ -65,7 +60,7 @@ pub fn show_network(
     };
     let settings = &mut inspect["NetworkSettings"];
     settings["Ports"] = ports;
-    settings["Networks"] = networks(record, endpoint, network_id, aliases);
+    settings["Networks"] = networks(attachments);
     if let Some(e) = endpoint {
         settings["SandboxID"] = json!(e.endpoint_id);
         settings["SandboxKey"] = json!(e.netns.to_string_lossy());
@@ -82,8 +77,7 @@ pub fn show_network_summary(
     summary: &mut Value,
     record: &ContainerRecord,
     endpoint: Option<&Endpoint>,
-    network_id: &str,
-    aliases: &[String],
+    attachments: &[Attachment],
 ) {
     let mut ports = Vec::new();
     if let Some(e) = endpoint {
@@ -119,7 +113,7 @@ pub fn show_network_summary(
             summary["HostConfig"]["NetworkMode"] = json!(name);
         }
     }
-    summary["NetworkSettings"]["Networks"] = networks(record, endpoint, network_id, aliases);
+    summary["NetworkSettings"]["Networks"] = networks(attachments);
 }
 
 /// The JSON of a network, as dockerd's `GET /networks/{id}` (`members` only in inspect).
@@ -320,12 +314,9 @@ impl super::Api {
                         )
                         .await?;
                 } else {
-                    if body.force {
-                        return Err(bad(
-                            "rmachine-engine does not support --force on network disconnect yet"
-                                .into(),
-                        ));
-                    }
+                    // `force` removes endpoints whose container is gone; the engine keeps
+                    // none (see `Engine::disconnect_network`).
+                    let _ = body.force;
                     self.engine.disconnect_network(id, &body.container).await?;
                 }
                 super::empty(StatusCode::OK)

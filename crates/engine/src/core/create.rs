@@ -81,9 +81,18 @@ impl Engine {
             host: &host_config,
             networking: &networking_config,
         })?;
+        // The first network's settings; the others are joined after it at start.
+        let (networking_config, more_networks) =
+            super::networks::split_networks(&host_config, &networking_config);
         super::networks::check_create(&config, &host_config, &networking_config)?;
+        let more_networks =
+            super::networks::check_more_networks(&host_config, &more_networks, |n| {
+                self.find_network(n)
+            })?;
         let requested_ip =
             super::networks::check_requested_ip(&networking_config, |n| self.find_network(n))?;
+        let requested_mac =
+            super::networks::requested_mac(&config, &host_config, &networking_config)?;
         host_config::normalize_host_config(&mut host_config)?;
         validate_log_config(&mut host_config)?;
         if let Some(name) = &name {
@@ -176,7 +185,9 @@ impl Engine {
             .and_then(|()| self.inner.state.save(&container.record()))
             .map_err(EngineError::from)
             .and_then(|()| super::networks::save_aliases(&dir, &networking_config))
-            .and_then(|()| super::networks::save_requested_ip(&dir, requested_ip));
+            .and_then(|()| super::networks::save_requested_ip(&dir, requested_ip))
+            .and_then(|()| super::networks::save_mac(&dir, requested_mac))
+            .and_then(|()| super::networks::save_extras(&dir, &more_networks));
         if let Err(err) = saved {
             self.forget(&container);
             let _ = self.inner.state.remove(&id);

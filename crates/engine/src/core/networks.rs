@@ -7,7 +7,7 @@ use rmachine_runtime::spec::NetworkNamespace;
 
 use super::{Engine, EngineError};
 use crate::container::launch;
-use crate::network::{ports, Endpoint, NetworkError};
+use crate::network::{ports, Endpoint, Join, NetworkError};
 use crate::state::{ContainerRecord, HostConfig, Status};
 
 /// The `--network` modes this engine serves.
@@ -70,9 +70,10 @@ pub(super) enum Setup {
         /// Its hosts file.
         hosts: PathBuf,
     },
-    /// An endpoint on a bridge network, the `/etc/hosts` lines of its `--link`s (default
-    /// bridge), and the `resolv.conf` naming the embedded DNS server (user-defined networks).
-    Bridge(Endpoint, String, Option<String>),
+    /// Its endpoints on bridge networks (the first holds the default route and the published
+    /// ports), the `/etc/hosts` lines of its `--link`s (default bridge), and the `resolv.conf`
+    /// naming the embedded DNS server (user-defined networks).
+    Bridge(Vec<Endpoint>, String, Option<String>),
 }
 
 impl Setup {
@@ -82,8 +83,11 @@ impl Setup {
             Setup::Loopback => NetworkNamespace::Loopback,
             Setup::Host => NetworkNamespace::Host,
             Setup::Joined { path, .. } => NetworkNamespace::Path { path: path.clone() },
-            Setup::Bridge(endpoint, ..) => NetworkNamespace::Path {
-                path: endpoint.netns.clone(),
+            Setup::Bridge(endpoints, ..) => match endpoints.first() {
+                Some(first) => NetworkNamespace::Path {
+                    path: first.netns.clone(),
+                },
+                None => NetworkNamespace::Loopback,
             },
         }
     }
@@ -107,9 +111,16 @@ impl Setup {
             Setup::Joined { hosts, .. } => {
                 std::fs::read_to_string(hosts).unwrap_or_else(|_| launch::hosts_file(extra_hosts))
             }
-            Setup::Bridge(endpoint, peers, _) => {
-                let extra = with_host_gateway(extra_hosts, endpoint);
-                format!("{}{peers}", own_hosts(&extra, hostname, endpoint))
+            Setup::Bridge(endpoints, peers, _) => {
+                let Some(first) = endpoints.first() else {
+                    return launch::hosts_file(extra_hosts);
+                };
+                let extra = with_host_gateway(extra_hosts, first);
+                let mut hosts = launch::hosts_file(&extra);
+                for endpoint in endpoints {
+                    hosts.push_str(&hosts_line(hostname, endpoint));
+                }
+                format!("{hosts}{peers}")
             }
         }
     }
@@ -126,13 +137,10 @@ fn with_host_gateway(extra_hosts: &[String], endpoint: &Endpoint) -> Vec<String>
         .collect()
 }
 
-/// A bridged container's own `/etc/hosts`, before the lines of its peers.
-fn own_hosts(extra_hosts: &[String], hostname: &str, endpoint: &Endpoint) -> String {
-    format!(
-        "{}{}\t{hostname}\n",
-        launch::hosts_file(extra_hosts),
-        endpoint.ip
-    )
+/// The `/etc/hosts` line naming the container at its address on one network (one per
+/// network, as dockerd's `updateHostsFile`).
+fn hosts_line(hostname: &str, endpoint: &Endpoint) -> String {
+    format!("{}\t{hostname}\n", endpoint.ip)
 }
 
 pub(super) fn publish_err(err: NetworkError) -> EngineError {
@@ -189,9 +197,14 @@ pub(super) fn without_served(
         Ok(Some(_)) => None,
         _ => settings.ipam_config.clone(),
     };
+    let mac_address = match crate::network::parse_mac(&settings.mac_address) {
+        Ok(_) => String::new(),
+        Err(_) => settings.mac_address.clone(),
+    };
     crate::state::EndpointSettings {
         links: if served { None } else { settings.links.clone() },
         ipam_config,
+        mac_address,
         ..without_aliases(settings)
     }
 }
@@ -298,6 +311,213 @@ fn load_requested_ip(dir: &std::path::Path) -> Option<std::net::Ipv4Addr> {
         .and_then(|s| s.trim().parse().ok())
 }
 
+/// The file beside a container's record holding its `--mac-address` on its first network.
+const MAC_FILE: &str = "network-mac";
+
+/// The file beside a container's record listing the networks it is connected to besides
+/// its `--network` (`docker network connect`, or a create with several networks).
+const EXTRA_FILE: &str = "network-extra.json";
+
+/// A network a container is connected to besides its `--network`, with its endpoint settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(super) struct Extra {
+    /// The network's id (its name finds it if it was remade).
+    id: String,
+    /// The network's name.
+    name: String,
+    /// `--alias`.
+    #[serde(default)]
+    aliases: Vec<String>,
+    /// `--ip`.
+    #[serde(default)]
+    ip: Option<std::net::Ipv4Addr>,
+    /// `--mac-address` (API >= 1.44).
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+fn launch_err(dir: &std::path::Path) -> impl FnOnce(launch::LaunchError) -> EngineError + '_ {
+    move |source| EngineError::Launch {
+        id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source,
+    }
+}
+
+fn load_extras(dir: &std::path::Path) -> Vec<Extra> {
+    std::fs::read(dir.join(EXTRA_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Keeps the networks a container joins after its first beside its record.
+pub(super) fn save_extras(dir: &std::path::Path, extras: &[Extra]) -> Result<(), EngineError> {
+    let path = dir.join(EXTRA_FILE);
+    if extras.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let json = serde_json::to_vec(extras).unwrap_or_default();
+    launch::write_atomic(&path, &json).map_err(launch_err(dir))
+}
+
+/// The `--mac-address` of a create request: the first network's `MacAddress` (API >= 1.44)
+/// or the deprecated `Config.MacAddress`; dockerd's texts for a bad one or a network mode
+/// without an interface of the container's own.
+pub(super) fn requested_mac(
+    config: &crate::state::ContainerConfig,
+    host: &HostConfig,
+    networking: &crate::state::NetworkingConfig,
+) -> Result<Option<[u8; 6]>, EngineError> {
+    let wanted = Mode::of(host)
+        .ok()
+        .and_then(|m| m.network_name().map(str::to_string));
+    let from_endpoint = networking
+        .endpoints_config
+        .iter()
+        .filter(|(name, _)| {
+            wanted.as_deref() == Some(name.as_str())
+                || (wanted.as_deref() == Some("bridge") && name.as_str() == "default")
+        })
+        .filter_map(|(_, e)| e.as_ref())
+        .map(|e| e.mac_address.clone())
+        .find(|m| !m.is_empty());
+    let Some(text) = from_endpoint
+        .or_else(|| (!config.mac_address.is_empty()).then(|| config.mac_address.clone()))
+    else {
+        return Ok(None);
+    };
+    if matches!(
+        Mode::of(host),
+        Ok(Mode::Host | Mode::None | Mode::Container(_))
+    ) {
+        return Err(EngineError::InvalidParameter {
+            reason: "conflicting options: mac-address and the network mode".into(),
+        });
+    }
+    crate::network::parse_mac(&text)
+        .map(Some)
+        .map_err(|e| EngineError::InvalidParameter {
+            reason: e.to_string(),
+        })
+}
+
+/// Keeps a container's `--mac-address` beside its record.
+pub(super) fn save_mac(dir: &std::path::Path, mac: Option<[u8; 6]>) -> Result<(), EngineError> {
+    let path = dir.join(MAC_FILE);
+    match mac {
+        Some(mac) => launch::write_atomic(&path, crate::network::format_mac(&mac).as_bytes())
+            .map_err(launch_err(dir)),
+        None => {
+            let _ = std::fs::remove_file(&path);
+            Ok(())
+        }
+    }
+}
+
+fn load_mac(dir: &std::path::Path) -> Option<[u8; 6]> {
+    std::fs::read_to_string(dir.join(MAC_FILE))
+        .ok()
+        .and_then(|s| crate::network::parse_mac(s.trim()).ok())
+}
+
+/// A create request's networks split in two: its `--network` (the entry of that name, or of
+/// `default`, or the only one) and the others, which it joins after it (API >= 1.44 `docker run
+/// --network a --network b`).
+pub(super) fn split_networks(
+    host: &HostConfig,
+    networking: &crate::state::NetworkingConfig,
+) -> (
+    crate::state::NetworkingConfig,
+    Vec<(String, crate::state::EndpointSettings)>,
+) {
+    let mode = Mode::of(host).ok();
+    let wanted = mode.as_ref().and_then(Mode::network_name);
+    let all = &networking.endpoints_config;
+    let primary = if all.len() == 1 {
+        all.keys().next().cloned()
+    } else {
+        all.keys()
+            .find(|k| {
+                Some(k.as_str()) == wanted
+                    || (k.as_str() == "default" && mode == Some(Mode::Bridge))
+            })
+            .cloned()
+    };
+    let mut first = crate::state::NetworkingConfig::default();
+    let mut rest = Vec::new();
+    for (name, settings) in all {
+        if Some(name) == primary.as_ref() {
+            first
+                .endpoints_config
+                .insert(name.clone(), settings.clone());
+        } else {
+            rest.push((name.clone(), settings.clone().unwrap_or_default()));
+        }
+    }
+    (first, rest)
+}
+
+/// Checks the networks of a create request after its first as `docker network connect` would;
+/// [`save_extras`] keeps them beside the record (joined at each start, after the first).
+pub(super) fn check_more_networks(
+    host: &HostConfig,
+    more: &[(String, crate::state::EndpointSettings)],
+    find: impl Fn(&str) -> Option<crate::network::NetworkDef>,
+) -> Result<Vec<Extra>, EngineError> {
+    if more.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !matches!(Mode::of(host), Ok(Mode::Bridge | Mode::Named(_))) {
+        let mode = Mode::of(host).ok();
+        let mut names: Vec<&str> = more.iter().map(|(n, _)| n.as_str()).collect();
+        names.extend(mode.as_ref().and_then(Mode::network_name));
+        names.sort_unstable();
+        return Err(EngineError::InvalidParameter {
+            reason: format!(
+                "Container cannot be connected to network endpoints: {}",
+                names.join(", ")
+            ),
+        });
+    }
+    let mut extras = Vec::new();
+    for (name, settings) in more {
+        let aliases = settings.aliases.clone().unwrap_or_default();
+        if !aliases.is_empty() && matches!(name.as_str(), "bridge" | "default") {
+            return Err(EngineError::InvalidParameter {
+                reason:
+                    "network-scoped alias is supported only for containers in user defined networks"
+                        .into(),
+            });
+        }
+        let mut one = crate::state::NetworkingConfig::default();
+        one.endpoints_config
+            .insert(name.clone(), Some(settings.clone()));
+        let ip = check_requested_ip(&one, &find)?;
+        let mac = match settings.mac_address.as_str() {
+            "" => None,
+            text => Some(crate::network::parse_mac(text).map_err(|e| {
+                EngineError::InvalidParameter {
+                    reason: e.to_string(),
+                }
+            })?),
+        };
+        // An unknown network is dockerd's 404 at start (see `check_create`): kept by name.
+        let def = find(name);
+        extras.push(Extra {
+            id: def.as_ref().map(|d| d.id.clone()).unwrap_or_default(),
+            name: def.map_or_else(|| name.clone(), |d| d.name),
+            aliases,
+            ip,
+            mac: mac.map(|m| crate::network::format_mac(&m)),
+        });
+    }
+    Ok(extras)
+}
+
 fn aliases_of(networking: &crate::state::NetworkingConfig) -> Vec<String> {
     networking
         .endpoints_config
@@ -400,38 +620,164 @@ pub(super) fn check_create(
     Ok(())
 }
 
+/// One network of a container as inspect shows it: its settings, and its endpoint while the
+/// container runs.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// The key of `NetworkSettings.Networks`.
+    pub name: String,
+    /// The network's id (`host`/`none` for those).
+    pub network_id: String,
+    /// The endpoint while the container runs.
+    pub endpoint: Option<Endpoint>,
+    /// `--network-alias` / `--alias`.
+    pub aliases: Vec<String>,
+    /// `--ip`.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// `--mac-address`.
+    pub mac: Option<String>,
+    /// `DNSNames` (API 1.44): what the embedded DNS server answers for it on this network
+    /// (user-defined networks only).
+    pub dns_names: Option<Vec<String>>,
+}
+
+/// dockerd's `buildEndpointDNSNames`: the name, the aliases, the short id and the hostname,
+/// each once.
+fn dns_names(record: &ContainerRecord, network: &str, aliases: &[String]) -> Option<Vec<String>> {
+    if matches!(network, "bridge" | "host" | "none") {
+        return None;
+    }
+    let mut names = vec![record.name.trim_start_matches('/').to_string()];
+    names.extend(aliases.iter().cloned());
+    names.push(record.short_id().to_string());
+    names.push(record.config.hostname.clone());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| !n.is_empty() && seen.insert(n.clone()));
+    Some(names)
+}
+
+/// A network a container joins at start, with its endpoint settings.
+struct Wanted {
+    def: crate::network::NetworkDef,
+    aliases: Vec<String>,
+    ip: Option<std::net::Ipv4Addr>,
+    mac: Option<[u8; 6]>,
+}
+
 impl Engine {
-    /// The bridge endpoint of a running container.
+    /// The first bridge endpoint of a running container (its default route and published
+    /// ports).
     pub fn endpoint(&self, id: &str) -> Option<Endpoint> {
+        self.endpoints_of(id).into_iter().next()
+    }
+
+    /// Every bridge endpoint of a running container, the first first.
+    pub fn endpoints_of(&self, id: &str) -> Vec<Endpoint> {
         self.inner
             .network
             .endpoints
             .lock()
             .ok()
             .and_then(|e| e.get(id).cloned())
+            .unwrap_or_default()
     }
 
-    /// The default bridge network's id.
-    pub fn bridge_network_id(&self) -> &str {
-        self.inner.network.net.bridge_id()
-    }
-
-    /// The id of the network `record`'s container is on (its name for `host`/`none`, empty
-    /// for `container:` or a network since removed).
-    pub fn network_id_of(&self, record: &ContainerRecord) -> String {
-        match Mode::of(&record.host_config) {
-            Ok(Mode::Bridge) => self.bridge_network_id().to_string(),
-            Ok(Mode::Named(name)) => self.find_network(&name).map(|d| d.id).unwrap_or_default(),
-            Ok(Mode::None) => "none".into(),
-            Ok(Mode::Host) => "host".into(),
-            _ => String::new(),
+    /// The networks of `record`'s container as `NetworkSettings.Networks` lists them: its
+    /// `--network` unless disconnected, then those connected later.
+    pub fn attachments(&self, record: &ContainerRecord) -> Vec<Attachment> {
+        let dir = self.inner.state.dir(&record.id);
+        let endpoints = self.endpoints_of(&record.id);
+        let live = |id: &str| endpoints.iter().find(|e| e.network_id == id).cloned();
+        let mut out = Vec::new();
+        let Ok(mode) = Mode::of(&record.host_config) else {
+            return out;
+        };
+        match &mode {
+            Mode::None | Mode::Host => out.push(Attachment {
+                name: mode.network_name().unwrap_or_default().to_string(),
+                network_id: mode.network_name().unwrap_or_default().to_string(),
+                endpoint: None,
+                aliases: Vec::new(),
+                ip: None,
+                mac: None,
+                dns_names: None,
+            }),
+            Mode::Container(_) => {}
+            Mode::Bridge | Mode::Named(_) => {
+                if !dir.join(DISCONNECTED_FILE).exists() {
+                    let name = mode.network_name().unwrap_or("bridge").to_string();
+                    let network_id = self.find_network(&name).map(|d| d.id).unwrap_or_default();
+                    let aliases = load_aliases(&dir);
+                    out.push(Attachment {
+                        endpoint: live(&network_id),
+                        dns_names: dns_names(record, &name, &aliases),
+                        name,
+                        network_id,
+                        aliases,
+                        ip: load_requested_ip(&dir),
+                        mac: load_mac(&dir).map(|m| crate::network::format_mac(&m)),
+                    });
+                }
+                for extra in load_extras(&dir) {
+                    out.push(Attachment {
+                        endpoint: live(&extra.id),
+                        dns_names: dns_names(record, &extra.name, &extra.aliases),
+                        name: extra.name,
+                        network_id: extra.id,
+                        aliases: extra.aliases,
+                        ip: extra.ip,
+                        mac: extra.mac,
+                    });
+                }
+            }
         }
+        out
     }
 
     /// Removes the bridge, NAT table and namespaces a killed engine left (its containers were
     /// stopped by the reconcile of [`Engine::open`]); the first bridged start remakes them.
     pub async fn reconcile_network(&self) {
         self.inner.network.net.reconcile().await;
+    }
+
+    /// The networks `record`'s container joins at start, first its `--network`.
+    fn wanted_networks(&self, record: &ContainerRecord) -> Result<Vec<Wanted>, EngineError> {
+        let dir = self.inner.state.dir(&record.id);
+        let mut wanted = Vec::new();
+        if !dir.join(DISCONNECTED_FILE).exists() {
+            let mode = Mode::of(&record.host_config)?;
+            let name = mode.network_name().unwrap_or("bridge");
+            let def = self
+                .find_network(name)
+                .ok_or_else(|| EngineError::NoSuchNetwork {
+                    name: name.to_string(),
+                })?;
+            wanted.push(Wanted {
+                def,
+                aliases: load_aliases(&dir),
+                ip: load_requested_ip(&dir),
+                mac: load_mac(&dir),
+            });
+        }
+        for extra in load_extras(&dir) {
+            let def = (!extra.id.is_empty())
+                .then(|| self.find_network(&extra.id))
+                .flatten()
+                .or_else(|| self.find_network(&extra.name))
+                .ok_or_else(|| EngineError::NoSuchNetwork {
+                    name: extra.name.clone(),
+                })?;
+            wanted.push(Wanted {
+                def,
+                aliases: extra.aliases,
+                ip: extra.ip,
+                mac: extra
+                    .mac
+                    .as_deref()
+                    .and_then(|m| crate::network::parse_mac(m).ok()),
+            });
+        }
+        Ok(wanted)
     }
 
     /// Sets up the network of `record`'s container before its process starts.
@@ -455,24 +801,11 @@ impl Engine {
                     hosts: other.dir.join("hosts"),
                 })
             }
-            Mode::Bridge | Mode::Named(_)
-                if self
-                    .inner
-                    .state
-                    .dir(&record.id)
-                    .join(DISCONNECTED_FILE)
-                    .exists() =>
-            {
-                Ok(Setup::Loopback)
-            }
             Mode::Bridge | Mode::Named(_) => {
-                let mode = Mode::of(&record.host_config)?;
-                let wanted = mode.network_name().unwrap_or("bridge");
-                let def = self.inner.network.net.find(wanted).ok_or_else(|| {
-                    EngineError::NoSuchNetwork {
-                        name: wanted.to_string(),
-                    }
-                })?;
+                let wanted = self.wanted_networks(record)?;
+                let Some((first, rest)) = wanted.split_first() else {
+                    return Ok(Setup::Loopback);
+                };
                 let host = &record.host_config;
                 let requests = ports::requests(
                     &host.port_bindings,
@@ -481,66 +814,99 @@ impl Engine {
                 )
                 .map_err(publish_err)?;
                 let name = record.name.trim_start_matches('/');
-                let endpoint = self
-                    .inner
-                    .network
-                    .net
-                    .connect(
-                        &def,
-                        &record.id,
+                let net = &self.inner.network.net;
+                let endpoint = net
+                    .connect(Join {
+                        def: &first.def,
+                        id: &record.id,
                         name,
-                        &requests,
-                        load_requested_ip(&self.inner.state.dir(&record.id)),
-                    )
+                        requests: &requests,
+                        ip: first.ip,
+                        mac: first.mac,
+                    })
                     .await
                     .map_err(publish_err)?;
-                if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
-                    endpoints.insert(record.id.clone(), endpoint.clone());
-                }
-                self.emit_network(
-                    "connect",
-                    &def.id,
-                    &def.name,
-                    &[("container", record.id.clone())],
-                );
-                if def.name == "bridge" {
-                    return match self.link_lines(record) {
-                        Ok(lines) => Ok(Setup::Bridge(endpoint, lines, None)),
+                let netns = endpoint.netns.clone();
+                self.add_endpoint(&record.id, endpoint);
+                for (i, more) in rest.iter().enumerate() {
+                    let join = Join {
+                        def: &more.def,
+                        id: &record.id,
+                        name,
+                        requests: &[],
+                        ip: more.ip,
+                        mac: more.mac,
+                    };
+                    let attached = net
+                        .attach(join, &netns, &format!("eth{}", i + 1), false)
+                        .await;
+                    match attached {
+                        Ok(endpoint) => self.add_endpoint(&record.id, endpoint),
                         Err(err) => {
                             self.network_down(&record.id).await;
-                            Err(err)
+                            return Err(publish_err(err));
                         }
-                    };
-                }
-                match self.embedded_dns(record, &def, &endpoint) {
-                    Ok(resolv) => Ok(Setup::Bridge(endpoint, String::new(), Some(resolv))),
-                    Err(err) => {
-                        self.network_down(&record.id).await;
-                        Err(err)
                     }
                 }
+                let links = if first.def.name == "bridge" {
+                    match self.link_lines(record) {
+                        Ok(lines) => lines,
+                        Err(err) => {
+                            self.network_down(&record.id).await;
+                            return Err(err);
+                        }
+                    }
+                } else {
+                    String::new()
+                };
+                let endpoints = self.endpoints_of(&record.id);
+                let mut resolv = None;
+                for (want, endpoint) in wanted.iter().zip(&endpoints) {
+                    if want.def.name == "bridge" {
+                        continue;
+                    }
+                    match self.embedded_dns(record, &want.def, endpoint, &want.aliases) {
+                        Ok(Some(own)) => resolv = Some(own),
+                        Ok(None) => {}
+                        Err(err) => {
+                            self.network_down(&record.id).await;
+                            return Err(err);
+                        }
+                    }
+                }
+                Ok(Setup::Bridge(endpoints, links, resolv))
             }
         }
     }
 
-    /// Names container `record` (its name, short id, `--network-alias`es and `--link` aliases)
-    /// to the embedded DNS server and starts that server in its namespace; returns the
-    /// container's `resolv.conf`.
+    /// Records `endpoint` of running container `id` and tells the network's listeners.
+    fn add_endpoint(&self, id: &str, endpoint: Endpoint) {
+        self.emit_network(
+            "connect",
+            &endpoint.network_id,
+            &endpoint.network,
+            &[("container", id.to_string())],
+        );
+        if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
+            endpoints.entry(id.to_string()).or_default().push(endpoint);
+        }
+    }
+
+    /// Names container `record` on network `def` (its name, short id, `aliases` and `--link`
+    /// aliases) to the embedded DNS server, and starts that server in its namespace if it has
+    /// none yet; returns the container's `resolv.conf` when the server was started.
     fn embedded_dns(
         &self,
         record: &ContainerRecord,
         def: &crate::network::NetworkDef,
         endpoint: &Endpoint,
-    ) -> Result<String, EngineError> {
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let (resolv, upstream) =
-            super::options::resolv_conf_internal(&record.host_config, &host_resolv)?;
-        let dir = self.inner.state.dir(&record.id);
+        aliases: &[String],
+    ) -> Result<Option<String>, EngineError> {
         let mut names: Vec<String> = vec![
             record.name.trim_start_matches('/').to_string(),
             record.short_id().to_string(),
         ];
-        names.extend(load_aliases(&dir));
+        names.extend(aliases.iter().cloned());
         let links = record
             .host_config
             .links
@@ -565,16 +931,26 @@ impl Engine {
         };
         let table = self.inner.network.names.clone();
         if let Ok(mut t) = table.lock() {
-            t.insert(record.id.clone(), entry);
+            let mine = t.entry(record.id.clone()).or_default();
+            mine.retain(|e| e.network_id != def.id);
+            mine.push(entry);
         }
+        if self.inner.network.net.serves_dns(&record.id) {
+            return Ok(None);
+        }
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let (resolv, upstream) =
+            super::options::resolv_conf_internal(&record.host_config, &host_resolv)?;
         let id = record.id.clone();
         let lookup: crate::network::dns::Lookup = std::sync::Arc::new(move |name: &str| {
             table.lock().ok().and_then(|t| resolve(&t, &id, name))
         });
+        // Forwarding follows the first network the server starts for: an `--internal` one
+        // answers SERVFAIL for outside names, as dockerd's resolver in such a sandbox.
         let tasks = crate::network::dns::serve(&endpoint.netns, lookup, upstream, !def.internal)
             .map_err(publish_err)?;
         self.inner.network.net.track(&record.id, tasks);
-        Ok(resolv)
+        Ok(Some(resolv))
     }
 
     /// `--link NAME:ALIAS` lines of `/etc/hosts` on the default bridge: `IP\tALIAS NAME`.
@@ -606,109 +982,321 @@ impl Engine {
         Ok(lines)
     }
 
-    /// `docker network connect NETWORK CONTAINER` for a container that does not run and whose
-    /// network this is (one network per container here): sets its aliases.
+    /// `docker network connect NETWORK CONTAINER`: a stopped container joins the network at
+    /// its next start; a running one gets an endpoint now (a veth into its namespace, its
+    /// names in the embedded DNS server, a line in its `/etc/hosts`). `--alias`, `--ip` and
+    /// `--mac-address` are kept for every later start.
     pub async fn connect_network(
         &self,
         network: &str,
         container: &str,
         settings: &crate::state::EndpointSettings,
     ) -> Result<(), EngineError> {
-        let (def, c) = self.network_and_container(network, container)?;
-        if !without_aliases(settings).is_empty() {
-            return Err(EngineError::InvalidParameter {
-                reason: "rmachine-engine does not support endpoint settings other than aliases (--alias) on network connect yet".into(),
-            });
+        let c = self.container(container)?;
+        let record = c.record();
+        let mode = Mode::of(&record.host_config)?;
+        let def = self.connectable(network, &mode)?;
+        let invalid = |reason: &str| EngineError::InvalidParameter {
+            reason: reason.to_string(),
+        };
+        let rest = crate::state::EndpointSettings {
+            mac_address: String::new(),
+            ..without_served(settings, None)
+        };
+        if !rest.is_empty() {
+            return Err(invalid(
+                "rmachine-engine does not support endpoint settings other than --alias, --ip and --mac-address (--link, --ip6, --link-local-ip, --driver-opt, --gw-priority) on network connect yet",
+            ));
         }
         let aliases = settings.aliases.clone().unwrap_or_default();
         if !aliases.is_empty() && def.name == "bridge" {
-            return Err(EngineError::InvalidParameter {
-                reason:
-                    "network-scoped alias is supported only for containers in user defined networks"
-                        .into(),
-            });
+            return Err(invalid(
+                "network-scoped alias is supported only for containers in user defined networks",
+            ));
         }
         let mut config = crate::state::NetworkingConfig::default();
         config
             .endpoints_config
             .insert(def.name.clone(), Some(settings.clone()));
-        let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
-        save_aliases(&c.dir, &config)?;
-        let _ = std::fs::remove_file(c.dir.join(DISCONNECTED_FILE));
+        let ip = check_requested_ip(&config, |n| self.find_network(n))?;
+        let mac = match settings.mac_address.as_str() {
+            "" => None,
+            text => Some(crate::network::parse_mac(text).map_err(|e| invalid(&e.to_string()))?),
+        };
+        let name = record.name.trim_start_matches('/');
+        let already = self
+            .attachments(&record)
+            .iter()
+            .any(|a| a.network_id == def.id);
+        if already {
+            return Err(EngineError::Forbidden {
+                reason: format!(
+                    "endpoint with name {name} already exists in network {}",
+                    def.name
+                ),
+            });
+        }
+        let own = mode
+            .network_name()
+            .is_some_and(|n| n == def.name || n == def.id);
+        let running = record.state.status == Status::Running && record.state.pid > 0;
+        if running {
+            self.connect_running(&c, &record, &def, &aliases, ip, mac)
+                .await?;
+        }
+        if own {
+            let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
+            let _ = std::fs::remove_file(c.dir.join(IP_FILE));
+            save_aliases(&c.dir, &config)?;
+            save_requested_ip(&c.dir, ip)?;
+            save_mac(&c.dir, mac)?;
+            let _ = std::fs::remove_file(c.dir.join(DISCONNECTED_FILE));
+        } else {
+            let mut extras = load_extras(&c.dir);
+            extras.push(Extra {
+                id: def.id.clone(),
+                name: def.name.clone(),
+                aliases,
+                ip,
+                mac: mac.map(|m| crate::network::format_mac(&m)),
+            });
+            save_extras(&c.dir, &extras)?;
+        }
         Ok(())
     }
 
-    /// `docker network disconnect NETWORK CONTAINER` for a container that does not run.
+    /// The network `reference` if container mode `mode` may join it; dockerd's refusals for
+    /// `host`, `none` and `container:` otherwise.
+    fn connectable(
+        &self,
+        reference: &str,
+        mode: &Mode,
+    ) -> Result<crate::network::NetworkDef, EngineError> {
+        let forbidden = |reason: &str| EngineError::Forbidden {
+            reason: reason.to_string(),
+        };
+        if reference == "host" || *mode == Mode::Host {
+            return Err(forbidden(
+                "container cannot be disconnected from host network or connected to host network",
+            ));
+        }
+        if reference == "none" || *mode == Mode::None {
+            return Err(forbidden(
+                "container cannot be connected to multiple networks with one of the networks in private (none) mode",
+            ));
+        }
+        if matches!(mode, Mode::Container(_)) {
+            return Err(forbidden(
+                "container sharing network namespace with another container or host cannot be connected to any other network",
+            ));
+        }
+        self.find_network(reference)
+            .ok_or_else(|| EngineError::NoSuchNetwork {
+                name: reference.to_string(),
+            })
+    }
+
+    /// The endpoint of `docker network connect` for running container `c`.
+    async fn connect_running(
+        &self,
+        c: &crate::container::Container,
+        record: &ContainerRecord,
+        def: &crate::network::NetworkDef,
+        aliases: &[String],
+        ip: Option<std::net::Ipv4Addr>,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), EngineError> {
+        let net = &self.inner.network.net;
+        let current = self.endpoints_of(&record.id);
+        // A container started without a network (disconnected) has the runtime's namespace.
+        let ns = match current.first() {
+            Some(e) => e.netns.clone(),
+            None => PathBuf::from(format!("/proc/{}/ns/net", record.state.pid)),
+        };
+        let ifname = (0..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| current.iter().all(|e| &e.ifname != n))
+            .unwrap_or_else(|| "eth0".into());
+        // The first network of a running container takes the default route and the ports,
+        // as at start.
+        let requests = if current.is_empty() {
+            let host = &record.host_config;
+            ports::requests(
+                &host.port_bindings,
+                host.publish_all_ports,
+                &record.config.exposed_ports,
+            )
+            .map_err(publish_err)?
+        } else {
+            Vec::new()
+        };
+        let join = Join {
+            def,
+            id: &record.id,
+            name: record.name.trim_start_matches('/'),
+            requests: &requests,
+            ip,
+            mac,
+        };
+        let endpoint = net
+            .attach(join, &ns, &ifname, current.is_empty())
+            .await
+            .map_err(publish_err)?;
+        let hostname = &record.config.hostname;
+        let hosts = c.dir.join("hosts");
+        if let Ok(mut text) = std::fs::read_to_string(&hosts) {
+            text.push_str(&hosts_line(hostname, &endpoint));
+            // In place: the container's /etc/hosts is a bind mount of this very file.
+            if let Err(err) = std::fs::write(&hosts, text) {
+                tracing::warn!(container = %record.id, error = %err, "cannot update /etc/hosts");
+            }
+        }
+        if def.name != "bridge" {
+            match self.embedded_dns(record, def, &endpoint, aliases) {
+                Ok(Some(resolv)) => {
+                    // The container ran without the embedded server (default bridge or no
+                    // network): it now asks it, as dockerd rewrites resolv.conf on connect.
+                    let path = c.dir.join("resolv.conf");
+                    if let Err(err) = std::fs::write(&path, resolv) {
+                        tracing::warn!(container = %record.id, error = %err, "cannot update resolv.conf");
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    net.detach(&record.id, &endpoint).await;
+                    return Err(err);
+                }
+            }
+        }
+        self.add_endpoint(&record.id, endpoint);
+        Ok(())
+    }
+
+    /// `docker network disconnect [-f] NETWORK CONTAINER`: a running container loses its
+    /// endpoint now (veth, address, DNS names, `/etc/hosts` line, and the published ports if
+    /// it held them); a stopped one does not join the network at its next start. `-f` changes
+    /// nothing here: it removes endpoints whose container is gone, which this engine never
+    /// keeps.
     pub async fn disconnect_network(
         &self,
         network: &str,
         container: &str,
     ) -> Result<(), EngineError> {
-        let (_, c) = self.network_and_container(network, container)?;
-        let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
-        let marker = c.dir.join(DISCONNECTED_FILE);
-        std::fs::write(&marker, b"").map_err(super::error::io_err(&marker))?;
-        Ok(())
-    }
-
-    fn network_and_container(
-        &self,
-        network: &str,
-        container: &str,
-    ) -> Result<
-        (
-            crate::network::NetworkDef,
-            std::sync::Arc<crate::container::Container>,
-        ),
-        EngineError,
-    > {
+        let c = self.container(container)?;
+        let record = c.record();
+        let mode = Mode::of(&record.host_config)?;
+        if network == "host" || mode == Mode::Host {
+            return Err(EngineError::Forbidden {
+                reason: "container cannot be disconnected from host network or connected to host network".into(),
+            });
+        }
         let def = self
             .find_network(network)
             .ok_or_else(|| EngineError::NoSuchNetwork {
                 name: network.to_string(),
             })?;
-        let c = self.container(container)?;
-        let record = c.record();
-        let own = Mode::of(&record.host_config)
-            .ok()
-            .and_then(|m| m.network_name().map(str::to_string))
-            .is_some_and(|n| n == def.name || n == def.id);
-        if !own {
-            return Err(EngineError::InvalidParameter {
+        let attached = self
+            .attachments(&record)
+            .iter()
+            .any(|a| a.network_id == def.id);
+        if !attached {
+            return Err(EngineError::Forbidden {
                 reason: format!(
-                    "rmachine-engine does not support connecting a container to a second network yet ({} is on {})",
-                    record.name.trim_start_matches('/'),
-                    record.host_config.network_mode
+                    "container {} is not connected to network {}",
+                    record.id, def.name
                 ),
             });
         }
-        if record.state.status == Status::Running {
-            return Err(EngineError::InvalidParameter {
-                reason: "rmachine-engine does not support connecting or disconnecting a running container yet".into(),
-            });
+        let live = self.endpoints_of(&record.id);
+        // The endpoint with the default route and the ports leaves: the next one takes them.
+        let mut promote = false;
+        if let Some(endpoint) = live.iter().find(|e| e.network_id == def.id) {
+            promote = live
+                .first()
+                .is_some_and(|f| f.endpoint_id == endpoint.endpoint_id);
+            if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
+                if let Some(list) = endpoints.get_mut(&record.id) {
+                    list.retain(|e| e.endpoint_id != endpoint.endpoint_id);
+                }
+            }
+            if let Ok(mut names) = self.inner.network.names.lock() {
+                if let Some(mine) = names.get_mut(&record.id) {
+                    mine.retain(|e| e.network_id != def.id);
+                }
+            }
+            self.inner.network.net.detach(&record.id, endpoint).await;
+            let hosts = c.dir.join("hosts");
+            if let Ok(text) = std::fs::read_to_string(&hosts) {
+                let line = hosts_line(&record.config.hostname, endpoint);
+                let kept: String = text.split_inclusive('\n').filter(|l| *l != line).collect();
+                if let Err(err) = std::fs::write(&hosts, kept) {
+                    tracing::warn!(container = %record.id, error = %err, "cannot update /etc/hosts");
+                }
+            }
+            self.emit_network(
+                "disconnect",
+                &def.id,
+                &def.name,
+                &[("container", record.id.clone())],
+            );
         }
-        Ok((def, c))
-    }
-
-    /// The `--network-alias`es of container `id`.
-    pub fn aliases(&self, id: &str) -> Vec<String> {
-        load_aliases(&self.inner.state.dir(id))
+        let own = mode
+            .network_name()
+            .is_some_and(|n| n == def.name || n == def.id)
+            && !c.dir.join(DISCONNECTED_FILE).exists();
+        if own {
+            for file in [ALIASES_FILE, IP_FILE, MAC_FILE] {
+                let _ = std::fs::remove_file(c.dir.join(file));
+            }
+            let marker = c.dir.join(DISCONNECTED_FILE);
+            std::fs::write(&marker, b"").map_err(super::error::io_err(&marker))?;
+        } else {
+            let mut extras = load_extras(&c.dir);
+            extras.retain(|e| e.id != def.id);
+            save_extras(&c.dir, &extras)?;
+        }
+        if let Some(next) = self.endpoints_of(&record.id).first().filter(|_| promote) {
+            let host = &record.host_config;
+            let requests = ports::requests(
+                &host.port_bindings,
+                host.publish_all_ports,
+                &record.config.exposed_ports,
+            )
+            .map_err(publish_err)?;
+            let name = record.name.trim_start_matches('/');
+            let promoted = self
+                .inner
+                .network
+                .net
+                .promote(&record.id, name, next, &requests)
+                .await
+                .map_err(publish_err)?;
+            if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
+                if let Some(first) = endpoints.get_mut(&record.id).and_then(|l| l.first_mut()) {
+                    *first = promoted;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Gives back what [`Engine::network_up`] took for container `id` (nothing if none).
     pub(super) async fn network_down(&self, id: &str) {
-        let endpoint = self
+        let endpoints = self
             .inner
             .network
             .endpoints
             .lock()
             .ok()
-            .and_then(|mut e| e.remove(id));
-        if let Some(endpoint) = endpoint {
-            if let Ok(mut names) = self.inner.network.names.lock() {
-                names.remove(id);
-            }
-            self.inner.network.net.disconnect(id, &endpoint).await;
+            .and_then(|mut e| e.remove(id))
+            .unwrap_or_default();
+        if let Ok(mut names) = self.inner.network.names.lock() {
+            names.remove(id);
+        }
+        // Also when no endpoint is left: a container disconnected while running keeps its
+        // namespace file and maybe its DNS server.
+        self.inner.network.net.disconnect(id, &endpoints).await;
+        for endpoint in endpoints {
             self.emit_network(
                 "disconnect",
                 &endpoint.network_id,
@@ -723,58 +1311,61 @@ impl Engine {
 #[derive(Debug)]
 pub(super) struct NetworkState {
     pub(super) net: crate::network::Networking,
-    pub(super) endpoints: std::sync::Mutex<std::collections::HashMap<String, Endpoint>>,
+    /// The endpoints of each running container, the first first.
+    pub(super) endpoints: std::sync::Mutex<std::collections::HashMap<String, Vec<Endpoint>>>,
     /// What the embedded DNS server answers, by running container id (user-defined networks).
     pub(super) names: std::sync::Arc<std::sync::Mutex<NameTable>>,
 }
 
-/// The embedded DNS server's names, by container id.
-pub(super) type NameTable = std::collections::HashMap<String, DnsNames>;
+/// The embedded DNS server's names: by container id, one entry per user-defined network.
+pub(super) type NameTable = std::collections::HashMap<String, Vec<DnsNames>>;
 
-/// What a running container on a user-defined network is known by (all lowercase).
+/// What a running container on one user-defined network is known by (all lowercase).
 #[derive(Debug)]
 pub(super) struct DnsNames {
     network_id: String,
     network: String,
     ip: std::net::Ipv4Addr,
-    /// Its name, short id and `--network-alias`es.
+    /// Its name, short id and `--network-alias`es on this network.
     names: Vec<String>,
     /// Its `--link`s as `(alias, target name)`: names only this container resolves.
     links: Vec<(String, String)>,
 }
 
 /// What container `asking` gets for `name` from the embedded DNS server: the addresses of the
-/// containers on its network that `name` names (directly, through one of its links, or as
+/// containers on its networks that `name` names (directly, through one of its links, or as
 /// `NAME.NETWORK`), sorted; `None` if there are none.
 pub(super) fn resolve(
     table: &NameTable,
     asking: &str,
     name: &str,
 ) -> Option<Vec<std::net::Ipv4Addr>> {
-    let me = table.get(asking)?;
-    let find = |wanted: &str| -> Vec<std::net::Ipv4Addr> {
+    let mine = table.get(asking)?;
+    let find = |me: &DnsNames, wanted: &str| -> Vec<std::net::Ipv4Addr> {
         let wanted = me
             .links
             .iter()
             .find(|(alias, _)| alias == wanted)
             .map_or(wanted, |(_, target)| target.as_str());
-        let mut ips: Vec<_> = table
+        table
             .values()
+            .flatten()
             .filter(|e| e.network_id == me.network_id && e.names.iter().any(|n| n == wanted))
             .map(|e| e.ip)
-            .collect();
-        ips.sort();
-        ips.dedup();
-        ips
+            .collect()
     };
-    let mut ips = find(name);
+    let mut ips: Vec<std::net::Ipv4Addr> = mine.iter().flat_map(|me| find(me, name)).collect();
     if ips.is_empty() {
         if let Some((prefix, network)) = name.rsplit_once('.') {
-            if network == me.network {
-                ips = find(prefix);
-            }
+            ips = mine
+                .iter()
+                .filter(|me| me.network == network)
+                .flat_map(|me| find(me, prefix))
+                .collect();
         }
     }
+    ips.sort();
+    ips.dedup();
     (!ips.is_empty()).then_some(ips)
 }
 
@@ -916,6 +1507,7 @@ impl Engine {
             .unwrap_or_default();
         let mut out: Vec<(String, String, Endpoint)> = endpoints
             .into_iter()
+            .flat_map(|(cid, list)| list.into_iter().map(move |e| (cid.clone(), e)))
             .filter(|(_, e)| e.network_id == id)
             .map(|(cid, e)| {
                 let name = self

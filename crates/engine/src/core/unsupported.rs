@@ -53,8 +53,7 @@ const REFUSED: &[Refused] = &[
     Refused { what: "volume drivers", flags: "--volume-driver", set: |r| !matches!(r.host.volume_driver.as_str(), "" | crate::volume::LOCAL_DRIVER), update: false },
     Refused { what: "storage driver options", flags: "--storage-opt", set: |r| map(&r.host.storage_opt), update: false },
     // Networking: the modes and ports are served (core::networks); these not yet.
-    Refused { what: "network endpoint settings", flags: "--ip6/--link-local-ip/--mac-address/--network NAME,OPTS", set: |r| r.networking.endpoints_config.len() > 1 || r.networking.endpoints_config.values().flatten().any(|e| !super::networks::without_served(e, r.host.links.as_ref()).is_empty()), update: false },
-    Refused { what: "MAC addresses", flags: "--mac-address", set: |r| !r.config.mac_address.is_empty(), update: false },
+    Refused { what: "network endpoint settings", flags: "--ip6/--link-local-ip/--network NAME,OPTS", set: |r| r.networking.endpoints_config.values().flatten().any(|e| !super::networks::without_served(e, r.host.links.as_ref()).is_empty()), update: false },
     // Namespaces.
     Refused { what: "user namespaces", flags: "--userns", set: |r| !matches!(r.host.userns_mode.as_str(), "" | "host"), update: false },
     Refused { what: "sharing another container's cgroup", flags: "HostConfig.Cgroup", set: |r| !r.host.cgroup.is_empty(), update: false },
@@ -244,9 +243,9 @@ mod tests {
                 "rmachine-engine does not support volume drivers (--volume-driver) yet",
             ),
             (
-                r#"{"NetworkingConfig":{"EndpointsConfig":{"default":{"MacAddress":"02:42:ac:11:00:09"}}}}"#,
+                r#"{"NetworkingConfig":{"EndpointsConfig":{"default":{"IPAMConfig":{"IPv6Address":"fd00::9"}}}}}"#,
                 "rmachine-engine does not support network endpoint settings \
-              (--ip6/--link-local-ip/--mac-address/--network NAME,OPTS) yet",
+              (--ip6/--link-local-ip/--network NAME,OPTS) yet",
             ),
             (
                 r#"{"HostConfig":{"MemorySwappiness":60}}"#,

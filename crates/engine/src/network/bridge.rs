@@ -120,22 +120,27 @@ pub async fn delete(handle: &Handle, name: &str) -> Result<(), NetworkError> {
 pub struct VethConfig {
     /// Host-side name, a port of the bridge.
     pub host: String,
-    /// Temporary name of the container side before it becomes `eth0`.
+    /// Temporary name of the container side before it becomes [`VethConfig::ifname`].
     pub peer: String,
+    /// The container side's name in its namespace: `eth0` for its first network, `eth1`…
+    /// for those connected later.
+    pub ifname: String,
     /// Bridge index.
     pub bridge: u32,
     /// The container's address.
     pub ip: Ipv4Addr,
     /// Prefix length of the subnet.
     pub prefix: u8,
-    /// Default gateway; none on an internal network.
+    /// Default gateway; none on an internal network or a network connected later (the first
+    /// network keeps the default route).
     pub gateway: Option<Ipv4Addr>,
-    /// MAC address of `eth0`.
+    /// MAC address of the container side.
     pub mac: [u8; 6],
 }
 
 /// Makes the veth pair, plugs the host side into the bridge and moves the other side into the
-/// namespace at `ns` as `eth0` with its address and default route (and `lo` up).
+/// namespace at `ns` as [`VethConfig::ifname`] with its address and default route (and `lo`
+/// up).
 pub async fn plug(handle: &Handle, ns: &Path, cfg: &VethConfig) -> Result<(), NetworkError> {
     handle
         .link()
@@ -199,25 +204,31 @@ pub async fn plug(handle: &Handle, ns: &Path, cfg: &VethConfig) -> Result<(), Ne
         .link()
         .set(
             LinkUnspec::new_with_index(eth)
-                .name("eth0".into())
+                .name(cfg.ifname.clone())
                 .address(cfg.mac.to_vec())
                 .build(),
         )
         .execute()
         .await
-        .map_err(nl("rename the container's interface to eth0"))?;
+        .map_err(nl(format!(
+            "rename the container's interface to {}",
+            cfg.ifname
+        )))?;
     inner
         .address()
         .add(eth, IpAddr::V4(cfg.ip), cfg.prefix)
         .execute()
         .await
-        .map_err(nl(format!("address {}/{} on eth0", cfg.ip, cfg.prefix)))?;
+        .map_err(nl(format!(
+            "address {}/{} on {}",
+            cfg.ip, cfg.prefix, cfg.ifname
+        )))?;
     inner
         .link()
         .set(LinkUnspec::new_with_index(eth).up().build())
         .execute()
         .await
-        .map_err(nl("bring eth0 up"))?;
+        .map_err(nl(format!("bring {} up", cfg.ifname)))?;
     if let Some(gateway) = cfg.gateway {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
@@ -231,4 +242,24 @@ pub async fn plug(handle: &Handle, ns: &Path, cfg: &VethConfig) -> Result<(), Ne
             .map_err(nl(format!("default route via {gateway}")))?;
     }
     Ok(())
+}
+
+/// Adds the default route via `gateway` on `ifname` inside the namespace at `ns`.
+pub async fn default_route(ns: &Path, ifname: &str, gateway: Ipv4Addr) -> Result<(), NetworkError> {
+    let inner = connect_in(ns)?;
+    let index = index_of(&inner, ifname)
+        .await?
+        .ok_or_else(|| NetworkError::Missing {
+            link: ifname.to_string(),
+        })?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(index)
+        .build();
+    inner
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(nl(format!("default route via {gateway}")))
 }

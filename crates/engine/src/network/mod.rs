@@ -111,6 +111,23 @@ pub enum NetworkError {
     },
 }
 
+/// What a container asks of one network it joins.
+#[derive(Debug, Clone, Copy)]
+pub struct Join<'a> {
+    /// The network.
+    pub def: &'a NetworkDef,
+    /// The container's id.
+    pub id: &'a str,
+    /// The container's name (in the error of a port taken).
+    pub name: &'a str,
+    /// The ports to publish on this endpoint.
+    pub requests: &'a [ports::Request],
+    /// `--ip`.
+    pub ip: Option<Ipv4Addr>,
+    /// `--mac-address`.
+    pub mac: Option<[u8; 6]>,
+}
+
 /// What a running container holds on the default bridge: shown by inspect and `docker ps`,
 /// released at its exit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,11 +149,18 @@ pub struct Endpoint {
     pub mac: String,
     /// Host side of the veth pair.
     pub veth: String,
+    /// The container side's name: `eth0` for the first network, `eth1`… for later ones.
+    #[serde(default = "eth0")]
+    pub ifname: String,
     /// The namespace file.
     pub netns: PathBuf,
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<Published>,
+}
+
+fn eth0() -> String {
+    "eth0".into()
 }
 
 /// A network's definition: the default bridge's is made at startup, user-defined ones are
@@ -206,7 +230,10 @@ pub struct Networking {
     network_id: String,
     defs: Mutex<Vec<NetworkDef>>,
     state: tokio::sync::Mutex<State>,
+    /// The published ports' proxies, by container id.
     proxies: Mutex<HashMap<String, Vec<AbortHandle>>>,
+    /// The embedded DNS servers, by container id.
+    dns: Mutex<HashMap<String, Vec<AbortHandle>>>,
     /// Held through a create, from the name and subnet checks to the definition's save: two
     /// concurrent creates of one name make one network, and never overlapping subnets.
     creating: tokio::sync::Mutex<()>,
@@ -278,6 +305,7 @@ impl Networking {
                 ..State::default()
             }),
             proxies: Mutex::new(HashMap::new()),
+            dns: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
         }
     }
@@ -526,16 +554,46 @@ impl Networking {
         Ok((index, pool, gateway))
     }
 
-    /// Connects container `id` (named `name`) to network `def`, at `requested_ip` if given
-    /// (`--ip`), and publishes `requests`; on any failure nothing is left.
-    pub async fn connect(
+    /// Connects container `join.id` to `join.def` as its first network: makes its namespace,
+    /// `eth0` with the default route, and publishes `join.requests`; on any failure nothing is
+    /// left.
+    pub async fn connect(&self, join: Join<'_>) -> Result<Endpoint, NetworkError> {
+        self.join(join, None, true).await
+    }
+
+    /// Connects container `join.id` to a further network through its existing namespace `ns`
+    /// (`docker network connect` of a running container, or its networks after the first at
+    /// start): a veth named `ifname` inside, with the default route only if `default_route`
+    /// (the container has no other network); on any failure nothing is left.
+    pub async fn attach(
         &self,
-        def: &NetworkDef,
-        id: &str,
-        name: &str,
-        requests: &[ports::Request],
-        requested_ip: Option<Ipv4Addr>,
+        join: Join<'_>,
+        ns: &Path,
+        ifname: &str,
+        default_route: bool,
     ) -> Result<Endpoint, NetworkError> {
+        self.join(join, Some((ns, ifname)), default_route).await
+    }
+
+    /// The namespace file of container `id` while it runs on a bridge network.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir.join(id)
+    }
+
+    async fn join(
+        &self,
+        join: Join<'_>,
+        existing: Option<(&Path, &str)>,
+        default_route: bool,
+    ) -> Result<Endpoint, NetworkError> {
+        let Join {
+            def,
+            id,
+            name,
+            requests,
+            ip: requested_ip,
+            mac: requested_mac,
+        } = join;
         let handle = bridge::connect()?;
         let mut state = self.state.lock().await;
         let (index, pool, gateway) = self.ensure_bridge(&mut state, &handle, def).await?;
@@ -560,9 +618,15 @@ impl Networking {
             "{id}:{ip}:{}",
             rand::random::<u64>()
         )));
-        let short = &id[..id.len().min(8)];
         let o = ip.octets();
-        let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
+        let mac = requested_mac.unwrap_or([0x02, 0x42, o[0], o[1], o[2], o[3]]);
+        // Link names are at most 15 bytes: the endpoint's id keeps a container's several
+        // veths apart.
+        let tag = &endpoint_id[..8];
+        let (netns, ifname) = match existing {
+            Some((ns, ifname)) => (ns.to_path_buf(), ifname.to_string()),
+            None => (self.netns_dir.join(id), "eth0".to_string()),
+        };
         let endpoint = Endpoint {
             network: def.name.clone(),
             network_id: def.id.clone(),
@@ -574,13 +638,10 @@ impl Networking {
             } else {
                 gateway
             },
-            mac: mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-            veth: format!("veth{short}"),
-            netns: self.netns_dir.join(id),
+            mac: format_mac(&mac),
+            veth: format!("veth{tag}"),
+            netns,
+            ifname: ifname.clone(),
             ports: Vec::new(),
         };
         // Ports first: a port taken fails the start before any link is made.
@@ -589,28 +650,35 @@ impl Networking {
         let bound = ports::bind_all(requests, ip, &state.published, &mut next, &label)?;
         let cfg = bridge::VethConfig {
             host: endpoint.veth.clone(),
-            peer: format!("vp{short}"),
+            peer: format!("vp{tag}"),
+            ifname,
             bridge: index,
             ip,
             prefix: pool.prefix,
-            gateway: (!def.internal).then_some(gateway),
+            gateway: (!def.internal && default_route).then_some(gateway),
             mac,
         };
         let _ = bridge::delete(&handle, &cfg.host).await;
-        netns::remove(&endpoint.netns);
-        netns::create(&endpoint.netns)?;
-        if let Err(err) = bridge::plug(&handle, &endpoint.netns, &cfg).await {
+        if existing.is_none() {
+            netns::remove(&endpoint.netns);
+            netns::create(&endpoint.netns)?;
+        }
+        let undo_links = |handle: rtnetlink::Handle, cfg: bridge::VethConfig, ns: PathBuf| async move {
             let _ = bridge::delete(&handle, &cfg.host).await;
             let _ = bridge::delete(&handle, &cfg.peer).await;
-            netns::remove(&endpoint.netns);
+            if existing.is_none() {
+                netns::remove(&ns);
+            }
+        };
+        if let Err(err) = bridge::plug(&handle, &endpoint.netns, &cfg).await {
+            undo_links(handle, cfg, endpoint.netns.clone()).await;
             return Err(err);
         }
         let published = bound.published.clone();
         let handles = match bound.start() {
             Ok(handles) => handles,
             Err(err) => {
-                let _ = bridge::delete(&handle, &cfg.host).await;
-                netns::remove(&endpoint.netns);
+                undo_links(handle, cfg, endpoint.netns.clone()).await;
                 return Err(err);
             }
         };
@@ -633,13 +701,14 @@ impl Networking {
                 for task in handles {
                     task.abort();
                 }
-                let _ = bridge::delete(&handle, &cfg.host).await;
-                netns::remove(&endpoint.netns);
+                undo_links(handle, cfg, endpoint.netns.clone()).await;
                 return Err(err);
             }
         }
-        if let Ok(mut proxies) = self.proxies.lock() {
-            proxies.insert(id.to_string(), handles);
+        if !handles.is_empty() {
+            if let Ok(mut proxies) = self.proxies.lock() {
+                proxies.insert(id.to_string(), handles);
+            }
         }
         Ok(Endpoint {
             ports: published,
@@ -647,19 +716,77 @@ impl Networking {
         })
     }
 
+    /// Makes `endpoint` of running container `id` (named `name`) the one with the default
+    /// route and the published ports `requests` after the endpoint that had them was
+    /// disconnected, as dockerd moves external connectivity to the next gateway endpoint;
+    /// returns it with its ports. On failure no port of it is left published.
+    pub async fn promote(
+        &self,
+        id: &str,
+        name: &str,
+        endpoint: &Endpoint,
+        requests: &[ports::Request],
+    ) -> Result<Endpoint, NetworkError> {
+        if !endpoint.gateway.is_unspecified() {
+            bridge::default_route(&endpoint.netns, &endpoint.ifname, endpoint.gateway).await?;
+        }
+        let mut state = self.state.lock().await;
+        let label = format!("{name} ({})", endpoint.endpoint_id);
+        let mut next = state.next_port;
+        let bound = ports::bind_all(requests, endpoint.ip, &state.published, &mut next, &label)?;
+        let published = bound.published.clone();
+        let handles = bound.start()?;
+        state.next_port = next;
+        state.published.extend(published.iter().cloned());
+        let forwards = forwards_of(&published, endpoint.ip);
+        if !forwards.is_empty() {
+            state.forwards.insert(id.to_string(), forwards);
+            if let Err(err) = self.program_nat(&state).await {
+                state.forwards.remove(id);
+                state
+                    .published
+                    .retain(|p| !published.iter().any(|q| q == p));
+                for task in handles {
+                    task.abort();
+                }
+                return Err(err);
+            }
+        }
+        if !handles.is_empty() {
+            if let Ok(mut proxies) = self.proxies.lock() {
+                proxies.insert(id.to_string(), handles);
+            }
+        }
+        Ok(Endpoint {
+            ports: published,
+            ..endpoint.clone()
+        })
+    }
+
     /// Keeps `tasks` serving container `id` (its embedded DNS server) until its disconnect.
     pub fn track(&self, id: &str, tasks: Vec<AbortHandle>) {
-        if let Ok(mut proxies) = self.proxies.lock() {
-            proxies.entry(id.to_string()).or_default().extend(tasks);
+        if let Ok(mut dns) = self.dns.lock() {
+            dns.entry(id.to_string()).or_default().extend(tasks);
         }
     }
 
-    /// Undoes [`Networking::connect`]: proxies stopped, veth and namespace removed, address
-    /// and ports released.
-    pub async fn disconnect(&self, id: &str, endpoint: &Endpoint) {
-        if let Some(handles) = self.proxies.lock().ok().and_then(|mut p| p.remove(id)) {
-            for handle in handles {
-                handle.abort();
+    /// Whether container `id` has an embedded DNS server running.
+    pub fn serves_dns(&self, id: &str) -> bool {
+        self.dns
+            .lock()
+            .map(|d| d.get(id).is_some_and(|t| !t.is_empty()))
+            .unwrap_or(false)
+    }
+
+    /// Takes one endpoint of running container `id` away (`docker network disconnect`): its
+    /// veth, address, and the published ports and their forwards if it holds them; the
+    /// namespace stays with the container.
+    pub async fn detach(&self, id: &str, endpoint: &Endpoint) {
+        if !endpoint.ports.is_empty() {
+            if let Some(handles) = self.proxies.lock().ok().and_then(|mut p| p.remove(id)) {
+                for handle in handles {
+                    handle.abort();
+                }
             }
         }
         let mut state = self.state.lock().await;
@@ -671,19 +798,90 @@ impl Networking {
             }
             Err(err) => tracing::warn!(container = %id, error = %err, "no netlink"),
         }
-        netns::remove(&endpoint.netns);
+        self.release(&mut state, id, endpoint).await;
+    }
+
+    async fn release(&self, state: &mut State, id: &str, endpoint: &Endpoint) {
         if let Some(live) = state.live.get_mut(&endpoint.network_id) {
             live.used.remove(&endpoint.ip);
+        }
+        if endpoint.ports.is_empty() {
+            return;
         }
         state
             .published
             .retain(|p| !endpoint.ports.iter().any(|q| q == p));
         if state.forwards.remove(id).is_some() {
-            if let Err(err) = self.program_nat(&state).await {
+            if let Err(err) = self.program_nat(state).await {
                 tracing::warn!(container = %id, error = %err, "cannot remove the port forwards");
             }
         }
     }
+
+    /// Undoes [`Networking::connect`] and every [`Networking::attach`] at the container's
+    /// exit: proxies and DNS server stopped, veths and namespace removed, addresses and ports
+    /// released.
+    pub async fn disconnect(&self, id: &str, endpoints: &[Endpoint]) {
+        let mut tasks = self
+            .proxies
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(id))
+            .unwrap_or_default();
+        tasks.extend(
+            self.dns
+                .lock()
+                .ok()
+                .and_then(|mut d| d.remove(id))
+                .unwrap_or_default(),
+        );
+        for task in tasks {
+            task.abort();
+        }
+        let mut state = self.state.lock().await;
+        match bridge::connect() {
+            Ok(handle) => {
+                for endpoint in endpoints {
+                    if let Err(err) = bridge::delete(&handle, &endpoint.veth).await {
+                        tracing::warn!(container = %id, error = %err, "cannot remove the veth");
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(container = %id, error = %err, "no netlink"),
+        }
+        netns::remove(&self.netns_dir.join(id));
+        for endpoint in endpoints {
+            self.release(&mut state, id, endpoint).await;
+        }
+    }
+}
+
+/// `02:42:ac:11:00:02`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A MAC address as `docker run --mac-address` takes it (six hex pairs, `:` or `-`); dockerd's
+/// `invalid MAC address: X` otherwise.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
+    let invalid = || NetworkError::InvalidPort {
+        reason: format!("invalid MAC address: {text}"),
+    };
+    let parts: Vec<&str> = text.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return Err(invalid());
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(&parts) {
+        if part.len() != 2 {
+            return Err(invalid());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+    }
+    Ok(mac)
 }
 
 /// The kernel forwards of `published` ports of the container at `ip`: IPv4 host addresses
