@@ -1,13 +1,16 @@
 //! The VirtualBox driver: a VM defined and run through `VBoxManage`.
 //!
-//! `create` registers a VM named after the machine with its files under the machine directory
-//! (`createvm --basefolder`), sets CPUs, memory and a virtio NAT card whose two port forwards
+//! `create` refuses a machine name VirtualBox already has a VM of, then registers a VM named
+//! after the machine with a UUID it chose and saved first (`createvm --uuid`) and its files under
+//! the machine directory (`createvm --basefolder`); every later command names the VM by that
+//! UUID, never by its name (records made before UUIDs keep the name). It sets CPUs, memory and a virtio NAT card whose two port forwards
 //! (127.0.0.1 only) reach the guest's SSH and engine ports, and attaches to one SATA (AHCI)
 //! controller the guest ISO (DVD, port 0), the data disk `disk.vdi` (port 1) and the
 //! configuration drive as a fixed VHD `config.vhd` (port 2; VirtualBox attaches no raw image).
 //! The serial port writes the guest console to `console.log`. `start` re-copies the
 //! configuration drive (the host rewrites `config.img` before every start) and runs the VM
-//! headless; `state` reads `VMState` from `showvminfo --machinereadable`.
+//! headless, first putting the spec's ISO in the DVD drive if the VM holds another one (after
+//! `upgrade`); `state` reads `VMState` from `showvminfo --machinereadable`.
 //!
 //! Host folder shares are refused: VirtualBox shares need the guest's `vboxsf` and
 //! `vboxguest` modules and Guest Additions services, which the guest does not carry.
@@ -142,12 +145,40 @@ pub struct VirtualBoxOptions {
 pub struct VBoxState {
     /// The VirtualBox VM's name.
     pub vm_name: String,
+    /// The VM's UUID, chosen by the driver and given to `createvm`; every later command
+    /// names the VM by it, so that another VM of the same name is never touched. Records
+    /// made before it existed name the VM by `vm_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_uuid: Option<String>,
     /// Host port on 127.0.0.1 forwarded to the guest's SSH port.
     pub ssh_port: u16,
     /// Host port on 127.0.0.1 forwarded to the guest's engine port.
     pub engine_port: u16,
     /// The configuration drive's VHD disk id, kept across rewrites.
     pub config_disk_id: [u8; 16],
+}
+
+impl VBoxState {
+    /// How VBoxManage commands name the VM: its UUID, or its name in older records.
+    pub fn target(&self) -> &str {
+        self.vm_uuid.as_deref().unwrap_or(&self.vm_name)
+    }
+}
+
+/// A random (version 4) UUID in VirtualBox's textual form.
+pub fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Which host checks `precheck` makes besides VBoxManage's version.
@@ -177,12 +208,16 @@ impl HostCheck {
 /// Chooses the two forwarded host ports.
 pub type PortPicker = fn() -> std::io::Result<(u16, u16)>;
 
+/// Chooses a new VM's UUID.
+pub type UuidSource = fn() -> String;
+
 /// The VirtualBox driver.
 pub struct VirtualBoxDriver {
     options: VirtualBoxOptions,
     vbm: VBoxManage,
     host_check: HostCheck,
     pick_ports: PortPicker,
+    new_uuid: UuidSource,
 }
 
 impl std::fmt::Debug for VirtualBoxDriver {
@@ -215,6 +250,7 @@ impl VirtualBoxDriver {
             },
             host_check: HostCheck::for_this_host(),
             pick_ports: free_ports,
+            new_uuid: random_uuid,
         }
     }
 
@@ -227,6 +263,12 @@ impl VirtualBoxDriver {
     /// Replaces the port choice (tests).
     pub fn with_port_picker(mut self, pick: PortPicker) -> Self {
         self.pick_ports = pick;
+        self
+    }
+
+    /// Replaces the choice of a new VM's UUID (tests).
+    pub fn with_uuid_source(mut self, source: UuidSource) -> Self {
+        self.new_uuid = source;
         self
     }
 
@@ -357,14 +399,22 @@ impl VirtualBoxDriver {
 
     async fn create_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         if let Some(saved) = load(dir)? {
-            if self.vm_info(&saved.vm_name).await?.is_some() {
+            if self.vm_info(saved.target()).await?.is_some() {
                 return Ok(());
             }
         }
+        // A VM of this name that is not ours (the user's, or one an interrupted create left
+        // under another record) is refused: never reused, never removed by our undo.
+        if self.vm_info(&dir.name).await?.is_some() {
+            return Err(name_taken(&dir.name));
+        }
         let iso = iso_of(spec)?;
         let (ssh_port, engine_port) = (self.pick_ports)().map_err(|e| io(dir, dir.path(), e))?;
+        // The UUID is saved before `createvm` uses it, so that even a create killed right
+        // after it leaves a record `rm` can unregister exactly this VM by.
         let state = VBoxState {
             vm_name: dir.name.clone(),
+            vm_uuid: Some((self.new_uuid)()),
             ssh_port,
             engine_port,
             config_disk_id: rand::random(),
@@ -388,12 +438,14 @@ impl VirtualBoxDriver {
         iso: &Path,
         made: &mut Made,
     ) -> Result<(), DriverError> {
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         let base = path_str(dir.path());
         self.vbm
             .run(&[
                 "createvm",
                 "--name",
+                &state.vm_name,
+                "--uuid",
                 vm,
                 "--basefolder",
                 &base,
@@ -546,7 +598,7 @@ impl VirtualBoxDriver {
         state: &VBoxState,
         attached: bool,
     ) -> Result<(), DriverError> {
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         let vhd_path = dir.file(CONFIG_VHD);
         let vhd_str = path_str(&vhd_path);
         if attached {
@@ -592,7 +644,7 @@ impl VirtualBoxDriver {
         if made.vm {
             if let Err(e) = self
                 .vbm
-                .run(&["unregistervm", &state.vm_name, "--delete"])
+                .run(&["unregistervm", state.target(), "--delete"])
                 .await
             {
                 tracing::warn!(error = %e, "could not unregister the half-made VM");
@@ -610,7 +662,7 @@ impl VirtualBoxDriver {
             VmState::Running | VmState::Starting => return Ok(()),
             VmState::Paused => {
                 self.vbm
-                    .run(&["controlvm", &state.vm_name, "resume"])
+                    .run(&["controlvm", state.target(), "resume"])
                     .await?;
                 return Ok(());
             }
@@ -624,7 +676,7 @@ impl VirtualBoxDriver {
         if !ssh_free || !engine_free {
             let (ssh_port, engine_port) =
                 (self.pick_ports)().map_err(|e| io(dir, dir.path(), e))?;
-            let mut args = vec!["modifyvm".to_owned(), state.vm_name.clone()];
+            let mut args = vec!["modifyvm".to_owned(), state.target().to_owned()];
             if !ssh_free {
                 state.ssh_port = ssh_port;
                 args.extend([
@@ -655,13 +707,19 @@ impl VirtualBoxDriver {
             self.vbm.run(&args).await?;
             save(dir, &state)?;
         }
+        // `upgrade` hands over a new guest image: the DVD follows the ISO the spec names.
+        let iso = path_str(&iso_of(spec)?);
+        if info.get(&format!("{CONTROLLER}-{ISO_PORT}-0")) != Some(&iso) {
+            self.attach(state.target(), ISO_PORT, "dvddrive", &iso)
+                .await?;
+        }
         let attached = info
             .get(&format!("{CONTROLLER}-{CONFIG_PORT}-0"))
             .is_some_and(|m| m != "none");
         self.attach_config_drive(dir, spec, &state, attached)
             .await?;
         self.vbm
-            .run(&["startvm", &state.vm_name, "--type", "headless"])
+            .run(&["startvm", state.target(), "--type", "headless"])
             .await
             .map(drop)
     }
@@ -670,14 +728,14 @@ impl VirtualBoxDriver {
         &self,
         state: &VBoxState,
     ) -> Result<std::collections::BTreeMap<String, String>, DriverError> {
-        self.vm_info(&state.vm_name)
+        self.vm_info(state.target())
             .await?
-            .ok_or_else(|| gone(&state.vm_name))
+            .ok_or_else(|| gone(state))
     }
 
     async fn stop_inner(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         let state = load_required(dir)?;
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         let info = self.require_vm(&state).await?;
         if matches!(vm_state(&info), VmState::Stopped | VmState::Saved) {
             return Ok(());
@@ -712,7 +770,7 @@ impl VirtualBoxDriver {
         let Some(state) = load(dir)? else {
             return remove_own_files(dir, &dir.name);
         };
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         if let Some(info) = self.vm_info(vm).await? {
             if matches!(
                 vm_state(&info),
@@ -724,7 +782,7 @@ impl VirtualBoxDriver {
                 Outcome::Ok(_) | Outcome::NoSuchVm => {}
             }
         }
-        remove_own_files(dir, vm)
+        remove_own_files(dir, &state.vm_name)
     }
 
     async fn state_inner(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
@@ -768,12 +826,27 @@ pub fn has_virtualization(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-fn gone(vm: &str) -> DriverError {
+fn gone(state: &VBoxState) -> DriverError {
+    let vm = &state.vm_name;
+    let which = match &state.vm_uuid {
+        Some(uuid) => format!("VM {vm:?} (UUID {uuid})"),
+        None => format!("VM named {vm:?}"),
+    };
+    DriverError::Protocol {
+        machine: vm.clone(),
+        channel: "VBoxManage",
+        message: format!(
+            "VirtualBox has no {which} (removed outside rmachine?); `rmachine rm` removes the machine"
+        ),
+    }
+}
+
+fn name_taken(vm: &str) -> DriverError {
     DriverError::Protocol {
         machine: vm.to_owned(),
         channel: "VBoxManage",
         message: format!(
-            "VirtualBox has no VM named {vm:?} (removed outside rmachine?); `rmachine rm` removes the machine"
+            "VirtualBox already has a VM named {vm:?} that this machine did not create; remove or rename that VM, or choose another machine name"
         ),
     }
 }
