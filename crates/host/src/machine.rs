@@ -639,7 +639,7 @@ pub async fn create_with<D: Driver>(
     let lock = store.lock(name)?;
     let provisioned = tokio::select! {
         result = provision(store, driver, &dir, &spec, options, began, progress) => result,
-        _ = tokio::signal::ctrl_c() => Err(MachineError::Interrupted),
+        () = interrupted() => Err(MachineError::Interrupted),
     };
     match provisioned.and_then(|config| {
         store.finish_creating(name)?;
@@ -657,6 +657,34 @@ pub async fn create_with<D: Driver>(
                 tracing::warn!(error = %e, "could not delete the half-created machine directory");
             }
             Err(error)
+        }
+    }
+}
+
+/// Resolves when the user or the system asks this process to end: Ctrl-C (SIGINT), and on
+/// Unix SIGTERM and SIGHUP (a closed terminal), so that `create` can undo what it made.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+                    std::future::pending::<()>().await;
+                }
+            }
+            Some(()) = async { match term.as_mut() { Some(s) => s.recv().await, None => None } } => {}
+            Some(()) = async { match hup.as_mut() { Some(s) => s.recv().await, None => None } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -729,6 +757,10 @@ async fn provision<D: Driver>(
     progress(Progress::WritingConfigDrive);
     write_config_drive(&config, dir, driver)?;
 
+    // The record goes to disk before the driver makes anything, so that whatever ends this
+    // process from here on (SIGKILL, a crash, a power cut), `rm` finds the driver and its
+    // options and can ask it to remove what it made.
+    store.save(&config)?;
     progress(Progress::CreatingVm);
     driver
         .create(dir, spec)

@@ -1370,6 +1370,115 @@ fn an_interrupted_create_is_listed_as_an_error_and_rm_cleans_it() {
     assert_eq!(run.stdout, "");
 }
 
+/// A plugin that makes its "VM" at create (a line in `$PLUGIN_LOG`), then hangs there, as a
+/// hypervisor booting would; it logs every remove request and writes its pid to `$PLUGIN_PID`.
+const HANGING_PLUGIN: &str = r#"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\).*/\1/')
+  case "$line" in
+    *'"method":"handshake"'*)
+      echo "{\"id\":$id,\"result\":{\"version\":1,\"info\":{\"name\":\"hangs\",\"capabilities\":{\"gracefulStop\":false,\"pause\":false,\"consoleLog\":false,\"shares\":false}}}}" ;;
+    *'"method":"create"'*)
+      echo create >> "$PLUGIN_LOG"
+      echo $$ > "$PLUGIN_PID.tmp" && mv "$PLUGIN_PID.tmp" "$PLUGIN_PID"
+      exec sleep 120 ;;
+    *'"method":"flags"'*)
+      echo "{\"id\":$id,\"result\":{\"flags\":[]}}" ;;
+    *'"method":"remove"'*)
+      echo remove >> "$PLUGIN_LOG"
+      echo "{\"id\":$id,\"result\":null}" ;;
+    *)
+      echo "{\"id\":$id,\"result\":null}" ;;
+  esac
+done
+"#;
+
+/// Starts `create -d hangs x` and waits until the plugin is inside its create request.
+fn create_until_the_plugin_hangs(env: &Env, plugins: &Path) -> (std::process::Child, PathBuf) {
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    let pid = env.dir.path().join("plugin.pid");
+    let create = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+        .args(["create", "--no-progress", "--guest-image"])
+        .arg(&image)
+        .args(["-d", "hangs", "x"])
+        .env("RMACHINE_STORAGE_PATH", env.store())
+        .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+        .env("PATH", format!("{}:/usr/bin:/bin", plugins.display()))
+        .env("PLUGIN_LOG", env.dir.path().join("plugin.log"))
+        .env("PLUGIN_PID", &pid)
+        .env_remove("RMACHINE_GUEST_IMAGE")
+        .env_remove("RMACHINE_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start create");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pid.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never got the create request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (create, pid)
+}
+
+fn end_plugin(pid: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(pid) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+}
+
+/// A create ended during the driver's create by SIGTERM undoes it through the driver; one
+/// ended by SIGKILL leaves a record, so `rm` still asks the driver to remove what it made.
+#[cfg(unix)]
+#[test]
+fn a_create_killed_during_the_drivers_create_leaves_nothing_the_driver_made() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "hangs", HANGING_PLUGIN);
+    let log = env.dir.path().join("plugin.log");
+
+    let (mut create, pid) = create_until_the_plugin_hangs(&env, &plugins);
+    let term = Command::new("kill")
+        .args(["-TERM", &create.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = create.wait().expect("create ends");
+    end_plugin(&pid);
+    assert!(!status.success());
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "create\nremove\n"
+    );
+    assert!(!env.store().join("machines/x").exists());
+
+    std::fs::remove_file(&log).expect("log");
+    std::fs::remove_file(&pid).expect("pid");
+    let (mut create, pid) = create_until_the_plugin_hangs(&env, &plugins);
+    create.kill().expect("SIGKILL create");
+    let _ = create.wait();
+    end_plugin(&pid);
+    let run = env.run_with(&["rm", "-y", "x"], |cmd| {
+        with_plugins(&plugins)(cmd);
+        cmd.env("PLUGIN_LOG", &log);
+    });
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "Successfully removed x\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "create\nremove\n"
+    );
+    assert!(!env.store().join("machines/x").exists());
+}
+
 #[test]
 fn an_unknown_command_gets_docker_machines_message() {
     let env = Env::new();
