@@ -441,7 +441,6 @@ impl CreateOptions {
                 problems.push(format!("registry {registry:?} is not a valid address"));
             }
         }
-        problems.extend(self.driver_options.foreign(&self.driver));
         problems
     }
 }
@@ -496,8 +495,11 @@ pub async fn create(
     options: &CreateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
-    let driver = AnyDriver::choose(&options.driver, &options.driver_options)
-        .map_err(|reason| MachineError::Precheck { reason })?;
+    let driver = AnyDriver::choose(
+        &options.driver,
+        &options.driver_options.only_for(&options.driver),
+    )
+    .map_err(|reason| MachineError::Precheck { reason })?;
     create_with(store, &driver, name, options, progress).await
 }
 

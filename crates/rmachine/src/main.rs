@@ -119,8 +119,9 @@ fn create_driver(argv: &[OsString]) -> Option<String> {
     driver.or_else(|| std::env::var("RMACHINE_DRIVER").ok())
 }
 
-/// `create` for `driver`: other built-in drivers' flags hidden, an external driver's flags
-/// added.
+/// `create` for `driver`: other built-in drivers' flags hidden and deaf to their environment
+/// variables (docker-machine ignores another driver's variables: a stray `QEMU_ACCEL` must
+/// not block `-d virtualbox`), an external driver's flags added.
 fn create_for_driver(
     create: clap::Command,
     driver: &str,
@@ -137,7 +138,7 @@ fn create_for_driver(
         .collect();
     let mut create = create;
     for id in hidden {
-        create = create.mut_arg(id, |a| a.hide(true));
+        create = create.mut_arg(id, |a| a.hide(true).env(clap::builder::Resettable::Reset));
     }
     for flag in plugin_flags.unwrap_or_default() {
         let mut help = flag.help.clone();

@@ -967,6 +967,60 @@ fn an_external_driver_gets_its_flags_and_its_errors_are_one_line() {
     );
 }
 
+/// Another driver's environment variables are ignored, as docker-machine ignores them; only
+/// its typed flags are refused.
+#[test]
+fn another_drivers_environment_variables_are_ignored() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "shelly", SHELL_PLUGIN);
+    let log = env.dir.path().join("plugin.log");
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    let image = image.to_string_lossy().into_owned();
+    let run = env.run_with(
+        &[
+            "create",
+            "--no-progress",
+            "--guest-image",
+            &image,
+            "-d",
+            "shelly",
+            "--shelly-zone",
+            "us",
+            "x",
+        ],
+        |cmd| {
+            with_plugins(&plugins)(cmd);
+            cmd.env("PLUGIN_LOG", &log)
+                .env("QEMU_ACCEL", "bogus")
+                .env("QEMU_PROGRAM", "/opt/qemu")
+                .env("VIRTUALBOX_MEMORY_SIZE", "4096")
+                .env("HYPERV_VIRTUAL_SWITCH", "External");
+        },
+    );
+    // The plugin's precheck ran: nothing stopped the create before it.
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            3,
+            "Error with pre-create check: \"driver shelly: zone us is full\"\n"
+        )
+    );
+    // A typed flag of another driver is still refused, by its name.
+    let typed = env.run_with(
+        &["create", "-d", "shelly", "--virtualbox-memory", "4096", "x"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(
+        (typed.code, typed.stderr.as_str()),
+        (
+            1,
+            "Error: --virtualbox-memory is a flag of the virtualbox driver, not of shelly\n"
+        )
+    );
+}
+
 #[test]
 fn unknown_drivers_list_the_plugins_on_path() {
     let env = Env::new();
