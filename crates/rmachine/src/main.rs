@@ -166,13 +166,39 @@ fn other_driver_prefixes(driver: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first plugin flag whose name is already one of `create`'s or a global flag (a plugin
+/// named `engine` could declare `--engine-env`): it would shadow rmachine's own.
+fn shadowing_flag(flags: &[Flag]) -> Option<&Flag> {
+    let cli = Cli::command();
+    let mut taken: Vec<String> = vec!["help".into(), "version".into()];
+    let create_args = cli
+        .find_subcommand("create")
+        .into_iter()
+        .flat_map(|c| c.get_arguments());
+    taken.extend(
+        cli.get_arguments()
+            .chain(create_args)
+            .filter_map(|a| a.get_long().map(str::to_owned)),
+    );
+    flags.iter().find(|f| taken.contains(&f.name))
+}
+
 /// Parses the command line, with `create`'s flags those of the driver it names.
 fn parse_cli() -> Result<Cli, String> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let driver = create_driver(&argv).unwrap_or_else(|| DriverKind::default().name().to_string());
     let plugin_flags = match DriverChoice::from_name(&driver) {
         Ok(DriverChoice::External { name, program }) => {
-            Some(ExternalDriver::flags(&name, &program).map_err(|e| format!("Error: {e}"))?)
+            let flags =
+                ExternalDriver::flags(&name, &program).map_err(|e| format!("Error: {e}"))?;
+            if let Some(flag) = shadowing_flag(&flags) {
+                return Err(format!(
+                    "Error: driver {name}: {} declares the flag --{}, which is already a flag of rmachine create; the plugin must rename it",
+                    program.display(),
+                    flag.name
+                ));
+            }
+            Some(flags)
         }
         _ => None,
     };

@@ -1021,6 +1021,37 @@ fn another_drivers_environment_variables_are_ignored() {
     );
 }
 
+/// A plugin flag named like one of rmachine's own is refused at flag discovery.
+#[test]
+fn a_plugin_flag_that_shadows_a_create_flag_is_refused() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(
+        &plugins,
+        "engine",
+        &SHELL_PLUGIN
+            .replace("\\\"shelly\\\"", "\\\"engine\\\"")
+            .replace("shelly-zone", "engine-env")
+            .replace("shelly-fast", "engine-fast"),
+    );
+    let run = env.run_with(&["create", "-d", "engine", "x"], with_plugins(&plugins));
+    assert_eq!(
+        (run.code, run.stderr),
+        (
+            1,
+            format!(
+                "Error: driver engine: {} declares the flag --engine-env, which is already a flag of rmachine create; the plugin must rename it\n",
+                plugins.join("rmachine-driver-engine").display()
+            )
+        )
+    );
+    let help = env.run_with(
+        &["create", "-d", "engine", "--help"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(help.code, 1, "{}", help.stdout);
+}
+
 #[test]
 fn unknown_drivers_list_the_plugins_on_path() {
     let env = Env::new();
