@@ -540,6 +540,21 @@ pub async fn create_with<D: Driver>(
                 ));
             }
         }
+        // It gets the engine's own binaries, never a guest image.
+        for (flag, changed) in [
+            ("--guest-image", options.guest_image.is_some()),
+            (
+                "--guest-image-url",
+                options.guest_image_url != defaults.guest_image_url,
+            ),
+        ] {
+            if changed {
+                problems.push(format!(
+                    "{flag}: driver {} boots no guest image",
+                    driver.info().name
+                ));
+            }
+        }
     }
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
@@ -568,14 +583,6 @@ pub async fn create_with<D: Driver>(
     // An existing host boots no guest image: it gets the engine's own binaries instead.
     let existing_host = driver.info().capabilities.existing_host;
     let found = if existing_host {
-        if let Some(source) = &options.guest_image {
-            return Err(MachineError::InvalidOptions {
-                problems: vec![format!(
-                    "--guest-image {source}: driver {} boots no guest image",
-                    driver.info().name
-                )],
-            });
-        }
         None
     } else {
         let dev_out = image::workspace_guest_out();

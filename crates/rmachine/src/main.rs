@@ -251,6 +251,11 @@ fn parse_cli() -> Result<Cli, String> {
                 ));
             }
         }
+        let generic = matches!(DriverKind::from_name(&driver), Ok(DriverKind::Generic));
+        if let (true, cmd::Command::Create(args)) = (generic, &mut cli.command) {
+            let from_env = |id: &str| create.value_source(id) == Some(ValueSource::EnvVariable);
+            args.ignore_guest_image_env(from_env("guest_image"), from_env("guest_image_url"));
+        }
         if let (Some(flags), cmd::Command::Create(args)) = (&plugin_flags, &mut cli.command) {
             let mut options = Options::new();
             for flag in flags {

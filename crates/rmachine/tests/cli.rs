@@ -204,6 +204,55 @@ fn create_generic_refuses_vm_sizing_options() {
     assert!(!env.store().join("machines").join("x").exists());
 }
 
+/// A generic machine boots no guest image: the flags are refused by name, while the
+/// environment's image settings (meant for the machines that boot one) are ignored.
+#[test]
+fn create_generic_refuses_guest_image_flags_and_ignores_their_environment() {
+    let env = Env::new();
+    let run = env.run(&[
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        "192.0.2.1",
+        "--guest-image",
+        "/images/g1",
+        "--guest-image-url",
+        "https://example.com/{version}/",
+        "x",
+    ]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "Error creating machine: --guest-image: driver generic boots no guest image\n--guest-image-url: driver generic boots no guest image\n"
+        )
+    );
+    let run = env.run_with(
+        &[
+            "create",
+            "-d",
+            "generic",
+            "--generic-ssh-key",
+            "/nonexistent/key",
+            "x",
+        ],
+        |cmd| {
+            cmd.env("RMACHINE_GUEST_IMAGE", "/images/g1")
+                .env("RMACHINE_GUEST_IMAGE_URL", "https://example.com/{version}/");
+        },
+    );
+    // The driver's own precheck is what stops this one.
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            3,
+            "Error with pre-create check: \"invalid generic options: --generic-ip-address is required; ssh key /nonexistent/key does not exist\"\n"
+        )
+    );
+    assert!(!env.store().join("machines").join("x").exists());
+}
+
 #[test]
 fn create_generic_without_an_address_says_what_is_missing_and_leaves_nothing() {
     let env = Env::new();
