@@ -103,7 +103,8 @@ pub struct VirtualBoxOptions {
     #[serde(rename = "virtualboxDiskSize", skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<u64>,
 
-    /// Host-only network CIDR (refused: the guest configures only its NAT card)
+    /// Add a host-only network card on this network, given by the host's address on it (e.g.
+    /// 192.168.99.1/24); the guest gets an address there by DHCP, reachable from this host
     #[arg(
         id = "virtualbox_hostonly_cidr",
         long = "virtualbox-hostonly-cidr",
@@ -298,9 +299,9 @@ impl VirtualBoxDriver {
             ));
         }
         if let Some(cidr) = &self.options.hostonly_cidr {
-            problems.push(format!(
-                "--virtualbox-hostonly-cidr {cidr}: the guest configures only its first network card (NAT, with forwarded ports); host-only networks are not supported"
-            ));
+            if let Err(why) = HostOnlyNet::parse(cidr) {
+                problems.push(format!("--virtualbox-hostonly-cidr {cidr}: {why}"));
+            }
         }
         if self.cpus(spec) == 0 {
             problems.push("--virtualbox-cpu-count must be at least 1".to_owned());
@@ -524,6 +525,30 @@ impl VirtualBoxDriver {
                 &engine,
             ])
             .await?;
+        if let Some(cidr) = &self.options.hostonly_cidr {
+            let net = HostOnlyNet::parse(cidr).map_err(|why| DriverError::InvalidOptions {
+                driver: DRIVER.to_owned(),
+                problems: vec![format!("--virtualbox-hostonly-cidr {cidr}: {why}")],
+            })?;
+            let adapter = self.hostonly_adapter(&net).await?;
+            self.hostonly_dhcp(&net, &adapter).await?;
+            self.vbm
+                .run(&[
+                    "modifyvm",
+                    vm,
+                    "--nic2",
+                    "hostonly",
+                    "--nictype2",
+                    "virtio",
+                    "--nicpromisc2",
+                    "deny",
+                    "--hostonlyadapter2",
+                    &adapter,
+                    "--cableconnected2",
+                    "on",
+                ])
+                .await?;
+        }
         self.vbm
             .run(&[
                 "storagectl",
@@ -560,6 +585,84 @@ impl VirtualBoxDriver {
         self.attach(vm, DISK_PORT, "hdd", &disk).await?;
         made.disk_attached = true;
         self.attach_config_drive(dir, spec, state, false).await
+    }
+
+    /// The host-only interface holding `net`'s host address: an existing one, else a new one
+    /// (`hostonlyif create`) given that address (`hostonlyif ipconfig`), as docker-machine did.
+    async fn hostonly_adapter(&self, net: &HostOnlyNet) -> Result<String, DriverError> {
+        let list = self.vbm.run(&["list", "hostonlyifs"]).await?;
+        let ip = net.host.to_string();
+        let mask = net.mask().to_string();
+        if let Some(name) = vbm::parse_blocks(&list.stdout_text())
+            .into_iter()
+            .find(|b| b.get("IPAddress") == Some(&ip) && b.get("NetworkMask") == Some(&mask))
+            .and_then(|b| b.get("Name").cloned())
+        {
+            return Ok(name);
+        }
+        let created = self.vbm.run(&["hostonlyif", "create"]).await?;
+        let text = format!("{}\n{}", created.stdout_text(), created.stderr_text());
+        let name = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Interface '")
+                    .and_then(|(_, rest)| rest.split_once("' was successfully created"))
+                    .map(|(name, _)| name.to_owned())
+            })
+            .ok_or_else(|| DriverError::Protocol {
+                machine: String::new(),
+                channel: "VBoxManage",
+                message: format!(
+                    "hostonlyif create did not name the interface it made: {:?}",
+                    text.trim()
+                ),
+            })?;
+        self.vbm
+            .run(&[
+                "hostonlyif",
+                "ipconfig",
+                &name,
+                "--ip",
+                &ip,
+                "--netmask",
+                &mask,
+            ])
+            .await?;
+        Ok(name)
+    }
+
+    /// The DHCP server that gives the guest its host-only address (added, or set to this plan).
+    async fn hostonly_dhcp(&self, net: &HostOnlyNet, adapter: &str) -> Result<(), DriverError> {
+        let netname = format!("HostInterfaceNetworking-{adapter}");
+        let list = self.vbm.run(&["list", "dhcpservers"]).await?;
+        let exists = vbm::parse_blocks(&list.stdout_text())
+            .iter()
+            .any(|b| b.get("NetworkName") == Some(&netname));
+        let (server, lower, upper) = net.dhcp_plan();
+        let (server, mask, lower, upper) = (
+            server.to_string(),
+            net.mask().to_string(),
+            lower.to_string(),
+            upper.to_string(),
+        );
+        self.vbm
+            .run(&[
+                "dhcpserver",
+                if exists { "modify" } else { "add" },
+                "--netname",
+                &netname,
+                "--ip",
+                &server,
+                "--netmask",
+                &mask,
+                "--lowerip",
+                &lower,
+                "--upperip",
+                &upper,
+                "--enable",
+            ])
+            .await
+            .map(drop)
     }
 
     async fn attach(
@@ -789,6 +892,84 @@ impl VirtualBoxDriver {
         let state = load_required(dir)?;
         let info = self.require_vm(&state).await?;
         Ok(vm_state(&info))
+    }
+}
+
+/// A host-only network as `--virtualbox-hostonly-cidr` gives it: the host's address on it and
+/// the prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostOnlyNet {
+    /// The host's address on the network.
+    pub host: Ipv4Addr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl HostOnlyNet {
+    /// Parses `A.B.C.D/N`; the address must be a host's, not the network's (docker-machine's
+    /// rule), and the network must leave room for a DHCP range.
+    pub fn parse(cidr: &str) -> Result<Self, String> {
+        let (ip, prefix) = cidr.split_once('/').ok_or_else(|| {
+            "expected an IPv4 address with a prefix length, e.g. 192.168.99.1/24".to_owned()
+        })?;
+        let host: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=28).contains(p))
+            .ok_or_else(|| format!("the prefix length {prefix:?} must be between 8 and 28"))?;
+        let net = Self { host, prefix };
+        if host == net.network() {
+            return Err(
+                "host-only cidr must be specified with a host address, not a network address"
+                    .to_owned(),
+            );
+        }
+        if host == net.broadcast() {
+            return Err("the address is the network's broadcast address".to_owned());
+        }
+        Ok(net)
+    }
+
+    fn mask_bits(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The network mask.
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask_bits())
+    }
+
+    /// The network's address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.host) & self.mask_bits())
+    }
+
+    /// The network's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.host) | !self.mask_bits())
+    }
+
+    /// The DHCP server's address (the first one that is not the host's) and the range it
+    /// leases: for a /24, .100 to .254 as docker-machine.
+    pub fn dhcp_plan(&self) -> (Ipv4Addr, Ipv4Addr, Ipv4Addr) {
+        let network = u32::from(self.network());
+        let size = !self.mask_bits() + 1;
+        let first = network + 1;
+        let server = if first == u32::from(self.host) {
+            first + 1
+        } else {
+            first
+        };
+        let lower = (network + size * 100 / 256).max(server + 1);
+        let upper = u32::from(self.broadcast()) - 1;
+        (
+            Ipv4Addr::from(server),
+            Ipv4Addr::from(lower),
+            Ipv4Addr::from(upper),
+        )
     }
 }
 

@@ -720,7 +720,7 @@ async fn precheck_refuses_what_cannot_work() {
     let err = s
         .driver(VirtualBoxOptions {
             share_folder: Some("/home/me:home".into()),
-            hostonly_cidr: Some("192.168.99.1/24".into()),
+            hostonly_cidr: Some("192.168.99.0/24".into()),
             ..options()
         })
         .precheck(&s.spec)
@@ -732,7 +732,7 @@ async fn precheck_refuses_what_cannot_work() {
         "{text}"
     );
     assert!(
-        text.contains("--virtualbox-hostonly-cidr 192.168.99.1/24"),
+        text.contains("--virtualbox-hostonly-cidr 192.168.99.0/24: host-only cidr must be specified with a host address, not a network address"),
         "{text}"
     );
 
@@ -924,5 +924,156 @@ async fn start_after_upgrade_puts_the_new_iso_in_the_dvd_drive() {
         .start(&s.dir, &s.spec)
         .await
         .expect("start");
+    s.runner.assert_done();
+}
+
+#[test]
+fn host_only_networks_parse_and_plan_their_dhcp() {
+    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
+    assert_eq!(net.mask().to_string(), "255.255.255.0");
+    let (server, lower, upper) = net.dhcp_plan();
+    assert_eq!(
+        (server.to_string(), lower.to_string(), upper.to_string()),
+        (
+            "192.168.99.2".into(),
+            "192.168.99.100".into(),
+            "192.168.99.254".into()
+        )
+    );
+    let (server, ..) = HostOnlyNet::parse("10.5.0.7/16")
+        .expect("parses")
+        .dhcp_plan();
+    assert_eq!(server.to_string(), "10.5.0.1");
+    for bad in [
+        "192.168.99.1",
+        "192.168.99.1/31",
+        "300.1.1.1/24",
+        "192.168.99.255/24",
+    ] {
+        assert!(HostOnlyNet::parse(bad).is_err(), "{bad}");
+    }
+}
+
+/// `--virtualbox-hostonly-cidr`: a new host-only interface with that address, its DHCP server,
+/// and the VM's second card on it; the rest of create is unchanged.
+#[tokio::test]
+async fn create_with_a_host_only_network_adds_the_interface_dhcp_and_second_card() {
+    let s = setup();
+    let calls = create_calls(&s);
+    let nat = calls
+        .iter()
+        .position(|(argv, _)| argv.iter().any(|a| a == "--natpf1"))
+        .expect("create sets up NAT");
+    let mut calls = calls.into_iter();
+    for (argv, reply) in calls.by_ref().take(nat + 1) {
+        s.runner.expect(argv, reply);
+    }
+    // Another host-only interface exists, on another network.
+    s.ok(
+        &["list", "hostonlyifs"],
+        "Name:            vboxnet0\nGUID:            786f6276-656e-4074-8000-0a0027000000\nDHCP:            Disabled\nIPAddress:       192.168.56.1\nNetworkMask:     255.255.255.0\nStatus:          Up\n\n",
+    );
+    s.ok(
+        &["hostonlyif", "create"],
+        "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\nInterface 'vboxnet1' was successfully created\n",
+    );
+    s.ok(
+        &[
+            "hostonlyif",
+            "ipconfig",
+            "vboxnet1",
+            "--ip",
+            "192.168.99.1",
+            "--netmask",
+            "255.255.255.0",
+        ],
+        "",
+    );
+    s.ok(
+        &["list", "dhcpservers"],
+        "NetworkName:    HostInterfaceNetworking-vboxnet0\nIP:             192.168.56.100\nEnabled:        Yes\n\n",
+    );
+    s.ok(
+        &[
+            "dhcpserver",
+            "add",
+            "--netname",
+            "HostInterfaceNetworking-vboxnet1",
+            "--ip",
+            "192.168.99.2",
+            "--netmask",
+            "255.255.255.0",
+            "--lowerip",
+            "192.168.99.100",
+            "--upperip",
+            "192.168.99.254",
+            "--enable",
+        ],
+        "",
+    );
+    s.ok(
+        &[
+            "modifyvm",
+            VM,
+            "--nic2",
+            "hostonly",
+            "--nictype2",
+            "virtio",
+            "--nicpromisc2",
+            "deny",
+            "--hostonlyadapter2",
+            "vboxnet1",
+            "--cableconnected2",
+            "on",
+        ],
+        "",
+    );
+    for (argv, reply) in calls {
+        s.runner.expect(argv, reply);
+    }
+    s.driver(VirtualBoxOptions {
+        hostonly_cidr: Some("192.168.99.1/24".into()),
+        ..options()
+    })
+    .create(&s.dir, &s.spec)
+    .await
+    .expect("create");
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn an_existing_host_only_interface_and_dhcp_server_are_reused() {
+    let s = setup();
+    s.ok(
+        &["list", "hostonlyifs"],
+        "Name:            vboxnet3\nIPAddress:       192.168.99.1\nNetworkMask:     255.255.255.0\n\n",
+    );
+    s.ok(
+        &["list", "dhcpservers"],
+        "NetworkName:    HostInterfaceNetworking-vboxnet3\nIP:             192.168.99.6\n\n",
+    );
+    s.ok(
+        &[
+            "dhcpserver",
+            "modify",
+            "--netname",
+            "HostInterfaceNetworking-vboxnet3",
+            "--ip",
+            "192.168.99.2",
+            "--netmask",
+            "255.255.255.0",
+            "--lowerip",
+            "192.168.99.100",
+            "--upperip",
+            "192.168.99.254",
+            "--enable",
+        ],
+        "",
+    );
+    let driver = s.driver(options());
+    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
+    let adapter = driver.hostonly_adapter(&net).await.expect("adapter");
+    assert_eq!(adapter, "vboxnet3");
+    driver.hostonly_dhcp(&net, &adapter).await.expect("dhcp");
     s.runner.assert_done();
 }
