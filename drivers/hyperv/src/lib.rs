@@ -436,6 +436,16 @@ impl HyperVDriver {
             .await?;
         let id = id.trim();
         if !is_guid(id) {
+            // The VM exists but its Id is unknown: remove it by its name and folder.
+            if let Err(e) = self
+                .ps(&format!(
+                    "Hyper-V\\Remove-VM -VM {} -Force",
+                    find_vm(dir, state)
+                ))
+                .await
+            {
+                tracing::warn!(error = %e, "could not remove the half-made VM");
+            }
             return Err(DriverError::Protocol {
                 machine: dir.name.clone(),
                 channel: "Hyper-V",

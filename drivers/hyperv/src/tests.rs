@@ -485,3 +485,28 @@ async fn start_after_upgrade_puts_the_new_iso_in_the_dvd_drive() {
     let saved = load_required(&s.dir).expect("record");
     assert_eq!(saved.iso, Some(new_iso));
 }
+
+#[tokio::test]
+async fn a_new_vm_without_a_readable_id_is_removed_by_name_and_folder() {
+    let s = setup();
+    let scripts = create_scripts(&s, true);
+    s.ok(NAME_CHECK, "0\r\n");
+    s.ok(&scripts[0], "");
+    s.ok(&scripts[1], "WARNING: something odd\r\n");
+    let folder = format!("{}{}", s.dir.path().display(), std::path::MAIN_SEPARATOR);
+    s.ok(
+        &format!(
+            "Hyper-V\\Remove-VM -VM @(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }}) -Force",
+            quote(&folder)
+        ),
+        "",
+    );
+    let err = s
+        .driver(options())
+        .create(&s.dir, &s.spec)
+        .await
+        .expect_err("fails");
+    assert!(err.to_string().contains("not the new VM's Id"), "{err}");
+    s.runner.assert_done();
+    assert!(!s.dir.file("hyperv.json").exists());
+}
