@@ -1506,6 +1506,7 @@ fn an_interrupted_create_is_listed_as_an_error_and_rm_cleans_it() {
 
 /// A plugin that makes its "VM" at create (a line in `$PLUGIN_LOG`), then hangs there, as a
 /// hypervisor booting would; it logs every remove request and writes its pid to `$PLUGIN_PID`.
+#[cfg(unix)]
 const HANGING_PLUGIN: &str = r#"
 while IFS= read -r line; do
   id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\).*/\1/')
@@ -1528,6 +1529,7 @@ done
 "#;
 
 /// Starts `create -d hangs x` and waits until the plugin is inside its create request.
+#[cfg(unix)]
 fn create_until_the_plugin_hangs(env: &Env, plugins: &Path) -> (std::process::Child, PathBuf) {
     let image = env.dir.path().join("image");
     valid_image(&image);
@@ -1559,6 +1561,7 @@ fn create_until_the_plugin_hangs(env: &Env, plugins: &Path) -> (std::process::Ch
     (create, pid)
 }
 
+#[cfg(unix)]
 fn end_plugin(pid: &Path) {
     if let Ok(pid) = std::fs::read_to_string(pid) {
         let _ = Command::new("kill").arg(pid.trim()).status();
