@@ -15,9 +15,9 @@
 //! Host folder shares are refused: VirtualBox shares need the guest's `vboxsf` and
 //! `vboxguest` modules and Guest Additions services, which the guest does not carry.
 //!
-//! Files in the machine directory: `virtualbox.json` (port forwards and the configuration
-//! drive's disk id), `disk.vdi`, `config.vhd`, `console.log`, and VirtualBox's own folder
-//! `NAME/` (the `.vbox` file and logs).
+//! Files in the machine directory: `virtualbox.json` (the VM's UUID, port forwards and the
+//! configuration drive's disk id), `disk.vdi`, `config.vhd`, `console.log`, and VirtualBox's
+//! own folder `NAME/` (the `.vbox` file and logs).
 //!
 //! How it is verified: VirtualBox and Hyper-V do not run on the development host. The tests
 //! (`src/tests.rs`) drive this driver through a recording runner that checks the exact
