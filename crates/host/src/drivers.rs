@@ -175,55 +175,61 @@ impl DriverOptions {
         }
     }
 
-    /// One problem per other driver whose options were set: they would otherwise be stored
-    /// and never used.
-    pub fn foreign(&self, driver: &DriverChoice) -> Vec<String> {
-        let (own, name) = match driver {
-            DriverChoice::BuiltIn(kind) => (Some(*kind), kind.name().to_string()),
-            DriverChoice::External { name, .. } => (None, name.clone()),
+    /// These options with every driver's but `driver`'s at their defaults. Another driver's
+    /// values can only come from its environment variables here (a typed flag of another
+    /// driver is refused where the command line is parsed), and docker-machine ignores those.
+    pub fn only_for(&self, driver: &DriverChoice) -> DriverOptions {
+        let own = match driver {
+            DriverChoice::BuiltIn(kind) => Some(*kind),
+            DriverChoice::External { .. } => None,
         };
-        [
-            (DriverKind::Qemu, self.qemu != QemuOptions::default()),
-            (
-                DriverKind::Virtualbox,
-                self.virtualbox != VirtualBoxOptions::default(),
-            ),
-            (DriverKind::Hyperv, self.hyperv != HyperVOptions::default()),
-            (
-                DriverKind::Generic,
-                self.generic != GenericOptions::default(),
-            ),
-        ]
-        .into_iter()
-        .filter(|(owner, set)| *set && Some(*owner) != own)
-        .map(|(owner, _)| {
-            format!(
-                "--{0}-* options apply to -d {0} only, not -d {name}",
-                owner.name(),
-            )
-        })
-        .collect()
+        let keep = |kind: DriverKind| own == Some(kind);
+        DriverOptions {
+            qemu: if keep(DriverKind::Qemu) {
+                self.qemu.clone()
+            } else {
+                QemuOptions::default()
+            },
+            virtualbox: if keep(DriverKind::Virtualbox) {
+                self.virtualbox.clone()
+            } else {
+                VirtualBoxOptions::default()
+            },
+            hyperv: if keep(DriverKind::Hyperv) {
+                self.hyperv.clone()
+            } else {
+                HyperVOptions::default()
+            },
+            generic: if keep(DriverKind::Generic) {
+                self.generic.clone()
+            } else {
+                GenericOptions::default()
+            },
+            plugin: if own.is_none() {
+                self.plugin.clone()
+            } else {
+                rmachine_driver::protocol::Options::new()
+            },
+        }
     }
 
-    /// The options the record of a machine made with `choice` keeps: an external driver's
-    /// flag values only, not the built-in drivers' defaults.
+    /// The options the record of a machine made with `choice` keeps: that driver's only
+    /// (an external driver's flag values, not the built-in drivers' defaults).
     pub fn record_map(&self, choice: &DriverChoice) -> serde_json::Map<String, serde_json::Value> {
+        let own = self.only_for(choice);
         match choice {
             // A generic machine keeps its own flags, not QEMU's defaults.
-            DriverChoice::BuiltIn(DriverKind::Generic) => self
+            DriverChoice::BuiltIn(DriverKind::Generic) => own
                 .to_map()
                 .into_iter()
                 .filter(|(key, _)| key.starts_with("generic"))
                 .collect(),
-            DriverChoice::BuiltIn(_) => self.to_map(),
-            DriverChoice::External { .. } => DriverOptions {
-                plugin: self.plugin.clone(),
-                ..DriverOptions::default()
-            }
-            .to_map()
-            .into_iter()
-            .filter(|(key, _)| key == "PluginOptions")
-            .collect(),
+            DriverChoice::BuiltIn(_) => own.to_map(),
+            DriverChoice::External { .. } => own
+                .to_map()
+                .into_iter()
+                .filter(|(key, _)| key == "PluginOptions")
+                .collect(),
         }
     }
 
@@ -409,19 +415,18 @@ mod tests {
     }
 
     #[test]
-    fn another_drivers_options_are_refused() {
+    fn another_drivers_options_are_ignored() {
         let mut options = DriverOptions::default();
-        assert!(options
-            .foreign(&DriverChoice::BuiltIn(DriverKind::Qemu))
-            .is_empty());
         options.virtualbox.memory = Some(2048);
-        assert!(options
-            .foreign(&DriverChoice::BuiltIn(DriverKind::Virtualbox))
-            .is_empty());
-        assert_eq!(
-            options.foreign(&DriverChoice::BuiltIn(DriverKind::Qemu)),
-            ["--virtualbox-* options apply to -d virtualbox only, not -d qemu"]
-        );
+        options.qemu.program = Some("/opt/qemu".into());
+        let vbox = options.only_for(&DriverChoice::BuiltIn(DriverKind::Virtualbox));
+        assert_eq!(vbox.virtualbox.memory, Some(2048));
+        assert_eq!(vbox.qemu, QemuOptions::default());
+        let qemu = options.only_for(&DriverChoice::BuiltIn(DriverKind::Qemu));
+        assert_eq!(qemu.virtualbox, VirtualBoxOptions::default());
+        let map = options.record_map(&DriverChoice::BuiltIn(DriverKind::Qemu));
+        assert!(!map.contains_key("virtualboxMemory"), "{map:?}");
+        assert_eq!(map["qemuProgram"], "/opt/qemu");
     }
 
     #[test]

@@ -7,13 +7,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rmachine_driver::protocol::{
     Call, ErrorKind, Flag, FlagsResult, HandshakeResult, MachineRef, Options, Reply, Request,
-    PROGRAM_PREFIX, PROTOCOL_VERSION,
+    StopRequest, PROGRAM_PREFIX, PROTOCOL_VERSION,
 };
 use rmachine_driver::{
     Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec, VmState,
@@ -24,6 +25,38 @@ const STDERR_KEEP: usize = 4096;
 
 /// The most of a garbage reply quoted in an error.
 const QUOTE_MAX: usize = 80;
+
+/// The longest reply line read from a plugin (no reply of the protocol comes near it); a
+/// longer one ends the plugin rather than fill the host's memory.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// How long rmachine waits for a plugin's reply to `call` (documented in
+/// `docs/driver-protocol.md`): generous where a VM is made or booted, short for questions.
+pub fn reply_timeout(call: &Call) -> Duration {
+    let seconds = match call {
+        Call::Handshake { .. } | Call::Flags {} => 30,
+        Call::State { .. } | Call::Endpoints { .. } => 60,
+        Call::Precheck { .. } => 120,
+        Call::Create { .. } | Call::Start { .. } => 1200,
+        Call::Remove { .. } => 600,
+        Call::Stop {
+            mode: StopRequest::Graceful { timeout_seconds },
+            ..
+        } => timeout_seconds.saturating_add(120),
+        Call::Stop { .. } => 120,
+    };
+    Duration::from_secs(seconds)
+}
+
+/// Chooses the reply timeout of each request.
+pub type Timeouts = fn(&Call) -> Duration;
+
+/// What the stdout reader thread hands over: one reply line, or why there is none.
+enum Line {
+    Text(String),
+    TooLong,
+    Unreadable(std::io::Error),
+}
 
 /// Whether `name` can name a plugin (no path separators or oddities in a program name).
 fn valid_name(name: &str) -> bool {
@@ -103,25 +136,33 @@ pub struct ExternalDriver {
     program: PathBuf,
     options: Options,
     info: DriverInfo,
+    timeouts: Timeouts,
 }
 
 impl ExternalDriver {
     /// Starts the plugin for driver `name` at `program` once to check that it speaks our
     /// protocol and to learn its capabilities; `options` go with every later request.
     pub fn open(name: &str, program: &Path, options: Options) -> Result<Self, DriverError> {
-        let (session, info) = Session::open(name, program)?;
+        let (session, info) = Session::open(name, program, reply_timeout)?;
         session.close();
         Ok(Self {
             name: name.to_string(),
             program: program.to_path_buf(),
             options,
             info,
+            timeouts: reply_timeout,
         })
+    }
+
+    /// Replaces the reply timeouts (tests).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// The plugin's `create` flags, each checked to start with `NAME-`.
     pub fn flags(name: &str, program: &Path) -> Result<Vec<Flag>, DriverError> {
-        let (mut session, _) = Session::open(name, program)?;
+        let (mut session, _) = Session::open(name, program, reply_timeout)?;
         let value = session.request(Call::Flags {})?;
         session.close();
         let result: FlagsResult = serde_json::from_value(value).map_err(|e| {
@@ -160,8 +201,9 @@ impl ExternalDriver {
         let name = self.name.clone();
         let program = self.program.clone();
         let method = call.method();
+        let timeouts = self.timeouts;
         tokio::task::spawn_blocking(move || {
-            let (mut session, _) = Session::open(&name, &program)?;
+            let (mut session, _) = Session::open(&name, &program, timeouts)?;
             let value = session.request(call)?;
             session.close();
             Ok(value)
@@ -208,15 +250,21 @@ struct Session {
     program: PathBuf,
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    /// Reply lines, read by a thread of their own so that a silent plugin can time out.
+    stdout: Receiver<Line>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     next_id: u64,
+    timeouts: Timeouts,
 }
 
 impl Session {
     /// Starts the plugin and shakes hands.
-    fn open(name: &str, program: &Path) -> Result<(Self, DriverInfo), DriverError> {
+    fn open(
+        name: &str,
+        program: &Path,
+        timeouts: Timeouts,
+    ) -> Result<(Self, DriverInfo), DriverError> {
         let mut child = Command::new(program)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -248,15 +296,37 @@ impl Session {
                 }
             }
         });
+        let (lines, stdout_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                // One byte over the cap tells a line of exactly MAX_LINE from a longer one.
+                let cap = u64::try_from(MAX_LINE)
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(1);
+                let item = match (&mut reader).take(cap).read_line(&mut line) {
+                    Ok(0) => return,
+                    Ok(_) if line.len() > MAX_LINE => Line::TooLong,
+                    Ok(_) => Line::Text(line),
+                    Err(e) => Line::Unreadable(e),
+                };
+                let last = !matches!(item, Line::Text(_));
+                if lines.send(item).is_err() || last {
+                    return;
+                }
+            }
+        });
         let mut session = Session {
             name: name.to_string(),
             program: program.to_path_buf(),
             child,
             stdin: Some(stdin),
-            stdout: BufReader::new(stdout),
+            stdout: stdout_rx,
             stderr,
             stderr_reader: Some(stderr_reader),
             next_id: 1,
+            timeouts,
         };
         let value = session.request(Call::Handshake {
             version: PROTOCOL_VERSION,
@@ -292,6 +362,7 @@ impl Session {
     /// wrong with the plugin.
     fn request(&mut self, call: Call) -> Result<serde_json::Value, DriverError> {
         let method = call.method();
+        let limit = (self.timeouts)(&call);
         let id = self.next_id;
         self.next_id += 1;
         let mut line = match serde_json::to_vec(&Request { id, call }) {
@@ -307,17 +378,29 @@ impl Session {
             // The plugin is gone or not reading: say how it ended.
             return Err(self.ended(method));
         }
-        let mut reply_line = String::new();
-        match self.stdout.read_line(&mut reply_line) {
-            Ok(0) => return Err(self.ended(method)),
-            Ok(_) => {}
-            Err(e) => {
+        let reply_line = match self.stdout.recv_timeout(limit) {
+            Ok(Line::Text(line)) => line,
+            Err(RecvTimeoutError::Disconnected) => return Err(self.ended(method)),
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(self.fail(format!(
+                    "{} did not answer {method} within {} s (stopped)",
+                    self.program.display(),
+                    limit.as_secs_f32()
+                )))
+            }
+            Ok(Line::TooLong) => {
+                return Err(self.fail(format!(
+                    "{} answered {method} with a line longer than {MAX_LINE} bytes, which is not driver protocol {PROTOCOL_VERSION}",
+                    self.program.display()
+                )))
+            }
+            Ok(Line::Unreadable(e)) => {
                 return Err(self.fail(format!(
                     "cannot read {}'s reply to {method}: {e}",
                     self.program.display()
                 )))
             }
-        }
+        };
         let reply: Reply = match serde_json::from_str(reply_line.trim_end()) {
             Ok(reply) => reply,
             Err(_) => {
@@ -533,5 +616,112 @@ impl Driver for ExternalDriver {
             })
             .await?;
         self.decode("endpoints", value)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// Writes an executable plugin script `rmachine-driver-NAME` into `dir`.
+    fn plugin(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("{PROGRAM_PREFIX}{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).expect("plugin");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    const HANDSHAKE: &str = r#"read -r line
+echo '{"id":1,"result":{"version":1,"info":{"name":"slow","capabilities":{"gracefulStop":false,"pause":false,"consoleLog":false,"shares":false}}}}'
+"#;
+
+    fn short(_: &Call) -> Duration {
+        Duration::from_millis(300)
+    }
+
+    #[test]
+    fn a_plugin_that_never_answers_is_stopped_at_the_timeout() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let program = plugin(tmp.path(), "slow", "exec sleep 60\n");
+        let began = Instant::now();
+        let err = Session::open("slow", &program, short)
+            .err()
+            .expect("times out");
+        assert!(began.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "driver slow: {} did not answer handshake within 0.3 s (stopped)",
+                program.display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn each_request_has_its_own_timeout() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Answers the handshake, then sits on the next request (and exits when none comes).
+        let program = plugin(
+            tmp.path(),
+            "slow",
+            &format!("{HANDSHAKE}read -r line || exit 0\nexec sleep 60\n"),
+        );
+        let driver = ExternalDriver::open("slow", &program, Options::new())
+            .expect("handshake")
+            .with_timeouts(short);
+        let dir = MachineDir::new("m", tmp.path().join("m"));
+        let err = driver.state(&dir).await.expect_err("times out");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "driver slow: {} did not answer state within 0.3 s (stopped)",
+                program.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_reply_line_over_the_cap_ends_the_plugin() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let program = plugin(
+            tmp.path(),
+            "chatty",
+            &format!(
+                "read -r line\nhead -c {} /dev/zero | tr '\\0' a\nexec sleep 60\n",
+                MAX_LINE + 10
+            ),
+        );
+        let err = Session::open("chatty", &program, reply_timeout)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "driver chatty: {} answered handshake with a line longer than {MAX_LINE} bytes, which is not driver protocol 1",
+                program.display()
+            )
+        );
+    }
+
+    #[test]
+    fn reply_timeouts_are_generous_for_booting_and_short_for_questions() {
+        let machine = MachineRef {
+            name: "m".into(),
+            path: PathBuf::from("/m"),
+        };
+        let state = Call::State {
+            options: Options::new(),
+            machine: machine.clone(),
+        };
+        let stop = Call::Stop {
+            options: Options::new(),
+            machine,
+            mode: StopRequest::Graceful {
+                timeout_seconds: 300,
+            },
+        };
+        assert_eq!(reply_timeout(&state), Duration::from_secs(60));
+        assert_eq!(reply_timeout(&stop), Duration::from_secs(420));
     }
 }

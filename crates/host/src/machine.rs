@@ -441,7 +441,6 @@ impl CreateOptions {
                 problems.push(format!("registry {registry:?} is not a valid address"));
             }
         }
-        problems.extend(self.driver_options.foreign(&self.driver));
         problems
     }
 }
@@ -496,8 +495,11 @@ pub async fn create(
     options: &CreateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<MachineConfig, MachineError> {
-    let driver = AnyDriver::choose(&options.driver, &options.driver_options)
-        .map_err(|reason| MachineError::Precheck { reason })?;
+    let driver = AnyDriver::choose(
+        &options.driver,
+        &options.driver_options.only_for(&options.driver),
+    )
+    .map_err(|reason| MachineError::Precheck { reason })?;
     create_with(store, &driver, name, options, progress).await
 }
 
@@ -538,6 +540,21 @@ pub async fn create_with<D: Driver>(
                 ));
             }
         }
+        // It gets the engine's own binaries, never a guest image.
+        for (flag, changed) in [
+            ("--guest-image", options.guest_image.is_some()),
+            (
+                "--guest-image-url",
+                options.guest_image_url != defaults.guest_image_url,
+            ),
+        ] {
+            if changed {
+                problems.push(format!(
+                    "{flag}: driver {} boots no guest image",
+                    driver.info().name
+                ));
+            }
+        }
     }
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
@@ -566,14 +583,6 @@ pub async fn create_with<D: Driver>(
     // An existing host boots no guest image: it gets the engine's own binaries instead.
     let existing_host = driver.info().capabilities.existing_host;
     let found = if existing_host {
-        if let Some(source) = &options.guest_image {
-            return Err(MachineError::InvalidOptions {
-                problems: vec![format!(
-                    "--guest-image {source}: driver {} boots no guest image",
-                    driver.info().name
-                )],
-            });
-        }
         None
     } else {
         let dev_out = image::workspace_guest_out();
@@ -639,7 +648,7 @@ pub async fn create_with<D: Driver>(
     let lock = store.lock(name)?;
     let provisioned = tokio::select! {
         result = provision(store, driver, &dir, &spec, options, began, progress) => result,
-        _ = tokio::signal::ctrl_c() => Err(MachineError::Interrupted),
+        () = interrupted() => Err(MachineError::Interrupted),
     };
     match provisioned.and_then(|config| {
         store.finish_creating(name)?;
@@ -657,6 +666,34 @@ pub async fn create_with<D: Driver>(
                 tracing::warn!(error = %e, "could not delete the half-created machine directory");
             }
             Err(error)
+        }
+    }
+}
+
+/// Resolves when the user or the system asks this process to end: Ctrl-C (SIGINT), and on
+/// Unix SIGTERM and SIGHUP (a closed terminal), so that `create` can undo what it made.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+                    std::future::pending::<()>().await;
+                }
+            }
+            Some(()) = async { match term.as_mut() { Some(s) => s.recv().await, None => None } } => {}
+            Some(()) = async { match hup.as_mut() { Some(s) => s.recv().await, None => None } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -729,6 +766,10 @@ async fn provision<D: Driver>(
     progress(Progress::WritingConfigDrive);
     write_config_drive(&config, dir, driver)?;
 
+    // The record goes to disk before the driver makes anything, so that whatever ends this
+    // process from here on (SIGKILL, a crash, a power cut), `rm` finds the driver and its
+    // options and can ask it to remove what it made.
+    store.save(&config)?;
     progress(Progress::CreatingVm);
     driver
         .create(dir, spec)

@@ -1,6 +1,8 @@
 //! Network: loopback, the first NIC with the configuration drive's static address when the
 //! driver knows it, else by DHCP (busybox `udhcpc`) with a static fallback for QEMU user
-//! networking.
+//! networking. Every further NIC (VirtualBox's host-only card) gets an address by DHCP in the
+//! background, as a secondary: it never takes the default route or `/etc/resolv.conf`, which
+//! stay the first NIC's.
 //!
 //! `udhcpc` calls a script for each event; we render it here (`rmachine-init udhcpc-script`,
 //! which `guest/build.sh` writes to `/etc/udhcpc.script`) so that the program and the image
@@ -17,6 +19,9 @@ use tokio::process::Command;
 
 /// Where `guest/build.sh` installs [`udhcpc_script`].
 pub const UDHCPC_SCRIPT: &str = "/etc/udhcpc.script";
+
+/// Set in udhcpc's environment (and so its script's) for a secondary NIC.
+pub const SECONDARY_ENV: &str = "RMACHINE_DHCP_SECONDARY";
 
 /// Static configuration used when DHCP fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +55,8 @@ case "$1" in
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
     ip link set dev "$interface" up ${mtu:+mtu "$mtu"}
+    # A secondary NIC (RMACHINE_DHCP_SECONDARY set) keeps only its address.
+    [ -n "$RMACHINE_DHCP_SECONDARY" ] && exit 0
     if [ -n "$router" ]; then
       while ip route del default dev "$interface" 2>/dev/null; do :; done
       for gw in $router; do
@@ -136,6 +143,45 @@ pub fn first_nic(names: &[(String, bool)]) -> Option<String> {
     nics.first().map(|n| n.to_string())
 }
 
+/// The physical NICs after the first, in the same order.
+pub fn other_nics(names: &[(String, bool)]) -> Vec<String> {
+    let mut nics: Vec<&String> = names
+        .iter()
+        .filter(|(name, physical)| *physical && name != "lo")
+        .map(|(name, _)| name)
+        .collect();
+    nics.sort_by_key(|n| (n.len(), n.to_string()));
+    nics.into_iter().skip(1).cloned().collect()
+}
+
+/// Brings up a secondary NIC by DHCP (its address only; see [`SECONDARY_ENV`]).
+async fn setup_secondary(ifname: String) {
+    if let Err(err) = ip(&["link".into(), "set".into(), ifname.clone(), "up".into()]).await {
+        tracing::warn!("network: {err}");
+        return;
+    }
+    let dhcp = Command::new("/sbin/udhcpc")
+        .args(udhcpc_args(&ifname))
+        .env(SECONDARY_ENV, "1")
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match dhcp {
+        Ok(out) if out.status.success() => {
+            tracing::info!(
+                "network: {ifname} (secondary) by dhcp: {}",
+                ipv4_summary(&ifname).await
+            );
+        }
+        Ok(out) => tracing::warn!(
+            "network: dhcp on {ifname} (secondary) failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(err) => tracing::warn!("network: cannot run udhcpc: {err}"),
+    }
+}
+
 fn list_interfaces(class_net: &Path) -> Vec<(String, bool)> {
     std::fs::read_dir(class_net)
         .map(|dir| {
@@ -211,10 +257,15 @@ pub async fn setup(fixed: Option<StaticNetwork>) {
     if let Err(err) = ip(&["link".into(), "set".into(), "lo".into(), "up".into()]).await {
         tracing::warn!("loopback: {err}");
     }
-    let Some(ifname) = first_nic(&list_interfaces(Path::new("/sys/class/net"))) else {
+    let interfaces = list_interfaces(Path::new("/sys/class/net"));
+    let Some(ifname) = first_nic(&interfaces) else {
         tracing::warn!("network: no network interface found");
         return;
     };
+    // Secondary NICs do not hold up the boot: the machine is reached through the first.
+    for other in other_nics(&interfaces) {
+        tokio::spawn(setup_secondary(other));
+    }
     let fixed = fixed.filter(|net| match check_static(net) {
         Ok(()) => true,
         Err(err) => {
@@ -289,6 +340,53 @@ mod tests {
         assert!(script.contains("bound|renew)"));
         assert!(script.contains("ip route add default via \"$gw\""));
         assert!(script.contains("mv /etc/resolv.conf.tmp /etc/resolv.conf"));
+    }
+
+    /// The script run for a secondary NIC's lease: its address, no default route.
+    #[cfg(unix)]
+    #[test]
+    fn a_secondary_lease_sets_the_address_and_leaves_the_route() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let log = tmp.path().join("ip.log");
+        let fake_ip = tmp.path().join("ip");
+        std::fs::write(
+            &fake_ip,
+            format!("#!/bin/sh\necho \"$*\" >> '{}'\n", log.display()),
+        )
+        .expect("fake ip");
+        std::fs::set_permissions(&fake_ip, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let script = tmp.path().join("udhcpc.script");
+        std::fs::write(&script, udhcpc_script()).expect("script");
+        let status = std::process::Command::new("sh")
+            .arg(&script)
+            .arg("bound")
+            .env("PATH", format!("{}:/usr/bin:/bin", tmp.path().display()))
+            .env("interface", "eth1")
+            .env("ip", "192.168.99.100")
+            .env("mask", "24")
+            .env("router", "192.168.99.1")
+            .env("dns", "192.168.99.1")
+            .env(SECONDARY_ENV, "1")
+            .status()
+            .expect("sh");
+        assert!(status.success());
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("log"),
+            "-4 addr flush dev eth1\naddr add 192.168.99.100/24 dev eth1\nlink set dev eth1 up\n"
+        );
+    }
+
+    #[test]
+    fn the_nics_after_the_first_are_secondaries() {
+        let names = [
+            ("lo".to_string(), false),
+            ("eth1".to_string(), true),
+            ("docker0".to_string(), false),
+            ("eth0".to_string(), true),
+        ];
+        assert_eq!(other_nics(&names), ["eth1"]);
+        assert!(other_nics(&names[..2]).is_empty());
     }
 
     #[test]

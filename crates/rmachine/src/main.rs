@@ -119,8 +119,9 @@ fn create_driver(argv: &[OsString]) -> Option<String> {
     driver.or_else(|| std::env::var("RMACHINE_DRIVER").ok())
 }
 
-/// `create` for `driver`: other built-in drivers' flags hidden, an external driver's flags
-/// added.
+/// `create` for `driver`: other built-in drivers' flags hidden and deaf to their environment
+/// variables (docker-machine ignores another driver's variables: a stray `QEMU_ACCEL` must
+/// not block `-d virtualbox`), an external driver's flags added.
 fn create_for_driver(
     create: clap::Command,
     driver: &str,
@@ -137,7 +138,7 @@ fn create_for_driver(
         .collect();
     let mut create = create;
     for id in hidden {
-        create = create.mut_arg(id, |a| a.hide(true));
+        create = create.mut_arg(id, |a| a.hide(true).env(clap::builder::Resettable::Reset));
     }
     for flag in plugin_flags.unwrap_or_default() {
         let mut help = flag.help.clone();
@@ -165,13 +166,39 @@ fn other_driver_prefixes(driver: &str) -> Vec<String> {
         .collect()
 }
 
+/// The first plugin flag whose name is already one of `create`'s or a global flag (a plugin
+/// named `engine` could declare `--engine-env`): it would shadow rmachine's own.
+fn shadowing_flag(flags: &[Flag]) -> Option<&Flag> {
+    let cli = Cli::command();
+    let mut taken: Vec<String> = vec!["help".into(), "version".into()];
+    let create_args = cli
+        .find_subcommand("create")
+        .into_iter()
+        .flat_map(|c| c.get_arguments());
+    taken.extend(
+        cli.get_arguments()
+            .chain(create_args)
+            .filter_map(|a| a.get_long().map(str::to_owned)),
+    );
+    flags.iter().find(|f| taken.contains(&f.name))
+}
+
 /// Parses the command line, with `create`'s flags those of the driver it names.
 fn parse_cli() -> Result<Cli, String> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let driver = create_driver(&argv).unwrap_or_else(|| DriverKind::default().name().to_string());
     let plugin_flags = match DriverChoice::from_name(&driver) {
         Ok(DriverChoice::External { name, program }) => {
-            Some(ExternalDriver::flags(&name, &program).map_err(|e| format!("Error: {e}"))?)
+            let flags =
+                ExternalDriver::flags(&name, &program).map_err(|e| format!("Error: {e}"))?;
+            if let Some(flag) = shadowing_flag(&flags) {
+                return Err(format!(
+                    "Error: driver {name}: {} declares the flag --{}, which is already a flag of rmachine create; the plugin must rename it",
+                    program.display(),
+                    flag.name
+                ));
+            }
+            Some(flags)
         }
         _ => None,
     };
@@ -223,6 +250,11 @@ fn parse_cli() -> Result<Cli, String> {
                     "Error: --{long} is a flag of the {owner} driver, not of {driver}"
                 ));
             }
+        }
+        let generic = matches!(DriverKind::from_name(&driver), Ok(DriverKind::Generic));
+        if let (true, cmd::Command::Create(args)) = (generic, &mut cli.command) {
+            let from_env = |id: &str| create.value_source(id) == Some(ValueSource::EnvVariable);
+            args.ignore_guest_image_env(from_env("guest_image"), from_env("guest_image_url"));
         }
         if let (Some(flags), cmd::Command::Create(args)) = (&plugin_flags, &mut cli.command) {
             let mut options = Options::new();

@@ -204,6 +204,55 @@ fn create_generic_refuses_vm_sizing_options() {
     assert!(!env.store().join("machines").join("x").exists());
 }
 
+/// A generic machine boots no guest image: the flags are refused by name, while the
+/// environment's image settings (meant for the machines that boot one) are ignored.
+#[test]
+fn create_generic_refuses_guest_image_flags_and_ignores_their_environment() {
+    let env = Env::new();
+    let run = env.run(&[
+        "create",
+        "-d",
+        "generic",
+        "--generic-ip-address",
+        "192.0.2.1",
+        "--guest-image",
+        "/images/g1",
+        "--guest-image-url",
+        "https://example.com/{version}/",
+        "x",
+    ]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            1,
+            "Error creating machine: --guest-image: driver generic boots no guest image\n--guest-image-url: driver generic boots no guest image\n"
+        )
+    );
+    let run = env.run_with(
+        &[
+            "create",
+            "-d",
+            "generic",
+            "--generic-ssh-key",
+            "/nonexistent/key",
+            "x",
+        ],
+        |cmd| {
+            cmd.env("RMACHINE_GUEST_IMAGE", "/images/g1")
+                .env("RMACHINE_GUEST_IMAGE_URL", "https://example.com/{version}/");
+        },
+    );
+    // The driver's own precheck is what stops this one.
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            3,
+            "Error with pre-create check: \"invalid generic options: --generic-ip-address is required; ssh key /nonexistent/key does not exist\"\n"
+        )
+    );
+    assert!(!env.store().join("machines").join("x").exists());
+}
+
 #[test]
 fn create_generic_without_an_address_says_what_is_missing_and_leaves_nothing() {
     let env = Env::new();
@@ -967,6 +1016,91 @@ fn an_external_driver_gets_its_flags_and_its_errors_are_one_line() {
     );
 }
 
+/// Another driver's environment variables are ignored, as docker-machine ignores them; only
+/// its typed flags are refused.
+#[test]
+fn another_drivers_environment_variables_are_ignored() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "shelly", SHELL_PLUGIN);
+    let log = env.dir.path().join("plugin.log");
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    let image = image.to_string_lossy().into_owned();
+    let run = env.run_with(
+        &[
+            "create",
+            "--no-progress",
+            "--guest-image",
+            &image,
+            "-d",
+            "shelly",
+            "--shelly-zone",
+            "us",
+            "x",
+        ],
+        |cmd| {
+            with_plugins(&plugins)(cmd);
+            cmd.env("PLUGIN_LOG", &log)
+                .env("QEMU_ACCEL", "bogus")
+                .env("QEMU_PROGRAM", "/opt/qemu")
+                .env("VIRTUALBOX_MEMORY_SIZE", "4096")
+                .env("HYPERV_VIRTUAL_SWITCH", "External");
+        },
+    );
+    // The plugin's precheck ran: nothing stopped the create before it.
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            3,
+            "Error with pre-create check: \"driver shelly: zone us is full\"\n"
+        )
+    );
+    // A typed flag of another driver is still refused, by its name.
+    let typed = env.run_with(
+        &["create", "-d", "shelly", "--virtualbox-memory", "4096", "x"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(
+        (typed.code, typed.stderr.as_str()),
+        (
+            1,
+            "Error: --virtualbox-memory is a flag of the virtualbox driver, not of shelly\n"
+        )
+    );
+}
+
+/// A plugin flag named like one of rmachine's own is refused at flag discovery.
+#[test]
+fn a_plugin_flag_that_shadows_a_create_flag_is_refused() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(
+        &plugins,
+        "engine",
+        &SHELL_PLUGIN
+            .replace("\\\"shelly\\\"", "\\\"engine\\\"")
+            .replace("shelly-zone", "engine-env")
+            .replace("shelly-fast", "engine-fast"),
+    );
+    let run = env.run_with(&["create", "-d", "engine", "x"], with_plugins(&plugins));
+    assert_eq!(
+        (run.code, run.stderr),
+        (
+            1,
+            format!(
+                "Error: driver engine: {} declares the flag --engine-env, which is already a flag of rmachine create; the plugin must rename it\n",
+                plugins.join("rmachine-driver-engine").display()
+            )
+        )
+    );
+    let help = env.run_with(
+        &["create", "-d", "engine", "--help"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(help.code, 1, "{}", help.stdout);
+}
+
 #[test]
 fn unknown_drivers_list_the_plugins_on_path() {
     let env = Env::new();
@@ -1368,6 +1502,118 @@ fn an_interrupted_create_is_listed_as_an_error_and_rm_cleans_it() {
     assert!(!env.store().join("machines/x").exists());
     let run = env.run(&["ls", "-q"]);
     assert_eq!(run.stdout, "");
+}
+
+/// A plugin that makes its "VM" at create (a line in `$PLUGIN_LOG`), then hangs there, as a
+/// hypervisor booting would; it logs every remove request and writes its pid to `$PLUGIN_PID`.
+#[cfg(unix)]
+const HANGING_PLUGIN: &str = r#"
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\).*/\1/')
+  case "$line" in
+    *'"method":"handshake"'*)
+      echo "{\"id\":$id,\"result\":{\"version\":1,\"info\":{\"name\":\"hangs\",\"capabilities\":{\"gracefulStop\":false,\"pause\":false,\"consoleLog\":false,\"shares\":false}}}}" ;;
+    *'"method":"create"'*)
+      echo create >> "$PLUGIN_LOG"
+      echo $$ > "$PLUGIN_PID.tmp" && mv "$PLUGIN_PID.tmp" "$PLUGIN_PID"
+      exec sleep 120 ;;
+    *'"method":"flags"'*)
+      echo "{\"id\":$id,\"result\":{\"flags\":[]}}" ;;
+    *'"method":"remove"'*)
+      echo remove >> "$PLUGIN_LOG"
+      echo "{\"id\":$id,\"result\":null}" ;;
+    *)
+      echo "{\"id\":$id,\"result\":null}" ;;
+  esac
+done
+"#;
+
+/// Starts `create -d hangs x` and waits until the plugin is inside its create request.
+#[cfg(unix)]
+fn create_until_the_plugin_hangs(env: &Env, plugins: &Path) -> (std::process::Child, PathBuf) {
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    let pid = env.dir.path().join("plugin.pid");
+    let create = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+        .args(["create", "--no-progress", "--guest-image"])
+        .arg(&image)
+        .args(["-d", "hangs", "x"])
+        .env("RMACHINE_STORAGE_PATH", env.store())
+        .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+        .env("PATH", format!("{}:/usr/bin:/bin", plugins.display()))
+        .env("PLUGIN_LOG", env.dir.path().join("plugin.log"))
+        .env("PLUGIN_PID", &pid)
+        .env_remove("RMACHINE_GUEST_IMAGE")
+        .env_remove("RMACHINE_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start create");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pid.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plugin never got the create request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (create, pid)
+}
+
+#[cfg(unix)]
+fn end_plugin(pid: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(pid) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+}
+
+/// A create ended during the driver's create by SIGTERM undoes it through the driver; one
+/// ended by SIGKILL leaves a record, so `rm` still asks the driver to remove what it made.
+#[cfg(unix)]
+#[test]
+fn a_create_killed_during_the_drivers_create_leaves_nothing_the_driver_made() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "hangs", HANGING_PLUGIN);
+    let log = env.dir.path().join("plugin.log");
+
+    let (mut create, pid) = create_until_the_plugin_hangs(&env, &plugins);
+    let term = Command::new("kill")
+        .args(["-TERM", &create.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = create.wait().expect("create ends");
+    end_plugin(&pid);
+    assert!(!status.success());
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "create\nremove\n"
+    );
+    assert!(!env.store().join("machines/x").exists());
+
+    std::fs::remove_file(&log).expect("log");
+    std::fs::remove_file(&pid).expect("pid");
+    let (mut create, pid) = create_until_the_plugin_hangs(&env, &plugins);
+    create.kill().expect("SIGKILL create");
+    let _ = create.wait();
+    end_plugin(&pid);
+    let run = env.run_with(&["rm", "-y", "x"], |cmd| {
+        with_plugins(&plugins)(cmd);
+        cmd.env("PLUGIN_LOG", &log);
+    });
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "Successfully removed x\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "create\nremove\n"
+    );
+    assert!(!env.store().join("machines/x").exists());
 }
 
 #[test]

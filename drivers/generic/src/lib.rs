@@ -237,27 +237,53 @@ impl GenericDriver {
     }
 
     /// Runs `command` on the host; ssh's own failures (exit 255) say the host is unreachable.
-    async fn remote(&self, cmd: &CommandSpec) -> Result<CommandOutput, DriverError> {
+    /// `dir` is the machine's, absent only in `precheck` (before there is a machine).
+    async fn remote(
+        &self,
+        dir: Option<&MachineDir>,
+        cmd: &CommandSpec,
+    ) -> Result<CommandOutput, DriverError> {
         let out = self.runner.run(cmd).await?;
         if out.timed_out {
             return Err(DriverError::Timeout {
-                machine: self.target(),
-                what: "a command over ssh".to_string(),
+                machine: dir.map_or_else(|| self.target(), |d| d.name.clone()),
+                what: format!("a command over ssh to {}", self.target()),
                 seconds: COMMAND_TIMEOUT.as_secs(),
             });
         }
         if out.status == 255 {
-            return Err(DriverError::Protocol {
-                machine: self.target(),
-                channel: "ssh",
-                message: format!(
-                    "cannot log in as {}: {}",
+            return Err(self.host_error(
+                dir,
+                "ssh",
+                format!(
+                    "{}: cannot log in as {}: {}",
+                    self.target(),
                     self.user(),
                     first_line(&out.stderr_text())
                 ),
-            });
+            ));
         }
         Ok(out)
+    }
+
+    /// An error about the host: naming the machine once there is one, else the driver.
+    fn host_error(
+        &self,
+        dir: Option<&MachineDir>,
+        channel: &'static str,
+        message: String,
+    ) -> DriverError {
+        match dir {
+            Some(dir) => DriverError::Protocol {
+                machine: dir.name.clone(),
+                channel,
+                message,
+            },
+            None => DriverError::Plugin {
+                driver: DRIVER.to_string(),
+                message,
+            },
+        }
     }
 
     /// Runs `script` on the host with root rights (through `sudo -n` unless the user is root).
@@ -273,7 +299,7 @@ impl GenericDriver {
         if let Some(bytes) = stdin {
             cmd = cmd.stdin(bytes);
         }
-        self.remote(&cmd).await
+        self.remote(Some(dir), &cmd).await
     }
 
     async fn run_root_ok(
@@ -286,11 +312,15 @@ impl GenericDriver {
     ) -> Result<String, DriverError> {
         let out = self.run_root(dir, facts, script, stdin).await?;
         if !out.is_success() {
-            return Err(DriverError::Protocol {
-                machine: self.target(),
-                channel: "ssh",
-                message: format!("{what} failed: {}", first_line(&out.stderr_text())),
-            });
+            return Err(self.host_error(
+                Some(dir),
+                "ssh",
+                format!(
+                    "{what} on {} failed: {}",
+                    self.target(),
+                    first_line(&out.stderr_text())
+                ),
+            ));
         }
         Ok(out.stdout_text())
     }
@@ -304,34 +334,45 @@ impl GenericDriver {
 
     /// Checks the host: reachable, Linux, a supported architecture, root rights.
     async fn probe(&self, dir: Option<&MachineDir>, pin: bool) -> Result<Probe, DriverError> {
-        let out = self.remote(&self.ssh(dir, pin, PROBE_SCRIPT)?).await?;
+        let out = self.remote(dir, &self.ssh(dir, pin, PROBE_SCRIPT)?).await?;
         let text = out.stdout_text();
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         let os = lines.first().copied().unwrap_or_default().to_string();
         if os != "Linux" {
-            return Err(self.unsupported(format!(
-                "{} runs {}, not Linux",
-                self.target(),
-                if os.is_empty() {
-                    "an unknown system"
-                } else {
-                    &os
-                }
-            )));
+            return Err(self.host_error(
+                dir,
+                "host",
+                format!(
+                    "{} runs {}, not Linux",
+                    self.target(),
+                    if os.is_empty() {
+                        "an unknown system"
+                    } else {
+                        &os
+                    }
+                ),
+            ));
         }
         if lines.len() < 5 {
-            return Err(DriverError::Protocol {
-                machine: self.target(),
-                channel: "ssh",
-                message: format!("unexpected answer to the host probe: {text:?}"),
-            });
+            return Err(self.host_error(
+                dir,
+                "ssh",
+                format!(
+                    "{}: unexpected answer to the host probe: {text:?}",
+                    self.target()
+                ),
+            ));
         }
         let arch = lines[1].to_string();
         if musl_triple(&arch).is_none() {
-            return Err(self.unsupported(format!(
-                "{} is {arch}; the generic driver supports x86_64 and aarch64",
-                self.target()
-            )));
+            return Err(self.host_error(
+                dir,
+                "host",
+                format!(
+                    "{} is {arch}; the generic driver supports x86_64 and aarch64",
+                    self.target()
+                ),
+            ));
         }
         let probe = Probe {
             os,
@@ -341,19 +382,17 @@ impl GenericDriver {
             systemd: lines[4] == "systemd",
         };
         if !probe.root && !probe.sudo {
-            return Err(self.unsupported(format!(
-                "{} is not root and cannot run sudo without a password",
-                self.user()
-            )));
+            return Err(self.host_error(
+                dir,
+                "host",
+                format!(
+                    "{}: {} is not root and cannot run sudo without a password",
+                    self.target(),
+                    self.user()
+                ),
+            ));
         }
         Ok(probe)
-    }
-
-    fn unsupported(&self, message: String) -> DriverError {
-        DriverError::Plugin {
-            driver: DRIVER.to_string(),
-            message,
-        }
     }
 
     /// The directory holding the static binaries for `arch`.
@@ -733,10 +772,14 @@ impl Driver for GenericDriver {
             )
             .await?;
         if let Some(path) = existing.lines().map(str::trim).find(|l| !l.is_empty()) {
-            return Err(self.unsupported(format!(
-                "{path} already exists on {}: remove the machine that uses this host first",
-                self.target()
-            )));
+            return Err(self.host_error(
+                Some(dir),
+                "host",
+                format!(
+                    "{path} already exists on {}: remove the machine that uses this host first",
+                    self.target()
+                ),
+            ));
         }
         let json = serde_json::to_vec(&facts).unwrap_or_default();
         std::fs::write(dir.file(STATE_FILE), json).map_err(|source| DriverError::Io {
@@ -955,6 +998,55 @@ mod tests {
         assert!(musl_triple("riscv64").is_none());
     }
 
+    /// Once there is a machine, an error about its host names the machine, then the host.
+    #[tokio::test]
+    async fn errors_after_precheck_name_the_machine() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("key");
+        std::fs::write(&key, "not read by a fake ssh").unwrap();
+        let dir = MachineDir::new("dev", tmp.path().join("dev"));
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let options = GenericOptions {
+            ip_address: Some("192.0.2.1".parse().unwrap()),
+            ssh_user: None,
+            ssh_key: Some(key),
+            ssh_port: None,
+        };
+        let probe = GenericDriver::new(options.clone())
+            .ssh(Some(&dir), true, PROBE_SCRIPT)
+            .unwrap()
+            .argv();
+        let runner = Arc::new(rmachine_driver::runner::RecordingRunner::new([(
+            probe,
+            CommandOutput::failure(
+                255,
+                "ssh: connect to host 192.0.2.1 port 22: No route to host\n",
+            ),
+        )]));
+        let driver = GenericDriver::with_runner(options, runner.clone());
+        let spec = VmSpec {
+            cpus: 1,
+            memory_mb: 1024,
+            disk_size_mb: 20000,
+            boot: rmachine_driver::BootImage {
+                kernel: PathBuf::new(),
+                initrd: PathBuf::new(),
+                cmdline: String::new(),
+                arch: String::new(),
+                iso: None,
+            },
+            config_drive: dir.file("config.img"),
+            guest_ports: rmachine_driver::GuestPorts::default(),
+            shares: Vec::new(),
+        };
+        let error = driver.create(&dir, &spec).await.unwrap_err().to_string();
+        runner.assert_done();
+        assert_eq!(
+            error,
+            "machine \"dev\": ssh: root@192.0.2.1:22: cannot log in as root: ssh: connect to host 192.0.2.1 port 22: No route to host"
+        );
+    }
+
     /// The driver for 192.0.2.1 with a key that exists, answering its probe with `reply`.
     async fn precheck_with(user: &str, reply: CommandOutput) -> (String, tempfile::TempDir) {
         let tmp = tempfile::tempdir().unwrap();
@@ -1007,7 +1099,7 @@ mod tests {
         .await;
         assert_eq!(
             error,
-            "machine \"root@192.0.2.1:22\": ssh: cannot log in as root: ssh: connect to host 192.0.2.1 port 22: Connection refused"
+            "driver generic: root@192.0.2.1:22: cannot log in as root: ssh: connect to host 192.0.2.1 port 22: Connection refused"
         );
     }
 
@@ -1046,7 +1138,7 @@ mod tests {
         .await;
         assert_eq!(
             error,
-            "driver generic: bob is not root and cannot run sudo without a password"
+            "driver generic: bob@192.0.2.1:22: bob is not root and cannot run sudo without a password"
         );
     }
 

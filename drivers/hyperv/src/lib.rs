@@ -6,7 +6,10 @@
 //! into the fixed VHD `config.vhd` (Hyper-V attaches no raw image), and defines a Generation 2
 //! VM on the chosen switch ("Default Switch" unless `--hyperv-virtual-switch`) that boots the
 //! guest ISO by UEFI with Secure Boot off (the guest kernel and boot loader are not signed for
-//! Microsoft's UEFI CA). The guest sees SCSI disks (`hv_storvsc`) and a synthetic NIC
+//! Microsoft's UEFI CA). A machine name Hyper-V already has a VM of is refused (Hyper-V
+//! allows two VMs of one name); the new VM's Id, saved at once, names it in every later cmdlet
+//! (`-VM (Get-VM -Id …)`). `start` swaps the DVD's ISO when the spec names another (`upgrade`).
+//! The guest sees SCSI disks (`hv_storvsc`) and a synthetic NIC
 //! (`hv_netvsc`); Hyper-V's "shut down" integration service (`hv_utils`) powers it off.
 //!
 //! The VM's address: the guest runs no KVP daemon, so `Get-VMNetworkAdapter`'s `IPAddresses`
@@ -119,6 +122,15 @@ pub struct HyperVOptions {
 pub struct HyperVState {
     /// The Hyper-V VM's name.
     pub vm_name: String,
+    /// The VM's Id (`New-VM`'s answer); every later cmdlet finds the VM by it, since Hyper-V
+    /// lets two VMs share a name. Without it (records made before it existed, or a create
+    /// interrupted right after `New-VM`) the VM is the one of that name whose files lie in
+    /// the machine directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    /// The ISO in the VM's DVD drive; `start` swaps in the spec's when they differ (`upgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso: Option<PathBuf>,
     /// The configuration drive's VHD disk id.
     pub config_disk_id: [u8; 16],
     /// The guest ports the endpoints name.
@@ -324,47 +336,67 @@ impl HyperVDriver {
     }
 
     /// The VM's state as Hyper-V names it; `None` if there is no such VM.
-    async fn vm_state(&self, vm: &str) -> Result<Option<String>, DriverError> {
+    async fn vm_state(
+        &self,
+        dir: &MachineDir,
+        state: &HyperVState,
+    ) -> Result<Option<String>, DriverError> {
         let out = self
             .ps(&format!(
-                "$vm = Hyper-V\\Get-VM -Name {} -ErrorAction SilentlyContinue; if ($vm) {{ $vm.State }} else {{ 'NotFound' }}",
-                quote(vm)
+                "$vm = {}; if ($vm.Count -gt 1) {{ throw 'more than one VM matches' }} elseif ($vm.Count -eq 1) {{ $vm[0].State }} else {{ 'NotFound' }}",
+                find_vm(dir, state)
             ))
             .await?;
         let state = out.trim().to_owned();
         Ok((state != "NotFound").then_some(state))
     }
 
-    async fn require_state(&self, vm: &str) -> Result<VmState, DriverError> {
-        self.vm_state(vm)
+    async fn require_state(
+        &self,
+        dir: &MachineDir,
+        state: &HyperVState,
+    ) -> Result<VmState, DriverError> {
+        self.vm_state(dir, state)
             .await?
             .map(|s| state_from_hyperv(&s))
-            .ok_or_else(|| gone(vm))
+            .ok_or_else(|| gone(state))
     }
 
     async fn create_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         if let Some(saved) = load(dir)? {
-            if self.vm_state(&saved.vm_name).await?.is_some() {
+            if self.vm_state(dir, &saved).await?.is_some() {
                 return Ok(());
             }
         }
+        // Hyper-V allows a second VM of a name; refusing one keeps every VM this machine
+        // did not make out of its way, and the user out of a confusing pair.
+        let taken = self
+            .ps(&format!(
+                "@(Hyper-V\\Get-VM -Name {} -ErrorAction SilentlyContinue).Count",
+                quote(&dir.name)
+            ))
+            .await?;
+        if taken.trim() != "0" {
+            return Err(name_taken(&dir.name));
+        }
         let iso = iso_of(spec)?;
-        let state = HyperVState {
+        let mut state = HyperVState {
             vm_name: dir.name.clone(),
+            vm_id: None,
+            iso: Some(iso.clone()),
             config_disk_id: rand::random(),
             guest_ports: spec.guest_ports,
             address: None,
         };
         save(dir, &state)?;
-        let mut vm_made = false;
-        let result = self.build(dir, spec, &state, &iso, &mut vm_made).await;
+        let result = self.build(dir, spec, &mut state, &iso).await;
         if let Err(error) = result {
             tracing::info!(%error, "Hyper-V VM creation failed; undoing it");
-            if vm_made {
+            if state.vm_id.is_some() {
                 if let Err(e) = self
                     .ps(&format!(
-                        "Hyper-V\\Remove-VM -Name {} -Force",
-                        quote(&state.vm_name)
+                        "Hyper-V\\Remove-VM -VM {} -Force",
+                        find_vm(dir, &state)
                     ))
                     .await
                 {
@@ -383,11 +415,9 @@ impl HyperVDriver {
         &self,
         dir: &MachineDir,
         spec: &VmSpec,
-        state: &HyperVState,
+        state: &mut HyperVState,
         iso: &Path,
-        vm_made: &mut bool,
     ) -> Result<(), DriverError> {
-        let vm = quote(&state.vm_name);
         let disk = path_q(&dir.file(DISK));
         self.ps(&format!(
             "Hyper-V\\New-VHD -Path {disk} -SizeBytes {}MB -Dynamic | Out-Null",
@@ -395,40 +425,62 @@ impl HyperVDriver {
         ))
         .await?;
         self.write_config_drive(dir, spec, state)?;
+        let id = self
+            .ps(&format!(
+                "(Hyper-V\\New-VM -Name {} -Path {} -Generation 2 -MemoryStartupBytes {}MB -SwitchName {}).Id.Guid",
+                quote(&state.vm_name),
+                path_q(dir.path()),
+                self.memory(spec),
+                quote(self.switch())
+            ))
+            .await?;
+        let id = id.trim();
+        if !is_guid(id) {
+            // The VM exists but its Id is unknown: remove it by its name and folder.
+            if let Err(e) = self
+                .ps(&format!(
+                    "Hyper-V\\Remove-VM -VM {} -Force",
+                    find_vm(dir, state)
+                ))
+                .await
+            {
+                tracing::warn!(error = %e, "could not remove the half-made VM");
+            }
+            return Err(DriverError::Protocol {
+                machine: dir.name.clone(),
+                channel: "Hyper-V",
+                message: format!("New-VM answered {id:?}, not the new VM's Id"),
+            });
+        }
+        state.vm_id = Some(id.to_owned());
+        save(dir, state)?;
+        let vm = find_vm(dir, state);
         self.ps(&format!(
-            "Hyper-V\\New-VM -Name {vm} -Path {} -Generation 2 -MemoryStartupBytes {}MB -SwitchName {} | Out-Null",
-            path_q(dir.path()),
-            self.memory(spec),
-            quote(self.switch())
-        ))
-        .await?;
-        *vm_made = true;
-        self.ps(&format!(
-            "Hyper-V\\Set-VMProcessor -VMName {vm} -Count {}",
+            "Hyper-V\\Set-VMProcessor -VM {vm} -Count {}",
             self.cpus(spec)
         ))
         .await?;
         self.ps(&format!(
-            "Hyper-V\\Set-VMMemory -VMName {vm} -DynamicMemoryEnabled ${}",
+            "Hyper-V\\Set-VMMemory -VM {vm} -DynamicMemoryEnabled ${}",
             !self.options.disable_dynamic_memory
         ))
         .await?;
         self.ps(&format!(
-            "Hyper-V\\Add-VMDvdDrive -VMName {vm} -Path {}",
+            "Hyper-V\\Add-VMDvdDrive -VM {vm} -Path {}",
             path_q(iso)
         ))
         .await?;
         self.ps(&format!(
-            "Hyper-V\\Add-VMHardDiskDrive -VMName {vm} -Path {disk}"
+            "Hyper-V\\Add-VMHardDiskDrive -VM {vm} -Path {disk}"
         ))
         .await?;
         self.ps(&format!(
-            "Hyper-V\\Add-VMHardDiskDrive -VMName {vm} -Path {}",
+            "Hyper-V\\Add-VMHardDiskDrive -VM {vm} -Path {}",
             path_q(&dir.file(CONFIG_VHD))
         ))
         .await?;
         self.ps(&format!(
-            "Hyper-V\\Set-VMFirmware -VMName {vm} -EnableSecureBoot Off -FirstBootDevice (Hyper-V\\Get-VMDvdDrive -VMName {vm})"
+            "Hyper-V\\Set-VMFirmware -VM {vm} -EnableSecureBoot Off -FirstBootDevice (Hyper-V\\Get-VMDvdDrive -VM {vm})"
         ))
         .await
         .map(drop)
@@ -455,17 +507,28 @@ impl HyperVDriver {
 
     async fn start_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         let mut state = load_required(dir)?;
-        let vm = quote(&state.vm_name);
-        match self.require_state(&state.vm_name).await? {
+        let vm = find_vm(dir, &state);
+        match self.require_state(dir, &state).await? {
             VmState::Running | VmState::Starting => {}
             _ => {
+                // `upgrade` hands over a new guest image: the DVD drive follows the spec.
+                let iso = iso_of(spec)?;
+                if state.iso.as_deref() != Some(iso.as_path()) {
+                    self.ps(&format!(
+                        "Hyper-V\\Get-VMDvdDrive -VM {vm} | Hyper-V\\Set-VMDvdDrive -Path {}",
+                        path_q(&iso)
+                    ))
+                    .await?;
+                    state.iso = Some(iso);
+                    save(dir, &state)?;
+                }
                 self.write_config_drive(dir, spec, &state)?;
-                self.ps(&format!("Hyper-V\\Start-VM -Name {vm}")).await?;
+                self.ps(&format!("Hyper-V\\Start-VM -VM {vm}")).await?;
             }
         }
         let deadline = Instant::now() + self.address_timeout;
         let script = format!(
-            "$mac = (Hyper-V\\Get-VMNetworkAdapter -VMName {vm} | Select-Object -First 1).MacAddress; $dashed = $mac -replace '(..)(?!$)', '$1-'; Get-NetNeighbor -AddressFamily IPv4 -LinkLayerAddress $dashed -ErrorAction SilentlyContinue | Where-Object {{ $_.State -ne 'Unreachable' }} | ForEach-Object {{ $_.IPAddress }}"
+            "$mac = (Hyper-V\\Get-VMNetworkAdapter -VM {vm} | Select-Object -First 1).MacAddress; $dashed = $mac -replace '(..)(?!$)', '$1-'; Get-NetNeighbor -AddressFamily IPv4 -LinkLayerAddress $dashed -ErrorAction SilentlyContinue | Where-Object {{ $_.State -ne 'Unreachable' }} | ForEach-Object {{ $_.IPAddress }}"
         );
         loop {
             let out = self.ps(&script).await?;
@@ -487,26 +550,23 @@ impl HyperVDriver {
 
     async fn stop_inner(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         let state = load_required(dir)?;
-        let vm = quote(&state.vm_name);
+        let vm = find_vm(dir, &state);
         if matches!(
-            self.require_state(&state.vm_name).await?,
+            self.require_state(dir, &state).await?,
             VmState::Stopped | VmState::Saved
         ) {
             return Ok(());
         }
         match mode {
             StopMode::Kill => self
-                .ps(&format!("Hyper-V\\Stop-VM -Name {vm} -TurnOff -Force"))
+                .ps(&format!("Hyper-V\\Stop-VM -VM {vm} -TurnOff -Force"))
                 .await
                 .map(drop),
             StopMode::Graceful { timeout } => {
                 // Stop-VM asks the guest's shutdown integration service and returns once the
                 // VM is off.
                 let out = self
-                    .ps_output(
-                        &format!("Hyper-V\\Stop-VM -Name {vm} -Force"),
-                        Some(timeout),
-                    )
+                    .ps_output(&format!("Hyper-V\\Stop-VM -VM {vm} -Force"), Some(timeout))
                     .await?;
                 if out.timed_out {
                     return Err(DriverError::Timeout {
@@ -524,13 +584,13 @@ impl HyperVDriver {
         let Some(state) = load(dir)? else {
             return remove_own_files(dir, &dir.name);
         };
-        let vm = quote(&state.vm_name);
-        if let Some(hv_state) = self.vm_state(&state.vm_name).await? {
+        let vm = find_vm(dir, &state);
+        if let Some(hv_state) = self.vm_state(dir, &state).await? {
             if state_from_hyperv(&hv_state) != VmState::Stopped {
-                self.ps(&format!("Hyper-V\\Stop-VM -Name {vm} -TurnOff -Force"))
+                self.ps(&format!("Hyper-V\\Stop-VM -VM {vm} -TurnOff -Force"))
                     .await?;
             }
-            self.ps(&format!("Hyper-V\\Remove-VM -Name {vm} -Force"))
+            self.ps(&format!("Hyper-V\\Remove-VM -VM {vm} -Force"))
                 .await?;
         }
         remove_own_files(dir, &state.vm_name)
@@ -562,12 +622,57 @@ fn first_ipv4(out: &str) -> Option<Ipv4Addr> {
     })
 }
 
-fn gone(vm: &str) -> DriverError {
+/// A PowerShell expression for this machine's VM as an array (empty if there is none): by
+/// its Id, else the VM of its name whose files lie in the machine directory.
+fn find_vm(dir: &MachineDir, state: &HyperVState) -> String {
+    match &state.vm_id {
+        Some(id) => format!(
+            "@(Hyper-V\\Get-VM -Id {} -ErrorAction SilentlyContinue)",
+            quote(id)
+        ),
+        None => {
+            let mut folder = dir.path().to_string_lossy().into_owned();
+            folder.push(std::path::MAIN_SEPARATOR);
+            format!(
+                "@(Hyper-V\\Get-VM -Name {} -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }})",
+                quote(&state.vm_name),
+                quote(&folder)
+            )
+        }
+    }
+}
+
+/// Whether `text` is a GUID in its usual 8-4-4-4-12 form.
+fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn gone(state: &HyperVState) -> DriverError {
+    let vm = &state.vm_name;
+    let which = match &state.vm_id {
+        Some(id) => format!("VM {vm:?} (Id {id})"),
+        None => format!("VM named {vm:?}"),
+    };
+    DriverError::Protocol {
+        machine: vm.clone(),
+        channel: "Hyper-V",
+        message: format!(
+            "Hyper-V has no {which} (removed outside rmachine?); `rmachine rm` removes the machine"
+        ),
+    }
+}
+
+fn name_taken(vm: &str) -> DriverError {
     DriverError::Protocol {
         machine: vm.to_owned(),
         channel: "Hyper-V",
         message: format!(
-            "Hyper-V has no VM named {vm:?} (removed outside rmachine?); `rmachine rm` removes the machine"
+            "Hyper-V already has a VM named {vm:?} that this machine did not create; remove or rename that VM, or choose another machine name"
         ),
     }
 }
@@ -669,7 +774,7 @@ impl Driver for HyperVDriver {
 
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         let state = load_required(dir)?;
-        self.require_state(&state.vm_name).await
+        self.require_state(dir, &state).await
     }
 
     async fn endpoints(&self, dir: &MachineDir) -> Result<Endpoints, DriverError> {

@@ -68,6 +68,15 @@ impl Setup {
         );
     }
 
+    /// Expects the scripts of a create, New-VM answering the VM's Id.
+    fn expect_create(&self, scripts: &[String]) {
+        self.ok(NAME_CHECK, "0\r\n");
+        for script in scripts {
+            let answer = if script.contains("New-VM") { ID } else { "" };
+            self.ok(script, answer);
+        }
+    }
+
     fn fail(&self, script: &str, stderr: &str) {
         self.runner.expect(
             self.driver(options()).argv(script),
@@ -76,8 +85,11 @@ impl Setup {
     }
 }
 
-const STATE: &str = "$vm = Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue; if ($vm) { $vm.State } else { 'NotFound' }";
-const NEIGHBOUR: &str = "$mac = (Hyper-V\\Get-VMNetworkAdapter -VMName 'dev' | Select-Object -First 1).MacAddress; $dashed = $mac -replace '(..)(?!$)', '$1-'; Get-NetNeighbor -AddressFamily IPv4 -LinkLayerAddress $dashed -ErrorAction SilentlyContinue | Where-Object { $_.State -ne 'Unreachable' } | ForEach-Object { $_.IPAddress }";
+/// The VM's Id, as New-VM answers it in these tests.
+const ID: &str = "5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07";
+const STATE: &str = "$vm = @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue); if ($vm.Count -gt 1) { throw 'more than one VM matches' } elseif ($vm.Count -eq 1) { $vm[0].State } else { 'NotFound' }";
+const NAME_CHECK: &str = "@(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue).Count";
+const NEIGHBOUR: &str = "$mac = (Hyper-V\\Get-VMNetworkAdapter -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) | Select-Object -First 1).MacAddress; $dashed = $mac -replace '(..)(?!$)', '$1-'; Get-NetNeighbor -AddressFamily IPv4 -LinkLayerAddress $dashed -ErrorAction SilentlyContinue | Where-Object { $_.State -ne 'Unreachable' } | ForEach-Object { $_.IPAddress }";
 
 fn create_scripts(s: &Setup, dynamic: bool) -> Vec<String> {
     let iso = path_q(s.spec.boot.iso.as_deref().expect("iso"));
@@ -87,21 +99,21 @@ fn create_scripts(s: &Setup, dynamic: bool) -> Vec<String> {
             s.q("disk.vhdx")
         ),
         format!(
-            "Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 2048MB -SwitchName 'Default Switch' | Out-Null",
+            "(Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 2048MB -SwitchName 'Default Switch').Id.Guid",
             path_q(s.dir.path())
         ),
-        "Hyper-V\\Set-VMProcessor -VMName 'dev' -Count 2".to_owned(),
-        format!("Hyper-V\\Set-VMMemory -VMName 'dev' -DynamicMemoryEnabled ${dynamic}"),
-        format!("Hyper-V\\Add-VMDvdDrive -VMName 'dev' -Path {iso}"),
+        "Hyper-V\\Set-VMProcessor -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Count 2".to_owned(),
+        format!("Hyper-V\\Set-VMMemory -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -DynamicMemoryEnabled ${dynamic}"),
+        format!("Hyper-V\\Add-VMDvdDrive -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Path {iso}"),
         format!(
-            "Hyper-V\\Add-VMHardDiskDrive -VMName 'dev' -Path {}",
+            "Hyper-V\\Add-VMHardDiskDrive -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Path {}",
             s.q("disk.vhdx")
         ),
         format!(
-            "Hyper-V\\Add-VMHardDiskDrive -VMName 'dev' -Path {}",
+            "Hyper-V\\Add-VMHardDiskDrive -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Path {}",
             s.q("config.vhd")
         ),
-        "Hyper-V\\Set-VMFirmware -VMName 'dev' -EnableSecureBoot Off -FirstBootDevice (Hyper-V\\Get-VMDvdDrive -VMName 'dev')".to_owned(),
+        "Hyper-V\\Set-VMFirmware -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -EnableSecureBoot Off -FirstBootDevice (Hyper-V\\Get-VMDvdDrive -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue))".to_owned(),
     ]
 }
 
@@ -109,13 +121,13 @@ fn create_scripts(s: &Setup, dynamic: bool) -> Vec<String> {
 fn every_call_is_a_noninteractive_powershell_command_that_stops_on_errors() {
     let s = setup();
     assert_eq!(
-        s.driver(options()).argv("Hyper-V\\Start-VM -Name 'dev'"),
+        s.driver(options()).argv("Hyper-V\\Start-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue)"),
         [
             PS,
             "-NoProfile",
             "-NonInteractive",
             "-Command",
-            "$ErrorActionPreference = 'Stop'; Hyper-V\\Start-VM -Name 'dev'"
+            "$ErrorActionPreference = 'Stop'; Hyper-V\\Start-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue)"
         ]
     );
     assert_eq!(quote("it's"), "'it''s'");
@@ -126,9 +138,7 @@ fn every_call_is_a_noninteractive_powershell_command_that_stops_on_errors() {
 #[tokio::test]
 async fn create_defines_a_generation_2_vm_then_does_nothing_the_second_time() {
     let s = setup();
-    for script in create_scripts(&s, true) {
-        s.ok(&script, "");
-    }
+    s.expect_create(&create_scripts(&s, true));
     let driver = s.driver(options());
     driver.create(&s.dir, &s.spec).await.expect("create");
     s.runner.assert_done();
@@ -147,24 +157,22 @@ async fn options_reach_the_scripts() {
     let scripts = [
         format!("Hyper-V\\New-VHD -Path {} -SizeBytes 5000MB -Dynamic | Out-Null", s.q("disk.vhdx")),
         format!(
-            "Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 4096MB -SwitchName 'External' | Out-Null",
+            "(Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 4096MB -SwitchName 'External').Id.Guid",
             path_q(s.dir.path())
         ),
-        "Hyper-V\\Set-VMProcessor -VMName 'dev' -Count 4".to_owned(),
-        "Hyper-V\\Set-VMMemory -VMName 'dev' -DynamicMemoryEnabled $false".to_owned(),
-        format!("Hyper-V\\Add-VMDvdDrive -VMName 'dev' -Path {iso}"),
+        "Hyper-V\\Set-VMProcessor -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Count 4".to_owned(),
+        "Hyper-V\\Set-VMMemory -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -DynamicMemoryEnabled $false".to_owned(),
+        format!("Hyper-V\\Add-VMDvdDrive -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Path {iso}"),
     ];
-    for script in &scripts {
-        s.ok(script, "");
-    }
+    s.expect_create(&scripts);
     s.fail(
         &format!(
-            "Hyper-V\\Add-VMHardDiskDrive -VMName 'dev' -Path {}",
+            "Hyper-V\\Add-VMHardDiskDrive -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Path {}",
             s.q("disk.vhdx")
         ),
         "Add-VMHardDiskDrive : Failed to add device 'Virtual Hard Disk'.",
     );
-    s.ok("Hyper-V\\Remove-VM -Name 'dev' -Force", "");
+    s.ok("Hyper-V\\Remove-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Force", "");
     let err = s
         .driver(HyperVOptions {
             virtual_switch: Some("External".into()),
@@ -190,6 +198,7 @@ async fn options_reach_the_scripts() {
 async fn a_failure_before_the_vm_exists_removes_only_files() {
     let s = setup();
     let scripts = create_scripts(&s, true);
+    s.ok(NAME_CHECK, "0\r\n");
     s.ok(&scripts[0], "");
     std::fs::write(s.dir.file("disk.vhdx"), b"vhdx").expect("disk");
     s.fail(
@@ -209,6 +218,8 @@ fn created(s: &Setup) {
         &s.dir,
         &HyperVState {
             vm_name: "dev".into(),
+            vm_id: Some(ID.into()),
+            iso: s.spec.boot.iso.clone(),
             config_disk_id: [1; 16],
             guest_ports: GuestPorts::default(),
             address: None,
@@ -222,7 +233,7 @@ async fn start_boots_and_finds_the_address_by_mac_in_the_neighbour_table() {
     let s = setup();
     created(&s);
     s.ok(STATE, "Off\r\n");
-    s.ok("Hyper-V\\Start-VM -Name 'dev'", "");
+    s.ok("Hyper-V\\Start-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue)", "");
     s.ok(NEIGHBOUR, "");
     s.ok(NEIGHBOUR, "fe80::1\r\n172.27.200.31\r\n");
     std::fs::write(&s.spec.config_drive, vec![8u8; 512]).expect("config.img");
@@ -278,7 +289,7 @@ async fn states_map_and_a_vm_removed_outside_is_named() {
     let err = s.driver(options()).state(&s.dir).await.expect_err("gone");
     assert_eq!(
         err.to_string(),
-        "machine \"dev\": Hyper-V: Hyper-V has no VM named \"dev\" (removed outside rmachine?); `rmachine rm` removes the machine"
+        format!("machine \"dev\": Hyper-V: Hyper-V has no VM \"dev\" (Id {ID}) (removed outside rmachine?); `rmachine rm` removes the machine")
     );
     // rm of a VM already gone deletes the driver's files and succeeds.
     s.ok(STATE, "NotFound\r\n");
@@ -294,13 +305,13 @@ async fn stop_kill_and_rm_run_the_cmdlets() {
     let s = setup();
     created(&s);
     s.ok(STATE, "Running\r\n");
-    s.ok("Hyper-V\\Stop-VM -Name 'dev' -Force", "");
+    s.ok("Hyper-V\\Stop-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Force", "");
     s.ok(STATE, "Running\r\n");
-    s.ok("Hyper-V\\Stop-VM -Name 'dev' -TurnOff -Force", "");
+    s.ok("Hyper-V\\Stop-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -TurnOff -Force", "");
     s.ok(STATE, "Off\r\n");
     s.ok(STATE, "Running\r\n");
-    s.ok("Hyper-V\\Stop-VM -Name 'dev' -TurnOff -Force", "");
-    s.ok("Hyper-V\\Remove-VM -Name 'dev' -Force", "");
+    s.ok("Hyper-V\\Stop-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -TurnOff -Force", "");
+    s.ok("Hyper-V\\Remove-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Force", "");
     let driver = s.driver(options());
     driver
         .stop(
@@ -329,7 +340,7 @@ async fn a_graceful_stop_that_outlasts_its_timeout_is_a_timeout() {
     s.ok(STATE, "Running\r\n");
     s.runner.expect(
         s.driver(options())
-            .argv("Hyper-V\\Stop-VM -Name 'dev' -Force"),
+            .argv("Hyper-V\\Stop-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Force"),
         CannedReply::Output(CommandOutput::timeout("")),
     );
     let err = s
@@ -409,4 +420,93 @@ async fn precheck_names_each_missing_piece() {
         "invalid hyperv options: no virtual switch named \"Bridge\" (Hyper-V has: Default Switch); choose one with --hyperv-virtual-switch"
     );
     s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn create_refuses_a_name_hyperv_already_has_and_rm_leaves_that_vm_alone() {
+    let s = setup();
+    s.ok(NAME_CHECK, "1\r\n");
+    let driver = s.driver(options());
+    let err = driver.create(&s.dir, &s.spec).await.expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "machine \"dev\": Hyper-V: Hyper-V already has a VM named \"dev\" that this machine did not create; remove or rename that VM, or choose another machine name"
+    );
+    assert!(!s.dir.file("hyperv.json").exists());
+    // The host's clean-up after the failed create runs no cmdlet at all.
+    driver.remove(&s.dir).await.expect("rm");
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn without_an_id_the_vm_is_the_one_of_that_name_in_the_machine_directory() {
+    let s = setup();
+    // A record made before Ids (or by a create interrupted right after New-VM).
+    std::fs::write(
+        s.dir.file("hyperv.json"),
+        r#"{"vmName":"dev","configDiskId":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"guestPorts":{"ssh":22,"engine":2376}}"#,
+    )
+    .expect("old record");
+    let folder = format!("{}{}", s.dir.path().display(), std::path::MAIN_SEPARATOR);
+    let sel = format!(
+        "@(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }})",
+        quote(&folder)
+    );
+    let state = format!("$vm = {sel}; if ($vm.Count -gt 1) {{ throw 'more than one VM matches' }} elseif ($vm.Count -eq 1) {{ $vm[0].State }} else {{ 'NotFound' }}");
+    s.ok(&state, "Running\r\n");
+    s.ok(&format!("Hyper-V\\Stop-VM -VM {sel} -TurnOff -Force"), "");
+    s.ok(&format!("Hyper-V\\Remove-VM -VM {sel} -Force"), "");
+    s.driver(options()).remove(&s.dir).await.expect("rm");
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn start_after_upgrade_puts_the_new_iso_in_the_dvd_drive() {
+    let s = setup();
+    created(&s);
+    let mut spec = s.spec.clone();
+    let new_iso = s.dir.path().join("rmachine-2.iso");
+    std::fs::write(&new_iso, b"iso 2").expect("iso");
+    spec.boot.iso = Some(new_iso.clone());
+    s.ok(STATE, "Off\r\n");
+    s.ok(
+        &format!(
+            "Hyper-V\\Get-VMDvdDrive -VM {} | Hyper-V\\Set-VMDvdDrive -Path {}",
+            "@(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue)",
+            path_q(&new_iso)
+        ),
+        "",
+    );
+    s.ok("Hyper-V\\Start-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue)", "");
+    s.ok(NEIGHBOUR, "172.27.200.31\r\n");
+    let driver = s.driver(options());
+    driver.start(&s.dir, &spec).await.expect("start");
+    s.runner.assert_done();
+    let saved = load_required(&s.dir).expect("record");
+    assert_eq!(saved.iso, Some(new_iso));
+}
+
+#[tokio::test]
+async fn a_new_vm_without_a_readable_id_is_removed_by_name_and_folder() {
+    let s = setup();
+    let scripts = create_scripts(&s, true);
+    s.ok(NAME_CHECK, "0\r\n");
+    s.ok(&scripts[0], "");
+    s.ok(&scripts[1], "WARNING: something odd\r\n");
+    let folder = format!("{}{}", s.dir.path().display(), std::path::MAIN_SEPARATOR);
+    s.ok(
+        &format!(
+            "Hyper-V\\Remove-VM -VM @(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }}) -Force",
+            quote(&folder)
+        ),
+        "",
+    );
+    let err = s
+        .driver(options())
+        .create(&s.dir, &s.spec)
+        .await
+        .expect_err("fails");
+    assert!(err.to_string().contains("not the new VM's Id"), "{err}");
+    s.runner.assert_done();
+    assert!(!s.dir.file("hyperv.json").exists());
 }

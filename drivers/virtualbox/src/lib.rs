@@ -1,20 +1,23 @@
 //! The VirtualBox driver: a VM defined and run through `VBoxManage`.
 //!
-//! `create` registers a VM named after the machine with its files under the machine directory
-//! (`createvm --basefolder`), sets CPUs, memory and a virtio NAT card whose two port forwards
+//! `create` refuses a machine name VirtualBox already has a VM of, then registers a VM named
+//! after the machine with a UUID it chose and saved first (`createvm --uuid`) and its files under
+//! the machine directory (`createvm --basefolder`); every later command names the VM by that
+//! UUID, never by its name (records made before UUIDs keep the name). It sets CPUs, memory and a virtio NAT card whose two port forwards
 //! (127.0.0.1 only) reach the guest's SSH and engine ports, and attaches to one SATA (AHCI)
 //! controller the guest ISO (DVD, port 0), the data disk `disk.vdi` (port 1) and the
 //! configuration drive as a fixed VHD `config.vhd` (port 2; VirtualBox attaches no raw image).
 //! The serial port writes the guest console to `console.log`. `start` re-copies the
 //! configuration drive (the host rewrites `config.img` before every start) and runs the VM
-//! headless; `state` reads `VMState` from `showvminfo --machinereadable`.
+//! headless, first putting the spec's ISO in the DVD drive if the VM holds another one (after
+//! `upgrade`); `state` reads `VMState` from `showvminfo --machinereadable`.
 //!
 //! Host folder shares are refused: VirtualBox shares need the guest's `vboxsf` and
 //! `vboxguest` modules and Guest Additions services, which the guest does not carry.
 //!
-//! Files in the machine directory: `virtualbox.json` (port forwards and the configuration
-//! drive's disk id), `disk.vdi`, `config.vhd`, `console.log`, and VirtualBox's own folder
-//! `NAME/` (the `.vbox` file and logs).
+//! Files in the machine directory: `virtualbox.json` (the VM's UUID, port forwards and the
+//! configuration drive's disk id), `disk.vdi`, `config.vhd`, `console.log`, and VirtualBox's
+//! own folder `NAME/` (the `.vbox` file and logs).
 //!
 //! How it is verified: VirtualBox and Hyper-V do not run on the development host. The tests
 //! (`src/tests.rs`) drive this driver through a recording runner that checks the exact
@@ -100,7 +103,8 @@ pub struct VirtualBoxOptions {
     #[serde(rename = "virtualboxDiskSize", skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<u64>,
 
-    /// Host-only network CIDR (refused: the guest configures only its NAT card)
+    /// Add a host-only network card on this network, given by the host's address on it (e.g.
+    /// 192.168.99.1/24); the guest gets an address there by DHCP, reachable from this host
     #[arg(
         id = "virtualbox_hostonly_cidr",
         long = "virtualbox-hostonly-cidr",
@@ -142,12 +146,40 @@ pub struct VirtualBoxOptions {
 pub struct VBoxState {
     /// The VirtualBox VM's name.
     pub vm_name: String,
+    /// The VM's UUID, chosen by the driver and given to `createvm`; every later command
+    /// names the VM by it, so that another VM of the same name is never touched. Records
+    /// made before it existed name the VM by `vm_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_uuid: Option<String>,
     /// Host port on 127.0.0.1 forwarded to the guest's SSH port.
     pub ssh_port: u16,
     /// Host port on 127.0.0.1 forwarded to the guest's engine port.
     pub engine_port: u16,
     /// The configuration drive's VHD disk id, kept across rewrites.
     pub config_disk_id: [u8; 16],
+}
+
+impl VBoxState {
+    /// How VBoxManage commands name the VM: its UUID, or its name in older records.
+    pub fn target(&self) -> &str {
+        self.vm_uuid.as_deref().unwrap_or(&self.vm_name)
+    }
+}
+
+/// A random (version 4) UUID in VirtualBox's textual form.
+pub fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Which host checks `precheck` makes besides VBoxManage's version.
@@ -177,12 +209,16 @@ impl HostCheck {
 /// Chooses the two forwarded host ports.
 pub type PortPicker = fn() -> std::io::Result<(u16, u16)>;
 
+/// Chooses a new VM's UUID.
+pub type UuidSource = fn() -> String;
+
 /// The VirtualBox driver.
 pub struct VirtualBoxDriver {
     options: VirtualBoxOptions,
     vbm: VBoxManage,
     host_check: HostCheck,
     pick_ports: PortPicker,
+    new_uuid: UuidSource,
 }
 
 impl std::fmt::Debug for VirtualBoxDriver {
@@ -215,6 +251,7 @@ impl VirtualBoxDriver {
             },
             host_check: HostCheck::for_this_host(),
             pick_ports: free_ports,
+            new_uuid: random_uuid,
         }
     }
 
@@ -227,6 +264,12 @@ impl VirtualBoxDriver {
     /// Replaces the port choice (tests).
     pub fn with_port_picker(mut self, pick: PortPicker) -> Self {
         self.pick_ports = pick;
+        self
+    }
+
+    /// Replaces the choice of a new VM's UUID (tests).
+    pub fn with_uuid_source(mut self, source: UuidSource) -> Self {
+        self.new_uuid = source;
         self
     }
 
@@ -256,9 +299,9 @@ impl VirtualBoxDriver {
             ));
         }
         if let Some(cidr) = &self.options.hostonly_cidr {
-            problems.push(format!(
-                "--virtualbox-hostonly-cidr {cidr}: the guest configures only its first network card (NAT, with forwarded ports); host-only networks are not supported"
-            ));
+            if let Err(why) = HostOnlyNet::parse(cidr) {
+                problems.push(format!("--virtualbox-hostonly-cidr {cidr}: {why}"));
+            }
         }
         if self.cpus(spec) == 0 {
             problems.push("--virtualbox-cpu-count must be at least 1".to_owned());
@@ -357,14 +400,22 @@ impl VirtualBoxDriver {
 
     async fn create_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         if let Some(saved) = load(dir)? {
-            if self.vm_info(&saved.vm_name).await?.is_some() {
+            if self.vm_info(saved.target()).await?.is_some() {
                 return Ok(());
             }
         }
+        // A VM of this name that is not ours (the user's, or one an interrupted create left
+        // under another record) is refused: never reused, never removed by our undo.
+        if self.vm_info(&dir.name).await?.is_some() {
+            return Err(name_taken(&dir.name));
+        }
         let iso = iso_of(spec)?;
         let (ssh_port, engine_port) = (self.pick_ports)().map_err(|e| io(dir, dir.path(), e))?;
+        // The UUID is saved before `createvm` uses it, so that even a create killed right
+        // after it leaves a record `rm` can unregister exactly this VM by.
         let state = VBoxState {
             vm_name: dir.name.clone(),
+            vm_uuid: Some((self.new_uuid)()),
             ssh_port,
             engine_port,
             config_disk_id: rand::random(),
@@ -388,12 +439,14 @@ impl VirtualBoxDriver {
         iso: &Path,
         made: &mut Made,
     ) -> Result<(), DriverError> {
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         let base = path_str(dir.path());
         self.vbm
             .run(&[
                 "createvm",
                 "--name",
+                &state.vm_name,
+                "--uuid",
                 vm,
                 "--basefolder",
                 &base,
@@ -472,6 +525,30 @@ impl VirtualBoxDriver {
                 &engine,
             ])
             .await?;
+        if let Some(cidr) = &self.options.hostonly_cidr {
+            let net = HostOnlyNet::parse(cidr).map_err(|why| DriverError::InvalidOptions {
+                driver: DRIVER.to_owned(),
+                problems: vec![format!("--virtualbox-hostonly-cidr {cidr}: {why}")],
+            })?;
+            let adapter = self.hostonly_adapter(&net).await?;
+            self.hostonly_dhcp(&net, &adapter).await?;
+            self.vbm
+                .run(&[
+                    "modifyvm",
+                    vm,
+                    "--nic2",
+                    "hostonly",
+                    "--nictype2",
+                    "virtio",
+                    "--nicpromisc2",
+                    "deny",
+                    "--hostonlyadapter2",
+                    &adapter,
+                    "--cableconnected2",
+                    "on",
+                ])
+                .await?;
+        }
         self.vbm
             .run(&[
                 "storagectl",
@@ -510,6 +587,84 @@ impl VirtualBoxDriver {
         self.attach_config_drive(dir, spec, state, false).await
     }
 
+    /// The host-only interface holding `net`'s host address: an existing one, else a new one
+    /// (`hostonlyif create`) given that address (`hostonlyif ipconfig`), as docker-machine did.
+    async fn hostonly_adapter(&self, net: &HostOnlyNet) -> Result<String, DriverError> {
+        let list = self.vbm.run(&["list", "hostonlyifs"]).await?;
+        let ip = net.host.to_string();
+        let mask = net.mask().to_string();
+        if let Some(name) = vbm::parse_blocks(&list.stdout_text())
+            .into_iter()
+            .find(|b| b.get("IPAddress") == Some(&ip) && b.get("NetworkMask") == Some(&mask))
+            .and_then(|b| b.get("Name").cloned())
+        {
+            return Ok(name);
+        }
+        let created = self.vbm.run(&["hostonlyif", "create"]).await?;
+        let text = format!("{}\n{}", created.stdout_text(), created.stderr_text());
+        let name = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Interface '")
+                    .and_then(|(_, rest)| rest.split_once("' was successfully created"))
+                    .map(|(name, _)| name.to_owned())
+            })
+            .ok_or_else(|| DriverError::Protocol {
+                machine: String::new(),
+                channel: "VBoxManage",
+                message: format!(
+                    "hostonlyif create did not name the interface it made: {:?}",
+                    text.trim()
+                ),
+            })?;
+        self.vbm
+            .run(&[
+                "hostonlyif",
+                "ipconfig",
+                &name,
+                "--ip",
+                &ip,
+                "--netmask",
+                &mask,
+            ])
+            .await?;
+        Ok(name)
+    }
+
+    /// The DHCP server that gives the guest its host-only address (added, or set to this plan).
+    async fn hostonly_dhcp(&self, net: &HostOnlyNet, adapter: &str) -> Result<(), DriverError> {
+        let netname = format!("HostInterfaceNetworking-{adapter}");
+        let list = self.vbm.run(&["list", "dhcpservers"]).await?;
+        let exists = vbm::parse_blocks(&list.stdout_text())
+            .iter()
+            .any(|b| b.get("NetworkName") == Some(&netname));
+        let (server, lower, upper) = net.dhcp_plan();
+        let (server, mask, lower, upper) = (
+            server.to_string(),
+            net.mask().to_string(),
+            lower.to_string(),
+            upper.to_string(),
+        );
+        self.vbm
+            .run(&[
+                "dhcpserver",
+                if exists { "modify" } else { "add" },
+                "--netname",
+                &netname,
+                "--ip",
+                &server,
+                "--netmask",
+                &mask,
+                "--lowerip",
+                &lower,
+                "--upperip",
+                &upper,
+                "--enable",
+            ])
+            .await
+            .map(drop)
+    }
+
     async fn attach(
         &self,
         vm: &str,
@@ -546,7 +701,7 @@ impl VirtualBoxDriver {
         state: &VBoxState,
         attached: bool,
     ) -> Result<(), DriverError> {
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         let vhd_path = dir.file(CONFIG_VHD);
         let vhd_str = path_str(&vhd_path);
         if attached {
@@ -592,7 +747,7 @@ impl VirtualBoxDriver {
         if made.vm {
             if let Err(e) = self
                 .vbm
-                .run(&["unregistervm", &state.vm_name, "--delete"])
+                .run(&["unregistervm", state.target(), "--delete"])
                 .await
             {
                 tracing::warn!(error = %e, "could not unregister the half-made VM");
@@ -610,7 +765,7 @@ impl VirtualBoxDriver {
             VmState::Running | VmState::Starting => return Ok(()),
             VmState::Paused => {
                 self.vbm
-                    .run(&["controlvm", &state.vm_name, "resume"])
+                    .run(&["controlvm", state.target(), "resume"])
                     .await?;
                 return Ok(());
             }
@@ -624,7 +779,7 @@ impl VirtualBoxDriver {
         if !ssh_free || !engine_free {
             let (ssh_port, engine_port) =
                 (self.pick_ports)().map_err(|e| io(dir, dir.path(), e))?;
-            let mut args = vec!["modifyvm".to_owned(), state.vm_name.clone()];
+            let mut args = vec!["modifyvm".to_owned(), state.target().to_owned()];
             if !ssh_free {
                 state.ssh_port = ssh_port;
                 args.extend([
@@ -655,13 +810,19 @@ impl VirtualBoxDriver {
             self.vbm.run(&args).await?;
             save(dir, &state)?;
         }
+        // `upgrade` hands over a new guest image: the DVD follows the ISO the spec names.
+        let iso = path_str(&iso_of(spec)?);
+        if info.get(&format!("{CONTROLLER}-{ISO_PORT}-0")) != Some(&iso) {
+            self.attach(state.target(), ISO_PORT, "dvddrive", &iso)
+                .await?;
+        }
         let attached = info
             .get(&format!("{CONTROLLER}-{CONFIG_PORT}-0"))
             .is_some_and(|m| m != "none");
         self.attach_config_drive(dir, spec, &state, attached)
             .await?;
         self.vbm
-            .run(&["startvm", &state.vm_name, "--type", "headless"])
+            .run(&["startvm", state.target(), "--type", "headless"])
             .await
             .map(drop)
     }
@@ -670,14 +831,14 @@ impl VirtualBoxDriver {
         &self,
         state: &VBoxState,
     ) -> Result<std::collections::BTreeMap<String, String>, DriverError> {
-        self.vm_info(&state.vm_name)
+        self.vm_info(state.target())
             .await?
-            .ok_or_else(|| gone(&state.vm_name))
+            .ok_or_else(|| gone(state))
     }
 
     async fn stop_inner(&self, dir: &MachineDir, mode: StopMode) -> Result<(), DriverError> {
         let state = load_required(dir)?;
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         let info = self.require_vm(&state).await?;
         if matches!(vm_state(&info), VmState::Stopped | VmState::Saved) {
             return Ok(());
@@ -712,7 +873,7 @@ impl VirtualBoxDriver {
         let Some(state) = load(dir)? else {
             return remove_own_files(dir, &dir.name);
         };
-        let vm = state.vm_name.as_str();
+        let vm = state.target();
         if let Some(info) = self.vm_info(vm).await? {
             if matches!(
                 vm_state(&info),
@@ -724,13 +885,91 @@ impl VirtualBoxDriver {
                 Outcome::Ok(_) | Outcome::NoSuchVm => {}
             }
         }
-        remove_own_files(dir, vm)
+        remove_own_files(dir, &state.vm_name)
     }
 
     async fn state_inner(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         let state = load_required(dir)?;
         let info = self.require_vm(&state).await?;
         Ok(vm_state(&info))
+    }
+}
+
+/// A host-only network as `--virtualbox-hostonly-cidr` gives it: the host's address on it and
+/// the prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostOnlyNet {
+    /// The host's address on the network.
+    pub host: Ipv4Addr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl HostOnlyNet {
+    /// Parses `A.B.C.D/N`; the address must be a host's, not the network's (docker-machine's
+    /// rule), and the network must leave room for a DHCP range.
+    pub fn parse(cidr: &str) -> Result<Self, String> {
+        let (ip, prefix) = cidr.split_once('/').ok_or_else(|| {
+            "expected an IPv4 address with a prefix length, e.g. 192.168.99.1/24".to_owned()
+        })?;
+        let host: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=28).contains(p))
+            .ok_or_else(|| format!("the prefix length {prefix:?} must be between 8 and 28"))?;
+        let net = Self { host, prefix };
+        if host == net.network() {
+            return Err(
+                "host-only cidr must be specified with a host address, not a network address"
+                    .to_owned(),
+            );
+        }
+        if host == net.broadcast() {
+            return Err("the address is the network's broadcast address".to_owned());
+        }
+        Ok(net)
+    }
+
+    fn mask_bits(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix))
+    }
+
+    /// The network mask.
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.mask_bits())
+    }
+
+    /// The network's address.
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.host) & self.mask_bits())
+    }
+
+    /// The network's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.host) | !self.mask_bits())
+    }
+
+    /// The DHCP server's address (the first one that is not the host's) and the range it
+    /// leases: for a /24, .100 to .254 as docker-machine.
+    pub fn dhcp_plan(&self) -> (Ipv4Addr, Ipv4Addr, Ipv4Addr) {
+        let network = u32::from(self.network());
+        let size = !self.mask_bits() + 1;
+        let first = network + 1;
+        let server = if first == u32::from(self.host) {
+            first + 1
+        } else {
+            first
+        };
+        let lower = (network + size * 100 / 256).max(server + 1);
+        let upper = u32::from(self.broadcast()) - 1;
+        (
+            Ipv4Addr::from(server),
+            Ipv4Addr::from(lower),
+            Ipv4Addr::from(upper),
+        )
     }
 }
 
@@ -768,12 +1007,27 @@ pub fn has_virtualization(cpuinfo: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-fn gone(vm: &str) -> DriverError {
+fn gone(state: &VBoxState) -> DriverError {
+    let vm = &state.vm_name;
+    let which = match &state.vm_uuid {
+        Some(uuid) => format!("VM {vm:?} (UUID {uuid})"),
+        None => format!("VM named {vm:?}"),
+    };
+    DriverError::Protocol {
+        machine: vm.clone(),
+        channel: "VBoxManage",
+        message: format!(
+            "VirtualBox has no {which} (removed outside rmachine?); `rmachine rm` removes the machine"
+        ),
+    }
+}
+
+fn name_taken(vm: &str) -> DriverError {
     DriverError::Protocol {
         machine: vm.to_owned(),
         channel: "VBoxManage",
         message: format!(
-            "VirtualBox has no VM named {vm:?} (removed outside rmachine?); `rmachine rm` removes the machine"
+            "VirtualBox already has a VM named {vm:?} that this machine did not create; remove or rename that VM, or choose another machine name"
         ),
     }
 }

@@ -7,6 +7,8 @@ use rmachine_driver::runner::{CannedReply, CommandOutput, RecordingRunner};
 use rmachine_driver::{BootImage, GuestPorts};
 
 const VBM: &str = "/opt/vbox/VBoxManage";
+/// The UUID the driver gives the machine's VM in these tests.
+const VM: &str = "6f1c2b9e-8d3a-4c5e-9f7a-1b2c3d4e5f60";
 
 fn options() -> VirtualBoxOptions {
     VirtualBoxOptions {
@@ -63,6 +65,7 @@ impl Setup {
             .with_host_check(HostCheck::None)
             .with_port_picker(fixed_ports)
             .with_retry_delay(Duration::ZERO)
+            .with_uuid_source(|| VM.to_owned())
     }
 
     fn p(&self, name: &str) -> String {
@@ -78,6 +81,12 @@ impl Setup {
             argv(args),
             CannedReply::Output(CommandOutput::failure(1, stderr)),
         );
+    }
+
+    /// `showvminfo` of a VM whose DVD holds the spec's ISO.
+    fn info_with_iso(&self, state: &str, config: &str) -> String {
+        let iso = path_str(self.spec.boot.iso.as_deref().expect("iso"));
+        info(state, config).replace("/image/rmachine.iso", &iso)
     }
 
     fn saved(&self) -> VBoxState {
@@ -117,11 +126,17 @@ fn create_calls(s: &Setup) -> Vec<(Vec<String>, CannedReply)> {
     let push = |args: &[&str], stdout: &str| calls.borrow_mut().push((argv(args), ok(stdout)));
     let iso = path_str(s.spec.boot.iso.as_deref().expect("iso"));
     let base = path_str(s.dir.path());
+    calls.borrow_mut().push((
+        argv(&["showvminfo", "dev", "--machinereadable"]),
+        CannedReply::Output(CommandOutput::failure(1, NOT_FOUND)),
+    ));
     push(
         &[
             "createvm",
             "--name",
             "dev",
+            "--uuid",
+            VM,
             "--basefolder",
             &base,
             "--register",
@@ -131,7 +146,7 @@ fn create_calls(s: &Setup) -> Vec<(Vec<String>, CannedReply)> {
     push(
         &[
             "modifyvm",
-            "dev",
+            VM,
             "--ostype",
             "Linux_64",
             "--firmware",
@@ -176,7 +191,7 @@ fn create_calls(s: &Setup) -> Vec<(Vec<String>, CannedReply)> {
     push(
         &[
             "modifyvm",
-            "dev",
+            VM,
             "--nic1",
             "nat",
             "--nictype1",
@@ -193,7 +208,7 @@ fn create_calls(s: &Setup) -> Vec<(Vec<String>, CannedReply)> {
     push(
         &[
             "storagectl",
-            "dev",
+            VM,
             "--name",
             "SATA",
             "--add",
@@ -229,7 +244,7 @@ fn create_calls(s: &Setup) -> Vec<(Vec<String>, CannedReply)> {
 fn attach_args<'a>(port: &'a str, kind: &'a str, medium: &'a str) -> Vec<&'a str> {
     vec![
         "storageattach",
-        "dev",
+        VM,
         "--storagectl",
         "SATA",
         "--port",
@@ -261,7 +276,7 @@ async fn create_defines_the_vm_then_does_nothing_the_second_time() {
     assert_eq!(endpoints.engine.to_string(), "127.0.0.1:40376");
 
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("poweroff", "x"),
     );
     driver.create(&s.dir, &s.spec).await.expect("create again");
@@ -286,11 +301,14 @@ async fn options_override_the_generic_sizes() {
 async fn a_create_failing_midway_unregisters_the_vm_and_deletes_its_files() {
     let s = setup();
     let base = path_str(s.dir.path());
+    s.fail(&["showvminfo", "dev", "--machinereadable"], NOT_FOUND);
     s.ok(
         &[
             "createvm",
             "--name",
             "dev",
+            "--uuid",
+            VM,
             "--basefolder",
             &base,
             "--register",
@@ -302,7 +320,7 @@ async fn a_create_failing_midway_unregisters_the_vm_and_deletes_its_files() {
     s.runner.expect(
         argv(&[
             "modifyvm",
-            "dev",
+            VM,
             "--ostype",
             "Linux_64",
             "--firmware",
@@ -347,7 +365,7 @@ async fn a_create_failing_midway_unregisters_the_vm_and_deletes_its_files() {
             "VBoxManage: error: Invalid memory size: 2048\n",
         )),
     );
-    s.ok(&["unregistervm", "dev", "--delete"], "");
+    s.ok(&["unregistervm", VM, "--delete"], "");
     let err = s
         .driver(options())
         .create(&s.dir, &s.spec)
@@ -384,7 +402,7 @@ async fn a_data_disk_made_but_not_attached_is_deleted_on_failure() {
         )),
     );
     s.ok(&["closemedium", "disk", &s.p("disk.vdi"), "--delete"], "");
-    s.ok(&["unregistervm", "dev", "--delete"], "");
+    s.ok(&["unregistervm", VM, "--delete"], "");
     s.driver(options())
         .create(&s.dir, &s.spec)
         .await
@@ -400,6 +418,7 @@ fn created() -> Setup {
         &s.dir,
         &VBoxState {
             vm_name: "dev".into(),
+            vm_uuid: Some(VM.into()),
             ssh_port: 40022,
             engine_port: 40376,
             config_disk_id: [3; 16],
@@ -414,13 +433,13 @@ async fn start_recopies_the_config_drive_and_starts_headless() {
     let s = created();
     let vhd = s.p("config.vhd");
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
-        &info("poweroff", &vhd),
+        &["showvminfo", VM, "--machinereadable"],
+        &s.info_with_iso("poweroff", &vhd),
     );
     s.ok(
         &[
             "storageattach",
-            "dev",
+            VM,
             "--storagectl",
             "SATA",
             "--port",
@@ -435,7 +454,7 @@ async fn start_recopies_the_config_drive_and_starts_headless() {
     s.ok(&["closemedium", "disk", &vhd], "");
     s.ok(&attach_args("2", "hdd", &vhd), "");
     s.ok(
-        &["startvm", "dev", "--type", "headless"],
+        &["startvm", VM, "--type", "headless"],
         "Waiting for VM \"dev\" to power on...\nVM \"dev\" has been successfully started.\n",
     );
     std::fs::write(&s.spec.config_drive, vec![6u8; 2048]).expect("new config.img");
@@ -452,7 +471,7 @@ async fn start_recopies_the_config_drive_and_starts_headless() {
 async fn start_of_a_running_vm_does_nothing() {
     let s = created();
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "x"),
     );
     s.driver(options())
@@ -471,6 +490,7 @@ async fn start_moves_a_forward_whose_port_was_taken() {
         &s.dir,
         &VBoxState {
             vm_name: "dev".into(),
+            vm_uuid: Some(VM.into()),
             ssh_port: port,
             engine_port: 40376,
             config_disk_id: [3; 16],
@@ -478,13 +498,13 @@ async fn start_moves_a_forward_whose_port_was_taken() {
     )
     .expect("save");
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
-        &info("poweroff", "none"),
+        &["showvminfo", VM, "--machinereadable"],
+        &s.info_with_iso("poweroff", "none"),
     );
     s.ok(
         &[
             "modifyvm",
-            "dev",
+            VM,
             "--natpf1",
             "delete",
             "ssh",
@@ -494,7 +514,7 @@ async fn start_moves_a_forward_whose_port_was_taken() {
         "",
     );
     s.ok(&attach_args("2", "hdd", &s.p("config.vhd")), "");
-    s.ok(&["startvm", "dev", "--type", "headless"], "");
+    s.ok(&["startvm", VM, "--type", "headless"], "");
     let driver = s.driver(options());
     driver.start(&s.dir, &s.spec).await.expect("start");
     s.runner.assert_done();
@@ -523,7 +543,7 @@ async fn state_comes_from_vmstate() {
     ] {
         let s = created();
         s.ok(
-            &["showvminfo", "dev", "--machinereadable"],
+            &["showvminfo", VM, "--machinereadable"],
             &info(vmstate, "none"),
         );
         let got = s.driver(options()).state(&s.dir).await.expect("state");
@@ -535,14 +555,14 @@ async fn state_comes_from_vmstate() {
 #[tokio::test]
 async fn a_vm_removed_outside_rmachine_is_named_and_rm_still_cleans_up() {
     let s = created();
-    s.fail(&["showvminfo", "dev", "--machinereadable"], NOT_FOUND);
+    s.fail(&["showvminfo", VM, "--machinereadable"], NOT_FOUND);
     let err = s.driver(options()).state(&s.dir).await.expect_err("no VM");
     assert_eq!(
         err.to_string(),
-        "machine \"dev\": VBoxManage: VirtualBox has no VM named \"dev\" (removed outside rmachine?); `rmachine rm` removes the machine"
+        format!("machine \"dev\": VBoxManage: VirtualBox has no VM \"dev\" (UUID {VM}) (removed outside rmachine?); `rmachine rm` removes the machine")
     );
     std::fs::write(s.dir.file("disk.vdi"), b"disk").expect("disk");
-    s.fail(&["showvminfo", "dev", "--machinereadable"], NOT_FOUND);
+    s.fail(&["showvminfo", VM, "--machinereadable"], NOT_FOUND);
     s.driver(options()).remove(&s.dir).await.expect("rm");
     s.runner.assert_done();
     assert!(!s.dir.file("disk.vdi").exists());
@@ -558,11 +578,11 @@ async fn rm_powers_off_a_running_vm_and_deletes_it() {
     let s = created();
     std::fs::create_dir_all(s.dir.file("dev").join("Logs")).expect("vm folder");
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "none"),
     );
-    s.ok(&["controlvm", "dev", "poweroff"], "0%...10%...100%\n");
-    s.ok(&["unregistervm", "dev", "--delete"], "");
+    s.ok(&["controlvm", VM, "poweroff"], "0%...10%...100%\n");
+    s.ok(&["unregistervm", VM, "--delete"], "");
     s.driver(options()).remove(&s.dir).await.expect("rm");
     s.runner.assert_done();
     assert!(!s.dir.file("dev").exists());
@@ -572,16 +592,16 @@ async fn rm_powers_off_a_running_vm_and_deletes_it() {
 async fn graceful_stop_presses_the_power_button_and_waits() {
     let s = created();
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "none"),
     );
-    s.ok(&["controlvm", "dev", "acpipowerbutton"], "");
+    s.ok(&["controlvm", VM, "acpipowerbutton"], "");
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "none"),
     );
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("poweroff", "none"),
     );
     s.driver(options())
@@ -600,12 +620,12 @@ async fn graceful_stop_presses_the_power_button_and_waits() {
 async fn graceful_stop_times_out_when_the_guest_ignores_the_button() {
     let s = created();
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "none"),
     );
-    s.ok(&["controlvm", "dev", "acpipowerbutton"], "");
+    s.ok(&["controlvm", VM, "acpipowerbutton"], "");
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "none"),
     );
     let err = s
@@ -626,12 +646,12 @@ async fn graceful_stop_times_out_when_the_guest_ignores_the_button() {
 async fn kill_powers_off_and_stop_of_a_stopped_vm_does_nothing() {
     let s = created();
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("running", "none"),
     );
-    s.ok(&["controlvm", "dev", "poweroff"], "");
+    s.ok(&["controlvm", VM, "poweroff"], "");
     s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
+        &["showvminfo", VM, "--machinereadable"],
         &info("poweroff", "none"),
     );
     let driver = s.driver(options());
@@ -647,27 +667,27 @@ async fn kill_powers_off_and_stop_of_a_stopped_vm_does_nothing() {
 async fn busy_sessions_are_retried() {
     let s = created();
     s.fail(
-        &["controlvm", "dev", "poweroff"],
+        &["controlvm", VM, "poweroff"],
         "VBoxManage: error: The machine 'dev' is already locked for a session (or being unlocked)\nVBoxManage: error: Details: code VBOX_E_INVALID_OBJECT_STATE (0x80bb0007)",
     );
-    s.ok(&["controlvm", "dev", "poweroff"], "");
+    s.ok(&["controlvm", VM, "poweroff"], "");
     let driver = s.driver(options());
     driver
         .vbm
-        .run(&["controlvm", "dev", "poweroff"])
+        .run(&["controlvm", VM, "poweroff"])
         .await
         .expect("retried");
     s.runner.assert_done();
     // A lasting failure is not retried forever: five attempts, then the error.
     for _ in 0..5 {
         s.fail(
-            &["controlvm", "dev", "poweroff"],
+            &["controlvm", VM, "poweroff"],
             "VBoxManage: error: object is not ready",
         );
     }
     driver
         .vbm
-        .run(&["controlvm", "dev", "poweroff"])
+        .run(&["controlvm", VM, "poweroff"])
         .await
         .expect_err("gives up");
     s.runner.assert_done();
@@ -677,7 +697,7 @@ async fn busy_sessions_are_retried() {
 async fn an_error_line_with_exit_status_zero_is_a_failure() {
     let s = created();
     s.runner.expect(
-        argv(&["startvm", "dev", "--type", "headless"]),
+        argv(&["startvm", VM, "--type", "headless"]),
         CannedReply::Output(CommandOutput {
             status: 0,
             stderr: b"VBoxManage: error: VT-x is not available (VERR_VMX_NO_VMX)\n".to_vec(),
@@ -687,7 +707,7 @@ async fn an_error_line_with_exit_status_zero_is_a_failure() {
     let err = s
         .driver(options())
         .vbm
-        .run(&["startvm", "dev", "--type", "headless"])
+        .run(&["startvm", VM, "--type", "headless"])
         .await
         .expect_err("fails");
     assert!(err.to_string().contains("VERR_VMX_NO_VMX"), "{err}");
@@ -700,7 +720,7 @@ async fn precheck_refuses_what_cannot_work() {
     let err = s
         .driver(VirtualBoxOptions {
             share_folder: Some("/home/me:home".into()),
-            hostonly_cidr: Some("192.168.99.1/24".into()),
+            hostonly_cidr: Some("192.168.99.0/24".into()),
             ..options()
         })
         .precheck(&s.spec)
@@ -712,7 +732,7 @@ async fn precheck_refuses_what_cannot_work() {
         "{text}"
     );
     assert!(
-        text.contains("--virtualbox-hostonly-cidr 192.168.99.1/24"),
+        text.contains("--virtualbox-hostonly-cidr 192.168.99.0/24: host-only cidr must be specified with a host address, not a network address"),
         "{text}"
     );
 
@@ -823,6 +843,237 @@ async fn a_fake_vboxmanage_program_is_run_and_its_output_parsed() {
     assert_eq!(driver.state(&s.dir).await.expect("state"), VmState::Running);
     assert_eq!(
         std::fs::read_to_string(&log).expect("log"),
-        "showvminfo dev --machinereadable\n"
+        format!("showvminfo {VM} --machinereadable\n")
     );
+}
+
+#[tokio::test]
+async fn create_refuses_a_name_virtualbox_already_has_and_rm_leaves_that_vm_alone() {
+    let s = setup();
+    // The user's own VM called "dev", or one an interrupted create left behind.
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
+    let driver = s.driver(options());
+    let err = driver.create(&s.dir, &s.spec).await.expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "machine \"dev\": VBoxManage: VirtualBox already has a VM named \"dev\" that this machine did not create; remove or rename that VM, or choose another machine name"
+    );
+    s.runner.assert_done();
+    assert!(!s.dir.file("virtualbox.json").exists());
+    // The host's clean-up after the failed create runs no VBoxManage command at all.
+    driver.remove(&s.dir).await.expect("rm");
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn a_record_made_before_uuids_still_names_the_vm() {
+    let s = setup();
+    std::fs::write(
+        s.dir.file("virtualbox.json"),
+        r#"{"vmName":"dev","sshPort":40022,"enginePort":40376,"configDiskId":[3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3]}"#,
+    )
+    .expect("old record");
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("running", "none"),
+    );
+    let driver = s.driver(options());
+    assert_eq!(driver.state(&s.dir).await.expect("state"), VmState::Running);
+    s.ok(
+        &["showvminfo", "dev", "--machinereadable"],
+        &info("poweroff", "none"),
+    );
+    s.ok(&["unregistervm", "dev", "--delete"], "");
+    driver.remove(&s.dir).await.expect("rm");
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn start_after_upgrade_puts_the_new_iso_in_the_dvd_drive() {
+    let s = created();
+    let vhd = s.p("config.vhd");
+    let iso = path_str(s.spec.boot.iso.as_deref().expect("iso"));
+    // The VM still holds the ISO of the image it was created with.
+    s.ok(
+        &["showvminfo", VM, "--machinereadable"],
+        &info("poweroff", &vhd),
+    );
+    s.ok(&attach_args("0", "dvddrive", &iso), "");
+    s.ok(
+        &[
+            "storageattach",
+            VM,
+            "--storagectl",
+            "SATA",
+            "--port",
+            "2",
+            "--device",
+            "0",
+            "--medium",
+            "none",
+        ],
+        "",
+    );
+    s.ok(&["closemedium", "disk", &vhd], "");
+    s.ok(&attach_args("2", "hdd", &vhd), "");
+    s.ok(&["startvm", VM, "--type", "headless"], "");
+    s.driver(options())
+        .start(&s.dir, &s.spec)
+        .await
+        .expect("start");
+    s.runner.assert_done();
+}
+
+#[test]
+fn host_only_networks_parse_and_plan_their_dhcp() {
+    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
+    assert_eq!(net.mask().to_string(), "255.255.255.0");
+    let (server, lower, upper) = net.dhcp_plan();
+    assert_eq!(
+        (server.to_string(), lower.to_string(), upper.to_string()),
+        (
+            "192.168.99.2".into(),
+            "192.168.99.100".into(),
+            "192.168.99.254".into()
+        )
+    );
+    let (server, ..) = HostOnlyNet::parse("10.5.0.7/16")
+        .expect("parses")
+        .dhcp_plan();
+    assert_eq!(server.to_string(), "10.5.0.1");
+    for bad in [
+        "192.168.99.1",
+        "192.168.99.1/31",
+        "300.1.1.1/24",
+        "192.168.99.255/24",
+    ] {
+        assert!(HostOnlyNet::parse(bad).is_err(), "{bad}");
+    }
+}
+
+/// `--virtualbox-hostonly-cidr`: a new host-only interface with that address, its DHCP server,
+/// and the VM's second card on it; the rest of create is unchanged.
+#[tokio::test]
+async fn create_with_a_host_only_network_adds_the_interface_dhcp_and_second_card() {
+    let s = setup();
+    let calls = create_calls(&s);
+    let nat = calls
+        .iter()
+        .position(|(argv, _)| argv.iter().any(|a| a == "--natpf1"))
+        .expect("create sets up NAT");
+    let mut calls = calls.into_iter();
+    for (argv, reply) in calls.by_ref().take(nat + 1) {
+        s.runner.expect(argv, reply);
+    }
+    // Another host-only interface exists, on another network.
+    s.ok(
+        &["list", "hostonlyifs"],
+        "Name:            vboxnet0\nGUID:            786f6276-656e-4074-8000-0a0027000000\nDHCP:            Disabled\nIPAddress:       192.168.56.1\nNetworkMask:     255.255.255.0\nStatus:          Up\n\n",
+    );
+    s.ok(
+        &["hostonlyif", "create"],
+        "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\nInterface 'vboxnet1' was successfully created\n",
+    );
+    s.ok(
+        &[
+            "hostonlyif",
+            "ipconfig",
+            "vboxnet1",
+            "--ip",
+            "192.168.99.1",
+            "--netmask",
+            "255.255.255.0",
+        ],
+        "",
+    );
+    s.ok(
+        &["list", "dhcpservers"],
+        "NetworkName:    HostInterfaceNetworking-vboxnet0\nIP:             192.168.56.100\nEnabled:        Yes\n\n",
+    );
+    s.ok(
+        &[
+            "dhcpserver",
+            "add",
+            "--netname",
+            "HostInterfaceNetworking-vboxnet1",
+            "--ip",
+            "192.168.99.2",
+            "--netmask",
+            "255.255.255.0",
+            "--lowerip",
+            "192.168.99.100",
+            "--upperip",
+            "192.168.99.254",
+            "--enable",
+        ],
+        "",
+    );
+    s.ok(
+        &[
+            "modifyvm",
+            VM,
+            "--nic2",
+            "hostonly",
+            "--nictype2",
+            "virtio",
+            "--nicpromisc2",
+            "deny",
+            "--hostonlyadapter2",
+            "vboxnet1",
+            "--cableconnected2",
+            "on",
+        ],
+        "",
+    );
+    for (argv, reply) in calls {
+        s.runner.expect(argv, reply);
+    }
+    s.driver(VirtualBoxOptions {
+        hostonly_cidr: Some("192.168.99.1/24".into()),
+        ..options()
+    })
+    .create(&s.dir, &s.spec)
+    .await
+    .expect("create");
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn an_existing_host_only_interface_and_dhcp_server_are_reused() {
+    let s = setup();
+    s.ok(
+        &["list", "hostonlyifs"],
+        "Name:            vboxnet3\nIPAddress:       192.168.99.1\nNetworkMask:     255.255.255.0\n\n",
+    );
+    s.ok(
+        &["list", "dhcpservers"],
+        "NetworkName:    HostInterfaceNetworking-vboxnet3\nIP:             192.168.99.6\n\n",
+    );
+    s.ok(
+        &[
+            "dhcpserver",
+            "modify",
+            "--netname",
+            "HostInterfaceNetworking-vboxnet3",
+            "--ip",
+            "192.168.99.2",
+            "--netmask",
+            "255.255.255.0",
+            "--lowerip",
+            "192.168.99.100",
+            "--upperip",
+            "192.168.99.254",
+            "--enable",
+        ],
+        "",
+    );
+    let driver = s.driver(options());
+    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
+    let adapter = driver.hostonly_adapter(&net).await.expect("adapter");
+    assert_eq!(adapter, "vboxnet3");
+    driver.hostonly_dhcp(&net, &adapter).await.expect("dhcp");
+    s.runner.assert_done();
 }

@@ -122,9 +122,41 @@ pub fn parse_machinereadable(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `list hostonlyifs` / `list dhcpservers` output: blocks separated by blank lines, each of
+/// `Key:   value` lines.
+pub fn parse_blocks(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut blocks = Vec::new();
+    let mut block = BTreeMap::new();
+    for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.trim().is_empty() {
+            if !block.is_empty() {
+                blocks.push(std::mem::take(&mut block));
+            }
+            continue;
+        }
+        if let Some((key, value)) = line.split_once(':') {
+            block.insert(key.trim().to_owned(), value.trim().to_owned());
+        }
+    }
+    if !block.is_empty() {
+        blocks.push(block);
+    }
+    blocks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_blocks_parse() {
+        let blocks = parse_blocks(
+            "Name:            vboxnet0\nGUID:            786f6276-656e-4074-8000-0a0027000000\nDHCP:            Disabled\nIPAddress:       192.168.56.1\nNetworkMask:     255.255.255.0\n\nName:            vboxnet1\r\nIPAddress:       192.168.99.1\r\n",
+        );
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(blocks[0]["IPAddress"], "192.168.56.1");
+        assert_eq!(blocks[1]["Name"], "vboxnet1");
+    }
 
     #[test]
     fn machinereadable_lines_parse_with_and_without_quotes() {

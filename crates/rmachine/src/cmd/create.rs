@@ -102,6 +102,18 @@ impl Args {
     pub fn set_plugin_options(&mut self, options: rmachine_driver::protocol::Options) {
         self.driver_options.plugin = options;
     }
+
+    /// Forgets the guest image settings that came from `RMACHINE_GUEST_IMAGE` /
+    /// `RMACHINE_GUEST_IMAGE_URL` (`image`, `url`): settings for the machines that boot one,
+    /// ignored by a driver that boots none (typed flags are still refused by the host).
+    pub fn ignore_guest_image_env(&mut self, image: bool, url: bool) {
+        if image {
+            self.guest_image = None;
+        }
+        if url {
+            self.guest_image_url = image::DEFAULT_DOWNLOAD_URL.to_string();
+        }
+    }
 }
 
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
