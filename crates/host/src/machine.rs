@@ -512,7 +512,8 @@ pub async fn create_with<D: Driver>(
 ) -> Result<MachineConfig, MachineError> {
     let began = Instant::now();
     let mut problems = options.problems(name);
-    let can_share = driver.info().capabilities.shares;
+    let capabilities = driver.info().capabilities;
+    let can_share = capabilities.shares || capabilities.sftp_shares;
     if !options.shares.is_empty() && !can_share {
         problems.push(format!(
             "--share: driver {} cannot share host folders",
@@ -545,7 +546,7 @@ pub async fn create_with<D: Driver>(
     let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
     {
         Ok(mut list) => {
-            shares::choose_transports(&mut list, driver.info().capabilities.virtio_fs);
+            shares::choose_transports(&mut list, &capabilities);
             list
         }
         Err(more) => {
@@ -607,7 +608,7 @@ pub async fn create_with<D: Driver>(
 
     progress(Progress::PreCreateChecks);
     driver
-        .precheck(&spec)
+        .precheck(&driver_spec(&spec))
         .await
         .map_err(|reason| MachineError::Precheck { reason })?;
 
@@ -731,7 +732,7 @@ async fn provision<D: Driver>(
 
     progress(Progress::CreatingVm);
     driver
-        .create(dir, spec)
+        .create(dir, &driver_spec(spec))
         .await
         .map_err(driver_err(name, "create the VM"))?;
     if let Some(login) = driver.ssh_login(dir) {
@@ -827,14 +828,19 @@ fn write_config_drive<D: Driver>(
             .vm
             .shares
             .iter()
-            .map(|share| ShareMount {
-                tag: share.tag.clone(),
-                guest_path: share.guest_path.clone(),
-                read_only: share.read_only,
-                filesystem: match share.transport {
+            .filter_map(|share| {
+                let filesystem = match share.transport {
                     ShareTransport::NineP => ShareFilesystem::NineP,
                     ShareTransport::VirtioFs => ShareFilesystem::Virtiofs,
-                },
+                    // Not the hypervisor's: the port agent mounts those over SSH.
+                    ShareTransport::Sftp => return None,
+                };
+                Some(ShareMount {
+                    tag: share.tag.clone(),
+                    guest_path: share.guest_path.clone(),
+                    read_only: share.read_only,
+                    filesystem,
+                })
             })
             .collect(),
         network: driver.guest_network().map(|n| StaticNetwork {
@@ -899,7 +905,7 @@ async fn boot<D: Driver>(
     progress(Progress::StartingVm);
     clock.mark(HostStage::VmStarting);
     driver
-        .start(dir, &config.vm)
+        .start(dir, &driver_spec(&config.vm))
         .await
         .map_err(driver_err(&name, "start the VM"))?;
     clock.mark(HostStage::VmRunning);
@@ -1085,7 +1091,7 @@ async fn reissue_for_new_address<D: Driver>(
         .await
         .map_err(driver_err(&name, "stop the VM"))?;
     driver
-        .start(dir, &config.vm)
+        .start(dir, &driver_spec(&config.vm))
         .await
         .map_err(driver_err(&name, "start the VM"))?;
     driver
@@ -1221,6 +1227,21 @@ pub async fn start(
     progress(Progress::WritingConfigDrive);
     write_config_drive(&config, &dir, &driver)?;
     boot(store, &driver, &dir, &mut config, timeout, began, progress).await
+}
+
+/// The spec a driver is given: without the shares it does not export (those over SFTP, which
+/// the port agent serves), so a driver that cannot share still boots a machine that has them.
+fn driver_spec(vm: &VmSpec) -> std::borrow::Cow<'_, VmSpec> {
+    if vm
+        .shares
+        .iter()
+        .all(|s| s.transport != ShareTransport::Sftp)
+    {
+        return std::borrow::Cow::Borrowed(vm);
+    }
+    let mut spec = vm.clone();
+    spec.shares.retain(|s| s.transport != ShareTransport::Sftp);
+    std::borrow::Cow::Owned(spec)
 }
 
 /// Starts the port agent of a running machine (replacing an older one): `program` is the

@@ -14,7 +14,10 @@
 //! 3. carries each TCP connection to the guest's `127.0.0.1:HOSTPORT`, where the engine's
 //!    userland proxy listens, in a `direct-tcpip` channel of the machine's SSH connection, and
 //!    UDP datagrams through one `rmachine-init udp-relay HOSTPORT` exec channel per port
-//!    ([`rmachine_guest_config::udp_frame`]).
+//!    ([`rmachine_guest_config::udp_frame`]);
+//! 4. mounts each share whose transport is SFTP (no hypervisor device for it) with one
+//!    `rmachine-init sftp-mount` exec channel per share and serves the folder on it
+//!    ([`crate::sftpshare`]), again after every reconnection (a `start`).
 //!
 //! SSH rather than the hypervisor's own forwarding: it works the same with every driver (QEMU,
 //! VirtualBox, Hyper-V, external ones), needs no VM reconfiguration while it runs, and is
@@ -37,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use rmachine_driver::Driver;
+use rmachine_driver::{Driver, Share, ShareTransport};
 use rmachine_guest_config::udp_frame::{self, FrameDecoder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,6 +49,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::engine_check::{EngineCheckError, EngineClient};
+use crate::sftpshare::{self, SftpShareState};
 use crate::ssh::{SshError, SshSession};
 use crate::store::{write_atomic, Store, StoreError};
 
@@ -232,6 +236,9 @@ pub struct AgentStatus {
     pub forwarded: Vec<Forward>,
     /// The ports it could not bind.
     pub failures: Vec<BindFailure>,
+    /// The machine's shares over SFTP, which the agent serves while it is connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SftpShareState>,
 }
 
 /// The agent as `rmachine inspect` shows it (`PortAgent`).
@@ -291,17 +298,22 @@ pub fn ls_errors(dir: &Path) -> Option<String> {
             dir.join(LOG_FILE).display()
         ));
     }
-    if status.failures.is_empty() {
-        return None;
-    }
-    Some(
-        status
-            .failures
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
+    let unmounted = status.shares.iter().filter_map(|share| {
+        share.error.as_ref().map(|error| {
+            format!(
+                "share {} on {} not mounted: {error}",
+                share.host_path.display(),
+                share.guest_path
+            )
+        })
+    });
+    let problems: Vec<String> = status
+        .failures
+        .iter()
+        .map(ToString::to_string)
+        .chain(unmounted)
+        .collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Starts `program port-agent NAME` detached (its own process group, stdio to the log) and
@@ -429,6 +441,8 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         containers: HashMap::new(),
         failures: Vec::new(),
         last_error: None,
+        shares: Vec::new(),
+        share_tasks: Vec::new(),
     };
     agent.write_status();
     let watch = async {
@@ -502,6 +516,9 @@ struct Agent {
     containers: HashMap<String, Vec<ActiveForward>>,
     failures: Vec<BindFailure>,
     last_error: Option<String>,
+    shares: Vec<SftpShareState>,
+    /// One task per share over SFTP; aborting it closes the share's channel.
+    share_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -519,6 +536,7 @@ impl Agent {
             last_error: self.last_error.clone(),
             forwarded,
             failures: self.failures.clone(),
+            shares: self.shares.clone(),
         };
         let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
         if let Err(e) = write_atomic(&self.status_path, &json, false) {
@@ -527,6 +545,10 @@ impl Agent {
     }
 
     fn disconnect(&mut self, error: Option<String>) {
+        for task in self.share_tasks.drain(..) {
+            task.abort();
+        }
+        self.shares.clear();
         self.containers.clear();
         self.failures.clear();
         self.ssh = None;
@@ -563,6 +585,8 @@ impl Agent {
             .map_err(FollowError::Engine)?;
         self.ssh = Some(ssh.clone());
         self.last_error = None;
+        let (share_tx, mut share_rx) = mpsc::unbounded_channel();
+        self.serve_shares(&config.vm.shares, &ssh, share_tx);
         let running = client
             .get_json(engine, "/containers/json")
             .await
@@ -592,12 +616,44 @@ impl Agent {
                         self.on_event(&client, engine, &event).await;
                     }
                 }
+                Some(state) = share_rx.recv() => {
+                    if let Some(known) = self.shares.iter_mut().find(|s| s.guest_path == state.guest_path) {
+                        *known = state;
+                    }
+                    self.write_status();
+                }
                 _ = tick.tick() => {
                     if ssh.is_closed() {
                         return Err(FollowError::SshClosed);
                     }
                 }
             }
+        }
+    }
+
+    /// Mounts each share over SFTP in the guest and serves it (see [`crate::sftpshare`]).
+    fn serve_shares(
+        &mut self,
+        shares: &[Share],
+        ssh: &Arc<SshSession>,
+        states: mpsc::UnboundedSender<SftpShareState>,
+    ) {
+        for share in shares
+            .iter()
+            .filter(|s| s.transport == ShareTransport::Sftp)
+        {
+            self.shares.push(SftpShareState {
+                host_path: share.host_path.clone(),
+                guest_path: share.guest_path.clone(),
+                mounted: false,
+                error: None,
+            });
+            self.share_tasks.push(tokio::spawn(sftpshare::serve_share(
+                ssh.clone(),
+                share.clone(),
+                sftpshare::MOUNT_COMMAND.to_owned(),
+                states.clone(),
+            )));
         }
     }
 

@@ -19,11 +19,16 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use rmachine_driver::Share;
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
-use tokio::io::{AsyncRead, AsyncWrite};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::ssh::SshSession;
 
 /// Directory entries sent per `READDIR` answer, to stay well under the packet size limit.
 const ENTRIES_PER_READDIR: usize = 128;
@@ -269,7 +274,8 @@ impl russh_sftp::server::Handler for ShareServer {
         pflags: OpenFlags,
         attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
-        let changes = OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        let changes =
+            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE;
         if pflags.intersects(changes) {
             self.writable()?;
         }
@@ -507,6 +513,107 @@ impl russh_sftp::server::Handler for ShareServer {
         .await?;
         Ok(ok(id))
     }
+}
+
+/// The guest command that mounts a share over its channel (the guest path follows).
+pub const MOUNT_COMMAND: &str = "rmachine-init sftp-mount";
+
+/// The line the guest's `sftp-mount` prints on stderr once the kernel has the mount.
+pub const MOUNTED_LINE: &str = "rmachine-sftp: mounted";
+
+/// The shell command, for the guest's `/bin/sh -c`, that mounts `share` with `program`.
+pub fn mount_command(program: &str, share: &Share) -> String {
+    let quoted = format!("'{}'", share.guest_path.replace('\'', r"'\''"));
+    if share.read_only {
+        format!("{program} --ro {quoted}")
+    } else {
+        format!("{program} {quoted}")
+    }
+}
+
+/// A share over SFTP as the port agent last saw it (`port-agent.json`, `inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SftpShareState {
+    /// The folder on the host.
+    pub host_path: PathBuf,
+    /// Where the guest mounts it.
+    pub guest_path: String,
+    /// Whether the guest has it mounted now.
+    pub mounted: bool,
+    /// Why it is not mounted, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Mounts `share` in the guest with `program` over a new channel of `ssh` and serves it until
+/// the channel closes; every change of its state is sent on `states`.
+pub async fn serve_share(
+    ssh: Arc<SshSession>,
+    share: Share,
+    program: String,
+    states: mpsc::UnboundedSender<SftpShareState>,
+) {
+    let state = |mounted: bool, error: Option<String>| SftpShareState {
+        host_path: share.host_path.clone(),
+        guest_path: share.guest_path.clone(),
+        mounted,
+        error,
+    };
+    let channel = match ssh.exec_channel(&mount_command(&program, &share)).await {
+        Ok(channel) => channel,
+        Err(e) => {
+            let _ = states.send(state(false, Some(crate::machine::error_chain(&e))));
+            return;
+        }
+    };
+    let (mut rx, tx) = channel.split();
+    let (mut ours, theirs) = tokio::io::duplex(4 * MAX_READ as usize);
+    let server = tokio::spawn(serve(theirs, share.host_path.clone(), share.read_only));
+    let mut stderr = String::new();
+    let mut exit_status = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            n = ours.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.data(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            msg = rx.wait() => match msg {
+                Some(russh::ChannelMsg::Data { data }) => {
+                    if ours.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(russh::ChannelMsg::ExtendedData { data, .. }) => {
+                    for line in String::from_utf8_lossy(&data).lines() {
+                        if line.trim() == MOUNTED_LINE {
+                            tracing::info!(share = %share.guest_path, "mounted over sftp");
+                            let _ = states.send(state(true, None));
+                        } else if !line.trim().is_empty() {
+                            tracing::warn!(share = %share.guest_path, "guest: {}", line.trim());
+                            stderr.push_str(line.trim());
+                            stderr.push('\n');
+                        }
+                    }
+                }
+                Some(russh::ChannelMsg::ExitStatus { exit_status: code }) => exit_status = Some(code),
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    server.abort();
+    let reason = match (stderr.trim(), exit_status) {
+        ("", Some(code)) => format!("the guest's sftp-mount exited with status {code}"),
+        ("", None) => "the SSH channel to the machine closed".to_owned(),
+        (text, _) => text.to_owned(),
+    };
+    let _ = states.send(state(false, Some(reason)));
 }
 
 #[cfg(test)]

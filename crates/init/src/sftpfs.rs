@@ -21,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite,
-    Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::RawSftpSession;
@@ -40,6 +40,9 @@ const MAX_WRITE: u32 = 128 * 1024;
 /// How long one SFTP request may take before the kernel gets `EIO` (a large write under
 /// emulation is slow).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// The line the host's agent waits for on stderr (`rmachine_host::sftpshare::MOUNTED_LINE`).
+pub const MOUNTED_LINE: &str = "rmachine-sftp: mounted";
 
 /// Kernel request threads: SFTP round trips are the cost, so a few run at once.
 const THREADS: usize = 4;
@@ -93,7 +96,19 @@ pub fn run(path: &Path, read_only: bool) -> Result<(), SftpMountError> {
             path: path.to_owned(),
             source,
         })?;
-    let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    // Our own descriptors rather than tokio's stdout, which goes through std's line-buffered
+    // `Stdout` and would hold binary SFTP packets until a newline.
+    let fd = |fd: std::io::Result<std::os::fd::OwnedFd>| {
+        fd.map(|fd| tokio::fs::File::from_std(std::fs::File::from(fd)))
+            .map_err(|source| SftpMountError::Fuse {
+                path: path.to_owned(),
+                source,
+            })
+    };
+    use std::os::fd::AsFd as _;
+    let input = fd(std::io::stdin().as_fd().try_clone_to_owned())?;
+    let output = fd(std::io::stdout().as_fd().try_clone_to_owned())?;
+    let stream = tokio::io::join(input, output);
     let sftp = runtime.block_on(async {
         let sftp = RawSftpSession::new(stream);
         sftp.set_timeout(REQUEST_TIMEOUT_SECS);
@@ -121,10 +136,14 @@ pub fn run(path: &Path, read_only: bool) -> Result<(), SftpMountError> {
     config.acl = SessionACL::All;
     config.n_threads = Some(THREADS);
     config.clone_fd = true;
-    fuser::mount(fs, path, &config).map_err(|source| SftpMountError::Fuse {
+    let fuse_error = |source| SftpMountError::Fuse {
         path: path.to_owned(),
         source,
-    })
+    };
+    let session = fuser::Session::new(fs, path, &config).map_err(fuse_error)?;
+    // The host's agent waits for this line to report the share mounted.
+    eprintln!("{MOUNTED_LINE}");
+    session.run().map_err(fuse_error)
 }
 
 /// The Linux errno for a failed SFTP request. SFTP v3 has few status codes; our host server
@@ -878,7 +897,10 @@ mod tests {
             })
         };
         assert_eq!(
-            errno(&status(StatusCode::Failure, "ENOTEMPTY: Directory not empty")),
+            errno(&status(
+                StatusCode::Failure,
+                "ENOTEMPTY: Directory not empty"
+            )),
             Errno::ENOTEMPTY
         );
         assert_eq!(
@@ -888,7 +910,10 @@ mod tests {
             )),
             Errno::EROFS
         );
-        assert_eq!(errno(&status(StatusCode::NoSuchFile, "gone")), Errno::ENOENT);
+        assert_eq!(
+            errno(&status(StatusCode::NoSuchFile, "gone")),
+            Errno::ENOENT
+        );
         assert_eq!(errno(&status(StatusCode::Failure, "odd")), Errno::EIO);
     }
 }
