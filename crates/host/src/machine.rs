@@ -31,6 +31,7 @@ use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
 use crate::image::{self, DownloadEvent, ImageError, ImageSource};
 use crate::portagent;
+use crate::sftpshare::SftpShareState;
 use crate::shares;
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::{
@@ -1227,6 +1228,72 @@ pub async fn start(
     progress(Progress::WritingConfigDrive);
     write_config_drive(&config, &dir, &driver)?;
     boot(store, &driver, &dir, &mut config, timeout, began, progress).await
+}
+
+/// How long `create` and `start` wait for the port agent to mount the shares over SFTP.
+pub const SFTP_SHARE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the port agent reports each of the machine's shares over SFTP mounted or
+/// failed, so that a `docker run -v` typed right after `create`/`start` finds the host's files
+/// rather than an empty folder; returns (and logs as warnings) one line per share that is not
+/// mounted.
+pub async fn wait_for_sftp_shares(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, MachineError> {
+    let config = store.load(name)?;
+    let wanted: Vec<&rmachine_driver::Share> = config
+        .vm
+        .shares
+        .iter()
+        .filter(|s| s.transport == ShareTransport::Sftp)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = store.machine_path(name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states = portagent::read_status(&dir)
+            .map(|s| s.shares)
+            .unwrap_or_default();
+        let state_of = |share: &rmachine_driver::Share| {
+            states
+                .iter()
+                .find(|s| s.guest_path == share.guest_path)
+                .cloned()
+        };
+        let settled = wanted
+            .iter()
+            .all(|share| state_of(share).is_some_and(|s| s.mounted || s.error.is_some()));
+        if settled || Instant::now() >= deadline {
+            let problems: Vec<String> = wanted
+                .iter()
+                .filter_map(|share| {
+                    let label = format!("{} on {}", share.host_path.display(), share.guest_path);
+                    match state_of(share) {
+                        Some(s) if s.mounted => None,
+                        Some(SftpShareState {
+                            error: Some(error), ..
+                        }) => Some(format!(
+                            "share {label} could not be mounted in the machine: {error}"
+                        )),
+                        _ => Some(format!(
+                            "share {label} was not mounted over SFTP within {} s (see {})",
+                            timeout.as_secs(),
+                            dir.join(portagent::LOG_FILE).display()
+                        )),
+                    }
+                })
+                .collect();
+            for problem in &problems {
+                tracing::warn!(machine = name, "{problem}");
+            }
+            return Ok(problems);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The spec a driver is given: without the shares it does not export (those over SFTP, which

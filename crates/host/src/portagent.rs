@@ -638,23 +638,58 @@ impl Agent {
         ssh: &Arc<SshSession>,
         states: mpsc::UnboundedSender<SftpShareState>,
     ) {
-        for share in shares
+        let shares: Vec<Share> = shares
             .iter()
             .filter(|s| s.transport == ShareTransport::Sftp)
-        {
-            self.shares.push(SftpShareState {
+            .cloned()
+            .collect();
+        if shares.is_empty() {
+            return;
+        }
+        self.shares = shares
+            .iter()
+            .map(|share| SftpShareState {
                 host_path: share.host_path.clone(),
                 guest_path: share.guest_path.clone(),
                 mounted: false,
                 error: None,
-            });
-            self.share_tasks.push(tokio::spawn(sftpshare::serve_share(
-                ssh.clone(),
-                share.clone(),
-                sftpshare::MOUNT_COMMAND.to_owned(),
-                states.clone(),
-            )));
-        }
+            })
+            .collect();
+        let ssh = ssh.clone();
+        // One after the other, in the order given, as the guest mounts the others: a share
+        // whose guest path lies inside another must find that one mounted first.
+        self.share_tasks.push(tokio::spawn(async move {
+            struct AbortOnDrop(Vec<JoinHandle<()>>);
+            impl Drop for AbortOnDrop {
+                fn drop(&mut self) {
+                    for task in &self.0 {
+                        task.abort();
+                    }
+                }
+            }
+            let mut tasks = AbortOnDrop(Vec::new());
+            for share in shares {
+                let (one_tx, mut one_rx) = mpsc::unbounded_channel();
+                tasks.0.push(tokio::spawn(sftpshare::serve_share(
+                    ssh.clone(),
+                    share,
+                    sftpshare::MOUNT_COMMAND.to_owned(),
+                    one_tx,
+                )));
+                if let Some(first) = one_rx.recv().await {
+                    let _ = states.send(first);
+                }
+                let states = states.clone();
+                tasks.0.push(tokio::spawn(async move {
+                    while let Some(state) = one_rx.recv().await {
+                        let _ = states.send(state);
+                    }
+                }));
+            }
+            // The shares live as long as this task: the agent aborts it on disconnection.
+            std::future::pending::<()>().await;
+            drop(tasks);
+        }));
     }
 
     async fn on_event(&mut self, client: &EngineClient, engine: SocketAddr, event: &Value) {
