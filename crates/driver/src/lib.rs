@@ -452,6 +452,12 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// The data disk's image file on the host, when the driver keeps one there (`rmachine
+    /// inspect` shows its allocated size); `None` when it cannot tell.
+    fn data_disk_image(&self, _dir: &MachineDir) -> Option<PathBuf> {
+        None
+    }
+
     /// The user and key SSH logs in with once `create` succeeded, when the driver's options
     /// chose them; `None` means the host's own: root with the key it generated for the machine.
     fn ssh_login(&self, _dir: &MachineDir) -> Option<SshLogin> {

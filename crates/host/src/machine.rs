@@ -1705,6 +1705,37 @@ pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineEr
     ))
 }
 
+/// The data disk image as `inspect` shows it (`DataDiskImage`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskImageSize {
+    /// The image file.
+    pub path: PathBuf,
+    /// The bytes the host's file system holds for it (what discard and fstrim give back);
+    /// `None` where the platform does not tell (Windows).
+    pub allocated_bytes: Option<u64>,
+    /// Its apparent size (a sparse image's largest offset).
+    pub apparent_bytes: u64,
+}
+
+/// The sizes of a disk image, if it exists.
+pub fn disk_image_size(path: &std::path::Path) -> Option<DiskImageSize> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let allocated = {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block size.
+        Some(meta.blocks().saturating_mul(512))
+    };
+    #[cfg(not(unix))]
+    let allocated = None;
+    Some(DiskImageSize {
+        path: path.to_owned(),
+        allocated_bytes: allocated,
+        apparent_bytes: meta.len(),
+    })
+}
+
 /// `inspect NAME [-f FORMAT]`: the record as 4-space-indented JSON, or rendered by `format`.
 pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String, MachineError> {
     let config = store.load(name)?;
@@ -1722,6 +1753,26 @@ pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String
         map.insert(
             "HypervisorRssBytes".to_string(),
             rss.map(Value::from).unwrap_or(Value::Null),
+        );
+        // Live too: the data disk image on the host, and the guest's usage as the agent
+        // last read it.
+        let image = driver_for(&config)
+            .ok()
+            .and_then(|driver| driver.data_disk_image(&store.machine_dir(name)))
+            .and_then(|path| disk_image_size(&path));
+        map.insert(
+            "DataDiskImage".to_string(),
+            image
+                .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null),
+        );
+        let usage =
+            portagent::read_status(&store.machine_path(name)).and_then(|s| s.data_disk_usage);
+        map.insert(
+            "DataDiskUsage".to_string(),
+            usage
+                .map(|u| serde_json::to_value(u).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null),
         );
     }
     match format {
@@ -2418,6 +2469,70 @@ mod tests {
         );
         assert!(driver.calls().is_empty());
         assert!(!store.root().exists());
+    }
+
+    #[tokio::test]
+    #[test]
+    fn a_sparse_disk_image_shows_its_allocated_bytes_beside_its_apparent_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("disk.qcow2");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(256 << 20).unwrap();
+        let sparse = disk_image_size(&path).unwrap();
+        assert_eq!(sparse.apparent_bytes, 256 << 20);
+        assert!(
+            sparse.allocated_bytes.unwrap() < 1 << 20,
+            "a sparse file counted whole: {sparse:?}"
+        );
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![1u8; 4 << 20], 0).unwrap();
+        file.sync_all().unwrap();
+        let written = disk_image_size(&path).unwrap();
+        assert!(written.allocated_bytes.unwrap() >= 4 << 20, "{written:?}");
+        assert_eq!(disk_image_size(&tmp.path().join("none")), None);
+    }
+
+    #[tokio::test]
+    async fn inspect_shows_the_guests_disk_usage_and_ls_the_shares_not_mounted() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..FakeDriver::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "usage", &options, &progress)
+            .await
+            .unwrap();
+        let status = portagent::AgentStatus {
+            pid: 1,
+            connected: true,
+            shares: vec![SftpShareState {
+                host_path: "/home/me".into(),
+                guest_path: "/home/me".into(),
+                mounted: false,
+                error: Some("no fuse".into()),
+            }],
+            data_disk_usage: Some(portagent::GuestDiskUsage {
+                usage: rmachine_guest_config::report::DiskUsage::from_blocks(4096, 1000, 250, 200),
+                time: "2026-12-06T12:00:00Z".into(),
+            }),
+            ..Default::default()
+        };
+        let dir = store.machine_path("usage");
+        std::fs::write(
+            dir.join(portagent::STATUS_FILE),
+            serde_json::to_vec(&status).unwrap(),
+        )
+        .unwrap();
+        let shown = inspect(
+            &store,
+            "usage",
+            Some("{{.DataDiskUsage.TotalBytes}} {{.DataDiskUsage.UsedBytes}} {{.DataDiskUsage.AvailableBytes}}"),
+        )
+        .unwrap();
+        assert_eq!(shown, "4096000 3072000 819200\n");
+        // No agent holds the lock here, so ls says that first; the share's line is what a
+        // running agent adds (checked through `ls_errors` on a status it would write).
+        assert!(portagent::ls_errors(&dir).is_some());
     }
 
     #[tokio::test]

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use rmachine_driver::{Driver, Share, ShareTransport};
+use rmachine_guest_config::report::DiskUsage;
 use rmachine_guest_config::udp_frame::{self, FrameDecoder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -239,6 +240,50 @@ pub struct AgentStatus {
     /// The machine's shares over SFTP, which the agent serves while it is connected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<SftpShareState>,
+    /// The data disk's usage in the guest, refreshed every [`USAGE_EVERY`] while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk_usage: Option<GuestDiskUsage>,
+}
+
+/// The guest's data disk usage and when the agent read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GuestDiskUsage {
+    /// The figures (`statvfs` of the data disk in the guest).
+    #[serde(flatten)]
+    pub usage: DiskUsage,
+    /// When they were read (RFC 3339).
+    pub time: String,
+}
+
+/// How often the agent reads the data disk's usage in the guest.
+pub const USAGE_EVERY: Duration = Duration::from_secs(30);
+
+/// The guest command that prints the data disk's usage as JSON.
+pub const DISK_USAGE_COMMAND: &str = "rmachine-init disk-usage";
+
+/// Reads the guest's data disk usage over `ssh` with `command`.
+pub async fn read_disk_usage(ssh: &SshSession, command: &str) -> Option<DiskUsage> {
+    let mut out = Vec::new();
+    let status = ssh
+        .run_with(
+            command,
+            None::<tokio::io::Empty>,
+            &mut out,
+            tokio::io::sink(),
+        )
+        .await;
+    match status {
+        Ok(0) => serde_json::from_slice(&out).ok(),
+        Ok(code) => {
+            tracing::debug!(code, "disk-usage failed (an older guest image?)");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %crate::machine::error_chain(&e), "disk-usage");
+            None
+        }
+    }
 }
 
 /// The agent as `rmachine inspect` shows it (`PortAgent`).
@@ -443,6 +488,7 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         last_error: None,
         shares: Vec::new(),
         share_tasks: Vec::new(),
+        usage: None,
     };
     agent.write_status();
     let watch = async {
@@ -519,6 +565,7 @@ struct Agent {
     shares: Vec<SftpShareState>,
     /// One task per share over SFTP; aborting it closes the share's channel.
     share_tasks: Vec<JoinHandle<()>>,
+    usage: Option<GuestDiskUsage>,
 }
 
 impl Agent {
@@ -537,6 +584,7 @@ impl Agent {
             forwarded,
             failures: self.failures.clone(),
             shares: self.shares.clone(),
+            data_disk_usage: self.usage.clone(),
         };
         let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
         if let Err(e) = write_atomic(&self.status_path, &json, false) {
@@ -603,8 +651,25 @@ impl Agent {
         tracing::info!(machine = name, "following the engine's events");
         let mut lines = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut usage_tick = tokio::time::interval(USAGE_EVERY);
+        let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
         loop {
             tokio::select! {
+                _ = usage_tick.tick() => {
+                    let (ssh, usage_tx) = (ssh.clone(), usage_tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(usage) = read_disk_usage(&ssh, DISK_USAGE_COMMAND).await {
+                            let _ = usage_tx.send(usage);
+                        }
+                    });
+                }
+                Some(usage) = usage_rx.recv() => {
+                    self.usage = Some(GuestDiskUsage {
+                        usage,
+                        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    });
+                    self.write_status();
+                }
                 frame = events.frame() => {
                     let Some(frame) = frame else { return Ok(()) };
                     let frame = frame.map_err(FollowError::Events)?;

@@ -1120,6 +1120,10 @@ impl Driver for QemuDriver {
         process::resident_bytes(&dir.file(PIDFILE))
     }
 
+    fn data_disk_image(&self, dir: &MachineDir) -> Option<PathBuf> {
+        Some(dir.file(DISK))
+    }
+
     fn info(&self) -> DriverInfo {
         DriverInfo {
             name: DRIVER.to_owned(),
