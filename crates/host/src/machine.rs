@@ -2472,6 +2472,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[cfg(unix)]
     #[test]
     fn a_sparse_disk_image_shows_its_allocated_bytes_beside_its_apparent_size() {
         let tmp = tempfile::tempdir().unwrap();
