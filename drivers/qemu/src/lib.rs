@@ -1985,6 +1985,15 @@ mod tests {
                 .for_host(LINUX);
         assert!(!driver.info().capabilities.virtio_fs);
         assert!(driver.info().capabilities.shares);
+        // sftp: no device at all, the host serves every share over SSH.
+        let sftp = Cli::parse_from(["x", "--qemu-share-transport", "sftp"]);
+        let driver = QemuDriver::with_runner(sftp.qemu, Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let caps = driver.info().capabilities;
+        assert!(
+            !caps.shares && !caps.virtio_fs && caps.sftp_shares,
+            "{caps:?}"
+        );
         let back: QemuOptions = serde_json::from_value(json).expect("back");
         assert_eq!(back, cli.qemu);
         let empty: QemuOptions = serde_json::from_str("{}").expect("defaults");
