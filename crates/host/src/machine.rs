@@ -2493,7 +2493,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn inspect_shows_the_guests_disk_usage_and_ls_the_shares_not_mounted() {
+    async fn inspect_shows_the_guests_disk_usage_as_the_agent_read_it() {
         let (_tmp, store, options) = setup();
         let driver = FakeDriver {
             serve_engine: true,
@@ -2506,12 +2506,6 @@ mod tests {
         let status = portagent::AgentStatus {
             pid: 1,
             connected: true,
-            shares: vec![SftpShareState {
-                host_path: "/home/me".into(),
-                guest_path: "/home/me".into(),
-                mounted: false,
-                error: Some("no fuse".into()),
-            }],
             data_disk_usage: Some(portagent::GuestDiskUsage {
                 usage: rmachine_guest_config::report::DiskUsage::from_blocks(4096, 1000, 250, 200),
                 time: "2026-12-06T12:00:00Z".into(),
@@ -2531,9 +2525,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(shown, "4096000 3072000 819200\n");
-        // No agent holds the lock here, so ls says that first; the share's line is what a
-        // running agent adds (checked through `ls_errors` on a status it would write).
-        assert!(portagent::ls_errors(&dir).is_some());
+        let shown = inspect(&store, "usage", Some("{{json .DataDiskImage}}")).unwrap();
+        assert_eq!(shown, "null\n", "the fake driver keeps no image");
     }
 
     #[tokio::test]

@@ -1083,6 +1083,21 @@ mod tests {
                 host_port: 8080,
                 error: "Address already in use (os error 98)".into(),
             }],
+            shares: vec![
+                SftpShareState {
+                    host_path: "/home/me".into(),
+                    guest_path: "/home/me".into(),
+                    mounted: true,
+                    error: None,
+                },
+                SftpShareState {
+                    host_path: "/srv".into(),
+                    guest_path: "/srv".into(),
+                    mounted: false,
+                    error: Some("no fuse".into()),
+                },
+            ],
+            data_disk_usage: None,
         };
         let json = serde_json::to_vec(&status).expect("serializable");
         std::fs::write(dir.join(STATUS_FILE), json).expect("write status");
@@ -1091,7 +1106,8 @@ mod tests {
         lock.lock().expect("lock");
         assert_eq!(
             ls_errors(dir).as_deref(),
-            Some("cannot publish 127.0.0.1:8080/tcp of container 0123456789ab: Address already in use (os error 98)")
+            Some("cannot publish 127.0.0.1:8080/tcp of container 0123456789ab: Address already in use (os error 98); \
+                  share /srv on /srv not mounted: no fuse")
         );
         let shown = serde_json::to_value(report(dir)).expect("serializable");
         assert_eq!(shown["Running"], true);
