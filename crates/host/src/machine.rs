@@ -2471,7 +2471,6 @@ mod tests {
         assert!(!store.root().exists());
     }
 
-    #[tokio::test]
     #[cfg(unix)]
     #[test]
     fn a_sparse_disk_image_shows_its_allocated_bytes_beside_its_apparent_size() {
