@@ -93,6 +93,8 @@ MODULES=(
   xt_comment xt_mark xt_multiport
   # host folder shares (QEMU virtio-9p, virtio-fs with virtiofsd): docs/internals.md, "Shares"
   9p 9pnet 9pnet_virtio netfs virtiofs
+  # host folder shares over SSH (transport sftp): rmachine-init sftp-mount mounts with FUSE
+  fuse
   "${EXTRA_MODULES[@]}"
 )
 

@@ -121,6 +121,10 @@ pub enum ShareTransport {
     /// virtio-fs, served by a virtiofsd daemon per share.
     #[serde(rename = "virtiofs")]
     VirtioFs,
+    /// SFTP over the machine's SSH connection, served by the host's port agent and mounted by
+    /// the guest with FUSE: no hypervisor device, so the driver has nothing to export.
+    #[serde(rename = "sftp")]
+    Sftp,
 }
 
 impl std::fmt::Display for ShareTransport {
@@ -128,6 +132,7 @@ impl std::fmt::Display for ShareTransport {
         f.write_str(match self {
             ShareTransport::NineP => "9p",
             ShareTransport::VirtioFs => "virtiofs",
+            ShareTransport::Sftp => "sftp",
         })
     }
 }
@@ -228,6 +233,12 @@ pub struct Capabilities {
     /// MUST refuse a spec with shares.
     #[serde(default)]
     pub shares: bool,
+    /// The guest runs rmachine's own init and SSH server, so the host can share folders over
+    /// the SSH connection ([`ShareTransport::Sftp`]) where the driver has no device for them
+    /// ([`Capabilities::shares`] false) or the user chose it. The driver never sees those
+    /// shares: they are left out of the [`VmSpec`] it is given.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sftp_shares: bool,
     /// Shares that are not read-only are exported over virtio-fs
     /// ([`ShareTransport::VirtioFs`]): the driver found a virtiofsd that can serve them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -438,6 +449,12 @@ pub trait Driver: Send + Sync {
     /// Resident memory of the hypervisor process running this VM, in bytes, when the driver
     /// can tell (`rmachine inspect` shows it); `None` when the VM does not run.
     fn resident_bytes(&self, _dir: &MachineDir) -> Option<u64> {
+        None
+    }
+
+    /// The data disk's image file on the host, when the driver keeps one there (`rmachine
+    /// inspect` shows its allocated size); `None` when it cannot tell.
+    fn data_disk_image(&self, _dir: &MachineDir) -> Option<PathBuf> {
         None
     }
 

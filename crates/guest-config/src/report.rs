@@ -62,6 +62,30 @@ pub fn last_shares_report(console: &str) -> Option<SharesReport> {
     })
 }
 
+/// The data disk's filesystem usage as the guest sees it (`statvfs` of its mount point),
+/// printed as JSON by `rmachine-init disk-usage` for the host's port agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskUsage {
+    /// The filesystem's size.
+    pub total_bytes: u64,
+    /// What is in use (size less free blocks, reserved ones included).
+    pub used_bytes: u64,
+    /// What an unprivileged writer could still use.
+    pub available_bytes: u64,
+}
+
+impl DiskUsage {
+    /// Usage from `statvfs` figures: fragment size, total, free and available blocks.
+    pub fn from_blocks(fragment: u64, blocks: u64, free: u64, available: u64) -> Self {
+        DiskUsage {
+            total_bytes: blocks.saturating_mul(fragment),
+            used_bytes: blocks.saturating_sub(free).saturating_mul(fragment),
+            available_bytes: available.saturating_mul(fragment),
+        }
+    }
+}
+
 /// The data disk as one boot found and left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -17,6 +17,7 @@ pub mod image;
 pub mod machine;
 pub mod portagent;
 pub mod scp;
+pub mod sftpshare;
 pub mod shares;
 pub mod ssh;
 pub mod store;

@@ -31,6 +31,7 @@ use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
 use crate::image::{self, DownloadEvent, ImageError, ImageSource};
 use crate::portagent;
+use crate::sftpshare::SftpShareState;
 use crate::shares;
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::{
@@ -514,7 +515,8 @@ pub async fn create_with<D: Driver>(
 ) -> Result<MachineConfig, MachineError> {
     let began = Instant::now();
     let mut problems = options.problems(name);
-    let can_share = driver.info().capabilities.shares;
+    let capabilities = driver.info().capabilities;
+    let can_share = capabilities.shares || capabilities.sftp_shares;
     if !options.shares.is_empty() && !can_share {
         problems.push(format!(
             "--share: driver {} cannot share host folders",
@@ -562,7 +564,7 @@ pub async fn create_with<D: Driver>(
     let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
     {
         Ok(mut list) => {
-            shares::choose_transports(&mut list, driver.info().capabilities.virtio_fs);
+            shares::choose_transports(&mut list, &capabilities);
             list
         }
         Err(more) => {
@@ -616,7 +618,7 @@ pub async fn create_with<D: Driver>(
 
     progress(Progress::PreCreateChecks);
     driver
-        .precheck(&spec)
+        .precheck(&driver_spec(&spec))
         .await
         .map_err(|reason| MachineError::Precheck { reason })?;
 
@@ -772,7 +774,7 @@ async fn provision<D: Driver>(
     store.save(&config)?;
     progress(Progress::CreatingVm);
     driver
-        .create(dir, spec)
+        .create(dir, &driver_spec(spec))
         .await
         .map_err(driver_err(name, "create the VM"))?;
     if let Some(login) = driver.ssh_login(dir) {
@@ -868,14 +870,19 @@ fn write_config_drive<D: Driver>(
             .vm
             .shares
             .iter()
-            .map(|share| ShareMount {
-                tag: share.tag.clone(),
-                guest_path: share.guest_path.clone(),
-                read_only: share.read_only,
-                filesystem: match share.transport {
+            .filter_map(|share| {
+                let filesystem = match share.transport {
                     ShareTransport::NineP => ShareFilesystem::NineP,
                     ShareTransport::VirtioFs => ShareFilesystem::Virtiofs,
-                },
+                    // Not the hypervisor's: the port agent mounts those over SSH.
+                    ShareTransport::Sftp => return None,
+                };
+                Some(ShareMount {
+                    tag: share.tag.clone(),
+                    guest_path: share.guest_path.clone(),
+                    read_only: share.read_only,
+                    filesystem,
+                })
             })
             .collect(),
         network: driver.guest_network().map(|n| StaticNetwork {
@@ -940,7 +947,7 @@ async fn boot<D: Driver>(
     progress(Progress::StartingVm);
     clock.mark(HostStage::VmStarting);
     driver
-        .start(dir, &config.vm)
+        .start(dir, &driver_spec(&config.vm))
         .await
         .map_err(driver_err(&name, "start the VM"))?;
     clock.mark(HostStage::VmRunning);
@@ -1126,7 +1133,7 @@ async fn reissue_for_new_address<D: Driver>(
         .await
         .map_err(driver_err(&name, "stop the VM"))?;
     driver
-        .start(dir, &config.vm)
+        .start(dir, &driver_spec(&config.vm))
         .await
         .map_err(driver_err(&name, "start the VM"))?;
     driver
@@ -1262,6 +1269,87 @@ pub async fn start(
     progress(Progress::WritingConfigDrive);
     write_config_drive(&config, &dir, &driver)?;
     boot(store, &driver, &dir, &mut config, timeout, began, progress).await
+}
+
+/// How long `create` and `start` wait for the port agent to mount the shares over SFTP.
+pub const SFTP_SHARE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the port agent reports each of the machine's shares over SFTP mounted or
+/// failed, so that a `docker run -v` typed right after `create`/`start` finds the host's files
+/// rather than an empty folder; returns (and logs as warnings) one line per share that is not
+/// mounted.
+pub async fn wait_for_sftp_shares(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, MachineError> {
+    let config = store.load(name)?;
+    let wanted: Vec<&rmachine_driver::Share> = config
+        .vm
+        .shares
+        .iter()
+        .filter(|s| s.transport == ShareTransport::Sftp)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = store.machine_path(name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states = portagent::read_status(&dir)
+            .map(|s| s.shares)
+            .unwrap_or_default();
+        let state_of = |share: &rmachine_driver::Share| {
+            states
+                .iter()
+                .find(|s| s.guest_path == share.guest_path)
+                .cloned()
+        };
+        let settled = wanted
+            .iter()
+            .all(|share| state_of(share).is_some_and(|s| s.mounted || s.error.is_some()));
+        if settled || Instant::now() >= deadline {
+            let problems: Vec<String> = wanted
+                .iter()
+                .filter_map(|share| {
+                    let label = format!("{} on {}", share.host_path.display(), share.guest_path);
+                    match state_of(share) {
+                        Some(s) if s.mounted => None,
+                        Some(SftpShareState {
+                            error: Some(error), ..
+                        }) => Some(format!(
+                            "share {label} could not be mounted in the machine: {error}"
+                        )),
+                        _ => Some(format!(
+                            "share {label} was not mounted over SFTP within {} s (see {})",
+                            timeout.as_secs(),
+                            dir.join(portagent::LOG_FILE).display()
+                        )),
+                    }
+                })
+                .collect();
+            for problem in &problems {
+                tracing::warn!(machine = name, "{problem}");
+            }
+            return Ok(problems);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The spec a driver is given: without the shares it does not export (those over SFTP, which
+/// the port agent serves), so a driver that cannot share still boots a machine that has them.
+fn driver_spec(vm: &VmSpec) -> std::borrow::Cow<'_, VmSpec> {
+    if vm
+        .shares
+        .iter()
+        .all(|s| s.transport != ShareTransport::Sftp)
+    {
+        return std::borrow::Cow::Borrowed(vm);
+    }
+    let mut spec = vm.clone();
+    spec.shares.retain(|s| s.transport != ShareTransport::Sftp);
+    std::borrow::Cow::Owned(spec)
 }
 
 /// Starts the port agent of a running machine (replacing an older one): `program` is the
@@ -1658,6 +1746,37 @@ pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineEr
     ))
 }
 
+/// The data disk image as `inspect` shows it (`DataDiskImage`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskImageSize {
+    /// The image file.
+    pub path: PathBuf,
+    /// The bytes the host's file system holds for it (what discard and fstrim give back);
+    /// `None` where the platform does not tell (Windows).
+    pub allocated_bytes: Option<u64>,
+    /// Its apparent size (a sparse image's largest offset).
+    pub apparent_bytes: u64,
+}
+
+/// The sizes of a disk image, if it exists.
+pub fn disk_image_size(path: &std::path::Path) -> Option<DiskImageSize> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let allocated = {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block size.
+        Some(meta.blocks().saturating_mul(512))
+    };
+    #[cfg(not(unix))]
+    let allocated = None;
+    Some(DiskImageSize {
+        path: path.to_owned(),
+        allocated_bytes: allocated,
+        apparent_bytes: meta.len(),
+    })
+}
+
 /// `inspect NAME [-f FORMAT]`: the record as 4-space-indented JSON, or rendered by `format`.
 pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String, MachineError> {
     let config = store.load(name)?;
@@ -1675,6 +1794,26 @@ pub fn inspect(store: &Store, name: &str, format: Option<&str>) -> Result<String
         map.insert(
             "HypervisorRssBytes".to_string(),
             rss.map(Value::from).unwrap_or(Value::Null),
+        );
+        // Live too: the data disk image on the host, and the guest's usage as the agent
+        // last read it.
+        let image = driver_for(&config)
+            .ok()
+            .and_then(|driver| driver.data_disk_image(&store.machine_dir(name)))
+            .and_then(|path| disk_image_size(&path));
+        map.insert(
+            "DataDiskImage".to_string(),
+            image
+                .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null),
+        );
+        let usage =
+            portagent::read_status(&store.machine_path(name)).and_then(|s| s.data_disk_usage);
+        map.insert(
+            "DataDiskUsage".to_string(),
+            usage
+                .map(|u| serde_json::to_value(u).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null),
         );
     }
     match format {
@@ -2371,6 +2510,63 @@ mod tests {
         );
         assert!(driver.calls().is_empty());
         assert!(!store.root().exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_sparse_disk_image_shows_its_allocated_bytes_beside_its_apparent_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("disk.qcow2");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(256 << 20).unwrap();
+        let sparse = disk_image_size(&path).unwrap();
+        assert_eq!(sparse.apparent_bytes, 256 << 20);
+        assert!(
+            sparse.allocated_bytes.unwrap() < 1 << 20,
+            "a sparse file counted whole: {sparse:?}"
+        );
+        std::os::unix::fs::FileExt::write_all_at(&file, &vec![1u8; 4 << 20], 0).unwrap();
+        file.sync_all().unwrap();
+        let written = disk_image_size(&path).unwrap();
+        assert!(written.allocated_bytes.unwrap() >= 4 << 20, "{written:?}");
+        assert_eq!(disk_image_size(&tmp.path().join("none")), None);
+    }
+
+    #[tokio::test]
+    async fn inspect_shows_the_guests_disk_usage_as_the_agent_read_it() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..FakeDriver::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "usage", &options, &progress)
+            .await
+            .unwrap();
+        let status = portagent::AgentStatus {
+            pid: 1,
+            connected: true,
+            data_disk_usage: Some(portagent::GuestDiskUsage {
+                usage: rmachine_guest_config::report::DiskUsage::from_blocks(4096, 1000, 250, 200),
+                time: "2026-12-06T12:00:00Z".into(),
+            }),
+            ..Default::default()
+        };
+        let dir = store.machine_path("usage");
+        std::fs::write(
+            dir.join(portagent::STATUS_FILE),
+            serde_json::to_vec(&status).unwrap(),
+        )
+        .unwrap();
+        let shown = inspect(
+            &store,
+            "usage",
+            Some("{{.DataDiskUsage.TotalBytes}} {{.DataDiskUsage.UsedBytes}} {{.DataDiskUsage.AvailableBytes}}"),
+        )
+        .unwrap();
+        assert_eq!(shown, "4096000 3072000 819200\n");
+        let shown = inspect(&store, "usage", Some("{{json .DataDiskImage}}")).unwrap();
+        assert_eq!(shown, "null\n", "the fake driver keeps no image");
     }
 
     #[tokio::test]

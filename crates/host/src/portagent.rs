@@ -14,7 +14,10 @@
 //! 3. carries each TCP connection to the guest's `127.0.0.1:HOSTPORT`, where the engine's
 //!    userland proxy listens, in a `direct-tcpip` channel of the machine's SSH connection, and
 //!    UDP datagrams through one `rmachine-init udp-relay HOSTPORT` exec channel per port
-//!    ([`rmachine_guest_config::udp_frame`]).
+//!    ([`rmachine_guest_config::udp_frame`]);
+//! 4. mounts each share whose transport is SFTP (no hypervisor device for it) with one
+//!    `rmachine-init sftp-mount` exec channel per share and serves the folder on it
+//!    ([`crate::sftpshare`]), again after every reconnection (a `start`).
 //!
 //! SSH rather than the hypervisor's own forwarding: it works the same with every driver (QEMU,
 //! VirtualBox, Hyper-V, external ones), needs no VM reconfiguration while it runs, and is
@@ -37,7 +40,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use rmachine_driver::Driver;
+use rmachine_driver::{Driver, Share, ShareTransport};
+use rmachine_guest_config::report::DiskUsage;
 use rmachine_guest_config::udp_frame::{self, FrameDecoder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,6 +50,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::engine_check::{EngineCheckError, EngineClient};
+use crate::sftpshare::{self, SftpShareState};
 use crate::ssh::{SshError, SshSession};
 use crate::store::{write_atomic, Store, StoreError};
 
@@ -232,6 +237,53 @@ pub struct AgentStatus {
     pub forwarded: Vec<Forward>,
     /// The ports it could not bind.
     pub failures: Vec<BindFailure>,
+    /// The machine's shares over SFTP, which the agent serves while it is connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<SftpShareState>,
+    /// The data disk's usage in the guest, refreshed every [`USAGE_EVERY`] while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk_usage: Option<GuestDiskUsage>,
+}
+
+/// The guest's data disk usage and when the agent read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GuestDiskUsage {
+    /// The figures (`statvfs` of the data disk in the guest).
+    #[serde(flatten)]
+    pub usage: DiskUsage,
+    /// When they were read (RFC 3339).
+    pub time: String,
+}
+
+/// How often the agent reads the data disk's usage in the guest.
+pub const USAGE_EVERY: Duration = Duration::from_secs(30);
+
+/// The guest command that prints the data disk's usage as JSON.
+pub const DISK_USAGE_COMMAND: &str = "rmachine-init disk-usage";
+
+/// Reads the guest's data disk usage over `ssh` with `command`.
+pub async fn read_disk_usage(ssh: &SshSession, command: &str) -> Option<DiskUsage> {
+    let mut out = Vec::new();
+    let status = ssh
+        .run_with(
+            command,
+            None::<tokio::io::Empty>,
+            &mut out,
+            tokio::io::sink(),
+        )
+        .await;
+    match status {
+        Ok(0) => serde_json::from_slice(&out).ok(),
+        Ok(code) => {
+            tracing::debug!(code, "disk-usage failed (an older guest image?)");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %crate::machine::error_chain(&e), "disk-usage");
+            None
+        }
+    }
 }
 
 /// The agent as `rmachine inspect` shows it (`PortAgent`).
@@ -291,17 +343,22 @@ pub fn ls_errors(dir: &Path) -> Option<String> {
             dir.join(LOG_FILE).display()
         ));
     }
-    if status.failures.is_empty() {
-        return None;
-    }
-    Some(
-        status
-            .failures
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
+    let unmounted = status.shares.iter().filter_map(|share| {
+        share.error.as_ref().map(|error| {
+            format!(
+                "share {} on {} not mounted: {error}",
+                share.host_path.display(),
+                share.guest_path
+            )
+        })
+    });
+    let problems: Vec<String> = status
+        .failures
+        .iter()
+        .map(ToString::to_string)
+        .chain(unmounted)
+        .collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
 }
 
 /// Starts `program port-agent NAME` detached (its own process group, stdio to the log) and
@@ -429,6 +486,9 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         containers: HashMap::new(),
         failures: Vec::new(),
         last_error: None,
+        shares: Vec::new(),
+        share_tasks: Vec::new(),
+        usage: None,
     };
     agent.write_status();
     let watch = async {
@@ -502,6 +562,10 @@ struct Agent {
     containers: HashMap<String, Vec<ActiveForward>>,
     failures: Vec<BindFailure>,
     last_error: Option<String>,
+    shares: Vec<SftpShareState>,
+    /// One task per share over SFTP; aborting it closes the share's channel.
+    share_tasks: Vec<JoinHandle<()>>,
+    usage: Option<GuestDiskUsage>,
 }
 
 impl Agent {
@@ -519,6 +583,8 @@ impl Agent {
             last_error: self.last_error.clone(),
             forwarded,
             failures: self.failures.clone(),
+            shares: self.shares.clone(),
+            data_disk_usage: self.usage.clone(),
         };
         let json = serde_json::to_vec_pretty(&status).unwrap_or_default();
         if let Err(e) = write_atomic(&self.status_path, &json, false) {
@@ -527,6 +593,10 @@ impl Agent {
     }
 
     fn disconnect(&mut self, error: Option<String>) {
+        for task in self.share_tasks.drain(..) {
+            task.abort();
+        }
+        self.shares.clear();
         self.containers.clear();
         self.failures.clear();
         self.ssh = None;
@@ -563,6 +633,8 @@ impl Agent {
             .map_err(FollowError::Engine)?;
         self.ssh = Some(ssh.clone());
         self.last_error = None;
+        let (share_tx, mut share_rx) = mpsc::unbounded_channel();
+        self.serve_shares(&config.vm.shares, &ssh, share_tx);
         let running = client
             .get_json(engine, "/containers/json")
             .await
@@ -579,8 +651,25 @@ impl Agent {
         tracing::info!(machine = name, "following the engine's events");
         let mut lines = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut usage_tick = tokio::time::interval(USAGE_EVERY);
+        let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
         loop {
             tokio::select! {
+                _ = usage_tick.tick() => {
+                    let (ssh, usage_tx) = (ssh.clone(), usage_tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(usage) = read_disk_usage(&ssh, DISK_USAGE_COMMAND).await {
+                            let _ = usage_tx.send(usage);
+                        }
+                    });
+                }
+                Some(usage) = usage_rx.recv() => {
+                    self.usage = Some(GuestDiskUsage {
+                        usage,
+                        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    });
+                    self.write_status();
+                }
                 frame = events.frame() => {
                     let Some(frame) = frame else { return Ok(()) };
                     let frame = frame.map_err(FollowError::Events)?;
@@ -592,6 +681,12 @@ impl Agent {
                         self.on_event(&client, engine, &event).await;
                     }
                 }
+                Some(state) = share_rx.recv() => {
+                    if let Some(known) = self.shares.iter_mut().find(|s| s.guest_path == state.guest_path) {
+                        *known = state;
+                    }
+                    self.write_status();
+                }
                 _ = tick.tick() => {
                     if ssh.is_closed() {
                         return Err(FollowError::SshClosed);
@@ -599,6 +694,67 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Mounts each share over SFTP in the guest and serves it (see [`crate::sftpshare`]).
+    fn serve_shares(
+        &mut self,
+        shares: &[Share],
+        ssh: &Arc<SshSession>,
+        states: mpsc::UnboundedSender<SftpShareState>,
+    ) {
+        let shares: Vec<Share> = shares
+            .iter()
+            .filter(|s| s.transport == ShareTransport::Sftp)
+            .cloned()
+            .collect();
+        if shares.is_empty() {
+            return;
+        }
+        self.shares = shares
+            .iter()
+            .map(|share| SftpShareState {
+                host_path: share.host_path.clone(),
+                guest_path: share.guest_path.clone(),
+                mounted: false,
+                error: None,
+            })
+            .collect();
+        let ssh = ssh.clone();
+        // One after the other, in the order given, as the guest mounts the others: a share
+        // whose guest path lies inside another must find that one mounted first.
+        self.share_tasks.push(tokio::spawn(async move {
+            struct AbortOnDrop(Vec<JoinHandle<()>>);
+            impl Drop for AbortOnDrop {
+                fn drop(&mut self) {
+                    for task in &self.0 {
+                        task.abort();
+                    }
+                }
+            }
+            let mut tasks = AbortOnDrop(Vec::new());
+            for share in shares {
+                let (one_tx, mut one_rx) = mpsc::unbounded_channel();
+                tasks.0.push(tokio::spawn(sftpshare::serve_share(
+                    ssh.clone(),
+                    share,
+                    sftpshare::MOUNT_COMMAND.to_owned(),
+                    one_tx,
+                )));
+                if let Some(first) = one_rx.recv().await {
+                    let _ = states.send(first);
+                }
+                let states = states.clone();
+                tasks.0.push(tokio::spawn(async move {
+                    while let Some(state) = one_rx.recv().await {
+                        let _ = states.send(state);
+                    }
+                }));
+            }
+            // The shares live as long as this task: the agent aborts it on disconnection.
+            std::future::pending::<()>().await;
+            drop(tasks);
+        }));
     }
 
     async fn on_event(&mut self, client: &EngineClient, engine: SocketAddr, event: &Value) {
@@ -927,6 +1083,21 @@ mod tests {
                 host_port: 8080,
                 error: "Address already in use (os error 98)".into(),
             }],
+            shares: vec![
+                SftpShareState {
+                    host_path: "/home/me".into(),
+                    guest_path: "/home/me".into(),
+                    mounted: true,
+                    error: None,
+                },
+                SftpShareState {
+                    host_path: "/srv".into(),
+                    guest_path: "/srv".into(),
+                    mounted: false,
+                    error: Some("no fuse".into()),
+                },
+            ],
+            data_disk_usage: None,
         };
         let json = serde_json::to_vec(&status).expect("serializable");
         std::fs::write(dir.join(STATUS_FILE), json).expect("write status");
@@ -935,7 +1106,8 @@ mod tests {
         lock.lock().expect("lock");
         assert_eq!(
             ls_errors(dir).as_deref(),
-            Some("cannot publish 127.0.0.1:8080/tcp of container 0123456789ab: Address already in use (os error 98)")
+            Some("cannot publish 127.0.0.1:8080/tcp of container 0123456789ab: Address already in use (os error 98); \
+                  share /srv on /srv not mounted: no fuse")
         );
         let shown = serde_json::to_value(report(dir)).expect("serializable");
         assert_eq!(shown["Running"], true);

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rmachine_driver::{Share, ShareTransport};
+use rmachine_driver::{Capabilities, Share, ShareTransport};
 
 /// Guest folders a share may neither be nor lie under: the guest's own files, the kernel's
 /// filesystems, the data disk and the engine's state.
@@ -208,13 +208,17 @@ pub fn resolve(
     }
 }
 
-/// Picks each share's transport: virtio-fs where the driver offers it (it is several times
-/// faster than 9p on many small files), except for read-only shares, which stay on 9p because
-/// QEMU enforces 9p's `readonly=on` on the host while virtiofsd (QEMU 7's) has no read-only
-/// mode and a guest-side `ro` mount alone would let the guest's root remount it writable.
-pub fn choose_transports(shares: &mut [Share], virtio_fs: bool) {
+/// Picks each share's transport from what the driver offers: virtio-fs where it can (it is
+/// several times faster than 9p on many small files), except for read-only shares, which stay
+/// on 9p because QEMU enforces 9p's `readonly=on` on the host while virtiofsd (QEMU 7's) has no
+/// read-only mode and a guest-side `ro` mount alone would let the guest's root remount it
+/// writable; SFTP over the machine's SSH connection where the driver has no device at all
+/// (its server refuses changes to a read-only share on the host side).
+pub fn choose_transports(shares: &mut [Share], capabilities: &Capabilities) {
     for share in shares {
-        share.transport = if virtio_fs && !share.read_only {
+        share.transport = if !capabilities.shares && capabilities.sftp_shares {
+            ShareTransport::Sftp
+        } else if capabilities.virtio_fs && !share.read_only {
             ShareTransport::VirtioFs
         } else {
             ShareTransport::NineP
@@ -349,11 +353,32 @@ mod tests {
             format!("{}:/ro:ro", tmp.path().display()),
         ];
         let mut shares = resolve(&specs, false, None, tmp.path()).unwrap();
-        choose_transports(&mut shares, true);
-        let chosen: Vec<_> = shares.iter().map(|s| s.transport).collect();
-        assert_eq!(chosen, [ShareTransport::VirtioFs, ShareTransport::NineP]);
-        choose_transports(&mut shares, false);
-        let chosen: Vec<_> = shares.iter().map(|s| s.transport).collect();
-        assert_eq!(chosen, [ShareTransport::NineP, ShareTransport::NineP]);
+        let qemu = |virtio_fs| Capabilities {
+            shares: true,
+            virtio_fs,
+            sftp_shares: true,
+            ..Capabilities::default()
+        };
+        let chosen = |shares: &mut Vec<Share>, caps: Capabilities| {
+            choose_transports(shares, &caps);
+            shares.iter().map(|s| s.transport).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            chosen(&mut shares, qemu(true)),
+            [ShareTransport::VirtioFs, ShareTransport::NineP]
+        );
+        assert_eq!(
+            chosen(&mut shares, qemu(false)),
+            [ShareTransport::NineP, ShareTransport::NineP]
+        );
+        // No device for shares (VirtualBox, Hyper-V, QEMU on Windows or told so): SFTP.
+        let no_device = Capabilities {
+            sftp_shares: true,
+            ..Capabilities::default()
+        };
+        assert_eq!(
+            chosen(&mut shares, no_device),
+            [ShareTransport::Sftp, ShareTransport::Sftp]
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod net;
 pub mod pid1;
 pub mod power;
 pub mod sftp;
+pub mod sftpfs;
 pub mod shares;
 pub mod sshd;
 pub mod supervisor;

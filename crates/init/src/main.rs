@@ -4,6 +4,8 @@
 //! - `rmachine-init shutdown [-r]`: asks PID 1 to power off (or reboot);
 //! - `rmachine-init udhcpc-script`: prints the DHCP event script the image installs;
 //! - `rmachine-init udp-relay PORT`: the host port agent's UDP relay (see `forward`);
+//! - `rmachine-init sftp-mount [--ro] PATH`: a host share over the SSH channel (see `sftpfs`);
+//! - `rmachine-init disk-usage`: the data disk's usage as JSON, for the host's port agent;
 //! - as `rmachine-runtime` (argv0): the container runtime.
 use std::process::ExitCode;
 
@@ -85,13 +87,36 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
                 .context("udp relay failed")?;
             Ok(ExitCode::SUCCESS)
         }
+        Some("sftp-mount") => {
+            let read_only = args.get(2).is_some_and(|a| a == "--ro");
+            let path = args
+                .get(if read_only { 3 } else { 2 })
+                .context("usage: rmachine-init sftp-mount [--ro] GUEST_PATH")?;
+            rmachine_init::sftpfs::run(std::path::Path::new(path), read_only)
+                .with_context(|| format!("share on {path}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("disk-usage") => {
+            // The data disk's usage for the host's port agent (`rmachine inspect`).
+            let stat = nix::sys::statvfs::statvfs(rmachine_init::supervisor::DATA_MOUNT)
+                .context("cannot statvfs the data disk")?;
+            let usage = rmachine_guest_config::report::DiskUsage::from_blocks(
+                stat.fragment_size(),
+                stat.blocks(),
+                stat.blocks_free(),
+                stat.blocks_available(),
+            );
+            println!("{}", serde_json::to_string(&usage)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Some("--version") => {
             println!("rmachine-init {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
         _ => {
             eprintln!(
-                "usage: rmachine-init shutdown [-r] | udhcpc-script | udp-relay PORT | --version\n\
+                "usage: rmachine-init shutdown [-r] | udhcpc-script | udp-relay PORT | \
+                 sftp-mount [--ro] PATH | disk-usage | --version\n\
                  (as PID 1 it boots the guest; as rmachine-runtime it runs containers)"
             );
             Ok(ExitCode::from(2))

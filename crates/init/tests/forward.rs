@@ -158,3 +158,124 @@ async fn a_closed_guest_port_refuses_the_channel() {
         .expect("nothing listens there");
     assert!(format!("{err:?}").contains("ConnectFailed"), "{err:?}");
 }
+
+/// Detaches a FUSE mount the test made, whatever happened to its daemon.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Mounts `host` at `guest` the way the port agent does (`sftpshare::serve_share` through the
+/// guest's sshd and `rmachine-init sftp-mount`); returns once the guest reports it mounted.
+async fn sftp_share(
+    ssh: &Arc<SshSession>,
+    host: &Path,
+    guest: &Path,
+    read_only: bool,
+) -> (Unmount, tokio::task::JoinHandle<()>) {
+    use rmachine_host::sftpshare::serve_share;
+    let share = rmachine_driver::Share {
+        tag: "rmshare0".into(),
+        host_path: host.to_path_buf(),
+        guest_path: guest.to_string_lossy().into_owned(),
+        read_only,
+        transport: rmachine_driver::ShareTransport::Sftp,
+    };
+    let (states, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let program = format!("{} sftp-mount", env!("CARGO_BIN_EXE_rmachine-init"));
+    let task = tokio::spawn(serve_share(ssh.clone(), share, program, states));
+    let guard = Unmount(guest.to_path_buf());
+    let state = tokio::time::timeout(Duration::from_secs(20), heard.recv())
+        .await
+        .expect("the guest reports within 20 s")
+        .expect("a state");
+    assert!(state.mounted, "{state:?}");
+    (guard, task)
+}
+
+/// File operations on the mount, off the runtime: the FUSE daemon's answers need the server
+/// task that runs on it.
+async fn on_mount<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(work))
+        .await
+        .expect("the mount answers within 30 s")
+        .expect("no panic")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_folder_is_mounted_in_the_guest_over_the_ssh_connection() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "from the host").expect("host file");
+    std::os::unix::fs::chown(host.join("hello"), Some(1234), Some(2345)).expect("chown");
+    let guest = tmp.path().join("guest");
+    let (_mount, task) = sftp_share(&ssh, &host, &guest, false).await;
+
+    let g = guest.clone();
+    on_mount(move || {
+        assert_eq!(
+            std::fs::read_to_string(g.join("hello")).expect("read"),
+            "from the host"
+        );
+        let meta = std::fs::metadata(g.join("hello")).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (1234, 2345), "the host's owner");
+        std::fs::create_dir(g.join("dir")).expect("mkdir");
+        std::fs::write(g.join("dir/new"), "from the guest").expect("write");
+        std::fs::rename(g.join("dir/new"), g.join("dir/renamed")).expect("rename");
+        let err = std::fs::remove_dir(g.join("dir")).expect_err("not empty");
+        assert_eq!(err.kind(), std::io::ErrorKind::DirectoryNotEmpty, "{err}");
+        let mut names: Vec<String> = std::fs::read_dir(g.join("dir"))
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["renamed"]);
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(host.join("dir/renamed")).expect("on the host"),
+        "from the guest"
+    );
+    let created = std::fs::metadata(host.join("dir/renamed")).expect("stat on the host");
+    assert_eq!(
+        created.uid(),
+        nix::unistd::geteuid().as_raw(),
+        "created by the serving user"
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_share_refuses_writes_in_the_guest() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("keep"), "host").expect("host file");
+    let guest = tmp.path().join("guest");
+    let (_mount, task) = sftp_share(&ssh, &host, &guest, true).await;
+    let g = guest.clone();
+    on_mount(move || {
+        assert_eq!(
+            std::fs::read_to_string(g.join("keep")).expect("read"),
+            "host"
+        );
+        let err = std::fs::write(g.join("new"), "x").expect_err("write refused");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        let err = std::fs::remove_file(g.join("keep")).expect_err("remove refused");
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    })
+    .await;
+    assert!(!host.join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(host.join("keep")).expect("kept"),
+        "host"
+    );
+    task.abort();
+}

@@ -716,6 +716,8 @@ impl Driver for GenericDriver {
                 pause: false,
                 console_log: false,
                 shares: false,
+                // The engine runs on someone else's host, not beside our init.
+                sftp_shares: false,
                 existing_host: true,
                 virtio_fs: false,
             },

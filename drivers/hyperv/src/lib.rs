@@ -746,6 +746,8 @@ impl Driver for HyperVDriver {
                 pause: false,
                 console_log: false,
                 shares: false,
+                // Our guest's init and SSH server: the host shares folders over SFTP.
+                sftp_shares: true,
                 existing_host: false,
                 virtio_fs: false,
             },

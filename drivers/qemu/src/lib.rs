@@ -120,7 +120,8 @@ pub struct QemuOptions {
     pub machine: Option<String>,
 
     /// How host folders are shared: auto uses virtio-fs where a virtiofsd is installed (9p for
-    /// read-only shares and elsewhere), 9p always uses virtio-9p
+    /// read-only shares and elsewhere; SFTP over SSH on Windows), 9p always uses virtio-9p, sftp
+    /// always uses SFTP over the machine's SSH connection
     #[arg(
         id = "qemu_share_transport",
         long = "qemu-share-transport",
@@ -170,6 +171,11 @@ pub enum ShareTransportOption {
     #[value(name = "9p")]
     #[serde(rename = "9p")]
     NineP,
+    /// SFTP over the machine's SSH connection for every share (the fallback where QEMU has no
+    /// sharing device, as on Windows).
+    #[value(name = "sftp")]
+    #[serde(rename = "sftp")]
+    Sftp,
 }
 
 /// The QEMU driver.
@@ -301,7 +307,7 @@ impl QemuDriver {
 
     /// The virtiofsd this driver runs, if virtio-fs is enabled and one is installed.
     fn virtiofsd(&self) -> Option<virtiofs::Virtiofsd> {
-        if self.options.share_transport == ShareTransportOption::NineP
+        if self.options.share_transport != ShareTransportOption::Auto
             || self.host.os != HostOs::Linux
         {
             return None;
@@ -1114,6 +1120,10 @@ impl Driver for QemuDriver {
         process::resident_bytes(&dir.file(PIDFILE))
     }
 
+    fn data_disk_image(&self, dir: &MachineDir) -> Option<PathBuf> {
+        Some(dir.file(DISK))
+    }
+
     fn info(&self) -> DriverInfo {
         DriverInfo {
             name: DRIVER.to_owned(),
@@ -1121,8 +1131,11 @@ impl Driver for QemuDriver {
                 graceful_stop: true,
                 pause: true,
                 console_log: true,
-                // QEMU for Windows has neither virtio-9p nor virtio-fs.
-                shares: self.host.os != HostOs::Windows,
+                // QEMU for Windows has neither virtio-9p nor virtio-fs: the host then shares
+                // over SFTP, as it does when told to.
+                shares: self.host.os != HostOs::Windows
+                    && self.options.share_transport != ShareTransportOption::Sftp,
+                sftp_shares: true,
                 existing_host: false,
                 virtio_fs: self.virtiofsd().is_some(),
             },
@@ -1972,6 +1985,15 @@ mod tests {
                 .for_host(LINUX);
         assert!(!driver.info().capabilities.virtio_fs);
         assert!(driver.info().capabilities.shares);
+        // sftp: no device at all, the host serves every share over SSH.
+        let sftp = Cli::parse_from(["x", "--qemu-share-transport", "sftp"]);
+        let driver = QemuDriver::with_runner(sftp.qemu, Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let caps = driver.info().capabilities;
+        assert!(
+            !caps.shares && !caps.virtio_fs && caps.sftp_shares,
+            "{caps:?}"
+        );
         let back: QemuOptions = serde_json::from_value(json).expect("back");
         assert_eq!(back, cli.qemu);
         let empty: QemuOptions = serde_json::from_str("{}").expect("defaults");

@@ -1123,6 +1123,8 @@ impl Driver for VirtualBoxDriver {
                 pause: false,
                 console_log: true,
                 shares: false,
+                // Our guest's init and SSH server: the host shares folders over SFTP.
+                sftp_shares: true,
                 existing_host: false,
                 virtio_fs: false,
             },

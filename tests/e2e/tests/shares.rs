@@ -4,7 +4,10 @@
 //! in the guest appears on the host owned by the user running QEMU, a `:ro` share refuses
 //! writes, `inspect` lists the shares and their transport, `docker run -v HOSTPATH:/src`
 //! in the machine binds the host's folder, and a share the guest cannot mount (its mount point
-//! would lie inside the read-only share) is named by `create`, `ls` and `inspect`.
+//! would lie inside the read-only share) is named by `create`, `ls` and `inspect`. The same
+//! again over SFTP on the machine's SSH connection (`--qemu-share-transport sftp`, the
+//! fallback where the hypervisor has no sharing device), whose files belong to the user who
+//! runs `rmachine`, and whose shares come back after `rmachine stop` and `start`.
 #![cfg(rmachine_e2e)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,9 +27,17 @@ fn host_folders_are_shared_at_the_same_path_over_9p() -> anyhow::Result<()> {
     shared_at_the_same_path("ninep", &["--qemu-share-transport", "9p"], "9p")
 }
 
+#[test]
+fn host_folders_are_shared_at_the_same_path_over_sftp() -> anyhow::Result<()> {
+    shared_at_the_same_path("sftp", &["--qemu-share-transport", "sftp"], "sftp")
+}
+
 /// Creates machine `name` with a writable and a `:ro` share (plus `extra` create options) and
-/// checks what a user sees; the writable share must be mounted with filesystem `fstype`.
-fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::Result<()> {
+/// checks what a user sees; the writable share must go over `transport`.
+fn shared_at_the_same_path(name: &str, extra: &[&str], transport: &str) -> anyhow::Result<()> {
+    let sftp = transport == "sftp";
+    // The filesystem type in the guest's /proc/mounts.
+    let fstype = if sftp { "fuse.sftp" } else { transport };
     let rw = tempfile::Builder::new()
         .prefix("rmachine-share-")
         .tempdir()?;
@@ -67,14 +78,24 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::
     let ls = machine
         .rmachine(&["ls", "--format", "{{.Name}} {{.Error}}"])?
         .success()?;
-    assert_eq!(ls.stdout, format!("{name} {failed_share} not mounted\n"));
+    if sftp {
+        // The port agent mounts these and tells why one failed.
+        ensure!(
+            ls.stdout
+                .starts_with(&format!("{name} {failed_share} not mounted: ")),
+            "ls does not name the share: {}",
+            ls.stdout
+        );
+    } else {
+        assert_eq!(ls.stdout, format!("{name} {failed_share} not mounted\n"));
+    }
+    let mounts_of = if sftp {
+        "{{range .PortAgent.Shares}}{{.GuestPath}}={{.Mounted}} {{end}}"
+    } else {
+        "{{range .ShareMounts.Shares}}{{.GuestPath}}={{.Mounted}} {{end}}"
+    };
     let report = machine
-        .rmachine(&[
-            "inspect",
-            "--format",
-            "{{range .ShareMounts.Shares}}{{.GuestPath}}={{.Mounted}} {{end}}",
-            name,
-        ])?
+        .rmachine(&["inspect", "--format", mounts_of, name])?
         .success()?;
     assert_eq!(
         report.stdout,
@@ -98,7 +119,7 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::
             && shares.stdout.contains("\"readOnly\":true")
             && shares
                 .stdout
-                .contains(&format!("\"transport\":\"{fstype}\"")),
+                .contains(&format!("\"transport\":\"{transport}\"")),
         "inspect does not list the shares over {fstype}: {}",
         shares.stdout
     );
@@ -179,7 +200,8 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::
     // 9p's security_model=none and virtiofsd alike: run as a user, they create the file as that
     // user (the guest's owner cannot be honoured); run as root, as here, they honour the
     // container's uid.
-    let expected = if uid == 0 { 1234 } else { uid };
+    // Over SFTP the host's side always writes as the user running rmachine.
+    let expected = if uid == 0 && !sftp { 1234 } else { uid };
     assert_eq!(std::fs::metadata(&written)?.uid(), expected);
 
     // Read-only share: readable under its own guest path, writes refused.
@@ -193,6 +215,24 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], fstype: &str) -> anyhow::
         !ro.path().join("new.txt").exists(),
         "a write to a :ro share reached the host"
     );
+
+    if sftp {
+        // The port agent mounts the shares again after a restart of the machine.
+        machine.rmachine(&["stop", name])?.success()?;
+        machine.rmachine(&["start", name])?.success()?;
+        let read = machine
+            .docker(&[
+                "run",
+                "--rm",
+                "-v",
+                &bind,
+                "busybox",
+                "cat",
+                "/src/from-container.txt",
+            ])?
+            .success()?;
+        assert_eq!(read.stdout, "from a container\n", "share back after start");
+    }
     Ok(())
 }
 

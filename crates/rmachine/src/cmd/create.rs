@@ -143,7 +143,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     match result {
         Ok(config) => {
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "machine created");
-            super::start_port_agent(store, &args.name)?;
+            super::start_port_agent(store, &args.name).await?;
             if args.timings {
                 super::print_timings(&config)?;
             }

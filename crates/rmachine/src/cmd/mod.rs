@@ -140,10 +140,19 @@ pub async fn run(
     }
 }
 
-/// Starts the machine's port agent: this very executable, as `rmachine port-agent NAME`.
-pub fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
+/// Starts the machine's port agent: this very executable, as `rmachine port-agent NAME`;
+/// then waits for it to mount the shares it serves over SFTP (a warning names each one that
+/// could not be mounted).
+pub async fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("cannot locate the rmachine executable")?;
-    rmachine_host::machine::start_port_agent(store, name, &program)?;
+    if rmachine_host::machine::start_port_agent(store, name, &program)?.is_some() {
+        rmachine_host::machine::wait_for_sftp_shares(
+            store,
+            name,
+            rmachine_host::machine::SFTP_SHARE_WAIT,
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -159,7 +168,7 @@ pub fn print_timings(config: &rmachine_host::store::MachineConfig) -> anyhow::Re
 /// agent); nothing when the machine is left stopped.
 pub async fn start_port_agent_if_running(store: &Store, name: &str) -> anyhow::Result<()> {
     if rmachine_host::machine::state(store, name).await? == rmachine_driver::VmState::Running {
-        start_port_agent(store, name)?;
+        start_port_agent(store, name).await?;
     }
     Ok(())
 }

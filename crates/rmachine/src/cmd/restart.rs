@@ -31,7 +31,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         outln(&format!("Restarting \"{name}\"..."))?;
         let renderer = Renderer::new(plain);
         machine::restart(store, &name, timeout, &|p| renderer.step(p)).await?;
-        super::start_port_agent(store, &name)?;
+        super::start_port_agent(store, &name).await?;
         renderer.finish();
         Ok(())
     })

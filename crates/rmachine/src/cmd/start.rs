@@ -36,7 +36,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         outln(&format!("Starting \"{name}\"..."))?;
         let renderer = Renderer::new(plain);
         machine::start(store, &name, timeout, &|p| renderer.step(p)).await?;
-        super::start_port_agent(store, &name)?;
+        super::start_port_agent(store, &name).await?;
         renderer.finish();
         outln(&format!("Machine \"{name}\" was started."))?;
         if timings {
