@@ -84,17 +84,27 @@ fn pull_by_tag_runs_records_the_digest_and_is_up_to_date_the_second_time() -> Re
             .contains(&format!("{name} latest {}", pushed.manifest_digest)),
         "{images:?}"
     );
-    let again = engine.docker(&["pull", &format!("{name}:latest")])?.ok()?;
-    assert!(
-        again
-            .stdout
-            .contains(&format!("Status: Image is up to date for {name}:latest")),
-        "{again:?}"
-    );
-    assert!(
-        again.stdout.contains(&format!("{layer}: Already exists")),
-        "{again:?}"
-    );
+    // The second pull sees the tag's manifest digest is the one it has (a HEAD) and fetches
+    // nothing: with the config and layer gone from the registry it still succeeds, and, as
+    // dockerd's once it finds the config here, lists no layer.
+    fs::remove_file(registry.blob_file(&pushed.id))?;
+    fs::remove_file(registry.blob_file(&pushed.layer_digests[0]))?;
+    for reference in [format!("{name}:latest"), digest_ref.clone()] {
+        let again = engine.docker(&["pull", &reference])?.ok()?;
+        assert!(
+            again
+                .stdout
+                .contains(&format!("Status: Image is up to date for {reference}")),
+            "{again:?}"
+        );
+        assert!(
+            again
+                .stdout
+                .contains(&format!("Digest: {}", pushed.manifest_digest)),
+            "{again:?}"
+        );
+        assert!(!again.stdout.contains(layer), "{again:?}");
+    }
     // By digest too, once the image is there.
     engine.docker(&["run", "--rm", &digest_ref, "true"])?.ok()?;
     assert!(staging_entries(&engine).is_empty());
@@ -161,6 +171,18 @@ fn pull_by_digest_and_all_tags() -> Result<()> {
     );
     assert_eq!(engine.inspect(&format!("{repo}:v1"), "{{.Id}}")?, one.id);
     assert_eq!(engine.inspect(&format!("{repo}:v2"), "{{.Id}}")?, two.id);
+    // A tag pushed again names another manifest: the pull fetches it, not "up to date".
+    let mut changed = busybox()?;
+    changed.config["config"]["Env"] = serde_json::json!(["CHANGED=1"]);
+    let three = seed(&registry, "app", Some("v1"), &changed)?;
+    let again = engine.docker(&["pull", &format!("{repo}:v1")])?.ok()?;
+    assert!(
+        again
+            .stdout
+            .contains(&format!("Status: Downloaded newer image for {repo}:v1")),
+        "{again:?}"
+    );
+    assert_eq!(engine.inspect(&format!("{repo}:v1"), "{{.Id}}")?, three.id);
 
     // `rmi name@digest` removes that digest reference only; the tag keeps the image.
     let untag = engine.docker(&["rmi", &by_digest])?.ok()?;
@@ -552,6 +574,62 @@ fn push_then_rmi_then_pull_back_and_run() -> Result<()> {
             .ok()?
             .stdout,
         "round trip\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_layer_that_cannot_be_read_mid_push_leaves_no_blob_in_the_registry() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    engine.load_busybox()?;
+    // A layer of 12 MB of random data (several upload chunks) then a small file.
+    engine
+        .docker(&[
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "big",
+            "busybox",
+            "sh",
+            "-c",
+            "head -c 12000000 /dev/urandom > /a && echo z > /z",
+        ])?
+        .ok()?;
+    let name = format!("{}/broken/bb:1", registry.host);
+    engine.docker(&["commit", "big", &name])?.ok()?;
+    let diff_id = engine.inspect(&name, "{{index .RootFS.Layers 1}}")?;
+    // The layer is compressed while it uploads: a file gone from the store fails the export
+    // after the chunks of /a have been sent.
+    let diff = engine
+        .data_root()
+        .join("image/layers")
+        .join(diff_id.trim_start_matches("sha256:"))
+        .join("diff");
+    fs::remove_file(diff.join("z"))?;
+    let run = engine.docker(&["push", &name])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    // Nothing half-sent was committed: no blob as large as the random data, no manifest.
+    let storage = registry
+        .blob_file("sha256:0000")
+        .ancestors()
+        .nth(5)
+        .context("registry storage")?
+        .to_path_buf();
+    let blobs = storage.join("blobs/sha256");
+    for prefix in fs::read_dir(&blobs).into_iter().flatten().flatten() {
+        for blob in fs::read_dir(prefix.path())?.flatten() {
+            let size = fs::metadata(blob.path().join("data"))?.len();
+            assert!(size < 4 << 20, "{} has {size} bytes", blob.path().display());
+        }
+    }
+    assert!(
+        !storage
+            .join("repositories/broken/bb/_manifests/tags/1")
+            .exists(),
+        "a manifest was pushed: {run:?}"
     );
     Ok(())
 }

@@ -185,6 +185,34 @@ impl ImageStore {
         Ok(PullCommit { id, updated })
     }
 
+    /// The image a pull would end at, if it is already here: the one whose RepoDigests hold
+    /// `repo_digest` and, for a pull by tag, that `tag` names, with every layer present.
+    /// Returns its id and its config's `os/architecture` (the caller checks the platform).
+    pub fn already_pulled(
+        &self,
+        tag: Option<&Reference>,
+        repo_digest: &str,
+    ) -> Option<(String, String, String)> {
+        let state = self.lock();
+        let (id, image) = match tag {
+            Some(tag) => {
+                let id = state.tags.get(tag)?;
+                (id, state.images.get(id)?)
+            }
+            None => state
+                .images
+                .iter()
+                .find(|(_, img)| img.meta.repo_digests.iter().any(|d| d == repo_digest))?,
+        };
+        if !image.meta.repo_digests.iter().any(|d| d == repo_digest)
+            || !image.diff_ids.iter().all(|d| self.has_layer(d))
+        {
+            return None;
+        }
+        let field = |name: &str| image.config[name].as_str().unwrap_or_default().to_string();
+        Some((id.clone(), field("os"), field("architecture")))
+    }
+
     /// What a push sends for one tag: the image id, its config bytes as stored (so the id
     /// stays the same in the registry) and its diff ids, bottom first.
     pub fn push_source(&self, tag: &Reference) -> Result<PushSource, ImageError> {

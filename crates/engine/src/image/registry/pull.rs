@@ -448,6 +448,16 @@ async fn pull_one(
         .clone()
         .or_else(|| reference.tag.clone())
         .unwrap_or_else(|| "latest".to_string());
+    if let Some(digest) = up_to_date(store, remote, reference, platform).await {
+        // dockerd stops once it sees the config is here; a HEAD on the manifest is enough to
+        // know that, without fetching manifest and config again.
+        let _ = progress.send(Progress::message(
+            Some(&tag_or_digest),
+            format!("Pulling from {}", reference.path),
+        ));
+        let _ = progress.send(Progress::message(None, format!("Digest: {digest}")));
+        return Ok((what, false));
+    }
     let (mut bytes, manifest_digest) = remote
         .manifest(reference.tag.as_deref(), reference.digest.as_deref(), &what)
         .await?;
@@ -560,6 +570,39 @@ async fn pull_one(
         format!("Digest: {manifest_digest}"),
     ));
     Ok((what, commit.updated))
+}
+
+/// The manifest digest of `reference` when the store already has its image, for `platform`,
+/// under that tag (or digest) with every layer: a pull then has nothing to do. A tag's digest
+/// comes from a HEAD request; any failure there leaves the decision to the full pull.
+async fn up_to_date(
+    store: &Arc<ImageStore>,
+    remote: &Remote,
+    reference: &Reference,
+    platform: &Platform,
+) -> Option<String> {
+    let digest = match &reference.digest {
+        Some(digest) => digest.clone(),
+        None => {
+            let oref = remote.oci_ref(reference.tag.as_deref(), None);
+            match remote
+                .client
+                .fetch_manifest_digest(&oref, &remote.auth)
+                .await
+            {
+                Ok(digest) => digest,
+                Err(e) => {
+                    tracing::debug!(reference = %reference.familiar(), error = %chain(&e), "manifest HEAD failed");
+                    return None;
+                }
+            }
+        }
+    };
+    let repo_digest = format!("{}@{digest}", reference.familiar_name());
+    let tag = reference.digest.is_none().then_some(reference);
+    let (_, os, architecture) = store.already_pulled(tag, &repo_digest)?;
+    // An index digest names every platform: the image here must be the one asked for.
+    (os == platform.os && architecture == platform.architecture).then_some(digest)
 }
 
 /// Downloads one layer blob, streaming it through the digest check into the extractor;
