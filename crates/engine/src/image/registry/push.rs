@@ -184,18 +184,36 @@ pub async fn push(
                     reference: target.repository.familiar(),
                     message: "upload queue closed".to_string(),
                 })?;
-                let blob = push_layer(&store, target, oref, diff_id, progress).await?;
-                Ok::<_, RegistryError>(((*diff_id).clone(), blob))
+                let descriptor = match store.foreign_layer(diff_id)? {
+                    // As dockerd (without --allow-nondistributable-artifacts): the manifest
+                    // refers to the layer's URLs, the blob is not uploaded.
+                    Some(foreign) => {
+                        let _ = progress.send(Progress::layer(
+                            short_id(diff_id),
+                            "Skipped foreign layer",
+                        ));
+                        serde_json::json!({
+                            "mediaType": foreign_media_type(&foreign.media_type),
+                            "size": foreign.size,
+                            "digest": foreign.digest,
+                            "urls": foreign.urls,
+                        })
+                    }
+                    None => {
+                        let b = push_layer(&store, target, oref, diff_id, progress).await?;
+                        serde_json::json!({"mediaType": DOCKER_LAYER, "size": b.size, "digest": b.digest})
+                    }
+                };
+                Ok::<_, RegistryError>(((*diff_id).clone(), descriptor))
             }
         });
-        let blobs: Vec<(String, BlobSource)> = futures_util::future::try_join_all(uploads).await?;
+        let blobs: Vec<(String, serde_json::Value)> =
+            futures_util::future::try_join_all(uploads).await?;
         let layers: Vec<serde_json::Value> = source
             .diff_ids
             .iter()
             .filter_map(|d| blobs.iter().find(|(id, _)| id == d))
-            .map(|(_, b)| {
-                serde_json::json!({"mediaType": DOCKER_LAYER, "size": b.size, "digest": b.digest})
-            })
+            .map(|(_, descriptor)| descriptor.clone())
             .collect();
 
         if !target
@@ -247,6 +265,18 @@ pub async fn push(
         pushed.push(tag.familiar());
     }
     Ok(pushed)
+}
+
+/// The media type of a foreign layer in the Docker schema-2 manifest a push writes: OCI's
+/// gzip non-distributable type becomes Docker's foreign type (a registry accepts a layer it
+/// does not hold only under that type); others are kept.
+fn foreign_media_type(media_type: &str) -> &str {
+    match media_type {
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
+            super::pull::DOCKER_FOREIGN
+        }
+        other => other,
+    }
 }
 
 /// Makes one layer present in the target repository; returns its blob.
