@@ -6,6 +6,7 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -76,7 +77,10 @@ impl Target {
                     message: "unauthorized: authentication required".to_string(),
                 }
             }
-            OciDistributionError::UnauthorizedError { .. } => RegistryError::Registry {
+            // A refused upload session (the first request of a streamed push) comes back as
+            // a plain 401.
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::ServerError { code: 401, .. } => RegistryError::Registry {
                 reference,
                 message: "unauthorized: authentication required".to_string(),
             },
@@ -336,10 +340,13 @@ async fn push_layer(
     let layer = diff_id.to_string();
     let progress_tx = progress.clone();
     let id2 = id.clone();
+    let upload_stopped = Arc::new(AtomicBool::new(false));
+    let stopped = upload_stopped.clone();
     let compressor = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
         let mut pipe = PipeWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
+            stopped,
         };
         let counted = ProgressWriter {
             inner: flate2::write::GzEncoder::new(&mut pipe, flate2::Compression::default()),
@@ -369,9 +376,14 @@ async fn push_layer(
         reference: target.repository.familiar(),
         message: format!("internal task failed: {e}"),
     })?;
-    // A failure to read the layer explains a failed upload better than the upload's error.
-    compressed?;
-    let uploaded = uploaded.map_err(|e| target.translate(e))?;
+    // A failure to read the layer explains a failed upload better than the upload's error,
+    // unless the compressor only stopped because the upload did.
+    let uploaded = match (compressed, uploaded) {
+        (Err(e), _) if !upload_stopped.load(Ordering::Relaxed) => return Err(e),
+        (_, Err(e)) => return Err(target.translate(e)),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(()), Ok(uploaded)) => uploaded,
+    };
     let _ = progress.send(Progress::layer(&id, "Pushed"));
     let blob = BlobSource {
         digest: uploaded.blob_digest,
@@ -407,6 +419,8 @@ fn pipe_error(diff_id: &str, source: io::Error) -> RegistryError {
 struct PipeWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    /// Set when the upload has gone (its end of the pipe dropped).
+    stopped: Arc<AtomicBool>,
 }
 
 impl PipeWriter {
@@ -415,9 +429,10 @@ impl PipeWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            self.stopped.store(true, Ordering::Relaxed);
+            io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped")
+        })
     }
 
     /// Ends the stream with an error, so the upload is abandoned rather than committed.
