@@ -23,7 +23,8 @@ else
     in_engine_netns=(nsenter -t "$engine_pid" -n)
 fi
 
-python_lib=${PYTHON_LIB:-$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')}
+# Debian's own Python (not a pyenv or venv one on PATH, which may be ten times larger).
+python_lib=${PYTHON_LIB:-$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')}
 port=$("${in_engine_netns[@]}" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 host="127.0.0.1:$port"
 registry_pid=""
