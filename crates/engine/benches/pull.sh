@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cold push, cold pull and warm pull (the image already present: only the manifest travels) of
-# a multi-layer image (busybox + two layers of 16 MiB of random data) between an engine and a
-# local docker-registry, median of RUNS (5). Each run starts from an empty registry (push) and
+# a multi-layer image of more than 50 MB (busybox, the host's Python standard library, 8 MiB of
+# random data) between an engine and a local docker-registry, median of RUNS (5). Each run starts from an empty registry (push) and
 # a store without the image (cold pull).
 #
 # Usage (as root, from the workspace root):
@@ -23,6 +23,8 @@ else
     in_engine_netns=(nsenter -t "$engine_pid" -n)
 fi
 
+# Debian's own Python (not a pyenv or venv one on PATH, which may be ten times larger).
+python_lib=${PYTHON_LIB:-$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')}
 port=$("${in_engine_netns[@]}" python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 host="127.0.0.1:$port"
 registry_pid=""
@@ -58,9 +60,11 @@ stop_registry() {
     registry_pid=""
 }
 
-docker run --network none --name l1 busybox sh -c 'head -c 16777216 /dev/urandom > /one' >/dev/null
+# Real Debian files (the host's Python standard library, ~55 MB in thousands of files: what
+# compresses and unpacks like a distribution layer), then 8 MiB that does not compress.
+docker run --network none --name l1 -v "$python_lib:/src:ro" busybox cp -a /src /python >/dev/null
 docker commit l1 bench-step >/dev/null
-docker run --network none --name l2 bench-step sh -c 'head -c 16777216 /dev/urandom > /two' >/dev/null
+docker run --network none --name l2 bench-step sh -c 'head -c 8388608 /dev/urandom > /random' >/dev/null
 docker commit l2 bench-multi >/dev/null
 docker rm l1 l2 >/dev/null
 image="$host/bench/multi:latest"
@@ -91,7 +95,7 @@ for _ in $(seq "$runs"); do
     stop_registry
 done
 size=$(docker image inspect -f '{{.Size}}' "$image")
-echo "engine: ${ENGINE:-rmachine}; image: 3 layers, $((size / 1048576)) MiB unpacked; $runs runs"
+echo "engine: ${ENGINE:-rmachine}; image: 3 layers, $((size / 1000000)) MB unpacked; $runs runs; load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cold push, median: $(printf '%s\n' "${push_times[@]}" | median) s   (all: ${push_times[*]})"
 echo "cold pull, median: $(printf '%s\n' "${pull_times[@]}" | median) s   (all: ${pull_times[*]})"
 echo "warm pull, median: $(printf '%s\n' "${warm_times[@]}" | median) s   (all: ${warm_times[*]})"

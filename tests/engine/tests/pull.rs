@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rmachine_fixtures::registry::{push_image, push_index, Pushed};
-use rmachine_fixtures::{busybox, multi_layer, Image, LayerBuilder};
+use rmachine_fixtures::registry::{push_blob, push_image, push_index, push_manifest, Pushed};
+use rmachine_fixtures::{busybox, gzip, multi_layer, sha256_digest, Image, LayerBuilder};
 use rmachine_tests_engine::registry::{
     require_registry, Auth, Registry, SlowProxy, PASSWORD, REFRESH_TOKEN, USER,
 };
@@ -84,17 +84,27 @@ fn pull_by_tag_runs_records_the_digest_and_is_up_to_date_the_second_time() -> Re
             .contains(&format!("{name} latest {}", pushed.manifest_digest)),
         "{images:?}"
     );
-    let again = engine.docker(&["pull", &format!("{name}:latest")])?.ok()?;
-    assert!(
-        again
-            .stdout
-            .contains(&format!("Status: Image is up to date for {name}:latest")),
-        "{again:?}"
-    );
-    assert!(
-        again.stdout.contains(&format!("{layer}: Already exists")),
-        "{again:?}"
-    );
+    // The second pull sees the tag's manifest digest is the one it has (a HEAD) and fetches
+    // nothing: with the config and layer gone from the registry it still succeeds, and, as
+    // dockerd's once it finds the config here, lists no layer.
+    fs::remove_file(registry.blob_file(&pushed.id))?;
+    fs::remove_file(registry.blob_file(&pushed.layer_digests[0]))?;
+    for reference in [format!("{name}:latest"), digest_ref.clone()] {
+        let again = engine.docker(&["pull", &reference])?.ok()?;
+        assert!(
+            again
+                .stdout
+                .contains(&format!("Status: Image is up to date for {reference}")),
+            "{again:?}"
+        );
+        assert!(
+            again
+                .stdout
+                .contains(&format!("Digest: {}", pushed.manifest_digest)),
+            "{again:?}"
+        );
+        assert!(!again.stdout.contains(layer), "{again:?}");
+    }
     // By digest too, once the image is there.
     engine.docker(&["run", "--rm", &digest_ref, "true"])?.ok()?;
     assert!(staging_entries(&engine).is_empty());
@@ -161,6 +171,18 @@ fn pull_by_digest_and_all_tags() -> Result<()> {
     );
     assert_eq!(engine.inspect(&format!("{repo}:v1"), "{{.Id}}")?, one.id);
     assert_eq!(engine.inspect(&format!("{repo}:v2"), "{{.Id}}")?, two.id);
+    // A tag pushed again names another manifest: the pull fetches it, not "up to date".
+    let mut changed = busybox()?;
+    changed.config["config"]["Env"] = serde_json::json!(["CHANGED=1"]);
+    let three = seed(&registry, "app", Some("v1"), &changed)?;
+    let again = engine.docker(&["pull", &format!("{repo}:v1")])?.ok()?;
+    assert!(
+        again
+            .stdout
+            .contains(&format!("Status: Downloaded newer image for {repo}:v1")),
+        "{again:?}"
+    );
+    assert_eq!(engine.inspect(&format!("{repo}:v1"), "{{.Id}}")?, three.id);
 
     // `rmi name@digest` removes that digest reference only; the tag keeps the image.
     let untag = engine.docker(&["rmi", &by_digest])?.ok()?;
@@ -552,6 +574,185 @@ fn push_then_rmi_then_pull_back_and_run() -> Result<()> {
             .ok()?
             .stdout,
         "round trip\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_layer_that_cannot_be_read_mid_push_leaves_no_blob_in_the_registry() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    engine.load_busybox()?;
+    // A layer of 12 MB of random data (several upload chunks) then a small file.
+    engine
+        .docker(&[
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "big",
+            "busybox",
+            "sh",
+            "-c",
+            "head -c 12000000 /dev/urandom > /a && echo z > /z",
+        ])?
+        .ok()?;
+    let name = format!("{}/broken/bb:1", registry.host);
+    engine.docker(&["commit", "big", &name])?.ok()?;
+    let diff_id = engine.inspect(&name, "{{index .RootFS.Layers 1}}")?;
+    // The layer is compressed while it uploads: a file gone from the store fails the export
+    // after the chunks of /a have been sent.
+    let diff = engine
+        .data_root()
+        .join("image/layers")
+        .join(diff_id.trim_start_matches("sha256:"))
+        .join("diff");
+    fs::remove_file(diff.join("z"))?;
+    let run = engine.docker(&["push", &name])?;
+    assert_eq!(run.code, 1, "{run:?}");
+    // Nothing half-sent was committed: no blob as large as the random data, no manifest.
+    let storage = registry
+        .blob_file("sha256:0000")
+        .ancestors()
+        .nth(5)
+        .context("registry storage")?
+        .to_path_buf();
+    let blobs = storage.join("blobs/sha256");
+    for prefix in fs::read_dir(&blobs).into_iter().flatten().flatten() {
+        for blob in fs::read_dir(prefix.path())?.flatten() {
+            let size = fs::metadata(blob.path().join("data"))?.len();
+            assert!(size < 4 << 20, "{} has {size} bytes", blob.path().display());
+        }
+    }
+    assert!(
+        !storage
+            .join("repositories/broken/bb/_manifests/tags/1")
+            .exists(),
+        "a manifest was pushed: {run:?}"
+    );
+    Ok(())
+}
+
+/// Serves `body` at any path over plain HTTP; returns the base URL and the request lines seen.
+fn serve_blob(body: Vec<u8>) -> Result<(String, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let Ok(read_half) = stream.try_clone() else {
+                return;
+            };
+            let mut reader = BufReader::new(read_half);
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            if let Ok(mut seen) = seen2.lock() {
+                seen.push(request_line.trim_end().to_string());
+            }
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    Ok((format!("http://{addr}"), seen))
+}
+
+#[test]
+fn foreign_layers_come_from_their_urls_and_are_never_pushed() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let base = busybox()?;
+    let mut extra = LayerBuilder::new();
+    extra.file("foreign.txt", b"from the url\n", 0o644);
+    let foreign_tar = extra.build()?;
+    let foreign_gz = gzip(&foreign_tar)?;
+    let foreign_digest = sha256_digest(&foreign_gz);
+    let (url, requests) = serve_blob(foreign_gz.clone())?;
+    let url = format!("{url}/base/layer.tar.gz");
+    // A Windows-style image: a base layer the registry does not hold, only its URL.
+    registry.seed(|host| {
+        let mut config = base.config.clone();
+        config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [
+            sha256_digest(&base.layers[0]), sha256_digest(&foreign_tar)]});
+        config["config"]["Cmd"] = serde_json::json!(["cat", "/foreign.txt"]);
+        let config_bytes = serde_json::to_vec(&config)?;
+        let config_digest = push_blob(host, "win/app", &config_bytes)?;
+        let base_gz = gzip(&base.layers[0])?;
+        let base_digest = push_blob(host, "win/app", &base_gz)?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "size": config_bytes.len(), "digest": config_digest},
+            "layers": [
+                {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                 "size": base_gz.len(), "digest": base_digest},
+                {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                 "size": foreign_gz.len(), "digest": foreign_digest, "urls": [url]},
+            ],
+        }))?;
+        push_manifest(
+            host,
+            "win/app",
+            "1",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            &manifest,
+        )
+    })?;
+    let name = format!("{}/win/app:1", registry.host);
+    let short = &foreign_digest["sha256:".len()..][..12];
+    let run = engine.docker(&["pull", &name])?.ok()?;
+    assert!(
+        run.stdout.contains(&format!("{short}: Pull complete")),
+        "{run:?}"
+    );
+    let fetched = |n: usize| -> Result<()> {
+        let seen = requests
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        assert_eq!(seen, vec!["GET /base/layer.tar.gz HTTP/1.1".to_string(); n]);
+        Ok(())
+    };
+    fetched(1)?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", &name])?.ok()?.stdout,
+        "from the url\n"
+    );
+
+    // Pushed elsewhere, the layer is skipped and the manifest keeps its URL.
+    let other = format!("{}/mine/app:2", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    let push = engine.docker(&["push", &other])?.ok()?;
+    let diff_short = &sha256_digest(&foreign_tar)["sha256:".len()..][..12];
+    assert!(
+        push.stdout
+            .contains(&format!("{diff_short}: Skipped foreign layer")),
+        "{push:?}"
+    );
+    assert!(!registry.blob_file(&foreign_digest).exists());
+    engine.docker(&["rmi", &name, &other])?.ok()?;
+    engine.docker(&["pull", &other])?.ok()?;
+    fetched(2)?;
+    assert_eq!(
+        engine.docker(&["run", "--rm", &other])?.ok()?.stdout,
+        "from the url\n"
     );
     Ok(())
 }

@@ -37,6 +37,39 @@ impl Drop for StagedLayer {
     }
 }
 
+/// A foreign (non-distributable) layer's descriptor, kept beside the layer in `foreign.json`:
+/// a push puts it in the manifest as it is instead of uploading the layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForeignLayer {
+    /// The manifest's media type for it.
+    pub media_type: String,
+    /// `sha256:…` of the blob at the URLs.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// Where it is downloaded from.
+    pub urls: Vec<String>,
+}
+
+/// The file beside a layer's `diff/` holding its [`ForeignLayer`] descriptor.
+const FOREIGN: &str = "foreign.json";
+
+impl StagedLayer {
+    /// Records that this layer came from a foreign descriptor (published with the layer).
+    pub fn set_foreign(&self, foreign: &ForeignLayer) -> Result<(), ImageError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let path = dir.join(FOREIGN);
+        let bytes = serde_json::to_vec(foreign).map_err(|source| ImageError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&path, bytes).map_err(io_err(&path))
+    }
+}
+
 /// What committing a pulled image changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullCommit {
@@ -51,6 +84,18 @@ impl ImageStore {
     /// Whether a layer with this diff id is in the store.
     pub fn has_layer(&self, diff_id: &str) -> bool {
         digest_hex(diff_id).is_some_and(|hex| self.layer_dir(hex).join("layer.json").exists())
+    }
+
+    /// The foreign descriptor a layer was pulled from, if it was one.
+    pub fn foreign_layer(&self, diff_id: &str) -> Result<Option<ForeignLayer>, ImageError> {
+        let Some(hex) = digest_hex(diff_id) else {
+            return Ok(None);
+        };
+        let path = self.layer_dir(hex).join(FOREIGN);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
     }
 
     /// Extracts a (possibly compressed) layer stream into a new staging directory. `name`
@@ -89,6 +134,9 @@ impl ImageStore {
         let _write = self.write_guard();
         let diff_ids = config_diff_ids(config)?;
         let mut size = 0;
+        // Layers to publish: their metadata written first, then one syncfs for all of them
+        // (not one per layer), then the renames.
+        let mut publish = Vec::new();
         for diff_id in &diff_ids {
             let hex = digest_hex(diff_id).ok_or_else(|| ImageError::InvalidArchive {
                 reason: format!("invalid diff id {diff_id}"),
@@ -117,8 +165,25 @@ impl ImageStore {
                 source,
             })?;
             let meta_path = tmp.join("layer.json");
+            // The staging directory goes if anything fails before its rename.
+            let staged_dir = StagedLayer {
+                dir: Some(tmp.clone()),
+                diff_id: diff_id.clone(),
+                size: layer.size,
+            };
             fs::write(&meta_path, &bytes).map_err(io_err(&meta_path))?;
-            crate::state::durable::sync_filesystem(&tmp).map_err(io_err(&tmp))?;
+            size += layer.size;
+            publish.push((staged_dir, dir));
+        }
+        if let Some((first, _)) = publish.first() {
+            if let Some(tmp) = &first.dir {
+                crate::state::durable::sync_filesystem(tmp).map_err(io_err(tmp))?;
+            }
+        }
+        for (mut staged_dir, dir) in publish {
+            let Some(tmp) = staged_dir.dir.take() else {
+                continue;
+            };
             if let Err(e) = fs::rename(&tmp, &dir) {
                 // A concurrent pull may have published the same layer first.
                 let _ = fs::remove_dir_all(&tmp);
@@ -129,7 +194,6 @@ impl ImageStore {
                     });
                 }
             }
-            size += layer.size;
         }
         drop(staged);
 
@@ -183,6 +247,34 @@ impl ImageStore {
         }
         tracing::info!(image = %id, digest = repo_digest, "image pulled");
         Ok(PullCommit { id, updated })
+    }
+
+    /// The image a pull would end at, if it is already here: the one whose RepoDigests hold
+    /// `repo_digest` and, for a pull by tag, that `tag` names, with every layer present.
+    /// Returns its id and its config's `os/architecture` (the caller checks the platform).
+    pub fn already_pulled(
+        &self,
+        tag: Option<&Reference>,
+        repo_digest: &str,
+    ) -> Option<(String, String, String)> {
+        let state = self.lock();
+        let (id, image) = match tag {
+            Some(tag) => {
+                let id = state.tags.get(tag)?;
+                (id, state.images.get(id)?)
+            }
+            None => state
+                .images
+                .iter()
+                .find(|(_, img)| img.meta.repo_digests.iter().any(|d| d == repo_digest))?,
+        };
+        if !image.meta.repo_digests.iter().any(|d| d == repo_digest)
+            || !image.diff_ids.iter().all(|d| self.has_layer(d))
+        {
+            return None;
+        }
+        let field = |name: &str| image.config[name].as_str().unwrap_or_default().to_string();
+        Some((id.clone(), field("os"), field("architecture")))
     }
 
     /// What a push sends for one tag: the image id, its config bytes as stored (so the id

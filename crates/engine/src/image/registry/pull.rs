@@ -28,6 +28,10 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+/// Docker's foreign layer (pulled from its URLs, never pushed).
+pub(super) const DOCKER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+/// OCI's non-distributable layers (`…tar`, `…tar+gzip`, `…tar+zstd`).
+const OCI_NONDISTRIBUTABLE: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
 /// Layers downloaded at once, as dockerd's default `max-concurrent-downloads`.
 const CONCURRENT_DOWNLOADS: usize = 3;
 /// Attempts at a request that fails for network reasons (dockerd retries 5 times).
@@ -140,6 +144,19 @@ struct Descriptor {
     digest: String,
     #[serde(default)]
     size: i64,
+    /// Where a foreign (non-distributable) layer is downloaded from instead of the registry.
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+impl Descriptor {
+    /// A layer the registry does not serve: Docker's foreign layers (Windows base layers) and
+    /// OCI's non-distributable ones, fetched from their `urls` as dockerd does.
+    fn is_foreign(&self) -> bool {
+        !self.urls.is_empty()
+            && (self.media_type == DOCKER_FOREIGN
+                || self.media_type.starts_with(OCI_NONDISTRIBUTABLE))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -448,6 +465,16 @@ async fn pull_one(
         .clone()
         .or_else(|| reference.tag.clone())
         .unwrap_or_else(|| "latest".to_string());
+    if let Some(digest) = up_to_date(store, remote, reference, platform).await {
+        // dockerd stops once it sees the config is here; a HEAD on the manifest is enough to
+        // know that, without fetching manifest and config again.
+        let _ = progress.send(Progress::message(
+            Some(&tag_or_digest),
+            format!("Pulling from {}", reference.path),
+        ));
+        let _ = progress.send(Progress::message(None, format!("Digest: {digest}")));
+        return Ok((what, false));
+    }
     let (mut bytes, manifest_digest) = remote
         .manifest(reference.tag.as_deref(), reference.digest.as_deref(), &what)
         .await?;
@@ -562,6 +589,39 @@ async fn pull_one(
     Ok((what, commit.updated))
 }
 
+/// The manifest digest of `reference` when the store already has its image, for `platform`,
+/// under that tag (or digest) with every layer: a pull then has nothing to do. A tag's digest
+/// comes from a HEAD request; any failure there leaves the decision to the full pull.
+async fn up_to_date(
+    store: &Arc<ImageStore>,
+    remote: &Remote,
+    reference: &Reference,
+    platform: &Platform,
+) -> Option<String> {
+    let digest = match &reference.digest {
+        Some(digest) => digest.clone(),
+        None => {
+            let oref = remote.oci_ref(reference.tag.as_deref(), None);
+            match remote
+                .client
+                .fetch_manifest_digest(&oref, &remote.auth)
+                .await
+            {
+                Ok(digest) => digest,
+                Err(e) => {
+                    tracing::debug!(reference = %reference.familiar(), error = %chain(&e), "manifest HEAD failed");
+                    return None;
+                }
+            }
+        }
+    };
+    let repo_digest = format!("{}@{digest}", reference.familiar_name());
+    let tag = reference.digest.is_none().then_some(reference);
+    let (_, os, architecture) = store.already_pulled(tag, &repo_digest)?;
+    // An index digest names every platform: the image here must be the one asked for.
+    (os == platform.os && architecture == platform.architecture).then_some(digest)
+}
+
 /// Downloads one layer blob, streaming it through the digest check into the extractor;
 /// retried from scratch on network errors.
 async fn fetch_layer(
@@ -626,20 +686,22 @@ async fn fetch_layer_once(
     id: &str,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<StagedLayer, Fetch> {
-    let sized = match remote
-        .client
-        .pull_blob_stream(oref, desc.digest.as_str())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) if is_transient(&e) => return Err(Fetch::Network(e)),
-        Err(e) => return Err(Fetch::Failed(remote.translate(e, &desc.digest))),
+    let (mut stream, content_length) = if desc.is_foreign() {
+        open_foreign(remote, desc).await?
+    } else {
+        match remote
+            .client
+            .pull_blob_stream(oref, desc.digest.as_str())
+            .await
+        {
+            Ok(sized) => (sized.stream, sized.content_length),
+            Err(e) if is_transient(&e) => return Err(Fetch::Network(e)),
+            Err(e) => return Err(Fetch::Failed(remote.translate(e, &desc.digest))),
+        }
     };
-    let total = sized
-        .content_length
+    let total = content_length
         .or_else(|| u64::try_from(desc.size).ok())
         .unwrap_or(0);
-    let mut stream = sized.stream;
     let (tx, rx) = mpsc::channel::<Bytes>(32);
     let store2 = store.clone();
     let name = desc.digest.clone();
@@ -711,6 +773,18 @@ async fn fetch_layer_once(
     }
     let _ = progress.send(Progress::layer(id, "Download complete"));
     let staged = staged.map_err(|e| Fetch::Failed(RegistryError::Store(e)))?;
+    if desc.is_foreign() {
+        // Kept with the layer, so a push refers to the URLs instead of uploading it.
+        let foreign = crate::image::pulled::ForeignLayer {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.clone(),
+            size: u64::try_from(desc.size).unwrap_or(current),
+            urls: desc.urls.clone(),
+        };
+        staged
+            .set_foreign(&foreign)
+            .map_err(|e| Fetch::Failed(RegistryError::Store(e)))?;
+    }
     let _ = progress.send(Progress {
         id: Some(id.to_string()),
         status: "Extracting".to_string(),
@@ -720,6 +794,49 @@ async fn fetch_layer_once(
         },
     });
     Ok(staged)
+}
+
+/// Opens a foreign layer from the first of its URLs that answers, as dockerd does. Only
+/// http and https URLs are followed; the digest is checked by the caller as for any blob.
+async fn open_foreign(
+    remote: &Remote,
+    desc: &Descriptor,
+) -> Result<
+    (
+        futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
+        Option<u64>,
+    ),
+    Fetch,
+> {
+    let client = super::http_client(false).map_err(Fetch::Failed)?;
+    let mut last = String::new();
+    for url in &desc.urls {
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => {
+                last = format!("invalid URL on layer {}: {url:?}", desc.digest);
+                continue;
+            }
+        };
+        match client.get(parsed).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let length = resp.content_length();
+                let stream = resp
+                    .bytes_stream()
+                    .map(|chunk| chunk.map_err(io::Error::other));
+                return Ok((Box::pin(stream), length));
+            }
+            Ok(resp) => last = format!("{url}: {}", resp.status()),
+            Err(e) => last = format!("{url}: {}", chain(&e)),
+        }
+    }
+    Err(Fetch::Failed(RegistryError::Registry {
+        reference: remote.reference.familiar(),
+        message: format!(
+            "error pulling foreign layer {} from its URLs: {last}",
+            desc.digest
+        ),
+    }))
 }
 
 #[cfg(test)]

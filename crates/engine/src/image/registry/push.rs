@@ -1,18 +1,18 @@
 //! `docker push`: per tag, each layer is found in the registry (HEAD, by the blob digests
 //! remembered for its diff id), mounted from another repository of the same registry, or
-//! exported from the store (`write_layer`, the original tar rebuilt), gzip-compressed into a
-//! scratch file under `image/tmp` and uploaded; then the config and a Docker schema-2
-//! manifest.
+//! exported from the store (`write_layer`, the original tar rebuilt) and gzip-compressed
+//! while it uploads (the digest computed on the way); three layers at a time. Then the config
+//! and a Docker schema-2 manifest.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::cache::{self, BlobSource};
@@ -28,8 +28,12 @@ const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Layers uploaded at once.
 const CONCURRENT_UPLOADS: usize = 3;
-/// Bytes per upload chunk (and between two `Pushing` lines).
-const CHUNK: usize = 1 << 20;
+/// Bytes per upload PATCH: oci-client's own largest chunk, so no message is split.
+const CHUNK: usize = 4 << 20;
+/// Chunks compressed ahead of the upload, per layer.
+const PIPE_CHUNKS: usize = 2;
+/// Uncompressed bytes between two `Pushing` lines.
+const PROGRESS_STEP: u64 = 1 << 20;
 
 /// What `POST /images/{name}/push?tag=` asks for.
 #[derive(Debug, Clone)]
@@ -73,7 +77,10 @@ impl Target {
                     message: "unauthorized: authentication required".to_string(),
                 }
             }
-            OciDistributionError::UnauthorizedError { .. } => RegistryError::Registry {
+            // A refused upload session (the first request of a streamed push) comes back as
+            // a plain 401.
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::ServerError { code: 401, .. } => RegistryError::Registry {
                 reference,
                 message: "unauthorized: authentication required".to_string(),
             },
@@ -91,26 +98,6 @@ impl Target {
                 message: chain(&e),
             },
         }
-    }
-}
-
-/// A writer that hashes and counts what goes through it.
-struct HashWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -201,18 +188,36 @@ pub async fn push(
                     reference: target.repository.familiar(),
                     message: "upload queue closed".to_string(),
                 })?;
-                let blob = push_layer(&store, target, oref, diff_id, progress).await?;
-                Ok::<_, RegistryError>(((*diff_id).clone(), blob))
+                let descriptor = match store.foreign_layer(diff_id)? {
+                    // As dockerd (without --allow-nondistributable-artifacts): the manifest
+                    // refers to the layer's URLs, the blob is not uploaded.
+                    Some(foreign) => {
+                        let _ = progress.send(Progress::layer(
+                            short_id(diff_id),
+                            "Skipped foreign layer",
+                        ));
+                        serde_json::json!({
+                            "mediaType": foreign_media_type(&foreign.media_type),
+                            "size": foreign.size,
+                            "digest": foreign.digest,
+                            "urls": foreign.urls,
+                        })
+                    }
+                    None => {
+                        let b = push_layer(&store, target, oref, diff_id, progress).await?;
+                        serde_json::json!({"mediaType": DOCKER_LAYER, "size": b.size, "digest": b.digest})
+                    }
+                };
+                Ok::<_, RegistryError>(((*diff_id).clone(), descriptor))
             }
         });
-        let blobs: Vec<(String, BlobSource)> = futures_util::future::try_join_all(uploads).await?;
+        let blobs: Vec<(String, serde_json::Value)> =
+            futures_util::future::try_join_all(uploads).await?;
         let layers: Vec<serde_json::Value> = source
             .diff_ids
             .iter()
             .filter_map(|d| blobs.iter().find(|(id, _)| id == d))
-            .map(|(_, b)| {
-                serde_json::json!({"mediaType": DOCKER_LAYER, "size": b.size, "digest": b.digest})
-            })
+            .map(|(_, descriptor)| descriptor.clone())
             .collect();
 
         if !target
@@ -266,6 +271,18 @@ pub async fn push(
     Ok(pushed)
 }
 
+/// The media type of a foreign layer in the Docker schema-2 manifest a push writes: OCI's
+/// gzip non-distributable type becomes Docker's foreign type (a registry accepts a layer it
+/// does not hold only under that type); others are kept.
+fn foreign_media_type(media_type: &str) -> &str {
+    match media_type {
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
+            super::pull::DOCKER_FOREIGN
+        }
+        other => other,
+    }
+}
+
 /// Makes one layer present in the target repository; returns its blob.
 async fn push_layer(
     store: &Arc<ImageStore>,
@@ -315,121 +332,162 @@ async fn push_layer(
         }
     }
 
-    // Export and compress into a scratch file, hashing the compressed stream.
-    let scratch = store.scratch_path("push");
+    // Export, compress and upload at once: the blocking task writes the gzip stream into a
+    // bounded pipe whose chunks are sent as they come (PATCHes of `CHUNK`), the digest is
+    // computed on the way, as dockerd's `compress` pipe into one upload.
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(PIPE_CHUNKS);
     let store2 = store.clone();
-    let path = scratch.clone();
     let layer = diff_id.to_string();
-    let compressed =
-        tokio::task::spawn_blocking(move || -> Result<(String, u64), RegistryError> {
-            let file = std::fs::File::create(&path).map_err(|source| {
-                RegistryError::Store(crate::image::ImageError::Io {
-                    path: path.clone(),
-                    source,
-                })
-            })?;
-            let hashed = HashWriter {
-                inner: io::BufWriter::new(file),
-                hasher: Sha256::new(),
-                size: 0,
-            };
-            let mut gz = flate2::write::GzEncoder::new(hashed, flate2::Compression::default());
-            store2.write_layer(&layer, &mut gz)?;
-            let mut hashed = gz.finish().map_err(|source| {
-                RegistryError::Store(crate::image::ImageError::Io {
-                    path: path.clone(),
-                    source,
-                })
-            })?;
-            hashed.flush().map_err(|source| {
-                RegistryError::Store(crate::image::ImageError::Io {
-                    path: path.clone(),
-                    source,
-                })
-            })?;
-            Ok((
-                format!("sha256:{}", hex::encode(hashed.hasher.finalize())),
-                hashed.size,
-            ))
+    let progress_tx = progress.clone();
+    let id2 = id.clone();
+    let upload_stopped = Arc::new(AtomicBool::new(false));
+    let stopped = upload_stopped.clone();
+    let compressor = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
+        let mut pipe = PipeWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            stopped,
+        };
+        let counted = ProgressWriter {
+            inner: flate2::write::GzEncoder::new(&mut pipe, flate2::Compression::default()),
+            id: id2,
+            progress: progress_tx,
+            done: 0,
+            reported: 0,
+        };
+        let result = compress_layer(&store2, &layer, counted);
+        match result {
+            Ok(()) => pipe.flush().map_err(|source| pipe_error(&layer, source)),
+            Err(e) => {
+                // The upload must not be committed with what was sent so far.
+                pipe.fail(&e);
+                Err(e)
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| {
+            let item = item.map_err(OciDistributionError::IoError);
+            (item, rx)
         })
-        .await
-        .map_err(|e| RegistryError::Registry {
-            reference: target.repository.familiar(),
-            message: format!("internal task failed: {e}"),
-        });
-    let result = match compressed {
-        Ok(Ok((digest, size))) => upload(target, oref, &scratch, &digest, size, &id, progress)
-            .await
-            .map(|()| BlobSource {
-                digest,
-                size,
-                registry: host,
-                repository: repo,
-            }),
-        Ok(Err(e)) | Err(e) => Err(e),
+    });
+    let uploaded = target.client.push_blob_stream_chunked(oref, stream).await;
+    let compressed = compressor.await.map_err(|e| RegistryError::Registry {
+        reference: target.repository.familiar(),
+        message: format!("internal task failed: {e}"),
+    })?;
+    // A failure to read the layer explains a failed upload better than the upload's error,
+    // unless the compressor only stopped because the upload did.
+    let uploaded = match (compressed, uploaded) {
+        (Err(e), _) if !upload_stopped.load(Ordering::Relaxed) => return Err(e),
+        (_, Err(e)) => return Err(target.translate(e)),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(()), Ok(uploaded)) => uploaded,
     };
-    let _ = tokio::fs::remove_file(&scratch).await;
-    let blob = result?;
+    let _ = progress.send(Progress::layer(&id, "Pushed"));
+    let blob = BlobSource {
+        digest: uploaded.blob_digest,
+        size: uploaded.size,
+        registry: host,
+        repository: repo,
+    };
     cache::remember(&cache_path, diff_id, blob.clone());
     Ok(blob)
 }
 
-async fn upload(
-    target: &Target,
-    oref: &oci_client::Reference,
-    file: &PathBuf,
-    digest: &str,
-    size: u64,
-    id: &str,
-    progress: &mpsc::UnboundedSender<Progress>,
+/// Writes the layer's tar through `out` (the gzip encoder) and finishes the gzip stream.
+fn compress_layer<W: Write>(
+    store: &ImageStore,
+    diff_id: &str,
+    mut out: ProgressWriter<flate2::write::GzEncoder<W>>,
 ) -> Result<(), RegistryError> {
-    if target
-        .client
-        .blob_exists(oref, digest)
-        .await
-        .map_err(|e| target.translate(e))?
-    {
-        let _ = progress.send(Progress::layer(id, "Layer already exists"));
-        return Ok(());
-    }
-    let reader = tokio::fs::File::open(file).await.map_err(|source| {
-        RegistryError::Store(crate::image::ImageError::Io {
-            path: file.clone(),
-            source,
+    store.write_layer(diff_id, &mut out)?;
+    out.inner
+        .try_finish()
+        .map_err(|source| pipe_error(diff_id, source))
+}
+
+fn pipe_error(diff_id: &str, source: io::Error) -> RegistryError {
+    RegistryError::Store(crate::image::ImageError::Io {
+        path: PathBuf::from(diff_id),
+        source,
+    })
+}
+
+/// The writing end of the pipe between the compressor and the upload: gathers `CHUNK` bytes
+/// per message, so each PATCH carries a full chunk.
+struct PipeWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+    /// Set when the upload has gone (its end of the pipe dropped).
+    stopped: Arc<AtomicBool>,
+}
+
+impl PipeWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            self.stopped.store(true, Ordering::Relaxed);
+            io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped")
         })
-    })?;
-    let id_owned = id.to_string();
-    let progress_tx = progress.clone();
-    let stream = futures_util::stream::try_unfold((reader, 0u64), move |(mut reader, sent)| {
-        let id = id_owned.clone();
-        let progress = progress_tx.clone();
-        async move {
-            let mut buf = vec![0u8; CHUNK];
-            let n = reader
-                .read(&mut buf)
-                .await
-                .map_err(OciDistributionError::IoError)?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.truncate(n);
-            let sent = sent + n as u64;
-            let _ = progress.send(Progress {
-                id: Some(id),
+    }
+
+    /// Ends the stream with an error, so the upload is abandoned rather than committed.
+    fn fail(&mut self, error: &RegistryError) {
+        self.buf.clear();
+        let _ = self
+            .tx
+            .blocking_send(Err(io::Error::other(error.to_string())));
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// Counts the uncompressed bytes going into the compressor for the `Pushing` lines (dockerd
+/// reports the layer's tar read so far, not the compressed bytes).
+struct ProgressWriter<W> {
+    inner: W,
+    id: String,
+    progress: mpsc::UnboundedSender<Progress>,
+    done: u64,
+    reported: u64,
+}
+
+impl<W: Write> Write for ProgressWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.done += n as u64;
+        if self.done - self.reported >= PROGRESS_STEP {
+            self.reported = self.done;
+            let _ = self.progress.send(Progress {
+                id: Some(self.id.clone()),
                 status: "Pushing".to_string(),
                 detail: Detail::Bytes {
-                    current: sent,
-                    total: size,
+                    current: self.done,
+                    total: 0,
                 },
             });
-            Ok(Some((Bytes::from(buf), (reader, sent))))
         }
-    });
-    target
-        .client
-        .push_blob_stream(oref, stream, digest, Some(size))
-        .await
-        .map_err(|e| target.translate(e))?;
-    let _ = progress.send(Progress::layer(id, "Pushed"));
-    Ok(())
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
