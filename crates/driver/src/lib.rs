@@ -67,6 +67,10 @@ pub struct BootImage {
     /// images built before the ISO existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso: Option<PathBuf>,
+    /// The same kernel uncompressed (ELF with a PVH entry point, x86_64), which QEMU's
+    /// `microvm` boots without the guest unpacking it; `None` for images without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_elf: Option<PathBuf>,
 }
 
 /// What the host asks a driver to build.

@@ -173,6 +173,10 @@ pub struct GuestManifest {
     /// from images built before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso: Option<String>,
+    /// The uncompressed ELF kernel (x86_64, PVH entry) for machines that boot one faster
+    /// (QEMU's microvm); absent from images built before it existed and from arm64 images.
+    #[serde(rename = "kernelElf", default, skip_serializing_if = "Option::is_none")]
+    pub kernel_elf: Option<String>,
     /// sha256 of each file, by name.
     pub sha256: BTreeMap<String, String>,
 }
@@ -195,6 +199,7 @@ impl GuestImage {
             cmdline: self.manifest.cmdline.clone(),
             arch: self.manifest.arch.clone(),
             iso: self.manifest.iso.as_ref().map(|iso| self.dir.join(iso)),
+            kernel_elf: self.manifest.kernel_elf.as_ref().map(|k| self.dir.join(k)),
         }
     }
 }
@@ -235,6 +240,7 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<GuestManifest, ImageError
     for file in [&manifest.kernel, &manifest.initrd]
         .into_iter()
         .chain(manifest.iso.as_ref())
+        .chain(manifest.kernel_elf.as_ref())
     {
         if !manifest.sha256.contains_key(file) {
             return Err(incomplete(format!("no sha256 for {file}")));
@@ -672,6 +678,7 @@ pub(crate) mod tests {
             initrd: "initrd.img".into(),
             cmdline: "console=ttyS0".into(),
             iso: None,
+            kernel_elf: None,
             sha256,
         };
         fs::write(dir.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();

@@ -599,6 +599,7 @@ pub async fn create_with<D: Driver>(
             cmdline: String::new(),
             arch: String::new(),
             iso: None,
+            kernel_elf: None,
         }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),

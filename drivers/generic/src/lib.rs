@@ -985,6 +985,7 @@ mod tests {
                 cmdline: String::new(),
                 arch: String::new(),
                 iso: None,
+                kernel_elf: None,
             },
             config_drive: tmp.path().join("config.img"),
             guest_ports: rmachine_driver::GuestPorts::default(),
