@@ -106,7 +106,7 @@ need() {
     exit 1
   fi
 }
-need apt-get apt-cache dpkg-deb cpio zstd xz gzip depmod sha256sum cargo jq readelf
+need apt-get apt-cache dpkg-deb cpio zstd xz gzip depmod sha256sum cargo jq readelf strip
 ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
 ISOHDPFX=/usr/lib/ISOLINUX/isohdpfx.bin
 LDLINUX=/usr/lib/syslinux/modules/bios/ldlinux.c32
@@ -383,9 +383,19 @@ for m in "${MODULES[@]}"; do
   fi
   for path in ${line/:/}; do want["$path"]=1; done
 done
+# Debian signs its modules and the kernel checks each signature at load (sha256 of the whole
+# file, then RSA) unless it is absent: CONFIG_MODULE_SIG without MODULE_SIG_FORCE loads an
+# unsigned module and only marks the kernel tainted. Under TCG the checks cost seconds of
+# boot; `strip --strip-debug` drops the appended signature (Debian already removed the debug
+# sections). Secure Boot, which would enforce signatures, is off for this image anyway (its
+# boot loaders are unsigned).
 for path in "${!want[@]}"; do
   mkdir -p "$ROOT/lib/modules/$KVER/$(dirname "$path")"
-  cp "$MODDIR/$path" "$ROOT/lib/modules/$KVER/$path"
+  strip --strip-debug -o "$ROOT/lib/modules/$KVER/$path" "$MODDIR/$path"
+  if [[ "$(tail -c 28 "$ROOT/lib/modules/$KVER/$path")" == '~Module signature appended~' ]]; then
+    log "module $path: strip left its signature"
+    exit 1
+  fi
 done
 cp "$MODDIR"/modules.{builtin,builtin.modinfo,order} "$ROOT/lib/modules/$KVER/"
 depmod -b "$ROOT" "$KVER"
