@@ -102,11 +102,11 @@ need() {
   local missing=()
   for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   if ((${#missing[@]})); then
-    log "missing tools: ${missing[*]} (apt-get install cpio zstd kmod jq musl-tools binutils)"
+    log "missing tools: ${missing[*]} (apt-get install cpio xz-utils kmod jq musl-tools binutils)"
     exit 1
   fi
 }
-need apt-get apt-cache dpkg-deb cpio zstd xz gzip depmod sha256sum cargo jq readelf strip
+need apt-get apt-cache dpkg-deb cpio xz gzip depmod sha256sum cargo jq readelf strip
 ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
 ISOHDPFX=/usr/lib/ISOLINUX/isohdpfx.bin
 LDLINUX=/usr/lib/syslinux/modules/bios/ldlinux.c32
@@ -187,10 +187,6 @@ E2FS="$WORK/e2fsprogs"
 if [[ ! -x "$E2FS/sbin/e2fsck" || ! -x "$E2FS/usr/sbin/nft" ]]; then
   rm -rf "$E2FS"
   for deb in "${E2FS_DEBS[@]}"; do dpkg-deb -x "$deb" "$E2FS"; done
-fi
-if ! grep -q '^CONFIG_RD_ZSTD=y' "$WORK/kernel/boot/config-$KVER"; then
-  log "kernel $KVER cannot unpack a zstd initramfs"
-  exit 1
 fi
 
 # --- 2. Static binaries ----------------------------------------------------------------------
@@ -407,13 +403,14 @@ MOD_COUNT="${#want[@]}"
 MOD_SIZE="$(du -sk "$ROOT/lib/modules" | cut -f1)"
 log "modules: $MOD_COUNT files, ${MOD_SIZE} KiB"
 
-# --- 4. Initramfs (cpio newc, zstd) ----------------------------------------------------------
-# Deterministic archive: sorted names, clamped times, root ownership.
+# --- 4. Initramfs (cpio newc, uncompressed) --------------------------------------------------
+# Deterministic archive: sorted names, clamped times, root ownership. Uncompressed: QEMU loads
+# it on the host, and under TCG the kernel reached /init 1.4-1.9 s sooner (guest time, 38 MB
+# cpio) than with zstd -19 (11 MB) or lz4 -9 (17 MB), 3.5 s of wall time on a loaded host.
 find "$ROOT" -exec touch -h -d @0 {} +
 INITRD_TMP="$WORK/initrd.img.tmp"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort \
-  | cpio --quiet -o -H newc --owner 0:0 --reproducible) \
-  | zstd -q -19 -T0 -f -o "$INITRD_TMP"
+  | cpio --quiet -o -H newc --owner 0:0 --reproducible) >"$INITRD_TMP"
 
 # --- 5. Output + manifest --------------------------------------------------------------------
 KERNEL_IN="$WORK/kernel/boot/vmlinuz-$KVER"
