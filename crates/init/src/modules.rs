@@ -392,9 +392,15 @@ kernel/fs/overlayfs/overlay.ko:
         let (early, late) = split_phases(&entries, &order, is_device_driver);
         assert_eq!(
             early,
-            ["kernel/net/core/failover.ko", "kernel/drivers/net/virtio_net.ko"]
+            [
+                "kernel/net/core/failover.ko",
+                "kernel/drivers/net/virtio_net.ko"
+            ]
         );
-        assert_eq!(late, ["kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko"]);
+        assert_eq!(
+            late,
+            ["kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko"]
+        );
     }
 
     #[test]
