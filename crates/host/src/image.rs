@@ -816,6 +816,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_uncompressed_kernel_listed_as_kernel_elf_is_checked_and_booted() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_image(tmp.path(), "1.0-elf");
+        let path = tmp.path().join(MANIFEST);
+        let mut manifest: GuestManifest =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(open(tmp.path()).unwrap().boot_image().kernel_elf, None);
+        let mut json: serde_json::Value = serde_json::to_value(&manifest).unwrap();
+        json["kernelElf"] = "vmlinux".into();
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let err = open(tmp.path()).unwrap_err().to_string();
+        assert!(err.ends_with("no sha256 for vmlinux"), "{err}");
+
+        fs::write(tmp.path().join("vmlinux"), b"\x7fELF").unwrap();
+        manifest.kernel_elf = Some("vmlinux".into());
+        manifest.sha256.insert(
+            "vmlinux".into(),
+            sha256_file(&tmp.path().join("vmlinux")).unwrap(),
+        );
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let image = open(tmp.path()).unwrap();
+        assert_eq!(
+            image.boot_image().kernel_elf,
+            Some(tmp.path().join("vmlinux"))
+        );
+    }
+
+    #[test]
     fn missing_image_names_where_it_looked_and_the_fix() {
         let tmp = tempfile::tempdir().unwrap();
         let dev = tmp.path().join("ws/guest/out");
