@@ -106,7 +106,7 @@ need() {
     exit 1
   fi
 }
-need apt-get apt-cache dpkg-deb cpio xz gzip depmod sha256sum cargo jq readelf strip
+need apt-get apt-cache dpkg-deb cpio xz gzip depmod sha256sum cargo jq readelf truncate
 ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
 ISOHDPFX=/usr/lib/ISOLINUX/isohdpfx.bin
 LDLINUX=/usr/lib/syslinux/modules/bios/ldlinux.c32
@@ -382,15 +382,17 @@ done
 # Debian signs its modules and the kernel checks each signature at load (sha256 of the whole
 # file, then RSA) unless it is absent: CONFIG_MODULE_SIG without MODULE_SIG_FORCE loads an
 # unsigned module and only marks the kernel tainted. Under TCG the checks cost seconds of
-# boot; `strip --strip-debug` drops the appended signature (Debian already removed the debug
-# sections). Secure Boot, which would enforce signatures, is off for this image anyway (its
-# boot loaders are unsigned).
+# boot. The signature is appended: [PKCS#7, sig_len bytes][struct module_signature, 12 bytes,
+# sig_len big-endian in its last 4]["~Module signature appended~\n", 28 bytes]; cutting it off
+# gives the same bytes as `strip --strip-debug` on x86_64, for any architecture. Secure Boot,
+# which would enforce signatures, is off for this image anyway (its loaders are unsigned).
 for path in "${!want[@]}"; do
-  mkdir -p "$ROOT/lib/modules/$KVER/$(dirname "$path")"
-  strip --strip-debug -o "$ROOT/lib/modules/$KVER/$path" "$MODDIR/$path"
-  if [[ "$(tail -c 28 "$ROOT/lib/modules/$KVER/$path")" == '~Module signature appended~' ]]; then
-    log "module $path: strip left its signature"
-    exit 1
+  dest="$ROOT/lib/modules/$KVER/$path"
+  mkdir -p "$(dirname "$dest")"
+  cp "$MODDIR/$path" "$dest"
+  if [[ "$(tail -c 28 "$dest")" == '~Module signature appended~' ]]; then
+    sig_len="$(tail -c 32 "$dest" | head -c 4 | od -An -tu4 --endian=big | tr -d ' ')"
+    truncate -s "$(( $(stat -c %s "$dest") - sig_len - 40 ))" "$dest"
   fi
 done
 cp "$MODDIR"/modules.{builtin,builtin.modinfo,order} "$ROOT/lib/modules/$KVER/"
