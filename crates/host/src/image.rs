@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rmachine_driver::BootImage;
+
+mod derive;
+pub use derive::DERIVED_DIR;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -136,6 +139,29 @@ pub enum ImageError {
         /// The file's sum.
         actual: String,
     },
+    /// A fast-boot file cannot be derived from an image's file.
+    #[error("guest image {version}: cannot {action} {}; nothing was cached", path.display())]
+    Derive {
+        /// The image's version.
+        version: String,
+        /// What failed (`unpack`, `write`...).
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image's file is not what a fast-boot file can be derived from.
+    #[error("guest image {version}: {}: {problem}; nothing was cached", path.display())]
+    DeriveInvalid {
+        /// The image's version.
+        version: String,
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The manifest lists no checksum for a file the VM boots, or names a path outside the
     /// image directory.
     #[error("guest image manifest {path}: {problem}")]
@@ -200,7 +226,23 @@ impl GuestImage {
             arch: self.manifest.arch.clone(),
             iso: self.manifest.iso.as_ref().map(|iso| self.dir.join(iso)),
             kernel_elf: self.manifest.kernel_elf.as_ref().map(|k| self.dir.join(k)),
+            initrd_uncompressed: None,
         }
+    }
+
+    /// [`Self::boot_image`] plus the fast-boot files of an x86_64 image (the kernel ELF and
+    /// the uncompressed initramfs, which QEMU's microvm loads), derived into
+    /// `<dir>/derived/` on first use and reused after. Call it on the cached image.
+    pub fn fast_boot_image(&self) -> Result<BootImage, ImageError> {
+        let mut boot = self.boot_image();
+        if self.manifest.arch == "x86_64" {
+            let derived = derive::derive(self)?;
+            if derived.kernel_elf.is_some() {
+                boot.kernel_elf = derived.kernel_elf;
+            }
+            boot.initrd_uncompressed = derived.initrd;
+        }
+        Ok(boot)
     }
 }
 

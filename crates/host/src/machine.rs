@@ -600,6 +600,7 @@ pub async fn create_with<D: Driver>(
             arch: String::new(),
             iso: None,
             kernel_elf: None,
+            initrd_uncompressed: None,
         }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),
@@ -624,7 +625,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = cached.boot_image();
+        spec.boot = cached.fast_boot_image()?;
     }
 
     let certs_dir = store.certs_dir();
@@ -1461,7 +1462,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = cached.boot_image();
+    config.vm.boot = cached.fast_boot_image()?;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;

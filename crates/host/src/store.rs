@@ -561,6 +561,7 @@ pub(crate) mod tests {
                     arch: "x86_64".into(),
                     iso: None,
                     kernel_elf: None,
+                    initrd_uncompressed: None,
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),

@@ -986,6 +986,7 @@ mod tests {
                 arch: String::new(),
                 iso: None,
                 kernel_elf: None,
+                initrd_uncompressed: None,
             },
             config_drive: tmp.path().join("config.img"),
             guest_ports: rmachine_driver::GuestPorts::default(),

@@ -33,6 +33,7 @@ fn setup() -> Setup {
                 cmdline: "console=ttyS0".into(),
                 iso: Some(image.join("rmachine.iso")),
                 kernel_elf: None,
+                initrd_uncompressed: None,
                 arch: String::new(),
             },
             config_drive: machine.join("config.img"),

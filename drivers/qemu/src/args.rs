@@ -188,6 +188,16 @@ pub fn kernel_file(boot: &BootImage, family: MachineFamily, guest: HostArch) -> 
     }
 }
 
+/// The initramfs QEMU loads: on an x86_64 `microvm`, the uncompressed one the host derived
+/// when there is one (the guest kernel unpacking zstd costs seconds under TCG), else the
+/// compressed one.
+pub fn initrd_file(boot: &BootImage, family: MachineFamily, guest: HostArch) -> &Path {
+    match (&boot.initrd_uncompressed, family, guest) {
+        (Some(raw), MachineFamily::Microvm, HostArch::X86_64) => raw,
+        _ => &boot.initrd,
+    }
+}
+
 /// The arguments (without the program) that start the VM. On Linux and macOS QEMU daemonizes
 /// once the VM runs; Windows QEMU has no `-daemonize`, so the driver spawns it detached.
 pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
@@ -243,7 +253,7 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
                 "-kernel",
                 &path(kernel_file(l.boot, family, l.guest)),
                 "-initrd",
-                &path(&l.boot.initrd),
+                &path(initrd_file(l.boot, family, l.guest)),
             ]);
             push(&[
                 "-append",
@@ -380,7 +390,8 @@ mod tests {
             cmdline: "console=ttyS0 quiet".to_owned(),
             arch: "x86_64".to_owned(),
             iso: None,
-            kernel_elf: Some(PathBuf::from(format!("{dir}/vmlinux"))),
+            kernel_elf: Some(PathBuf::from(format!("{dir}/derived/vmlinux"))),
+            initrd_uncompressed: Some(PathBuf::from(format!("{dir}/derived/initrd.cpio"))),
         }
     }
 
@@ -495,7 +506,7 @@ mod tests {
         let expected = split(
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nmicrovm,acpi=on\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
              -nodefaults\n-no-user-config\n-display\nnone\n\
-             -kernel\n/img/vmlinux\n-initrd\n/img/initrd.img\n\
+             -kernel\n/img/derived/vmlinux\n-initrd\n/img/derived/initrd.cpio\n\
              -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-device,drive=data\n\
@@ -656,6 +667,7 @@ mod tests {
             arch: "aarch64".into(),
             iso: None,
             kernel_elf: None,
+            initrd_uncompressed: None,
         };
         let p = unix_paths("/Users/me/m/dev");
         let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
@@ -687,6 +699,7 @@ mod tests {
             arch: "aarch64".into(),
             iso: None,
             kernel_elf: None,
+            initrd_uncompressed: None,
         };
         let p = unix_paths("/m/dev");
         let mut l = launch(LINUX, Accel::Tcg, "virt", &boot, &p);
@@ -741,6 +754,7 @@ mod tests {
             arch: "x86_64".into(),
             iso: None,
             kernel_elf: None,
+            initrd_uncompressed: None,
         };
         let p = Paths {
             disk: format!(r"{dir}\disk.qcow2").into(),
