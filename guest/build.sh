@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the rmachine guest image: guest/out/{manifest.json,vmlinuz,vmlinux,initrd.img,rmachine.iso} for
+# Builds the rmachine guest image: guest/out/{manifest.json,vmlinuz,initrd.img,rmachine.iso} for
 # x86_64, guest/out-aarch64/ (no ISO) for the arm64 guest (Apple Silicon hosts; QEMU `virt`).
 #
 #   guest/build.sh                 # ARCH=x86_64 by default
@@ -102,11 +102,11 @@ need() {
   local missing=()
   for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
   if ((${#missing[@]})); then
-    log "missing tools: ${missing[*]} (apt-get install cpio xz-utils kmod jq musl-tools binutils)"
+    log "missing tools: ${missing[*]} (apt-get install cpio zstd kmod jq musl-tools binutils)"
     exit 1
   fi
 }
-need apt-get apt-cache dpkg-deb cpio xz gzip depmod sha256sum cargo jq readelf truncate
+need apt-get apt-cache dpkg-deb cpio zstd gzip depmod sha256sum cargo jq readelf truncate
 ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
 ISOHDPFX=/usr/lib/ISOLINUX/isohdpfx.bin
 LDLINUX=/usr/lib/syslinux/modules/bios/ldlinux.c32
@@ -187,6 +187,10 @@ E2FS="$WORK/e2fsprogs"
 if [[ ! -x "$E2FS/sbin/e2fsck" || ! -x "$E2FS/usr/sbin/nft" ]]; then
   rm -rf "$E2FS"
   for deb in "${E2FS_DEBS[@]}"; do dpkg-deb -x "$deb" "$E2FS"; done
+fi
+if ! grep -q '^CONFIG_RD_ZSTD=y' "$WORK/kernel/boot/config-$KVER"; then
+  log "kernel $KVER cannot unpack a zstd initramfs"
+  exit 1
 fi
 
 # --- 2. Static binaries ----------------------------------------------------------------------
@@ -405,14 +409,16 @@ MOD_COUNT="${#want[@]}"
 MOD_SIZE="$(du -sk "$ROOT/lib/modules" | cut -f1)"
 log "modules: $MOD_COUNT files, ${MOD_SIZE} KiB"
 
-# --- 4. Initramfs (cpio newc, uncompressed) --------------------------------------------------
-# Deterministic archive: sorted names, clamped times, root ownership. Uncompressed: QEMU loads
-# it on the host, and under TCG the kernel reached /init 1.4-1.9 s sooner (guest time, 38 MB
-# cpio) than with zstd -19 (11 MB) or lz4 -9 (17 MB), 3.5 s of wall time on a loaded host.
+# --- 4. Initramfs (cpio newc, zstd) ----------------------------------------------------------
+# Deterministic archive: sorted names, clamped times, root ownership. zstd -19: the smallest
+# download (11 MB vs 38 MB uncompressed) and fast to unpack. Unpacking it in the guest costs
+# seconds under TCG, so for QEMU's microvm the host unpacks it once per image (crates/host/src/
+# image/derive.rs); pc/q35 and the ISO boot this file as is.
 find "$ROOT" -exec touch -h -d @0 {} +
 INITRD_TMP="$WORK/initrd.img.tmp"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort \
-  | cpio --quiet -o -H newc --owner 0:0 --reproducible) >"$INITRD_TMP"
+  | cpio --quiet -o -H newc --owner 0:0 --reproducible) \
+  | zstd -q -19 -T0 -f -o "$INITRD_TMP"
 
 # --- 5. Output + manifest --------------------------------------------------------------------
 KERNEL_IN="$WORK/kernel/boot/vmlinuz-$KVER"
@@ -425,41 +431,13 @@ else
 fi
 mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 mv -f "$INITRD_TMP" "$OUT/initrd.img"
-# x86_64: the uncompressed ELF kernel as well, which QEMU's microvm enters at its PVH entry
-# point (the .note.Xen PHYS32_ENTRY note, CONFIG_PVH). Under TCG the bzImage spends seconds
-# of emulated time unpacking its xz payload (boot to the root mount: 8.0 s vs 4.9 s here);
-# QEMU loads the ELF on the host. The bzImage stays for pc/q35 and the ISO.
+# No uncompressed kernel is shipped (66 MB): for QEMU's microvm the host unpacks the
+# bzImage's payload once per image into the ELF it enters at its PVH entry point
+# (crates/host/src/image/derive.rs). That needs CONFIG_PVH. (Earlier builds shipped vmlinux.)
 rm -f "$OUT/vmlinux"
-if [[ "$ARCH" == x86_64 ]]; then
-  if ! grep -q '^CONFIG_PVH=y' "$WORK/kernel/boot/config-$KVER"; then
-    log "kernel $KVER has no PVH entry point (CONFIG_PVH)"
-    exit 1
-  fi
-  # The payload starts at one of these magics (the kernel's scripts/extract-vmlinux tries each
-  # offset, as the magic may also occur by chance); the first that unpacks to an ELF is it.
-  extract_vmlinux() {
-    local magic="$1" tool="$2" pos
-    for pos in $(LC_ALL=C grep -obUaP "$magic" "$KERNEL_IN" | cut -d: -f1); do
-      tail -c+$((pos + 1)) "$KERNEL_IN" | $tool -dc 2>/dev/null >"$OUT/vmlinux.tmp" || true
-      if [[ "$(head -c4 "$OUT/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" == 7f454c46 ]]; then
-        return 0
-      fi
-    done
-    return 1
-  }
-  if ! { extract_vmlinux '\xfd7zXZ\x00' xz || extract_vmlinux '\x28\xb5\x2f\xfd' zstd \
-    || extract_vmlinux '\x1f\x8b\x08' gzip; }; then
-    rm -f "$OUT/vmlinux.tmp"
-    log "no xz, zstd or gzip payload in $KERNEL_IN unpacks to an ELF kernel"
-    exit 1
-  fi
-  # 0x12 = XEN_ELFNOTE_PHYS32_ENTRY: without it QEMU cannot boot the ELF.
-  if ! readelf -n "$OUT/vmlinux.tmp" | grep -q 'Unknown note type: (0x00000012)'; then
-    rm -f "$OUT/vmlinux.tmp"
-    log "the unpacked kernel has no PVH entry note"
-    exit 1
-  fi
-  mv -f "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+if [[ "$ARCH" == x86_64 ]] && ! grep -q '^CONFIG_PVH=y' "$WORK/kernel/boot/config-$KVER"; then
+  log "kernel $KVER has no PVH entry point (CONFIG_PVH)"
+  exit 1
 fi
 # console: serial log (the first serial port → console.log); quiet: only our lines; panic=-1:
 # a kernel panic reboots at once instead of hanging.
@@ -521,8 +499,7 @@ SHA_KERNEL="$(sha256sum "$OUT/vmlinuz" | cut -d' ' -f1)"
 SHA_INITRD="$(sha256sum "$OUT/initrd.img" | cut -d' ' -f1)"
 if ((BUILD_ISO)); then
   SHA_ISO="$(sha256sum "$OUT/rmachine.iso" | cut -d' ' -f1)"
-  SHA_ELF="$(sha256sum "$OUT/vmlinux" | cut -d' ' -f1)"
-  HASH="$(printf '%s %s %s %s' "$SHA_KERNEL" "$SHA_INITRD" "$SHA_ISO" "$SHA_ELF" | sha256sum | cut -c1-8)"
+  HASH="$(printf '%s %s %s' "$SHA_KERNEL" "$SHA_INITRD" "$SHA_ISO" | sha256sum | cut -c1-8)"
 else
   HASH="$(printf '%s %s' "$SHA_KERNEL" "$SHA_INITRD" | sha256sum | cut -c1-8)"
 fi
@@ -535,11 +512,9 @@ jq -n \
     cmdline: $cmdline, kernelVersion: $kver,
     sha256: {vmlinuz: $k, "initrd.img": $i}}' >"$OUT/manifest.json.tmp"
 if ((BUILD_ISO)); then
-  # The ISO holds the same kernel and initramfs, for VirtualBox and Hyper-V; kernelElf is the
-  # uncompressed kernel QEMU's microvm boots.
-  jq --arg iso "$SHA_ISO" --arg elf "$SHA_ELF" \
-    '.iso = "rmachine.iso" | .sha256["rmachine.iso"] = $iso
-     | .kernelElf = "vmlinux" | .sha256.vmlinux = $elf' \
+  # The ISO holds the same kernel and initramfs, for VirtualBox and Hyper-V.
+  jq --arg iso "$SHA_ISO" \
+    '.iso = "rmachine.iso" | .sha256["rmachine.iso"] = $iso' \
     "$OUT/manifest.json.tmp" >"$OUT/manifest.json.tmp2"
   mv -f "$OUT/manifest.json.tmp2" "$OUT/manifest.json.tmp"
 fi
@@ -547,7 +522,6 @@ mv -f "$OUT/manifest.json.tmp" "$OUT/manifest.json"
 
 log "guest $VERSION ($ARCH, kernel $KVER)"
 log "  vmlinuz    $(du -h "$OUT/vmlinuz" | cut -f1)"
-[[ -e "$OUT/vmlinux" ]] && log "  vmlinux    $(du -h "$OUT/vmlinux" | cut -f1) (uncompressed, PVH)"
 log "  initrd.img $(du -h "$OUT/initrd.img" | cut -f1) (unpacked $(du -sh "$ROOT" | cut -f1))"
 if ((BUILD_ISO)); then
   log "  rmachine.iso $(du -h "$OUT/rmachine.iso" | cut -f1) (BIOS + UEFI)"
