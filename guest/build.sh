@@ -108,7 +108,7 @@ need() {
     exit 1
   fi
 }
-need apt-get apt-cache dpkg-deb cpio zstd depmod sha256sum cargo jq readelf
+need apt-get apt-cache dpkg-deb cpio zstd gzip depmod sha256sum cargo jq readelf truncate
 ISOLINUX_BIN=/usr/lib/ISOLINUX/isolinux.bin
 ISOHDPFX=/usr/lib/ISOLINUX/isohdpfx.bin
 LDLINUX=/usr/lib/syslinux/modules/bios/ldlinux.c32
@@ -385,9 +385,21 @@ for m in "${MODULES[@]}"; do
   fi
   for path in ${line/:/}; do want["$path"]=1; done
 done
+# Debian signs its modules and the kernel checks each signature at load (sha256 of the whole
+# file, then RSA) unless it is absent: CONFIG_MODULE_SIG without MODULE_SIG_FORCE loads an
+# unsigned module and only marks the kernel tainted. Under TCG the checks cost seconds of
+# boot. The signature is appended: [PKCS#7, sig_len bytes][struct module_signature, 12 bytes,
+# sig_len big-endian in its last 4]["~Module signature appended~\n", 28 bytes]; cutting it off
+# gives the same bytes as `strip --strip-debug` on x86_64, for any architecture. Secure Boot,
+# which would enforce signatures, is off for this image anyway (its loaders are unsigned).
 for path in "${!want[@]}"; do
-  mkdir -p "$ROOT/lib/modules/$KVER/$(dirname "$path")"
-  cp "$MODDIR/$path" "$ROOT/lib/modules/$KVER/$path"
+  dest="$ROOT/lib/modules/$KVER/$path"
+  mkdir -p "$(dirname "$dest")"
+  cp "$MODDIR/$path" "$dest"
+  if [[ "$(tail -c 28 "$dest")" == '~Module signature appended~' ]]; then
+    sig_len="$(tail -c 32 "$dest" | head -c 4 | od -An -tu4 --endian=big | tr -d ' ')"
+    truncate -s "$(( $(stat -c %s "$dest") - sig_len - 40 ))" "$dest"
+  fi
 done
 cp "$MODDIR"/modules.{builtin,builtin.modinfo,order} "$ROOT/lib/modules/$KVER/"
 depmod -b "$ROOT" "$KVER"
@@ -400,7 +412,10 @@ MOD_SIZE="$(du -sk "$ROOT/lib/modules" | cut -f1)"
 log "modules: $MOD_COUNT files, ${MOD_SIZE} KiB"
 
 # --- 4. Initramfs (cpio newc, zstd) ----------------------------------------------------------
-# Deterministic archive: sorted names, clamped times, root ownership.
+# Deterministic archive: sorted names, clamped times, root ownership. zstd -19: the smallest
+# download (11 MB vs 38 MB uncompressed) and fast to unpack. Unpacking it in the guest costs
+# seconds under TCG, so for QEMU's microvm the host unpacks it once per image (crates/host/src/
+# image/derive.rs); pc/q35 and the ISO boot this file as is.
 find "$ROOT" -exec touch -h -d @0 {} +
 INITRD_TMP="$WORK/initrd.img.tmp"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort \
@@ -418,6 +433,14 @@ else
 fi
 mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 mv -f "$INITRD_TMP" "$OUT/initrd.img"
+# No uncompressed kernel is shipped (66 MB): for QEMU's microvm the host unpacks the
+# bzImage's payload once per image into the ELF it enters at its PVH entry point
+# (crates/host/src/image/derive.rs). That needs CONFIG_PVH. (Earlier builds shipped vmlinux.)
+rm -f "$OUT/vmlinux"
+if [[ "$ARCH" == x86_64 ]] && ! grep -q '^CONFIG_PVH=y' "$WORK/kernel/boot/config-$KVER"; then
+  log "kernel $KVER has no PVH entry point (CONFIG_PVH)"
+  exit 1
+fi
 # console: serial log (the first serial port → console.log); quiet: only our lines; panic=-1:
 # a kernel panic reboots at once instead of hanging.
 CMDLINE="console=$CONSOLE quiet panic=-1"
@@ -492,7 +515,8 @@ jq -n \
     sha256: {vmlinuz: $k, "initrd.img": $i}}' >"$OUT/manifest.json.tmp"
 if ((BUILD_ISO)); then
   # The ISO holds the same kernel and initramfs, for VirtualBox and Hyper-V.
-  jq --arg iso "$SHA_ISO" '.iso = "rmachine.iso" | .sha256["rmachine.iso"] = $iso' \
+  jq --arg iso "$SHA_ISO" \
+    '.iso = "rmachine.iso" | .sha256["rmachine.iso"] = $iso' \
     "$OUT/manifest.json.tmp" >"$OUT/manifest.json.tmp2"
   mv -f "$OUT/manifest.json.tmp2" "$OUT/manifest.json.tmp"
 fi

@@ -67,6 +67,16 @@ pub struct BootImage {
     /// images built before the ISO existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso: Option<PathBuf>,
+    /// The same kernel uncompressed (ELF with a PVH entry point, x86_64; the host extracts it
+    /// from the bzImage once per image), which QEMU's `microvm` boots without the guest
+    /// unpacking it; `None` for images without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_elf: Option<PathBuf>,
+    /// The initramfs uncompressed (the host unpacks it once per image), which QEMU's x86_64
+    /// `microvm` loads so the guest does not spend seconds unpacking it; `None` for machines
+    /// recorded before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_uncompressed: Option<PathBuf>,
 }
 
 /// What the host asks a driver to build.

@@ -610,6 +610,8 @@ pub async fn create_with<D: Driver>(
             cmdline: String::new(),
             arch: String::new(),
             iso: None,
+            kernel_elf: None,
+            initrd_uncompressed: None,
         }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),
@@ -634,7 +636,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = cached.boot_image();
+        spec.boot = cached.fast_boot_image()?;
     }
 
     let certs_dir = store.certs_dir();
@@ -1589,7 +1591,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = cached.boot_image();
+    config.vm.boot = cached.fast_boot_image()?;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;

@@ -560,6 +560,8 @@ pub(crate) mod tests {
                     cmdline: "console=ttyS0".into(),
                     arch: "x86_64".into(),
                     iso: None,
+                    kernel_elf: None,
+                    initrd_uncompressed: None,
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),

@@ -139,9 +139,18 @@ pub fn split_phases(
 /// metadata checksums need the `crc32c` algorithm, which nothing names as a symbol dependency
 /// (it is looked up by name at mount time), so its generic implementation is listed here.
 pub fn is_device_driver(path: &str) -> bool {
-    path.starts_with("kernel/drivers/")
+    (path.starts_with("kernel/drivers/") && !is_container_device(path))
         || path.starts_with("kernel/fs/ext4/")
         || path.starts_with("kernel/crypto/crc32c_generic.")
+}
+
+/// Virtual network devices only containers use (veth pairs, tun for the engine's user-space
+/// networking): they live under `drivers/` but nothing before the engine needs them, so they
+/// load in the background with netfilter and bridge.
+fn is_container_device(path: &str) -> bool {
+    ["kernel/drivers/net/veth.", "kernel/drivers/net/tun."]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
 }
 
 /// Outcome of [`load_all`].
@@ -371,6 +380,27 @@ kernel/fs/overlayfs/overlay.ko:
             );
         }
         assert_eq!(late, ["kernel/fs/9p/9p.ko"]);
+    }
+
+    #[test]
+    fn container_network_devices_load_in_the_background() {
+        let text = "kernel/drivers/net/veth.ko:\nkernel/drivers/net/tun.ko:\n\
+             kernel/drivers/net/virtio_net.ko: kernel/net/core/failover.ko\n\
+             kernel/net/core/failover.ko:\n";
+        let entries = parse_modules_dep(text);
+        let order = load_order(&entries);
+        let (early, late) = split_phases(&entries, &order, is_device_driver);
+        assert_eq!(
+            early,
+            [
+                "kernel/net/core/failover.ko",
+                "kernel/drivers/net/virtio_net.ko"
+            ]
+        );
+        assert_eq!(
+            late,
+            ["kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko"]
+        );
     }
 
     #[test]

@@ -1079,6 +1079,8 @@ mod tests {
                 cmdline: String::new(),
                 arch: String::new(),
                 iso: None,
+                kernel_elf: None,
+                initrd_uncompressed: None,
             },
             config_drive: tmp.path().join("config.img"),
             guest_ports: rmachine_driver::GuestPorts::default(),

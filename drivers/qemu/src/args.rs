@@ -177,6 +177,27 @@ pub fn fsdev_arg(share: &Share) -> String {
     arg
 }
 
+/// The kernel QEMU loads: on an x86_64 `microvm`, the image's uncompressed ELF kernel when it
+/// has one (QEMU enters it at its PVH entry point; under TCG the bzImage spends seconds of
+/// emulated time unpacking itself), else the bzImage. `pc`/`q35` boot the bzImage through
+/// their firmware as before.
+pub fn kernel_file(boot: &BootImage, family: MachineFamily, guest: HostArch) -> &Path {
+    match (&boot.kernel_elf, family, guest) {
+        (Some(elf), MachineFamily::Microvm, HostArch::X86_64) => elf,
+        _ => &boot.kernel,
+    }
+}
+
+/// The initramfs QEMU loads: on an x86_64 `microvm`, the uncompressed one the host derived
+/// when there is one (the guest kernel unpacking zstd costs seconds under TCG), else the
+/// compressed one.
+pub fn initrd_file(boot: &BootImage, family: MachineFamily, guest: HostArch) -> &Path {
+    match (&boot.initrd_uncompressed, family, guest) {
+        (Some(raw), MachineFamily::Microvm, HostArch::X86_64) => raw,
+        _ => &boot.initrd,
+    }
+}
+
 /// The arguments (without the program) that start the VM. On Linux and macOS QEMU daemonizes
 /// once the VM runs; Windows QEMU has no `-daemonize`, so the driver spawns it detached.
 pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
@@ -230,9 +251,9 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
         None => {
             push(&[
                 "-kernel",
-                &path(&l.boot.kernel),
+                &path(kernel_file(l.boot, family, l.guest)),
                 "-initrd",
-                &path(&l.boot.initrd),
+                &path(initrd_file(l.boot, family, l.guest)),
             ]);
             push(&[
                 "-append",
@@ -369,6 +390,8 @@ mod tests {
             cmdline: "console=ttyS0 quiet".to_owned(),
             arch: "x86_64".to_owned(),
             iso: None,
+            kernel_elf: Some(PathBuf::from(format!("{dir}/derived/vmlinux"))),
+            initrd_uncompressed: Some(PathBuf::from(format!("{dir}/derived/initrd.cpio"))),
         }
     }
 
@@ -483,7 +506,7 @@ mod tests {
         let expected = split(
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nmicrovm,acpi=on\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
              -nodefaults\n-no-user-config\n-display\nnone\n\
-             -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
+             -kernel\n/img/derived/vmlinux\n-initrd\n/img/derived/initrd.cpio\n\
              -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-device,drive=data\n\
@@ -643,6 +666,8 @@ mod tests {
             cmdline: "console=ttyAMA0".into(),
             arch: "aarch64".into(),
             iso: None,
+            kernel_elf: None,
+            initrd_uncompressed: None,
         };
         let p = unix_paths("/Users/me/m/dev");
         let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
@@ -673,6 +698,8 @@ mod tests {
             cmdline: "console=ttyAMA0 quiet".into(),
             arch: "aarch64".into(),
             iso: None,
+            kernel_elf: None,
+            initrd_uncompressed: None,
         };
         let p = unix_paths("/m/dev");
         let mut l = launch(LINUX, Accel::Tcg, "virt", &boot, &p);
@@ -726,6 +753,8 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             arch: "x86_64".into(),
             iso: None,
+            kernel_elf: None,
+            initrd_uncompressed: None,
         };
         let p = Paths {
             disk: format!(r"{dir}\disk.qcow2").into(),

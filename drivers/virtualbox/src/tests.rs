@@ -45,6 +45,8 @@ fn setup() -> Setup {
             initrd: image.join("initrd.img"),
             cmdline: "console=ttyS0".into(),
             iso: Some(image.join("rmachine.iso")),
+            kernel_elf: None,
+            initrd_uncompressed: None,
             arch: String::new(),
         },
         config_drive: machine.join("config.img"),

@@ -106,6 +106,16 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
         created.stdout
     );
     check_timeline(&machine, "create")?;
+    // The image ships only the compressed kernel and initramfs; the host derived the forms
+    // the microvm boots into the cached image's derived/ directory.
+    let record = machine.rmachine(&["inspect", &machine.name])?.success()?;
+    for derived in ["derived/vmlinux", "derived/initrd.cpio"] {
+        assert!(
+            record.stdout.contains(derived),
+            "the machine boots {derived}: {}",
+            record.stdout
+        );
+    }
 
     let stopped = machine.rmachine(&["stop", &machine.name])?.success()?;
     eprintln!("stop took {:.2}s", stopped.elapsed.as_secs_f64());

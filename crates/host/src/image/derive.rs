@@ -1,0 +1,406 @@
+//! Fast-boot forms of a guest image, made on the host once per image: the kernel ELF inside
+//! the bzImage and the uncompressed initramfs. QEMU's x86_64 `microvm` loads them as they are,
+//! so the guest does not spend seconds of emulated time unpacking either; the image itself
+//! ships only the compressed files (a small download). They live in `<image>/derived/`,
+//! written to a temporary name and renamed, so an existing file is complete and is reused.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{GuestImage, ImageError};
+
+/// The subdirectory of an image directory holding the derived files.
+pub const DERIVED_DIR: &str = "derived";
+/// The kernel ELF extracted from the bzImage.
+const KERNEL_ELF: &str = "vmlinux";
+/// The initramfs, decompressed.
+const INITRD_CPIO: &str = "initrd.cpio";
+
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+/// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point QEMU's microvm enters an ELF kernel at.
+const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 0x12;
+
+/// The derived files of one image; `None` where the image's own file is booted instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Derived {
+    /// The uncompressed kernel ELF with a PVH entry note.
+    pub kernel_elf: Option<PathBuf>,
+    /// The uncompressed initramfs.
+    pub initrd: Option<PathBuf>,
+}
+
+fn invalid(image: &GuestImage, path: &Path, problem: impl Into<String>) -> ImageError {
+    ImageError::DeriveInvalid {
+        version: image.manifest.version.clone(),
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+fn failed<'a>(
+    image: &'a GuestImage,
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Derive {
+        version: image.manifest.version.clone(),
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes (or reuses) the fast-boot files of an x86_64 `image`. Files that cannot help (a
+/// kernel without a PVH entry, an initramfs that is not compressed) are left out; a payload
+/// that does not unpack is an error naming the image and the file, and leaves nothing behind.
+pub fn derive(image: &GuestImage) -> Result<Derived, ImageError> {
+    let dir = image.dir.join(DERIVED_DIR);
+    let mut derived = Derived::default();
+    if image.manifest.kernel_elf.is_none() {
+        let bzimage = image.dir.join(&image.manifest.kernel);
+        derived.kernel_elf = cached_or(image, &dir, KERNEL_ELF, |out| {
+            extract_kernel(image, &bzimage, out)
+        })?;
+    }
+    let initrd = image.dir.join(&image.manifest.initrd);
+    derived.initrd = cached_or(image, &dir, INITRD_CPIO, |out| {
+        decompress_initrd(image, &initrd, out)
+    })?;
+    if derived == Derived::default() {
+        let _ = fs::remove_dir(&dir);
+    }
+    Ok(derived)
+}
+
+/// `dir/name` if it exists; else runs `make` on a temporary file there and renames it into
+/// place when `make` says it is useful (`Ok(true)`), removing it otherwise.
+fn cached_or(
+    image: &GuestImage,
+    dir: &Path,
+    name: &str,
+    make: impl FnOnce(&mut fs::File) -> Result<bool, ImageError>,
+) -> Result<Option<PathBuf>, ImageError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        return Ok(Some(path));
+    }
+    fs::create_dir_all(dir).map_err(failed(image, "create", dir))?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp).map_err(failed(image, "write", &tmp))?;
+        if !make(&mut file)? {
+            return Ok(None);
+        }
+        file.sync_all().map_err(failed(image, "write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(failed(image, "write", &path))?;
+        Ok(Some(path))
+    })();
+    if !matches!(result, Ok(Some(_))) {
+        let _ = fs::remove_file(&tmp);
+        // Only removed when empty: another file already derived stays.
+        let _ = fs::remove_dir(dir);
+    }
+    result
+}
+
+/// Unpacks a zstd initramfs into `out`; `false` for one that is not zstd (booted as it is).
+fn decompress_initrd(
+    image: &GuestImage,
+    path: &Path,
+    out: &mut fs::File,
+) -> Result<bool, ImageError> {
+    let mut file = fs::File::open(path).map_err(failed(image, "read", path))?;
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(failed(image, "read", path))?;
+    if magic[..n] != *ZSTD_MAGIC {
+        return Ok(false);
+    }
+    let file = fs::File::open(path).map_err(failed(image, "read", path))?;
+    let mut decoder = ruzstd::decoding::StreamingDecoder::new(io::BufReader::new(file))
+        .map_err(|e| invalid(image, path, format!("not a zstd initramfs: {e}")))?;
+    io::copy(&mut decoder, &mut io::BufWriter::new(out)).map_err(failed(image, "unpack", path))?;
+    Ok(true)
+}
+
+/// Extracts the kernel ELF from the bzImage at `path` into `out`; `false` when the bzImage
+/// holds none QEMU can enter (not a bzImage, a compression other than xz, gzip or zstd, no
+/// PVH entry note): the bzImage is booted then.
+fn extract_kernel(image: &GuestImage, path: &Path, out: &mut fs::File) -> Result<bool, ImageError> {
+    let bzimage = fs::read(path).map_err(failed(image, "read", path))?;
+    let Some(payload) = payload(&bzimage) else {
+        tracing::warn!(path = %path.display(), "not a bzImage with a payload; booting it as is");
+        return Ok(false);
+    };
+    let mut elf = Vec::new();
+    let unpacked = if payload.starts_with(XZ_MAGIC) {
+        lzma_rust2::XzReader::new(payload, false).read_to_end(&mut elf)
+    } else if payload.starts_with(GZIP_MAGIC) {
+        flate2::read::GzDecoder::new(payload).read_to_end(&mut elf)
+    } else if payload.starts_with(ZSTD_MAGIC) {
+        ruzstd::decoding::StreamingDecoder::new(payload)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            .and_then(|mut d| d.read_to_end(&mut elf))
+    } else {
+        tracing::warn!(path = %path.display(), "kernel payload compression not xz, gzip or zstd; booting the bzImage");
+        return Ok(false);
+    };
+    unpacked.map_err(failed(image, "unpack the kernel payload of", path))?;
+    if !has_pvh_entry(&elf) {
+        tracing::warn!(path = %path.display(), "the unpacked kernel is no ELF with a PVH entry note; booting the bzImage");
+        return Ok(false);
+    }
+    let mut out = io::BufWriter::new(out);
+    out.write_all(&elf)
+        .and_then(|()| out.flush())
+        .map_err(failed(image, "write the kernel of", path))?;
+    Ok(true)
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The compressed kernel inside a bzImage, located by its setup header (the kernel's
+/// Documentation/arch/x86/boot.rst): it starts `payload_offset` bytes into the protected-mode
+/// code, which follows the `setup_sects + 1` 512-byte sectors of real-mode setup.
+fn payload(bzimage: &[u8]) -> Option<&[u8]> {
+    if bzimage.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let setup_sects = match *bzimage.get(0x1f1)? {
+        // Old kernels wrote 0 for 4.
+        0 => 4,
+        n => usize::from(n),
+    };
+    let offset = usize::try_from(u32_at(bzimage, 0x248)?).ok()?;
+    let length = usize::try_from(u32_at(bzimage, 0x24c)?).ok()?;
+    let start = (setup_sects + 1) * 512 + offset;
+    let payload = bzimage.get(start..start.checked_add(length)?)?;
+    (!payload.is_empty()).then_some(payload)
+}
+
+/// Whether `elf` is a little-endian ELF64 with a `Xen` note of type PHYS32_ENTRY in one of its
+/// PT_NOTE segments.
+fn has_pvh_entry(elf: &[u8]) -> bool {
+    pvh_entry(elf).unwrap_or(false)
+}
+
+fn pvh_entry(elf: &[u8]) -> Option<bool> {
+    // ELFCLASS64, ELFDATA2LSB.
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return Some(false);
+    }
+    let phoff = usize::try_from(u64_at(elf, 0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(elf, 0x36)?);
+    let phnum = usize::from(u16_at(elf, 0x38)?);
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        const PT_NOTE: u32 = 4;
+        if u32_at(elf, ph)? != PT_NOTE {
+            continue;
+        }
+        let start = usize::try_from(u64_at(elf, ph + 8)?).ok()?;
+        let size = usize::try_from(u64_at(elf, ph + 32)?).ok()?;
+        let notes = elf.get(start..start.checked_add(size)?)?;
+        let mut at = 0;
+        while at + 12 <= notes.len() {
+            let namesz = usize::try_from(u32_at(notes, at)?).ok()?;
+            let descsz = usize::try_from(u32_at(notes, at + 4)?).ok()?;
+            let kind = u32_at(notes, at + 8)?;
+            let name = notes.get(at + 12..at + 12 + namesz)?;
+            if name == b"Xen\0" && kind == XEN_ELFNOTE_PHYS32_ENTRY {
+                return Some(true);
+            }
+            at += 12 + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);
+        }
+    }
+    Some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{open, tests::fake_image, GuestManifest, MANIFEST};
+    use sha2::{Digest, Sha256};
+
+    /// A minimal ELF64 with one PT_NOTE segment holding `notes`.
+    fn elf_with_notes(notes: &[u8]) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&4u32.to_le_bytes());
+        elf[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes());
+        elf[64 + 32..64 + 40].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+        elf.extend_from_slice(notes);
+        // Something to compress, as a kernel would have.
+        elf.extend((0..50_000u32).map(|i| (i % 251) as u8));
+        elf
+    }
+
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&kind.to_le_bytes());
+        n.extend_from_slice(name);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().next_multiple_of(4), 0);
+        n
+    }
+
+    fn pvh_elf() -> Vec<u8> {
+        let mut notes = note(b"GNU\0", 3, b"build-id");
+        notes.extend(note(
+            b"Xen\0",
+            XEN_ELFNOTE_PHYS32_ENTRY,
+            &0x100_0000u32.to_le_bytes(),
+        ));
+        elf_with_notes(&notes)
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        // As the kernel's scripts/xz_wrap.sh: x86 BCJ filter, then LZMA2, CRC32 check.
+        let mut options = lzma_rust2::XzOptions::with_preset(1);
+        options.prepend_pre_filter(lzma_rust2::FilterType::BcjX86, 0);
+        options.set_check_sum_type(lzma_rust2::CheckType::Crc32);
+        let mut w = lzma_rust2::XzWriter::new(Vec::new(), options).expect("xz writer");
+        w.write_all(data).unwrap();
+        w.finish().unwrap()
+    }
+
+    /// A bzImage as the kernel's build lays one out: 2 setup sectors plus the boot sector, a
+    /// setup header, then protected-mode code whose payload (compressed kernel followed by its
+    /// 4-byte size, as scripts/Makefile.lib's size_append writes it) starts 0x300 bytes in.
+    fn bzimage(payload: &[u8]) -> Vec<u8> {
+        let setup_sects = 2u8;
+        let offset = 0x300u32;
+        let mut payload = payload.to_vec();
+        payload.extend_from_slice(&50_000u32.to_le_bytes());
+        let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512 + offset as usize];
+        image[0x1f1] = setup_sects;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x248..0x24c].copy_from_slice(&offset.to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.extend_from_slice(&payload);
+        image.extend_from_slice(b"trailing code");
+        image
+    }
+
+    /// Replaces the fake image's kernel and initramfs with `kernel` and `initrd` and fixes
+    /// the manifest's sums.
+    fn image_with(dir: &Path, kernel: &[u8], initrd: &[u8]) -> GuestImage {
+        fake_image(dir, "1.0-derive");
+        let path = dir.join(MANIFEST);
+        let mut manifest: GuestManifest =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        for (name, data) in [(&manifest.kernel, kernel), (&manifest.initrd, initrd)] {
+            fs::write(dir.join(name), data).unwrap();
+        }
+        manifest
+            .sha256
+            .insert(manifest.kernel.clone(), hex::encode(Sha256::digest(kernel)));
+        manifest
+            .sha256
+            .insert(manifest.initrd.clone(), hex::encode(Sha256::digest(initrd)));
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        open(dir).unwrap()
+    }
+
+    fn cpio() -> Vec<u8> {
+        let mut data = b"070701".to_vec();
+        data.extend((0..100_000u32).map(|i| (i % 13) as u8));
+        data
+    }
+
+    #[test]
+    fn derives_the_kernel_elf_and_initramfs_once_and_reuses_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elf = pvh_elf();
+        let initrd = ruzstd::encoding::compress_to_vec(
+            &cpio()[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &initrd);
+
+        let derived = derive(&image).unwrap();
+        let kernel = tmp.path().join("derived/vmlinux");
+        let cpio_path = tmp.path().join("derived/initrd.cpio");
+        assert_eq!(derived.kernel_elf.as_deref(), Some(kernel.as_path()));
+        assert_eq!(derived.initrd.as_deref(), Some(cpio_path.as_path()));
+        assert_eq!(fs::read(&kernel).unwrap(), elf);
+        assert_eq!(fs::read(&cpio_path).unwrap(), cpio());
+        let mut names: Vec<_> = fs::read_dir(tmp.path().join("derived"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["initrd.cpio", "vmlinux"]);
+
+        // A second use reuses the files: one marked as changed is returned unchanged.
+        fs::write(&kernel, b"reused").unwrap();
+        assert_eq!(derive(&image).unwrap(), derived);
+        assert_eq!(fs::read(&kernel).unwrap(), b"reused");
+    }
+
+    #[test]
+    fn gzip_and_zstd_payloads_unpack_too() {
+        let elf = pvh_elf();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&elf).unwrap();
+        let zst = ruzstd::encoding::compress_to_vec(
+            &elf[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        for payload in [gz.finish().unwrap(), zst] {
+            let tmp = tempfile::tempdir().unwrap();
+            let image = image_with(tmp.path(), &bzimage(&payload), &cpio());
+            let derived = derive(&image).unwrap();
+            assert_eq!(fs::read(derived.kernel_elf.unwrap()).unwrap(), elf);
+            // An initramfs that is not compressed is booted as it is.
+            assert_eq!(derived.initrd, None);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_payload_is_a_clear_error_and_nothing_is_cached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut payload = xz(&pvh_elf());
+        let middle = payload.len() / 2;
+        payload[middle] ^= 0xff;
+        payload[middle + 1] ^= 0xff;
+        let image = image_with(tmp.path(), &bzimage(&payload), &cpio());
+        let err = derive(&image).unwrap_err();
+        let kernel = tmp.path().join(&image.manifest.kernel);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "guest image 1.0-derive: cannot unpack the kernel payload of {}; nothing was cached",
+                kernel.display()
+            )
+        );
+        assert!(!tmp.path().join(DERIVED_DIR).exists());
+    }
+
+    #[test]
+    fn a_kernel_without_a_pvh_entry_boots_as_the_bzimage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elf = elf_with_notes(&note(b"GNU\0", 3, b"build-id"));
+        let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &cpio());
+        assert_eq!(derive(&image).unwrap(), Derived::default());
+        assert!(!tmp.path().join(DERIVED_DIR).exists());
+    }
+}
