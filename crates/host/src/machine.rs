@@ -576,13 +576,15 @@ pub async fn create_with<D: Driver>(
         }
         None
     } else {
-        let dev_out = image::workspace_guest_out();
+        let arch = driver.guest_arch().unwrap_or(std::env::consts::ARCH);
+        let dev_out = image::workspace_guest_out(arch);
         Some(
             image::find(
                 options.guest_image.as_ref(),
-                &image::expand_download_url(&options.guest_image_url),
+                &image::expand_download_url(&options.guest_image_url, arch),
                 &store.cache_dir(),
                 dev_out.as_deref(),
+                arch,
                 &|event| progress(Progress::Download(event)),
             )
             .await?,
@@ -612,11 +614,7 @@ pub async fn create_with<D: Driver>(
         .map_err(|reason| MachineError::Precheck { reason })?;
 
     if let Some(found) = &found {
-        let cached_dir = store
-            .cache_dir()
-            .join("guest")
-            .join(&found.manifest.version);
-        if found.dir != cached_dir {
+        if found.dir.parent() != Some(store.cache_dir().join("guest").as_path()) {
             progress(Progress::ImportingImage {
                 version: found.manifest.version.clone(),
                 from: found.dir.clone(),
@@ -1414,17 +1412,19 @@ pub async fn upgrade_with<D: Driver>(
     let _lock = store.lock(name)?;
     let mut config = store.load(name)?;
     let dir = store.machine_dir(name);
-    let dev_out = image::workspace_guest_out();
+    let arch = driver.guest_arch().unwrap_or(std::env::consts::ARCH);
+    let dev_out = image::workspace_guest_out(arch);
     let found = image::find(
         guest_image,
-        &image::expand_download_url(guest_image_url),
+        &image::expand_download_url(guest_image_url, arch),
         &store.cache_dir(),
         dev_out.as_deref(),
+        arch,
         &|event| progress(Progress::Download(event)),
     )
     .await?;
     let version = found.manifest.version.clone();
-    if found.dir != store.cache_dir().join("guest").join(&version) {
+    if found.dir.parent() != Some(store.cache_dir().join("guest").as_path()) {
         progress(Progress::ImportingImage {
             version: version.clone(),
             from: found.dir.clone(),
@@ -2179,7 +2179,7 @@ mod tests {
             .vm
             .boot
             .kernel
-            .starts_with(store.cache_dir().join("guest/0.2.0")));
+            .starts_with(store.cache_dir().join("guest/0.2.0-x86_64")));
         assert_eq!(std::fs::read(&disk).unwrap(), b"data that must survive");
         let calls = driver.calls();
         assert_eq!(&calls[calls.len() - 3..], ["state", "stop", "start"]);
@@ -2232,7 +2232,7 @@ mod tests {
             .vm
             .boot
             .kernel
-            .starts_with(store.cache_dir().join("guest/0.1.0")));
+            .starts_with(store.cache_dir().join("guest/0.1.0-x86_64")));
         let drive = std::fs::File::open(store.machine_path("intro").join("config.img")).unwrap();
         let guest = GuestConfig::read_drive(drive).unwrap();
         assert_eq!(guest.hostname, "intro");

@@ -1182,9 +1182,9 @@ fn create_downloads_the_guest_image_once_then_works_offline() {
             "Downloading {url}initrd.img...\nDownloading {url}vmlinuz...\nRunning pre-create checks...\n"
         )
     );
-    assert_eq!(cache_entries(&env), ["t1"]);
+    assert_eq!(cache_entries(&env), ["t1-x86_64"]);
     assert_eq!(
-        std::fs::read(env.store().join("cache/guest/t1/initrd.img")).expect("cached initrd"),
+        std::fs::read(env.store().join("cache/guest/t1-x86_64/initrd.img")).expect("cached initrd"),
         b"initrd"
     );
 
