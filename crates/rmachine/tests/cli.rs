@@ -121,6 +121,64 @@ fn ls_on_an_empty_store_prints_the_header_only() {
 }
 
 #[test]
+fn usage_errors_are_reported_as_docker_machine_reports_them() {
+    let env = Env::new();
+    // urfave/cli: "Incorrect Usage.", a blank line and the command's help on stdout; Go's
+    // flag error on stderr.
+    for (args, stderr, help) in [
+        (
+            &["create", "--bogus", "m1"][..],
+            "flag provided but not defined: -bogus\n",
+            "Usage: rmachine create",
+        ),
+        (
+            &["ls", "--bogus=1"][..],
+            "flag provided but not defined: -bogus\n",
+            "Usage: rmachine ls",
+        ),
+        (
+            &["--bogus"][..],
+            "flag provided but not defined: -bogus\n",
+            "Usage: rmachine [OPTIONS] <COMMAND>",
+        ),
+        (
+            &["create", "m1", "--driver"][..],
+            "flag needs an argument: -driver\n",
+            "Usage: rmachine create",
+        ),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr, stderr, "{args:?}");
+        assert!(
+            run.stdout.starts_with("Incorrect Usage.\n\n"),
+            "{args:?}: {}",
+            run.stdout
+        );
+        assert!(run.stdout.contains(help), "{args:?}: {}", run.stdout);
+    }
+    // A missing machine name: the command's help, then its own error.
+    for (args, stderr) in [
+        (&["create"][..], "Error: No machine name specified\n"),
+        (
+            &["rm"][..],
+            "Error: Expected to get one or more machine names as arguments\n",
+        ),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code, 1, "{args:?}");
+        assert_eq!(run.stderr, stderr, "{args:?}");
+        let usage = format!("Usage: rmachine {} [OPTIONS] <NAME", args[0]);
+        assert!(run.stdout.contains(&usage), "{}", run.stdout);
+        assert!(!run.stdout.contains("Incorrect Usage."), "{}", run.stdout);
+    }
+    // No command at all: the help, as docker-machine.
+    let run = env.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("Usage: rmachine"), "{}", run.stdout);
+}
+
+#[test]
 fn unknown_machines_get_docker_machines_message() {
     let env = Env::new();
     for args in [
@@ -652,7 +710,7 @@ fn completion_scripts_for_each_shell() {
         assert!(run.stdout.contains("regenerate-certs"), "{shell}");
     }
     let run = env.run(&["completion", "tcsh"]);
-    assert_eq!(run.code, 2);
+    assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains("invalid value 'tcsh'"),
         "{}",
@@ -805,7 +863,7 @@ fn the_port_agent_shows_in_inspect_and_goes_with_rm() {
 fn published_bind_address_must_be_an_ip_address() {
     let env = Env::new();
     let run = env.run(&["create", "--published-bind-address", "localhost", "m1"]);
-    assert_eq!(run.code, 2);
+    assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains(
             "invalid value 'localhost' for '--published-bind-address <ADDR>': invalid IP address syntax"
