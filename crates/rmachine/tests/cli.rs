@@ -1445,3 +1445,124 @@ fn an_unknown_command_gets_docker_machines_message() {
         )
     );
 }
+
+/// `guest/publish.sh` lays out release files that `create` downloads from a URL template like
+/// the default one (`…/guest-v{version}-{arch}/`), for the guest's architecture.
+#[test]
+fn published_release_images_download_by_version_and_arch() {
+    let env = Env::new();
+    let x86 = env.dir.path().join("out");
+    valid_image(&x86);
+    let arm = env.dir.path().join("out-aarch64");
+    image_with_initrd(&arm, b"arm initrd");
+    let manifest = arm.join("manifest.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    json["arch"] = "aarch64".into();
+    std::fs::write(&manifest, json.to_string()).expect("manifest");
+
+    let publish = |dest: &Path| {
+        Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../guest/publish.sh"
+        ))
+        .arg(dest)
+        .args([&x86, &arm])
+        .output()
+        .expect("run guest/publish.sh")
+    };
+    let site = env.dir.path().join("site");
+    let out = publish(&site);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    for arch in ["x86_64", "aarch64"] {
+        let mut files: Vec<String> =
+            std::fs::read_dir(site.join(format!("guest-v{version}-{arch}")))
+                .expect("release dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+        files.sort();
+        assert_eq!(files, ["initrd.img", "manifest.json", "vmlinuz"], "{arch}");
+    }
+    // Publishing the same images again changes nothing; another image under the same
+    // version is refused.
+    assert!(publish(&site).status.success());
+    image_with_initrd(&x86, b"other initrd");
+    let out = publish(&site);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "guest-v{version}-x86_64 holds another image (t1); a published release is never replaced"
+        )),
+        "{stderr}"
+    );
+    // A file that does not match its manifest is never published.
+    std::fs::write(x86.join("vmlinuz"), b"tampered").expect("kernel");
+    let out = publish(&env.dir.path().join("site2"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vmlinuz: sha256 "), "{stderr}");
+    assert!(!env
+        .dir
+        .path()
+        .join("site2")
+        .join(format!("guest-v{version}-x86_64"))
+        .exists());
+    valid_image(&x86);
+
+    // An installed binary (outside the workspace's target/, so no guest/out is found)
+    // downloads what the template names for the guest's architecture.
+    let bin = env.dir.path().join("bin/rmachine");
+    std::fs::create_dir_all(bin.parent().expect("bin dir")).expect("bin dir");
+    std::fs::copy(env!("CARGO_BIN_EXE_rmachine"), &bin).expect("copy rmachine");
+    let server = FileServer::serve(&site);
+    let template = format!("{}guest-v{{version}}-{{arch}}/", server.url);
+    let create = |extra: &[&str], name: &str| {
+        let out = Command::new(&bin)
+            .args(["create", "--no-progress", "--guest-image-url", &template])
+            .args(["--qemu-program", "/nonexistent/qemu"])
+            .args(extra)
+            .arg(name)
+            .env("RMACHINE_STORAGE_PATH", env.store())
+            .env_remove("RMACHINE_GUEST_IMAGE")
+            .env_remove("RMACHINE_GUEST_IMAGE_URL")
+            .env_remove("RMACHINE_DRIVER")
+            .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+            .env("NO_PROXY", "127.0.0.1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rmachine");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = create(&[], "a");
+    assert_eq!(code, Some(3), "{stdout}");
+    let base = format!("{}guest-v{version}-x86_64/", server.url);
+    assert!(
+        stdout.starts_with(&format!(
+            "Downloading {base}initrd.img...\nDownloading {base}vmlinuz...\n"
+        )),
+        "{stdout}"
+    );
+    let (code, stdout) = create(&["--qemu-arch", "aarch64"], "b");
+    assert_eq!(code, Some(3), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "Downloading {}guest-v{version}-aarch64/initrd.img",
+            server.url
+        )),
+        "{stdout}"
+    );
+    assert_eq!(cache_entries(&env), ["t1-aarch64", "t1-x86_64"]);
+    assert_eq!(
+        std::fs::read(env.store().join("cache/guest/t1-aarch64/initrd.img")).expect("initrd"),
+        b"arm initrd"
+    );
+}
