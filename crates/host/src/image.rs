@@ -97,23 +97,8 @@ pub enum ImageError {
     },
     /// An image whose version and architecture are cached already, with other content: the
     /// cached files are what existing machines boot, so they are never replaced.
-    #[error("guest image {version} ({arch}) from {from} differs from the cached image {version} in {}: {file} has sha256 {new}, the cached one {old}; a cached image is never replaced (machines boot from it): publish the changed image under a new version, or remove the machines using it and then that directory", cached.display())]
-    VersionConflict {
-        /// The image version.
-        version: String,
-        /// Its architecture.
-        arch: String,
-        /// Where the new image comes from (a directory or a manifest URL).
-        from: String,
-        /// The cache entry.
-        cached: PathBuf,
-        /// The first file whose sums differ.
-        file: String,
-        /// Its sha256 in the new image (`none`: not listed).
-        new: String,
-        /// Its sha256 in the cached image (`none`: not listed).
-        old: String,
-    },
+    #[error("{0}")]
+    VersionConflict(Box<VersionConflict>),
     /// A downloaded file could not be written into the cache (a full disk, permissions).
     #[error("cannot write the downloaded guest image to {path}; nothing was cached")]
     CacheWrite {
@@ -168,6 +153,44 @@ pub enum ImageError {
         /// What is missing.
         problem: String,
     },
+}
+
+/// Another image under a cached version and architecture (see [`ImageError::VersionConflict`]).
+#[derive(Debug)]
+pub struct VersionConflict {
+    /// The image version.
+    pub version: String,
+    /// Its architecture.
+    pub arch: String,
+    /// Where the new image comes from (a directory or a manifest URL).
+    pub from: String,
+    /// The cache entry.
+    pub cached: PathBuf,
+    /// The first file whose sums differ.
+    pub file: String,
+    /// Its sha256 in the new image (`none`: not listed).
+    pub new: String,
+    /// Its sha256 in the cached image (`none`: not listed).
+    pub old: String,
+}
+
+impl std::fmt::Display for VersionConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "guest image {version} ({arch}) from {from} differs from the cached image {version} \
+             in {cached}: {file} has sha256 {new}, the cached one {old}; a cached image is never \
+             replaced (machines boot from it): publish the changed image under a new version, \
+             or remove the machines using it and then that directory",
+            version = self.version,
+            arch = self.arch,
+            from = self.from,
+            cached = self.cached.display(),
+            file = self.file,
+            new = self.new,
+            old = self.old,
+        )
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -291,7 +314,7 @@ fn check_cached(
         return Ok(None);
     };
     if let Some((file, new, old)) = first_difference(manifest, &cached) {
-        return Err(ImageError::VersionConflict {
+        return Err(ImageError::VersionConflict(Box::new(VersionConflict {
             version: manifest.version.clone(),
             arch: manifest.guest_arch().to_string(),
             from: from.to_string(),
@@ -299,7 +322,7 @@ fn check_cached(
             file,
             new,
             old,
-        });
+        })));
     }
     match open(&dir) {
         Ok(image)
@@ -1196,7 +1219,7 @@ pub(crate) mod tests {
         let rebuilt = tmp.path().join("rebuilt");
         fake_image_of(&rebuilt, "1.0", "x86_64", "other kernel");
         let err = import(&open(&rebuilt).unwrap(), &cache).unwrap_err();
-        assert!(matches!(err, ImageError::VersionConflict { .. }), "{err}");
+        assert!(matches!(err, ImageError::VersionConflict(_)), "{err}");
         assert_eq!(
             err.to_string(),
             format!(
@@ -1216,7 +1239,7 @@ pub(crate) mod tests {
         let server = FileServer::serve(&rebuilt);
         let source = ImageSource::Url(server.url.clone());
         let err = find_now(Some(&source), "", &cache, None).unwrap_err();
-        assert!(matches!(err, ImageError::VersionConflict { .. }), "{err}");
+        assert!(matches!(err, ImageError::VersionConflict(_)), "{err}");
         assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(fs::read(&kernel).unwrap(), b"kernel");
         assert_eq!(cache_entries(&cache), ["1.0-x86_64"]);
@@ -1234,7 +1257,7 @@ pub(crate) mod tests {
         let legacy_cache = tmp.path().join("legacy");
         fake_image(&legacy_cache.join("guest/1.0"), "1.0");
         let err = import(&open(&rebuilt).unwrap(), &legacy_cache).unwrap_err();
-        assert!(matches!(err, ImageError::VersionConflict { .. }), "{err}");
+        assert!(matches!(err, ImageError::VersionConflict(_)), "{err}");
         assert_eq!(
             import(&open(&same).unwrap(), &legacy_cache).unwrap().dir,
             legacy_cache.join("guest/1.0")
