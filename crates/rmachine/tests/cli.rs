@@ -1566,3 +1566,58 @@ fn published_release_images_download_by_version_and_arch() {
         b"arm initrd"
     );
 }
+
+/// Commands on several machines run on all of them at once, as docker-machine's do: a machine
+/// whose lock another command holds does not hold up the others.
+#[test]
+fn commands_on_several_machines_run_at_once() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let a = env.write_machine("a");
+    env.write_machine("b");
+    // Another command on a: this test holds a's lock (the store's flock).
+    let holder = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(a.join(".lock"))
+        .expect("open a's lock");
+    holder.lock().expect("take a's lock");
+    let mut kill = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+        .args(["kill", "a", "b"])
+        .env("RMACHINE_STORAGE_PATH", env.store())
+        .env_remove("RMACHINE_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rmachine kill");
+    let stdout = kill.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.contains(&"Machine \"b\" was killed.".to_string()) {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = kill.kill();
+                panic!("b waited for a's lock: {seen:?}");
+            }
+        }
+    }
+    assert!(!seen.contains(&"Machine \"a\" was killed.".to_string()));
+    drop(holder);
+    let status = kill.wait().expect("wait for kill");
+    seen.extend(rx.iter());
+    assert!(status.success(), "{seen:?}");
+    assert!(
+        seen.contains(&"Machine \"a\" was killed.".to_string()),
+        "{seen:?}"
+    );
+}
