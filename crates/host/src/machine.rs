@@ -1749,23 +1749,58 @@ pub async fn list(
     docker_host: Option<&str>,
 ) -> Result<Vec<ListEntry>, MachineError> {
     let names = store.list()?;
-    let queries = names.iter().map(|name| async move {
-        match tokio::time::timeout(timeout, list_entry(store, name, docker_host)).await {
-            Ok(entry) => entry,
-            Err(_) => ListEntry {
-                name: name.clone(),
-                active: String::new(),
-                driver_name: store.load(name).map(|c| c.driver_name).unwrap_or_default(),
-                state: "Timeout".to_string(),
-                url: String::new(),
-                swarm: String::new(),
-                docker_version: String::new(),
-                error: String::new(),
-                response_time: String::new(),
-            },
+    let handle = tokio::runtime::Handle::current();
+    let queries = names.iter().map(|name| {
+        // Each query on a thread of its own: a driver may block its thread (an external
+        // plugin's handshake), and the timeout must still end the wait for it.
+        let (store_copy, name_copy) = (store.clone(), name.clone());
+        let docker_host = docker_host.map(str::to_owned);
+        let handle = handle.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let entry =
+                handle.block_on(list_entry(&store_copy, &name_copy, docker_host.as_deref()));
+            let _ = tx.send(entry);
+        });
+        async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(entry)) => entry,
+                Ok(Err(_)) => ListEntry {
+                    name: name.clone(),
+                    active: String::new(),
+                    driver_name: String::new(),
+                    state: "Error".to_string(),
+                    url: String::new(),
+                    swarm: String::new(),
+                    docker_version: String::new(),
+                    error: "the query for this machine failed".to_string(),
+                    response_time: String::new(),
+                },
+                // Out of time: docker-machine's Timeout row, the timeout as its response time.
+                Err(_) => ListEntry {
+                    name: name.clone(),
+                    active: String::new(),
+                    driver_name: store.load(name).map(|c| c.driver_name).unwrap_or_default(),
+                    state: "Timeout".to_string(),
+                    url: String::new(),
+                    swarm: String::new(),
+                    docker_version: String::new(),
+                    error: String::new(),
+                    response_time: go_duration(timeout),
+                },
+            }
         }
     });
     Ok(join_all(queries).await)
+}
+
+/// A whole or fractional number of seconds as Go prints a `time.Duration` (`10s`, `1.5s`).
+fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
 }
 
 /// Runs futures concurrently on this task and returns their outputs in order.

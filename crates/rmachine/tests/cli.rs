@@ -1621,3 +1621,44 @@ fn commands_on_several_machines_run_at_once() {
         "{seen:?}"
     );
 }
+
+/// `ls --timeout`: a machine whose driver does not answer in time is listed as `Timeout`, as
+/// docker-machine lists it, and does not hold up the listing.
+#[test]
+fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "hung", "exec sleep 30\n");
+    env.write_machine("ok");
+    let dir = env.write_machine("slow");
+    let record_path = dir.join("config.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).expect("record")).expect("json");
+    record["DriverName"] = serde_json::json!("hung");
+    std::fs::write(&record_path, record.to_string()).expect("write record");
+
+    let started = std::time::Instant::now();
+    let run = env.run_with(
+        &[
+            "ls",
+            "--timeout",
+            "1",
+            "--format",
+            "{{.Name}} {{.DriverName}} {{.State}} {{.ResponseTime}}",
+        ],
+        with_plugins(&plugins),
+    );
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().nth(1),
+        Some("slow hung Timeout 1s"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.starts_with("ok qemu Stopped "), "{}", run.stdout);
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "ls took {took:?}"
+    );
+}
