@@ -47,30 +47,34 @@ VERSION="$(cd "$WORKSPACE" && cargo metadata --no-deps --format-version 1 \
 for image in "$@"; do
   manifest="$image/manifest.json"
   [[ -f "$manifest" ]] || die "$image: no manifest.json (run guest/build.sh)"
-  arch="$(jq -r '.arch // empty' "$manifest")"
+  # One jq run per manifest: its fields, then "SUM  NAME" for every file it lists.
+  fields="$(jq -r '[.arch // "", .version // "", .kernel // "", .initrd // "", .iso // ""]
+                   | @tsv' "$manifest")" || die "$manifest: not a manifest"
+  IFS=$'\t' read -r arch version kernel initrd iso <<<"$fields"
+  sums="$(jq -r '.sha256 | to_entries[] | "\(.value)  \(.key)"' "$manifest")" \
+    || die "$manifest: no sha256 map"
   case "$arch" in
     x86_64 | aarch64) ;;
     *) die "$manifest: arch ${arch:-missing}, expected x86_64 or aarch64" ;;
   esac
   # The files the downloader fetches are exactly those the manifest lists with a sum.
-  mapfile -t files < <(jq -r '.sha256 | keys[]' "$manifest")
-  for name in "$(jq -r .kernel "$manifest")" "$(jq -r .initrd "$manifest")" \
-              $(jq -r '.iso // empty' "$manifest"); do
-    jq -e --arg n "$name" '.sha256 | has($n)' "$manifest" >/dev/null \
-      || die "$manifest: no sha256 for $name"
+  mapfile -t files < <(sed 's/^[^ ]*  //' <<<"$sums")
+  for name in "$kernel" "$initrd" ${iso:+"$iso"}; do
+    printf '%s\n' "${files[@]}" | grep -qxF -- "$name" || die "$manifest: no sha256 for $name"
   done
   for name in "${files[@]}"; do
     [[ "$name" =~ ^[A-Za-z0-9._-]+$ && "$name" != manifest.json ]] \
       || die "$manifest: bad file name $name"
-    want="$(jq -r --arg n "$name" '.sha256[$n]' "$manifest")"
-    have="$(sha256sum "$image/$name" | cut -d' ' -f1)" || die "$image/$name: cannot read"
-    [[ "$have" == "$want" ]] || die "$image/$name: sha256 $have, manifest says $want"
   done
+  if ! bad="$(cd "$image" && sha256sum --quiet -c - <<<"$sums" 2>&1)"; then
+    die "$image: $(grep -m1 FAILED <<<"$bad" || echo "$bad") (its sha256 differs from the manifest's)"
+  fi
 
   release="guest-v$VERSION-$arch"
   out="$DEST/$release"
   if [[ -f "$out/manifest.json" ]]; then
-    if [[ "$(jq -S .sha256 "$out/manifest.json")" == "$(jq -S .sha256 "$manifest")" ]]; then
+    published="$(jq -r '.sha256 | to_entries[] | "\(.value)  \(.key)"' "$out/manifest.json")"
+    if [[ "$published" == "$sums" ]]; then
       echo "$release: already published with the same files"
       continue
     fi
@@ -83,10 +87,10 @@ for image in "$@"; do
     cp "$image/$name" "$staging/$name"
   done
   cp "$manifest" "$staging/manifest.json"
-  (cd "$staging" && jq -r '.sha256 | to_entries[] | "\(.value)  \(.key)"' manifest.json \
-    | sha256sum --quiet -c -) || die "copy into $staging does not match its manifest"
+  (cd "$staging" && sha256sum --quiet -c - <<<"$sums") \
+    || die "the copy in $staging does not match its manifest"
   chmod 0755 "$staging"
   mv "$staging" "$out"
   trap - EXIT
-  echo "$release: $(jq -r .version "$out/manifest.json") (${files[*]} manifest.json)"
+  echo "$release: $version (${files[*]} manifest.json)"
 done

@@ -1506,7 +1506,10 @@ fn published_release_images_download_by_version_and_arch() {
     let out = publish(&env.dir.path().join("site2"));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("vmlinuz: sha256 "), "{stderr}");
+    assert!(
+        stderr.contains("vmlinuz: FAILED (its sha256 differs from the manifest's)"),
+        "{stderr}"
+    );
     assert!(!env
         .dir
         .path()
