@@ -473,4 +473,10 @@ pub trait Driver: Send + Sync {
     fn ssh_login(&self, _dir: &MachineDir) -> Option<SshLogin> {
         None
     }
+
+    /// The CPU architecture of the guest this driver boots (`x86_64`, `aarch64`), so the host
+    /// looks up and downloads a guest image of that architecture; `None`: the host's own.
+    fn guest_arch(&self) -> Option<&'static str> {
+        None
+    }
 }

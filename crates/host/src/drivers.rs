@@ -370,6 +370,16 @@ impl Driver for AnyDriver {
         }
     }
 
+    fn guest_arch(&self) -> Option<&'static str> {
+        match self {
+            AnyDriver::Qemu(d) => Driver::guest_arch(d),
+            AnyDriver::Virtualbox(_)
+            | AnyDriver::Hyperv(_)
+            | AnyDriver::Generic(_)
+            | AnyDriver::External(_) => None,
+        }
+    }
+
     fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
         match self {
             AnyDriver::Qemu(d) => d.resident_bytes(dir),

@@ -1,13 +1,16 @@
 //! Guest images: finding one, checking it, and importing it into the store's cache.
 //!
 //! A guest image is a directory with `manifest.json`, a kernel and an initramfs (see
-//! `docs/internals.md`), on disk or published at a URL. The host looks, in order, at
+//! `docs/internals.md`), on disk or published at a URL. Images are looked up by version and
+//! architecture (the guest's: `--qemu-arch`, else the host's). The host looks, in order, at
 //! `--guest-image PATH|URL` (or `RMACHINE_GUEST_IMAGE`), at a development build's `guest/out`
-//! whose version the cache lacks, at an image in `cache/guest/` downloaded from the configured
-//! download URL, at the newest image in `cache/guest/` from a local build, at `guest/out`, and
-//! downloads from the configured URL last. Every file the manifest lists is checked against its
-//! sha256 before use; `create` copies the image into `cache/guest/<version>/` so machines keep
-//! booting when the source changes, and downloads go straight into that cache.
+//! (`guest/out-aarch64`) whose version the cache lacks, at an image of that architecture in
+//! `cache/guest/` downloaded from the configured download URL, at the newest one there from a
+//! local build, at the build directory, and downloads from the configured URL last. Every file
+//! the manifest lists is checked against its sha256 before use; `create` copies the image into
+//! `cache/guest/<version>-<arch>/` so machines keep booting when the source changes, and
+//! downloads go straight into that cache. A cache entry is never replaced by other content: an
+//! image whose version and architecture are cached with other sums is refused.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,8 +33,9 @@ pub const MANIFEST: &str = "manifest.json";
 pub const SOURCE_URL: &str = "source-url";
 
 /// Where release guest images are published: one GitHub release per image version and
-/// architecture, with the assets `manifest.json`, `vmlinuz` and `initrd.img`. `{version}` is
-/// this rmachine's version and `{arch}` the host's architecture (`x86_64`, `aarch64`).
+/// architecture, with the assets `manifest.json`, `vmlinuz` and `initrd.img` (and
+/// `rmachine.iso` for x86_64), as `guest/publish.sh` lays them out. `{version}` is this
+/// rmachine's version and `{arch}` the guest's architecture (`x86_64`, `aarch64`).
 pub const DEFAULT_DOWNLOAD_URL: &str =
     "https://github.com/rmachine/rmachine/releases/download/guest-v{version}-{arch}/";
 
@@ -94,6 +98,10 @@ pub enum ImageError {
         /// The downloaded file's sum.
         actual: String,
     },
+    /// An image whose version and architecture are cached already, with other content: the
+    /// cached files are what existing machines boot, so they are never replaced.
+    #[error("{0}")]
+    VersionConflict(Box<VersionConflict>),
     /// A downloaded file could not be written into the cache (a full disk, permissions).
     #[error("cannot write the downloaded guest image to {path}; nothing was cached")]
     CacheWrite {
@@ -173,6 +181,44 @@ pub enum ImageError {
     },
 }
 
+/// Another image under a cached version and architecture (see [`ImageError::VersionConflict`]).
+#[derive(Debug)]
+pub struct VersionConflict {
+    /// The image version.
+    pub version: String,
+    /// Its architecture.
+    pub arch: String,
+    /// Where the new image comes from (a directory or a manifest URL).
+    pub from: String,
+    /// The cache entry.
+    pub cached: PathBuf,
+    /// The first file whose sums differ.
+    pub file: String,
+    /// Its sha256 in the new image (`none`: not listed).
+    pub new: String,
+    /// Its sha256 in the cached image (`none`: not listed).
+    pub old: String,
+}
+
+impl std::fmt::Display for VersionConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "guest image {version} ({arch}) from {from} differs from the cached image {version} \
+             in {cached}: {file} has sha256 {new}, the cached one {old}; a cached image is never \
+             replaced (machines boot from it): publish the changed image under a new version, \
+             or remove the machines using it and then that directory",
+            version = self.version,
+            arch = self.arch,
+            from = self.from,
+            cached = self.cached.display(),
+            file = self.file,
+            new = self.new,
+            old = self.old,
+        )
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {
         path: path.to_path_buf(),
@@ -243,6 +289,100 @@ impl GuestImage {
             boot.initrd_uncompressed = derived.initrd;
         }
         Ok(boot)
+    }
+}
+
+impl GuestManifest {
+    /// The guest architecture, with Debian's and Docker's names (`amd64`, `arm64`) read as
+    /// ours; images from before the manifest named one were all x86_64.
+    pub fn guest_arch(&self) -> &str {
+        match self.arch.as_str() {
+            "" | "amd64" => "x86_64",
+            "arm64" => "aarch64",
+            other => other,
+        }
+    }
+}
+
+/// The cache directory name of an image: `<version>-<arch>`, so both architectures of one
+/// release live side by side.
+pub fn cache_entry_name(manifest: &GuestManifest) -> String {
+    format!("{}-{}", manifest.version, manifest.guest_arch())
+}
+
+/// The first file whose sha256 differs between two manifests: (name, sum in `new`, sum in
+/// `old`), `none` for a file one of them does not list.
+fn first_difference(new: &GuestManifest, old: &GuestManifest) -> Option<(String, String, String)> {
+    let none = || "none".to_string();
+    new.sha256
+        .keys()
+        .chain(old.sha256.keys())
+        .find(|name| {
+            let (a, b) = (new.sha256.get(*name), old.sha256.get(*name));
+            !matches!((a, b), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
+        })
+        .map(|name| {
+            (
+                name.clone(),
+                new.sha256.get(name).cloned().unwrap_or_else(none),
+                old.sha256.get(name).cloned().unwrap_or_else(none),
+            )
+        })
+}
+
+/// The cache entry already holding `manifest`'s version and architecture, if any: its own
+/// `<version>-<arch>` directory, or one from before the architecture was in the name
+/// (`<version>/`).
+fn cached_entry(cache_guest: &Path, manifest: &GuestManifest) -> Option<(PathBuf, GuestManifest)> {
+    let named = cache_guest.join(cache_entry_name(manifest));
+    std::iter::once(named)
+        .chain(
+            cached_images(cache_guest, Some(manifest.guest_arch()))
+                .into_iter()
+                .map(|entry| entry.0),
+        )
+        .find_map(|dir| {
+            let found = read_manifest(&dir)?;
+            (found.version == manifest.version && found.guest_arch() == manifest.guest_arch())
+                .then_some((dir, found))
+        })
+}
+
+/// What to do with an image about to enter the cache, given what the cache holds for its
+/// version and architecture: `Ok(Some(image))` reuse the cached one, `Ok(None)` write it (not
+/// cached, or cached with the same sums but damaged files), `Err` another image of that
+/// version is cached.
+fn check_cached(
+    cache_guest: &Path,
+    manifest: &GuestManifest,
+    from: &str,
+) -> Result<Option<GuestImage>, ImageError> {
+    let Some((dir, cached)) = cached_entry(cache_guest, manifest) else {
+        return Ok(None);
+    };
+    if let Some((file, new, old)) = first_difference(manifest, &cached) {
+        return Err(ImageError::VersionConflict(Box::new(VersionConflict {
+            version: manifest.version.clone(),
+            arch: manifest.guest_arch().to_string(),
+            from: from.to_string(),
+            cached: dir,
+            file,
+            new,
+            old,
+        })));
+    }
+    match open(&dir) {
+        Ok(image)
+            if image.manifest.kernel == manifest.kernel
+                && image.manifest.initrd == manifest.initrd
+                && image.manifest.iso == manifest.iso =>
+        {
+            Ok(Some(image))
+        }
+        Ok(_) | Err(_) => {
+            tracing::warn!(dir = %dir.display(), "cached guest image is damaged or differs in layout; writing it again");
+            Ok(None)
+        }
     }
 }
 
@@ -326,26 +466,32 @@ pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
     })
 }
 
-/// `guest/out` of the workspace this executable was built in, for development builds
-/// (`target/<profile>/rmachine` or `target/<triple>/<profile>/rmachine`).
-pub fn workspace_guest_out() -> Option<PathBuf> {
+/// The build directory of `arch`'s guest in the workspace this executable was built in, for
+/// development builds (`target/<profile>/rmachine` or `target/<triple>/<profile>/rmachine`):
+/// `guest/out` for x86_64, `guest/out-<arch>` for the others, as `guest/build.sh` writes them.
+pub fn workspace_guest_out(arch: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let mut dir = exe.parent()?;
     // Test binaries live one level deeper, in target/<profile>/deps.
     for _ in 0..4 {
         if dir.file_name().is_some_and(|n| n == "target") {
             let workspace = dir.parent()?;
-            return Some(workspace.join("guest").join("out"));
+            let out = match arch {
+                "x86_64" => "out".to_string(),
+                other => format!("out-{other}"),
+            };
+            return Some(workspace.join("guest").join(out));
         }
         dir = dir.parent()?;
     }
     None
 }
 
-/// Cached image directories (`cache/guest/<version>/` with a manifest), newest first, with
-/// the URL each was downloaded from (`None`: imported from a local build). Staging
-/// directories (`.import-*`, `.download-*`) are never candidates.
-fn cached_images(cache_guest: &Path) -> Vec<(PathBuf, Option<String>)> {
+/// Cached image directories of `arch` (every architecture: `None`) (`cache/guest/<version>-<arch>/`, or `<version>/` from
+/// before the name held the architecture), newest first, with the URL each was downloaded from
+/// (`None`: imported from a local build). Staging directories (`.import-*`, `.download-*`) are
+/// never candidates.
+fn cached_images(cache_guest: &Path, arch: Option<&str>) -> Vec<(PathBuf, Option<String>)> {
     let Ok(entries) = fs::read_dir(cache_guest) else {
         return Vec::new();
     };
@@ -353,6 +499,7 @@ fn cached_images(cache_guest: &Path) -> Vec<(PathBuf, Option<String>)> {
         .filter_map(|e| e.ok())
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| e.path())
+        .filter(|p| read_manifest(p).is_some_and(|m| arch.is_none_or(|a| m.guest_arch() == a)))
         .filter_map(|p| {
             let modified = fs::metadata(p.join(MANIFEST)).ok()?.modified().ok()?;
             let source = fs::read_to_string(p.join(SOURCE_URL))
@@ -365,10 +512,11 @@ fn cached_images(cache_guest: &Path) -> Vec<(PathBuf, Option<String>)> {
     found.into_iter().map(|(_, p, s)| (p, s)).collect()
 }
 
-fn manifest_version(dir: &Path) -> Option<String> {
-    let bytes = fs::read(dir.join(MANIFEST)).ok()?;
-    let manifest: GuestManifest = serde_json::from_slice(&bytes).ok()?;
-    is_plain_name(&manifest.version).then_some(manifest.version)
+/// `dir`'s manifest when it reads and parses (its files unchecked): for choosing among
+/// candidates, which [`open`] then checks.
+fn read_manifest(dir: &Path) -> Option<GuestManifest> {
+    let path = dir.join(MANIFEST);
+    parse_manifest(&fs::read(&path).ok()?, &path).ok()
 }
 
 /// Where `--guest-image` points: a directory on disk or an image published at a URL.
@@ -405,12 +553,12 @@ impl std::fmt::Display for ImageSource {
     }
 }
 
-/// The download URL with `{version}` (this rmachine's version) and `{arch}` (the host's
-/// architecture) filled in.
-pub fn expand_download_url(template: &str) -> String {
+/// The download URL with `{version}` (this rmachine's version) and `{arch}` (the guest's
+/// architecture, `x86_64` or `aarch64`) filled in.
+pub fn expand_download_url(template: &str, arch: &str) -> String {
     template
         .replace("{version}", env!("CARGO_PKG_VERSION"))
-        .replace("{arch}", std::env::consts::ARCH)
+        .replace("{arch}", arch)
 }
 
 /// One step of a download, for a progress bar.
@@ -432,14 +580,17 @@ pub enum DownloadEvent {
     Finished,
 }
 
-/// Finds, checks and if needed downloads the guest image to use. `source` is `--guest-image`;
-/// `download_url` the configured download URL (already expanded); `cache_dir` the store's
-/// `cache/`; `dev_out` the development build's `guest/out`, if any.
+/// Finds, checks and if needed downloads the guest image to use. `source` is `--guest-image`
+/// (taken as given: the driver refuses another architecture's image); `download_url` the
+/// configured download URL (already expanded for `arch`); `cache_dir` the store's `cache/`;
+/// `dev_out` the development build's directory for `arch`, if any; `arch` the guest's
+/// architecture, the only one looked up in the cache and in `dev_out`.
 pub async fn find(
     source: Option<&ImageSource>,
     download_url: &str,
     cache_dir: &Path,
     dev_out: Option<&Path>,
+    arch: &str,
     progress: &(dyn Fn(DownloadEvent) + Sync),
 ) -> Result<GuestImage, ImageError> {
     match source {
@@ -450,14 +601,15 @@ pub async fn find(
     let cache_guest = cache_dir.join("guest");
     // A development build whose guest/out holds a version the cache lacks was just rebuilt:
     // it wins over older cached images, so a developer never boots a stale guest.
-    if let Some(out) = dev_out {
-        if let Some(version) = manifest_version(out) {
-            if !cache_guest.join(&version).join(MANIFEST).is_file() {
-                return open(out);
-            }
+    let dev_manifest = dev_out
+        .and_then(read_manifest)
+        .filter(|m| m.guest_arch() == arch);
+    if let (Some(out), Some(manifest)) = (dev_out, &dev_manifest) {
+        if cached_entry(&cache_guest, manifest).is_none() {
+            return open(out);
         }
     }
-    let cached = cached_images(&cache_guest);
+    let cached = cached_images(&cache_guest, Some(arch));
     let manifest_url = manifest_url(download_url)?;
     if let Some((dir, _)) = cached
         .iter()
@@ -470,7 +622,7 @@ pub async fn find(
     }
     let mut looked = vec![cache_guest];
     if let Some(out) = dev_out {
-        if out.join(MANIFEST).is_file() {
+        if dev_manifest.is_some() {
             return open(out);
         }
         looked.push(out.to_path_buf());
@@ -550,7 +702,7 @@ async fn download(
 ) -> Result<GuestImage, ImageError> {
     let manifest_url = manifest_url(url)?;
     let cache_guest = cache_dir.join("guest");
-    if let Some((dir, _)) = cached_images(&cache_guest)
+    if let Some((dir, _)) = cached_images(&cache_guest, None)
         .into_iter()
         .find(|(_, from)| from.as_deref() == Some(manifest_url.as_str()))
     {
@@ -577,7 +729,12 @@ async fn download(
     let manifest = parse_manifest(&bytes, Path::new(&manifest_url))?;
     let base = &manifest_url[..manifest_url.rfind('/').map_or(0, |i| i + 1)];
 
-    let target = cache_guest.join(&manifest.version);
+    // The same version and architecture downloaded from elsewhere or imported from a local
+    // build: reused when the sums are equal, refused when not.
+    if let Some(image) = check_cached(&cache_guest, &manifest, &manifest_url)? {
+        return Ok(image);
+    }
+    let target = cache_guest.join(cache_entry_name(&manifest));
     fs::create_dir_all(&cache_guest).map_err(cache_write(&cache_guest))?;
     let staging = cache_guest.join(format!(".download-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
@@ -662,18 +819,22 @@ async fn fetch_file(
     Ok(())
 }
 
-/// Copies `image` into `cache/guest/<version>/` unless it is already there with the same
-/// sums; returns the cached image.
+/// Copies `image` into `cache/guest/<version>-<arch>/` unless that version and architecture
+/// is cached already with the same sums (then the cached image is returned); another image of
+/// the same version and architecture is refused. Returns the cached image.
 pub fn import(image: &GuestImage, cache_dir: &Path) -> Result<GuestImage, ImageError> {
-    let target = cache_dir.join("guest").join(&image.manifest.version);
-    if image.dir == target {
+    let cache_guest = cache_dir.join("guest");
+    if image.dir.parent() == Some(cache_guest.as_path()) {
         return Ok(image.clone());
     }
-    if let Ok(cached) = open(&target) {
-        if cached.manifest == image.manifest {
-            return Ok(cached);
-        }
+    if let Some(cached) = check_cached(
+        &cache_guest,
+        &image.manifest,
+        &image.dir.display().to_string(),
+    )? {
+        return Ok(cached);
     }
+    let target = cache_guest.join(cache_entry_name(&image.manifest));
     // Copy into a fresh directory and rename it into place, so a crash mid-copy never leaves
     // a cache entry that looks complete.
     let parent = cache_dir.join("guest");
@@ -706,8 +867,13 @@ pub(crate) mod tests {
 
     /// Writes a small image with a correct manifest into `dir`.
     pub(crate) fn fake_image(dir: &Path, version: &str) {
+        fake_image_of(dir, version, "x86_64", "kernel");
+    }
+
+    /// Writes a small image of `arch` whose kernel holds `kernel`.
+    pub(crate) fn fake_image_of(dir: &Path, version: &str, arch: &str, kernel: &str) {
         fs::create_dir_all(dir).unwrap();
-        fs::write(dir.join("vmlinuz"), b"kernel").unwrap();
+        fs::write(dir.join("vmlinuz"), kernel).unwrap();
         fs::write(dir.join("initrd.img"), format!("initrd {version}")).unwrap();
         let mut sha256 = BTreeMap::new();
         for name in ["vmlinuz", "initrd.img"] {
@@ -715,7 +881,7 @@ pub(crate) mod tests {
         }
         let manifest = GuestManifest {
             version: version.into(),
-            arch: "x86_64".into(),
+            arch: arch.into(),
             kernel: "vmlinuz".into(),
             initrd: "initrd.img".into(),
             cmdline: "console=ttyS0".into(),
@@ -817,7 +983,7 @@ pub(crate) mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(find(source, url, cache, dev, &no_progress))
+            .block_on(find(source, url, cache, dev, "x86_64", &no_progress))
     }
 
     fn cache_entries(cache: &Path) -> Vec<String> {
@@ -947,13 +1113,9 @@ pub(crate) mod tests {
                 "{bad}"
             );
         }
-        let expanded = expand_download_url(DEFAULT_DOWNLOAD_URL);
+        let expanded = expand_download_url(DEFAULT_DOWNLOAD_URL, "aarch64");
         assert!(
-            expanded.ends_with(&format!(
-                "/guest-v{}-{}/",
-                env!("CARGO_PKG_VERSION"),
-                std::env::consts::ARCH
-            )),
+            expanded.ends_with(&format!("/guest-v{}-aarch64/", env!("CARGO_PKG_VERSION"))),
             "{expanded}"
         );
     }
@@ -971,9 +1133,9 @@ pub(crate) mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(find(None, &server.url, &cache, None, &record))
+            .block_on(find(None, &server.url, &cache, None, "x86_64", &record))
             .unwrap();
-        assert_eq!(image.dir, cache.join("guest/0.1.0"));
+        assert_eq!(image.dir, cache.join("guest/0.1.0-x86_64"));
         assert_eq!(
             fs::read(image.boot_image().kernel).unwrap(),
             fs::read(published.join("vmlinuz")).unwrap()
@@ -999,7 +1161,7 @@ pub(crate) mod tests {
         );
         assert!(events.contains(&DownloadEvent::Advanced { done: 12 }));
         assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
-        assert_eq!(cache_entries(&cache), ["0.1.0"]);
+        assert_eq!(cache_entries(&cache), ["0.1.0-x86_64"]);
 
         // Offline: the same URL (default or explicit) is served from the cache.
         let url = server.url.clone();
@@ -1090,10 +1252,10 @@ pub(crate) mod tests {
         let found = find_now(None, &url, &cache, Some(&src)).unwrap();
         assert_eq!(found.dir, src);
         let cached = import(&found, &cache).unwrap();
-        assert_eq!(cached.dir, cache.join("guest/0.1.0"));
+        assert_eq!(cached.dir, cache.join("guest/0.1.0-x86_64"));
         assert_eq!(
             cached.boot_image().kernel,
-            cache.join("guest/0.1.0/vmlinuz")
+            cache.join("guest/0.1.0-x86_64/vmlinuz")
         );
         assert_eq!(
             find_now(None, &url, &cache, Some(&src)).unwrap().dir,
@@ -1108,7 +1270,7 @@ pub(crate) mod tests {
         fake_image(&src, "0.2.0");
         assert_eq!(find_now(None, &url, &cache, Some(&src)).unwrap().dir, src);
         let newer = import(&find_now(None, &url, &cache, Some(&src)).unwrap(), &cache).unwrap();
-        assert_eq!(newer.dir, cache.join("guest/0.2.0"));
+        assert_eq!(newer.dir, cache.join("guest/0.2.0-x86_64"));
         // An explicit --guest-image always wins.
         let other = tmp.path().join("other");
         fake_image(&other, "0.3.0");
@@ -1118,6 +1280,123 @@ pub(crate) mod tests {
                 .unwrap()
                 .dir,
             other
+        );
+    }
+
+    #[test]
+    fn another_image_under_a_cached_version_is_refused_and_the_cache_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let first = tmp.path().join("first");
+        fake_image(&first, "1.0");
+        let cached = import(&open(&first).unwrap(), &cache).unwrap();
+        let kernel = cached.boot_image().kernel;
+
+        // A local image of the same version with another kernel: refused, nothing replaced.
+        let rebuilt = tmp.path().join("rebuilt");
+        fake_image_of(&rebuilt, "1.0", "x86_64", "other kernel");
+        let err = import(&open(&rebuilt).unwrap(), &cache).unwrap_err();
+        assert!(matches!(err, ImageError::VersionConflict(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "guest image 1.0 (x86_64) from {} differs from the cached image 1.0 in {}: \
+                 vmlinuz has sha256 {}, the cached one {}; a cached image is never replaced \
+                 (machines boot from it): publish the changed image under a new version, or \
+                 remove the machines using it and then that directory",
+                rebuilt.display(),
+                cached.dir.display(),
+                sha256_hex(b"other kernel"),
+                sha256_hex(b"kernel")
+            )
+        );
+        assert_eq!(fs::read(&kernel).unwrap(), b"kernel");
+
+        // The same from a server: refused after the manifest, no file downloaded.
+        let server = FileServer::serve(&rebuilt);
+        let source = ImageSource::Url(server.url.clone());
+        let err = find_now(Some(&source), "", &cache, None).unwrap_err();
+        assert!(matches!(err, ImageError::VersionConflict(_)), "{err}");
+        assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(fs::read(&kernel).unwrap(), b"kernel");
+        assert_eq!(cache_entries(&cache), ["1.0-x86_64"]);
+
+        // Equal sums under the same version: the cached files are used, none downloaded.
+        let same = tmp.path().join("same");
+        fake_image(&same, "1.0");
+        let server = FileServer::serve(&same);
+        let source = ImageSource::Url(server.url.clone());
+        assert_eq!(find_now(Some(&source), "", &cache, None).unwrap(), cached);
+        assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(import(&open(&same).unwrap(), &cache).unwrap(), cached);
+
+        // An entry from before the name held the architecture counts as that version too.
+        let legacy_cache = tmp.path().join("legacy");
+        fake_image(&legacy_cache.join("guest/1.0"), "1.0");
+        let err = import(&open(&rebuilt).unwrap(), &legacy_cache).unwrap_err();
+        assert!(matches!(err, ImageError::VersionConflict(_)), "{err}");
+        assert_eq!(
+            import(&open(&same).unwrap(), &legacy_cache).unwrap().dir,
+            legacy_cache.join("guest/1.0")
+        );
+    }
+
+    #[test]
+    fn images_are_looked_up_by_architecture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let url = refused_url();
+        let find_arch = |dev: Option<&Path>, arch: &str| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(find(None, &url, &cache, dev, arch, &no_progress))
+        };
+        // One version, both architectures, side by side in the cache.
+        let x86 = tmp.path().join("out");
+        fake_image_of(&x86, "2.0", "x86_64", "x86 kernel");
+        let arm = tmp.path().join("out-aarch64");
+        fake_image_of(&arm, "2.0", "aarch64", "arm kernel");
+        let x86_cached = import(&open(&x86).unwrap(), &cache).unwrap();
+        let arm_cached = import(&open(&arm).unwrap(), &cache).unwrap();
+        assert_eq!(cache_entries(&cache), ["2.0-aarch64", "2.0-x86_64"]);
+        // The arm64 image, imported last, is the newest; it is never the x86_64 default.
+        assert_eq!(find_arch(None, "x86_64").unwrap(), x86_cached);
+        assert_eq!(find_arch(None, "aarch64").unwrap(), arm_cached);
+        // A build directory of another architecture is not used.
+        let arm_new = tmp.path().join("arm-new");
+        fake_image_of(&arm_new, "3.0", "aarch64", "arm kernel 3");
+        assert_eq!(find_arch(Some(&arm_new), "x86_64").unwrap(), x86_cached);
+        assert_eq!(find_arch(Some(&arm_new), "aarch64").unwrap().dir, arm_new);
+        // With no x86_64 image anywhere, an arm64 one is not taken.
+        let only_arm = tmp.path().join("only-arm");
+        import(&open(&arm).unwrap(), &only_arm).unwrap();
+        let err = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(find(
+                None,
+                &url,
+                &only_arm,
+                Some(&arm_new),
+                "x86_64",
+                &no_progress,
+            ))
+            .unwrap_err();
+        assert!(matches!(err, ImageError::NotFound { .. }), "{err}");
+        // Build directories per architecture, as guest/build.sh writes them.
+        let out = workspace_guest_out("aarch64");
+        assert!(
+            out.as_deref()
+                .is_some_and(|p| p.ends_with("guest/out-aarch64")),
+            "{out:?}"
+        );
+        let out = workspace_guest_out("x86_64");
+        assert!(
+            out.as_deref().is_some_and(|p| p.ends_with("guest/out")),
+            "{out:?}"
         );
     }
 }

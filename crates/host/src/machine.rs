@@ -587,13 +587,15 @@ pub async fn create_with<D: Driver>(
     let found = if existing_host {
         None
     } else {
-        let dev_out = image::workspace_guest_out();
+        let arch = driver.guest_arch().unwrap_or(std::env::consts::ARCH);
+        let dev_out = image::workspace_guest_out(arch);
         Some(
             image::find(
                 options.guest_image.as_ref(),
-                &image::expand_download_url(&options.guest_image_url),
+                &image::expand_download_url(&options.guest_image_url, arch),
                 &store.cache_dir(),
                 dev_out.as_deref(),
+                arch,
                 &|event| progress(Progress::Download(event)),
             )
             .await?,
@@ -625,11 +627,7 @@ pub async fn create_with<D: Driver>(
         .map_err(|reason| MachineError::Precheck { reason })?;
 
     if let Some(found) = &found {
-        let cached_dir = store
-            .cache_dir()
-            .join("guest")
-            .join(&found.manifest.version);
-        if found.dir != cached_dir {
+        if found.dir.parent() != Some(store.cache_dir().join("guest").as_path()) {
             progress(Progress::ImportingImage {
                 version: found.manifest.version.clone(),
                 from: found.dir.clone(),
@@ -1545,17 +1543,19 @@ pub async fn upgrade_with<D: Driver>(
     let _lock = store.lock(name)?;
     let mut config = store.load(name)?;
     let dir = store.machine_dir(name);
-    let dev_out = image::workspace_guest_out();
+    let arch = driver.guest_arch().unwrap_or(std::env::consts::ARCH);
+    let dev_out = image::workspace_guest_out(arch);
     let found = image::find(
         guest_image,
-        &image::expand_download_url(guest_image_url),
+        &image::expand_download_url(guest_image_url, arch),
         &store.cache_dir(),
         dev_out.as_deref(),
+        arch,
         &|event| progress(Progress::Download(event)),
     )
     .await?;
     let version = found.manifest.version.clone();
-    if found.dir != store.cache_dir().join("guest").join(&version) {
+    if found.dir.parent() != Some(store.cache_dir().join("guest").as_path()) {
         progress(Progress::ImportingImage {
             version: version.clone(),
             from: found.dir.clone(),
@@ -1931,23 +1931,58 @@ pub async fn list(
     docker_host: Option<&str>,
 ) -> Result<Vec<ListEntry>, MachineError> {
     let names = store.list()?;
-    let queries = names.iter().map(|name| async move {
-        match tokio::time::timeout(timeout, list_entry(store, name, docker_host)).await {
-            Ok(entry) => entry,
-            Err(_) => ListEntry {
-                name: name.clone(),
-                active: String::new(),
-                driver_name: store.load(name).map(|c| c.driver_name).unwrap_or_default(),
-                state: "Timeout".to_string(),
-                url: String::new(),
-                swarm: String::new(),
-                docker_version: String::new(),
-                error: String::new(),
-                response_time: String::new(),
-            },
+    let handle = tokio::runtime::Handle::current();
+    let queries = names.iter().map(|name| {
+        // Each query on a thread of its own: a driver may block its thread (an external
+        // plugin's handshake), and the timeout must still end the wait for it.
+        let (store_copy, name_copy) = (store.clone(), name.clone());
+        let docker_host = docker_host.map(str::to_owned);
+        let handle = handle.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let entry =
+                handle.block_on(list_entry(&store_copy, &name_copy, docker_host.as_deref()));
+            let _ = tx.send(entry);
+        });
+        async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(entry)) => entry,
+                Ok(Err(_)) => ListEntry {
+                    name: name.clone(),
+                    active: String::new(),
+                    driver_name: String::new(),
+                    state: "Error".to_string(),
+                    url: String::new(),
+                    swarm: String::new(),
+                    docker_version: String::new(),
+                    error: "the query for this machine failed".to_string(),
+                    response_time: String::new(),
+                },
+                // Out of time: docker-machine's Timeout row, the timeout as its response time.
+                Err(_) => ListEntry {
+                    name: name.clone(),
+                    active: String::new(),
+                    driver_name: store.load(name).map(|c| c.driver_name).unwrap_or_default(),
+                    state: "Timeout".to_string(),
+                    url: String::new(),
+                    swarm: String::new(),
+                    docker_version: String::new(),
+                    error: String::new(),
+                    response_time: go_duration(timeout),
+                },
+            }
         }
     });
     Ok(join_all(queries).await)
+}
+
+/// A whole or fractional number of seconds as Go prints a `time.Duration` (`10s`, `1.5s`).
+fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
 }
 
 /// Runs futures concurrently on this task and returns their outputs in order.
@@ -2361,7 +2396,7 @@ mod tests {
             .vm
             .boot
             .kernel
-            .starts_with(store.cache_dir().join("guest/0.2.0")));
+            .starts_with(store.cache_dir().join("guest/0.2.0-x86_64")));
         assert_eq!(std::fs::read(&disk).unwrap(), b"data that must survive");
         let calls = driver.calls();
         assert_eq!(&calls[calls.len() - 3..], ["state", "stop", "start"]);
@@ -2414,7 +2449,7 @@ mod tests {
             .vm
             .boot
             .kernel
-            .starts_with(store.cache_dir().join("guest/0.1.0")));
+            .starts_with(store.cache_dir().join("guest/0.1.0-x86_64")));
         let drive = std::fs::File::open(store.machine_path("intro").join("config.img")).unwrap();
         let guest = GuestConfig::read_drive(drive).unwrap();
         assert_eq!(guest.hostname, "intro");

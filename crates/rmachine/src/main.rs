@@ -183,6 +183,101 @@ fn shadowing_flag(flags: &[Flag]) -> Option<&Flag> {
     flags.iter().find(|f| taken.contains(&f.name))
 }
 
+/// A command line that does not parse, reported as docker-machine reports it.
+struct UsageError {
+    /// What goes to stdout first (docker-machine's `Incorrect Usage.` and the command's help).
+    stdout: String,
+    /// The one line on stderr.
+    stderr: String,
+}
+
+/// The subcommand named on `argv` (the first word that is neither a global flag nor its
+/// value), if it is one of `command`'s.
+fn invoked_subcommand<'a>(command: &'a clap::Command, argv: &[OsString]) -> Option<&'a str> {
+    let mut args = argv.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(arg) = args.next() {
+        match arg.as_ref() {
+            "-s" | "--storage-path" => {
+                args.next();
+            }
+            a if a.starts_with('-') => {}
+            word => return command.find_subcommand(word).map(|c| c.get_name()),
+        }
+    }
+    None
+}
+
+/// docker-machine's report of a command line that does not parse. Its CLI library (urfave/cli
+/// v1, vendored as codegangsta/cli) prints `Incorrect Usage.`, a blank line and the command's
+/// help on stdout, then docker-machine logs Go's `flag` error on stderr (`flag provided but
+/// not defined: -bogus`, `flag needs an argument: -driver`); a missing machine name is the
+/// command's own error after its help (`Error: No machine name specified` for `create`,
+/// `Error: Expected to get one or more machine names as arguments` for `rm`). Other usage
+/// errors keep clap's first line. docker-machine then exits 0 for flag errors (its `main`
+/// only logs `app.Run`'s error); rmachine exits 1, as for every other bad input, so scripts
+/// see the failure.
+fn usage_error(err: &clap::Error, command: &mut clap::Command, argv: &[OsString]) -> UsageError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    // Built, the subcommands' usage lines carry the binary's name (`rmachine ls`).
+    command.build();
+    let sub = invoked_subcommand(command, argv).map(str::to_owned);
+    let help = match sub.as_deref().and_then(|s| command.find_subcommand_mut(s)) {
+        Some(sub) => sub.render_help().to_string(),
+        None => command.render_help().to_string(),
+    };
+    let arg = || match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    // Go's flag package names a flag with one dash, without its value placeholder.
+    let go_flag = |arg: String| {
+        let name = arg.split([' ', '=']).next().unwrap_or_default();
+        format!("-{}", name.trim_start_matches('-'))
+    };
+    let clap_line = || {
+        err.render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let incorrect = format!("Incorrect Usage.\n\n{help}");
+    match err.kind() {
+        ErrorKind::UnknownArgument if arg().is_some_and(|a| a.starts_with('-')) => UsageError {
+            stdout: incorrect,
+            stderr: format!(
+                "flag provided but not defined: {}",
+                go_flag(arg().unwrap_or_default())
+            ),
+        },
+        ErrorKind::InvalidValue
+            if matches!(err.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if v.is_empty())
+                && arg().is_some_and(|a| a.starts_with('-')) =>
+        {
+            UsageError {
+                stdout: incorrect,
+                stderr: format!(
+                    "flag needs an argument: {}",
+                    go_flag(arg().unwrap_or_default())
+                ),
+            }
+        }
+        ErrorKind::MissingRequiredArgument if sub.as_deref() == Some("create") => UsageError {
+            stdout: help,
+            stderr: "Error: No machine name specified".to_string(),
+        },
+        ErrorKind::MissingRequiredArgument if sub.as_deref() == Some("rm") => UsageError {
+            stdout: help,
+            stderr: "Error: Expected to get one or more machine names as arguments".to_string(),
+        },
+        _ => UsageError {
+            stdout: incorrect,
+            stderr: clap_line(),
+        },
+    }
+}
+
 /// Parses the command line, with `create`'s flags those of the driver it names.
 fn parse_cli() -> Result<Cli, String> {
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -202,7 +297,7 @@ fn parse_cli() -> Result<Cli, String> {
         }
         _ => None,
     };
-    let command = Cli::command().mut_subcommand("create", |c| {
+    let mut command = Cli::command().mut_subcommand("create", |c| {
         create_for_driver(c, &driver, plugin_flags.as_deref())
     });
     let others = other_driver_prefixes(&driver);
@@ -222,7 +317,7 @@ fn parse_cli() -> Result<Cli, String> {
                 .collect()
         })
         .unwrap_or_default();
-    let matches = match command.try_get_matches_from(&argv) {
+    let matches = match command.try_get_matches_from_mut(&argv) {
         Ok(matches) => matches,
         // An unknown command gets docker-machine's message and exit status (`cmdNotFound` in
         // docker/machine's cmd/docker-machine/machine.go); other usage errors keep clap's.
@@ -239,7 +334,23 @@ fn parse_cli() -> Result<Cli, String> {
                 "rmachine: '{command}' is not a rmachine command. See '{invoked} --help'."
             ));
         }
-        Err(err) => err.exit(),
+        Err(err) if !err.use_stderr() => err.exit(),
+        // No command: docker-machine shows the help on stdout and exits 0.
+        Err(err)
+            if matches!(
+                err.kind(),
+                clap::error::ErrorKind::MissingSubcommand
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) && invoked_subcommand(&command, &argv).is_none() =>
+        {
+            print!("{}", command.render_help());
+            std::process::exit(0);
+        }
+        Err(err) => {
+            let usage = usage_error(&err, &mut command, &argv);
+            print!("{}", usage.stdout);
+            return Err(usage.stderr);
+        }
     };
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some(create) = matches.subcommand_matches("create") {

@@ -12,6 +12,8 @@ use rmachine_host::machine::Progress;
 /// Renders [`Progress`] steps.
 pub struct Renderer {
     fancy: bool,
+    /// `(NAME) ` before each plain line when several machines report at once.
+    prefix: String,
     started: Instant,
     current: Mutex<Option<(ProgressBar, String, Instant)>>,
 }
@@ -21,8 +23,22 @@ impl Renderer {
     pub fn new(plain: bool) -> Self {
         Self {
             fancy: !plain && std::io::stdout().is_terminal(),
+            prefix: String::new(),
             started: Instant::now(),
             current: Mutex::new(None),
+        }
+    }
+
+    /// For machine `name` of `names`, which a command runs on at once: with several, plain
+    /// lines prefixed `(NAME) ` as docker-machine prefixes its drivers' lines (spinners of
+    /// several machines would overwrite each other).
+    pub fn for_machine(plain: bool, name: &str, names: &[String]) -> Self {
+        if names.len() > 1 {
+            let mut renderer = Self::new(true);
+            renderer.prefix = format!("({name}) ");
+            renderer
+        } else {
+            Self::new(plain)
         }
     }
 
@@ -40,7 +56,7 @@ impl Renderer {
             DownloadEvent::Started { url, total } => {
                 let message = format!("Downloading {url}...");
                 if !self.fancy {
-                    println!("{message}");
+                    println!("{}{message}", self.prefix);
                     return;
                 }
                 self.finish_current(&mut current);
@@ -72,7 +88,7 @@ impl Renderer {
         }
         let message = step.to_string();
         if !self.fancy {
-            println!("{message}");
+            println!("{}{message}", self.prefix);
             return;
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());

@@ -121,6 +121,64 @@ fn ls_on_an_empty_store_prints_the_header_only() {
 }
 
 #[test]
+fn usage_errors_are_reported_as_docker_machine_reports_them() {
+    let env = Env::new();
+    // urfave/cli: "Incorrect Usage.", a blank line and the command's help on stdout; Go's
+    // flag error on stderr.
+    for (args, stderr, help) in [
+        (
+            &["create", "--bogus", "m1"][..],
+            "flag provided but not defined: -bogus\n",
+            "Usage: rmachine create",
+        ),
+        (
+            &["ls", "--bogus=1"][..],
+            "flag provided but not defined: -bogus\n",
+            "Usage: rmachine ls",
+        ),
+        (
+            &["--bogus"][..],
+            "flag provided but not defined: -bogus\n",
+            "Usage: rmachine [OPTIONS] <COMMAND>",
+        ),
+        (
+            &["create", "m1", "--driver"][..],
+            "flag needs an argument: -driver\n",
+            "Usage: rmachine create",
+        ),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr, stderr, "{args:?}");
+        assert!(
+            run.stdout.starts_with("Incorrect Usage.\n\n"),
+            "{args:?}: {}",
+            run.stdout
+        );
+        assert!(run.stdout.contains(help), "{args:?}: {}", run.stdout);
+    }
+    // A missing machine name: the command's help, then its own error.
+    for (args, stderr) in [
+        (&["create"][..], "Error: No machine name specified\n"),
+        (
+            &["rm"][..],
+            "Error: Expected to get one or more machine names as arguments\n",
+        ),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code, 1, "{args:?}");
+        assert_eq!(run.stderr, stderr, "{args:?}");
+        let usage = format!("Usage: rmachine {} [OPTIONS] <NAME", args[0]);
+        assert!(run.stdout.contains(&usage), "{}", run.stdout);
+        assert!(!run.stdout.contains("Incorrect Usage."), "{}", run.stdout);
+    }
+    // No command at all: the help, as docker-machine.
+    let run = env.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("Usage: rmachine"), "{}", run.stdout);
+}
+
+#[test]
 fn unknown_machines_get_docker_machines_message() {
     let env = Env::new();
     for args in [
@@ -701,7 +759,7 @@ fn completion_scripts_for_each_shell() {
         assert!(run.stdout.contains("regenerate-certs"), "{shell}");
     }
     let run = env.run(&["completion", "tcsh"]);
-    assert_eq!(run.code, 2);
+    assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains("invalid value 'tcsh'"),
         "{}",
@@ -854,7 +912,7 @@ fn the_port_agent_shows_in_inspect_and_goes_with_rm() {
 fn published_bind_address_must_be_an_ip_address() {
     let env = Env::new();
     let run = env.run(&["create", "--published-bind-address", "localhost", "m1"]);
-    assert_eq!(run.code, 2);
+    assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains(
             "invalid value 'localhost' for '--published-bind-address <ADDR>': invalid IP address syntax"
@@ -1316,9 +1374,9 @@ fn create_downloads_the_guest_image_once_then_works_offline() {
             "Downloading {url}initrd.img...\nDownloading {url}vmlinuz...\nRunning pre-create checks...\n"
         )
     );
-    assert_eq!(cache_entries(&env), ["t1"]);
+    assert_eq!(cache_entries(&env), ["t1-x86_64"]);
     assert_eq!(
-        std::fs::read(env.store().join("cache/guest/t1/initrd.img")).expect("cached initrd"),
+        std::fs::read(env.store().join("cache/guest/t1-x86_64/initrd.img")).expect("cached initrd"),
         b"initrd"
     );
 
@@ -1631,5 +1689,225 @@ fn an_unknown_command_gets_docker_machines_message() {
             )
             .as_str()
         )
+    );
+}
+
+/// `guest/publish.sh` lays out release files that `create` downloads from a URL template like
+/// the default one (`…/guest-v{version}-{arch}/`), for the guest's architecture.
+#[test]
+fn published_release_images_download_by_version_and_arch() {
+    let env = Env::new();
+    let x86 = env.dir.path().join("out");
+    valid_image(&x86);
+    let arm = env.dir.path().join("out-aarch64");
+    image_with_initrd(&arm, b"arm initrd");
+    let manifest = arm.join("manifest.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+    json["arch"] = "aarch64".into();
+    std::fs::write(&manifest, json.to_string()).expect("manifest");
+
+    let publish = |dest: &Path| {
+        Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../guest/publish.sh"
+        ))
+        .arg(dest)
+        .args([&x86, &arm])
+        .output()
+        .expect("run guest/publish.sh")
+    };
+    let site = env.dir.path().join("site");
+    let out = publish(&site);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    for arch in ["x86_64", "aarch64"] {
+        let mut files: Vec<String> =
+            std::fs::read_dir(site.join(format!("guest-v{version}-{arch}")))
+                .expect("release dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+        files.sort();
+        assert_eq!(files, ["initrd.img", "manifest.json", "vmlinuz"], "{arch}");
+    }
+    // Publishing the same images again changes nothing; another image under the same
+    // version is refused.
+    assert!(publish(&site).status.success());
+    image_with_initrd(&x86, b"other initrd");
+    let out = publish(&site);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "guest-v{version}-x86_64 holds another image (t1); a published release is never replaced"
+        )),
+        "{stderr}"
+    );
+    // A file that does not match its manifest is never published.
+    std::fs::write(x86.join("vmlinuz"), b"tampered").expect("kernel");
+    let out = publish(&env.dir.path().join("site2"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("vmlinuz: FAILED (its sha256 differs from the manifest's)"),
+        "{stderr}"
+    );
+    assert!(!env
+        .dir
+        .path()
+        .join("site2")
+        .join(format!("guest-v{version}-x86_64"))
+        .exists());
+    valid_image(&x86);
+
+    // An installed binary (outside the workspace's target/, so no guest/out is found)
+    // downloads what the template names for the guest's architecture.
+    let bin = env.dir.path().join("bin/rmachine");
+    std::fs::create_dir_all(bin.parent().expect("bin dir")).expect("bin dir");
+    std::fs::copy(env!("CARGO_BIN_EXE_rmachine"), &bin).expect("copy rmachine");
+    let server = FileServer::serve(&site);
+    let template = format!("{}guest-v{{version}}-{{arch}}/", server.url);
+    let create = |extra: &[&str], name: &str| {
+        let out = Command::new(&bin)
+            .args(["create", "--no-progress", "--guest-image-url", &template])
+            .args(["--qemu-program", "/nonexistent/qemu"])
+            .args(extra)
+            .arg(name)
+            .env("RMACHINE_STORAGE_PATH", env.store())
+            .env_remove("RMACHINE_GUEST_IMAGE")
+            .env_remove("RMACHINE_GUEST_IMAGE_URL")
+            .env_remove("RMACHINE_DRIVER")
+            .env("DOCKER_CONFIG", env.dir.path().join("docker"))
+            .env("NO_PROXY", "127.0.0.1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rmachine");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = create(&[], "a");
+    assert_eq!(code, Some(3), "{stdout}");
+    let base = format!("{}guest-v{version}-x86_64/", server.url);
+    assert!(
+        stdout.starts_with(&format!(
+            "Downloading {base}initrd.img...\nDownloading {base}vmlinuz...\n"
+        )),
+        "{stdout}"
+    );
+    let (code, stdout) = create(&["--qemu-arch", "aarch64"], "b");
+    assert_eq!(code, Some(3), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "Downloading {}guest-v{version}-aarch64/initrd.img",
+            server.url
+        )),
+        "{stdout}"
+    );
+    assert_eq!(cache_entries(&env), ["t1-aarch64", "t1-x86_64"]);
+    assert_eq!(
+        std::fs::read(env.store().join("cache/guest/t1-aarch64/initrd.img")).expect("initrd"),
+        b"arm initrd"
+    );
+}
+
+/// Commands on several machines run on all of them at once, as docker-machine's do: a machine
+/// whose lock another command holds does not hold up the others.
+#[test]
+fn commands_on_several_machines_run_at_once() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let a = env.write_machine("a");
+    env.write_machine("b");
+    // Another command on a: this test holds a's lock (the store's flock).
+    let holder = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(a.join(".lock"))
+        .expect("open a's lock");
+    holder.lock().expect("take a's lock");
+    let mut kill = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+        .args(["kill", "a", "b"])
+        .env("RMACHINE_STORAGE_PATH", env.store())
+        .env_remove("RMACHINE_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rmachine kill");
+    let stdout = kill.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.contains(&"Machine \"b\" was killed.".to_string()) {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = kill.kill();
+                panic!("b waited for a's lock: {seen:?}");
+            }
+        }
+    }
+    assert!(!seen.contains(&"Machine \"a\" was killed.".to_string()));
+    drop(holder);
+    let status = kill.wait().expect("wait for kill");
+    seen.extend(rx.iter());
+    assert!(status.success(), "{seen:?}");
+    assert!(
+        seen.contains(&"Machine \"a\" was killed.".to_string()),
+        "{seen:?}"
+    );
+}
+
+/// `ls --timeout`: a machine whose driver does not answer in time is listed as `Timeout`, as
+/// docker-machine lists it, and does not hold up the listing.
+#[test]
+fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "hung", "exec sleep 30\n");
+    env.write_machine("ok");
+    let dir = env.write_machine("slow");
+    let record_path = dir.join("config.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).expect("record")).expect("json");
+    record["DriverName"] = serde_json::json!("hung");
+    std::fs::write(&record_path, record.to_string()).expect("write record");
+
+    let started = std::time::Instant::now();
+    let run = env.run_with(
+        &[
+            "ls",
+            "--timeout",
+            "1",
+            "--format",
+            "{{.Name}} {{.DriverName}} {{.State}} {{.ResponseTime}}",
+        ],
+        with_plugins(&plugins),
+    );
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().nth(1),
+        Some("slow hung Timeout 1s"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.starts_with("ok qemu Stopped "), "{}", run.stdout);
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "ls took {took:?}"
     );
 }

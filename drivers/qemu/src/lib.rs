@@ -1106,6 +1106,10 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 impl Driver for QemuDriver {
+    fn guest_arch(&self) -> Option<&'static str> {
+        Some(QemuDriver::guest_arch(self).as_str())
+    }
+
     /// QEMU's user network always hands out the same plan (slirp's defaults, which the
     /// command line does not change).
     fn guest_network(&self) -> Option<GuestNetwork> {

@@ -14,7 +14,7 @@ pub struct Args {
 
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let names = super::names(store, args.names)?;
-    super::for_each(&names, |name| async move {
+    super::in_turn(&names, |name| async move {
         outln(&machine::ip(store, &name).await?)
     })
     .await

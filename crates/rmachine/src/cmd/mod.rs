@@ -205,18 +205,59 @@ fn default_or_fail(store: &Store) -> anyhow::Result<String> {
     }
 }
 
-/// Runs `action` on each machine in turn, printing each failure; fails if any failed.
-pub async fn for_each<F, Fut>(names: &[String], mut action: F) -> anyhow::Result<u8>
+/// Runs `action` on each machine in turn, printing each failure; fails if any failed (`rm`
+/// and `ip`, whose output follows the order of the names, as docker-machine's `rm` does).
+pub async fn in_turn<F, Fut>(names: &[String], mut action: F) -> anyhow::Result<u8>
 where
     F: FnMut(String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let mut failures = Vec::new();
+    let mut results = Vec::new();
     for name in names {
-        if let Err(e) = action(name.clone()).await {
-            failures.push(format!("{e:#}"));
-        }
+        results.push(action(name.clone()).await);
     }
+    failures(results)
+}
+
+/// Runs `action` on every machine at once, as docker-machine runs start, stop, restart, kill,
+/// provision, upgrade and regenerate-certs (a goroutine per machine): one thread each, since
+/// the machine lock and some driver calls block. Failures are printed in the order of the
+/// names; fails if any failed.
+pub async fn for_each<F, Fut>(names: &[String], action: F) -> anyhow::Result<u8>
+where
+    F: Fn(String) -> Fut + Sync,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let [name] = names {
+        return failures(vec![action(name.clone()).await]);
+    }
+    let handle = tokio::runtime::Handle::current();
+    let results = std::thread::scope(|scope| {
+        let threads: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (handle, action) = (handle.clone(), &action);
+                scope.spawn(move || handle.block_on(action(name.clone())))
+            })
+            .collect();
+        names
+            .iter()
+            .zip(threads)
+            .map(|(name, thread)| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the command on {name:?} panicked")))
+            })
+            .collect()
+    });
+    failures(results)
+}
+
+fn failures(results: Vec<anyhow::Result<()>>) -> anyhow::Result<u8> {
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
     if failures.is_empty() {
         Ok(0)
     } else {

@@ -26,8 +26,9 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let names = super::names(store, args.names)?;
     let timeout = Duration::from_secs(args.engine_timeout);
     let plain = args.no_progress;
-    super::for_each(&names, |name| async move {
-        let renderer = Renderer::new(plain);
+    let names = &names[..];
+    super::for_each(names, |name| async move {
+        let renderer = Renderer::for_machine(plain, &name, names);
         machine::provision_again(store, &name, timeout, &|p| renderer.step(p)).await?;
         renderer.finish();
         super::start_port_agent_if_running(store, &name).await?;

@@ -53,9 +53,10 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     }
     let timeout = Duration::from_secs(args.engine_timeout);
     let (plain, client_certs) = (args.no_progress, args.client_certs);
-    super::for_each(&names, |name| async move {
+    let names = &names[..];
+    super::for_each(names, |name| async move {
         outln("Regenerating TLS certificates")?;
-        let renderer = Renderer::new(plain);
+        let renderer = Renderer::for_machine(plain, &name, names);
         machine::regenerate_certs(store, &name, client_certs, timeout, &|p| renderer.step(p))
             .await?;
         renderer.finish();

@@ -27,9 +27,10 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let names = super::names(store, args.names)?;
     let timeout = Duration::from_secs(args.engine_timeout);
     let plain = args.no_progress;
-    let code = super::for_each(&names, |name| async move {
+    let names = &names[..];
+    let code = super::for_each(names, |name| async move {
         outln(&format!("Restarting \"{name}\"..."))?;
-        let renderer = Renderer::new(plain);
+        let renderer = Renderer::for_machine(plain, &name, names);
         machine::restart(store, &name, timeout, &|p| renderer.step(p)).await?;
         super::start_port_agent(store, &name).await?;
         renderer.finish();

@@ -41,7 +41,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         return Ok(1);
     }
     let force = args.force;
-    super::for_each(&args.names, |name| async move {
+    super::in_turn(&args.names, |name| async move {
         match machine::remove(store, &name, force).await {
             Ok(()) => outln(&format!("Successfully removed {name}")),
             // With its causes: the driver's own reason is what tells the user to pass -f.

@@ -45,8 +45,9 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let plain = args.no_progress;
     let image = args.guest_image.as_ref();
     let image_url = args.guest_image_url.as_str();
-    super::for_each(&names, |name| async move {
-        let renderer = Renderer::new(plain);
+    let names = &names[..];
+    super::for_each(names, |name| async move {
+        let renderer = Renderer::for_machine(plain, &name, names);
         let version = machine::upgrade(store, &name, image, image_url, timeout, &|p| {
             renderer.step(p)
         })
