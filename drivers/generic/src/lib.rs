@@ -1036,6 +1036,8 @@ mod tests {
                 cmdline: String::new(),
                 arch: String::new(),
                 iso: None,
+                kernel_elf: None,
+                initrd_uncompressed: None,
             },
             config_drive: dir.file("config.img"),
             guest_ports: rmachine_driver::GuestPorts::default(),
