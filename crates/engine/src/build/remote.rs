@@ -22,6 +22,14 @@ pub enum Remote {
 impl Remote {
     /// Classifies `remote`; anything else is moby's error.
     pub fn parse(remote: &str) -> Result<Remote, BuildError> {
+        // The BuildKit session a v1 client may still name (moby's `ClientSessionRemote`).
+        if remote == "client-session" {
+            return Err(invalid(
+                "experimental session with v1 builder is no longer supported, use builder \
+                 version v2 (BuildKit) instead"
+                    .to_string(),
+            ));
+        }
         if is_git_url(remote) {
             Ok(Remote::Git(remote.to_string()))
         } else if is_url(remote) {
@@ -509,6 +517,14 @@ mod tests {
         assert_eq!(
             Remote::parse("ftp://h/x").unwrap_err().to_string(),
             "remoteURL (ftp://h/x) could not be recognized as URL"
+        );
+        // A 400 (Invalid), with moby's text.
+        let session = Remote::parse("client-session").unwrap_err();
+        assert!(matches!(session, BuildError::Invalid { .. }), "{session:?}");
+        assert_eq!(
+            session.to_string(),
+            "experimental session with v1 builder is no longer supported, use builder version \
+             v2 (BuildKit) instead"
         );
         let repo = GitRepo::parse("github.com/o/r#v1:sub/dir").expect("parses");
         assert_eq!(
