@@ -160,13 +160,26 @@ impl Reporter<'_> {
     }
 }
 
+/// Resolves when `cancel` turns true; never when it is absent or its sender is gone (a
+/// dropped sender is no cancellation).
+pub(crate) async fn cancelled(cancel: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    if let Some(c) = cancel {
+        if c.wait_for(|c| *c).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 impl Fetching {
     /// Writes the body into the new file `dest`, calling `report(bytes so far, total, finished)` as
-    /// moby's progress reader would report it.
+    /// moby's progress reader would report it. When `cancel` turns true (the build's client
+    /// went away) the download stops, `dest` is removed and the error is `Cancelled`.
     pub async fn save(
         mut self,
         dest: &Path,
         report: &mut (dyn FnMut(u64, Option<u64>, bool) + Send),
+        mut cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<Download, BuildError> {
         let url = self.url;
         let fail = |e: reqwest::Error| fetch(&url, format!("Get \"{url}\": {}", chain(&e)), false);
@@ -181,7 +194,18 @@ impl Fetching {
         };
         let mut file = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
         let mut current = 0u64;
-        while let Some(chunk) = self.response.chunk().await.map_err(fail)? {
+        loop {
+            let chunk = tokio::select! {
+                chunk = self.response.chunk() => chunk.map_err(fail)?,
+                () = cancelled(cancel.as_mut()) => {
+                    drop(file);
+                    if let Err(e) = tokio::fs::remove_file(dest).await {
+                        tracing::warn!(path = %dest.display(), error = %e, "cannot remove a cancelled download");
+                    }
+                    return Err(BuildError::Cancelled);
+                }
+            };
+            let Some(chunk) = chunk else { break };
             file.write_all(&chunk).await.map_err(io_err(dest))?;
             current += chunk.len() as u64;
             reporter.advance(current, false);
@@ -194,7 +218,7 @@ impl Fetching {
 
 /// GETs `url` into the new file `dest` (no progress shown).
 pub async fn download(url: &str, dest: &Path) -> Result<Download, BuildError> {
-    get(url).await?.save(dest, &mut |_, _, _| {}).await
+    get(url).await?.save(dest, &mut |_, _, _| {}, None).await
 }
 
 /// The name of an `ADD` URL's file, as moby's `getFilenameForDownload`: the last element
@@ -599,5 +623,39 @@ mod tests {
             disposition_filename("attachment; filename*=broken; filename=plain.txt").as_deref(),
             Some("plain.txt")
         );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_download_stops_and_leaves_no_file() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // A server that promises 1 MB and trickles a few bytes, then stalls.
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc");
+            std::thread::sleep(std::time::Duration::from_secs(10));
+        });
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dest = tmp.path().join("f");
+        let fetching = get(&format!("http://127.0.0.1:{port}/f"))
+            .await
+            .expect("headers");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let _ = tx.send(true);
+        });
+        let saved = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            fetching.save(&dest, &mut |_, _, _| {}, Some(rx)),
+        )
+        .await
+        .expect("the download stops when cancelled");
+        assert!(matches!(saved, Err(BuildError::Cancelled)), "{saved:?}");
+        assert!(!dest.exists());
+        drop(server);
     }
 }
