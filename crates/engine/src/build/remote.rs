@@ -243,38 +243,156 @@ pub fn download_name(url: &str, disposition_name: Option<&str>) -> Option<std::f
         .map(std::ffi::OsString::from_vec)
 }
 
-/// The `filename` parameter of a `Content-Disposition` value (quoted or a token; RFC 2231's
-/// `filename*=UTF-8''…` decoded, as Go's `mime.ParseMediaType` does).
+/// The `filename` parameter of a `Content-Disposition` value, as moby reads it through Go's
+/// `mime.ParseMediaType`: a malformed value names nothing.
 fn disposition_filename(value: &str) -> Option<String> {
-    let mut plain = None;
-    for param in value.split(';').skip(1) {
-        let Some((key, val)) = param.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().to_ascii_lowercase();
-        let val = val.trim();
-        if key == "filename*" {
-            let Some((charset, rest)) = val.split_once('\'') else {
-                continue;
-            };
-            let Some((_, encoded)) = rest.split_once('\'') else {
-                continue;
-            };
-            if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("us-ascii") {
-                return percent_encoding::percent_decode_str(encoded)
-                    .decode_utf8()
-                    .ok()
-                    .map(|s| s.into_owned());
+    media_params(value)?
+        .remove("filename")
+        .filter(|p| !p.is_empty())
+}
+
+/// Go's `mime` tspecials.
+fn is_tspecial(c: char) -> bool {
+    "()<>@,;:\\\"/[]?=".contains(c)
+}
+
+fn is_token_char(c: char) -> bool {
+    c > ' ' && c < '\x7f' && !is_tspecial(c)
+}
+
+/// The leading token of `s` and what follows it.
+fn token(s: &str) -> (&str, &str) {
+    let end = s.find(|c| !is_token_char(c)).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// A token or a quoted-string (a backslash escapes a tspecial; before anything else it is
+/// kept, as Go does for MSIE's unescaped paths); `None` when malformed.
+fn param_value(s: &str) -> Option<(String, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let (t, rest) = token(s);
+        return (!t.is_empty()).then(|| (t.to_string(), rest));
+    };
+    let mut out = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &quoted[i + 1..])),
+            '\\' if quoted[i + 1..].starts_with(is_tspecial) => {
+                if let Some((_, escaped)) = chars.next() {
+                    out.push(escaped);
+                }
             }
-        } else if key == "filename" {
-            let unquoted = match val.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                Some(q) => q.replace("\\\"", "\"").replace("\\\\", "\\"),
-                None => val.to_string(),
-            };
-            plain = Some(unquoted);
+            '\r' | '\n' => return None,
+            c => out.push(c),
         }
     }
-    plain.filter(|p| !p.is_empty())
+    None
+}
+
+/// RFC 2231 percent-decoding, strict as Go's `percentHexUnescape`.
+fn percent_unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let ok = b.iter().enumerate().all(|(i, c)| {
+        *c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    ok.then(|| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    })
+}
+
+/// `charset'language'encoded` with charset UTF-8 or US-ASCII (Go's `decode2231Enc`).
+fn decode_2231(v: &str) -> Option<String> {
+    let mut parts = v.splitn(3, '\'');
+    let (charset, _, encoded) = (parts.next()?, parts.next()?, parts.next()?);
+    if !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("us-ascii") {
+        return None;
+    }
+    percent_unescape(encoded)
+}
+
+/// The parameters of a media type or disposition value, by Go's `mime.ParseMediaType`:
+/// `type[/subtype]` then `; key=value` pairs (lowercased keys, token or quoted values),
+/// RFC 2231 `key*=` extended and `key*0=` continued values; `None` when malformed.
+fn media_params(value: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    use std::collections::BTreeMap;
+    let (base, _) = value.split_once(';').unwrap_or((value, ""));
+    let (kind, rest) = token(base.trim());
+    if kind.is_empty() {
+        return None;
+    }
+    if let Some(sub) = rest.strip_prefix('/') {
+        let (sub, rest) = token(sub);
+        if sub.is_empty() || !rest.is_empty() {
+            return None;
+        }
+    } else if !rest.is_empty() {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    let mut pieces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut v = &value[base.len()..];
+    loop {
+        v = v.trim_start();
+        if v.is_empty() {
+            break;
+        }
+        let parsed = v.strip_prefix(';').and_then(|r| {
+            let (key, r) = token(r.trim_start());
+            let r = r.trim_start().strip_prefix('=')?;
+            let (val, r) = param_value(r.trim_start())?;
+            (!key.is_empty()).then(|| (key.to_ascii_lowercase(), val, r))
+        });
+        let Some((key, val, rest)) = parsed else {
+            // Trailing semicolons are ignored; anything else is malformed.
+            if v.trim() == ";" {
+                break;
+            }
+            return None;
+        };
+        let map = match key.split_once('*') {
+            Some((name, _)) => pieces.entry(name.to_string()).or_default(),
+            None => &mut params,
+        };
+        if map.get(&key).is_some_and(|old| *old != val) {
+            return None;
+        }
+        map.insert(key, val);
+        v = rest;
+    }
+    for (name, piece) in pieces {
+        if let Some(extended) = piece.get(&format!("{name}*")) {
+            if let Some(decoded) = decode_2231(extended) {
+                params.insert(name, decoded);
+            }
+            continue;
+        }
+        let mut joined = String::new();
+        let mut valid = false;
+        for n in 0.. {
+            if let Some(plain) = piece.get(&format!("{name}*{n}")) {
+                joined.push_str(plain);
+            } else if let Some(encoded) = piece.get(&format!("{name}*{n}*")) {
+                let decoded = if n == 0 {
+                    decode_2231(encoded)
+                } else {
+                    percent_unescape(encoded)
+                };
+                joined.push_str(&decoded.unwrap_or_default());
+            } else {
+                break;
+            }
+            valid = true;
+        }
+        if valid {
+            params.insert(name, joined);
+        }
+    }
+    Some(params)
 }
 
 /// An error with its causes, as Go prints a wrapped one.
@@ -623,6 +741,85 @@ mod tests {
             disposition_filename("attachment; filename*=broken; filename=plain.txt").as_deref(),
             Some("plain.txt")
         );
+        assert_eq!(
+            disposition_filename("attachment; filename=plain.txt; filename*=UTF-8''%zz").as_deref(),
+            Some("plain.txt")
+        );
+    }
+
+    #[test]
+    fn content_disposition_is_scanned_as_go_does() {
+        let f = |v: &str| disposition_filename(v);
+        // A `;` inside quotes is part of the name.
+        assert_eq!(
+            f(r#"attachment; filename="a;b.txt""#).as_deref(),
+            Some("a;b.txt")
+        );
+        // A backslash escapes a tspecial; before another character it stays (MSIE paths).
+        assert_eq!(
+            f(r#"attachment; filename="a\(b\).txt""#).as_deref(),
+            Some("a(b).txt")
+        );
+        assert_eq!(
+            f(r#"attachment; filename="C:\dev\x.txt""#).as_deref(),
+            Some(r"C:\dev\x.txt")
+        );
+        // Continuations join; a trailing semicolon is fine.
+        assert_eq!(
+            f("attachment; filename*0=ab; filename*1=cd.txt;").as_deref(),
+            Some("abcd.txt")
+        );
+        assert_eq!(
+            f("attachment; filename*0*=UTF-8''a%20; filename*1=b").as_deref(),
+            Some("a b")
+        );
+        // Malformed: Go's ParseMediaType fails, moby uses no name.
+        for bad in [
+            r#"attachment; filename="unterminated"#,
+            "attachment; filename",
+            "attachment; filename=",
+            "attachment; filename=a b",
+            "attachment filename=a",
+            "; filename=a",
+            "a/b/c; filename=x",
+            "attachment; filename=a; filename=b",
+            "attachment;; filename=a",
+        ] {
+            assert_eq!(f(bad), None, "{bad}");
+        }
+        assert_eq!(
+            f("attachment; filename=a; filename=a").as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn names_from_the_server_cannot_leave_the_directory() {
+        let name = |url: &str, v: &str| {
+            download_name(url, disposition_filename(v).as_deref())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            name("http://h/d/", r#"attachment; filename="../../etc/passwd""#).as_deref(),
+            Some("passwd")
+        );
+        // `..` alone comes through as a name: fetch_source refuses it as moby's open fails.
+        assert_eq!(
+            name("http://h/d/", "attachment; filename=..").as_deref(),
+            Some("..")
+        );
+        assert_eq!(
+            name("http://h/d/", "attachment; filename*=UTF-8''..%2F..%2Fx").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            name("http://h/d/", r#"attachment; filename="../escape/""#),
+            None
+        );
+        // The URL's path: dot segments are resolved, a decoded `/` splits the name.
+        assert_eq!(name("http://h/a/%2e%2e/%2e%2e/x", "").as_deref(), Some("x"));
+        assert_eq!(name("http://h/a/..%2F..%2Fy", "").as_deref(), Some("y"));
+        assert_eq!(name("http://h/a/%2e%2e", ""), None);
     }
 
     #[tokio::test]
