@@ -556,8 +556,10 @@ fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Resul
     // Three steps, and those the --no-cache build recorded over new parents.
     let total: usize = build_cache_total()?.parse()?;
     assert!(total >= 3, "{total}");
-    // `--filter until=` (what `docker system prune --filter until=` forwards too) selects by
-    // a record's age: the entry recorded two hours ago goes, the younger ones stay.
+    // `docker system prune --filter until=` forwards the filter to every prune, the build
+    // cache's too, which selects by a record's age: the entry recorded two hours ago goes,
+    // the younger ones (and a young network) stay.
+    engine.docker(&["network", "create", "young-net"])?.ok()?;
     let cache_dir = engine.data_root().join("builder").join("cache");
     let mut keys: Vec<String> = std::fs::read_dir(&cache_dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -570,7 +572,7 @@ fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Resul
         .open(cache_dir.join(&old))?
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))?;
     let old_gone = engine
-        .docker(&["builder", "prune", "-f", "--filter", "until=1h"])?
+        .docker(&["system", "prune", "-f", "--filter", "until=1h"])?
         .ok()?;
     assert!(
         old_gone
@@ -580,8 +582,9 @@ fn the_cache_survives_an_engine_restart_and_no_cache_skips_it() -> anyhow::Resul
         old_gone.stdout
     );
     assert_eq!(build_cache_total()?, (total - 1).to_string());
+    engine.docker(&["network", "inspect", "young-net"])?.ok()?;
     let young = engine
-        .docker(&["builder", "prune", "-f", "--filter", "until=1h"])?
+        .docker(&["builder", "prune", "-f", "--filter", "unused-for=1h"])?
         .ok()?;
     assert_eq!(
         young.stdout.lines().filter(|l| l.len() == 64).count(),
