@@ -49,11 +49,15 @@ fn serve_on(addr: &str, root: PathBuf) -> anyhow::Result<u16> {
                 .next()
                 .unwrap_or_default()
                 .replace("%20", " ");
-            // A directory's `index` comes with a Content-Disposition naming it.
+            // A directory's `index` comes with a Content-Disposition naming it (the
+            // directory's `disposition` file, else DISPOSITION).
             let (file, disposition) = if path.ends_with('/') {
+                let dir = root.join(path.trim_start_matches('/'));
+                let name = fs::read_to_string(dir.join("disposition"))
+                    .unwrap_or_else(|_| DISPOSITION.to_string());
                 (
-                    root.join(path.trim_start_matches('/')).join("index"),
-                    format!("Content-Disposition: attachment; filename=\"{DISPOSITION}\"\r\n"),
+                    dir.join("index"),
+                    format!("Content-Disposition: attachment; filename=\"{name}\"\r\n"),
                 )
             } else {
                 (root.join(path.trim_start_matches('/')), String::new())
@@ -360,12 +364,22 @@ fn add_urls_are_named_as_moby_names_them_and_show_their_download() -> anyhow::Re
     let base = serve(site.path().to_path_buf())?;
     let big = vec![7u8; 3_000_000];
     fs::write(site.path().join("big file.bin"), &big)?;
-    write_files(site.path(), &[("dir/index", "from a directory\n")])?;
+    write_files(
+        site.path(),
+        &[
+            ("dir/index", "from a directory\n"),
+            ("evil/index", "escaped?\n"),
+            ("evil/disposition", "../escape"),
+        ],
+    )?;
     write_files(
         site.path(),
         &[(
             "add/Dockerfile",
-            &format!("FROM busybox\nADD {base}/big%20file.bin /got/\nADD {base}/dir/ /got/\n"),
+            &format!(
+                "FROM busybox\nADD {base}/big%20file.bin /got/\nADD {base}/dir/ /got/\n\
+                 ADD {base}/evil/ /got/sub/\n"
+            ),
         )],
     )?;
     let (status, out) = build_api(
@@ -380,7 +394,12 @@ fn add_urls_are_named_as_moby_names_them_and_show_their_download() -> anyhow::Re
     let ran = engine
         .docker(&["run", "--rm", "added:names", "ls", "/got"])?
         .ok()?;
-    assert_eq!(ran.stdout, format!("big file.bin\n{DISPOSITION}\n"));
+    assert_eq!(ran.stdout, format!("big file.bin\n{DISPOSITION}\nsub\n"));
+    // A server's `filename="../escape"` names `escape`, inside the destination.
+    let evil = engine
+        .docker(&["run", "--rm", "added:names", "ls", "/got/sub"])?
+        .ok()?;
+    assert_eq!(evil.stdout, "escape\n");
     let size = engine
         .docker(&[
             "run",

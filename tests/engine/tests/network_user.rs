@@ -135,9 +135,38 @@ fn networks_are_created_listed_inspected_and_removed_as_dockerd() -> Result<()> 
     assert!(!links.contains(&format!("br-{}", &id[..12])), "{links}");
 
     // Prune removes the unused ones, and they stay gone after an engine restart.
+    // Its filters are dockerd's: `until` on the creation time, `label`, `label!`.
     engine.docker(&["network", "create", "spare"])?.ok()?;
-    let pruned = engine.docker(&["network", "prune", "-f"])?.ok()?.stdout;
-    assert!(pruned.contains("spare"), "{pruned}");
+    engine
+        .docker(&["network", "create", "--label", "keep=1", "labelled"])?
+        .ok()?;
+    let young = engine
+        .docker(&["network", "prune", "-f", "--filter", "until=1h"])?
+        .ok()?
+        .stdout;
+    assert!(
+        !young.contains("spare") && !young.contains("labelled"),
+        "{young}"
+    );
+    let pruned = engine
+        .docker(&["network", "prune", "-f", "--filter", "label!=keep"])?
+        .ok()?
+        .stdout;
+    assert!(
+        pruned.contains("spare") && !pruned.contains("labelled"),
+        "{pruned}"
+    );
+    let bad = engine.docker(&["network", "prune", "-f", "--filter", "driver=bridge"])?;
+    assert!(
+        bad.stderr.contains("invalid filter 'driver'"),
+        "{}",
+        bad.stderr
+    );
+    let pruned = engine
+        .docker(&["network", "prune", "-f", "--filter", "label=keep=1"])?
+        .ok()?
+        .stdout;
+    assert!(pruned.contains("labelled"), "{pruned}");
     engine.docker(&["network", "create", "kept"])?.ok()?;
     let mut engine = engine;
     engine.restart()?;

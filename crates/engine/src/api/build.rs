@@ -321,16 +321,14 @@ impl Api {
         Ok(streaming("application/json", body))
     }
 
-    /// `POST /build/prune`: the classic builder's step cache is forgotten whole (its
-    /// layers belong to the images, so no space is reclaimed); BuildKit's selection options
-    /// are refused by name.
+    /// `POST /build/prune`: the classic builder's step cache is forgotten, the entries the
+    /// filters select (their layers belong to the images, so no space is reclaimed);
+    /// BuildKit's size limits are refused by name.
     pub(super) async fn build_prune(&self, query: &Query) -> ApiResult {
-        if query
-            .get("filters")
-            .is_some_and(|f| !f.is_empty() && f != "{}" && f != "null")
-        {
-            return Err(refused("builder prune --filter"));
-        }
+        let filters = super::parse_filters(query.get("filters"))?;
+        // BuildKit weighs its records by size; ours have none (a step's layer is its
+        // image's), so these limits are refused by name rather than given a meaning here.
+        // The CLI sends them only when set (`docker system prune` never does).
         for (key, option) in [
             ("keep-storage", "--keep-storage"),
             ("reserved-space", "--reserved-space"),
@@ -341,7 +339,7 @@ impl Api {
                 return Err(refused(&format!("builder prune {option}")));
             }
         }
-        let deleted = self.engine.prune_build_cache().await?;
+        let deleted = self.engine.prune_build_cache(&filters).await?;
         json(
             StatusCode::OK,
             &json!({ "CachesDeleted": deleted, "SpaceReclaimed": 0 }),

@@ -181,11 +181,10 @@ impl Api {
             .map(|entry| {
                 let created = chrono::DateTime::<chrono::Utc>::from(entry.created)
                     .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-                let image = entry.image.trim_start_matches("sha256:");
                 json!({
                     "ID": entry.key,
                     "Type": "regular",
-                    "Description": format!("classic builder step: image {}", &image[..image.len().min(12)]),
+                    "Description": entry.description(),
                     "InUse": false,
                     "Shared": true,
                     "Size": 0,

@@ -282,12 +282,8 @@ impl super::Api {
             (&Method::POST, ["networks", "create"]) => self.create_network(req).await,
             (&Method::POST, ["networks", "prune"]) => {
                 let filters = super::parse_filters(query.get("filters"))?;
-                if let Some(key) = filters.keys().next() {
-                    return Err(super::ApiError::BadRequest(format!(
-                        "rmachine-engine does not support network prune filter {key} yet"
-                    )));
-                }
-                let removed = self.engine.prune_networks().await;
+                let filters = crate::core::PruneFilters::parse(&filters)?;
+                let removed = self.engine.prune_networks(&filters).await;
                 super::json(
                     StatusCode::OK,
                     &json!({"NetworksDeleted": (!removed.is_empty()).then_some(removed)}),

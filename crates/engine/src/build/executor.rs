@@ -1396,7 +1396,11 @@ impl Builder<'_> {
     /// last path element (else its `Content-Disposition` filename), mode 0600, mtime the
     /// `Last-Modified` header or else the epoch, its progress shown; returns the file's name.
     async fn fetch_source(&self, url: &str, dest: &str, dir: &Path) -> Result<PathBuf, BuildError> {
-        let fetching = super::remote::get(url).await?;
+        let mut cancel = self.cancel.clone();
+        let fetching = tokio::select! {
+            fetching = super::remote::get(url) => fetching?,
+            () = super::remote::cancelled(Some(&mut cancel)) => return Err(BuildError::Cancelled),
+        };
         let name = match super::remote::download_name(url, fetching.disposition_name.as_deref()) {
             // A name that would not be a file of `dir` is refused as moby's open fails.
             Some(n) if n != "." && n != ".." => PathBuf::from(n),
@@ -1422,7 +1426,7 @@ impl Builder<'_> {
                 done,
             });
         };
-        let fetched = fetching.save(&file, &mut report).await?;
+        let fetched = fetching.save(&file, &mut report, Some(cancel)).await?;
         self.say("\n");
         let mtime = fetched.last_modified.unwrap_or(std::time::UNIX_EPOCH);
         let opened = fs::File::open(&file).map_err(io_err(&file))?;

@@ -22,6 +22,14 @@ pub enum Remote {
 impl Remote {
     /// Classifies `remote`; anything else is moby's error.
     pub fn parse(remote: &str) -> Result<Remote, BuildError> {
+        // The BuildKit session a v1 client may still name (moby's `ClientSessionRemote`).
+        if remote == "client-session" {
+            return Err(invalid(
+                "experimental session with v1 builder is no longer supported, use builder \
+                 version v2 (BuildKit) instead"
+                    .to_string(),
+            ));
+        }
         if is_git_url(remote) {
             Ok(Remote::Git(remote.to_string()))
         } else if is_url(remote) {
@@ -152,13 +160,26 @@ impl Reporter<'_> {
     }
 }
 
+/// Resolves when `cancel` turns true; never when it is absent or its sender is gone (a
+/// dropped sender is no cancellation).
+pub(crate) async fn cancelled(cancel: Option<&mut tokio::sync::watch::Receiver<bool>>) {
+    if let Some(c) = cancel {
+        if c.wait_for(|c| *c).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 impl Fetching {
     /// Writes the body into the new file `dest`, calling `report(bytes so far, total, finished)` as
-    /// moby's progress reader would report it.
+    /// moby's progress reader would report it. When `cancel` turns true (the build's client
+    /// went away) the download stops, `dest` is removed and the error is `Cancelled`.
     pub async fn save(
         mut self,
         dest: &Path,
         report: &mut (dyn FnMut(u64, Option<u64>, bool) + Send),
+        mut cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<Download, BuildError> {
         let url = self.url;
         let fail = |e: reqwest::Error| fetch(&url, format!("Get \"{url}\": {}", chain(&e)), false);
@@ -173,7 +194,18 @@ impl Fetching {
         };
         let mut file = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
         let mut current = 0u64;
-        while let Some(chunk) = self.response.chunk().await.map_err(fail)? {
+        loop {
+            let chunk = tokio::select! {
+                chunk = self.response.chunk() => chunk.map_err(fail)?,
+                () = cancelled(cancel.as_mut()) => {
+                    drop(file);
+                    if let Err(e) = tokio::fs::remove_file(dest).await {
+                        tracing::warn!(path = %dest.display(), error = %e, "cannot remove a cancelled download");
+                    }
+                    return Err(BuildError::Cancelled);
+                }
+            };
+            let Some(chunk) = chunk else { break };
             file.write_all(&chunk).await.map_err(io_err(dest))?;
             current += chunk.len() as u64;
             reporter.advance(current, false);
@@ -186,7 +218,7 @@ impl Fetching {
 
 /// GETs `url` into the new file `dest` (no progress shown).
 pub async fn download(url: &str, dest: &Path) -> Result<Download, BuildError> {
-    get(url).await?.save(dest, &mut |_, _, _| {}).await
+    get(url).await?.save(dest, &mut |_, _, _| {}, None).await
 }
 
 /// The name of an `ADD` URL's file, as moby's `getFilenameForDownload`: the last element
@@ -211,38 +243,156 @@ pub fn download_name(url: &str, disposition_name: Option<&str>) -> Option<std::f
         .map(std::ffi::OsString::from_vec)
 }
 
-/// The `filename` parameter of a `Content-Disposition` value (quoted or a token; RFC 2231's
-/// `filename*=UTF-8''…` decoded, as Go's `mime.ParseMediaType` does).
+/// The `filename` parameter of a `Content-Disposition` value, as moby reads it through Go's
+/// `mime.ParseMediaType`: a malformed value names nothing.
 fn disposition_filename(value: &str) -> Option<String> {
-    let mut plain = None;
-    for param in value.split(';').skip(1) {
-        let Some((key, val)) = param.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().to_ascii_lowercase();
-        let val = val.trim();
-        if key == "filename*" {
-            let Some((charset, rest)) = val.split_once('\'') else {
-                continue;
-            };
-            let Some((_, encoded)) = rest.split_once('\'') else {
-                continue;
-            };
-            if charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("us-ascii") {
-                return percent_encoding::percent_decode_str(encoded)
-                    .decode_utf8()
-                    .ok()
-                    .map(|s| s.into_owned());
+    media_params(value)?
+        .remove("filename")
+        .filter(|p| !p.is_empty())
+}
+
+/// Go's `mime` tspecials.
+fn is_tspecial(c: char) -> bool {
+    "()<>@,;:\\\"/[]?=".contains(c)
+}
+
+fn is_token_char(c: char) -> bool {
+    c > ' ' && c < '\x7f' && !is_tspecial(c)
+}
+
+/// The leading token of `s` and what follows it.
+fn token(s: &str) -> (&str, &str) {
+    let end = s.find(|c| !is_token_char(c)).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// A token or a quoted-string (a backslash escapes a tspecial; before anything else it is
+/// kept, as Go does for MSIE's unescaped paths); `None` when malformed.
+fn param_value(s: &str) -> Option<(String, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let (t, rest) = token(s);
+        return (!t.is_empty()).then(|| (t.to_string(), rest));
+    };
+    let mut out = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &quoted[i + 1..])),
+            '\\' if quoted[i + 1..].starts_with(is_tspecial) => {
+                if let Some((_, escaped)) = chars.next() {
+                    out.push(escaped);
+                }
             }
-        } else if key == "filename" {
-            let unquoted = match val.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-                Some(q) => q.replace("\\\"", "\"").replace("\\\\", "\\"),
-                None => val.to_string(),
-            };
-            plain = Some(unquoted);
+            '\r' | '\n' => return None,
+            c => out.push(c),
         }
     }
-    plain.filter(|p| !p.is_empty())
+    None
+}
+
+/// RFC 2231 percent-decoding, strict as Go's `percentHexUnescape`.
+fn percent_unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let ok = b.iter().enumerate().all(|(i, c)| {
+        *c != b'%'
+            || (b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    ok.then(|| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    })
+}
+
+/// `charset'language'encoded` with charset UTF-8 or US-ASCII (Go's `decode2231Enc`).
+fn decode_2231(v: &str) -> Option<String> {
+    let mut parts = v.splitn(3, '\'');
+    let (charset, _, encoded) = (parts.next()?, parts.next()?, parts.next()?);
+    if !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("us-ascii") {
+        return None;
+    }
+    percent_unescape(encoded)
+}
+
+/// The parameters of a media type or disposition value, by Go's `mime.ParseMediaType`:
+/// `type[/subtype]` then `; key=value` pairs (lowercased keys, token or quoted values),
+/// RFC 2231 `key*=` extended and `key*0=` continued values; `None` when malformed.
+fn media_params(value: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    use std::collections::BTreeMap;
+    let (base, _) = value.split_once(';').unwrap_or((value, ""));
+    let (kind, rest) = token(base.trim());
+    if kind.is_empty() {
+        return None;
+    }
+    if let Some(sub) = rest.strip_prefix('/') {
+        let (sub, rest) = token(sub);
+        if sub.is_empty() || !rest.is_empty() {
+            return None;
+        }
+    } else if !rest.is_empty() {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    let mut pieces: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut v = &value[base.len()..];
+    loop {
+        v = v.trim_start();
+        if v.is_empty() {
+            break;
+        }
+        let parsed = v.strip_prefix(';').and_then(|r| {
+            let (key, r) = token(r.trim_start());
+            let r = r.trim_start().strip_prefix('=')?;
+            let (val, r) = param_value(r.trim_start())?;
+            (!key.is_empty()).then(|| (key.to_ascii_lowercase(), val, r))
+        });
+        let Some((key, val, rest)) = parsed else {
+            // Trailing semicolons are ignored; anything else is malformed.
+            if v.trim() == ";" {
+                break;
+            }
+            return None;
+        };
+        let map = match key.split_once('*') {
+            Some((name, _)) => pieces.entry(name.to_string()).or_default(),
+            None => &mut params,
+        };
+        if map.get(&key).is_some_and(|old| *old != val) {
+            return None;
+        }
+        map.insert(key, val);
+        v = rest;
+    }
+    for (name, piece) in pieces {
+        if let Some(extended) = piece.get(&format!("{name}*")) {
+            if let Some(decoded) = decode_2231(extended) {
+                params.insert(name, decoded);
+            }
+            continue;
+        }
+        let mut joined = String::new();
+        let mut valid = false;
+        for n in 0.. {
+            if let Some(plain) = piece.get(&format!("{name}*{n}")) {
+                joined.push_str(plain);
+            } else if let Some(encoded) = piece.get(&format!("{name}*{n}*")) {
+                let decoded = if n == 0 {
+                    decode_2231(encoded)
+                } else {
+                    percent_unescape(encoded)
+                };
+                joined.push_str(&decoded.unwrap_or_default());
+            } else {
+                break;
+            }
+            valid = true;
+        }
+        if valid {
+            params.insert(name, joined);
+        }
+    }
+    Some(params)
 }
 
 /// An error with its causes, as Go prints a wrapped one.
@@ -510,6 +660,14 @@ mod tests {
             Remote::parse("ftp://h/x").unwrap_err().to_string(),
             "remoteURL (ftp://h/x) could not be recognized as URL"
         );
+        // A 400 (Invalid), with moby's text.
+        let session = Remote::parse("client-session").unwrap_err();
+        assert!(matches!(session, BuildError::Invalid { .. }), "{session:?}");
+        assert_eq!(
+            session.to_string(),
+            "experimental session with v1 builder is no longer supported, use builder version \
+             v2 (BuildKit) instead"
+        );
         let repo = GitRepo::parse("github.com/o/r#v1:sub/dir").expect("parses");
         assert_eq!(
             repo,
@@ -583,5 +741,118 @@ mod tests {
             disposition_filename("attachment; filename*=broken; filename=plain.txt").as_deref(),
             Some("plain.txt")
         );
+        assert_eq!(
+            disposition_filename("attachment; filename=plain.txt; filename*=UTF-8''%zz").as_deref(),
+            Some("plain.txt")
+        );
+    }
+
+    #[test]
+    fn content_disposition_is_scanned_as_go_does() {
+        let f = |v: &str| disposition_filename(v);
+        // A `;` inside quotes is part of the name.
+        assert_eq!(
+            f(r#"attachment; filename="a;b.txt""#).as_deref(),
+            Some("a;b.txt")
+        );
+        // A backslash escapes a tspecial; before another character it stays (MSIE paths).
+        assert_eq!(
+            f(r#"attachment; filename="a\(b\).txt""#).as_deref(),
+            Some("a(b).txt")
+        );
+        assert_eq!(
+            f(r#"attachment; filename="C:\dev\x.txt""#).as_deref(),
+            Some(r"C:\dev\x.txt")
+        );
+        // Continuations join; a trailing semicolon is fine.
+        assert_eq!(
+            f("attachment; filename*0=ab; filename*1=cd.txt;").as_deref(),
+            Some("abcd.txt")
+        );
+        assert_eq!(
+            f("attachment; filename*0*=UTF-8''a%20; filename*1=b").as_deref(),
+            Some("a b")
+        );
+        // Malformed: Go's ParseMediaType fails, moby uses no name.
+        for bad in [
+            r#"attachment; filename="unterminated"#,
+            "attachment; filename",
+            "attachment; filename=",
+            "attachment; filename=a b",
+            "attachment filename=a",
+            "; filename=a",
+            "a/b/c; filename=x",
+            "attachment; filename=a; filename=b",
+            "attachment;; filename=a",
+        ] {
+            assert_eq!(f(bad), None, "{bad}");
+        }
+        assert_eq!(
+            f("attachment; filename=a; filename=a").as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn names_from_the_server_cannot_leave_the_directory() {
+        let name = |url: &str, v: &str| {
+            download_name(url, disposition_filename(v).as_deref())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            name("http://h/d/", r#"attachment; filename="../../etc/passwd""#).as_deref(),
+            Some("passwd")
+        );
+        // `..` alone comes through as a name: fetch_source refuses it as moby's open fails.
+        assert_eq!(
+            name("http://h/d/", "attachment; filename=..").as_deref(),
+            Some("..")
+        );
+        assert_eq!(
+            name("http://h/d/", "attachment; filename*=UTF-8''..%2F..%2Fx").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            name("http://h/d/", r#"attachment; filename="../escape/""#),
+            None
+        );
+        // The URL's path: dot segments are resolved, a decoded `/` splits the name.
+        assert_eq!(name("http://h/a/%2e%2e/%2e%2e/x", "").as_deref(), Some("x"));
+        assert_eq!(name("http://h/a/..%2F..%2Fy", "").as_deref(), Some("y"));
+        assert_eq!(name("http://h/a/%2e%2e", ""), None);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_download_stops_and_leaves_no_file() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // A server that promises 1 MB and trickles a few bytes, then stalls.
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc");
+            std::thread::sleep(std::time::Duration::from_secs(10));
+        });
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dest = tmp.path().join("f");
+        let fetching = get(&format!("http://127.0.0.1:{port}/f"))
+            .await
+            .expect("headers");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let _ = tx.send(true);
+        });
+        let saved = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            fetching.save(&dest, &mut |_, _, _| {}, Some(rx)),
+        )
+        .await
+        .expect("the download stops when cancelled");
+        assert!(matches!(saved, Err(BuildError::Cancelled)), "{saved:?}");
+        assert!(!dest.exists());
+        drop(server);
     }
 }

@@ -177,11 +177,20 @@ impl Engine {
         Ok(id)
     }
 
-    /// Forgets the build cache (`docker builder prune`); returns the keys of the entries
-    /// that went.
-    pub async fn prune_build_cache(&self) -> Result<Vec<String>, BuildError> {
-        let cache = crate::build::cache::BuildCache::new(&self.inner.config.data_root);
-        tokio::task::spawn_blocking(move || cache.clear())
+    /// Forgets the build cache entries `filters` select (`docker builder prune`, `docker
+    /// system prune`); returns their keys.
+    pub async fn prune_build_cache(
+        &self,
+        filters: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<String>, BuildError> {
+        use crate::build::cache::{BuildCache, PruneFilter};
+        let now = chrono::Utc::now();
+        let filter = PruneFilter::parse(filters, |value| {
+            super::remove::parse_until(value, now).map(std::time::SystemTime::from)
+        })?;
+        let cache = BuildCache::new(&self.inner.config.data_root);
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || cache.clear(|id| images.resolve(id).is_ok(), &filter))
             .await
             .map_err(|e| BuildError::Invalid {
                 reason: format!("prune task failed: {e}"),

@@ -1561,10 +1561,10 @@ impl Engine {
 
     /// `docker network prune`: removes the user-defined networks no container uses; returns
     /// their names.
-    pub async fn prune_networks(&self) -> Vec<String> {
+    pub async fn prune_networks(&self, filters: &super::PruneFilters) -> Vec<String> {
         let mut removed = Vec::new();
         for def in self.list_networks().await {
-            if def.name == "bridge" {
+            if def.name == "bridge" || !filters.matches_object(def.created, &def.labels) {
                 continue;
             }
             if self.remove_network(&def.id).await.is_ok() {

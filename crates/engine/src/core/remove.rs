@@ -55,10 +55,20 @@ impl PruneFilters {
 
     /// Whether a stopped container is to be pruned.
     pub fn matches(&self, record: &ContainerRecord) -> bool {
-        if self.until.is_some_and(|until| record.created > until) {
+        self.matches_object(record.created, &record.config.labels)
+    }
+
+    /// Whether an object created then with these labels is to be pruned (networks take the
+    /// same filters: daemon/prune.go `networksAcceptedFilters`).
+    pub fn matches_object(
+        &self,
+        created: DateTime<Utc>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        if self.until.is_some_and(|until| created > until) {
             return false;
         }
-        let all = |list: &[String]| super::lookup::labels_match(&record.config.labels, list);
+        let all = |list: &[String]| super::lookup::labels_match(labels, list);
         if !self.labels.is_empty() && !all(&self.labels) {
             return false;
         }
