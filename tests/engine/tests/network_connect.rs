@@ -215,7 +215,7 @@ fn disconnect_force_forgets_a_removed_network_of_a_stopped_container() -> Result
             "keeper",
             "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
         )?,
-        "alpha "
+        "alpha"
     );
     // A stopped container's disconnect is an event too.
     engine.docker(&["stop", "-t", "0", "keeper"])?.ok()?;

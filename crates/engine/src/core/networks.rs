@@ -197,14 +197,11 @@ pub(super) fn without_served(
         Ok(Some(_)) => None,
         _ => settings.ipam_config.clone(),
     };
-    let mac_address = match crate::network::parse_mac(&settings.mac_address) {
-        Ok(_) => String::new(),
-        Err(_) => settings.mac_address.clone(),
-    };
     crate::state::EndpointSettings {
         links: if served { None } else { settings.links.clone() },
         ipam_config,
-        mac_address,
+        // Served, or refused by its own text (see `requested_mac`, `check_more_networks`).
+        mac_address: String::new(),
         ..without_aliases(settings)
     }
 }
@@ -427,10 +424,11 @@ pub(super) fn requested_mac(
             wanted.as_deref() == Some(name.as_str())
                 || (wanted.as_deref() == Some("bridge") && name.as_str() == "default")
         })
-        .filter_map(|(_, e)| e.as_ref())
-        .map(|e| e.mac_address.clone())
-        .find(|m| !m.is_empty());
+        .filter_map(|(name, e)| e.as_ref().map(|e| (name.clone(), e.mac_address.clone())))
+        .find(|(_, m)| !m.is_empty());
+    let endpoint_name = from_endpoint.as_ref().map(|(name, _)| name.clone());
     let Some(text) = from_endpoint
+        .map(|(_, m)| m)
         .or_else(|| (!config.mac_address.is_empty()).then(|| config.mac_address.clone()))
     else {
         return Ok(None);
@@ -446,7 +444,10 @@ pub(super) fn requested_mac(
     crate::network::parse_mac(&text)
         .map(Some)
         .map_err(|e| EngineError::InvalidParameter {
-            reason: e.to_string(),
+            reason: match &endpoint_name {
+                Some(name) => format!("invalid config for network {name}: {e}"),
+                None => e.to_string(),
+            },
         })
 }
 
@@ -546,7 +547,7 @@ pub(super) fn check_more_networks(
             "" => None,
             text => Some(crate::network::parse_mac(text).map_err(|e| {
                 EngineError::InvalidParameter {
-                    reason: e.to_string(),
+                    reason: format!("invalid config for network {name}: {e}"),
                 }
             })?),
         };
@@ -1796,5 +1797,33 @@ impl Engine {
             attributes.insert((*k).to_string(), v.clone());
         }
         self.inner.events.emit("network", action, id, attributes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_endpoint_mac_gets_dockerds_text_not_a_refusal() {
+        let settings = crate::state::EndpointSettings {
+            mac_address: "02:42:ac:11:00:zz".into(),
+            ..Default::default()
+        };
+        assert!(without_served(&settings, None).is_empty());
+        let host = HostConfig {
+            network_mode: "mynet".into(),
+            ..Default::default()
+        };
+        let mut networking = crate::state::NetworkingConfig::default();
+        networking
+            .endpoints_config
+            .insert("mynet".into(), Some(settings));
+        let err = requested_mac(&Default::default(), &host, &networking)
+            .expect_err("an invalid MAC address is refused");
+        assert_eq!(
+            err.to_string(),
+            "invalid config for network mynet: invalid MAC address 02:42:ac:11:00:zz"
+        );
     }
 }
