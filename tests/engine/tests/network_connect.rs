@@ -276,3 +276,54 @@ fn a_corrupt_record_of_later_networks_fails_the_start_naming_it() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn ports_do_not_move_to_an_internal_network() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&["network", "create", "--subnet", "10.234.5.0/24", "outside"])?
+        .ok()?;
+    engine
+        .docker(&[
+            "network",
+            "create",
+            "--internal",
+            "--subnet",
+            "10.234.6.0/24",
+            "sealed",
+        ])?
+        .ok()?;
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "pub",
+            "--network",
+            "outside",
+            "-p",
+            "18093:80",
+            "busybox",
+            "sleep",
+            "300",
+        ])?
+        .ok()?;
+    let port = engine.docker(&["port", "pub"])?.ok()?.stdout;
+    assert!(port.contains("18093"), "{port}");
+    engine
+        .docker(&["network", "connect", "sealed", "pub"])?
+        .ok()?;
+    engine
+        .docker(&["network", "disconnect", "outside", "pub"])?
+        .ok()?;
+    let port = engine.docker(&["port", "pub"])?.ok()?.stdout;
+    assert!(!port.contains("18093"), "{port}");
+    let addr = engine
+        .docker(&["exec", "pub", "ip", "-4", "-o", "addr"])?
+        .ok()?
+        .stdout;
+    assert!(addr.contains("10.234.6."), "{addr}");
+    Ok(())
+}
