@@ -327,3 +327,93 @@ fn ports_do_not_move_to_an_internal_network() -> Result<()> {
     assert!(addr.contains("10.234.6."), "{addr}");
     Ok(())
 }
+
+/// Takes the immutable flag off a directory again, whatever the test's end.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: std::path::PathBuf) -> Result<Immutable> {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&dir)
+            .status()?;
+        anyhow::ensure!(status.success(), "chattr +i {}", dir.display());
+        Ok(Immutable(dir))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_connect_that_cannot_be_saved_leaves_no_endpoint() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    for (name, subnet) in [("first", "10.234.7.0/24"), ("second", "10.234.8.0/24")] {
+        engine
+            .docker(&["network", "create", "--subnet", subnet, name])?
+            .ok()?;
+    }
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "stuck",
+            "--network",
+            "first",
+            "busybox",
+            "sleep",
+            "300",
+        ])?
+        .ok()?;
+    let baseline = veths(&engine)?;
+    let id = engine.inspect("stuck", "{{.Id}}")?;
+    let dir = engine.data_root().join("containers").join(&id);
+    {
+        // No new file can be made there: network-extra.json cannot be written.
+        let _guard = Immutable::set(dir)?;
+        let failed = engine.docker(&[
+            "network",
+            "connect",
+            "--ip",
+            "10.234.8.7",
+            "second",
+            "stuck",
+        ])?;
+        assert!(failed.code != 0, "{failed:?}");
+    }
+    assert_eq!(veths(&engine)?, baseline);
+    assert_eq!(
+        engine.inspect(
+            "stuck",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}"
+        )?,
+        "first"
+    );
+    let hosts = engine
+        .docker(&["exec", "stuck", "cat", "/etc/hosts"])?
+        .ok()?
+        .stdout;
+    assert!(!hosts.contains("10.234.8.7"), "{hosts}");
+    engine
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "second",
+            "--ip",
+            "10.234.8.7",
+            "busybox",
+            "true",
+        ])?
+        .ok()?;
+    Ok(())
+}
