@@ -310,10 +310,9 @@ impl super::Api {
                         )
                         .await?;
                 } else {
-                    // `force` removes endpoints whose container is gone; the engine keeps
-                    // none (see `Engine::disconnect_network`).
-                    let _ = body.force;
-                    self.engine.disconnect_network(id, &body.container).await?;
+                    self.engine
+                        .disconnect_network(id, &body.container, body.force)
+                        .await?;
                 }
                 super::empty(StatusCode::OK)
             }

@@ -105,6 +105,9 @@ pub struct Container {
     io: Mutex<IoHub>,
     /// Serialises start, stop, kill and remove of this container.
     pub(crate) op: tokio::sync::Mutex<()>,
+    /// Held while its endpoints change: `network connect`/`disconnect` (under `op` too) and
+    /// the monitor's teardown at exit (which cannot take `op`: stop holds it while waiting).
+    pub(crate) net: tokio::sync::Mutex<()>,
     /// Its health-check monitor, while one runs.
     pub(crate) health: health::MonitorSlot,
 }
@@ -142,6 +145,7 @@ impl Container {
                 pty_master: None,
             }),
             op: tokio::sync::Mutex::new(()),
+            net: tokio::sync::Mutex::new(()),
             health: health::MonitorSlot::default(),
         })
     }

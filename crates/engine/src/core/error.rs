@@ -39,6 +39,15 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// A file of the engine's that does not parse.
+    #[error("{} is corrupt", path.display())]
+    CorruptFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
     /// `--network NAME` of a network that does not exist (dockerd's text).
     #[error("network {name} not found")]
     NoSuchNetwork {

@@ -197,14 +197,11 @@ pub(super) fn without_served(
         Ok(Some(_)) => None,
         _ => settings.ipam_config.clone(),
     };
-    let mac_address = match crate::network::parse_mac(&settings.mac_address) {
-        Ok(_) => String::new(),
-        Err(_) => settings.mac_address.clone(),
-    };
     crate::state::EndpointSettings {
         links: if served { None } else { settings.links.clone() },
         ipam_config,
-        mac_address,
+        // Served, or refused by its own text (see `requested_mac`, `check_more_networks`).
+        mac_address: String::new(),
         ..without_aliases(settings)
     }
 }
@@ -346,11 +343,56 @@ fn launch_err(dir: &std::path::Path) -> impl FnOnce(launch::LaunchError) -> Engi
     }
 }
 
-fn load_extras(dir: &std::path::Path) -> Vec<Extra> {
-    std::fs::read(dir.join(EXTRA_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+/// The networks a container joins after its first; none without the file, an error naming
+/// it if it is unreadable or corrupt.
+fn load_extras(dir: &std::path::Path) -> Result<Vec<Extra>, EngineError> {
+    let path = dir.join(EXTRA_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(super::error::io_err(&path)(e)),
+    };
+    serde_json::from_slice(&bytes).map_err(|source| EngineError::CorruptFile { path, source })
+}
+
+/// The files keeping a container's networks, as they were before a change, to put back when
+/// the change fails.
+struct NetworkFiles(Vec<(PathBuf, Option<Vec<u8>>)>);
+
+impl NetworkFiles {
+    fn read(dir: &std::path::Path) -> NetworkFiles {
+        NetworkFiles(
+            [
+                ALIASES_FILE,
+                IP_FILE,
+                MAC_FILE,
+                DISCONNECTED_FILE,
+                EXTRA_FILE,
+            ]
+            .iter()
+            .map(|f| {
+                let path = dir.join(f);
+                let bytes = std::fs::read(&path).ok();
+                (path, bytes)
+            })
+            .collect(),
+        )
+    }
+
+    fn restore(&self, dir: &std::path::Path, id: &str) {
+        for (path, bytes) in &self.0 {
+            let done = match bytes {
+                Some(bytes) => launch::write_atomic(path, bytes).map_err(|e| e.to_string()),
+                None => match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(error) = done {
+                tracing::warn!(container = %id, dir = %dir.display(), file = %path.display(), %error, "cannot restore the network settings");
+            }
+        }
+    }
 }
 
 /// Keeps the networks a container joins after its first beside its record.
@@ -382,10 +424,11 @@ pub(super) fn requested_mac(
             wanted.as_deref() == Some(name.as_str())
                 || (wanted.as_deref() == Some("bridge") && name.as_str() == "default")
         })
-        .filter_map(|(_, e)| e.as_ref())
-        .map(|e| e.mac_address.clone())
-        .find(|m| !m.is_empty());
+        .filter_map(|(name, e)| e.as_ref().map(|e| (name.clone(), e.mac_address.clone())))
+        .find(|(_, m)| !m.is_empty());
+    let endpoint_name = from_endpoint.as_ref().map(|(name, _)| name.clone());
     let Some(text) = from_endpoint
+        .map(|(_, m)| m)
         .or_else(|| (!config.mac_address.is_empty()).then(|| config.mac_address.clone()))
     else {
         return Ok(None);
@@ -401,7 +444,10 @@ pub(super) fn requested_mac(
     crate::network::parse_mac(&text)
         .map(Some)
         .map_err(|e| EngineError::InvalidParameter {
-            reason: e.to_string(),
+            reason: match &endpoint_name {
+                Some(name) => format!("invalid config for network {name}: {e}"),
+                None => e.to_string(),
+            },
         })
 }
 
@@ -501,7 +547,7 @@ pub(super) fn check_more_networks(
             "" => None,
             text => Some(crate::network::parse_mac(text).map_err(|e| {
                 EngineError::InvalidParameter {
-                    reason: e.to_string(),
+                    reason: format!("invalid config for network {name}: {e}"),
                 }
             })?),
         };
@@ -718,7 +764,11 @@ impl Engine {
                         mac: load_mac(&dir).map(|m| crate::network::format_mac(&m)),
                     });
                 }
-                for extra in load_extras(&dir) {
+                let extras = load_extras(&dir).unwrap_or_else(|err| {
+                    tracing::warn!(container = %record.id, error = %err, "cannot list the networks connected later");
+                    Vec::new()
+                });
+                for extra in extras {
                     out.push(Attachment {
                         endpoint: live(&extra.id),
                         dns_names: dns_names(record, &extra.name, &extra.aliases),
@@ -759,7 +809,7 @@ impl Engine {
                 mac: load_mac(&dir),
             });
         }
-        for extra in load_extras(&dir) {
+        for extra in load_extras(&dir)? {
             let def = (!extra.id.is_empty())
                 .then(|| self.find_network(&extra.id))
                 .flatten()
@@ -940,17 +990,38 @@ impl Engine {
         }
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let (resolv, upstream) =
-            super::options::resolv_conf_internal(&record.host_config, &host_resolv)?;
+            match super::options::resolv_conf_internal(&record.host_config, &host_resolv) {
+                Ok(found) => found,
+                Err(err) => {
+                    self.forget_names(&record.id, &def.id);
+                    return Err(err);
+                }
+            };
         let id = record.id.clone();
         let lookup: crate::network::dns::Lookup = std::sync::Arc::new(move |name: &str| {
             table.lock().ok().and_then(|t| resolve(&t, &id, name))
         });
         // Forwarding follows the first network the server starts for: an `--internal` one
         // answers SERVFAIL for outside names, as dockerd's resolver in such a sandbox.
-        let tasks = crate::network::dns::serve(&endpoint.netns, lookup, upstream, !def.internal)
-            .map_err(publish_err)?;
+        let tasks =
+            match crate::network::dns::serve(&endpoint.netns, lookup, upstream, !def.internal) {
+                Ok(tasks) => tasks,
+                Err(err) => {
+                    self.forget_names(&record.id, &def.id);
+                    return Err(publish_err(err));
+                }
+            };
         self.inner.network.net.track(&record.id, tasks);
         Ok(Some(resolv))
+    }
+
+    /// Takes the names of container `id` on network `network_id` out of the embedded DNS.
+    fn forget_names(&self, id: &str, network_id: &str) {
+        if let Ok(mut names) = self.inner.network.names.lock() {
+            if let Some(mine) = names.get_mut(id) {
+                mine.retain(|e| e.network_id != network_id);
+            }
+        }
     }
 
     /// `--link NAME:ALIAS` lines of `/etc/hosts` on the default bridge: `IP\tALIAS NAME`.
@@ -983,9 +1054,10 @@ impl Engine {
     }
 
     /// `docker network connect NETWORK CONTAINER`: a stopped container joins the network at
-    /// its next start; a running one gets an endpoint now (a veth into its namespace, its
-    /// names in the embedded DNS server, a line in its `/etc/hosts`). `--alias`, `--ip` and
-    /// `--mac-address` are kept for every later start.
+    /// its next start (connecting it again replaces its settings, as dockerd); a running one
+    /// gets an endpoint now (a veth into its namespace, its names in the embedded DNS server,
+    /// a line in its `/etc/hosts`). `--alias`, `--ip` and `--mac-address` are kept for every
+    /// later start. On any error nothing of it is left.
     pub async fn connect_network(
         &self,
         network: &str,
@@ -993,6 +1065,16 @@ impl Engine {
         settings: &crate::state::EndpointSettings,
     ) -> Result<(), EngineError> {
         let c = self.container(container)?;
+        // As start, stop and rm: none of them runs meanwhile.
+        let _op = c.op.lock().await;
+        if c.lifecycle().borrow().removed {
+            return Err(EngineError::NoSuchContainer {
+                reference: container.to_string(),
+            });
+        }
+        // The monitor's teardown at exit takes it too: the record read under it says whether
+        // the container still runs until this connect is done.
+        let _net = c.net.lock().await;
         let record = c.record();
         let mode = Mode::of(&record.host_config)?;
         let def = self.connectable(network, &mode)?;
@@ -1024,11 +1106,13 @@ impl Engine {
             text => Some(crate::network::parse_mac(text).map_err(|e| invalid(&e.to_string()))?),
         };
         let name = record.name.trim_start_matches('/');
+        let running = record.state.status == Status::Running && record.state.pid > 0;
         let already = self
             .attachments(&record)
             .iter()
             .any(|a| a.network_id == def.id);
-        if already {
+        // A stopped container's settings are only replaced (dockerd's updateNetworkConfig).
+        if already && running {
             return Err(EngineError::Forbidden {
                 reason: format!(
                     "endpoint with name {name} already exists in network {}",
@@ -1039,28 +1123,46 @@ impl Engine {
         let own = mode
             .network_name()
             .is_some_and(|n| n == def.name || n == def.id);
-        let running = record.state.status == Status::Running && record.state.pid > 0;
-        if running {
-            self.connect_running(&c, &record, &def, &aliases, ip, mac)
-                .await?;
-        }
-        if own {
+        let before = NetworkFiles::read(&c.dir);
+        let saved = if own {
             let _ = std::fs::remove_file(c.dir.join(ALIASES_FILE));
             let _ = std::fs::remove_file(c.dir.join(IP_FILE));
-            save_aliases(&c.dir, &config)?;
-            save_requested_ip(&c.dir, ip)?;
-            save_mac(&c.dir, mac)?;
-            let _ = std::fs::remove_file(c.dir.join(DISCONNECTED_FILE));
+            save_aliases(&c.dir, &config)
+                .and_then(|()| save_requested_ip(&c.dir, ip))
+                .and_then(|()| save_mac(&c.dir, mac))
+                .and_then(|()| {
+                    let marker = c.dir.join(DISCONNECTED_FILE);
+                    match std::fs::remove_file(&marker) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            Err(super::error::io_err(&marker)(e))
+                        }
+                        _ => Ok(()),
+                    }
+                })
         } else {
-            let mut extras = load_extras(&c.dir);
-            extras.push(Extra {
-                id: def.id.clone(),
-                name: def.name.clone(),
-                aliases,
-                ip,
-                mac: mac.map(|m| crate::network::format_mac(&m)),
-            });
-            save_extras(&c.dir, &extras)?;
+            load_extras(&c.dir).and_then(|mut extras| {
+                extras.retain(|e| e.id != def.id);
+                extras.push(Extra {
+                    id: def.id.clone(),
+                    name: def.name.clone(),
+                    aliases: aliases.clone(),
+                    ip,
+                    mac: mac.map(|m| crate::network::format_mac(&m)),
+                });
+                save_extras(&c.dir, &extras)
+            })
+        };
+        // Saved before the live endpoint is made: what fails after it leaves nothing.
+        let connected = match saved {
+            Ok(()) if running => {
+                self.connect_running(&c, &record, &def, &aliases, ip, mac)
+                    .await
+            }
+            other => other,
+        };
+        if let Err(err) = connected {
+            before.restore(&c.dir, &record.id);
+            return Err(err);
         }
         Ok(())
     }
@@ -1096,7 +1198,27 @@ impl Engine {
             })
     }
 
-    /// The endpoint of `docker network connect` for running container `c`.
+    /// The namespace of running container `record`: that of its endpoints, or (started
+    /// without a network) the runtime's, bind-mounted once on the container's namespace file
+    /// so that later connects do not look its PID up again.
+    fn running_namespace(
+        &self,
+        record: &ContainerRecord,
+        current: &[Endpoint],
+    ) -> Result<PathBuf, EngineError> {
+        if let Some(e) = current.first() {
+            return Ok(e.netns.clone());
+        }
+        let path = self.inner.network.net.netns_path(&record.id);
+        if path.exists() {
+            return Ok(path);
+        }
+        crate::network::netns::adopt(record.state.pid, &path).map_err(publish_err)?;
+        Ok(path)
+    }
+
+    /// The endpoint of `docker network connect` for running container `c`; on any error
+    /// nothing of it is left.
     async fn connect_running(
         &self,
         c: &crate::container::Container,
@@ -1108,11 +1230,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let net = &self.inner.network.net;
         let current = self.endpoints_of(&record.id);
-        // A container started without a network (disconnected) has the runtime's namespace.
-        let ns = match current.first() {
-            Some(e) => e.netns.clone(),
-            None => PathBuf::from(format!("/proc/{}/ns/net", record.state.pid)),
-        };
+        let ns = self.running_namespace(record, &current)?;
         let ifname = (0..)
             .map(|i| format!("eth{i}"))
             .find(|n| current.iter().all(|e| &e.ifname != n))
@@ -1142,15 +1260,6 @@ impl Engine {
             .attach(join, &ns, &ifname, current.is_empty())
             .await
             .map_err(publish_err)?;
-        let hostname = &record.config.hostname;
-        let hosts = c.dir.join("hosts");
-        if let Ok(mut text) = std::fs::read_to_string(&hosts) {
-            text.push_str(&hosts_line(hostname, &endpoint));
-            // In place: the container's /etc/hosts is a bind mount of this very file.
-            if let Err(err) = std::fs::write(&hosts, text) {
-                tracing::warn!(container = %record.id, error = %err, "cannot update /etc/hosts");
-            }
-        }
         if def.name != "bridge" {
             match self.embedded_dns(record, def, &endpoint, aliases) {
                 Ok(Some(resolv)) => {
@@ -1168,21 +1277,105 @@ impl Engine {
                 }
             }
         }
+        // Last: nothing after it fails.
+        let hosts = c.dir.join("hosts");
+        if let Ok(mut text) = std::fs::read_to_string(&hosts) {
+            text.push_str(&hosts_line(
+                &super::start::effective_hostname(record),
+                &endpoint,
+            ));
+            // In place: the container's /etc/hosts is a bind mount of this very file.
+            if let Err(err) = std::fs::write(&hosts, text) {
+                tracing::warn!(container = %record.id, error = %err, "cannot update /etc/hosts");
+            }
+        }
         self.add_endpoint(&record.id, endpoint);
         Ok(())
     }
 
-    /// `docker network disconnect [-f] NETWORK CONTAINER`: a running container loses its
-    /// endpoint now (veth, address, DNS names, `/etc/hosts` line, and the published ports if
-    /// it held them); a stopped one does not join the network at its next start. `-f` changes
-    /// nothing here: it removes endpoints whose container is gone, which this engine never
-    /// keeps.
+    /// Takes `endpoint` (on network `def`) of running container `c` away: its veth, address,
+    /// DNS names, `/etc/hosts` line and ports; tells the network's listeners.
+    async fn remove_endpoint(
+        &self,
+        c: &crate::container::Container,
+        record: &ContainerRecord,
+        def: &crate::network::NetworkDef,
+        endpoint: &Endpoint,
+    ) {
+        if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
+            if let Some(list) = endpoints.get_mut(&record.id) {
+                list.retain(|e| e.endpoint_id != endpoint.endpoint_id);
+            }
+        }
+        self.forget_names(&record.id, &def.id);
+        self.inner.network.net.detach(&record.id, endpoint).await;
+        let hosts = c.dir.join("hosts");
+        if let Ok(text) = std::fs::read_to_string(&hosts) {
+            let line = hosts_line(&super::start::effective_hostname(record), endpoint);
+            let kept: String = text.split_inclusive('\n').filter(|l| *l != line).collect();
+            if let Err(err) = std::fs::write(&hosts, kept) {
+                tracing::warn!(container = %record.id, error = %err, "cannot update /etc/hosts");
+            }
+        }
+    }
+
+    /// Forgets the network `reference` (its name or id, or `def`'s) in the saved settings of
+    /// container `c`, so that its next start does not join it; false if it had no such
+    /// network.
+    fn forget_network(
+        &self,
+        c: &crate::container::Container,
+        mode: &Mode,
+        reference: &str,
+        def: Option<&crate::network::NetworkDef>,
+    ) -> Result<bool, EngineError> {
+        let names = |name: &str, id: &str| {
+            name == reference
+                || (!id.is_empty() && id == reference)
+                || def.is_some_and(|d| d.id == id || d.name == name)
+        };
+        let mut found = false;
+        let own = mode.network_name().is_some_and(|n| {
+            let id = self.find_network(n).map(|d| d.id).unwrap_or_default();
+            names(n, &id)
+        }) && !c.dir.join(DISCONNECTED_FILE).exists();
+        if own {
+            for file in [ALIASES_FILE, IP_FILE, MAC_FILE] {
+                let _ = std::fs::remove_file(c.dir.join(file));
+            }
+            let marker = c.dir.join(DISCONNECTED_FILE);
+            std::fs::write(&marker, b"").map_err(super::error::io_err(&marker))?;
+            found = true;
+        }
+        let mut extras = load_extras(&c.dir)?;
+        let count = extras.len();
+        extras.retain(|e| !names(&e.name, &e.id));
+        if extras.len() != count {
+            save_extras(&c.dir, &extras)?;
+            found = true;
+        }
+        Ok(found)
+    }
+
+    /// `docker network disconnect [-f] NETWORK CONTAINER`, as dockerd's
+    /// `DisconnectFromNetwork`: a running container loses its endpoint now (veth, address, DNS
+    /// names, `/etc/hosts` line, and the published ports if it held them: the next endpoint
+    /// takes them); a stopped one, or with `force` one whose network no longer exists, only
+    /// forgets the network by that name, so that its next start does not join it.
     pub async fn disconnect_network(
         &self,
         network: &str,
         container: &str,
+        force: bool,
     ) -> Result<(), EngineError> {
         let c = self.container(container)?;
+        let _op = c.op.lock().await;
+        if c.lifecycle().borrow().removed {
+            return Err(EngineError::NoSuchContainer {
+                reference: container.to_string(),
+            });
+        }
+        let _net = c.net.lock().await;
         let record = c.record();
         let mode = Mode::of(&record.host_config)?;
         if network == "host" || mode == Mode::Host {
@@ -1190,11 +1383,37 @@ impl Engine {
                 reason: "container cannot be disconnected from host network or connected to host network".into(),
             });
         }
-        let def = self
-            .find_network(network)
-            .ok_or_else(|| EngineError::NoSuchNetwork {
-                name: network.to_string(),
-            })?;
+        let def = self.find_network(network);
+        let running = record.state.status == Status::Running && record.state.pid > 0;
+        if !running || (def.is_none() && force) {
+            if !self.forget_network(&c, &mode, network, def.as_ref())? {
+                return Err(EngineError::Forbidden {
+                    reason: format!(
+                        "container {} is not connected to the network {network}",
+                        record.id
+                    ),
+                });
+            }
+            if let Some(def) = &def {
+                if let Some(endpoint) = self
+                    .endpoints_of(&record.id)
+                    .iter()
+                    .find(|e| e.network_id == def.id)
+                {
+                    self.remove_endpoint(&c, &record, def, endpoint).await;
+                }
+                self.emit_network(
+                    "disconnect",
+                    &def.id,
+                    &def.name,
+                    &[("container", record.id.clone())],
+                );
+            }
+            return Ok(());
+        }
+        let def = def.ok_or_else(|| EngineError::NoSuchNetwork {
+            name: network.to_string(),
+        })?;
         let attached = self
             .attachments(&record)
             .iter()
@@ -1207,6 +1426,8 @@ impl Engine {
                 ),
             });
         }
+        // Saved first: a failure leaves the container as it was.
+        self.forget_network(&c, &mode, &def.id, Some(&def))?;
         let live = self.endpoints_of(&record.id);
         // The endpoint with the default route and the ports leaves: the next one takes them.
         let mut promote = false;
@@ -1214,70 +1435,64 @@ impl Engine {
             promote = live
                 .first()
                 .is_some_and(|f| f.endpoint_id == endpoint.endpoint_id);
-            if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
-                if let Some(list) = endpoints.get_mut(&record.id) {
-                    list.retain(|e| e.endpoint_id != endpoint.endpoint_id);
-                }
-            }
-            if let Ok(mut names) = self.inner.network.names.lock() {
-                if let Some(mine) = names.get_mut(&record.id) {
-                    mine.retain(|e| e.network_id != def.id);
-                }
-            }
-            self.inner.network.net.detach(&record.id, endpoint).await;
-            let hosts = c.dir.join("hosts");
-            if let Ok(text) = std::fs::read_to_string(&hosts) {
-                let line = hosts_line(&record.config.hostname, endpoint);
-                let kept: String = text.split_inclusive('\n').filter(|l| *l != line).collect();
-                if let Err(err) = std::fs::write(&hosts, kept) {
-                    tracing::warn!(container = %record.id, error = %err, "cannot update /etc/hosts");
-                }
-            }
-            self.emit_network(
-                "disconnect",
-                &def.id,
-                &def.name,
-                &[("container", record.id.clone())],
-            );
+            self.remove_endpoint(&c, &record, &def, endpoint).await;
         }
-        let own = mode
-            .network_name()
-            .is_some_and(|n| n == def.name || n == def.id)
-            && !c.dir.join(DISCONNECTED_FILE).exists();
-        if own {
-            for file in [ALIASES_FILE, IP_FILE, MAC_FILE] {
-                let _ = std::fs::remove_file(c.dir.join(file));
-            }
-            let marker = c.dir.join(DISCONNECTED_FILE);
-            std::fs::write(&marker, b"").map_err(super::error::io_err(&marker))?;
+        self.emit_network(
+            "disconnect",
+            &def.id,
+            &def.name,
+            &[("container", record.id.clone())],
+        );
+        if promote {
+            self.promote_next(&record).await;
+        }
+        Ok(())
+    }
+
+    /// Gives the default route and the published ports to the first endpoint left of
+    /// `record`'s container after the one holding them left. A failure is logged only: the
+    /// disconnect is done (dockerd logs its gateway update failures too).
+    async fn promote_next(&self, record: &ContainerRecord) {
+        let Some(next) = self.endpoints_of(&record.id).first().cloned() else {
+            return;
+        };
+        let internal = self
+            .find_network(&next.network_id)
+            .is_some_and(|d| d.internal);
+        let host = &record.host_config;
+        // An `--internal` network publishes nothing (dockerd).
+        let requests = if internal {
+            Ok(Vec::new())
         } else {
-            let mut extras = load_extras(&c.dir);
-            extras.retain(|e| e.id != def.id);
-            save_extras(&c.dir, &extras)?;
-        }
-        if let Some(next) = self.endpoints_of(&record.id).first().filter(|_| promote) {
-            let host = &record.host_config;
-            let requests = ports::requests(
+            ports::requests(
                 &host.port_bindings,
                 host.publish_all_ports,
                 &record.config.exposed_ports,
             )
-            .map_err(publish_err)?;
-            let name = record.name.trim_start_matches('/');
-            let promoted = self
-                .inner
-                .network
-                .net
-                .promote(&record.id, name, next, &requests)
-                .await
-                .map_err(publish_err)?;
-            if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
-                if let Some(first) = endpoints.get_mut(&record.id).and_then(|l| l.first_mut()) {
-                    *first = promoted;
+        };
+        let name = record.name.trim_start_matches('/');
+        let promoted = match requests {
+            Ok(requests) => {
+                self.inner
+                    .network
+                    .net
+                    .promote(&record.id, name, &next, &requests)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        match promoted {
+            Ok(promoted) => {
+                if let Ok(mut endpoints) = self.inner.network.endpoints.lock() {
+                    if let Some(first) = endpoints.get_mut(&record.id).and_then(|l| l.first_mut()) {
+                        *first = promoted;
+                    }
                 }
             }
+            Err(err) => {
+                tracing::warn!(container = %record.id, network = %next.network, error = %err, "cannot move the default route and ports to the next network");
+            }
         }
-        Ok(())
     }
 
     /// Gives back what [`Engine::network_up`] took for container `id` (nothing if none).
@@ -1582,5 +1797,33 @@ impl Engine {
             attributes.insert((*k).to_string(), v.clone());
         }
         self.inner.events.emit("network", action, id, attributes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_endpoint_mac_gets_dockerds_text_not_a_refusal() {
+        let settings = crate::state::EndpointSettings {
+            mac_address: "02:42:ac:11:00:zz".into(),
+            ..Default::default()
+        };
+        assert!(without_served(&settings, None).is_empty());
+        let host = HostConfig {
+            network_mode: "mynet".into(),
+            ..Default::default()
+        };
+        let mut networking = crate::state::NetworkingConfig::default();
+        networking
+            .endpoints_config
+            .insert("mynet".into(), Some(settings));
+        let err = requested_mac(&Default::default(), &host, &networking)
+            .expect_err("an invalid MAC address is refused");
+        assert_eq!(
+            err.to_string(),
+            "invalid config for network mynet: invalid MAC address 02:42:ac:11:00:zz"
+        );
     }
 }

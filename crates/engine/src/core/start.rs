@@ -156,11 +156,7 @@ impl Engine {
                 source: e,
             })?;
         let config = &record.config;
-        let hostname = if config.hostname.is_empty() {
-            record.short_id().to_string()
-        } else {
-            config.hostname.clone()
-        };
+        let hostname = effective_hostname(record);
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let files = [
             ("hostname", "/etc/hostname", format!("{hostname}\n")),
@@ -327,6 +323,9 @@ impl Engine {
 
     async fn finish_run(&self, c: &Arc<Container>, code: i64) {
         info!(container = %c.id, exit_code = code, "exited");
+        // Until the record says exited, a `network connect` waiting on this lock would still
+        // take the container for running and attach to a namespace being torn down.
+        let net = c.net.lock().await;
         self.network_down(&c.id).await;
         options::unmount_shm(&c.dir);
         self.emit(&c.record(), "die", &[("exitCode", code.to_string())]);
@@ -338,6 +337,7 @@ impl Engine {
             r.state.exit_code = code;
             r.state.finished_at = Some(Utc::now());
         });
+        drop(net);
         let auto_remove = c.record().host_config.auto_remove;
         // An auto-remove container is deleted next; persisting its exit first only costs a
         // write (after a crash, a record still saying "running" is removed at engine start).
@@ -364,5 +364,15 @@ impl Engine {
         } else {
             self.after_exit(c, code);
         }
+    }
+}
+
+/// The container's hostname: `-h`, or its short id as dockerd's default (also the name its
+/// `/etc/hosts` lines give it).
+pub(super) fn effective_hostname(record: &ContainerRecord) -> String {
+    if record.config.hostname.is_empty() {
+        record.short_id().to_string()
+    } else {
+        record.config.hostname.clone()
     }
 }

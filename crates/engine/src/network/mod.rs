@@ -95,6 +95,12 @@ pub enum NetworkError {
         /// The name.
         name: String,
     },
+    /// A MAC address that is not one (dockerd's text).
+    #[error("invalid MAC address {mac}")]
+    InvalidMac {
+        /// The text given.
+        mac: String,
+    },
     /// A port spec is invalid (dockerd's texts).
     #[error("{reason}")]
     InvalidPort {
@@ -864,22 +870,52 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// A MAC address as `docker run --mac-address` takes it (six hex pairs, `:` or `-`); dockerd's
-/// `invalid MAC address: X` otherwise.
+/// A MAC address as `docker run --mac-address` takes it: six pairs of hex digits separated
+/// all by `:` or all by `-`, or three groups of four by `.` (Go's `net.ParseMAC` for 48 bits);
+/// dockerd's `invalid MAC address X` otherwise.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
-    let invalid = || NetworkError::InvalidPort {
-        reason: format!("invalid MAC address: {text}"),
+    let invalid = || NetworkError::InvalidMac {
+        mac: text.to_string(),
     };
-    let parts: Vec<&str> = text.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return Err(invalid());
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(&parts) {
-        if part.len() != 2 {
-            return Err(invalid());
+    let bytes = text.as_bytes();
+    let digits: Vec<u8> = match bytes.len() {
+        17 => {
+            let sep = bytes[2];
+            if !matches!(sep, b':' | b'-') {
+                return Err(invalid());
+            }
+            let mut digits = Vec::with_capacity(12);
+            for (i, b) in bytes.iter().enumerate() {
+                if i % 3 == 2 {
+                    if *b != sep {
+                        return Err(invalid());
+                    }
+                } else {
+                    digits.push(*b);
+                }
+            }
+            digits
         }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
+        14 => {
+            let mut digits = Vec::with_capacity(12);
+            for (i, b) in bytes.iter().enumerate() {
+                if i % 5 == 4 {
+                    if *b != b'.' {
+                        return Err(invalid());
+                    }
+                } else {
+                    digits.push(*b);
+                }
+            }
+            digits
+        }
+        _ => return Err(invalid()),
+    };
+    let nibble = |b: u8| (b as char).to_digit(16).ok_or_else(invalid);
+    let mut mac = [0u8; 6];
+    for (byte, pair) in mac.iter_mut().zip(digits.chunks(2)) {
+        // Two hex digits: at most 0xff.
+        *byte = u8::try_from(nibble(pair[0])? * 16 + nibble(pair[1])?).map_err(|_| invalid())?;
     }
     Ok(mac)
 }
@@ -942,6 +978,31 @@ pub fn ports_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_parse_as_go_net_parsemac_for_48_bits() {
+        let want = [0x02, 0x42, 0xac, 0x11, 0x00, 0x0a];
+        for ok in ["02:42:ac:11:00:0a", "02-42-AC-11-00-0A", "0242.ac11.000a"] {
+            assert_eq!(parse_mac(ok).ok(), Some(want), "{ok}");
+        }
+        for bad in [
+            "02:42:ac:11:00:+a",
+            "02:42-ac:11:00:0a",
+            "02:42:ac:11:00:0g",
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:0a:",
+            "0242.ac11-000a",
+            "+242.ac11.000a",
+            "",
+        ] {
+            match parse_mac(bad) {
+                Err(err @ NetworkError::InvalidMac { .. }) => {
+                    assert_eq!(err.to_string(), format!("invalid MAC address {bad}"));
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 
     fn request(name: &str, subnet: &str) -> NetworkDef {
         NetworkDef {

@@ -87,3 +87,45 @@ pub fn run_in<T: Send + 'static>(
         })
     })
 }
+
+/// Bind-mounts the network namespace of running process `pid` (a container the runtime made
+/// without one of ours) on `path`, from one open descriptor: the namespace checked is the
+/// one kept. Refuses the engine's own namespace (the PID gone and reused by a host process).
+pub fn adopt(pid: i32, path: &Path) -> Result<(), NetworkError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let proc_ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NetworkError::Io { path, source }
+    };
+    let file = std::fs::File::open(&proc_ns).map_err(io(&proc_ns))?;
+    let theirs = file.metadata().map_err(io(&proc_ns))?;
+    let own = Path::new("/proc/self/ns/net");
+    let ours = std::fs::metadata(own).map_err(io(own))?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Err(NetworkError::Netns {
+            path: proc_ns,
+            source: std::io::Error::other("the container's process is gone"),
+        });
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::File::create(path).map_err(io(path))?;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    if let Err(e) = mount(
+        Some(fd_path.as_str()),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(path);
+        return Err(NetworkError::Netns {
+            path: path.to_path_buf(),
+            source: e.into(),
+        });
+    }
+    Ok(())
+}
