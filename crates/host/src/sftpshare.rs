@@ -66,9 +66,13 @@ where
     russh_sftp::server::run(stream, server).await;
 }
 
+/// Handles one share may hold open at once, so a guest cannot exhaust the host's descriptors.
+const MAX_HANDLES: usize = 1024;
+
 enum Open {
     File(Arc<StdFile>),
-    Dir(Vec<File>),
+    /// Read lazily, a READDIR's worth at a time: a huge directory is never held in memory.
+    Dir(Arc<std::sync::Mutex<cap_std::fs::ReadDir>>),
 }
 
 /// One share's SFTP session: its folder, its mode and its open handles.
@@ -392,6 +396,16 @@ impl ShareServer {
         }
     }
 
+    /// Refuses a new handle once the share holds `MAX_HANDLES`.
+    fn room(&self) -> Result<(), StatusReply> {
+        if self.handles.len() >= MAX_HANDLES {
+            Err(StatusCode::Failure
+                .with_message(format!("EMFILE: the share has {MAX_HANDLES} handles open")))
+        } else {
+            Ok(())
+        }
+    }
+
     fn add(&mut self, open: Open) -> String {
         self.next_handle += 1;
         let handle = self.next_handle.to_string();
@@ -446,6 +460,7 @@ impl russh_sftp::server::Handler for ShareServer {
         if pflags.intersects(changes) {
             self.writable()?;
         }
+        self.room()?;
         let (root, path) = self.path(&filename)?;
         let mut options = open_options(pflags);
         #[cfg(unix)]
@@ -553,36 +568,53 @@ impl russh_sftp::server::Handler for ShareServer {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        self.room()?;
         let (root, path) = self.path(&path)?;
-        let entries = blocking(move || {
-            let mut entries = Vec::new();
-            for entry in root.read_dir(&path)? {
-                let entry = entry?;
-                // An entry removed while listing is simply not listed.
-                let Ok(meta) = entry.metadata() else {
-                    continue;
-                };
-                let name = entry.file_name().to_string_lossy().into_owned();
-                entries.push(File::new(name, attributes(&meta)));
-            }
-            Ok(entries)
-        })
-        .await?;
-        let handle = self.add(Open::Dir(entries));
+        let entries = blocking(move || root.read_dir(&path)).await?;
+        let handle = self.add(Open::Dir(Arc::new(std::sync::Mutex::new(entries))));
         Ok(Handle { id, handle })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        match self.handles.get_mut(&handle) {
-            Some(Open::Dir(entries)) if entries.is_empty() => Err(StatusCode::Eof.into()),
-            Some(Open::Dir(entries)) => {
-                let take = entries.len().min(ENTRIES_PER_READDIR);
-                let files = entries.drain(..take).collect();
-                Ok(Name { id, files })
+        let entries = match self.handles.get(&handle) {
+            Some(Open::Dir(entries)) => entries.clone(),
+            Some(Open::File(_)) => {
+                return Err(StatusCode::Failure.with_message("handle is a file"));
             }
-            Some(Open::File(_)) => Err(StatusCode::Failure.with_message("handle is a file")),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
+            None => {
+                return Err(StatusCode::Failure.with_message(format!("no handle {handle}")));
+            }
+        };
+        let files = blocking(move || {
+            let mut entries = entries
+                .lock()
+                .map_err(|_| std::io::Error::other("directory listing poisoned"))?;
+            let mut files = Vec::new();
+            while files.len() < ENTRIES_PER_READDIR {
+                let Some(entry) = entries.next() else { break };
+                let entry = entry?;
+                let name = match entry.file_name().into_string() {
+                    Ok(name) => name,
+                    Err(name) => {
+                        // The guest would see it under a lossy name that could be another
+                        // file's: it is not listed at all.
+                        tracing::warn!(name = ?name, "not listing a file name that is not UTF-8");
+                        continue;
+                    }
+                };
+                // An entry removed while listing is simply not listed.
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                files.push(File::new(name, attributes(&meta)));
+            }
+            Ok(files)
+        })
+        .await?;
+        if files.is_empty() {
+            return Err(StatusCode::Eof.into());
         }
+        Ok(Name { id, files })
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
@@ -704,6 +736,64 @@ pub fn mount_command(program: &str, share: &Share) -> String {
     }
 }
 
+/// The most of the guest's stderr kept as the reason a share is not mounted.
+const STDERR_KEPT: usize = 4096;
+
+/// Guest stderr lines logged per `LOG_WINDOW`; the rest are counted, not logged.
+const LOG_LINES_PER_WINDOW: u32 = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The tail of the guest's stderr, and the rate limit on logging it: a guest that writes
+/// without end must neither grow the agent's memory nor flood its log.
+struct StderrTail {
+    text: String,
+    window_start: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl StderrTail {
+    fn new() -> Self {
+        StderrTail {
+            text: String::new(),
+            window_start: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Keeps `line` (dropping the oldest text past `STDERR_KEPT`) and says whether to log it.
+    fn push(&mut self, line: &str, now: std::time::Instant) -> bool {
+        self.text.push_str(line);
+        self.text.push('\n');
+        if self.text.len() > STDERR_KEPT {
+            let mut cut = self.text.len() - STDERR_KEPT;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+        }
+        if now.duration_since(self.window_start) >= LOG_WINDOW {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    "{} more lines from the guest were not logged",
+                    self.suppressed
+                );
+            }
+            self.window_start = now;
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < LOG_LINES_PER_WINDOW {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 /// A share over SFTP as the port agent last saw it (`port-agent.json`, `inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -743,7 +833,7 @@ pub async fn serve_share(
     let (mut rx, tx) = channel.split();
     let (mut ours, theirs) = tokio::io::duplex(4 * MAX_READ as usize);
     let server = tokio::spawn(serve(theirs, share.host_path.clone(), share.read_only));
-    let mut stderr = String::new();
+    let mut stderr = StderrTail::new();
     let mut exit_status = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -767,10 +857,10 @@ pub async fn serve_share(
                         if line.trim() == MOUNTED_LINE {
                             tracing::info!(share = %share.guest_path, "mounted over sftp");
                             let _ = states.send(state(true, None));
-                        } else if !line.trim().is_empty() {
+                        } else if !line.trim().is_empty()
+                            && stderr.push(line.trim(), std::time::Instant::now())
+                        {
                             tracing::warn!(share = %share.guest_path, "guest: {}", line.trim());
-                            stderr.push_str(line.trim());
-                            stderr.push('\n');
                         }
                     }
                 }
@@ -781,7 +871,7 @@ pub async fn serve_share(
         }
     }
     server.abort();
-    let reason = match (stderr.trim(), exit_status) {
+    let reason = match (stderr.text.trim(), exit_status) {
         ("", Some(code)) => format!("the guest's sftp-mount exited with status {code}"),
         ("", None) => "the SSH channel to the machine closed".to_owned(),
         (text, _) => text.to_owned(),
@@ -1058,6 +1148,63 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o7000, 0);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn names_that_are_not_utf8_are_not_listed() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            root.path().join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+            "x",
+        )
+        .expect("non-UTF-8 name");
+        for i in 0..300 {
+            std::fs::write(root.path().join(format!("f{i}")), "").expect("file");
+        }
+        let sftp = session(root.path(), false).await;
+        let names: Vec<String> = sftp
+            .read_dir("/")
+            .await
+            .expect("read_dir")
+            .map(|entry| entry.file_name())
+            .collect();
+        assert_eq!(names.len(), 300, "{names:?}");
+        assert!(names.iter().all(|name| name.starts_with('f')), "{names:?}");
+    }
+
+    #[test]
+    fn guest_stderr_is_kept_short_and_logged_at_a_bounded_rate() {
+        let mut tail = StderrTail::new();
+        let start = std::time::Instant::now();
+        let logged = (0..10_000)
+            .filter(|i| tail.push(&format!("line {i} é"), start))
+            .count();
+        assert_eq!(logged, LOG_LINES_PER_WINDOW as usize);
+        assert!(tail.text.len() <= STDERR_KEPT, "{}", tail.text.len());
+        assert!(tail.text.ends_with("line 9999 é\n"), "{}", tail.text);
+        assert!(
+            tail.push("later", start + LOG_WINDOW),
+            "a new window logs again"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_handles_are_capped() {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::write(root.path().join("f"), "x").expect("file");
+        let sftp = session(root.path(), false).await;
+        let mut files = Vec::new();
+        for _ in 0..MAX_HANDLES {
+            files.push(sftp.open("/f").await.expect("open under the cap"));
+        }
+        let Err(err) = sftp.open("/f").await else {
+            panic!("a handle past the cap was opened");
+        };
+        assert!(err.to_string().contains("EMFILE"), "{err}");
+        assert!(sftp.read_dir("/").await.is_err(), "opendir past the cap");
+        drop(files);
     }
 
     #[tokio::test]
