@@ -262,17 +262,68 @@ pub const USAGE_EVERY: Duration = Duration::from_secs(30);
 /// The guest command that prints the data disk's usage as JSON.
 pub const DISK_USAGE_COMMAND: &str = "rmachine-init disk-usage";
 
-/// Reads the guest's data disk usage over `ssh` with `command`.
+/// How long a disk-usage read may take before it is given up.
+const USAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most output a disk-usage read may produce (its JSON is a few hundred bytes).
+const USAGE_MAX_OUTPUT: usize = 64 * 1024;
+
+/// A writer that keeps what is written until `limit` bytes and fails past it, so a guest's
+/// output cannot grow the agent's memory without end.
+struct CappedBuffer {
+    data: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for CappedBuffer {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.data.len() + buf.len() > self.limit {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "output longer than {} bytes",
+                self.limit
+            ))));
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads the guest's data disk usage over `ssh` with `command`, within `USAGE_TIMEOUT` and
+/// `USAGE_MAX_OUTPUT`.
 pub async fn read_disk_usage(ssh: &SshSession, command: &str) -> Option<DiskUsage> {
-    let mut out = Vec::new();
-    let status = ssh
-        .run_with(
-            command,
-            None::<tokio::io::Empty>,
-            &mut out,
-            tokio::io::sink(),
-        )
-        .await;
+    let mut out = CappedBuffer {
+        data: Vec::new(),
+        limit: USAGE_MAX_OUTPUT,
+    };
+    let run = ssh.run_with(
+        command,
+        None::<tokio::io::Empty>,
+        &mut out,
+        tokio::io::sink(),
+    );
+    let Ok(status) = tokio::time::timeout(USAGE_TIMEOUT, run).await else {
+        tracing::warn!("disk-usage took longer than {USAGE_TIMEOUT:?}");
+        return None;
+    };
+    let out = out.data;
     match status {
         Ok(0) => serde_json::from_slice(&out).ok(),
         Ok(code) => {
@@ -653,15 +704,20 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut usage_tick = tokio::time::interval(USAGE_EVERY);
         let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
+        let mut usage_task: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 _ = usage_tick.tick() => {
+                    // One read at a time: a slow guest does not pile up reads.
+                    if usage_task.as_ref().is_some_and(|task| !task.is_finished()) {
+                        continue;
+                    }
                     let (ssh, usage_tx) = (ssh.clone(), usage_tx.clone());
-                    tokio::spawn(async move {
+                    usage_task = Some(tokio::spawn(async move {
                         if let Some(usage) = read_disk_usage(&ssh, DISK_USAGE_COMMAND).await {
                             let _ = usage_tx.send(usage);
                         }
-                    });
+                    }));
                 }
                 Some(usage) = usage_rx.recv() => {
                     self.usage = Some(GuestDiskUsage {
@@ -1016,6 +1072,20 @@ pub fn restart(store: &Store, name: &str, program: &Path) -> Result<u32, PortAge
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn disk_usage_output_is_capped() {
+        use tokio::io::AsyncWriteExt;
+        let mut out = CappedBuffer {
+            data: Vec::new(),
+            limit: USAGE_MAX_OUTPUT,
+        };
+        out.write_all(&[b' '; USAGE_MAX_OUTPUT])
+            .await
+            .expect("up to the cap");
+        assert!(out.write_all(b"x").await.is_err(), "written past the cap");
+        assert_eq!(out.data.len(), USAGE_MAX_OUTPUT);
+    }
 
     /// `NetworkSettings` of `docker run -p 8080:80 -p 5353:53/udp -p 127.0.0.1:9000:9000
     /// -p 10.0.2.15:9001:9001 --expose 7000` as dockerd 20.10 reports it.

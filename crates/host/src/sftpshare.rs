@@ -10,15 +10,20 @@
 //! the agent's process: owned by the user who runs `rmachine`.
 //!
 //! Paths the guest sends are taken inside the share: `/` is the shared folder and `..` never
-//! climbs above it (clamped as a chroot would). A read-only share refuses every request that
-//! would change something, whatever the guest's mount flags say.
+//! climbs above it (clamped as a chroot would). Every operation goes through a `cap_std` handle
+//! on the shared folder, so a symlink in the share (which the guest can create, pointing
+//! anywhere) is followed only as long as it stays inside the folder: nothing outside the share
+//! is ever read, written or stat'ed. A read-only share refuses every request that would change
+//! something, whatever the guest's mount flags say.
 
 use std::collections::HashMap;
-use std::fs::{File as StdFile, FileTimes, Metadata};
+use std::fs::{File as StdFile, FileTimes};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_std::fs::{Dir, Metadata, OpenOptions};
 use rmachine_driver::Share;
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
@@ -33,14 +38,25 @@ use crate::ssh::SshSession;
 /// Directory entries sent per `READDIR` answer, to stay well under the packet size limit.
 const ENTRIES_PER_READDIR: usize = 128;
 
-/// The largest read answered at once.
-const MAX_READ: u32 = 256 * 1024;
+/// The largest read answered at once: a full DATA reply must fit the guest client's 256 KiB
+/// packet limit with room for the header.
+const MAX_READ: u32 = 128 * 1024;
+
+/// The mode bits the guest may set: setuid and setgid are never granted through a share.
+const MODE_MASK: u32 = 0o1777;
 
 /// Serves SFTP for the folder `root` on `stream` until the guest closes it.
 pub async fn serve<S>(stream: S, root: PathBuf, read_only: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let root = match Dir::open_ambient_dir(&root, cap_std::ambient_authority()) {
+        Ok(dir) => Arc::new(dir),
+        Err(e) => {
+            tracing::warn!(root = %root.display(), "cannot open the shared folder: {e}");
+            return;
+        }
+    };
     let server = ShareServer {
         root,
         read_only,
@@ -50,14 +66,18 @@ where
     russh_sftp::server::run(stream, server).await;
 }
 
+/// Handles one share may hold open at once, so a guest cannot exhaust the host's descriptors.
+const MAX_HANDLES: usize = 1024;
+
 enum Open {
     File(Arc<StdFile>),
-    Dir(Vec<File>),
+    /// Read lazily, a READDIR's worth at a time: a huge directory is never held in memory.
+    Dir(Arc<std::sync::Mutex<cap_std::fs::ReadDir>>),
 }
 
 /// One share's SFTP session: its folder, its mode and its open handles.
 struct ShareServer {
-    root: PathBuf,
+    root: Arc<Dir>,
     read_only: bool,
     handles: HashMap<String, Open>,
     next_handle: u64,
@@ -112,20 +132,129 @@ fn read_only_refusal() -> StatusReply {
 }
 
 fn attributes(meta: &Metadata) -> FileAttributes {
-    #[allow(unused_mut)]
-    let mut attrs = FileAttributes::from(meta);
+    let secs = |time: std::io::Result<cap_std::time::SystemTime>| {
+        time.ok()
+            .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+    };
+    let mut attrs = FileAttributes::empty();
+    attrs.size = Some(meta.len());
+    attrs.atime = secs(meta.accessed());
+    attrs.mtime = secs(meta.modified());
     #[cfg(unix)]
     {
-        use std::os::unix::fs::MetadataExt;
-        // `From<&Metadata>` marks everything that is not a directory as a regular file; the
-        // mode's type bits tell symlinks apart, which the guest's filesystem needs.
+        use cap_std::fs::MetadataExt;
+        // The mode's type bits tell symlinks, FIFOs and devices apart for the guest.
         attrs.permissions = Some(meta.mode());
+        attrs.uid = Some(meta.uid());
+        attrs.gid = Some(meta.gid());
     }
     #[cfg(not(unix))]
-    if meta.file_type().is_symlink() {
-        attrs.permissions = Some(0o120_777);
+    {
+        let kind = meta.file_type();
+        attrs.permissions = Some(if kind.is_symlink() {
+            0o120_777
+        } else if kind.is_dir() {
+            0o040_755
+        } else if meta.permissions().readonly() {
+            0o100_444
+        } else {
+            0o100_644
+        });
     }
     attrs
+}
+
+/// Whether `meta` is something the share serves content of: reading a FIFO or a device node
+/// would block the server or touch hardware on the host.
+fn servable(meta: &Metadata) -> bool {
+    let kind = meta.file_type();
+    kind.is_file() || kind.is_dir()
+}
+
+fn not_servable() -> std::io::Error {
+    std::io::Error::other("ENXIO: not a regular file or directory")
+}
+
+/// Opens `path` inside `root`, refusing anything but regular files and directories without
+/// ever blocking on a FIFO (checked before the open, and again on what was opened).
+fn open_servable(root: &Dir, path: &Path, options: &mut OpenOptions) -> std::io::Result<StdFile> {
+    match root.metadata(path) {
+        Ok(meta) if !servable(&meta) => return Err(not_servable()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    #[cfg(unix)]
+    {
+        use cap_std::fs::OpenOptionsExt;
+        // A FIFO swapped in after the check above must not block the open either.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    // O_NONBLOCK stays set: it changes nothing for regular files and directories.
+    let file = root.open_with(path, options)?.into_std();
+    if !servable(&Metadata::from_file(&file)?) {
+        return Err(not_servable());
+    }
+    Ok(file)
+}
+
+fn open_options(flags: OpenFlags) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .read(flags.contains(OpenFlags::READ))
+        .write(flags.contains(OpenFlags::WRITE))
+        .append(flags.contains(OpenFlags::APPEND));
+    if flags.contains(OpenFlags::CREATE) {
+        if flags.contains(OpenFlags::EXCLUDE) {
+            options.create_new(true);
+        } else {
+            options.create(true);
+        }
+    }
+    options.truncate(flags.contains(OpenFlags::TRUNCATE));
+    options
+}
+
+/// Sets what SETSTAT may change on `path` without opening it (a FIFO would block the open) and
+/// without following a symlink at `path` (times and permissions of the link itself).
+fn apply_path(root: &Dir, path: &Path, attrs: &FileAttributes) -> std::io::Result<()> {
+    let meta = root.symlink_metadata(path)?;
+    if let Some(size) = attrs.size {
+        if !meta.is_file() {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        open_servable(root, path, OpenOptions::new().write(true))?.set_len(size)?;
+    }
+    if let Some(mode) = attrs.permissions {
+        if !meta.file_type().is_symlink() {
+            #[cfg(unix)]
+            let permissions = {
+                use std::os::unix::fs::PermissionsExt;
+                cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(
+                    mode & MODE_MASK,
+                ))
+            };
+            #[cfg(not(unix))]
+            let permissions = {
+                let mut permissions = meta.permissions();
+                permissions.set_readonly(mode & 0o222 == 0);
+                permissions
+            };
+            root.set_permissions(path, permissions)?;
+        }
+    }
+    let spec = |secs: Option<u32>| {
+        secs.map(|s| {
+            SystemTimeSpec::Absolute(cap_std::time::SystemTime::from_std(
+                UNIX_EPOCH + Duration::from_secs(s.into()),
+            ))
+        })
+    };
+    if attrs.atime.is_some() || attrs.mtime.is_some() {
+        root.set_symlink_times(path, spec(attrs.atime), spec(attrs.mtime))?;
+    }
+    Ok(())
 }
 
 fn times(attrs: &FileAttributes) -> Option<FileTimes> {
@@ -155,7 +284,7 @@ fn apply(file: &StdFile, attrs: &FileAttributes) -> std::io::Result<()> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+            file.set_permissions(std::fs::Permissions::from_mode(mode & MODE_MASK))?;
         }
         #[cfg(not(unix))]
         {
@@ -170,20 +299,55 @@ fn apply(file: &StdFile, attrs: &FileAttributes) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `name` can be one component of a path in the share on a host whose file names are
+/// Windows' (`windows`) or Unix's: on Windows `C:`, `D:foo` or `a\b` would name a drive or a
+/// subfolder, and `CON`, `NUL`... a device.
+fn name_allowed(name: &str, windows: bool) -> bool {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return false;
+    }
+    if !windows {
+        return true;
+    }
+    if name.contains([':', '\\']) || name.chars().any(|c| c < ' ') {
+        return false;
+    }
+    let stem = name.split('.').next().unwrap_or(name).trim_end();
+    let upper = stem.to_ascii_uppercase();
+    let reserved = matches!(
+        upper.as_str(),
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$"
+    ) || ((upper.starts_with("COM") || upper.starts_with("LPT"))
+        && upper.len() == 4
+        && upper.as_bytes()[3].is_ascii_digit());
+    !reserved
+}
+
+fn invalid_name(name: &str) -> StatusReply {
+    StatusCode::Failure.with_message(format!("EINVAL: {name:?} cannot name a file in the share"))
+}
+
 /// `path` (as the guest names it, `/` being the share) resolved inside the share without
-/// touching the file system: `.` is dropped and `..` stops at the share's top.
-fn inside(path: &str) -> PathBuf {
+/// touching the file system, relative to the share's top: `.` is dropped and `..` stops at
+/// the share's top; a name the host cannot hold as one file name is refused.
+fn inside(path: &str) -> Result<PathBuf, StatusReply> {
     let mut out = PathBuf::new();
-    for part in Path::new(path).components() {
+    for part in path.split('/') {
         match part {
-            Component::ParentDir => {
+            "" | "." => {}
+            ".." => {
                 out.pop();
             }
-            Component::Normal(name) => out.push(name),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            name if name_allowed(name, cfg!(windows)) => out.push(name),
+            name => return Err(invalid_name(name)),
         }
     }
-    out
+    // Guard for whatever the checks above missed: only plain names, nothing that could
+    // replace the share's folder when joined to it.
+    if !out.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(invalid_name(path));
+    }
+    Ok(out)
 }
 
 fn read_at(file: &StdFile, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -213,13 +377,30 @@ fn write_all_at(file: &StdFile, mut data: &[u8], mut offset: u64) -> std::io::Re
 }
 
 impl ShareServer {
-    fn path(&self, path: &str) -> PathBuf {
-        self.root.join(inside(path))
+    /// `path` relative to the share's top, and the share's handle to resolve it with.
+    fn path(&self, path: &str) -> Result<(Arc<Dir>, PathBuf), StatusReply> {
+        let path = inside(path)?;
+        let path = if path.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            path
+        };
+        Ok((self.root.clone(), path))
     }
 
     fn writable(&self) -> Result<(), StatusReply> {
         if self.read_only {
             Err(read_only_refusal())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Refuses a new handle once the share holds `MAX_HANDLES`.
+    fn room(&self) -> Result<(), StatusReply> {
+        if self.handles.len() >= MAX_HANDLES {
+            Err(StatusCode::Failure
+                .with_message(format!("EMFILE: the share has {MAX_HANDLES} handles open")))
         } else {
             Ok(())
         }
@@ -279,17 +460,17 @@ impl russh_sftp::server::Handler for ShareServer {
         if pflags.intersects(changes) {
             self.writable()?;
         }
-        let path = self.path(&filename);
-        #[allow(unused_mut)]
-        let mut options = std::fs::OpenOptions::from(pflags);
+        self.room()?;
+        let (root, path) = self.path(&filename)?;
+        let mut options = open_options(pflags);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(attrs.permissions.map_or(0o644, |mode| mode & 0o7777));
+            use cap_std::fs::OpenOptionsExt;
+            options.mode(attrs.permissions.map_or(0o644, |mode| mode & MODE_MASK));
         }
         #[cfg(not(unix))]
         let _ = attrs;
-        let file = blocking(move || options.open(path)).await?;
+        let file = blocking(move || open_servable(&root, &path, &mut options)).await?;
         let handle = self.add(Open::File(Arc::new(file)));
         Ok(Handle { id, handle })
     }
@@ -336,8 +517,8 @@ impl russh_sftp::server::Handler for ShareServer {
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let path = self.path(&path);
-        let meta = blocking(move || std::fs::symlink_metadata(path)).await?;
+        let (root, path) = self.path(&path)?;
+        let meta = blocking(move || root.symlink_metadata(path)).await?;
         Ok(Attrs {
             id,
             attrs: attributes(&meta),
@@ -345,8 +526,8 @@ impl russh_sftp::server::Handler for ShareServer {
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        let path = self.path(&path);
-        let meta = blocking(move || std::fs::metadata(path)).await?;
+        let (root, path) = self.path(&path)?;
+        let meta = blocking(move || root.metadata(path)).await?;
         Ok(Attrs {
             id,
             attrs: attributes(&meta),
@@ -355,7 +536,7 @@ impl russh_sftp::server::Handler for ShareServer {
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
         let file = self.file(&handle)?;
-        let meta = blocking(move || file.metadata()).await?;
+        let meta = blocking(move || Metadata::from_file(&file)).await?;
         Ok(Attrs {
             id,
             attrs: attributes(&meta),
@@ -369,16 +550,8 @@ impl russh_sftp::server::Handler for ShareServer {
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         self.writable()?;
-        let path = self.path(&path);
-        blocking(move || {
-            let file = if attrs.size.is_some() {
-                std::fs::OpenOptions::new().write(true).open(&path)?
-            } else {
-                StdFile::open(&path)?
-            };
-            apply(&file, &attrs)
-        })
-        .await?;
+        let (root, path) = self.path(&path)?;
+        blocking(move || apply_path(&root, &path, &attrs)).await?;
         Ok(ok(id))
     }
 
@@ -395,42 +568,59 @@ impl russh_sftp::server::Handler for ShareServer {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
-        let path = self.path(&path);
-        let entries = blocking(move || {
-            let mut entries = Vec::new();
-            for entry in std::fs::read_dir(&path)? {
-                let entry = entry?;
-                // An entry removed while listing is simply not listed.
-                let Ok(meta) = entry.path().symlink_metadata() else {
-                    continue;
-                };
-                let name = entry.file_name().to_string_lossy().into_owned();
-                entries.push(File::new(name, attributes(&meta)));
-            }
-            Ok(entries)
-        })
-        .await?;
-        let handle = self.add(Open::Dir(entries));
+        self.room()?;
+        let (root, path) = self.path(&path)?;
+        let entries = blocking(move || root.read_dir(&path)).await?;
+        let handle = self.add(Open::Dir(Arc::new(std::sync::Mutex::new(entries))));
         Ok(Handle { id, handle })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        match self.handles.get_mut(&handle) {
-            Some(Open::Dir(entries)) if entries.is_empty() => Err(StatusCode::Eof.into()),
-            Some(Open::Dir(entries)) => {
-                let take = entries.len().min(ENTRIES_PER_READDIR);
-                let files = entries.drain(..take).collect();
-                Ok(Name { id, files })
+        let entries = match self.handles.get(&handle) {
+            Some(Open::Dir(entries)) => entries.clone(),
+            Some(Open::File(_)) => {
+                return Err(StatusCode::Failure.with_message("handle is a file"));
             }
-            Some(Open::File(_)) => Err(StatusCode::Failure.with_message("handle is a file")),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
+            None => {
+                return Err(StatusCode::Failure.with_message(format!("no handle {handle}")));
+            }
+        };
+        let files = blocking(move || {
+            let mut entries = entries
+                .lock()
+                .map_err(|_| std::io::Error::other("directory listing poisoned"))?;
+            let mut files = Vec::new();
+            while files.len() < ENTRIES_PER_READDIR {
+                let Some(entry) = entries.next() else { break };
+                let entry = entry?;
+                let name = match entry.file_name().into_string() {
+                    Ok(name) => name,
+                    Err(name) => {
+                        // The guest would see it under a lossy name that could be another
+                        // file's: it is not listed at all.
+                        tracing::warn!(name = ?name, "not listing a file name that is not UTF-8");
+                        continue;
+                    }
+                };
+                // An entry removed while listing is simply not listed.
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                files.push(File::new(name, attributes(&meta)));
+            }
+            Ok(files)
+        })
+        .await?;
+        if files.is_empty() {
+            return Err(StatusCode::Eof.into());
         }
+        Ok(Name { id, files })
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
         self.writable()?;
-        let path = self.path(&filename);
-        blocking(move || std::fs::remove_file(path)).await?;
+        let (root, path) = self.path(&filename)?;
+        blocking(move || root.remove_file(path)).await?;
         Ok(ok(id))
     }
 
@@ -441,15 +631,16 @@ impl russh_sftp::server::Handler for ShareServer {
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         self.writable()?;
-        let path = self.path(&path);
-        let mode = attrs.permissions.map_or(0o755, |mode| mode & 0o7777);
+        let (root, path) = self.path(&path)?;
+        let mode = attrs.permissions.map_or(0o755, |mode| mode & MODE_MASK);
         blocking(move || {
-            let mut builder = std::fs::DirBuilder::new();
+            #[allow(unused_mut)]
+            let mut builder = cap_std::fs::DirBuilder::new();
             #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, mode);
+            cap_std::fs::DirBuilderExt::mode(&mut builder, mode);
             #[cfg(not(unix))]
             let _ = mode;
-            builder.create(path)
+            root.create_dir_with(path, &builder)
         })
         .await?;
         Ok(ok(id))
@@ -457,14 +648,14 @@ impl russh_sftp::server::Handler for ShareServer {
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
         self.writable()?;
-        let path = self.path(&path);
-        blocking(move || std::fs::remove_dir(path)).await?;
+        let (root, path) = self.path(&path)?;
+        blocking(move || root.remove_dir(path)).await?;
         Ok(ok(id))
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
         // Answered in the guest's terms: the path inside the share, from its top.
-        let name = format!("/{}", inside(&path).to_string_lossy().replace('\\', "/"));
+        let name = format!("/{}", inside(&path)?.to_string_lossy().replace('\\', "/"));
         Ok(Name {
             id,
             files: vec![File::dummy(name)],
@@ -478,14 +669,26 @@ impl russh_sftp::server::Handler for ShareServer {
         newpath: String,
     ) -> Result<Status, Self::Error> {
         self.writable()?;
-        let (from, to) = (self.path(&oldpath), self.path(&newpath));
-        blocking(move || std::fs::rename(from, to)).await?;
+        let (root, from) = self.path(&oldpath)?;
+        let (_, to) = self.path(&newpath)?;
+        blocking(move || root.rename(from, &root, to)).await?;
         Ok(ok(id))
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        let path = self.path(&path);
-        let target = blocking(move || std::fs::read_link(path)).await?;
+        let (root, path) = self.path(&path)?;
+        // The link's text as it is, wherever it points: following it is what is confined.
+        let target = blocking(move || {
+            #[cfg(not(windows))]
+            {
+                root.read_link_contents(path)
+            }
+            #[cfg(windows)]
+            {
+                root.read_link(path)
+            }
+        })
+        .await?;
         Ok(Name {
             id,
             files: vec![File::dummy(target.to_string_lossy().into_owned())],
@@ -499,15 +702,17 @@ impl russh_sftp::server::Handler for ShareServer {
         targetpath: String,
     ) -> Result<Status, Self::Error> {
         self.writable()?;
-        let link = self.path(&linkpath);
+        let (root, link) = self.path(&linkpath)?;
         blocking(move || {
-            #[cfg(unix)]
+            // Any target text is allowed (as in the guest's own filesystems); the host
+            // follows it only inside the share, through `root`.
+            #[cfg(not(windows))]
             {
-                std::os::unix::fs::symlink(targetpath, link)
+                root.symlink_contents(targetpath, link)
             }
             #[cfg(windows)]
             {
-                std::os::windows::fs::symlink_file(targetpath, link)
+                root.symlink_file(targetpath, link)
             }
         })
         .await?;
@@ -528,6 +733,64 @@ pub fn mount_command(program: &str, share: &Share) -> String {
         format!("{program} --ro {quoted}")
     } else {
         format!("{program} {quoted}")
+    }
+}
+
+/// The most of the guest's stderr kept as the reason a share is not mounted.
+const STDERR_KEPT: usize = 4096;
+
+/// Guest stderr lines logged per `LOG_WINDOW`; the rest are counted, not logged.
+const LOG_LINES_PER_WINDOW: u32 = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The tail of the guest's stderr, and the rate limit on logging it: a guest that writes
+/// without end must neither grow the agent's memory nor flood its log.
+struct StderrTail {
+    text: String,
+    window_start: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl StderrTail {
+    fn new() -> Self {
+        StderrTail {
+            text: String::new(),
+            window_start: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Keeps `line` (dropping the oldest text past `STDERR_KEPT`) and says whether to log it.
+    fn push(&mut self, line: &str, now: std::time::Instant) -> bool {
+        self.text.push_str(line);
+        self.text.push('\n');
+        if self.text.len() > STDERR_KEPT {
+            let mut cut = self.text.len() - STDERR_KEPT;
+            while !self.text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.text.drain(..cut);
+        }
+        if now.duration_since(self.window_start) >= LOG_WINDOW {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    "{} more lines from the guest were not logged",
+                    self.suppressed
+                );
+            }
+            self.window_start = now;
+            self.logged = 0;
+            self.suppressed = 0;
+        }
+        if self.logged < LOG_LINES_PER_WINDOW {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
     }
 }
 
@@ -570,7 +833,7 @@ pub async fn serve_share(
     let (mut rx, tx) = channel.split();
     let (mut ours, theirs) = tokio::io::duplex(4 * MAX_READ as usize);
     let server = tokio::spawn(serve(theirs, share.host_path.clone(), share.read_only));
-    let mut stderr = String::new();
+    let mut stderr = StderrTail::new();
     let mut exit_status = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -594,10 +857,10 @@ pub async fn serve_share(
                         if line.trim() == MOUNTED_LINE {
                             tracing::info!(share = %share.guest_path, "mounted over sftp");
                             let _ = states.send(state(true, None));
-                        } else if !line.trim().is_empty() {
+                        } else if !line.trim().is_empty()
+                            && stderr.push(line.trim(), std::time::Instant::now())
+                        {
                             tracing::warn!(share = %share.guest_path, "guest: {}", line.trim());
-                            stderr.push_str(line.trim());
-                            stderr.push('\n');
                         }
                     }
                 }
@@ -608,7 +871,7 @@ pub async fn serve_share(
         }
     }
     server.abort();
-    let reason = match (stderr.trim(), exit_status) {
+    let reason = match (stderr.text.trim(), exit_status) {
         ("", Some(code)) => format!("the guest's sftp-mount exited with status {code}"),
         ("", None) => "the SSH channel to the machine closed".to_owned(),
         (text, _) => text.to_owned(),
@@ -664,6 +927,284 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(back, "from the guest");
+    }
+
+    #[cfg(unix)]
+    /// A share at `tmp/share` with `out -> tmp/outside` (holding `secret`) and
+    /// `link-to-outside-file -> tmp/outside/secret`.
+    fn share_with_links_out(tmp: &Path) -> (PathBuf, PathBuf) {
+        let root = tmp.join("share");
+        let outside = tmp.join("outside");
+        std::fs::create_dir(&root).expect("share dir");
+        std::fs::create_dir(&outside).expect("outside dir");
+        std::fs::write(outside.join("secret"), "outside").expect("outside file");
+        std::os::unix::fs::symlink(&outside, root.join("out")).expect("link out");
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("link-to-outside-file"))
+            .expect("link to outside file");
+        std::os::unix::fs::symlink("../outside", root.join("up")).expect("relative link out");
+        (root, outside)
+    }
+
+    #[cfg(unix)]
+    fn mtime(path: &Path) -> std::time::SystemTime {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symlinks_never_lead_outside_the_share() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (root, outside) = share_with_links_out(tmp.path());
+        let sftp = session(&root, false).await;
+
+        for path in ["/out/secret", "/up/secret", "/link-to-outside-file"] {
+            assert!(sftp.metadata(path).await.is_err(), "stat {path} escaped");
+            assert!(sftp.open(path).await.is_err(), "open {path} escaped");
+        }
+        assert!(sftp.create("/out/new").await.is_err(), "create escaped");
+        assert!(sftp.create_dir("/out/dir").await.is_err(), "mkdir escaped");
+        assert!(sftp.read_dir("/out").await.is_err(), "opendir escaped");
+        assert!(
+            sftp.remove_file("/out/secret").await.is_err(),
+            "remove escaped"
+        );
+        assert!(
+            sftp.rename("/out/secret", "/stolen").await.is_err(),
+            "rename escaped"
+        );
+        // A link the guest makes may say anything, but it leads nowhere outside either.
+        sftp.symlink("/root-link", "/").await.expect("symlink");
+        assert_eq!(sftp.read_link("/root-link").await.expect("readlink"), "/");
+        assert!(
+            sftp.open("/root-link/etc/passwd").await.is_err(),
+            "open / escaped"
+        );
+        // Links that stay inside the share work as before.
+        sftp.create("/inside").await.expect("create");
+        sftp.symlink("/ok", "inside").await.expect("symlink inside");
+        sftp.open("/ok")
+            .await
+            .expect("a link inside the share is followed");
+        assert!(!outside.join("new").exists() && !outside.join("dir").exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).expect("still there"),
+            "outside"
+        );
+        // The links themselves are in the share and can be listed and stat'ed as links.
+        let meta = sftp.symlink_metadata("/out").await.expect("lstat");
+        assert!(meta.is_symlink(), "{meta:?}");
+
+        let before = mtime(&outside.join("secret"));
+        let _ = sftp
+            .set_metadata(
+                "/link-to-outside-file",
+                FileAttributes {
+                    atime: Some(1),
+                    mtime: Some(1),
+                    ..FileAttributes::empty()
+                },
+            )
+            .await;
+        assert_eq!(
+            mtime(&outside.join("secret")),
+            before,
+            "setstat followed the link"
+        );
+        assert!(
+            sftp.set_metadata(
+                "/out/secret",
+                FileAttributes {
+                    mtime: Some(1),
+                    atime: Some(1),
+                    ..FileAttributes::empty()
+                },
+            )
+            .await
+            .is_err(),
+            "setstat through a link escaped"
+        );
+        assert_eq!(mtime(&outside.join("secret")), before);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_read_only_share_reads_nothing_outside_through_links() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (root, outside) = share_with_links_out(tmp.path());
+        let sftp = session(&root, true).await;
+        for path in ["/out/secret", "/up/secret", "/link-to-outside-file"] {
+            assert!(sftp.metadata(path).await.is_err(), "stat {path} escaped");
+            assert!(sftp.open(path).await.is_err(), "open {path} escaped");
+        }
+        let before = mtime(&outside.join("secret"));
+        let _ = sftp
+            .set_metadata(
+                "/link-to-outside-file",
+                FileAttributes {
+                    mtime: Some(1),
+                    atime: Some(1),
+                    ..FileAttributes::empty()
+                },
+            )
+            .await;
+        assert_eq!(mtime(&outside.join("secret")), before);
+    }
+
+    #[test]
+    fn names_that_would_leave_the_share_on_windows_are_refused() {
+        for name in [
+            "C:", "D:foo", "a\\b", "CON", "nul", "Com1", "lpt9.txt", "aux .c",
+        ] {
+            assert!(!name_allowed(name, true), "{name} allowed on Windows");
+        }
+        for name in ["file.txt", "CONSOLE", "com10", "a b", ".hidden", "x..y"] {
+            assert!(name_allowed(name, true), "{name} refused on Windows");
+        }
+        // On Unix only the separator and NUL are special.
+        for name in ["C:", "a\\b", "CON"] {
+            assert!(name_allowed(name, false), "{name} refused on Unix");
+        }
+        for name in ["", ".", "..", "a\0b"] {
+            assert!(!name_allowed(name, false), "{name:?} allowed");
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn fifos_are_refused_without_blocking_the_server() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let fifo = root.path().join("fifo");
+        nix_mkfifo(&fifo);
+        let sftp = session(root.path(), false).await;
+        let wait = Duration::from_secs(5);
+        let Err(err) = tokio::time::timeout(wait, sftp.open("/fifo"))
+            .await
+            .expect("open blocked")
+        else {
+            panic!("a FIFO was opened");
+        };
+        assert!(err.to_string().contains("ENXIO"), "{err}");
+        // Setting times or permissions does not open the node.
+        tokio::time::timeout(
+            wait,
+            sftp.set_metadata(
+                "/fifo",
+                FileAttributes {
+                    mtime: Some(1),
+                    atime: Some(1),
+                    permissions: Some(0o600),
+                    ..FileAttributes::empty()
+                },
+            ),
+        )
+        .await
+        .expect("setstat blocked")
+        .expect("setstat on a FIFO");
+        assert_eq!(mtime(&fifo), UNIX_EPOCH + Duration::from_secs(1));
+        // The server still answers.
+        sftp.create_dir("/alive").await.expect("mkdir after");
+    }
+
+    #[cfg(unix)]
+    fn nix_mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn setuid_and_setgid_are_never_set_through_the_share() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("temp dir");
+        let sftp = session(root.path(), false).await;
+        sftp.create("/tool").await.expect("create");
+        sftp.set_metadata(
+            "/tool",
+            FileAttributes {
+                permissions: Some(0o6755),
+                ..FileAttributes::empty()
+            },
+        )
+        .await
+        .expect("chmod");
+        let mode = std::fs::metadata(root.path().join("tool"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        sftp.create_dir("/d").await.expect("mkdir");
+        let file = sftp.create("/d/f").await.expect("create");
+        file.set_metadata(FileAttributes {
+            permissions: Some(0o4777),
+            ..FileAttributes::empty()
+        })
+        .await
+        .expect("fchmod");
+        let mode = std::fs::metadata(root.path().join("d/f"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7000, 0);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn names_that_are_not_utf8_are_not_listed() {
+        use std::os::unix::ffi::OsStrExt;
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            root.path().join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+            "x",
+        )
+        .expect("non-UTF-8 name");
+        for i in 0..300 {
+            std::fs::write(root.path().join(format!("f{i}")), "").expect("file");
+        }
+        let sftp = session(root.path(), false).await;
+        let names: Vec<String> = sftp
+            .read_dir("/")
+            .await
+            .expect("read_dir")
+            .map(|entry| entry.file_name())
+            .collect();
+        assert_eq!(names.len(), 300, "{names:?}");
+        assert!(names.iter().all(|name| name.starts_with('f')), "{names:?}");
+    }
+
+    #[test]
+    fn guest_stderr_is_kept_short_and_logged_at_a_bounded_rate() {
+        let mut tail = StderrTail::new();
+        let start = std::time::Instant::now();
+        let logged = (0..10_000)
+            .filter(|i| tail.push(&format!("line {i} é"), start))
+            .count();
+        assert_eq!(logged, LOG_LINES_PER_WINDOW as usize);
+        assert!(tail.text.len() <= STDERR_KEPT, "{}", tail.text.len());
+        assert!(tail.text.ends_with("line 9999 é\n"), "{}", tail.text);
+        assert!(
+            tail.push("later", start + LOG_WINDOW),
+            "a new window logs again"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_handles_are_capped() {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::write(root.path().join("f"), "x").expect("file");
+        let sftp = session(root.path(), false).await;
+        let mut files = Vec::new();
+        for _ in 0..MAX_HANDLES {
+            files.push(sftp.open("/f").await.expect("open under the cap"));
+        }
+        let Err(err) = sftp.open("/f").await else {
+            panic!("a handle past the cap was opened");
+        };
+        assert!(err.to_string().contains("EMFILE"), "{err}");
+        assert!(sftp.read_dir("/").await.is_err(), "opendir past the cap");
+        drop(files);
     }
 
     #[tokio::test]

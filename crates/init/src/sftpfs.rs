@@ -229,9 +229,16 @@ pub fn file_attr(ino: u64, attrs: &FileAttributes) -> FileAttr {
     }
 }
 
-/// `name` under the share path `parent` (`/` is the share's top).
-pub fn child(parent: &str, name: &OsStr) -> String {
-    let name = name.to_string_lossy();
+/// `name` under the share path `parent` (`/` is the share's top). SFTP names are UTF-8: a
+/// name that is not is refused with `EILSEQ` rather than converted lossily, which would make
+/// two different names one file on the host.
+pub fn child(parent: &str, name: &OsStr) -> Result<String, Errno> {
+    name.to_str()
+        .map(|name| join(parent, name))
+        .ok_or(Errno::EILSEQ)
+}
+
+fn join(parent: &str, name: &str) -> String {
     if parent == "/" {
         format!("/{name}")
     } else {
@@ -392,14 +399,28 @@ impl Filesystem for SftpFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.path(parent).and_then(|p| self.entry(&child(&p, name))) {
+        match self
+            .path(parent)
+            .and_then(|p| child(&p, name).and_then(|path| self.entry(&path)))
+        {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.path(ino).and_then(|p| self.entry(&p)) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // `fstat` on an open file asks about the file itself, even if its name has gone; a
+        // handle that is not an open file (a directory's) falls back to the path.
+        let handle = fh.and_then(|fh| self.sftp_handle(fh).ok());
+        let result = match handle {
+            Some(handle) => {
+                let sftp = self.sftp.clone();
+                self.call(sftp.fstat(handle))
+                    .map(|reply| file_attr(ino.0, &reply.attrs))
+            }
+            None => self.path(ino).and_then(|p| self.entry(&p)),
+        };
+        match result {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -434,7 +455,7 @@ impl Filesystem for SftpFs {
             }
             let mut attrs = FileAttributes::empty();
             attrs.size = size;
-            attrs.permissions = mode.map(|m| m & 0o7777);
+            attrs.permissions = mode.map(|m| m & 0o1777);
             let (atime, mtime) = (sftp_time(atime), sftp_time(mtime));
             if atime.is_some() || mtime.is_some() {
                 // SFTP v3 sets both times at once.
@@ -491,9 +512,9 @@ impl Filesystem for SftpFs {
     ) {
         let result = (|| {
             self.writable()?;
-            let path = child(&self.path(parent)?, name);
+            let path = child(&self.path(parent)?, name)?;
             let mut attrs = FileAttributes::empty();
-            attrs.permissions = Some(mode & !umask & 0o7777);
+            attrs.permissions = Some(mode & !umask & 0o1777);
             let sftp = self.sftp.clone();
             self.call(sftp.mkdir(path.clone(), attrs))?;
             self.entry(&path)
@@ -507,7 +528,7 @@ impl Filesystem for SftpFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = (|| {
             self.writable()?;
-            let path = child(&self.path(parent)?, name);
+            let path = child(&self.path(parent)?, name)?;
             let sftp = self.sftp.clone();
             self.call(sftp.remove(path.clone()))?;
             lock(&self.inodes).forget_path(&path);
@@ -522,7 +543,7 @@ impl Filesystem for SftpFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = (|| {
             self.writable()?;
-            let path = child(&self.path(parent)?, name);
+            let path = child(&self.path(parent)?, name)?;
             let sftp = self.sftp.clone();
             self.call(sftp.rmdir(path.clone()))?;
             lock(&self.inodes).forget_path(&path);
@@ -544,9 +565,9 @@ impl Filesystem for SftpFs {
     ) {
         let result = (|| {
             self.writable()?;
-            let path = child(&self.path(parent)?, link_name);
+            let path = child(&self.path(parent)?, link_name)?;
             let sftp = self.sftp.clone();
-            let target = target.to_string_lossy().into_owned();
+            let target = target.to_str().ok_or(Errno::EILSEQ)?.to_owned();
             self.call(sftp.symlink(path.clone(), target))?;
             self.entry(&path)
         })();
@@ -572,8 +593,8 @@ impl Filesystem for SftpFs {
             if flags != RenameFlags::empty() {
                 return Err(Errno::EINVAL);
             }
-            let from = child(&self.path(parent)?, name);
-            let to = child(&self.path(newparent)?, newname);
+            let from = child(&self.path(parent)?, name)?;
+            let to = child(&self.path(newparent)?, newname)?;
             let sftp = self.sftp.clone();
             self.call(sftp.rename(from.clone(), to.clone()))?;
             lock(&self.inodes).rename(&from, &to);
@@ -625,7 +646,7 @@ impl Filesystem for SftpFs {
     ) {
         let result = (|| {
             self.writable()?;
-            let path = child(&self.path(parent)?, name);
+            let path = child(&self.path(parent)?, name)?;
             let mut pflags = SftpOpen::CREATE | SftpOpen::WRITE | SftpOpen::READ;
             if flags & libc::O_EXCL != 0 {
                 pflags |= SftpOpen::EXCLUDE;
@@ -634,12 +655,21 @@ impl Filesystem for SftpFs {
                 pflags |= SftpOpen::TRUNCATE;
             }
             let mut attrs = FileAttributes::empty();
-            attrs.permissions = Some(mode & !umask & 0o7777);
+            attrs.permissions = Some(mode & !umask & 0o1777);
             let sftp = self.sftp.clone();
             let handle = self.call(sftp.open(path.clone(), pflags, attrs))?.handle;
+            let attr = match self.entry(&path) {
+                Ok(attr) => attr,
+                Err(e) => {
+                    // The kernel gets no handle, so nothing would ever close the host's.
+                    let sftp = self.sftp.clone();
+                    let _ = self.call(sftp.close(handle));
+                    return Err(e);
+                }
+            };
             let fh = self.handle();
             lock(&self.files).insert(fh, handle);
-            Ok((self.entry(&path)?, fh))
+            Ok((attr, fh))
         })();
         match result {
             Ok((attr, fh)) => reply.created(
@@ -821,7 +851,7 @@ impl Filesystem for SftpFs {
             (parent_ino, FileType::Directory, "..".to_owned()),
         ];
         let named = entries.iter().map(|(name, kind)| {
-            let ino = lock(&self.inodes).number(&child(&dir, OsStr::new(name)));
+            let ino = lock(&self.inodes).number(&join(&dir, name));
             (ino, *kind, name.clone())
         });
         for (index, (entry_ino, kind, name)) in dots
@@ -882,8 +912,14 @@ mod tests {
         assert_eq!(attr.kind, FileType::Symlink);
         assert_eq!(attr.perm, 0o777);
         assert_eq!(attr.blocks, 2);
-        assert_eq!(child("/", OsStr::new("x")), "/x");
-        assert_eq!(child("/x", OsStr::new("y")), "/x/y");
+        assert_eq!(child("/", OsStr::new("x")), Ok("/x".to_owned()));
+        assert_eq!(child("/x", OsStr::new("y")), Ok("/x/y".to_owned()));
+        {
+            use std::os::unix::ffi::OsStrExt;
+            // Lossily both would be "/x/a\u{fffd}": one host file for two guest names.
+            assert_eq!(child("/x", OsStr::from_bytes(b"a\xff")), Err(Errno::EILSEQ));
+            assert_eq!(child("/x", OsStr::from_bytes(b"a\xfe")), Err(Errno::EILSEQ));
+        }
     }
 
     #[test]
