@@ -12,10 +12,22 @@ use super::{GuestImage, ImageError};
 
 /// The subdirectory of an image directory holding the derived files.
 pub const DERIVED_DIR: &str = "derived";
-/// The kernel ELF extracted from the bzImage.
+/// The kernel ELF extracted from the bzImage, named `vmlinux-<sum>` after its input.
 const KERNEL_ELF: &str = "vmlinux";
-/// The initramfs, decompressed.
-const INITRD_CPIO: &str = "initrd.cpio";
+/// The initramfs, decompressed, named `initrd-<sum>.cpio` after its input.
+const INITRD_CPIO: &str = "initrd";
+
+/// The name of the file derived from the image's `input` by `kind`: it carries the start of
+/// the input's manifest sum, so a derived file is only ever reused for the bytes it came
+/// from (an entry written again with other content never boots a stale kernel).
+fn derived_name(image: &GuestImage, kind: &str, input: &str) -> String {
+    let sum = image.manifest.sha256.get(input).map_or("", |s| s.as_str());
+    let sum = sum.get(..16).unwrap_or(sum).to_ascii_lowercase();
+    match kind {
+        INITRD_CPIO => format!("{kind}-{sum}.cpio"),
+        _ => format!("{kind}-{sum}"),
+    }
+}
 
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
@@ -71,12 +83,14 @@ pub fn derive(image: &GuestImage) -> Result<Derived, ImageError> {
     let mut derived = Derived::default();
     if image.manifest.kernel_elf.is_none() {
         let bzimage = image.dir.join(&image.manifest.kernel);
-        derived.kernel_elf = cached_or(image, &dir, KERNEL_ELF, |out| {
+        let name = derived_name(image, KERNEL_ELF, &image.manifest.kernel);
+        derived.kernel_elf = cached_or(image, &dir, &name, |out| {
             extract_kernel(image, &bzimage, out)
         })?;
     }
     let initrd = image.dir.join(&image.manifest.initrd);
-    derived.initrd = cached_or(image, &dir, INITRD_CPIO, |out| {
+    let name = derived_name(image, INITRD_CPIO, &image.manifest.initrd);
+    derived.initrd = cached_or(image, &dir, &name, |out| {
         decompress_initrd(image, &initrd, out)
     })?;
     if derived == Derived::default() {
@@ -117,6 +131,11 @@ fn cached_or(
             Err(e) if path.is_file() => drop(e),
             Err(e) => return Err(failed(image, "write", &path)(e.error)),
         }
+        // The rename itself must survive a crash, or a later boot finds no file.
+        #[cfg(unix)]
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed(image, "write", dir))?;
         Ok(Some(path))
     })();
     if !matches!(result, Ok(Some(_))) {
@@ -393,8 +412,10 @@ mod tests {
         let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &initrd);
 
         let derived = derive(&image).unwrap();
-        let kernel = tmp.path().join("derived/vmlinux");
-        let cpio_path = tmp.path().join("derived/initrd.cpio");
+        let ksum = &image.manifest.sha256[&image.manifest.kernel][..16];
+        let isum = &image.manifest.sha256[&image.manifest.initrd][..16];
+        let kernel = tmp.path().join(format!("derived/vmlinux-{ksum}"));
+        let cpio_path = tmp.path().join(format!("derived/initrd-{isum}.cpio"));
         assert_eq!(derived.kernel_elf.as_deref(), Some(kernel.as_path()));
         assert_eq!(derived.initrd.as_deref(), Some(cpio_path.as_path()));
         assert_eq!(fs::read(&kernel).unwrap(), elf);
@@ -404,12 +425,24 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["initrd.cpio", "vmlinux"]);
+        assert_eq!(
+            names,
+            [format!("initrd-{isum}.cpio"), format!("vmlinux-{ksum}")]
+        );
 
         // A second use reuses the files: one marked as changed is returned unchanged.
         fs::write(&kernel, b"reused").unwrap();
         assert_eq!(derive(&image).unwrap(), derived);
         assert_eq!(fs::read(&kernel).unwrap(), b"reused");
+
+        // The entry written again with another kernel: its own ELF, not the old one.
+        let mut other = elf.clone();
+        other.extend_from_slice(b"another build");
+        let image = image_with(tmp.path(), &bzimage(&xz(&other)), &initrd);
+        let again = derive(&image).unwrap();
+        assert_ne!(again.kernel_elf, derived.kernel_elf);
+        assert_eq!(fs::read(again.kernel_elf.unwrap()).unwrap(), other);
+        assert_eq!(again.initrd, derived.initrd);
     }
 
     #[test]
