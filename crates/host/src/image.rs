@@ -299,6 +299,26 @@ impl GuestImage {
     }
 }
 
+impl GuestImage {
+    /// [`Self::fast_boot_image`] off the async runtime (it unpacks up to hundreds of MiB),
+    /// falling back to the image's own files with a warning when deriving fails: the fast
+    /// forms only save boot time, and a failure there must not stop a create or upgrade.
+    pub async fn boot_files(&self) -> BootImage {
+        let image = self.clone();
+        match tokio::task::spawn_blocking(move || image.fast_boot_image()).await {
+            Ok(Ok(boot)) => boot,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot derive the fast-boot files; booting the image's own kernel and initramfs");
+                self.boot_image()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deriving the fast-boot files failed; booting the image's own kernel and initramfs");
+                self.boot_image()
+            }
+        }
+    }
+}
+
 impl GuestManifest {
     /// The guest architecture, with Debian's and Docker's names (`amd64`, `arm64`) read as
     /// ours; images from before the manifest named one were all x86_64.

@@ -485,6 +485,24 @@ mod tests {
     }
 
     #[test]
+    fn a_derive_error_boots_the_images_own_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut payload = xz(&pvh_elf());
+        let middle = payload.len() / 2;
+        payload[middle] ^= 0xff;
+        payload[middle + 1] ^= 0xff;
+        // The manifest names the architecture as Debian does: still x86_64, still derived.
+        let image = image_with(tmp.path(), &bzimage(&payload), &cpio());
+        let mut image = image;
+        image.manifest.arch = "amd64".into();
+        assert!(image.fast_boot_image().is_err());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(image.boot_files()), image.boot_image());
+    }
+
+    #[test]
     fn a_kernel_without_a_pvh_entry_boots_as_the_bzimage() {
         let tmp = tempfile::tempdir().unwrap();
         let elf = elf_with_notes(&note(b"GNU\0", 3, b"build-id"));
