@@ -444,6 +444,8 @@ impl russh_sftp::server::Handler for ShareServer {
         let path = self.path(&path);
         let mode = attrs.permissions.map_or(0o755, |mode| mode & 0o7777);
         blocking(move || {
+            // Only Unix sets a mode on it.
+            #[cfg_attr(not(unix), allow(unused_mut))]
             let mut builder = std::fs::DirBuilder::new();
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, mode);
