@@ -507,11 +507,17 @@ else
 fi
 VERSION="$VERSION_BASE-$HASH"
 
+# The cargo profile the binaries were built with: "release", or "release" with the overrides
+# CI uses for its faster arm64 build (tests/run.sh), which guest/publish.sh refuses to publish.
+PROFILE="release"
+overrides="$(env | grep -E '^CARGO_PROFILE_RELEASE_' | sort | paste -sd ' ' -)" || true
+[[ -z "$overrides" ]] || PROFILE="release with $overrides"
+
 jq -n \
   --arg version "$VERSION" --arg arch "$ARCH" --arg cmdline "$CMDLINE" \
-  --arg kver "$KVER" --arg k "$SHA_KERNEL" --arg i "$SHA_INITRD" \
+  --arg kver "$KVER" --arg k "$SHA_KERNEL" --arg i "$SHA_INITRD" --arg profile "$PROFILE" \
   '{version: $version, arch: $arch, kernel: "vmlinuz", initrd: "initrd.img",
-    cmdline: $cmdline, kernelVersion: $kver,
+    cmdline: $cmdline, kernelVersion: $kver, buildProfile: $profile,
     sha256: {vmlinuz: $k, "initrd.img": $i}}' >"$OUT/manifest.json.tmp"
 if ((BUILD_ISO)); then
   # The ISO holds the same kernel and initramfs, for VirtualBox and Hyper-V.

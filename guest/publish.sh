@@ -47,16 +47,24 @@ VERSION="$(cd "$WORKSPACE" && cargo metadata --no-deps --format-version 1 \
 for image in "$@"; do
   manifest="$image/manifest.json"
   [[ -f "$manifest" ]] || die "$image: no manifest.json (run guest/build.sh)"
-  # One jq run per manifest: its fields, then "SUM  NAME" for every file it lists.
-  fields="$(jq -r '[.arch // "", .version // "", .kernel // "", .initrd // "", .iso // ""]
-                   | @tsv' "$manifest")" || die "$manifest: not a manifest"
-  IFS=$'\t' read -r arch version kernel initrd iso <<<"$fields"
+  # One field a line: `IFS=$'\t' read` merges empty fields (tab is whitespace to read), so a
+  # manifest without "arch" shifted every later field.
+  fields="$(jq -r '.arch // "", .version // "", .kernel // "", .initrd // "", .iso // "",
+                   .buildProfile // ""' "$manifest")" || die "$manifest: not a manifest"
+  mapfile -t field <<<"$fields"
+  arch="${field[0]-}" version="${field[1]-}" kernel="${field[2]-}" initrd="${field[3]-}"
+  iso="${field[4]-}" profile="${field[5]-}"
   sums="$(jq -r '.sha256 | to_entries[] | "\(.value)  \(.key)"' "$manifest")" \
     || die "$manifest: no sha256 map"
   case "$arch" in
     x86_64 | aarch64) ;;
     *) die "$manifest: arch ${arch:-missing}, expected x86_64 or aarch64" ;;
   esac
+  # guest/build.sh names the version "<rmachine's version>-<hash of the files>".
+  [[ "$version" == "$VERSION" || "$version" == "$VERSION"-* ]] \
+    || die "$manifest: version ${version:-missing} is not rmachine's $VERSION: rebuild the image (guest/build.sh)"
+  [[ "$profile" == release ]] \
+    || die "$manifest: built with profile ${profile:-unknown}, not the plain release profile (CI's faster arm64 build?): rebuild with guest/build.sh"
   # The files the downloader fetches are exactly those the manifest lists with a sum.
   mapfile -t files < <(sed 's/^[^ ]*  //' <<<"$sums")
   for name in "$kernel" "$initrd" ${iso:+"$iso"}; do
@@ -90,7 +98,9 @@ for image in "$@"; do
   (cd "$staging" && sha256sum --quiet -c - <<<"$sums") \
     || die "the copy in $staging does not match its manifest"
   chmod 0755 "$staging"
-  mv "$staging" "$out"
+  # -T: an existing $out (a directory without manifest.json) must fail, not receive
+  # $staging inside it while this reports success.
+  mv -T "$staging" "$out" || die "cannot move $staging to $out (does $out exist?)"
   trap - EXIT
   echo "$release: $version (${files[*]} manifest.json)"
 done

@@ -281,7 +281,14 @@ impl GuestImage {
     /// `<dir>/derived/` on first use and reused after. Call it on the cached image.
     pub fn fast_boot_image(&self) -> Result<BootImage, ImageError> {
         let mut boot = self.boot_image();
-        if self.manifest.arch == "x86_64" {
+        if self.manifest.guest_arch() == "x86_64" {
+            // Threads and processes deriving one cached image take turns.
+            let _lock = self
+                .dir
+                .parent()
+                .filter(|p| p.file_name().is_some_and(|n| n == "guest"))
+                .map(lock_cache)
+                .transpose()?;
             let derived = derive::derive(self)?;
             if derived.kernel_elf.is_some() {
                 boot.kernel_elf = derived.kernel_elf;
@@ -289,6 +296,26 @@ impl GuestImage {
             boot.initrd_uncompressed = derived.initrd;
         }
         Ok(boot)
+    }
+}
+
+impl GuestImage {
+    /// [`Self::fast_boot_image`] off the async runtime (it unpacks up to hundreds of MiB),
+    /// falling back to the image's own files with a warning when deriving fails: the fast
+    /// forms only save boot time, and a failure there must not stop a create or upgrade.
+    pub async fn boot_files(&self) -> BootImage {
+        let image = self.clone();
+        match tokio::task::spawn_blocking(move || image.fast_boot_image()).await {
+            Ok(Ok(boot)) => boot,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot derive the fast-boot files; booting the image's own kernel and initramfs");
+                self.boot_image()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deriving the fast-boot files failed; booting the image's own kernel and initramfs");
+                self.boot_image()
+            }
+        }
     }
 }
 
@@ -736,29 +763,30 @@ async fn download(
     }
     let target = cache_guest.join(cache_entry_name(&manifest));
     fs::create_dir_all(&cache_guest).map_err(cache_write(&cache_guest))?;
-    let staging = cache_guest.join(format!(".download-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir(&staging).map_err(cache_write(&staging))?;
-    let result = async {
-        for (name, expected) in &manifest.sha256 {
-            let file_url = format!("{base}{name}");
-            fetch_file(&client, &file_url, &staging.join(name), expected, progress).await?;
-        }
-        let to = staging.join(MANIFEST);
-        write_synced(&to, &bytes)?;
-        let to = staging.join(SOURCE_URL);
-        write_synced(&to, manifest_url.as_bytes())?;
-        if target.exists() {
-            fs::remove_dir_all(&target).map_err(cache_write(&target))?;
-        }
-        fs::rename(&staging, &target).map_err(cache_write(&target))
+    // Unique, as threads of one process download at once; removed when dropped (an error).
+    let staging = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(&cache_guest)
+        .map_err(cache_write(&cache_guest))?;
+    for (name, expected) in &manifest.sha256 {
+        let file_url = format!("{base}{name}");
+        fetch_file(
+            &client,
+            &file_url,
+            &staging.path().join(name),
+            expected,
+            progress,
+        )
+        .await?;
     }
-    .await;
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
+    write_synced(&staging.path().join(MANIFEST), &bytes)?;
+    write_synced(&staging.path().join(SOURCE_URL), manifest_url.as_bytes())?;
+    let _lock = lock_cache(&cache_guest)?;
+    // Another thread or process may have cached this version meanwhile.
+    if let Some(image) = check_cached(&cache_guest, &manifest, &manifest_url)? {
+        return Ok(image);
     }
-    result?;
-    open(&target)
+    move_into_place(staging, &target, &manifest)
 }
 
 fn cache_write(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -827,6 +855,8 @@ pub fn import(image: &GuestImage, cache_dir: &Path) -> Result<GuestImage, ImageE
     if image.dir.parent() == Some(cache_guest.as_path()) {
         return Ok(image.clone());
     }
+    fs::create_dir_all(&cache_guest).map_err(io_err(&cache_guest))?;
+    let _lock = lock_cache(&cache_guest)?;
     if let Some(cached) = check_cached(
         &cache_guest,
         &image.manifest,
@@ -836,29 +866,62 @@ pub fn import(image: &GuestImage, cache_dir: &Path) -> Result<GuestImage, ImageE
     }
     let target = cache_guest.join(cache_entry_name(&image.manifest));
     // Copy into a fresh directory and rename it into place, so a crash mid-copy never leaves
-    // a cache entry that looks complete.
-    let parent = cache_dir.join("guest");
-    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let staging = parent.join(format!(".import-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir(&staging).map_err(io_err(&staging))?;
-    let result = (|| {
-        for name in image.manifest.sha256.keys() {
-            let to = staging.join(name);
-            fs::copy(image.dir.join(name), &to).map_err(io_err(&to))?;
-        }
-        let to = staging.join(MANIFEST);
-        fs::copy(image.dir.join(MANIFEST), &to).map_err(io_err(&to))?;
-        if target.exists() {
-            fs::remove_dir_all(&target).map_err(io_err(&target))?;
-        }
-        fs::rename(&staging, &target).map_err(io_err(&target))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
+    // a cache entry that looks complete; the name is unique, as threads of one process
+    // (`upgrade a b`) import at once.
+    let staging = staging_dir(&cache_guest, ".import-")?;
+    for name in image.manifest.sha256.keys() {
+        let to = staging.path().join(name);
+        fs::copy(image.dir.join(name), &to).map_err(io_err(&to))?;
     }
-    result?;
-    open(&target)
+    let to = staging.path().join(MANIFEST);
+    fs::copy(image.dir.join(MANIFEST), &to).map_err(io_err(&to))?;
+    move_into_place(staging, &target, &image.manifest)
+}
+
+/// Takes the cache-wide lock (`cache/guest/.lock`), held while an entry is looked up,
+/// written or derived, so threads and processes never write one entry at once.
+fn lock_cache(cache_guest: &Path) -> Result<fs::File, ImageError> {
+    let path = cache_guest.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    file.lock().map_err(io_err(&path))?;
+    Ok(file)
+}
+
+/// A fresh, uniquely named staging directory in `cache/guest/`, removed when dropped.
+fn staging_dir(cache_guest: &Path, prefix: &str) -> Result<tempfile::TempDir, ImageError> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(cache_guest)
+        .map_err(io_err(cache_guest))
+}
+
+/// Renames a complete `staging` directory to `target`, under the cache lock. An entry already
+/// there that opens with `manifest`'s sums is kept (and `staging` discarded): it may be in
+/// use, with its `derived/` files named in a machine's config. Only a damaged one is replaced.
+fn move_into_place(
+    staging: tempfile::TempDir,
+    target: &Path,
+    manifest: &GuestManifest,
+) -> Result<GuestImage, ImageError> {
+    if target.exists() {
+        match open(target) {
+            Ok(existing) if first_difference(manifest, &existing.manifest).is_none() => {
+                return Ok(existing);
+            }
+            _ => fs::remove_dir_all(target).map_err(io_err(target))?,
+        }
+    }
+    let staging = staging.keep();
+    if let Err(e) = fs::rename(&staging, target) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(io_err(target)(e));
+    }
+    open(target)
 }
 
 #[cfg(test)]
@@ -991,6 +1054,8 @@ pub(crate) mod tests {
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // The cache lock stays; staging directories must not.
+                    .filter(|name| name != ".lock")
                     .collect()
             })
             .unwrap_or_default();

@@ -634,7 +634,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = cached.fast_boot_image()?;
+        spec.boot = cached.boot_files().await;
     }
 
     let certs_dir = store.certs_dir();
@@ -1591,7 +1591,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = cached.fast_boot_image()?;
+    config.vm.boot = cached.boot_files().await;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;

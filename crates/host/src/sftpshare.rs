@@ -634,7 +634,8 @@ impl russh_sftp::server::Handler for ShareServer {
         let (root, path) = self.path(&path)?;
         let mode = attrs.permissions.map_or(0o755, |mode| mode & MODE_MASK);
         blocking(move || {
-            #[allow(unused_mut)]
+            // Only Unix sets a mode on it.
+            #[cfg_attr(not(unix), allow(unused_mut))]
             let mut builder = cap_std::fs::DirBuilder::new();
             #[cfg(unix)]
             cap_std::fs::DirBuilderExt::mode(&mut builder, mode);

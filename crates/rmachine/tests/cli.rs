@@ -1352,6 +1352,8 @@ fn cache_entries(env: &Env) -> Vec<String> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                // The cache lock stays; staging directories must not.
+                .filter(|name| name != ".lock")
                 .collect()
         })
         .unwrap_or_default();
@@ -1697,15 +1699,24 @@ fn an_unknown_command_gets_docker_machines_message() {
 #[test]
 fn published_release_images_download_by_version_and_arch() {
     let env = Env::new();
+    let version = env!("CARGO_PKG_VERSION");
+    // What guest/build.sh writes and publish.sh requires: rmachine's version with a hash
+    // after it, built with the plain release profile.
+    let releasable = |dir: &Path, arch: &str| {
+        let manifest = dir.join("manifest.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+        json["arch"] = arch.into();
+        json["version"] = format!("{version}-t1").into();
+        json["buildProfile"] = "release".into();
+        std::fs::write(&manifest, json.to_string()).expect("manifest");
+    };
     let x86 = env.dir.path().join("out");
     valid_image(&x86);
+    releasable(&x86, "x86_64");
     let arm = env.dir.path().join("out-aarch64");
     image_with_initrd(&arm, b"arm initrd");
-    let manifest = arm.join("manifest.json");
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
-    json["arch"] = "aarch64".into();
-    std::fs::write(&manifest, json.to_string()).expect("manifest");
+    releasable(&arm, "aarch64");
 
     let publish = |dest: &Path| {
         Command::new(concat!(
@@ -1724,7 +1735,6 @@ fn published_release_images_download_by_version_and_arch() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let version = env!("CARGO_PKG_VERSION");
     for arch in ["x86_64", "aarch64"] {
         let mut files: Vec<String> =
             std::fs::read_dir(site.join(format!("guest-v{version}-{arch}")))
@@ -1738,12 +1748,13 @@ fn published_release_images_download_by_version_and_arch() {
     // version is refused.
     assert!(publish(&site).status.success());
     image_with_initrd(&x86, b"other initrd");
+    releasable(&x86, "x86_64");
     let out = publish(&site);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "guest-v{version}-x86_64 holds another image (t1); a published release is never replaced"
+            "guest-v{version}-x86_64 holds another image ({version}-t1); a published release is never replaced"
         )),
         "{stderr}"
     );
@@ -1763,6 +1774,7 @@ fn published_release_images_download_by_version_and_arch() {
         .join(format!("guest-v{version}-x86_64"))
         .exists());
     valid_image(&x86);
+    releasable(&x86, "x86_64");
 
     // An installed binary (outside the workspace's target/, so no guest/out is found)
     // downloads what the template names for the guest's architecture.
@@ -1809,9 +1821,19 @@ fn published_release_images_download_by_version_and_arch() {
         )),
         "{stdout}"
     );
-    assert_eq!(cache_entries(&env), ["t1-aarch64", "t1-x86_64"]);
     assert_eq!(
-        std::fs::read(env.store().join("cache/guest/t1-aarch64/initrd.img")).expect("initrd"),
+        cache_entries(&env),
+        [
+            format!("{version}-t1-aarch64"),
+            format!("{version}-t1-x86_64")
+        ]
+    );
+    assert_eq!(
+        std::fs::read(
+            env.store()
+                .join(format!("cache/guest/{version}-t1-aarch64/initrd.img"))
+        )
+        .expect("initrd"),
         b"arm initrd"
     );
 }

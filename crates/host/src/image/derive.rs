@@ -12,16 +12,38 @@ use super::{GuestImage, ImageError};
 
 /// The subdirectory of an image directory holding the derived files.
 pub const DERIVED_DIR: &str = "derived";
-/// The kernel ELF extracted from the bzImage.
+/// The kernel ELF extracted from the bzImage, named `vmlinux-<sum>` after its input.
 const KERNEL_ELF: &str = "vmlinux";
-/// The initramfs, decompressed.
-const INITRD_CPIO: &str = "initrd.cpio";
+/// The initramfs, decompressed, named `initrd-<sum>.cpio` after its input.
+const INITRD_CPIO: &str = "initrd";
+
+/// The name of the file derived from the image's `input` by `kind`: it carries the start of
+/// the input's manifest sum, so a derived file is only ever reused for the bytes it came
+/// from (an entry written again with other content never boots a stale kernel).
+fn derived_name(image: &GuestImage, kind: &str, input: &str) -> String {
+    let sum = image.manifest.sha256.get(input).map_or("", |s| s.as_str());
+    let sum = sum.get(..16).unwrap_or(sum).to_ascii_lowercase();
+    match kind {
+        INITRD_CPIO => format!("{kind}-{sum}.cpio"),
+        _ => format!("{kind}-{sum}"),
+    }
+}
 
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point QEMU's microvm enters an ELF kernel at.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 0x12;
+/// The largest kernel ELF unpacked: an image (from any `--guest-image` URL, whose manifest
+/// sums come from the same place) must not fill memory with a compression bomb.
+const MAX_KERNEL_ELF: u64 = 256 << 20;
+/// The largest initramfs unpacked, whatever its compressed size.
+const MAX_INITRD: u64 = 2 << 30;
+/// The largest initramfs unpacked, as a multiple of its compressed size (cpio archives of
+/// binaries unpack to 3 to 5 times their zstd size), when above [`MIN_INITRD_BOUND`].
+const MAX_INITRD_RATIO: u64 = 16;
+/// An initramfs may always unpack to this much, whatever its ratio.
+const MIN_INITRD_BOUND: u64 = 64 << 20;
 
 /// The derived files of one image; `None` where the image's own file is booted instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,12 +83,14 @@ pub fn derive(image: &GuestImage) -> Result<Derived, ImageError> {
     let mut derived = Derived::default();
     if image.manifest.kernel_elf.is_none() {
         let bzimage = image.dir.join(&image.manifest.kernel);
-        derived.kernel_elf = cached_or(image, &dir, KERNEL_ELF, |out| {
+        let name = derived_name(image, KERNEL_ELF, &image.manifest.kernel);
+        derived.kernel_elf = cached_or(image, &dir, &name, |out| {
             extract_kernel(image, &bzimage, out)
         })?;
     }
     let initrd = image.dir.join(&image.manifest.initrd);
-    derived.initrd = cached_or(image, &dir, INITRD_CPIO, |out| {
+    let name = derived_name(image, INITRD_CPIO, &image.manifest.initrd);
+    derived.initrd = cached_or(image, &dir, &name, |out| {
         decompress_initrd(image, &initrd, out)
     })?;
     if derived == Derived::default() {
@@ -88,18 +112,33 @@ fn cached_or(
         return Ok(Some(path));
     }
     fs::create_dir_all(dir).map_err(failed(image, "create", dir))?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A unique name: threads of one process (`upgrade a b`) derive the same image at once,
+    // and a shared name let one truncate the file the other was about to rename into place.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp-"))
+        .tempfile_in(dir)
+        .map_err(failed(image, "write", dir))?;
     let result = (|| {
-        let mut file = fs::File::create(&tmp).map_err(failed(image, "write", &tmp))?;
-        if !make(&mut file)? {
+        if !make(tmp.as_file_mut())? {
             return Ok(None);
         }
-        file.sync_all().map_err(failed(image, "write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(failed(image, "write", &path))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(failed(image, "write", tmp.path()))?;
+        // Never replaces: a file another derivation renamed first holds the same bytes.
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => {}
+            Err(e) if path.is_file() => drop(e),
+            Err(e) => return Err(failed(image, "write", &path)(e.error)),
+        }
+        // The rename itself must survive a crash, or a later boot finds no file.
+        #[cfg(unix)]
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed(image, "write", dir))?;
         Ok(Some(path))
     })();
     if !matches!(result, Ok(Some(_))) {
-        let _ = fs::remove_file(&tmp);
         // Only removed when empty: another file already derived stays.
         let _ = fs::remove_dir(dir);
     }
@@ -119,9 +158,25 @@ fn decompress_initrd(
         return Ok(false);
     }
     let file = fs::File::open(path).map_err(failed(image, "read", path))?;
-    let mut decoder = ruzstd::decoding::StreamingDecoder::new(io::BufReader::new(file))
+    let compressed = file.metadata().map_err(failed(image, "read", path))?.len();
+    let limit = MAX_INITRD.min(
+        compressed
+            .saturating_mul(MAX_INITRD_RATIO)
+            .max(MIN_INITRD_BOUND),
+    );
+    let decoder = ruzstd::decoding::StreamingDecoder::new(io::BufReader::new(file))
         .map_err(|e| invalid(image, path, format!("not a zstd initramfs: {e}")))?;
-    io::copy(&mut decoder, &mut io::BufWriter::new(out)).map_err(failed(image, "unpack", path))?;
+    let mut out = io::BufWriter::new(out);
+    let written = io::copy(&mut decoder.take(limit.saturating_add(1)), &mut out)
+        .and_then(|n| out.flush().map(|()| n))
+        .map_err(failed(image, "unpack", path))?;
+    if written > limit {
+        return Err(invalid(
+            image,
+            path,
+            format!("the initramfs unpacks to more than {limit} bytes"),
+        ));
+    }
     Ok(true)
 }
 
@@ -135,19 +190,31 @@ fn extract_kernel(image: &GuestImage, path: &Path, out: &mut fs::File) -> Result
         return Ok(false);
     };
     let mut elf = Vec::new();
+    let limit = MAX_KERNEL_ELF + 1;
     let unpacked = if payload.starts_with(XZ_MAGIC) {
-        lzma_rust2::XzReader::new(payload, false).read_to_end(&mut elf)
+        lzma_rust2::XzReader::new(payload, false)
+            .take(limit)
+            .read_to_end(&mut elf)
     } else if payload.starts_with(GZIP_MAGIC) {
-        flate2::read::GzDecoder::new(payload).read_to_end(&mut elf)
+        flate2::read::GzDecoder::new(payload)
+            .take(limit)
+            .read_to_end(&mut elf)
     } else if payload.starts_with(ZSTD_MAGIC) {
         ruzstd::decoding::StreamingDecoder::new(payload)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-            .and_then(|mut d| d.read_to_end(&mut elf))
+            .and_then(|d| d.take(limit).read_to_end(&mut elf))
     } else {
         tracing::warn!(path = %path.display(), "kernel payload compression not xz, gzip or zstd; booting the bzImage");
         return Ok(false);
     };
     unpacked.map_err(failed(image, "unpack the kernel payload of", path))?;
+    if elf.len() as u64 > MAX_KERNEL_ELF {
+        return Err(invalid(
+            image,
+            path,
+            format!("the kernel payload unpacks to more than {MAX_KERNEL_ELF} bytes"),
+        ));
+    }
     if !has_pvh_entry(&elf) {
         tracing::warn!(path = %path.display(), "the unpacked kernel is no ELF with a PVH entry note; booting the bzImage");
         return Ok(false);
@@ -160,15 +227,21 @@ fn extract_kernel(image: &GuestImage, path: &Path, out: &mut fs::File) -> Result
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        bytes.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        bytes.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// The compressed kernel inside a bzImage, located by its setup header (the kernel's
@@ -185,7 +258,7 @@ fn payload(bzimage: &[u8]) -> Option<&[u8]> {
     };
     let offset = usize::try_from(u32_at(bzimage, 0x248)?).ok()?;
     let length = usize::try_from(u32_at(bzimage, 0x24c)?).ok()?;
-    let start = (setup_sects + 1) * 512 + offset;
+    let start = ((setup_sects + 1) * 512).checked_add(offset)?;
     let payload = bzimage.get(start..start.checked_add(length)?)?;
     (!payload.is_empty()).then_some(payload)
 }
@@ -210,19 +283,21 @@ fn pvh_entry(elf: &[u8]) -> Option<bool> {
         if u32_at(elf, ph)? != PT_NOTE {
             continue;
         }
-        let start = usize::try_from(u64_at(elf, ph + 8)?).ok()?;
-        let size = usize::try_from(u64_at(elf, ph + 32)?).ok()?;
+        let start = usize::try_from(u64_at(elf, ph.checked_add(8)?)?).ok()?;
+        let size = usize::try_from(u64_at(elf, ph.checked_add(32)?)?).ok()?;
         let notes = elf.get(start..start.checked_add(size)?)?;
         let mut at = 0;
         while at + 12 <= notes.len() {
             let namesz = usize::try_from(u32_at(notes, at)?).ok()?;
             let descsz = usize::try_from(u32_at(notes, at + 4)?).ok()?;
             let kind = u32_at(notes, at + 8)?;
-            let name = notes.get(at + 12..at + 12 + namesz)?;
+            let name = notes.get(at + 12..(at + 12).checked_add(namesz)?)?;
             if name == b"Xen\0" && kind == XEN_ELFNOTE_PHYS32_ENTRY {
                 return Some(true);
             }
-            at += 12 + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);
+            at = (at + 12)
+                .checked_add(namesz.checked_next_multiple_of(4)?)?
+                .checked_add(descsz.checked_next_multiple_of(4)?)?;
         }
     }
     Some(false)
@@ -337,8 +412,10 @@ mod tests {
         let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &initrd);
 
         let derived = derive(&image).unwrap();
-        let kernel = tmp.path().join("derived/vmlinux");
-        let cpio_path = tmp.path().join("derived/initrd.cpio");
+        let ksum = &image.manifest.sha256[&image.manifest.kernel][..16];
+        let isum = &image.manifest.sha256[&image.manifest.initrd][..16];
+        let kernel = tmp.path().join(format!("derived/vmlinux-{ksum}"));
+        let cpio_path = tmp.path().join(format!("derived/initrd-{isum}.cpio"));
         assert_eq!(derived.kernel_elf.as_deref(), Some(kernel.as_path()));
         assert_eq!(derived.initrd.as_deref(), Some(cpio_path.as_path()));
         assert_eq!(fs::read(&kernel).unwrap(), elf);
@@ -348,12 +425,24 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["initrd.cpio", "vmlinux"]);
+        assert_eq!(
+            names,
+            [format!("initrd-{isum}.cpio"), format!("vmlinux-{ksum}")]
+        );
 
         // A second use reuses the files: one marked as changed is returned unchanged.
         fs::write(&kernel, b"reused").unwrap();
         assert_eq!(derive(&image).unwrap(), derived);
         assert_eq!(fs::read(&kernel).unwrap(), b"reused");
+
+        // The entry written again with another kernel: its own ELF, not the old one.
+        let mut other = elf.clone();
+        other.extend_from_slice(b"another build");
+        let image = image_with(tmp.path(), &bzimage(&xz(&other)), &initrd);
+        let again = derive(&image).unwrap();
+        assert_ne!(again.kernel_elf, derived.kernel_elf);
+        assert_eq!(fs::read(again.kernel_elf.unwrap()).unwrap(), other);
+        assert_eq!(again.initrd, derived.initrd);
     }
 
     #[test]
@@ -396,11 +485,86 @@ mod tests {
     }
 
     #[test]
+    fn a_derive_error_boots_the_images_own_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut payload = xz(&pvh_elf());
+        let middle = payload.len() / 2;
+        payload[middle] ^= 0xff;
+        payload[middle + 1] ^= 0xff;
+        // The manifest names the architecture as Debian does: still x86_64, still derived.
+        let image = image_with(tmp.path(), &bzimage(&payload), &cpio());
+        let mut image = image;
+        image.manifest.arch = "amd64".into();
+        assert!(image.fast_boot_image().is_err());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(image.boot_files()), image.boot_image());
+    }
+
+    #[test]
     fn a_kernel_without_a_pvh_entry_boots_as_the_bzimage() {
         let tmp = tempfile::tempdir().unwrap();
         let elf = elf_with_notes(&note(b"GNU\0", 3, b"build-id"));
         let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &cpio());
         assert_eq!(derive(&image).unwrap(), Derived::default());
         assert!(!tmp.path().join(DERIVED_DIR).exists());
+    }
+
+    #[test]
+    fn an_initramfs_unpacking_past_its_bound_is_refused_and_nothing_is_cached() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A zstd frame of RLE blocks: 600 × 128 KiB of zeros (75 MiB, past the 64 MiB floor)
+        // in under 3 KiB (far past 16 times that).
+        let mut bomb = ZSTD_MAGIC.to_vec();
+        // Frame header: no single segment, no checksum; a 128 KiB window.
+        bomb.extend_from_slice(&[0x00, 7 << 3]);
+        for i in 0..600u32 {
+            let last = u32::from(i == 599);
+            let header = (128 << 10) << 3 | 1 << 1 | last;
+            bomb.extend_from_slice(&header.to_le_bytes()[..3]);
+            bomb.push(0);
+        }
+        let elf = elf_with_notes(&note(b"GNU\0", 3, b"build-id"));
+        let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &bomb);
+        let err = derive(&image).unwrap_err().to_string();
+        let initrd = tmp.path().join(&image.manifest.initrd);
+        assert!(
+            err.contains(&initrd.display().to_string()) && err.contains("more than"),
+            "{err}"
+        );
+        assert!(!tmp.path().join(DERIVED_DIR).exists());
+    }
+
+    #[test]
+    fn two_threads_importing_and_deriving_one_image_both_get_it_whole() {
+        let elf = pvh_elf();
+        let initrd = ruzstd::encoding::compress_to_vec(
+            &cpio()[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        for _ in 0..20 {
+            let src = tempfile::tempdir().unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            let image = image_with(src.path(), &bzimage(&xz(&elf)), &initrd);
+            let barrier = std::sync::Barrier::new(2);
+            let boots: Vec<_> = std::thread::scope(|s| {
+                let run = || {
+                    barrier.wait();
+                    let cached = crate::image::import(&image, cache.path())?;
+                    cached.fast_boot_image()
+                };
+                let a = s.spawn(run);
+                let b = s.spawn(run);
+                [a.join().unwrap(), b.join().unwrap()].into_iter().collect()
+            });
+            for boot in boots {
+                let boot = boot.unwrap();
+                let entry = boot.kernel.parent().unwrap();
+                open(entry).unwrap();
+                assert_eq!(fs::read(boot.kernel_elf.unwrap()).unwrap(), elf);
+                assert_eq!(fs::read(boot.initrd_uncompressed.unwrap()).unwrap(), cpio());
+            }
+        }
     }
 }
