@@ -42,6 +42,7 @@ CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 ARCH=aarc
 
 step "unit, CLI, runtime and engine-on-host tests"
 cargo test --workspace --exclude rmachine-e2e
+tests/guest/publish_test.sh
 
 step "end-to-end tests: real QEMU boots"
 e2e_log="$(mktemp)"
