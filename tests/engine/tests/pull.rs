@@ -256,6 +256,59 @@ fn unknown_images_and_platforms_are_refused_with_dockerds_words() -> Result<()> 
 }
 
 #[test]
+fn a_pull_of_another_variant_is_not_up_to_date() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let mut v6 = busybox()?;
+    v6.config["architecture"] = "arm".into();
+    v6.config["variant"] = "v6".into();
+    let mut v7 = v6.clone();
+    v7.config["variant"] = "v7".into();
+    let (v6_pushed, v7_pushed) = registry.seed(|host| {
+        let a = push_image(host, "arm", None, &v6)?;
+        let b = push_image(host, "arm", None, &v7)?;
+        let entry = |pushed: &Pushed, variant: &str| {
+            serde_json::json!({
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": pushed.manifest_digest,
+                "size": pushed.manifest_size,
+                "platform": {"os": "linux", "architecture": "arm", "variant": variant},
+            })
+        };
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [entry(&a, "v6"), entry(&b, "v7")],
+        }))?;
+        push_manifest(
+            host,
+            "arm",
+            "latest",
+            "application/vnd.oci.image.index.v1+json",
+            &index,
+        )?;
+        Ok((a, b))
+    })?;
+    let name = format!("{}/arm", registry.host);
+    engine
+        .docker(&["pull", "--platform", "linux/arm/v7", &name])?
+        .ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, v7_pushed.id);
+    let run = engine
+        .docker(&["pull", "--platform", "linux/arm/v6", &name])?
+        .ok()?;
+    assert!(!run.stdout.contains("Image is up to date"), "{run:?}");
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, v6_pushed.id);
+    assert_eq!(engine.inspect(&name, "{{.Variant}}")?, "v6");
+    let again = engine
+        .docker(&["pull", "--platform", "linux/arm/v6", &name])?
+        .ok()?;
+    assert!(again.stdout.contains("Image is up to date"), "{again:?}");
+    Ok(())
+}
+
+#[test]
 fn a_two_platform_index_gives_the_engines_platform() -> Result<()> {
     let Some((engine, registry)) = setup(Auth::Open)? else {
         return Ok(());

@@ -618,9 +618,16 @@ async fn up_to_date(
     };
     let repo_digest = format!("{}@{digest}", reference.familiar_name());
     let tag = reference.digest.is_none().then_some(reference);
-    let (_, os, architecture) = store.already_pulled(tag, &repo_digest)?;
-    // An index digest names every platform: the image here must be the one asked for.
-    (os == platform.os && architecture == platform.architecture).then_some(digest)
+    let (_, config) = store.already_pulled(tag, &repo_digest)?;
+    // An index digest names every platform: the image here must be the one asked for, its
+    // variant included (linux/arm/v6 and v7 share os and architecture).
+    let field = |name: &str| config[name].as_str().unwrap_or_default().to_string();
+    let here = IndexPlatform {
+        os: field("os"),
+        architecture: field("architecture"),
+        variant: config["variant"].as_str().map(str::to_string),
+    };
+    platform.matches(&here).then_some(digest)
 }
 
 /// Downloads one layer blob, streaming it through the digest check into the extractor;
