@@ -580,6 +580,53 @@ fn an_engine_killed_mid_pull_restarts_consistent_and_pulls_again() -> Result<()>
 }
 
 #[test]
+fn pushing_progress_has_the_layers_size_as_total() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    // Two MiB of incompressible data: more than one `Pushing` step.
+    let mut layer = LayerBuilder::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    layer.file("noise", &data, 0o644);
+    let tar = layer.build()?;
+    let mut image = busybox()?;
+    image.config["rootfs"]["diff_ids"] = serde_json::json!([sha256_digest(&tar)]);
+    image.layers = vec![tar];
+    let name = format!("{}/noise", registry.host);
+    seed(&registry, "noise", Some("1"), &image)?;
+    engine.docker(&["pull", &format!("{name}:1")])?.ok()?;
+    let size: u64 = engine.inspect(&format!("{name}:1"), "{{.Size}}")?.parse()?;
+    let other = format!("{}/noise2", registry.host);
+    engine
+        .docker(&["tag", &format!("{name}:1"), &format!("{other}:1")])?
+        .ok()?;
+    // Forget where the layer came from, so the push compresses and uploads it.
+    fs::remove_file(engine.data_root().join("image/distribution.json"))?;
+    let (status, body) = engine.request("POST", &format!("/images/{other}/push?tag=1"), "")?;
+    assert_eq!(status, 200, "{body}");
+    let totals: Vec<u64> = body
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["status"] == "Pushing")
+        .filter_map(|v| v["progressDetail"]["total"].as_u64())
+        .collect();
+    assert!(!totals.is_empty(), "{body}");
+    assert!(
+        totals.iter().all(|t| *t == size),
+        "{totals:?} vs {size}: {body}"
+    );
+    Ok(())
+}
+
+#[test]
 fn push_then_rmi_then_pull_back_and_run() -> Result<()> {
     let Some((engine, registry)) = setup(Auth::Open)? else {
         return Ok(());
@@ -816,6 +863,57 @@ fn foreign_layers_come_from_the_registry_never_their_urls_and_are_never_pushed()
     assert!(
         seen.is_empty(),
         "the foreign layer's URL was fetched: {seen:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_oci_uncompressed_non_distributable_layer_is_not_pushed_under_a_docker_type() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let mut layer = LayerBuilder::new();
+    layer.file("nd.txt", b"non-distributable\n", 0o644);
+    let tar = layer.build()?;
+    let tar_digest = sha256_digest(&tar);
+    let mut config = busybox()?.config;
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [tar_digest]});
+    registry.seed(|host| {
+        let config_bytes = serde_json::to_vec(&config)?;
+        let config_digest = push_blob(host, "nd/app", &config_bytes)?;
+        push_blob(host, "nd/app", &tar)?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "size": config_bytes.len(), "digest": config_digest},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                 "size": tar.len(), "digest": tar_digest,
+                 "urls": ["http://127.0.0.1:9/nd.tar"]},
+            ],
+        }))?;
+        push_manifest(
+            host,
+            "nd/app",
+            "1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+    })?;
+    let name = format!("{}/nd/app:1", registry.host);
+    engine.docker(&["pull", &name])?.ok()?;
+    let other = format!("{}/nd/copy:1", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    let push = engine.docker(&["push", &other])?;
+    assert_eq!(push.code, 1, "{push:?}");
+    assert!(
+        push.stderr.contains(&format!(
+            "cannot push non-distributable layer {tar_digest}: its media type \
+             application/vnd.oci.image.layer.nondistributable.v1.tar has no Docker schema 2 \
+             equivalent"
+        )),
+        "{push:?}"
     );
     Ok(())
 }
