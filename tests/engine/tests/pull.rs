@@ -256,6 +256,59 @@ fn unknown_images_and_platforms_are_refused_with_dockerds_words() -> Result<()> 
 }
 
 #[test]
+fn a_pull_of_another_variant_is_not_up_to_date() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let mut v6 = busybox()?;
+    v6.config["architecture"] = "arm".into();
+    v6.config["variant"] = "v6".into();
+    let mut v7 = v6.clone();
+    v7.config["variant"] = "v7".into();
+    let (v6_pushed, v7_pushed) = registry.seed(|host| {
+        let a = push_image(host, "arm", None, &v6)?;
+        let b = push_image(host, "arm", None, &v7)?;
+        let entry = |pushed: &Pushed, variant: &str| {
+            serde_json::json!({
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": pushed.manifest_digest,
+                "size": pushed.manifest_size,
+                "platform": {"os": "linux", "architecture": "arm", "variant": variant},
+            })
+        };
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [entry(&a, "v6"), entry(&b, "v7")],
+        }))?;
+        push_manifest(
+            host,
+            "arm",
+            "latest",
+            "application/vnd.oci.image.index.v1+json",
+            &index,
+        )?;
+        Ok((a, b))
+    })?;
+    let name = format!("{}/arm", registry.host);
+    engine
+        .docker(&["pull", "--platform", "linux/arm/v7", &name])?
+        .ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, v7_pushed.id);
+    let run = engine
+        .docker(&["pull", "--platform", "linux/arm/v6", &name])?
+        .ok()?;
+    assert!(!run.stdout.contains("Image is up to date"), "{run:?}");
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, v6_pushed.id);
+    assert_eq!(engine.inspect(&name, "{{.Variant}}")?, "v6");
+    let again = engine
+        .docker(&["pull", "--platform", "linux/arm/v6", &name])?
+        .ok()?;
+    assert!(again.stdout.contains("Image is up to date"), "{again:?}");
+    Ok(())
+}
+
+#[test]
 fn a_two_platform_index_gives_the_engines_platform() -> Result<()> {
     let Some((engine, registry)) = setup(Auth::Open)? else {
         return Ok(());
@@ -527,6 +580,53 @@ fn an_engine_killed_mid_pull_restarts_consistent_and_pulls_again() -> Result<()>
 }
 
 #[test]
+fn pushing_progress_has_the_layers_size_as_total() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    // Two MiB of incompressible data: more than one `Pushing` step.
+    let mut layer = LayerBuilder::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    layer.file("noise", &data, 0o644);
+    let tar = layer.build()?;
+    let mut image = busybox()?;
+    image.config["rootfs"]["diff_ids"] = serde_json::json!([sha256_digest(&tar)]);
+    image.layers = vec![tar];
+    let name = format!("{}/noise", registry.host);
+    seed(&registry, "noise", Some("1"), &image)?;
+    engine.docker(&["pull", &format!("{name}:1")])?.ok()?;
+    let size: u64 = engine.inspect(&format!("{name}:1"), "{{.Size}}")?.parse()?;
+    let other = format!("{}/noise2", registry.host);
+    engine
+        .docker(&["tag", &format!("{name}:1"), &format!("{other}:1")])?
+        .ok()?;
+    // Forget where the layer came from, so the push compresses and uploads it.
+    fs::remove_file(engine.data_root().join("image/distribution.json"))?;
+    let (status, body) = engine.request("POST", &format!("/images/{other}/push?tag=1"), "")?;
+    assert_eq!(status, 200, "{body}");
+    let totals: Vec<u64> = body
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["status"] == "Pushing")
+        .filter_map(|v| v["progressDetail"]["total"].as_u64())
+        .collect();
+    assert!(!totals.is_empty(), "{body}");
+    assert!(
+        totals.iter().all(|t| *t == size),
+        "{totals:?} vs {size}: {body}"
+    );
+    Ok(())
+}
+
+#[test]
 fn push_then_rmi_then_pull_back_and_run() -> Result<()> {
     let Some((engine, registry)) = setup(Auth::Open)? else {
         return Ok(());
@@ -673,19 +773,20 @@ fn serve_blob(body: Vec<u8>) -> Result<(String, std::sync::Arc<std::sync::Mutex<
 }
 
 #[test]
-fn foreign_layers_come_from_their_urls_and_are_never_pushed() -> Result<()> {
+fn foreign_layers_come_from_the_registry_never_their_urls_and_are_never_pushed() -> Result<()> {
     let Some((engine, registry)) = setup(Auth::Open)? else {
         return Ok(());
     };
     let base = busybox()?;
     let mut extra = LayerBuilder::new();
-    extra.file("foreign.txt", b"from the url\n", 0o644);
+    extra.file("foreign.txt", b"from the registry\n", 0o644);
     let foreign_tar = extra.build()?;
     let foreign_gz = gzip(&foreign_tar)?;
     let foreign_digest = sha256_digest(&foreign_gz);
+    // The URL names a server on the engine's own loopback: dockerd on Linux never fetches
+    // it (it could be any internal service), it takes the blob from the registry.
     let (url, requests) = serve_blob(foreign_gz.clone())?;
     let url = format!("{url}/base/layer.tar.gz");
-    // A Windows-style image: a base layer the registry does not hold, only its URL.
     registry.seed(|host| {
         let mut config = base.config.clone();
         config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [
@@ -695,6 +796,7 @@ fn foreign_layers_come_from_their_urls_and_are_never_pushed() -> Result<()> {
         let config_digest = push_blob(host, "win/app", &config_bytes)?;
         let base_gz = gzip(&base.layers[0])?;
         let base_digest = push_blob(host, "win/app", &base_gz)?;
+        assert_eq!(push_blob(host, "win/app", &foreign_gz)?, foreign_digest);
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -722,21 +824,12 @@ fn foreign_layers_come_from_their_urls_and_are_never_pushed() -> Result<()> {
         run.stdout.contains(&format!("{short}: Pull complete")),
         "{run:?}"
     );
-    let fetched = |n: usize| -> Result<()> {
-        let seen = requests
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .clone();
-        assert_eq!(seen, vec!["GET /base/layer.tar.gz HTTP/1.1".to_string(); n]);
-        Ok(())
-    };
-    fetched(1)?;
     assert_eq!(
         engine.docker(&["run", "--rm", &name])?.ok()?.stdout,
-        "from the url\n"
+        "from the registry\n"
     );
 
-    // Pushed elsewhere, the layer is skipped and the manifest keeps its URL.
+    // Pushed elsewhere, the layer is skipped and the manifest keeps its descriptor.
     let other = format!("{}/mine/app:2", registry.host);
     engine.docker(&["tag", &name, &other])?.ok()?;
     let push = engine.docker(&["push", &other])?.ok()?;
@@ -746,13 +839,81 @@ fn foreign_layers_come_from_their_urls_and_are_never_pushed() -> Result<()> {
             .contains(&format!("{diff_short}: Skipped foreign layer")),
         "{push:?}"
     );
-    assert!(!registry.blob_file(&foreign_digest).exists());
-    engine.docker(&["rmi", &name, &other])?.ok()?;
-    engine.docker(&["pull", &other])?.ok()?;
-    fetched(2)?;
+    let repo = registry
+        .blob_file(&foreign_digest)
+        .ancestors()
+        .nth(5)
+        .context("registry storage")?
+        .join("repositories/mine/app");
+    let hex = &foreign_digest["sha256:".len()..];
+    assert!(!repo.join("_layers/sha256").join(hex).exists());
+    let link = fs::read_to_string(repo.join("_manifests/tags/2/current/link"))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(registry.blob_file(link.trim()))?)?;
     assert_eq!(
-        engine.docker(&["run", "--rm", &other])?.ok()?.stdout,
-        "from the url\n"
+        manifest["layers"][1],
+        serde_json::json!({
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "size": foreign_gz.len(), "digest": foreign_digest, "urls": [url]})
+    );
+    let seen = requests
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    assert!(
+        seen.is_empty(),
+        "the foreign layer's URL was fetched: {seen:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_oci_uncompressed_non_distributable_layer_is_not_pushed_under_a_docker_type() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Open)? else {
+        return Ok(());
+    };
+    let mut layer = LayerBuilder::new();
+    layer.file("nd.txt", b"non-distributable\n", 0o644);
+    let tar = layer.build()?;
+    let tar_digest = sha256_digest(&tar);
+    let mut config = busybox()?.config;
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [tar_digest]});
+    registry.seed(|host| {
+        let config_bytes = serde_json::to_vec(&config)?;
+        let config_digest = push_blob(host, "nd/app", &config_bytes)?;
+        push_blob(host, "nd/app", &tar)?;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "size": config_bytes.len(), "digest": config_digest},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                 "size": tar.len(), "digest": tar_digest,
+                 "urls": ["http://127.0.0.1:9/nd.tar"]},
+            ],
+        }))?;
+        push_manifest(
+            host,
+            "nd/app",
+            "1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest,
+        )
+    })?;
+    let name = format!("{}/nd/app:1", registry.host);
+    engine.docker(&["pull", &name])?.ok()?;
+    let other = format!("{}/nd/copy:1", registry.host);
+    engine.docker(&["tag", &name, &other])?.ok()?;
+    let push = engine.docker(&["push", &other])?;
+    assert_eq!(push.code, 1, "{push:?}");
+    assert!(
+        push.stderr.contains(&format!(
+            "cannot push non-distributable layer {tar_digest}: its media type \
+             application/vnd.oci.image.layer.nondistributable.v1.tar has no Docker schema 2 \
+             equivalent"
+        )),
+        "{push:?}"
     );
     Ok(())
 }

@@ -608,6 +608,15 @@ impl ImageStore {
             .collect()
     }
 
+    /// A stored layer's size as recorded in its `layer.json` (dockerd's layer `Size()`).
+    pub fn layer_size(&self, diff_id: &str) -> Result<u64, ImageError> {
+        let hex = digest_hex(diff_id).ok_or_else(|| ImageError::InvalidLayer {
+            layer: diff_id.to_string(),
+            reason: "not a sha256 digest".to_string(),
+        })?;
+        super::read_json::<LayerMeta>(&self.layer_dir(hex).join("layer.json")).map(|m| m.size)
+    }
+
     /// Bytes of all stored layers, each counted once (`system df`'s `LayersSize`).
     pub fn layers_size(&self) -> u64 {
         let state = self.lock();

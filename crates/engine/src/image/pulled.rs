@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
@@ -180,10 +180,14 @@ impl ImageStore {
                 crate::state::durable::sync_filesystem(tmp).map_err(io_err(tmp))?;
             }
         }
+        // The directory holding the renamed layers, synced once before the image record
+        // names them (a crash must not leave a record whose layers' renames were lost).
+        let mut renamed_into = None;
         for (mut staged_dir, dir) in publish {
             let Some(tmp) = staged_dir.dir.take() else {
                 continue;
             };
+            renamed_into = dir.parent().map(Path::to_path_buf);
             if let Err(e) = fs::rename(&tmp, &dir) {
                 // A concurrent pull may have published the same layer first.
                 let _ = fs::remove_dir_all(&tmp);
@@ -194,6 +198,9 @@ impl ImageStore {
                     });
                 }
             }
+        }
+        if let Some(layers) = &renamed_into {
+            crate::state::durable::sync_dir(layers).map_err(io_err(layers))?;
         }
         drop(staged);
 
@@ -251,12 +258,12 @@ impl ImageStore {
 
     /// The image a pull would end at, if it is already here: the one whose RepoDigests hold
     /// `repo_digest` and, for a pull by tag, that `tag` names, with every layer present.
-    /// Returns its id and its config's `os/architecture` (the caller checks the platform).
+    /// Returns its id and its config (the caller checks the platform, variant included).
     pub fn already_pulled(
         &self,
         tag: Option<&Reference>,
         repo_digest: &str,
-    ) -> Option<(String, String, String)> {
+    ) -> Option<(String, serde_json::Value)> {
         let state = self.lock();
         let (id, image) = match tag {
             Some(tag) => {
@@ -273,8 +280,7 @@ impl ImageStore {
         {
             return None;
         }
-        let field = |name: &str| image.config[name].as_str().unwrap_or_default().to_string();
-        Some((id.clone(), field("os"), field("architecture")))
+        Some((id.clone(), image.config.clone()))
     }
 
     /// What a push sends for one tag: the image id, its config bytes as stored (so the id

@@ -28,7 +28,7 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-/// Docker's foreign layer (pulled from its URLs, never pushed).
+/// Docker's foreign layer (pulled from the registry by digest on Linux, never pushed).
 pub(super) const DOCKER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 /// OCI's non-distributable layers (`…tar`, `…tar+gzip`, `…tar+zstd`).
 const OCI_NONDISTRIBUTABLE: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
@@ -144,14 +144,15 @@ struct Descriptor {
     digest: String,
     #[serde(default)]
     size: i64,
-    /// Where a foreign (non-distributable) layer is downloaded from instead of the registry.
+    /// Where a foreign (non-distributable) layer may be found; kept for a push, never fetched.
     #[serde(default)]
     urls: Vec<String>,
 }
 
 impl Descriptor {
-    /// A layer the registry does not serve: Docker's foreign layers (Windows base layers) and
-    /// OCI's non-distributable ones, fetched from their `urls` as dockerd does.
+    /// Docker's foreign layers (Windows base layers) and OCI's non-distributable ones: pulled
+    /// from the registry by digest like any layer (dockerd on Linux), their descriptor kept so
+    /// a push refers to it instead of uploading the layer.
     fn is_foreign(&self) -> bool {
         !self.urls.is_empty()
             && (self.media_type == DOCKER_FOREIGN
@@ -617,9 +618,16 @@ async fn up_to_date(
     };
     let repo_digest = format!("{}@{digest}", reference.familiar_name());
     let tag = reference.digest.is_none().then_some(reference);
-    let (_, os, architecture) = store.already_pulled(tag, &repo_digest)?;
-    // An index digest names every platform: the image here must be the one asked for.
-    (os == platform.os && architecture == platform.architecture).then_some(digest)
+    let (_, config) = store.already_pulled(tag, &repo_digest)?;
+    // An index digest names every platform: the image here must be the one asked for, its
+    // variant included (linux/arm/v6 and v7 share os and architecture).
+    let field = |name: &str| config[name].as_str().unwrap_or_default().to_string();
+    let here = IndexPlatform {
+        os: field("os"),
+        architecture: field("architecture"),
+        variant: config["variant"].as_str().map(str::to_string),
+    };
+    platform.matches(&here).then_some(digest)
 }
 
 /// Downloads one layer blob, streaming it through the digest check into the extractor;
@@ -686,18 +694,16 @@ async fn fetch_layer_once(
     id: &str,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<StagedLayer, Fetch> {
-    let (mut stream, content_length) = if desc.is_foreign() {
-        open_foreign(remote, desc).await?
-    } else {
-        match remote
-            .client
-            .pull_blob_stream(oref, desc.digest.as_str())
-            .await
-        {
-            Ok(sized) => (sized.stream, sized.content_length),
-            Err(e) if is_transient(&e) => return Err(Fetch::Network(e)),
-            Err(e) => return Err(Fetch::Failed(remote.translate(e, &desc.digest))),
-        }
+    // Foreign layers too come from the registry by digest, as dockerd on Linux: their URLs
+    // are kept for a push, never fetched (they could name any host, the guest's own included).
+    let (mut stream, content_length) = match remote
+        .client
+        .pull_blob_stream(oref, desc.digest.as_str())
+        .await
+    {
+        Ok(sized) => (sized.stream, sized.content_length),
+        Err(e) if is_transient(&e) => return Err(Fetch::Network(e)),
+        Err(e) => return Err(Fetch::Failed(remote.translate(e, &desc.digest))),
     };
     let total = content_length
         .or_else(|| u64::try_from(desc.size).ok())
@@ -794,49 +800,6 @@ async fn fetch_layer_once(
         },
     });
     Ok(staged)
-}
-
-/// Opens a foreign layer from the first of its URLs that answers, as dockerd does. Only
-/// http and https URLs are followed; the digest is checked by the caller as for any blob.
-async fn open_foreign(
-    remote: &Remote,
-    desc: &Descriptor,
-) -> Result<
-    (
-        futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
-        Option<u64>,
-    ),
-    Fetch,
-> {
-    let client = super::http_client(false).map_err(Fetch::Failed)?;
-    let mut last = String::new();
-    for url in &desc.urls {
-        let parsed = match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            _ => {
-                last = format!("invalid URL on layer {}: {url:?}", desc.digest);
-                continue;
-            }
-        };
-        match client.get(parsed).send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let length = resp.content_length();
-                let stream = resp
-                    .bytes_stream()
-                    .map(|chunk| chunk.map_err(io::Error::other));
-                return Ok((Box::pin(stream), length));
-            }
-            Ok(resp) => last = format!("{url}: {}", resp.status()),
-            Err(e) => last = format!("{url}: {}", chain(&e)),
-        }
-    }
-    Err(Fetch::Failed(RegistryError::Registry {
-        reference: remote.reference.familiar(),
-        message: format!(
-            "error pulling foreign layer {} from its URLs: {last}",
-            desc.digest
-        ),
-    }))
 }
 
 #[cfg(test)]

@@ -192,12 +192,13 @@ pub async fn push(
                     // As dockerd (without --allow-nondistributable-artifacts): the manifest
                     // refers to the layer's URLs, the blob is not uploaded.
                     Some(foreign) => {
+                        let media_type = foreign_media_type(diff_id, &foreign.media_type)?;
                         let _ = progress.send(Progress::layer(
                             short_id(diff_id),
                             "Skipped foreign layer",
                         ));
                         serde_json::json!({
-                            "mediaType": foreign_media_type(&foreign.media_type),
+                            "mediaType": media_type,
                             "size": foreign.size,
                             "digest": foreign.digest,
                             "urls": foreign.urls,
@@ -273,13 +274,20 @@ pub async fn push(
 
 /// The media type of a foreign layer in the Docker schema-2 manifest a push writes: OCI's
 /// gzip non-distributable type becomes Docker's foreign type (a registry accepts a layer it
-/// does not hold only under that type); others are kept.
-fn foreign_media_type(media_type: &str) -> &str {
+/// does not hold only under that type). OCI's uncompressed and zstd ones have no Docker
+/// equivalent (Docker's foreign type says gzip): refused, naming the layer.
+fn foreign_media_type<'a>(diff_id: &str, media_type: &'a str) -> Result<&'a str, RegistryError> {
     match media_type {
+        super::pull::DOCKER_FOREIGN => Ok(super::pull::DOCKER_FOREIGN),
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
-            super::pull::DOCKER_FOREIGN
+            Ok(super::pull::DOCKER_FOREIGN)
         }
-        other => other,
+        other => Err(RegistryError::InvalidParameter {
+            message: format!(
+                "cannot push non-distributable layer {diff_id}: its media type {other} has no \
+                 Docker schema 2 equivalent"
+            ),
+        }),
     }
 }
 
@@ -342,22 +350,21 @@ async fn push_layer(
     let id2 = id.clone();
     let upload_stopped = Arc::new(AtomicBool::new(false));
     let stopped = upload_stopped.clone();
+    // The `Pushing` bar's total: the layer's size, as dockerd's progress reader of the layer.
+    let layer_size = store.layer_size(diff_id)?;
     let compressor = tokio::task::spawn_blocking(move || -> Result<(), RegistryError> {
-        let mut pipe = PipeWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-            stopped,
-        };
+        let mut pipe = PipeWriter::new(tx, stopped);
         let counted = ProgressWriter {
             inner: flate2::write::GzEncoder::new(&mut pipe, flate2::Compression::default()),
             id: id2,
             progress: progress_tx,
             done: 0,
             reported: 0,
+            total: layer_size,
         };
         let result = compress_layer(&store2, &layer, counted);
         match result {
-            Ok(()) => pipe.flush().map_err(|source| pipe_error(&layer, source)),
+            Ok(()) => pipe.finish().map_err(|source| pipe_error(&layer, source)),
             Err(e) => {
                 // The upload must not be committed with what was sent so far.
                 pipe.fail(&e);
@@ -421,9 +428,28 @@ struct PipeWriter {
     buf: Vec<u8>,
     /// Set when the upload has gone (its end of the pipe dropped).
     stopped: Arc<AtomicBool>,
+    /// Set once the whole stream (or an error) was sent: dropped before that (a panic in the
+    /// compressor), the pipe ends with an error so the upload is not committed truncated.
+    ended: bool,
 }
 
 impl PipeWriter {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>, stopped: Arc<AtomicBool>) -> PipeWriter {
+        PipeWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            stopped,
+            ended: false,
+        }
+    }
+
+    /// Sends what is left: the stream is complete.
+    fn finish(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.ended = true;
+        Ok(())
+    }
+
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -438,9 +464,20 @@ impl PipeWriter {
     /// Ends the stream with an error, so the upload is abandoned rather than committed.
     fn fail(&mut self, error: &RegistryError) {
         self.buf.clear();
+        self.ended = true;
         let _ = self
             .tx
             .blocking_send(Err(io::Error::other(error.to_string())));
+    }
+}
+
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.tx.blocking_send(Err(io::Error::other(
+                "the layer's compressor stopped before the end of the layer",
+            )));
+        }
     }
 }
 
@@ -467,6 +504,8 @@ struct ProgressWriter<W> {
     progress: mpsc::UnboundedSender<Progress>,
     done: u64,
     reported: u64,
+    /// The layer's size, the bar's total.
+    total: u64,
 }
 
 impl<W: Write> Write for ProgressWriter<W> {
@@ -480,7 +519,7 @@ impl<W: Write> Write for ProgressWriter<W> {
                 status: "Pushing".to_string(),
                 detail: Detail::Bytes {
                     current: self.done,
-                    total: 0,
+                    total: self.total,
                 },
             });
         }
@@ -489,5 +528,103 @@ impl<W: Write> Write for ProgressWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the upload side of a pipe receives once the writer is gone: `Ok` chunks, then
+    /// whether the stream ended with an error.
+    fn drain(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> (usize, bool) {
+        let mut bytes = 0;
+        let mut failed = false;
+        while let Some(item) = rx.blocking_recv() {
+            match item {
+                Ok(chunk) => bytes += chunk.len(),
+                Err(_) => failed = true,
+            }
+        }
+        (bytes, failed)
+    }
+
+    #[test]
+    fn a_panicking_compressor_ends_the_pipe_with_an_error() {
+        let (tx, rx) = mpsc::channel(PIPE_CHUNKS);
+        let writer = std::thread::spawn(move || {
+            let mut pipe = PipeWriter::new(tx, Arc::new(AtomicBool::new(false)));
+            let _ = pipe.write_all(&vec![7u8; CHUNK + 10]);
+            panic!("compressor bug");
+        });
+        let (bytes, failed) = drain(rx);
+        assert!(writer.join().is_err());
+        assert_eq!(bytes, CHUNK);
+        assert!(failed, "a truncated stream would be committed");
+    }
+
+    #[test]
+    fn a_finished_pipe_ends_without_an_error() {
+        let (tx, rx) = mpsc::channel(PIPE_CHUNKS);
+        let writer = std::thread::spawn(move || {
+            let mut pipe = PipeWriter::new(tx, Arc::new(AtomicBool::new(false)));
+            pipe.write_all(&vec![7u8; CHUNK + 10])?;
+            pipe.finish()
+        });
+        let (bytes, failed) = drain(rx);
+        assert!(matches!(writer.join(), Ok(Ok(()))));
+        assert_eq!(bytes, CHUNK + 10);
+        assert!(!failed);
+    }
+
+    #[test]
+    fn pushing_progress_has_the_layers_size_as_total() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut writer = ProgressWriter {
+            inner: io::sink(),
+            id: "abc".to_string(),
+            progress: tx,
+            done: 0,
+            reported: 0,
+            total: 5_000_000,
+        };
+        writer
+            .write_all(&vec![
+                0u8;
+                usize::try_from(PROGRESS_STEP).unwrap_or(1 << 20)
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sent = rx.try_recv().unwrap_or_else(|e| panic!("no progress: {e}"));
+        assert_eq!(sent.status, "Pushing");
+        assert!(
+            matches!(
+                sent.detail,
+                Detail::Bytes {
+                    total: 5_000_000,
+                    ..
+                }
+            ),
+            "{:?}",
+            sent.detail
+        );
+    }
+
+    #[test]
+    fn non_distributable_layers_keep_a_docker_type_or_are_refused() {
+        let gzip = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+        assert_eq!(
+            foreign_media_type("sha256:1", gzip).ok(),
+            Some(super::super::pull::DOCKER_FOREIGN)
+        );
+        for other in [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        ] {
+            let err = foreign_media_type("sha256:1", other)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("sha256:1") && err.contains(other), "{err}");
+        }
     }
 }
