@@ -1269,10 +1269,28 @@ pub fn load_finished(store: &Store, name: &str) -> Result<MachineConfig, Machine
     if store.is_unfinished(name) {
         return Err(MachineError::Unfinished {
             machine: name.to_string(),
-            running: store.is_locked(name),
+            running: create_running(store, name),
         });
     }
     Ok(store.load(name)?)
+}
+
+/// Whether the `create` that left `name` unfinished still runs: it holds the lock, and (on
+/// Linux) the process its creating marker names is alive, since a caller holding the lock
+/// itself also sees it held.
+fn create_running(store: &Store, name: &str) -> bool {
+    if !store.is_locked(name) {
+        return false;
+    }
+    if cfg!(target_os = "linux") {
+        let marker = store.machine_path(name).join(crate::store::CREATING_MARKER);
+        let pid = std::fs::read_to_string(marker).unwrap_or_default();
+        let pid = pid.trim();
+        return pid != std::process::id().to_string()
+            && !pid.is_empty()
+            && std::path::Path::new("/proc").join(pid).exists();
+    }
+    true
 }
 
 async fn load_with_driver(
@@ -1513,7 +1531,7 @@ pub async fn upgrade_with<D: Driver>(
     if store.is_unfinished(name) {
         return Err(MachineError::Unfinished {
             machine: name.to_string(),
-            running: store.is_locked(name),
+            running: create_running(store, name),
         });
     }
     let _lock = store.lock(name)?;
