@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rmachine_driver::protocol::{
@@ -50,6 +50,79 @@ pub fn reply_timeout(call: &Call) -> Duration {
 
 /// Chooses the reply timeout of each request.
 pub type Timeouts = fn(&Call) -> Duration;
+
+/// How often a session waiting for a reply checks whether its caller gave up.
+const ABANDON_POLL: Duration = Duration::from_millis(100);
+
+/// The longest a caller that gave up on a request waits for its plugin to be ended and reaped.
+const ABANDON_WAIT: Duration = Duration::from_secs(15);
+
+/// A request running on a blocking thread, shared with the async caller: a caller that gives
+/// up (its future dropped, e.g. `create` interrupted by a signal) marks it abandoned, and the
+/// session ends its plugin and says when it is gone.
+#[derive(Default)]
+struct Flight {
+    state: Mutex<FlightState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct FlightState {
+    abandoned: bool,
+    finished: bool,
+}
+
+impl Flight {
+    fn abandoned(&self) -> bool {
+        self.state.lock().map(|s| s.abandoned).unwrap_or(true)
+    }
+
+    fn finish(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.finished = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Marks the request abandoned and waits (bounded) until its plugin is ended and reaped, so
+    /// that nothing the caller does next (e.g. `remove`) runs beside it.
+    fn abandon(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.abandoned = true;
+        let deadline = Instant::now() + ABANDON_WAIT;
+        while !state.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!("driver plugin still running after its request was abandoned");
+                return;
+            }
+            state = match self.changed.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// Abandons its request when dropped before the request finished.
+struct AbandonOnDrop(Arc<Flight>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+/// Marks its request finished when dropped (also when the blocking thread panics).
+struct FinishOnDrop(Arc<Flight>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
 
 /// What the stdout reader thread hands over: one reply line, or why there is none.
 enum Line {
@@ -196,20 +269,30 @@ impl ExternalDriver {
         MachineRef::from(dir)
     }
 
-    /// One request in a session of its own, off the async runtime's threads.
+    /// One request in a session of its own, off the async runtime's threads. Dropping the
+    /// future before it resolves ends the plugin (its whole process group on Unix) and waits
+    /// for it to be reaped: an interrupted `create` must not leave a plugin creating beside
+    /// the `remove` that undoes it.
     async fn call(&self, call: Call) -> Result<serde_json::Value, DriverError> {
         let name = self.name.clone();
         let program = self.program.clone();
         let method = call.method();
         let timeouts = self.timeouts;
-        tokio::task::spawn_blocking(move || {
-            let (mut session, _) = Session::open(&name, &program, timeouts)?;
+        let flight = Arc::new(Flight::default());
+        let in_thread = Arc::clone(&flight);
+        let abandon = AbandonOnDrop(flight);
+        let result = tokio::task::spawn_blocking(move || {
+            let _finished = FinishOnDrop(Arc::clone(&in_thread));
+            let (mut session, _) = Session::open_in(&name, &program, timeouts, in_thread)?;
             let value = session.request(call)?;
             session.close();
             Ok(value)
         })
-        .await
-        .map_err(|e| plugin_error(&self.name, format!("the {method} request was lost: {e}")))?
+        .await;
+        // The request finished: dropping the guard now returns at once.
+        drop(abandon);
+        result
+            .map_err(|e| plugin_error(&self.name, format!("the {method} request was lost: {e}")))?
     }
 
     fn decode<T: serde::de::DeserializeOwned>(
@@ -256,6 +339,8 @@ struct Session {
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     next_id: u64,
     timeouts: Timeouts,
+    /// Whether the caller still waits for this session.
+    flight: Arc<Flight>,
 }
 
 impl Session {
@@ -265,16 +350,42 @@ impl Session {
         program: &Path,
         timeouts: Timeouts,
     ) -> Result<(Self, DriverInfo), DriverError> {
-        let mut child = Command::new(program)
+        Self::open_in(name, program, timeouts, Arc::new(Flight::default()))
+    }
+
+    /// Starts the plugin and shakes hands, for a caller that may abandon `flight`.
+    fn open_in(
+        name: &str,
+        program: &Path,
+        timeouts: Timeouts,
+        flight: Arc<Flight>,
+    ) -> Result<(Self, DriverInfo), DriverError> {
+        if flight.abandoned() {
+            return Err(plugin_error(
+                name,
+                format!("{} was not started: request abandoned", program.display()),
+            ));
+        }
+        let mut command = Command::new(program);
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // A group of its own: ending the plugin also ends what it started (a hypervisor's
+        // CLI), and a Ctrl-C at the terminal reaches rmachine only, which then ends it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| plugin_error(name, format!("cannot run {}: {e}", program.display())))?;
         let (Some(stdin), Some(stdout), Some(mut stderr_pipe)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             // Unreachable with three piped streams; reap the child rather than leak it.
+            kill_group(&child);
             let _ = child.kill();
             let _ = child.wait();
             return Err(plugin_error(
@@ -300,15 +411,25 @@ impl Session {
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             loop {
-                let mut line = String::new();
-                // One byte over the cap tells a line of exactly MAX_LINE from a longer one.
+                let mut line = Vec::new();
+                // MAX_LINE bytes, the newline, and one byte more to tell a line of exactly
+                // MAX_LINE from a longer one. Bytes, not text: a cut may fall inside a UTF-8
+                // character, which must read as too long, not as unreadable.
                 let cap = u64::try_from(MAX_LINE)
                     .unwrap_or(u64::MAX)
-                    .saturating_add(1);
-                let item = match (&mut reader).take(cap).read_line(&mut line) {
+                    .saturating_add(2);
+                let item = match (&mut reader).take(cap).read_until(b'\n', &mut line) {
                     Ok(0) => return,
-                    Ok(_) if line.len() > MAX_LINE => Line::TooLong,
-                    Ok(_) => Line::Text(line),
+                    Ok(_) if line.strip_suffix(b"\n").unwrap_or(&line).len() > MAX_LINE => {
+                        Line::TooLong
+                    }
+                    Ok(_) => match String::from_utf8(line) {
+                        Ok(text) => Line::Text(text),
+                        Err(e) => Line::Unreadable(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            e,
+                        )),
+                    },
                     Err(e) => Line::Unreadable(e),
                 };
                 let last = !matches!(item, Line::Text(_));
@@ -327,6 +448,7 @@ impl Session {
             stderr_reader: Some(stderr_reader),
             next_id: 1,
             timeouts,
+            flight,
         };
         let value = session.request(Call::Handshake {
             version: PROTOCOL_VERSION,
@@ -378,9 +500,15 @@ impl Session {
             // The plugin is gone or not reading: say how it ended.
             return Err(self.ended(method));
         }
-        let reply_line = match self.stdout.recv_timeout(limit) {
+        let reply_line = match self.receive(limit) {
             Ok(Line::Text(line)) => line,
             Err(RecvTimeoutError::Disconnected) => return Err(self.ended(method)),
+            Err(RecvTimeoutError::Timeout) if self.flight.abandoned() => {
+                return Err(self.fail(format!(
+                    "{} was stopped during {method}: request abandoned",
+                    self.program.display()
+                )))
+            }
             Err(RecvTimeoutError::Timeout) => {
                 return Err(self.fail(format!(
                     "{} did not answer {method} within {} s (stopped)",
@@ -440,6 +568,18 @@ impl Session {
         }
     }
 
+    /// The next reply line, waiting at most `limit` and less if the caller gives up.
+    fn receive(&self, limit: Duration) -> Result<Line, RecvTimeoutError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left.min(ABANDON_POLL)) {
+                Err(RecvTimeoutError::Timeout) if !left.is_zero() && !self.flight.abandoned() => {}
+                other => return other,
+            }
+        }
+    }
+
     /// The error for a plugin that stopped talking during `method`.
     fn ended(&mut self, method: &str) -> DriverError {
         self.stdin = None;
@@ -468,6 +608,8 @@ impl Session {
 
     fn kill(&mut self) {
         self.stdin = None;
+        // The child is not reaped yet, so its group id cannot have been reused.
+        kill_group(&self.child);
         if let Err(e) = self.child.kill() {
             tracing::debug!(error = %e, "plugin already ended");
         }
@@ -529,6 +671,23 @@ impl Session {
             tracing::debug!(program = %self.program.display(), stderr = %tail, "driver plugin said");
         }
     }
+}
+
+/// Ends the process group a plugin leads (Unix; elsewhere only the plugin itself is ended).
+fn kill_group(child: &Child) {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let Ok(pid) = i32::try_from(child.id()) else {
+            return;
+        };
+        if let Err(e) = killpg(Pid::from_raw(pid), Signal::SIGKILL) {
+            tracing::debug!(error = %e, "plugin's process group already ended");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = child;
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -676,6 +835,84 @@ echo '{"id":1,"result":{"version":1,"info":{"name":"slow","capabilities":{"grace
             err.to_string(),
             format!(
                 "driver slow: {} did not answer state within 0.3 s (stopped)",
+                program.display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_ends_the_plugin_and_its_children_before_returning() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pids = tmp.path().join("pids");
+        // Answers the handshake, then starts a child and sits on the request.
+        let program = plugin(
+            tmp.path(),
+            "slow",
+            &format!(
+                "{HANDSHAKE}read -r line || exit 0\nsleep 60 &\necho \"$$ $!\" > {p}.tmp && mv {p}.tmp {p}\nwait\n",
+                p = pids.display()
+            ),
+        );
+        let driver = ExternalDriver::open("slow", &program, Options::new()).expect("handshake");
+        let dir = MachineDir::new("m", tmp.path().join("m"));
+        let request = driver.state(&dir);
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::pin!(request);
+            tokio::select! {
+                _ = &mut request => panic!("the plugin answered"),
+                () = async {
+                    while !pids.exists() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                } => {}
+            }
+            // Leaving this block drops the request.
+        })
+        .await;
+        assert!(waited.is_ok(), "the plugin never got the request");
+        let pids = std::fs::read_to_string(&pids).expect("pids");
+        for pid in pids.split_whitespace() {
+            let pid = nix::unistd::Pid::from_raw(pid.parse().expect("pid"));
+            // Gone, not even a zombie: the plugin was reaped, its child (reparented) killed.
+            let alive = nix::sys::signal::kill(pid, None).is_ok()
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| !stat.contains(") Z "));
+            assert!(!alive, "process {pid} outlived the abandoned request");
+        }
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_cap_is_read_and_one_cut_inside_a_character_is_too_long() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // A handshake reply padded with spaces to exactly MAX_LINE bytes.
+        let reply = r#"{"id":1,"result":{"version":1,"info":{"name":"exact","capabilities":{"gracefulStop":false,"pause":false,"consoleLog":false,"shares":false}}}}"#;
+        let program = plugin(
+            tmp.path(),
+            "exact",
+            &format!(
+                "read -r line\nprintf '%s' '{reply}'\nhead -c {} /dev/zero | tr '\\0' ' '\necho\nread -r line\n",
+                MAX_LINE - reply.len()
+            ),
+        );
+        let (session, info) = Session::open("exact", &program, reply_timeout).expect("handshake");
+        session.close();
+        assert_eq!(info.name, "exact");
+        // "é" is two bytes; a cap of MAX_LINE + 1 bytes falls between them.
+        let program = plugin(
+            tmp.path(),
+            "wide",
+            &format!(
+                "read -r line\nhead -c {} /dev/zero | tr '\\0' a\nprintf 'ééé\\n'\nexec sleep 60\n",
+                MAX_LINE
+            ),
+        );
+        let err = Session::open("wide", &program, reply_timeout)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "driver wide: {} answered handshake with a line longer than {MAX_LINE} bytes, which is not driver protocol 1",
                 program.display()
             )
         );

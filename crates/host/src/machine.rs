@@ -62,6 +62,15 @@ pub enum MachineError {
         /// Each problem.
         problems: Vec<String>,
     },
+    /// The machine's `create` is still running or was interrupted: only `rm`, `ls` and
+    /// `inspect` act on it (the VM may be half made).
+    #[error("machine {machine:?}: {}", unfinished_text(.machine, .running))]
+    Unfinished {
+        /// The machine.
+        machine: String,
+        /// Whether its `create` still runs (else it was interrupted).
+        running: bool,
+    },
     /// The driver's precheck failed; nothing was written (exit code 3).
     #[error("Error with pre-create check: \"{reason}\"")]
     Precheck {
@@ -660,7 +669,16 @@ pub async fn create_with<D: Driver>(
         Err(error) => {
             tracing::info!(%error, "create failed; removing the half-created machine");
             progress(Progress::CleaningUp);
-            if let Err(e) = driver.remove(&dir).await {
+            // A second signal during the undo means "stop now": the machine is left with its
+            // creating marker, which `ls` reports and `rm` finishes.
+            let removed = tokio::select! {
+                removed = driver.remove(&dir) => removed,
+                () = interrupted() => {
+                    tracing::warn!("interrupted again while undoing create; leaving the machine for rm");
+                    return Err(error);
+                }
+            };
+            if let Err(e) = removed {
                 tracing::warn!(error = %e, "driver could not remove the half-created VM");
             }
             drop(lock);
@@ -672,8 +690,9 @@ pub async fn create_with<D: Driver>(
     }
 }
 
-/// Resolves when the user or the system asks this process to end: Ctrl-C (SIGINT), and on
-/// Unix SIGTERM and SIGHUP (a closed terminal), so that `create` can undo what it made.
+/// Resolves when the user or the system asks this process to end: Ctrl-C (SIGINT), on Unix
+/// SIGTERM and SIGHUP (a closed terminal), on Windows Ctrl-Break and a closed console, so that
+/// `create` can undo what it made.
 async fn interrupted() {
     #[cfg(unix)]
     {
@@ -691,7 +710,24 @@ async fn interrupted() {
             Some(()) = async { match hup.as_mut() { Some(s) => s.recv().await, None => None } } => {}
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        use tokio::signal::windows::{ctrl_break, ctrl_close};
+        // Ctrl-Break and a closed console window end the process as Ctrl-C does.
+        let mut brk = ctrl_break().ok();
+        let mut close = ctrl_close().ok();
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "cannot watch for Ctrl-C");
+                    std::future::pending::<()>().await;
+                }
+            }
+            Some(()) = async { match brk.as_mut() { Some(s) => s.recv().await, None => None } } => {}
+            Some(()) = async { match close.as_mut() { Some(s) => s.recv().await, None => None } } => {}
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot watch for Ctrl-C");
@@ -1224,11 +1260,51 @@ fn engine_client(store: &Store, name: &str) -> Result<EngineClient, MachineError
     })
 }
 
+/// What `ls` says of a machine whose `create` did not finish (its ERRORS column, or its state
+/// while `create` still runs).
+fn unfinished_text(name: &str, running: &bool) -> String {
+    if *running {
+        "create is still running (Creating)".to_string()
+    } else {
+        format!("create did not finish (interrupted); remove it with \"rmachine rm {name}\"")
+    }
+}
+
+/// The record of `name`, refused while its `create` has not finished: the VM may be half
+/// made, so only `rm`, `ls` and `inspect` touch such a machine.
+pub fn load_finished(store: &Store, name: &str) -> Result<MachineConfig, MachineError> {
+    if store.is_unfinished(name) {
+        return Err(MachineError::Unfinished {
+            machine: name.to_string(),
+            running: create_running(store, name),
+        });
+    }
+    Ok(store.load(name)?)
+}
+
+/// Whether the `create` that left `name` unfinished still runs: it holds the lock, and (on
+/// Linux) the process its creating marker names is alive, since a caller holding the lock
+/// itself also sees it held.
+fn create_running(store: &Store, name: &str) -> bool {
+    if !store.is_locked(name) {
+        return false;
+    }
+    if cfg!(target_os = "linux") {
+        let marker = store.machine_path(name).join(crate::store::CREATING_MARKER);
+        let pid = std::fs::read_to_string(marker).unwrap_or_default();
+        let pid = pid.trim();
+        return pid != std::process::id().to_string()
+            && !pid.is_empty()
+            && std::path::Path::new("/proc").join(pid).exists();
+    }
+    true
+}
+
 async fn load_with_driver(
     store: &Store,
     name: &str,
 ) -> Result<(MachineConfig, AnyDriver), MachineError> {
-    let config = store.load(name)?;
+    let config = load_finished(store, name)?;
     let driver = driver_for(&config)?;
     Ok((config, driver))
 }
@@ -1361,7 +1437,7 @@ pub fn start_port_agent(
 ) -> Result<Option<u32>, MachineError> {
     store.require(name)?;
     // Containers on an existing host publish their ports on that host itself.
-    let driver = driver_for(&store.load(name)?)?;
+    let driver = driver_for(&load_finished(store, name)?)?;
     if driver.info().capabilities.existing_host {
         return Ok(None);
     }
@@ -1540,6 +1616,12 @@ pub async fn upgrade_with<D: Driver>(
             op: "upgrade (an existing host gets the engine binaries at create only)".to_string(),
         }));
     }
+    if store.is_unfinished(name) {
+        return Err(MachineError::Unfinished {
+            machine: name.to_string(),
+            running: create_running(store, name),
+        });
+    }
     let _lock = store.lock(name)?;
     let mut config = store.load(name)?;
     let dir = store.machine_dir(name);
@@ -1687,7 +1769,7 @@ async fn tls_check(store: &Store, name: &str) -> Result<(String, SocketAddr), Ma
         cause: Box::new(e),
     };
     let endpoints = running_endpoints(store, name).await.map_err(|e| match e {
-        MachineError::Store(_) => e,
+        MachineError::Store(_) | MachineError::Unfinished { .. } => e,
         other => wrap(other),
     })?;
     let addr = endpoints.engine;
@@ -1856,9 +1938,7 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
             entry.state = "Creating".to_string();
         } else {
             entry.state = "Error".to_string();
-            entry.error = format!(
-                "create did not finish (interrupted); remove it with \"rmachine rm {name}\""
-            );
+            entry.error = unfinished_text(name, &false);
         }
         entry.response_time = format!("{}ms", started.elapsed().as_millis());
         return entry;

@@ -184,7 +184,7 @@ pub async fn copy(
     // Check both ends before connecting to either, so a typo fails fast.
     for location in [&src, &dst] {
         if let Location::Machine { name, user, .. } = location {
-            let config = store.load(name).map_err(MachineError::from)?;
+            let config = machine::load_finished(store, name)?;
             if let Some(user) = user.as_deref().filter(|u| *u != config.driver.ssh_user) {
                 return Err(ScpError::User {
                     user: user.to_owned(),
@@ -214,7 +214,7 @@ async fn open_side(store: &Store, location: &Location) -> Result<(Side, String),
 }
 
 async fn connect(store: &Store, name: &str) -> Result<SftpSession, ScpError> {
-    let config = store.load(name).map_err(MachineError::from)?;
+    let config = machine::load_finished(store, name)?;
     let driver = machine::driver_for(&config)?;
     let dir = store.machine_dir(name);
     let driver_err = |op: &'static str| {

@@ -52,11 +52,19 @@ case "$1" in
     ip link set dev "$interface" up
     ;;
   bound|renew)
+    if [ -n "$RMACHINE_DHCP_SECONDARY" ]; then
+      # A secondary NIC keeps only its address: never the default route or resolv.conf. A
+      # renewal of the address it has changes nothing, so open connections stay.
+      if [ "$1" != renew ] || ! ip -4 addr show dev "$interface" | grep -qF "inet $ip/"; then
+        ip -4 addr flush dev "$interface"
+      fi
+      ip addr replace "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+      ip link set dev "$interface" up ${mtu:+mtu "$mtu"}
+      exit 0
+    fi
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" ${broadcast:+broadcast "$broadcast"} dev "$interface"
     ip link set dev "$interface" up ${mtu:+mtu "$mtu"}
-    # A secondary NIC (RMACHINE_DHCP_SECONDARY set) keeps only its address.
-    [ -n "$RMACHINE_DHCP_SECONDARY" ] && exit 0
     if [ -n "$router" ]; then
       while ip route del default dev "$interface" 2>/dev/null; do :; done
       for gw in $router; do
@@ -132,6 +140,28 @@ pub fn udhcpc_args(ifname: &str) -> Vec<String> {
     .collect()
 }
 
+/// The udhcpc command line for a secondary NIC: it stays in the foreground (a child the
+/// supervisor reaps) and keeps its lease renewed, retrying forever when no server answers.
+pub fn secondary_udhcpc_args(ifname: &str) -> Vec<String> {
+    [
+        "-i",
+        ifname,
+        "-f",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-s",
+        UDHCPC_SCRIPT,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Wait before starting a secondary NIC's udhcpc again after it ended.
+const SECONDARY_RESTART: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Picks the first physical NIC from `/sys/class/net` names (those with a `device` link).
 pub fn first_nic(names: &[(String, bool)]) -> Option<String> {
     let mut nics: Vec<&String> = names
@@ -154,31 +184,38 @@ pub fn other_nics(names: &[(String, bool)]) -> Vec<String> {
     nics.into_iter().skip(1).cloned().collect()
 }
 
-/// Brings up a secondary NIC by DHCP (its address only; see [`SECONDARY_ENV`]).
+/// Brings up a secondary NIC by DHCP (its address only; see [`SECONDARY_ENV`]) and keeps its
+/// lease: udhcpc runs for the machine's life, renewing it, and is started again if it ends.
 async fn setup_secondary(ifname: String) {
     if let Err(err) = ip(&["link".into(), "set".into(), ifname.clone(), "up".into()]).await {
         tracing::warn!("network: {err}");
         return;
     }
-    let dhcp = Command::new("/sbin/udhcpc")
-        .args(udhcpc_args(&ifname))
-        .env(SECONDARY_ENV, "1")
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    match dhcp {
-        Ok(out) if out.status.success() => {
-            tracing::info!(
-                "network: {ifname} (secondary) by dhcp: {}",
-                ipv4_summary(&ifname).await
-            );
+    loop {
+        let child = Command::new("/sbin/udhcpc")
+            .args(secondary_udhcpc_args(&ifname))
+            .env(SECONDARY_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(err) => {
+                tracing::warn!("network: cannot run udhcpc for {ifname} (secondary): {err}");
+                return;
+            }
+        };
+        tracing::info!("network: {ifname} (secondary) by dhcp, lease kept by udhcpc");
+        // tokio reaps it (the supervisor's children are not PID 1's to reap).
+        match child.wait().await {
+            Ok(status) => {
+                tracing::warn!("network: udhcpc for {ifname} (secondary) ended ({status})")
+            }
+            Err(err) => tracing::warn!("network: udhcpc for {ifname} (secondary): {err}"),
         }
-        Ok(out) => tracing::warn!(
-            "network: dhcp on {ifname} (secondary) failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(err) => tracing::warn!("network: cannot run udhcpc: {err}"),
+        tokio::time::sleep(SECONDARY_RESTART).await;
     }
 }
 
@@ -373,8 +410,61 @@ mod tests {
         assert!(status.success());
         assert_eq!(
             std::fs::read_to_string(&log).expect("log"),
-            "-4 addr flush dev eth1\naddr add 192.168.99.100/24 dev eth1\nlink set dev eth1 up\n"
+            "-4 addr flush dev eth1\naddr replace 192.168.99.100/24 dev eth1\nlink set dev eth1 up\n"
         );
+    }
+
+    /// A secondary's renewal of the address it holds keeps it (no flush) and touches neither
+    /// the route nor resolv.conf.
+    #[cfg(unix)]
+    #[test]
+    fn a_secondary_renewal_keeps_the_address_and_leaves_the_route() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let log = tmp.path().join("ip.log");
+        let fake_ip = tmp.path().join("ip");
+        std::fs::write(
+            &fake_ip,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\n[ \"$3\" = show ] && echo '3: eth1    inet 192.168.99.100/24 brd 192.168.99.255 scope global eth1'\nexit 0\n",
+                log.display()
+            ),
+        )
+        .expect("fake ip");
+        std::fs::set_permissions(&fake_ip, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let script = tmp.path().join("udhcpc.script");
+        std::fs::write(&script, udhcpc_script()).expect("script");
+        let status = std::process::Command::new("sh")
+            .arg(&script)
+            .arg("renew")
+            .current_dir(tmp.path())
+            .env("PATH", format!("{}:/usr/bin:/bin", tmp.path().display()))
+            .env("interface", "eth1")
+            .env("ip", "192.168.99.100")
+            .env("mask", "24")
+            .env("router", "192.168.99.1")
+            .env("dns", "192.168.99.1")
+            .env(SECONDARY_ENV, "1")
+            .status()
+            .expect("sh");
+        assert!(status.success());
+        assert_eq!(
+            std::fs::read_to_string(&log).expect("log"),
+            "-4 addr show dev eth1\naddr replace 192.168.99.100/24 dev eth1\nlink set dev eth1 up\n"
+        );
+        assert!(!tmp.path().join("resolv.conf.tmp").exists());
+    }
+
+    /// A secondary's udhcpc stays and renews: neither `-q` (quit once bound) nor `-n` (quit
+    /// when no lease); the first NIC's quits, as its lease is taken once at boot.
+    #[test]
+    fn a_secondarys_udhcpc_keeps_running_to_renew_its_lease() {
+        let secondary = secondary_udhcpc_args("eth1");
+        assert_eq!(
+            secondary.join(" "),
+            "-i eth1 -f -t 5 -T 1 -s /etc/udhcpc.script"
+        );
+        assert!(udhcpc_args("eth0").contains(&"-q".to_string()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod progress;
 mod table;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -302,8 +303,9 @@ fn parse_cli() -> Result<Cli, String> {
     });
     let others = other_driver_prefixes(&driver);
     // Other drivers' flags stay parseable (clap needs them for the derived struct) but are
-    // refused when given, never silently dropped.
-    let foreign: Vec<(clap::Id, String)> = command
+    // refused when given, never silently dropped. Only built-in flags are looked at: a plugin
+    // named like a built-in's prefix (`qemu-remote`) has flags of its own (`--qemu-remote-…`).
+    let foreign: Vec<(clap::Id, String)> = Cli::command()
         .find_subcommand("create")
         .map(|c| {
             c.get_arguments()
@@ -420,7 +422,9 @@ fn main() -> ExitCode {
         Err(err) => {
             // docker-machine prints the message alone (scripts match on it); the messages
             // that start with "Error" carry it in their own text, as docker-machine's do.
-            eprintln!("{err:#}");
+            // Not eprintln!: after SIGHUP the terminal is gone and a failed write must not
+            // turn the exit code into a panic's.
+            let _ = writeln!(std::io::stderr(), "{err:#}");
             ExitCode::from(cmd::exit_code(&err))
         }
     }

@@ -1,7 +1,7 @@
 //! Showing `create`/`start` progress: a spinner with elapsed times on a terminal, plain lines
 //! otherwise.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ impl Renderer {
             DownloadEvent::Started { url, total } => {
                 let message = format!("Downloading {url}...");
                 if !self.fancy {
-                    println!("{}{message}", self.prefix);
+                    say(&format!("{}{message}", self.prefix));
                     return;
                 }
                 self.finish_current(&mut current);
@@ -88,14 +88,17 @@ impl Renderer {
         }
         let message = step.to_string();
         if !self.fancy {
-            println!("{}{message}", self.prefix);
+            say(&format!("{}{message}", self.prefix));
             return;
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         self.finish_current(&mut current);
         if step == Progress::EngineReady {
             // The last step: nothing to wait for, so no spinner; say how long it all took.
-            println!("{message} ({} in total)", human(self.started.elapsed()));
+            say(&format!(
+                "{message} ({} in total)",
+                human(self.started.elapsed())
+            ));
             return;
         }
         // docker-machine prints its steps on stdout; keep them there.
@@ -119,6 +122,13 @@ impl Drop for Renderer {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Prints one line on stdout, ignoring failures: progress is not worth dying for, and once the
+/// terminal is gone (SIGHUP, a closed pipe) `create` must still get to undo what it made.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 fn human(d: Duration) -> String {

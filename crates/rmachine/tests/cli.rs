@@ -1074,6 +1074,64 @@ fn an_external_driver_gets_its_flags_and_its_errors_are_one_line() {
     );
 }
 
+/// A plugin whose name starts like a built-in driver's (`qemu-remote`) still takes its own
+/// flags; the built-in's stay refused.
+#[test]
+fn a_plugin_named_like_a_built_in_prefix_takes_its_own_flags() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(
+        &plugins,
+        "qemu-remote",
+        &SHELL_PLUGIN.replace("shelly", "qemu-remote"),
+    );
+    let log = env.dir.path().join("plugin.log");
+    let image = env.dir.path().join("image");
+    valid_image(&image);
+    let image = image.to_string_lossy().into_owned();
+    let run = env.run_with(
+        &[
+            "create",
+            "--no-progress",
+            "--guest-image",
+            &image,
+            "-d",
+            "qemu-remote",
+            "--qemu-remote-zone",
+            "us",
+            "x",
+        ],
+        |cmd| {
+            with_plugins(&plugins)(cmd);
+            cmd.env("PLUGIN_LOG", &log);
+        },
+    );
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            3,
+            "Error with pre-create check: \"driver qemu-remote: zone us is full\"\n"
+        )
+    );
+    let request: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).expect("log").trim()).expect("json");
+    assert_eq!(
+        request["params"]["options"],
+        serde_json::json!({"qemu-remote-zone": "us"})
+    );
+    let foreign = env.run_with(
+        &["create", "-d", "qemu-remote", "--qemu-accel", "tcg", "x"],
+        with_plugins(&plugins),
+    );
+    assert_eq!(
+        (foreign.code, foreign.stderr.as_str()),
+        (
+            1,
+            "Error: --qemu-accel is a flag of the qemu driver, not of qemu-remote\n"
+        )
+    );
+}
+
 /// Another driver's environment variables are ignored, as docker-machine ignores them; only
 /// its typed flags are refused.
 #[test]
@@ -1565,7 +1623,8 @@ fn an_interrupted_create_is_listed_as_an_error_and_rm_cleans_it() {
 }
 
 /// A plugin that makes its "VM" at create (a line in `$PLUGIN_LOG`), then hangs there, as a
-/// hypervisor booting would; it logs every remove request and writes its pid to `$PLUGIN_PID`.
+/// hypervisor booting would; it logs every remove request (and hangs in it too when
+/// `$PLUGIN_HANG_REMOVE` is set) and writes its pid to `$PLUGIN_PID`.
 #[cfg(unix)]
 const HANGING_PLUGIN: &str = r#"
 while IFS= read -r line; do
@@ -1581,6 +1640,7 @@ while IFS= read -r line; do
       echo "{\"id\":$id,\"result\":{\"flags\":[]}}" ;;
     *'"method":"remove"'*)
       echo remove >> "$PLUGIN_LOG"
+      if [ -n "$PLUGIN_HANG_REMOVE" ]; then exec sleep 120; fi
       echo "{\"id\":$id,\"result\":null}" ;;
     *)
       echo "{\"id\":$id,\"result\":null}" ;;
@@ -1591,10 +1651,21 @@ done
 /// Starts `create -d hangs x` and waits until the plugin is inside its create request.
 #[cfg(unix)]
 fn create_until_the_plugin_hangs(env: &Env, plugins: &Path) -> (std::process::Child, PathBuf) {
+    create_until_the_plugin_hangs_with(env, plugins, |_| {})
+}
+
+/// [`create_until_the_plugin_hangs`], with `tweak` applied to the command.
+#[cfg(unix)]
+fn create_until_the_plugin_hangs_with(
+    env: &Env,
+    plugins: &Path,
+    tweak: impl FnOnce(&mut Command),
+) -> (std::process::Child, PathBuf) {
     let image = env.dir.path().join("image");
     valid_image(&image);
     let pid = env.dir.path().join("plugin.pid");
-    let create = Command::new(env!("CARGO_BIN_EXE_rmachine"))
+    let mut create = Command::new(env!("CARGO_BIN_EXE_rmachine"));
+    create
         .args(["create", "--no-progress", "--guest-image"])
         .arg(&image)
         .args(["-d", "hangs", "x"])
@@ -1607,9 +1678,9 @@ fn create_until_the_plugin_hangs(env: &Env, plugins: &Path) -> (std::process::Ch
         .env_remove("RMACHINE_DRIVER")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start create");
+        .stderr(Stdio::null());
+    tweak(&mut create);
+    let create = create.spawn().expect("start create");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !pid.exists() {
         assert!(
@@ -1628,8 +1699,9 @@ fn end_plugin(pid: &Path) {
     }
 }
 
-/// A create ended during the driver's create by SIGTERM undoes it through the driver; one
-/// ended by SIGKILL leaves a record, so `rm` still asks the driver to remove what it made.
+/// A create ended during the driver's create by SIGTERM ends the plugin, then undoes the VM
+/// through the driver; one ended by SIGKILL leaves a record, so `rm` still asks the driver to
+/// remove what it made.
 #[cfg(unix)]
 #[test]
 fn a_create_killed_during_the_drivers_create_leaves_nothing_the_driver_made() {
@@ -1645,8 +1717,18 @@ fn a_create_killed_during_the_drivers_create_leaves_nothing_the_driver_made() {
         .expect("kill -TERM");
     assert!(term.success());
     let status = create.wait().expect("create ends");
-    end_plugin(&pid);
     assert!(!status.success());
+    // The plugin creating the VM was ended (and reaped) before create exited.
+    let plugin = std::fs::read_to_string(&pid).expect("plugin pid");
+    let alive = Command::new("kill")
+        .args(["-0", plugin.trim()])
+        .stderr(Stdio::null())
+        .status()
+        .expect("kill -0");
+    if alive.success() {
+        end_plugin(&pid);
+        panic!("the plugin outlived the interrupted create");
+    }
     assert_eq!(
         std::fs::read_to_string(&log).expect("log"),
         "create\nremove\n"
@@ -1659,6 +1741,34 @@ fn a_create_killed_during_the_drivers_create_leaves_nothing_the_driver_made() {
     create.kill().expect("SIGKILL create");
     let _ = create.wait();
     end_plugin(&pid);
+    // Nothing but rm, ls and inspect acts on the half-made machine; the plugin hears nothing.
+    let unfinished = "create did not finish (interrupted); remove it with \"rmachine rm x\"";
+    for args in [
+        &["start", "x"][..],
+        &["stop", "x"],
+        &["restart", "x"],
+        &["kill", "x"],
+        &["status", "x"],
+        &["url", "x"],
+        &["ip", "x"],
+        &["env", "x"],
+        &["config", "x"],
+        &["ssh", "x", "true"],
+        &["scp", "x:/etc/hostname", "."],
+        &["regenerate-certs", "-f", "x"],
+        &["provision", "x"],
+        &["upgrade", "x"],
+    ] {
+        let run = env.run_with(args, |cmd| {
+            with_plugins(&plugins)(cmd);
+            cmd.env("PLUGIN_LOG", &log);
+        });
+        assert_ne!(run.code, 0, "{args:?}");
+        assert!(run.stderr.contains(unfinished), "{args:?}: {}", run.stderr);
+    }
+    let run = env.run(&["inspect", "--format", "{{.DriverName}}", "x"]);
+    assert_eq!(run.stdout, "hangs\n", "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "create\n");
     let run = env.run_with(&["rm", "-y", "x"], |cmd| {
         with_plugins(&plugins)(cmd);
         cmd.env("PLUGIN_LOG", &log);
@@ -1672,6 +1782,85 @@ fn a_create_killed_during_the_drivers_create_leaves_nothing_the_driver_made() {
     assert_eq!(
         std::fs::read_to_string(&log).expect("log"),
         "create\nremove\n"
+    );
+    assert!(!env.store().join("machines/x").exists());
+}
+
+/// Waits (bounded) for `child` to end.
+#[cfg(unix)]
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not end");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// SIGHUP (the terminal gone: progress lines fail with EPIPE/EIO) still undoes the create; a
+/// second signal during that undo ends create at once and leaves the machine for `rm`.
+#[cfg(unix)]
+#[test]
+fn a_create_hung_up_still_undoes_and_a_second_signal_leaves_the_machine_for_rm() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    write_plugin(&plugins, "hangs", HANGING_PLUGIN);
+    let log = env.dir.path().join("plugin.log");
+    let (mut create, _) = create_until_the_plugin_hangs_with(&env, &plugins, |cmd| {
+        cmd.stdout(Stdio::piped()).env("PLUGIN_HANG_REMOVE", "1");
+    });
+    // The terminal goes away: every later write to stdout fails.
+    drop(create.stdout.take());
+    let hup = Command::new("kill")
+        .args(["-HUP", &create.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_to_string(&log).unwrap_or_default() != "create\nremove\n" {
+        if let Ok(Some(status)) = create.try_wait() {
+            panic!("create ended before undoing: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "create never asked the driver to remove the VM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &create.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = wait_bounded(&mut create, "create, signalled twice,");
+    assert!(!status.success());
+    assert_ne!(status.code(), Some(101), "create panicked");
+    let run = env.run(&["ls", "--format", "{{.Name}} {{.State}} {{.Error}}"]);
+    assert_eq!(
+        run.stdout,
+        "x Error create did not finish (interrupted); remove it with \"rmachine rm x\"\n",
+        "{}",
+        run.stderr
+    );
+    let run = env.run_with(&["rm", "-y", "x"], |cmd| {
+        with_plugins(&plugins)(cmd);
+        cmd.env("PLUGIN_LOG", &log);
+    });
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "Successfully removed x\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "create\nremove\nremove\n"
     );
     assert!(!env.store().join("machines/x").exists());
 }

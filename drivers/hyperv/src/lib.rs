@@ -392,16 +392,17 @@ impl HyperVDriver {
         let result = self.build(dir, spec, &mut state, &iso).await;
         if let Err(error) = result {
             tracing::info!(%error, "Hyper-V VM creation failed; undoing it");
-            if state.vm_id.is_some() {
-                if let Err(e) = self
-                    .ps(&format!(
-                        "Hyper-V\\Remove-VM -VM {} -Force",
-                        find_vm(dir, &state)
-                    ))
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not remove the half-made VM");
-                }
+            // Without an Id (New-VM failed, timed out or answered oddly) the VM, if New-VM made
+            // one, is the one of this name in the machine folder. Piped, so that no VM at all
+            // is not an error.
+            if let Err(e) = self
+                .ps(&format!(
+                    "{} | Hyper-V\\Remove-VM -Force",
+                    find_vm(dir, &state)
+                ))
+                .await
+            {
+                tracing::warn!(error = %e, "could not remove the half-made VM");
             }
             if let Err(e) = remove_own_files(dir, &state.vm_name) {
                 tracing::warn!(error = %e, "could not delete the driver's files");
@@ -425,33 +426,25 @@ impl HyperVDriver {
         ))
         .await?;
         self.write_config_drive(dir, spec, state)?;
-        let id = self
+        // Warnings (e.g. about the switch) would come first on stdout; the Id is the line that
+        // reads as one anyway.
+        let answer = self
             .ps(&format!(
-                "(Hyper-V\\New-VM -Name {} -Path {} -Generation 2 -MemoryStartupBytes {}MB -SwitchName {}).Id.Guid",
+                "(Hyper-V\\New-VM -Name {} -Path {} -Generation 2 -MemoryStartupBytes {}MB -SwitchName {} -WarningAction SilentlyContinue).Id.Guid",
                 quote(&state.vm_name),
                 path_q(dir.path()),
                 self.memory(spec),
                 quote(self.switch())
             ))
             .await?;
-        let id = id.trim();
-        if !is_guid(id) {
-            // The VM exists but its Id is unknown: remove it by its name and folder.
-            if let Err(e) = self
-                .ps(&format!(
-                    "Hyper-V\\Remove-VM -VM {} -Force",
-                    find_vm(dir, state)
-                ))
-                .await
-            {
-                tracing::warn!(error = %e, "could not remove the half-made VM");
-            }
+        let Some(id) = answer.lines().map(str::trim).find(|line| is_guid(line)) else {
+            // The VM exists but its Id is unknown: the undo removes it by name and folder.
             return Err(DriverError::Protocol {
                 machine: dir.name.clone(),
                 channel: "Hyper-V",
-                message: format!("New-VM answered {id:?}, not the new VM's Id"),
+                message: format!("New-VM answered {:?}, not the new VM's Id", answer.trim()),
             });
-        }
+        };
         state.vm_id = Some(id.to_owned());
         save(dir, state)?;
         let vm = find_vm(dir, state);
@@ -633,8 +626,10 @@ fn find_vm(dir: &MachineDir, state: &HyperVState) -> String {
         None => {
             let mut folder = dir.path().to_string_lossy().into_owned();
             folder.push(std::path::MAIN_SEPARATOR);
+            // Both paths made full (no `..`, no short names) and compared case-insensitively,
+            // as Windows does; the VM's own folder ends with a separator so that it counts too.
             format!(
-                "@(Hyper-V\\Get-VM -Name {} -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }})",
+                "@(Hyper-V\\Get-VM -Name {} -ErrorAction SilentlyContinue | Where-Object {{ ([IO.Path]::GetFullPath($_.Path).TrimEnd([IO.Path]::DirectorySeparatorChar) + [IO.Path]::DirectorySeparatorChar).StartsWith([IO.Path]::GetFullPath({}), [StringComparison]::OrdinalIgnoreCase) }})",
                 quote(&state.vm_name),
                 quote(&folder)
             )

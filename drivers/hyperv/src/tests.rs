@@ -93,6 +93,15 @@ const STATE: &str = "$vm = @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b
 const NAME_CHECK: &str = "@(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue).Count";
 const NEIGHBOUR: &str = "$mac = (Hyper-V\\Get-VMNetworkAdapter -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) | Select-Object -First 1).MacAddress; $dashed = $mac -replace '(..)(?!$)', '$1-'; Get-NetNeighbor -AddressFamily IPv4 -LinkLayerAddress $dashed -ErrorAction SilentlyContinue | Where-Object { $_.State -ne 'Unreachable' } | ForEach-Object { $_.IPAddress }";
 
+/// The VM of the machine's name whose files lie in the machine folder (no Id known).
+fn by_name(s: &Setup) -> String {
+    let folder = format!("{}{}", s.dir.path().display(), std::path::MAIN_SEPARATOR);
+    format!(
+        "@(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue | Where-Object {{ ([IO.Path]::GetFullPath($_.Path).TrimEnd([IO.Path]::DirectorySeparatorChar) + [IO.Path]::DirectorySeparatorChar).StartsWith([IO.Path]::GetFullPath({}), [StringComparison]::OrdinalIgnoreCase) }})",
+        quote(&folder)
+    )
+}
+
 fn create_scripts(s: &Setup, dynamic: bool) -> Vec<String> {
     let iso = path_q(s.spec.boot.iso.as_deref().expect("iso"));
     vec![
@@ -101,7 +110,7 @@ fn create_scripts(s: &Setup, dynamic: bool) -> Vec<String> {
             s.q("disk.vhdx")
         ),
         format!(
-            "(Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 2048MB -SwitchName 'Default Switch').Id.Guid",
+            "(Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 2048MB -SwitchName 'Default Switch' -WarningAction SilentlyContinue).Id.Guid",
             path_q(s.dir.path())
         ),
         "Hyper-V\\Set-VMProcessor -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Count 2".to_owned(),
@@ -159,7 +168,7 @@ async fn options_reach_the_scripts() {
     let scripts = [
         format!("Hyper-V\\New-VHD -Path {} -SizeBytes 5000MB -Dynamic | Out-Null", s.q("disk.vhdx")),
         format!(
-            "(Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 4096MB -SwitchName 'External').Id.Guid",
+            "(Hyper-V\\New-VM -Name 'dev' -Path {} -Generation 2 -MemoryStartupBytes 4096MB -SwitchName 'External' -WarningAction SilentlyContinue).Id.Guid",
             path_q(s.dir.path())
         ),
         "Hyper-V\\Set-VMProcessor -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Count 4".to_owned(),
@@ -174,7 +183,7 @@ async fn options_reach_the_scripts() {
         ),
         "Add-VMHardDiskDrive : Failed to add device 'Virtual Hard Disk'.",
     );
-    s.ok("Hyper-V\\Remove-VM -VM @(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) -Force", "");
+    s.ok("@(Hyper-V\\Get-VM -Id '5b9f3e0c-2a7d-4e1b-9c3f-8d6a4b2e1f07' -ErrorAction SilentlyContinue) | Hyper-V\\Remove-VM -Force", "");
     let err = s
         .driver(HyperVOptions {
             virtual_switch: Some("External".into()),
@@ -207,6 +216,8 @@ async fn a_failure_before_the_vm_exists_removes_only_files() {
         &scripts[1],
         "Hyper-V\\New-VM : Hyper-V was unable to find a virtual switch with name \"Default Switch\".",
     );
+    // New-VM failed without an Id: a VM it may have made is found by name and folder.
+    s.ok(&format!("{} | Hyper-V\\Remove-VM -Force", by_name(&s)), "");
     s.driver(options())
         .create(&s.dir, &s.spec)
         .await
@@ -449,11 +460,7 @@ async fn without_an_id_the_vm_is_the_one_of_that_name_in_the_machine_directory()
         r#"{"vmName":"dev","configDiskId":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"guestPorts":{"ssh":22,"engine":2376}}"#,
     )
     .expect("old record");
-    let folder = format!("{}{}", s.dir.path().display(), std::path::MAIN_SEPARATOR);
-    let sel = format!(
-        "@(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }})",
-        quote(&folder)
-    );
+    let sel = by_name(&s);
     let state = format!("$vm = {sel}; if ($vm.Count -gt 1) {{ throw 'more than one VM matches' }} elseif ($vm.Count -eq 1) {{ $vm[0].State }} else {{ 'NotFound' }}");
     s.ok(&state, "Running\r\n");
     s.ok(&format!("Hyper-V\\Stop-VM -VM {sel} -TurnOff -Force"), "");
@@ -489,20 +496,37 @@ async fn start_after_upgrade_puts_the_new_iso_in_the_dvd_drive() {
 }
 
 #[tokio::test]
+async fn a_warning_before_new_vms_id_is_not_a_failure() {
+    let s = setup();
+    let mut scripts = create_scripts(&s, true);
+    s.ok(NAME_CHECK, "0\r\n");
+    s.ok(&scripts[0], "");
+    s.ok(
+        &scripts.remove(1),
+        &format!("WARNING: The switch is not connected to a network.\r\n{ID}\r\n"),
+    );
+    for script in &scripts[1..] {
+        s.ok(script, "");
+    }
+    s.driver(options())
+        .create(&s.dir, &s.spec)
+        .await
+        .expect("create");
+    s.runner.assert_done();
+    assert_eq!(
+        load_required(&s.dir).expect("record").vm_id.as_deref(),
+        Some(ID)
+    );
+}
+
+#[tokio::test]
 async fn a_new_vm_without_a_readable_id_is_removed_by_name_and_folder() {
     let s = setup();
     let scripts = create_scripts(&s, true);
     s.ok(NAME_CHECK, "0\r\n");
     s.ok(&scripts[0], "");
-    s.ok(&scripts[1], "WARNING: something odd\r\n");
-    let folder = format!("{}{}", s.dir.path().display(), std::path::MAIN_SEPARATOR);
-    s.ok(
-        &format!(
-            "Hyper-V\\Remove-VM -VM @(Hyper-V\\Get-VM -Name 'dev' -ErrorAction SilentlyContinue | Where-Object {{ $_.Path.StartsWith({}, [StringComparison]::OrdinalIgnoreCase) }}) -Force",
-            quote(&folder)
-        ),
-        "",
-    );
+    s.ok(&scripts[1], "something odd\r\n");
+    s.ok(&format!("{} | Hyper-V\\Remove-VM -Force", by_name(&s)), "");
     let err = s
         .driver(options())
         .create(&s.dir, &s.spec)

@@ -104,7 +104,7 @@ pub struct VirtualBoxOptions {
     pub disk_size: Option<u64>,
 
     /// Add a host-only network card on this network, given by the host's address on it (e.g.
-    /// 192.168.99.1/24); the guest gets an address there by DHCP, reachable from this host
+    /// 192.168.59.1/24); the guest gets an address there by DHCP, reachable from this host
     #[arg(
         id = "virtualbox_hostonly_cidr",
         long = "virtualbox-hostonly-cidr",
@@ -530,8 +530,8 @@ impl VirtualBoxDriver {
                 driver: DRIVER.to_owned(),
                 problems: vec![format!("--virtualbox-hostonly-cidr {cidr}: {why}")],
             })?;
-            let adapter = self.hostonly_adapter(&net).await?;
-            self.hostonly_dhcp(&net, &adapter).await?;
+            let adapter = self.hostonly_adapter(dir, &net, made).await?;
+            self.hostonly_dhcp(dir, &net, &adapter, made).await?;
             self.vbm
                 .run(&[
                     "modifyvm",
@@ -589,16 +589,42 @@ impl VirtualBoxDriver {
 
     /// The host-only interface holding `net`'s host address: an existing one, else a new one
     /// (`hostonlyif create`) given that address (`hostonlyif ipconfig`), as docker-machine did.
-    async fn hostonly_adapter(&self, net: &HostOnlyNet) -> Result<String, DriverError> {
+    /// A network overlapping an existing interface's with another host address is refused.
+    async fn hostonly_adapter(
+        &self,
+        dir: &MachineDir,
+        net: &HostOnlyNet,
+        made: &mut Made,
+    ) -> Result<String, DriverError> {
         let list = self.vbm.run(&["list", "hostonlyifs"]).await?;
         let ip = net.host.to_string();
         let mask = net.mask().to_string();
-        if let Some(name) = vbm::parse_blocks(&list.stdout_text())
-            .into_iter()
-            .find(|b| b.get("IPAddress") == Some(&ip) && b.get("NetworkMask") == Some(&mask))
-            .and_then(|b| b.get("Name").cloned())
-        {
-            return Ok(name);
+        let refuse = |message: String| DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "VBoxManage",
+            message,
+        };
+        for block in vbm::parse_blocks(&list.stdout_text()) {
+            let (Some(name), Some(their_ip), Some(their_mask)) = (
+                block.get("Name"),
+                block
+                    .get("IPAddress")
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok()),
+                block
+                    .get("NetworkMask")
+                    .and_then(|m| m.parse::<Ipv4Addr>().ok()),
+            ) else {
+                continue;
+            };
+            if their_ip == net.host && their_mask == net.mask() {
+                return Ok(name.clone());
+            }
+            if net.overlaps(their_ip, their_mask) {
+                return Err(refuse(format!(
+                    "--virtualbox-hostonly-cidr {}/{}: host-only interface {name} has {their_ip} (mask {their_mask}) on an overlapping network; give its address ({their_ip}) or a network outside it",
+                    net.host, net.prefix
+                )));
+            }
         }
         let created = self.vbm.run(&["hostonlyif", "create"]).await?;
         let text = format!("{}\n{}", created.stdout_text(), created.stderr_text());
@@ -609,35 +635,82 @@ impl VirtualBoxDriver {
                     .and_then(|(_, rest)| rest.split_once("' was successfully created"))
                     .map(|(name, _)| name.to_owned())
             })
-            .ok_or_else(|| DriverError::Protocol {
-                machine: String::new(),
-                channel: "VBoxManage",
-                message: format!(
+            .ok_or_else(|| {
+                refuse(format!(
                     "hostonlyif create did not name the interface it made: {:?}",
                     text.trim()
-                ),
+                ))
             })?;
-        self.vbm
-            .run(&[
-                "hostonlyif",
-                "ipconfig",
-                &name,
-                "--ip",
-                &ip,
-                "--netmask",
-                &mask,
-            ])
-            .await?;
-        Ok(name)
+        made.hostonlyif = Some(name.clone());
+        // Not retried: E_ACCESSDENIED here is VirtualBox's address policy, not a busy VM.
+        let args = [
+            "hostonlyif",
+            "ipconfig",
+            &name,
+            "--ip",
+            &ip,
+            "--netmask",
+            &mask,
+        ];
+        match self.vbm.run_once(&args).await {
+            Ok(_) => Ok(name),
+            Err(DriverError::CommandFailed { stderr, .. }) if stderr.contains("E_ACCESSDENIED") => {
+                Err(refuse(format!(
+                    "VirtualBox refused the host-only address {ip}/{} (E_ACCESSDENIED): since 6.1.28 it allows only 192.168.56.0/21 unless /etc/vbox/networks.conf lists the range (e.g. \"* {}/{}\")",
+                    net.prefix,
+                    net.network(),
+                    net.prefix
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// The DHCP server that gives the guest its host-only address (added, or set to this plan).
-    async fn hostonly_dhcp(&self, net: &HostOnlyNet, adapter: &str) -> Result<(), DriverError> {
+    /// The DHCP server that gives the guest its host-only address: an enabled one that fits
+    /// `net` is reused as it is; other VMs may rely on one that does not fit, so it is left
+    /// alone and create refused, unless the interface is the one this create just made.
+    async fn hostonly_dhcp(
+        &self,
+        dir: &MachineDir,
+        net: &HostOnlyNet,
+        adapter: &str,
+        made: &mut Made,
+    ) -> Result<(), DriverError> {
         let netname = format!("HostInterfaceNetworking-{adapter}");
         let list = self.vbm.run(&["list", "dhcpservers"]).await?;
-        let exists = vbm::parse_blocks(&list.stdout_text())
+        let blocks = vbm::parse_blocks(&list.stdout_text());
+        let existing = blocks
             .iter()
-            .any(|b| b.get("NetworkName") == Some(&netname));
+            .find(|b| b.get("NetworkName") == Some(&netname));
+        let ours = made.hostonlyif.as_deref() == Some(adapter);
+        if let Some(server) = existing {
+            if dhcp_fits(server, net) {
+                return Ok(());
+            }
+            if !ours {
+                let field = |keys: &[&str]| {
+                    keys.iter()
+                        .find_map(|k| server.get(*k))
+                        .map(String::as_str)
+                        .unwrap_or("?")
+                        .to_owned()
+                };
+                return Err(DriverError::Protocol {
+                    machine: dir.name.clone(),
+                    channel: "VBoxManage",
+                    message: format!(
+                        "the DHCP server of {adapter} ({netname}: server {}, mask {}, range {}-{}, enabled {}) does not fit {}/{} and other VMs may use it, so rmachine leaves it alone; change it with `VBoxManage dhcpserver modify --netname {netname}` or choose another --virtualbox-hostonly-cidr",
+                        field(&["Dhcpd IP", "IP"]),
+                        field(&["NetworkMask"]),
+                        field(&["LowerIPAddress", "lowerIPAddress"]),
+                        field(&["UpperIPAddress", "upperIPAddress"]),
+                        field(&["Enabled"]),
+                        net.host,
+                        net.prefix
+                    ),
+                });
+            }
+        }
         let (server, lower, upper) = net.dhcp_plan();
         let (server, mask, lower, upper) = (
             server.to_string(),
@@ -648,7 +721,7 @@ impl VirtualBoxDriver {
         self.vbm
             .run(&[
                 "dhcpserver",
-                if exists { "modify" } else { "add" },
+                if existing.is_some() { "modify" } else { "add" },
                 "--netname",
                 &netname,
                 "--ip",
@@ -661,8 +734,11 @@ impl VirtualBoxDriver {
                 &upper,
                 "--enable",
             ])
-            .await
-            .map(drop)
+            .await?;
+        if existing.is_none() {
+            made.dhcpserver = Some(netname);
+        }
+        Ok(())
     }
 
     async fn attach(
@@ -751,6 +827,21 @@ impl VirtualBoxDriver {
                 .await
             {
                 tracing::warn!(error = %e, "could not unregister the half-made VM");
+            }
+        }
+        // What this create added to the host-only networking, and only that.
+        if let Some(netname) = &made.dhcpserver {
+            if let Err(e) = self
+                .vbm
+                .run(&["dhcpserver", "remove", "--netname", netname])
+                .await
+            {
+                tracing::warn!(error = %e, "could not remove the DHCP server it added");
+            }
+        }
+        if let Some(name) = &made.hostonlyif {
+            if let Err(e) = self.vbm.run(&["hostonlyif", "remove", name]).await {
+                tracing::warn!(error = %e, "could not remove the host-only interface it made");
             }
         }
         if let Err(e) = remove_own_files(dir, &state.vm_name) {
@@ -870,11 +961,32 @@ impl VirtualBoxDriver {
     }
 
     async fn remove_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
-        let Some(state) = load(dir)? else {
+        let Some(mut state) = load(dir)? else {
             return remove_own_files(dir, &dir.name);
         };
-        let vm = state.target();
-        if let Some(info) = self.vm_info(vm).await? {
+        if let Some(info) = self.vm_info(state.target()).await? {
+            if state.vm_uuid.is_none() {
+                // A record made before UUIDs names the VM, and another VM may have taken the
+                // name: delete it only if its settings file lies in this machine's directory,
+                // and from then on address it by its UUID.
+                let cfg = info.get("CfgFile").map(String::as_str).unwrap_or_default();
+                if !lies_under(Path::new(cfg), dir.path()) {
+                    return Err(DriverError::Protocol {
+                        machine: dir.name.clone(),
+                        channel: "VBoxManage",
+                        message: format!(
+                            "the VM named {:?} keeps its settings in {cfg:?}, outside {}: it is not this machine's VM, so it was not deleted",
+                            state.vm_name,
+                            dir.path().display()
+                        ),
+                    });
+                }
+                if let Some(uuid) = info.get("UUID").filter(|u| !u.is_empty()) {
+                    state.vm_uuid = Some(uuid.clone());
+                    save(dir, &state)?;
+                }
+            }
+            let vm = state.target();
             if matches!(
                 vm_state(&info),
                 VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping
@@ -910,7 +1022,7 @@ impl HostOnlyNet {
     /// rule), and the network must leave room for a DHCP range.
     pub fn parse(cidr: &str) -> Result<Self, String> {
         let (ip, prefix) = cidr.split_once('/').ok_or_else(|| {
-            "expected an IPv4 address with a prefix length, e.g. 192.168.99.1/24".to_owned()
+            "expected an IPv4 address with a prefix length, e.g. 192.168.59.1/24".to_owned()
         })?;
         let host: Ipv4Addr = ip
             .parse()
@@ -947,6 +1059,17 @@ impl HostOnlyNet {
         Ipv4Addr::from(u32::from(self.host) & self.mask_bits())
     }
 
+    /// Whether `addr` lies in this network.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask_bits() == u32::from(self.network())
+    }
+
+    /// Whether this network and the one of `addr` with `mask` share addresses.
+    pub fn overlaps(&self, addr: Ipv4Addr, mask: Ipv4Addr) -> bool {
+        let common = self.mask_bits() & u32::from(mask);
+        u32::from(addr) & common == u32::from(self.host) & common
+    }
+
     /// The network's broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.host) | !self.mask_bits())
@@ -963,8 +1086,17 @@ impl HostOnlyNet {
         } else {
             first
         };
-        let lower = (network + size * 100 / 256).max(server + 1);
-        let upper = u32::from(self.broadcast()) - 1;
+        let mut lower = (network + size * 100 / 256).max(server + 1);
+        let mut upper = u32::from(self.broadcast()) - 1;
+        // The host's address is never leased: the range keeps the larger side of it.
+        let host = u32::from(self.host);
+        if (lower..=upper).contains(&host) {
+            if host - lower >= upper - host {
+                upper = host - 1;
+            } else {
+                lower = host + 1;
+            }
+        }
         (
             Ipv4Addr::from(server),
             Ipv4Addr::from(lower),
@@ -979,6 +1111,41 @@ struct Made {
     vm: bool,
     disk: bool,
     disk_attached: bool,
+    /// The host-only interface this create made.
+    hostonlyif: Option<String>,
+    /// The DHCP server (network name) this create added.
+    dhcpserver: Option<String>,
+}
+
+/// Whether an existing DHCP server (a `list dhcpservers` block) serves `net` as rmachine
+/// needs: enabled, same mask, server and range inside the network, the host's address out of
+/// the range. Old VirtualBox names the fields `IP`, `lowerIPAddress`, `upperIPAddress`.
+fn dhcp_fits(server: &std::collections::BTreeMap<String, String>, net: &HostOnlyNet) -> bool {
+    let addr = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| server.get(*k))
+            .and_then(|v| v.parse::<Ipv4Addr>().ok())
+    };
+    let (Some(ip), Some(mask), Some(lower), Some(upper)) = (
+        addr(&["Dhcpd IP", "IP"]),
+        addr(&["NetworkMask"]),
+        addr(&["LowerIPAddress", "lowerIPAddress"]),
+        addr(&["UpperIPAddress", "upperIPAddress"]),
+    ) else {
+        return false;
+    };
+    let enabled = server
+        .get("Enabled")
+        .is_some_and(|e| e.eq_ignore_ascii_case("yes"));
+    let inside = |a: Ipv4Addr| net.contains(a);
+    enabled
+        && mask == net.mask()
+        && inside(ip)
+        && ip != net.host
+        && inside(lower)
+        && inside(upper)
+        && u32::from(lower) <= u32::from(upper)
+        && !(u32::from(lower)..=u32::from(upper)).contains(&u32::from(net.host))
 }
 
 /// The machine state of a `VMState` value (`showvminfo --machinereadable`).
@@ -1048,6 +1215,19 @@ fn iso_of(spec: &VmSpec) -> Result<PathBuf, DriverError> {
         });
     }
     Ok(iso)
+}
+
+/// Whether `path` lies inside `dir` (case-insensitively on Windows, as its file systems are).
+fn lies_under(path: &Path, dir: &Path) -> bool {
+    if path.as_os_str().is_empty() {
+        return false;
+    }
+    if cfg!(windows) {
+        let lower = |p: &Path| PathBuf::from(p.to_string_lossy().to_lowercase());
+        lower(path).starts_with(lower(dir))
+    } else {
+        path.starts_with(dir)
+    }
 }
 
 fn path_str(path: &Path) -> String {

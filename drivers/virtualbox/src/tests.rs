@@ -109,6 +109,10 @@ fn ok(stdout: &str) -> CannedReply {
 
 const NOT_FOUND: &str = "VBoxManage: error: Could not find a registered machine named 'dev'\nVBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap, interface IVirtualBox, callee nsISupports\n";
 
+/// What VBoxManage answers when asked about a UUID it does not know (VirtualBox's
+/// `findMachine` text).
+const NOT_FOUND_UUID: &str = "VBoxManage: error: Could not find a registered machine with UUID {6f1c2b9e-8d3a-4c5e-9f7a-1b2c3d4e5f60}\nVBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap, interface IVirtualBox, callee nsISupports\n";
+
 fn info(state: &str, config: &str) -> String {
     format!(
         "name=\"dev\"\nostype=\"Linux_64\"\nmemory=2048\ncpus=2\nVMState=\"{state}\"\nVMStateChangeTime=\"2026-12-06T08:00:00.000000000\"\n\"SATA-0-0\"=\"/image/rmachine.iso\"\n\"SATA-1-0\"=\"/m/disk.vdi\"\n\"SATA-2-0\"=\"{config}\"\nnic1=\"nat\"\nForwarding(0)=\"engine,tcp,127.0.0.1,40376,,2376\"\nForwarding(1)=\"ssh,tcp,127.0.0.1,40022,,22\"\n"
@@ -557,14 +561,14 @@ async fn state_comes_from_vmstate() {
 #[tokio::test]
 async fn a_vm_removed_outside_rmachine_is_named_and_rm_still_cleans_up() {
     let s = created();
-    s.fail(&["showvminfo", VM, "--machinereadable"], NOT_FOUND);
+    s.fail(&["showvminfo", VM, "--machinereadable"], NOT_FOUND_UUID);
     let err = s.driver(options()).state(&s.dir).await.expect_err("no VM");
     assert_eq!(
         err.to_string(),
         format!("machine \"dev\": VBoxManage: VirtualBox has no VM \"dev\" (UUID {VM}) (removed outside rmachine?); `rmachine rm` removes the machine")
     );
     std::fs::write(s.dir.file("disk.vdi"), b"disk").expect("disk");
-    s.fail(&["showvminfo", VM, "--machinereadable"], NOT_FOUND);
+    s.fail(&["showvminfo", VM, "--machinereadable"], NOT_FOUND_UUID);
     s.driver(options()).remove(&s.dir).await.expect("rm");
     s.runner.assert_done();
     assert!(!s.dir.file("disk.vdi").exists());
@@ -884,13 +888,44 @@ async fn a_record_made_before_uuids_still_names_the_vm() {
     );
     let driver = s.driver(options());
     assert_eq!(driver.state(&s.dir).await.expect("state"), VmState::Running);
-    s.ok(
-        &["showvminfo", "dev", "--machinereadable"],
-        &info("poweroff", "none"),
+    // rm deletes the VM of that name only if its settings lie in the machine directory, and
+    // by the UUID it learns.
+    let ours = format!(
+        "{}UUID=\"{VM}\"\nCfgFile=\"{}\"\n",
+        info("poweroff", "none"),
+        path_str(&s.dir.file("dev").join("dev.vbox"))
     );
-    s.ok(&["unregistervm", "dev", "--delete"], "");
+    s.ok(&["showvminfo", "dev", "--machinereadable"], &ours);
+    s.ok(&["unregistervm", VM, "--delete"], "");
     driver.remove(&s.dir).await.expect("rm");
     s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn a_record_made_before_uuids_never_deletes_another_vm_of_that_name() {
+    let s = setup();
+    std::fs::write(
+        s.dir.file("virtualbox.json"),
+        r#"{"vmName":"dev","sshPort":40022,"enginePort":40376,"configDiskId":[3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3]}"#,
+    )
+    .expect("old record");
+    let theirs = format!(
+        "{}UUID=\"{VM}\"\nCfgFile=\"/home/u/VirtualBox VMs/dev/dev.vbox\"\n",
+        info("poweroff", "none")
+    );
+    s.ok(&["showvminfo", "dev", "--machinereadable"], &theirs);
+    let err = s
+        .driver(options())
+        .remove(&s.dir)
+        .await
+        .expect_err("not ours");
+    assert!(
+        err.to_string()
+            .contains("keeps its settings in \"/home/u/VirtualBox VMs/dev/dev.vbox\", outside"),
+        "{err}"
+    );
+    s.runner.assert_done();
+    assert!(s.dir.file("virtualbox.json").exists());
 }
 
 #[tokio::test]
@@ -946,6 +981,21 @@ fn host_only_networks_parse_and_plan_their_dhcp() {
         .expect("parses")
         .dhcp_plan();
     assert_eq!(server.to_string(), "10.5.0.1");
+    // The host's own address is never in the range.
+    let (_, lower, upper) = HostOnlyNet::parse("192.168.59.200/24")
+        .expect("parses")
+        .dhcp_plan();
+    assert_eq!(
+        (lower.to_string(), upper.to_string()),
+        ("192.168.59.100".into(), "192.168.59.199".into())
+    );
+    let (_, lower, upper) = HostOnlyNet::parse("192.168.59.120/24")
+        .expect("parses")
+        .dhcp_plan();
+    assert_eq!(
+        (lower.to_string(), upper.to_string()),
+        ("192.168.59.121".into(), "192.168.59.254".into())
+    );
     for bad in [
         "192.168.99.1",
         "192.168.99.1/31",
@@ -1050,32 +1100,184 @@ async fn an_existing_host_only_interface_and_dhcp_server_are_reused() {
         &["list", "hostonlyifs"],
         "Name:            vboxnet3\nIPAddress:       192.168.99.1\nNetworkMask:     255.255.255.0\n\n",
     );
+    // An enabled server that fits is used as it is (other VMs may rely on its settings).
     s.ok(
         &["list", "dhcpservers"],
-        "NetworkName:    HostInterfaceNetworking-vboxnet3\nIP:             192.168.99.6\n\n",
+        "NetworkName:    HostInterfaceNetworking-vboxnet3\nDhcpd IP:       192.168.99.6\nLowerIPAddress: 192.168.99.10\nUpperIPAddress: 192.168.99.50\nNetworkMask:    255.255.255.0\nEnabled:        Yes\n\n",
     );
+    let driver = s.driver(options());
+    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
+    let mut made = Made::default();
+    let adapter = driver
+        .hostonly_adapter(&s.dir, &net, &mut made)
+        .await
+        .expect("adapter");
+    assert_eq!(adapter, "vboxnet3");
+    driver
+        .hostonly_dhcp(&s.dir, &net, &adapter, &mut made)
+        .await
+        .expect("dhcp");
+    s.runner.assert_done();
+    assert_eq!((made.hostonlyif, made.dhcpserver), (None, None));
+}
+
+#[tokio::test]
+async fn an_existing_dhcp_server_that_does_not_fit_is_left_alone_and_named() {
+    let s = setup();
+    s.ok(
+        &["list", "dhcpservers"],
+        "NetworkName:    HostInterfaceNetworking-vboxnet3\nIP:             192.168.99.6\nlowerIPAddress: 192.168.99.1\nupperIPAddress: 192.168.99.254\nNetworkMask:    255.255.255.0\nEnabled:        Yes\n\n",
+    );
+    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
+    let err = s
+        .driver(options())
+        .hostonly_dhcp(&s.dir, &net, "vboxnet3", &mut Made::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "machine \"dev\": VBoxManage: the DHCP server of vboxnet3 (HostInterfaceNetworking-vboxnet3: server 192.168.99.6, mask 255.255.255.0, range 192.168.99.1-192.168.99.254, enabled Yes) does not fit 192.168.99.1/24 and other VMs may use it, so rmachine leaves it alone; change it with `VBoxManage dhcpserver modify --netname HostInterfaceNetworking-vboxnet3` or choose another --virtualbox-hostonly-cidr"
+    );
+    s.runner.assert_done();
+}
+
+#[tokio::test]
+async fn a_network_overlapping_an_interfaces_with_another_host_address_is_refused() {
+    let s = setup();
+    s.ok(
+        &["list", "hostonlyifs"],
+        "Name:            vboxnet0\nIPAddress:       192.168.56.1\nNetworkMask:     255.255.255.0\n\n",
+    );
+    let net = HostOnlyNet::parse("192.168.56.2/24").expect("parses");
+    let err = s
+        .driver(options())
+        .hostonly_adapter(&s.dir, &net, &mut Made::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "machine \"dev\": VBoxManage: --virtualbox-hostonly-cidr 192.168.56.2/24: host-only interface vboxnet0 has 192.168.56.1 (mask 255.255.255.0) on an overlapping network; give its address (192.168.56.1) or a network outside it"
+    );
+    s.runner.assert_done();
+}
+
+/// VirtualBox's address policy (E_ACCESSDENIED from `hostonlyif ipconfig`) fails at once with
+/// one line naming the machine and /etc/vbox/networks.conf, and the create's undo removes the
+/// interface it made along with the VM.
+#[tokio::test]
+async fn a_host_only_address_virtualbox_forbids_fails_at_once_and_is_undone() {
+    let s = setup();
+    let calls = create_calls(&s);
+    let nat = calls
+        .iter()
+        .position(|(argv, _)| argv.iter().any(|a| a == "--natpf1"))
+        .expect("create sets up NAT");
+    for (argv, reply) in calls.into_iter().take(nat + 1) {
+        s.runner.expect(argv, reply);
+    }
+    s.ok(&["list", "hostonlyifs"], "");
+    s.ok(
+        &["hostonlyif", "create"],
+        "Interface 'vboxnet1' was successfully created\n",
+    );
+    s.fail(
+        &[
+            "hostonlyif",
+            "ipconfig",
+            "vboxnet1",
+            "--ip",
+            "192.168.99.1",
+            "--netmask",
+            "255.255.255.0",
+        ],
+        "VBoxManage: error: Code E_ACCESSDENIED (0x80070005) - Access denied (extended info not available)\nVBoxManage: error: Context: \"EnableStaticIPConfig(Bstr(pszIp).raw(), Bstr(pszNetmask).raw())\" at line 242 of file VBoxManageHostonly.cpp\n",
+    );
+    s.ok(&["unregistervm", VM, "--delete"], "");
+    s.ok(&["hostonlyif", "remove", "vboxnet1"], "");
+    let err = s
+        .driver(VirtualBoxOptions {
+            hostonly_cidr: Some("192.168.99.1/24".into()),
+            ..options()
+        })
+        .create(&s.dir, &s.spec)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "machine \"dev\": VBoxManage: VirtualBox refused the host-only address 192.168.99.1/24 (E_ACCESSDENIED): since 6.1.28 it allows only 192.168.56.0/21 unless /etc/vbox/networks.conf lists the range (e.g. \"* 192.168.99.0/24\")"
+    );
+    s.runner.assert_done();
+}
+
+/// A DHCP server this create added goes with the undo when a later step fails.
+#[tokio::test]
+async fn a_failure_after_the_host_only_setup_removes_what_it_added() {
+    let s = setup();
+    let calls = create_calls(&s);
+    let nat = calls
+        .iter()
+        .position(|(argv, _)| argv.iter().any(|a| a == "--natpf1"))
+        .expect("create sets up NAT");
+    for (argv, reply) in calls.into_iter().take(nat + 1) {
+        s.runner.expect(argv, reply);
+    }
+    s.ok(
+        &["list", "hostonlyifs"],
+        "Name:            vboxnet0\nIPAddress:       192.168.59.1\nNetworkMask:     255.255.255.0\n\n",
+    );
+    s.ok(&["list", "dhcpservers"], "");
     s.ok(
         &[
             "dhcpserver",
-            "modify",
+            "add",
             "--netname",
-            "HostInterfaceNetworking-vboxnet3",
+            "HostInterfaceNetworking-vboxnet0",
             "--ip",
-            "192.168.99.2",
+            "192.168.59.2",
             "--netmask",
             "255.255.255.0",
             "--lowerip",
-            "192.168.99.100",
+            "192.168.59.100",
             "--upperip",
-            "192.168.99.254",
+            "192.168.59.254",
             "--enable",
         ],
         "",
     );
-    let driver = s.driver(options());
-    let net = HostOnlyNet::parse("192.168.99.1/24").expect("parses");
-    let adapter = driver.hostonly_adapter(&net).await.expect("adapter");
-    assert_eq!(adapter, "vboxnet3");
-    driver.hostonly_dhcp(&net, &adapter).await.expect("dhcp");
+    s.fail(
+        &[
+            "modifyvm",
+            VM,
+            "--nic2",
+            "hostonly",
+            "--nictype2",
+            "virtio",
+            "--nicpromisc2",
+            "deny",
+            "--hostonlyadapter2",
+            "vboxnet0",
+            "--cableconnected2",
+            "on",
+        ],
+        "VBoxManage: error: Nonexistent host networking interface, name 'vboxnet0'\n",
+    );
+    s.ok(&["unregistervm", VM, "--delete"], "");
+    s.ok(
+        &[
+            "dhcpserver",
+            "remove",
+            "--netname",
+            "HostInterfaceNetworking-vboxnet0",
+        ],
+        "",
+    );
+    s.driver(VirtualBoxOptions {
+        hostonly_cidr: Some("192.168.59.1/24".into()),
+        ..options()
+    })
+    .create(&s.dir, &s.spec)
+    .await
+    .expect_err("fails");
+    // The interface existed before: it stays.
     s.runner.assert_done();
 }

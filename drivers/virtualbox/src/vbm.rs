@@ -25,8 +25,11 @@ const TRANSIENT: &[&str] = &[
     "E_ACCESSDENIED",
 ];
 
-/// The text VBoxManage prints when no VM has the name asked for.
-const NOT_FOUND: &str = "Could not find a registered machine named";
+/// The texts VBoxManage prints when no VM has the name or the UUID asked for.
+const NOT_FOUND: &[&str] = &[
+    "Could not find a registered machine named",
+    "Could not find a registered machine with UUID",
+];
 
 /// How a VBoxManage call went, beyond success.
 #[derive(Debug)]
@@ -58,9 +61,19 @@ impl VBoxManage {
             Outcome::NoSuchVm => Err(DriverError::CommandFailed {
                 program: self.program.clone(),
                 status: 1,
-                stderr: format!("{NOT_FOUND} (VBoxManage {})", args.join(" ")),
+                stderr: format!("{} (VBoxManage {})", NOT_FOUND[0], args.join(" ")),
             }),
         }
+    }
+
+    /// Runs `VBoxManage ARGS` once, for a call whose "transient" error texts mean something
+    /// else (`hostonlyif ipconfig`'s E_ACCESSDENIED is VirtualBox's address policy).
+    pub async fn run_once(&self, args: &[&str]) -> Result<CommandOutput, DriverError> {
+        let once = Self {
+            attempts: 1,
+            ..self.clone()
+        };
+        once.run(args).await
     }
 
     /// Runs `VBoxManage ARGS`, telling "no such VM" apart from other failures.
@@ -81,7 +94,7 @@ impl VBoxManage {
             if out.is_success() && !stderr.contains("error:") {
                 return Ok(Outcome::Ok(out));
             }
-            if stderr.contains(NOT_FOUND) {
+            if NOT_FOUND.iter().any(|t| stderr.contains(t)) {
                 return Ok(Outcome::NoSuchVm);
             }
             if attempt < self.attempts && TRANSIENT.iter().any(|t| stderr.contains(t)) {
