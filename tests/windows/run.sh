@@ -97,7 +97,7 @@ fi
 # The last recorded command line is the VM's; one option and its value a line.
 tr -d '\r' <"$work/qemu.args" | awk 'BEGIN { RS = "--\n" } { last = $0 } END { printf "%s", last }' \
   | paste -sd' ' >"$work/cmdline"
-for want in "-accel whpx" "-machine q35" "-qmp tcp:127.0.0.1:" "-kernel $appdata\\cache\\guest\\w1\\vmlinuz" \
+for want in "-accel whpx" "-machine q35" "-qmp tcp:127.0.0.1:" "-kernel $appdata\\cache\\guest\\w1-x86_64\\vmlinuz" \
             "-nodefaults" ; do
   if grep -qF -- "$want" "$work/cmdline"; then
     echo "ok: QEMU command line has $want"

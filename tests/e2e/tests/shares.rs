@@ -36,8 +36,13 @@ fn host_folders_are_shared_at_the_same_path_over_sftp() -> anyhow::Result<()> {
 /// checks what a user sees; the writable share must go over `transport`.
 fn shared_at_the_same_path(name: &str, extra: &[&str], transport: &str) -> anyhow::Result<()> {
     let sftp = transport == "sftp";
-    // The filesystem type in the guest's /proc/mounts.
-    let fstype = if sftp { "fuse.sftp" } else { transport };
+    // The filesystem type (and for sftp the source) in the guest's /proc/mounts: fuser mounts
+    // without libfuse as plain `fuse` (the subtype is a fusermount option it never passes).
+    let (source, fstype) = if sftp {
+        (Some("rmachine-sftp"), "fuse")
+    } else {
+        (None, transport)
+    };
     let rw = tempfile::Builder::new()
         .prefix("rmachine-share-")
         .tempdir()?;
@@ -131,7 +136,8 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], transport: &str) -> anyho
             .stdout
             .lines()
             .any(|l| l.split(' ').nth(1) == Some(rw_path.as_str())
-                && l.split(' ').nth(2) == Some(fstype)),
+                && l.split(' ').nth(2) == Some(fstype)
+                && source.is_none_or(|s| l.split(' ').next() == Some(s))),
         "{rw_path} is not mounted over {fstype}: {}",
         mounts.stdout
     );
