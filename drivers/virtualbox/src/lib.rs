@@ -117,7 +117,7 @@ pub struct VirtualBoxOptions {
     )]
     pub hostonly_cidr: Option<String>,
 
-    /// Share no host folder (VirtualBox machines never share one)
+    /// Share no host folder (by default the home folder is shared over SFTP)
     #[arg(
         id = "virtualbox_no_share",
         long = "virtualbox-no-share",
@@ -1303,8 +1303,9 @@ impl Driver for VirtualBoxDriver {
                 pause: false,
                 console_log: true,
                 shares: false,
-                // Our guest's init and SSH server: the host shares folders over SFTP.
-                sftp_shares: true,
+                // Our guest's init and SSH server: the host shares folders over SFTP, unless
+                // the user asked for none (docker-machine's --virtualbox-no-share).
+                sftp_shares: !self.options.no_share,
                 existing_host: false,
                 virtio_fs: false,
             },

@@ -1281,3 +1281,14 @@ async fn a_failure_after_the_host_only_setup_removes_what_it_added() {
     // The interface existed before: it stays.
     s.runner.assert_done();
 }
+
+#[test]
+fn no_share_turns_the_sftp_shares_off() {
+    let sharing = VirtualBoxDriver::new(options());
+    assert!(sharing.info().capabilities.sftp_shares);
+    let none = VirtualBoxDriver::new(VirtualBoxOptions {
+        no_share: true,
+        ..options()
+    });
+    assert!(!none.info().capabilities.sftp_shares);
+}
