@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, every test tier. Needs what .ci/setup installs, and root
 # (the engine and runtime tests create namespaces and mounts; the e2e tier boots QEMU).
+#
+# Two lanes share the machine: the guest images (release builds for the musl targets, then
+# packing) are built in the background from the start while the foreground runs fmt, clippy,
+# the portability step and the host build (debug builds: another part of target/, so neither
+# waits on the other's lock). The test tiers wait for both. The test binaries then run a few
+# at a time (tests/parallel.sh): most of their time is spent waiting on engines, containers
+# and QEMU guests, not on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -8,9 +15,35 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # skipped (tests/engine/src/lib.rs `cannot_run`, crates/runtime/tests/common).
 export RMACHINE_TESTS_REQUIRED=1
 step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+export -f step
 
 step "cargo fmt --check"
 cargo fmt --all --check
+
+# The guest lane, in the background: its own process group (killed if this script stops
+# early), its output kept in a file and printed whole when the test tiers wait for it.
+guest_lane() {
+  set -euo pipefail
+  step "build the guest image"
+  guest/build.sh
+  step "build the arm64 guest image (cross-built; the e2e tier boots it under emulation)"
+  # CI boots this image for one test under emulation and never ships it: its release binaries
+  # are built without LTO and in 16 codegen units (the release profile's thin LTO over 4 units
+  # is most of this step's time). The x86_64 guest above keeps the release profile users get.
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 ARCH=aarch64 guest/build.sh
+  step "guest images built"
+}
+export -f guest_lane
+guest_log="$(mktemp)"
+e2e_log="$(mktemp)"
+setsid bash -c guest_lane >"$guest_log" 2>&1 </dev/null &
+guest_pid=$!
+cleanup() {
+  kill -- -"$guest_pid" 2>/dev/null || true
+  rm -f "$guest_log" "$e2e_log"
+}
+trap cleanup EXIT
+step "build the guest images (in the background; their output follows the host build)"
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -31,23 +64,24 @@ tests/windows/run.sh
 step "build host binaries (the engine tests run them)"
 cargo build --workspace --bins
 
-step "build the guest image"
-guest/build.sh
-
-step "build the arm64 guest image (cross-built; the e2e tier boots it under emulation)"
-# CI boots this image for one test under emulation and never ships it: its release binaries are
-# built without LTO and in 16 codegen units (the release profile's thin LTO over 4 units is
-# most of this step's time). The x86_64 guest above keeps the release profile users get.
-CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 ARCH=aarch64 guest/build.sh
+step "wait for the guest images"
+guest_status=0
+wait "$guest_pid" || guest_status=$?
+cat "$guest_log"
+if [ "$guest_status" != 0 ]; then
+  echo "the guest lane failed (exit $guest_status)" >&2
+  exit 1
+fi
 
 step "unit, CLI, runtime and engine-on-host tests"
-cargo test --workspace --exclude rmachine-e2e
+tests/parallel.sh 3 --workspace --exclude rmachine-e2e
+cargo test --workspace --exclude rmachine-e2e --doc
 tests/guest/publish_test.sh
 
 step "end-to-end tests: real QEMU boots"
-e2e_log="$(mktemp)"
-trap 'rm -f "$e2e_log"' EXIT
-RMACHINE_E2E=1 cargo test -p rmachine-e2e -- --test-threads=1 --nocapture 2>&1 | tee "$e2e_log"
+# Two guests at a time (each test still runs its own tests one after the other): a guest under
+# TCG keeps one core busy, this machine has two.
+RMACHINE_E2E=1 tests/parallel.sh 2 -p rmachine-e2e -- --test-threads=1 --nocapture 2>&1 | tee "$e2e_log"
 # A test file whose tests were all compiled out (the rmachine_e2e cfg lost) runs zero tests and
 # "passes": fail loudly instead.
 if ! tests/e2e/check-ran.sh "$e2e_log"; then
