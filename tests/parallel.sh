@@ -11,6 +11,7 @@
 # failed; the failures are named at the end. Doctests are not built by --no-run: run
 # `cargo test --doc` for them.
 set -euo pipefail
+trap 'echo "parallel.sh: stopped by a failure at line $LINENO" >&2' ERR
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
     echo "usage: tests/parallel.sh JOBS CARGO-ARGS... [-- TEST-ARGS...]" >&2
     exit 2
@@ -41,7 +42,7 @@ fi
 # the estimate (a library's unit tests count all of its crate's).
 while IFS=$'\t' read -r exe src dir; do
     if [[ "$src" == */src/* ]]; then
-        count="$(grep -rhc '#\[test\]' "${src%/src/*}/src" | awk '{n += $1} END {print n + 0}')"
+        count="$({ grep -rhc '#\[test\]' "${src%/src/*}/src" || true; } | awk '{n += $1} END {print n + 0}')"
     else
         count="$(grep -c '#\[test\]' "$src" || true)"
     fi
