@@ -15,7 +15,9 @@
 //! creates belongs to that user, again as 9p does then.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use rmachine_driver::runner::Spawned;
 use rmachine_driver::{MachineDir, Share};
 
 /// Which virtiofsd implementation a program is.
@@ -132,6 +134,48 @@ pub fn daemon_args(daemon: &Virtiofsd, share: &Share, socket: &Path, root: bool)
     args
 }
 
+/// Waits until a daemon just started creates its socket. Whether it still runs comes from its
+/// process handle, never from `/proc/PID/cmdline`, which reads empty while the kernel is still
+/// loading the program (a daemon not in the page cache, on a busy host): that check once took a
+/// starting daemon for an exited one. The error says how it ended and what it wrote.
+pub async fn wait_for_socket(
+    spawned: &mut Spawned,
+    program: &str,
+    socket: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if socket.exists() {
+            return Ok(());
+        }
+        let status = spawned
+            .exit_status()
+            .map_err(|err| format!("cannot tell whether {program} runs: {err}"))?;
+        if let Some(status) = status {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            let said = said.trim();
+            return Err(if said.is_empty() {
+                format!(
+                    "{program} exited ({status}) and wrote nothing to {}",
+                    log.display()
+                )
+            } else {
+                format!("{program} exited ({status}): {said}")
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{program} did not create {} within {} s",
+                socket.display(),
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(crate::POLL).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +239,81 @@ mod tests {
         assert_eq!(
             daemon_args(&rust, &share("/home/me"), socket, true).len(),
             3
+        );
+    }
+
+    /// Starts `sh -c SCRIPT` as virtiofsd would be started (detached, output to `log`).
+    #[cfg(unix)]
+    async fn start(script: &str, log: &Path) -> Spawned {
+        use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
+        TokioRunner
+            .spawn_detached(&CommandSpec::new("sh").args(["-c", script]), log)
+            .await
+            .expect("sh starts")
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_running_daemon_is_waited_for_even_if_proc_does_not_name_its_socket() {
+        // The command line holds no `--socket-path=`, as /proc shows it while the kernel still
+        // loads the program: the wait must go on until the socket appears.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("d.sock");
+        let log = dir.path().join("d.log");
+        let script = format!("sleep 0.3; : > '{}'; exec sleep 30", socket.display());
+        let mut spawned = start(&script, &log).await;
+        let waited = wait_for_socket(
+            &mut spawned,
+            "virtiofsd",
+            &socket,
+            &log,
+            Duration::from_secs(10),
+        )
+        .await;
+        let _ = crate::process::kill(&rmachine_driver::runner::TokioRunner, spawned.pid()).await;
+        assert_eq!(waited, Ok(()));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_daemon_that_dies_is_reported_with_its_status_and_words() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("d.sock");
+        let log = dir.path().join("d.log");
+        let mut spawned = start("echo 'no such dir' >&2; exit 1", &log).await;
+        let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(10))
+            .await
+            .expect_err("it exited");
+        assert_eq!(err, "vfsd exited (exit status: 1): no such dir");
+
+        let _ = std::fs::remove_file(&log);
+        let mut spawned = start("kill -9 $$", &log).await;
+        let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(10))
+            .await
+            .expect_err("it was killed");
+        assert_eq!(
+            err,
+            format!(
+                "vfsd exited (signal: 9 (SIGKILL)) and wrote nothing to {}",
+                log.display()
+            )
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_daemon_that_never_makes_its_socket_times_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("d.sock");
+        let log = dir.path().join("d.log");
+        let mut spawned = start("exec sleep 30", &log).await;
+        let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(1))
+            .await
+            .expect_err("no socket");
+        let _ = crate::process::kill(&rmachine_driver::runner::TokioRunner, spawned.pid()).await;
+        assert_eq!(
+            err,
+            format!("vfsd did not create {} within 1 s", socket.display())
         );
     }
 
