@@ -102,6 +102,18 @@ pub struct VmSpec {
 }
 
 /// A host folder the VM exports to the guest, which mounts it (the configuration drive lists
+/// A folder a driver's own option shares in place of the home folder (VirtualBox's
+/// `--virtualbox-share-folder DIR:NAME`); the host checks it like a `--share`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverShare {
+    /// The option, as the user wrote it, for messages (`--virtualbox-share-folder /a:b`).
+    pub flag: String,
+    /// The host folder, as given (a relative one is taken from the current directory).
+    pub host_path: PathBuf,
+    /// Where the guest mounts it.
+    pub guest_path: String,
+}
+
 /// the same tags with their guest paths).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -477,6 +489,12 @@ pub trait Driver: Send + Sync {
     /// The CPU architecture of the guest this driver boots (`x86_64`, `aarch64`), so the host
     /// looks up and downloads a guest image of that architecture; `None`: the host's own.
     fn guest_arch(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The folder the driver's own options share instead of the home folder; `None`: the
+    /// host's default (the home folder, or the `--share` list).
+    fn driver_share(&self) -> Option<DriverShare> {
         None
     }
 }

@@ -570,8 +570,14 @@ pub async fn create_with<D: Driver>(
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
     let cwd = std::env::current_dir().unwrap_or_default();
-    let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
-    {
+    let driver_share = driver.driver_share();
+    let vm_shares = match shares::resolve(
+        &options.shares,
+        options.no_share,
+        home.as_deref(),
+        driver_share.as_ref(),
+        &cwd,
+    ) {
         Ok(mut list) => {
             shares::choose_transports(&mut list, &capabilities);
             list
@@ -2239,6 +2245,8 @@ mod tests {
         console: Option<String>,
         /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
         engine_ip: Option<std::net::IpAddr>,
+        /// When set, the driver can share folders and its options share this one.
+        share: Option<rmachine_driver::DriverShare>,
     }
 
     impl FakeDriver {
@@ -2274,9 +2282,13 @@ mod tests {
                 name: "fake".into(),
                 capabilities: Capabilities {
                     console_log: self.console.is_some(),
+                    shares: self.share.is_some(),
                     ..Default::default()
                 },
             }
+        }
+        fn driver_share(&self) -> Option<rmachine_driver::DriverShare> {
+            self.share.clone()
         }
         async fn precheck(&self, _spec: &VmSpec) -> Result<(), DriverError> {
             self.step("precheck")
@@ -2349,6 +2361,33 @@ mod tests {
         (lines, move |p: Progress| {
             sink.lock().unwrap().push(p.to_string())
         })
+    }
+
+    #[tokio::test]
+    async fn a_driver_share_is_the_machine_share_instead_of_home() {
+        let (tmp, store, options) = setup();
+        let code = tmp.path().join("code");
+        std::fs::create_dir(&code).unwrap();
+        let driver = FakeDriver {
+            serve_engine: true,
+            share: Some(rmachine_driver::DriverShare {
+                flag: "--fake-share-folder".into(),
+                host_path: code.clone(),
+                guest_path: "/code".into(),
+            }),
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        let config = create_with(&store, &driver, "folder", &options, &progress)
+            .await
+            .unwrap();
+        let shares: Vec<(PathBuf, String)> = config
+            .vm
+            .shares
+            .iter()
+            .map(|s| (s.host_path.clone(), s.guest_path.clone()))
+            .collect();
+        assert_eq!(shares, [(code, "/code".to_owned())]);
     }
 
     #[tokio::test]

@@ -725,7 +725,7 @@ async fn precheck_refuses_what_cannot_work() {
     // Options refused with their names.
     let err = s
         .driver(VirtualBoxOptions {
-            share_folder: Some("/home/me:home".into()),
+            share_folder: Some("/home/me".into()),
             hostonly_cidr: Some("192.168.99.0/24".into()),
             ..options()
         })
@@ -734,7 +734,7 @@ async fn precheck_refuses_what_cannot_work() {
         .expect_err("refused");
     let text = err.to_string();
     assert!(
-        text.contains("--virtualbox-share-folder /home/me:home"),
+        text.contains("--virtualbox-share-folder /home/me: expected DIR:NAME"),
         "{text}"
     );
     assert!(
@@ -1291,4 +1291,65 @@ fn no_share_turns_the_sftp_shares_off() {
         ..options()
     });
     assert!(!none.info().capabilities.sftp_shares);
+}
+
+#[test]
+fn share_folder_is_split_as_docker_machine_did() {
+    assert_eq!(
+        parse_share_folder("/home/me/code:code"),
+        Ok(("/home/me/code".into(), "/code".to_owned()))
+    );
+    // The last colon splits: a drive letter stays in the folder; a name may have parts.
+    assert_eq!(
+        parse_share_folder("C:\\Users\\me:c/Users/me"),
+        Ok(("C:\\Users\\me".into(), "/c/Users/me".to_owned()))
+    );
+    assert_eq!(
+        parse_share_folder("/srv:/data"),
+        Ok(("/srv".into(), "/data".to_owned()))
+    );
+    for (bad, why) in [
+        ("/home/me", "expected DIR:NAME"),
+        (":code", "the host folder (DIR of DIR:NAME) is empty"),
+        ("/home/me:", "the share name (NAME of DIR:NAME) is empty"),
+        ("/home/me:a/../etc", "must be a relative guest path"),
+        ("/home/me:a\\b", "must be a relative guest path"),
+    ] {
+        let err = parse_share_folder(bad).expect_err(bad);
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn share_folder_replaces_the_home_share_and_refuses_no_share() {
+    let s = setup();
+    let driver = s.driver(VirtualBoxOptions {
+        share_folder: Some("/home/me/code:code".into()),
+        ..options()
+    });
+    assert_eq!(
+        driver.driver_share(),
+        Some(DriverShare {
+            flag: "--virtualbox-share-folder /home/me/code:code".into(),
+            host_path: "/home/me/code".into(),
+            guest_path: "/code".into(),
+        })
+    );
+    assert!(driver.info().capabilities.sftp_shares);
+    assert_eq!(s.driver(options()).driver_share(), None);
+
+    let both = s.driver(VirtualBoxOptions {
+        share_folder: Some("/home/me/code:code".into()),
+        no_share: true,
+        ..options()
+    });
+    assert_eq!(both.driver_share(), None);
+    let err = both.precheck(&s.spec).await.expect_err("refused");
+    assert!(
+        err.to_string().contains(
+            "--virtualbox-share-folder /home/me/code:code cannot be used with \
+             --virtualbox-no-share"
+        ),
+        "{err}"
+    );
 }
