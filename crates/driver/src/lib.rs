@@ -101,7 +101,6 @@ pub struct VmSpec {
     pub shares: Vec<Share>,
 }
 
-/// A host folder the VM exports to the guest, which mounts it (the configuration drive lists
 /// A folder a driver's own option shares in place of the home folder (VirtualBox's
 /// `--virtualbox-share-folder DIR:NAME`); the host checks it like a `--share`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +113,7 @@ pub struct DriverShare {
     pub guest_path: String,
 }
 
+/// A host folder the VM exports to the guest, which mounts it (the configuration drive lists
 /// the same tags with their guest paths).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
