@@ -248,6 +248,20 @@ impl Spawned {
             None => Ok(None),
         }
     }
+
+    /// Kills the program and reaps it, for a caller giving up on a program it just started
+    /// (so it neither keeps running unrecorded nor lingers as a zombie). A program that has
+    /// already exited is only reaped; a recorded spawn has nothing to kill.
+    pub fn kill_and_reap(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Err(err) = child.kill() {
+                tracing::debug!(pid = self.pid, %err, "kill of a spawned program failed");
+            }
+            if let Err(err) = child.wait() {
+                tracing::debug!(pid = self.pid, %err, "reaping a spawned program failed");
+            }
+        }
+    }
 }
 
 fn log_output(argv: &[String], out: &CommandOutput) {

@@ -391,11 +391,20 @@ impl QemuDriver {
             let mut spawned = self.runner.spawn_detached(&cmd, &log).await?;
             let pid = spawned.pid();
             let pidfile = virtiofs::pidfile(dir, share);
-            std::fs::write(&pidfile, format!("{pid}\n"))
-                .map_err(|e| Self::io_error(dir, &pidfile, e))?;
-            virtiofs::wait_for_socket(&mut spawned, &program, &socket, &log, VIRTIOFSD_TIMEOUT)
-                .await
-                .map_err(|message| fail(share, message))?;
+            // On any error from here the daemon is killed and reaped through its handle
+            // (wait_for_socket does so itself): one left running without a pidfile would never
+            // be stopped, and one killed later by pid would stay a zombie of this process.
+            if let Err(e) = std::fs::write(&pidfile, format!("{pid}\n")) {
+                spawned.kill_and_reap();
+                return Err(Self::io_error(dir, &pidfile, e));
+            }
+            if let Err(err) =
+                virtiofs::wait_for_socket(&mut spawned, &program, &socket, &log, VIRTIOFSD_TIMEOUT)
+                    .await
+            {
+                let _ = std::fs::remove_file(&pidfile);
+                return Err(fail(share, err.to_string()));
+            }
             tracing::info!(machine = %dir.name, tag = %share.tag, pid, "virtiofsd serves {}", share.host_path.display());
             sockets.push((share.tag.clone(), socket));
         }

@@ -137,7 +137,8 @@ pub fn daemon_args(daemon: &Virtiofsd, share: &Share, socket: &Path, root: bool)
 /// Waits until a daemon just started creates its socket. Whether it still runs comes from its
 /// process handle, never from `/proc/PID/cmdline`, which reads empty while the kernel is still
 /// loading the program (a daemon not in the page cache, on a busy host): that check once took a
-/// starting daemon for an exited one. The error says how it ended and what it wrote.
+/// starting daemon for an exited one. The error says how it ended and what it wrote; a daemon
+/// given up on is killed and reaped through the handle, so none is left running or a zombie.
 pub async fn wait_for_socket(
     spawned: &mut Spawned,
     program: &str,
@@ -150,9 +151,13 @@ pub async fn wait_for_socket(
         if socket.exists() {
             return Ok(());
         }
-        let status = spawned
-            .exit_status()
-            .map_err(|err| format!("cannot tell whether {program} runs: {err}"))?;
+        let status = match spawned.exit_status() {
+            Ok(status) => status,
+            Err(err) => {
+                spawned.kill_and_reap();
+                return Err(format!("cannot tell whether {program} runs: {err}"));
+            }
+        };
         if let Some(status) = status {
             let said = std::fs::read_to_string(log).unwrap_or_default();
             let said = said.trim();
@@ -166,6 +171,7 @@ pub async fn wait_for_socket(
             });
         }
         if Instant::now() >= deadline {
+            spawned.kill_and_reap();
             return Err(format!(
                 "{program} did not create {} within {} s",
                 socket.display(),
@@ -307,10 +313,20 @@ mod tests {
         let socket = dir.path().join("d.sock");
         let log = dir.path().join("d.log");
         let mut spawned = start("exec sleep 30", &log).await;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(spawned.pid()).expect("pid"));
         let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(1))
             .await
             .expect_err("no socket");
-        let _ = crate::process::kill(&rmachine_driver::runner::TokioRunner, spawned.pid()).await;
+        // Gone, not a zombie: the pid no longer exists at all.
+        let gone = nix::sys::signal::kill(pid, None);
+        if gone.is_ok() {
+            spawned.kill_and_reap();
+        }
+        assert_eq!(
+            gone,
+            Err(nix::errno::Errno::ESRCH),
+            "the daemon outlived the error"
+        );
         assert_eq!(
             err,
             format!("vfsd did not create {} within 1 s", socket.display())
