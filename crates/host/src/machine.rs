@@ -2282,7 +2282,9 @@ mod tests {
                 name: "fake".into(),
                 capabilities: Capabilities {
                     console_log: self.console.is_some(),
-                    shares: self.share.is_some(),
+                    // As VirtualBox: no share device, folders go over SFTP.
+                    shares: false,
+                    sftp_shares: self.share.is_some(),
                     ..Default::default()
                 },
             }
@@ -2290,8 +2292,16 @@ mod tests {
         fn driver_share(&self) -> Option<rmachine_driver::DriverShare> {
             self.share.clone()
         }
-        async fn precheck(&self, _spec: &VmSpec) -> Result<(), DriverError> {
-            self.step("precheck")
+        async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
+            self.step("precheck")?;
+            // As VirtualBox's precheck: it has no device for a share it is handed.
+            if !spec.shares.is_empty() {
+                return Err(DriverError::Unsupported {
+                    driver: "fake".into(),
+                    op: "host folder shares".into(),
+                });
+            }
+            Ok(())
         }
         async fn create(&self, dir: &MachineDir, _spec: &VmSpec) -> Result<(), DriverError> {
             self.step("create")?;
@@ -2381,13 +2391,13 @@ mod tests {
         let config = create_with(&store, &driver, "folder", &options, &progress)
             .await
             .unwrap();
-        let shares: Vec<(PathBuf, String)> = config
+        let shares: Vec<(PathBuf, String, ShareTransport)> = config
             .vm
             .shares
             .iter()
-            .map(|s| (s.host_path.clone(), s.guest_path.clone()))
+            .map(|s| (s.host_path.clone(), s.guest_path.clone(), s.transport))
             .collect();
-        assert_eq!(shares, [(code, "/code".to_owned())]);
+        assert_eq!(shares, [(code, "/code".to_owned(), ShareTransport::Sftp)]);
     }
 
     #[tokio::test]
