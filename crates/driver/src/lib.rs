@@ -109,8 +109,8 @@ pub struct DriverShare {
     pub flag: String,
     /// The host folder, as given (a relative one is taken from the current directory).
     pub host_path: PathBuf,
-    /// Where the guest mounts it.
-    pub guest_path: String,
+    /// Where the guest mounts it; `None`: at the host folder's own path, as `--share HOST`.
+    pub guest_path: Option<String>,
 }
 
 /// A host folder the VM exports to the guest, which mounts it (the configuration drive lists

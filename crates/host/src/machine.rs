@@ -2383,7 +2383,7 @@ mod tests {
             share: Some(rmachine_driver::DriverShare {
                 flag: "--fake-share-folder".into(),
                 host_path: code.clone(),
-                guest_path: "/code".into(),
+                guest_path: Some("/code".into()),
             }),
             ..Default::default()
         };

@@ -168,7 +168,7 @@ pub fn resolve(
             driver_share.flag.clone(),
             ShareSpec {
                 host: driver_share.host_path.to_string_lossy().into_owned(),
-                guest: Some(driver_share.guest_path.clone()),
+                guest: driver_share.guest_path.clone(),
                 read_only: false,
             },
         ));
@@ -331,7 +331,7 @@ mod tests {
         let driver_share = |host: &str, guest: &str| DriverShare {
             flag: format!("--virtualbox-share-folder {host}:x"),
             host_path: host.into(),
-            guest_path: guest.to_owned(),
+            guest_path: Some(guest.to_owned()),
         };
         // In the home folder's place, a relative folder taken from the current one.
         let code_share = driver_share("code", "/code");
@@ -345,6 +345,19 @@ mod tests {
                 read_only: false,
                 transport: ShareTransport::NineP,
             }]
+        );
+        // Without a NAME, at the folder's own path, as `--share code`.
+        let unnamed = DriverShare {
+            guest_path: None,
+            ..code_share.clone()
+        };
+        let shares = resolve(&[], false, Some(&home), Some(&unnamed), tmp.path()).unwrap();
+        assert_eq!(
+            shares
+                .iter()
+                .map(|s| s.guest_path.as_str())
+                .collect::<Vec<_>>(),
+            [default_guest_path(&code)]
         );
         // Beside the --share list.
         let specs = vec![format!("{}:/h", home.display())];

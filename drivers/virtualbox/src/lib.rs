@@ -127,7 +127,7 @@ pub struct VirtualBoxOptions {
     pub no_share: bool,
 
     /// Share this host folder instead of the home folder, DIR:NAME; the guest mounts it at /NAME
-    /// (over SFTP)
+    /// (at DIR's own path if NAME is empty), over SFTP
     #[arg(
         id = "virtualbox_share_folder",
         long = "virtualbox-share-folder",
@@ -1298,8 +1298,10 @@ pub fn free_ports() -> std::io::Result<(u16, u16)> {
 /// Splits `--virtualbox-share-folder DIR:NAME` as docker-machine did, at the last colon (a
 /// Windows drive letter stays in DIR), into the host folder and the guest path `/NAME`: where
 /// boot2docker's Guest Additions mounted share NAME, docker-machine having set their mount
-/// prefix and folder to `/` (so `C:\code:c/code` is `/c/code`).
-pub fn parse_share_folder(value: &str) -> Result<(PathBuf, String), String> {
+/// prefix and folder to `/` (so `C:\code:c/code` is `/c/code`). An empty NAME (`DIR:`) is
+/// `None`: the guest mounts DIR at its own path, as `--share DIR` does (docker-machine named
+/// that share after DIR without its leading `/`, so `/home/me/code:` was `/home/me/code`).
+pub fn parse_share_folder(value: &str) -> Result<(PathBuf, Option<String>), String> {
     let Some((dir, name)) = value.rsplit_once(':') else {
         return Err(
             "expected DIR:NAME (the host folder, then the name the machine mounts it \
@@ -1312,7 +1314,7 @@ pub fn parse_share_folder(value: &str) -> Result<(PathBuf, String), String> {
     }
     let name = name.trim_start_matches('/');
     if name.is_empty() {
-        return Err("the share name (NAME of DIR:NAME) is empty".to_owned());
+        return Ok((PathBuf::from(dir), None));
     }
     if name.contains('\\')
         || name
@@ -1324,7 +1326,7 @@ pub fn parse_share_folder(value: &str) -> Result<(PathBuf, String), String> {
              . or ..)"
         ));
     }
-    Ok((PathBuf::from(dir), format!("/{name}")))
+    Ok((PathBuf::from(dir), Some(format!("/{name}"))))
 }
 
 fn port_is_free(port: u16) -> bool {

@@ -1297,21 +1297,26 @@ fn no_share_turns_the_sftp_shares_off() {
 fn share_folder_is_split_as_docker_machine_did() {
     assert_eq!(
         parse_share_folder("/home/me/code:code"),
-        Ok(("/home/me/code".into(), "/code".to_owned()))
+        Ok(("/home/me/code".into(), Some("/code".to_owned())))
+    );
+    // No NAME: mounted at the folder's own path, as `--share DIR` (docker-machine's share was
+    // named DIR without its leading /, mounted at /DIR).
+    assert_eq!(
+        parse_share_folder("/home/me/code:"),
+        Ok(("/home/me/code".into(), None))
     );
     // The last colon splits: a drive letter stays in the folder; a name may have parts.
     assert_eq!(
         parse_share_folder("C:\\Users\\me:c/Users/me"),
-        Ok(("C:\\Users\\me".into(), "/c/Users/me".to_owned()))
+        Ok(("C:\\Users\\me".into(), Some("/c/Users/me".to_owned())))
     );
     assert_eq!(
         parse_share_folder("/srv:/data"),
-        Ok(("/srv".into(), "/data".to_owned()))
+        Ok(("/srv".into(), Some("/data".to_owned())))
     );
     for (bad, why) in [
         ("/home/me", "expected DIR:NAME"),
         (":code", "the host folder (DIR of DIR:NAME) is empty"),
-        ("/home/me:", "the share name (NAME of DIR:NAME) is empty"),
         ("/home/me:a/../etc", "must be a relative guest path"),
         ("/home/me:a\\b", "must be a relative guest path"),
     ] {
@@ -1332,7 +1337,7 @@ async fn share_folder_replaces_the_home_share_and_refuses_no_share() {
         Some(DriverShare {
             flag: "--virtualbox-share-folder /home/me/code:code".into(),
             host_path: "/home/me/code".into(),
-            guest_path: "/code".into(),
+            guest_path: Some("/code".into()),
         })
     );
     assert!(driver.info().capabilities.sftp_shares);
