@@ -493,8 +493,9 @@ pub trait Driver: Send + Sync {
     }
 
     /// The folder the driver's own options share instead of the home folder; `None`: the
-    /// host's default (the home folder, or the `--share` list).
-    fn driver_share(&self) -> Option<DriverShare> {
-        None
+    /// host's default (the home folder, or the `--share` list). A malformed option is
+    /// [`DriverError::InvalidOptions`], which `create` lists with its other option problems.
+    fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
+        Ok(None)
     }
 }

@@ -381,13 +381,13 @@ impl Driver for AnyDriver {
         }
     }
 
-    fn driver_share(&self) -> Option<DriverShare> {
+    fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
         match self {
             AnyDriver::Virtualbox(d) => d.driver_share(),
             AnyDriver::Qemu(_)
             | AnyDriver::Hyperv(_)
             | AnyDriver::Generic(_)
-            | AnyDriver::External(_) => None,
+            | AnyDriver::External(_) => Ok(None),
         }
     }
 

@@ -570,7 +570,17 @@ pub async fn create_with<D: Driver>(
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
     let cwd = std::env::current_dir().unwrap_or_default();
-    let driver_share = driver.driver_share();
+    let driver_share = match driver.driver_share() {
+        Ok(share) => share,
+        Err(DriverError::InvalidOptions { problems: more, .. }) => {
+            problems.extend(more);
+            None
+        }
+        Err(err) => {
+            problems.push(err.to_string());
+            None
+        }
+    };
     let vm_shares = match shares::resolve(
         &options.shares,
         options.no_share,
@@ -2289,8 +2299,8 @@ mod tests {
                 },
             }
         }
-        fn driver_share(&self) -> Option<rmachine_driver::DriverShare> {
-            self.share.clone()
+        fn driver_share(&self) -> Result<Option<rmachine_driver::DriverShare>, DriverError> {
+            Ok(self.share.clone())
         }
         async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
             self.step("precheck")?;

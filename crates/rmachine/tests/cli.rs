@@ -2147,7 +2147,7 @@ fn virtualbox_share_folder_is_checked_before_anything_is_made() {
                 "/tmp:code",
                 "--virtualbox-no-share",
             ],
-            "--virtualbox-share-folder /tmp:code cannot be used with --virtualbox-no-share"
+            "--virtualbox-no-share and --virtualbox-share-folder /tmp:code cannot be used together"
                 .to_owned(),
         ),
         (
@@ -2163,5 +2163,24 @@ fn virtualbox_share_folder_is_checked_before_anything_is_made() {
         assert_ne!(run.code, 0, "{args:?}");
         assert!(run.stderr.contains(&expected), "{args:?}: {}", run.stderr);
         assert!(!env.store().join("machines/x").exists(), "{args:?}");
+    }
+    // A malformed folder is listed with the other option problems, not left for later.
+    let args = [
+        "create",
+        "-d",
+        "virtualbox",
+        "--cpus",
+        "0",
+        "--virtualbox-share-folder",
+        "code",
+        "x",
+    ];
+    let run = env.run(&args);
+    assert_ne!(run.code, 0);
+    for expected in [
+        "--cpus must be at least 1",
+        "--virtualbox-share-folder code: expected DIR:NAME",
+    ] {
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
     }
 }

@@ -296,9 +296,7 @@ impl VirtualBoxDriver {
         let mut problems = Vec::new();
         if let Some(folder) = &self.options.share_folder {
             if self.options.no_share {
-                problems.push(format!(
-                    "--virtualbox-share-folder {folder} cannot be used with --virtualbox-no-share"
-                ));
+                problems.push(share_folder_with_no_share(folder));
             } else if let Err(why) = parse_share_folder(folder) {
                 problems.push(format!("--virtualbox-share-folder {folder}: {why}"));
             }
@@ -1329,6 +1327,12 @@ pub fn parse_share_folder(value: &str) -> Result<(PathBuf, Option<String>), Stri
     Ok((PathBuf::from(dir), Some(format!("/{name}"))))
 }
 
+/// The refusal of `--virtualbox-share-folder` beside `--virtualbox-no-share`, worded as the
+/// host's refusal of it beside `--no-share`.
+fn share_folder_with_no_share(folder: &str) -> String {
+    format!("--virtualbox-no-share and --virtualbox-share-folder {folder} cannot be used together")
+}
+
 fn port_is_free(port: u16) -> bool {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok()
 }
@@ -1355,18 +1359,24 @@ impl Driver for VirtualBoxDriver {
         self.precheck_inner(spec).await
     }
 
-    fn driver_share(&self) -> Option<DriverShare> {
-        let folder = self.options.share_folder.as_ref()?;
+    fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
+        let Some(folder) = self.options.share_folder.as_ref() else {
+            return Ok(None);
+        };
+        let refused = |problem: String| DriverError::InvalidOptions {
+            driver: DRIVER.to_owned(),
+            problems: vec![problem],
+        };
         if self.options.no_share {
-            // Refused by precheck, naming both flags.
-            return None;
+            return Err(refused(share_folder_with_no_share(folder)));
         }
-        let (host_path, guest_path) = parse_share_folder(folder).ok()?;
-        Some(DriverShare {
+        let (host_path, guest_path) = parse_share_folder(folder)
+            .map_err(|why| refused(format!("--virtualbox-share-folder {folder}: {why}")))?;
+        Ok(Some(DriverShare {
             flag: format!("--virtualbox-share-folder {folder}"),
             host_path,
             guest_path,
-        })
+        }))
     }
 
     async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {

@@ -1333,7 +1333,7 @@ async fn share_folder_replaces_the_home_share_and_refuses_no_share() {
         ..options()
     });
     assert_eq!(
-        driver.driver_share(),
+        driver.driver_share().expect("a good share"),
         Some(DriverShare {
             flag: "--virtualbox-share-folder /home/me/code:code".into(),
             host_path: "/home/me/code".into(),
@@ -1341,20 +1341,31 @@ async fn share_folder_replaces_the_home_share_and_refuses_no_share() {
         })
     );
     assert!(driver.info().capabilities.sftp_shares);
-    assert_eq!(s.driver(options()).driver_share(), None);
+    assert_eq!(s.driver(options()).driver_share().expect("no share"), None);
+    // A malformed one is an option problem, never a silent fallback to the home folder.
+    let bad = s.driver(VirtualBoxOptions {
+        share_folder: Some("code".into()),
+        ..options()
+    });
+    assert_eq!(
+        bad.driver_share().expect_err("malformed").to_string(),
+        "invalid virtualbox options: --virtualbox-share-folder code: expected DIR:NAME (the \
+         host folder, then the name the machine mounts it under, at /NAME)"
+    );
 
     let both = s.driver(VirtualBoxOptions {
         share_folder: Some("/home/me/code:code".into()),
         no_share: true,
         ..options()
     });
-    assert_eq!(both.driver_share(), None);
-    let err = both.precheck(&s.spec).await.expect_err("refused");
-    assert!(
-        err.to_string().contains(
-            "--virtualbox-share-folder /home/me/code:code cannot be used with \
-             --virtualbox-no-share"
-        ),
-        "{err}"
+    // Worded as the host's refusal beside --no-share.
+    let words = "--virtualbox-no-share and --virtualbox-share-folder /home/me/code:code cannot \
+                 be used together";
+    let err = both.driver_share().expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        format!("invalid virtualbox options: {words}")
     );
+    let err = both.precheck(&s.spec).await.expect_err("refused");
+    assert!(err.to_string().contains(words), "{err}");
 }
