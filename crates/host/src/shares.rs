@@ -157,7 +157,8 @@ pub fn resolve(
             Err(problems)
         };
     }
-    // Each spec with the option it came from, for messages.
+    // Each spec with the option it came from, for messages (a driver share's flag holds its
+    // value already).
     let mut parsed: Vec<(String, ShareSpec)> = specs
         .iter()
         .filter_map(|value| parse_spec(value).map_err(|p| problems.push(p)).ok())
@@ -184,6 +185,7 @@ pub fn resolve(
     }
     let mut shares: Vec<Share> = Vec::new();
     for (flag, spec) in parsed {
+        let from_driver = driver_share.is_some_and(|d| d.flag == flag);
         let host = PathBuf::from(&spec.host);
         let host = if host.is_absolute() {
             host
@@ -199,11 +201,18 @@ pub fn resolve(
         }
         let guest = spec.guest.unwrap_or_else(|| default_guest_path(&host));
         if hides_guest_system(&guest) {
-            problems.push(format!(
-                "{flag} {}: guest path {guest} would hide the machine's own files; give \
-                 another one with HOST:GUEST",
-                spec.host
-            ));
+            problems.push(if from_driver {
+                format!(
+                    "{flag}: guest path {guest} would hide the machine's own files; choose \
+                     another NAME"
+                )
+            } else {
+                format!(
+                    "{flag} {}: guest path {guest} would hide the machine's own files; give \
+                     another one with HOST:GUEST",
+                    spec.host
+                )
+            });
             continue;
         }
         if let Some(other) = shares.iter().find(|s| s.guest_path == guest) {
@@ -394,9 +403,12 @@ mod tests {
             tmp.path(),
         )
         .unwrap_err();
-        assert!(
-            problems[0].starts_with("--virtualbox-share-folder code:x code: guest path /etc"),
-            "{problems:?}"
+        assert_eq!(
+            problems,
+            [
+                "--virtualbox-share-folder code:x: guest path /etc would hide the machine's own \
+              files; choose another NAME"
+            ]
         );
         let specs = vec![format!("{}:/code", home.display())];
         let problems = resolve(&specs, false, None, Some(&code_share), tmp.path()).unwrap_err();
