@@ -494,7 +494,8 @@ pub trait Driver: Send + Sync {
 
     /// The folder the driver's own options share instead of the home folder; `None`: the
     /// host's default (the home folder, or the `--share` list). A malformed option is
-    /// [`DriverError::InvalidOptions`], which `create` lists with its other option problems.
+    /// [`DriverError::InvalidOptions`], which `create` lists with its other option problems;
+    /// `create` refuses a share from a driver whose capabilities share nothing.
     fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
         Ok(None)
     }

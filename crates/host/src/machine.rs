@@ -581,6 +581,17 @@ pub async fn create_with<D: Driver>(
             None
         }
     };
+    // A driver's folder takes the home folder's place only where the driver can share at all.
+    let driver_share = driver_share.filter(|share| {
+        if !can_share {
+            problems.push(format!(
+                "{}: driver {} cannot share host folders",
+                share.flag,
+                driver.info().name
+            ));
+        }
+        can_share
+    });
     let vm_shares = match shares::resolve(
         &options.shares,
         options.no_share,
@@ -2257,6 +2268,8 @@ mod tests {
         engine_ip: Option<std::net::IpAddr>,
         /// When set, the driver can share folders and its options share this one.
         share: Option<rmachine_driver::DriverShare>,
+        /// The driver cannot share folders, even with `share` set.
+        cannot_share: bool,
     }
 
     impl FakeDriver {
@@ -2294,7 +2307,7 @@ mod tests {
                     console_log: self.console.is_some(),
                     // As VirtualBox: no share device, folders go over SFTP.
                     shares: false,
-                    sftp_shares: self.share.is_some(),
+                    sftp_shares: self.share.is_some() && !self.cannot_share,
                     ..Default::default()
                 },
             }
@@ -2408,6 +2421,37 @@ mod tests {
             .map(|s| (s.host_path.clone(), s.guest_path.clone(), s.transport))
             .collect();
         assert_eq!(shares, [(code, "/code".to_owned(), ShareTransport::Sftp)]);
+    }
+
+    #[tokio::test]
+    async fn a_driver_share_of_a_driver_that_cannot_share_is_refused() {
+        let (tmp, store, options) = setup();
+        let code = tmp.path().join("code");
+        std::fs::create_dir(&code).unwrap();
+        let driver = FakeDriver {
+            serve_engine: true,
+            share: Some(rmachine_driver::DriverShare {
+                flag: "--fake-share-folder code".into(),
+                host_path: code,
+                guest_path: Some("/code".into()),
+            }),
+            cannot_share: true,
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        let err = create_with(&store, &driver, "folder", &options, &progress)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            MachineError::InvalidOptions {
+                problems: vec![
+                    "--fake-share-folder code: driver fake cannot share host folders".into()
+                ]
+            }
+            .to_string()
+        );
+        assert!(!store.machine_path("folder").exists());
     }
 
     #[tokio::test]
