@@ -403,7 +403,7 @@ impl QemuDriver {
                     .await
             {
                 let _ = std::fs::remove_file(&pidfile);
-                return Err(fail(share, err.to_string()));
+                return Err(fail(share, error_chain(&err)));
             }
             tracing::info!(machine = %dir.name, tag = %share.tag, pid, "virtiofsd serves {}", share.host_path.display());
             sockets.push((share.tag.clone(), socket));

@@ -134,6 +134,42 @@ pub fn daemon_args(daemon: &Virtiofsd, share: &Share, socket: &Path, root: bool)
     args
 }
 
+/// Why a daemon just started did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtiofsdStartError {
+    /// Its process handle could not say whether it still runs.
+    #[error("cannot tell whether {program} runs")]
+    Status {
+        /// The daemon's program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It exited; `said` is what it wrote to its log (empty: nothing).
+    #[error("{program} exited ({status}){}", if said.is_empty() { format!(" and wrote nothing to {}", log.display()) } else { format!(": {said}") })]
+    Exited {
+        /// The daemon's program.
+        program: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// Its log.
+        log: PathBuf,
+        /// What it wrote there, trimmed.
+        said: String,
+    },
+    /// It ran without creating its socket in time.
+    #[error("{program} did not create {} within {} s", socket.display(), timeout.as_secs())]
+    Timeout {
+        /// The daemon's program.
+        program: String,
+        /// The socket it should have created.
+        socket: PathBuf,
+        /// How long it was given.
+        timeout: Duration,
+    },
+}
+
 /// Waits until a daemon just started creates its socket. Whether it still runs comes from its
 /// process handle, never from `/proc/PID/cmdline`, which reads empty while the kernel is still
 /// loading the program (a daemon not in the page cache, on a busy host): that check once took a
@@ -145,7 +181,7 @@ pub async fn wait_for_socket(
     socket: &Path,
     log: &Path,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), VirtiofsdStartError> {
     let deadline = Instant::now() + timeout;
     loop {
         if socket.exists() {
@@ -153,30 +189,30 @@ pub async fn wait_for_socket(
         }
         let status = match spawned.exit_status() {
             Ok(status) => status,
-            Err(err) => {
+            Err(source) => {
                 spawned.kill_and_reap();
-                return Err(format!("cannot tell whether {program} runs: {err}"));
+                return Err(VirtiofsdStartError::Status {
+                    program: program.to_owned(),
+                    source,
+                });
             }
         };
         if let Some(status) = status {
             let said = std::fs::read_to_string(log).unwrap_or_default();
-            let said = said.trim();
-            return Err(if said.is_empty() {
-                format!(
-                    "{program} exited ({status}) and wrote nothing to {}",
-                    log.display()
-                )
-            } else {
-                format!("{program} exited ({status}): {said}")
+            return Err(VirtiofsdStartError::Exited {
+                program: program.to_owned(),
+                status,
+                log: log.to_owned(),
+                said: said.trim().to_owned(),
             });
         }
         if Instant::now() >= deadline {
             spawned.kill_and_reap();
-            return Err(format!(
-                "{program} did not create {} within {} s",
-                socket.display(),
-                timeout.as_secs()
-            ));
+            return Err(VirtiofsdStartError::Timeout {
+                program: program.to_owned(),
+                socket: socket.to_owned(),
+                timeout,
+            });
         }
         tokio::time::sleep(crate::POLL).await;
     }
@@ -277,7 +313,7 @@ mod tests {
         )
         .await;
         let _ = crate::process::kill(&rmachine_driver::runner::TokioRunner, spawned.pid()).await;
-        assert_eq!(waited, Ok(()));
+        assert!(waited.is_ok(), "{waited:?}");
     }
 
     #[cfg(unix)]
@@ -290,7 +326,7 @@ mod tests {
         let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(10))
             .await
             .expect_err("it exited");
-        assert_eq!(err, "vfsd exited (exit status: 1): no such dir");
+        assert_eq!(err.to_string(), "vfsd exited (exit status: 1): no such dir");
 
         let _ = std::fs::remove_file(&log);
         let mut spawned = start("kill -9 $$", &log).await;
@@ -298,7 +334,7 @@ mod tests {
             .await
             .expect_err("it was killed");
         assert_eq!(
-            err,
+            err.to_string(),
             format!(
                 "vfsd exited (signal: 9 (SIGKILL)) and wrote nothing to {}",
                 log.display()
@@ -328,7 +364,7 @@ mod tests {
             "the daemon outlived the error"
         );
         assert_eq!(
-            err,
+            err.to_string(),
             format!("vfsd did not create {} within 1 s", socket.display())
         );
     }
