@@ -184,9 +184,9 @@ pub async fn wait_for_socket(
 ) -> Result<(), VirtiofsdStartError> {
     let deadline = Instant::now() + timeout;
     loop {
-        if socket.exists() {
-            return Ok(());
-        }
+        // Read before the status: the C daemon creates its socket before it sandboxes itself,
+        // so a socket is a start only if the daemon still runs after it appeared.
+        let socket_made = socket.exists();
         let status = match spawned.exit_status() {
             Ok(status) => status,
             Err(source) => {
@@ -205,6 +205,9 @@ pub async fn wait_for_socket(
                 log: log.to_owned(),
                 said: said.trim().to_owned(),
             });
+        }
+        if socket_made {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             spawned.kill_and_reap();
@@ -339,6 +342,35 @@ mod tests {
                 "vfsd exited (signal: 9 (SIGKILL)) and wrote nothing to {}",
                 log.display()
             )
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_daemon_that_dies_after_making_its_socket_is_not_ready() {
+        // As the C daemon whose sandbox fails after it created its socket.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("d.sock");
+        let log = dir.path().join("d.log");
+        let script = format!(
+            ": > '{}'; echo 'sandbox failed' >&2; exit 1",
+            socket.display()
+        );
+        let mut spawned = start(&script, &log).await;
+        // It has made its socket and exited by the time the wait looks.
+        let status = loop {
+            if let Some(status) = spawned.exit_status().expect("status") {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(!status.success());
+        let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(10))
+            .await
+            .expect_err("it exited");
+        assert_eq!(
+            err.to_string(),
+            "vfsd exited (exit status: 1): sandbox failed"
         );
     }
 
