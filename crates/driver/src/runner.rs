@@ -223,7 +223,9 @@ pub trait CommandRunner: Send + Sync {
 /// file is not in the page cache) and `/proc/PID/cmdline` reads empty, so a check that looks
 /// for an argument there takes a live program for a stranger. The handle also cannot mistake
 /// a reused pid: an exited child keeps its pid until it is reaped. Dropping it neither kills
-/// nor reaps the program (it outlives this process).
+/// nor reaps the program (it outlives this process). Nothing may reap the program behind the
+/// handle (a `waitpid(-1)`, SIGCHLD ignored): the handle then reports `ECHILD`, and a caller
+/// can only fall back to whether the pid exists.
 #[derive(Debug)]
 pub struct Spawned {
     pid: u32,

@@ -147,12 +147,12 @@ pub enum VirtiofsdStartError {
         source: std::io::Error,
     },
     /// It exited; `said` is what it wrote to its log (empty: nothing).
-    #[error("{program} exited ({status}){}", if said.is_empty() { format!(" and wrote nothing to {}", log.display()) } else { format!(": {said}") })]
+    #[error("{program} exited ({}){}", exit_words(status), said_words(said, log))]
     Exited {
         /// The daemon's program.
         program: String,
-        /// How it ended.
-        status: std::process::ExitStatus,
+        /// How it ended; `None`: unknown, something else reaped it.
+        status: Option<std::process::ExitStatus>,
         /// Its log.
         log: PathBuf,
         /// What it wrote there, trimmed.
@@ -168,6 +168,30 @@ pub enum VirtiofsdStartError {
         /// How long it was given.
         timeout: Duration,
     },
+}
+
+fn exit_words(status: &Option<std::process::ExitStatus>) -> String {
+    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
+}
+
+fn said_words(said: &str, log: &Path) -> String {
+    if said.is_empty() {
+        format!(" and wrote nothing to {}", log.display())
+    } else {
+        format!(": {said}")
+    }
+}
+
+/// Whether the process `pid` exists, for a child the handle cannot wait for.
+#[cfg(unix)]
+fn pid_exists(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 /// Waits until a daemon just started creates its socket. Whether it still runs comes from its
@@ -188,7 +212,13 @@ pub async fn wait_for_socket(
         // so a socket is a start only if the daemon still runs after it appeared.
         let socket_made = socket.exists();
         let status = match spawned.exit_status() {
-            Ok(status) => status,
+            Ok(status) => status.map(Some),
+            // Something reaped it behind the handle (rmachine started with SIGCHLD ignored:
+            // the kernel reaps every child): whether its pid still exists is all there is.
+            #[cfg(unix)]
+            Err(err) if err.raw_os_error() == Some(nix::errno::Errno::ECHILD as i32) => {
+                (!pid_exists(spawned.pid())).then_some(None)
+            }
             Err(source) => {
                 spawned.kill_and_reap();
                 return Err(VirtiofsdStartError::Status {
@@ -371,6 +401,28 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "vfsd exited (exit status: 1): sandbox failed"
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_daemon_reaped_behind_its_handle_is_reported_gone() {
+        // As when rmachine runs with SIGCHLD ignored and the kernel reaps the daemon.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("d.sock");
+        let log = dir.path().join("d.log");
+        let mut spawned = start("exit 3", &log).await;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(spawned.pid()).expect("pid"));
+        nix::sys::wait::waitpid(pid, None).expect("reaped here");
+        let err = wait_for_socket(&mut spawned, "vfsd", &socket, &log, Duration::from_secs(10))
+            .await
+            .expect_err("it is gone");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "vfsd exited (status unknown) and wrote nothing to {}",
+                log.display()
+            )
         );
     }
 
