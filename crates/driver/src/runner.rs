@@ -230,12 +230,27 @@ pub trait CommandRunner: Send + Sync {
 pub struct Spawned {
     pid: u32,
     child: Option<std::process::Child>,
+    /// A recorded spawn's canned end.
+    exited: Option<std::process::ExitStatus>,
 }
 
 impl Spawned {
     /// A spawn without a process behind it (a [`RecordingRunner`]'s): it counts as running.
     pub fn recorded(pid: u32) -> Self {
-        Self { pid, child: None }
+        Self {
+            pid,
+            child: None,
+            exited: None,
+        }
+    }
+
+    /// A spawn without a process behind it that has already ended with `status`.
+    pub fn recorded_exited(pid: u32, status: std::process::ExitStatus) -> Self {
+        Self {
+            pid,
+            child: None,
+            exited: Some(status),
+        }
     }
 
     /// The process id.
@@ -243,11 +258,11 @@ impl Spawned {
         self.pid
     }
 
-    /// How the program ended, or `None` while it runs (a recorded spawn always runs).
+    /// How the program ended, or `None` while it runs (a recorded spawn: its canned end).
     pub fn exit_status(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
         match &mut self.child {
             Some(child) => child.try_wait(),
-            None => Ok(None),
+            None => Ok(self.exited),
         }
     }
 
@@ -384,6 +399,7 @@ impl TokioRunner {
         Ok(Spawned {
             pid,
             child: Some(child),
+            exited: None,
         })
     }
 }
@@ -503,6 +519,15 @@ pub enum CannedReply {
     Missing,
     /// Answer a [`CommandRunner::spawn_detached`] with this process id.
     Spawned(u32),
+    /// Answer a [`CommandRunner::spawn_detached`] with this process id, of a program that has
+    /// already ended with this status.
+    SpawnedExited(u32, std::process::ExitStatus),
+}
+
+impl CannedReply {
+    fn is_spawn(&self) -> bool {
+        matches!(self, Self::Spawned(_) | Self::SpawnedExited(..))
+    }
 }
 
 /// One call a [`RecordingRunner`] expects, in order.
@@ -584,7 +609,7 @@ impl RecordingRunner {
         let argv = cmd.argv();
         let mut recording = self.lock();
         recording.calls.push(cmd.clone());
-        let kind_matches = |reply: &CannedReply| matches!(reply, CannedReply::Spawned(_)) == spawn;
+        let kind_matches = |reply: &CannedReply| reply.is_spawn() == spawn;
         let message = match recording.expected.front() {
             Some(next) if next.argv == argv && kind_matches(&next.reply) => {
                 let reply = next.reply.clone();
@@ -594,11 +619,7 @@ impl RecordingRunner {
             }
             Some(next) => format!(
                 "expected {}{:?}, got {}{:?}",
-                if matches!(next.reply, CannedReply::Spawned(_)) {
-                    "spawn "
-                } else {
-                    ""
-                },
+                if next.reply.is_spawn() { "spawn " } else { "" },
                 next.argv,
                 if spawn { "spawn " } else { "" },
                 argv
@@ -621,7 +642,9 @@ impl CommandRunner for RecordingRunner {
             let out = match reply? {
                 CannedReply::Output(out) => out,
                 CannedReply::Missing => return Err(cmd.missing()),
-                CannedReply::Spawned(_) => unreachable!("answer() matched a run with a run"),
+                CannedReply::Spawned(_) | CannedReply::SpawnedExited(..) => {
+                    unreachable!("answer() matched a run with a run")
+                }
             };
             log_output(&cmd.argv(), &out);
             Ok(out)
@@ -637,6 +660,9 @@ impl CommandRunner for RecordingRunner {
         Box::pin(async move {
             match reply? {
                 CannedReply::Spawned(pid) => Ok(Spawned::recorded(pid)),
+                CannedReply::SpawnedExited(pid, status) => {
+                    Ok(Spawned::recorded_exited(pid, status))
+                }
                 _ => unreachable!("answer() matched a spawn with a spawn"),
             }
         })
@@ -812,6 +838,28 @@ mod tests {
         assert_eq!(wait(failing).await.code(), Some(3));
         let mut recorded = Spawned::recorded(7);
         assert_eq!(recorded.exit_status().expect("no process"), None);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn recording_runner_can_answer_a_spawn_that_exited() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(3 << 8);
+        let runner = RecordingRunner::default();
+        runner.expect(["virtiofsd"], CannedReply::SpawnedExited(9, status));
+        let mut spawned = runner
+            .spawn_detached(
+                &CommandSpec::new("virtiofsd"),
+                Path::new("/nonexistent/log"),
+            )
+            .await
+            .expect("spawn expected");
+        assert_eq!(spawned.pid(), 9);
+        assert_eq!(
+            spawned.exit_status().expect("canned").map(|s| s.code()),
+            Some(Some(3))
+        );
+        runner.assert_done();
     }
 
     #[tokio::test]
