@@ -101,6 +101,18 @@ pub struct VmSpec {
     pub shares: Vec<Share>,
 }
 
+/// A folder a driver's own option shares in place of the home folder (VirtualBox's
+/// `--virtualbox-share-folder DIR:NAME`); the host checks it like a `--share`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverShare {
+    /// The option, as the user wrote it, for messages (`--virtualbox-share-folder /a:b`).
+    pub flag: String,
+    /// The host folder, as given (a relative one is taken from the current directory).
+    pub host_path: PathBuf,
+    /// Where the guest mounts it; `None`: at the host folder's own path, as `--share HOST`.
+    pub guest_path: Option<String>,
+}
+
 /// A host folder the VM exports to the guest, which mounts it (the configuration drive lists
 /// the same tags with their guest paths).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,5 +490,13 @@ pub trait Driver: Send + Sync {
     /// looks up and downloads a guest image of that architecture; `None`: the host's own.
     fn guest_arch(&self) -> Option<&'static str> {
         None
+    }
+
+    /// The folder the driver's own options share instead of the home folder; `None`: the
+    /// host's default (the home folder, or the `--share` list). A malformed option is
+    /// [`DriverError::InvalidOptions`], which `create` lists with its other option problems;
+    /// `create` refuses a share from a driver whose capabilities share nothing.
+    fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
+        Ok(None)
     }
 }

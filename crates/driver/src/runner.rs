@@ -210,8 +210,75 @@ pub trait CommandRunner: Send + Sync {
     /// Starts a long-running program detached from the caller (its own process group, stdin
     /// null, stdout and stderr appended to `log`) and returns its process id without waiting.
     ///
-    /// For hypervisors that cannot daemonize themselves (QEMU on Windows has no `-daemonize`).
-    fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, log: &'a Path) -> RunFuture<'a, u32>;
+    /// For hypervisors that cannot daemonize themselves (QEMU on Windows has no `-daemonize`)
+    /// and helper daemons (virtiofsd).
+    fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, log: &'a Path) -> RunFuture<'a, Spawned>;
+}
+
+/// A program started by [`CommandRunner::spawn_detached`]: its pid and, for a real process,
+/// the handle that says whether it has exited.
+///
+/// Ask [`Spawned::exit_status`], not `/proc`, whether a program just started still runs: for
+/// a moment after `spawn` returns the kernel is still loading the program (longer when its
+/// file is not in the page cache) and `/proc/PID/cmdline` reads empty, so a check that looks
+/// for an argument there takes a live program for a stranger. The handle also cannot mistake
+/// a reused pid: an exited child keeps its pid until it is reaped. Dropping it neither kills
+/// nor reaps the program (it outlives this process). Nothing may reap the program behind the
+/// handle (a `waitpid(-1)`, SIGCHLD ignored): the handle then reports `ECHILD`, and a caller
+/// can only fall back to whether the pid exists.
+#[derive(Debug)]
+pub struct Spawned {
+    pid: u32,
+    child: Option<std::process::Child>,
+    /// A recorded spawn's canned end.
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl Spawned {
+    /// A spawn without a process behind it (a [`RecordingRunner`]'s): it counts as running.
+    pub fn recorded(pid: u32) -> Self {
+        Self {
+            pid,
+            child: None,
+            exited: None,
+        }
+    }
+
+    /// A spawn without a process behind it that has already ended with `status`.
+    pub fn recorded_exited(pid: u32, status: std::process::ExitStatus) -> Self {
+        Self {
+            pid,
+            child: None,
+            exited: Some(status),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How the program ended, or `None` while it runs (a recorded spawn: its canned end).
+    pub fn exit_status(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match &mut self.child {
+            Some(child) => child.try_wait(),
+            None => Ok(self.exited),
+        }
+    }
+
+    /// Kills the program and reaps it, for a caller giving up on a program it just started
+    /// (so it neither keeps running unrecorded nor lingers as a zombie). A program that has
+    /// already exited is only reaped; a recorded spawn has nothing to kill.
+    pub fn kill_and_reap(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Err(err) = child.kill() {
+                tracing::debug!(pid = self.pid, %err, "kill of a spawned program failed");
+            }
+            if let Err(err) = child.wait() {
+                tracing::debug!(pid = self.pid, %err, "reaping a spawned program failed");
+            }
+        }
+    }
 }
 
 fn log_output(argv: &[String], out: &CommandOutput) {
@@ -298,7 +365,7 @@ impl TokioRunner {
         Ok(out)
     }
 
-    async fn spawn_inner(cmd: &CommandSpec, log: &Path) -> Result<u32, DriverError> {
+    async fn spawn_inner(cmd: &CommandSpec, log: &Path) -> Result<Spawned, DriverError> {
         let argv = cmd.argv();
         tracing::debug!(?argv, log = %log.display(), "spawning detached command");
         let open_log = || {
@@ -325,11 +392,15 @@ impl TokioRunner {
         command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         only_standard_descriptors(&mut command);
         detach(&mut command);
-        // std, not tokio: the child must outlive this process and nobody waits for it here.
+        // std, not tokio: the child must outlive this process, and tokio would reap it.
         let child = command.spawn().map_err(|source| spawn_error(cmd, source))?;
         let pid = child.id();
         tracing::debug!(?argv, pid, "spawned");
-        Ok(pid)
+        Ok(Spawned {
+            pid,
+            child: Some(child),
+            exited: None,
+        })
     }
 }
 
@@ -434,7 +505,7 @@ impl CommandRunner for TokioRunner {
         Box::pin(Self::run_inner(cmd))
     }
 
-    fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, log: &'a Path) -> RunFuture<'a, u32> {
+    fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, log: &'a Path) -> RunFuture<'a, Spawned> {
         Box::pin(Self::spawn_inner(cmd, log))
     }
 }
@@ -448,6 +519,15 @@ pub enum CannedReply {
     Missing,
     /// Answer a [`CommandRunner::spawn_detached`] with this process id.
     Spawned(u32),
+    /// Answer a [`CommandRunner::spawn_detached`] with this process id, of a program that has
+    /// already ended with this status.
+    SpawnedExited(u32, std::process::ExitStatus),
+}
+
+impl CannedReply {
+    fn is_spawn(&self) -> bool {
+        matches!(self, Self::Spawned(_) | Self::SpawnedExited(..))
+    }
 }
 
 /// One call a [`RecordingRunner`] expects, in order.
@@ -529,7 +609,7 @@ impl RecordingRunner {
         let argv = cmd.argv();
         let mut recording = self.lock();
         recording.calls.push(cmd.clone());
-        let kind_matches = |reply: &CannedReply| matches!(reply, CannedReply::Spawned(_)) == spawn;
+        let kind_matches = |reply: &CannedReply| reply.is_spawn() == spawn;
         let message = match recording.expected.front() {
             Some(next) if next.argv == argv && kind_matches(&next.reply) => {
                 let reply = next.reply.clone();
@@ -539,11 +619,7 @@ impl RecordingRunner {
             }
             Some(next) => format!(
                 "expected {}{:?}, got {}{:?}",
-                if matches!(next.reply, CannedReply::Spawned(_)) {
-                    "spawn "
-                } else {
-                    ""
-                },
+                if next.reply.is_spawn() { "spawn " } else { "" },
                 next.argv,
                 if spawn { "spawn " } else { "" },
                 argv
@@ -566,18 +642,27 @@ impl CommandRunner for RecordingRunner {
             let out = match reply? {
                 CannedReply::Output(out) => out,
                 CannedReply::Missing => return Err(cmd.missing()),
-                CannedReply::Spawned(_) => unreachable!("answer() matched a run with a run"),
+                CannedReply::Spawned(_) | CannedReply::SpawnedExited(..) => {
+                    unreachable!("answer() matched a run with a run")
+                }
             };
             log_output(&cmd.argv(), &out);
             Ok(out)
         })
     }
 
-    fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, _log: &'a Path) -> RunFuture<'a, u32> {
+    fn spawn_detached<'a>(
+        &'a self,
+        cmd: &'a CommandSpec,
+        _log: &'a Path,
+    ) -> RunFuture<'a, Spawned> {
         let reply = self.answer(cmd, true);
         Box::pin(async move {
             match reply? {
-                CannedReply::Spawned(pid) => Ok(pid),
+                CannedReply::Spawned(pid) => Ok(Spawned::recorded(pid)),
+                CannedReply::SpawnedExited(pid, status) => {
+                    Ok(Spawned::recorded_exited(pid, status))
+                }
                 _ => unreachable!("answer() matched a spawn with a spawn"),
             }
         })
@@ -654,7 +739,8 @@ mod tests {
         let pid = TokioRunner
             .spawn_detached(&CommandSpec::new("sleep").arg("30"), &log)
             .await
-            .expect("sleep starts");
+            .expect("sleep starts")
+            .pid();
         let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("read its descriptors")
             .filter_map(|entry| entry.ok())
@@ -702,7 +788,8 @@ mod tests {
         let pid = TokioRunner
             .spawn_detached(&cmd, &log)
             .await
-            .expect("sh spawns");
+            .expect("sh spawns")
+            .pid();
         assert!(pid > 0);
         let mut text = String::new();
         for _ in 0..100 {
@@ -714,6 +801,65 @@ mod tests {
         }
         assert!(text.contains("spawned\n"), "log: {text:?}");
         assert!(text.contains("oops\n"), "log: {text:?}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_spawned_program_reports_how_it_ended() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("out.log");
+        let wait = |mut spawned: Spawned| async move {
+            for _ in 0..500 {
+                if let Some(status) = spawned.exit_status().expect("try_wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{} still runs", spawned.pid());
+        };
+        let mut running = TokioRunner
+            .spawn_detached(&CommandSpec::new("sleep").arg("30"), &log)
+            .await
+            .expect("sleep starts");
+        assert_eq!(running.exit_status().expect("try_wait"), None);
+        // SAFETY: kill(2) on the pid we just spawned and have not reaped.
+        unsafe {
+            libc::kill(
+                i32::try_from(running.pid()).expect("pid fits"),
+                libc::SIGKILL,
+            );
+        }
+        assert_eq!(wait(running).await.signal(), Some(libc::SIGKILL));
+        let failing = TokioRunner
+            .spawn_detached(&CommandSpec::new("sh").args(["-c", "exit 3"]), &log)
+            .await
+            .expect("sh starts");
+        assert_eq!(wait(failing).await.code(), Some(3));
+        let mut recorded = Spawned::recorded(7);
+        assert_eq!(recorded.exit_status().expect("no process"), None);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn recording_runner_can_answer_a_spawn_that_exited() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(3 << 8);
+        let runner = RecordingRunner::default();
+        runner.expect(["virtiofsd"], CannedReply::SpawnedExited(9, status));
+        let mut spawned = runner
+            .spawn_detached(
+                &CommandSpec::new("virtiofsd"),
+                Path::new("/nonexistent/log"),
+            )
+            .await
+            .expect("spawn expected");
+        assert_eq!(spawned.pid(), 9);
+        assert_eq!(
+            spawned.exit_status().expect("canned").map(|s| s.code()),
+            Some(Some(3))
+        );
+        runner.assert_done();
     }
 
     #[tokio::test]
@@ -797,7 +943,8 @@ mod tests {
                 Path::new("/nonexistent/log"),
             )
             .await
-            .expect("spawn expected");
+            .expect("spawn expected")
+            .pid();
         assert_eq!(pid, 42);
         runner.assert_done();
     }

@@ -6,7 +6,8 @@
 //! programs on PATH ([`crate::external`]).
 
 use rmachine_driver::{
-    Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode, VmSpec, VmState,
+    Driver, DriverError, DriverInfo, DriverShare, Endpoints, GuestNetwork, MachineDir, StopMode,
+    VmSpec, VmState,
 };
 use rmachine_driver_generic::{GenericDriver, GenericOptions};
 use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
@@ -377,6 +378,16 @@ impl Driver for AnyDriver {
             | AnyDriver::Hyperv(_)
             | AnyDriver::Generic(_)
             | AnyDriver::External(_) => None,
+        }
+    }
+
+    fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
+        match self {
+            AnyDriver::Virtualbox(d) => d.driver_share(),
+            AnyDriver::Qemu(_)
+            | AnyDriver::Hyperv(_)
+            | AnyDriver::Generic(_)
+            | AnyDriver::External(_) => Ok(None),
         }
     }
 

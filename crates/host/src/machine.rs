@@ -570,8 +570,35 @@ pub async fn create_with<D: Driver>(
     // The home folder is shared by default only where the driver can share.
     let home = can_share.then(shares::home_dir).flatten();
     let cwd = std::env::current_dir().unwrap_or_default();
-    let vm_shares = match shares::resolve(&options.shares, options.no_share, home.as_deref(), &cwd)
-    {
+    let driver_share = match driver.driver_share() {
+        Ok(share) => share,
+        Err(DriverError::InvalidOptions { problems: more, .. }) => {
+            problems.extend(more);
+            None
+        }
+        Err(err) => {
+            problems.push(err.to_string());
+            None
+        }
+    };
+    // A driver's folder takes the home folder's place only where the driver can share at all.
+    let driver_share = driver_share.filter(|share| {
+        if !can_share {
+            problems.push(format!(
+                "{}: driver {} cannot share host folders",
+                share.flag,
+                driver.info().name
+            ));
+        }
+        can_share
+    });
+    let vm_shares = match shares::resolve(
+        &options.shares,
+        options.no_share,
+        home.as_deref(),
+        driver_share.as_ref(),
+        &cwd,
+    ) {
         Ok(mut list) => {
             shares::choose_transports(&mut list, &capabilities);
             list
@@ -2239,6 +2266,10 @@ mod tests {
         console: Option<String>,
         /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
         engine_ip: Option<std::net::IpAddr>,
+        /// When set, the driver can share folders and its options share this one.
+        share: Option<rmachine_driver::DriverShare>,
+        /// The driver cannot share folders, even with `share` set.
+        cannot_share: bool,
     }
 
     impl FakeDriver {
@@ -2274,12 +2305,26 @@ mod tests {
                 name: "fake".into(),
                 capabilities: Capabilities {
                     console_log: self.console.is_some(),
+                    // As VirtualBox: no share device, folders go over SFTP.
+                    shares: false,
+                    sftp_shares: self.share.is_some() && !self.cannot_share,
                     ..Default::default()
                 },
             }
         }
-        async fn precheck(&self, _spec: &VmSpec) -> Result<(), DriverError> {
-            self.step("precheck")
+        fn driver_share(&self) -> Result<Option<rmachine_driver::DriverShare>, DriverError> {
+            Ok(self.share.clone())
+        }
+        async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
+            self.step("precheck")?;
+            // As VirtualBox's precheck: it has no device for a share it is handed.
+            if !spec.shares.is_empty() {
+                return Err(DriverError::Unsupported {
+                    driver: "fake".into(),
+                    op: "host folder shares".into(),
+                });
+            }
+            Ok(())
         }
         async fn create(&self, dir: &MachineDir, _spec: &VmSpec) -> Result<(), DriverError> {
             self.step("create")?;
@@ -2349,6 +2394,64 @@ mod tests {
         (lines, move |p: Progress| {
             sink.lock().unwrap().push(p.to_string())
         })
+    }
+
+    #[tokio::test]
+    async fn a_driver_share_is_the_machine_share_instead_of_home() {
+        let (tmp, store, options) = setup();
+        let code = tmp.path().join("code");
+        std::fs::create_dir(&code).unwrap();
+        let driver = FakeDriver {
+            serve_engine: true,
+            share: Some(rmachine_driver::DriverShare {
+                flag: "--fake-share-folder".into(),
+                host_path: code.clone(),
+                guest_path: Some("/code".into()),
+            }),
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        let config = create_with(&store, &driver, "folder", &options, &progress)
+            .await
+            .unwrap();
+        let shares: Vec<(PathBuf, String, ShareTransport)> = config
+            .vm
+            .shares
+            .iter()
+            .map(|s| (s.host_path.clone(), s.guest_path.clone(), s.transport))
+            .collect();
+        assert_eq!(shares, [(code, "/code".to_owned(), ShareTransport::Sftp)]);
+    }
+
+    #[tokio::test]
+    async fn a_driver_share_of_a_driver_that_cannot_share_is_refused() {
+        let (tmp, store, options) = setup();
+        let code = tmp.path().join("code");
+        std::fs::create_dir(&code).unwrap();
+        let driver = FakeDriver {
+            serve_engine: true,
+            share: Some(rmachine_driver::DriverShare {
+                flag: "--fake-share-folder code".into(),
+                host_path: code,
+                guest_path: Some("/code".into()),
+            }),
+            cannot_share: true,
+            ..Default::default()
+        };
+        let (_lines, progress) = recorder();
+        let err = create_with(&store, &driver, "folder", &options, &progress)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            MachineError::InvalidOptions {
+                problems: vec![
+                    "--fake-share-folder code: driver fake cannot share host folders".into()
+                ]
+            }
+            .to_string()
+        );
+        assert!(!store.machine_path("folder").exists());
     }
 
     #[tokio::test]

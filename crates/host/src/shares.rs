@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rmachine_driver::{Capabilities, Share, ShareTransport};
+use rmachine_driver::{Capabilities, DriverShare, Share, ShareTransport};
 
 /// Guest folders a share may neither be nor lie under: the guest's own files, the kernel's
 /// filesystems, the data disk and the engine's state.
@@ -131,38 +131,61 @@ fn hides_guest_system(guest: &str) -> bool {
 /// Turns the `create` share options into the machine's share list, or every problem found.
 ///
 /// `home` is the default share when no `--share` is given (and `--no-share` is not); `None`
-/// (no home folder, or a driver that cannot share) means no default share.
+/// (no home folder, or a driver that cannot share) means no default share. A `driver_share`
+/// (a driver option's folder) takes the home folder's place and joins any `--share`.
 pub fn resolve(
     specs: &[String],
     no_share: bool,
     home: Option<&Path>,
+    driver_share: Option<&DriverShare>,
     cwd: &Path,
 ) -> Result<Vec<Share>, Vec<String>> {
     let mut problems = Vec::new();
     if no_share {
         if !specs.is_empty() {
             problems.push("--no-share and --share cannot be used together".to_owned());
-            return Err(problems);
         }
-        return Ok(Vec::new());
+        if let Some(driver_share) = driver_share {
+            problems.push(format!(
+                "--no-share and {} cannot be used together",
+                driver_share.flag
+            ));
+        }
+        return if problems.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(problems)
+        };
     }
-    let parsed: Vec<ShareSpec> = if specs.is_empty() {
-        match home {
-            Some(home) if home.is_dir() => vec![ShareSpec {
+    // Each spec with the option it came from, for messages (a driver share's flag holds its
+    // value already).
+    let mut parsed: Vec<(String, ShareSpec)> = specs
+        .iter()
+        .filter_map(|value| parse_spec(value).map_err(|p| problems.push(p)).ok())
+        .map(|spec| ("--share".to_owned(), spec))
+        .collect();
+    if let Some(driver_share) = driver_share {
+        parsed.push((
+            driver_share.flag.clone(),
+            ShareSpec {
+                host: driver_share.host_path.to_string_lossy().into_owned(),
+                guest: driver_share.guest_path.clone(),
+                read_only: false,
+            },
+        ));
+    } else if specs.is_empty() {
+        if let Some(home) = home.filter(|home| home.is_dir()) {
+            let spec = ShareSpec {
                 host: home.to_string_lossy().into_owned(),
                 guest: None,
                 read_only: false,
-            }],
-            _ => Vec::new(),
+            };
+            parsed.push(("--share".to_owned(), spec));
         }
-    } else {
-        specs
-            .iter()
-            .filter_map(|value| parse_spec(value).map_err(|p| problems.push(p)).ok())
-            .collect()
-    };
+    }
     let mut shares: Vec<Share> = Vec::new();
-    for spec in parsed {
+    for (flag, spec) in parsed {
+        let from_driver = driver_share.is_some_and(|d| d.flag == flag);
         let host = PathBuf::from(&spec.host);
         let host = if host.is_absolute() {
             host
@@ -171,23 +194,30 @@ pub fn resolve(
         };
         if !host.is_dir() {
             problems.push(format!(
-                "--share: host folder {} does not exist or is not a folder",
+                "{flag}: host folder {} does not exist or is not a folder",
                 host.display()
             ));
             continue;
         }
         let guest = spec.guest.unwrap_or_else(|| default_guest_path(&host));
         if hides_guest_system(&guest) {
-            problems.push(format!(
-                "--share {}: guest path {guest} would hide the machine's own files; give \
-                 another one with HOST:GUEST",
-                spec.host
-            ));
+            problems.push(if from_driver {
+                format!(
+                    "{flag}: guest path {guest} would hide the machine's own files; choose \
+                     another NAME"
+                )
+            } else {
+                format!(
+                    "{flag} {}: guest path {guest} would hide the machine's own files; give \
+                     another one with HOST:GUEST",
+                    spec.host
+                )
+            });
             continue;
         }
         if let Some(other) = shares.iter().find(|s| s.guest_path == guest) {
             problems.push(format!(
-                "--share: {} and {} would both be mounted at {guest}",
+                "{flag}: {} and {} would both be mounted at {guest}",
                 other.host_path.display(),
                 host.display()
             ));
@@ -301,11 +331,104 @@ mod tests {
     }
 
     #[test]
+    fn a_driver_share_replaces_home_and_is_checked_like_a_share() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let code = tmp.path().join("code");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::create_dir(&code).unwrap();
+        let driver_share = |host: &str, guest: &str| DriverShare {
+            flag: format!("--virtualbox-share-folder {host}:x"),
+            host_path: host.into(),
+            guest_path: Some(guest.to_owned()),
+        };
+        // In the home folder's place, a relative folder taken from the current one.
+        let code_share = driver_share("code", "/code");
+        let shares = resolve(&[], false, Some(&home), Some(&code_share), tmp.path()).unwrap();
+        assert_eq!(
+            shares,
+            vec![Share {
+                tag: "rmshare0".into(),
+                host_path: code.clone(),
+                guest_path: "/code".into(),
+                read_only: false,
+                transport: ShareTransport::NineP,
+            }]
+        );
+        // Without a NAME, at the folder's own path, as `--share code`.
+        let unnamed = DriverShare {
+            guest_path: None,
+            ..code_share.clone()
+        };
+        let shares = resolve(&[], false, Some(&home), Some(&unnamed), tmp.path()).unwrap();
+        assert_eq!(
+            shares
+                .iter()
+                .map(|s| s.guest_path.as_str())
+                .collect::<Vec<_>>(),
+            [default_guest_path(&code)]
+        );
+        // Beside the --share list.
+        let specs = vec![format!("{}:/h", home.display())];
+        let shares = resolve(&specs, false, Some(&home), Some(&code_share), tmp.path()).unwrap();
+        assert_eq!(
+            shares
+                .iter()
+                .map(|s| s.guest_path.as_str())
+                .collect::<Vec<_>>(),
+            ["/h", "/code"]
+        );
+        // Refused with its option's name.
+        let problems = resolve(
+            &[],
+            false,
+            Some(&home),
+            Some(&driver_share("missing", "/m")),
+            tmp.path(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [format!(
+                "--virtualbox-share-folder missing:x: host folder {} does not exist or is not a \
+                 folder",
+                tmp.path().join("missing").display()
+            )]
+        );
+        let problems = resolve(
+            &[],
+            false,
+            None,
+            Some(&driver_share("code", "/etc")),
+            tmp.path(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "--virtualbox-share-folder code:x: guest path /etc would hide the machine's own \
+              files; choose another NAME"
+            ]
+        );
+        let specs = vec![format!("{}:/code", home.display())];
+        let problems = resolve(&specs, false, None, Some(&code_share), tmp.path()).unwrap_err();
+        assert!(
+            problems[0].ends_with("would both be mounted at /code"),
+            "{problems:?}"
+        );
+        let problems = resolve(&[], true, None, Some(&code_share), tmp.path()).unwrap_err();
+        assert_eq!(
+            problems,
+            ["--no-share and --virtualbox-share-folder code:x cannot be used together"]
+        );
+    }
+
+    #[test]
     fn resolve_defaults_to_home_and_checks_every_share() {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
         std::fs::create_dir(&home).unwrap();
-        let shares = resolve(&[], false, Some(&home), tmp.path()).unwrap();
+        let shares = resolve(&[], false, Some(&home), None, tmp.path()).unwrap();
         assert_eq!(
             shares,
             vec![Share {
@@ -316,7 +439,7 @@ mod tests {
                 transport: ShareTransport::NineP,
             }]
         );
-        assert!(resolve(&[], true, Some(&home), tmp.path())
+        assert!(resolve(&[], true, Some(&home), None, tmp.path())
             .unwrap()
             .is_empty());
 
@@ -326,7 +449,7 @@ mod tests {
             format!("{}:/etc", home.display()),
             format!("{}:/src", home.display()),
         ];
-        let problems = resolve(&specs, false, None, tmp.path()).unwrap_err();
+        let problems = resolve(&specs, false, None, None, tmp.path()).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(
             problems[0].contains("missing does not exist"),
@@ -338,7 +461,7 @@ mod tests {
             "{problems:?}"
         );
 
-        let problems = resolve(&["x".into()], true, None, tmp.path()).unwrap_err();
+        let problems = resolve(&["x".into()], true, None, None, tmp.path()).unwrap_err();
         assert_eq!(
             problems,
             vec!["--no-share and --share cannot be used together"]
@@ -352,7 +475,7 @@ mod tests {
             format!("{}:/rw", tmp.path().display()),
             format!("{}:/ro:ro", tmp.path().display()),
         ];
-        let mut shares = resolve(&specs, false, None, tmp.path()).unwrap();
+        let mut shares = resolve(&specs, false, None, None, tmp.path()).unwrap();
         let qemu = |virtio_fs| Capabilities {
             shares: true,
             virtio_fs,

@@ -2122,3 +2122,65 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
         "ls took {took:?}"
     );
 }
+
+#[test]
+fn virtualbox_share_folder_is_checked_before_anything_is_made() {
+    let env = Env::new();
+    let missing = env.dir.path().join("missing");
+    let folder = format!("{}:code", missing.display());
+    let cases = [
+        (
+            vec!["--virtualbox-share-folder", folder.as_str()],
+            format!(
+                "--virtualbox-share-folder {folder}: host folder {} does not exist or is not a \
+                 folder",
+                missing.display()
+            ),
+        ),
+        (
+            vec!["--virtualbox-share-folder", "code"],
+            "--virtualbox-share-folder code: expected DIR:NAME".to_owned(),
+        ),
+        (
+            vec![
+                "--virtualbox-share-folder",
+                "/tmp:code",
+                "--virtualbox-no-share",
+            ],
+            "--virtualbox-no-share and --virtualbox-share-folder /tmp:code cannot be used together"
+                .to_owned(),
+        ),
+        (
+            vec!["--virtualbox-share-folder", "/tmp:code", "--no-share"],
+            "--no-share and --virtualbox-share-folder /tmp:code cannot be used together".to_owned(),
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["create", "-d", "virtualbox"];
+        args.extend(flags);
+        args.push("x");
+        let run = env.run(&args);
+        assert_ne!(run.code, 0, "{args:?}");
+        assert!(run.stderr.contains(&expected), "{args:?}: {}", run.stderr);
+        assert!(!env.store().join("machines/x").exists(), "{args:?}");
+    }
+    // A malformed folder is listed with the other option problems, not left for later.
+    let args = [
+        "create",
+        "-d",
+        "virtualbox",
+        "--cpus",
+        "0",
+        "--virtualbox-share-folder",
+        "code",
+        "x",
+    ];
+    let run = env.run(&args);
+    assert_ne!(run.code, 0);
+    for expected in [
+        "--cpus must be at least 1",
+        "--virtualbox-share-folder code: expected DIR:NAME",
+    ] {
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
+    }
+}

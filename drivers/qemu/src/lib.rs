@@ -388,31 +388,22 @@ impl QemuDriver {
                 .install_hint(
                     "install virtiofsd, or create the machine with --qemu-share-transport 9p",
                 );
-            let pid = self.runner.spawn_detached(&cmd, &log).await?;
+            let mut spawned = self.runner.spawn_detached(&cmd, &log).await?;
+            let pid = spawned.pid();
             let pidfile = virtiofs::pidfile(dir, share);
-            std::fs::write(&pidfile, format!("{pid}\n"))
-                .map_err(|e| Self::io_error(dir, &pidfile, e))?;
-            let marker = PathBuf::from(virtiofs::socket_arg(&socket));
-            let deadline = Instant::now() + VIRTIOFSD_TIMEOUT;
-            loop {
-                if socket.exists() {
-                    break;
-                }
-                if !process::is_alive(self.runner.as_ref(), pid, &marker).await {
-                    let said = std::fs::read_to_string(&log).unwrap_or_default();
-                    return Err(fail(share, format!("{program} exited: {}", said.trim())));
-                }
-                if Instant::now() >= deadline {
-                    return Err(fail(
-                        share,
-                        format!(
-                            "{program} did not create {} within {} s",
-                            socket.display(),
-                            VIRTIOFSD_TIMEOUT.as_secs()
-                        ),
-                    ));
-                }
-                tokio::time::sleep(POLL).await;
+            // On any error from here the daemon is killed and reaped through its handle
+            // (wait_for_socket does so itself): one left running without a pidfile would never
+            // be stopped, and one killed later by pid would stay a zombie of this process.
+            if let Err(e) = std::fs::write(&pidfile, format!("{pid}\n")) {
+                spawned.kill_and_reap();
+                return Err(Self::io_error(dir, &pidfile, e));
+            }
+            if let Err(err) =
+                virtiofs::wait_for_socket(&mut spawned, &program, &socket, &log, VIRTIOFSD_TIMEOUT)
+                    .await
+            {
+                let _ = std::fs::remove_file(&pidfile);
+                return Err(fail(share, error_chain(&err)));
             }
             tracing::info!(machine = %dir.name, tag = %share.tag, pid, "virtiofsd serves {}", share.host_path.display());
             sockets.push((share.tag.clone(), socket));
@@ -741,7 +732,7 @@ impl QemuDriver {
             let _ = std::fs::remove_file(log);
             // QEMU writes the pidfile itself, a little later; until then the spawned pid
             // tells whether it is still alive.
-            Ok(Some(self.runner.spawn_detached(cmd, log).await?))
+            Ok(Some(self.runner.spawn_detached(cmd, log).await?.pid()))
         } else {
             let out = self.runner.run(cmd).await?;
             let mut text = out.stdout.clone();
@@ -1204,7 +1195,7 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Mutex;
 
-    use rmachine_driver::runner::{CommandOutput, RecordingRunner, RunFuture};
+    use rmachine_driver::runner::{CommandOutput, RecordingRunner, RunFuture, Spawned};
     use rmachine_driver::{BootImage, GuestPorts};
 
     use super::*;
@@ -1544,7 +1535,11 @@ mod tests {
             })
         }
 
-        fn spawn_detached<'a>(&'a self, cmd: &'a CommandSpec, log: &'a Path) -> RunFuture<'a, u32> {
+        fn spawn_detached<'a>(
+            &'a self,
+            cmd: &'a CommandSpec,
+            log: &'a Path,
+        ) -> RunFuture<'a, Spawned> {
             self.recording.spawn_detached(cmd, log)
         }
     }

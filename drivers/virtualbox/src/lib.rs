@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    vhd, Capabilities, Driver, DriverError, DriverInfo, Endpoints, MachineDir, StopMode, VmSpec,
-    VmState,
+    vhd, Capabilities, Driver, DriverError, DriverInfo, DriverShare, Endpoints, MachineDir,
+    StopMode, VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -126,7 +126,8 @@ pub struct VirtualBoxOptions {
     #[serde(rename = "virtualboxNoShare")]
     pub no_share: bool,
 
-    /// Host folder to share, DIR:NAME (refused: the guest has no vboxsf)
+    /// Share this host folder instead of the home folder, DIR:NAME; the guest mounts it at /NAME
+    /// (at DIR's own path if NAME is empty), over SFTP
     #[arg(
         id = "virtualbox_share_folder",
         long = "virtualbox-share-folder",
@@ -294,9 +295,11 @@ impl VirtualBoxDriver {
     fn option_problems(&self, spec: &VmSpec) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(folder) = &self.options.share_folder {
-            problems.push(format!(
-                "--virtualbox-share-folder {folder}: VirtualBox shared folders need the vboxsf module and Guest Additions, which the rmachine guest does not have"
-            ));
+            if self.options.no_share {
+                problems.push(share_folder_with_no_share(folder));
+            } else if let Err(why) = parse_share_folder(folder) {
+                problems.push(format!("--virtualbox-share-folder {folder}: {why}"));
+            }
         }
         if let Some(cidr) = &self.options.hostonly_cidr {
             if let Err(why) = HostOnlyNet::parse(cidr) {
@@ -1290,6 +1293,46 @@ pub fn free_ports() -> std::io::Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
+/// Splits `--virtualbox-share-folder DIR:NAME` as docker-machine did, at the last colon (a
+/// Windows drive letter stays in DIR), into the host folder and the guest path `/NAME`: where
+/// boot2docker's Guest Additions mounted share NAME, docker-machine having set their mount
+/// prefix and folder to `/` (so `C:\code:c/code` is `/c/code`). An empty NAME (`DIR:`) is
+/// `None`: the guest mounts DIR at its own path, as `--share DIR` does (docker-machine named
+/// that share after DIR without its leading `/`, so `/home/me/code:` was `/home/me/code`).
+pub fn parse_share_folder(value: &str) -> Result<(PathBuf, Option<String>), String> {
+    let Some((dir, name)) = value.rsplit_once(':') else {
+        return Err(
+            "expected DIR:NAME (the host folder, then the name the machine mounts it \
+                    under, at /NAME)"
+                .to_owned(),
+        );
+    };
+    if dir.is_empty() {
+        return Err("the host folder (DIR of DIR:NAME) is empty".to_owned());
+    }
+    let name = name.trim_start_matches('/');
+    if name.is_empty() {
+        return Ok((PathBuf::from(dir), None));
+    }
+    if name.contains('\\')
+        || name
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(format!(
+            "the share name {name} must be a relative guest path (parts separated by /, no \
+             . or ..)"
+        ));
+    }
+    Ok((PathBuf::from(dir), Some(format!("/{name}"))))
+}
+
+/// The refusal of `--virtualbox-share-folder` beside `--virtualbox-no-share`, worded as the
+/// host's refusal of it beside `--no-share`.
+fn share_folder_with_no_share(folder: &str) -> String {
+    format!("--virtualbox-no-share and --virtualbox-share-folder {folder} cannot be used together")
+}
+
 fn port_is_free(port: u16) -> bool {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).is_ok()
 }
@@ -1314,6 +1357,26 @@ impl Driver for VirtualBoxDriver {
 
     async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
         self.precheck_inner(spec).await
+    }
+
+    fn driver_share(&self) -> Result<Option<DriverShare>, DriverError> {
+        let Some(folder) = self.options.share_folder.as_ref() else {
+            return Ok(None);
+        };
+        let refused = |problem: String| DriverError::InvalidOptions {
+            driver: DRIVER.to_owned(),
+            problems: vec![problem],
+        };
+        if self.options.no_share {
+            return Err(refused(share_folder_with_no_share(folder)));
+        }
+        let (host_path, guest_path) = parse_share_folder(folder)
+            .map_err(|why| refused(format!("--virtualbox-share-folder {folder}: {why}")))?;
+        Ok(Some(DriverShare {
+            flag: format!("--virtualbox-share-folder {folder}"),
+            host_path,
+            guest_path,
+        }))
     }
 
     async fn create(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {

@@ -725,7 +725,7 @@ async fn precheck_refuses_what_cannot_work() {
     // Options refused with their names.
     let err = s
         .driver(VirtualBoxOptions {
-            share_folder: Some("/home/me:home".into()),
+            share_folder: Some("/home/me".into()),
             hostonly_cidr: Some("192.168.99.0/24".into()),
             ..options()
         })
@@ -734,7 +734,7 @@ async fn precheck_refuses_what_cannot_work() {
         .expect_err("refused");
     let text = err.to_string();
     assert!(
-        text.contains("--virtualbox-share-folder /home/me:home"),
+        text.contains("--virtualbox-share-folder /home/me: expected DIR:NAME"),
         "{text}"
     );
     assert!(
@@ -1291,4 +1291,81 @@ fn no_share_turns_the_sftp_shares_off() {
         ..options()
     });
     assert!(!none.info().capabilities.sftp_shares);
+}
+
+#[test]
+fn share_folder_is_split_as_docker_machine_did() {
+    assert_eq!(
+        parse_share_folder("/home/me/code:code"),
+        Ok(("/home/me/code".into(), Some("/code".to_owned())))
+    );
+    // No NAME: mounted at the folder's own path, as `--share DIR` (docker-machine's share was
+    // named DIR without its leading /, mounted at /DIR).
+    assert_eq!(
+        parse_share_folder("/home/me/code:"),
+        Ok(("/home/me/code".into(), None))
+    );
+    // The last colon splits: a drive letter stays in the folder; a name may have parts.
+    assert_eq!(
+        parse_share_folder("C:\\Users\\me:c/Users/me"),
+        Ok(("C:\\Users\\me".into(), Some("/c/Users/me".to_owned())))
+    );
+    assert_eq!(
+        parse_share_folder("/srv:/data"),
+        Ok(("/srv".into(), Some("/data".to_owned())))
+    );
+    for (bad, why) in [
+        ("/home/me", "expected DIR:NAME"),
+        (":code", "the host folder (DIR of DIR:NAME) is empty"),
+        ("/home/me:a/../etc", "must be a relative guest path"),
+        ("/home/me:a\\b", "must be a relative guest path"),
+    ] {
+        let err = parse_share_folder(bad).expect_err(bad);
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn share_folder_replaces_the_home_share_and_refuses_no_share() {
+    let s = setup();
+    let driver = s.driver(VirtualBoxOptions {
+        share_folder: Some("/home/me/code:code".into()),
+        ..options()
+    });
+    assert_eq!(
+        driver.driver_share().expect("a good share"),
+        Some(DriverShare {
+            flag: "--virtualbox-share-folder /home/me/code:code".into(),
+            host_path: "/home/me/code".into(),
+            guest_path: Some("/code".into()),
+        })
+    );
+    assert!(driver.info().capabilities.sftp_shares);
+    assert_eq!(s.driver(options()).driver_share().expect("no share"), None);
+    // A malformed one is an option problem, never a silent fallback to the home folder.
+    let bad = s.driver(VirtualBoxOptions {
+        share_folder: Some("code".into()),
+        ..options()
+    });
+    assert_eq!(
+        bad.driver_share().expect_err("malformed").to_string(),
+        "invalid virtualbox options: --virtualbox-share-folder code: expected DIR:NAME (the \
+         host folder, then the name the machine mounts it under, at /NAME)"
+    );
+
+    let both = s.driver(VirtualBoxOptions {
+        share_folder: Some("/home/me/code:code".into()),
+        no_share: true,
+        ..options()
+    });
+    // Worded as the host's refusal beside --no-share.
+    let words = "--virtualbox-no-share and --virtualbox-share-folder /home/me/code:code cannot \
+                 be used together";
+    let err = both.driver_share().expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        format!("invalid virtualbox options: {words}")
+    );
+    let err = both.precheck(&s.spec).await.expect_err("refused");
+    assert!(err.to_string().contains(words), "{err}");
 }
