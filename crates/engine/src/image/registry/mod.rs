@@ -98,6 +98,16 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+    /// Writing a pulled image into the store failed (a full disk, a read-only data root):
+    /// named after the image, the store's error (the file, the cause) follows.
+    #[error("cannot store {reference}")]
+    Storing {
+        /// The reference pulled.
+        reference: String,
+        /// The store's failure.
+        #[source]
+        source: ImageError,
+    },
     /// Storing the image failed.
     #[error(transparent)]
     Store(#[from] ImageError),

@@ -371,6 +371,24 @@ pub async fn pull(
     options: PullOptions,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<Pulled, RegistryError> {
+    let reference = options.reference.familiar();
+    pull_endpoints(store, config, options, progress)
+        .await
+        .map_err(|e| match e {
+            // The store's own message names a staging file; the user needs the image too.
+            RegistryError::Store(source @ crate::image::ImageError::Io { .. }) => {
+                RegistryError::Storing { reference, source }
+            }
+            e => e,
+        })
+}
+
+async fn pull_endpoints(
+    store: Arc<ImageStore>,
+    config: &RegistryConfig,
+    options: PullOptions,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<Pulled, RegistryError> {
     let endpoints = endpoints(config, &options.reference.domain);
     let mut last_err = None;
     for endpoint in endpoints {
