@@ -19,15 +19,19 @@
 
 pub mod auth;
 pub mod cache;
+pub mod pgzip;
 pub mod pull;
 pub mod push;
 pub mod search;
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use sha2::{Digest, Sha256};
 
 use super::ImageError;
 use crate::registry_config::RegistryConfig;
@@ -344,10 +348,74 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A registry client for one endpoint, or an error naming it when its TLS set-up fails (a
-/// host without a CA bundle). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, as
-/// reqwest reads them.
-pub fn client_for(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
+/// Registry clients kept between pulls and pushes, newest last: building one reads the host's
+/// CA bundle (tens of milliseconds, most of a pull that finds its image up to date), and a kept
+/// one reuses its connections and bearer tokens.
+static CLIENTS: Mutex<Vec<(ClientKey, oci_client::Client)>> = Mutex::new(Vec::new());
+/// Clients kept at most (the oldest goes first).
+const KEPT_CLIENTS: usize = 16;
+/// The plain clients (login, search, the scheme probe): with and without certificate checks.
+static HTTP_CLIENTS: Mutex<[Option<reqwest::Client>; 2]> = Mutex::new([None, None]);
+
+/// What a kept client was made for. A client caches the credentials it was first given and the
+/// tokens they bought, so it only ever serves those same credentials (kept as a digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientKey {
+    host: String,
+    plain_http: bool,
+    insecure: bool,
+    credentials: [u8; 32],
+}
+
+impl ClientKey {
+    fn new(endpoint: &Endpoint, auth: &RegistryAuth) -> ClientKey {
+        let mut hasher = Sha256::new();
+        match auth {
+            RegistryAuth::Anonymous => hasher.update(b"anonymous"),
+            RegistryAuth::Basic(user, password) => {
+                hasher.update(b"basic\0");
+                hasher.update(user.as_bytes());
+                hasher.update(b"\0");
+                hasher.update(password.as_bytes());
+            }
+            RegistryAuth::Bearer(token) => {
+                hasher.update(b"bearer\0");
+                hasher.update(token.as_bytes());
+            }
+        }
+        ClientKey {
+            host: endpoint.host.clone(),
+            plain_http: endpoint.plain_http,
+            insecure: endpoint.insecure,
+            credentials: hasher.finalize().into(),
+        }
+    }
+}
+
+/// A registry client for one endpoint and the credentials it is used with (a kept one when
+/// there is), or an error naming the registry when its TLS set-up fails (a host without a CA
+/// bundle). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, as reqwest reads them.
+pub fn client_for(
+    endpoint: &Endpoint,
+    auth: &RegistryAuth,
+) -> Result<oci_client::Client, RegistryError> {
+    let key = ClientKey::new(endpoint, auth);
+    let mut kept = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
+        let entry = kept.remove(i);
+        let client = entry.1.clone();
+        kept.push(entry);
+        return Ok(client);
+    }
+    let client = new_client(endpoint)?;
+    if kept.len() >= KEPT_CLIENTS {
+        kept.remove(0);
+    }
+    kept.push((key, client.clone()));
+    Ok(client)
+}
+
+fn new_client(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
     install_crypto_provider();
     // `Client::new` would swallow a failure and fall back to a default client that panics
     // the same way (a host without a CA bundle): the error names the registry instead.
@@ -376,10 +444,15 @@ pub fn client_for(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryErr
 }
 
 /// A plain HTTP client (login, search), with the same TLS and proxy settings; `insecure`
-/// skips certificate checks (insecure registries).
+/// skips certificate checks (insecure registries). Built once per kind, then shared.
 pub fn http_client(insecure: bool) -> Result<reqwest::Client, RegistryError> {
+    let mut kept = HTTP_CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = &mut kept[usize::from(insecure)];
+    if let Some(client) = slot {
+        return Ok(client.clone());
+    }
     install_crypto_provider();
-    reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(insecure)
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
@@ -387,7 +460,9 @@ pub fn http_client(insecure: bool) -> Result<reqwest::Client, RegistryError> {
         .build()
         .map_err(|e| RegistryError::InvalidParameter {
             message: format!("cannot build the registry client: {e}"),
-        })
+        })?;
+    *slot = Some(client.clone());
+    Ok(client)
 }
 
 /// Whether an error is worth retrying: the network, or a registry answering 5xx.

@@ -394,7 +394,7 @@ async fn pull_endpoints(
     for endpoint in endpoints {
         let endpoint = super::settle(endpoint).await;
         let remote = Remote {
-            client: client_for(&endpoint)?,
+            client: client_for(&endpoint, &options.auth)?,
             endpoint: endpoint.clone(),
             auth: options.auth.clone(),
             reference: options.reference.clone(),
