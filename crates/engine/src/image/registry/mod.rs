@@ -129,7 +129,7 @@ pub struct Progress {
 }
 
 /// The `progressDetail` of a progress line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detail {
     /// No `progressDetail` at all (whole-pull messages).
     None,
@@ -141,6 +141,16 @@ pub enum Detail {
         current: u64,
         /// Bytes expected (0 when unknown).
         total: u64,
+    },
+    /// The end of a tag's push: dockerd's `aux` message (`types.PushResult`), which clients
+    /// such as docker-py read the pushed digest from; the line has no status.
+    PushResult {
+        /// The tag pushed.
+        tag: String,
+        /// The manifest's digest.
+        digest: String,
+        /// The manifest's size in bytes.
+        size: usize,
     },
 }
 
@@ -166,13 +176,22 @@ impl Progress {
     /// Docker's JSON for this line (`jsonmessage.JSONMessage`).
     pub fn to_json(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
-        out.insert("status".into(), self.status.clone().into());
-        match self.detail {
+        if !matches!(self.detail, Detail::PushResult { .. }) {
+            out.insert("status".into(), self.status.clone().into());
+        }
+        match &self.detail {
             Detail::None => {}
             Detail::Empty => {
                 out.insert("progressDetail".into(), serde_json::json!({}));
             }
-            Detail::Bytes { current, total } => {
+            Detail::PushResult { tag, digest, size } => {
+                out.insert("progressDetail".into(), serde_json::json!({}));
+                out.insert(
+                    "aux".into(),
+                    serde_json::json!({"Tag": tag, "Digest": digest, "Size": size}),
+                );
+            }
+            &Detail::Bytes { current, total } => {
                 out.insert(
                     "progressDetail".into(),
                     serde_json::json!({"current": current, "total": total}),

@@ -260,6 +260,15 @@ pub async fn push(
             None,
             format!("{tag_name}: digest: {digest} size: {size}"),
         ));
+        let _ = progress.send(Progress {
+            id: None,
+            status: String::new(),
+            detail: Detail::PushResult {
+                tag: tag_name.clone(),
+                digest: digest.clone(),
+                size,
+            },
+        });
         let repo_digest = format!("{}@{digest}", tag.familiar_name());
         let store2 = store.clone();
         let id = source.id.clone();
