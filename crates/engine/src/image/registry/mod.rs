@@ -535,6 +535,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_push_result_is_dockerds_aux_line_without_a_status() {
+        let line = Progress {
+            id: None,
+            status: String::new(),
+            detail: Detail::PushResult {
+                tag: "1".to_string(),
+                digest: "sha256:abc".to_string(),
+                size: 527,
+            },
+        };
+        assert_eq!(
+            line.to_json(),
+            serde_json::json!({
+                "progressDetail": {},
+                "aux": {"Tag": "1", "Digest": "sha256:abc", "Size": 527},
+            })
+        );
+    }
+
+    #[test]
+    fn clients_are_kept_per_endpoint_and_credentials() {
+        let endpoint = Endpoint {
+            host: "127.0.0.1:5999".to_string(),
+            plain_http: true,
+            insecure: true,
+            mirror: false,
+        };
+        let basic = |password: &str| RegistryAuth::Basic("u".to_string(), password.to_string());
+        let key = ClientKey::new(&endpoint, &basic("p"));
+        assert_eq!(key, ClientKey::new(&endpoint, &basic("p")));
+        // Other credentials, none, or another scheme never share a client (or its tokens).
+        assert_ne!(key, ClientKey::new(&endpoint, &basic("q")));
+        assert_ne!(key, ClientKey::new(&endpoint, &RegistryAuth::Anonymous));
+        let https = Endpoint {
+            plain_http: false,
+            ..endpoint.clone()
+        };
+        assert_ne!(key, ClientKey::new(&https, &basic("p")));
+    }
+
+    #[test]
     fn loopback_and_listed_registries_are_insecure() {
         let config = RegistryConfig::new(&[], &["reg.local:5000".to_string()]).unwrap();
         assert!(is_insecure(&config, "127.0.0.1:5000"));
