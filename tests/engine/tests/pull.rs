@@ -477,6 +477,27 @@ fn token_auth_registries_need_a_login() -> Result<()> {
     login_flow(Auth::Token)
 }
 
+/// The engine keeps a registry client (and its bearer tokens) between pulls: a repository
+/// made public after a refused anonymous pull must pull at once, not when the token expires.
+#[test]
+fn a_repository_made_public_pulls_anonymously_right_after_a_refused_pull() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Token)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "private/app", Some("latest"), &busybox()?)?;
+    let name = format!("{}/private/app", registry.host);
+    let refused = engine.docker(&["pull", &name])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("pull access denied for"),
+        "{refused:?}"
+    );
+    registry.make_public();
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    Ok(())
+}
+
 /// An incompressible layer of `size` bytes (xorshift), so a throttled pull takes a while.
 #[test]
 fn a_token_login_keeps_an_identity_token_that_pulls_and_pushes() -> Result<()> {

@@ -411,27 +411,70 @@ impl ClientKey {
     }
 }
 
+/// A registry client and whether an earlier operation made it (then its cached bearer tokens
+/// may no longer be accepted).
+pub struct Leased {
+    /// The client.
+    pub client: oci_client::Client,
+    /// Taken from the kept clients rather than made now.
+    pub kept: bool,
+}
+
 /// A registry client for one endpoint and the credentials it is used with (a kept one when
 /// there is), or an error naming the registry when its TLS set-up fails (a host without a CA
 /// bundle). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, as reqwest reads them.
-pub fn client_for(
-    endpoint: &Endpoint,
-    auth: &RegistryAuth,
-) -> Result<oci_client::Client, RegistryError> {
+pub fn client_for(endpoint: &Endpoint, auth: &RegistryAuth) -> Result<Leased, RegistryError> {
     let key = ClientKey::new(endpoint, auth);
-    let mut kept = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
-        let entry = kept.remove(i);
-        let client = entry.1.clone();
-        kept.push(entry);
-        return Ok(client);
+    {
+        let mut kept = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
+            let entry = kept.remove(i);
+            let client = entry.1.clone();
+            kept.push(entry);
+            return Ok(Leased { client, kept: true });
+        }
     }
+    // Made outside the lock: it reads the CA bundle, and other operations wait on the lock.
     let client = new_client(endpoint)?;
+    let mut kept = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    kept.retain(|(k, _)| *k != key);
     if kept.len() >= KEPT_CLIENTS {
         kept.remove(0);
     }
     kept.push((key, client.clone()));
-    Ok(client)
+    Ok(Leased {
+        client,
+        kept: false,
+    })
+}
+
+/// Drops the kept client for `endpoint` and `auth`: the registry answered it 401, so the
+/// tokens it holds (revoked, signed by a rotated key, or bought before a repository was made
+/// public) must not serve the next operation.
+pub fn forget_client(endpoint: &Endpoint, auth: &RegistryAuth) {
+    let key = ClientKey::new(endpoint, auth);
+    CLIENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(k, _)| *k != key);
+}
+
+/// True when `err` is a registry's (or token server's) 401.
+fn is_unauthorized(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError { code: 401, .. } => true,
+        OciDistributionError::RequestError(e) => {
+            e.status() == Some(reqwest::StatusCode::UNAUTHORIZED)
+        }
+        // distribution answers UNAUTHORIZED with 401 (DENIED is 403).
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == oci_client::errors::OciErrorCode::Unauthorized),
+        _ => false,
+    }
 }
 
 fn new_client(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
