@@ -19,7 +19,6 @@
 
 pub mod auth;
 pub mod cache;
-pub mod pgzip;
 pub mod pull;
 pub mod push;
 pub mod search;
