@@ -160,7 +160,14 @@ fn a_pull_that_fills_the_disk_names_the_image_and_stores_nothing() -> Result<()>
     big.layers
         .push(LayerBuilder::new().file("big.bin", &data, 0o644).build()?);
     registry.seed(|host| push_image(host, "big", Some("1"), &big))?;
-    registry.seed(|host| push_image(host, "small", Some("1"), &busybox()?))?;
+    // A layer of its own, so that staging and extraction run again after the failure.
+    let mut small_image = busybox()?;
+    small_image.layers.push(
+        LayerBuilder::new()
+            .file("fits.txt", b"stored after the failure\n", 0o644)
+            .build()?,
+    );
+    registry.seed(|host| push_image(host, "small", Some("1"), &small_image))?;
     let layers_before = entries(&engine.data_root().join("image/layers"));
 
     let name = format!("{}/big:1", registry.host);
@@ -195,7 +202,15 @@ fn a_pull_that_fills_the_disk_names_the_image_and_stores_nothing() -> Result<()>
         .ok()?;
     let small = format!("{}/small:1", registry.host);
     engine.docker(&["pull", &small])?.ok()?;
-    engine.docker(&["run", "--rm", &small, "true"])?.ok()?;
+    assert_eq!(
+        entries(&engine.data_root().join("image/layers")).len(),
+        layers_before.len() + 1,
+        "the small image's own layer is stored"
+    );
+    let read = engine
+        .docker(&["run", "--rm", &small, "cat", "/fits.txt"])?
+        .ok()?;
+    assert_eq!(read.stdout, "stored after the failure\n");
     engine.restart()?;
     let mut listed: Vec<String> = engine
         .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
