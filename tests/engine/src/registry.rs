@@ -77,6 +77,14 @@ impl Registry {
             .map_or(0, |t| t.refreshes.load(Ordering::SeqCst))
     }
 
+    /// Lets anonymous callers pull from a token-auth registry from now on (a repository made
+    /// public); tokens issued before keep the access they had.
+    pub fn make_public(&self) {
+        if let Some(token) = &self.token {
+            token.public.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Starts a registry of the given kind and waits until it answers.
     pub fn start(auth: Auth) -> Result<Registry> {
         Registry::start_with(auth, false)
@@ -266,6 +274,8 @@ pub struct TokenServer {
     stop: Arc<AtomicBool>,
     /// Tokens issued for the refresh token.
     refreshes: Arc<AtomicUsize>,
+    /// Anonymous callers get pull access (the repositories were made public).
+    public: Arc<AtomicBool>,
 }
 
 impl TokenServer {
@@ -292,12 +302,14 @@ impl TokenServer {
         let stop2 = stop.clone();
         let refreshes = Arc::new(AtomicUsize::new(0));
         let refreshes2 = refreshes.clone();
+        let public = Arc::new(AtomicBool::new(false));
+        let public2 = public.clone();
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
-                        let _ = answer_token(stream, &signer, &x5c, &refreshes2);
+                        let _ = answer_token(stream, &signer, &x5c, &refreshes2, &public2);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -308,6 +320,7 @@ impl TokenServer {
             cert: cert_path,
             stop,
             refreshes,
+            public,
         })
     }
 }
@@ -327,6 +340,7 @@ fn answer_token(
     signer: &ring::signature::EcdsaKeyPair,
     x5c: &str,
     refreshes: &AtomicUsize,
+    public: &AtomicBool,
 ) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -402,21 +416,21 @@ fn answer_token(
         let offline = user.is_some() && fields(&query, "offline_token") == ["true"];
         (user, fields(&query, "scope"), offline)
     };
-    let access: Vec<serde_json::Value> = match user {
-        Some(_) => scopes
-            .iter()
-            .filter_map(|s| {
-                let mut parts = s.splitn(3, ':');
-                let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
-                Some(serde_json::json!({
-                    "type": kind,
-                    "name": name,
-                    "actions": actions.split(',').collect::<Vec<_>>(),
-                }))
-            })
-            .collect(),
-        None => Vec::new(),
-    };
+    // Anonymous callers may only pull, and only once the repositories are public.
+    let public = public.load(Ordering::SeqCst);
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let actions: Vec<&str> = actions
+                .split(',')
+                .filter(|a| user.is_some() || (public && *a == "pull"))
+                .collect();
+            (!actions.is_empty())
+                .then(|| serde_json::json!({"type": kind, "name": name, "actions": actions}))
+        })
+        .collect();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
     let claims = serde_json::json!({

@@ -1,12 +1,16 @@
 //! An engine whose data root's filesystem is full still starts and lets users free space
-//! through the API: reads, `rm`, `prune`, `rmi`.
+//! through the API: reads, `rm`, `prune`, `rmi`; a pull that fills the disk fails naming the
+//! image and stores nothing.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use rmachine_tests_engine::{require_root, Engine};
+use rmachine_fixtures::registry::push_image;
+use rmachine_fixtures::{busybox, LayerBuilder};
+use rmachine_tests_engine::registry::{require_registry, Auth, Registry};
+use rmachine_tests_engine::{require_root, share_network_with_engines, Engine};
 
 /// A small tmpfs mounted on the data root, unmounted when dropped (after the engine, which is
 /// declared later and so dropped first).
@@ -116,6 +120,109 @@ fn an_engine_on_a_full_disk_starts_and_frees_space_through_the_api() -> Result<(
     engine
         .docker_within(Duration::from_secs(30), &["run", "--rm", "busybox", "true"])?
         .ok()?;
+    Ok(())
+}
+
+/// Names of the entries of `dir` (none when it does not exist), sorted.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_pull_that_fills_the_disk_names_the_image_and_stores_nothing() -> Result<()> {
+    if !require_root() || !require_registry() {
+        return Ok(());
+    }
+    share_network_with_engines()?;
+    let registry = Registry::start(Auth::Open)?;
+    let mut engine = Engine::prepare()?;
+    let _fs = SmallFs::mount(engine.data_root(), "24m")?;
+    engine.spawn()?;
+    engine.load_busybox()?;
+    // 32 MiB that does not compress: it cannot fit once extracted.
+    let mut data = Vec::with_capacity(32 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while data.len() < 32 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let mut big = busybox()?;
+    big.layers
+        .push(LayerBuilder::new().file("big.bin", &data, 0o644).build()?);
+    registry.seed(|host| push_image(host, "big", Some("1"), &big))?;
+    // A layer of its own, so that staging and extraction run again after the failure.
+    let mut small_image = busybox()?;
+    small_image.layers.push(
+        LayerBuilder::new()
+            .file("fits.txt", b"stored after the failure\n", 0o644)
+            .build()?,
+    );
+    registry.seed(|host| push_image(host, "small", Some("1"), &small_image))?;
+    let layers_before = entries(&engine.data_root().join("image/layers"));
+
+    let name = format!("{}/big:1", registry.host);
+    let failed = engine.docker_within(Duration::from_secs(120), &["pull", &name])?;
+    assert_ne!(failed.code, 0, "{failed:?}");
+    assert!(
+        failed.stderr.contains(&format!("cannot store {name}: "))
+            && failed.stderr.contains("No space left on device"),
+        "the error must name the image and the cause: {failed:?}"
+    );
+    // Nothing half-stored: no image, no new layer, an empty staging area.
+    assert_eq!(
+        engine
+            .docker(&["images", "--format", "{{.Repository}}"])?
+            .ok()?
+            .stdout
+            .trim(),
+        "busybox"
+    );
+    assert_eq!(
+        entries(&engine.data_root().join("image/layers")),
+        layers_before
+    );
+    assert_eq!(
+        entries(&engine.data_root().join("image/tmp")),
+        Vec::<String>::new()
+    );
+    // The engine keeps serving: containers run, a pull that fits completes, and the image
+    // store reads back the same after a restart.
+    engine
+        .docker_within(Duration::from_secs(30), &["run", "--rm", "busybox", "true"])?
+        .ok()?;
+    let small = format!("{}/small:1", registry.host);
+    engine.docker(&["pull", &small])?.ok()?;
+    assert_eq!(
+        entries(&engine.data_root().join("image/layers")).len(),
+        layers_before.len() + 1,
+        "the small image's own layer is stored"
+    );
+    let read = engine
+        .docker(&["run", "--rm", &small, "cat", "/fits.txt"])?
+        .ok()?;
+    assert_eq!(read.stdout, "stored after the failure\n");
+    engine.restart()?;
+    let mut listed: Vec<String> = engine
+        .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
+        .ok()?
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect();
+    listed.sort();
+    let mut expected = vec!["busybox:latest".to_string(), small];
+    expected.sort();
+    assert_eq!(listed, expected);
     Ok(())
 }
 

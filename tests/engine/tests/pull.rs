@@ -477,6 +477,27 @@ fn token_auth_registries_need_a_login() -> Result<()> {
     login_flow(Auth::Token)
 }
 
+/// The engine keeps a registry client (and its bearer tokens) between pulls: a repository
+/// made public after a refused anonymous pull must pull at once, not when the token expires.
+#[test]
+fn a_repository_made_public_pulls_anonymously_right_after_a_refused_pull() -> Result<()> {
+    let Some((engine, registry)) = setup(Auth::Token)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "private/app", Some("latest"), &busybox()?)?;
+    let name = format!("{}/private/app", registry.host);
+    let refused = engine.docker(&["pull", &name])?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("pull access denied for"),
+        "{refused:?}"
+    );
+    registry.make_public();
+    engine.docker(&["pull", &name])?.ok()?;
+    assert_eq!(engine.inspect(&name, "{{.Id}}")?, pushed.id);
+    Ok(())
+}
+
 /// An incompressible layer of `size` bytes (xorshift), so a throttled pull takes a while.
 #[test]
 fn a_token_login_keeps_an_identity_token_that_pulls_and_pushes() -> Result<()> {
@@ -1181,5 +1202,83 @@ fn build_pulls_a_missing_from_image_with_the_clis_logins() -> Result<()> {
             .contains(&format!("Status: Image is up to date for {base}:latest")),
         "{again:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn docker_py_pushes_and_pulls_with_credentials() -> Result<()> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import docker"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        rmachine_tests_engine::cannot_run("python3 with the docker package (docker-py) is missing");
+        return Ok(());
+    }
+    let Some((engine, registry)) = setup(Auth::Htpasswd)? else {
+        return Ok(());
+    };
+    engine.load_busybox()?;
+    let repository = format!("{}/py/bb", registry.host);
+    engine
+        .docker(&["tag", "busybox:latest", &format!("{repository}:1")])?
+        .ok()?;
+    let id = engine.inspect("busybox:latest", "{{.Id}}")?;
+    // docker-py sends the credentials as X-Registry-Auth; push errors arrive in the stream.
+    let script = r#"
+import sys, docker
+client = docker.DockerClient(base_url="unix://" + sys.argv[1])
+repo, user, password = sys.argv[2], sys.argv[3], sys.argv[4]
+denied = list(client.images.push(repo, tag="1", stream=True, decode=True,
+                                 auth_config={"username": user, "password": "wrong"}))
+print("denied:", [m.get("error") for m in denied if "error" in m])
+pushed = list(client.images.push(repo, tag="1", stream=True, decode=True,
+                                 auth_config={"username": user, "password": password}))
+errors = [m["error"] for m in pushed if "error" in m]
+if errors:
+    sys.exit("push failed: %s" % errors)
+print("pushed:", [m["aux"]["Digest"] for m in pushed if "aux" in m])
+client.images.remove(repo + ":1")
+image = client.images.pull(repo, tag="1", auth_config={"username": user, "password": password})
+print("pulled:", image.id, ",".join(image.tags))
+try:
+    client.images.pull(repo, tag="1", auth_config={"username": user, "password": "wrong"})
+    print("wrong credentials pulled")
+except docker.errors.APIError as e:
+    print("refused:", e.explanation)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&engine.socket)
+        .args([&repository, USER, PASSWORD])
+        // This machine's CA bundle variables make docker-py ignore its own TLS settings.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("denied: ['unauthorized: "), "{stdout}");
+    assert!(stdout.contains("pushed: ['sha256:"), "{stdout}");
+    let pulled = stdout
+        .lines()
+        .find(|l| l.starts_with("pulled: "))
+        .with_context(|| format!("no pull in {stdout}"))?;
+    assert!(pulled.starts_with(&format!("pulled: {id} ")), "{stdout}");
+    assert!(
+        pulled
+            .split([' ', ','])
+            .any(|t| t == format!("{repository}:1")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("refused: pull access denied for"),
+        "{stdout}"
+    );
+    engine
+        .docker(&["run", "--rm", &format!("{repository}:1"), "true"])?
+        .ok()?;
     Ok(())
 }

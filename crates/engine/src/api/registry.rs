@@ -256,6 +256,7 @@ pub(super) fn registry_status(err: &RegistryError) -> StatusCode {
         RegistryError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         RegistryError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
         RegistryError::Store(_)
+        | RegistryError::Storing { .. }
         | RegistryError::Unreachable { .. }
         | RegistryError::DigestMismatch { .. }
         | RegistryError::Registry { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -24,10 +24,13 @@ pub mod push;
 pub mod search;
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use sha2::{Digest, Sha256};
 
 use super::ImageError;
 use crate::registry_config::RegistryConfig;
@@ -98,6 +101,16 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
+    /// Writing a pulled image into the store failed (a full disk, a read-only data root):
+    /// named after the image, the store's error (the file, the cause) follows.
+    #[error("cannot store {reference}")]
+    Storing {
+        /// The reference pulled.
+        reference: String,
+        /// The store's failure.
+        #[source]
+        source: ImageError,
+    },
     /// Storing the image failed.
     #[error(transparent)]
     Store(#[from] ImageError),
@@ -115,7 +128,7 @@ pub struct Progress {
 }
 
 /// The `progressDetail` of a progress line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detail {
     /// No `progressDetail` at all (whole-pull messages).
     None,
@@ -127,6 +140,16 @@ pub enum Detail {
         current: u64,
         /// Bytes expected (0 when unknown).
         total: u64,
+    },
+    /// The end of a tag's push: dockerd's `aux` message (`types.PushResult`), which clients
+    /// such as docker-py read the pushed digest from; the line has no status.
+    PushResult {
+        /// The tag pushed.
+        tag: String,
+        /// The manifest's digest.
+        digest: String,
+        /// The manifest's size in bytes.
+        size: usize,
     },
 }
 
@@ -152,13 +175,22 @@ impl Progress {
     /// Docker's JSON for this line (`jsonmessage.JSONMessage`).
     pub fn to_json(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
-        out.insert("status".into(), self.status.clone().into());
-        match self.detail {
+        if !matches!(self.detail, Detail::PushResult { .. }) {
+            out.insert("status".into(), self.status.clone().into());
+        }
+        match &self.detail {
             Detail::None => {}
             Detail::Empty => {
                 out.insert("progressDetail".into(), serde_json::json!({}));
             }
-            Detail::Bytes { current, total } => {
+            Detail::PushResult { tag, digest, size } => {
+                out.insert("progressDetail".into(), serde_json::json!({}));
+                out.insert(
+                    "aux".into(),
+                    serde_json::json!({"Tag": tag, "Digest": digest, "Size": size}),
+                );
+            }
+            &Detail::Bytes { current, total } => {
                 out.insert(
                     "progressDetail".into(),
                     serde_json::json!({"current": current, "total": total}),
@@ -334,10 +366,117 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A registry client for one endpoint, or an error naming it when its TLS set-up fails (a
-/// host without a CA bundle). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, as
-/// reqwest reads them.
-pub fn client_for(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
+/// Registry clients kept between pulls and pushes, newest last: building one reads the host's
+/// CA bundle (tens of milliseconds, most of a pull that finds its image up to date), and a kept
+/// one reuses its connections and bearer tokens.
+static CLIENTS: Mutex<Vec<(ClientKey, oci_client::Client)>> = Mutex::new(Vec::new());
+/// Clients kept at most (the oldest goes first).
+const KEPT_CLIENTS: usize = 16;
+/// The plain clients (login, search, the scheme probe): with and without certificate checks.
+static HTTP_CLIENTS: Mutex<[Option<reqwest::Client>; 2]> = Mutex::new([None, None]);
+
+/// What a kept client was made for. A client caches the credentials it was first given and the
+/// tokens they bought, so it only ever serves those same credentials (kept as a digest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientKey {
+    host: String,
+    plain_http: bool,
+    insecure: bool,
+    credentials: [u8; 32],
+}
+
+impl ClientKey {
+    fn new(endpoint: &Endpoint, auth: &RegistryAuth) -> ClientKey {
+        let mut hasher = Sha256::new();
+        match auth {
+            RegistryAuth::Anonymous => hasher.update(b"anonymous"),
+            RegistryAuth::Basic(user, password) => {
+                hasher.update(b"basic\0");
+                hasher.update(user.as_bytes());
+                hasher.update(b"\0");
+                hasher.update(password.as_bytes());
+            }
+            RegistryAuth::Bearer(token) => {
+                hasher.update(b"bearer\0");
+                hasher.update(token.as_bytes());
+            }
+        }
+        ClientKey {
+            host: endpoint.host.clone(),
+            plain_http: endpoint.plain_http,
+            insecure: endpoint.insecure,
+            credentials: hasher.finalize().into(),
+        }
+    }
+}
+
+/// A registry client and whether an earlier operation made it (then its cached bearer tokens
+/// may no longer be accepted).
+pub struct Leased {
+    /// The client.
+    pub client: oci_client::Client,
+    /// Taken from the kept clients rather than made now.
+    pub kept: bool,
+}
+
+/// A registry client for one endpoint and the credentials it is used with (a kept one when
+/// there is), or an error naming the registry when its TLS set-up fails (a host without a CA
+/// bundle). Proxies come from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, as reqwest reads them.
+pub fn client_for(endpoint: &Endpoint, auth: &RegistryAuth) -> Result<Leased, RegistryError> {
+    let key = ClientKey::new(endpoint, auth);
+    {
+        let mut kept = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(|(k, _)| *k == key) {
+            let entry = kept.remove(i);
+            let client = entry.1.clone();
+            kept.push(entry);
+            return Ok(Leased { client, kept: true });
+        }
+    }
+    // Made outside the lock: it reads the CA bundle, and other operations wait on the lock.
+    let client = new_client(endpoint)?;
+    let mut kept = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    kept.retain(|(k, _)| *k != key);
+    if kept.len() >= KEPT_CLIENTS {
+        kept.remove(0);
+    }
+    kept.push((key, client.clone()));
+    Ok(Leased {
+        client,
+        kept: false,
+    })
+}
+
+/// Drops the kept client for `endpoint` and `auth`: the registry answered it 401, so the
+/// tokens it holds (revoked, signed by a rotated key, or bought before a repository was made
+/// public) must not serve the next operation.
+pub fn forget_client(endpoint: &Endpoint, auth: &RegistryAuth) {
+    let key = ClientKey::new(endpoint, auth);
+    CLIENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(k, _)| *k != key);
+}
+
+/// True when `err` is a registry's (or token server's) 401.
+fn is_unauthorized(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError { code: 401, .. } => true,
+        OciDistributionError::RequestError(e) => {
+            e.status() == Some(reqwest::StatusCode::UNAUTHORIZED)
+        }
+        // distribution answers UNAUTHORIZED with 401 (DENIED is 403).
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == oci_client::errors::OciErrorCode::Unauthorized),
+        _ => false,
+    }
+}
+
+fn new_client(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryError> {
     install_crypto_provider();
     // `Client::new` would swallow a failure and fall back to a default client that panics
     // the same way (a host without a CA bundle): the error names the registry instead.
@@ -366,10 +505,15 @@ pub fn client_for(endpoint: &Endpoint) -> Result<oci_client::Client, RegistryErr
 }
 
 /// A plain HTTP client (login, search), with the same TLS and proxy settings; `insecure`
-/// skips certificate checks (insecure registries).
+/// skips certificate checks (insecure registries). Built once per kind, then shared.
 pub fn http_client(insecure: bool) -> Result<reqwest::Client, RegistryError> {
+    let mut kept = HTTP_CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = &mut kept[usize::from(insecure)];
+    if let Some(client) = slot {
+        return Ok(client.clone());
+    }
     install_crypto_provider();
-    reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(insecure)
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
@@ -377,7 +521,9 @@ pub fn http_client(insecure: bool) -> Result<reqwest::Client, RegistryError> {
         .build()
         .map_err(|e| RegistryError::InvalidParameter {
             message: format!("cannot build the registry client: {e}"),
-        })
+        })?;
+    *slot = Some(client.clone());
+    Ok(client)
 }
 
 /// Whether an error is worth retrying: the network, or a registry answering 5xx.
@@ -429,6 +575,47 @@ fn chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_result_is_dockerds_aux_line_without_a_status() {
+        let line = Progress {
+            id: None,
+            status: String::new(),
+            detail: Detail::PushResult {
+                tag: "1".to_string(),
+                digest: "sha256:abc".to_string(),
+                size: 527,
+            },
+        };
+        assert_eq!(
+            line.to_json(),
+            serde_json::json!({
+                "progressDetail": {},
+                "aux": {"Tag": "1", "Digest": "sha256:abc", "Size": 527},
+            })
+        );
+    }
+
+    #[test]
+    fn clients_are_kept_per_endpoint_and_credentials() {
+        let endpoint = Endpoint {
+            host: "127.0.0.1:5999".to_string(),
+            plain_http: true,
+            insecure: true,
+            mirror: false,
+        };
+        let basic = |password: &str| RegistryAuth::Basic("u".to_string(), password.to_string());
+        let key = ClientKey::new(&endpoint, &basic("p"));
+        assert_eq!(key, ClientKey::new(&endpoint, &basic("p")));
+        // Other credentials, none, or another scheme never share a client (or its tokens).
+        assert_ne!(key, ClientKey::new(&endpoint, &basic("q")));
+        assert_ne!(key, ClientKey::new(&endpoint, &RegistryAuth::Anonymous));
+        let https = Endpoint {
+            plain_http: false,
+            ..endpoint.clone()
+        };
+        assert_ne!(key, ClientKey::new(&https, &basic("p")));
+    }
 
     #[test]
     fn loopback_and_listed_registries_are_insecure() {

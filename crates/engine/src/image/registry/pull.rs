@@ -3,6 +3,7 @@
 //! [`super`] for the data flow.
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{
-    chain, client_for, endpoints, envelope_error, is_transient, Detail, Endpoint, Progress,
-    RegistryError,
+    chain, client_for, endpoints, envelope_error, forget_client, is_transient, is_unauthorized,
+    Detail, Endpoint, Progress, RegistryError,
 };
 use crate::image::pulled::StagedLayer;
 use crate::image::reference::Reference;
@@ -198,6 +199,8 @@ struct Remote {
     auth: RegistryAuth,
     /// The user's reference (for messages).
     reference: Reference,
+    /// The registry answered 401 to one of its requests.
+    unauthorized: AtomicBool,
 }
 
 impl Remote {
@@ -234,6 +237,9 @@ impl Remote {
 
     /// dockerd's `translatePullError` wording for an error about `what`.
     fn translate(&self, err: OciDistributionError, what: &str) -> RegistryError {
+        if is_unauthorized(&err) {
+            self.unauthorized.store(true, Ordering::Relaxed);
+        }
         let reference = self.reference.familiar();
         let name = self.reference.familiar_name();
         if let Some((code, text)) = envelope_error(&err) {
@@ -371,17 +377,49 @@ pub async fn pull(
     options: PullOptions,
     progress: &mpsc::UnboundedSender<Progress>,
 ) -> Result<Pulled, RegistryError> {
+    let reference = options.reference.familiar();
+    pull_endpoints(store, config, options, progress)
+        .await
+        .map_err(|e| match e {
+            // The store's own message names a staging file; the user needs the image too.
+            RegistryError::Store(source @ crate::image::ImageError::Io { .. }) => {
+                RegistryError::Storing { reference, source }
+            }
+            e => e,
+        })
+}
+
+async fn pull_endpoints(
+    store: Arc<ImageStore>,
+    config: &RegistryConfig,
+    options: PullOptions,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<Pulled, RegistryError> {
     let endpoints = endpoints(config, &options.reference.domain);
     let mut last_err = None;
     for endpoint in endpoints {
         let endpoint = super::settle(endpoint).await;
+        let leased = client_for(&endpoint, &options.auth)?;
         let remote = Remote {
-            client: client_for(&endpoint)?,
+            client: leased.client,
             endpoint: endpoint.clone(),
             auth: options.auth.clone(),
             reference: options.reference.clone(),
+            unauthorized: AtomicBool::new(false),
         };
-        match pull_from(&store, &remote, &options, progress).await {
+        let mut result = pull_from(&store, &remote, &options, progress).await;
+        if result.is_err() && leased.kept && remote.unauthorized.load(Ordering::Relaxed) {
+            // The kept client's tokens were refused (revoked, a rotated signing key, or
+            // bought before the repository was made public): once more with a new client.
+            forget_client(&endpoint, &options.auth);
+            let remote = Remote {
+                client: client_for(&endpoint, &options.auth)?.client,
+                unauthorized: AtomicBool::new(false),
+                ..remote
+            };
+            result = pull_from(&store, &remote, &options, progress).await;
+        }
+        match result {
             Ok(pulled) => return Ok(pulled),
             // A mirror that fails hands over to the next endpoint, as in dockerd.
             Err(e) if endpoint.mirror => {
