@@ -6,7 +6,8 @@
 //! programs on PATH ([`crate::external`]).
 
 use rmachine_driver::{
-    Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, StopMode, VmSpec, VmState,
+    Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Resume, StopMode, VmSpec,
+    VmState,
 };
 use rmachine_driver_generic::{GenericDriver, GenericOptions};
 use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
@@ -347,6 +348,26 @@ impl Driver for AnyDriver {
             AnyDriver::Hyperv(d) => d.remove(dir).await,
             AnyDriver::Generic(d) => d.remove(dir).await,
             AnyDriver::External(d) => d.remove(dir).await,
+        }
+    }
+
+    async fn save(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.save(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.save(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.save(dir, spec).await,
+            AnyDriver::Generic(d) => d.save(dir, spec).await,
+            AnyDriver::External(d) => d.save(dir, spec).await,
+        }
+    }
+
+    async fn resume(&self, dir: &MachineDir, spec: &VmSpec) -> Result<Resume, DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.resume(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.resume(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.resume(dir, spec).await,
+            AnyDriver::Generic(d) => d.resume(dir, spec).await,
+            AnyDriver::External(d) => d.resume(dir, spec).await,
         }
     }
 

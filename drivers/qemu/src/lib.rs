@@ -16,6 +16,7 @@ pub mod disk;
 pub mod platform;
 pub mod process;
 pub mod qmp;
+pub mod resume;
 pub mod saved;
 pub mod virtiofs;
 
@@ -26,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Share,
-    ShareTransport, StopMode, VmSpec, VmState,
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Resume,
+    Share, ShareTransport, StopMode, VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,7 @@ pub use saved::QemuState;
 
 use crate::accel::QemuProbe;
 use crate::qmp::{QmpClient, QmpEndpoint};
+use crate::resume::SavedVm;
 
 const DRIVER: &str = "qemu";
 const PIDFILE: &str = "qemu.pid";
@@ -55,6 +57,10 @@ const OWN_FILES: &[&str] = &[
     QMP_SOCKET,
     CONSOLE_LOG,
     QEMU_LOG,
+    resume::STATE,
+    resume::STATE_TMP,
+    resume::META,
+    resume::META_TMP,
 ];
 
 /// How long one QMP exchange may take.
@@ -66,6 +72,10 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(100);
 /// How long a virtiofsd may take to create its socket.
 const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long saving or loading a VM's state may take.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a save or load in progress is looked at.
+const STATE_POLL: Duration = Duration::from_millis(20);
 /// How often `stop` presses the power button again while the guest does not react.
 const REPRESS: Duration = Duration::from_secs(5);
 
@@ -544,6 +554,8 @@ impl QemuDriver {
                 return Ok(());
             }
             VmState::Stopped => {}
+            // A state saved to disk by `stop --save`, and no QEMU.
+            VmState::Saved if self.live_pid(dir).await?.is_none() => {}
             // QEMU still runs (a failed or saved guest): a second one would fight it for the
             // disk and the ports.
             state @ (VmState::Saved | VmState::Error) => {
@@ -569,13 +581,17 @@ impl QemuDriver {
             }
         }
         self.check_image_arch(spec)?;
+        // The guest boots afresh and writes the disk: a saved state would no longer fit it.
+        if resume::discard(dir).map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))? {
+            tracing::warn!(machine = %dir.name, "the saved state was discarded: the machine boots afresh");
+        }
         let mut state = QemuState::load_required(dir)?;
         let mut changed =
             Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))?;
         let tsc_khz = self.host_tsc_khz().await;
         let chosen = state.accel.clone();
         loop {
-            match self.launch(dir, spec, &state, tsc_khz).await {
+            match self.launch(dir, spec, &state, tsc_khz, None).await {
                 Ok(()) => break,
                 Err(err) => {
                     let failed = state.accel.accel;
@@ -631,12 +647,53 @@ impl QemuDriver {
         spec: &VmSpec,
         state: &QemuState,
         tsc_khz: Option<u64>,
+        incoming: Option<&Path>,
     ) -> Result<(), DriverError> {
         self.clean_runtime_files(dir)?;
         let program = self.program();
-        let disk = dir.file(DISK);
-        let console = dir.file(CONSOLE_LOG);
         let pidfile = dir.file(PIDFILE);
+        let qmp = self.launch_qmp(dir, state)?;
+        let virtiofs_sockets = match self.start_virtiofsd(dir, spec).await {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                self.stop_virtiofsd(dir).await;
+                return Err(err);
+            }
+        };
+        let mut argv = self.vm_argv(dir, spec, state, tsc_khz, &virtiofs_sockets, &qmp);
+        if let Some(saved) = incoming {
+            argv.extend(resume::incoming_args(saved));
+        }
+        let cmd = CommandSpec::new(&program)
+            .args(argv)
+            .install_hint(self.host.install_hint(self.guest_arch()));
+        let log = dir.file(QEMU_LOG);
+        let started = Instant::now();
+        tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
+        let spawned = match self.spawn_qemu(dir, &cmd, &program, &log).await {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                // virtiofsd waits for a QEMU that will not come.
+                self.stop_virtiofsd(dir).await;
+                return Err(err);
+            }
+        };
+        let ready = self.wait_ready(dir, &qmp, &program, started, spawned).await;
+        if ready.is_err() {
+            self.stop_virtiofsd(dir).await;
+            // A half-started QEMU must not linger and hold the ports for the retry.
+            let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
+            if let Some(pid) = pid {
+                if process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                    let _ = process::kill(self.runner.as_ref(), pid).await;
+                }
+            }
+        }
+        ready
+    }
+
+    /// The QMP endpoint QEMU is started with, its socket path checked against the OS's limit.
+    fn launch_qmp(&self, dir: &MachineDir, state: &QemuState) -> Result<QmpEndpoint, DriverError> {
         let qmp = self
             .qmp_endpoint(dir, Some(state))
             .ok_or_else(|| DriverError::Protocol {
@@ -666,19 +723,28 @@ impl QemuDriver {
                 ));
             }
         }
+        Ok(qmp)
+    }
+
+    /// QEMU's arguments for this machine (a restore must use the very same ones).
+    fn vm_argv(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+        state: &QemuState,
+        tsc_khz: Option<u64>,
+        virtiofs_sockets: &[(String, PathBuf)],
+        qmp: &QmpEndpoint,
+    ) -> Vec<String> {
         let iso = if self.options.boot_iso {
             spec.boot.iso.clone()
         } else {
             None
         };
-        let virtiofs_sockets = match self.start_virtiofsd(dir, spec).await {
-            Ok(sockets) => sockets,
-            Err(err) => {
-                self.stop_virtiofsd(dir).await;
-                return Err(err);
-            }
-        };
-        let argv = args::vm_args(&args::VmLaunch {
+        let disk = dir.file(DISK);
+        let console = dir.file(CONSOLE_LOG);
+        let pidfile = dir.file(PIDFILE);
+        args::vm_args(&args::VmLaunch {
             host: self.host,
             guest: self.guest_arch(),
             name: &dir.name,
@@ -696,37 +762,11 @@ impl QemuDriver {
             engine_port: state.engine_port,
             guest_ports: spec.guest_ports,
             shares: &spec.shares,
-            virtiofs_sockets: &virtiofs_sockets,
+            virtiofs_sockets,
             console_log: &console,
             pidfile: &pidfile,
-            qmp: &qmp,
-        });
-        let cmd = CommandSpec::new(&program)
-            .args(argv)
-            .install_hint(self.host.install_hint(self.guest_arch()));
-        let log = dir.file(QEMU_LOG);
-        let started = Instant::now();
-        tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
-        let spawned = match self.spawn_qemu(dir, &cmd, &program, &log).await {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                // virtiofsd waits for a QEMU that will not come.
-                self.stop_virtiofsd(dir).await;
-                return Err(err);
-            }
-        };
-        let ready = self.wait_ready(dir, &qmp, &program, started, spawned).await;
-        if ready.is_err() {
-            self.stop_virtiofsd(dir).await;
-            // A half-started QEMU must not linger and hold the ports for the retry.
-            let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
-            if let Some(pid) = pid {
-                if process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
-                    let _ = process::kill(self.runner.as_ref(), pid).await;
-                }
-            }
-        }
-        ready
+            qmp,
+        })
     }
 
     /// Starts QEMU: daemonized on Linux and macOS (`None`), detached on Windows (its pid).
@@ -884,7 +924,11 @@ impl QemuDriver {
 
     async fn state_inner(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         if self.live_pid(dir).await?.is_none() {
-            return Ok(VmState::Stopped);
+            return Ok(if dir.file(resume::META).exists() {
+                VmState::Saved
+            } else {
+                VmState::Stopped
+            });
         }
         let mut client = match self.qmp(dir).await {
             Ok(client) => client,
@@ -898,6 +942,292 @@ impl QemuDriver {
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
         Ok(state_from_qmp(&status))
+    }
+
+    /// The first line of `PROGRAM --version`.
+    async fn qemu_version(&self) -> Result<String, DriverError> {
+        let program = self.program();
+        let cmd = CommandSpec::new(&program)
+            .arg("--version")
+            .install_hint(self.host.install_hint(self.guest_arch()));
+        let out = self.runner.run(&cmd).await?.check(&program)?;
+        Ok(out.stdout_text().lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    /// `stop --save`: stops the guest's CPUs, streams its state into `vmstate.bin` (QMP
+    /// `migrate`), records what it was saved against, then ends QEMU. On a failure the guest
+    /// runs on and nothing is left behind.
+    async fn save_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        if let Some(share) = spec.shares.first() {
+            return Err(DriverError::Unsupported {
+                driver: DRIVER.to_owned(),
+                op: format!(
+                    "saving the state of machine {} while it shares {} over {} (QEMU cannot \
+                     save a guest with a mounted 9p or virtio-fs export); stop it without \
+                     --save",
+                    dir.name,
+                    share.host_path.display(),
+                    share.transport
+                ),
+            });
+        }
+        let Some(pid) = self.live_pid(dir).await? else {
+            return Err(DriverError::WrongState {
+                machine: dir.name.clone(),
+                state: VmState::Stopped,
+                op: "save",
+                wanted: "running",
+            });
+        };
+        let state = QemuState::load_required(dir)?;
+        let tsc_khz = self.host_tsc_khz().await;
+        let qmp_endpoint = self.launch_qmp(dir, &state)?;
+        let argv = self.vm_argv(dir, spec, &state, tsc_khz, &[], &qmp_endpoint);
+        let qemu_version = self.qemu_version().await?;
+        let boot_files = resume::boot_stamps(spec)
+            .map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
+        let tmp = dir.file(resume::STATE_TMP);
+        let mut qmp = self.qmp(dir).await?;
+        let qmp_err = |e| Self::qmp_error(dir, e);
+        // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )
+        .await
+        .map_err(qmp_err)?;
+        // With the CPUs stopped the state is written once, not chased page by page.
+        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let began = Instant::now();
+        let written = self.migrate_to(dir, &mut qmp, &tmp).await;
+        let written = match written {
+            Ok(()) => std::fs::File::open(&tmp)
+                .and_then(|f| {
+                    f.sync_all()?;
+                    f.metadata()
+                })
+                .map_err(|e| Self::io_error(dir, &tmp, e)),
+            Err(err) => Err(err),
+        };
+        let state_len = match written {
+            Ok(meta) => meta.len(),
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                if let Err(cont) = qmp.execute("cont", None).await {
+                    tracing::warn!(machine = %dir.name, "the guest stays paused: {}", error_chain(&cont));
+                }
+                return Err(err);
+            }
+        };
+        let saved = SavedVm {
+            qemu_version,
+            argv,
+            tsc_khz,
+            boot_files,
+            state_len,
+        };
+        let recorded = std::fs::rename(&tmp, dir.file(resume::STATE))
+            .map_err(|e| Self::io_error(dir, &tmp, e))
+            .and_then(|()| saved.save(dir));
+        if let Err(err) = recorded {
+            let _ = resume::discard(dir);
+            if let Err(cont) = qmp.execute("cont", None).await {
+                tracing::warn!(machine = %dir.name, "the guest stays paused: {}", error_chain(&cont));
+            }
+            return Err(err);
+        }
+        tracing::info!(
+            machine = %dir.name,
+            bytes = state_len,
+            ms = began.elapsed().as_millis() as u64,
+            "saved the VM's state"
+        );
+        match qmp.quit().await {
+            Ok(()) if self.wait_gone(dir, pid, QUIT_GRACE).await => {}
+            _ => {
+                process::kill(self.runner.as_ref(), pid)
+                    .await
+                    .map_err(|e| Self::io_error(dir, &dir.file(PIDFILE), e))?;
+                self.wait_gone(dir, pid, QUIT_GRACE).await;
+            }
+        }
+        self.clean_runtime_files(dir)
+    }
+
+    /// Runs QMP `migrate` into `path` and waits until QEMU reports it completed.
+    async fn migrate_to(
+        &self,
+        dir: &MachineDir,
+        qmp: &mut QmpClient,
+        path: &Path,
+    ) -> Result<(), DriverError> {
+        let qmp_err = |e| Self::qmp_error(dir, e);
+        qmp.execute(
+            "migrate",
+            Some(serde_json::json!({ "uri": resume::save_uri(path) })),
+        )
+        .await
+        .map_err(qmp_err)?;
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        loop {
+            let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
+            let status = info.get("status").and_then(|s| s.as_str()).unwrap_or("");
+            match status {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    let desc = info
+                        .get("error-desc")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("no reason given");
+                    return Err(DriverError::Protocol {
+                        machine: dir.name.clone(),
+                        channel: "qmp",
+                        message: format!("QEMU could not save the VM's state: {desc}"),
+                    });
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                let _ = qmp.execute("migrate_cancel", None).await;
+                return Err(DriverError::Timeout {
+                    machine: dir.name.clone(),
+                    what: "QEMU to save the VM's state".to_owned(),
+                    seconds: SAVE_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(STATE_POLL).await;
+        }
+    }
+
+    /// `start` of a machine saved by `stop --save`: checks the state against this QEMU, guest
+    /// image and command line, loads it into a paused QEMU and lets the guest run on. A
+    /// state that does not fit or does not load is removed (the disk is as the save left it).
+    async fn resume_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<Resume, DriverError> {
+        if !resume::exists(dir) {
+            return Ok(Resume::NoSavedState);
+        }
+        if self.live_pid(dir).await?.is_some() {
+            return Err(DriverError::WrongState {
+                machine: dir.name.clone(),
+                state: VmState::Running,
+                op: "resume",
+                wanted: "stopped",
+            });
+        }
+        let why = match self.resume_problem(dir, spec).await? {
+            Some(why) => Some(why),
+            None => self.load_saved(dir, spec).await?,
+        };
+        Ok(match why {
+            None => Resume::Resumed,
+            Some(reason) => {
+                resume::discard(dir).map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
+                tracing::warn!(machine = %dir.name, "saved state not used: {reason}");
+                Resume::Discarded { reason }
+            }
+        })
+    }
+
+    /// Why the saved state cannot be loaded into this machine as it is now; `None` if it can.
+    async fn resume_problem(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> Result<Option<String>, DriverError> {
+        let saved = match SavedVm::load(dir) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return Ok(Some("its record (vmstate.json) is missing".to_owned())),
+            Err(err) => return Ok(Some(format!("its record is unreadable: {}", error_chain(&err)))),
+        };
+        let len = std::fs::metadata(dir.file(resume::STATE)).map(|m| m.len());
+        match len {
+            Ok(len) if len == saved.state_len => {}
+            Ok(len) => {
+                return Ok(Some(format!(
+                    "the state file is {len} bytes where {} were saved (truncated or replaced)",
+                    saved.state_len
+                )))
+            }
+            Err(err) => return Ok(Some(format!("the state file is unreadable: {err}"))),
+        }
+        let state = QemuState::load_required(dir)?;
+        let qmp = self.launch_qmp(dir, &state)?;
+        let argv = self.vm_argv(dir, spec, &state, saved.tsc_khz, &[], &qmp);
+        let boot_files = match resume::boot_stamps(spec) {
+            Ok(files) => files,
+            Err(err) => return Ok(Some(format!("the guest image is unreadable: {err}"))),
+        };
+        let qemu_version = self.qemu_version().await?;
+        Ok(saved.mismatch(&qemu_version, &argv, &boot_files))
+    }
+
+    /// Starts QEMU on the saved state, waits for it to load and lets the guest run; the reason
+    /// if QEMU could not load it.
+    async fn load_saved(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> Result<Option<String>, DriverError> {
+        let saved = SavedVm::load(dir)?.ok_or_else(|| DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "qmp",
+            message: "vmstate.json vanished".to_owned(),
+        })?;
+        let mut state = QemuState::load_required(dir)?;
+        if Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))? {
+            state.save(dir)?;
+        }
+        let began = Instant::now();
+        let path = dir.file(resume::STATE);
+        if let Err(err) = self
+            .launch(dir, spec, &state, saved.tsc_khz, Some(&path))
+            .await
+        {
+            return Ok(Some(format!("QEMU could not start on it: {}", error_chain(&err))));
+        }
+        let Some(pid) = self.live_pid(dir).await? else {
+            return Ok(Some("QEMU exited while loading it".to_owned()));
+        };
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut qmp = self.qmp(dir).await?;
+        loop {
+            let status = match qmp.query_status().await {
+                Ok(status) => status,
+                // QEMU ends itself when the stream does not load.
+                Err(_) if !process::is_alive(self.runner.as_ref(), pid, &dir.file(PIDFILE)).await => {
+                    self.clean_runtime_files(dir)?;
+                    return Ok(Some("QEMU could not load it (the stream is damaged)".to_owned()));
+                }
+                Err(err) => return Err(Self::qmp_error(dir, err)),
+            };
+            match status.as_str() {
+                "inmigrate" => {}
+                "paused" | "postmigrate" => break,
+                other => {
+                    let _ = self.stop_inner(dir, StopMode::Kill).await;
+                    return Ok(Some(format!("QEMU ended in state {other} while loading it")));
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = self.stop_inner(dir, StopMode::Kill).await;
+                return Ok(Some(format!(
+                    "QEMU did not load it within {} s",
+                    SAVE_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(STATE_POLL).await;
+        }
+        // Loaded: from here on the guest writes the disk, so the state is spent.
+        resume::discard(dir).map_err(|e| Self::io_error(dir, &path, e))?;
+        qmp.execute("cont", None)
+            .await
+            .map_err(|e| Self::qmp_error(dir, e))?;
+        tracing::info!(
+            machine = %dir.name,
+            ms = began.elapsed().as_millis() as u64,
+            "resumed the VM from its saved state"
+        );
+        Ok(None)
     }
 
     async fn remove_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
@@ -1142,6 +1472,8 @@ impl Driver for QemuDriver {
                 sftp_shares: true,
                 existing_host: false,
                 virtio_fs: self.virtiofsd().is_some(),
+                // Windows QEMU runs no `sh` for `exec:` migration URIs.
+                save_state: self.host.os != HostOs::Windows,
             },
         }
     }
@@ -1182,6 +1514,22 @@ impl Driver for QemuDriver {
         dir: &MachineDir,
     ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
         self.remove_inner(dir)
+    }
+
+    fn save(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.save_inner(dir, spec)
+    }
+
+    fn resume(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<Resume, DriverError>> + Send {
+        self.resume_inner(dir, spec)
     }
 
     fn state(

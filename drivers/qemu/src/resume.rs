@@ -1,0 +1,219 @@
+//! `rmachine stop --save` and the `start` that follows: the running guest's state (memory and
+//! devices) goes to `vmstate.bin` through QEMU migration (`exec:`, the only file-like URI of
+//! QEMU 7.2: `file:` came in 8.2), and `vmstate.json` records what it was saved against (QEMU's
+//! version, the command line, the boot files' stamps, the state's length). A restore runs the
+//! same command line with `-S -incoming`, then `cont`.
+//!
+//! The state and the data disk are a pair: the state is deleted as soon as QEMU has loaded it
+//! (the guest writes the disk again from then on) and by every cold boot, so a state is never
+//! loaded against a disk written after it.
+
+use std::path::{Path, PathBuf};
+
+use rmachine_driver::{DriverError, MachineDir, VmSpec};
+use serde::{Deserialize, Serialize};
+
+/// The saved memory and device state (QEMU's migration stream).
+pub const STATE: &str = "vmstate.bin";
+/// What the state was saved against ([`SavedVm`]).
+pub const META: &str = "vmstate.json";
+/// The state while QEMU writes it.
+pub const STATE_TMP: &str = "vmstate.bin.tmp";
+/// [`META`] while it is written.
+pub const META_TMP: &str = "vmstate.json.tmp";
+
+/// A boot file as it was when the state was saved: a guest image replaced under the same path
+/// changes its length or modification time.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStamp {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its modification time, in nanoseconds since the Unix epoch.
+    pub modified_ns: u128,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        let modified_ns = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(FileStamp {
+            path: path.to_owned(),
+            len: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+/// `vmstate.json`: what [`STATE`] was saved against.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedVm {
+    /// The first line of `qemu-system-* --version` of the QEMU that saved it.
+    pub qemu_version: String,
+    /// QEMU's arguments as the saved VM ran with them (ports of that run).
+    pub argv: Vec<String>,
+    /// The `tsc_early_khz=` that argv was built with, so a restore builds the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsc_khz: Option<u64>,
+    /// The guest image's files.
+    pub boot_files: Vec<FileStamp>,
+    /// The length of [`STATE`] as QEMU wrote it: a shorter file was truncated.
+    pub state_len: u64,
+}
+
+impl SavedVm {
+    /// Reads `vmstate.json`; `None` if there is none.
+    pub fn load(dir: &MachineDir) -> Result<Option<Self>, DriverError> {
+        rmachine_driver::state_file::load(dir, META)
+    }
+
+    /// Writes `vmstate.json` atomically.
+    pub fn save(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        rmachine_driver::state_file::save(dir, META, self)
+    }
+
+    /// Why this state cannot be loaded into a VM that would run `argv` with `qemu_version`
+    /// and `boot_files`; `None` if it can.
+    pub fn mismatch(
+        &self,
+        qemu_version: &str,
+        argv: &[String],
+        boot_files: &[FileStamp],
+    ) -> Option<String> {
+        if self.qemu_version != qemu_version {
+            return Some(format!(
+                "QEMU changed since the state was saved (saved by \"{}\", now \"{qemu_version}\")",
+                self.qemu_version
+            ));
+        }
+        if self.boot_files != boot_files {
+            return Some("the guest image changed since the state was saved".to_owned());
+        }
+        if self.argv != argv {
+            return Some("the machine's configuration changed since the state was saved".to_owned());
+        }
+        None
+    }
+}
+
+/// The stamps of the boot files `spec` names (the compressed and the derived ones).
+pub fn boot_stamps(spec: &VmSpec) -> std::io::Result<Vec<FileStamp>> {
+    let boot = &spec.boot;
+    [Some(&boot.kernel), Some(&boot.initrd)]
+        .into_iter()
+        .chain([
+            boot.kernel_elf.as_ref(),
+            boot.initrd_uncompressed.as_ref(),
+            boot.iso.as_ref(),
+        ])
+        .flatten()
+        .filter(|p| p.exists())
+        .map(|p| FileStamp::of(p))
+        .collect()
+}
+
+/// Quotes `text` for `/bin/sh` (QEMU runs `exec:` URIs with `sh -c`).
+pub fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The `migrate` URI that writes the state to `path`.
+pub fn save_uri(path: &Path) -> String {
+    format!("exec:cat > {}", sh_quote(&path.to_string_lossy()))
+}
+
+/// The arguments appended to the VM's command line to load the state at `path`, paused.
+pub fn incoming_args(path: &Path) -> [String; 3] {
+    [
+        "-S".to_owned(),
+        "-incoming".to_owned(),
+        format!("exec:cat {}", sh_quote(&path.to_string_lossy())),
+    ]
+}
+
+/// Removes the saved state and its record; true if there was one.
+pub fn discard(dir: &MachineDir) -> std::io::Result<bool> {
+    let mut found = false;
+    for name in [META, STATE, STATE_TMP, META_TMP] {
+        match std::fs::remove_file(dir.file(name)) {
+            Ok(()) => found |= name == META || name == STATE,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// True if a saved state (or part of one) lies in `dir`.
+pub fn exists(dir: &MachineDir) -> bool {
+    dir.file(META).exists() || dir.file(STATE).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved() -> SavedVm {
+        SavedVm {
+            qemu_version: "QEMU emulator version 7.2.0".to_owned(),
+            argv: vec!["-m".to_owned(), "1024".to_owned()],
+            tsc_khz: Some(2_000_000),
+            boot_files: vec![FileStamp {
+                path: "/cache/vmlinuz".into(),
+                len: 10,
+                modified_ns: 5,
+            }],
+            state_len: 100,
+        }
+    }
+
+    #[test]
+    fn a_state_fits_only_the_same_qemu_image_and_command_line() {
+        let s = saved();
+        assert_eq!(s.mismatch(&s.qemu_version, &s.argv, &s.boot_files), None);
+        let why = s
+            .mismatch("QEMU emulator version 8.0.0", &s.argv, &s.boot_files)
+            .unwrap();
+        assert!(why.contains("QEMU changed") && why.contains("8.0.0"), "{why}");
+        let mut files = s.boot_files.clone();
+        files[0].len = 11;
+        let why = s.mismatch(&s.qemu_version, &s.argv, &files).unwrap();
+        assert!(why.contains("guest image changed"), "{why}");
+        let argv = vec!["-m".to_owned(), "2048".to_owned()];
+        let why = s.mismatch(&s.qemu_version, &argv, &s.boot_files).unwrap();
+        assert!(why.contains("configuration changed"), "{why}");
+    }
+
+    #[test]
+    fn uris_quote_the_path_for_the_shell() {
+        assert_eq!(
+            save_uri(Path::new("/m/it's here/vmstate.bin.tmp")),
+            r"exec:cat > '/m/it'\''s here/vmstate.bin.tmp'"
+        );
+        assert_eq!(
+            incoming_args(Path::new("/m/vmstate.bin"))[2],
+            "exec:cat '/m/vmstate.bin'"
+        );
+    }
+
+    #[test]
+    fn discard_removes_every_part_and_says_whether_there_was_a_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = MachineDir::new("m", tmp.path());
+        assert!(!discard(&dir).unwrap());
+        std::fs::write(dir.file(STATE), b"x").unwrap();
+        std::fs::write(dir.file(STATE_TMP), b"x").unwrap();
+        assert!(exists(&dir));
+        assert!(discard(&dir).unwrap());
+        assert!(!exists(&dir));
+        assert!(!dir.file(STATE_TMP).exists());
+    }
+}
