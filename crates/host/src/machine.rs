@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::{
     BootImage, Driver, DriverError, GuestPorts, MachineDir, Resume, ShareTransport, StopMode,
-    VmSpec,
-    VmState,
+    VmSpec, VmState,
 };
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
@@ -1413,7 +1412,9 @@ fn save_refusal(
     shares: &[rmachine_driver::Share],
 ) -> Option<String> {
     if !capabilities.save_state {
-        return Some(format!("driver {driver} cannot save a running machine's state"));
+        return Some(format!(
+            "driver {driver} cannot save a running machine's state"
+        ));
     }
     let share = shares.first()?;
     let why = match share.transport {
@@ -1451,9 +1452,23 @@ async fn after_resume<D: Driver>(
     update_docker_context(store, &name, &endpoints.engine);
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
+    let began = Instant::now();
     let (clock, engine) = tokio::join!(
-        set_guest_clock(endpoints.ssh, &config.driver.ssh_user, &config.driver.ssh_key_path),
-        client.wait_ready(endpoints.engine, timeout)
+        async {
+            let set = set_guest_clock(
+                endpoints.ssh,
+                &config.driver.ssh_user,
+                &config.driver.ssh_key_path,
+            )
+            .await;
+            tracing::debug!(ms = began.elapsed().as_millis() as u64, "guest clock set");
+            set
+        },
+        async {
+            let ready = client.wait_ready(endpoints.engine, timeout).await;
+            tracing::debug!(ms = began.elapsed().as_millis() as u64, "engine answered");
+            ready
+        }
     );
     if let Err(error) = clock {
         tracing::warn!(machine = %name, "the guest's clock was not set after the resume: {error}");
@@ -2534,6 +2549,54 @@ mod tests {
         (lines, move |p: Progress| {
             sink.lock().unwrap().push(p.to_string())
         })
+    }
+
+    #[test]
+    fn save_is_refused_without_the_capability_and_with_shares() {
+        let no_save = Capabilities::default();
+        let why = save_refusal(&no_save, "fake", &[]).unwrap();
+        assert!(why.contains("driver fake cannot save"), "{why}");
+        let can_save = Capabilities {
+            save_state: true,
+            ..Default::default()
+        };
+        assert_eq!(save_refusal(&can_save, "qemu", &[]), None);
+        for (transport, because) in [
+            (ShareTransport::NineP, "mounted 9p export"),
+            (ShareTransport::VirtioFs, "mounted virtiofs export"),
+            (ShareTransport::Sftp, "SSH connection"),
+        ] {
+            let share = rmachine_driver::Share {
+                tag: "share0".into(),
+                host_path: "/home/me".into(),
+                guest_path: "/home/me".into(),
+                read_only: false,
+                transport,
+            };
+            let why = save_refusal(&can_save, "qemu", &[share]).unwrap();
+            assert!(
+                why.contains("/home/me") && why.contains(because) && why.contains("--no-share"),
+                "{why}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn create_refuses_save_on_stop_where_it_cannot_save() {
+        let (_tmp, store, mut options) = setup();
+        options.save_on_stop = true;
+        options.no_share = true;
+        let driver = FakeDriver::default();
+        let (_lines, progress) = recorder();
+        let err = create_with(&store, &driver, "nosave", &options, &progress)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--save-on-stop: driver fake cannot save"),
+            "{err}"
+        );
+        assert!(driver.calls().is_empty(), "{:?}", driver.calls());
     }
 
     #[tokio::test]

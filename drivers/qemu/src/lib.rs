@@ -61,6 +61,7 @@ const OWN_FILES: &[&str] = &[
     resume::STATE_TMP,
     resume::META,
     resume::META_TMP,
+    resume::STATE_SPENT,
 ];
 
 /// How long one QMP exchange may take.
@@ -661,12 +662,19 @@ impl QemuDriver {
             }
         };
         let mut argv = self.vm_argv(dir, spec, state, tsc_khz, &virtiofs_sockets, &qmp);
-        if let Some(saved) = incoming {
-            argv.extend(resume::incoming_args(saved));
+        let cmd = match incoming {
+            None => CommandSpec::new(&program).args(argv),
+            Some(saved) => {
+                argv.extend(resume::incoming_args());
+                CommandSpec::new("sh")
+                    .arg("-c")
+                    .arg(resume::incoming_script())
+                    .arg(&program)
+                    .args(argv)
+                    .env(resume::STATE_ENV, saved.to_string_lossy())
+            }
         }
-        let cmd = CommandSpec::new(&program)
-            .args(argv)
-            .install_hint(self.host.install_hint(self.guest_arch()));
+        .install_hint(self.host.install_hint(self.guest_arch()));
         let log = dir.file(QEMU_LOG);
         let started = Instant::now();
         tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
@@ -951,7 +959,13 @@ impl QemuDriver {
             .arg("--version")
             .install_hint(self.host.install_hint(self.guest_arch()));
         let out = self.runner.run(&cmd).await?.check(&program)?;
-        Ok(out.stdout_text().lines().next().unwrap_or("").trim().to_owned())
+        Ok(out
+            .stdout_text()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned())
     }
 
     /// `stop --save`: stops the guest's CPUs, streams its state into `vmstate.bin` (QMP
@@ -984,8 +998,8 @@ impl QemuDriver {
         let qmp_endpoint = self.launch_qmp(dir, &state)?;
         let argv = self.vm_argv(dir, spec, &state, tsc_khz, &[], &qmp_endpoint);
         let qemu_version = self.qemu_version().await?;
-        let boot_files = resume::boot_stamps(spec)
-            .map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
+        let boot_files =
+            resume::boot_stamps(spec).map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
         let tmp = dir.file(resume::STATE_TMP);
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
@@ -1021,6 +1035,8 @@ impl QemuDriver {
         };
         let saved = SavedVm {
             qemu_version,
+            qemu_binary: resume::find_program(&self.program())
+                .and_then(|p| resume::FileStamp::of(&p).ok()),
             argv,
             tsc_khz,
             boot_files,
@@ -1121,8 +1137,9 @@ impl QemuDriver {
         Ok(match why {
             None => Resume::Resumed,
             Some(reason) => {
-                resume::discard(dir).map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
-                tracing::warn!(machine = %dir.name, "saved state not used: {reason}");
+                resume::discard(dir)
+                    .map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
+                tracing::info!(machine = %dir.name, "saved state not used: {reason}");
                 Resume::Discarded { reason }
             }
         })
@@ -1137,7 +1154,12 @@ impl QemuDriver {
         let saved = match SavedVm::load(dir) {
             Ok(Some(saved)) => saved,
             Ok(None) => return Ok(Some("its record (vmstate.json) is missing".to_owned())),
-            Err(err) => return Ok(Some(format!("its record is unreadable: {}", error_chain(&err)))),
+            Err(err) => {
+                return Ok(Some(format!(
+                    "its record is unreadable: {}",
+                    error_chain(&err)
+                )))
+            }
         };
         let len = std::fs::metadata(dir.file(resume::STATE)).map(|m| m.len());
         match len {
@@ -1157,7 +1179,12 @@ impl QemuDriver {
             Ok(files) => files,
             Err(err) => return Ok(Some(format!("the guest image is unreadable: {err}"))),
         };
-        let qemu_version = self.qemu_version().await?;
+        let binary =
+            resume::find_program(&self.program()).and_then(|p| resume::FileStamp::of(&p).ok());
+        let qemu_version = match &saved.qemu_binary {
+            Some(stamp) if binary.as_ref() == Some(stamp) => saved.qemu_version.clone(),
+            _ => self.qemu_version().await?,
+        };
         Ok(saved.mismatch(&qemu_version, &argv, &boot_files))
     }
 
@@ -1183,7 +1210,10 @@ impl QemuDriver {
             .launch(dir, spec, &state, saved.tsc_khz, Some(&path))
             .await
         {
-            return Ok(Some(format!("QEMU could not start on it: {}", error_chain(&err))));
+            return Ok(Some(format!(
+                "QEMU could not start on it: {}",
+                error_chain(&err)
+            )));
         }
         let Some(pid) = self.live_pid(dir).await? else {
             return Ok(Some("QEMU exited while loading it".to_owned()));
@@ -1194,9 +1224,13 @@ impl QemuDriver {
             let status = match qmp.query_status().await {
                 Ok(status) => status,
                 // QEMU ends itself when the stream does not load.
-                Err(_) if !process::is_alive(self.runner.as_ref(), pid, &dir.file(PIDFILE)).await => {
+                Err(_)
+                    if !process::is_alive(self.runner.as_ref(), pid, &dir.file(PIDFILE)).await =>
+                {
                     self.clean_runtime_files(dir)?;
-                    return Ok(Some("QEMU could not load it (the stream is damaged)".to_owned()));
+                    return Ok(Some(
+                        "QEMU could not load it (the stream is damaged)".to_owned(),
+                    ));
                 }
                 Err(err) => return Err(Self::qmp_error(dir, err)),
             };
@@ -1205,7 +1239,9 @@ impl QemuDriver {
                 "paused" | "postmigrate" => break,
                 other => {
                     let _ = self.stop_inner(dir, StopMode::Kill).await;
-                    return Ok(Some(format!("QEMU ended in state {other} while loading it")));
+                    return Ok(Some(format!(
+                        "QEMU ended in state {other} while loading it"
+                    )));
                 }
             }
             if Instant::now() >= deadline {
@@ -1217,11 +1253,22 @@ impl QemuDriver {
             }
             tokio::time::sleep(STATE_POLL).await;
         }
-        // Loaded: from here on the guest writes the disk, so the state is spent.
-        resume::discard(dir).map_err(|e| Self::io_error(dir, &path, e))?;
+        // Loaded: from here on the guest writes the disk, so the state is spent. A rename and
+        // a small unlink are quick; deleting the big file waits until the guest runs.
+        let spent = dir.file(resume::STATE_SPENT);
+        std::fs::rename(&path, &spent).map_err(|e| Self::io_error(dir, &path, e))?;
+        resume::discard_record(dir).map_err(|e| Self::io_error(dir, &path, e))?;
         qmp.execute("cont", None)
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
+        // Deleting a file of hundreds of MB takes a while; nothing waits for it (a file left
+        // over is removed with any later state).
+        let name = dir.name.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = std::fs::remove_file(&spent) {
+                tracing::warn!(machine = %name, "{}: {e}", spent.display());
+            }
+        });
         tracing::info!(
             machine = %dir.name,
             ms = began.elapsed().as_millis() as u64,
@@ -2047,6 +2094,73 @@ mod tests {
         let saved = QemuState::load_required(&dir).expect("qemu.json");
         assert_ne!(saved.ssh_port, state.ssh_port);
         assert_eq!(saved.engine_port, state.engine_port);
+    }
+
+    fn write_saved_state(dir: &MachineDir, len: usize, recorded_len: u64) {
+        std::fs::write(dir.file(resume::STATE), vec![0u8; len]).expect("state");
+        SavedVm {
+            qemu_version: "QEMU emulator version 7.2.0".into(),
+            qemu_binary: None,
+            argv: Vec::new(),
+            tsc_khz: None,
+            boot_files: Vec::new(),
+            state_len: recorded_len,
+        }
+        .save(dir)
+        .expect("record");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_saved_state_is_removed_and_the_machine_boots_afresh() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        assert_eq!(
+            driver.resume(&dir, &spec).await.expect("resume"),
+            Resume::NoSavedState
+        );
+        write_saved_state(&dir, 10, 20);
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
+        match driver.resume(&dir, &spec).await.expect("resume") {
+            Resume::Discarded { reason } => {
+                assert!(reason.contains("10 bytes where 20"), "{reason}")
+            }
+            other => panic!("a truncated state was used: {other:?}"),
+        }
+        assert!(!resume::exists(&dir), "the bad state is removed");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn a_cold_start_discards_a_saved_state() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        write_saved_state(&dir, 20, 20);
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        // The recording runner runs no QEMU; the state must be gone before QEMU is asked to.
+        let err = driver.start(&dir, &spec).await.expect_err("nothing canned");
+        assert!(err.to_string().contains("recording runner"), "{err}");
+        assert!(!resume::exists(&dir), "a boot without the state removes it");
+    }
+
+    #[tokio::test]
+    async fn save_refuses_a_machine_with_shares_naming_the_share() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, mut spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        spec.shares.push(rmachine_driver::Share {
+            tag: "share0".into(),
+            host_path: "/home/me".into(),
+            guest_path: "/home/me".into(),
+            read_only: false,
+            transport: ShareTransport::NineP,
+        });
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let err = driver.save(&dir, &spec).await.expect_err("refused");
+        assert!(err.to_string().contains("/home/me"), "{err}");
+        assert!(!resume::exists(&dir));
     }
 
     #[tokio::test]

@@ -54,7 +54,9 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         .docker_with_stdin(&["load"], Some(&tar))?
         .success()?;
     machine
-        .docker(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "100000"])?
+        .docker(&[
+            "run", "-d", "--name", "sleeper", "busybox", "sleep", "100000",
+        ])?
         .success()?;
     let started = started_at(&machine)?;
     // Something on the data disk the cold boot must keep.
@@ -79,7 +81,9 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         .success()?;
     eprintln!("start (resume) took {:.2}s", resumed.elapsed.as_secs_f64());
     assert!(
-        resumed.stdout.contains("Resuming the VM from its saved state"),
+        resumed
+            .stdout
+            .contains("Resuming the VM from its saved state"),
         "{}",
         resumed.stdout
     );
@@ -100,7 +104,11 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         "the container runs on: {}",
         ps.stdout
     );
-    assert_eq!(started_at(&machine)?, started, "the same run of the container");
+    assert_eq!(
+        started_at(&machine)?,
+        started,
+        "the same run of the container"
+    );
     let running = machine
         .docker(&["inspect", "--format", "{{.State.Running}}", "sleeper"])?
         .success()?;
@@ -123,10 +131,12 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
     let cold = machine
         .rmachine(&["start", "--no-progress", &machine.name])?
         .success()?;
-    eprintln!("start (damaged state) took {:.2}s", cold.elapsed.as_secs_f64());
+    eprintln!(
+        "start (damaged state) took {:.2}s",
+        cold.elapsed.as_secs_f64()
+    );
     assert!(
-        cold.stdout.contains("The saved state was not used")
-            && cold.stdout.contains("truncated"),
+        cold.stdout.contains("The saved state was not used") && cold.stdout.contains("truncated"),
         "{}",
         cold.stdout
     );
@@ -135,9 +145,14 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         .rmachine(&["ssh", &machine.name, "cat /mnt/data/resume-marker"])?
         .success()?;
     assert_eq!(marker.stdout.trim(), "kept");
-    machine.docker(&["image", "inspect", "busybox"])?.success()?;
+    machine
+        .docker(&["image", "inspect", "busybox"])?
+        .success()?;
     let lag = guest_clock_lag(&machine)?;
-    assert!(lag.abs() <= 2, "guest clock off by {lag}s after the cold boot");
+    assert!(
+        lag.abs() <= 2,
+        "guest clock off by {lag}s after the cold boot"
+    );
 
     // The same state, damaged inside rather than cut short: QEMU fails to load it.
     machine
