@@ -686,7 +686,9 @@ impl QemuDriver {
                 return Err(err);
             }
         };
-        let ready = self.wait_ready(dir, &qmp, &program, started, spawned).await;
+        let ready = self
+            .wait_ready(dir, &qmp, &program, started, spawned, incoming.is_some())
+            .await;
         if ready.is_err() {
             self.stop_virtiofsd(dir).await;
             // A half-started QEMU must not linger and hold the ports for the retry.
@@ -808,11 +810,21 @@ impl QemuDriver {
         program: &str,
         started: Instant,
         spawned: Option<u32>,
+        restoring: bool,
     ) -> Result<(), DriverError> {
         let pidfile = dir.file(PIDFILE);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
+            // A daemonized QEMU writes its pidfile before its parent returns and deletes it
+            // when it exits: one that rejected the saved state at once is gone already.
+            if pid.is_none() && restoring && self.host.os != HostOs::Windows {
+                return Err(DriverError::CommandFailed {
+                    program: program.to_owned(),
+                    status: -1,
+                    stderr: "QEMU exited at once (it rejected the saved state)".to_owned(),
+                });
+            }
             if let Some(pid) = pid {
                 if !process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
                     let log = std::fs::read_to_string(dir.file(QEMU_LOG)).unwrap_or_default();
