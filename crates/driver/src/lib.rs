@@ -479,6 +479,15 @@ pub trait Driver: Send + Sync {
         std::future::ready(Ok(Resume::NoSavedState))
     }
 
+    /// After [`Resume::Resumed`], while the host waits for the guest: removes what the resume
+    /// left behind (the loaded state, as big as the guest's memory).
+    fn finish_resume(
+        &self,
+        _dir: &MachineDir,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Deletes everything `create` made. MUST succeed if the VM is already gone. Never touches
     /// files it did not create (certs, keys and config belong to the host).
     fn remove(&self, dir: &MachineDir) -> impl Future<Output = Result<(), DriverError>> + Send;

@@ -371,6 +371,16 @@ impl Driver for AnyDriver {
         }
     }
 
+    async fn finish_resume(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.finish_resume(dir).await,
+            AnyDriver::Virtualbox(d) => d.finish_resume(dir).await,
+            AnyDriver::Hyperv(d) => d.finish_resume(dir).await,
+            AnyDriver::Generic(d) => d.finish_resume(dir).await,
+            AnyDriver::External(d) => d.finish_resume(dir).await,
+        }
+    }
+
     async fn state(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         match self {
             AnyDriver::Qemu(d) => d.state(dir).await,

@@ -75,6 +75,8 @@ const POLL: Duration = Duration::from_millis(100);
 const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long saving or loading a VM's state may take.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How the reason begins when QEMU exited while loading a saved state (it rejected it).
+const REJECTED: &str = "QEMU rejected the saved state";
 /// How often a save or load in progress is looked at.
 const STATE_POLL: Duration = Duration::from_millis(20);
 /// How often `stop` presses the power button again while the guest does not react.
@@ -813,7 +815,13 @@ impl QemuDriver {
         restoring: bool,
     ) -> Result<(), DriverError> {
         let pidfile = dir.file(PIDFILE);
-        let deadline = Instant::now() + READY_TIMEOUT;
+        // QEMU loading a state answers QMP only once it has read all of it.
+        let timeout = if restoring {
+            SAVE_TIMEOUT
+        } else {
+            READY_TIMEOUT
+        };
+        let deadline = Instant::now() + timeout;
         loop {
             let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
             // A daemonized QEMU writes its pidfile before its parent returns and deletes it
@@ -822,11 +830,20 @@ impl QemuDriver {
                 return Err(DriverError::CommandFailed {
                     program: program.to_owned(),
                     status: -1,
-                    stderr: "QEMU exited at once (it rejected the saved state)".to_owned(),
+                    stderr: self.rejected_message(dir),
                 });
             }
             if let Some(pid) = pid {
                 if !process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                    // Started (daemonized, or spawned on Windows) and gone while loading:
+                    // the state was rejected.
+                    if restoring {
+                        return Err(DriverError::CommandFailed {
+                            program: program.to_owned(),
+                            status: -1,
+                            stderr: self.rejected_message(dir),
+                        });
+                    }
                     let log = std::fs::read_to_string(dir.file(QEMU_LOG)).unwrap_or_default();
                     return Err(DriverError::CommandFailed {
                         program: program.to_owned(),
@@ -840,10 +857,12 @@ impl QemuDriver {
                 }
             }
             if let Ok(mut client) = QmpClient::connect(qmp, QMP_TIMEOUT).await {
-                let status = client
-                    .query_status()
-                    .await
-                    .map_err(|e| Self::qmp_error(dir, e))?;
+                let status = match client.query_status().await {
+                    Ok(status) => status,
+                    // Still reading the state: asked again until the deadline.
+                    Err(_) if restoring && Instant::now() < deadline => continue,
+                    Err(e) => return Err(Self::qmp_error(dir, e)),
+                };
                 tracing::info!(
                     machine = %dir.name,
                     status = %status,
@@ -856,7 +875,7 @@ impl QemuDriver {
                 return Err(DriverError::Timeout {
                     machine: dir.name.clone(),
                     what: format!("QEMU to answer on its {qmp}"),
-                    seconds: READY_TIMEOUT.as_secs(),
+                    seconds: timeout.as_secs(),
                 });
             }
             tokio::time::sleep(POLL).await;
@@ -1013,6 +1032,8 @@ impl QemuDriver {
         let boot_files =
             resume::boot_stamps(spec).map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
         let tmp = dir.file(resume::STATE_TMP);
+        let written = dir.file(resume::STATE_WRITTEN);
+        let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
         // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
@@ -1025,45 +1046,30 @@ impl QemuDriver {
         // With the CPUs stopped the state is written once, not chased page by page.
         qmp.execute("stop", None).await.map_err(qmp_err)?;
         let began = Instant::now();
-        let written = self.migrate_to(dir, &mut qmp, &tmp).await;
-        let written = match written {
-            Ok(()) => std::fs::File::open(&tmp)
+        let saved_to = match self.migrate_to(dir, &mut qmp, &uri, &written).await {
+            Ok(()) => std::fs::File::open(&written)
                 .and_then(|f| {
                     f.sync_all()?;
                     f.metadata()
                 })
-                .map_err(|e| Self::io_error(dir, &tmp, e)),
+                .map_err(|e| Self::io_error(dir, &written, e))
+                .and_then(|meta| {
+                    std::fs::rename(&written, dir.file(resume::STATE))
+                        .map(|()| meta.len())
+                        .map_err(|e| Self::io_error(dir, &written, e))
+                }),
             Err(err) => Err(err),
         };
-        let state_len = match written {
-            Ok(meta) => meta.len(),
+        let state_len = match saved_to {
+            Ok(len) => len,
             Err(err) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = resume::discard(dir);
                 if let Err(cont) = qmp.execute("cont", None).await {
                     tracing::warn!(machine = %dir.name, "the guest stays paused: {}", error_chain(&cont));
                 }
                 return Err(err);
             }
         };
-        let saved = SavedVm {
-            qemu_version,
-            qemu_binary: resume::find_program(&self.program())
-                .and_then(|p| resume::FileStamp::of(&p).ok()),
-            argv,
-            tsc_khz,
-            boot_files,
-            state_len,
-        };
-        let recorded = std::fs::rename(&tmp, dir.file(resume::STATE))
-            .map_err(|e| Self::io_error(dir, &tmp, e))
-            .and_then(|()| saved.save(dir));
-        if let Err(err) = recorded {
-            let _ = resume::discard(dir);
-            if let Err(cont) = qmp.execute("cont", None).await {
-                tracing::warn!(machine = %dir.name, "the guest stays paused: {}", error_chain(&cont));
-            }
-            return Err(err);
-        }
         tracing::info!(
             machine = %dir.name,
             bytes = state_len,
@@ -1079,47 +1085,86 @@ impl QemuDriver {
                 self.wait_gone(dir, pid, QUIT_GRACE).await;
             }
         }
-        self.clean_runtime_files(dir)
+        self.clean_runtime_files(dir)?;
+        // Stamped once QEMU is gone: nothing writes the disk after this but a later run.
+        let disk = dir.file(DISK);
+        let recorded = resume::FileStamp::of(&disk)
+            .map_err(|e| Self::io_error(dir, &disk, e))
+            .and_then(|data_disk| {
+                SavedVm {
+                    qemu_version,
+                    qemu_binary: resume::find_program(&self.program())
+                        .and_then(|p| resume::FileStamp::of(&p).ok()),
+                    argv,
+                    tsc_khz,
+                    boot_files,
+                    state_len,
+                    data_disk,
+                }
+                .save(dir)
+            });
+        if let Err(err) = recorded {
+            // Without its record the state is never loaded: the next start boots afresh
+            // (the guest's writes reached the disk before the save).
+            let _ = resume::discard(dir);
+            return Err(err);
+        }
+        Ok(())
     }
 
-    /// Runs QMP `migrate` into `path` and waits until QEMU reports it completed.
+    /// Runs QMP `migrate` to `uri` and waits until QEMU reports it completed and the state
+    /// file has its final name `written` (QEMU says completed before its `cat` has finished).
     async fn migrate_to(
         &self,
         dir: &MachineDir,
         qmp: &mut QmpClient,
-        path: &Path,
+        uri: &str,
+        written: &Path,
     ) -> Result<(), DriverError> {
         let qmp_err = |e| Self::qmp_error(dir, e);
-        qmp.execute(
-            "migrate",
-            Some(serde_json::json!({ "uri": resume::save_uri(path) })),
-        )
-        .await
-        .map_err(qmp_err)?;
+        qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await
+            .map_err(qmp_err)?;
         let deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut completed = false;
         loop {
-            let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
-            let status = info.get("status").and_then(|s| s.as_str()).unwrap_or("");
-            match status {
-                "completed" => return Ok(()),
-                "failed" | "cancelled" => {
-                    let desc = info
-                        .get("error-desc")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("no reason given");
-                    return Err(DriverError::Protocol {
-                        machine: dir.name.clone(),
-                        channel: "qmp",
-                        message: format!("QEMU could not save the VM's state: {desc}"),
-                    });
+            if completed {
+                if written.exists() {
+                    return Ok(());
                 }
-                _ => {}
+            } else {
+                let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
+                let status = info.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                match status {
+                    "completed" => {
+                        completed = true;
+                        continue;
+                    }
+                    "failed" | "cancelled" => {
+                        let desc = info
+                            .get("error-desc")
+                            .and_then(|s| s.as_str())
+                            .unwrap_or("no reason given");
+                        return Err(DriverError::Protocol {
+                            machine: dir.name.clone(),
+                            channel: "qmp",
+                            message: format!("QEMU could not save the VM's state: {desc}"),
+                        });
+                    }
+                    _ => {}
+                }
             }
             if Instant::now() >= deadline {
-                let _ = qmp.execute("migrate_cancel", None).await;
+                if !completed {
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                }
                 return Err(DriverError::Timeout {
                     machine: dir.name.clone(),
-                    what: "QEMU to save the VM's state".to_owned(),
+                    what: if completed {
+                        format!("the state file to be written whole ({})", written.display())
+                    } else {
+                        "QEMU to save the VM's state".to_owned()
+                    },
                     seconds: SAVE_TIMEOUT.as_secs(),
                 });
             }
@@ -1197,11 +1242,16 @@ impl QemuDriver {
             Some(stamp) if binary.as_ref() == Some(stamp) => saved.qemu_version.clone(),
             _ => self.qemu_version().await?,
         };
-        Ok(saved.mismatch(&qemu_version, &argv, &boot_files))
+        let data_disk = match resume::FileStamp::of(&dir.file(DISK)) {
+            Ok(stamp) => stamp,
+            Err(err) => return Ok(Some(format!("the data disk is unreadable: {err}"))),
+        };
+        Ok(saved.mismatch(&qemu_version, &argv, &boot_files, &data_disk))
     }
 
     /// Starts QEMU on the saved state, waits for it to load and lets the guest run; the reason
-    /// if QEMU could not load it.
+    /// if QEMU rejected the state. A failure that is not the state's fault (QEMU could not
+    /// start, a timeout) is an error and keeps the state for the next try.
     async fn load_saved(
         &self,
         dir: &MachineDir,
@@ -1218,38 +1268,71 @@ impl QemuDriver {
         }
         let began = Instant::now();
         let path = dir.file(resume::STATE);
-        if let Err(err) = self
+        match self
             .launch(dir, spec, &state, saved.tsc_khz, Some(&path))
             .await
         {
-            return Ok(Some(format!(
-                "QEMU could not start on it: {}",
-                error_chain(&err)
-            )));
+            Ok(()) => {}
+            Err(DriverError::CommandFailed { stderr, .. }) if stderr.starts_with(REJECTED) => {
+                self.clean_runtime_files(dir)?;
+                return Ok(Some(stderr));
+            }
+            Err(err) => return Err(err),
         }
-        let Some(pid) = self.live_pid(dir).await? else {
-            return Ok(Some("QEMU exited while loading it".to_owned()));
-        };
-        let deadline = Instant::now() + SAVE_TIMEOUT;
-        let mut qmp = self.qmp(dir).await?;
-        loop {
-            let status = match qmp.query_status().await {
-                Ok(status) => status,
-                // QEMU ends itself when the stream does not load.
-                Err(_)
-                    if !process::is_alive(self.runner.as_ref(), pid, &dir.file(PIDFILE)).await =>
-                {
-                    self.clean_runtime_files(dir)?;
-                    return Ok(Some(
-                        "QEMU could not load it (the stream is damaged)".to_owned(),
-                    ));
+        // Until `cont`, any failure leaves a paused QEMU the host would take for a running
+        // machine: it is killed, and the state kept.
+        match self.continue_loaded(dir, &path).await {
+            Ok(rejected) => {
+                if rejected.is_none() {
+                    tracing::info!(
+                        machine = %dir.name,
+                        ms = began.elapsed().as_millis() as u64,
+                        "resumed the VM from its saved state"
+                    );
                 }
-                Err(err) => return Err(Self::qmp_error(dir, err)),
+                Ok(rejected)
+            }
+            Err(err) => {
+                if let Err(kill) = self.stop_inner(dir, StopMode::Kill).await {
+                    tracing::warn!(machine = %dir.name, "QEMU not stopped after a failed resume: {}", error_chain(&kill));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// After [`Self::load_saved`] launched QEMU on the state at `path`: waits until it has
+    /// loaded it and lets the guest run; the reason if QEMU rejected it.
+    async fn continue_loaded(
+        &self,
+        dir: &MachineDir,
+        path: &Path,
+    ) -> Result<Option<String>, DriverError> {
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut client = None;
+        let mut qmp = loop {
+            if self.live_pid(dir).await?.is_none() {
+                self.clean_runtime_files(dir)?;
+                return Ok(Some(self.rejected_message(dir)));
+            }
+            if client.is_none() {
+                client = self.qmp(dir).await.ok();
+            }
+            // QEMU reading a big state answers QMP only once it is done: a slow or failed
+            // answer is asked again until the deadline.
+            let status = match client.as_mut() {
+                Some(qmp) => qmp.query_status().await.ok(),
+                None => None,
             };
-            match status.as_str() {
-                "inmigrate" => {}
-                "paused" | "postmigrate" => break,
-                other => {
+            match status.as_deref() {
+                Some("paused" | "postmigrate") => {
+                    if let Some(qmp) = client.take() {
+                        break qmp;
+                    }
+                }
+                None => client = None,
+                Some("inmigrate") => {}
+                Some(other) => {
                     let _ = self.stop_inner(dir, StopMode::Kill).await;
                     return Ok(Some(format!(
                         "QEMU ended in state {other} while loading it"
@@ -1257,36 +1340,50 @@ impl QemuDriver {
                 }
             }
             if Instant::now() >= deadline {
-                let _ = self.stop_inner(dir, StopMode::Kill).await;
-                return Ok(Some(format!(
-                    "QEMU did not load it within {} s",
-                    SAVE_TIMEOUT.as_secs()
-                )));
+                return Err(DriverError::Timeout {
+                    machine: dir.name.clone(),
+                    what: "QEMU to load the saved state (kept for the next start)".to_owned(),
+                    seconds: SAVE_TIMEOUT.as_secs(),
+                });
             }
             tokio::time::sleep(STATE_POLL).await;
-        }
+        };
         // Loaded: from here on the guest writes the disk, so the state is spent. A rename and
-        // a small unlink are quick; deleting the big file waits until the guest runs.
+        // a small unlink are quick; the big file is deleted by `finish_resume`.
         let spent = dir.file(resume::STATE_SPENT);
-        std::fs::rename(&path, &spent).map_err(|e| Self::io_error(dir, &path, e))?;
-        resume::discard_record(dir).map_err(|e| Self::io_error(dir, &path, e))?;
+        std::fs::rename(path, &spent).map_err(|e| Self::io_error(dir, path, e))?;
+        resume::discard_record(dir).map_err(|e| Self::io_error(dir, path, e))?;
         qmp.execute("cont", None)
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
-        // Deleting a file of hundreds of MB takes a while; nothing waits for it (a file left
-        // over is removed with any later state).
-        let name = dir.name.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = std::fs::remove_file(&spent) {
-                tracing::warn!(machine = %name, "{}: {e}", spent.display());
-            }
-        });
-        tracing::info!(
-            machine = %dir.name,
-            ms = began.elapsed().as_millis() as u64,
-            "resumed the VM from its saved state"
-        );
         Ok(None)
+    }
+
+    /// The reason given when QEMU exited while loading the state, with the end of its log.
+    fn rejected_message(&self, dir: &MachineDir) -> String {
+        let log = std::fs::read_to_string(dir.file(QEMU_LOG)).unwrap_or_default();
+        let tail: Vec<&str> = log.trim().lines().rev().take(5).collect();
+        if tail.is_empty() {
+            format!("{REJECTED} (the stream is damaged or does not fit this VM)")
+        } else {
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{REJECTED}: {}", tail.join(" / "))
+        }
+    }
+
+    /// Deletes the state a resume loaded (as big as the guest's memory: it takes a while).
+    async fn finish_resume_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        let spent = dir.file(resume::STATE_SPENT);
+        let removed = {
+            let spent = spent.clone();
+            tokio::task::spawn_blocking(move || std::fs::remove_file(spent)).await
+        };
+        match removed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(Err(e)) => Err(Self::io_error(dir, &spent, e)),
+            Err(join) => Err(Self::io_error(dir, &spent, std::io::Error::other(join))),
+        }
     }
 
     async fn remove_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
@@ -1589,6 +1686,13 @@ impl Driver for QemuDriver {
         spec: &VmSpec,
     ) -> impl std::future::Future<Output = Result<Resume, DriverError>> + Send {
         self.resume_inner(dir, spec)
+    }
+
+    fn finish_resume(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.finish_resume_inner(dir)
     }
 
     fn state(
@@ -2117,9 +2221,74 @@ mod tests {
             tsc_khz: None,
             boot_files: Vec::new(),
             state_len: recorded_len,
+            data_disk: resume::FileStamp {
+                path: dir.file(DISK),
+                len: 0,
+                modified_ns: 0,
+            },
         }
         .save(dir)
         .expect("record");
+    }
+
+    #[tokio::test]
+    async fn a_state_that_fits_is_kept_when_qemu_cannot_start_on_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2").expect("disk");
+        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
+        let version = "QEMU emulator version 7.2.0";
+        let driver = QemuDriver::with_runner(
+            tcg_options(),
+            Arc::new(RecordingRunner::new([(
+                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                CommandOutput::success(format!("{version}\n")),
+            )])),
+        )
+        .for_host(LINUX);
+        let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
+        SavedVm {
+            qemu_version: version.into(),
+            qemu_binary: None,
+            argv: driver.vm_argv(&dir, &spec, &state, None, &[], &qmp),
+            tsc_khz: None,
+            boot_files: resume::boot_stamps(&spec).expect("stamps"),
+            state_len: 20,
+            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
+        }
+        .save(&dir)
+        .expect("record");
+        // QEMU does not start (nothing canned for it): not the state's fault.
+        let err = driver.resume(&dir, &spec).await.expect_err("no QEMU");
+        assert!(err.to_string().contains("recording runner"), "{err}");
+        assert!(dir.file(resume::STATE).exists() && dir.file(resume::META).exists());
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
+    }
+
+    #[tokio::test]
+    async fn a_state_is_discarded_when_the_data_disk_was_written_after_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2 written by a cold boot").expect("disk");
+        write_saved_state(&dir, 20, 20);
+        let driver = QemuDriver::with_runner(
+            tcg_options(),
+            Arc::new(RecordingRunner::new([(
+                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                CommandOutput::success("QEMU emulator version 7.2.0\n"),
+            )])),
+        )
+        .for_host(LINUX);
+        match driver.resume(&dir, &spec).await.expect("resume") {
+            Resume::Discarded { reason } => {
+                assert!(
+                    reason.contains("data disk") && reason.contains("written since"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a state older than the disk was used: {other:?}"),
+        }
+        assert!(!resume::exists(&dir));
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub const META: &str = "vmstate.json";
 pub const STATE_TMP: &str = "vmstate.bin.tmp";
 /// [`META`] while it is written.
 pub const META_TMP: &str = "vmstate.json.tmp";
+/// The state once the `cat` QEMU writes it through has finished: QEMU reports the migration
+/// completed before it has reaped that `cat`, so only this name says the file is whole.
+pub const STATE_WRITTEN: &str = "vmstate.bin.written";
 /// [`STATE`] once QEMU has loaded it, until it is deleted.
 pub const STATE_SPENT: &str = "vmstate.bin.spent";
 
@@ -72,6 +75,10 @@ pub struct SavedVm {
     pub boot_files: Vec<FileStamp>,
     /// The length of [`STATE`] as QEMU wrote it: a shorter file was truncated.
     pub state_len: u64,
+    /// The data disk's image after the saving QEMU exited: any other length or modification
+    /// time means something wrote the disk since (an older rmachine's cold boot, a
+    /// `qemu-img check -r`, a restored backup), and the state's memory no longer fits it.
+    pub data_disk: FileStamp,
 }
 
 impl SavedVm {
@@ -92,7 +99,14 @@ impl SavedVm {
         qemu_version: &str,
         argv: &[String],
         boot_files: &[FileStamp],
+        data_disk: &FileStamp,
     ) -> Option<String> {
+        if self.data_disk != *data_disk {
+            return Some(format!(
+                "the data disk {} was written since the state was saved",
+                data_disk.path.display()
+            ));
+        }
         if self.qemu_version != qemu_version {
             return Some(format!(
                 "QEMU changed since the state was saved (saved by \"{}\", now \"{qemu_version}\")",
@@ -143,9 +157,22 @@ pub fn sh_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// The `migrate` URI that writes the state to `path`.
-pub fn save_uri(path: &Path) -> String {
-    format!("exec:cat > {}", sh_quote(&path.to_string_lossy()))
+/// The `migrate` URI that writes the state to `tmp` and, once `cat` has written all of it,
+/// renames it to `written`. Refuses a path that is not UTF-8 (QEMU takes the URI as a string).
+pub fn save_uri(tmp: &Path, written: &Path) -> Result<String, std::io::Error> {
+    let utf8 = |p: &Path| {
+        p.to_str().map(sh_quote).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the machine's path is not valid UTF-8: QEMU cannot be told where to save",
+            )
+        })
+    };
+    Ok(format!(
+        "exec:cat > {tmp} && mv {tmp} {written}",
+        tmp = utf8(tmp)?,
+        written = utf8(written)?
+    ))
 }
 
 /// The descriptor QEMU reads the state from on a restore.
@@ -176,7 +203,7 @@ pub const STATE_ENV: &str = "RMACHINE_VMSTATE";
 /// Removes the saved state and its record; true if there was one.
 pub fn discard(dir: &MachineDir) -> std::io::Result<bool> {
     let mut found = false;
-    for name in [META, STATE, STATE_TMP, META_TMP, STATE_SPENT] {
+    for name in [META, STATE, STATE_TMP, STATE_WRITTEN, META_TMP, STATE_SPENT] {
         match std::fs::remove_file(dir.file(name)) {
             Ok(()) => found |= name == META || name == STATE,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -215,15 +242,24 @@ mod tests {
                 modified_ns: 5,
             }],
             state_len: 100,
+            data_disk: FileStamp {
+                path: "/m/disk.qcow2".into(),
+                len: 1000,
+                modified_ns: 7,
+            },
         }
     }
 
     #[test]
     fn a_state_fits_only_the_same_qemu_image_and_command_line() {
         let s = saved();
-        assert_eq!(s.mismatch(&s.qemu_version, &s.argv, &s.boot_files), None);
+        let disk = &s.data_disk;
+        assert_eq!(
+            s.mismatch(&s.qemu_version, &s.argv, &s.boot_files, disk),
+            None
+        );
         let why = s
-            .mismatch("QEMU emulator version 8.0.0", &s.argv, &s.boot_files)
+            .mismatch("QEMU emulator version 8.0.0", &s.argv, &s.boot_files, disk)
             .unwrap();
         assert!(
             why.contains("QEMU changed") && why.contains("8.0.0"),
@@ -231,19 +267,50 @@ mod tests {
         );
         let mut files = s.boot_files.clone();
         files[0].len = 11;
-        let why = s.mismatch(&s.qemu_version, &s.argv, &files).unwrap();
+        let why = s.mismatch(&s.qemu_version, &s.argv, &files, disk).unwrap();
         assert!(why.contains("guest image changed"), "{why}");
         let argv = vec!["-m".to_owned(), "2048".to_owned()];
-        let why = s.mismatch(&s.qemu_version, &argv, &s.boot_files).unwrap();
+        let why = s
+            .mismatch(&s.qemu_version, &argv, &s.boot_files, disk)
+            .unwrap();
         assert!(why.contains("configuration changed"), "{why}");
+    }
+
+    #[test]
+    fn a_state_does_not_fit_a_data_disk_written_after_it() {
+        let s = saved();
+        for (len, modified_ns) in [(1000, 8), (1001, 7)] {
+            let disk = FileStamp {
+                len,
+                modified_ns,
+                ..s.data_disk.clone()
+            };
+            let why = s
+                .mismatch(&s.qemu_version, &s.argv, &s.boot_files, &disk)
+                .unwrap();
+            assert!(
+                why.contains("data disk /m/disk.qcow2 was written since"),
+                "{why}"
+            );
+        }
     }
 
     #[test]
     fn uris_quote_the_path_for_the_shell() {
         assert_eq!(
-            save_uri(Path::new("/m/it's here/vmstate.bin.tmp")),
-            r"exec:cat > '/m/it'\''s here/vmstate.bin.tmp'"
+            save_uri(
+                Path::new("/m/it's here/vmstate.bin.tmp"),
+                Path::new("/m/it's here/vmstate.bin.written")
+            )
+            .unwrap(),
+            r"exec:cat > '/m/it'\''s here/vmstate.bin.tmp' && mv '/m/it'\''s here/vmstate.bin.tmp' '/m/it'\''s here/vmstate.bin.written'"
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = Path::new(std::ffi::OsStr::from_bytes(b"/m/\xff/vmstate.bin.tmp"));
+            assert!(save_uri(bad, Path::new("/m/w")).is_err());
+        }
         assert_eq!(incoming_args()[2], "fd:3");
         assert_eq!(incoming_script(), r#"exec "$0" "$@" 3<"$RMACHINE_VMSTATE""#);
     }
