@@ -295,6 +295,11 @@ pub enum Progress {
         /// Why the saved state was not used.
         reason: String,
     },
+    /// After a resume the guest's clock could not be set: it stands where it was at the save.
+    ClockNotSet {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Progress {
@@ -341,6 +346,11 @@ impl fmt::Display for Progress {
                 f,
                 "The saved state was not used ({reason}); it was removed and the machine boots \
                  afresh (the data disk is as it was when the state was saved)"
+            ),
+            Progress::ClockNotSet { reason } => write!(
+                f,
+                "Warning: the guest's clock was not set after the resume ({reason}); it is \
+                 behind by the time the machine was saved"
             ),
         }
     }
@@ -1453,7 +1463,7 @@ async fn after_resume<D: Driver>(
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
     let began = Instant::now();
-    let (clock, engine) = tokio::join!(
+    let (clock, engine, cleaned) = tokio::join!(
         async {
             let set = set_guest_clock(
                 endpoints.ssh,
@@ -1468,10 +1478,15 @@ async fn after_resume<D: Driver>(
             let ready = client.wait_ready(endpoints.engine, timeout).await;
             tracing::debug!(ms = began.elapsed().as_millis() as u64, "engine answered");
             ready
-        }
+        },
+        driver.finish_resume(dir)
     );
-    if let Err(error) = clock {
-        tracing::warn!(machine = %name, "the guest's clock was not set after the resume: {error}");
+    if let Err(reason) = clock {
+        tracing::warn!(machine = %name, "the guest's clock was not set after the resume: {reason}");
+        progress(Progress::ClockNotSet { reason });
+    }
+    if let Err(error) = cleaned {
+        tracing::warn!(machine = %name, "after the resume: {}", error_chain(&error));
     }
     engine.map_err(|source| MachineError::EngineNotReady {
         machine: name.clone(),
@@ -1483,41 +1498,84 @@ async fn after_resume<D: Driver>(
     Ok(())
 }
 
-/// How long setting the guest's clock after a resume may take.
-const CLOCK_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long setting the guest's clock after a resume, or syncing its disks before a save,
+/// may take.
+const GUEST_COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Sets the guest's clock to the host's over SSH (a resumed guest's clock stands where it was
-/// when it was saved). `date -s @SECONDS` has whole seconds: the host's time is rounded to the
-/// nearest.
+/// when it was saved). `date -s @SECONDS` takes whole seconds: the command is sent so that it
+/// runs at a whole second of the host's clock, half a measured round trip after it is sent.
 async fn set_guest_clock(ssh: SocketAddr, user: &str, key: &std::path::Path) -> Result<(), String> {
     let work = async {
         let session = SshSession::connect_as(ssh, user, key)
             .await
             .map_err(|e| error_chain(&e))?;
-        let now = chrono::Utc::now();
-        let secs = (now.timestamp_millis() + 500).div_euclid(1000);
-        let mut err = Vec::new();
-        let status = session
-            .run_with(
-                &format!("date -u -s @{secs} >/dev/null"),
-                None::<tokio::io::Empty>,
-                tokio::io::sink(),
-                &mut err,
+        // One command's round trip on this session: the delay until `date` runs is about half.
+        let probe = Instant::now();
+        run_on(&session, "true").await?;
+        let one_way = probe.elapsed() / 2;
+        let now = chrono::Utc::now() + one_way;
+        let next = now.timestamp() + 1;
+        let wait_ms = 1000 - i64::from(now.timestamp_subsec_millis());
+        tokio::time::sleep(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))).await;
+        let set = run_on(&session, &format!("date -u -s @{next} >/dev/null")).await;
+        session.close().await;
+        set
+    };
+    tokio::time::timeout(GUEST_COMMAND_TIMEOUT, work)
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer over SSH within {} s",
+                GUEST_COMMAND_TIMEOUT.as_secs()
             )
+        })?
+}
+
+/// Runs `command` on the guest; its stderr if it fails.
+async fn run_on(session: &SshSession, command: &str) -> Result<(), String> {
+    let mut err = Vec::new();
+    let status = session
+        .run_with(
+            command,
+            None::<tokio::io::Empty>,
+            tokio::io::sink(),
+            &mut err,
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
+    match status {
+        0 => Ok(()),
+        _ => Err(format!(
+            "`{command}` exited with {status}: {}",
+            String::from_utf8_lossy(&err).trim()
+        )),
+    }
+}
+
+/// Flushes the guest's page cache to its disks over SSH before a save: writes that lived only
+/// in the saved memory would be lost with any state that is later discarded.
+async fn sync_guest_disks(
+    ssh: SocketAddr,
+    user: &str,
+    key: &std::path::Path,
+) -> Result<(), String> {
+    let work = async {
+        let session = SshSession::connect_as(ssh, user, key)
             .await
             .map_err(|e| error_chain(&e))?;
+        let synced = run_on(&session, "sync").await;
         session.close().await;
-        match status {
-            0 => Ok(()),
-            _ => Err(format!(
-                "`date -s` exited with {status}: {}",
-                String::from_utf8_lossy(&err).trim()
-            )),
-        }
+        synced
     };
-    tokio::time::timeout(CLOCK_TIMEOUT, work)
+    tokio::time::timeout(GUEST_COMMAND_TIMEOUT, work)
         .await
-        .map_err(|_| format!("no answer over SSH within {} s", CLOCK_TIMEOUT.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "no answer over SSH within {} s",
+                GUEST_COMMAND_TIMEOUT.as_secs()
+            )
+        })?
 }
 
 /// How long `create` and `start` wait for the port agent to mount the shares over SFTP.
@@ -1654,12 +1712,30 @@ pub async fn stop_with(
                 reason,
             });
         }
-        portagent::stop(store, name)?;
-        return driver
+        let endpoints = driver
+            .endpoints(&dir)
+            .await
+            .map_err(driver_err(name, "report the VM's endpoints"))?;
+        sync_guest_disks(
+            endpoints.ssh,
+            &config.driver.ssh_user,
+            &config.driver.ssh_key_path,
+        )
+        .await
+        .map_err(|reason| MachineError::CannotSave {
+            machine: name.to_string(),
+            reason: format!(
+                "the guest's writes could not be flushed to its disk ({reason}); stop it \
+                 without --save"
+            ),
+        })?;
+        driver
             .save(&dir, &driver_spec(&config.vm))
             .await
-            .map(|()| true)
-            .map_err(driver_err(name, "save the VM's state"));
+            .map_err(driver_err(name, "save the VM's state"))?;
+        // Only once saved: a failed save leaves the guest running with its ports published.
+        portagent::stop(store, name)?;
+        return Ok(true);
     }
     portagent::stop(store, name)?;
     match driver
