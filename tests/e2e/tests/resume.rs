@@ -1,10 +1,13 @@
 //! `stop --save` / `start`: a running container keeps running across a save and a resume
-//! (same container start, uptime continued), the guest's clock is the host's right after the
-//! resume, and a damaged state file falls back at once to a cold boot that keeps the data
-//! disk. One machine: create, save, resume, save, cold boot (about 1.5 min under load here).
+//! (same container start, uptime continued, its published port answers again), the guest's
+//! clock is the host's right after the resume, the spent state is gone, and a damaged state
+//! file falls back at once to a cold boot that keeps the data disk, including writes made
+//! just before the save and never synced by the test. One machine: create, save, resume,
+//! save, cold boot (about 1.5 min under load here).
 #![cfg(rmachine_e2e)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rmachine_e2e::Machine;
 use rmachine_fixtures::{busybox_image, ArchiveFormat};
@@ -33,6 +36,37 @@ fn guest_clock_lag(machine: &Machine) -> anyhow::Result<i64> {
     })
 }
 
+/// A free TCP port on the host's loopback.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The body of `GET /` on 127.0.0.1:`port`, if it answers.
+fn http_get(port: u16) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+/// Waits up to `limit` for the published port to serve the page.
+fn page_served(port: u16, limit: Duration) -> bool {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if http_get(port).as_deref() == Some("published\n") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 fn started_at(machine: &Machine) -> anyhow::Result<String> {
     Ok(machine
         .docker(&["inspect", "--format", "{{.State.StartedAt}}", "sleeper"])?
@@ -59,13 +93,29 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         ])?
         .success()?;
     let started = started_at(&machine)?;
-    // Something on the data disk the cold boot must keep.
+    let port = free_port()?;
     machine
-        .rmachine(&[
-            "ssh",
-            &machine.name,
-            "echo kept > /mnt/data/resume-marker && sync",
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &format!("{port}:80"),
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo published > /www/index.html && exec httpd -f -p 80 -h /www",
         ])?
+        .success()?;
+    assert!(
+        page_served(port, Duration::from_secs(10)),
+        "the published port answers"
+    );
+    // Something on the data disk the cold boot must keep (not synced: `stop --save` must
+    // flush it).
+    machine
+        .rmachine(&["ssh", &machine.name, "echo kept > /mnt/data/resume-marker"])?
         .success()?;
 
     // The machine was made with --save-on-stop: plain `stop` saves.
@@ -75,7 +125,7 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
     let state = machine.rmachine(&["status", &machine.name])?.success()?;
     assert_eq!(state.stdout.trim(), "Saved");
     // Time passes while the machine is saved: the guest's clock must catch up.
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
     let resumed = machine
         .rmachine(&["start", "--no-progress", &machine.name])?
         .success()?;
@@ -113,17 +163,33 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         .docker(&["inspect", "--format", "{{.State.Running}}", "sleeper"])?
         .success()?;
     assert_eq!(running.stdout.trim(), "true");
+    let machine_dir = machine.store().join("machines").join(&machine.name);
+    for spent in ["vmstate.bin", "vmstate.json", "vmstate.bin.spent"] {
+        assert!(
+            !machine_dir.join(spent).exists(),
+            "{spent} is gone after the resume"
+        );
+    }
+    assert!(
+        page_served(port, Duration::from_secs(10)),
+        "the published port answers again after the resume"
+    );
+
+    // Written right before the save, never synced by the test.
+    machine
+        .rmachine(&[
+            "ssh",
+            &machine.name,
+            "echo kept-too > /mnt/data/resume-marker2",
+        ])?
+        .success()?;
 
     // A damaged state (a truncated one is refused before QEMU runs: unit-tested in the
     // driver): QEMU rejects it, `start` says so, boots afresh, and the disk is intact.
     machine
         .rmachine(&["stop", "--save", &machine.name])?
         .success()?;
-    let state_file = machine
-        .store()
-        .join("machines")
-        .join(&machine.name)
-        .join("vmstate.bin");
+    let state_file = machine_dir.join("vmstate.bin");
     let mut bytes = std::fs::read(&state_file)?;
     let len = bytes.len();
     bytes[..len.min(4096)].fill(0xa5);
@@ -148,6 +214,10 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
         .rmachine(&["ssh", &machine.name, "cat /mnt/data/resume-marker"])?
         .success()?;
     assert_eq!(marker.stdout.trim(), "kept");
+    let marker = machine
+        .rmachine(&["ssh", &machine.name, "cat /mnt/data/resume-marker2"])?
+        .success()?;
+    assert_eq!(marker.stdout.trim(), "kept-too");
     machine
         .docker(&["image", "inspect", "busybox"])?
         .success()?;
