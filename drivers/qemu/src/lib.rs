@@ -75,6 +75,8 @@ const POLL: Duration = Duration::from_millis(100);
 const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long saving or loading a VM's state may take.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the `cat` of a save may take to finish once QEMU says the migration completed.
+const WRITTEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How the reason begins when QEMU exited while loading a saved state (it rejected it).
 const REJECTED: &str = "QEMU rejected the saved state";
 /// How often a save or load in progress is looked at.
@@ -1125,7 +1127,7 @@ impl QemuDriver {
         qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
             .await
             .map_err(qmp_err)?;
-        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut deadline = Instant::now() + SAVE_TIMEOUT;
         let mut completed = false;
         loop {
             if completed {
@@ -1138,6 +1140,9 @@ impl QemuDriver {
                 match status {
                     "completed" => {
                         completed = true;
+                        // Only what the pipe still holds is left to write; a `cat` that
+                        // failed (a full disk) never renames the file.
+                        deadline = deadline.min(Instant::now() + WRITTEN_TIMEOUT);
                         continue;
                     }
                     "failed" | "cancelled" => {
@@ -1157,6 +1162,20 @@ impl QemuDriver {
             if Instant::now() >= deadline {
                 if !completed {
                     let _ = qmp.execute("migrate_cancel", None).await;
+                    // The caller lets the guest run on: not before the migration has ended.
+                    let cancel_deadline = Instant::now() + QUIT_GRACE;
+                    while Instant::now() < cancel_deadline {
+                        let ended = qmp.execute("query-migrate", None).await.is_ok_and(|info| {
+                            matches!(
+                                info.get("status").and_then(|s| s.as_str()),
+                                Some("cancelled" | "failed" | "completed")
+                            )
+                        });
+                        if ended {
+                            break;
+                        }
+                        tokio::time::sleep(STATE_POLL).await;
+                    }
                 }
                 return Err(DriverError::Timeout {
                     machine: dir.name.clone(),
@@ -1165,7 +1184,11 @@ impl QemuDriver {
                     } else {
                         "QEMU to save the VM's state".to_owned()
                     },
-                    seconds: SAVE_TIMEOUT.as_secs(),
+                    seconds: if completed {
+                        WRITTEN_TIMEOUT.as_secs()
+                    } else {
+                        SAVE_TIMEOUT.as_secs()
+                    },
                 });
             }
             tokio::time::sleep(STATE_POLL).await;

@@ -1,12 +1,13 @@
 //! `rmachine stop --save` and the `start` that follows: the running guest's state (memory and
-//! devices) goes to `vmstate.bin` through QEMU migration (`exec:`, the only file-like URI of
-//! QEMU 7.2: `file:` came in 8.2), and `vmstate.json` records what it was saved against (QEMU's
+//! devices) goes to `vmstate.bin` through QEMU migration (`exec:cat`, the only file-like URI
+//! of QEMU 7.2: `file:` came in 8.2), and `vmstate.json` records what it was saved against (QEMU's
 //! version, the command line, the boot files' stamps, the state's length). A restore runs the
 //! same command line with `-S -incoming`, then `cont`.
 //!
 //! The state and the data disk are a pair: the state is deleted as soon as QEMU has loaded it
-//! (the guest writes the disk again from then on) and by every cold boot, so a state is never
-//! loaded against a disk written after it.
+//! (the guest writes the disk again from then on) and by every cold boot of this driver, and
+//! the record stamps the disk (length, modification time) so that a disk written by anything
+//! else since the save discards the state rather than loading stale memory over it.
 
 use std::path::{Path, PathBuf};
 
