@@ -2063,15 +2063,19 @@ mod tests {
         recording: RecordingRunner,
         dir: MachineDir,
         vms: Mutex<Vec<FakeVm>>,
+        /// What `query-status` answers.
+        status: &'static str,
     }
 
     impl CommandRunner for FakeQemuRunner {
         fn run<'a>(&'a self, cmd: &'a CommandSpec) -> RunFuture<'a, CommandOutput> {
             Box::pin(async move {
                 let out = self.recording.run(cmd).await?;
-                if cmd.program.starts_with("qemu-system") && out.is_success() {
+                // `sh` runs QEMU on a saved state.
+                let qemu = cmd.program.starts_with("qemu-system") || cmd.program == "sh";
+                if qemu && out.is_success() {
                     let vm = FakeVm::start(&self.dir);
-                    fake::serve(&self.dir.file(QMP_SOCKET), qmp_status("running"));
+                    fake::serve(&self.dir.file(QMP_SOCKET), qmp_status(self.status));
                     self.vms.lock().expect("vms").push(vm);
                 }
                 Ok(out)
@@ -2155,6 +2159,7 @@ mod tests {
             ]),
             dir: dir.clone(),
             vms: Mutex::default(),
+            status: "running",
         });
         let driver =
             QemuDriver::with_runner(QemuOptions::default(), runner.clone()).for_host(LINUX);
@@ -2184,6 +2189,7 @@ mod tests {
             )]),
             dir: dir.clone(),
             vms: Mutex::default(),
+            status: "running",
         });
         let options = QemuOptions {
             accel: AccelOption::Kvm,
@@ -2284,6 +2290,70 @@ mod tests {
         // QEMU does not start (nothing canned for it): not the state's fault.
         let err = driver.resume(&dir, &spec).await.expect_err("no QEMU");
         assert!(err.to_string().contains("recording runner"), "{err}");
+        assert!(dir.file(resume::STATE).exists() && dir.file(resume::META).exists());
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_fails_after_qemu_started_kills_it_and_keeps_the_state() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2").expect("disk");
+        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
+        // The spent name is taken by a directory: the rename after the load fails.
+        std::fs::create_dir(dir.file(resume::STATE_SPENT)).expect("dir");
+        std::fs::write(dir.file(resume::STATE_SPENT).join("x"), "x").expect("file");
+        let version = "QEMU emulator version 7.2.0";
+        let probe = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let qmp = probe.launch_qmp(&dir, &state).expect("qmp");
+        let argv = probe.vm_argv(&dir, &spec, &state, None, &[], &qmp);
+        let mut restore = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            resume::incoming_script(),
+            "qemu-system-x86_64".to_owned(),
+        ];
+        restore.extend(argv.iter().cloned());
+        restore.extend(resume::incoming_args());
+        let runner = Arc::new(FakeQemuRunner {
+            recording: RecordingRunner::new([
+                (
+                    vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                    CommandOutput::success(format!("{version}\n")),
+                ),
+                (restore, CommandOutput::success("")),
+            ]),
+            dir: dir.clone(),
+            vms: Mutex::default(),
+            status: "paused",
+        });
+        let driver = QemuDriver::with_runner(tcg_options(), runner.clone()).for_host(LINUX);
+        SavedVm {
+            qemu_version: version.into(),
+            qemu_binary: None,
+            argv,
+            tsc_khz: None,
+            boot_files: resume::boot_stamps(&spec).expect("stamps"),
+            state_len: 20,
+            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
+        }
+        .save(&dir)
+        .expect("record");
+        let err = driver.resume(&dir, &spec).await.expect_err("rename fails");
+        assert!(err.to_string().contains("vmstate.bin"), "{err}");
+        // The last stand-in is the restore's (`--version` started one too).
+        let pid = runner
+            .vms
+            .lock()
+            .expect("vms")
+            .last()
+            .map(FakeVm::pid)
+            .expect("a stand-in");
+        assert!(
+            !process::is_alive(runner.as_ref(), pid, &dir.file(PIDFILE)).await,
+            "the paused QEMU is killed"
+        );
         assert!(dir.file(resume::STATE).exists() && dir.file(resume::META).exists());
         assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
     }
