@@ -617,7 +617,7 @@ pub async fn create_with<D: Driver>(
         }
     };
     if options.save_on_stop {
-        if let Some(reason) = save_refusal(&capabilities, &driver.info().name, &vm_shares) {
+        if let Some(reason) = save_refusal(&capabilities, &driver.info().name, &vm_shares, true) {
             problems.push(format!("--save-on-stop: {reason}"));
         }
     }
@@ -1420,6 +1420,7 @@ fn save_refusal(
     capabilities: &rmachine_driver::Capabilities,
     driver: &str,
     shares: &[rmachine_driver::Share],
+    creating: bool,
 ) -> Option<String> {
     if !capabilities.save_state {
         return Some(format!(
@@ -1433,8 +1434,13 @@ fn save_refusal(
         }
         transport => format!("QEMU cannot save a guest with a mounted {transport} export"),
     };
+    let remedy = if creating {
+        "create it with --no-share, or without --save-on-stop"
+    } else {
+        "stop it with --no-save, or create it with --no-share"
+    };
     Some(format!(
-        "the machine shares {} ({why}); stop it without --save, or create it with --no-share",
+        "the machine shares {} ({why}); {remedy}",
         share.host_path.display()
     ))
 }
@@ -1701,12 +1707,17 @@ pub async fn stop_with(
     if matches!(current, VmState::Stopped | VmState::Saved) {
         return Err(MachineError::AlreadyInState {
             machine: name.to_string(),
-            state: "stopped".to_string(),
+            state: if current == VmState::Saved {
+                "stopped (its state is saved)".to_string()
+            } else {
+                "stopped".to_string()
+            },
         });
     }
     if save.unwrap_or(config.save_on_stop) {
         let info = driver.info();
-        if let Some(reason) = save_refusal(&info.capabilities, &info.name, &config.vm.shares) {
+        if let Some(reason) = save_refusal(&info.capabilities, &info.name, &config.vm.shares, false)
+        {
             return Err(MachineError::CannotSave {
                 machine: name.to_string(),
                 reason,
@@ -2630,13 +2641,13 @@ mod tests {
     #[test]
     fn save_is_refused_without_the_capability_and_with_shares() {
         let no_save = Capabilities::default();
-        let why = save_refusal(&no_save, "fake", &[]).unwrap();
+        let why = save_refusal(&no_save, "fake", &[], false).unwrap();
         assert!(why.contains("driver fake cannot save"), "{why}");
         let can_save = Capabilities {
             save_state: true,
             ..Default::default()
         };
-        assert_eq!(save_refusal(&can_save, "qemu", &[]), None);
+        assert_eq!(save_refusal(&can_save, "qemu", &[], false), None);
         for (transport, because) in [
             (ShareTransport::NineP, "mounted 9p export"),
             (ShareTransport::VirtioFs, "mounted virtiofs export"),
@@ -2649,9 +2660,17 @@ mod tests {
                 read_only: false,
                 transport,
             };
-            let why = save_refusal(&can_save, "qemu", &[share]).unwrap();
+            let shares = [share];
+            let why = save_refusal(&can_save, "qemu", &shares, false).unwrap();
             assert!(
-                why.contains("/home/me") && why.contains(because) && why.contains("--no-share"),
+                why.contains("/home/me")
+                    && why.contains(because)
+                    && why.contains("stop it with --no-save"),
+                "{why}"
+            );
+            let why = save_refusal(&can_save, "qemu", &shares, true).unwrap();
+            assert!(
+                why.contains("create it with --no-share") && !why.contains("stop it"),
                 "{why}"
             );
         }
