@@ -271,6 +271,25 @@ pub struct Capabilities {
     /// [`Driver::ssh_login`] says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub existing_host: bool,
+    /// [`Driver::save`] writes the running VM's state beside its disk and [`Driver::resume`]
+    /// continues from it (`rmachine stop --save`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub save_state: bool,
+}
+
+/// What [`Driver::resume`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The VM runs again from its saved state.
+    Resumed,
+    /// There is no saved state: the host boots the VM.
+    NoSavedState,
+    /// A saved state existed but could not be used (the reason says why); it is gone, the data
+    /// disk is as the save left it, and the host boots the VM.
+    Discarded {
+        /// Why the state was not used, for the user.
+        reason: String,
+    },
 }
 
 /// Who SSH logs in as on a machine whose login the user chose (an existing host).
@@ -446,6 +465,40 @@ pub trait Driver: Send + Sync {
         dir: &MachineDir,
         mode: StopMode,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Saves the running VM's state (memory and devices) beside its data disk and stops it;
+    /// the next [`Driver::resume`] continues from there, and any other boot discards the state
+    /// (the disk moves on without it). Only for drivers with [`Capabilities::save_state`].
+    fn save(
+        &self,
+        dir: &MachineDir,
+        _spec: &VmSpec,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        let err = DriverError::Unsupported {
+            driver: self.info().name,
+            op: format!("saving the state of machine {}", dir.name),
+        };
+        std::future::ready(Err(err))
+    }
+
+    /// Continues a stopped VM from the state [`Driver::save`] wrote, if there is one and it
+    /// still fits the VM (`spec`, the hypervisor's version); otherwise removes it and says why.
+    fn resume(
+        &self,
+        _dir: &MachineDir,
+        _spec: &VmSpec,
+    ) -> impl Future<Output = Result<Resume, DriverError>> + Send {
+        std::future::ready(Ok(Resume::NoSavedState))
+    }
+
+    /// After [`Resume::Resumed`], while the host waits for the guest: removes what the resume
+    /// left behind (the loaded state, as big as the guest's memory).
+    fn finish_resume(
+        &self,
+        _dir: &MachineDir,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// Deletes everything `create` made. MUST succeed if the VM is already gone. Never touches
     /// files it did not create (certs, keys and config belong to the host).

@@ -6,8 +6,8 @@
 //! programs on PATH ([`crate::external`]).
 
 use rmachine_driver::{
-    Driver, DriverError, DriverInfo, DriverShare, Endpoints, GuestNetwork, MachineDir, StopMode,
-    VmSpec, VmState,
+    Driver, DriverError, DriverInfo, DriverShare, Endpoints, GuestNetwork, MachineDir, Resume,
+    StopMode, VmSpec, VmState,
 };
 use rmachine_driver_generic::{GenericDriver, GenericOptions};
 use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
@@ -348,6 +348,36 @@ impl Driver for AnyDriver {
             AnyDriver::Hyperv(d) => d.remove(dir).await,
             AnyDriver::Generic(d) => d.remove(dir).await,
             AnyDriver::External(d) => d.remove(dir).await,
+        }
+    }
+
+    async fn save(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.save(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.save(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.save(dir, spec).await,
+            AnyDriver::Generic(d) => d.save(dir, spec).await,
+            AnyDriver::External(d) => d.save(dir, spec).await,
+        }
+    }
+
+    async fn resume(&self, dir: &MachineDir, spec: &VmSpec) -> Result<Resume, DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.resume(dir, spec).await,
+            AnyDriver::Virtualbox(d) => d.resume(dir, spec).await,
+            AnyDriver::Hyperv(d) => d.resume(dir, spec).await,
+            AnyDriver::Generic(d) => d.resume(dir, spec).await,
+            AnyDriver::External(d) => d.resume(dir, spec).await,
+        }
+    }
+
+    async fn finish_resume(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::Qemu(d) => d.finish_resume(dir).await,
+            AnyDriver::Virtualbox(d) => d.finish_resume(dir).await,
+            AnyDriver::Hyperv(d) => d.finish_resume(dir).await,
+            AnyDriver::Generic(d) => d.finish_resume(dir).await,
+            AnyDriver::External(d) => d.finish_resume(dir).await,
         }
     }
 

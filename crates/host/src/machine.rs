@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{
-    BootImage, Driver, DriverError, GuestPorts, MachineDir, ShareTransport, StopMode, VmSpec,
-    VmState,
+    BootImage, Driver, DriverError, GuestPorts, MachineDir, Resume, ShareTransport, StopMode,
+    VmSpec, VmState,
 };
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
@@ -142,6 +142,15 @@ pub enum MachineError {
         machine: String,
         /// Its state, lowercased.
         state: String,
+    },
+    /// `stop --save` (or a machine made with `--save-on-stop`) of a machine whose state
+    /// cannot be saved.
+    #[error("machine \"{machine}\": cannot save its state: {reason}")]
+    CannotSave {
+        /// The machine.
+        machine: String,
+        /// Why not.
+        reason: String,
     },
     /// The guest did not power off in time.
     #[error("machine \"{machine}\" did not stop within {seconds}s; run \"rmachine kill {machine}\" to force it off")]
@@ -279,6 +288,18 @@ pub enum Progress {
     },
     /// `upgrade` boots the machine on the new image.
     StartingAfterUpgrade,
+    /// `start` loads the state `stop --save` wrote.
+    ResumingVm,
+    /// `start` found a saved state it cannot use and boots afresh.
+    ColdBoot {
+        /// Why the saved state was not used.
+        reason: String,
+    },
+    /// After a resume the guest's clock could not be set: it stands where it was at the save.
+    ClockNotSet {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Progress {
@@ -320,6 +341,17 @@ impl fmt::Display for Progress {
                 )
             }
             Progress::StartingAfterUpgrade => f.write_str("Starting machine back up..."),
+            Progress::ResumingVm => f.write_str("Resuming the VM from its saved state..."),
+            Progress::ColdBoot { reason } => write!(
+                f,
+                "The saved state was not used ({reason}); it was removed and the machine boots \
+                 afresh (the data disk is as it was when the state was saved)"
+            ),
+            Progress::ClockNotSet { reason } => write!(
+                f,
+                "Warning: the guest's clock was not set after the resume ({reason}); it is \
+                 behind by the time the machine was saved"
+            ),
         }
     }
 }
@@ -361,6 +393,8 @@ pub struct CreateOptions {
     pub shares: Vec<String>,
     /// `--no-share`: no folder is shared, not even the home folder.
     pub no_share: bool,
+    /// `--save-on-stop`: `stop` saves the running guest's state and `start` resumes it.
+    pub save_on_stop: bool,
 }
 
 impl Default for CreateOptions {
@@ -382,6 +416,7 @@ impl Default for CreateOptions {
             published_bind_address: None,
             shares: Vec::new(),
             no_share: false,
+            save_on_stop: false,
         }
     }
 }
@@ -608,6 +643,11 @@ pub async fn create_with<D: Driver>(
             Vec::new()
         }
     };
+    if options.save_on_stop {
+        if let Some(reason) = save_refusal(&capabilities, &driver.info().name, &vm_shares, true) {
+            problems.push(format!("--save-on-stop: {reason}"));
+        }
+    }
     if !problems.is_empty() {
         return Err(MachineError::InvalidOptions { problems });
     }
@@ -826,6 +866,7 @@ async fn provision<D: Driver>(
         timeline: None,
         share_mounts: None,
         published_bind_address: options.published_bind_address,
+        save_on_stop: options.save_on_stop,
     };
 
     progress(Progress::WritingConfigDrive);
@@ -1354,6 +1395,18 @@ pub async fn start(
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
+    start_with(store, name, timeout, true, progress).await
+}
+
+/// [`start`]; with `resume`, a state saved by `stop --save` is resumed, without it discarded
+/// (the machine boots afresh: `restart`).
+async fn start_with(
+    store: &Store,
+    name: &str,
+    timeout: Duration,
+    resume: bool,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
     let began = Instant::now();
     store.require(name)?;
     let _lock = store.lock(name)?;
@@ -1369,9 +1422,193 @@ pub async fn start(
             state: "running".to_string(),
         });
     }
+    if resume && current == VmState::Saved {
+        progress(Progress::ResumingVm);
+        let resumed = driver
+            .resume(&dir, &driver_spec(&config.vm))
+            .await
+            .map_err(driver_err(name, "resume the VM"))?;
+        match resumed {
+            Resume::Resumed => {
+                return after_resume(store, &driver, &dir, &mut config, timeout, progress).await
+            }
+            Resume::Discarded { reason } => progress(Progress::ColdBoot { reason }),
+            Resume::NoSavedState => {}
+        }
+    }
     progress(Progress::WritingConfigDrive);
     write_config_drive(&config, &dir, &driver)?;
     boot(store, &driver, &dir, &mut config, timeout, began, progress).await
+}
+
+/// Why `stop --save` cannot work for a machine with these capabilities and shares; `None`
+/// when it can.
+fn save_refusal(
+    capabilities: &rmachine_driver::Capabilities,
+    driver: &str,
+    shares: &[rmachine_driver::Share],
+    creating: bool,
+) -> Option<String> {
+    if !capabilities.save_state {
+        return Some(format!(
+            "driver {driver} cannot save a running machine's state"
+        ));
+    }
+    let share = shares.first()?;
+    let why = match share.transport {
+        ShareTransport::Sftp => {
+            "the guest mounts it over the SSH connection that stopping ends".to_string()
+        }
+        transport => format!("QEMU cannot save a guest with a mounted {transport} export"),
+    };
+    let remedy = if creating {
+        "create it with --no-share, or without --save-on-stop"
+    } else {
+        "stop it with --no-save, or create it with --no-share"
+    };
+    Some(format!(
+        "the machine shares {} ({why}); {remedy}",
+        share.host_path.display()
+    ))
+}
+
+/// After [`Driver::resume`]: the guest runs on from where it was saved, but its clock stands
+/// where it was then. Records the endpoints of this run, sets the guest's clock from the
+/// host's and waits for the engine.
+async fn after_resume<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
+    let name = dir.name.clone();
+    let endpoints = driver
+        .endpoints(dir)
+        .await
+        .map_err(driver_err(&name, "report the VM's endpoints"))?;
+    config.driver.ip_address = endpoints.engine.ip().to_string();
+    config.driver.ssh_port = endpoints.ssh.port();
+    config.driver.engine_port = endpoints.engine.port();
+    store.save(config)?;
+    update_docker_context(store, &name, &endpoints.engine);
+    progress(Progress::WaitingForEngine);
+    let client = engine_client(store, &name)?;
+    let began = Instant::now();
+    let (clock, engine, cleaned) = tokio::join!(
+        async {
+            let set = set_guest_clock(
+                endpoints.ssh,
+                &config.driver.ssh_user,
+                &config.driver.ssh_key_path,
+            )
+            .await;
+            tracing::debug!(ms = began.elapsed().as_millis() as u64, "guest clock set");
+            set
+        },
+        async {
+            let ready = client.wait_ready(endpoints.engine, timeout).await;
+            tracing::debug!(ms = began.elapsed().as_millis() as u64, "engine answered");
+            ready
+        },
+        driver.finish_resume(dir)
+    );
+    if let Err(reason) = clock {
+        tracing::warn!(machine = %name, "the guest's clock was not set after the resume: {reason}");
+        progress(Progress::ClockNotSet { reason });
+    }
+    if let Err(error) = cleaned {
+        tracing::warn!(machine = %name, "after the resume: {}", error_chain(&error));
+    }
+    engine.map_err(|source| MachineError::EngineNotReady {
+        machine: name.clone(),
+        last_stage: None,
+        console: read_console_tail(dir, 15),
+        cause: Box::new(source),
+    })?;
+    progress(Progress::EngineReady);
+    Ok(())
+}
+
+/// How long setting the guest's clock after a resume, or syncing its disks before a save,
+/// may take.
+const GUEST_COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Sets the guest's clock to the host's over SSH (a resumed guest's clock stands where it was
+/// when it was saved). `date -s @SECONDS` takes whole seconds: the command is sent so that it
+/// runs at a whole second of the host's clock, half a measured round trip after it is sent.
+async fn set_guest_clock(ssh: SocketAddr, user: &str, key: &std::path::Path) -> Result<(), String> {
+    let work = async {
+        let session = SshSession::connect_as(ssh, user, key)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        // One command's round trip on this session: the delay until `date` runs is about half.
+        let probe = Instant::now();
+        run_on(&session, "true").await?;
+        let one_way = probe.elapsed() / 2;
+        let now = chrono::Utc::now() + one_way;
+        let next = now.timestamp() + 1;
+        let wait_ms = 1000 - i64::from(now.timestamp_subsec_millis());
+        tokio::time::sleep(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))).await;
+        let set = run_on(&session, &format!("date -u -s @{next} >/dev/null")).await;
+        session.close().await;
+        set
+    };
+    tokio::time::timeout(GUEST_COMMAND_TIMEOUT, work)
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer over SSH within {} s",
+                GUEST_COMMAND_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+/// Runs `command` on the guest; its stderr if it fails.
+async fn run_on(session: &SshSession, command: &str) -> Result<(), String> {
+    let mut err = Vec::new();
+    let status = session
+        .run_with(
+            command,
+            None::<tokio::io::Empty>,
+            tokio::io::sink(),
+            &mut err,
+        )
+        .await
+        .map_err(|e| error_chain(&e))?;
+    match status {
+        0 => Ok(()),
+        _ => Err(format!(
+            "`{command}` exited with {status}: {}",
+            String::from_utf8_lossy(&err).trim()
+        )),
+    }
+}
+
+/// Flushes the guest's page cache to its disks over SSH before a save: writes that lived only
+/// in the saved memory would be lost with any state that is later discarded.
+async fn sync_guest_disks(
+    ssh: SocketAddr,
+    user: &str,
+    key: &std::path::Path,
+) -> Result<(), String> {
+    let work = async {
+        let session = SshSession::connect_as(ssh, user, key)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let synced = run_on(&session, "sync").await;
+        session.close().await;
+        synced
+    };
+    tokio::time::timeout(GUEST_COMMAND_TIMEOUT, work)
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer over SSH within {} s",
+                GUEST_COMMAND_TIMEOUT.as_secs()
+            )
+        })?
 }
 
 /// How long `create` and `start` wait for the port agent to mount the shares over SFTP.
@@ -1471,22 +1708,72 @@ pub fn start_port_agent(
     Ok(Some(portagent::restart(store, name, program)?))
 }
 
-/// `stop`: ask the guest to power off; fails after [`STOP_TIMEOUT`] suggesting `kill`.
-#[tracing::instrument(skip_all, fields(machine = name))]
+/// `stop`: ask the guest to power off; fails after [`STOP_TIMEOUT`] suggesting `kill`. A
+/// machine made with `--save-on-stop` is saved instead ([`stop_with`]).
 pub async fn stop(store: &Store, name: &str) -> Result<(), MachineError> {
+    stop_with(store, name, None).await.map(drop)
+}
+
+/// `stop`, `stop --save` (`Some(true)`) or `stop --no-save` (`Some(false)`); `None` follows
+/// the machine's `--save-on-stop`. Saving writes the running guest's state beside its disk
+/// (the next `start` resumes it) instead of powering it off. True when the state was saved.
+#[tracing::instrument(skip_all, fields(machine = name))]
+pub async fn stop_with(
+    store: &Store,
+    name: &str,
+    save: Option<bool>,
+) -> Result<bool, MachineError> {
     store.require(name)?;
     let _lock = store.lock(name)?;
-    let (_, driver) = load_with_driver(store, name).await?;
+    let (config, driver) = load_with_driver(store, name).await?;
     let dir = store.machine_dir(name);
     let current = driver
         .state(&dir)
         .await
         .map_err(driver_err(name, "report the state"))?;
-    if current == VmState::Stopped {
+    if matches!(current, VmState::Stopped | VmState::Saved) {
         return Err(MachineError::AlreadyInState {
             machine: name.to_string(),
-            state: "stopped".to_string(),
+            state: if current == VmState::Saved {
+                "stopped (its state is saved)".to_string()
+            } else {
+                "stopped".to_string()
+            },
         });
+    }
+    if save.unwrap_or(config.save_on_stop) {
+        let info = driver.info();
+        if let Some(reason) = save_refusal(&info.capabilities, &info.name, &config.vm.shares, false)
+        {
+            return Err(MachineError::CannotSave {
+                machine: name.to_string(),
+                reason,
+            });
+        }
+        let endpoints = driver
+            .endpoints(&dir)
+            .await
+            .map_err(driver_err(name, "report the VM's endpoints"))?;
+        sync_guest_disks(
+            endpoints.ssh,
+            &config.driver.ssh_user,
+            &config.driver.ssh_key_path,
+        )
+        .await
+        .map_err(|reason| MachineError::CannotSave {
+            machine: name.to_string(),
+            reason: format!(
+                "the guest's writes could not be flushed to its disk ({reason}); stop it \
+                 without --save"
+            ),
+        })?;
+        driver
+            .save(&dir, &driver_spec(&config.vm))
+            .await
+            .map_err(driver_err(name, "save the VM's state"))?;
+        // Only once saved: a failed save leaves the guest running with its ports published.
+        portagent::stop(store, name)?;
+        return Ok(true);
     }
     portagent::stop(store, name)?;
     match driver
@@ -1498,7 +1785,7 @@ pub async fn stop(store: &Store, name: &str) -> Result<(), MachineError> {
         )
         .await
     {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(false),
         Err(DriverError::Timeout { .. }) => Err(MachineError::StopTimeout {
             machine: name.to_string(),
             seconds: STOP_TIMEOUT.as_secs(),
@@ -1527,10 +1814,10 @@ pub async fn restart(
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
-    if state(store, name).await? != VmState::Stopped {
-        stop(store, name).await?;
+    if !matches!(state(store, name).await?, VmState::Stopped | VmState::Saved) {
+        stop_with(store, name, Some(false)).await?;
     }
-    start(store, name, timeout, progress).await
+    start_with(store, name, timeout, false, progress).await
 }
 
 /// `regenerate-certs`: a new engine certificate for the machine (its SANs as at create), signed
@@ -2394,6 +2681,62 @@ mod tests {
         (lines, move |p: Progress| {
             sink.lock().unwrap().push(p.to_string())
         })
+    }
+
+    #[test]
+    fn save_is_refused_without_the_capability_and_with_shares() {
+        let no_save = Capabilities::default();
+        let why = save_refusal(&no_save, "fake", &[], false).unwrap();
+        assert!(why.contains("driver fake cannot save"), "{why}");
+        let can_save = Capabilities {
+            save_state: true,
+            ..Default::default()
+        };
+        assert_eq!(save_refusal(&can_save, "qemu", &[], false), None);
+        for (transport, because) in [
+            (ShareTransport::NineP, "mounted 9p export"),
+            (ShareTransport::VirtioFs, "mounted virtiofs export"),
+            (ShareTransport::Sftp, "SSH connection"),
+        ] {
+            let share = rmachine_driver::Share {
+                tag: "share0".into(),
+                host_path: "/home/me".into(),
+                guest_path: "/home/me".into(),
+                read_only: false,
+                transport,
+            };
+            let shares = [share];
+            let why = save_refusal(&can_save, "qemu", &shares, false).unwrap();
+            assert!(
+                why.contains("/home/me")
+                    && why.contains(because)
+                    && why.contains("stop it with --no-save"),
+                "{why}"
+            );
+            let why = save_refusal(&can_save, "qemu", &shares, true).unwrap();
+            assert!(
+                why.contains("create it with --no-share") && !why.contains("stop it"),
+                "{why}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn create_refuses_save_on_stop_where_it_cannot_save() {
+        let (_tmp, store, mut options) = setup();
+        options.save_on_stop = true;
+        options.no_share = true;
+        let driver = FakeDriver::default();
+        let (_lines, progress) = recorder();
+        let err = create_with(&store, &driver, "nosave", &options, &progress)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--save-on-stop: driver fake cannot save"),
+            "{err}"
+        );
+        assert!(driver.calls().is_empty(), "{:?}", driver.calls());
     }
 
     #[tokio::test]

@@ -136,6 +136,10 @@ pub struct MachineConfig {
     /// ports on; absent means 127.0.0.1 and ::1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_bind_address: Option<std::net::IpAddr>,
+    /// `create --save-on-stop`: `stop` saves the running guest's state (as `stop --save`)
+    /// and `start` resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub save_on_stop: bool,
 }
 
 /// docker-machine's `BaseDriver` fields plus the driver options, flattened.
@@ -572,6 +576,7 @@ pub(crate) mod tests {
             timeline: None,
             share_mounts: None,
             published_bind_address: None,
+            save_on_stop: false,
         }
     }
 

@@ -719,6 +719,7 @@ impl Driver for GenericDriver {
                 // The engine runs on someone else's host, not beside our init.
                 sftp_shares: false,
                 existing_host: true,
+                save_state: false,
                 virtio_fs: false,
             },
         }

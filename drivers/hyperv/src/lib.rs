@@ -744,6 +744,7 @@ impl Driver for HyperVDriver {
                 // Our guest's init and SSH server: the host shares folders over SFTP.
                 sftp_shares: true,
                 existing_host: false,
+                save_state: false,
                 virtio_fs: false,
             },
         }

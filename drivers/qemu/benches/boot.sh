@@ -4,6 +4,8 @@
 #   create   `rmachine create` until `docker version` answers through `rmachine env`
 #   stop     `rmachine stop` (power button, clean unmount)
 #   start    cold `rmachine start` until `docker version` answers
+#   save     `rmachine stop --save` with a container running (the guest's state to a file)
+#   resume   `rmachine start` from that state until `docker version` answers
 # and once per image, after the last start: QEMU's RSS, the guest's used memory
 # (MemTotal - MemAvailable) and QEMU's host CPU use over IDLE_SECS of an idle machine.
 # Medians and ratios (new / old) at the end. The figures go to docs/benchmarks.md.
@@ -17,12 +19,16 @@
 #   RMACHINE     the host CLI (default target/debug/rmachine); both images use it, so the
 #                difference measured is the guest image and what the driver does with it
 #   IDLE_SECS    idle window (default 60)
+#   FIXTURES     rmachine-fixtures, which builds the busybox image run before the save
+#                (default target/debug/rmachine-fixtures; missing: the save holds no container)
+#   VARIANTS     which images run (default "old new"; "new" alone needs no previous image)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 runs=${1:-5}
 idle_secs=${IDLE_SECS:-60}
 rmachine=${RMACHINE:-target/debug/rmachine}
 new_guest=${NEW_GUEST:-guest/out}
+fixtures=${FIXTURES:-target/debug/rmachine-fixtures}
 [ -x "$rmachine" ] || { echo "missing $rmachine: cargo build -p rmachine" >&2; exit 1; }
 [ -f "$new_guest/manifest.json" ] || { echo "missing $new_guest: guest/build.sh" >&2; exit 1; }
 
@@ -38,7 +44,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ -z "${OLD_GUEST:-}" ]; then
+variants=${VARIANTS:-old new}
+if [ -z "${OLD_GUEST:-}" ] && [[ " $variants " == *" old "* ]]; then
     old_rev=${OLD_REV:-1abc218}
     old_worktree="$scratch/old-src"
     echo "building the previous guest from $old_rev (own target dir; this takes minutes)" >&2
@@ -75,9 +82,9 @@ declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(qemu-system-x86_64 --version | head -1)"
-echo "old image: $(jq -r .version "$OLD_GUEST/manifest.json"), new image: $(jq -r .version "$new_guest/manifest.json")"
+echo "old image: $(jq -r .version "${OLD_GUEST:-$new_guest}/manifest.json"), new image: $(jq -r .version "$new_guest/manifest.json")"
 for i in $(seq "$runs"); do
-    for variant in old new; do
+    for variant in $variants; do
         image=$new_guest
         [ "$variant" = old ] && image=$OLD_GUEST
         t0=$(now)
@@ -107,22 +114,51 @@ for i in $(seq "$runs"); do
                 | awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print t - a}')
             record "$variant-guest-used-mib" "$((used_kb / 1024))"
         fi
+        (
+            eval "$(rm_ "$variant" env --shell bash "bench-$variant")"
+            export DOCKER_CONFIG="$scratch/docker-config"
+            # A running container, so the state holds what a user's would.
+            if [ -x "$fixtures" ]; then
+                [ -f "$scratch/busybox.tar" ] || "$fixtures" busybox "$scratch/busybox.tar" >/dev/null
+                docker load -i "$scratch/busybox.tar" >/dev/null
+                docker run -d --name sleeper busybox sleep 100000 >/dev/null
+            fi
+        )
+        t0=$(now); rm_ "$variant" stop --save "bench-$variant" >/dev/null; t1=$(now)
+        record "$variant-save" "$(secs "$t0" "$t1")"
+        record "$variant-state-mib" "$(( $(stat -c %s "$scratch/store-$variant/machines/bench-$variant/vmstate.bin") / 1048576 ))"
+        t0=$(now)
+        rm_ "$variant" start --no-progress "bench-$variant" >/dev/null
+        docker_answers "$variant"
+        t1=$(now)
+        record "$variant-resume" "$(secs "$t0" "$t1")"
         rm_ "$variant" rm -f -y "bench-$variant" >/dev/null
         echo "run $i $variant: create $(echo "${results[$variant-create]}" | awk '{print $NF}') s," \
             "stop $(echo "${results[$variant-stop]}" | awk '{print $NF}') s," \
-            "start $(echo "${results[$variant-start]}" | awk '{print $NF}') s"
+            "start $(echo "${results[$variant-start]}" | awk '{print $NF}') s," \
+            "save $(echo "${results[$variant-save]}" | awk '{print $NF}') s," \
+            "resume $(echo "${results[$variant-resume]}" | awk '{print $NF}') s"
     done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 printf '\n| what | old | new | new/old |\n| --- | --- | --- | --- |\n'
-for what in create start stop; do
-    o=$(printf '%s\n' ${results[old-$what]} | median)
-    n=$(printf '%s\n' ${results[new-$what]} | median)
-    printf '| %s (median of %s, s) | %s | %s | %s |\n' "$what" "$runs" "$o" "$n" "$(ratio "$o" "$n")"
+# A variant that did not run shows "-" and no ratio.
+ratio_or_dash() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else ratio "$1" "$2"; fi; }
+for what in create start stop save resume; do
+    o=-; n=-
+    [ -n "${results[old-$what]:-}" ] && o=$(printf '%s\n' ${results[old-$what]} | median)
+    [ -n "${results[new-$what]:-}" ] && n=$(printf '%s\n' ${results[new-$what]} | median)
+    printf '| %s (median of %s, s) | %s | %s | %s |\n' "$what" "$runs" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
 done
 for what in idle-cpu rss-mib guest-used-mib; do
-    o=${results[old-$what]# }
-    n=${results[new-$what]# }
-    printf '| %s | %s | %s | %s |\n' "$what" "$o" "$n" "$(ratio "$o" "$n")"
+    o=${results[old-$what]:- -}; o=${o# }
+    n=${results[new-$what]:- -}; n=${n# }
+    printf '| %s | %s | %s | %s |\n' "$what" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
+done
+for what in state-mib; do
+    o=-; n=-
+    [ -n "${results[old-$what]:-}" ] && o=$(printf '%s\n' ${results[old-$what]} | median)
+    [ -n "${results[new-$what]:-}" ] && n=$(printf '%s\n' ${results[new-$what]} | median)
+    printf '| %s (median) | %s | %s | %s |\n' "$what" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
 done

@@ -16,6 +16,7 @@ pub mod disk;
 pub mod platform;
 pub mod process;
 pub mod qmp;
+pub mod resume;
 pub mod saved;
 pub mod virtiofs;
 
@@ -26,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Share,
-    ShareTransport, StopMode, VmSpec, VmState,
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Resume,
+    Share, ShareTransport, StopMode, VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,7 @@ pub use saved::QemuState;
 
 use crate::accel::QemuProbe;
 use crate::qmp::{QmpClient, QmpEndpoint};
+use crate::resume::SavedVm;
 
 const DRIVER: &str = "qemu";
 const PIDFILE: &str = "qemu.pid";
@@ -55,6 +57,11 @@ const OWN_FILES: &[&str] = &[
     QMP_SOCKET,
     CONSOLE_LOG,
     QEMU_LOG,
+    resume::STATE,
+    resume::STATE_TMP,
+    resume::META,
+    resume::META_TMP,
+    resume::STATE_SPENT,
 ];
 
 /// How long one QMP exchange may take.
@@ -66,6 +73,14 @@ const QUIT_GRACE: Duration = Duration::from_secs(3);
 const POLL: Duration = Duration::from_millis(100);
 /// How long a virtiofsd may take to create its socket.
 const VIRTIOFSD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long saving or loading a VM's state may take.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the `cat` of a save may take to finish once QEMU says the migration completed.
+const WRITTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How the reason begins when QEMU exited while loading a saved state (it rejected it).
+const REJECTED: &str = "QEMU rejected the saved state";
+/// How often a save or load in progress is looked at.
+const STATE_POLL: Duration = Duration::from_millis(20);
 /// How often `stop` presses the power button again while the guest does not react.
 const REPRESS: Duration = Duration::from_secs(5);
 
@@ -535,6 +550,8 @@ impl QemuDriver {
                 return Ok(());
             }
             VmState::Stopped => {}
+            // A state saved to disk by `stop --save`, and no QEMU.
+            VmState::Saved if self.live_pid(dir).await?.is_none() => {}
             // QEMU still runs (a failed or saved guest): a second one would fight it for the
             // disk and the ports.
             state @ (VmState::Saved | VmState::Error) => {
@@ -560,13 +577,17 @@ impl QemuDriver {
             }
         }
         self.check_image_arch(spec)?;
+        // The guest boots afresh and writes the disk: a saved state would no longer fit it.
+        if resume::discard(dir).map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))? {
+            tracing::warn!(machine = %dir.name, "the saved state was discarded: the machine boots afresh");
+        }
         let mut state = QemuState::load_required(dir)?;
         let mut changed =
             Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))?;
         let tsc_khz = self.host_tsc_khz().await;
         let chosen = state.accel.clone();
         loop {
-            match self.launch(dir, spec, &state, tsc_khz).await {
+            match self.launch(dir, spec, &state, tsc_khz, None).await {
                 Ok(()) => break,
                 Err(err) => {
                     let failed = state.accel.accel;
@@ -622,12 +643,62 @@ impl QemuDriver {
         spec: &VmSpec,
         state: &QemuState,
         tsc_khz: Option<u64>,
+        incoming: Option<&Path>,
     ) -> Result<(), DriverError> {
         self.clean_runtime_files(dir)?;
         let program = self.program();
-        let disk = dir.file(DISK);
-        let console = dir.file(CONSOLE_LOG);
         let pidfile = dir.file(PIDFILE);
+        let qmp = self.launch_qmp(dir, state)?;
+        let virtiofs_sockets = match self.start_virtiofsd(dir, spec).await {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                self.stop_virtiofsd(dir).await;
+                return Err(err);
+            }
+        };
+        let mut argv = self.vm_argv(dir, spec, state, tsc_khz, &virtiofs_sockets, &qmp);
+        let cmd = match incoming {
+            None => CommandSpec::new(&program).args(argv),
+            Some(saved) => {
+                argv.extend(resume::incoming_args());
+                CommandSpec::new("sh")
+                    .arg("-c")
+                    .arg(resume::incoming_script())
+                    .arg(&program)
+                    .args(argv)
+                    .env(resume::STATE_ENV, saved.to_string_lossy())
+            }
+        }
+        .install_hint(self.host.install_hint(self.guest_arch()));
+        let log = dir.file(QEMU_LOG);
+        let started = Instant::now();
+        tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
+        let spawned = match self.spawn_qemu(dir, &cmd, &program, &log).await {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                // virtiofsd waits for a QEMU that will not come.
+                self.stop_virtiofsd(dir).await;
+                return Err(err);
+            }
+        };
+        let ready = self
+            .wait_ready(dir, &qmp, &program, started, spawned, incoming.is_some())
+            .await;
+        if ready.is_err() {
+            self.stop_virtiofsd(dir).await;
+            // A half-started QEMU must not linger and hold the ports for the retry.
+            let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
+            if let Some(pid) = pid {
+                if process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                    let _ = process::kill(self.runner.as_ref(), pid).await;
+                }
+            }
+        }
+        ready
+    }
+
+    /// The QMP endpoint QEMU is started with, its socket path checked against the OS's limit.
+    fn launch_qmp(&self, dir: &MachineDir, state: &QemuState) -> Result<QmpEndpoint, DriverError> {
         let qmp = self
             .qmp_endpoint(dir, Some(state))
             .ok_or_else(|| DriverError::Protocol {
@@ -657,19 +728,28 @@ impl QemuDriver {
                 ));
             }
         }
+        Ok(qmp)
+    }
+
+    /// QEMU's arguments for this machine (a restore must use the very same ones).
+    fn vm_argv(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+        state: &QemuState,
+        tsc_khz: Option<u64>,
+        virtiofs_sockets: &[(String, PathBuf)],
+        qmp: &QmpEndpoint,
+    ) -> Vec<String> {
         let iso = if self.options.boot_iso {
             spec.boot.iso.clone()
         } else {
             None
         };
-        let virtiofs_sockets = match self.start_virtiofsd(dir, spec).await {
-            Ok(sockets) => sockets,
-            Err(err) => {
-                self.stop_virtiofsd(dir).await;
-                return Err(err);
-            }
-        };
-        let argv = args::vm_args(&args::VmLaunch {
+        let disk = dir.file(DISK);
+        let console = dir.file(CONSOLE_LOG);
+        let pidfile = dir.file(PIDFILE);
+        args::vm_args(&args::VmLaunch {
             host: self.host,
             guest: self.guest_arch(),
             name: &dir.name,
@@ -687,37 +767,11 @@ impl QemuDriver {
             engine_port: state.engine_port,
             guest_ports: spec.guest_ports,
             shares: &spec.shares,
-            virtiofs_sockets: &virtiofs_sockets,
+            virtiofs_sockets,
             console_log: &console,
             pidfile: &pidfile,
-            qmp: &qmp,
-        });
-        let cmd = CommandSpec::new(&program)
-            .args(argv)
-            .install_hint(self.host.install_hint(self.guest_arch()));
-        let log = dir.file(QEMU_LOG);
-        let started = Instant::now();
-        tracing::info!(machine = %dir.name, accel = %state.accel.accel, machine_type = %state.machine, "starting QEMU");
-        let spawned = match self.spawn_qemu(dir, &cmd, &program, &log).await {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                // virtiofsd waits for a QEMU that will not come.
-                self.stop_virtiofsd(dir).await;
-                return Err(err);
-            }
-        };
-        let ready = self.wait_ready(dir, &qmp, &program, started, spawned).await;
-        if ready.is_err() {
-            self.stop_virtiofsd(dir).await;
-            // A half-started QEMU must not linger and hold the ports for the retry.
-            let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
-            if let Some(pid) = pid {
-                if process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
-                    let _ = process::kill(self.runner.as_ref(), pid).await;
-                }
-            }
-        }
-        ready
+            qmp,
+        })
     }
 
     /// Starts QEMU: daemonized on Linux and macOS (`None`), detached on Windows (its pid).
@@ -751,13 +805,38 @@ impl QemuDriver {
         program: &str,
         started: Instant,
         spawned: Option<u32>,
+        restoring: bool,
     ) -> Result<(), DriverError> {
         let pidfile = dir.file(PIDFILE);
-        let deadline = Instant::now() + READY_TIMEOUT;
+        // QEMU loading a state answers QMP only once it has read all of it.
+        let timeout = if restoring {
+            SAVE_TIMEOUT
+        } else {
+            READY_TIMEOUT
+        };
+        let deadline = Instant::now() + timeout;
         loop {
             let pid = process::read_pidfile(&pidfile).ok().flatten().or(spawned);
+            // A daemonized QEMU writes its pidfile before its parent returns and deletes it
+            // when it exits: one that rejected the saved state at once is gone already.
+            if pid.is_none() && restoring && self.host.os != HostOs::Windows {
+                return Err(DriverError::CommandFailed {
+                    program: program.to_owned(),
+                    status: -1,
+                    stderr: self.rejected_message(dir),
+                });
+            }
             if let Some(pid) = pid {
                 if !process::is_alive(self.runner.as_ref(), pid, &pidfile).await {
+                    // Started (daemonized, or spawned on Windows) and gone while loading:
+                    // the state was rejected.
+                    if restoring {
+                        return Err(DriverError::CommandFailed {
+                            program: program.to_owned(),
+                            status: -1,
+                            stderr: self.rejected_message(dir),
+                        });
+                    }
                     let log = std::fs::read_to_string(dir.file(QEMU_LOG)).unwrap_or_default();
                     return Err(DriverError::CommandFailed {
                         program: program.to_owned(),
@@ -771,10 +850,12 @@ impl QemuDriver {
                 }
             }
             if let Ok(mut client) = QmpClient::connect(qmp, QMP_TIMEOUT).await {
-                let status = client
-                    .query_status()
-                    .await
-                    .map_err(|e| Self::qmp_error(dir, e))?;
+                let status = match client.query_status().await {
+                    Ok(status) => status,
+                    // Still reading the state: asked again until the deadline.
+                    Err(_) if restoring && Instant::now() < deadline => continue,
+                    Err(e) => return Err(Self::qmp_error(dir, e)),
+                };
                 tracing::info!(
                     machine = %dir.name,
                     status = %status,
@@ -787,7 +868,7 @@ impl QemuDriver {
                 return Err(DriverError::Timeout {
                     machine: dir.name.clone(),
                     what: format!("QEMU to answer on its {qmp}"),
-                    seconds: READY_TIMEOUT.as_secs(),
+                    seconds: timeout.as_secs(),
                 });
             }
             tokio::time::sleep(POLL).await;
@@ -875,7 +956,11 @@ impl QemuDriver {
 
     async fn state_inner(&self, dir: &MachineDir) -> Result<VmState, DriverError> {
         if self.live_pid(dir).await?.is_none() {
-            return Ok(VmState::Stopped);
+            return Ok(if dir.file(resume::META).exists() {
+                VmState::Saved
+            } else {
+                VmState::Stopped
+            });
         }
         let mut client = match self.qmp(dir).await {
             Ok(client) => client,
@@ -889,6 +974,430 @@ impl QemuDriver {
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
         Ok(state_from_qmp(&status))
+    }
+
+    /// The first line of `PROGRAM --version`.
+    async fn qemu_version(&self) -> Result<String, DriverError> {
+        let program = self.program();
+        let cmd = CommandSpec::new(&program)
+            .arg("--version")
+            .install_hint(self.host.install_hint(self.guest_arch()));
+        let out = self.runner.run(&cmd).await?.check(&program)?;
+        Ok(out
+            .stdout_text()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned())
+    }
+
+    /// `stop --save`: stops the guest's CPUs, streams its state into `vmstate.bin` (QMP
+    /// `migrate`), records what it was saved against, then ends QEMU. On a failure the guest
+    /// runs on and nothing is left behind.
+    async fn save_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
+        if let Some(share) = spec.shares.first() {
+            return Err(DriverError::Unsupported {
+                driver: DRIVER.to_owned(),
+                op: format!(
+                    "saving the state of machine {} while it shares {} over {} (QEMU cannot \
+                     save a guest with a mounted 9p or virtio-fs export); stop it without \
+                     --save",
+                    dir.name,
+                    share.host_path.display(),
+                    share.transport
+                ),
+            });
+        }
+        let Some(pid) = self.live_pid(dir).await? else {
+            return Err(DriverError::WrongState {
+                machine: dir.name.clone(),
+                state: VmState::Stopped,
+                op: "save",
+                wanted: "running",
+            });
+        };
+        let state = QemuState::load_required(dir)?;
+        let tsc_khz = self.host_tsc_khz().await;
+        let qmp_endpoint = self.launch_qmp(dir, &state)?;
+        let argv = self.vm_argv(dir, spec, &state, tsc_khz, &[], &qmp_endpoint);
+        let qemu_version = self.qemu_version().await?;
+        let boot_files =
+            resume::boot_stamps(spec).map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
+        let tmp = dir.file(resume::STATE_TMP);
+        let written = dir.file(resume::STATE_WRITTEN);
+        let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
+        let mut qmp = self.qmp(dir).await?;
+        let qmp_err = |e| Self::qmp_error(dir, e);
+        // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )
+        .await
+        .map_err(qmp_err)?;
+        // With the CPUs stopped the state is written once, not chased page by page.
+        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let began = Instant::now();
+        let saved_to = match self.migrate_to(dir, &mut qmp, &uri, &written).await {
+            Ok(()) => std::fs::File::open(&written)
+                .and_then(|f| {
+                    f.sync_all()?;
+                    f.metadata()
+                })
+                .map_err(|e| Self::io_error(dir, &written, e))
+                .and_then(|meta| {
+                    std::fs::rename(&written, dir.file(resume::STATE))
+                        .map(|()| meta.len())
+                        .map_err(|e| Self::io_error(dir, &written, e))
+                }),
+            Err(err) => Err(err),
+        };
+        let state_len = match saved_to {
+            Ok(len) => len,
+            Err(err) => {
+                let _ = resume::discard(dir);
+                if let Err(cont) = qmp.execute("cont", None).await {
+                    tracing::warn!(machine = %dir.name, "the guest stays paused: {}", error_chain(&cont));
+                }
+                return Err(err);
+            }
+        };
+        tracing::info!(
+            machine = %dir.name,
+            bytes = state_len,
+            ms = began.elapsed().as_millis() as u64,
+            "saved the VM's state"
+        );
+        match qmp.quit().await {
+            Ok(()) if self.wait_gone(dir, pid, QUIT_GRACE).await => {}
+            _ => {
+                process::kill(self.runner.as_ref(), pid)
+                    .await
+                    .map_err(|e| Self::io_error(dir, &dir.file(PIDFILE), e))?;
+                self.wait_gone(dir, pid, QUIT_GRACE).await;
+            }
+        }
+        self.clean_runtime_files(dir)?;
+        // Stamped once QEMU is gone: nothing writes the disk after this but a later run.
+        let disk = dir.file(DISK);
+        let recorded = resume::FileStamp::of(&disk)
+            .map_err(|e| Self::io_error(dir, &disk, e))
+            .and_then(|data_disk| {
+                SavedVm {
+                    qemu_version,
+                    qemu_binary: resume::find_program(&self.program())
+                        .and_then(|p| resume::FileStamp::of(&p).ok()),
+                    argv,
+                    tsc_khz,
+                    boot_files,
+                    state_len,
+                    data_disk,
+                }
+                .save(dir)
+            });
+        if let Err(err) = recorded {
+            // Without its record the state is never loaded: the next start boots afresh
+            // (the guest's writes reached the disk before the save).
+            let _ = resume::discard(dir);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Runs QMP `migrate` to `uri` and waits until QEMU reports it completed and the state
+    /// file has its final name `written` (QEMU says completed before its `cat` has finished).
+    async fn migrate_to(
+        &self,
+        dir: &MachineDir,
+        qmp: &mut QmpClient,
+        uri: &str,
+        written: &Path,
+    ) -> Result<(), DriverError> {
+        let qmp_err = |e| Self::qmp_error(dir, e);
+        qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await
+            .map_err(qmp_err)?;
+        let mut deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut completed = false;
+        loop {
+            if completed {
+                if written.exists() {
+                    return Ok(());
+                }
+            } else {
+                let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
+                let status = info.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                match status {
+                    "completed" => {
+                        completed = true;
+                        // Only what the pipe still holds is left to write; a `cat` that
+                        // failed (a full disk) never renames the file.
+                        deadline = deadline.min(Instant::now() + WRITTEN_TIMEOUT);
+                        continue;
+                    }
+                    "failed" | "cancelled" => {
+                        let desc = info
+                            .get("error-desc")
+                            .and_then(|s| s.as_str())
+                            .unwrap_or("no reason given");
+                        return Err(DriverError::Protocol {
+                            machine: dir.name.clone(),
+                            channel: "qmp",
+                            message: format!("QEMU could not save the VM's state: {desc}"),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                if !completed {
+                    let _ = qmp.execute("migrate_cancel", None).await;
+                    // The caller lets the guest run on: not before the migration has ended.
+                    let cancel_deadline = Instant::now() + QUIT_GRACE;
+                    while Instant::now() < cancel_deadline {
+                        let ended = qmp.execute("query-migrate", None).await.is_ok_and(|info| {
+                            matches!(
+                                info.get("status").and_then(|s| s.as_str()),
+                                Some("cancelled" | "failed" | "completed")
+                            )
+                        });
+                        if ended {
+                            break;
+                        }
+                        tokio::time::sleep(STATE_POLL).await;
+                    }
+                }
+                return Err(DriverError::Timeout {
+                    machine: dir.name.clone(),
+                    what: if completed {
+                        format!("the state file to be written whole ({})", written.display())
+                    } else {
+                        "QEMU to save the VM's state".to_owned()
+                    },
+                    seconds: if completed {
+                        WRITTEN_TIMEOUT.as_secs()
+                    } else {
+                        SAVE_TIMEOUT.as_secs()
+                    },
+                });
+            }
+            tokio::time::sleep(STATE_POLL).await;
+        }
+    }
+
+    /// `start` of a machine saved by `stop --save`: checks the state against this QEMU, guest
+    /// image and command line, loads it into a paused QEMU and lets the guest run on. A
+    /// state that does not fit or does not load is removed (the disk is as the save left it).
+    async fn resume_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<Resume, DriverError> {
+        if !resume::exists(dir) {
+            return Ok(Resume::NoSavedState);
+        }
+        if self.live_pid(dir).await?.is_some() {
+            return Err(DriverError::WrongState {
+                machine: dir.name.clone(),
+                state: VmState::Running,
+                op: "resume",
+                wanted: "stopped",
+            });
+        }
+        let why = match self.resume_problem(dir, spec).await? {
+            Some(why) => Some(why),
+            None => self.load_saved(dir, spec).await?,
+        };
+        Ok(match why {
+            None => Resume::Resumed,
+            Some(reason) => {
+                resume::discard(dir)
+                    .map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
+                tracing::info!(machine = %dir.name, "saved state not used: {reason}");
+                Resume::Discarded { reason }
+            }
+        })
+    }
+
+    /// Why the saved state cannot be loaded into this machine as it is now; `None` if it can.
+    async fn resume_problem(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> Result<Option<String>, DriverError> {
+        let saved = match SavedVm::load(dir) {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return Ok(Some("its record (vmstate.json) is missing".to_owned())),
+            Err(err) => {
+                return Ok(Some(format!(
+                    "its record is unreadable: {}",
+                    error_chain(&err)
+                )))
+            }
+        };
+        let len = std::fs::metadata(dir.file(resume::STATE)).map(|m| m.len());
+        match len {
+            Ok(len) if len == saved.state_len => {}
+            Ok(len) => {
+                return Ok(Some(format!(
+                    "the state file is {len} bytes where {} were saved (truncated or replaced)",
+                    saved.state_len
+                )))
+            }
+            Err(err) => return Ok(Some(format!("the state file is unreadable: {err}"))),
+        }
+        let state = QemuState::load_required(dir)?;
+        let qmp = self.launch_qmp(dir, &state)?;
+        let argv = self.vm_argv(dir, spec, &state, saved.tsc_khz, &[], &qmp);
+        let boot_files = match resume::boot_stamps(spec) {
+            Ok(files) => files,
+            Err(err) => return Ok(Some(format!("the guest image is unreadable: {err}"))),
+        };
+        let binary =
+            resume::find_program(&self.program()).and_then(|p| resume::FileStamp::of(&p).ok());
+        let qemu_version = match &saved.qemu_binary {
+            Some(stamp) if binary.as_ref() == Some(stamp) => saved.qemu_version.clone(),
+            _ => self.qemu_version().await?,
+        };
+        let data_disk = match resume::FileStamp::of(&dir.file(DISK)) {
+            Ok(stamp) => stamp,
+            Err(err) => return Ok(Some(format!("the data disk is unreadable: {err}"))),
+        };
+        Ok(saved.mismatch(&qemu_version, &argv, &boot_files, &data_disk))
+    }
+
+    /// Starts QEMU on the saved state, waits for it to load and lets the guest run; the reason
+    /// if QEMU rejected the state. A failure that is not the state's fault (QEMU could not
+    /// start, a timeout) is an error and keeps the state for the next try.
+    async fn load_saved(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> Result<Option<String>, DriverError> {
+        let saved = SavedVm::load(dir)?.ok_or_else(|| DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "qmp",
+            message: "vmstate.json vanished".to_owned(),
+        })?;
+        let mut state = QemuState::load_required(dir)?;
+        if Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))? {
+            state.save(dir)?;
+        }
+        let began = Instant::now();
+        let path = dir.file(resume::STATE);
+        match self
+            .launch(dir, spec, &state, saved.tsc_khz, Some(&path))
+            .await
+        {
+            Ok(()) => {}
+            Err(DriverError::CommandFailed { stderr, .. }) if stderr.starts_with(REJECTED) => {
+                self.clean_runtime_files(dir)?;
+                return Ok(Some(stderr));
+            }
+            Err(err) => return Err(err),
+        }
+        // Until `cont`, any failure leaves a paused QEMU the host would take for a running
+        // machine: it is killed, and the state kept.
+        match self.continue_loaded(dir, &path).await {
+            Ok(rejected) => {
+                if rejected.is_none() {
+                    tracing::info!(
+                        machine = %dir.name,
+                        ms = began.elapsed().as_millis() as u64,
+                        "resumed the VM from its saved state"
+                    );
+                }
+                Ok(rejected)
+            }
+            Err(err) => {
+                if let Err(kill) = self.stop_inner(dir, StopMode::Kill).await {
+                    tracing::warn!(machine = %dir.name, "QEMU not stopped after a failed resume: {}", error_chain(&kill));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// After [`Self::load_saved`] launched QEMU on the state at `path`: waits until it has
+    /// loaded it and lets the guest run; the reason if QEMU rejected it.
+    async fn continue_loaded(
+        &self,
+        dir: &MachineDir,
+        path: &Path,
+    ) -> Result<Option<String>, DriverError> {
+        let deadline = Instant::now() + SAVE_TIMEOUT;
+        let mut client = None;
+        let mut qmp = loop {
+            if self.live_pid(dir).await?.is_none() {
+                self.clean_runtime_files(dir)?;
+                return Ok(Some(self.rejected_message(dir)));
+            }
+            if client.is_none() {
+                client = self.qmp(dir).await.ok();
+            }
+            // QEMU reading a big state answers QMP only once it is done: a slow or failed
+            // answer is asked again until the deadline.
+            let status = match client.as_mut() {
+                Some(qmp) => qmp.query_status().await.ok(),
+                None => None,
+            };
+            match status.as_deref() {
+                Some("paused" | "postmigrate") => {
+                    if let Some(qmp) = client.take() {
+                        break qmp;
+                    }
+                }
+                None => client = None,
+                Some("inmigrate") => {}
+                Some(other) => {
+                    let _ = self.stop_inner(dir, StopMode::Kill).await;
+                    return Ok(Some(format!(
+                        "QEMU ended in state {other} while loading it"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(DriverError::Timeout {
+                    machine: dir.name.clone(),
+                    what: "QEMU to load the saved state (kept for the next start)".to_owned(),
+                    seconds: SAVE_TIMEOUT.as_secs(),
+                });
+            }
+            tokio::time::sleep(STATE_POLL).await;
+        };
+        // Loaded: from here on the guest writes the disk, so the state is spent. A rename and
+        // a small unlink are quick; the big file is deleted by `finish_resume`.
+        let spent = dir.file(resume::STATE_SPENT);
+        std::fs::rename(path, &spent).map_err(|e| Self::io_error(dir, path, e))?;
+        resume::discard_record(dir).map_err(|e| Self::io_error(dir, path, e))?;
+        qmp.execute("cont", None)
+            .await
+            .map_err(|e| Self::qmp_error(dir, e))?;
+        Ok(None)
+    }
+
+    /// The reason given when QEMU exited while loading the state, with the end of its log.
+    fn rejected_message(&self, dir: &MachineDir) -> String {
+        let log = std::fs::read_to_string(dir.file(QEMU_LOG)).unwrap_or_default();
+        let tail: Vec<&str> = log.trim().lines().rev().take(5).collect();
+        if tail.is_empty() {
+            format!("{REJECTED} (the stream is damaged or does not fit this VM)")
+        } else {
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{REJECTED}: {}", tail.join(" / "))
+        }
+    }
+
+    /// Deletes the state a resume loaded (as big as the guest's memory: it takes a while).
+    async fn finish_resume_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        let spent = dir.file(resume::STATE_SPENT);
+        let removed = {
+            let spent = spent.clone();
+            tokio::task::spawn_blocking(move || std::fs::remove_file(spent)).await
+        };
+        match removed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(Err(e)) => Err(Self::io_error(dir, &spent, e)),
+            Err(join) => Err(Self::io_error(dir, &spent, std::io::Error::other(join))),
+        }
     }
 
     async fn remove_inner(&self, dir: &MachineDir) -> Result<(), DriverError> {
@@ -1133,6 +1642,8 @@ impl Driver for QemuDriver {
                 sftp_shares: true,
                 existing_host: false,
                 virtio_fs: self.virtiofsd().is_some(),
+                // Windows QEMU runs no `sh` for `exec:` migration URIs.
+                save_state: self.host.os != HostOs::Windows,
             },
         }
     }
@@ -1173,6 +1684,29 @@ impl Driver for QemuDriver {
         dir: &MachineDir,
     ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
         self.remove_inner(dir)
+    }
+
+    fn save(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.save_inner(dir, spec)
+    }
+
+    fn resume(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+    ) -> impl std::future::Future<Output = Result<Resume, DriverError>> + Send {
+        self.resume_inner(dir, spec)
+    }
+
+    fn finish_resume(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = Result<(), DriverError>> + Send {
+        self.finish_resume_inner(dir)
     }
 
     fn state(
@@ -1520,15 +2054,19 @@ mod tests {
         recording: RecordingRunner,
         dir: MachineDir,
         vms: Mutex<Vec<FakeVm>>,
+        /// What `query-status` answers.
+        status: &'static str,
     }
 
     impl CommandRunner for FakeQemuRunner {
         fn run<'a>(&'a self, cmd: &'a CommandSpec) -> RunFuture<'a, CommandOutput> {
             Box::pin(async move {
                 let out = self.recording.run(cmd).await?;
-                if cmd.program.starts_with("qemu-system") && out.is_success() {
+                // `sh` runs QEMU on a saved state.
+                let qemu = cmd.program.starts_with("qemu-system") || cmd.program == "sh";
+                if qemu && out.is_success() {
                     let vm = FakeVm::start(&self.dir);
-                    fake::serve(&self.dir.file(QMP_SOCKET), qmp_status("running"));
+                    fake::serve(&self.dir.file(QMP_SOCKET), qmp_status(self.status));
                     self.vms.lock().expect("vms").push(vm);
                 }
                 Ok(out)
@@ -1616,6 +2154,7 @@ mod tests {
             ]),
             dir: dir.clone(),
             vms: Mutex::default(),
+            status: "running",
         });
         let driver =
             QemuDriver::with_runner(QemuOptions::default(), runner.clone()).for_host(LINUX);
@@ -1645,6 +2184,7 @@ mod tests {
             )]),
             dir: dir.clone(),
             vms: Mutex::default(),
+            status: "running",
         });
         let options = QemuOptions {
             accel: AccelOption::Kvm,
@@ -1694,6 +2234,202 @@ mod tests {
         let saved = QemuState::load_required(&dir).expect("qemu.json");
         assert_ne!(saved.ssh_port, state.ssh_port);
         assert_eq!(saved.engine_port, state.engine_port);
+    }
+
+    fn write_saved_state(dir: &MachineDir, len: usize, recorded_len: u64) {
+        std::fs::write(dir.file(resume::STATE), vec![0u8; len]).expect("state");
+        SavedVm {
+            qemu_version: "QEMU emulator version 7.2.0".into(),
+            qemu_binary: None,
+            argv: Vec::new(),
+            tsc_khz: None,
+            boot_files: Vec::new(),
+            state_len: recorded_len,
+            data_disk: resume::FileStamp {
+                path: dir.file(DISK),
+                len: 0,
+                modified_ns: 0,
+            },
+        }
+        .save(dir)
+        .expect("record");
+    }
+
+    #[tokio::test]
+    async fn a_state_that_fits_is_kept_when_qemu_cannot_start_on_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2").expect("disk");
+        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
+        let version = "QEMU emulator version 7.2.0";
+        let driver = QemuDriver::with_runner(
+            tcg_options(),
+            Arc::new(RecordingRunner::new([(
+                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                CommandOutput::success(format!("{version}\n")),
+            )])),
+        )
+        .for_host(LINUX);
+        let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
+        SavedVm {
+            qemu_version: version.into(),
+            qemu_binary: None,
+            argv: driver.vm_argv(&dir, &spec, &state, None, &[], &qmp),
+            tsc_khz: None,
+            boot_files: resume::boot_stamps(&spec).expect("stamps"),
+            state_len: 20,
+            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
+        }
+        .save(&dir)
+        .expect("record");
+        // QEMU does not start (nothing canned for it): not the state's fault.
+        let err = driver.resume(&dir, &spec).await.expect_err("no QEMU");
+        assert!(err.to_string().contains("recording runner"), "{err}");
+        assert!(dir.file(resume::STATE).exists() && dir.file(resume::META).exists());
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_fails_after_qemu_started_kills_it_and_keeps_the_state() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2").expect("disk");
+        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
+        // The spent name is taken by a directory: the rename after the load fails.
+        std::fs::create_dir(dir.file(resume::STATE_SPENT)).expect("dir");
+        std::fs::write(dir.file(resume::STATE_SPENT).join("x"), "x").expect("file");
+        let version = "QEMU emulator version 7.2.0";
+        let probe = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let qmp = probe.launch_qmp(&dir, &state).expect("qmp");
+        let argv = probe.vm_argv(&dir, &spec, &state, None, &[], &qmp);
+        let mut restore = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            resume::incoming_script(),
+            "qemu-system-x86_64".to_owned(),
+        ];
+        restore.extend(argv.iter().cloned());
+        restore.extend(resume::incoming_args());
+        let runner = Arc::new(FakeQemuRunner {
+            recording: RecordingRunner::new([
+                (
+                    vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                    CommandOutput::success(format!("{version}\n")),
+                ),
+                (restore, CommandOutput::success("")),
+            ]),
+            dir: dir.clone(),
+            vms: Mutex::default(),
+            status: "paused",
+        });
+        let driver = QemuDriver::with_runner(tcg_options(), runner.clone()).for_host(LINUX);
+        SavedVm {
+            qemu_version: version.into(),
+            qemu_binary: None,
+            argv,
+            tsc_khz: None,
+            boot_files: resume::boot_stamps(&spec).expect("stamps"),
+            state_len: 20,
+            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
+        }
+        .save(&dir)
+        .expect("record");
+        let err = driver.resume(&dir, &spec).await.expect_err("rename fails");
+        assert!(err.to_string().contains("vmstate.bin"), "{err}");
+        // The last stand-in is the restore's (`--version` started one too).
+        let pid = runner
+            .vms
+            .lock()
+            .expect("vms")
+            .last()
+            .map(FakeVm::pid)
+            .expect("a stand-in");
+        assert!(
+            !process::is_alive(runner.as_ref(), pid, &dir.file(PIDFILE)).await,
+            "the paused QEMU is killed"
+        );
+        assert!(dir.file(resume::STATE).exists() && dir.file(resume::META).exists());
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
+    }
+
+    #[tokio::test]
+    async fn a_state_is_discarded_when_the_data_disk_was_written_after_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2 written by a cold boot").expect("disk");
+        write_saved_state(&dir, 20, 20);
+        let driver = QemuDriver::with_runner(
+            tcg_options(),
+            Arc::new(RecordingRunner::new([(
+                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                CommandOutput::success("QEMU emulator version 7.2.0\n"),
+            )])),
+        )
+        .for_host(LINUX);
+        match driver.resume(&dir, &spec).await.expect("resume") {
+            Resume::Discarded { reason } => {
+                assert!(
+                    reason.contains("data disk") && reason.contains("written since"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a state older than the disk was used: {other:?}"),
+        }
+        assert!(!resume::exists(&dir));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_saved_state_is_removed_and_the_machine_boots_afresh() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        assert_eq!(
+            driver.resume(&dir, &spec).await.expect("resume"),
+            Resume::NoSavedState
+        );
+        write_saved_state(&dir, 10, 20);
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Saved);
+        match driver.resume(&dir, &spec).await.expect("resume") {
+            Resume::Discarded { reason } => {
+                assert!(reason.contains("10 bytes where 20"), "{reason}")
+            }
+            other => panic!("a truncated state was used: {other:?}"),
+        }
+        assert!(!resume::exists(&dir), "the bad state is removed");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn a_cold_start_discards_a_saved_state() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        write_saved_state(&dir, 20, 20);
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        // The recording runner runs no QEMU; the state must be gone before QEMU is asked to.
+        let err = driver.start(&dir, &spec).await.expect_err("nothing canned");
+        assert!(err.to_string().contains("recording runner"), "{err}");
+        assert!(!resume::exists(&dir), "a boot without the state removes it");
+    }
+
+    #[tokio::test]
+    async fn save_refuses_a_machine_with_shares_naming_the_share() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, mut spec, _) = created_machine(tmp.path(), Accel::Tcg);
+        spec.shares.push(rmachine_driver::Share {
+            tag: "share0".into(),
+            host_path: "/home/me".into(),
+            guest_path: "/home/me".into(),
+            read_only: false,
+            transport: ShareTransport::NineP,
+        });
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        let err = driver.save(&dir, &spec).await.expect_err("refused");
+        assert!(err.to_string().contains("/home/me"), "{err}");
+        assert!(!resume::exists(&dir));
     }
 
     #[tokio::test]

@@ -1350,6 +1350,7 @@ impl Driver for VirtualBoxDriver {
                 // the user asked for none (docker-machine's --virtualbox-no-share).
                 sftp_shares: !self.options.no_share,
                 existing_host: false,
+                save_state: false,
                 virtio_fs: false,
             },
         }

@@ -89,6 +89,11 @@ pub struct Args {
     #[arg(long = "published-bind-address", value_name = "ADDR")]
     published_bind_address: Option<std::net::IpAddr>,
 
+    /// `stop` saves the running machine's state and `start` resumes it (as `stop --save`;
+    /// `stop --no-save` powers it off); needs --no-share
+    #[arg(long = "save-on-stop")]
+    save_on_stop: bool,
+
     #[command(flatten)]
     driver_options: DriverOptions,
 
@@ -135,6 +140,7 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         published_bind_address: args.published_bind_address,
         shares: args.share,
         no_share: args.no_share,
+        save_on_stop: args.save_on_stop,
     };
     let renderer = Renderer::new(args.no_progress);
     let started = Instant::now();

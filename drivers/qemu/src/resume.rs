@@ -1,0 +1,331 @@
+//! `rmachine stop --save` and the `start` that follows: the running guest's state (memory and
+//! devices) goes to `vmstate.bin` through QEMU migration (`exec:cat`, the only file-like URI
+//! of QEMU 7.2: `file:` came in 8.2), and `vmstate.json` records what it was saved against (QEMU's
+//! version, the command line, the boot files' stamps, the state's length). A restore runs the
+//! same command line with `-S -incoming`, then `cont`.
+//!
+//! The state and the data disk are a pair: the state is deleted as soon as QEMU has loaded it
+//! (the guest writes the disk again from then on) and by every cold boot of this driver, and
+//! the record stamps the disk (length, modification time) so that a disk written by anything
+//! else since the save discards the state rather than loading stale memory over it.
+
+use std::path::{Path, PathBuf};
+
+use rmachine_driver::{DriverError, MachineDir, VmSpec};
+use serde::{Deserialize, Serialize};
+
+/// The saved memory and device state (QEMU's migration stream).
+pub const STATE: &str = "vmstate.bin";
+/// What the state was saved against ([`SavedVm`]).
+pub const META: &str = "vmstate.json";
+/// The state while QEMU writes it.
+pub const STATE_TMP: &str = "vmstate.bin.tmp";
+/// [`META`] while it is written.
+pub const META_TMP: &str = "vmstate.json.tmp";
+/// The state once the `cat` QEMU writes it through has finished: QEMU reports the migration
+/// completed before it has reaped that `cat`, so only this name says the file is whole.
+pub const STATE_WRITTEN: &str = "vmstate.bin.written";
+/// [`STATE`] once QEMU has loaded it, until it is deleted.
+pub const STATE_SPENT: &str = "vmstate.bin.spent";
+
+/// A boot file as it was when the state was saved: a guest image replaced under the same path
+/// changes its length or modification time.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStamp {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its modification time, in nanoseconds since the Unix epoch.
+    pub modified_ns: u128,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        let modified_ns = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Ok(FileStamp {
+            path: path.to_owned(),
+            len: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+/// `vmstate.json`: what [`STATE`] was saved against.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedVm {
+    /// The first line of `qemu-system-* --version` of the QEMU that saved it.
+    pub qemu_version: String,
+    /// That QEMU's executable: while it is unchanged, a restore need not run `--version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_binary: Option<FileStamp>,
+    /// QEMU's arguments as the saved VM ran with them (ports of that run).
+    pub argv: Vec<String>,
+    /// The `tsc_early_khz=` that argv was built with, so a restore builds the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsc_khz: Option<u64>,
+    /// The guest image's files.
+    pub boot_files: Vec<FileStamp>,
+    /// The length of [`STATE`] as QEMU wrote it: a shorter file was truncated.
+    pub state_len: u64,
+    /// The data disk's image after the saving QEMU exited: any other length or modification
+    /// time means something wrote the disk since (an older rmachine's cold boot, a
+    /// `qemu-img check -r`, a restored backup), and the state's memory no longer fits it.
+    pub data_disk: FileStamp,
+}
+
+impl SavedVm {
+    /// Reads `vmstate.json`; `None` if there is none.
+    pub fn load(dir: &MachineDir) -> Result<Option<Self>, DriverError> {
+        rmachine_driver::state_file::load(dir, META)
+    }
+
+    /// Writes `vmstate.json` atomically.
+    pub fn save(&self, dir: &MachineDir) -> Result<(), DriverError> {
+        rmachine_driver::state_file::save(dir, META, self)
+    }
+
+    /// Why this state cannot be loaded into a VM that would run `argv` with `qemu_version`
+    /// and `boot_files`; `None` if it can.
+    pub fn mismatch(
+        &self,
+        qemu_version: &str,
+        argv: &[String],
+        boot_files: &[FileStamp],
+        data_disk: &FileStamp,
+    ) -> Option<String> {
+        if self.data_disk != *data_disk {
+            return Some(format!(
+                "the data disk {} was written since the state was saved",
+                data_disk.path.display()
+            ));
+        }
+        if self.qemu_version != qemu_version {
+            return Some(format!(
+                "QEMU changed since the state was saved (saved by \"{}\", now \"{qemu_version}\")",
+                self.qemu_version
+            ));
+        }
+        if self.boot_files != boot_files {
+            return Some("the guest image changed since the state was saved".to_owned());
+        }
+        if self.argv != argv {
+            return Some(
+                "the machine's configuration changed since the state was saved".to_owned(),
+            );
+        }
+        None
+    }
+}
+
+/// Where `program` runs from: itself if it names a path, else the first match on `PATH`.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_owned());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The stamps of the boot files `spec` names (the compressed and the derived ones).
+pub fn boot_stamps(spec: &VmSpec) -> std::io::Result<Vec<FileStamp>> {
+    let boot = &spec.boot;
+    [Some(&boot.kernel), Some(&boot.initrd)]
+        .into_iter()
+        .chain([
+            boot.kernel_elf.as_ref(),
+            boot.initrd_uncompressed.as_ref(),
+            boot.iso.as_ref(),
+        ])
+        .flatten()
+        .filter(|p| p.exists())
+        .map(|p| FileStamp::of(p))
+        .collect()
+}
+
+/// Quotes `text` for `/bin/sh` (QEMU runs `exec:` URIs with `sh -c`).
+pub fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The `migrate` URI that writes the state to `tmp` and, once `cat` has written all of it,
+/// renames it to `written`. Refuses a path that is not UTF-8 (QEMU takes the URI as a string).
+pub fn save_uri(tmp: &Path, written: &Path) -> Result<String, std::io::Error> {
+    let utf8 = |p: &Path| {
+        p.to_str().map(sh_quote).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the machine's path is not valid UTF-8: QEMU cannot be told where to save",
+            )
+        })
+    };
+    Ok(format!(
+        "exec:cat > {tmp} && mv {tmp} {written}",
+        tmp = utf8(tmp)?,
+        written = utf8(written)?
+    ))
+}
+
+/// The descriptor QEMU reads the state from on a restore.
+pub const INCOMING_FD: u32 = 3;
+
+/// The arguments appended to the VM's command line to load the state, paused, from descriptor
+/// [`INCOMING_FD`]. A regular file read through a descriptor never blocks, so QEMU loads it in
+/// one go; through a pipe (`exec:cat FILE`) it waits on the pipe every 32 KiB, which made a
+/// 160 MB state take 3 s to load instead of a fraction of one.
+pub fn incoming_args() -> [String; 3] {
+    [
+        "-S".to_owned(),
+        "-incoming".to_owned(),
+        format!("fd:{INCOMING_FD}"),
+    ]
+}
+
+/// The `sh -c` script that opens the state file (in the environment variable
+/// [`STATE_ENV`]) as descriptor [`INCOMING_FD`] and runs QEMU (`$0`) with its arguments
+/// (`$@`): the runner lets a child inherit no descriptor but the standard ones.
+pub fn incoming_script() -> String {
+    format!("exec \"$0\" \"$@\" {INCOMING_FD}<\"${STATE_ENV}\"")
+}
+
+/// See [`incoming_script`].
+pub const STATE_ENV: &str = "RMACHINE_VMSTATE";
+
+/// Removes the saved state and its record; true if there was one.
+pub fn discard(dir: &MachineDir) -> std::io::Result<bool> {
+    let mut found = false;
+    for name in [META, STATE, STATE_TMP, STATE_WRITTEN, META_TMP, STATE_SPENT] {
+        match std::fs::remove_file(dir.file(name)) {
+            Ok(()) => found |= name == META || name == STATE,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the saved state's record only: without it the state file is never loaded.
+pub fn discard_record(dir: &MachineDir) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.file(META)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// True if a saved state (or part of one) lies in `dir`.
+pub fn exists(dir: &MachineDir) -> bool {
+    dir.file(META).exists() || dir.file(STATE).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved() -> SavedVm {
+        SavedVm {
+            qemu_version: "QEMU emulator version 7.2.0".to_owned(),
+            qemu_binary: None,
+            argv: vec!["-m".to_owned(), "1024".to_owned()],
+            tsc_khz: Some(2_000_000),
+            boot_files: vec![FileStamp {
+                path: "/cache/vmlinuz".into(),
+                len: 10,
+                modified_ns: 5,
+            }],
+            state_len: 100,
+            data_disk: FileStamp {
+                path: "/m/disk.qcow2".into(),
+                len: 1000,
+                modified_ns: 7,
+            },
+        }
+    }
+
+    #[test]
+    fn a_state_fits_only_the_same_qemu_image_and_command_line() {
+        let s = saved();
+        let disk = &s.data_disk;
+        assert_eq!(
+            s.mismatch(&s.qemu_version, &s.argv, &s.boot_files, disk),
+            None
+        );
+        let why = s
+            .mismatch("QEMU emulator version 8.0.0", &s.argv, &s.boot_files, disk)
+            .unwrap();
+        assert!(
+            why.contains("QEMU changed") && why.contains("8.0.0"),
+            "{why}"
+        );
+        let mut files = s.boot_files.clone();
+        files[0].len = 11;
+        let why = s.mismatch(&s.qemu_version, &s.argv, &files, disk).unwrap();
+        assert!(why.contains("guest image changed"), "{why}");
+        let argv = vec!["-m".to_owned(), "2048".to_owned()];
+        let why = s
+            .mismatch(&s.qemu_version, &argv, &s.boot_files, disk)
+            .unwrap();
+        assert!(why.contains("configuration changed"), "{why}");
+    }
+
+    #[test]
+    fn a_state_does_not_fit_a_data_disk_written_after_it() {
+        let s = saved();
+        for (len, modified_ns) in [(1000, 8), (1001, 7)] {
+            let disk = FileStamp {
+                len,
+                modified_ns,
+                ..s.data_disk.clone()
+            };
+            let why = s
+                .mismatch(&s.qemu_version, &s.argv, &s.boot_files, &disk)
+                .unwrap();
+            assert!(
+                why.contains("data disk /m/disk.qcow2 was written since"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn uris_quote_the_path_for_the_shell() {
+        assert_eq!(
+            save_uri(
+                Path::new("/m/it's here/vmstate.bin.tmp"),
+                Path::new("/m/it's here/vmstate.bin.written")
+            )
+            .unwrap(),
+            r"exec:cat > '/m/it'\''s here/vmstate.bin.tmp' && mv '/m/it'\''s here/vmstate.bin.tmp' '/m/it'\''s here/vmstate.bin.written'"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = Path::new(std::ffi::OsStr::from_bytes(b"/m/\xff/vmstate.bin.tmp"));
+            assert!(save_uri(bad, Path::new("/m/w")).is_err());
+        }
+        assert_eq!(incoming_args()[2], "fd:3");
+        assert_eq!(incoming_script(), r#"exec "$0" "$@" 3<"$RMACHINE_VMSTATE""#);
+    }
+
+    #[test]
+    fn discard_removes_every_part_and_says_whether_there_was_a_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = MachineDir::new("m", tmp.path());
+        assert!(!discard(&dir).unwrap());
+        std::fs::write(dir.file(STATE), b"x").unwrap();
+        std::fs::write(dir.file(STATE_TMP), b"x").unwrap();
+        assert!(exists(&dir));
+        assert!(discard(&dir).unwrap());
+        assert!(!exists(&dir));
+        assert!(!dir.file(STATE_TMP).exists());
+    }
+}
