@@ -17,7 +17,11 @@
 //!    ([`rmachine_guest_config::udp_frame`]);
 //! 4. mounts each share whose transport is SFTP (no hypervisor device for it) with one
 //!    `rmachine-init sftp-mount` exec channel per share and serves the folder on it
-//!    ([`crate::sftpshare`]), again after every reconnection (a `start`).
+//!    ([`crate::sftpshare`]). The shares follow the SSH connection, not the engine: a restart
+//!    of the engine leaves them served; a connection that drops is made again (the pause
+//!    doubling from 1 s to 8 s while attempts fail) and each share's channel with it, and the
+//!    guest's mount, held by a daemon that outlives the channel, serves again without a
+//!    remount (containers keep their binds).
 //!
 //! SSH rather than the hypervisor's own forwarding: it works the same with every driver (QEMU,
 //! VirtualBox, Hyper-V, external ones), needs no VM reconfiguration while it runs, and is
@@ -67,8 +71,14 @@ pub const LOG_FILE: &str = "port-agent.log";
 const PID_POLL: Duration = Duration::from_millis(200);
 /// How long `stop` waits for the agent to close its listeners and exit.
 const STOP_WAIT: Duration = Duration::from_secs(5);
-/// Pause between attempts to reach a machine that is booting or gone.
+/// First pause between attempts to reach a machine that is booting or gone; it doubles up
+/// to `MAX_RETRY` while attempts keep failing at once.
 const RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between attempts: short enough that a share or port is back soon after
+/// the machine is.
+const MAX_RETRY: Duration = Duration::from_secs(8);
+/// A connection that lasted this long was working: the next attempt starts at `RETRY` again.
+const STABLE: Duration = Duration::from_secs(10);
 /// `GET /events` for the container events that change published ports.
 const EVENTS_PATH: &str =
     "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%5D%7D";
@@ -539,6 +549,7 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         last_error: None,
         shares: Vec::new(),
         share_tasks: Vec::new(),
+        share_sink: Arc::new(std::sync::Mutex::new(None)),
         usage: None,
     };
     agent.write_status();
@@ -548,7 +559,9 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         }
     };
     tokio::pin!(watch);
+    let mut retry = RETRY;
     loop {
+        let started = Instant::now();
         tokio::select! {
             _ = &mut watch => break,
             result = agent.follow(store, name) => {
@@ -560,11 +573,17 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
                 agent.disconnect(Some(error));
             }
         }
+        retry = if started.elapsed() >= STABLE {
+            RETRY
+        } else {
+            (retry * 2).min(MAX_RETRY)
+        };
         tokio::select! {
             _ = &mut watch => break,
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = tokio::time::sleep(retry) => {}
         }
     }
+    agent.close_ssh();
     agent.disconnect(None);
     tracing::info!(machine = name, "port agent stopped");
     Ok(())
@@ -616,6 +635,9 @@ struct Agent {
     shares: Vec<SftpShareState>,
     /// One task per share over SFTP; aborting it closes the share's channel.
     share_tasks: Vec<JoinHandle<()>>,
+    /// Where the share tasks report their states: the receiving end belongs to the current
+    /// `follow`, and the tasks outlive it as long as the SSH connection does.
+    share_sink: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<SftpShareState>>>>,
     usage: Option<GuestDiskUsage>,
 }
 
@@ -643,16 +665,26 @@ impl Agent {
         }
     }
 
+    /// Ends what one `follow` set up. The shares follow the SSH connection rather than the
+    /// engine: while it is open (the engine restarted, its event stream broke) they stay
+    /// mounted and served, and only a connection that closed takes them down.
     fn disconnect(&mut self, error: Option<String>) {
+        if self.ssh.as_ref().is_none_or(|ssh| ssh.is_closed()) {
+            self.close_ssh();
+        }
+        self.containers.clear();
+        self.failures.clear();
+        self.last_error = error;
+        self.write_status();
+    }
+
+    /// Drops the SSH connection and the shares served over it.
+    fn close_ssh(&mut self) {
         for task in self.share_tasks.drain(..) {
             task.abort();
         }
         self.shares.clear();
-        self.containers.clear();
-        self.failures.clear();
         self.ssh = None;
-        self.last_error = error;
-        self.write_status();
     }
 
     /// One connection: SSH and the engine's events, until either ends.
@@ -670,10 +702,24 @@ impl Agent {
                     source,
                 })
             })?;
-        let ssh = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-            .await
-            .map_err(FollowError::Ssh)?;
-        let ssh = Arc::new(ssh);
+        let (share_tx, mut share_rx) = mpsc::unbounded_channel();
+        *self
+            .share_sink
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(share_tx);
+        let kept = self.ssh.clone().filter(|ssh| !ssh.is_closed());
+        let ssh = match kept {
+            Some(ssh) => ssh,
+            None => {
+                let ssh = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
+                    .await
+                    .map_err(FollowError::Ssh)?;
+                let ssh = Arc::new(ssh);
+                self.ssh = Some(ssh.clone());
+                self.serve_shares(&config.vm.shares, &ssh);
+                ssh
+            }
+        };
         let client =
             EngineClient::from_cert_dir(&store.machine_path(name)).map_err(FollowError::Engine)?;
         let engine = endpoints.engine;
@@ -682,10 +728,7 @@ impl Agent {
             .stream(engine, EVENTS_PATH)
             .await
             .map_err(FollowError::Engine)?;
-        self.ssh = Some(ssh.clone());
         self.last_error = None;
-        let (share_tx, mut share_rx) = mpsc::unbounded_channel();
-        self.serve_shares(&config.vm.shares, &ssh, share_tx);
         let running = client
             .get_json(engine, "/containers/json")
             .await
@@ -753,12 +796,7 @@ impl Agent {
     }
 
     /// Mounts each share over SFTP in the guest and serves it (see [`crate::sftpshare`]).
-    fn serve_shares(
-        &mut self,
-        shares: &[Share],
-        ssh: &Arc<SshSession>,
-        states: mpsc::UnboundedSender<SftpShareState>,
-    ) {
+    fn serve_shares(&mut self, shares: &[Share], ssh: &Arc<SshSession>) {
         let shares: Vec<Share> = shares
             .iter()
             .filter(|s| s.transport == ShareTransport::Sftp)
@@ -777,6 +815,15 @@ impl Agent {
             })
             .collect();
         let ssh = ssh.clone();
+        let sink = self.share_sink.clone();
+        let send = move |state: SftpShareState| {
+            let sink = sink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(sink) = sink.as_ref() {
+                let _ = sink.send(state);
+            }
+        };
         // One after the other, in the order given, as the guest mounts the others: a share
         // whose guest path lies inside another must find that one mounted first.
         self.share_tasks.push(tokio::spawn(async move {
@@ -791,19 +838,35 @@ impl Agent {
             let mut tasks = AbortOnDrop(Vec::new());
             for share in shares {
                 let (one_tx, mut one_rx) = mpsc::unbounded_channel();
-                tasks.0.push(tokio::spawn(sftpshare::serve_share(
-                    ssh.clone(),
-                    share,
-                    sftpshare::MOUNT_COMMAND.to_owned(),
-                    one_tx,
-                )));
+                let ssh = ssh.clone();
+                // A channel that ends while the connection lives (the guest's side died) is
+                // opened again: the guest's daemon keeps the mount meanwhile.
+                tasks.0.push(tokio::spawn(async move {
+                    let mut retry = RETRY;
+                    while !ssh.is_closed() {
+                        let started = Instant::now();
+                        sftpshare::serve_share(
+                            ssh.clone(),
+                            share.clone(),
+                            sftpshare::MOUNT_COMMAND.to_owned(),
+                            one_tx.clone(),
+                        )
+                        .await;
+                        retry = if started.elapsed() >= STABLE {
+                            RETRY
+                        } else {
+                            (retry * 2).min(MAX_RETRY)
+                        };
+                        tokio::time::sleep(retry).await;
+                    }
+                }));
                 if let Some(first) = one_rx.recv().await {
-                    let _ = states.send(first);
+                    send(first);
                 }
-                let states = states.clone();
+                let send = send.clone();
                 tasks.0.push(tokio::spawn(async move {
                     while let Some(state) = one_rx.recv().await {
-                        let _ = states.send(state);
+                        send(state);
                     }
                 }));
             }
