@@ -1,8 +1,9 @@
 //! Bind mounts (`-v /host:/ctr[:opts]`, `--mount type=bind`) as dockerd makes them: files
 //! cross both ways, `:ro` is read-only, a missing `-v` source is created and a missing
 //! `--mount` source refused with moby's text, propagation follows the mode (`rshared` reaches
-//! the host), and `inspect`
-//! shows the mounts as dockerd does (issue 17).
+//! the host), `z`/`Z` are accepted, a file cannot cover a directory, `--mount
+//! …,volume-nocopy` leaves a new volume unfilled, and `inspect` shows the mounts as dockerd
+//! does (issue 17).
 
 use std::process::Command;
 
@@ -294,5 +295,52 @@ fn a_read_only_bind_is_read_only_all_the_way_down() -> anyhow::Result<()> {
         .docker(&["run", "--rm", "-v", &rw, "busybox", "touch", "/d/sub/f"])?
         .ok()?;
     assert!(std::path::Path::new(&format!("{sub}/f")).exists());
+    Ok(())
+}
+
+#[test]
+fn selinux_labels_are_accepted_and_a_file_cannot_cover_a_directory() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let dir = host_dir(&engine, "labelled")?;
+    std::fs::write(format!("{dir}/f"), "labelled\n")?;
+    // `z`/`Z` relabel for SELinux; on a host without it dockerd accepts them and mounts.
+    for mode in ["z", "Z", "ro,z"] {
+        let spec = format!("{dir}:/data:{mode}");
+        let run = engine
+            .docker(&["run", "--rm", "-v", &spec, "busybox", "cat", "/data/f"])?
+            .ok()?;
+        assert_eq!(run.stdout, "labelled\n", "{mode}");
+    }
+    // A file where the image has a directory: refused, and the engine keeps serving.
+    let file = format!("{dir}/f:/etc");
+    let run = engine.docker(&["run", "--rm", "-v", &file, "busybox", "true"])?;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.trim().is_empty(), "{run:?}");
+    engine.docker(&["ps", "-a"])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn mount_volume_nocopy_does_not_fill_a_new_volume() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ls = |mount: &str| -> anyhow::Result<String> {
+        Ok(engine
+            .docker(&[
+                "run", "--rm", "--mount", mount, "busybox", "ls", "-A", "/etc",
+            ])?
+            .ok()?
+            .stdout)
+    };
+    // The engine's own /etc files (hosts, resolv.conf...) are mounted over either volume; the
+    // image's passwd is there only when the volume was filled from it.
+    let filled = ls("type=volume,source=filled,target=/etc")?;
+    assert!(filled.lines().any(|l| l == "passwd"), "{filled:?}");
+    let bare = ls("type=volume,source=bare,target=/etc,volume-nocopy")?;
+    assert!(!bare.lines().any(|l| l == "passwd"), "{bare:?}");
+    engine.docker(&["volume", "rm", "filled", "bare"])?.ok()?;
     Ok(())
 }
