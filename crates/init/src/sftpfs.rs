@@ -298,12 +298,13 @@ pub fn serve(
     idle_exit: Duration,
 ) -> Result<(), SftpMountError> {
     use std::os::unix::fs::DirBuilderExt;
+    // A mount left by a daemon that is gone answers nothing but ENOTCONN (even to the
+    // mkdir below, which then fails EEXIST): detach it first.
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
     std::fs::create_dir_all(path).map_err(|source| SftpMountError::MountPoint {
         path: path.to_owned(),
         source,
     })?;
-    // A mount left by a daemon that is gone answers nothing but ENOTCONN.
-    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
     let control_error = |source| SftpMountError::Control {
         path: path.to_owned(),
         source,

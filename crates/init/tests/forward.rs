@@ -452,6 +452,67 @@ async fn a_share_survives_its_ssh_connection_dropping() {
     );
 }
 
+/// The pid of the `sftp-mount --serve` daemon whose command line holds `needle`.
+fn serve_daemon_pid(needle: &str) -> i32 {
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && cmdline.contains("sftp-mount") && cmdline.contains("--serve")
+        {
+            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                return pid;
+            }
+        }
+    }
+    panic!("no sftp-mount --serve daemon for {needle}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_mounts_again_after_its_daemon_was_killed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "from the host").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 600).await;
+
+    // The daemon dies without cleaning up: its FUSE mount is left dead (ENOTCONN).
+    let pid = serve_daemon_pid(&control.to_string_lossy());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the daemon");
+    let _ = task.await;
+    let g = guest.clone();
+    let err = on_mount(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::fs::read_dir(&g) {
+                Err(err) => return err,
+                Ok(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Ok(_) => panic!("the mount still answers with its daemon killed"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+
+    // The next channel's daemon detaches the dead mount and mounts the share again.
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 600).await;
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read through the new mount"), "from the host");
+    task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sftp_mount_exits_when_its_input_ends() {
     let tmp = tempfile::tempdir().expect("temp dir");
