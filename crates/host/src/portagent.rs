@@ -539,19 +539,7 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         pid = std::process::id(),
         "port agent running"
     );
-    let status_path = dir.join(STATUS_FILE);
-    let mut agent = Agent {
-        status_path: status_path.clone(),
-        bind: Vec::new(),
-        ssh: None,
-        containers: HashMap::new(),
-        failures: Vec::new(),
-        last_error: None,
-        shares: Vec::new(),
-        share_tasks: Vec::new(),
-        share_sink: Arc::new(std::sync::Mutex::new(None)),
-        usage: None,
-    };
+    let (mut agent, mut share_states) = Agent::new(dir.join(STATUS_FILE));
     agent.write_status();
     let watch = async {
         while pid_file_names_us(&dir) {
@@ -564,7 +552,7 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         let started = Instant::now();
         tokio::select! {
             _ = &mut watch => break,
-            result = agent.follow(store, name) => {
+            result = agent.follow(store, name, &mut share_states) => {
                 let error = match result {
                     Ok(()) => "the engine's event stream ended".to_string(),
                     Err(e) => crate::machine::error_chain(&e),
@@ -580,7 +568,7 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         };
         tokio::select! {
             _ = &mut watch => break,
-            _ = tokio::time::sleep(retry) => {}
+            _ = agent.pause(retry, &mut share_states) => {}
         }
     }
     agent.close_ssh();
@@ -635,13 +623,66 @@ struct Agent {
     shares: Vec<SftpShareState>,
     /// One task per share over SFTP; aborting it closes the share's channel.
     share_tasks: Vec<JoinHandle<()>>,
-    /// Where the share tasks report their states: the receiving end belongs to the current
-    /// `follow`, and the tasks outlive it as long as the SSH connection does.
-    share_sink: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<SftpShareState>>>>,
+    /// Where the share tasks report their states, tagged with `share_generation`. One
+    /// receiver for the agent's whole life, read while it follows the engine and while it
+    /// pauses between attempts: the tasks outlive a `follow` as long as the SSH connection
+    /// does, and a state they report in between must still reach `port-agent.json`.
+    share_sink: mpsc::UnboundedSender<(u64, SftpShareState)>,
+    /// Counts the SSH connections whose shares were served: a state still queued from an
+    /// earlier one is not taken for the current one's.
+    share_generation: u64,
     usage: Option<GuestDiskUsage>,
 }
 
+/// The receiving end of [`Agent::share_sink`].
+type ShareStates = mpsc::UnboundedReceiver<(u64, SftpShareState)>;
+
 impl Agent {
+    fn new(status_path: PathBuf) -> (Self, ShareStates) {
+        let (share_sink, share_states) = mpsc::unbounded_channel();
+        let agent = Agent {
+            status_path,
+            bind: Vec::new(),
+            ssh: None,
+            containers: HashMap::new(),
+            failures: Vec::new(),
+            last_error: None,
+            shares: Vec::new(),
+            share_tasks: Vec::new(),
+            share_sink,
+            share_generation: 0,
+            usage: None,
+        };
+        (agent, share_states)
+    }
+
+    /// Records a state a share task reported, unless it comes from an earlier connection.
+    fn share_state(&mut self, (generation, state): (u64, SftpShareState)) {
+        if generation != self.share_generation {
+            return;
+        }
+        if let Some(known) = self
+            .shares
+            .iter_mut()
+            .find(|s| s.guest_path == state.guest_path)
+        {
+            *known = state;
+        }
+        self.write_status();
+    }
+
+    /// Waits `pause` between two attempts, recording the share states reported meanwhile.
+    async fn pause(&mut self, pause: Duration, share_states: &mut ShareStates) {
+        let end = tokio::time::sleep(pause);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                _ = &mut end => return,
+                Some(state) = share_states.recv() => self.share_state(state),
+            }
+        }
+    }
+
     fn write_status(&self) {
         let mut forwarded: Vec<Forward> = self
             .containers
@@ -688,7 +729,12 @@ impl Agent {
     }
 
     /// One connection: SSH and the engine's events, until either ends.
-    async fn follow(&mut self, store: &Store, name: &str) -> Result<(), FollowError> {
+    async fn follow(
+        &mut self,
+        store: &Store,
+        name: &str,
+        share_states: &mut ShareStates,
+    ) -> Result<(), FollowError> {
         let config = store.load(name).map_err(|e| Box::new(e.into()))?;
         self.bind = bind_addresses(config.published_bind_address);
         let driver = crate::machine::driver_for(&config).map_err(Box::new)?;
@@ -702,11 +748,6 @@ impl Agent {
                     source,
                 })
             })?;
-        let (share_tx, mut share_rx) = mpsc::unbounded_channel();
-        *self
-            .share_sink
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(share_tx);
         let kept = self.ssh.clone().filter(|ssh| !ssh.is_closed());
         let ssh = match kept {
             Some(ssh) => ssh,
@@ -780,12 +821,7 @@ impl Agent {
                         self.on_event(&client, engine, &event).await;
                     }
                 }
-                Some(state) = share_rx.recv() => {
-                    if let Some(known) = self.shares.iter_mut().find(|s| s.guest_path == state.guest_path) {
-                        *known = state;
-                    }
-                    self.write_status();
-                }
+                Some(state) = share_states.recv() => self.share_state(state),
                 _ = tick.tick() => {
                     if ssh.is_closed() {
                         return Err(FollowError::SshClosed);
@@ -815,14 +851,10 @@ impl Agent {
             })
             .collect();
         let ssh = ssh.clone();
-        let sink = self.share_sink.clone();
+        self.share_generation += 1;
+        let (sink, generation) = (self.share_sink.clone(), self.share_generation);
         let send = move |state: SftpShareState| {
-            let sink = sink
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(sink) = sink.as_ref() {
-                let _ = sink.send(state);
-            }
+            let _ = sink.send((generation, state));
         };
         // One after the other, in the order given, as the guest mounts the others: a share
         // whose guest path lies inside another must find that one mounted first.
@@ -1192,6 +1224,31 @@ mod tests {
         );
         assert!(published_ports(&serde_json::json!({"NetworkSettings": {"Ports": {}}})).is_empty());
         assert!(published_ports(&serde_json::json!({})).is_empty());
+    }
+
+    #[tokio::test]
+    async fn share_states_reported_between_two_engine_connections_reach_the_status() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (mut agent, mut share_states) = Agent::new(tmp.path().join(STATUS_FILE));
+        let share = |mounted| SftpShareState {
+            host_path: "/home/me".into(),
+            guest_path: "/home/me".into(),
+            mounted,
+            error: None,
+        };
+        agent.shares = vec![share(false)];
+        agent.share_generation = 2;
+        // A share task of the current connection mounts while no `follow` runs (the engine
+        // is down); one of an earlier connection reports late.
+        agent.share_sink.send((2, share(true))).expect("open");
+        agent.share_sink.send((1, share(false))).expect("open");
+        agent
+            .pause(Duration::from_millis(50), &mut share_states)
+            .await;
+        assert_eq!(
+            read_status(tmp.path()).expect("status written").shares,
+            vec![share(true)]
+        );
     }
 
     #[test]
