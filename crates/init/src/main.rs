@@ -106,6 +106,10 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
                         let secs: u64 = secs
                             .parse()
                             .with_context(|| format!("--idle-exit {secs:?}: not a number"))?;
+                        if secs == 0 {
+                            // The daemon would unmount before any channel could reach it.
+                            anyhow::bail!("--idle-exit 0: the idle time must be at least 1 second");
+                        }
                         idle_exit = std::time::Duration::from_secs(secs);
                     }
                     Some(option) if option.starts_with("--") => {

@@ -75,6 +75,17 @@ pub enum SftpMountError {
         #[source]
         source: std::io::Error,
     },
+    /// The daemon could not listen for channels on its control socket.
+    #[error("the daemon of the share on {path} cannot listen on {socket}")]
+    Listen {
+        /// The guest path.
+        path: PathBuf,
+        /// The control socket (or the directory made for it).
+        socket: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The daemon holding the mount could not be started.
     #[error("cannot start the daemon of the share on {path}")]
     Daemon {
@@ -305,20 +316,21 @@ pub fn serve(
         path: path.to_owned(),
         source,
     })?;
-    let control_error = |source| SftpMountError::Control {
+    let socket = control_socket(control, path);
+    let listen_error = |source| SftpMountError::Listen {
         path: path.to_owned(),
+        socket: socket.clone(),
         source,
     };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(control)
-        .map_err(control_error)?;
-    let socket = control_socket(control, path);
+        .map_err(listen_error)?;
     // Only a dead daemon leaves it: a live one answered the connection that started us.
     let _ = std::fs::remove_file(&socket);
-    let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(control_error)?;
-    listener.set_nonblocking(true).map_err(control_error)?;
+    let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -353,7 +365,13 @@ pub fn serve(
     let session = fuser::Session::new(fs, path, &config)
         .and_then(fuser::Session::spawn)
         .map_err(fuse_error)?;
-    println!("{DAEMON_READY}");
+    {
+        use std::io::Write as _;
+        // The channel that started us may be gone already: its closed pipe is no reason to
+        // drop a working mount (println! would panic on EPIPE).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{DAEMON_READY}").and_then(|()| out.flush());
+    }
     // From here on nobody reads our stdout or stderr: the channel that started us may be
     // gone, and a write to its closed pipe would kill us.
     detach_output();
@@ -416,11 +434,12 @@ async fn serve_channels(
     fuse: &fuser::BackgroundSession,
 ) -> Result<Exit, SftpMountError> {
     use tokio::io::AsyncWriteExt as _;
-    let control_error = |source| SftpMountError::Control {
-        path: path.to_owned(),
-        source,
-    };
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(control_error)?;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).map_err(|source| SftpMountError::Listen {
+            path: path.to_owned(),
+            socket: socket.to_owned(),
+            source,
+        })?;
     let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let mut idle_since = Some(tokio::time::Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -574,3 +574,61 @@ async fn sftp_mount_exits_when_its_input_ends() {
         "still mounted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_whose_starter_is_gone_keeps_its_mount() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rmachine-init"))
+        .arg("sftp-mount")
+        .arg("--serve")
+        .arg("--control")
+        .arg(&control)
+        .arg("--idle-exit")
+        .arg("1")
+        .arg(&guest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sftp-mount --serve");
+    // The channel that started it went away before it said it was ready.
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the daemon exits after its idle time")
+        .expect("wait");
+    // It served until its idle time ran out and cleaned up, rather than dying on EPIPE with
+    // its mount left dead.
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&format!(" {} ", guest.display())),
+        "still mounted"
+    );
+}
+
+#[test]
+fn sftp_mount_refuses_an_idle_time_of_zero() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rmachine-init"))
+        .args(["sftp-mount", "--serve", "--idle-exit", "0"])
+        .arg(tmp.path().join("guest"))
+        .output()
+        .expect("run sftp-mount");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--idle-exit 0: the idle time must be at least 1 second"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("guest").exists(), "nothing mounted");
+}
