@@ -313,12 +313,21 @@ fn selinux_labels_are_accepted_and_a_file_cannot_cover_a_directory() -> anyhow::
             .ok()?;
         assert_eq!(run.stdout, "labelled\n", "{mode}");
     }
-    // A file where the image has a directory: refused, and the engine keeps serving.
+    // A file where the image has a directory: refused with moby's text, the container is
+    // removed (--rm), and the engine keeps serving.
+    let before = engine.docker(&["ps", "-aq"])?.ok()?.stdout;
     let file = format!("{dir}/f:/etc");
     let run = engine.docker(&["run", "--rm", "-v", &file, "busybox", "true"])?;
     assert_ne!(run.code, 0, "{run:?}");
-    assert!(!run.stderr.trim().is_empty(), "{run:?}");
-    engine.docker(&["ps", "-a"])?.ok()?;
+    assert!(run.stderr.contains("not a directory"), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "Are you trying to mount a directory onto a file (or vice-versa)? \
+             Check if the specified host path exists and is the expected type"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(engine.docker(&["ps", "-aq"])?.ok()?.stdout, before);
     Ok(())
 }
 
