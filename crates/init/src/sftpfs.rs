@@ -134,6 +134,12 @@ pub fn control_socket(dir: &Path, path: &Path) -> PathBuf {
     dir.join(format!("{hash:016x}.sock"))
 }
 
+/// The log of the daemon serving `path`, next to its control socket: once it is mounted
+/// nobody reads its stdout or stderr any more.
+pub fn daemon_log(dir: &Path, path: &Path) -> PathBuf {
+    control_socket(dir, path).with_extension("log")
+}
+
 /// `rmachine-init sftp-mount`: carries the SFTP session on stdin/stdout to the daemon that
 /// holds the FUSE mount at `path` (started first if none runs), until stdin reaches EOF or
 /// the daemon drops the session. The mount outlives this process: when the SSH connection
@@ -374,7 +380,7 @@ pub fn serve(
     }
     // From here on nobody reads our stdout or stderr: the channel that started us may be
     // gone, and a write to its closed pipe would kill us.
-    detach_output();
+    detach_output(&daemon_log(control, path));
     let outcome = runtime.block_on(serve_channels(
         path,
         read_only,
@@ -401,12 +407,27 @@ fn set_link(link: &(Mutex<Link>, Condvar), new: Link) {
     link.1.notify_all();
 }
 
-fn detach_output() {
+/// Points stdout at `/dev/null` and stderr (our log's) at `log`.
+fn detach_output(log: &Path) {
     use std::os::fd::AsRawFd as _;
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-            // SAFETY: dup2 on descriptors we own; `null` stays open for the call.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log);
+    let targets = [
+        (libc::STDOUT_FILENO, null.as_ref().ok()),
+        (
+            libc::STDERR_FILENO,
+            log.as_ref().ok().or(null.as_ref().ok()),
+        ),
+    ];
+    for (fd, target) in targets {
+        if let Some(target) = target {
+            // SAFETY: dup2 on descriptors we own; `target` stays open for the call.
+            unsafe { libc::dup2(target.as_raw_fd(), fd) };
         }
     }
 }

@@ -406,6 +406,17 @@ async fn a_share_survives_its_ssh_connection_dropping() {
     })
     .await;
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The daemon says so in its log.
+    let log = rmachine_init::sftpfs::daemon_log(&control, &guest);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("the host's channel ended") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{logged:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The channel's own `sftp-mount` has exited; only the daemon holding the mount is left.
     let needle = control.to_string_lossy().into_owned();
     let left = processes_with(&needle);
