@@ -833,7 +833,8 @@ impl SftpFs {
 
     /// The session and the SFTP handle of open file `fh`. A file opened in an earlier session
     /// is opened again by its name (never created or truncated again), so a program that
-    /// held it open across a reconnection goes on reading and writing it.
+    /// held it open across a reconnection goes on reading and writing it. Known limit (see
+    /// docs/internals.md): a file the host replaced meanwhile under that name is the one used.
     fn sftp_handle(&self, fh: FileHandle) -> Result<(Arc<RawSftpSession>, String), Errno> {
         let (generation, sftp) = self.current()?;
         let stale = |files: &HashMap<u64, OpenFile>| match files.get(&fh.0) {
