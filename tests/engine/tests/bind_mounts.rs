@@ -186,23 +186,31 @@ fn propagation_follows_the_mode_and_shared_needs_a_shared_source() -> anyhow::Re
     let dir = host_dir(&engine, "prop")?;
     // `/` is private on this host: a shared bind of a directory on it is refused.
     let spec = format!("{dir}:/p:rshared");
-    let run = engine.docker(&["run", "--rm", "-v", &spec, "busybox", "true"])?;
-    assert_eq!(run.code, 125, "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "path {dir} is mounted on / but it is not a shared mount"
-        )),
-        "{}",
-        run.stderr
-    );
+    let mount_shared = format!("type=bind,source={dir},target=/p,bind-propagation=rshared");
+    for flag in [["-v", &spec], ["--mount", &mount_shared]] {
+        let run = engine.docker(&["run", "--rm", flag[0], flag[1], "busybox", "true"])?;
+        assert_eq!(run.code, 125, "{run:?}");
+        assert!(
+            run.stderr.contains(&format!(
+                "path {dir} is mounted on / but it is not a shared mount"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
     let _shared = SharedMount::new(&dir)?;
     std::fs::create_dir_all(format!("{dir}/sub"))?;
     let slave = format!("{dir}:/p:rslave");
     let private = format!("{dir}:/p");
-    for (name, spec) in [("slave", &slave), ("private", &private)] {
+    let mount_slave = format!("type=bind,source={dir},target=/p,bind-propagation=rslave");
+    for (name, flag, spec) in [
+        ("slave", "-v", &slave),
+        ("private", "-v", &private),
+        ("mslave", "--mount", &mount_slave),
+    ] {
         engine
             .docker(&[
-                "run", "-d", "--name", name, "-v", spec, "busybox", "sleep", "1000",
+                "run", "-d", "--name", name, flag, spec, "busybox", "sleep", "1000",
             ])?
             .ok()?;
     }
@@ -217,12 +225,18 @@ fn propagation_follows_the_mode_and_shared_needs_a_shared_source() -> anyhow::Re
         Ok(engine.docker(&["exec", name, "ls", "/p/sub"])?.ok()?.stdout)
     };
     assert_eq!(seen("slave")?, "late\n");
+    assert_eq!(seen("mslave")?, "late\n");
     assert_eq!(seen("private")?, "");
-    assert_eq!(
-        engine.inspect("slave", "{{(index .Mounts 0).Propagation}}")?,
-        "rslave"
-    );
-    engine.docker(&["rm", "-f", "slave", "private"])?.ok()?;
+    for name in ["slave", "mslave"] {
+        assert_eq!(
+            engine.inspect(name, "{{(index .Mounts 0).Propagation}}")?,
+            "rslave",
+            "{name}"
+        );
+    }
+    engine
+        .docker(&["rm", "-f", "slave", "private", "mslave"])?
+        .ok()?;
     // rshared: what the container mounts there reaches the host, and nothing else does (the
     // container's root, /proc, /dev... stay in its namespace).
     let shared = format!("{dir}:/p:rshared");
