@@ -123,8 +123,6 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{usage}");
             }
             if serve {
-                // Its log: the channel's stderr until it is mounted, then `daemon_log`.
-                rmachine_init::logging::init();
                 rmachine_init::sftpfs::serve(&path, read_only, &control, idle_exit)
             } else {
                 rmachine_init::sftpfs::run(&path, read_only, &control, idle_exit)

@@ -381,6 +381,9 @@ pub fn serve(
     // From here on nobody reads our stdout or stderr: the channel that started us may be
     // gone, and a write to its closed pipe would kill us.
     detach_output(&daemon_log(control, path));
+    // Only now: before, the channel's stderr carries our errors to the host, and log lines
+    // there would come before its `rmachine-sftp: mounted`.
+    crate::logging::init();
     let outcome = runtime.block_on(serve_channels(
         path,
         read_only,
