@@ -17,7 +17,11 @@
 //!    ([`rmachine_guest_config::udp_frame`]);
 //! 4. mounts each share whose transport is SFTP (no hypervisor device for it) with one
 //!    `rmachine-init sftp-mount` exec channel per share and serves the folder on it
-//!    ([`crate::sftpshare`]), again after every reconnection (a `start`).
+//!    ([`crate::sftpshare`]). The shares follow the SSH connection, not the engine: a restart
+//!    of the engine leaves them served; a connection that drops is made again (the pause
+//!    doubling from 1 s to 8 s while attempts fail) and each share's channel with it, and the
+//!    guest's mount, held by a daemon that outlives the channel, serves again without a
+//!    remount (containers keep their binds).
 //!
 //! SSH rather than the hypervisor's own forwarding: it works the same with every driver (QEMU,
 //! VirtualBox, Hyper-V, external ones), needs no VM reconfiguration while it runs, and is
@@ -67,8 +71,14 @@ pub const LOG_FILE: &str = "port-agent.log";
 const PID_POLL: Duration = Duration::from_millis(200);
 /// How long `stop` waits for the agent to close its listeners and exit.
 const STOP_WAIT: Duration = Duration::from_secs(5);
-/// Pause between attempts to reach a machine that is booting or gone.
+/// First pause between attempts to reach a machine that is booting or gone; it doubles up
+/// to `MAX_RETRY` while attempts keep failing at once.
 const RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between attempts: short enough that a share or port is back soon after
+/// the machine is.
+const MAX_RETRY: Duration = Duration::from_secs(8);
+/// A connection that lasted this long was working: the next attempt starts at `RETRY` again.
+const STABLE: Duration = Duration::from_secs(10);
 /// `GET /events` for the container events that change published ports.
 const EVENTS_PATH: &str =
     "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22start%22%2C%22die%22%5D%7D";
@@ -529,18 +539,7 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         pid = std::process::id(),
         "port agent running"
     );
-    let status_path = dir.join(STATUS_FILE);
-    let mut agent = Agent {
-        status_path: status_path.clone(),
-        bind: Vec::new(),
-        ssh: None,
-        containers: HashMap::new(),
-        failures: Vec::new(),
-        last_error: None,
-        shares: Vec::new(),
-        share_tasks: Vec::new(),
-        usage: None,
-    };
+    let (mut agent, mut share_states) = Agent::new(dir.join(STATUS_FILE));
     agent.write_status();
     let watch = async {
         while pid_file_names_us(&dir) {
@@ -548,10 +547,12 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
         }
     };
     tokio::pin!(watch);
+    let mut retry = RETRY;
     loop {
+        let started = Instant::now();
         tokio::select! {
             _ = &mut watch => break,
-            result = agent.follow(store, name) => {
+            result = agent.follow(store, name, &mut share_states) => {
                 let error = match result {
                     Ok(()) => "the engine's event stream ended".to_string(),
                     Err(e) => crate::machine::error_chain(&e),
@@ -560,11 +561,17 @@ pub async fn run(store: &Store, name: &str) -> Result<(), PortAgentError> {
                 agent.disconnect(Some(error));
             }
         }
+        retry = if started.elapsed() >= STABLE {
+            RETRY
+        } else {
+            (retry * 2).min(MAX_RETRY)
+        };
         tokio::select! {
             _ = &mut watch => break,
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = agent.pause(retry, &mut share_states) => {}
         }
     }
+    agent.close_ssh();
     agent.disconnect(None);
     tracing::info!(machine = name, "port agent stopped");
     Ok(())
@@ -616,10 +623,66 @@ struct Agent {
     shares: Vec<SftpShareState>,
     /// One task per share over SFTP; aborting it closes the share's channel.
     share_tasks: Vec<JoinHandle<()>>,
+    /// Where the share tasks report their states, tagged with `share_generation`. One
+    /// receiver for the agent's whole life, read while it follows the engine and while it
+    /// pauses between attempts: the tasks outlive a `follow` as long as the SSH connection
+    /// does, and a state they report in between must still reach `port-agent.json`.
+    share_sink: mpsc::UnboundedSender<(u64, SftpShareState)>,
+    /// Counts the SSH connections whose shares were served: a state still queued from an
+    /// earlier one is not taken for the current one's.
+    share_generation: u64,
     usage: Option<GuestDiskUsage>,
 }
 
+/// The receiving end of [`Agent::share_sink`].
+type ShareStates = mpsc::UnboundedReceiver<(u64, SftpShareState)>;
+
 impl Agent {
+    fn new(status_path: PathBuf) -> (Self, ShareStates) {
+        let (share_sink, share_states) = mpsc::unbounded_channel();
+        let agent = Agent {
+            status_path,
+            bind: Vec::new(),
+            ssh: None,
+            containers: HashMap::new(),
+            failures: Vec::new(),
+            last_error: None,
+            shares: Vec::new(),
+            share_tasks: Vec::new(),
+            share_sink,
+            share_generation: 0,
+            usage: None,
+        };
+        (agent, share_states)
+    }
+
+    /// Records a state a share task reported, unless it comes from an earlier connection.
+    fn share_state(&mut self, (generation, state): (u64, SftpShareState)) {
+        if generation != self.share_generation {
+            return;
+        }
+        if let Some(known) = self
+            .shares
+            .iter_mut()
+            .find(|s| s.guest_path == state.guest_path)
+        {
+            *known = state;
+        }
+        self.write_status();
+    }
+
+    /// Waits `pause` between two attempts, recording the share states reported meanwhile.
+    async fn pause(&mut self, pause: Duration, share_states: &mut ShareStates) {
+        let end = tokio::time::sleep(pause);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                _ = &mut end => return,
+                Some(state) = share_states.recv() => self.share_state(state),
+            }
+        }
+    }
+
     fn write_status(&self) {
         let mut forwarded: Vec<Forward> = self
             .containers
@@ -643,20 +706,35 @@ impl Agent {
         }
     }
 
+    /// Ends what one `follow` set up. The shares follow the SSH connection rather than the
+    /// engine: while it is open (the engine restarted, its event stream broke) they stay
+    /// mounted and served, and only a connection that closed takes them down.
     fn disconnect(&mut self, error: Option<String>) {
-        for task in self.share_tasks.drain(..) {
-            task.abort();
+        if self.ssh.as_ref().is_none_or(|ssh| ssh.is_closed()) {
+            self.close_ssh();
         }
-        self.shares.clear();
         self.containers.clear();
         self.failures.clear();
-        self.ssh = None;
         self.last_error = error;
         self.write_status();
     }
 
+    /// Drops the SSH connection and the shares served over it.
+    fn close_ssh(&mut self) {
+        for task in self.share_tasks.drain(..) {
+            task.abort();
+        }
+        self.shares.clear();
+        self.ssh = None;
+    }
+
     /// One connection: SSH and the engine's events, until either ends.
-    async fn follow(&mut self, store: &Store, name: &str) -> Result<(), FollowError> {
+    async fn follow(
+        &mut self,
+        store: &Store,
+        name: &str,
+        share_states: &mut ShareStates,
+    ) -> Result<(), FollowError> {
         let config = store.load(name).map_err(|e| Box::new(e.into()))?;
         self.bind = bind_addresses(config.published_bind_address);
         let driver = crate::machine::driver_for(&config).map_err(Box::new)?;
@@ -670,10 +748,19 @@ impl Agent {
                     source,
                 })
             })?;
-        let ssh = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
-            .await
-            .map_err(FollowError::Ssh)?;
-        let ssh = Arc::new(ssh);
+        let kept = self.ssh.clone().filter(|ssh| !ssh.is_closed());
+        let ssh = match kept {
+            Some(ssh) => ssh,
+            None => {
+                let ssh = SshSession::connect(endpoints.ssh, &config.driver.ssh_key_path)
+                    .await
+                    .map_err(FollowError::Ssh)?;
+                let ssh = Arc::new(ssh);
+                self.ssh = Some(ssh.clone());
+                self.serve_shares(&config.vm.shares, &ssh);
+                ssh
+            }
+        };
         let client =
             EngineClient::from_cert_dir(&store.machine_path(name)).map_err(FollowError::Engine)?;
         let engine = endpoints.engine;
@@ -682,10 +769,7 @@ impl Agent {
             .stream(engine, EVENTS_PATH)
             .await
             .map_err(FollowError::Engine)?;
-        self.ssh = Some(ssh.clone());
         self.last_error = None;
-        let (share_tx, mut share_rx) = mpsc::unbounded_channel();
-        self.serve_shares(&config.vm.shares, &ssh, share_tx);
         let running = client
             .get_json(engine, "/containers/json")
             .await
@@ -737,12 +821,7 @@ impl Agent {
                         self.on_event(&client, engine, &event).await;
                     }
                 }
-                Some(state) = share_rx.recv() => {
-                    if let Some(known) = self.shares.iter_mut().find(|s| s.guest_path == state.guest_path) {
-                        *known = state;
-                    }
-                    self.write_status();
-                }
+                Some(state) = share_states.recv() => self.share_state(state),
                 _ = tick.tick() => {
                     if ssh.is_closed() {
                         return Err(FollowError::SshClosed);
@@ -753,12 +832,7 @@ impl Agent {
     }
 
     /// Mounts each share over SFTP in the guest and serves it (see [`crate::sftpshare`]).
-    fn serve_shares(
-        &mut self,
-        shares: &[Share],
-        ssh: &Arc<SshSession>,
-        states: mpsc::UnboundedSender<SftpShareState>,
-    ) {
+    fn serve_shares(&mut self, shares: &[Share], ssh: &Arc<SshSession>) {
         let shares: Vec<Share> = shares
             .iter()
             .filter(|s| s.transport == ShareTransport::Sftp)
@@ -777,6 +851,11 @@ impl Agent {
             })
             .collect();
         let ssh = ssh.clone();
+        self.share_generation += 1;
+        let (sink, generation) = (self.share_sink.clone(), self.share_generation);
+        let send = move |state: SftpShareState| {
+            let _ = sink.send((generation, state));
+        };
         // One after the other, in the order given, as the guest mounts the others: a share
         // whose guest path lies inside another must find that one mounted first.
         self.share_tasks.push(tokio::spawn(async move {
@@ -791,19 +870,35 @@ impl Agent {
             let mut tasks = AbortOnDrop(Vec::new());
             for share in shares {
                 let (one_tx, mut one_rx) = mpsc::unbounded_channel();
-                tasks.0.push(tokio::spawn(sftpshare::serve_share(
-                    ssh.clone(),
-                    share,
-                    sftpshare::MOUNT_COMMAND.to_owned(),
-                    one_tx,
-                )));
+                let ssh = ssh.clone();
+                // A channel that ends while the connection lives (the guest's side died) is
+                // opened again: the guest's daemon keeps the mount meanwhile.
+                tasks.0.push(tokio::spawn(async move {
+                    let mut retry = RETRY;
+                    while !ssh.is_closed() {
+                        let started = Instant::now();
+                        sftpshare::serve_share(
+                            ssh.clone(),
+                            share.clone(),
+                            sftpshare::MOUNT_COMMAND.to_owned(),
+                            one_tx.clone(),
+                        )
+                        .await;
+                        retry = if started.elapsed() >= STABLE {
+                            RETRY
+                        } else {
+                            (retry * 2).min(MAX_RETRY)
+                        };
+                        tokio::time::sleep(retry).await;
+                    }
+                }));
                 if let Some(first) = one_rx.recv().await {
-                    let _ = states.send(first);
+                    send(first);
                 }
-                let states = states.clone();
+                let send = send.clone();
                 tasks.0.push(tokio::spawn(async move {
                     while let Some(state) = one_rx.recv().await {
-                        let _ = states.send(state);
+                        send(state);
                     }
                 }));
             }
@@ -1129,6 +1224,31 @@ mod tests {
         );
         assert!(published_ports(&serde_json::json!({"NetworkSettings": {"Ports": {}}})).is_empty());
         assert!(published_ports(&serde_json::json!({})).is_empty());
+    }
+
+    #[tokio::test]
+    async fn share_states_reported_between_two_engine_connections_reach_the_status() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (mut agent, mut share_states) = Agent::new(tmp.path().join(STATUS_FILE));
+        let share = |mounted| SftpShareState {
+            host_path: "/home/me".into(),
+            guest_path: "/home/me".into(),
+            mounted,
+            error: None,
+        };
+        agent.shares = vec![share(false)];
+        agent.share_generation = 2;
+        // A share task of the current connection mounts while no `follow` runs (the engine
+        // is down); one of an earlier connection reports late.
+        agent.share_sink.send((2, share(true))).expect("open");
+        agent.share_sink.send((1, share(false))).expect("open");
+        agent
+            .pause(Duration::from_millis(50), &mut share_states)
+            .await;
+        assert_eq!(
+            read_status(tmp.path()).expect("status written").shares,
+            vec![share(true)]
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - `rmachine-init shutdown [-r]`: asks PID 1 to power off (or reboot);
 //! - `rmachine-init udhcpc-script`: prints the DHCP event script the image installs;
 //! - `rmachine-init udp-relay PORT`: the host port agent's UDP relay (see `forward`);
-//! - `rmachine-init sftp-mount [--ro] PATH`: a host share over the SSH channel (see `sftpfs`);
+//! - `rmachine-init sftp-mount [--ro] [--control DIR] [--idle-exit SECS] PATH`: a host share
+//!   over the SSH channel, held by a daemon that outlives the channel (see `sftpfs`);
 //! - `rmachine-init disk-usage`: the data disk's usage as JSON, for the host's port agent;
 //! - as `rmachine-runtime` (argv0): the container runtime.
 use std::process::ExitCode;
@@ -88,12 +89,45 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some("sftp-mount") => {
-            let read_only = args.get(2).is_some_and(|a| a == "--ro");
-            let path = args
-                .get(if read_only { 3 } else { 2 })
-                .context("usage: rmachine-init sftp-mount [--ro] GUEST_PATH")?;
-            rmachine_init::sftpfs::run(std::path::Path::new(path), read_only)
-                .with_context(|| format!("share on {path}"))?;
+            let usage = "usage: rmachine-init sftp-mount [--serve] [--ro] [--control DIR] \
+                         [--idle-exit SECS] GUEST_PATH";
+            let mut serve = false;
+            let mut read_only = false;
+            let mut control = std::path::PathBuf::from(rmachine_init::sftpfs::CONTROL_DIR);
+            let mut idle_exit = rmachine_init::sftpfs::IDLE_EXIT;
+            let mut rest = args.iter().skip(2);
+            let path = loop {
+                match rest.next().map(String::as_str) {
+                    Some("--serve") => serve = true,
+                    Some("--ro") => read_only = true,
+                    Some("--control") => control = rest.next().context(usage)?.into(),
+                    Some("--idle-exit") => {
+                        let secs = rest.next().context(usage)?;
+                        let secs: u64 = secs
+                            .parse()
+                            .with_context(|| format!("--idle-exit {secs:?}: not a number"))?;
+                        if secs == 0 {
+                            // The daemon would unmount before any channel could reach it.
+                            anyhow::bail!("--idle-exit 0: the idle time must be at least 1 second");
+                        }
+                        idle_exit = std::time::Duration::from_secs(secs);
+                    }
+                    Some(option) if option.starts_with("--") => {
+                        anyhow::bail!("unknown option {option}; {usage}")
+                    }
+                    Some(path) => break std::path::PathBuf::from(path),
+                    None => anyhow::bail!("{usage}"),
+                }
+            };
+            if rest.next().is_some() {
+                anyhow::bail!("{usage}");
+            }
+            if serve {
+                rmachine_init::sftpfs::serve(&path, read_only, &control, idle_exit)
+            } else {
+                rmachine_init::sftpfs::run(&path, read_only, &control, idle_exit)
+            }
+            .with_context(|| format!("share on {}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Some("disk-usage") => {

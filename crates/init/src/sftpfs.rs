@@ -8,14 +8,21 @@
 //! other transports. Files are read and created by the host's agent, so they belong to the
 //! user on the host; the ids the host reports are shown as they are.
 //!
-//! The filesystem lives as long as the channel: when it closes (the machine stops, the agent
-//! is replaced), requests fail with `ENOTCONN` and the next agent mounts afresh over the same
-//! path after detaching the dead mount.
+//! The mount follows the machine's SSH connection rather than one channel of it: the first
+//! `sftp-mount` for a path starts a daemon (`sftp-mount --serve`, its own process group) that
+//! holds the FUSE mount and listens on a root-only socket in `CONTROL_DIR`; every
+//! `sftp-mount` (the first included) relays its stdin/stdout to that daemon and exits when
+//! stdin reaches EOF or the daemon drops it. Between two channels (the SSH connection dropped,
+//! the agent restarted) requests fail with `EIO` at once; the next channel's session replaces
+//! the old one, files held open are opened again by name, and a container's bind of the share
+//! works again without a restart. A daemon that no channel reaches for `IDLE_EXIT` unmounts
+//! and exits; a channel for the same path in the other mode (`--ro`) replaces it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -59,14 +66,34 @@ pub enum SftpMountError {
         #[source]
         source: std::io::Error,
     },
-    /// The host's SFTP server did not answer the handshake.
-    #[error("the host's SFTP server did not answer for {path}")]
-    Handshake {
+    /// The daemon holding the mount could not be reached or spoken to.
+    #[error("cannot reach the daemon of the share on {path}")]
+    Control {
         /// The guest path.
         path: PathBuf,
         /// The cause.
         #[source]
-        source: SftpError,
+        source: std::io::Error,
+    },
+    /// The daemon could not listen for channels on its control socket.
+    #[error("the daemon of the share on {path} cannot listen on {socket}")]
+    Listen {
+        /// The guest path.
+        path: PathBuf,
+        /// The control socket (or the directory made for it).
+        socket: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon holding the mount could not be started.
+    #[error("cannot start the daemon of the share on {path}")]
+    Daemon {
+        /// The guest path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// FUSE refused the mount or its session failed.
     #[error("FUSE mount on {path} failed")]
@@ -79,15 +106,237 @@ pub enum SftpMountError {
     },
 }
 
-/// Mounts the share whose SFTP server answers on stdin/stdout at `path` and serves it until
-/// the channel or the mount goes away.
-pub fn run(path: &Path, read_only: bool) -> Result<(), SftpMountError> {
+/// Where the daemons of the shares listen: only root reaches it (containers never see the
+/// guest's `/run`).
+pub const CONTROL_DIR: &str = "/run/rmachine/sftp";
+
+/// How long a daemon keeps its mount with no host connection before it unmounts and exits.
+pub const IDLE_EXIT: Duration = Duration::from_secs(600);
+
+/// The daemon's answer to a channel it takes on.
+const ACCEPTED: u8 = b'+';
+/// The daemon's answer to a channel for the same path in the other mode: it unmounts and
+/// exits, and the channel starts a new one.
+const REFUSED: u8 = b'-';
+
+/// The control socket of the daemon serving `path`: named by a hash of the path (a socket
+/// path has at most 107 bytes); the daemon checks the path itself on every connection.
+pub fn control_socket(dir: &Path, path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = path
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    dir.join(format!("{hash:016x}.sock"))
+}
+
+/// The log of the daemon serving `path`, next to its control socket: once it is mounted
+/// nobody reads its stdout or stderr any more.
+pub fn daemon_log(dir: &Path, path: &Path) -> PathBuf {
+    control_socket(dir, path).with_extension("log")
+}
+
+/// `rmachine-init sftp-mount`: carries the SFTP session on stdin/stdout to the daemon that
+/// holds the FUSE mount at `path` (started first if none runs), until stdin reaches EOF or
+/// the daemon drops the session. The mount outlives this process: when the SSH connection
+/// drops, the daemon answers `EIO` until the host's next channel reaches it, and a
+/// container's bind of the share works again without a restart.
+pub fn run(
+    path: &Path,
+    read_only: bool,
+    control: &Path,
+    idle_exit: Duration,
+) -> Result<(), SftpMountError> {
+    let socket = control_socket(control, path);
+    let control_error = |source| SftpMountError::Control {
+        path: path.to_owned(),
+        source,
+    };
+    let mut attempts = 0;
+    let conn = loop {
+        attempts += 1;
+        let mut conn = match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(conn) => conn,
+            Err(_) if attempts <= 2 => {
+                start_daemon(path, read_only, control, idle_exit)?;
+                continue;
+            }
+            Err(source) => return Err(control_error(source)),
+        };
+        let mode = if read_only { "ro" } else { "rw" };
+        let header = format!("{mode} {}\n", path.display());
+        conn.write_all(header.as_bytes()).map_err(control_error)?;
+        let mut answer = [0u8; 1];
+        conn.read_exact(&mut answer).map_err(control_error)?;
+        match answer[0] {
+            ACCEPTED => break conn,
+            REFUSED if attempts <= 2 => {
+                // The daemon unmounts and exits; wait for it to close the connection.
+                let _ = conn.read(&mut answer);
+            }
+            _ => {
+                return Err(control_error(std::io::Error::other(
+                    "the share's daemon refused the channel",
+                )))
+            }
+        }
+    };
+    // The host's agent waits for this line to report the share mounted.
+    eprintln!("{MOUNTED_LINE}");
+    relay(conn).map_err(control_error)
+}
+
+/// Copies stdin to `conn` and `conn` to stdout until either ends; returns once stdin has
+/// reached EOF (the daemon then sees the session end) or the daemon has closed `conn`.
+fn relay(conn: std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    use std::os::fd::AsFd as _;
+    // Our own descriptor rather than std's `Stdout`, which is line-buffered and would hold
+    // binary SFTP packets until a newline.
+    let mut stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let mut stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut from_daemon = conn.try_clone()?;
+    let mut to_daemon = conn;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let up = done_tx.clone();
+    std::thread::spawn(move || {
+        let _ = pump(&mut stdin, &mut to_daemon);
+        let _ = to_daemon.shutdown(std::net::Shutdown::Write);
+        let _ = up.send(());
+    });
+    std::thread::spawn(move || {
+        let _ = pump(&mut from_daemon, &mut stdout);
+        let _ = done_tx.send(());
+    });
+    // Whichever way ends first ends the session: the other thread may stay blocked on a
+    // pipe that only our exit closes.
+    let _ = done_rx.recv();
+    Ok(())
+}
+
+/// Copies `from` to `to` until EOF with plain reads and writes: `std::io::copy` would splice
+/// from the socket into the channel's pipe, and the guest's sshd (tokio, edge-triggered
+/// epoll) was then never woken for those bytes.
+fn pump(from: &mut impl std::io::Read, to: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// Starts the daemon for `path` in its own process group (so the end of the SSH channel,
+/// which kills this process's group, leaves it) and waits until it has mounted the share.
+fn start_daemon(
+    path: &Path,
+    read_only: bool,
+    control: &Path,
+    idle_exit: Duration,
+) -> Result<(), SftpMountError> {
+    use std::os::unix::process::CommandExt;
+    let daemon_error = |source| SftpMountError::Daemon {
+        path: path.to_owned(),
+        source,
+    };
+    let exe = std::env::current_exe().map_err(daemon_error)?;
+    let mut command = std::process::Command::new(exe);
+    command.arg("sftp-mount").arg("--serve");
+    if read_only {
+        command.arg("--ro");
+    }
+    command
+        .arg("--control")
+        .arg(control)
+        .arg("--idle-exit")
+        .arg(idle_exit.as_secs().to_string())
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        // Its errors before it is ready reach the host as ours.
+        .stderr(std::process::Stdio::inherit())
+        .process_group(0);
+    let mut child = command.spawn().map_err(daemon_error)?;
+    let mut ready = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut ready);
+    }
+    if ready.trim() == DAEMON_READY {
+        // It lives on alone; init (PID 1) reaps it.
+        return Ok(());
+    }
+    let status = child.wait().map_err(daemon_error)?;
+    Err(daemon_error(std::io::Error::other(format!(
+        "the share's daemon exited ({status}) before mounting"
+    ))))
+}
+
+/// What the daemon prints on its stdout once the share is mounted.
+const DAEMON_READY: &str = "ready";
+
+/// Ends with the wrapped stream: `ended` is notified when a read reaches EOF or fails.
+struct EndNotify<R> {
+    inner: R,
+    ended: Arc<tokio::sync::Notify>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EndNotify<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &poll {
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                self.ended.notify_one()
+            }
+            std::task::Poll::Ready(Err(_)) => self.ended.notify_one(),
+            _ => {}
+        }
+        poll
+    }
+}
+
+/// `rmachine-init sftp-mount --serve`: mounts `path` and serves it over whichever channel
+/// reached it last, until nothing has reached it for `idle_exit` or it is unmounted.
+pub fn serve(
+    path: &Path,
+    read_only: bool,
+    control: &Path,
+    idle_exit: Duration,
+) -> Result<(), SftpMountError> {
+    use std::os::unix::fs::DirBuilderExt;
+    // A mount left by a daemon that is gone answers nothing but ENOTCONN (even to the
+    // mkdir below, which then fails EEXIST): detach it first.
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
     std::fs::create_dir_all(path).map_err(|source| SftpMountError::MountPoint {
         path: path.to_owned(),
         source,
     })?;
-    // A mount left by an earlier agent whose channel closed answers nothing but ENOTCONN.
-    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    let socket = control_socket(control, path);
+    let listen_error = |source| SftpMountError::Listen {
+        path: path.to_owned(),
+        socket: socket.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(control)
+        .map_err(listen_error)?;
+    // Only a dead daemon leaves it: a live one answered the connection that started us.
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,29 +345,8 @@ pub fn run(path: &Path, read_only: bool) -> Result<(), SftpMountError> {
             path: path.to_owned(),
             source,
         })?;
-    // Our own descriptors rather than tokio's stdout, which goes through std's line-buffered
-    // `Stdout` and would hold binary SFTP packets until a newline.
-    let fd = |fd: std::io::Result<std::os::fd::OwnedFd>| {
-        fd.map(|fd| tokio::fs::File::from_std(std::fs::File::from(fd)))
-            .map_err(|source| SftpMountError::Fuse {
-                path: path.to_owned(),
-                source,
-            })
-    };
-    use std::os::fd::AsFd as _;
-    let input = fd(std::io::stdin().as_fd().try_clone_to_owned())?;
-    let output = fd(std::io::stdout().as_fd().try_clone_to_owned())?;
-    let stream = tokio::io::join(input, output);
-    let sftp = runtime.block_on(async {
-        let sftp = RawSftpSession::new(stream);
-        sftp.set_timeout(REQUEST_TIMEOUT_SECS);
-        sftp.init().await.map(|_| sftp)
-    });
-    let sftp = sftp.map_err(|source| SftpMountError::Handshake {
-        path: path.to_owned(),
-        source,
-    })?;
-    let fs = SftpFs::new(sftp, runtime.handle().clone(), read_only);
+    let link = Arc::new((Mutex::new(Link::default()), Condvar::new()));
+    let fs = SftpFs::new(link.clone(), runtime.handle().clone(), read_only);
     let mut options = vec![
         MountOption::FSName("rmachine-sftp".to_owned()),
         MountOption::Subtype("sftp".to_owned()),
@@ -140,10 +368,212 @@ pub fn run(path: &Path, read_only: bool) -> Result<(), SftpMountError> {
         path: path.to_owned(),
         source,
     };
-    let session = fuser::Session::new(fs, path, &config).map_err(fuse_error)?;
-    // The host's agent waits for this line to report the share mounted.
-    eprintln!("{MOUNTED_LINE}");
-    session.run().map_err(fuse_error)
+    let session = fuser::Session::new(fs, path, &config)
+        .and_then(fuser::Session::spawn)
+        .map_err(fuse_error)?;
+    {
+        use std::io::Write as _;
+        // The channel that started us may be gone already: its closed pipe is no reason to
+        // drop a working mount (println! would panic on EPIPE).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{DAEMON_READY}").and_then(|()| out.flush());
+    }
+    // From here on nobody reads our stdout or stderr: the channel that started us may be
+    // gone, and a write to its closed pipe would kill us.
+    detach_output(&daemon_log(control, path));
+    // Only now: before, the channel's stderr carries our errors to the host, and log lines
+    // there would come before its `rmachine-sftp: mounted`.
+    crate::logging::init();
+    let outcome = runtime.block_on(serve_channels(
+        path,
+        read_only,
+        listener,
+        &socket,
+        link.clone(),
+        idle_exit,
+        &session,
+    ));
+    if outcome.as_ref().ok() != Some(&Exit::Replaced) {
+        let _ = std::fs::remove_file(&socket);
+        set_link(&link, Link::default());
+        let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+    }
+    // Not joined: a container's bind still holds the mount, and the kernel ends the FUSE
+    // connection (its users get ENOTCONN) only when this process exits and closes it.
+    std::mem::forget(session);
+    outcome.map(|_| ())
+}
+
+/// Replaces the session and wakes the requests waiting for one.
+fn set_link(link: &(Mutex<Link>, Condvar), new: Link) {
+    *lock(&link.0) = new;
+    link.1.notify_all();
+}
+
+/// Points stdout at `/dev/null` and stderr (our log's) at `log`.
+fn detach_output(log: &Path) {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log);
+    let targets = [
+        (libc::STDOUT_FILENO, null.as_ref().ok()),
+        (
+            libc::STDERR_FILENO,
+            log.as_ref().ok().or(null.as_ref().ok()),
+        ),
+    ];
+    for (fd, target) in targets {
+        if let Some(target) = target {
+            // SAFETY: dup2 on descriptors we own; `target` stays open for the call.
+            unsafe { libc::dup2(target.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Why a daemon stops serving.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// No channel for the idle time, or the mount went away: the caller cleans up.
+    Done,
+    /// A channel wants the path in the other mode: the mount and the socket are already
+    /// gone, so the new daemon that channel starts is never undone by this one.
+    Replaced,
+}
+
+/// Takes each channel that connects to `listener` as the session to serve (the newest wins),
+/// until no channel has been there for `idle_exit`, the mount is gone, or a channel for the
+/// other mode arrives.
+async fn serve_channels(
+    path: &Path,
+    read_only: bool,
+    listener: std::os::unix::net::UnixListener,
+    socket: &Path,
+    link: Arc<(Mutex<Link>, Condvar)>,
+    idle_exit: Duration,
+    fuse: &fuser::BackgroundSession,
+) -> Result<Exit, SftpMountError> {
+    use tokio::io::AsyncWriteExt as _;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).map_err(|source| SftpMountError::Listen {
+            path: path.to_owned(),
+            socket: socket.to_owned(),
+            source,
+        })?;
+    let (ended_tx, mut ended_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut idle_since = Some(tokio::time::Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut conn, _)) = accepted else { continue };
+                let header = match read_header(&mut conn).await {
+                    Ok(header) => header,
+                    Err(e) => {
+                        tracing::warn!("sftp share: a bad control connection: {e}");
+                        continue;
+                    }
+                };
+                let wanted = format!("{} {}", if read_only { "ro" } else { "rw" }, path.display());
+                if header != wanted {
+                    let _ = std::fs::remove_file(socket);
+                    set_link(&link, Link::default());
+                    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+                    let _ = conn.write_all(&[REFUSED]).await;
+                    return Ok(Exit::Replaced);
+                }
+                // Requests wait for this channel from now on, until its handshake ends.
+                {
+                    let mut current = lock(&link.0);
+                    current.sftp = None;
+                    current.connecting = true;
+                }
+                let not_connecting = || {
+                    lock(&link.0).connecting = false;
+                    link.1.notify_all();
+                };
+                if conn.write_all(&[ACCEPTED]).await.is_err() {
+                    not_connecting();
+                    continue;
+                }
+                let (read, write) = conn.into_split();
+                let this_end = Arc::new(tokio::sync::Notify::new());
+                let stream = tokio::io::join(
+                    EndNotify { inner: read, ended: this_end.clone() },
+                    write,
+                );
+                let sftp = RawSftpSession::new(stream);
+                sftp.set_timeout(REQUEST_TIMEOUT_SECS);
+                let handshake = tokio::time::timeout(Duration::from_secs(30), sftp.init()).await;
+                if !matches!(handshake, Ok(Ok(_))) {
+                    tracing::warn!("sftp share: the host did not answer the handshake");
+                    not_connecting();
+                    idle_since.get_or_insert_with(tokio::time::Instant::now);
+                    continue;
+                }
+                let generation = {
+                    let mut current = lock(&link.0);
+                    current.generation += 1;
+                    current.connecting = false;
+                    // Dropping the previous session closes its channel's relay.
+                    current.sftp = Some(Arc::new(sftp));
+                    current.generation
+                };
+                link.1.notify_all();
+                idle_since = None;
+                let ended_tx = ended_tx.clone();
+                tokio::spawn(async move {
+                    this_end.notified().await;
+                    let _ = ended_tx.send(generation);
+                });
+            }
+            Some(generation) = ended_rx.recv() => {
+                // Only the newest session counts: an older one ending changes nothing.
+                let mut current = lock(&link.0);
+                if current.generation == generation && current.sftp.is_some() {
+                    tracing::info!("sftp share: the host's channel ended; waiting for the next");
+                    current.sftp = None;
+                    idle_since = Some(tokio::time::Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                if fuse.guard.is_finished() {
+                    return Ok(Exit::Done);
+                }
+                if idle_since.is_some_and(|since| since.elapsed() >= idle_exit) {
+                    tracing::info!("sftp share: no channel for {idle_exit:?}; unmounting");
+                    return Ok(Exit::Done);
+                }
+            }
+        }
+    }
+}
+
+/// The first line a channel sends: `ro|rw PATH`.
+async fn read_header(conn: &mut tokio::net::UnixStream) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut line = Vec::new();
+    // Byte by byte: what follows the line is SFTP, which must stay in the socket.
+    let read = async {
+        loop {
+            let byte = conn.read_u8().await?;
+            if byte == b'\n' {
+                return Ok::<_, std::io::Error>(());
+            }
+            if line.len() >= 4096 {
+                return Err(std::io::Error::other("control header too long"));
+            }
+            line.push(byte);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    String::from_utf8(line).map_err(|_| std::io::Error::other("control header not UTF-8"))
 }
 
 /// The Linux errno for a failed SFTP request. SFTP v3 has few status codes; our host server
@@ -301,14 +731,41 @@ impl Inodes {
     }
 }
 
-/// The FUSE filesystem: every request becomes SFTP requests on one session.
+/// The SFTP session the filesystem speaks over now: replaced at each reconnection of the
+/// host, `None` between two (requests then fail with `EIO` at once).
+#[derive(Default)]
+struct Link {
+    /// Counts sessions, so a handle of an earlier one is never sent on a later one (the host
+    /// numbers its handles per session: an old number could name another file).
+    generation: u64,
+    sftp: Option<Arc<RawSftpSession>>,
+    /// A channel was taken on and its handshake is under way: requests wait for it rather
+    /// than fail, so a share reported mounted answers at once.
+    connecting: bool,
+}
+
+/// How long a request waits for a handshake under way.
+const CONNECTING_WAIT: Duration = Duration::from_secs(30);
+
+/// A file the kernel has open: its SFTP handle in session `generation`, and what it takes
+/// to open it again in a later session.
+struct OpenFile {
+    generation: u64,
+    handle: String,
+    ino: INodeNo,
+    flags: SftpOpen,
+}
+
+/// The FUSE filesystem: every request becomes SFTP requests on the current session.
 struct SftpFs {
-    sftp: Arc<RawSftpSession>,
+    link: Arc<(Mutex<Link>, Condvar)>,
     runtime: Runtime,
     read_only: bool,
     inodes: Mutex<Inodes>,
     /// Open files: FUSE file handle → SFTP handle.
-    files: Mutex<HashMap<u64, String>>,
+    files: Mutex<HashMap<u64, OpenFile>>,
+    /// Held while a file of an earlier session is opened again, so it is opened once.
+    reopening: Mutex<()>,
     /// Open directories: FUSE handle → the entries listed at `opendir`.
     dirs: Mutex<HashMap<u64, Vec<(String, FileType)>>>,
     next_handle: Mutex<u64>,
@@ -331,13 +788,14 @@ fn sftp_time(time: Option<TimeOrNow>) -> Option<u32> {
 }
 
 impl SftpFs {
-    fn new(sftp: RawSftpSession, runtime: Runtime, read_only: bool) -> Self {
+    fn new(link: Arc<(Mutex<Link>, Condvar)>, runtime: Runtime, read_only: bool) -> Self {
         SftpFs {
-            sftp: Arc::new(sftp),
+            link,
             runtime,
             read_only,
             inodes: Mutex::new(Inodes::new()),
             files: Mutex::new(HashMap::new()),
+            reopening: Mutex::new(()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: Mutex::new(1),
         }
@@ -357,8 +815,75 @@ impl SftpFs {
         *next
     }
 
-    fn sftp_handle(&self, fh: FileHandle) -> Result<String, Errno> {
-        lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    /// The current session, or `EIO` while the host is away.
+    fn sftp(&self) -> Result<Arc<RawSftpSession>, Errno> {
+        self.current().map(|(_, sftp)| sftp)
+    }
+
+    fn current(&self) -> Result<(u64, Arc<RawSftpSession>), Errno> {
+        let (link, changed) = &*self.link;
+        let link = changed
+            .wait_timeout_while(lock(link), CONNECTING_WAIT, |link| {
+                link.sftp.is_none() && link.connecting
+            })
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
+        match &link.sftp {
+            Some(sftp) => Ok((link.generation, sftp.clone())),
+            None => Err(Errno::EIO),
+        }
+    }
+
+    /// The session and the SFTP handle of open file `fh`. A file opened in an earlier session
+    /// is opened again by its name (never created or truncated again), so a program that
+    /// held it open across a reconnection goes on reading and writing it. Known limit (see
+    /// docs/internals.md): a file the host replaced meanwhile under that name is the one used.
+    fn sftp_handle(&self, fh: FileHandle) -> Result<(Arc<RawSftpSession>, String), Errno> {
+        let (generation, sftp) = self.current()?;
+        let stale = |files: &HashMap<u64, OpenFile>| match files.get(&fh.0) {
+            None => Err(Errno::EBADF),
+            Some(file) if file.generation == generation => Ok(Err(file.handle.clone())),
+            Some(file) => Ok(Ok((file.ino, file.flags))),
+        };
+        let (ino, flags) = match stale(&lock(&self.files))? {
+            Err(handle) => return Ok((sftp, handle)),
+            Ok(reopen) => reopen,
+        };
+        let _reopening = lock(&self.reopening);
+        // Another request thread may have opened it while this one waited.
+        if let Err(handle) = stale(&lock(&self.files))? {
+            return Ok((sftp, handle));
+        }
+        let path = self.path(ino)?;
+        let flags = flags - (SftpOpen::CREATE | SftpOpen::TRUNCATE | SftpOpen::EXCLUDE);
+        let handle = self
+            .call(sftp.open(path, flags, FileAttributes::empty()))?
+            .handle;
+        match lock(&self.files).get_mut(&fh.0) {
+            Some(file) => {
+                file.generation = generation;
+                file.handle = handle.clone();
+            }
+            None => {
+                // Released meanwhile: nothing else would close this one.
+                let _ = self.call(sftp.close(handle));
+                return Err(Errno::EBADF);
+            }
+        }
+        Ok((sftp, handle))
+    }
+
+    /// Records a file the kernel now has open.
+    fn opened(&self, generation: u64, handle: String, ino: INodeNo, flags: SftpOpen) -> u64 {
+        let fh = self.handle();
+        let file = OpenFile {
+            generation,
+            handle,
+            ino,
+            flags,
+        };
+        lock(&self.files).insert(fh, file);
+        fh
     }
 
     fn writable(&self) -> Result<(), Errno> {
@@ -385,7 +910,7 @@ impl SftpFs {
 
     /// `lstat` of a share path, as an entry with its inode number.
     fn entry(&self, path: &str) -> Result<FileAttr, Errno> {
-        let sftp = self.sftp.clone();
+        let sftp = self.sftp()?;
         let attrs = self.call(sftp.lstat(path.to_owned()))?.attrs;
         let ino = lock(&self.inodes).number(path);
         Ok(file_attr(ino, &attrs))
@@ -413,11 +938,9 @@ impl Filesystem for SftpFs {
         // handle that is not an open file (a directory's) falls back to the path.
         let handle = fh.and_then(|fh| self.sftp_handle(fh).ok());
         let result = match handle {
-            Some(handle) => {
-                let sftp = self.sftp.clone();
-                self.call(sftp.fstat(handle))
-                    .map(|reply| file_attr(ino.0, &reply.attrs))
-            }
+            Some((sftp, handle)) => self
+                .call(sftp.fstat(handle))
+                .map(|reply| file_attr(ino.0, &reply.attrs)),
             None => self.path(ino).and_then(|p| self.entry(&p)),
         };
         match result {
@@ -472,10 +995,9 @@ impl Filesystem for SftpFs {
                         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
                 ));
             }
-            let sftp = self.sftp.clone();
             match fh.map(|fh| self.sftp_handle(fh)).transpose()? {
-                Some(handle) => self.call(sftp.fsetstat(handle, attrs))?,
-                None => self.call(sftp.setstat(path.clone(), attrs))?,
+                Some((sftp, handle)) => self.call(sftp.fsetstat(handle, attrs))?,
+                None => self.call(self.sftp()?.setstat(path.clone(), attrs))?,
             };
             self.entry(&path)
         })();
@@ -487,7 +1009,7 @@ impl Filesystem for SftpFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.path(ino).and_then(|path| {
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             let name = self.call(sftp.readlink(path))?;
             name.files
                 .into_iter()
@@ -515,7 +1037,7 @@ impl Filesystem for SftpFs {
             let path = child(&self.path(parent)?, name)?;
             let mut attrs = FileAttributes::empty();
             attrs.permissions = Some(mode & !umask & 0o1777);
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             self.call(sftp.mkdir(path.clone(), attrs))?;
             self.entry(&path)
         })();
@@ -529,7 +1051,7 @@ impl Filesystem for SftpFs {
         let result = (|| {
             self.writable()?;
             let path = child(&self.path(parent)?, name)?;
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             self.call(sftp.remove(path.clone()))?;
             lock(&self.inodes).forget_path(&path);
             Ok(())
@@ -544,7 +1066,7 @@ impl Filesystem for SftpFs {
         let result = (|| {
             self.writable()?;
             let path = child(&self.path(parent)?, name)?;
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             self.call(sftp.rmdir(path.clone()))?;
             lock(&self.inodes).forget_path(&path);
             Ok(())
@@ -566,7 +1088,7 @@ impl Filesystem for SftpFs {
         let result = (|| {
             self.writable()?;
             let path = child(&self.path(parent)?, link_name)?;
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             let target = target.to_str().ok_or(Errno::EILSEQ)?.to_owned();
             self.call(sftp.symlink(path.clone(), target))?;
             self.entry(&path)
@@ -595,7 +1117,7 @@ impl Filesystem for SftpFs {
             }
             let from = child(&self.path(parent)?, name)?;
             let to = child(&self.path(newparent)?, newname)?;
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             self.call(sftp.rename(from.clone(), to.clone()))?;
             lock(&self.inodes).rename(&from, &to);
             Ok(())
@@ -620,13 +1142,11 @@ impl Filesystem for SftpFs {
                 self.writable()?;
             }
             let path = self.path(ino)?;
-            let sftp = self.sftp.clone();
+            let (generation, sftp) = self.current()?;
             let handle = self
                 .call(sftp.open(path, pflags, FileAttributes::empty()))?
                 .handle;
-            let fh = self.handle();
-            lock(&self.files).insert(fh, handle);
-            Ok(fh)
+            Ok(self.opened(generation, handle, ino, pflags))
         })();
         match result {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -656,19 +1176,17 @@ impl Filesystem for SftpFs {
             }
             let mut attrs = FileAttributes::empty();
             attrs.permissions = Some(mode & !umask & 0o1777);
-            let sftp = self.sftp.clone();
+            let (generation, sftp) = self.current()?;
             let handle = self.call(sftp.open(path.clone(), pflags, attrs))?.handle;
             let attr = match self.entry(&path) {
                 Ok(attr) => attr,
                 Err(e) => {
                     // The kernel gets no handle, so nothing would ever close the host's.
-                    let sftp = self.sftp.clone();
                     let _ = self.call(sftp.close(handle));
                     return Err(e);
                 }
             };
-            let fh = self.handle();
-            lock(&self.files).insert(fh, handle);
+            let fh = self.opened(generation, handle, attr.ino, pflags);
             Ok((attr, fh))
         })();
         match result {
@@ -695,12 +1213,11 @@ impl Filesystem for SftpFs {
         reply: ReplyData,
     ) {
         let result = (|| {
-            let handle = self.sftp_handle(fh)?;
+            let (sftp, handle) = self.sftp_handle(fh)?;
             let mut data = Vec::with_capacity(size as usize);
             // A server may answer with less than asked; the kernel takes a short read as the
             // end of the file, so ask again until it is full or at the end.
             while data.len() < size as usize {
-                let sftp = self.sftp.clone();
                 let want = size - data.len() as u32;
                 let at = offset + data.len() as u64;
                 match self.runtime.block_on(sftp.read(handle.clone(), at, want)) {
@@ -734,8 +1251,7 @@ impl Filesystem for SftpFs {
     ) {
         let result = (|| {
             self.writable()?;
-            let handle = self.sftp_handle(fh)?;
-            let sftp = self.sftp.clone();
+            let (sftp, handle) = self.sftp_handle(fh)?;
             self.call(sftp.write(handle, offset, data.to_vec()))?;
             u32::try_from(data.len()).map_err(|_| Errno::EFBIG)
         })();
@@ -778,12 +1294,14 @@ impl Filesystem for SftpFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let handle = lock(&self.files).remove(&fh.0);
-        if let Some(handle) = handle {
-            let sftp = self.sftp.clone();
-            if let Err(e) = self.call(sftp.close(handle)) {
-                reply.error(e);
-                return;
+        let file = lock(&self.files).remove(&fh.0);
+        // A handle of an earlier session died with it; there is nothing to close.
+        if let (Some(file), Ok((generation, sftp))) = (file, self.current()) {
+            if file.generation == generation {
+                if let Err(e) = self.call(sftp.close(file.handle)) {
+                    reply.error(e);
+                    return;
+                }
             }
         }
         reply.ok();
@@ -792,11 +1310,10 @@ impl Filesystem for SftpFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = (|| {
             let path = self.path(ino)?;
-            let sftp = self.sftp.clone();
+            let sftp = self.sftp()?;
             let handle = self.call(sftp.opendir(path))?.handle;
             let mut entries = Vec::new();
             loop {
-                let sftp = self.sftp.clone();
                 match self.runtime.block_on(sftp.readdir(handle.clone())) {
                     Ok(name) => entries.extend(name.files.into_iter().filter_map(|f| {
                         let mode = f.attrs.permissions.unwrap_or(0o100_644);
@@ -805,13 +1322,11 @@ impl Filesystem for SftpFs {
                     })),
                     Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break,
                     Err(e) => {
-                        let sftp = self.sftp.clone();
                         let _ = self.runtime.block_on(sftp.close(handle));
                         return Err(errno(&e));
                     }
                 }
             }
-            let sftp = self.sftp.clone();
             let _ = self.runtime.block_on(sftp.close(handle));
             let fh = self.handle();
             lock(&self.dirs).insert(fh, entries);

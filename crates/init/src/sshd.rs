@@ -433,6 +433,15 @@ async fn run_piped(
                 Some(ChannelMsg::Eof) => stdin = None,
                 Some(ChannelMsg::Signal { signal }) => signal_group(child.id(), &signal),
                 None | Some(ChannelMsg::Close) => {
+                    // The whole group, not only `sh`: a command it forked would keep the
+                    // output pipes open and the pumps below waiting for ever.
+                    drop(stdin.take());
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                     let _ = child.start_kill();
                     break child.wait().await?;
                 }

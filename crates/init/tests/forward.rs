@@ -30,6 +30,16 @@ fn free_port() -> u16 {
 /// Starts the guest's SSH server with a fresh host key, authorizing a fresh client key;
 /// returns a logged-in host session.
 async fn guest_sshd(dir: &Path) -> Arc<SshSession> {
+    let (addr, key_path) = guest_sshd_at(dir).await;
+    Arc::new(
+        SshSession::connect(addr, &key_path)
+            .await
+            .expect("ssh login"),
+    )
+}
+
+/// Starts the guest's SSH server as `guest_sshd` does; returns its address and the client key.
+async fn guest_sshd_at(dir: &Path) -> (SocketAddr, std::path::PathBuf) {
     let key_path = dir.join("id_ed25519");
     let line = generate_key(&key_path, "test").expect("write the client key");
     let authorized = russh::keys::PublicKey::from_openssh(&line).expect("our own public key");
@@ -38,12 +48,7 @@ async fn guest_sshd(dir: &Path) -> Arc<SshSession> {
     rmachine_init::sshd::start(host_key, vec![authorized], port)
         .await
         .expect("sshd listens");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    Arc::new(
-        SshSession::connect(addr, &key_path)
-            .await
-            .expect("ssh login"),
-    )
+    (([127, 0, 0, 1], port).into(), key_path)
 }
 
 const V6: [IpAddr; 1] = [IpAddr::V6(Ipv6Addr::LOCALHOST)];
@@ -176,6 +181,23 @@ async fn sftp_share(
     guest: &Path,
     read_only: bool,
 ) -> (Unmount, tokio::task::JoinHandle<()>) {
+    let control = guest.with_extension("control");
+    (
+        Unmount(guest.to_path_buf()),
+        serve_sftp_share(ssh, host, guest, read_only, &control, 600).await,
+    )
+}
+
+/// Starts serving `host` at `guest` through `ssh`; the guest's daemon listens in `control` and
+/// exits after `idle_exit` seconds without a channel. Returns once the guest reports it mounted.
+async fn serve_sftp_share(
+    ssh: &Arc<SshSession>,
+    host: &Path,
+    guest: &Path,
+    read_only: bool,
+    control: &Path,
+    idle_exit: u64,
+) -> tokio::task::JoinHandle<()> {
     use rmachine_host::sftpshare::serve_share;
     let share = rmachine_driver::Share {
         tag: "rmshare0".into(),
@@ -185,15 +207,18 @@ async fn sftp_share(
         transport: rmachine_driver::ShareTransport::Sftp,
     };
     let (states, mut heard) = tokio::sync::mpsc::unbounded_channel();
-    let program = format!("{} sftp-mount", env!("CARGO_BIN_EXE_rmachine-init"));
+    let program = format!(
+        "{} sftp-mount --control '{}' --idle-exit {idle_exit}",
+        env!("CARGO_BIN_EXE_rmachine-init"),
+        control.display()
+    );
     let task = tokio::spawn(serve_share(ssh.clone(), share, program, states));
-    let guard = Unmount(guest.to_path_buf());
     let state = tokio::time::timeout(Duration::from_secs(20), heard.recv())
         .await
         .expect("the guest reports within 20 s")
         .expect("a state");
     assert!(state.mounted, "{state:?}");
-    (guard, task)
+    task
 }
 
 /// File operations on the mount, off the runtime: the FUSE daemon's answers need the server
@@ -278,4 +303,354 @@ async fn a_read_only_share_refuses_writes_in_the_guest() {
         "host"
     );
     task.abort();
+}
+
+/// A TCP relay to `to` whose connections all drop at once when it is dropped: the machine's
+/// SSH connection cut as a network failure or a sleeping host would.
+struct Cuttable {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn to(to: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Cuttable { addr, task }
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops the JoinSet, which aborts every connection.
+        self.task.abort();
+    }
+}
+
+/// Processes whose command line holds `needle` (other than the test itself).
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && cmdline.contains("sftp-mount") {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_survives_its_ssh_connection_dropping() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (sshd, key) = guest_sshd_at(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "before").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let relay = Cuttable::to(sshd).await;
+    let ssh = Arc::new(SshSession::connect(relay.addr, &key).await.expect("login"));
+    // Idle time well above what this test does between two channels on a loaded machine: a
+    // daemon that gave up meanwhile would make the old bind answer ENOTCONN.
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 15).await;
+
+    // A container's bind of the share, and a file it holds open for writing.
+    let bind = tmp.path().join("container-bind");
+    std::fs::create_dir(&bind).expect("bind point");
+    let _bind = Unmount(bind.clone());
+    nix::mount::mount(
+        Some(&guest),
+        &bind,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind mount");
+    let b = bind.clone();
+    let mut held = on_mount(move || {
+        let mut file = std::fs::File::create(b.join("log")).expect("create");
+        std::io::Write::write_all(&mut file, b"one\n").expect("write");
+        file
+    })
+    .await;
+
+    // The connection dies: the guest answers EIO at once, not a hang.
+    drop(relay);
+    let _ = task.await;
+    let b = bind.clone();
+    let err = on_mount(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::fs::read_dir(&b) {
+                Err(err) => return err,
+                Ok(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Ok(_) => panic!("the share still answers without a connection"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The daemon says so in its log.
+    let log = rmachine_init::sftpfs::daemon_log(&control, &guest);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("the host's channel ended") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{logged:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The channel's own `sftp-mount` has exited; only the daemon holding the mount is left.
+    let needle = control.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_with(&needle);
+        if left.iter().all(|p| p.contains("--serve")) && left.len() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A new connection: the same mount, the same bind, the same open file work again.
+    let relay = Cuttable::to(sshd).await;
+    let ssh = Arc::new(SshSession::connect(relay.addr, &key).await.expect("login"));
+    std::fs::write(host.join("hello"), "after").expect("host file");
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 15).await;
+    let b = bind.clone();
+    held = on_mount(move || {
+        assert_eq!(
+            std::fs::read_to_string(b.join("hello")).expect("read through the old bind"),
+            "after"
+        );
+        std::io::Write::write_all(&mut held, b"two\n").expect("write to the held file");
+        held
+    })
+    .await;
+    drop(held);
+    assert_eq!(
+        std::fs::read_to_string(host.join("log")).expect("on the host"),
+        "one\ntwo\n"
+    );
+
+    // The idle exit is sftp_mount_exits_when_its_input_ends's, with a short idle time.
+    task.abort();
+    drop(relay);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve_daemon_pid(&needle)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// The pid of the `sftp-mount --serve` daemon whose command line holds `needle`.
+fn serve_daemon_pid(needle: &str) -> i32 {
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && cmdline.contains("sftp-mount") && cmdline.contains("--serve")
+        {
+            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                return pid;
+            }
+        }
+    }
+    panic!("no sftp-mount --serve daemon for {needle}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_mounts_again_after_its_daemon_was_killed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "from the host").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 600).await;
+
+    // The daemon dies without cleaning up: its FUSE mount is left dead (ENOTCONN).
+    let pid = serve_daemon_pid(&control.to_string_lossy());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the daemon");
+    let _ = task.await;
+    let g = guest.clone();
+    let err = on_mount(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::fs::read_dir(&g) {
+                Err(err) => return err,
+                Ok(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Ok(_) => panic!("the mount still answers with its daemon killed"),
+            }
+        }
+    })
+    .await;
+    // ECONNABORTED for a request the kernel had in flight when the daemon died.
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED)
+        ),
+        "{err}"
+    );
+
+    // The next channel's daemon detaches the dead mount and mounts the share again.
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 600).await;
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read through the new mount"), "from the host");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sftp_mount_exits_when_its_input_ends() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rmachine-init"))
+        .arg("sftp-mount")
+        .arg("--control")
+        .arg(&control)
+        .arg("--idle-exit")
+        .arg("2")
+        .arg(&guest)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sftp-mount");
+    // The server's stream is a pipe pair we can end: the server runs in its own task.
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    tokio::spawn(rmachine_host::sftpshare::serve(theirs, host.clone(), false));
+    let (mut from_server, mut to_server) = tokio::io::split(ours);
+    let mut to_guest = child.stdin.take().expect("stdin");
+    let mut from_guest = child.stdout.take().expect("stdout");
+    let server = tokio::spawn(async move {
+        let _ = tokio::join!(
+            tokio::io::copy(&mut from_server, &mut to_guest),
+            tokio::io::copy(&mut from_guest, &mut to_server),
+        );
+    });
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut line = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), stderr.read(&mut line))
+        .await
+        .expect("mounted within 20 s")
+        .expect("stderr");
+    assert!(
+        String::from_utf8_lossy(&line[..n]).contains("rmachine-sftp: mounted"),
+        "{}",
+        String::from_utf8_lossy(&line[..n])
+    );
+    // The host side goes away: the process's stdin reaches EOF.
+    server.abort();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("sftp-mount exits at EOF")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+
+    // With no channel for its idle time, the daemon unmounts and exits: no orphan.
+    let needle = control.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !processes_with(&needle).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            processes_with(&needle)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&format!(" {} ", guest.display())),
+        "still mounted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_whose_starter_is_gone_keeps_its_mount() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rmachine-init"))
+        .arg("sftp-mount")
+        .arg("--serve")
+        .arg("--control")
+        .arg(&control)
+        .arg("--idle-exit")
+        .arg("1")
+        .arg(&guest)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sftp-mount --serve");
+    // The channel that started it went away before it said it was ready.
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the daemon exits after its idle time")
+        .expect("wait");
+    // It served until its idle time ran out and cleaned up, rather than dying on EPIPE with
+    // its mount left dead.
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&format!(" {} ", guest.display())),
+        "still mounted"
+    );
+}
+
+#[test]
+fn sftp_mount_refuses_an_idle_time_of_zero() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rmachine-init"))
+        .args(["sftp-mount", "--serve", "--idle-exit", "0"])
+        .arg(tmp.path().join("guest"))
+        .output()
+        .expect("run sftp-mount");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--idle-exit 0: the idle time must be at least 1 second"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("guest").exists(), "nothing mounted");
 }

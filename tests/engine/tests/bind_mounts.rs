@@ -1,8 +1,9 @@
 //! Bind mounts (`-v /host:/ctr[:opts]`, `--mount type=bind`) as dockerd makes them: files
 //! cross both ways, `:ro` is read-only, a missing `-v` source is created and a missing
 //! `--mount` source refused with moby's text, propagation follows the mode (`rshared` reaches
-//! the host), and `inspect`
-//! shows the mounts as dockerd does (issue 17).
+//! the host), `z`/`Z` are accepted, a file cannot cover a directory, `--mount
+//! …,volume-nocopy` leaves a new volume unfilled, and `inspect` shows the mounts as dockerd
+//! does (issue 17).
 
 use std::process::Command;
 
@@ -185,23 +186,31 @@ fn propagation_follows_the_mode_and_shared_needs_a_shared_source() -> anyhow::Re
     let dir = host_dir(&engine, "prop")?;
     // `/` is private on this host: a shared bind of a directory on it is refused.
     let spec = format!("{dir}:/p:rshared");
-    let run = engine.docker(&["run", "--rm", "-v", &spec, "busybox", "true"])?;
-    assert_eq!(run.code, 125, "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "path {dir} is mounted on / but it is not a shared mount"
-        )),
-        "{}",
-        run.stderr
-    );
+    let mount_shared = format!("type=bind,source={dir},target=/p,bind-propagation=rshared");
+    for flag in [["-v", &spec], ["--mount", &mount_shared]] {
+        let run = engine.docker(&["run", "--rm", flag[0], flag[1], "busybox", "true"])?;
+        assert_eq!(run.code, 125, "{run:?}");
+        assert!(
+            run.stderr.contains(&format!(
+                "path {dir} is mounted on / but it is not a shared mount"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
     let _shared = SharedMount::new(&dir)?;
     std::fs::create_dir_all(format!("{dir}/sub"))?;
     let slave = format!("{dir}:/p:rslave");
     let private = format!("{dir}:/p");
-    for (name, spec) in [("slave", &slave), ("private", &private)] {
+    let mount_slave = format!("type=bind,source={dir},target=/p,bind-propagation=rslave");
+    for (name, flag, spec) in [
+        ("slave", "-v", &slave),
+        ("private", "-v", &private),
+        ("mslave", "--mount", &mount_slave),
+    ] {
         engine
             .docker(&[
-                "run", "-d", "--name", name, "-v", spec, "busybox", "sleep", "1000",
+                "run", "-d", "--name", name, flag, spec, "busybox", "sleep", "1000",
             ])?
             .ok()?;
     }
@@ -216,12 +225,18 @@ fn propagation_follows_the_mode_and_shared_needs_a_shared_source() -> anyhow::Re
         Ok(engine.docker(&["exec", name, "ls", "/p/sub"])?.ok()?.stdout)
     };
     assert_eq!(seen("slave")?, "late\n");
+    assert_eq!(seen("mslave")?, "late\n");
     assert_eq!(seen("private")?, "");
-    assert_eq!(
-        engine.inspect("slave", "{{(index .Mounts 0).Propagation}}")?,
-        "rslave"
-    );
-    engine.docker(&["rm", "-f", "slave", "private"])?.ok()?;
+    for name in ["slave", "mslave"] {
+        assert_eq!(
+            engine.inspect(name, "{{(index .Mounts 0).Propagation}}")?,
+            "rslave",
+            "{name}"
+        );
+    }
+    engine
+        .docker(&["rm", "-f", "slave", "private", "mslave"])?
+        .ok()?;
     // rshared: what the container mounts there reaches the host, and nothing else does (the
     // container's root, /proc, /dev... stay in its namespace).
     let shared = format!("{dir}:/p:rshared");
@@ -294,5 +309,61 @@ fn a_read_only_bind_is_read_only_all_the_way_down() -> anyhow::Result<()> {
         .docker(&["run", "--rm", "-v", &rw, "busybox", "touch", "/d/sub/f"])?
         .ok()?;
     assert!(std::path::Path::new(&format!("{sub}/f")).exists());
+    Ok(())
+}
+
+#[test]
+fn selinux_labels_are_accepted_and_a_file_cannot_cover_a_directory() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let dir = host_dir(&engine, "labelled")?;
+    std::fs::write(format!("{dir}/f"), "labelled\n")?;
+    // `z`/`Z` relabel for SELinux; on a host without it dockerd accepts them and mounts.
+    for mode in ["z", "Z", "ro,z"] {
+        let spec = format!("{dir}:/data:{mode}");
+        let run = engine
+            .docker(&["run", "--rm", "-v", &spec, "busybox", "cat", "/data/f"])?
+            .ok()?;
+        assert_eq!(run.stdout, "labelled\n", "{mode}");
+    }
+    // A file where the image has a directory: refused with moby's text, the container is
+    // removed (--rm), and the engine keeps serving.
+    let before = engine.docker(&["ps", "-aq"])?.ok()?.stdout;
+    let file = format!("{dir}/f:/etc");
+    let run = engine.docker(&["run", "--rm", "-v", &file, "busybox", "true"])?;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("not a directory"), "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "Are you trying to mount a directory onto a file (or vice-versa)? \
+             Check if the specified host path exists and is the expected type"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(engine.docker(&["ps", "-aq"])?.ok()?.stdout, before);
+    Ok(())
+}
+
+#[test]
+fn mount_volume_nocopy_does_not_fill_a_new_volume() -> anyhow::Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    let ls = |mount: &str| -> anyhow::Result<String> {
+        Ok(engine
+            .docker(&[
+                "run", "--rm", "--mount", mount, "busybox", "ls", "-A", "/etc",
+            ])?
+            .ok()?
+            .stdout)
+    };
+    // The engine's own /etc files (hosts, resolv.conf...) are mounted over either volume; the
+    // image's passwd is there only when the volume was filled from it.
+    let filled = ls("type=volume,source=filled,target=/etc")?;
+    assert!(filled.lines().any(|l| l == "passwd"), "{filled:?}");
+    let bare = ls("type=volume,source=bare,target=/etc,volume-nocopy")?;
+    assert!(!bare.lines().any(|l| l == "passwd"), "{bare:?}");
+    engine.docker(&["volume", "rm", "filled", "bare"])?.ok()?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! An engine whose data root's filesystem is full still starts and lets users free space
 //! through the API: reads, `rm`, `prune`, `rmi`; a pull that fills the disk fails naming the
-//! image and stores nothing.
+//! image and stores nothing; a volume that fills it gives its writer ENOSPC and keeps what was
+//! written.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,8 +65,33 @@ fn an_engine_on_a_full_disk_starts_and_frees_space_through_the_api() -> Result<(
         .docker(&["load", "-i", &spare_tar.to_string_lossy()])?
         .ok()?;
     engine
-        .docker(&["run", "-d", "--name", "running", "busybox", "sleep", "1000"])?
+        .docker(&[
+            "run", "-d", "--name", "running", "-v", "vol:/v", "busybox", "sleep", "1000",
+        ])?
         .ok()?;
+    // A volume fills the disk while a container writes to it: the writer gets ENOSPC, what
+    // was written before is kept, and the container and the engine go on.
+    let filled = engine.docker(&[
+        "exec",
+        "running",
+        "sh",
+        "-c",
+        "echo kept > /v/keep && dd if=/dev/zero of=/v/fill bs=1M",
+    ])?;
+    assert!(
+        filled.stderr.contains("No space left on device"),
+        "the volume did not fill the disk: {filled:?}"
+    );
+    // Inspect still answers on the full disk; the space is given back from the host (an exec
+    // needs room for its own state).
+    let mountpoint = engine
+        .docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", "vol"])?
+        .ok()?;
+    std::fs::remove_file(PathBuf::from(mountpoint.stdout.trim()).join("fill"))?;
+    let kept = engine
+        .docker(&["exec", "running", "cat", "/v/keep"])?
+        .ok()?;
+    assert_eq!(kept.stdout, "kept\n");
     // A container fills the disk through its upper directory.
     let filled = engine.docker(&[
         "run",
@@ -120,6 +146,11 @@ fn an_engine_on_a_full_disk_starts_and_frees_space_through_the_api() -> Result<(
     engine
         .docker_within(Duration::from_secs(30), &["run", "--rm", "busybox", "true"])?
         .ok()?;
+    // The volume's file survived the full disk, the crash and the prunes.
+    let kept = engine
+        .docker(&["run", "--rm", "-v", "vol:/v", "busybox", "cat", "/v/keep"])?
+        .ok()?;
+    assert_eq!(kept.stdout, "kept\n");
     Ok(())
 }
 
