@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{
@@ -29,6 +30,7 @@ use crate::context;
 use crate::drivers::{AnyDriver, DriverChoice, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
+use crate::external::PluginScope;
 use crate::image::{self, DownloadEvent, ImageError, ImageSource};
 use crate::portagent;
 use crate::sftpshare::SftpShareState;
@@ -2019,13 +2021,26 @@ pub async fn list(
         let docker_host = docker_host.map(str::to_owned);
         let handle = handle.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let plugins = Arc::new(PluginScope::default());
+        let in_thread = Arc::clone(&plugins);
         std::thread::spawn(move || {
-            let entry =
-                handle.block_on(list_entry(&store_copy, &name_copy, docker_host.as_deref()));
+            let entry = handle.block_on(in_thread.run(list_entry(
+                &store_copy,
+                &name_copy,
+                docker_host.as_deref(),
+            )));
             let _ = tx.send(entry);
         });
         async move {
-            match tokio::time::timeout(timeout, rx).await {
+            let answer = tokio::time::timeout(timeout, rx).await;
+            if answer.is_err() {
+                // The query stays blocked on its thread; the plugins it started are ended
+                // now, so that none outlives `ls` (which exits right after printing).
+                if let Err(e) = tokio::task::spawn_blocking(move || plugins.abandon()).await {
+                    tracing::warn!(error = %e, "driver plugins of a timed-out query not ended");
+                }
+            }
+            match answer {
                 Ok(Ok(entry)) => entry,
                 Ok(Err(_)) => ListEntry {
                     name: name.clone(),

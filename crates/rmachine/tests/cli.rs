@@ -2083,12 +2083,18 @@ fn commands_on_several_machines_run_at_once() {
 }
 
 /// `ls --timeout`: a machine whose driver does not answer in time is listed as `Timeout`, as
-/// docker-machine lists it, and does not hold up the listing.
+/// docker-machine lists it, and does not hold up the listing; `ls` exits right after printing
+/// and leaves no plugin behind.
 #[test]
 fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     let env = Env::new();
     let plugins = env.dir.path().join("plugins");
-    write_plugin(&plugins, "hung", "exec sleep 30\n");
+    let pid_file = plugins.join("hung.pid");
+    write_plugin(
+        &plugins,
+        "hung",
+        &format!("echo $$ > '{}'\nexec sleep 30\n", pid_file.display()),
+    );
     env.write_machine("ok");
     let dir = env.write_machine("slow");
     let record_path = dir.join("config.json");
@@ -2117,8 +2123,13 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
         run.stdout
     );
     assert!(run.stdout.starts_with("ok qemu Stopped "), "{}", run.stdout);
-    assert!(
-        took < std::time::Duration::from_secs(10),
-        "ls took {took:?}"
-    );
+    assert!(took < std::time::Duration::from_secs(5), "ls took {took:?}");
+    // The plugin (a process group of its own) was ended and reaped before ls exited.
+    let pid = std::fs::read_to_string(&pid_file).expect("the plugin wrote its pid");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    let alive = stat.is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    });
+    assert!(!alive, "the hung plugin (pid {}) outlived ls", pid.trim());
 }
