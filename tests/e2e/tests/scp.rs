@@ -1,5 +1,6 @@
 //! `rmachine scp` against real guests (both ways, and machine to machine), `mount`,
-//! `regenerate-certs`, the machine's docker context,
+//! `regenerate-certs`, a certificate reissued by `start` after an address change, two machines
+//! started at once, the machine's docker context,
 //! and `create` leaving its caller's pipes alone once QEMU has daemonized.
 #![cfg(rmachine_e2e)]
 
@@ -76,6 +77,27 @@ fn create_through_a_pipe(machine: &Machine) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Replaces machine `name`'s engine certificate by one the store's CA issued for an address
+/// the machine no longer has (192.168.64.7): not 127.0.0.1, where QEMU's forwards reach it.
+fn cert_for_an_old_address(machine: &Machine, name: &str) -> Result<()> {
+    let certs = machine.store().join("certs");
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca-key.pem"))?)?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(certs.join("ca.pem"))?, ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![
+        "192.168.64.7".to_string(),
+        "localhost".to_string(),
+        name.to_string(),
+    ])?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    let dir = machine.store().join("machines").join(name);
+    std::fs::write(dir.join("server.pem"), cert.pem())?;
+    std::fs::write(dir.join("server-key.pem"), key.serialize_pem())?;
     Ok(())
 }
 
@@ -207,6 +229,52 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         ssh_out(&machine, "scp-b", "wc -c < /root/copy/sub/big.bin")?.trim(),
         big.len().to_string()
     );
+
+    // Both machines stopped, then started by one command (a thread each). scp-a's engine
+    // certificate names only an address it had before (a bridged VM's earlier DHCP lease):
+    // start notices that the address it now reports is not named, issues a certificate that
+    // names it and reboots the guest with it, and docker reaches both engines over TLS.
+    machine.rmachine(&["stop", "scp-a", "scp-b"])?.success()?;
+    cert_for_an_old_address(&machine, "scp-a")?;
+    let stale = std::fs::read_to_string(&server_pem)?;
+    let began = Instant::now();
+    let started = machine
+        .rmachine(&["start", "--no-progress", "scp-a", "scp-b"])?
+        .success()?;
+    eprintln!(
+        "start scp-a scp-b (one certificate reissued) took {:.1}s\n{}",
+        began.elapsed().as_secs_f64(),
+        started.stdout
+    );
+    assert_ne!(
+        std::fs::read_to_string(&server_pem)?,
+        stale,
+        "start reissued the certificate"
+    );
+    machine
+        .docker(&["version", "--format", "{{.Server.Version}}"])?
+        .success()?;
+    for name in ["scp-a", "scp-b"] {
+        let out = Command::new("docker")
+            .args([
+                "--context",
+                name,
+                "version",
+                "--format",
+                "{{.Server.Version}}",
+            ])
+            .env("DOCKER_CONFIG", machine.docker_config())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker --context {name} version after the concurrent start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 
     // A missing remote file is named.
     let missing = machine.rmachine(&["scp", "scp-a:/nope", &back.to_string_lossy()])?;
