@@ -1149,17 +1149,7 @@ async fn reissue_for_new_address<D: Driver>(
 ) -> Result<rmachine_driver::Endpoints, MachineError> {
     let name = dir.name.clone();
     tracing::info!(%ip, "the engine certificate does not name the machine's address; reissuing it");
-    let certs_err = |source| MachineError::Certs {
-        machine: name.clone(),
-        source,
-    };
-    let sans = &mut config.host_options.auth_options.server_cert_sans;
-    if !sans.contains(&ip.to_string()) {
-        sans.push(ip.to_string());
-    }
-    let server = certs::server_cert(&store.certs_dir(), &name, sans).map_err(certs_err)?;
-    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
-    store.save(config)?;
+    issue_for_address(store, dir, config, ip)?;
     write_config_drive(config, dir, driver)?;
     driver
         .stop(
@@ -1178,6 +1168,84 @@ async fn reissue_for_new_address<D: Driver>(
         .endpoints(dir)
         .await
         .map_err(driver_err(&name, "report the VM's endpoints"))
+}
+
+/// Adds `ip` to the machine's SANs and installs a new engine certificate naming them all (the
+/// record saved too); the guest uses it once its configuration drive is rewritten and it boots.
+fn issue_for_address(
+    store: &Store,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    ip: std::net::IpAddr,
+) -> Result<(), MachineError> {
+    let certs_err = |source| MachineError::Certs {
+        machine: dir.name.clone(),
+        source,
+    };
+    let sans = &mut config.host_options.auth_options.server_cert_sans;
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let server = certs::server_cert(&store.certs_dir(), &dir.name, sans).map_err(certs_err)?;
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+    store.save(config)?;
+    Ok(())
+}
+
+/// A running machine whose engine address its certificate does not name (a bridged VM's new
+/// lease while it ran): the address is added to its SANs, a certificate naming it issued and
+/// the machine restarted with it (the guest reads it from the configuration drive at boot), as
+/// `env` and `config` need it before their TLS check. Returns the endpoints to use.
+async fn follow_new_address<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    endpoints: rmachine_driver::Endpoints,
+) -> Result<rmachine_driver::Endpoints, MachineError> {
+    let dir = store.machine_dir(name);
+    let ip = endpoints.engine.ip();
+    let covered =
+        certs::covers(&dir.file("server.pem"), ip).map_err(|source| MachineError::Certs {
+            machine: name.to_string(),
+            source,
+        })?;
+    if covered {
+        return Ok(endpoints);
+    }
+    let began = Instant::now();
+    let _lock = store.lock(name)?;
+    let mut config = store.load(name)?;
+    tracing::warn!(
+        machine = name,
+        address = %ip,
+        "the engine certificate does not name the machine's address: issuing one that does and \
+         restarting the machine"
+    );
+    issue_for_address(store, &dir, &mut config, ip)?;
+    write_config_drive(&config, &dir, driver)?;
+    driver
+        .stop(
+            &dir,
+            StopMode::Graceful {
+                timeout: STOP_TIMEOUT,
+            },
+        )
+        .await
+        .map_err(driver_err(name, "stop the VM"))?;
+    boot(
+        store,
+        driver,
+        &dir,
+        &mut config,
+        DEFAULT_ENGINE_TIMEOUT,
+        began,
+        &|_| {},
+    )
+    .await?;
+    driver
+        .endpoints(&dir)
+        .await
+        .map_err(driver_err(name, "report the VM's endpoints"))
 }
 
 /// Points the machine's docker context at the engine's address of this boot. A failure only
@@ -1735,6 +1803,14 @@ async fn running_endpoints(
     name: &str,
 ) -> Result<rmachine_driver::Endpoints, MachineError> {
     let (_, driver) = load_with_driver(store, name).await?;
+    running_endpoints_with(store, &driver, name).await
+}
+
+async fn running_endpoints_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+) -> Result<rmachine_driver::Endpoints, MachineError> {
     let dir = store.machine_dir(name);
     let current = driver
         .state(&dir)
@@ -1763,17 +1839,40 @@ pub async fn ip(store: &Store, name: &str) -> Result<String, MachineError> {
     Ok(endpoints.engine.ip().to_string())
 }
 
+/// The machine's driver, for a command that runs the TLS check: only a missing or unfinished
+/// machine is reported as itself.
+async fn driver_for_tls_check(store: &Store, name: &str) -> Result<AnyDriver, MachineError> {
+    match load_with_driver(store, name).await {
+        Ok((_, driver)) => Ok(driver),
+        Err(e @ (MachineError::Store(_) | MachineError::Unfinished { .. })) => Err(e),
+        Err(other) => Err(MachineError::TlsCheck {
+            machine: name.to_string(),
+            cause: Box::new(other),
+        }),
+    }
+}
+
 /// docker-machine's TLS check: the engine must answer over mutual TLS with the machine's
-/// certificates. Returns the engine URL.
-async fn tls_check(store: &Store, name: &str) -> Result<(String, SocketAddr), MachineError> {
+/// certificates (issued anew first if they do not name the machine's address). Returns the
+/// engine URL.
+async fn tls_check<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+) -> Result<(String, SocketAddr), MachineError> {
     let wrap = |e: MachineError| MachineError::TlsCheck {
         machine: name.to_string(),
         cause: Box::new(e),
     };
-    let endpoints = running_endpoints(store, name).await.map_err(|e| match e {
-        MachineError::Store(_) | MachineError::Unfinished { .. } => e,
-        other => wrap(other),
-    })?;
+    let endpoints = running_endpoints_with(store, driver, name)
+        .await
+        .map_err(|e| match e {
+            MachineError::Store(_) | MachineError::Unfinished { .. } => e,
+            other => wrap(other),
+        })?;
+    let endpoints = follow_new_address(store, driver, name, endpoints)
+        .await
+        .map_err(wrap)?;
     let addr = endpoints.engine;
     let client = engine_client(store, name).map_err(wrap)?;
     client.ping(addr).await.map_err(|cause| {
@@ -1798,7 +1897,18 @@ pub struct EnvOptions {
 
 /// `env NAME`: the lines to paste into a shell (after the TLS check).
 pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<String, MachineError> {
-    let (url, addr) = tls_check(store, name).await?;
+    let driver = driver_for_tls_check(store, name).await?;
+    env_with(store, &driver, name, options).await
+}
+
+/// [`env`] with a given driver.
+async fn env_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    options: &EnvOptions,
+) -> Result<String, MachineError> {
+    let (url, addr) = tls_check(store, driver, name).await?;
     let mut vars = vec![
         ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
         ("DOCKER_HOST".to_string(), url),
@@ -1821,7 +1931,8 @@ pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<Stri
 
 /// `config NAME`: docker CLI flags for the machine (after the TLS check).
 pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineError> {
-    let (url, _) = tls_check(store, name).await?;
+    let driver = driver_for_tls_check(store, name).await?;
+    let (url, _) = tls_check(store, &driver, name).await?;
     let dir = store.machine_path(name);
     let file = |f: &str| dir.join(f).display().to_string();
     Ok(format!(
@@ -1982,12 +2093,9 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
                 if docker_host == Some(entry.url.as_str()) {
                     entry.active = "*".to_string();
                 }
-                match engine_client(store, name) {
-                    Ok(client) => match client.version(endpoints.engine).await {
-                        Ok(v) => entry.docker_version = format!("v{v}"),
-                        Err(e) => entry.error = e.to_string(),
-                    },
-                    Err(e) => entry.error = e.to_string(),
+                match engine_answer(store, name, &dir, endpoints.engine).await {
+                    Ok(version) => entry.docker_version = version,
+                    Err(error) => entry.error = error,
                 }
                 if entry.error.is_empty() {
                     let errors: Vec<String> =
@@ -2003,6 +2111,29 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
     }
     entry.response_time = format!("{}ms", started.elapsed().as_millis());
     entry
+}
+
+/// What `ls` shows of a running machine's engine at `engine`: its version, or why there is
+/// none. `ls` answers within its timeout, so a certificate that does not name the address is
+/// named, not issued (`env` and `start` issue it, which restarts the machine).
+async fn engine_answer(
+    store: &Store,
+    name: &str,
+    dir: &MachineDir,
+    engine: SocketAddr,
+) -> Result<String, String> {
+    let ip = engine.ip();
+    if matches!(certs::covers(&dir.file("server.pem"), ip), Ok(false)) {
+        return Err(format!(
+            "the engine certificate does not name the machine's address {ip}: \
+             `rmachine env {name}` issues one that does (the machine restarts)"
+        ));
+    }
+    let client = engine_client(store, name).map_err(|e| e.to_string())?;
+    match client.version(engine).await {
+        Ok(version) => Ok(format!("v{version}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `ls`: every machine, queried concurrently, each within `timeout`. `docker_host` is
@@ -2400,6 +2531,70 @@ mod tests {
         );
         remove(&store, "ctx", true).await.unwrap();
         assert!(!docker_config.join("contexts/meta").join(&id).exists());
+    }
+
+    #[tokio::test]
+    async fn env_issues_a_certificate_for_the_address_a_running_machine_moved_to() {
+        let (_tmp, store, options) = setup();
+        let (_lines, progress) = recorder();
+        let first = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        create_with(&store, &first, "leased", &options, &progress)
+            .await
+            .unwrap();
+        // The VM got a new lease while it ran: its engine answers at another address, still
+        // with the certificate issued for the old one.
+        let ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+        let moved = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip),
+            ..Default::default()
+        };
+        let dir = store.machine_dir("leased");
+        let config = store.load("leased").unwrap();
+        moved.start(&dir, &driver_spec(&config.vm)).await.unwrap();
+        let server = store.machine_path("leased").join("server.pem");
+        assert!(!certs::covers(&server, ip).unwrap());
+        let engine = moved.endpoints(&dir).await.unwrap().engine;
+        let client = engine_client(&store, "leased").unwrap();
+        assert!(
+            client.ping(engine).await.is_err(),
+            "TLS fails at the new address until a certificate names it"
+        );
+        let list = list_entry_with(&store, &moved, "leased").await;
+        assert!(
+            list.contains("does not name the machine's address 127.0.0.3"),
+            "{list}"
+        );
+
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "leased".into()],
+        };
+        let out = env_with(&store, &moved, "leased", &options).await.unwrap();
+        assert!(
+            out.contains(&format!("export DOCKER_HOST=\"tcp://{ip}:")),
+            "{out}"
+        );
+        assert!(certs::covers(&server, ip).unwrap());
+        let saved = store.load("leased").unwrap();
+        assert!(saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&ip.to_string()));
+    }
+
+    /// The error `ls` shows for machine `name` run by `driver`.
+    async fn list_entry_with<D: Driver>(store: &Store, driver: &D, name: &str) -> String {
+        let dir = store.machine_dir(name);
+        let endpoints = driver.endpoints(&dir).await.unwrap();
+        engine_answer(store, name, &dir, endpoints.engine)
+            .await
+            .unwrap_err()
     }
 
     #[tokio::test]
