@@ -1195,25 +1195,41 @@ fn issue_for_address(
 /// A running machine whose engine address its certificate does not name (a bridged VM's new
 /// lease while it ran): the address is added to its SANs, a certificate naming it issued and
 /// the machine restarted with it (the guest reads it from the configuration drive at boot), as
-/// `env` and `config` need it before their TLS check. Returns the endpoints to use.
+/// `env` and `config` need it before their TLS check. Returns the endpoints to use and whether
+/// the machine was restarted (its port agent ended with it).
 async fn follow_new_address<D: Driver>(
     store: &Store,
     driver: &D,
     name: &str,
     endpoints: rmachine_driver::Endpoints,
-) -> Result<rmachine_driver::Endpoints, MachineError> {
+) -> Result<(rmachine_driver::Endpoints, bool), MachineError> {
     let dir = store.machine_dir(name);
-    let ip = endpoints.engine.ip();
-    let covered =
+    let covered = |ip| {
         certs::covers(&dir.file("server.pem"), ip).map_err(|source| MachineError::Certs {
             machine: name.to_string(),
             source,
-        })?;
-    if covered {
-        return Ok(endpoints);
+        })
+    };
+    if covered(endpoints.engine.ip())? {
+        return Ok((endpoints, false));
     }
     let began = Instant::now();
-    let _lock = store.lock(name)?;
+    // The lock is waited for off the runtime: other tasks (an engine this process serves, a
+    // concurrent query) go on meanwhile.
+    let _lock = {
+        let (store, name) = (store.clone(), name.to_string());
+        match tokio::task::spawn_blocking(move || store.lock(&name)).await {
+            Ok(lock) => lock?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    };
+    // What was seen before the lock may be stale: another `env` may have restarted the machine
+    // with a certificate naming the address, or `stop` stopped it (which must not be undone).
+    let endpoints = running_endpoints_with(store, driver, name).await?;
+    let ip = endpoints.engine.ip();
+    if covered(ip)? {
+        return Ok((endpoints, false));
+    }
     let mut config = store.load(name)?;
     tracing::warn!(
         machine = name,
@@ -1221,8 +1237,10 @@ async fn follow_new_address<D: Driver>(
         "the engine certificate does not name the machine's address: issuing one that does and \
          restarting the machine"
     );
-    issue_for_address(store, &dir, &mut config, ip)?;
-    write_config_drive(&config, &dir, driver)?;
+    portagent::stop(store, name)?;
+    // Stopped first: were the certificate installed and the stop to fail, the host's server.pem
+    // would name the address while the guest still served the old one, and nothing would
+    // notice again.
     driver
         .stop(
             &dir,
@@ -1232,6 +1250,8 @@ async fn follow_new_address<D: Driver>(
         )
         .await
         .map_err(driver_err(name, "stop the VM"))?;
+    issue_for_address(store, &dir, &mut config, ip)?;
+    write_config_drive(&config, &dir, driver)?;
     boot(
         store,
         driver,
@@ -1242,10 +1262,11 @@ async fn follow_new_address<D: Driver>(
         &|_| {},
     )
     .await?;
-    driver
+    let endpoints = driver
         .endpoints(&dir)
         .await
-        .map_err(driver_err(name, "report the VM's endpoints"))
+        .map_err(driver_err(name, "report the VM's endpoints"))?;
+    Ok((endpoints, true))
 }
 
 /// Points the machine's docker context at the engine's address of this boot. A failure only
@@ -1854,12 +1875,12 @@ async fn driver_for_tls_check(store: &Store, name: &str) -> Result<AnyDriver, Ma
 
 /// docker-machine's TLS check: the engine must answer over mutual TLS with the machine's
 /// certificates (issued anew first if they do not name the machine's address). Returns the
-/// engine URL.
+/// engine URL, its address and whether the machine was restarted for a new certificate.
 async fn tls_check<D: Driver>(
     store: &Store,
     driver: &D,
     name: &str,
-) -> Result<(String, SocketAddr), MachineError> {
+) -> Result<(String, SocketAddr, bool), MachineError> {
     let wrap = |e: MachineError| MachineError::TlsCheck {
         machine: name.to_string(),
         cause: Box::new(e),
@@ -1870,7 +1891,7 @@ async fn tls_check<D: Driver>(
             MachineError::Store(_) | MachineError::Unfinished { .. } => e,
             other => wrap(other),
         })?;
-    let endpoints = follow_new_address(store, driver, name, endpoints)
+    let (endpoints, restarted) = follow_new_address(store, driver, name, endpoints)
         .await
         .map_err(wrap)?;
     let addr = endpoints.engine;
@@ -1881,7 +1902,7 @@ async fn tls_check<D: Driver>(
             cause: Box::new(cause),
         })
     })?;
-    Ok((format!("tcp://{addr}"), addr))
+    Ok((format!("tcp://{addr}"), addr, restarted))
 }
 
 /// Options of `env`.
@@ -1895,8 +1916,22 @@ pub struct EnvOptions {
     pub argv: Vec<String>,
 }
 
+/// What `env` or `config` prints, and whether the machine was restarted to get there (a
+/// certificate naming its new address): the caller then starts its port agent again.
+#[derive(Debug, Clone)]
+pub struct ClientSetup {
+    /// The text to print.
+    pub text: String,
+    /// The machine was restarted (its port agent stopped with it).
+    pub restarted: bool,
+}
+
 /// `env NAME`: the lines to paste into a shell (after the TLS check).
-pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<String, MachineError> {
+pub async fn env(
+    store: &Store,
+    name: &str,
+    options: &EnvOptions,
+) -> Result<ClientSetup, MachineError> {
     let driver = driver_for_tls_check(store, name).await?;
     env_with(store, &driver, name, options).await
 }
@@ -1907,8 +1942,8 @@ async fn env_with<D: Driver>(
     driver: &D,
     name: &str,
     options: &EnvOptions,
-) -> Result<String, MachineError> {
-    let (url, addr) = tls_check(store, driver, name).await?;
+) -> Result<ClientSetup, MachineError> {
+    let (url, addr, restarted) = tls_check(store, driver, name).await?;
     let mut vars = vec![
         ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
         ("DOCKER_HOST".to_string(), url),
@@ -1926,21 +1961,36 @@ async fn env_with<D: Driver>(
             std::env::var(k).ok()
         }));
     }
-    Ok(options.shell.render_env(&vars, &options.argv))
+    Ok(ClientSetup {
+        text: options.shell.render_env(&vars, &options.argv),
+        restarted,
+    })
 }
 
 /// `config NAME`: docker CLI flags for the machine (after the TLS check).
-pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineError> {
+pub async fn client_flags(store: &Store, name: &str) -> Result<ClientSetup, MachineError> {
     let driver = driver_for_tls_check(store, name).await?;
-    let (url, _) = tls_check(store, &driver, name).await?;
+    client_flags_with(store, &driver, name).await
+}
+
+/// [`client_flags`] with a given driver.
+async fn client_flags_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+) -> Result<ClientSetup, MachineError> {
+    let (url, _, restarted) = tls_check(store, driver, name).await?;
     let dir = store.machine_path(name);
     let file = |f: &str| dir.join(f).display().to_string();
-    Ok(format!(
-        "--tlsverify\n--tlscacert=\"{}\"\n--tlscert=\"{}\"\n--tlskey=\"{}\"\n-H={url}\n",
-        file("ca.pem"),
-        file("cert.pem"),
-        file("key.pem")
-    ))
+    Ok(ClientSetup {
+        text: format!(
+            "--tlsverify\n--tlscacert=\"{}\"\n--tlscert=\"{}\"\n--tlskey=\"{}\"\n-H={url}\n",
+            file("ca.pem"),
+            file("cert.pem"),
+            file("key.pem")
+        ),
+        restarted,
+    })
 }
 
 /// The data disk image as `inspect` shows it (`DataDiskImage`).
@@ -2574,7 +2624,10 @@ mod tests {
             no_proxy: false,
             argv: vec!["rmachine".into(), "env".into(), "leased".into()],
         };
-        let out = env_with(&store, &moved, "leased", &options).await.unwrap();
+        let out = env_with(&store, &moved, "leased", &options)
+            .await
+            .unwrap()
+            .text;
         assert!(
             out.contains(&format!("export DOCKER_HOST=\"tcp://{ip}:")),
             "{out}"
@@ -2586,6 +2639,98 @@ mod tests {
             .auth_options
             .server_cert_sans
             .contains(&ip.to_string()));
+    }
+
+    /// A created machine whose VM then came up at `ip` still holding the certificate of its
+    /// old address; returns the driver serving it there.
+    async fn machine_moved_to(
+        store: &Store,
+        options: &CreateOptions,
+        name: &str,
+        ip: &str,
+        fail: Option<&'static str>,
+    ) -> FakeDriver {
+        let (_lines, progress) = recorder();
+        let first = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        create_with(store, &first, name, options, &progress)
+            .await
+            .unwrap();
+        let moved = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip.parse().unwrap()),
+            fail,
+            ..Default::default()
+        };
+        let config = store.load(name).unwrap();
+        moved
+            .start(&store.machine_dir(name), &driver_spec(&config.vm))
+            .await
+            .unwrap();
+        moved
+    }
+
+    #[tokio::test]
+    async fn env_and_config_at_once_restart_a_moved_machine_once() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "raced", "127.0.0.4", None).await;
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "raced".into()],
+        };
+        // Both see the uncovered address before either takes the lock; the second must see,
+        // once it holds the lock, that the first already issued the certificate.
+        let (env, config) = tokio::join!(
+            env_with(&store, &moved, "raced", &options),
+            client_flags_with(&store, &moved, "raced")
+        );
+        let (env, config) = (env.unwrap(), config.unwrap());
+        let starts = moved.calls().iter().filter(|c| *c == "start").count();
+        // The boot at the new address, then exactly one restart.
+        assert_eq!(starts, 2, "{:?}", moved.calls());
+        assert_eq!(
+            [env.restarted, config.restarted]
+                .iter()
+                .filter(|r| **r)
+                .count(),
+            1
+        );
+        assert!(env.text.contains("tcp://127.0.0.4:"), "{}", env.text);
+        assert!(
+            config.text.contains("-H=tcp://127.0.0.4:"),
+            "{}",
+            config.text
+        );
+        let server = store.machine_path("raced").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.4".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failed_stop_leaves_the_old_certificate_for_the_next_env_to_reissue() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "stuck", "127.0.0.5", Some("stop")).await;
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "stuck".into()],
+        };
+        let err = env_with(&store, &moved, "stuck", &options)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("failed to stop the VM"), "{err}");
+        // The guest still serves the old certificate: the host's must not claim the address,
+        // or no later env would reissue it.
+        let server = store.machine_path("stuck").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.5".parse().unwrap()).unwrap());
+        let saved = store.load("stuck").unwrap();
+        assert!(!saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&"127.0.0.5".to_string()));
     }
 
     /// The error `ls` shows for machine `name` run by `driver`.
