@@ -2090,10 +2090,16 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     let env = Env::new();
     let plugins = env.dir.path().join("plugins");
     let pid_file = plugins.join("hung.pid");
+    let child_file = plugins.join("child.pid");
+    // A child of its own: only a kill of the plugin's process group ends both.
     write_plugin(
         &plugins,
         "hung",
-        &format!("echo $$ > '{}'\nexec sleep 30\n", pid_file.display()),
+        &format!(
+            "echo $$ > '{}'\nsleep 30 &\necho $! > '{}'\nwait\n",
+            pid_file.display(),
+            child_file.display()
+        ),
     );
     env.write_machine("ok");
     let dir = env.write_machine("slow");
@@ -2124,12 +2130,15 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     );
     assert!(run.stdout.starts_with("ok qemu Stopped "), "{}", run.stdout);
     assert!(took < std::time::Duration::from_secs(5), "ls took {took:?}");
-    // The plugin (a process group of its own) was ended and reaped before ls exited.
-    let pid = std::fs::read_to_string(&pid_file).expect("the plugin wrote its pid");
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
-    let alive = stat.is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    });
-    assert!(!alive, "the hung plugin (pid {}) outlived ls", pid.trim());
+    // The plugin (a process group of its own) was ended and reaped before ls exited, and its
+    // child with it.
+    for (what, file) in [("plugin", &pid_file), ("plugin's child", &child_file)] {
+        let pid = std::fs::read_to_string(file).expect("the plugin wrote the pid");
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        let alive = stat.is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        });
+        assert!(!alive, "the hung {what} (pid {}) outlived ls", pid.trim());
+    }
 }
