@@ -718,12 +718,15 @@ impl Session {
         }
     }
 
+    /// The plugin's exit status if it exits within `limit`; `None` sooner when the caller gives
+    /// up meanwhile (e.g. `ls`'s `--timeout` passes), so the plugin is killed at once rather
+    /// than after the whole wait.
     fn wait_bounded(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
+                Ok(None) if Instant::now() < deadline && !self.flight.abandoned() => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => return None,
