@@ -25,6 +25,10 @@ cargo clippy --target x86_64-pc-windows-gnu "${host_crates[@]}" --all-targets --
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
 PATH="$zig_venv/bin:$PATH" cargo-zigbuild clippy --target aarch64-apple-darwin "${host_crates[@]}" \
   --all-targets -- -D warnings
+# Opt-in: the full macOS link (4.5 min idle, 17+ min under load) with the committed symbol lists.
+if [ "${RMACHINE_MACOS_LINK:-}" = 1 ]; then
+  tests/macos/link.sh
+fi
 cargo build --target x86_64-pc-windows-gnu -p rmachine
 tests/windows/run.sh
 
