@@ -2125,6 +2125,19 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
             return entry;
         }
     };
+    list_entry_from(store, &config, &driver, name, docker_host, entry, started).await
+}
+
+/// [`list_entry`] once the machine's record and driver are loaded.
+async fn list_entry_from<D: Driver>(
+    store: &Store,
+    config: &MachineConfig,
+    driver: &D,
+    name: &str,
+    docker_host: Option<&str>,
+    mut entry: ListEntry,
+    started: Instant,
+) -> ListEntry {
     entry.driver_name = config.driver_name.clone();
     let dir = store.machine_dir(name);
     let current = match driver.state(&dir).await {
@@ -2149,7 +2162,7 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
                 }
                 if entry.error.is_empty() {
                     let errors: Vec<String> =
-                        [portagent::ls_errors(dir.path()), share_errors(&config)]
+                        [portagent::ls_errors(dir.path()), share_errors(config)]
                             .into_iter()
                             .flatten()
                             .collect();
@@ -2735,11 +2748,23 @@ mod tests {
 
     /// The error `ls` shows for machine `name` run by `driver`.
     async fn list_entry_with<D: Driver>(store: &Store, driver: &D, name: &str) -> String {
-        let dir = store.machine_dir(name);
-        let endpoints = driver.endpoints(&dir).await.unwrap();
-        engine_answer(store, name, &dir, endpoints.engine)
-            .await
-            .unwrap_err()
+        let config = store.load(name).unwrap();
+        let entry = ListEntry {
+            name: name.to_string(),
+            active: "-".to_string(),
+            driver_name: String::new(),
+            state: String::new(),
+            url: String::new(),
+            swarm: String::new(),
+            docker_version: "Unknown".to_string(),
+            error: String::new(),
+            response_time: String::new(),
+        };
+        let entry =
+            list_entry_from(store, &config, driver, name, None, entry, Instant::now()).await;
+        assert_eq!(entry.state, "Running");
+        assert_eq!(entry.docker_version, "Unknown", "{entry:?}");
+        entry.error
     }
 
     #[tokio::test]
