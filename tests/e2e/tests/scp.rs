@@ -101,6 +101,41 @@ fn cert_for_an_old_address(machine: &Machine, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The IP addresses (as bytes) a PEM certificate's subjectAltName names.
+fn ip_sans(pem: &str) -> Result<Vec<Vec<u8>>> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents)?;
+    Ok(cert
+        .subject_alternative_name()?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::IPAddress(bytes) => Some(bytes.to_vec()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// How long the machine's last boot took by its own timeline: its last host mark (ms since
+/// its boot began).
+fn last_host_mark_ms(machine: &Machine, name: &str) -> Result<u64> {
+    let path = machine
+        .store()
+        .join("machines")
+        .join(name)
+        .join("config.json");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    record["Timeline"]["Host"]
+        .as_array()
+        .and_then(|marks| marks.iter().filter_map(|m| m["Ms"].as_u64()).max())
+        .ok_or_else(|| anyhow::anyhow!("{name} recorded no host marks: {}", record["Timeline"]))
+}
+
 fn ssh_out(machine: &Machine, name: &str, command: &str) -> Result<String> {
     Ok(machine.rmachine(&["ssh", name, command])?.success()?.stdout)
 }
@@ -246,10 +281,24 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         began.elapsed().as_secs_f64(),
         started.stdout
     );
-    assert_ne!(
-        std::fs::read_to_string(&server_pem)?,
-        stale,
-        "start reissued the certificate"
+    let reissued = std::fs::read_to_string(&server_pem)?;
+    assert_ne!(reissued, stale, "start reissued the certificate");
+    let ips = ip_sans(&reissued)?;
+    assert!(
+        ips.contains(&vec![127, 0, 0, 1]),
+        "the reissued certificate names the address the engine is reached at: {ips:?}"
+    );
+    // One thread each, not one after the other: the command took less than the two boots
+    // added up (each machine's last host mark is its boot's length).
+    let took = began.elapsed();
+    let boots: u64 = ["scp-a", "scp-b"]
+        .iter()
+        .map(|name| last_host_mark_ms(&machine, name))
+        .sum::<Result<u64>>()?;
+    assert!(
+        took < Duration::from_millis(boots),
+        "start scp-a scp-b took {took:?}, the two boots {boots} ms together: they ran one after \
+         the other"
     );
     machine
         .docker(&["version", "--format", "{{.Server.Version}}"])?
