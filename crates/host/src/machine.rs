@@ -2448,6 +2448,8 @@ mod tests {
         console: Option<String>,
         /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
         engine_ip: Option<std::net::IpAddr>,
+        /// The state `state` reports once set (else Running), as after another command.
+        state_now: Mutex<Option<VmState>>,
     }
 
     impl FakeDriver {
@@ -2523,7 +2525,8 @@ mod tests {
         }
         async fn state(&self, _dir: &MachineDir) -> Result<VmState, DriverError> {
             self.step("state")?;
-            Ok(VmState::Running)
+            let now = *self.state_now.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(now.unwrap_or(VmState::Running))
         }
         async fn endpoints(&self, _dir: &MachineDir) -> Result<Endpoints, DriverError> {
             let engine = self
@@ -2719,6 +2722,32 @@ mod tests {
         );
         let server = store.machine_path("raced").join("server.pem");
         assert!(certs::covers(&server, "127.0.0.4".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_env_that_waited_for_a_stop_does_not_start_the_machine_again() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "stopping", "127.0.0.6", None).await;
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "stopping".into()],
+        };
+        // `stop` holds the lock while env finds the address uncovered.
+        let held = store.lock("stopping").unwrap();
+        let env = env_with(&store, &moved, "stopping", &options);
+        tokio::pin!(env);
+        tokio::select! {
+            out = &mut env => panic!("env went past the held lock: {:?}", out.map(|s| s.text)),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        *moved.state_now.lock().unwrap() = Some(VmState::Stopped);
+        drop(held);
+        let err = env.await.unwrap_err();
+        assert!(err.to_string().contains("Host is not running"), "{err}");
+        // Only the boot at the new address: the stopped machine stays stopped.
+        let starts = moved.calls().iter().filter(|c| *c == "start").count();
+        assert_eq!(starts, 1, "{:?}", moved.calls());
     }
 
     #[tokio::test]
