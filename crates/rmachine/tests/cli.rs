@@ -2149,7 +2149,8 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     let plugins = env.dir.path().join("plugins");
     let pid_file = plugins.join("hung.pid");
     let child_file = plugins.join("child.pid");
-    // A child of its own: only a kill of the plugin's process group ends both.
+    // A child of its own: only a kill of the plugin's process group ends both. (ls's timeout
+    // of 2 s leaves a loaded host time to start both and write their pids.)
     write_plugin(
         &plugins,
         "hung",
@@ -2172,7 +2173,7 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
         &[
             "ls",
             "--timeout",
-            "1",
+            "2",
             "--format",
             "{{.Name}} {{.DriverName}} {{.State}} {{.ResponseTime}}",
         ],
@@ -2182,12 +2183,12 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout.lines().nth(1),
-        Some("slow hung Timeout 1s"),
+        Some("slow hung Timeout 2s"),
         "{}",
         run.stdout
     );
     assert!(run.stdout.starts_with("ok qemu Stopped "), "{}", run.stdout);
-    assert!(took < std::time::Duration::from_secs(5), "ls took {took:?}");
+    assert!(took < std::time::Duration::from_secs(6), "ls took {took:?}");
     // The plugin (a process group of its own) was ended and reaped before ls exited, and its
     // child with it.
     for (what, file) in [("plugin", &pid_file), ("plugin's child", &child_file)] {
