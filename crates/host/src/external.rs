@@ -59,11 +59,89 @@ const ABANDON_WAIT: Duration = Duration::from_secs(15);
 
 /// A request running on a blocking thread, shared with the async caller: a caller that gives
 /// up (its future dropped, e.g. `create` interrupted by a signal) marks it abandoned, and the
-/// session ends its plugin and says when it is gone.
+/// session ends its plugin and says when it is gone. A request made inside a
+/// [`PluginScope`] is also abandoned with its scope.
 #[derive(Default)]
 struct Flight {
     state: Mutex<FlightState>,
     changed: Condvar,
+    scope: Option<Arc<PluginScope>>,
+}
+
+tokio::task_local! {
+    static SCOPE: Arc<PluginScope>;
+}
+
+/// The plugins started on behalf of one caller that may give up on all of them at once,
+/// e.g. `ls`'s query of one machine when its `--timeout` passes: the query's thread may stay
+/// blocked in a plugin's handshake, and the process must not exit leaving that plugin running.
+#[derive(Default)]
+pub struct PluginScope {
+    state: Mutex<ScopeState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ScopeState {
+    abandoned: bool,
+    /// Plugins started in the scope and not yet ended.
+    live: usize,
+}
+
+impl PluginScope {
+    /// Runs `fut` with every plugin it starts (also from blocking threads it spawns for
+    /// requests) belonging to this scope.
+    pub async fn run<F: std::future::Future>(self: &Arc<Self>, fut: F) -> F::Output {
+        SCOPE.scope(Arc::clone(self), fut).await
+    }
+
+    /// Gives up on the scope: no plugin starts in it any more, those running are ended (their
+    /// whole process group) by the threads that talk to them, and this waits (bounded) until
+    /// they are reaped.
+    pub fn abandon(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        state.abandoned = true;
+        let deadline = Instant::now() + ABANDON_WAIT;
+        while state.live > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!("driver plugin still running after its caller gave up");
+                return;
+            }
+            state = match self.changed.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(_) => return,
+            };
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        self.state.lock().map(|s| s.abandoned).unwrap_or(true)
+    }
+
+    /// Counts a plugin about to start, unless the scope is abandoned already.
+    fn enter(self: &Arc<Self>) -> Option<InScope> {
+        let mut state = self.state.lock().ok()?;
+        if state.abandoned {
+            return None;
+        }
+        state.live += 1;
+        Some(InScope(Arc::clone(self)))
+    }
+}
+
+/// A plugin counted in its scope; dropped once the plugin has ended (or was never started).
+struct InScope(Arc<PluginScope>);
+
+impl Drop for InScope {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.state.lock() {
+            state.live = state.live.saturating_sub(1);
+        }
+        self.0.changed.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -73,8 +151,17 @@ struct FlightState {
 }
 
 impl Flight {
+    /// A flight in the caller's [`PluginScope`], if it runs in one.
+    fn in_callers_scope() -> Self {
+        Self {
+            scope: SCOPE.try_with(Arc::clone).ok(),
+            ..Self::default()
+        }
+    }
+
     fn abandoned(&self) -> bool {
         self.state.lock().map(|s| s.abandoned).unwrap_or(true)
+            || self.scope.as_ref().is_some_and(|scope| scope.abandoned())
     }
 
     fn finish(&self) {
@@ -278,7 +365,7 @@ impl ExternalDriver {
         let program = self.program.clone();
         let method = call.method();
         let timeouts = self.timeouts;
-        let flight = Arc::new(Flight::default());
+        let flight = Arc::new(Flight::in_callers_scope());
         let in_thread = Arc::clone(&flight);
         let abandon = AbandonOnDrop(flight);
         let result = tokio::task::spawn_blocking(move || {
@@ -341,6 +428,9 @@ struct Session {
     timeouts: Timeouts,
     /// Whether the caller still waits for this session.
     flight: Arc<Flight>,
+    /// Counts the plugin in its caller's scope until the session ends; declared last, so it
+    /// drops after the fields above.
+    _in_scope: Option<InScope>,
 }
 
 impl Session {
@@ -350,7 +440,12 @@ impl Session {
         program: &Path,
         timeouts: Timeouts,
     ) -> Result<(Self, DriverInfo), DriverError> {
-        Self::open_in(name, program, timeouts, Arc::new(Flight::default()))
+        Self::open_in(
+            name,
+            program,
+            timeouts,
+            Arc::new(Flight::in_callers_scope()),
+        )
     }
 
     /// Starts the plugin and shakes hands, for a caller that may abandon `flight`.
@@ -360,7 +455,11 @@ impl Session {
         timeouts: Timeouts,
         flight: Arc<Flight>,
     ) -> Result<(Self, DriverInfo), DriverError> {
-        if flight.abandoned() {
+        let in_scope = match &flight.scope {
+            Some(scope) => scope.enter(),
+            None => None,
+        };
+        if flight.abandoned() || (flight.scope.is_some() && in_scope.is_none()) {
             return Err(plugin_error(
                 name,
                 format!("{} was not started: request abandoned", program.display()),
@@ -449,6 +548,7 @@ impl Session {
             next_id: 1,
             timeouts,
             flight,
+            _in_scope: in_scope,
         };
         let value = session.request(Call::Handshake {
             version: PROTOCOL_VERSION,
@@ -618,12 +718,15 @@ impl Session {
         }
     }
 
+    /// The plugin's exit status if it exits within `limit`; `None` sooner when the caller gives
+    /// up meanwhile (e.g. `ls`'s `--timeout` passes), so the plugin is killed at once rather
+    /// than after the whole wait.
     fn wait_bounded(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
+                Ok(None) if Instant::now() < deadline && !self.flight.abandoned() => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => return None,

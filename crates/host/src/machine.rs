@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{
@@ -29,6 +30,7 @@ use crate::context;
 use crate::drivers::{AnyDriver, DriverChoice, DriverOptions, DriversError};
 use crate::engine_check::{EngineCheckError, EngineClient};
 use crate::env::{self, Shell};
+use crate::external::PluginScope;
 use crate::image::{self, DownloadEvent, ImageError, ImageSource};
 use crate::portagent;
 use crate::sftpshare::SftpShareState;
@@ -1215,17 +1217,7 @@ async fn reissue_for_new_address<D: Driver>(
 ) -> Result<rmachine_driver::Endpoints, MachineError> {
     let name = dir.name.clone();
     tracing::info!(%ip, "the engine certificate does not name the machine's address; reissuing it");
-    let certs_err = |source| MachineError::Certs {
-        machine: name.clone(),
-        source,
-    };
-    let sans = &mut config.host_options.auth_options.server_cert_sans;
-    if !sans.contains(&ip.to_string()) {
-        sans.push(ip.to_string());
-    }
-    let server = certs::server_cert(&store.certs_dir(), &name, sans).map_err(certs_err)?;
-    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
-    store.save(config)?;
+    issue_for_address(store, dir, config, ip)?;
     write_config_drive(config, dir, driver)?;
     driver
         .stop(
@@ -1244,6 +1236,105 @@ async fn reissue_for_new_address<D: Driver>(
         .endpoints(dir)
         .await
         .map_err(driver_err(&name, "report the VM's endpoints"))
+}
+
+/// Adds `ip` to the machine's SANs and installs a new engine certificate naming them all (the
+/// record saved too); the guest uses it once its configuration drive is rewritten and it boots.
+fn issue_for_address(
+    store: &Store,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    ip: std::net::IpAddr,
+) -> Result<(), MachineError> {
+    let certs_err = |source| MachineError::Certs {
+        machine: dir.name.clone(),
+        source,
+    };
+    let sans = &mut config.host_options.auth_options.server_cert_sans;
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let server = certs::server_cert(&store.certs_dir(), &dir.name, sans).map_err(certs_err)?;
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+    store.save(config)?;
+    Ok(())
+}
+
+/// A running machine whose engine address its certificate does not name (a bridged VM's new
+/// lease while it ran): the address is added to its SANs, a certificate naming it issued and
+/// the machine restarted with it (the guest reads it from the configuration drive at boot), as
+/// `env` and `config` need it before their TLS check. Returns the endpoints to use and whether
+/// the machine was restarted (its port agent ended with it).
+async fn follow_new_address<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    endpoints: rmachine_driver::Endpoints,
+) -> Result<(rmachine_driver::Endpoints, bool), MachineError> {
+    let dir = store.machine_dir(name);
+    let covered = |ip| {
+        certs::covers(&dir.file("server.pem"), ip).map_err(|source| MachineError::Certs {
+            machine: name.to_string(),
+            source,
+        })
+    };
+    if covered(endpoints.engine.ip())? {
+        return Ok((endpoints, false));
+    }
+    let began = Instant::now();
+    // The lock is waited for off the runtime: other tasks (an engine this process serves, a
+    // concurrent query) go on meanwhile.
+    let _lock = {
+        let (store, name) = (store.clone(), name.to_string());
+        match tokio::task::spawn_blocking(move || store.lock(&name)).await {
+            Ok(lock) => lock?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    };
+    // What was seen before the lock may be stale: another `env` may have restarted the machine
+    // with a certificate naming the address, or `stop` stopped it (which must not be undone).
+    let endpoints = running_endpoints_with(store, driver, name).await?;
+    let ip = endpoints.engine.ip();
+    if covered(ip)? {
+        return Ok((endpoints, false));
+    }
+    let mut config = store.load(name)?;
+    tracing::warn!(
+        machine = name,
+        address = %ip,
+        "the engine certificate does not name the machine's address: issuing one that does and \
+         restarting the machine"
+    );
+    portagent::stop(store, name)?;
+    // Stopped first: were the certificate installed and the stop to fail, the host's server.pem
+    // would name the address while the guest still served the old one, and nothing would
+    // notice again.
+    driver
+        .stop(
+            &dir,
+            StopMode::Graceful {
+                timeout: STOP_TIMEOUT,
+            },
+        )
+        .await
+        .map_err(driver_err(name, "stop the VM"))?;
+    issue_for_address(store, &dir, &mut config, ip)?;
+    write_config_drive(&config, &dir, driver)?;
+    boot(
+        store,
+        driver,
+        &dir,
+        &mut config,
+        DEFAULT_ENGINE_TIMEOUT,
+        began,
+        &|_| {},
+    )
+    .await?;
+    let endpoints = driver
+        .endpoints(&dir)
+        .await
+        .map_err(driver_err(name, "report the VM's endpoints"))?;
+    Ok((endpoints, true))
 }
 
 /// Points the machine's docker context at the engine's address of this boot. A failure only
@@ -2047,6 +2138,14 @@ async fn running_endpoints(
     name: &str,
 ) -> Result<rmachine_driver::Endpoints, MachineError> {
     let (_, driver) = load_with_driver(store, name).await?;
+    running_endpoints_with(store, &driver, name).await
+}
+
+async fn running_endpoints_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+) -> Result<rmachine_driver::Endpoints, MachineError> {
     let dir = store.machine_dir(name);
     let current = driver
         .state(&dir)
@@ -2075,17 +2174,40 @@ pub async fn ip(store: &Store, name: &str) -> Result<String, MachineError> {
     Ok(endpoints.engine.ip().to_string())
 }
 
+/// The machine's driver, for a command that runs the TLS check: only a missing or unfinished
+/// machine is reported as itself.
+async fn driver_for_tls_check(store: &Store, name: &str) -> Result<AnyDriver, MachineError> {
+    match load_with_driver(store, name).await {
+        Ok((_, driver)) => Ok(driver),
+        Err(e @ (MachineError::Store(_) | MachineError::Unfinished { .. })) => Err(e),
+        Err(other) => Err(MachineError::TlsCheck {
+            machine: name.to_string(),
+            cause: Box::new(other),
+        }),
+    }
+}
+
 /// docker-machine's TLS check: the engine must answer over mutual TLS with the machine's
-/// certificates. Returns the engine URL.
-async fn tls_check(store: &Store, name: &str) -> Result<(String, SocketAddr), MachineError> {
+/// certificates (issued anew first if they do not name the machine's address). Returns the
+/// engine URL, its address and whether the machine was restarted for a new certificate.
+async fn tls_check<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+) -> Result<(String, SocketAddr, bool), MachineError> {
     let wrap = |e: MachineError| MachineError::TlsCheck {
         machine: name.to_string(),
         cause: Box::new(e),
     };
-    let endpoints = running_endpoints(store, name).await.map_err(|e| match e {
-        MachineError::Store(_) | MachineError::Unfinished { .. } => e,
-        other => wrap(other),
-    })?;
+    let endpoints = running_endpoints_with(store, driver, name)
+        .await
+        .map_err(|e| match e {
+            MachineError::Store(_) | MachineError::Unfinished { .. } => e,
+            other => wrap(other),
+        })?;
+    let (endpoints, restarted) = follow_new_address(store, driver, name, endpoints)
+        .await
+        .map_err(wrap)?;
     let addr = endpoints.engine;
     let client = engine_client(store, name).map_err(wrap)?;
     client.ping(addr).await.map_err(|cause| {
@@ -2094,7 +2216,7 @@ async fn tls_check(store: &Store, name: &str) -> Result<(String, SocketAddr), Ma
             cause: Box::new(cause),
         })
     })?;
-    Ok((format!("tcp://{addr}"), addr))
+    Ok((format!("tcp://{addr}"), addr, restarted))
 }
 
 /// Options of `env`.
@@ -2108,9 +2230,34 @@ pub struct EnvOptions {
     pub argv: Vec<String>,
 }
 
+/// What `env` or `config` prints, and whether the machine was restarted to get there (a
+/// certificate naming its new address): the caller then starts its port agent again.
+#[derive(Debug, Clone)]
+pub struct ClientSetup {
+    /// The text to print.
+    pub text: String,
+    /// The machine was restarted (its port agent stopped with it).
+    pub restarted: bool,
+}
+
 /// `env NAME`: the lines to paste into a shell (after the TLS check).
-pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<String, MachineError> {
-    let (url, addr) = tls_check(store, name).await?;
+pub async fn env(
+    store: &Store,
+    name: &str,
+    options: &EnvOptions,
+) -> Result<ClientSetup, MachineError> {
+    let driver = driver_for_tls_check(store, name).await?;
+    env_with(store, &driver, name, options).await
+}
+
+/// [`env`] with a given driver.
+async fn env_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    options: &EnvOptions,
+) -> Result<ClientSetup, MachineError> {
+    let (url, addr, restarted) = tls_check(store, driver, name).await?;
     let mut vars = vec![
         ("DOCKER_TLS_VERIFY".to_string(), "1".to_string()),
         ("DOCKER_HOST".to_string(), url),
@@ -2128,20 +2275,36 @@ pub async fn env(store: &Store, name: &str, options: &EnvOptions) -> Result<Stri
             std::env::var(k).ok()
         }));
     }
-    Ok(options.shell.render_env(&vars, &options.argv))
+    Ok(ClientSetup {
+        text: options.shell.render_env(&vars, &options.argv),
+        restarted,
+    })
 }
 
 /// `config NAME`: docker CLI flags for the machine (after the TLS check).
-pub async fn client_flags(store: &Store, name: &str) -> Result<String, MachineError> {
-    let (url, _) = tls_check(store, name).await?;
+pub async fn client_flags(store: &Store, name: &str) -> Result<ClientSetup, MachineError> {
+    let driver = driver_for_tls_check(store, name).await?;
+    client_flags_with(store, &driver, name).await
+}
+
+/// [`client_flags`] with a given driver.
+async fn client_flags_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+) -> Result<ClientSetup, MachineError> {
+    let (url, _, restarted) = tls_check(store, driver, name).await?;
     let dir = store.machine_path(name);
     let file = |f: &str| dir.join(f).display().to_string();
-    Ok(format!(
-        "--tlsverify\n--tlscacert=\"{}\"\n--tlscert=\"{}\"\n--tlskey=\"{}\"\n-H={url}\n",
-        file("ca.pem"),
-        file("cert.pem"),
-        file("key.pem")
-    ))
+    Ok(ClientSetup {
+        text: format!(
+            "--tlsverify\n--tlscacert=\"{}\"\n--tlscert=\"{}\"\n--tlskey=\"{}\"\n-H={url}\n",
+            file("ca.pem"),
+            file("cert.pem"),
+            file("key.pem")
+        ),
+        restarted,
+    })
 }
 
 /// The data disk image as `inspect` shows it (`DataDiskImage`).
@@ -2276,6 +2439,19 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
             return entry;
         }
     };
+    list_entry_from(store, &config, &driver, name, docker_host, entry, started).await
+}
+
+/// [`list_entry`] once the machine's record and driver are loaded.
+async fn list_entry_from<D: Driver>(
+    store: &Store,
+    config: &MachineConfig,
+    driver: &D,
+    name: &str,
+    docker_host: Option<&str>,
+    mut entry: ListEntry,
+    started: Instant,
+) -> ListEntry {
     entry.driver_name = config.driver_name.clone();
     let dir = store.machine_dir(name);
     let current = match driver.state(&dir).await {
@@ -2294,16 +2470,13 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
                 if docker_host == Some(entry.url.as_str()) {
                     entry.active = "*".to_string();
                 }
-                match engine_client(store, name) {
-                    Ok(client) => match client.version(endpoints.engine).await {
-                        Ok(v) => entry.docker_version = format!("v{v}"),
-                        Err(e) => entry.error = e.to_string(),
-                    },
-                    Err(e) => entry.error = e.to_string(),
+                match engine_answer(store, name, &dir, endpoints.engine).await {
+                    Ok(version) => entry.docker_version = version,
+                    Err(error) => entry.error = error,
                 }
                 if entry.error.is_empty() {
                     let errors: Vec<String> =
-                        [portagent::ls_errors(dir.path()), share_errors(&config)]
+                        [portagent::ls_errors(dir.path()), share_errors(config)]
                             .into_iter()
                             .flatten()
                             .collect();
@@ -2315,6 +2488,29 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
     }
     entry.response_time = format!("{}ms", started.elapsed().as_millis());
     entry
+}
+
+/// What `ls` shows of a running machine's engine at `engine`: its version, or why there is
+/// none. `ls` answers within its timeout, so a certificate that does not name the address is
+/// named, not issued (`env` and `start` issue it, which restarts the machine).
+async fn engine_answer(
+    store: &Store,
+    name: &str,
+    dir: &MachineDir,
+    engine: SocketAddr,
+) -> Result<String, String> {
+    let ip = engine.ip();
+    if matches!(certs::covers(&dir.file("server.pem"), ip), Ok(false)) {
+        return Err(format!(
+            "the engine certificate does not name the machine's address {ip}: \
+             `rmachine env {name}` issues one that does (the machine restarts)"
+        ));
+    }
+    let client = engine_client(store, name).map_err(|e| e.to_string())?;
+    match client.version(engine).await {
+        Ok(version) => Ok(format!("v{version}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// `ls`: every machine, queried concurrently, each within `timeout`. `docker_host` is
@@ -2333,13 +2529,26 @@ pub async fn list(
         let docker_host = docker_host.map(str::to_owned);
         let handle = handle.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let plugins = Arc::new(PluginScope::default());
+        let in_thread = Arc::clone(&plugins);
         std::thread::spawn(move || {
-            let entry =
-                handle.block_on(list_entry(&store_copy, &name_copy, docker_host.as_deref()));
+            let entry = handle.block_on(in_thread.run(list_entry(
+                &store_copy,
+                &name_copy,
+                docker_host.as_deref(),
+            )));
             let _ = tx.send(entry);
         });
         async move {
-            match tokio::time::timeout(timeout, rx).await {
+            let answer = tokio::time::timeout(timeout, rx).await;
+            if answer.is_err() {
+                // The query stays blocked on its thread; the plugins it started are ended
+                // now, so that none outlives `ls` (which exits right after printing).
+                if let Err(e) = tokio::task::spawn_blocking(move || plugins.abandon()).await {
+                    tracing::warn!(error = %e, "driver plugins of a timed-out query not ended");
+                }
+            }
+            match answer {
                 Ok(Ok(entry)) => entry,
                 Ok(Err(_)) => ListEntry {
                     name: name.clone(),
@@ -2557,6 +2766,8 @@ mod tests {
         share: Option<rmachine_driver::DriverShare>,
         /// The driver cannot share folders, even with `share` set.
         cannot_share: bool,
+        /// The state `state` reports once set (else Running), as after another command.
+        state_now: Mutex<Option<VmState>>,
     }
 
     impl FakeDriver {
@@ -2646,7 +2857,8 @@ mod tests {
         }
         async fn state(&self, _dir: &MachineDir) -> Result<VmState, DriverError> {
             self.step("state")?;
-            Ok(VmState::Running)
+            let now = *self.state_now.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(now.unwrap_or(VmState::Running))
         }
         async fn endpoints(&self, _dir: &MachineDir) -> Result<Endpoints, DriverError> {
             let engine = self
@@ -2831,6 +3043,203 @@ mod tests {
         );
         remove(&store, "ctx", true).await.unwrap();
         assert!(!docker_config.join("contexts/meta").join(&id).exists());
+    }
+
+    #[tokio::test]
+    async fn env_issues_a_certificate_for_the_address_a_running_machine_moved_to() {
+        let (_tmp, store, options) = setup();
+        let (_lines, progress) = recorder();
+        let first = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        create_with(&store, &first, "leased", &options, &progress)
+            .await
+            .unwrap();
+        // The VM got a new lease while it ran: its engine answers at another address, still
+        // with the certificate issued for the old one.
+        let ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+        let moved = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip),
+            ..Default::default()
+        };
+        let dir = store.machine_dir("leased");
+        let config = store.load("leased").unwrap();
+        moved.start(&dir, &driver_spec(&config.vm)).await.unwrap();
+        let server = store.machine_path("leased").join("server.pem");
+        assert!(!certs::covers(&server, ip).unwrap());
+        let engine = moved.endpoints(&dir).await.unwrap().engine;
+        let client = engine_client(&store, "leased").unwrap();
+        assert!(
+            client.ping(engine).await.is_err(),
+            "TLS fails at the new address until a certificate names it"
+        );
+        let list = list_entry_with(&store, &moved, "leased").await;
+        assert!(
+            list.contains("does not name the machine's address 127.0.0.3"),
+            "{list}"
+        );
+
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "leased".into()],
+        };
+        let out = env_with(&store, &moved, "leased", &options)
+            .await
+            .unwrap()
+            .text;
+        assert!(
+            out.contains(&format!("export DOCKER_HOST=\"tcp://{ip}:")),
+            "{out}"
+        );
+        assert!(certs::covers(&server, ip).unwrap());
+        let saved = store.load("leased").unwrap();
+        assert!(saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&ip.to_string()));
+    }
+
+    /// A created machine whose VM then came up at `ip` still holding the certificate of its
+    /// old address; returns the driver serving it there.
+    async fn machine_moved_to(
+        store: &Store,
+        options: &CreateOptions,
+        name: &str,
+        ip: &str,
+        fail: Option<&'static str>,
+    ) -> FakeDriver {
+        let (_lines, progress) = recorder();
+        let first = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        create_with(store, &first, name, options, &progress)
+            .await
+            .unwrap();
+        let moved = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip.parse().unwrap()),
+            fail,
+            ..Default::default()
+        };
+        let config = store.load(name).unwrap();
+        moved
+            .start(&store.machine_dir(name), &driver_spec(&config.vm))
+            .await
+            .unwrap();
+        moved
+    }
+
+    #[tokio::test]
+    async fn env_and_config_at_once_restart_a_moved_machine_once() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "raced", "127.0.0.4", None).await;
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "raced".into()],
+        };
+        // Both see the uncovered address before either takes the lock; the second must see,
+        // once it holds the lock, that the first already issued the certificate.
+        let (env, config) = tokio::join!(
+            env_with(&store, &moved, "raced", &options),
+            client_flags_with(&store, &moved, "raced")
+        );
+        let (env, config) = (env.unwrap(), config.unwrap());
+        let starts = moved.calls().iter().filter(|c| *c == "start").count();
+        // The boot at the new address, then exactly one restart.
+        assert_eq!(starts, 2, "{:?}", moved.calls());
+        assert_eq!(
+            [env.restarted, config.restarted]
+                .iter()
+                .filter(|r| **r)
+                .count(),
+            1
+        );
+        assert!(env.text.contains("tcp://127.0.0.4:"), "{}", env.text);
+        assert!(
+            config.text.contains("-H=tcp://127.0.0.4:"),
+            "{}",
+            config.text
+        );
+        let server = store.machine_path("raced").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.4".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_env_that_waited_for_a_stop_does_not_start_the_machine_again() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "stopping", "127.0.0.6", None).await;
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "stopping".into()],
+        };
+        // `stop` holds the lock while env finds the address uncovered.
+        let held = store.lock("stopping").unwrap();
+        let env = env_with(&store, &moved, "stopping", &options);
+        tokio::pin!(env);
+        tokio::select! {
+            out = &mut env => panic!("env went past the held lock: {:?}", out.map(|s| s.text)),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        *moved.state_now.lock().unwrap() = Some(VmState::Stopped);
+        drop(held);
+        let err = env.await.unwrap_err();
+        assert!(err.to_string().contains("Host is not running"), "{err}");
+        // Only the boot at the new address: the stopped machine stays stopped.
+        let starts = moved.calls().iter().filter(|c| *c == "start").count();
+        assert_eq!(starts, 1, "{:?}", moved.calls());
+    }
+
+    #[tokio::test]
+    async fn a_failed_stop_leaves_the_old_certificate_for_the_next_env_to_reissue() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "stuck", "127.0.0.5", Some("stop")).await;
+        let options = EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), "stuck".into()],
+        };
+        let err = env_with(&store, &moved, "stuck", &options)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("failed to stop the VM"), "{err}");
+        // The guest still serves the old certificate: the host's must not claim the address,
+        // or no later env would reissue it.
+        let server = store.machine_path("stuck").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.5".parse().unwrap()).unwrap());
+        let saved = store.load("stuck").unwrap();
+        assert!(!saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&"127.0.0.5".to_string()));
+    }
+
+    /// The error `ls` shows for machine `name` run by `driver`.
+    async fn list_entry_with<D: Driver>(store: &Store, driver: &D, name: &str) -> String {
+        let config = store.load(name).unwrap();
+        let entry = ListEntry {
+            name: name.to_string(),
+            active: "-".to_string(),
+            driver_name: String::new(),
+            state: String::new(),
+            url: String::new(),
+            swarm: String::new(),
+            docker_version: "Unknown".to_string(),
+            error: String::new(),
+            response_time: String::new(),
+        };
+        let entry =
+            list_entry_from(store, &config, driver, name, None, entry, Instant::now()).await;
+        assert_eq!(entry.state, "Running");
+        assert_eq!(entry.docker_version, "Unknown", "{entry:?}");
+        entry.error
     }
 
     #[tokio::test]

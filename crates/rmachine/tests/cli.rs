@@ -2082,13 +2082,84 @@ fn commands_on_several_machines_run_at_once() {
     );
 }
 
+/// `ls --timeout`: a plugin that answered but does not exit when its input closes is killed
+/// once the timeout passes, not after the session's own wait for its exit.
+#[test]
+fn ls_does_not_wait_past_its_timeout_for_a_plugin_that_lingers_after_answering() {
+    let env = Env::new();
+    let plugins = env.dir.path().join("plugins");
+    let pid_file = plugins.join("lingers.pid");
+    write_plugin(
+        &plugins,
+        "lingers",
+        &format!(
+            r#"echo $$ > '{}'
+while IFS= read -r line; do
+  id=$(printf '%s' "$line" | sed 's/^{{"id":\([0-9]*\).*/\1/')
+  case "$line" in
+    *'"method":"handshake"'*)
+      echo "{{\"id\":$id,\"result\":{{\"version\":1,\"info\":{{\"name\":\"lingers\",\"capabilities\":{{\"gracefulStop\":false,\"pause\":false,\"consoleLog\":false,\"shares\":false}}}}}}}}" ;;
+    *'"method":"state"'*)
+      echo "{{\"id\":$id,\"result\":\"Stopped\"}}" ;;
+    *)
+      echo "{{\"id\":$id,\"result\":null}}" ;;
+  esac
+done
+exec sleep 30
+"#,
+            pid_file.display()
+        ),
+    );
+    let dir = env.write_machine("slow");
+    let record_path = dir.join("config.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).expect("record")).expect("json");
+    record["DriverName"] = serde_json::json!("lingers");
+    std::fs::write(&record_path, record.to_string()).expect("write record");
+
+    let started = std::time::Instant::now();
+    let run = env.run_with(
+        &["ls", "--timeout", "1", "--format", "{{.Name}} {{.State}}"],
+        with_plugins(&plugins),
+    );
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("slow "), "{}", run.stdout);
+    // The session waits up to 10 s for a plugin to exit on EOF; ls's timeout cuts that short.
+    assert!(took < std::time::Duration::from_secs(5), "ls took {took:?}");
+    let pid = std::fs::read_to_string(&pid_file).expect("the plugin wrote its pid");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    let alive = stat.is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    });
+    assert!(
+        !alive,
+        "the lingering plugin (pid {}) outlived ls",
+        pid.trim()
+    );
+}
+
 /// `ls --timeout`: a machine whose driver does not answer in time is listed as `Timeout`, as
-/// docker-machine lists it, and does not hold up the listing.
+/// docker-machine lists it, and does not hold up the listing; `ls` exits right after printing
+/// and leaves no plugin behind.
 #[test]
 fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     let env = Env::new();
     let plugins = env.dir.path().join("plugins");
-    write_plugin(&plugins, "hung", "exec sleep 30\n");
+    let pid_file = plugins.join("hung.pid");
+    let child_file = plugins.join("child.pid");
+    // A child of its own: only a kill of the plugin's process group ends both. (ls's timeout
+    // of 2 s leaves a loaded host time to start both and write their pids.)
+    write_plugin(
+        &plugins,
+        "hung",
+        &format!(
+            "echo $$ > '{}'\nsleep 30 &\necho $! > '{}'\nwait\n",
+            pid_file.display(),
+            child_file.display()
+        ),
+    );
     env.write_machine("ok");
     let dir = env.write_machine("slow");
     let record_path = dir.join("config.json");
@@ -2102,7 +2173,7 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
         &[
             "ls",
             "--timeout",
-            "1",
+            "2",
             "--format",
             "{{.Name}} {{.DriverName}} {{.State}} {{.ResponseTime}}",
         ],
@@ -2112,15 +2183,23 @@ fn ls_lists_a_machine_that_does_not_answer_in_time_as_timeout() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout.lines().nth(1),
-        Some("slow hung Timeout 1s"),
+        Some("slow hung Timeout 2s"),
         "{}",
         run.stdout
     );
     assert!(run.stdout.starts_with("ok qemu Stopped "), "{}", run.stdout);
-    assert!(
-        took < std::time::Duration::from_secs(10),
-        "ls took {took:?}"
-    );
+    assert!(took < std::time::Duration::from_secs(6), "ls took {took:?}");
+    // The plugin (a process group of its own) was ended and reaped before ls exited, and its
+    // child with it.
+    for (what, file) in [("plugin", &pid_file), ("plugin's child", &child_file)] {
+        let pid = std::fs::read_to_string(file).expect("the plugin wrote the pid");
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        let alive = stat.is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        });
+        assert!(!alive, "the hung {what} (pid {}) outlived ls", pid.trim());
+    }
 }
 
 #[test]

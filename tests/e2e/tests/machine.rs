@@ -1,7 +1,7 @@
 //! The walking skeleton, end to end: create → env → docker → ssh → stop/start → rm.
 #![cfg(rmachine_e2e)]
 
-use rmachine_e2e::Machine;
+use rmachine_e2e::{guest_image, Machine};
 use rmachine_fixtures::{busybox_image, ArchiveFormat};
 use rmachine_tests_engine::registry::{require_registry, Auth, Registry};
 
@@ -175,6 +175,64 @@ fn machine_lifecycle_runs_containers_and_keeps_images() -> anyhow::Result<()> {
         "busybox survives stop/start:\n{}",
         images.stdout
     );
+
+    // upgrade, on the running machine, to another guest image: the same files published under
+    // a new version. The machine boots from the new cache entry and its images are kept.
+    let upgraded_image = machine.store().join("upgrade-image");
+    std::fs::create_dir_all(&upgraded_image)?;
+    let current = guest_image()?;
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(current.join("manifest.json"))?)?;
+    let version = format!(
+        "{}-upgraded",
+        manifest["version"].as_str().unwrap_or_default()
+    );
+    manifest["version"] = serde_json::Value::String(version.clone());
+    std::fs::write(
+        upgraded_image.join("manifest.json"),
+        serde_json::to_vec(&manifest)?,
+    )?;
+    for entry in std::fs::read_dir(&current)? {
+        let entry = entry?;
+        if entry.file_name() != "manifest.json" {
+            std::os::unix::fs::symlink(entry.path(), upgraded_image.join(entry.file_name()))?;
+        }
+    }
+    let began = std::time::Instant::now();
+    let upgrade = machine
+        .rmachine(&[
+            "upgrade",
+            "--no-progress",
+            "--guest-image",
+            &upgraded_image.to_string_lossy(),
+            "e2e",
+        ])?
+        .success()?;
+    eprintln!("upgrade took {:.1}s", began.elapsed().as_secs_f64());
+    assert!(
+        upgrade
+            .stdout
+            .contains(&format!("Machine \"e2e\" runs guest image {version}.")),
+        "{}",
+        upgrade.stdout
+    );
+    let record = std::fs::read_to_string(machine.store().join("machines/e2e/config.json"))?;
+    assert!(
+        record.contains(&format!("{version}-x86_64")),
+        "the machine boots from the new image's cache entry:\n{record}"
+    );
+    let images = machine
+        .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?
+        .success()?;
+    assert!(
+        images.stdout.lines().any(|l| l == "busybox:latest"),
+        "busybox survives upgrade:\n{}",
+        images.stdout
+    );
+    let kept = machine
+        .docker(&["run", "--rm", "busybox", "echo", "kept"])?
+        .success()?;
+    assert_eq!(kept.stdout, "kept\n");
 
     machine.rmachine(&["rm", "-y", "e2e"])?.success()?;
     assert!(

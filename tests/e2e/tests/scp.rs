@@ -1,5 +1,6 @@
 //! `rmachine scp` against real guests (both ways, and machine to machine), `mount`,
-//! `regenerate-certs`, the machine's docker context,
+//! `regenerate-certs`, a certificate reissued by `start` after an address change, two machines
+//! started at once, the machine's docker context,
 //! and `create` leaving its caller's pipes alone once QEMU has daemonized.
 #![cfg(rmachine_e2e)]
 
@@ -77,6 +78,62 @@ fn create_through_a_pipe(machine: &Machine) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Replaces machine `name`'s engine certificate by one the store's CA issued for an address
+/// the machine no longer has (192.168.64.7): not 127.0.0.1, where QEMU's forwards reach it.
+fn cert_for_an_old_address(machine: &Machine, name: &str) -> Result<()> {
+    let certs = machine.store().join("certs");
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca-key.pem"))?)?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(certs.join("ca.pem"))?, ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![
+        "192.168.64.7".to_string(),
+        "localhost".to_string(),
+        name.to_string(),
+    ])?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    let dir = machine.store().join("machines").join(name);
+    std::fs::write(dir.join("server.pem"), cert.pem())?;
+    std::fs::write(dir.join("server-key.pem"), key.serialize_pem())?;
+    Ok(())
+}
+
+/// The IP addresses (as bytes) a PEM certificate's subjectAltName names.
+fn ip_sans(pem: &str) -> Result<Vec<Vec<u8>>> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents)?;
+    Ok(cert
+        .subject_alternative_name()?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::IPAddress(bytes) => Some(bytes.to_vec()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// How long the machine's last boot took by its own timeline: its last host mark (ms since
+/// its boot began).
+fn last_host_mark_ms(machine: &Machine, name: &str) -> Result<u64> {
+    let path = machine
+        .store()
+        .join("machines")
+        .join(name)
+        .join("config.json");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    record["Timeline"]["Host"]
+        .as_array()
+        .and_then(|marks| marks.iter().filter_map(|m| m["Ms"].as_u64()).max())
+        .ok_or_else(|| anyhow::anyhow!("{name} recorded no host marks: {}", record["Timeline"]))
 }
 
 fn ssh_out(machine: &Machine, name: &str, command: &str) -> Result<String> {
@@ -207,6 +264,66 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         ssh_out(&machine, "scp-b", "wc -c < /root/copy/sub/big.bin")?.trim(),
         big.len().to_string()
     );
+
+    // Both machines stopped, then started by one command (a thread each). scp-a's engine
+    // certificate names only an address it had before (a bridged VM's earlier DHCP lease):
+    // start notices that the address it now reports is not named, issues a certificate that
+    // names it and reboots the guest with it, and docker reaches both engines over TLS.
+    machine.rmachine(&["stop", "scp-a", "scp-b"])?.success()?;
+    cert_for_an_old_address(&machine, "scp-a")?;
+    let stale = std::fs::read_to_string(&server_pem)?;
+    let began = Instant::now();
+    let started = machine
+        .rmachine(&["start", "--no-progress", "scp-a", "scp-b"])?
+        .success()?;
+    eprintln!(
+        "start scp-a scp-b (one certificate reissued) took {:.1}s\n{}",
+        began.elapsed().as_secs_f64(),
+        started.stdout
+    );
+    let reissued = std::fs::read_to_string(&server_pem)?;
+    assert_ne!(reissued, stale, "start reissued the certificate");
+    let ips = ip_sans(&reissued)?;
+    assert!(
+        ips.contains(&vec![127, 0, 0, 1]),
+        "the reissued certificate names the address the engine is reached at: {ips:?}"
+    );
+    // One thread each, not one after the other: the command took less than the two boots
+    // added up (each machine's last host mark is its boot's length).
+    let took = began.elapsed();
+    let boots: u64 = ["scp-a", "scp-b"]
+        .iter()
+        .map(|name| last_host_mark_ms(&machine, name))
+        .sum::<Result<u64>>()?;
+    assert!(
+        took < Duration::from_millis(boots),
+        "start scp-a scp-b took {took:?}, the two boots {boots} ms together: they ran one after \
+         the other"
+    );
+    machine
+        .docker(&["version", "--format", "{{.Server.Version}}"])?
+        .success()?;
+    for name in ["scp-a", "scp-b"] {
+        let out = Command::new("docker")
+            .args([
+                "--context",
+                name,
+                "version",
+                "--format",
+                "{{.Server.Version}}",
+            ])
+            .env("DOCKER_CONFIG", machine.docker_config())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "docker --context {name} version after the concurrent start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 
     // A missing remote file is named.
     let missing = machine.rmachine(&["scp", "scp-a:/nope", &back.to_string_lossy()])?;

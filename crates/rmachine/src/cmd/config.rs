@@ -14,6 +14,12 @@ pub struct Args {
 
 pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     let name = super::one_name(store, args.name)?;
-    out(&machine::client_flags(store, &name).await?)?;
+    let setup = machine::client_flags(store, &name).await?;
+    // A restart for a new certificate ended the port agent: start it (and wait for the SFTP
+    // shares) as `start` does, before the flags are used.
+    if setup.restarted {
+        super::start_port_agent_if_running(store, &name).await?;
+    }
+    out(&setup.text)?;
     Ok(0)
 }

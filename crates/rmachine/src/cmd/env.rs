@@ -52,6 +52,12 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
         no_proxy: args.no_proxy,
         argv,
     };
-    out(&machine::env(store, &name, &options).await?)?;
+    let setup = machine::env(store, &name, &options).await?;
+    // A restart for a new certificate ended the port agent: start it (and wait for the SFTP
+    // shares) as `start` does, before the shell uses the machine.
+    if setup.restarted {
+        super::start_port_agent_if_running(store, &name).await?;
+    }
+    out(&setup.text)?;
     Ok(0)
 }

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Links the rmachine CLI for Apple Silicon on this Linux machine, without Apple's SDK, and
+# checks the Mach-O it makes. It links; it does not run the binary (that needs a Mac). Not run
+# by CI: it compiles the host crates for macOS (about 4.5 min on an idle 2-core x86_64 host,
+# over 17 min when seven builds share those 2 cores; CI's clippy step only type-checks them).
+# tests/run.sh runs it when RMACHINE_MACOS_LINK=1.
+#
+# zig ships only libSystem's stubs. Two crates link Apple frameworks: security-framework
+# (through rustls-platform-verifier, which reqwest 0.13's rustls features always enable: the
+# platform verifier is how downloads trust the Mac's certificate store) and core-foundation.
+# So this writes text stubs (.tbd) of CoreFoundation and Security into a scratch "SDK"
+# (SDKROOT, which cargo-zigbuild hands to zig as a framework search path) exporting the
+# symbols listed in tests/macos/CoreFoundation.symbols and Security.symbols (committed: a
+# symbol the code starts to use shows up as a reviewed diff of those files). A symbol the
+# link asks for that no list has is added to the list its name belongs to (CF, __CF:
+# CoreFoundation; Sec, kSec, SSL: Security), and the script fails asking for that diff to be
+# reviewed and committed; a symbol of no known prefix is named and must be added by hand.
+# The binary loads the real frameworks from /System/Library/Frameworks on a Mac.
+#
+# Usage: tests/macos/link.sh [--release]   (zig and cargo-zigbuild as .ci/setup installs them)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
+export PATH="$zig_venv/bin:$PATH"
+target=aarch64-apple-darwin
+profile=debug
+args=()
+if [ "${1:-}" = --release ]; then
+  profile=release
+  args=(--release)
+fi
+
+# A fixed place: build scripts of C code (ring) rerun when SDKROOT changes.
+sdk=$(realpath -m "${RMACHINE_MACOS_STUBS:-target/$target/sdk-stubs}")
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+export SDKROOT="$sdk"
+
+lists=tests/macos
+
+# stub FRAMEWORK: a text stub exporting the symbols of $lists/FRAMEWORK.symbols (one a line).
+stub() {
+  local framework=$1
+  local symbols
+  symbols=$(grep -v '^#' "$lists/$framework.symbols" | grep . | paste -sd, - || true)
+  local dir="$sdk/System/Library/Frameworks/$framework.framework"
+  mkdir -p "$dir"
+  cat >"$dir/$framework.tbd" <<EOF
+--- !tapi-tbd
+tbd-version:     4
+targets:         [ arm64-macos ]
+install-name:    '/System/Library/Frameworks/$framework.framework/Versions/A/$framework'
+exports:
+  - targets:         [ arm64-macos ]
+    symbols:         [ ${symbols:-_rmachine_placeholder} ]
+...
+EOF
+}
+
+link() {
+  cargo-zigbuild build --target "$target" -p rmachine "${args[@]}" >"$log" 2>&1
+}
+
+# add FRAMEWORK SYMBOL...: appends the symbols to the framework's list, kept sorted.
+add() {
+  local file="$lists/$1.symbols"
+  shift
+  [ $# -gt 0 ] || return 0
+  local sorted
+  sorted=$({ grep -v '^#' "$file" | grep . || true; printf '%s\n' "$@"; } | LC_ALL=C sort -u)
+  { grep '^#' "$file" || true; printf '%s\n' "$sorted"; } >"$file.new"
+  mv "$file.new" "$file"
+}
+
+# The stubs are no input cargo tracks: the binary is linked anew each time.
+if ! cargo clean -p rmachine --target "$target" "${args[@]}" >"$log" 2>&1; then
+  echo "macos link: cargo clean -p rmachine --target $target failed:" >&2
+  cat "$log" >&2
+  exit 1
+fi
+stub CoreFoundation
+stub Security
+if ! link; then
+  undefined=$(grep -o 'undefined symbol: _[A-Za-z0-9_]*' "$log" | awk '{print $3}' | sort -u || true)
+  if [ -z "$undefined" ]; then
+    cat "$log" >&2
+    exit 1
+  fi
+  cf=$(grep -E '^_(k?CF|__CF)' <<<"$undefined" || true)
+  sec=$(grep -E '^_(k?Sec|SSL)' <<<"$undefined" || true)
+  other=$(grep -vE '^_(k?CF|__CF|k?Sec|SSL)' <<<"$undefined" || true)
+  if [ -n "$other" ]; then
+    echo "macos link: undefined symbols of no known framework prefix; add each to" >&2
+    echo "$lists/CoreFoundation.symbols or $lists/Security.symbols (where Apple's SDK has it):" >&2
+    echo "$other" >&2
+    exit 1
+  fi
+  # One symbol a word.
+  # shellcheck disable=SC2086
+  add CoreFoundation $cf
+  # shellcheck disable=SC2086
+  add Security $sec
+  echo "macos link: the link needs framework symbols the lists lacked; they were added to" >&2
+  echo "$lists/*.symbols: review and commit that diff, then run this again:" >&2
+  echo "$undefined" >&2
+  exit 1
+fi
+
+# The Mach-O header: a 64-bit arm64 executable that loads the frameworks from the system.
+python3 - "target/$target/$profile/rmachine" <<'EOF'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+magic, cputype, _, filetype, ncmds = struct.unpack_from("<IiiII", data, 0)
+assert magic == 0xFEEDFACF, f"not a 64-bit Mach-O: {magic:#x}"
+assert cputype == 0x0100000C, f"not arm64: {cputype:#x}"
+assert filetype == 2, f"not an executable: filetype {filetype}"
+dylibs, minos, offset = [], None, 32
+for _ in range(ncmds):
+    cmd, size = struct.unpack_from("<II", data, offset)
+    if cmd in (0xC, 0x80000018):  # LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB
+        name = struct.unpack_from("<I", data, offset + 8)[0]
+        dylibs.append(data[offset + name:offset + size].split(b"\0")[0].decode())
+    elif cmd == 0x32:  # LC_BUILD_VERSION
+        version = struct.unpack_from("<I", data, offset + 12)[0]
+        minos = f"{version >> 16}.{(version >> 8) & 255}"
+    offset += size
+for wanted in ("/usr/lib/libSystem.B.dylib",
+               "/System/Library/Frameworks/Security.framework/Versions/A/Security"):
+    assert wanted in dylibs, f"{wanted} not loaded: {dylibs}"
+print(f"{sys.argv[1]}: Mach-O arm64 executable, macOS {minos} or later, loads:")
+for name in dylibs:
+    print(f"  {name}")
+EOF
