@@ -976,11 +976,19 @@ echo '{"id":1,"result":{"version":1,"info":{"name":"slow","capabilities":{"grace
         let pids = std::fs::read_to_string(&pids).expect("pids");
         for pid in pids.split_whitespace() {
             let pid = nix::unistd::Pid::from_raw(pid.parse().expect("pid"));
-            // Gone, not even a zombie: the plugin was reaped, its child (reparented) killed.
-            let alive = nix::sys::signal::kill(pid, None).is_ok()
-                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|stat| !stat.contains(") Z "));
-            assert!(!alive, "process {pid} outlived the abandoned request");
+            // Gone, not even a zombie: the plugin was reaped, its child (reparented) killed. A
+            // SIGKILLed process still needs the scheduler to die, which takes a moment on a
+            // loaded machine: a few seconds' grace, far below the child's 60 s sleep.
+            let alive = || {
+                nix::sys::signal::kill(pid, None).is_ok()
+                    && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .is_ok_and(|stat| !stat.contains(") Z "))
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(!alive(), "process {pid} outlived the abandoned request");
         }
     }
 
