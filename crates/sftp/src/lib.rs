@@ -277,3 +277,106 @@ impl<D> Handles<D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(status: &StatusReply) -> &str {
+        status.error_message.as_deref().unwrap_or_default()
+    }
+
+    #[test]
+    fn errno_status_names_the_errno_and_io_status_does_not() {
+        let err = std::io::Error::from(std::io::ErrorKind::DirectoryNotEmpty);
+        let named = errno_status(&err);
+        assert_eq!(named.status_code, StatusCode::Failure);
+        assert!(
+            message(&named).starts_with("ENOTEMPTY: "),
+            "{}",
+            message(&named)
+        );
+        let plain = io_status(&err);
+        assert_eq!(message(&plain), err.to_string());
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(errno_status(&missing).status_code, StatusCode::NoSuchFile);
+        assert_eq!(io_status(&missing).status_code, StatusCode::NoSuchFile);
+    }
+
+    #[test]
+    fn positional_writes_and_reads_leave_the_rest_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").expect("write");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        write_all_at(&file, b"ab", 4).expect("write_at");
+        let mut buf = [0u8; 4];
+        let n = read_at(&file, &mut buf, 3).expect("read_at");
+        assert_eq!(&buf[..n], b"3ab6");
+        assert_eq!(std::fs::read(&path).expect("read"), b"0123ab6789");
+    }
+
+    #[test]
+    fn apply_sets_size_and_times_and_attributes_read_them_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").expect("write");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let attrs = FileAttributes {
+            size: Some(3),
+            permissions: Some(0o4600),
+            atime: Some(2_000_000),
+            mtime: Some(1_000_000),
+            ..FileAttributes::empty()
+        };
+        apply(&file, &attrs, 0o1777).expect("apply");
+        let back = std_attributes(std::fs::metadata(&path).expect("stat"));
+        assert_eq!(back.size, Some(3));
+        assert_eq!(back.mtime, Some(1_000_000));
+        assert_eq!(back.atime, Some(2_000_000));
+        #[cfg(unix)]
+        // Regular file type bits, and no setuid: the mask took it off.
+        assert_eq!(back.permissions, Some(0o100_600));
+    }
+
+    #[test]
+    fn handles_tell_files_from_directories_and_forget_closed_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = Arc::new(StdFile::create(dir.path().join("f")).expect("create"));
+        let mut handles: Handles<Vec<u8>> = Handles::default();
+        let f = handles.add(Open::File(file));
+        let d = handles.add(Open::Dir(vec![1, 2]));
+        assert_ne!(f, d);
+        assert_eq!(handles.len(), 2);
+        assert!(handles.file(&f).is_ok());
+        assert_eq!(handles.dir(&d).expect("dir").len(), 2);
+        let wrong = handles.file(&d).expect_err("a directory");
+        assert_eq!(message(&wrong), "handle is a directory");
+        let wrong = handles.dir(&f).expect_err("a file");
+        assert_eq!(message(&wrong), "handle is a file");
+        handles.close(&f).expect("close");
+        let gone = handles.file(&f).expect_err("closed");
+        assert_eq!(message(&gone), format!("no handle {f}"));
+        assert!(handles.close(&f).is_err());
+        assert_eq!(handles.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn blocking_answers_a_failure_with_the_given_status() {
+        let err = blocking(errno_status, || -> std::io::Result<()> {
+            Err(std::io::ErrorKind::AlreadyExists.into())
+        })
+        .await
+        .expect_err("fails");
+        assert!(message(&err).starts_with("EEXIST: "), "{}", message(&err));
+        let value = blocking(io_status, || Ok(7)).await.expect("works");
+        assert_eq!(value, 7);
+    }
+}
