@@ -26,7 +26,7 @@ use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 use rmachine_driver::Share;
 use rmachine_sftp::{
-    attributes, errno_status, ok, read_at, write_all_at, Handles, Open, ENTRIES_PER_READDIR,
+    attributes, errno_status, ok, write_all_at, Handles, Open, ENTRIES_PER_READDIR,
 };
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
@@ -321,17 +321,7 @@ impl russh_sftp::server::Handler for ShareServer {
         len: u32,
     ) -> Result<Data, Self::Error> {
         let file = self.handles.file(&handle)?;
-        let data = blocking(move || {
-            let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-            let n = read_at(&file, &mut buf, offset)?;
-            buf.truncate(n);
-            Ok(buf)
-        })
-        .await?;
-        if data.is_empty() {
-            return Err(StatusCode::Eof.into());
-        }
-        Ok(Data { id, data })
+        rmachine_sftp::read_data(errno_status, file, id, offset, len, MAX_READ).await
     }
 
     async fn write(

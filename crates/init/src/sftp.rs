@@ -11,9 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use rmachine_sftp::{
-    ok, read_at, std_attributes, write_all_at, Handles, Open, ENTRIES_PER_READDIR,
-};
+use rmachine_sftp::{ok, std_attributes, write_all_at, Handles, Open, ENTRIES_PER_READDIR};
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
 };
@@ -126,17 +124,7 @@ impl russh_sftp::server::Handler for Sftp {
         len: u32,
     ) -> Result<Data, Self::Error> {
         let file = self.handles.file(&handle)?;
-        let data = blocking(move || {
-            let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-            let n = read_at(&file, &mut buf, offset)?;
-            buf.truncate(n);
-            Ok(buf)
-        })
-        .await?;
-        if data.is_empty() {
-            return Err(StatusCode::Eof.into());
-        }
-        Ok(Data { id, data })
+        rmachine_sftp::read_data(rmachine_sftp::io_status, file, id, offset, len, MAX_READ).await
     }
 
     async fn write(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cap_std::fs::Metadata;
-use russh_sftp::protocol::{FileAttributes, Status, StatusCode};
+use russh_sftp::protocol::{Data, FileAttributes, Status, StatusCode};
 use russh_sftp::server::StatusReply;
 
 /// Directory entries sent per `READDIR` answer, to stay well under the packet size limit.
@@ -202,6 +202,29 @@ pub fn write_all_at(file: &StdFile, mut data: &[u8], mut offset: u64) -> std::io
         }
     }
     Ok(())
+}
+
+/// The answer to READ `id` of `len` bytes (at most `max_read`) at `offset` in `file`: the
+/// bytes there, or EOF past the file's end.
+pub async fn read_data(
+    status: fn(&std::io::Error) -> StatusReply,
+    file: Arc<StdFile>,
+    id: u32,
+    offset: u64,
+    len: u32,
+    max_read: u32,
+) -> Result<Data, StatusReply> {
+    let data = blocking(status, move || {
+        let mut buf = vec![0u8; len.min(max_read) as usize];
+        let n = read_at(&file, &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    })
+    .await?;
+    if data.is_empty() {
+        return Err(StatusCode::Eof.into());
+    }
+    Ok(Data { id, data })
 }
 
 /// What a handle stands for: an open file, or a directory being listed (`D`, which each
