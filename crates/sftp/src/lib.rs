@@ -305,6 +305,19 @@ impl<D> Handles<D> {
 mod tests {
     use super::*;
 
+    /// A file holding `0123456789` in a new temporary folder, opened for reading and writing.
+    fn ten_digits() -> (tempfile::TempDir, std::path::PathBuf, StdFile) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").expect("write");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        (dir, path, file)
+    }
+
     fn message(status: &StatusReply) -> &str {
         status.error_message.as_deref().unwrap_or_default()
     }
@@ -328,14 +341,7 @@ mod tests {
 
     #[test]
     fn positional_writes_and_reads_leave_the_rest_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"0123456789").expect("write");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open");
+        let (_dir, path, file) = ten_digits();
         write_all_at(&file, b"ab", 4).expect("write_at");
         let mut buf = [0u8; 4];
         let n = read_at(&file, &mut buf, 3).expect("read_at");
@@ -345,13 +351,7 @@ mod tests {
 
     #[test]
     fn apply_sets_size_and_times_and_attributes_read_them_back() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, b"0123456789").expect("write");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
+        let (_dir, path, file) = ten_digits();
         let attrs = FileAttributes {
             size: Some(3),
             permissions: Some(0o4600),
