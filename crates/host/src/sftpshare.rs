@@ -17,7 +17,7 @@
 //! something, whatever the guest's mount flags say.
 
 use std::collections::HashMap;
-use std::fs::{File as StdFile, FileTimes};
+use std::fs::File as StdFile;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -25,6 +25,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 use rmachine_driver::Share;
+use rmachine_sftp::{
+    attributes, errno_status, ok, write_all_at, Handles, Open, ENTRIES_PER_READDIR,
+};
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
 };
@@ -34,9 +37,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::ssh::SshSession;
-
-/// Directory entries sent per `READDIR` answer, to stay well under the packet size limit.
-const ENTRIES_PER_READDIR: usize = 128;
 
 /// The largest read answered at once: a full DATA reply must fit the guest client's 256 KiB
 /// packet limit with room for the header.
@@ -60,8 +60,7 @@ where
     let server = ShareServer {
         root,
         read_only,
-        handles: HashMap::new(),
-        next_handle: 0,
+        handles: Handles::default(),
     };
     russh_sftp::server::run(stream, server).await;
 }
@@ -69,100 +68,19 @@ where
 /// Handles one share may hold open at once, so a guest cannot exhaust the host's descriptors.
 const MAX_HANDLES: usize = 1024;
 
-enum Open {
-    File(Arc<StdFile>),
-    /// Read lazily, a READDIR's worth at a time: a huge directory is never held in memory.
-    Dir(Arc<std::sync::Mutex<cap_std::fs::ReadDir>>),
-}
+/// A directory listing, read lazily, a READDIR's worth at a time: a huge directory is never
+/// held in memory.
+type Listing = Arc<std::sync::Mutex<cap_std::fs::ReadDir>>;
 
 /// One share's SFTP session: its folder, its mode and its open handles.
 struct ShareServer {
     root: Arc<Dir>,
     read_only: bool,
-    handles: HashMap<String, Open>,
-    next_handle: u64,
-}
-
-fn ok(id: u32) -> Status {
-    Status {
-        id,
-        status_code: StatusCode::Ok,
-        error_message: "Ok".to_owned(),
-        language_tag: "en-US".to_owned(),
-    }
-}
-
-/// The Linux errno name for what went wrong, which the guest's filesystem returns: SFTP v3's
-/// few status codes would turn "directory not empty" or "file exists" into `EIO`.
-fn errno_name(kind: std::io::ErrorKind) -> Option<&'static str> {
-    use std::io::ErrorKind as K;
-    Some(match kind {
-        K::NotFound => "ENOENT",
-        K::PermissionDenied => "EACCES",
-        K::AlreadyExists => "EEXIST",
-        K::DirectoryNotEmpty => "ENOTEMPTY",
-        K::NotADirectory => "ENOTDIR",
-        K::IsADirectory => "EISDIR",
-        K::InvalidInput => "EINVAL",
-        K::StorageFull => "ENOSPC",
-        K::ReadOnlyFilesystem => "EROFS",
-        K::CrossesDevices => "EXDEV",
-        K::FileTooLarge => "EFBIG",
-        K::InvalidFilename => "ENAMETOOLONG",
-        K::ResourceBusy => "EBUSY",
-        _ => return None,
-    })
-}
-
-/// The SFTP status for a failed file operation: the errno's name, then the system's message.
-fn io_status(err: &std::io::Error) -> StatusReply {
-    let code = match err.kind() {
-        std::io::ErrorKind::NotFound => StatusCode::NoSuchFile,
-        std::io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
-        _ => StatusCode::Failure,
-    };
-    match errno_name(err.kind()) {
-        Some(name) => code.with_message(format!("{name}: {err}")),
-        None => code.with_message(err.to_string()),
-    }
+    handles: Handles<Listing>,
 }
 
 fn read_only_refusal() -> StatusReply {
     StatusCode::PermissionDenied.with_message("EROFS: the share is read-only")
-}
-
-fn attributes(meta: &Metadata) -> FileAttributes {
-    let secs = |time: std::io::Result<cap_std::time::SystemTime>| {
-        time.ok()
-            .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
-            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
-    };
-    let mut attrs = FileAttributes::empty();
-    attrs.size = Some(meta.len());
-    attrs.atime = secs(meta.accessed());
-    attrs.mtime = secs(meta.modified());
-    #[cfg(unix)]
-    {
-        use cap_std::fs::MetadataExt;
-        // The mode's type bits tell symlinks, FIFOs and devices apart for the guest.
-        attrs.permissions = Some(meta.mode());
-        attrs.uid = Some(meta.uid());
-        attrs.gid = Some(meta.gid());
-    }
-    #[cfg(not(unix))]
-    {
-        let kind = meta.file_type();
-        attrs.permissions = Some(if kind.is_symlink() {
-            0o120_777
-        } else if kind.is_dir() {
-            0o040_755
-        } else if meta.permissions().readonly() {
-            0o100_444
-        } else {
-            0o100_644
-        });
-    }
-    attrs
 }
 
 /// Whether `meta` is something the share serves content of: reading a FIFO or a device node
@@ -257,48 +175,6 @@ fn apply_path(root: &Dir, path: &Path, attrs: &FileAttributes) -> std::io::Resul
     Ok(())
 }
 
-fn times(attrs: &FileAttributes) -> Option<FileTimes> {
-    let at = |secs: u32| UNIX_EPOCH + Duration::from_secs(secs.into());
-    match (attrs.atime, attrs.mtime) {
-        (None, None) => None,
-        (atime, mtime) => {
-            let mut times = FileTimes::new();
-            if let Some(atime) = atime {
-                times = times.set_accessed(at(atime));
-            }
-            if let Some(mtime) = mtime {
-                times = times.set_modified(at(mtime));
-            }
-            Some(times)
-        }
-    }
-}
-
-/// Applies what SETSTAT/FSETSTAT may change (size, mode, times). Owners are left alone: the
-/// files belong to the user who runs the agent, and the guest's ids mean nothing here.
-fn apply(file: &StdFile, attrs: &FileAttributes) -> std::io::Result<()> {
-    if let Some(size) = attrs.size {
-        file.set_len(size)?;
-    }
-    if let Some(mode) = attrs.permissions {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(mode & MODE_MASK))?;
-        }
-        #[cfg(not(unix))]
-        {
-            let mut permissions = file.metadata()?.permissions();
-            permissions.set_readonly(mode & 0o222 == 0);
-            file.set_permissions(permissions)?;
-        }
-    }
-    if let Some(times) = times(attrs) {
-        file.set_times(times)?;
-    }
-    Ok(())
-}
-
 /// Whether `name` can be one component of a path in the share on a host whose file names are
 /// Windows' (`windows`) or Unix's: on Windows `C:`, `D:foo` or `a\b` would name a drive or a
 /// subfolder, and `CON`, `NUL`... a device.
@@ -350,32 +226,6 @@ fn inside(path: &str) -> Result<PathBuf, StatusReply> {
     Ok(out)
 }
 
-fn read_at(file: &StdFile, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::FileExt::read_at(file, buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        std::os::windows::fs::FileExt::seek_read(file, buf, offset)
-    }
-}
-
-fn write_all_at(file: &StdFile, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
-    while !data.is_empty() {
-        #[cfg(unix)]
-        let n = std::os::unix::fs::FileExt::write_at(file, data, offset)?;
-        #[cfg(windows)]
-        let n = std::os::windows::fs::FileExt::seek_write(file, data, offset)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
-
 impl ShareServer {
     /// `path` relative to the share's top, and the share's handle to resolve it with.
     fn path(&self, path: &str) -> Result<(Arc<Dir>, PathBuf), StatusReply> {
@@ -405,32 +255,15 @@ impl ShareServer {
             Ok(())
         }
     }
-
-    fn add(&mut self, open: Open) -> String {
-        self.next_handle += 1;
-        let handle = self.next_handle.to_string();
-        self.handles.insert(handle.clone(), open);
-        handle
-    }
-
-    fn file(&self, handle: &str) -> Result<Arc<StdFile>, StatusReply> {
-        match self.handles.get(handle) {
-            Some(Open::File(file)) => Ok(file.clone()),
-            Some(Open::Dir(_)) => Err(StatusCode::Failure.with_message("handle is a directory")),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
-        }
-    }
 }
 
+/// File work on the blocking pool; a failure is answered with the errno's name first.
 async fn blocking<T, F>(work: F) -> Result<T, StatusReply>
 where
     T: Send + 'static,
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|e| io_status(&e)),
-        Err(join) => Err(StatusCode::Failure.with_message(join.to_string())),
-    }
+    rmachine_sftp::blocking(errno_status, work).await
 }
 
 impl russh_sftp::server::Handler for ShareServer {
@@ -471,15 +304,13 @@ impl russh_sftp::server::Handler for ShareServer {
         #[cfg(not(unix))]
         let _ = attrs;
         let file = blocking(move || open_servable(&root, &path, &mut options)).await?;
-        let handle = self.add(Open::File(Arc::new(file)));
+        let handle = self.handles.add(Open::File(Arc::new(file)));
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
-        match self.handles.remove(&handle) {
-            Some(_) => Ok(ok(id)),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
-        }
+        self.handles.close(&handle)?;
+        Ok(ok(id))
     }
 
     async fn read(
@@ -489,18 +320,8 @@ impl russh_sftp::server::Handler for ShareServer {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let file = self.file(&handle)?;
-        let data = blocking(move || {
-            let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-            let n = read_at(&file, &mut buf, offset)?;
-            buf.truncate(n);
-            Ok(buf)
-        })
-        .await?;
-        if data.is_empty() {
-            return Err(StatusCode::Eof.into());
-        }
-        Ok(Data { id, data })
+        let file = self.handles.file(&handle)?;
+        rmachine_sftp::read_data(errno_status, file, id, offset, len, MAX_READ).await
     }
 
     async fn write(
@@ -511,7 +332,7 @@ impl russh_sftp::server::Handler for ShareServer {
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
         self.writable()?;
-        let file = self.file(&handle)?;
+        let file = self.handles.file(&handle)?;
         blocking(move || write_all_at(&file, &data, offset)).await?;
         Ok(ok(id))
     }
@@ -535,7 +356,7 @@ impl russh_sftp::server::Handler for ShareServer {
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
-        let file = self.file(&handle)?;
+        let file = self.handles.file(&handle)?;
         let meta = blocking(move || Metadata::from_file(&file)).await?;
         Ok(Attrs {
             id,
@@ -562,8 +383,8 @@ impl russh_sftp::server::Handler for ShareServer {
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         self.writable()?;
-        let file = self.file(&handle)?;
-        blocking(move || apply(&file, &attrs)).await?;
+        let file = self.handles.file(&handle)?;
+        blocking(move || rmachine_sftp::apply(&file, &attrs, MODE_MASK)).await?;
         Ok(ok(id))
     }
 
@@ -571,20 +392,14 @@ impl russh_sftp::server::Handler for ShareServer {
         self.room()?;
         let (root, path) = self.path(&path)?;
         let entries = blocking(move || root.read_dir(&path)).await?;
-        let handle = self.add(Open::Dir(Arc::new(std::sync::Mutex::new(entries))));
+        let handle = self
+            .handles
+            .add(Open::Dir(Arc::new(std::sync::Mutex::new(entries))));
         Ok(Handle { id, handle })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        let entries = match self.handles.get(&handle) {
-            Some(Open::Dir(entries)) => entries.clone(),
-            Some(Open::File(_)) => {
-                return Err(StatusCode::Failure.with_message("handle is a file"));
-            }
-            None => {
-                return Err(StatusCode::Failure.with_message(format!("no handle {handle}")));
-            }
-        };
+        let entries = self.handles.dir(&handle)?.clone();
         let files = blocking(move || {
             let mut entries = entries
                 .lock()

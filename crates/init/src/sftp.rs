@@ -6,20 +6,17 @@
 //! a blocking thread), so requests the client pipelines need no seek state.
 
 use std::collections::HashMap;
-use std::fs::{File as StdFile, FileTimes, Metadata};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File as StdFile;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
+use rmachine_sftp::{ok, std_attributes, write_all_at, Handles, Open, ENTRIES_PER_READDIR};
 use russh_sftp::protocol::{
     Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-/// Directory entries sent per `READDIR` answer, to stay well under the packet size limit.
-const ENTRIES_PER_READDIR: usize = 128;
 
 /// The largest read answered at once (OpenSSH asks for 32 KiB at most).
 const MAX_READ: u32 = 256 * 1024;
@@ -33,84 +30,20 @@ where
     russh_sftp::server::run(stream, Sftp::new(home)).await;
 }
 
-enum Open {
-    File(Arc<StdFile>),
-    Dir(Vec<File>),
-}
-
 /// One SFTP session's state: its open handles.
 struct Sftp {
     home: PathBuf,
-    handles: HashMap<String, Open>,
-    next_handle: u64,
+    handles: Handles<Vec<File>>,
 }
 
-fn ok(id: u32) -> Status {
-    Status {
-        id,
-        status_code: StatusCode::Ok,
-        error_message: "Ok".to_owned(),
-        language_tag: "en-US".to_owned(),
-    }
-}
-
-/// The SFTP status for a failed file operation, with the system's message.
-fn io_status(err: &std::io::Error) -> StatusReply {
-    let code = match err.kind() {
-        std::io::ErrorKind::NotFound => StatusCode::NoSuchFile,
-        std::io::ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
-        _ => StatusCode::Failure,
-    };
-    code.with_message(err.to_string())
-}
-
-fn attributes(meta: &Metadata) -> FileAttributes {
-    use std::os::unix::fs::MetadataExt;
-    let mut attrs = FileAttributes::from(meta);
-    // `From<&Metadata>` marks everything that is not a directory as a regular file; the mode's
-    // type bits tell symlinks and devices apart, which is what clients read.
-    attrs.permissions = Some(meta.mode());
-    attrs
-}
-
-fn times(attrs: &FileAttributes) -> Option<FileTimes> {
-    let at = |secs: u32| UNIX_EPOCH + Duration::from_secs(secs.into());
-    match (attrs.atime, attrs.mtime) {
-        (None, None) => None,
-        (atime, mtime) => {
-            let mut times = FileTimes::new();
-            if let Some(atime) = atime {
-                times = times.set_accessed(at(atime));
-            }
-            if let Some(mtime) = mtime {
-                times = times.set_modified(at(mtime));
-            }
-            Some(times)
-        }
-    }
-}
-
-/// Applies what SETSTAT/FSETSTAT may change (size, mode, times) to an open file. Owners are
-/// left alone: the session is root and clients send the ids of the host's user.
-fn apply(file: &StdFile, attrs: &FileAttributes) -> std::io::Result<()> {
-    if let Some(size) = attrs.size {
-        file.set_len(size)?;
-    }
-    if let Some(mode) = attrs.permissions {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    if let Some(times) = times(attrs) {
-        file.set_times(times)?;
-    }
-    Ok(())
-}
+/// The mode bits a client may set (the session is root).
+const MODE_MASK: u32 = 0o7777;
 
 impl Sftp {
     fn new(home: PathBuf) -> Self {
         Self {
             home,
-            handles: HashMap::new(),
-            next_handle: 0,
+            handles: Handles::default(),
         }
     }
 
@@ -119,21 +52,6 @@ impl Sftp {
             self.home.clone()
         } else {
             self.home.join(path)
-        }
-    }
-
-    fn add(&mut self, open: Open) -> String {
-        self.next_handle += 1;
-        let handle = self.next_handle.to_string();
-        self.handles.insert(handle.clone(), open);
-        handle
-    }
-
-    fn file(&self, handle: &str) -> Result<Arc<StdFile>, StatusReply> {
-        match self.handles.get(handle) {
-            Some(Open::File(file)) => Ok(file.clone()),
-            Some(Open::Dir(_)) => Err(StatusCode::Failure.with_message("handle is a directory")),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
         }
     }
 }
@@ -154,15 +72,13 @@ fn lexical(path: &Path) -> PathBuf {
     out
 }
 
+/// File work on the blocking pool; a failure is answered with the system's message.
 async fn blocking<T, F>(work: F) -> Result<T, StatusReply>
 where
     T: Send + 'static,
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|e| io_status(&e)),
-        Err(join) => Err(StatusCode::Failure.with_message(join.to_string())),
-    }
+    rmachine_sftp::blocking(rmachine_sftp::io_status, work).await
 }
 
 impl russh_sftp::server::Handler for Sftp {
@@ -189,17 +105,15 @@ impl russh_sftp::server::Handler for Sftp {
     ) -> Result<Handle, Self::Error> {
         let path = self.path(&filename);
         let mut options = std::fs::OpenOptions::from(pflags);
-        options.mode(attrs.permissions.map_or(0o644, |mode| mode & 0o7777));
+        options.mode(attrs.permissions.map_or(0o644, |mode| mode & MODE_MASK));
         let file = blocking(move || options.open(path)).await?;
-        let handle = self.add(Open::File(Arc::new(file)));
+        let handle = self.handles.add(Open::File(Arc::new(file)));
         Ok(Handle { id, handle })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
-        match self.handles.remove(&handle) {
-            Some(_) => Ok(ok(id)),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
-        }
+        self.handles.close(&handle)?;
+        Ok(ok(id))
     }
 
     async fn read(
@@ -209,18 +123,8 @@ impl russh_sftp::server::Handler for Sftp {
         offset: u64,
         len: u32,
     ) -> Result<Data, Self::Error> {
-        let file = self.file(&handle)?;
-        let data = blocking(move || {
-            let mut buf = vec![0u8; len.min(MAX_READ) as usize];
-            let n = file.read_at(&mut buf, offset)?;
-            buf.truncate(n);
-            Ok(buf)
-        })
-        .await?;
-        if data.is_empty() {
-            return Err(StatusCode::Eof.into());
-        }
-        Ok(Data { id, data })
+        let file = self.handles.file(&handle)?;
+        rmachine_sftp::read_data(rmachine_sftp::io_status, file, id, offset, len, MAX_READ).await
     }
 
     async fn write(
@@ -230,8 +134,8 @@ impl russh_sftp::server::Handler for Sftp {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<Status, Self::Error> {
-        let file = self.file(&handle)?;
-        blocking(move || file.write_all_at(&data, offset)).await?;
+        let file = self.handles.file(&handle)?;
+        blocking(move || write_all_at(&file, &data, offset)).await?;
         Ok(ok(id))
     }
 
@@ -240,7 +144,7 @@ impl russh_sftp::server::Handler for Sftp {
         let meta = blocking(move || std::fs::symlink_metadata(path)).await?;
         Ok(Attrs {
             id,
-            attrs: attributes(&meta),
+            attrs: std_attributes(meta),
         })
     }
 
@@ -249,16 +153,16 @@ impl russh_sftp::server::Handler for Sftp {
         let meta = blocking(move || std::fs::metadata(path)).await?;
         Ok(Attrs {
             id,
-            attrs: attributes(&meta),
+            attrs: std_attributes(meta),
         })
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
-        let file = self.file(&handle)?;
+        let file = self.handles.file(&handle)?;
         let meta = blocking(move || file.metadata()).await?;
         Ok(Attrs {
             id,
-            attrs: attributes(&meta),
+            attrs: std_attributes(meta),
         })
     }
 
@@ -276,7 +180,7 @@ impl russh_sftp::server::Handler for Sftp {
             } else {
                 StdFile::open(&path)?
             };
-            apply(&file, &attrs)
+            rmachine_sftp::apply(&file, &attrs, MODE_MASK)
         })
         .await?;
         Ok(ok(id))
@@ -288,8 +192,8 @@ impl russh_sftp::server::Handler for Sftp {
         handle: String,
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
-        let file = self.file(&handle)?;
-        blocking(move || apply(&file, &attrs)).await?;
+        let file = self.handles.file(&handle)?;
+        blocking(move || rmachine_sftp::apply(&file, &attrs, MODE_MASK)).await?;
         Ok(ok(id))
     }
 
@@ -304,26 +208,23 @@ impl russh_sftp::server::Handler for Sftp {
                     continue;
                 };
                 let name = entry.file_name().to_string_lossy().into_owned();
-                entries.push(File::new(name, attributes(&meta)));
+                entries.push(File::new(name, std_attributes(meta)));
             }
             Ok(entries)
         })
         .await?;
-        let handle = self.add(Open::Dir(entries));
+        let handle = self.handles.add(Open::Dir(entries));
         Ok(Handle { id, handle })
     }
 
     async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
-        match self.handles.get_mut(&handle) {
-            Some(Open::Dir(entries)) if entries.is_empty() => Err(StatusCode::Eof.into()),
-            Some(Open::Dir(entries)) => {
-                let take = entries.len().min(ENTRIES_PER_READDIR);
-                let files = entries.drain(..take).collect();
-                Ok(Name { id, files })
-            }
-            Some(Open::File(_)) => Err(StatusCode::Failure.with_message("handle is a file")),
-            None => Err(StatusCode::Failure.with_message(format!("no handle {handle}"))),
+        let entries = self.handles.dir(&handle)?;
+        if entries.is_empty() {
+            return Err(StatusCode::Eof.into());
         }
+        let take = entries.len().min(ENTRIES_PER_READDIR);
+        let files = entries.drain(..take).collect();
+        Ok(Name { id, files })
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
@@ -339,7 +240,7 @@ impl russh_sftp::server::Handler for Sftp {
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         let path = self.path(&path);
-        let mode = attrs.permissions.map_or(0o755, |mode| mode & 0o7777);
+        let mode = attrs.permissions.map_or(0o755, |mode| mode & MODE_MASK);
         blocking(move || std::fs::DirBuilder::new().mode(mode).create(path)).await?;
         Ok(ok(id))
     }
