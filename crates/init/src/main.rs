@@ -43,7 +43,7 @@ fn boot(args: &[String]) -> ! {
     match mounts::on_rootfs() {
         Ok(true) => {
             // Only returns on failure: go on from rootfs (containers will not start).
-            let err = mounts::switch_to_tmpfs(args);
+            let err = mounts::switch_root(args);
             eprintln!("rmachine-init: {}", rmachine_init::error_chain(&err));
         }
         Ok(false) => {}

@@ -97,14 +97,18 @@ pub fn cpu_model(accel: Accel, guest: HostArch) -> Option<&'static str> {
 /// TCG. Without a hypervisor the kernel cannot ask for the TSC frequency and calibrates it
 /// against timers that TCG emulates slowly (on `microvm`, without a PIT, boot stalls); the
 /// emulated TSC runs at the host's rate, so the host's figure (`tsc_khz`, known on x86 hosts
-/// only) is the right one.
+/// only) is the right one. With it comes `tsc=reliable`: the kernel's clocksource watchdog
+/// otherwise compares the TSC with jiffies, which fall behind whenever the host deschedules the
+/// vCPU thread, declares the (correct) TSC unstable and keeps time with jiffies from then on:
+/// the guest's clock lags real time and every timer runs late (measured: about a second of the
+/// boot under load, docs/boot-timings.md).
 pub fn kernel_cmdline(base: &str, guest: HostArch, accel: Accel, tsc_khz: Option<u64>) -> String {
     let mut cmdline = base.trim().to_owned();
     if let (Accel::Tcg, HostArch::X86_64, Some(khz)) = (accel, guest, tsc_khz) {
         if !cmdline.is_empty() {
             cmdline.push(' ');
         }
-        cmdline.push_str(&format!("tsc_early_khz={khz}"));
+        cmdline.push_str(&format!("tsc_early_khz={khz} tsc=reliable"));
     }
     cmdline
 }
@@ -469,7 +473,7 @@ mod tests {
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nq35\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
              -nodefaults\n-no-user-config\n-display\nnone\n\
              -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
-             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
+             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432 tsc=reliable\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-pci,drive=data\n\
              -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
@@ -507,7 +511,7 @@ mod tests {
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nmicrovm,acpi=on\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
              -nodefaults\n-no-user-config\n-display\nnone\n\
              -kernel\n/img/derived/vmlinux\n-initrd\n/img/derived/initrd.cpio\n\
-             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
+             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432 tsc=reliable\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-device,drive=data\n\
              -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
@@ -735,7 +739,7 @@ mod tests {
         );
         assert_eq!(
             kernel_cmdline("", HostArch::X86_64, Accel::Tcg, Some(1000)),
-            "tsc_early_khz=1000"
+            "tsc_early_khz=1000 tsc=reliable"
         );
         assert_eq!(kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None), "a");
     }
