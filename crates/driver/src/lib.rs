@@ -259,6 +259,11 @@ pub struct Capabilities {
     /// [`Driver::ssh_login`] says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub existing_host: bool,
+    /// The driver boots the fast-boot forms of the guest image ([`BootImage::kernel_elf`],
+    /// [`BootImage::initrd_uncompressed`]), so the host derives them at `create`/`upgrade`;
+    /// without it the host spends no time deriving files the VM never loads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_boot_files: bool,
 }
 
 /// Who SSH logs in as on a machine whose login the user chose (an existing host).

@@ -643,7 +643,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = cached.boot_files().await;
+        spec.boot = boot_files(driver, &cached).await;
     }
 
     let certs_dir = store.certs_dir();
@@ -687,6 +687,16 @@ pub async fn create_with<D: Driver>(
             }
             Err(error)
         }
+    }
+}
+
+/// The files `driver` boots from a cached image: the fast-boot forms are derived (once per
+/// image) only for a driver that loads them; deriving costs a first `create` about a second.
+async fn boot_files<D: Driver>(driver: &D, cached: &image::GuestImage) -> BootImage {
+    if driver.info().capabilities.fast_boot_files {
+        cached.boot_files().await
+    } else {
+        cached.boot_image()
     }
 }
 
@@ -1673,7 +1683,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = cached.boot_files().await;
+    config.vm.boot = boot_files(driver, &cached).await;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;
@@ -2239,6 +2249,8 @@ mod tests {
         console: Option<String>,
         /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
         engine_ip: Option<std::net::IpAddr>,
+        /// Its [`Capabilities::fast_boot_files`].
+        fast_boot_files: bool,
     }
 
     impl FakeDriver {
@@ -2274,6 +2286,7 @@ mod tests {
                 name: "fake".into(),
                 capabilities: Capabilities {
                     console_log: self.console.is_some(),
+                    fast_boot_files: self.fast_boot_files,
                     ..Default::default()
                 },
             }
@@ -2493,6 +2506,31 @@ mod tests {
             lines.last().map(String::as_str),
             Some("Docker is up and running!")
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_driver_that_boots_them_gets_the_fast_boot_files_derived() {
+        for fast in [false, true] {
+            let (tmp, store, mut options) = setup();
+            let image_dir = tmp.path().join("derivable");
+            crate::image::derive::tests::derivable_image(&image_dir);
+            options.guest_image = Some(ImageSource::Dir(image_dir));
+            let driver = FakeDriver {
+                serve_engine: true,
+                fast_boot_files: fast,
+                ..Default::default()
+            };
+            let config = create_with(&store, &driver, "fast", &options, &|_| {})
+                .await
+                .unwrap();
+            let derived = store.cache_dir().join("guest/1.0-derive-x86_64/derived");
+            assert_eq!(derived.exists(), fast, "fast_boot_files {fast}");
+            assert_eq!(config.vm.boot.kernel_elf.is_some(), fast);
+            assert_eq!(config.vm.boot.initrd_uncompressed.is_some(), fast);
+            if let Some(elf) = &config.vm.boot.kernel_elf {
+                assert!(elf.starts_with(&derived), "{}", elf.display());
+            }
+        }
     }
 
     #[tokio::test]

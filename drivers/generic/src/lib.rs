@@ -720,6 +720,7 @@ impl Driver for GenericDriver {
                 sftp_shares: false,
                 existing_host: true,
                 virtio_fs: false,
+                fast_boot_files: false,
             },
         }
     }

@@ -745,6 +745,8 @@ impl Driver for HyperVDriver {
                 sftp_shares: true,
                 existing_host: false,
                 virtio_fs: false,
+                // It boots the ISO, never the derived kernel and initramfs.
+                fast_boot_files: false,
             },
         }
     }

@@ -254,6 +254,14 @@ impl QemuDriver {
         })
     }
 
+    /// Whether a new machine boots the host-derived kernel ELF and uncompressed initramfs
+    /// ([`args::kernel_file`]): an x86_64 guest on `microvm`, without `--qemu-boot-iso`.
+    pub fn boots_fast_boot_files(&self) -> bool {
+        !self.options.boot_iso
+            && self.guest_arch() == HostArch::X86_64
+            && args::MachineFamily::of(&self.machine_type()) == args::MachineFamily::Microvm
+    }
+
     /// The accelerator a created machine runs with, and why (for the CLI to print).
     pub fn accel_choice(&self, dir: &MachineDir) -> Result<AccelChoice, DriverError> {
         Ok(QemuState::load_required(dir)?.accel)
@@ -1142,6 +1150,7 @@ impl Driver for QemuDriver {
                 sftp_shares: true,
                 existing_host: false,
                 virtio_fs: self.virtiofsd().is_some(),
+                fast_boot_files: self.boots_fast_boot_files(),
             },
         }
     }
@@ -2004,6 +2013,28 @@ mod tests {
         assert_eq!(back, cli.qemu);
         let empty: QemuOptions = serde_json::from_str("{}").expect("defaults");
         assert_eq!(empty, QemuOptions::default());
+    }
+
+    #[test]
+    fn only_an_x86_64_microvm_boots_the_fast_boot_files() {
+        let fast = |args: &[&str], host: HostPlatform| {
+            let cli = Cli::parse_from([&["x"], args].concat());
+            QemuDriver::with_runner(cli.qemu, Arc::new(RecordingRunner::default()))
+                .for_host(host)
+                .info()
+                .capabilities
+                .fast_boot_files
+        };
+        assert!(fast(&[], LINUX));
+        assert!(fast(&["--qemu-machine", "microvm,pit=off"], LINUX));
+        assert!(!fast(&["--qemu-machine", "q35"], LINUX));
+        assert!(!fast(&["--qemu-boot-iso"], LINUX));
+        assert!(!fast(&["--qemu-arch", "aarch64"], LINUX));
+        let mac = HostPlatform {
+            os: HostOs::MacOs,
+            arch: HostArch::X86_64,
+        };
+        assert!(!fast(&[], mac), "q35 is the default there");
     }
 
     #[test]

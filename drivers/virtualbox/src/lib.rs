@@ -1308,6 +1308,8 @@ impl Driver for VirtualBoxDriver {
                 sftp_shares: !self.options.no_share,
                 existing_host: false,
                 virtio_fs: false,
+                // It boots the ISO, never the derived kernel and initramfs.
+                fast_boot_files: false,
             },
         }
     }
