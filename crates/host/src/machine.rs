@@ -1072,11 +1072,13 @@ async fn boot<D: Driver>(
 
 /// How often the console is read for the guest's readiness line.
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
-/// A guest whose console carries no stage line this long after the start is an image from
-/// before the boot timeline: it never signals, so its engine is probed over TLS every
-/// [`LEGACY_PROBE`] as it always was.
-const LEGACY_AFTER: Duration = Duration::from_secs(5);
-/// See [`LEGACY_AFTER`].
+/// What every rmachine-init prints before its console lines. An init whose lines carry no
+/// boot stage is an image from before the boot timeline: it never signals, so its engine is
+/// probed over TLS every [`LEGACY_PROBE`] as it always was. (Decided by what the console
+/// shows, not by a timer: a guest still in its kernel after a few seconds, as under a loaded
+/// TCG, is not probed before it signals.)
+const INIT_LINE: &str = "rmachine-init: ";
+/// See [`INIT_LINE`].
 const LEGACY_PROBE: Duration = Duration::from_millis(500);
 /// How long one probe of a legacy guest may take (QEMU user networking can hold a
 /// connection into a guest that does not listen yet).
@@ -1102,10 +1104,11 @@ async fn wait_for_engine(
     let mut last_probe: Option<Instant> = None;
     loop {
         let text = std::fs::read(console).unwrap_or_default();
-        let stages = timeline::last_boot_stages(&String::from_utf8_lossy(&text));
+        let text = String::from_utf8_lossy(&text);
+        let stages = timeline::last_boot_stages(&text);
         let signalled = stages.iter().any(|s| s.stage == Stage::EngineUp);
         let legacy = stages.is_empty()
-            && started.elapsed() >= LEGACY_AFTER
+            && text.contains(INIT_LINE)
             && last_probe.is_none_or(|at| at.elapsed() >= LEGACY_PROBE);
         if signalled || legacy {
             if signalled {
@@ -2796,6 +2799,33 @@ mod tests {
             "[    0.000] rmachine-init: {}\n",
             timeline::GuestStage { stage, ms }.console_line()
         )
+    }
+
+    #[tokio::test]
+    async fn an_init_without_stage_lines_is_probed_at_once() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            console: Some("[    0.500] rmachine-init: started as PID 1\n".into()),
+            ..Default::default()
+        };
+        let began = Instant::now();
+        create_with(&store, &driver, "old", &options, &|_| {})
+            .await
+            .unwrap();
+        // Not after a fixed wait (it was 5 s; the test's engine timeout is 3 s).
+        assert!(
+            began.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            began.elapsed()
+        );
+        let host = inspect(
+            &store,
+            "old",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(host, "VmStarting VmRunning FirstProbe Ready \n");
     }
 
     #[tokio::test]

@@ -2017,6 +2017,12 @@ mod tests {
 
     #[test]
     fn only_an_x86_64_microvm_boots_the_fast_boot_files() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            qemu: QemuOptions,
+        }
         let fast = |args: &[&str], host: HostPlatform| {
             let cli = Cli::parse_from([&["x"], args].concat());
             QemuDriver::with_runner(cli.qemu, Arc::new(RecordingRunner::default()))
