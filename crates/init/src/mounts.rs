@@ -1,4 +1,4 @@
-//! Filesystems: leaving the initramfs rootfs for a tmpfs, the early API mounts, and the
+//! Filesystems: leaving the initramfs rootfs for a bind mount of it, the early API mounts, and the
 //! unmounting done at shutdown.
 //!
 //! The kernel unpacks the initramfs into *rootfs*, the root of the initial mount namespace,
@@ -182,8 +182,20 @@ fn try_switch_root(args: &[String]) -> Result<std::convert::Infallible, MountErr
     )
     .map_err(mount_err("bind of /", new_root))?;
     let switch = |step| move |source| MountError::Switch { step, source };
-    nix::unistd::chdir(new_root).map_err(switch("chdir"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(switch("move"))?;
+    // Until the move, a failure leaves PID 1 on rootfs as it found it: no stray bind mount
+    // at /.newroot, no working directory inside it.
+    let undo = |err: MountError| {
+        let _ = nix::unistd::chdir("/");
+        let _ = umount2(new_root, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(new_root);
+        err
+    };
+    nix::unistd::chdir(new_root)
+        .map_err(switch("chdir"))
+        .map_err(undo)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(switch("move"))
+        .map_err(undo)?;
     nix::unistd::chroot(".").map_err(switch("chroot"))?;
     nix::unistd::chdir("/").map_err(switch("chdir /"))?;
     // The mount point is an empty directory of rootfs, seen again through the bind mount.
