@@ -31,8 +31,8 @@ pub const MANIFEST: &str = "manifest.json";
 /// Inside a cached image downloaded from a URL: that URL, so the next `create` with the same
 /// URL uses the cache without the network.
 pub const SOURCE_URL: &str = "source-url";
-/// A cache entry's record of its files as last verified (length, mtime, sum): an unchanged file
-/// is not hashed again at every `create` ([`open_cached`]).
+/// A cache entry's record of its files as last verified (length, mtime, change time, inode,
+/// sum): an unchanged file is not hashed again at every `create` ([`open_cached`]).
 const VERIFIED: &str = ".verified.json";
 
 /// Where release guest images are published: one GitHub release per image version and
@@ -470,52 +470,90 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<GuestManifest, ImageError
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct VerifiedFile {
-    len: u64,
-    mtime_ns: u128,
+    stamp: FileStamp,
     sha256: String,
 }
 
-/// The length and modification time [`VerifiedFile`] compares; `None` when unreadable.
-fn file_stamp(path: &Path) -> Option<(u64, u128)> {
+/// What [`VerifiedFile`] compares: length and mtime, and on Unix the inode and the change
+/// time, which userspace cannot set (an mtime put back by `touch -r`, `cp -p`, a restore
+/// from backup or `File::set_modified` still moves it, so the file is hashed again).
+#[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+struct FileStamp {
+    len: u64,
+    mtime_ns: u128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+/// The [`FileStamp`] of `path`; `None` when unreadable.
+fn file_stamp(path: &Path) -> Option<FileStamp> {
     let meta = fs::metadata(path).ok()?;
     let mtime = meta
         .modified()
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    Some((meta.len(), mtime.as_nanos()))
+    #[cfg(unix)]
+    let (ctime_ns, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        (
+            i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            meta.ino(),
+        )
+    };
+    #[cfg(not(unix))]
+    let (ctime_ns, ino) = (0, 0);
+    Some(FileStamp {
+        len: meta.len(),
+        mtime_ns: mtime.as_nanos(),
+        ctime_ns,
+        ino,
+    })
 }
 
-/// [`open`] for an entry of the image cache: a file whose length and mtime are those recorded
-/// when its sum last matched (`.verified.json`) is not hashed again, so the 40 MB image is
-/// hashed once per cached image rather than at every `create`. A changed file is hashed (and
-/// refused if its sum is wrong) as by [`open`].
+/// Whether `path` is still the file recorded as `seen` with the `expected` sum.
+fn still_verified(seen: &VerifiedFile, path: &Path, expected: &str) -> bool {
+    seen.sha256.eq_ignore_ascii_case(expected) && file_stamp(path).as_ref() == Some(&seen.stamp)
+}
+
+/// [`open`] for an entry of the image cache: a file whose stamp ([`FileStamp`]) is the one
+/// recorded when its sum last matched (`.verified.json`) is not hashed again, so the 40 MB
+/// image is hashed once per cached image rather than at every `create`. A changed file is
+/// hashed (and refused if its sum is wrong) as by [`open`]. The stamp is taken before the
+/// hash and recorded only if the file still has it after (a file written meanwhile is not
+/// recorded as verified).
 fn open_cached(dir: &Path) -> Result<GuestImage, ImageError> {
     let record_path = dir.join(VERIFIED);
     let record: BTreeMap<String, VerifiedFile> = fs::read(&record_path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
+    let before: std::cell::RefCell<BTreeMap<String, FileStamp>> = Default::default();
     let image = open_with(dir, &|name, path, expected| {
-        record.get(name).is_some_and(|seen| {
-            seen.sha256.eq_ignore_ascii_case(expected)
-                && file_stamp(path) == Some((seen.len, seen.mtime_ns))
-        })
+        if let Some(stamp) = file_stamp(path) {
+            before.borrow_mut().insert(name.to_owned(), stamp);
+        }
+        record
+            .get(name)
+            .is_some_and(|seen| still_verified(seen, path, expected))
     })?;
+    let before = before.into_inner();
     let now: BTreeMap<String, VerifiedFile> = image
         .manifest
         .sha256
         .iter()
         .filter_map(|(name, sum)| {
-            let (len, mtime_ns) = file_stamp(&dir.join(name))?;
-            Some((
-                name.clone(),
-                VerifiedFile {
-                    len,
-                    mtime_ns,
-                    sha256: sum.clone(),
-                },
-            ))
+            let stamp = file_stamp(&dir.join(name))?;
+            (before.get(name) == Some(&stamp)).then(|| {
+                (
+                    name.clone(),
+                    VerifiedFile {
+                        stamp,
+                        sha256: sum.clone(),
+                    },
+                )
+            })
         })
         .collect();
     if now != record {
@@ -1442,8 +1480,17 @@ pub(crate) mod tests {
         let kernel = cached.boot_image().kernel;
         let mtime = fs::metadata(&kernel).unwrap().modified().unwrap();
 
-        // Same length, same mtime: taken as verified, not read again. (What a plain `open`
-        // refuses: this is the saving, and the limit of it.)
+        // Unchanged: taken as verified from its record, not read again.
+        let record: BTreeMap<String, VerifiedFile> =
+            serde_json::from_slice(&fs::read(cached.dir.join(VERIFIED)).unwrap()).unwrap();
+        let sum = &cached.manifest.sha256["vmlinuz"];
+        assert!(still_verified(&record["vmlinuz"], &kernel, sum));
+        assert_eq!(open_cached(&cached.dir).unwrap(), cached);
+        let found = find_now(None, "http://127.0.0.1:1/guest/", &cache, None).unwrap();
+        assert_eq!(found.dir, cached.dir);
+
+        // Same length, mtime put back (as `touch -r` or `cp -p` would): the change time moved,
+        // so the file is hashed again and refused.
         let len = fs::metadata(&kernel).unwrap().len() as usize;
         fs::write(&kernel, vec![b'x'; len]).unwrap();
         fs::File::options()
@@ -1452,18 +1499,8 @@ pub(crate) mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        assert!(open(&cached.dir).is_err());
-        assert_eq!(open_cached(&cached.dir).unwrap(), cached);
-        let found = find_now(None, "http://127.0.0.1:1/guest/", &cache, None).unwrap();
-        assert_eq!(found.dir, cached.dir);
-
-        // A file that changed (its mtime moved) is hashed again and refused.
-        fs::File::options()
-            .write(true)
-            .open(&kernel)
-            .unwrap()
-            .set_modified(mtime + Duration::from_secs(1))
-            .unwrap();
+        assert_eq!(fs::metadata(&kernel).unwrap().modified().unwrap(), mtime);
+        assert!(!still_verified(&record["vmlinuz"], &kernel, sum));
         let err = open_cached(&cached.dir).unwrap_err();
         assert!(matches!(err, ImageError::Checksum { .. }), "{err}");
     }
