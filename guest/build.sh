@@ -442,7 +442,8 @@ if [[ "$ARCH" == x86_64 ]] && ! grep -q '^CONFIG_PVH=y' "$WORK/kernel/boot/confi
   exit 1
 fi
 # console: serial log (the first serial port → console.log); quiet: only our lines; panic=-1:
-# a kernel panic reboots at once instead of hanging.
+# a kernel panic reboots at once instead of hanging. (cryptomgr.notests is added by the QEMU
+# driver under TCG only, where the crypto self-tests cost 0.4-0.9 s: docs/internals.md.)
 CMDLINE="console=$CONSOLE quiet panic=-1"
 
 # --- 6. Bootable ISO (BIOS + UEFI, hybrid) ----------------------------------------------------

@@ -275,6 +275,11 @@ pub struct Capabilities {
     /// continues from it (`rmachine stop --save`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub save_state: bool,
+    /// The driver boots the fast-boot forms of the guest image ([`BootImage::kernel_elf`],
+    /// [`BootImage::initrd_uncompressed`]), so the host derives them at `create`/`upgrade`;
+    /// without it the host spends no time deriving files the VM never loads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_boot_files: bool,
 }
 
 /// What [`Driver::resume`] did.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rmachine_driver::BootImage;
 
-mod derive;
+pub(crate) mod derive;
 pub use derive::DERIVED_DIR;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -31,6 +31,9 @@ pub const MANIFEST: &str = "manifest.json";
 /// Inside a cached image downloaded from a URL: that URL, so the next `create` with the same
 /// URL uses the cache without the network.
 pub const SOURCE_URL: &str = "source-url";
+/// A cache entry's record of its files as last verified (length, mtime, change time, inode,
+/// sum): an unchanged file is not hashed again at every `create` ([`open_cached`]).
+const VERIFIED: &str = ".verified.json";
 
 /// Where release guest images are published: one GitHub release per image version and
 /// architecture, with the assets `manifest.json`, `vmlinuz` and `initrd.img` (and
@@ -398,7 +401,7 @@ fn check_cached(
             old,
         })));
     }
-    match open(&dir) {
+    match open_cached(&dir) {
         Ok(image)
             if image.manifest.kernel == manifest.kernel
                 && image.manifest.initrd == manifest.initrd
@@ -463,8 +466,123 @@ fn parse_manifest(bytes: &[u8], path: &Path) -> Result<GuestManifest, ImageError
     Ok(manifest)
 }
 
+/// One file of a cache entry as it was when its sum was checked.
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct VerifiedFile {
+    stamp: FileStamp,
+    sha256: String,
+}
+
+/// What [`VerifiedFile`] compares: length and mtime, and on Unix the inode and the change
+/// time, which userspace cannot set (an mtime put back by `touch -r`, `cp -p`, a restore
+/// from backup or `File::set_modified` still moves it, so the file is hashed again).
+#[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+struct FileStamp {
+    len: u64,
+    mtime_ns: u128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+/// The [`FileStamp`] of `path`; `None` when unreadable.
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    let meta = fs::metadata(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    #[cfg(unix)]
+    let (ctime_ns, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        (
+            i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            meta.ino(),
+        )
+    };
+    #[cfg(not(unix))]
+    let (ctime_ns, ino) = (0, 0);
+    Some(FileStamp {
+        len: meta.len(),
+        mtime_ns: mtime.as_nanos(),
+        ctime_ns,
+        ino,
+    })
+}
+
+/// Whether `path` is still the file recorded as `seen` with the `expected` sum.
+fn still_verified(seen: &VerifiedFile, path: &Path, expected: &str) -> bool {
+    seen.sha256.eq_ignore_ascii_case(expected) && file_stamp(path).as_ref() == Some(&seen.stamp)
+}
+
+/// [`open`] for an entry of the image cache: a file whose stamp ([`FileStamp`]) is the one
+/// recorded when its sum last matched (`.verified.json`) is not hashed again, so the 40 MB
+/// image is hashed once per cached image rather than at every `create`. A changed file is
+/// hashed (and refused if its sum is wrong) as by [`open`]. The stamp is taken before the
+/// hash and recorded only if the file still has it after (a file written meanwhile is not
+/// recorded as verified).
+fn open_cached(dir: &Path) -> Result<GuestImage, ImageError> {
+    let record_path = dir.join(VERIFIED);
+    let record: BTreeMap<String, VerifiedFile> = fs::read(&record_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let before: std::cell::RefCell<BTreeMap<String, FileStamp>> = Default::default();
+    let image = open_with(dir, &|name, path, expected| {
+        if let Some(stamp) = file_stamp(path) {
+            before.borrow_mut().insert(name.to_owned(), stamp);
+        }
+        record
+            .get(name)
+            .is_some_and(|seen| still_verified(seen, path, expected))
+    })?;
+    let before = before.into_inner();
+    let now: BTreeMap<String, VerifiedFile> = image
+        .manifest
+        .sha256
+        .iter()
+        .filter_map(|(name, sum)| {
+            let stamp = file_stamp(&dir.join(name))?;
+            (before.get(name) == Some(&stamp)).then(|| {
+                (
+                    name.clone(),
+                    VerifiedFile {
+                        stamp,
+                        sha256: sum.clone(),
+                    },
+                )
+            })
+        })
+        .collect();
+    if now != record {
+        // Only a saving: an entry without a record is hashed again next time.
+        let written = serde_json::to_vec(&now)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+                tmp.write_all(&bytes)?;
+                tmp.persist(&record_path).map_err(|e| e.error)?;
+                Ok(())
+            });
+        if let Err(error) = written {
+            tracing::debug!(%error, path = %record_path.display(), "verification record not written");
+        }
+    }
+    Ok(image)
+}
+
 /// Reads `dir/manifest.json` and checks every listed file's sha256.
 pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
+    open_with(dir, &|_, _, _| false)
+}
+
+/// [`open`], skipping the files for which `known_good(name, path, expected sum)` holds.
+fn open_with(
+    dir: &Path,
+    known_good: &dyn Fn(&str, &Path, &str) -> bool,
+) -> Result<GuestImage, ImageError> {
     let path = dir.join(MANIFEST);
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -478,6 +596,9 @@ pub fn open(dir: &Path) -> Result<GuestImage, ImageError> {
     let manifest = parse_manifest(&bytes, &path)?;
     for (name, expected) in &manifest.sha256 {
         let file = dir.join(name);
+        if known_good(name, &file, expected) {
+            continue;
+        }
         let actual = sha256_file(&file)?;
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(ImageError::Checksum {
@@ -642,10 +763,10 @@ pub async fn find(
         .iter()
         .find(|(_, from)| from.as_deref() == Some(manifest_url.as_str()))
     {
-        return open(dir);
+        return open_cached(dir);
     }
     if let Some((dir, _)) = cached.iter().find(|(_, from)| from.is_none()) {
-        return open(dir);
+        return open_cached(dir);
     }
     let mut looked = vec![cache_guest];
     if let Some(out) = dev_out {
@@ -733,7 +854,7 @@ async fn download(
         .into_iter()
         .find(|(_, from)| from.as_deref() == Some(manifest_url.as_str()))
     {
-        if let Ok(image) = open(&dir) {
+        if let Ok(image) = open_cached(&dir) {
             return Ok(image);
         }
     }
@@ -909,7 +1030,7 @@ fn move_into_place(
     manifest: &GuestManifest,
 ) -> Result<GuestImage, ImageError> {
     if target.exists() {
-        match open(target) {
+        match open_cached(target) {
             Ok(existing) if first_difference(manifest, &existing.manifest).is_none() => {
                 return Ok(existing);
             }
@@ -921,7 +1042,7 @@ fn move_into_place(
         let _ = fs::remove_dir_all(&staging);
         return Err(io_err(target)(e));
     }
-    open(target)
+    open_cached(target)
 }
 
 #[cfg(test)]
@@ -1346,6 +1467,42 @@ pub(crate) mod tests {
                 .dir,
             other
         );
+    }
+
+    #[test]
+    fn a_cached_image_is_hashed_once_and_again_only_when_a_file_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let source = tmp.path().join("image");
+        fake_image(&source, "1.0");
+        let cached = import(&open(&source).unwrap(), &cache).unwrap();
+        assert!(cached.dir.join(VERIFIED).is_file());
+        let kernel = cached.boot_image().kernel;
+        let mtime = fs::metadata(&kernel).unwrap().modified().unwrap();
+
+        // Unchanged: taken as verified from its record, not read again.
+        let record: BTreeMap<String, VerifiedFile> =
+            serde_json::from_slice(&fs::read(cached.dir.join(VERIFIED)).unwrap()).unwrap();
+        let sum = &cached.manifest.sha256["vmlinuz"];
+        assert!(still_verified(&record["vmlinuz"], &kernel, sum));
+        assert_eq!(open_cached(&cached.dir).unwrap(), cached);
+        let found = find_now(None, "http://127.0.0.1:1/guest/", &cache, None).unwrap();
+        assert_eq!(found.dir, cached.dir);
+
+        // Same length, mtime put back (as `touch -r` or `cp -p` would): the change time moved,
+        // so the file is hashed again and refused.
+        let len = fs::metadata(&kernel).unwrap().len() as usize;
+        fs::write(&kernel, vec![b'x'; len]).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&kernel)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(&kernel).unwrap().modified().unwrap(), mtime);
+        assert!(!still_verified(&record["vmlinuz"], &kernel, sum));
+        let err = open_cached(&cached.dir).unwrap_err();
+        assert!(matches!(err, ImageError::Checksum { .. }), "{err}");
     }
 
     #[test]

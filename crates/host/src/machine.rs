@@ -163,12 +163,14 @@ pub enum MachineError {
         seconds: u64,
     },
     /// The engine did not answer after boot.
-    #[error("the engine of machine \"{machine}\" did not answer{}: {}{}", last_stage_note(.last_stage), error_chain(.cause.as_ref()), console_tail(.console))]
+    #[error("the engine of machine \"{machine}\" did not answer{}: {}{}", last_stage_note(.last_stage, *.console_captured), error_chain(.cause.as_ref()), console_tail(.console))]
     EngineNotReady {
         /// The machine.
         machine: String,
         /// The last boot stage the guest reported on its console, if any.
         last_stage: Option<String>,
+        /// Whether the driver captures the console (then no stage means the init never ran).
+        console_captured: bool,
         /// The last lines of the guest console, when the driver captures it.
         console: Option<String>,
         /// The cause (in the message, before the console lines).
@@ -219,9 +221,12 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn last_stage_note(stage: &Option<String>) -> String {
+fn last_stage_note(stage: &Option<String>, console_captured: bool) -> String {
     match stage {
         Some(stage) => format!(" (the guest's last boot stage: {stage})"),
+        None if console_captured => {
+            " (the guest reported no boot stage: its init never started)".to_string()
+        }
         None => String::new(),
     }
 }
@@ -712,7 +717,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = cached.boot_files().await;
+        spec.boot = boot_files(driver, &cached).await;
     }
 
     let certs_dir = store.certs_dir();
@@ -756,6 +761,16 @@ pub async fn create_with<D: Driver>(
             }
             Err(error)
         }
+    }
+}
+
+/// The files `driver` boots from a cached image: the fast-boot forms are derived (once per
+/// image) only for a driver that loads them; deriving costs a first `create` about a second.
+async fn boot_files<D: Driver>(driver: &D, cached: &image::GuestImage) -> BootImage {
+    if driver.info().capabilities.fast_boot_files {
+        cached.boot_files().await
+    } else {
+        cached.boot_image()
     }
 }
 
@@ -1106,6 +1121,7 @@ async fn boot<D: Driver>(
         return Err(MachineError::EngineNotReady {
             machine: name,
             last_stage: last_stage.map(|s| format!("{s:?}")),
+            console_captured: console.is_some(),
             console,
             cause: Box::new(source),
         });
@@ -1132,12 +1148,21 @@ async fn boot<D: Driver>(
 
 /// How often the console is read for the guest's readiness line.
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
-/// A guest whose console carries no stage line this long after the start is an image from
-/// before the boot timeline: it never signals, so its engine is probed over TLS every
-/// [`LEGACY_PROBE`] as it always was.
-const LEGACY_AFTER: Duration = Duration::from_secs(5);
-/// See [`LEGACY_AFTER`].
+/// What every rmachine-init prints before its console lines. An init whose lines carry no
+/// boot stage is an image from before the boot timeline: it never signals, so its engine is
+/// probed over TLS every [`LEGACY_PROBE`] as it always was. (Decided by what the console
+/// shows, not by a timer: a guest still in its kernel after a few seconds, as under a loaded
+/// TCG, is not probed before it signals.)
+const INIT_LINE: &str = "rmachine-init: ";
+/// See [`INIT_LINE`].
 const LEGACY_PROBE: Duration = Duration::from_millis(500);
+/// A guest whose console shows no init line at all this long after it started running
+/// (console captured from another UART, broken capture) is probed every [`FALLBACK_PROBE`]
+/// (with a warning when that is what finds it), not only at the deadline. Long enough that a
+/// current guest still in its kernel under a loaded TCG is not probed.
+const NO_INIT_FALLBACK: Duration = Duration::from_secs(30);
+/// See [`NO_INIT_FALLBACK`].
+const FALLBACK_PROBE: Duration = Duration::from_secs(2);
 /// How long one probe of a legacy guest may take (QEMU user networking can hold a
 /// connection into a guest that does not listen yet).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -1162,12 +1187,20 @@ async fn wait_for_engine(
     let mut last_probe: Option<Instant> = None;
     loop {
         let text = std::fs::read(console).unwrap_or_default();
-        let stages = timeline::last_boot_stages(&String::from_utf8_lossy(&text));
+        let text = String::from_utf8_lossy(&text);
+        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
+        // before its JSON is complete (it would look like an init line without a stage).
+        let text = complete_lines(&text);
+        let stages = timeline::last_boot_stages(text);
         let signalled = stages.iter().any(|s| s.stage == Stage::EngineUp);
-        let legacy = stages.is_empty()
-            && started.elapsed() >= LEGACY_AFTER
-            && last_probe.is_none_or(|at| at.elapsed() >= LEGACY_PROBE);
-        if signalled || legacy {
+        let legacy_init = stages.is_empty()
+            && text
+                .lines()
+                .any(|l| l.contains(INIT_LINE) && !l.contains(timeline::STAGE_MARKER));
+        let silent = stages.is_empty() && !legacy_init && started.elapsed() >= NO_INIT_FALLBACK;
+        let every = if silent { FALLBACK_PROBE } else { LEGACY_PROBE };
+        let probe_due = last_probe.is_none_or(|at| at.elapsed() >= every);
+        if signalled || ((legacy_init || silent) && probe_due) {
             if signalled {
                 clock.mark(HostStage::GuestSignalled);
             }
@@ -1181,13 +1214,21 @@ async fn wait_for_engine(
             }
             last_probe = Some(Instant::now());
             if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
+                if silent {
+                    warn_no_init_line(console);
+                }
                 return Ok(());
             }
         }
         if started.elapsed() >= timeout {
             // One last probe: its error is the one the user sees.
             let last = match tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => {
+                    if stages.is_empty() && !legacy_init {
+                        warn_no_init_line(console);
+                    }
+                    return Ok(());
+                }
                 Ok(Err(err)) => err,
                 Err(_) => EngineCheckError::AttemptTimeout {
                     addr,
@@ -1202,6 +1243,20 @@ async fn wait_for_engine(
         }
         tokio::time::sleep(CONSOLE_POLL).await;
     }
+}
+
+/// The console up to its last newline (a line still being written is left out).
+fn complete_lines(text: &str) -> &str {
+    text.rfind('\n').map_or("", |end| &text[..=end])
+}
+
+/// The engine answered although the console never showed an init line: the console capture
+/// is not what the guest writes to, and the boot timeline of this machine is empty.
+fn warn_no_init_line(console: &std::path::Path) {
+    tracing::warn!(
+        console = %console.display(),
+        "the engine answered, but the guest console showed no rmachine-init line: probed without the guest's signal (is the console captured from the guest's UART?)"
+    );
 }
 
 /// The guest came up at an address its engine certificate does not name (a bridged driver's
@@ -1413,6 +1468,7 @@ fn engine_client(store: &Store, name: &str) -> Result<EngineClient, MachineError
         MachineError::EngineNotReady {
             machine: name.to_string(),
             last_stage: None,
+            console_captured: false,
             console: None,
             cause: Box::new(source),
         }
@@ -2078,7 +2134,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = cached.boot_files().await;
+    config.vm.boot = boot_files(driver, &cached).await;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;
@@ -2768,6 +2824,8 @@ mod tests {
         cannot_share: bool,
         /// The state `state` reports once set (else Running), as after another command.
         state_now: Mutex<Option<VmState>>,
+        /// Its [`Capabilities::fast_boot_files`].
+        fast_boot_files: bool,
     }
 
     impl FakeDriver {
@@ -2806,6 +2864,7 @@ mod tests {
                     // As VirtualBox: no share device, folders go over SFTP.
                     shares: false,
                     sftp_shares: self.share.is_some() && !self.cannot_share,
+                    fast_boot_files: self.fast_boot_files,
                     ..Default::default()
                 },
             }
@@ -3351,6 +3410,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_driver_that_boots_them_gets_the_fast_boot_files_derived() {
+        for fast in [false, true] {
+            let (tmp, store, mut options) = setup();
+            let image_dir = tmp.path().join("derivable");
+            crate::image::derive::tests::derivable_image(&image_dir);
+            options.guest_image = Some(ImageSource::Dir(image_dir));
+            let driver = FakeDriver {
+                serve_engine: true,
+                fast_boot_files: fast,
+                ..Default::default()
+            };
+            let config = create_with(&store, &driver, "fast", &options, &|_| {})
+                .await
+                .unwrap();
+            let derived = store.cache_dir().join("guest/1.0-derive-x86_64/derived");
+            assert_eq!(derived.exists(), fast, "fast_boot_files {fast}");
+            assert_eq!(config.vm.boot.kernel_elf.is_some(), fast);
+            assert_eq!(config.vm.boot.initrd_uncompressed.is_some(), fast);
+            if let Some(elf) = &config.vm.boot.kernel_elf {
+                assert!(elf.starts_with(&derived), "{}", elf.display());
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn create_boots_and_records_the_machine() {
         let (_tmp, store, options) = setup();
         let driver = FakeDriver {
@@ -3613,6 +3697,93 @@ mod tests {
             "[    0.000] rmachine-init: {}\n",
             timeline::GuestStage { stage, ms }.console_line()
         )
+    }
+
+    #[tokio::test]
+    async fn an_init_without_stage_lines_is_probed_at_once() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            console: Some("[    0.500] rmachine-init: started as PID 1\n".into()),
+            ..Default::default()
+        };
+        create_with(&store, &driver, "old", &options, &|_| {})
+            .await
+            .unwrap();
+        // FirstProbe: found by a probe of the wait, not by the last one at the deadline
+        // (which marks nothing), so not after a fixed wait (the mark order, not wall time).
+        let host = inspect(
+            &store,
+            "old",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(host, "VmStarting VmRunning FirstProbe Ready \n");
+    }
+
+    /// Creates a machine whose engine serves and whose console shows `console`; returns how
+    /// long the create took and the host stages it recorded.
+    async fn create_serving_with_console(console: &str) -> (Duration, Duration, String) {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            console: Some(console.into()),
+            ..Default::default()
+        };
+        let began = Instant::now();
+        create_with(&store, &driver, "quiet", &options, &|_| {})
+            .await
+            .unwrap();
+        let host = inspect(
+            &store,
+            "quiet",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        (began.elapsed(), options.engine_timeout, host)
+    }
+
+    #[tokio::test]
+    async fn a_stage_line_caught_half_written_does_not_start_the_probes() {
+        let (took, timeout, host) =
+            create_serving_with_console("[    0.3] rmachine-init: rmachine-boot-stage: {\"Sta")
+                .await;
+        assert_eq!(
+            host, "VmStarting VmRunning Ready \n",
+            "found by the last probe only"
+        );
+        assert!(took >= timeout, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_console_of_kernel_lines_only_is_not_probed_early() {
+        let (took, timeout, host) = create_serving_with_console(
+            "[    0.000] Linux version 6.12.0\n[    0.400] Run /sbin/init as init process\n",
+        )
+        .await;
+        assert_eq!(
+            host, "VmStarting VmRunning Ready \n",
+            "found by the last probe only"
+        );
+        assert!(took >= timeout, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_prints_nothing_times_out_saying_its_init_never_started() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            console: Some(String::new()),
+            ..Default::default()
+        };
+        let err = create_with(&store, &driver, "mute", &options, &|_| {})
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("(the guest reported no boot stage: its init never started)"),
+            "{text}"
+        );
+        assert!(text.contains("timed out after"), "{text}");
     }
 
     #[tokio::test]

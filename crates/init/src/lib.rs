@@ -2,9 +2,9 @@
 //!
 //! Boot, as the console shows it (every line stamped with the time since the kernel started):
 //!
-//! 1. [`mounts`]: the kernel runs `/init` on the initramfs *rootfs*; PID 1 moves the files into
-//!    a tmpfs and re-executes itself there (pivot_root, which containers need, fails on
-//!    rootfs), then mounts /proc, /sys, /dev, /run, cgroup2… and makes `/` shared.
+//! 1. [`mounts`]: the kernel runs `/init` on the initramfs *rootfs*; PID 1 bind-mounts rootfs,
+//!    moves the bind over `/` and re-executes itself there (pivot_root, which containers need,
+//!    fails on rootfs itself; no file is copied), then mounts /proc, /sys, /dev, /run, cgroup2… and makes `/` shared.
 //! 2. [`pid1`]: PID 1 forks the [`supervisor`] and from then on only reaps zombies and turns
 //!    signals into shutdown requests (see its docs for why the two are separate processes).
 //! 3. [`supervisor`] (tokio): [`modules`] → configuration drive (found by content) →

@@ -43,8 +43,9 @@ fn main() -> ExitCode {
 fn boot(args: &[String]) -> ! {
     match mounts::on_rootfs() {
         Ok(true) => {
-            // Only returns on failure: go on from rootfs (containers will not start).
-            let err = mounts::switch_to_tmpfs(args);
+            // Only returns on failure: go on from rootfs (the runtime then cannot pivot_root
+            // and starts containers with move + chroot, warning about it).
+            let err = mounts::switch_root(args);
             eprintln!("rmachine-init: {}", rmachine_init::error_chain(&err));
         }
         Ok(false) => {}

@@ -676,7 +676,13 @@ fn switch_root(sys: &dyn Syscall, root: &Path, shared: bool) -> Result<(), Rootf
         }
         Err(Errno::EINVAL) => {
             // The current root is the initramfs, which cannot be pivoted away from: move the
-            // overlay over it and chroot, the way switch_root(8) does.
+            // overlay over it and chroot, the way switch_root(8) does. Said aloud: a running
+            // container must not pass for proof that pivot_root works (rmachine-init binds
+            // rootfs so that it does).
+            sys.warn(
+                "pivot_root into the container's root failed with EINVAL (root is the \
+                 initramfs?): using move + chroot instead",
+            );
             if shared {
                 sys.mount(None, Path::new("/"), None, MsFlags::MS_PRIVATE, None)
                     .map_err(pivot_error)?;
@@ -1448,12 +1454,17 @@ mod tests {
         prepare(&spec(), &sys, false).expect("prepare");
         let calls = sys.calls();
         assert_eq!(
-            calls[calls.len() - 4..],
+            calls[calls.len() - 5..],
             [
                 Call::PivotRoot {
                     new_root: ".".into(),
                     put_old: ".".into()
                 },
+                Call::Warn(
+                    "pivot_root into the container's root failed with EINVAL (root is the \
+                     initramfs?): using move + chroot instead"
+                        .into()
+                ),
                 Call::Mount {
                     source: Some(".".into()),
                     target: "/".into(),

@@ -98,6 +98,9 @@ pub trait Syscall {
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno>;
     /// `chroot(2)`.
     fn chroot(&self, path: &Path) -> Result<(), Errno>;
+    /// Logs a warning to the kernel log (`/dev/kmsg`, read by `dmesg`): the runtime's own
+    /// stderr is the container's, which must not carry it. Best effort.
+    fn warn(&self, message: &str);
     /// `chdir(2)`.
     fn chdir(&self, path: &Path) -> Result<(), Errno>;
     /// `sethostname(2)`.
@@ -394,6 +397,14 @@ impl Syscall for LinuxSyscall {
 
     fn chroot(&self, path: &Path) -> Result<(), Errno> {
         nix::unistd::chroot(path)
+    }
+
+    fn warn(&self, message: &str) {
+        use std::io::Write;
+        // "<4>": KERN_WARNING. A missing /dev/kmsg loses the warning, nothing else.
+        if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+            let _ = writeln!(kmsg, "<4>rmachine-runtime: {message}");
+        }
     }
 
     fn chdir(&self, path: &Path) -> Result<(), Errno> {

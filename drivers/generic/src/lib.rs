@@ -721,6 +721,7 @@ impl Driver for GenericDriver {
                 existing_host: true,
                 save_state: false,
                 virtio_fs: false,
+                fast_boot_files: false,
             },
         }
     }

@@ -93,20 +93,35 @@ pub fn cpu_model(accel: Accel, guest: HostArch) -> Option<&'static str> {
     }
 }
 
-/// The kernel command line: the guest manifest's, plus `tsc_early_khz=` for an x86 guest under
-/// TCG. Without a hypervisor the kernel cannot ask for the TSC frequency and calibrates it
-/// against timers that TCG emulates slowly (on `microvm`, without a PIT, boot stalls); the
-/// emulated TSC runs at the host's rate, so the host's figure (`tsc_khz`, known on x86 hosts
-/// only) is the right one.
+/// The kernel command line: the guest manifest's, plus under TCG `cryptomgr.notests` and, for
+/// an x86 guest, `tsc_early_khz=`.
+///
+/// `cryptomgr.notests` skips the self-test of every crypto algorithm the kernel registers,
+/// 0.4-0.9 s of a TCG boot (docs/boot-timings.md) and little under a hypervisor, where it is
+/// kept. The trade-off (docs/internals.md): under TCG a bug in the emulation of SIMD
+/// instructions would go unnoticed in an accelerated driver (crc32c-intel, used by ext4).
+///
+/// `tsc_early_khz=`: without a hypervisor the kernel cannot ask for the TSC frequency and
+/// calibrates it against timers that TCG emulates slowly (on `microvm`, without a PIT, boot
+/// stalls); the emulated TSC runs at the host's rate, so the host's figure (`tsc_khz`, given
+/// only when the host knows its TSC rate) is the right one. With it comes `tsc=reliable`: the
+/// kernel's clocksource watchdog otherwise compares the TSC with jiffies, which fall behind
+/// whenever the host deschedules the vCPU thread, declares the TSC (running at the rate given)
+/// unstable and keeps time with jiffies from then on: the guest's clock lags real time and
+/// every timer runs late (measured: about a second of the boot under load,
+/// docs/boot-timings.md). Without a known rate neither option is given.
 pub fn kernel_cmdline(base: &str, guest: HostArch, accel: Accel, tsc_khz: Option<u64>) -> String {
-    let mut cmdline = base.trim().to_owned();
-    if let (Accel::Tcg, HostArch::X86_64, Some(khz)) = (accel, guest, tsc_khz) {
-        if !cmdline.is_empty() {
-            cmdline.push(' ');
-        }
-        cmdline.push_str(&format!("tsc_early_khz={khz}"));
+    let mut options: Vec<String> = Vec::new();
+    if !base.trim().is_empty() {
+        options.push(base.trim().to_owned());
     }
-    cmdline
+    if accel == Accel::Tcg {
+        options.push("cryptomgr.notests".to_owned());
+        if let (HostArch::X86_64, Some(khz)) = (guest, tsc_khz) {
+            options.push(format!("tsc_early_khz={khz} tsc=reliable"));
+        }
+    }
+    options.join(" ")
 }
 
 /// Everything one VM's command line depends on.
@@ -469,7 +484,7 @@ mod tests {
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nq35\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
              -nodefaults\n-no-user-config\n-display\nnone\n\
              -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
-             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
+             -append\nconsole=ttyS0 quiet cryptomgr.notests tsc_early_khz=2445432 tsc=reliable\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-pci,drive=data\n\
              -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
@@ -507,7 +522,7 @@ mod tests {
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nmicrovm,acpi=on\n-cpu\nmax\n-smp\n2\n-m\n2048\n\
              -nodefaults\n-no-user-config\n-display\nnone\n\
              -kernel\n/img/derived/vmlinux\n-initrd\n/img/derived/initrd.cpio\n\
-             -append\nconsole=ttyS0 quiet tsc_early_khz=2445432\n\
+             -append\nconsole=ttyS0 quiet cryptomgr.notests tsc_early_khz=2445432 tsc=reliable\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-device,drive=data\n\
              -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
@@ -708,7 +723,7 @@ mod tests {
             "-name\ndev\n-accel\ntcg,tb-size=256\n-machine\nvirt\n-cpu\nmax,pauth-impdef=on\n\
              -smp\n2\n-m\n2048\n-nodefaults\n-no-user-config\n-display\nnone\n\
              -kernel\n/img/vmlinuz\n-initrd\n/img/initrd.img\n\
-             -append\nconsole=ttyAMA0 quiet\n\
+             -append\nconsole=ttyAMA0 quiet cryptomgr.notests\n\
              -drive\nfile=/m/dev/disk.qcow2,if=none,id=data,format=qcow2,discard=unmap\n\
              -device\nvirtio-blk-pci,drive=data\n\
              -drive\nfile=/m/dev/config.img,if=none,id=config,format=raw,readonly=on\n\
@@ -731,13 +746,32 @@ mod tests {
         };
         assert_eq!(
             kernel_cmdline("console=ttyAMA0", host.arch, Accel::Tcg, Some(1000)),
-            "console=ttyAMA0"
+            "console=ttyAMA0 cryptomgr.notests"
         );
         assert_eq!(
             kernel_cmdline("", HostArch::X86_64, Accel::Tcg, Some(1000)),
-            "tsc_early_khz=1000"
+            "cryptomgr.notests tsc_early_khz=1000 tsc=reliable"
         );
-        assert_eq!(kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None), "a");
+        assert_eq!(
+            kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None),
+            "a cryptomgr.notests"
+        );
+    }
+
+    #[test]
+    fn a_hypervisor_guest_gets_no_tsc_hint_and_keeps_the_crypto_self_tests() {
+        for accel in [Accel::Kvm, Accel::Hvf, Accel::Whpx] {
+            assert_eq!(
+                kernel_cmdline(
+                    "console=ttyS0 quiet",
+                    HostArch::X86_64,
+                    accel,
+                    Some(2_445_432)
+                ),
+                "console=ttyS0 quiet",
+                "{accel:?}"
+            );
+        }
     }
 
     #[test]

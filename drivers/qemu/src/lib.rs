@@ -269,6 +269,14 @@ impl QemuDriver {
         })
     }
 
+    /// Whether a new machine boots the host-derived kernel ELF and uncompressed initramfs
+    /// ([`args::kernel_file`]): an x86_64 guest on `microvm`, without `--qemu-boot-iso`.
+    pub fn boots_fast_boot_files(&self) -> bool {
+        !self.options.boot_iso
+            && self.guest_arch() == HostArch::X86_64
+            && args::MachineFamily::of(&self.machine_type()) == args::MachineFamily::Microvm
+    }
+
     /// The accelerator a created machine runs with, and why (for the CLI to print).
     pub fn accel_choice(&self, dir: &MachineDir) -> Result<AccelChoice, DriverError> {
         Ok(QemuState::load_required(dir)?.accel)
@@ -461,12 +469,13 @@ impl QemuDriver {
             return None;
         }
         match self.host.os {
-            // In /proc/cpuinfo "cpu MHz" is the TSC rate on hosts with an invariant TSC (all
-            // that run VMs nowadays). The kernel refines its calibration later anyway; this
-            // value only has to be close enough to get through early boot.
+            // "cpu MHz" is the TSC rate only when the kernel got it from the CPU or the
+            // hypervisor (flag `tsc_known_freq`); on bare metal with cpufreq it is the current
+            // core frequency, and a wrong rate makes a microvm guest (no HPET, no PM timer)
+            // keep time at the wrong speed: then no hint at all.
             HostOs::Linux => {
                 let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-                cpuinfo_mhz(&cpuinfo).map(|mhz| (mhz * 1000.0).round() as u64)
+                cpuinfo_tsc_mhz(&cpuinfo).map(|mhz| (mhz * 1000.0).round() as u64)
             }
             HostOs::MacOs => {
                 let cmd = CommandSpec::new("sysctl").args(["-n", "machdep.tsc.frequency"]);
@@ -1573,7 +1582,17 @@ fn endpoints_of(dir: &MachineDir) -> Result<Endpoints, DriverError> {
     })
 }
 
-fn cpuinfo_mhz(cpuinfo: &str) -> Option<f64> {
+/// The TSC rate from /proc/cpuinfo: "cpu MHz" of the first CPU, if its flags say the TSC
+/// frequency is known (`tsc_known_freq`), else `None`.
+fn cpuinfo_tsc_mhz(cpuinfo: &str) -> Option<f64> {
+    let known = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split(':').nth(1))
+        .is_some_and(|flags| flags.split_whitespace().any(|f| f == "tsc_known_freq"));
+    if !known {
+        return None;
+    }
     cpuinfo
         .lines()
         .find(|l| l.starts_with("cpu MHz"))
@@ -1644,6 +1663,7 @@ impl Driver for QemuDriver {
                 virtio_fs: self.virtiofsd().is_some(),
                 // Windows QEMU runs no `sh` for `exec:` migration URIs.
                 save_state: self.host.os != HostOs::Windows,
+                fast_boot_files: self.boots_fast_boot_files(),
             },
         }
     }
@@ -2086,7 +2106,7 @@ mod tests {
         let mut argv = vec!["qemu-system-x86_64".to_owned()];
         let tsc = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| cpuinfo_mhz(&c))
+            .and_then(|c| cpuinfo_tsc_mhz(&c))
             .map(|mhz| (mhz * 1000.0).round() as u64);
         argv.extend(args::vm_args(&args::VmLaunch {
             host: LINUX,
@@ -2738,12 +2758,49 @@ mod tests {
     }
 
     #[test]
-    fn cpuinfo_mhz_is_read() {
+    fn only_an_x86_64_microvm_boots_the_fast_boot_files() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            qemu: QemuOptions,
+        }
+        let fast = |args: &[&str], host: HostPlatform| {
+            let cli = Cli::parse_from([&["x"], args].concat());
+            QemuDriver::with_runner(cli.qemu, Arc::new(RecordingRunner::default()))
+                .for_host(host)
+                .info()
+                .capabilities
+                .fast_boot_files
+        };
+        assert!(fast(&[], LINUX));
+        assert!(fast(&["--qemu-machine", "microvm,pit=off"], LINUX));
+        assert!(!fast(&["--qemu-machine", "q35"], LINUX));
+        assert!(!fast(&["--qemu-boot-iso"], LINUX));
+        assert!(!fast(&["--qemu-arch", "aarch64"], LINUX));
+        let mac = HostPlatform {
+            os: HostOs::MacOs,
+            arch: HostArch::X86_64,
+        };
+        assert!(!fast(&[], mac), "q35 is the default there");
+    }
+
+    #[test]
+    fn cpuinfo_mhz_is_the_tsc_rate_only_with_tsc_known_freq() {
         assert_eq!(
-            cpuinfo_mhz("processor\t: 0\ncpu MHz\t\t: 2445.432\n"),
+            cpuinfo_tsc_mhz(
+                "processor\t: 0\ncpu MHz\t\t: 2445.432\nflags\t\t: fpu tsc constant_tsc tsc_known_freq\n"
+            ),
             Some(2445.432)
         );
-        assert_eq!(cpuinfo_mhz("nothing"), None);
+        // Bare metal with cpufreq: "cpu MHz" is the current core frequency.
+        assert_eq!(
+            cpuinfo_tsc_mhz(
+                "processor\t: 0\ncpu MHz\t\t: 1197.000\nflags\t\t: fpu tsc constant_tsc\n"
+            ),
+            None
+        );
+        assert_eq!(cpuinfo_tsc_mhz("nothing"), None);
     }
 
     /// Whether `program` runs here; VM tests skip (saying so) when it does not.

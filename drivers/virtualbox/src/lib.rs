@@ -1352,6 +1352,8 @@ impl Driver for VirtualBoxDriver {
                 existing_host: false,
                 save_state: false,
                 virtio_fs: false,
+                // It boots the ISO, never the derived kernel and initramfs.
+                fast_boot_files: false,
             },
         }
     }

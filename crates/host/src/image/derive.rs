@@ -304,7 +304,7 @@ fn pvh_entry(elf: &[u8]) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::{open, tests::fake_image, GuestManifest, MANIFEST};
     use sha2::{Digest, Sha256};
@@ -393,6 +393,16 @@ mod tests {
             .insert(manifest.initrd.clone(), hex::encode(Sha256::digest(initrd)));
         fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
         open(dir).unwrap()
+    }
+
+    /// Writes an image (version `1.0-derive`) whose kernel and initramfs derive into
+    /// `dir/derived/`.
+    pub(crate) fn derivable_image(dir: &Path) -> GuestImage {
+        let initrd = ruzstd::encoding::compress_to_vec(
+            &cpio()[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        image_with(dir, &bzimage(&xz(&pvh_elf())), &initrd)
     }
 
     fn cpio() -> Vec<u8> {

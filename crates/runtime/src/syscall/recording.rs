@@ -40,6 +40,7 @@ pub enum Call {
         put_old: PathBuf,
     },
     Chroot(PathBuf),
+    Warn(String),
     Chdir(PathBuf),
     Sethostname(String),
     LoopbackUp,
@@ -291,6 +292,10 @@ impl Syscall for RecordingSyscall {
 
     fn chroot(&self, path: &Path) -> Result<(), Errno> {
         self.record(Call::Chroot(path.into()))
+    }
+
+    fn warn(&self, message: &str) {
+        let _ = self.record(Call::Warn(message.to_owned()));
     }
 
     fn chdir(&self, path: &Path) -> Result<(), Errno> {
