@@ -1671,6 +1671,8 @@ async fn after_resume<D: Driver>(
     engine.map_err(|source| MachineError::EngineNotReady {
         machine: name.clone(),
         last_stage: None,
+        // A resumed guest prints no boot stages: the note about a missing init does not apply.
+        console_captured: false,
         console: read_console_tail(dir, 15),
         cause: Box::new(source),
     })?;
