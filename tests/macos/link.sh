@@ -35,6 +35,9 @@ sdk=$(realpath -m "${RMACHINE_MACOS_STUBS:-target/$target/sdk-stubs}")
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 export SDKROOT="$sdk"
+# rustc's minimum for aarch64-apple-darwin; without it zig stamps its own default (15.0) into
+# the binary, which then refuses to start on macOS 11–14.
+export MACOSX_DEPLOYMENT_TARGET="${MACOSX_DEPLOYMENT_TARGET:-11.0}"
 
 lists=tests/macos
 
