@@ -1704,6 +1704,13 @@ async fn set_guest_clock(ssh: SocketAddr, user: &str, key: &std::path::Path) -> 
         session.close().await;
         set
     };
+    within_guest_command_timeout(work).await
+}
+
+/// `work` (SSH commands on the guest), given up after [`GUEST_COMMAND_TIMEOUT`].
+async fn within_guest_command_timeout(
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
     tokio::time::timeout(GUEST_COMMAND_TIMEOUT, work)
         .await
         .map_err(|_| {
@@ -1750,14 +1757,7 @@ async fn sync_guest_disks(
         session.close().await;
         synced
     };
-    tokio::time::timeout(GUEST_COMMAND_TIMEOUT, work)
-        .await
-        .map_err(|_| {
-            format!(
-                "no answer over SSH within {} s",
-                GUEST_COMMAND_TIMEOUT.as_secs()
-            )
-        })?
+    within_guest_command_timeout(work).await
 }
 
 /// How long `create` and `start` wait for the port agent to mount the shares over SFTP.
