@@ -146,25 +146,7 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     create_through_a_pipe(&machine)?;
 
     // The docker context named after the machine reaches its engine.
-    let out = Command::new("docker")
-        .args([
-            "--context",
-            "scp-a",
-            "version",
-            "--format",
-            "{{.Server.Version}}",
-        ])
-        .env("DOCKER_CONFIG", machine.docker_config())
-        .env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_TLS_VERIFY")
-        .env_remove("DOCKER_CERT_PATH")
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "docker --context scp-a failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    docker_version_through_context(&machine, "scp-a").context("before the restarts")?;
 
     let local = tempfile::tempdir()?;
     let tree = local.path().join("tree");
@@ -304,25 +286,8 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         .docker(&["version", "--format", "{{.Server.Version}}"])?
         .success()?;
     for name in ["scp-a", "scp-b"] {
-        let out = Command::new("docker")
-            .args([
-                "--context",
-                name,
-                "version",
-                "--format",
-                "{{.Server.Version}}",
-            ])
-            .env("DOCKER_CONFIG", machine.docker_config())
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "docker --context {name} version after the concurrent start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        docker_version_through_context(&machine, name)
+            .with_context(|| format!("{name} after the concurrent start"))?;
     }
 
     // A missing remote file is named.
@@ -331,5 +296,30 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         (missing.code, missing.stderr.as_str()),
         (1, "scp: scp-a:/nope: No such file or directory\n")
     );
+    Ok(())
+}
+
+/// `docker --context NAME version` with no DOCKER_* variables: the machine's docker context
+/// alone must reach its engine.
+fn docker_version_through_context(machine: &Machine, name: &str) -> Result<()> {
+    let out = Command::new("docker")
+        .args([
+            "--context",
+            name,
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ])
+        .env("DOCKER_CONFIG", machine.docker_config())
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_CERT_PATH")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "docker --context {name} version failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
