@@ -36,6 +36,24 @@ pub fn cannot_run(reason: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
+/// A `python3` command for a docker-py script when python3 has the `docker` package; otherwise
+/// [`cannot_run`] says why. This machine's CA bundle variables are removed: they make docker-py
+/// ignore its own TLS settings.
+pub fn docker_py() -> Option<std::process::Command> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import docker"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        cannot_run("python3 with the docker package (docker-py) is missing");
+        return None;
+    }
+    let mut python = std::process::Command::new("python3");
+    python
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE");
+    Some(python)
+}
+
 /// True when the tests can run (root); otherwise [`cannot_run`] says why.
 pub fn require_root() -> bool {
     let uid = fs::read_to_string("/proc/self/status")

@@ -787,13 +787,9 @@ fn docker_py_images_build() -> anyhow::Result<()> {
     let Some(engine) = Engine::with_busybox()? else {
         return Ok(());
     };
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import docker"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        rmachine_tests_engine::cannot_run("python3 with the docker package (docker-py) is missing");
+    let Some(mut python) = rmachine_tests_engine::docker_py() else {
         return Ok(());
-    }
+    };
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\nRUN echo from docker-py > /made\nCMD [\"cat\", \"/made\"]\n",
@@ -805,13 +801,10 @@ image, logs = client.images.build(path=sys.argv[2], tag="pybuilt:1", rm=True)
 print(",".join(image.tags))
 print("".join(chunk.get("stream", "") for chunk in logs))
 "#;
-    let out = std::process::Command::new("python3")
+    let out = python
         .args(["-c", script])
         .arg(&engine.socket)
         .arg(ctx.path())
-        // This machine's CA bundle variables make docker-py ignore its own TLS settings.
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("CURL_CA_BUNDLE")
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -1207,13 +1207,9 @@ fn build_pulls_a_missing_from_image_with_the_clis_logins() -> Result<()> {
 
 #[test]
 fn docker_py_pushes_and_pulls_with_credentials() -> Result<()> {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import docker"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        rmachine_tests_engine::cannot_run("python3 with the docker package (docker-py) is missing");
+    let Some(mut python) = rmachine_tests_engine::docker_py() else {
         return Ok(());
-    }
+    };
     let Some((engine, registry)) = setup(Auth::Htpasswd)? else {
         return Ok(());
     };
@@ -1246,13 +1242,10 @@ try:
 except docker.errors.APIError as e:
     print("refused:", e.explanation)
 "#;
-    let out = std::process::Command::new("python3")
+    let out = python
         .args(["-c", script])
         .arg(&engine.socket)
         .args([&repository, USER, PASSWORD])
-        // This machine's CA bundle variables make docker-py ignore its own TLS settings.
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("CURL_CA_BUNDLE")
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
