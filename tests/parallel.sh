@@ -3,7 +3,12 @@
 # instead of one after the other; each one's output is printed whole when it ends, under
 # cargo's own `Running <source> (<executable>)` line (tests/e2e/check-ran.sh reads it).
 #
-#   tests/parallel.sh JOBS CARGO-ARGS... [-- TEST-ARGS...]
+#   tests/parallel.sh [--run PACKAGE] JOBS CARGO-ARGS... [-- TEST-ARGS...]
+#
+# --run PACKAGE runs only that package's test executables of the ones CARGO-ARGS build. Cargo
+# unifies dependency features over the packages a command selects: `cargo test -p X` compiles
+# many dependencies again, with X's features, that `cargo test --workspace` had already built.
+# So a tier of one package can build `--workspace` (all fresh but that package) and run only it.
 #
 # Most test binaries spend their time waiting on what they drive (an engine, containers, a
 # QEMU guest), so running several at once fills the machine's cores. Every binary still runs
@@ -12,9 +17,18 @@
 # `cargo test --doc` for them.
 set -euo pipefail
 trap 'echo "parallel.sh: stopped by a failure at line $LINENO" >&2' ERR
-if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
-    echo "usage: tests/parallel.sh JOBS CARGO-ARGS... [-- TEST-ARGS...]" >&2
+usage() {
+    echo "usage: tests/parallel.sh [--run PACKAGE] JOBS CARGO-ARGS... [-- TEST-ARGS...]" >&2
     exit 2
+}
+only=""
+if [ "${1:-}" = --run ]; then
+    [ -n "${2:-}" ] || usage
+    only="$2"
+    shift 2
+fi
+if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
+    usage
 fi
 jobs="$1"
 shift
@@ -31,11 +45,22 @@ trap 'rm -rf "$work"' EXIT
 
 # Build; cargo's JSON names every test executable, its source and its package's directory.
 cargo test "${cargo_args[@]}" --no-run --message-format=json-render-diagnostics >"$work/build.json"
-jq -r 'select(.reason == "compiler-artifact" and .profile.test and .executable != null)
-       | [.executable, .target.src_path, (.manifest_path | rtrimstr("/Cargo.toml"))] | @tsv' \
+manifest=""
+if [ -n "$only" ]; then
+    manifest="$(cargo metadata --no-deps --format-version 1 \
+        | jq -r --arg name "$only" '.packages[] | select(.name == $name) | .manifest_path')"
+    if [ -z "$manifest" ]; then
+        echo "parallel.sh: --run $only: the workspace has no package of that name" >&2
+        exit 2
+    fi
+fi
+jq -r --arg manifest "$manifest" \
+    'select(.reason == "compiler-artifact" and .profile.test and .executable != null
+            and ($manifest == "" or .manifest_path == $manifest))
+     | [.executable, .target.src_path, (.manifest_path | rtrimstr("/Cargo.toml"))] | @tsv' \
     "$work/build.json" >"$work/all.tsv"
 if [ ! -s "$work/all.tsv" ]; then
-    echo "parallel.sh: cargo test ${cargo_args[*]} built no test executable" >&2
+    echo "parallel.sh: cargo test ${cargo_args[*]} built no test executable${only:+ of $only}" >&2
     exit 1
 fi
 # Longest first, so that a long binary does not start last: a file's number of #[test]s is
