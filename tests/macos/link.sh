@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Links the rmachine CLI for Apple Silicon on this Linux machine, without Apple's SDK, and
-# checks the Mach-O it makes. It links; it does not run the binary (that needs a Mac). Not run
-# by CI: it compiles the host crates for macOS (about 4.5 min on an idle 2-core x86_64 host,
-# over 17 min when seven builds share those 2 cores; CI's clippy step only type-checks them).
-# tests/run.sh runs it when RMACHINE_MACOS_LINK=1.
+# checks the Mach-O it makes. It links; it does not run the binary (that needs a Mac).
+# tests/run.sh's portability step runs it with `--profile portable` (a full macOS build of the
+# host crates, which clippy only type-checks).
 #
 # zig ships only libSystem's stubs. Two crates link Apple frameworks: security-framework
 # (through rustls-platform-verifier, which reqwest 0.13's rustls features always enable: the
@@ -17,7 +16,9 @@
 # reviewed and committed; a symbol of no known prefix is named and must be added by hand.
 # The binary loads the real frameworks from /System/Library/Frameworks on a Mac.
 #
-# Usage: tests/macos/link.sh [--release]   (zig and cargo-zigbuild as .ci/setup installs them)
+# Usage: tests/macos/link.sh [--release | --profile NAME]   (zig and cargo-zigbuild as .ci/setup
+# installs them; CI links with the `portable` profile: unoptimised, no debuginfo, the cheapest
+# build that still links every crate the release binary links)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
@@ -25,13 +26,21 @@ export PATH="$zig_venv/bin:$PATH"
 target=aarch64-apple-darwin
 profile=debug
 args=()
-if [ "${1:-}" = --release ]; then
-  profile=release
-  args=(--release)
-fi
+case "${1:-}" in
+  "") ;;
+  --release) profile=release; args=(--release) ;;
+  --profile)
+    [ -n "${2:-}" ] || { echo "usage: tests/macos/link.sh [--release | --profile NAME]" >&2; exit 2; }
+    # cargo's directory for a profile: "dev" builds into debug/.
+    profile=$2
+    [ "$profile" != dev ] || profile=debug
+    args=(--profile "$2") ;;
+  *) echo "usage: tests/macos/link.sh [--release | --profile NAME]" >&2; exit 2 ;;
+esac
+target_dir="${CARGO_TARGET_DIR:-target}"
 
 # A fixed place: build scripts of C code (ring) rerun when SDKROOT changes.
-sdk=$(realpath -m "${RMACHINE_MACOS_STUBS:-target/$target/sdk-stubs}")
+sdk=$(realpath -m "${RMACHINE_MACOS_STUBS:-$target_dir/$target/sdk-stubs}")
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 export SDKROOT="$sdk"
@@ -110,7 +119,7 @@ if ! link; then
 fi
 
 # The Mach-O header: a 64-bit arm64 executable that loads the frameworks from the system.
-python3 - "target/$target/$profile/rmachine" <<'EOF'
+python3 - "$target_dir/$target/$profile/rmachine" <<'EOF'
 import struct, sys
 data = open(sys.argv[1], "rb").read()
 magic, cputype, _, filetype, ncmds = struct.unpack_from("<IiiII", data, 0)

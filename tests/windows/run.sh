@@ -3,10 +3,23 @@
 # `env --shell powershell|cmd`, `ls`, the store under %APPDATA%, and the QEMU command line the
 # driver chooses on Windows (whpx, q35, QMP over TCP), seen through a stand-in QEMU
 # (fake-qemu.c) that records its arguments. Needs what .ci/setup installs (mingw-w64, wine64,
-# the rustup target) and `cargo build --target x86_64-pc-windows-gnu -p rmachine` first.
+# the rustup target) and `cargo build --target x86_64-pc-windows-gnu -p rmachine [--profile NAME]`
+# first (CI builds it with the `portable` profile).
+#
+#   tests/windows/run.sh [--profile NAME]   (the build's profile; dev by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exe="$PWD/target/x86_64-pc-windows-gnu/debug/rmachine.exe"
+profile_dir=debug
+case "${1:-}" in
+  "") ;;
+  --profile)
+    [ -n "${2:-}" ] || { echo "usage: tests/windows/run.sh [--profile NAME]" >&2; exit 2; }
+    # cargo's directory for a profile: "dev" builds into debug/.
+    profile_dir=$2
+    [ "$profile_dir" != dev ] || profile_dir=debug ;;
+  *) echo "usage: tests/windows/run.sh [--profile NAME]" >&2; exit 2 ;;
+esac
+exe="$(realpath -m "${CARGO_TARGET_DIR:-target}")/x86_64-pc-windows-gnu/$profile_dir/rmachine.exe"
 [ -f "$exe" ] || { echo "windows tests: $exe is missing; build it first" >&2; exit 1; }
 WINE="$(command -v wine64 || echo /usr/lib/wine/wine64)"
 [ -x "$WINE" ] || { echo "windows tests: wine64 is missing (.ci/setup installs it)" >&2; exit 1; }
