@@ -4,10 +4,12 @@
 #
 # Two lanes share the machine: the guest images (release builds for the musl targets, then
 # packing) are built in the background from the start while the foreground runs fmt, clippy,
-# the portability step and the host build (debug builds: another part of target/, so neither
-# waits on the other's lock). The test tiers wait for both. The test binaries then run a few
-# at a time (tests/parallel.sh): most of their time is spent waiting on engines, containers
-# and QEMU guests, not on the CPU.
+# the host build, the host test tiers and the portability step (debug builds: another part of
+# target/, so neither waits on the other's lock). Compiling is most of the run and both lanes
+# compete for the cores, so the order is what keeps them busy: the host tiers, which mostly wait
+# on engines and containers, run while the guest lane compiles, and the CPU-bound portability
+# step follows them. Only the e2e tier waits for the guest images. The test binaries run a few
+# at a time (tests/parallel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -43,30 +45,34 @@ cleanup() {
   rm -f "$guest_log" "$e2e_log"
 }
 trap cleanup EXIT
-step "build the guest images (in the background; their output follows the host build)"
+step "build the guest images (in the background; their output is printed before the e2e tier)"
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "portability: clippy for Windows and macOS, the Windows CLI's command tests under Wine"
+step "build host binaries (the engine tests run them)"
+cargo build --workspace --bins
+
+step "unit, CLI, runtime and engine-on-host tests (beside the guest lane)"
+tests/parallel.sh 3 --workspace --exclude rmachine-e2e
+cargo test --workspace --exclude rmachine-e2e --doc
+tests/guest/publish_test.sh
+
+step "portability: clippy for Windows and macOS, the Windows CLI's command tests under Wine, the macOS link"
 host_crates=(-p rmachine -p rmachine-host -p rmachine-driver -p rmachine-driver-qemu
              -p rmachine-driver-virtualbox -p rmachine-driver-hyperv -p rmachine-driver-generic)
 cargo clippy --target x86_64-pc-windows-gnu "${host_crates[@]}" --all-targets -- -D warnings
-# ring's C for macOS is compiled by zig (see .ci/setup); nothing is linked here: linking means a
-# full macOS build (~4.5 min), which tests/macos/link.sh does by hand. Apple Silicon only: the
-# host code has no x86_64-only path, and a second macOS target would double the step's time.
+# ring's C for macOS is compiled by zig (see .ci/setup). Both Macs in one cargo invocation: the
+# build scripts and proc-macros they share are built once.
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
-PATH="$zig_venv/bin:$PATH" cargo-zigbuild clippy --target aarch64-apple-darwin "${host_crates[@]}" \
-  --all-targets -- -D warnings
-# Opt-in: the full macOS link (4.5 min idle, 17+ min under load) with the committed symbol lists.
-if [ "${RMACHINE_MACOS_LINK:-}" = 1 ]; then
-  tests/macos/link.sh
-fi
-cargo build --target x86_64-pc-windows-gnu -p rmachine
-tests/windows/run.sh
-
-step "build host binaries (the engine tests run them)"
-cargo build --workspace --bins
+PATH="$zig_venv/bin:$PATH" cargo-zigbuild clippy --target aarch64-apple-darwin \
+  --target x86_64-apple-darwin "${host_crates[@]}" --all-targets -- -D warnings
+# The two builds that link (the Windows CLI the Wine tests run, the Apple Silicon CLI whose
+# Mach-O is checked) use the `portable` profile (Cargo.toml): nothing hot runs in them, so their
+# dependencies are not optimised and carry no debuginfo.
+cargo build --target x86_64-pc-windows-gnu -p rmachine --profile portable
+tests/windows/run.sh --profile portable
+tests/macos/link.sh --profile portable
 
 step "wait for the guest images"
 guest_status=0
@@ -77,15 +83,13 @@ if [ "$guest_status" != 0 ]; then
   exit 1
 fi
 
-step "unit, CLI, runtime and engine-on-host tests"
-tests/parallel.sh 3 --workspace --exclude rmachine-e2e
-cargo test --workspace --exclude rmachine-e2e --doc
-tests/guest/publish_test.sh
-
 step "end-to-end tests: real QEMU boots"
 # Two guests at a time (each test still runs its own tests one after the other): a guest under
-# TCG keeps one core busy, this machine has two.
-RMACHINE_E2E=1 tests/parallel.sh 2 -p rmachine-e2e -- --test-threads=1 --nocapture 2>&1 | tee "$e2e_log"
+# TCG keeps one core busy, this machine has two. Built with --workspace, as the host tier's
+# tests were (`-p rmachine-e2e` alone would unify dependency features differently and compile
+# about a hundred dependencies again), and only rmachine-e2e's test binaries run.
+RMACHINE_E2E=1 tests/parallel.sh --run rmachine-e2e 2 --workspace -- --test-threads=1 --nocapture 2>&1 \
+  | tee "$e2e_log"
 # A test file whose tests were all compiled out (the rmachine_e2e cfg lost) runs zero tests and
 # "passes": fail loudly instead.
 if ! tests/e2e/check-ran.sh "$e2e_log"; then
