@@ -62,8 +62,8 @@ step "portability: clippy for Windows and macOS, the Windows CLI's command tests
 host_crates=(-p rmachine -p rmachine-host -p rmachine-driver -p rmachine-driver-qemu
              -p rmachine-driver-virtualbox -p rmachine-driver-hyperv -p rmachine-driver-generic)
 cargo clippy --target x86_64-pc-windows-gnu "${host_crates[@]}" --all-targets -- -D warnings
-# ring's C for macOS is compiled by zig (see .ci/setup). Both Macs in one cargo invocation: the
-# build scripts and proc-macros they share are built once.
+# ring's C for macOS is compiled by zig (see .ci/setup). Both Macs in one cargo invocation: one
+# job graph for the two targets, no single-crate tail of the first while the second waits.
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
 PATH="$zig_venv/bin:$PATH" cargo-zigbuild clippy --target aarch64-apple-darwin \
   --target x86_64-apple-darwin "${host_crates[@]}" --all-targets -- -D warnings
