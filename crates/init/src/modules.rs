@@ -337,11 +337,18 @@ pub fn device_modaliases(sys_bus: &Path) -> HashSet<String> {
 }
 
 /// Driver modules loaded whenever the subsystem they serve is: their devices appear only after
-/// an asynchronous scan (SCSI disks behind AHCI, virtio-scsi or Hyper-V's storvsc), too late
-/// for the modalias pass, or they attach to every device of a class without naming one
+/// an asynchronous scan, too late for the modalias pass — SCSI disks behind AHCI, virtio-scsi
+/// or Hyper-V's storvsc; VMBus devices, which Hyper-V offers to the guest from a work queue
+/// after `hv_vmbus` has loaded — or they attach to every device of a class without naming one
 /// (`evdev`, which the power button's watch reads). Pairs of (module, subsystem module; empty:
 /// always).
-const CLASS_DRIVERS: [(&str, &str); 2] = [("sd_mod", "scsi_mod"), ("evdev", "")];
+const CLASS_DRIVERS: [(&str, &str); 5] = [
+    ("sd_mod", "scsi_mod"),
+    ("hv_storvsc", "hv_vmbus"),
+    ("hv_netvsc", "hv_vmbus"),
+    ("hv_utils", "hv_vmbus"),
+    ("evdev", ""),
+];
 
 /// How many rounds of "load what the devices need, look again" at most: each round's drivers
 /// reveal the devices behind them (virtio-mmio → virtio devices → …), two or three in practice.
@@ -722,6 +729,58 @@ kernel/fs/overlayfs/overlay.ko:
         assert!(position("virtio_scsi") < position("sd_mod"));
         assert!(!tried.iter().any(|n| n == "virtio_blk" || n == "ahci"));
         assert_eq!(not_needed, 5, "{tried:?}");
+    }
+
+    #[test]
+    fn hyper_v_drivers_load_with_the_vmbus_whose_devices_come_later() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let modules = tmp.path().join("modules");
+        std::fs::create_dir_all(&modules).expect("modules dir");
+        std::fs::write(
+            modules.join("modules.dep"),
+            "kernel/drivers/hv/hv_vmbus.ko:\n\
+             kernel/drivers/scsi/scsi_mod.ko:\n\
+             kernel/drivers/scsi/hv_storvsc.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko\n\
+             kernel/drivers/net/hyperv/hv_netvsc.ko: kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/hv/hv_utils.ko: kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/virtio/virtio_mmio.ko:\n",
+        )
+        .expect("modules.dep");
+        std::fs::write(
+            modules.join("modules.alias"),
+            "alias acpi*:VMBUS:* hv_vmbus\n\
+             alias vmbus:d96361ba9e7fb4d4b8b1fb31ff2bd9ff hv_storvsc\n\
+             alias acpi*:LNRO0005:* virtio_mmio\n",
+        )
+        .expect("modules.alias");
+        add_device(tmp.path(), "acpi", "VMBUS:00", "acpi:VMBUS:");
+        let mut tried = Vec::new();
+        // The VMBus devices are not in sysfs yet when the bus driver returns.
+        let (report, not_needed) = load_for_devices_with(
+            &modules,
+            &candidates(&modules),
+            &tmp.path().join("bus"),
+            |path| {
+                tried.push(path.to_owned());
+                Ok(true)
+            },
+        );
+        let tried = names(&tried);
+        for module in [
+            "hv_vmbus",
+            "hv_storvsc",
+            "hv_netvsc",
+            "hv_utils",
+            "scsi_mod",
+            "sd_mod",
+        ] {
+            assert!(
+                tried.iter().any(|n| n == module),
+                "{module} not loaded: {tried:?}"
+            );
+        }
+        assert_eq!((report.loaded, not_needed), (6, 1), "{tried:?}");
     }
 
     #[test]
