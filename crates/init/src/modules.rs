@@ -350,6 +350,13 @@ const CLASS_DRIVERS: [(&str, &str); 5] = [
     ("evdev", ""),
 ];
 
+/// The data disk's filesystem and the checksum it looks up by name (see [`is_device_driver`]):
+/// loaded whatever the devices; the libraries they need come as their dependencies, while those
+/// of drivers (`crc_t10dif` for `sd_mod`...) come only with them.
+fn is_filesystem(path: &str) -> bool {
+    path.starts_with("kernel/fs/ext4/") || path.starts_with("kernel/crypto/crc32c_generic.")
+}
+
 /// How many rounds of "load what the devices need, look again" at most: each round's drivers
 /// reveal the devices behind them (virtio-mmio → virtio devices → …), two or three in practice.
 const MAX_ROUNDS: usize = 8;
@@ -357,8 +364,8 @@ const MAX_ROUNDS: usize = 8;
 /// Loads, out of `candidates` (the device phase, in load order, paths relative to `dir`), only
 /// the modules this machine's devices need: the drivers whose `modules.alias` patterns match a
 /// device's `modalias` under `sys_bus`, round after round as loaded drivers reveal further
-/// devices, the [`CLASS_DRIVERS`] of loaded subsystems, every candidate outside
-/// `kernel/drivers/` (the data disk's filesystem), and each one's dependencies. Without a
+/// devices, the [`CLASS_DRIVERS`] of loaded subsystems, the data disk's filesystem, and each
+/// one's dependencies. Without a
 /// readable `modules.alias` every candidate is loaded. Returns the report and how many
 /// candidates no device needed.
 pub fn load_for_devices(dir: &Path, candidates: &[String], sys_bus: &Path) -> (LoadReport, usize) {
@@ -390,7 +397,7 @@ fn load_for_devices_with(
         let mut wanted: HashSet<&str> = HashSet::new();
         for rel in candidates.iter().filter(|p| !attempted.contains(*p)) {
             let name = module_name(rel);
-            let needed = !rel.starts_with("kernel/drivers/")
+            let needed = is_filesystem(rel)
                 || CLASS_DRIVERS.iter().any(|(driver, subsystem)| {
                     *driver == name && (subsystem.is_empty() || loaded_names.contains(*subsystem))
                 })
@@ -612,7 +619,8 @@ kernel/fs/overlayfs/overlay.ko:
              kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
              kernel/drivers/scsi/scsi_mod.ko:\n\
              kernel/drivers/scsi/virtio_scsi.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
-             kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko\n\
+             kernel/lib/crc-t10dif.ko:\n\
+             kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko kernel/lib/crc-t10dif.ko\n\
              kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko\n\
              kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko\n\
              kernel/drivers/input/evdev.ko:\n\
@@ -698,8 +706,9 @@ kernel/fs/overlayfs/overlay.ko:
         );
         assert_eq!(report.loaded, 8);
         assert!(report.failed.is_empty());
-        // virtio_pci, scsi_mod, virtio_scsi, sd_mod, libata, ahci: no such device here.
-        assert_eq!(not_needed, 6);
+        // virtio_pci, scsi_mod, virtio_scsi, crc-t10dif (a library only sd_mod needs), sd_mod,
+        // libata, ahci: no such device here.
+        assert_eq!(not_needed, 7);
     }
 
     #[test]
@@ -727,6 +736,7 @@ kernel/fs/overlayfs/overlay.ko:
         // with the SCSI core, not because a disk was seen.
         assert!(position("scsi_mod") < position("virtio_scsi"));
         assert!(position("virtio_scsi") < position("sd_mod"));
+        assert!(position("crc_t10dif") < position("sd_mod"));
         assert!(!tried.iter().any(|n| n == "virtio_blk" || n == "ahci"));
         assert_eq!(not_needed, 5, "{tried:?}");
     }

@@ -182,7 +182,15 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
     ] {
         assert!(loaded.contains(&needed), "{needed} not loaded: {loaded:?}");
     }
-    for absent in ["virtio_pci", "scsi_mod", "libata", "ahci", "hv_vmbus"] {
+    for absent in [
+        "virtio_pci",
+        "scsi_mod",
+        "sd_mod",
+        "crc_t10dif",
+        "libata",
+        "ahci",
+        "hv_vmbus",
+    ] {
         assert!(
             !loaded.contains(&absent),
             "{absent} loaded on a microvm: {loaded:?}"
