@@ -7,7 +7,8 @@
 #   save     `rmachine stop --save` with a container running (the guest's state to a file)
 #   resume   `rmachine start` from that state until `docker version` answers
 # plus QEMU's CPU time (user + sys, from its start until docker answered: far less sensitive to
-# the host's load than wall time) for create and start,
+# the host's load than wall time) for create and start, the guest's time for its device
+# modules at create (its console line),
 # and once per image, after the last start: QEMU's RSS, the guest's used memory
 # (MemTotal - MemAvailable) and QEMU's host CPU use over IDLE_SECS of an idle machine.
 # Medians and ratios (new / old) at the end. The figures go to docs/benchmarks.md.
@@ -110,6 +111,9 @@ for i in $(seq "$runs"); do
         t1=$(now)
         record "$variant-create" "$(secs "$t0" "$t1")"
         record "$variant-create-qemu-cpu" "$(qemu_cpu "$variant")"
+        # The guest's own figure for its device modules ("device modules: … in N ms").
+        record "$variant-device-modules-ms" "$(grep -o 'device modules: .* in [0-9]* ms' \
+            "$scratch/store-$variant/machines/bench-$variant/console.log" | tail -1 | awk '{print $(NF-1)}')"
         t0=$(now); rm_ "$variant" stop "bench-$variant" >/dev/null; t1=$(now)
         record "$variant-stop" "$(secs "$t0" "$t1")"
         t0=$(now)
@@ -166,11 +170,12 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '\n| what | old | new | new/old |\n| --- | --- | --- | --- |\n'
 # A variant that did not run shows "-" and no ratio.
 ratio_or_dash() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else ratio "$1" "$2"; fi; }
-for what in create create-qemu-cpu start start-qemu-cpu stop save resume; do
+for what in create create-qemu-cpu device-modules-ms start start-qemu-cpu stop save resume; do
     o=-; n=-
     [ -n "${results[old-$what]:-}" ] && o=$(printf '%s\n' ${results[old-$what]} | median)
     [ -n "${results[new-$what]:-}" ] && n=$(printf '%s\n' ${results[new-$what]} | median)
-    printf '| %s (median of %s, s) | %s | %s | %s |\n' "$what" "$runs" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
+    unit=s; [[ $what == *-ms ]] && unit=ms
+    printf '| %s (median of %s, %s) | %s | %s | %s |\n' "$what" "$runs" "$unit" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
 done
 for what in idle-cpu rss-mib guest-used-mib; do
     o=${results[old-$what]:- -}; o=${o# }
