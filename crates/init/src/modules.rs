@@ -1,4 +1,4 @@
-//! Kernel modules: every module the image ships is loaded at boot, dependencies first.
+//! Kernel modules: what the machine needs is loaded at boot, dependencies first.
 //!
 //! `guest/build.sh` copies the modules and runs `depmod`, so the image's `modules.dep` is the
 //! single source of truth for what exists and what depends on what. Each line reads
@@ -191,42 +191,242 @@ fn load_all_with(
     paths: &[String],
     mut load: impl FnMut(&Path) -> Result<bool, ModuleError>,
 ) -> LoadReport {
-    // Dependencies, to skip the modules that need an absent one; without modules.dep nothing
-    // is skipped and such modules fail as before.
-    let deps: HashMap<String, Vec<String>> = std::fs::read_to_string(dir.join("modules.dep"))
-        .map(|text| {
-            parse_modules_dep(&text)
-                .into_iter()
-                .map(|e| (e.path, e.deps))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut absent: HashSet<&str> = HashSet::new();
-    let mut report = LoadReport::default();
-    for rel in paths {
-        if deps
-            .get(rel)
-            .is_some_and(|needs| needs.iter().any(|d| absent.contains(d.as_str())))
-        {
-            absent.insert(rel);
-            report.absent += 1;
-            continue;
-        }
-        let path = dir.join(rel);
-        match load(&path) {
-            Ok(true) => report.loaded += 1,
-            Ok(false) => report.already += 1,
-            Err(ModuleError::Load {
-                source: Errno::ENODEV,
-                ..
-            }) => {
-                absent.insert(rel);
-                report.absent += 1;
-            }
-            Err(err) => report.failed.push(err),
+    let mut loader = Loader::new(dir);
+    loader.load(paths, &mut load);
+    loader.report
+}
+
+/// Loads modules one batch after another, remembering which hardware is absent.
+struct Loader<'a> {
+    dir: &'a Path,
+    /// Dependencies, to skip the modules that need an absent one; without modules.dep nothing
+    /// is skipped and such modules fail as before.
+    deps: HashMap<String, Vec<String>>,
+    absent: HashSet<String>,
+    report: LoadReport,
+}
+
+impl<'a> Loader<'a> {
+    fn new(dir: &'a Path) -> Self {
+        let deps = std::fs::read_to_string(dir.join("modules.dep"))
+            .map(|text| {
+                parse_modules_dep(&text)
+                    .into_iter()
+                    .map(|e| (e.path, e.deps))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Loader {
+            dir,
+            deps,
+            absent: HashSet::new(),
+            report: LoadReport::default(),
         }
     }
-    report
+
+    fn load(
+        &mut self,
+        paths: &[String],
+        load: &mut impl FnMut(&Path) -> Result<bool, ModuleError>,
+    ) {
+        for rel in paths {
+            if self
+                .deps
+                .get(rel)
+                .is_some_and(|needs| needs.iter().any(|d| self.absent.contains(d)))
+            {
+                self.absent.insert(rel.clone());
+                self.report.absent += 1;
+                continue;
+            }
+            let path = self.dir.join(rel);
+            match load(&path) {
+                Ok(true) => self.report.loaded += 1,
+                Ok(false) => self.report.already += 1,
+                Err(ModuleError::Load {
+                    source: Errno::ENODEV,
+                    ..
+                }) => {
+                    self.absent.insert(rel.clone());
+                    self.report.absent += 1;
+                }
+                Err(err) => self.report.failed.push(err),
+            }
+        }
+    }
+}
+
+/// One `modules.alias` line: a device pattern (`fnmatch(3)` syntax) and the module that
+/// drives the devices it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// The pattern, e.g. `virtio:d00000002v*`.
+    pub pattern: String,
+    /// The module's name (underscores, as the kernel names it), e.g. `virtio_blk`.
+    pub module: String,
+}
+
+/// Parses `modules.alias` (`alias PATTERN MODULE` lines); other lines are skipped.
+pub fn parse_modules_alias(text: &str) -> Vec<Alias> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next()? != "alias" {
+                return None;
+            }
+            let pattern = words.next()?;
+            let module = words.next()?;
+            Some(Alias {
+                pattern: pattern.to_owned(),
+                module: module_name(module),
+            })
+        })
+        .collect()
+}
+
+/// A module's name from its file path or name: `kernel/drivers/char/hw_random/virtio-rng.ko`
+/// → `virtio_rng` (module names treat `-` and `_` alike; the kernel writes `_`).
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.strip_suffix(".ko").unwrap_or(file).replace('-', "_")
+}
+
+/// Whether a device's `modalias` matches a `modules.alias` pattern, as modprobe decides it
+/// (`fnmatch(3)` without flags: `*` also matches `/`).
+fn alias_matches(pattern: &str, modalias: &str) -> bool {
+    // Cheap test first: the pattern's literal head must start the modalias (most patterns
+    // name another bus), so fnmatch runs for a few candidates only; that matters under TCG.
+    let head = pattern
+        .find(['*', '?', '[', '\\'])
+        .map_or(pattern, |end| &pattern[..end]);
+    if !modalias.starts_with(head) {
+        return false;
+    }
+    let (Ok(pattern), Ok(name)) = (
+        std::ffi::CString::new(pattern),
+        std::ffi::CString::new(modalias),
+    ) else {
+        return false;
+    };
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call; fnmatch only
+    // reads them.
+    unsafe { libc::fnmatch(pattern.as_ptr(), name.as_ptr(), 0) == 0 }
+}
+
+/// The `modalias` of every device the kernel knows, read from `sys_bus/*/devices/*/modalias`
+/// (`/sys/bus`); a device without one (or unreadable) is left out.
+pub fn device_modaliases(sys_bus: &Path) -> HashSet<String> {
+    let mut found = HashSet::new();
+    let Ok(buses) = std::fs::read_dir(sys_bus) else {
+        return found;
+    };
+    for bus in buses.flatten() {
+        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
+            continue;
+        };
+        for device in devices.flatten() {
+            if let Ok(alias) = std::fs::read_to_string(device.path().join("modalias")) {
+                let alias = alias.trim();
+                if !alias.is_empty() {
+                    found.insert(alias.to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Driver modules loaded whenever the subsystem they serve is: their devices appear only after
+/// an asynchronous scan, too late for the modalias pass — SCSI disks behind AHCI, virtio-scsi
+/// or Hyper-V's storvsc; VMBus devices, which Hyper-V offers to the guest from a work queue
+/// after `hv_vmbus` has loaded — or they attach to every device of a class without naming one
+/// (`evdev`, which the power button's watch reads). Pairs of (module, subsystem module; empty:
+/// always).
+const CLASS_DRIVERS: [(&str, &str); 5] = [
+    ("sd_mod", "scsi_mod"),
+    ("hv_storvsc", "hv_vmbus"),
+    ("hv_netvsc", "hv_vmbus"),
+    ("hv_utils", "hv_vmbus"),
+    ("evdev", ""),
+];
+
+/// The data disk's filesystem and the checksum it looks up by name (see [`is_device_driver`]):
+/// loaded whatever the devices; the libraries they need come as their dependencies, while those
+/// of drivers (`crc_t10dif` for `sd_mod`...) come only with them.
+fn is_filesystem(path: &str) -> bool {
+    path.starts_with("kernel/fs/ext4/") || path.starts_with("kernel/crypto/crc32c_generic.")
+}
+
+/// How many rounds of "load what the devices need, look again" at most: each round's drivers
+/// reveal the devices behind them (virtio-mmio → virtio devices → …), two or three in practice.
+const MAX_ROUNDS: usize = 8;
+
+/// Loads, out of `candidates` (the device phase, in load order, paths relative to `dir`), only
+/// the modules this machine's devices need: the drivers whose `modules.alias` patterns match a
+/// device's `modalias` under `sys_bus`, round after round as loaded drivers reveal further
+/// devices, the [`CLASS_DRIVERS`] of loaded subsystems, the data disk's filesystem, and each
+/// one's dependencies. Without a
+/// readable `modules.alias` every candidate is loaded. Returns the report and how many
+/// candidates no device needed.
+pub fn load_for_devices(dir: &Path, candidates: &[String], sys_bus: &Path) -> (LoadReport, usize) {
+    load_for_devices_with(dir, candidates, sys_bus, load_one)
+}
+
+/// [`load_for_devices`] with the loader of one module file given (tests).
+fn load_for_devices_with(
+    dir: &Path,
+    candidates: &[String],
+    sys_bus: &Path,
+    mut load: impl FnMut(&Path) -> Result<bool, ModuleError>,
+) -> (LoadReport, usize) {
+    let aliases = match std::fs::read_to_string(dir.join("modules.alias")) {
+        Ok(text) => parse_modules_alias(&text),
+        Err(err) => {
+            tracing::warn!(
+                "modules: cannot read {}: {err}; loading every device module",
+                dir.join("modules.alias").display()
+            );
+            return (load_all_with(dir, candidates, load), 0);
+        }
+    };
+    let mut loader = Loader::new(dir);
+    let mut attempted: HashSet<String> = HashSet::new();
+    let mut loaded_names: HashSet<String> = HashSet::new();
+    for _ in 0..MAX_ROUNDS {
+        let modaliases = device_modaliases(sys_bus);
+        let mut wanted: HashSet<&str> = HashSet::new();
+        for rel in candidates.iter().filter(|p| !attempted.contains(*p)) {
+            let name = module_name(rel);
+            let needed = is_filesystem(rel)
+                || CLASS_DRIVERS.iter().any(|(driver, subsystem)| {
+                    *driver == name && (subsystem.is_empty() || loaded_names.contains(*subsystem))
+                })
+                || aliases.iter().any(|a| {
+                    a.module == name && modaliases.iter().any(|m| alias_matches(&a.pattern, m))
+                });
+            if needed {
+                wanted.insert(rel);
+                if let Some(deps) = loader.deps.get(rel) {
+                    wanted.extend(deps.iter().map(String::as_str));
+                }
+            }
+        }
+        // The candidates' order already puts dependencies first.
+        let batch: Vec<String> = candidates
+            .iter()
+            .filter(|p| wanted.contains(p.as_str()) && !attempted.contains(*p))
+            .cloned()
+            .collect();
+        if batch.is_empty() {
+            break;
+        }
+        loader.load(&batch, &mut load);
+        for rel in batch {
+            loaded_names.insert(module_name(&rel));
+            attempted.insert(rel);
+        }
+    }
+    (loader.report, candidates.len() - attempted.len())
 }
 
 /// Loads one module file; `Ok(false)` if it was already loaded.
@@ -400,6 +600,241 @@ kernel/fs/overlayfs/overlay.ko:
         assert_eq!(
             late,
             ["kernel/drivers/net/veth.ko", "kernel/drivers/net/tun.ko"]
+        );
+    }
+
+    /// A modules directory and a `/sys/bus` with a microvm's devices before any driver loads:
+    /// two virtio-mmio slots (ACPI) and the power button's input device.
+    fn microvm_tree() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let modules = tmp.path().join("modules");
+        std::fs::create_dir_all(&modules).expect("modules dir");
+        std::fs::write(
+            modules.join("modules.dep"),
+            "kernel/drivers/virtio/virtio_ring.ko:\n\
+             kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/scsi/scsi_mod.ko:\n\
+             kernel/drivers/scsi/virtio_scsi.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/lib/crc-t10dif.ko:\n\
+             kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko kernel/lib/crc-t10dif.ko\n\
+             kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko\n\
+             kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko kernel/drivers/scsi/scsi_mod.ko\n\
+             kernel/drivers/input/evdev.ko:\n\
+             kernel/fs/jbd2/jbd2.ko:\n\
+             kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\n",
+        )
+        .expect("modules.dep");
+        std::fs::write(
+            modules.join("modules.alias"),
+            "# Aliases extracted from modules themselves.\n\
+             alias acpi*:LNRO0005:* virtio_mmio\n\
+             alias of:N*T*Cvirtio,mmio virtio_mmio\n\
+             alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             alias virtio:d00000002v* virtio_blk\n\
+             alias virtio:d00000004v* virtio_rng\n\
+             alias virtio:d00000008v* virtio_scsi\n\
+             alias scsi:t-0x00* sd_mod\n\
+             alias pci:v*d*sv*sd*bc01sc06i01* ahci\n",
+        )
+        .expect("modules.alias");
+        for (bus, device, alias) in [
+            ("acpi", "LNRO0005:00", "acpi:LNRO0005:"),
+            ("acpi", "LNRO0005:01", "acpi:LNRO0005:"),
+            ("acpi", "PNP0C0C:00", "acpi:PNP0C0C:"),
+            (
+                "input",
+                "input0",
+                "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw",
+            ),
+        ] {
+            add_device(tmp.path(), bus, device, alias);
+        }
+        tmp
+    }
+
+    fn add_device(root: &Path, bus: &str, device: &str, alias: &str) {
+        let dir = root.join("bus").join(bus).join("devices").join(device);
+        std::fs::create_dir_all(&dir).expect("device dir");
+        std::fs::write(dir.join("modalias"), format!("{alias}\n")).expect("modalias");
+    }
+
+    fn candidates(modules: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(modules.join("modules.dep")).expect("dep");
+        load_order(&parse_modules_dep(&text))
+    }
+
+    fn names(paths: &[PathBuf]) -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| module_name(&p.to_string_lossy()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_drivers_of_present_devices_load_round_after_round() {
+        let tmp = microvm_tree();
+        let root = tmp.path().to_owned();
+        let modules = root.join("modules");
+        let mut tried = Vec::new();
+        let (report, not_needed) =
+            load_for_devices_with(&modules, &candidates(&modules), &root.join("bus"), |path| {
+                tried.push(path.to_owned());
+                // What the kernel does: the virtio-mmio driver registers the devices in its
+                // slots (a disk and the entropy source) while it loads.
+                if path.ends_with("virtio_mmio.ko") {
+                    add_device(&root, "virtio", "virtio0", "virtio:d00000002v554D4551");
+                    add_device(&root, "virtio", "virtio1", "virtio:d00000004v554D4551");
+                }
+                Ok(true)
+            });
+        assert_eq!(
+            names(&tried),
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_mmio",
+                "evdev",
+                "jbd2",
+                "ext4",
+                "virtio_blk",
+                "virtio_rng"
+            ]
+        );
+        assert_eq!(report.loaded, 8);
+        assert!(report.failed.is_empty());
+        // virtio_pci, scsi_mod, virtio_scsi, crc-t10dif (a library only sd_mod needs), sd_mod,
+        // libata, ahci: no such device here.
+        assert_eq!(not_needed, 7);
+    }
+
+    #[test]
+    fn scsi_disks_get_their_class_driver_once_a_scsi_host_driver_loads() {
+        let tmp = microvm_tree();
+        let root = tmp.path().to_owned();
+        let modules = root.join("modules");
+        let mut tried = Vec::new();
+        let (_, not_needed) =
+            load_for_devices_with(&modules, &candidates(&modules), &root.join("bus"), |path| {
+                tried.push(path.to_owned());
+                if path.ends_with("virtio_mmio.ko") {
+                    add_device(&root, "virtio", "virtio0", "virtio:d00000008v554D4551");
+                }
+                Ok(true)
+            });
+        let tried = names(&tried);
+        let position = |name: &str| {
+            tried
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("{name} not loaded: {tried:?}"))
+        };
+        // The disks behind virtio-scsi appear after an asynchronous scan: sd_mod is loaded
+        // with the SCSI core, not because a disk was seen.
+        assert!(position("scsi_mod") < position("virtio_scsi"));
+        assert!(position("virtio_scsi") < position("sd_mod"));
+        assert!(position("crc_t10dif") < position("sd_mod"));
+        assert!(!tried.iter().any(|n| n == "virtio_blk" || n == "ahci"));
+        assert_eq!(not_needed, 5, "{tried:?}");
+    }
+
+    #[test]
+    fn hyper_v_drivers_load_with_the_vmbus_whose_devices_come_later() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let modules = tmp.path().join("modules");
+        std::fs::create_dir_all(&modules).expect("modules dir");
+        std::fs::write(
+            modules.join("modules.dep"),
+            "kernel/drivers/hv/hv_vmbus.ko:\n\
+             kernel/drivers/scsi/scsi_mod.ko:\n\
+             kernel/drivers/scsi/hv_storvsc.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko\n\
+             kernel/drivers/net/hyperv/hv_netvsc.ko: kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/hv/hv_utils.ko: kernel/drivers/hv/hv_vmbus.ko\n\
+             kernel/drivers/virtio/virtio_mmio.ko:\n",
+        )
+        .expect("modules.dep");
+        std::fs::write(
+            modules.join("modules.alias"),
+            "alias acpi*:VMBUS:* hv_vmbus\n\
+             alias vmbus:d96361ba9e7fb4d4b8b1fb31ff2bd9ff hv_storvsc\n\
+             alias acpi*:LNRO0005:* virtio_mmio\n",
+        )
+        .expect("modules.alias");
+        add_device(tmp.path(), "acpi", "VMBUS:00", "acpi:VMBUS:");
+        let mut tried = Vec::new();
+        // The VMBus devices are not in sysfs yet when the bus driver returns.
+        let (report, not_needed) = load_for_devices_with(
+            &modules,
+            &candidates(&modules),
+            &tmp.path().join("bus"),
+            |path| {
+                tried.push(path.to_owned());
+                Ok(true)
+            },
+        );
+        let tried = names(&tried);
+        for module in [
+            "hv_vmbus",
+            "hv_storvsc",
+            "hv_netvsc",
+            "hv_utils",
+            "scsi_mod",
+            "sd_mod",
+        ] {
+            assert!(
+                tried.iter().any(|n| n == module),
+                "{module} not loaded: {tried:?}"
+            );
+        }
+        assert_eq!((report.loaded, not_needed), (6, 1), "{tried:?}");
+    }
+
+    #[test]
+    fn without_modules_alias_every_device_module_loads() {
+        let tmp = microvm_tree();
+        let modules = tmp.path().join("modules");
+        std::fs::remove_file(modules.join("modules.alias")).expect("rm alias");
+        let all = candidates(&modules);
+        let mut tried = 0;
+        let (report, not_needed) =
+            load_for_devices_with(&modules, &all, &tmp.path().join("bus"), |_| {
+                tried += 1;
+                Ok(true)
+            });
+        assert_eq!(
+            (tried, report.loaded, not_needed),
+            (all.len(), all.len(), 0)
+        );
+    }
+
+    #[test]
+    fn aliases_match_as_modprobe_matches_them() {
+        let aliases = parse_modules_alias(
+            "# comment\nalias acpi*:LNRO0005:* virtio_mmio\nalias virtio:d00000004v* virtio-rng\nbroken\n",
+        );
+        assert_eq!(aliases.len(), 2);
+        assert_eq!(aliases[1].module, "virtio_rng");
+        assert!(alias_matches(&aliases[0].pattern, "acpi:LNRO0005:"));
+        assert!(!alias_matches(&aliases[0].pattern, "acpi:PNP0C0C:"));
+        assert!(alias_matches(
+            &aliases[1].pattern,
+            "virtio:d00000004v554D4551"
+        ));
+        assert!(!alias_matches(
+            &aliases[1].pattern,
+            "virtio:d00000002v554D4551"
+        ));
+        assert!(alias_matches(
+            "pci:v*d*sv*sd*bc01sc06i01*",
+            "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+        ));
+        assert_eq!(
+            module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
+            "virtio_rng"
         );
     }
 

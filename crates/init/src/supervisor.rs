@@ -46,7 +46,7 @@ pub async fn run() -> Action {
             Default::default()
         }
     };
-    load_modules("device modules", dir.clone(), early).await;
+    load_device_modules(dir.clone(), early).await;
     logging::stage(Stage::ModulesLoaded);
     // Container modules (netfilter, bridge, overlay) load while disks and network come up;
     // only the engine waits for them.
@@ -133,6 +133,34 @@ pub async fn run() -> Action {
     mounts::unmount_all(&DATA_MOUNTS);
     nix::unistd::sync();
     action
+}
+
+/// Loads the device modules this machine's devices need (see [`modules::load_for_devices`]).
+async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) {
+    let started = Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || {
+        modules::load_for_devices(&dir, &candidates, Path::new("/sys/bus"))
+    })
+    .await;
+    let (report, not_needed) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            tracing::warn!("modules: loader panicked: {err}");
+            return;
+        }
+    };
+    for failure in &report.failed {
+        tracing::warn!("modules: {}", error_chain(failure));
+    }
+    tracing::info!(
+        "device modules: {} loaded, {} already present, {} not for this hardware, {} failed, {} not needed by this machine's devices in {} ms",
+        report.loaded,
+        report.already,
+        report.absent,
+        report.failed.len(),
+        not_needed,
+        started.elapsed().as_millis()
+    );
 }
 
 async fn load_modules(what: &'static str, dir: PathBuf, paths: Vec<String>) {

@@ -6,6 +6,9 @@
 #   start    cold `rmachine start` until `docker version` answers
 #   save     `rmachine stop --save` with a container running (the guest's state to a file)
 #   resume   `rmachine start` from that state until `docker version` answers
+# plus QEMU's CPU time (user + sys, from its start until docker answered: far less sensitive to
+# the host's load than wall time) for create and start, the guest's time for its device
+# modules at create (its console line),
 # and once per image, after the last start: QEMU's RSS, the guest's used memory
 # (MemTotal - MemAvailable) and QEMU's host CPU use over IDLE_SECS of an idle machine.
 # Medians and ratios (new / old) at the end. The figures go to docs/benchmarks.md.
@@ -18,6 +21,8 @@
 #                temporary worktree with its own target dir (a release musl build: minutes)
 #   RMACHINE     the host CLI (default target/debug/rmachine); both images use it, so the
 #                difference measured is the guest image and what the driver does with it
+#   OLD_RMACHINE the host CLI for the old image instead (e.g. main's build in another
+#                worktree): then host-side changes are measured too
 #   IDLE_SECS    idle window (default 60)
 #   FIXTURES     rmachine-fixtures, which builds the busybox image run before the save
 #                (default target/debug/rmachine-fixtures; missing: the save holds no container)
@@ -61,8 +66,20 @@ secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { echo "$2 / $1" | bc -l | xargs printf '%.2f'; }
 
+old_rmachine=${OLD_RMACHINE:-$rmachine}
+[ -x "$old_rmachine" ] || { echo "missing $old_rmachine" >&2; exit 1; }
 # Runs the CLI for VARIANT's store.
-rm_() { local variant=$1; shift; RMACHINE_STORAGE_PATH="$scratch/store-$variant" "$rmachine" "$@"; }
+rm_() {
+    local variant=$1 cli=$rmachine; shift
+    [ "$variant" = old ] && cli=$old_rmachine
+    RMACHINE_STORAGE_PATH="$scratch/store-$variant" "$cli" "$@"
+}
+# QEMU's CPU time so far (user + sys, seconds) for VARIANT's machine.
+qemu_cpu() {
+    local pid
+    pid=$(cat "$scratch/store-$1/machines/bench-$1/qemu.pid")
+    awk -v tck="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / tck}' "/proc/$pid/stat"
+}
 # Waits until docker answers through the machine's environment (at most 300 s).
 docker_answers() {
     local variant=$1 env
@@ -83,6 +100,7 @@ record() { results[$1]="${results[$1]:-} $2"; }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(qemu-system-x86_64 --version | head -1)"
 echo "old image: $(jq -r .version "${OLD_GUEST:-$new_guest}/manifest.json"), new image: $(jq -r .version "$new_guest/manifest.json")"
+echo "old CLI: $old_rmachine, new CLI: $rmachine"
 for i in $(seq "$runs"); do
     for variant in $variants; do
         image=$new_guest
@@ -92,6 +110,10 @@ for i in $(seq "$runs"); do
         docker_answers "$variant"
         t1=$(now)
         record "$variant-create" "$(secs "$t0" "$t1")"
+        record "$variant-create-qemu-cpu" "$(qemu_cpu "$variant")"
+        # The guest's own figure for its device modules ("device modules: … in N ms").
+        record "$variant-device-modules-ms" "$(grep -o 'device modules: .* in [0-9]* ms' \
+            "$scratch/store-$variant/machines/bench-$variant/console.log" | tail -1 | awk '{print $(NF-1)}')"
         t0=$(now); rm_ "$variant" stop "bench-$variant" >/dev/null; t1=$(now)
         record "$variant-stop" "$(secs "$t0" "$t1")"
         t0=$(now)
@@ -99,6 +121,7 @@ for i in $(seq "$runs"); do
         docker_answers "$variant"
         t1=$(now)
         record "$variant-start" "$(secs "$t0" "$t1")"
+        record "$variant-start-qemu-cpu" "$(qemu_cpu "$variant")"
         if [ "$i" = "$runs" ]; then
             pid=$(cat "$scratch/store-$variant/machines/bench-$variant/qemu.pid")
             tck=$(getconf CLK_TCK)
@@ -136,6 +159,8 @@ for i in $(seq "$runs"); do
         echo "run $i $variant: create $(echo "${results[$variant-create]}" | awk '{print $NF}') s," \
             "stop $(echo "${results[$variant-stop]}" | awk '{print $NF}') s," \
             "start $(echo "${results[$variant-start]}" | awk '{print $NF}') s," \
+            "QEMU CPU create $(echo "${results[$variant-create-qemu-cpu]}" | awk '{print $NF}') s," \
+            "start $(echo "${results[$variant-start-qemu-cpu]}" | awk '{print $NF}') s," \
             "save $(echo "${results[$variant-save]}" | awk '{print $NF}') s," \
             "resume $(echo "${results[$variant-resume]}" | awk '{print $NF}') s"
     done
@@ -145,11 +170,12 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '\n| what | old | new | new/old |\n| --- | --- | --- | --- |\n'
 # A variant that did not run shows "-" and no ratio.
 ratio_or_dash() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else ratio "$1" "$2"; fi; }
-for what in create start stop save resume; do
+for what in create create-qemu-cpu device-modules-ms start start-qemu-cpu stop save resume; do
     o=-; n=-
     [ -n "${results[old-$what]:-}" ] && o=$(printf '%s\n' ${results[old-$what]} | median)
     [ -n "${results[new-$what]:-}" ] && n=$(printf '%s\n' ${results[new-$what]} | median)
-    printf '| %s (median of %s, s) | %s | %s | %s |\n' "$what" "$runs" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
+    unit=s; [[ $what == *-ms ]] && unit=ms
+    printf '| %s (median of %s, %s) | %s | %s | %s |\n' "$what" "$runs" "$unit" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
 done
 for what in idle-cpu rss-mib guest-used-mib; do
     o=${results[old-$what]:- -}; o=${o# }

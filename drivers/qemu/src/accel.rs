@@ -299,6 +299,131 @@ impl AccelProbe for QemuProbe<'_> {
     }
 }
 
+/// A probe's answers remembered in a file, so that only the first `create` on a host pays for
+/// the test boot (0.1–0.3 s where QEMU aborts at once, the whole [`PROBE_TIMEOUT`] where the
+/// guest hangs). An answer is reused only for the same QEMU binary, kernel file (each by path,
+/// length and modification time), machine type and accelerator; anything else probes again.
+/// `/dev/kvm` being openable is checked on every create ([`static_check`]), so a host that
+/// loses or gains it is not misjudged.
+pub struct CachedProbe<'a, P> {
+    /// The probe that really boots.
+    pub inner: &'a P,
+    /// The file of remembered answers (`cache/qemu-accel-probe.json` in the store).
+    pub file: std::path::PathBuf,
+    /// What the answers depend on besides the accelerator; `None` (a binary or kernel that
+    /// cannot be found) disables the cache.
+    pub key: Option<String>,
+}
+
+/// Where a store keeps the probe's answers, from a machine directory (`STORE/machines/NAME`
+/// → `STORE/cache/qemu-accel-probe.json`); `None` for a directory outside a store's
+/// `machines/`, which then gets no cache.
+pub fn probe_cache_file(machine_dir: &Path) -> Option<std::path::PathBuf> {
+    let machines = machine_dir.parent()?;
+    if machines.file_name()? != "machines" {
+        return None;
+    }
+    Some(
+        machines
+            .parent()?
+            .join("cache")
+            .join("qemu-accel-probe.json"),
+    )
+}
+
+/// One remembered answer: `None` for "works", else why not.
+type CachedAnswers = std::collections::BTreeMap<String, Option<String>>;
+
+impl<P: AccelProbe> CachedProbe<'_, P> {
+    /// What a probe's answer depends on: the QEMU binary (resolved on `PATH`), the kernel, the
+    /// machine type. `None` if a file cannot be found or read.
+    pub fn key_for(program: &str, kernel: &Path, machine: &str) -> Option<String> {
+        let binary = find_program(program)?;
+        let stamp = |path: &Path| -> Option<String> {
+            let meta = std::fs::metadata(path).ok()?;
+            let mtime = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            Some(format!(
+                "{}:{}:{}",
+                path.display(),
+                meta.len(),
+                mtime.as_nanos()
+            ))
+        };
+        Some(format!("{}|{}|{machine}", stamp(&binary)?, stamp(kernel)?))
+    }
+
+    fn read(&self) -> CachedAnswers {
+        std::fs::read(&self.file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    async fn probe_cached(&self, accel: Accel) -> ProbeResult {
+        let Some(key) = &self.key else {
+            return self.inner.probe(accel).await;
+        };
+        if let Some(why) = static_check(HostPlatform::current(), accel) {
+            return ProbeResult::Unusable(why);
+        }
+        let key = format!("{key}|{accel}");
+        if let Some(answer) = self.read().get(&key) {
+            tracing::debug!(%accel, file = %self.file.display(), "accelerator probe answered from the cache");
+            return match answer {
+                None => ProbeResult::Works,
+                Some(why) => {
+                    ProbeResult::Unusable(format!("{why} (remembered from an earlier test boot)"))
+                }
+            };
+        }
+        let result = self.inner.probe(accel).await;
+        let mut answers = self.read();
+        answers.insert(
+            key,
+            match &result {
+                ProbeResult::Works => None,
+                ProbeResult::Unusable(why) => Some(why.clone()),
+            },
+        );
+        // Losing the cache only costs the next create a probe: no error for the user.
+        let written = serde_json::to_vec_pretty(&answers)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(parent) = self.file.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let tmp = self.file.with_extension("json.tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, &self.file)
+            });
+        if let Err(err) = written {
+            tracing::warn!(file = %self.file.display(), "cannot remember the accelerator probe's answer: {err}");
+        }
+        result
+    }
+}
+
+impl<P: AccelProbe> AccelProbe for CachedProbe<'_, P> {
+    fn probe(&self, accel: Accel) -> impl Future<Output = ProbeResult> + Send {
+        self.probe_cached(accel)
+    }
+}
+
+/// `program` as a file: itself if it names a path, else the first match on `PATH`.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = Path::new(program);
+    if path.components().count() > 1 {
+        return path.is_file().then(|| path.to_owned());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Reasons to skip the QEMU run altogether.
 fn static_check(host: HostPlatform, accel: Accel) -> Option<String> {
     if host.os == HostOs::Linux && accel == Accel::Kvm {
@@ -465,6 +590,80 @@ mod tests {
         );
         assert_eq!(AccelOption::Kvm.problem_on(LINUX, HostArch::X86_64), None);
         assert_eq!(AccelOption::Auto.problem_on(MAC, HostArch::Aarch64), None);
+    }
+
+    /// A QEMU binary and a kernel to key the cache on.
+    fn probe_files(dir: &Path) -> (String, std::path::PathBuf) {
+        let program = dir.join("qemu-system-x86_64");
+        std::fs::write(&program, "qemu").expect("program");
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&kernel, "kernel").expect("kernel");
+        (program.to_string_lossy().into_owned(), kernel)
+    }
+
+    #[tokio::test]
+    async fn a_probe_answer_is_remembered_until_qemu_or_the_kernel_changes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (program, kernel) = probe_files(tmp.path());
+        let inner = FakeProbe::new(vec![(
+            Accel::Kvm,
+            ProbeResult::Unusable("QEMU crashed during a test boot".into()),
+        )]);
+        let cached = |key| CachedProbe {
+            inner: &inner,
+            file: tmp.path().join("cache/qemu-accel-probe.json"),
+            key,
+        };
+        let key = CachedProbe::<FakeProbe>::key_for(&program, &kernel, "microvm");
+        assert!(key.is_some());
+        // Without /dev/kvm the static check answers before any cache or probe.
+        let kvm_here = static_check(LINUX, Accel::Kvm).is_none();
+        let first = cached(key.clone()).probe(Accel::Kvm).await;
+        let second = cached(key.clone()).probe(Accel::Kvm).await;
+        if kvm_here {
+            assert_eq!(
+                first,
+                ProbeResult::Unusable("QEMU crashed during a test boot".into())
+            );
+            assert_eq!(
+                second,
+                ProbeResult::Unusable(
+                    "QEMU crashed during a test boot (remembered from an earlier test boot)".into()
+                )
+            );
+            assert_eq!(
+                inner.asked(),
+                vec![Accel::Kvm],
+                "probed once for two creates"
+            );
+            // Another machine type, or a rebuilt QEMU, is probed afresh.
+            let other = CachedProbe::<FakeProbe>::key_for(&program, &kernel, "q35");
+            cached(other).probe(Accel::Kvm).await;
+            std::fs::write(&program, "qemu, upgraded").expect("upgrade");
+            let upgraded = CachedProbe::<FakeProbe>::key_for(&program, &kernel, "microvm");
+            assert_ne!(upgraded, key);
+            cached(upgraded).probe(Accel::Kvm).await;
+            assert_eq!(inner.asked().len(), 3);
+            // A damaged cache file only means another probe.
+            std::fs::write(tmp.path().join("cache/qemu-accel-probe.json"), "{not json")
+                .expect("damage");
+            cached(key).probe(Accel::Kvm).await;
+            assert_eq!(inner.asked().len(), 4);
+        } else {
+            assert!(
+                matches!(first, ProbeResult::Unusable(why) if why.starts_with("cannot open /dev/kvm"))
+            );
+            assert!(inner.asked().is_empty());
+        }
+        assert_eq!(
+            CachedProbe::<FakeProbe>::key_for("no-such-qemu-here", &kernel, "microvm"),
+            None
+        );
+        assert_eq!(
+            probe_cache_file(Path::new("/store/machines/dev")).as_deref(),
+            Some(Path::new("/store/cache/qemu-accel-probe.json"))
+        );
+        assert_eq!(probe_cache_file(Path::new("/tmp/dev")), None);
     }
 
     fn kvm_probe_argv() -> Vec<String> {

@@ -501,8 +501,16 @@ impl QemuDriver {
                 kernel: &spec.boot.kernel,
                 timeout: self.probe_timeout,
             };
+            let cache_file = accel::probe_cache_file(dir.path());
+            let cached = accel::CachedProbe {
+                inner: &probe,
+                key: cache_file.as_ref().and_then(|_| {
+                    accel::CachedProbe::<QemuProbe>::key_for(&program, &spec.boot.kernel, &machine)
+                }),
+                file: cache_file.unwrap_or_default(),
+            };
             let accel =
-                accel::choose(self.options.accel, self.host, self.guest_arch(), &probe).await;
+                accel::choose(self.options.accel, self.host, self.guest_arch(), &cached).await;
             let windows = self.host.os == HostOs::Windows;
             let ports = saved::free_ports(if windows { 3 } else { 2 })
                 .map_err(|e| Self::io_error(dir, dir.path(), e))?;

@@ -1,6 +1,6 @@
 //! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
-//! every guest stage is there in boot order, and the host's marks are in order too. One
-//! machine: create, stop, start.
+//! every guest stage is there in boot order, and the host's marks are in order too; only the
+//! modules of the machine's devices are loaded. One machine: create, stop, start.
 #![cfg(rmachine_e2e)]
 
 use rmachine_e2e::Machine;
@@ -164,5 +164,37 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
         root.contains(" - rootfs rootfs "),
         "`/` is a bind mount of rootfs: {root}"
     );
+
+    // Only the drivers of this microvm's devices were loaded (matched by modalias): its
+    // virtio-mmio disks, NIC and RNG, the power button; nothing for PCI, SCSI, ATA or Hyper-V.
+    let modules = machine
+        .rmachine(&["ssh", &machine.name, "cut -d' ' -f1 /proc/modules"])?
+        .success()?;
+    let loaded: Vec<&str> = modules.stdout.lines().collect();
+    for needed in [
+        "virtio_mmio",
+        "virtio_blk",
+        "virtio_net",
+        "virtio_rng",
+        "button",
+        "evdev",
+        "ext4",
+    ] {
+        assert!(loaded.contains(&needed), "{needed} not loaded: {loaded:?}");
+    }
+    for absent in [
+        "virtio_pci",
+        "scsi_mod",
+        "sd_mod",
+        "crc_t10dif",
+        "libata",
+        "ahci",
+        "hv_vmbus",
+    ] {
+        assert!(
+            !loaded.contains(&absent),
+            "{absent} loaded on a microvm: {loaded:?}"
+        );
+    }
     Ok(())
 }
