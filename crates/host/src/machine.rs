@@ -1576,8 +1576,17 @@ async fn start_with(
             .await
             .map_err(driver_err(name, "resume the VM"))?;
         match resumed {
-            Resume::Resumed => {
-                return after_resume(store, &driver, &dir, &mut config, timeout, progress).await
+            Resume::Resumed { clock_set } => {
+                return after_resume(
+                    store,
+                    &driver,
+                    &dir,
+                    &mut config,
+                    clock_set,
+                    timeout,
+                    progress,
+                )
+                .await
             }
             Resume::Discarded { reason } => progress(Progress::ColdBoot { reason }),
             Resume::NoSavedState => {}
@@ -1601,21 +1610,28 @@ fn save_refusal(
             "driver {driver} cannot save a running machine's state"
         ));
     }
-    let share = shares.first()?;
-    let why = match share.transport {
-        ShareTransport::Sftp => {
-            "the guest mounts it over the SSH connection that stopping ends".to_string()
-        }
-        transport => format!("QEMU cannot save a guest with a mounted {transport} export"),
-    };
+    // Shares over SFTP ride the SSH connection: the guest's share daemon keeps the mount
+    // (and the containers' bind mounts of it) through the save, and the port agent started
+    // after the resume connects it again. A mounted 9p or virtio-fs export cannot be saved.
+    let share = shares
+        .iter()
+        .find(|share| share.transport != ShareTransport::Sftp)?;
     let remedy = if creating {
         "create it with --no-share, or without --save-on-stop"
     } else {
         "stop it with --no-save, or create it with --no-share"
     };
+    let sftp = if driver == "qemu" {
+        "; shares over SFTP (--qemu-share-transport sftp) survive a save"
+    } else {
+        ""
+    };
     Some(format!(
-        "the machine shares {} ({why}); {remedy}",
-        share.host_path.display()
+        "the machine shares {} over {} (QEMU cannot save a guest with a mounted {} export); \
+         {remedy}{sftp}",
+        share.host_path.display(),
+        share.transport,
+        share.transport
     ))
 }
 
@@ -1627,6 +1643,7 @@ async fn after_resume<D: Driver>(
     driver: &D,
     dir: &MachineDir,
     config: &mut MachineConfig,
+    clock_set: bool,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
@@ -1645,6 +1662,9 @@ async fn after_resume<D: Driver>(
     let began = Instant::now();
     let (clock, engine, cleaned) = tokio::join!(
         async {
+            if clock_set {
+                return Ok(());
+            }
             let set = set_guest_clock(
                 endpoints.ssh,
                 &config.driver.ssh_user,
@@ -2957,7 +2977,7 @@ mod tests {
     }
 
     #[test]
-    fn save_is_refused_without_the_capability_and_with_shares() {
+    fn save_is_refused_without_the_capability_and_with_device_shares_only() {
         let no_save = Capabilities::default();
         let why = save_refusal(&no_save, "fake", &[], false).unwrap();
         assert!(why.contains("driver fake cannot save"), "{why}");
@@ -2966,24 +2986,38 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(save_refusal(&can_save, "qemu", &[], false), None);
+        let share = |host: &str, transport| rmachine_driver::Share {
+            tag: "share0".into(),
+            host_path: host.into(),
+            guest_path: host.into(),
+            read_only: false,
+            transport,
+        };
+        // Over SFTP the share survives the save: the agent reconnects after the resume.
+        let sftp = [share("/home/me", ShareTransport::Sftp)];
+        assert_eq!(save_refusal(&can_save, "qemu", &sftp, false), None);
+        assert_eq!(save_refusal(&can_save, "qemu", &sftp, true), None);
         for (transport, because) in [
-            (ShareTransport::NineP, "mounted 9p export"),
-            (ShareTransport::VirtioFs, "mounted virtiofs export"),
-            (ShareTransport::Sftp, "SSH connection"),
+            (
+                ShareTransport::NineP,
+                "over 9p (QEMU cannot save a guest with a mounted 9p export)",
+            ),
+            (
+                ShareTransport::VirtioFs,
+                "over virtiofs (QEMU cannot save a guest with a mounted virtiofs export)",
+            ),
         ] {
-            let share = rmachine_driver::Share {
-                tag: "share0".into(),
-                host_path: "/home/me".into(),
-                guest_path: "/home/me".into(),
-                read_only: false,
-                transport,
-            };
-            let shares = [share];
+            // The share that blocks the save is named, not the SFTP one beside it.
+            let shares = [
+                share("/srv/sftp", ShareTransport::Sftp),
+                share("/home/me", transport),
+            ];
             let why = save_refusal(&can_save, "qemu", &shares, false).unwrap();
             assert!(
-                why.contains("/home/me")
+                why.contains("shares /home/me")
                     && why.contains(because)
-                    && why.contains("stop it with --no-save"),
+                    && why.contains("stop it with --no-save")
+                    && why.contains("shares over SFTP (--qemu-share-transport sftp) survive"),
                 "{why}"
             );
             let why = save_refusal(&can_save, "qemu", &shares, true).unwrap();

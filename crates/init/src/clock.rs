@@ -20,9 +20,7 @@ pub fn find_port(class_dir: &Path, name: &str) -> Option<PathBuf> {
     let entries = std::fs::read_dir(class_dir).ok()?;
     entries
         .filter_map(Result::ok)
-        .find(|e| {
-            std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name)
-        })
+        .find(|e| std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
         .map(|e| Path::new("/dev").join(e.file_name()))
 }
 

@@ -17,7 +17,9 @@ use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
 use rmachine_guest_config::timeline::Stage;
 
-use crate::{clock, engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action};
+use crate::{
+    clock, engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action,
+};
 
 /// Where the data disk is mounted.
 pub const DATA_MOUNT: &str = "/mnt/data";
