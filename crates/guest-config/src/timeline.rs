@@ -113,7 +113,11 @@ impl BootTimeline {
 
     /// A table for `--timings`: one line per stage, guest stages then host stages.
     pub fn render(&self) -> String {
-        let mut out = String::from("guest (ms since kernel start):\n");
+        let mut out = String::from(if self.guest.is_empty() {
+            "guest: no boot stages (resumed from a saved state, or no console captured)\n"
+        } else {
+            "guest (ms since kernel start):\n"
+        });
         for g in &self.guest {
             out.push_str(&format!("  {:>7}  {:?}\n", g.ms, g.stage));
         }

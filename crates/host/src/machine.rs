@@ -1571,18 +1571,22 @@ async fn start_with(
     }
     if resume && current == VmState::Saved {
         progress(Progress::ResumingVm);
+        let mut clock = HostClock::new(began);
+        clock.mark(HostStage::VmStarting);
         let resumed = driver
             .resume(&dir, &driver_spec(&config.vm))
             .await
             .map_err(driver_err(name, "resume the VM"))?;
         match resumed {
             Resume::Resumed { clock_set } => {
+                clock.mark(HostStage::VmRunning);
                 return after_resume(
                     store,
                     &driver,
                     &dir,
                     &mut config,
                     clock_set,
+                    clock,
                     timeout,
                     progress,
                 )
@@ -1644,6 +1648,7 @@ async fn after_resume<D: Driver>(
     dir: &MachineDir,
     config: &mut MachineConfig,
     clock_set: bool,
+    mut timeline: HostClock,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
@@ -1660,6 +1665,7 @@ async fn after_resume<D: Driver>(
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
     let began = Instant::now();
+    timeline.mark(HostStage::FirstProbe);
     let (clock, engine, cleaned) = tokio::join!(
         async {
             if clock_set {
@@ -1696,6 +1702,13 @@ async fn after_resume<D: Driver>(
         console: read_console_tail(dir, 15),
         cause: Box::new(source),
     })?;
+    timeline.mark(HostStage::Ready);
+    // `--timings` and `inspect` show this run: a resume has no guest boot stages.
+    config.timeline = Some(BootTimeline {
+        guest: Vec::new(),
+        host: timeline.marks,
+    });
+    store.save(config)?;
     progress(Progress::EngineReady);
     Ok(())
 }

@@ -151,9 +151,17 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
     // Time passes while the machine is saved: the guest's clock must catch up.
     std::thread::sleep(Duration::from_secs(3));
     let resumed = machine
-        .rmachine(&["start", "--no-progress", &machine.name])?
+        .rmachine(&["start", "--no-progress", "--timings", &machine.name])?
         .success()?;
     eprintln!("start (resume) took {:.2}s", resumed.elapsed.as_secs_f64());
+    // The resume's own timeline, not the cold boot's before it.
+    assert!(
+        resumed.stdout.contains("guest: no boot stages (resumed from a saved state")
+            && resumed.stdout.contains("Ready")
+            && !resumed.stdout.contains("InitStarted"),
+        "{}",
+        resumed.stdout
+    );
     assert!(
         resumed
             .stdout
