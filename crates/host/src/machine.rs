@@ -1585,12 +1585,14 @@ async fn start_with(
                     &driver,
                     &dir,
                     &mut config,
-                    clock_set,
-                    clock,
+                    ResumedVm {
+                        clock_set,
+                        timeline: clock,
+                    },
                     timeout,
                     progress,
                 )
-                .await
+                .await;
             }
             Resume::Discarded { reason } => progress(Progress::ColdBoot { reason }),
             Resume::NoSavedState => {}
@@ -1639,6 +1641,14 @@ fn save_refusal(
     ))
 }
 
+/// What [`after_resume`] is told about the resume the driver did.
+struct ResumedVm {
+    /// The driver set the guest's clock (else it is set over SSH).
+    clock_set: bool,
+    /// The host's stages so far.
+    timeline: HostClock,
+}
+
 /// After [`Driver::resume`]: the guest runs on from where it was saved, but its clock stands
 /// where it was then. Records the endpoints of this run, sets the guest's clock from the
 /// host's and waits for the engine.
@@ -1647,11 +1657,14 @@ async fn after_resume<D: Driver>(
     driver: &D,
     dir: &MachineDir,
     config: &mut MachineConfig,
-    clock_set: bool,
-    mut timeline: HostClock,
+    resumed: ResumedVm,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
+    let ResumedVm {
+        clock_set,
+        mut timeline,
+    } = resumed;
     let name = dir.name.clone();
     let endpoints = driver
         .endpoints(dir)

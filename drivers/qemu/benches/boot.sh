@@ -18,6 +18,8 @@
 #                temporary worktree with its own target dir (a release musl build: minutes)
 #   RMACHINE     the host CLI (default target/debug/rmachine); both images use it, so the
 #                difference measured is the guest image and what the driver does with it
+#   OLD_RMACHINE the CLI the old image runs with instead (a change to the host side, such as
+#                how a resume sets the guest's clock, is then measured too)
 #   IDLE_SECS    idle window (default 60)
 #   FIXTURES     rmachine-fixtures, which builds the busybox image run before the save
 #                (default target/debug/rmachine-fixtures; missing: the save holds no container)
@@ -62,7 +64,11 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 ratio() { echo "$2 / $1" | bc -l | xargs printf '%.2f'; }
 
 # Runs the CLI for VARIANT's store.
-rm_() { local variant=$1; shift; RMACHINE_STORAGE_PATH="$scratch/store-$variant" "$rmachine" "$@"; }
+rm_() {
+    local variant=$1 cli=$rmachine; shift
+    [ "$variant" = old ] && cli=${OLD_RMACHINE:-$rmachine}
+    RMACHINE_STORAGE_PATH="$scratch/store-$variant" "$cli" "$@"
+}
 # Waits until docker answers through the machine's environment (at most 300 s).
 docker_answers() {
     local variant=$1 env

@@ -109,7 +109,14 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
     let started = started_at(&machine)?;
     machine
         .docker(&[
-            "run", "-d", "--name", "reader", "-v", "/share:/data", "busybox", "sleep",
+            "run",
+            "-d",
+            "--name",
+            "reader",
+            "-v",
+            "/share:/data",
+            "busybox",
+            "sleep",
             "100000",
         ])?
         .success()?;
@@ -156,7 +163,9 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
     eprintln!("start (resume) took {:.2}s", resumed.elapsed.as_secs_f64());
     // The resume's own timeline, not the cold boot's before it.
     assert!(
-        resumed.stdout.contains("guest: no boot stages (resumed from a saved state")
+        resumed
+            .stdout
+            .contains("guest: no boot stages (resumed from a saved state")
             && resumed.stdout.contains("Ready")
             && !resumed.stdout.contains("InitStarted"),
         "{}",
@@ -181,12 +190,23 @@ fn stop_save_and_start_resume_running_containers_with_the_right_clock() -> anyho
     assert!(
         console.contains("clock set from the host"),
         "the clock was set through the clock port: {}",
-        console.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+        console
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // The share: the container's bind mount of it sees what the host writes now.
     std::fs::write(shared.join("after.txt"), "written after the resume\n")?;
     let after = machine
-        .docker(&["exec", "reader", "cat", "/data/after.txt", "/data/before.txt"])?
+        .docker(&[
+            "exec",
+            "reader",
+            "cat",
+            "/data/after.txt",
+            "/data/before.txt",
+        ])?
         .success()?;
     assert_eq!(
         after.stdout,
