@@ -1046,7 +1046,6 @@ impl QemuDriver {
         let tsc_khz = self.host_tsc_khz().await;
         let qmp_endpoint = self.launch_qmp(dir, &state)?;
         let argv = self.vm_argv(dir, spec, &state, tsc_khz, &[], &qmp_endpoint);
-        let qemu_version = self.qemu_version().await?;
         let boot_files =
             resume::boot_stamps(spec).map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
         let tmp = dir.file(resume::STATE_TMP);
@@ -1054,6 +1053,14 @@ impl QemuDriver {
         let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
+        // The version of the QEMU that writes the state, not of whatever binary is installed
+        // now (it may have been upgraded while the VM ran).
+        let answer = qmp.execute("query-version", None).await.map_err(qmp_err)?;
+        let qemu_version = resume::version_line(&answer).ok_or_else(|| DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "qmp",
+            message: format!("query-version answered {answer}"),
+        })?;
         // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
         qmp.execute(
             "migrate-set-parameters",
@@ -1111,8 +1118,10 @@ impl QemuDriver {
             .and_then(|data_disk| {
                 SavedVm {
                     qemu_version,
-                    qemu_binary: resume::find_program(&self.program())
-                        .and_then(|p| resume::FileStamp::of(&p).ok()),
+                    qemu_binary: resume::binary_of_running_qemu(
+                        &self.program(),
+                        &dir.file(PIDFILE),
+                    ),
                     argv,
                     tsc_khz,
                     boot_files,
