@@ -166,6 +166,32 @@ mod tests {
     }
 
     #[test]
+    fn a_timeline_without_guest_stages_says_so() {
+        let resumed = BootTimeline {
+            guest: Vec::new(),
+            host: vec![HostMark {
+                stage: HostStage::Ready,
+                ms: 800,
+            }],
+        };
+        assert_eq!(
+            resumed.render(),
+            "guest: no boot stages (resumed from a saved state, or no console captured)\n\
+             host (ms since the command began):\n      800  Ready\n"
+        );
+        let booted = BootTimeline {
+            guest: vec![GuestStage {
+                stage: Stage::InitStarted,
+                ms: 300,
+            }],
+            host: Vec::new(),
+        };
+        assert!(booted
+            .render()
+            .starts_with("guest (ms since kernel start):\n      300  InitStarted\n"));
+    }
+
+    #[test]
     fn only_the_last_boot_counts() {
         let console = [
             line(Stage::InitStarted, 300),
