@@ -4,10 +4,10 @@
 //! (the host's UTC clock at the write) and waits briefly for the guest's `ok` line: the guest's
 //! clock is right the moment the VM runs again, without an SSH connection.
 
-use std::path::{Path, PathBuf};
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// The pipes' common name (`-chardev pipe,path=…` adds `.in` and `.out`).
 pub const PIPE: &str = "clock";
@@ -73,6 +73,7 @@ pub fn set_line(now: std::time::SystemTime) -> String {
 /// returns the guest's answer (`ok SECONDS NANOSECONDS`).
 #[cfg(unix)]
 pub async fn set_guest_clock(dir: &Path) -> Result<String, ClockPortError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     use tokio::net::unix::pipe;
     let io = |path: &Path| {
         let path = path.to_owned();

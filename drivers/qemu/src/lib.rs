@@ -1411,6 +1411,7 @@ impl QemuDriver {
 
     /// Right after `cont`: sets the guest's clock through its clock port; false (logged) when
     /// that did not work, and the host sets it over SSH instead.
+    #[cfg_attr(not(unix), allow(unused_variables))]
     async fn set_clock_after_resume(&self, dir: &MachineDir) -> bool {
         if !self.has_clock_port() {
             return false;
