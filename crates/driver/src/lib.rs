@@ -286,7 +286,11 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
     /// The VM runs again from its saved state.
-    Resumed,
+    Resumed {
+        /// The driver set the guest's clock from the host's as the VM ran again; otherwise
+        /// the host sets it (over SSH).
+        clock_set: bool,
+    },
     /// There is no saved state: the host boots the VM.
     NoSavedState,
     /// A saved state existed but could not be used (the reason says why); it is gone, the data

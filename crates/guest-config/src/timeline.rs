@@ -113,7 +113,11 @@ impl BootTimeline {
 
     /// A table for `--timings`: one line per stage, guest stages then host stages.
     pub fn render(&self) -> String {
-        let mut out = String::from("guest (ms since kernel start):\n");
+        let mut out = String::from(if self.guest.is_empty() {
+            "guest: no boot stages (resumed from a saved state, or no console captured)\n"
+        } else {
+            "guest (ms since kernel start):\n"
+        });
         for g in &self.guest {
             out.push_str(&format!("  {:>7}  {:?}\n", g.ms, g.stage));
         }
@@ -159,6 +163,32 @@ mod tests {
             "[   0.000] rmachine-init: {}\n",
             GuestStage { stage, ms }.console_line()
         )
+    }
+
+    #[test]
+    fn a_timeline_without_guest_stages_says_so() {
+        let resumed = BootTimeline {
+            guest: Vec::new(),
+            host: vec![HostMark {
+                stage: HostStage::Ready,
+                ms: 800,
+            }],
+        };
+        assert_eq!(
+            resumed.render(),
+            "guest: no boot stages (resumed from a saved state, or no console captured)\n\
+             host (ms since the command began):\n      800  Ready\n"
+        );
+        let booted = BootTimeline {
+            guest: vec![GuestStage {
+                stage: Stage::InitStarted,
+                ms: 300,
+            }],
+            host: Vec::new(),
+        };
+        assert!(booted
+            .render()
+            .starts_with("guest (ms since kernel start):\n      300  InitStarted\n"));
     }
 
     #[test]

@@ -1571,13 +1571,28 @@ async fn start_with(
     }
     if resume && current == VmState::Saved {
         progress(Progress::ResumingVm);
+        let mut clock = HostClock::new(began);
+        clock.mark(HostStage::VmStarting);
         let resumed = driver
             .resume(&dir, &driver_spec(&config.vm))
             .await
             .map_err(driver_err(name, "resume the VM"))?;
         match resumed {
-            Resume::Resumed => {
-                return after_resume(store, &driver, &dir, &mut config, timeout, progress).await
+            Resume::Resumed { clock_set } => {
+                clock.mark(HostStage::VmRunning);
+                return after_resume(
+                    store,
+                    &driver,
+                    &dir,
+                    &mut config,
+                    ResumedVm {
+                        clock_set,
+                        timeline: clock,
+                    },
+                    timeout,
+                    progress,
+                )
+                .await;
             }
             Resume::Discarded { reason } => progress(Progress::ColdBoot { reason }),
             Resume::NoSavedState => {}
@@ -1601,22 +1616,37 @@ fn save_refusal(
             "driver {driver} cannot save a running machine's state"
         ));
     }
-    let share = shares.first()?;
-    let why = match share.transport {
-        ShareTransport::Sftp => {
-            "the guest mounts it over the SSH connection that stopping ends".to_string()
-        }
-        transport => format!("QEMU cannot save a guest with a mounted {transport} export"),
-    };
+    // Shares over SFTP ride the SSH connection: the guest's share daemon keeps the mount
+    // (and the containers' bind mounts of it) through the save, and the port agent started
+    // after the resume connects it again. A mounted 9p or virtio-fs export cannot be saved.
+    let share = shares
+        .iter()
+        .find(|share| share.transport != ShareTransport::Sftp)?;
     let remedy = if creating {
         "create it with --no-share, or without --save-on-stop"
     } else {
         "stop it with --no-save, or create it with --no-share"
     };
+    let sftp = if driver == "qemu" {
+        "; shares over SFTP (--qemu-share-transport sftp) survive a save"
+    } else {
+        ""
+    };
     Some(format!(
-        "the machine shares {} ({why}); {remedy}",
-        share.host_path.display()
+        "the machine shares {} over {} (QEMU cannot save a guest with a mounted {} export); \
+         {remedy}{sftp}",
+        share.host_path.display(),
+        share.transport,
+        share.transport
     ))
+}
+
+/// What [`after_resume`] is told about the resume the driver did.
+struct ResumedVm {
+    /// The driver set the guest's clock (else it is set over SSH).
+    clock_set: bool,
+    /// The host's stages so far.
+    timeline: HostClock,
 }
 
 /// After [`Driver::resume`]: the guest runs on from where it was saved, but its clock stands
@@ -1627,9 +1657,14 @@ async fn after_resume<D: Driver>(
     driver: &D,
     dir: &MachineDir,
     config: &mut MachineConfig,
+    resumed: ResumedVm,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
+    let ResumedVm {
+        clock_set,
+        mut timeline,
+    } = resumed;
     let name = dir.name.clone();
     let endpoints = driver
         .endpoints(dir)
@@ -1643,8 +1678,12 @@ async fn after_resume<D: Driver>(
     progress(Progress::WaitingForEngine);
     let client = engine_client(store, &name)?;
     let began = Instant::now();
+    timeline.mark(HostStage::FirstProbe);
     let (clock, engine, cleaned) = tokio::join!(
         async {
+            if clock_set {
+                return Ok(());
+            }
             let set = set_guest_clock(
                 endpoints.ssh,
                 &config.driver.ssh_user,
@@ -1676,6 +1715,13 @@ async fn after_resume<D: Driver>(
         console: read_console_tail(dir, 15),
         cause: Box::new(source),
     })?;
+    timeline.mark(HostStage::Ready);
+    // `--timings` and `inspect` show this run: a resume has no guest boot stages.
+    config.timeline = Some(BootTimeline {
+        guest: Vec::new(),
+        host: timeline.marks,
+    });
+    store.save(config)?;
     progress(Progress::EngineReady);
     Ok(())
 }
@@ -2957,7 +3003,7 @@ mod tests {
     }
 
     #[test]
-    fn save_is_refused_without_the_capability_and_with_shares() {
+    fn save_is_refused_without_the_capability_and_with_device_shares_only() {
         let no_save = Capabilities::default();
         let why = save_refusal(&no_save, "fake", &[], false).unwrap();
         assert!(why.contains("driver fake cannot save"), "{why}");
@@ -2966,24 +3012,38 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(save_refusal(&can_save, "qemu", &[], false), None);
+        let share = |host: &str, transport| rmachine_driver::Share {
+            tag: "share0".into(),
+            host_path: host.into(),
+            guest_path: host.into(),
+            read_only: false,
+            transport,
+        };
+        // Over SFTP the share survives the save: the agent reconnects after the resume.
+        let sftp = [share("/home/me", ShareTransport::Sftp)];
+        assert_eq!(save_refusal(&can_save, "qemu", &sftp, false), None);
+        assert_eq!(save_refusal(&can_save, "qemu", &sftp, true), None);
         for (transport, because) in [
-            (ShareTransport::NineP, "mounted 9p export"),
-            (ShareTransport::VirtioFs, "mounted virtiofs export"),
-            (ShareTransport::Sftp, "SSH connection"),
+            (
+                ShareTransport::NineP,
+                "over 9p (QEMU cannot save a guest with a mounted 9p export)",
+            ),
+            (
+                ShareTransport::VirtioFs,
+                "over virtiofs (QEMU cannot save a guest with a mounted virtiofs export)",
+            ),
         ] {
-            let share = rmachine_driver::Share {
-                tag: "share0".into(),
-                host_path: "/home/me".into(),
-                guest_path: "/home/me".into(),
-                read_only: false,
-                transport,
-            };
-            let shares = [share];
+            // The share that blocks the save is named, not the SFTP one beside it.
+            let shares = [
+                share("/srv/sftp", ShareTransport::Sftp),
+                share("/home/me", transport),
+            ];
             let why = save_refusal(&can_save, "qemu", &shares, false).unwrap();
             assert!(
-                why.contains("/home/me")
+                why.contains("shares /home/me")
                     && why.contains(because)
-                    && why.contains("stop it with --no-save"),
+                    && why.contains("stop it with --no-save")
+                    && why.contains("shares over SFTP (--qemu-share-transport sftp) survive"),
                 "{why}"
             );
             let why = save_refusal(&can_save, "qemu", &shares, true).unwrap();

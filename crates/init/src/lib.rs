@@ -17,6 +17,7 @@
 //! and `rmachine-init shutdown` asks a running PID 1 to power off.
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod engine;

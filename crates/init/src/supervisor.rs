@@ -17,7 +17,9 @@ use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
 use rmachine_guest_config::timeline::Stage;
 
-use crate::{engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action};
+use crate::{
+    clock, engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action,
+};
 
 /// Where the data disk is mounted.
 pub const DATA_MOUNT: &str = "/mnt/data";
@@ -54,6 +56,7 @@ pub async fn run() -> Action {
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
     power::watch(press_tx);
+    clock::watch();
 
     // The configuration drive is read first (one small read): it may hold the network's
     // static address, which then comes up while the data disk is checked and mounted.

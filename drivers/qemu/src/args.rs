@@ -163,6 +163,9 @@ pub struct VmLaunch<'a> {
     pub shares: &'a [Share],
     /// The vhost-user socket of each virtio-fs share's virtiofsd, by tag.
     pub virtiofs_sockets: &'a [(String, std::path::PathBuf)],
+    /// The pipe of the guest's clock port (`PATH.in` and `PATH.out`, see
+    /// [`clock_port_args`]); none where QEMU has no named pipes to offer (Windows).
+    pub clock_pipe: Option<&'a Path>,
     /// Where the serial console goes.
     pub console_log: &'a Path,
     /// Where QEMU writes its process id.
@@ -212,6 +215,26 @@ pub fn initrd_file(boot: &BootImage, family: MachineFamily, guest: HostArch) -> 
         _ => &boot.initrd,
     }
 }
+
+/// The guest's clock port: a virtio-serial port named `org.rmachine.clock` (the guest's init
+/// serves it) backed by the named pipes `PIPE.in` (host to guest) and `PIPE.out`. A pipe, not a
+/// socket: QEMU holds both ends open from the start, so the port is always connected and the
+/// guest's read waits for a line instead of seeing a hang-up; the host writes the time there
+/// right after a resume (see `crate::clock`).
+pub fn clock_port_args(family: MachineFamily, pipe: &Path) -> Vec<String> {
+    [
+        "-device".to_owned(),
+        family.virtio("serial"),
+        "-chardev".to_owned(),
+        format!("pipe,id=rmclock,path={}", escape_opt(&path(pipe))),
+        "-device".to_owned(),
+        format!("virtserialport,chardev=rmclock,name={CLOCK_PORT_NAME}"),
+    ]
+    .into()
+}
+
+/// The name of the guest's clock port (`rmachine_init::clock::PORT_NAME`).
+pub const CLOCK_PORT_NAME: &str = "org.rmachine.clock";
 
 /// The arguments (without the program) that start the VM. On Linux and macOS QEMU daemonizes
 /// once the VM runs; Windows QEMU has no `-daemonize`, so the driver spawns it detached.
@@ -346,6 +369,10 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
             ),
         ]);
     }
+    if let Some(pipe) = l.clock_pipe {
+        args.extend(clock_port_args(family, pipe));
+    }
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
     push(&["-serial", &format!("file:{}", path(l.console_log))]);
     push(&["-qmp", &l.qmp.qemu_arg()]);
     push(&["-pidfile", &path(l.pidfile)]);
@@ -454,6 +481,7 @@ mod tests {
             guest_ports: GuestPorts::default(),
             shares: &[],
             virtiofs_sockets: &[],
+            clock_pipe: None,
             console_log: &p.console,
             pidfile: &p.pid,
             qmp: &p.qmp,

@@ -12,6 +12,7 @@
 
 pub mod accel;
 pub mod args;
+pub mod clock;
 pub mod disk;
 pub mod platform;
 pub mod process;
@@ -62,6 +63,8 @@ const OWN_FILES: &[&str] = &[
     resume::META,
     resume::META_TMP,
     resume::STATE_SPENT,
+    clock::PIPE_IN,
+    clock::PIPE_OUT,
 ];
 
 /// How long one QMP exchange may take.
@@ -319,6 +322,12 @@ impl QemuDriver {
         }
         self.clean_runtime_files(dir)?;
         Ok(None)
+    }
+
+    /// Whether the VM gets the guest's clock port ([`clock`]): named pipes, which QEMU for
+    /// Windows does not offer (and Windows hosts cannot save a VM anyway).
+    fn has_clock_port(&self) -> bool {
+        self.host.os != HostOs::Windows
     }
 
     fn clean_runtime_files(&self, dir: &MachineDir) -> Result<(), DriverError> {
@@ -663,6 +672,11 @@ impl QemuDriver {
         incoming: Option<&Path>,
     ) -> Result<(), DriverError> {
         self.clean_runtime_files(dir)?;
+        #[cfg(unix)]
+        if self.has_clock_port() {
+            clock::make_pipes(dir.path())
+                .map_err(|e| Self::io_error(dir, &dir.file(clock::PIPE_IN), e))?;
+        }
         let program = self.program();
         let pidfile = dir.file(PIDFILE);
         let qmp = self.launch_qmp(dir, state)?;
@@ -766,6 +780,7 @@ impl QemuDriver {
         let disk = dir.file(DISK);
         let console = dir.file(CONSOLE_LOG);
         let pidfile = dir.file(PIDFILE);
+        let clock_pipe = self.has_clock_port().then(|| dir.file(clock::PIPE));
         args::vm_args(&args::VmLaunch {
             host: self.host,
             guest: self.guest_arch(),
@@ -785,6 +800,7 @@ impl QemuDriver {
             guest_ports: spec.guest_ports,
             shares: &spec.shares,
             virtiofs_sockets,
+            clock_pipe: clock_pipe.as_deref(),
             console_log: &console,
             pidfile: &pidfile,
             qmp,
@@ -1038,7 +1054,6 @@ impl QemuDriver {
         let tsc_khz = self.host_tsc_khz().await;
         let qmp_endpoint = self.launch_qmp(dir, &state)?;
         let argv = self.vm_argv(dir, spec, &state, tsc_khz, &[], &qmp_endpoint);
-        let qemu_version = self.qemu_version().await?;
         let boot_files =
             resume::boot_stamps(spec).map_err(|e| Self::io_error(dir, &spec.boot.kernel, e))?;
         let tmp = dir.file(resume::STATE_TMP);
@@ -1046,6 +1061,14 @@ impl QemuDriver {
         let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
+        // The version of the QEMU that writes the state, not of whatever binary is installed
+        // now (it may have been upgraded while the VM ran).
+        let answer = qmp.execute("query-version", None).await.map_err(qmp_err)?;
+        let qemu_version = resume::version_line(&answer).ok_or_else(|| DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "qmp",
+            message: format!("query-version answered {answer}"),
+        })?;
         // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
         qmp.execute(
             "migrate-set-parameters",
@@ -1103,8 +1126,10 @@ impl QemuDriver {
             .and_then(|data_disk| {
                 SavedVm {
                     qemu_version,
-                    qemu_binary: resume::find_program(&self.program())
-                        .and_then(|p| resume::FileStamp::of(&p).ok()),
+                    qemu_binary: resume::binary_of_running_qemu(
+                        &self.program(),
+                        &dir.file(PIDFILE),
+                    ),
                     argv,
                     tsc_khz,
                     boot_files,
@@ -1223,7 +1248,9 @@ impl QemuDriver {
             None => self.load_saved(dir, spec).await?,
         };
         Ok(match why {
-            None => Resume::Resumed,
+            None => Resume::Resumed {
+                clock_set: self.set_clock_after_resume(dir).await,
+            },
             Some(reason) => {
                 resume::discard(dir)
                     .map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
@@ -1388,6 +1415,29 @@ impl QemuDriver {
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
         Ok(None)
+    }
+
+    /// Right after `cont`: sets the guest's clock through its clock port; false (logged) when
+    /// that did not work, and the host sets it over SSH instead.
+    #[cfg_attr(not(unix), allow(unused_variables))]
+    async fn set_clock_after_resume(&self, dir: &MachineDir) -> bool {
+        if !self.has_clock_port() {
+            return false;
+        }
+        #[cfg(unix)]
+        {
+            let began = Instant::now();
+            match clock::set_guest_clock(dir.path()).await {
+                Ok(answer) => {
+                    tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "guest clock set through the clock port ({answer})");
+                    return true;
+                }
+                Err(err) => {
+                    tracing::info!(machine = %dir.name, "guest clock not set through the clock port: {}", error_chain(&err));
+                }
+            }
+        }
+        false
     }
 
     /// The reason given when QEMU exited while loading the state, with the end of its log.
@@ -2135,6 +2185,7 @@ mod tests {
             guest_ports: GuestPorts::default(),
             shares: &spec.shares,
             virtiofs_sockets: &[],
+            clock_pipe: Some(&dir.file(clock::PIPE)),
             console_log: &dir.file(CONSOLE_LOG),
             pidfile: &dir.file(PIDFILE),
             qmp: &QmpEndpoint::Unix(dir.file(QMP_SOCKET)),

@@ -126,6 +126,37 @@ impl SavedVm {
     }
 }
 
+/// The first line `--version` prints, built from QMP `query-version`'s answer (QEMU prints
+/// `QEMU emulator version MAJOR.MINOR.MICRO (PACKAGE)`, without the parenthesis when the
+/// package is empty); `None` if the answer lacks the numbers.
+pub fn version_line(answer: &serde_json::Value) -> Option<String> {
+    let qemu = answer.get("qemu")?;
+    let number = |name: &str| qemu.get(name).and_then(serde_json::Value::as_u64);
+    let mut line = format!(
+        "QEMU emulator version {}.{}.{}",
+        number("major")?,
+        number("minor")?,
+        number("micro")?
+    );
+    match answer
+        .get("package")
+        .and_then(|p| p.as_str())
+        .map(str::trim)
+    {
+        Some(package) if !package.is_empty() => line.push_str(&format!(" ({package})")),
+        _ => {}
+    }
+    Some(line)
+}
+
+/// The stamp of the QEMU executable at `program` if it has not changed since the QEMU that
+/// wrote `pidfile` started (a newer file is another QEMU than the one running).
+pub fn binary_of_running_qemu(program: &str, pidfile: &Path) -> Option<FileStamp> {
+    let binary = FileStamp::of(&find_program(program)?).ok()?;
+    let started = FileStamp::of(pidfile).ok()?;
+    (binary.modified_ns < started.modified_ns).then_some(binary)
+}
+
 /// Where `program` runs from: itself if it names a path, else the first match on `PATH`.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = Path::new(program);
@@ -294,6 +325,54 @@ mod tests {
                 "{why}"
             );
         }
+    }
+
+    #[test]
+    fn the_running_qemus_version_reads_as_its_version_line() {
+        let answer = serde_json::json!({
+            "qemu": {"micro": 22, "minor": 2, "major": 7},
+            "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"
+        });
+        // `qemu-system-x86_64 --version` of that QEMU, first line.
+        assert_eq!(
+            version_line(&answer).as_deref(),
+            Some("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)")
+        );
+        let plain =
+            serde_json::json!({"qemu": {"micro": 0, "minor": 2, "major": 8}, "package": ""});
+        assert_eq!(
+            version_line(&plain).as_deref(),
+            Some("QEMU emulator version 8.2.0")
+        );
+        assert_eq!(version_line(&serde_json::json!({"package": "x"})), None);
+    }
+
+    #[test]
+    fn a_qemu_binary_newer_than_the_running_qemu_is_not_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = tmp.path().join("qemu-system-x86_64");
+        let pidfile = tmp.path().join("qemu.pid");
+        std::fs::write(&binary, b"elf").unwrap();
+        let set = |path: &Path, secs: u64| {
+            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        };
+        std::fs::write(&pidfile, b"1\n").unwrap();
+        set(&binary, 1_000);
+        set(&pidfile, 2_000);
+        let program = binary.to_str().unwrap();
+        assert_eq!(
+            binary_of_running_qemu(program, &pidfile).map(|s| s.len),
+            Some(3)
+        );
+        // Replaced (upgraded) while the VM ran: the running QEMU is another program.
+        set(&binary, 3_000);
+        assert_eq!(binary_of_running_qemu(program, &pidfile), None);
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! The clock port: a virtio-serial port named [`PORT_NAME`] on which the host sends the time
+//! right after it resumed the VM from a saved state (the guest's clock stands where it was at
+//! the save; under emulation nothing else tells the kernel time went by). A line
+//! `set SECONDS NANOSECONDS` (the host's UTC clock when it wrote the line) sets
+//! `CLOCK_REALTIME` and is answered `ok SECONDS NANOSECONDS` with the guest's clock just after;
+//! anything else is answered `error TEXT`. The thread blocks in `read` between lines: no polling.
+//!
+//! The host side keeps its end of the port open for as long as QEMU runs (a pipe, not a
+//! socket), so the port never reads as hung up and a read waits for data.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// The port's name (`-device virtserialport,name=…` on the host).
+pub const PORT_NAME: &str = "org.rmachine.clock";
+
+/// The device node of the virtio-serial port named `name`, from `class_dir`
+/// (`/sys/class/virtio-ports`: one `vportNpM` directory per port, each with a `name` file).
+pub fn find_port(class_dir: &Path, name: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(class_dir).ok()?;
+    entries
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
+        .map(|e| Path::new("/dev").join(e.file_name()))
+}
+
+/// A request read from the port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Set the clock to this UTC time.
+    Set {
+        /// Seconds since the Unix epoch.
+        secs: i64,
+        /// Nanoseconds within that second.
+        nanos: i64,
+    },
+}
+
+/// Parses one line of the port; the reason if it is not a request.
+pub fn parse(line: &str) -> Result<Request, String> {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("set"), Some(secs), Some(nanos), None) => {
+            let secs = secs
+                .parse::<i64>()
+                .map_err(|_| format!("bad seconds {secs:?}"))?;
+            let nanos = nanos
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (0..1_000_000_000).contains(n))
+                .ok_or_else(|| format!("bad nanoseconds {nanos:?}"))?;
+            if secs <= 0 {
+                return Err(format!("bad seconds {secs}"));
+            }
+            Ok(Request::Set { secs, nanos })
+        }
+        _ => Err(format!("unknown request {:?}", line.trim())),
+    }
+}
+
+/// Answers the requests of the port at `device` until it cannot be read.
+fn serve(device: &Path) -> std::io::Result<()> {
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)?;
+    let mut answers = port.try_clone()?;
+    let mut lines = BufReader::new(port);
+    let mut line = String::new();
+    let mut hung_up = 0;
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            // A port whose host end is not open reads as end of file at once (and polls as
+            // hung up): QEMU opens its end before the guest runs, so this is only the
+            // moment before the port's open event arrives, or a host without the pipe.
+            hung_up += 1;
+            if hung_up > 5 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200 << hung_up));
+            continue;
+        }
+        hung_up = 0;
+        let answer = match parse(&line) {
+            Ok(Request::Set { secs, nanos }) => {
+                let to = nix::sys::time::TimeSpec::new(secs, nanos);
+                match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, to) {
+                    Ok(()) => {
+                        tracing::info!("clock set from the host to {secs}.{nanos:09} (resume)");
+                        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+                            .unwrap_or(to);
+                        format!("ok {} {}\n", now.tv_sec(), now.tv_nsec())
+                    }
+                    Err(err) => format!("error clock_settime: {err}\n"),
+                }
+            }
+            Err(why) => {
+                tracing::warn!("clock port: {why}");
+                format!("error {why}\n")
+            }
+        };
+        answers.write_all(answer.as_bytes())?;
+    }
+}
+
+/// Serves the clock port on a thread of its own, if the VM has one.
+pub fn watch() {
+    let Some(device) = find_port(Path::new("/sys/class/virtio-ports"), PORT_NAME) else {
+        tracing::debug!("clock port: none (the host sets the clock over SSH after a resume)");
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("clock-port".to_owned())
+        .spawn(move || {
+            tracing::info!("clock port: serving {}", device.display());
+            if let Err(err) = serve(&device) {
+                tracing::warn!("clock port {}: {err}", device.display());
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!("clock port: cannot start its thread: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_lines_parse_and_others_are_refused() {
+        assert_eq!(
+            parse("set 1765000000 123456789\n"),
+            Ok(Request::Set {
+                secs: 1_765_000_000,
+                nanos: 123_456_789
+            })
+        );
+        for bad in [
+            "set 1765000000\n",
+            "set 1765000000 1000000000\n",
+            "set -5 0\n",
+            "set x 0\n",
+            "get\n",
+            "set 1 2 3\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_port_is_found_by_its_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (dir, name) in [("vport0p0", "other"), ("vport1p1", PORT_NAME)] {
+            std::fs::create_dir(tmp.path().join(dir)).unwrap();
+            std::fs::write(tmp.path().join(dir).join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(
+            find_port(tmp.path(), PORT_NAME),
+            Some(PathBuf::from("/dev/vport1p1"))
+        );
+        assert_eq!(find_port(tmp.path(), "missing"), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! The host's end of the guest's clock port ([`crate::args::clock_port_args`]): two named pipes
+//! in the machine directory, `clock.in` (QEMU reads it, the guest receives it) and `clock.out`
+//! (what the guest answers). Right after a resume the driver writes `set SECONDS NANOSECONDS`
+//! (the host's UTC clock at the write) and waits briefly for the guest's `ok` line: the guest's
+//! clock is right the moment the VM runs again, without an SSH connection.
+
+#[cfg(unix)]
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The pipes' common name (`-chardev pipe,path=…` adds `.in` and `.out`).
+pub const PIPE: &str = "clock";
+/// Host to guest.
+pub const PIPE_IN: &str = "clock.in";
+/// Guest to host.
+pub const PIPE_OUT: &str = "clock.out";
+
+/// How long the guest has to answer: its init answers at once, an image without the clock
+/// port never does (the host then sets the clock over SSH).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the guest's clock was not set through the port.
+#[derive(Debug, thiserror::Error)]
+pub enum ClockPortError {
+    /// The pipe could not be opened, written or read.
+    #[error("clock port pipe {path}: {source}")]
+    Io {
+        /// The pipe.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest did not answer in time (an image without the clock port).
+    #[error("the guest did not answer on its clock port within {} s", ANSWER_TIMEOUT.as_secs())]
+    NoAnswer,
+    /// The guest answered with an error.
+    #[error("the guest refused the time: {answer}")]
+    Refused {
+        /// Its answer.
+        answer: String,
+    },
+}
+
+/// Makes the two pipes in `dir` (anew: a pipe left by an earlier QEMU holds nothing).
+#[cfg(unix)]
+pub fn make_pipes(dir: &Path) -> std::io::Result<()> {
+    for name in [PIPE_IN, PIPE_OUT] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        nix::unistd::mkfifo(
+            &path,
+            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// The line that sets the guest's clock to `now`.
+pub fn set_line(now: std::time::SystemTime) -> String {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("set {} {}\n", since.as_secs(), since.subsec_nanos())
+}
+
+/// Sets the guest's clock to the host's through the pipes in `dir` (QEMU runs with them);
+/// returns the guest's answer (`ok SECONDS NANOSECONDS`).
+#[cfg(unix)]
+pub async fn set_guest_clock(dir: &Path) -> Result<String, ClockPortError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio::net::unix::pipe;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClockPortError::Io { path, source }
+    };
+    let out_path = dir.join(PIPE_OUT);
+    let in_path = dir.join(PIPE_IN);
+    // The answer's end first, so that no answer is missed; QEMU holds both pipes open for
+    // reading and writing, so neither open waits.
+    let answers = pipe::OpenOptions::new()
+        .open_receiver(&out_path)
+        .map_err(io(&out_path))?;
+    let mut requests = pipe::OpenOptions::new()
+        .open_sender(&in_path)
+        .map_err(io(&in_path))?;
+    requests
+        .write_all(set_line(std::time::SystemTime::now()).as_bytes())
+        .await
+        .map_err(io(&in_path))?;
+    let mut answers = tokio::io::BufReader::new(answers);
+    let mut line = String::new();
+    match tokio::time::timeout(ANSWER_TIMEOUT, answers.read_line(&mut line)).await {
+        Err(_) => Err(ClockPortError::NoAnswer),
+        Ok(Err(source)) => Err(io(&out_path)(source)),
+        Ok(Ok(_)) if line.starts_with("ok ") => Ok(line.trim().to_owned()),
+        Ok(Ok(_)) => Err(ClockPortError::Refused {
+            answer: line.trim().to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_set_line_carries_seconds_and_nanoseconds() {
+        let at = std::time::UNIX_EPOCH + Duration::new(1_765_000_000, 5_000_000);
+        assert_eq!(set_line(at), "set 1765000000 5000000\n");
+    }
+
+    /// A stand-in for QEMU and the guest: holds both pipes open as QEMU does and answers
+    /// the first line as the guest's init does.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_time_goes_out_and_the_answer_comes_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        make_pipes(tmp.path()).unwrap();
+        let dir = tmp.path().to_owned();
+        let (held, holding) = std::sync::mpsc::channel();
+        let guest = std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let rw = |name| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(dir.join(name))
+                    .unwrap()
+            };
+            let (input, mut output) = (rw(PIPE_IN), rw(PIPE_OUT));
+            held.send(()).unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(input).read_line(&mut line).unwrap();
+            let secs = line.split_whitespace().nth(1).unwrap().to_owned();
+            output
+                .write_all(format!("ok {secs} 0\n").as_bytes())
+                .unwrap();
+            // Keep the pipes open until the host has read, as QEMU would.
+            std::thread::sleep(Duration::from_millis(500));
+            secs
+        });
+        // The stand-in holds the pipes, as QEMU does before the host writes.
+        holding.recv().unwrap();
+        let answer = set_guest_clock(tmp.path()).await.unwrap();
+        let secs = guest.join().unwrap();
+        assert_eq!(answer, format!("ok {secs} 0"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(secs.parse().unwrap()) <= 1);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_guest_that_never_answers_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        make_pipes(tmp.path()).unwrap();
+        // QEMU's side, with no guest behind it.
+        let _hold: Vec<_> = [PIPE_IN, PIPE_OUT]
+            .map(|n| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(tmp.path().join(n))
+                    .unwrap()
+            })
+            .into();
+        let err = set_guest_clock(tmp.path()).await.unwrap_err();
+        assert!(matches!(err, ClockPortError::NoAnswer), "{err}");
+    }
+}
