@@ -100,7 +100,11 @@ impl ImageStore {
 
     /// Extracts a (possibly compressed) layer stream into a new staging directory. `name`
     /// names the layer in errors. The caller checks the returned diff id.
-    pub fn stage_layer(&self, reader: impl Read, name: &str) -> Result<StagedLayer, ImageError> {
+    pub fn stage_layer(
+        &self,
+        reader: impl Read + Send,
+        name: &str,
+    ) -> Result<StagedLayer, ImageError> {
         let tmp = self.temp_dir("layer")?;
         let mut staged = StagedLayer {
             dir: Some(tmp.clone()),
@@ -109,12 +113,13 @@ impl ImageStore {
         };
         let diff = tmp.join("diff");
         fs::create_dir(&diff).map_err(io_err(&diff))?;
-        let reader = layer::decompress(reader, name)?;
         // The tar-split lets `write_layer` rebuild the exact tar (push, save).
         let split_path = tmp.join(TAR_SPLIT);
         let split_file = fs::File::create(&split_path).map_err(io_err(&split_path))?;
         let mut split = flate2::write::GzEncoder::new(split_file, flate2::Compression::fast());
-        let extracted = layer::extract_with_split(reader, &diff, name, Some(&mut split))?;
+        let extracted = layer::with_decompressed(reader, name, |tar| {
+            layer::extract_with_split(tar, &diff, name, Some(&mut split))
+        })?;
         split.finish().map_err(io_err(&split_path))?;
         staged.diff_id = extracted.diff_id;
         staged.size = extracted.size;
