@@ -484,7 +484,10 @@ mod tests {
 
         let xz = [&[0xfd, b'7', b'z', b'X', b'Z', 0x00][..], &[0u8; 4096][..]].concat();
         let err = store.stage_layer(&xz[..], "xz layer").unwrap_err();
-        assert!(err.to_string().contains("xz- and bzip2-compressed"), "{err}");
+        assert!(
+            err.to_string().contains("xz- and bzip2-compressed"),
+            "{err}"
+        );
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }
