@@ -41,12 +41,6 @@ const ATTEMPTS: u32 = 5;
 const JSON_LIMIT: usize = 16 << 20;
 /// Bytes between two `Downloading` lines.
 const PROGRESS_STEP: u64 = 512 << 10;
-/// Downloaded bytes gathered before they go to the layer's decompressing thread: a few large
-/// hand-offs instead of one per network read (each wakes a thread, which on a loaded machine
-/// waits for a core).
-const HANDOFF: usize = 256 << 10;
-/// Hand-offs queued for the decompressing thread (2 MiB per layer at most).
-const HANDOFF_AHEAD: usize = 8;
 
 /// A platform: `os/arch[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -752,7 +746,7 @@ async fn fetch_layer_once(
     let total = content_length
         .or_else(|| u64::try_from(desc.size).ok())
         .unwrap_or(0);
-    let (tx, rx) = mpsc::channel::<Bytes>(HANDOFF_AHEAD);
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
     let store2 = store.clone();
     let name = desc.digest.clone();
     let extractor = tokio::task::spawn_blocking(move || {
@@ -770,7 +764,6 @@ async fn fetch_layer_once(
     let mut current = 0u64;
     let mut reported = 0u64;
     let mut network_error = None;
-    let mut pending = bytes::BytesMut::with_capacity(HANDOFF);
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(chunk) => {
@@ -784,22 +777,15 @@ async fn fetch_layer_once(
                         detail: Detail::Bytes { current, total },
                     });
                 }
-                pending.extend_from_slice(&chunk);
-                if pending.len() >= HANDOFF {
-                    // When the extractor has failed this send fails: the download goes on,
-                    // hashed, so that a corrupted blob is reported as such rather than as a
-                    // bad tar.
-                    let _ = tx.send(pending.split().freeze()).await;
-                }
+                // When the extractor has failed this send fails: the download goes on, hashed,
+                // so that a corrupted blob is reported as such rather than as a bad tar.
+                let _ = tx.send(chunk).await;
             }
             Err(e) => {
                 network_error = Some(e);
                 break;
             }
         }
-    }
-    if !pending.is_empty() {
-        let _ = tx.send(pending.freeze()).await;
     }
     drop(tx);
     let staged = extractor.await.map_err(|e| {
