@@ -71,20 +71,30 @@ image="$host/bench/multi:latest"
 docker tag bench-multi "$image"
 
 now() { date +%s.%N; }
+# User+system CPU seconds of the engine process, all its threads (far less sensitive to the
+# machine's load than wall time). dockerd 20.10 pulls and pushes in its own process.
+cpu_pid=${engine_pid:-${dockerd_pid:-}}
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$cpu_pid/stat"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 push_times=()
 pull_times=()
 warm_times=()
+push_cpu=()
+pull_cpu=()
 for _ in $(seq "$runs"); do
     start_registry
+    c0=$(cpu)
     t0=$(now)
     docker push "$image" >/dev/null
     t1=$(now)
+    push_cpu+=("$(echo "$(cpu) - $c0" | bc)")
     push_times+=("$(echo "$t1 - $t0" | bc)")
     docker rmi "$image" bench-multi bench-step >/dev/null 2>&1 || true
+    c0=$(cpu)
     t0=$(now)
     docker pull "$image" >/dev/null
     t1=$(now)
+    pull_cpu+=("$(echo "$(cpu) - $c0" | bc)")
     pull_times+=("$(echo "$t1 - $t0" | bc)")
     t0=$(now)
     docker pull "$image" >/dev/null
@@ -99,3 +109,5 @@ echo "engine: ${ENGINE:-rmachine}; image: 3 layers, $((size / 1000000)) MB unpac
 echo "cold push, median: $(printf '%s\n' "${push_times[@]}" | median) s   (all: ${push_times[*]})"
 echo "cold pull, median: $(printf '%s\n' "${pull_times[@]}" | median) s   (all: ${pull_times[*]})"
 echo "warm pull, median: $(printf '%s\n' "${warm_times[@]}" | median) s   (all: ${warm_times[*]})"
+echo "cpu push, median: $(printf '%s\n' "${push_cpu[@]}" | median) s   (engine user+sys; all: ${push_cpu[*]})"
+echo "cpu pull, median: $(printf '%s\n' "${pull_cpu[@]}" | median) s   (engine user+sys; all: ${pull_cpu[*]})"

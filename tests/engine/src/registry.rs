@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +83,16 @@ impl Registry {
         if let Some(token) = &self.token {
             token.public.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Gives the token issuer a new signing key and restarts the registry (same address and
+    /// storage) trusting only that key: every token issued before is refused from now on, as
+    /// after a key rotation or a revocation.
+    pub fn rotate_token_key(&mut self) -> Result<()> {
+        let token = self.token.as_ref().context("not a token-auth registry")?;
+        token.rotate()?;
+        self.stop();
+        self.spawn()
     }
 
     /// Starts a registry of the given kind and waits until it answers.
@@ -276,18 +286,26 @@ pub struct TokenServer {
     refreshes: Arc<AtomicUsize>,
     /// Anonymous callers get pull access (the repositories were made public).
     public: Arc<AtomicBool>,
+    /// The key tokens are signed with (replaced by [`TokenServer::rotate`]).
+    key: Arc<Mutex<TokenKey>>,
 }
 
-impl TokenServer {
-    fn start(dir: &Path) -> Result<TokenServer> {
+/// A token signing key and its certificate (base64 DER, the JWT's `x5c`).
+struct TokenKey {
+    signer: ring::signature::EcdsaKeyPair,
+    x5c: String,
+}
+
+impl TokenKey {
+    /// A new key, its certificate written (PEM) to `cert_path` for the registry to trust.
+    fn generate(cert_path: &Path) -> Result<TokenKey> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(vec!["token-issuer".to_string()])?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "token-issuer");
         let cert = params.self_signed(&key)?;
-        let cert_path = dir.join("token.pem");
-        fs::write(&cert_path, cert.pem())?;
+        fs::write(cert_path, cert.pem())?;
         let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &key.serialize_der(),
@@ -295,6 +313,15 @@ impl TokenServer {
         )
         .map_err(|e| anyhow::anyhow!("token key: {e}"))?;
         let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        Ok(TokenKey { signer, x5c })
+    }
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> Result<TokenServer> {
+        let cert_path = dir.join("token.pem");
+        let key = Arc::new(Mutex::new(TokenKey::generate(&cert_path)?));
+        let key2 = key.clone();
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let host = listener.local_addr()?.to_string();
@@ -309,7 +336,7 @@ impl TokenServer {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
-                        let _ = answer_token(stream, &signer, &x5c, &refreshes2, &public2);
+                        let _ = answer_token(stream, &key2, &refreshes2, &public2);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -321,7 +348,18 @@ impl TokenServer {
             stop,
             refreshes,
             public,
+            key,
         })
+    }
+
+    /// Signs tokens with a new key from now on (its certificate replacing the old one).
+    fn rotate(&self) -> Result<()> {
+        let new = TokenKey::generate(&self.cert)?;
+        *self
+            .key
+            .lock()
+            .map_err(|_| anyhow::anyhow!("token key lock poisoned"))? = new;
+        Ok(())
     }
 }
 
@@ -337,8 +375,7 @@ fn b64url(bytes: &[u8]) -> String {
 
 fn answer_token(
     mut stream: TcpStream,
-    signer: &ring::signature::EcdsaKeyPair,
-    x5c: &str,
+    key: &Mutex<TokenKey>,
     refreshes: &AtomicUsize,
     public: &AtomicBool,
 ) -> Result<()> {
@@ -432,7 +469,10 @@ fn answer_token(
         })
         .collect();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+    let key = key
+        .lock()
+        .map_err(|_| anyhow::anyhow!("token key lock poisoned"))?;
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [key.x5c]});
     let claims = serde_json::json!({
         "iss": ISSUER,
         "sub": user.unwrap_or(""),
@@ -448,7 +488,8 @@ fn answer_token(
         b64url(header.to_string().as_bytes()),
         b64url(claims.to_string().as_bytes())
     );
-    let signature = signer
+    let signature = key
+        .signer
         .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
         .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
     let token = format!("{signing_input}.{}", b64url(signature.as_ref()));

@@ -498,6 +498,43 @@ fn a_repository_made_public_pulls_anonymously_right_after_a_refused_pull() -> Re
     Ok(())
 }
 
+/// The engine keeps a registry client (and its bearer tokens) per credentials between
+/// operations: when the registry stops accepting those tokens (its signing key rotated), a
+/// push that meets the 401 drops the kept client and is tried once more with a new one,
+/// instead of failing until the tokens expire.
+#[test]
+fn a_push_after_the_registry_refuses_the_kept_tokens_retries_with_a_new_client() -> Result<()> {
+    let Some((engine, mut registry)) = setup(Auth::Token)? else {
+        return Ok(());
+    };
+    let pushed = seed(&registry, "private/app", Some("latest"), &busybox()?)?;
+    let name = format!("{}/private/app", registry.host);
+    // The CLI's stored user and password (not an identity token, which the engine trades for
+    // a new access token, and so a new client, at every operation).
+    let config = engine.dir().join("docker-config");
+    fs::create_dir_all(&config)?;
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{USER}:{PASSWORD}"),
+    );
+    fs::write(
+        config.join("config.json"),
+        serde_json::json!({"auths": {registry.host.as_str(): {"auth": basic}}}).to_string(),
+    )?;
+    // Leaves a kept client holding a pull token for the repository.
+    engine.docker(&["pull", &name])?.ok()?;
+    registry.rotate_token_key()?;
+    let tagged = format!("{name}:v2");
+    engine.docker(&["tag", &name, &tagged])?.ok()?;
+    let push = engine.docker(&["push", &tagged])?.ok()?;
+    assert!(push.stdout.contains("v2: digest: sha256:"), "{push:?}");
+    // What the registry now holds under v2 is the image.
+    engine.docker(&["rmi", &tagged, &name])?.ok()?;
+    engine.docker(&["pull", &tagged])?.ok()?;
+    assert_eq!(engine.inspect(&tagged, "{{.Id}}")?, pushed.id);
+    Ok(())
+}
+
 /// An incompressible layer of `size` bytes (xorshift), so a throttled pull takes a while.
 #[test]
 fn a_token_login_keeps_an_identity_token_that_pulls_and_pushes() -> Result<()> {
