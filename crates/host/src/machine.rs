@@ -2153,13 +2153,15 @@ pub async fn restart(
 /// ([`install_live`]; docker-machine restarted docker); one whose guest image cannot take it
 /// while it runs is restarted, as a saved one is booted afresh (the guest reads its
 /// certificate from the configuration drive, which `start` rewrites).
+///
+/// True when the machine was restarted (its port agent ended with it).
 pub async fn regenerate_certs(
     store: &Store,
     name: &str,
     client_certs: bool,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<(), MachineError> {
+) -> Result<bool, MachineError> {
     regenerate(store, name, client_certs, true, timeout, progress).await
 }
 
@@ -2173,7 +2175,7 @@ async fn regenerate(
     live: bool,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<(), MachineError> {
+) -> Result<bool, MachineError> {
     store.require(name)?;
     let (_, driver) = load_with_driver(store, name).await?;
     let restart_needed =
@@ -2182,7 +2184,7 @@ async fn regenerate(
     if restart_needed {
         restart(store, name, timeout, progress).await?;
     }
-    Ok(())
+    Ok(restart_needed)
 }
 
 /// The part of [`regenerate`] done under the machine's lock, with `driver`; true when the
@@ -2269,7 +2271,9 @@ pub async fn provision_again(
             machine: name.to_string(),
         });
     }
-    regenerate(store, name, false, false, timeout, progress).await
+    regenerate(store, name, false, false, timeout, progress)
+        .await
+        .map(drop)
 }
 
 /// `upgrade`: boots the machine on the current guest image (`guest_image`, else the one
