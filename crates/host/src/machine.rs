@@ -192,8 +192,10 @@ pub enum MachineError {
         /// Why not.
         reason: String,
     },
-    /// The engine answered the TLS check with a failure.
-    #[error("There was an error validating certificates for host \"{addr}\": {cause}\nYou can attempt to regenerate them using 'rmachine regenerate-certs [name]'.\nBe advised that this will trigger a Docker daemon restart which might stop running containers.")]
+    /// The engine answered the TLS check with a failure. (docker-machine's text, less its
+    /// warning that regenerating restarts docker: here a running machine takes the new
+    /// certificate without a restart.)
+    #[error("There was an error validating certificates for host \"{addr}\": {cause}\nYou can attempt to regenerate them using 'rmachine regenerate-certs [name]'.")]
     CertValidation {
         /// The engine address.
         addr: SocketAddr,
