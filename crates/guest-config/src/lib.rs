@@ -53,6 +53,27 @@ pub struct GuestConfig {
     pub network: Option<StaticNetwork>,
 }
 
+/// The command the host runs over SSH to hand a running guest new engine TLS files: it reads
+/// a [`TlsFiles`] as JSON on stdin, replaces the engine's files (which the engine picks up at
+/// its next connection, without a restart) and the saved copy of the configuration. A guest
+/// from before it exits with status [`INSTALL_TLS_UNKNOWN`] (its usage text).
+pub const INSTALL_TLS_COMMAND: &str = "rmachine-init install-tls";
+
+/// The exit status of an `rmachine-init` that does not know a subcommand.
+pub const INSTALL_TLS_UNKNOWN: u32 = 2;
+
+/// The engine's TLS files, as [`INSTALL_TLS_COMMAND`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    /// PEM of the CA that signed the client certificates the engine must accept.
+    pub ca_pem: String,
+    /// PEM of the engine's server certificate.
+    pub server_cert_pem: String,
+    /// PEM of the engine's server key.
+    pub server_key_pem: String,
+}
+
 /// A static IPv4 configuration for the guest's first NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

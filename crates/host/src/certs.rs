@@ -116,6 +116,8 @@ pub struct ServerCert {
     pub cert_pem: String,
     /// The private key (PKCS#8).
     pub key_pem: String,
+    /// The certificate in DER, as a TLS handshake presents it.
+    pub cert_der: Vec<u8>,
 }
 
 fn subject(org: &str) -> DistinguishedName {
@@ -271,6 +273,7 @@ pub fn server_cert(
     Ok(ServerCert {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
     })
 }
 

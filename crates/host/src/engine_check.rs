@@ -214,6 +214,38 @@ impl EngineClient {
         Ok(response)
     }
 
+    /// The certificate (DER) the engine at `addr` presents, after a handshake that checks it
+    /// as [`EngineClient::ping`] does (the CA, the address), within the attempt timeout.
+    pub async fn served_certificate(&self, addr: SocketAddr) -> Result<Vec<u8>, EngineCheckError> {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|source| EngineCheckError::Connect { addr, source })?;
+            let name = ServerName::IpAddress(addr.ip().into());
+            let tls = self
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(|source| EngineCheckError::Handshake { addr, source })?;
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.to_vec())
+                .ok_or_else(|| EngineCheckError::BadAnswer {
+                    addr,
+                    path: "the TLS handshake".to_string(),
+                    detail: "no certificate presented".to_string(),
+                })
+        };
+        tokio::time::timeout(READY_ATTEMPT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| EngineCheckError::AttemptTimeout {
+                addr,
+                seconds: READY_ATTEMPT_TIMEOUT.as_secs(),
+            })?
+    }
+
     /// `GET path` whose body streams for as long as the engine keeps it open (`/events`);
     /// only the response head is bounded by the attempt timeout.
     pub async fn stream(
@@ -346,28 +378,33 @@ pub(crate) mod tests {
         serve_on(machine_dir, std::net::Ipv4Addr::LOCALHOST.into()).await
     }
 
-    /// [`serve`] on a given (loopback) address.
-    pub(crate) async fn serve_on(machine_dir: &Path, ip: std::net::IpAddr) -> SocketAddr {
-        let chain = load_certs(&machine_dir.join("server.pem")).unwrap();
-        let key = PrivateKeyDer::from_pem_file(machine_dir.join("server-key.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in load_certs(&machine_dir.join("ca.pem")).unwrap() {
-            roots.add(ca).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    /// [`serve`] on a given (loopback) address. The files in `tls_dir` (`ca.pem`, `server.pem`,
+    /// `server-key.pem`) are read for each connection, as the engine picks up replaced ones.
+    pub(crate) async fn serve_on(tls_dir: &Path, ip: std::net::IpAddr) -> SocketAddr {
+        let tls_dir = tls_dir.to_path_buf();
+        let acceptor_now = move || {
+            let chain = load_certs(&tls_dir.join("server.pem")).ok()?;
+            let key = PrivateKeyDer::from_pem_file(tls_dir.join("server-key.pem")).ok()?;
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in load_certs(&tls_dir.join("ca.pem")).ok()? {
+                roots.add(ca).ok()?;
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .ok()?;
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .ok()?
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .ok()?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        };
+        assert!(acceptor_now().is_some(), "usable TLS files to serve");
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -375,7 +412,9 @@ pub(crate) mod tests {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let acceptor = acceptor.clone();
+                let Some(acceptor) = acceptor_now() else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;

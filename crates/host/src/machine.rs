@@ -21,7 +21,7 @@ use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
 use rmachine_guest_config::{
     EngineConfig, GuestConfig, GuestConfigError, ShareFilesystem, ShareMount, StaticNetwork,
-    FORMAT_VERSION,
+    TlsFiles, FORMAT_VERSION, INSTALL_TLS_COMMAND, INSTALL_TLS_UNKNOWN,
 };
 use serde_json::Value;
 
@@ -184,8 +184,18 @@ pub enum MachineError {
         /// The cause (in the message, as docker-machine prints it).
         cause: Box<MachineError>,
     },
-    /// The engine answered the TLS check with a failure.
-    #[error("There was an error validating certificates for host \"{addr}\": {cause}\nYou can attempt to regenerate them using 'rmachine regenerate-certs [name]'.\nBe advised that this will trigger a Docker daemon restart which might stop running containers.")]
+    /// A new engine certificate could not be put in service in the running machine.
+    #[error("machine \"{machine}\": the new engine certificate was not put in service: {reason}")]
+    CertInstall {
+        /// The machine.
+        machine: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The engine answered the TLS check with a failure. (docker-machine's text, less its
+    /// warning that regenerating restarts docker: here a running machine takes the new
+    /// certificate without a restart.)
+    #[error("There was an error validating certificates for host \"{addr}\": {cause}\nYou can attempt to regenerate them using 'rmachine regenerate-certs [name]'.")]
     CertValidation {
         /// The engine address.
         addr: SocketAddr,
@@ -270,6 +280,8 @@ pub enum Progress {
     CreatingMachine,
     /// Writing the machine's certificates.
     CopyingCerts,
+    /// Handing a new engine certificate to the running machine (no restart).
+    InstallingCertsLive,
     /// Making the SSH key.
     CreatingSshKey,
     /// Writing the configuration drive.
@@ -333,6 +345,9 @@ impl fmt::Display for Progress {
             Progress::CopyingCerts => {
                 f.write_str("Copying certs to the local machine directory...")
             }
+            Progress::InstallingCertsLive => f.write_str(
+                "Installing the new certificate in the running machine (its containers keep running)...",
+            ),
             Progress::CreatingSshKey => f.write_str("Creating SSH key..."),
             Progress::WritingConfigDrive => f.write_str("Writing the configuration drive..."),
             Progress::CreatingVm => f.write_str("Creating the VM..."),
@@ -1315,16 +1330,142 @@ fn issue_for_address(
     Ok(())
 }
 
+/// How long a running machine may take to put a new engine certificate in service (SSH in,
+/// the files written, the engine presenting it at its next connection).
+const LIVE_INSTALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What became of a certificate handed to a running machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LiveInstall {
+    /// The engine presents it; the host's files and record name it too.
+    Installed,
+    /// The guest's image predates `rmachine-init install-tls`: only a boot puts a new
+    /// certificate in service there. Nothing was changed.
+    GuestTooOld,
+}
+
+/// Issues machine `dir`'s engine certificate for `sans` and puts it in service in the RUNNING
+/// guest without a restart (its containers keep running): the files go over SSH to
+/// `rmachine-init install-tls`, which replaces the engine's (the engine rebuilds its TLS setup
+/// at its next connection) and the guest's saved copy of its configuration; then the engine
+/// is asked until it presents the new certificate. Only then are the host's `server.pem` and
+/// `server-key.pem`, the recorded SANs and the configuration drive (what the next boot reads)
+/// replaced: an install that fails or is cut short leaves the host's files on the old
+/// certificate, so the next command notices again.
+async fn install_live<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    endpoints: &rmachine_driver::Endpoints,
+    sans: Vec<String>,
+    within: Duration,
+) -> Result<LiveInstall, MachineError> {
+    let began = Instant::now();
+    let name = dir.name.clone();
+    let certs_err = |source| MachineError::Certs {
+        machine: name.clone(),
+        source,
+    };
+    let failed = |reason: String| MachineError::CertInstall {
+        machine: name.clone(),
+        reason,
+    };
+    let server = certs::server_cert(&store.certs_dir(), &name, &sans).map_err(certs_err)?;
+    let files = TlsFiles {
+        ca_pem: certs::read_pem(&store.certs_dir().join("ca.pem")).map_err(certs_err)?,
+        server_cert_pem: server.cert_pem.clone(),
+        server_key_pem: server.key_pem.clone(),
+    };
+    let json = serde_json::to_vec(&files).map_err(|e| failed(e.to_string()))?;
+    let (user, key) = (&config.driver.ssh_user, &config.driver.ssh_key_path);
+    let send = async {
+        let session = SshSession::connect_as(endpoints.ssh, user, key)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let mut err = Vec::new();
+        let status = session
+            .run_with(
+                INSTALL_TLS_COMMAND,
+                Some(json.as_slice()),
+                tokio::io::sink(),
+                &mut err,
+            )
+            .await
+            .map_err(|e| error_chain(&e));
+        session.close().await;
+        Ok::<_, String>((status?, err))
+    };
+    let (status, err) = tokio::time::timeout(within, send)
+        .await
+        .map_err(|_| {
+            failed(format!(
+                "no answer over SSH within {} s",
+                within.as_secs_f32()
+            ))
+        })?
+        .map_err(failed)?;
+    match status {
+        0 => {}
+        INSTALL_TLS_UNKNOWN => return Ok(LiveInstall::GuestTooOld),
+        status => {
+            return Err(failed(format!(
+                "`{INSTALL_TLS_COMMAND}` exited with {status}: {}",
+                String::from_utf8_lossy(&err).trim()
+            )))
+        }
+    }
+    // The store's client files, those the new certificate goes with (a CA that
+    // `regenerate-certs --client-certs` just made is in the guest now, not yet in the
+    // machine directory).
+    let client =
+        EngineClient::from_cert_dir(&store.certs_dir()).map_err(|e| failed(error_chain(&e)))?;
+    loop {
+        let last = match client.served_certificate(endpoints.engine).await {
+            Ok(der) if der == server.cert_der => break,
+            Ok(_) => "it still presents the previous one".to_string(),
+            Err(e) => error_chain(&e),
+        };
+        if began.elapsed() >= within {
+            return Err(failed(format!(
+                "the engine did not present it within {} s: {last}",
+                within.as_secs_f32()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+    config.host_options.auth_options.server_cert_sans = sans;
+    store.save(config)?;
+    write_config_drive(config, dir, driver)?;
+    tracing::info!(machine = %name, "the running engine serves its new certificate");
+    Ok(LiveInstall::Installed)
+}
+
+/// What a command that finds a running machine at an address its certificate does not name
+/// may do when the guest cannot take a new certificate while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldGuest {
+    /// Restart it with the certificate (`env`, `config`).
+    Restart,
+    /// Say so (`ls`, which answers within its timeout).
+    Refuse,
+}
+
 /// A running machine whose engine address its certificate does not name (a bridged VM's new
-/// lease while it ran): the address is added to its SANs, a certificate naming it issued and
-/// the machine restarted with it (the guest reads it from the configuration drive at boot), as
-/// `env` and `config` need it before their TLS check. Returns the endpoints to use and whether
-/// the machine was restarted (its port agent ended with it).
+/// lease while it ran): the address is added to its SANs and a certificate naming it is put in
+/// service in the running guest ([`install_live`]), as `env`, `config` and `ls` need it before
+/// their TLS check; all within `within`. A guest whose image cannot take it while it runs is
+/// restarted with it (the guest reads it from the configuration drive at boot) or refused, as
+/// `old_guest` says. Returns the endpoints to use and whether the machine was restarted (its
+/// port agent ended with it).
 async fn follow_new_address<D: Driver>(
     store: &Store,
     driver: &D,
     name: &str,
     endpoints: rmachine_driver::Endpoints,
+    within: Duration,
+    old_guest: OldGuest,
 ) -> Result<(rmachine_driver::Endpoints, bool), MachineError> {
     let dir = store.machine_dir(name);
     let covered = |ip| {
@@ -1339,27 +1480,66 @@ async fn follow_new_address<D: Driver>(
     let began = Instant::now();
     // The lock is waited for off the runtime: other tasks (an engine this process serves, a
     // concurrent query) go on meanwhile.
-    let _lock = {
+    let locking = {
         let (store, name) = (store.clone(), name.to_string());
-        match tokio::task::spawn_blocking(move || store.lock(&name)).await {
-            Ok(lock) => lock?,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        tokio::task::spawn_blocking(move || store.lock(&name))
+    };
+    // `ls` answers within its timeout, so its wait for the lock counts; `env` waits for a
+    // command that holds it (another `env` restarting the machine) as long as that takes.
+    let locked = match old_guest {
+        OldGuest::Refuse => tokio::time::timeout(within, locking).await,
+        OldGuest::Restart => Ok(locking.await),
+    };
+    let _lock = match locked {
+        Ok(Ok(lock)) => lock?,
+        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => {
+            return Err(MachineError::CertInstall {
+                machine: name.to_string(),
+                reason: "another command held the machine's lock".to_string(),
+            })
         }
     };
-    // What was seen before the lock may be stale: another `env` may have restarted the machine
-    // with a certificate naming the address, or `stop` stopped it (which must not be undone).
+    let began = match old_guest {
+        OldGuest::Refuse => began,
+        OldGuest::Restart => Instant::now(),
+    };
+    // What was seen before the lock may be stale: another command may have put a certificate
+    // naming the address in service, or `stop` stopped the machine (which must not be undone).
     let endpoints = running_endpoints_with(store, driver, name).await?;
     let ip = endpoints.engine.ip();
     if covered(ip)? {
         return Ok((endpoints, false));
     }
     let mut config = store.load(name)?;
-    tracing::warn!(
+    let mut sans = config.host_options.auth_options.server_cert_sans.clone();
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    tracing::info!(
         machine = name,
         address = %ip,
-        "the engine certificate does not name the machine's address: issuing one that does and \
-         restarting the machine"
+        "the engine certificate does not name the machine's address: putting one that does in \
+         service"
     );
+    let left = within.saturating_sub(began.elapsed());
+    match install_live(store, driver, &dir, &mut config, &endpoints, sans, left).await? {
+        LiveInstall::Installed => return Ok((endpoints, false)),
+        LiveInstall::GuestTooOld if old_guest == OldGuest::Refuse => {
+            return Err(MachineError::CertInstall {
+                machine: name.to_string(),
+                reason: format!(
+                    "its guest image cannot take one while it runs (`rmachine env {name}` \
+                     restarts it with one; `rmachine upgrade {name}` gives it an image that can)"
+                ),
+            })
+        }
+        LiveInstall::GuestTooOld => tracing::warn!(
+            machine = name,
+            "the machine's guest image cannot take a certificate while it runs (`rmachine \
+             upgrade` gives it one that can): restarting the machine with it"
+        ),
+    }
     portagent::stop(store, name)?;
     // Stopped first: were the certificate installed and the stop to fail, the host's server.pem
     // would name the address while the guest still served the old one, and nothing would
@@ -2017,50 +2197,111 @@ pub async fn restart(
 
 /// `regenerate-certs`: a new engine certificate for the machine (its SANs as at create), signed
 /// by the store's CA. With `client_certs`, a missing CA or client certificate is made first
-/// (docker-machine's `BootstrapCertificates`). The guest reads its certificate from the
-/// configuration drive, which `start` rewrites, so a running machine is restarted to use it.
-#[tracing::instrument(skip_all, fields(machine = name))]
+/// (docker-machine's `BootstrapCertificates`). A running machine gets it without a restart
+/// ([`install_live`]; docker-machine restarted docker); one whose guest image cannot take it
+/// while it runs is restarted, as a saved one is booted afresh (the guest reads its
+/// certificate from the configuration drive, which `start` rewrites).
+///
+/// True when the machine was restarted (its port agent ended with it).
 pub async fn regenerate_certs(
     store: &Store,
     name: &str,
     client_certs: bool,
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<(), MachineError> {
+) -> Result<bool, MachineError> {
+    regenerate(store, name, client_certs, true, timeout, progress).await
+}
+
+/// [`regenerate_certs`]; without `live`, a running machine is restarted with the certificate
+/// (`provision`, which needs the boot to apply the rest of the configuration drive).
+#[tracing::instrument(skip_all, fields(machine = name))]
+async fn regenerate(
+    store: &Store,
+    name: &str,
+    client_certs: bool,
+    live: bool,
+    timeout: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<bool, MachineError> {
     store.require(name)?;
+    let (_, driver) = load_with_driver(store, name).await?;
+    let restart_needed =
+        regenerate_with(store, &driver, name, client_certs, live, progress).await?;
+    // The lock is released: restart takes it for itself.
+    if restart_needed {
+        restart(store, name, timeout, progress).await?;
+    }
+    Ok(restart_needed)
+}
+
+/// The part of [`regenerate`] done under the machine's lock, with `driver`; true when the
+/// machine must be restarted (or booted afresh) to use the new certificate.
+async fn regenerate_with<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    client_certs: bool,
+    live: bool,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<bool, MachineError> {
     let certs_err = |source| MachineError::Certs {
         machine: name.to_string(),
         source,
     };
-    let running = {
-        let _lock = store.lock(name)?;
-        let (config, driver) = load_with_driver(store, name).await?;
-        if client_certs {
-            let paths = certs::CertPaths::in_dir(&store.certs_dir());
-            certs::bootstrap(&store.certs_dir(), &mut |event| match event {
-                CertEvent::CreatingCa => progress(Progress::CreatingCa(paths.ca.clone())),
-                CertEvent::CreatingClient => {
-                    progress(Progress::CreatingClientCert(paths.cert.clone()))
-                }
-            })
-            .map_err(MachineError::Bootstrap)?;
-        }
-        progress(Progress::CopyingCerts);
-        let dir = store.machine_dir(name);
-        let sans = &config.host_options.auth_options.server_cert_sans;
-        let server = certs::server_cert(&store.certs_dir(), name, sans).map_err(certs_err)?;
-        certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
-        driver
-            .state(&dir)
-            .await
-            .map_err(driver_err(name, "report the state"))?
-            != VmState::Stopped
-    };
-    // The lock is released: restart takes it for itself.
-    if running {
-        restart(store, name, timeout, progress).await?;
+    let _lock = store.lock(name)?;
+    let mut config = store.load(name)?;
+    if client_certs {
+        let paths = certs::CertPaths::in_dir(&store.certs_dir());
+        certs::bootstrap(&store.certs_dir(), &mut |event| match event {
+            CertEvent::CreatingCa => progress(Progress::CreatingCa(paths.ca.clone())),
+            CertEvent::CreatingClient => progress(Progress::CreatingClientCert(paths.cert.clone())),
+        })
+        .map_err(MachineError::Bootstrap)?;
     }
-    Ok(())
+    let dir = store.machine_dir(name);
+    let current = driver
+        .state(&dir)
+        .await
+        .map_err(driver_err(name, "report the state"))?;
+    let mut sans = config.host_options.auth_options.server_cert_sans.clone();
+    if live && current == VmState::Running {
+        let endpoints = driver
+            .endpoints(&dir)
+            .await
+            .map_err(driver_err(name, "report the VM's endpoints"))?;
+        // The address it runs at now is named too (docker-machine issued for the current
+        // IP): a bridged machine's new lease is fixed by this command as by `env`.
+        let ip = endpoints.engine.ip().to_string();
+        if !sans.contains(&ip) {
+            sans.push(ip);
+        }
+        progress(Progress::InstallingCertsLive);
+        let installed = install_live(
+            store,
+            driver,
+            &dir,
+            &mut config,
+            &endpoints,
+            sans.clone(),
+            LIVE_INSTALL_TIMEOUT,
+        )
+        .await?;
+        if installed == LiveInstall::Installed {
+            return Ok(false);
+        }
+        tracing::warn!(
+            machine = name,
+            "the machine's guest image cannot take a certificate while it runs (`rmachine \
+             upgrade` gives it one that can): restarting the machine with it"
+        );
+    }
+    progress(Progress::CopyingCerts);
+    let server = certs::server_cert(&store.certs_dir(), name, &sans).map_err(certs_err)?;
+    certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
+    config.host_options.auth_options.server_cert_sans = sans;
+    store.save(&config)?;
+    Ok(current != VmState::Stopped)
 }
 
 /// `provision`: re-applies the machine's record to its guest: a new engine certificate, the
@@ -2078,7 +2319,9 @@ pub async fn provision_again(
             machine: name.to_string(),
         });
     }
-    regenerate_certs(store, name, false, timeout, progress).await
+    regenerate(store, name, false, false, timeout, progress)
+        .await
+        .map(drop)
 }
 
 /// `upgrade`: boots the machine on the current guest image (`guest_image`, else the one
@@ -2309,9 +2552,16 @@ async fn tls_check<D: Driver>(
             MachineError::Store(_) | MachineError::Unfinished { .. } => e,
             other => wrap(other),
         })?;
-    let (endpoints, restarted) = follow_new_address(store, driver, name, endpoints)
-        .await
-        .map_err(wrap)?;
+    let (endpoints, restarted) = follow_new_address(
+        store,
+        driver,
+        name,
+        endpoints,
+        LIVE_INSTALL_TIMEOUT,
+        OldGuest::Restart,
+    )
+    .await
+    .map_err(wrap)?;
     let addr = endpoints.engine;
     let client = engine_client(store, name).map_err(wrap)?;
     client.ping(addr).await.map_err(|cause| {
@@ -2500,7 +2750,14 @@ pub async fn engine_version(store: &Store, name: &str) -> Result<String, Machine
         })
 }
 
-async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> ListEntry {
+/// `ls`'s row for machine `name`, made by `deadline` (a certificate that must be put in service
+/// first is given up in time for that).
+async fn list_entry(
+    store: &Store,
+    name: &str,
+    docker_host: Option<&str>,
+    deadline: Instant,
+) -> ListEntry {
     let started = Instant::now();
     let mut entry = ListEntry {
         name: name.to_string(),
@@ -2543,10 +2800,21 @@ async fn list_entry(store: &Store, name: &str, docker_host: Option<&str>) -> Lis
             return entry;
         }
     };
-    list_entry_from(store, &config, &driver, name, docker_host, entry, started).await
+    list_entry_from(
+        store,
+        &config,
+        &driver,
+        name,
+        docker_host,
+        entry,
+        started,
+        deadline,
+    )
+    .await
 }
 
 /// [`list_entry`] once the machine's record and driver are loaded.
+#[allow(clippy::too_many_arguments)]
 async fn list_entry_from<D: Driver>(
     store: &Store,
     config: &MachineConfig,
@@ -2555,6 +2823,7 @@ async fn list_entry_from<D: Driver>(
     docker_host: Option<&str>,
     mut entry: ListEntry,
     started: Instant,
+    deadline: Instant,
 ) -> ListEntry {
     entry.driver_name = config.driver_name.clone();
     let dir = store.machine_dir(name);
@@ -2574,7 +2843,7 @@ async fn list_entry_from<D: Driver>(
                 if docker_host == Some(entry.url.as_str()) {
                     entry.active = "*".to_string();
                 }
-                match engine_answer(store, name, &dir, endpoints.engine).await {
+                match engine_answer(store, driver, name, &dir, endpoints, deadline).await {
                     Ok(version) => entry.docker_version = version,
                     Err(error) => entry.error = error,
                 }
@@ -2594,21 +2863,38 @@ async fn list_entry_from<D: Driver>(
     entry
 }
 
-/// What `ls` shows of a running machine's engine at `engine`: its version, or why there is
-/// none. `ls` answers within its timeout, so a certificate that does not name the address is
-/// named, not issued (`env` and `start` issue it, which restarts the machine).
-async fn engine_answer(
+/// How much of `ls`'s timeout is kept for answering after putting a certificate in service.
+const LS_MARGIN: Duration = Duration::from_millis(500);
+
+/// What `ls` shows of a running machine's engine: its version, or why there is none. A
+/// certificate that does not name the machine's address is replaced in the running machine
+/// first, before `deadline` (as `env` does, without its restart of a guest that cannot take
+/// it while it runs); if that cannot be done in time, the error says what to run.
+async fn engine_answer<D: Driver>(
     store: &Store,
+    driver: &D,
     name: &str,
     dir: &MachineDir,
-    engine: SocketAddr,
+    endpoints: rmachine_driver::Endpoints,
+    deadline: Instant,
 ) -> Result<String, String> {
+    let mut engine = endpoints.engine;
     let ip = engine.ip();
     if matches!(certs::covers(&dir.file("server.pem"), ip), Ok(false)) {
-        return Err(format!(
-            "the engine certificate does not name the machine's address {ip}: \
-             `rmachine env {name}` issues one that does (the machine restarts)"
-        ));
+        let within = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(LS_MARGIN);
+        match follow_new_address(store, driver, name, endpoints, within, OldGuest::Refuse).await {
+            Ok((now, _)) => engine = now.engine,
+            Err(e) => {
+                return Err(format!(
+                    "the engine certificate does not name the machine's address {ip} and none \
+                     that does could be put in service within ls's timeout ({}): run `rmachine \
+                     regenerate-certs -f {name}`",
+                    error_chain(&e)
+                ))
+            }
+        }
     }
     let client = engine_client(store, name).map_err(|e| e.to_string())?;
     match client.version(engine).await {
@@ -2625,6 +2911,7 @@ pub async fn list(
     docker_host: Option<&str>,
 ) -> Result<Vec<ListEntry>, MachineError> {
     let names = store.list()?;
+    let deadline = Instant::now() + timeout;
     let handle = tokio::runtime::Handle::current();
     let queries = names.iter().map(|name| {
         // Each query on a thread of its own: a driver may block its thread (an external
@@ -2640,6 +2927,7 @@ pub async fn list(
                 &store_copy,
                 &name_copy,
                 docker_host.as_deref(),
+                deadline,
             )));
             let _ = tx.send(entry);
         });
@@ -2854,10 +3142,150 @@ mod tests {
     use rmachine_driver::{Capabilities, DriverInfo, Endpoints};
     use std::sync::Mutex;
 
+    /// The engine TLS files of a fake guest: what its configuration drive held at its last
+    /// start, or what `rmachine-init install-tls` put there since.
+    fn guest_tls(dir: &MachineDir) -> PathBuf {
+        dir.file("guest-tls")
+    }
+
+    /// A guest's SSH server as far as certificates go: it accepts any key and answers
+    /// [`INSTALL_TLS_COMMAND`] with `status`, installing the [`TlsFiles`] read from stdin into
+    /// `tls_dir` (each file renamed over the old one, as the guest does) when it is 0, and
+    /// printing the usage of an init that does not know it for [`INSTALL_TLS_UNKNOWN`].
+    #[derive(Clone)]
+    struct FakeGuestSsh {
+        tls_dir: PathBuf,
+        status: u32,
+        installs: Arc<std::sync::atomic::AtomicUsize>,
+        input: Vec<u8>,
+        install: Option<russh::ChannelId>,
+    }
+
+    impl russh::server::Handler for FakeGuestSsh {
+        type Error = russh::Error;
+
+        async fn auth_publickey(
+            &mut self,
+            _user: &str,
+            _key: russh::server::VerifiedPublicKey<'_>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            Ok(russh::server::Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            _channel: russh::Channel<russh::server::Msg>,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            reply.accept().await;
+            Ok(())
+        }
+
+        async fn exec_request(
+            &mut self,
+            channel: russh::ChannelId,
+            data: &[u8],
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            session.channel_success(channel)?;
+            if data == INSTALL_TLS_COMMAND.as_bytes() {
+                self.install = Some(channel);
+                return Ok(());
+            }
+            session.exit_status_request(channel, 127)?;
+            session.eof(channel)?;
+            session.close(channel)
+        }
+
+        async fn data(
+            &mut self,
+            channel: russh::ChannelId,
+            data: &[u8],
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            if self.install == Some(channel) {
+                self.input.extend_from_slice(data);
+            }
+            Ok(())
+        }
+
+        async fn channel_eof(
+            &mut self,
+            channel: russh::ChannelId,
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            if self.install != Some(channel) {
+                return Ok(());
+            }
+            if self.status == 0 {
+                let files: TlsFiles = serde_json::from_slice(&self.input).unwrap();
+                for (file, text) in [
+                    ("server-key.pem", &files.server_key_pem),
+                    ("server.pem", &files.server_cert_pem),
+                    ("ca.pem", &files.ca_pem),
+                ] {
+                    let tmp = self.tls_dir.join(format!("{file}.tmp"));
+                    std::fs::write(&tmp, text).unwrap();
+                    std::fs::rename(&tmp, self.tls_dir.join(file)).unwrap();
+                }
+                self.installs
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                session.extended_data(channel, 1, b"usage: rmachine-init shutdown\n".to_vec())?;
+            }
+            session.exit_status_request(channel, self.status)?;
+            session.eof(channel)?;
+            session.close(channel)
+        }
+    }
+
+    /// Starts a [`FakeGuestSsh`] on a loopback port.
+    async fn serve_guest_ssh(
+        tls_dir: PathBuf,
+        status: u32,
+        installs: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> SocketAddr {
+        use russh::keys::ssh_key::private::Ed25519Keypair;
+        let config = Arc::new(russh::server::Config {
+            keys: vec![russh::keys::PrivateKey::from(Ed25519Keypair::from_seed(
+                &[3u8; 32],
+            ))],
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let handler = FakeGuestSsh {
+                    tls_dir: tls_dir.clone(),
+                    status,
+                    installs: installs.clone(),
+                    input: Vec::new(),
+                    install: None,
+                };
+                let config = config.clone();
+                tokio::spawn(async move {
+                    if let Ok(session) = russh::server::run_stream(config, tcp, handler).await {
+                        let _ = session.await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
     /// A driver whose steps can be made to fail; `start` serves a TLS engine from the
-    /// machine directory's certificates, as the guest would.
+    /// certificates on the configuration drive, as the guest would, and a guest SSH server
+    /// that installs new ones ([`FakeGuestSsh`]).
     #[derive(Default)]
     struct FakeDriver {
+        /// The exit status of the guest's `rmachine-init install-tls` (0: installs).
+        install_status: u32,
+        /// How many certificates the guest's SSH server installed.
+        installs: Arc<std::sync::atomic::AtomicUsize>,
+        /// The guest's SSH server once started.
+        ssh: Mutex<Option<SocketAddr>>,
         fail: Option<&'static str>,
         calls: Mutex<Vec<String>>,
         engine: Mutex<Option<SocketAddr>>,
@@ -2948,7 +3376,18 @@ mod tests {
                 let ip = self
                     .engine_ip
                     .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-                crate::engine_check::tests::serve_on(dir.path(), ip).await
+                // The guest's boot: its TLS files from the configuration drive.
+                let drive = std::fs::File::open(dir.file("config.img")).unwrap();
+                let config = GuestConfig::read_drive(drive).unwrap();
+                let tls = guest_tls(dir);
+                std::fs::create_dir_all(&tls).unwrap();
+                std::fs::write(tls.join("ca.pem"), &config.ca_pem).unwrap();
+                std::fs::write(tls.join("server.pem"), &config.server_cert_pem).unwrap();
+                std::fs::write(tls.join("server-key.pem"), &config.server_key_pem).unwrap();
+                let ssh =
+                    serve_guest_ssh(tls.clone(), self.install_status, self.installs.clone()).await;
+                *self.ssh.lock().unwrap_or_else(|e| e.into_inner()) = Some(ssh);
+                crate::engine_check::tests::serve_on(&tls, ip).await
             } else {
                 // A port nobody answers on: the wait must time out.
                 "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())
@@ -2973,10 +3412,12 @@ mod tests {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!()));
-            Ok(Endpoints {
-                ssh: "127.0.0.1:22".parse().unwrap_or_else(|_| unreachable!()),
-                engine,
-            })
+            let ssh = self
+                .ssh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| "127.0.0.1:22".parse().unwrap_or_else(|_| unreachable!()));
+            Ok(Endpoints { ssh, engine })
         }
     }
 
@@ -3166,72 +3607,97 @@ mod tests {
         assert!(!docker_config.join("contexts/meta").join(&id).exists());
     }
 
-    #[tokio::test]
-    async fn env_issues_a_certificate_for_the_address_a_running_machine_moved_to() {
-        let (_tmp, store, options) = setup();
-        let (_lines, progress) = recorder();
-        let first = FakeDriver {
-            serve_engine: true,
-            ..Default::default()
-        };
-        create_with(&store, &first, "leased", &options, &progress)
+    fn env_options(name: &str) -> EnvOptions {
+        EnvOptions {
+            shell: Shell::Posix,
+            no_proxy: false,
+            argv: vec!["rmachine".into(), "env".into(), name.into()],
+        }
+    }
+
+    fn installs(driver: &FakeDriver) -> usize {
+        driver.installs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The certificate the engine at `engine` presents now (the store's client connecting).
+    async fn served(store: &Store, engine: SocketAddr) -> Vec<u8> {
+        EngineClient::from_cert_dir(&store.certs_dir())
+            .unwrap()
+            .served_certificate(engine)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    fn der_of(path: &std::path::Path) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_file(path)
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn env_puts_a_certificate_for_a_running_machines_new_address_in_service_without_a_restart(
+    ) {
+        let (_tmp, store, options) = setup();
+        let ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
         // The VM got a new lease while it ran: its engine answers at another address, still
         // with the certificate issued for the old one.
-        let ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
-        let moved = FakeDriver {
-            serve_engine: true,
-            engine_ip: Some(ip),
-            ..Default::default()
-        };
-        let dir = store.machine_dir("leased");
-        let config = store.load("leased").unwrap();
-        moved.start(&dir, &driver_spec(&config.vm)).await.unwrap();
+        let moved = machine_moved_to(&store, &options, "leased", "127.0.0.3", None, 0).await;
         let server = store.machine_path("leased").join("server.pem");
         assert!(!certs::covers(&server, ip).unwrap());
-        let engine = moved.endpoints(&dir).await.unwrap().engine;
+        let engine = moved
+            .endpoints(&store.machine_dir("leased"))
+            .await
+            .unwrap()
+            .engine;
         let client = engine_client(&store, "leased").unwrap();
         assert!(
             client.ping(engine).await.is_err(),
             "TLS fails at the new address until a certificate names it"
         );
-        let list = list_entry_with(&store, &moved, "leased").await;
-        assert!(
-            list.contains("does not name the machine's address 127.0.0.3"),
-            "{list}"
-        );
 
-        let options = EnvOptions {
-            shell: Shell::Posix,
-            no_proxy: false,
-            argv: vec!["rmachine".into(), "env".into(), "leased".into()],
-        };
-        let out = env_with(&store, &moved, "leased", &options)
+        let out = env_with(&store, &moved, "leased", &env_options("leased"))
             .await
-            .unwrap()
-            .text;
+            .unwrap();
         assert!(
-            out.contains(&format!("export DOCKER_HOST=\"tcp://{ip}:")),
-            "{out}"
+            out.text
+                .contains(&format!("export DOCKER_HOST=\"tcp://{engine}\"")),
+            "{}",
+            out.text
         );
+        assert!(!out.restarted);
+        // The same engine (no stop, no new start) presents the certificate the host now has.
+        assert_eq!(moved.calls().iter().filter(|c| *c == "stop").count(), 0);
+        assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 1);
+        assert_eq!(installs(&moved), 1);
         assert!(certs::covers(&server, ip).unwrap());
+        assert_eq!(served(&store, engine).await, der_of(&server));
+        client.ping(engine).await.unwrap();
         let saved = store.load("leased").unwrap();
         assert!(saved
             .host_options
             .auth_options
             .server_cert_sans
             .contains(&ip.to_string()));
+        // The next boot reads the same certificate.
+        let drive = std::fs::File::open(store.machine_path("leased").join("config.img")).unwrap();
+        let drive = GuestConfig::read_drive(drive).unwrap();
+        assert_eq!(
+            drive.server_cert_pem,
+            std::fs::read_to_string(&server).unwrap()
+        );
     }
 
     /// A created machine whose VM then came up at `ip` still holding the certificate of its
-    /// old address; returns the driver serving it there.
+    /// old address; returns the driver serving it there, whose guest answers
+    /// `rmachine-init install-tls` with `install_status`.
     async fn machine_moved_to(
         store: &Store,
         options: &CreateOptions,
         name: &str,
         ip: &str,
         fail: Option<&'static str>,
+        install_status: u32,
     ) -> FakeDriver {
         let (_lines, progress) = recorder();
         let first = FakeDriver {
@@ -3245,6 +3711,7 @@ mod tests {
             serve_engine: true,
             engine_ip: Some(ip.parse().unwrap()),
             fail,
+            install_status,
             ..Default::default()
         };
         let config = store.load(name).unwrap();
@@ -3256,31 +3723,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_and_config_at_once_restart_a_moved_machine_once() {
+    async fn env_and_config_at_once_reissue_for_a_moved_machine_once() {
         let (_tmp, store, options) = setup();
-        let moved = machine_moved_to(&store, &options, "raced", "127.0.0.4", None).await;
-        let options = EnvOptions {
-            shell: Shell::Posix,
-            no_proxy: false,
-            argv: vec!["rmachine".into(), "env".into(), "raced".into()],
-        };
+        let moved = machine_moved_to(&store, &options, "raced", "127.0.0.4", None, 0).await;
         // Both see the uncovered address before either takes the lock; the second must see,
-        // once it holds the lock, that the first already issued the certificate.
+        // once it holds the lock, that the first already put a certificate in service.
+        let options = env_options("raced");
         let (env, config) = tokio::join!(
             env_with(&store, &moved, "raced", &options),
             client_flags_with(&store, &moved, "raced")
         );
         let (env, config) = (env.unwrap(), config.unwrap());
-        let starts = moved.calls().iter().filter(|c| *c == "start").count();
-        // The boot at the new address, then exactly one restart.
-        assert_eq!(starts, 2, "{:?}", moved.calls());
-        assert_eq!(
-            [env.restarted, config.restarted]
-                .iter()
-                .filter(|r| **r)
-                .count(),
-            1
-        );
+        assert_eq!(installs(&moved), 1);
+        assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 1);
+        assert!(!env.restarted && !config.restarted);
         assert!(env.text.contains("tcp://127.0.0.4:"), "{}", env.text);
         assert!(
             config.text.contains("-H=tcp://127.0.0.4:"),
@@ -3294,14 +3750,10 @@ mod tests {
     #[tokio::test]
     async fn an_env_that_waited_for_a_stop_does_not_start_the_machine_again() {
         let (_tmp, store, options) = setup();
-        let moved = machine_moved_to(&store, &options, "stopping", "127.0.0.6", None).await;
-        let options = EnvOptions {
-            shell: Shell::Posix,
-            no_proxy: false,
-            argv: vec!["rmachine".into(), "env".into(), "stopping".into()],
-        };
+        let moved = machine_moved_to(&store, &options, "stopping", "127.0.0.6", None, 0).await;
         // `stop` holds the lock while env finds the address uncovered.
         let held = store.lock("stopping").unwrap();
+        let options = env_options("stopping");
         let env = env_with(&store, &moved, "stopping", &options);
         tokio::pin!(env);
         tokio::select! {
@@ -3315,23 +3767,72 @@ mod tests {
         // Only the boot at the new address: the stopped machine stays stopped.
         let starts = moved.calls().iter().filter(|c| *c == "start").count();
         assert_eq!(starts, 1, "{:?}", moved.calls());
+        assert_eq!(installs(&moved), 0);
     }
 
     #[tokio::test]
-    async fn a_failed_stop_leaves_the_old_certificate_for_the_next_env_to_reissue() {
+    async fn a_failed_install_leaves_the_old_certificate_for_the_next_env_to_reissue() {
         let (_tmp, store, options) = setup();
-        let moved = machine_moved_to(&store, &options, "stuck", "127.0.0.5", Some("stop")).await;
-        let options = EnvOptions {
-            shell: Shell::Posix,
-            no_proxy: false,
-            argv: vec!["rmachine".into(), "env".into(), "stuck".into()],
-        };
-        let err = env_with(&store, &moved, "stuck", &options)
+        let moved = machine_moved_to(&store, &options, "broken", "127.0.0.7", None, 1).await;
+        let err = env_with(&store, &moved, "broken", &env_options("broken"))
+            .await
+            .unwrap_err();
+        let text = error_chain(&err);
+        assert!(
+            text.contains("the new engine certificate was not put in service")
+                && text.contains("exited with 1"),
+            "{text}"
+        );
+        // The guest still serves the old certificate: the host's must not claim the address,
+        // or no later env would reissue it.
+        let server = store.machine_path("broken").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.7".parse().unwrap()).unwrap());
+        let saved = store.load("broken").unwrap();
+        assert!(!saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&"127.0.0.7".to_string()));
+        assert!(!moved.calls().iter().any(|c| c == "stop"));
+    }
+
+    #[tokio::test]
+    async fn a_guest_image_without_install_tls_is_restarted_with_the_certificate() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(
+            &store,
+            &options,
+            "old",
+            "127.0.0.8",
+            None,
+            INSTALL_TLS_UNKNOWN,
+        )
+        .await;
+        let env = env_with(&store, &moved, "old", &env_options("old"))
+            .await
+            .unwrap();
+        assert!(env.restarted);
+        assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
+        let server = store.machine_path("old").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failed_stop_of_an_old_guest_leaves_the_old_certificate_for_the_next_env() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(
+            &store,
+            &options,
+            "stuck",
+            "127.0.0.5",
+            Some("stop"),
+            INSTALL_TLS_UNKNOWN,
+        )
+        .await;
+        let err = env_with(&store, &moved, "stuck", &env_options("stuck"))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("failed to stop the VM"), "{err}");
-        // The guest still serves the old certificate: the host's must not claim the address,
-        // or no later env would reissue it.
         let server = store.machine_path("stuck").join("server.pem");
         assert!(!certs::covers(&server, "127.0.0.5".parse().unwrap()).unwrap());
         let saved = store.load("stuck").unwrap();
@@ -3342,8 +3843,93 @@ mod tests {
             .contains(&"127.0.0.5".to_string()));
     }
 
-    /// The error `ls` shows for machine `name` run by `driver`.
-    async fn list_entry_with<D: Driver>(store: &Store, driver: &D, name: &str) -> String {
+    #[tokio::test]
+    async fn ls_puts_a_certificate_for_the_new_address_in_service_and_shows_the_machine_healthy() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "listed", "127.0.0.9", None, 0).await;
+        let entry = list_entry_with(&store, &moved, "listed", Duration::from_secs(10)).await;
+        assert_eq!(entry.error, "");
+        assert_eq!(entry.docker_version, "v0.1.0");
+        assert_eq!(installs(&moved), 1);
+        assert!(!moved.calls().iter().any(|c| c == "stop"));
+        let server = store.machine_path("listed").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.9".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn ls_names_what_to_run_when_the_certificate_cannot_be_put_in_service() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(
+            &store,
+            &options,
+            "oldls",
+            "127.0.0.10",
+            None,
+            INSTALL_TLS_UNKNOWN,
+        )
+        .await;
+        let entry = list_entry_with(&store, &moved, "oldls", Duration::from_secs(10)).await;
+        assert_eq!(entry.docker_version, "Unknown");
+        assert!(
+            entry
+                .error
+                .contains("does not name the machine's address 127.0.0.10")
+                && entry.error.contains("rmachine regenerate-certs -f oldls"),
+            "{}",
+            entry.error
+        );
+        // ls restarts nothing.
+        assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 1);
+        assert!(!moved.calls().iter().any(|c| c == "stop"));
+        // Another command holding the lock: ls gives up within its time.
+        let held = store.lock("oldls").unwrap();
+        let began = Instant::now();
+        let entry = list_entry_with(&store, &moved, "oldls", Duration::from_secs(1)).await;
+        assert!(began.elapsed() < Duration::from_secs(3));
+        assert!(
+            entry.error.contains("held the machine's lock"),
+            "{}",
+            entry.error
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn regenerate_certs_of_a_running_machine_keeps_it_running() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "regen", "127.0.0.11", None, 0).await;
+        let server = store.machine_path("regen").join("server.pem");
+        let before = std::fs::read(&server).unwrap();
+        let (lines, progress) = recorder();
+        let restart = regenerate_with(&store, &moved, "regen", false, true, &progress)
+            .await
+            .unwrap();
+        assert!(!restart);
+        assert_ne!(std::fs::read(&server).unwrap(), before);
+        assert!(certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("regen"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+        assert!(
+            !moved.calls().iter().any(|c| c == "stop"),
+            "{:?}",
+            moved.calls()
+        );
+        assert_eq!(installs(&moved), 1);
+        let lines = lines.lock().unwrap().join("\n");
+        assert!(lines.contains("its containers keep running"), "{lines}");
+    }
+
+    /// The row `ls` shows for machine `name` run by `driver`, made within `timeout`.
+    async fn list_entry_with<D: Driver>(
+        store: &Store,
+        driver: &D,
+        name: &str,
+        timeout: Duration,
+    ) -> ListEntry {
         let config = store.load(name).unwrap();
         let entry = ListEntry {
             name: name.to_string(),
@@ -3356,11 +3942,20 @@ mod tests {
             error: String::new(),
             response_time: String::new(),
         };
-        let entry =
-            list_entry_from(store, &config, driver, name, None, entry, Instant::now()).await;
+        let now = Instant::now();
+        let entry = list_entry_from(
+            store,
+            &config,
+            driver,
+            name,
+            None,
+            entry,
+            now,
+            now + timeout,
+        )
+        .await;
         assert_eq!(entry.state, "Running");
-        assert_eq!(entry.docker_version, "Unknown", "{entry:?}");
-        entry.error
+        entry
     }
 
     #[tokio::test]

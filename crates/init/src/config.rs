@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rmachine_guest_config::GuestConfig;
+use rmachine_guest_config::{GuestConfig, TlsFiles};
 use russh::keys::PublicKey;
 
 /// Directory of the engine's TLS files (internals.md, "Guest filesystem").
@@ -23,6 +23,21 @@ pub enum ConfigError {
     Write {
         /// The file.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// TLS files handed over by the host are not usable.
+    #[error("the {file} given is not usable: {reason}")]
+    BadTls {
+        /// Which file.
+        file: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The host's TLS files could not be read from stdin.
+    #[error("cannot read the TLS files from stdin")]
+    ReadTls {
         /// The cause.
         #[source]
         source: io::Error,
@@ -111,6 +126,68 @@ pub fn write_tls(config: &GuestConfig, dir: &Path) -> Result<(), ConfigError> {
         config.server_key_pem.as_bytes(),
         0o600,
     )
+}
+
+/// Checks that the host's TLS files are PEM of the right kind (the engine checks that the key
+/// matches the certificate when it loads them).
+pub fn check_tls(files: &TlsFiles) -> Result<(), ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |file, reason: String| ConfigError::BadTls { file, reason };
+    for (file, pem) in [
+        ("CA certificate", &files.ca_pem),
+        ("server certificate", &files.server_cert_pem),
+    ] {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(file, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad(file, "no certificate in it".to_string()));
+        }
+    }
+    PrivateKeyDer::from_pem_slice(files.server_key_pem.as_bytes())
+        .map_err(|e| bad("server key", e.to_string()))?;
+    Ok(())
+}
+
+/// `rmachine-init install-tls`: the host's new TLS files replace the engine's in `dir` (the key
+/// first: the engine refuses a certificate whose key does not match, so it serves the old pair
+/// until both are in place), and the copy of the configuration in `saved` if there is one, so
+/// that a boot without the configuration drive uses them too. Nothing is written unless all
+/// three files are PEM of the right kind.
+pub fn install_tls(files: &TlsFiles, dir: &Path, saved: &Path) -> Result<(), ConfigError> {
+    check_tls(files)?;
+    write_file(
+        &dir.join("server-key.pem"),
+        files.server_key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &dir.join("server.pem"),
+        files.server_cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_file(&dir.join("ca.pem"), files.ca_pem.as_bytes(), 0o644)?;
+    if let Some(mut copy) = load_copy(saved) {
+        copy.ca_pem = files.ca_pem.clone();
+        copy.server_cert_pem = files.server_cert_pem.clone();
+        copy.server_key_pem = files.server_key_pem.clone();
+        save_copy(&copy, saved)?;
+    }
+    Ok(())
+}
+
+/// Reads a [`TlsFiles`] (JSON) from `input`.
+pub fn read_tls_files(input: impl io::Read) -> Result<TlsFiles, ConfigError> {
+    serde_json::from_reader(input).map_err(|e| match e.io_error_kind() {
+        Some(_) => ConfigError::ReadTls {
+            source: io::Error::other(e),
+        },
+        None => ConfigError::BadTls {
+            file: "TLS files",
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// A line of `authorized_keys` that could not be used.
@@ -222,5 +299,83 @@ mod tests {
             "CERT"
         );
         fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn installed_tls_files_replace_the_engines_and_the_saved_copy() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let certs = tmp.path().join("certs");
+        rmachine_host::certs::bootstrap(&certs, &mut |_| {}).expect("a CA");
+        let server =
+            rmachine_host::certs::server_cert(&certs, "m", &[]).expect("a server certificate");
+        let ca = fs::read_to_string(certs.join("ca.pem")).expect("the CA");
+        let (dir, saved) = (tmp.path().join("tls"), tmp.path().join("config"));
+        let old = GuestConfig {
+            format_version: 1,
+            hostname: "m".into(),
+            ca_pem: "OLD CA".into(),
+            server_cert_pem: "OLD CERT".into(),
+            server_key_pem: "OLD KEY".into(),
+            authorized_keys: vec!["ssh-ed25519 AAAA k".into()],
+            engine: Default::default(),
+            shares: Vec::new(),
+            network: None,
+        };
+        write_tls(&old, &dir).expect("temp dir is writable");
+        save_copy(&old, &saved).expect("temp dir is writable");
+        let files = TlsFiles {
+            ca_pem: ca.clone(),
+            server_cert_pem: server.cert_pem.clone(),
+            server_key_pem: server.key_pem.clone(),
+        };
+        let json = serde_json::to_vec(&files).expect("serializable");
+        let read = read_tls_files(json.as_slice()).expect("JSON of TlsFiles");
+
+        // Garbage in any file: nothing is written.
+        for garbage in [
+            TlsFiles {
+                server_cert_pem: "not a certificate".into(),
+                ..read.clone()
+            },
+            TlsFiles {
+                server_key_pem: server.cert_pem.clone(),
+                ..read.clone()
+            },
+            TlsFiles {
+                ca_pem: String::new(),
+                ..read.clone()
+            },
+        ] {
+            let err = install_tls(&garbage, &dir, &saved).expect_err("refused");
+            assert!(err.to_string().contains("is not usable"), "{err}");
+            assert_eq!(
+                fs::read_to_string(dir.join("server.pem")).expect("kept"),
+                "OLD CERT"
+            );
+        }
+        assert!(read_tls_files(&b"{\"caPem\": 1}"[..]).is_err());
+
+        install_tls(&read, &dir, &saved).expect("installed");
+        let file = |name: &str| fs::read_to_string(dir.join(name)).expect("written");
+        assert_eq!(file("server.pem"), server.cert_pem);
+        assert_eq!(file("server-key.pem"), server.key_pem);
+        assert_eq!(file("ca.pem"), ca);
+        let mode = fs::metadata(dir.join("server-key.pem"))
+            .expect("written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let copy = load_copy(&saved).expect("the copy");
+        assert_eq!(copy.server_cert_pem, server.cert_pem);
+        assert_eq!(copy.server_key_pem, server.key_pem);
+        assert_eq!(
+            copy.authorized_keys, old.authorized_keys,
+            "the rest is kept"
+        );
+        assert_eq!(
+            fs::read_dir(&dir).expect("dir").count(),
+            3,
+            "no temp file left"
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! - `rmachine-init sftp-mount [--ro] [--control DIR] [--idle-exit SECS] PATH`: a host share
 //!   over the SSH channel, held by a daemon that outlives the channel (see `sftpfs`);
 //! - `rmachine-init disk-usage`: the data disk's usage as JSON, for the host's port agent;
+//! - `rmachine-init install-tls`: new engine TLS files from the host (JSON on stdin), used by
+//!   the engine from its next connection on (see `config::install_tls`);
 //! - as `rmachine-runtime` (argv0): the container runtime.
 use std::process::ExitCode;
 
@@ -144,6 +146,16 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&usage)?);
             Ok(ExitCode::SUCCESS)
         }
+        Some("install-tls") => {
+            if args.len() > 2 {
+                anyhow::bail!("usage: rmachine-init install-tls < TLS-FILES-JSON");
+            }
+            use rmachine_init::config;
+            let files = config::read_tls_files(std::io::stdin().lock())?;
+            let saved = std::path::Path::new(rmachine_init::supervisor::DATA_MOUNT).join("config");
+            config::install_tls(&files, std::path::Path::new(config::TLS_DIR), &saved)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some("--version") => {
             println!("rmachine-init {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -151,7 +163,7 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
         _ => {
             eprintln!(
                 "usage: rmachine-init shutdown [-r] | udhcpc-script | udp-relay PORT | \
-                 sftp-mount [--ro] PATH | disk-usage | --version\n\
+                 sftp-mount [--ro] PATH | disk-usage | install-tls | --version\n\
                  (as PID 1 it boots the guest; as rmachine-runtime it runs containers)"
             );
             Ok(ExitCode::from(2))

@@ -6,11 +6,12 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rmachine_e2e::{bin_dir, guest_image, Machine};
+use rmachine_fixtures::{busybox_image, ArchiveFormat};
 
 /// Removes a second machine of the same store on drop (the harness removes only its own).
 struct Also<'a>(&'a Machine, &'a str);
@@ -82,7 +83,8 @@ fn create_through_a_pipe(machine: &Machine) -> Result<()> {
 
 /// Replaces machine `name`'s engine certificate by one the store's CA issued for an address
 /// the machine no longer has (192.168.64.7): not 127.0.0.1, where QEMU's forwards reach it.
-fn cert_for_an_old_address(machine: &Machine, name: &str) -> Result<()> {
+/// Returns the certificate and its key (PEM).
+fn cert_for_an_old_address(machine: &Machine, name: &str) -> Result<(String, String)> {
     let certs = machine.store().join("certs");
     let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca-key.pem"))?)?;
     let issuer =
@@ -98,7 +100,43 @@ fn cert_for_an_old_address(machine: &Machine, name: &str) -> Result<()> {
     let dir = machine.store().join("machines").join(name);
     std::fs::write(dir.join("server.pem"), cert.pem())?;
     std::fs::write(dir.join("server-key.pem"), key.serialize_pem())?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Gives running machine `name` an engine certificate for an address it no longer has, on
+/// the host and in the guest (as if it had been issued before a bridged VM's new lease): the
+/// engine presents it from its next connection on.
+fn stale_cert_in_the_running_guest(machine: &Machine, name: &str) -> Result<()> {
+    let (cert, key) = cert_for_an_old_address(machine, name)?;
+    let tls = "/run/rmachine/tls";
+    ssh_out(
+        machine,
+        name,
+        &format!(
+            "printf '%s' '{key}' > {tls}/k.tmp && mv {tls}/k.tmp {tls}/server-key.pem && \
+             printf '%s' '{cert}' > {tls}/c.tmp && mv {tls}/c.tmp {tls}/server.pem"
+        ),
+    )?;
     Ok(())
+}
+
+/// `docker ARGS` with fixed variables (not from `rmachine env`, which would reissue).
+fn docker_plain(machine: &Machine, vars: &[(String, String)], args: &[&str]) -> Result<Output> {
+    Ok(Command::new("docker")
+        .args(args)
+        .env("DOCKER_CONFIG", machine.docker_config())
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// The guest's uptime in seconds: a machine that was not restarted keeps counting.
+fn guest_uptime(machine: &Machine, name: &str) -> Result<f64> {
+    let out = ssh_out(machine, name, "cat /proc/uptime")?;
+    out.split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("/proc/uptime: {out:?}"))
 }
 
 /// The IP addresses (as bytes) a PEM certificate's subjectAltName names.
@@ -203,9 +241,33 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         mtime.to_string()
     );
 
-    // regenerate-certs: a new engine certificate, the machine restarted with it, docker works,
-    // and ssh still accepts the guest (its host key lives on the data disk; /root does not, as
-    // on boot2docker).
+    // A container keeps running through every certificate change below: none of them
+    // restarts the machine (the engine takes new files at its next connection).
+    let tar = local.path().join("busybox.tar");
+    busybox_image(&tar, "busybox:latest", ArchiveFormat::DockerSave)?;
+    machine
+        .docker_with_stdin(&["load"], Some(&tar))?
+        .success()?;
+    machine
+        .docker(&["run", "-d", "--name", "keeper", "busybox", "sleep", "3600"])?
+        .success()?;
+    let keeper = || -> Result<String> {
+        Ok(machine
+            .docker(&[
+                "inspect",
+                "-f",
+                "{{.State.Running}} {{.State.StartedAt}}",
+                "keeper",
+            ])?
+            .success()?
+            .stdout)
+    };
+    let kept = keeper()?;
+    assert!(kept.starts_with("true "), "{kept}");
+    let up_before = guest_uptime(&machine, "scp-a")?;
+
+    // regenerate-certs: a new engine certificate put in service in the running machine, docker
+    // works, and ssh still accepts the guest.
     let server_pem = machine.store().join("machines/scp-a/server.pem");
     let before = std::fs::read_to_string(&server_pem)?;
     machine
@@ -216,6 +278,73 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         .docker(&["version", "--format", "{{.Server.Version}}"])?
         .success()?;
     assert_eq!(ssh_out(&machine, "scp-a", "echo still")?, "still\n");
+
+    // The running engine presents a certificate naming only an address the machine no longer
+    // has: docker's TLS check fails, `ls` notices, puts one naming 127.0.0.1 in service within
+    // its timeout and shows the machine healthy; then the same again through `env`.
+    let vars = machine.docker_env()?;
+    for fixer in ["ls", "env"] {
+        stale_cert_in_the_running_guest(&machine, "scp-a")?;
+        let stale = std::fs::read_to_string(&server_pem)?;
+        let refused = docker_plain(&machine, &vars, &["version"])?;
+        assert!(
+            !refused.status.success(),
+            "docker accepted a certificate that does not name 127.0.0.1"
+        );
+        let began = Instant::now();
+        match fixer {
+            "ls" => {
+                let ls = machine
+                    .rmachine(&[
+                        "ls",
+                        "--timeout",
+                        "20",
+                        "--format",
+                        "{{.Name}} {{.State}} {{.DockerVersion}} [{{.Error}}]",
+                    ])?
+                    .success()?;
+                let row = ls
+                    .stdout
+                    .lines()
+                    .find(|l| l.starts_with("scp-a "))
+                    .unwrap_or_default()
+                    .to_string();
+                assert!(
+                    row.starts_with("scp-a Running v") && row.ends_with(" []"),
+                    "{}",
+                    ls.stdout
+                );
+            }
+            _ => {
+                machine.docker_env()?;
+            }
+        }
+        eprintln!(
+            "{fixer} put a certificate for the new address in service in {:.1}s",
+            began.elapsed().as_secs_f64()
+        );
+        let reissued = std::fs::read_to_string(&server_pem)?;
+        assert_ne!(reissued, stale, "{fixer} reissued the certificate");
+        assert!(ip_sans(&reissued)?.contains(&vec![127, 0, 0, 1]));
+        let out = docker_plain(
+            &machine,
+            &vars,
+            &["version", "--format", "{{.Server.Version}}"],
+        )?;
+        assert!(
+            out.status.success(),
+            "after {fixer}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(keeper()?, kept, "the container ran on through the reissues");
+    let up_after = guest_uptime(&machine, "scp-a")?;
+    assert!(
+        up_after > up_before,
+        "the guest was not restarted: uptime {up_before} s then {up_after} s"
+    );
+    // Gone before the stops below, which would wait for `sleep` (deaf to SIGTERM as PID 1).
+    machine.docker(&["rm", "-f", "keeper"])?.success()?;
     machine
         .rmachine(&["scp", "-r", &tree_arg, "scp-a:/root/"])?
         .success()?;

@@ -94,8 +94,8 @@ pub enum Listener {
     Tls {
         /// The bound port.
         listener: TcpListener,
-        /// The TLS acceptor.
-        acceptor: TlsAcceptor,
+        /// The TLS acceptor, following its files.
+        tls: Arc<ReloadingTls>,
     },
 }
 
@@ -118,9 +118,125 @@ fn tls_err(path: &Path, reason: impl ToString) -> ServerError {
     }
 }
 
-/// Builds the rustls server config: server cert and key, and client certificates required and
-/// verified against the CA.
-pub fn tls_acceptor(address: &str, tls: &TlsOptions) -> Result<TlsAcceptor, ServerError> {
+/// The TLS files of a listener, as given by the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsPaths {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsPaths {
+    /// The three files' identities now (a file that cannot be read has none).
+    fn stamps(&self) -> [Option<FileStamp>; 3] {
+        [&self.ca, &self.cert, &self.key].map(|path| FileStamp::of(path))
+    }
+}
+
+/// What tells one version of a file from the next without reading it: a replacement by
+/// rename changes the inode, an in-place write the size, mtime or ctime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// The TLS acceptor of a listener, rebuilt when its files change.
+///
+/// Each new connection stats the three files (three `stat`s on a tmpfs, no read) before its
+/// handshake; when any of them changed since the acceptor in service was built, the files
+/// are read again. New files that cannot be used (unreadable, not PEM, a key that does not
+/// match the certificate: as while a key and its certificate are replaced one after the
+/// other) leave the acceptor in service as it is and are logged once; they are tried again
+/// when they change again. Connections already established keep the session they have. This
+/// is how the host hands a running machine a certificate for a new address without
+/// restarting the engine (internals.md, "Engine certificates").
+pub struct ReloadingTls {
+    paths: TlsPaths,
+    state: std::sync::Mutex<TlsState>,
+}
+
+struct TlsState {
+    /// The stamps of the files the acceptor in service was built from.
+    loaded: [Option<FileStamp>; 3],
+    acceptor: TlsAcceptor,
+    /// The stamps of the last files that could not be used, so they are reported once.
+    refused: Option<[Option<FileStamp>; 3]>,
+}
+
+impl std::fmt::Debug for ReloadingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTls")
+            .field("paths", &self.paths)
+            .finish()
+    }
+}
+
+impl ReloadingTls {
+    /// Builds the acceptor from the flags' files; any problem with them is an error here
+    /// (the engine does not start without a usable certificate).
+    pub fn new(address: &str, tls: &TlsOptions) -> Result<Self, ServerError> {
+        let paths = tls_paths(address, tls)?;
+        let loaded = paths.stamps();
+        let acceptor = tls_acceptor_from(&paths)?;
+        Ok(ReloadingTls {
+            paths,
+            state: std::sync::Mutex::new(TlsState {
+                loaded,
+                acceptor,
+                refused: None,
+            }),
+        })
+    }
+
+    /// The acceptor for a new connection: rebuilt first if the files changed and the new ones
+    /// can be used.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        // Stamped before reading: a file replaced while it is read is seen as changed at the
+        // next connection and read again.
+        let now = self.paths.stamps();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if now == state.loaded || state.refused == Some(now) {
+            return state.acceptor.clone();
+        }
+        match tls_acceptor_from(&self.paths) {
+            Ok(acceptor) => {
+                info!(cert = %self.paths.cert.display(), "TLS files changed: serving the new certificate");
+                state.acceptor = acceptor;
+                state.loaded = now;
+                state.refused = None;
+            }
+            Err(err) => {
+                warn!(
+                    error = %err,
+                    "TLS files changed but cannot be used: the previous certificate stays in service"
+                );
+                state.refused = Some(now);
+            }
+        }
+        state.acceptor.clone()
+    }
+}
+
+/// The TLS files a TCP listener at `address` needs, or which flag is missing.
+fn tls_paths(address: &str, tls: &TlsOptions) -> Result<TlsPaths, ServerError> {
     let require = |value: &Option<PathBuf>, missing| {
         value.clone().ok_or(ServerError::TlsRequired {
             address: address.to_string(),
@@ -133,33 +249,45 @@ pub fn tls_acceptor(address: &str, tls: &TlsOptions) -> Result<TlsAcceptor, Serv
             missing: "--tlsverify",
         });
     }
-    let ca = require(&tls.ca, "--tlscacert")?;
-    let cert = require(&tls.cert, "--tlscert")?;
-    let key = require(&tls.key, "--tlskey")?;
+    Ok(TlsPaths {
+        ca: require(&tls.ca, "--tlscacert")?,
+        cert: require(&tls.cert, "--tlscert")?,
+        key: require(&tls.key, "--tlskey")?,
+    })
+}
+
+/// Builds the rustls server config: server cert and key, and client certificates required and
+/// verified against the CA.
+fn tls_acceptor_from(paths: &TlsPaths) -> Result<TlsAcceptor, ServerError> {
+    let TlsPaths { ca, cert, key } = paths;
     let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_file_iter(&ca).map_err(|e| tls_err(&ca, e))? {
+    for der in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, e))? {
         roots
-            .add(der.map_err(|e| tls_err(&ca, e))?)
-            .map_err(|e| tls_err(&ca, e))?;
+            .add(der.map_err(|e| tls_err(ca, e))?)
+            .map_err(|e| tls_err(ca, e))?;
     }
     if roots.is_empty() {
-        return Err(tls_err(&ca, "no certificate in file"));
+        return Err(tls_err(ca, "no certificate in file"));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| tls_err(&ca, e))?;
-    let chain = CertificateDer::pem_file_iter(&cert)
-        .map_err(|e| tls_err(&cert, e))?
+        .map_err(|e| tls_err(ca, e))?;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err(cert, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(&cert, e))?;
-    let key_der = PrivateKeyDer::from_pem_file(&key).map_err(|e| tls_err(&key, e))?;
+        .map_err(|e| tls_err(cert, e))?;
+    if chain.is_empty() {
+        return Err(tls_err(cert, "no certificate in file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e))?;
+    // Also refuses a key that does not match the certificate.
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(&cert, e))?
+        .map_err(|e| tls_err(cert, e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
-        .map_err(|e| tls_err(&cert, e))?;
+        .map_err(|e| tls_err(cert, e))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -203,7 +331,7 @@ pub async fn bind(address: &str, tls: &TlsOptions) -> Result<Listener, ServerErr
         info!(socket = %path.display(), "listening");
         Ok(Listener::Unix { listener, path })
     } else if let Some(addr) = address.strip_prefix("tcp://") {
-        let acceptor = tls_acceptor(address, tls)?;
+        let tls = Arc::new(ReloadingTls::new(address, tls)?);
         // dockerd's forms: `tcp://host:port`, `tcp://:port` (all interfaces), `tcp://host`.
         let addr = if addr.starts_with(':') {
             format!("0.0.0.0{addr}")
@@ -214,7 +342,7 @@ pub async fn bind(address: &str, tls: &TlsOptions) -> Result<Listener, ServerErr
         };
         let listener = TcpListener::bind(&addr).await.map_err(bind_err)?;
         info!(%addr, "listening with mutual TLS");
-        Ok(Listener::Tls { listener, acceptor })
+        Ok(Listener::Tls { listener, tls })
     } else {
         Err(bad("expected unix:///path or tcp://host:port"))
     }
@@ -275,13 +403,14 @@ pub async fn serve(listener: Listener, api: Api, mut shutdown: watch::Receiver<b
                 },
                 _ = shutdown.wait_for(|s| *s) => break,
             },
-            Listener::Tls { listener, acceptor } => tokio::select! {
+            Listener::Tls { listener, tls } => tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         backoff.reset();
-                        let acceptor = acceptor.clone();
+                        let tls = tls.clone();
                         let api = api.clone();
                         tokio::spawn(async move {
+                            let acceptor = tls.acceptor();
                             // A peer that never finishes its handshake must not hold a task.
                             let handshake = tokio::time::timeout(
                                 HANDSHAKE_TIMEOUT,
@@ -345,6 +474,170 @@ mod tests {
         assert_eq!(backoff.after(&emfile).map(|d| d.as_millis()), Some(100));
         let reset = std::io::Error::from_raw_os_error(libc::ECONNABORTED);
         assert_eq!(backoff.after(&reset), None);
+    }
+
+    /// A CA, a client certificate it signed, and server certificates it signs on demand.
+    struct Pki {
+        ca: rcgen::Certificate,
+        ca_params: rcgen::CertificateParams,
+        ca_key: rcgen::KeyPair,
+        client_chain: Vec<CertificateDer<'static>>,
+        client_key: PrivateKeyDer<'static>,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let ca = params.self_signed(&ca_key).unwrap();
+            let ca_params = params;
+            let client_key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+            let client = params.signed_by(&client_key, &issuer).unwrap();
+            Pki {
+                client_chain: vec![client.der().clone()],
+                client_key: PrivateKeyDer::try_from(client_key.serialize_der()).unwrap(),
+                ca,
+                ca_params,
+                ca_key,
+            }
+        }
+
+        /// A server certificate for `127.0.0.1` (PEM), its key (PEM) and the certificate's DER.
+        fn server(&self) -> (String, String, Vec<u8>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        }
+
+        fn connector(&self) -> tokio_rustls::TlsConnector {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca.der().clone()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(self.client_chain.clone(), self.client_key.clone_key())
+                .unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        }
+    }
+
+    /// Replaces `path` as the host's installer does (a new file renamed over it).
+    fn replace(path: &Path, contents: &str) {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// A TLS echo server on the listener's reloading acceptor: one line in, the line out.
+    async fn echo_server(tls: Arc<ReloadingTls>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    let mut line = String::new();
+                    while stream.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                        if stream.get_mut().write_all(line.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    type Client = tokio::io::BufReader<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+    /// Connects, and returns the stream and the certificate the server presented (DER).
+    async fn connect(pki: &Pki, addr: std::net::SocketAddr) -> (Client, Vec<u8>) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let stream = pki.connector().connect(name, tcp).await.unwrap();
+        let served = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        (tokio::io::BufReader::new(stream), served)
+    }
+
+    /// One line through an established connection.
+    async fn echo(stream: &mut Client, line: &str) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        stream.get_mut().write_all(line.as_bytes()).await.unwrap();
+        let mut back = String::new();
+        stream.read_line(&mut back).await.unwrap();
+        back
+    }
+
+    #[tokio::test]
+    async fn new_connections_get_a_replaced_certificate_and_garbage_keeps_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let options = TlsOptions {
+            verify: true,
+            ca: Some(tmp.path().join("ca.pem")),
+            cert: Some(tmp.path().join("server.pem")),
+            key: Some(tmp.path().join("server-key.pem")),
+        };
+        std::fs::write(tmp.path().join("ca.pem"), pki.ca.pem()).unwrap();
+        let (first, first_key, first_der) = pki.server();
+        std::fs::write(tmp.path().join("server.pem"), &first).unwrap();
+        std::fs::write(tmp.path().join("server-key.pem"), &first_key).unwrap();
+        let tls = Arc::new(ReloadingTls::new("tcp://127.0.0.1:0", &options).unwrap());
+        let addr = echo_server(tls).await;
+        let (mut old, served) = connect(&pki, addr).await;
+        assert_eq!(served, first_der);
+        assert_eq!(echo(&mut old, "one\n").await, "one\n");
+
+        // Replaced as the installer does: the key first, then the certificate.
+        let (second, second_key, second_der) = pki.server();
+        replace(&tmp.path().join("server-key.pem"), &second_key);
+        let (_, served) = connect(&pki, addr).await;
+        assert_eq!(
+            served, first_der,
+            "a key without its certificate is not used: the old pair serves"
+        );
+        replace(&tmp.path().join("server.pem"), &second);
+        let (mut new, served) = connect(&pki, addr).await;
+        assert_eq!(
+            served, second_der,
+            "a new connection gets the new certificate"
+        );
+        assert_eq!(echo(&mut new, "two\n").await, "two\n");
+        assert_eq!(
+            echo(&mut old, "still\n").await,
+            "still\n",
+            "a connection made before keeps working"
+        );
+
+        // Garbage over both files: the last good pair stays in service.
+        replace(&tmp.path().join("server.pem"), "not a certificate\n");
+        replace(&tmp.path().join("server-key.pem"), "not a key\n");
+        let (_, served) = connect(&pki, addr).await;
+        assert_eq!(served, second_der);
+        std::fs::remove_file(tmp.path().join("server.pem")).unwrap();
+        let (_, served) = connect(&pki, addr).await;
+        assert_eq!(served, second_der, "a missing file keeps the old one too");
+
+        // Usable files again: taken.
+        let (third, third_key, third_der) = pki.server();
+        replace(&tmp.path().join("server-key.pem"), &third_key);
+        replace(&tmp.path().join("server.pem"), &third);
+        let (_, served) = connect(&pki, addr).await;
+        assert_eq!(served, third_der);
     }
 
     #[tokio::test]

@@ -57,10 +57,14 @@ pub async fn run(store: &Store, args: Args) -> anyhow::Result<u8> {
     super::for_each(names, |name| async move {
         outln("Regenerating TLS certificates")?;
         let renderer = Renderer::for_machine(plain, &name, names);
-        machine::regenerate_certs(store, &name, client_certs, timeout, &|p| renderer.step(p))
-            .await?;
+        let restarted =
+            machine::regenerate_certs(store, &name, client_certs, timeout, &|p| renderer.step(p))
+                .await?;
         renderer.finish();
-        super::start_port_agent_if_running(store, &name).await?;
+        // A machine that took the certificate while running kept its port agent.
+        if restarted {
+            super::start_port_agent_if_running(store, &name).await?;
+        }
         Ok(())
     })
     .await
