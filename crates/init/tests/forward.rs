@@ -654,3 +654,94 @@ fn sftp_mount_refuses_an_idle_time_of_zero() {
     );
     assert!(!tmp.path().join("guest").exists(), "nothing mounted");
 }
+
+/// The pid of the channel's own `sftp-mount` (the relay, not the daemon) for `needle`.
+fn relay_pid(needle: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle)
+            && cmdline.contains("sftp-mount")
+            && !cmdline.contains("--serve")
+            && !cmdline.starts_with("/bin/sh")
+        {
+            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The next state the share's server reports, within 30 s.
+async fn next_state(
+    heard: &mut tokio::sync::mpsc::UnboundedReceiver<rmachine_host::sftpshare::SftpShareState>,
+) -> rmachine_host::sftpshare::SftpShareState {
+    tokio::time::timeout(Duration::from_secs(30), heard.recv())
+        .await
+        .expect("a state within 30 s")
+        .expect("a state")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_is_served_again_after_its_channel_command_was_killed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "first").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let share = rmachine_driver::Share {
+        tag: "rmshare0".into(),
+        host_path: host.clone(),
+        guest_path: guest.to_string_lossy().into_owned(),
+        read_only: false,
+        transport: rmachine_driver::ShareTransport::Sftp,
+    };
+    let program = format!(
+        "{} sftp-mount --control '{}' --idle-exit 600",
+        env!("CARGO_BIN_EXE_rmachine-init"),
+        control.display()
+    );
+    let (states, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    // What the port agent runs for each share while its SSH connection is up.
+    let task = tokio::spawn(rmachine_host::sftpshare::serve_share_while_connected(
+        ssh.clone(),
+        share,
+        program,
+        states,
+    ));
+    let state = next_state(&mut heard).await;
+    assert!(state.mounted, "{state:?}");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read"), "first");
+
+    // The guest's end of the channel dies; the connection and the daemon stay.
+    let needle = control.to_string_lossy().into_owned();
+    let daemon = serve_daemon_pid(&needle);
+    let relay = relay_pid(&needle).expect("the channel's sftp-mount runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the channel's sftp-mount");
+    let state = next_state(&mut heard).await;
+    assert!(!state.mounted, "{state:?}");
+    let state = next_state(&mut heard).await;
+    assert!(state.mounted, "served again: {state:?}");
+    assert_eq!(serve_daemon_pid(&needle), daemon, "the same daemon");
+    std::fs::write(host.join("hello"), "second").expect("host file");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read through the same mount"), "second");
+    task.abort();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
