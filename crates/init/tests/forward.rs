@@ -745,3 +745,58 @@ async fn a_share_is_served_again_after_its_channel_command_was_killed() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_channels_background_job_is_hung_up_then_killed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let (saved, pid_file) = (tmp.path().join("saved"), tmp.path().join("pid"));
+    // The command exits at once; its job keeps the channel's output pipes, saves its work on
+    // SIGHUP and carries on.
+    let command = format!(
+        "(trap 'echo saved > {}' HUP; while :; do sleep 0.2; done) & echo $! > {}",
+        saved.display(),
+        pid_file.display()
+    );
+    let channel = ssh.exec_channel(&command).await.expect("exec");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    channel.close().await.expect("close the channel");
+    let closed = std::time::Instant::now();
+    // Hung up first (a SIGKILL would leave nothing saved)...
+    while std::fs::read_to_string(&saved).unwrap_or_default() != "saved\n" {
+        assert!(
+            closed.elapsed() < Duration::from_secs(10),
+            "the job got no SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    };
+    assert!(
+        alive(pid),
+        "killed at once rather than after a grace period"
+    );
+    // ...then killed once the grace period is over.
+    while alive(pid) {
+        assert!(
+            closed.elapsed() < Duration::from_secs(20),
+            "the job outlived the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
