@@ -800,3 +800,83 @@ async fn a_closed_channels_background_job_is_hung_up_then_killed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The `sftp-mount --serve` daemons whose command line holds `needle`.
+fn serve_daemons(needle: &str) -> usize {
+    processes_with(needle)
+        .iter()
+        .filter(|p| p.contains("--serve"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_channels_racing_for_one_path_share_one_daemon() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "once").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    // Both starters find no daemon and would each start one.
+    let (a, b) = tokio::join!(
+        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
+        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
+    );
+    let needle = control.to_string_lossy().into_owned();
+    assert_eq!(serve_daemons(&needle), 1, "{:?}", processes_with(&needle));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let ours = format!(" {} ", guest.display());
+    assert_eq!(mounts.matches(&ours).count(), 1, "one mount: {mounts}");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read"), "once");
+    a.abort();
+    b.abort();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve_daemon_pid(&needle)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_header_naming_another_path_is_refused_and_the_share_kept() {
+    use std::io::{Read as _, Write as _};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "kept").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 600).await;
+    let socket = rmachine_init::sftpfs::control_socket(&control, &guest);
+    for header in ["rw /somewhere/else\n", "ro /somewhere/else\n"] {
+        let socket = socket.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut conn = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            conn.write_all(header.as_bytes()).expect("header");
+            let mut answer = [0u8; 1];
+            conn.read_exact(&mut answer).expect("an answer");
+            answer[0]
+        })
+        .await
+        .expect("no panic");
+        assert_eq!(answer, b'!', "{header:?}");
+    }
+    // Neither replaced the daemon nor touched its mount.
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read"), "kept");
+    let needle = control.to_string_lossy().into_owned();
+    assert_eq!(serve_daemons(&needle), 1);
+    task.abort();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve_daemon_pid(&needle)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
