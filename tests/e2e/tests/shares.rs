@@ -225,17 +225,27 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], transport: &str) -> anyho
 
     if sftp {
         // The channel's own `sftp-mount` dies while SSH stays up: the port agent opens a new
-        // channel, which the guest's daemon (still holding the mount) takes. `[-]` keeps the
-        // pattern from matching the shell that runs pgrep.
+        // channel, which the guest's daemon (still holding the mount) takes. The guest's
+        // busybox has no pgrep: `pidof` lists the rmachine-init processes (never a shell; the
+        // daemon runs as `/init`, the binary `rmachine-init` links to; a process can be listed
+        // under both names, hence `sort -u`).
+        let sftp_mounts = |daemons: bool| {
+            format!(
+                "for p in $(pidof rmachine-init init); do grep -qa sftp-mount /proc/$p/cmdline || continue; \
+                 if grep -qa -e --serve /proc/$p/cmdline; then [ {daemons} = true ] && echo $p; \
+                 else [ {daemons} = false ] && echo $p; fi; done | sort -u"
+            )
+        };
         let daemons = || -> anyhow::Result<String> {
             Ok(machine
-                .rmachine(&["ssh", name, "pgrep -f 'sftp-mount [-]-serve' | sort"])?
+                .rmachine(&["ssh", name, &sftp_mounts(true)])?
                 .success()?
                 .stdout)
         };
         let before = daemons()?;
+        ensure!(!before.trim().is_empty(), "no share daemon in the guest");
         machine
-            .rmachine(&["ssh", name, "pkill -9 -f '^rmachine-init sftp-mount '"])?
+            .rmachine(&["ssh", name, &format!("kill -9 $({})", sftp_mounts(false))])?
             .success()
             .context("no channel's sftp-mount to kill")?;
         std::fs::write(rw.path().join("after-kill.txt"), "served again\n")?;
