@@ -880,3 +880,71 @@ async fn a_control_header_naming_another_path_is_refused_and_the_share_kept() {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_connection_ends_the_share_loop_and_a_new_one_serves_the_same_mount() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (sshd, key) = guest_sshd_at(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "before").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let share = rmachine_driver::Share {
+        tag: "rmshare0".into(),
+        host_path: host.clone(),
+        guest_path: guest.to_string_lossy().into_owned(),
+        read_only: false,
+        transport: rmachine_driver::ShareTransport::Sftp,
+    };
+    let program = format!(
+        "{} sftp-mount --control '{}' --idle-exit 600",
+        env!("CARGO_BIN_EXE_rmachine-init"),
+        control.display()
+    );
+    // What the port agent does on each new SSH connection.
+    let serve = |ssh: Arc<SshSession>| {
+        let (states, heard) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(rmachine_host::sftpshare::serve_share_while_connected(
+            ssh,
+            share.clone(),
+            program.clone(),
+            states,
+        ));
+        (task, heard)
+    };
+    let relay = Cuttable::to(sshd).await;
+    let ssh = Arc::new(SshSession::connect(relay.addr, &key).await.expect("login"));
+    let (task, mut heard) = serve(ssh);
+    assert!(next_state(&mut heard).await.mounted);
+    let needle = control.to_string_lossy().into_owned();
+    let daemon = serve_daemon_pid(&needle);
+
+    // The connection is cut: the loop reports the share down and ends (no retry on a dead
+    // connection), the daemon keeps the mount.
+    drop(relay);
+    let state = next_state(&mut heard).await;
+    assert!(!state.mounted, "{state:?}");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the loop ends with its connection")
+        .expect("no panic");
+
+    // The agent's next connection serves the same mount again.
+    let relay = Cuttable::to(sshd).await;
+    let ssh = Arc::new(SshSession::connect(relay.addr, &key).await.expect("login"));
+    std::fs::write(host.join("hello"), "after").expect("host file");
+    let (task, mut heard) = serve(ssh);
+    assert!(next_state(&mut heard).await.mounted);
+    assert_eq!(serve_daemon_pid(&needle), daemon, "the same daemon");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read through the same mount"), "after");
+    task.abort();
+    drop(relay);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
