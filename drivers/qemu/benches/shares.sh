@@ -4,6 +4,7 @@
 # them, a 256 MB sequential write (with fsync) and read (after dropping the guest's caches).
 #
 #   drivers/qemu/benches/shares.sh        # needs guest/build.sh's image and target/debug/rmachine
+#   TRANSPORTS="sftp" drivers/qemu/benches/shares.sh   # some of them (default: virtiofs 9p sftp)
 #
 # Three machines are made in a private store (one per share transport), each removed after its
 # run;
@@ -70,7 +71,7 @@ wait_mounted() { # machine folder
   exit 1
 }
 
-for transport in virtiofs 9p sftp; do
+for transport in ${TRANSPORTS:-virtiofs 9p sftp}; do
   name="bench-$transport"
   extra=()
   [ "$transport" != virtiofs ] && extra=(--qemu-share-transport "$transport")
@@ -81,7 +82,8 @@ for transport in virtiofs 9p sftp; do
   [ "$got" = "$transport" ] || { echo "machine $name shares over $got, not $transport" >&2; exit 1; }
   wait_mounted "$name" "$SHARE"
   printf '%-10s %10s %10s %10s %10s\n' "$transport" $(run_in "$name" "$SHARE")
-  if [ "$transport" = virtiofs ]; then
+  # The machine's own disk, in the first machine of the run.
+  if [ "$transport" = "${TRANSPORTS:-virtiofs}" ] || [ "$transport" = "${TRANSPORTS%% *}" ]; then
     printf '%-10s %10s %10s %10s %10s\n' "data disk" $(run_in "$name" /mnt/data)
   fi
   "$RMACHINE" rm -f "$name" >/dev/null
