@@ -17,6 +17,11 @@ pub struct EngineArgs {
     /// Where the engine keeps images, containers and logs.
     #[arg(long, default_value = "/var/lib/rmachine-engine")]
     pub data_root: PathBuf,
+    /// Where the engine keeps state that need not survive a reboot (exec specs): a tmpfs,
+    /// as dockerd's `--exec-root`, so that `docker exec` works on a full data disk. Each
+    /// engine on one host needs its own.
+    #[arg(long, default_value = "/var/run/rmachine-engine")]
+    pub exec_root: PathBuf,
     /// Address to listen on: unix:///path or tcp://host:port (repeatable).
     #[arg(short = 'H', long = "host")]
     pub hosts: Vec<String>,
@@ -69,6 +74,7 @@ impl EngineArgs {
         Ok(DaemonOptions {
             engine: EngineConfig {
                 data_root: self.data_root,
+                exec_root: self.exec_root,
                 runtime: self.runtime.unwrap_or_else(daemon::default_runtime),
                 labels: self.labels,
                 registry,

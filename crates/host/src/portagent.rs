@@ -879,28 +879,14 @@ impl Agent {
             let mut tasks = AbortOnDrop(Vec::new());
             for share in shares {
                 let (one_tx, mut one_rx) = mpsc::unbounded_channel();
-                let ssh = ssh.clone();
-                // A channel that ends while the connection lives (the guest's side died) is
-                // opened again: the guest's daemon keeps the mount meanwhile.
-                tasks.0.push(tokio::spawn(async move {
-                    let mut retry = RETRY;
-                    while !ssh.is_closed() {
-                        let started = Instant::now();
-                        sftpshare::serve_share(
-                            ssh.clone(),
-                            share.clone(),
-                            sftpshare::MOUNT_COMMAND.to_owned(),
-                            one_tx.clone(),
-                        )
-                        .await;
-                        retry = if started.elapsed() >= STABLE {
-                            RETRY
-                        } else {
-                            (retry * 2).min(MAX_RETRY)
-                        };
-                        tokio::time::sleep(retry).await;
-                    }
-                }));
+                tasks
+                    .0
+                    .push(tokio::spawn(sftpshare::serve_share_while_connected(
+                        ssh.clone(),
+                        share,
+                        sftpshare::MOUNT_COMMAND.to_owned(),
+                        one_tx,
+                    )));
                 if let Some(first) = one_rx.recv().await {
                     send(first);
                 }

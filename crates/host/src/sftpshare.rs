@@ -695,6 +695,36 @@ pub async fn serve_share(
     let _ = states.send(state(false, Some(reason)));
 }
 
+/// First pause before opening a share's channel again; it doubles up to `MAX_CHANNEL_RETRY`
+/// while channels keep ending at once.
+const CHANNEL_RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between two channels of one share.
+const MAX_CHANNEL_RETRY: Duration = Duration::from_secs(8);
+/// A channel that served this long was working: the next pause starts at `CHANNEL_RETRY`.
+const CHANNEL_STABLE: Duration = Duration::from_secs(10);
+
+/// Serves `share` as [`serve_share`] does for as long as `ssh` stays open: a channel that
+/// ends while the connection lives (the guest's `sftp-mount` died or was killed) is opened
+/// again, and the guest's daemon, which keeps the mount meanwhile, takes the new one.
+pub async fn serve_share_while_connected(
+    ssh: Arc<SshSession>,
+    share: Share,
+    program: String,
+    states: mpsc::UnboundedSender<SftpShareState>,
+) {
+    let mut retry = CHANNEL_RETRY;
+    while !ssh.is_closed() {
+        let started = std::time::Instant::now();
+        serve_share(ssh.clone(), share.clone(), program.clone(), states.clone()).await;
+        retry = if started.elapsed() >= CHANNEL_STABLE {
+            CHANNEL_RETRY
+        } else {
+            (retry * 2).min(MAX_CHANNEL_RETRY)
+        };
+        tokio::time::sleep(retry).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use russh_sftp::client::SftpSession;

@@ -20,6 +20,8 @@ use crate::config::TLS_DIR;
 pub const ENGINE_BIN: &str = "/usr/bin/rmachine-engine";
 /// The engine's data root (bind-mounted from the data disk).
 pub const DATA_ROOT: &str = "/var/lib/rmachine-engine";
+/// The engine's exec root: on the /run tmpfs, so an exec starts on a full data disk.
+pub const EXEC_ROOT: &str = "/run/rmachine-engine";
 /// The engine's local unix socket.
 pub const SOCKET: &str = "/var/run/docker.sock";
 /// How long the engine gets to stop after SIGTERM before SIGKILL.
@@ -30,6 +32,8 @@ pub fn engine_args(config: &EngineConfig) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--data-root".into(),
         DATA_ROOT.into(),
+        "--exec-root".into(),
+        EXEC_ROOT.into(),
         "-H".into(),
         format!("unix://{SOCKET}"),
         "-H".into(),
@@ -271,7 +275,8 @@ mod tests {
         };
         assert_eq!(
             engine_args(&config).join(" "),
-            "--data-root /var/lib/rmachine-engine -H unix:///var/run/docker.sock \
+            "--data-root /var/lib/rmachine-engine --exec-root /run/rmachine-engine \
+             -H unix:///var/run/docker.sock \
              -H tcp://0.0.0.0:2376 --tlsverify --tlscacert /run/rmachine/tls/ca.pem \
              --tlscert /run/rmachine/tls/server.pem --tlskey /run/rmachine/tls/server-key.pem \
              --label provider=qemu --insecure-registry 10.0.2.2:5000"

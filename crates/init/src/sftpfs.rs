@@ -118,6 +118,9 @@ const ACCEPTED: u8 = b'+';
 /// The daemon's answer to a channel for the same path in the other mode: it unmounts and
 /// exits, and the channel starts a new one.
 const REFUSED: u8 = b'-';
+/// The daemon's answer to a channel naming another path: it goes on serving its own (only a
+/// hash collision of two paths, or a caller that is not ours, sends one).
+const OTHER_PATH: u8 = b'!';
 
 /// The control socket of the daemon serving `path`: named by a hash of the path (a socket
 /// path has at most 107 bytes); the daemon checks the path itself on every connection.
@@ -156,6 +159,9 @@ pub fn run(
         path: path.to_owned(),
         source,
     };
+    // One starter at a time per path: two channels racing here would start two daemons, the
+    // second detaching the first's mount. Held until the daemon answers this channel.
+    let starting = lock_starter(control, path).map_err(control_error)?;
     let mut attempts = 0;
     let conn = loop {
         attempts += 1;
@@ -174,6 +180,12 @@ pub fn run(
         conn.read_exact(&mut answer).map_err(control_error)?;
         match answer[0] {
             ACCEPTED => break conn,
+            OTHER_PATH => {
+                return Err(control_error(std::io::Error::other(format!(
+                    "the daemon listening on {} serves another path",
+                    socket.display()
+                ))))
+            }
             REFUSED if attempts <= 2 => {
                 // The daemon unmounts and exits; wait for it to close the connection.
                 let _ = conn.read(&mut answer);
@@ -185,9 +197,29 @@ pub fn run(
             }
         }
     };
+    drop(starting);
     // The host's agent waits for this line to report the share mounted.
     eprintln!("{MOUNTED_LINE}");
     relay(conn).map_err(control_error)
+}
+
+/// Takes the exclusive lock that lets one `sftp-mount` at a time find or start the daemon of
+/// `path` (`<control>/<hash>.lock`, beside its socket), waiting for a starter before us.
+fn lock_starter(control: &Path, path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(control)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(control_socket(control, path).with_extension("lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| std::io::Error::from(errno))
 }
 
 /// Copies stdin to `conn` and `conn` to stdout until either ends; returns once stdin has
@@ -478,8 +510,19 @@ async fn serve_channels(
                         continue;
                     }
                 };
-                let wanted = format!("{} {}", if read_only { "ro" } else { "rw" }, path.display());
-                if header != wanted {
+                let (wanted_mode, named) = match header.split_once(' ') {
+                    Some((mode @ ("ro" | "rw"), named)) => (mode, named),
+                    _ => {
+                        tracing::warn!("sftp share: a bad control header: {header:?}");
+                        continue;
+                    }
+                };
+                if named != path.to_string_lossy() {
+                    tracing::warn!("sftp share: refused a channel for another path: {header:?}");
+                    let _ = conn.write_all(&[OTHER_PATH]).await;
+                    continue;
+                }
+                if wanted_mode != if read_only { "ro" } else { "rw" } {
                     let _ = std::fs::remove_file(socket);
                     set_link(&link, Link::default());
                     let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);

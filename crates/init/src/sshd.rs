@@ -405,23 +405,38 @@ async fn run_piped(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
+    // Its own group (pid = pgid), kept while the child may already be reaped.
+    let group = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(nix::unistd::Pid::from_raw);
     let mut stdin = child.stdin.take();
-    let mut pumps = Vec::new();
+    let mut pumps = tokio::task::JoinSet::new();
     if let Some(mut out) = child.stdout.take() {
         let mut writer = tx.make_writer();
-        pumps.push(tokio::spawn(async move {
+        pumps.spawn(async move {
             let _ = tokio::io::copy(&mut out, &mut writer).await;
-        }));
+        });
     }
     if let Some(mut err) = child.stderr.take() {
         let mut writer = tx.make_writer_ext(Some(1));
-        pumps.push(tokio::spawn(async move {
+        pumps.spawn(async move {
             let _ = tokio::io::copy(&mut err, &mut writer).await;
-        }));
+        });
     }
+    // The channel ends when the command has exited and its output pipes are closed; a job it
+    // left in the background that keeps them open holds the channel until the client closes
+    // it, and is then hung up with the rest of the group.
+    let mut exited = None;
     let status = loop {
+        if pumps.is_empty() {
+            if let Some(status) = exited {
+                break status;
+            }
+        }
         tokio::select! {
-            status = child.wait() => break status?,
+            status = child.wait(), if exited.is_none() => exited = Some(status?),
+            Some(_) = pumps.join_next(), if !pumps.is_empty() => {}
             msg = rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if let Some(pipe) = stdin.as_mut() {
@@ -433,26 +448,58 @@ async fn run_piped(
                 Some(ChannelMsg::Eof) => stdin = None,
                 Some(ChannelMsg::Signal { signal }) => signal_group(child.id(), &signal),
                 None | Some(ChannelMsg::Close) => {
-                    // The whole group, not only `sh`: a command it forked would keep the
-                    // output pipes open and the pumps below waiting for ever.
                     drop(stdin.take());
-                    if let Some(pid) = child.id() {
-                        let _ = nix::sys::signal::killpg(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    let _ = child.start_kill();
-                    break child.wait().await?;
+                    break hang_up(&mut child, group, exited, &mut pumps, HANGUP_GRACE).await?;
                 }
                 Some(_) => {}
             },
         }
     };
-    for pump in pumps {
-        let _ = pump.await;
-    }
     Ok(exit_code(status))
+}
+
+/// How long the processes of a closed channel get between SIGHUP and SIGKILL: shells and
+/// editors save their work on SIGHUP.
+const HANGUP_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends what a closed channel started as a hung-up terminal would: SIGHUP to its whole
+/// process `group`, then, after `grace`, SIGKILL to whatever of the group is still there (a
+/// job that ignores SIGHUP and keeps the output pipes open would otherwise hold the channel
+/// for ever). Returns the command's status (`exited` if it was already reaped) once the
+/// output pumps are done.
+async fn hang_up(
+    child: &mut tokio::process::Child,
+    group: Option<nix::unistd::Pid>,
+    exited: Option<std::process::ExitStatus>,
+    pumps: &mut tokio::task::JoinSet<()>,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    use nix::sys::signal::{killpg, Signal};
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGHUP);
+    }
+    let ended = tokio::time::timeout(grace, async {
+        let status = match exited {
+            Some(status) => status,
+            None => child.wait().await?,
+        };
+        while pumps.join_next().await.is_some() {}
+        Ok::<_, std::io::Error>(status)
+    })
+    .await;
+    if let Ok(status) = ended {
+        return status;
+    }
+    if let Some(group) = group {
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+    let status = match exited {
+        Some(status) => status,
+        None => child.wait().await?,
+    };
+    while pumps.join_next().await.is_some() {}
+    Ok(status)
 }
 
 fn signal_group(pid: Option<u32>, sig: &Sig) {
@@ -530,8 +577,13 @@ async fn run_pty(
                 }
                 Some(ChannelMsg::Signal { signal }) => signal_group(child.id(), &signal),
                 None | Some(ChannelMsg::Close) => {
-                    let _ = child.start_kill();
-                    break child.wait().await?;
+                    // The shell leads its own session (setsid): its pid is its group's.
+                    let group = child
+                        .id()
+                        .and_then(|pid| i32::try_from(pid).ok())
+                        .map(nix::unistd::Pid::from_raw);
+                    let mut no_pumps = tokio::task::JoinSet::new();
+                    break hang_up(&mut child, group, None, &mut no_pumps, HANGUP_GRACE).await?;
                 }
                 Some(_) => {}
             },

@@ -654,3 +654,297 @@ fn sftp_mount_refuses_an_idle_time_of_zero() {
     );
     assert!(!tmp.path().join("guest").exists(), "nothing mounted");
 }
+
+/// The pid of the channel's own `sftp-mount` (the relay, not the daemon) for `needle`.
+fn relay_pid(needle: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle)
+            && cmdline.contains("sftp-mount")
+            && !cmdline.contains("--serve")
+            && !cmdline.starts_with("/bin/sh")
+        {
+            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The next state the share's server reports, within 30 s.
+async fn next_state(
+    heard: &mut tokio::sync::mpsc::UnboundedReceiver<rmachine_host::sftpshare::SftpShareState>,
+) -> rmachine_host::sftpshare::SftpShareState {
+    tokio::time::timeout(Duration::from_secs(30), heard.recv())
+        .await
+        .expect("a state within 30 s")
+        .expect("a state")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_is_served_again_after_its_channel_command_was_killed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "first").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let share = rmachine_driver::Share {
+        tag: "rmshare0".into(),
+        host_path: host.clone(),
+        guest_path: guest.to_string_lossy().into_owned(),
+        read_only: false,
+        transport: rmachine_driver::ShareTransport::Sftp,
+    };
+    let program = format!(
+        "{} sftp-mount --control '{}' --idle-exit 600",
+        env!("CARGO_BIN_EXE_rmachine-init"),
+        control.display()
+    );
+    let (states, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    // What the port agent runs for each share while its SSH connection is up.
+    let task = tokio::spawn(rmachine_host::sftpshare::serve_share_while_connected(
+        ssh.clone(),
+        share,
+        program,
+        states,
+    ));
+    let state = next_state(&mut heard).await;
+    assert!(state.mounted, "{state:?}");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read"), "first");
+
+    // The guest's end of the channel dies; the connection and the daemon stay.
+    let needle = control.to_string_lossy().into_owned();
+    let daemon = serve_daemon_pid(&needle);
+    let relay = relay_pid(&needle).expect("the channel's sftp-mount runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the channel's sftp-mount");
+    let state = next_state(&mut heard).await;
+    assert!(!state.mounted, "{state:?}");
+    let state = next_state(&mut heard).await;
+    assert!(state.mounted, "served again: {state:?}");
+    assert_eq!(serve_daemon_pid(&needle), daemon, "the same daemon");
+    std::fs::write(host.join("hello"), "second").expect("host file");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read through the same mount"), "second");
+    task.abort();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_channels_background_job_is_hung_up_then_killed() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let (saved, pid_file) = (tmp.path().join("saved"), tmp.path().join("pid"));
+    // The command exits at once; its job keeps the channel's output pipes, saves its work on
+    // SIGHUP and carries on.
+    let command = format!(
+        "(trap 'echo saved > {}' HUP; while :; do sleep 0.2; done) & echo $! > {}",
+        saved.display(),
+        pid_file.display()
+    );
+    let channel = ssh.exec_channel(&command).await.expect("exec");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    channel.close().await.expect("close the channel");
+    let closed = std::time::Instant::now();
+    // Hung up first (a SIGKILL would leave nothing saved)...
+    while std::fs::read_to_string(&saved).unwrap_or_default() != "saved\n" {
+        assert!(
+            closed.elapsed() < Duration::from_secs(10),
+            "the job got no SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    };
+    assert!(
+        alive(pid),
+        "killed at once rather than after a grace period"
+    );
+    // ...then killed once the grace period is over.
+    while alive(pid) {
+        assert!(
+            closed.elapsed() < Duration::from_secs(20),
+            "the job outlived the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `sftp-mount --serve` daemons whose command line holds `needle`.
+fn serve_daemons(needle: &str) -> usize {
+    processes_with(needle)
+        .iter()
+        .filter(|p| p.contains("--serve"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_channels_racing_for_one_path_share_one_daemon() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "once").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    // Both starters find no daemon and would each start one.
+    let (a, b) = tokio::join!(
+        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
+        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
+    );
+    let needle = control.to_string_lossy().into_owned();
+    assert_eq!(serve_daemons(&needle), 1, "{:?}", processes_with(&needle));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let ours = format!(" {} ", guest.display());
+    assert_eq!(mounts.matches(&ours).count(), 1, "one mount: {mounts}");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read"), "once");
+    a.abort();
+    b.abort();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve_daemon_pid(&needle)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_header_naming_another_path_is_refused_and_the_share_kept() {
+    use std::io::{Read as _, Write as _};
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let ssh = guest_sshd(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "kept").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let task = serve_sftp_share(&ssh, &host, &guest, false, &control, 600).await;
+    let socket = rmachine_init::sftpfs::control_socket(&control, &guest);
+    for header in ["rw /somewhere/else\n", "ro /somewhere/else\n"] {
+        let socket = socket.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut conn = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            conn.write_all(header.as_bytes()).expect("header");
+            let mut answer = [0u8; 1];
+            conn.read_exact(&mut answer).expect("an answer");
+            answer[0]
+        })
+        .await
+        .expect("no panic");
+        assert_eq!(answer, b'!', "{header:?}");
+    }
+    // Neither replaced the daemon nor touched its mount.
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read"), "kept");
+    let needle = control.to_string_lossy().into_owned();
+    assert_eq!(serve_daemons(&needle), 1);
+    task.abort();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve_daemon_pid(&needle)),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_connection_ends_the_share_loop_and_a_new_one_serves_the_same_mount() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (sshd, key) = guest_sshd_at(tmp.path()).await;
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).expect("host folder");
+    std::fs::write(host.join("hello"), "before").expect("host file");
+    let guest = tmp.path().join("guest");
+    let control = tmp.path().join("control");
+    let _mount = Unmount(guest.clone());
+    let share = rmachine_driver::Share {
+        tag: "rmshare0".into(),
+        host_path: host.clone(),
+        guest_path: guest.to_string_lossy().into_owned(),
+        read_only: false,
+        transport: rmachine_driver::ShareTransport::Sftp,
+    };
+    let program = format!(
+        "{} sftp-mount --control '{}' --idle-exit 600",
+        env!("CARGO_BIN_EXE_rmachine-init"),
+        control.display()
+    );
+    // What the port agent does on each new SSH connection.
+    let serve = |ssh: Arc<SshSession>| {
+        let (states, heard) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(rmachine_host::sftpshare::serve_share_while_connected(
+            ssh,
+            share.clone(),
+            program.clone(),
+            states,
+        ));
+        (task, heard)
+    };
+    let relay = Cuttable::to(sshd).await;
+    let ssh = Arc::new(SshSession::connect(relay.addr, &key).await.expect("login"));
+    let (task, mut heard) = serve(ssh);
+    assert!(next_state(&mut heard).await.mounted);
+    let needle = control.to_string_lossy().into_owned();
+    let daemon = serve_daemon_pid(&needle);
+
+    // The connection is cut: the loop reports the share down and ends (no retry on a dead
+    // connection), the daemon keeps the mount.
+    drop(relay);
+    let state = next_state(&mut heard).await;
+    assert!(!state.mounted, "{state:?}");
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the loop ends with its connection")
+        .expect("no panic");
+
+    // The agent's next connection serves the same mount again.
+    let relay = Cuttable::to(sshd).await;
+    let ssh = Arc::new(SshSession::connect(relay.addr, &key).await.expect("login"));
+    std::fs::write(host.join("hello"), "after").expect("host file");
+    let (task, mut heard) = serve(ssh);
+    assert!(next_state(&mut heard).await.mounted);
+    assert_eq!(serve_daemon_pid(&needle), daemon, "the same daemon");
+    let g = guest.clone();
+    let read = on_mount(move || std::fs::read_to_string(g.join("hello"))).await;
+    assert_eq!(read.expect("read through the same mount"), "after");
+    task.abort();
+    drop(relay);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Host folder shares vs the machine's own disk, side by side in one run: virtio-fs, virtio-9p
-# and the data disk, each with 10,000 small files created (one tar extraction), a `find` over
+# Host folder shares vs the machine's own disk, side by side in one run: virtio-fs, virtio-9p,
+# SFTP over the machine's SSH connection (`--qemu-share-transport sftp`) and the data disk, each with 10,000 small files created (one tar extraction), a `find` over
 # them, a 256 MB sequential write (with fsync) and read (after dropping the guest's caches).
 #
 #   drivers/qemu/benches/shares.sh        # needs guest/build.sh's image and target/debug/rmachine
+#   TRANSPORTS="sftp" drivers/qemu/benches/shares.sh   # some of them (default: virtiofs 9p sftp)
 #
-# Two machines are made in a private store (one per share transport) and removed at the end;
+# Three machines are made in a private store (one per share transport), each removed after its
+# run;
 # every figure is wall-clock seconds measured inside the guest (/proc/uptime, 10 ms steps:
-# busybox `date` has no %N), so SSH's own cost is not counted. About 7 minutes under TCG. Results: docs/internals.md, "Shares".
+# busybox `date` has no %N), so SSH's own cost is not counted (for SFTP the share's traffic
+# itself rides SSH, and is counted). About 10 minutes under TCG. Results: docs/benchmarks.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
@@ -58,17 +61,29 @@ run_in() { # machine folder
 }
 
 printf '%-10s %10s %10s %10s %10s\n' where "create(s)" "find(s)" "write(s)" "read(s)"
-for transport in virtiofs 9p; do
+# The SFTP share is mounted by the host's port agent after `create` returns.
+wait_mounted() { # machine folder
+  for _ in $(seq 120); do
+    if "$RMACHINE" ssh "$1" "grep -q ' $2 ' /proc/mounts" 2>/dev/null; then return 0; fi
+    sleep 1
+  done
+  echo "machine $1 never mounted $2" >&2
+  exit 1
+}
+
+for transport in ${TRANSPORTS:-virtiofs 9p sftp}; do
   name="bench-$transport"
   extra=()
-  [ "$transport" = 9p ] && extra=(--qemu-share-transport 9p)
+  [ "$transport" != virtiofs ] && extra=(--qemu-share-transport "$transport")
   "$RMACHINE" create -d qemu --no-progress --guest-image "$IMAGE" --share "$SHARE" \
     "${extra[@]}" "$name" >/dev/null
   machines+=("$name")
   got="$("$RMACHINE" inspect --format '{{range .Vm.shares}}{{.transport}}{{end}}' "$name")"
   [ "$got" = "$transport" ] || { echo "machine $name shares over $got, not $transport" >&2; exit 1; }
+  wait_mounted "$name" "$SHARE"
   printf '%-10s %10s %10s %10s %10s\n' "$transport" $(run_in "$name" "$SHARE")
-  if [ "$transport" = virtiofs ]; then
+  # The machine's own disk, in the first machine of the run.
+  if [ "$transport" = "${TRANSPORTS:-virtiofs}" ] || [ "$transport" = "${TRANSPORTS%% *}" ]; then
     printf '%-10s %10s %10s %10s %10s\n' "data disk" $(run_in "$name" /mnt/data)
   fi
   "$RMACHINE" rm -f "$name" >/dev/null

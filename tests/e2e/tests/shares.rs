@@ -7,7 +7,8 @@
 //! would lie inside the read-only share) is named by `create`, `ls` and `inspect`. The same
 //! again over SFTP on the machine's SSH connection (`--qemu-share-transport sftp`, the
 //! fallback where the hypervisor has no sharing device), whose files belong to the user who
-//! runs `rmachine`, and whose shares come back after `rmachine stop` and `start`.
+//! runs `rmachine`, whose shares are served again when the guest's end of their channel is
+//! killed, and come back after `rmachine stop` and `start`.
 #![cfg(rmachine_e2e)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -223,6 +224,46 @@ fn shared_at_the_same_path(name: &str, extra: &[&str], transport: &str) -> anyho
     );
 
     if sftp {
+        // The channel's own `sftp-mount` dies while SSH stays up: the port agent opens a new
+        // channel, which the guest's daemon (still holding the mount) takes. The guest's
+        // busybox has no pgrep: `pidof` lists the rmachine-init processes (never a shell; the
+        // daemon runs as `/init`, the binary `rmachine-init` links to; a process can be listed
+        // under both names, hence `sort -u`).
+        let sftp_mounts = |daemons: bool| {
+            format!(
+                "for p in $(pidof rmachine-init init); do grep -qa sftp-mount /proc/$p/cmdline || continue; \
+                 if grep -qa -e --serve /proc/$p/cmdline; then [ {daemons} = true ] && echo $p; \
+                 else [ {daemons} = false ] && echo $p; fi; done | sort -u"
+            )
+        };
+        let daemons = || -> anyhow::Result<String> {
+            Ok(machine
+                .rmachine(&["ssh", name, &sftp_mounts(true)])?
+                .success()?
+                .stdout)
+        };
+        let before = daemons()?;
+        ensure!(!before.trim().is_empty(), "no share daemon in the guest");
+        machine
+            .rmachine(&["ssh", name, &format!("kill -9 $({})", sftp_mounts(false))])?
+            .success()
+            .context("no channel's sftp-mount to kill")?;
+        std::fs::write(rw.path().join("after-kill.txt"), "served again\n")?;
+        let read_again = format!("cat '{rw_path}/after-kill.txt'");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let read = machine.rmachine(&["ssh", name, &read_again])?;
+            if read.code == 0 && read.stdout == "served again\n" {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the share was not served again after its channel's sftp-mount was killed: {read:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert_eq!(daemons()?, before, "the same daemons hold the mounts");
+
         // The port agent mounts the shares again after a restart of the machine.
         machine.rmachine(&["stop", name])?.success()?;
         machine.rmachine(&["start", name])?.success()?;

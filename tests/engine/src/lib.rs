@@ -428,6 +428,8 @@ impl Engine {
             .command(binary("rmachine-engine")?)
             .arg("--data-root")
             .arg(self.data_root())
+            .arg("--exec-root")
+            .arg(self.dir.path().join("exec-root"))
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .arg("-H")
@@ -689,6 +691,9 @@ pub fn engine_command(data_root: &Path, socket: &Path) -> Result<Command> {
         .arg(binary("rmachine-engine")?)
         .arg("--data-root")
         .arg(data_root)
+        // Its own: each engine clears its exec root at start.
+        .arg("--exec-root")
+        .arg(data_root.with_extension("exec-root"))
         .arg("-H")
         .arg(format!("unix://{}", socket.display()))
         .arg("--runtime")

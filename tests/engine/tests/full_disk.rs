@@ -82,8 +82,17 @@ fn an_engine_on_a_full_disk_starts_and_frees_space_through_the_api() -> Result<(
         filled.stderr.contains("No space left on device"),
         "the volume did not fill the disk: {filled:?}"
     );
-    // Inspect still answers on the full disk; the space is given back from the host (an exec
-    // needs room for its own state).
+    // An exec still starts on the full disk: its state lives under the exec root (a tmpfs
+    // in the guest, as dockerd's /var/run/docker), not on the data disk.
+    let kept = engine
+        .docker(&["exec", "running", "cat", "/v/keep"])?
+        .ok()?;
+    assert_eq!(kept.stdout, "kept\n");
+    let tty = engine
+        .docker(&["exec", "-t", "running", "echo", "on a tty"])?
+        .ok()?;
+    assert_eq!(tty.stdout.trim(), "on a tty");
+    // Inspect still answers on the full disk; the space is given back from the host.
     let mountpoint = engine
         .docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", "vol"])?
         .ok()?;

@@ -181,7 +181,7 @@ impl Engine {
     ) -> Result<Option<AttachSession>, EngineError> {
         let id = exec.id.as_str();
         let file = self.exec_file(c, record, exec)?;
-        let path = c.dir.join(format!("exec-{id}.json"));
+        let path = super::exec_dir(&self.inner.config.exec_root).join(format!("exec-{id}.json"));
         let config = &exec.config;
         let console = if config.tty {
             Some(

@@ -88,6 +88,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct EngineConfig {
     /// `--data-root`.
     pub data_root: PathBuf,
+    /// `--exec-root`: state that need not survive a reboot (see [`Engine::exec_dir`]).
+    pub exec_root: PathBuf,
     /// The runtime binary.
     pub runtime: PathBuf,
     /// `--label K=V`.
@@ -201,6 +203,13 @@ impl Engine {
             crate::state::modes::PRIVATE_DIR,
         );
         crate::state::modes::secure(&config.data_root);
+        // Exec specs live only while their runtime starts; what a killed engine left there
+        // is stale (a reboot empties the tmpfs anyway).
+        let exec_dir = exec_dir(&config.exec_root);
+        let _ = std::fs::remove_dir_all(&exec_dir);
+        std::fs::create_dir_all(&exec_dir).map_err(io_err(&exec_dir))?;
+        crate::state::modes::ensure_dir(&config.exec_root, crate::state::modes::PRIVATE_DIR);
+        crate::state::modes::ensure_dir(&exec_dir, crate::state::modes::PRIVATE_DIR);
         let engine_id = engine_id(&config.data_root);
         // Monitors, cgroups, directories and spools of a previous engine (crate::recovery).
         let reconciled = crate::recovery::reconcile(&config.data_root);
@@ -398,6 +407,12 @@ fn new_id() -> String {
 
 /// A random id kept in `<data-root>/engine-id`, shown as `ID` by `/info`. One that cannot be
 /// saved (a full disk) is used for this run only: the engine must start anyway.
+/// Where exec specs are written for the runtime: under the exec root, off the data disk, so
+/// that `docker exec` still starts when the data disk is full.
+pub(crate) fn exec_dir(exec_root: &Path) -> PathBuf {
+    exec_root.join("execs")
+}
+
 fn engine_id(data_root: &Path) -> String {
     let path = data_root.join("engine-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
@@ -467,6 +482,7 @@ mod tests {
         }
         let engine = Engine::open(EngineConfig {
             data_root: dir.path().to_path_buf(),
+            exec_root: dir.path().join("exec-root"),
             runtime: PathBuf::from("/nonexistent/rmachine-runtime"),
             labels: vec![],
             registry: Default::default(),

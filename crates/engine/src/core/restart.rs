@@ -527,6 +527,7 @@ mod tests {
 
     fn engine(dir: &Path) -> Engine {
         Engine::open(super::super::EngineConfig {
+            exec_root: dir.join("exec-root"),
             data_root: dir.to_path_buf(),
             runtime: "/nonexistent/rmachine-runtime".into(),
             labels: vec![],
