@@ -990,6 +990,42 @@ kernel/fs/overlayfs/overlay.ko:
     }
 
     #[test]
+    fn on_a_microvm_every_background_module_loads() {
+        let virtio: Devices = &[
+            ("virtio", "virtio0", "virtio:d00000002v554D4551"),
+            ("virtio", "virtio1", "virtio:d00000001v554D4551"),
+            ("virtio", "virtio2", "virtio:d00000004v554D4551"),
+        ];
+        let (device, late, kernel) = boot_image(
+            &[
+                ("acpi", "LNRO0005:00", "acpi:LNRO0005:"),
+                ("acpi", "LNRO0005:01", "acpi:LNRO0005:"),
+                ("acpi", "LNRO0005:02", "acpi:LNRO0005:"),
+                ("acpi", "PNP0C0C:00", "acpi:PNP0C0C:"),
+            ],
+            &[("virtio_mmio", virtio)],
+        );
+        assert_eq!(failures(&device), Vec::<String>::new());
+        assert_eq!(failures(&late), Vec::<String>::new());
+        assert_eq!(late.absent, 0, "{:?}", kernel.tried);
+        let (_, late_paths) = phases(&image_modules()).expect("phases");
+        assert_eq!(late.loaded, late_paths.len());
+        for module in [
+            "virtio_blk",
+            "virtio_net",
+            "virtio_rng",
+            "button",
+            "9pnet_virtio",
+        ] {
+            assert!(
+                kernel.tried(module),
+                "{module} not loaded: {:?}",
+                kernel.tried
+            );
+        }
+    }
+
+    #[test]
     fn on_hyper_v_the_virtio_shares_modules_are_skipped_not_failed() {
         let vmbus_devices: Devices = &[
             ("vmbus", "storvsc", "vmbus:d96361baa104294db60572e2ffb1dc7f"),
