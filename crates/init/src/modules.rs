@@ -153,7 +153,7 @@ fn is_container_device(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix))
 }
 
-/// Outcome of [`load_all`].
+/// Outcome of [`load_all_after`] and [`load_for_devices`].
 #[derive(Debug, Default)]
 pub struct LoadReport {
     /// Modules the kernel accepted.
@@ -166,6 +166,10 @@ pub struct LoadReport {
     pub absent: usize,
     /// Modules that failed, with the reason (boot goes on without them).
     pub failed: Vec<ModuleError>,
+    /// Modules not loaded on purpose: those no device needed and those for absent hardware. A
+    /// later phase skips the modules that need one of them ([`load_all_after`]) instead of
+    /// failing on their missing symbols.
+    pub left_out: HashSet<String>,
 }
 
 /// Reads `dir/modules.dep` and returns the two load phases (see [`split_phases`]).
@@ -180,20 +184,34 @@ pub fn phases(dir: &Path) -> Result<(Vec<String>, Vec<String>), ModuleError> {
     Ok(split_phases(&entries, &order, is_device_driver))
 }
 
-/// Loads modules (paths relative to `dir`) in the given order.
-pub fn load_all(dir: &Path, paths: &[String]) -> LoadReport {
-    load_all_with(dir, paths, load_one)
+/// Loads modules (paths relative to `dir`) in the given order, except those that need one of
+/// `left_out` (an earlier phase's [`LoadReport::left_out`]): on a machine without virtio
+/// devices, `9pnet_virtio` and `virtiofs` need the virtio core that was rightly not loaded, and
+/// count as not for this hardware rather than failing on unknown symbols.
+pub fn load_all_after(dir: &Path, paths: &[String], left_out: &HashSet<String>) -> LoadReport {
+    load_all_after_with(dir, paths, left_out, load_one)
 }
 
-/// [`load_all`] with the loader of one module file given (tests).
+/// Loads `paths` in order, with the loader of one module file given.
 fn load_all_with(
     dir: &Path,
     paths: &[String],
+    load: impl FnMut(&Path) -> Result<bool, ModuleError>,
+) -> LoadReport {
+    load_all_after_with(dir, paths, &HashSet::new(), load)
+}
+
+/// [`load_all_after`] with the loader of one module file given (tests).
+fn load_all_after_with(
+    dir: &Path,
+    paths: &[String],
+    left_out: &HashSet<String>,
     mut load: impl FnMut(&Path) -> Result<bool, ModuleError>,
 ) -> LoadReport {
     let mut loader = Loader::new(dir);
+    loader.absent.extend(left_out.iter().cloned());
     loader.load(paths, &mut load);
-    loader.report
+    loader.finish()
 }
 
 /// Loads modules one batch after another, remembering which hardware is absent.
@@ -203,6 +221,8 @@ struct Loader<'a> {
     /// is skipped and such modules fail as before.
     deps: HashMap<String, Vec<String>>,
     absent: HashSet<String>,
+    /// Modules the kernel has (loaded now or before).
+    ok: HashSet<String>,
     report: LoadReport,
 }
 
@@ -220,8 +240,15 @@ impl<'a> Loader<'a> {
             dir,
             deps,
             absent: HashSet::new(),
+            ok: HashSet::new(),
             report: LoadReport::default(),
         }
+    }
+
+    /// The report, with the modules for absent hardware among those left out.
+    fn finish(mut self) -> LoadReport {
+        self.report.left_out.extend(self.absent);
+        self.report
     }
 
     fn load(
@@ -241,8 +268,14 @@ impl<'a> Loader<'a> {
             }
             let path = self.dir.join(rel);
             match load(&path) {
-                Ok(true) => self.report.loaded += 1,
-                Ok(false) => self.report.already += 1,
+                Ok(true) => {
+                    self.ok.insert(rel.clone());
+                    self.report.loaded += 1;
+                }
+                Ok(false) => {
+                    self.ok.insert(rel.clone());
+                    self.report.already += 1;
+                }
                 Err(ModuleError::Load {
                     source: Errno::ENODEV,
                     ..
@@ -365,9 +398,10 @@ const MAX_ROUNDS: usize = 8;
 /// the modules this machine's devices need: the drivers whose `modules.alias` patterns match a
 /// device's `modalias` under `sys_bus`, round after round as loaded drivers reveal further
 /// devices, the [`CLASS_DRIVERS`] of loaded subsystems, the data disk's filesystem, and each
-/// one's dependencies. Without a
-/// readable `modules.alias` every candidate is loaded. Returns the report and how many
-/// candidates no device needed.
+/// one's dependencies. Every candidate is loaded instead where that choice cannot be made: no
+/// readable or no usable `modules.alias`, or no device `modalias` at all under `sys_bus` (an
+/// unreadable `/sys/bus` must not cost the machine its disks and network). Returns the report
+/// and how many candidates no device needed.
 pub fn load_for_devices(dir: &Path, candidates: &[String], sys_bus: &Path) -> (LoadReport, usize) {
     load_for_devices_with(dir, candidates, sys_bus, load_one)
 }
@@ -379,21 +413,39 @@ fn load_for_devices_with(
     sys_bus: &Path,
     mut load: impl FnMut(&Path) -> Result<bool, ModuleError>,
 ) -> (LoadReport, usize) {
-    let aliases = match std::fs::read_to_string(dir.join("modules.alias")) {
+    let alias_path = dir.join("modules.alias");
+    let aliases = match std::fs::read_to_string(&alias_path) {
         Ok(text) => parse_modules_alias(&text),
         Err(err) => {
             tracing::warn!(
                 "modules: cannot read {}: {err}; loading every device module",
-                dir.join("modules.alias").display()
+                alias_path.display()
             );
             return (load_all_with(dir, candidates, load), 0);
         }
     };
+    if aliases.is_empty() {
+        tracing::warn!(
+            "modules: {} names no device; loading every device module",
+            alias_path.display()
+        );
+        return (load_all_with(dir, candidates, load), 0);
+    }
+    let mut modaliases = device_modaliases(sys_bus);
+    if modaliases.is_empty() {
+        tracing::warn!(
+            "modules: no device modalias under {}; loading every device module",
+            sys_bus.display()
+        );
+        return (load_all_with(dir, candidates, load), 0);
+    }
     let mut loader = Loader::new(dir);
     let mut attempted: HashSet<String> = HashSet::new();
-    let mut loaded_names: HashSet<String> = HashSet::new();
-    for _ in 0..MAX_ROUNDS {
-        let modaliases = device_modaliases(sys_bus);
+    for round in 0..MAX_ROUNDS {
+        if round > 0 {
+            modaliases = device_modaliases(sys_bus);
+        }
+        let loaded_names: HashSet<String> = loader.ok.iter().map(|p| module_name(p)).collect();
         let mut wanted: HashSet<&str> = HashSet::new();
         for rel in candidates.iter().filter(|p| !attempted.contains(*p)) {
             let name = module_name(rel);
@@ -421,12 +473,17 @@ fn load_for_devices_with(
             break;
         }
         loader.load(&batch, &mut load);
-        for rel in batch {
-            loaded_names.insert(module_name(&rel));
-            attempted.insert(rel);
-        }
+        attempted.extend(batch);
     }
-    (loader.report, candidates.len() - attempted.len())
+    let mut report = loader.finish();
+    let not_needed: Vec<&String> = candidates
+        .iter()
+        .filter(|p| !attempted.contains(*p))
+        .collect();
+    report
+        .left_out
+        .extend(not_needed.iter().map(|p| (*p).clone()));
+    (report, not_needed.len())
 }
 
 /// Loads one module file; `Ok(false)` if it was already loaded.
@@ -836,6 +893,395 @@ kernel/fs/overlayfs/overlay.ko:
             module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
             "virtio_rng"
         );
+    }
+
+    /// The `modules.dep` and `modules.alias` of the guest image (`guest/out/initrd.img`,
+    /// kernel 6.1.0-57-amd64), copied as they are.
+    fn image_modules() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/modules-6.1.0-57-amd64")
+    }
+
+    /// The kernel as far as loading goes: a module with a dependency that is not loaded fails
+    /// as `finit_module` does on its unknown symbols (ENOENT).
+    struct FakeKernel {
+        dir: PathBuf,
+        deps: HashMap<String, Vec<String>>,
+        loaded: HashSet<String>,
+        tried: Vec<String>,
+    }
+
+    impl FakeKernel {
+        fn new(dir: &Path) -> Self {
+            let text = std::fs::read_to_string(dir.join("modules.dep")).expect("modules.dep");
+            FakeKernel {
+                dir: dir.to_owned(),
+                deps: parse_modules_dep(&text)
+                    .into_iter()
+                    .map(|e| (e.path, e.deps))
+                    .collect(),
+                loaded: HashSet::new(),
+                tried: Vec::new(),
+            }
+        }
+
+        fn load(&mut self, path: &Path) -> Result<bool, ModuleError> {
+            let rel = path
+                .strip_prefix(&self.dir)
+                .expect("module under the modules dir")
+                .to_string_lossy()
+                .into_owned();
+            self.tried.push(module_name(&rel));
+            let missing = self
+                .deps
+                .get(&rel)
+                .is_some_and(|deps| deps.iter().any(|d| !self.loaded.contains(d)));
+            if missing {
+                return Err(ModuleError::Load {
+                    path: path.to_owned(),
+                    source: Errno::ENOENT,
+                });
+            }
+            Ok(self.loaded.insert(rel))
+        }
+
+        fn tried(&self, name: &str) -> bool {
+            self.tried.iter().any(|n| n == name)
+        }
+    }
+
+    /// Devices as (bus, device, modalias).
+    type Devices<'a> = &'a [(&'a str, &'a str, &'a str)];
+
+    /// Boots `devices` (bus, device, modalias) against the image's modules: the device phase,
+    /// where loading a module in `reveals` adds the devices it lists, then the background
+    /// phase. Returns both reports and the kernel.
+    fn boot_image(
+        devices: Devices,
+        reveals: &[(&str, Devices)],
+    ) -> (LoadReport, LoadReport, FakeKernel) {
+        let sys = tempfile::tempdir().expect("tempdir");
+        for (bus, device, alias) in devices {
+            add_device(sys.path(), bus, device, alias);
+        }
+        let modules = image_modules();
+        let (early, late) = phases(&modules).expect("phases");
+        let mut kernel = FakeKernel::new(&modules);
+        let (device_report, _) =
+            load_for_devices_with(&modules, &early, &sys.path().join("bus"), |path| {
+                let result = kernel.load(path);
+                let name = module_name(&path.to_string_lossy());
+                for (module, found) in reveals {
+                    if result.is_ok() && name == *module {
+                        for (bus, device, alias) in *found {
+                            add_device(sys.path(), bus, device, alias);
+                        }
+                    }
+                }
+                result
+            });
+        let late_report = load_all_after_with(&modules, &late, &device_report.left_out, |path| {
+            kernel.load(path)
+        });
+        (device_report, late_report, kernel)
+    }
+
+    fn failures(report: &LoadReport) -> Vec<String> {
+        report.failed.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn on_a_microvm_every_background_module_loads() {
+        let virtio: Devices = &[
+            ("virtio", "virtio0", "virtio:d00000002v554D4551"),
+            ("virtio", "virtio1", "virtio:d00000001v554D4551"),
+            ("virtio", "virtio2", "virtio:d00000004v554D4551"),
+        ];
+        let (device, late, kernel) = boot_image(
+            &[
+                ("acpi", "LNRO0005:00", "acpi:LNRO0005:"),
+                ("acpi", "LNRO0005:01", "acpi:LNRO0005:"),
+                ("acpi", "LNRO0005:02", "acpi:LNRO0005:"),
+                ("acpi", "PNP0C0C:00", "acpi:PNP0C0C:"),
+            ],
+            &[("virtio_mmio", virtio)],
+        );
+        assert_eq!(failures(&device), Vec::<String>::new());
+        assert_eq!(failures(&late), Vec::<String>::new());
+        assert_eq!(late.absent, 0, "{:?}", kernel.tried);
+        let (_, late_paths) = phases(&image_modules()).expect("phases");
+        assert_eq!(late.loaded, late_paths.len());
+        for module in [
+            "virtio_blk",
+            "virtio_net",
+            "virtio_rng",
+            "button",
+            "9pnet_virtio",
+        ] {
+            assert!(
+                kernel.tried(module),
+                "{module} not loaded: {:?}",
+                kernel.tried
+            );
+        }
+    }
+
+    #[test]
+    fn on_hyper_v_the_virtio_shares_modules_are_skipped_not_failed() {
+        let vmbus_devices: Devices = &[
+            ("vmbus", "storvsc", "vmbus:d96361baa104294db60572e2ffb1dc7f"),
+            ("vmbus", "netvsc", "vmbus:635161f83edfc546913ff2d2f965ed0e"),
+        ];
+        let (device, late, kernel) = boot_image(
+            &[("acpi", "VMBUS:00", "acpi:VMBUS:")],
+            &[("hv_vmbus", vmbus_devices)],
+        );
+        assert_eq!(failures(&device), Vec::<String>::new());
+        assert_eq!(failures(&late), Vec::<String>::new());
+        for module in [
+            "hv_vmbus",
+            "hv_storvsc",
+            "hv_netvsc",
+            "sd_mod",
+            "ext4",
+            "overlay",
+        ] {
+            assert!(
+                kernel.tried(module),
+                "{module} not loaded: {:?}",
+                kernel.tried
+            );
+        }
+        for module in ["virtio", "9pnet_virtio", "virtiofs"] {
+            assert!(!kernel.tried(module), "{module} loaded: {:?}", kernel.tried);
+        }
+        assert_eq!(
+            late.absent, 2,
+            "9pnet_virtio and virtiofs are not for this hardware"
+        );
+
+        // Without the device phase's left-out modules, the kernel refuses both.
+        let modules = image_modules();
+        let (_, late_paths) = phases(&modules).expect("phases");
+        let mut kernel = FakeKernel::new(&modules);
+        let unfiltered = load_all_after_with(&modules, &late_paths, &HashSet::new(), |path| {
+            kernel.load(path)
+        });
+        assert_eq!(unfiltered.failed.len(), 2, "{:?}", failures(&unfiltered));
+    }
+
+    #[test]
+    fn a_q35_machine_gets_virtio_pci_ahci_and_the_power_button() {
+        let virtio: Devices = &[
+            ("virtio", "virtio0", "virtio:d00000001v00001AF4"),
+            ("virtio", "virtio1", "virtio:d00000002v00001AF4"),
+            ("virtio", "virtio2", "virtio:d00000004v00001AF4"),
+        ];
+        let (device, late, kernel) = boot_image(
+            &[
+                // Host bridge, LPC bridge and SMBus of the ICH9 chipset: no driver here.
+                (
+                    "pci",
+                    "0000:00:00.0",
+                    "pci:v00008086d000029C0sv00001AF4sd00001100bc06sc00i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:1f.0",
+                    "pci:v00008086d00002918sv00001AF4sd00001100bc06sc01i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:1f.3",
+                    "pci:v00008086d00002930sv00001AF4sd00001100bc0Csc05i00",
+                ),
+                // ICH9 AHCI.
+                (
+                    "pci",
+                    "0000:00:1f.2",
+                    "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
+                ),
+                // virtio-net, virtio-blk, virtio-rng (modern virtio PCI).
+                (
+                    "pci",
+                    "0000:00:02.0",
+                    "pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:03.0",
+                    "pci:v00001AF4d00001042sv00001AF4sd00001100bc01sc00i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:04.0",
+                    "pci:v00001AF4d00001044sv00001AF4sd00001100bc00scFFi00",
+                ),
+                ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
+                ("acpi", "PNP0A08:00", "acpi:PNP0A08:PNP0A03:"),
+            ],
+            &[("virtio_pci", virtio)],
+        );
+        assert_eq!(failures(&device), Vec::<String>::new());
+        assert_eq!(failures(&late), Vec::<String>::new());
+        let position = |name: &str| {
+            kernel
+                .tried
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("{name} not loaded: {:?}", kernel.tried))
+        };
+        for driver in ["virtio_blk", "virtio_net", "virtio_rng"] {
+            assert!(position("virtio_pci") < position(driver), "{driver}");
+        }
+        assert!(position("ahci") < position("sd_mod"));
+        position("button");
+        position("evdev");
+        position("9pnet_virtio");
+        position("virtiofs");
+        for module in [
+            "virtio_mmio",
+            "virtio_scsi",
+            "hv_vmbus",
+            "hv_storvsc",
+            "virtio_console",
+        ] {
+            assert!(!kernel.tried(module), "{module} loaded: {:?}", kernel.tried);
+        }
+    }
+
+    #[test]
+    fn a_virtualbox_machine_gets_ahci_and_its_virtio_nic() {
+        let (device, late, kernel) = boot_image(
+            &[
+                (
+                    "pci",
+                    "0000:00:00.0",
+                    "pci:v00008086d00001237sv00000000sd00000000bc06sc00i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:02.0",
+                    "pci:v000015ADd00000405sv000015ADsd00000405bc03sc00i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:04.0",
+                    "pci:v000080EEd0000CAFEsv00000000sd00000000bc08sc80i00",
+                ),
+                // virtio-net (legacy device id), ICH8M AHCI.
+                (
+                    "pci",
+                    "0000:00:03.0",
+                    "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+                ),
+                (
+                    "pci",
+                    "0000:00:0d.0",
+                    "pci:v00008086d00002829sv00000000sd00000000bc01sc06i01",
+                ),
+                ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
+            ],
+            &[(
+                "virtio_pci",
+                &[("virtio", "virtio0", "virtio:d00000001v00001AF4")],
+            )],
+        );
+        assert_eq!(failures(&device), Vec::<String>::new());
+        assert_eq!(failures(&late), Vec::<String>::new());
+        for module in [
+            "ahci",
+            "sd_mod",
+            "virtio_pci",
+            "virtio_net",
+            "button",
+            "ext4",
+        ] {
+            assert!(
+                kernel.tried(module),
+                "{module} not loaded: {:?}",
+                kernel.tried
+            );
+        }
+        for module in ["virtio_blk", "virtio_rng", "virtio_mmio", "hv_vmbus"] {
+            assert!(!kernel.tried(module), "{module} loaded: {:?}", kernel.tried);
+        }
+    }
+
+    #[test]
+    fn an_empty_modules_alias_or_sys_bus_loads_every_device_module() {
+        for broken in ["alias", "sys"] {
+            let tmp = microvm_tree();
+            let modules = tmp.path().join("modules");
+            if broken == "alias" {
+                std::fs::write(
+                    modules.join("modules.alias"),
+                    "# Aliases extracted from modules themselves.\n",
+                )
+                .expect("empty alias");
+            } else {
+                std::fs::remove_dir_all(tmp.path().join("bus")).expect("rm bus");
+            }
+            let all = candidates(&modules);
+            let mut tried = 0;
+            let (report, not_needed) =
+                load_for_devices_with(&modules, &all, &tmp.path().join("bus"), |_| {
+                    tried += 1;
+                    Ok(true)
+                });
+            assert_eq!(
+                (tried, report.loaded, not_needed),
+                (all.len(), all.len(), 0),
+                "{broken}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_subsystem_that_failed_to_load_brings_no_class_driver() {
+        let tmp = microvm_tree();
+        let root = tmp.path().to_owned();
+        let modules = root.join("modules");
+        let mut tried = Vec::new();
+        let (report, _) =
+            load_for_devices_with(&modules, &candidates(&modules), &root.join("bus"), |path| {
+                tried.push(path.to_owned());
+                if path.ends_with("virtio_mmio.ko") {
+                    add_device(&root, "virtio", "virtio0", "virtio:d00000008v554D4551");
+                }
+                if path.ends_with("scsi_mod.ko") {
+                    return Err(ModuleError::Load {
+                        path: path.to_owned(),
+                        source: Errno::ENOEXEC,
+                    });
+                }
+                Ok(true)
+            });
+        let tried = names(&tried);
+        assert!(tried.iter().any(|n| n == "scsi_mod"), "{tried:?}");
+        assert!(!tried.iter().any(|n| n == "sd_mod"), "{tried:?}");
+        assert_eq!(report.failed.len(), 1);
+    }
+
+    #[test]
+    fn bracket_and_question_mark_patterns_match_as_fnmatch_does() {
+        let pattern = "usb:v05ACp12[9A]?d*dc*";
+        assert!(alias_matches(pattern, "usb:v05ACp129Ad0100dc00"));
+        assert!(alias_matches(pattern, "usb:v05ACp12A0d0100dc00"));
+        assert!(
+            !alias_matches(pattern, "usb:v05ACp12B0d0100dc00"),
+            "not in the set"
+        );
+        assert!(
+            !alias_matches(pattern, "usb:v05ACp129d0100dc00"),
+            "? is one character"
+        );
+        assert!(alias_matches("pci:v0000[!8]*", "pci:v00001AF4d00001041"));
+        assert!(!alias_matches("pci:v0000[!8]*", "pci:v00008086d00002922"));
+        // Without FNM_PATHNAME a `*` also crosses a `/`.
+        assert!(alias_matches(
+            "of:N*T*Cvirtio,mmio",
+            "of:Nvirtio_mmio/a000T(null)Cvirtio,mmio"
+        ));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! ACPI power button), stops the engine, ends every other process, unmounts the data disk and
 //! exits with the [`Action`] PID 1 must carry out.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,11 +49,12 @@ pub async fn run() -> Action {
             Default::default()
         }
     };
-    load_device_modules(dir.clone(), early).await;
+    let left_out = load_device_modules(dir.clone(), early).await;
     logging::stage(Stage::ModulesLoaded);
     // Container modules (netfilter, bridge, overlay) load while disks and network come up;
-    // only the engine waits for them.
-    let late_modules = tokio::spawn(load_modules("container modules", dir, late));
+    // only the engine waits for them. Those that need a device module this machine has no use
+    // for (9p and virtiofs without virtio devices) are skipped.
+    let late_modules = tokio::spawn(load_modules("container modules", dir, late, left_out));
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
     power::watch(press_tx);
@@ -139,7 +141,9 @@ pub async fn run() -> Action {
 }
 
 /// Loads the device modules this machine's devices need (see [`modules::load_for_devices`]).
-async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) {
+/// Loads the device modules this machine needs; returns those left out (see
+/// [`modules::LoadReport::left_out`]).
+async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) -> HashSet<String> {
     let started = Instant::now();
     let loaded = tokio::task::spawn_blocking(move || {
         modules::load_for_devices(&dir, &candidates, Path::new("/sys/bus"))
@@ -149,7 +153,7 @@ async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) {
         Ok(loaded) => loaded,
         Err(err) => {
             tracing::warn!("modules: loader panicked: {err}");
-            return;
+            return HashSet::new();
         }
     };
     for failure in &report.failed {
@@ -164,11 +168,19 @@ async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) {
         not_needed,
         started.elapsed().as_millis()
     );
+    report.left_out
 }
 
-async fn load_modules(what: &'static str, dir: PathBuf, paths: Vec<String>) {
+async fn load_modules(
+    what: &'static str,
+    dir: PathBuf,
+    paths: Vec<String>,
+    left_out: HashSet<String>,
+) {
     let started = Instant::now();
-    let report = match tokio::task::spawn_blocking(move || modules::load_all(&dir, &paths)).await {
+    let loaded =
+        tokio::task::spawn_blocking(move || modules::load_all_after(&dir, &paths, &left_out)).await;
+    let report = match loaded {
         Ok(report) => report,
         Err(err) => {
             tracing::warn!("modules: loader panicked: {err}");

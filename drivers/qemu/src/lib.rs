@@ -513,6 +513,7 @@ impl QemuDriver {
             let cache_file = accel::probe_cache_file(dir.path());
             let cached = accel::CachedProbe {
                 inner: &probe,
+                host: self.host,
                 key: cache_file.as_ref().and_then(|_| {
                     accel::CachedProbe::<QemuProbe>::key_for(&program, &spec.boot.kernel, &machine)
                 }),

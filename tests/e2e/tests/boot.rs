@@ -1,6 +1,10 @@
 //! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
 //! every guest stage is there in boot order, and the host's marks are in order too; only the
-//! modules of the machine's devices are loaded. One machine: create, stop, start.
+//! modules of the machine's devices are loaded. One machine: create, stop, start. The machine
+//! is created without `--qemu-machine`, and the `/proc/modules` checks assume the QEMU
+//! driver's default for an x86_64 guest, `microvm` (virtio-mmio devices, no PCI): another
+//! machine type loads other drivers (the unit tests in `crates/init/src/modules.rs` cover q35,
+//! VirtualBox and Hyper-V).
 #![cfg(rmachine_e2e)]
 
 use rmachine_e2e::Machine;
@@ -165,7 +169,8 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
         "`/` is a bind mount of rootfs: {root}"
     );
 
-    // Only the drivers of this microvm's devices were loaded (matched by modalias): its
+    // Only the drivers of this microvm's devices were loaded (matched by modalias; the default
+    // machine type, see the file's comment): its
     // virtio-mmio disks, NIC and RNG, the power button; nothing for PCI, SCSI, ATA or Hyper-V.
     let modules = machine
         .rmachine(&["ssh", &machine.name, "cut -d' ' -f1 /proc/modules"])?
