@@ -71,10 +71,16 @@ image="$host/bench/multi:latest"
 docker tag bench-multi "$image"
 
 now() { date +%s.%N; }
-# User+system CPU seconds of the engine process, all its threads (far less sensitive to the
-# machine's load than wall time). dockerd 20.10 pulls and pushes in its own process.
+# User+system CPU seconds of the engine process, all its threads, plus those of its children
+# it has waited for (/proc/PID/stat fields 14-17: utime, stime, cutime, cstime): far less
+# sensitive to the machine's load than wall time. The children matter for dockerd 20.10: it
+# pushes in its own process, but unpacks each pulled layer in a re-executed child
+# (`docker-untar`, chrootarchive's invokeUnpack), and would inflate in an `unpigz` child if
+# one were on the PATH dockerd-env.sh gives it (none on this host: it inflates in-process).
 cpu_pid=${engine_pid:-${dockerd_pid:-}}
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$cpu_pid/stat"; }
+cpu() {
+    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15 + $16 + $17) / hz}' "/proc/$cpu_pid/stat"
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 push_times=()
 pull_times=()
@@ -109,5 +115,5 @@ echo "engine: ${ENGINE:-rmachine}; image: 3 layers, $((size / 1000000)) MB unpac
 echo "cold push, median: $(printf '%s\n' "${push_times[@]}" | median) s   (all: ${push_times[*]})"
 echo "cold pull, median: $(printf '%s\n' "${pull_times[@]}" | median) s   (all: ${pull_times[*]})"
 echo "warm pull, median: $(printf '%s\n' "${warm_times[@]}" | median) s   (all: ${warm_times[*]})"
-echo "cpu push, median: $(printf '%s\n' "${push_cpu[@]}" | median) s   (engine user+sys; all: ${push_cpu[*]})"
-echo "cpu pull, median: $(printf '%s\n' "${pull_cpu[@]}" | median) s   (engine user+sys; all: ${pull_cpu[*]})"
+echo "cpu push, median: $(printf '%s\n' "${push_cpu[@]}" | median) s   (engine user+sys, waited-for children included; all: ${push_cpu[*]})"
+echo "cpu pull, median: $(printf '%s\n' "${pull_cpu[@]}" | median) s   (engine user+sys, waited-for children included; all: ${pull_cpu[*]})"

@@ -521,16 +521,31 @@ fn a_push_after_the_registry_refuses_the_kept_tokens_retries_with_a_new_client()
         config.join("config.json"),
         serde_json::json!({"auths": {registry.host.as_str(): {"auth": basic}}}).to_string(),
     )?;
+    let limit = Duration::from_secs(120);
     // Leaves a kept client holding a pull token for the repository.
-    engine.docker(&["pull", &name])?.ok()?;
+    engine.docker_within(limit, &["pull", &name])?.ok()?;
     registry.rotate_token_key()?;
+    let rotated_at = registry.log().len();
     let tagged = format!("{name}:v2");
     engine.docker(&["tag", &name, &tagged])?.ok()?;
-    let push = engine.docker(&["push", &tagged])?.ok()?;
+    let push = engine.docker_within(limit, &["push", &tagged])?.ok()?;
     assert!(push.stdout.contains("v2: digest: sha256:"), "{push:?}");
+    // The push did meet the 401 it is about: the registry refused a token of the old key
+    // (what a kept client holds), not only the challenges of a client without one
+    // ("authorization token required").
+    let since_rotation = registry
+        .log()
+        .get(rotated_at..)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        since_rotation.contains("error authorizing context: invalid token"),
+        "no token refused after the key rotation: the push did not exercise the retry\n\
+         registry log since the rotation:\n{since_rotation}"
+    );
     // What the registry now holds under v2 is the image.
     engine.docker(&["rmi", &tagged, &name])?.ok()?;
-    engine.docker(&["pull", &tagged])?.ok()?;
+    engine.docker_within(limit, &["pull", &tagged])?.ok()?;
     assert_eq!(engine.inspect(&tagged, "{{.Id}}")?, pushed.id);
     Ok(())
 }

@@ -9,9 +9,8 @@
 //! 2. [`pull::pull`] fetches the manifest (a manifest list or OCI index is resolved to the
 //!    engine's platform, or the one asked for), then the config blob, verified by digest.
 //! 3. Layers whose diff id the store lacks are downloaded three at a time; each blob is
-//!    streamed through a sha256 check into the store's staging area, decompressed (on a
-//!    thread of its own) and extracted on the way
-//!    ([`ImageStore::stage_layer`](super::ImageStore::stage_layer)).
+//!    streamed through a sha256 check into the store's staging area, decompressed and
+//!    extracted on the way ([`ImageStore::stage_layer`](super::ImageStore::stage_layer)).
 //! 4. Only when every layer matches its digest and diff id is the image committed
 //!    ([`ImageStore::commit_pull`](super::ImageStore::commit_pull)), with the manifest digest
 //!    recorded among its RepoDigests.
