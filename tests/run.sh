@@ -50,7 +50,7 @@ setsid "${low_priority[@]}" bash -c guest_lane >"$guest_log" 2>&1 </dev/null &
 guest_pid=$!
 cleanup() {
   kill -- -"$guest_pid" 2>/dev/null || true
-  rm -f "$guest_log" "$e2e_log"
+  rm -f "$guest_log" "$e2e_log" "${bins_json:-}" "${tests_json:-}"
 }
 trap cleanup EXIT
 step "build the guest images (in the background; their output is printed before the e2e tier)"
@@ -59,7 +59,29 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "build host binaries (the engine tests run them)"
-cargo build --workspace --bins
+bins_json="$(mktemp)"
+tests_json="$(mktemp)"
+cargo build --workspace --bins --message-format=json-render-diagnostics >"$bins_json"
+
+step "build the host tiers' tests"
+# The test build must reuse every unit the build above made: a dependency feature that only a
+# dev-dependency enables (lzma-rust2's `encoder` was one) makes `cargo test` compile that crate
+# and every crate above it again, and re-link target/debug/rmachine-engine... over the binaries
+# the tests run, while the guest lane's arm64 step does the same the other way. (A second
+# `cargo build --bins` would not see it: its own units are still fresh, it only re-links them.)
+cargo test --workspace --exclude rmachine-e2e --no-run --message-format=json-render-diagnostics \
+  >"$tests_json"
+rebuilt="$(jq -rn --slurpfile bins "$bins_json" --slurpfile tests "$tests_json" '
+  def unit: "\(.package_id) \(.target.kind | join(",")) \(.target.name)";
+  [$bins[] | select(.reason == "compiler-artifact") | unit] as $built
+  | $tests[] | select(.reason == "compiler-artifact" and .fresh == false and (.profile.test | not))
+  | unit | select(IN($built[]))')"
+rm -f "$bins_json" "$tests_json"
+if [ -n "$rebuilt" ]; then
+  printf 'the test build compiled again (other dependency features than `cargo build --workspace --bins`):\n%s\n' \
+    "$rebuilt" >&2
+  exit 1
+fi
 
 step "unit, CLI, runtime and engine-on-host tests (beside the guest lane)"
 tests/parallel.sh 3 --workspace --exclude rmachine-e2e
