@@ -56,22 +56,58 @@ if command -v ionice >/dev/null 2>&1 && ionice -c3 true 2>/dev/null; then
 fi
 setsid "${low_priority[@]}" bash -c guest_lane >"$guest_log" 2>&1 </dev/null &
 guest_pid=$!
+guest_log_shown=""
+guest_status=""
+# The guest lane's exit status once it has ended (empty while it runs).
+guest_lane_ended() {
+  if [ -z "$guest_status" ] && ! kill -0 "$guest_pid" 2>/dev/null; then
+    guest_status=0
+    wait "$guest_pid" || guest_status=$?
+  fi
+}
+show_guest_log() {
+  if [ -z "$guest_log_shown" ]; then
+    guest_log_shown=1
+    printf '\n=== the guest lane'"'"'s output\n'
+    cat "$guest_log"
+  fi
+}
+# Between the foreground's steps: a guest lane that has failed stops the run now, with its
+# output, instead of after the host tiers and the portability step.
+check_guest_lane() {
+  guest_lane_ended
+  if [ -n "$guest_status" ] && [ "$guest_status" != 0 ]; then
+    show_guest_log
+    echo "the guest lane failed (exit $guest_status)" >&2
+    exit 1
+  fi
+}
 cleanup() {
+  local status=$?
   kill -- -"$guest_pid" 2>/dev/null || true
+  # The foreground failed: what the guest lane had done so far may explain it, or fail too.
+  if [ "$status" != 0 ]; then
+    show_guest_log
+  fi
   rm -f "$guest_log" "$e2e_log" "${bins_json:-}" "${tests_json:-}"
 }
 trap cleanup EXIT
+# The foreground's steps: each first checks the guest lane.
+fg_step() {
+  check_guest_lane
+  step "$@"
+}
 step "build the guest images (in the background; their output is printed before the e2e tier)"
 
-step "cargo clippy"
+fg_step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "build host binaries (the engine tests run them)"
+fg_step "build host binaries (the engine tests run them)"
 bins_json="$(mktemp)"
 tests_json="$(mktemp)"
 cargo build --workspace --bins --message-format=json-render-diagnostics >"$bins_json"
 
-step "build the host tiers' tests"
+fg_step "build the host tiers' tests"
 # The test build must reuse every unit the build above made: a dependency feature that only a
 # dev-dependency enables (lzma-rust2's `encoder` was one) makes `cargo test` compile that crate
 # and every crate above it again, and re-link target/debug/rmachine-engine... over the binaries
@@ -91,15 +127,17 @@ if [ -n "$rebuilt" ]; then
   exit 1
 fi
 
-step "unit, CLI, runtime and engine-on-host tests (beside the guest lane)"
+fg_step "unit, CLI, runtime and engine-on-host tests (beside the guest lane)"
 tests/parallel.sh 3 --workspace --exclude rmachine-e2e
+check_guest_lane
 cargo test --workspace --exclude rmachine-e2e --doc
 tests/guest/publish_test.sh
 
-step "portability: clippy for Windows and macOS, the Windows CLI's command tests under Wine, the macOS link"
+fg_step "portability: clippy for Windows and macOS, the Windows CLI's command tests under Wine, the macOS link"
 host_crates=(-p rmachine -p rmachine-host -p rmachine-driver -p rmachine-driver-qemu
              -p rmachine-driver-virtualbox -p rmachine-driver-hyperv -p rmachine-driver-generic)
 cargo clippy --target x86_64-pc-windows-gnu "${host_crates[@]}" --all-targets -- -D warnings
+check_guest_lane
 # ring's C for macOS is compiled by zig (see .ci/setup). Both Macs in one cargo invocation: one
 # job graph for the two targets, no single-crate tail of the first while the second waits.
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
@@ -109,20 +147,21 @@ PATH="$zig_venv/bin:$PATH" cargo-zigbuild clippy --target aarch64-apple-darwin \
 # Mach-O is checked) use the `portable` profile (Cargo.toml): nothing hot runs in them, so their
 # dependencies are not optimised and carry no debuginfo (measured from clean: the Windows build
 # 214 CPU seconds, the macOS link 201; dev's settings cost about 3 times as much).
+check_guest_lane
 cargo build --target x86_64-pc-windows-gnu -p rmachine --profile portable
 tests/windows/run.sh --profile portable
+check_guest_lane
 tests/macos/link.sh --profile portable
 
-step "wait for the guest images"
-guest_status=0
-wait "$guest_pid" || guest_status=$?
-cat "$guest_log"
-if [ "$guest_status" != 0 ]; then
-  echo "the guest lane failed (exit $guest_status)" >&2
-  exit 1
+fg_step "wait for the guest images"
+if [ -z "$guest_status" ]; then
+  guest_status=0
+  wait "$guest_pid" || guest_status=$?
 fi
+check_guest_lane
+show_guest_log
 
-step "end-to-end tests: real QEMU boots"
+fg_step "end-to-end tests: real QEMU boots"
 # Two guests at a time (each test still runs its own tests one after the other): a guest under
 # TCG keeps one core busy, this machine has two. Built with --workspace, as the host tier's
 # tests were (`-p rmachine-e2e` alone unifies dependency features differently and compiled 47
