@@ -163,10 +163,12 @@ show_guest_log
 
 fg_step "end-to-end tests: real QEMU boots"
 # Two guests at a time (each test still runs its own tests one after the other): a guest under
-# TCG keeps one core busy, this machine has two. Built with --workspace, as the host tier's
-# tests were (`-p rmachine-e2e` alone unifies dependency features differently and compiled 47
-# of them again, tokio, syn, serde, clap, nix among them: ~110 CPU seconds on the critical path),
-# and only rmachine-e2e's test binaries run.
+# TCG keeps one core busy, this machine has two. Built with --workspace: its dependency
+# features are the same as those of the host tier's `--workspace --exclude rmachine-e2e` (the
+# e2e crate adds no dependency and no feature), so only rmachine-e2e itself is compiled here
+# (`-p rmachine-e2e` alone unifies dependency features differently and compiled 47 of them
+# again, tokio, syn, serde, clap, nix among them: ~110 CPU seconds on the critical path), and
+# only rmachine-e2e's test binaries run.
 RMACHINE_E2E=1 tests/parallel.sh --run rmachine-e2e 2 --workspace -- --test-threads=1 --nocapture 2>&1 \
   | tee "$e2e_log"
 # A test file whose tests were all compiled out (the rmachine_e2e cfg lost) runs zero tests and
