@@ -24,18 +24,23 @@ cd "$(dirname "$0")/../.."
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
 export PATH="$zig_venv/bin:$PATH"
 target=aarch64-apple-darwin
+usage() { echo "usage: tests/macos/link.sh [--release | --profile NAME]" >&2; exit 2; }
 profile=debug
 args=()
-case "${1:-}" in
-  "") ;;
-  --release) profile=release; args=(--release) ;;
-  --profile)
-    [ -n "${2:-}" ] || { echo "usage: tests/macos/link.sh [--release | --profile NAME]" >&2; exit 2; }
-    # cargo's directory for a profile: "dev" builds into debug/.
-    profile=$2
-    [ "$profile" != dev ] || profile=debug
+case "$#:${1:-}" in
+  0:) ;;
+  1:--release) profile=release; args=(--release) ;;
+  2:--profile)
+    [ -n "$2" ] || usage
+    # cargo's directory for a profile: dev and test build into debug/, release and bench into
+    # release/, a custom profile into its own name.
+    case "$2" in
+      dev|test) profile=debug ;;
+      release|bench) profile=release ;;
+      *) profile=$2 ;;
+    esac
     args=(--profile "$2") ;;
-  *) echo "usage: tests/macos/link.sh [--release | --profile NAME]" >&2; exit 2 ;;
+  *) usage ;;
 esac
 target_dir="${CARGO_TARGET_DIR:-target}"
 

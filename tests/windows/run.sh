@@ -9,15 +9,20 @@
 #   tests/windows/run.sh [--profile NAME]   (the build's profile; dev by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+usage() { echo "usage: tests/windows/run.sh [--profile NAME]" >&2; exit 2; }
 profile_dir=debug
-case "${1:-}" in
-  "") ;;
-  --profile)
-    [ -n "${2:-}" ] || { echo "usage: tests/windows/run.sh [--profile NAME]" >&2; exit 2; }
-    # cargo's directory for a profile: "dev" builds into debug/.
-    profile_dir=$2
-    [ "$profile_dir" != dev ] || profile_dir=debug ;;
-  *) echo "usage: tests/windows/run.sh [--profile NAME]" >&2; exit 2 ;;
+case "$#:${1:-}" in
+  0:) ;;
+  2:--profile)
+    [ -n "$2" ] || usage
+    # cargo's directory for a profile: dev and test build into debug/, release and bench into
+    # release/, a custom profile into its own name.
+    case "$2" in
+      dev|test) profile_dir=debug ;;
+      release|bench) profile_dir=release ;;
+      *) profile_dir=$2 ;;
+    esac ;;
+  *) usage ;;
 esac
 exe="$(realpath -m "${CARGO_TARGET_DIR:-target}")/x86_64-pc-windows-gnu/$profile_dir/rmachine.exe"
 [ -f "$exe" ] || { echo "windows tests: $exe is missing; build it first" >&2; exit 1; }
