@@ -1342,6 +1342,24 @@ enum LiveInstall {
     /// The guest's image predates `rmachine-init install-tls`: only a boot puts a new
     /// certificate in service there. Nothing was changed.
     GuestTooOld,
+    /// No SSH host key of the guest is pinned yet (pinning at create failed), so the guest at
+    /// the machine's (changed) address cannot be told from another host: its private key is
+    /// not sent there. Nothing was changed; only a boot puts the certificate in service.
+    HostKeyNotPinned,
+}
+
+impl LiveInstall {
+    /// Why the certificate could not go into the running guest, for a message.
+    fn why_not(self) -> &'static str {
+        match self {
+            LiveInstall::Installed => "",
+            LiveInstall::GuestTooOld => "its guest image cannot take one while it runs",
+            LiveInstall::HostKeyNotPinned => {
+                "its SSH host key is not pinned, so the guest at that address cannot be told \
+                 from another host"
+            }
+        }
+    }
 }
 
 /// Issues machine `dir`'s engine certificate for `sans` and puts it in service in the RUNNING
@@ -1351,7 +1369,9 @@ enum LiveInstall {
 /// is asked until it presents the new certificate. Only then are the host's `server.pem` and
 /// `server-key.pem`, the recorded SANs and the configuration drive (what the next boot reads)
 /// replaced: an install that fails or is cut short leaves the host's files on the old
-/// certificate, so the next command notices again.
+/// certificate, so the next command notices again. Without a pinned SSH host key nothing is
+/// sent ([`LiveInstall::HostKeyNotPinned`]): the first connection would trust whatever host
+/// answers at the address, and the engine's private key must not go to another host.
 async fn install_live<D: Driver>(
     store: &Store,
     driver: &D,
@@ -1363,6 +1383,9 @@ async fn install_live<D: Driver>(
 ) -> Result<LiveInstall, MachineError> {
     let began = Instant::now();
     let name = dir.name.clone();
+    if !ssh::pinned_host_key_path(&config.driver.ssh_key_path).exists() {
+        return Ok(LiveInstall::HostKeyNotPinned);
+    }
     let certs_err = |source| MachineError::Certs {
         machine: name.clone(),
         source,
@@ -1529,8 +1552,18 @@ async fn follow_new_address<D: Driver>(
             return Err(MachineError::CertInstall {
                 machine: name.to_string(),
                 reason: format!(
-                    "its guest image cannot take one while it runs (`rmachine env {name}` \
-                     restarts it with one; `rmachine upgrade {name}` gives it an image that can)"
+                    "{} (`rmachine env {name}` restarts it with one; `rmachine upgrade {name}` \
+                     gives it an image that can)",
+                    LiveInstall::GuestTooOld.why_not()
+                ),
+            })
+        }
+        LiveInstall::HostKeyNotPinned if old_guest == OldGuest::Refuse => {
+            return Err(MachineError::CertInstall {
+                machine: name.to_string(),
+                reason: format!(
+                    "{} (`rmachine env {name}` restarts it with one)",
+                    LiveInstall::HostKeyNotPinned.why_not()
                 ),
             })
         }
@@ -1538,6 +1571,12 @@ async fn follow_new_address<D: Driver>(
             machine = name,
             "the machine's guest image cannot take a certificate while it runs (`rmachine \
              upgrade` gives it one that can): restarting the machine with it"
+        ),
+        LiveInstall::HostKeyNotPinned => tracing::warn!(
+            machine = name,
+            "the guest's SSH host key is not pinned, so the engine's private key is not sent \
+             over SSH to whatever answers at its address: restarting the machine with the \
+             certificate"
         ),
     }
     portagent::stop(store, name)?;
@@ -2246,8 +2285,9 @@ async fn regenerate_with<D: Driver>(
         }
         tracing::warn!(
             machine = name,
-            "the machine's guest image cannot take a certificate while it runs (`rmachine \
-             upgrade` gives it one that can): restarting the machine with it"
+            "the certificate cannot be put in service while the machine runs ({}): restarting \
+             the machine with it",
+            installed.why_not()
         );
     }
     progress(Progress::CopyingCerts);
@@ -3755,6 +3795,32 @@ mod tests {
         assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
         let server = store.machine_path("old").join("server.pem");
         assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn without_a_pinned_host_key_the_key_is_not_sent_and_the_machine_restarted_instead() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "unpinned", "127.0.0.11", None, 0).await;
+        // Pinning at create failed: whatever answers at the new address would be trusted.
+        let config = store.load("unpinned").unwrap();
+        let pin = ssh::pinned_host_key_path(&config.driver.ssh_key_path);
+        std::fs::remove_file(&pin).unwrap();
+        let entry = list_entry_with(&store, &moved, "unpinned", Duration::from_secs(10)).await;
+        assert!(
+            entry.error.contains("host key is not pinned"),
+            "{}",
+            entry.error
+        );
+        assert_eq!(installs(&moved), 0);
+        assert!(!pin.exists(), "nothing connected over SSH");
+        let env = env_with(&store, &moved, "unpinned", &env_options("unpinned"))
+            .await
+            .unwrap();
+        assert!(env.restarted);
+        assert_eq!(installs(&moved), 0);
+        assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
+        let server = store.machine_path("unpinned").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
     }
 
     #[tokio::test]
