@@ -128,8 +128,9 @@ pub fn write_tls(config: &GuestConfig, dir: &Path) -> Result<(), ConfigError> {
     )
 }
 
-/// Checks that the host's TLS files are PEM of the right kind (the engine checks that the key
-/// matches the certificate when it loads them).
+/// Checks that the host's TLS files are PEM of the right kind and that the server key is the
+/// one its certificate names (compared by public key; a key whose public key cannot be worked
+/// out is refused too), so a pair the engine would refuse is never written.
 pub fn check_tls(files: &TlsFiles) -> Result<(), ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -145,9 +146,23 @@ pub fn check_tls(files: &TlsFiles) -> Result<(), ConfigError> {
             return Err(bad(file, "no certificate in it".to_string()));
         }
     }
-    PrivateKeyDer::from_pem_slice(files.server_key_pem.as_bytes())
+    let key = PrivateKeyDer::from_pem_slice(files.server_key_pem.as_bytes())
         .map_err(|e| bad("server key", e.to_string()))?;
-    Ok(())
+    let chain = CertificateDer::pem_slice_iter(files.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("server certificate", e.to_string()))?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad("server key", e.to_string()))?;
+    rustls::sign::CertifiedKey::new(chain, signer)
+        .keys_match()
+        .map_err(|e| {
+            bad(
+                "server key",
+                format!("it does not go with the server certificate: {e}"),
+            )
+        })
 }
 
 /// `rmachine-init install-tls`: the host's new TLS files replace the engine's in `dir` (the key
@@ -308,6 +323,9 @@ mod tests {
         rmachine_host::certs::bootstrap(&certs, &mut |_| {}).expect("a CA");
         let server =
             rmachine_host::certs::server_cert(&certs, "m", &[]).expect("a server certificate");
+        let other =
+            rmachine_host::certs::server_cert(&certs, "m", &[]).expect("a server certificate");
+        assert_ne!(other.key_pem, server.key_pem);
         let ca = fs::read_to_string(certs.join("ca.pem")).expect("the CA");
         let (dir, saved) = (tmp.path().join("tls"), tmp.path().join("config"));
         let old = GuestConfig {
@@ -343,6 +361,11 @@ mod tests {
             },
             TlsFiles {
                 ca_pem: String::new(),
+                ..read.clone()
+            },
+            // A well-formed key of another certificate.
+            TlsFiles {
+                server_key_pem: other.key_pem.clone(),
                 ..read.clone()
             },
         ] {
