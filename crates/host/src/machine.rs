@@ -1443,19 +1443,33 @@ async fn install_live<D: Driver>(
     // machine directory).
     let client =
         EngineClient::from_cert_dir(&store.certs_dir()).map_err(|e| failed(error_chain(&e)))?;
+    let late = |last: &str| {
+        failed(format!(
+            "the engine did not present it within {} s: {last}",
+            within.as_secs_f32()
+        ))
+    };
     loop {
-        let last = match client.served_certificate(endpoints.engine).await {
-            Ok(der) if der == server.cert_der => break,
-            Ok(_) => "it still presents the previous one".to_string(),
-            Err(e) => error_chain(&e),
-        };
+        // Each attempt only for the time left (the engine client's own limit is 2 s): `ls`
+        // must answer within its timeout.
+        let left = within.saturating_sub(began.elapsed());
+        let last =
+            match tokio::time::timeout(left, client.served_certificate(endpoints.engine)).await {
+                Ok(Ok(der)) if der == server.cert_der => break,
+                Ok(Ok(_)) => "it still presents the previous one".to_string(),
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => "no answer in the time left".to_string(),
+            };
         if began.elapsed() >= within {
-            return Err(failed(format!(
-                "the engine did not present it within {} s: {last}",
-                within.as_secs_f32()
-            )));
+            return Err(late(&last));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100).min(within.saturating_sub(began.elapsed())))
+            .await;
+    }
+    // No commit once the time is up: the caller has given up waiting (the host's files stay
+    // on the old certificate and the next command installs again).
+    if began.elapsed() >= within {
+        return Err(late("it did, but only after the time was up"));
     }
     certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
     config.host_options.auth_options.server_cert_sans = sans;
@@ -3821,6 +3835,39 @@ mod tests {
         assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
         let server = store.machine_path("unpinned").join("server.pem");
         assert!(certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_live_install_gives_up_within_its_time_and_commits_nothing_on_the_host() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "slow", "127.0.0.12", None, 0).await;
+        let dir = store.machine_dir("slow");
+        let mut config = store.load("slow").unwrap();
+        let mut endpoints = moved.endpoints(&dir).await.unwrap();
+        // An engine that accepts connections and never completes a handshake: each attempt
+        // would take the client's whole 2 s.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        endpoints.engine = silent.local_addr().unwrap();
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let before = std::fs::read(dir.file("server.pem")).unwrap();
+        let began = Instant::now();
+        let within = Duration::from_millis(600);
+        let sans = vec!["127.0.0.12".to_string()];
+        let err = install_live(&store, &moved, &dir, &mut config, &endpoints, sans, within)
+            .await
+            .unwrap_err();
+        assert!(
+            began.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            began.elapsed()
+        );
+        assert!(err.to_string().contains("not put in service"), "{err}");
+        assert_eq!(std::fs::read(dir.file("server.pem")).unwrap(), before);
     }
 
     #[tokio::test]
