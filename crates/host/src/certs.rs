@@ -288,8 +288,11 @@ pub fn install_machine_certs(
     write_pem(&machine_dir.join("ca.pem"), &read(&paths.ca)?, false)?;
     write_pem(&machine_dir.join("cert.pem"), &read(&paths.cert)?, false)?;
     write_pem(&machine_dir.join("key.pem"), &read(&paths.key)?, true)?;
-    write_pem(&machine_dir.join("server.pem"), &server.cert_pem, false)?;
+    // Each file is replaced whole (temp file + rename), the key first: a command cut short
+    // between the two leaves the old certificate, which the next command sees as not naming
+    // the address and reissues, never a new certificate beside a key it does not go with.
     write_pem(&machine_dir.join("server-key.pem"), &server.key_pem, true)?;
+    write_pem(&machine_dir.join("server.pem"), &server.cert_pem, false)?;
     Ok(())
 }
 

@@ -1342,6 +1342,24 @@ enum LiveInstall {
     /// The guest's image predates `rmachine-init install-tls`: only a boot puts a new
     /// certificate in service there. Nothing was changed.
     GuestTooOld,
+    /// No SSH host key of the guest is pinned yet (pinning at create failed), so the guest at
+    /// the machine's (changed) address cannot be told from another host: its private key is
+    /// not sent there. Nothing was changed; only a boot puts the certificate in service.
+    HostKeyNotPinned,
+}
+
+impl LiveInstall {
+    /// Why the certificate could not go into the running guest, for a message.
+    fn why_not(self) -> &'static str {
+        match self {
+            LiveInstall::Installed => "",
+            LiveInstall::GuestTooOld => "its guest image cannot take one while it runs",
+            LiveInstall::HostKeyNotPinned => {
+                "its SSH host key is not pinned, so the guest at that address cannot be told \
+                 from another host"
+            }
+        }
+    }
 }
 
 /// Issues machine `dir`'s engine certificate for `sans` and puts it in service in the RUNNING
@@ -1351,7 +1369,9 @@ enum LiveInstall {
 /// is asked until it presents the new certificate. Only then are the host's `server.pem` and
 /// `server-key.pem`, the recorded SANs and the configuration drive (what the next boot reads)
 /// replaced: an install that fails or is cut short leaves the host's files on the old
-/// certificate, so the next command notices again.
+/// certificate, so the next command notices again. Without a pinned SSH host key nothing is
+/// sent ([`LiveInstall::HostKeyNotPinned`]): the first connection would trust whatever host
+/// answers at the address, and the engine's private key must not go to another host.
 async fn install_live<D: Driver>(
     store: &Store,
     driver: &D,
@@ -1363,6 +1383,9 @@ async fn install_live<D: Driver>(
 ) -> Result<LiveInstall, MachineError> {
     let began = Instant::now();
     let name = dir.name.clone();
+    if !ssh::pinned_host_key_path(&config.driver.ssh_key_path).exists() {
+        return Ok(LiveInstall::HostKeyNotPinned);
+    }
     let certs_err = |source| MachineError::Certs {
         machine: name.clone(),
         source,
@@ -1420,19 +1443,33 @@ async fn install_live<D: Driver>(
     // machine directory).
     let client =
         EngineClient::from_cert_dir(&store.certs_dir()).map_err(|e| failed(error_chain(&e)))?;
+    let late = |last: &str| {
+        failed(format!(
+            "the engine did not present it within {} s: {last}",
+            within.as_secs_f32()
+        ))
+    };
     loop {
-        let last = match client.served_certificate(endpoints.engine).await {
-            Ok(der) if der == server.cert_der => break,
-            Ok(_) => "it still presents the previous one".to_string(),
-            Err(e) => error_chain(&e),
-        };
+        // Each attempt only for the time left (the engine client's own limit is 2 s): `ls`
+        // must answer within its timeout.
+        let left = within.saturating_sub(began.elapsed());
+        let last =
+            match tokio::time::timeout(left, client.served_certificate(endpoints.engine)).await {
+                Ok(Ok(der)) if der == server.cert_der => break,
+                Ok(Ok(_)) => "it still presents the previous one".to_string(),
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => "no answer in the time left".to_string(),
+            };
         if began.elapsed() >= within {
-            return Err(failed(format!(
-                "the engine did not present it within {} s: {last}",
-                within.as_secs_f32()
-            )));
+            return Err(late(&last));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100).min(within.saturating_sub(began.elapsed())))
+            .await;
+    }
+    // No commit once the time is up: the caller has given up waiting (the host's files stay
+    // on the old certificate and the next command installs again).
+    if began.elapsed() >= within {
+        return Err(late("it did, but only after the time was up"));
     }
     certs::install_machine_certs(&store.certs_dir(), dir.path(), &server).map_err(certs_err)?;
     config.host_options.auth_options.server_cert_sans = sans;
@@ -1529,8 +1566,18 @@ async fn follow_new_address<D: Driver>(
             return Err(MachineError::CertInstall {
                 machine: name.to_string(),
                 reason: format!(
-                    "its guest image cannot take one while it runs (`rmachine env {name}` \
-                     restarts it with one; `rmachine upgrade {name}` gives it an image that can)"
+                    "{} (`rmachine env {name}` restarts it with one; `rmachine upgrade {name}` \
+                     gives it an image that can)",
+                    LiveInstall::GuestTooOld.why_not()
+                ),
+            })
+        }
+        LiveInstall::HostKeyNotPinned if old_guest == OldGuest::Refuse => {
+            return Err(MachineError::CertInstall {
+                machine: name.to_string(),
+                reason: format!(
+                    "{} (`rmachine env {name}` restarts it with one)",
+                    LiveInstall::HostKeyNotPinned.why_not()
                 ),
             })
         }
@@ -1538,6 +1585,12 @@ async fn follow_new_address<D: Driver>(
             machine = name,
             "the machine's guest image cannot take a certificate while it runs (`rmachine \
              upgrade` gives it one that can): restarting the machine with it"
+        ),
+        LiveInstall::HostKeyNotPinned => tracing::warn!(
+            machine = name,
+            "the guest's SSH host key is not pinned, so the engine's private key is not sent \
+             over SSH to whatever answers at its address: restarting the machine with the \
+             certificate"
         ),
     }
     portagent::stop(store, name)?;
@@ -2292,8 +2345,9 @@ async fn regenerate_with<D: Driver>(
         }
         tracing::warn!(
             machine = name,
-            "the machine's guest image cannot take a certificate while it runs (`rmachine \
-             upgrade` gives it one that can): restarting the machine with it"
+            "the certificate cannot be put in service while the machine runs ({}): restarting \
+             the machine with it",
+            installed.why_not()
         );
     }
     progress(Progress::CopyingCerts);
@@ -3815,6 +3869,65 @@ mod tests {
         assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
         let server = store.machine_path("old").join("server.pem");
         assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn without_a_pinned_host_key_the_key_is_not_sent_and_the_machine_restarted_instead() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "unpinned", "127.0.0.11", None, 0).await;
+        // Pinning at create failed: whatever answers at the new address would be trusted.
+        let config = store.load("unpinned").unwrap();
+        let pin = ssh::pinned_host_key_path(&config.driver.ssh_key_path);
+        std::fs::remove_file(&pin).unwrap();
+        let entry = list_entry_with(&store, &moved, "unpinned", Duration::from_secs(10)).await;
+        assert!(
+            entry.error.contains("host key is not pinned"),
+            "{}",
+            entry.error
+        );
+        assert_eq!(installs(&moved), 0);
+        assert!(!pin.exists(), "nothing connected over SSH");
+        let env = env_with(&store, &moved, "unpinned", &env_options("unpinned"))
+            .await
+            .unwrap();
+        assert!(env.restarted);
+        assert_eq!(installs(&moved), 0);
+        assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
+        let server = store.machine_path("unpinned").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_live_install_gives_up_within_its_time_and_commits_nothing_on_the_host() {
+        let (_tmp, store, options) = setup();
+        let moved = machine_moved_to(&store, &options, "slow", "127.0.0.12", None, 0).await;
+        let dir = store.machine_dir("slow");
+        let mut config = store.load("slow").unwrap();
+        let mut endpoints = moved.endpoints(&dir).await.unwrap();
+        // An engine that accepts connections and never completes a handshake: each attempt
+        // would take the client's whole 2 s.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        endpoints.engine = silent.local_addr().unwrap();
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let before = std::fs::read(dir.file("server.pem")).unwrap();
+        let began = Instant::now();
+        let within = Duration::from_millis(600);
+        let sans = vec!["127.0.0.12".to_string()];
+        let err = install_live(&store, &moved, &dir, &mut config, &endpoints, sans, within)
+            .await
+            .unwrap_err();
+        assert!(
+            began.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            began.elapsed()
+        );
+        assert!(err.to_string().contains("not put in service"), "{err}");
+        assert_eq!(std::fs::read(dir.file("server.pem")).unwrap(), before);
     }
 
     #[tokio::test]

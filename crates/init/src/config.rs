@@ -128,8 +128,9 @@ pub fn write_tls(config: &GuestConfig, dir: &Path) -> Result<(), ConfigError> {
     )
 }
 
-/// Checks that the host's TLS files are PEM of the right kind (the engine checks that the key
-/// matches the certificate when it loads them).
+/// Checks that the host's TLS files are PEM of the right kind and that the server key is the
+/// one its certificate names (compared by public key; a key whose public key cannot be worked
+/// out is refused too), so a pair the engine would refuse is never written.
 pub fn check_tls(files: &TlsFiles) -> Result<(), ConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -145,18 +146,61 @@ pub fn check_tls(files: &TlsFiles) -> Result<(), ConfigError> {
             return Err(bad(file, "no certificate in it".to_string()));
         }
     }
-    PrivateKeyDer::from_pem_slice(files.server_key_pem.as_bytes())
+    let key = PrivateKeyDer::from_pem_slice(files.server_key_pem.as_bytes())
         .map_err(|e| bad("server key", e.to_string()))?;
-    Ok(())
+    let chain = CertificateDer::pem_slice_iter(files.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("server certificate", e.to_string()))?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad("server key", e.to_string()))?;
+    rustls::sign::CertifiedKey::new(chain, signer)
+        .keys_match()
+        .map_err(|e| {
+            bad(
+                "server key",
+                format!("it does not go with the server certificate: {e}"),
+            )
+        })
+}
+
+/// The file beside the saved configuration copy naming (SHA-256 of its DER, hex) the
+/// certificate the configuration drive held when `install-tls` put another one in service:
+/// a reboot the guest starts itself reads that same drive again (the hypervisor keeps the one
+/// it started with), and must not go back to its certificate ([`boot_config`]).
+pub const SUPERSEDED_FILE: &str = "superseded-server-cert.sha256";
+
+/// SHA-256 (hex) of the DER of the first certificate in `pem`, if it holds one.
+pub fn cert_fingerprint(pem: &str) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(hex::encode(sha2::Sha256::digest(der.as_ref())))
 }
 
 /// `rmachine-init install-tls`: the host's new TLS files replace the engine's in `dir` (the key
 /// first: the engine refuses a certificate whose key does not match, so it serves the old pair
 /// until both are in place), and the copy of the configuration in `saved` if there is one, so
-/// that a boot without the configuration drive uses them too. Nothing is written unless all
-/// three files are PEM of the right kind.
-pub fn install_tls(files: &TlsFiles, dir: &Path, saved: &Path) -> Result<(), ConfigError> {
+/// that a boot uses them too: beside the copy, [`SUPERSEDED_FILE`] names the certificate they
+/// replaced (the one the configuration drive of this boot holds; an earlier record is kept),
+/// so that a reboot reading that drive again keeps the installed files ([`boot_config`]).
+/// Nothing is written unless all three files are PEM of the right kind and the key goes with
+/// the certificate.
+///
+/// The engine's files are what counts: once they are replaced, a failure to update the saved
+/// copy or the record (a full or read-only data disk) does not fail the install, as the engine
+/// serves the new certificate; it is returned as `Ok(Some(error))` for a warning (the next
+/// boot then reads the drive's certificate, and the host notices the difference and reissues).
+pub fn install_tls(
+    files: &TlsFiles,
+    dir: &Path,
+    saved: &Path,
+) -> Result<Option<ConfigError>, ConfigError> {
     check_tls(files)?;
+    let replaced = fs::read_to_string(dir.join("server.pem"))
+        .ok()
+        .and_then(|pem| cert_fingerprint(&pem));
     write_file(
         &dir.join("server-key.pem"),
         files.server_key_pem.as_bytes(),
@@ -168,13 +212,67 @@ pub fn install_tls(files: &TlsFiles, dir: &Path, saved: &Path) -> Result<(), Con
         0o644,
     )?;
     write_file(&dir.join("ca.pem"), files.ca_pem.as_bytes(), 0o644)?;
-    if let Some(mut copy) = load_copy(saved) {
-        copy.ca_pem = files.ca_pem.clone();
-        copy.server_cert_pem = files.server_cert_pem.clone();
-        copy.server_key_pem = files.server_key_pem.clone();
-        save_copy(&copy, saved)?;
+    let Some(mut copy) = load_copy(saved) else {
+        return Ok(None);
+    };
+    // The record first: a copy updated without it would be dropped at a reboot.
+    let record = saved.join(SUPERSEDED_FILE);
+    if !record.exists() {
+        if let Some(replaced) = replaced {
+            if let Err(err) = write_file(&record, format!("{replaced}\n").as_bytes(), 0o600) {
+                return Ok(Some(err));
+            }
+        }
     }
-    Ok(())
+    copy.ca_pem = files.ca_pem.clone();
+    copy.server_cert_pem = files.server_cert_pem.clone();
+    copy.server_key_pem = files.server_key_pem.clone();
+    Ok(save_copy(&copy, saved).err())
+}
+
+/// The configuration a boot with a configuration drive uses: the drive's, except that the TLS
+/// files `install-tls` put in service since the drive was written (the saved copy in `saved`)
+/// win while the drive still holds exactly the certificate they superseded (a reboot started
+/// inside the guest reads the drive the VM was started with). Any other drive certificate is
+/// newer than the installed one (the host wrote the drive with it before this boot), and the
+/// record is dropped. The result is saved as the new copy.
+pub fn boot_config(drive: GuestConfig, saved: &Path) -> GuestConfig {
+    let record = saved.join(SUPERSEDED_FILE);
+    let superseded = fs::read_to_string(&record)
+        .ok()
+        .map(|text| text.trim().to_owned());
+    let mut config = drive;
+    let keep = superseded.is_some()
+        && superseded == cert_fingerprint(&config.server_cert_pem)
+        && match load_copy(saved) {
+            Some(copy)
+                if check_tls(&TlsFiles {
+                    ca_pem: copy.ca_pem.clone(),
+                    server_cert_pem: copy.server_cert_pem.clone(),
+                    server_key_pem: copy.server_key_pem.clone(),
+                })
+                .is_ok() =>
+            {
+                config.ca_pem = copy.ca_pem;
+                config.server_cert_pem = copy.server_cert_pem;
+                config.server_key_pem = copy.server_key_pem;
+                true
+            }
+            _ => false,
+        };
+    if keep {
+        tracing::info!(
+            "config: using the TLS files installed since the configuration drive was written"
+        );
+    } else if superseded.is_some() {
+        if let Err(err) = fs::remove_file(&record) {
+            tracing::warn!("config: {}: {err}", record.display());
+        }
+    }
+    if let Err(err) = save_copy(&config, saved) {
+        tracing::warn!("config: {err}");
+    }
+    config
 }
 
 /// Reads a [`TlsFiles`] (JSON) from `input`.
@@ -308,6 +406,9 @@ mod tests {
         rmachine_host::certs::bootstrap(&certs, &mut |_| {}).expect("a CA");
         let server =
             rmachine_host::certs::server_cert(&certs, "m", &[]).expect("a server certificate");
+        let other =
+            rmachine_host::certs::server_cert(&certs, "m", &[]).expect("a server certificate");
+        assert_ne!(other.key_pem, server.key_pem);
         let ca = fs::read_to_string(certs.join("ca.pem")).expect("the CA");
         let (dir, saved) = (tmp.path().join("tls"), tmp.path().join("config"));
         let old = GuestConfig {
@@ -345,6 +446,11 @@ mod tests {
                 ca_pem: String::new(),
                 ..read.clone()
             },
+            // A well-formed key of another certificate.
+            TlsFiles {
+                server_key_pem: other.key_pem.clone(),
+                ..read.clone()
+            },
         ] {
             let err = install_tls(&garbage, &dir, &saved).expect_err("refused");
             assert!(err.to_string().contains("is not usable"), "{err}");
@@ -355,7 +461,9 @@ mod tests {
         }
         assert!(read_tls_files(&b"{\"caPem\": 1}"[..]).is_err());
 
-        install_tls(&read, &dir, &saved).expect("installed");
+        assert!(install_tls(&read, &dir, &saved)
+            .expect("installed")
+            .is_none());
         let file = |name: &str| fs::read_to_string(dir.join(name)).expect("written");
         assert_eq!(file("server.pem"), server.cert_pem);
         assert_eq!(file("server-key.pem"), server.key_pem);
@@ -376,6 +484,104 @@ mod tests {
             fs::read_dir(&dir).expect("dir").count(),
             3,
             "no temp file left"
+        );
+    }
+
+    /// A CA in `certs` and `n` server certificates it issued.
+    fn issued(certs: &Path, n: usize) -> (String, Vec<rmachine_host::certs::ServerCert>) {
+        rmachine_host::certs::bootstrap(certs, &mut |_| {}).expect("a CA");
+        let ca = fs::read_to_string(certs.join("ca.pem")).expect("the CA");
+        let servers = (0..n)
+            .map(|_| rmachine_host::certs::server_cert(certs, "m", &[]).expect("a certificate"))
+            .collect();
+        (ca, servers)
+    }
+
+    fn drive_with(ca: &str, server: &rmachine_host::certs::ServerCert) -> GuestConfig {
+        GuestConfig {
+            format_version: 1,
+            hostname: "m".into(),
+            ca_pem: ca.into(),
+            server_cert_pem: server.cert_pem.clone(),
+            server_key_pem: server.key_pem.clone(),
+            authorized_keys: vec!["ssh-ed25519 AAAA k".into()],
+            engine: Default::default(),
+            shares: Vec::new(),
+            network: None,
+        }
+    }
+
+    fn files_of(ca: &str, server: &rmachine_host::certs::ServerCert) -> TlsFiles {
+        TlsFiles {
+            ca_pem: ca.into(),
+            server_cert_pem: server.cert_pem.clone(),
+            server_key_pem: server.key_pem.clone(),
+        }
+    }
+
+    #[test]
+    fn a_reboot_reading_the_drive_it_started_with_keeps_the_installed_certificate() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (ca, servers) = issued(&tmp.path().join("certs"), 4);
+        let [a, b, c, d] = &servers[..] else {
+            unreachable!()
+        };
+        let (dir, saved) = (tmp.path().join("tls"), tmp.path().join("config"));
+        // The VM starts with a drive holding `a`.
+        let drive = drive_with(&ca, a);
+        let booted = boot_config(drive.clone(), &saved);
+        assert_eq!(booted, drive);
+        write_tls(&booted, &dir).expect("written");
+        // Two live installs while it runs: the record names `a`, the drive's.
+        assert!(install_tls(&files_of(&ca, b), &dir, &saved)
+            .expect("installed")
+            .is_none());
+        assert!(install_tls(&files_of(&ca, c), &dir, &saved)
+            .expect("installed")
+            .is_none());
+        let record = saved.join(SUPERSEDED_FILE);
+        assert_eq!(
+            fs::read_to_string(&record).expect("recorded").trim(),
+            cert_fingerprint(&a.cert_pem).expect("a certificate")
+        );
+        // A reboot from inside reads the same drive: the installed files win, twice.
+        for _ in 0..2 {
+            let rebooted = boot_config(drive.clone(), &saved);
+            assert_eq!(rebooted.server_cert_pem, c.cert_pem);
+            assert_eq!(rebooted.server_key_pem, c.key_pem);
+            assert_eq!(rebooted.authorized_keys, drive.authorized_keys);
+        }
+        // The host started it with a drive written since: the drive wins, the record goes.
+        let newer = drive_with(&ca, d);
+        assert_eq!(boot_config(newer.clone(), &saved), newer);
+        assert!(!record.exists());
+        assert_eq!(
+            load_copy(&saved).expect("saved").server_cert_pem,
+            d.cert_pem
+        );
+        // And with no record, the drive is what counts, whatever the copy says.
+        assert_eq!(boot_config(drive.clone(), &saved), drive);
+    }
+
+    #[test]
+    fn a_saved_copy_that_cannot_be_updated_is_a_warning_once_the_engine_has_the_files() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (ca, servers) = issued(&tmp.path().join("certs"), 2);
+        let (dir, saved) = (tmp.path().join("tls"), tmp.path().join("config"));
+        let drive = drive_with(&ca, &servers[0]);
+        write_tls(&boot_config(drive, &saved), &dir).expect("written");
+        // The copy's temporary file cannot be made (as a full or read-only disk would refuse).
+        fs::create_dir(saved.join("rmachine-guest-config.tmp")).expect("a directory");
+        let warning = install_tls(&files_of(&ca, &servers[1]), &dir, &saved)
+            .expect("the engine's files were replaced")
+            .expect("a warning");
+        assert!(
+            warning.to_string().contains("rmachine-guest-config"),
+            "{warning}"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("server.pem")).expect("written"),
+            servers[1].cert_pem
         );
     }
 }

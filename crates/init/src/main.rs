@@ -153,7 +153,20 @@ fn run_command(args: &[String]) -> anyhow::Result<ExitCode> {
             use rmachine_init::config;
             let files = config::read_tls_files(std::io::stdin().lock())?;
             let saved = std::path::Path::new(rmachine_init::supervisor::DATA_MOUNT).join("config");
-            config::install_tls(&files, std::path::Path::new(config::TLS_DIR), &saved)?;
+            if let Some(err) =
+                config::install_tls(&files, std::path::Path::new(config::TLS_DIR), &saved)?
+            {
+                // The engine has the new files; only the next boot's copy is behind.
+                eprintln!(
+                    "rmachine-init install-tls: warning: the saved configuration copy was not \
+                     updated: {}",
+                    anyhow::Error::new(err)
+                        .chain()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some("--version") => {

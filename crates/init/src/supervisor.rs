@@ -297,14 +297,10 @@ fn setup_storage_and_config(choice: disk::DiskChoice, drive_config: Option<Guest
     }
 
     let config = match (&choice.config, drive_config) {
-        (Some(_), Some(config)) => {
-            if data_mounted {
-                if let Err(err) = config::save_copy(&config, &persist.join("config")) {
-                    tracing::warn!("config: {}", error_chain(&err));
-                }
-            }
-            Some(config)
+        (Some(_), Some(config)) if data_mounted => {
+            Some(config::boot_config(config, &persist.join("config")))
         }
+        (Some(_), Some(config)) => Some(config),
         // A drive that could not be read was reported by find_disks_and_config.
         (Some(_), None) => None,
         (None, _) => {

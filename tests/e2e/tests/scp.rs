@@ -265,6 +265,7 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     let kept = keeper()?;
     assert!(kept.starts_with("true "), "{kept}");
     let up_before = guest_uptime(&machine, "scp-a")?;
+    let since_up_before = std::time::Instant::now();
 
     // regenerate-certs: a new engine certificate put in service in the running machine, docker
     // works, and ssh still accepts the guest.
@@ -338,10 +339,13 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
         );
     }
     assert_eq!(keeper()?, kept, "the container ran on through the reissues");
+    // The wall time between the two reads is a lower bound of the uptime gained (a reboot
+    // in between would have reset it below that); 0.05 s for /proc/uptime's resolution.
+    let elapsed = since_up_before.elapsed().as_secs_f64();
     let up_after = guest_uptime(&machine, "scp-a")?;
     assert!(
-        up_after > up_before,
-        "the guest was not restarted: uptime {up_before} s then {up_after} s"
+        up_after + 0.05 >= up_before + elapsed,
+        "the guest was not restarted: uptime {up_before} s then {up_after} s, {elapsed} s apart"
     );
     // Gone before the stops below, which would wait for `sleep` (deaf to SIGTERM as PID 1).
     machine.docker(&["rm", "-f", "keeper"])?.success()?;
