@@ -313,7 +313,8 @@ fn start_daemon(
 /// What the daemon prints on its stdout once the share is mounted.
 const DAEMON_READY: &str = "ready";
 
-/// Ends with the wrapped stream: `ended` is notified when a read reaches EOF or fails.
+/// Ends with the wrapped stream: `ended` is notified when a read reaches EOF or fails, or
+/// when the stream is dropped.
 struct EndNotify<R> {
     inner: R,
     ended: Arc<tokio::sync::Notify>,
@@ -335,6 +336,14 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EndNotify<R> {
             _ => {}
         }
         poll
+    }
+}
+
+// The SFTP session's task can end on a failed write (the relay gone: EPIPE) before it reads
+// EOF; it drops the stream then, and that ends the session as surely as an EOF does.
+impl<R> Drop for EndNotify<R> {
+    fn drop(&mut self) {
+        self.ended.notify_one()
     }
 }
 
