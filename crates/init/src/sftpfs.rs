@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{Read as _, Write as _};
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,10 +67,12 @@ pub enum SftpMountError {
         source: std::io::Error,
     },
     /// The daemon holding the mount could not be reached or spoken to.
-    #[error("cannot reach the daemon of the share on {path}")]
+    #[error("cannot reach the daemon of the share on {path} (control socket {})", socket.display())]
     Control {
         /// The guest path.
         path: PathBuf,
+        /// Its control socket (the starter lock sits beside it).
+        socket: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -154,32 +156,66 @@ pub fn run(
     control: &Path,
     idle_exit: Duration,
 ) -> Result<(), SftpMountError> {
+    run_waiting(path, read_only, control, idle_exit, CONTROL_WAIT)
+}
+
+/// How long a starter waits for the starter lock, for the daemon's answer on the control
+/// socket and for a daemon it started to mount: a hung starter or daemon must not keep the
+/// share's channel (and every later one) waiting forever.
+pub const CONTROL_WAIT: Duration = Duration::from_secs(30);
+
+/// [`run`], waiting at most `wait` for each step before the relay.
+#[doc(hidden)]
+pub fn run_waiting(
+    path: &Path,
+    read_only: bool,
+    control: &Path,
+    idle_exit: Duration,
+    wait: Duration,
+) -> Result<(), SftpMountError> {
     let socket = control_socket(control, path);
     let control_error = |source| SftpMountError::Control {
         path: path.to_owned(),
+        socket: socket.clone(),
         source,
     };
     // One starter at a time per path: two channels racing here would start two daemons, the
     // second detaching the first's mount. Held until the daemon answers this channel.
-    let starting = lock_starter(control, path).map_err(control_error)?;
+    let starting = lock_starter(control, path, wait).map_err(control_error)?;
     let mut attempts = 0;
     let conn = loop {
         attempts += 1;
         let mut conn = match std::os::unix::net::UnixStream::connect(&socket) {
             Ok(conn) => conn,
             Err(_) if attempts <= 2 => {
-                start_daemon(path, read_only, control, idle_exit)?;
+                start_daemon(path, read_only, control, idle_exit, wait)?;
                 continue;
             }
             Err(source) => return Err(control_error(source)),
         };
         let mode = if read_only { "ro" } else { "rw" };
         let header = format!("{mode} {}\n", path.display());
+        conn.set_read_timeout(Some(wait)).map_err(control_error)?;
         conn.write_all(header.as_bytes()).map_err(control_error)?;
         let mut answer = [0u8; 1];
-        conn.read_exact(&mut answer).map_err(control_error)?;
+        conn.read_exact(&mut answer).map_err(|err| {
+            control_error(
+                if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                    std::io::Error::new(
+                        ErrorKind::TimedOut,
+                        format!("the daemon did not answer within {} s", wait.as_secs_f32()),
+                    )
+                } else {
+                    err
+                },
+            )
+        })?;
         match answer[0] {
-            ACCEPTED => break conn,
+            ACCEPTED => {
+                // The relay waits on the daemon as long as the session lasts.
+                conn.set_read_timeout(None).map_err(control_error)?;
+                break conn;
+            }
             OTHER_PATH => {
                 return Err(control_error(std::io::Error::other(format!(
                     "the daemon listening on {} serves another path",
@@ -204,22 +240,56 @@ pub fn run(
 }
 
 /// Takes the exclusive lock that lets one `sftp-mount` at a time find or start the daemon of
-/// `path` (`<control>/<hash>.lock`, beside its socket), waiting for a starter before us.
-fn lock_starter(control: &Path, path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+/// `path` (`<control>/<hash>.lock`, beside its socket), waiting up to `wait` for a starter
+/// before us.
+#[doc(hidden)]
+pub fn lock_starter(
+    control: &Path,
+    path: &Path,
+    wait: Duration,
+) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(control)?;
-    let file = std::fs::OpenOptions::new()
+    let lock_path = control_socket(control, path).with_extension("lock");
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(control_socket(control, path).with_extension("lock"))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| std::io::Error::from(errno))
+        .open(&lock_path)
+        .map_err(|err| {
+            std::io::Error::new(err.kind(), format!("{}: {err}", lock_path.display()))
+        })?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = back;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    format!(
+                        "another sftp-mount held the starter lock {} for {} s",
+                        lock_path.display(),
+                        wait.as_secs_f32()
+                    ),
+                ))
+            }
+            Err((_, errno)) => {
+                return Err(std::io::Error::new(
+                    std::io::Error::from(errno).kind(),
+                    format!("cannot lock {}: {errno}", lock_path.display()),
+                ))
+            }
+        }
+    }
 }
 
 /// Copies stdin to `conn` and `conn` to stdout until either ends; returns once stdin has
@@ -272,6 +342,7 @@ fn start_daemon(
     read_only: bool,
     control: &Path,
     idle_exit: Duration,
+    wait: Duration,
 ) -> Result<(), SftpMountError> {
     use std::os::unix::process::CommandExt;
     let daemon_error = |source| SftpMountError::Daemon {
@@ -296,10 +367,38 @@ fn start_daemon(
         .stderr(std::process::Stdio::inherit())
         .process_group(0);
     let mut child = command.spawn().map_err(daemon_error)?;
-    let mut ready = String::new();
+    // Its stdout ends once it has mounted (or died); a mount that hangs must not keep this
+    // channel forever: the reader runs on a thread and is given up on after `wait`.
+    let (tx, rx) = std::sync::mpsc::channel();
     if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut ready);
+        std::thread::spawn(move || {
+            let mut ready = String::new();
+            let _ = out.read_to_string(&mut ready);
+            let _ = tx.send(ready);
+        });
     }
+    let ready = match rx.recv_timeout(wait) {
+        Ok(ready) => ready,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => String::new(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            // Its own group (process_group(0) above): it and whatever it started.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait();
+            return Err(daemon_error(std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "the share's daemon did not mount within {} s (control socket {})",
+                    wait.as_secs_f32(),
+                    control_socket(control, path).display()
+                ),
+            )));
+        }
+    };
     if ready.trim() == DAEMON_READY {
         // It lives on alone; init (PID 1) reaps it.
         return Ok(());
@@ -1450,6 +1549,51 @@ impl Filesystem for SftpFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A starter holding the lock forever does not keep the next one waiting forever; the
+    /// error names the lock.
+    #[test]
+    fn a_held_starter_lock_is_given_up_on_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control");
+        let path = Path::new("/mnt/share");
+        let held = lock_starter(&control, path, Duration::ZERO).unwrap();
+        let started = std::time::Instant::now();
+        let err = lock_starter(&control, path, Duration::from_millis(300)).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let lock = control_socket(&control, path).with_extension("lock");
+        assert!(
+            err.to_string().contains(&lock.display().to_string()),
+            "{err}"
+        );
+        drop(held);
+        lock_starter(&control, path, Duration::ZERO).unwrap();
+    }
+
+    /// A daemon that accepts the connection and never answers does not keep the starter
+    /// forever; the error names the control socket.
+    #[test]
+    fn a_daemon_that_never_answers_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control");
+        let path = Path::new("/mnt/share");
+        std::fs::create_dir(&control).unwrap();
+        let socket = control_socket(&control, path);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let mute = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+        let err = run_waiting(
+            path,
+            false,
+            &control,
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        let text = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(text.contains(&socket.display().to_string()), "{text}");
+        assert!(text.contains("did not answer"), "{text}");
+        drop(mute.join());
+    }
 
     #[test]
     fn renames_move_every_inode_below() {

@@ -466,7 +466,8 @@ const HANGUP_GRACE: Duration = Duration::from_secs(5);
 /// process `group`, then, after `grace`, SIGKILL to whatever of the group is still there (a
 /// job that ignores SIGHUP and keeps the output pipes open would otherwise hold the channel
 /// for ever). Returns the command's status (`exited` if it was already reaped) once the
-/// output pumps are done.
+/// output pumps are done, or [`KILLED_DRAIN`] after the SIGKILL: a process outside the group
+/// (one that called `setsid`) may hold the pipes for ever.
 async fn hang_up(
     child: &mut tokio::process::Child,
     group: Option<nix::unistd::Pid>,
@@ -474,9 +475,10 @@ async fn hang_up(
     pumps: &mut tokio::task::JoinSet<()>,
     grace: Duration,
 ) -> std::io::Result<std::process::ExitStatus> {
-    use nix::sys::signal::{killpg, Signal};
+    use nix::sys::signal::Signal;
+    let leader_start = group.and_then(start_time);
     if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGHUP);
+        signal_own_group(child, group, leader_start, Signal::SIGHUP);
     }
     let ended = tokio::time::timeout(grace, async {
         let status = match exited {
@@ -490,16 +492,99 @@ async fn hang_up(
     if let Ok(status) = ended {
         return status;
     }
+    // Checked again: the leader may have been reaped during the grace period.
     if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGKILL);
+        signal_own_group(child, group, leader_start, Signal::SIGKILL);
     }
     let _ = child.start_kill();
     let status = match exited {
         Some(status) => status,
         None => child.wait().await?,
     };
-    while pumps.join_next().await.is_some() {}
+    if tokio::time::timeout(KILLED_DRAIN, async {
+        while pumps.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        pumps.abort_all();
+    }
     Ok(status)
+}
+
+/// How long the output pumps may go on after the SIGKILL of a closed channel's group.
+const KILLED_DRAIN: Duration = Duration::from_secs(1);
+
+/// Sends `signal` to the process group the channel's command leads (pid = pgid), never to
+/// another's. While `child` is not reaped its pid, hence the group's number, cannot be reused,
+/// so the whole group is signalled. Once it is reaped, the number stays reserved while any
+/// member lives, but an emptied group's number may have gone to a new process (another
+/// channel's shell): then a process with pid == `group` exists, and is not ours (ours was
+/// reaped), so nothing is signalled; otherwise only the members found in /proc with that
+/// group and started no earlier than our leader (`leader_start`) are.
+fn signal_own_group(
+    child: &mut tokio::process::Child,
+    group: nix::unistd::Pid,
+    leader_start: Option<u64>,
+    signal: nix::sys::signal::Signal,
+) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = nix::sys::signal::killpg(group, signal);
+        return;
+    }
+    for pid in reaped_group_members(group, leader_start) {
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+}
+
+/// The members of the group `group` whose leader has been reaped, by /proc: none if a
+/// process with pid == `group` exists (a new process took the number), else those whose
+/// process group is `group` and that started at or after `leader_start` (clock ticks since
+/// boot, as /proc/PID/stat's field 22).
+fn reaped_group_members(
+    group: nix::unistd::Pid,
+    leader_start: Option<u64>,
+) -> Vec<nix::unistd::Pid> {
+    if std::path::Path::new(&format!("/proc/{group}")).exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut members = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let Some((pgrp, start)) = stat_fields(pid) else {
+            continue;
+        };
+        if pgrp == group.as_raw() && leader_start.is_none_or(|ours| start >= ours) {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// A process's start time (clock ticks since boot).
+fn start_time(pid: nix::unistd::Pid) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// A process's group and start time, from /proc/PID/stat (fields 5 and 22; the command name,
+/// field 2, may hold spaces and parentheses, so the fields are counted after its last `)`).
+fn stat_fields(pid: nix::unistd::Pid) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 fn signal_group(pid: Option<u32>, sig: &Sig) {
@@ -635,6 +720,77 @@ async fn write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A closed channel whose output is held by a process outside the group (it called
+    /// `setsid`) ends shortly after the SIGKILL rather than never.
+    #[tokio::test]
+    async fn pipes_held_outside_the_group_do_not_hold_the_channel_after_the_kill() {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "trap '' HUP; exec sleep 30"])
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+        let mut pumps = tokio::task::JoinSet::new();
+        pumps.spawn(std::future::pending::<()>());
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            hang_up(
+                &mut child,
+                group,
+                None,
+                &mut pumps,
+                Duration::from_millis(100),
+            ),
+        )
+        .await
+        .expect("hang_up returned")
+        .unwrap();
+        assert!(!status.success());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(pumps.is_empty() || pumps.join_next().await.is_some_and(|r| r.is_err()));
+    }
+
+    /// Once the leader is reaped, a process whose pid is the group's number is a new one (the
+    /// number was reused): it is left alone. Members of our group still there are found.
+    #[tokio::test]
+    async fn a_reaped_leader_s_group_number_reused_is_left_alone() {
+        use tokio::io::AsyncReadExt as _;
+        // A new group leader standing for a process that took the number.
+        let mut other = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let number = nix::unistd::Pid::from_raw(other.id().unwrap() as i32);
+        assert!(reaped_group_members(number, None).is_empty());
+        // Our leader reaped, its background job still in the group.
+        let mut ours = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = nix::unistd::Pid::from_raw(ours.id().unwrap() as i32);
+        let start = start_time(group);
+        let mut out = String::new();
+        ours.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        ours.wait().await.unwrap();
+        let job = nix::unistd::Pid::from_raw(out.trim().parse().unwrap());
+        assert_eq!(reaped_group_members(group, start), vec![job]);
+        signal_own_group(&mut ours, group, start, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(job, None);
+        other.start_kill().unwrap();
+        let _ = other.wait().await;
+    }
 
     #[test]
     fn exec_runs_through_sh_c_and_shell_is_a_login_shell() {

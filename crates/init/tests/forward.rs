@@ -819,12 +819,31 @@ async fn two_channels_racing_for_one_path_share_one_daemon() {
     let guest = tmp.path().join("guest");
     let control = tmp.path().join("control");
     let _mount = Unmount(guest.clone());
-    // Both starters find no daemon and would each start one.
-    let (a, b) = tokio::join!(
-        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
-        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
-    );
     let needle = control.to_string_lossy().into_owned();
+    // The test holds the starter lock until both starters wait on it, so that both find no
+    // daemon and would each start one (without the lock they did, every time).
+    let held = rmachine_init::sftpfs::lock_starter(&control, &guest, Duration::ZERO)
+        .expect("the starter lock");
+    let release = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while processes_with(&needle).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the starters never ran: {:?}",
+                processes_with(&needle)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Both are at (or a few instructions from) the lock.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(serve_daemons(&needle), 0, "a daemon started under the lock");
+        drop(held);
+    };
+    let (a, b, ()) = tokio::join!(
+        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
+        serve_sftp_share(&ssh, &host, &guest, false, &control, 600),
+        release,
+    );
     assert_eq!(serve_daemons(&needle), 1, "{:?}", processes_with(&needle));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let ours = format!(" {} ", guest.display());

@@ -71,7 +71,8 @@ wait_mounted() { # machine folder
   exit 1
 }
 
-for transport in ${TRANSPORTS:-virtiofs 9p sftp}; do
+list=${TRANSPORTS:-virtiofs 9p sftp}
+for transport in $list; do
   name="bench-$transport"
   extra=()
   [ "$transport" != virtiofs ] && extra=(--qemu-share-transport "$transport")
@@ -83,7 +84,7 @@ for transport in ${TRANSPORTS:-virtiofs 9p sftp}; do
   wait_mounted "$name" "$SHARE"
   printf '%-10s %10s %10s %10s %10s\n' "$transport" $(run_in "$name" "$SHARE")
   # The machine's own disk, in the first machine of the run.
-  if [ "$transport" = "${TRANSPORTS:-virtiofs}" ] || [ "$transport" = "${TRANSPORTS%% *}" ]; then
+  if [ "$transport" = "${list%% *}" ]; then
     printf '%-10s %10s %10s %10s %10s\n' "data disk" $(run_in "$name" /mnt/data)
   fi
   "$RMACHINE" rm -f "$name" >/dev/null

@@ -263,6 +263,50 @@ fn a_second_engine_on_the_same_data_root_refuses_naming_the_first() -> Result<()
     Ok(())
 }
 
+/// Two engines with their own data roots and one exec root (the default `/var/run/
+/// rmachine-engine` for both): the second would empty the first's exec specs at start.
+#[test]
+fn a_second_engine_on_the_same_exec_root_refuses_and_the_first_s_execs_work() -> Result<()> {
+    let Some(engine) = Engine::with_busybox()? else {
+        return Ok(());
+    };
+    engine
+        .docker(&["run", "-d", "--name", "kept", "busybox", "sleep", "1000"])?
+        .ok()?;
+    let other_socket = engine.dir().join("other.sock");
+    let exec_root = engine.dir().join("exec-root");
+    let second = Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(rmachine_tests_engine::binary("rmachine-engine")?)
+        .arg("--data-root")
+        .arg(engine.dir().join("other-data"))
+        .arg("--exec-root")
+        .arg(&exec_root)
+        .arg("-H")
+        .arg(format!("unix://{}", other_socket.display()))
+        .arg("--runtime")
+        .arg(rmachine_tests_engine::binary("rmachine-runtime")?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = output_within(second, Duration::from_secs(20))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second engine started: {stderr}");
+    let pid = engine.pid().context("engine not running")?;
+    assert!(
+        stderr.contains(&format!(
+            "exec root {} is in use by another engine (pid {pid})",
+            exec_root.display()
+        )),
+        "{stderr}"
+    );
+    let run = engine.docker(&["exec", "kept", "echo", "still"])?;
+    assert_eq!(run.ok()?.stdout.trim(), "still");
+    Ok(())
+}
+
 #[test]
 fn a_socket_another_engine_serves_is_not_taken_over() -> Result<()> {
     if !require_root() {

@@ -116,6 +116,29 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), LaunchError> {
         })
 }
 
+/// As [`write_atomic`], readable by the engine only (mode 0600): an exec spec carries the
+/// exec's environment (`docker exec -e`), which may hold secrets.
+pub fn write_private(path: &Path, content: &[u8]) -> Result<(), LaunchError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(content))
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            LaunchError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+}
+
 /// Builds `/etc/resolv.conf` for a container from the host's: loopback name servers cannot be
 /// reached from the container's network namespace, so they are dropped, and with none left
 /// Docker's defaults (Google's public DNS) are used.
@@ -662,6 +685,26 @@ pub fn exit_code(status: ExitStatus) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Exec specs carry `docker exec -e` values: 0600 whatever the umask, also over a stale
+    /// temp file of a more open mode.
+    #[test]
+    fn private_writes_are_for_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exec-1.json");
+        fs::write(path.with_extension("tmp"), b"stale").unwrap();
+        fs::set_permissions(
+            path.with_extension("tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        write_private(&path, b"{\"env\":[\"TOKEN=x\"]}").unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"{\"env\":[\"TOKEN=x\"]}");
+        assert!(!path.with_extension("tmp").exists());
+    }
 
     #[test]
     fn the_init_layer_holds_dockers_files_and_goes_on_top() {

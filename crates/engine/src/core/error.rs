@@ -196,6 +196,9 @@ pub enum EngineError {
         /// The container id.
         id: String,
     },
+    /// The exec root is another engine's (or its lock cannot be taken).
+    #[error(transparent)]
+    ExecRootLock(#[from] crate::daemon::lock::LockError),
     /// Copying files to or from a container failed.
     #[error(transparent)]
     Archive(#[from] crate::container::archive::ArchiveError),

@@ -199,7 +199,7 @@ impl Engine {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        launch::write_atomic(&path, &bytes).map_err(|source| EngineError::Launch {
+        launch::write_private(&path, &bytes).map_err(|source| EngineError::Launch {
             id: c.id.clone(),
             source,
         })?;

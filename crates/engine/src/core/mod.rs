@@ -26,6 +26,7 @@
 //!   of a container (decided at create, made at start).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -88,7 +89,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct EngineConfig {
     /// `--data-root`.
     pub data_root: PathBuf,
-    /// `--exec-root`: state that need not survive a reboot (see [`Engine::exec_dir`]).
+    /// `--exec-root`: state that need not survive a reboot (exec specs, under `execs/`; see [`exec_dir`]).
     pub exec_root: PathBuf,
     /// The runtime binary.
     pub runtime: PathBuf,
@@ -134,6 +135,9 @@ struct Inner {
     /// container's volumes until it is in the table: a volume is never deleted under a
     /// container being created.
     volume_uses: Mutex<()>,
+    /// The exec root's lock ([`crate::daemon::lock::lock_exec_root`]), held for the engine's
+    /// life: no other engine empties its exec specs.
+    _exec_root_lock: crate::daemon::lock::DataRootLock,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -203,12 +207,26 @@ impl Engine {
             crate::state::modes::PRIVATE_DIR,
         );
         crate::state::modes::secure(&config.data_root);
+        // The exec root is created private if missing; an existing one (`--exec-root /run`)
+        // keeps its mode: only the engine's own `execs` directory is made private.
+        if !config.exec_root.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::state::modes::PRIVATE_DIR)
+                .create(&config.exec_root)
+                .map_err(io_err(&config.exec_root))?;
+        }
+        // Another engine with the same exec root (the default one, another --data-root)
+        // would have its execs' specs removed below: refuse instead.
+        let exec_root_lock = crate::daemon::lock::lock_exec_root(&config.exec_root)?;
         // Exec specs live only while their runtime starts; what a killed engine left there
         // is stale (a reboot empties the tmpfs anyway).
         let exec_dir = exec_dir(&config.exec_root);
         let _ = std::fs::remove_dir_all(&exec_dir);
-        std::fs::create_dir_all(&exec_dir).map_err(io_err(&exec_dir))?;
-        crate::state::modes::ensure_dir(&config.exec_root, crate::state::modes::PRIVATE_DIR);
+        std::fs::DirBuilder::new()
+            .mode(crate::state::modes::PRIVATE_DIR)
+            .create(&exec_dir)
+            .map_err(io_err(&exec_dir))?;
         crate::state::modes::ensure_dir(&exec_dir, crate::state::modes::PRIVATE_DIR);
         let engine_id = engine_id(&config.data_root);
         // Monitors, cgroups, directories and spools of a previous engine (crate::recovery).
@@ -267,6 +285,7 @@ impl Engine {
                 execs: exec::ExecTable::default(),
                 restarts: restart::RestartManager::default(),
                 volume_uses: Mutex::new(()),
+                _exec_root_lock: exec_root_lock,
             }),
         };
         for points in &dropped_mounts {
@@ -405,14 +424,14 @@ fn new_id() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// A random id kept in `<data-root>/engine-id`, shown as `ID` by `/info`. One that cannot be
-/// saved (a full disk) is used for this run only: the engine must start anyway.
 /// Where exec specs are written for the runtime: under the exec root, off the data disk, so
 /// that `docker exec` still starts when the data disk is full.
 pub(crate) fn exec_dir(exec_root: &Path) -> PathBuf {
     exec_root.join("execs")
 }
 
+/// A random id kept in `<data-root>/engine-id`, shown as `ID` by `/info`. One that cannot be
+/// saved (a full disk) is used for this run only: the engine must start anyway.
 fn engine_id(data_root: &Path) -> String {
     let path = data_root.join("engine-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
@@ -439,6 +458,59 @@ fn engine_id(data_root: &Path) -> String {
 mod tests {
     use super::*;
     use crate::state::{ContainerConfig, ContainerState, HostConfig};
+
+    fn open_with(data_root: &Path, exec_root: &Path) -> Result<Engine, EngineError> {
+        Engine::open(EngineConfig {
+            data_root: data_root.to_path_buf(),
+            exec_root: exec_root.to_path_buf(),
+            runtime: PathBuf::from("/nonexistent/rmachine-runtime"),
+            labels: vec![],
+            registry: Default::default(),
+            debug: false,
+        })
+    }
+
+    /// Two engines with their own data roots and one exec root (the default): the second
+    /// would empty the first's exec specs, so it refuses, naming the exec root.
+    #[test]
+    fn a_second_engine_on_one_exec_root_refuses_and_leaves_the_first_s_execs() {
+        let (a, b, run) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let exec_root = run.path().join("rmachine-engine");
+        let first = open_with(a.path(), &exec_root).unwrap();
+        let spec = exec_dir(&exec_root).join("exec-1.json");
+        std::fs::write(&spec, b"{}").unwrap();
+        let err = open_with(b.path(), &exec_root).unwrap_err().to_string();
+        assert!(
+            err.contains(&exec_root.display().to_string())
+                && err.contains("another engine")
+                && err.contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        assert!(spec.exists(), "the first engine's exec spec was removed");
+        drop(first);
+        open_with(b.path(), &exec_root).unwrap();
+    }
+
+    /// An exec root that exists keeps its mode (`--exec-root /run` must not lock down /run);
+    /// one the engine creates, and its `execs` directory, are private.
+    #[test]
+    fn an_existing_exec_root_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let (data, run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let engine = open_with(data.path(), run.path()).unwrap();
+        assert_eq!(mode(run.path()), 0o755);
+        assert_eq!(mode(&exec_dir(run.path())), 0o700);
+        drop(engine);
+        let created = run.path().join("new/exec-root");
+        let _engine = open_with(data.path(), &created).unwrap();
+        assert_eq!((mode(&created), mode(&exec_dir(&created))), (0o700, 0o700));
+    }
 
     pub(super) fn record(
         id: &str,

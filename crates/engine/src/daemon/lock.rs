@@ -17,6 +17,11 @@ use tracing::warn;
 /// File name of the lock inside the data root.
 pub const LOCK_FILE: &str = "engine.pid";
 
+/// File name of the lock inside the exec root (`--exec-root`): the engine empties the exec
+/// root's `execs` directory when it starts, which would break the running execs of another
+/// engine given the same exec root (the default one, with another `--data-root`).
+pub const EXEC_ROOT_LOCK_FILE: &str = "engine.lock";
+
 /// Why the data root could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -25,6 +30,14 @@ pub enum LockError {
     Held {
         /// The data root.
         data_root: PathBuf,
+        /// The holder's PID as it wrote it, or `unknown`.
+        holder: String,
+    },
+    /// Another engine holds the exec root's lock.
+    #[error("exec root {exec_root} is in use by another engine (pid {holder}); pass another --exec-root")]
+    ExecRootHeld {
+        /// The exec root.
+        exec_root: PathBuf,
         /// The holder's PID as it wrote it, or `unknown`.
         holder: String,
     },
@@ -39,7 +52,7 @@ pub enum LockError {
     },
 }
 
-/// The held lock; dropping it releases the data root.
+/// The held lock; dropping it releases the data root (or the exec root).
 #[derive(Debug)]
 pub struct DataRootLock {
     _lock: Flock<File>,
@@ -47,10 +60,41 @@ pub struct DataRootLock {
 
 /// Takes the data root's lock, or says which engine holds it.
 pub fn lock(data_root: &Path) -> Result<DataRootLock, LockError> {
-    let path = data_root.join(LOCK_FILE);
-    let io = |source| LockError::Io {
-        path: path.clone(),
-        source,
+    take(data_root, LOCK_FILE).map_err(|held| match held {
+        Taken::Held(holder) => LockError::Held {
+            data_root: data_root.to_path_buf(),
+            holder,
+        },
+        Taken::Failed(err) => err,
+    })
+}
+
+/// Takes the exec root's lock (held for the engine's life), or says which engine holds it.
+pub fn lock_exec_root(exec_root: &Path) -> Result<DataRootLock, LockError> {
+    take(exec_root, EXEC_ROOT_LOCK_FILE).map_err(|held| match held {
+        Taken::Held(holder) => LockError::ExecRootHeld {
+            exec_root: exec_root.to_path_buf(),
+            holder,
+        },
+        Taken::Failed(err) => err,
+    })
+}
+
+/// Why [`take`] did not take a lock.
+enum Taken {
+    /// Another process holds it; its PID as it wrote it, or `unknown`.
+    Held(String),
+    /// The lock file could not be opened or locked.
+    Failed(LockError),
+}
+
+fn take(dir: &Path, file_name: &str) -> Result<DataRootLock, Taken> {
+    let path = dir.join(file_name);
+    let io = |source| {
+        Taken::Failed(LockError::Io {
+            path: path.clone(),
+            source,
+        })
     };
     let file = OpenOptions::new()
         .read(true)
@@ -67,14 +111,11 @@ pub fn lock(data_root: &Path) -> Result<DataRootLock, LockError> {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
-            return Err(LockError::Held {
-                data_root: data_root.to_path_buf(),
-                holder: if holder.is_empty() {
-                    "unknown".into()
-                } else {
-                    holder.to_string()
-                },
-            });
+            return Err(Taken::Held(if holder.is_empty() {
+                "unknown".into()
+            } else {
+                holder.to_string()
+            }));
         }
         Err((_, errno)) => return Err(io(errno.into())),
     };
