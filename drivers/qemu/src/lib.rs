@@ -1061,6 +1061,8 @@ impl QemuDriver {
             channel: "qmp",
             message: format!("query-version answered {answer}"),
         })?;
+        // Taken while that QEMU runs (its /proc entry and pidfile are gone after `quit`).
+        let qemu_binary = resume::binary_of_running_qemu(&self.program(), pid, &dir.file(PIDFILE));
         // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
         qmp.execute(
             "migrate-set-parameters",
@@ -1118,10 +1120,7 @@ impl QemuDriver {
             .and_then(|data_disk| {
                 SavedVm {
                     qemu_version,
-                    qemu_binary: resume::binary_of_running_qemu(
-                        &self.program(),
-                        &dir.file(PIDFILE),
-                    ),
+                    qemu_binary,
                     argv,
                     tsc_khz,
                     boot_files,
@@ -1287,7 +1286,7 @@ impl QemuDriver {
             Err(err) => return Ok(Some(format!("the guest image is unreadable: {err}"))),
         };
         let binary =
-            resume::find_program(&self.program()).and_then(|p| resume::FileStamp::of(&p).ok());
+            resume::find_program(&self.program()).and_then(|p| resume::BinaryStamp::of(&p).ok());
         let qemu_version = match &saved.qemu_binary {
             Some(stamp) if binary.as_ref() == Some(stamp) => saved.qemu_version.clone(),
             _ => self.qemu_version().await?,
