@@ -24,6 +24,28 @@ pub fn find_port(class_dir: &Path, name: &str) -> Option<PathBuf> {
         .map(|e| Path::new("/dev").join(e.file_name()))
 }
 
+/// How long [`watch`] looks for the port: virtio-serial ports (and their `name`) appear after
+/// the module has loaded, through the driver's work queue and the host's control messages.
+pub const FIND_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`find_port`], retried with a growing pause (10 ms doubling up to 1 s) until `total` has
+/// gone by; `None` if the port did not appear.
+pub fn wait_for_port(class_dir: &Path, name: &str, total: std::time::Duration) -> Option<PathBuf> {
+    let began = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        if let Some(device) = find_port(class_dir, name) {
+            return Some(device);
+        }
+        let left = total.checked_sub(began.elapsed())?;
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
 /// A request read from the port.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
@@ -60,10 +82,24 @@ pub fn parse(line: &str) -> Result<Request, String> {
 
 /// Answers the requests of the port at `device` until it cannot be read.
 fn serve(device: &Path) -> std::io::Result<()> {
-    let port = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device)
+    };
+    // The device node is made just after the port's sysfs entry.
+    let mut port = open();
+    for _ in 0..10 {
+        match &port {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                port = open();
+            }
+            _ => break,
+        }
+    }
+    let port = port?;
     let mut answers = port.try_clone()?;
     let mut lines = BufReader::new(port);
     let mut line = String::new();
@@ -104,15 +140,20 @@ fn serve(device: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Serves the clock port on a thread of its own, if the VM has one.
+/// Serves the clock port on a thread of its own, if the VM has one (looked for during
+/// [`FIND_FOR`]: the port shows up a moment after its module loaded).
 pub fn watch() {
-    let Some(device) = find_port(Path::new("/sys/class/virtio-ports"), PORT_NAME) else {
-        tracing::debug!("clock port: none (the host sets the clock over SSH after a resume)");
-        return;
-    };
     let spawned = std::thread::Builder::new()
         .name("clock-port".to_owned())
         .spawn(move || {
+            let Some(device) =
+                wait_for_port(Path::new("/sys/class/virtio-ports"), PORT_NAME, FIND_FOR)
+            else {
+                tracing::debug!(
+                    "clock port: none (the host sets the clock over SSH after a resume)"
+                );
+                return;
+            };
             tracing::info!("clock port: serving {}", device.display());
             if let Err(err) = serve(&device) {
                 tracing::warn!("clock port {}: {err}", device.display());
@@ -160,5 +201,27 @@ mod tests {
             Some(PathBuf::from("/dev/vport1p1"))
         );
         assert_eq!(find_port(tmp.path(), "missing"), None);
+    }
+
+    #[test]
+    fn a_port_named_after_the_first_look_is_still_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = tmp.path().join("vport2p1");
+        std::fs::create_dir(&port).unwrap();
+        // The port exists before its name arrives from the host (an empty `name`).
+        std::fs::write(port.join("name"), "").unwrap();
+        let named = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::fs::write(port.join("name"), format!("{PORT_NAME}\n")).unwrap();
+        });
+        let found = wait_for_port(tmp.path(), PORT_NAME, std::time::Duration::from_secs(5));
+        named.join().unwrap();
+        assert_eq!(found, Some(PathBuf::from("/dev/vport2p1")));
+        let began = std::time::Instant::now();
+        assert_eq!(
+            wait_for_port(tmp.path(), "missing", std::time::Duration::from_millis(200)),
+            None
+        );
+        assert!(began.elapsed() < std::time::Duration::from_secs(2));
     }
 }
