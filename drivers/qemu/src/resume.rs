@@ -138,11 +138,14 @@ pub fn version_line(answer: &serde_json::Value) -> Option<String> {
         number("minor")?,
         number("micro")?
     );
-    match answer
-        .get("package")
-        .and_then(|p| p.as_str())
-        .map(str::trim)
-    {
+    match answer.get("package").and_then(|p| p.as_str()).map(|p| {
+        // Some builds' package string already carries the parentheses.
+        let p = p.trim();
+        p.strip_prefix('(')
+            .and_then(|p| p.strip_suffix(')'))
+            .unwrap_or(p)
+            .trim()
+    }) {
         Some(package) if !package.is_empty() => line.push_str(&format!(" ({package})")),
         _ => {}
     }
@@ -412,6 +415,11 @@ mod tests {
         assert_eq!(
             version_line(&plain).as_deref(),
             Some("QEMU emulator version 8.2.0")
+        );
+        let wrapped = serde_json::json!({"qemu": {"micro": 1, "minor": 0, "major": 9}, "package": " (v9.0.1) "});
+        assert_eq!(
+            version_line(&wrapped).as_deref(),
+            Some("QEMU emulator version 9.0.1 (v9.0.1)")
         );
         assert_eq!(version_line(&serde_json::json!({"package": "x"})), None);
     }
