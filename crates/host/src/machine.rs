@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{
-    BootImage, Driver, DriverError, GuestPorts, MachineDir, Resume, ShareTransport, StopMode,
-    VmSpec, VmState,
+    BootImage, Driver, DriverError, GuestClock, GuestPorts, MachineDir, Resume, ShareTransport,
+    StopMode, VmSpec, VmState,
 };
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
@@ -1578,17 +1578,14 @@ async fn start_with(
             .await
             .map_err(driver_err(name, "resume the VM"))?;
         match resumed {
-            Resume::Resumed { clock_set } => {
+            Resume::Resumed => {
                 clock.mark(HostStage::VmRunning);
                 return after_resume(
                     store,
                     &driver,
                     &dir,
                     &mut config,
-                    ResumedVm {
-                        clock_set,
-                        timeline: clock,
-                    },
+                    ResumedVm { timeline: clock },
                     timeout,
                     progress,
                 )
@@ -1643,8 +1640,6 @@ fn save_refusal(
 
 /// What [`after_resume`] is told about the resume the driver did.
 struct ResumedVm {
-    /// The driver set the guest's clock (else it is set over SSH).
-    clock_set: bool,
     /// The host's stages so far.
     timeline: HostClock,
 }
@@ -1661,10 +1656,7 @@ async fn after_resume<D: Driver>(
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
-    let ResumedVm {
-        clock_set,
-        mut timeline,
-    } = resumed;
+    let ResumedVm { mut timeline } = resumed;
     let name = dir.name.clone();
     let endpoints = driver
         .endpoints(dir)
@@ -1681,8 +1673,10 @@ async fn after_resume<D: Driver>(
     timeline.mark(HostStage::FirstProbe);
     let (clock, engine, cleaned) = tokio::join!(
         async {
-            if clock_set {
-                return Ok(());
+            match driver.set_clock_after_resume(dir).await {
+                GuestClock::Set => return Ok(()),
+                GuestClock::NotSet { reason } => return Err(reason),
+                GuestClock::LeftToHost => {}
             }
             let set = set_guest_clock(
                 endpoints.ssh,
@@ -1721,7 +1715,10 @@ async fn after_resume<D: Driver>(
         guest: Vec::new(),
         host: timeline.marks,
     });
-    store.save(config)?;
+    // The machine runs and answers: a timeline that could not be kept does not fail `start`.
+    if let Err(err) = store.save(config) {
+        tracing::warn!(machine = %name, "the resume's timeline was not saved: {}", error_chain(&err));
+    }
     progress(Progress::EngineReady);
     Ok(())
 }

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Resume,
-    Share, ShareTransport, StopMode, VmSpec, VmState,
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestClock, GuestNetwork, MachineDir,
+    Resume, Share, ShareTransport, StopMode, VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -1239,9 +1239,7 @@ impl QemuDriver {
             None => self.load_saved(dir, spec).await?,
         };
         Ok(match why {
-            None => Resume::Resumed {
-                clock_set: self.set_clock_after_resume(dir).await,
-            },
+            None => Resume::Resumed,
             Some(reason) => {
                 resume::discard(dir)
                     .map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
@@ -1408,27 +1406,65 @@ impl QemuDriver {
         Ok(None)
     }
 
-    /// Right after `cont`: sets the guest's clock through its clock port; false (logged) when
-    /// that did not work, and the host sets it over SSH instead.
+    /// Right after `cont`: sets the guest's clock through its clock port if the guest has the
+    /// port open (QMP `query-chardev`'s `frontend-open`), waiting for its answer as long as
+    /// [`clock::OPEN_PORT_TIMEOUT`]; left to the host (SSH) only if the port is not open, as
+    /// then no request is written that the guest could apply late.
     #[cfg_attr(not(unix), allow(unused_variables))]
-    async fn set_clock_after_resume(&self, dir: &MachineDir) -> bool {
+    async fn set_clock_after_resume_inner(&self, dir: &MachineDir) -> GuestClock {
         if !self.has_clock_port() {
-            return false;
+            return GuestClock::LeftToHost;
         }
         #[cfg(unix)]
         {
             let began = Instant::now();
-            match clock::set_guest_clock(dir.path()).await {
-                Ok(answer) => {
-                    tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "guest clock set through the clock port ({answer})");
-                    return true;
+            match self.clock_port_open(dir).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(machine = %dir.name, "the guest has not opened its clock port: the host sets the clock over SSH");
+                    return GuestClock::LeftToHost;
                 }
                 Err(err) => {
-                    tracing::info!(machine = %dir.name, "guest clock not set through the clock port: {}", error_chain(&err));
+                    tracing::info!(machine = %dir.name, "clock port state unknown ({}): the host sets the clock over SSH", error_chain(&err));
+                    return GuestClock::LeftToHost;
                 }
             }
+            return match clock::set_guest_clock(dir.path(), clock::OPEN_PORT_TIMEOUT).await {
+                Ok(answer) => {
+                    tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "guest clock set through the clock port ({answer})");
+                    GuestClock::Set
+                }
+                Err(err) => {
+                    tracing::warn!(machine = %dir.name, "guest clock not set through the clock port: {}", error_chain(&err));
+                    GuestClock::NotSet {
+                        reason: error_chain(&err),
+                    }
+                }
+            };
         }
-        false
+        #[cfg(not(unix))]
+        GuestClock::LeftToHost
+    }
+
+    /// Whether the guest has its clock port open. Right after `cont` QEMU may not have told
+    /// the chardev yet (virtio-serial replays the guest's open from a timer once the VM
+    /// runs), so a closed port is asked about again for a moment.
+    #[cfg(unix)]
+    async fn clock_port_open(&self, dir: &MachineDir) -> Result<bool, DriverError> {
+        let mut qmp = self.qmp(dir).await?;
+        for attempt in 0..5 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let answer = qmp
+                .execute("query-chardev", None)
+                .await
+                .map_err(|e| Self::qmp_error(dir, e))?;
+            if clock::frontend_open(&answer) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The reason given when QEMU exited while loading the state, with the end of its log.
@@ -1778,6 +1814,13 @@ impl Driver for QemuDriver {
         self.finish_resume_inner(dir)
     }
 
+    fn set_clock_after_resume(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = GuestClock> + Send {
+        self.set_clock_after_resume_inner(dir)
+    }
+
     fn state(
         &self,
         dir: &MachineDir,
@@ -1954,6 +1997,71 @@ mod tests {
         );
         let _ = stranger.kill();
         let _ = stranger.wait();
+    }
+
+    /// QMP `query-chardev` answered with the clock port open or not.
+    fn chardevs(open: bool) -> impl Fn(&str) -> Vec<String> + Send + Sync + 'static {
+        move |command| {
+            match command {
+            "query-chardev" => vec![format!(
+                "{{\"return\": [{{\"frontend-open\": {open}, \"filename\": \"pipe\", \"label\": \"{}\"}}]}}",
+                clock::CHARDEV
+            )],
+            _ => vec!["{\"return\": {}}".to_owned()],
+        }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clock_is_left_to_ssh_only_while_the_guest_has_not_opened_its_port() {
+        use std::io::{BufRead, Read, Write};
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let _vm = FakeVm::start(&dir);
+        clock::make_pipes(dir.path()).expect("pipes");
+        // QEMU's ends of the pipes.
+        let held = |name| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(dir.file(name))
+                .expect("pipe")
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let (mut requests, mut answers) = (held(clock::PIPE_IN), held(clock::PIPE_OUT));
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+
+        let closed = fake::serve(&dir.file(QMP_SOCKET), chardevs(false));
+        assert_eq!(
+            driver.set_clock_after_resume(&dir).await,
+            GuestClock::LeftToHost
+        );
+        assert!(closed.lock().unwrap().iter().all(|c| c == "query-chardev"));
+        // Nothing was written that the guest could apply late.
+        let mut pending = [0u8; 64];
+        let read = requests.read(&mut pending);
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{read:?}"
+        );
+
+        std::fs::remove_file(dir.file(QMP_SOCKET)).expect("socket");
+        fake::serve(&dir.file(QMP_SOCKET), chardevs(true));
+        // The guest refuses: reported, not left to SSH.
+        answers
+            .write_all(b"error clock_settime: EPERM\n")
+            .expect("answer");
+        let outcome = driver.set_clock_after_resume(&dir).await;
+        assert!(
+            matches!(&outcome, GuestClock::NotSet { reason } if reason.contains("EPERM")),
+            "{outcome:?}"
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(&mut requests)
+            .read_line(&mut line)
+            .expect("request");
+        assert!(line.starts_with("set "), "{line}");
     }
 
     #[tokio::test]
