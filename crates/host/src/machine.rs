@@ -1813,6 +1813,7 @@ pub const SFTP_SHARE_WAIT: Duration = Duration::from_secs(30);
 pub async fn wait_for_sftp_shares(
     store: &Store,
     name: &str,
+    agent_pid: u32,
     timeout: Duration,
 ) -> Result<Vec<String>, MachineError> {
     let config = store.load(name)?;
@@ -1828,7 +1829,10 @@ pub async fn wait_for_sftp_shares(
     let dir = store.machine_path(name);
     let deadline = Instant::now() + timeout;
     loop {
+        // Only the new agent's report: the last agent's may still say mounted (after a
+        // resume the guest holds the mounts, answering EIO until the new agent connects).
         let states = portagent::read_status(&dir)
+            .filter(|s| s.pid == agent_pid)
             .map(|s| s.shares)
             .unwrap_or_default();
         let state_of = |share: &rmachine_driver::Share| {
@@ -3645,6 +3649,55 @@ mod tests {
         let written = disk_image_size(&path).unwrap();
         assert!(written.allocated_bytes.unwrap() >= 4 << 20, "{written:?}");
         assert_eq!(disk_image_size(&tmp.path().join("none")), None);
+    }
+
+    #[tokio::test]
+    async fn sftp_shares_are_waited_for_in_the_new_agents_report_only() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..FakeDriver::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "shares", &options, &progress)
+            .await
+            .unwrap();
+        let mut config = store.load("shares").unwrap();
+        config.vm.shares.push(rmachine_driver::Share {
+            tag: "home".into(),
+            host_path: "/home".into(),
+            guest_path: "/home".into(),
+            read_only: false,
+            transport: ShareTransport::Sftp,
+        });
+        store.save(&config).unwrap();
+        let report = |pid| portagent::AgentStatus {
+            pid,
+            connected: true,
+            shares: vec![SftpShareState {
+                host_path: "/home".into(),
+                guest_path: "/home".into(),
+                mounted: true,
+                error: None,
+            }],
+            ..Default::default()
+        };
+        let status = store.machine_path("shares").join(portagent::STATUS_FILE);
+        // The last agent (before the resume) said mounted; the new one has not written yet.
+        std::fs::write(&status, serde_json::to_vec(&report(100)).unwrap()).unwrap();
+        let problems = wait_for_sftp_shares(&store, "shares", 200, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("was not mounted over SFTP"),
+            "{problems:?}"
+        );
+        std::fs::write(&status, serde_json::to_vec(&report(200)).unwrap()).unwrap();
+        let problems = wait_for_sftp_shares(&store, "shares", 200, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[tokio::test]
