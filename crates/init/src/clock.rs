@@ -233,7 +233,7 @@ mod tests {
         let (mut host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
         let answers = guest.try_clone().unwrap();
         let mut input = b"set \xff\xfe 0\n".to_vec();
-        input.extend(std::iter::repeat(b'x').take(300));
+        input.extend([b'x'; 300]);
         input.extend(b"\nset 1765000000 5\n");
         host.write_all(&input).unwrap();
         host.shutdown(std::net::Shutdown::Write).unwrap();
