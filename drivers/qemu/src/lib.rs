@@ -1087,8 +1087,23 @@ impl QemuDriver {
                 }),
             Err(err) => Err(err),
         };
-        let state_len = match saved_to {
-            Ok(len) => len,
+        let saved_to = match saved_to {
+            Ok(len) => {
+                let state = dir.file(resume::STATE);
+                let summed = {
+                    let state = state.clone();
+                    tokio::task::spawn_blocking(move || resume::sha256_of(&state)).await
+                };
+                match summed {
+                    Ok(Ok(sum)) => Ok((len, sum)),
+                    Ok(Err(e)) => Err(Self::io_error(dir, &state, e)),
+                    Err(e) => Err(Self::io_error(dir, &state, std::io::Error::other(e))),
+                }
+            }
+            Err(err) => Err(err),
+        };
+        let (state_len, state_sha256) = match saved_to {
+            Ok(saved) => saved,
             Err(err) => {
                 let _ = resume::discard(dir);
                 if let Err(cont) = qmp.execute("cont", None).await {
@@ -1125,6 +1140,7 @@ impl QemuDriver {
                     tsc_khz,
                     boot_files,
                     state_len,
+                    state_sha256: Some(state_sha256),
                     data_disk,
                 }
                 .save(dir)
@@ -1315,6 +1331,12 @@ impl QemuDriver {
         }
         let began = Instant::now();
         let path = dir.file(resume::STATE);
+        // Summed while QEMU loads the same file (both read it from the page cache): the
+        // guest runs only once the sum matched.
+        let damage = saved.state_sha256.clone().map(|want| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || resume::state_damage(&path, &want))
+        });
         match self
             .launch(dir, spec, &state, saved.tsc_khz, Some(&path))
             .await
@@ -1328,7 +1350,7 @@ impl QemuDriver {
         }
         // Until `cont`, any failure leaves a paused QEMU the host would take for a running
         // machine: it is killed, and the state kept.
-        match self.continue_loaded(dir, &path).await {
+        match self.continue_loaded(dir, &path, damage).await {
             Ok(rejected) => {
                 if rejected.is_none() {
                     tracing::info!(
@@ -1354,6 +1376,7 @@ impl QemuDriver {
         &self,
         dir: &MachineDir,
         path: &Path,
+        damage: Option<tokio::task::JoinHandle<Option<String>>>,
     ) -> Result<Option<String>, DriverError> {
         let deadline = Instant::now() + SAVE_TIMEOUT;
         let mut client = None;
@@ -1395,6 +1418,19 @@ impl QemuDriver {
             }
             tokio::time::sleep(STATE_POLL).await;
         };
+        let damage = match damage {
+            Some(check) => check
+                .await
+                .unwrap_or_else(|e| Some(format!("its check failed: {e}"))),
+            None => None,
+        };
+        if let Some(why) = damage {
+            // Loaded but not run: nothing was written; the damaged file is kept aside.
+            self.stop_inner(dir, StopMode::Kill).await?;
+            let aside = dir.file(resume::STATE_DAMAGED);
+            std::fs::rename(path, &aside).map_err(|e| Self::io_error(dir, path, e))?;
+            return Ok(Some(why));
+        }
         // Loaded: from here on the guest writes the disk, so the state is spent. A rename and
         // a small unlink are quick; the big file is deleted by `finish_resume`.
         let spent = dir.file(resume::STATE_SPENT);
@@ -2423,6 +2459,7 @@ mod tests {
             tsc_khz: None,
             boot_files: Vec::new(),
             state_len: recorded_len,
+            state_sha256: None,
             data_disk: resume::FileStamp {
                 path: dir.file(DISK),
                 len: 0,
@@ -2456,6 +2493,7 @@ mod tests {
             tsc_khz: None,
             boot_files: resume::boot_stamps(&spec).expect("stamps"),
             state_len: 20,
+            state_sha256: None,
             data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
         }
         .save(&dir)
@@ -2509,6 +2547,7 @@ mod tests {
             tsc_khz: None,
             boot_files: resume::boot_stamps(&spec).expect("stamps"),
             state_len: 20,
+            state_sha256: None,
             data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
         }
         .save(&dir)

@@ -28,6 +28,30 @@ pub const STATE_WRITTEN: &str = "vmstate.bin.written";
 /// [`STATE`] once QEMU has loaded it, until it is deleted.
 pub const STATE_SPENT: &str = "vmstate.bin.spent";
 
+/// A state whose sha256 differed from its record, kept aside (never loaded, never deleted by
+/// this driver) for the user to look at.
+pub const STATE_DAMAGED: &str = "vmstate.bin.damaged";
+
+/// The sha256 of the file at `path`, in hex.
+pub fn sha256_of(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Why the state at `path` is not the one recorded with sha256 `want`; `None` if it is.
+pub fn state_damage(path: &Path, want: &str) -> Option<String> {
+    match sha256_of(path) {
+        Ok(sum) if sum == want => None,
+        Ok(_) => Some(format!(
+            "the state file's sha256 differs from the one recorded at the save (damaged); \
+             it is kept as {STATE_DAMAGED}"
+        )),
+        Err(err) => Some(format!("the state file is unreadable: {err}")),
+    }
+}
+
 /// A boot file as it was when the state was saved: a guest image replaced under the same path
 /// changes its length or modification time.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -76,6 +100,10 @@ pub struct SavedVm {
     pub boot_files: Vec<FileStamp>,
     /// The length of [`STATE`] as QEMU wrote it: a shorter file was truncated.
     pub state_len: u64,
+    /// The sha256 of [`STATE`] as QEMU wrote it (hex), checked while QEMU loads it, before
+    /// the guest runs; records from before it was kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_sha256: Option<String>,
     /// The data disk's image after the saving QEMU exited: any other length or modification
     /// time means something wrote the disk since (an older rmachine's cold boot, a
     /// `qemu-img check -r`, a restored backup), and the state's memory no longer fits it.
@@ -346,6 +374,7 @@ mod tests {
                 modified_ns: 5,
             }],
             state_len: 100,
+            state_sha256: None,
             data_disk: FileStamp {
                 path: "/m/disk.qcow2".into(),
                 len: 1000,
@@ -512,6 +541,22 @@ mod tests {
             (after.len, after.modified_ns)
         );
         assert_ne!(before, after);
+    }
+
+    #[test]
+    fn a_state_damaged_within_its_length_fails_its_sum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(STATE);
+        std::fs::write(&path, b"QEVM state").unwrap();
+        let want = sha256_of(&path).unwrap();
+        assert_eq!(state_damage(&path, &want), None);
+        std::fs::write(&path, b"QEVM stbte").unwrap();
+        let why = state_damage(&path, &want).unwrap();
+        assert!(
+            why.contains("sha256") && why.contains(STATE_DAMAGED),
+            "{why}"
+        );
+        assert!(state_damage(&tmp.path().join("gone"), &want).is_some());
     }
 
     #[test]
