@@ -45,8 +45,8 @@ pub fn state_damage(path: &Path, want: &str) -> Option<String> {
     match sha256_of(path) {
         Ok(sum) if sum == want => None,
         Ok(_) => Some(format!(
-            "the state file's sha256 differs from the one recorded at the save (damaged); \
-             it is kept as {STATE_DAMAGED}"
+            "the state file's sha256 differs from the one recorded at the save: it is \
+             damaged; moved aside to {STATE_DAMAGED}"
         )),
         Err(err) => Some(format!("the state file is unreadable: {err}")),
     }
