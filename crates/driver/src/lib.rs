@@ -285,18 +285,30 @@ pub struct Capabilities {
 /// What [`Driver::resume`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
-    /// The VM runs again from its saved state.
-    Resumed {
-        /// The driver set the guest's clock from the host's as the VM ran again; otherwise
-        /// the host sets it (over SSH).
-        clock_set: bool,
-    },
+    /// The VM runs again from its saved state (its clock still stands where it was: see
+    /// [`Driver::set_clock_after_resume`]).
+    Resumed,
     /// There is no saved state: the host boots the VM.
     NoSavedState,
     /// A saved state existed but could not be used (the reason says why); it is gone, the data
     /// disk is as the save left it, and the host boots the VM.
     Discarded {
         /// Why the state was not used, for the user.
+        reason: String,
+    },
+}
+
+/// What [`Driver::set_clock_after_resume`] did with the guest's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestClock {
+    /// The driver set it from the host's.
+    Set,
+    /// The driver has no way to: the host sets it (over SSH).
+    LeftToHost,
+    /// The driver's channel to the guest is there but setting the clock failed; the host must
+    /// not set it another way (a late request on that channel could set it back).
+    NotSet {
+        /// Why, for the user.
         reason: String,
     },
 }
@@ -498,6 +510,12 @@ pub trait Driver: Send + Sync {
         _spec: &VmSpec,
     ) -> impl Future<Output = Result<Resume, DriverError>> + Send {
         std::future::ready(Ok(Resume::NoSavedState))
+    }
+
+    /// After [`Resume::Resumed`]: sets the guest's clock (it stands where it was at the save)
+    /// from the host's, if the driver has a channel for that.
+    fn set_clock_after_resume(&self, _dir: &MachineDir) -> impl Future<Output = GuestClock> + Send {
+        std::future::ready(GuestClock::LeftToHost)
     }
 
     /// After [`Resume::Resumed`], while the host waits for the guest: removes what the resume

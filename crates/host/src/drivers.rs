@@ -6,8 +6,8 @@
 //! programs on PATH ([`crate::external`]).
 
 use rmachine_driver::{
-    Driver, DriverError, DriverInfo, DriverShare, Endpoints, GuestNetwork, MachineDir, Resume,
-    StopMode, VmSpec, VmState,
+    Driver, DriverError, DriverInfo, DriverShare, Endpoints, GuestClock, GuestNetwork, MachineDir,
+    Resume, StopMode, VmSpec, VmState,
 };
 use rmachine_driver_generic::{GenericDriver, GenericOptions};
 use rmachine_driver_hyperv::{HyperVDriver, HyperVOptions};
@@ -368,6 +368,16 @@ impl Driver for AnyDriver {
             AnyDriver::Hyperv(d) => d.resume(dir, spec).await,
             AnyDriver::Generic(d) => d.resume(dir, spec).await,
             AnyDriver::External(d) => d.resume(dir, spec).await,
+        }
+    }
+
+    async fn set_clock_after_resume(&self, dir: &MachineDir) -> GuestClock {
+        match self {
+            AnyDriver::Qemu(d) => d.set_clock_after_resume(dir).await,
+            AnyDriver::Virtualbox(d) => d.set_clock_after_resume(dir).await,
+            AnyDriver::Hyperv(d) => d.set_clock_after_resume(dir).await,
+            AnyDriver::Generic(d) => d.set_clock_after_resume(dir).await,
+            AnyDriver::External(d) => d.set_clock_after_resume(dir).await,
         }
     }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmachine_driver::{
-    BootImage, Driver, DriverError, GuestPorts, MachineDir, Resume, ShareTransport, StopMode,
-    VmSpec, VmState,
+    BootImage, Driver, DriverError, GuestClock, GuestPorts, MachineDir, Resume, ShareTransport,
+    StopMode, VmSpec, VmState,
 };
 use rmachine_guest_config::report;
 use rmachine_guest_config::timeline::{self, BootTimeline, HostMark, HostStage, Stage};
@@ -1811,17 +1811,14 @@ async fn start_with(
             .await
             .map_err(driver_err(name, "resume the VM"))?;
         match resumed {
-            Resume::Resumed { clock_set } => {
+            Resume::Resumed => {
                 clock.mark(HostStage::VmRunning);
                 return after_resume(
                     store,
                     &driver,
                     &dir,
                     &mut config,
-                    ResumedVm {
-                        clock_set,
-                        timeline: clock,
-                    },
+                    ResumedVm { timeline: clock },
                     timeout,
                     progress,
                 )
@@ -1876,8 +1873,6 @@ fn save_refusal(
 
 /// What [`after_resume`] is told about the resume the driver did.
 struct ResumedVm {
-    /// The driver set the guest's clock (else it is set over SSH).
-    clock_set: bool,
     /// The host's stages so far.
     timeline: HostClock,
 }
@@ -1894,10 +1889,7 @@ async fn after_resume<D: Driver>(
     timeout: Duration,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
-    let ResumedVm {
-        clock_set,
-        mut timeline,
-    } = resumed;
+    let ResumedVm { mut timeline } = resumed;
     let name = dir.name.clone();
     let endpoints = driver
         .endpoints(dir)
@@ -1914,8 +1906,10 @@ async fn after_resume<D: Driver>(
     timeline.mark(HostStage::FirstProbe);
     let (clock, engine, cleaned) = tokio::join!(
         async {
-            if clock_set {
-                return Ok(());
+            match driver.set_clock_after_resume(dir).await {
+                GuestClock::Set => return Ok(()),
+                GuestClock::NotSet { reason } => return Err(reason),
+                GuestClock::LeftToHost => {}
             }
             let set = set_guest_clock(
                 endpoints.ssh,
@@ -1954,7 +1948,10 @@ async fn after_resume<D: Driver>(
         guest: Vec::new(),
         host: timeline.marks,
     });
-    store.save(config)?;
+    // The machine runs and answers: a timeline that could not be kept does not fail `start`.
+    if let Err(err) = store.save(config) {
+        tracing::warn!(machine = %name, "the resume's timeline was not saved: {}", error_chain(&err));
+    }
     progress(Progress::EngineReady);
     Ok(())
 }
@@ -2049,6 +2046,7 @@ pub const SFTP_SHARE_WAIT: Duration = Duration::from_secs(30);
 pub async fn wait_for_sftp_shares(
     store: &Store,
     name: &str,
+    agent_pid: u32,
     timeout: Duration,
 ) -> Result<Vec<String>, MachineError> {
     let config = store.load(name)?;
@@ -2064,7 +2062,10 @@ pub async fn wait_for_sftp_shares(
     let dir = store.machine_path(name);
     let deadline = Instant::now() + timeout;
     loop {
+        // Only the new agent's report: the last agent's may still say mounted (after a
+        // resume the guest holds the mounts, answering EIO until the new agent connects).
         let states = portagent::read_status(&dir)
+            .filter(|s| s.pid == agent_pid)
             .map(|s| s.shares)
             .unwrap_or_default();
         let state_of = |share: &rmachine_driver::Share| {
@@ -4356,6 +4357,55 @@ mod tests {
         let written = disk_image_size(&path).unwrap();
         assert!(written.allocated_bytes.unwrap() >= 4 << 20, "{written:?}");
         assert_eq!(disk_image_size(&tmp.path().join("none")), None);
+    }
+
+    #[tokio::test]
+    async fn sftp_shares_are_waited_for_in_the_new_agents_report_only() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            ..FakeDriver::default()
+        };
+        let (_, progress) = recorder();
+        create_with(&store, &driver, "shares", &options, &progress)
+            .await
+            .unwrap();
+        let mut config = store.load("shares").unwrap();
+        config.vm.shares.push(rmachine_driver::Share {
+            tag: "home".into(),
+            host_path: "/home".into(),
+            guest_path: "/home".into(),
+            read_only: false,
+            transport: ShareTransport::Sftp,
+        });
+        store.save(&config).unwrap();
+        let report = |pid| portagent::AgentStatus {
+            pid,
+            connected: true,
+            shares: vec![SftpShareState {
+                host_path: "/home".into(),
+                guest_path: "/home".into(),
+                mounted: true,
+                error: None,
+            }],
+            ..Default::default()
+        };
+        let status = store.machine_path("shares").join(portagent::STATUS_FILE);
+        // The last agent (before the resume) said mounted; the new one has not written yet.
+        std::fs::write(&status, serde_json::to_vec(&report(100)).unwrap()).unwrap();
+        let problems = wait_for_sftp_shares(&store, "shares", 200, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("was not mounted over SFTP"),
+            "{problems:?}"
+        );
+        std::fs::write(&status, serde_json::to_vec(&report(200)).unwrap()).unwrap();
+        let problems = wait_for_sftp_shares(&store, "shares", 200, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[tokio::test]

@@ -427,15 +427,6 @@ pub fn ls_errors(dir: &Path) -> Option<String> {
 /// the binary knows where it is.
 pub fn launch(store: &Store, name: &str, program: &Path) -> Result<u32, PortAgentError> {
     let dir = store.machine_path(name);
-    // The last agent's report would tell `start` the shares are mounted before this agent
-    // has connected them (after a resume the guest still holds the mounts, but they answer
-    // EIO until the new connection arrives).
-    match std::fs::remove_file(dir.join(STATUS_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_err(name, &dir.join(STATUS_FILE))(e))
-        }
-        _ => {}
-    }
     let log_path = dir.join(LOG_FILE);
     let log = OpenOptions::new()
         .create(true)

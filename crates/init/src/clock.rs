@@ -24,6 +24,28 @@ pub fn find_port(class_dir: &Path, name: &str) -> Option<PathBuf> {
         .map(|e| Path::new("/dev").join(e.file_name()))
 }
 
+/// How long [`watch`] looks for the port: virtio-serial ports (and their `name`) appear after
+/// the module has loaded, through the driver's work queue and the host's control messages.
+pub const FIND_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`find_port`], retried with a growing pause (10 ms doubling up to 1 s) until `total` has
+/// gone by; `None` if the port did not appear.
+pub fn wait_for_port(class_dir: &Path, name: &str, total: std::time::Duration) -> Option<PathBuf> {
+    let began = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        if let Some(device) = find_port(class_dir, name) {
+            return Some(device);
+        }
+        let left = total.checked_sub(began.elapsed())?;
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
 /// A request read from the port.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
@@ -58,43 +80,82 @@ pub fn parse(line: &str) -> Result<Request, String> {
     }
 }
 
+/// The longest line read from the port; the rest of a longer one is read as lines of its own
+/// (each answered `error`).
+const MAX_LINE: u64 = 256;
+
 /// Answers the requests of the port at `device` until it cannot be read.
 fn serve(device: &Path) -> std::io::Result<()> {
-    let port = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)?;
-    let mut answers = port.try_clone()?;
-    let mut lines = BufReader::new(port);
-    let mut line = String::new();
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(device)
+    };
+    // The device node is made just after the port's sysfs entry.
+    let mut port = open();
+    for _ in 0..10 {
+        match &port {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                port = open();
+            }
+            _ => break,
+        }
+    }
+    let port = port?;
+    let answers = port.try_clone()?;
     let mut hung_up = 0;
-    loop {
-        line.clear();
-        if lines.read_line(&mut line)? == 0 {
+    serve_lines(
+        BufReader::new(port),
+        answers,
+        |secs, nanos| {
+            let to = nix::sys::time::TimeSpec::new(secs, nanos);
+            nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, to)
+                .map_err(|err| format!("clock_settime: {err}"))?;
+            tracing::info!("clock set from the host to {secs}.{nanos:09} (resume)");
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).unwrap_or(to);
+            Ok((now.tv_sec(), now.tv_nsec()))
+        },
+        || {
             // A port whose host end is not open reads as end of file at once (and polls as
             // hung up): QEMU opens its end before the guest runs, so this is only the
             // moment before the port's open event arrives, or a host without the pipe.
             hung_up += 1;
             if hung_up > 5 {
-                return Ok(());
+                return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(200 << hung_up));
-            continue;
-        }
-        hung_up = 0;
-        let answer = match parse(&line) {
-            Ok(Request::Set { secs, nanos }) => {
-                let to = nix::sys::time::TimeSpec::new(secs, nanos);
-                match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, to) {
-                    Ok(()) => {
-                        tracing::info!("clock set from the host to {secs}.{nanos:09} (resume)");
-                        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
-                            .unwrap_or(to);
-                        format!("ok {} {}\n", now.tv_sec(), now.tv_nsec())
-                    }
-                    Err(err) => format!("error clock_settime: {err}\n"),
-                }
+            true
+        },
+    )
+}
+
+/// Reads lines from `lines` (at most [`MAX_LINE`] bytes each, any bytes) and writes each one's
+/// answer to `answers`, setting the clock through `set` (seconds, nanoseconds → the clock just
+/// after, or why not). At end of file asks `again` whether to read on. A bad line is answered
+/// `error …` and serving goes on.
+fn serve_lines(
+    mut lines: impl BufRead,
+    mut answers: impl Write,
+    mut set: impl FnMut(i64, i64) -> Result<(i64, i64), String>,
+    mut again: impl FnMut() -> bool,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if std::io::Read::take(lines.by_ref(), MAX_LINE).read_until(b'\n', &mut line)? == 0 {
+            if again() {
+                continue;
             }
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let answer = match parse(&text) {
+            Ok(Request::Set { secs, nanos }) => match set(secs, nanos) {
+                Ok((s, n)) => format!("ok {s} {n}\n"),
+                Err(why) => format!("error {why}\n"),
+            },
             Err(why) => {
                 tracing::warn!("clock port: {why}");
                 format!("error {why}\n")
@@ -104,15 +165,20 @@ fn serve(device: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Serves the clock port on a thread of its own, if the VM has one.
+/// Serves the clock port on a thread of its own, if the VM has one (looked for during
+/// [`FIND_FOR`]: the port shows up a moment after its module loaded).
 pub fn watch() {
-    let Some(device) = find_port(Path::new("/sys/class/virtio-ports"), PORT_NAME) else {
-        tracing::debug!("clock port: none (the host sets the clock over SSH after a resume)");
-        return;
-    };
     let spawned = std::thread::Builder::new()
         .name("clock-port".to_owned())
         .spawn(move || {
+            let Some(device) =
+                wait_for_port(Path::new("/sys/class/virtio-ports"), PORT_NAME, FIND_FOR)
+            else {
+                tracing::debug!(
+                    "clock port: none (the host sets the clock over SSH after a resume)"
+                );
+                return;
+            };
             tracing::info!("clock port: serving {}", device.display());
             if let Err(err) = serve(&device) {
                 tracing::warn!("clock port {}: {err}", device.display());
@@ -160,5 +226,56 @@ mod tests {
             Some(PathBuf::from("/dev/vport1p1"))
         );
         assert_eq!(find_port(tmp.path(), "missing"), None);
+    }
+
+    #[test]
+    fn bad_bytes_and_long_lines_are_answered_and_serving_goes_on() {
+        let (mut host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+        let answers = guest.try_clone().unwrap();
+        let mut input = b"set \xff\xfe 0\n".to_vec();
+        input.extend([b'x'; 300]);
+        input.extend(b"\nset 1765000000 5\n");
+        host.write_all(&input).unwrap();
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut set = Vec::new();
+        serve_lines(
+            BufReader::new(guest),
+            answers,
+            |s, n| {
+                set.push((s, n));
+                Ok((s, n + 1))
+            },
+            || false,
+        )
+        .unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut host, &mut out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[..3].iter().all(|l| l.starts_with("error ")), "{out}");
+        assert_eq!(lines[3], "ok 1765000000 6");
+        assert_eq!(set, [(1_765_000_000, 5)]);
+    }
+
+    #[test]
+    fn a_port_named_after_the_first_look_is_still_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = tmp.path().join("vport2p1");
+        std::fs::create_dir(&port).unwrap();
+        // The port exists before its name arrives from the host (an empty `name`).
+        std::fs::write(port.join("name"), "").unwrap();
+        let named = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::fs::write(port.join("name"), format!("{PORT_NAME}\n")).unwrap();
+        });
+        let found = wait_for_port(tmp.path(), PORT_NAME, std::time::Duration::from_secs(5));
+        named.join().unwrap();
+        assert_eq!(found, Some(PathBuf::from("/dev/vport2p1")));
+        let began = std::time::Instant::now();
+        assert_eq!(
+            wait_for_port(tmp.path(), "missing", std::time::Duration::from_millis(200)),
+            None
+        );
+        assert!(began.elapsed() < std::time::Duration::from_secs(2));
     }
 }

@@ -226,7 +226,11 @@ pub fn clock_port_args(family: MachineFamily, pipe: &Path) -> Vec<String> {
         "-device".to_owned(),
         family.virtio("serial"),
         "-chardev".to_owned(),
-        format!("pipe,id=rmclock,path={}", escape_opt(&path(pipe))),
+        format!(
+            "pipe,id={},path={}",
+            crate::clock::CHARDEV,
+            escape_opt(&path(pipe))
+        ),
         "-device".to_owned(),
         format!("virtserialport,chardev=rmclock,name={CLOCK_PORT_NAME}"),
     ]

@@ -16,9 +16,23 @@ pub const PIPE_IN: &str = "clock.in";
 /// Guest to host.
 pub const PIPE_OUT: &str = "clock.out";
 
-/// How long the guest has to answer: its init answers at once, an image without the clock
-/// port never does (the host then sets the clock over SSH).
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a guest that has its clock port open has to answer (its init answers at once; a
+/// loaded host may delay it). The request stays queued if it is late, so the host does not
+/// set the clock another way after this.
+pub const OPEN_PORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The chardev of the clock port (`-chardev pipe,id=…`).
+pub const CHARDEV: &str = "rmclock";
+
+/// Whether QMP `query-chardev`'s `answer` says the guest has the clock port open.
+pub fn frontend_open(answer: &serde_json::Value) -> bool {
+    answer.as_array().is_some_and(|devices| {
+        devices.iter().any(|d| {
+            d.get("label").and_then(|l| l.as_str()) == Some(CHARDEV)
+                && d.get("frontend-open").and_then(|o| o.as_bool()) == Some(true)
+        })
+    })
+}
 
 /// Why the guest's clock was not set through the port.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +46,9 @@ pub enum ClockPortError {
         #[source]
         source: std::io::Error,
     },
-    /// The guest did not answer in time (an image without the clock port).
-    #[error("the guest did not answer on its clock port within {} s", ANSWER_TIMEOUT.as_secs())]
-    NoAnswer,
+    /// The guest did not answer in time.
+    #[error("the guest did not answer on its clock port within {} s", .0.as_secs())]
+    NoAnswer(Duration),
     /// The guest answered with an error.
     #[error("the guest refused the time: {answer}")]
     Refused {
@@ -72,7 +86,7 @@ pub fn set_line(now: std::time::SystemTime) -> String {
 /// Sets the guest's clock to the host's through the pipes in `dir` (QEMU runs with them);
 /// returns the guest's answer (`ok SECONDS NANOSECONDS`).
 #[cfg(unix)]
-pub async fn set_guest_clock(dir: &Path) -> Result<String, ClockPortError> {
+pub async fn set_guest_clock(dir: &Path, timeout: Duration) -> Result<String, ClockPortError> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     use tokio::net::unix::pipe;
     let io = |path: &Path| {
@@ -95,8 +109,8 @@ pub async fn set_guest_clock(dir: &Path) -> Result<String, ClockPortError> {
         .map_err(io(&in_path))?;
     let mut answers = tokio::io::BufReader::new(answers);
     let mut line = String::new();
-    match tokio::time::timeout(ANSWER_TIMEOUT, answers.read_line(&mut line)).await {
-        Err(_) => Err(ClockPortError::NoAnswer),
+    match tokio::time::timeout(timeout, answers.read_line(&mut line)).await {
+        Err(_) => Err(ClockPortError::NoAnswer(timeout)),
         Ok(Err(source)) => Err(io(&out_path)(source)),
         Ok(Ok(_)) if line.starts_with("ok ") => Ok(line.trim().to_owned()),
         Ok(Ok(_)) => Err(ClockPortError::Refused {
@@ -108,6 +122,23 @@ pub async fn set_guest_clock(dir: &Path) -> Result<String, ClockPortError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_open_clock_chardev_counts_as_open() {
+        // QMP query-chardev's answer, trimmed.
+        let answer = |open| {
+            serde_json::json!([
+                {"frontend-open": true, "filename": "unix:/m/qmp.sock,server=on", "label": "qmp"},
+                {"frontend-open": open, "filename": "pipe", "label": CHARDEV}
+            ])
+        };
+        assert!(frontend_open(&answer(true)));
+        assert!(!frontend_open(&answer(false)));
+        assert!(!frontend_open(&serde_json::json!([
+            {"frontend-open": true, "filename": "pipe", "label": "other"}
+        ])));
+        assert!(!frontend_open(&serde_json::json!({})));
+    }
 
     #[test]
     fn the_set_line_carries_seconds_and_nanoseconds() {
@@ -147,7 +178,9 @@ mod tests {
         });
         // The stand-in holds the pipes, as QEMU does before the host writes.
         holding.recv().unwrap();
-        let answer = set_guest_clock(tmp.path()).await.unwrap();
+        let answer = set_guest_clock(tmp.path(), OPEN_PORT_TIMEOUT)
+            .await
+            .unwrap();
         let secs = guest.join().unwrap();
         assert_eq!(answer, format!("ok {secs} 0"));
         let now = std::time::SystemTime::now()
@@ -172,7 +205,9 @@ mod tests {
                     .unwrap()
             })
             .into();
-        let err = set_guest_clock(tmp.path()).await.unwrap_err();
-        assert!(matches!(err, ClockPortError::NoAnswer), "{err}");
+        let err = set_guest_clock(tmp.path(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClockPortError::NoAnswer(_)), "{err}");
     }
 }

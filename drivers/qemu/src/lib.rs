@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use rmachine_driver::runner::{CommandRunner, CommandSpec, TokioRunner};
 use rmachine_driver::{
-    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestNetwork, MachineDir, Resume,
-    Share, ShareTransport, StopMode, VmSpec, VmState,
+    Capabilities, Driver, DriverError, DriverInfo, Endpoints, GuestClock, GuestNetwork, MachineDir,
+    Resume, Share, ShareTransport, StopMode, VmSpec, VmState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -1070,6 +1070,8 @@ impl QemuDriver {
             channel: "qmp",
             message: format!("query-version answered {answer}"),
         })?;
+        // Taken while that QEMU runs (its /proc entry and pidfile are gone after `quit`).
+        let qemu_binary = resume::binary_of_running_qemu(&self.program(), pid, &dir.file(PIDFILE));
         // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
         qmp.execute(
             "migrate-set-parameters",
@@ -1094,8 +1096,23 @@ impl QemuDriver {
                 }),
             Err(err) => Err(err),
         };
-        let state_len = match saved_to {
-            Ok(len) => len,
+        let saved_to = match saved_to {
+            Ok(len) => {
+                let state = dir.file(resume::STATE);
+                let summed = {
+                    let state = state.clone();
+                    tokio::task::spawn_blocking(move || resume::sha256_of(&state)).await
+                };
+                match summed {
+                    Ok(Ok(sum)) => Ok((len, sum)),
+                    Ok(Err(e)) => Err(Self::io_error(dir, &state, e)),
+                    Err(e) => Err(Self::io_error(dir, &state, std::io::Error::other(e))),
+                }
+            }
+            Err(err) => Err(err),
+        };
+        let (state_len, state_sha256) = match saved_to {
+            Ok(saved) => saved,
             Err(err) => {
                 let _ = resume::discard(dir);
                 if let Err(cont) = qmp.execute("cont", None).await {
@@ -1127,14 +1144,12 @@ impl QemuDriver {
             .and_then(|data_disk| {
                 SavedVm {
                     qemu_version,
-                    qemu_binary: resume::binary_of_running_qemu(
-                        &self.program(),
-                        &dir.file(PIDFILE),
-                    ),
+                    qemu_binary,
                     argv,
                     tsc_khz,
                     boot_files,
                     state_len,
+                    state_sha256: Some(state_sha256),
                     data_disk,
                 }
                 .save(dir)
@@ -1249,9 +1264,7 @@ impl QemuDriver {
             None => self.load_saved(dir, spec).await?,
         };
         Ok(match why {
-            None => Resume::Resumed {
-                clock_set: self.set_clock_after_resume(dir).await,
-            },
+            None => Resume::Resumed,
             Some(reason) => {
                 resume::discard(dir)
                     .map_err(|e| Self::io_error(dir, &dir.file(resume::STATE), e))?;
@@ -1296,7 +1309,7 @@ impl QemuDriver {
             Err(err) => return Ok(Some(format!("the guest image is unreadable: {err}"))),
         };
         let binary =
-            resume::find_program(&self.program()).and_then(|p| resume::FileStamp::of(&p).ok());
+            resume::find_program(&self.program()).and_then(|p| resume::BinaryStamp::of(&p).ok());
         let qemu_version = match &saved.qemu_binary {
             Some(stamp) if binary.as_ref() == Some(stamp) => saved.qemu_version.clone(),
             _ => self.qemu_version().await?,
@@ -1327,6 +1340,12 @@ impl QemuDriver {
         }
         let began = Instant::now();
         let path = dir.file(resume::STATE);
+        // Summed while QEMU loads the same file (both read it from the page cache): the
+        // guest runs only once the sum matched.
+        let damage = saved.state_sha256.clone().map(|want| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || resume::state_damage(&path, &want))
+        });
         match self
             .launch(dir, spec, &state, saved.tsc_khz, Some(&path))
             .await
@@ -1340,7 +1359,7 @@ impl QemuDriver {
         }
         // Until `cont`, any failure leaves a paused QEMU the host would take for a running
         // machine: it is killed, and the state kept.
-        match self.continue_loaded(dir, &path).await {
+        match self.continue_loaded(dir, &path, damage).await {
             Ok(rejected) => {
                 if rejected.is_none() {
                     tracing::info!(
@@ -1366,6 +1385,7 @@ impl QemuDriver {
         &self,
         dir: &MachineDir,
         path: &Path,
+        damage: Option<tokio::task::JoinHandle<Option<String>>>,
     ) -> Result<Option<String>, DriverError> {
         let deadline = Instant::now() + SAVE_TIMEOUT;
         let mut client = None;
@@ -1407,6 +1427,19 @@ impl QemuDriver {
             }
             tokio::time::sleep(STATE_POLL).await;
         };
+        let damage = match damage {
+            Some(check) => check
+                .await
+                .unwrap_or_else(|e| Some(format!("its check failed: {e}"))),
+            None => None,
+        };
+        if let Some(why) = damage {
+            // Loaded but not run: nothing was written; the damaged file is kept aside.
+            self.stop_inner(dir, StopMode::Kill).await?;
+            let aside = dir.file(resume::STATE_DAMAGED);
+            std::fs::rename(path, &aside).map_err(|e| Self::io_error(dir, path, e))?;
+            return Ok(Some(why));
+        }
         // Loaded: from here on the guest writes the disk, so the state is spent. A rename and
         // a small unlink are quick; the big file is deleted by `finish_resume`.
         let spent = dir.file(resume::STATE_SPENT);
@@ -1418,27 +1451,65 @@ impl QemuDriver {
         Ok(None)
     }
 
-    /// Right after `cont`: sets the guest's clock through its clock port; false (logged) when
-    /// that did not work, and the host sets it over SSH instead.
+    /// Right after `cont`: sets the guest's clock through its clock port if the guest has the
+    /// port open (QMP `query-chardev`'s `frontend-open`), waiting for its answer as long as
+    /// [`clock::OPEN_PORT_TIMEOUT`]; left to the host (SSH) only if the port is not open, as
+    /// then no request is written that the guest could apply late.
     #[cfg_attr(not(unix), allow(unused_variables))]
-    async fn set_clock_after_resume(&self, dir: &MachineDir) -> bool {
+    async fn set_clock_after_resume_inner(&self, dir: &MachineDir) -> GuestClock {
         if !self.has_clock_port() {
-            return false;
+            return GuestClock::LeftToHost;
         }
         #[cfg(unix)]
         {
             let began = Instant::now();
-            match clock::set_guest_clock(dir.path()).await {
-                Ok(answer) => {
-                    tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "guest clock set through the clock port ({answer})");
-                    return true;
+            match self.clock_port_open(dir).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(machine = %dir.name, "the guest has not opened its clock port: the host sets the clock over SSH");
+                    return GuestClock::LeftToHost;
                 }
                 Err(err) => {
-                    tracing::info!(machine = %dir.name, "guest clock not set through the clock port: {}", error_chain(&err));
+                    tracing::info!(machine = %dir.name, "clock port state unknown ({}): the host sets the clock over SSH", error_chain(&err));
+                    return GuestClock::LeftToHost;
                 }
             }
+            return match clock::set_guest_clock(dir.path(), clock::OPEN_PORT_TIMEOUT).await {
+                Ok(answer) => {
+                    tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "guest clock set through the clock port ({answer})");
+                    GuestClock::Set
+                }
+                Err(err) => {
+                    tracing::warn!(machine = %dir.name, "guest clock not set through the clock port: {}", error_chain(&err));
+                    GuestClock::NotSet {
+                        reason: error_chain(&err),
+                    }
+                }
+            };
         }
-        false
+        #[cfg(not(unix))]
+        GuestClock::LeftToHost
+    }
+
+    /// Whether the guest has its clock port open. Right after `cont` QEMU may not have told
+    /// the chardev yet (virtio-serial replays the guest's open from a timer once the VM
+    /// runs), so a closed port is asked about again for a moment.
+    #[cfg(unix)]
+    async fn clock_port_open(&self, dir: &MachineDir) -> Result<bool, DriverError> {
+        let mut qmp = self.qmp(dir).await?;
+        for attempt in 0..5 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let answer = qmp
+                .execute("query-chardev", None)
+                .await
+                .map_err(|e| Self::qmp_error(dir, e))?;
+            if clock::frontend_open(&answer) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The reason given when QEMU exited while loading the state, with the end of its log.
@@ -1788,6 +1859,13 @@ impl Driver for QemuDriver {
         self.finish_resume_inner(dir)
     }
 
+    fn set_clock_after_resume(
+        &self,
+        dir: &MachineDir,
+    ) -> impl std::future::Future<Output = GuestClock> + Send {
+        self.set_clock_after_resume_inner(dir)
+    }
+
     fn state(
         &self,
         dir: &MachineDir,
@@ -1964,6 +2042,71 @@ mod tests {
         );
         let _ = stranger.kill();
         let _ = stranger.wait();
+    }
+
+    /// QMP `query-chardev` answered with the clock port open or not.
+    fn chardevs(open: bool) -> impl Fn(&str) -> Vec<String> + Send + Sync + 'static {
+        move |command| {
+            match command {
+            "query-chardev" => vec![format!(
+                "{{\"return\": [{{\"frontend-open\": {open}, \"filename\": \"pipe\", \"label\": \"{}\"}}]}}",
+                clock::CHARDEV
+            )],
+            _ => vec!["{\"return\": {}}".to_owned()],
+        }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clock_is_left_to_ssh_only_while_the_guest_has_not_opened_its_port() {
+        use std::io::{BufRead, Read, Write};
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let _vm = FakeVm::start(&dir);
+        clock::make_pipes(dir.path()).expect("pipes");
+        // QEMU's ends of the pipes.
+        let held = |name| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(dir.file(name))
+                .expect("pipe")
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let (mut requests, mut answers) = (held(clock::PIPE_IN), held(clock::PIPE_OUT));
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+
+        let closed = fake::serve(&dir.file(QMP_SOCKET), chardevs(false));
+        assert_eq!(
+            driver.set_clock_after_resume(&dir).await,
+            GuestClock::LeftToHost
+        );
+        assert!(closed.lock().unwrap().iter().all(|c| c == "query-chardev"));
+        // Nothing was written that the guest could apply late.
+        let mut pending = [0u8; 64];
+        let read = requests.read(&mut pending);
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{read:?}"
+        );
+
+        std::fs::remove_file(dir.file(QMP_SOCKET)).expect("socket");
+        fake::serve(&dir.file(QMP_SOCKET), chardevs(true));
+        // The guest refuses: reported, not left to SSH.
+        answers
+            .write_all(b"error clock_settime: EPERM\n")
+            .expect("answer");
+        let outcome = driver.set_clock_after_resume(&dir).await;
+        assert!(
+            matches!(&outcome, GuestClock::NotSet { reason } if reason.contains("EPERM")),
+            "{outcome:?}"
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(&mut requests)
+            .read_line(&mut line)
+            .expect("request");
+        assert!(line.starts_with("set "), "{line}");
     }
 
     #[tokio::test]
@@ -2325,6 +2468,7 @@ mod tests {
             tsc_khz: None,
             boot_files: Vec::new(),
             state_len: recorded_len,
+            state_sha256: None,
             data_disk: resume::FileStamp {
                 path: dir.file(DISK),
                 len: 0,
@@ -2358,6 +2502,7 @@ mod tests {
             tsc_khz: None,
             boot_files: resume::boot_stamps(&spec).expect("stamps"),
             state_len: 20,
+            state_sha256: None,
             data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
         }
         .save(&dir)
@@ -2411,6 +2556,7 @@ mod tests {
             tsc_khz: None,
             boot_files: resume::boot_stamps(&spec).expect("stamps"),
             state_len: 20,
+            state_sha256: None,
             data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
         }
         .save(&dir)

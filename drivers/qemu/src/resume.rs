@@ -28,6 +28,30 @@ pub const STATE_WRITTEN: &str = "vmstate.bin.written";
 /// [`STATE`] once QEMU has loaded it, until it is deleted.
 pub const STATE_SPENT: &str = "vmstate.bin.spent";
 
+/// A state whose sha256 differed from its record, kept aside (never loaded, never deleted by
+/// this driver) for the user to look at.
+pub const STATE_DAMAGED: &str = "vmstate.bin.damaged";
+
+/// The sha256 of the file at `path`, in hex.
+pub fn sha256_of(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Why the state at `path` is not the one recorded with sha256 `want`; `None` if it is.
+pub fn state_damage(path: &Path, want: &str) -> Option<String> {
+    match sha256_of(path) {
+        Ok(sum) if sum == want => None,
+        Ok(_) => Some(format!(
+            "the state file's sha256 differs from the one recorded at the save: it is \
+             damaged; moved aside to {STATE_DAMAGED}"
+        )),
+        Err(err) => Some(format!("the state file is unreadable: {err}")),
+    }
+}
+
 /// A boot file as it was when the state was saved: a guest image replaced under the same path
 /// changes its length or modification time.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -66,7 +90,7 @@ pub struct SavedVm {
     pub qemu_version: String,
     /// That QEMU's executable: while it is unchanged, a restore need not run `--version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qemu_binary: Option<FileStamp>,
+    pub qemu_binary: Option<BinaryStamp>,
     /// QEMU's arguments as the saved VM ran with them (ports of that run).
     pub argv: Vec<String>,
     /// The `tsc_early_khz=` that argv was built with, so a restore builds the same one.
@@ -76,6 +100,10 @@ pub struct SavedVm {
     pub boot_files: Vec<FileStamp>,
     /// The length of [`STATE`] as QEMU wrote it: a shorter file was truncated.
     pub state_len: u64,
+    /// The sha256 of [`STATE`] as QEMU wrote it (hex), checked while QEMU loads it, before
+    /// the guest runs; records from before it was kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_sha256: Option<String>,
     /// The data disk's image after the saving QEMU exited: any other length or modification
     /// time means something wrote the disk since (an older rmachine's cold boot, a
     /// `qemu-img check -r`, a restored backup), and the state's memory no longer fits it.
@@ -138,23 +166,95 @@ pub fn version_line(answer: &serde_json::Value) -> Option<String> {
         number("minor")?,
         number("micro")?
     );
-    match answer
-        .get("package")
-        .and_then(|p| p.as_str())
-        .map(str::trim)
-    {
+    match answer.get("package").and_then(|p| p.as_str()).map(|p| {
+        // Some builds' package string already carries the parentheses.
+        let p = p.trim();
+        p.strip_prefix('(')
+            .and_then(|p| p.strip_suffix(')'))
+            .unwrap_or(p)
+            .trim()
+    }) {
         Some(package) if !package.is_empty() => line.push_str(&format!(" ({package})")),
         _ => {}
     }
     Some(line)
 }
 
-/// The stamp of the QEMU executable at `program` if it has not changed since the QEMU that
-/// wrote `pidfile` started (a newer file is another QEMU than the one running).
-pub fn binary_of_running_qemu(program: &str, pidfile: &Path) -> Option<FileStamp> {
-    let binary = FileStamp::of(&find_program(program)?).ok()?;
-    let started = FileStamp::of(pidfile).ok()?;
-    (binary.modified_ns < started.modified_ns).then_some(binary)
+/// The QEMU executable as a restore compares it: length and mtime, and on Unix the inode and
+/// the status-change time as well. Packages install files with the package's build date as
+/// mtime (dpkg, Homebrew), so an upgrade can leave an older mtime; the new file still has a
+/// new inode and a ctime of its install, which nothing sets back.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BinaryStamp {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its modification time, in nanoseconds since the Unix epoch.
+    pub modified_ns: u128,
+    /// Its device and inode numbers (0 where the host has none); a record from before these
+    /// were kept reads as 0 and so never matches.
+    #[serde(default)]
+    pub dev: u64,
+    /// See [`BinaryStamp::dev`].
+    #[serde(default)]
+    pub inode: u64,
+    /// Its status-change time (ctime), in nanoseconds since the Unix epoch (0 where the host
+    /// has none).
+    #[serde(default)]
+    pub changed_ns: i128,
+}
+
+impl BinaryStamp {
+    /// The stamp of `path` now.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        let file = FileStamp::of(path)?;
+        let (dev, inode, changed_ns) = identity(&meta);
+        Ok(BinaryStamp {
+            path: file.path,
+            len: file.len,
+            modified_ns: file.modified_ns,
+            dev,
+            inode,
+            changed_ns,
+        })
+    }
+}
+
+/// Device, inode and ctime (ns) of a file.
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i128) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.dev(),
+        meta.ino(),
+        i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+    )
+}
+
+/// Device, inode and ctime (ns) of a file: none on this host.
+#[cfg(not(unix))]
+fn identity(_meta: &std::fs::Metadata) -> (u64, u64, i128) {
+    (0, 0, 0)
+}
+
+/// The stamp of the QEMU executable at `program` if it is the file the QEMU with process id
+/// `pid` (which wrote `pidfile` when it started) runs; `None` if it was replaced since (an
+/// upgrade while the VM ran) or that cannot be told. On Linux `/proc/PID/exe` is the running
+/// file itself, so its device and inode must be those at `program`; elsewhere the file's
+/// ctime must predate the pidfile's (mtimes say nothing: packages set them to a build date).
+pub fn binary_of_running_qemu(program: &str, pid: u32, pidfile: &Path) -> Option<BinaryStamp> {
+    let binary = BinaryStamp::of(&find_program(program)?).ok()?;
+    if cfg!(target_os = "linux") {
+        if let Ok(running) = std::fs::metadata(format!("/proc/{pid}/exe")) {
+            let (dev, inode, _) = identity(&running);
+            return (dev == binary.dev && inode == binary.inode).then_some(binary);
+        }
+    }
+    let (_, _, started) = identity(&std::fs::metadata(pidfile).ok()?);
+    (binary.changed_ns != 0 && binary.changed_ns < started).then_some(binary)
 }
 
 /// Where `program` runs from: itself if it names a path, else the first match on `PATH`.
@@ -274,6 +374,7 @@ mod tests {
                 modified_ns: 5,
             }],
             state_len: 100,
+            state_sha256: None,
             data_disk: FileStamp {
                 path: "/m/disk.qcow2".into(),
                 len: 1000,
@@ -344,35 +445,118 @@ mod tests {
             version_line(&plain).as_deref(),
             Some("QEMU emulator version 8.2.0")
         );
+        let wrapped = serde_json::json!({"qemu": {"micro": 1, "minor": 0, "major": 9}, "package": " (v9.0.1) "});
+        assert_eq!(
+            version_line(&wrapped).as_deref(),
+            Some("QEMU emulator version 9.0.1 (v9.0.1)")
+        );
         assert_eq!(version_line(&serde_json::json!({"package": "x"})), None);
     }
 
+    /// Sets `path`'s mtime to `secs` after the epoch.
+    fn set_mtime(path: &Path, secs: u64) {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    /// Writes `path` anew (a new inode, as a package manager installs it) with an old mtime.
+    fn install(path: &Path, from: &Path) {
+        let tmp = path.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        set_mtime(&tmp, 1_000);
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
     #[test]
-    fn a_qemu_binary_newer_than_the_running_qemu_is_not_recorded() {
+    fn a_qemu_binary_replaced_under_the_running_qemu_is_not_recorded_despite_an_old_mtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = tmp.path().join("qemu-system-x86_64");
+        let pidfile = tmp.path().join("qemu.pid");
+        let sleep = find_program("sleep").unwrap();
+        install(&binary, &sleep);
+        let mut child = std::process::Command::new(&binary)
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+        let program = binary.to_str().unwrap();
+        let recorded = binary_of_running_qemu(program, child.id(), &pidfile);
+        // Upgraded while the VM ran, the new file dated like a package build (long ago).
+        install(&binary, &sleep);
+        let after_upgrade = binary_of_running_qemu(program, child.id(), &pidfile);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            recorded.map(|s| s.len),
+            Some(std::fs::metadata(&sleep).unwrap().len())
+        );
+        assert_eq!(after_upgrade, None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn without_the_running_file_a_qemu_binary_installed_after_the_pidfile_is_not_recorded() {
         let tmp = tempfile::tempdir().unwrap();
         let binary = tmp.path().join("qemu-system-x86_64");
         let pidfile = tmp.path().join("qemu.pid");
         std::fs::write(&binary, b"elf").unwrap();
-        let set = |path: &Path, secs: u64| {
-            let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            std::fs::File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(when)
-                .unwrap();
-        };
+        // ctime has the file system's tick (a few ms): let it move.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         std::fs::write(&pidfile, b"1\n").unwrap();
-        set(&binary, 1_000);
-        set(&pidfile, 2_000);
+        set_mtime(&pidfile, 2_000);
         let program = binary.to_str().unwrap();
+        // No process has this id: only the ctimes can tell.
+        let gone = u32::MAX;
         assert_eq!(
-            binary_of_running_qemu(program, &pidfile).map(|s| s.len),
+            binary_of_running_qemu(program, gone, &pidfile).map(|s| s.len),
             Some(3)
         );
-        // Replaced (upgraded) while the VM ran: the running QEMU is another program.
-        set(&binary, 3_000);
-        assert_eq!(binary_of_running_qemu(program, &pidfile), None);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        install(&binary, &binary.clone());
+        assert!(
+            BinaryStamp::of(&binary).unwrap().modified_ns
+                < FileStamp::of(&pidfile).unwrap().modified_ns
+        );
+        assert_eq!(binary_of_running_qemu(program, gone, &pidfile), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_reinstalled_binary_with_the_same_length_and_mtime_has_another_stamp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let binary = tmp.path().join("qemu-system-x86_64");
+        std::fs::write(&binary, b"elf").unwrap();
+        set_mtime(&binary, 1_000);
+        let before = BinaryStamp::of(&binary).unwrap();
+        install(&binary, &binary.clone());
+        let after = BinaryStamp::of(&binary).unwrap();
+        assert_eq!(
+            (before.len, before.modified_ns),
+            (after.len, after.modified_ns)
+        );
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn a_state_damaged_within_its_length_fails_its_sum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(STATE);
+        std::fs::write(&path, b"QEVM state").unwrap();
+        let want = sha256_of(&path).unwrap();
+        assert_eq!(state_damage(&path, &want), None);
+        std::fs::write(&path, b"QEVM stbte").unwrap();
+        let why = state_damage(&path, &want).unwrap();
+        assert!(
+            why.contains("sha256") && why.contains(STATE_DAMAGED),
+            "{why}"
+        );
+        assert!(state_damage(&tmp.path().join("gone"), &want).is_some());
     }
 
     #[test]

@@ -145,10 +145,11 @@ pub async fn run(
 /// could not be mounted).
 pub async fn start_port_agent(store: &Store, name: &str) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("cannot locate the rmachine executable")?;
-    if rmachine_host::machine::start_port_agent(store, name, &program)?.is_some() {
+    if let Some(pid) = rmachine_host::machine::start_port_agent(store, name, &program)? {
         rmachine_host::machine::wait_for_sftp_shares(
             store,
             name,
+            pid,
             rmachine_host::machine::SFTP_SHARE_WAIT,
         )
         .await?;
