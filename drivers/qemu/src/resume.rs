@@ -454,6 +454,7 @@ mod tests {
     }
 
     /// Sets `path`'s mtime to `secs` after the epoch.
+    #[cfg(unix)]
     fn set_mtime(path: &Path, secs: u64) {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
         std::fs::File::options()
@@ -465,6 +466,7 @@ mod tests {
     }
 
     /// Writes `path` anew (a new inode, as a package manager installs it) with an old mtime.
+    #[cfg(unix)]
     fn install(path: &Path, from: &Path) {
         let tmp = path.with_extension("new");
         std::fs::copy(from, &tmp).unwrap();
