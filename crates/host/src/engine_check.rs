@@ -158,13 +158,11 @@ impl EngineClient {
         })
     }
 
-    /// Opens a mutual-TLS HTTP/1 connection and sends `GET path`; returns the response head
-    /// with its body still streaming (the connection lives as long as the body is read).
-    async fn send(
+    /// Connects to `addr` and completes the mutual-TLS handshake.
+    async fn dial(
         &self,
         addr: SocketAddr,
-        path: &str,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, EngineCheckError> {
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, EngineCheckError> {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|source| EngineCheckError::Connect { addr, source })?;
@@ -172,11 +170,20 @@ impl EngineClient {
         // Verify the certificate against the address we dial, as docker does for
         // tcp://127.0.0.1:PORT.
         let name = ServerName::IpAddress(addr.ip().into());
-        let tls = self
-            .connector
+        self.connector
             .connect(name, tcp)
             .await
-            .map_err(|source| EngineCheckError::Handshake { addr, source })?;
+            .map_err(|source| EngineCheckError::Handshake { addr, source })
+    }
+
+    /// Opens a mutual-TLS HTTP/1 connection and sends `GET path`; returns the response head
+    /// with its body still streaming (the connection lives as long as the body is read).
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, EngineCheckError> {
+        let tls = self.dial(addr).await?;
         let http = |source| EngineCheckError::Http {
             addr,
             path: path.to_string(),
@@ -218,15 +225,7 @@ impl EngineClient {
     /// as [`EngineClient::ping`] does (the CA, the address), within the attempt timeout.
     pub async fn served_certificate(&self, addr: SocketAddr) -> Result<Vec<u8>, EngineCheckError> {
         let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|source| EngineCheckError::Connect { addr, source })?;
-            let name = ServerName::IpAddress(addr.ip().into());
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|source| EngineCheckError::Handshake { addr, source })?;
+            let tls = self.dial(addr).await?;
             tls.get_ref()
                 .1
                 .peer_certificates()
