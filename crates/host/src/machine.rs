@@ -1334,13 +1334,19 @@ fn issue_for_address(
 /// the files written, the engine presenting it at its next connection).
 const LIVE_INSTALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A POSIX shell's status for a command it cannot find (POSIX.1 "Command Search and
+/// Execution"): `rmachine-init` on a host that is not rmachine's guest.
+const SHELL_COMMAND_NOT_FOUND: u32 = 127;
+
 /// What became of a certificate handed to a running machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LiveInstall {
     /// The engine presents it; the host's files and record name it too.
     Installed,
-    /// The guest's image predates `rmachine-init install-tls`: only a boot puts a new
-    /// certificate in service there. Nothing was changed.
+    /// The guest's image predates `rmachine-init install-tls`, or the machine is a host
+    /// without `rmachine-init` at all (the generic driver's SSH host: its shell answers 127):
+    /// only a boot or a provisioning puts a new certificate in service there. Nothing was
+    /// changed.
     GuestTooOld,
     /// No SSH host key of the guest is pinned yet (pinning at create failed), so the guest at
     /// the machine's (changed) address cannot be told from another host: its private key is
@@ -1353,7 +1359,7 @@ impl LiveInstall {
     fn why_not(self) -> &'static str {
         match self {
             LiveInstall::Installed => "",
-            LiveInstall::GuestTooOld => "its guest image cannot take one while it runs",
+            LiveInstall::GuestTooOld => "its guest cannot take one while it runs",
             LiveInstall::HostKeyNotPinned => {
                 "its SSH host key is not pinned, so the guest at that address cannot be told \
                  from another host"
@@ -1430,7 +1436,7 @@ async fn install_live<D: Driver>(
         .map_err(failed)?;
     match status {
         0 => {}
-        INSTALL_TLS_UNKNOWN => return Ok(LiveInstall::GuestTooOld),
+        INSTALL_TLS_UNKNOWN | SHELL_COMMAND_NOT_FOUND => return Ok(LiveInstall::GuestTooOld),
         status => {
             return Err(failed(format!(
                 "`{INSTALL_TLS_COMMAND}` exited with {status}: {}",
@@ -3870,6 +3876,27 @@ mod tests {
         assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
         let server = store.machine_path("old").join("server.pem");
         assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_host_without_rmachine_init_is_restarted_with_the_certificate() {
+        let (_tmp, store, options) = setup();
+        // The generic driver's SSH host: its shell knows no `rmachine-init`.
+        let moved = machine_moved_to(
+            &store,
+            &options,
+            "plain",
+            "127.0.0.12",
+            None,
+            SHELL_COMMAND_NOT_FOUND,
+        )
+        .await;
+        let env = env_with(&store, &moved, "plain", &env_options("plain"))
+            .await
+            .unwrap();
+        assert!(env.restarted);
+        let server = store.machine_path("plain").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.12".parse().unwrap()).unwrap());
     }
 
     #[tokio::test]
