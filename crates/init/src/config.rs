@@ -115,17 +115,21 @@ pub fn apply_hostname(hostname: &str, etc: &Path) -> Result<(), ConfigError> {
 
 /// Writes the engine's TLS files: `ca.pem`, `server.pem` (0644) and `server-key.pem` (0600).
 pub fn write_tls(config: &GuestConfig, dir: &Path) -> Result<(), ConfigError> {
-    write_file(&dir.join("ca.pem"), config.ca_pem.as_bytes(), 0o644)?;
-    write_file(
-        &dir.join("server.pem"),
-        config.server_cert_pem.as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        &dir.join("server-key.pem"),
-        config.server_key_pem.as_bytes(),
-        0o600,
+    write_tls_files(
+        dir,
+        &config.ca_pem,
+        &config.server_cert_pem,
+        &config.server_key_pem,
     )
+}
+
+/// Writes the three TLS files into `dir`, the key first: a running engine that reloads
+/// between two of these writes then sees a new key with the old certificate, which it refuses
+/// (keeping the pair in service), never an old key it would pair with a new certificate.
+fn write_tls_files(dir: &Path, ca: &str, cert: &str, key: &str) -> Result<(), ConfigError> {
+    write_file(&dir.join("server-key.pem"), key.as_bytes(), 0o600)?;
+    write_file(&dir.join("server.pem"), cert.as_bytes(), 0o644)?;
+    write_file(&dir.join("ca.pem"), ca.as_bytes(), 0o644)
 }
 
 /// Checks that the host's TLS files are PEM of the right kind and that the server key is the
@@ -201,17 +205,12 @@ pub fn install_tls(
     let replaced = fs::read_to_string(dir.join("server.pem"))
         .ok()
         .and_then(|pem| cert_fingerprint(&pem));
-    write_file(
-        &dir.join("server-key.pem"),
-        files.server_key_pem.as_bytes(),
-        0o600,
+    write_tls_files(
+        dir,
+        &files.ca_pem,
+        &files.server_cert_pem,
+        &files.server_key_pem,
     )?;
-    write_file(
-        &dir.join("server.pem"),
-        files.server_cert_pem.as_bytes(),
-        0o644,
-    )?;
-    write_file(&dir.join("ca.pem"), files.ca_pem.as_bytes(), 0o644)?;
     let Some(mut copy) = load_copy(saved) else {
         return Ok(None);
     };
