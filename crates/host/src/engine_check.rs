@@ -109,6 +109,9 @@ pub enum EngineCheckError {
 #[derive(Clone)]
 pub struct EngineClient {
     connector: TlsConnector,
+    /// The name the engine's certificate must carry instead of the address dialed (see
+    /// [`EngineClient::expecting`]).
+    expected_name: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for EngineClient {
@@ -155,7 +158,19 @@ impl EngineClient {
             .map_err(config_err)?;
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
+            expected_name: None,
         })
+    }
+
+    /// This client, checking the engine's certificate against `name` instead of the address it
+    /// dials (still signed by the store's CA, still mutual TLS): for a guest that booted at an
+    /// address its certificate does not name yet, whose engine proves it holds the machine's
+    /// certificate by presenting it under the machine's own name.
+    pub fn expecting(&self, name: ServerName<'static>) -> Self {
+        Self {
+            connector: self.connector.clone(),
+            expected_name: Some(name),
+        }
     }
 
     /// Connects to `addr` and completes the mutual-TLS handshake.
@@ -169,7 +184,10 @@ impl EngineClient {
         let _ = tcp.set_nodelay(true);
         // Verify the certificate against the address we dial, as docker does for
         // tcp://127.0.0.1:PORT.
-        let name = ServerName::IpAddress(addr.ip().into());
+        let name = self
+            .expected_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         self.connector
             .connect(name, tcp)
             .await
@@ -472,6 +490,23 @@ pub(crate) mod tests {
         let other_dir = machine(other.path(), "intro");
         let client = EngineClient::from_cert_dir(&other_dir).unwrap();
         let err = client.ping(addr).await.unwrap_err();
+        assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn expecting_a_name_checks_the_certificate_against_it_instead_of_the_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = machine(tmp.path(), "intro");
+        // An address the certificate does not name (a guest that came up at a new lease).
+        let addr = serve_on(&dir, "127.0.0.2".parse().unwrap()).await;
+        let client = EngineClient::from_cert_dir(&dir).unwrap();
+        let err = client.ping(addr).await.unwrap_err();
+        assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
+        let named = ServerName::try_from("intro".to_string()).unwrap();
+        client.expecting(named).ping(addr).await.unwrap();
+        // Another machine's name is refused: the CA alone does not do.
+        let other = ServerName::try_from("other".to_string()).unwrap();
+        let err = client.expecting(other).ping(addr).await.unwrap_err();
         assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
     }
 

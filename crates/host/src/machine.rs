@@ -926,6 +926,7 @@ async fn provision<D: Driver>(
         &mut config,
         options.engine_timeout,
         began,
+        BootOf::Created,
         progress,
     )
     .await?;
@@ -1068,7 +1069,21 @@ impl HostClock {
     }
 }
 
-/// Boots the VM, records its endpoints and waits for the engine.
+/// Whose boot [`boot`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootOf {
+    /// The first boot of a machine `create` just made: its guest's SSH host key is not pinned
+    /// yet, and the VM is surely the one just created (see [`pin_host_key`]).
+    Created,
+    /// A boot of a machine that existed before (`start`, `restart`, `upgrade`).
+    Existing,
+}
+
+/// Boots the VM, records its endpoints and waits for the engine. A guest that came up at an
+/// address its certificate does not name (a bridged VM's new lease) is waited for under the
+/// machine's own name, then given a certificate that names the address while it runs
+/// ([`certificate_for_the_boot_address`]): one boot, not two.
+#[allow(clippy::too_many_arguments)]
 async fn boot<D: Driver>(
     store: &Store,
     driver: &D,
@@ -1076,6 +1091,7 @@ async fn boot<D: Driver>(
     config: &mut MachineConfig,
     timeout: Duration,
     began: Instant,
+    of: BootOf,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
     let name = dir.name.clone();
@@ -1091,55 +1107,71 @@ async fn boot<D: Driver>(
         .endpoints(dir)
         .await
         .map_err(driver_err(&name, "report the VM's endpoints"))?;
-    let endpoints =
-        if certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(|source| {
-            MachineError::Certs {
-                machine: name.clone(),
-                source,
-            }
-        })? {
-            endpoints
-        } else {
-            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?
-        };
-    config.driver.ip_address = endpoints.engine.ip().to_string();
-    config.driver.ssh_port = endpoints.ssh.port();
-    config.driver.engine_port = endpoints.engine.port();
-    store.save(config)?;
-    update_docker_context(store, &name, &endpoints.engine);
+    let certs_err = |source| MachineError::Certs {
+        machine: name.clone(),
+        source,
+    };
+    let client = engine_client(store, &name)?;
+    let covered =
+        certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(certs_err)?;
+    // The engine's certificate names the machine (every one this store issues does): an engine
+    // presenting it at the new address holds the machine's key, whatever address it names.
+    let own_name = if covered {
+        None
+    } else if certs::names_host(&dir.file("server.pem"), &name).map_err(certs_err)? {
+        rustls::pki_types::ServerName::try_from(name.clone()).ok()
+    } else {
+        None
+    };
+    let moved = own_name.is_some();
+    let (mut endpoints, probe) = match own_name {
+        Some(own) => {
+            tracing::info!(
+                address = %endpoints.engine.ip(),
+                "the engine certificate does not name the machine's address: waiting for the \
+                 engine under the machine's name, then putting one that does in service"
+            );
+            (endpoints, client.expecting(own))
+        }
+        None if covered => (endpoints, client.clone()),
+        None => (
+            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?,
+            client.clone(),
+        ),
+    };
+    record_endpoints(store, config, &name, &endpoints)?;
 
     progress(Progress::WaitingForEngine);
-    let client = engine_client(store, &name)?;
     let console = driver
         .info()
         .capabilities
         .console_log
         .then(|| dir.file("console.log"));
-    let waited = wait_for_engine(
-        &client,
+    engine_ready(
+        &probe,
+        dir,
         endpoints.engine,
         timeout,
         console.as_deref(),
         &mut clock,
     )
-    .await;
-    if let Err(source) = waited {
-        let (console, last_stage) = match &console {
-            Some(path) => (
-                read_console_tail(dir, 15),
-                std::fs::read(path)
-                    .ok()
-                    .and_then(|c| timeline::last_stage_reached(&String::from_utf8_lossy(&c))),
-            ),
-            None => (None, None),
-        };
-        return Err(MachineError::EngineNotReady {
-            machine: name,
-            last_stage: last_stage.map(|s| format!("{s:?}")),
-            console_captured: console.is_some(),
-            console,
-            cause: Box::new(source),
-        });
+    .await?;
+    if moved {
+        if let Some(rebooted) =
+            certificate_for_the_boot_address(store, driver, dir, config, &endpoints, of).await?
+        {
+            endpoints = rebooted;
+            record_endpoints(store, config, &name, &endpoints)?;
+            engine_ready(
+                &client,
+                dir,
+                endpoints.engine,
+                timeout,
+                console.as_deref(),
+                &mut clock,
+            )
+            .await?;
+        }
     }
     clock.mark(HostStage::Ready);
     let guest = match &console {
@@ -1159,6 +1191,100 @@ async fn boot<D: Driver>(
     }
     progress(Progress::EngineReady);
     Ok(())
+}
+
+/// Records the endpoints of this boot in the machine's record and its docker context.
+fn record_endpoints(
+    store: &Store,
+    config: &mut MachineConfig,
+    name: &str,
+    endpoints: &rmachine_driver::Endpoints,
+) -> Result<(), MachineError> {
+    config.driver.ip_address = endpoints.engine.ip().to_string();
+    config.driver.ssh_port = endpoints.ssh.port();
+    config.driver.engine_port = endpoints.engine.port();
+    store.save(config)?;
+    update_docker_context(store, name, &endpoints.engine);
+    Ok(())
+}
+
+/// [`wait_for_engine`], its failure told with the console's last lines and boot stage.
+async fn engine_ready(
+    client: &EngineClient,
+    dir: &MachineDir,
+    addr: SocketAddr,
+    timeout: Duration,
+    console: Option<&std::path::Path>,
+    clock: &mut HostClock,
+) -> Result<(), MachineError> {
+    let Err(source) = wait_for_engine(client, addr, timeout, console, clock).await else {
+        return Ok(());
+    };
+    let (console, last_stage) = match console {
+        Some(path) => (
+            read_console_tail(dir, 15),
+            std::fs::read(path)
+                .ok()
+                .and_then(|c| timeline::last_stage_reached(&String::from_utf8_lossy(&c))),
+        ),
+        None => (None, None),
+    };
+    Err(MachineError::EngineNotReady {
+        machine: dir.name.clone(),
+        last_stage: last_stage.map(|s| format!("{s:?}")),
+        console_captured: console.is_some(),
+        console,
+        cause: Box::new(source),
+    })
+}
+
+/// After a boot at an address the certificate does not name, once the engine answered under
+/// the machine's name: a certificate naming the address too is put in service in the running
+/// guest ([`install_live`]), as `env` does for a lease that changed while the machine ran.
+/// Where that cannot be done (a guest image without `install-tls`, no pinned host key, a
+/// failed install) the machine is rebooted with the certificate instead, as before
+/// `install-tls` existed; returns the endpoints of that boot (`None`: no reboot). At a
+/// create, the host key is pinned first: the VM is surely the one just created, as when
+/// `create` pins it after the boot.
+async fn certificate_for_the_boot_address<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    endpoints: &rmachine_driver::Endpoints,
+    of: BootOf,
+) -> Result<Option<rmachine_driver::Endpoints>, MachineError> {
+    let ip = endpoints.engine.ip();
+    if of == BootOf::Created {
+        pin_host_key(driver, dir, config).await;
+    }
+    let mut sans = config.host_options.auth_options.server_cert_sans.clone();
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let why = match install_live(
+        store,
+        driver,
+        dir,
+        config,
+        endpoints,
+        sans,
+        LIVE_INSTALL_TIMEOUT,
+    )
+    .await
+    {
+        Ok(LiveInstall::Installed) => return Ok(None),
+        Ok(not) => not.why_not().to_string(),
+        Err(err) => error_chain(&err),
+    };
+    tracing::warn!(
+        machine = %dir.name,
+        "the certificate for the address {ip} cannot be put in service while the machine runs \
+         ({why}): restarting it with the certificate"
+    );
+    reissue_for_new_address(store, driver, dir, config, ip)
+        .await
+        .map(Some)
 }
 
 /// How often the console is read for the guest's readiness line.
@@ -1621,6 +1747,7 @@ async fn follow_new_address<D: Driver>(
         &mut config,
         DEFAULT_ENGINE_TIMEOUT,
         began,
+        BootOf::Existing,
         &|_| {},
     )
     .await?;
@@ -1797,6 +1924,31 @@ async fn start_with(
     store.require(name)?;
     let _lock = store.lock(name)?;
     let (mut config, driver) = load_with_driver(store, name).await?;
+    start_locked(
+        store,
+        &driver,
+        name,
+        &mut config,
+        timeout,
+        resume,
+        began,
+        progress,
+    )
+    .await
+}
+
+/// [`start_with`] once the machine's lock is held and its driver loaded.
+#[allow(clippy::too_many_arguments)]
+async fn start_locked<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    config: &mut MachineConfig,
+    timeout: Duration,
+    resume: bool,
+    began: Instant,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
     let dir = store.machine_dir(name);
     let current = driver
         .state(&dir)
@@ -1821,9 +1973,9 @@ async fn start_with(
                 clock.mark(HostStage::VmRunning);
                 return after_resume(
                     store,
-                    &driver,
+                    driver,
                     &dir,
-                    &mut config,
+                    config,
                     ResumedVm { timeline: clock },
                     timeout,
                     progress,
@@ -1835,8 +1987,18 @@ async fn start_with(
         }
     }
     progress(Progress::WritingConfigDrive);
-    write_config_drive(&config, &dir, &driver)?;
-    boot(store, &driver, &dir, &mut config, timeout, began, progress).await
+    write_config_drive(config, &dir, driver)?;
+    boot(
+        store,
+        driver,
+        &dir,
+        config,
+        timeout,
+        began,
+        BootOf::Existing,
+        progress,
+    )
+    .await
 }
 
 /// Why `stop --save` cannot work for a machine with these capabilities and shares; `None`
@@ -2490,7 +2652,17 @@ pub async fn upgrade_with<D: Driver>(
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;
-    boot(store, driver, &dir, &mut config, timeout, began, progress).await?;
+    boot(
+        store,
+        driver,
+        &dir,
+        &mut config,
+        timeout,
+        began,
+        BootOf::Existing,
+        progress,
+    )
+    .await?;
     Ok(version)
 }
 
@@ -4121,11 +4293,121 @@ mod tests {
             .auth_options
             .server_cert_sans
             .contains(&"127.0.0.2".to_string()));
-        // The guest was rebooted once to take the new certificate.
+        // One boot: the engine answered under the machine's name, then the host key was
+        // pinned and the certificate naming the address put in service in the running guest.
+        assert_eq!(driver.calls(), ["precheck", "create", "start"]);
+        assert_eq!(installs(&driver), 1);
+        let engine = driver
+            .endpoints(&store.machine_dir("moved"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+        assert!(ssh::pinned_host_key_path(&saved.driver.ssh_key_path).exists());
+    }
+
+    /// Machine `name`, created at 127.0.0.1 and stopped, started by a driver whose VM comes up
+    /// at `ip` (a bridged VM's new lease) and whose guest answers `rmachine-init install-tls`
+    /// with `install_status`; returns that driver and what `start` returned.
+    async fn started_at_a_new_address(
+        store: &Store,
+        options: &CreateOptions,
+        name: &str,
+        ip: &str,
+        install_status: u32,
+    ) -> (FakeDriver, Result<(), MachineError>) {
+        let (_lines, progress) = recorder();
+        let first = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        create_with(store, &first, name, options, &progress)
+            .await
+            .unwrap();
+        let moved = FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip.parse().unwrap()),
+            install_status,
+            state_now: Mutex::new(Some(VmState::Stopped)),
+            ..Default::default()
+        };
+        let mut config = store.load(name).unwrap();
+        let started = start_locked(
+            store,
+            &moved,
+            name,
+            &mut config,
+            Duration::from_secs(5),
+            true,
+            Instant::now(),
+            &progress,
+        )
+        .await;
+        (moved, started)
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_puts_the_certificate_in_service_without_a_second_boot() {
+        let (_tmp, store, options) = setup();
+        let ip: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+        let server = store.machine_path("leased").join("server.pem");
+        let (moved, started) =
+            started_at_a_new_address(&store, &options, "leased", "127.0.0.7", 0).await;
+        started.unwrap();
+        // One boot, no stop: the certificate went into the running guest.
+        assert_eq!(moved.calls(), ["state", "start"]);
+        assert_eq!(installs(&moved), 1);
+        assert!(certs::covers(&server, ip).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("leased"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+        engine_client(&store, "leased")
+            .unwrap()
+            .ping(engine)
+            .await
+            .unwrap();
+        let saved = store.load("leased").unwrap();
+        assert_eq!(saved.driver.ip_address, "127.0.0.7");
+        assert!(saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&ip.to_string()));
+        // The next boot reads the same certificate.
+        let drive = std::fs::File::open(store.machine_path("leased").join("config.img")).unwrap();
+        let drive = GuestConfig::read_drive(drive).unwrap();
         assert_eq!(
-            driver.calls(),
-            ["precheck", "create", "start", "stop", "start"]
+            drive.server_cert_pem,
+            std::fs::read_to_string(&server).unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_reboots_a_guest_that_cannot_take_a_certificate_while_it_runs() {
+        let (_tmp, store, options) = setup();
+        let (moved, started) = started_at_a_new_address(
+            &store,
+            &options,
+            "oldimage",
+            "127.0.0.8",
+            INSTALL_TLS_UNKNOWN,
+        )
+        .await;
+        started.unwrap();
+        // As before `install-tls` existed: stopped and booted again with the certificate.
+        assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("oldimage").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("oldimage"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
     }
 
     #[tokio::test]
