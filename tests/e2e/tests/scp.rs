@@ -382,8 +382,9 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
 
     // Both machines stopped, then started by one command (a thread each). scp-a's engine
     // certificate names only an address it had before (a bridged VM's earlier DHCP lease):
-    // start notices that the address it now reports is not named, issues a certificate that
-    // names it and reboots the guest with it, and docker reaches both engines over TLS.
+    // start notices that the address it now reports is not named, waits for the engine under
+    // the machine's name, puts a certificate that names the address in service in the running
+    // guest (no second boot), and docker reaches both engines over TLS.
     machine.rmachine(&["stop", "scp-a", "scp-b"])?.success()?;
     cert_for_an_old_address(&machine, "scp-a")?;
     let stale = std::fs::read_to_string(&server_pem)?;
@@ -402,6 +403,23 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     assert!(
         ips.contains(&vec![127, 0, 0, 1]),
         "the reissued certificate names the address the engine is reached at: {ips:?}"
+    );
+    // The engine of this boot took it while it ran: the console (rewritten at each QEMU start,
+    // so only this boot's) shows it. A reboot with the certificate would boot with it and
+    // never log a change.
+    let console = std::fs::read_to_string(machine.store().join("machines/scp-a/console.log"))?;
+    assert!(
+        console.contains("TLS files changed: serving the new certificate"),
+        "scp-a's engine did not take the certificate while it ran (rebooted?):\n{}",
+        console
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // One thread each, not one after the other: the command took less than the two boots
     // added up (each machine's last host mark is its boot's length).
