@@ -149,19 +149,20 @@ fn processes_of(uid: u32) -> String {
 }
 
 /// The workspace's `rmachine` and guest image where the user can reach them whatever the
-/// checkout's folders allow (a clone under /root is not): hard links (a copy across
-/// filesystems) in a folder anyone may read, removed on drop.
+/// checkout's folders (or TMPDIR) allow (a clone under /root is not reachable): hard links (a
+/// copy across filesystems) in a folder of the user's home that only root may change; removed
+/// on drop (and with the home).
 struct Staged {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Staged {
-    fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("rmachine-e2e-nonroot-")
-            .tempdir()?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        let staged = Staged { dir };
+    fn new(user: &ThrowawayUser) -> Result<Self> {
+        let staged = Staged {
+            dir: user.home.join("rmachine-e2e"),
+        };
+        std::fs::create_dir(&staged.dir)?;
+        std::fs::set_permissions(&staged.dir, std::fs::Permissions::from_mode(0o755))?;
         std::fs::create_dir(staged.bin())?;
         link_or_copy(&bin_dir()?.join("rmachine"), &staged.bin().join("rmachine"))?;
         let image = guest_image()?;
@@ -172,17 +173,31 @@ impl Staged {
                 link_or_copy(&entry.path(), &staged.image().join(entry.file_name()))?;
             }
         }
+        let reachable = user
+            .sh("test -x rmachine-e2e/bin/rmachine && test -r rmachine-e2e/image/manifest.json")?;
+        ensure!(
+            reachable.code == 0,
+            "user {} cannot run {} or read the guest image beside it",
+            user.name,
+            staged.bin().join("rmachine").display()
+        );
         Ok(staged)
     }
 
     /// The folder holding `rmachine`.
     fn bin(&self) -> PathBuf {
-        self.dir.path().join("bin")
+        self.dir.join("bin")
     }
 
     /// The guest image's folder.
     fn image(&self) -> PathBuf {
-        self.dir.path().join("image")
+        self.dir.join("image")
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -273,9 +288,9 @@ fn owner_and_mode(path: &Path) -> Result<(u32, u32, u32)> {
 #[test]
 fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
     let user = ThrowawayUser::create()?;
-    let staged = Staged::new()?;
+    let staged = Staged::new(&user)?;
     // The image `docker load` reads as the user.
-    let tar = staged.dir.path().join("busybox.tar");
+    let tar = staged.dir.join("busybox.tar");
     busybox_image(&tar, "busybox:latest", ArchiveFormat::DockerSave)?;
     std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644))?;
     let machine = UserMachine {
