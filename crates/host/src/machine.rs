@@ -184,6 +184,21 @@ pub enum MachineError {
         /// The cause (in the message, as docker-machine prints it).
         cause: Box<MachineError>,
     },
+    /// The guest at the machine's address shows an SSH host key other than the pinned one:
+    /// the engine's new certificate and key were not sent to it.
+    #[error(
+        "machine \"{machine}\": the guest at its address is not the one whose SSH host key was \
+         pinned, so its new engine certificate was not sent there; \
+         if {machine}'s data disk was replaced on purpose, delete the pinned key and run the \
+         command again, otherwise check what answers at its address"
+    )]
+    HostKeyChanged {
+        /// The machine.
+        machine: String,
+        /// The SSH check that failed (the pin file, both fingerprints).
+        #[source]
+        source: Box<SshError>,
+    },
     /// A new engine certificate could not be put in service in the running machine.
     #[error("machine \"{machine}\": the new engine certificate was not put in service: {reason}")]
     CertInstall {
@@ -1073,16 +1088,17 @@ impl HostClock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BootOf {
     /// The first boot of a machine `create` just made: its guest's SSH host key is not pinned
-    /// yet, and the VM is surely the one just created (see [`pin_host_key`]).
+    /// yet (see [`pin_host_key`]), so no key goes to it over SSH.
     Created,
     /// A boot of a machine that existed before (`start`, `restart`, `upgrade`).
     Existing,
 }
 
-/// Boots the VM, records its endpoints and waits for the engine. A guest that came up at an
-/// address its certificate does not name (a bridged VM's new lease) is waited for under the
-/// machine's own name, then given a certificate that names the address while it runs
-/// ([`certificate_for_the_boot_address`]): one boot, not two.
+/// Boots the VM, records its endpoints and waits for the engine. A machine that existed before
+/// and came up at an address its certificate does not name (a bridged VM's new lease) is
+/// waited for until its engine presents the machine's certificate, then given one that names
+/// the address while it runs ([`certificate_for_the_boot_address`]): one boot, not two. At
+/// create, or for a certificate that does not name the machine, it is rebooted with one.
 #[allow(clippy::too_many_arguments)]
 async fn boot<D: Driver>(
     store: &Store,
@@ -1114,9 +1130,12 @@ async fn boot<D: Driver>(
     let client = engine_client(store, &name)?;
     let covered =
         certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(certs_err)?;
-    // The engine's certificate names the machine (every one this store issues does): an engine
-    // presenting it at the new address holds the machine's key, whatever address it names.
-    let own_name = if covered {
+    // An engine at the new address that presents exactly the host's `server.pem` (the CA's,
+    // under the machine's name, which it carries) holds this machine's key, whatever address
+    // the certificate names. Not at create: the first boot's guest gets the certificate by a
+    // reboot, so that its engine key never goes over SSH to a host key pinned on that very
+    // first contact; a later `start` sends it only to the key pinned before.
+    let own_name = if covered || of == BootOf::Created {
         None
     } else if certs::names_host(&dir.file("server.pem"), &name).map_err(certs_err)? {
         rustls::pki_types::ServerName::try_from(name.clone()).ok()
@@ -1129,9 +1148,19 @@ async fn boot<D: Driver>(
             tracing::info!(
                 address = %endpoints.engine.ip(),
                 "the engine certificate does not name the machine's address: waiting for the \
-                 engine under the machine's name, then putting one that does in service"
+                 engine presenting the machine's certificate, then putting one that names the \
+                 address in service"
             );
-            (endpoints, client.expecting(own))
+            let probe = client
+                .presenting(own, &dir.file("server.pem"))
+                .map_err(|source| MachineError::EngineNotReady {
+                    machine: name.clone(),
+                    last_stage: None,
+                    console_captured: false,
+                    console: None,
+                    cause: Box::new(source),
+                })?;
+            (endpoints, probe)
         }
         None if covered => (endpoints, client.clone()),
         None => (
@@ -1158,7 +1187,7 @@ async fn boot<D: Driver>(
     .await?;
     if moved {
         if let Some(rebooted) =
-            certificate_for_the_boot_address(store, driver, dir, config, &endpoints, of).await?
+            certificate_for_the_boot_address(store, driver, dir, config, &endpoints).await?
         {
             endpoints = rebooted;
             record_endpoints(store, config, &name, &endpoints)?;
@@ -1238,26 +1267,22 @@ async fn engine_ready(
     })
 }
 
-/// After a boot at an address the certificate does not name, once the engine answered under
-/// the machine's name: a certificate naming the address too is put in service in the running
-/// guest ([`install_live`]), as `env` does for a lease that changed while the machine ran.
-/// Where that cannot be done (a guest image without `install-tls`, no pinned host key, a
-/// failed install) the machine is rebooted with the certificate instead, as before
-/// `install-tls` existed; returns the endpoints of that boot (`None`: no reboot). At a
-/// create, the host key is pinned first: the VM is surely the one just created, as when
-/// `create` pins it after the boot.
+/// After a `start` at an address the certificate does not name, once the engine presented the
+/// machine's certificate: a certificate naming the address too is put in service in the
+/// running guest ([`install_live`]), as `env` does for a lease that changed while the machine
+/// ran. Where that cannot be done (a guest image without `install-tls`, no pinned host key, a
+/// failed or timed-out install) the machine is rebooted with the certificate instead, as
+/// before `install-tls` existed; returns the endpoints of that boot (`None`: no reboot). A
+/// guest whose SSH host key is not the pinned one is an error: something else may answer at
+/// the address, and nothing is sent to it, not even by a reboot.
 async fn certificate_for_the_boot_address<D: Driver>(
     store: &Store,
     driver: &D,
     dir: &MachineDir,
     config: &mut MachineConfig,
     endpoints: &rmachine_driver::Endpoints,
-    of: BootOf,
 ) -> Result<Option<rmachine_driver::Endpoints>, MachineError> {
     let ip = endpoints.engine.ip();
-    if of == BootOf::Created {
-        pin_host_key(driver, dir, config).await;
-    }
     let mut sans = config.host_options.auth_options.server_cert_sans.clone();
     if !sans.contains(&ip.to_string()) {
         sans.push(ip.to_string());
@@ -1275,6 +1300,7 @@ async fn certificate_for_the_boot_address<D: Driver>(
     {
         Ok(LiveInstall::Installed) => return Ok(None),
         Ok(not) => not.why_not().to_string(),
+        Err(err @ MachineError::HostKeyChanged { .. }) => return Err(err),
         Err(err) => error_chain(&err),
     };
     tracing::warn!(
@@ -1537,7 +1563,15 @@ async fn install_live<D: Driver>(
     let send = async {
         let session = SshSession::connect_as(endpoints.ssh, user, key)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| match e {
+                // Not a failure to retry by a reboot: the guest at the address is not the one
+                // whose key was pinned, and the engine's key must not go there.
+                e @ SshError::HostKeyChanged { .. } => MachineError::HostKeyChanged {
+                    machine: name.clone(),
+                    source: Box::new(e),
+                },
+                e => failed(error_chain(&e)),
+            })?;
         let mut err = Vec::new();
         let status = session
             .run_with(
@@ -1547,19 +1581,16 @@ async fn install_live<D: Driver>(
                 &mut err,
             )
             .await
-            .map_err(|e| error_chain(&e));
+            .map_err(|e| failed(error_chain(&e)));
         session.close().await;
-        Ok::<_, String>((status?, err))
+        Ok::<_, MachineError>((status?, err))
     };
-    let (status, err) = tokio::time::timeout(within, send)
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "no answer over SSH within {} s",
-                within.as_secs_f32()
-            ))
-        })?
-        .map_err(failed)?;
+    let (status, err) = tokio::time::timeout(within, send).await.map_err(|_| {
+        failed(format!(
+            "no answer over SSH within {} s",
+            within.as_secs_f32()
+        ))
+    })??;
     match status {
         0 => {}
         INSTALL_TLS_UNKNOWN | SHELL_COMMAND_NOT_FOUND => return Ok(LiveInstall::GuestTooOld),
@@ -3535,6 +3566,9 @@ mod tests {
         state_now: Mutex<Option<VmState>>,
         /// Its [`Capabilities::fast_boot_files`].
         fast_boot_files: bool,
+        /// When set, the engine serves the TLS files in this directory, not the configuration
+        /// drive's: another machine answering at the address.
+        impostor_tls: Option<PathBuf>,
     }
 
     impl FakeDriver {
@@ -3620,7 +3654,8 @@ mod tests {
                 let ssh =
                     serve_guest_ssh(tls.clone(), self.install_status, self.installs.clone()).await;
                 *self.ssh.lock().unwrap_or_else(|e| e.into_inner()) = Some(ssh);
-                crate::engine_check::tests::serve_on(&tls, ip).await
+                crate::engine_check::tests::serve_on(self.impostor_tls.as_ref().unwrap_or(&tls), ip)
+                    .await
             } else {
                 // A port nobody answers on: the wait must time out.
                 "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())
@@ -4293,10 +4328,13 @@ mod tests {
             .auth_options
             .server_cert_sans
             .contains(&"127.0.0.2".to_string()));
-        // One boot: the engine answered under the machine's name, then the host key was
-        // pinned and the certificate naming the address put in service in the running guest.
-        assert_eq!(driver.calls(), ["precheck", "create", "start"]);
-        assert_eq!(installs(&driver), 1);
+        // The first boot's guest was rebooted with the certificate: nothing goes over SSH to a
+        // host key first seen at that boot.
+        assert_eq!(
+            driver.calls(),
+            ["precheck", "create", "start", "stop", "start"]
+        );
+        assert_eq!(installs(&driver), 0);
         let engine = driver
             .endpoints(&store.machine_dir("moved"))
             .await
@@ -4316,6 +4354,33 @@ mod tests {
         ip: &str,
         install_status: u32,
     ) -> (FakeDriver, Result<(), MachineError>) {
+        let moved = FakeDriver {
+            install_status,
+            ..moved_to(ip)
+        };
+        started_after(store, options, name, moved, |_| {}).await
+    }
+
+    /// A driver whose stopped VM comes up at `ip` at its next start.
+    fn moved_to(ip: &str) -> FakeDriver {
+        FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip.parse().unwrap()),
+            state_now: Mutex::new(Some(VmState::Stopped)),
+            ..Default::default()
+        }
+    }
+
+    /// Machine `name`, created at 127.0.0.1 and stopped, then changed by `meanwhile` (its
+    /// record as created) and started by `moved`; returns that driver and what `start`
+    /// returned.
+    async fn started_after(
+        store: &Store,
+        options: &CreateOptions,
+        name: &str,
+        moved: FakeDriver,
+        meanwhile: impl FnOnce(&MachineConfig),
+    ) -> (FakeDriver, Result<(), MachineError>) {
         let (_lines, progress) = recorder();
         let first = FakeDriver {
             serve_engine: true,
@@ -4324,20 +4389,14 @@ mod tests {
         create_with(store, &first, name, options, &progress)
             .await
             .unwrap();
-        let moved = FakeDriver {
-            serve_engine: true,
-            engine_ip: Some(ip.parse().unwrap()),
-            install_status,
-            state_now: Mutex::new(Some(VmState::Stopped)),
-            ..Default::default()
-        };
         let mut config = store.load(name).unwrap();
+        meanwhile(&config);
         let started = start_locked(
             store,
             &moved,
             name,
             &mut config,
-            Duration::from_secs(5),
+            Duration::from_secs(3),
             true,
             Instant::now(),
             &progress,
@@ -4408,6 +4467,99 @@ mod tests {
             .unwrap()
             .engine;
         assert_eq!(served(&store, engine).await, der_of(&server));
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_refuses_another_machines_engine_that_names_this_one() {
+        let (tmp, store, options) = setup();
+        let other = tmp.path().join("other-tls");
+        let moved = FakeDriver {
+            impostor_tls: Some(other.clone()),
+            ..moved_to("127.0.0.9")
+        };
+        let (moved, started) = started_after(&store, &options, "leased", moved, |_| {
+            // Same store, same CA, a certificate that names `leased` too (`--tls-san leased`)
+            // and, as all of them, `localhost`: another machine's engine at the new address.
+            std::fs::create_dir_all(&other).unwrap();
+            let cert = certs::server_cert(&store.certs_dir(), "other", &["leased".into()]).unwrap();
+            certs::install_machine_certs(&store.certs_dir(), &other, &cert).unwrap();
+        })
+        .await;
+        let err = started.unwrap_err();
+        assert!(
+            matches!(err, MachineError::EngineNotReady { .. }),
+            "{}",
+            error_chain(&err)
+        );
+        assert!(
+            error_chain(&err).contains("other than the machine's current one"),
+            "{}",
+            error_chain(&err)
+        );
+        // Nothing was sent to it and the host's certificate is the one it had.
+        assert_eq!(moved.calls(), ["state", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("leased").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.9".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_without_a_pinned_host_key_reboots_and_sends_nothing() {
+        let (_tmp, store, options) = setup();
+        let (moved, started) = started_after(
+            &store,
+            &options,
+            "unpinned",
+            moved_to("127.0.0.10"),
+            |config| {
+                std::fs::remove_file(ssh::pinned_host_key_path(&config.driver.ssh_key_path))
+                    .unwrap()
+            },
+        )
+        .await;
+        started.unwrap();
+        assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("unpinned").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.10".parse().unwrap()).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("unpinned"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_with_another_guest_host_key_is_an_error_and_sends_nothing() {
+        let (_tmp, store, options) = setup();
+        let (moved, started) = started_after(
+            &store,
+            &options,
+            "rekeyed",
+            moved_to("127.0.0.11"),
+            |config| {
+                use russh::keys::ssh_key::private::Ed25519Keypair;
+                // A key other than the fake guest's.
+                let key = russh::keys::PrivateKey::from(Ed25519Keypair::from_seed(&[9u8; 32]));
+                let line = key.public_key().to_openssh().unwrap();
+                let pin = ssh::pinned_host_key_path(&config.driver.ssh_key_path);
+                std::fs::write(pin, format!("{line}\n")).unwrap();
+            },
+        )
+        .await;
+        let err = started.unwrap_err();
+        let text = error_chain(&err);
+        assert!(
+            matches!(err, MachineError::HostKeyChanged { ref machine, .. } if machine == "rekeyed"),
+            "{text}"
+        );
+        assert!(text.contains("delete"), "{text}");
+        // No reboot, nothing installed: the host still has the certificate it had.
+        assert_eq!(moved.calls(), ["state", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("rekeyed").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
     }
 
     #[tokio::test]
