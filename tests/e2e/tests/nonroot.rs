@@ -5,11 +5,14 @@
 //! (QEMU 7.2's C virtiofsd needs root; a Rust virtiofsd would be taken by a user too: the test
 //! expects what the driver finds). Through `rmachine env` and the docker CLI, as that user: a
 //! file the user wrote (a private one too) is read by a container through `-v $HOME/...`;
-//! files and a folder a container's root makes there appear on the host owned by the user, with
-//! the modes the container gave them, and `-v` of a missing folder under the home creates it as
-//! the user's. `ssh`, `stop` and `rm` work as that user.
+//! files and a folder a container's root (or its uid 1234) makes there appear on the host owned
+//! by the user, with the modes the container gave them, and `-v` of a missing folder under the
+//! home creates it as the user's. `ssh`, `stop` and `rm` work as that user.
 //!
-//! Making a user needs root: the test fails (never skips) when it cannot, saying why.
+//! Making a user needs root: the test fails (never skips) when it cannot, saying why. Each
+//! command run as the user is killed after [`USER_COMMAND_LIMIT`] (a hang fails the test), the
+//! user's processes are killed before the user is removed, and users left by an earlier run
+//! that was killed are removed first.
 #![cfg(rmachine_e2e)]
 
 use std::ffi::OsStr;
@@ -17,6 +20,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use rmachine_e2e::{bin_dir, guest_image, parse_bash_env, run, Run};
@@ -25,12 +29,20 @@ use rmachine_fixtures::{busybox_image, ArchiveFormat};
 /// Debian's PATH for a user (`/etc/profile`, without games): no sbin.
 const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// A user made for this test; removed with its home on drop.
+/// How long one command run as the user may take (a `create` under a loaded CI runner
+/// included) before `timeout` kills it.
+const USER_COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// What the names of this test's users start with (then the test's pid).
+const USER_PREFIX: &str = "rme2e";
+
+/// A user made for this test; removed with its home by [`ThrowawayUser::remove`] or on drop.
 struct ThrowawayUser {
     name: String,
     uid: u32,
     gid: u32,
     home: PathBuf,
+    removed: bool,
 }
 
 /// `id ARGS` as a number.
@@ -60,7 +72,8 @@ impl ThrowawayUser {
                  as root, it runs as uid {me}"
             );
         }
-        let name = format!("rme2e{}", std::process::id());
+        remove_stale_users()?;
+        let name = format!("{USER_PREFIX}{}", std::process::id());
         let home = Path::new("/home").join(&name);
         let made = Command::new("useradd")
             .args(["--create-home", "--home-dir"])
@@ -79,6 +92,7 @@ impl ThrowawayUser {
             uid: 0,
             gid: 0,
             home,
+            removed: false,
         };
         user.uid = id(&["-u", &user.name])?;
         user.gid = id(&["-g", &user.name])?;
@@ -87,13 +101,17 @@ impl ThrowawayUser {
     }
 
     /// `program` run as this user with only what a login would set: HOME, USER, LOGNAME, a
-    /// user's PATH (plus `extra_path` first); started in the home folder, stdin empty.
+    /// user's PATH (plus `extra_path` first); started in the home folder, stdin empty; killed
+    /// after [`USER_COMMAND_LIMIT`] (`timeout` exits 124, or 137 after its KILL).
     fn command(&self, program: impl AsRef<OsStr>, extra_path: Option<&Path>) -> Command {
         let path = match extra_path {
             Some(dir) => format!("{}:{USER_PATH}", dir.display()),
             None => USER_PATH.to_string(),
         };
-        let mut cmd = Command::new(program);
+        let mut cmd = Command::new("timeout");
+        cmd.arg("--kill-after=10")
+            .arg(USER_COMMAND_LIMIT.as_secs().to_string())
+            .arg(program);
         cmd.env_clear()
             .env("HOME", &self.home)
             .env("USER", &self.name)
@@ -113,30 +131,101 @@ impl ThrowawayUser {
         cmd.args(["-c", script]);
         run(cmd, format!("sh -c {script:?} (as {})", self.name))
     }
+
+    /// Kills every process of the user, then removes it and its home.
+    fn remove(&mut self) -> Result<()> {
+        if !self.removed {
+            remove_user(&self.name, self.uid)?;
+            self.removed = true;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for ThrowawayUser {
     fn drop(&mut self) {
-        let removed = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .output();
-        match removed {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                // A process of the user still runs (it is named): the account goes anyway.
-                eprintln!(
-                    "userdel --remove {} failed: {}\n{}",
-                    self.name,
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    processes_of(self.uid)
-                );
-                let _ = Command::new("userdel")
-                    .args(["--remove", "--force", &self.name])
-                    .status();
+        if let Err(err) = self.remove() {
+            // Loudly: a user left behind is removed by the next run, but must be noticed.
+            if std::thread::panicking() {
+                eprintln!("{err:#}");
+            } else {
+                panic!("{err:#}");
             }
-            Err(err) => eprintln!("cannot run userdel for {}: {err}", self.name),
         }
     }
+}
+
+/// Kills every process of `uid` (a uid that belongs only to this test) until none is left.
+fn kill_processes_of(uid: u32) -> Result<()> {
+    for _ in 0..100 {
+        let out = Command::new("ps")
+            .args(["-o", "pid=", "-u", &uid.to_string()])
+            .output()
+            .context("cannot run ps")?;
+        let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        // Some may end meanwhile: kill's status does not matter, the next ps does.
+        let _ = Command::new("kill")
+            .arg("-9")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "processes of uid {uid} survive kill -9:\n{}",
+        processes_of(uid)
+    )
+}
+
+/// Kills the processes of user `name` (`uid`), then `userdel --remove`s it.
+fn remove_user(name: &str, uid: u32) -> Result<()> {
+    kill_processes_of(uid)?;
+    let out = Command::new("userdel")
+        .args(["--remove", name])
+        .output()
+        .with_context(|| format!("cannot run userdel for {name}"))?;
+    ensure!(
+        out.status.success(),
+        "userdel --remove {name} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        processes_of(uid)
+    );
+    Ok(())
+}
+
+/// Removes the users an earlier run of this test left when it was killed (no drop ran), but
+/// not the one of a run still going (its pid, in the name, still runs this test).
+fn remove_stale_users() -> Result<()> {
+    let passwd = std::fs::read_to_string("/etc/passwd").context("cannot read /etc/passwd")?;
+    let me = std::env::current_exe().context("locating the test executable")?;
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let (Some(name), Some(uid)) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        let Some(pid) = name.strip_prefix(USER_PREFIX) else {
+            continue;
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let running = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == me);
+        if running {
+            continue;
+        }
+        let uid: u32 = uid
+            .parse()
+            .with_context(|| format!("/etc/passwd: uid of {name}: {uid:?}"))?;
+        eprintln!("removing user {name} (uid {uid}) left by an earlier run");
+        remove_user(name, uid)?;
+    }
+    Ok(())
 }
 
 /// `ps` lines of the processes of `uid`, for a message.
@@ -161,15 +250,23 @@ impl Staged {
         let staged = Staged {
             dir: user.home.join("rmachine-e2e"),
         };
-        std::fs::create_dir(&staged.dir)?;
-        std::fs::set_permissions(&staged.dir, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::create_dir(staged.bin())?;
+        let mkdir = |dir: &Path| {
+            std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))
+        };
+        mkdir(&staged.dir)?;
+        std::fs::set_permissions(&staged.dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot chmod 755 {}", staged.dir.display()))?;
+        mkdir(&staged.bin())?;
         link_or_copy(&bin_dir()?.join("rmachine"), &staged.bin().join("rmachine"))?;
         let image = guest_image()?;
-        std::fs::create_dir(staged.image())?;
-        for entry in std::fs::read_dir(&image)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
+        mkdir(&staged.image())?;
+        let listing = |e| format!("cannot list {}: {e}", image.display());
+        for entry in std::fs::read_dir(&image).with_context(|| listing("read_dir"))? {
+            let entry = entry.with_context(|| listing("entry"))?;
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+            if kind.is_file() {
                 link_or_copy(&entry.path(), &staged.image().join(entry.file_name()))?;
             }
         }
@@ -204,9 +301,13 @@ impl Drop for Staged {
 /// Hard-links `from` at `to`, or copies it where a link cannot be made; readable by anyone.
 fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).with_context(|| format!("copy {}", from.display()))?;
+        std::fs::copy(from, to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     }
-    let mode = std::fs::metadata(to)?.permissions().mode();
+    let mode = std::fs::metadata(to)
+        .with_context(|| format!("cannot stat {}", to.display()))?
+        .permissions()
+        .mode();
     ensure!(
         mode & 0o004 != 0,
         "{} is not readable by other users (mode {mode:o})",
@@ -287,14 +388,29 @@ fn owner_and_mode(path: &Path) -> Result<(u32, u32, u32)> {
 
 #[test]
 fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
-    let user = ThrowawayUser::create()?;
-    let staged = Staged::new(&user)?;
+    let began = std::time::Instant::now();
+    let mut user = ThrowawayUser::create()?;
+    let tested = shares_home_as(&user);
+    let removed = user.remove();
+    eprintln!(
+        "the non-root user's machine, end to end: {:.1}s",
+        began.elapsed().as_secs_f64()
+    );
+    match (tested, removed) {
+        (Err(err), Err(cleanup)) => Err(err.context(format!("and then: {cleanup:#}"))),
+        (tested, removed) => tested.and(removed),
+    }
+}
+
+/// The test proper, as `user` (removed by the caller whatever this returns).
+fn shares_home_as(user: &ThrowawayUser) -> Result<()> {
+    let staged = Staged::new(user)?;
     // The image `docker load` reads as the user.
     let tar = staged.dir.join("busybox.tar");
     busybox_image(&tar, "busybox:latest", ArchiveFormat::DockerSave)?;
     std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o644))?;
     let machine = UserMachine {
-        user: &user,
+        user,
         staged: &staged,
         name: "mine",
     };
@@ -327,11 +443,9 @@ fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
         "QEMU (pid {pid}) runs as uid {qemu_uid}"
     );
 
-    // The home folder is the one share, at the same path, over the transport a user gets.
-    let transport = match rmachine_driver_qemu::virtiofs::find(false, |p| p.is_file()) {
-        Some(_) => "virtiofs",
-        None => "9p",
-    };
+    // The home folder is the one share, at the same path, over the transport a user gets:
+    // 9p here, as QEMU 7.2's C virtiofsd needs root; virtio-fs only with a Rust virtiofsd.
+    let rust_virtiofsd = rmachine_driver_qemu::virtiofs::find(false, |p| p.is_file());
     let shares = machine
         .rmachine(&["inspect", "--format", "{{json .Vm.shares}}", machine.name])?
         .success()?;
@@ -340,7 +454,20 @@ fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
     ensure!(shares.len() == 1, "one share expected: {shares:?}");
     assert_eq!(shares[0]["hostPath"], home.as_str());
     assert_eq!(shares[0]["guestPath"], home.as_str());
-    assert_eq!(shares[0]["transport"], transport);
+    let transport = shares[0]["transport"].as_str().unwrap_or_default();
+    match &rust_virtiofsd {
+        None => ensure!(
+            transport == "9p",
+            "a user's home share goes over 9p on this host (QEMU 7.2's C virtiofsd needs root \
+             and no Rust virtiofsd is installed): inspect reports {transport:?}"
+        ),
+        Some(daemon) => ensure!(
+            transport == "virtiofs",
+            "a Rust virtiofsd ({}) runs as a user, so the home share goes over virtio-fs: \
+             inspect reports {transport:?}",
+            daemon.program.display()
+        ),
+    }
     assert_eq!(shares[0]["readOnly"], false);
     let fstype = transport;
     let mounts = machine
@@ -396,7 +523,23 @@ fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
             "-c",
             "umask 022 && echo from a container > /src/from-container.txt && \
              echo kept private > /src/private.txt && chmod 600 /src/private.txt && \
-             mkdir /src/made && echo out > /out/file.txt",
+             mkdir /src/made && mkdir /src/open && chmod 777 /src/open && \
+             echo out > /out/file.txt",
+        ])?
+        .success()?;
+    // A container user other than root (and than the user's uid on the host) too.
+    machine
+        .docker(&[
+            "run",
+            "--rm",
+            "-u",
+            "1234",
+            "-v",
+            &bind,
+            "busybox",
+            "sh",
+            "-c",
+            "umask 022 && echo by uid 1234 > /src/open/by-1234.txt",
         ])?
         .success()?;
     let (uid, gid) = (user.uid, user.gid);
@@ -408,6 +551,8 @@ fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
         (project.join("from-container.txt"), 0o644),
         (project.join("private.txt"), 0o600),
         (project.join("made"), 0o755),
+        (project.join("open"), 0o777),
+        (project.join("open/by-1234.txt"), 0o644),
         (made_by_docker.join("file.txt"), 0o644),
     ] {
         assert_eq!(
@@ -424,8 +569,10 @@ fn a_user_who_is_not_root_shares_their_home_with_containers() -> Result<()> {
         "the folder -v made for a missing source belongs to the user"
     );
     // And the user can use what containers made, as their own.
-    user.sh("echo edited >> project/private.txt && rm -r project/made made-by-docker")?
-        .success()?;
+    user.sh(
+        "echo edited >> project/private.txt && rm -r project/made project/open made-by-docker",
+    )?
+    .success()?;
 
     // ssh, stop and rm as the user.
     let read = machine
