@@ -296,9 +296,17 @@ pub fn install_machine_certs(
     Ok(())
 }
 
-/// Whether the certificate at `path` names `ip` among its IP subject alternative names, so
-/// that a client reaching the engine at that address accepts it.
-pub fn covers(path: &Path, ip: std::net::IpAddr) -> Result<bool, CertError> {
+/// One subject alternative name of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum San {
+    /// A DNS name.
+    Dns(String),
+    /// An IP address (4 or 16 bytes).
+    Ip(Vec<u8>),
+}
+
+/// The subject alternative names of the certificate at `path` (other kinds left out).
+fn sans_of(path: &Path) -> Result<Vec<San>, CertError> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
     let text = read(path)?;
     let bad = |detail: String| CertError::X509 {
@@ -308,19 +316,38 @@ pub fn covers(path: &Path, ip: std::net::IpAddr) -> Result<bool, CertError> {
     let (_, pem) =
         x509_parser::pem::parse_x509_pem(text.as_bytes()).map_err(|e| bad(e.to_string()))?;
     let (_, cert) = X509Certificate::from_der(&pem.contents).map_err(|e| bad(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(san
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some(San::Dns((*dns).to_string())),
+                    GeneralName::IPAddress(bytes) => Some(San::Ip(bytes.to_vec())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Whether the certificate at `path` names `ip` among its IP subject alternative names, so
+/// that a client reaching the engine at that address accepts it.
+pub fn covers(path: &Path, ip: std::net::IpAddr) -> Result<bool, CertError> {
     let want: Vec<u8> = match ip {
         std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
         std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
     };
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(san.is_some_and(|san| {
-        san.value
-            .general_names
-            .iter()
-            .any(|name| matches!(name, GeneralName::IPAddress(bytes) if *bytes == want.as_slice()))
-    }))
+    Ok(sans_of(path)?.contains(&San::Ip(want)))
+}
+
+/// Whether the certificate at `path` names the host `dns` among its DNS subject alternative
+/// names (exactly: the machine certificates this store issues carry no wildcards).
+pub fn names_host(path: &Path, dns: &str) -> Result<bool, CertError> {
+    Ok(sans_of(path)?.contains(&San::Dns(dns.to_string())))
 }
 
 /// Reads a PEM file for a front end that needs its text (the configuration drive).
@@ -339,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn covers_reads_the_ip_sans() {
+    fn covers_and_names_host_read_the_sans() {
         let tmp = tempfile::tempdir().unwrap();
         let certs = tmp.path().join("certs");
         bootstrap(&certs, &mut |_| {}).unwrap();
@@ -349,8 +376,13 @@ mod tests {
         assert!(covers(&path, "192.168.64.7".parse().unwrap()).unwrap());
         assert!(covers(&path, "127.0.0.1".parse().unwrap()).unwrap());
         assert!(!covers(&path, "192.168.64.8".parse().unwrap()).unwrap());
+        // The machine's name is among its DNS names, an IP's text is not.
+        assert!(names_host(&path, "m").unwrap());
+        assert!(!names_host(&path, "other").unwrap());
+        assert!(!names_host(&path, "192.168.64.7").unwrap());
         std::fs::write(&path, "junk").unwrap();
         assert!(covers(&path, "127.0.0.1".parse().unwrap()).is_err());
+        assert!(names_host(&path, "m").is_err());
     }
 
     #[test]

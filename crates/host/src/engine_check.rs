@@ -84,6 +84,21 @@ pub enum EngineCheckError {
         /// What was wrong.
         detail: String,
     },
+    /// The verifier of the engine's certificate could not be built from the CA.
+    #[error("cannot check engine certificates against the CA in {dir}")]
+    Verifier {
+        /// The directory holding the files.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls::client::VerifierBuilderError,
+    },
+    /// The file that should hold the engine's certificate holds none.
+    #[error("no certificate in {path}")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
     /// One attempt took too long.
     #[error("engine at {addr} did not answer within {seconds}s")]
     AttemptTimeout {
@@ -109,6 +124,84 @@ pub enum EngineCheckError {
 #[derive(Clone)]
 pub struct EngineClient {
     connector: TlsConnector,
+    /// The configuration `connector` was made from (for [`EngineClient::presenting`]).
+    config: Arc<rustls::ClientConfig>,
+    /// The check of the engine's certificate against the store's CA and a name.
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
+    /// The name the engine's certificate must carry instead of the address dialed (see
+    /// [`EngineClient::presenting`]).
+    expected_name: Option<ServerName<'static>>,
+}
+
+/// Why a certificate that the CA signed and that names the expected host is still refused.
+#[derive(thiserror::Error)]
+#[error("the engine presents a certificate other than the machine's current one")]
+struct NotTheMachineCertificate;
+
+// rustls shows the cause of a refused certificate with `Debug`: the sentence, not the name.
+impl std::fmt::Debug for NotTheMachineCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Accepts only an engine presenting exactly one certificate (the host's copy of the machine's
+/// own), after the usual check against the CA and a name. Names alone do not identify a
+/// machine: every certificate the store issues names `localhost`, and `--tls-san` can make one
+/// machine's certificate name another.
+#[derive(Debug)]
+struct ExactCertificate {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expected: CertificateDer<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ExactCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if end_entity.as_ref() != self.expected.as_ref() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    NotTheMachineCertificate,
+                ))),
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl std::fmt::Debug for EngineClient {
@@ -147,14 +240,59 @@ impl EngineClient {
                 source,
             })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(config_err)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(config_err)?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|source| EngineCheckError::Verifier {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(config_err)?
+                .with_webpki_verifier(verifier.clone())
+                .with_client_auth_cert(chain, key)
+                .map_err(config_err)?,
+        );
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
+            verifier,
+            expected_name: None,
+        })
+    }
+
+    /// This client, accepting only an engine that presents exactly the certificate in
+    /// `cert_path` (the host's copy of the machine's current one), checked against the store's
+    /// CA and `name` instead of the address it dials, still over mutual TLS: for a guest that
+    /// booted at an address its certificate does not name yet. The handshake proves the engine
+    /// holds that certificate's key, i.e. it is this machine's engine.
+    pub fn presenting(
+        &self,
+        name: ServerName<'static>,
+        cert_path: &Path,
+    ) -> Result<Self, EngineCheckError> {
+        let expected = load_certs(cert_path)?.into_iter().next().ok_or_else(|| {
+            EngineCheckError::NoCertificate {
+                path: cert_path.to_path_buf(),
+            }
+        })?;
+        let mut config = (*self.config).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(ExactCertificate {
+                inner: self.verifier.clone(),
+                expected,
+            }));
+        let config = Arc::new(config);
+        Ok(Self {
+            connector: TlsConnector::from(config.clone()),
+            config,
+            verifier: self.verifier.clone(),
+            expected_name: Some(name),
         })
     }
 
@@ -169,7 +307,10 @@ impl EngineClient {
         let _ = tcp.set_nodelay(true);
         // Verify the certificate against the address we dial, as docker does for
         // tcp://127.0.0.1:PORT.
-        let name = ServerName::IpAddress(addr.ip().into());
+        let name = self
+            .expected_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         self.connector
             .connect(name, tcp)
             .await
@@ -441,13 +582,7 @@ pub(crate) mod tests {
     }
 
     fn machine(store: &Path, name: &str) -> PathBuf {
-        let certs_dir = store.join("certs");
-        certs::bootstrap(&certs_dir, &mut |_| {}).unwrap();
-        let dir = store.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let server = certs::server_cert(&certs_dir, name, &[]).unwrap();
-        certs::install_machine_certs(&certs_dir, &dir, &server).unwrap();
-        dir
+        machine_with_sans(store, name, &[])
     }
 
     #[tokio::test]
@@ -473,6 +608,86 @@ pub(crate) mod tests {
         let client = EngineClient::from_cert_dir(&other_dir).unwrap();
         let err = client.ping(addr).await.unwrap_err();
         assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
+    }
+
+    /// Machine `name` of the store at `store`, its certificate also naming `sans`.
+    fn machine_with_sans(store: &Path, name: &str, sans: &[String]) -> PathBuf {
+        let certs_dir = store.join("certs");
+        certs::bootstrap(&certs_dir, &mut |_| {}).unwrap();
+        let dir = store.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = certs::server_cert(&certs_dir, name, sans).unwrap();
+        certs::install_machine_certs(&certs_dir, &dir, &server).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn presenting_accepts_only_the_machines_own_certificate_whatever_the_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = machine(tmp.path(), "intro");
+        // An address the certificate does not name (a guest that came up at a new lease).
+        let addr = serve_on(&dir, "127.0.0.2".parse().unwrap()).await;
+        let client = EngineClient::from_cert_dir(&dir).unwrap();
+        let err = client.ping(addr).await.unwrap_err();
+        assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
+        let named = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        let own = dir.join("server.pem");
+        client
+            .presenting(named("intro"), &own)
+            .unwrap()
+            .ping(addr)
+            .await
+            .unwrap();
+        // Its certificate under a name it does not carry is refused.
+        let err = client
+            .presenting(named("other"), &own)
+            .unwrap()
+            .ping(addr)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn presenting_refuses_another_machines_engine_that_names_this_machine_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = machine(tmp.path(), "intro");
+        // Same store, same CA: `create --tls-san intro other` makes a certificate that names
+        // `intro`, and every certificate of the store names `localhost`.
+        let other = machine_with_sans(tmp.path(), "other", &["intro".to_string()]);
+        let local = machine(tmp.path(), "localhost");
+        let client = EngineClient::from_cert_dir(&dir).unwrap();
+        let named = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        for (impostor, name, own) in [
+            (&other, "intro", dir.join("server.pem")),
+            (&dir, "localhost", local.join("server.pem")),
+        ] {
+            let addr = serve_on(impostor, "127.0.0.3".parse().unwrap()).await;
+            // The name alone would have let it through: the CA signed it and it carries the name.
+            assert!(certs::names_host(&impostor.join("server.pem"), name).unwrap());
+            let err = client
+                .presenting(named(name), &own)
+                .unwrap()
+                .ping(addr)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, EngineCheckError::Handshake { .. }), "{err}");
+            assert!(
+                error_text(&err).contains("other than the machine's current one"),
+                "{}",
+                error_text(&err)
+            );
+        }
+    }
+
+    fn error_text(err: &dyn std::error::Error) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
     }
 
     #[tokio::test]

@@ -184,6 +184,21 @@ pub enum MachineError {
         /// The cause (in the message, as docker-machine prints it).
         cause: Box<MachineError>,
     },
+    /// The guest at the machine's address shows an SSH host key other than the pinned one:
+    /// the engine's new certificate and key were not sent to it.
+    #[error(
+        "machine \"{machine}\": the guest at its address is not the one whose SSH host key was \
+         pinned, so its new engine certificate was not sent there; \
+         if {machine}'s data disk was replaced on purpose, delete the pinned key and run the \
+         command again, otherwise check what answers at its address"
+    )]
+    HostKeyChanged {
+        /// The machine.
+        machine: String,
+        /// The SSH check that failed (the pin file, both fingerprints).
+        #[source]
+        source: Box<SshError>,
+    },
     /// A new engine certificate could not be put in service in the running machine.
     #[error("machine \"{machine}\": the new engine certificate was not put in service: {reason}")]
     CertInstall {
@@ -926,6 +941,7 @@ async fn provision<D: Driver>(
         &mut config,
         options.engine_timeout,
         began,
+        BootOf::Created,
         progress,
     )
     .await?;
@@ -1068,7 +1084,22 @@ impl HostClock {
     }
 }
 
-/// Boots the VM, records its endpoints and waits for the engine.
+/// Whose boot [`boot`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootOf {
+    /// The first boot of a machine `create` just made: its guest's SSH host key is not pinned
+    /// yet (see [`pin_host_key`]), so no key goes to it over SSH.
+    Created,
+    /// A boot of a machine that existed before (`start`, `restart`, `upgrade`).
+    Existing,
+}
+
+/// Boots the VM, records its endpoints and waits for the engine. A machine that existed before
+/// and came up at an address its certificate does not name (a bridged VM's new lease) is
+/// waited for until its engine presents the machine's certificate, then given one that names
+/// the address while it runs ([`certificate_for_the_boot_address`]): one boot, not two. At
+/// create, or for a certificate that does not name the machine, it is rebooted with one.
+#[allow(clippy::too_many_arguments)]
 async fn boot<D: Driver>(
     store: &Store,
     driver: &D,
@@ -1076,6 +1107,7 @@ async fn boot<D: Driver>(
     config: &mut MachineConfig,
     timeout: Duration,
     began: Instant,
+    of: BootOf,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MachineError> {
     let name = dir.name.clone();
@@ -1091,55 +1123,84 @@ async fn boot<D: Driver>(
         .endpoints(dir)
         .await
         .map_err(driver_err(&name, "report the VM's endpoints"))?;
-    let endpoints =
-        if certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(|source| {
-            MachineError::Certs {
-                machine: name.clone(),
-                source,
-            }
-        })? {
-            endpoints
-        } else {
-            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?
-        };
-    config.driver.ip_address = endpoints.engine.ip().to_string();
-    config.driver.ssh_port = endpoints.ssh.port();
-    config.driver.engine_port = endpoints.engine.port();
-    store.save(config)?;
-    update_docker_context(store, &name, &endpoints.engine);
+    let certs_err = |source| MachineError::Certs {
+        machine: name.clone(),
+        source,
+    };
+    let client = engine_client(store, &name)?;
+    let covered =
+        certs::covers(&dir.file("server.pem"), endpoints.engine.ip()).map_err(certs_err)?;
+    // An engine at the new address that presents exactly the host's `server.pem` (the CA's,
+    // under the machine's name, which it carries) holds this machine's key, whatever address
+    // the certificate names. Not at create: the first boot's guest gets the certificate by a
+    // reboot, so that its engine key never goes over SSH to a host key pinned on that very
+    // first contact; a later `start` sends it only to the key pinned before.
+    let own_name = if covered || of == BootOf::Created {
+        None
+    } else if certs::names_host(&dir.file("server.pem"), &name).map_err(certs_err)? {
+        rustls::pki_types::ServerName::try_from(name.clone()).ok()
+    } else {
+        None
+    };
+    let moved = own_name.is_some();
+    let (mut endpoints, probe) = match own_name {
+        Some(own) => {
+            tracing::info!(
+                address = %endpoints.engine.ip(),
+                "the engine certificate does not name the machine's address: waiting for the \
+                 engine presenting the machine's certificate, then putting one that names the \
+                 address in service"
+            );
+            let probe = client
+                .presenting(own, &dir.file("server.pem"))
+                .map_err(|source| MachineError::EngineNotReady {
+                    machine: name.clone(),
+                    last_stage: None,
+                    console_captured: false,
+                    console: None,
+                    cause: Box::new(source),
+                })?;
+            (endpoints, probe)
+        }
+        None if covered => (endpoints, client.clone()),
+        None => (
+            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?,
+            client.clone(),
+        ),
+    };
+    record_endpoints(store, config, &name, &endpoints)?;
 
     progress(Progress::WaitingForEngine);
-    let client = engine_client(store, &name)?;
     let console = driver
         .info()
         .capabilities
         .console_log
         .then(|| dir.file("console.log"));
-    let waited = wait_for_engine(
-        &client,
+    engine_ready(
+        &probe,
+        dir,
         endpoints.engine,
         timeout,
         console.as_deref(),
         &mut clock,
     )
-    .await;
-    if let Err(source) = waited {
-        let (console, last_stage) = match &console {
-            Some(path) => (
-                read_console_tail(dir, 15),
-                std::fs::read(path)
-                    .ok()
-                    .and_then(|c| timeline::last_stage_reached(&String::from_utf8_lossy(&c))),
-            ),
-            None => (None, None),
-        };
-        return Err(MachineError::EngineNotReady {
-            machine: name,
-            last_stage: last_stage.map(|s| format!("{s:?}")),
-            console_captured: console.is_some(),
-            console,
-            cause: Box::new(source),
-        });
+    .await?;
+    if moved {
+        if let Some(rebooted) =
+            certificate_for_the_boot_address(store, driver, dir, config, &endpoints).await?
+        {
+            endpoints = rebooted;
+            record_endpoints(store, config, &name, &endpoints)?;
+            engine_ready(
+                &client,
+                dir,
+                endpoints.engine,
+                timeout,
+                console.as_deref(),
+                &mut clock,
+            )
+            .await?;
+        }
     }
     clock.mark(HostStage::Ready);
     let guest = match &console {
@@ -1159,6 +1220,97 @@ async fn boot<D: Driver>(
     }
     progress(Progress::EngineReady);
     Ok(())
+}
+
+/// Records the endpoints of this boot in the machine's record and its docker context.
+fn record_endpoints(
+    store: &Store,
+    config: &mut MachineConfig,
+    name: &str,
+    endpoints: &rmachine_driver::Endpoints,
+) -> Result<(), MachineError> {
+    config.driver.ip_address = endpoints.engine.ip().to_string();
+    config.driver.ssh_port = endpoints.ssh.port();
+    config.driver.engine_port = endpoints.engine.port();
+    store.save(config)?;
+    update_docker_context(store, name, &endpoints.engine);
+    Ok(())
+}
+
+/// [`wait_for_engine`], its failure told with the console's last lines and boot stage.
+async fn engine_ready(
+    client: &EngineClient,
+    dir: &MachineDir,
+    addr: SocketAddr,
+    timeout: Duration,
+    console: Option<&std::path::Path>,
+    clock: &mut HostClock,
+) -> Result<(), MachineError> {
+    let Err(source) = wait_for_engine(client, addr, timeout, console, clock).await else {
+        return Ok(());
+    };
+    let (console, last_stage) = match console {
+        Some(path) => (
+            read_console_tail(dir, 15),
+            std::fs::read(path)
+                .ok()
+                .and_then(|c| timeline::last_stage_reached(&String::from_utf8_lossy(&c))),
+        ),
+        None => (None, None),
+    };
+    Err(MachineError::EngineNotReady {
+        machine: dir.name.clone(),
+        last_stage: last_stage.map(|s| format!("{s:?}")),
+        console_captured: console.is_some(),
+        console,
+        cause: Box::new(source),
+    })
+}
+
+/// After a `start` at an address the certificate does not name, once the engine presented the
+/// machine's certificate: a certificate naming the address too is put in service in the
+/// running guest ([`install_live`]), as `env` does for a lease that changed while the machine
+/// ran. Where that cannot be done (a guest image without `install-tls`, no pinned host key, a
+/// failed or timed-out install) the machine is rebooted with the certificate instead, as
+/// before `install-tls` existed; returns the endpoints of that boot (`None`: no reboot). A
+/// guest whose SSH host key is not the pinned one is an error: something else may answer at
+/// the address, and nothing is sent to it, not even by a reboot.
+async fn certificate_for_the_boot_address<D: Driver>(
+    store: &Store,
+    driver: &D,
+    dir: &MachineDir,
+    config: &mut MachineConfig,
+    endpoints: &rmachine_driver::Endpoints,
+) -> Result<Option<rmachine_driver::Endpoints>, MachineError> {
+    let ip = endpoints.engine.ip();
+    let mut sans = config.host_options.auth_options.server_cert_sans.clone();
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let why = match install_live(
+        store,
+        driver,
+        dir,
+        config,
+        endpoints,
+        sans,
+        LIVE_INSTALL_TIMEOUT,
+    )
+    .await
+    {
+        Ok(LiveInstall::Installed) => return Ok(None),
+        Ok(not) => not.why_not().to_string(),
+        Err(err @ MachineError::HostKeyChanged { .. }) => return Err(err),
+        Err(err) => error_chain(&err),
+    };
+    tracing::warn!(
+        machine = %dir.name,
+        "the certificate for the address {ip} cannot be put in service while the machine runs \
+         ({why}): restarting it with the certificate"
+    );
+    reissue_for_new_address(store, driver, dir, config, ip)
+        .await
+        .map(Some)
 }
 
 /// How often the console is read for the guest's readiness line.
@@ -1411,7 +1563,15 @@ async fn install_live<D: Driver>(
     let send = async {
         let session = SshSession::connect_as(endpoints.ssh, user, key)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| match e {
+                // Not a failure to retry by a reboot: the guest at the address is not the one
+                // whose key was pinned, and the engine's key must not go there.
+                e @ SshError::HostKeyChanged { .. } => MachineError::HostKeyChanged {
+                    machine: name.clone(),
+                    source: Box::new(e),
+                },
+                e => failed(error_chain(&e)),
+            })?;
         let mut err = Vec::new();
         let status = session
             .run_with(
@@ -1421,19 +1581,16 @@ async fn install_live<D: Driver>(
                 &mut err,
             )
             .await
-            .map_err(|e| error_chain(&e));
+            .map_err(|e| failed(error_chain(&e)));
         session.close().await;
-        Ok::<_, String>((status?, err))
+        Ok::<_, MachineError>((status?, err))
     };
-    let (status, err) = tokio::time::timeout(within, send)
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "no answer over SSH within {} s",
-                within.as_secs_f32()
-            ))
-        })?
-        .map_err(failed)?;
+    let (status, err) = tokio::time::timeout(within, send).await.map_err(|_| {
+        failed(format!(
+            "no answer over SSH within {} s",
+            within.as_secs_f32()
+        ))
+    })??;
     match status {
         0 => {}
         INSTALL_TLS_UNKNOWN | SHELL_COMMAND_NOT_FOUND => return Ok(LiveInstall::GuestTooOld),
@@ -1621,6 +1778,7 @@ async fn follow_new_address<D: Driver>(
         &mut config,
         DEFAULT_ENGINE_TIMEOUT,
         began,
+        BootOf::Existing,
         &|_| {},
     )
     .await?;
@@ -1797,6 +1955,31 @@ async fn start_with(
     store.require(name)?;
     let _lock = store.lock(name)?;
     let (mut config, driver) = load_with_driver(store, name).await?;
+    start_locked(
+        store,
+        &driver,
+        name,
+        &mut config,
+        timeout,
+        resume,
+        began,
+        progress,
+    )
+    .await
+}
+
+/// [`start_with`] once the machine's lock is held and its driver loaded.
+#[allow(clippy::too_many_arguments)]
+async fn start_locked<D: Driver>(
+    store: &Store,
+    driver: &D,
+    name: &str,
+    config: &mut MachineConfig,
+    timeout: Duration,
+    resume: bool,
+    began: Instant,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), MachineError> {
     let dir = store.machine_dir(name);
     let current = driver
         .state(&dir)
@@ -1821,9 +2004,9 @@ async fn start_with(
                 clock.mark(HostStage::VmRunning);
                 return after_resume(
                     store,
-                    &driver,
+                    driver,
                     &dir,
-                    &mut config,
+                    config,
                     ResumedVm { timeline: clock },
                     timeout,
                     progress,
@@ -1835,8 +2018,18 @@ async fn start_with(
         }
     }
     progress(Progress::WritingConfigDrive);
-    write_config_drive(&config, &dir, &driver)?;
-    boot(store, &driver, &dir, &mut config, timeout, began, progress).await
+    write_config_drive(config, &dir, driver)?;
+    boot(
+        store,
+        driver,
+        &dir,
+        config,
+        timeout,
+        began,
+        BootOf::Existing,
+        progress,
+    )
+    .await
 }
 
 /// Why `stop --save` cannot work for a machine with these capabilities and shares; `None`
@@ -2490,7 +2683,17 @@ pub async fn upgrade_with<D: Driver>(
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;
-    boot(store, driver, &dir, &mut config, timeout, began, progress).await?;
+    boot(
+        store,
+        driver,
+        &dir,
+        &mut config,
+        timeout,
+        began,
+        BootOf::Existing,
+        progress,
+    )
+    .await?;
     Ok(version)
 }
 
@@ -3363,6 +3566,9 @@ mod tests {
         state_now: Mutex<Option<VmState>>,
         /// Its [`Capabilities::fast_boot_files`].
         fast_boot_files: bool,
+        /// When set, the engine serves the TLS files in this directory, not the configuration
+        /// drive's: another machine answering at the address.
+        impostor_tls: Option<PathBuf>,
     }
 
     impl FakeDriver {
@@ -3448,7 +3654,8 @@ mod tests {
                 let ssh =
                     serve_guest_ssh(tls.clone(), self.install_status, self.installs.clone()).await;
                 *self.ssh.lock().unwrap_or_else(|e| e.into_inner()) = Some(ssh);
-                crate::engine_check::tests::serve_on(&tls, ip).await
+                crate::engine_check::tests::serve_on(self.impostor_tls.as_ref().unwrap_or(&tls), ip)
+                    .await
             } else {
                 // A port nobody answers on: the wait must time out.
                 "127.0.0.1:9".parse().unwrap_or_else(|_| unreachable!())
@@ -4121,11 +4328,238 @@ mod tests {
             .auth_options
             .server_cert_sans
             .contains(&"127.0.0.2".to_string()));
-        // The guest was rebooted once to take the new certificate.
+        // The first boot's guest was rebooted with the certificate: nothing goes over SSH to a
+        // host key first seen at that boot.
         assert_eq!(
             driver.calls(),
             ["precheck", "create", "start", "stop", "start"]
         );
+        assert_eq!(installs(&driver), 0);
+        let engine = driver
+            .endpoints(&store.machine_dir("moved"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+        assert!(ssh::pinned_host_key_path(&saved.driver.ssh_key_path).exists());
+    }
+
+    /// Machine `name`, created at 127.0.0.1 and stopped, started by a driver whose VM comes up
+    /// at `ip` (a bridged VM's new lease) and whose guest answers `rmachine-init install-tls`
+    /// with `install_status`; returns that driver and what `start` returned.
+    async fn started_at_a_new_address(
+        store: &Store,
+        options: &CreateOptions,
+        name: &str,
+        ip: &str,
+        install_status: u32,
+    ) -> (FakeDriver, Result<(), MachineError>) {
+        let moved = FakeDriver {
+            install_status,
+            ..moved_to(ip)
+        };
+        started_after(store, options, name, moved, |_| {}).await
+    }
+
+    /// A driver whose stopped VM comes up at `ip` at its next start.
+    fn moved_to(ip: &str) -> FakeDriver {
+        FakeDriver {
+            serve_engine: true,
+            engine_ip: Some(ip.parse().unwrap()),
+            state_now: Mutex::new(Some(VmState::Stopped)),
+            ..Default::default()
+        }
+    }
+
+    /// Machine `name`, created at 127.0.0.1 and stopped, then changed by `meanwhile` (its
+    /// record as created) and started by `moved`; returns that driver and what `start`
+    /// returned.
+    async fn started_after(
+        store: &Store,
+        options: &CreateOptions,
+        name: &str,
+        moved: FakeDriver,
+        meanwhile: impl FnOnce(&MachineConfig),
+    ) -> (FakeDriver, Result<(), MachineError>) {
+        let (_lines, progress) = recorder();
+        let first = FakeDriver {
+            serve_engine: true,
+            ..Default::default()
+        };
+        create_with(store, &first, name, options, &progress)
+            .await
+            .unwrap();
+        let mut config = store.load(name).unwrap();
+        meanwhile(&config);
+        let started = start_locked(
+            store,
+            &moved,
+            name,
+            &mut config,
+            Duration::from_secs(3),
+            true,
+            Instant::now(),
+            &progress,
+        )
+        .await;
+        (moved, started)
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_puts_the_certificate_in_service_without_a_second_boot() {
+        let (_tmp, store, options) = setup();
+        let ip: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+        let server = store.machine_path("leased").join("server.pem");
+        let (moved, started) =
+            started_at_a_new_address(&store, &options, "leased", "127.0.0.7", 0).await;
+        started.unwrap();
+        // One boot, no stop: the certificate went into the running guest.
+        assert_eq!(moved.calls(), ["state", "start"]);
+        assert_eq!(installs(&moved), 1);
+        assert!(certs::covers(&server, ip).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("leased"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+        engine_client(&store, "leased")
+            .unwrap()
+            .ping(engine)
+            .await
+            .unwrap();
+        let saved = store.load("leased").unwrap();
+        assert_eq!(saved.driver.ip_address, "127.0.0.7");
+        assert!(saved
+            .host_options
+            .auth_options
+            .server_cert_sans
+            .contains(&ip.to_string()));
+        // The next boot reads the same certificate.
+        let drive = std::fs::File::open(store.machine_path("leased").join("config.img")).unwrap();
+        let drive = GuestConfig::read_drive(drive).unwrap();
+        assert_eq!(
+            drive.server_cert_pem,
+            std::fs::read_to_string(&server).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_reboots_a_guest_that_cannot_take_a_certificate_while_it_runs() {
+        let (_tmp, store, options) = setup();
+        let (moved, started) = started_at_a_new_address(
+            &store,
+            &options,
+            "oldimage",
+            "127.0.0.8",
+            INSTALL_TLS_UNKNOWN,
+        )
+        .await;
+        started.unwrap();
+        // As before `install-tls` existed: stopped and booted again with the certificate.
+        assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("oldimage").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("oldimage"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_refuses_another_machines_engine_that_names_this_one() {
+        let (tmp, store, options) = setup();
+        let other = tmp.path().join("other-tls");
+        let moved = FakeDriver {
+            impostor_tls: Some(other.clone()),
+            ..moved_to("127.0.0.9")
+        };
+        let (moved, started) = started_after(&store, &options, "leased", moved, |_| {
+            // Same store, same CA, a certificate that names `leased` too (`--tls-san leased`)
+            // and, as all of them, `localhost`: another machine's engine at the new address.
+            std::fs::create_dir_all(&other).unwrap();
+            let cert = certs::server_cert(&store.certs_dir(), "other", &["leased".into()]).unwrap();
+            certs::install_machine_certs(&store.certs_dir(), &other, &cert).unwrap();
+        })
+        .await;
+        let err = started.unwrap_err();
+        assert!(
+            matches!(err, MachineError::EngineNotReady { .. }),
+            "{}",
+            error_chain(&err)
+        );
+        assert!(
+            error_chain(&err).contains("other than the machine's current one"),
+            "{}",
+            error_chain(&err)
+        );
+        // Nothing was sent to it and the host's certificate is the one it had.
+        assert_eq!(moved.calls(), ["state", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("leased").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.9".parse().unwrap()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_without_a_pinned_host_key_reboots_and_sends_nothing() {
+        let (_tmp, store, options) = setup();
+        let (moved, started) = started_after(
+            &store,
+            &options,
+            "unpinned",
+            moved_to("127.0.0.10"),
+            |config| {
+                std::fs::remove_file(ssh::pinned_host_key_path(&config.driver.ssh_key_path))
+                    .unwrap()
+            },
+        )
+        .await;
+        started.unwrap();
+        assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("unpinned").join("server.pem");
+        assert!(certs::covers(&server, "127.0.0.10".parse().unwrap()).unwrap());
+        let engine = moved
+            .endpoints(&store.machine_dir("unpinned"))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(&store, engine).await, der_of(&server));
+    }
+
+    #[tokio::test]
+    async fn start_at_a_new_address_with_another_guest_host_key_is_an_error_and_sends_nothing() {
+        let (_tmp, store, options) = setup();
+        let (moved, started) = started_after(
+            &store,
+            &options,
+            "rekeyed",
+            moved_to("127.0.0.11"),
+            |config| {
+                use russh::keys::ssh_key::private::Ed25519Keypair;
+                // A key other than the fake guest's.
+                let key = russh::keys::PrivateKey::from(Ed25519Keypair::from_seed(&[9u8; 32]));
+                let line = key.public_key().to_openssh().unwrap();
+                let pin = ssh::pinned_host_key_path(&config.driver.ssh_key_path);
+                std::fs::write(pin, format!("{line}\n")).unwrap();
+            },
+        )
+        .await;
+        let err = started.unwrap_err();
+        let text = error_chain(&err);
+        assert!(
+            matches!(err, MachineError::HostKeyChanged { ref machine, .. } if machine == "rekeyed"),
+            "{text}"
+        );
+        assert!(text.contains("delete"), "{text}");
+        // No reboot, nothing installed: the host still has the certificate it had.
+        assert_eq!(moved.calls(), ["state", "start"]);
+        assert_eq!(installs(&moved), 0);
+        let server = store.machine_path("rekeyed").join("server.pem");
+        assert!(!certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
     }
 
     #[tokio::test]

@@ -192,20 +192,7 @@ impl Machine {
         let out = self
             .rmachine(&["env", "--shell", "bash", &self.name])?
             .success()?;
-        let mut vars = Vec::new();
-        for line in out.stdout.lines() {
-            let Some(rest) = line.strip_prefix("export ") else {
-                continue;
-            };
-            let (key, value) = rest
-                .split_once('=')
-                .with_context(|| format!("malformed env line {line:?}"))?;
-            vars.push((key.to_string(), value.trim_matches('"').to_string()));
-        }
-        if !vars.iter().any(|(k, _)| k == "DOCKER_HOST") {
-            bail!("rmachine env printed no DOCKER_HOST:\n{}", out.stdout);
-        }
-        Ok(vars)
+        parse_bash_env(&out.stdout)
     }
 
     /// Runs the real `docker` CLI against this machine (env from `rmachine env`).
@@ -234,7 +221,26 @@ impl Drop for Machine {
     }
 }
 
-fn run(mut cmd: Command, what: String) -> Result<Run> {
+/// The variables `rmachine env --shell bash` printed (`text`), as `eval` would set them.
+pub fn parse_bash_env(text: &str) -> Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("export ") else {
+            continue;
+        };
+        let (key, value) = rest
+            .split_once('=')
+            .with_context(|| format!("malformed env line {line:?}"))?;
+        vars.push((key.to_string(), value.trim_matches('"').to_string()));
+    }
+    if !vars.iter().any(|(k, _)| k == "DOCKER_HOST") {
+        bail!("rmachine env printed no DOCKER_HOST:\n{text}");
+    }
+    Ok(vars)
+}
+
+/// Runs `cmd` (described as `what` in messages), printing what it did.
+pub fn run(mut cmd: Command, what: String) -> Result<Run> {
     eprintln!("+ {what}");
     let started = Instant::now();
     let output = cmd

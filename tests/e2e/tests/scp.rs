@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rmachine_e2e::{bin_dir, guest_image, Machine};
 use rmachine_fixtures::{busybox_image, ArchiveFormat};
+use rmachine_guest_config::timeline::{GuestStage, Stage, STAGE_MARKER};
 
 /// Removes a second machine of the same store on drop (the harness removes only its own).
 struct Also<'a>(&'a Machine, &'a str);
@@ -382,8 +383,9 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
 
     // Both machines stopped, then started by one command (a thread each). scp-a's engine
     // certificate names only an address it had before (a bridged VM's earlier DHCP lease):
-    // start notices that the address it now reports is not named, issues a certificate that
-    // names it and reboots the guest with it, and docker reaches both engines over TLS.
+    // start notices that the address it now reports is not named, waits for the engine
+    // presenting the machine's certificate, puts one that names the address in service in the
+    // running guest (no second boot), and docker reaches both engines over TLS.
     machine.rmachine(&["stop", "scp-a", "scp-b"])?.success()?;
     cert_for_an_old_address(&machine, "scp-a")?;
     let stale = std::fs::read_to_string(&server_pem)?;
@@ -402,6 +404,18 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     assert!(
         ips.contains(&vec![127, 0, 0, 1]),
         "the reissued certificate names the address the engine is reached at: {ips:?}"
+    );
+    // The engine of this boot took it while it ran: this boot's console lines (after its
+    // init's first stage line, whether QEMU rewrites console.log at each start or appends to
+    // it) show it. A reboot with the certificate would boot with it and never log a change.
+    let console = std::fs::read_to_string(machine.store().join("machines/scp-a/console.log"))?;
+    let this_boot = this_boots_lines(&console);
+    assert!(
+        this_boot
+            .iter()
+            .any(|l| l.contains("TLS files changed: serving the new certificate")),
+        "scp-a's engine did not take the certificate while it ran (rebooted?):\n{}",
+        this_boot.join("\n")
     );
     // One thread each, not one after the other: the command took less than the two boots
     // added up (each machine's last host mark is its boot's length).
@@ -455,4 +469,19 @@ fn docker_version_through_context(machine: &Machine, name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The console lines of the guest's last boot: from the last line where its init reports
+/// that it started (all of them when there is none).
+fn this_boots_lines(console: &str) -> Vec<&str> {
+    let lines: Vec<&str> = console.lines().collect();
+    let started = lines
+        .iter()
+        .rposition(|l| {
+            l.split_once(STAGE_MARKER)
+                .and_then(|(_, json)| serde_json::from_str::<GuestStage>(json.trim_end()).ok())
+                .is_some_and(|s| s.stage == Stage::InitStarted)
+        })
+        .unwrap_or(0);
+    lines[started..].to_vec()
 }
