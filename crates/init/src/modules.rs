@@ -153,6 +153,68 @@ fn is_container_device(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix))
 }
 
+/// Whether a container-phase module can wait until the engine is started: the boot-time host
+/// folder share filesystems (9p with its netfs/fscache layer, virtio-fs), which only a machine
+/// with such shares needs before the engine (it then waits for them), and the legacy
+/// iptables family (`x_tables`, `ip_tables`, `iptable_*`, `xt_*`, `nft_compat`), which the
+/// engine does not use (its NAT is an nftables ruleset) but containers running `iptables` may.
+/// Under TCG they are about a third of the container modules' load time.
+pub fn is_deferrable(path: &str) -> bool {
+    [
+        "kernel/fs/9p/",
+        "kernel/net/9p/",
+        "kernel/fs/fuse/virtiofs.",
+        "kernel/fs/netfs/",
+        "kernel/fs/fscache/",
+        "kernel/net/netfilter/x_tables.",
+        "kernel/net/netfilter/xt_",
+        "kernel/net/netfilter/nft_compat.",
+        "kernel/net/ipv4/netfilter/ip_tables.",
+        "kernel/net/ipv4/netfilter/iptable_",
+        "kernel/net/ipv6/netfilter/ip6_tables.",
+        "kernel/net/ipv6/netfilter/ip6table_",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+}
+
+/// The three load phases of a boot, each in load order (dependencies first).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Phases {
+    /// Device drivers and the data disk's filesystem, before disks and network.
+    pub devices: Vec<String>,
+    /// What the engine needs before it starts (bridge, netfilter for its nftables NAT,
+    /// overlay, veth, tun) and FUSE (SFTP shares are mounted over SSH as soon as the machine is
+    /// up), loaded while disks and network come up.
+    pub engine: Vec<String>,
+    /// The rest ([`is_deferrable`]), loaded after the engine phase at the lowest CPU priority.
+    pub deferred: Vec<String>,
+}
+
+/// Reads `dir/modules.dep` and returns the boot's three load phases: [`split_phases`] by
+/// [`is_device_driver`], then the container modules split by [`is_deferrable`] (a deferrable
+/// module that an engine-phase module depends on stays in the engine phase).
+pub fn boot_phases(dir: &Path) -> Result<Phases, ModuleError> {
+    let entries = read_modules_dep(dir)?;
+    let order = load_order(&entries);
+    let (devices, containers) = split_phases(&entries, &order, is_device_driver);
+    let (engine, deferred) = split_phases(&entries, &containers, |path| !is_deferrable(path));
+    Ok(Phases {
+        devices,
+        engine,
+        deferred,
+    })
+}
+
+fn read_modules_dep(dir: &Path) -> Result<Vec<DepEntry>, ModuleError> {
+    let dep_path = dir.join("modules.dep");
+    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::ReadDep {
+        path: dep_path.clone(),
+        source,
+    })?;
+    Ok(parse_modules_dep(&text))
+}
+
 /// Outcome of [`load_all_after`] and [`load_for_devices`].
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -170,18 +232,6 @@ pub struct LoadReport {
     /// later phase skips the modules that need one of them ([`load_all_after`]) instead of
     /// failing on their missing symbols.
     pub left_out: HashSet<String>,
-}
-
-/// Reads `dir/modules.dep` and returns the two load phases (see [`split_phases`]).
-pub fn phases(dir: &Path) -> Result<(Vec<String>, Vec<String>), ModuleError> {
-    let dep_path = dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::ReadDep {
-        path: dep_path.clone(),
-        source,
-    })?;
-    let entries = parse_modules_dep(&text);
-    let order = load_order(&entries);
-    Ok(split_phases(&entries, &order, is_device_driver))
 }
 
 /// Loads modules (paths relative to `dir`) in the given order, except those that need one of
@@ -895,6 +945,13 @@ kernel/fs/overlayfs/overlay.ko:
         );
     }
 
+    /// The device phase and the container modules in their load order (engine phase, then
+    /// the deferred one), as a boot loads them.
+    fn two_phases(dir: &Path) -> Result<(Vec<String>, Vec<String>), ModuleError> {
+        let phases = boot_phases(dir)?;
+        Ok((phases.devices, [phases.engine, phases.deferred].concat()))
+    }
+
     /// The `modules.dep` and `modules.alias` of the guest image (`guest/out/initrd.img`,
     /// kernel 6.1.0-57-amd64), copied as they are.
     fn image_modules() -> PathBuf {
@@ -964,7 +1021,7 @@ kernel/fs/overlayfs/overlay.ko:
             add_device(sys.path(), bus, device, alias);
         }
         let modules = image_modules();
-        let (early, late) = phases(&modules).expect("phases");
+        let (early, late) = two_phases(&modules).expect("phases");
         let mut kernel = FakeKernel::new(&modules);
         let (device_report, _) =
             load_for_devices_with(&modules, &early, &sys.path().join("bus"), |path| {
@@ -989,6 +1046,70 @@ kernel/fs/overlayfs/overlay.ko:
         report.failed.iter().map(|e| e.to_string()).collect()
     }
 
+    /// The engine's phase holds what its start needs (bridge, the nftables NAT expressions,
+    /// overlay, veth) and FUSE, and loads with nothing from the deferred phase; 9p, virtio-fs
+    /// and the legacy iptables family wait.
+    #[test]
+    fn the_engine_phase_loads_without_the_deferred_modules() {
+        let modules = image_modules();
+        let phases = boot_phases(&modules).expect("phases");
+        let names = |paths: &[String]| paths.iter().map(|p| module_name(p)).collect::<Vec<_>>();
+        let engine = names(&phases.engine);
+        let deferred = names(&phases.deferred);
+        for needed in [
+            "bridge",
+            "br_netfilter",
+            "veth",
+            "tun",
+            "overlay",
+            "nf_tables",
+            "nft_chain_nat",
+            "nft_nat",
+            "nft_masq",
+            "nft_ct",
+            "nft_fib_ipv4",
+            "nf_nat",
+            "fuse",
+        ] {
+            assert!(engine.iter().any(|m| m == needed), "{needed}: {engine:?}");
+        }
+        for later in [
+            "9p",
+            "9pnet_virtio",
+            "virtiofs",
+            "x_tables",
+            "ip_tables",
+            "iptable_nat",
+            "xt_MASQUERADE",
+            "nft_compat",
+        ] {
+            assert!(deferred.iter().any(|m| m == later), "{later}: {deferred:?}");
+        }
+        assert!(phases.engine.iter().all(|p| !is_deferrable(p)));
+        let (_, all_late) = phases_before_split(&modules);
+        let mut both = [phases.engine.clone(), phases.deferred.clone()].concat();
+        both.sort();
+        let mut all_late = all_late;
+        all_late.sort();
+        assert_eq!(both, all_late, "every container module is in one phase");
+
+        let mut kernel = FakeKernel::new(&modules);
+        let devices = load_all_with(&modules, &phases.devices, |path| kernel.load(path));
+        let engine = load_all_with(&modules, &phases.engine, |path| kernel.load(path));
+        assert_eq!(failures(&engine), Vec::<String>::new());
+        assert_eq!(engine.absent, 0, "{:?}", devices.left_out);
+        let deferred = load_all_with(&modules, &phases.deferred, |path| kernel.load(path));
+        assert_eq!(failures(&deferred), Vec::<String>::new());
+        assert_eq!(deferred.loaded, phases.deferred.len());
+    }
+
+    /// The container modules as one list (the load order without the device phase).
+    fn phases_before_split(dir: &Path) -> (Vec<String>, Vec<String>) {
+        let entries = read_modules_dep(dir).expect("modules.dep");
+        let order = load_order(&entries);
+        split_phases(&entries, &order, is_device_driver)
+    }
+
     #[test]
     fn on_a_microvm_every_background_module_loads() {
         let virtio: Devices = &[
@@ -1008,7 +1129,7 @@ kernel/fs/overlayfs/overlay.ko:
         assert_eq!(failures(&device), Vec::<String>::new());
         assert_eq!(failures(&late), Vec::<String>::new());
         assert_eq!(late.absent, 0, "{:?}", kernel.tried);
-        let (_, late_paths) = phases(&image_modules()).expect("phases");
+        let (_, late_paths) = two_phases(&image_modules()).expect("phases");
         assert_eq!(late.loaded, late_paths.len());
         for module in [
             "virtio_blk",
@@ -1061,7 +1182,7 @@ kernel/fs/overlayfs/overlay.ko:
 
         // Without the device phase's left-out modules, the kernel refuses both.
         let modules = image_modules();
-        let (_, late_paths) = phases(&modules).expect("phases");
+        let (_, late_paths) = two_phases(&modules).expect("phases");
         let mut kernel = FakeKernel::new(&modules);
         let unfiltered = load_all_after_with(&modules, &late_paths, &HashSet::new(), |path| {
             kernel.load(path)

@@ -6,13 +6,14 @@
 //! exits with the [`Action`] PID 1 must carry out.
 
 use std::collections::HashSet;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rmachine_guest_config::report::{BootAction, CheckResult, DataDiskReport};
 use rmachine_guest_config::GuestConfig;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
@@ -42,19 +43,27 @@ pub async fn run() -> Action {
     let mut sigusr2 = signal(SignalKind::user_defined2()).ok();
 
     let dir = modules::running_kernel_dir();
-    let (early, late) = match modules::phases(&dir) {
+    let phases = match modules::boot_phases(&dir) {
         Ok(phases) => phases,
         Err(err) => {
             tracing::warn!("modules: {}", error_chain(&err));
             Default::default()
         }
     };
-    let left_out = load_device_modules(dir.clone(), early).await;
+    let left_out = load_device_modules(dir.clone(), phases.devices).await;
     logging::stage(Stage::ModulesLoaded);
     // Container modules (netfilter, bridge, overlay) load while disks and network come up;
     // only the engine waits for them. Those that need a device module this machine has no use
-    // for (9p and virtiofs without virtio devices) are skipped.
-    let late_modules = tokio::spawn(load_modules("container modules", dir, late, left_out));
+    // for (9p and virtiofs without virtio devices) are skipped. The deferred ones (shares,
+    // legacy iptables) follow at the lowest CPU priority, so that they do not slow the
+    // engine's start; only share mounting waits for them.
+    let (engine_modules_tx, engine_modules_rx) = oneshot::channel();
+    let late_modules = tokio::spawn(async move {
+        let left_out =
+            load_modules("container modules", dir.clone(), phases.engine, left_out).await;
+        let _ = engine_modules_tx.send(());
+        load_deferred_modules(dir, phases.deferred, left_out).await;
+    });
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
     power::watch(press_tx);
@@ -97,11 +106,13 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // 9p and virtiofs are among the late modules; shares mount before the engine starts so that a container
-    // started at once can bind a shared folder.
-    let _ = late_modules.await;
+    // 9p, virtiofs and fuse are among the deferred modules; shares mount before the engine
+    // starts so that a container started at once can bind a shared folder.
+    // An error means the loading task panicked (its panic is logged); boot goes on.
+    let _ = engine_modules_rx.await;
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
+            let _ = late_modules.await;
             let list = config.shares.clone();
             match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
                 Ok(report) => tracing::info!("{}", report.console_line()),
@@ -171,22 +182,34 @@ async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) -> HashSet<S
     report.left_out
 }
 
+/// Loads `paths` on a blocking thread; returns the modules left out so far (`left_out` and
+/// those for absent hardware), for a later phase.
 async fn load_modules(
     what: &'static str,
     dir: PathBuf,
     paths: Vec<String>,
     left_out: HashSet<String>,
-) {
-    let started = Instant::now();
+) -> HashSet<String> {
+    let fallback = left_out.clone();
     let loaded =
-        tokio::task::spawn_blocking(move || modules::load_all_after(&dir, &paths, &left_out)).await;
-    let report = match loaded {
-        Ok(report) => report,
+        tokio::task::spawn_blocking(move || load_and_log(what, &dir, &paths, &left_out)).await;
+    match loaded {
+        Ok(left_out) => left_out,
         Err(err) => {
             tracing::warn!("modules: loader panicked: {err}");
-            return;
+            fallback
         }
-    };
+    }
+}
+
+fn load_and_log(
+    what: &str,
+    dir: &Path,
+    paths: &[String],
+    left_out: &HashSet<String>,
+) -> HashSet<String> {
+    let started = Instant::now();
+    let report = modules::load_all_after(dir, paths, left_out);
     for failure in &report.failed {
         tracing::warn!("modules: {}", error_chain(failure));
     }
@@ -198,6 +221,58 @@ async fn load_modules(
         report.failed.len(),
         started.elapsed().as_millis()
     );
+    report.left_out
+}
+
+/// Loads the deferred modules on a blocking thread at nice 19 (the kernel runs a module's
+/// loading and init in the calling thread, so the engine's start keeps the vCPU).
+async fn load_deferred_modules(dir: PathBuf, paths: Vec<String>, left_out: HashSet<String>) {
+    let loaded = tokio::task::spawn_blocking(move || {
+        let _nice = ThreadNice::set(19);
+        load_and_log("deferred modules", &dir, &paths, &left_out);
+    })
+    .await;
+    if let Err(err) = loaded {
+        tracing::warn!("modules: deferred loader panicked: {err}");
+    }
+}
+
+/// The calling thread's nice value while it lives; back to 0 when dropped (the thread is the
+/// blocking pool's and runs other work afterwards).
+struct ThreadNice {
+    tid: libc::id_t,
+    set: bool,
+}
+
+impl ThreadNice {
+    fn set(nice: libc::c_int) -> Self {
+        let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+        let set = set_nice(tid, nice);
+        ThreadNice { tid, set }
+    }
+}
+
+impl Drop for ThreadNice {
+    fn drop(&mut self) {
+        if self.set {
+            set_nice(self.tid, 0);
+        }
+    }
+}
+
+/// Sets thread `tid`'s nice value; false (logged) if the kernel refused.
+fn set_nice(tid: libc::id_t, nice: libc::c_int) -> bool {
+    // SAFETY: setpriority only reads its arguments; on Linux PRIO_PROCESS with a thread id
+    // sets that one thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
+        true
+    } else {
+        tracing::warn!(
+            "modules: cannot set the loader thread's nice value to {nice}: {}",
+            io::Error::last_os_error()
+        );
+        false
+    }
 }
 
 async fn recv(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
