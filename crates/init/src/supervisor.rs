@@ -106,10 +106,10 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // 9p, virtiofs and fuse are among the deferred modules; shares mount before the engine
-    // starts so that a container started at once can bind a shared folder.
     // An error means the loading task panicked (its panic is logged); boot goes on.
     let _ = engine_modules_rx.await;
+    // 9p and virtiofs are among the deferred modules; shares mount before the engine starts
+    // so that a container started at once can bind a shared folder.
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
             let _ = late_modules.await;

@@ -1,10 +1,10 @@
 //! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
 //! every guest stage is there in boot order, and the host's marks are in order too; only the
-//! modules of the machine's devices are loaded. One machine: create, stop, start. The machine
-//! is created without `--qemu-machine`, and the `/proc/modules` checks assume the QEMU
-//! driver's default for an x86_64 guest, `microvm` (virtio-mmio devices, no PCI): another
-//! machine type loads other drivers (the unit tests in `crates/init/src/modules.rs` cover q35,
-//! VirtualBox and Hyper-V).
+//! modules of the machine's devices are loaded, the deferred ones after the engine's; the data
+//! disk's format features. One machine: create, stop, start. The machine is created without
+//! `--qemu-machine`, and the `/proc/modules` checks assume the QEMU driver's default for an
+//! x86_64 guest, `microvm` (virtio-mmio devices, no PCI): another machine type loads other
+//! drivers (the unit tests in `crates/init/src/modules.rs` cover q35, VirtualBox and Hyper-V).
 #![cfg(rmachine_e2e)]
 
 use rmachine_e2e::Machine;
@@ -201,5 +201,46 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
             "{absent} loaded on a microvm: {loaded:?}"
         );
     }
+
+    // The engine waited only for its own container modules; 9p, virtio-fs and the legacy
+    // iptables family loaded after them (the deferred phase, at nice 19), without failures.
+    for later in [
+        "9pnet_virtio",
+        "virtiofs",
+        "x_tables",
+        "xt_conntrack",
+        "nft_compat",
+    ] {
+        assert!(loaded.contains(&later), "{later} not loaded: {loaded:?}");
+    }
+    let console = std::fs::read_to_string(
+        machine
+            .store()
+            .join("machines")
+            .join(&machine.name)
+            .join("console.log"),
+    )?;
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("rmachine-init: deferred modules: ") && l.contains(" 0 failed")),
+        "no deferred-modules line without failures in the console:\n{console}"
+    );
+
+    // The data disk was formatted with a journal and without `resize_inode`'s reserved
+    // blocks (most of what mke2fs wrote under TCG).
+    let features = machine
+        .rmachine(&[
+            "ssh",
+            &machine.name,
+            "tune2fs -l \"$(awk '$2 == \"/mnt/data\" {print $1}' /proc/mounts)\" \
+             | grep '^Filesystem features:'",
+        ])?
+        .success()?;
+    assert!(
+        features.stdout.contains("has_journal") && !features.stdout.contains("resize_inode"),
+        "data disk features: {}",
+        features.stdout
+    );
     Ok(())
 }
