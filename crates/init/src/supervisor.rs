@@ -52,17 +52,22 @@ pub async fn run() -> Action {
     };
     let left_out = load_device_modules(dir.clone(), phases.devices).await;
     logging::stage(Stage::ModulesLoaded);
-    // Container modules (netfilter, bridge, overlay) load while disks and network come up;
-    // only the engine waits for them. Those that need a device module this machine has no use
-    // for (9p and virtiofs without virtio devices) are skipped. The deferred ones (shares,
-    // legacy iptables) follow at the lowest CPU priority, so that they do not slow the
-    // engine's start; only share mounting waits for them.
+    // Container modules (netfilter, bridge, overlay, the legacy iptables tables) load while
+    // disks and network come up; only the engine waits for them. Those that need a device
+    // module this machine has no use for (9p and virtiofs without virtio devices) are skipped.
+    // Then the share filesystems, which only share mounting waits for, and last the modules the
+    // kernel would load on demand anyway (`xt_*`, `nft_compat`), both at a lower CPU priority
+    // so that they do not slow the engine's start.
     let (engine_modules_tx, engine_modules_rx) = oneshot::channel();
-    let late_modules = tokio::spawn(async move {
+    let (share_modules_tx, share_modules_rx) = oneshot::channel();
+    tokio::spawn(async move {
         let left_out =
             load_modules("container modules", dir.clone(), phases.engine, left_out).await;
         let _ = engine_modules_tx.send(());
-        load_deferred_modules(dir, phases.deferred, left_out).await;
+        let left_out =
+            load_at_lower_priority("share modules", dir.clone(), phases.shares, left_out).await;
+        let _ = share_modules_tx.send(());
+        load_at_lower_priority("deferred modules", dir, phases.deferred, left_out).await;
     });
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
@@ -108,11 +113,11 @@ pub async fn run() -> Action {
     let (stop_tx, stop_rx) = watch::channel(false);
     // An error means the loading task panicked (its panic is logged); boot goes on.
     let _ = engine_modules_rx.await;
-    // 9p and virtiofs are among the deferred modules; shares mount before the engine starts
-    // so that a container started at once can bind a shared folder.
+    // Shares mount before the engine starts so that a container started at once can bind a
+    // shared folder; they wait for the share modules only, not for the deferred ones.
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
-            let _ = late_modules.await;
+            let _ = share_modules_rx.await;
             let list = config.shares.clone();
             match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
                 Ok(report) => tracing::info!("{}", report.console_line()),
@@ -224,54 +229,97 @@ fn load_and_log(
     report.left_out
 }
 
-/// Loads the deferred modules on a blocking thread at nice 19 (the kernel runs a module's
-/// loading and init in the calling thread, so the engine's start keeps the vCPU).
-async fn load_deferred_modules(dir: PathBuf, paths: Vec<String>, left_out: HashSet<String>) {
+/// The nice value of the later module phases: the kernel runs a module's loading and init in
+/// the calling thread, so the engine's start keeps most of the vCPU, but not so low that a
+/// lock the loader holds (module loading, nf_tables' mutex) waits long behind the engine.
+const LATER_MODULES_NICE: libc::c_int = 10;
+
+/// Loads `paths` on a blocking thread at [`LATER_MODULES_NICE`]; returns the modules left out
+/// so far, as [`load_modules`] does.
+async fn load_at_lower_priority(
+    what: &'static str,
+    dir: PathBuf,
+    paths: Vec<String>,
+    left_out: HashSet<String>,
+) -> HashSet<String> {
+    let fallback = left_out.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        let _nice = ThreadNice::set(19);
-        load_and_log("deferred modules", &dir, &paths, &left_out);
+        let _nice = ThreadNice::set(LATER_MODULES_NICE);
+        load_and_log(what, &dir, &paths, &left_out)
     })
     .await;
-    if let Err(err) = loaded {
-        tracing::warn!("modules: deferred loader panicked: {err}");
+    match loaded {
+        Ok(left_out) => left_out,
+        Err(err) => {
+            tracing::warn!("modules: {what} loader panicked: {err}");
+            fallback
+        }
     }
 }
 
-/// The calling thread's nice value while it lives; back to 0 when dropped (the thread is the
-/// blocking pool's and runs other work afterwards).
+/// The calling thread's nice value while it lives; back to the previous value when dropped
+/// (the thread is the blocking pool's and runs other work afterwards).
 struct ThreadNice {
     tid: libc::id_t,
-    set: bool,
+    /// The value to restore, if the new one was set.
+    previous: Option<libc::c_int>,
 }
 
 impl ThreadNice {
     fn set(nice: libc::c_int) -> Self {
         let tid = nix::unistd::gettid().as_raw() as libc::id_t;
-        let set = set_nice(tid, nice);
-        ThreadNice { tid, set }
+        let previous = match get_nice(tid) {
+            Ok(previous) => set_nice(tid, nice)
+                .map_err(|err| {
+                    tracing::warn!(
+                        "modules: cannot set the loader thread's nice value to {nice}: {err}"
+                    )
+                })
+                .ok()
+                .map(|()| previous),
+            Err(err) => {
+                tracing::warn!("modules: cannot read the loader thread's nice value: {err}");
+                None
+            }
+        };
+        ThreadNice { tid, previous }
     }
 }
 
 impl Drop for ThreadNice {
     fn drop(&mut self) {
-        if self.set {
-            set_nice(self.tid, 0);
+        if let Some(previous) = self.previous {
+            if let Err(err) = set_nice(self.tid, previous) {
+                tracing::warn!(
+                    "modules: cannot reset the loader thread's nice value to {previous}: {err}; \
+                     the blocking pool's thread keeps a lower priority"
+                );
+            }
         }
     }
 }
 
-/// Sets thread `tid`'s nice value; false (logged) if the kernel refused.
-fn set_nice(tid: libc::id_t, nice: libc::c_int) -> bool {
+/// Thread `tid`'s nice value.
+fn get_nice(tid: libc::id_t) -> io::Result<libc::c_int> {
+    // getpriority returns -1 both as a value and on error: errno tells them apart.
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority only reads its arguments; on Linux PRIO_PROCESS with a thread id
+    // reads that one thread's nice value.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if nice == -1 && nix::errno::Errno::last_raw() != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(nice)
+}
+
+/// Sets thread `tid`'s nice value.
+fn set_nice(tid: libc::id_t, nice: libc::c_int) -> io::Result<()> {
     // SAFETY: setpriority only reads its arguments; on Linux PRIO_PROCESS with a thread id
     // sets that one thread's nice value.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
-        true
+        Ok(())
     } else {
-        tracing::warn!(
-            "modules: cannot set the loader thread's nice value to {nice}: {}",
-            io::Error::last_os_error()
-        );
-        false
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -610,5 +658,27 @@ async fn start_sshd(boot: &Boot) {
             logging::stage(Stage::SshUp);
         }
         Err(err) => tracing::error!("sshd: cannot listen on :22: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loader thread gets its lower priority back to the value it had, not to 0 (a
+    /// blocking-pool thread may have been set otherwise by other work).
+    #[test]
+    fn a_thread_nice_value_is_restored_to_the_previous_one() {
+        std::thread::spawn(|| {
+            let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+            set_nice(tid, 3).expect("nice 3");
+            {
+                let _nice = ThreadNice::set(LATER_MODULES_NICE);
+                assert_eq!(get_nice(tid).expect("nice"), LATER_MODULES_NICE);
+            }
+            assert_eq!(get_nice(tid).expect("nice"), 3);
+        })
+        .join()
+        .expect("thread");
     }
 }
