@@ -516,9 +516,10 @@ pub fn read_config(device: &Path) -> Result<GuestConfig, rmachine_guest_config::
 /// `ext4lazyinit` thread after mounting, and as the journal is used): writing them up front
 /// took ~8 s on a 20 GB disk under TCG. `nodiscard`: a blank disk has nothing to discard.
 /// No `resize_inode`: its reserved group descriptor blocks (for growing the filesystem
-/// beyond 1024 times its size, online, with `resize2fs`, which the image does not ship) are
+/// online up to 1024 times its size, with `resize2fs`, which the image does not ship) are
 /// most of what mke2fs writes — 4.1 MB of 4.4 MB on 20 GB (a host's mke2fs 1.47 on a sparse
-/// file); ext4 grows without them (`meta_bg`).
+/// file); without them, an online grow that needs new descriptor blocks makes the kernel
+/// convert the filesystem to `meta_bg`.
 ///
 /// Callers MUST have checked [`DiskContent::Blank`]; this re-checks, as formatting is the
 /// one irreversible thing init does.
