@@ -7,7 +7,8 @@
 #   - QEMU's CPU time (user + sys) until then: far less sensitive to the host's load,
 #   - the guest's stage times (ms of its CLOCK_BOOTTIME: `inspect`'s Timeline.Guest),
 #   - the guest's own figures from its console: the container modules' load time (the phase
-#     the engine waits for) and, at create, the data disk's format time.
+#     the engine waits for), the share and deferred modules' (loaded beside the engine's
+#     start: work moved, not removed) and, at create, the data disk's format time.
 # Medians and ratios (new / old) at the end. boot.sh measures more (stop, save, resume, idle
 # CPU and RSS); this one is for the guest's stages only and takes a few minutes.
 #
@@ -79,6 +80,15 @@ record_guest() {
     console="$(machine_dir "$variant")/console.log"
     record "$variant-$kind-container-modules-ms" \
         "$(grep -o 'container modules: .* in [0-9]* ms' "$console" | tail -1 | awk '{print $(NF-1)}')"
+    # The later phases (share and deferred modules, images after 0.1.0-fa80bf16) run beside
+    # the engine's start: work moved, not removed. This boot's line (after its last
+    # `container modules:` line), -1 if not printed yet or an older image.
+    record "$variant-$kind-deferred-modules-ms" "$(awk '
+        /container modules: / { d = -1 }
+        match($0, /(share|deferred) modules: .* in [0-9]+ ms/) {
+            n = split(substr($0, RSTART, RLENGTH), w, " "); d = (d > 0 ? d : 0) + w[n - 1]
+        }
+        END { print (d == "" ? -1 : d) }' "$console")"
     if [ "$kind" = create ]; then
         record "$variant-$kind-format-ms" \
             "$(grep -o 'disk: formatted .* in [0-9]* ms' "$console" | tail -1 | awk '{print $(NF-1)}')"
@@ -119,9 +129,10 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '\n| what (median of %s) | old | new | new/old |\n| --- | --- | --- | --- |\n' "$runs"
 rows="create create-qemu-cpu"
 for stage in $stages; do rows="$rows create-$stage"; done
-rows="$rows create-container-modules-ms create-format-ms start start-qemu-cpu"
+rows="$rows create-container-modules-ms create-deferred-modules-ms create-format-ms"
+rows="$rows start start-qemu-cpu"
 for stage in $stages; do rows="$rows start-$stage"; done
-rows="$rows start-container-modules-ms"
+rows="$rows start-container-modules-ms start-deferred-modules-ms"
 for what in $rows; do
     o=$(printf '%s\n' ${results[old-$what]:-} | median)
     n=$(printf '%s\n' ${results[new-$what]:-} | median)
