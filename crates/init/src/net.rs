@@ -541,8 +541,10 @@ mod tests {
                     .execute();
                 while let Some(msg) = addrs.try_next().await.expect("addresses") {
                     for attr in &msg.attributes {
-                        if let rtnetlink::packet_route::address::AddressAttribute::Address(ip) =
-                            attr
+                        // IPv4 only: the link, once up, may get an IPv6 link-local address.
+                        if let rtnetlink::packet_route::address::AddressAttribute::Address(
+                            ip @ IpAddr::V4(_),
+                        ) = attr
                         {
                             addresses.push(format!("{ip}/{}", msg.header.prefix_len));
                         }
