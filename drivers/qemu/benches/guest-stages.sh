@@ -69,6 +69,16 @@ docker_answers() {
 declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
 stages="InitStarted ModulesLoaded NetworkUp DataDiskMounted SshUp EngineStarted EngineUp TlsListening"
+# The share + deferred modules' ms of CONSOLE's last boot, -1 without its `deferred modules:`.
+later_modules_ms() {
+    awk '
+        /container modules: / { d = 0; seen = 0 }
+        match($0, /(share|deferred) modules: .* in [0-9]+ ms/) {
+            n = split(substr($0, RSTART, RLENGTH), w, " "); d += w[n - 1]
+            if ($0 ~ /deferred modules: /) seen = 1
+        }
+        END { print (seen ? d : -1) }' "$1"
+}
 # Records the guest's stages and console figures of VARIANT's last boot under KIND.
 record_guest() {
     local variant=$1 kind=$2 timeline console stage ms
@@ -81,14 +91,16 @@ record_guest() {
     record "$variant-$kind-container-modules-ms" \
         "$(grep -o 'container modules: .* in [0-9]* ms' "$console" | tail -1 | awk '{print $(NF-1)}')"
     # The later phases (share and deferred modules, images after 0.1.0-fa80bf16) run beside
-    # the engine's start: work moved, not removed. This boot's line (after its last
-    # `container modules:` line), -1 if not printed yet or an older image.
-    record "$variant-$kind-deferred-modules-ms" "$(awk '
-        /container modules: / { d = -1 }
-        match($0, /(share|deferred) modules: .* in [0-9]+ ms/) {
-            n = split(substr($0, RSTART, RLENGTH), w, " "); d = (d > 0 ? d : 0) + w[n - 1]
-        }
-        END { print (d == "" ? -1 : d) }' "$console")"
+    # the engine's start: work moved, not removed. Their sum for this boot (the lines after
+    # its last `container modules:` line), waited for up to 10 s once docker answers (nothing
+    # in the guest waits for them); -1 for an image that prints no `deferred modules:` line.
+    local later=-1
+    for _ in $(seq 100); do
+        later=$(later_modules_ms "$console")
+        [ "$later" != -1 ] && break
+        sleep 0.1
+    done
+    record "$variant-$kind-deferred-modules-ms" "$later"
     if [ "$kind" = create ]; then
         record "$variant-$kind-format-ms" \
             "$(grep -o 'disk: formatted .* in [0-9]* ms' "$console" | tail -1 | awk '{print $(NF-1)}')"
