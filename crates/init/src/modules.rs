@@ -153,6 +153,90 @@ fn is_container_device(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix))
 }
 
+/// Whether a container-phase module can wait until the engine is started: the boot-time host
+/// folder share filesystems ([`is_share_module`]), and the legacy iptables matches and targets
+/// (`xt_*`) and `nft_compat`, which the engine does not use (its NAT is an nftables ruleset)
+/// and which the kernel loads on demand through `modprobe_path` when a container's `iptables`
+/// asks for them (`ipt_*`/`xt_*` and `nft-expr-match`/`nft-expr-target` requests, resolved by
+/// the image's busybox modprobe through `modules.alias`).
+///
+/// `x_tables`, `ip_tables` and `iptable_*` are not deferrable: `iptables-legacy` talks to
+/// `ip_tables` through a socket option that only exists once it is loaded and the kernel
+/// never autoloads it (iptables' own `modprobe` inside a container fails), so a container
+/// started right after "ready" (dind, kind, VPN images, restart policies at `start`) needs
+/// them loaded before the engine starts. They also register per-namespace state
+/// (`register_pernet_subsys`), whose lock a deferred low-priority loader would hold against
+/// the first `docker run`'s network namespace; the deferrable ones register none.
+pub fn is_deferrable(path: &str) -> bool {
+    is_share_module(path)
+        || [
+            "kernel/net/netfilter/xt_",
+            "kernel/net/netfilter/nft_compat.",
+        ]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+}
+
+/// Whether a module serves boot-time host folder shares (9p with its netfs/fscache layer,
+/// virtio-fs): only a machine with such shares needs them before the engine, and it then
+/// waits for these alone.
+pub fn is_share_module(path: &str) -> bool {
+    [
+        "kernel/fs/9p/",
+        "kernel/net/9p/",
+        "kernel/fs/fuse/virtiofs.",
+        "kernel/fs/netfs/",
+        "kernel/fs/fscache/",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+}
+
+/// The load phases of a boot, each in load order (dependencies first).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Phases {
+    /// Device drivers and the data disk's filesystem, before disks and network.
+    pub devices: Vec<String>,
+    /// What the engine needs before it starts (bridge, netfilter for its nftables NAT,
+    /// overlay, veth, tun), the legacy iptables tables (see [`is_deferrable`]) and FUSE (SFTP
+    /// shares are mounted over SSH as soon as the machine is up), loaded while disks and
+    /// network come up.
+    pub engine: Vec<String>,
+    /// The share filesystems ([`is_share_module`]), loaded after the engine phase; share
+    /// mounting waits for them.
+    pub shares: Vec<String>,
+    /// The rest ([`is_deferrable`]), loaded after the share phase at a lower CPU priority;
+    /// nothing waits for them.
+    pub deferred: Vec<String>,
+}
+
+/// Reads `dir/modules.dep` and returns the boot's load phases: [`split_phases`] by
+/// [`is_device_driver`], then the container modules split by [`is_deferrable`] (a deferrable
+/// module that an engine-phase module depends on stays in the engine phase), then the
+/// deferrable ones by [`is_share_module`].
+pub fn boot_phases(dir: &Path) -> Result<Phases, ModuleError> {
+    let entries = read_modules_dep(dir)?;
+    let order = load_order(&entries);
+    let (devices, containers) = split_phases(&entries, &order, is_device_driver);
+    let (engine, later) = split_phases(&entries, &containers, |path| !is_deferrable(path));
+    let (shares, deferred) = split_phases(&entries, &later, is_share_module);
+    Ok(Phases {
+        devices,
+        engine,
+        shares,
+        deferred,
+    })
+}
+
+fn read_modules_dep(dir: &Path) -> Result<Vec<DepEntry>, ModuleError> {
+    let dep_path = dir.join("modules.dep");
+    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::ReadDep {
+        path: dep_path.clone(),
+        source,
+    })?;
+    Ok(parse_modules_dep(&text))
+}
+
 /// Outcome of [`load_all_after`] and [`load_for_devices`].
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -170,18 +254,6 @@ pub struct LoadReport {
     /// later phase skips the modules that need one of them ([`load_all_after`]) instead of
     /// failing on their missing symbols.
     pub left_out: HashSet<String>,
-}
-
-/// Reads `dir/modules.dep` and returns the two load phases (see [`split_phases`]).
-pub fn phases(dir: &Path) -> Result<(Vec<String>, Vec<String>), ModuleError> {
-    let dep_path = dir.join("modules.dep");
-    let text = std::fs::read_to_string(&dep_path).map_err(|source| ModuleError::ReadDep {
-        path: dep_path.clone(),
-        source,
-    })?;
-    let entries = parse_modules_dep(&text);
-    let order = load_order(&entries);
-    Ok(split_phases(&entries, &order, is_device_driver))
 }
 
 /// Loads modules (paths relative to `dir`) in the given order, except those that need one of
@@ -895,6 +967,16 @@ kernel/fs/overlayfs/overlay.ko:
         );
     }
 
+    /// The device phase and the container modules in their load order (engine phase, then
+    /// the deferred one), as a boot loads them.
+    fn two_phases(dir: &Path) -> Result<(Vec<String>, Vec<String>), ModuleError> {
+        let phases = boot_phases(dir)?;
+        Ok((
+            phases.devices,
+            [phases.engine, phases.shares, phases.deferred].concat(),
+        ))
+    }
+
     /// The `modules.dep` and `modules.alias` of the guest image (`guest/out/initrd.img`,
     /// kernel 6.1.0-57-amd64), copied as they are.
     fn image_modules() -> PathBuf {
@@ -964,7 +1046,7 @@ kernel/fs/overlayfs/overlay.ko:
             add_device(sys.path(), bus, device, alias);
         }
         let modules = image_modules();
-        let (early, late) = phases(&modules).expect("phases");
+        let (early, late) = two_phases(&modules).expect("phases");
         let mut kernel = FakeKernel::new(&modules);
         let (device_report, _) =
             load_for_devices_with(&modules, &early, &sys.path().join("bus"), |path| {
@@ -989,6 +1071,131 @@ kernel/fs/overlayfs/overlay.ko:
         report.failed.iter().map(|e| e.to_string()).collect()
     }
 
+    /// The engine's phase holds what its start needs (bridge, the nftables NAT expressions,
+    /// overlay, veth) and FUSE, and loads with nothing from the later phases. This list is the
+    /// kernel side of the engine's NAT ruleset (`crates/engine/src/network/nat.rs`: an `ip`
+    /// table with `nat` and `filter` chains, `masquerade`, `ct status`, `dnat` and
+    /// `fib daddr type local` expressions) and its bridges: a new expression there needs its
+    /// module in this list.
+    ///
+    /// The legacy iptables family (`x_tables`, `ip_tables`, `iptable_*`) is in the engine
+    /// phase too: nothing autoloads `ip_tables` for a container's `iptables-legacy`, so "ready"
+    /// must include it, and it registers per-namespace state that a deferred low-priority
+    /// loader must not hold against the first `docker run`. Only what the kernel loads on
+    /// demand (`xt_*` matches, `nft_compat`) and the share filesystems wait.
+    #[test]
+    fn the_engine_phase_loads_without_the_deferred_modules() {
+        let modules = image_modules();
+        let phases = boot_phases(&modules).expect("phases");
+        let names = |paths: &[String]| paths.iter().map(|p| module_name(p)).collect::<Vec<_>>();
+        let engine = names(&phases.engine);
+        let shares = names(&phases.shares);
+        let deferred = names(&phases.deferred);
+        for needed in [
+            "bridge",
+            "br_netfilter",
+            "veth",
+            "tun",
+            "overlay",
+            "nf_tables",
+            "nft_chain_nat",
+            "nft_nat",
+            "nft_masq",
+            "nft_ct",
+            "nft_fib_ipv4",
+            "nf_nat",
+            "fuse",
+            "x_tables",
+            "ip_tables",
+            "iptable_filter",
+            "iptable_nat",
+            "iptable_mangle",
+            "iptable_raw",
+        ] {
+            assert!(engine.iter().any(|m| m == needed), "{needed}: {engine:?}");
+        }
+        let share_family = [
+            "netfs",
+            "fscache",
+            "9pnet",
+            "9p",
+            "9pnet_virtio",
+            "virtiofs",
+        ];
+        assert!(
+            shares.iter().all(|m| share_family.contains(&m.as_str())),
+            "only share modules in the share phase: {shares:?}"
+        );
+        for share in ["9p", "9pnet_virtio", "virtiofs"] {
+            assert!(shares.iter().any(|m| m == share), "{share}: {shares:?}");
+        }
+        for later in ["xt_MASQUERADE", "xt_conntrack", "xt_addrtype", "nft_compat"] {
+            assert!(deferred.iter().any(|m| m == later), "{later}: {deferred:?}");
+        }
+        assert!(
+            deferred
+                .iter()
+                .all(|m| m.starts_with("xt_") || m == "nft_compat"),
+            "only on-demand modules deferred: {deferred:?}"
+        );
+        assert!(phases.engine.iter().all(|p| !is_deferrable(p)));
+        let (_, all_late) = phases_before_split(&modules);
+        let mut all = [
+            phases.engine.clone(),
+            phases.shares.clone(),
+            phases.deferred.clone(),
+        ]
+        .concat();
+        all.sort();
+        let mut all_late = all_late;
+        all_late.sort();
+        assert_eq!(all, all_late, "every container module is in one phase");
+
+        let mut kernel = FakeKernel::new(&modules);
+        let devices = load_all_with(&modules, &phases.devices, |path| kernel.load(path));
+        let engine = load_all_with(&modules, &phases.engine, |path| kernel.load(path));
+        assert_eq!(failures(&engine), Vec::<String>::new());
+        assert_eq!(engine.absent, 0, "{:?}", devices.left_out);
+        // Shares and the rest load independently of each other once the engine's are in.
+        let deferred = load_all_with(&modules, &phases.deferred, |path| kernel.load(path));
+        assert_eq!(failures(&deferred), Vec::<String>::new());
+        assert_eq!(deferred.loaded, phases.deferred.len());
+        let shares = load_all_with(&modules, &phases.shares, |path| kernel.load(path));
+        assert_eq!(failures(&shares), Vec::<String>::new());
+        assert_eq!(shares.loaded, phases.shares.len());
+    }
+
+    /// The kernel resolves the deferred modules' on-demand requests through `modules.alias`
+    /// (what busybox modprobe reads): iptables' `ipt_MASQUERADE`/`ipt_addrtype` names and
+    /// nf_tables' `nft-expr-match`/`nft-expr-target` for `iptables-nft`'s compat expressions.
+    #[test]
+    fn the_deferred_modules_are_reachable_through_their_kernel_request_aliases() {
+        let modules = image_modules();
+        let text = std::fs::read_to_string(modules.join("modules.alias")).expect("modules.alias");
+        let aliases = parse_modules_alias(&text);
+        let resolves = |request: &str, module: &str| {
+            aliases
+                .iter()
+                .any(|a| alias_matches(&a.pattern, request) && a.module == module)
+        };
+        for (request, module) in [
+            ("ipt_MASQUERADE", "xt_MASQUERADE"),
+            ("ipt_addrtype", "xt_addrtype"),
+            ("ipt_conntrack", "xt_conntrack"),
+            ("nft-expr-match", "nft_compat"),
+            ("nft-expr-target", "nft_compat"),
+        ] {
+            assert!(resolves(request, module), "{request} -> {module}");
+        }
+    }
+
+    /// The container modules as one list (the load order without the device phase).
+    fn phases_before_split(dir: &Path) -> (Vec<String>, Vec<String>) {
+        let entries = read_modules_dep(dir).expect("modules.dep");
+        let order = load_order(&entries);
+        split_phases(&entries, &order, is_device_driver)
+    }
+
     #[test]
     fn on_a_microvm_every_background_module_loads() {
         let virtio: Devices = &[
@@ -1008,7 +1215,7 @@ kernel/fs/overlayfs/overlay.ko:
         assert_eq!(failures(&device), Vec::<String>::new());
         assert_eq!(failures(&late), Vec::<String>::new());
         assert_eq!(late.absent, 0, "{:?}", kernel.tried);
-        let (_, late_paths) = phases(&image_modules()).expect("phases");
+        let (_, late_paths) = two_phases(&image_modules()).expect("phases");
         assert_eq!(late.loaded, late_paths.len());
         for module in [
             "virtio_blk",
@@ -1061,7 +1268,7 @@ kernel/fs/overlayfs/overlay.ko:
 
         // Without the device phase's left-out modules, the kernel refuses both.
         let modules = image_modules();
-        let (_, late_paths) = phases(&modules).expect("phases");
+        let (_, late_paths) = two_phases(&modules).expect("phases");
         let mut kernel = FakeKernel::new(&modules);
         let unfiltered = load_all_after_with(&modules, &late_paths, &HashSet::new(), |path| {
             kernel.load(path)

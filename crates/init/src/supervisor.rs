@@ -6,13 +6,14 @@
 //! exits with the [`Action`] PID 1 must carry out.
 
 use std::collections::HashSet;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rmachine_guest_config::report::{BootAction, CheckResult, DataDiskReport};
 use rmachine_guest_config::GuestConfig;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
@@ -42,19 +43,32 @@ pub async fn run() -> Action {
     let mut sigusr2 = signal(SignalKind::user_defined2()).ok();
 
     let dir = modules::running_kernel_dir();
-    let (early, late) = match modules::phases(&dir) {
+    let phases = match modules::boot_phases(&dir) {
         Ok(phases) => phases,
         Err(err) => {
             tracing::warn!("modules: {}", error_chain(&err));
             Default::default()
         }
     };
-    let left_out = load_device_modules(dir.clone(), early).await;
+    let left_out = load_device_modules(dir.clone(), phases.devices).await;
     logging::stage(Stage::ModulesLoaded);
-    // Container modules (netfilter, bridge, overlay) load while disks and network come up;
-    // only the engine waits for them. Those that need a device module this machine has no use
-    // for (9p and virtiofs without virtio devices) are skipped.
-    let late_modules = tokio::spawn(load_modules("container modules", dir, late, left_out));
+    // Container modules (netfilter, bridge, overlay, the legacy iptables tables) load while
+    // disks and network come up; only the engine waits for them. Those that need a device
+    // module this machine has no use for (9p and virtiofs without virtio devices) are skipped.
+    // Then the share filesystems, which only share mounting waits for, and last the modules the
+    // kernel would load on demand anyway (`xt_*`, `nft_compat`), both at a lower CPU priority
+    // so that they do not slow the engine's start.
+    let (engine_modules_tx, engine_modules_rx) = oneshot::channel();
+    let (share_modules_tx, share_modules_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let left_out =
+            load_modules("container modules", dir.clone(), phases.engine, left_out).await;
+        let _ = engine_modules_tx.send(());
+        let left_out =
+            load_at_lower_priority("share modules", dir.clone(), phases.shares, left_out).await;
+        let _ = share_modules_tx.send(());
+        load_at_lower_priority("deferred modules", dir, phases.deferred, left_out).await;
+    });
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
     power::watch(press_tx);
@@ -97,11 +111,13 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // 9p and virtiofs are among the late modules; shares mount before the engine starts so that a container
-    // started at once can bind a shared folder.
-    let _ = late_modules.await;
+    // An error means the loading task panicked (its panic is logged); boot goes on.
+    let _ = engine_modules_rx.await;
+    // Shares mount before the engine starts so that a container started at once can bind a
+    // shared folder; they wait for the share modules only, not for the deferred ones.
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
+            let _ = share_modules_rx.await;
             let list = config.shares.clone();
             match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
                 Ok(report) => tracing::info!("{}", report.console_line()),
@@ -171,22 +187,34 @@ async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) -> HashSet<S
     report.left_out
 }
 
+/// Loads `paths` on a blocking thread; returns the modules left out so far (`left_out` and
+/// those for absent hardware), for a later phase.
 async fn load_modules(
     what: &'static str,
     dir: PathBuf,
     paths: Vec<String>,
     left_out: HashSet<String>,
-) {
-    let started = Instant::now();
+) -> HashSet<String> {
+    let fallback = left_out.clone();
     let loaded =
-        tokio::task::spawn_blocking(move || modules::load_all_after(&dir, &paths, &left_out)).await;
-    let report = match loaded {
-        Ok(report) => report,
+        tokio::task::spawn_blocking(move || load_and_log(what, &dir, &paths, &left_out)).await;
+    match loaded {
+        Ok(left_out) => left_out,
         Err(err) => {
             tracing::warn!("modules: loader panicked: {err}");
-            return;
+            fallback
         }
-    };
+    }
+}
+
+fn load_and_log(
+    what: &str,
+    dir: &Path,
+    paths: &[String],
+    left_out: &HashSet<String>,
+) -> HashSet<String> {
+    let started = Instant::now();
+    let report = modules::load_all_after(dir, paths, left_out);
     for failure in &report.failed {
         tracing::warn!("modules: {}", error_chain(failure));
     }
@@ -198,6 +226,101 @@ async fn load_modules(
         report.failed.len(),
         started.elapsed().as_millis()
     );
+    report.left_out
+}
+
+/// The nice value of the later module phases: the kernel runs a module's loading and init in
+/// the calling thread, so the engine's start keeps most of the vCPU, but not so low that a
+/// lock the loader holds (module loading, nf_tables' mutex) waits long behind the engine.
+const LATER_MODULES_NICE: libc::c_int = 10;
+
+/// Loads `paths` on a blocking thread at [`LATER_MODULES_NICE`]; returns the modules left out
+/// so far, as [`load_modules`] does.
+async fn load_at_lower_priority(
+    what: &'static str,
+    dir: PathBuf,
+    paths: Vec<String>,
+    left_out: HashSet<String>,
+) -> HashSet<String> {
+    let fallback = left_out.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let _nice = ThreadNice::set(LATER_MODULES_NICE);
+        load_and_log(what, &dir, &paths, &left_out)
+    })
+    .await;
+    match loaded {
+        Ok(left_out) => left_out,
+        Err(err) => {
+            tracing::warn!("modules: {what} loader panicked: {err}");
+            fallback
+        }
+    }
+}
+
+/// The calling thread's nice value while it lives; back to the previous value when dropped
+/// (the thread is the blocking pool's and runs other work afterwards).
+struct ThreadNice {
+    tid: libc::id_t,
+    /// The value to restore, if the new one was set.
+    previous: Option<libc::c_int>,
+}
+
+impl ThreadNice {
+    fn set(nice: libc::c_int) -> Self {
+        let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+        let previous = match get_nice(tid) {
+            Ok(previous) => set_nice(tid, nice)
+                .map_err(|err| {
+                    tracing::warn!(
+                        "modules: cannot set the loader thread's nice value to {nice}: {err}"
+                    )
+                })
+                .ok()
+                .map(|()| previous),
+            Err(err) => {
+                tracing::warn!("modules: cannot read the loader thread's nice value: {err}");
+                None
+            }
+        };
+        ThreadNice { tid, previous }
+    }
+}
+
+impl Drop for ThreadNice {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous {
+            if let Err(err) = set_nice(self.tid, previous) {
+                tracing::warn!(
+                    "modules: cannot reset the loader thread's nice value to {previous}: {err}; \
+                     the blocking pool's thread keeps a lower priority"
+                );
+            }
+        }
+    }
+}
+
+/// Thread `tid`'s nice value.
+fn get_nice(tid: libc::id_t) -> io::Result<libc::c_int> {
+    // getpriority returns -1 both as a value and on error: errno tells them apart.
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority only reads its arguments; on Linux PRIO_PROCESS with a thread id
+    // reads that one thread's nice value.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if nice == -1 && nix::errno::Errno::last_raw() != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(nice)
+}
+
+/// Sets thread `tid`'s nice value.
+fn set_nice(tid: libc::id_t, nice: libc::c_int) -> io::Result<()> {
+    // SAFETY: setpriority only reads its arguments; on Linux PRIO_PROCESS with a thread id
+    // sets that one thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 async fn recv(stream: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
@@ -535,5 +658,27 @@ async fn start_sshd(boot: &Boot) {
             logging::stage(Stage::SshUp);
         }
         Err(err) => tracing::error!("sshd: cannot listen on :22: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loader thread gets its lower priority back to the value it had, not to 0 (a
+    /// blocking-pool thread may have been set otherwise by other work).
+    #[test]
+    fn a_thread_nice_value_is_restored_to_the_previous_one() {
+        std::thread::spawn(|| {
+            let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+            set_nice(tid, 3).expect("nice 3");
+            {
+                let _nice = ThreadNice::set(LATER_MODULES_NICE);
+                assert_eq!(get_nice(tid).expect("nice"), LATER_MODULES_NICE);
+            }
+            assert_eq!(get_nice(tid).expect("nice"), 3);
+        })
+        .join()
+        .expect("thread");
     }
 }

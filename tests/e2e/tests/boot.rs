@@ -1,10 +1,11 @@
 //! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
 //! every guest stage is there in boot order, and the host's marks are in order too; only the
-//! modules of the machine's devices are loaded. One machine: create, stop, start. The machine
-//! is created without `--qemu-machine`, and the `/proc/modules` checks assume the QEMU
-//! driver's default for an x86_64 guest, `microvm` (virtio-mmio devices, no PCI): another
-//! machine type loads other drivers (the unit tests in `crates/init/src/modules.rs` cover q35,
-//! VirtualBox and Hyper-V).
+//! modules of the machine's devices are loaded, the legacy iptables tables before `create`
+//! returns, the deferred ones after the engine's; the data disk's format features. One
+//! machine: create, stop, start. The machine is created without `--qemu-machine`, and the
+//! `/proc/modules` checks assume the QEMU driver's default for an x86_64 guest, `microvm`
+//! (virtio-mmio devices, no PCI): another machine type loads other drivers (the unit tests in
+//! `crates/init/src/modules.rs` cover q35, VirtualBox and Hyper-V).
 #![cfg(rmachine_e2e)]
 
 use rmachine_e2e::Machine;
@@ -103,6 +104,19 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
         .create(&["--no-share", "--timings", "--memory", "1024"])?
         .success()?;
     eprintln!("create took {:.2}s", created.elapsed.as_secs_f64());
+    // "Ready" includes the legacy iptables tables: nothing autoloads `ip_tables` for a
+    // container's `iptables-legacy`, so the engine waited for them (deterministic: they are in
+    // its phase, not the deferred one).
+    let modules = machine
+        .rmachine(&["ssh", &machine.name, "cut -d' ' -f1 /proc/modules"])?
+        .success()?;
+    for needed in ["x_tables", "ip_tables", "iptable_filter", "iptable_nat"] {
+        assert!(
+            modules.stdout.lines().any(|m| m == needed),
+            "{needed} not loaded when create returned: {}",
+            modules.stdout
+        );
+    }
     assert!(
         created.stdout.contains("guest (ms since kernel start):")
             && created.stdout.contains("EngineUp"),
@@ -201,5 +215,75 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
             "{absent} loaded on a microvm: {loaded:?}"
         );
     }
+
+    // After the engine's container modules, the share modules (9p, virtio-fs) and then the
+    // deferred ones (`xt_*`, `nft_compat`) load at nice 10, without failures; nothing waits for
+    // the deferred phase, so its console line is awaited (this boot's: after the last
+    // `container modules:` line) before `/proc/modules` is read.
+    let console_path = machine
+        .store()
+        .join("machines")
+        .join(&machine.name)
+        .join("console.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let this_boot = loop {
+        let console = std::fs::read_to_string(&console_path)?;
+        let this_boot = console
+            .rfind("rmachine-init: container modules: ")
+            .map(|at| console[at..].to_owned());
+        match this_boot {
+            Some(text) if text.contains("rmachine-init: deferred modules: ") => break text,
+            _ if std::time::Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "no deferred-modules line after the container modules' within 30 s:\n{console}"
+                )
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    };
+    let line = |what: &str| {
+        this_boot
+            .lines()
+            .find(|l| l.contains(&format!("rmachine-init: {what}: ")))
+            .map(str::to_owned)
+    };
+    let (Some(container_line), Some(share_line), Some(deferred_line)) = (
+        line("container modules"),
+        line("share modules"),
+        line("deferred modules"),
+    ) else {
+        anyhow::bail!("module phase lines missing or out of order:\n{this_boot}");
+    };
+    eprintln!("{container_line}\n{share_line}\n{deferred_line}");
+    assert!(
+        this_boot.find(&share_line) < this_boot.find(&deferred_line),
+        "share modules before the deferred ones:\n{this_boot}"
+    );
+    for phase in [&container_line, &share_line, &deferred_line] {
+        assert!(phase.contains(" 0 failed"), "{phase}");
+    }
+    let modules = machine
+        .rmachine(&["ssh", &machine.name, "cut -d' ' -f1 /proc/modules"])?
+        .success()?;
+    let loaded: Vec<&str> = modules.stdout.lines().collect();
+    for later in ["9pnet_virtio", "virtiofs", "xt_conntrack", "nft_compat"] {
+        assert!(loaded.contains(&later), "{later} not loaded: {loaded:?}");
+    }
+
+    // The data disk was formatted with a journal and without `resize_inode`'s reserved
+    // blocks (most of what mke2fs wrote under TCG).
+    let features = machine
+        .rmachine(&[
+            "ssh",
+            &machine.name,
+            "tune2fs -l \"$(awk '$2 == \"/mnt/data\" {print $1}' /proc/mounts)\" \
+             | grep '^Filesystem features:'",
+        ])?
+        .success()?;
+    assert!(
+        features.stdout.contains("has_journal") && !features.stdout.contains("resize_inode"),
+        "data disk features: {}",
+        features.stdout
+    );
     Ok(())
 }
