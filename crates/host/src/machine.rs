@@ -732,7 +732,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = boot_files(driver, &cached).await;
+        spec.boot = boot_files(driver, &dir, &cached).await;
     }
 
     let certs_dir = store.certs_dir();
@@ -779,10 +779,16 @@ pub async fn create_with<D: Driver>(
     }
 }
 
-/// The files `driver` boots from a cached image: the fast-boot forms are derived (once per
-/// image) only for a driver that loads them; deriving costs a first `create` about a second.
-async fn boot_files<D: Driver>(driver: &D, cached: &image::GuestImage) -> BootImage {
-    if driver.info().capabilities.fast_boot_files {
+/// The files the machine in `dir` boots from a cached image: the fast-boot forms are derived
+/// (once per image) only for a machine that loads them (the driver's answer for that machine:
+/// an existing one keeps the machine type it was created with); deriving costs a first
+/// `create` about a second.
+async fn boot_files<D: Driver>(
+    driver: &D,
+    dir: &MachineDir,
+    cached: &image::GuestImage,
+) -> BootImage {
+    if driver.machine_boots_fast_boot_files(dir) {
         cached.boot_files().await
     } else {
         cached.boot_image()
@@ -1115,14 +1121,11 @@ async fn boot<D: Driver>(
         .capabilities
         .console_log
         .then(|| dir.file("console.log"));
-    let waited = wait_for_engine(
-        &client,
-        endpoints.engine,
-        timeout,
-        console.as_deref(),
-        &mut clock,
-    )
-    .await;
+    let follower = match &console {
+        Some(log) => Some(ConsoleFollower::open(log.clone(), driver.console_socket(dir)).await),
+        None => None,
+    };
+    let waited = wait_for_engine(&client, endpoints.engine, timeout, follower, &mut clock).await;
     if let Err(source) = waited {
         let (console, last_stage) = match &console {
             Some(path) => (
@@ -1161,8 +1164,172 @@ async fn boot<D: Driver>(
     Ok(())
 }
 
-/// How often the console is read for the guest's readiness line.
+/// How often the console is read for the guest's readiness line when the driver does not
+/// stream it.
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
+/// While the console streams, how often `console.log` is read as well: for a line the guest
+/// was writing as the host connected (half in the log, half on the stream), and for a stream
+/// that stays silent (another client holds QEMU's single connection).
+const STREAMED_LOG_READ: Duration = Duration::from_millis(250);
+/// A console stream's line longer than this is dropped unread (no stage line is that long).
+#[cfg(unix)]
+const STREAM_LINE_MAX: usize = 64 * 1024;
+
+/// What the guest's console lines showed, for [`wait_for_engine`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ConsoleScan {
+    /// A stage line of the last boot.
+    stage: bool,
+    /// The last boot reached [`Stage::EngineUp`].
+    engine_up: bool,
+    /// An init line that carries no stage (an image from before the boot timeline).
+    legacy_line: bool,
+}
+
+impl ConsoleScan {
+    /// Takes in one complete line.
+    fn line(&mut self, line: &str) {
+        for stage in timeline::last_boot_stages(line) {
+            if stage.stage == Stage::InitStarted {
+                self.engine_up = false;
+            }
+            self.stage = true;
+            self.engine_up |= stage.stage == Stage::EngineUp;
+        }
+        if line.contains(INIT_LINE) && !line.contains(timeline::STAGE_MARKER) {
+            self.legacy_line = true;
+        }
+    }
+
+    fn of(text: &str) -> Self {
+        let mut scan = Self::default();
+        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
+        // before its JSON is complete (it would look like an init line without a stage).
+        for line in complete_lines(text).lines() {
+            scan.line(line);
+        }
+        scan
+    }
+
+    fn or(self, other: Self) -> Self {
+        Self {
+            stage: self.stage || other.stage,
+            engine_up: self.engine_up || other.engine_up,
+            legacy_line: self.legacy_line || other.legacy_line,
+        }
+    }
+}
+
+/// Follows the guest console during a boot: `console.log`, and the driver's console stream
+/// ([`Driver::console_socket`]) when there is one, which wakes the host at each line the guest
+/// writes instead of a timer. The stream carries what was written after the host connected
+/// and the log everything (QEMU writes the log just after the stream), so a line is taken
+/// from whichever shows it first.
+struct ConsoleFollower {
+    log: PathBuf,
+    #[cfg(unix)]
+    stream: Option<tokio::net::UnixStream>,
+    /// The stream's bytes after its last newline.
+    #[cfg(unix)]
+    partial: Vec<u8>,
+    /// What the stream's complete lines showed.
+    streamed: ConsoleScan,
+    /// What `console.log` showed at its last read, and when that was.
+    logged: ConsoleScan,
+    log_read: Option<Instant>,
+}
+
+impl ConsoleFollower {
+    /// Connects to the console stream at `socket` if there is one; without it (no socket, or
+    /// none listening: a VM started before the driver offered one) the log is read on a timer.
+    async fn open(log: PathBuf, socket: Option<PathBuf>) -> Self {
+        #[cfg(unix)]
+        let stream = match socket {
+            Some(socket) => match tokio::net::UnixStream::connect(&socket).await {
+                Ok(stream) => Some(stream),
+                Err(err) => {
+                    tracing::debug!(socket = %socket.display(), error = %err, "no console stream: reading console.log on a timer");
+                    None
+                }
+            },
+            None => None,
+        };
+        #[cfg(not(unix))]
+        let _ = socket;
+        ConsoleFollower {
+            log,
+            #[cfg(unix)]
+            stream,
+            #[cfg(unix)]
+            partial: Vec::new(),
+            streamed: ConsoleScan::default(),
+            logged: ConsoleScan::default(),
+            log_read: None,
+        }
+    }
+
+    #[cfg(unix)]
+    fn streaming(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    #[cfg(not(unix))]
+    fn streaming(&self) -> bool {
+        false
+    }
+
+    /// What the console showed so far: the log is read again when no stream wakes the host,
+    /// or every [`STREAMED_LOG_READ`].
+    fn scan(&mut self) -> ConsoleScan {
+        let due = !self.streaming()
+            || self
+                .log_read
+                .is_none_or(|at| at.elapsed() >= STREAMED_LOG_READ);
+        if due {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            self.logged = ConsoleScan::of(&String::from_utf8_lossy(&text));
+            self.log_read = Some(Instant::now());
+        }
+        self.logged.or(self.streamed)
+    }
+
+    /// Waits until the stream brings more of the console, or (no stream) [`CONSOLE_POLL`].
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        if let Some(stream) = &mut self.stream {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(STREAMED_LOG_READ, stream.read(&mut buf)).await {
+                // Silent for a while: the caller reads the log and checks its timers.
+                Err(_) => {}
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    // QEMU closed it (exiting, or another reader): the log stays.
+                    tracing::debug!("the console stream ended: reading console.log on a timer");
+                    self.stream = None;
+                }
+                Ok(Ok(n)) => self.take(&buf[..n]),
+            }
+            return;
+        }
+        tokio::time::sleep(CONSOLE_POLL).await;
+    }
+
+    /// Takes in bytes of the stream.
+    #[cfg(unix)]
+    fn take(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
+            let lines: Vec<u8> = self.partial.drain(..=end).collect();
+            for line in String::from_utf8_lossy(&lines).lines() {
+                self.streamed.line(line);
+            }
+        }
+        if self.partial.len() > STREAM_LINE_MAX {
+            self.partial.clear();
+        }
+    }
+}
+
 /// What every rmachine-init prints before its console lines. An init whose lines carry no
 /// boot stage is an image from before the boot timeline: it never signals, so its engine is
 /// probed over TLS every [`LEGACY_PROBE`] as it always was. (Decided by what the console
@@ -1191,28 +1358,20 @@ async fn wait_for_engine(
     client: &EngineClient,
     addr: SocketAddr,
     timeout: Duration,
-    console: Option<&std::path::Path>,
+    console: Option<ConsoleFollower>,
     clock: &mut HostClock,
 ) -> Result<(), EngineCheckError> {
     let started = Instant::now();
-    let Some(console) = console else {
+    let Some(mut console) = console else {
         clock.mark(HostStage::FirstProbe);
         return client.wait_ready(addr, timeout).await;
     };
     let mut last_probe: Option<Instant> = None;
     loop {
-        let text = std::fs::read(console).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
-        // before its JSON is complete (it would look like an init line without a stage).
-        let text = complete_lines(&text);
-        let stages = timeline::last_boot_stages(text);
-        let signalled = stages.iter().any(|s| s.stage == Stage::EngineUp);
-        let legacy_init = stages.is_empty()
-            && text
-                .lines()
-                .any(|l| l.contains(INIT_LINE) && !l.contains(timeline::STAGE_MARKER));
-        let silent = stages.is_empty() && !legacy_init && started.elapsed() >= NO_INIT_FALLBACK;
+        let scan = console.scan();
+        let signalled = scan.engine_up;
+        let legacy_init = !scan.stage && scan.legacy_line;
+        let silent = !scan.stage && !legacy_init && started.elapsed() >= NO_INIT_FALLBACK;
         let every = if silent { FALLBACK_PROBE } else { LEGACY_PROBE };
         let probe_due = last_probe.is_none_or(|at| at.elapsed() >= every);
         if signalled || ((legacy_init || silent) && probe_due) {
@@ -1230,7 +1389,7 @@ async fn wait_for_engine(
             last_probe = Some(Instant::now());
             if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
                 if silent {
-                    warn_no_init_line(console);
+                    warn_no_init_line(&console.log);
                 }
                 return Ok(());
             }
@@ -1239,8 +1398,8 @@ async fn wait_for_engine(
             // One last probe: its error is the one the user sees.
             let last = match tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
                 Ok(Ok(())) => {
-                    if stages.is_empty() && !legacy_init {
-                        warn_no_init_line(console);
+                    if !scan.stage && !legacy_init {
+                        warn_no_init_line(&console.log);
                     }
                     return Ok(());
                 }
@@ -1256,7 +1415,7 @@ async fn wait_for_engine(
                 last: Box::new(last),
             });
         }
-        tokio::time::sleep(CONSOLE_POLL).await;
+        console.wait().await;
     }
 }
 
@@ -2486,7 +2645,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = boot_files(driver, &cached).await;
+    config.vm.boot = boot_files(driver, &dir, &cached).await;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;
@@ -3353,6 +3512,9 @@ mod tests {
         serve_engine: bool,
         /// When set, the driver captures the console and `start` writes this as `console.log`.
         console: Option<String>,
+        /// When set, the driver also streams the console on `console.sock` (as QEMU does):
+        /// `start` listens there and sends this to the host once it connects.
+        console_stream: Option<String>,
         /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
         engine_ip: Option<std::net::IpAddr>,
         /// When set, the driver can share folders and its options share this one.
@@ -3363,6 +3525,9 @@ mod tests {
         state_now: Mutex<Option<VmState>>,
         /// Its [`Capabilities::fast_boot_files`].
         fast_boot_files: bool,
+        /// Its answer to [`Driver::machine_boots_fast_boot_files`] once the machine exists
+        /// (what it recorded at create), when that differs from the capability.
+        created_fast_boot_files: Option<bool>,
     }
 
     impl FakeDriver {
@@ -3409,6 +3574,17 @@ mod tests {
         fn driver_share(&self) -> Result<Option<rmachine_driver::DriverShare>, DriverError> {
             Ok(self.share.clone())
         }
+        fn machine_boots_fast_boot_files(&self, dir: &MachineDir) -> bool {
+            match self.created_fast_boot_files {
+                Some(recorded) if dir.file("disk.qcow2").exists() => recorded,
+                _ => self.fast_boot_files,
+            }
+        }
+        fn console_socket(&self, dir: &MachineDir) -> Option<PathBuf> {
+            self.console_stream
+                .as_ref()
+                .map(|_| dir.file("console.sock"))
+        }
         async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
             self.step("precheck")?;
             // As VirtualBox's precheck: it has no device for a share it is handed.
@@ -3432,6 +3608,23 @@ mod tests {
             self.step("start")?;
             if let Some(console) = &self.console {
                 std::fs::write(dir.file("console.log"), console).unwrap();
+            }
+            if let Some(stream) = &self.console_stream {
+                let listener = tokio::net::UnixListener::bind(dir.file("console.sock")).unwrap();
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        return;
+                    };
+                    // Byte by byte, as the UART writes, and then held open as QEMU does.
+                    for byte in stream.bytes() {
+                        if client.write_all(&[byte]).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = client.read(&mut [0u8; 1]).await;
+                });
             }
             let addr = if self.serve_engine {
                 let ip = self
@@ -4208,6 +4401,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upgrade_derives_the_fast_boot_files_by_what_the_machine_boots() {
+        // Created as a machine that boots them (a microvm), by a driver whose options would
+        // now give a new machine another type.
+        let (tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            fast_boot_files: false,
+            created_fast_boot_files: Some(true),
+            ..Default::default()
+        };
+        create_with(&store, &driver, "kept", &options, &|_| {})
+            .await
+            .unwrap();
+        let image_dir = tmp.path().join("derivable");
+        crate::image::derive::tests::derivable_image(&image_dir);
+        upgrade_with(
+            &store,
+            &driver,
+            "kept",
+            Some(&ImageSource::Dir(image_dir)),
+            image::DEFAULT_DOWNLOAD_URL,
+            Duration::from_secs(3),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        let config = store.load("kept").unwrap();
+        let derived = store.cache_dir().join("guest/1.0-derive-x86_64/derived");
+        assert!(derived.exists());
+        assert!(config.vm.boot.kernel_elf.is_some());
+        assert!(config.vm.boot.initrd_uncompressed.is_some());
+    }
+
+    #[tokio::test]
     async fn only_a_driver_that_boots_them_gets_the_fast_boot_files_derived() {
         for fast in [false, true] {
             let (tmp, store, mut options) = setup();
@@ -4588,6 +4815,94 @@ mod tests {
         )
         .unwrap();
         (began.elapsed(), options.engine_timeout, host)
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_guests_line_on_the_console_stream_starts_the_probes() {
+        let (_tmp, store, options) = setup();
+        // The log lags the stream (QEMU writes the stream first): only the stream shows the
+        // signal, and the host must act on it rather than wait for the log.
+        let driver = FakeDriver {
+            serve_engine: true,
+            console: Some("[    0.000] Linux version 6.12.0\n".into()),
+            console_stream: Some(format!(
+                "[    0.000] Linux version 6.12.0\n{}{}",
+                stage_line(Stage::InitStarted, 300),
+                stage_line(Stage::EngineUp, 900)
+            )),
+            ..Default::default()
+        };
+        let began = Instant::now();
+        create_with(&store, &driver, "streamed", &options, &|_| {})
+            .await
+            .unwrap();
+        assert!(
+            began.elapsed() < options.engine_timeout,
+            "{:?}",
+            began.elapsed()
+        );
+        let host = inspect(
+            &store,
+            "streamed",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            host, "VmStarting VmRunning GuestSignalled FirstProbe Ready \n",
+            "the streamed line, not the last probe, found the engine"
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_stage_line_half_sent_on_the_console_stream_does_not_start_the_probes() {
+        let (_tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            console: Some(String::new()),
+            console_stream: Some(format!(
+                "{}[    0.3] rmachine-init: rmachine-boot-stage: {{\"Stage\":\"EngineUp\"",
+                stage_line(Stage::InitStarted, 300)
+            )),
+            ..Default::default()
+        };
+        let began = Instant::now();
+        create_with(&store, &driver, "half", &options, &|_| {})
+            .await
+            .unwrap();
+        assert!(
+            began.elapsed() >= options.engine_timeout,
+            "{:?}",
+            began.elapsed()
+        );
+        let host = inspect(
+            &store,
+            "half",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            host, "VmStarting VmRunning Ready \n",
+            "found by the last probe only"
+        );
+    }
+
+    #[test]
+    fn a_console_scan_takes_the_last_boot_only() {
+        let two_boots = format!(
+            "{}{}{}",
+            stage_line(Stage::InitStarted, 300),
+            stage_line(Stage::EngineUp, 900),
+            stage_line(Stage::InitStarted, 200)
+        );
+        let scan = ConsoleScan::of(&two_boots);
+        assert!(
+            scan.stage && !scan.engine_up && !scan.legacy_line,
+            "{scan:?}"
+        );
+        let legacy = ConsoleScan::of("[ 0.5] rmachine-init: started as PID 1\n");
+        assert!(!legacy.stage && legacy.legacy_line, "{legacy:?}");
     }
 
     #[tokio::test]
