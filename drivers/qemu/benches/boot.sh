@@ -97,6 +97,22 @@ docker_answers() {
 
 declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
+# The boot's timeline (`inspect`): the host's VmStarting and VmRunning marks, and the host's
+# delay after the guest's signal, GuestSignalled - VmRunning - the guest's TlsListening (ms):
+# what lies between QEMU running and the guest clock's zero, plus the host's console reading.
+record_timeline() {
+    local variant=$1 what=$2 timeline
+    timeline=$(rm_ "$variant" inspect -f '{{json .Timeline}}' "bench-$variant")
+    host_ms() { jq -r --arg s "$1" '[.Host[] | select(.Stage == $s) | .Ms] | first // empty' <<<"$timeline"; }
+    local starting running signalled tls
+    starting=$(host_ms VmStarting); running=$(host_ms VmRunning); signalled=$(host_ms GuestSignalled)
+    tls=$(jq -r '[.Guest[] | select(.Stage == "TlsListening") | .Ms] | last // empty' <<<"$timeline")
+    record "$variant-$what-vmstarting-ms" "$starting"
+    record "$variant-$what-vmrunning-ms" "$running"
+    if [ -n "$signalled" ] && [ -n "$tls" ]; then
+        record "$variant-$what-signal-gap-ms" "$((signalled - running - tls))"
+    fi
+}
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(qemu-system-x86_64 --version | head -1)"
 echo "old image: $(jq -r .version "${OLD_GUEST:-$new_guest}/manifest.json"), new image: $(jq -r .version "$new_guest/manifest.json")"
@@ -111,6 +127,7 @@ for i in $(seq "$runs"); do
         t1=$(now)
         record "$variant-create" "$(secs "$t0" "$t1")"
         record "$variant-create-qemu-cpu" "$(qemu_cpu "$variant")"
+        record_timeline "$variant" create
         # The guest's own figure for its device modules ("device modules: … in N ms").
         record "$variant-device-modules-ms" "$(grep -o 'device modules: .* in [0-9]* ms' \
             "$scratch/store-$variant/machines/bench-$variant/console.log" | tail -1 | awk '{print $(NF-1)}')"
@@ -122,6 +139,7 @@ for i in $(seq "$runs"); do
         t1=$(now)
         record "$variant-start" "$(secs "$t0" "$t1")"
         record "$variant-start-qemu-cpu" "$(qemu_cpu "$variant")"
+        record_timeline "$variant" start
         if [ "$i" = "$runs" ]; then
             pid=$(cat "$scratch/store-$variant/machines/bench-$variant/qemu.pid")
             tck=$(getconf CLK_TCK)
@@ -170,7 +188,9 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '\n| what | old | new | new/old |\n| --- | --- | --- | --- |\n'
 # A variant that did not run shows "-" and no ratio.
 ratio_or_dash() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else ratio "$1" "$2"; fi; }
-for what in create create-qemu-cpu device-modules-ms start start-qemu-cpu stop save resume; do
+for what in create create-qemu-cpu device-modules-ms create-vmstarting-ms create-vmrunning-ms \
+    create-signal-gap-ms start start-qemu-cpu start-vmrunning-ms start-signal-gap-ms stop save \
+    resume; do
     o=-; n=-
     [ -n "${results[old-$what]:-}" ] && o=$(printf '%s\n' ${results[old-$what]} | median)
     [ -n "${results[new-$what]:-}" ] && n=$(printf '%s\n' ${results[new-$what]} | median)
