@@ -151,6 +151,10 @@ for i in $(seq "$runs"); do
             record "$variant-idle-cpu" "$(echo "100 * ($c1 - $c0) / $tck / ($t1 - $t0)" | bc -l | xargs printf '%.2f')"
             rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
             record "$variant-rss-mib" "$((rss_kb / 1024))"
+            # Of which anonymous memory (guest RAM, TCG's translation cache, QEMU's heap with
+            # the kernel it read for fw_cfg) and file pages (the mapped initramfs, libraries).
+            record "$variant-rss-anon-mib" "$(( $(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status") / 1024 ))"
+            record "$variant-rss-file-mib" "$(( $(awk '/^RssFile:/ {print $2}' "/proc/$pid/status") / 1024 ))"
             used_kb=$(rm_ "$variant" ssh "bench-$variant" cat /proc/meminfo \
                 | awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print t - a}')
             record "$variant-guest-used-mib" "$((used_kb / 1024))"
@@ -197,7 +201,7 @@ for what in create create-qemu-cpu device-modules-ms create-vmstarting-ms create
     unit=s; [[ $what == *-ms ]] && unit=ms
     printf '| %s (median of %s, %s) | %s | %s | %s |\n' "$what" "$runs" "$unit" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
 done
-for what in idle-cpu rss-mib guest-used-mib; do
+for what in idle-cpu rss-mib rss-anon-mib rss-file-mib guest-used-mib; do
     o=${results[old-$what]:- -}; o=${o# }
     n=${results[new-$what]:- -}; n=${n# }
     printf '| %s | %s | %s | %s |\n' "$what" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
