@@ -3609,7 +3609,9 @@ mod tests {
             if let Some(console) = &self.console {
                 std::fs::write(dir.file("console.log"), console).unwrap();
             }
+            #[cfg(unix)]
             if let Some(stream) = &self.console_stream {
+                let _ = std::fs::remove_file(dir.file("console.sock"));
                 let listener = tokio::net::UnixListener::bind(dir.file("console.sock")).unwrap();
                 let stream = stream.clone();
                 tokio::spawn(async move {
