@@ -620,8 +620,14 @@ mod tests {
             .iter()
             .position(|a| a.starts_with("virtio-rng"))
             .expect("rng device");
-        let serial = args.iter().position(|a| a == "-serial").expect("-serial");
-        args[rng + 1..serial].to_vec()
+        // Up to the serial console: its chardev where it streams, else `-serial`.
+        let console = args
+            .iter()
+            .position(|a| a.starts_with("socket,id=console,"))
+            .map(|at| at - 1)
+            .or_else(|| args.iter().position(|a| a == "-serial"))
+            .expect("serial console");
+        args[rng + 1..console].to_vec()
     }
 
     #[test]
