@@ -515,7 +515,8 @@ pub(crate) mod tests {
         elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         elf[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
         elf[64..68].copy_from_slice(&4u32.to_le_bytes());
-        elf[64 + 8..64 + 16].copy_from_slice(&(elf.len() as u64).to_le_bytes());
+        let notes_at = elf.len() as u64;
+        elf[64 + 8..64 + 16].copy_from_slice(&notes_at.to_le_bytes());
         elf[64 + 32..64 + 40].copy_from_slice(&(notes.len() as u64).to_le_bytes());
         elf.extend_from_slice(&notes);
         let data_at = 4096;
