@@ -556,14 +556,6 @@ pub trait Driver: Send + Sync {
         self.info().capabilities.fast_boot_files
     }
 
-    /// A Unix socket on which the hypervisor streams the guest console as the guest writes it
-    /// (the bytes `console.log` also gets), when the driver offers one: the host blocks on it
-    /// for the guest's readiness line instead of re-reading `console.log`. `None`: the host
-    /// reads `console.log` ([`Capabilities::console_log`]) on a timer.
-    fn console_socket(&self, _dir: &MachineDir) -> Option<PathBuf> {
-        None
-    }
-
     /// Resident memory of the hypervisor process running this VM, in bytes, when the driver
     /// can tell (`rmachine inspect` shows it); `None` when the VM does not run.
     fn resident_bytes(&self, _dir: &MachineDir) -> Option<u64> {

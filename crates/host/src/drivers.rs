@@ -441,16 +441,6 @@ impl Driver for AnyDriver {
         }
     }
 
-    fn console_socket(&self, dir: &MachineDir) -> Option<std::path::PathBuf> {
-        match self {
-            AnyDriver::Qemu(d) => d.console_socket(dir),
-            AnyDriver::Virtualbox(_)
-            | AnyDriver::Hyperv(_)
-            | AnyDriver::Generic(_)
-            | AnyDriver::External(_) => None,
-        }
-    }
-
     fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
         match self {
             AnyDriver::Qemu(d) => d.resident_bytes(dir),

@@ -1122,7 +1122,7 @@ async fn boot<D: Driver>(
         .console_log
         .then(|| dir.file("console.log"));
     let follower = match &console {
-        Some(log) => Some(ConsoleFollower::open(log.clone(), driver.console_socket(dir)).await),
+        Some(log) => Some(ConsoleFollower::open(log.clone())),
         None => None,
     };
     let waited = wait_for_engine(&client, endpoints.engine, timeout, follower, &mut clock).await;
@@ -1164,16 +1164,13 @@ async fn boot<D: Driver>(
     Ok(())
 }
 
-/// How often the console is read for the guest's readiness line when the driver does not
-/// stream it.
+/// How often the console is read for the guest's readiness line where nothing tells the host
+/// it changed.
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
-/// While the console streams, how often `console.log` is read as well: for a line the guest
-/// was writing as the host connected (half in the log, half on the stream), and for a stream
-/// that stays silent (another client holds QEMU's single connection).
-const STREAMED_LOG_READ: Duration = Duration::from_millis(250);
-/// A console stream's line longer than this is dropped unread (no stage line is that long).
-#[cfg(unix)]
-const STREAM_LINE_MAX: usize = 64 * 1024;
+/// Where the host is told of each change, how long it waits for one before it reads the log
+/// anyway (its probe timers and deadline run on, and a watch could miss a replaced file).
+#[cfg(target_os = "linux")]
+const WATCHED_LOG_READ: Duration = Duration::from_millis(250);
 
 /// What the guest's console lines showed, for [`wait_for_engine`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -1210,122 +1207,124 @@ impl ConsoleScan {
         }
         scan
     }
-
-    fn or(self, other: Self) -> Self {
-        Self {
-            stage: self.stage || other.stage,
-            engine_up: self.engine_up || other.engine_up,
-            legacy_line: self.legacy_line || other.legacy_line,
-        }
-    }
 }
 
-/// Follows the guest console during a boot: `console.log`, and the driver's console stream
-/// ([`Driver::console_socket`]) when there is one, which wakes the host at each line the guest
-/// writes instead of a timer. The stream carries what was written after the host connected
-/// and the log everything (QEMU writes the log just after the stream), so a line is taken
-/// from whichever shows it first.
+/// Follows the guest console during a boot: `console.log`, read again each time it changes.
+/// On Linux an inotify watch wakes the host at each write (QEMU writes the UART's bytes as the
+/// guest sends them), so the guest's line is seen when it is written rather than at the next
+/// tick of a timer; elsewhere, or if the watch cannot be set up, the log is read every
+/// [`CONSOLE_POLL`].
 struct ConsoleFollower {
     log: PathBuf,
-    #[cfg(unix)]
-    stream: Option<tokio::net::UnixStream>,
-    /// The stream's bytes after its last newline.
-    #[cfg(unix)]
-    partial: Vec<u8>,
-    /// What the stream's complete lines showed.
-    streamed: ConsoleScan,
-    /// What `console.log` showed at its last read, and when that was.
-    logged: ConsoleScan,
-    log_read: Option<Instant>,
+    #[cfg(target_os = "linux")]
+    watch: Option<file_watch::FileWatch>,
 }
 
 impl ConsoleFollower {
-    /// Connects to the console stream at `socket` if there is one; without it (no socket, or
-    /// none listening: a VM started before the driver offered one) the log is read on a timer.
-    async fn open(log: PathBuf, socket: Option<PathBuf>) -> Self {
-        #[cfg(unix)]
-        let stream = match socket {
-            Some(socket) => match tokio::net::UnixStream::connect(&socket).await {
-                Ok(stream) => Some(stream),
-                Err(err) => {
-                    tracing::debug!(socket = %socket.display(), error = %err, "no console stream: reading console.log on a timer");
-                    None
-                }
-            },
-            None => None,
+    fn open(log: PathBuf) -> Self {
+        #[cfg(target_os = "linux")]
+        let watch = match file_watch::FileWatch::new(&log) {
+            Ok(watch) => Some(watch),
+            Err(err) => {
+                tracing::debug!(log = %log.display(), error = %err, "cannot watch the console log: reading it on a timer");
+                None
+            }
         };
-        #[cfg(not(unix))]
-        let _ = socket;
         ConsoleFollower {
             log,
-            #[cfg(unix)]
-            stream,
-            #[cfg(unix)]
-            partial: Vec::new(),
-            streamed: ConsoleScan::default(),
-            logged: ConsoleScan::default(),
-            log_read: None,
+            #[cfg(target_os = "linux")]
+            watch,
         }
     }
 
-    #[cfg(unix)]
-    fn streaming(&self) -> bool {
-        self.stream.is_some()
+    /// What the console shows now.
+    fn scan(&self) -> ConsoleScan {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        ConsoleScan::of(&String::from_utf8_lossy(&text))
     }
 
-    #[cfg(not(unix))]
-    fn streaming(&self) -> bool {
-        false
-    }
-
-    /// What the console showed so far: the log is read again when no stream wakes the host,
-    /// or every [`STREAMED_LOG_READ`].
-    fn scan(&mut self) -> ConsoleScan {
-        let due = !self.streaming()
-            || self
-                .log_read
-                .is_none_or(|at| at.elapsed() >= STREAMED_LOG_READ);
-        if due {
-            let text = std::fs::read(&self.log).unwrap_or_default();
-            self.logged = ConsoleScan::of(&String::from_utf8_lossy(&text));
-            self.log_read = Some(Instant::now());
-        }
-        self.logged.or(self.streamed)
-    }
-
-    /// Waits until the stream brings more of the console, or (no stream) [`CONSOLE_POLL`].
+    /// Waits until the log changes (at most [`WATCHED_LOG_READ`]), or without a watch
+    /// [`CONSOLE_POLL`].
     async fn wait(&mut self) {
-        #[cfg(unix)]
-        if let Some(stream) = &mut self.stream {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 4096];
-            match tokio::time::timeout(STREAMED_LOG_READ, stream.read(&mut buf)).await {
-                // Silent for a while: the caller reads the log and checks its timers.
-                Err(_) => {}
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    // QEMU closed it (exiting, or another reader): the log stays.
-                    tracing::debug!("the console stream ended: reading console.log on a timer");
-                    self.stream = None;
+        #[cfg(target_os = "linux")]
+        if let Some(watch) = &self.watch {
+            match tokio::time::timeout(WATCHED_LOG_READ, watch.changed()).await {
+                Err(_) | Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "the console log's watch failed: reading it on a timer");
+                    self.watch = None;
                 }
-                Ok(Ok(n)) => self.take(&buf[..n]),
             }
             return;
         }
         tokio::time::sleep(CONSOLE_POLL).await;
     }
+}
 
-    /// Takes in bytes of the stream.
-    #[cfg(unix)]
-    fn take(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
-            let lines: Vec<u8> = self.partial.drain(..=end).collect();
-            for line in String::from_utf8_lossy(&lines).lines() {
-                self.streamed.line(line);
+/// A file's changes as the kernel reports them (inotify), for [`ConsoleFollower`].
+#[cfg(target_os = "linux")]
+mod file_watch {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use tokio::io::unix::AsyncFd;
+
+    /// An inotify descriptor watching one file for writes.
+    pub(super) struct FileWatch {
+        fd: AsyncFd<OwnedFd>,
+    }
+
+    impl FileWatch {
+        /// Watches `path`, which must exist.
+        pub(super) fn new(path: &Path) -> io::Result<Self> {
+            // SAFETY: inotify_init1 takes flags only; it returns a new descriptor or -1.
+            let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
             }
+            // SAFETY: `raw` was just returned by inotify_init1 and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let name = CString::new(path.as_os_str().as_bytes())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: `fd` is a live inotify descriptor and `name` a NUL-terminated string that
+            // outlives the call.
+            let wd =
+                unsafe { libc::inotify_add_watch(fd.as_raw_fd(), name.as_ptr(), libc::IN_MODIFY) };
+            if wd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the AsyncFd owns `fd`, an open descriptor that stays open and the same
+            // until the AsyncFd drops it.
+            let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+            Ok(FileWatch { fd })
         }
-        if self.partial.len() > STREAM_LINE_MAX {
-            self.partial.clear();
+
+        /// Resolves once the file was written to since the last call (the events queued
+        /// meanwhile are read at once: one wake-up for a burst of writes).
+        pub(super) async fn changed(&self) -> io::Result<()> {
+            loop {
+                let mut guard = self.fd.readable().await?;
+                let mut buf = [0u8; 4096];
+                let mut events = false;
+                loop {
+                    match nix::unistd::read(self.fd.get_ref().as_fd(), &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => events = true,
+                        Err(nix::errno::Errno::EAGAIN) => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                if events {
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -3512,9 +3511,6 @@ mod tests {
         serve_engine: bool,
         /// When set, the driver captures the console and `start` writes this as `console.log`.
         console: Option<String>,
-        /// When set, the driver also streams the console on `console.sock` (as QEMU does):
-        /// `start` listens there and sends this to the host once it connects.
-        console_stream: Option<String>,
         /// The address the engine comes up at (default 127.0.0.1), as a bridged VM's lease.
         engine_ip: Option<std::net::IpAddr>,
         /// When set, the driver can share folders and its options share this one.
@@ -3580,11 +3576,6 @@ mod tests {
                 _ => self.fast_boot_files,
             }
         }
-        fn console_socket(&self, dir: &MachineDir) -> Option<PathBuf> {
-            self.console_stream
-                .as_ref()
-                .map(|_| dir.file("console.sock"))
-        }
         async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
             self.step("precheck")?;
             // As VirtualBox's precheck: it has no device for a share it is handed.
@@ -3608,25 +3599,6 @@ mod tests {
             self.step("start")?;
             if let Some(console) = &self.console {
                 std::fs::write(dir.file("console.log"), console).unwrap();
-            }
-            #[cfg(unix)]
-            if let Some(stream) = &self.console_stream {
-                let _ = std::fs::remove_file(dir.file("console.sock"));
-                let listener = tokio::net::UnixListener::bind(dir.file("console.sock")).unwrap();
-                let stream = stream.clone();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let Ok((mut client, _)) = listener.accept().await else {
-                        return;
-                    };
-                    // Byte by byte, as the UART writes, and then held open as QEMU does.
-                    for byte in stream.bytes() {
-                        if client.write_all(&[byte]).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = client.read(&mut [0u8; 1]).await;
-                });
             }
             let addr = if self.serve_engine {
                 let ip = self
@@ -4819,75 +4791,34 @@ mod tests {
         (began.elapsed(), options.engine_timeout, host)
     }
 
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn the_guests_line_on_the_console_stream_starts_the_probes() {
-        let (_tmp, store, options) = setup();
-        // The log lags the stream (QEMU writes the stream first): only the stream shows the
-        // signal, and the host must act on it rather than wait for the log.
-        let driver = FakeDriver {
-            serve_engine: true,
-            console: Some("[    0.000] Linux version 6.12.0\n".into()),
-            console_stream: Some(format!(
-                "[    0.000] Linux version 6.12.0\n{}{}",
-                stage_line(Stage::InitStarted, 300),
-                stage_line(Stage::EngineUp, 900)
-            )),
-            ..Default::default()
+    async fn the_console_watch_wakes_at_a_write_and_only_then() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        std::fs::write(&log, "").unwrap();
+        let watch = file_watch::FileWatch::new(&log).unwrap();
+        // Nothing written: no wake-up.
+        let idle = tokio::time::timeout(Duration::from_millis(300), watch.changed()).await;
+        assert!(idle.is_err(), "woke without a write");
+        // A writer appending as QEMU does, a little later: the wait ends with the write.
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+                file.write_all(stage_line(Stage::EngineUp, 900).as_bytes())
+                    .unwrap();
+            })
         };
-        let began = Instant::now();
-        create_with(&store, &driver, "streamed", &options, &|_| {})
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
             .await
+            .expect("woken by the write")
             .unwrap();
-        assert!(
-            began.elapsed() < options.engine_timeout,
-            "{:?}",
-            began.elapsed()
-        );
-        let host = inspect(
-            &store,
-            "streamed",
-            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
-        )
-        .unwrap();
-        assert_eq!(
-            host, "VmStarting VmRunning GuestSignalled FirstProbe Ready \n",
-            "the streamed line, not the last probe, found the engine"
-        );
-    }
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn a_stage_line_half_sent_on_the_console_stream_does_not_start_the_probes() {
-        let (_tmp, store, options) = setup();
-        let driver = FakeDriver {
-            serve_engine: true,
-            console: Some(String::new()),
-            console_stream: Some(format!(
-                "{}[    0.3] rmachine-init: rmachine-boot-stage: {{\"Stage\":\"EngineUp\"",
-                stage_line(Stage::InitStarted, 300)
-            )),
-            ..Default::default()
-        };
-        let began = Instant::now();
-        create_with(&store, &driver, "half", &options, &|_| {})
-            .await
-            .unwrap();
-        assert!(
-            began.elapsed() >= options.engine_timeout,
-            "{:?}",
-            began.elapsed()
-        );
-        let host = inspect(
-            &store,
-            "half",
-            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
-        )
-        .unwrap();
-        assert_eq!(
-            host, "VmStarting VmRunning Ready \n",
-            "found by the last probe only"
-        );
+        writer.join().unwrap();
+        let follower = ConsoleFollower::open(log);
+        assert!(follower.scan().engine_up);
     }
 
     #[test]

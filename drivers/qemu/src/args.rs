@@ -168,11 +168,6 @@ pub struct VmLaunch<'a> {
     pub clock_pipe: Option<&'a Path>,
     /// Where the serial console goes.
     pub console_log: &'a Path,
-    /// A Unix socket on which QEMU also streams the serial console (a `socket` chardev that
-    /// listens without waiting for a client, its `logfile=` being `console_log`), so that the
-    /// host blocks on the guest's lines instead of re-reading the log; `None` (Windows): the
-    /// console goes to `console_log` only.
-    pub console_socket: Option<&'a Path>,
     /// Where QEMU writes its process id.
     pub pidfile: &'a Path,
     /// Where QEMU listens for QMP.
@@ -241,9 +236,6 @@ pub fn clock_port_args(family: MachineFamily, pipe: &Path) -> Vec<String> {
     ]
     .into()
 }
-
-/// The id of the serial console's chardev ([`VmLaunch::console_socket`]).
-const CONSOLE_CHARDEV: &str = "console";
 
 /// The name of the guest's clock port (`rmachine_init::clock::PORT_NAME`).
 pub const CLOCK_PORT_NAME: &str = "org.rmachine.clock";
@@ -385,21 +377,7 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
         args.extend(clock_port_args(family, pipe));
     }
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-    match l.console_socket {
-        // A disconnected socket chardev drops what the guest writes, but its `logfile=` gets
-        // every byte whether a client reads or not: console.log stays complete.
-        Some(socket) => push(&[
-            "-chardev",
-            &format!(
-                "socket,id={CONSOLE_CHARDEV},path={},server=on,wait=off,logfile={}",
-                escape_opt(&path(socket)),
-                escape_opt(&path(l.console_log))
-            ),
-            "-serial",
-            &format!("chardev:{CONSOLE_CHARDEV}"),
-        ]),
-        None => push(&["-serial", &format!("file:{}", path(l.console_log))]),
-    }
+    push(&["-serial", &format!("file:{}", path(l.console_log))]);
     push(&["-qmp", &l.qmp.qemu_arg()]);
     push(&["-pidfile", &path(l.pidfile)]);
     if l.host.os != HostOs::Windows {
@@ -467,7 +445,6 @@ mod tests {
         disk: PathBuf,
         config: PathBuf,
         console: PathBuf,
-        console_socket: Option<PathBuf>,
         pid: PathBuf,
         qmp: QmpEndpoint,
     }
@@ -477,7 +454,6 @@ mod tests {
             disk: format!("{dir}/disk.qcow2").into(),
             config: format!("{dir}/config.img").into(),
             console: format!("{dir}/console.log").into(),
-            console_socket: Some(format!("{dir}/console.sock").into()),
             pid: format!("{dir}/qemu.pid").into(),
             qmp: QmpEndpoint::Unix(format!("{dir}/qmp.sock").into()),
         }
@@ -511,7 +487,6 @@ mod tests {
             virtiofs_sockets: &[],
             clock_pipe: None,
             console_log: &p.console,
-            console_socket: p.console_socket.as_deref(),
             pidfile: &p.pid,
             qmp: &p.qmp,
         }
@@ -549,8 +524,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
-             -chardev\nsocket,id=console,path=/m/dev/console.sock,server=on,wait=off,\
-             logfile=/m/dev/console.log\n-serial\nchardev:console\n\
+             -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
         );
@@ -588,8 +562,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-device,netdev=net0\n\
              -device\nvirtio-rng-device\n\
-             -chardev\nsocket,id=console,path=/m/dev/console.sock,server=on,wait=off,\
-             logfile=/m/dev/console.log\n-serial\nchardev:console\n\
+             -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
         );
@@ -620,14 +593,8 @@ mod tests {
             .iter()
             .position(|a| a.starts_with("virtio-rng"))
             .expect("rng device");
-        // Up to the serial console: its chardev where it streams, else `-serial`.
-        let console = args
-            .iter()
-            .position(|a| a.starts_with("socket,id=console,"))
-            .map(|at| at - 1)
-            .or_else(|| args.iter().position(|a| a == "-serial"))
-            .expect("serial console");
-        args[rng + 1..console].to_vec()
+        let serial = args.iter().position(|a| a == "-serial").expect("-serial");
+        args[rng + 1..serial].to_vec()
     }
 
     #[test]
@@ -763,8 +730,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
-             -chardev\nsocket,id=console,path=/Users/me/m/dev/console.sock,server=on,wait=off,\
-             logfile=/Users/me/m/dev/console.log\n-serial\nchardev:console\n\
+             -serial\nfile:/Users/me/m/dev/console.log\n\
              -qmp\nunix:/Users/me/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/Users/me/m/dev/qemu.pid\n-daemonize",
         );
@@ -797,8 +763,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
-             -chardev\nsocket,id=console,path=/m/dev/console.sock,server=on,wait=off,\
-             logfile=/m/dev/console.log\n-serial\nchardev:console\n\
+             -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
         );
@@ -861,7 +826,6 @@ mod tests {
             disk: format!(r"{dir}\disk.qcow2").into(),
             config: format!(r"{dir}\config.img").into(),
             console: format!(r"{dir}\console.log").into(),
-            console_socket: None,
             pid: format!(r"{dir}\qemu.pid").into(),
             qmp: QmpEndpoint::Tcp("127.0.0.1:44444".parse().expect("addr")),
         };
@@ -897,11 +861,6 @@ mod tests {
         // -kernel takes a plain path, not an option list.
         assert!(args.contains(&"/img,x/vmlinuz".to_owned()));
         assert!(args.contains(&"unix:/m/a,,b/qmp.sock,server=on,wait=off".to_owned()));
-        assert!(args.contains(
-            &"socket,id=console,path=/m/a,,b/console.sock,server=on,wait=off,\
-              logfile=/m/a,,b/console.log"
-                .to_owned()
-        ));
     }
 
     #[test]

@@ -45,7 +45,6 @@ const DRIVER: &str = "qemu";
 const PIDFILE: &str = "qemu.pid";
 const QMP_SOCKET: &str = "qmp.sock";
 const CONSOLE_LOG: &str = "console.log";
-const CONSOLE_SOCKET: &str = "console.sock";
 const QEMU_LOG: &str = "qemu.log";
 const DISK: &str = "disk.qcow2";
 /// Everything the driver may create in a machine directory; `remove` deletes these and
@@ -58,7 +57,6 @@ const OWN_FILES: &[&str] = &[
     PIDFILE,
     QMP_SOCKET,
     CONSOLE_LOG,
-    CONSOLE_SOCKET,
     QEMU_LOG,
     resume::STATE,
     resume::STATE_TMP,
@@ -337,15 +335,8 @@ impl QemuDriver {
         self.host.os != HostOs::Windows
     }
 
-    /// Where QEMU streams the serial console ([`args::VmLaunch::console_socket`]): a Unix
-    /// socket beside the machine's other files, except on Windows, whose host reads
-    /// `console.log` on a timer.
-    fn console_socket_path(&self, dir: &MachineDir) -> Option<PathBuf> {
-        (self.host.os != HostOs::Windows).then(|| dir.file(CONSOLE_SOCKET))
-    }
-
     fn clean_runtime_files(&self, dir: &MachineDir) -> Result<(), DriverError> {
-        for name in [PIDFILE, QMP_SOCKET, CONSOLE_SOCKET] {
+        for name in [PIDFILE, QMP_SOCKET] {
             remove_if_present(dir, name)?;
         }
         Ok(())
@@ -752,11 +743,7 @@ impl QemuDriver {
                 channel: "qmp",
                 message: "no QMP port saved in qemu.json".to_owned(),
             })?;
-        let qmp_socket = match &qmp {
-            QmpEndpoint::Unix(socket) => Some(socket.clone()),
-            QmpEndpoint::Tcp(_) => None,
-        };
-        for socket in qmp_socket.iter().chain(&self.console_socket_path(dir)) {
+        if let QmpEndpoint::Unix(socket) = &qmp {
             // sun_path holds 108 bytes on Linux and 104 on macOS, terminating NUL included;
             // QEMU's own error for a longer path does not say what to do about it.
             let limit = if self.host.os == HostOs::MacOs {
@@ -798,7 +785,6 @@ impl QemuDriver {
         };
         let disk = dir.file(DISK);
         let console = dir.file(CONSOLE_LOG);
-        let console_socket = self.console_socket_path(dir);
         let pidfile = dir.file(PIDFILE);
         let clock_pipe = self.has_clock_port().then(|| dir.file(clock::PIPE));
         args::vm_args(&args::VmLaunch {
@@ -822,7 +808,6 @@ impl QemuDriver {
             virtiofs_sockets,
             clock_pipe: clock_pipe.as_deref(),
             console_log: &console,
-            console_socket: console_socket.as_deref(),
             pidfile: &pidfile,
             qmp,
         })
@@ -1793,10 +1778,6 @@ impl Driver for QemuDriver {
         process::resident_bytes(&dir.file(PIDFILE))
     }
 
-    fn console_socket(&self, dir: &MachineDir) -> Option<PathBuf> {
-        self.console_socket_path(dir)
-    }
-
     fn machine_boots_fast_boot_files(&self, dir: &MachineDir) -> bool {
         match QemuState::load(dir) {
             Ok(Some(state)) => self.boots_fast_boot_files_on(&state.machine),
@@ -2367,7 +2348,6 @@ mod tests {
             virtiofs_sockets: &[],
             clock_pipe: Some(&dir.file(clock::PIPE)),
             console_log: &dir.file(CONSOLE_LOG),
-            console_socket: Some(&dir.file(CONSOLE_SOCKET)),
             pidfile: &dir.file(PIDFILE),
             qmp: &QmpEndpoint::Unix(dir.file(QMP_SOCKET)),
         }));
@@ -2727,28 +2707,6 @@ mod tests {
                 "machine \"dev\": cannot access {}: path longer than the 107 bytes a unix \
                  socket allows: use a shorter --storage-path",
                 dir.file(QMP_SOCKET).display()
-            )
-        );
-    }
-
-    #[tokio::test]
-    async fn a_console_socket_path_too_long_is_refused_though_the_qmp_one_fits() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        // `DEEP/dev/qmp.sock` is 107 bytes, `DEEP/dev/console.sock` 111.
-        let fixed = tmp.path().as_os_str().len() + "/".len() + "/dev/qmp.sock".len();
-        let deep = tmp.path().join("d".repeat(107 - fixed));
-        std::fs::create_dir_all(&deep).expect("deep dir");
-        let (dir, spec, _) = created_machine(&deep, Accel::Tcg);
-        assert_eq!(dir.file(QMP_SOCKET).as_os_str().len(), 107);
-        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
-            .for_host(LINUX);
-        let err = driver.start(&dir, &spec).await.expect_err("too long");
-        assert_eq!(
-            error_chain(&err),
-            format!(
-                "machine \"dev\": cannot access {}: path longer than the 107 bytes a unix \
-                 socket allows: use a shorter --storage-path",
-                dir.file(CONSOLE_SOCKET).display()
             )
         );
     }
