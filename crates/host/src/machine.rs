@@ -1121,10 +1121,9 @@ async fn boot<D: Driver>(
         .capabilities
         .console_log
         .then(|| dir.file("console.log"));
-    let follower = match &console {
-        Some(log) => Some(ConsoleFollower::open(log.clone())),
-        None => None,
-    };
+    let follower = console
+        .as_ref()
+        .map(|log| ConsoleFollower::open(log.clone()));
     let waited = wait_for_engine(&client, endpoints.engine, timeout, follower, &mut clock).await;
     if let Err(source) = waited {
         let (console, last_stage) = match &console {
