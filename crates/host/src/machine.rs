@@ -1197,24 +1197,35 @@ impl ConsoleScan {
         }
     }
 
+    /// What the complete lines of `text` show.
+    #[cfg(test)]
     fn of(text: &str) -> Self {
         let mut scan = Self::default();
-        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
-        // before its JSON is complete (it would look like an init line without a stage).
-        for line in complete_lines(text).lines() {
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        for line in complete.lines() {
             scan.line(line);
         }
         scan
     }
 }
 
-/// Follows the guest console during a boot: `console.log`, read again each time it changes.
-/// On Linux an inotify watch wakes the host at each write (QEMU writes the UART's bytes as the
-/// guest sends them), so the guest's line is seen when it is written rather than at the next
-/// tick of a timer; elsewhere, or if the watch cannot be set up, the log is read every
-/// [`CONSOLE_POLL`].
+/// Follows the guest console during a boot: `console.log`, read from where the last read
+/// stopped each time it changes (the UART writes the guest's bytes one `write(2)` each, so
+/// reading the whole log at each change would cost as much as the log squared). On Linux an
+/// inotify watch wakes the host at each write, so the guest's line is seen when it is written
+/// rather than at the next tick of a timer; elsewhere, or if the watch cannot be set up, or
+/// the file it watched is gone, the log is read every [`CONSOLE_POLL`].
 struct ConsoleFollower {
     log: PathBuf,
+    /// Bytes of the log already read.
+    offset: u64,
+    /// The file read, to start over when the path names another one.
+    #[cfg(unix)]
+    inode: Option<u64>,
+    /// The end of the log after its last newline: a line still being written.
+    partial: Vec<u8>,
+    /// What the complete lines read so far showed.
+    seen: ConsoleScan,
     #[cfg(target_os = "linux")]
     watch: Option<file_watch::FileWatch>,
 }
@@ -1231,24 +1242,71 @@ impl ConsoleFollower {
         };
         ConsoleFollower {
             log,
+            offset: 0,
+            #[cfg(unix)]
+            inode: None,
+            partial: Vec::new(),
+            seen: ConsoleScan::default(),
             #[cfg(target_os = "linux")]
             watch,
         }
     }
 
-    /// What the console shows now.
-    fn scan(&self) -> ConsoleScan {
-        let text = std::fs::read(&self.log).unwrap_or_default();
-        ConsoleScan::of(&String::from_utf8_lossy(&text))
+    /// What the console shows now: the lines completed since the last call are taken in. A
+    /// log shorter than what was read (QEMU truncates it at each start) or another file is
+    /// read from its start again.
+    fn scan(&mut self) -> ConsoleScan {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(&self.log) else {
+            return self.seen;
+        };
+        let Ok(meta) = file.metadata() else {
+            return self.seen;
+        };
+        #[cfg(unix)]
+        let replaced = {
+            use std::os::unix::fs::MetadataExt;
+            self.inode
+                .replace(meta.ino())
+                .is_some_and(|ino| ino != meta.ino())
+        };
+        #[cfg(not(unix))]
+        let replaced = false;
+        if replaced || meta.len() < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+            self.seen = ConsoleScan::default();
+        }
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut new).is_err() {
+            return self.seen;
+        }
+        self.offset += new.len() as u64;
+        self.partial.extend_from_slice(&new);
+        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
+        // before its JSON is complete (it would look like an init line without a stage).
+        if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
+            let rest = self.partial.split_off(end + 1);
+            for line in String::from_utf8_lossy(&self.partial).lines() {
+                self.seen.line(line);
+            }
+            self.partial = rest;
+        }
+        self.seen
     }
 
-    /// Waits until the log changes (at most [`WATCHED_LOG_READ`]), or without a watch
-    /// [`CONSOLE_POLL`].
-    async fn wait(&mut self) {
+    /// Waits until the log changes or `until`, whichever comes first: with a watch at most
+    /// [`WATCHED_LOG_READ`], without one at most [`CONSOLE_POLL`].
+    async fn wait(&mut self, until: Instant) {
         #[cfg(target_os = "linux")]
         if let Some(watch) = &self.watch {
-            match tokio::time::timeout(WATCHED_LOG_READ, watch.changed()).await {
-                Err(_) | Ok(Ok(())) => {}
+            let cap = until.min(Instant::now() + WATCHED_LOG_READ);
+            match tokio::time::timeout_at(cap.into(), watch.changed()).await {
+                Err(_) | Ok(Ok(file_watch::Change::Written)) => {}
+                Ok(Ok(file_watch::Change::Gone)) => {
+                    tracing::debug!(log = %self.log.display(), "the watched console log was removed, moved or changed: reading it on a timer");
+                    self.watch = None;
+                }
                 Ok(Err(err)) => {
                     tracing::debug!(error = %err, "the console log's watch failed: reading it on a timer");
                     self.watch = None;
@@ -1256,72 +1314,90 @@ impl ConsoleFollower {
             }
             return;
         }
-        tokio::time::sleep(CONSOLE_POLL).await;
+        tokio::time::sleep_until(until.min(Instant::now() + CONSOLE_POLL).into()).await;
     }
 }
 
 /// A file's changes as the kernel reports them (inotify), for [`ConsoleFollower`].
 #[cfg(target_os = "linux")]
 mod file_watch {
-    use std::ffi::CString;
     use std::io;
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
     use std::path::Path;
 
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
 
-    /// An inotify descriptor watching one file for writes.
+    /// What [`FileWatch::changed`] saw.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Change {
+        /// The file was written to.
+        Written,
+        /// The file was removed, moved or its attributes changed: the watch no longer
+        /// follows what the path names.
+        Gone,
+    }
+
+    /// The events that end what the watch can tell.
+    const GONE: AddWatchFlags = AddWatchFlags::IN_DELETE_SELF
+        .union(AddWatchFlags::IN_MOVE_SELF)
+        .union(AddWatchFlags::IN_ATTRIB)
+        .union(AddWatchFlags::IN_IGNORED);
+
+    /// Tokio registers what has a raw descriptor; nix's [`Inotify`] lends a borrowed one.
+    struct Descriptor(Inotify);
+
+    impl AsRawFd for Descriptor {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_fd().as_raw_fd()
+        }
+    }
+
+    /// An inotify instance watching one file for writes.
     pub(super) struct FileWatch {
-        fd: AsyncFd<OwnedFd>,
+        fd: AsyncFd<Descriptor>,
     }
 
     impl FileWatch {
         /// Watches `path`, which must exist.
         pub(super) fn new(path: &Path) -> io::Result<Self> {
-            // SAFETY: inotify_init1 takes flags only; it returns a new descriptor or -1.
-            let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `raw` was just returned by inotify_init1 and nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let name = CString::new(path.as_os_str().as_bytes())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            // SAFETY: `fd` is a live inotify descriptor and `name` a NUL-terminated string that
-            // outlives the call.
-            let wd =
-                unsafe { libc::inotify_add_watch(fd.as_raw_fd(), name.as_ptr(), libc::IN_MODIFY) };
-            if wd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: the AsyncFd owns `fd`, an open descriptor that stays open and the same
-            // until the AsyncFd drops it.
-            let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+            inotify.add_watch(path, AddWatchFlags::IN_MODIFY | GONE)?;
+            // SAFETY: the `Inotify` owns its descriptor, which stays open and the same until
+            // the AsyncFd drops it (nothing here takes it out or replaces it).
+            let fd =
+                unsafe { AsyncFd::register_with_interest(Descriptor(inotify), Interest::READABLE) }
+                    .map_err(io::Error::from)?;
             Ok(FileWatch { fd })
         }
 
-        /// Resolves once the file was written to since the last call (the events queued
-        /// meanwhile are read at once: one wake-up for a burst of writes).
-        pub(super) async fn changed(&self) -> io::Result<()> {
+        /// Resolves once the file was written to (or is gone) since the last call; the
+        /// events queued meanwhile are read at once: one wake-up for a burst of writes.
+        pub(super) async fn changed(&self) -> io::Result<Change> {
             loop {
                 let mut guard = self.fd.readable().await?;
-                let mut buf = [0u8; 4096];
-                let mut events = false;
+                let mut seen = None;
                 loop {
-                    match nix::unistd::read(self.fd.get_ref().as_fd(), &mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => events = true,
-                        Err(nix::errno::Errno::EAGAIN) => {
-                            guard.clear_ready();
-                            break;
+                    match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from)) {
+                        Ok(Ok(events)) if events.is_empty() => break,
+                        Ok(Ok(events)) => {
+                            for event in events {
+                                if event.mask.intersects(GONE) {
+                                    seen = Some(Change::Gone);
+                                } else if seen.is_none() {
+                                    seen = Some(Change::Written);
+                                }
+                            }
                         }
-                        Err(nix::errno::Errno::EINTR) => {}
-                        Err(err) => return Err(err.into()),
+                        Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(err)) => return Err(err),
+                        // Drained: readiness cleared, the next event wakes `readable`.
+                        Err(_would_block) => break,
                     }
                 }
-                if events {
-                    return Ok(());
+                if let Some(change) = seen {
+                    return Ok(change);
                 }
             }
         }
@@ -1413,13 +1489,18 @@ async fn wait_for_engine(
                 last: Box::new(last),
             });
         }
-        console.wait().await;
+        // Woken by the next of: a console change, the next probe of a legacy or silent
+        // guest, the moment a guest without init line starts being probed, the deadline.
+        let deadline = started + timeout;
+        let next = if legacy_init || silent {
+            last_probe.map_or(deadline, |at| at + every)
+        } else if !scan.stage {
+            started + NO_INIT_FALLBACK
+        } else {
+            deadline
+        };
+        console.wait(next.min(deadline)).await;
     }
-}
-
-/// The console up to its last newline (a line still being written is left out).
-fn complete_lines(text: &str) -> &str {
-    text.rfind('\n').map_or("", |end| &text[..=end])
 }
 
 /// The engine answered although the console never showed an init line: the console capture
@@ -4811,13 +4892,97 @@ mod tests {
                     .unwrap();
             })
         };
-        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.changed())
             .await
             .expect("woken by the write")
             .unwrap();
+        assert_eq!(change, file_watch::Change::Written);
         writer.join().unwrap();
-        let follower = ConsoleFollower::open(log);
+        let mut follower = ConsoleFollower::open(log.clone());
         assert!(follower.scan().engine_up);
+
+        // The file removed: the watch says so (the follower then reads on a timer).
+        std::fs::remove_file(&log).unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("woken by the removal")
+            .unwrap();
+        assert_eq!(change, file_watch::Change::Gone);
+        follower
+            .wait(Instant::now() + Duration::from_secs(10))
+            .await;
+        assert!(follower.watch.is_none(), "still watching a removed file");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_console_wait_ends_at_its_time_before_the_watch_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        std::fs::write(&log, "").unwrap();
+        let mut follower = ConsoleFollower::open(log);
+        assert!(follower.watch.is_some());
+        let began = Instant::now();
+        follower.wait(began + Duration::from_millis(40)).await;
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(40) && took < WATCHED_LOG_READ,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_console_log_created_after_the_follower_is_read_on_a_timer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        let mut follower = ConsoleFollower::open(log.clone());
+        #[cfg(target_os = "linux")]
+        assert!(follower.watch.is_none(), "a watch on a missing file");
+        assert_eq!(follower.scan(), ConsoleScan::default());
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(log, stage_line(Stage::EngineUp, 900)).unwrap();
+        });
+        let began = Instant::now();
+        while !follower.scan().engine_up {
+            assert!(began.elapsed() < Duration::from_secs(10), "never seen");
+            follower
+                .wait(Instant::now() + Duration::from_secs(10))
+                .await;
+        }
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_console_follower_reads_new_complete_lines_and_starts_over_when_truncated() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        let up = stage_line(Stage::EngineUp, 900);
+        let (head, tail) = up.split_at(up.len() / 2);
+        std::fs::write(
+            &log,
+            format!("{}{head}", stage_line(Stage::InitStarted, 300)),
+        )
+        .unwrap();
+        let mut follower = ConsoleFollower::open(log.clone());
+        let scan = follower.scan();
+        assert!(
+            scan.stage && !scan.engine_up && !scan.legacy_line,
+            "{scan:?}"
+        );
+        // The rest of the half-written line: now a whole stage line.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        file.write_all(tail.as_bytes()).unwrap();
+        assert!(follower.scan().engine_up);
+        assert_eq!(follower.offset, std::fs::metadata(&log).unwrap().len());
+        // QEMU started again truncates the log: the new boot's lines only.
+        std::fs::write(&log, "[ 0.5] rmachine-init: started as PID 1\n").unwrap();
+        let scan = follower.scan();
+        assert!(
+            !scan.stage && !scan.engine_up && scan.legacy_line,
+            "{scan:?}"
+        );
     }
 
     #[test]
