@@ -97,15 +97,17 @@ docker_answers() {
 
 declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
+# The first host mark named $2 in the timeline JSON $1 (ms).
+host_ms() { jq -r --arg s "$2" '[.Host[] | select(.Stage == $s) | .Ms] | first // empty' <<<"$1"; }
 # The boot's timeline (`inspect`): the host's VmStarting and VmRunning marks, and the host's
 # delay after the guest's signal, GuestSignalled - VmRunning - the guest's TlsListening (ms):
 # what lies between QEMU running and the guest clock's zero, plus the host's console reading.
 record_timeline() {
     local variant=$1 what=$2 timeline
     timeline=$(rm_ "$variant" inspect -f '{{json .Timeline}}' "bench-$variant")
-    host_ms() { jq -r --arg s "$1" '[.Host[] | select(.Stage == $s) | .Ms] | first // empty' <<<"$timeline"; }
     local starting running signalled tls
-    starting=$(host_ms VmStarting); running=$(host_ms VmRunning); signalled=$(host_ms GuestSignalled)
+    starting=$(host_ms "$timeline" VmStarting); running=$(host_ms "$timeline" VmRunning)
+    signalled=$(host_ms "$timeline" GuestSignalled)
     tls=$(jq -r '[.Guest[] | select(.Stage == "TlsListening") | .Ms] | last // empty' <<<"$timeline")
     record "$variant-$what-vmstarting-ms" "$starting"
     record "$variant-$what-vmrunning-ms" "$running"

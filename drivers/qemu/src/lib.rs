@@ -1784,7 +1784,7 @@ impl Driver for QemuDriver {
             // Not created yet: the type the options give a new machine.
             Ok(None) => self.boots_fast_boot_files(),
             Err(err) => {
-                tracing::warn!(machine = %dir.name, error = %err, "cannot read the machine type; deriving the fast-boot files as for a new machine");
+                tracing::warn!(machine = %dir.name, file = %dir.file(saved::FILE).display(), error = %err, "cannot read the machine type; deriving the fast-boot files as for a new machine");
                 self.boots_fast_boot_files()
             }
         }

@@ -82,7 +82,8 @@ fn check_timeline(machine: &Machine, when: &str) -> anyhow::Result<()> {
         "{when}: host timeline not monotonic: {host:?}"
     );
     // The host's delay after the guest's line: QEMU running → the guest clock's zero, plus
-    // the host's reading of the console (a stream the host blocks on, for QEMU on Linux).
+    // the host's reading of the console (console.log followed with an inotify watch, on
+    // Linux).
     let at = |list: &[(String, u64)], stage: &str| {
         list.iter()
             .rev()
