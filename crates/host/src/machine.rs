@@ -1166,8 +1166,8 @@ async fn boot<D: Driver>(
 /// How often the console is read for the guest's readiness line where nothing tells the host
 /// it changed.
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
-/// Where the host is told of each change, how long it waits for one before it reads the log
-/// anyway (its probe timers and deadline run on, and a watch could miss a replaced file).
+/// Where the host is told of each change, the longest it waits for one before it reads the log
+/// anyway (a probe time or the deadline coming sooner ends the wait sooner).
 #[cfg(target_os = "linux")]
 const WATCHED_LOG_READ: Duration = Duration::from_millis(250);
 
