@@ -548,6 +548,14 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// Whether this machine boots the fast-boot files ([`Capabilities::fast_boot_files`]),
+    /// from what the driver recorded for it at `create` (its machine type, which the
+    /// driver's options no longer decide once the machine exists); before `create`, and for a
+    /// driver that records nothing, the capability.
+    fn machine_boots_fast_boot_files(&self, _dir: &MachineDir) -> bool {
+        self.info().capabilities.fast_boot_files
+    }
+
     /// Resident memory of the hypervisor process running this VM, in bytes, when the driver
     /// can tell (`rmachine inspect` shows it); `None` when the VM does not run.
     fn resident_bytes(&self, _dir: &MachineDir) -> Option<u64> {

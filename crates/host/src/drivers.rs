@@ -431,6 +431,16 @@ impl Driver for AnyDriver {
         }
     }
 
+    fn machine_boots_fast_boot_files(&self, dir: &MachineDir) -> bool {
+        match self {
+            AnyDriver::Qemu(d) => d.machine_boots_fast_boot_files(dir),
+            AnyDriver::Virtualbox(d) => d.machine_boots_fast_boot_files(dir),
+            AnyDriver::Hyperv(d) => d.machine_boots_fast_boot_files(dir),
+            AnyDriver::Generic(d) => d.machine_boots_fast_boot_files(dir),
+            AnyDriver::External(d) => d.machine_boots_fast_boot_files(dir),
+        }
+    }
+
     fn resident_bytes(&self, dir: &MachineDir) -> Option<u64> {
         match self {
             AnyDriver::Qemu(d) => d.resident_bytes(dir),

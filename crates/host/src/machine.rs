@@ -747,7 +747,7 @@ pub async fn create_with<D: Driver>(
             });
         }
         let cached = image::import(found, &store.cache_dir())?;
-        spec.boot = boot_files(driver, &cached).await;
+        spec.boot = boot_files(driver, &dir, &cached).await;
     }
 
     let certs_dir = store.certs_dir();
@@ -794,10 +794,16 @@ pub async fn create_with<D: Driver>(
     }
 }
 
-/// The files `driver` boots from a cached image: the fast-boot forms are derived (once per
-/// image) only for a driver that loads them; deriving costs a first `create` about a second.
-async fn boot_files<D: Driver>(driver: &D, cached: &image::GuestImage) -> BootImage {
-    if driver.info().capabilities.fast_boot_files {
+/// The files the machine in `dir` boots from a cached image: the fast-boot forms are derived
+/// (once per image) only for a machine that loads them (the driver's answer for that machine:
+/// an existing one keeps the machine type it was created with); deriving costs a first
+/// `create` about a second.
+async fn boot_files<D: Driver>(
+    driver: &D,
+    dir: &MachineDir,
+    cached: &image::GuestImage,
+) -> BootImage {
+    if driver.machine_boots_fast_boot_files(dir) {
         cached.boot_files().await
     } else {
         cached.boot_image()
@@ -1246,7 +1252,8 @@ async fn engine_ready(
     console: Option<&std::path::Path>,
     clock: &mut HostClock,
 ) -> Result<(), MachineError> {
-    let Err(source) = wait_for_engine(client, addr, timeout, console, clock).await else {
+    let follower = console.map(|log| ConsoleFollower::open(log.to_path_buf()));
+    let Err(source) = wait_for_engine(client, addr, timeout, follower, clock).await else {
         return Ok(());
     };
     let (console, last_stage) = match console {
@@ -1313,8 +1320,247 @@ async fn certificate_for_the_boot_address<D: Driver>(
         .map(Some)
 }
 
-/// How often the console is read for the guest's readiness line.
+/// How often the console is read for the guest's readiness line where nothing tells the host
+/// it changed.
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
+/// Where the host is told of each change, the longest it waits for one before it reads the log
+/// anyway (a probe time or the deadline coming sooner ends the wait sooner).
+#[cfg(target_os = "linux")]
+const WATCHED_LOG_READ: Duration = Duration::from_millis(250);
+
+/// What the guest's console lines showed, for [`wait_for_engine`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ConsoleScan {
+    /// A stage line of the last boot.
+    stage: bool,
+    /// The last boot reached [`Stage::EngineUp`].
+    engine_up: bool,
+    /// An init line that carries no stage (an image from before the boot timeline).
+    legacy_line: bool,
+}
+
+impl ConsoleScan {
+    /// Takes in one complete line.
+    fn line(&mut self, line: &str) {
+        for stage in timeline::last_boot_stages(line) {
+            if stage.stage == Stage::InitStarted {
+                self.engine_up = false;
+            }
+            self.stage = true;
+            self.engine_up |= stage.stage == Stage::EngineUp;
+        }
+        if line.contains(INIT_LINE) && !line.contains(timeline::STAGE_MARKER) {
+            self.legacy_line = true;
+        }
+    }
+
+    /// What the complete lines of `text` show.
+    #[cfg(test)]
+    fn of(text: &str) -> Self {
+        let mut scan = Self::default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        for line in complete.lines() {
+            scan.line(line);
+        }
+        scan
+    }
+}
+
+/// Follows the guest console during a boot: `console.log`, read from where the last read
+/// stopped each time it changes (the UART writes the guest's bytes one `write(2)` each, so
+/// reading the whole log at each change would cost as much as the log squared). On Linux an
+/// inotify watch wakes the host at each write, so the guest's line is seen when it is written
+/// rather than at the next tick of a timer; elsewhere, or if the watch cannot be set up, or
+/// the file it watched is gone, the log is read every [`CONSOLE_POLL`].
+struct ConsoleFollower {
+    log: PathBuf,
+    /// Bytes of the log already read.
+    offset: u64,
+    /// The file read, to start over when the path names another one.
+    #[cfg(unix)]
+    inode: Option<u64>,
+    /// The end of the log after its last newline: a line still being written.
+    partial: Vec<u8>,
+    /// What the complete lines read so far showed.
+    seen: ConsoleScan,
+    #[cfg(target_os = "linux")]
+    watch: Option<file_watch::FileWatch>,
+}
+
+impl ConsoleFollower {
+    fn open(log: PathBuf) -> Self {
+        #[cfg(target_os = "linux")]
+        let watch = match file_watch::FileWatch::new(&log) {
+            Ok(watch) => Some(watch),
+            Err(err) => {
+                tracing::debug!(log = %log.display(), error = %err, "cannot watch the console log: reading it on a timer");
+                None
+            }
+        };
+        ConsoleFollower {
+            log,
+            offset: 0,
+            #[cfg(unix)]
+            inode: None,
+            partial: Vec::new(),
+            seen: ConsoleScan::default(),
+            #[cfg(target_os = "linux")]
+            watch,
+        }
+    }
+
+    /// What the console shows now: the lines completed since the last call are taken in. A
+    /// log shorter than what was read (QEMU truncates it at each start) or another file is
+    /// read from its start again.
+    fn scan(&mut self) -> ConsoleScan {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(&self.log) else {
+            return self.seen;
+        };
+        let Ok(meta) = file.metadata() else {
+            return self.seen;
+        };
+        #[cfg(unix)]
+        let replaced = {
+            use std::os::unix::fs::MetadataExt;
+            self.inode
+                .replace(meta.ino())
+                .is_some_and(|ino| ino != meta.ino())
+        };
+        #[cfg(not(unix))]
+        let replaced = false;
+        if replaced || meta.len() < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+            self.seen = ConsoleScan::default();
+        }
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut new).is_err() {
+            return self.seen;
+        }
+        self.offset += new.len() as u64;
+        self.partial.extend_from_slice(&new);
+        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
+        // before its JSON is complete (it would look like an init line without a stage).
+        if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
+            let rest = self.partial.split_off(end + 1);
+            for line in String::from_utf8_lossy(&self.partial).lines() {
+                self.seen.line(line);
+            }
+            self.partial = rest;
+        }
+        self.seen
+    }
+
+    /// Waits until the log changes or `until`, whichever comes first: with a watch at most
+    /// [`WATCHED_LOG_READ`], without one at most [`CONSOLE_POLL`].
+    async fn wait(&mut self, until: Instant) {
+        #[cfg(target_os = "linux")]
+        if let Some(watch) = &self.watch {
+            let cap = until.min(Instant::now() + WATCHED_LOG_READ);
+            match tokio::time::timeout_at(cap.into(), watch.changed()).await {
+                Err(_) | Ok(Ok(file_watch::Change::Written)) => {}
+                Ok(Ok(file_watch::Change::Gone)) => {
+                    tracing::debug!(log = %self.log.display(), "the watched console log was removed, moved or changed: reading it on a timer");
+                    self.watch = None;
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "the console log's watch failed: reading it on a timer");
+                    self.watch = None;
+                }
+            }
+            return;
+        }
+        tokio::time::sleep_until(until.min(Instant::now() + CONSOLE_POLL).into()).await;
+    }
+}
+
+/// A file's changes as the kernel reports them (inotify), for [`ConsoleFollower`].
+#[cfg(target_os = "linux")]
+mod file_watch {
+    use std::io;
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::path::Path;
+
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+
+    /// What [`FileWatch::changed`] saw.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Change {
+        /// The file was written to.
+        Written,
+        /// The file was removed, moved or its attributes changed: the watch no longer
+        /// follows what the path names.
+        Gone,
+    }
+
+    /// The events that end what the watch can tell.
+    const GONE: AddWatchFlags = AddWatchFlags::IN_DELETE_SELF
+        .union(AddWatchFlags::IN_MOVE_SELF)
+        .union(AddWatchFlags::IN_ATTRIB)
+        .union(AddWatchFlags::IN_IGNORED);
+
+    /// Tokio registers what has a raw descriptor; nix's [`Inotify`] lends a borrowed one.
+    struct Descriptor(Inotify);
+
+    impl AsRawFd for Descriptor {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_fd().as_raw_fd()
+        }
+    }
+
+    /// An inotify instance watching one file for writes.
+    pub(super) struct FileWatch {
+        fd: AsyncFd<Descriptor>,
+    }
+
+    impl FileWatch {
+        /// Watches `path`, which must exist.
+        pub(super) fn new(path: &Path) -> io::Result<Self> {
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+            inotify.add_watch(path, AddWatchFlags::IN_MODIFY | GONE)?;
+            // SAFETY: the `Inotify` owns its descriptor, which stays open and the same until
+            // the AsyncFd drops it (nothing here takes it out or replaces it).
+            let fd =
+                unsafe { AsyncFd::register_with_interest(Descriptor(inotify), Interest::READABLE) }
+                    .map_err(io::Error::from)?;
+            Ok(FileWatch { fd })
+        }
+
+        /// Resolves once the file was written to (or is gone) since the last call; the
+        /// events queued meanwhile are read at once: one wake-up for a burst of writes.
+        pub(super) async fn changed(&self) -> io::Result<Change> {
+            loop {
+                let mut guard = self.fd.readable().await?;
+                let mut seen = None;
+                loop {
+                    match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from)) {
+                        Ok(Ok(events)) if events.is_empty() => break,
+                        Ok(Ok(events)) => {
+                            for event in events {
+                                if event.mask.intersects(GONE) {
+                                    seen = Some(Change::Gone);
+                                } else if seen.is_none() {
+                                    seen = Some(Change::Written);
+                                }
+                            }
+                        }
+                        Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(err)) => return Err(err),
+                        // Drained: readiness cleared, the next event wakes `readable`.
+                        Err(_would_block) => break,
+                    }
+                }
+                if let Some(change) = seen {
+                    return Ok(change);
+                }
+            }
+        }
+    }
+}
+
 /// What every rmachine-init prints before its console lines. An init whose lines carry no
 /// boot stage is an image from before the boot timeline: it never signals, so its engine is
 /// probed over TLS every [`LEGACY_PROBE`] as it always was. (Decided by what the console
@@ -1343,28 +1589,20 @@ async fn wait_for_engine(
     client: &EngineClient,
     addr: SocketAddr,
     timeout: Duration,
-    console: Option<&std::path::Path>,
+    console: Option<ConsoleFollower>,
     clock: &mut HostClock,
 ) -> Result<(), EngineCheckError> {
     let started = Instant::now();
-    let Some(console) = console else {
+    let Some(mut console) = console else {
         clock.mark(HostStage::FirstProbe);
         return client.wait_ready(addr, timeout).await;
     };
     let mut last_probe: Option<Instant> = None;
     loop {
-        let text = std::fs::read(console).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        // Only whole lines: the UART writes byte by byte, so a read can catch a stage line
-        // before its JSON is complete (it would look like an init line without a stage).
-        let text = complete_lines(&text);
-        let stages = timeline::last_boot_stages(text);
-        let signalled = stages.iter().any(|s| s.stage == Stage::EngineUp);
-        let legacy_init = stages.is_empty()
-            && text
-                .lines()
-                .any(|l| l.contains(INIT_LINE) && !l.contains(timeline::STAGE_MARKER));
-        let silent = stages.is_empty() && !legacy_init && started.elapsed() >= NO_INIT_FALLBACK;
+        let scan = console.scan();
+        let signalled = scan.engine_up;
+        let legacy_init = !scan.stage && scan.legacy_line;
+        let silent = !scan.stage && !legacy_init && started.elapsed() >= NO_INIT_FALLBACK;
         let every = if silent { FALLBACK_PROBE } else { LEGACY_PROBE };
         let probe_due = last_probe.is_none_or(|at| at.elapsed() >= every);
         if signalled || ((legacy_init || silent) && probe_due) {
@@ -1382,7 +1620,7 @@ async fn wait_for_engine(
             last_probe = Some(Instant::now());
             if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
                 if silent {
-                    warn_no_init_line(console);
+                    warn_no_init_line(&console.log);
                 }
                 return Ok(());
             }
@@ -1391,8 +1629,8 @@ async fn wait_for_engine(
             // One last probe: its error is the one the user sees.
             let last = match tokio::time::timeout(PROBE_TIMEOUT, client.ping(addr)).await {
                 Ok(Ok(())) => {
-                    if stages.is_empty() && !legacy_init {
-                        warn_no_init_line(console);
+                    if !scan.stage && !legacy_init {
+                        warn_no_init_line(&console.log);
                     }
                     return Ok(());
                 }
@@ -1408,13 +1646,18 @@ async fn wait_for_engine(
                 last: Box::new(last),
             });
         }
-        tokio::time::sleep(CONSOLE_POLL).await;
+        // Woken by the next of: a console change, the next probe of a legacy or silent
+        // guest, the moment a guest without init line starts being probed, the deadline.
+        let deadline = started + timeout;
+        let next = if legacy_init || silent {
+            last_probe.map_or(deadline, |at| at + every)
+        } else if !scan.stage {
+            started + NO_INIT_FALLBACK
+        } else {
+            deadline
+        };
+        console.wait(next.min(deadline)).await;
     }
-}
-
-/// The console up to its last newline (a line still being written is left out).
-fn complete_lines(text: &str) -> &str {
-    text.rfind('\n').map_or("", |end| &text[..=end])
 }
 
 /// The engine answered although the console never showed an init line: the console capture
@@ -2679,7 +2922,7 @@ pub async fn upgrade_with<D: Driver>(
         machine: name.to_string(),
         version: version.clone(),
     });
-    config.vm.boot = boot_files(driver, &cached).await;
+    config.vm.boot = boot_files(driver, &dir, &cached).await;
     store.save(&config)?;
     progress(Progress::StartingAfterUpgrade);
     write_config_drive(&config, &dir, driver)?;
@@ -3569,6 +3812,9 @@ mod tests {
         /// When set, the engine serves the TLS files in this directory, not the configuration
         /// drive's: another machine answering at the address.
         impostor_tls: Option<PathBuf>,
+        /// Its answer to [`Driver::machine_boots_fast_boot_files`] once the machine exists
+        /// (what it recorded at create), when that differs from the capability.
+        created_fast_boot_files: Option<bool>,
     }
 
     impl FakeDriver {
@@ -3614,6 +3860,12 @@ mod tests {
         }
         fn driver_share(&self) -> Result<Option<rmachine_driver::DriverShare>, DriverError> {
             Ok(self.share.clone())
+        }
+        fn machine_boots_fast_boot_files(&self, dir: &MachineDir) -> bool {
+            match self.created_fast_boot_files {
+                Some(recorded) if dir.file("disk.qcow2").exists() => recorded,
+                _ => self.fast_boot_files,
+            }
         }
         async fn precheck(&self, spec: &VmSpec) -> Result<(), DriverError> {
             self.step("precheck")?;
@@ -4642,6 +4894,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upgrade_derives_the_fast_boot_files_by_what_the_machine_boots() {
+        // Created as a machine that boots them (a microvm), by a driver whose options would
+        // now give a new machine another type.
+        let (tmp, store, options) = setup();
+        let driver = FakeDriver {
+            serve_engine: true,
+            fast_boot_files: false,
+            created_fast_boot_files: Some(true),
+            ..Default::default()
+        };
+        create_with(&store, &driver, "kept", &options, &|_| {})
+            .await
+            .unwrap();
+        let image_dir = tmp.path().join("derivable");
+        crate::image::derive::tests::derivable_image(&image_dir);
+        upgrade_with(
+            &store,
+            &driver,
+            "kept",
+            Some(&ImageSource::Dir(image_dir)),
+            image::DEFAULT_DOWNLOAD_URL,
+            Duration::from_secs(3),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        let config = store.load("kept").unwrap();
+        let derived = store.cache_dir().join("guest/1.0-derive-x86_64/derived");
+        assert!(derived.exists());
+        assert!(config.vm.boot.kernel_elf.is_some());
+        assert!(config.vm.boot.initrd_uncompressed.is_some());
+    }
+
+    #[tokio::test]
     async fn only_a_driver_that_boots_them_gets_the_fast_boot_files_derived() {
         for fast in [false, true] {
             let (tmp, store, mut options) = setup();
@@ -5022,6 +5308,137 @@ mod tests {
         )
         .unwrap();
         (began.elapsed(), options.engine_timeout, host)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_console_watch_wakes_at_a_write_and_only_then() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        std::fs::write(&log, "").unwrap();
+        let watch = file_watch::FileWatch::new(&log).unwrap();
+        // Nothing written: no wake-up.
+        let idle = tokio::time::timeout(Duration::from_millis(300), watch.changed()).await;
+        assert!(idle.is_err(), "woke without a write");
+        // A writer appending as QEMU does, a little later: the wait ends with the write.
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+                file.write_all(stage_line(Stage::EngineUp, 900).as_bytes())
+                    .unwrap();
+            })
+        };
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("woken by the write")
+            .unwrap();
+        assert_eq!(change, file_watch::Change::Written);
+        writer.join().unwrap();
+        let mut follower = ConsoleFollower::open(log.clone());
+        assert!(follower.scan().engine_up);
+
+        // The file removed: the watch says so (the follower then reads on a timer).
+        std::fs::remove_file(&log).unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("woken by the removal")
+            .unwrap();
+        assert_eq!(change, file_watch::Change::Gone);
+        follower
+            .wait(Instant::now() + Duration::from_secs(10))
+            .await;
+        assert!(follower.watch.is_none(), "still watching a removed file");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_console_wait_ends_at_its_time_before_the_watch_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        std::fs::write(&log, "").unwrap();
+        let mut follower = ConsoleFollower::open(log);
+        assert!(follower.watch.is_some());
+        let began = Instant::now();
+        follower.wait(began + Duration::from_millis(40)).await;
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(40) && took < WATCHED_LOG_READ,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_console_log_created_after_the_follower_is_read_on_a_timer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        let mut follower = ConsoleFollower::open(log.clone());
+        #[cfg(target_os = "linux")]
+        assert!(follower.watch.is_none(), "a watch on a missing file");
+        assert_eq!(follower.scan(), ConsoleScan::default());
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(log, stage_line(Stage::EngineUp, 900)).unwrap();
+        });
+        let began = Instant::now();
+        while !follower.scan().engine_up {
+            assert!(began.elapsed() < Duration::from_secs(10), "never seen");
+            follower
+                .wait(Instant::now() + Duration::from_secs(10))
+                .await;
+        }
+        writer.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_console_follower_reads_new_complete_lines_and_starts_over_when_truncated() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("console.log");
+        let up = stage_line(Stage::EngineUp, 900);
+        let (head, tail) = up.split_at(up.len() / 2);
+        std::fs::write(
+            &log,
+            format!("{}{head}", stage_line(Stage::InitStarted, 300)),
+        )
+        .unwrap();
+        let mut follower = ConsoleFollower::open(log.clone());
+        let scan = follower.scan();
+        assert!(
+            scan.stage && !scan.engine_up && !scan.legacy_line,
+            "{scan:?}"
+        );
+        // The rest of the half-written line: now a whole stage line.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        file.write_all(tail.as_bytes()).unwrap();
+        assert!(follower.scan().engine_up);
+        assert_eq!(follower.offset, std::fs::metadata(&log).unwrap().len());
+        // QEMU started again truncates the log: the new boot's lines only.
+        std::fs::write(&log, "[ 0.5] rmachine-init: started as PID 1\n").unwrap();
+        let scan = follower.scan();
+        assert!(
+            !scan.stage && !scan.engine_up && scan.legacy_line,
+            "{scan:?}"
+        );
+    }
+
+    #[test]
+    fn a_console_scan_takes_the_last_boot_only() {
+        let two_boots = format!(
+            "{}{}{}",
+            stage_line(Stage::InitStarted, 300),
+            stage_line(Stage::EngineUp, 900),
+            stage_line(Stage::InitStarted, 200)
+        );
+        let scan = ConsoleScan::of(&two_boots);
+        assert!(
+            scan.stage && !scan.engine_up && !scan.legacy_line,
+            "{scan:?}"
+        );
+        let legacy = ConsoleScan::of("[ 0.5] rmachine-init: started as PID 1\n");
+        assert!(!legacy.stage && legacy.legacy_line, "{legacy:?}");
     }
 
     #[tokio::test]

@@ -97,6 +97,24 @@ docker_answers() {
 
 declare -A results
 record() { results[$1]="${results[$1]:-} $2"; }
+# The first host mark named $2 in the timeline JSON $1 (ms).
+host_ms() { jq -r --arg s "$2" '[.Host[] | select(.Stage == $s) | .Ms] | first // empty' <<<"$1"; }
+# The boot's timeline (`inspect`): the host's VmStarting and VmRunning marks, and the host's
+# delay after the guest's signal, GuestSignalled - VmRunning - the guest's TlsListening (ms):
+# what lies between QEMU running and the guest clock's zero, plus the host's console reading.
+record_timeline() {
+    local variant=$1 what=$2 timeline
+    timeline=$(rm_ "$variant" inspect -f '{{json .Timeline}}' "bench-$variant")
+    local starting running signalled tls
+    starting=$(host_ms "$timeline" VmStarting); running=$(host_ms "$timeline" VmRunning)
+    signalled=$(host_ms "$timeline" GuestSignalled)
+    tls=$(jq -r '[.Guest[] | select(.Stage == "TlsListening") | .Ms] | last // empty' <<<"$timeline")
+    record "$variant-$what-vmstarting-ms" "$starting"
+    record "$variant-$what-vmrunning-ms" "$running"
+    if [ -n "$signalled" ] && [ -n "$tls" ]; then
+        record "$variant-$what-signal-gap-ms" "$((signalled - running - tls))"
+    fi
+}
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, $(qemu-system-x86_64 --version | head -1)"
 echo "old image: $(jq -r .version "${OLD_GUEST:-$new_guest}/manifest.json"), new image: $(jq -r .version "$new_guest/manifest.json")"
@@ -111,6 +129,7 @@ for i in $(seq "$runs"); do
         t1=$(now)
         record "$variant-create" "$(secs "$t0" "$t1")"
         record "$variant-create-qemu-cpu" "$(qemu_cpu "$variant")"
+        record_timeline "$variant" create
         # The guest's own figure for its device modules ("device modules: … in N ms").
         record "$variant-device-modules-ms" "$(grep -o 'device modules: .* in [0-9]* ms' \
             "$scratch/store-$variant/machines/bench-$variant/console.log" | tail -1 | awk '{print $(NF-1)}')"
@@ -122,6 +141,7 @@ for i in $(seq "$runs"); do
         t1=$(now)
         record "$variant-start" "$(secs "$t0" "$t1")"
         record "$variant-start-qemu-cpu" "$(qemu_cpu "$variant")"
+        record_timeline "$variant" start
         if [ "$i" = "$runs" ]; then
             pid=$(cat "$scratch/store-$variant/machines/bench-$variant/qemu.pid")
             tck=$(getconf CLK_TCK)
@@ -133,6 +153,10 @@ for i in $(seq "$runs"); do
             record "$variant-idle-cpu" "$(echo "100 * ($c1 - $c0) / $tck / ($t1 - $t0)" | bc -l | xargs printf '%.2f')"
             rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
             record "$variant-rss-mib" "$((rss_kb / 1024))"
+            # Of which anonymous memory (guest RAM, TCG's translation cache, QEMU's heap with
+            # the kernel it read for fw_cfg) and file pages (the mapped initramfs, libraries).
+            record "$variant-rss-anon-mib" "$(( $(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status") / 1024 ))"
+            record "$variant-rss-file-mib" "$(( $(awk '/^RssFile:/ {print $2}' "/proc/$pid/status") / 1024 ))"
             used_kb=$(rm_ "$variant" ssh "bench-$variant" cat /proc/meminfo \
                 | awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print t - a}')
             record "$variant-guest-used-mib" "$((used_kb / 1024))"
@@ -170,14 +194,16 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '\n| what | old | new | new/old |\n| --- | --- | --- | --- |\n'
 # A variant that did not run shows "-" and no ratio.
 ratio_or_dash() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else ratio "$1" "$2"; fi; }
-for what in create create-qemu-cpu device-modules-ms start start-qemu-cpu stop save resume; do
+for what in create create-qemu-cpu device-modules-ms create-vmstarting-ms create-vmrunning-ms \
+    create-signal-gap-ms start start-qemu-cpu start-vmrunning-ms start-signal-gap-ms stop save \
+    resume; do
     o=-; n=-
     [ -n "${results[old-$what]:-}" ] && o=$(printf '%s\n' ${results[old-$what]} | median)
     [ -n "${results[new-$what]:-}" ] && n=$(printf '%s\n' ${results[new-$what]} | median)
     unit=s; [[ $what == *-ms ]] && unit=ms
     printf '| %s (median of %s, %s) | %s | %s | %s |\n' "$what" "$runs" "$unit" "$o" "$n" "$(ratio_or_dash "$o" "$n")"
 done
-for what in idle-cpu rss-mib guest-used-mib; do
+for what in idle-cpu rss-mib rss-anon-mib rss-file-mib guest-used-mib; do
     o=${results[old-$what]:- -}; o=${o# }
     n=${results[new-$what]:- -}; n=${n# }
     printf '| %s | %s | %s | %s |\n' "$what" "$o" "$n" "$(ratio_or_dash "$o" "$n")"

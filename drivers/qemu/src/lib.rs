@@ -275,9 +275,14 @@ impl QemuDriver {
     /// Whether a new machine boots the host-derived kernel ELF and uncompressed initramfs
     /// ([`args::kernel_file`]): an x86_64 guest on `microvm`, without `--qemu-boot-iso`.
     pub fn boots_fast_boot_files(&self) -> bool {
+        self.boots_fast_boot_files_on(&self.machine_type())
+    }
+
+    /// [`Self::boots_fast_boot_files`] for a machine of type `machine`.
+    fn boots_fast_boot_files_on(&self, machine: &str) -> bool {
         !self.options.boot_iso
             && self.guest_arch() == HostArch::X86_64
-            && args::MachineFamily::of(&self.machine_type()) == args::MachineFamily::Microvm
+            && args::MachineFamily::of(machine) == args::MachineFamily::Microvm
     }
 
     /// The accelerator a created machine runs with, and why (for the CLI to print).
@@ -1773,6 +1778,18 @@ impl Driver for QemuDriver {
         process::resident_bytes(&dir.file(PIDFILE))
     }
 
+    fn machine_boots_fast_boot_files(&self, dir: &MachineDir) -> bool {
+        match QemuState::load(dir) {
+            Ok(Some(state)) => self.boots_fast_boot_files_on(&state.machine),
+            // Not created yet: the type the options give a new machine.
+            Ok(None) => self.boots_fast_boot_files(),
+            Err(err) => {
+                tracing::warn!(machine = %dir.name, file = %dir.file(saved::FILE).display(), error = %err, "cannot read the machine type; deriving the fast-boot files as for a new machine");
+                self.boots_fast_boot_files()
+            }
+        }
+    }
+
     fn data_disk_image(&self, dir: &MachineDir) -> Option<PathBuf> {
         Some(dir.file(DISK))
     }
@@ -2989,6 +3006,36 @@ mod tests {
             arch: HostArch::X86_64,
         };
         assert!(!fast(&[], mac), "q35 is the default there");
+    }
+
+    #[test]
+    fn a_created_machine_boots_the_fast_boot_files_by_its_recorded_machine_type() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        // created_machine records q35.
+        let (dir, _, mut state) = created_machine(tmp.path(), Accel::Tcg);
+        let driver = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
+            .for_host(LINUX);
+        assert!(
+            driver.info().capabilities.fast_boot_files,
+            "a new machine: microvm"
+        );
+        assert!(!driver.machine_boots_fast_boot_files(&dir));
+        state.machine = "microvm".into();
+        state.save(&dir).expect("save");
+        let q35 = QemuDriver::with_runner(
+            QemuOptions {
+                machine: Some("q35".into()),
+                ..tcg_options()
+            },
+            Arc::new(RecordingRunner::default()),
+        )
+        .for_host(LINUX);
+        assert!(q35.machine_boots_fast_boot_files(&dir));
+        let new = MachineDir::new("new", tmp.path().join("new"));
+        assert!(
+            !q35.machine_boots_fast_boot_files(&new),
+            "not created: the options decide"
+        );
     }
 
     #[test]

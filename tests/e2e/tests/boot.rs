@@ -82,6 +82,25 @@ fn check_timeline(machine: &Machine, when: &str) -> anyhow::Result<()> {
         host.windows(2).all(|w| w[0].1 <= w[1].1),
         "{when}: host timeline not monotonic: {host:?}"
     );
+    // The host's delay after the guest's line: QEMU running → the guest clock's zero, plus
+    // the host's reading of the console (console.log followed with an inotify watch, on
+    // Linux).
+    let at = |list: &[(String, u64)], stage: &str| {
+        list.iter()
+            .rev()
+            .find(|(s, _)| s == stage)
+            .map(|(_, ms)| *ms)
+    };
+    if let (Some(signalled), Some(running), Some(tls)) = (
+        at(&host, "GuestSignalled"),
+        at(&host, "VmRunning"),
+        at(&guest, "TlsListening"),
+    ) {
+        eprintln!(
+            "{when}: GuestSignalled - VmRunning - TlsListening = {} ms",
+            signalled as i64 - running as i64 - tls as i64
+        );
+    }
 
     let rss = machine
         .rmachine(&[

@@ -12,8 +12,13 @@ use super::{GuestImage, ImageError};
 
 /// The subdirectory of an image directory holding the derived files.
 pub const DERIVED_DIR: &str = "derived";
-/// The kernel ELF extracted from the bzImage, named `vmlinux-<sum>` after its input.
+/// The kernel ELF extracted from the bzImage, named `vmlinux-v<format>-<sum>` after its input.
 const KERNEL_ELF: &str = "vmlinux";
+/// The version of what [`extract_kernel`] writes, in the derived kernel's name: a change to
+/// the bytes it writes (2: PT_LOAD zero tails trimmed) gets a new name, so a cache derived by
+/// an older host is not reused. Older files are left alone: a machine's config may still name
+/// one, and it keeps booting it.
+const KERNEL_ELF_FORMAT: u32 = 2;
 /// The initramfs, decompressed, named `initrd-<sum>.cpio` after its input.
 const INITRD_CPIO: &str = "initrd";
 
@@ -25,6 +30,7 @@ fn derived_name(image: &GuestImage, kind: &str, input: &str) -> String {
     let sum = sum.get(..16).unwrap_or(sum).to_ascii_lowercase();
     match kind {
         INITRD_CPIO => format!("{kind}-{sum}.cpio"),
+        KERNEL_ELF => format!("{kind}-v{KERNEL_ELF_FORMAT}-{sum}"),
         _ => format!("{kind}-{sum}"),
     }
 }
@@ -219,11 +225,59 @@ fn extract_kernel(image: &GuestImage, path: &Path, out: &mut fs::File) -> Result
         tracing::warn!(path = %path.display(), "the unpacked kernel is no ELF with a PVH entry note; booting the bzImage");
         return Ok(false);
     }
+    let trimmed = trim_zero_tails(&mut elf);
+    tracing::debug!(path = %path.display(), ?trimmed, "zero bytes left to the loader");
     let mut out = io::BufWriter::new(out);
     out.write_all(&elf)
         .and_then(|()| out.flush())
         .map_err(failed(image, "write the kernel of", path))?;
     Ok(true)
+}
+
+/// Leaves the zero bytes that end each PT_LOAD segment to the loader: `p_filesz` shrinks to
+/// the segment's last non-zero byte and `p_memsz` stays, so the loader zero-fills them as it
+/// does a `.bss`. The x86_64 kernel's last segment ends with `.bss`, `.brk` and
+/// `.init.scratch` stored as zeros (23 MB of Debian's 63 MB ELF); QEMU maps the ELF and keeps
+/// every byte it loaded from it resident for the VM's life (to load it again at a reset), so
+/// those zeros cost each running machine that much memory. Returns the bytes no longer loaded
+/// from the file; `None` (and `elf` unchanged) for program headers that do not parse.
+fn trim_zero_tails(elf: &mut [u8]) -> Option<u64> {
+    const PT_LOAD: u32 = 1;
+    let phoff = usize::try_from(u64_at(elf, 0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(elf, 0x36)?);
+    let phnum = usize::from(u16_at(elf, 0x38)?);
+    let mut changes = Vec::new();
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(elf, ph)? != PT_LOAD {
+            continue;
+        }
+        let offset = usize::try_from(u64_at(elf, ph.checked_add(8)?)?).ok()?;
+        let filesz = usize::try_from(u64_at(elf, ph.checked_add(32)?)?).ok()?;
+        let memsz = usize::try_from(u64_at(elf, ph.checked_add(40)?)?).ok()?;
+        if memsz < filesz {
+            return None;
+        }
+        let data = elf.get(offset..offset.checked_add(filesz)?)?;
+        // At least one byte stays: QEMU adds a segment with no file bytes as a ROM without
+        // data, which its reset does not zero again (a guest rebooting after a panic would
+        // find what the last boot left there).
+        let kept = data
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(1, |last| last + 1)
+            .min(filesz);
+        if kept < filesz {
+            changes.push((ph.checked_add(32)?, kept, filesz - kept));
+        }
+    }
+    let mut trimmed = 0u64;
+    for (at, kept, dropped) in changes {
+        elf.get_mut(at..at.checked_add(8)?)?
+            .copy_from_slice(&u64::try_from(kept).ok()?.to_le_bytes());
+        trimmed = trimmed.saturating_add(u64::try_from(dropped).ok()?);
+    }
+    Some(trimmed)
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
@@ -424,7 +478,7 @@ pub(crate) mod tests {
         let derived = derive(&image).unwrap();
         let ksum = &image.manifest.sha256[&image.manifest.kernel][..16];
         let isum = &image.manifest.sha256[&image.manifest.initrd][..16];
-        let kernel = tmp.path().join(format!("derived/vmlinux-{ksum}"));
+        let kernel = tmp.path().join(format!("derived/vmlinux-v2-{ksum}"));
         let cpio_path = tmp.path().join(format!("derived/initrd-{isum}.cpio"));
         assert_eq!(derived.kernel_elf.as_deref(), Some(kernel.as_path()));
         assert_eq!(derived.initrd.as_deref(), Some(cpio_path.as_path()));
@@ -437,7 +491,7 @@ pub(crate) mod tests {
         names.sort();
         assert_eq!(
             names,
-            [format!("initrd-{isum}.cpio"), format!("vmlinux-{ksum}")]
+            [format!("initrd-{isum}.cpio"), format!("vmlinux-v2-{ksum}")]
         );
 
         // A second use reuses the files: one marked as changed is returned unchanged.
@@ -453,6 +507,79 @@ pub(crate) mod tests {
         assert_ne!(again.kernel_elf, derived.kernel_elf);
         assert_eq!(fs::read(again.kernel_elf.unwrap()).unwrap(), other);
         assert_eq!(again.initrd, derived.initrd);
+    }
+
+    #[test]
+    fn a_kernel_derived_by_an_older_host_is_not_reused_and_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = derivable_image(tmp.path());
+        let ksum = &image.manifest.sha256[&image.manifest.kernel][..16];
+        // What a host before the zero-tail trim wrote (a machine's config may name it).
+        let old = tmp.path().join(format!("derived/vmlinux-{ksum}"));
+        fs::create_dir_all(old.parent().unwrap()).unwrap();
+        fs::write(&old, b"untrimmed").unwrap();
+
+        let kernel = derive(&image).unwrap().kernel_elf.unwrap();
+        assert_ne!(kernel, old);
+        assert_eq!(fs::read(&kernel).unwrap(), pvh_elf());
+        assert_eq!(fs::read(&old).unwrap(), b"untrimmed");
+    }
+
+    #[test]
+    fn the_zero_tail_of_a_load_segment_is_left_to_the_loader() {
+        // ELF64 with a PT_NOTE (the PVH entry), a PT_LOAD of 5000 bytes of code (zeros
+        // inside it too) then 3000 zero bytes, as the kernel's `.bss` and `.init.scratch`,
+        // and a PT_LOAD of zeros only.
+        let notes = note(
+            b"Xen\0",
+            XEN_ELFNOTE_PHYS32_ENTRY,
+            &0x100_0000u32.to_le_bytes(),
+        );
+        let load_ph = 64 + 56;
+        let zero_ph = 64 + 2 * 56;
+        let mut elf = vec![0u8; 64 + 3 * 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&4u32.to_le_bytes());
+        let notes_at = elf.len() as u64;
+        elf[64 + 8..64 + 16].copy_from_slice(&notes_at.to_le_bytes());
+        elf[64 + 32..64 + 40].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+        elf.extend_from_slice(&notes);
+        let data_at = 4096;
+        elf.resize(data_at, 0);
+        elf.extend((0..5000u32).map(|i| if i % 7 == 0 { 0 } else { (i % 251) as u8 + 1 }));
+        elf.extend(std::iter::repeat_n(0u8, 3000));
+        elf[load_ph..load_ph + 4].copy_from_slice(&1u32.to_le_bytes());
+        elf[load_ph + 8..load_ph + 16].copy_from_slice(&(data_at as u64).to_le_bytes());
+        elf[load_ph + 32..load_ph + 40].copy_from_slice(&8000u64.to_le_bytes());
+        elf[load_ph + 40..load_ph + 48].copy_from_slice(&9000u64.to_le_bytes());
+        let zeros_at = elf.len() as u64;
+        elf.extend(std::iter::repeat_n(0u8, 400));
+        elf[zero_ph..zero_ph + 4].copy_from_slice(&1u32.to_le_bytes());
+        elf[zero_ph + 8..zero_ph + 16].copy_from_slice(&zeros_at.to_le_bytes());
+        elf[zero_ph + 32..zero_ph + 40].copy_from_slice(&400u64.to_le_bytes());
+        elf[zero_ph + 40..zero_ph + 48].copy_from_slice(&800u64.to_le_bytes());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let image = image_with(tmp.path(), &bzimage(&xz(&elf)), &cpio());
+        let derived = fs::read(derive(&image).unwrap().kernel_elf.unwrap()).unwrap();
+        assert_eq!(u64_at(&derived, load_ph + 32), Some(5000), "p_filesz");
+        assert_eq!(u64_at(&derived, load_ph + 40), Some(9000), "p_memsz");
+        // Never down to no file bytes (QEMU would add a ROM without data, not zeroed again
+        // at a reset).
+        assert_eq!(u64_at(&derived, zero_ph + 32), Some(1), "p_filesz of zeros");
+        assert_eq!(
+            u64_at(&derived, zero_ph + 40),
+            Some(800),
+            "p_memsz of zeros"
+        );
+        // Nothing else changed: what a loader puts in memory is the same.
+        let mut restored = derived.clone();
+        restored[load_ph + 32..load_ph + 40].copy_from_slice(&8000u64.to_le_bytes());
+        restored[zero_ph + 32..zero_ph + 40].copy_from_slice(&400u64.to_le_bytes());
+        assert_eq!(restored, elf);
     }
 
     #[test]
