@@ -87,8 +87,8 @@ pub fn accel_arg(accel: Accel) -> String {
 ///
 /// An x86_64 guest under TCG gets `max` without ERMS ("enhanced `rep movsb`/`stosb`"): with it
 /// the guest kernel clears every page with `rep stosb` and copies to and from user space with
-/// `rep movsb`, which TCG executes one byte per iteration; without it the kernel takes its
-/// unrolled 8-byte loops (`clear_page_orig`, `memcpy_orig`), as glibc takes its vector copies.
+/// `rep movsb`, which TCG executes one byte per iteration; without it the kernel takes
+/// `rep stosq`/`rep movsq` (8 bytes per iteration) and glibc its vector copies.
 /// Measured (docs/boot-timings.md): QEMU's CPU until `create` answers 0.86×, cold `start` 0.81×
 /// the wall time.
 pub fn cpu_model(accel: Accel, guest: HostArch) -> Option<&'static str> {
