@@ -6,8 +6,9 @@
 # workspace's rustc wrapper for the whole run (exported below, as `cargo clippy` sets it), so
 # the dependencies are compiled once, for the tests, instead of once more in check mode for a
 # separate `cargo clippy` (their code is not linted either way). The host build (every library
-# and binary) and the test build (every test target and example; the e2e tier's at its step)
-# together are `cargo clippy --workspace --all-targets`, and a warning fails the build.
+# and binary) and the test build (every test target and example; the e2e tier's at its step,
+# with the VM tests compiled in, which `cargo clippy` saw compiled out) together are `cargo
+# clippy --workspace --all-targets`, and a warning fails the build.
 # Measured from clean (with the dev profile's unoptimised dependencies, Cargo.toml): `cargo
 # clippy` + host build + test build + the e2e tier's build took 1047 CPU seconds, the two linted
 # builds + the e2e tier's build take 456.
