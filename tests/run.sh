@@ -6,9 +6,15 @@
 # workspace's rustc wrapper for the whole run (exported below, as `cargo clippy` sets it), so
 # the dependencies are compiled once, for the tests, instead of once more in check mode for a
 # separate `cargo clippy` (their code is not linted either way). The host build (every library
-# and binary) and the test build (every test target and example; the e2e tier's at its step,
-# with the VM tests compiled in, which `cargo clippy` saw compiled out) together are `cargo
-# clippy --workspace --all-targets`, and a warning fails the build.
+# and binary), the test build (every test target and example) and the e2e tier's test build
+# right after it (with the VM tests compiled in) together lint what
+# `RMACHINE_E2E=1 cargo clippy --workspace --all-targets -- -D warnings` lints: that is the
+# local equivalent (without RMACHINE_E2E=1 the e2e tests are compiled out, and not linted).
+# A warning fails the build.
+# The workspace's debug units are thus compiled by clippy-driver: rustc with clippy's lint
+# passes, the same flags and codegen, except that it turns MIR optimisations off (a debug build
+# runs few) and the debug checks of raw-pointer dereferences (null, alignment): only the tests'
+# builds of our own crates, never a release or portable build, are made that way.
 # Measured from clean (with the dev profile's unoptimised dependencies, Cargo.toml): `cargo
 # clippy` + host build + test build + the e2e tier's build took 1047 CPU seconds, the two linted
 # builds + the e2e tier's build take 456.
@@ -160,10 +166,16 @@ rebuilt="$(jq -rn --slurpfile bins "$bins_json" --slurpfile tests "$tests_json" 
   | unit | select(IN($built[]))')"
 rm -f "$bins_json" "$tests_json"
 if [ -n "$rebuilt" ]; then
-  printf 'the test build compiled again (other dependency features than `cargo build --workspace --bins`):\n%s\n' \
+  printf 'the test build compiled again (other dependency features than `cargo build --workspace --lib --bins`):\n%s\n' \
     "$rebuilt" >&2
   exit 1
 fi
+
+fg_step "build the e2e tier's tests with the VM tests compiled in, linted by clippy"
+# Here rather than at the e2e step ~15 minutes later, so that a lint in e2e code fails the run
+# early. --workspace as at that step (same dependency features: only rmachine-e2e compiles),
+# which then finds it built.
+RMACHINE_E2E=1 cargo test --workspace --no-run
 
 fg_step "unit, CLI, runtime and engine-on-host tests (beside the guest lane)"
 tests/parallel.sh 3 --workspace --exclude rmachine-e2e
