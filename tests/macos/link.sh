@@ -81,7 +81,9 @@ EOF
 link() {
   local target_args=()
   for target in "${targets[@]}"; do target_args+=(--target "$target"); done
-  cargo-zigbuild build "${target_args[@]}" -p rmachine "${args[@]}" >"$log" 2>&1
+  # --keep-going: a target whose link fails does not stop the other's, so the symbols both
+  # lack show in one run.
+  cargo-zigbuild build --keep-going "${target_args[@]}" -p rmachine "${args[@]}" >"$log" 2>&1
 }
 
 # add FRAMEWORK SYMBOL...: appends the symbols to the framework's list, kept sorted.
@@ -132,11 +134,18 @@ if ! link; then
 fi
 
 # The Mach-O headers: 64-bit executables of each architecture that load the frameworks from the
-# system.
-python3 - "$target_dir/aarch64-apple-darwin/$profile/rmachine" arm64 \
+# system and say they start on $MACOSX_DEPLOYMENT_TARGET (LC_BUILD_VERSION's minos).
+python3 - "$MACOSX_DEPLOYMENT_TARGET" "$target_dir/aarch64-apple-darwin/$profile/rmachine" arm64 \
   "$target_dir/x86_64-apple-darwin/$profile/rmachine" x86_64 <<'EOF'
 import struct, sys
 CPU_TYPES = {"arm64": 0x0100000C, "x86_64": 0x01000007}
+# "11", "11.0" or "11.0.0" as Mach-O encodes a version: xxxx.yy.zz in nibbles 16/8/0.
+parts = [int(p) for p in sys.argv[1].split(".")]
+assert 1 <= len(parts) <= 3, f"MACOSX_DEPLOYMENT_TARGET={sys.argv[1]}: not a version"
+parts += [0] * (3 - len(parts))
+WANTED_MINOS = (parts[0] << 16) | (parts[1] << 8) | parts[2]
+def version(v):
+    return f"{v >> 16}.{(v >> 8) & 255}.{v & 255}"
 def check(path, arch):
     data = open(path, "rb").read()
     magic, cputype, _, filetype, ncmds = struct.unpack_from("<IiiII", data, 0)
@@ -150,15 +159,18 @@ def check(path, arch):
             name = struct.unpack_from("<I", data, offset + 8)[0]
             dylibs.append(data[offset + name:offset + size].split(b"\0")[0].decode())
         elif cmd == 0x32:  # LC_BUILD_VERSION
-            version = struct.unpack_from("<I", data, offset + 12)[0]
-            minos = f"{version >> 16}.{(version >> 8) & 255}"
+            minos = struct.unpack_from("<I", data, offset + 12)[0]
         offset += size
+    assert minos is not None, f"{path}: no LC_BUILD_VERSION (the macOS it needs is unknown)"
+    assert minos == WANTED_MINOS, \
+        f"{path}: needs macOS {version(minos)}, not {version(WANTED_MINOS)} (MACOSX_DEPLOYMENT_TARGET)"
     for wanted in ("/usr/lib/libSystem.B.dylib",
+                   "/System/Library/Frameworks/CoreFoundation.framework/Versions/A/CoreFoundation",
                    "/System/Library/Frameworks/Security.framework/Versions/A/Security"):
         assert wanted in dylibs, f"{path}: {wanted} not loaded: {dylibs}"
-    print(f"{path}: Mach-O {arch} executable, macOS {minos} or later, loads:")
+    print(f"{path}: Mach-O {arch} executable, macOS {version(minos)} or later, loads:")
     for name in dylibs:
         print(f"  {name}")
-for path, arch in zip(sys.argv[1::2], sys.argv[2::2]):
+for path, arch in zip(sys.argv[2::2], sys.argv[3::2]):
     check(path, arch)
 EOF
