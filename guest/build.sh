@@ -196,15 +196,25 @@ if ! grep -q '^CONFIG_RD_ZSTD=y' "$WORK/kernel/boot/config-$KVER"; then
 fi
 
 # --- 2. Static binaries ----------------------------------------------------------------------
+# tests/run.sh lints the workspace while it builds it for the host, with clippy-driver as the
+# workspace's rustc wrapper (CLIPPY_ARGS set), and this script inherits that: the release
+# builds drop it (a second lint pass of the same code would only cost time), the host build of
+# the cross case below keeps it (without it, it would compile again what run.sh's host build
+# made, under the tests that run those binaries).
+release_cargo=(cargo)
+if [[ -n "${CLIPPY_ARGS:-}" && "${RUSTC_WORKSPACE_WRAPPER:-}" == */clippy-driver ]]; then
+  release_cargo=(env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS cargo)
+fi
 log "building static binaries for $RUST_TARGET"
 BINS=(rmachine-init)
-if (cd "$WORKSPACE" && cargo build --release --target "$RUST_TARGET" \
+if (cd "$WORKSPACE" && "${release_cargo[@]}" build --release --target "$RUST_TARGET" \
   -p rmachine-init -p rmachine-engine >&2); then
   BINS+=(rmachine-engine)
 else
   # The engine is optional for a guest build: without it the guest still boots with SSH.
   log "WARNING: rmachine-engine did not build; building the image without it"
-  (cd "$WORKSPACE" && cargo build --release --target "$RUST_TARGET" -p rmachine-init >&2)
+  (cd "$WORKSPACE" && "${release_cargo[@]}" build --release --target "$RUST_TARGET" \
+    -p rmachine-init >&2)
 fi
 BIN_DIR="$CARGO_TARGET_DIR/$RUST_TARGET/release"
 # A few files of the image are printed by its own programs (the busybox applet list, the
@@ -232,8 +242,9 @@ else
     dpkg-deb -x "$NATIVE_BBDEB" "$NATIVE/busybox"
   fi
   RUN_BUSYBOX="$NATIVE/busybox/bin/busybox"
-  # The same command as tests/run.sh's host build, which has then already built it (another
-  # package selection could unify features differently and rebuild dependencies).
+  # The same packages and environment as tests/run.sh's host build (`--workspace`, its clippy
+  # wrapper), which has then already built it (another package selection could unify features
+  # differently and rebuild dependencies).
   log "building the host's rmachine-init (it prints the udhcpc script)"
   (cd "$WORKSPACE" && cargo build --workspace --bins >&2)
   RUN_INIT="$CARGO_TARGET_DIR/debug/rmachine-init"

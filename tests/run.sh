@@ -2,22 +2,42 @@
 # The test command: formatting, lints, every test tier. Needs what .ci/setup installs, and root
 # (the engine and runtime tests create namespaces and mounts; the e2e tier boots QEMU).
 #
+# Clippy lints the workspace while the host and test builds compile it: clippy-driver is the
+# workspace's rustc wrapper for the whole run (exported below, as `cargo clippy` sets it), so
+# the dependencies are compiled once, for the tests, instead of once more in check mode for a
+# separate `cargo clippy` (their code is not linted either way). The host build (every library
+# and binary), the test build (every test target and example) and the e2e tier's test build
+# right after it (with the VM tests compiled in) together lint what
+# `RMACHINE_E2E=1 cargo clippy --workspace --all-targets -- -D warnings` lints: that is the
+# local equivalent (without RMACHINE_E2E=1 the e2e tests are compiled out, and not linted).
+# A warning fails the build.
+# The workspace's debug units are thus compiled by clippy-driver: rustc with clippy's lint
+# passes, the same flags and codegen, except that it turns MIR optimisations off (a debug build
+# runs few) and the debug checks of raw-pointer dereferences (null, alignment): only the tests'
+# builds of our own crates, never a release or portable build, are made that way.
+# Measured from clean (with the dev profile's unoptimised dependencies, Cargo.toml): `cargo
+# clippy` + host build + test build + the e2e tier's build took 1047 CPU seconds, the two linted
+# builds + the e2e tier's build take 456.
+# Every debug build of the run keeps that environment (a cargo without it would compile every
+# workspace crate again); the builds of other profiles and targets that only need their
+# binaries (the guest images', the portability step's Windows build and macOS links) drop it.
+#
 # Two lanes share the machine: the guest images (release builds for the musl targets, then
-# packing) are built in the background from the start while the foreground runs fmt, clippy,
-# the host build, the host test tiers and the portability step. The lanes' builds are mostly in
+# packing) are built in the background from the start while the foreground runs fmt, the host
+# build, the host test tiers and the portability step. The lanes' builds are mostly in
 # different parts of target/ (the guest's release/ and <musl target>/release/, the foreground's
 # debug/, the cross targets' directories and portable/), each with its own cargo lock. One step
 # is not: the arm64 guest runs the host's `cargo build --workspace --bins` (its rmachine-init
 # prints the udhcpc script), which takes target/debug's lock and so waits while a foreground
-# cargo holds it: clippy, the host and test builds, and the portability clippy, whose build
-# scripts and proc-macros are host units in target/debug. It compiles nothing there (the same
-# units as the foreground's host build: whichever runs first builds them for both), so it only
-# waits for the lock, and the arm64 image's packing waits with it: if that falls in the
-# portability step, the guest lane ends after it. Compiling is most of the run and both lanes
-# compete for the cores, so the order is what keeps them busy: the host tiers, which mostly wait
-# on engines and containers, run while the guest lane compiles, and the CPU-bound portability
-# step follows them. Only the e2e tier waits for the guest images. The test binaries run a few
-# at a time (tests/parallel.sh).
+# cargo holds it: the host and test builds, and the portability clippy, whose build scripts and
+# proc-macros are host units in target/debug. It compiles nothing there (the same units as the
+# foreground's host build: whichever runs first builds them for both), so it only waits for
+# the lock, and the arm64 image's packing waits with it: if that falls in the portability step,
+# the guest lane ends after it. Compiling is most of the run and both lanes compete for the
+# cores, so the order is what keeps them busy: the host tiers, which mostly wait on engines and
+# containers, run while the guest lane compiles, and the CPU-bound portability step follows
+# them. Only the e2e tier waits for the guest images. The test binaries run a few at a time
+# (tests/parallel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -29,6 +49,33 @@ export -f step
 
 step "cargo fmt --check"
 cargo fmt --all --check
+
+# Clippy as `cargo clippy -- -D warnings` runs it (see the top of this file); the guest lane
+# below inherits it too.
+clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
+if ! "$clippy_driver" --version >/dev/null 2>&1; then
+  echo "tests/run.sh: $clippy_driver does not run (rustup component add clippy)" >&2
+  exit 1
+fi
+export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# The lint pass must be on in a build that emits code, not only in `cargo check`'s: a probe with
+# a clippy warning, compiled the way cargo calls the wrapper, has to fail (else every build
+# below would pass unlinted).
+lint_probe="$(mktemp -d)"
+printf 'fn main() {\n    let args: Vec<String> = std::env::args().collect();\n    if args.len() == 0 {\n        println!("none");\n    }\n}\n' \
+  >"$lint_probe/probe.rs"
+if "$clippy_driver" rustc --edition 2021 --crate-name probe --crate-type bin --emit=link \
+     -o "$lint_probe/probe" "$lint_probe/probe.rs" >"$lint_probe/out" 2>&1 \
+   || ! grep -q 'len_zero' "$lint_probe/out"; then
+  echo "tests/run.sh: clippy-driver as the workspace's rustc wrapper did not deny clippy::len_zero:" >&2
+  cat "$lint_probe/out" >&2
+  rm -rf "$lint_probe"
+  exit 1
+fi
+rm -rf "$lint_probe"
+# For the builds that only need binaries (other profiles and targets): without the lint pass.
+unlinted() { env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS "$@"; }
 
 # The guest lane, in the background: its own process group (killed if this script stops
 # early), its output kept in a file and printed whole when the test tiers wait for it.
@@ -99,15 +146,12 @@ fg_step() {
 }
 step "build the guest images (in the background; their output is printed before the e2e tier)"
 
-fg_step "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-
-fg_step "build host binaries (the engine tests run them)"
+fg_step "build host binaries (the engine tests run them) and libraries, linted by clippy"
 bins_json="$(mktemp)"
 tests_json="$(mktemp)"
-cargo build --workspace --bins --message-format=json-render-diagnostics >"$bins_json"
+cargo build --workspace --lib --bins --message-format=json-render-diagnostics >"$bins_json"
 
-fg_step "build the host tiers' tests"
+fg_step "build the host tiers' tests and the examples, linted by clippy"
 # The test build must reuse every unit the build above made: a dependency feature that only a
 # dev-dependency enables (lzma-rust2's `encoder` was one) makes `cargo test` compile that crate
 # and every crate above it again, and re-link target/debug/rmachine-engine... over the binaries
@@ -122,10 +166,16 @@ rebuilt="$(jq -rn --slurpfile bins "$bins_json" --slurpfile tests "$tests_json" 
   | unit | select(IN($built[]))')"
 rm -f "$bins_json" "$tests_json"
 if [ -n "$rebuilt" ]; then
-  printf 'the test build compiled again (other dependency features than `cargo build --workspace --bins`):\n%s\n' \
+  printf 'the test build compiled again (other dependency features than `cargo build --workspace --lib --bins`):\n%s\n' \
     "$rebuilt" >&2
   exit 1
 fi
+
+fg_step "build the e2e tier's tests with the VM tests compiled in, linted by clippy"
+# Here rather than at the e2e step ~15 minutes later, so that a lint in e2e code fails the run
+# early. --workspace as at that step (same dependency features: only rmachine-e2e compiles),
+# which then finds it built.
+RMACHINE_E2E=1 cargo test --workspace --no-run
 
 fg_step "unit, CLI, runtime and engine-on-host tests (beside the guest lane)"
 tests/parallel.sh 3 --workspace --exclude rmachine-e2e
@@ -143,15 +193,17 @@ check_guest_lane
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
 PATH="$zig_venv/bin:$PATH" cargo-zigbuild clippy --target aarch64-apple-darwin \
   --target x86_64-apple-darwin "${host_crates[@]}" --all-targets -- -D warnings
-# The two builds that link (the Windows CLI the Wine tests run, the Apple Silicon CLI whose
-# Mach-O is checked) use the `portable` profile (Cargo.toml): nothing hot runs in them, so their
-# dependencies are not optimised and carry no debuginfo (measured from clean: the Windows build
-# 214 CPU seconds, the macOS link 201; dev's settings cost about 3 times as much).
+# The builds that link (the Windows CLI the Wine tests run, the Apple Silicon and Intel Mac CLIs
+# whose Mach-O files are checked) use the `portable` profile (Cargo.toml): nothing hot runs in
+# them, so their dependencies are not optimised and carry no debuginfo (measured from clean:
+# the Windows build 214 CPU seconds, the Apple Silicon link 201; dev's settings as they were
+# cost about 3 times as much). Both Macs link in one cargo invocation (tests/macos/link.sh).
+# The clippy steps above linted their code for these targets: no second lint pass here.
 check_guest_lane
-cargo build --target x86_64-pc-windows-gnu -p rmachine --profile portable
+unlinted cargo build --target x86_64-pc-windows-gnu -p rmachine --profile portable
 tests/windows/run.sh --profile portable
 check_guest_lane
-tests/macos/link.sh --profile portable
+unlinted tests/macos/link.sh --profile portable
 
 fg_step "wait for the guest images"
 if [ -z "$guest_status" ]; then

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Links the rmachine CLI for Apple Silicon on this Linux machine, without Apple's SDK, and
-# checks the Mach-O it makes. It links; it does not run the binary (that needs a Mac).
+# Links the rmachine CLI for Apple Silicon and for Intel Macs (aarch64-apple-darwin and
+# x86_64-apple-darwin, in one cargo invocation: the build scripts and proc-macros both targets
+# need are built once) on this Linux machine, without Apple's SDK, and checks the Mach-O files
+# it makes. It links; it does not run the binaries (that needs a Mac).
 # tests/run.sh's portability step runs it with `--profile portable` (a full macOS build of the
 # host crates, which clippy only type-checks).
 #
@@ -23,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 zig_venv="${RMACHINE_ZIG_VENV:-/opt/rmachine-zig}"
 export PATH="$zig_venv/bin:$PATH"
-target=aarch64-apple-darwin
+targets=(aarch64-apple-darwin x86_64-apple-darwin)
 usage() { echo "usage: tests/macos/link.sh [--release | --profile NAME]" >&2; exit 2; }
 profile=debug
 args=()
@@ -45,17 +47,19 @@ esac
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 # A fixed place: build scripts of C code (ring) rerun when SDKROOT changes.
-sdk=$(realpath -m "${RMACHINE_MACOS_STUBS:-$target_dir/$target/sdk-stubs}")
+sdk=$(realpath -m "${RMACHINE_MACOS_STUBS:-$target_dir/macos-sdk-stubs}")
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 export SDKROOT="$sdk"
 # rustc's minimum for aarch64-apple-darwin; without it zig stamps its own default (15.0) into
-# the binary, which then refuses to start on macOS 11–14.
+# the binary, which then refuses to start on macOS 11–14. One invocation takes one value, so the
+# Intel binary says 11.0 too (rustc's own minimum there is 10.12).
 export MACOSX_DEPLOYMENT_TARGET="${MACOSX_DEPLOYMENT_TARGET:-11.0}"
 
 lists=tests/macos
 
-# stub FRAMEWORK: a text stub exporting the symbols of $lists/FRAMEWORK.symbols (one a line).
+# stub FRAMEWORK: a text stub exporting the symbols of $lists/FRAMEWORK.symbols (one a line),
+# for both architectures.
 stub() {
   local framework=$1
   local symbols
@@ -65,17 +69,21 @@ stub() {
   cat >"$dir/$framework.tbd" <<EOF
 --- !tapi-tbd
 tbd-version:     4
-targets:         [ arm64-macos ]
+targets:         [ arm64-macos, x86_64-macos ]
 install-name:    '/System/Library/Frameworks/$framework.framework/Versions/A/$framework'
 exports:
-  - targets:         [ arm64-macos ]
+  - targets:         [ arm64-macos, x86_64-macos ]
     symbols:         [ ${symbols:-_rmachine_placeholder} ]
 ...
 EOF
 }
 
 link() {
-  cargo-zigbuild build --target "$target" -p rmachine "${args[@]}" >"$log" 2>&1
+  local target_args=()
+  for target in "${targets[@]}"; do target_args+=(--target "$target"); done
+  # --keep-going: a target whose link fails does not stop the other's, so the symbols both
+  # lack show in one run.
+  cargo-zigbuild build --keep-going "${target_args[@]}" -p rmachine "${args[@]}" >"$log" 2>&1
 }
 
 # add FRAMEWORK SYMBOL...: appends the symbols to the framework's list, kept sorted.
@@ -89,12 +97,14 @@ add() {
   mv "$file.new" "$file"
 }
 
-# The stubs are no input cargo tracks: the binary is linked anew each time.
-if ! cargo clean -p rmachine --target "$target" "${args[@]}" >"$log" 2>&1; then
-  echo "macos link: cargo clean -p rmachine --target $target failed:" >&2
-  cat "$log" >&2
-  exit 1
-fi
+# The stubs are no input cargo tracks: the binaries are linked anew each time.
+for target in "${targets[@]}"; do
+  if ! cargo clean -p rmachine --target "$target" "${args[@]}" >"$log" 2>&1; then
+    echo "macos link: cargo clean -p rmachine --target $target failed:" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+done
 stub CoreFoundation
 stub Security
 if ! link; then
@@ -123,28 +133,44 @@ if ! link; then
   exit 1
 fi
 
-# The Mach-O header: a 64-bit arm64 executable that loads the frameworks from the system.
-python3 - "$target_dir/$target/$profile/rmachine" <<'EOF'
+# The Mach-O headers: 64-bit executables of each architecture that load the frameworks from the
+# system and say they start on $MACOSX_DEPLOYMENT_TARGET (LC_BUILD_VERSION's minos).
+python3 - "$MACOSX_DEPLOYMENT_TARGET" "$target_dir/aarch64-apple-darwin/$profile/rmachine" arm64 \
+  "$target_dir/x86_64-apple-darwin/$profile/rmachine" x86_64 <<'EOF'
 import struct, sys
-data = open(sys.argv[1], "rb").read()
-magic, cputype, _, filetype, ncmds = struct.unpack_from("<IiiII", data, 0)
-assert magic == 0xFEEDFACF, f"not a 64-bit Mach-O: {magic:#x}"
-assert cputype == 0x0100000C, f"not arm64: {cputype:#x}"
-assert filetype == 2, f"not an executable: filetype {filetype}"
-dylibs, minos, offset = [], None, 32
-for _ in range(ncmds):
-    cmd, size = struct.unpack_from("<II", data, offset)
-    if cmd in (0xC, 0x80000018):  # LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB
-        name = struct.unpack_from("<I", data, offset + 8)[0]
-        dylibs.append(data[offset + name:offset + size].split(b"\0")[0].decode())
-    elif cmd == 0x32:  # LC_BUILD_VERSION
-        version = struct.unpack_from("<I", data, offset + 12)[0]
-        minos = f"{version >> 16}.{(version >> 8) & 255}"
-    offset += size
-for wanted in ("/usr/lib/libSystem.B.dylib",
-               "/System/Library/Frameworks/Security.framework/Versions/A/Security"):
-    assert wanted in dylibs, f"{wanted} not loaded: {dylibs}"
-print(f"{sys.argv[1]}: Mach-O arm64 executable, macOS {minos} or later, loads:")
-for name in dylibs:
-    print(f"  {name}")
+CPU_TYPES = {"arm64": 0x0100000C, "x86_64": 0x01000007}
+# "11", "11.0" or "11.0.0" as Mach-O encodes a version: xxxx.yy.zz in nibbles 16/8/0.
+parts = [int(p) for p in sys.argv[1].split(".")]
+assert 1 <= len(parts) <= 3, f"MACOSX_DEPLOYMENT_TARGET={sys.argv[1]}: not a version"
+parts += [0] * (3 - len(parts))
+WANTED_MINOS = (parts[0] << 16) | (parts[1] << 8) | parts[2]
+def version(v):
+    return f"{v >> 16}.{(v >> 8) & 255}.{v & 255}"
+def check(path, arch):
+    data = open(path, "rb").read()
+    magic, cputype, _, filetype, ncmds = struct.unpack_from("<IiiII", data, 0)
+    assert magic == 0xFEEDFACF, f"{path}: not a 64-bit Mach-O: {magic:#x}"
+    assert cputype == CPU_TYPES[arch], f"{path}: not {arch}: {cputype:#x}"
+    assert filetype == 2, f"{path}: not an executable: filetype {filetype}"
+    dylibs, minos, offset = [], None, 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, offset)
+        if cmd in (0xC, 0x80000018):  # LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB
+            name = struct.unpack_from("<I", data, offset + 8)[0]
+            dylibs.append(data[offset + name:offset + size].split(b"\0")[0].decode())
+        elif cmd == 0x32:  # LC_BUILD_VERSION
+            minos = struct.unpack_from("<I", data, offset + 12)[0]
+        offset += size
+    assert minos is not None, f"{path}: no LC_BUILD_VERSION (the macOS it needs is unknown)"
+    assert minos == WANTED_MINOS, \
+        f"{path}: needs macOS {version(minos)}, not {version(WANTED_MINOS)} (MACOSX_DEPLOYMENT_TARGET)"
+    for wanted in ("/usr/lib/libSystem.B.dylib",
+                   "/System/Library/Frameworks/CoreFoundation.framework/Versions/A/CoreFoundation",
+                   "/System/Library/Frameworks/Security.framework/Versions/A/Security"):
+        assert wanted in dylibs, f"{path}: {wanted} not loaded: {dylibs}"
+    print(f"{path}: Mach-O {arch} executable, macOS {version(minos)} or later, loads:")
+    for name in dylibs:
+        print(f"  {name}")
+for path, arch in zip(sys.argv[2::2], sys.argv[3::2]):
+    check(path, arch)
 EOF
