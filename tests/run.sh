@@ -30,20 +30,20 @@
 #
 # Two lanes share the machine: the guest images (release builds for the musl targets, then
 # packing) are built in the background from the start while the foreground runs fmt, the host
-# build, the host test tiers and the portability step. The lanes' builds are mostly in
-# different parts of target/ (the guest's release/ and <musl target>/release/, the foreground's
-# debug/, the cross targets' directories and portable/), each with its own cargo lock. One step
-# is not: the arm64 guest runs the host's `cargo build --workspace --bins` (its rmachine-init
-# prints the udhcpc script), which takes target/debug's lock and so waits while a foreground
-# cargo holds it: the host and test builds, and the portability clippy, whose build scripts and
-# proc-macros are host units in target/debug. It compiles nothing there (the same units as the
-# foreground's host build: whichever runs first builds them for both), so it only waits for
-# the lock, and the arm64 image's packing waits with it: if that falls in the portability step,
-# the guest lane ends after it. Compiling is most of the run and both lanes compete for the
-# cores, so the order is what keeps them busy: the host tiers, which mostly wait on engines and
-# containers, run while the guest lane compiles, and the CPU-bound portability step follows
-# them. Only the e2e tier waits for the guest images. The test binaries run a few at a time
-# (tests/parallel.sh).
+# build, the host test tiers and the portability step. The lanes' builds are mostly in different
+# parts of target/ (the guest's release/ and <musl target>/release/, the foreground's debug/, the
+# cross targets' directories and portable/), each with its own cargo lock. One step is not: the
+# arm64 guest runs the host's `cargo build --workspace --bins` (its rmachine-init prints the
+# udhcpc script), which takes target/debug's lock and so waits while a foreground cargo holds it:
+# the host and test builds, the early lint of the e2e tests, and the portability clippy, whose
+# build scripts and proc-macros are host units in target/debug. It compiles nothing there (the
+# same units as the foreground's host build: whichever runs first builds them for both), so it
+# only waits for the lock, and the arm64 image's packing waits with it: if that falls in the
+# portability step, the guest lane ends after it. Compiling is most of the run and both lanes
+# compete for the cores, so the order is what keeps them busy: the host tiers, which mostly wait
+# on engines and containers, run while the guest lane compiles, and the CPU-bound portability step
+# follows them. Only the e2e tier waits for the guest images. The test binaries run a few at a
+# time (tests/parallel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -1170,7 +1170,15 @@ async fn boot<D: Driver>(
         }
         None if covered => (endpoints, client.clone()),
         None => (
-            reissue_for_new_address(store, driver, dir, config, endpoints.engine.ip()).await?,
+            reissue_for_new_address(
+                store,
+                driver,
+                dir,
+                config,
+                endpoints.engine.ip(),
+                &mut clock,
+            )
+            .await?,
             client.clone(),
         ),
     };
@@ -1193,7 +1201,8 @@ async fn boot<D: Driver>(
     .await?;
     if moved {
         if let Some(rebooted) =
-            certificate_for_the_boot_address(store, driver, dir, config, &endpoints).await?
+            certificate_for_the_boot_address(store, driver, dir, config, &endpoints, &mut clock)
+                .await?
         {
             endpoints = rebooted;
             record_endpoints(store, config, &name, &endpoints)?;
@@ -1288,6 +1297,7 @@ async fn certificate_for_the_boot_address<D: Driver>(
     dir: &MachineDir,
     config: &mut MachineConfig,
     endpoints: &rmachine_driver::Endpoints,
+    clock: &mut HostClock,
 ) -> Result<Option<rmachine_driver::Endpoints>, MachineError> {
     let ip = endpoints.engine.ip();
     let mut sans = config.host_options.auth_options.server_cert_sans.clone();
@@ -1315,7 +1325,7 @@ async fn certificate_for_the_boot_address<D: Driver>(
         "the certificate for the address {ip} cannot be put in service while the machine runs \
          ({why}): restarting it with the certificate"
     );
-    reissue_for_new_address(store, driver, dir, config, ip)
+    reissue_for_new_address(store, driver, dir, config, ip, clock)
         .await
         .map(Some)
 }
@@ -1679,6 +1689,7 @@ async fn reissue_for_new_address<D: Driver>(
     dir: &MachineDir,
     config: &mut MachineConfig,
     ip: std::net::IpAddr,
+    clock: &mut HostClock,
 ) -> Result<rmachine_driver::Endpoints, MachineError> {
     let name = dir.name.clone();
     tracing::info!(%ip, "the engine certificate does not name the machine's address; reissuing it");
@@ -1693,10 +1704,15 @@ async fn reissue_for_new_address<D: Driver>(
         )
         .await
         .map_err(driver_err(&name, "stop the VM"))?;
+    // The timeline is the boot the machine ends up running, as its guest stages (read from a
+    // console QEMU empties at each start) are: the first boot's marks go with it.
+    clock.marks.clear();
+    clock.mark(HostStage::VmStarting);
     driver
         .start(dir, &driver_spec(&config.vm))
         .await
         .map_err(driver_err(&name, "start the VM"))?;
+    clock.mark(HostStage::VmRunning);
     driver
         .endpoints(dir)
         .await
@@ -4148,6 +4164,25 @@ mod tests {
             .unwrap()
     }
 
+    /// Asserts that `name`'s certificate names `ip` and that its engine (as `driver` serves it)
+    /// presents exactly that certificate; returns the engine's address.
+    async fn assert_serves_a_certificate_naming(
+        store: &Store,
+        driver: &FakeDriver,
+        name: &str,
+        ip: &str,
+    ) -> SocketAddr {
+        let server = store.machine_path(name).join("server.pem");
+        assert!(certs::covers(&server, ip.parse().unwrap()).unwrap());
+        let engine = driver
+            .endpoints(&store.machine_dir(name))
+            .await
+            .unwrap()
+            .engine;
+        assert_eq!(served(store, engine).await, der_of(&server));
+        engine
+    }
+
     fn der_of(path: &std::path::Path) -> Vec<u8> {
         use rustls::pki_types::pem::PemObject;
         rustls::pki_types::CertificateDer::from_pem_file(path)
@@ -4506,13 +4541,7 @@ mod tests {
             .unwrap();
         assert!(!restart);
         assert_ne!(std::fs::read(&server).unwrap(), before);
-        assert!(certs::covers(&server, "127.0.0.11".parse().unwrap()).unwrap());
-        let engine = moved
-            .endpoints(&store.machine_dir("regen"))
-            .await
-            .unwrap()
-            .engine;
-        assert_eq!(served(&store, engine).await, der_of(&server));
+        assert_serves_a_certificate_naming(&store, &moved, "regen", "127.0.0.11").await;
         assert!(
             !moved.calls().iter().any(|c| c == "stop"),
             "{:?}",
@@ -4668,13 +4697,8 @@ mod tests {
         // One boot, no stop: the certificate went into the running guest.
         assert_eq!(moved.calls(), ["state", "start"]);
         assert_eq!(installs(&moved), 1);
-        assert!(certs::covers(&server, ip).unwrap());
-        let engine = moved
-            .endpoints(&store.machine_dir("leased"))
-            .await
-            .unwrap()
-            .engine;
-        assert_eq!(served(&store, engine).await, der_of(&server));
+        let engine =
+            assert_serves_a_certificate_naming(&store, &moved, "leased", "127.0.0.7").await;
         engine_client(&store, "leased")
             .unwrap()
             .ping(engine)
@@ -4711,14 +4735,49 @@ mod tests {
         // As before `install-tls` existed: stopped and booted again with the certificate.
         assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
         assert_eq!(installs(&moved), 0);
-        let server = store.machine_path("oldimage").join("server.pem");
-        assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
-        let engine = moved
-            .endpoints(&store.machine_dir("oldimage"))
-            .await
-            .unwrap()
-            .engine;
-        assert_eq!(served(&store, engine).await, der_of(&server));
+        assert_serves_a_certificate_naming(&store, &moved, "oldimage", "127.0.0.8").await;
+    }
+
+    #[tokio::test]
+    async fn a_reboot_for_the_certificate_leaves_the_timeline_of_the_boot_that_runs() {
+        let (_tmp, store, options) = setup();
+        let moved = FakeDriver {
+            install_status: INSTALL_TLS_UNKNOWN,
+            console: Some(format!(
+                "{}{}",
+                stage_line(Stage::InitStarted, 300),
+                stage_line(Stage::EngineUp, 1200)
+            )),
+            ..moved_to("127.0.0.12")
+        };
+        let (moved, started) = started_after(&store, &options, "relit", moved, |_| {}).await;
+        started.unwrap();
+        assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
+        let host = inspect(
+            &store,
+            "relit",
+            Some("{{range .Timeline.Host}}{{.Stage}} {{end}}"),
+        )
+        .unwrap();
+        let host: Vec<&str> = host.split_whitespace().collect();
+        // One boot's marks, in order: the first boot's were dropped with it.
+        assert_eq!(host.first(), Some(&"VmStarting"), "{host:?}");
+        assert_eq!(host.last(), Some(&"Ready"), "{host:?}");
+        for stage in ["VmStarting", "VmRunning", "GuestSignalled", "Ready"] {
+            assert_eq!(
+                host.iter().filter(|s| **s == stage).count(),
+                1,
+                "{stage} in {host:?}"
+            );
+        }
+        let guest = inspect(
+            &store,
+            "relit",
+            Some("{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}"),
+        )
+        .unwrap();
+        assert_eq!(guest.trim(), "InitStarted=300 EngineUp=1200");
+        assert_serves_a_certificate_naming(&store, &moved, "relit", "127.0.0.12").await;
     }
 
     #[tokio::test]
@@ -4772,14 +4831,7 @@ mod tests {
         started.unwrap();
         assert_eq!(moved.calls(), ["state", "start", "stop", "start"]);
         assert_eq!(installs(&moved), 0);
-        let server = store.machine_path("unpinned").join("server.pem");
-        assert!(certs::covers(&server, "127.0.0.10".parse().unwrap()).unwrap());
-        let engine = moved
-            .endpoints(&store.machine_dir("unpinned"))
-            .await
-            .unwrap()
-            .engine;
-        assert_eq!(served(&store, engine).await, der_of(&server));
+        assert_serves_a_certificate_naming(&store, &moved, "unpinned", "127.0.0.10").await;
     }
 
     #[tokio::test]

@@ -61,13 +61,32 @@ pub async fn run() -> Action {
     let (engine_modules_tx, engine_modules_rx) = oneshot::channel();
     let (share_modules_tx, share_modules_rx) = oneshot::channel();
     tokio::spawn(async move {
-        let left_out =
-            load_modules("container modules", dir.clone(), phases.engine, left_out).await;
+        let left_out = load_modules(
+            "container modules",
+            None,
+            dir.clone(),
+            phases.engine,
+            left_out,
+        )
+        .await;
         let _ = engine_modules_tx.send(());
-        let left_out =
-            load_at_lower_priority("share modules", dir.clone(), phases.shares, left_out).await;
+        let left_out = load_modules(
+            "share modules",
+            Some(LATER_MODULES_NICE),
+            dir.clone(),
+            phases.shares,
+            left_out,
+        )
+        .await;
         let _ = share_modules_tx.send(());
-        load_at_lower_priority("deferred modules", dir, phases.deferred, left_out).await;
+        load_modules(
+            "deferred modules",
+            Some(LATER_MODULES_NICE),
+            dir,
+            phases.deferred,
+            left_out,
+        )
+        .await;
     });
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
@@ -187,21 +206,25 @@ async fn load_device_modules(dir: PathBuf, candidates: Vec<String>) -> HashSet<S
     report.left_out
 }
 
-/// Loads `paths` on a blocking thread; returns the modules left out so far (`left_out` and
-/// those for absent hardware), for a later phase.
+/// Loads `paths` on a blocking thread, at the nice value `nice` if given; returns the modules
+/// left out so far (`left_out` and those for absent hardware), for a later phase.
 async fn load_modules(
     what: &'static str,
+    nice: Option<libc::c_int>,
     dir: PathBuf,
     paths: Vec<String>,
     left_out: HashSet<String>,
 ) -> HashSet<String> {
     let fallback = left_out.clone();
-    let loaded =
-        tokio::task::spawn_blocking(move || load_and_log(what, &dir, &paths, &left_out)).await;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let _nice = nice.map(ThreadNice::set);
+        load_and_log(what, &dir, &paths, &left_out)
+    })
+    .await;
     match loaded {
         Ok(left_out) => left_out,
         Err(err) => {
-            tracing::warn!("modules: loader panicked: {err}");
+            tracing::warn!("modules: {what} loader panicked: {err}");
             fallback
         }
     }
@@ -233,29 +256,6 @@ fn load_and_log(
 /// the calling thread, so the engine's start keeps most of the vCPU, but not so low that a
 /// lock the loader holds (module loading, nf_tables' mutex) waits long behind the engine.
 const LATER_MODULES_NICE: libc::c_int = 10;
-
-/// Loads `paths` on a blocking thread at [`LATER_MODULES_NICE`]; returns the modules left out
-/// so far, as [`load_modules`] does.
-async fn load_at_lower_priority(
-    what: &'static str,
-    dir: PathBuf,
-    paths: Vec<String>,
-    left_out: HashSet<String>,
-) -> HashSet<String> {
-    let fallback = left_out.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let _nice = ThreadNice::set(LATER_MODULES_NICE);
-        load_and_log(what, &dir, &paths, &left_out)
-    })
-    .await;
-    match loaded {
-        Ok(left_out) => left_out,
-        Err(err) => {
-            tracing::warn!("modules: {what} loader panicked: {err}");
-            fallback
-        }
-    }
-}
 
 /// The calling thread's nice value while it lives; back to the previous value when dropped
 /// (the thread is the blocking pool's and runs other work afterwards).

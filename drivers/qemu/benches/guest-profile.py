@@ -20,8 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,20 +43,9 @@ def symbols(path):
 def sample(argv, seconds):
     samples, console = [], b""
     with tempfile.TemporaryDirectory(prefix="guest-profile.") as scratch:
-        args, qmp = preclock.qemu_args(argv, scratch)
-        qemu = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                stderr=open(os.path.join(scratch, "qemu.err"), "w"))
+        qemu, chan = preclock.start_paused(argv, scratch)
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(qmp):
-                if qemu.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(open(os.path.join(scratch, "qemu.err")).read() or "no QMP socket")
-                time.sleep(0.002)
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(qmp)
-            chan = sock.makefile("rw")
-            chan.readline()
-            chan.write('{"execute":"qmp_capabilities"}\n{"execute":"cont"}\n')
+            chan.write('{"execute":"cont"}\n')
             chan.flush()
             os.set_blocking(qemu.stdout.fileno(), False)
             cont = time.monotonic()

@@ -59,6 +59,28 @@ def qemu_args(argv, scratch):
         os.environ.get("EXTRA", "").split(), qmp
 
 
+def start_paused(argv, scratch):
+    """Starts QEMU with `qemu_args` and returns it with its QMP channel, capabilities
+    negotiated, the guest not yet running (the caller sends `cont`)."""
+    args, qmp = qemu_args(argv, scratch)
+    qemu = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            stderr=open(os.path.join(scratch, "qemu.err"), "w"))
+    deadline = time.monotonic() + 10
+    while not os.path.exists(qmp):
+        if qemu.poll() is not None or time.monotonic() > deadline:
+            qemu.kill()
+            sys.exit(open(os.path.join(scratch, "qemu.err")).read() or "no QMP socket")
+        time.sleep(0.002)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(qmp)
+    chan = sock.makefile("rw")
+    chan.readline()
+    chan.write('{"execute":"qmp_capabilities"}\n')
+    chan.flush()
+    chan.readline()
+    return qemu, chan
+
+
 def cpu_seconds(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -66,22 +88,8 @@ def cpu_seconds(pid):
 
 def one_run(argv):
     with tempfile.TemporaryDirectory(prefix="preclock.") as scratch:
-        args, qmp = qemu_args(argv, scratch)
-        qemu = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                stderr=open(os.path.join(scratch, "qemu.err"), "w"))
+        qemu, chan = start_paused(argv, scratch)
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(qmp):
-                if qemu.poll() is not None or time.monotonic() > deadline:
-                    sys.exit(open(os.path.join(scratch, "qemu.err")).read() or "no QMP socket")
-                time.sleep(0.002)
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(qmp)
-            chan = sock.makefile("rw")
-            chan.readline()
-            chan.write('{"execute":"qmp_capabilities"}\n')
-            chan.flush()
-            chan.readline()
             chan.write('{"execute":"cont"}\n')
             chan.flush()
             cont = time.monotonic()

@@ -146,12 +146,30 @@ impl SavedVm {
             return Some("the guest image changed since the state was saved".to_owned());
         }
         if self.argv != argv {
-            return Some(
-                "the machine's configuration changed since the state was saved".to_owned(),
-            );
+            return Some(format!(
+                "the QEMU command line the machine runs changed since the state was saved \
+                 ({}: a changed machine setting, or another rmachine version)",
+                first_difference(&self.argv, argv)
+            ));
         }
         None
     }
+}
+
+/// The first place where `saved` and `now` differ, shown as "`-cpu max` → `-cpu max,-erms`"
+/// (a value with its option), so that a user sees what moved rather than only that something did.
+fn first_difference(saved: &[String], now: &[String]) -> String {
+    let at = saved.iter().zip(now).take_while(|(a, b)| a == b).count();
+    let option = at
+        .checked_sub(1)
+        .and_then(|i| saved.get(i))
+        .filter(|option| option.starts_with('-'));
+    let shown = |args: &[String]| match (option, args.get(at)) {
+        (_, None) => "nothing".to_owned(),
+        (Some(option), Some(arg)) if !arg.starts_with('-') => format!("`{option} {arg}`"),
+        (_, Some(arg)) => format!("`{arg}`"),
+    };
+    format!("{} → {}", shown(saved), shown(now))
 }
 
 /// The first line `--version` prints, built from QMP `query-version`'s answer (QEMU prints
@@ -406,7 +424,32 @@ mod tests {
         let why = s
             .mismatch(&s.qemu_version, &argv, &s.boot_files, disk)
             .unwrap();
-        assert!(why.contains("configuration changed"), "{why}");
+        assert!(why.contains("`-m 1024` → `-m 2048`"), "{why}");
+    }
+
+    #[test]
+    fn a_changed_command_line_is_named_by_its_first_difference() {
+        let args = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        // The CPU model of an older rmachine (before `-erms`) against today's.
+        assert_eq!(
+            first_difference(
+                &args("-m 1024 -cpu max -smp 2"),
+                &args("-m 1024 -cpu max,-erms -smp 2")
+            ),
+            "`-cpu max` → `-cpu max,-erms`"
+        );
+        // An option added or removed.
+        assert_eq!(
+            first_difference(
+                &args("-m 1024 -nodefaults"),
+                &args("-m 1024 -no-user-config")
+            ),
+            "`-nodefaults` → `-no-user-config`"
+        );
+        assert_eq!(
+            first_difference(&args("-m 1024"), &args("-m 1024 -S")),
+            "nothing → `-S`"
+        );
     }
 
     #[test]
