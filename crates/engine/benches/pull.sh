@@ -87,8 +87,14 @@ pull_times=()
 warm_times=()
 push_cpu=()
 pull_cpu=()
+# Each timed step starts with nothing left to write back from the step before (the registry's
+# blobs, the removed image): rmachine-engine flushes what a pull unpacked (one syncfs of its
+# root's filesystem, before publishing the layers) and would otherwise also pay for the
+# previous step's dirty pages on that filesystem, which dockerd (no flush) leaves to the kernel.
+settle() { [ -n "${NO_SETTLE:-}" ] || sync; }
 for _ in $(seq "$runs"); do
     start_registry
+    settle
     c0=$(cpu)
     t0=$(now)
     docker push "$image" >/dev/null
@@ -96,12 +102,14 @@ for _ in $(seq "$runs"); do
     push_cpu+=("$(echo "$(cpu) - $c0" | bc)")
     push_times+=("$(echo "$t1 - $t0" | bc)")
     docker rmi "$image" bench-multi bench-step >/dev/null 2>&1 || true
+    settle
     c0=$(cpu)
     t0=$(now)
     docker pull "$image" >/dev/null
     t1=$(now)
     pull_cpu+=("$(echo "$(cpu) - $c0" | bc)")
     pull_times+=("$(echo "$t1 - $t0" | bc)")
+    settle
     t0=$(now)
     docker pull "$image" >/dev/null
     t1=$(now)
