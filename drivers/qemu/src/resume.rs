@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn a_changed_command_line_is_named_by_its_first_difference() {
         let args = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
-        // The CPU model of an older rmachine (before `-erms`) against today's.
+        // A CPU model that changed between the save and the start.
         assert_eq!(
             first_difference(
                 &args("-m 1024 -cpu max -smp 2"),
