@@ -4351,46 +4351,36 @@ mod tests {
         assert!(!moved.calls().iter().any(|c| c == "stop"));
     }
 
-    #[tokio::test]
-    async fn a_guest_image_without_install_tls_is_restarted_with_the_certificate() {
+    /// `env` for machine `name`, moved to `ip`, whose guest answers `rmachine-init install-tls`
+    /// with `install_status`: asserts the machine was restarted with a certificate naming `ip`;
+    /// returns the driver.
+    async fn env_restarts_with_the_certificate(
+        name: &str,
+        ip: &str,
+        install_status: u32,
+    ) -> FakeDriver {
         let (_tmp, store, options) = setup();
-        let moved = machine_moved_to(
-            &store,
-            &options,
-            "old",
-            "127.0.0.8",
-            None,
-            INSTALL_TLS_UNKNOWN,
-        )
-        .await;
-        let env = env_with(&store, &moved, "old", &env_options("old"))
+        let moved = machine_moved_to(&store, &options, name, ip, None, install_status).await;
+        let env = env_with(&store, &moved, name, &env_options(name))
             .await
             .unwrap();
         assert!(env.restarted);
+        let server = store.machine_path(name).join("server.pem");
+        assert!(certs::covers(&server, ip.parse().unwrap()).unwrap());
+        moved
+    }
+
+    #[tokio::test]
+    async fn a_guest_image_without_install_tls_is_restarted_with_the_certificate() {
+        let moved =
+            env_restarts_with_the_certificate("old", "127.0.0.8", INSTALL_TLS_UNKNOWN).await;
         assert_eq!(moved.calls().iter().filter(|c| *c == "start").count(), 2);
-        let server = store.machine_path("old").join("server.pem");
-        assert!(certs::covers(&server, "127.0.0.8".parse().unwrap()).unwrap());
     }
 
     #[tokio::test]
     async fn a_host_without_rmachine_init_is_restarted_with_the_certificate() {
-        let (_tmp, store, options) = setup();
         // The generic driver's SSH host: its shell knows no `rmachine-init`.
-        let moved = machine_moved_to(
-            &store,
-            &options,
-            "plain",
-            "127.0.0.12",
-            None,
-            SHELL_COMMAND_NOT_FOUND,
-        )
-        .await;
-        let env = env_with(&store, &moved, "plain", &env_options("plain"))
-            .await
-            .unwrap();
-        assert!(env.restarted);
-        let server = store.machine_path("plain").join("server.pem");
-        assert!(certs::covers(&server, "127.0.0.12".parse().unwrap()).unwrap());
+        env_restarts_with_the_certificate("plain", "127.0.0.12", SHELL_COMMAND_NOT_FOUND).await;
     }
 
     #[tokio::test]
