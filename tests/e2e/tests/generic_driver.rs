@@ -7,6 +7,10 @@
 //! without starting it), `ssh-keygen`, the `rmachine` CLI build, and the static musl engine and
 //! runtime that guest/build.sh builds (target/<arch>-unknown-linux-musl/release, or the
 //! directory `RMACHINE_GENERIC_BINARIES` names).
+//!
+//! It boots no VM but lives in the e2e tier, which runs once the guest images are built: in CI
+//! the host tiers run while the guest lane is still compiling those static binaries.
+#![cfg(rmachine_e2e)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
