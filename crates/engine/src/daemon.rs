@@ -103,8 +103,17 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
             "container runtime not found: containers will not start (pass --runtime PATH)"
         );
     }
+    // Timed: the engine's start is on every machine boot's path to ready.
+    let opening = std::time::Instant::now();
     let engine = Engine::open(options.engine.clone()).map_err(DaemonError::Engine)?;
+    let open_ms = opening.elapsed().as_millis();
+    let reconciling = std::time::Instant::now();
     engine.reconcile_network().await;
+    let network_ms = reconciling.elapsed().as_millis();
+    tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.remove_stale_nat().await }
+    });
     let api = Api::new(engine.clone());
     tokio::spawn({
         let engine = engine.clone();
@@ -122,6 +131,8 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     info!(
         data_root = %options.engine.data_root.display(),
         runtime = %options.engine.runtime.display(),
+        open_ms,
+        network_ms,
         "engine ready"
     );
     tokio::select! {

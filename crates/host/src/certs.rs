@@ -172,6 +172,9 @@ pub fn bootstrap(certs_dir: &Path, event: &mut dyn FnMut(CertEvent)) -> Result<(
         source,
     })?;
     set_mode(certs_dir, 0o700)?;
+    // Two `create`s on a new store at once: the second must wait for the first's CA, not see
+    // its key without the certificate (the orphan error below) or make a second CA.
+    let _lock = lock_certs(certs_dir)?;
     if !paths.ca.exists() {
         if paths.ca_key.exists() {
             return Err(CertError::OrphanCaKey {
@@ -211,6 +214,23 @@ pub fn bootstrap(certs_dir: &Path, event: &mut dyn FnMut(CertEvent)) -> Result<(
         write_pem(&paths.cert, &cert.pem(), false)?;
     }
     Ok(())
+}
+
+/// Takes `certs/.lock`, waiting while another command holds it.
+fn lock_certs(certs_dir: &Path) -> Result<fs::File, CertError> {
+    let path = certs_dir.join(".lock");
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    file.lock().map_err(io)?;
+    Ok(file)
 }
 
 fn load_issuer(paths: &CertPaths) -> Result<Issuer<'static, KeyPair>, CertError> {
@@ -464,6 +484,28 @@ mod tests {
             fs::read(certs.join("cert.pem")).unwrap(),
             fs::read(machine.join("cert.pem")).unwrap()
         );
+    }
+
+    #[test]
+    fn bootstraps_at_once_make_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let certs = dir.path().join("certs");
+                std::thread::spawn(move || bootstrap(&certs, &mut |_| {}))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap().unwrap();
+        }
+        let paths = CertPaths::in_dir(&dir.path().join("certs"));
+        let client = read(&paths.cert).unwrap();
+        let ca = der_of(&read(&paths.ca).unwrap());
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca).unwrap();
+        let client = der_of(&client);
+        let (_, client) = x509_parser::parse_x509_certificate(&client).unwrap();
+        assert_eq!(client.issuer(), ca.subject());
+        client.verify_signature(Some(ca.public_key())).unwrap();
     }
 
     #[test]

@@ -4,14 +4,15 @@
 Boots QEMU by hand as preclock.py does (a machine's own argv, `-S`, drives `snapshot=on`),
 then asks QMP `info registers` for RIP as fast as it answers (1-3 kHz here; each question
 briefly takes QEMU's main lock, so the boot runs a little slower) until `InitStarted` or
-SECONDS, and names each RIP from the guest's symbol table. The Debian image ships no real
+SECONDS (or until the console shows the stage UNTIL names: `UNTIL=TlsListening` profiles
+the whole boot), and names each RIP from the guest's symbol table. The Debian image ships no real
 System.map: read `/proc/kallsyms` from a running machine of the same image (`rmachine ssh M
 cat /proc/kallsyms > kallsyms`); the kernel entered through PVH is not relocated, so its
 addresses hold for every boot. Addresses below the kernel's are user space (`user`).
 
 Usage: guest-profile.py ARGV_FILE KALLSYMS [SECONDS [FROM TO]]
   FROM TO   only count samples between these seconds since `cont` (default: all)
-Environment: APPEND, NOQUIET, EXTRA as for preclock.py.
+Environment: APPEND, NOQUIET, EXTRA as for preclock.py; UNTIL (default InitStarted).
 Prints the 30 most sampled functions, then the 3 most sampled per 50 ms.
 """
 import bisect
@@ -41,7 +42,7 @@ def symbols(path):
 
 
 def sample(argv, seconds):
-    samples, console = [], b""
+    samples, console, stages = [], b"", []
     with tempfile.TemporaryDirectory(prefix="guest-profile.") as scratch:
         qemu, chan = preclock.start_paused(argv, scratch)
         try:
@@ -51,7 +52,8 @@ def sample(argv, seconds):
             cont = time.monotonic()
             question = '{"execute":"human-monitor-command","arguments":' \
                 '{"command-line":"info registers"}}\n'
-            while time.monotonic() - cont < seconds and b"InitStarted" not in console:
+            until = os.environ.get("UNTIL", "InitStarted").encode()
+            while time.monotonic() - cont < seconds and until not in console:
                 chan.write(question)
                 chan.flush()
                 while True:
@@ -63,13 +65,18 @@ def sample(argv, seconds):
                 if found:
                     samples.append((time.monotonic() - cont, int(found.group(1), 16)))
                 try:
-                    console += os.read(qemu.stdout.fileno(), 65536)
+                    chunk = os.read(qemu.stdout.fileno(), 65536)
                 except BlockingIOError:
-                    pass
+                    chunk = b""
+                now = time.monotonic() - cont
+                for found in re.finditer(rb'"Stage":"(\w+)"', console[-64:] + chunk):
+                    if found.group(1).decode() not in (name for _, name in stages):
+                        stages.append((now, found.group(1).decode()))
+                console += chunk
         finally:
             qemu.kill()
             qemu.wait()
-    return samples
+    return samples, stages
 
 
 def main():
@@ -84,7 +91,9 @@ def main():
         i = bisect.bisect_right(addrs, ip) - 1
         return names[i] if ip >= 0xffffffff80000000 and i >= 0 else "user"
 
-    samples = sample(argv, seconds)
+    samples, stages = sample(argv, seconds)
+    print("stages (host ms since cont, when read): " +
+          ", ".join(f"{name} {1000 * t:.0f}" for t, name in stages))
     counted = collections.Counter(name(ip) for t, ip in samples if lo <= t < hi)
     total = sum(counted.values()) or 1
     print(f"{len(samples)} samples, {total} between {lo} and {hi} s")

@@ -419,7 +419,15 @@ fn nothing_reaches_this_host_and_a_killed_engines_leftovers_are_removed() -> Res
         !inside.contains("docker0") && !inside.contains("veth"),
         "{inside}"
     );
-    let tables = out(engine.netns.command("nft").args(["list", "tables"]))?;
+    // The engine removes the old table beside serving, not before: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tables = loop {
+        let tables = out(engine.netns.command("nft").args(["list", "tables"]))?;
+        if !tables.contains("rmachine-engine") || std::time::Instant::now() > deadline {
+            break tables;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(!tables.contains("rmachine-engine"), "{tables}");
     let netns_dir = engine.data_root().join("netns");
     let left: Vec<_> = std::fs::read_dir(&netns_dir)

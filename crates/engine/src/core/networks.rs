@@ -784,10 +784,16 @@ impl Engine {
         out
     }
 
-    /// Removes the bridge, NAT table and namespaces a killed engine left (its containers were
-    /// stopped by the reconcile of [`Engine::open`]); the first bridged start remakes them.
+    /// Removes the bridges and namespaces a killed engine left (its containers were stopped by
+    /// the reconcile of [`Engine::open`]); the first bridged start remakes them.
     pub async fn reconcile_network(&self) {
         self.inner.network.net.reconcile().await;
+    }
+
+    /// Removes a previous engine's NAT table; NAT changes wait for it (the daemon runs it
+    /// beside serving, not before).
+    pub async fn remove_stale_nat(&self) {
+        self.inner.network.net.remove_stale_nat().await;
     }
 
     /// The networks `record`'s container joins at start, first its `--network`.

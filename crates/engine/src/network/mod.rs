@@ -243,6 +243,9 @@ pub struct Networking {
     /// Held through a create, from the name and subnet checks to the definition's save: two
     /// concurrent creates of one name make one network, and never overlapping subnets.
     creating: tokio::sync::Mutex<()>,
+    /// Set once a previous engine's NAT table is gone; every NAT change waits for it, so the
+    /// removal (an `nft` run, ~0.2 s in a guest under TCG) is off the engine's start.
+    stale_nat_removed: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Networking {
@@ -313,6 +316,7 @@ impl Networking {
             proxies: Mutex::new(HashMap::new()),
             dns: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
+            stale_nat_removed: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -464,6 +468,7 @@ impl Networking {
 
     /// Loads the engine's table for every live network.
     async fn program_nat(&self, state: &State) -> Result<(), NetworkError> {
+        self.remove_stale_nat().await;
         let defs = self.defs.lock().map(|d| d.clone()).unwrap_or_default();
         let rules: Vec<nat::Rule> = defs
             .iter()
@@ -479,8 +484,20 @@ impl Networking {
         nat::install(&rules, &forwards).await
     }
 
-    /// Removes what a previous engine left: its bridges and NAT table (remade at the first
-    /// container start), and namespace files.
+    /// Removes the NAT table a previous engine left (remade at the first container start), once
+    /// per engine; a later call waits for the first to finish.
+    pub async fn remove_stale_nat(&self) {
+        self.stale_nat_removed
+            .get_or_init(|| async {
+                if let Err(err) = nat::remove().await {
+                    tracing::debug!(error = %err, "no stale NAT table removed");
+                }
+            })
+            .await;
+    }
+
+    /// Removes what a previous engine left: its bridges and namespace files (its NAT table:
+    /// [`Networking::remove_stale_nat`]).
     pub async fn reconcile(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.netns_dir) {
             for entry in entries.flatten() {
@@ -501,9 +518,6 @@ impl Networking {
                             tracing::warn!(%device, error = %err, "cannot remove the stale bridge");
                         }
                     }
-                }
-                if let Err(err) = nat::remove().await {
-                    tracing::debug!(error = %err, "no stale NAT table removed");
                 }
             }
             Err(err) => tracing::warn!(error = %err, "no netlink"),
