@@ -242,6 +242,30 @@ pub fn clock_port_args(family: MachineFamily, pipe: &Path) -> Vec<String> {
     .into()
 }
 
+/// The virtio balloon, for free page reporting only, on hosts whose QEMU can give memory back.
+///
+/// Guest RAM is QEMU's anonymous memory: a page the guest touched once stays resident in QEMU
+/// after the guest frees it (the initramfs the kernel unpacked and freed, its freed init
+/// memory, a container's exited processes). With `free-page-reporting=on` the guest's
+/// `virtio_balloon` driver reports free blocks (2 MiB, the pageblock order, by default) a few
+/// seconds after they are freed, and QEMU discards them (`MADV_DONTNEED`, or a hole punched in
+/// a memfd backing); the guest touching such a page again gets a zeroed one. The balloon
+/// itself is never inflated: rmachine sends no `balloon` command, so the guest keeps all its
+/// memory, and `deflate-on-oom` does not matter.
+///
+/// Windows QEMU has no `madvise` and reports an error for every block it cannot discard: no
+/// device there. On macOS `madvise(MADV_DONTNEED)` exists but frees the pages lazily (the
+/// effect is not measured).
+pub fn balloon_device(family: MachineFamily, host: HostOs) -> Option<String> {
+    match host {
+        HostOs::Windows => None,
+        HostOs::Linux | HostOs::MacOs => Some(format!(
+            "{},free-page-reporting=on",
+            family.virtio("balloon")
+        )),
+    }
+}
+
 /// The name of the guest's clock port (`rmachine_init::clock::PORT_NAME`).
 pub const CLOCK_PORT_NAME: &str = "org.rmachine.clock";
 
@@ -346,6 +370,9 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     push(&["-device", &net]);
     // Without an entropy source the guest's getrandom() blocks for seconds at boot.
     push(&["-device", &family.virtio("rng")]);
+    if let Some(balloon) = balloon_device(family, l.host.os) {
+        push(&["-device", &balloon]);
+    }
     for share in l.shares {
         if share.transport == ShareTransport::VirtioFs {
             let socket = l
@@ -529,6 +556,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
+             -device\nvirtio-balloon-pci,free-page-reporting=on\n\
              -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
@@ -567,6 +595,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-device,netdev=net0\n\
              -device\nvirtio-rng-device\n\
+             -device\nvirtio-balloon-device,free-page-reporting=on\n\
              -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
@@ -593,13 +622,14 @@ mod tests {
         ]
     }
 
-    fn tail_after_rng(args: &[String]) -> Vec<String> {
-        let rng = args
+    /// The arguments between the fixed devices (the balloon is the last) and the console.
+    fn tail_after_balloon(args: &[String]) -> Vec<String> {
+        let balloon = args
             .iter()
-            .position(|a| a.starts_with("virtio-rng"))
-            .expect("rng device");
+            .position(|a| a.starts_with("virtio-balloon"))
+            .expect("balloon device");
         let serial = args.iter().position(|a| a == "-serial").expect("-serial");
-        args[rng + 1..serial].to_vec()
+        args[balloon + 1..serial].to_vec()
     }
 
     #[test]
@@ -638,7 +668,7 @@ mod tests {
              -fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
              -device\nvirtio-9p-pci,fsdev=rmshare1,mount_tag=rmshare1",
         );
-        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
+        assert_eq!(tail_after_balloon(&vm_args(&l)), expected);
     }
 
     #[test]
@@ -652,7 +682,7 @@ mod tests {
             "-fsdev\nlocal,id=rmshare0,path=/home/me,security_model=none\n\
              -device\nvirtio-9p-device,fsdev=rmshare0,mount_tag=rmshare0",
         );
-        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
+        assert_eq!(tail_after_balloon(&vm_args(&l)), expected);
     }
 
     #[test]
@@ -694,7 +724,7 @@ mod tests {
                  -fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
                  -device\nvirtio-9p-{nine_p},fsdev=rmshare1,mount_tag=rmshare1"
             ));
-            assert_eq!(tail_after_rng(&args), expected, "{machine}");
+            assert_eq!(tail_after_balloon(&args), expected, "{machine}");
         }
     }
 
@@ -735,6 +765,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
+             -device\nvirtio-balloon-pci,free-page-reporting=on\n\
              -serial\nfile:/Users/me/m/dev/console.log\n\
              -qmp\nunix:/Users/me/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/Users/me/m/dev/qemu.pid\n-daemonize",
@@ -768,6 +799,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
+             -device\nvirtio-balloon-pci,free-page-reporting=on\n\
              -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
