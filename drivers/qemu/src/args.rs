@@ -370,9 +370,6 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     push(&["-device", &net]);
     // Without an entropy source the guest's getrandom() blocks for seconds at boot.
     push(&["-device", &family.virtio("rng")]);
-    if let Some(balloon) = balloon_device(family, l.host.os) {
-        push(&["-device", &balloon]);
-    }
     for share in l.shares {
         if share.transport == ShareTransport::VirtioFs {
             let socket = l
@@ -409,6 +406,11 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
         args.extend(clock_port_args(family, pipe));
     }
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    // The last device, so that every device before it keeps its place (its virtio-mmio slot
+    // on microvm, its PCI slot elsewhere) as it was before the balloon came.
+    if let Some(balloon) = balloon_device(family, l.host.os) {
+        push(&["-device", &balloon]);
+    }
     push(&["-serial", &format!("file:{}", path(l.console_log))]);
     push(&["-qmp", &l.qmp.qemu_arg()]);
     push(&["-pidfile", &path(l.pidfile)]);
@@ -622,14 +624,17 @@ mod tests {
         ]
     }
 
-    /// The arguments between the fixed devices (the balloon is the last) and the console.
-    fn tail_after_balloon(args: &[String]) -> Vec<String> {
+    /// The arguments between the entropy source and the balloon (the last device).
+    fn tail_after_rng(args: &[String]) -> Vec<String> {
+        let rng = args
+            .iter()
+            .position(|a| a.starts_with("virtio-rng"))
+            .expect("rng device");
         let balloon = args
             .iter()
             .position(|a| a.starts_with("virtio-balloon"))
             .expect("balloon device");
-        let serial = args.iter().position(|a| a == "-serial").expect("-serial");
-        args[balloon + 1..serial].to_vec()
+        args[rng + 1..balloon - 1].to_vec()
     }
 
     #[test]
@@ -668,7 +673,7 @@ mod tests {
              -fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
              -device\nvirtio-9p-pci,fsdev=rmshare1,mount_tag=rmshare1",
         );
-        assert_eq!(tail_after_balloon(&vm_args(&l)), expected);
+        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
     }
 
     #[test]
@@ -682,7 +687,7 @@ mod tests {
             "-fsdev\nlocal,id=rmshare0,path=/home/me,security_model=none\n\
              -device\nvirtio-9p-device,fsdev=rmshare0,mount_tag=rmshare0",
         );
-        assert_eq!(tail_after_balloon(&vm_args(&l)), expected);
+        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
     }
 
     #[test]
@@ -724,8 +729,34 @@ mod tests {
                  -fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
                  -device\nvirtio-9p-{nine_p},fsdev=rmshare1,mount_tag=rmshare1"
             ));
-            assert_eq!(tail_after_balloon(&args), expected, "{machine}");
+            assert_eq!(tail_after_rng(&args), expected, "{machine}");
         }
+    }
+
+    #[test]
+    fn the_balloon_comes_after_every_other_device() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let shares = shares();
+        let pipe = PathBuf::from("/m/dev/clock");
+        let mut l = launch(LINUX, Accel::Tcg, "microvm", &boot, &p);
+        l.shares = &shares[..1];
+        l.clock_pipe = Some(&pipe);
+        let expected = split(
+            "-fsdev\nlocal,id=rmshare0,path=/home/me,security_model=none\n\
+             -device\nvirtio-9p-device,fsdev=rmshare0,mount_tag=rmshare0\n\
+             -device\nvirtio-serial-device\n\
+             -chardev\npipe,id=rmclock,path=/m/dev/clock\n\
+             -device\nvirtserialport,chardev=rmclock,name=org.rmachine.clock\n\
+             -device\nvirtio-balloon-device,free-page-reporting=on\n\
+             -serial",
+        );
+        let args = vm_args(&l);
+        let rng = args
+            .iter()
+            .position(|a| a == "virtio-rng-device")
+            .expect("rng");
+        assert_eq!(args[rng + 1..rng + 1 + expected.len()], expected[..]);
     }
 
     #[test]
