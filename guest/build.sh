@@ -80,6 +80,9 @@ esac
 MODULES=(
   # devices: virtio over PCI (pc/q35) and MMIO (microvm), disks, NIC, entropy, console, scsi
   virtio_pci virtio_mmio virtio_blk virtio_net virtio_rng virtio_console virtio_scsi
+  # the balloon, for free page reporting: QEMU discards the pages the guest freed
+  # (docs/internals.md, "VM devices (QEMU)"); loaded by modalias like the other devices
+  virtio_balloon
   # the data disk's filesystem (built in in the cloud kernel, a module in the generic one);
   # crc32c is looked up by name (metadata checksums, libcrc32c), not a symbol dependency
   ext4 crc32c_generic

@@ -1202,6 +1202,8 @@ kernel/fs/overlayfs/overlay.ko:
             ("virtio", "virtio0", "virtio:d00000002v554D4551"),
             ("virtio", "virtio1", "virtio:d00000001v554D4551"),
             ("virtio", "virtio2", "virtio:d00000004v554D4551"),
+            // The free page reporting balloon.
+            ("virtio", "virtio3", "virtio:d00000005v554D4551"),
         ];
         let (device, late, kernel) = boot_image(
             &[
@@ -1221,6 +1223,7 @@ kernel/fs/overlayfs/overlay.ko:
             "virtio_blk",
             "virtio_net",
             "virtio_rng",
+            "virtio_balloon",
             "button",
             "9pnet_virtio",
         ] {
@@ -1282,6 +1285,7 @@ kernel/fs/overlayfs/overlay.ko:
             ("virtio", "virtio0", "virtio:d00000001v00001AF4"),
             ("virtio", "virtio1", "virtio:d00000002v00001AF4"),
             ("virtio", "virtio2", "virtio:d00000004v00001AF4"),
+            ("virtio", "virtio3", "virtio:d00000005v00001AF4"),
         ];
         let (device, late, kernel) = boot_image(
             &[
@@ -1307,7 +1311,7 @@ kernel/fs/overlayfs/overlay.ko:
                     "0000:00:1f.2",
                     "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01",
                 ),
-                // virtio-net, virtio-blk, virtio-rng (modern virtio PCI).
+                // virtio-net, virtio-blk, virtio-rng, virtio-balloon (modern virtio PCI).
                 (
                     "pci",
                     "0000:00:02.0",
@@ -1323,6 +1327,11 @@ kernel/fs/overlayfs/overlay.ko:
                     "0000:00:04.0",
                     "pci:v00001AF4d00001044sv00001AF4sd00001100bc00scFFi00",
                 ),
+                (
+                    "pci",
+                    "0000:00:05.0",
+                    "pci:v00001AF4d00001045sv00001AF4sd00001100bc05sc00i00",
+                ),
                 ("acpi", "LNXPWRBN:00", "acpi:LNXPWRBN:"),
                 ("acpi", "PNP0A08:00", "acpi:PNP0A08:PNP0A03:"),
             ],
@@ -1337,7 +1346,7 @@ kernel/fs/overlayfs/overlay.ko:
                 .position(|n| n == name)
                 .unwrap_or_else(|| panic!("{name} not loaded: {:?}", kernel.tried))
         };
-        for driver in ["virtio_blk", "virtio_net", "virtio_rng"] {
+        for driver in ["virtio_blk", "virtio_net", "virtio_rng", "virtio_balloon"] {
             assert!(position("virtio_pci") < position(driver), "{driver}");
         }
         assert!(position("ahci") < position("sd_mod"));
@@ -1409,7 +1418,13 @@ kernel/fs/overlayfs/overlay.ko:
                 kernel.tried
             );
         }
-        for module in ["virtio_blk", "virtio_rng", "virtio_mmio", "hv_vmbus"] {
+        for module in [
+            "virtio_blk",
+            "virtio_rng",
+            "virtio_balloon",
+            "virtio_mmio",
+            "hv_vmbus",
+        ] {
             assert!(!kernel.tried(module), "{module} loaded: {:?}", kernel.tried);
         }
     }

@@ -242,6 +242,30 @@ pub fn clock_port_args(family: MachineFamily, pipe: &Path) -> Vec<String> {
     .into()
 }
 
+/// The virtio balloon, for free page reporting only, on hosts whose QEMU can give memory back.
+///
+/// Guest RAM is QEMU's anonymous memory: a page the guest touched once stays resident in QEMU
+/// after the guest frees it (the initramfs the kernel unpacked and freed, its freed init
+/// memory, a container's exited processes). With `free-page-reporting=on` the guest's
+/// `virtio_balloon` driver reports free blocks (2 MiB, the pageblock order, by default) a few
+/// seconds after they are freed, and QEMU discards them (`MADV_DONTNEED`, or a hole punched in
+/// a memfd backing); the guest touching such a page again gets a zeroed one. The balloon
+/// itself is never inflated: rmachine sends no `balloon` command, so the guest keeps all its
+/// memory, and `deflate-on-oom` does not matter.
+///
+/// Windows QEMU has no `madvise` and reports an error for every block it cannot discard: no
+/// device there. On macOS `madvise(MADV_DONTNEED)` exists but frees the pages lazily (the
+/// effect is not measured).
+pub fn balloon_device(family: MachineFamily, host: HostOs) -> Option<String> {
+    match host {
+        HostOs::Windows => None,
+        HostOs::Linux | HostOs::MacOs => Some(format!(
+            "{},free-page-reporting=on",
+            family.virtio("balloon")
+        )),
+    }
+}
+
 /// The name of the guest's clock port (`rmachine_init::clock::PORT_NAME`).
 pub const CLOCK_PORT_NAME: &str = "org.rmachine.clock";
 
@@ -382,6 +406,11 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
         args.extend(clock_port_args(family, pipe));
     }
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    // The last device, so that every device before it keeps its place (its virtio-mmio slot
+    // on microvm, its PCI slot elsewhere) as it was before the balloon came.
+    if let Some(balloon) = balloon_device(family, l.host.os) {
+        push(&["-device", &balloon]);
+    }
     push(&["-serial", &format!("file:{}", path(l.console_log))]);
     push(&["-qmp", &l.qmp.qemu_arg()]);
     push(&["-pidfile", &path(l.pidfile)]);
@@ -529,6 +558,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
+             -device\nvirtio-balloon-pci,free-page-reporting=on\n\
              -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
@@ -567,6 +597,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-device,netdev=net0\n\
              -device\nvirtio-rng-device\n\
+             -device\nvirtio-balloon-device,free-page-reporting=on\n\
              -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",
@@ -593,13 +624,17 @@ mod tests {
         ]
     }
 
+    /// The arguments between the entropy source and the balloon (the last device).
     fn tail_after_rng(args: &[String]) -> Vec<String> {
         let rng = args
             .iter()
             .position(|a| a.starts_with("virtio-rng"))
             .expect("rng device");
-        let serial = args.iter().position(|a| a == "-serial").expect("-serial");
-        args[rng + 1..serial].to_vec()
+        let balloon = args
+            .iter()
+            .position(|a| a.starts_with("virtio-balloon"))
+            .expect("balloon device");
+        args[rng + 1..balloon - 1].to_vec()
     }
 
     #[test]
@@ -699,6 +734,32 @@ mod tests {
     }
 
     #[test]
+    fn the_balloon_comes_after_every_other_device() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let shares = shares();
+        let pipe = PathBuf::from("/m/dev/clock");
+        let mut l = launch(LINUX, Accel::Tcg, "microvm", &boot, &p);
+        l.shares = &shares[..1];
+        l.clock_pipe = Some(&pipe);
+        let expected = split(
+            "-fsdev\nlocal,id=rmshare0,path=/home/me,security_model=none\n\
+             -device\nvirtio-9p-device,fsdev=rmshare0,mount_tag=rmshare0\n\
+             -device\nvirtio-serial-device\n\
+             -chardev\npipe,id=rmclock,path=/m/dev/clock\n\
+             -device\nvirtserialport,chardev=rmclock,name=org.rmachine.clock\n\
+             -device\nvirtio-balloon-device,free-page-reporting=on\n\
+             -serial",
+        );
+        let args = vm_args(&l);
+        let rng = args
+            .iter()
+            .position(|a| a == "virtio-rng-device")
+            .expect("rng");
+        assert_eq!(args[rng + 1..rng + 1 + expected.len()], expected[..]);
+    }
+
+    #[test]
     fn user_machine_options_are_kept() {
         assert_eq!(machine_arg("microvm,pit=off"), "microvm,pit=off");
         assert_eq!(MachineFamily::of("microvm,pit=off"), MachineFamily::Microvm);
@@ -735,6 +796,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
+             -device\nvirtio-balloon-pci,free-page-reporting=on\n\
              -serial\nfile:/Users/me/m/dev/console.log\n\
              -qmp\nunix:/Users/me/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/Users/me/m/dev/qemu.pid\n-daemonize",
@@ -768,6 +830,7 @@ mod tests {
              -netdev\nuser,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:42376-:2376\n\
              -device\nvirtio-net-pci,netdev=net0,romfile=\n\
              -device\nvirtio-rng-pci\n\
+             -device\nvirtio-balloon-pci,free-page-reporting=on\n\
              -serial\nfile:/m/dev/console.log\n\
              -qmp\nunix:/m/dev/qmp.sock,server=on,wait=off\n\
              -pidfile\n/m/dev/qemu.pid\n-daemonize",

@@ -2622,6 +2622,55 @@ mod tests {
         assert!(!resume::exists(&dir));
     }
 
+    /// A state saved by an rmachine from before the free page reporting balloon (its command
+    /// line ends its devices with the entropy source) does not fit the device set QEMU now
+    /// gets: the resume is refused with the first difference and the machine boots afresh.
+    #[tokio::test]
+    async fn a_state_saved_without_the_balloon_is_discarded_naming_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+        std::fs::write(dir.file(DISK), "qcow2").expect("disk");
+        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
+        let version = "QEMU emulator version 7.2.0";
+        let driver = QemuDriver::with_runner(
+            tcg_options(),
+            Arc::new(RecordingRunner::new([(
+                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+                CommandOutput::success(format!("{version}\n")),
+            )])),
+        )
+        .for_host(LINUX);
+        let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
+        let mut before = driver.vm_argv(&dir, &spec, &state, None, &[], &qmp);
+        let balloon = before
+            .iter()
+            .position(|a| a.starts_with("virtio-balloon"))
+            .expect("the balloon is on the command line");
+        before.drain(balloon - 1..=balloon);
+        SavedVm {
+            qemu_version: version.into(),
+            qemu_binary: None,
+            argv: before,
+            tsc_khz: None,
+            boot_files: resume::boot_stamps(&spec).expect("stamps"),
+            state_len: 20,
+            state_sha256: None,
+            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
+        }
+        .save(&dir)
+        .expect("record");
+        match driver.resume(&dir, &spec).await.expect("resume") {
+            Resume::Discarded { reason } => assert!(
+                reason.contains("command line the machine runs changed")
+                    && reason.contains("→ `-device virtio-balloon-pci,free-page-reporting=on`"),
+                "{reason}"
+            ),
+            other => panic!("a state without the balloon was used: {other:?}"),
+        }
+        assert!(!resume::exists(&dir), "the unfit state is removed");
+        assert_eq!(driver.state(&dir).await.expect("state"), VmState::Stopped);
+    }
+
     #[tokio::test]
     async fn a_truncated_saved_state_is_removed_and_the_machine_boots_afresh() {
         let tmp = tempfile::tempdir().expect("temp dir");

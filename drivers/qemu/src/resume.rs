@@ -157,7 +157,9 @@ impl SavedVm {
 }
 
 /// The first place where `saved` and `now` differ, shown as "`-cpu max` → `-cpu max,-erms`"
-/// (a value with its option), so that a user sees what moved rather than only that something did.
+/// (a value with its option, an option with its value), so that a user sees what moved rather
+/// than only that something did: a device added after the others reads "`-serial file:…` →
+/// `-device virtio-balloon-pci,…`".
 fn first_difference(saved: &[String], now: &[String]) -> String {
     let at = saved.iter().zip(now).take_while(|(a, b)| a == b).count();
     let option = at
@@ -167,7 +169,10 @@ fn first_difference(saved: &[String], now: &[String]) -> String {
     let shown = |args: &[String]| match (option, args.get(at)) {
         (_, None) => "nothing".to_owned(),
         (Some(option), Some(arg)) if !arg.starts_with('-') => format!("`{option} {arg}`"),
-        (_, Some(arg)) => format!("`{arg}`"),
+        (_, Some(arg)) => match args.get(at + 1).filter(|value| !value.starts_with('-')) {
+            Some(value) => format!("`{arg} {value}`"),
+            None => format!("`{arg}`"),
+        },
     };
     format!("{} → {}", shown(saved), shown(now))
 }
@@ -449,6 +454,17 @@ mod tests {
         assert_eq!(
             first_difference(&args("-m 1024"), &args("-m 1024 -S")),
             "nothing → `-S`"
+        );
+        // A device added before the console: both options shown with their values.
+        assert_eq!(
+            first_difference(
+                &args("-device virtio-rng-pci -serial file:/m/console.log"),
+                &args(
+                    "-device virtio-rng-pci -device virtio-balloon-pci,free-page-reporting=on \
+                     -serial file:/m/console.log"
+                )
+            ),
+            "`-serial file:/m/console.log` → `-device virtio-balloon-pci,free-page-reporting=on`"
         );
     }
 
