@@ -8,9 +8,14 @@
 //! - hard links must name an existing non-directory inside the layer, found the same way;
 //! - files are created with `O_CREAT | O_EXCL | O_NOFOLLOW`.
 //!
-//! The layer root is a private temporary directory that only this process writes, so checking
+//! The layer root is a private temporary directory that only this extraction writes, so checking
 //! then creating is not racy. While extracting, the whole uncompressed stream is hashed (trailing
 //! padding included) so the caller can compare it with the diff id the image config promises.
+//!
+//! One thread reads the stream (decompressing, hashing, parsing, recording the tar-split) and
+//! makes every entry in stream order except small regular files, which it hands to a few
+//! writer threads ([`writers`]); it waits for them (a barrier) before any entry that could
+//! touch a file they have not finished, which keeps the checks above true for them too.
 //!
 //! AUFS-style whiteouts become overlayfs ones: `.wh.NAME` is a 0:0 character device `NAME`, and
 //! `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
@@ -226,7 +231,10 @@ fn extract_tuned(
     // Scoped: every writer is joined before this returns, whatever the outcome (the pool,
     // dropped on the way out or while unwinding, tells them to stop).
     std::thread::scope(|scope| {
-        let mut pool = Pool::start(scope, &shared, tuning);
+        let mut pool = Pool::start(scope, &shared, tuning).map_err(|source| ImageError::Io {
+            path: PathBuf::from(format!("{layer} writer threads")),
+            source,
+        })?;
         extract_entries(reader, root, layer, split, &mut pool, tuning)
     })
 }
@@ -1012,7 +1020,10 @@ mod tests {
         t.file_with("etc/motd", b"first\n", 0o600, 0, 0, 1_500_000_000);
         t.file_with("etc/motd", b"second, longer\n", 0o644, 0, 0, 1_600_000_000);
         extract_slowly(&t.finish(), &root).unwrap();
-        assert_eq!(fs::read(root.join("etc/motd")).unwrap(), b"second, longer\n");
+        assert_eq!(
+            fs::read(root.join("etc/motd")).unwrap(),
+            b"second, longer\n"
+        );
         let motd = fs::symlink_metadata(root.join("etc/motd")).unwrap();
         assert_eq!(motd.mode() & 0o7777, 0o644);
         assert_eq!(motd.mtime(), 1_600_000_000);
@@ -1112,11 +1123,7 @@ mod tests {
         }
         let bytes = t.finish();
         let left = bytes.len() / 2;
-        let reader = PanickingReader {
-            bytes,
-            at: 0,
-            left,
-        };
+        let reader = PanickingReader { bytes, at: 0, left };
         // Returning at all (no writer left waiting, none blocking the scope) is the point.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             extract_tuned(reader, &root, "test", None, &slow_writers())

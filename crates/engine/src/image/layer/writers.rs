@@ -172,19 +172,23 @@ impl<'a> Pool<'a> {
         scope: &'scope Scope<'scope, '_>,
         shared: &'a Shared,
         tuning: &Tuning,
-    ) -> Pool<'a>
+    ) -> io::Result<Pool<'a>>
     where
         'a: 'scope,
     {
-        for _ in 0..tuning.writers.max(1) {
-            let tuning = tuning.clone();
-            scope.spawn(move || writer(shared, &tuning));
-        }
-        Pool {
+        let pool = Pool {
             shared,
             budget: tuning.budget,
             pending: HashSet::new(),
+        };
+        for _ in 0..tuning.writers.max(1) {
+            let tuning = tuning.clone();
+            // On an error, dropping `pool` stops the writers already started.
+            std::thread::Builder::new()
+                .name("layer-writer".to_string())
+                .spawn_scoped(scope, move || writer(shared, &tuning))?;
         }
+        Ok(pool)
     }
 
     /// Whether `components` (an entry's path below the layer root), or a path above it, was
