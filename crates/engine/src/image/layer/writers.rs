@@ -42,7 +42,8 @@ use super::EntryMeta;
 #[derive(Debug, Clone)]
 pub(super) struct Tuning {
     /// Writer threads. The machines this runs on may have 2 cores, one of them busy with
-    /// decompressing; file creation waits on locks and the disk, so 2 writers still gain.
+    /// decompressing; file creation also waits (the directory's lock, the journal), and 3
+    /// writers beat 2 in `docs/benchmarks.md` (ninth session) even there.
     pub writers: usize,
     /// Bytes of file content (plus [`JOB_OVERHEAD`] per file) in flight at most.
     pub budget: u64,
@@ -57,7 +58,7 @@ pub(super) struct Tuning {
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
-            writers: 2,
+            writers: 3,
             budget: 32 << 20,
             pooled_up_to: 1 << 20,
             #[cfg(test)]
