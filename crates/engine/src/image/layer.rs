@@ -8,14 +8,20 @@
 //! - hard links must name an existing non-directory inside the layer, found the same way;
 //! - files are created with `O_CREAT | O_EXCL | O_NOFOLLOW`.
 //!
-//! The layer root is a private temporary directory that only this process writes, so checking
+//! The layer root is a private temporary directory that only this extraction writes, so checking
 //! then creating is not racy. While extracting, the whole uncompressed stream is hashed (trailing
 //! padding included) so the caller can compare it with the diff id the image config promises.
+//!
+//! One thread reads the stream (decompressing, hashing, parsing, recording the tar-split) and
+//! makes every entry in stream order except small regular files, which it hands to a few
+//! writer threads ([`writers`]); it waits for them (a barrier) before any entry that could
+//! touch a file they have not finished, which keeps the checks above true for them too.
 //!
 //! AUFS-style whiteouts become overlayfs ones: `.wh.NAME` is a 0:0 character device `NAME`, and
 //! `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -30,6 +36,9 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::ImageError;
+use writers::{FileJob, Pool, Tuning};
+
+mod writers;
 
 /// Prefix of AUFS whiteout file names.
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -205,7 +214,40 @@ pub fn extract_with_split(
     reader: impl Read,
     root: &Path,
     layer: &str,
+    split: Option<&mut dyn Write>,
+) -> Result<Extracted, ImageError> {
+    extract_tuned(reader, root, layer, split, &Tuning::default())
+}
+
+/// [`extract_with_split`] with the writer pool set up as `tuning` says.
+fn extract_tuned(
+    reader: impl Read,
+    root: &Path,
+    layer: &str,
+    split: Option<&mut dyn Write>,
+    tuning: &Tuning,
+) -> Result<Extracted, ImageError> {
+    let shared = writers::Shared::new();
+    // Scoped: every writer is joined before this returns, whatever the outcome (the pool,
+    // dropped on the way out or while unwinding, tells them to stop).
+    std::thread::scope(|scope| {
+        let mut pool = Pool::start(scope, &shared, tuning).map_err(|source| ImageError::Io {
+            path: PathBuf::from(format!("{layer} writer threads")),
+            source,
+        })?;
+        extract_entries(reader, root, layer, split, &mut pool, tuning)
+    })
+}
+
+/// The reading thread's side of the extraction: everything but the content of small regular
+/// files, which goes to `pool`, in stream order.
+fn extract_entries(
+    reader: impl Read,
+    root: &Path,
+    layer: &str,
     mut split: Option<&mut dyn Write>,
+    pool: &mut Pool<'_>,
+    tuning: &Tuning,
 ) -> Result<Extracted, ImageError> {
     let invalid = |reason: String| ImageError::InvalidLayer {
         layer: layer.to_string(),
@@ -230,6 +272,7 @@ pub fn extract_with_split(
     });
     let mut size = 0u64;
     let mut dirs: Vec<DirFixup> = Vec::new();
+    let mut known_dirs = KnownDirs::default();
     let entries = archive
         .entries()
         .map_err(|e| invalid(format!("reading tar: {e}")))?;
@@ -245,10 +288,20 @@ pub fn extract_with_split(
         };
         let meta =
             EntryMeta::read(&mut entry).map_err(|e| invalid(format!("{entry_name}: {e}")))?;
-        let parent =
-            ensure_parents(root, parents).map_err(|e| e.into_image_error(layer, &entry_name))?;
-
+        let kind = entry.header().entry_type();
         let name_str = name.to_string_lossy();
+        // The barrier (see `writers`): before anything that could touch a file a writer has
+        // not finished. Replacing an existing path waits too, in `make_room`.
+        if kind == EntryType::Link
+            || name_str.starts_with(WHITEOUT_PREFIX)
+            || pool.conflicts(&components)
+        {
+            pool.drain()?;
+        }
+        let parent = known_dirs
+            .ensure_parents(root, parents)
+            .map_err(|e| e.into_image_error(layer, &entry_name))?;
+
         if name_str == OPAQUE_MARKER {
             set_xattr(&parent, OVERLAY_OPAQUE_XATTR, b"y").map_err(io_err(&parent))?;
             continue;
@@ -258,7 +311,7 @@ pub fn extract_with_split(
                 return Err(invalid(format!("{entry_name}: invalid whiteout")));
             }
             let target = parent.join(hidden);
-            remove_existing(&target, true).map_err(io_err(&target))?;
+            make_room(&target, true, pool, &mut known_dirs)?;
             mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
                 .map_err(|e| io_err(&target)(io::Error::from(e)))?;
             lchown(&target, meta.uid, meta.gid).map_err(io_err(&target))?;
@@ -266,16 +319,12 @@ pub fn extract_with_split(
         }
 
         let target = parent.join(name);
-        let kind = entry.header().entry_type();
         match kind {
             EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if m.is_dir() => {}
-                    _ => {
-                        remove_existing(&target, false).map_err(io_err(&target))?;
-                        fs::create_dir(&target).map_err(io_err(&target))?;
-                    }
+                if make_room(&target, false, pool, &mut known_dirs)? == Room::Vacant {
+                    fs::create_dir(&target).map_err(io_err(&target))?;
                 }
+                known_dirs.insert(target.clone());
                 lchown(&target, meta.uid, meta.gid).map_err(io_err(&target))?;
                 apply_xattrs(&target, &meta.xattrs);
                 dirs.push(DirFixup {
@@ -285,16 +334,9 @@ pub fn extract_with_split(
                 });
             }
             EntryType::Regular | EntryType::Continuous => {
-                remove_existing(&target, true).map_err(io_err(&target))?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .map_err(io_err(&target))?;
+                make_room(&target, true, pool, &mut known_dirs)?;
+                let content_len = entry.size();
                 if let Some(split) = split.as_deref_mut() {
-                    let content_len = entry.size();
                     if content_len > 0 {
                         write_raw_record(split, &mut raw.borrow_mut()).map_err(split_err)?;
                         let name_len = u32::try_from(raw_path.len())
@@ -310,17 +352,35 @@ pub fn extract_with_split(
                         raw.borrow_mut().in_content = true;
                     }
                 }
-                let copied = io::copy(&mut entry, &mut file);
-                raw.borrow_mut().in_content = false;
-                size += copied.map_err(io_err(&target))?;
-                drop(file);
-                finish(&target, &meta, true).map_err(io_err(&target))?;
+                if content_len <= tuning.pooled_up_to {
+                    // Bounded by `pooled_up_to`, so a header's claim cannot make this huge.
+                    let mut content = Vec::with_capacity(content_len as usize);
+                    let read = entry.read_to_end(&mut content);
+                    raw.borrow_mut().in_content = false;
+                    read.map_err(io_err(&target))?;
+                    size += content.len() as u64;
+                    let relative = components.iter().collect();
+                    pool.submit(
+                        relative,
+                        FileJob {
+                            path: target,
+                            content,
+                            meta,
+                        },
+                    )?;
+                } else {
+                    let mut file = writers::create_new(&target).map_err(io_err(&target))?;
+                    let copied = io::copy(&mut entry, &mut file);
+                    raw.borrow_mut().in_content = false;
+                    size += copied.map_err(io_err(&target))?;
+                    writers::finish_file(&file, &target, &meta).map_err(io_err(&target))?;
+                }
             }
             EntryType::Symlink => {
                 let link = entry
                     .link_name_bytes()
                     .ok_or_else(|| invalid(format!("{entry_name}: symlink without a target")))?;
-                remove_existing(&target, true).map_err(io_err(&target))?;
+                make_room(&target, true, pool, &mut known_dirs)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
                     .map_err(io_err(&target))?;
                 size += link.len() as u64;
@@ -339,12 +399,12 @@ pub fn extract_with_split(
                 if source == target {
                     continue;
                 }
-                remove_existing(&target, true).map_err(io_err(&target))?;
+                make_room(&target, true, pool, &mut known_dirs)?;
                 // link(2) does not follow a symlink source, so this links the entry itself.
                 fs::hard_link(&source, &target).map_err(io_err(&target))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                remove_existing(&target, true).map_err(io_err(&target))?;
+                make_room(&target, true, pool, &mut known_dirs)?;
                 let (flag, dev) = match kind {
                     EntryType::Char => (SFlag::S_IFCHR, meta.device),
                     EntryType::Block => (SFlag::S_IFBLK, meta.device),
@@ -368,6 +428,9 @@ pub fn extract_with_split(
             }
         }
     }
+    // Every file written before directories get their final modes (a read-only one would stop
+    // a writer) and times (a file created in one would change it).
+    pool.drain()?;
 
     // Deepest first, so setting a parent's mtime is not undone by touching a child.
     dirs.sort_by(|a, b| {
@@ -391,6 +454,47 @@ pub fn extract_with_split(
     }
     let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
     Ok(Extracted { diff_id, size })
+}
+
+/// What is at an entry's target once [`make_room`] is done.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    /// Nothing: the entry creates it.
+    Vacant,
+    /// A directory, kept for a directory entry.
+    Directory,
+}
+
+/// Clears `target` for a new entry: removes what is there (never following a symlink), but
+/// keeps a directory unless `dirs_too`. Anything removed waits for the writers to drain
+/// first: a directory might hold a file still being written, and what replaces it (a
+/// symlink) must never redirect that writer.
+fn make_room(
+    target: &Path,
+    dirs_too: bool,
+    pool: &mut Pool<'_>,
+    known_dirs: &mut KnownDirs,
+) -> Result<Room, ImageError> {
+    let io_err = |source| ImageError::Io {
+        path: target.to_path_buf(),
+        source,
+    };
+    let existing = match fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Room::Vacant),
+        Err(e) => return Err(io_err(e)),
+    };
+    if existing.is_dir() && !dirs_too {
+        return Ok(Room::Directory);
+    }
+    pool.drain()?;
+    if existing.is_dir() {
+        known_dirs.forget();
+        fs::remove_dir_all(target).map_err(io_err)?;
+    } else {
+        fs::remove_file(target).map_err(io_err)?;
+    }
+    Ok(Room::Vacant)
 }
 
 /// The metadata of one entry, with PAX overrides applied.
@@ -493,24 +597,44 @@ impl ParentError {
     }
 }
 
-/// Walks `parents` below `root`, creating missing directories and refusing anything that is
-/// not a real directory (notably symlinks). Returns the innermost directory.
-fn ensure_parents(root: &Path, parents: &[&OsStr]) -> Result<PathBuf, ParentError> {
-    let mut current = root.to_path_buf();
-    for part in parents {
-        current.push(part);
-        match fs::symlink_metadata(&current) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(ParentError::NotADirectory(current)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&current).map_err(|e| ParentError::Io(current.clone(), e))?;
-                fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
-                    .map_err(|e| ParentError::Io(current.clone(), e))?;
-            }
-            Err(e) => return Err(ParentError::Io(current, e)),
-        }
+/// Directories below the layer root this extraction has checked (or made) real directories:
+/// a file's parents are checked once, not once per file. Only this extraction changes the
+/// tree, and it forgets them all whenever it removes a directory.
+#[derive(Default)]
+struct KnownDirs(HashSet<PathBuf>);
+
+impl KnownDirs {
+    fn insert(&mut self, dir: PathBuf) {
+        self.0.insert(dir);
     }
-    Ok(current)
+
+    fn forget(&mut self) {
+        self.0.clear();
+    }
+
+    /// Walks `parents` below `root`, creating missing directories and refusing anything that
+    /// is not a real directory (notably symlinks). Returns the innermost directory.
+    fn ensure_parents(&mut self, root: &Path, parents: &[&OsStr]) -> Result<PathBuf, ParentError> {
+        let mut current = root.to_path_buf();
+        for part in parents {
+            current.push(part);
+            if self.0.contains(&current) {
+                continue;
+            }
+            match fs::symlink_metadata(&current) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(ParentError::NotADirectory(current)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&current).map_err(|e| ParentError::Io(current.clone(), e))?;
+                    fs::set_permissions(&current, fs::Permissions::from_mode(0o755))
+                        .map_err(|e| ParentError::Io(current.clone(), e))?;
+                }
+                Err(e) => return Err(ParentError::Io(current, e)),
+            }
+            self.0.insert(current.clone());
+        }
+        Ok(current)
+    }
 }
 
 /// Finds the existing non-directory a hard link names, without following any symlink on the way.
@@ -533,22 +657,6 @@ fn resolve_existing(root: &Path, raw: &[u8]) -> Result<PathBuf, String> {
         Ok(m) if m.is_dir() => Err("target is a directory".to_string()),
         Ok(_) => Ok(current),
         Err(_) => Err("target does not exist in the layer".to_string()),
-    }
-}
-
-/// Removes what is at `path` (never following a symlink); directories only when `dirs_too`.
-fn remove_existing(path: &Path, dirs_too: bool) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            if dirs_too {
-                fs::remove_dir_all(path)
-            } else {
-                Ok(())
-            }
-        }
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
@@ -643,6 +751,7 @@ mod tests {
     use super::*;
     use crate::image::testutil::{TarBuilder, TempDir};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::panic::AssertUnwindSafe;
 
     /// A sandbox with the layer root inside it and a sibling "outside" the attack aims at.
     fn sandbox() -> (TempDir, PathBuf, PathBuf) {
@@ -825,6 +934,259 @@ mod tests {
             );
         }
         assert!(decompress(&b"plain tar bytes"[..], "blob").is_ok());
+    }
+
+    /// Writers that dawdle: every file stays pending while the reading thread goes on, so an
+    /// entry that should wait for them and does not shows.
+    fn slow_writers() -> Tuning {
+        Tuning {
+            hooks: writers::TestHooks {
+                delay: std::time::Duration::from_millis(30),
+                ..writers::TestHooks::default()
+            },
+            ..Tuning::default()
+        }
+    }
+
+    fn extract_slowly(bytes: &[u8], root: &Path) -> Result<Extracted, ImageError> {
+        extract_tuned(bytes, root, "test", None, &slow_writers())
+    }
+
+    #[test]
+    fn a_symlink_replacing_a_directory_waits_for_the_files_being_written_into_it() {
+        let (_tmp, root, outside) = sandbox();
+        let mut t = TarBuilder::new();
+        t.dir("d", 0o755);
+        t.file("d/f", b"inside");
+        t.file("d/passwd", b"pwned");
+        // Were the directory removed before the writers are done, they would open d/f and
+        // d/passwd through this symlink.
+        t.symlink("d", outside.to_str().unwrap());
+        extract_slowly(&t.finish(), &root).unwrap();
+        assert!(fs::symlink_metadata(root.join("d"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_outside_untouched(&outside);
+    }
+
+    #[test]
+    fn a_directory_replacing_a_file_being_written_waits_for_it() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.file("x", b"file first");
+        t.dir("x", 0o750);
+        t.file("x/y", b"then a file in the directory");
+        extract_slowly(&t.finish(), &root).unwrap();
+        let x = fs::symlink_metadata(root.join("x")).unwrap();
+        assert!(x.is_dir());
+        assert_eq!(x.mode() & 0o7777, 0o750);
+        assert_eq!(
+            fs::read(root.join("x/y")).unwrap(),
+            b"then a file in the directory"
+        );
+    }
+
+    #[test]
+    fn an_entry_below_a_file_being_written_is_refused_as_without_writers() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.file("x", b"a file");
+        t.file("x/y", b"cannot be below a file");
+        let err = extract_slowly(&t.finish(), &root).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert_eq!(fs::read(root.join("x")).unwrap(), b"a file");
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_written_just_before_links_the_finished_file() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.file_with("bin/tool", b"#!/bin/sh\n", 0o755, 1000, 1000, 1_600_000_000);
+        t.hardlink("bin/alias", "bin/tool");
+        extract_slowly(&t.finish(), &root).unwrap();
+        let tool = fs::symlink_metadata(root.join("bin/tool")).unwrap();
+        let alias = fs::symlink_metadata(root.join("bin/alias")).unwrap();
+        assert_eq!(alias.ino(), tool.ino());
+        assert_eq!(fs::read(root.join("bin/alias")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(alias.mode() & 0o7777, 0o755);
+        assert_eq!(alias.mtime(), 1_600_000_000);
+    }
+
+    #[test]
+    fn the_same_file_twice_in_a_layer_ends_as_the_second() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.file_with("etc/motd", b"first\n", 0o600, 0, 0, 1_500_000_000);
+        t.file_with("etc/motd", b"second, longer\n", 0o644, 0, 0, 1_600_000_000);
+        extract_slowly(&t.finish(), &root).unwrap();
+        assert_eq!(
+            fs::read(root.join("etc/motd")).unwrap(),
+            b"second, longer\n"
+        );
+        let motd = fs::symlink_metadata(root.join("etc/motd")).unwrap();
+        assert_eq!(motd.mode() & 0o7777, 0o644);
+        assert_eq!(motd.mtime(), 1_600_000_000);
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_markers_wait_for_the_files_they_hide() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.file("etc/motd", b"hidden");
+        t.file("etc/.wh.motd", b"");
+        t.file("var/cache/a", b"a");
+        t.file("var/cache/.wh..wh..opq", b"");
+        extract_slowly(&t.finish(), &root).unwrap();
+        let motd = fs::symlink_metadata(root.join("etc/motd")).unwrap();
+        assert!(motd.file_type().is_char_device());
+        assert_eq!(
+            get_xattr(&root.join("var/cache"), OVERLAY_OPAQUE_XATTR).as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(fs::read(root.join("var/cache/a")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_writers_failure_names_the_file_and_fails_the_extraction() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        for i in 0..50 {
+            t.file(&format!("lib/before{i}"), b"x");
+        }
+        t.file("lib/broken", b"cannot be written");
+        for i in 0..50 {
+            t.file(&format!("lib/after{i}"), b"x");
+        }
+        let tuning = Tuning {
+            hooks: writers::TestHooks {
+                fail_on: Some("broken"),
+                ..writers::TestHooks::default()
+            },
+            ..Tuning::default()
+        };
+        let err = extract_tuned(&t.finish()[..], &root, "test", None, &tuning).unwrap_err();
+        match err {
+            ImageError::Io { path, source } => {
+                assert_eq!(path, root.join("lib/broken"));
+                assert!(source.to_string().contains("injected failure"), "{source}");
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_writer_that_panics_fails_the_extraction_with_the_files_path() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.file("a", b"a");
+        t.file("boom", b"b");
+        t.file("c", b"c");
+        let tuning = Tuning {
+            hooks: writers::TestHooks {
+                panic_on: Some("boom"),
+                ..writers::TestHooks::default()
+            },
+            ..Tuning::default()
+        };
+        let err = extract_tuned(&t.finish()[..], &root, "test", None, &tuning).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::Io { path, .. } if *path == root.join("boom")),
+            "{err}"
+        );
+    }
+
+    /// A stream that panics after `left` bytes, as a decompressor with a bug might.
+    struct PanickingReader {
+        bytes: Vec<u8>,
+        at: usize,
+        left: usize,
+    }
+
+    impl Read for PanickingReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert!(self.left > 0, "reader panics mid-stream");
+            let n = buf.len().min(self.left).min(self.bytes.len() - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_panic_on_the_reading_thread_stops_the_writers_and_propagates() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        for i in 0..200 {
+            t.file(&format!("f{i}"), &[b'x'; 700]);
+        }
+        let bytes = t.finish();
+        let left = bytes.len() / 2;
+        let reader = PanickingReader { bytes, at: 0, left };
+        // Returning at all (no writer left waiting, none blocking the scope) is the point.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            extract_tuned(reader, &root, "test", None, &slow_writers())
+        }));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn any_budget_and_threshold_give_the_same_tree_diff_id_and_tar_split() {
+        let mut t = TarBuilder::new();
+        t.dir("usr", 0o755);
+        for i in 0..40u32 {
+            let len = (i as usize * 997) % 5000;
+            let data: Vec<u8> = (0..len).map(|b| (b as u32 * 31 + i) as u8).collect();
+            t.file_with(
+                &format!("usr/lib/f{i}"),
+                &data,
+                0o640 + (i % 8),
+                i.into(),
+                0,
+                1_600_000_000 + u64::from(i),
+            );
+        }
+        t.symlink("usr/lib/link", "f1");
+        t.hardlink("usr/lib/hard", "usr/lib/f2");
+        let bytes = t.finish();
+        let expected_id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let tunings = [
+            Tuning::default(),
+            // Every file written by the reading thread.
+            Tuning {
+                pooled_up_to: 0,
+                ..Tuning::default()
+            },
+            // A budget smaller than most files: one at a time.
+            Tuning {
+                writers: 3,
+                budget: 100,
+                ..Tuning::default()
+            },
+            Tuning {
+                writers: 1,
+                pooled_up_to: 2000,
+                ..slow_writers()
+            },
+        ];
+        for tuning in tunings {
+            let (_tmp, root, _) = sandbox();
+            let mut split = Vec::new();
+            let out = extract_tuned(&bytes[..], &root, "test", Some(&mut split), &tuning).unwrap();
+            assert_eq!(out.diff_id, expected_id, "{tuning:?}");
+            let mut rebuilt = Vec::new();
+            reassemble(&split[..], &root, &mut rebuilt).unwrap();
+            assert!(rebuilt == bytes, "{tuning:?}: the tar does not rebuild");
+            for i in 0..40u32 {
+                let m = fs::symlink_metadata(root.join(format!("usr/lib/f{i}"))).unwrap();
+                assert_eq!(m.mode() & 0o7777, 0o640 + (i % 8), "{tuning:?}");
+                assert_eq!(m.mtime(), 1_600_000_000 + i64::from(i), "{tuning:?}");
+                if nix::unistd::geteuid().is_root() {
+                    assert_eq!(m.uid(), i, "{tuning:?}");
+                }
+            }
+        }
     }
 
     #[test]
