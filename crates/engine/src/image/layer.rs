@@ -25,13 +25,15 @@ use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use nix::sys::time::TimeVal;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, futimens, makedev, mknod, Mode, SFlag};
+use nix::sys::time::{TimeSpec, TimeVal};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
@@ -174,12 +176,11 @@ pub fn reassemble(split: impl Read, root: &Path, mut out: impl Write) -> Result<
                 split.read_exact(&mut size).map_err(io_err(root))?;
                 let size = u64::from_le_bytes(size);
                 let parts = split_path(&name).map_err(|r| split_err(&r))?;
-                let path: PathBuf = std::iter::once(root.as_os_str()).chain(parts).collect();
-                let file = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
+                let relative: PathBuf = parts.iter().collect();
+                let path = root.join(&relative);
+                let file = fs::File::from(
+                    open_beneath(root, &relative, OFlag::O_RDONLY).map_err(io_err(&path))?,
+                );
                 let copied = io::copy(&mut file.take(size), &mut out).map_err(io_err(&path))?;
                 if copied != size {
                     return Err(split_err("a file shrank since extraction"));
@@ -188,6 +189,21 @@ pub fn reassemble(split: impl Read, root: &Path, mut out: impl Write) -> Result<
             _ => return Err(split_err("unknown record")),
         }
     }
+}
+
+/// Opens `relative` below `root` without following a symlink anywhere on the way, the last
+/// component included (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a path whose
+/// directory a later entry replaced by a symlink fails instead of leading outside the root.
+fn open_beneath(root: &Path, relative: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    Ok(openat2(&root_fd, relative, how)?)
 }
 
 /// Metadata applied to a directory once all its children exist: a read-only mode or a
@@ -311,7 +327,7 @@ fn extract_entries(
                 return Err(invalid(format!("{entry_name}: invalid whiteout")));
             }
             let target = parent.join(hidden);
-            make_room(&target, true, pool, &mut known_dirs)?;
+            make_room(&target, true, pool, &mut known_dirs, &mut dirs)?;
             mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
                 .map_err(|e| io_err(&target)(io::Error::from(e)))?;
             lchown(&target, meta.uid, meta.gid).map_err(io_err(&target))?;
@@ -321,7 +337,7 @@ fn extract_entries(
         let target = parent.join(name);
         match kind {
             EntryType::Directory => {
-                if make_room(&target, false, pool, &mut known_dirs)? == Room::Vacant {
+                if make_room(&target, false, pool, &mut known_dirs, &mut dirs)? == Room::Vacant {
                     fs::create_dir(&target).map_err(io_err(&target))?;
                 }
                 known_dirs.insert(target.clone());
@@ -334,7 +350,7 @@ fn extract_entries(
                 });
             }
             EntryType::Regular | EntryType::Continuous => {
-                make_room(&target, true, pool, &mut known_dirs)?;
+                make_room(&target, true, pool, &mut known_dirs, &mut dirs)?;
                 let content_len = entry.size();
                 if let Some(split) = split.as_deref_mut() {
                     if content_len > 0 {
@@ -380,7 +396,7 @@ fn extract_entries(
                 let link = entry
                     .link_name_bytes()
                     .ok_or_else(|| invalid(format!("{entry_name}: symlink without a target")))?;
-                make_room(&target, true, pool, &mut known_dirs)?;
+                make_room(&target, true, pool, &mut known_dirs, &mut dirs)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
                     .map_err(io_err(&target))?;
                 size += link.len() as u64;
@@ -399,12 +415,12 @@ fn extract_entries(
                 if source == target {
                     continue;
                 }
-                make_room(&target, true, pool, &mut known_dirs)?;
+                make_room(&target, true, pool, &mut known_dirs, &mut dirs)?;
                 // link(2) does not follow a symlink source, so this links the entry itself.
                 fs::hard_link(&source, &target).map_err(io_err(&target))?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                make_room(&target, true, pool, &mut known_dirs)?;
+                make_room(&target, true, pool, &mut known_dirs, &mut dirs)?;
                 let (flag, dev) = match kind {
                     EntryType::Char => (SFlag::S_IFCHR, meta.device),
                     EntryType::Block => (SFlag::S_IFBLK, meta.device),
@@ -440,9 +456,16 @@ fn extract_entries(
             .cmp(&a.path.components().count())
     });
     for dir in &dirs {
-        fs::set_permissions(&dir.path, fs::Permissions::from_mode(dir.mode & 0o7777))
+        let relative = dir.path.strip_prefix(root).unwrap_or(&dir.path);
+        let fd = open_beneath(root, relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
             .map_err(io_err(&dir.path))?;
-        set_mtime(&dir.path, dir.mtime).map_err(io_err(&dir.path))?;
+        fchmod(
+            &fd,
+            Mode::from_bits_truncate((dir.mode & 0o7777) as libc::mode_t),
+        )
+        .map_err(|e| io_err(&dir.path)(io::Error::from(e)))?;
+        let time = TimeSpec::new(dir.mtime, 0);
+        futimens(&fd, &time, &time).map_err(|e| io_err(&dir.path)(io::Error::from(e)))?;
     }
 
     let mut hashing = archive.into_inner();
@@ -474,6 +497,7 @@ fn make_room(
     dirs_too: bool,
     pool: &mut Pool<'_>,
     known_dirs: &mut KnownDirs,
+    dirs: &mut Vec<DirFixup>,
 ) -> Result<Room, ImageError> {
     let io_err = |source| ImageError::Io {
         path: target.to_path_buf(),
@@ -490,6 +514,9 @@ fn make_room(
     pool.drain()?;
     if existing.is_dir() {
         known_dirs.forget();
+        // The removed directories' modes and times are not applied at the end: whatever takes
+        // the path now (a file, or a symlink leading out of the root) must not get them.
+        dirs.retain(|dir| !dir.path.starts_with(target));
         fs::remove_dir_all(target).map_err(io_err)?;
     } else {
         fs::remove_file(target).map_err(io_err)?;
@@ -605,6 +632,10 @@ struct KnownDirs(HashSet<PathBuf>);
 
 impl KnownDirs {
     fn insert(&mut self, dir: PathBuf) {
+        // Only a cache: past this size it starts again rather than grow with the layer.
+        if self.0.len() >= 65_536 {
+            self.0.clear();
+        }
         self.0.insert(dir);
     }
 
@@ -631,7 +662,7 @@ impl KnownDirs {
                 }
                 Err(e) => return Err(ParentError::Io(current, e)),
             }
-            self.0.insert(current.clone());
+            self.insert(current.clone());
         }
         Ok(current)
     }
@@ -772,6 +803,69 @@ mod tests {
         names.sort();
         assert_eq!(names, vec![OsStr::new("passwd").to_os_string()]);
         assert_eq!(fs::read(outside.join("passwd")).unwrap(), b"secret\n");
+    }
+
+    /// The mode and mtime of `outside/passwd`, which no layer may change.
+    fn outside_mode_and_mtime(outside: &Path) -> (u32, i64) {
+        let m = fs::symlink_metadata(outside.join("passwd")).unwrap();
+        (m.mode() & 0o7777, m.mtime())
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_does_not_pass_its_mode_outside() {
+        let (_tmp, root, outside) = sandbox();
+        fs::set_permissions(outside.join("passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+        let before = outside_mode_and_mtime(&outside);
+        let mut t = TarBuilder::new();
+        t.dir("d", 0o6777);
+        t.symlink("d", outside.join("passwd").to_str().unwrap());
+        extract(&t.finish()[..], &root, "test").unwrap();
+        assert_eq!(outside_mode_and_mtime(&outside), before);
+        assert_outside_untouched(&outside);
+    }
+
+    #[test]
+    fn a_parent_replaced_by_a_symlink_does_not_pass_a_childs_mode_outside() {
+        let (_tmp, root, outside) = sandbox();
+        fs::set_permissions(outside.join("passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+        let before = outside_mode_and_mtime(&outside);
+        let mut t = TarBuilder::new();
+        t.dir("a", 0o755);
+        t.dir("a/passwd", 0o777);
+        t.symlink("a", outside.to_str().unwrap());
+        extract(&t.finish()[..], &root, "test").unwrap();
+        assert_eq!(outside_mode_and_mtime(&outside), before);
+        assert_outside_untouched(&outside);
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_file_leaves_the_file_its_own_mode() {
+        let (_tmp, root, _) = sandbox();
+        let mut t = TarBuilder::new();
+        t.dir("x", 0o777);
+        t.file("x", b"plain");
+        extract(&t.finish()[..], &root, "test").unwrap();
+        let m = fs::symlink_metadata(root.join("x")).unwrap();
+        assert!(m.is_file());
+        assert_eq!(m.mode() & 0o7777, 0o644);
+    }
+
+    #[test]
+    fn reassembling_never_reads_through_a_directory_replaced_by_a_symlink() {
+        let (_tmp, root, outside) = sandbox();
+        let mut t = TarBuilder::new();
+        t.dir("d", 0o755);
+        t.file("d/passwd", b"inside\n");
+        t.symlink("d", outside.to_str().unwrap());
+        let mut split = Vec::new();
+        extract_with_split(&t.finish()[..], &root, "test", Some(&mut split)).unwrap();
+        let mut rebuilt = Vec::new();
+        let result = reassemble(&split[..], &root, &mut rebuilt);
+        assert!(result.is_err(), "reassembled through the symlink");
+        assert!(
+            !rebuilt.windows(7).any(|w| w == b"secret\n"),
+            "the outside file's content reached the tar"
+        );
     }
 
     #[test]

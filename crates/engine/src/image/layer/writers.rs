@@ -158,6 +158,9 @@ impl Shared {
     }
 }
 
+/// How many handed-over paths the pool remembers before it drains anyway.
+const MAX_PENDING_PATHS: usize = 65_536;
+
 /// The reading thread's handle on the writers. Dropping it (at the end, on an error or while
 /// unwinding from a panic) stops them; the enclosing `thread::scope` then joins them.
 pub(super) struct Pool<'a> {
@@ -208,6 +211,11 @@ impl<'a> Pool<'a> {
     /// Hands a file to the writers once the budget has room for it; `relative` is its path
     /// below the layer root. Fails with a writer's earlier failure, if any.
     pub(super) fn submit(&mut self, relative: PathBuf, job: FileJob) -> Result<(), ImageError> {
+        // The paths are memory the byte budget does not count: a layer of millions of empty
+        // files would otherwise keep every name until the end.
+        if self.pending.len() >= MAX_PENDING_PATHS {
+            self.drain()?;
+        }
         let cost = job.cost();
         let mut state = self.shared.lock();
         loop {
