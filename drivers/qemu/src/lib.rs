@@ -2479,7 +2479,7 @@ mod tests {
     fn write_saved_state(dir: &MachineDir, len: usize, recorded_len: u64) {
         std::fs::write(dir.file(resume::STATE), vec![0u8; len]).expect("state");
         SavedVm {
-            qemu_version: "QEMU emulator version 7.2.0".into(),
+            qemu_version: QEMU_7_2.into(),
             qemu_binary: None,
             argv: Vec::new(),
             tsc_khz: None,
@@ -2496,34 +2496,47 @@ mod tests {
         .expect("record");
     }
 
+    const QEMU_7_2: &str = "QEMU emulator version 7.2.0";
+
+    /// The canned answer to `qemu-system-x86_64 --version`: QEMU 7.2.0.
+    fn qemu_7_2_version() -> (Vec<String>, CommandOutput) {
+        (
+            vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
+            CommandOutput::success(format!("{QEMU_7_2}\n")),
+        )
+    }
+
+    /// Records a saved state of 20 bytes that QEMU 7.2.0 made running `argv`, with the
+    /// machine's boot files and data disk as they are now (it fits, unless `argv` differs).
+    fn record_fitting_state(dir: &MachineDir, spec: &VmSpec, argv: Vec<String>) {
+        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
+        SavedVm {
+            qemu_version: QEMU_7_2.into(),
+            qemu_binary: None,
+            argv,
+            tsc_khz: None,
+            boot_files: resume::boot_stamps(spec).expect("stamps"),
+            state_len: 20,
+            state_sha256: None,
+            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
+        }
+        .save(dir)
+        .expect("record");
+    }
+
     #[tokio::test]
     async fn a_state_that_fits_is_kept_when_qemu_cannot_start_on_it() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
         std::fs::write(dir.file(DISK), "qcow2").expect("disk");
-        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
-        let version = "QEMU emulator version 7.2.0";
         let driver = QemuDriver::with_runner(
             tcg_options(),
-            Arc::new(RecordingRunner::new([(
-                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
-                CommandOutput::success(format!("{version}\n")),
-            )])),
+            Arc::new(RecordingRunner::new([qemu_7_2_version()])),
         )
         .for_host(LINUX);
         let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
-        SavedVm {
-            qemu_version: version.into(),
-            qemu_binary: None,
-            argv: driver.vm_argv(&dir, &spec, &state, None, &[], &qmp),
-            tsc_khz: None,
-            boot_files: resume::boot_stamps(&spec).expect("stamps"),
-            state_len: 20,
-            state_sha256: None,
-            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
-        }
-        .save(&dir)
-        .expect("record");
+        let argv = driver.vm_argv(&dir, &spec, &state, None, &[], &qmp);
+        record_fitting_state(&dir, &spec, argv);
         // QEMU does not start (nothing canned for it): not the state's fault.
         let err = driver.resume(&dir, &spec).await.expect_err("no QEMU");
         assert!(err.to_string().contains("recording runner"), "{err}");
@@ -2536,11 +2549,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
         std::fs::write(dir.file(DISK), "qcow2").expect("disk");
-        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
         // The spent name is taken by a directory: the rename after the load fails.
         std::fs::create_dir(dir.file(resume::STATE_SPENT)).expect("dir");
         std::fs::write(dir.file(resume::STATE_SPENT).join("x"), "x").expect("file");
-        let version = "QEMU emulator version 7.2.0";
         let probe = QemuDriver::with_runner(tcg_options(), Arc::new(RecordingRunner::default()))
             .for_host(LINUX);
         let qmp = probe.launch_qmp(&dir, &state).expect("qmp");
@@ -2555,10 +2566,7 @@ mod tests {
         restore.extend(resume::incoming_args());
         let runner = Arc::new(FakeQemuRunner {
             recording: RecordingRunner::new([
-                (
-                    vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
-                    CommandOutput::success(format!("{version}\n")),
-                ),
+                qemu_7_2_version(),
                 (restore, CommandOutput::success("")),
             ]),
             dir: dir.clone(),
@@ -2566,18 +2574,7 @@ mod tests {
             status: "paused",
         });
         let driver = QemuDriver::with_runner(tcg_options(), runner.clone()).for_host(LINUX);
-        SavedVm {
-            qemu_version: version.into(),
-            qemu_binary: None,
-            argv,
-            tsc_khz: None,
-            boot_files: resume::boot_stamps(&spec).expect("stamps"),
-            state_len: 20,
-            state_sha256: None,
-            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
-        }
-        .save(&dir)
-        .expect("record");
+        record_fitting_state(&dir, &spec, argv);
         let err = driver.resume(&dir, &spec).await.expect_err("rename fails");
         assert!(err.to_string().contains("vmstate.bin"), "{err}");
         // The last stand-in is the restore's (`--version` started one too).
@@ -2604,10 +2601,7 @@ mod tests {
         write_saved_state(&dir, 20, 20);
         let driver = QemuDriver::with_runner(
             tcg_options(),
-            Arc::new(RecordingRunner::new([(
-                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
-                CommandOutput::success("QEMU emulator version 7.2.0\n"),
-            )])),
+            Arc::new(RecordingRunner::new([qemu_7_2_version()])),
         )
         .for_host(LINUX);
         match driver.resume(&dir, &spec).await.expect("resume") {
@@ -2630,14 +2624,9 @@ mod tests {
         let tmp = tempfile::tempdir().expect("temp dir");
         let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
         std::fs::write(dir.file(DISK), "qcow2").expect("disk");
-        std::fs::write(dir.file(resume::STATE), vec![0u8; 20]).expect("state");
-        let version = "QEMU emulator version 7.2.0";
         let driver = QemuDriver::with_runner(
             tcg_options(),
-            Arc::new(RecordingRunner::new([(
-                vec!["qemu-system-x86_64".to_owned(), "--version".to_owned()],
-                CommandOutput::success(format!("{version}\n")),
-            )])),
+            Arc::new(RecordingRunner::new([qemu_7_2_version()])),
         )
         .for_host(LINUX);
         let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
@@ -2647,18 +2636,7 @@ mod tests {
             .position(|a| a.starts_with("virtio-balloon"))
             .expect("the balloon is on the command line");
         before.drain(balloon - 1..=balloon);
-        SavedVm {
-            qemu_version: version.into(),
-            qemu_binary: None,
-            argv: before,
-            tsc_khz: None,
-            boot_files: resume::boot_stamps(&spec).expect("stamps"),
-            state_len: 20,
-            state_sha256: None,
-            data_disk: resume::FileStamp::of(&dir.file(DISK)).expect("stamp"),
-        }
-        .save(&dir)
-        .expect("record");
+        record_fitting_state(&dir, &spec, before);
         match driver.resume(&dir, &spec).await.expect("resume") {
             Resume::Discarded { reason } => assert!(
                 reason.contains("command line the machine runs changed")

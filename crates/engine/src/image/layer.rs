@@ -22,7 +22,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
@@ -730,51 +730,15 @@ fn apply_xattrs(path: &Path, xattrs: &[(String, Vec<u8>)]) {
     }
 }
 
+/// Sets an xattr on `path` itself, never on what a symlink there names (`lsetxattr`).
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let c_name = CString::new(name).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "xattr name contains a NUL byte",
-        )
-    })?;
-    // SAFETY: both strings are valid NUL-terminated C strings that outlive the call, and
-    // `value` is a live slice whose pointer and length are passed together.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    xattr::set(path, name, value)
 }
 
 /// Reads an xattr without following symlinks; `None` when it is absent.
 #[cfg(test)]
 pub(crate) fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let c_name = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings; `buf` is writable for `buf.len()` bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    let n = usize::try_from(n).ok()?;
-    buf.truncate(n);
-    Some(buf)
+    xattr::get(path, name).ok().flatten()
 }
 
 #[cfg(test)]
@@ -866,6 +830,38 @@ mod tests {
             !rebuilt.windows(7).any(|w| w == b"secret\n"),
             "the outside file's content reached the tar"
         );
+    }
+
+    #[test]
+    fn extended_attributes_reach_directories_and_the_writers_files() {
+        let (_tmp, root, _) = sandbox();
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, mode) in [
+            ("d", EntryType::Directory, 0o755),
+            ("d/f", EntryType::Regular, 0o644),
+        ] {
+            builder
+                .append_pax_extensions([("SCHILY.xattr.user.color", &b"blue"[..])])
+                .unwrap();
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(kind);
+            header.set_mode(mode);
+            header.set_size(0);
+            header.set_mtime(1_600_000_000);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_cksum();
+            builder.append_data(&mut header, path, io::empty()).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap();
+        extract(&bytes[..], &root, "test").unwrap();
+        for path in ["d", "d/f"] {
+            assert_eq!(
+                get_xattr(&root.join(path), "user.color").as_deref(),
+                Some(&b"blue"[..]),
+                "{path}"
+            );
+        }
     }
 
     #[test]

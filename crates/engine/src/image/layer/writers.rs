@@ -22,11 +22,9 @@
 //! whether it ends in success, an error or a panic.
 
 use std::collections::{HashSet, VecDeque};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -386,35 +384,10 @@ pub(super) fn finish_file(file: &File, path: &Path, meta: &EntryMeta) -> io::Res
         if name.starts_with("trusted.overlay.") {
             continue;
         }
-        if let Err(e) = set_fd_xattr(file, name, value) {
+        if let Err(e) = xattr::FileExt::set_xattr(file, name, value) {
             tracing::warn!(path = %path.display(), xattr = %name, error = %e, "cannot set xattr, skipped");
         }
     }
     let time = TimeSpec::new(meta.mtime, 0);
     nix::sys::stat::futimens(file, &time, &time).map_err(io::Error::from)
-}
-
-fn set_fd_xattr(file: &File, name: &str, value: &[u8]) -> io::Result<()> {
-    let c_name = CString::new(OsStr::new(name).as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "xattr name contains a NUL byte",
-        )
-    })?;
-    // SAFETY: the descriptor is open for the duration of the call, `c_name` is a valid
-    // NUL-terminated C string, and `value` is a live slice passed with its own length.
-    let rc = unsafe {
-        libc::fsetxattr(
-            file.as_raw_fd(),
-            c_name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
