@@ -2524,10 +2524,10 @@ mod tests {
         .expect("record");
     }
 
-    #[tokio::test]
-    async fn a_state_that_fits_is_kept_when_qemu_cannot_start_on_it() {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
+    /// A created TCG machine with a data disk, a driver whose runner answers only `--version`
+    /// (QEMU 7.2.0), and the command line that driver starts the machine with.
+    fn machine_and_its_argv(tmp: &Path) -> (MachineDir, VmSpec, QemuDriver, Vec<String>) {
+        let (dir, spec, state) = created_machine(tmp, Accel::Tcg);
         std::fs::write(dir.file(DISK), "qcow2").expect("disk");
         let driver = QemuDriver::with_runner(
             tcg_options(),
@@ -2536,6 +2536,13 @@ mod tests {
         .for_host(LINUX);
         let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
         let argv = driver.vm_argv(&dir, &spec, &state, None, &[], &qmp);
+        (dir, spec, driver, argv)
+    }
+
+    #[tokio::test]
+    async fn a_state_that_fits_is_kept_when_qemu_cannot_start_on_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (dir, spec, driver, argv) = machine_and_its_argv(tmp.path());
         record_fitting_state(&dir, &spec, argv);
         // QEMU does not start (nothing canned for it): not the state's fault.
         let err = driver.resume(&dir, &spec).await.expect_err("no QEMU");
@@ -2622,15 +2629,7 @@ mod tests {
     #[tokio::test]
     async fn a_state_saved_without_the_balloon_is_discarded_naming_it() {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let (dir, spec, state) = created_machine(tmp.path(), Accel::Tcg);
-        std::fs::write(dir.file(DISK), "qcow2").expect("disk");
-        let driver = QemuDriver::with_runner(
-            tcg_options(),
-            Arc::new(RecordingRunner::new([qemu_7_2_version()])),
-        )
-        .for_host(LINUX);
-        let qmp = driver.launch_qmp(&dir, &state).expect("qmp");
-        let mut before = driver.vm_argv(&dir, &spec, &state, None, &[], &qmp);
+        let (dir, spec, driver, mut before) = machine_and_its_argv(tmp.path());
         let balloon = before
             .iter()
             .position(|a| a.starts_with("virtio-balloon"))
