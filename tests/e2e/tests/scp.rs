@@ -408,8 +408,23 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     // The engine of this boot took it while it ran: this boot's console lines (after its
     // init's first stage line, whether QEMU rewrites console.log at each start or appends to
     // it) show it. A reboot with the certificate would boot with it and never log a change.
-    let console = std::fs::read_to_string(machine.store().join("machines/scp-a/console.log"))?;
-    let this_boot = this_boots_lines(&console);
+    // The engine logs the change as it serves the new certificate, the moment `start` sees it:
+    // the line may still be on its way through the guest's serial port. A reboot never writes it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let this_boot = loop {
+        let console = std::fs::read_to_string(machine.store().join("machines/scp-a/console.log"))?;
+        let lines: Vec<String> = this_boots_lines(&console)
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        let served = lines
+            .iter()
+            .any(|l| l.contains("TLS files changed: serving the new certificate"));
+        if served || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         this_boot
             .iter()
