@@ -44,6 +44,25 @@ impl Host {
         Ok(out.into())
     }
 
+    /// `rmachine create -d generic NAME` against this host's sshd on `port`, logging in with `key`.
+    fn create_generic(&self, name: &str, port: u16, key: &Path) -> Result<Run> {
+        let port = port.to_string();
+        let key = key.display().to_string();
+        self.rmachine(&[
+            "create",
+            "-d",
+            "generic",
+            "--no-progress",
+            "--generic-ip-address",
+            "127.0.0.1",
+            "--generic-ssh-port",
+            &port,
+            "--generic-ssh-key",
+            &key,
+            name,
+        ])
+    }
+
     /// `docker ARGS` with the environment `rmachine env` prints.
     fn docker(&self, args: &[&str]) -> Result<Run> {
         let env = self.rmachine(&["env", "--shell", "bash", NAME])?.ok()?;
@@ -194,24 +213,8 @@ fn create_env_run_stop_start_and_rm_on_an_ssh_host() -> Result<()> {
     }
     let (host, port) = start_host(binary("rmachine")?)?;
     let key = host.dir.path().join("user_key");
-    let port_arg = port.to_string();
-    let key_arg = key.display().to_string();
 
-    let create = host
-        .rmachine(&[
-            "create",
-            "-d",
-            "generic",
-            "--no-progress",
-            "--generic-ip-address",
-            "127.0.0.1",
-            "--generic-ssh-port",
-            &port_arg,
-            "--generic-ssh-key",
-            &key_arg,
-            NAME,
-        ])?
-        .ok()?;
+    let create = host.create_generic(NAME, port, &key)?.ok()?;
     assert!(
         create.stdout.contains("Docker is up and running!"),
         "{}",
@@ -234,19 +237,7 @@ fn create_env_run_stop_start_and_rm_on_an_ssh_host() -> Result<()> {
         ["rmachine-engine", "rmachine-runtime"]
     );
     // A second machine on the same host is refused, and its clean-up leaves the first intact.
-    let second = host.rmachine(&[
-        "create",
-        "-d",
-        "generic",
-        "--no-progress",
-        "--generic-ip-address",
-        "127.0.0.1",
-        "--generic-ssh-port",
-        &port_arg,
-        "--generic-ssh-key",
-        &key_arg,
-        "other",
-    ])?;
+    let second = host.create_generic("other", port, &key)?;
     assert_eq!(second.code, 1, "{}", second.stderr);
     assert!(
         second.stderr.contains(&format!(
