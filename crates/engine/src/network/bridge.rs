@@ -7,6 +7,7 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{netns, NetworkError};
@@ -113,6 +114,38 @@ pub async fn delete(handle: &Handle, name: &str) -> Result<(), NetworkError> {
         }
     }
     Ok(())
+}
+
+/// Deletes every link plugged into the bridge with index `bridge`, returning their names.
+/// A killed engine's veths otherwise outlive it until the kernel gets round to destroying
+/// their containers' namespaces, which it does in the background, some time after the last
+/// process in them died.
+pub async fn delete_ports(handle: &Handle, bridge: u32) -> Result<Vec<String>, NetworkError> {
+    let mut ports = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await.map_err(nl("list links"))? {
+        let plugged = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(master) if *master == bridge));
+        if plugged {
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            ports.push((link.header.index, name.unwrap_or_default()));
+        }
+    }
+    let mut deleted = Vec::new();
+    for (index, name) in ports {
+        match handle.link().del(index).execute().await {
+            Ok(()) => deleted.push(name),
+            // Gone with its peer meanwhile.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+            Err(e) => return Err(nl(format!("delete {name}"))(e)),
+        }
+    }
+    Ok(deleted)
 }
 
 /// What the container's side of a veth pair gets.

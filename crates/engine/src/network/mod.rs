@@ -512,8 +512,17 @@ impl Networking {
         match bridge::connect() {
             Ok(handle) => {
                 for device in devices {
-                    if let Ok(Some(_)) = bridge::index_of(&handle, &device).await {
+                    if let Ok(Some(index)) = bridge::index_of(&handle, &device).await {
                         tracing::info!(%device, "removing a bridge left by the previous engine");
+                        match bridge::delete_ports(&handle, index).await {
+                            Ok(ports) if !ports.is_empty() => {
+                                tracing::info!(%device, ?ports, "removed the stale bridge's veths")
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                tracing::warn!(%device, error = %err, "cannot remove the stale veths")
+                            }
+                        }
                         if let Err(err) = bridge::delete(&handle, &device).await {
                             tracing::warn!(%device, error = %err, "cannot remove the stale bridge");
                         }
