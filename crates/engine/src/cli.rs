@@ -49,6 +49,11 @@ pub struct EngineArgs {
     /// Docker Hub mirror, http(s)://host[:port] (repeatable).
     #[arg(long = "registry-mirror")]
     pub registry_mirrors: Vec<String>,
+    /// Serve at once, but start no container and mount no container filesystem until this
+    /// file descriptor (a pipe's read end) reaches end of file: a machine's init closes it
+    /// once the kernel modules and shared folders containers need are in place.
+    #[arg(long, value_name = "FD")]
+    pub containers_wait_fd: Option<i32>,
     /// Debug logging.
     #[arg(short = 'D', long)]
     pub debug: bool,
@@ -81,6 +86,7 @@ impl EngineArgs {
                 debug: self.debug,
             },
             hosts: self.hosts,
+            containers_wait_fd: self.containers_wait_fd,
             tls: TlsOptions {
                 verify: self.tlsverify,
                 ca: self.tlscacert,

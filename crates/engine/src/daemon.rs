@@ -40,6 +40,40 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// `--containers-wait-fd` names no descriptor the engine can wait on.
+    #[error("--containers-wait-fd {fd}: {reason}")]
+    WaitFd {
+        /// The descriptor given.
+        fd: i32,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Takes the descriptor of `--containers-wait-fd`, made close-on-exec so that no runtime or
+/// container inherits it (a copy held open elsewhere would keep it from ever reaching end of
+/// file).
+fn take_wait_fd(fd: i32) -> Result<std::os::fd::OwnedFd, DaemonError> {
+    use std::os::fd::FromRawFd;
+    let refuse = |reason: String| DaemonError::WaitFd { fd, reason };
+    if fd <= 2 {
+        return Err(refuse("that is a standard stream, not a pipe".into()));
+    }
+    // SAFETY: F_GETFD and F_SETFD only read and set the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(refuse(format!(
+            "not an open descriptor ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(refuse(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this process for this
+    // purpose; this runs first in `run`, once, so nothing else in the process owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Everything the daemon needs to run.
@@ -49,6 +83,8 @@ pub struct DaemonOptions {
     pub engine: EngineConfig,
     /// `-H` addresses.
     pub hosts: Vec<String>,
+    /// `--containers-wait-fd`: containers wait until this pipe reaches end of file.
+    pub containers_wait_fd: Option<i32>,
     /// TLS settings for TCP listeners.
     pub tls: TlsOptions,
 }
@@ -76,6 +112,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     if options.hosts.is_empty() {
         return Err(DaemonError::NoListener);
     }
+    let wait_fd = options.containers_wait_fd.map(take_wait_fd).transpose()?;
     // The data root first: a second engine on it must not even touch the first one's socket.
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -106,6 +143,9 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     // Timed: the engine's start is on every machine boot's path to ready.
     let opening = std::time::Instant::now();
     let engine = Engine::open(options.engine.clone()).map_err(DaemonError::Engine)?;
+    if let Some(fd) = wait_fd {
+        engine.wait_for_host(fd);
+    }
     let open_ms = opening.elapsed().as_millis();
     let reconciling = std::time::Instant::now();
     engine.reconcile_network().await;

@@ -4,6 +4,7 @@
 //! Readiness ("engine ready" on the console) is a `GET /_ping` answered on the engine's unix
 //! socket; it is for humans and boot-time measurements only, the host checks `/_ping` over TLS.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -90,9 +91,33 @@ fn forward_lines(stream: impl AsyncRead + Unpin + Send + 'static) {
     });
 }
 
-fn spawn(config: &EngineConfig) -> std::io::Result<Child> {
+/// The engine's option that holds its containers until `gate`, a pipe's read end, reaches end
+/// of file (the supervisor closes the write end once modules and shares are in place).
+pub fn gate_args(gate: &OwnedFd) -> [String; 2] {
+    [
+        "--containers-wait-fd".to_owned(),
+        gate.as_raw_fd().to_string(),
+    ]
+}
+
+fn spawn(config: &EngineConfig, gate: Option<&OwnedFd>) -> std::io::Result<Child> {
     let mut cmd = Command::new(ENGINE_BIN);
-    cmd.args(engine_args(config))
+    cmd.args(engine_args(config));
+    if let Some(gate) = gate {
+        cmd.args(gate_args(gate));
+        let fd = gate.as_raw_fd();
+        // SAFETY: fcntl is async-signal-safe, as pre_exec requires. The descriptor is
+        // close-on-exec in init (no other child gets it); the engine alone keeps it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
         // Plain lines on the serial console; the configuration may still override it.
         .env("NO_COLOR", "1")
         .envs(engine_env(config))
@@ -198,7 +223,15 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
 /// Runs the engine until `shutdown` turns true, restarting it when it dies.
 ///
 /// Returns once the engine has stopped (or was never there).
-pub async fn supervise(config: EngineConfig, mut shutdown: watch::Receiver<bool>) {
+///
+/// `gate` is the read end of the pipe that holds the engine's containers while the boot goes
+/// on (see [`gate_args`]); every engine started gets it, a restarted one too (it then reads end
+/// of file at once).
+pub async fn supervise(
+    config: EngineConfig,
+    gate: Option<OwnedFd>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if !Path::new(ENGINE_BIN).exists() {
         tracing::warn!("engine: {ENGINE_BIN} is not in this image; not starting it");
         return;
@@ -209,7 +242,7 @@ pub async fn supervise(config: EngineConfig, mut shutdown: watch::Receiver<bool>
             return;
         }
         let started = Instant::now();
-        let mut child = match spawn(&config) {
+        let mut child = match spawn(&config, gate.as_ref()) {
             Ok(child) => child,
             Err(err) => {
                 tracing::error!("engine: cannot start {ENGINE_BIN}: {err}");
@@ -295,8 +328,12 @@ mod tests {
             registry_mirrors: vec!["https://mirror.example".into()],
             ..Default::default()
         };
-        let parsed = rmachine_engine::cli::EngineArgs::try_parse_args(engine_args(&config))
+        let (gate, _write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let mut args = engine_args(&config);
+        args.extend(gate_args(&gate));
+        let parsed = rmachine_engine::cli::EngineArgs::try_parse_args(args)
             .unwrap_or_else(|e| panic!("rmachine-engine refuses init's command line: {e}"));
+        assert_eq!(parsed.containers_wait_fd, Some(gate.as_raw_fd()));
         assert_eq!(parsed.data_root, std::path::Path::new(DATA_ROOT));
         assert_eq!(
             parsed.hosts,

@@ -53,17 +53,18 @@ pub async fn run() -> Action {
     let left_out = load_device_modules(dir.clone(), phases.devices).await;
     logging::stage(Stage::ModulesLoaded);
     // Container modules (netfilter, bridge, overlay, the legacy iptables tables) load while
-    // disks and network come up; only the engine waits for them. Those that need a device
-    // module this machine has no use for (9p and virtiofs without virtio devices) are skipped.
-    // Then the share filesystems, which only share mounting waits for, and last the modules the
-    // kernel would load on demand anyway (`xt_*`, `nft_compat`), both at a lower CPU priority
-    // so that they do not slow the engine's start.
+    // disks, network and the engine come up; only containers wait for them (the engine's
+    // `--containers-wait-fd`). Those that need a device module this machine has no use for
+    // (9p and virtiofs without virtio devices) are skipped. Then the share filesystems, which
+    // only share mounting waits for, and last the modules the kernel would load on demand
+    // anyway (`xt_*`, `nft_compat`). All at a lower CPU priority, so that on a single vCPU
+    // they take what the path to a serving engine leaves.
     let (engine_modules_tx, engine_modules_rx) = oneshot::channel();
     let (share_modules_tx, share_modules_rx) = oneshot::channel();
     tokio::spawn(async move {
         let left_out = load_modules(
             "container modules",
-            None,
+            Some(LATER_MODULES_NICE),
             dir.clone(),
             phases.engine,
             left_out,
@@ -130,9 +131,35 @@ pub async fn run() -> Action {
     start_sshd(&boot).await;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The engine serves as soon as its data root, network and certificates are there; its
+    // containers wait until this pipe's write end is closed, below.
+    let (gate_read, gate_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((read, write)) => (Some(read), Some(write)),
+        Err(err) => {
+            tracing::warn!("engine: no pipe to hold containers ({err}); it starts after them");
+            (None, None)
+        }
+    };
+    let mut engine_task = None;
+    let mut start_engine = |gate: Option<std::os::fd::OwnedFd>| match &boot.config {
+        Some(config) => {
+            let engine_config = config.engine.clone();
+            engine_task = Some(tokio::spawn(engine::supervise(
+                engine_config,
+                gate,
+                stop_rx.clone(),
+            )));
+        }
+        None => {
+            tracing::warn!("engine: not started (no configuration, so no TLS certificates)")
+        }
+    };
+    if gate_read.is_some() {
+        start_engine(gate_read);
+    }
     // An error means the loading task panicked (its panic is logged); boot goes on.
     let _ = engine_modules_rx.await;
-    // Shares mount before the engine starts so that a container started at once can bind a
+    // Shares mount before containers start, so that a container started at once can bind a
     // shared folder; they wait for the share modules only, not for the deferred ones.
     if let Some(config) = &boot.config {
         if !config.shares.is_empty() {
@@ -144,16 +171,10 @@ pub async fn run() -> Action {
             }
         }
     }
-    let engine_task = match &boot.config {
-        Some(config) => {
-            let engine_config = config.engine.clone();
-            Some(tokio::spawn(engine::supervise(engine_config, stop_rx)))
-        }
-        None => {
-            tracing::warn!("engine: not started (no configuration, so no TLS certificates)");
-            None
-        }
-    };
+    match gate_write {
+        Some(write) => drop(write),
+        None => start_engine(None),
+    }
     tracing::info!("boot complete in {} ms", t0.elapsed().as_millis());
 
     let action = tokio::select! {

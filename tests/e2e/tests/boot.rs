@@ -1,7 +1,7 @@
 //! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
 //! every guest stage is there in boot order, and the host's marks are in order too; only the
-//! modules of the machine's devices are loaded, the legacy iptables tables before `create`
-//! returns, the deferred ones after the engine's; the data disk's format features. One
+//! modules of the machine's devices are loaded, the legacy iptables tables before the engine
+//! lets containers start, the deferred ones after the engine's; the data disk's format features. One
 //! machine: create, stop, start. The machine is created without `--qemu-machine`, and the
 //! `/proc/modules` checks assume the QEMU driver's default for an x86_64 guest, `microvm`
 //! (virtio-mmio devices, no PCI): another machine type loads other drivers (the unit tests in
@@ -123,16 +123,40 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
         .create(&["--no-share", "--timings", "--memory", "1024"])?
         .success()?;
     eprintln!("create took {:.2}s", created.elapsed.as_secs_f64());
-    // "Ready" includes the legacy iptables tables: nothing autoloads `ip_tables` for a
-    // container's `iptables-legacy`, so the engine waited for them (deterministic: they are in
-    // its phase, not the deferred one).
+    // The engine serves before the container modules are in, and holds containers until
+    // init says they are (`--containers-wait-fd`). They include the legacy iptables tables:
+    // nothing autoloads `ip_tables` for a container's `iptables-legacy`, so they must be loaded
+    // when the engine lets containers start (deterministic: they are in that phase, not the
+    // deferred one).
+    let console_path = machine
+        .store()
+        .join("machines")
+        .join(&machine.name)
+        .join("console.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let console = loop {
+        let console = std::fs::read_to_string(&console_path)?;
+        if console.contains("the host is ready for containers") {
+            break console;
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("the engine never let containers start within 30 s:\n{console}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let modules_done = console.find("rmachine-init: container modules: ");
+    let containers_allowed = console.find("the host is ready for containers");
+    assert!(
+        modules_done.is_some() && modules_done < containers_allowed,
+        "containers allowed before the container modules were loaded:\n{console}"
+    );
     let modules = machine
         .rmachine(&["ssh", &machine.name, "cut -d' ' -f1 /proc/modules"])?
         .success()?;
     for needed in ["x_tables", "ip_tables", "iptable_filter", "iptable_nat"] {
         assert!(
             modules.stdout.lines().any(|m| m == needed),
-            "{needed} not loaded when create returned: {}",
+            "{needed} not loaded when the engine let containers start: {}",
             modules.stdout
         );
     }
@@ -240,11 +264,6 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
     // deferred ones (`xt_*`, `nft_compat`) load at nice 10, without failures; nothing waits for
     // the deferred phase, so its console line is awaited (this boot's: after the last
     // `container modules:` line) before `/proc/modules` is read.
-    let console_path = machine
-        .store()
-        .join("machines")
-        .join(&machine.name)
-        .join("console.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let this_boot = loop {
         let console = std::fs::read_to_string(&console_path)?;

@@ -373,3 +373,105 @@ fn containers_outlive_the_engine_threads_that_started_them() -> anyhow::Result<(
     engine.docker(&["rm", "-f", "first", "second"])?.ok()?;
     Ok(())
 }
+
+/// In a booting machine the engine serves before the kernel modules and shared folders that
+/// containers need are in place (`--containers-wait-fd`, given by the guest's init): the API
+/// answers and images load, a container's start waits until the pipe's write end is closed,
+/// then runs.
+#[test]
+fn containers_wait_for_the_host_while_the_api_answers() -> anyhow::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if !rmachine_tests_engine::require_root() {
+        return Ok(());
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        anyhow::bail!("pipe2: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just made and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The engine inherits the read end; the write end stays close-on-exec, in this process.
+    // SAFETY: F_SETFD only sets the descriptor's flags.
+    if unsafe { libc::fcntl(fds[0], libc::F_SETFD, 0) } != 0 {
+        anyhow::bail!("fcntl: {}", std::io::Error::last_os_error());
+    }
+    let fd = fds[0].to_string();
+    let engine = Engine::start_with_args(&["--containers-wait-fd", &fd])?;
+    drop(read);
+    engine.load_busybox()?;
+    engine.docker(&["version"])?.ok()?;
+    engine.docker(&["ps", "-a"])?.ok()?;
+    engine
+        .docker(&["create", "--name", "early", "busybox", "true"])?
+        .ok()?;
+
+    let mut run = engine
+        .docker_command(&["run", "-d", "--name", "held", "busybox", "sleep", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    engine.wait_for(
+        &["inspect", "-f", "{{.State.Status}}", "held"],
+        Duration::from_secs(20),
+        |r| r.stdout.trim() == "created",
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        run.try_wait()?.is_none(),
+        "docker run ended while the host was not ready"
+    );
+    assert_eq!(
+        engine.inspect("held", "{{.State.Status}}")?,
+        "created",
+        "{}",
+        engine.log()
+    );
+
+    drop(write);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = run.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "docker run still waits 30 s after the host became ready:\n{}",
+            engine.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = run.wait_with_output()?;
+    assert!(
+        status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(engine.inspect("held", "{{.State.Status}}")?, "running");
+    assert!(
+        engine.log().contains("the host is ready for containers"),
+        "{}",
+        engine.log()
+    );
+    engine.docker(&["rm", "-f", "held", "early"])?.ok()?;
+    Ok(())
+}
+
+/// A `--containers-wait-fd` that is no open pipe is refused by name before anything starts.
+#[test]
+fn a_wait_descriptor_that_is_not_open_is_refused_by_name() -> anyhow::Result<()> {
+    if !rmachine_tests_engine::require_root() {
+        return Ok(());
+    }
+    for (fd, says) in [("1", "standard stream"), ("987", "not an open descriptor")] {
+        let err = Engine::start_with_args(&["--containers-wait-fd", fd])
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("the engine started with --containers-wait-fd {fd}"))?;
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("--containers-wait-fd {fd}")) && text.contains(says),
+            "{text}"
+        );
+    }
+    Ok(())
+}

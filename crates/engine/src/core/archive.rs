@@ -91,6 +91,8 @@ impl Engine {
                 pid: record.state.pid,
             });
         }
+        // Mounted with overlay, which a booting machine may not have loaded yet.
+        self.host_ready().await;
         let images = self.inner.images.clone();
         let image_id = record.image_id.clone();
         let lower = tokio::task::spawn_blocking(move || images.rootfs_layers(&image_id))

@@ -23,7 +23,8 @@
 //!   resize; `resources`: update, top, stats and the limit checks; `archive`: `docker cp`,
 //!   export, diff and sizes; `images`: image load, list, inspect and remove; `lookup`: the
 //!   lookups of `ps` filters; `list`: `docker ps`; `volumes`: the volume API and the mounts
-//!   of a container (decided at create, made at start).
+//!   of a container (decided at create, made at start); `host_ready`: what waits for the
+//!   host's kernel modules and shared folders in a machine that is still booting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::DirBuilderExt;
@@ -49,6 +50,7 @@ mod error;
 mod exec;
 mod health;
 mod host_config;
+mod host_ready;
 mod image_ops;
 mod images;
 mod lifecycle;
@@ -138,6 +140,8 @@ struct Inner {
     /// The exec root's lock ([`crate::daemon::lock::lock_exec_root`]), held for the engine's
     /// life: no other engine empties its exec specs.
     _exec_root_lock: crate::daemon::lock::DataRootLock,
+    /// Whether containers may start yet (`host_ready`).
+    host_ready: host_ready::HostReady,
 }
 
 /// The engine: shared by every connection, cheap to clone.
@@ -286,6 +290,7 @@ impl Engine {
                 restarts: restart::RestartManager::default(),
                 volume_uses: Mutex::new(()),
                 _exec_root_lock: exec_root_lock,
+                host_ready: host_ready::HostReady::default(),
             }),
         };
         for points in &dropped_mounts {

@@ -791,8 +791,10 @@ impl Engine {
     }
 
     /// Removes a previous engine's NAT table; NAT changes wait for it (the daemon runs it
-    /// beside serving, not before).
+    /// beside serving, not before). It waits for the host's modules itself: `nft` would make
+    /// the kernel load nf_tables while the guest's init is loading it.
     pub async fn remove_stale_nat(&self) {
+        self.host_ready().await;
         self.inner.network.net.remove_stale_nat().await;
     }
 

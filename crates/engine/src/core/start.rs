@@ -20,6 +20,7 @@ impl Engine {
     /// Starts a created or exited container.
     pub async fn start(&self, reference: &str) -> Result<(), EngineError> {
         let c = self.container(reference)?;
+        self.host_ready().await;
         let _op = c.op.lock().await;
         if c.lifecycle().borrow().removed {
             return Err(EngineError::NoSuchContainer {
