@@ -153,7 +153,7 @@ fn is_container_device(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix))
 }
 
-/// Whether a container-phase module can wait until the engine is started: the boot-time host
+/// Whether a container-phase module can wait until containers may start: the boot-time host
 /// folder share filesystems ([`is_share_module`]), and the legacy iptables matches and targets
 /// (`xt_*`) and `nft_compat`, which the engine does not use (its NAT is an nftables ruleset)
 /// and which the kernel loads on demand through `modprobe_path` when a container's `iptables`
@@ -164,7 +164,7 @@ fn is_container_device(path: &str) -> bool {
 /// `ip_tables` through a socket option that only exists once it is loaded and the kernel
 /// never autoloads it (iptables' own `modprobe` inside a container fails), so a container
 /// started right after "ready" (dind, kind, VPN images, restart policies at `start`) needs
-/// them loaded before the engine starts. They also register per-namespace state
+/// them loaded before the engine lets containers start. They also register per-namespace state
 /// (`register_pernet_subsys`), whose lock a deferred low-priority loader would hold against
 /// the first `docker run`'s network namespace; the deferrable ones register none.
 pub fn is_deferrable(path: &str) -> bool {
@@ -177,14 +177,15 @@ pub fn is_deferrable(path: &str) -> bool {
         .any(|prefix| path.starts_with(prefix))
 }
 
-/// Whether a module serves boot-time host folder shares (9p with its netfs/fscache layer,
-/// virtio-fs): only a machine with such shares needs them before the engine, and it then
-/// waits for these alone.
+/// Whether a module serves host folder shares (9p with its netfs/fscache layer, virtio-fs and
+/// FUSE, which virtio-fs and the SFTP shares mounted over SSH build on): a machine with
+/// boot-time shares loads them first and mounts its shares before the engine starts.
 pub fn is_share_module(path: &str) -> bool {
     [
         "kernel/fs/9p/",
         "kernel/net/9p/",
         "kernel/fs/fuse/virtiofs.",
+        "kernel/fs/fuse/fuse.",
         "kernel/fs/netfs/",
         "kernel/fs/fscache/",
     ]
@@ -197,16 +198,14 @@ pub fn is_share_module(path: &str) -> bool {
 pub struct Phases {
     /// Device drivers and the data disk's filesystem, before disks and network.
     pub devices: Vec<String>,
-    /// What the engine needs before it starts (bridge, netfilter for its nftables NAT,
-    /// overlay, veth, tun), the legacy iptables tables (see [`is_deferrable`]) and FUSE (SFTP
-    /// shares are mounted over SSH as soon as the machine is up), loaded while disks and
-    /// network come up.
+    /// What containers need before they start (bridge, netfilter for the engine's nftables
+    /// NAT, overlay, veth, tun) and the legacy iptables tables (see [`is_deferrable`]), loaded
+    /// while disks, network and the engine come up.
     pub engine: Vec<String>,
-    /// The share filesystems ([`is_share_module`]), loaded after the engine phase; share
-    /// mounting waits for them.
+    /// The share filesystems ([`is_share_module`]): first, on a machine with boot-time shares
+    /// (their mounting waits for them), else after the engine phase.
     pub shares: Vec<String>,
-    /// The rest ([`is_deferrable`]), loaded after the share phase at a lower CPU priority;
-    /// nothing waits for them.
+    /// The rest ([`is_deferrable`]), loaded last; nothing waits for them.
     pub deferred: Vec<String>,
 }
 
@@ -573,6 +572,39 @@ fn load_one(path: &Path) -> Result<bool, ModuleError> {
             source,
         }),
     }
+}
+
+/// Loads the module `name` of the running kernel and what it needs, unless it is loaded: for
+/// what may run before the boot's background phases reach it (an SFTP share is mounted over
+/// SSH as soon as the machine answers, FUSE is in the share phase). A module the loader is
+/// loading meanwhile is waited for by the kernel (`EEXIST` once it is in).
+pub fn ensure_loaded(name: &str) -> Result<(), ModuleError> {
+    // Built in (no `initstate`) or loaded and initialised; one still initialising is
+    // loaded again below, which the kernel answers once it is live.
+    let sys = Path::new("/sys/module").join(name);
+    let live = match std::fs::read_to_string(sys.join("initstate")) {
+        Ok(state) => state.trim() == "live",
+        Err(_) => sys.exists(),
+    };
+    if live {
+        return Ok(());
+    }
+    let dir = running_kernel_dir();
+    let entries = read_modules_dep(&dir)?;
+    let Some(entry) = entries.iter().find(|e| module_name(&e.path) == name) else {
+        return Err(ModuleError::Open {
+            path: dir.join(format!("{name}.ko")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not in this image's modules.dep",
+            ),
+        });
+    };
+    // modules.dep lists what a module needs with the deepest dependency last.
+    for path in entry.deps.iter().rev().chain(std::iter::once(&entry.path)) {
+        load_one(&dir.join(path))?;
+    }
+    Ok(())
 }
 
 /// The running kernel's module directory, `/lib/modules/$(uname -r)`.
@@ -1071,18 +1103,19 @@ kernel/fs/overlayfs/overlay.ko:
         report.failed.iter().map(|e| e.to_string()).collect()
     }
 
-    /// The engine's phase holds what its start needs (bridge, the nftables NAT expressions,
-    /// overlay, veth) and FUSE, and loads with nothing from the later phases. This list is the
+    /// The engine's phase holds what its containers need (bridge, the nftables NAT
+    /// expressions, overlay, veth), and loads with nothing from the other phases. This list is the
     /// kernel side of the engine's NAT ruleset (`crates/engine/src/network/nat.rs`: an `ip`
     /// table with `nat` and `filter` chains, `masquerade`, `ct status`, `dnat` and
     /// `fib daddr type local` expressions) and its bridges: a new expression there needs its
     /// module in this list.
     ///
     /// The legacy iptables family (`x_tables`, `ip_tables`, `iptable_*`) is in the engine
-    /// phase too: nothing autoloads `ip_tables` for a container's `iptables-legacy`, so "ready"
-    /// must include it, and it registers per-namespace state that a deferred low-priority
+    /// phase too: nothing autoloads `ip_tables` for a container's `iptables-legacy`, so
+    /// containers must wait for it, and it registers per-namespace state that a deferred
     /// loader must not hold against the first `docker run`. Only what the kernel loads on
-    /// demand (`xt_*` matches, `nft_compat`) and the share filesystems wait.
+    /// demand (`xt_*` matches, `nft_compat`) is deferred; the share filesystems (with FUSE) are
+    /// their own phase.
     #[test]
     fn the_engine_phase_loads_without_the_deferred_modules() {
         let modules = image_modules();
@@ -1104,7 +1137,6 @@ kernel/fs/overlayfs/overlay.ko:
             "nft_ct",
             "nft_fib_ipv4",
             "nf_nat",
-            "fuse",
             "x_tables",
             "ip_tables",
             "iptable_filter",
@@ -1121,10 +1153,17 @@ kernel/fs/overlayfs/overlay.ko:
             "9p",
             "9pnet_virtio",
             "virtiofs",
+            "fuse",
         ];
         assert!(
             shares.iter().all(|m| share_family.contains(&m.as_str())),
             "only share modules in the share phase: {shares:?}"
+        );
+        // virtio-fs builds on FUSE: the share phase, which may load first, holds both.
+        let position = |name: &str| shares.iter().position(|m| m == name);
+        assert!(
+            position("fuse").is_some() && position("fuse") < position("virtiofs"),
+            "{shares:?}"
         );
         for share in ["9p", "9pnet_virtio", "virtiofs"] {
             assert!(shares.iter().any(|m| m == share), "{share}: {shares:?}");

@@ -455,6 +455,11 @@ pub fn serve(
     idle_exit: Duration,
 ) -> Result<(), SftpMountError> {
     use std::os::unix::fs::DirBuilderExt;
+    // The host mounts its shares as soon as the machine answers, which can be before the
+    // boot's share phase has loaded FUSE.
+    if let Err(err) = crate::modules::ensure_loaded("fuse") {
+        tracing::warn!("share on {}: {}", path.display(), crate::error_chain(&err));
+    }
     // A mount left by a daemon that is gone answers nothing but ENOTCONN (even to the
     // mkdir below, which then fails EEXIST): detach it first.
     let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);

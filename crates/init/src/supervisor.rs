@@ -52,42 +52,38 @@ pub async fn run() -> Action {
     };
     let left_out = load_device_modules(dir.clone(), phases.devices).await;
     logging::stage(Stage::ModulesLoaded);
-    // Container modules (netfilter, bridge, overlay, the legacy iptables tables) load while
-    // disks, network and the engine come up; only containers wait for them (the engine's
-    // `--containers-wait-fd`). Those that need a device module this machine has no use for
-    // (9p and virtiofs without virtio devices) are skipped. Then the share filesystems, which
-    // only share mounting waits for, and last the modules the kernel would load on demand
-    // anyway (`xt_*`, `nft_compat`). All at a lower CPU priority, so that on a single vCPU
-    // they take what the path to a serving engine leaves.
+    // The rest load while disks, network and the engine come up, at a lower CPU priority so
+    // that on a single vCPU they take what the path to a serving engine leaves. On a machine
+    // with boot-time shares the share filesystems come first: the shares are mounted before
+    // the engine starts (`create` reports a share that failed once the engine answers). Then
+    // the container modules (netfilter, bridge, overlay, the legacy iptables tables), which
+    // only containers wait for (the engine's `--containers-wait-fd`), then the share modules
+    // if not loaded yet, and last those the kernel would load on demand anyway (`xt_*`,
+    // `nft_compat`). Those that need a device module this machine has no use for (9p and
+    // virtiofs without virtio devices) are skipped.
     let (engine_modules_tx, engine_modules_rx) = oneshot::channel();
     let (share_modules_tx, share_modules_rx) = oneshot::channel();
+    let (shares_first_tx, shares_first_rx) = oneshot::channel::<bool>();
     tokio::spawn(async move {
-        let left_out = load_modules(
-            "container modules",
-            Some(LATER_MODULES_NICE),
-            dir.clone(),
-            phases.engine,
-            left_out,
-        )
-        .await;
+        let load = |what, paths, left_out| {
+            load_modules(what, Some(LATER_MODULES_NICE), dir.clone(), paths, left_out)
+        };
+        let shares_first = shares_first_rx.await.unwrap_or(false);
+        let mut left_out = left_out;
+        let mut share_phase = Some((phases.shares, share_modules_tx));
+        if shares_first {
+            if let Some((paths, done)) = share_phase.take() {
+                left_out = load("share modules", paths, left_out).await;
+                let _ = done.send(());
+            }
+        }
+        left_out = load("container modules", phases.engine, left_out).await;
         let _ = engine_modules_tx.send(());
-        let left_out = load_modules(
-            "share modules",
-            Some(LATER_MODULES_NICE),
-            dir.clone(),
-            phases.shares,
-            left_out,
-        )
-        .await;
-        let _ = share_modules_tx.send(());
-        load_modules(
-            "deferred modules",
-            Some(LATER_MODULES_NICE),
-            dir,
-            phases.deferred,
-            left_out,
-        )
-        .await;
+        if let Some((paths, done)) = share_phase.take() {
+            left_out = load("share modules", paths, left_out).await;
+            let _ = done.send(());
+        }
+        load("deferred modules", phases.deferred, left_out).await;
     });
 
     let (press_tx, mut press_rx) = mpsc::channel(4);
@@ -103,6 +99,7 @@ pub async fn run() -> Action {
             (disk::DiskChoice::default(), None)
         }
     };
+    let _ = shares_first_tx.send(drive_config.as_ref().is_some_and(|c| !c.shares.is_empty()));
     let fixed_network = drive_config.as_ref().and_then(|c| c.network.clone());
     let (boot, ()) = tokio::join!(
         async {
@@ -140,6 +137,20 @@ pub async fn run() -> Action {
             (None, None)
         }
     };
+    // Shares mount before the engine starts, so that its first answer comes after their
+    // report on the console and a container started at once can bind a shared folder; they
+    // wait for the share modules only. An error from a channel means the loading task
+    // panicked (its panic is logged); boot goes on.
+    if let Some(config) = &boot.config {
+        if !config.shares.is_empty() {
+            let _ = share_modules_rx.await;
+            let list = config.shares.clone();
+            match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
+                Ok(report) => tracing::info!("{}", report.console_line()),
+                Err(err) => tracing::error!("share: mounting panicked: {err}"),
+            }
+        }
+    }
     let mut engine_task = None;
     let mut start_engine = |gate: Option<std::os::fd::OwnedFd>| match &boot.config {
         Some(config) => {
@@ -157,20 +168,7 @@ pub async fn run() -> Action {
     if gate_read.is_some() {
         start_engine(gate_read);
     }
-    // An error means the loading task panicked (its panic is logged); boot goes on.
     let _ = engine_modules_rx.await;
-    // Shares mount before containers start, so that a container started at once can bind a
-    // shared folder; they wait for the share modules only, not for the deferred ones.
-    if let Some(config) = &boot.config {
-        if !config.shares.is_empty() {
-            let _ = share_modules_rx.await;
-            let list = config.shares.clone();
-            match tokio::task::spawn_blocking(move || shares::mount_all(&list)).await {
-                Ok(report) => tracing::info!("{}", report.console_line()),
-                Err(err) => tracing::error!("share: mounting panicked: {err}"),
-            }
-        }
-    }
     match gate_write {
         Some(write) => drop(write),
         None => start_engine(None),

@@ -27,10 +27,13 @@
 #   FIXTURES     rmachine-fixtures, which builds the busybox image run before the save
 #                (default target/debug/rmachine-fixtures; missing: the save holds no container)
 #   VARIANTS     which images run (default "old new"; "new" alone needs no previous image)
+#   SHARE        the share option of the creates (default --no-share; empty: the default
+#                home-folder share, which the guest mounts at boot)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 runs=${1:-5}
 idle_secs=${IDLE_SECS:-60}
+share=${SHARE---no-share}
 rmachine=${RMACHINE:-target/debug/rmachine}
 new_guest=${NEW_GUEST:-guest/out}
 fixtures=${FIXTURES:-target/debug/rmachine-fixtures}
@@ -124,7 +127,8 @@ for i in $(seq "$runs"); do
         image=$new_guest
         [ "$variant" = old ] && image=$OLD_GUEST
         t0=$(now)
-        rm_ "$variant" create -d qemu --no-share --no-progress --guest-image "$image" "bench-$variant" >/dev/null
+        # shellcheck disable=SC2086
+        rm_ "$variant" create -d qemu $share --no-progress --guest-image "$image" "bench-$variant" >/dev/null
         docker_answers "$variant"
         t1=$(now)
         record "$variant-create" "$(secs "$t0" "$t1")"
