@@ -51,7 +51,7 @@ pub struct EngineArgs {
     pub registry_mirrors: Vec<String>,
     /// Serve at once, but start no container and mount no container filesystem until this
     /// file descriptor (a pipe's read end) reaches end of file: a machine's init closes it
-    /// once the kernel modules and shared folders containers need are in place.
+    /// once the kernel modules containers need are loaded.
     #[arg(long, value_name = "FD")]
     pub containers_wait_fd: Option<i32>,
     /// Debug logging.

@@ -374,8 +374,8 @@ fn containers_outlive_the_engine_threads_that_started_them() -> anyhow::Result<(
     Ok(())
 }
 
-/// In a booting machine the engine serves before the kernel modules and shared folders that
-/// containers need are in place (`--containers-wait-fd`, given by the guest's init): the API
+/// In a booting machine the engine serves before the kernel modules that containers need are
+/// loaded (`--containers-wait-fd`, given by the guest's init): the API
 /// answers and images load, a container's start waits until the pipe's write end is closed,
 /// then runs.
 #[test]

@@ -1,14 +1,15 @@
 //! Containers wait for the host; the API does not.
 //!
 //! In a machine the engine starts while its guest's init is still loading the kernel modules
-//! containers need (overlay, bridge, netfilter) and mounting the user's shared folders: the API
-//! answers at once (`docker version`, `ps`, `images`, pulls need none of that) and only what
-//! would fail or see an empty share without them waits: starting a container (and so `run`,
-//! `restart`, a build's `RUN`, restart policies at boot), connecting a running container to a
-//! network, mounting a stopped container's filesystem (`cp`, `export`), removing a previous
-//! engine's NAT table. The guest's init hands the engine the read end of a pipe
-//! (`--containers-wait-fd`) and closes the write end once everything is in place; end of file
-//! also comes if init dies, so nothing can wait for ever. Without the option nothing waits.
+//! containers need (overlay, bridge, netfilter): the API answers at once (`docker version`,
+//! `ps`, `images`, pulls need none of them) and only what would fail without them waits:
+//! starting a container (and so `run`, `restart`, a build's `RUN`, restart policies at boot),
+//! mounting a stopped container's filesystem (`cp`, `export`, a volume's prefill), removing a
+//! previous engine's NAT table. (Connecting a running container to a network needs them too,
+//! but a container only runs once they are in.) The guest's init hands the engine the read end
+//! of a pipe (`--containers-wait-fd`) and closes the write end once they are loaded; end of
+//! file also comes if init dies, so nothing can wait for ever. Without the option nothing
+//! waits.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -72,7 +73,7 @@ impl Engine {
         if *ready.borrow() {
             return;
         }
-        debug!("waiting for the host's kernel modules and shared folders");
+        debug!("waiting for the host's kernel modules");
         // The sender lives in `self`: `wait_for` ends with the value, never with an error.
         let _ = ready.wait_for(|ready| *ready).await;
     }

@@ -24,7 +24,7 @@
 //!   export, diff and sizes; `images`: image load, list, inspect and remove; `lookup`: the
 //!   lookups of `ps` filters; `list`: `docker ps`; `volumes`: the volume API and the mounts
 //!   of a container (decided at create, made at start); `host_ready`: what waits for the
-//!   host's kernel modules and shared folders in a machine that is still booting.
+//!   host's kernel modules in a machine that is still booting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::DirBuilderExt;
