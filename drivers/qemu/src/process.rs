@@ -192,6 +192,17 @@ mod tests {
             .arg("30")
             .spawn()
             .expect("spawn sleep");
+        // `spawn` returns once the child's execve has switched address spaces, before the
+        // kernel has set up its arguments: until then /proc/PID/cmdline reads empty.
+        for child in [ours.id(), stranger.id()] {
+            let cmdline = Path::new("/proc").join(child.to_string()).join("cmdline");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read(&cmdline).is_ok_and(|c| c.is_empty())
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
         assert!(is_alive(&TokioRunner, ours.id(), &pidfile).await);
         assert!(!is_alive(&TokioRunner, stranger.id(), &pidfile).await);
         kill(&TokioRunner, ours.id()).await.expect("kill");
