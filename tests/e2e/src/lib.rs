@@ -155,6 +155,27 @@ impl Machine {
         run(cmd, format!("rmachine {}", args.join(" ")))
     }
 
+    /// Machine `name`'s console log once `until` holds for its text, or as it is after
+    /// `limit`: a line may still be crossing the guest's serial port when a command returns.
+    /// The caller asserts on the text it gets.
+    pub fn console_when(
+        &self,
+        name: &str,
+        limit: Duration,
+        until: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let path = self.store().join("machines").join(name).join("console.log");
+        let deadline = Instant::now() + limit;
+        loop {
+            let console = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if until(&console) || Instant::now() >= deadline {
+                return Ok(console);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `rmachine create -d qemu` with the workspace's guest image and extra `args`.
     pub fn create(&self, args: &[&str]) -> Result<Run> {
         self.create_from(&guest_image()?, args)

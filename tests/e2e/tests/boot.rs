@@ -1,12 +1,14 @@
 //! The boot timeline: `create --timings` and `start --timings` print it, `inspect` holds it,
 //! every guest stage is there in boot order, and the host's marks are in order too; only the
 //! modules of the machine's devices are loaded, the legacy iptables tables before the engine
-//! lets containers start, the deferred ones after the engine's; the data disk's format features. One
-//! machine: create, stop, start. The machine is created without `--qemu-machine`, and the
+//! lets containers start, the deferred ones after the engine's; the data disk's format
+//! features. One machine: create, stop, start. The machine is created without `--qemu-machine`, and the
 //! `/proc/modules` checks assume the QEMU driver's default for an x86_64 guest, `microvm`
 //! (virtio-mmio devices, no PCI): another machine type loads other drivers (the unit tests in
 //! `crates/init/src/modules.rs` cover q35, VirtualBox and Hyper-V).
 #![cfg(rmachine_e2e)]
+
+use std::time::Duration;
 
 use rmachine_e2e::Machine;
 
@@ -128,24 +130,16 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
     // nothing autoloads `ip_tables` for a container's `iptables-legacy`, so they must be loaded
     // when the engine lets containers start (deterministic: they are in that phase, not the
     // deferred one).
-    let console_path = machine
-        .store()
-        .join("machines")
-        .join(&machine.name)
-        .join("console.log");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let console = loop {
-        let console = std::fs::read_to_string(&console_path)?;
-        if console.contains("the host is ready for containers") {
-            break console;
-        }
-        if std::time::Instant::now() >= deadline {
-            anyhow::bail!("the engine never let containers start within 30 s:\n{console}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    };
+    const CONTAINERS_ALLOWED: &str = "the host is ready for containers";
+    let console = machine.console_when(&machine.name, Duration::from_secs(30), |c| {
+        c.contains(CONTAINERS_ALLOWED)
+    })?;
+    anyhow::ensure!(
+        console.contains(CONTAINERS_ALLOWED),
+        "the engine never let containers start within 30 s:\n{console}"
+    );
     let modules_done = console.find("rmachine-init: container modules: ");
-    let containers_allowed = console.find("the host is ready for containers");
+    let containers_allowed = console.find(CONTAINERS_ALLOWED);
     assert!(
         modules_done.is_some() && modules_done < containers_allowed,
         "containers allowed before the container modules were loaded:\n{console}"
@@ -264,21 +258,19 @@ fn create_and_start_record_a_complete_monotonic_timeline() -> anyhow::Result<()>
     // deferred ones (`xt_*`, `nft_compat`) load at nice 10, without failures; nothing waits for
     // the deferred phase, so its console line is awaited (this boot's: after the last
     // `container modules:` line) before `/proc/modules` is read.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let this_boot = loop {
-        let console = std::fs::read_to_string(&console_path)?;
-        let this_boot = console
+    let after_container_modules = |console: &str| {
+        console
             .rfind("rmachine-init: container modules: ")
-            .map(|at| console[at..].to_owned());
-        match this_boot {
-            Some(text) if text.contains("rmachine-init: deferred modules: ") => break text,
-            _ if std::time::Instant::now() >= deadline => {
-                anyhow::bail!(
-                    "no deferred-modules line after the container modules' within 30 s:\n{console}"
-                )
-            }
-            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
-        }
+            .map(|at| console[at..].to_owned())
+            .filter(|text| text.contains("rmachine-init: deferred modules: "))
+    };
+    let console = machine.console_when(&machine.name, Duration::from_secs(30), |c| {
+        after_container_modules(c).is_some()
+    })?;
+    let Some(this_boot) = after_container_modules(&console) else {
+        anyhow::bail!(
+            "no deferred-modules line after the container modules' within 30 s:\n{console}"
+        )
     };
     let line = |what: &str| {
         this_boot

@@ -410,25 +410,17 @@ fn scp_copies_both_ways_and_between_machines() -> Result<()> {
     // it) show it. A reboot with the certificate would boot with it and never log a change.
     // The engine logs the change as it serves the new certificate, the moment `start` sees it:
     // the line may still be on its way through the guest's serial port. A reboot never writes it.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let this_boot = loop {
-        let console = std::fs::read_to_string(machine.store().join("machines/scp-a/console.log"))?;
-        let lines: Vec<String> = this_boots_lines(&console)
+    let served = |lines: &[&str]| {
+        lines
             .iter()
-            .map(|l| l.to_string())
-            .collect();
-        let served = lines
-            .iter()
-            .any(|l| l.contains("TLS files changed: serving the new certificate"));
-        if served || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+            .any(|l| l.contains("TLS files changed: serving the new certificate"))
     };
+    let console = machine.console_when("scp-a", Duration::from_secs(15), |c| {
+        served(&this_boots_lines(c))
+    })?;
+    let this_boot = this_boots_lines(&console);
     assert!(
-        this_boot
-            .iter()
-            .any(|l| l.contains("TLS files changed: serving the new certificate")),
+        served(&this_boot),
         "scp-a's engine did not take the certificate while it ran (rebooted?):\n{}",
         this_boot.join("\n")
     );
