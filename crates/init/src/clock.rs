@@ -5,6 +5,9 @@
 //! `CLOCK_REALTIME` and is answered `ok SECONDS NANOSECONDS` with the guest's clock just after;
 //! anything else is answered `error TEXT`. The thread blocks in `read` between lines: no polling.
 //!
+//! Before the thread starts, the same port carries a boot snapshot's handshake, when the host
+//! asks for one ([`crate::boot_snapshot`]); the helpers it shares are public for that.
+//!
 //! The host side keeps its end of the port open for as long as QEMU runs (a pipe, not a
 //! socket), so the port never reads as hung up and a read waits for data.
 
@@ -63,21 +66,38 @@ pub fn parse(line: &str) -> Result<Request, String> {
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next(), words.next()) {
         (Some("set"), Some(secs), Some(nanos), None) => {
-            let secs = secs
-                .parse::<i64>()
-                .map_err(|_| format!("bad seconds {secs:?}"))?;
-            let nanos = nanos
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (0..1_000_000_000).contains(n))
-                .ok_or_else(|| format!("bad nanoseconds {nanos:?}"))?;
-            if secs <= 0 {
-                return Err(format!("bad seconds {secs}"));
-            }
+            let (secs, nanos) = parse_time(secs, nanos)?;
             Ok(Request::Set { secs, nanos })
         }
         _ => Err(format!("unknown request {:?}", line.trim())),
     }
+}
+
+/// The two words of a UTC time as the host writes it (seconds since the Unix epoch, positive;
+/// nanoseconds within that second); the reason if they are not one.
+pub fn parse_time(secs: &str, nanos: &str) -> Result<(i64, i64), String> {
+    let secs = secs
+        .parse::<i64>()
+        .map_err(|_| format!("bad seconds {secs:?}"))?;
+    let nanos = nanos
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (0..1_000_000_000).contains(n))
+        .ok_or_else(|| format!("bad nanoseconds {nanos:?}"))?;
+    if secs <= 0 {
+        return Err(format!("bad seconds {secs}"));
+    }
+    Ok((secs, nanos))
+}
+
+/// Sets `CLOCK_REALTIME` to `secs`.`nanos`; the clock just after (seconds, nanoseconds), or
+/// why it could not be set.
+pub fn set_realtime(secs: i64, nanos: i64) -> Result<(i64, i64), String> {
+    let to = nix::sys::time::TimeSpec::new(secs, nanos);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, to)
+        .map_err(|err| format!("clock_settime: {err}"))?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).unwrap_or(to);
+    Ok((now.tv_sec(), now.tv_nsec()))
 }
 
 /// The longest line read from the port; the rest of a longer one is read as lines of its own
@@ -86,36 +106,16 @@ const MAX_LINE: u64 = 256;
 
 /// Answers the requests of the port at `device` until it cannot be read.
 fn serve(device: &Path) -> std::io::Result<()> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(device)
-    };
-    // The device node is made just after the port's sysfs entry.
-    let mut port = open();
-    for _ in 0..10 {
-        match &port {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                port = open();
-            }
-            _ => break,
-        }
-    }
-    let port = port?;
+    let port = open_port(device, false)?;
     let answers = port.try_clone()?;
     let mut hung_up = 0;
     serve_lines(
         BufReader::new(port),
         answers,
         |secs, nanos| {
-            let to = nix::sys::time::TimeSpec::new(secs, nanos);
-            nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, to)
-                .map_err(|err| format!("clock_settime: {err}"))?;
+            let now = set_realtime(secs, nanos)?;
             tracing::info!("clock set from the host to {secs}.{nanos:09} (resume)");
-            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).unwrap_or(to);
-            Ok((now.tv_sec(), now.tv_nsec()))
+            Ok(now)
         },
         || {
             // A port whose host end is not open reads as end of file at once (and polls as
@@ -129,6 +129,30 @@ fn serve(device: &Path) -> std::io::Result<()> {
             true
         },
     )
+}
+
+/// Opens the port's device node for reading and writing (`O_NONBLOCK` if `nonblocking`),
+/// waiting up to half a second for the node: it is made just after the port's sysfs entry.
+pub fn open_port(device: &Path, nonblocking: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(if nonblocking { libc::O_NONBLOCK } else { 0 })
+            .open(device)
+    };
+    let mut port = open();
+    for _ in 0..10 {
+        match &port {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                port = open();
+            }
+            _ => break,
+        }
+    }
+    port
 }
 
 /// Reads lines from `lines` (at most [`MAX_LINE`] bytes each, any bytes) and writes each one's
