@@ -449,6 +449,21 @@ pub fn choose(disks: &[Disk]) -> DiskChoice {
     }
 }
 
+/// What a disk is taken to hold when the kernel may still cache another machine's blocks of
+/// it (a boot snapshot's, see [`crate::boot_snapshot`]): neither formatted nor used this boot.
+pub const UNVERIFIED: DiskContent = DiskContent::Other("unverified after a boot snapshot");
+
+/// Classifies the disks named in `unverified` as [`UNVERIFIED`], whatever their first bytes
+/// said. Those bytes may have come from a page cache filled by another machine's boot: all
+/// zeroes there would make a user's disk look blank (and get it formatted), and a stale
+/// configuration drive would hand this machine another one's keys, so no content of such a
+/// disk is believed, not only `Blank`.
+pub fn distrust(disks: &mut [Disk], unverified: &std::collections::BTreeSet<String>) {
+    for disk in disks.iter_mut().filter(|d| unverified.contains(&d.name)) {
+        disk.content = UNVERIFIED;
+    }
+}
+
 /// Whether a `/sys/block` name is a disk we consider (virtio, SCSI/SATA, Xen, NVMe).
 pub fn is_candidate(name: &str) -> bool {
     ["vd", "sd", "xvd", "nvme"]
@@ -653,6 +668,33 @@ mod tests {
         ];
         assert_eq!(choose(&disks).data.map(|d| d.name), Some("vdb".into()));
         assert_eq!(choose(&disks).config, None);
+    }
+
+    #[test]
+    fn an_unverified_blank_disk_is_chosen_but_not_as_blank() {
+        let mut disks = [
+            disk("vda", DiskContent::ConfigDrive, true),
+            disk("vdb", DiskContent::Blank, false),
+            disk("vdc", DiskContent::Blank, false),
+        ];
+        let unverified = ["vdb".to_owned()].into();
+        distrust(&mut disks, &unverified);
+        let choice = choose(&disks);
+        // Still the data disk (a later disk must not take its place and be formatted), but
+        // with content that the mount step refuses to format or mount.
+        let data = choice.data.expect("a data disk");
+        assert_eq!(data.name, "vdb");
+        assert_eq!(data.content, UNVERIFIED);
+        assert_ne!(data.content, DiskContent::Blank);
+        assert_eq!(choice.config.map(|d| d.name), Some("vda".into()));
+        assert_eq!(disks[2].content, DiskContent::Blank, "only the named disk");
+    }
+
+    #[test]
+    fn an_unverified_configuration_drive_is_not_read() {
+        let mut disks = [disk("vda", DiskContent::ConfigDrive, true)];
+        distrust(&mut disks, &["vda".to_owned()].into());
+        assert_eq!(choose(&disks), DiskChoice::default());
     }
 
     /// A sparse, all-zero image file of `mb` MiB, as a new qcow2 reads to the guest.
