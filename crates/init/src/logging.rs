@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use rmachine_guest_config::timeline::GuestStage;
+
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -22,12 +24,22 @@ pub fn since_boot() -> Duration {
 /// the host reads these lines for the boot timeline, and [`Stage::EngineUp`]'s as the signal
 /// that the engine is ready.
 ///
+/// Returns the mark printed, for [`print_stage`] to print again.
+///
 /// [`Stage::EngineUp`]: rmachine_guest_config::timeline::Stage::EngineUp
-pub fn stage(stage: rmachine_guest_config::timeline::Stage) {
-    let mark = rmachine_guest_config::timeline::GuestStage {
+pub fn stage(stage: rmachine_guest_config::timeline::Stage) -> GuestStage {
+    let mark = GuestStage {
         stage,
         ms: u64::try_from(since_boot().as_millis()).unwrap_or(u64::MAX),
     };
+    print_stage(&mark);
+    mark
+}
+
+/// Prints the console line of a stage mark as it is, with its own milliseconds (a boot
+/// snapshot's restored guest repeats the lines its console lost, see
+/// [`crate::boot_snapshot`]).
+pub fn print_stage(mark: &GuestStage) {
     tracing::info!("{}", mark.console_line());
 }
 
