@@ -7,16 +7,18 @@
 //!    fails on rootfs itself; no file is copied), then mounts /proc, /sys, /dev, /run, cgroup2… and makes `/` shared.
 //! 2. [`pid1`]: PID 1 forks the [`supervisor`] and from then on only reaps zombies and turns
 //!    signals into shutdown requests (see its docs for why the two are separate processes).
-//! 3. [`supervisor`] (tokio): [`modules`] → configuration drive (found by content) →
-//!    [`disk`] + [`config`] (data disk formatted when blank) in parallel with [`net`] (the
-//!    drive's static address, else DHCP) → [`sshd`] → [`shares`] → [`engine`]; then waits for
-//!    a shutdown request or the [`power`] button. Each stage prints a timeline line
-//!    ([`logging::stage`]).
+//! 3. [`supervisor`] (tokio): [`modules`] → the [`boot_snapshot`] point, if the host asks for
+//!    one (wait for its go; distrust what the boot learnt before) → configuration drive
+//!    (found by content) → [`disk`] + [`config`] (data disk formatted when blank) in parallel
+//!    with [`net`] (the drive's static address, else DHCP) → [`sshd`] → [`shares`] →
+//!    [`engine`]; then waits for a shutdown request or the [`power`] button. Each stage prints
+//!    a timeline line ([`logging::stage`]).
 //!
 //! The same binary is a multi-call program: as `rmachine-runtime` it is the container runtime,
 //! and `rmachine-init shutdown` asks a running PID 1 to power off.
 #![warn(missing_docs)]
 
+pub mod boot_snapshot;
 pub mod clock;
 pub mod config;
 pub mod disk;

@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use rmachine_guest_config::timeline::Stage;
+use rmachine_guest_config::timeline::{GuestStage, Stage};
 
 use crate::{logging, mounts, supervisor, Action};
 
@@ -110,7 +110,7 @@ pub fn run() -> ! {
     let mount_errors = mounts::early_mounts();
     mounts::open_console();
     logging::init();
-    logging::stage(Stage::InitStarted);
+    let init_started = logging::stage(Stage::InitStarted);
     for err in &mount_errors {
         tracing::error!("{}", crate::error_chain(err));
     }
@@ -133,7 +133,7 @@ pub fn run() -> ! {
     if let Err(err) = set.thread_block() {
         tracing::error!("cannot block signals: {err}");
     }
-    let supervisor = spawn_supervisor();
+    let supervisor = spawn_supervisor(init_started);
 
     let mut requested: Option<Action> = None;
     let mut deadline: Option<Instant> = None;
@@ -182,7 +182,10 @@ pub fn run() -> ! {
     finish(action, &set)
 }
 
-fn spawn_supervisor() -> Pid {
+/// Forks the supervisor, handing it the [`Stage::InitStarted`] mark PID 1 printed (a boot
+/// snapshot prints it again, see [`crate::boot_snapshot`]): the child is a fork without exec,
+/// so the value crosses in its copy of our memory, with no environment variable to parse.
+fn spawn_supervisor(init_started: GuestStage) -> Pid {
     // SAFETY: PID 1 is single-threaded here (no runtime, no threads started), so the child
     // may run arbitrary code after fork.
     match unsafe { fork() } {
@@ -199,7 +202,7 @@ fn spawn_supervisor() -> Pid {
                 .build()
             {
                 Ok(runtime) => {
-                    let action = runtime.block_on(supervisor::run());
+                    let action = runtime.block_on(supervisor::run(init_started));
                     // Dropping the runtime would wait for blocking reads that never end (the
                     // power button device); the process is exiting anyway.
                     runtime.shutdown_background();

@@ -1,11 +1,14 @@
 //! The supervisor: everything PID 1 delegates, on a tokio runtime in a child process.
 //!
-//! Boot: modules → configuration drive → (data disk + configuration ∥ network) → SSH server →
-//! shares → engine. Then it waits for a shutdown request (signal forwarded by PID 1, or the
+//! Boot: device modules → boot snapshot point (only when the kernel command line asks for it:
+//! wait for the host's go, then set the clock, reseed the random pool and drop the disks'
+//! cached blocks; see [`boot_snapshot`]) → later modules in the background, power button, clock
+//! port → configuration drive → (data disk + configuration ∥ network) → SSH server → shares →
+//! engine. Then it waits for a shutdown request (signal forwarded by PID 1, or the
 //! ACPI power button), stops the engine, ends every other process, unmounts the data disk and
 //! exits with the [`Action`] PID 1 must carry out.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,10 +20,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{self, TLS_DIR};
 use crate::disk::{self, DiskContent};
-use rmachine_guest_config::timeline::Stage;
+use rmachine_guest_config::timeline::{GuestStage, Stage};
 
 use crate::{
-    clock, engine, error_chain, logging, modules, mounts, net, power, shares, sshd, Action,
+    boot_snapshot, clock, engine, error_chain, logging, modules, mounts, net, power, shares, sshd,
+    Action,
 };
 
 /// Where the data disk is mounted.
@@ -36,7 +40,10 @@ struct Boot {
 }
 
 /// Runs the supervisor; returns what PID 1 must do once it has exited.
-pub async fn run() -> Action {
+///
+/// `init_started` is the [`Stage::InitStarted`] mark PID 1 printed (printed again after a boot
+/// snapshot's go).
+pub async fn run(init_started: GuestStage) -> Action {
     let t0 = Instant::now();
     // Signal streams first: a request that arrives during boot must not be lost.
     let mut sigterm = signal(SignalKind::terminate()).ok();
@@ -51,7 +58,10 @@ pub async fn run() -> Action {
         }
     };
     let left_out = load_device_modules(dir.clone(), phases.devices).await;
-    logging::stage(Stage::ModulesLoaded);
+    let modules_loaded = logging::stage(Stage::ModulesLoaded);
+    // Nothing of this machine has been read yet: the host may save the VM here (and start
+    // other machines from it). Disks whose cached blocks may be another machine's come back.
+    let unverified = boot_snapshot::at_point(init_started, modules_loaded).await;
     // The rest load while disks, network and the engine come up, at a lower CPU priority so
     // that on a single vCPU they take what the path to a serving engine leaves. On a machine
     // with boot-time shares the share filesystems come first: the shares are mounted before
@@ -92,13 +102,14 @@ pub async fn run() -> Action {
 
     // The configuration drive is read first (one small read): it may hold the network's
     // static address, which then comes up while the data disk is checked and mounted.
-    let (choice, drive_config) = match tokio::task::spawn_blocking(find_disks_and_config).await {
-        Ok(found) => found,
-        Err(err) => {
-            tracing::error!("disk scan panicked: {err}");
-            (disk::DiskChoice::default(), None)
-        }
-    };
+    let (choice, drive_config) =
+        match tokio::task::spawn_blocking(move || find_disks_and_config(&unverified)).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::error!("disk scan panicked: {err}");
+                (disk::DiskChoice::default(), None)
+            }
+        };
     let _ = shares_first_tx.send(drive_config.as_ref().is_some_and(|c| !c.shares.is_empty()));
     let fixed_network = drive_config.as_ref().and_then(|c| c.network.clone());
     let (boot, ()) = tokio::join!(
@@ -370,8 +381,9 @@ async fn end_other_processes() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Finds the disks and reads the configuration drive (blocking).
-fn find_disks_and_config() -> (disk::DiskChoice, Option<GuestConfig>) {
+/// Finds the disks and reads the configuration drive (blocking). The disks named in
+/// `unverified` are not believed (see [`disk::distrust`]).
+fn find_disks_and_config(unverified: &BTreeSet<String>) -> (disk::DiskChoice, Option<GuestConfig>) {
     let mut disks = disk::scan(Path::new("/sys/block"));
     if disks.is_empty() {
         // virtio probing is synchronous with module loading, but give slow buses a moment.
@@ -383,6 +395,7 @@ fn find_disks_and_config() -> (disk::DiskChoice, Option<GuestConfig>) {
             }
         }
     }
+    disk::distrust(&mut disks, unverified);
     for d in &disks {
         tracing::info!(
             "disk: {} {:?}{}",

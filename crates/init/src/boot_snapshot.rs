@@ -1,0 +1,999 @@
+//! Boot snapshots, the guest's side: the supervisor stops at a fixed point of the boot, tells
+//! the host, and waits for its go-ahead. The host saves the VM there once, and starts later
+//! machines with the same QEMU command line from that state instead of booting their kernel.
+//!
+//! The point is right after the device modules are loaded ([`Stage::ModulesLoaded`]), before
+//! anything of one machine is read (its configuration drive, its data disk, its network) and
+//! before the later module phases, the power button watch and the clock port's thread start.
+//! Only the kernel has touched the disks by then: probing them, it read their first blocks
+//! (partition tables) into its page cache.
+//!
+//! The host asks for it with [`CMDLINE_FLAG`] on the kernel command line; without it nothing
+//! here runs. The exchange uses the clock port ([`clock::PORT_NAME`]) before the clock thread
+//! serves it, one line each way:
+//!
+//! - guest → host: `snapshot-point MS` (`CLOCK_BOOTTIME` in milliseconds);
+//! - host → guest: `go SECS NANOS SEED`: the host's UTC time, as for the clock port's `set`,
+//!   and 32 random bytes as 64 hex digits;
+//! - guest → host: `ok SECS NANOS` (its clock just after setting it), or `error TEXT` for a line
+//!   that is not a good `go`, after which it waits for another.
+//!
+//! The guest waits [`clock::FIND_FOR`] for the port and [`GO_FOR`] for the `go`. Without either
+//! it warns and boots on as usual (the host gave up, or is an old one).
+//!
+//! After a `go` it trusts nothing the boot before the point learnt, since that may have been
+//! another machine's boot. It sets the clock, mixes the seed into the kernel's random pool and
+//! reseeds it (every machine started from one snapshot has the same pool), and drops the cached
+//! blocks of every disk and rereads its partition table ([`drop_disk_caches`]). A disk whose
+//! cache could not be dropped is classified [`disk::UNVERIFIED`], so it is neither formatted
+//! nor used this boot. Then it answers `ok`, closes the port, and prints again the stage lines
+//! printed before the point: a restored machine's console does not have them.
+//!
+//! The guest cannot tell a restored boot from the boot the snapshot was taken of (whose host
+//! says `go` once the state is saved), so it does all of this in both. The disk caches are also
+//! dropped when no `go` came: a restored machine whose host went away must not believe them
+//! either, and in any other boot dropping them costs a few reads.
+//!
+//! [`Stage::ModulesLoaded`]: rmachine_guest_config::timeline::Stage::ModulesLoaded
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use rmachine_guest_config::timeline::GuestStage;
+
+use crate::{clock, disk, error_chain, logging};
+
+/// The kernel command line word by which the host asks for the snapshot point.
+pub const CMDLINE_FLAG: &str = "rmachine.boot_snapshot=1";
+
+/// How long the guest waits for the host's `go` once the port is open.
+pub const GO_FOR: Duration = Duration::from_secs(60);
+
+/// How many random bytes a `go` carries (as twice as many hex digits).
+pub const SEED_LEN: usize = 32;
+
+/// How long the `ok` answer may take to be written: the `go` has been carried out by then, so
+/// the wait for the `go` no longer bounds it.
+const ANSWER_FOR: Duration = Duration::from_secs(5);
+
+/// The longest line read from the port; the rest of a longer one is read as lines of its own
+/// (each answered `error`), as on the clock port.
+const MAX_LINE: usize = 256;
+
+/// Where the virtio-serial ports are listed.
+const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
+
+/// What can go wrong at the snapshot point.
+#[derive(Debug, thiserror::Error)]
+pub enum BootSnapshotError {
+    /// The kernel command line could not be read.
+    #[error("cannot read {path}")]
+    Cmdline {
+        /// `/proc/cmdline`.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The clock port did not appear.
+    #[error("no virtio-serial port {name} after {} s", waited.as_secs())]
+    NoPort {
+        /// The port's name.
+        name: &'static str,
+        /// How long it was looked for.
+        waited: Duration,
+    },
+    /// The port's device node could not be opened.
+    #[error("cannot open {device}")]
+    Open {
+        /// The device node.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No good `go` came in time (or the point's line could not be written in time).
+    #[error("no go from the host on {device} within {} s", waited.as_secs())]
+    Timeout {
+        /// The port's device node.
+        device: PathBuf,
+        /// How long the guest waited.
+        waited: Duration,
+    },
+    /// Reading or writing the port failed.
+    #[error("cannot read or write {device}")]
+    Port {
+        /// The port's device node.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A line that is not a `go` request.
+    #[error("unknown request {line:?}")]
+    UnknownRequest {
+        /// The line, without surrounding whitespace.
+        line: String,
+    },
+    /// The time of a `go` is not one (the clock port's rules, [`clock::parse_time`]).
+    #[error("{reason}")]
+    BadTime {
+        /// Which word and why.
+        reason: String,
+    },
+    /// The seed of a `go` has the wrong length (it is not echoed: it is meant to be secret).
+    #[error("bad seed: {chars} characters, not {} hex digits", SEED_LEN * 2)]
+    SeedLength {
+        /// How many characters it has.
+        chars: usize,
+    },
+    /// The seed of a `go` holds a character that is not a hex digit.
+    #[error("bad seed: not hexadecimal")]
+    SeedNotHex,
+    /// A random device could not be opened.
+    #[error("cannot open {path}")]
+    OpenRandom {
+        /// The device node.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A block device could not be opened.
+    #[error("cannot open {device}")]
+    OpenDisk {
+        /// The device node.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An ioctl failed.
+    #[error("{request} on {path} failed")]
+    Ioctl {
+        /// The request's name, e.g. `BLKFLSBUF`.
+        request: &'static str,
+        /// The device node.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: Errno,
+    },
+    /// `/sys/block` could not be listed.
+    #[error("cannot list {path}")]
+    ListDisks {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether the kernel command line `cmdline` asks for the snapshot point.
+pub fn requested(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|word| word == CMDLINE_FLAG)
+}
+
+/// The host's go-ahead.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Go {
+    /// The host's UTC time: seconds since the Unix epoch.
+    pub secs: i64,
+    /// Nanoseconds within that second.
+    pub nanos: i64,
+    /// Random bytes for the kernel's pool.
+    pub seed: [u8; SEED_LEN],
+}
+
+impl fmt::Debug for Go {
+    // The seed stays out of logs and panic messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Go")
+            .field("secs", &self.secs)
+            .field("nanos", &self.nanos)
+            .field("seed", &format_args!("[{SEED_LEN} bytes]"))
+            .finish()
+    }
+}
+
+/// Parses one line of the port: `go SECS NANOS SEED`, nothing more.
+pub fn parse_go(line: &str) -> Result<Go, BootSnapshotError> {
+    let mut words = line.split_whitespace();
+    let (secs, nanos, seed) = match (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) {
+        (Some("go"), Some(secs), Some(nanos), Some(seed), None) => (secs, nanos, seed),
+        _ => {
+            return Err(BootSnapshotError::UnknownRequest {
+                line: line.trim().to_owned(),
+            })
+        }
+    };
+    let (secs, nanos) =
+        clock::parse_time(secs, nanos).map_err(|reason| BootSnapshotError::BadTime { reason })?;
+    if seed.len() != SEED_LEN * 2 {
+        return Err(BootSnapshotError::SeedLength {
+            chars: seed.chars().count(),
+        });
+    }
+    let mut bytes = [0; SEED_LEN];
+    hex::decode_to_slice(seed, &mut bytes).map_err(|_| BootSnapshotError::SeedNotHex)?;
+    Ok(Go {
+        secs,
+        nanos,
+        seed: bytes,
+    })
+}
+
+/// What the go-ahead did, for the console.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Continued {
+    /// When the point was reached (`CLOCK_BOOTTIME` milliseconds, as sent to the host).
+    pub point_ms: u64,
+    /// Whether the seed went into the kernel's random pool and the pool was reseeded.
+    pub entropy_added: bool,
+    /// What became of the disks' caches.
+    pub disks: DiskCaches,
+}
+
+/// The disks whose cached blocks were dropped, and those whose could not be.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DiskCaches {
+    /// Kernel names of the disks whose caches were dropped.
+    pub dropped: Vec<String>,
+    /// Kernel names of the disks whose caches may still be another machine's: they MUST NOT
+    /// be formatted this boot (see [`disk::distrust`]).
+    pub unverified: BTreeSet<String>,
+}
+
+/// The console line that follows the stage lines printed again after a `go`.
+pub fn summary(continued: &Continued) -> String {
+    let mut done = vec!["clock set".to_owned()];
+    done.push(if continued.entropy_added {
+        "entropy added".to_owned()
+    } else {
+        "entropy NOT added".to_owned()
+    });
+    let dropped = &continued.disks.dropped;
+    done.push(if dropped.is_empty() {
+        "no disk caches dropped".to_owned()
+    } else {
+        format!("caches of {} dropped", dropped.join(", "))
+    });
+    let unverified = &continued.disks.unverified;
+    if !unverified.is_empty() {
+        let names: Vec<&str> = unverified.iter().map(String::as_str).collect();
+        done.push(format!(
+            "{} unverified, not formatted or used",
+            names.join(", ")
+        ));
+    }
+    format!(
+        "boot snapshot: this boot continues from a snapshot taken at {} ms ({})",
+        continued.point_ms,
+        done.join(", ")
+    )
+}
+
+/// The snapshot point, if the kernel command line asks for it: waits for the host's `go` and
+/// carries it out (see the module docs), on a blocking thread. `init_started` and
+/// `modules_loaded` are the stage marks printed before the point, printed again after a `go`.
+/// Returns the disks that MUST NOT be formatted or used this boot (for [`disk::distrust`]).
+pub async fn at_point(init_started: GuestStage, modules_loaded: GuestStage) -> BTreeSet<String> {
+    if !requested_by_kernel() {
+        return BTreeSet::new();
+    }
+    let outcome = match tokio::task::spawn_blocking(wait_for_go).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            tracing::error!("boot snapshot: the wait for the host's go panicked: {err}");
+            // What the panic left undone is unknown: the disks are not believed.
+            let dropped = tokio::task::spawn_blocking(no_go_disk_caches).await;
+            Err(dropped.unwrap_or_default())
+        }
+    };
+    match outcome {
+        Ok(continued) => {
+            // Nothing may come between these two (the host's timeline parser restarts at
+            // `InitStarted`); the port is closed by now and nothing else has started yet.
+            logging::print_stage(&init_started);
+            logging::print_stage(&modules_loaded);
+            tracing::info!("{}", summary(&continued));
+            continued.disks.unverified
+        }
+        Err(disks) => disks.unverified,
+    }
+}
+
+/// Whether `/proc/cmdline` asks for the snapshot point (no, if it cannot be read).
+fn requested_by_kernel() -> bool {
+    let path = Path::new("/proc/cmdline");
+    match std::fs::read_to_string(path) {
+        Ok(cmdline) => requested(&cmdline),
+        Err(source) => {
+            let err = BootSnapshotError::Cmdline {
+                path: path.to_owned(),
+                source,
+            };
+            tracing::warn!("boot snapshot: {}; booting as usual", error_chain(&err));
+            false
+        }
+    }
+}
+
+/// Finds and opens the port, sends the point, waits for a good `go` and carries it out;
+/// without one, drops the disk caches all the same and returns what became of them.
+fn wait_for_go() -> Result<Continued, DiskCaches> {
+    let result = find_port_and_wait();
+    result.map_err(|err| {
+        tracing::warn!(
+            "boot snapshot: {}; booting on as usual (the host gave up, or is an old one)",
+            error_chain(&err)
+        );
+        no_go_disk_caches()
+    })
+}
+
+fn find_port_and_wait() -> Result<Continued, BootSnapshotError> {
+    let Some(device) =
+        clock::wait_for_port(Path::new(VIRTIO_PORTS), clock::PORT_NAME, clock::FIND_FOR)
+    else {
+        return Err(BootSnapshotError::NoPort {
+            name: clock::PORT_NAME,
+            waited: clock::FIND_FOR,
+        });
+    };
+    // Non-blocking: a write to a port whose host end is not open would block for good, and
+    // every wait here must end by its deadline.
+    let port = clock::open_port(&device, true).map_err(|source| BootSnapshotError::Open {
+        device: device.clone(),
+        source,
+    })?;
+    let point_ms = u64::try_from(logging::since_boot().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(
+        "boot snapshot: at the snapshot point ({point_ms} ms); waiting up to {} s for the \
+         host's go on {}",
+        GO_FOR.as_secs(),
+        device.display()
+    );
+    // The port (`&File`) is closed when this returns, before the clock thread opens it.
+    handshake(&port, &device, point_ms, GO_FOR, |go| {
+        carry_out(go, point_ms)
+    })
+}
+
+/// Steps 1 to 3 of a `go`: clock, entropy, disk caches; the clock just after it was set.
+fn carry_out(go: &Go, point_ms: u64) -> Result<((i64, i64), Continued), String> {
+    // A clock that cannot be set means the time was not one the kernel takes: that `go` is
+    // answered `error` and the next one awaited, with nothing else done.
+    let now = clock::set_realtime(go.secs, go.nanos)?;
+    let entropy_added = match add_entropy(&go.seed) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::error!(
+                "boot snapshot: {}; the kernel's random pool is the snapshot's, shared with \
+                 every machine started from it",
+                error_chain(&err)
+            );
+            false
+        }
+    };
+    let disks = drop_disk_caches(Path::new("/sys/block"), Path::new("/dev"));
+    Ok((
+        now,
+        Continued {
+            point_ms,
+            entropy_added,
+            disks,
+        },
+    ))
+}
+
+/// [`drop_disk_caches`] when no `go` came, with a line saying what it dropped.
+fn no_go_disk_caches() -> DiskCaches {
+    let disks = drop_disk_caches(Path::new("/sys/block"), Path::new("/dev"));
+    if !disks.dropped.is_empty() {
+        tracing::info!(
+            "boot snapshot: caches of {} dropped all the same (this may be a restored machine)",
+            disks.dropped.join(", ")
+        );
+    }
+    disks
+}
+
+/// Sends `snapshot-point POINT_MS` on `port` (named `device` in errors), then answers the lines
+/// that come back until one is a `go` that `go` carries out (returning the clock just after it
+/// was set, and what it did), or `wait` has gone by. `port` MUST be non-blocking; the waits are
+/// poll(2)s. A line that is not a good `go`, or a `go` that `go` refuses (the reason), is
+/// answered `error …`; the good one `ok SECS NANOS`.
+pub fn handshake<P, T>(
+    mut port: P,
+    device: &Path,
+    point_ms: u64,
+    wait: Duration,
+    mut go: impl FnMut(&Go) -> Result<((i64, i64), T), String>,
+) -> Result<T, BootSnapshotError>
+where
+    P: AsFd + Read + Write,
+{
+    let deadline = Instant::now() + wait;
+    let port_err = |source| BootSnapshotError::Port {
+        device: device.to_owned(),
+        source,
+    };
+    let timeout = || BootSnapshotError::Timeout {
+        device: device.to_owned(),
+        waited: wait,
+    };
+    let point = format!("snapshot-point {point_ms}\n");
+    if !write_by(&mut port, point.as_bytes(), deadline).map_err(port_err)? {
+        return Err(timeout());
+    }
+    let mut pending = Vec::new();
+    let mut chunk = [0; MAX_LINE];
+    let mut backoff = Backoff::new();
+    loop {
+        while let Some(line) = take_line(&mut pending) {
+            let text = String::from_utf8_lossy(&line);
+            let why = match parse_go(&text) {
+                Ok(request) => match go(&request) {
+                    Ok(((secs, nanos), done)) => {
+                        let answer = format!("ok {secs} {nanos}\n");
+                        // The go is carried out: the boot goes on from here whatever the host
+                        // hears of it.
+                        match write_by(&mut port, answer.as_bytes(), Instant::now() + ANSWER_FOR) {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(
+                                "boot snapshot: the ok answer on {} was not taken within {} s",
+                                device.display(),
+                                ANSWER_FOR.as_secs()
+                            ),
+                            Err(err) => tracing::warn!(
+                                "boot snapshot: cannot answer ok on {}: {err}",
+                                device.display()
+                            ),
+                        }
+                        return Ok(done);
+                    }
+                    Err(why) => why,
+                },
+                Err(err) => err.to_string(),
+            };
+            tracing::warn!("boot snapshot: {}: {why}", device.display());
+            let answer = format!("error {why}\n");
+            if !write_by(&mut port, answer.as_bytes(), deadline).map_err(port_err)? {
+                return Err(timeout());
+            }
+        }
+        match port.read(&mut chunk) {
+            // A virtio-serial port whose host end is not open reads as end of file at once
+            // (and polls as hung up): wait a little for the host, not in a loop.
+            Ok(0) => {
+                if !backoff.sleep(deadline) {
+                    return Err(timeout());
+                }
+            }
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                backoff = Backoff::new();
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                match poll_by(port.as_fd(), PollFlags::POLLIN, deadline).map_err(port_err)? {
+                    None => return Err(timeout()),
+                    Some(ready) if !ready.contains(PollFlags::POLLIN) => {
+                        // Hung up or an error, and yet nothing to read: do not spin on it.
+                        if !backoff.sleep(deadline) {
+                            return Err(timeout());
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            Err(err) => return Err(port_err(err)),
+        }
+    }
+}
+
+/// The first line of `pending` (through its newline, or its first [`MAX_LINE`] bytes), taken
+/// out of it; `None` if no whole line is there yet.
+fn take_line(pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = match pending.iter().position(|&b| b == b'\n') {
+        Some(newline) if newline < MAX_LINE => newline + 1,
+        _ if pending.len() >= MAX_LINE => MAX_LINE,
+        _ => return None,
+    };
+    Some(pending.drain(..end).collect())
+}
+
+/// Writes all of `bytes` to the non-blocking `port` by `deadline`; `false` if it came first.
+fn write_by<P: AsFd + Write>(
+    port: &mut P,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> io::Result<bool> {
+    let mut backoff = Backoff::new();
+    while !bytes.is_empty() {
+        match port.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                match poll_by(port.as_fd(), PollFlags::POLLOUT, deadline)? {
+                    None => return Ok(false),
+                    // A port whose host end is not open polls as hung up, never writable.
+                    Some(ready) if !ready.contains(PollFlags::POLLOUT) => {
+                        if !backoff.sleep(deadline) {
+                            return Ok(false);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(true)
+}
+
+/// poll(2) for `events` on `fd` until `deadline`: what happened, or `None` at the deadline.
+fn poll_by(
+    fd: std::os::fd::BorrowedFd<'_>,
+    events: PollFlags,
+    deadline: Instant,
+) -> io::Result<Option<PollFlags>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        // Rounded up: a timeout of 0 ms would make poll(2) return at once, again and again.
+        let ms = left.as_millis().saturating_add(1);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd, events)];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(fds[0].revents().unwrap_or(PollFlags::empty()))),
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Growing pauses (10 ms doubling up to 1 s), for a port with nothing to wait on.
+struct Backoff {
+    pause: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            pause: Duration::from_millis(10),
+        }
+    }
+
+    /// Sleeps the next pause, cut short at `deadline`; `false` if the deadline has come.
+    fn sleep(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(self.pause.min(left));
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        true
+    }
+}
+
+/// The Linux ioctls used here, with their request numbers from the kernel's uapi headers
+/// (neither libc nor nix has them).
+mod ioctl {
+    /// `struct rand_pool_info` with room for a seed: RNDADDENTROPY reads `buf_size` bytes of
+    /// `buf` after the two counts (declared `__u32 buf[0]` in the header: same offset, 8).
+    #[repr(C)]
+    pub struct RandPoolInfo {
+        /// Bits of entropy credited.
+        pub entropy_count: libc::c_int,
+        /// Bytes in `buf`.
+        pub buf_size: libc::c_int,
+        /// The bytes mixed in.
+        pub buf: [u8; super::SEED_LEN],
+    }
+
+    // RNDADDENTROPY = _IOW('R', 0x03, int[2]): the size in the number is that of the two
+    // counts, not of the whole struct.
+    nix::ioctl_write_ptr_bad!(
+        rnd_add_entropy,
+        nix::request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>()),
+        RandPoolInfo
+    );
+    // RNDRESEEDCRNG = _IO('R', 0x07)
+    nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
+    // BLKFLSBUF = _IO(0x12, 97)
+    nix::ioctl_none!(blk_flsbuf, 0x12, 97);
+    // BLKRRPART = _IO(0x12, 95)
+    nix::ioctl_none!(blk_rrpart, 0x12, 95);
+}
+
+/// Mixes `seed` into the kernel's random pool, crediting all its bits, and reseeds the CRNG
+/// from the pool at once (else the kernel would go on with the snapshot's CRNG key for up to a
+/// minute). Both need CAP_SYS_ADMIN, which PID 1's child has.
+fn add_entropy(seed: &[u8; SEED_LEN]) -> Result<(), BootSnapshotError> {
+    let path = Path::new("/dev/urandom");
+    let random = std::fs::File::open(path).map_err(|source| BootSnapshotError::OpenRandom {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ioctl_err = |request| {
+        move |source| BootSnapshotError::Ioctl {
+            request,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let info = ioctl::RandPoolInfo {
+        entropy_count: (SEED_LEN * 8) as libc::c_int,
+        buf_size: SEED_LEN as libc::c_int,
+        buf: *seed,
+    };
+    // SAFETY: `random` is an open file descriptor for the call, and `info` a live
+    // `rand_pool_info` whose `buf` holds the `buf_size` bytes the kernel reads.
+    unsafe { ioctl::rnd_add_entropy(random.as_raw_fd(), &info) }
+        .map_err(ioctl_err("RNDADDENTROPY"))?;
+    // SAFETY: `random` is an open file descriptor; the request takes no argument.
+    unsafe { ioctl::rnd_reseed_crng(random.as_raw_fd()) }.map_err(ioctl_err("RNDRESEEDCRNG"))?;
+    Ok(())
+}
+
+/// The block devices under `sys_block` whose blocks the kernel may cache from a snapshot's
+/// boot: those backed by a device (a `device` entry), not loop, RAM or zram devices; in kernel
+/// name order.
+pub fn snapshot_disks(sys_block: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)))
+        .filter(|name| sys_block.join(name).join("device").exists())
+        .collect();
+    names.sort_by_key(|n| disk::order_key(n));
+    Ok(names)
+}
+
+/// For every disk of [`snapshot_disks`]: drops its cached blocks (BLKFLSBUF) and rereads its
+/// partition table (BLKRRPART) through its node under `dev`. A disk whose cache could not be
+/// dropped is logged as an error and listed in [`DiskCaches::unverified`].
+pub fn drop_disk_caches(sys_block: &Path, dev: &Path) -> DiskCaches {
+    let mut caches = DiskCaches::default();
+    let names = match snapshot_disks(sys_block) {
+        Ok(names) => names,
+        Err(source) => {
+            // The disk scan reads the same directory: if it cannot list it either, no disk
+            // is found, and none formatted.
+            let err = BootSnapshotError::ListDisks {
+                path: sys_block.to_owned(),
+                source,
+            };
+            tracing::error!("boot snapshot: {}", error_chain(&err));
+            return caches;
+        }
+    };
+    for name in names {
+        match drop_cache(&dev.join(&name)) {
+            Ok(()) => caches.dropped.push(name),
+            Err(err) => {
+                tracing::error!(
+                    "boot snapshot: {}; {name} may read as another machine's disk, so it is \
+                     neither formatted nor used this boot",
+                    error_chain(&err)
+                );
+                caches.unverified.insert(name);
+            }
+        }
+    }
+    caches
+}
+
+/// BLKFLSBUF then BLKRRPART on one block device.
+fn drop_cache(device: &Path) -> Result<(), BootSnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK lets a CD-ROM drive without a disc open too.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(device)
+        .map_err(|source| BootSnapshotError::OpenDisk {
+            device: device.to_owned(),
+            source,
+        })?;
+    // SAFETY: `file` is an open file descriptor; the request takes no argument.
+    unsafe { ioctl::blk_flsbuf(file.as_raw_fd()) }.map_err(|source| BootSnapshotError::Ioctl {
+        request: "BLKFLSBUF",
+        path: device.to_owned(),
+        source,
+    })?;
+    // SAFETY: as above.
+    match unsafe { ioctl::blk_rrpart(file.as_raw_fd()) } {
+        // Not partitionable, or partitions in use: the table is not what init reads anyway.
+        Ok(_) | Err(Errno::EINVAL | Errno::ENOTTY | Errno::EBUSY) => {}
+        Err(source) => {
+            let err = BootSnapshotError::Ioctl {
+                request: "BLKRRPART",
+                path: device.to_owned(),
+                source,
+            };
+            tracing::warn!("boot snapshot: {}", error_chain(&err));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    const SEED: &str = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+
+    #[test]
+    fn the_flag_is_a_whole_word_of_the_command_line() {
+        assert!(requested("console=ttyS0 rmachine.boot_snapshot=1 quiet\n"));
+        assert!(requested("rmachine.boot_snapshot=1"));
+        assert!(!requested("console=ttyS0 quiet\n"));
+        assert!(!requested("rmachine.boot_snapshot=0"));
+        assert!(!requested("xrmachine.boot_snapshot=1"));
+        assert!(!requested("rmachine.boot_snapshot=10"));
+    }
+
+    #[test]
+    fn a_good_go_line_parses_with_either_case_of_hex() {
+        let go = parse_go(&format!("go 1765000000 123456789 {SEED}\n")).expect("a go");
+        assert_eq!(go.secs, 1_765_000_000);
+        assert_eq!(go.nanos, 123_456_789);
+        assert_eq!(go.seed[..2], [0x00, 0x11]);
+        assert_eq!(go.seed[30..], [0xee, 0xff]);
+        assert!(
+            !format!("{go:?}").contains("aabb"),
+            "the seed is not printed"
+        );
+    }
+
+    #[test]
+    fn bad_go_lines_are_refused_with_the_reason() {
+        let short = &SEED[..63];
+        let long = format!("{SEED}0");
+        let not_hex = format!("{}g", &SEED[..63]);
+        let cases: [(String, &str); 9] = [
+            (format!("go 1765000000 0 {short}"), "63 characters"),
+            (format!("go 1765000000 0 {long}"), "65 characters"),
+            (format!("go 1765000000 0 {not_hex}"), "not hexadecimal"),
+            (format!("go x 0 {SEED}"), "bad seconds"),
+            (format!("go -5 0 {SEED}"), "bad seconds"),
+            (
+                format!("go 1765000000 1000000000 {SEED}"),
+                "bad nanoseconds",
+            ),
+            (format!("go 1765000000 0 {SEED} extra"), "unknown request"),
+            ("go 1765000000 0".to_owned(), "unknown request"),
+            (format!("set 1765000000 0 {SEED}"), "unknown request"),
+        ];
+        for (line, reason) in cases {
+            let err = parse_go(&line).expect_err(&line);
+            assert!(err.to_string().contains(reason), "{line:?}: {err}");
+        }
+    }
+
+    /// The guest's end of a socket pair, non-blocking as the port is opened.
+    fn pair() -> (UnixStream, UnixStream) {
+        let (host, guest) = UnixStream::pair().expect("socket pair");
+        guest.set_nonblocking(true).expect("non-blocking");
+        (host, guest)
+    }
+
+    fn answers(host: &mut UnixStream) -> Vec<String> {
+        host.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut out = String::new();
+        // The guest's end is dropped when the handshake returns: read to end of file.
+        host.read_to_string(&mut out).expect("answers");
+        out.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn bad_lines_are_answered_and_the_good_go_is_carried_out_once() {
+        let (mut host, guest) = pair();
+        let mut input = b"hello\n".to_vec();
+        input.extend(format!("go 1765000000 5 {}\n", &SEED[..10]).as_bytes());
+        input.extend([b'x'; 300]);
+        input.extend(format!("\ngo 1765000000 5 {SEED}\n").as_bytes());
+        // What follows the go is not read as a request.
+        input.extend(format!("go 1765000001 5 {SEED}\n").as_bytes());
+        host.write_all(&input).expect("input");
+        let mut carried = Vec::new();
+        let done = handshake(
+            guest,
+            Path::new("test-port"),
+            2650,
+            Duration::from_secs(5),
+            |go| {
+                carried.push(go.clone());
+                Ok(((go.secs, go.nanos + 1), "done"))
+            },
+        )
+        .expect("a go");
+        assert_eq!(done, "done");
+        assert_eq!(carried.len(), 1);
+        assert_eq!(carried[0].secs, 1_765_000_000);
+        let lines = answers(&mut host);
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(lines[0], "snapshot-point 2650");
+        assert!(
+            lines[1..5].iter().all(|l| l.starts_with("error ")),
+            "{lines:?}"
+        );
+        assert!(lines[2].contains("seed"), "{lines:?}");
+        assert_eq!(lines[5], "ok 1765000000 6");
+    }
+
+    #[test]
+    fn a_go_that_cannot_be_carried_out_is_answered_error_and_another_awaited() {
+        let (mut host, guest) = pair();
+        let go = format!("go 1765000000 5 {SEED}\n");
+        host.write_all(format!("{go}{go}").as_bytes())
+            .expect("input");
+        let mut tries = 0;
+        handshake(
+            guest,
+            Path::new("test-port"),
+            1,
+            Duration::from_secs(5),
+            |go| {
+                tries += 1;
+                if tries == 1 {
+                    Err("clock_settime: EINVAL".to_owned())
+                } else {
+                    Ok(((go.secs, go.nanos), ()))
+                }
+            },
+        )
+        .expect("a go");
+        assert_eq!(
+            answers(&mut host),
+            [
+                "snapshot-point 1",
+                "error clock_settime: EINVAL",
+                "ok 1765000000 5"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_go_the_wait_ends_at_its_timeout() {
+        let (mut host, guest) = pair();
+        host.write_all(b"hello\n").expect("input");
+        let began = Instant::now();
+        let err = handshake(
+            guest,
+            Path::new("test-port"),
+            7,
+            Duration::from_millis(300),
+            |_| Ok(((0, 0), ())),
+        )
+        .expect_err("no go");
+        assert!(matches!(err, BootSnapshotError::Timeout { .. }), "{err}");
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        assert!(began.elapsed() < Duration::from_secs(3));
+        assert_eq!(answers(&mut host)[0], "snapshot-point 7");
+    }
+
+    #[test]
+    fn a_host_end_that_reads_as_closed_is_waited_for_until_the_timeout() {
+        let (host, guest) = pair();
+        // The host has written nothing and will write nothing: reads return end of file at
+        // once, as on a port whose host end is not open.
+        host.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let began = Instant::now();
+        let err = handshake(
+            guest,
+            Path::new("test-port"),
+            7,
+            Duration::from_millis(300),
+            |_| Ok(((0, 0), ())),
+        )
+        .expect_err("no go");
+        assert!(matches!(err, BootSnapshotError::Timeout { .. }), "{err}");
+        assert!(began.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_lines_wait_for_their_newline() {
+        let mut pending = b"go 1".to_vec();
+        assert_eq!(take_line(&mut pending), None);
+        pending.extend(b" 2\nrest");
+        assert_eq!(take_line(&mut pending), Some(b"go 1 2\n".to_vec()));
+        assert_eq!(pending, b"rest");
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        long.push(b'\n');
+        assert_eq!(take_line(&mut long).map(|l| l.len()), Some(MAX_LINE));
+        assert_eq!(take_line(&mut long).map(|l| l.len()), Some(11));
+    }
+
+    #[test]
+    fn the_summary_names_what_was_done_and_what_was_not() {
+        let mut continued = Continued {
+            point_ms: 2650,
+            entropy_added: true,
+            disks: DiskCaches {
+                dropped: vec!["vda".into(), "vdb".into()],
+                unverified: BTreeSet::new(),
+            },
+        };
+        assert_eq!(
+            summary(&continued),
+            "boot snapshot: this boot continues from a snapshot taken at 2650 ms (clock set, \
+             entropy added, caches of vda, vdb dropped)"
+        );
+        continued.entropy_added = false;
+        continued.disks.unverified.insert("vdc".into());
+        let line = summary(&continued);
+        assert!(line.contains("entropy NOT added"), "{line}");
+        assert!(
+            line.contains("vdc unverified, not formatted or used"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn only_device_backed_disks_other_than_loop_and_ram_are_flushed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for (name, has_device) in [
+            ("vdb", true),
+            ("vda", true),
+            ("sda", true),
+            ("loop0", true),
+            ("ram0", true),
+            ("zram0", true),
+            ("dm-0", false),
+        ] {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).expect("dir");
+            if has_device {
+                std::fs::create_dir(dir.join("device")).expect("device");
+            }
+        }
+        assert_eq!(
+            snapshot_disks(tmp.path()).expect("list"),
+            ["sda", "vda", "vdb"]
+        );
+        // Nodes that cannot be opened (none under this `dev`): every disk is unverified.
+        let caches = drop_disk_caches(tmp.path(), &tmp.path().join("no-dev"));
+        assert!(caches.dropped.is_empty());
+        assert_eq!(
+            caches.unverified,
+            ["sda", "vda", "vdb"].map(String::from).into()
+        );
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn ioctl_numbers_are_the_kernel_headers() {
+        use nix::{request_code_none, request_code_write};
+        // From <linux/random.h> and <linux/fs.h> as the C compiler expands them.
+        assert_eq!(
+            request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>()),
+            0x4008_5203
+        );
+        assert_eq!(request_code_none!(b'R', 0x07), 0x5207);
+        assert_eq!(request_code_none!(0x12, 97), 0x1261);
+        assert_eq!(request_code_none!(0x12, 95), 0x125f);
+    }
+}
