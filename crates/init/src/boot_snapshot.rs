@@ -12,6 +12,10 @@
 //! here runs. The exchange uses the clock port ([`clock::PORT_NAME`]) before the clock thread
 //! serves it, one line each way:
 //!
+//! - host → guest, written as QEMU starts and read when the guest opens the port:
+//!   `snapshot-wanted` (the host saves this boot: go on below) or `skip` (it does not: boot
+//!   on at once). Nothing within [`ASKED_FOR`] (a reboot from inside the guest, whose QEMU
+//!   nobody watches; an old host) also boots on;
 //! - guest → host: `snapshot-point MS` (`CLOCK_BOOTTIME` in milliseconds);
 //! - host → guest: `go SECS NANOS SEED`: the host's UTC time, as for the clock port's `set`,
 //!   and 32 random bytes as 64 hex digits;
@@ -58,6 +62,15 @@ pub const GO_FOR: Duration = Duration::from_secs(60);
 /// How many random bytes a `go` carries (as twice as many hex digits).
 pub const SEED_LEN: usize = 32;
 
+/// How long the guest waits for the host's first word (already in the port when the host
+/// started this QEMU).
+pub const ASKED_FOR: Duration = Duration::from_secs(3);
+
+/// The host's first word when it saves this boot.
+const WANTED: &str = "snapshot-wanted";
+/// The host's first word when it does not.
+const SKIP: &str = "skip";
+
 /// How long the `ok` answer may take to be written: the `go` has been carried out by then, so
 /// the wait for the `go` no longer bounds it.
 const ANSWER_FOR: Duration = Duration::from_secs(5);
@@ -97,6 +110,23 @@ pub enum BootSnapshotError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The host said it takes no snapshot of this boot.
+    #[error("the host takes no snapshot of this boot")]
+    Skipped,
+    /// The host said nothing at the point: no host watches this QEMU's start.
+    #[error("no word from the host on {device} within {} s (a reboot from inside the machine, or an older rmachine)", waited.as_secs())]
+    NotAsked {
+        /// The port's device node.
+        device: PathBuf,
+        /// How long the guest waited.
+        waited: Duration,
+    },
+    /// The host's first word was neither `snapshot-wanted` nor `skip`.
+    #[error("unknown first word {line:?} from the host")]
+    UnknownWord {
+        /// The line, without surrounding whitespace.
+        line: String,
     },
     /// No good `go` came in time (or the point's line could not be written in time).
     #[error("no go from the host on {device} within {} s", waited.as_secs())]
@@ -337,6 +367,13 @@ fn requested_by_kernel() -> bool {
 fn wait_for_go() -> Result<Continued, DiskCaches> {
     let result = find_port_and_wait();
     result.map_err(|err| {
+        if matches!(
+            err,
+            BootSnapshotError::Skipped | BootSnapshotError::NotAsked { .. }
+        ) {
+            tracing::info!("boot snapshot: {}; booting on", error_chain(&err));
+            return no_go_disk_caches();
+        }
         tracing::warn!(
             "boot snapshot: {}; booting on as usual (the host gave up, or is an old one)",
             error_chain(&err)
@@ -360,6 +397,7 @@ fn find_port_and_wait() -> Result<Continued, BootSnapshotError> {
         device: device.clone(),
         source,
     })?;
+    first_word(&port, &device, ASKED_FOR)?;
     let point_ms = u64::try_from(logging::since_boot().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         "boot snapshot: at the snapshot point ({point_ms} ms); waiting up to {} s for the \
@@ -371,6 +409,60 @@ fn find_port_and_wait() -> Result<Continued, BootSnapshotError> {
     handshake(&port, &device, point_ms, GO_FOR, |go| {
         carry_out(go, point_ms)
     })
+}
+
+/// The host's first line on `port` within `wait`: `Ok` if it wants the snapshot taken, else
+/// why the boot goes on at once.
+fn first_word<P>(mut port: P, device: &Path, wait: Duration) -> Result<(), BootSnapshotError>
+where
+    P: AsFd + Read,
+{
+    let deadline = Instant::now() + wait;
+    let port_err = |source| BootSnapshotError::Port {
+        device: device.to_owned(),
+        source,
+    };
+    let mut pending = Vec::new();
+    let mut chunk = [0; MAX_LINE];
+    let mut backoff = Backoff::new();
+    loop {
+        if let Some(line) = take_line(&mut pending) {
+            let text = String::from_utf8_lossy(&line);
+            return match text.trim() {
+                WANTED => Ok(()),
+                SKIP => Err(BootSnapshotError::Skipped),
+                other => Err(BootSnapshotError::UnknownWord {
+                    line: other.to_owned(),
+                }),
+            };
+        }
+        let not_asked = || BootSnapshotError::NotAsked {
+            device: device.to_owned(),
+            waited: wait,
+        };
+        // Only one line comes before the guest's point: a byte read past it cannot be one.
+        match port.read(&mut chunk[..MAX_LINE - pending.len()]) {
+            Ok(0) => {
+                if !backoff.sleep(deadline) {
+                    return Err(not_asked());
+                }
+            }
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                match poll_by(port.as_fd(), PollFlags::POLLIN, deadline).map_err(port_err)? {
+                    None => return Err(not_asked()),
+                    Some(ready) if !ready.contains(PollFlags::POLLIN) => {
+                        if !backoff.sleep(deadline) {
+                            return Err(not_asked());
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            Err(err) => return Err(port_err(err)),
+        }
+    }
 }
 
 /// Steps 1 to 3 of a `go`: clock, entropy, disk caches; the clock just after it was set.
@@ -874,6 +966,29 @@ mod tests {
                 "ok 1765000000 5"
             ]
         );
+    }
+
+    #[test]
+    fn the_hosts_first_word_says_whether_to_stop_at_the_point() {
+        let word = |input: &[u8]| {
+            let (mut host, guest) = pair();
+            host.write_all(input).expect("input");
+            first_word(&guest, Path::new("test-port"), Duration::from_millis(300))
+        };
+        assert!(word(b"snapshot-wanted\n").is_ok());
+        assert!(matches!(word(b"skip\n"), Err(BootSnapshotError::Skipped)));
+        assert!(matches!(
+            word(b"go 1 2 3\n"),
+            Err(BootSnapshotError::UnknownWord { .. })
+        ));
+        // Nothing, or half a line: the boot goes on once the wait is over.
+        let began = Instant::now();
+        assert!(matches!(word(b""), Err(BootSnapshotError::NotAsked { .. })));
+        assert!(matches!(
+            word(b"snapshot-wan"),
+            Err(BootSnapshotError::NotAsked { .. })
+        ));
+        assert!(began.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
