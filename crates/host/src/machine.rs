@@ -994,6 +994,9 @@ fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {
 }
 
 /// Renders `config.img` from the machine's current certificate and key files.
+/// The configuration drive's size is a multiple of this.
+const CONFIG_DRIVE_UNIT: usize = 64 << 10;
+
 fn write_config_drive<D: Driver>(
     config: &MachineConfig,
     dir: &MachineDir,
@@ -1057,6 +1060,13 @@ fn write_config_drive<D: Driver>(
     };
     let mut image = Vec::new();
     guest.write_drive(&mut image).map_err(drive_err)?;
+    // Machines whose drives are the same size can start from one QEMU boot snapshot (the
+    // snapshot's kernel read the drive's size when it probed it); a tar archive ends in zero
+    // blocks, so the padding reads as more of its end.
+    image.resize(
+        image.len().div_ceil(CONFIG_DRIVE_UNIT) * CONFIG_DRIVE_UNIT,
+        0,
+    );
     // The drive holds the engine's private key.
     store::write_atomic(&path, &image, true)?;
     Ok(())

@@ -115,10 +115,21 @@ pub fn cpu_model(accel: Accel, guest: HostArch) -> Option<&'static str> {
 /// unstable and keeps time with jiffies from then on: the guest's clock lags real time and
 /// every timer runs late (measured: about a second of the boot under load,
 /// docs/boot-timings.md). Without a known rate neither option is given.
-pub fn kernel_cmdline(base: &str, guest: HostArch, accel: Accel, tsc_khz: Option<u64>) -> String {
+/// `boot_snapshot` adds the option that makes the guest's init stop at the boot snapshot's
+/// point (`crate::boot_snapshot`).
+pub fn kernel_cmdline(
+    base: &str,
+    guest: HostArch,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    boot_snapshot: bool,
+) -> String {
     let mut options: Vec<String> = Vec::new();
     if !base.trim().is_empty() {
         options.push(base.trim().to_owned());
+    }
+    if boot_snapshot {
+        options.push(crate::boot_snapshot::KERNEL_OPTION.to_owned());
     }
     if accel == Accel::Tcg {
         options.push("cryptomgr.notests".to_owned());
@@ -177,6 +188,8 @@ pub struct VmLaunch<'a> {
     pub pidfile: &'a Path,
     /// Where QEMU listens for QMP.
     pub qmp: &'a QmpEndpoint,
+    /// Whether the guest's init stops at the boot snapshot's point.
+    pub boot_snapshot: bool,
 }
 
 fn path(p: &Path) -> String {
@@ -328,7 +341,13 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
             ]);
             push(&[
                 "-append",
-                &kernel_cmdline(&l.boot.cmdline, l.guest, l.accel, l.tsc_khz),
+                &kernel_cmdline(
+                    &l.boot.cmdline,
+                    l.guest,
+                    l.accel,
+                    l.tsc_khz,
+                    l.boot_snapshot,
+                ),
             ]);
         }
     }
@@ -523,6 +542,7 @@ mod tests {
             console_log: &p.console,
             pidfile: &p.pid,
             qmp: &p.qmp,
+            boot_snapshot: false,
         }
     }
 
@@ -845,16 +865,20 @@ mod tests {
             arch: HostArch::Aarch64,
         };
         assert_eq!(
-            kernel_cmdline("console=ttyAMA0", host.arch, Accel::Tcg, Some(1000)),
+            kernel_cmdline("console=ttyAMA0", host.arch, Accel::Tcg, Some(1000), false),
             "console=ttyAMA0 cryptomgr.notests"
         );
         assert_eq!(
-            kernel_cmdline("", HostArch::X86_64, Accel::Tcg, Some(1000)),
+            kernel_cmdline("", HostArch::X86_64, Accel::Tcg, Some(1000), false),
             "cryptomgr.notests tsc_early_khz=1000 tsc=reliable"
         );
         assert_eq!(
-            kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None),
+            kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None, false),
             "a cryptomgr.notests"
+        );
+        assert_eq!(
+            kernel_cmdline("a", HostArch::X86_64, Accel::Tcg, None, true),
+            "a rmachine.boot_snapshot=1 cryptomgr.notests"
         );
     }
 
@@ -866,7 +890,8 @@ mod tests {
                     "console=ttyS0 quiet",
                     HostArch::X86_64,
                     accel,
-                    Some(2_445_432)
+                    Some(2_445_432),
+                    false
                 ),
                 "console=ttyS0 quiet",
                 "{accel:?}"

@@ -12,6 +12,7 @@
 
 pub mod accel;
 pub mod args;
+pub mod boot_snapshot;
 pub mod clock;
 pub mod disk;
 pub mod platform;
@@ -176,6 +177,32 @@ pub struct QemuOptions {
     )]
     #[serde(rename = "qemuFirmware", skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
+
+    /// Start from a boot snapshot: the saved state of a guest whose kernel and device drivers
+    /// are up, taken at the first boot of each command line and kept in the store's cache
+    /// (machines with virtio-fs shares or --qemu-boot-iso always boot their kernel)
+    #[arg(
+        id = "qemu_boot_snapshot",
+        long = "qemu-boot-snapshot",
+        env = "QEMU_BOOT_SNAPSHOT",
+        value_enum,
+        default_value = "on"
+    )]
+    #[serde(rename = "qemuBootSnapshot")]
+    pub boot_snapshot: BootSnapshotOption,
+}
+
+/// The `--qemu-boot-snapshot` choices.
+#[derive(clap::ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootSnapshotOption {
+    /// Start from the snapshot of the machine's command line if there is one, else boot and
+    /// take it.
+    #[default]
+    #[serde(rename = "on")]
+    On,
+    /// Always boot the kernel.
+    #[serde(rename = "off")]
+    Off,
 }
 
 /// The `--qemu-share-transport` choices.
@@ -197,6 +224,7 @@ pub enum ShareTransportOption {
 }
 
 /// The QEMU driver.
+#[derive(Clone)]
 pub struct QemuDriver {
     options: QemuOptions,
     runner: Arc<dyn CommandRunner>,
@@ -617,6 +645,15 @@ impl QemuDriver {
         let mut changed =
             Self::refresh_ports(&mut state).map_err(|e| Self::io_error(dir, dir.path(), e))?;
         let tsc_khz = self.host_tsc_khz().await;
+        if self
+            .start_from_boot_snapshot(dir, spec, &state, tsc_khz)
+            .await
+        {
+            if changed {
+                state.save(dir)?;
+            }
+            return Ok(());
+        }
         let chosen = state.accel.clone();
         loop {
             match self.launch(dir, spec, &state, tsc_khz, None).await {
@@ -721,6 +758,9 @@ impl QemuDriver {
         let ready = self
             .wait_ready(dir, &qmp, &program, started, spawned, incoming.is_some())
             .await;
+        if ready.is_ok() && incoming.is_none() && self.boot_snapshot_on(dir, spec) {
+            self.meet_guest_at_point(dir, spec, state, tsc_khz);
+        }
         if ready.is_err() {
             self.stop_virtiofsd(dir).await;
             // A half-started QEMU must not linger and hold the ports for the retry.
@@ -810,6 +850,7 @@ impl QemuDriver {
             console_log: &console,
             pidfile: &pidfile,
             qmp,
+            boot_snapshot: self.boot_snapshot_on(dir, spec),
         })
     }
 
@@ -1384,20 +1425,20 @@ impl QemuDriver {
         }
     }
 
-    /// After [`Self::load_saved`] launched QEMU on the state at `path`: waits until it has
-    /// loaded it and lets the guest run; the reason if QEMU rejected it.
-    async fn continue_loaded(
+    /// Waits until a QEMU started with `-S -incoming` has loaded its state; the paused QEMU's
+    /// QMP client, or why it rejected the state. `loading` names the state in the timeout's
+    /// error.
+    async fn wait_loaded(
         &self,
         dir: &MachineDir,
-        path: &Path,
-        damage: Option<tokio::task::JoinHandle<Option<String>>>,
-    ) -> Result<Option<String>, DriverError> {
+        loading: &str,
+    ) -> Result<Result<QmpClient, String>, DriverError> {
         let deadline = Instant::now() + SAVE_TIMEOUT;
         let mut client = None;
-        let mut qmp = loop {
+        loop {
             if self.live_pid(dir).await?.is_none() {
                 self.clean_runtime_files(dir)?;
-                return Ok(Some(self.rejected_message(dir)));
+                return Ok(Err(self.rejected_message(dir)));
             }
             if client.is_none() {
                 client = self.qmp(dir).await.ok();
@@ -1411,26 +1452,41 @@ impl QemuDriver {
             match status.as_deref() {
                 Some("paused" | "postmigrate") => {
                     if let Some(qmp) = client.take() {
-                        break qmp;
+                        return Ok(Ok(qmp));
                     }
                 }
                 None => client = None,
                 Some("inmigrate") => {}
                 Some(other) => {
                     let _ = self.stop_inner(dir, StopMode::Kill).await;
-                    return Ok(Some(format!(
-                        "QEMU ended in state {other} while loading it"
-                    )));
+                    return Ok(Err(format!("QEMU ended in state {other} while loading it")));
                 }
             }
             if Instant::now() >= deadline {
                 return Err(DriverError::Timeout {
                     machine: dir.name.clone(),
-                    what: "QEMU to load the saved state (kept for the next start)".to_owned(),
+                    what: format!("QEMU to load {loading}"),
                     seconds: SAVE_TIMEOUT.as_secs(),
                 });
             }
             tokio::time::sleep(STATE_POLL).await;
+        }
+    }
+
+    /// After [`Self::load_saved`] launched QEMU on the state at `path`: waits until it has
+    /// loaded it and lets the guest run; the reason if QEMU rejected it.
+    async fn continue_loaded(
+        &self,
+        dir: &MachineDir,
+        path: &Path,
+        damage: Option<tokio::task::JoinHandle<Option<String>>>,
+    ) -> Result<Option<String>, DriverError> {
+        let mut qmp = match self
+            .wait_loaded(dir, "the saved state (kept for the next start)")
+            .await?
+        {
+            Ok(qmp) => qmp,
+            Err(rejected) => return Ok(Some(rejected)),
         };
         let damage = match damage {
             Some(check) => check
@@ -2350,6 +2406,8 @@ mod tests {
             console_log: &dir.file(CONSOLE_LOG),
             pidfile: &dir.file(PIDFILE),
             qmp: &QmpEndpoint::Unix(dir.file(QMP_SOCKET)),
+            // Outside a store: no boot snapshots.
+            boot_snapshot: false,
         }));
         argv
     }
@@ -2967,8 +3025,11 @@ mod tests {
             "arm64",
             "--qemu-share-transport",
             "9p",
+            "--qemu-boot-snapshot",
+            "off",
         ]);
         assert_eq!(cli.qemu.accel, AccelOption::Tcg);
+        assert_eq!(cli.qemu.boot_snapshot, BootSnapshotOption::Off);
         assert_eq!(cli.qemu.machine.as_deref(), Some("microvm"));
         assert_eq!(cli.qemu.arch, Some(HostArch::Aarch64));
         assert_eq!(cli.qemu.share_transport, ShareTransportOption::NineP);
@@ -2979,9 +3040,14 @@ mod tests {
                 "qemuAccel": "tcg",
                 "qemuMachine": "microvm",
                 "qemuArch": "aarch64",
-                "qemuShareTransport": "9p"
+                "qemuShareTransport": "9p",
+                "qemuBootSnapshot": "off"
             })
         );
+        // Machines created before the option start from snapshots.
+        let older: QemuOptions =
+            serde_json::from_value(serde_json::json!({ "qemuAccel": "tcg" })).expect("older");
+        assert_eq!(older.boot_snapshot, BootSnapshotOption::On);
         let amd64 = Cli::parse_from(["x", "--qemu-arch", "amd64"]);
         assert_eq!(amd64.qemu.arch, Some(HostArch::X86_64));
         assert!(Cli::try_parse_from(["x", "--qemu-arch", "riscv64"]).is_err());

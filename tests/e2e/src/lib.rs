@@ -112,8 +112,8 @@ impl Run {
 pub struct Machine {
     /// The machine's name.
     pub name: String,
-    store: tempfile::TempDir,
-    docker_config: tempfile::TempDir,
+    store: std::sync::Arc<tempfile::TempDir>,
+    docker_config: std::sync::Arc<tempfile::TempDir>,
     bins: PathBuf,
 }
 
@@ -122,10 +122,21 @@ impl Machine {
     pub fn new(name: &str) -> Result<Self> {
         Ok(Machine {
             name: name.to_string(),
-            store: tempfile::Builder::new().prefix("rmachine-e2e-").tempdir()?,
-            docker_config: tempfile::tempdir()?,
+            store: std::sync::Arc::new(tempfile::Builder::new().prefix("rmachine-e2e-").tempdir()?),
+            docker_config: std::sync::Arc::new(tempfile::tempdir()?),
             bins: bin_dir()?,
         })
+    }
+
+    /// A handle for another machine named `name` in this one's store (which lives as long
+    /// as either handle).
+    pub fn sibling(&self, name: &str) -> Machine {
+        Machine {
+            name: name.to_string(),
+            store: self.store.clone(),
+            docker_config: self.docker_config.clone(),
+            bins: self.bins.clone(),
+        }
     }
 
     /// The private store.

@@ -1,0 +1,221 @@
+//! Boot snapshots (QEMU): the first machine of a command line boots its kernel and the driver
+//! saves the guest at the snapshot point; the next machine with the same settings in the
+//! same store starts from that state. Checked as a user sees it: the second machine is its
+//! own (name, certificates: `docker` works against it), its clock is the host's, its kernel's
+//! random numbers are not a third machine's from the same snapshot, its data disk survives a
+//! stop and a start from the snapshot (nothing formatted twice), its timeline is complete,
+//! and a damaged snapshot falls back to a kernel boot that keeps the data and takes a new
+//! snapshot. Three machines in one store (about 1.5 min under load here).
+#![cfg(rmachine_e2e)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rmachine_e2e::Machine;
+
+/// The settings every machine of the test shares (so they share one snapshot).
+const SETTINGS: [&str; 3] = ["--memory", "512", "--no-share"];
+
+const TOOK: &str = "took the boot snapshot";
+const STARTED_FROM: &str = "started from the boot snapshot";
+
+fn snapshot_dir(machine: &Machine) -> PathBuf {
+    machine.store().join("cache").join("qemu-boot-snapshots")
+}
+
+/// The snapshots' records in the store, once at least one is there (the driver publishes
+/// a snapshot right after the guest went on, while the engine starts).
+fn records(machine: &Machine, limit: Duration) -> anyhow::Result<Vec<PathBuf>> {
+    let began = Instant::now();
+    loop {
+        let found: Vec<PathBuf> = match std::fs::read_dir(snapshot_dir(machine)) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if !found.is_empty() || began.elapsed() > limit {
+            return Ok(found);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ssh(machine: &Machine, command: &str) -> anyhow::Result<String> {
+    Ok(machine
+        .rmachine(&["ssh", &machine.name, command])?
+        .success()?
+        .stdout)
+}
+
+/// Seconds between the guest's clock and the host's (0 when within the command's span).
+fn clock_lag(machine: &Machine) -> anyhow::Result<i64> {
+    let now = || -> anyhow::Result<i64> {
+        Ok(i64::try_from(
+            SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+        )?)
+    };
+    let before = now()?;
+    let guest: i64 = ssh(machine, "date +%s")?.trim().parse()?;
+    let after = now()?;
+    Ok(if guest < before {
+        before - guest
+    } else if guest > after {
+        after - guest
+    } else {
+        0
+    })
+}
+
+fn check_complete_timeline(machine: &Machine, when: &str) -> anyhow::Result<()> {
+    let guest = machine
+        .rmachine(&[
+            "inspect",
+            "--format",
+            "{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}",
+            &machine.name,
+        ])?
+        .success()?
+        .stdout;
+    let stages: Vec<(&str, u64)> = guest
+        .split_whitespace()
+        .filter_map(|item| item.split_once('='))
+        .filter_map(|(stage, ms)| Some((stage, ms.parse().ok()?)))
+        .collect();
+    let names: Vec<&str> = stages.iter().map(|(s, _)| *s).collect();
+    for stage in [
+        "InitStarted",
+        "ModulesLoaded",
+        "DataDiskMounted",
+        "NetworkUp",
+        "SshUp",
+        "EngineStarted",
+        "EngineUp",
+        "TlsListening",
+    ] {
+        assert!(names.contains(&stage), "{when}: {stage} missing: {guest}");
+    }
+    assert_eq!(names.first(), Some(&"InitStarted"), "{when}: {guest}");
+    assert!(
+        stages.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{when}: not monotonic: {guest}"
+    );
+    Ok(())
+}
+
+fn flip_bytes_in_the_middle(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let middle = file.metadata()?.len() / 2;
+    let mut bytes = [0u8; 64];
+    file.seek(SeekFrom::Start(middle))?;
+    file.read_exact(&mut bytes)?;
+    for b in &mut bytes {
+        *b ^= 0x5a;
+    }
+    file.seek(SeekFrom::Start(middle))?;
+    file.write_all(&bytes)?;
+    Ok(())
+}
+
+#[test]
+fn machines_start_from_the_boot_snapshot_of_their_settings() -> anyhow::Result<()> {
+    let first = Machine::new("snapfirst")?;
+    let mut args = vec!["-v"];
+    args.extend(SETTINGS);
+    let created = first.create(&args)?.success()?;
+    assert!(
+        created.stderr.contains(TOOK) && !created.stderr.contains(STARTED_FROM),
+        "the first machine boots its kernel and takes the snapshot: {}",
+        created.stderr
+    );
+    let taken = records(&first, Duration::from_secs(60))?;
+    assert_eq!(taken.len(), 1, "one snapshot: {taken:?}");
+
+    let second = first.sibling("snapsecond");
+    let created = second.create(&args)?.success()?;
+    eprintln!(
+        "create from the snapshot took {:.2}s",
+        created.elapsed.as_secs_f64()
+    );
+    assert!(
+        created.stderr.contains(STARTED_FROM),
+        "the second machine starts from the snapshot: {}",
+        created.stderr
+    );
+    // Its own machine: the engine answers with its name and its certificates.
+    let name = second
+        .docker(&["info", "--format", "{{.Name}}"])?
+        .success()?;
+    assert_eq!(name.stdout.trim(), "snapsecond");
+    assert_eq!(ssh(&second, "hostname")?.trim(), "snapsecond");
+    let lag = clock_lag(&second)?;
+    assert!(
+        lag.abs() <= 1,
+        "clock off by {lag}s after the start from the snapshot"
+    );
+    check_complete_timeline(&second, "create from the snapshot")?;
+    let console = second.console_when(&second.name, Duration::from_secs(5), |c| {
+        c.contains("boot snapshot:")
+    })?;
+    assert!(
+        console.contains("boot snapshot:"),
+        "init says where it went on: {console}"
+    );
+
+    // A third machine from the same snapshot: its kernel's random numbers are its own.
+    let third = first.sibling("snapthird");
+    let created = third.create(&args)?.success()?;
+    assert!(created.stderr.contains(STARTED_FROM), "{}", created.stderr);
+    let random = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+    let (a, b) = (ssh(&second, random)?, ssh(&third, random)?);
+    assert_eq!(a.len(), 64, "{a}");
+    assert_ne!(
+        a, b,
+        "two machines from one snapshot read the same random bytes"
+    );
+    drop(third);
+
+    // The data disk stays the machine's own across a stop and a start from the snapshot
+    // (the snapshot's kernel had seen a blank disk).
+    ssh(&second, "echo kept > /mnt/data/snapshot-marker && sync")?;
+    second.rmachine(&["stop", &second.name])?.success()?;
+    let started = second
+        .rmachine(&["start", "-v", "--no-progress", &second.name])?
+        .success()?;
+    assert!(started.stderr.contains(STARTED_FROM), "{}", started.stderr);
+    assert_eq!(
+        ssh(&second, "cat /mnt/data/snapshot-marker")?.trim(),
+        "kept"
+    );
+    check_complete_timeline(&second, "start from the snapshot")?;
+
+    // A damaged snapshot: the start boots the kernel, keeps the data and takes a new one.
+    let state = taken[0].with_extension("state");
+    flip_bytes_in_the_middle(&state)?;
+    second.rmachine(&["stop", &second.name])?.success()?;
+    let started = second
+        .rmachine(&["start", "-v", "--no-progress", &second.name])?
+        .success()?;
+    assert!(
+        started.stderr.contains("not used and removed") && started.stderr.contains(TOOK),
+        "the damaged snapshot is replaced: {}",
+        started.stderr
+    );
+    assert_eq!(
+        ssh(&second, "cat /mnt/data/snapshot-marker")?.trim(),
+        "kept"
+    );
+    let name = second
+        .docker(&["info", "--format", "{{.Name}}"])?
+        .success()?;
+    assert_eq!(name.stdout.trim(), "snapsecond");
+    let retaken = records(&first, Duration::from_secs(60))?;
+    assert_eq!(retaken.len(), 1, "{retaken:?}");
+    Ok(())
+}
