@@ -316,25 +316,65 @@ pub fn summary(continued: &Continued) -> String {
     )
 }
 
-/// The snapshot point, if the kernel command line asks for it: waits for the host's `go` and
-/// carries it out (see the module docs), on a blocking thread. `init_started` and
-/// `modules_loaded` are the stage marks printed before the point, printed again after a `go`.
-/// Returns the disks that MUST NOT be formatted or used this boot (for [`disk::distrust`]).
-pub async fn at_point(init_started: GuestStage, modules_loaded: GuestStage) -> BTreeSet<String> {
+/// What the host said when the guest opened the port at the start of the snapshot point.
+pub enum Asked {
+    /// The kernel command line does not ask for the point: boot as before.
+    NotRequested,
+    /// The host takes no snapshot of this boot (or said nothing): boot on. The disks that
+    /// MUST NOT be formatted or used this boot (for [`disk::distrust`]).
+    BootOn(BTreeSet<String>),
+    /// The host takes a snapshot: [`at_point`] next.
+    Wanted(Wanted),
+}
+
+/// The open port of a boot the host takes a snapshot of.
+pub struct Wanted {
+    port: std::fs::File,
+    device: PathBuf,
+}
+
+/// The start of the snapshot point, if the kernel command line asks for it: opens the port
+/// and reads the host's first word (on a blocking thread). Without a snapshot the disk caches
+/// are dropped all the same (see the module docs).
+pub async fn ask_host() -> Asked {
     if !requested_by_kernel() {
-        return BTreeSet::new();
+        return Asked::NotRequested;
     }
-    let outcome = match tokio::task::spawn_blocking(wait_for_go).await {
-        Ok(outcome) => outcome,
-        Err(err) => {
-            tracing::error!("boot snapshot: the wait for the host's go panicked: {err}");
-            // What the panic left undone is unknown: the disks are not believed.
-            let dropped = tokio::task::spawn_blocking(no_go_disk_caches).await;
-            Err(dropped.unwrap_or_default())
+    match tokio::task::spawn_blocking(find_port_and_ask).await {
+        Ok(Ok(wanted)) => Asked::Wanted(wanted),
+        Ok(Err(err)) => {
+            if matches!(
+                err,
+                BootSnapshotError::Skipped | BootSnapshotError::NotAsked { .. }
+            ) {
+                tracing::info!("boot snapshot: {}; booting on", error_chain(&err));
+            } else {
+                tracing::warn!(
+                    "boot snapshot: {}; booting on as usual (the host gave up, or is an old one)",
+                    error_chain(&err)
+                );
+            }
+            Asked::BootOn(drop_caches_without_go().await)
         }
-    };
+        Err(err) => {
+            tracing::error!("boot snapshot: asking the host panicked: {err}");
+            Asked::BootOn(drop_caches_without_go().await)
+        }
+    }
+}
+
+/// The snapshot point of a boot the host takes a snapshot of: sends the point, waits for the
+/// host's `go` and carries it out (see the module docs), on a blocking thread. `init_started`
+/// and `modules_loaded` are the stage marks printed before the point, printed again after a
+/// `go`. Returns the disks that MUST NOT be formatted or used this boot.
+pub async fn at_point(
+    wanted: Wanted,
+    init_started: GuestStage,
+    modules_loaded: GuestStage,
+) -> BTreeSet<String> {
+    let outcome = tokio::task::spawn_blocking(move || wait_for_go(&wanted)).await;
     match outcome {
-        Ok(continued) => {
+        Ok(Ok(continued)) => {
             // Nothing may come between these two (the host's timeline parser restarts at
             // `InitStarted`); the port is closed by now and nothing else has started yet.
             logging::print_stage(&init_started);
@@ -342,8 +382,27 @@ pub async fn at_point(init_started: GuestStage, modules_loaded: GuestStage) -> B
             tracing::info!("{}", summary(&continued));
             continued.disks.unverified
         }
-        Err(disks) => disks.unverified,
+        Ok(Err(err)) => {
+            tracing::warn!(
+                "boot snapshot: {}; booting on as usual (the host gave up)",
+                error_chain(&err)
+            );
+            drop_caches_without_go().await
+        }
+        Err(err) => {
+            tracing::error!("boot snapshot: the wait for the host's go panicked: {err}");
+            // What the panic left undone is unknown: the disks are not believed.
+            drop_caches_without_go().await
+        }
     }
+}
+
+/// [`no_go_disk_caches`] on a blocking thread; the disks not to be used.
+async fn drop_caches_without_go() -> BTreeSet<String> {
+    tokio::task::spawn_blocking(no_go_disk_caches)
+        .await
+        .map(|disks| disks.unverified)
+        .unwrap_or_default()
 }
 
 /// Whether `/proc/cmdline` asks for the snapshot point (no, if it cannot be read).
@@ -362,27 +421,8 @@ fn requested_by_kernel() -> bool {
     }
 }
 
-/// Finds and opens the port, sends the point, waits for a good `go` and carries it out;
-/// without one, drops the disk caches all the same and returns what became of them.
-fn wait_for_go() -> Result<Continued, DiskCaches> {
-    let result = find_port_and_wait();
-    result.map_err(|err| {
-        if matches!(
-            err,
-            BootSnapshotError::Skipped | BootSnapshotError::NotAsked { .. }
-        ) {
-            tracing::info!("boot snapshot: {}; booting on", error_chain(&err));
-            return no_go_disk_caches();
-        }
-        tracing::warn!(
-            "boot snapshot: {}; booting on as usual (the host gave up, or is an old one)",
-            error_chain(&err)
-        );
-        no_go_disk_caches()
-    })
-}
-
-fn find_port_and_wait() -> Result<Continued, BootSnapshotError> {
+/// Finds and opens the port and reads the host's first word.
+fn find_port_and_ask() -> Result<Wanted, BootSnapshotError> {
     let Some(device) =
         clock::wait_for_port(Path::new(VIRTIO_PORTS), clock::PORT_NAME, clock::FIND_FOR)
     else {
@@ -398,15 +438,19 @@ fn find_port_and_wait() -> Result<Continued, BootSnapshotError> {
         source,
     })?;
     first_word(&port, &device, ASKED_FOR)?;
+    Ok(Wanted { port, device })
+}
+
+/// Sends the point, waits for a good `go` and carries it out.
+fn wait_for_go(wanted: &Wanted) -> Result<Continued, BootSnapshotError> {
     let point_ms = u64::try_from(logging::since_boot().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         "boot snapshot: at the snapshot point ({point_ms} ms); waiting up to {} s for the \
          host's go on {}",
         GO_FOR.as_secs(),
-        device.display()
+        wanted.device.display()
     );
-    // The port (`&File`) is closed when this returns, before the clock thread opens it.
-    handshake(&port, &device, point_ms, GO_FOR, |go| {
+    handshake(&wanted.port, &wanted.device, point_ms, GO_FOR, |go| {
         carry_out(go, point_ms)
     })
 }

@@ -559,6 +559,11 @@ fn load_for_devices_with(
 
 /// Loads one module file; `Ok(false)` if it was already loaded.
 fn load_one(path: &Path) -> Result<bool, ModuleError> {
+    // The kernel reads, checks and lays out a module file before it finds the module loaded
+    // already; a boot that continues from a QEMU boot snapshot has them all.
+    if is_live(&module_name(&path.to_string_lossy())) {
+        return Ok(false);
+    }
     let file = File::open(path).map_err(|source| ModuleError::Open {
         path: path.to_owned(),
         source,
@@ -574,19 +579,22 @@ fn load_one(path: &Path) -> Result<bool, ModuleError> {
     }
 }
 
+/// Whether the module `name` is built in (no `initstate`) or loaded and initialised; one still
+/// initialising is not (loading it again waits in the kernel until it is live).
+fn is_live(name: &str) -> bool {
+    let sys = Path::new("/sys/module").join(name);
+    match std::fs::read_to_string(sys.join("initstate")) {
+        Ok(state) => state.trim() == "live",
+        Err(_) => sys.exists(),
+    }
+}
+
 /// Loads the module `name` of the running kernel and what it needs, unless it is loaded: for
 /// what may run before the boot's background phases reach it (an SFTP share is mounted over
 /// SSH as soon as the machine answers, FUSE is in the share phase). A module the loader is
 /// loading meanwhile is waited for by the kernel (`EEXIST` once it is in).
 pub fn ensure_loaded(name: &str) -> Result<(), ModuleError> {
-    // Built in (no `initstate`) or loaded and initialised; one still initialising is
-    // loaded again below, which the kernel answers once it is live.
-    let sys = Path::new("/sys/module").join(name);
-    let live = match std::fs::read_to_string(sys.join("initstate")) {
-        Ok(state) => state.trim() == "live",
-        Err(_) => sys.exists(),
-    };
-    if live {
+    if is_live(name) {
         return Ok(());
     }
     let dir = running_kernel_dir();

@@ -1,9 +1,10 @@
 //! The supervisor: everything PID 1 delegates, on a tokio runtime in a child process.
 //!
-//! Boot: device modules → boot snapshot point (only when the kernel command line asks for it:
-//! wait for the host's go, then set the clock, reseed the random pool and drop the disks'
-//! cached blocks; see [`boot_snapshot`]) → later modules in the background, power button, clock
-//! port → configuration drive → (data disk + configuration ∥ network) → SSH server → shares →
+//! Boot: device modules → boot snapshot point (only when the kernel command line asks for it
+//! and the host's first word on the clock port wants a snapshot of this boot: the later
+//! modules, then wait for the host's go, then set the clock, reseed the random pool and drop
+//! the disks' cached blocks; see [`boot_snapshot`]) → later modules in the background (each one
+//! already loaded is skipped), power button, clock port → configuration drive → (data disk + configuration ∥ network) → SSH server → shares →
 //! engine. Then it waits for a shutdown request (signal forwarded by PID 1, or the
 //! ACPI power button), stops the engine, ends every other process, unmounts the data disk and
 //! exits with the [`Action`] PID 1 must carry out.
@@ -57,11 +58,27 @@ pub async fn run(init_started: GuestStage) -> Action {
             Default::default()
         }
     };
-    let left_out = load_device_modules(dir.clone(), phases.devices).await;
+    let mut left_out = load_device_modules(dir.clone(), phases.devices).await;
     let modules_loaded = logging::stage(Stage::ModulesLoaded);
     // Nothing of this machine has been read yet: the host may save the VM here (and start
     // other machines from it). Disks whose cached blocks may be another machine's come back.
-    let unverified = boot_snapshot::at_point(init_started, modules_loaded).await;
+    let unverified = match boot_snapshot::ask_host().await {
+        boot_snapshot::Asked::NotRequested => Default::default(),
+        boot_snapshot::Asked::BootOn(unverified) => unverified,
+        boot_snapshot::Asked::Wanted(wanted) => {
+            // Every later module goes into the snapshot, at full speed while nothing else
+            // runs: the machines started from it begin with all of them (their later phases
+            // find each one loaded), and their first container does not wait for them.
+            for (what, paths) in [
+                ("share modules", &phases.shares),
+                ("container modules", &phases.engine),
+                ("deferred modules", &phases.deferred),
+            ] {
+                left_out = load_modules(what, None, dir.clone(), paths.clone(), left_out).await;
+            }
+            boot_snapshot::at_point(wanted, init_started, modules_loaded).await
+        }
+    };
     // The rest load while disks, network and the engine come up, at a lower CPU priority so
     // that on a single vCPU they take what the path to a serving engine leaves. On a machine
     // with boot-time shares the share filesystems come first: the shares are mounted before
