@@ -2,9 +2,11 @@
 //! the host, and waits for its go-ahead. The host saves the VM there once, and starts later
 //! machines with the same QEMU command line from that state instead of booting their kernel.
 //!
-//! The point is right after the device modules are loaded ([`Stage::ModulesLoaded`]), before
-//! anything of one machine is read (its configuration drive, its data disk, its network) and
-//! before the later module phases, the power button watch and the clock port's thread start.
+//! The point comes after the device modules are loaded ([`Stage::ModulesLoaded`]) and, when
+//! the host wants a snapshot ([`ask_host`]), after the later module phases too (the supervisor
+//! loads them in between, so that the snapshot holds every module); always before anything of
+//! one machine is read (its configuration drive, its data disk, its network) and before the
+//! power button watch and the clock port's thread start.
 //! Only the kernel has touched the disks by then: probing them, it read their first blocks
 //! (partition tables) into its page cache.
 //!
