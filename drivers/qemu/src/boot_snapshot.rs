@@ -711,7 +711,7 @@ impl QemuDriver {
     }
 
     /// With the guest waiting at the point: stops it, saves its state as the snapshot, lets
-    /// it run and sends its `go`; then checks and publishes the saved state. Failures are
+    /// it run, sums and publishes the saved state, and sends the guest its `go`. Failures are
     /// logged: the machine boots on without a snapshot.
     #[cfg(unix)]
     async fn take_snapshot(
@@ -725,14 +725,6 @@ impl QemuDriver {
         let began = std::time::Instant::now();
         let written = files.state_written();
         let saved = self.save_at_point(dir, files).await;
-        match port.go(GO_TIMEOUT).await {
-            Ok(answer) => {
-                tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}")
-            }
-            Err(err) => {
-                tracing::warn!(machine = %dir.name, "the guest did not answer its go: {}", crate::error_chain(&err))
-            }
-        }
         let published = match saved {
             Ok(qemu_version) => {
                 let summed = {
@@ -778,6 +770,17 @@ impl QemuDriver {
                 let _ = std::fs::remove_file(&written);
                 let _ = std::fs::remove_file(files.state_tmp());
                 tracing::warn!(machine = %dir.name, "boot snapshot not taken: {}", crate::error_chain(&err));
+            }
+        }
+        files.unlock();
+        // Only now: a command that ends once the guest is ready (and with it this task) has
+        // published the snapshot and released its lock by then.
+        match port.go(GO_TIMEOUT).await {
+            Ok(answer) => {
+                tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}")
+            }
+            Err(err) => {
+                tracing::warn!(machine = %dir.name, "the guest did not answer its go: {}", crate::error_chain(&err))
             }
         }
     }
