@@ -469,7 +469,6 @@ where
         source,
     };
     let mut pending = Vec::new();
-    let mut chunk = [0; MAX_LINE];
     let mut backoff = Backoff::new();
     loop {
         if let Some(line) = take_line(&mut pending) {
@@ -487,26 +486,9 @@ where
             waited: wait,
         };
         // Only one line comes before the guest's point: a byte read past it cannot be one.
-        match port.read(&mut chunk[..MAX_LINE - pending.len()]) {
-            Ok(0) => {
-                if !backoff.sleep(deadline) {
-                    return Err(not_asked());
-                }
-            }
-            Ok(n) => pending.extend_from_slice(&chunk[..n]),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                match poll_by(port.as_fd(), PollFlags::POLLIN, deadline).map_err(port_err)? {
-                    None => return Err(not_asked()),
-                    Some(ready) if !ready.contains(PollFlags::POLLIN) => {
-                        if !backoff.sleep(deadline) {
-                            return Err(not_asked());
-                        }
-                    }
-                    Some(_) => {}
-                }
-            }
-            Err(err) => return Err(port_err(err)),
+        let limit = MAX_LINE - pending.len();
+        if !read_some(&mut port, &mut pending, limit, deadline, &mut backoff).map_err(port_err)? {
+            return Err(not_asked());
         }
     }
 }
@@ -579,7 +561,6 @@ where
         return Err(timeout());
     }
     let mut pending = Vec::new();
-    let mut chunk = [0; MAX_LINE];
     let mut backoff = Backoff::new();
     loop {
         while let Some(line) = take_line(&mut pending) {
@@ -614,32 +595,47 @@ where
                 return Err(timeout());
             }
         }
-        match port.read(&mut chunk) {
-            // A virtio-serial port whose host end is not open reads as end of file at once
-            // (and polls as hung up): wait a little for the host, not in a loop.
-            Ok(0) => {
-                if !backoff.sleep(deadline) {
-                    return Err(timeout());
-                }
-            }
+        if !read_some(&mut port, &mut pending, MAX_LINE, deadline, &mut backoff)
+            .map_err(port_err)?
+        {
+            return Err(timeout());
+        }
+    }
+}
+
+/// Reads at most `limit` more bytes of `port` (non-blocking) into `pending`, waiting for them
+/// until `deadline`; false if the deadline came first. A virtio-serial port whose host end is
+/// not open reads as end of file at once and polls as hung up: those wait in `backoff`'s
+/// growing pauses, not in a loop; data starts its pauses over.
+fn read_some<P: AsFd + Read>(
+    port: &mut P,
+    pending: &mut Vec<u8>,
+    limit: usize,
+    deadline: Instant,
+    backoff: &mut Backoff,
+) -> io::Result<bool> {
+    let mut chunk = [0; MAX_LINE];
+    let limit = limit.min(MAX_LINE);
+    loop {
+        match port.read(&mut chunk[..limit]) {
+            Ok(0) => return Ok(backoff.sleep(deadline)),
             Ok(n) => {
                 pending.extend_from_slice(&chunk[..n]);
-                backoff = Backoff::new();
+                *backoff = Backoff::new();
+                return Ok(true);
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                match poll_by(port.as_fd(), PollFlags::POLLIN, deadline).map_err(port_err)? {
-                    None => return Err(timeout()),
+                return match poll_by(port.as_fd(), PollFlags::POLLIN, deadline)? {
+                    None => Ok(false),
+                    // Hung up or an error, and yet nothing to read: do not spin on it.
                     Some(ready) if !ready.contains(PollFlags::POLLIN) => {
-                        // Hung up or an error, and yet nothing to read: do not spin on it.
-                        if !backoff.sleep(deadline) {
-                            return Err(timeout());
-                        }
+                        Ok(backoff.sleep(deadline))
                     }
-                    Some(_) => {}
-                }
+                    Some(_) => Ok(true),
+                };
             }
-            Err(err) => return Err(port_err(err)),
+            Err(err) => return Err(err),
         }
     }
 }

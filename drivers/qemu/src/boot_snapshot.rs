@@ -309,107 +309,43 @@ pub fn qcow2_virtual_size(path: &Path) -> std::io::Result<u64> {
     Ok(u64::from_be_bytes(size))
 }
 
-/// Lets the guest waiting at the point go on through the pipes in `dir` (QEMU runs with
-/// them): reads lines from `answers` until the point's, then writes the `go` line and returns
-/// the guest's answer. `before_go` runs between the two (the save) and its result is passed
-/// through.
+/// Waits on the clock port for the guest's `snapshot-point MS` line; its MS. Other lines
+/// (answers to nothing) are skipped.
 #[cfg(unix)]
-pub mod handshake {
-    use super::*;
-    use crate::clock::{ClockPortError, PIPE_IN, PIPE_OUT};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::unix::pipe;
-
-    /// The guest's end of the port as the host reads it.
-    pub struct Port {
-        answers: BufReader<pipe::Receiver>,
-        requests: pipe::Sender,
-        dir: PathBuf,
+pub async fn wait_for_point(
+    port: &mut crate::clock::Port,
+    timeout: Duration,
+) -> Result<u64, crate::clock::ClockPortError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = port.read_line(left).await?;
+        if let Some(ms) = parse_point(&line) {
+            return Ok(ms);
+        }
+        tracing::debug!(
+            "clock port: skipped {:?} while waiting for the point",
+            line.trim()
+        );
     }
+}
 
-    impl Port {
-        /// Opens both pipes of the clock port in `dir` (QEMU holds them open, so neither
-        /// open waits).
-        pub fn open(dir: &Path) -> Result<Self, ClockPortError> {
-            let out_path = dir.join(PIPE_OUT);
-            let in_path = dir.join(PIPE_IN);
-            let answers = pipe::OpenOptions::new()
-                .open_receiver(&out_path)
-                .map_err(|source| ClockPortError::Io {
-                    path: out_path.clone(),
-                    source,
-                })?;
-            let requests = pipe::OpenOptions::new()
-                .open_sender(&in_path)
-                .map_err(|source| ClockPortError::Io {
-                    path: in_path.clone(),
-                    source,
-                })?;
-            Ok(Port {
-                answers: BufReader::new(answers),
-                requests,
-                dir: dir.to_owned(),
-            })
-        }
-
-        async fn read_line(&mut self, timeout: Duration) -> Result<String, ClockPortError> {
-            let mut line = String::new();
-            match tokio::time::timeout(timeout, self.answers.read_line(&mut line)).await {
-                Err(_) => Err(ClockPortError::NoAnswer(timeout)),
-                Ok(Err(source)) => Err(ClockPortError::Io {
-                    path: self.dir.join(PIPE_OUT),
-                    source,
-                }),
-                Ok(Ok(0)) => Err(ClockPortError::Io {
-                    path: self.dir.join(PIPE_OUT),
-                    source: std::io::ErrorKind::UnexpectedEof.into(),
-                }),
-                Ok(Ok(_)) => Ok(line),
-            }
-        }
-
-        /// Writes `line` to the guest.
-        pub async fn send(&mut self, line: &str) -> Result<(), ClockPortError> {
-            self.requests
-                .write_all(line.as_bytes())
-                .await
-                .map_err(|source| ClockPortError::Io {
-                    path: self.dir.join(PIPE_IN),
-                    source,
-                })
-        }
-
-        /// Waits for the guest's `snapshot-point MS` line; its MS. Other lines (answers to
-        /// nothing) are skipped.
-        pub async fn point(&mut self, timeout: Duration) -> Result<u64, ClockPortError> {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let line = self.read_line(left).await?;
-                if let Some(ms) = parse_point(&line) {
-                    return Ok(ms);
-                }
-                tracing::debug!(
-                    "clock port: skipped {:?} while waiting for the point",
-                    line.trim()
-                );
-            }
-        }
-
-        /// Writes the `go` line (the host's clock now, a fresh random seed) and returns the
-        /// guest's `ok …` answer.
-        pub async fn go(&mut self, timeout: Duration) -> Result<String, ClockPortError> {
-            let seed: [u8; 32] = rand::random();
-            self.send(&go_line(SystemTime::now(), &seed)).await?;
-            let answer = self.read_line(timeout).await?;
-            if answer.starts_with("ok ") {
-                Ok(answer.trim().to_owned())
-            } else {
-                Err(ClockPortError::Refused {
-                    answer: answer.trim().to_owned(),
-                })
-            }
-        }
+/// Writes the `go` line (the host's clock now, a fresh random seed) on the clock port and
+/// returns the guest's `ok …` answer.
+#[cfg(unix)]
+pub async fn send_go(
+    port: &mut crate::clock::Port,
+    timeout: Duration,
+) -> Result<String, crate::clock::ClockPortError> {
+    let seed: [u8; 32] = rand::random();
+    port.send(&go_line(SystemTime::now(), &seed)).await?;
+    let answer = port.read_line(timeout).await?;
+    if answer.starts_with("ok ") {
+        Ok(answer.trim().to_owned())
+    } else {
+        Err(crate::clock::ClockPortError::Refused {
+            answer: answer.trim().to_owned(),
+        })
     }
 }
 
@@ -610,12 +546,11 @@ impl QemuDriver {
             return Ok(Some(why));
         }
         let mut port =
-            handshake::Port::open(dir.path()).map_err(|e| Self::clock_port_error(dir, e))?;
+            crate::clock::Port::open(dir.path()).map_err(|e| Self::clock_port_error(dir, e))?;
         qmp.execute("cont", None)
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
-        let answer = port
-            .go(GO_TIMEOUT)
+        let answer = send_go(&mut port, GO_TIMEOUT)
             .await
             .map_err(|e| Self::clock_port_error(dir, e))?;
         tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}");
@@ -660,7 +595,7 @@ impl QemuDriver {
                 None
             }
         };
-        let mut port = match handshake::Port::open(dir.path()) {
+        let mut port = match crate::clock::Port::open(dir.path()) {
             Ok(port) => port,
             Err(err) => {
                 // The guest waits a few seconds at the point and goes on.
@@ -685,7 +620,7 @@ impl QemuDriver {
             let Some((key, files)) = wanted else {
                 return;
             };
-            match port.point(POINT_TIMEOUT).await {
+            match wait_for_point(&mut port, POINT_TIMEOUT).await {
                 Ok(point_ms) => {
                     driver
                         .take_snapshot(&dir, &key, &files, point_ms, &mut port)
@@ -720,7 +655,7 @@ impl QemuDriver {
         key: &SnapshotKey,
         files: &SnapshotFiles,
         point_ms: u64,
-        port: &mut handshake::Port,
+        port: &mut crate::clock::Port,
     ) {
         let began = std::time::Instant::now();
         let written = files.state_written();
@@ -775,7 +710,7 @@ impl QemuDriver {
         files.unlock();
         // Only now: a command that ends once the guest is ready (and with it this task) has
         // published the snapshot and released its lock by then.
-        match port.go(GO_TIMEOUT).await {
+        match send_go(port, GO_TIMEOUT).await {
             Ok(answer) => {
                 tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}")
             }
@@ -798,19 +733,7 @@ impl QemuDriver {
         let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
-        let answer = qmp.execute("query-version", None).await.map_err(qmp_err)?;
-        let qemu_version = resume::version_line(&answer).ok_or_else(|| DriverError::Protocol {
-            machine: dir.name.clone(),
-            channel: "qmp",
-            message: format!("query-version answered {answer}"),
-        })?;
-        qmp.execute(
-            "migrate-set-parameters",
-            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
-        )
-        .await
-        .map_err(qmp_err)?;
-        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let qemu_version = self.version_then_stop(dir, &mut qmp).await?;
         let migrated = self.migrate_to(dir, &mut qmp, &uri, &written).await;
         let resumed = qmp.execute("cont", None).await.map_err(qmp_err);
         migrated?;
@@ -1024,10 +947,15 @@ mod tests {
             line
         });
         holding.recv().unwrap();
-        let mut port = handshake::Port::open(tmp.path()).unwrap();
-        assert_eq!(port.point(Duration::from_secs(5)).await.unwrap(), 2650);
+        let mut port = crate::clock::Port::open(tmp.path()).unwrap();
         assert_eq!(
-            port.go(Duration::from_secs(5)).await.unwrap(),
+            wait_for_point(&mut port, Duration::from_secs(5))
+                .await
+                .unwrap(),
+            2650
+        );
+        assert_eq!(
+            send_go(&mut port, Duration::from_secs(5)).await.unwrap(),
             "ok 1765000000 0"
         );
         let go = guest.join().unwrap();

@@ -83,39 +83,85 @@ pub fn set_line(now: std::time::SystemTime) -> String {
     format!("set {} {}\n", since.as_secs(), since.subsec_nanos())
 }
 
+/// The host's end of the clock port: both pipes in a machine directory, opened (QEMU holds
+/// them open for reading and writing, so neither open waits).
+#[cfg(unix)]
+pub struct Port {
+    answers: tokio::io::BufReader<tokio::net::unix::pipe::Receiver>,
+    requests: tokio::net::unix::pipe::Sender,
+    dir: PathBuf,
+}
+
+#[cfg(unix)]
+impl Port {
+    /// Opens the pipes in `dir`, the answers' end first, so that no answer is missed.
+    pub fn open(dir: &Path) -> Result<Self, ClockPortError> {
+        use tokio::net::unix::pipe;
+        let out_path = dir.join(PIPE_OUT);
+        let in_path = dir.join(PIPE_IN);
+        let answers = pipe::OpenOptions::new()
+            .open_receiver(&out_path)
+            .map_err(|source| ClockPortError::Io {
+                path: out_path.clone(),
+                source,
+            })?;
+        let requests = pipe::OpenOptions::new()
+            .open_sender(&in_path)
+            .map_err(|source| ClockPortError::Io {
+                path: in_path.clone(),
+                source,
+            })?;
+        Ok(Port {
+            answers: tokio::io::BufReader::new(answers),
+            requests,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Writes `line` (with its newline) to the guest.
+    pub async fn send(&mut self, line: &str) -> Result<(), ClockPortError> {
+        use tokio::io::AsyncWriteExt;
+        self.requests
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|source| ClockPortError::Io {
+                path: self.dir.join(PIPE_IN),
+                source,
+            })
+    }
+
+    /// The guest's next line, waited for as long as `timeout`.
+    pub async fn read_line(&mut self, timeout: Duration) -> Result<String, ClockPortError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        match tokio::time::timeout(timeout, self.answers.read_line(&mut line)).await {
+            Err(_) => Err(ClockPortError::NoAnswer(timeout)),
+            Ok(Err(source)) => Err(ClockPortError::Io {
+                path: self.dir.join(PIPE_OUT),
+                source,
+            }),
+            Ok(Ok(0)) => Err(ClockPortError::Io {
+                path: self.dir.join(PIPE_OUT),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+            Ok(Ok(_)) => Ok(line),
+        }
+    }
+}
+
 /// Sets the guest's clock to the host's through the pipes in `dir` (QEMU runs with them);
 /// returns the guest's answer (`ok SECONDS NANOSECONDS`).
 #[cfg(unix)]
 pub async fn set_guest_clock(dir: &Path, timeout: Duration) -> Result<String, ClockPortError> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    use tokio::net::unix::pipe;
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ClockPortError::Io { path, source }
-    };
-    let out_path = dir.join(PIPE_OUT);
-    let in_path = dir.join(PIPE_IN);
-    // The answer's end first, so that no answer is missed; QEMU holds both pipes open for
-    // reading and writing, so neither open waits.
-    let answers = pipe::OpenOptions::new()
-        .open_receiver(&out_path)
-        .map_err(io(&out_path))?;
-    let mut requests = pipe::OpenOptions::new()
-        .open_sender(&in_path)
-        .map_err(io(&in_path))?;
-    requests
-        .write_all(set_line(std::time::SystemTime::now()).as_bytes())
-        .await
-        .map_err(io(&in_path))?;
-    let mut answers = tokio::io::BufReader::new(answers);
-    let mut line = String::new();
-    match tokio::time::timeout(timeout, answers.read_line(&mut line)).await {
-        Err(_) => Err(ClockPortError::NoAnswer(timeout)),
-        Ok(Err(source)) => Err(io(&out_path)(source)),
-        Ok(Ok(_)) if line.starts_with("ok ") => Ok(line.trim().to_owned()),
-        Ok(Ok(_)) => Err(ClockPortError::Refused {
+    let mut port = Port::open(dir)?;
+    port.send(&set_line(std::time::SystemTime::now())).await?;
+    let line = port.read_line(timeout).await?;
+    if line.starts_with("ok ") {
+        Ok(line.trim().to_owned())
+    } else {
+        Err(ClockPortError::Refused {
             answer: line.trim().to_owned(),
-        }),
+        })
     }
 }
 

@@ -1107,26 +1107,9 @@ impl QemuDriver {
         let written = dir.file(resume::STATE_WRITTEN);
         let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
         let mut qmp = self.qmp(dir).await?;
-        let qmp_err = |e| Self::qmp_error(dir, e);
-        // The version of the QEMU that writes the state, not of whatever binary is installed
-        // now (it may have been upgraded while the VM ran).
-        let answer = qmp.execute("query-version", None).await.map_err(qmp_err)?;
-        let qemu_version = resume::version_line(&answer).ok_or_else(|| DriverError::Protocol {
-            machine: dir.name.clone(),
-            channel: "qmp",
-            message: format!("query-version answered {answer}"),
-        })?;
         // Taken while that QEMU runs (its /proc entry and pidfile are gone after `quit`).
         let qemu_binary = resume::binary_of_running_qemu(&self.program(), pid, &dir.file(PIDFILE));
-        // QEMU caps a migration at 32 MiB/s by default (meant for a network link).
-        qmp.execute(
-            "migrate-set-parameters",
-            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
-        )
-        .await
-        .map_err(qmp_err)?;
-        // With the CPUs stopped the state is written once, not chased page by page.
-        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let qemu_version = self.version_then_stop(dir, &mut qmp).await?;
         let began = Instant::now();
         let saved_to = match self.migrate_to(dir, &mut qmp, &uri, &written).await {
             Ok(()) => std::fs::File::open(&written)
@@ -1207,6 +1190,33 @@ impl QemuDriver {
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Before a save: the running QEMU's version, as the first line of its `--version` (that
+    /// of the QEMU that writes the state, not of whatever binary is installed now: it may have
+    /// been upgraded while the VM ran); then QEMU's migration cap lifted (32 MiB/s by default,
+    /// meant for a network link) and the guest's CPUs stopped, so that the state is written
+    /// once, not chased page by page.
+    async fn version_then_stop(
+        &self,
+        dir: &MachineDir,
+        qmp: &mut QmpClient,
+    ) -> Result<String, DriverError> {
+        let qmp_err = |e| Self::qmp_error(dir, e);
+        let answer = qmp.execute("query-version", None).await.map_err(qmp_err)?;
+        let qemu_version = resume::version_line(&answer).ok_or_else(|| DriverError::Protocol {
+            machine: dir.name.clone(),
+            channel: "qmp",
+            message: format!("query-version answered {answer}"),
+        })?;
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 1u64 << 40 })),
+        )
+        .await
+        .map_err(qmp_err)?;
+        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        Ok(qemu_version)
     }
 
     /// Runs QMP `migrate` to `uri` and waits until QEMU reports it completed and the state

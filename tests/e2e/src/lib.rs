@@ -108,6 +108,18 @@ impl Run {
     }
 }
 
+/// Every guest boot stage, in boot order (`rmachine inspect`'s `Timeline.Guest`).
+pub const GUEST_STAGES: [&str; 8] = [
+    "InitStarted",
+    "ModulesLoaded",
+    "DataDiskMounted",
+    "NetworkUp",
+    "SshUp",
+    "EngineStarted",
+    "EngineUp",
+    "TlsListening",
+];
+
 /// A machine created in a private store; removed (VM killed, files deleted) on drop.
 pub struct Machine {
     /// The machine's name.
@@ -185,6 +197,47 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// One side of the machine's last boot timeline as `rmachine inspect` holds it (`side`:
+    /// `Guest` or `Host`): `(stage, ms)` pairs in order.
+    pub fn timeline(&self, side: &str) -> Result<Vec<(String, u64)>> {
+        let format =
+            format!("{{{{range .Timeline.{side}}}}}{{{{.Stage}}}}={{{{.Ms}}}} {{{{end}}}}");
+        let out = self
+            .rmachine(&["inspect", "--format", &format, &self.name])?
+            .success()?;
+        out.stdout
+            .split_whitespace()
+            .map(|item| {
+                let (stage, ms) = item
+                    .split_once('=')
+                    .with_context(|| format!("not STAGE=MS: {item:?}"))?;
+                Ok((stage.to_owned(), ms.parse()?))
+            })
+            .collect()
+    }
+
+    /// The last boot's guest timeline, once checked: every stage of [`GUEST_STAGES`] is there,
+    /// it begins with `InitStarted` and never goes back (`when` names the boot in errors).
+    pub fn checked_guest_timeline(&self, when: &str) -> Result<Vec<(String, u64)>> {
+        let guest = self.timeline("Guest")?;
+        eprintln!("{when}: guest timeline {guest:?}");
+        for stage in GUEST_STAGES {
+            anyhow::ensure!(
+                guest.iter().any(|(s, _)| s == stage),
+                "{when}: guest stage {stage} missing from {guest:?}"
+            );
+        }
+        anyhow::ensure!(
+            guest.first().map(|(s, _)| s.as_str()) == Some("InitStarted"),
+            "{when}: the guest timeline does not begin with InitStarted: {guest:?}"
+        );
+        anyhow::ensure!(
+            guest.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{when}: guest timeline not monotonic: {guest:?}"
+        );
+        Ok(guest)
     }
 
     /// `rmachine create -d qemu` with the workspace's guest image and extra `args`.

@@ -12,61 +12,10 @@ use std::time::Duration;
 
 use rmachine_e2e::Machine;
 
-const GUEST_STAGES: [&str; 8] = [
-    "InitStarted",
-    "ModulesLoaded",
-    "DataDiskMounted",
-    "NetworkUp",
-    "SshUp",
-    "EngineStarted",
-    "EngineUp",
-    "TlsListening",
-];
-
-/// `(stage, ms)` pairs from `inspect --format` output `Stage=Ms Stage=Ms …`.
-fn pairs(text: &str) -> anyhow::Result<Vec<(String, u64)>> {
-    text.split_whitespace()
-        .map(|item| {
-            let (stage, ms) = item
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("not STAGE=MS: {item:?}"))?;
-            Ok((stage.to_owned(), ms.parse()?))
-        })
-        .collect()
-}
-
 fn check_timeline(machine: &Machine, when: &str) -> anyhow::Result<()> {
-    let guest = machine
-        .rmachine(&[
-            "inspect",
-            "--format",
-            "{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}",
-            &machine.name,
-        ])?
-        .success()?;
-    let guest = pairs(&guest.stdout)?;
-    eprintln!("{when}: guest timeline {guest:?}");
-    for stage in GUEST_STAGES {
-        assert!(
-            guest.iter().any(|(s, _)| s == stage),
-            "{when}: guest stage {stage} missing from {guest:?}"
-        );
-    }
-    assert_eq!(guest.first().map(|(s, _)| s.as_str()), Some("InitStarted"));
-    assert!(
-        guest.windows(2).all(|w| w[0].1 <= w[1].1),
-        "{when}: guest timeline not monotonic: {guest:?}"
-    );
+    let guest = machine.checked_guest_timeline(when)?;
 
-    let host = machine
-        .rmachine(&[
-            "inspect",
-            "--format",
-            "{{range .Timeline.Host}}{{.Stage}}={{.Ms}} {{end}}",
-            &machine.name,
-        ])?
-        .success()?;
-    let host = pairs(&host.stdout)?;
+    let host = machine.timeline("Host")?;
     eprintln!("{when}: host timeline {host:?}");
     let names: Vec<&str> = host.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(

@@ -69,42 +69,6 @@ fn clock_lag(machine: &Machine) -> anyhow::Result<i64> {
     })
 }
 
-fn check_complete_timeline(machine: &Machine, when: &str) -> anyhow::Result<()> {
-    let guest = machine
-        .rmachine(&[
-            "inspect",
-            "--format",
-            "{{range .Timeline.Guest}}{{.Stage}}={{.Ms}} {{end}}",
-            &machine.name,
-        ])?
-        .success()?
-        .stdout;
-    let stages: Vec<(&str, u64)> = guest
-        .split_whitespace()
-        .filter_map(|item| item.split_once('='))
-        .filter_map(|(stage, ms)| Some((stage, ms.parse().ok()?)))
-        .collect();
-    let names: Vec<&str> = stages.iter().map(|(s, _)| *s).collect();
-    for stage in [
-        "InitStarted",
-        "ModulesLoaded",
-        "DataDiskMounted",
-        "NetworkUp",
-        "SshUp",
-        "EngineStarted",
-        "EngineUp",
-        "TlsListening",
-    ] {
-        assert!(names.contains(&stage), "{when}: {stage} missing: {guest}");
-    }
-    assert_eq!(names.first(), Some(&"InitStarted"), "{when}: {guest}");
-    assert!(
-        stages.windows(2).all(|w| w[0].1 <= w[1].1),
-        "{when}: not monotonic: {guest}"
-    );
-    Ok(())
-}
-
 fn flip_bytes_in_the_middle(path: &Path) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut file = std::fs::OpenOptions::new()
@@ -159,7 +123,7 @@ fn machines_start_from_the_boot_snapshot_of_their_settings() -> anyhow::Result<(
         lag.abs() <= 1,
         "clock off by {lag}s after the start from the snapshot"
     );
-    check_complete_timeline(&second, "create from the snapshot")?;
+    second.checked_guest_timeline("create from the snapshot")?;
     let console = second.console_when(&second.name, Duration::from_secs(5), |c| {
         c.contains("boot snapshot:")
     })?;
@@ -193,7 +157,7 @@ fn machines_start_from_the_boot_snapshot_of_their_settings() -> anyhow::Result<(
         ssh(&second, "cat /mnt/data/snapshot-marker")?.trim(),
         "kept"
     );
-    check_complete_timeline(&second, "start from the snapshot")?;
+    second.checked_guest_timeline("start from the snapshot")?;
 
     // A damaged snapshot: the start boots the kernel, keeps the data and takes a new one.
     let state = taken[0].with_extension("state");
