@@ -993,10 +993,10 @@ fn auth_options(store: &Store, name: &str, sans: &[String]) -> AuthOptions {
     }
 }
 
-/// Renders `config.img` from the machine's current certificate and key files.
 /// The configuration drive's size is a multiple of this.
 const CONFIG_DRIVE_UNIT: usize = 64 << 10;
 
+/// Renders `config.img` from the machine's current certificate and key files.
 fn write_config_drive<D: Driver>(
     config: &MachineConfig,
     dir: &MachineDir,

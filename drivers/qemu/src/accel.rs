@@ -457,7 +457,7 @@ impl<P: AccelProbe> AccelProbe for CachedProbe<'_, P> {
 }
 
 /// The host kernel's release (`uname -r`), `None` where it cannot be found out.
-fn host_kernel_release() -> Option<String> {
+pub(crate) fn host_kernel_release() -> Option<String> {
     let release = if cfg!(target_os = "linux") {
         std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?
     } else {

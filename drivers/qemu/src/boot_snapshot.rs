@@ -56,6 +56,61 @@ pub const POINT_TIMEOUT: Duration = Duration::from_secs(600);
 /// A lock older than this was left by a process that died while saving.
 const STALE_LOCK: Duration = Duration::from_secs(600);
 
+/// Why a boot snapshot cannot be made or used; each names the file or program at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The machine's directory is not under a store's `machines/`.
+    #[error("the machine is not in a store (no cache to keep a snapshot in)")]
+    NotInStore,
+    /// The QEMU program is not on `PATH`.
+    #[error("{program} is not found")]
+    QemuNotFound {
+        /// The program.
+        program: String,
+    },
+    /// A file the key is made of, or a snapshot's file, cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot's record does not parse.
+    #[error("the record {} does not parse: {source}", path.display())]
+    RecordParse {
+        /// The record.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A snapshot's record names another key.
+    #[error("the record {} names another command line", path.display())]
+    OtherKey {
+        /// The record.
+        path: PathBuf,
+    },
+    /// A snapshot's state is not as long as its record says.
+    #[error("the state {} is {found} bytes where {saved} were saved", path.display())]
+    StateLength {
+        /// The state.
+        path: PathBuf,
+        /// Its length now.
+        found: u64,
+        /// Its length when saved.
+        saved: u64,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Everything a snapshot's state depends on: two machines with equal keys can start from
 /// the same state.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -74,6 +129,11 @@ pub struct SnapshotKey {
     pub data_disk_bytes: u64,
     /// The configuration drive's size, likewise.
     pub config_drive_bytes: u64,
+    /// Under a hypervisor (not under TCG, which emulates the CPU the command line names):
+    /// the host's CPU model, features, microcode and kernel release, which the guest's kernel
+    /// chose its code paths for (`-cpu host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cpu: Option<String>,
 }
 
 impl SnapshotKey {
@@ -153,40 +213,47 @@ impl SnapshotFiles {
     /// The record if there is a whole snapshot for `key`: its record reads, names this key,
     /// and its state has the recorded length. `Err` says why a snapshot that is there cannot
     /// be used; `Ok(None)` means there is none.
-    pub fn usable(&self, key: &SnapshotKey) -> Result<Option<SnapshotRecord>, String> {
-        let text = match std::fs::read(self.record()) {
+    pub fn usable(&self, key: &SnapshotKey) -> Result<Option<SnapshotRecord>, SnapshotError> {
+        let path = self.record();
+        let text = match std::fs::read(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("its record is unreadable: {e}")),
+            Err(e) => return Err(io_at(&path)(e)),
         };
         let record: SnapshotRecord =
-            serde_json::from_slice(&text).map_err(|e| format!("its record does not parse: {e}"))?;
+            serde_json::from_slice(&text).map_err(|source| SnapshotError::RecordParse {
+                path: path.clone(),
+                source,
+            })?;
         if record.key != *key {
-            return Err("its record names another command line".to_owned());
+            return Err(SnapshotError::OtherKey { path });
         }
-        match std::fs::metadata(self.state()) {
-            Ok(meta) if meta.len() == record.state_len => Ok(Some(record)),
-            Ok(meta) => Err(format!(
-                "the state is {} bytes where {} were saved",
-                meta.len(),
-                record.state_len
-            )),
-            Err(e) => Err(format!("the state is unreadable: {e}")),
+        let state = self.state();
+        let meta = std::fs::metadata(&state).map_err(io_at(&state))?;
+        if meta.len() != record.state_len {
+            return Err(SnapshotError::StateLength {
+                path: state,
+                found: meta.len(),
+                saved: record.state_len,
+            });
         }
+        Ok(Some(record))
     }
 
-    /// Takes the save lock; false if another process holds it (a lock left by a dead one
-    /// is taken over once it is [`STALE_LOCK`] old).
-    pub fn try_lock(&self) -> std::io::Result<bool> {
-        std::fs::create_dir_all(&self.dir)?;
+    /// Takes the save lock; `None` if another process holds it (a lock left by a dead one
+    /// is taken over once it is [`STALE_LOCK`] old). Released when the guard is dropped,
+    /// also when the command ends early.
+    pub fn try_lock(&self) -> std::io::Result<Option<SaveLock>> {
+        make_private_dir(&self.dir)?;
         let create = || {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(self.lock())
         };
+        let guard = || SaveLock { path: self.lock() };
         match create() {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Some(guard())),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let age = std::fs::metadata(self.lock())
                     .and_then(|m| m.modified())
@@ -194,21 +261,21 @@ impl SnapshotFiles {
                     .and_then(|at| at.elapsed().ok());
                 if age.is_some_and(|age| age > STALE_LOCK) {
                     let _ = std::fs::remove_file(self.lock());
-                    return Ok(create().is_ok());
+                    return Ok(create().is_ok().then(guard));
                 }
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Releases the save lock.
-    pub fn unlock(&self) {
-        let _ = std::fs::remove_file(self.lock());
-    }
-
-    /// Moves the written state into place and writes its record after it.
+    /// Moves the written state into place and writes its record after it (an older record
+    /// goes first: no loader may pair it with the new state).
     pub fn publish(&self, written: &Path, record: &SnapshotRecord) -> std::io::Result<()> {
+        match std::fs::remove_file(self.record()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         std::fs::rename(written, self.state())?;
         let tmp = self
             .dir
@@ -231,25 +298,64 @@ impl SnapshotFiles {
     }
 }
 
+/// The save lock of one snapshot (see [`SnapshotFiles::try_lock`]).
+#[derive(Debug)]
+pub struct SaveLock {
+    path: PathBuf,
+}
+
+impl Drop for SaveLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Makes `dir` (and what is missing above it) readable by its owner only: a snapshot holds
+/// a guest's memory.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
 /// Removes all but the `keep` most recently used snapshots in `dir` (a record's modification
-/// time; a start from a snapshot touches it), and temporary files older than a stale lock.
+/// time; a start from a snapshot touches it), and what a process that died left there once it
+/// is older than a stale lock: temporary files, locks, states without a record.
 pub fn evict(dir: &Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let mut records = Vec::new();
+    let mut states = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        let old = modified
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > STALE_LOCK);
         if let Some(id) = name.strip_suffix(".json") {
             records.push((modified, id.to_owned()));
-        } else if name.ends_with(".tmp") || name.ends_with(".written") {
-            let old = modified
-                .and_then(|at| at.elapsed().ok())
-                .is_some_and(|age| age > STALE_LOCK);
+        } else if let Some(id) = name.strip_suffix(".state") {
             if old {
-                let _ = std::fs::remove_file(entry.path());
+                states.push(id.to_owned());
             }
+        } else if old
+            && (name.ends_with(".tmp") || name.ends_with(".written") || name.ends_with(".lock"))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    for id in states {
+        if !records.iter().any(|(_, r)| *r == id) {
+            let _ = std::fs::remove_file(dir.join(format!("{id}.state")));
         }
     }
     records.sort_by_key(|r| std::cmp::Reverse(r.0));
@@ -330,15 +436,19 @@ pub async fn wait_for_point(
     }
 }
 
-/// Writes the `go` line (the host's clock now, a fresh random seed) on the clock port and
-/// returns the guest's `ok …` answer.
+/// Writes the `go` line (the host's clock now, a fresh random seed) on the clock port.
 #[cfg(unix)]
-pub async fn send_go(
+pub async fn send_go(port: &mut crate::clock::Port) -> Result<(), crate::clock::ClockPortError> {
+    let seed: [u8; 32] = rand::random();
+    port.send(&go_line(SystemTime::now(), &seed)).await
+}
+
+/// The guest's `ok …` answer to its `go`.
+#[cfg(unix)]
+pub async fn go_answer(
     port: &mut crate::clock::Port,
     timeout: Duration,
 ) -> Result<String, crate::clock::ClockPortError> {
-    let seed: [u8; 32] = rand::random();
-    port.send(&go_line(SystemTime::now(), &seed)).await?;
     let answer = port.read_line(timeout).await?;
     if answer.starts_with("ok ") {
         Ok(answer.trim().to_owned())
@@ -347,6 +457,47 @@ pub async fn send_go(
             answer: answer.trim().to_owned(),
         })
     }
+}
+
+/// Whether QEMU's words on a failed load (`rejected`, its log's end) say it could not load
+/// the stream itself, rather than failing for a reason a cold boot would meet as well.
+pub fn stream_refused(rejected: &str) -> bool {
+    [
+        "load of migration failed",
+        "error while loading state",
+        "Unknown savevm section",
+        "Missing section footer",
+        "Length mismatch",
+    ]
+    .iter()
+    .any(|said| rejected.contains(said))
+}
+
+/// The host's CPU as a guest's kernel under a hypervisor sees it through `-cpu host`: its
+/// model, feature flags and microcode (Linux's `/proc/cpuinfo`, first CPU) and the host
+/// kernel's release (which decides what KVM passes on); elsewhere the release alone.
+fn host_cpu_identity() -> String {
+    let mut identity = String::new();
+    if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") {
+        for field in [
+            "vendor_id",
+            "model name",
+            "flags",
+            "microcode",
+            "Features",
+            "CPU part",
+        ] {
+            if let Some(line) = cpuinfo
+                .lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == field))
+            {
+                identity.push_str(line.trim());
+                identity.push('\n');
+            }
+        }
+    }
+    identity.push_str(&crate::accel::host_kernel_release().unwrap_or_default());
+    identity
 }
 
 /// Where the placeholder paths of a snapshot's command line point (nothing is there).
@@ -369,6 +520,28 @@ impl QemuDriver {
             && cache_dir(dir.path()).is_some()
     }
 
+    /// Why [`Self::boot_snapshot_on`] is false although the option is on.
+    fn why_no_boot_snapshot(&self, dir: &MachineDir, spec: &VmSpec) -> String {
+        if !self.has_clock_port() {
+            "this host has no clock port for the guest (Windows)".to_owned()
+        } else if self.options.boot_iso {
+            "the machine boots the ISO (--qemu-boot-iso)".to_owned()
+        } else if let Some(share) = spec
+            .shares
+            .iter()
+            .find(|s| s.transport == ShareTransport::VirtioFs)
+        {
+            format!(
+                "{} is shared over virtio-fs, which QEMU cannot save (9p and sftp shares can be)",
+                share.host_path.display()
+            )
+        } else if cache_dir(dir.path()).is_none() {
+            SnapshotError::NotInStore.to_string()
+        } else {
+            "--qemu-boot-snapshot off".to_owned()
+        }
+    }
+
     /// The key of this machine's snapshot and its files; why not if a part of it cannot be
     /// read.
     #[cfg(unix)]
@@ -378,20 +551,34 @@ impl QemuDriver {
         spec: &VmSpec,
         state: &QemuState,
         tsc_khz: Option<u64>,
-    ) -> Result<(SnapshotKey, SnapshotFiles), String> {
-        let cache = cache_dir(dir.path()).ok_or("the machine is not in a store")?;
+    ) -> Result<(SnapshotKey, SnapshotFiles), SnapshotError> {
+        let cache = cache_dir(dir.path()).ok_or(SnapshotError::NotInStore)?;
         let program = self.program();
-        let qemu = resume::find_program(&program)
-            .ok_or_else(|| format!("{program} is not found"))
-            .and_then(|p| BinaryStamp::of(&p).map_err(|e| format!("{}: {e}", p.display())))?;
-        let boot_files = resume::boot_stamps(spec).map_err(|e| format!("the guest image: {e}"))?;
+        let binary = resume::find_program(&program).ok_or_else(|| SnapshotError::QemuNotFound {
+            program: program.clone(),
+        })?;
+        let qemu = BinaryStamp::of(&binary).map_err(io_at(&binary))?;
+        let boot_files = resume::boot_stamps(spec).map_err(io_at(&spec.boot.kernel))?;
         let disk = dir.file(crate::DISK);
-        let data_disk_bytes =
-            qcow2_virtual_size(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+        let data_disk_bytes = qcow2_virtual_size(&disk).map_err(io_at(&disk))?;
         let config_drive_bytes = std::fs::metadata(&spec.config_drive)
-            .map_err(|e| format!("{}: {e}", spec.config_drive.display()))?
+            .map_err(io_at(&spec.config_drive))?
             .len();
+        let host_cpu = match state.accel.accel {
+            crate::Accel::Tcg => None,
+            _ => Some(host_cpu_identity()),
+        };
         let placeholder = Path::new(PLACEHOLDER);
+        // A 9p share's folder is not part of the guest's state (only its tag is, and nothing
+        // is mounted at the point): machines sharing other folders share a snapshot.
+        let shares: Vec<rmachine_driver::Share> = spec
+            .shares
+            .iter()
+            .map(|share| rmachine_driver::Share {
+                host_path: placeholder.join("share"),
+                ..share.clone()
+            })
+            .collect();
         let argv = args::vm_args(&args::VmLaunch {
             host: self.host,
             guest: self.guest_arch(),
@@ -409,7 +596,7 @@ impl QemuDriver {
             ssh_port: 0,
             engine_port: 0,
             guest_ports: spec.guest_ports,
-            shares: &spec.shares,
+            shares: &shares,
             virtiofs_sockets: &[],
             clock_pipe: Some(&placeholder.join(crate::clock::PIPE)),
             console_log: &placeholder.join(crate::CONSOLE_LOG),
@@ -424,6 +611,7 @@ impl QemuDriver {
             boot_files,
             data_disk_bytes,
             config_drive_bytes,
+            host_cpu,
         };
         let files = SnapshotFiles {
             dir: cache,
@@ -443,6 +631,9 @@ impl QemuDriver {
         tsc_khz: Option<u64>,
     ) -> bool {
         if !self.boot_snapshot_on(dir, spec) {
+            if self.options.boot_snapshot == crate::BootSnapshotOption::On {
+                tracing::info!(machine = %dir.name, "no boot snapshot: {}", self.why_no_boot_snapshot(dir, spec));
+            }
             return false;
         }
         let (key, files) = match self.snapshot_key(dir, spec, state, tsc_khz) {
@@ -525,35 +716,65 @@ impl QemuDriver {
                 Err(e) => Some(format!("it is unreadable: {e}")),
             })
         };
-        match self.launch(dir, spec, state, tsc_khz, Some(&path)).await {
-            Ok(()) => {}
+        let damage = || async {
+            damage
+                .await
+                .unwrap_or_else(|e| Some(format!("its check failed: {e}")))
+        };
+        // QEMU gone while loading: the snapshot's fault only if its file is damaged or QEMU
+        // said it could not load the stream; a port taken or a disk locked by another QEMU
+        // would stop a cold boot just the same, and a good snapshot is kept.
+        let rejected = match self.launch(dir, spec, state, tsc_khz, Some(&path)).await {
+            Ok(()) => match self.wait_loaded(dir, "the boot snapshot").await? {
+                Ok(qmp) => Ok(qmp),
+                Err(rejected) => Err(rejected),
+            },
             Err(DriverError::CommandFailed { stderr, .. })
                 if stderr.starts_with(crate::REJECTED) =>
             {
                 self.clean_runtime_files(dir)?;
-                return Ok(Some(stderr));
+                Err(stderr)
             }
             Err(err) => return Err(err),
-        }
-        let mut qmp = match self.wait_loaded(dir, "the boot snapshot").await? {
-            Ok(qmp) => qmp,
-            Err(rejected) => return Ok(Some(rejected)),
         };
-        if let Some(why) = damage
-            .await
-            .unwrap_or_else(|e| Some(format!("its check failed: {e}")))
-        {
+        let mut qmp = match rejected {
+            Ok(qmp) => qmp,
+            Err(rejected) => {
+                if let Some(why) = damage().await {
+                    return Ok(Some(why));
+                }
+                if stream_refused(&rejected) {
+                    return Ok(Some(rejected));
+                }
+                return Err(DriverError::CommandFailed {
+                    program: self.program(),
+                    status: -1,
+                    stderr: rejected,
+                });
+            }
+        };
+        if let Some(why) = damage().await {
             return Ok(Some(why));
         }
+        // The go goes into the pipe before the guest runs: QEMU hands it over as soon as the
+        // guest reads its port. From `cont` on the guest may write its disks, so nothing after
+        // it stops this machine.
         let mut port =
             crate::clock::Port::open(dir.path()).map_err(|e| Self::clock_port_error(dir, e))?;
+        send_go(&mut port)
+            .await
+            .map_err(|e| Self::clock_port_error(dir, e))?;
         qmp.execute("cont", None)
             .await
             .map_err(|e| Self::qmp_error(dir, e))?;
-        let answer = send_go(&mut port, GO_TIMEOUT)
-            .await
-            .map_err(|e| Self::clock_port_error(dir, e))?;
-        tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}");
+        match go_answer(&mut port, GO_TIMEOUT).await {
+            Ok(answer) => {
+                tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}")
+            }
+            Err(err) => {
+                tracing::warn!(machine = %dir.name, "the guest did not answer its go ({}); it goes on by itself", crate::error_chain(&err))
+            }
+        }
         Ok(None)
     }
 
@@ -582,8 +803,12 @@ impl QemuDriver {
             Ok((key, files)) => match files.usable(&key) {
                 Ok(Some(_)) => None,
                 _ => match files.try_lock() {
-                    Ok(true) => Some((key, files)),
-                    Ok(false) => None,
+                    // Asked again under the lock: another process may have published one
+                    // between the first look and the lock.
+                    Ok(Some(lock)) if !matches!(files.usable(&key), Ok(Some(_))) => {
+                        Some((key, files, lock))
+                    }
+                    Ok(_) => None,
                     Err(e) => {
                         tracing::warn!(machine = %dir.name, "no boot snapshot: {}: {e}", files.lock().display());
                         None
@@ -600,9 +825,6 @@ impl QemuDriver {
             Err(err) => {
                 // The guest waits a few seconds at the point and goes on.
                 tracing::warn!(machine = %dir.name, "clock port: {}", crate::error_chain(&err));
-                if let Some((_, files)) = wanted {
-                    files.unlock();
-                }
                 return;
             }
         };
@@ -617,20 +839,19 @@ impl QemuDriver {
             if let Err(err) = port.send(first).await {
                 tracing::warn!(machine = %dir.name, "clock port: {}", crate::error_chain(&err));
             }
-            let Some((key, files)) = wanted else {
+            let Some((key, files, lock)) = wanted else {
                 return;
             };
             match wait_for_point(&mut port, POINT_TIMEOUT).await {
                 Ok(point_ms) => {
                     driver
-                        .take_snapshot(&dir, &key, &files, point_ms, &mut port)
+                        .take_snapshot(&dir, &key, &files, lock, point_ms, &mut port)
                         .await
                 }
                 Err(err) => {
                     tracing::info!(machine = %dir.name, "the guest did not reach the boot snapshot's point: {}", crate::error_chain(&err));
                 }
             }
-            files.unlock();
         });
     }
 
@@ -654,6 +875,7 @@ impl QemuDriver {
         dir: &MachineDir,
         key: &SnapshotKey,
         files: &SnapshotFiles,
+        lock: SaveLock,
         point_ms: u64,
         port: &mut crate::clock::Port,
     ) {
@@ -704,13 +926,19 @@ impl QemuDriver {
             Err(err) => {
                 let _ = std::fs::remove_file(&written);
                 let _ = std::fs::remove_file(files.state_tmp());
+                // A state renamed into place whose record could not be written.
+                files.remove();
                 tracing::warn!(machine = %dir.name, "boot snapshot not taken: {}", crate::error_chain(&err));
             }
         }
-        files.unlock();
+        drop(lock);
         // Only now: a command that ends once the guest is ready (and with it this task) has
         // published the snapshot and released its lock by then.
-        match send_go(port, GO_TIMEOUT).await {
+        let answered = match send_go(port).await {
+            Ok(()) => go_answer(port, GO_TIMEOUT).await,
+            Err(err) => Err(err),
+        };
+        match answered {
             Ok(answer) => {
                 tracing::debug!(machine = %dir.name, "the guest went on from the snapshot point: {answer}")
             }
@@ -761,6 +989,7 @@ mod tests {
             boot_files: Vec::new(),
             data_disk_bytes: 20 << 30,
             config_drive_bytes: 64 << 10,
+            host_cpu: None,
         }
     }
 
@@ -773,9 +1002,21 @@ mod tests {
         disk.data_disk_bytes += 1;
         let mut qemu = key();
         qemu.qemu.inode += 1;
+        let mut config = key();
+        config.config_drive_bytes *= 2;
+        let mut image = key();
+        image.boot_files.push(FileStamp {
+            path: "/cache/guest/0.1.0/vmlinuz".into(),
+            len: 1,
+            modified_ns: 1,
+        });
+        let mut cpu = key();
+        cpu.host_cpu = Some("flags: avx2".into());
         let ids: std::collections::HashSet<String> =
-            [&base, &memory, &disk, &qemu].map(|k| k.id()).into();
-        assert_eq!(ids.len(), 4);
+            [&base, &memory, &disk, &qemu, &config, &image, &cpu]
+                .map(|k| k.id())
+                .into();
+        assert_eq!(ids.len(), 7);
         assert_eq!(base.id(), key().id());
         assert_eq!(base.id().len(), 64);
     }
@@ -787,7 +1028,7 @@ mod tests {
             dir: tmp.path().to_owned(),
             id: key().id(),
         };
-        assert_eq!(files.usable(&key()), Ok(None));
+        assert!(matches!(files.usable(&key()), Ok(None)));
         std::fs::write(files.state_written(), b"state").unwrap();
         let record = SnapshotRecord {
             key: key(),
@@ -797,23 +1038,36 @@ mod tests {
             point_ms: 2000,
         };
         files.publish(&files.state_written(), &record).unwrap();
-        assert_eq!(files.usable(&key()), Ok(Some(record.clone())));
+        assert_eq!(files.usable(&key()).unwrap(), Some(record.clone()));
         let mut other = key();
         other.data_disk_bytes = 1;
-        assert!(files
-            .usable(&other)
-            .unwrap_err()
-            .contains("another command line"));
+        let err = files.usable(&other).unwrap_err();
+        assert!(matches!(err, SnapshotError::OtherKey { .. }), "{err}");
         std::fs::write(files.state(), b"stat").unwrap();
-        assert!(files
-            .usable(&key())
-            .unwrap_err()
-            .contains("4 bytes where 5"));
+        let err = files.usable(&key()).unwrap_err().to_string();
+        assert!(err.contains("is 4 bytes where 5 were saved"), "{err}");
         std::fs::write(files.record(), b"{").unwrap();
-        assert!(files.usable(&key()).unwrap_err().contains("does not parse"));
+        let err = files.usable(&key()).unwrap_err();
+        assert!(matches!(err, SnapshotError::RecordParse { .. }), "{err}");
         files.remove();
-        assert_eq!(files.usable(&key()), Ok(None));
+        assert!(matches!(files.usable(&key()), Ok(None)));
         assert!(!files.state().exists());
+    }
+
+    #[test]
+    fn only_the_streams_own_refusal_blames_the_snapshot() {
+        assert!(stream_refused(
+            "QEMU rejected the saved state: qemu-system-x86_64: error while loading state for \
+             instance 0x0 of device 'cpu' / qemu-system-x86_64: load of migration failed: \
+             Invalid argument"
+        ));
+        assert!(!stream_refused(
+            "QEMU rejected the saved state: qemu-system-x86_64: -netdev user,id=net0,\
+             hostfwd=tcp:127.0.0.1:40022-:22: Could not set up host forwarding rule"
+        ));
+        assert!(!stream_refused(
+            "QEMU rejected the saved state: qemu-system-x86_64: Failed to get \"write\" lock"
+        ));
     }
 
     #[test]
@@ -823,11 +1077,18 @@ mod tests {
             dir: tmp.path().join("cache"),
             id: "a".into(),
         };
-        assert!(files.try_lock().unwrap());
-        assert!(!files.try_lock().unwrap());
-        files.unlock();
-        assert!(files.try_lock().unwrap());
+        let lock = files.try_lock().unwrap().expect("the first takes it");
+        assert!(files.try_lock().unwrap().is_none());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&files.dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "a snapshot holds a guest's memory");
+        }
+        drop(lock);
+        let lock = files.try_lock().unwrap().expect("released on drop");
         // A lock left by a process that died long ago is taken over.
+        std::mem::forget(lock);
         let old = SystemTime::now() - Duration::from_secs(3600);
         std::fs::File::options()
             .write(true)
@@ -835,7 +1096,7 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        assert!(files.try_lock().unwrap());
+        assert!(files.try_lock().unwrap().is_some());
     }
 
     #[test]
@@ -867,6 +1128,17 @@ mod tests {
             .unwrap();
         let fresh_tmp = tmp.path().join("y.state.2.tmp");
         std::fs::write(&fresh_tmp, b"t").unwrap();
+        // Left by processes that died: a state whose record was never written, a lock.
+        for orphan in ["orphan.state", "dead.lock"] {
+            let path = tmp.path().join(orphan);
+            std::fs::write(&path, b"o").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(now - Duration::from_secs(3600))
+                .unwrap();
+        }
         evict(tmp.path(), 2);
         let mut left: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
@@ -955,7 +1227,10 @@ mod tests {
             2650
         );
         assert_eq!(
-            send_go(&mut port, Duration::from_secs(5)).await.unwrap(),
+            {
+                send_go(&mut port).await.unwrap();
+                go_answer(&mut port, Duration::from_secs(5)).await.unwrap()
+            },
             "ok 1765000000 0"
         );
         let go = guest.join().unwrap();

@@ -180,7 +180,8 @@ pub struct QemuOptions {
 
     /// Start from a boot snapshot: the saved state of a guest whose kernel and device drivers
     /// are up, taken at the first boot of each command line and kept in the store's cache
-    /// (machines with virtio-fs shares or --qemu-boot-iso always boot their kernel)
+    /// (machines with virtio-fs shares or --qemu-boot-iso, and Windows hosts, always boot their
+    /// kernel)
     #[arg(
         id = "qemu_boot_snapshot",
         long = "qemu-boot-snapshot",
