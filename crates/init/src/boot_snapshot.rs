@@ -30,10 +30,18 @@
 //! After a `go` it trusts nothing the boot before the point learnt, since that may have been
 //! another machine's boot. It sets the clock, mixes the seed into the kernel's random pool and
 //! reseeds it (every machine started from one snapshot has the same pool), and drops the cached
-//! blocks of every disk and rereads its partition table ([`drop_disk_caches`]). A disk whose
-//! cache could not be dropped is classified [`disk::UNVERIFIED`], so it is neither formatted
-//! nor used this boot. Then it answers `ok`, closes the port, and prints again the stage lines
-//! printed before the point: a restored machine's console does not have them.
+//! blocks of every disk and rereads its partition table ([`drop_disk_caches`]). Then it answers
+//! `ok`, closes the port, and prints again the stage lines printed before the point: a restored
+//! machine's console does not have them.
+//!
+//! Which disks are believed afterwards is a positive list, [`disk::DiskTrust::Only`] the disks
+//! whose caches were dropped; the disk scan classifies every other disk it finds
+//! [`disk::UNVERIFIED`], so it is neither formatted nor used this boot. Whatever goes wrong on
+//! the way fails closed: a disk whose cache could not be dropped, one the drop did not list,
+//! `/sys/block` that could not be listed (no disk is believed), a blocking task that panicked
+//! (likewise). Only a kernel command line without [`CMDLINE_FLAG`] gives
+//! [`disk::DiskTrust::All`]. [`snapshot_disks`] lists at least every name the scan considers
+//! ([`disk::is_candidate`]), so that in a good boot every disk the scan finds was dropped.
 //!
 //! The guest cannot tell a restored boot from the boot the snapshot was taken of (whose host
 //! says `go` once the state is saved), so it does all of this in both. The disk caches are also
@@ -53,7 +61,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use rmachine_guest_config::timeline::GuestStage;
 
-use crate::{clock, disk, error_chain, logging};
+use crate::disk::{self, DiskTrust};
+use crate::{clock, error_chain, logging};
 
 /// The kernel command line word by which the host asks for the snapshot point.
 pub const CMDLINE_FLAG: &str = "rmachine.boot_snapshot=1";
@@ -282,11 +291,19 @@ pub struct Continued {
 /// The disks whose cached blocks were dropped, and those whose could not be.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DiskCaches {
-    /// Kernel names of the disks whose caches were dropped.
+    /// Kernel names of the disks whose caches were dropped, in kernel order: the only disks
+    /// believed this boot ([`DiskCaches::trust`]).
     pub dropped: Vec<String>,
-    /// Kernel names of the disks whose caches may still be another machine's: they MUST NOT
-    /// be formatted this boot (see [`disk::distrust`]).
+    /// Kernel names of the disks whose caches could not be dropped, for the console. Not the
+    /// list the scan goes by: a disk missing from both lists is no more believed than these.
     pub unverified: BTreeSet<String>,
+}
+
+impl DiskCaches {
+    /// The disks believed this boot: those whose caches were dropped, and no other.
+    pub fn trust(&self) -> DiskTrust {
+        DiskTrust::Only(self.dropped.iter().cloned().collect())
+    }
 }
 
 /// The console line that follows the stage lines printed again after a `go`.
@@ -299,7 +316,7 @@ pub fn summary(continued: &Continued) -> String {
     });
     let dropped = &continued.disks.dropped;
     done.push(if dropped.is_empty() {
-        "no disk caches dropped".to_owned()
+        "no disk caches dropped, so no disk used".to_owned()
     } else {
         format!("caches of {} dropped", dropped.join(", "))
     });
@@ -323,8 +340,9 @@ pub enum Asked {
     /// The kernel command line does not ask for the point: boot as before.
     NotRequested,
     /// The host takes no snapshot of this boot (or said nothing): boot on. The disks that
-    /// MUST NOT be formatted or used this boot (for [`disk::distrust`]).
-    BootOn(BTreeSet<String>),
+    /// may be believed this boot (for [`disk::distrust`]): only those whose caches were
+    /// dropped.
+    BootOn(DiskTrust),
     /// The host takes a snapshot: [`at_point`] next.
     Wanted(Wanted),
 }
@@ -368,12 +386,13 @@ pub async fn ask_host() -> Asked {
 /// The snapshot point of a boot the host takes a snapshot of: sends the point, waits for the
 /// host's `go` and carries it out (see the module docs), on a blocking thread. `init_started`
 /// and `modules_loaded` are the stage marks printed before the point, printed again after a
-/// `go`. Returns the disks that MUST NOT be formatted or used this boot.
+/// `go`. Returns the disks that may be believed this boot (for [`disk::distrust`]): only
+/// those whose caches were dropped.
 pub async fn at_point(
     wanted: Wanted,
     init_started: GuestStage,
     modules_loaded: GuestStage,
-) -> BTreeSet<String> {
+) -> DiskTrust {
     let outcome = tokio::task::spawn_blocking(move || wait_for_go(&wanted)).await;
     match outcome {
         Ok(Ok(continued)) => {
@@ -382,7 +401,7 @@ pub async fn at_point(
             logging::print_stage(&init_started);
             logging::print_stage(&modules_loaded);
             tracing::info!("{}", summary(&continued));
-            continued.disks.unverified
+            continued.disks.trust()
         }
         Ok(Err(err)) => {
             tracing::warn!(
@@ -399,12 +418,24 @@ pub async fn at_point(
     }
 }
 
-/// [`no_go_disk_caches`] on a blocking thread; the disks not to be used.
-async fn drop_caches_without_go() -> BTreeSet<String> {
-    tokio::task::spawn_blocking(no_go_disk_caches)
-        .await
-        .map(|disks| disks.unverified)
-        .unwrap_or_default()
+/// [`no_go_disk_caches`] on a blocking thread; the disks that may be believed.
+async fn drop_caches_without_go() -> DiskTrust {
+    trust_after(tokio::task::spawn_blocking(no_go_disk_caches).await)
+}
+
+/// The disks believed after a blocking task that dropped caches: those it dropped, or none if
+/// it panicked (how far it got is unknown, and an empty default would not fail closed).
+fn trust_after(joined: Result<DiskCaches, tokio::task::JoinError>) -> DiskTrust {
+    match joined {
+        Ok(disks) => disks.trust(),
+        Err(err) => {
+            tracing::error!(
+                "boot snapshot: dropping the disks' caches panicked: {err}; no disk is \
+                 formatted or used this boot"
+            );
+            DiskTrust::Only(BTreeSet::new())
+        }
+    }
 }
 
 /// Whether `/proc/cmdline` asks for the snapshot point (no, if it cannot be read).
@@ -790,14 +821,19 @@ fn add_entropy(seed: &[u8; SEED_LEN]) -> Result<(), BootSnapshotError> {
 }
 
 /// The block devices under `sys_block` whose blocks the kernel may cache from a snapshot's
-/// boot: those backed by a device (a `device` entry), not loop, RAM or zram devices; in kernel
-/// name order.
+/// boot, in kernel name order: every name the disk scan considers ([`disk::is_candidate`]),
+/// with or without a `device` entry, since only the disks dropped here are believed
+/// afterwards; and any other device-backed one (a `device` entry), not loop, RAM or zram
+/// devices.
 pub fn snapshot_disks(sys_block: &Path) -> io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(sys_block)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)))
-        .filter(|name| sys_block.join(name).join("device").exists())
+        .filter(|name| {
+            disk::is_candidate(name)
+                || (!["loop", "ram", "zram"].iter().any(|p| name.starts_with(p))
+                    && sys_block.join(name).join("device").exists())
+        })
         .collect();
     names.sort_by_key(|n| disk::order_key(n));
     Ok(names)
@@ -805,19 +841,23 @@ pub fn snapshot_disks(sys_block: &Path) -> io::Result<Vec<String>> {
 
 /// For every disk of [`snapshot_disks`]: drops its cached blocks (BLKFLSBUF) and rereads its
 /// partition table (BLKRRPART) through its node under `dev`. A disk whose cache could not be
-/// dropped is logged as an error and listed in [`DiskCaches::unverified`].
+/// dropped is logged as an error and listed in [`DiskCaches::unverified`]; if `sys_block`
+/// cannot be listed, no disk is dropped, hence none believed.
 pub fn drop_disk_caches(sys_block: &Path, dev: &Path) -> DiskCaches {
     let mut caches = DiskCaches::default();
     let names = match snapshot_disks(sys_block) {
         Ok(names) => names,
         Err(source) => {
-            // The disk scan reads the same directory: if it cannot list it either, no disk
-            // is found, and none formatted.
+            // Nothing dropped, nothing believed: should the disk scan list the directory
+            // where this could not, every disk it finds is unverified.
             let err = BootSnapshotError::ListDisks {
                 path: sys_block.to_owned(),
                 source,
             };
-            tracing::error!("boot snapshot: {}", error_chain(&err));
+            tracing::error!(
+                "boot snapshot: {}; no disk is formatted or used this boot",
+                error_chain(&err)
+            );
             return caches;
         }
     };
@@ -1107,15 +1147,22 @@ mod tests {
             line.contains("vdc unverified, not formatted or used"),
             "{line}"
         );
+        continued.disks.dropped.clear();
+        assert!(summary(&continued).contains("no disk caches dropped, so no disk used"));
     }
 
     #[test]
-    fn only_device_backed_disks_other_than_loop_and_ram_are_flushed() {
+    fn scanned_names_and_device_backed_disks_other_than_loop_and_ram_are_flushed() {
         let tmp = tempfile::tempdir().expect("tempdir");
         for (name, has_device) in [
             ("vdb", true),
             ("vda", true),
             ("sda", true),
+            ("sr0", true),
+            // Names the disk scan takes, even without a `device` entry: a disk the drop
+            // skipped would be found by the scan and, not dropped, never used.
+            ("vdc", false),
+            ("nvme0n1", false),
             ("loop0", true),
             ("ram0", true),
             ("zram0", true),
@@ -1127,16 +1174,61 @@ mod tests {
                 std::fs::create_dir(dir.join("device")).expect("device");
             }
         }
-        assert_eq!(
-            snapshot_disks(tmp.path()).expect("list"),
-            ["sda", "vda", "vdb"]
+        let listed = ["sda", "sr0", "vda", "vdb", "vdc", "nvme0n1"];
+        assert_eq!(snapshot_disks(tmp.path()).expect("list"), listed);
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| disk::is_candidate(n))
+            .collect();
+        assert!(
+            names.iter().all(|n| listed.contains(&n.as_str())),
+            "every name the scan takes is dropped: {names:?}"
         );
-        // Nodes that cannot be opened (none under this `dev`): every disk is unverified.
+        // Nodes that cannot be opened (none under this `dev`): every disk is unverified, and
+        // none believed.
         let caches = drop_disk_caches(tmp.path(), &tmp.path().join("no-dev"));
         assert!(caches.dropped.is_empty());
+        assert_eq!(caches.unverified, listed.map(String::from).into());
+        assert_eq!(caches.trust(), DiskTrust::Only(BTreeSet::new()));
+    }
+
+    #[test]
+    fn only_dropped_disks_are_trusted() {
+        let caches = DiskCaches {
+            dropped: vec!["vda".into(), "vdc".into()],
+            unverified: ["vdb".to_owned()].into(),
+        };
+        let trust = caches.trust();
+        assert!(trust.trusts("vda") && trust.trusts("vdc"));
+        assert!(!trust.trusts("vdb"), "its drop failed");
+        assert!(!trust.trusts("vdd"), "the drop never saw it");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_trusts_no_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let caches = drop_disk_caches(&tmp.path().join("no-sys-block"), tmp.path());
+        assert_eq!(caches, DiskCaches::default());
+        assert_eq!(caches.trust(), DiskTrust::Only(BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_drop_that_panicked_trusts_no_disk() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let joined = runtime.block_on(
+            runtime.spawn_blocking(|| -> DiskCaches { panic!("a test's panic in the drop") }),
+        );
+        assert_eq!(trust_after(joined), DiskTrust::Only(BTreeSet::new()));
+        let joined = runtime.block_on(runtime.spawn_blocking(|| DiskCaches {
+            dropped: vec!["vda".into()],
+            unverified: BTreeSet::new(),
+        }));
         assert_eq!(
-            caches.unverified,
-            ["sda", "vda", "vdb"].map(String::from).into()
+            trust_after(joined),
+            DiskTrust::Only(["vda".to_owned()].into())
         );
     }
 
