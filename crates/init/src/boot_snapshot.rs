@@ -44,9 +44,12 @@
 //! ([`disk::is_candidate`]), so that in a good boot every disk the scan finds was dropped.
 //!
 //! The guest cannot tell a restored boot from the boot the snapshot was taken of (whose host
-//! says `go` once the state is saved), so it does all of this in both. The disk caches are also
-//! dropped when no `go` came: a restored machine whose host went away must not believe them
-//! either, and in any other boot dropping them costs a few reads.
+//! says `go` once the state is saved), so it does all of this in both. When no `go` came (no
+//! port, the host said nothing or `skip`, the wait timed out) but the kernel command line asked
+//! for the point, the guest still reseeds the CRNG, with [`HWRNG`]'s bytes mixed in when it has
+//! them ([`reseed_without_go`]), and drops the disk caches: a restored machine whose host went
+//! away must not keep the snapshot's CRNG key nor believe the caches either, and in any other
+//! boot this costs a few reads.
 //!
 //! [`Stage::ModulesLoaded`]: rmachine_guest_config::timeline::Stage::ModulesLoaded
 
@@ -92,6 +95,25 @@ const MAX_LINE: usize = 256;
 
 /// Where the virtio-serial ports are listed.
 const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
+
+/// The kernel's random pool, for the entropy ioctls.
+const URANDOM: &str = "/dev/urandom";
+
+/// The kernel's hardware random device: virtio-rng's, which every QEMU machine has.
+pub const HWRNG: &str = "/dev/hwrng";
+
+/// How long the guest waits for [`SEED_LEN`] bytes of [`HWRNG`] when no `go` came. virtio-rng
+/// answers a non-blocking read with EAGAIN until the host has filled the request it queued,
+/// which takes milliseconds; a device that gives nothing must not hold the boot up.
+const HWRNG_FOR: Duration = Duration::from_millis(500);
+
+/// Bits of entropy credited for [`HWRNG`]'s bytes: none. They are real entropy (QEMU's
+/// virtio-rng reads the host's getrandom or /dev/urandom), but the guest cannot see what backs
+/// the device, so it does not claim them. Nothing needs the credit: since Linux 5.18 (the
+/// guest runs Debian 12's 6.1) RNDRESEEDCRNG hashes the whole input pool into the new key
+/// whatever its count, and the kernel's own hwrng thread already credits virtio-rng's output
+/// at the driver's quality.
+pub const HWRNG_CREDIT_BITS: u32 = 0;
 
 /// What can go wrong at the snapshot point.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +207,23 @@ pub enum BootSnapshotError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A random device could not be read.
+    #[error("cannot read {path}")]
+    ReadRandom {
+        /// The device node.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A random device gave fewer bytes than asked for in time.
+    #[error("{path} gave {got} of {} bytes", SEED_LEN)]
+    ShortRandom {
+        /// The device node.
+        path: PathBuf,
+        /// How many bytes it gave.
+        got: usize,
     },
     /// A block device could not be opened.
     #[error("cannot open {device}")]
@@ -374,11 +413,11 @@ pub async fn ask_host() -> Asked {
                     error_chain(&err)
                 );
             }
-            Asked::BootOn(drop_caches_without_go().await)
+            Asked::BootOn(boot_on_without_go().await)
         }
         Err(err) => {
             tracing::error!("boot snapshot: asking the host panicked: {err}");
-            Asked::BootOn(drop_caches_without_go().await)
+            Asked::BootOn(boot_on_without_go().await)
         }
     }
 }
@@ -408,19 +447,19 @@ pub async fn at_point(
                 "boot snapshot: {}; booting on as usual (the host gave up)",
                 error_chain(&err)
             );
-            drop_caches_without_go().await
+            boot_on_without_go().await
         }
         Err(err) => {
             tracing::error!("boot snapshot: the wait for the host's go panicked: {err}");
             // What the panic left undone is unknown: the disks are not believed.
-            drop_caches_without_go().await
+            boot_on_without_go().await
         }
     }
 }
 
-/// [`no_go_disk_caches`] on a blocking thread; the disks that may be believed.
-async fn drop_caches_without_go() -> DiskTrust {
-    trust_after(tokio::task::spawn_blocking(no_go_disk_caches).await)
+/// [`without_go`] on a blocking thread; the disks that may be believed.
+async fn boot_on_without_go() -> DiskTrust {
+    trust_after(tokio::task::spawn_blocking(without_go).await)
 }
 
 /// The disks believed after a blocking task that dropped caches: those it dropped, or none if
@@ -551,8 +590,11 @@ fn carry_out(go: &Go, point_ms: u64) -> Result<((i64, i64), Continued), String> 
     ))
 }
 
-/// [`drop_disk_caches`] when no `go` came, with a line saying what it dropped.
-fn no_go_disk_caches() -> DiskCaches {
+/// What the guest does when no `go` came but the kernel command line asked for the point
+/// (this may be a restored machine whose host went away): [`reseed_without_go`], then
+/// [`drop_disk_caches`] with a line saying what it dropped.
+fn without_go() -> DiskCaches {
+    reseed_without_go();
     let disks = drop_disk_caches(Path::new("/sys/block"), Path::new("/dev"));
     if !disks.dropped.is_empty() {
         tracing::info!(
@@ -794,30 +836,186 @@ mod ioctl {
 /// from the pool at once (else the kernel would go on with the snapshot's CRNG key for up to a
 /// minute). Both need CAP_SYS_ADMIN, which PID 1's child has.
 fn add_entropy(seed: &[u8; SEED_LEN]) -> Result<(), BootSnapshotError> {
-    let path = Path::new("/dev/urandom");
-    let random = std::fs::File::open(path).map_err(|source| BootSnapshotError::OpenRandom {
-        path: path.to_owned(),
-        source,
-    })?;
-    let ioctl_err = |request| {
-        move |source| BootSnapshotError::Ioctl {
-            request,
-            path: path.to_owned(),
-            source,
+    let random = open_urandom()?;
+    mix_in(&random, seed, (SEED_LEN * 8) as u32)?;
+    reseed_crng(&random)
+}
+
+/// What the reseed without a `go` did, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reseed {
+    /// Whether [`SEED_LEN`] bytes of [`HWRNG`] went into the kernel's random pool.
+    pub hwrng_mixed_in: bool,
+    /// Whether the CRNG was reseeded from the pool.
+    pub reseeded: bool,
+}
+
+/// The console line of a reseed without a `go`.
+pub fn reseed_summary(reseed: &Reseed) -> String {
+    let hwrng = if reseed.hwrng_mixed_in {
+        format!(
+            "{SEED_LEN} bytes of {HWRNG} mixed into the random pool ({HWRNG_CREDIT_BITS} bits \
+             credited)"
+        )
+    } else {
+        format!("nothing of {HWRNG} mixed in")
+    };
+    let crng = if reseed.reseeded {
+        "CRNG reseeded"
+    } else {
+        "CRNG NOT reseeded"
+    };
+    format!("boot snapshot: no go: {hwrng}, {crng} all the same (this may be a restored machine)")
+}
+
+/// Reseeds the kernel's CRNG when no `go` came (no seed from the host): mixes in [`SEED_LEN`]
+/// bytes of [`HWRNG`] if it gives them within half a second (skipped with a warning if not),
+/// crediting [`HWRNG_CREDIT_BITS`], then RNDRESEEDCRNG, which hashes the pool (interrupt timings
+/// since the restore included) into a new key of this machine's own.
+pub fn reseed_without_go() -> Reseed {
+    let mut reseed = Reseed::default();
+    let random = match open_urandom() {
+        Ok(random) => random,
+        Err(err) => {
+            tracing::error!(
+                "boot snapshot: {}; the CRNG is not reseeded and may be the snapshot's",
+                error_chain(&err)
+            );
+            return reseed;
         }
     };
-    let info = ioctl::RandPoolInfo {
-        entropy_count: (SEED_LEN * 8) as libc::c_int,
+    match read_hwrng(Path::new(HWRNG), HWRNG_FOR) {
+        Ok(bytes) => match mix_in(&random, &bytes, HWRNG_CREDIT_BITS) {
+            Ok(()) => reseed.hwrng_mixed_in = true,
+            Err(err) => tracing::warn!("boot snapshot: {}", error_chain(&err)),
+        },
+        Err(err) => tracing::warn!(
+            "boot snapshot: {}; reseeding from the kernel's pool alone",
+            error_chain(&err)
+        ),
+    }
+    match reseed_crng(&random) {
+        Ok(()) => reseed.reseeded = true,
+        // Not initialised yet: no key to replace, and the kernel seeds it from the pool
+        // once it is.
+        Err(BootSnapshotError::Ioctl {
+            source: Errno::ENODATA,
+            ..
+        }) => tracing::info!("boot snapshot: the CRNG is not initialised yet; no reseed"),
+        Err(err) => tracing::error!(
+            "boot snapshot: {}; the CRNG may be the snapshot's, shared with every machine \
+             started from it",
+            error_chain(&err)
+        ),
+    }
+    tracing::info!("{}", reseed_summary(&reseed));
+    reseed
+}
+
+/// Opens [`URANDOM`] for the entropy ioctls.
+fn open_urandom() -> Result<std::fs::File, BootSnapshotError> {
+    std::fs::File::open(URANDOM).map_err(|source| BootSnapshotError::OpenRandom {
+        path: PathBuf::from(URANDOM),
+        source,
+    })
+}
+
+/// The `rand_pool_info` that mixes `bytes` in crediting `credit_bits` (at most their own
+/// number of bits).
+fn pool_info(bytes: &[u8; SEED_LEN], credit_bits: u32) -> ioctl::RandPoolInfo {
+    let credit = credit_bits.min((SEED_LEN * 8) as u32);
+    ioctl::RandPoolInfo {
+        // At most 256: fits.
+        entropy_count: credit as libc::c_int,
         buf_size: SEED_LEN as libc::c_int,
-        buf: *seed,
-    };
+        buf: *bytes,
+    }
+}
+
+/// RNDADDENTROPY on `random`: mixes `bytes` into the pool, crediting `credit_bits`.
+fn mix_in(
+    random: &std::fs::File,
+    bytes: &[u8; SEED_LEN],
+    credit_bits: u32,
+) -> Result<(), BootSnapshotError> {
+    let info = pool_info(bytes, credit_bits);
     // SAFETY: `random` is an open file descriptor for the call, and `info` a live
     // `rand_pool_info` whose `buf` holds the `buf_size` bytes the kernel reads.
-    unsafe { ioctl::rnd_add_entropy(random.as_raw_fd(), &info) }
-        .map_err(ioctl_err("RNDADDENTROPY"))?;
-    // SAFETY: `random` is an open file descriptor; the request takes no argument.
-    unsafe { ioctl::rnd_reseed_crng(random.as_raw_fd()) }.map_err(ioctl_err("RNDRESEEDCRNG"))?;
+    unsafe { ioctl::rnd_add_entropy(random.as_raw_fd(), &info) }.map_err(|source| {
+        BootSnapshotError::Ioctl {
+            request: "RNDADDENTROPY",
+            path: PathBuf::from(URANDOM),
+            source,
+        }
+    })?;
     Ok(())
+}
+
+/// RNDRESEEDCRNG on `random`: a new CRNG key from the pool at once.
+fn reseed_crng(random: &std::fs::File) -> Result<(), BootSnapshotError> {
+    // SAFETY: `random` is an open file descriptor; the request takes no argument.
+    unsafe { ioctl::rnd_reseed_crng(random.as_raw_fd()) }.map_err(|source| {
+        BootSnapshotError::Ioctl {
+            request: "RNDRESEEDCRNG",
+            path: PathBuf::from(URANDOM),
+            source,
+        }
+    })?;
+    Ok(())
+}
+
+/// Reads [`SEED_LEN`] bytes of the hardware random device `path` within `wait`.
+fn read_hwrng(path: &Path, wait: Duration) -> Result<[u8; SEED_LEN], BootSnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a blocking read waits for the device for good, and this must end by its
+    // deadline.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| BootSnapshotError::OpenRandom {
+            path: path.to_owned(),
+            source,
+        })?;
+    read_seed(file, path, Instant::now() + wait)
+}
+
+/// Reads [`SEED_LEN`] bytes of the non-blocking `source` (named `path` in errors), waiting in
+/// growing pauses while it has none ready, until `deadline`. The hwrng device has no poll(2)
+/// (it always polls readable), hence the pauses.
+fn read_seed<R: Read>(
+    mut source: R,
+    path: &Path,
+    deadline: Instant,
+) -> Result<[u8; SEED_LEN], BootSnapshotError> {
+    let mut seed = [0; SEED_LEN];
+    let mut got = 0;
+    let mut backoff = Backoff::new();
+    while got < SEED_LEN {
+        match source.read(&mut seed[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if !backoff.sleep(deadline) {
+                    break;
+                }
+            }
+            Err(source) => {
+                return Err(BootSnapshotError::ReadRandom {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    if got < SEED_LEN {
+        return Err(BootSnapshotError::ShortRandom {
+            path: path.to_owned(),
+            got,
+        });
+    }
+    Ok(seed)
 }
 
 /// The block devices under `sys_block` whose blocks the kernel may cache from a snapshot's
@@ -1229,6 +1427,101 @@ mod tests {
         assert_eq!(
             trust_after(joined),
             DiskTrust::Only(["vda".to_owned()].into())
+        );
+    }
+
+    /// A non-blocking reader that has nothing ready (`None`) or some bytes, in turn.
+    struct Trickle(Vec<Option<Vec<u8>>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            match self.0.remove(0) {
+                None => Err(io::ErrorKind::WouldBlock.into()),
+                Some(mut bytes) => {
+                    let n = bytes.len().min(buf.len());
+                    buf[..n].copy_from_slice(&bytes[..n]);
+                    if n < bytes.len() {
+                        self.0.insert(0, Some(bytes.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_seed_is_read_whole_across_would_blocks() {
+        let path = Path::new("test-hwrng");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let bytes: Vec<u8> = (0..40).collect();
+        let seed = read_seed(bytes.as_slice(), path, deadline).expect("seed");
+        assert_eq!(seed[..], bytes[..SEED_LEN]);
+        let trickle = Trickle(vec![None, None, Some(vec![1; 20]), None, Some(vec![2; 20])]);
+        let seed = read_seed(trickle, path, deadline).expect("seed");
+        assert_eq!(seed[..20], [1; 20]);
+        assert_eq!(seed[20..], [2; 12]);
+    }
+
+    #[test]
+    fn a_short_or_silent_source_gives_no_seed() {
+        let path = Path::new("test-hwrng");
+        let err = read_seed(
+            &[7u8; 10][..],
+            path,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .expect_err("short");
+        assert!(
+            matches!(err, BootSnapshotError::ShortRandom { got: 10, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "test-hwrng gave 10 of 32 bytes");
+        let began = Instant::now();
+        let err = read_seed(
+            Trickle(Vec::new()),
+            path,
+            Instant::now() + Duration::from_millis(100),
+        )
+        .expect_err("silent");
+        assert!(
+            matches!(err, BootSnapshotError::ShortRandom { got: 0, .. }),
+            "{err}"
+        );
+        assert!(began.elapsed() < Duration::from_secs(2));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let err =
+            read_hwrng(&tmp.path().join("hwrng"), Duration::from_millis(10)).expect_err("absent");
+        assert!(matches!(err, BootSnapshotError::OpenRandom { .. }), "{err}");
+    }
+
+    #[test]
+    fn hwrng_bytes_are_mixed_in_without_credit_and_the_host_seed_with_all_of_it() {
+        let bytes = [9; SEED_LEN];
+        let info = pool_info(&bytes, HWRNG_CREDIT_BITS);
+        assert_eq!(info.entropy_count, 0);
+        assert_eq!(info.buf_size, 32);
+        assert_eq!(info.buf, bytes);
+        assert_eq!(pool_info(&bytes, 256).entropy_count, 256);
+        assert_eq!(pool_info(&bytes, 10_000).entropy_count, 256, "never more");
+    }
+
+    #[test]
+    fn the_reseed_line_says_what_was_done() {
+        assert_eq!(
+            reseed_summary(&Reseed {
+                hwrng_mixed_in: true,
+                reseeded: true
+            }),
+            "boot snapshot: no go: 32 bytes of /dev/hwrng mixed into the random pool (0 bits \
+             credited), CRNG reseeded all the same (this may be a restored machine)"
+        );
+        let line = reseed_summary(&Reseed::default());
+        assert!(
+            line.contains("no go: nothing of /dev/hwrng mixed in, CRNG NOT reseeded all the same"),
+            "{line}"
         );
     }
 
