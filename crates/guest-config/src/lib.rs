@@ -2,11 +2,13 @@
 //!
 //! The host renders a [`GuestConfig`] into a small raw disk image (`config.img` in the machine
 //! directory) and attaches it to the VM as a read-only disk on every start. The image is a plain
-//! ustar archive whose first entry is [`CONFIG_ENTRY`], a JSON document. A tar was chosen because
-//! every hypervisor can attach a raw file as a disk (QEMU directly, VirtualBox after
-//! `convertfromraw`, Hyper-V after appending a fixed-VHD footer) and the guest can recognise it
-//! by content, whatever the disk order. Because the host rewrites it before each start, new
-//! certificates (`regenerate-certs`) reach the guest with a restart and no SSH round-trip.
+//! ustar archive whose first entry is [`CONFIG_ENTRY`], a JSON document behind [`CONFIG_LEAD`]
+//! spaces (so that the secrets in it lie past what a kernel reads when it probes the disk). A
+//! tar was chosen because every hypervisor can attach a raw file as a disk (QEMU directly,
+//! VirtualBox after `convertfromraw`, Hyper-V after appending a fixed-VHD footer) and the guest
+//! can recognise it by content, whatever the disk order. Because the host rewrites it before
+//! each start, new certificates (`regenerate-certs`) reach the guest with a restart and no SSH
+//! round-trip.
 //!
 //! The guest's answer travels the other way, on the serial console: see [`report`].
 #![warn(missing_docs)]
@@ -24,6 +26,17 @@ pub const CONFIG_ENTRY: &str = "rmachine-guest-config.json";
 
 /// Version of the format; the guest refuses a newer one than it knows.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// How many ASCII spaces open the [`CONFIG_ENTRY`] entry, before the JSON document.
+///
+/// The document holds the engine's TLS private key. When the guest's kernel finds the drive
+/// it reads its first sectors into its page cache to look for a partition table (the parsers
+/// read up to ~16 KiB from the start: amiga's 16 sectors, ultrix's sector 31), before init
+/// runs; the QEMU driver's boot snapshot saves that RAM to a file in the store, shared by every
+/// machine started from it. With this lead the bytes the kernel reads are the tar header and
+/// spaces, and the key starts well past them. JSON allows leading whitespace (serde_json
+/// skips it), so a guest that predates the lead reads a drive that has it.
+pub const CONFIG_LEAD: usize = 64 * 1024;
 
 /// Everything the guest needs at boot, rendered by the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,17 +189,19 @@ pub enum GuestConfigError {
 }
 
 impl GuestConfig {
-    /// Writes the configuration drive image: a ustar archive padded to whole 512-byte sectors.
+    /// Writes the configuration drive image: a ustar archive padded to whole 512-byte sectors,
+    /// whose one entry is [`CONFIG_LEAD`] spaces and the JSON document.
     pub fn write_drive(&self, out: impl Write) -> Result<(), GuestConfigError> {
         let json = serde_json::to_vec_pretty(self).map_err(GuestConfigError::Json)?;
+        let lead = io::repeat(b' ').take(CONFIG_LEAD as u64);
         let mut builder = tar::Builder::new(out);
         let mut header = tar::Header::new_ustar();
-        header.set_size(json.len() as u64);
+        header.set_size((CONFIG_LEAD + json.len()) as u64);
         header.set_mode(0o600);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
         builder
-            .append_data(&mut header, CONFIG_ENTRY, json.as_slice())
+            .append_data(&mut header, CONFIG_ENTRY, lead.chain(json.as_slice()))
             .map_err(GuestConfigError::Io)?;
         // A tar archive is already a multiple of 512 bytes; disks want nothing more.
         builder.into_inner().map_err(GuestConfigError::Io)?;
@@ -195,7 +210,9 @@ impl GuestConfig {
 
     /// Reads a configuration drive (the raw device or the image file).
     ///
-    /// Reading stops after the first entry, so trailing device bytes are never parsed.
+    /// Reading stops after the first entry, so trailing device bytes are never parsed. The
+    /// entry's leading whitespace ([`CONFIG_LEAD`]; none on drives written before it) is
+    /// skipped by the JSON parser.
     pub fn read_drive(input: impl Read) -> Result<Self, GuestConfigError> {
         let mut archive = tar::Archive::new(input);
         let mut entries = archive.entries().map_err(GuestConfigError::Io)?;
@@ -291,6 +308,50 @@ mod tests {
         // A device is larger than the image: trailing zeroes must not matter.
         image.extend(std::iter::repeat_n(0u8, 4096));
         assert_eq!(GuestConfig::read_drive(image.as_slice()).unwrap(), sample());
+    }
+
+    #[test]
+    fn the_document_starts_after_the_lead_and_still_reads() {
+        let mut image = Vec::new();
+        sample().write_drive(&mut image).unwrap();
+        let lead = &image[512..512 + CONFIG_LEAD];
+        assert!(lead.iter().all(|&b| b == b' '), "the lead is spaces");
+        assert_eq!(image[512 + CONFIG_LEAD], b'{', "then the document");
+        assert!(GuestConfig::is_config_drive(&image[..512]));
+        assert_eq!(GuestConfig::read_drive(image.as_slice()).unwrap(), sample());
+    }
+
+    #[test]
+    fn a_drive_without_the_lead_still_reads() {
+        // As written before CONFIG_LEAD: the document right after the header.
+        let json = serde_json::to_vec_pretty(&sample()).unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(json.len() as u64);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder
+            .append_data(&mut header, CONFIG_ENTRY, json.as_slice())
+            .unwrap();
+        let image = builder.into_inner().unwrap();
+        assert_eq!(GuestConfig::read_drive(image.as_slice()).unwrap(), sample());
+    }
+
+    #[test]
+    fn no_private_key_text_in_the_drives_first_64_kib() {
+        let mut config = sample();
+        config.server_key_pem =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n"
+                .into();
+        let mut image = Vec::new();
+        config.write_drive(&mut image).unwrap();
+        let contains = |bytes: &[u8], text: &[u8]| bytes.windows(text.len()).any(|w| w == text);
+        assert!(
+            contains(&image, b"PRIVATE KEY"),
+            "the key is on the drive at all"
+        );
+        assert!(!contains(&image[..64 * 1024], b"PRIVATE KEY"));
+        assert!(!contains(&image[..64 * 1024], b"MC4CAQAw"));
     }
 
     #[test]

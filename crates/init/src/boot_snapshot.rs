@@ -30,15 +30,26 @@
 //! After a `go` it trusts nothing the boot before the point learnt, since that may have been
 //! another machine's boot. It sets the clock, mixes the seed into the kernel's random pool and
 //! reseeds it (every machine started from one snapshot has the same pool), and drops the cached
-//! blocks of every disk and rereads its partition table ([`drop_disk_caches`]). A disk whose
-//! cache could not be dropped is classified [`disk::UNVERIFIED`], so it is neither formatted
-//! nor used this boot. Then it answers `ok`, closes the port, and prints again the stage lines
-//! printed before the point: a restored machine's console does not have them.
+//! blocks of every disk and rereads its partition table ([`drop_disk_caches`]). Then it answers
+//! `ok`, closes the port, and prints again the stage lines printed before the point: a restored
+//! machine's console does not have them.
+//!
+//! Which disks are believed afterwards is a positive list, [`disk::DiskTrust::Only`] the disks
+//! whose caches were dropped; the disk scan classifies every other disk it finds
+//! [`disk::UNVERIFIED`], so it is neither formatted nor used this boot. Whatever goes wrong on
+//! the way fails closed: a disk whose cache could not be dropped, one the drop did not list,
+//! `/sys/block` that could not be listed (no disk is believed), a blocking task that panicked
+//! (likewise). Only a kernel command line without [`CMDLINE_FLAG`] gives
+//! [`disk::DiskTrust::All`]. [`snapshot_disks`] lists at least every name the scan considers
+//! ([`disk::is_candidate`]), so that in a good boot every disk the scan finds was dropped.
 //!
 //! The guest cannot tell a restored boot from the boot the snapshot was taken of (whose host
-//! says `go` once the state is saved), so it does all of this in both. The disk caches are also
-//! dropped when no `go` came: a restored machine whose host went away must not believe them
-//! either, and in any other boot dropping them costs a few reads.
+//! says `go` once the state is saved), so it does all of this in both. When no `go` came (no
+//! port, the host said nothing or `skip`, the wait timed out) but the kernel command line asked
+//! for the point, the guest still reseeds the CRNG, with [`HWRNG`]'s bytes mixed in when it has
+//! them ([`reseed_without_go`]), and drops the disk caches: a restored machine whose host went
+//! away must not keep the snapshot's CRNG key nor believe the caches either, and in any other
+//! boot this costs a few reads.
 //!
 //! [`Stage::ModulesLoaded`]: rmachine_guest_config::timeline::Stage::ModulesLoaded
 
@@ -53,7 +64,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use rmachine_guest_config::timeline::GuestStage;
 
-use crate::{clock, disk, error_chain, logging};
+use crate::disk::{self, DiskTrust};
+use crate::{clock, error_chain, logging};
 
 /// The kernel command line word by which the host asks for the snapshot point.
 pub const CMDLINE_FLAG: &str = "rmachine.boot_snapshot=1";
@@ -83,6 +95,25 @@ const MAX_LINE: usize = 256;
 
 /// Where the virtio-serial ports are listed.
 const VIRTIO_PORTS: &str = "/sys/class/virtio-ports";
+
+/// The kernel's random pool, for the entropy ioctls.
+const URANDOM: &str = "/dev/urandom";
+
+/// The kernel's hardware random device: virtio-rng's, which every QEMU machine has.
+pub const HWRNG: &str = "/dev/hwrng";
+
+/// How long the guest waits for [`SEED_LEN`] bytes of [`HWRNG`] when no `go` came. virtio-rng
+/// answers a non-blocking read with EAGAIN until the host has filled the request it queued,
+/// which takes milliseconds; a device that gives nothing must not hold the boot up.
+const HWRNG_FOR: Duration = Duration::from_millis(500);
+
+/// Bits of entropy credited for [`HWRNG`]'s bytes: none. They are real entropy (QEMU's
+/// virtio-rng reads the host's getrandom or /dev/urandom), but the guest cannot see what backs
+/// the device, so it does not claim them. Nothing needs the credit: since Linux 5.18 (the
+/// guest runs Debian 12's 6.1) RNDRESEEDCRNG hashes the whole input pool into the new key
+/// whatever its count, and the kernel's own hwrng thread already credits virtio-rng's output
+/// at the driver's quality.
+pub const HWRNG_CREDIT_BITS: u32 = 0;
 
 /// What can go wrong at the snapshot point.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +207,23 @@ pub enum BootSnapshotError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// A random device could not be read.
+    #[error("cannot read {path}")]
+    ReadRandom {
+        /// The device node.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A random device gave fewer bytes than asked for in time.
+    #[error("{path} gave {got} of {} bytes", SEED_LEN)]
+    ShortRandom {
+        /// The device node.
+        path: PathBuf,
+        /// How many bytes it gave.
+        got: usize,
     },
     /// A block device could not be opened.
     #[error("cannot open {device}")]
@@ -282,11 +330,19 @@ pub struct Continued {
 /// The disks whose cached blocks were dropped, and those whose could not be.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DiskCaches {
-    /// Kernel names of the disks whose caches were dropped.
+    /// Kernel names of the disks whose caches were dropped, in kernel order: the only disks
+    /// believed this boot ([`DiskCaches::trust`]).
     pub dropped: Vec<String>,
-    /// Kernel names of the disks whose caches may still be another machine's: they MUST NOT
-    /// be formatted this boot (see [`disk::distrust`]).
+    /// Kernel names of the disks whose caches could not be dropped, for the console. Not the
+    /// list the scan goes by: a disk missing from both lists is no more believed than these.
     pub unverified: BTreeSet<String>,
+}
+
+impl DiskCaches {
+    /// The disks believed this boot: those whose caches were dropped, and no other.
+    pub fn trust(&self) -> DiskTrust {
+        DiskTrust::Only(self.dropped.iter().cloned().collect())
+    }
 }
 
 /// The console line that follows the stage lines printed again after a `go`.
@@ -299,7 +355,7 @@ pub fn summary(continued: &Continued) -> String {
     });
     let dropped = &continued.disks.dropped;
     done.push(if dropped.is_empty() {
-        "no disk caches dropped".to_owned()
+        "no disk caches dropped, so no disk used".to_owned()
     } else {
         format!("caches of {} dropped", dropped.join(", "))
     });
@@ -323,8 +379,9 @@ pub enum Asked {
     /// The kernel command line does not ask for the point: boot as before.
     NotRequested,
     /// The host takes no snapshot of this boot (or said nothing): boot on. The disks that
-    /// MUST NOT be formatted or used this boot (for [`disk::distrust`]).
-    BootOn(BTreeSet<String>),
+    /// may be believed this boot (for [`disk::distrust`]): only those whose caches were
+    /// dropped.
+    BootOn(DiskTrust),
     /// The host takes a snapshot: [`at_point`] next.
     Wanted(Wanted),
 }
@@ -356,11 +413,11 @@ pub async fn ask_host() -> Asked {
                     error_chain(&err)
                 );
             }
-            Asked::BootOn(drop_caches_without_go().await)
+            Asked::BootOn(boot_on_without_go().await)
         }
         Err(err) => {
             tracing::error!("boot snapshot: asking the host panicked: {err}");
-            Asked::BootOn(drop_caches_without_go().await)
+            Asked::BootOn(boot_on_without_go().await)
         }
     }
 }
@@ -368,12 +425,13 @@ pub async fn ask_host() -> Asked {
 /// The snapshot point of a boot the host takes a snapshot of: sends the point, waits for the
 /// host's `go` and carries it out (see the module docs), on a blocking thread. `init_started`
 /// and `modules_loaded` are the stage marks printed before the point, printed again after a
-/// `go`. Returns the disks that MUST NOT be formatted or used this boot.
+/// `go`. Returns the disks that may be believed this boot (for [`disk::distrust`]): only
+/// those whose caches were dropped.
 pub async fn at_point(
     wanted: Wanted,
     init_started: GuestStage,
     modules_loaded: GuestStage,
-) -> BTreeSet<String> {
+) -> DiskTrust {
     let outcome = tokio::task::spawn_blocking(move || wait_for_go(&wanted)).await;
     match outcome {
         Ok(Ok(continued)) => {
@@ -382,29 +440,41 @@ pub async fn at_point(
             logging::print_stage(&init_started);
             logging::print_stage(&modules_loaded);
             tracing::info!("{}", summary(&continued));
-            continued.disks.unverified
+            continued.disks.trust()
         }
         Ok(Err(err)) => {
             tracing::warn!(
                 "boot snapshot: {}; booting on as usual (the host gave up)",
                 error_chain(&err)
             );
-            drop_caches_without_go().await
+            boot_on_without_go().await
         }
         Err(err) => {
             tracing::error!("boot snapshot: the wait for the host's go panicked: {err}");
             // What the panic left undone is unknown: the disks are not believed.
-            drop_caches_without_go().await
+            boot_on_without_go().await
         }
     }
 }
 
-/// [`no_go_disk_caches`] on a blocking thread; the disks not to be used.
-async fn drop_caches_without_go() -> BTreeSet<String> {
-    tokio::task::spawn_blocking(no_go_disk_caches)
-        .await
-        .map(|disks| disks.unverified)
-        .unwrap_or_default()
+/// [`without_go`] on a blocking thread; the disks that may be believed.
+async fn boot_on_without_go() -> DiskTrust {
+    trust_after(tokio::task::spawn_blocking(without_go).await)
+}
+
+/// The disks believed after a blocking task that dropped caches: those it dropped, or none if
+/// it panicked (how far it got is unknown, and an empty default would not fail closed).
+fn trust_after(joined: Result<DiskCaches, tokio::task::JoinError>) -> DiskTrust {
+    match joined {
+        Ok(disks) => disks.trust(),
+        Err(err) => {
+            tracing::error!(
+                "boot snapshot: dropping the disks' caches panicked: {err}; no disk is \
+                 formatted or used this boot"
+            );
+            DiskTrust::Only(BTreeSet::new())
+        }
+    }
 }
 
 /// Whether `/proc/cmdline` asks for the snapshot point (no, if it cannot be read).
@@ -520,8 +590,11 @@ fn carry_out(go: &Go, point_ms: u64) -> Result<((i64, i64), Continued), String> 
     ))
 }
 
-/// [`drop_disk_caches`] when no `go` came, with a line saying what it dropped.
-fn no_go_disk_caches() -> DiskCaches {
+/// What the guest does when no `go` came but the kernel command line asked for the point
+/// (this may be a restored machine whose host went away): [`reseed_without_go`], then
+/// [`drop_disk_caches`] with a line saying what it dropped.
+fn without_go() -> DiskCaches {
+    reseed_without_go();
     let disks = drop_disk_caches(Path::new("/sys/block"), Path::new("/dev"));
     if !disks.dropped.is_empty() {
         tracing::info!(
@@ -763,41 +836,202 @@ mod ioctl {
 /// from the pool at once (else the kernel would go on with the snapshot's CRNG key for up to a
 /// minute). Both need CAP_SYS_ADMIN, which PID 1's child has.
 fn add_entropy(seed: &[u8; SEED_LEN]) -> Result<(), BootSnapshotError> {
-    let path = Path::new("/dev/urandom");
-    let random = std::fs::File::open(path).map_err(|source| BootSnapshotError::OpenRandom {
-        path: path.to_owned(),
-        source,
-    })?;
-    let ioctl_err = |request| {
-        move |source| BootSnapshotError::Ioctl {
-            request,
-            path: path.to_owned(),
-            source,
+    let random = open_urandom()?;
+    mix_in(&random, seed, (SEED_LEN * 8) as u32)?;
+    reseed_crng(&random)
+}
+
+/// What the reseed without a `go` did, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reseed {
+    /// Whether [`SEED_LEN`] bytes of [`HWRNG`] went into the kernel's random pool.
+    pub hwrng_mixed_in: bool,
+    /// Whether the CRNG was reseeded from the pool.
+    pub reseeded: bool,
+}
+
+/// The console line of a reseed without a `go`.
+pub fn reseed_summary(reseed: &Reseed) -> String {
+    let hwrng = if reseed.hwrng_mixed_in {
+        format!(
+            "{SEED_LEN} bytes of {HWRNG} mixed into the random pool ({HWRNG_CREDIT_BITS} bits \
+             credited)"
+        )
+    } else {
+        format!("nothing of {HWRNG} mixed in")
+    };
+    let crng = if reseed.reseeded {
+        "CRNG reseeded"
+    } else {
+        "CRNG NOT reseeded"
+    };
+    format!("boot snapshot: no go: {hwrng}, {crng} all the same (this may be a restored machine)")
+}
+
+/// Reseeds the kernel's CRNG when no `go` came (no seed from the host): mixes in [`SEED_LEN`]
+/// bytes of [`HWRNG`] if it gives them within half a second (skipped with a warning if not),
+/// crediting [`HWRNG_CREDIT_BITS`], then RNDRESEEDCRNG, which hashes the pool (interrupt timings
+/// since the restore included) into a new key of this machine's own.
+pub fn reseed_without_go() -> Reseed {
+    let mut reseed = Reseed::default();
+    let random = match open_urandom() {
+        Ok(random) => random,
+        Err(err) => {
+            tracing::error!(
+                "boot snapshot: {}; the CRNG is not reseeded and may be the snapshot's",
+                error_chain(&err)
+            );
+            return reseed;
         }
     };
-    let info = ioctl::RandPoolInfo {
-        entropy_count: (SEED_LEN * 8) as libc::c_int,
+    match read_hwrng(Path::new(HWRNG), HWRNG_FOR) {
+        Ok(bytes) => match mix_in(&random, &bytes, HWRNG_CREDIT_BITS) {
+            Ok(()) => reseed.hwrng_mixed_in = true,
+            Err(err) => tracing::warn!("boot snapshot: {}", error_chain(&err)),
+        },
+        Err(err) => tracing::warn!(
+            "boot snapshot: {}; reseeding from the kernel's pool alone",
+            error_chain(&err)
+        ),
+    }
+    match reseed_crng(&random) {
+        Ok(()) => reseed.reseeded = true,
+        // Not initialised yet: no key to replace, and the kernel seeds it from the pool
+        // once it is.
+        Err(BootSnapshotError::Ioctl {
+            source: Errno::ENODATA,
+            ..
+        }) => tracing::info!("boot snapshot: the CRNG is not initialised yet; no reseed"),
+        Err(err) => tracing::error!(
+            "boot snapshot: {}; the CRNG may be the snapshot's, shared with every machine \
+             started from it",
+            error_chain(&err)
+        ),
+    }
+    tracing::info!("{}", reseed_summary(&reseed));
+    reseed
+}
+
+/// Opens [`URANDOM`] for the entropy ioctls.
+fn open_urandom() -> Result<std::fs::File, BootSnapshotError> {
+    std::fs::File::open(URANDOM).map_err(|source| BootSnapshotError::OpenRandom {
+        path: PathBuf::from(URANDOM),
+        source,
+    })
+}
+
+/// The `rand_pool_info` that mixes `bytes` in crediting `credit_bits` (at most their own
+/// number of bits).
+fn pool_info(bytes: &[u8; SEED_LEN], credit_bits: u32) -> ioctl::RandPoolInfo {
+    let credit = credit_bits.min((SEED_LEN * 8) as u32);
+    ioctl::RandPoolInfo {
+        // At most 256: fits.
+        entropy_count: credit as libc::c_int,
         buf_size: SEED_LEN as libc::c_int,
-        buf: *seed,
-    };
+        buf: *bytes,
+    }
+}
+
+/// RNDADDENTROPY on `random`: mixes `bytes` into the pool, crediting `credit_bits`.
+fn mix_in(
+    random: &std::fs::File,
+    bytes: &[u8; SEED_LEN],
+    credit_bits: u32,
+) -> Result<(), BootSnapshotError> {
+    let info = pool_info(bytes, credit_bits);
     // SAFETY: `random` is an open file descriptor for the call, and `info` a live
     // `rand_pool_info` whose `buf` holds the `buf_size` bytes the kernel reads.
-    unsafe { ioctl::rnd_add_entropy(random.as_raw_fd(), &info) }
-        .map_err(ioctl_err("RNDADDENTROPY"))?;
-    // SAFETY: `random` is an open file descriptor; the request takes no argument.
-    unsafe { ioctl::rnd_reseed_crng(random.as_raw_fd()) }.map_err(ioctl_err("RNDRESEEDCRNG"))?;
+    unsafe { ioctl::rnd_add_entropy(random.as_raw_fd(), &info) }.map_err(|source| {
+        BootSnapshotError::Ioctl {
+            request: "RNDADDENTROPY",
+            path: PathBuf::from(URANDOM),
+            source,
+        }
+    })?;
     Ok(())
 }
 
+/// RNDRESEEDCRNG on `random`: a new CRNG key from the pool at once.
+fn reseed_crng(random: &std::fs::File) -> Result<(), BootSnapshotError> {
+    // SAFETY: `random` is an open file descriptor; the request takes no argument.
+    unsafe { ioctl::rnd_reseed_crng(random.as_raw_fd()) }.map_err(|source| {
+        BootSnapshotError::Ioctl {
+            request: "RNDRESEEDCRNG",
+            path: PathBuf::from(URANDOM),
+            source,
+        }
+    })?;
+    Ok(())
+}
+
+/// Reads [`SEED_LEN`] bytes of the hardware random device `path` within `wait`.
+fn read_hwrng(path: &Path, wait: Duration) -> Result<[u8; SEED_LEN], BootSnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a blocking read waits for the device for good, and this must end by its
+    // deadline.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| BootSnapshotError::OpenRandom {
+            path: path.to_owned(),
+            source,
+        })?;
+    read_seed(file, path, Instant::now() + wait)
+}
+
+/// Reads [`SEED_LEN`] bytes of the non-blocking `source` (named `path` in errors), waiting in
+/// growing pauses while it has none ready, until `deadline`. The hwrng device has no poll(2)
+/// (it always polls readable), hence the pauses.
+fn read_seed<R: Read>(
+    mut source: R,
+    path: &Path,
+    deadline: Instant,
+) -> Result<[u8; SEED_LEN], BootSnapshotError> {
+    let mut seed = [0; SEED_LEN];
+    let mut got = 0;
+    let mut backoff = Backoff::new();
+    while got < SEED_LEN {
+        match source.read(&mut seed[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if !backoff.sleep(deadline) {
+                    break;
+                }
+            }
+            Err(source) => {
+                return Err(BootSnapshotError::ReadRandom {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    if got < SEED_LEN {
+        return Err(BootSnapshotError::ShortRandom {
+            path: path.to_owned(),
+            got,
+        });
+    }
+    Ok(seed)
+}
+
 /// The block devices under `sys_block` whose blocks the kernel may cache from a snapshot's
-/// boot: those backed by a device (a `device` entry), not loop, RAM or zram devices; in kernel
-/// name order.
+/// boot, in kernel name order: every name the disk scan considers ([`disk::is_candidate`]),
+/// with or without a `device` entry, since only the disks dropped here are believed
+/// afterwards; and any other device-backed one (a `device` entry), not loop, RAM or zram
+/// devices.
 pub fn snapshot_disks(sys_block: &Path) -> io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(sys_block)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)))
-        .filter(|name| sys_block.join(name).join("device").exists())
+        .filter(|name| {
+            disk::is_candidate(name)
+                || (!["loop", "ram", "zram"].iter().any(|p| name.starts_with(p))
+                    && sys_block.join(name).join("device").exists())
+        })
         .collect();
     names.sort_by_key(|n| disk::order_key(n));
     Ok(names)
@@ -805,19 +1039,23 @@ pub fn snapshot_disks(sys_block: &Path) -> io::Result<Vec<String>> {
 
 /// For every disk of [`snapshot_disks`]: drops its cached blocks (BLKFLSBUF) and rereads its
 /// partition table (BLKRRPART) through its node under `dev`. A disk whose cache could not be
-/// dropped is logged as an error and listed in [`DiskCaches::unverified`].
+/// dropped is logged as an error and listed in [`DiskCaches::unverified`]; if `sys_block`
+/// cannot be listed, no disk is dropped, hence none believed.
 pub fn drop_disk_caches(sys_block: &Path, dev: &Path) -> DiskCaches {
     let mut caches = DiskCaches::default();
     let names = match snapshot_disks(sys_block) {
         Ok(names) => names,
         Err(source) => {
-            // The disk scan reads the same directory: if it cannot list it either, no disk
-            // is found, and none formatted.
+            // Nothing dropped, nothing believed: should the disk scan list the directory
+            // where this could not, every disk it finds is unverified.
             let err = BootSnapshotError::ListDisks {
                 path: sys_block.to_owned(),
                 source,
             };
-            tracing::error!("boot snapshot: {}", error_chain(&err));
+            tracing::error!(
+                "boot snapshot: {}; no disk is formatted or used this boot",
+                error_chain(&err)
+            );
             return caches;
         }
     };
@@ -1107,15 +1345,22 @@ mod tests {
             line.contains("vdc unverified, not formatted or used"),
             "{line}"
         );
+        continued.disks.dropped.clear();
+        assert!(summary(&continued).contains("no disk caches dropped, so no disk used"));
     }
 
     #[test]
-    fn only_device_backed_disks_other_than_loop_and_ram_are_flushed() {
+    fn scanned_names_and_device_backed_disks_other_than_loop_and_ram_are_flushed() {
         let tmp = tempfile::tempdir().expect("tempdir");
         for (name, has_device) in [
             ("vdb", true),
             ("vda", true),
             ("sda", true),
+            ("sr0", true),
+            // Names the disk scan takes, even without a `device` entry: a disk the drop
+            // skipped would be found by the scan and, not dropped, never used.
+            ("vdc", false),
+            ("nvme0n1", false),
             ("loop0", true),
             ("ram0", true),
             ("zram0", true),
@@ -1127,16 +1372,156 @@ mod tests {
                 std::fs::create_dir(dir.join("device")).expect("device");
             }
         }
-        assert_eq!(
-            snapshot_disks(tmp.path()).expect("list"),
-            ["sda", "vda", "vdb"]
+        let listed = ["sda", "sr0", "vda", "vdb", "vdc", "nvme0n1"];
+        assert_eq!(snapshot_disks(tmp.path()).expect("list"), listed);
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| disk::is_candidate(n))
+            .collect();
+        assert!(
+            names.iter().all(|n| listed.contains(&n.as_str())),
+            "every name the scan takes is dropped: {names:?}"
         );
-        // Nodes that cannot be opened (none under this `dev`): every disk is unverified.
+        // Nodes that cannot be opened (none under this `dev`): every disk is unverified, and
+        // none believed.
         let caches = drop_disk_caches(tmp.path(), &tmp.path().join("no-dev"));
         assert!(caches.dropped.is_empty());
+        assert_eq!(caches.unverified, listed.map(String::from).into());
+        assert_eq!(caches.trust(), DiskTrust::Only(BTreeSet::new()));
+    }
+
+    #[test]
+    fn only_dropped_disks_are_trusted() {
+        let caches = DiskCaches {
+            dropped: vec!["vda".into(), "vdc".into()],
+            unverified: ["vdb".to_owned()].into(),
+        };
+        let trust = caches.trust();
+        assert!(trust.trusts("vda") && trust.trusts("vdc"));
+        assert!(!trust.trusts("vdb"), "its drop failed");
+        assert!(!trust.trusts("vdd"), "the drop never saw it");
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_trusts_no_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let caches = drop_disk_caches(&tmp.path().join("no-sys-block"), tmp.path());
+        assert_eq!(caches, DiskCaches::default());
+        assert_eq!(caches.trust(), DiskTrust::Only(BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_drop_that_panicked_trusts_no_disk() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let joined = runtime.block_on(
+            runtime.spawn_blocking(|| -> DiskCaches { panic!("a test's panic in the drop") }),
+        );
+        assert_eq!(trust_after(joined), DiskTrust::Only(BTreeSet::new()));
+        let joined = runtime.block_on(runtime.spawn_blocking(|| DiskCaches {
+            dropped: vec!["vda".into()],
+            unverified: BTreeSet::new(),
+        }));
         assert_eq!(
-            caches.unverified,
-            ["sda", "vda", "vdb"].map(String::from).into()
+            trust_after(joined),
+            DiskTrust::Only(["vda".to_owned()].into())
+        );
+    }
+
+    /// A non-blocking reader that has nothing ready (`None`) or some bytes, in turn.
+    struct Trickle(Vec<Option<Vec<u8>>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            match self.0.remove(0) {
+                None => Err(io::ErrorKind::WouldBlock.into()),
+                Some(mut bytes) => {
+                    let n = bytes.len().min(buf.len());
+                    buf[..n].copy_from_slice(&bytes[..n]);
+                    if n < bytes.len() {
+                        self.0.insert(0, Some(bytes.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_seed_is_read_whole_across_would_blocks() {
+        let path = Path::new("test-hwrng");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let bytes: Vec<u8> = (0..40).collect();
+        let seed = read_seed(bytes.as_slice(), path, deadline).expect("seed");
+        assert_eq!(seed[..], bytes[..SEED_LEN]);
+        let trickle = Trickle(vec![None, None, Some(vec![1; 20]), None, Some(vec![2; 20])]);
+        let seed = read_seed(trickle, path, deadline).expect("seed");
+        assert_eq!(seed[..20], [1; 20]);
+        assert_eq!(seed[20..], [2; 12]);
+    }
+
+    #[test]
+    fn a_short_or_silent_source_gives_no_seed() {
+        let path = Path::new("test-hwrng");
+        let err = read_seed(
+            &[7u8; 10][..],
+            path,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .expect_err("short");
+        assert!(
+            matches!(err, BootSnapshotError::ShortRandom { got: 10, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "test-hwrng gave 10 of 32 bytes");
+        let began = Instant::now();
+        let err = read_seed(
+            Trickle(Vec::new()),
+            path,
+            Instant::now() + Duration::from_millis(100),
+        )
+        .expect_err("silent");
+        assert!(
+            matches!(err, BootSnapshotError::ShortRandom { got: 0, .. }),
+            "{err}"
+        );
+        assert!(began.elapsed() < Duration::from_secs(2));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let err =
+            read_hwrng(&tmp.path().join("hwrng"), Duration::from_millis(10)).expect_err("absent");
+        assert!(matches!(err, BootSnapshotError::OpenRandom { .. }), "{err}");
+    }
+
+    #[test]
+    fn hwrng_bytes_are_mixed_in_without_credit_and_the_host_seed_with_all_of_it() {
+        let bytes = [9; SEED_LEN];
+        let info = pool_info(&bytes, HWRNG_CREDIT_BITS);
+        assert_eq!(info.entropy_count, 0);
+        assert_eq!(info.buf_size, 32);
+        assert_eq!(info.buf, bytes);
+        assert_eq!(pool_info(&bytes, 256).entropy_count, 256);
+        assert_eq!(pool_info(&bytes, 10_000).entropy_count, 256, "never more");
+    }
+
+    #[test]
+    fn the_reseed_line_says_what_was_done() {
+        assert_eq!(
+            reseed_summary(&Reseed {
+                hwrng_mixed_in: true,
+                reseeded: true
+            }),
+            "boot snapshot: no go: 32 bytes of /dev/hwrng mixed into the random pool (0 bits \
+             credited), CRNG reseeded all the same (this may be a restored machine)"
+        );
+        let line = reseed_summary(&Reseed::default());
+        assert!(
+            line.contains("no go: nothing of /dev/hwrng mixed in, CRNG NOT reseeded all the same"),
+            "{line}"
         );
     }
 

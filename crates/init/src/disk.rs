@@ -15,6 +15,7 @@
 //! gives up, `e2fsck -fy`. An ext2 disk made by older guests gets a journal (`tune2fs -j`). The
 //! last check is kept on the disk ([`LAST_CHECK_FILE`]) and reported on the console.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -453,13 +454,43 @@ pub fn choose(disks: &[Disk]) -> DiskChoice {
 /// it (a boot snapshot's, see [`crate::boot_snapshot`]): neither formatted nor used this boot.
 pub const UNVERIFIED: DiskContent = DiskContent::Other("unverified after a boot snapshot");
 
-/// Classifies the disks named in `unverified` as [`UNVERIFIED`], whatever their first bytes
-/// said. Those bytes may have come from a page cache filled by another machine's boot: all
-/// zeroes there would make a user's disk look blank (and get it formatted), and a stale
-/// configuration drive would hand this machine another one's keys, so no content of such a
-/// disk is believed, not only `Blank`.
-pub fn distrust(disks: &mut [Disk], unverified: &std::collections::BTreeSet<String>) {
-    for disk in disks.iter_mut().filter(|d| unverified.contains(&d.name)) {
+/// Which disks' contents init may believe this boot (see [`distrust`]).
+///
+/// A positive list, so that every failure on the way to it (a directory that cannot be
+/// listed, a disk the cache dropping did not know of, a task that panicked) leaves a disk
+/// out of it, unused, rather than believed with another machine's cached blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskTrust {
+    /// Every disk: the kernel command line did not ask for a boot snapshot's point, so the
+    /// kernel's cache holds only this boot's reads.
+    All,
+    /// Only the disks of these kernel names, whose cached blocks were dropped after the boot
+    /// snapshot's point. Any other disk MUST NOT be formatted, mounted or read this boot.
+    Only(BTreeSet<String>),
+}
+
+impl DiskTrust {
+    /// Whether the disk of kernel name `name` may be believed.
+    pub fn trusts(&self, name: &str) -> bool {
+        match self {
+            DiskTrust::All => true,
+            DiskTrust::Only(names) => names.contains(name),
+        }
+    }
+}
+
+/// Classifies every disk that `trust` does not trust as [`UNVERIFIED`], whatever its first
+/// bytes said, and logs each as an error. Those bytes may have come from a page cache filled
+/// by another machine's boot: all zeroes there would make a user's disk look blank (and get
+/// it formatted), and a stale configuration drive would hand this machine another one's keys,
+/// so no content of such a disk is believed, not only `Blank`.
+pub fn distrust(disks: &mut [Disk], trust: &DiskTrust) {
+    for disk in disks.iter_mut().filter(|d| !trust.trusts(&d.name)) {
+        tracing::error!(
+            "disk: {}: its cached blocks were not dropped after the boot snapshot point and \
+             may be another machine's; it is neither formatted nor used this boot",
+            disk.name
+        );
         disk.content = UNVERIFIED;
     }
 }
@@ -670,15 +701,19 @@ mod tests {
         assert_eq!(choose(&disks).config, None);
     }
 
+    fn only(names: &[&str]) -> DiskTrust {
+        DiskTrust::Only(names.iter().map(|n| n.to_string()).collect())
+    }
+
     #[test]
-    fn an_unverified_blank_disk_is_chosen_but_not_as_blank() {
+    fn an_untrusted_blank_disk_is_chosen_but_not_as_blank() {
         let mut disks = [
             disk("vda", DiskContent::ConfigDrive, true),
             disk("vdb", DiskContent::Blank, false),
             disk("vdc", DiskContent::Blank, false),
         ];
-        let unverified = ["vdb".to_owned()].into();
-        distrust(&mut disks, &unverified);
+        // vdb's cache was not dropped (its drop failed, or the drop never saw it).
+        distrust(&mut disks, &only(&["vda", "vdc"]));
         let choice = choose(&disks);
         // Still the data disk (a later disk must not take its place and be formatted), but
         // with content that the mount step refuses to format or mount.
@@ -687,14 +722,49 @@ mod tests {
         assert_eq!(data.content, UNVERIFIED);
         assert_ne!(data.content, DiskContent::Blank);
         assert_eq!(choice.config.map(|d| d.name), Some("vda".into()));
-        assert_eq!(disks[2].content, DiskContent::Blank, "only the named disk");
+        assert_eq!(
+            disks[2].content,
+            DiskContent::Blank,
+            "a trusted disk is believed"
+        );
     }
 
     #[test]
-    fn an_unverified_configuration_drive_is_not_read() {
+    fn an_untrusted_configuration_drive_is_not_read() {
         let mut disks = [disk("vda", DiskContent::ConfigDrive, true)];
-        distrust(&mut disks, &["vda".to_owned()].into());
+        distrust(&mut disks, &only(&["vdb"]));
         assert_eq!(choose(&disks), DiskChoice::default());
+    }
+
+    #[test]
+    fn an_empty_trust_list_believes_no_disk() {
+        // What a failed listing of /sys/block, or a panic, leaves after a snapshot point.
+        let mut disks = [
+            disk("vda", DiskContent::ConfigDrive, true),
+            disk("vdb", DiskContent::Blank, false),
+            disk("vdc", DiskContent::Ext, false),
+        ];
+        distrust(&mut disks, &only(&[]));
+        assert!(disks.iter().all(|d| d.content == UNVERIFIED), "{disks:?}");
+        let choice = choose(&disks);
+        assert_eq!(choice.config, None);
+        assert_eq!(
+            choice.data.map(|d| (d.name, d.content)),
+            Some(("vdb".into(), UNVERIFIED))
+        );
+    }
+
+    #[test]
+    fn without_a_snapshot_point_every_disk_is_believed() {
+        let mut disks = [
+            disk("vda", DiskContent::ConfigDrive, true),
+            disk("vdb", DiskContent::Blank, false),
+        ];
+        let before = disks.clone();
+        distrust(&mut disks, &DiskTrust::All);
+        assert_eq!(disks, before);
+        assert!(DiskTrust::All.trusts("anything"));
+        assert!(!only(&["vda"]).trusts("vdb"));
     }
 
     /// A sparse, all-zero image file of `mb` MiB, as a new qcow2 reads to the guest.

@@ -9,7 +9,7 @@
 //! ACPI power button), stops the engine, ends every other process, unmounts the data disk and
 //! exits with the [`Action`] PID 1 must carry out.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -61,10 +61,11 @@ pub async fn run(init_started: GuestStage) -> Action {
     let mut left_out = load_device_modules(dir.clone(), phases.devices).await;
     let modules_loaded = logging::stage(Stage::ModulesLoaded);
     // Nothing of this machine has been read yet: the host may save the VM here (and start
-    // other machines from it). Disks whose cached blocks may be another machine's come back.
-    let unverified = match boot_snapshot::ask_host().await {
-        boot_snapshot::Asked::NotRequested => Default::default(),
-        boot_snapshot::Asked::BootOn(unverified) => unverified,
+    // other machines from it). After the point only the disks whose cached blocks were
+    // dropped are believed; without one, all are.
+    let trust = match boot_snapshot::ask_host().await {
+        boot_snapshot::Asked::NotRequested => disk::DiskTrust::All,
+        boot_snapshot::Asked::BootOn(trust) => trust,
         boot_snapshot::Asked::Wanted(wanted) => {
             // Every later module goes into the snapshot, at full speed while nothing else
             // runs: the machines started from it begin with all of them (their later phases
@@ -120,7 +121,7 @@ pub async fn run(init_started: GuestStage) -> Action {
     // The configuration drive is read first (one small read): it may hold the network's
     // static address, which then comes up while the data disk is checked and mounted.
     let (choice, drive_config) =
-        match tokio::task::spawn_blocking(move || find_disks_and_config(&unverified)).await {
+        match tokio::task::spawn_blocking(move || find_disks_and_config(&trust)).await {
             Ok(found) => found,
             Err(err) => {
                 tracing::error!("disk scan panicked: {err}");
@@ -398,9 +399,9 @@ async fn end_other_processes() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Finds the disks and reads the configuration drive (blocking). The disks named in
-/// `unverified` are not believed (see [`disk::distrust`]).
-fn find_disks_and_config(unverified: &BTreeSet<String>) -> (disk::DiskChoice, Option<GuestConfig>) {
+/// Finds the disks and reads the configuration drive (blocking). Only the disks `trust`
+/// trusts are believed (see [`disk::distrust`]).
+fn find_disks_and_config(trust: &disk::DiskTrust) -> (disk::DiskChoice, Option<GuestConfig>) {
     let mut disks = disk::scan(Path::new("/sys/block"));
     if disks.is_empty() {
         // virtio probing is synchronous with module loading, but give slow buses a moment.
@@ -412,7 +413,7 @@ fn find_disks_and_config(unverified: &BTreeSet<String>) -> (disk::DiskChoice, Op
             }
         }
     }
-    disk::distrust(&mut disks, unverified);
+    disk::distrust(&mut disks, trust);
     for d in &disks {
         tracing::info!(
             "disk: {} {:?}{}",
