@@ -476,6 +476,7 @@ pub fn stream_refused(rejected: &str) -> bool {
 /// The host's CPU as a guest's kernel under a hypervisor sees it through `-cpu host`: its
 /// model, feature flags and microcode (Linux's `/proc/cpuinfo`, first CPU) and the host
 /// kernel's release (which decides what KVM passes on); elsewhere the release alone.
+#[cfg(unix)]
 fn host_cpu_identity() -> String {
     let mut identity = String::new();
     if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") {
@@ -685,11 +686,14 @@ impl QemuDriver {
     #[cfg(not(unix))]
     pub(crate) async fn start_from_boot_snapshot(
         &self,
-        _dir: &MachineDir,
-        _spec: &VmSpec,
+        dir: &MachineDir,
+        spec: &VmSpec,
         _state: &QemuState,
         _tsc_khz: Option<u64>,
     ) -> bool {
+        if self.options.boot_snapshot == crate::BootSnapshotOption::On {
+            tracing::info!(machine = %dir.name, "no boot snapshot: {}", self.why_no_boot_snapshot(dir, spec));
+        }
         false
     }
 
@@ -1202,14 +1206,7 @@ mod tests {
         let (held, holding) = std::sync::mpsc::channel();
         let guest = std::thread::spawn(move || {
             use std::io::{BufRead, Write};
-            let rw = |name| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(dir.join(name))
-                    .unwrap()
-            };
-            let (input, mut output) = (rw(crate::clock::PIPE_IN), rw(crate::clock::PIPE_OUT));
+            let (input, mut output) = crate::clock::hold_pipes_as_qemu(&dir);
             held.send(()).unwrap();
             output.write_all(b"stray\nsnapshot-point 2650\n").unwrap();
             let mut line = String::new();

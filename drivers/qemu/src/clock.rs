@@ -165,6 +165,20 @@ pub async fn set_guest_clock(dir: &Path, timeout: Duration) -> Result<String, Cl
     }
 }
 
+/// Both pipes in `dir` opened for reading and writing, as QEMU holds them: (what the guest
+/// receives, what it answers). For tests that stand in for QEMU and the guest.
+#[cfg(all(test, unix))]
+pub(crate) fn hold_pipes_as_qemu(dir: &Path) -> (std::fs::File, std::fs::File) {
+    let rw = |name| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(name))
+            .expect("a pipe made by make_pipes")
+    };
+    (rw(PIPE_IN), rw(PIPE_OUT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,14 +217,7 @@ mod tests {
         let (held, holding) = std::sync::mpsc::channel();
         let guest = std::thread::spawn(move || {
             use std::io::{BufRead, Write};
-            let rw = |name| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(dir.join(name))
-                    .unwrap()
-            };
-            let (input, mut output) = (rw(PIPE_IN), rw(PIPE_OUT));
+            let (input, mut output) = hold_pipes_as_qemu(&dir);
             held.send(()).unwrap();
             let mut line = String::new();
             std::io::BufReader::new(input).read_line(&mut line).unwrap();
@@ -242,15 +249,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         make_pipes(tmp.path()).unwrap();
         // QEMU's side, with no guest behind it.
-        let _hold: Vec<_> = [PIPE_IN, PIPE_OUT]
-            .map(|n| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(tmp.path().join(n))
-                    .unwrap()
-            })
-            .into();
+        let _held = hold_pipes_as_qemu(tmp.path());
         let err = set_guest_clock(tmp.path(), Duration::from_millis(300))
             .await
             .unwrap_err();
