@@ -454,6 +454,19 @@ const CLASS_DRIVERS: [(&str, &str); 5] = [
     ("evdev", ""),
 ];
 
+/// Drivers of devices the host plugs in after boot (a virtio-fs share's `vhost-user-fs-pci`,
+/// on a machine that takes or starts from a QEMU boot snapshot): loaded when the machine has a
+/// PCI hot-plug slot, so that the device binds as it arrives (nothing here loads a driver for
+/// a device that appears later).
+const HOTPLUG_DRIVERS: [&str; 1] = ["virtio_pci"];
+
+/// Whether the machine has a PCI hot-plug slot (`sys_bus` is `/sys/bus`).
+pub fn has_hotplug_slot(sys_bus: &Path) -> bool {
+    std::fs::read_dir(sys_bus.join("pci/slots"))
+        .map(|mut slots| slots.next().is_some())
+        .unwrap_or(false)
+}
+
 /// The data disk's filesystem and the checksum it looks up by name (see [`is_device_driver`]):
 /// loaded whatever the devices; the libraries they need come as their dependencies, while those
 /// of drivers (`crc_t10dif` for `sd_mod`...) come only with them.
@@ -512,6 +525,7 @@ fn load_for_devices_with(
     }
     let mut loader = Loader::new(dir);
     let mut attempted: HashSet<String> = HashSet::new();
+    let hotplug = has_hotplug_slot(sys_bus);
     for round in 0..MAX_ROUNDS {
         if round > 0 {
             modaliases = device_modaliases(sys_bus);
@@ -521,6 +535,7 @@ fn load_for_devices_with(
         for rel in candidates.iter().filter(|p| !attempted.contains(*p)) {
             let name = module_name(rel);
             let needed = is_filesystem(rel)
+                || (hotplug && HOTPLUG_DRIVERS.contains(&name.as_str()))
                 || CLASS_DRIVERS.iter().any(|(driver, subsystem)| {
                     *driver == name && (subsystem.is_empty() || loaded_names.contains(*subsystem))
                 })
@@ -878,6 +893,34 @@ kernel/fs/overlayfs/overlay.ko:
         // virtio_pci, scsi_mod, virtio_scsi, crc-t10dif (a library only sd_mod needs), sd_mod,
         // libata, ahci: no such device here.
         assert_eq!(not_needed, 7);
+    }
+
+    #[test]
+    fn a_pci_hotplug_slot_gets_the_driver_of_the_devices_plugged_in_later() {
+        let tmp = microvm_tree();
+        let root = tmp.path().to_owned();
+        let modules = root.join("modules");
+        let load = |root: &Path| {
+            let mut tried = Vec::new();
+            load_for_devices_with(&modules, &candidates(&modules), &root.join("bus"), |path| {
+                tried.push(path.to_owned());
+                Ok(true)
+            });
+            names(&tried)
+        };
+        assert!(!load(&root).contains(&"virtio_pci".to_owned()));
+        // A microvm with PCIe, whose root port's slot the host plugs a virtio-fs device into.
+        add_device(
+            &root,
+            "pci",
+            "0000:00:01.0",
+            "pci:v00001B36d0000000Csv00001AF4sd00001100bc06sc04i00",
+        );
+        std::fs::create_dir_all(root.join("bus/pci/slots/1")).expect("slot");
+        let tried = load(&root);
+        let position = |name: &str| tried.iter().position(|n| n == name);
+        assert!(position("virtio_pci").is_some(), "{tried:?}");
+        assert!(position("virtio") < position("virtio_pci"), "{tried:?}");
     }
 
     #[test]

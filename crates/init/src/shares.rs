@@ -9,6 +9,7 @@
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::mount::MsFlags;
 use rmachine_guest_config::report::{ShareStatus, SharesReport};
@@ -116,9 +117,59 @@ pub fn mount(share: &ShareMount) -> Result<PathBuf, ShareError> {
     Ok(path)
 }
 
+/// How long virtio-fs devices the host plugs in after boot get to arrive (see
+/// [`wait_for_virtiofs_devices`]); they come within a few hundred milliseconds under TCG.
+pub const PLUGGED_IN_WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits until `wanted` virtio-fs devices have bound to the `virtiofs` driver under `sys_bus`
+/// (`/sys/bus`), for at most `timeout`; returns how many did. On a machine that takes or starts
+/// from a QEMU boot snapshot the host plugs them into PCIe hot-plug slots once the guest runs,
+/// and a mount before the device is there fails (its tag is unknown).
+pub fn wait_for_virtiofs_devices(sys_bus: &Path, wanted: usize, timeout: Duration) -> usize {
+    let driver = sys_bus.join("virtio/drivers/virtiofs");
+    let bound = || {
+        fs::read_dir(&driver)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = bound();
+        if found >= wanted || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Mounts every share, logging each outcome; returns the report the host reads from the
 /// console (a share that failed shows in `rmachine ls` and `inspect`).
 pub fn mount_all(shares: &[ShareMount]) -> SharesReport {
+    let sys_bus = Path::new("/sys/bus");
+    let virtiofs = shares
+        .iter()
+        .filter(|s| s.filesystem == ShareFilesystem::Virtiofs)
+        .count();
+    if virtiofs > 0 && crate::modules::has_hotplug_slot(sys_bus) {
+        let began = Instant::now();
+        let found = wait_for_virtiofs_devices(sys_bus, virtiofs, PLUGGED_IN_WITHIN);
+        if found < virtiofs {
+            tracing::warn!(
+                "share: {found} of {virtiofs} virtio-fs devices arrived within {} s",
+                PLUGGED_IN_WITHIN.as_secs()
+            );
+        } else {
+            tracing::debug!(
+                "share: {virtiofs} virtio-fs devices there after {} ms",
+                began.elapsed().as_millis()
+            );
+        }
+    }
     let mut report = SharesReport::default();
     for share in shares {
         let error = match mount(share) {
@@ -159,6 +210,31 @@ mod tests {
             read_only,
             filesystem: ShareFilesystem::NineP,
         }
+    }
+
+    #[test]
+    fn virtiofs_devices_are_waited_for_until_they_bind() {
+        let sys = tempfile::tempdir().expect("tempdir");
+        let driver = sys.path().join("virtio/drivers/virtiofs");
+        std::fs::create_dir_all(&driver).expect("driver dir");
+        std::fs::create_dir(driver.join("bind")).expect("bind");
+        let short = Duration::from_millis(50);
+        assert_eq!(wait_for_virtiofs_devices(sys.path(), 1, short), 0);
+        let arrives = {
+            let driver = driver.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::create_dir(driver.join("virtio6")).expect("device");
+            })
+        };
+        let began = Instant::now();
+        assert_eq!(
+            wait_for_virtiofs_devices(sys.path(), 1, Duration::from_secs(10)),
+            1
+        );
+        assert!(began.elapsed() < Duration::from_secs(5));
+        arrives.join().expect("thread");
+        assert_eq!(wait_for_virtiofs_devices(sys.path(), 2, short), 1);
     }
 
     #[test]

@@ -66,6 +66,72 @@ pub fn machine_arg(machine: &str) -> String {
     }
 }
 
+/// Whether a machine's virtio-fs devices are plugged in over QMP once QEMU runs instead of
+/// being on its command line: when its guest stops at the boot snapshot's point, on a
+/// `microvm` with ACPI. QEMU refuses to save a VM with a vhost-user-fs device in it, and to load
+/// one into such a VM, so a snapshot is taken and loaded without them; the machine then gets a
+/// PCIe bus with one hot-plug root port per virtio-fs share, which the devices are plugged into
+/// ([`virtio_fs_plug_commands`]). Other machine types keep them on the command line (and get
+/// no snapshot).
+pub fn plugs_virtio_fs_later(machine: &str, boot_snapshot: bool) -> bool {
+    let arg = machine_arg(machine);
+    boot_snapshot
+        && MachineFamily::of(machine) == MachineFamily::Microvm
+        && arg.split(',').any(|o| o == "acpi=on")
+        && !arg.split(',').any(|o| o.starts_with("pcie="))
+}
+
+/// The hot-plug root port a virtio-fs share's device goes into (see
+/// [`plugs_virtio_fs_later`]); `index` counts the machine's virtio-fs shares.
+pub fn virtio_fs_port(index: usize) -> String {
+    format!("rmfs-port{index}")
+}
+
+/// The QMP commands that plug each virtio-fs share's device into its root port: a chardev
+/// connected to the share's virtiofsd socket, then the `vhost-user-fs-pci` device with the
+/// share's tag (the guest's PCIe hot-plug driver sees it arrive and powers the slot on).
+pub fn virtio_fs_plug_commands(
+    shares: &[Share],
+    sockets: &[(String, std::path::PathBuf)],
+) -> Vec<(&'static str, serde_json::Value)> {
+    let mut commands = Vec::new();
+    let virtio_fs = shares
+        .iter()
+        .filter(|s| s.transport == ShareTransport::VirtioFs);
+    for (index, share) in virtio_fs.enumerate() {
+        let socket = sockets
+            .iter()
+            .find(|(tag, _)| *tag == share.tag)
+            .map(|(_, socket)| path(socket))
+            .unwrap_or_default();
+        let chardev = format!("{}-fs", share.tag);
+        commands.push((
+            "chardev-add",
+            serde_json::json!({
+                "id": chardev,
+                "backend": {
+                    "type": "socket",
+                    "data": {
+                        "addr": { "type": "unix", "data": { "path": socket } },
+                        "server": false,
+                    },
+                },
+            }),
+        ));
+        commands.push((
+            "device_add",
+            serde_json::json!({
+                "driver": "vhost-user-fs-pci",
+                "id": format!("{}-fs-device", share.tag),
+                "bus": virtio_fs_port(index),
+                "chardev": chardev,
+                "tag": share.tag,
+            }),
+        ));
+    }
+    commands
+}
+
 /// TCG's translation cache in MiB. QEMU's default is 1 GiB, which a guest that runs a
 /// handful of programs never fills but which QEMU keeps resident once touched; 256 MiB holds
 /// the guest's boot, the engine and typical containers without retranslating.
@@ -293,9 +359,17 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
         .shares
         .iter()
         .any(|s| s.transport == ShareTransport::VirtioFs);
+    let plug_later = virtio_fs && plugs_virtio_fs_later(l.machine, l.boot_snapshot);
     push(&["-name", &escape_opt(l.name)]);
     push(&["-accel", &accel_arg(l.accel)]);
-    if virtio_fs {
+    if plug_later {
+        push(&[
+            "-machine",
+            &format!("{},pcie=on,memory-backend=mem", machine_arg(l.machine)),
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={}M,share=on", l.memory_mb),
+        ]);
+    } else if virtio_fs {
         // vhost-user: virtiofsd reads and writes guest memory directly, so it must be a
         // shared memory file rather than QEMU's private anonymous memory.
         push(&[
@@ -339,16 +413,19 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
                 "-initrd",
                 &path(initrd_file(l.boot, family, l.guest)),
             ]);
-            push(&[
-                "-append",
-                &kernel_cmdline(
-                    &l.boot.cmdline,
-                    l.guest,
-                    l.accel,
-                    l.tsc_khz,
-                    l.boot_snapshot,
-                ),
-            ]);
+            let mut cmdline = kernel_cmdline(
+                &l.boot.cmdline,
+                l.guest,
+                l.accel,
+                l.tsc_khz,
+                l.boot_snapshot,
+            );
+            if plug_later {
+                // microvm's ACPI tables grant the OS no PCIe hot-plug (they have no `_OSC`):
+                // without this the guest's pciehp never powers a root port's slot on.
+                cmdline.push_str(" pcie_ports=native");
+            }
+            push(&["-append", &cmdline]);
         }
     }
     push(&[
@@ -389,7 +466,20 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
     push(&["-device", &net]);
     // Without an entropy source the guest's getrandom() blocks for seconds at boot.
     push(&["-device", &family.virtio("rng")]);
+    let mut virtio_fs_ports = 0;
     for share in l.shares {
+        if share.transport == ShareTransport::VirtioFs && plug_later {
+            // chassis and slot number the port's hot-plug slot, unique per port.
+            virtio_fs_ports += 1;
+            push(&[
+                "-device",
+                &format!(
+                    "pcie-root-port,id={},bus=pcie.0,chassis={virtio_fs_ports},slot={virtio_fs_ports}",
+                    virtio_fs_port(virtio_fs_ports - 1)
+                ),
+            ]);
+            continue;
+        }
         if share.transport == ShareTransport::VirtioFs {
             let socket = l
                 .virtiofs_sockets
@@ -750,6 +840,82 @@ mod tests {
                  -device\nvirtio-9p-{nine_p},fsdev=rmshare1,mount_tag=rmshare1"
             ));
             assert_eq!(tail_after_rng(&args), expected, "{machine}");
+        }
+    }
+
+    #[test]
+    fn a_microvm_that_takes_boot_snapshots_plugs_virtio_fs_in_later() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let mut shares = shares();
+        shares[0].transport = ShareTransport::VirtioFs;
+        let sockets = vec![(
+            "rmshare0".to_owned(),
+            PathBuf::from("/m/dev/virtiofsd-rmshare0.sock"),
+        )];
+        let mut l = launch(LINUX, Accel::Tcg, "microvm", &boot, &p);
+        l.shares = &shares;
+        l.virtiofs_sockets = &sockets;
+        l.boot_snapshot = true;
+        let args = vm_args(&l);
+        let head = split(
+            "-machine
+microvm,acpi=on,pcie=on,memory-backend=mem
+             -object
+memory-backend-memfd,id=mem,size=2048M,share=on
+-cpu",
+        );
+        assert_eq!(args[4..4 + head.len()], head[..]);
+        let append = args.iter().position(|a| a == "-append").expect("-append");
+        assert!(
+            args[append + 1].ends_with(" tsc=reliable pcie_ports=native"),
+            "{}",
+            args[append + 1]
+        );
+        // No vhost-user device and no socket on the command line: only the port it goes into.
+        let expected = split(
+            "-device
+pcie-root-port,id=rmfs-port0,bus=pcie.0,chassis=1,slot=1
+             -fsdev
+local,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on
+             -device
+virtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1",
+        );
+        assert_eq!(tail_after_rng(&args), expected);
+        assert!(!args
+            .iter()
+            .any(|a| a.contains("virtiofsd") || a.contains("force-legacy")));
+        assert_eq!(
+            virtio_fs_plug_commands(&shares, &sockets),
+            vec![
+                (
+                    "chardev-add",
+                    serde_json::json!({"id": "rmshare0-fs", "backend": {"type": "socket", "data": {
+                        "addr": {"type": "unix", "data": {"path": "/m/dev/virtiofsd-rmshare0.sock"}},
+                        "server": false}}})
+                ),
+                (
+                    "device_add",
+                    serde_json::json!({"driver": "vhost-user-fs-pci", "id": "rmshare0-fs-device",
+                        "bus": "rmfs-port0", "chardev": "rmshare0-fs", "tag": "rmshare0"})
+                ),
+            ]
+        );
+        // Without snapshots, and on machines without PCIe hot-plug, they stay where they were.
+        for (machine, snapshot) in [
+            ("microvm", false),
+            ("q35", true),
+            ("microvm,acpi=off", true),
+        ] {
+            assert!(!plugs_virtio_fs_later(machine, snapshot), "{machine}");
+            let mut l = launch(LINUX, Accel::Tcg, machine, &boot, &p);
+            l.shares = &shares;
+            l.virtiofs_sockets = &sockets;
+            l.boot_snapshot = snapshot;
+            assert!(
+                vm_args(&l).iter().any(|a| a.starts_with("vhost-user-fs-")),
+                "{machine}"
+            );
         }
     }
 

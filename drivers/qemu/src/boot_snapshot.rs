@@ -505,24 +505,68 @@ fn host_cpu_identity() -> String {
 #[cfg(unix)]
 const PLACEHOLDER: &str = "/rmachine-boot-snapshot";
 
+/// In the machine directory while a snapshot's save holds the guest stopped: a command killed
+/// then leaves QEMU paused, and the next `start` lets it run.
+pub const SAVING_MARKER: &str = "boot-snapshot-saving";
+
+/// Whether a machine shares a folder over virtio-fs.
+fn has_virtio_fs(spec: &VmSpec) -> bool {
+    spec.shares
+        .iter()
+        .any(|s| s.transport == ShareTransport::VirtioFs)
+}
+
 impl QemuDriver {
     /// Whether this machine's guest stops at the snapshot point: the option is on, the host
-    /// has the clock port, the kernel is booted directly, no share is virtio-fs (QEMU cannot
-    /// save a vhost-user device at all) and the machine lives in a store (which keeps the
-    /// snapshots).
-    pub(crate) fn boot_snapshot_on(&self, dir: &MachineDir, spec: &VmSpec) -> bool {
+    /// has the clock port, the kernel is booted directly, the machine lives in a store (which
+    /// keeps the snapshots), and it has no virtio-fs share unless its machine type can have
+    /// those plugged in after the snapshot ([`args::plugs_virtio_fs_later`]: QEMU cannot save
+    /// a vhost-user device at all).
+    pub(crate) fn boot_snapshot_on(&self, dir: &MachineDir, spec: &VmSpec, machine: &str) -> bool {
         self.options.boot_snapshot == crate::BootSnapshotOption::On
             && self.has_clock_port()
             && !self.options.boot_iso
-            && !spec
-                .shares
-                .iter()
-                .any(|s| s.transport == ShareTransport::VirtioFs)
+            && (!has_virtio_fs(spec) || args::plugs_virtio_fs_later(machine, true))
             && cache_dir(dir.path()).is_some()
     }
 
+    /// Whether this launch leaves the virtio-fs devices off QEMU's command line, for
+    /// [`Self::plug_virtio_fs`] to plug in.
+    pub(crate) fn plugs_virtio_fs_later(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+        machine: &str,
+    ) -> bool {
+        has_virtio_fs(spec) && self.boot_snapshot_on(dir, spec, machine)
+    }
+
+    /// Plugs the virtio-fs devices into a QEMU launched without them
+    /// ([`args::plugs_virtio_fs_later`]), each connected to its share's running virtiofsd.
+    pub(crate) async fn plug_virtio_fs(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+        qmp: &mut crate::qmp::QmpClient,
+    ) -> Result<(), DriverError> {
+        let began = std::time::Instant::now();
+        let sockets: Vec<(String, PathBuf)> = spec
+            .shares
+            .iter()
+            .filter(|s| s.transport == ShareTransport::VirtioFs)
+            .map(|s| (s.tag.clone(), crate::virtiofs::socket(dir, s)))
+            .collect();
+        for (command, arguments) in args::virtio_fs_plug_commands(&spec.shares, &sockets) {
+            qmp.execute(command, Some(arguments))
+                .await
+                .map_err(|e| Self::qmp_error(dir, e))?;
+        }
+        tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "virtio-fs devices plugged in");
+        Ok(())
+    }
+
     /// Why [`Self::boot_snapshot_on`] is false although the option is on.
-    fn why_no_boot_snapshot(&self, dir: &MachineDir, spec: &VmSpec) -> String {
+    fn why_no_boot_snapshot(&self, dir: &MachineDir, spec: &VmSpec, machine: &str) -> String {
         if !self.has_clock_port() {
             "this host has no clock port for the guest (Windows)".to_owned()
         } else if self.options.boot_iso {
@@ -531,9 +575,12 @@ impl QemuDriver {
             .shares
             .iter()
             .find(|s| s.transport == ShareTransport::VirtioFs)
+            .filter(|_| !args::plugs_virtio_fs_later(machine, true))
         {
             format!(
-                "{} is shared over virtio-fs, which QEMU cannot save (9p and sftp shares can be)",
+                "{} is shared over virtio-fs, which QEMU cannot save, and machine type {machine} \
+                 cannot have it plugged in afterwards (microvm with ACPI can; 9p and sftp shares \
+                 can be saved)",
                 share.host_path.display()
             )
         } else if cache_dir(dir.path()).is_none() {
@@ -631,9 +678,9 @@ impl QemuDriver {
         state: &QemuState,
         tsc_khz: Option<u64>,
     ) -> bool {
-        if !self.boot_snapshot_on(dir, spec) {
+        if !self.boot_snapshot_on(dir, spec, &state.machine) {
             if self.options.boot_snapshot == crate::BootSnapshotOption::On {
-                tracing::info!(machine = %dir.name, "no boot snapshot: {}", self.why_no_boot_snapshot(dir, spec));
+                tracing::info!(machine = %dir.name, "no boot snapshot: {}", self.why_no_boot_snapshot(dir, spec, &state.machine));
             }
             return false;
         }
@@ -688,11 +735,11 @@ impl QemuDriver {
         &self,
         dir: &MachineDir,
         spec: &VmSpec,
-        _state: &QemuState,
+        state: &QemuState,
         _tsc_khz: Option<u64>,
     ) -> bool {
         if self.options.boot_snapshot == crate::BootSnapshotOption::On {
-            tracing::info!(machine = %dir.name, "no boot snapshot: {}", self.why_no_boot_snapshot(dir, spec));
+            tracing::info!(machine = %dir.name, "no boot snapshot: {}", self.why_no_boot_snapshot(dir, spec, &state.machine));
         }
         false
     }
@@ -760,6 +807,9 @@ impl QemuDriver {
         if let Some(why) = damage().await {
             return Ok(Some(why));
         }
+        if self.plugs_virtio_fs_later(dir, spec, &state.machine) {
+            self.plug_virtio_fs(dir, spec, &mut qmp).await?;
+        }
         // The go goes into the pipe before the guest runs: QEMU hands it over as soon as the
         // guest reads its port. From `cont` on the guest may write its disks, so nothing after
         // it stops this machine.
@@ -795,6 +845,8 @@ impl QemuDriver {
     /// point, whether to wait there. If this command line has no snapshot yet (and no other
     /// process is taking it), a task meets the guest there, saves the state and lets it go
     /// on; the task lives as long as the command (which waits for the guest to be ready).
+    /// True if that task also plugs the virtio-fs devices in (after the save), false if the
+    /// caller must.
     #[cfg(unix)]
     pub(crate) fn meet_guest_at_point(
         &self,
@@ -802,7 +854,7 @@ impl QemuDriver {
         spec: &VmSpec,
         state: &QemuState,
         tsc_khz: Option<u64>,
-    ) {
+    ) -> bool {
         let wanted = match self.snapshot_key(dir, spec, state, tsc_khz) {
             Ok((key, files)) => match files.usable(&key) {
                 Ok(Some(_)) => None,
@@ -829,9 +881,13 @@ impl QemuDriver {
             Err(err) => {
                 // The guest waits a few seconds at the point and goes on.
                 tracing::warn!(machine = %dir.name, "clock port: {}", crate::error_chain(&err));
-                return;
+                return false;
             }
         };
+        let plug = self
+            .plugs_virtio_fs_later(dir, spec, &state.machine)
+            .then(|| spec.clone());
+        let saving = wanted.is_some();
         let driver = self.clone();
         let dir = dir.clone();
         tokio::spawn(async move {
@@ -849,14 +905,31 @@ impl QemuDriver {
             match wait_for_point(&mut port, POINT_TIMEOUT).await {
                 Ok(point_ms) => {
                     driver
-                        .take_snapshot(&dir, &key, &files, lock, point_ms, &mut port)
+                        .take_snapshot(&dir, &key, &files, lock, point_ms, &mut port, plug.as_ref())
                         .await
                 }
                 Err(err) => {
                     tracing::info!(machine = %dir.name, "the guest did not reach the boot snapshot's point: {}", crate::error_chain(&err));
+                    if let Some(spec) = &plug {
+                        driver.plug_virtio_fs_logged(&dir, spec).await;
+                    }
                 }
             }
         });
+        saving
+    }
+
+    /// [`Self::plug_virtio_fs`] where no caller can take its error: logged (the guest reports
+    /// the shares it could not mount).
+    #[cfg(unix)]
+    async fn plug_virtio_fs_logged(&self, dir: &MachineDir, spec: &VmSpec) {
+        let plugged = match self.qmp(dir).await {
+            Ok(mut qmp) => self.plug_virtio_fs(dir, spec, &mut qmp).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = plugged {
+            tracing::warn!(machine = %dir.name, "virtio-fs shares not plugged in: {}", crate::error_chain(&err));
+        }
     }
 
     /// See the unix version.
@@ -867,13 +940,16 @@ impl QemuDriver {
         _spec: &VmSpec,
         _state: &QemuState,
         _tsc_khz: Option<u64>,
-    ) {
+    ) -> bool {
+        false
     }
 
     /// With the guest waiting at the point: stops it, saves its state as the snapshot, lets
-    /// it run, sums and publishes the saved state, and sends the guest its `go`. Failures are
-    /// logged: the machine boots on without a snapshot.
+    /// it run, plugs the virtio-fs devices of `plug` in, sums and publishes the saved state,
+    /// and sends the guest its `go`. Failures are logged: the machine boots on without a
+    /// snapshot.
     #[cfg(unix)]
+    #[allow(clippy::too_many_arguments)]
     async fn take_snapshot(
         &self,
         dir: &MachineDir,
@@ -882,10 +958,14 @@ impl QemuDriver {
         lock: SaveLock,
         point_ms: u64,
         port: &mut crate::clock::Port,
+        plug: Option<&VmSpec>,
     ) {
         let began = std::time::Instant::now();
         let written = files.state_written();
         let saved = self.save_at_point(dir, files).await;
+        if let Some(spec) = plug {
+            self.plug_virtio_fs_logged(dir, spec).await;
+        }
         let published = match saved {
             Ok(qemu_version) => {
                 let summed = {
@@ -965,9 +1045,14 @@ impl QemuDriver {
         let uri = resume::save_uri(&tmp, &written).map_err(|e| Self::io_error(dir, &tmp, e))?;
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
+        let marker = dir.file(SAVING_MARKER);
+        std::fs::write(&marker, b"").map_err(|e| Self::io_error(dir, &marker, e))?;
         let qemu_version = self.version_then_stop(dir, &mut qmp).await?;
         let migrated = self.migrate_to(dir, &mut qmp, &uri, &written).await;
         let resumed = qmp.execute("cont", None).await.map_err(qmp_err);
+        if resumed.is_ok() {
+            let _ = std::fs::remove_file(&marker);
+        }
         migrated?;
         resumed?;
         Ok(qemu_version)

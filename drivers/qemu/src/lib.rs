@@ -365,7 +365,7 @@ impl QemuDriver {
     }
 
     fn clean_runtime_files(&self, dir: &MachineDir) -> Result<(), DriverError> {
-        for name in [PIDFILE, QMP_SOCKET] {
+        for name in [PIDFILE, QMP_SOCKET, boot_snapshot::SAVING_MARKER] {
             remove_if_present(dir, name)?;
         }
         Ok(())
@@ -606,6 +606,17 @@ impl QemuDriver {
 
     async fn start_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
         match self.state_inner(dir).await? {
+            VmState::Paused if dir.file(boot_snapshot::SAVING_MARKER).exists() => {
+                // Stopped for a boot snapshot's save by a command that did not live to let it
+                // run again (the guest goes on without its go after a while).
+                let mut qmp = self.qmp(dir).await?;
+                qmp.execute("cont", None)
+                    .await
+                    .map_err(|e| Self::qmp_error(dir, e))?;
+                remove_if_present(dir, boot_snapshot::SAVING_MARKER)?;
+                tracing::warn!(machine = %dir.name, "QEMU was left paused by an interrupted boot snapshot save: it runs again");
+                return Ok(());
+            }
             VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
                 tracing::debug!(machine = %dir.name, "already running");
                 return Ok(());
@@ -756,11 +767,17 @@ impl QemuDriver {
                 return Err(err);
             }
         };
-        let ready = self
+        let mut ready = self
             .wait_ready(dir, &qmp, &program, started, spawned, incoming.is_some())
             .await;
-        if ready.is_ok() && incoming.is_none() && self.boot_snapshot_on(dir, spec) {
-            self.meet_guest_at_point(dir, spec, state, tsc_khz);
+        if ready.is_ok() && incoming.is_none() && self.boot_snapshot_on(dir, spec, &state.machine) {
+            let saving = self.meet_guest_at_point(dir, spec, state, tsc_khz);
+            if !saving && self.plugs_virtio_fs_later(dir, spec, &state.machine) {
+                ready = match self.qmp(dir).await {
+                    Ok(mut client) => self.plug_virtio_fs(dir, spec, &mut client).await,
+                    Err(err) => Err(err),
+                };
+            }
         }
         if ready.is_err() {
             self.stop_virtiofsd(dir).await;
@@ -851,7 +868,7 @@ impl QemuDriver {
             console_log: &console,
             pidfile: &pidfile,
             qmp,
-            boot_snapshot: self.boot_snapshot_on(dir, spec),
+            boot_snapshot: self.boot_snapshot_on(dir, spec, &state.machine),
         })
     }
 
@@ -2088,6 +2105,24 @@ mod tests {
                 expected,
                 "{status}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn start_lets_run_a_qemu_left_paused_by_an_interrupted_snapshot_save() {
+        for (marker, continued) in [(true, true), (false, false)] {
+            let tmp = tempfile::tempdir().expect("temp dir");
+            let dir = MachineDir::new("dev", tmp.path());
+            let _vm = FakeVm::start(&dir);
+            if marker {
+                std::fs::write(dir.file(boot_snapshot::SAVING_MARKER), "").expect("marker");
+            }
+            let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status("paused"));
+            let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+            driver.start(&dir, &spec(tmp.path())).await.expect("start");
+            let seen = log.lock().expect("log").clone();
+            assert_eq!(seen.iter().any(|c| c == "cont"), continued, "{seen:?}");
+            assert!(!dir.file(boot_snapshot::SAVING_MARKER).exists());
         }
     }
 
