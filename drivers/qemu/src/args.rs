@@ -800,16 +800,22 @@ mod tests {
         assert_eq!(tail_after_rng(&vm_args(&l)), expected);
     }
 
-    #[test]
-    fn virtio_fs_shares_use_shared_memory_and_vhost_user_devices() {
-        let boot = boot("/img");
-        let p = unix_paths("/m/dev");
+    /// [`shares`] with the first one over virtio-fs, and its virtiofsd's socket.
+    fn virtio_fs_shares() -> (Vec<Share>, Vec<(String, PathBuf)>) {
         let mut shares = shares();
         shares[0].transport = ShareTransport::VirtioFs;
         let sockets = vec![(
             "rmshare0".to_owned(),
             PathBuf::from("/m/dev/virtiofsd-rmshare0.sock"),
         )];
+        (shares, sockets)
+    }
+
+    #[test]
+    fn virtio_fs_shares_use_shared_memory_and_vhost_user_devices() {
+        let boot = boot("/img");
+        let p = unix_paths("/m/dev");
+        let (shares, sockets) = virtio_fs_shares();
         for (machine, machine_arg, device) in [
             ("q35", "q35,memory-backend=mem", "vhost-user-fs-pci"),
             (
@@ -847,12 +853,7 @@ mod tests {
     fn a_microvm_that_takes_boot_snapshots_plugs_virtio_fs_in_later() {
         let boot = boot("/img");
         let p = unix_paths("/m/dev");
-        let mut shares = shares();
-        shares[0].transport = ShareTransport::VirtioFs;
-        let sockets = vec![(
-            "rmshare0".to_owned(),
-            PathBuf::from("/m/dev/virtiofsd-rmshare0.sock"),
-        )];
+        let (shares, sockets) = virtio_fs_shares();
         let mut l = launch(LINUX, Accel::Tcg, "microvm", &boot, &p);
         l.shares = &shares;
         l.virtiofs_sockets = &sockets;

@@ -88,6 +88,24 @@ fn flip_bytes_in_the_middle(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates `machine` with `args` (`-v` among them) and checks that it started from the boot
+/// snapshot.
+fn create_from_the_snapshot(machine: &Machine, args: &[&str]) -> anyhow::Result<()> {
+    let created = machine.create(args)?.success()?;
+    eprintln!(
+        "create of {} from the snapshot took {:.2}s",
+        machine.name,
+        created.elapsed.as_secs_f64()
+    );
+    assert!(
+        created.stderr.contains(STARTED_FROM),
+        "{} starts from the snapshot: {}",
+        machine.name,
+        created.stderr
+    );
+    Ok(())
+}
+
 #[test]
 fn machines_start_from_the_boot_snapshot_of_their_settings() -> anyhow::Result<()> {
     let first = Machine::new("snapfirst")?;
@@ -103,16 +121,7 @@ fn machines_start_from_the_boot_snapshot_of_their_settings() -> anyhow::Result<(
     assert_eq!(taken.len(), 1, "one snapshot: {taken:?}");
 
     let second = first.sibling("snapsecond");
-    let created = second.create(&args)?.success()?;
-    eprintln!(
-        "create from the snapshot took {:.2}s",
-        created.elapsed.as_secs_f64()
-    );
-    assert!(
-        created.stderr.contains(STARTED_FROM),
-        "the second machine starts from the snapshot: {}",
-        created.stderr
-    );
+    create_from_the_snapshot(&second, &args)?;
     // Its own machine: the engine answers with its name and its certificates.
     let name = second
         .docker(&["info", "--format", "{{.Name}}"])?
@@ -251,18 +260,10 @@ fn machines_sharing_over_virtio_fs_start_from_a_snapshot_with_their_folders() ->
     assert!(mount.contains(" virtiofs "), "{mount}");
     assert_eq!(content, "first folder\n");
 
-    let created = second
-        .create(&["-v", "--memory", "512", "--share", &second_folder])?
-        .success()?;
-    eprintln!(
-        "create from the snapshot with a virtio-fs share took {:.2}s",
-        created.elapsed.as_secs_f64()
-    );
-    assert!(
-        created.stderr.contains(STARTED_FROM),
-        "the second machine starts from the snapshot: {}",
-        created.stderr
-    );
+    create_from_the_snapshot(
+        &second,
+        &["-v", "--memory", "512", "--share", &second_folder],
+    )?;
     let (mount, content) = shared_in_guest(&second, folders[1].path(), "host.txt")?;
     assert!(mount.contains(" virtiofs "), "{mount}");
     assert_eq!(
