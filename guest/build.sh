@@ -528,11 +528,15 @@ PROFILE="release"
 overrides="$(env | grep -E '^CARGO_PROFILE_RELEASE_' | sort | paste -sd ' ' -)" || true
 [[ -z "$overrides" ]] || PROFILE="release with $overrides"
 
+# features: what this image's init can do that hosts check before relying on it
+# (rmachine_driver::BootImage::features). virtio-fs-hotplug: it loads virtio_pci when the
+# machine has a PCI hot-plug slot and waits for virtio-fs devices plugged in after boot.
 jq -n \
   --arg version "$VERSION" --arg arch "$ARCH" --arg cmdline "$CMDLINE" \
   --arg kver "$KVER" --arg k "$SHA_KERNEL" --arg i "$SHA_INITRD" --arg profile "$PROFILE" \
   '{version: $version, arch: $arch, kernel: "vmlinuz", initrd: "initrd.img",
     cmdline: $cmdline, kernelVersion: $kver, buildProfile: $profile,
+    features: ["virtio-fs-hotplug"],
     sha256: {vmlinuz: $k, "initrd.img": $i}}' >"$OUT/manifest.json.tmp"
 if ((BUILD_ISO)); then
   # The ISO holds the same kernel and initramfs, for VirtualBox and Hyper-V.

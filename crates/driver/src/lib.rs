@@ -77,7 +77,15 @@ pub struct BootImage {
     /// recorded before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd_uncompressed: Option<PathBuf>,
+    /// What the image's init can do that a driver checks before relying on it (the
+    /// manifest's `features`, e.g. [`FEATURE_VIRTIO_FS_HOTPLUG`]); empty for older images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
+
+/// A guest image feature: its init loads `virtio_pci` when the machine has a PCI hot-plug slot
+/// and waits for virtio-fs devices plugged in after boot before it mounts the shares.
+pub const FEATURE_VIRTIO_FS_HOTPLUG: &str = "virtio-fs-hotplug";
 
 /// What the host asks a driver to build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -254,6 +254,10 @@ pub struct GuestManifest {
     pub kernel_elf: Option<String>,
     /// sha256 of each file, by name.
     pub sha256: BTreeMap<String, String>,
+    /// What the image's init can do that drivers check before relying on it
+    /// ([`BootImage::features`]); absent from older images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// A checked guest image directory.
@@ -276,6 +280,7 @@ impl GuestImage {
             iso: self.manifest.iso.as_ref().map(|iso| self.dir.join(iso)),
             kernel_elf: self.manifest.kernel_elf.as_ref().map(|k| self.dir.join(k)),
             initrd_uncompressed: None,
+            features: self.manifest.features.clone(),
         }
     }
 
@@ -1072,6 +1077,7 @@ pub(crate) mod tests {
             iso: None,
             kernel_elf: None,
             sha256,
+            features: vec![rmachine_driver::FEATURE_VIRTIO_FS_HOTPLUG.into()],
         };
         fs::write(dir.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
     }
@@ -1207,6 +1213,22 @@ pub(crate) mod tests {
             image.boot_image().iso,
             Some(tmp.path().join("rmachine.iso"))
         );
+    }
+
+    #[test]
+    fn the_manifests_features_reach_the_driver_and_older_images_have_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_image(tmp.path(), "1.0-features");
+        assert_eq!(
+            open(tmp.path()).unwrap().boot_image().features,
+            [rmachine_driver::FEATURE_VIRTIO_FS_HOTPLUG]
+        );
+        let path = tmp.path().join(MANIFEST);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("features");
+        fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        assert!(open(tmp.path()).unwrap().boot_image().features.is_empty());
     }
 
     #[test]

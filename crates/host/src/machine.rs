@@ -727,6 +727,7 @@ pub async fn create_with<D: Driver>(
             iso: None,
             kernel_elf: None,
             initrd_uncompressed: None,
+            features: Vec::new(),
         }),
         config_drive: dir.file("config.img"),
         guest_ports: GuestPorts::default(),

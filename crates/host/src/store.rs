@@ -566,6 +566,7 @@ pub(crate) mod tests {
                     iso: None,
                     kernel_elf: None,
                     initrd_uncompressed: None,
+                    features: Vec::new(),
                 },
                 config_drive: dir.join("config.img"),
                 guest_ports: GuestPorts::default(),

@@ -34,6 +34,7 @@ fn setup() -> Setup {
                 iso: Some(image.join("rmachine.iso")),
                 kernel_elf: None,
                 initrd_uncompressed: None,
+                features: Vec::new(),
                 arch: String::new(),
             },
             config_drive: machine.join("config.img"),

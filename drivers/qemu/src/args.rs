@@ -87,38 +87,31 @@ pub fn virtio_fs_port(index: usize) -> String {
     format!("rmfs-port{index}")
 }
 
-/// The QMP commands that plug each virtio-fs share's device into its root port: a chardev
-/// connected to the share's virtiofsd socket, then the `vhost-user-fs-pci` device with the
-/// share's tag (the guest's PCIe hot-plug driver sees it arrive and powers the slot on).
+/// The QMP commands that plug a virtio-fs share's device into its root port (`index` counts
+/// the machine's virtio-fs shares, see [`virtio_fs_port`]): a chardev connected to the share's
+/// virtiofsd `socket`, then the `vhost-user-fs-pci` device with the share's tag (the guest's
+/// PCIe hot-plug driver sees it arrive and powers the slot on).
 pub fn virtio_fs_plug_commands(
-    shares: &[Share],
-    sockets: &[(String, std::path::PathBuf)],
-) -> Vec<(&'static str, serde_json::Value)> {
-    let mut commands = Vec::new();
-    let virtio_fs = shares
-        .iter()
-        .filter(|s| s.transport == ShareTransport::VirtioFs);
-    for (index, share) in virtio_fs.enumerate() {
-        let socket = sockets
-            .iter()
-            .find(|(tag, _)| *tag == share.tag)
-            .map(|(_, socket)| path(socket))
-            .unwrap_or_default();
-        let chardev = format!("{}-fs", share.tag);
-        commands.push((
+    index: usize,
+    share: &Share,
+    socket: &Path,
+) -> [(&'static str, serde_json::Value); 2] {
+    let chardev = format!("{}-fs", share.tag);
+    [
+        (
             "chardev-add",
             serde_json::json!({
                 "id": chardev,
                 "backend": {
                     "type": "socket",
                     "data": {
-                        "addr": { "type": "unix", "data": { "path": socket } },
+                        "addr": { "type": "unix", "data": { "path": path(socket) } },
                         "server": false,
                     },
                 },
             }),
-        ));
-        commands.push((
+        ),
+        (
             "device_add",
             serde_json::json!({
                 "driver": "vhost-user-fs-pci",
@@ -127,9 +120,8 @@ pub fn virtio_fs_plug_commands(
                 "chardev": chardev,
                 "tag": share.tag,
             }),
-        ));
-    }
-    commands
+        ),
+    ]
 }
 
 /// TCG's translation cache in MiB. QEMU's default is 1 GiB, which a guest that runs a
@@ -581,6 +573,7 @@ mod tests {
             iso: None,
             kernel_elf: Some(PathBuf::from(format!("{dir}/derived/vmlinux"))),
             initrd_uncompressed: Some(PathBuf::from(format!("{dir}/derived/initrd.cpio"))),
+            features: Vec::new(),
         }
     }
 
@@ -887,8 +880,8 @@ virtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1",
             .iter()
             .any(|a| a.contains("virtiofsd") || a.contains("force-legacy")));
         assert_eq!(
-            virtio_fs_plug_commands(&shares, &sockets),
-            vec![
+            virtio_fs_plug_commands(0, &shares[0], &sockets[0].1),
+            [
                 (
                     "chardev-add",
                     serde_json::json!({"id": "rmshare0-fs", "backend": {"type": "socket", "data": {
@@ -901,6 +894,23 @@ virtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1",
                         "bus": "rmfs-port0", "chardev": "rmshare0-fs", "tag": "rmshare0"})
                 ),
             ]
+        );
+        // Ports count virtio-fs shares only, in the shares' order, a 9p share before them or not.
+        let mut mixed = vec![shares[1].clone(), shares[0].clone(), shares[0].clone()];
+        mixed[2].tag = "rmshare2".to_owned();
+        let mut l = launch(LINUX, Accel::Tcg, "microvm", &boot, &p);
+        l.shares = &mixed;
+        l.boot_snapshot = true;
+        let expected = split(
+            "-fsdev\nlocal,id=rmshare1,path=/srv/a,,b,security_model=none,readonly=on\n\
+             -device\nvirtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1\n\
+             -device\npcie-root-port,id=rmfs-port0,bus=pcie.0,chassis=1,slot=1\n\
+             -device\npcie-root-port,id=rmfs-port1,bus=pcie.0,chassis=2,slot=2",
+        );
+        assert_eq!(tail_after_rng(&vm_args(&l)), expected);
+        assert_eq!(
+            virtio_fs_plug_commands(1, &mixed[2], &sockets[0].1)[1].1["bus"],
+            "rmfs-port1"
         );
         // Without snapshots, and on machines without PCIe hot-plug, they stay where they were.
         for (machine, snapshot) in [
@@ -968,6 +978,7 @@ virtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1",
             iso: None,
             kernel_elf: None,
             initrd_uncompressed: None,
+            features: Vec::new(),
         };
         let p = unix_paths("/Users/me/m/dev");
         let args = vm_args(&launch(host, Accel::Hvf, "virt", &boot, &p));
@@ -1001,6 +1012,7 @@ virtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1",
             iso: None,
             kernel_elf: None,
             initrd_uncompressed: None,
+            features: Vec::new(),
         };
         let p = unix_paths("/m/dev");
         let mut l = launch(LINUX, Accel::Tcg, "virt", &boot, &p);
@@ -1081,6 +1093,7 @@ virtio-9p-device,fsdev=rmshare1,mount_tag=rmshare1",
             iso: None,
             kernel_elf: None,
             initrd_uncompressed: None,
+            features: Vec::new(),
         };
         let p = Paths {
             disk: format!(r"{dir}\disk.qcow2").into(),

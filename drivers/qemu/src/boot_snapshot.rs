@@ -22,14 +22,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use rmachine_driver::DriverError;
 #[cfg(unix)]
-use rmachine_driver::{DriverError, StopMode};
+use rmachine_driver::StopMode;
 use rmachine_driver::{MachineDir, ShareTransport, VmSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::resume::{BinaryStamp, FileStamp};
+use crate::args;
 #[cfg(unix)]
-use crate::{args, resume};
+use crate::resume;
+use crate::resume::{BinaryStamp, FileStamp};
 use crate::{QemuDriver, QemuState};
 
 /// The cache folder's name, beside `qemu-accel-probe.json`.
@@ -505,9 +507,23 @@ fn host_cpu_identity() -> String {
 #[cfg(unix)]
 const PLACEHOLDER: &str = "/rmachine-boot-snapshot";
 
-/// In the machine directory while a snapshot's save holds the guest stopped: a command killed
-/// then leaves QEMU paused, and the next `start` lets it run.
+/// In the machine directory while a snapshot's save holds the guest stopped at the point: a
+/// command killed then leaves QEMU paused (or migrating, then `postmigrate`), and the next
+/// `start` stops that QEMU and starts the machine afresh (nothing of it was read yet).
 pub const SAVING_MARKER: &str = "boot-snapshot-saving";
+
+/// Whether a machine's virtio-fs devices can be plugged in after QEMU starts: its machine
+/// type takes them that way ([`args::plugs_virtio_fs_later`]) and its guest image's init waits
+/// for them ([`rmachine_driver::FEATURE_VIRTIO_FS_HOTPLUG`]; an older image would never see
+/// its shares).
+fn virtio_fs_can_come_later(spec: &VmSpec, machine: &str) -> bool {
+    args::plugs_virtio_fs_later(machine, true)
+        && spec
+            .boot
+            .features
+            .iter()
+            .any(|f| f == rmachine_driver::FEATURE_VIRTIO_FS_HOTPLUG)
+}
 
 /// Whether a machine shares a folder over virtio-fs.
 fn has_virtio_fs(spec: &VmSpec) -> bool {
@@ -526,7 +542,7 @@ impl QemuDriver {
         self.options.boot_snapshot == crate::BootSnapshotOption::On
             && self.has_clock_port()
             && !self.options.boot_iso
-            && (!has_virtio_fs(spec) || args::plugs_virtio_fs_later(machine, true))
+            && (!has_virtio_fs(spec) || virtio_fs_can_come_later(spec, machine))
             && cache_dir(dir.path()).is_some()
     }
 
@@ -543,26 +559,61 @@ impl QemuDriver {
 
     /// Plugs the virtio-fs devices into a QEMU launched without them
     /// ([`args::plugs_virtio_fs_later`]), each connected to its share's running virtiofsd.
-    pub(crate) async fn plug_virtio_fs(
+    async fn plug_virtio_fs(
         &self,
         dir: &MachineDir,
         spec: &VmSpec,
         qmp: &mut crate::qmp::QmpClient,
     ) -> Result<(), DriverError> {
         let began = std::time::Instant::now();
-        let sockets: Vec<(String, PathBuf)> = spec
+        let virtio_fs = spec
             .shares
             .iter()
-            .filter(|s| s.transport == ShareTransport::VirtioFs)
-            .map(|s| (s.tag.clone(), crate::virtiofs::socket(dir, s)))
-            .collect();
-        for (command, arguments) in args::virtio_fs_plug_commands(&spec.shares, &sockets) {
-            qmp.execute(command, Some(arguments))
-                .await
-                .map_err(|e| Self::qmp_error(dir, e))?;
+            .filter(|s| s.transport == ShareTransport::VirtioFs);
+        for (index, share) in virtio_fs.enumerate() {
+            let socket = crate::virtiofs::socket(dir, share);
+            for (command, arguments) in args::virtio_fs_plug_commands(index, share, &socket) {
+                qmp.execute(command, Some(arguments)).await.map_err(|e| {
+                    DriverError::ShareDaemon {
+                        machine: dir.name.clone(),
+                        share: format!("share {} ({})", share.tag, share.host_path.display()),
+                        message: format!(
+                            "QEMU did not take its virtio-fs device ({command}): {}",
+                            crate::error_chain(&e)
+                        )
+                        .into(),
+                    }
+                })?;
+            }
         }
         tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "virtio-fs devices plugged in");
         Ok(())
+    }
+
+    /// Plugs the virtio-fs devices in ([`Self::plug_virtio_fs`]) when this launch left them
+    /// off QEMU's command line. A device QEMU does not take is logged, naming its share, and
+    /// the machine runs on without it: the guest reports that share unmounted (`create` and
+    /// `start` warn, `ls` shows it), as any share that could not be mounted.
+    pub(crate) async fn plug_virtio_fs_if_left_out(
+        &self,
+        dir: &MachineDir,
+        spec: &VmSpec,
+        machine: &str,
+        qmp: Option<&mut crate::qmp::QmpClient>,
+    ) {
+        if !self.plugs_virtio_fs_later(dir, spec, machine) {
+            return;
+        }
+        let plugged = match qmp {
+            Some(qmp) => self.plug_virtio_fs(dir, spec, qmp).await,
+            None => match self.qmp(dir).await {
+                Ok(mut qmp) => self.plug_virtio_fs(dir, spec, &mut qmp).await,
+                Err(err) => Err(err),
+            },
+        };
+        if let Err(err) = plugged {
+            tracing::warn!(machine = %dir.name, "{}", crate::error_chain(&err));
+        }
     }
 
     /// Why [`Self::boot_snapshot_on`] is false although the option is on.
@@ -575,12 +626,24 @@ impl QemuDriver {
             .shares
             .iter()
             .find(|s| s.transport == ShareTransport::VirtioFs)
-            .filter(|_| !args::plugs_virtio_fs_later(machine, true))
+            .filter(|_| !virtio_fs_can_come_later(spec, machine))
         {
+            let why_not_later = if !args::plugs_virtio_fs_later(machine, true) {
+                if args::machine_arg(machine)
+                    .split(',')
+                    .any(|o| o.starts_with("pcie="))
+                {
+                    format!("--qemu-machine {machine} sets pcie= itself")
+                } else {
+                    format!("machine type {machine} cannot have it plugged in afterwards (microvm with ACPI can)")
+                }
+            } else {
+                "the machine's guest image predates virtio-fs devices plugged in after boot"
+                    .to_owned()
+            };
             format!(
-                "{} is shared over virtio-fs, which QEMU cannot save, and machine type {machine} \
-                 cannot have it plugged in afterwards (microvm with ACPI can; 9p and sftp shares \
-                 can be saved)",
+                "{} is shared over virtio-fs, which QEMU cannot save, and {why_not_later}; 9p \
+                 and sftp shares can be saved",
                 share.host_path.display()
             )
         } else if cache_dir(dir.path()).is_none() {
@@ -807,9 +870,8 @@ impl QemuDriver {
         if let Some(why) = damage().await {
             return Ok(Some(why));
         }
-        if self.plugs_virtio_fs_later(dir, spec, &state.machine) {
-            self.plug_virtio_fs(dir, spec, &mut qmp).await?;
-        }
+        self.plug_virtio_fs_if_left_out(dir, spec, &state.machine, Some(&mut qmp))
+            .await;
         // The go goes into the pipe before the guest runs: QEMU hands it over as soon as the
         // guest reads its port. From `cont` on the guest may write its disks, so nothing after
         // it stops this machine.
@@ -884,9 +946,7 @@ impl QemuDriver {
                 return false;
             }
         };
-        let plug = self
-            .plugs_virtio_fs_later(dir, spec, &state.machine)
-            .then(|| spec.clone());
+        let plug = (spec.clone(), state.machine.clone());
         let saving = wanted.is_some();
         let driver = self.clone();
         let dir = dir.clone();
@@ -905,31 +965,18 @@ impl QemuDriver {
             match wait_for_point(&mut port, POINT_TIMEOUT).await {
                 Ok(point_ms) => {
                     driver
-                        .take_snapshot(&dir, &key, &files, lock, point_ms, &mut port, plug.as_ref())
+                        .take_snapshot(&dir, &key, &files, lock, point_ms, &mut port, &plug)
                         .await
                 }
                 Err(err) => {
                     tracing::info!(machine = %dir.name, "the guest did not reach the boot snapshot's point: {}", crate::error_chain(&err));
-                    if let Some(spec) = &plug {
-                        driver.plug_virtio_fs_logged(&dir, spec).await;
-                    }
+                    driver
+                        .plug_virtio_fs_if_left_out(&dir, &plug.0, &plug.1, None)
+                        .await;
                 }
             }
         });
         saving
-    }
-
-    /// [`Self::plug_virtio_fs`] where no caller can take its error: logged (the guest reports
-    /// the shares it could not mount).
-    #[cfg(unix)]
-    async fn plug_virtio_fs_logged(&self, dir: &MachineDir, spec: &VmSpec) {
-        let plugged = match self.qmp(dir).await {
-            Ok(mut qmp) => self.plug_virtio_fs(dir, spec, &mut qmp).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = plugged {
-            tracing::warn!(machine = %dir.name, "virtio-fs shares not plugged in: {}", crate::error_chain(&err));
-        }
     }
 
     /// See the unix version.
@@ -945,9 +992,9 @@ impl QemuDriver {
     }
 
     /// With the guest waiting at the point: stops it, saves its state as the snapshot, lets
-    /// it run, plugs the virtio-fs devices of `plug` in, sums and publishes the saved state,
-    /// and sends the guest its `go`. Failures are logged: the machine boots on without a
-    /// snapshot.
+    /// it run, plugs the virtio-fs devices of `plug` (the machine's spec and machine type) in
+    /// if it has them, sums and publishes the saved state, and sends the guest its `go`.
+    /// Failures are logged: the machine boots on without a snapshot.
     #[cfg(unix)]
     #[allow(clippy::too_many_arguments)]
     async fn take_snapshot(
@@ -958,14 +1005,13 @@ impl QemuDriver {
         lock: SaveLock,
         point_ms: u64,
         port: &mut crate::clock::Port,
-        plug: Option<&VmSpec>,
+        plug: &(VmSpec, String),
     ) {
         let began = std::time::Instant::now();
         let written = files.state_written();
         let saved = self.save_at_point(dir, files).await;
-        if let Some(spec) = plug {
-            self.plug_virtio_fs_logged(dir, spec).await;
-        }
+        self.plug_virtio_fs_if_left_out(dir, &plug.0, &plug.1, None)
+            .await;
         let published = match saved {
             Ok(qemu_version) => {
                 let summed = {
@@ -1047,7 +1093,14 @@ impl QemuDriver {
         let qmp_err = |e| Self::qmp_error(dir, e);
         let marker = dir.file(SAVING_MARKER);
         std::fs::write(&marker, b"").map_err(|e| Self::io_error(dir, &marker, e))?;
-        let qemu_version = self.version_then_stop(dir, &mut qmp).await?;
+        let qemu_version = match self.version_then_stop(dir, &mut qmp).await {
+            Ok(version) => version,
+            Err(err) => {
+                // QEMU did not stop (it stops last): nothing for a later `start` to mend.
+                let _ = std::fs::remove_file(&marker);
+                return Err(err);
+            }
+        };
         let migrated = self.migrate_to(dir, &mut qmp, &uri, &written).await;
         let resumed = qmp.execute("cont", None).await.map_err(qmp_err);
         if resumed.is_ok() {
@@ -1269,6 +1322,65 @@ mod tests {
         assert_eq!(qcow2_virtual_size(&path).unwrap(), 20 << 30);
         std::fs::write(&path, [0u8; 32]).unwrap();
         assert!(qcow2_virtual_size(&path).is_err());
+    }
+
+    #[test]
+    fn a_virtio_fs_share_keeps_snapshots_only_where_it_can_be_plugged_in_later() {
+        let dir = MachineDir::new("dev", "/s/machines/dev");
+        let mut spec = VmSpec {
+            cpus: 1,
+            memory_mb: 512,
+            disk_size_mb: 20000,
+            boot: rmachine_driver::BootImage {
+                kernel: "/img/vmlinuz".into(),
+                initrd: "/img/initrd.img".into(),
+                cmdline: String::new(),
+                arch: "x86_64".into(),
+                iso: None,
+                kernel_elf: None,
+                initrd_uncompressed: None,
+                features: vec![rmachine_driver::FEATURE_VIRTIO_FS_HOTPLUG.into()],
+            },
+            config_drive: "/s/machines/dev/config.img".into(),
+            guest_ports: Default::default(),
+            shares: vec![rmachine_driver::Share {
+                tag: "rmshare0".into(),
+                host_path: "/home/me".into(),
+                guest_path: "/home/me".into(),
+                read_only: false,
+                transport: ShareTransport::VirtioFs,
+            }],
+        };
+        let driver = QemuDriver::new(crate::QemuOptions::default()).for_host(
+            crate::platform::HostPlatform {
+                os: crate::platform::HostOs::Linux,
+                arch: crate::platform::HostArch::X86_64,
+            },
+        );
+        assert!(driver.boot_snapshot_on(&dir, &spec, "microvm"));
+        assert!(driver.plugs_virtio_fs_later(&dir, &spec, "microvm"));
+        for (machine, why) in [
+            ("q35", "machine type q35 cannot have it plugged in"),
+            ("microvm,acpi=on,pcie=on", "sets pcie= itself"),
+        ] {
+            assert!(!driver.boot_snapshot_on(&dir, &spec, machine), "{machine}");
+            let reason = driver.why_no_boot_snapshot(&dir, &spec, machine);
+            assert!(
+                reason.contains(why) && reason.contains("/home/me"),
+                "{reason}"
+            );
+        }
+        // An image whose init does not wait for devices plugged in later keeps them on the
+        // command line, and so takes no snapshot.
+        spec.boot.features.clear();
+        assert!(!driver.boot_snapshot_on(&dir, &spec, "microvm"));
+        assert!(!driver.plugs_virtio_fs_later(&dir, &spec, "microvm"));
+        assert!(driver
+            .why_no_boot_snapshot(&dir, &spec, "microvm")
+            .contains("guest image predates"));
+        // Without a virtio-fs share the image's features do not matter.
+        spec.shares.clear();
+        assert!(driver.boot_snapshot_on(&dir, &spec, "microvm"));
     }
 
     #[test]

@@ -605,18 +605,19 @@ impl QemuDriver {
     }
 
     async fn start_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
-        match self.state_inner(dir).await? {
-            VmState::Paused if dir.file(boot_snapshot::SAVING_MARKER).exists() => {
-                // Stopped for a boot snapshot's save by a command that did not live to let it
-                // run again (the guest goes on without its go after a while).
-                let mut qmp = self.qmp(dir).await?;
-                qmp.execute("cont", None)
-                    .await
-                    .map_err(|e| Self::qmp_error(dir, e))?;
-                remove_if_present(dir, boot_snapshot::SAVING_MARKER)?;
-                tracing::warn!(machine = %dir.name, "QEMU was left paused by an interrupted boot snapshot save: it runs again");
-                return Ok(());
-            }
+        let mut state_now = self.state_inner(dir).await?;
+        if matches!(state_now, VmState::Paused | VmState::Saved)
+            && dir.file(boot_snapshot::SAVING_MARKER).exists()
+        {
+            // Stopped at the snapshot's point by a command that did not live to let it run
+            // again (its save may still be running): the guest has read nothing of this
+            // machine yet, so that QEMU goes and the machine starts as if it were stopped.
+            tracing::warn!(machine = %dir.name, "QEMU was left stopped by an interrupted boot snapshot save: it is stopped and the machine starts afresh");
+            self.stop_inner(dir, StopMode::Kill).await?;
+            remove_if_present(dir, boot_snapshot::SAVING_MARKER)?;
+            state_now = self.state_inner(dir).await?;
+        }
+        match state_now {
             VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
                 tracing::debug!(machine = %dir.name, "already running");
                 return Ok(());
@@ -767,17 +768,18 @@ impl QemuDriver {
                 return Err(err);
             }
         };
-        let mut ready = self
+        let ready = self
             .wait_ready(dir, &qmp, &program, started, spawned, incoming.is_some())
             .await;
-        if ready.is_ok() && incoming.is_none() && self.boot_snapshot_on(dir, spec, &state.machine) {
-            let saving = self.meet_guest_at_point(dir, spec, state, tsc_khz);
-            if !saving && self.plugs_virtio_fs_later(dir, spec, &state.machine) {
-                ready = match self.qmp(dir).await {
-                    Ok(mut client) => self.plug_virtio_fs(dir, spec, &mut client).await,
-                    Err(err) => Err(err),
-                };
-            }
+        // The task that meets the guest at the point plugs the virtio-fs devices in after its
+        // save; without one they are plugged in now.
+        if ready.is_ok()
+            && incoming.is_none()
+            && self.boot_snapshot_on(dir, spec, &state.machine)
+            && !self.meet_guest_at_point(dir, spec, state, tsc_khz)
+        {
+            self.plug_virtio_fs_if_left_out(dir, spec, &state.machine, None)
+                .await;
         }
         if ready.is_err() {
             self.stop_virtiofsd(dir).await;
@@ -2011,6 +2013,7 @@ mod tests {
                 iso: None,
                 kernel_elf: None,
                 initrd_uncompressed: None,
+                features: Vec::new(),
             },
             config_drive: dir.join("config.img"),
             guest_ports: GuestPorts::default(),
@@ -2109,21 +2112,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn start_lets_run_a_qemu_left_paused_by_an_interrupted_snapshot_save() {
-        for (marker, continued) in [(true, true), (false, false)] {
+    async fn start_replaces_a_qemu_left_stopped_by_an_interrupted_snapshot_save() {
+        // Paused mid-save, or `postmigrate` once QEMU's own writer finished: that QEMU goes
+        // (then the start fails here on the missing kernel, after it).
+        for status in ["paused", "postmigrate"] {
             let tmp = tempfile::tempdir().expect("temp dir");
             let dir = MachineDir::new("dev", tmp.path());
-            let _vm = FakeVm::start(&dir);
-            if marker {
-                std::fs::write(dir.file(boot_snapshot::SAVING_MARKER), "").expect("marker");
-            }
-            let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status("paused"));
+            let vm = FakeVm::start(&dir);
+            let pid = vm.pid();
+            std::fs::write(dir.file(boot_snapshot::SAVING_MARKER), "").expect("marker");
+            let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status(status));
             let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
-            driver.start(&dir, &spec(tmp.path())).await.expect("start");
+            let err = driver
+                .start(&dir, &spec(tmp.path()))
+                .await
+                .expect_err("no kernel to boot");
+            assert!(
+                matches!(err, DriverError::MissingFile { .. }),
+                "{status}: {err}"
+            );
             let seen = log.lock().expect("log").clone();
-            assert_eq!(seen.iter().any(|c| c == "cont"), continued, "{seen:?}");
-            assert!(!dir.file(boot_snapshot::SAVING_MARKER).exists());
+            assert!(seen.iter().any(|c| c == "quit"), "{status}: {seen:?}");
+            assert!(!seen.iter().any(|c| c == "cont"), "{status}: {seen:?}");
+            assert!(!dir.file(boot_snapshot::SAVING_MARKER).exists(), "{status}");
+            drop(vm);
+            let _ = pid;
         }
+        // Paused without the marker (not by a save of rmachine's): left alone.
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = MachineDir::new("dev", tmp.path());
+        let _vm = FakeVm::start(&dir);
+        let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status("paused"));
+        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+        driver.start(&dir, &spec(tmp.path())).await.expect("start");
+        let seen = log.lock().expect("log").clone();
+        assert!(!seen.iter().any(|c| c == "quit" || c == "cont"), "{seen:?}");
     }
 
     #[tokio::test]
@@ -3301,6 +3324,7 @@ mod tests {
                 iso: None,
                 kernel_elf: None,
                 initrd_uncompressed: None,
+                features: Vec::new(),
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),
@@ -3386,6 +3410,7 @@ mod guest_image_tests {
                 iso: None,
                 kernel_elf: None,
                 initrd_uncompressed: None,
+                features: Vec::new(),
             },
             config_drive: config,
             guest_ports: GuestPorts::default(),
