@@ -247,9 +247,13 @@ pub async fn wait_for_socket(
                 timeout,
             });
         }
-        tokio::time::sleep(crate::POLL).await;
+        tokio::time::sleep(SOCKET_POLL).await;
     }
 }
+
+/// How often [`wait_for_socket`] looks: the daemon makes its socket within milliseconds, and
+/// a start waits for it before QEMU runs.
+const SOCKET_POLL: Duration = Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests {
