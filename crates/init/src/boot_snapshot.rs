@@ -84,6 +84,9 @@ pub const ASKED_FOR: Duration = Duration::from_secs(3);
 const WANTED: &str = "snapshot-wanted";
 /// The host's first word when it does not.
 const SKIP: &str = "skip";
+/// What the guest writes when no first word came in time and it boots on: a host that wanted
+/// the snapshot stops waiting for the point (and plugs in what it kept back for after it).
+const NO_POINT: &str = "no-point";
 
 /// How long the `ok` answer may take to be written: the `go` has been carried out by then, so
 /// the wait for the `go` no longer bounds it.
@@ -531,7 +534,7 @@ fn wait_for_go(wanted: &Wanted) -> Result<Continued, BootSnapshotError> {
 /// why the boot goes on at once.
 fn first_word<P>(mut port: P, device: &Path, wait: Duration) -> Result<(), BootSnapshotError>
 where
-    P: AsFd + Read,
+    P: AsFd + Read + Write,
 {
     let deadline = Instant::now() + wait;
     let port_err = |source| BootSnapshotError::Port {
@@ -558,6 +561,8 @@ where
         // Only one line comes before the guest's point: a byte read past it cannot be one.
         let limit = MAX_LINE - pending.len();
         if !read_some(&mut port, &mut pending, limit, deadline, &mut backoff).map_err(port_err)? {
+            // Best effort, on a non-blocking port: a host that is not listening needs none.
+            let _ = port.write_all(format!("{NO_POINT}\n").as_bytes());
             return Err(not_asked());
         }
     }
@@ -1261,9 +1266,15 @@ mod tests {
             word(b"go 1 2 3\n"),
             Err(BootSnapshotError::UnknownWord { .. })
         ));
-        // Nothing, or half a line: the boot goes on once the wait is over.
+        // Nothing, or half a line: the boot goes on once the wait is over, and says so.
         let began = Instant::now();
         assert!(matches!(word(b""), Err(BootSnapshotError::NotAsked { .. })));
+        let (host, guest) = pair();
+        assert!(first_word(&guest, Path::new("test-port"), Duration::from_millis(100)).is_err());
+        let mut said = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&host), &mut said)
+            .expect("the guest's line");
+        assert_eq!(said, "no-point\n");
         assert!(matches!(
             word(b"snapshot-wan"),
             Err(BootSnapshotError::NotAsked { .. })

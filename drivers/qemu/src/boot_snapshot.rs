@@ -50,6 +50,9 @@ pub const WANTED_LINE: &str = "snapshot-wanted\n";
 /// once. (Nothing at all, as after a reboot from inside the guest, lets it go on after a
 /// few seconds.)
 pub const SKIP_LINE: &str = "skip\n";
+/// What a guest writes when it boots on without having read a first word in time (init's
+/// `NO_POINT`): it will not stop at the point.
+pub const NO_POINT: &str = "no-point";
 /// How long a guest at the point has to answer the `go` line (its init answers at once).
 pub const GO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the host waits for a booting guest to reach the point; a guest whose init does
@@ -430,6 +433,11 @@ pub async fn wait_for_point(
         let line = port.read_line(left).await?;
         if let Some(ms) = parse_point(&line) {
             return Ok(ms);
+        }
+        if line.trim() == NO_POINT {
+            return Err(crate::clock::ClockPortError::Refused {
+                answer: line.trim().to_owned(),
+            });
         }
         tracing::debug!(
             "clock port: skipped {:?} while waiting for the point",
@@ -1390,6 +1398,31 @@ mod tests {
             Some(PathBuf::from("/s/cache/qemu-boot-snapshots"))
         );
         assert_eq!(cache_dir(Path::new("/tmp/intro")), None);
+    }
+
+    /// A stand-in for QEMU and a guest that heard no first word in time.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_guest_that_boots_on_ends_the_wait_for_the_point() {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::clock::make_pipes(tmp.path()).unwrap();
+        let dir = tmp.path().to_owned();
+        let (held, holding) = std::sync::mpsc::channel();
+        let guest = std::thread::spawn(move || {
+            use std::io::Write;
+            let (_input, mut output) = crate::clock::hold_pipes_as_qemu(&dir);
+            held.send(()).unwrap();
+            output.write_all(b"no-point\n").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        holding.recv().unwrap();
+        let mut port = crate::clock::Port::open(tmp.path()).unwrap();
+        let began = std::time::Instant::now();
+        assert!(wait_for_point(&mut port, Duration::from_secs(30))
+            .await
+            .is_err());
+        assert!(began.elapsed() < Duration::from_secs(5));
+        guest.join().unwrap();
     }
 
     /// A stand-in for QEMU and the guest's init: holds both pipes open, writes the point's
