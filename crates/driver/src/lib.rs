@@ -415,7 +415,8 @@ pub enum DriverError {
         /// What was wrong.
         message: String,
     },
-    /// The daemon that serves a share to the VM (virtiofsd) did not come up.
+    /// The daemon that serves a share to the VM (virtiofsd) did not come up, or the
+    /// hypervisor did not take the device that connects the VM to it.
     #[error("machine {machine:?}: {share}: {message}")]
     ShareDaemon {
         /// The machine.

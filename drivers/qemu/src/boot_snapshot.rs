@@ -1332,10 +1332,9 @@ mod tests {
         assert!(qcow2_virtual_size(&path).is_err());
     }
 
-    #[test]
-    fn a_virtio_fs_share_keeps_snapshots_only_where_it_can_be_plugged_in_later() {
-        let dir = MachineDir::new("dev", "/s/machines/dev");
-        let mut spec = VmSpec {
+    /// A machine sharing /home/me over virtio-fs, its image able to take the device later.
+    fn virtio_fs_spec() -> VmSpec {
+        VmSpec {
             cpus: 1,
             memory_mb: 512,
             disk_size_mb: 20000,
@@ -1358,13 +1357,21 @@ mod tests {
                 read_only: false,
                 transport: ShareTransport::VirtioFs,
             }],
-        };
-        let driver = QemuDriver::new(crate::QemuOptions::default()).for_host(
-            crate::platform::HostPlatform {
-                os: crate::platform::HostOs::Linux,
-                arch: crate::platform::HostArch::X86_64,
-            },
-        );
+        }
+    }
+
+    fn linux_driver() -> QemuDriver {
+        QemuDriver::new(crate::QemuOptions::default()).for_host(crate::platform::HostPlatform {
+            os: crate::platform::HostOs::Linux,
+            arch: crate::platform::HostArch::X86_64,
+        })
+    }
+
+    #[test]
+    fn a_virtio_fs_share_keeps_snapshots_only_where_it_can_be_plugged_in_later() {
+        let dir = MachineDir::new("dev", "/s/machines/dev");
+        let mut spec = virtio_fs_spec();
+        let driver = linux_driver();
         assert!(driver.boot_snapshot_on(&dir, &spec, "microvm"));
         assert!(driver.plugs_virtio_fs_later(&dir, &spec, "microvm"));
         for (machine, why) in [
@@ -1389,6 +1396,37 @@ mod tests {
         // Without a virtio-fs share the image's features do not matter.
         spec.shares.clear();
         assert!(driver.boot_snapshot_on(&dir, &spec, "microvm"));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_device_qemu_does_not_take_is_reported_naming_its_share() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = MachineDir::new("dev", tmp.path());
+        let socket = tmp.path().join("qmp.sock");
+        let log = crate::qmp::fake::serve(&socket, |command| match command {
+            "device_add" => vec![
+                r#"{"error": {"class": "GenericError", "desc": "Bus 'rmfs-port0' not found"}}"#
+                    .to_owned(),
+            ],
+            _ => vec![r#"{"return": {}}"#.to_owned()],
+        });
+        let mut qmp = crate::qmp::QmpClient::connect(
+            &crate::qmp::QmpEndpoint::Unix(socket),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let err = linux_driver()
+            .plug_virtio_fs(&dir, &virtio_fs_spec(), &mut qmp)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("share rmshare0 (/home/me)") && err.contains("Bus 'rmfs-port0' not found"),
+            "{err}"
+        );
+        assert_eq!(*log.lock().unwrap(), ["chardev-add", "device_add"]);
     }
 
     #[test]
