@@ -512,8 +512,23 @@ fn find_port_and_ask() -> Result<Wanted, BootSnapshotError> {
         device: device.clone(),
         source,
     })?;
-    first_word(&port, &device, ASKED_FOR)?;
+    ask(&port, &device, ASKED_FOR)?;
     Ok(Wanted { port, device })
+}
+
+/// [`first_word`], and when the boot will not stop at the point for a reason other than the
+/// host's `skip` (no word in time, one it does not know, a port that fails), `no-point` on
+/// the port: a host that wanted the snapshot stops waiting for the point.
+fn ask<P>(mut port: P, device: &Path, wait: Duration) -> Result<(), BootSnapshotError>
+where
+    P: AsFd + Read + Write,
+{
+    let asked = first_word(&mut port, device, wait);
+    if matches!(&asked, Err(err) if !matches!(err, BootSnapshotError::Skipped)) {
+        // Best effort, on a non-blocking port: a host that is not listening needs none.
+        let _ = port.write_all(format!("{NO_POINT}\n").as_bytes());
+    }
+    asked
 }
 
 /// Sends the point, waits for a good `go` and carries it out.
@@ -534,7 +549,7 @@ fn wait_for_go(wanted: &Wanted) -> Result<Continued, BootSnapshotError> {
 /// why the boot goes on at once.
 fn first_word<P>(mut port: P, device: &Path, wait: Duration) -> Result<(), BootSnapshotError>
 where
-    P: AsFd + Read + Write,
+    P: AsFd + Read,
 {
     let deadline = Instant::now() + wait;
     let port_err = |source| BootSnapshotError::Port {
@@ -561,8 +576,6 @@ where
         // Only one line comes before the guest's point: a byte read past it cannot be one.
         let limit = MAX_LINE - pending.len();
         if !read_some(&mut port, &mut pending, limit, deadline, &mut backoff).map_err(port_err)? {
-            // Best effort, on a non-blocking port: a host that is not listening needs none.
-            let _ = port.write_all(format!("{NO_POINT}\n").as_bytes());
             return Err(not_asked());
         }
     }
@@ -1255,30 +1268,38 @@ mod tests {
 
     #[test]
     fn the_hosts_first_word_says_whether_to_stop_at_the_point() {
+        // What `ask` returns, and what the guest wrote back.
         let word = |input: &[u8]| {
             let (mut host, guest) = pair();
             host.write_all(input).expect("input");
-            first_word(&guest, Path::new("test-port"), Duration::from_millis(300))
+            let asked = ask(&guest, Path::new("test-port"), Duration::from_millis(300));
+            drop(guest);
+            host.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut said = String::new();
+            host.read_to_string(&mut said).expect("the guest's words");
+            (asked, said)
         };
-        assert!(word(b"snapshot-wanted\n").is_ok());
-        assert!(matches!(word(b"skip\n"), Err(BootSnapshotError::Skipped)));
-        assert!(matches!(
-            word(b"go 1 2 3\n"),
-            Err(BootSnapshotError::UnknownWord { .. })
-        ));
-        // Nothing, or half a line: the boot goes on once the wait is over, and says so.
+        let (asked, said) = word(b"snapshot-wanted\n");
+        assert!(asked.is_ok() && said.is_empty(), "{asked:?} {said:?}");
+        let (asked, said) = word(b"skip\n");
+        assert!(matches!(asked, Err(BootSnapshotError::Skipped)) && said.is_empty());
+        // A word it does not know, nothing, or half a line: the boot goes on (once the wait
+        // is over), and says so.
         let began = Instant::now();
-        assert!(matches!(word(b""), Err(BootSnapshotError::NotAsked { .. })));
-        let (host, guest) = pair();
-        assert!(first_word(&guest, Path::new("test-port"), Duration::from_millis(100)).is_err());
-        let mut said = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(&host), &mut said)
-            .expect("the guest's line");
-        assert_eq!(said, "no-point\n");
-        assert!(matches!(
-            word(b"snapshot-wan"),
-            Err(BootSnapshotError::NotAsked { .. })
-        ));
+        for (input, expected) in [
+            (&b"go 1 2 3\n"[..], "unknown"),
+            (b"", "not asked"),
+            (b"snapshot-wan", "not asked"),
+        ] {
+            let (asked, said) = word(input);
+            let kind = match asked {
+                Err(BootSnapshotError::UnknownWord { .. }) => "unknown",
+                Err(BootSnapshotError::NotAsked { .. }) => "not asked",
+                _ => "other",
+            };
+            assert_eq!((kind, said.as_str()), (expected, "no-point\n"), "{input:?}");
+        }
         assert!(began.elapsed() < Duration::from_secs(3));
     }
 

@@ -916,6 +916,10 @@ kernel/fs/overlayfs/overlay.ko:
             "0000:00:01.0",
             "pci:v00001B36d0000000Csv00001AF4sd00001100bc06sc04i00",
         );
+        assert!(
+            !load(&root).contains(&"virtio_pci".to_owned()),
+            "a root port alone needs no virtio_pci"
+        );
         std::fs::create_dir_all(root.join("bus/pci/slots/1")).expect("slot");
         let tried = load(&root);
         let position = |name: &str| tried.iter().position(|n| n == name);

@@ -87,6 +87,11 @@ pub fn virtio_fs_port(index: usize) -> String {
     format!("rmfs-port{index}")
 }
 
+/// The id of the chardev that connects a virtio-fs share's device to its virtiofsd.
+pub fn virtio_fs_chardev(share: &Share) -> String {
+    format!("{}-fs", share.tag)
+}
+
 /// The QMP commands that plug a virtio-fs share's device into its root port (`index` counts
 /// the machine's virtio-fs shares, see [`virtio_fs_port`]): a chardev connected to the share's
 /// virtiofsd `socket`, then the `vhost-user-fs-pci` device with the share's tag (the guest's
@@ -96,7 +101,7 @@ pub fn virtio_fs_plug_commands(
     share: &Share,
     socket: &Path,
 ) -> [(&'static str, serde_json::Value); 2] {
-    let chardev = format!("{}-fs", share.tag);
+    let chardev = virtio_fs_chardev(share);
     [
         (
             "chardev-add",
@@ -479,7 +484,7 @@ pub fn vm_args(l: &VmLaunch<'_>) -> Vec<String> {
                 .find(|(tag, _)| *tag == share.tag)
                 .map(|(_, socket)| path(socket))
                 .unwrap_or_default();
-            let chardev = format!("{}-fs", escape_opt(&share.tag));
+            let chardev = escape_opt(&virtio_fs_chardev(share));
             push(&[
                 "-chardev",
                 &format!("socket,id={chardev},path={}", escape_opt(&socket)),

@@ -50,8 +50,9 @@ pub const WANTED_LINE: &str = "snapshot-wanted\n";
 /// once. (Nothing at all, as after a reboot from inside the guest, lets it go on after a
 /// few seconds.)
 pub const SKIP_LINE: &str = "skip\n";
-/// What a guest writes when it boots on without having read a first word in time (init's
-/// `NO_POINT`): it will not stop at the point.
+/// What a guest writes when it will not stop at the point although its kernel line asks it to
+/// (init's `NO_POINT`: it read no first word in time, or not one it knows): the host stops
+/// waiting for the point.
 pub const NO_POINT: &str = "no-point";
 /// How long a guest at the point has to answer the `go` line (its init answers at once).
 pub const GO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -420,8 +421,9 @@ pub fn qcow2_virtual_size(path: &Path) -> std::io::Result<u64> {
     Ok(u64::from_be_bytes(size))
 }
 
-/// Waits on the clock port for the guest's `snapshot-point MS` line; its MS. Other lines
-/// (answers to nothing) are skipped.
+/// Waits on the clock port for the guest's `snapshot-point MS` line; its MS. A `no-point`
+/// line ends the wait ([`crate::clock::ClockPortError::NoPoint`]); other lines (answers to
+/// nothing) are skipped.
 #[cfg(unix)]
 pub async fn wait_for_point(
     port: &mut crate::clock::Port,
@@ -435,9 +437,7 @@ pub async fn wait_for_point(
             return Ok(ms);
         }
         if line.trim() == NO_POINT {
-            return Err(crate::clock::ClockPortError::Refused {
-                answer: line.trim().to_owned(),
-            });
+            return Err(crate::clock::ClockPortError::NoPoint);
         }
         tracing::debug!(
             "clock port: skipped {:?} while waiting for the point",
@@ -533,11 +533,33 @@ fn virtio_fs_can_come_later(spec: &VmSpec, machine: &str) -> bool {
             .any(|f| f == rmachine_driver::FEATURE_VIRTIO_FS_HOTPLUG)
 }
 
-/// Whether a machine shares a folder over virtio-fs.
-fn has_virtio_fs(spec: &VmSpec) -> bool {
+/// A machine's virtio-fs shares, in order.
+fn virtio_fs_shares(spec: &VmSpec) -> impl Iterator<Item = &rmachine_driver::Share> {
     spec.shares
         .iter()
-        .any(|s| s.transport == ShareTransport::VirtioFs)
+        .filter(|s| s.transport == ShareTransport::VirtioFs)
+}
+
+/// A share error naming `shares` (`share TAG (FOLDER)`, comma-separated).
+fn share_error(
+    dir: &MachineDir,
+    shares: &[&rmachine_driver::Share],
+    message: String,
+) -> DriverError {
+    let named: Vec<String> = shares
+        .iter()
+        .map(|s| format!("share {} ({})", s.tag, s.host_path.display()))
+        .collect();
+    DriverError::ShareDaemon {
+        machine: dir.name.clone(),
+        share: named.join(", "),
+        message: message.into(),
+    }
+}
+
+/// Whether a machine shares a folder over virtio-fs.
+fn has_virtio_fs(spec: &VmSpec) -> bool {
+    virtio_fs_shares(spec).next().is_some()
 }
 
 impl QemuDriver {
@@ -566,36 +588,48 @@ impl QemuDriver {
     }
 
     /// Plugs the virtio-fs devices into a QEMU launched without them
-    /// ([`args::plugs_virtio_fs_later`]), each connected to its share's running virtiofsd.
+    /// ([`args::plugs_virtio_fs_later`]), each connected to its share's running virtiofsd;
+    /// one error for each share whose device QEMU did not take (the others are plugged in
+    /// all the same).
     async fn plug_virtio_fs(
         &self,
         dir: &MachineDir,
         spec: &VmSpec,
         qmp: &mut crate::qmp::QmpClient,
-    ) -> Result<(), DriverError> {
+    ) -> Vec<DriverError> {
         let began = std::time::Instant::now();
-        let virtio_fs = spec
-            .shares
-            .iter()
-            .filter(|s| s.transport == ShareTransport::VirtioFs);
-        for (index, share) in virtio_fs.enumerate() {
+        let mut failed = Vec::new();
+        for (index, share) in virtio_fs_shares(spec).enumerate() {
             let socket = crate::virtiofs::socket(dir, share);
-            for (command, arguments) in args::virtio_fs_plug_commands(index, share, &socket) {
-                qmp.execute(command, Some(arguments)).await.map_err(|e| {
-                    DriverError::ShareDaemon {
-                        machine: dir.name.clone(),
-                        share: format!("share {} ({})", share.tag, share.host_path.display()),
-                        message: format!(
-                            "QEMU did not take its virtio-fs device ({command}): {}",
-                            crate::error_chain(&e)
-                        )
-                        .into(),
+            let [chardev, device] = args::virtio_fs_plug_commands(index, share, &socket);
+            let plugged = match qmp.execute(chardev.0, Some(chardev.1)).await {
+                Err(err) => Err((chardev.0, err)),
+                Ok(_) => match qmp.execute(device.0, Some(device.1)).await {
+                    Ok(_) => Ok(()),
+                    Err(err) => {
+                        // A chardev left without its device would hold virtiofsd's only
+                        // connection.
+                        let remove = serde_json::json!({ "id": args::virtio_fs_chardev(share) });
+                        if let Err(e) = qmp.execute("chardev-remove", Some(remove)).await {
+                            tracing::debug!(machine = %dir.name, "chardev-remove: {}", crate::error_chain(&e));
+                        }
+                        Err((device.0, err))
                     }
-                })?;
+                },
+            };
+            if let Err((command, err)) = plugged {
+                failed.push(share_error(
+                    dir,
+                    &[share],
+                    format!(
+                        "QEMU did not take its virtio-fs device ({command}): {}",
+                        crate::error_chain(&err)
+                    ),
+                ));
             }
         }
-        tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, "virtio-fs devices plugged in");
-        Ok(())
+        tracing::debug!(machine = %dir.name, ms = began.elapsed().as_millis() as u64, failed = failed.len(), "virtio-fs devices plugged in");
+        failed
     }
 
     /// Plugs the virtio-fs devices in ([`Self::plug_virtio_fs`]) when this launch left them
@@ -612,14 +646,24 @@ impl QemuDriver {
         if !self.plugs_virtio_fs_later(dir, spec, machine) {
             return;
         }
-        let plugged = match qmp {
+        let failed = match qmp {
             Some(qmp) => self.plug_virtio_fs(dir, spec, qmp).await,
             None => match self.qmp(dir).await {
                 Ok(mut qmp) => self.plug_virtio_fs(dir, spec, &mut qmp).await,
-                Err(err) => Err(err),
+                Err(err) => {
+                    let shares: Vec<&rmachine_driver::Share> = virtio_fs_shares(spec).collect();
+                    vec![share_error(
+                        dir,
+                        &shares,
+                        format!(
+                            "their virtio-fs devices were not plugged in: {}",
+                            crate::error_chain(&err)
+                        ),
+                    )]
+                }
             },
         };
-        if let Err(err) = plugged {
+        for err in failed {
             tracing::warn!(machine = %dir.name, "{}", crate::error_chain(&err));
         }
     }
@@ -1100,7 +1144,8 @@ impl QemuDriver {
         let mut qmp = self.qmp(dir).await?;
         let qmp_err = |e| Self::qmp_error(dir, e);
         let marker = dir.file(SAVING_MARKER);
-        std::fs::write(&marker, b"").map_err(|e| Self::io_error(dir, &marker, e))?;
+        let pid = self.live_pid(dir).await?.unwrap_or_default();
+        std::fs::write(&marker, format!("{pid}\n")).map_err(|e| Self::io_error(dir, &marker, e))?;
         let qemu_version = match self.version_then_stop(dir, &mut qmp).await {
             Ok(version) => version,
             Err(err) => {
@@ -1404,12 +1449,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = MachineDir::new("dev", tmp.path());
         let socket = tmp.path().join("qmp.sock");
-        let log = crate::qmp::fake::serve(&socket, |command| match command {
-            "device_add" => vec![
-                r#"{"error": {"class": "GenericError", "desc": "Bus 'rmfs-port0' not found"}}"#
-                    .to_owned(),
-            ],
-            _ => vec![r#"{"return": {}}"#.to_owned()],
+        // QEMU refuses the first share's device and takes the second's.
+        let device_adds = std::sync::atomic::AtomicUsize::new(0);
+        let log = crate::qmp::fake::serve(&socket, move |command| {
+            let refused = command == "device_add"
+                && device_adds.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            if refused {
+                vec![
+                    r#"{"error": {"class": "GenericError", "desc": "Bus 'rmfs-port0' not found"}}"#
+                        .to_owned(),
+                ]
+            } else {
+                vec![r#"{"return": {}}"#.to_owned()]
+            }
         });
         let mut qmp = crate::qmp::QmpClient::connect(
             &crate::qmp::QmpEndpoint::Unix(socket),
@@ -1417,16 +1469,29 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = linux_driver()
-            .plug_virtio_fs(&dir, &virtio_fs_spec(), &mut qmp)
-            .await
-            .unwrap_err()
-            .to_string();
+        let mut spec = virtio_fs_spec();
+        let mut second = spec.shares[0].clone();
+        second.tag = "rmshare1".into();
+        second.host_path = "/srv/b".into();
+        spec.shares.push(second);
+        let failed = linux_driver().plug_virtio_fs(&dir, &spec, &mut qmp).await;
+        let failed: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(
-            err.contains("share rmshare0 (/home/me)") && err.contains("Bus 'rmfs-port0' not found"),
-            "{err}"
+            failed[0].contains("share rmshare0 (/home/me)")
+                && failed[0].contains("Bus 'rmfs-port0' not found"),
+            "{failed:?}"
         );
-        assert_eq!(*log.lock().unwrap(), ["chardev-add", "device_add"]);
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "chardev-add",
+                "device_add",
+                "chardev-remove",
+                "chardev-add",
+                "device_add"
+            ]
+        );
     }
 
     #[test]
@@ -1446,20 +1511,23 @@ mod tests {
         crate::clock::make_pipes(tmp.path()).unwrap();
         let dir = tmp.path().to_owned();
         let (held, holding) = std::sync::mpsc::channel();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
         let guest = std::thread::spawn(move || {
             use std::io::Write;
             let (_input, mut output) = crate::clock::hold_pipes_as_qemu(&dir);
             held.send(()).unwrap();
             output.write_all(b"no-point\n").unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // The pipes stay open, as QEMU holds them: only the line can end the wait.
+            let _ = finished.recv_timeout(Duration::from_secs(30));
         });
         holding.recv().unwrap();
         let mut port = crate::clock::Port::open(tmp.path()).unwrap();
-        let began = std::time::Instant::now();
-        assert!(wait_for_point(&mut port, Duration::from_secs(30))
-            .await
-            .is_err());
-        assert!(began.elapsed() < Duration::from_secs(5));
+        let waited = wait_for_point(&mut port, Duration::from_secs(20)).await;
+        assert!(
+            matches!(waited, Err(crate::clock::ClockPortError::NoPoint)),
+            "{waited:?}"
+        );
+        done.send(()).unwrap();
         guest.join().unwrap();
     }
 

@@ -49,6 +49,10 @@ pub enum ClockPortError {
     /// The guest did not answer in time.
     #[error("the guest did not answer on its clock port within {} s", .0.as_secs())]
     NoAnswer(Duration),
+    /// The guest boots on without stopping at the boot snapshot's point: it read no first word
+    /// from the host in time (`no-point`).
+    #[error("the guest boots on without stopping at the boot snapshot's point")]
+    NoPoint,
     /// The guest answered with an error.
     #[error("the guest refused the time: {answer}")]
     Refused {

@@ -180,8 +180,8 @@ pub struct QemuOptions {
 
     /// Start from a boot snapshot: the saved state of a guest whose kernel and device drivers
     /// are up, taken at the first boot of each command line and kept in the store's cache
-    /// (machines with virtio-fs shares or --qemu-boot-iso, and Windows hosts, always boot their
-    /// kernel)
+    /// (machines with --qemu-boot-iso, with virtio-fs shares on a machine type other than
+    /// microvm, and Windows hosts always boot their kernel)
     #[arg(
         id = "qemu_boot_snapshot",
         long = "qemu-boot-snapshot",
@@ -356,6 +356,36 @@ impl QemuDriver {
         }
         self.clean_runtime_files(dir)?;
         Ok(None)
+    }
+
+    /// Whether this machine's QEMU is the one a snapshot's save stopped at the point and that
+    /// no command let run again: the save's marker names its pid and QEMU is still stopped
+    /// by it (`paused`, or `finish-migrate`/`postmigrate` once QEMU's own writer went on). A
+    /// marker that names no live QEMU, or one that runs, is stale and removed.
+    async fn left_stopped_by_a_snapshot_save(&self, dir: &MachineDir) -> Result<bool, DriverError> {
+        let marker = dir.file(boot_snapshot::SAVING_MARKER);
+        let Ok(text) = std::fs::read_to_string(&marker) else {
+            return Ok(false);
+        };
+        let saving_pid: Option<u32> = text.trim().parse().ok();
+        let stopped_by_the_save = match self.live_pid(dir).await? {
+            Some(pid) if Some(pid) == saving_pid => {
+                let answer = match self.qmp(dir).await {
+                    Ok(mut qmp) => qmp.execute("query-status", None).await.ok(),
+                    Err(_) => None,
+                };
+                let status = answer
+                    .as_ref()
+                    .and_then(|a| a.get("status"))
+                    .and_then(|s| s.as_str());
+                matches!(status, Some("paused" | "finish-migrate" | "postmigrate"))
+            }
+            _ => false,
+        };
+        if !stopped_by_the_save {
+            remove_if_present(dir, boot_snapshot::SAVING_MARKER)?;
+        }
+        Ok(stopped_by_the_save)
     }
 
     /// Whether the VM gets the guest's clock port ([`clock`]): named pipes, which QEMU for
@@ -605,19 +635,15 @@ impl QemuDriver {
     }
 
     async fn start_inner(&self, dir: &MachineDir, spec: &VmSpec) -> Result<(), DriverError> {
-        let mut state_now = self.state_inner(dir).await?;
-        if matches!(state_now, VmState::Paused | VmState::Saved)
-            && dir.file(boot_snapshot::SAVING_MARKER).exists()
-        {
+        if self.left_stopped_by_a_snapshot_save(dir).await? {
             // Stopped at the snapshot's point by a command that did not live to let it run
             // again (its save may still be running): the guest has read nothing of this
             // machine yet, so that QEMU goes and the machine starts as if it were stopped.
             tracing::warn!(machine = %dir.name, "QEMU was left stopped by an interrupted boot snapshot save: it is stopped and the machine starts afresh");
             self.stop_inner(dir, StopMode::Kill).await?;
             remove_if_present(dir, boot_snapshot::SAVING_MARKER)?;
-            state_now = self.state_inner(dir).await?;
         }
-        match state_now {
+        match self.state_inner(dir).await? {
             VmState::Running | VmState::Paused | VmState::Starting | VmState::Stopping => {
                 tracing::debug!(machine = %dir.name, "already running");
                 return Ok(());
@@ -736,6 +762,8 @@ impl QemuDriver {
         let program = self.program();
         let pidfile = dir.file(PIDFILE);
         let qmp = self.launch_qmp(dir, state)?;
+        // A daemon whose device was never plugged in has no QEMU to exit with.
+        self.stop_virtiofsd(dir).await;
         let virtiofs_sockets = match self.start_virtiofsd(dir, spec).await {
             Ok(sockets) => sockets,
             Err(err) => {
@@ -1129,6 +1157,9 @@ impl QemuDriver {
         let mut qmp = self.qmp(dir).await?;
         // Taken while that QEMU runs (its /proc entry and pidfile are gone after `quit`).
         let qemu_binary = resume::binary_of_running_qemu(&self.program(), pid, &dir.file(PIDFILE));
+        // A boot snapshot's marker left by an earlier command must not make a later `start`
+        // take this stop for that save's.
+        remove_if_present(dir, boot_snapshot::SAVING_MARKER)?;
         let qemu_version = self.version_then_stop(dir, &mut qmp).await?;
         let began = Instant::now();
         let saved_to = match self.migrate_to(dir, &mut qmp, &uri, &written).await {
@@ -2113,14 +2144,17 @@ mod tests {
 
     #[tokio::test]
     async fn start_replaces_a_qemu_left_stopped_by_an_interrupted_snapshot_save() {
-        // Paused mid-save, or `postmigrate` once QEMU's own writer finished: that QEMU goes
-        // (then the start fails here on the missing kernel, after it).
+        // Paused mid-save, or `postmigrate` once QEMU's own writer finished, the marker naming
+        // this QEMU: it goes (then this start fails on the missing kernel, after it).
         for status in ["paused", "postmigrate"] {
             let tmp = tempfile::tempdir().expect("temp dir");
             let dir = MachineDir::new("dev", tmp.path());
             let vm = FakeVm::start(&dir);
-            let pid = vm.pid();
-            std::fs::write(dir.file(boot_snapshot::SAVING_MARKER), "").expect("marker");
+            std::fs::write(
+                dir.file(boot_snapshot::SAVING_MARKER),
+                format!("{}\n", vm.pid()),
+            )
+            .expect("marker");
             let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status(status));
             let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
             let err = driver
@@ -2135,18 +2169,37 @@ mod tests {
             assert!(seen.iter().any(|c| c == "quit"), "{status}: {seen:?}");
             assert!(!seen.iter().any(|c| c == "cont"), "{status}: {seen:?}");
             assert!(!dir.file(boot_snapshot::SAVING_MARKER).exists(), "{status}");
-            drop(vm);
-            let _ = pid;
         }
-        // Paused without the marker (not by a save of rmachine's): left alone.
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = MachineDir::new("dev", tmp.path());
-        let _vm = FakeVm::start(&dir);
-        let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status("paused"));
-        let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
-        driver.start(&dir, &spec(tmp.path())).await.expect("start");
-        let seen = log.lock().expect("log").clone();
-        assert!(!seen.iter().any(|c| c == "quit" || c == "cont"), "{seen:?}");
+        // Left alone, a stale marker removed: a QEMU paused without a marker, one suspended
+        // or running with a marker naming it, and one paused while the marker names another
+        // process.
+        for (status, marker) in [
+            ("paused", None),
+            ("suspended", Some("own")),
+            ("running", Some("own")),
+            ("paused", Some("1")),
+        ] {
+            let tmp = tempfile::tempdir().expect("temp dir");
+            let dir = MachineDir::new("dev", tmp.path());
+            let vm = FakeVm::start(&dir);
+            if let Some(marker) = marker {
+                let pid = if marker == "own" {
+                    vm.pid().to_string()
+                } else {
+                    marker.to_owned()
+                };
+                std::fs::write(dir.file(boot_snapshot::SAVING_MARKER), pid).expect("marker");
+            }
+            let log = fake::serve(&dir.file(QMP_SOCKET), qmp_status(status));
+            let driver = QemuDriver::new(tcg_options()).for_host(LINUX);
+            let started = driver.start(&dir, &spec(tmp.path())).await;
+            let seen = log.lock().expect("log").clone();
+            assert!(
+                !seen.iter().any(|c| c == "quit" || c == "cont"),
+                "{status} {marker:?}: {seen:?} {started:?}"
+            );
+            assert!(!dir.file(boot_snapshot::SAVING_MARKER).exists());
+        }
     }
 
     #[tokio::test]
