@@ -66,6 +66,7 @@ const OWN_FILES: &[&str] = &[
     resume::STATE_SPENT,
     clock::PIPE_IN,
     clock::PIPE_OUT,
+    boot_snapshot::SAVING_MARKER,
 ];
 
 /// How long one QMP exchange may take.
