@@ -741,12 +741,25 @@ mod tests {
             .await
             .expect("sleep starts")
             .pid();
-        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("read its descriptors")
-            .filter_map(|entry| entry.ok())
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect();
-        fds.sort();
+        let descriptors = || {
+            let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .expect("read its descriptors")
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            fds.sort();
+            fds
+        };
+        // Right after its exec the program may hold one of its own for a moment (sleep opens
+        // its locale files): looked at until that passes; one handed down would stay.
+        let mut fds = descriptors();
+        for _ in 0..100 {
+            if fds == ["0", "1", "2"] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            fds = descriptors();
+        }
         // SAFETY: kill(2) on the pid we just spawned.
         unsafe {
             libc::kill(i32::try_from(pid).expect("pid fits"), libc::SIGKILL);
