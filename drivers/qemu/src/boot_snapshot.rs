@@ -1285,13 +1285,18 @@ mod tests {
         // A lock left by a process that died long ago is taken over.
         std::mem::forget(lock);
         let old = SystemTime::now() - Duration::from_secs(3600);
+        set_mtime(files.lock(), old);
+        assert!(files.try_lock().unwrap().is_some());
+    }
+
+    /// Sets a file's modification time (the age eviction and stale locks go by).
+    fn set_mtime(path: impl AsRef<Path>, at: SystemTime) {
         std::fs::File::options()
             .write(true)
-            .open(files.lock())
+            .open(path)
             .unwrap()
-            .set_modified(old)
+            .set_modified(at)
             .unwrap();
-        assert!(files.try_lock().unwrap().is_some());
     }
 
     #[test]
@@ -1306,33 +1311,18 @@ mod tests {
             std::fs::write(files.state(), b"s").unwrap();
             std::fs::write(files.record(), b"{}").unwrap();
             let at = now - Duration::from_secs(100 - 10 * i as u64);
-            std::fs::File::options()
-                .write(true)
-                .open(files.record())
-                .unwrap()
-                .set_modified(at)
-                .unwrap();
+            set_mtime(files.record(), at);
         }
         let old_tmp = tmp.path().join("x.state.1.tmp");
         std::fs::write(&old_tmp, b"t").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&old_tmp)
-            .unwrap()
-            .set_modified(now - Duration::from_secs(3600))
-            .unwrap();
+        set_mtime(&old_tmp, now - Duration::from_secs(3600));
         let fresh_tmp = tmp.path().join("y.state.2.tmp");
         std::fs::write(&fresh_tmp, b"t").unwrap();
         // Left by processes that died: a state whose record was never written, a lock.
         for orphan in ["orphan.state", "dead.lock"] {
             let path = tmp.path().join(orphan);
             std::fs::write(&path, b"o").unwrap();
-            std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_modified(now - Duration::from_secs(3600))
-                .unwrap();
+            set_mtime(&path, now - Duration::from_secs(3600));
         }
         evict(tmp.path(), 2);
         let mut left: Vec<String> = std::fs::read_dir(tmp.path())
@@ -1503,25 +1493,38 @@ mod tests {
         assert_eq!(cache_dir(Path::new("/tmp/intro")), None);
     }
 
+    /// Makes the clock pipes in `dir` and runs `guest` on a thread standing in for QEMU and
+    /// the guest's init (it gets the pipes as QEMU holds them: what the guest receives, what
+    /// it answers); returns that thread and the host's end, opened once the pipes are held.
+    #[cfg(unix)]
+    fn stand_in_guest<T: Send + 'static>(
+        dir: &Path,
+        guest: impl FnOnce(std::fs::File, std::fs::File) -> T + Send + 'static,
+    ) -> (std::thread::JoinHandle<T>, crate::clock::Port) {
+        crate::clock::make_pipes(dir).unwrap();
+        let pipes = dir.to_owned();
+        let (held, holding) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let (input, output) = crate::clock::hold_pipes_as_qemu(&pipes);
+            held.send(()).unwrap();
+            guest(input, output)
+        });
+        holding.recv().unwrap();
+        (thread, crate::clock::Port::open(dir).unwrap())
+    }
+
     /// A stand-in for QEMU and a guest that heard no first word in time.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_guest_that_boots_on_ends_the_wait_for_the_point() {
         let tmp = tempfile::tempdir().unwrap();
-        crate::clock::make_pipes(tmp.path()).unwrap();
-        let dir = tmp.path().to_owned();
-        let (held, holding) = std::sync::mpsc::channel();
         let (done, finished) = std::sync::mpsc::channel::<()>();
-        let guest = std::thread::spawn(move || {
+        let (guest, mut port) = stand_in_guest(tmp.path(), move |_input, mut output| {
             use std::io::Write;
-            let (_input, mut output) = crate::clock::hold_pipes_as_qemu(&dir);
-            held.send(()).unwrap();
             output.write_all(b"no-point\n").unwrap();
             // The pipes stay open, as QEMU holds them: only the line can end the wait.
             let _ = finished.recv_timeout(Duration::from_secs(30));
         });
-        holding.recv().unwrap();
-        let mut port = crate::clock::Port::open(tmp.path()).unwrap();
         let waited = wait_for_point(&mut port, Duration::from_secs(20)).await;
         assert!(
             matches!(waited, Err(crate::clock::ClockPortError::NoPoint)),
@@ -1537,13 +1540,8 @@ mod tests {
     #[tokio::test]
     async fn the_guest_at_the_point_is_let_go() {
         let tmp = tempfile::tempdir().unwrap();
-        crate::clock::make_pipes(tmp.path()).unwrap();
-        let dir = tmp.path().to_owned();
-        let (held, holding) = std::sync::mpsc::channel();
-        let guest = std::thread::spawn(move || {
+        let (guest, mut port) = stand_in_guest(tmp.path(), |input, mut output| {
             use std::io::{BufRead, Write};
-            let (input, mut output) = crate::clock::hold_pipes_as_qemu(&dir);
-            held.send(()).unwrap();
             output.write_all(b"stray\nsnapshot-point 2650\n").unwrap();
             let mut line = String::new();
             std::io::BufReader::new(input).read_line(&mut line).unwrap();
@@ -1551,8 +1549,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             line
         });
-        holding.recv().unwrap();
-        let mut port = crate::clock::Port::open(tmp.path()).unwrap();
         assert_eq!(
             wait_for_point(&mut port, Duration::from_secs(5))
                 .await
