@@ -235,8 +235,18 @@ impl NetNs {
     pub fn new() -> Result<NetNs> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static COUNT: AtomicU32 = AtomicU32::new(0);
+        // The pid alone repeats on a reused machine (a sandbox's pids start small), where a
+        // namespace left by a killed run of the tests would make `ip netns add` fail: this
+        // process's start time (ms) makes the name its own.
+        static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let started = STARTED.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        });
         let name = format!(
-            "rmt-{}-{}",
+            "rmt-{}-{started}-{}",
             std::process::id(),
             COUNT.fetch_add(1, Ordering::Relaxed)
         );
